@@ -1,0 +1,26 @@
+# Every target creates/uses the project's own virtual environment in .venv.
+# constraints.txt pins the whole dev environment; torch==2.13.0 resolves to the
+# local CPU wheel (a loose torch requirement would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m graphprune demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(ARGS)
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Back-ends apply a PrunePlan to a model."""

@@ -1,0 +1,1 @@
+"""Front-ends lower a framework graph into graphprune's IR."""

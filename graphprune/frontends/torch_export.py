@@ -1,0 +1,156 @@
+"""nn.Module -> IR through torch.export (non-strict).
+
+Parameters may live on the ``meta`` device: analysis needs shapes, not values.
+Every parameter, buffer and lifted constant keeps its module path; tied weights
+(one tensor under several names) are recorded as aliases.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+
+from ..errors import TraceError
+from ..ir import Graph, Node, Ref, Value
+
+_SKIP_OPS = {"aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_size", "aten.sym_numel",
+             "aten.sym_stride", "aten.sym_storage_offset", "aten._assert_async", "aten.sym_constrain_range_for_size"}
+
+
+def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = None) -> torch.export.ExportedProgram:
+    """Run torch.export, turning its failures into a :class:`TraceError` that says what to do."""
+    if not isinstance(args, tuple):
+        args = (args,)
+    from ..export import quiet_torch
+
+    try:
+        with quiet_torch():
+            return torch.export.export(model, args, kwargs=kwargs or {}, strict=False)
+    except Exception as exc:  # torch raises many exception types from deep inside tracing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(
+            f"torch.export could not trace {type(model).__name__} with the given example inputs: "
+            f"{type(exc).__name__}: {first}. Check that the example inputs match forward()'s signature "
+            f"and shapes, and that forward() has no data-dependent control flow.") from exc
+
+
+def op_id(target: Any) -> str:
+    """Canonical op id: 'aten.conv2d' for torch.ops.aten.conv2d.default."""
+    if isinstance(target, torch._ops.OpOverload):
+        ns, name = target._schema.name.split("::")
+        return f"{ns}.{name}"
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return f"aten.{target.__name__}"
+    return f"python.{getattr(target, '__name__', repr(target))}"
+
+
+def _shape(t: Any) -> tuple:
+    return tuple(int(d) if isinstance(d, int) or (hasattr(d, "node") and d.node.is_constant()) else str(d)
+                 for d in t.shape)
+
+
+def _source_line(meta: dict) -> str | None:
+    trace = meta.get("stack_trace")
+    if not trace:
+        return None
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
+    return lines[-1] if lines else None
+
+
+def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None) -> Graph:
+    """Lower an exported program into the IR."""
+    g = Graph(frontend="torch")
+    sig = ep.graph_signature
+    kind_of: dict[str, tuple[str, str]] = {}
+    for spec in sig.input_specs:
+        k = spec.kind.name
+        if k == "PARAMETER":
+            kind_of[spec.arg.name] = ("param", spec.target)
+        elif k == "BUFFER":
+            kind_of[spec.arg.name] = ("buffer", spec.target)
+        elif k in ("CONSTANT_TENSOR", "CUSTOM_OBJ"):
+            kind_of[spec.arg.name] = ("const", spec.target)
+        elif k == "USER_INPUT":
+            kind_of[spec.arg.name] = ("input", spec.arg.name)
+    names: dict[str, Any] = {}  # fx node name -> IR value name (or list of names for tuples)
+
+    def conv(a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            mapped = names.get(a.name)
+            if isinstance(mapped, str):
+                return Ref(mapped)
+            return f"sym:{a.name}"
+        if isinstance(a, (list, tuple)):
+            return [conv(x) for x in a]
+        if isinstance(a, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+            return str(a)
+        if isinstance(a, torch.SymInt):
+            return f"sym:{a}"
+        return a
+
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder":
+            kind, source = kind_of.get(node.name, ("input", node.name))
+            if isinstance(val, torch.Tensor):
+                g.add_value(Value(node.name, _shape(val), str(val.dtype).replace("torch.", ""), kind, source))
+                names[node.name] = node.name
+                if kind == "input":
+                    g.inputs.append(node.name)
+            continue
+        if node.op == "output":
+            for out in torch.utils._pytree.tree_leaves(node.args[0]):
+                if isinstance(out, torch.fx.Node) and isinstance(names.get(out.name), str):
+                    g.outputs.append(names[out.name])
+            continue
+        if node.op != "call_function":
+            continue
+        if node.target is operator.getitem:
+            src = names.get(node.args[0].name)
+            if isinstance(src, list) and isinstance(node.args[1], int):
+                names[node.name] = src[node.args[1]]
+            continue
+        op = op_id(node.target)
+        if op in _SKIP_OPS:
+            continue
+        vals = val if isinstance(val, (list, tuple)) else [val]
+        outs: list[str] = []
+        for i, v in enumerate(vals):
+            if isinstance(v, torch.Tensor):
+                name = node.name if not isinstance(val, (list, tuple)) else f"{node.name}.{i}"
+                g.add_value(Value(name, _shape(v), str(v.dtype).replace("torch.", ""), "act"))
+                outs.append(name)
+            else:
+                outs.append("")
+        if not any(outs):
+            continue
+        names[node.name] = outs if isinstance(val, (list, tuple)) else outs[0]
+        stack = node.meta.get("nn_module_stack") or {}
+        module_path, module_type = ("", "")
+        if stack:
+            module_path, module_type = list(stack.values())[-1]
+            module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
+        meta = {"module": module_path, "module_type": module_type, "source": _source_line(node.meta)}
+        g.nodes.append(Node(node.name, op, tuple(conv(a) for a in node.args),
+                            {k: conv(v) for k, v in node.kwargs.items()}, [o for o in outs if o], meta))
+        # Multi-output ops keep positional output names so rules can index them.
+        if isinstance(val, (list, tuple)) and not all(outs):
+            g.nodes[-1].outputs = [o for o in outs if o]
+    if model is not None:
+        g.aliases = tied_aliases(model)
+    return g
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, list[str]]:
+    """FQN -> all FQNs sharing the same tensor (tied embeddings, shared layers)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        by_id.setdefault(id(b), []).append(name)
+    out: dict[str, list[str]] = {}
+    for group in by_id.values():
+        for name in group:
+            out[name] = group
+    return out

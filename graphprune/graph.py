@@ -1,0 +1,288 @@
+"""DependencyGraph: the solved channel spaces of a model, and the group queries."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import PlanError
+from .ir import Graph
+from .rules.registry import Carry, apply_rules, declare_slots
+from .spaces import Solver, Term
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One parameter/buffer dim that a group cuts through."""
+
+    name: str  # parameter or buffer path, e.g. "layer1.0.conv1.weight"
+    dim: int
+    value: str  # IR value name
+    term: Term = field(repr=False, compare=False)
+
+
+@dataclass(slots=True)
+class Group:
+    """An atom: an index space that can shrink on its own.
+
+    Removing index k removes, from every member, the positions :meth:`positions`
+    returns (one position, or a whole block when the group is an outer factor
+    such as an attention head).
+    """
+
+    id: int
+    size: int
+    members: list[Member]
+    frozen: list[str]
+    inexact: list[str]
+    role: str  # "channel" | "outer" (blocks: heads, conv groups) | "inner" (head_dim, channel-in-group)
+    _graph: "DependencyGraph" = field(repr=False)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen and self.size > 1
+
+    @property
+    def exact(self) -> bool:
+        return not self.inexact
+
+    def positions(self, member: Member | str, index: int, dim: int | None = None) -> np.ndarray:
+        """Positions along member's dim that index ``index`` of this group occupies."""
+        m = self._graph._member(member, dim) if not isinstance(member, Member) else member
+        coords = self._graph.solver_coords(m.term, self.id)
+        return np.flatnonzero(coords == index)
+
+    def affected(self, index: int) -> list[tuple[str, int, list[int]]]:
+        """Every (parameter, dim, positions) that moves with index ``index``."""
+        if not 0 <= index < self.size:
+            raise PlanError(f"index {index} is out of range for group {self.id} of size {self.size}")
+        return [(m.name, m.dim, self.positions(m, index).tolist()) for m in self.members]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "size": self.size, "prunable": self.prunable, "role": self.role,
+                "frozen": self.frozen, "inexact": self.inexact,
+                "members": [{"name": m.name, "dim": m.dim, "span": _span(self, m)} for m in self.members]}
+
+    def __str__(self) -> str:
+        state = "prunable" if self.prunable else "frozen"
+        lines = [f"Group {self.id}: size {self.size}, {self.role}, {state}"
+                 + ("" if self.exact else " (not oracle-exact)")]
+        for m in self.members:
+            lines.append(f"  {m.name} dim {m.dim} {_span(self, m)}")
+        for r in self.frozen[:3]:
+            lines.append(f"  frozen: {r}")
+        for r in self.inexact[:2]:
+            lines.append(f"  inexact: {r}")
+        return "\n".join(lines)
+
+
+def _span(group: Group, m: Member) -> str:
+    """Compact description of which positions of the member dim the group owns."""
+    n = len(group._graph.solver_coords(m.term, group.id))
+    block = len(group.positions(m, 0))
+    total = block * group.size
+    return f"{total}/{n} positions" + (f" ({block} per index)" if block > 1 else "")
+
+
+class DependencyGraph:
+    """The coupled channel spaces of one traced model.
+
+    Example:
+        >>> import torch, graphprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> g = graphprune.trace(m, (torch.randn(1, 4),))
+        >>> [grp.size for grp in g.prunable_groups()]
+        [8]
+    """
+
+    def __init__(self, graph: Graph, freeze_io: bool = True, extra: Any = None) -> None:
+        self.ir = graph
+        self.solver = Solver()
+        declare_slots(graph, self.solver)
+        ctx = apply_rules(graph, self.solver)
+        self.carries: list[Carry] = ctx.carries
+        self._tie_aliases()
+        if freeze_io:
+            for name in graph.inputs:
+                for d in range(graph.values[name].rank):
+                    self.solver.freeze((name, d), f"model input '{name}' dim {d}")
+            for name in graph.outputs:
+                for d in range(graph.values[name].rank):
+                    self.solver.freeze((name, d), f"model output '{name}' dim {d}")
+        self.extra = extra  # front-end state (exported program, module bindings)
+        self._coords_cache: dict[tuple, np.ndarray] = {}
+        self._build_groups()
+
+    # ---- construction ------------------------------------------------------------------
+    def _tie_aliases(self) -> None:
+        """Tied weights are one tensor: every name of it shares every space."""
+        by_source = {v.source: v for v in self.ir.params() if v.source}
+        for v in list(by_source.values()):
+            for alias in self.ir.aliases.get(v.source, []):
+                other = by_source.get(alias)
+                if other is not None and other.name != v.name and other.shape == v.shape:
+                    for d in range(v.rank):
+                        self.solver.tie((v.name, d), (other.name, d), f"tied weights {v.source} = {alias}")
+
+    def _build_groups(self) -> None:
+        frozen = self.solver.frozen_reasons()
+        inexact = self.solver.inexact_reasons()
+        hidden = self.solver.hidden_atoms()
+        members: dict[int, list[Member]] = {}
+        inner: set[int] = set()
+        outer: set[int] = set()
+        for v in self.ir.params():
+            for d in range(v.rank):
+                term = self.solver.layout((v.name, d))
+                for atom in self.solver.atoms(term):
+                    members.setdefault(atom, []).append(Member(v.source or v.name, d, v.name, term))
+                _roles(term, inner, outer, frozen)
+        self.groups: list[Group] = []
+        self._by_atom: dict[int, Group] = {}
+        for atom in sorted(members):
+            if atom in hidden:
+                continue
+            size = self.solver.atom_size(atom)
+            if size is None or size <= 1:
+                continue
+            role = "inner" if atom in inner else "outer" if atom in outer else "channel"
+            g = Group(atom, size, members[atom], frozen.get(atom, []), inexact.get(atom, []), role, self)
+            self.groups.append(g)
+            self._by_atom[atom] = g
+
+    # ---- queries -------------------------------------------------------------------------------
+    def prunable_groups(self, roles: tuple[str, ...] = ("channel", "outer", "inner")) -> list[Group]:
+        return [g for g in self.groups if g.prunable and g.role in roles]
+
+    def group(self, gid: int) -> Group:
+        if gid not in self._by_atom:
+            raise PlanError(f"no group with id {gid}; ids are {[g.id for g in self.groups][:20]}...")
+        return self._by_atom[gid]
+
+    def groups_of(self, name: str, dim: int) -> list[Group]:
+        """Every group cutting through parameter ``name`` along ``dim``."""
+        m = self._member(name, dim)
+        return [self._by_atom[a] for a in self.solver.atoms(m.term) if a in self._by_atom]
+
+    def group_of(self, name: str, dim: int, index: int | None = None) -> Group:
+        """The group owning ``name``'s dim (at ``index`` when several groups share the dim).
+
+        Example: "what else shrinks if I remove channel 7 of layer1.0.conv1?"
+            >>> grp = g.group_of("layer1.0.conv1.weight", 0, 7)     # doctest: +SKIP
+            >>> grp.affected(grp.index_of("layer1.0.conv1.weight", 0, 7))  # doctest: +SKIP
+        """
+        m = self._member(name, dim)
+        groups = self.groups_of(name, dim)
+        if index is None:
+            if len(groups) != 1:
+                raise PlanError(f"{name} dim {dim} is shared by {len(groups)} groups; pass index= to pick one")
+            return groups[0]
+        for grp in groups:
+            if self.solver_coords(m.term, grp.id)[index] >= 0:
+                return grp
+        raise PlanError(f"position {index} of {name} dim {dim} belongs to no group (it cannot be pruned)")
+
+    def index_of(self, name: str, dim: int, position: int) -> tuple[Group, int]:
+        """The group and group index that own ``position`` of ``name``'s ``dim``."""
+        grp = self.group_of(name, dim, position)
+        m = self._member(name, dim)
+        return grp, int(self.solver_coords(m.term, grp.id)[position])
+
+    def affected(self, name: str, dim: int, position: int) -> list[tuple[str, int, list[int]]]:
+        """Everything that moves if ``position`` of ``name``'s ``dim`` is removed."""
+        grp, idx = self.index_of(name, dim, position)
+        return grp.affected(idx)
+
+    def param_names(self) -> list[str]:
+        return [v.source or v.name for v in self.ir.params()]
+
+    def _member(self, name: str, dim: int | None) -> Member:
+        for v in self.ir.params():
+            if v.source == name or v.name == name or name in self.ir.aliases.get(v.source or "", []):
+                if dim is None or not -v.rank <= dim < v.rank:
+                    raise PlanError(f"dim {dim} is out of range for '{name}' of shape {v.shape}")
+                d = dim % v.rank
+                return Member(v.source or v.name, d, v.name, self.solver.layout((v.name, d)))
+        close = [n for n in self.param_names() if name.split(".")[-1] in n][:5]
+        raise PlanError(f"unknown parameter '{name}'" + (f"; did you mean one of {close}?" if close else ""))
+
+    def solver_coords(self, term: Term, atom: int) -> np.ndarray:
+        """For each position of term: the atom's index there, or -1."""
+        key = (term, atom)
+        if key not in self._coords_cache:
+            self._coords_cache[key] = coords(self.solver, term, atom)
+        return self._coords_cache[key]
+
+    # ---- views -------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"groups": [g.to_dict() for g in self.groups],
+                           "nodes": len(self.ir.nodes), "frontend": self.ir.frontend}, indent=1, sort_keys=True)
+
+    def to_networkx(self):
+        """The op graph as a networkx.DiGraph: value nodes and op nodes, edges along data flow."""
+        import networkx as nx
+
+        dg = nx.DiGraph()
+        for v in self.ir.values.values():
+            dg.add_node(v.name, kind=v.kind, shape=v.shape, source=v.source)
+        for n in self.ir.nodes:
+            dg.add_node(n.name, kind="op", op=n.op, **{k: v for k, v in n.meta.items() if v})
+            for i in dict.fromkeys(n.inputs):
+                dg.add_edge(i, n.name)
+            for o in n.outputs:
+                if o != n.name:
+                    dg.add_edge(n.name, o)
+        return dg
+
+    def summary(self) -> str:
+        from .report import groups_table
+
+        return groups_table(self)
+
+    def __iter__(self) -> Iterator[Group]:
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def _roles(term: Term, inner: set[int], outer: set[int], frozen: dict) -> None:
+    """In a product, the outermost factor that can move owns whole blocks (heads);
+    factors inside it are positions within blocks (head_dim)."""
+    kind, body = term
+    if kind == "c":
+        for t in body:
+            _roles(t, inner, outer, frozen)
+    elif kind == "p":
+        seen_outer = False
+        for t in body:
+            atoms = _atoms_of(t)
+            if not seen_outer and all(a in frozen for a in atoms):
+                continue
+            for a in atoms:
+                (inner if seen_outer else outer).add(a)
+            seen_outer = True
+
+
+def _atoms_of(term: Term) -> list[int]:
+    kind, body = term
+    if kind == "a":
+        return [body]
+    return [a for t in body for a in _atoms_of(t)]
+
+
+def coords(solver: Solver, term: Term, atom: int) -> np.ndarray:
+    term = solver.resolve(term)
+    kind, body = term
+    if kind == "a":
+        n = solver.atom_size(body)
+        return np.arange(n) if body == atom else np.full(n, -1)
+    parts = [coords(solver, t, atom) for t in body]
+    if kind == "c":
+        return np.concatenate(parts)
+    out = parts[0]
+    for p in parts[1:]:
+        out = np.maximum(np.repeat(out, len(p)), np.tile(p, len(out)))
+    return out

@@ -1,0 +1,56 @@
+"""Parameter and MAC counts read off the IR (attention matmuls included)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .ir import Graph, Node
+
+ShapeFn = Callable[[str], tuple]
+
+
+def _numel(shape: tuple) -> int:
+    return math.prod(int(d) for d in shape if isinstance(d, int))
+
+
+def count_params(g: Graph, shape_of: ShapeFn | None = None) -> int:
+    shape_of = shape_of or (lambda n: g.values[n].shape)
+    return sum(_numel(shape_of(v.name)) for v in g.values.values() if v.kind == "param")
+
+
+def node_macs(n: Node, shape_of: ShapeFn) -> int:
+    op = n.op.split(".")[-1]
+    out = shape_of(n.outputs[0]) if n.outputs else ()
+    refs = [r.name for r in n.refs()]
+    if op.startswith("conv") or op in ("convolution", "_convolution"):
+        w = shape_of(refs[1])
+        transposed = op.startswith("conv_transpose") or (op in ("convolution", "_convolution") and bool(n.args[6]))
+        if transposed:  # each input element scatters into C_out/g * kernel outputs
+            return _numel(shape_of(refs[0])) * _numel(w[1:])
+        return _numel(out) * _numel(w[1:])
+    if op == "linear":
+        return _numel(out) * int(shape_of(refs[1])[1])
+    if op in ("matmul", "mm", "bmm"):
+        return _numel(out) * int(shape_of(refs[0])[-1])
+    if op in ("addmm", "baddbmm", "addbmm"):
+        return _numel(out) * int(shape_of(refs[1])[-1])
+    if op == "einsum":
+        from .rules.linear import _expand_ellipsis
+
+        lhs = n.args[0].replace(" ", "").split("->")[0].split(",")
+        sizes: dict[str, int] = {}
+        for name, spec in zip(refs, lhs):
+            shape = shape_of(name)
+            for letter, d in zip(_expand_ellipsis(spec, len(shape)), shape):
+                sizes[letter] = max(sizes.get(letter, 1), int(d))
+        return math.prod(sizes.values())
+    if op == "scaled_dot_product_attention":
+        q, k, v = (shape_of(r) for r in refs[:3])
+        lead = _numel(q[:-2])
+        return lead * int(q[-2]) * int(k[-2]) * (int(q[-1]) + int(v[-1]))
+    return 0
+
+
+def count_macs(g: Graph, shape_of: ShapeFn | None = None) -> int:
+    shape_of = shape_of or (lambda n: g.values[n].shape)
+    return sum(node_macs(n, shape_of) for n in g.nodes)

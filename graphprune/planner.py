@@ -1,0 +1,96 @@
+"""Groups + scores + constraints -> a PrunePlan (JSON-serialisable)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .errors import PlanError
+from .graph import DependencyGraph, Group
+
+
+@dataclass
+class PrunePlan:
+    """Which indices of which groups to remove.
+
+    ``pruned`` maps group id -> sorted indices to remove; ``sizes`` the groups'
+    original sizes (a guard against applying a plan to a different graph).
+    """
+
+    pruned: dict[int, list[int]] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def masks(self) -> dict[int, np.ndarray]:
+        out = {}
+        for gid, idx in self.pruned.items():
+            m = np.zeros(self.sizes[gid], dtype=bool)
+            m[idx] = True
+            out[gid] = m
+        return out
+
+    def restricted(self, gids: Iterable[int]) -> "PrunePlan":
+        keep = set(gids)
+        return PrunePlan({g: i for g, i in self.pruned.items() if g in keep},
+                         {g: s for g, s in self.sizes.items() if g in keep})
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.pruned.values())
+
+    def to_json(self) -> str:
+        return json.dumps({"pruned": {str(k): v for k, v in sorted(self.pruned.items())},
+                           "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PrunePlan":
+        d = json.loads(text)
+        return cls({int(k): list(v) for k, v in d["pruned"].items()}, {int(k): int(v) for k, v in d["sizes"].items()})
+
+
+def check_ratio(ratio: float, what: str = "ratio") -> float:
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= float(ratio) < 1.0:
+        raise PlanError(f"{what} must be a number in [0, 1), got {ratio!r}")
+    return float(ratio)
+
+
+def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
+    """Channels to keep: size*(1-ratio), rounded up to a multiple of round_to, at least one."""
+    keep = size - math.floor(size * ratio + 1e-9)
+    if round_to > 1:
+        keep = min(size, int(math.ceil(keep / round_to) * round_to))
+    return max(1, keep)
+
+
+def select_groups(dg: DependencyGraph, roles: tuple[str, ...], ignore: Iterable[str] = ()) -> list[Group]:
+    """Prunable groups of the given roles that touch no ignored parameter/module."""
+    ignore = list(ignore)
+    names = dg.param_names()
+    for item in ignore:
+        if not any(n == item or n.startswith(item + ".") for n in names):
+            raise PlanError(f"ignored name '{item}' matches no parameter or module of the model")
+    out = []
+    for g in dg.prunable_groups(roles):
+        if any(m.name == i or m.name.startswith(i + ".") for m in g.members for i in ignore):
+            continue
+        out.append(g)
+    return out
+
+
+def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: float, round_to: int = 1,
+              ratios: Mapping[int, float] | None = None) -> PrunePlan:
+    """Remove the lowest-scoring indices of each group (per-group ratio, uniform by default)."""
+    check_ratio(ratio)
+    if round_to < 1:
+        raise PlanError(f"round_to must be >= 1, got {round_to}")
+    plan = PrunePlan()
+    for g in groups:
+        r = check_ratio(ratios.get(g.id, ratio), f"ratio for group {g.id}") if ratios else ratio
+        keep = kept_count(g.size, r, round_to)
+        s = np.asarray(scores[g.id])
+        order = np.argsort(s, kind="stable")  # stable: ties resolve by index, deterministically
+        plan.pruned[g.id] = sorted(int(i) for i in order[: g.size - keep])
+        plan.sizes[g.id] = g.size
+    return plan

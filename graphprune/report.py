@@ -1,0 +1,65 @@
+"""Plain-text tables for groups and before/after reports."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from .graph import DependencyGraph
+    from .planner import PrunePlan
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.rjust(w) if c.replace(".", "").replace("%", "").replace("-", "").isdigit()
+                              else c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def groups_table(dg: "DependencyGraph", limit: int = 60) -> str:
+    rows = []
+    for g in dg.groups[:limit]:
+        first = g.members[0]
+        state = "prunable" if g.prunable else "frozen"
+        why = (g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
+        rows.append([g.id, g.size, g.role, state + ("" if g.exact else "*"), len(g.members),
+                     f"{first.name}[{first.dim}]", why[:90]])
+    text = table(["group", "size", "role", "state", "members", "first member", "reason"], rows)
+    if len(dg.groups) > limit:
+        text += f"\n... {len(dg.groups) - limit} more groups"
+    n_p = sum(g.prunable for g in dg.groups)
+    return text + f"\n{len(dg.groups)} groups, {n_p} prunable (* = not oracle-exact: crosses a channel normalisation)"
+
+
+@dataclass
+class PruneReport:
+    """What a prune did: sizes before/after and the plan applied."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    kept: dict[int, tuple[int, int]] = field(default_factory=dict)  # group id -> (kept, size)
+    plan: "PrunePlan | None" = None
+    oracle: object | None = None
+
+    def __str__(self) -> str:
+        def pct(a: int, b: int) -> str:
+            return f"{100.0 * (b - a) / a:+.1f}%" if a else "n/a"
+
+        rows = [["params", _human(self.params_before), _human(self.params_after),
+                 pct(self.params_before, self.params_after)],
+                ["MACs", _human(self.macs_before), _human(self.macs_after), pct(self.macs_before, self.macs_after)],
+                ["groups pruned", "", f"{sum(1 for k, n in self.kept.values() if k < n)}/{len(self.kept)}", ""]]
+        text = table(["metric", "before", "after", "change"], rows)
+        if self.oracle is not None:
+            text += f"\n{self.oracle}"
+        return text

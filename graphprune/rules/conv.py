@@ -1,0 +1,65 @@
+"""Convolutions, plain, grouped, depthwise and transposed.
+
+With g groups the channel dim is a product (group, channel-in-group): the group
+space is shared by input, weight and output, so pruning a group removes a whole
+group everywhere, and pruning a channel-in-group removes it from every group.
+Spatial dims are positions, not channels; the kernel window is no channel at all.
+"""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+
+def relate_conv(ctx: RuleContext, node: Node, x: str, w: str, b, out: str, groups: int, transposed: bool,
+                groups_path: tuple) -> None:
+    nsp = ctx.rank(w) - 2
+    batched = ctx.rank(x) == nsp + 2
+    c = 1 if batched else 0
+    if batched:
+        ctx.tie(ctx.s(x, 0), ctx.s(out, 0))
+    for k in range(nsp):
+        ctx.hide(ctx.s(w, 2 + k), f"kernel window of {node.where()}")
+        reason = f"spatial positions at {node.where()}"
+        ctx.freeze(ctx.s(x, c + 1 + k), reason)
+        ctx.freeze(ctx.s(out, c + 1 + k), reason)
+    # w_in / w_out: the weight dims facing the input and the output channels.
+    w_in, w_out = (0, 1) if transposed else (1, 0)
+    if groups == 1:
+        ctx.tie(ctx.s(x, c), ctx.s(w, w_in))
+        ctx.tie(ctx.s(w, w_out), ctx.s(out, c))
+    else:
+        g = ctx.virtual(groups, "conv_groups")
+        ctx.carry(g, groups_path, groups)
+        if transposed:
+            ctx.tie(ctx.s(x, c), ctx.s(w, 0))
+            ctx.factor(ctx.s(x, c), [g, ctx.virtual(ctx.shape(w)[0] // groups, "in_per_group")])
+            ctx.factor(ctx.s(out, c), [g, ctx.s(w, 1)])
+        else:
+            ctx.factor(ctx.s(x, c), [g, ctx.s(w, 1)])
+            ctx.factor(ctx.s(w, 0), [g, ctx.virtual(ctx.shape(w)[0] // groups, "out_per_group")])
+            ctx.tie(ctx.s(w, 0), ctx.s(out, c))
+    if b is not None:
+        ctx.tie(ctx.s(b, 0), ctx.s(out, c))
+
+
+@register("aten.conv1d", "aten.conv2d", "aten.conv3d")
+def _conv(node: Node, ctx: RuleContext) -> None:
+    groups = ctx.arg(node, 6, "groups", 1)
+    relate_conv(ctx, node, node.args[0].name, node.args[1].name, ctx.arg(node, 2, "bias"), node.outputs[0],
+                groups, False, (6,))
+
+
+@register("aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
+def _conv_transpose(node: Node, ctx: RuleContext) -> None:
+    groups = ctx.arg(node, 6, "groups", 1)
+    relate_conv(ctx, node, node.args[0].name, node.args[1].name, ctx.arg(node, 2, "bias"), node.outputs[0],
+                groups, True, (6,))
+
+
+@register("aten.convolution", "aten._convolution")
+def _convolution(node: Node, ctx: RuleContext) -> None:
+    transposed = bool(node.args[6])
+    groups = node.args[8]
+    relate_conv(ctx, node, node.args[0].name, node.args[1].name, node.args[2], node.outputs[0],
+                groups, transposed, (8,))

@@ -1,0 +1,39 @@
+"""Elementwise and broadcasting ops: each output element depends on the matching
+input elements only, so every dim ties the input dim it lines up with.
+
+Ops with f(0) != 0 (sigmoid, exp, ...) are still exact under the oracle, which
+zeroes pruned channels at every value they reach.
+"""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, defbroadcasting, defelementwise, defopaque_outputs, register
+
+_UNARY = (
+    "relu relu_ relu6 gelu gelu_ silu silu_ sigmoid sigmoid_ tanh tanh_ hardtanh hardtanh_ hardswish "
+    "hardswish_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ selu celu mish softplus "
+    "softsign logsigmoid neg abs exp log log1p sqrt rsqrt reciprocal sin cos erf square sign "
+    "floor ceil round trunc dropout dropout_ feature_dropout "
+    "alpha_dropout alias clone contiguous detach _to_copy to type_as lift_fresh_copy logical_not "
+    "bitwise_not isnan isinf zeros_like ones_like full_like empty_like rand_like randn_like "
+    "nan_to_num threshold expm1 sinh cosh atan asin acos tan"
+).split()
+_BINARY = (
+    "add add_ sub sub_ rsub mul mul_ div div_ where maximum minimum eq ne lt gt le ge masked_fill "
+    "masked_fill_ logical_and logical_or logical_xor bitwise_and bitwise_or floor_divide remainder "
+    "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max"
+).split()
+_FACTORIES = "arange zeros ones full empty scalar_tensor new_zeros new_ones new_full new_empty randn rand tensor linspace".split()
+
+defelementwise(*(f"aten.{op}" for op in _UNARY))
+defbroadcasting(*(f"aten.{op}" for op in _BINARY))
+defopaque_outputs(*(f"aten.{op}" for op in _FACTORIES))
+
+
+@register("aten.prelu", "aten._prelu_kernel")
+def _prelu(node: Node, ctx: RuleContext) -> None:
+    # The slope vector is per channel and aligns with dim 1, not from the right.
+    x, w = ctx.tensor_args(node)[:2]
+    ctx.tie_broadcast(node.outputs[0], [x.name])
+    if ctx.shape(w)[0] != 1:
+        ctx.tie(ctx.s(w, 0), ctx.s(x, 1 if ctx.rank(x) > 1 else 0))

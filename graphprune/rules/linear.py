@@ -1,0 +1,97 @@
+"""Linear maps and matrix products: contracted dims tie, batch dims tie (with
+broadcasting), and each operand's free dim ties the output dim it becomes."""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+
+@register("aten.linear")
+def _linear(node: Node, ctx: RuleContext) -> None:
+    x, w = node.args[0].name, node.args[1].name
+    b = ctx.arg(node, 2, "bias")
+    out = node.outputs[0]
+    ctx.tie(ctx.s(x, -1), ctx.s(w, 1))
+    ctx.tie(ctx.s(w, 0), ctx.s(out, -1))
+    if b is not None:
+        ctx.tie(ctx.s(b, -1), ctx.s(out, -1))
+    ctx.tie_dims(x, out, range(ctx.rank(x) - 1), range(ctx.rank(out) - 1))
+
+
+def relate_matmul(ctx: RuleContext, a: str, b: str, out: str) -> None:
+    """torch.matmul semantics for every rank combination."""
+    ra, rb = ctx.rank(a), ctx.rank(b)
+    if ra == 1 and rb == 1:
+        ctx.tie(ctx.s(a, 0), ctx.s(b, 0))
+        return
+    if ra == 1:
+        ctx.tie(ctx.s(a, 0), ctx.s(b, -2))
+        ctx.tie(ctx.s(b, -1), ctx.s(out, -1))
+        _tie_batch(ctx, b, rb - 2, out, ctx.rank(out) - 1)
+        return
+    if rb == 1:
+        ctx.tie(ctx.s(a, -1), ctx.s(b, 0))
+        ctx.tie(ctx.s(a, -2), ctx.s(out, -1))
+        _tie_batch(ctx, a, ra - 2, out, ctx.rank(out) - 1)
+        return
+    ctx.tie(ctx.s(a, -1), ctx.s(b, -2))
+    ctx.tie(ctx.s(a, -2), ctx.s(out, -2))
+    ctx.tie(ctx.s(b, -1), ctx.s(out, -1))
+    _tie_batch(ctx, a, ra - 2, out, ctx.rank(out) - 2)
+    _tie_batch(ctx, b, rb - 2, out, ctx.rank(out) - 2)
+
+
+def _tie_batch(ctx: RuleContext, src: str, n_src: int, out: str, n_out: int) -> None:
+    for k in range(1, n_src + 1):  # right-aligned broadcasting over batch dims
+        if n_out - k >= 0:
+            ctx.tie(ctx.s(src, n_src - k), ctx.s(out, n_out - k))
+
+
+@register("aten.matmul", "aten.mm", "aten.bmm")
+def _matmul(node: Node, ctx: RuleContext) -> None:
+    relate_matmul(ctx, node.args[0].name, node.args[1].name, node.outputs[0])
+
+
+@register("aten.addmm", "aten.baddbmm", "aten.addbmm")
+def _addmm(node: Node, ctx: RuleContext) -> None:
+    bias, a, b = (r.name for r in node.args[:3])
+    out = node.outputs[0]
+    relate_matmul(ctx, a, b, out)
+    ctx.tie_broadcast(out, [bias])
+
+
+@register("aten.outer", "aten.ger")
+def _outer(node: Node, ctx: RuleContext) -> None:
+    a, b, out = node.args[0].name, node.args[1].name, node.outputs[0]
+    ctx.tie(ctx.s(a, 0), ctx.s(out, 0))
+    ctx.tie(ctx.s(b, 0), ctx.s(out, 1))
+
+
+@register("aten.einsum")
+def _einsum(node: Node, ctx: RuleContext) -> None:
+    # Every occurrence of one subscript letter is one index space.
+    equation = node.args[0].replace(" ", "")
+    operands = [r.name for r in node.args[1]]
+    lhs, _, rhs = equation.partition("->")
+    specs = lhs.split(",")
+    if not rhs and "->" not in equation:
+        letters = [c for c in lhs if c.isalpha()]
+        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    names = operands + [node.outputs[0]]
+    seen: dict[str, tuple[str, int]] = {}
+    for name, spec in zip(names, specs + [rhs]):
+        for d, letter in enumerate(_expand_ellipsis(spec, ctx.rank(name))):
+            key = (name, d)
+            if letter in seen:
+                first = seen[letter]
+                ctx.tie(ctx.s(*first), ctx.s(*key))
+            else:
+                seen[letter] = key
+
+
+def _expand_ellipsis(spec: str, rank: int) -> list[str]:
+    if "..." not in spec:
+        return list(spec)
+    head, tail = spec.split("...")
+    n = rank - len(head) - len(tail)
+    return list(head) + [f"…{n - i}" for i in range(n)] + list(tail)  # right-aligned, as broadcasting

@@ -1,0 +1,73 @@
+"""Normalisations. Per-channel ones (batch/instance norm, group norm across whole
+groups) are exact under the oracle; those that normalise over a channel dim
+(layer/RMS norm, channels within a group) are prunable but marked inexact."""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+
+def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list) -> None:
+    ctx.tie_broadcast(out, [x])
+    c = 1 if ctx.rank(x) > 1 else 0
+    for p in stats:
+        if p is not None:
+            ctx.tie(ctx.s(p, 0), ctx.s(x, c))
+
+
+@register("aten.batch_norm", "aten.instance_norm")
+def _batch_norm(node: Node, ctx: RuleContext) -> None:
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]))
+
+
+@register("aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
+          "aten.native_batch_norm", "aten._native_batch_norm_legit_functional")
+def _native_batch_norm(node: Node, ctx: RuleContext) -> None:
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]))
+    for extra in node.outputs[1:]:  # saved mean / rstd are per channel
+        if ctx.rank(extra) == 1:
+            ctx.tie(ctx.s(extra, 0), ctx.s(node.args[0], 1))
+
+
+def _last_dims_norm(ctx: RuleContext, node: Node, x: str, out: str, normalized: list, params: list,
+                    kind: str) -> None:
+    ctx.tie_broadcast(out, [x])
+    k = len(normalized)
+    rank = ctx.rank(x)
+    for i in range(k):
+        d = rank - k + i
+        ctx.inexact(ctx.s(x, d), f"normalised by {kind} at {node.where()}")
+        ctx.carry(ctx.s(x, d), (1, i), normalized[i])
+        for p in params:
+            if p is not None:
+                ctx.tie(ctx.s(p, i), ctx.s(x, d))
+
+
+@register("aten.layer_norm", "aten.native_layer_norm")
+def _layer_norm(node: Node, ctx: RuleContext) -> None:
+    params = [ctx.arg(node, 2, "weight"), ctx.arg(node, 3, "bias")]
+    _last_dims_norm(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1]), params, "layer_norm")
+
+
+@register("aten.rms_norm")
+def _rms_norm(node: Node, ctx: RuleContext) -> None:
+    params = [ctx.arg(node, 2, "weight")]
+    _last_dims_norm(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1]), params, "rms_norm")
+
+
+@register("aten.group_norm")
+def _group_norm(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    groups = node.args[1]
+    ctx.tie_broadcast(out, [x])
+    for p in (ctx.arg(node, 2, "weight"), ctx.arg(node, 3, "bias")):
+        if p is not None:
+            ctx.tie(ctx.s(p, 0), ctx.s(x, 1))
+    if groups > 1:
+        g = ctx.virtual(groups, "norm_groups")
+        per = ctx.virtual(ctx.shape(x)[1] // groups, "channels_per_group")
+        ctx.factor(ctx.s(x, 1), [g, per])
+        ctx.carry(g, (1,), groups)
+        ctx.inexact(per, f"normalised within groups by group_norm at {node.where()}")
+    else:
+        ctx.inexact(ctx.s(x, 1), f"normalised by group_norm at {node.where()}")

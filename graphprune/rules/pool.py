@@ -1,0 +1,70 @@
+"""Pooling, resampling and padding: channels pass through one by one; the
+spatial dims they act on are positions, frozen."""
+from __future__ import annotations
+
+import re
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+
+def _spatial(node: Node, ctx: RuleContext, n_spatial: int) -> None:
+    x = node.args[0].name
+    rank = ctx.rank(x)
+    for out in node.outputs:  # *_with_indices: the indices follow the same layout
+        ctx.tie_dims(x, out, range(rank - n_spatial), range(rank - n_spatial))
+        for d in range(rank - n_spatial, rank):
+            ctx.freeze(ctx.s(out, d), f"spatial positions at {node.where()}")
+    for d in range(rank - n_spatial, rank):
+        ctx.freeze(ctx.s(x, d), f"spatial positions at {node.where()}")
+
+
+_POOLS = ["max_pool{}d", "max_pool{}d_with_indices", "avg_pool{}d", "adaptive_avg_pool{}d",
+          "adaptive_max_pool{}d", "_adaptive_avg_pool{}d", "lp_pool{}d", "fractional_max_pool{}d",
+          "reflection_pad{}d", "replication_pad{}d", "upsample_nearest{}d", "_upsample_nearest_exact{}d",
+          "upsample_bilinear{}d", "upsample_bicubic{}d", "_upsample_bilinear{}d_aa", "upsample_linear{}d",
+          "upsample_trilinear{}d"]
+
+
+def _register_pools() -> None:
+    for pattern in _POOLS:
+        for k in (1, 2, 3):
+            name = "aten." + pattern.format(k)
+            register(name)(lambda node, ctx, k=k: _spatial(node, ctx, k))
+
+
+_register_pools()
+
+
+@register("aten.pad", "aten.constant_pad_nd")
+def _pad(node: Node, ctx: RuleContext) -> None:
+    # pad lists (left, right) pairs from the last dim backwards; only padded dims change.
+    x, out = node.args[0].name, node.outputs[0]
+    rank = ctx.rank(x)
+    pads = list(node.args[1])
+    padded = {rank - 1 - i for i in range(len(pads) // 2) if pads[2 * i] or pads[2 * i + 1]}
+    for d in range(rank):
+        if d in padded:
+            reason = f"padded dim at {node.where()}"
+            ctx.freeze(ctx.s(x, d), reason)
+            ctx.freeze(ctx.s(out, d), reason)
+        else:
+            ctx.tie(ctx.s(x, d), ctx.s(out, d))
+
+
+@register("aten.pixel_shuffle", "aten.pixel_unshuffle")
+def _pixel_shuffle(node: Node, ctx: RuleContext) -> None:
+    # Channel c*r*r + i*r + j moves to a spatial offset: channel = prod(c, r, r).
+    x, out = node.args[0].name, node.outputs[0]
+    r = node.args[1]
+    src, dst = (x, out) if node.op.endswith("pixel_shuffle") else (out, x)
+    rr = ctx.virtual(r * r, "shuffle")
+    ctx.freeze(rr, f"sub-pixel offsets at {node.where()}")
+    ctx.factor(ctx.s(src, -3), [ctx.s(dst, -3), rr])
+    ctx.tie_dims(x, out, range(ctx.rank(x) - 3), range(ctx.rank(x) - 3))
+    for d in (-2, -1):
+        ctx.freeze(ctx.s(x, d), f"spatial positions at {node.where()}")
+        ctx.freeze(ctx.s(out, d), f"spatial positions at {node.where()}")
+
+
+del re

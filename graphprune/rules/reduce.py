@@ -1,0 +1,45 @@
+"""Reductions and softmax. Kept dims tie. A summed dim just disappears: zeroed
+channels add nothing, so sum is exact. mean/var/max over a pruned dim, and
+softmax along it, change with the channel count: prunable, but inexact."""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+_EXACT = {"sum", "nansum"}
+
+
+def _reduce(node: Node, ctx: RuleContext, kind: str) -> None:
+    x = node.args[0].name
+    rank = ctx.rank(x)
+    dims = ctx.arg(node, 1, "dim", None)
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        reduced = list(range(rank))
+    else:
+        reduced = sorted({d % rank for d in (dims if isinstance(dims, (list, tuple)) else [dims])})
+    kept = [d for d in range(rank) if d not in reduced]
+    for out in node.outputs:  # max.dim also returns indices
+        keepdim = ctx.rank(out) == rank  # read off the result: keepdim's arg position varies
+        ctx.tie_dims(x, out, kept, kept if keepdim else range(len(kept)))
+    if kind not in _EXACT:
+        for d in reduced:
+            ctx.inexact(ctx.s(x, d), f"reduced by {kind} at {node.where()}")
+
+
+def _make(kind: str):
+    return lambda node, ctx: _reduce(node, ctx, kind)
+
+
+for _kind in ("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min", "var", "std", "prod",
+              "logsumexp", "norm", "linalg_vector_norm", "argmax", "argmin", "any", "all"):
+    register(f"aten.{_kind}")(_make(_kind))
+
+
+@register("aten.softmax", "aten._softmax", "aten.log_softmax", "aten._log_softmax", "aten.cumsum",
+          "aten.cumprod", "aten._safe_softmax")
+def _softmax(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    ctx.tie_broadcast(out, [x])
+    op = node.op.split(".")[-1].lstrip("_")
+    if op != "cumsum":  # a zero adds nothing to a running sum
+        ctx.inexact(ctx.s(x, node.args[1] % ctx.rank(x)), f"{op} along this dim at {node.where()}")

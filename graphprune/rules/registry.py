@@ -1,0 +1,184 @@
+"""One registry of coupling rules, keyed by canonical op id.
+
+A rule is a function ``rule(node, ctx)`` that states how the node's dim slots
+relate, through the :class:`RuleContext`. Whole op families register in one line
+with :func:`defelementwise` / :func:`defbroadcasting`. An op with no rule is never
+guessed: :func:`apply_rules` freezes every slot it touches and names the op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from ..ir import Graph, Node, Ref
+from ..spaces import Solver, SlotKey
+
+Rule = Callable[[Node, "RuleContext"], None]
+RULES: dict[str, Rule] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """A constant argument of a node that spells out the size of a slot.
+
+    ``path`` locates it in the node's args: (arg index,) or (arg index, list index).
+    Back-ends rewrite it when the slot's size changes.
+    """
+
+    node: str
+    path: tuple[Any, ...]
+    key: SlotKey
+    value: int
+
+
+def register(*ops: str) -> Callable[[Rule], Rule]:
+    """Decorator: register ``rule`` for each op id in ``ops``."""
+
+    def deco(rule: Rule) -> Rule:
+        for op in ops:
+            if op in RULES:
+                raise ValueError(f"duplicate coupling rule for op '{op}'")
+            RULES[op] = rule
+        return rule
+
+    return deco
+
+
+def defelementwise(*ops: str) -> None:
+    """Unary ops that act on each element independently: output dims tie input dims."""
+
+    def rule(node: Node, ctx: RuleContext) -> None:
+        ctx.tie_broadcast(node.outputs[0], [r.name for r in ctx.tensor_args(node)[:1]])
+
+    register(*ops)(rule)
+
+
+def defbroadcasting(*ops: str) -> None:
+    """N-ary ops with numpy broadcasting: dims aligned from the right tie."""
+
+    def rule(node: Node, ctx: RuleContext) -> None:
+        ctx.tie_broadcast(node.outputs[0], [r.name for r in ctx.tensor_args(node)])
+
+    register(*ops)(rule)
+
+
+def defopaque_outputs(*ops: str) -> None:
+    """Ops that create tensors from constants (arange, zeros): no coupling to inputs.
+
+    Their output sizes come from the op's arguments, which no back-end can track,
+    so the output dims are frozen.
+    """
+
+    def rule(node: Node, ctx: RuleContext) -> None:
+        for out in node.outputs:
+            ctx.freeze_value(out, f"size set by the arguments of {node.where()}")
+
+    register(*ops)(rule)
+
+
+class RuleContext:
+    """What a rule may do: read shapes and args, relate slots."""
+
+    def __init__(self, graph: Graph, solver: Solver) -> None:
+        self.graph = graph
+        self.solver = solver
+        self.carries: list[Carry] = []
+        self.node: Node | None = None
+
+    # ---- reading ----------------------------------------------------------------------
+    def shape(self, value: str | Ref) -> tuple:
+        name = value.name if isinstance(value, Ref) else value
+        return self.graph.values[name].shape
+
+    def rank(self, value: str | Ref) -> int:
+        return len(self.shape(value))
+
+    @staticmethod
+    def tensor_args(node: Node) -> list[Ref]:
+        return [a for a in node.args if isinstance(a, Ref)]
+
+    @staticmethod
+    def arg(node: Node, index: int, name: str, default: Any = None) -> Any:
+        if len(node.args) > index:
+            return node.args[index]
+        return node.kwargs.get(name, default)
+
+    def where(self) -> str:
+        return self.node.where() if self.node else "?"
+
+    # ---- slots -------------------------------------------------------------------------
+    def s(self, value: str | Ref, dim: int) -> SlotKey:
+        name = value.name if isinstance(value, Ref) else value
+        rank = len(self.graph.values[name].shape)
+        if not -rank <= dim < rank:
+            raise IndexError(f"dim {dim} out of range for '{name}' of rank {rank} at {self.where()}")
+        return (name, dim % rank)
+
+    def virtual(self, size: int, label: str) -> SlotKey:
+        return self.solver.virtual(size, f"{self.node.name if self.node else ''}:{label}")
+
+    # ---- relations ---------------------------------------------------------------------------
+    def tie(self, a: SlotKey, b: SlotKey) -> None:
+        self.solver.tie(a, b, self.where())
+
+    def tie_dims(self, a: str | Ref, b: str | Ref, dims_a: Iterable[int], dims_b: Iterable[int]) -> None:
+        for da, db in zip(dims_a, dims_b):
+            self.tie(self.s(a, da), self.s(b, db))
+
+    def tie_broadcast(self, out: str, inputs: Sequence[str]) -> None:
+        """Right-aligned broadcasting: each input dim ties the output dim it lines up with."""
+        out_rank = self.rank(out)
+        for name in inputs:
+            rank = self.rank(name)
+            for d in range(rank):
+                od = out_rank - rank + d
+                if od >= 0:
+                    self.tie(self.s(name, d), self.s(out, od))
+
+    def concat(self, out: SlotKey, parts: Sequence[SlotKey]) -> None:
+        self.solver.concat(out, parts, self.where())
+
+    def factor(self, flat: SlotKey, parts: Sequence[SlotKey]) -> None:
+        self.solver.factor(flat, parts, self.where())
+
+    def freeze(self, key: SlotKey, reason: str) -> None:
+        self.solver.freeze(key, reason)
+
+    def freeze_value(self, value: str | Ref, reason: str) -> None:
+        for d in range(self.rank(value)):
+            self.solver.freeze(self.s(value, d), reason)
+
+    def inexact(self, key: SlotKey, reason: str) -> None:
+        self.solver.inexact(key, reason)
+
+    def hide(self, key: SlotKey, reason: str) -> None:
+        self.solver.hide(key, reason)
+
+    def carry(self, key: SlotKey, path: tuple[Any, ...], value: int) -> None:
+        """Record that a constant in the node's args spells out key's size."""
+        self.carries.append(Carry(self.node.name, path, key, value))
+
+
+def declare_slots(graph: Graph, solver: Solver) -> None:
+    for v in graph.values.values():
+        for d, size in enumerate(v.shape):
+            solver.declare((v.name, d), size if isinstance(size, int) else None)
+
+
+def apply_rules(graph: Graph, solver: Solver) -> RuleContext:
+    """Run every node's rule; freeze whatever an unknown op touches."""
+    from . import load_all
+
+    load_all()
+    ctx = RuleContext(graph, solver)
+    for node in graph.nodes:
+        ctx.node = node
+        rule = RULES.get(node.op)
+        if rule is None:
+            reason = f"no coupling rule for op {node.op} at {node.where()}"
+            for name in dict.fromkeys(node.inputs + node.outputs):
+                ctx.freeze_value(name, reason)
+            continue
+        rule(node, ctx)
+    ctx.node = None
+    return ctx
