@@ -249,21 +249,22 @@ class DependencyGraph:
 
 
 def _roles(term: Term, inner: set[int], outer: set[int], frozen: dict) -> None:
-    """In a product, the outermost factor that can move owns whole blocks (heads);
-    factors inside it are positions within blocks (head_dim)."""
+    """In a product, the outermost factor that can move owns whole blocks (heads) and
+    the movable factors inside it are positions within blocks (head_dim). Frozen
+    factors (spatial positions after a flatten, a qkv selector) give no role."""
     kind, body = term
     if kind == "c":
         for t in body:
             _roles(t, inner, outer, frozen)
     elif kind == "p":
-        seen_outer = False
-        for t in body:
-            atoms = _atoms_of(t)
-            if not seen_outer and all(a in frozen for a in atoms):
-                continue
-            for a in atoms:
-                (inner if seen_outer else outer).add(a)
-            seen_outer = True
+        movable = [t for t in body if not all(a in frozen for a in _atoms_of(t))]
+        if len(movable) < 2:
+            for t in movable:
+                _roles(t, inner, outer, frozen)
+            return
+        for i, t in enumerate(movable):
+            for a in _atoms_of(t):
+                (inner if i else outer).add(a)
 
 
 def _atoms_of(term: Term) -> list[int]:

@@ -10,6 +10,8 @@ broken model.
 """
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,8 @@ def new_size(dg: DependencyGraph, key: Any, pruned: dict[int, np.ndarray]) -> in
     return int(dg.solver.keep_mask(term, pruned).sum())
 
 
-def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> None:
+def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
+               attr_updates: list[tuple[str, str, Any]] | None = None) -> None:
     """Slice tensors and update attributes (no validation; see :func:`rewrite`)."""
     masks = keep_masks(dg, plan)
     replaced: dict[int, Any] = {}  # id(old tensor) -> new tensor, so aliases stay one tensor
@@ -63,18 +66,88 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> None:
                 replaced[id(old)] = _slice(old, dims)
             _set(owner, attr, replaced[id(old)])
     _update_known_modules(model, dg, plan)
-    _update_int_attributes(model, dg, plan)
+    for path, attr, value in attr_updates or []:
+        setattr(model.get_submodule(path) if path else model, attr, value)
 
 
 def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None = None,
             check: bool = True) -> None:
-    """Apply ``plan`` to ``model`` in place and check the result against the plan."""
-    apply_plan(model, dg, plan)
-    if check and not plan.empty:
-        check_shapes(model, dg, plan, args, kwargs)
+    """Apply ``plan`` to ``model`` in place, after proving the rewrite on a copy.
+
+    The forward's own size constants (view targets, split sizes, repeat counts)
+    are reached through module attributes. Which attribute spells which constant
+    is not recorded by torch.export, so candidate updates are tried on a
+    meta-device copy that is traced again and shape-checked against the plan;
+    the user's model is modified only once a consistent set is found.
+    """
+    if plan.empty:
+        return
+    sure, unsure = attribute_candidates(model, dg, plan)
+    if not check:
+        apply_plan(model, dg, plan, sure)
+        return
+    errors: list[str] = []
+    for choice in _choices(unsure):
+        updates = sure + choice
+        err = _dry_run(model, dg, plan, updates, args, kwargs)
+        if err is None:
+            apply_plan(model, dg, plan, updates)
+            return
+        errors.append(err)
+    raise RewriteError(errors[0])
+
+
+def _choices(unsure: list[list[tuple[str, str, Any]]], limit: int = 32):
+    """Subsets of the uncertain attribute families, likeliest (all updated) first."""
+    yield [u for fam in unsure for u in fam]
+    n = len(unsure)
+    tried = 1
+    for k in range(n - 1, -1, -1):
+        for keep in itertools.combinations(range(n), k):
+            if tried >= limit:
+                return
+            tried += 1
+            yield [u for i in keep for u in unsure[i]]
+
+
+def _dry_run(model, dg, plan, updates, args, kwargs) -> str | None:
+    """Apply the rewrite to a meta copy and shape-check it; the error text, or None."""
+    for device in ("meta", None):
+        try:
+            probe = _copy_on(model, device)
+            p_args, p_kwargs = _to_device((args, kwargs or {}), device)
+        except Exception:  # some modules cannot be copied; the next device is tried
+            continue
+        apply_plan(probe, dg, plan, updates)
+        try:
+            check_shapes(probe, dg, plan, p_args, p_kwargs)
+            return None
+        except RewriteError as exc:
+            if device == "meta" and "meta" in str(exc).lower():
+                continue  # the forward mixes devices on meta; prove it on a real copy instead
+            return str(exc)
+    return "could not copy the model to check the rewrite"
+
+
+def _copy_on(model: nn.Module, device: str | None) -> nn.Module:
+    if device is None:
+        return copy.deepcopy(model)
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in memo:
+            meta = torch.empty_like(t, device=device)
+            memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _to_device(obj: Any, device: str | None) -> Any:
+    if device is None:
+        return obj
+    return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, obj)
 
 
 def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None) -> None:
+    """Trace the rewritten model again; every value must have the shape the plan says."""
     from ..frontends.torch_export import export_program, lower
 
     masks = keep_masks(dg, plan)
@@ -82,8 +155,10 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
         ep = export_program(model, args, kwargs)
     except Exception as exc:
         raise RewriteError(
-            "the pruned model no longer runs on the example inputs; its forward probably spells a pruned "
-            f"size as a literal. Use -1 in view/reshape or a module attribute. Cause: {exc}") from exc
+            "the pruned model no longer runs on the example inputs: its forward spells a pruned size the "
+            "rewrite cannot reach (a literal, or a size computed from constructor arguments). Use -1 in "
+            "view/reshape, read sizes from tensor shapes or from an attribute of the module doing the reshape, "
+            f"or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}") from exc
     new = lower(ep)
     for node in dg.ir.nodes:
         for out in node.outputs:
@@ -182,27 +257,59 @@ def _op(dg: DependencyGraph, node_name: str) -> str:
     return dg._op_by_node.get(node_name, "")
 
 
-def _update_int_attributes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> None:
-    """A constant in a forward often comes from an int attribute of the module that
-    runs it (self.head_dim). Update an attribute when every constant equal to it in
-    that module asks for the same new value; leave it when they disagree (then the
-    constant came from elsewhere, and the shape check decides)."""
+def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan):
+    """Attribute updates that would carry the plan into the forward's constants.
+
+    A changed constant in a node run by module M likely comes from an int (or
+    int-list) attribute of M with the same value. Returns (sure, unsure): an
+    attribute is sure when every constant of M equal to it asks for one new value;
+    unsure ones are grouped by (module class, attribute) so symmetric layers
+    decide together.
+    """
     pruned = plan.masks()
-    node_module = {n.name: n.meta.get("module", "") for n in dg.ir.nodes}
-    demands: dict[tuple[str, int], set[int]] = {}
+    nodes = {n.name: n for n in dg.ir.nodes}
+    by_node: dict[str, list] = {}
     for c in dg.carries:
-        path = node_module.get(c.node, "")
-        demands.setdefault((path, abs(c.value)), set()).add(abs(_carried_value(dg, c, pruned)))
-    for (path, old), new_values in demands.items():
-        if len(new_values) != 1 or old in new_values:
+        by_node.setdefault(c.node, []).append(c)
+    demands: dict[tuple[str, int], set[int]] = {}
+    list_updates: dict[tuple[str, str], dict[int, int]] = {}
+    for node_name, carries in by_node.items():
+        node = nodes[node_name]
+        path = node.meta.get("module", "")
+        m = _module(model, path)
+        if m is None or isinstance(m, _KNOWN):
             continue
-        try:
-            m = model.get_submodule(path) if path else model
-        except AttributeError:
+        for c in carries:
+            new = _carried_value(dg, c, pruned)
+            demands.setdefault((path, abs(c.value)), set()).add(abs(new))
+            if len(c.path) == 2 and isinstance(node.args[c.path[0]], (list, tuple)):
+                full = [x for x in node.args[c.path[0]]]
+                for attr, val in vars(m).items():
+                    if isinstance(val, (list, tuple)) and list(val) == full and new != c.value:
+                        list_updates.setdefault((path, attr), {})[c.path[1]] = new
+    sure: list[tuple[str, str, Any]] = []
+    unsure: dict[tuple[str, str], list[tuple[str, str, Any]]] = {}
+    for (path, attr), changes in sorted(list_updates.items()):
+        val = getattr(_module(model, path), attr)
+        new_val = [changes.get(i, x) for i, x in enumerate(val)]
+        sure.append((path, attr, type(val)(new_val)))
+    for (path, old), new_values in sorted(demands.items()):
+        changed = new_values - {old}
+        if not changed:
             continue
-        if isinstance(m, _KNOWN):
-            continue
-        (new,) = new_values
-        for attr, val in list(vars(m).items()):
-            if not attr.startswith("_") and type(val) is int and val == old:
-                setattr(m, attr, new)
+        m = _module(model, path)
+        for attr, val in sorted(vars(m).items()):
+            if attr.startswith("_") or type(val) is not int or val != old:
+                continue
+            if len(new_values) == 1:
+                sure.append((path, attr, next(iter(changed))))
+            elif len(changed) == 1:
+                unsure.setdefault((type(m).__qualname__, attr), []).append((path, attr, next(iter(changed))))
+    return sure, list(unsure.values())
+
+
+def _module(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path) if path else model
+    except AttributeError:
+        return None

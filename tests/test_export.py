@@ -1,0 +1,43 @@
+"""export_onnx: validated, dynamic batch, deterministic, atomic."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import graphprune as gp
+from models import build
+
+
+@pytest.fixture(scope="module")
+def pruned_cnn():
+    model, args = build("mobilenetv2")
+    model, _ = gp.prune(model, args, ratio=0.5)
+    return model, args
+
+
+def test_export_matches_pytorch_with_dynamic_batch(pruned_cnn, tmp_path):
+    model, args = pruned_cnn
+    report = gp.export_onnx(model, args, tmp_path / "slim.onnx")
+    assert report.max_abs_diff <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, *args[0].shape[1:])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+
+
+def test_export_is_deterministic(pruned_cnn, tmp_path):
+    model, args = pruned_cnn
+    gp.export_onnx(model, args, tmp_path / "a.onnx")
+    gp.export_onnx(model, args, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_failed_check_leaves_no_file(pruned_cnn, tmp_path):
+    model, args = pruned_cnn
+    with pytest.raises(gp.GraphpruneError, match="nothing was written"):
+        gp.export_onnx(model, args, tmp_path / "never.onnx", atol=-1.0)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,314 @@
+"""Per-op-family coupling rules: tiny modules whose group structure is derived by
+hand, each also held to the oracle with every role pruned."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphprune as gp
+
+ALL_ROLES = ("channel", "outer", "inner")
+
+
+def _img(c=3, hw=6, b=2):
+    return (torch.randn(b, c, hw, hw, generator=torch.Generator().manual_seed(0)),)
+
+
+def _seq(e=8, s=5, b=2):
+    return (torch.randn(b, s, e, generator=torch.Generator().manual_seed(0)),)
+
+
+def _bn(c):
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn, self.c2 = nn.Conv2d(3, 8, 3, padding=1), _bn(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.bn(self.c1(x))))
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.g, self.c3 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c3(F.relu(self.g(F.relu(self.c1(x)))))
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.dw, self.c3 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c3(F.relu6(self.dw(F.relu6(self.c1(x)))))
+
+
+class Transposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.up, self.c3 = nn.Conv2d(3, 6, 1), nn.ConvTranspose2d(6, 5, 2, stride=2), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.c3(torch.tanh(self.up(F.relu(self.c1(x)))))
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.cat([F.relu(self.a(x)), torch.sigmoid(self.b(x))], 1))
+
+
+class Chunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        p, q = self.a(x).chunk(2, 1)
+        return self.c(p * torch.sigmoid(q))
+
+
+class SplitUneven(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.sizes = [3, 5]
+
+    def forward(self, x):
+        p, q = torch.split(self.a(x), self.sizes, 1)
+        return self.c(torch.cat([F.silu(q), p], 1))
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(3, 4, 3, stride=3), nn.Linear(16, 5)
+
+    def forward(self, x):  # 6x6 input -> 2x2 map -> 4*2*2 features
+        return self.fc(torch.flatten(F.relu(self.c(x)), 1))
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 12), nn.Linear(12, 8)
+
+    def forward(self, x):
+        return x + self.down(F.gelu(self.up(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, sdpa=True, kv_heads=2):
+        super().__init__()
+        self.head_dim, self.sdpa = 4, sdpa
+        self.num_key_value_groups = 4 // kv_heads
+        self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 4 * kv_heads), nn.Linear(8, 4 * kv_heads)
+        self.o = nn.Linear(16, 8)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        n = self.num_key_value_groups
+        k = k[:, :, None].expand(b, k.shape[1], n, s, self.head_dim).reshape(b, -1, s, self.head_dim)
+        v = v[:, :, None].expand(b, v.shape[1], n, s, self.head_dim).reshape(b, -1, s, self.head_dim)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, scale=0.5)
+        else:
+            y = torch.softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1) @ v
+        return self.o(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class LayerNormMlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.ln, self.out = nn.Linear(8, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(self.ln(self.inp(x)))
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn, self.c2 = nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c2(self.gn(self.c1(x)))
+
+
+class Reductions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 6), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.a(x).sum(-1) + self.b(x).mean(-1)
+
+
+class SoftmaxChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.softmax(self.a(x), dim=-1))
+
+
+class Embed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(20, 6), nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids))
+
+
+class Einsum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(7, 8))
+        self.w2 = nn.Parameter(torch.randn(3, 7))
+
+    def forward(self, x):
+        h = torch.einsum("bsd,ed->bse", x, self.w1)
+        return torch.einsum("bse,oe->bso", F.relu(h), self.w2)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc1, self.fc2, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c(x))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(y, 1)))))
+        return self.out(y * s)
+
+
+def _member_names(group):
+    return sorted({m.name for m in group.members})
+
+
+# (module factory, example inputs, every prunable group as (size, role, member names))
+CASES = {
+    "conv_bn": (ConvBN, _img(), [(8, "channel", ["bn.bias", "bn.running_mean", "bn.running_var", "bn.weight",
+                                                 "c1.bias", "c1.weight", "c2.weight"])]),
+    # groups=2 on 8 channels: a group space (outer, 2) shared by input, weight and output;
+    # 4 input channels per group (inner) and 4 output channels per group (inner)
+    "grouped": (Grouped, _img(), [(2, "outer", ["c1.bias", "c1.weight", "c3.weight", "g.bias", "g.weight"]),
+                                  (4, "inner", ["c1.bias", "c1.weight", "g.weight"]),
+                                  (4, "inner", ["c3.weight", "g.bias", "g.weight"])]),
+    "depthwise": (Depthwise, _img(), [(8, "channel", ["c1.bias", "c1.weight", "c3.weight", "dw.bias", "dw.weight"])]),
+    "conv_transpose": (Transposed, _img(), [(6, "channel", ["c1.bias", "c1.weight", "up.weight"]),
+                                            (5, "channel", ["c3.weight", "up.bias", "up.weight"])]),
+    "concat": (Concat, _img(), [(3, "channel", ["a.bias", "a.weight", "c.weight"]),
+                                (5, "channel", ["b.bias", "b.weight", "c.weight"])]),
+    # chunk(2): both halves are spelled by one chunk count, so they share one space of 4
+    "chunk": (Chunk, _img(), [(4, "channel", ["a.bias", "a.weight", "c.weight"])]),
+    "split_uneven": (SplitUneven, _img(), [(3, "channel", ["a.bias", "a.weight", "c.weight"]),
+                                           (5, "channel", ["a.bias", "a.weight", "c.weight"])]),
+    # each conv channel owns a block of 2x2 (frozen) spatial positions in fc's input
+    "flatten_linear": (FlattenLinear, _img(), [(4, "channel", ["c.bias", "c.weight", "fc.weight"])]),
+    "mlp_residual": (Mlp, _seq(), [(12, "channel", ["down.weight", "up.bias", "up.weight"])]),
+    # 4 query heads over 2 kv heads: kv head (outer, 2), query-per-kv (inner, 2),
+    # head_dim of q/k (inner, 4), head_dim of v/o (inner, 4)
+    "gqa_sdpa": (Attention, _seq(), [(2, "outer", ["k.bias", "k.weight", "o.weight", "q.bias", "q.weight",
+                                                   "v.bias", "v.weight"]),
+                                     (2, "inner", ["o.weight", "q.bias", "q.weight"]),
+                                     (4, "inner", ["k.bias", "k.weight", "q.bias", "q.weight"]),
+                                     (4, "inner", ["o.weight", "v.bias", "v.weight"])]),
+    "mha_manual": (lambda: Attention(sdpa=False, kv_heads=4), _seq(),
+                   [(4, "outer", ["k.bias", "k.weight", "o.weight", "q.bias", "q.weight", "v.bias", "v.weight"]),
+                    (4, "inner", ["k.bias", "k.weight", "q.bias", "q.weight"]),
+                    (4, "inner", ["o.weight", "v.bias", "v.weight"])]),
+    "group_norm": (GroupNormNet, _img(), [(2, "outer", ["c1.bias", "c1.weight", "c2.weight", "gn.bias", "gn.weight"]),
+                                          (4, "inner", ["c1.bias", "c1.weight", "c2.weight", "gn.bias", "gn.weight"])]),
+    "reductions": (Reductions, _seq(), [(6, "channel", ["a.bias", "a.weight"]), (5, "channel", ["b.bias", "b.weight"])]),
+    "softmax": (SoftmaxChannels, _seq(), [(6, "channel", ["a.bias", "a.weight", "b.weight"])]),
+    "embedding": (Embed, (torch.tensor([[1, 5, 7], [2, 2, 19]]),), [(6, "channel", ["emb.weight", "fc.weight"])]),
+    "einsum": (Einsum, _seq(), [(7, "channel", ["w1", "w2"])]),
+    "squeeze_excite": (SqueezeExcite, _img(), [(8, "channel", ["c.bias", "c.weight", "fc1.weight", "fc2.bias",
+                                                               "fc2.weight", "out.weight"]),
+                                               (2, "channel", ["fc1.bias", "fc1.weight", "fc2.weight"])]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_groups_match_derivation(name):
+    factory, args, expected = CASES[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    g = gp.trace(model, args)
+    got = sorted((grp.size, grp.role, _member_names(grp)) for grp in g.prunable_groups(ALL_ROLES))
+    assert got == sorted(expected), g.summary()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_oracle_every_role(name):
+    factory, args, _ = CASES[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    ref = model(*args)
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5, importance="random", roles=ALL_ROLES)
+    report = gp.verify(model, args, plan, g, atol=1e-5)
+    assert report.passed, report
+    pruned, rep = gp.prune(copy.deepcopy(model), args, graph=g, plan_=plan)
+    assert pruned(*args).shape == ref.shape
+    assert rep.params_after < rep.params_before
+
+
+def test_inexact_groups_are_named_not_passed():
+    model = LayerNormMlp().eval()
+    args = _seq()
+    g = gp.trace(model, args)
+    (hidden,) = [grp for grp in g.prunable_groups() if grp.size == 6]
+    assert not hidden.exact and "layer_norm" in hidden.inexact[0]
+    plan = gp.plan(g, model, ratio=0.5)
+    report = gp.verify(model, args, plan, g)
+    assert hidden.id in report.inexact_groups and hidden.id not in report.checked_groups
+
+
+def test_mean_and_softmax_over_channels_are_inexact_sum_is_exact():
+    g = gp.trace(Reductions().eval(), _seq())
+    by_size = {grp.size: grp for grp in g.prunable_groups()}
+    assert by_size[6].exact  # summed: a zeroed channel adds nothing
+    assert not by_size[5].exact and "mean" in by_size[5].inexact[0]
+    g2 = gp.trace(SoftmaxChannels().eval(), _seq())
+    assert not g2.prunable_groups()[0].exact
+
+
+def test_group_norm_whole_groups_exact_channels_within_inexact():
+    g = gp.trace(GroupNormNet().eval(), _img())
+    outer = [x for x in g.prunable_groups(ALL_ROLES) if x.role == "outer"][0]
+    inner = [x for x in g.prunable_groups(ALL_ROLES) if x.role == "inner"][0]
+    assert outer.exact and not inner.exact
+
+
+def test_conv_module_attributes_follow_the_rewrite():
+    model, args = Grouped().eval(), _img()
+    g = gp.trace(model, args)
+    gp.prune(model, args, graph=g, ratio=0.5, roles=ALL_ROLES)
+    assert (model.g.groups, model.g.in_channels, model.g.out_channels) == (1, 2, 2)
+    assert model.c1.out_channels == 2 and model.c3.in_channels == 2
