@@ -14,8 +14,19 @@ def _numel(shape: tuple) -> int:
 
 
 def count_params(g: Graph, shape_of: ShapeFn | None = None) -> int:
+    """Learned parameters; a tensor tied under several names counts once."""
     shape_of = shape_of or (lambda n: g.values[n].shape)
-    return sum(_numel(shape_of(v.name)) for v in g.values.values() if v.kind == "param")
+    seen: set[str] = set()
+    total = 0
+    for v in g.values.values():
+        if v.kind != "param":
+            continue
+        names = g.aliases.get(v.source or v.name, [v.source or v.name])
+        if seen.intersection(names):
+            continue
+        seen.update(names)
+        total += _numel(shape_of(v.name))
+    return total
 
 
 def node_macs(n: Node, shape_of: ShapeFn) -> int:

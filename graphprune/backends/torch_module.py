@@ -87,13 +87,22 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
         apply_plan(model, dg, plan, sure)
         return
     errors: list[str] = []
+    fallback = None
     for choice in _choices(unsure):
         updates = sure + choice
-        err = _dry_run(model, dg, plan, updates, args, kwargs)
-        if err is None:
+        err, same_structure = _dry_run(model, dg, plan, updates, args, kwargs)
+        if err is None and same_structure:
             apply_plan(model, dg, plan, updates)
             return
-        errors.append(err)
+        if err is None and fallback is None:
+            # Shapes fit but ops appeared or vanished: accept only if nothing keeps the
+            # original structure (a size-dependent branch, e.g. repeat_kv with n_rep 1).
+            fallback = updates
+        elif err is not None:
+            errors.append(err)
+    if fallback is not None:
+        apply_plan(model, dg, plan, fallback)
+        return
     raise RewriteError(errors[0])
 
 
@@ -110,8 +119,8 @@ def _choices(unsure: list[list[tuple[str, str, Any]]], limit: int = 32):
             yield [u for i in keep for u in unsure[i]]
 
 
-def _dry_run(model, dg, plan, updates, args, kwargs) -> str | None:
-    """Apply the rewrite to a meta copy and shape-check it; the error text, or None."""
+def _dry_run(model, dg, plan, updates, args, kwargs) -> tuple[str | None, bool]:
+    """Apply the rewrite to a meta copy and shape-check it: (error text or None, same ops)."""
     for device in ("meta", None):
         try:
             probe = _copy_on(model, device)
@@ -120,13 +129,12 @@ def _dry_run(model, dg, plan, updates, args, kwargs) -> str | None:
             continue
         apply_plan(probe, dg, plan, updates)
         try:
-            check_shapes(probe, dg, plan, p_args, p_kwargs)
-            return None
+            return None, check_shapes(probe, dg, plan, p_args, p_kwargs)
         except RewriteError as exc:
             if device == "meta" and "meta" in str(exc).lower():
                 continue  # the forward mixes devices on meta; prove it on a real copy instead
-            return str(exc)
-    return "could not copy the model to check the rewrite"
+            return str(exc), False
+    return "could not copy the model to check the rewrite", False
 
 
 def _copy_on(model: nn.Module, device: str | None) -> nn.Module:
@@ -146,8 +154,11 @@ def _to_device(obj: Any, device: str | None) -> Any:
     return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, obj)
 
 
-def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None) -> None:
-    """Trace the rewritten model again; every value must have the shape the plan says."""
+def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None) -> bool:
+    """Trace the rewritten model again; every value must have the shape the plan says.
+
+    Returns whether the new trace has exactly the original's call sites.
+    """
     from ..frontends.torch_export import export_program, lower
 
     masks = keep_masks(dg, plan)
@@ -160,18 +171,38 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
             "view/reshape, read sizes from tensor shapes or from an attribute of the module doing the reshape, "
             f"or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}") from exc
     new = lower(ep)
-    for node in dg.ir.nodes:
-        for out in node.outputs:
-            if out not in new.values:
-                continue
+    new_by_site = _by_call_site(new.nodes)
+    for site, node in _by_call_site(dg.ir.nodes).items():
+        other = new_by_site.get(site)
+        if other is None or len(other.outputs) != len(node.outputs):
+            continue  # a code path that only runs at some sizes (an early return): nothing to compare
+        for out, new_out in zip(node.outputs, other.outputs):
             v = dg.ir.values[out]
             want = tuple(int(masks[(out, d)].sum()) if (out, d) in masks else s for d, s in enumerate(v.shape))
-            got = new.values[out].shape
+            got = new.values[new_out].shape
             if tuple(got) != want:
                 raise RewriteError(
                     f"after pruning, {node.where()} produces shape {tuple(got)} but the plan needs {want}. "
                     "The forward spells a size the rewrite cannot reach (a literal, or an attribute of another "
                     "module): compute it from tensor shapes, use -1, or exclude these layers with ignore=[...].")
+    outs = [new.values[o].shape for o in new.outputs]
+    if outs != [dg.ir.values[o].shape for o in dg.ir.outputs]:
+        raise RewriteError(f"after pruning, the model's outputs have shapes {outs}, not "
+                           f"{[dg.ir.values[o].shape for o in dg.ir.outputs]}")
+    return set(new_by_site) == set(_by_call_site(dg.ir.nodes))
+
+
+def _by_call_site(nodes) -> dict[tuple, Any]:
+    """Identify nodes across two traces by where they come from, not by fx name (names
+    shift when a size-dependent branch adds or drops ops)."""
+    seen: dict[tuple, int] = {}
+    out = {}
+    for n in nodes:
+        base = (n.meta.get("module", ""), n.meta.get("source"), n.op)
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        out[base + (k,)] = n
+    return out
 
 
 def _owner(model: nn.Module, path: str) -> tuple[Any, str]:
