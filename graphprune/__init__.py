@@ -5,7 +5,7 @@ rewrite it into a smaller dense model that the exactness oracle can check.
 """
 from __future__ import annotations
 
-from .api import plan, prune, trace
+from .api import load_onnx, plan, prune, trace
 from .export import ExportReport, export_onnx
 from .errors import GraphpruneError, PlanError, RewriteError, TraceError
 from .graph import DependencyGraph, Group, Member
@@ -14,7 +14,7 @@ from .planner import PrunePlan
 from .report import PruneReport
 from .verify import OracleReport, masked_original, verify
 
-__all__ = ["trace", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
+__all__ = ["trace", "load_onnx", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
            "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError",
            "PlanError", "RewriteError", "TraceError"]
 __version__ = "0.1.0"

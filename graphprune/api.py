@@ -39,6 +39,20 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, freez
     return DependencyGraph(ir, freeze_io=freeze_io, extra={"ep": ep})
 
 
+def load_onnx(path: str, freeze_io: bool = True) -> DependencyGraph:
+    """Load an ONNX file and solve its channel spaces: the same query API as :func:`trace`.
+
+    Example:
+        >>> g = graphprune.load_onnx("model.onnx")   # doctest: +SKIP
+        >>> print(g.summary())                      # doctest: +SKIP
+    """
+    from .frontends import onnx as onnx_frontend
+
+    model = onnx_frontend.load_model(path)
+    ir = onnx_frontend.lower(model)
+    return DependencyGraph(ir, freeze_io=freeze_io, extra={"onnx": model, "path": str(path)})
+
+
 def _tensors(model: torch.nn.Module) -> dict[str, np.ndarray | None]:
     out: dict[str, np.ndarray | None] = {}
     for name, p in model.named_parameters(remove_duplicate=False):

@@ -138,7 +138,7 @@ class DependencyGraph:
                 term = self.solver.layout((v.name, d))
                 for atom in self.solver.atoms(term):
                     members.setdefault(atom, []).append(Member(v.source or v.name, d, v.name, term))
-                _roles(term, inner, outer, frozen)
+                _roles(term, inner, outer, frozen, self.solver.atom_size)
         self.groups: list[Group] = []
         self._by_atom: dict[int, Group] = {}
         for atom in sorted(members):
@@ -248,19 +248,19 @@ class DependencyGraph:
         return len(self.groups)
 
 
-def _roles(term: Term, inner: set[int], outer: set[int], frozen: dict) -> None:
+def _roles(term: Term, inner: set[int], outer: set[int], frozen: dict, size_of) -> None:
     """In a product, the outermost factor that can move owns whole blocks (heads) and
-    the movable factors inside it are positions within blocks (head_dim). Frozen
-    factors (spatial positions after a flatten, a qkv selector) give no role."""
+    the movable factors inside it are positions within blocks (head_dim). Frozen or
+    unit factors (spatial positions after a flatten, a qkv selector) give no role."""
     kind, body = term
     if kind == "c":
         for t in body:
-            _roles(t, inner, outer, frozen)
+            _roles(t, inner, outer, frozen, size_of)
     elif kind == "p":
-        movable = [t for t in body if not all(a in frozen for a in _atoms_of(t))]
+        movable = [t for t in body if any(a not in frozen and (size_of(a) or 0) > 1 for a in _atoms_of(t))]
         if len(movable) < 2:
             for t in movable:
-                _roles(t, inner, outer, frozen)
+                _roles(t, inner, outer, frozen, size_of)
             return
         for i, t in enumerate(movable):
             for a in _atoms_of(t):

@@ -34,6 +34,9 @@ class Value:
     dtype: str = "float32"
     kind: str = "act"
     source: str | None = None
+    # Small integer constants (reshape targets, split sizes, slice bounds), flattened:
+    # rules read them, back-ends rewrite them. None for everything else.
+    data: tuple[int, ...] | None = None
 
     @property
     def rank(self) -> int:
@@ -109,8 +112,10 @@ class Graph:
         return value
 
     def params(self) -> list[Value]:
-        """Parameters and buffers (values with a source path)."""
-        return [v for v in self.values.values() if v.kind in ("param", "buffer")]
+        """Tensors stored with the model (parameters, buffers, float constants), whose
+        dims pruning slices. Integer constants are sizes and indices, not channels."""
+        return [v for v in self.values.values()
+                if v.kind in ("param", "buffer") or (v.kind == "const" and v.dtype.startswith(("float", "bfloat")))]
 
     def producers(self) -> dict[str, Node]:
         return {out: n for n in self.nodes for out in n.outputs}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("elementwise", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention")
+_FAMILIES = ("elementwise", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "onnx_shape")
 _loaded = False
 
 

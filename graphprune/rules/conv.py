@@ -63,3 +63,10 @@ def _convolution(node: Node, ctx: RuleContext) -> None:
     groups = node.args[8]
     relate_conv(ctx, node, node.args[0].name, node.args[1].name, node.args[2], node.outputs[0],
                 groups, transposed, (8,))
+
+
+@register("onnx.Conv", "onnx.ConvTranspose")
+def _onnx_conv(node: Node, ctx: RuleContext) -> None:
+    bias = node.args[2] if len(node.args) > 2 else None
+    relate_conv(ctx, node, node.args[0].name, node.args[1].name, bias, node.outputs[0],
+                node.kwargs.get("group", 1), node.op == "onnx.ConvTranspose", ("group",))

@@ -37,3 +37,14 @@ def _prelu(node: Node, ctx: RuleContext) -> None:
     ctx.tie_broadcast(node.outputs[0], [x.name])
     if ctx.shape(w)[0] != 1:
         ctx.tie(ctx.s(w, 0), ctx.s(x, 1 if ctx.rank(x) > 1 else 0))
+
+
+# ONNX: unary ops tie their first (data) input only; Clip's min/max and Dropout's
+# ratio are scalars. Broadcasting ops tie every input.
+defelementwise(*(f"onnx.{op}" for op in (
+    "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Gelu Erf Tanh Elu Selu Celu Softplus Softsign Mish "
+    "ThresholdedRelu Exp Log Sqrt Reciprocal Neg Abs Not Floor Ceil Round Sign Sin Cos Tan Asin Acos Atan "
+    "Sinh Cosh IsNaN IsInf Identity Cast CastLike Clip Dropout Shrink BitwiseNot").split()))
+defbroadcasting(*(f"onnx.{op}" for op in (
+    "Add Sub Mul Div Pow Max Min Mean Sum Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor Mod "
+    "Where PRelu BitwiseAnd BitwiseOr").split()))

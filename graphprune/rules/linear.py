@@ -95,3 +95,28 @@ def _expand_ellipsis(spec: str, rank: int) -> list[str]:
     head, tail = spec.split("...")
     n = rank - len(head) - len(tail)
     return list(head) + [f"…{n - i}" for i in range(n)] + list(tail)  # right-aligned, as broadcasting
+
+
+@register("onnx.MatMul")
+def _onnx_matmul(node: Node, ctx: RuleContext) -> None:
+    relate_matmul(ctx, node.args[0].name, node.args[1].name, node.outputs[0])
+
+
+@register("onnx.Gemm")
+def _onnx_gemm(node: Node, ctx: RuleContext) -> None:
+    # Y = alpha * A' @ B' + beta * C, with A' = A^T if transA, B' = B^T if transB.
+    a, b, out = node.args[0].name, node.args[1].name, node.outputs[0]
+    ta, tb = node.kwargs.get("transA", 0), node.kwargs.get("transB", 0)
+    m_a, k_a = (1, 0) if ta else (0, 1)
+    k_b, n_b = (1, 0) if tb else (0, 1)
+    ctx.tie(ctx.s(a, k_a), ctx.s(b, k_b))
+    ctx.tie(ctx.s(a, m_a), ctx.s(out, 0))
+    ctx.tie(ctx.s(b, n_b), ctx.s(out, 1))
+    if len(node.args) > 2 and node.args[2] is not None:
+        ctx.tie_broadcast(out, [node.args[2].name])
+
+
+@register("onnx.Einsum")
+def _onnx_einsum(node: Node, ctx: RuleContext) -> None:
+    shim = Node(node.name, node.op, (node.kwargs["equation"], list(node.args)), {}, node.outputs, node.meta)
+    _einsum(shim, ctx)

@@ -71,3 +71,42 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
         ctx.inexact(per, f"normalised within groups by group_norm at {node.where()}")
     else:
         ctx.inexact(ctx.s(x, 1), f"normalised by group_norm at {node.where()}")
+
+
+@register("onnx.BatchNormalization", "onnx.InstanceNormalization")
+def _onnx_per_channel(node: Node, ctx: RuleContext) -> None:
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]))
+
+
+@register("onnx.LayerNormalization")
+def _onnx_layer_norm(node: Node, ctx: RuleContext) -> None:
+    x = node.args[0].name
+    rank = ctx.rank(x)
+    axis = node.kwargs.get("axis", -1) % rank
+    ctx.tie_broadcast(node.outputs[0], [x])
+    for d in range(axis, rank):
+        ctx.inexact(ctx.s(x, d), f"normalised by LayerNormalization at {node.where()}")
+    for p in node.args[1:3]:
+        if p is not None:
+            ctx.tie_broadcast(x, [p.name])
+
+
+@register("onnx.GroupNormalization")
+def _onnx_group_norm(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    groups = node.kwargs["num_groups"]
+    c = ctx.shape(x)[1]
+    ctx.tie_broadcast(out, [x])
+    g = ctx.virtual(groups, "norm_groups") if groups > 1 else None
+    per = ctx.virtual(c // groups, "channels_per_group") if g is not None else ctx.s(x, 1)
+    if g is not None:
+        ctx.factor(ctx.s(x, 1), [g, per])
+        ctx.carry(g, ("num_groups",), groups)
+    for p in node.args[1:3]:
+        if p is None:
+            continue
+        if ctx.shape(p)[0] == c:  # opset 21: per channel
+            ctx.tie(ctx.s(p, 0), ctx.s(x, 1))
+        elif g is not None:  # opset 18: per group
+            ctx.tie(ctx.s(p, 0), g)
+    ctx.inexact(per, f"normalised within groups by GroupNormalization at {node.where()}")

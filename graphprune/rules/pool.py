@@ -2,8 +2,6 @@
 spatial dims they act on are positions, frozen."""
 from __future__ import annotations
 
-import re
-
 from ..ir import Node
 from .registry import RuleContext, register
 
@@ -67,4 +65,42 @@ def _pixel_shuffle(node: Node, ctx: RuleContext) -> None:
         ctx.freeze(ctx.s(out, d), f"spatial positions at {node.where()}")
 
 
-del re
+
+@register("onnx.MaxPool", "onnx.AveragePool", "onnx.LpPool", "onnx.GlobalAveragePool", "onnx.GlobalMaxPool",
+          "onnx.GlobalLpPool", "onnx.Resize", "onnx.Upsample", "onnx.MaxUnpool")
+def _onnx_spatial(node: Node, ctx: RuleContext) -> None:
+    # NCHW: batch and channels pass through, every later dim is spatial.
+    _spatial(node, ctx, ctx.rank(node.args[0]) - 2)
+
+
+@register("onnx.Pad")
+def _onnx_pad(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    rank = ctx.rank(x)
+    for d in range(rank):
+        if ctx.shape(x)[d] == ctx.shape(out)[d] and _pad_free(node, ctx, d, rank):
+            ctx.tie(ctx.s(x, d), ctx.s(out, d))
+        else:
+            reason = f"padded dim at {node.where()}"
+            ctx.freeze(ctx.s(x, d), reason)
+            ctx.freeze(ctx.s(out, d), reason)
+
+
+def _pad_free(node: Node, ctx: RuleContext, d: int, rank: int) -> bool:
+    pads = ctx.graph.values[node.args[1].name].data if len(node.args) > 1 and node.args[1] is not None else \
+        node.kwargs.get("pads")
+    axes = ctx.graph.values[node.args[3].name].data if len(node.args) > 3 and node.args[3] is not None else None
+    if pads is None:
+        return False  # computed pads: cannot tell which dims move
+    axes = [a % rank for a in axes] if axes else list(range(rank))
+    if d not in axes:
+        return True
+    j = axes.index(d)
+    return pads[j] == 0 and pads[j + len(axes)] == 0
+
+
+@register("onnx.DepthToSpace", "onnx.SpaceToDepth", "onnx.LRN")
+def _onnx_channel_mixing(node: Node, ctx: RuleContext) -> None:
+    for name in [node.args[0].name] + node.outputs:
+        ctx.freeze_value(name, f"channels rearranged or normalised across by {node.where()}")
+

@@ -43,3 +43,54 @@ def _softmax(node: Node, ctx: RuleContext) -> None:
     op = node.op.split(".")[-1].lstrip("_")
     if op != "cumsum":  # a zero adds nothing to a running sum
         ctx.inexact(ctx.s(x, node.args[1] % ctx.rank(x)), f"{op} along this dim at {node.where()}")
+
+
+_ONNX_EXACT = {"ReduceSum", "ReduceSumSquare"}
+
+
+def _onnx_reduce(node: Node, ctx: RuleContext) -> None:
+    x = node.args[0].name
+    rank = ctx.rank(x)
+    axes = node.kwargs.get("axes")
+    if axes is None and len(node.args) > 1 and node.args[1] is not None:
+        axes = ctx.graph.values[node.args[1].name].data
+    if axes is None:
+        if len(node.args) > 1 and node.args[1] is not None:  # computed axes: cannot tell what is reduced
+            ctx.freeze_value(x, f"reduction over computed axes at {node.where()}")
+            ctx.freeze_value(node.outputs[0], f"reduction over computed axes at {node.where()}")
+            return
+        axes = [] if node.kwargs.get("noop_with_empty_axes", 0) else list(range(rank))
+    reduced = sorted({a % rank for a in axes})
+    kept = [d for d in range(rank) if d not in reduced]
+    out = node.outputs[0]
+    keepdims = ctx.rank(out) == rank
+    ctx.tie_dims(x, out, kept, kept if keepdims else range(len(kept)))
+    kind = node.op.split(".")[-1]
+    if kind not in _ONNX_EXACT:
+        for d in reduced:
+            ctx.inexact(ctx.s(x, d), f"reduced by {kind} at {node.where()}")
+
+
+for _kind in ("ReduceSum", "ReduceSumSquare", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+              "ReduceL2", "ReduceLogSum", "ReduceLogSumExp"):
+    register(f"onnx.{_kind}")(_onnx_reduce)
+
+
+@register("onnx.ArgMax", "onnx.ArgMin")
+def _onnx_arg(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    rank = ctx.rank(x)
+    axis = node.kwargs.get("axis", 0) % rank
+    kept = [d for d in range(rank) if d != axis]
+    ctx.tie_dims(x, out, kept, kept if ctx.rank(out) == rank else range(len(kept)))
+    ctx.freeze(ctx.s(x, axis), f"positions returned by {node.where()}")
+
+
+@register("onnx.Softmax", "onnx.LogSoftmax", "onnx.Hardmax", "onnx.CumSum")
+def _onnx_softmax(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    ctx.tie_broadcast(out, [x])
+    kind = node.op.split(".")[-1]
+    if kind == "CumSum":
+        return  # a zero adds nothing to a running sum
+    ctx.inexact(ctx.s(x, node.kwargs.get("axis", -1) % ctx.rank(x)), f"{kind} along this dim at {node.where()}")

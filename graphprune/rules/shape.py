@@ -13,18 +13,25 @@ _INT_MAX = 2**62  # slice ends like 9223372036854775807 mean "to the end"
 
 
 def relate_reshape(ctx: RuleContext, src: str, out: str) -> None:
-    """Group dims whose running products match; each group is a tie or a factorisation."""
+    """Group dims whose running products match; each group is a tie or a factorisation.
+
+    Unit dims carry nothing and are skipped. Symbolic dims (a dynamic batch) are
+    matched by name at either end; what lies between must be static.
+    """
     ishape, oshape = ctx.shape(src), ctx.shape(out)
-    if not (all(isinstance(d, int) for d in ishape) and all(isinstance(d, int) for d in oshape)):
-        if list(ishape) == list(oshape):
-            ctx.tie_dims(src, out, range(len(ishape)), range(len(oshape)))
-        else:
-            reason = f"reshape with symbolic sizes at {ctx.where()}"
-            ctx.freeze_value(src, reason)
-            ctx.freeze_value(out, reason)
-        return
     idims = [d for d, n in enumerate(ishape) if n != 1]
     odims = [d for d, n in enumerate(oshape) if n != 1]
+    while idims and odims and not isinstance(ishape[idims[0]], int) and ishape[idims[0]] == oshape[odims[0]]:
+        ctx.tie(ctx.s(src, idims.pop(0)), ctx.s(out, odims.pop(0)))
+    while idims and odims and not isinstance(ishape[idims[-1]], int) and ishape[idims[-1]] == oshape[odims[-1]]:
+        ctx.tie(ctx.s(src, idims.pop()), ctx.s(out, odims.pop()))
+    if not all(isinstance(ishape[d], int) for d in idims) or not all(isinstance(oshape[d], int) for d in odims):
+        reason = f"reshape with symbolic sizes at {ctx.where()}"
+        for d in idims:
+            ctx.freeze(ctx.s(src, d), reason)
+        for d in odims:
+            ctx.freeze(ctx.s(out, d), reason)
+        return
     i = j = 0
     while i < len(idims) and j < len(odims):
         gi, gj = [idims[i]], [odims[j]]

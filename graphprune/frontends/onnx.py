@@ -1,0 +1,242 @@
+"""ONNX file -> IR, through onnx-graphsurgeon.
+
+Loading checks the file before anything else (a truncated or non-ONNX file, an
+external-data path that leaves the model's folder). Shapes come from ONNX shape
+inference; where it leaves holes, the model is run once in onnxruntime on
+example inputs and the observed shapes fill them. Small integer tensors (reshape
+targets, split sizes, slice bounds, and the Shape/Gather/Concat arithmetic that
+builds them) are evaluated so the rules can read them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import TraceError
+from ..ir import Graph, Node, Ref, Value
+
+_MAX_DATA = 64  # int tensors up to this size are evaluated and kept as data
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX file with its external data, refusing unsafe or broken input."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"ONNX file '{path}' does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise TraceError(f"'{path}' is not a valid ONNX model ({type(exc).__name__}: {exc}); "
+                         "the file may be truncated or not ONNX at all") from exc
+    if not model.graph.node and not model.graph.input:
+        raise TraceError(f"'{path}' parsed as protobuf but holds no ONNX graph; it is probably not an ONNX file")
+    base = path.resolve().parent
+    for init in list(model.graph.initializer):
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in init.external_data}.get("location", "")
+            target = (base / loc).resolve()
+            if os.path.isabs(loc) or base not in target.parents:
+                raise TraceError(f"initializer '{init.name}' points its external data at '{loc}', outside the "
+                                 f"model's folder {base}; refusing to read it")
+            if not target.is_file():
+                raise TraceError(f"initializer '{init.name}': external data file '{loc}' is missing next to {path}")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise TraceError(f"'{path}' is not a valid ONNX model: {exc}") from exc
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # an op without inference: keep what we have and fill holes at run time
+        return model
+
+
+def concretize(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:
+    """A copy whose symbolic input dims are fixed (to 1 by default), shapes inferred anew.
+
+    Dynamic axes are batch and sequence positions, frozen for pruning anyway; with
+    them static, reshapes that merge them with heads (batch*heads) become plain
+    factorisations, and size-1 dims drop out of the coupling altogether.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name for i in m.graph.initializer}
+    for vi in m.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = size
+    del m.graph.value_info[:]
+    for vi in m.graph.output:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.ClearField("shape")
+    return infer_shapes(m)
+
+
+def _observed_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple]:
+    """Run onnxruntime with every value as an output; the observed shapes.
+
+    Two runs with different values for each symbolic input dim tell static dims
+    (the same in both) from symbolic ones (named after the input dim they follow).
+    """
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    symbols = sorted({d for i in sess.get_inputs() for d in i.shape if not isinstance(d, int)}, key=str)
+    runs = []
+    for primes in ((11, 13, 17, 19, 23), (29, 31, 37, 41, 43)):
+        value = {sym: primes[k % len(primes)] for k, sym in enumerate(symbols)}
+        feeds = {}
+        for i in sess.get_inputs():
+            shape = [d if isinstance(d, int) else value[d] for d in i.shape]
+            if "int" in i.type:
+                feeds[i.name] = np.zeros(shape, dtype=np.int64 if "int64" in i.type else np.int32)
+            else:
+                feeds[i.name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        outs = sess.run(None, feeds)
+        runs.append((value, {o.name: tuple(np.asarray(v).shape) for o, v in zip(sess.get_outputs(), outs)}))
+    (v1, s1), (v2, s2) = runs
+    by_pair = {(v1[sym], v2[sym]): str(sym) for sym in symbols}
+    out: dict[str, tuple] = {}
+    for name, shape in s1.items():
+        other = s2.get(name, shape)
+        if len(other) != len(shape):
+            continue
+        out[name] = tuple(a if a == b else by_pair.get((a, b), f"?{name}:{k}")
+                          for k, (a, b) in enumerate(zip(shape, other)))
+    return out
+
+
+def _dims(shape: Any) -> tuple | None:
+    if shape is None:
+        return None
+    return tuple(d if isinstance(d, int) and d >= 0 else (str(d) if d not in (None, -1) else None) for d in shape)
+
+
+def lower(model: onnx.ModelProto) -> Graph:
+    """Lower an ONNX model into the IR (analysed with its dynamic dims fixed to 1)."""
+    model = concretize(model)
+    graph = gs.import_onnx(model)
+    g = Graph(frontend="onnx")
+    shapes: dict[str, tuple | None] = {}
+    tensors = graph.tensors()
+    for name, t in tensors.items():
+        if name:
+            shapes[name] = _dims(t.values.shape if isinstance(t, gs.Constant) else t.shape)
+    holes = [n for n, s in shapes.items() if s is None or any(d is None for d in s)]
+    if holes:
+        try:
+            seen = _observed_shapes(model, [h for h in holes if not isinstance(tensors[h], gs.Constant)])
+        except Exception as exc:
+            producers = {o.name: n for n in graph.nodes for o in n.outputs}
+            culprits = sorted({f"{producers[h].domain or 'ai.onnx'}::{producers[h].op} (node '{producers[h].name}')"
+                               for h in holes if h in producers})
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TraceError(
+                f"cannot tell the shapes of {len(holes)} value(s) (first: '{holes[0]}'): ONNX shape inference does "
+                f"not know the op(s) {', '.join(culprits[:3]) or 'producing them'}, and onnxruntime could not run "
+                f"the model to observe them ({first}). Replace or remove those ops, or give the model static "
+                "value_info for their outputs.") from exc
+        for h in holes:
+            if h in seen:
+                shapes[h] = seen[h]
+    data: dict[str, tuple[int, ...]] = {}
+    graph_inputs = {t.name for t in graph.inputs}
+    for name, t in sorted(tensors.items()):
+        if not name:
+            continue
+        if isinstance(t, gs.Constant):
+            vals = np.asarray(t.values)
+            kind = "param" if vals.dtype.kind == "f" and vals.size > 1 else "const"
+            if vals.dtype.kind in "iu" and vals.size <= _MAX_DATA:
+                data[name] = tuple(int(x) for x in vals.reshape(-1))
+            g.add_value(Value(name, tuple(vals.shape), str(vals.dtype), kind, name, data.get(name)))
+        else:
+            shape = shapes.get(name)
+            if shape is None:
+                raise TraceError(f"value '{name}' has no known shape even after running the model")
+            dtype = str(np.dtype(t.dtype)) if t.dtype is not None else "float32"
+            g.add_value(Value(name, shape, dtype, "input" if name in graph_inputs else "act"))
+    g.inputs = [t.name for t in graph.inputs]
+    g.outputs = [t.name for t in graph.outputs]
+    for k, node in enumerate(graph.nodes):
+        op = f"onnx.{node.op}" if node.domain in (None, "", "ai.onnx") else f"onnx.{node.domain}.{node.op}"
+        name = node.name or f"{node.op}_{k}"
+        attrs = {a: _attr(v) for a, v in node.attrs.items()}
+        if node.op == "Constant":
+            _constant_node(g, node, attrs, data)
+        g.nodes.append(Node(name, op, tuple(Ref(i.name) if i.name else None for i in node.inputs), attrs,
+                            [o.name for o in node.outputs], {"source": f"onnx node '{name}'"}))
+    _evaluate_int_tensors(g, data)
+    return g
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, gs.Constant):
+        return np.asarray(v.values).tolist()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (gs.Graph,)):
+        return "<subgraph>"
+    return v
+
+
+def _constant_node(g: Graph, node: gs.Node, attrs: dict, data: dict) -> None:
+    out = g.values[node.outputs[0].name]
+    val = attrs.get("value", attrs.get("value_ints", attrs.get("value_int")))
+    if val is not None:
+        arr = np.asarray(val)
+        if arr.dtype.kind in "iu" and arr.size <= _MAX_DATA:
+            data[out.name] = tuple(int(x) for x in arr.reshape(-1))
+            out.data = data[out.name]
+
+
+def _evaluate_int_tensors(g: Graph, data: dict[str, tuple[int, ...]]) -> None:
+    """Partial evaluation of shape arithmetic, so reshape targets built from Shape ops are known."""
+    for node in g.nodes:
+        ins = [r.name if r is not None else None for r in node.args]
+        out = node.outputs[0] if node.outputs else None
+        if out is None or out not in g.values:
+            continue
+        op = node.op.split(".")[-1]
+        val: list[int] | None = None
+        get = lambda i: data.get(ins[i]) if len(ins) > i and ins[i] else None  # noqa: E731
+        if op == "Shape":
+            shape = g.values[ins[0]].shape
+            start, end = node.kwargs.get("start", 0), node.kwargs.get("end", len(shape))
+            part = shape[start:end]
+            val = list(part) if all(isinstance(d, int) for d in part) else None
+        elif op in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten") and get(0) is not None:
+            val = list(get(0))
+        elif op == "Concat" and all(get(i) is not None for i in range(len(ins))):
+            val = [x for i in range(len(ins)) for x in get(i)]
+        elif op == "Gather" and get(0) is not None and get(1) is not None:
+            src = get(0)
+            val = [src[i] for i in get(1)]
+        elif op == "Slice" and get(0) is not None and get(1) is not None and get(2) is not None:
+            step = get(4)[0] if get(4) else 1
+            val = list(get(0))[get(1)[0]:get(2)[0]:step]
+        elif op in ("Add", "Sub", "Mul", "Div") and get(0) is not None and get(1) is not None:
+            a, b = np.asarray(get(0)), np.asarray(get(1))
+            res = {"Add": a + b, "Sub": a - b, "Mul": a * b, "Div": a // np.where(b == 0, 1, b)}[op]
+            val = [int(x) for x in np.atleast_1d(res)]
+        if val is not None and len(val) <= _MAX_DATA and g.values[out].dtype.startswith("int"):
+            data[out] = tuple(int(x) for x in val)
+            g.values[out].data = data[out]
