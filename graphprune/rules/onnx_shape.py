@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..ir import Node, Ref
 from .registry import RuleContext, register
-from .shape import relate_reshape
+from .shape import relate_reshape, window
 
 
 def _data(ctx: RuleContext, node: Node, i: int):
@@ -112,30 +112,7 @@ def _slice(node: Node, ctx: RuleContext) -> None:
         start, stop = starts[j], ends[j]
         start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
         start, stop = max(0, min(start, n)), max(0, min(stop, n))
-        _window(ctx, node, src, out, d, start, stop, (1, j), (2, j), starts[j], ends[j])
-
-
-def _window(ctx: RuleContext, node: Node, src: str, out: str, d: int, start: int, stop: int, start_path,
-            stop_path, raw_start: int, raw_stop: int) -> None:
-    """src[d] = cat(before, out[d], after), with the bounds carried for rewriting."""
-    n = ctx.shape(src)[d]
-    before = ctx.virtual(start, "slice_before") if start > 0 else None
-    after = ctx.virtual(n - stop, "slice_after") if stop < n else None
-    ctx.concat(ctx.s(src, d), [p for p in (before, ctx.s(out, d), after) if p is not None])
-    if before is not None:
-        if raw_start >= 0:
-            ctx.carry(before, start_path, raw_start)
-        else:
-            tail = ctx.virtual(n - start, "slice_tail")
-            ctx.concat(tail, [p for p in (ctx.s(out, d), after) if p is not None])
-            ctx.carry(tail, start_path, raw_start)
-    if after is not None:
-        if raw_stop < 0:
-            ctx.carry(after, stop_path, raw_stop)
-        else:
-            head = ctx.virtual(stop, "slice_head")
-            ctx.concat(head, [p for p in (before, ctx.s(out, d)) if p is not None])
-            ctx.carry(head, stop_path, raw_stop)
+        window(ctx, src, out, d, start, stop, (1, j), (2, j), starts[j], ends[j])
 
 
 @register("onnx.Expand")

@@ -233,46 +233,47 @@ def _select(node: Node, ctx: RuleContext) -> None:
     ctx.tie_dims(src, out, [d for d in range(ctx.rank(src)) if d != dim], range(ctx.rank(out)))
 
 
-def _range_rule(node: Node, ctx: RuleContext, dim: int, start: int, stop: int, start_path, stop_path,
-                stop_is_length: bool) -> None:
-    """out is the [start, stop) window of src along dim: src = cat(before, out, after)."""
-    src, out = node.args[0].name, node.outputs[0]
-    n = ctx.shape(src)[dim]
-    others = [d for d in range(ctx.rank(src)) if d != dim]
-    ctx.tie_dims(src, out, others, others)
-    if not isinstance(n, int):
-        ctx.freeze(ctx.s(src, dim), f"slice of a symbolic dim at {ctx.where()}")
-        ctx.freeze(ctx.s(out, dim), f"slice of a symbolic dim at {ctx.where()}")
-        return
-    parts, before, after = [], None, None
-    if start > 0:
-        before = ctx.virtual(start, "slice_before")
-        parts.append(before)
-    parts.append(ctx.s(out, dim))
-    if stop < n:
-        after = ctx.virtual(n - stop, "slice_after")
-        parts.append(after)
-    ctx.concat(ctx.s(src, dim), parts)
-    raw_start = node.args[start_path[0]] if len(node.args) > start_path[0] else None
+def window(ctx: RuleContext, src: str, out: str, d: int, start: int, stop: int, start_path, stop_path,
+           raw_start, raw_stop, stop_is_length: bool = False) -> None:
+    """out[d] is the [start, stop) window of src[d]: src = cat(before, out, after).
+
+    The bounds are carried for rewriting: a non-negative start counts the
+    'before' part, a negative one the tail (out + after); likewise for stop.
+    """
+    n = ctx.shape(src)[d]
+    before = ctx.virtual(start, "slice_before") if start > 0 else None
+    after = ctx.virtual(n - stop, "slice_after") if stop < n else None
+    ctx.concat(ctx.s(src, d), [p for p in (before, ctx.s(out, d), after) if p is not None])
     if before is not None and isinstance(raw_start, int):
-        ctx.carry(before, start_path, raw_start) if raw_start >= 0 else ctx.carry(
-            _tail(ctx, n - start, out, dim, after), start_path, raw_start)
-    raw_stop = node.args[stop_path[0]] if len(node.args) > stop_path[0] else None
+        if raw_start >= 0:
+            ctx.carry(before, start_path, raw_start)
+        else:
+            tail = ctx.virtual(n - start, "slice_tail")
+            ctx.concat(tail, [p for p in (ctx.s(out, d), after) if p is not None])
+            ctx.carry(tail, start_path, raw_start)
     if stop_is_length:
-        ctx.carry(ctx.s(out, dim), stop_path, raw_stop)
+        ctx.carry(ctx.s(out, d), stop_path, raw_stop)
     elif after is not None and isinstance(raw_stop, int):
         if raw_stop < 0:
             ctx.carry(after, stop_path, raw_stop)
         else:
             head = ctx.virtual(stop, "slice_head")
-            ctx.concat(head, [p for p in (before, ctx.s(out, dim)) if p is not None])
+            ctx.concat(head, [p for p in (before, ctx.s(out, d)) if p is not None])
             ctx.carry(head, stop_path, raw_stop)
 
 
-def _tail(ctx: RuleContext, size: int, out: str, dim: int, after):
-    tail = ctx.virtual(size, "slice_tail")
-    ctx.concat(tail, [p for p in (ctx.s(out, dim), after) if p is not None])
-    return tail
+def _range_rule(node: Node, ctx: RuleContext, dim: int, start: int, stop: int, start_path, stop_path,
+                stop_is_length: bool) -> None:
+    src, out = node.args[0].name, node.outputs[0]
+    others = [d for d in range(ctx.rank(src)) if d != dim]
+    ctx.tie_dims(src, out, others, others)
+    if not isinstance(ctx.shape(src)[dim], int):
+        ctx.freeze(ctx.s(src, dim), f"slice of a symbolic dim at {ctx.where()}")
+        ctx.freeze(ctx.s(out, dim), f"slice of a symbolic dim at {ctx.where()}")
+        return
+    raw_start = node.args[start_path[0]] if len(node.args) > start_path[0] else None
+    raw_stop = node.args[stop_path[0]] if len(node.args) > stop_path[0] else None
+    window(ctx, src, out, dim, start, stop, start_path, stop_path, raw_start, raw_stop, stop_is_length)
 
 
 @register("aten.slice", "aten.slice_copy")
