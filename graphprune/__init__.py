@@ -10,11 +10,12 @@ from .export import ExportReport, export_onnx
 from .errors import GraphpruneError, PlanError, RewriteError, TraceError
 from .graph import DependencyGraph, Group, Member
 from .metrics import count_macs, count_params
+from .onnx_prune import OnnxPruneReport, prune_onnx, verify_onnx
 from .planner import PrunePlan
 from .report import PruneReport
 from .verify import OracleReport, masked_original, verify
 
-__all__ = ["trace", "load_onnx", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
+__all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
            "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError",
            "PlanError", "RewriteError", "TraceError"]
 __version__ = "0.1.0"

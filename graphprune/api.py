@@ -50,7 +50,8 @@ def load_onnx(path: str, freeze_io: bool = True) -> DependencyGraph:
 
     model = onnx_frontend.load_model(path)
     ir = onnx_frontend.lower(model)
-    return DependencyGraph(ir, freeze_io=freeze_io, extra={"onnx": model, "path": str(path)})
+    return DependencyGraph(ir, freeze_io=freeze_io, extra={"onnx": model, "path": str(path)},
+                           before_groups=onnx_frontend.freeze_unreachable)
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, np.ndarray | None]:

