@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("-o", "--output", required=True, help="output .onnx file (written only if every check passes)")
     pr.add_argument("--ratio", type=float, default=0.3)
     pr.add_argument("--importance", default="l2")
-    pr.add_argument("--round-to", type=int, default=1)
+    pr.add_argument("--round-to", type=int, default=8,
+                    help="keep channel counts multiples of this (default 8: odd widths run slowly)")
     pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")
     pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
     pr.set_defaults(fn=cmd_prune)

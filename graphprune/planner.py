@@ -81,14 +81,18 @@ def select_groups(dg: DependencyGraph, roles: tuple[str, ...], ignore: Iterable[
 
 def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: float, round_to: int = 1,
               ratios: Mapping[int, float] | None = None) -> PrunePlan:
-    """Remove the lowest-scoring indices of each group (per-group ratio, uniform by default)."""
+    """Remove the lowest-scoring indices of each group (per-group ratio, uniform by default).
+
+    ``round_to`` keeps plain channel counts at multiples of it (vectorised kernels
+    run odd widths slowly); head and conv-group counts are not rounded.
+    """
     check_ratio(ratio)
     if round_to < 1:
         raise PlanError(f"round_to must be >= 1, got {round_to}")
     plan = PrunePlan()
     for g in groups:
         r = check_ratio(ratios.get(g.id, ratio), f"ratio for group {g.id}") if ratios else ratio
-        keep = kept_count(g.size, r, round_to)
+        keep = kept_count(g.size, r, round_to if g.role == "channel" else 1)
         s = np.asarray(scores[g.id])
         order = np.argsort(s, kind="stable")  # stable: ties resolve by index, deterministically
         plan.pruned[g.id] = sorted(int(i) for i in order[: g.size - keep])

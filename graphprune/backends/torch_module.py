@@ -106,17 +106,14 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     raise RewriteError(errors[0])
 
 
-def _choices(unsure: list[list[tuple[str, str, Any]]], limit: int = 32):
-    """Subsets of the uncertain attribute families, likeliest (all updated) first."""
-    yield [u for fam in unsure for u in fam]
-    n = len(unsure)
-    tried = 1
-    for k in range(n - 1, -1, -1):
-        for keep in itertools.combinations(range(n), k):
-            if tried >= limit:
-                return
-            tried += 1
-            yield [u for i in keep for u in unsure[i]]
+def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
+    """Combinations of the uncertain attributes' options (each: one candidate value, or
+    leaving the attribute alone), likeliest first: every attribute updated."""
+    options = [family + [[]] for family in unsure]
+    for k, combo in enumerate(itertools.product(*options)):
+        if k >= limit:
+            return
+        yield [u for choice in combo for u in choice]
 
 
 def _dry_run(model, dg, plan, updates, args, kwargs) -> tuple[str | None, bool]:
@@ -319,7 +316,8 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
                     if isinstance(val, (list, tuple)) and list(val) == full and new != c.value:
                         list_updates.setdefault((path, attr), {})[c.path[1]] = new
     sure: list[tuple[str, str, Any]] = []
-    unsure: dict[tuple[str, str], list[tuple[str, str, Any]]] = {}
+    # (module class, attribute) -> candidate new value -> updates: symmetric layers decide together
+    unsure: dict[tuple[str, str], dict[int, list[tuple[str, str, Any]]]] = {}
     for (path, attr), changes in sorted(list_updates.items()):
         val = getattr(_module(model, path), attr)
         new_val = [changes.get(i, x) for i, x in enumerate(val)]
@@ -334,9 +332,13 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
                 continue
             if len(new_values) == 1:
                 sure.append((path, attr, next(iter(changed))))
-            elif len(changed) == 1:
-                unsure.setdefault((type(m).__qualname__, attr), []).append((path, attr, next(iter(changed))))
-    return sure, list(unsure.values())
+                continue
+            # Constants equal to this attribute ask for several values: it spells at most
+            # one of them. Each is an option; so is leaving it alone.
+            family = unsure.setdefault((type(m).__qualname__, attr), {})
+            for new in sorted(changed):
+                family.setdefault(new, []).append((path, attr, new))
+    return sure, [list(opts.values()) for _, opts in sorted(unsure.items())]
 
 
 def _module(model: nn.Module, path: str) -> nn.Module | None:
