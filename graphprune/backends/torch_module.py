@@ -291,8 +291,8 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
     A changed constant in a node run by module M likely comes from an int (or
     int-list) attribute of M with the same value. Returns (sure, unsure): an
     attribute is sure when every constant of M equal to it asks for one new value;
-    unsure ones are grouped by (module class, attribute) so symmetric layers
-    decide together.
+    unsure ones are grouped by (module class, attribute, demanded values) so
+    identical layers decide together.
     """
     pruned = plan.masks()
     nodes = {n.name: n for n in dg.ir.nodes}
@@ -316,8 +316,9 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
                     if isinstance(val, (list, tuple)) and list(val) == full and new != c.value:
                         list_updates.setdefault((path, attr), {})[c.path[1]] = new
     sure: list[tuple[str, str, Any]] = []
-    # (module class, attribute) -> candidate new value -> updates: symmetric layers decide together
-    unsure: dict[tuple[str, str], dict[int, list[tuple[str, str, Any]]]] = {}
+    # (module class, attribute, demands) -> candidate new value -> updates: layers of one class
+    # facing the same demands decide together (32 identical decoder layers: one decision)
+    unsure: dict[tuple, dict[int, list[tuple[str, str, Any]]]] = {}
     for (path, attr), changes in sorted(list_updates.items()):
         val = getattr(_module(model, path), attr)
         new_val = [changes.get(i, x) for i, x in enumerate(val)]
@@ -335,7 +336,7 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
                 continue
             # Constants equal to this attribute ask for several values: it spells at most
             # one of them. Each is an option; so is leaving it alone.
-            family = unsure.setdefault((type(m).__qualname__, attr), {})
+            family = unsure.setdefault((type(m).__qualname__, attr, old, tuple(sorted(new_values))), {})
             for new in sorted(changed):
                 family.setdefault(new, []).append((path, attr, new))
     return sure, [list(opts.values()) for _, opts in sorted(unsure.items())]
