@@ -141,6 +141,13 @@ class DependencyGraph:
                 for atom in self.solver.atoms(term):
                     members.setdefault(atom, []).append(Member(v.source or v.name, d, v.name, term))
                 _roles(term, inner, outer, frozen, self.solver.atom_size)
+        # A channel flows through the computation: an atom no computed tensor carries is an
+        # op argument (Resize scales, Clip bounds), not a channel.
+        flowing: set[int] = set()
+        for v in self.ir.values.values():
+            if v.kind in ("act", "input"):
+                for d in range(v.rank):
+                    flowing.update(self.solver.atoms(self.solver.layout((v.name, d))))
         self.groups: list[Group] = []
         self._by_atom: dict[int, Group] = {}
         for atom in sorted(members):
@@ -150,7 +157,11 @@ class DependencyGraph:
             if size is None or size <= 1:
                 continue
             role = "inner" if atom in inner else "outer" if atom in outer else "channel"
-            g = Group(atom, size, members[atom], frozen.get(atom, []), inexact.get(atom, []), role, self)
+            reasons = list(frozen.get(atom, []))
+            if atom not in flowing:
+                reasons.append(f"carried only by {members[atom][0].name} dim {members[atom][0].dim}: no tensor "
+                               "the graph computes carries it (an op argument, not a channel)")
+            g = Group(atom, size, members[atom], reasons, inexact.get(atom, []), role, self)
             self.groups.append(g)
             self._by_atom[atom] = g
 

@@ -150,8 +150,11 @@ def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan
             arr = np.take(arr, np.flatnonzero(mask), axis=d)
         m.inits[v.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), v.name))
     _rewrite_constants(m, dg, plan)
-    del out.graph.value_info[:]
-    return out
+    del out.graph.value_info[:]  # stale shapes; inferred afresh below
+    try:
+        return onnx.shape_inference.infer_shapes(out, data_prop=True)
+    except Exception:  # an op without an inference function: onnxruntime still checks the model
+        return out
 
 
 def _privatize(m: _Model, node: onnx.NodeProto, idx: int, depth: int = 0) -> None:

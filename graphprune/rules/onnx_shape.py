@@ -112,6 +112,11 @@ def _slice(node: Node, ctx: RuleContext) -> None:
         start, stop = starts[j], ends[j]
         start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
         start, stop = max(0, min(start, n)), max(0, min(stop, n))
+        if stop - start == 1 and n > 1:
+            # One index picked out (how exporters lower unbind/select): like aten.select,
+            # the picked-from dim is an index space, not channels.
+            ctx.freeze(ctx.s(src, d), f"dim indexed by a width-1 Slice at {ctx.where()}")
+            continue
         window(ctx, src, out, d, start, stop, (1, j), (2, j), starts[j], ends[j])
 
 
