@@ -87,7 +87,7 @@ def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 
 
 def masked_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan) -> onnx.ModelProto:
-    """The original graph with a Mul by a 0/1 mask after every value the plan prunes."""
+    """The original graph with pruned positions zeroed (a Where) after every value the plan prunes."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -109,11 +109,14 @@ def masked_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
             shape[d] = keep.size
             mask = mask * keep.astype(np.float32).reshape(shape)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(_elem_type(out, value) or onnx.TensorProto.FLOAT)
-        g.initializer.append(numpy_helper.from_array(mask.astype(dtype), f"{value}__gp_mask"))
+        # Where, not Mul: a masked -inf (attention masks) must become 0, and 0 * -inf is nan
+        g.initializer.append(numpy_helper.from_array(mask.astype(bool), f"{value}__gp_mask"))
+        g.initializer.append(numpy_helper.from_array(np.zeros((), dtype=dtype), f"{value}__gp_zero"))
         for n, k in users.get(value, []):
             n.input[k] = f"{value}__gp_masked"
-        new_nodes.append((value, onnx.helper.make_node("Mul", [value, f"{value}__gp_mask"], [f"{value}__gp_masked"],
-                                                       name=f"{value}__gp_mask_mul")))
+        new_nodes.append((value, onnx.helper.make_node(
+            "Where", [f"{value}__gp_mask", value, f"{value}__gp_zero"], [f"{value}__gp_masked"],
+            name=f"{value}__gp_mask_where")))
     # Insert each Mul right after its producer to keep the graph topologically sorted.
     after = {}
     for value, node in new_nodes:

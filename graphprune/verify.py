@@ -90,16 +90,36 @@ def max_abs_diff(a: Any, b: Any) -> float:
         if x.shape != y.shape:
             return float("inf")
         if x.numel():
-            worst = max(worst, float((x.double() - y.double()).abs().max()))
+            worst = max(worst, float((x.detach().double() - y.detach().double()).abs().max()))
     return worst
 
 
+def _variants(args: tuple, trials: int) -> list[tuple]:
+    """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes: one
+    example can hide a wrong rewrite behind a dead ReLU or a tiny activation."""
+    out = [args]
+    gen = torch.Generator().manual_seed(1234)
+    for _ in range(trials):
+        new = []
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                scale = float(a.float().std()) if a.numel() > 1 else 1.0
+                new.append((torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype))
+            elif isinstance(a, torch.Tensor) and a.dtype in (torch.int64, torch.int32) and a.numel():
+                new.append(torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype))
+            else:
+                new.append(a)
+        out.append(tuple(new))
+    return out
+
+
 def verify(model: torch.nn.Module, args: tuple, plan: PrunePlan, graph: DependencyGraph | None = None,
-           kwargs: dict | None = None, atol: float = 1e-5) -> OracleReport:
+           kwargs: dict | None = None, atol: float = 1e-5, trials: int = 2) -> OracleReport:
     """Hold a plan to the oracle without touching ``model``.
 
     A copy of the (unpruned) model is pruned with the plan's exact groups and
-    compared with the masked original; inexact pruned groups are listed, not
+    compared with the masked original, on the example inputs and ``trials``
+    random inputs of the same shapes; inexact pruned groups are listed, not
     silently passed.
 
     Example:
@@ -117,10 +137,13 @@ def verify(model: torch.nn.Module, args: tuple, plan: PrunePlan, graph: Dependen
     dg = graph or trace(model, args, kwargs)
     inexact = {gid: dg.group(gid).inexact for gid, idx in plan.pruned.items() if idx and dg.group(gid).inexact}
     exact_plan = plan.restricted(g for g in plan.pruned if g not in inexact)
-    expected = masked_original(dg, exact_plan, args, kwargs)
     pruned = copy.deepcopy(model)
     rewrite(pruned, dg, exact_plan, args, kwargs)
-    with torch.no_grad():
-        got = pruned(*args, **(kwargs or {}))
+    worst = 0.0
+    for inputs in _variants(args, trials):
+        expected = masked_original(dg, exact_plan, inputs, kwargs)
+        with torch.no_grad():
+            got = pruned(*inputs, **(kwargs or {}))
+        worst = max(worst, max_abs_diff(got, expected))
     checked = [g for g, idx in exact_plan.pruned.items() if idx]
-    return OracleReport(max_abs_diff(got, expected), atol, checked, inexact)
+    return OracleReport(worst, atol, checked, inexact)

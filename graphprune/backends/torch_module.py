@@ -82,7 +82,7 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     """
     if plan.empty:
         return
-    sure, unsure = attribute_candidates(model, dg, plan)
+    sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if not check:
         apply_plan(model, dg, plan, sure)
         return
@@ -285,14 +285,19 @@ def _op(dg: DependencyGraph, node_name: str) -> str:
     return dg._op_by_node.get(node_name, "")
 
 
-def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan):
+def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple = (),
+                         kwargs: dict | None = None):
     """Attribute updates that would carry the plan into the forward's constants.
 
-    A changed constant in a node run by module M likely comes from an int (or
-    int-list) attribute of M with the same value. Returns (sure, unsure): an
-    attribute is sure when every constant of M equal to it asks for one new value;
-    unsure ones are grouped by (module class, attribute, demanded values) so
-    identical layers decide together.
+    A changed constant in a node run by module M may come from an int (or
+    int-list) attribute of M with the same value. Each such attribute is first
+    probed (:func:`probe_attributes`): bumped on a meta copy and traced again.
+    One that changes no shape and no constant is no size (a temperature) and is
+    left alone; one that changes exactly some constants gets their new value;
+    one whose bump breaks the trace spells sizes the probe cannot single out, and
+    is decided by value: sure when every equal constant of M asks for one new
+    value, otherwise an option per value (grouped by module class, attribute and
+    demands, so identical layers decide together).
     """
     pruned = plan.masks()
     nodes = {n.name: n for n in dg.ir.nodes}
@@ -300,7 +305,9 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
     for c in dg.carries:
         by_node.setdefault(c.node, []).append(c)
     demands: dict[tuple[str, int], set[int]] = {}
+    wanted: dict[tuple, int] = {}  # (call site, path) -> new value, for probed provenance
     list_updates: dict[tuple[str, str], dict[int, int]] = {}
+    sites = _sites_by_node(dg.ir.nodes)
     for node_name, carries in by_node.items():
         node = nodes[node_name]
         path = node.meta.get("module", "")
@@ -309,37 +316,110 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan)
             continue
         for c in carries:
             new = _carried_value(dg, c, pruned)
-            demands.setdefault((path, abs(c.value)), set()).add(abs(new))
+            demands.setdefault((path, c.value), set()).add(new)
+            wanted[(sites[node_name], c.path)] = new
             if len(c.path) == 2 and isinstance(node.args[c.path[0]], (list, tuple)):
                 full = [x for x in node.args[c.path[0]]]
                 for attr, val in vars(m).items():
                     if isinstance(val, (list, tuple)) and list(val) == full and new != c.value:
                         list_updates.setdefault((path, attr), {})[c.path[1]] = new
     sure: list[tuple[str, str, Any]] = []
-    # (module class, attribute, demands) -> candidate new value -> updates: layers of one class
-    # facing the same demands decide together (32 identical decoder layers: one decision)
-    unsure: dict[tuple, dict[int, list[tuple[str, str, Any]]]] = {}
     for (path, attr), changes in sorted(list_updates.items()):
         val = getattr(_module(model, path), attr)
-        new_val = [changes.get(i, x) for i, x in enumerate(val)]
-        sure.append((path, attr, type(val)(new_val)))
+        sure.append((path, attr, type(val)([changes.get(i, x) for i, x in enumerate(val)])))
+    candidates: dict[tuple[str, str], tuple[int, set[int]]] = {}
     for (path, old), new_values in sorted(demands.items()):
-        changed = new_values - {old}
-        if not changed:
+        if not new_values - {old}:
             continue
         m = _module(model, path)
         for attr, val in sorted(vars(m).items()):
-            if attr.startswith("_") or type(val) is not int or val != old:
-                continue
-            if len(new_values) == 1:
-                sure.append((path, attr, next(iter(changed))))
-                continue
-            # Constants equal to this attribute ask for several values: it spells at most
-            # one of them. Each is an option; so is leaving it alone.
-            family = unsure.setdefault((type(m).__qualname__, attr, old, tuple(sorted(new_values))), {})
-            for new in sorted(changed):
-                family.setdefault(new, []).append((path, attr, new))
+            if not attr.startswith("_") and type(val) is int and val == old:
+                candidates[(path, attr)] = (old, new_values)
+    probes = probe_attributes(model, dg, sorted(candidates), args, kwargs) if args else {}
+    unsure: dict[tuple, dict[int, list[tuple[str, str, Any]]]] = {}
+    for (path, attr), (old, new_values) in sorted(candidates.items()):
+        found = probes.get((path, attr), "shape")
+        if found == "none":
+            continue  # bumping it changed nothing the graph's sizes depend on
+        if isinstance(found, set):
+            values = {wanted[k] for k in found if k in wanted}
+            if len(values) == 1 and values != {old}:
+                sure.append((path, attr, values.pop()))
+            continue
+        changed = new_values - {old}
+        if len(new_values) == 1:
+            sure.append((path, attr, next(iter(changed))))
+            continue
+        m = _module(model, path)
+        family = unsure.setdefault((type(m).__qualname__, attr, old, tuple(sorted(new_values))), {})
+        for new in sorted(changed):
+            family.setdefault(new, []).append((path, attr, new))
     return sure, [list(opts.values()) for _, opts in sorted(unsure.items())]
+
+
+def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tuple[str, str]], args: tuple,
+                     kwargs: dict | None) -> dict[tuple[str, str], Any]:
+    """What each candidate attribute spells, found by bumping it (+1) on a meta copy.
+
+    Attributes of one module class are bumped together (identical layers behave
+    alike, and one trace serves them all). Returns per (module path, attribute):
+    "shape" when the bumped model no longer traces, "none" when no shape and no
+    carried constant changed, or the set of (call site, arg path) whose constant changed.
+    """
+    from ..frontends.torch_export import export_program, lower
+
+    families: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for path, attr in candidates:
+        families.setdefault((type(_module(model, path)).__qualname__, attr), []).append((path, attr))
+    base = {(_site(n), c.path): _arg_at(n, c.path) for n in dg.ir.nodes for c in dg.carries if c.node == n.name}
+    base_shapes = {site: [dg.ir.values[o].shape for o in n.outputs] for site, n in _by_call_site(dg.ir.nodes).items()}
+    out: dict[tuple[str, str], Any] = {}
+    p_args, p_kwargs = _to_device((args, kwargs or {}), "meta")
+    for members in families.values():
+        new = None
+        for delta in (1, -1):  # an offset may have room on one side only
+            try:
+                probe = _copy_on(model, "meta")
+                for path, attr in members:
+                    m = _module(probe, path)
+                    setattr(m, attr, getattr(m, attr) + delta)
+                new = lower(export_program(probe, p_args, p_kwargs))
+                break
+            except Exception:  # the bump broke the trace: try the other side
+                continue
+        if new is None:  # both bumps break the trace: it spells sizes
+            for key in members:
+                out[key] = "shape"
+            continue
+        by_site = _by_call_site(new.nodes)
+        # ops that appear or vanish (an early return taken) count as moved shapes
+        shapes_moved = set(by_site) != set(base_shapes) or any(
+            [new.values[o].shape for o in by_site[site].outputs] != shapes for site, shapes in base_shapes.items())
+        moved: dict[str, set] = {}
+        for (site, path), value in base.items():
+            node = by_site.get(site)
+            if node is not None and _arg_at(node, path) != value:
+                moved.setdefault(site[0], set()).add((site, path))
+        for path, attr in members:
+            mine = moved.get(path, set())
+            out[(path, attr)] = mine if mine else ("shape" if shapes_moved else "none")
+    return out
+
+
+def _site(node) -> tuple:
+    return _sites_by_node([node])[node.name]
+
+
+def _sites_by_node(nodes) -> dict[str, tuple]:
+    return {n.name: site for site, n in _by_call_site(nodes).items()}
+
+
+def _arg_at(node, path: tuple) -> Any:
+    try:
+        v = node.args[path[0]]
+        return v[path[1]] if len(path) > 1 else v
+    except (IndexError, TypeError, KeyError):
+        return None
 
 
 def _module(model: nn.Module, path: str) -> nn.Module | None:

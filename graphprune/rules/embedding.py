@@ -13,7 +13,7 @@ def _embedding(node: Node, ctx: RuleContext) -> None:
     ctx.tie_dims(idx, out, range(ctx.rank(idx)), range(ctx.rank(idx)))
 
 
-@register("aten.index_select", "aten.gather", "aten.take_along_dim")
+@register("aten.index_select", "aten.gather")
 def _index_select(node: Node, ctx: RuleContext) -> None:
     # out[..., i, ...] = x[..., idx[i], ...] along dim: positions move by data.
     x, out = node.args[0].name, node.outputs[0]

@@ -74,9 +74,9 @@ def _einsum(node: Node, ctx: RuleContext) -> None:
     operands = [r.name for r in node.args[1]]
     lhs, _, rhs = equation.partition("->")
     specs = lhs.split(",")
-    if not rhs and "->" not in equation:
+    if not rhs and "->" not in equation:  # implicit output: broadcast dims, then once-used letters
         letters = [c for c in lhs if c.isalpha()]
-        rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
     names = operands + [node.outputs[0]]
     seen: dict[str, tuple[str, int]] = {}
     for name, spec in zip(names, specs + [rhs]):

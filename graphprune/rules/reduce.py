@@ -9,10 +9,16 @@ from .registry import RuleContext, register
 _EXACT = {"sum", "nansum"}
 
 
+_DIM_AT = {"norm": 2, "linalg_vector_norm": 2}  # (x, ord, dim, keepdim); every other reduction: (x, dim, ...)
+_POSITIONAL = {"argmax", "argmin", "max", "min"}  # return positions (max.dim/min.dim as their 2nd output)
+
+
 def _reduce(node: Node, ctx: RuleContext, kind: str) -> None:
     x = node.args[0].name
     rank = ctx.rank(x)
-    dims = ctx.arg(node, 1, "dim", None)
+    dims = ctx.arg(node, _DIM_AT.get(kind, 1), "dim", None)
+    if dims is not None and not isinstance(dims, (int, list, tuple)):
+        dims = None  # a scalar ord in the dim position of an overload without dim
     if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
         reduced = list(range(rank))
     else:
@@ -21,7 +27,12 @@ def _reduce(node: Node, ctx: RuleContext, kind: str) -> None:
     for out in node.outputs:  # max.dim also returns indices
         keepdim = ctx.rank(out) == rank  # read off the result: keepdim's arg position varies
         ctx.tie_dims(x, out, kept, kept if keepdim else range(len(kept)))
-    if kind not in _EXACT:
+    if kind in ("argmax", "argmin") or (kind in _POSITIONAL and len(node.outputs) > 1):
+        # indices into the reduced dim renumber when it is pruned: a later gather would
+        # pick the wrong element, so the dim is frozen (as for ONNX ArgMax)
+        for d in reduced:
+            ctx.freeze(ctx.s(x, d), f"positions returned by {node.where()}")
+    elif kind not in _EXACT:
         for d in reduced:
             ctx.inexact(ctx.s(x, d), f"reduced by {kind} at {node.where()}")
 

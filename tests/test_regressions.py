@@ -1,0 +1,143 @@
+"""Regressions from review: each once built a wrong model, crashed, or refused a valid plan."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphprune as gp
+
+ALL = ("channel", "outer", "inner")
+
+
+class Temperature(nn.Module):
+    """An int attribute equal to a pruned size but unrelated to it must be left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.temperature = 2, 2
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x).view(x.shape[0], self.heads, -1)
+        return self.b((h / self.temperature).reshape(x.shape[0], -1))
+
+
+def test_unrelated_attribute_with_the_same_value_is_untouched():
+    model, args = Temperature().eval(), (torch.randn(3, 4),)
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5, roles=("outer",))
+    assert gp.verify(model, args, plan, g).passed
+    gp.prune(model, args, graph=g, plan_=plan)
+    assert (model.heads, model.temperature) == (1, 2)
+
+
+class Narrow(nn.Module):
+    """narrow() offsets spelled by attributes: negative, and equal to the width."""
+
+    def __init__(self, off, n):
+        super().__init__()
+        self.off, self.n = off, n
+        self.a, self.b = nn.Linear(4, 16), nn.Linear(n, 3)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)).narrow(1, self.off, self.n))
+
+
+def test_narrow_offsets_are_rewritten_exactly():
+    for off, n in ((-8, 8), (8, 8)):
+        model, args = Narrow(off, n).eval(), (torch.randn(3, 4),)
+        g = gp.trace(model, args)
+        plan = gp.plan(g, model, ratio=0.5, importance="random", roles=ALL)
+        ref = gp.masked_original(g, plan, args)
+        pruned, _ = gp.prune(copy.deepcopy(model), args, graph=g, plan_=plan)
+        got = pruned(*args)
+        assert torch.allclose(got, ref[0] if isinstance(ref, (list, tuple)) else ref, atol=1e-5), (off, n)
+
+
+def test_norm_reductions_read_dim_from_the_right_argument():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.l = nn.Conv2d(3, 6, 1), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.l(self.c(x).norm(dim=(2, 3)))
+
+    model, args = M().eval(), (torch.randn(2, 3, 4, 4),)
+    g = gp.trace(model, args)
+    (grp,) = g.prunable_groups()
+    assert grp.size == 6
+
+
+def test_implicit_einsum_output_keeps_broadcast_dims():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 2))
+            self.l = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.l(torch.einsum("...i,ji", x, self.w))
+
+    model, args = M().eval(), (torch.randn(5, 2),)
+    g = gp.trace(model, args)
+    (grp,) = g.prunable_groups()
+    assert grp.size == 4 and gp.verify(model, args, gp.plan(g, model, ratio=0.5), g).passed
+
+
+def test_argmax_over_a_channel_dim_freezes_it():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+
+        def forward(self, x):
+            h = self.a(x)
+            return h.argmax(-1), h.sum(-1)
+
+    g = gp.trace(M().eval(), (torch.randn(3, 4),))
+    assert not g.prunable_groups()
+    assert any("positions returned" in r for grp in g.groups for r in grp.frozen)
+
+
+def test_take_along_dim_is_frozen_not_a_crash():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.take_along_dim(h, h.argsort(-1), -1))
+
+    g = gp.trace(M().eval(), (torch.randn(3, 4),))
+    assert any("no coupling rule" in r or "positions" in r for grp in g.groups for r in grp.frozen)
+
+
+class CausalHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head_dim = 2
+        self.qkv, self.o = nn.Linear(4, 12), nn.Linear(4, 4)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = q @ k.transpose(-2, -1)
+        mask = torch.ones(s, s, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(mask, float("-inf"))
+        return self.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, -1))
+
+
+def test_onnx_oracle_survives_minus_infinity(tmp_path):
+    model, args = CausalHeads().eval(), (torch.randn(1, 5, 4),)
+    gp.export_onnx(model, args, tmp_path / "m.onnx")
+    report = gp.prune_onnx(tmp_path / "m.onnx", tmp_path / "s.onnx", ratio=0.5, round_to=1, roles=("outer",),
+                           measure_latency=False)
+    assert report.oracle.passed and np.isfinite(report.oracle.max_abs_diff)
+    assert onnx.load(tmp_path / "s.onnx").graph.node
