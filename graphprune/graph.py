@@ -51,8 +51,8 @@ class Group:
     def positions(self, member: Member | str, index: int, dim: int | None = None) -> np.ndarray:
         """Positions along member's dim that index ``index`` of this group occupies."""
         m = self._graph._member(member, dim) if not isinstance(member, Member) else member
-        coords = self._graph.solver_coords(m.term, self.id)
-        return np.flatnonzero(coords == index)
+        occurrences = self._graph.solver_coords(m.term, self.id)
+        return np.flatnonzero(np.any([c == index for c in occurrences], axis=0))
 
     def affected(self, index: int) -> list[tuple[str, int, list[int]]]:
         """Every (parameter, dim, positions) that moves with index ``index``."""
@@ -80,7 +80,7 @@ class Group:
 
 def _span(group: Group, m: Member) -> str:
     """Compact description of which positions of the member dim the group owns."""
-    n = len(group._graph.solver_coords(m.term, group.id))
+    n = len(group._graph.solver_coords(m.term, group.id)[0])
     block = len(group.positions(m, 0))
     total = block * group.size
     return f"{total}/{n} positions" + (f" ({block} per index)" if block > 1 else "")
@@ -193,7 +193,7 @@ class DependencyGraph:
                 raise PlanError(f"{name} dim {dim} is shared by {len(groups)} groups; pass index= to pick one")
             return groups[0]
         for grp in groups:
-            if self.solver_coords(m.term, grp.id)[index] >= 0:
+            if any(c[index] >= 0 for c in self.solver_coords(m.term, grp.id)):
                 return grp
         raise PlanError(f"position {index} of {name} dim {dim} belongs to no group (it cannot be pruned)")
 
@@ -201,7 +201,7 @@ class DependencyGraph:
         """The group and group index that own ``position`` of ``name``'s ``dim``."""
         grp = self.group_of(name, dim, position)
         m = self._member(name, dim)
-        return grp, int(self.solver_coords(m.term, grp.id)[position])
+        return grp, int(next(c[position] for c in self.solver_coords(m.term, grp.id) if c[position] >= 0))
 
     def affected(self, name: str, dim: int, position: int) -> list[tuple[str, int, list[int]]]:
         """Everything that moves if ``position`` of ``name``'s ``dim`` is removed."""
@@ -221,8 +221,9 @@ class DependencyGraph:
         close = [n for n in self.param_names() if name.split(".")[-1] in n][:5]
         raise PlanError(f"unknown parameter '{name}'" + (f"; did you mean one of {close}?" if close else ""))
 
-    def solver_coords(self, term: Term, atom: int) -> np.ndarray:
-        """For each position of term: the atom's index there, or -1."""
+    def solver_coords(self, term: Term, atom: int) -> list[np.ndarray]:
+        """One array per occurrence of the atom in term (cat([y, y]), an outer product y_i*y_j):
+        for each position of term, the atom's index there, or -1."""
         key = (term, atom)
         if key not in self._coords_cache:
             self._coords_cache[key] = coords(self.solver, term, atom)
@@ -287,16 +288,32 @@ def _atoms_of(term: Term) -> list[int]:
     return [a for t in body for a in _atoms_of(t)]
 
 
-def coords(solver: Solver, term: Term, atom: int) -> np.ndarray:
-    term = solver.resolve(term)
+def coords(solver: Solver, term: Term, atom: int) -> list[np.ndarray]:
+    n, occurrences = _coords(solver, solver.resolve(term), atom)
+    return occurrences or [np.full(n, -1)]
+
+
+def _coords(solver: Solver, term: Term, atom: int) -> tuple[int, list[np.ndarray]]:
     kind, body = term
     if kind == "a":
         n = solver.atom_size(body)
-        return np.arange(n) if body == atom else np.full(n, -1)
-    parts = [coords(solver, t, atom) for t in body]
+        return n, ([np.arange(n)] if body == atom else [])
+    parts = [_coords(solver, t, atom) for t in body]
+    sizes = [p[0] for p in parts]
+    total = int(sum(sizes)) if kind == "c" else int(np.prod(sizes, dtype=np.int64))
+    out: list[np.ndarray] = []
     if kind == "c":
-        return np.concatenate(parts)
-    out = parts[0]
-    for p in parts[1:]:
-        out = np.maximum(np.repeat(out, len(p)), np.tile(p, len(out)))
-    return out
+        offset = 0
+        for size, occ in parts:
+            for arr in occ:
+                full = np.full(total, -1)
+                full[offset:offset + size] = arr
+                out.append(full)
+            offset += size
+        return total, out
+    for j, (size, occ) in enumerate(parts):  # outer-major: factor j repeats per inner block
+        inner = int(np.prod(sizes[j + 1:], dtype=np.int64))
+        outer = int(np.prod(sizes[:j], dtype=np.int64))
+        for arr in occ:
+            out.append(np.tile(np.repeat(arr, inner), outer))
+    return total, out

@@ -141,3 +141,21 @@ def test_onnx_oracle_survives_minus_infinity(tmp_path):
                            measure_latency=False)
     assert report.oracle.passed and np.isfinite(report.oracle.max_abs_diff)
     assert onnx.load(tmp_path / "s.onnx").graph.node
+
+
+def test_positions_cover_every_occurrence_of_a_repeated_atom():
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(9, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b((y[:, :, None] * y[:, None, :]).flatten(1))  # y_i * y_j, index i*3 + j
+
+    model, args = Outer().eval(), (torch.randn(4, 3),)
+    g = gp.trace(model, args)
+    grp = g.group_of("a.weight", 0)
+    # channel 0 of y sits at i == 0 (positions 0, 1, 2) and at j == 0 (positions 0, 3, 6)
+    assert grp.positions("b.weight", 0, dim=1).tolist() == [0, 1, 2, 3, 6]
+    assert gp.verify(model, args, gp.plan(g, model, ratio=0.5, importance="l2"), g).passed

@@ -30,9 +30,9 @@ def magnitude_scores(dg: DependencyGraph, tensors: Mapping[str, np.ndarray], gro
                                 "or load weights before ranking by magnitude")
             other = tuple(d for d in range(w.ndim) if d != m.dim)
             per_pos = (np.abs(w) ** p).sum(axis=other) if other else np.abs(w) ** p
-            coords = dg.solver_coords(m.term, g.id)
-            sel = coords >= 0
-            np.add.at(score, coords[sel], per_pos[sel])
+            for coords in dg.solver_coords(m.term, g.id):  # every occurrence votes
+                sel = coords >= 0
+                np.add.at(score, coords[sel], per_pos[sel])
         out[g.id] = score ** (1.0 / p)
     return out
 
