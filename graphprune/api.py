@@ -7,13 +7,13 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from .backends.torch_module import keep_masks, rewrite
+from .backends.torch_module import rewrite
 from .errors import PlanError
 from .frontends.torch_export import export_program, lower
 from .graph import DependencyGraph
 from .importance import SCORERS
 from .metrics import count_macs, count_params
-from .planner import PrunePlan, check_ratio, make_plan, select_groups
+from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
 from .report import PruneReport
 
 DEFAULT_ROLES = ("channel", "outer")

@@ -22,9 +22,12 @@ class ExportReport:
     path: str
     max_abs_diff: float
     atol: float
+    dynamic_batch: bool = True
+    note: str = ""  # why the batch axis is static, when it was asked to be dynamic
 
     def __str__(self) -> str:
-        return f"exported {self.path}: onnxruntime vs PyTorch max |diff| = {self.max_abs_diff:.3g} (atol {self.atol:g})"
+        s = f"exported {self.path}: onnxruntime vs PyTorch max |diff| = {self.max_abs_diff:.3g} (atol {self.atol:g})"
+        return s + (f"; static batch: {self.note}" if self.note else "")
 
 
 @contextlib.contextmanager
@@ -70,14 +73,16 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:
+        note = ""
         with quiet_torch():
             try:
                 prog = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                                          dynamic_shapes=dynamic_shapes, verbose=False)
-            except Exception:
+            except Exception as exc:  # the exporter raises many types; the static retry decides
                 if not dynamic_batch:
                     raise
-                # Some models fix the batch size internally; fall back to a static export.
+                # Some models fix the batch size internally: export a static batch, and say why.
+                note = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 prog = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                                          verbose=False)
             prog.save(tmp)
@@ -97,7 +102,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g}); "
                                   f"nothing was written to {path}")
         os.replace(tmp, path)
-        return ExportReport(str(path), diff, atol)
+        return ExportReport(str(path), diff, atol, dynamic_batch and not note, note)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

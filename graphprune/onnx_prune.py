@@ -14,12 +14,11 @@ import onnx
 from onnx import numpy_helper
 
 from .backends.onnx import apply_plan_onnx
-from .backends.torch_module import keep_masks
-from .errors import GraphpruneError, PlanError, RewriteError
+from .errors import PlanError, RewriteError
 from .graph import DependencyGraph
 from .importance import SCORERS
 from .metrics import count_macs, count_params
-from .planner import PrunePlan, check_ratio, make_plan, select_groups
+from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
 from .report import PruneReport, table
 
 
@@ -108,7 +107,7 @@ def masked_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
             shape = [1] * rank
             shape[d] = keep.size
             mask = mask * keep.astype(np.float32).reshape(shape)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(_elem_type(out, value) or onnx.TensorProto.FLOAT)
+        dtype = np.dtype(dg.ir.values[value].dtype)  # the IR knows it: no shape inference per value
         # Where, not Mul: a masked -inf (attention masks) must become 0, and 0 * -inf is nan
         g.initializer.append(numpy_helper.from_array(mask.astype(bool), f"{value}__gp_mask"))
         g.initializer.append(numpy_helper.from_array(np.zeros((), dtype=dtype), f"{value}__gp_zero"))
@@ -121,9 +120,7 @@ def masked_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
     after = {}
     for value, node in new_nodes:
         after.setdefault(value, []).append(node)
-    ordered = [n for n in g.node if False]
-    inputs_first = [node for value, node in new_nodes if value in {i.name for i in g.input}]
-    ordered.extend(inputs_first)
+    ordered = [node for value, node in new_nodes if value in {i.name for i in g.input}]
     for n in list(g.node):
         ordered.append(n)
         for o in n.output:
@@ -132,14 +129,6 @@ def masked_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
     g.node.extend(ordered)
     del g.value_info[:]
     return out
-
-
-def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        if vi.name == name:
-            return vi.type.tensor_type.elem_type
-    return None
 
 
 def verify_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan, atol: float = 1e-4,
@@ -238,5 +227,3 @@ def write_atomic(model: onnx.ModelProto, dst: Path) -> None:
             os.remove(tmp)
         raise
 
-
-del GraphpruneError

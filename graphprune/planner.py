@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -48,6 +48,32 @@ class PrunePlan:
     def from_json(cls, text: str) -> "PrunePlan":
         d = json.loads(text)
         return cls({int(k): list(v) for k, v in d["pruned"].items()}, {int(k): int(v) for k, v in d["sizes"].items()})
+
+
+def keep_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np.ndarray]:
+    """(IR value, dim) -> kept positions mask, for every slot the plan changes."""
+    pruned = plan.masks()
+    out: dict[tuple[str, int], np.ndarray] = {}
+    solver = dg.solver
+    for v in dg.ir.values.values():
+        for d in range(v.rank):
+            term = solver.layout((v.name, d))
+            if any(a in pruned for a in solver.atoms(term)):
+                mask = solver.keep_mask(term, pruned)
+                if not mask.all():
+                    out[(v.name, d)] = mask
+    return out
+
+
+def new_size(dg: DependencyGraph, key: Any, pruned: dict[int, np.ndarray]) -> int:
+    term = dg.solver.layout(key)
+    return int(dg.solver.keep_mask(term, pruned).sum())
+
+
+def carried_value(dg: DependencyGraph, carry, pruned: dict[int, np.ndarray]) -> int:
+    """The new value of a constant that spells a slot's size (negative ones stay negative)."""
+    size = new_size(dg, carry.key, pruned)
+    return -size if carry.value < 0 else size
 
 
 def check_ratio(ratio: float, what: str = "ratio") -> float:

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .backends.torch_module import keep_masks, rewrite
+from .backends.torch_module import rewrite
 from .graph import DependencyGraph
-from .planner import PrunePlan
+from .planner import PrunePlan, keep_masks
 
 
 @dataclass

@@ -17,8 +17,7 @@ from onnx import numpy_helper
 
 from ..errors import RewriteError
 from ..graph import DependencyGraph
-from ..planner import PrunePlan
-from .torch_module import keep_masks, new_size
+from ..planner import PrunePlan, carried_value, keep_masks
 
 _PASS_THROUGH = {"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten"}
 
@@ -185,8 +184,7 @@ def _rewrite_constants(m: _Model, dg: DependencyGraph, plan: PrunePlan) -> None:
     pruned = plan.masks()
     changed = []
     for c in dg.carries:
-        new = new_size(dg, c.key, pruned)
-        new = -new if c.value < 0 else new
+        new = carried_value(dg, c, pruned)
         if new != c.value:
             changed.append((c, new))
     for c, _ in changed:

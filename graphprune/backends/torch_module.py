@@ -20,31 +20,10 @@ from torch import nn
 
 from ..errors import RewriteError
 from ..graph import DependencyGraph
-from ..planner import PrunePlan
-from ..spaces import Solver
+from ..planner import PrunePlan, carried_value, keep_masks
 
 _KNOWN = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
           nn.Embedding, nn.PReLU, getattr(nn, "RMSNorm", nn.LayerNorm))
-
-
-def keep_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np.ndarray]:
-    """(IR value, dim) -> kept positions mask, for every slot the plan changes."""
-    pruned = plan.masks()
-    out: dict[tuple[str, int], np.ndarray] = {}
-    solver: Solver = dg.solver
-    for v in dg.ir.values.values():
-        for d in range(v.rank):
-            term = solver.layout((v.name, d))
-            if any(a in pruned for a in solver.atoms(term)):
-                mask = solver.keep_mask(term, pruned)
-                if not mask.all():
-                    out[(v.name, d)] = mask
-    return out
-
-
-def new_size(dg: DependencyGraph, key: Any, pruned: dict[int, np.ndarray]) -> int:
-    term = dg.solver.layout(key)
-    return int(dg.solver.keep_mask(term, pruned).sum())
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
@@ -228,18 +207,13 @@ def _set(owner: nn.Module, attr: str, value: Any) -> None:
         setattr(owner, attr, value)
 
 
-def _carried_value(dg: DependencyGraph, carry, pruned) -> int:
-    size = new_size(dg, carry.key, pruned)
-    return -size if carry.value < 0 else size
-
-
 def _update_known_modules(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> None:
     pruned = plan.masks()
     groups_of: dict[str, int] = {}  # module path -> new groups count (conv, group norm)
     node_module = {n.name: n.meta.get("module", "") for n in dg.ir.nodes}
     for c in dg.carries:
         if c.path in ((6,), (8,)) or (c.path == (1,) and dg.ir.nodes and _op(dg, c.node) == "aten.group_norm"):
-            groups_of[node_module.get(c.node, "")] = _carried_value(dg, c, pruned)
+            groups_of[node_module.get(c.node, "")] = carried_value(dg, c, pruned)
     for path, m in model.named_modules():
         if isinstance(m, nn.modules.conv._ConvNd):
             m.groups = groups_of.get(path, m.groups)
@@ -275,7 +249,7 @@ def _update_known_modules(model: nn.Module, dg: DependencyGraph, plan: PrunePlan
                 continue
             if isinstance(m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))) and getattr(m, "weight", None) is None:
                 shape = list(m.normalized_shape)
-                shape[c.path[1]] = _carried_value(dg, c, pruned)
+                shape[c.path[1]] = carried_value(dg, c, pruned)
                 m.normalized_shape = tuple(shape)
 
 
@@ -315,7 +289,7 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
         if m is None or isinstance(m, _KNOWN):
             continue
         for c in carries:
-            new = _carried_value(dg, c, pruned)
+            new = carried_value(dg, c, pruned)
             demands.setdefault((path, c.value), set()).add(new)
             wanted[(sites[node_name], c.path)] = new
             if len(c.path) == 2 and isinstance(node.args[c.path[0]], (list, tuple)):
@@ -371,7 +345,8 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
     families: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for path, attr in candidates:
         families.setdefault((type(_module(model, path)).__qualname__, attr), []).append((path, attr))
-    base = {(_site(n), c.path): _arg_at(n, c.path) for n in dg.ir.nodes for c in dg.carries if c.node == n.name}
+    sites, nodes = _sites_by_node(dg.ir.nodes), {n.name: n for n in dg.ir.nodes}
+    base = {(sites[c.node], c.path): _arg_at(nodes[c.node], c.path) for c in dg.carries}
     base_shapes = {site: [dg.ir.values[o].shape for o in n.outputs] for site, n in _by_call_site(dg.ir.nodes).items()}
     out: dict[tuple[str, str], Any] = {}
     p_args, p_kwargs = _to_device((args, kwargs or {}), "meta")
@@ -404,10 +379,6 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
             mine = moved.get(path, set())
             out[(path, attr)] = mine if mine else ("shape" if shapes_moved else "none")
     return out
-
-
-def _site(node) -> tuple:
-    return _sites_by_node([node])[node.name]
 
 
 def _sites_by_node(nodes) -> dict[str, tuple]:

@@ -5,7 +5,7 @@ target vector or an Expand's shape vector is an argument, not a tensor whose
 dims couple to anything."""
 from __future__ import annotations
 
-from ..ir import Node, Ref
+from ..ir import Node
 from .registry import RuleContext, register
 from .shape import relate_reshape, window
 
@@ -175,5 +175,3 @@ def _trilu(node: Node, ctx: RuleContext) -> None:
     for d in (-2, -1):
         ctx.freeze(ctx.s(x, d), f"positional mask at {ctx.where()}")
 
-
-del Ref
