@@ -16,8 +16,6 @@ from .metrics import count_macs, count_params
 from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
 from .report import PruneReport
 
-DEFAULT_ROLES = ("channel", "outer")
-
 
 def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, freeze_io: bool = True) -> DependencyGraph:
     """Trace ``model`` on example inputs and solve its channel spaces.
@@ -62,21 +60,22 @@ def _tensors(model: torch.nn.Module) -> dict[str, np.ndarray | None]:
 
 
 def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, importance: str = "l2",
-         round_to: int = 1, ignore: Iterable[str] = (), roles: tuple[str, ...] = DEFAULT_ROLES,
-         ratios: Mapping[int, float] | None = None) -> PrunePlan:
+         round_to: int = 1, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+         ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None) -> PrunePlan:
     """Rank every selected group by ``importance`` and drop ``ratio`` of each.
 
-    ``roles`` picks which spaces to prune: "channel" (plain channels, hidden and FFN
-    units), "outer" (whole blocks: attention heads, conv groups), "inner"
-    (positions inside blocks: head_dim, channels within a conv group).
+    ``targets`` picks what to prune by what it is (see :mod:`graphprune.structure`):
+    "heads" (whole attention heads; with GQA a key/value head and its query heads),
+    "query_heads" (GQA query heads per key/value head), "ffn" (FFN units, a CNN
+    block's inner channels), "hidden" (the residual stream), "head_dim" (RoPE pairs
+    kept together), "conv_groups". ``roles`` picks by layout instead: "channel",
+    "outer" (whole blocks), "inner" (positions inside blocks). With neither, models
+    with attention prune whole heads, other models their channels and conv groups.
     """
     check_ratio(ratio)
     if importance not in SCORERS:
         raise PlanError(f"unknown importance '{importance}'; choose one of {sorted(SCORERS)}")
-    bad_roles = set(roles) - {"channel", "outer", "inner"}
-    if bad_roles:
-        raise PlanError(f"unknown roles {sorted(bad_roles)}; roles are 'channel', 'outer', 'inner'")
-    groups = select_groups(graph, tuple(roles), ignore)
+    groups = select_groups(graph, roles, ignore, targets)
     scores = SCORERS[importance](graph, _tensors(model), groups)
     return make_plan(groups, scores, ratio, round_to, ratios)
 
@@ -93,8 +92,9 @@ def shape_fn(graph: DependencyGraph, p: PrunePlan):
 
 def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio: float = 0.5,
           importance: str = "l2", round_to: int = 1, ignore: Iterable[str] = (),
-          roles: tuple[str, ...] = DEFAULT_ROLES, graph: DependencyGraph | None = None,
-          plan_: PrunePlan | None = None, verify: bool = False, atol: float = 1e-5):
+          roles: Iterable[str] | None = None, graph: DependencyGraph | None = None,
+          plan_: PrunePlan | None = None, verify: bool = False, atol: float = 1e-5,
+          targets: Iterable[str] | str | None = None):
     """Prune ``model`` in place; return ``(model, PruneReport)``.
 
     With ``verify=True`` the plan is first held to the exactness oracle on a copy
@@ -109,7 +109,7 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     """
     args = args if isinstance(args, tuple) else (args,)
     dg = graph or trace(model, args, kwargs)
-    p = plan_ or plan(dg, model, ratio, importance, round_to, ignore, roles)
+    p = plan_ or plan(dg, model, ratio, importance, round_to, ignore, roles, targets=targets)
     for gid, size in p.sizes.items():
         if gid not in dg._by_atom or dg.group(gid).size != size:
             raise PlanError(f"the plan does not fit this model: group {gid} (size {size}) is not in its graph")

@@ -78,7 +78,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         raise GraphpruneError("the output path is the input file; choose another -o")
     t = _step(1, 2, f"loading, planning and rewriting {ns.model}")
     report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
-                           ignore=ns.ignore, measure_latency=not ns.no_latency)
+                           ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets)
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--round-to", type=int, default=8,
                     help="keep channel counts multiples of this (default 8: odd widths run slowly)")
     pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")
+    pr.add_argument("--targets", nargs="*", default=None,
+                    help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups "
+                         "(default: heads for models with attention, else channels and conv groups)")
     pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
     pr.set_defaults(fn=cmd_prune)
     z = sub.add_parser("zoo", help="list the reference models")

@@ -23,18 +23,36 @@ class ExportReport:
     max_abs_diff: float
     atol: float
     dynamic_batch: bool = True
-    note: str = ""  # why the batch axis is static, when it was asked to be dynamic
+    note: str = ""  # why the batch axis is static when it was asked to be dynamic; other fallbacks taken
 
     def __str__(self) -> str:
         s = f"exported {self.path}: onnxruntime vs PyTorch max |diff| = {self.max_abs_diff:.3g} (atol {self.atol:g})"
-        return s + (f"; static batch: {self.note}" if self.note else "")
+        return s + (f"; note: {self.note}" if self.note else "")
+
+
+@contextlib.contextmanager
+def _attention_fallback(model: torch.nn.Module):
+    """Hugging Face models can switch SDPA to eager attention (same math): the ONNX exporter
+    fails to decompose some SDPA call sites (T5, Swin in transformers 5). Yields a setter, or
+    None for models without the switch; the original implementation is restored on exit."""
+    setter = getattr(model, "set_attn_implementation", None)
+    cfg = getattr(model, "config", None)
+    original = getattr(cfg, "_attn_implementation", None)
+    if setter is None or original in (None, "eager"):
+        yield None
+        return
+    try:
+        yield lambda eager: setter("eager" if eager else original)
+    finally:
+        setter(original)
 
 
 @contextlib.contextmanager
 def quiet_torch():
     """torch.export/onnx log full tracebacks and warnings for conditions we report ourselves."""
     loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.onnx", "torch.export",
-                                               "torch._export", "torch.fx.experimental.symbolic_shapes")]
+                                               "torch._export", "torch.fx.experimental.symbolic_shapes",
+                                               "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -67,29 +85,47 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+        if args or not kwargs:
+            dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+        else:  # keyword-only inputs (Hugging Face models): name each one
+            dynamic_shapes = {k: ({0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None)
+                              for k, v in kwargs.items()}
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:
         note = ""
-        with quiet_torch():
-            try:
-                prog = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                                         dynamic_shapes=dynamic_shapes, verbose=False)
-            except Exception as exc:  # the exporter raises many types; the static retry decides
-                if not dynamic_batch:
-                    raise
+        with quiet_torch(), _attention_fallback(model) as use_eager:
+            attempts = [(dynamic_shapes, False)] if dynamic_batch else []
+            attempts += [(dynamic_shapes, True)] if dynamic_batch and use_eager else []
+            attempts += [(None, False)] + ([(None, True)] if use_eager else [])
+            prog, errors = None, []
+            for shapes, eager in attempts:
+                if use_eager:
+                    use_eager(eager)
+                try:
+                    prog = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                                             dynamic_shapes=shapes, verbose=False)
+                    break
+                except Exception as exc:  # the exporter raises many types; the next attempt decides
+                    errors.append((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
+            if prog is None:
+                raise GraphpruneError(f"torch.onnx.export failed for {type(model).__name__}: {errors[-1]}")
+            if dynamic_batch and shapes is None:
                 # Some models fix the batch size internally: export a static batch, and say why.
-                note = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                prog = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                                         verbose=False)
+                note = errors[0]
+            if eager:
+                note = (note + "; " if note else "") + "exported with eager attention (SDPA did not decompose)"
             prog.save(tmp)
         onnx.checker.check_model(tmp, full_check=True)
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(
-            sess.get_inputs(), [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)])}
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+        names = [i.name for i in sess.get_inputs()]
+        if not args and set(names) <= set(kwargs):  # keyword inputs keep their names in the graph
+            feeds = {n: kwargs[n].detach().cpu().numpy() for n in names}
+        else:
+            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
         got = sess.run(None, feeds)
         with torch.no_grad():
             want = [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(model(*args, **kwargs))
@@ -102,7 +138,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g}); "
                                   f"nothing was written to {path}")
         os.replace(tmp, path)
-        return ExportReport(str(path), diff, atol, dynamic_batch and not note, note)
+        return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -48,6 +48,12 @@ class Group:
     def exact(self) -> bool:
         return not self.inexact
 
+    @property
+    def kind(self) -> str:
+        """What the group is: head, query_group, head_dim, hidden, ffn, conv_group, group_channel
+        (see :mod:`graphprune.structure`)."""
+        return self._graph.kinds[self.id]
+
     def positions(self, member: Member | str, index: int, dim: int | None = None) -> np.ndarray:
         """Positions along member's dim that index ``index`` of this group occupies."""
         m = self._graph._member(member, dim) if not isinstance(member, Member) else member
@@ -61,13 +67,13 @@ class Group:
         return [(m.name, m.dim, self.positions(m, index).tolist()) for m in self.members]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "size": self.size, "prunable": self.prunable, "role": self.role,
+        return {"id": self.id, "size": self.size, "prunable": self.prunable, "role": self.role, "kind": self.kind,
                 "frozen": self.frozen, "inexact": self.inexact,
                 "members": [{"name": m.name, "dim": m.dim, "span": _span(self, m)} for m in self.members]}
 
     def __str__(self) -> str:
         state = "prunable" if self.prunable else "frozen"
-        lines = [f"Group {self.id}: size {self.size}, {self.role}, {state}"
+        lines = [f"Group {self.id}: size {self.size}, {self.kind} ({self.role}), {state}"
                  + ("" if self.exact else " (not oracle-exact)")]
         for m in self.members:
             lines.append(f"  {m.name} dim {m.dim} {_span(self, m)}")
@@ -166,6 +172,15 @@ class DependencyGraph:
             self._by_atom[atom] = g
 
     # ---- queries -------------------------------------------------------------------------------
+    @property
+    def kinds(self) -> dict[int, str]:
+        """Group id -> kind, read from the graph's attention sites and residual adds."""
+        if getattr(self, "_kinds", None) is None:
+            from .structure import group_kinds
+
+            self._kinds = group_kinds(self)
+        return self._kinds
+
     def prunable_groups(self, roles: tuple[str, ...] = ("channel", "outer", "inner")) -> list[Group]:
         return [g for g in self.groups if g.prunable and g.role in roles]
 

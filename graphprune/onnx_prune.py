@@ -158,20 +158,22 @@ def latency_ms(model: onnx.ModelProto, feeds: dict, repeat: int = 30) -> float:
 
 
 def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "l2", round_to: int = 1,
-              ignore: Iterable[str] = (), roles: tuple[str, ...] = ("channel", "outer")) -> PrunePlan:
+              ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+              targets: Iterable[str] | str | None = None) -> PrunePlan:
     check_ratio(ratio)
     if importance not in SCORERS:
         raise PlanError(f"unknown importance '{importance}'; choose one of {sorted(SCORERS)}")
     model = dg.extra["onnx"]
     tensors = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer
                if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
-    groups = select_groups(dg, tuple(roles), ignore)
+    groups = select_groups(dg, roles, ignore, targets)
     return make_plan(groups, SCORERS[importance](dg, tensors, groups), ratio, round_to)
 
 
 def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.3, importance: str = "l2",
-               round_to: int = 8, ignore: Iterable[str] = (), roles: tuple[str, ...] = ("channel", "outer"),
-               verify: bool = True, atol: float = 1e-4, measure_latency: bool = True) -> OnnxPruneReport:
+               round_to: int = 8, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+               verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
+               targets: Iterable[str] | str | None = None) -> OnnxPruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes.
 
     ``round_to`` defaults to 8: onnxruntime's CPU convolutions run channel counts that
@@ -187,7 +189,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     dst = Path(dst)
     dg = load_onnx(src)
     model = dg.extra["onnx"]
-    plan = plan_onnx(dg, ratio, importance, round_to, ignore, roles)
+    plan = plan_onnx(dg, ratio, importance, round_to, ignore, roles, targets)
     pruned = apply_plan_onnx(model, dg, plan)
     try:
         onnx.checker.check_model(pruned, full_check=True)

@@ -90,15 +90,61 @@ def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
     return max(1, keep)
 
 
-def select_groups(dg: DependencyGraph, roles: tuple[str, ...], ignore: Iterable[str] = ()) -> list[Group]:
-    """Prunable groups of the given roles that touch no ignored parameter/module."""
+# Plural and everyday spellings of the kinds in graphprune.structure.
+_TARGET_ALIASES = {"heads": ("head",), "kv_heads": ("head",), "query_heads": ("query_group",),
+                   "query_groups": ("query_group",), "head_dims": ("head_dim",), "channels": ("hidden", "ffn"),
+                   "conv_groups": ("conv_group",)}
+ROLES = ("channel", "outer", "inner")
+DEFAULT_ROLES = ("channel", "outer")
+
+
+def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
+                    targets: Iterable[str] | str | None = None) -> tuple[str, tuple[str, ...]]:
+    """Which groups a plan may prune: ("kind", kinds) or ("role", roles).
+
+    ``targets`` names kinds (head, ffn, hidden, head_dim, query_group, ...); ``roles``
+    names layout roles. With neither, a model with attention heads prunes whole heads
+    and any other model its channels and conv groups.
+    """
+    from .structure import KINDS
+
+    if targets is not None and roles is not None:
+        raise PlanError("pass either targets= (what to prune: heads, ffn, hidden, ...) or roles=, not both")
+    if targets is not None:
+        targets = (targets,) if isinstance(targets, str) else tuple(targets)
+        kinds: list[str] = []
+        for t in targets:
+            if t in KINDS:
+                kinds.append(t)
+            elif t in _TARGET_ALIASES:
+                kinds.extend(_TARGET_ALIASES[t])
+            else:
+                raise PlanError(f"unknown target '{t}'; targets are {sorted(set(KINDS) | set(_TARGET_ALIASES))}")
+        return "kind", tuple(dict.fromkeys(kinds))
+    if roles is not None:
+        roles = tuple(roles)
+        bad = set(roles) - set(ROLES)
+        if bad:
+            raise PlanError(f"unknown roles {sorted(bad)}; roles are 'channel', 'outer', 'inner'")
+        return "role", roles
+    if any(g.prunable and g.kind == "head" for g in dg.groups):
+        return "kind", ("head",)
+    return "role", DEFAULT_ROLES
+
+
+def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignore: Iterable[str] = (),
+                  targets: Iterable[str] | str | None = None) -> list[Group]:
+    """Prunable groups of the given roles or target kinds that touch no ignored parameter/module."""
+    by, wanted = resolve_targets(dg, roles, targets)
     ignore = list(ignore)
     names = dg.param_names()
     for item in ignore:
         if not any(n == item or n.startswith(item + ".") for n in names):
             raise PlanError(f"ignored name '{item}' matches no parameter or module of the model")
     out = []
-    for g in dg.prunable_groups(roles):
+    for g in dg.prunable_groups():
+        if (g.kind if by == "kind" else g.role) not in wanted:
+            continue
         if any(m.name == i or m.name.startswith(i + ".") for m in g.members for i in ignore):
             continue
         out.append(g)

@@ -30,9 +30,9 @@ def groups_table(dg: "DependencyGraph", limit: int = 60) -> str:
         first = g.members[0]
         state = "prunable" if g.prunable else "frozen"
         why = (g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
-        rows.append([g.id, g.size, g.role, state + ("" if g.exact else "*"), len(g.members),
+        rows.append([g.id, g.size, g.kind, g.role, state + ("" if g.exact else "*"), len(g.members),
                      f"{first.name}[{first.dim}]", why[:90]])
-    text = table(["group", "size", "role", "state", "members", "first member", "reason"], rows)
+    text = table(["group", "size", "kind", "role", "state", "members", "first member", "reason"], rows)
     if len(dg.groups) > limit:
         text += f"\n... {len(dg.groups) - limit} more groups"
     n_p = sum(g.prunable for g in dg.groups)

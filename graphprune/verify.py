@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .backends.torch_module import rewrite
+from .frontends.torch_export import _WRAPPERS, op_id
 from .graph import DependencyGraph
 from .planner import PrunePlan, keep_masks
 
@@ -45,17 +46,31 @@ class OracleReport:
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, torch.Tensor]]]) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, torch.Tensor]]],
+                 prefix: str = "") -> None:
         super().__init__(gm)
         self.masks = masks
+        self.prefix = prefix  # inlined subgraphs' values are named "<wrapper node>/<node>" in the IR
 
     def run_node(self, n: torch.fx.Node) -> Any:
+        if n.op == "call_function" and op_id(n.target) in _WRAPPERS:
+            return self._run_wrapper(n)
         out = super().run_node(n)
         if n.op != "call_function" or n.target is operator.getitem:
             return out
         if isinstance(out, (tuple, list)):
-            return type(out)(self._mask(f"{n.name}.{i}", o) for i, o in enumerate(out))
-        return self._mask(n.name, out)
+            return type(out)(self._mask(f"{self.prefix}{n.name}.{i}", o) for i, o in enumerate(out))
+        return self._mask(self.prefix + n.name, out)
+
+    def _run_wrapper(self, n: torch.fx.Node) -> Any:
+        """Run a context-wrapping higher-order op's body with masks inside it too."""
+        args, _ = self.fetch_args_kwargs_from_env(n)
+        at = next(i for i, a in enumerate(n.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+        sub = args[at]
+        ctx = (torch.set_grad_enabled(bool(args[0])) if op_id(n.target) == "python.wrap_with_set_grad_enabled"
+               else torch.autocast(*args[:at]))
+        with ctx:
+            return _MaskedInterpreter(sub, self.masks, f"{self.prefix}{n.name}/").run(*args[at + 1:])
 
     def _mask(self, name: str, t: Any) -> Any:
         if name not in self.masks or not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -94,22 +109,24 @@ def max_abs_diff(a: Any, b: Any) -> float:
     return worst
 
 
-def _variants(args: tuple, trials: int) -> list[tuple]:
-    """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes: one
-    example can hide a wrong rewrite behind a dead ReLU or a tiny activation."""
-    out = [args]
+def _variants(args: tuple, kwargs: dict | None, trials: int) -> list[tuple[tuple, dict]]:
+    """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes (keyword
+    inputs too: Hugging Face models take input_ids=...): one example can hide a wrong rewrite
+    behind a dead ReLU or a tiny activation. Integer inputs stay within their observed range
+    (token ids, masks), so they stay valid."""
+    out = [(args, dict(kwargs or {}))]
     gen = torch.Generator().manual_seed(1234)
+
+    def fresh(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            scale = float(a.float().std()) if a.numel() > 1 else 1.0
+            return (torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype)
+        if isinstance(a, torch.Tensor) and a.dtype in (torch.int64, torch.int32) and a.numel():
+            return torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype)
+        return a
+
     for _ in range(trials):
-        new = []
-        for a in args:
-            if isinstance(a, torch.Tensor) and a.is_floating_point():
-                scale = float(a.float().std()) if a.numel() > 1 else 1.0
-                new.append((torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype))
-            elif isinstance(a, torch.Tensor) and a.dtype in (torch.int64, torch.int32) and a.numel():
-                new.append(torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype))
-            else:
-                new.append(a)
-        out.append(tuple(new))
+        out.append((tuple(fresh(a) for a in args), {k: fresh(v) for k, v in (kwargs or {}).items()}))
     return out
 
 
@@ -140,10 +157,10 @@ def verify(model: torch.nn.Module, args: tuple, plan: PrunePlan, graph: Dependen
     pruned = copy.deepcopy(model)
     rewrite(pruned, dg, exact_plan, args, kwargs)
     worst = 0.0
-    for inputs in _variants(args, trials):
-        expected = masked_original(dg, exact_plan, inputs, kwargs)
+    for inputs, kw in _variants(args, kwargs, trials):
+        expected = masked_original(dg, exact_plan, inputs, kw)
         with torch.no_grad():
-            got = pruned(*inputs, **(kwargs or {}))
+            got = pruned(*inputs, **kw)
         worst = max(worst, max_abs_diff(got, expected))
     checked = [g for g, idx in exact_plan.pruned.items() if idx]
     return OracleReport(worst, atol, checked, inexact)

@@ -74,6 +74,21 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
         elif k == "USER_INPUT":
             kind_of[spec.arg.name] = ("input", spec.arg.name)
     names: dict[str, Any] = {}  # fx node name -> IR value name (or list of names for tuples)
+    _lower_nodes(g, ep.graph_module, ep.graph.nodes, names, kind_of, prefix="")
+    if model is not None:
+        g.aliases = tied_aliases(model)
+    return g
+
+
+# Higher-order ops that only wrap a subgraph in a context (no_grad around RoPE tables,
+# autocast): their bodies are inlined so the channels flowing through them are seen.
+_WRAPPERS = {"python.wrap_with_set_grad_enabled", "python.wrap_with_autocast"}
+
+
+def _lower_nodes(g: Graph, gm: torch.fx.GraphModule, nodes, names: dict[str, Any],
+                 kind_of: dict[str, tuple[str, str]], prefix: str) -> list:
+    """Lower fx ``nodes`` into ``g``; values of an inlined subgraph are named ``prefix + name``.
+    Returns the IR names the graph's output node returns (for inlining)."""
 
     def conv(a: Any) -> Any:
         if isinstance(a, torch.fx.Node):
@@ -89,8 +104,11 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
             return f"sym:{a}"
         return a
 
-    for node in ep.graph.nodes:
+    returned: list = []
+    for node in nodes:
         val = node.meta.get("val")
+        if node.op == "placeholder" and prefix:
+            continue  # bound by the caller
         if node.op == "placeholder":
             kind, source = kind_of.get(node.name, ("input", node.name))
             if isinstance(val, torch.Tensor):
@@ -98,6 +116,10 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
                 names[node.name] = node.name
                 if kind == "input":
                     g.inputs.append(node.name)
+            continue
+        if node.op == "output" and prefix:
+            returned = [names.get(a.name) if isinstance(a, torch.fx.Node) else None
+                        for a in torch.utils._pytree.tree_leaves(node.args[0])]
             continue
         if node.op == "output":
             for out in torch.utils._pytree.tree_leaves(node.args[0]):
@@ -114,11 +136,21 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
         op = op_id(node.target)
         if op in _SKIP_OPS:
             continue
+        if op in _WRAPPERS:
+            at = next(i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+            sub = getattr(gm, node.args[at].target)
+            operands = node.args[at + 1:]
+            inner: dict[str, Any] = {}
+            for ph, a in zip([n for n in sub.graph.nodes if n.op == "placeholder"], operands):
+                inner[ph.name] = names.get(a.name) if isinstance(a, torch.fx.Node) else None
+            outs = _lower_nodes(g, sub, sub.graph.nodes, inner, kind_of, prefix + node.name + "/")
+            names[node.name] = [o or "" for o in outs]
+            continue
         vals = val if isinstance(val, (list, tuple)) else [val]
         outs: list[str] = []
         for i, v in enumerate(vals):
             if isinstance(v, torch.Tensor):
-                name = node.name if not isinstance(val, (list, tuple)) else f"{node.name}.{i}"
+                name = prefix + node.name if not isinstance(val, (list, tuple)) else f"{prefix}{node.name}.{i}"
                 g.add_value(Value(name, _shape(v), str(v.dtype).replace("torch.", ""), "act"))
                 outs.append(name)
             else:
@@ -132,14 +164,12 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
             module_path, module_type = list(stack.values())[-1]
             module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
         meta = {"module": module_path, "module_type": module_type, "source": _source_line(node.meta)}
-        g.nodes.append(Node(node.name, op, tuple(conv(a) for a in node.args),
+        g.nodes.append(Node(prefix + node.name, op, tuple(conv(a) for a in node.args),
                             {k: conv(v) for k, v in node.kwargs.items()}, [o for o in outs if o], meta))
         # Multi-output ops keep positional output names so rules can index them.
         if isinstance(val, (list, tuple)) and not all(outs):
             g.nodes[-1].outputs = [o for o in outs if o]
-    if model is not None:
-        g.aliases = tied_aliases(model)
-    return g
+    return returned
 
 
 def tied_aliases(model: torch.nn.Module) -> dict[str, list[str]]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("elementwise", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "onnx_shape")
+_FAMILIES = ("elementwise", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "reorder",
+             "onnx_shape")
 _loaded = False
 
 

@@ -26,3 +26,28 @@ def _index_select(node: Node, ctx: RuleContext) -> None:
             ctx.tie_dims(name, out, others, others)
     ctx.freeze(ctx.s(x, dim), f"dim indexed by data at {node.where()}")
     ctx.freeze(ctx.s(out, dim), f"dim indexed by data at {node.where()}")
+
+
+@register("aten.index", "aten._unsafe_index")
+def _index(node: Node, ctx: RuleContext) -> None:
+    # x[idx] / x[:, idx]: the indexed dims are looked up by data (a relative-position table,
+    # a token gather); the dims no index touches pass through as they are.
+    x, out = node.args[0].name, node.outputs[0]
+    indices = list(node.args[1])
+    rank = ctx.rank(x)
+    at = [d for d, i in enumerate(indices) if i is not None]
+    idx_rank = max((ctx.rank(indices[d]) for d in at), default=0)
+    rest = [d for d in range(rank) if d not in at]
+    consecutive = at == list(range(at[0], at[-1] + 1)) if at else True
+    if consecutive and at:
+        first = at[0]
+        out_dims = [d if d < first else d - len(at) + idx_rank for d in rest]
+        idx_dims = range(first, first + idx_rank)
+    else:  # non-adjacent indexed dims: numpy puts the indexed result first
+        out_dims = [idx_rank + k for k in range(len(rest))]
+        idx_dims = range(idx_rank)
+    ctx.tie_dims(x, out, rest, out_dims)
+    for d in at:
+        ctx.freeze(ctx.s(x, d), f"dim indexed by data at {node.where()}")
+    for d in idx_dims:
+        ctx.freeze(ctx.s(out, d), f"dim indexed by data at {node.where()}")

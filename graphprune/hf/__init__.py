@@ -1,0 +1,16 @@
+"""Hugging Face ``transformers`` support: inputs, config sync, loadable checkpoints.
+
+The engine needs nothing model-specific: heads, GQA, head_dim and FFN units come
+from the graph. This package only does what sits outside the graph:
+
+- :func:`example_inputs` builds tracing inputs from a model's config;
+- :func:`prune` wraps :func:`graphprune.prune` and then :func:`sync_config`, which
+  writes the new sizes into the module attributes transformers reads and into the
+  config, so ``save_pretrained`` + ``from_pretrained`` round-trip when every layer
+  keeps the same sizes;
+- :func:`save_pruned` / :func:`load_pruned` store the plan beside the weights, so
+  uneven per-layer sizes reload from the original config.
+"""
+from .inputs import example_inputs, prepare
+
+__all__ = ["example_inputs", "prepare", "sync_config", "ConfigSync", "prune", "save_pruned", "load_pruned"]

@@ -1,0 +1,55 @@
+"""Example inputs for tracing a transformers model, built from its config."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def prepare(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and no KV cache: a cache object is an output the engine cannot prune through."""
+    model.eval()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "use_cache"):
+        cfg.use_cache = False
+    return model
+
+
+def _image_size(cfg: Any) -> tuple[int, int]:
+    size = getattr(cfg, "image_size", None) or 224
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[-1])
+    return int(size), int(size)
+
+
+def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Keyword inputs for ``model(**inputs)``: token ids (and an all-ones attention mask where the
+    forward takes one) for text models, ``pixel_values`` for vision models.
+
+    Example:
+        >>> inputs = graphprune.hf.example_inputs(model)            # doctest: +SKIP
+        >>> graph = graphprune.trace(model, (), inputs)             # doctest: +SKIP
+    """
+    import inspect
+
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed)
+    main = getattr(model, "main_input_name", "input_ids")
+    params = inspect.signature(model.forward).parameters
+    if main == "pixel_values":
+        h, w = _image_size(cfg)
+        channels = getattr(cfg, "num_channels", 3)
+        return {"pixel_values": torch.randn(batch, channels, h, w, generator=gen)}
+    if main != "input_ids":
+        raise ValueError(f"{type(model).__name__} takes '{main}' as its main input; build the example inputs "
+                         "yourself and pass them to graphprune.trace(model, (), inputs)")
+    vocab = getattr(cfg, "vocab_size", None) or 100
+    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or seq_len
+    seq_len = min(seq_len, max_pos - 2)  # RoBERTa-style position ids start after the padding index
+    # avoid special ids (padding, bos/eos) so padding-aware position ids see a full sequence
+    low = min(vocab - 1, 4)
+    ids = torch.randint(low, vocab, (batch, seq_len), generator=gen)
+    out = {"input_ids": ids}
+    if "attention_mask" in params:
+        out["attention_mask"] = torch.ones_like(ids)
+    return out

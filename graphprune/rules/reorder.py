@@ -1,0 +1,24 @@
+"""Ops that reorder positions along some dims (roll, flip): those dims keep their size but
+not their order, so they are frozen; every other dim passes through untouched."""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+
+@register("aten.roll", "aten.flip")
+def _reorder(node: Node, ctx: RuleContext) -> None:
+    x, out = node.args[0].name, node.outputs[0]
+    rank = ctx.rank(x)
+    if node.op == "aten.roll":
+        dims = ctx.arg(node, 2, "dims", [])
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        moved = set(range(rank)) if not dims else {d % rank for d in dims}  # no dims: rolls the flattened tensor
+    else:
+        moved = {d % rank for d in node.args[1]}
+    for d in range(rank):
+        if d in moved:
+            ctx.freeze(ctx.s(x, d), f"positions reordered by {node.op} at {node.where()}")
+            ctx.freeze(ctx.s(out, d), f"positions reordered by {node.op} at {node.where()}")
+        else:
+            ctx.tie(ctx.s(x, d), ctx.s(out, d))

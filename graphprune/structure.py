@@ -1,0 +1,181 @@
+"""What each group *is* in the model's architecture, read from the graph alone.
+
+Roles (channel / outer / inner) say how a group sits in a tensor's layout; kinds
+say what it means, so a pruning policy can pick "attention heads" or "FFN units"
+without head counts or layer lists from the user:
+
+- ``head``: a whole attention head (with GQA: a key/value head together with the
+  query heads that share it). Found on the head axis of the queries *and* keys of
+  every attention site (fused SDPA, or the matmul -> softmax -> matmul pattern).
+- ``query_group``: GQA query heads per key/value head: on the queries' head axis,
+  not on the keys'. Pruning it drops the same number of query heads from every
+  key/value head, so the query/kv ratio stays an integer.
+- ``head_dim``: positions inside a head (q/k contraction dim, value dim).
+- ``hidden``: the residual stream. A channel written by two or more weights
+  (embeddings, output projections, shortcut convs) whose outputs meet in an add.
+- ``ffn``: any other plain channel: FFN units, a CNN block's inner width.
+- ``conv_group`` / ``group_channel``: outer / inner factors that are no attention
+  head (grouped convolutions).
+
+Plain IR reading: no torch, no onnx.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .graph import DependencyGraph
+
+KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "conv_group", "group_channel")
+
+_SDPA = {"aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
+         "aten._scaled_dot_product_efficient_attention", "onnx.Attention"}
+_SOFTMAX = {"aten._softmax", "aten.softmax", "aten.softmax.int", "aten._safe_softmax", "onnx.Softmax"}
+_MATMUL = {"aten.matmul", "aten.bmm", "aten.einsum", "onnx.MatMul", "onnx.Einsum"}
+_ADD = {"aten.add", "aten.add_", "onnx.Add"}
+# Ops a score tensor may pass between its matmul and the softmax (scale, mask, bias, casts).
+_PASS = {"aten.mul", "aten.div", "aten.add", "aten.sub", "aten.masked_fill", "aten.where", "aten.to",
+         "aten._to_copy", "aten.type_as", "aten.float", "aten.dropout", "aten.clone", "aten.contiguous",
+         "onnx.Mul", "onnx.Div", "onnx.Add", "onnx.Sub", "onnx.Where", "onnx.Cast", "onnx.Dropout"}
+
+
+def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
+    """Group id -> kind (see the module docstring)."""
+    head, query, head_dim = _attention_atoms(dg)
+    hidden = _residual_atoms(dg)
+    out: dict[int, str] = {}
+    for g in dg.groups:
+        a = g.id
+        if a in head:
+            out[a] = "head"
+        elif a in query:
+            out[a] = "query_group"
+        elif a in head_dim:
+            out[a] = "head_dim"
+        elif g.role == "outer":
+            out[a] = "conv_group"
+        elif g.role == "inner":
+            out[a] = "group_channel"
+        elif a in hidden:
+            out[a] = "hidden"
+        else:
+            out[a] = "ffn"
+    return out
+
+
+def _atoms(dg: "DependencyGraph", value: str, dim: int) -> list[int]:
+    v = dg.ir.values[value]
+    if not v.rank:
+        return []
+    return dg.solver.atoms(dg.solver.layout((value, dim % v.rank)))
+
+
+def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
+    """(node, q, k, v) for every attention site; k is the keys as they enter the q.k product
+    (transposed in the eager pattern, so the head_dim is its dim -2 there)."""
+    consumers: dict[str, list] = {}
+    producer: dict[str, object] = {}
+    for n in dg.ir.nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+        for o in n.outputs:
+            producer[o] = n
+    sites = []
+    for n in dg.ir.nodes:
+        base = n.op.split(".default")[0]
+        if base in _SDPA and len(n.inputs) >= 3:
+            q, k, v = n.inputs[:3]
+            sites.append((n.name, q, k, v))
+        elif base in _SOFTMAX and n.inputs:
+            qk = _walk(n.inputs[0], producer, back=True)
+            pv = _walk_forward(n.outputs[0], consumers)
+            if qk is not None and pv is not None and len(qk.inputs) >= 2 and len(pv.inputs) >= 2:
+                sites.append((n.name, qk.inputs[0], "T:" + qk.inputs[1], pv.inputs[1]))
+    return sites
+
+
+def _walk(value: str, producer: dict, back: bool, hops: int = 6):
+    for _ in range(hops):
+        node = producer.get(value)
+        if node is None:
+            return None
+        if node.op in _MATMUL:
+            return node
+        if node.op not in _PASS or not node.inputs:
+            return None
+        value = node.inputs[0]
+    return None
+
+
+def _walk_forward(value: str, consumers: dict, hops: int = 4):
+    for _ in range(hops):
+        users = consumers.get(value, [])
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op in _MATMUL and node.inputs and node.inputs[0] == value:
+            return node
+        if node.op not in _PASS or not node.outputs:
+            return None
+        value = node.outputs[0]
+    return None
+
+
+def _head_axis(dg: "DependencyGraph", value: str) -> int:
+    # (batch, heads, seq, dim); with heads folded into batch, (batch*heads, seq, dim).
+    return -3 if dg.ir.values[value].rank >= 4 else 0
+
+
+def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int]]:
+    head, query, head_dim = set(), set(), set()
+    frozen = set(dg.solver.frozen_reasons())
+
+    def movable(atoms: list[int]) -> list[int]:
+        return [a for a in atoms if a not in frozen and (dg.solver.atom_size(a) or 0) > 1]
+
+    for _, q, k, v in attention_sites(dg):
+        transposed = k.startswith("T:")
+        k = k[2:] if transposed else k
+        if any(x not in dg.ir.values for x in (q, k, v)):
+            continue
+        dims = {a for x, d in ((q, -1), (k, -2 if transposed else -1), (v, -1)) for a in _atoms(dg, x, d)}
+        head_dim |= dims
+        # The query head axis is outer-major: (kv head, query per kv head) under GQA, whether
+        # keys are repeated (expand + reshape) or shared by SDPA's enable_gqa.
+        q_heads = [a for a in movable(_atoms(dg, q, _head_axis(dg, q))) if a not in dims]
+        if q_heads:
+            head.add(q_heads[0])
+            query.update(q_heads[1:])
+        kv_axis = -3 if dg.ir.values[k].rank >= 4 else 0
+        for a in movable(_atoms(dg, k, kv_axis) + _atoms(dg, v, _head_axis(dg, v))):
+            if a not in dims and a not in query:
+                head.add(a)
+    return head, query - head, head_dim - head
+
+
+def _residual_atoms(dg: "DependencyGraph") -> set[int]:
+    """Atoms written by two or more weights and summed: the residual stream."""
+    values = dg.ir.values
+    births: dict[int, int] = {}
+    for n in dg.ir.nodes:
+        act_in: set[int] = set()
+        param_in: set[int] = set()
+        for i in n.inputs:
+            v = values[i]
+            atoms = {a for d in range(v.rank) for a in _atoms(dg, i, d)}
+            (param_in if v.kind in ("param", "buffer", "const") and v.rank >= 1 else act_in).update(atoms)
+        born = set()
+        for o in n.outputs:
+            for d in range(values[o].rank):
+                born.update(a for a in _atoms(dg, o, d) if a in param_in and a not in act_in)
+        for a in born:
+            births[a] = births.get(a, 0) + 1
+    summed: set[int] = set()
+    for n in dg.ir.nodes:
+        if n.op.split(".default")[0] in _ADD and len(n.inputs) >= 2:
+            a, b = n.inputs[:2]
+            if values[a].kind == "act" and values[b].kind == "act" and values[a].rank and values[b].rank:
+                summed.update(set(_atoms(dg, a, -1)) & set(_atoms(dg, b, -1)))
+                if values[a].rank >= 3:  # NCHW convs
+                    summed.update(set(_atoms(dg, a, 1)) & set(_atoms(dg, b, 1)))
+    return {a for a in summed if births.get(a, 0) >= 2}

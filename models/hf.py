@@ -1,0 +1,108 @@
+"""Tiny random-init Hugging Face ``transformers`` models: the architecture suite.
+
+Each entry builds the model class a user would load, from a small config (two
+layers, a few heads) so the whole suite runs in seconds on a CPU. Nothing is
+downloaded: configs are built in code. Example inputs come from
+:func:`graphprune.hf.example_inputs`, not from here: the suite must work with no
+per-model code beyond building the model.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+
+TEXT = dict(vocab_size=128, max_position_embeddings=64)
+
+
+def _bert(T):
+    return T.BertModel(T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=128, **TEXT))
+
+
+def _roberta(T):
+    return T.RobertaModel(T.RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=128, vocab_size=128, max_position_embeddings=80))
+
+
+def _distilbert(T):
+    return T.DistilBertModel(T.DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128, **TEXT))
+
+
+def _gpt2(T):
+    return T.GPT2LMHeadModel(T.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=128,
+                                          n_positions=64, bos_token_id=1, eos_token_id=2,
+                                          use_cache=False))
+
+
+def _opt(T):
+    return T.OPTForCausalLM(T.OPTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128,
+                                        word_embed_proj_dim=64, use_cache=False, **TEXT))
+
+
+def _llama(T):
+    return T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                            num_key_value_heads=4, intermediate_size=128, use_cache=False, **TEXT))
+
+
+def _qwen2(T):
+    return T.Qwen2ForCausalLM(T.Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                            num_key_value_heads=4, intermediate_size=128, use_cache=False, **TEXT))
+
+
+def _mistral(T):
+    return T.MistralForCausalLM(T.MistralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                                num_key_value_heads=4, intermediate_size=128, sliding_window=8,
+                                                use_cache=False, **TEXT))
+
+
+def _t5(T):
+    return T.T5EncoderModel(T.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=128,
+                                       relative_attention_num_buckets=8, use_cache=False))
+
+
+def _vit(T):
+    return T.ViTModel(T.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, image_size=32, patch_size=8))
+
+
+def _swin(T):
+    return T.SwinModel(T.SwinConfig(image_size=32, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+                                    window_size=4))
+
+
+def _convnext(T):
+    return T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[16, 32], depths=[2, 2], num_stages=2, image_size=32))
+
+
+def _mobilenetv2(T):
+    return T.MobileNetV2Model(T.MobileNetV2Config(depth_multiplier=0.35, image_size=32))
+
+
+def _resnet(T):
+    return T.ResNetModel(T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 2],
+                                        layer_type="bottleneck"))
+
+
+SUITE: Dict[str, Callable] = {
+    "bert": _bert, "roberta": _roberta, "distilbert": _distilbert, "gpt2": _gpt2, "opt": _opt,
+    "llama-gqa": _llama, "qwen2": _qwen2, "mistral": _mistral, "t5-encoder": _t5, "vit": _vit,
+    "swin": _swin, "convnext": _convnext, "mobilenetv2": _mobilenetv2, "resnet": _resnet,
+}
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    """A random-init suite model in eval mode, norms randomised so they are no identities."""
+    import transformers as T
+
+    if name not in SUITE:
+        raise KeyError(f"unknown suite model '{name}'; choose one of {sorted(SUITE)}")
+    torch.manual_seed(seed)
+    model = SUITE[name](T).eval()
+    with torch.no_grad():  # fresh norms are identities, which would hide a wrong slice of them
+        for mod in model.modules():
+            for pname in ("weight", "bias"):
+                p = getattr(mod, pname, None)
+                if isinstance(p, torch.nn.Parameter) and p.dim() == 1 and "Norm" in type(mod).__name__:
+                    p.add_(torch.randn_like(p) * 0.1)
+    return model
