@@ -14,8 +14,10 @@ from .onnx_prune import OnnxPruneReport, prune_onnx, verify_onnx
 from .planner import PrunePlan
 from .report import PruneReport
 from .verify import OracleReport, masked_original, verify
+from . import hf  # transformers support; imports transformers only when used
+from .hf import load_pruned, save_pruned
 
 __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
            "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError",
-           "PlanError", "RewriteError", "TraceError"]
+           "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned"]
 __version__ = "0.1.0"

@@ -50,6 +50,7 @@ class PruneReport:
     kept: dict[int, tuple[int, int]] = field(default_factory=dict)  # group id -> (kept, size)
     plan: "PrunePlan | None" = None
     oracle: object | None = None
+    sync: object | None = None  # graphprune.hf.ConfigSync, for transformers models
 
     def __str__(self) -> str:
         def pct(a: int, b: int) -> str:
@@ -62,4 +63,6 @@ class PruneReport:
         text = table(["metric", "before", "after", "change"], rows)
         if self.oracle is not None:
             text += f"\n{self.oracle}"
+        if self.sync is not None:
+            text += f"\n{self.sync}"
         return text

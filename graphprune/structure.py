@@ -13,7 +13,9 @@ without head counts or layer lists from the user:
 - ``head_dim``: positions inside a head (q/k contraction dim, value dim).
 - ``hidden``: the residual stream. A channel written by two or more weights
   (embeddings, output projections, shortcut convs) whose outputs meet in an add.
-- ``ffn``: any other plain channel: FFN units, a CNN block's inner width.
+- ``ffn``: any other channel a weight creates: FFN units, a CNN block's inner width.
+- ``channel``: a channel no weight creates (input features, vocabulary rows looked up
+  by index, sequence positions): usually frozen.
 - ``conv_group`` / ``group_channel``: outer / inner factors that are no attention
   head (grouped convolutions).
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .graph import DependencyGraph
 
-KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "conv_group", "group_channel")
+KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "channel", "conv_group", "group_channel")
 
 _SDPA = {"aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
          "aten._scaled_dot_product_efficient_attention", "onnx.Attention"}
@@ -36,13 +38,15 @@ _ADD = {"aten.add", "aten.add_", "onnx.Add"}
 # Ops a score tensor may pass between its matmul and the softmax (scale, mask, bias, casts).
 _PASS = {"aten.mul", "aten.div", "aten.add", "aten.sub", "aten.masked_fill", "aten.where", "aten.to",
          "aten._to_copy", "aten.type_as", "aten.float", "aten.dropout", "aten.clone", "aten.contiguous",
-         "onnx.Mul", "onnx.Div", "onnx.Add", "onnx.Sub", "onnx.Where", "onnx.Cast", "onnx.Dropout"}
+         "aten.view", "aten.reshape", "aten._unsafe_view", "aten.contiguous",
+         "onnx.Mul", "onnx.Div", "onnx.Add", "onnx.Sub", "onnx.Where", "onnx.Cast", "onnx.Dropout", "onnx.Reshape"}
 
 
 def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
     """Group id -> kind (see the module docstring)."""
     head, query, head_dim = _attention_atoms(dg)
-    hidden = _residual_atoms(dg)
+    births = _births(dg)
+    hidden = _residual_atoms(dg, births)
     out: dict[int, str] = {}
     for g in dg.groups:
         a = g.id
@@ -58,8 +62,10 @@ def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
             out[a] = "group_channel"
         elif a in hidden:
             out[a] = "hidden"
-        else:
+        elif births.get(a):
             out[a] = "ffn"
+        else:
+            out[a] = "channel"
     return out
 
 
@@ -153,23 +159,33 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
     return head, query - head, head_dim - head
 
 
-def _residual_atoms(dg: "DependencyGraph") -> set[int]:
-    """Atoms written by two or more weights and summed: the residual stream."""
+def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
+    """Atom -> the weights that create it (a weight carries it into an op's output and no
+    activation input does). Weights count once however often they run (ALBERT shares one
+    layer across depth)."""
     values = dg.ir.values
-    births: dict[int, int] = {}
+    births: dict[int, set[str]] = {}
     for n in dg.ir.nodes:
         act_in: set[int] = set()
-        param_in: set[int] = set()
+        param_in: dict[int, str] = {}
         for i in n.inputs:
             v = values[i]
             atoms = {a for d in range(v.rank) for a in _atoms(dg, i, d)}
-            (param_in if v.kind in ("param", "buffer", "const") and v.rank >= 1 else act_in).update(atoms)
-        born = set()
+            if v.kind in ("param", "buffer", "const") and v.rank >= 1:
+                param_in.update((a, v.source or v.name) for a in atoms)
+            else:
+                act_in.update(atoms)
         for o in n.outputs:
             for d in range(values[o].rank):
-                born.update(a for a in _atoms(dg, o, d) if a in param_in and a not in act_in)
-        for a in born:
-            births[a] = births.get(a, 0) + 1
+                for a in _atoms(dg, o, d):
+                    if a in param_in and a not in act_in:
+                        births.setdefault(a, set()).add(param_in[a])
+    return births
+
+
+def _residual_atoms(dg: "DependencyGraph", births: dict[int, set[str]]) -> set[int]:
+    """Atoms written by two or more weights and summed: the residual stream."""
+    values = dg.ir.values
     summed: set[int] = set()
     for n in dg.ir.nodes:
         if n.op.split(".default")[0] in _ADD and len(n.inputs) >= 2:
@@ -178,4 +194,4 @@ def _residual_atoms(dg: "DependencyGraph") -> set[int]:
                 summed.update(set(_atoms(dg, a, -1)) & set(_atoms(dg, b, -1)))
                 if values[a].rank >= 3:  # NCHW convs
                     summed.update(set(_atoms(dg, a, 1)) & set(_atoms(dg, b, 1)))
-    return {a for a in summed if births.get(a, 0) >= 2}
+    return {a for a in summed if len(births.get(a, ())) >= 2}

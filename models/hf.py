@@ -84,6 +84,54 @@ def _resnet(T):
                                         layer_type="bottleneck"))
 
 
+# Beyond the issue's list: tried by tools/bench_hf_suite.py, reported whatever happens.
+def _albert(T):
+    return T.AlbertModel(T.AlbertConfig(embedding_size=32, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128, **TEXT))
+
+
+def _gpt_neox(T):
+    return T.GPTNeoXForCausalLM(T.GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                intermediate_size=128, rotary_pct=0.5, use_cache=False, **TEXT))
+
+
+def _phi(T):
+    return T.PhiForCausalLM(T.PhiConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, partial_rotary_factor=0.5, use_cache=False, **TEXT))
+
+
+def _gemma(T):
+    return T.GemmaForCausalLM(T.GemmaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, head_dim=16, intermediate_size=128,
+                                            use_cache=False, **TEXT))
+
+
+def _falcon(T):
+    return T.FalconForCausalLM(T.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              use_cache=False, vocab_size=128))
+
+
+def _deberta(T):
+    return T.DebertaV2Model(T.DebertaV2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=128, **TEXT))
+
+
+def _clip_vision(T):
+    return T.CLIPVisionModel(T.CLIPVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                intermediate_size=128, image_size=32, patch_size=8))
+
+
+def _bart(T):
+    return T.BartModel(T.BartConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                                    decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                    use_cache=False, **TEXT))
+
+
+EXTRA: Dict[str, Callable] = {
+    "albert": _albert, "gpt-neox": _gpt_neox, "phi": _phi, "gemma": _gemma, "falcon": _falcon,
+    "deberta-v2": _deberta, "clip-vision": _clip_vision, "bart": _bart,
+}
+
 SUITE: Dict[str, Callable] = {
     "bert": _bert, "roberta": _roberta, "distilbert": _distilbert, "gpt2": _gpt2, "opt": _opt,
     "llama-gqa": _llama, "qwen2": _qwen2, "mistral": _mistral, "t5-encoder": _t5, "vit": _vit,
@@ -95,10 +143,11 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
     """A random-init suite model in eval mode, norms randomised so they are no identities."""
     import transformers as T
 
-    if name not in SUITE:
-        raise KeyError(f"unknown suite model '{name}'; choose one of {sorted(SUITE)}")
+    builders = {**SUITE, **EXTRA}
+    if name not in builders:
+        raise KeyError(f"unknown suite model '{name}'; choose one of {sorted(builders)}")
     torch.manual_seed(seed)
-    model = SUITE[name](T).eval()
+    model = builders[name](T).eval()
     with torch.no_grad():  # fresh norms are identities, which would hide a wrong slice of them
         for mod in model.modules():
             for pname in ("weight", "bias"):

@@ -361,7 +361,20 @@ ORACLE_CASES = {
                 _seq()),
     "outer": (lambda: _SeqBetween(lambda m, h: h * torch.outer(torch.ones(h.shape[1]), m.w)), _seq()),
     "cumsum": (lambda: _SeqBetween(lambda m, h: h.cumsum(-1)), _seq()),
+    "roll": (lambda: _Between(lambda m, h: h.roll(shifts=(1, -2), dims=(2, 3))), _img()),
+    "flip": (lambda: _Between(lambda m, h: h.flip(3)), _img()),
+    "index": (lambda: _Between(lambda m, h: h[:, :, torch.tensor([0, 2, 4])]), _img()),
 }
+
+
+@pytest.mark.parametrize("op", [lambda h: h.roll(1, 1), lambda h: h.flip(1)], ids=["roll", "flip"])
+def test_reordered_channels_are_frozen(op):
+    # Reordering the channel dim moves channel k to another position: no channel of the first
+    # conv can be removed without changing which weights meet which inputs downstream.
+    model = _Between(lambda m, h: op(h)).eval()
+    g = gp.trace(model, _img())
+    first = g.group_of("c1.weight", 0)
+    assert not first.prunable and any("reordered" in r for r in first.frozen), str(first)
 
 
 @pytest.mark.parametrize("name", sorted(ORACLE_CASES))

@@ -7,10 +7,13 @@ from the graph. This package only does what sits outside the graph:
 - :func:`prune` wraps :func:`graphprune.prune` and then :func:`sync_config`, which
   writes the new sizes into the module attributes transformers reads and into the
   config, so ``save_pretrained`` + ``from_pretrained`` round-trip when every layer
-  keeps the same sizes;
+  keeps the same sizes (``report.sync`` says whether they do, checked, not assumed);
 - :func:`save_pruned` / :func:`load_pruned` store the plan beside the weights, so
   uneven per-layer sizes reload from the original config.
 """
 from .inputs import example_inputs, prepare
+from .sync import ConfigSync, sync_config
+from .api import prune
+from .checkpoint import load_pruned, save_pruned
 
 __all__ = ["example_inputs", "prepare", "sync_config", "ConfigSync", "prune", "save_pruned", "load_pruned"]

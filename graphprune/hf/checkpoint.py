@@ -1,0 +1,126 @@
+"""Pruned checkpoints that reload, even when layers were pruned unevenly.
+
+``save_pruned`` writes the usual ``save_pretrained`` folder plus ``graphprune.json``:
+the original config, the plan, and the example inputs' shapes. ``load_pruned``
+rebuilds the original architecture from that config, re-traces it, applies the same
+plan (the same rewrite, so the same module attributes), and loads the safetensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import GraphpruneError
+from ..planner import PrunePlan
+from .api import META_ATTR
+
+PLAN_FILE = "graphprune.json"
+FORMAT = 1
+
+
+def save_pruned(model: torch.nn.Module, directory: str | os.PathLike, **save_kwargs) -> Path:
+    """``model.save_pretrained(directory)`` plus the plan that :func:`load_pruned` needs.
+
+    The model must come from :func:`graphprune.hf.prune`.
+    """
+    meta = getattr(model, META_ATTR, None)
+    if meta is None:
+        raise GraphpruneError(f"{type(model).__name__} was not pruned by graphprune.hf.prune: there is no plan to "
+                              "save; prune it with graphprune.hf.prune(model, ...) first")
+    directory = Path(directory)
+    model.save_pretrained(directory, **save_kwargs)
+    shapes = {n: list(t.shape) for n, t in model.state_dict().items()}
+    doc = dict(meta, format=FORMAT, shapes=shapes)
+    tmp = directory / (PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True))
+    os.replace(tmp, directory / PLAN_FILE)
+    return directory
+
+
+def load_pruned(directory: str | os.PathLike, model_class=None, device: str | torch.device = "cpu"):
+    """Rebuild a model saved by :func:`save_pruned` and load its weights.
+
+    Works whether or not the config alone describes the pruned sizes (uneven heads
+    per layer, BERT heads without a matching hidden size).
+
+    Example:
+        >>> model = graphprune.hf.load_pruned("out/pruned-bert")   # doctest: +SKIP
+    """
+    import transformers
+    from safetensors.torch import load_file
+
+    from .. import api
+    from ..backends.torch_module import rewrite
+    from .inputs import prepare
+    from .sync import sync_config
+
+    directory = Path(directory)
+    path = directory / PLAN_FILE
+    if not path.exists():
+        raise GraphpruneError(f"{directory} has no {PLAN_FILE}: save the model with graphprune.hf.save_pruned, "
+                              "or load an evenly pruned model with from_pretrained")
+    doc = json.loads(path.read_text())
+    if doc.get("format") != FORMAT:
+        raise GraphpruneError(f"{path} has format {doc.get('format')}; this graphprune reads format {FORMAT}")
+    cls = model_class or getattr(transformers, doc["architecture"], None)
+    if cls is None:
+        raise GraphpruneError(f"transformers has no class {doc['architecture']}; pass model_class=")
+    config = cls.config_class.from_dict(doc["original_config"])
+    model = prepare(cls(config))
+    inputs = {k: _rebuild_input(spec) for k, spec in doc["inputs"].items()}
+    graph = api.trace(model, (), inputs)
+    plan = PrunePlan.from_json(doc["plan"])
+    for gid, size in plan.sizes.items():
+        if gid not in graph._by_atom or graph.group(gid).size != size:
+            raise GraphpruneError(f"the saved plan does not fit {cls.__name__} as this transformers version builds it "
+                                  f"(group {gid} of size {size} is missing); load it with the versions that saved it")
+    rewrite(model, graph, plan, (), inputs)
+    sync_config(model, graph, plan)
+    state = _read_weights(directory, load_file)
+    want = {n: tuple(s) for n, s in doc["shapes"].items()}
+    have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    wrong = [n for n in want if have.get(n) != want[n]]
+    if wrong:
+        raise GraphpruneError(f"the rebuilt model does not match the saved one: {wrong[0]} is {have.get(wrong[0])}, "
+                              f"saved {want[wrong[0]]} ({len(wrong)} tensor(s) differ)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    aliases = {n for names in _aliases(model) for n in names[1:]}
+    missing = [m for m in missing if m not in tied and m not in aliases]
+    if missing or unexpected:
+        raise GraphpruneError(f"weights in {directory} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.to(device).eval()
+
+
+def _rebuild_input(spec: dict) -> torch.Tensor:
+    dtype = getattr(torch, spec["dtype"])
+    if "values" in spec:
+        return torch.tensor(spec["values"], dtype=dtype).reshape(spec["shape"])
+    if dtype.is_floating_point:
+        return torch.randn(spec["shape"], generator=torch.Generator().manual_seed(0)).to(dtype)
+    return torch.ones(spec["shape"], dtype=dtype)
+
+
+def _read_weights(directory: Path, load_file) -> dict:
+    single = directory / "model.safetensors"
+    if single.exists():
+        return load_file(str(single))
+    index = directory / "model.safetensors.index.json"
+    if not index.exists():
+        raise GraphpruneError(f"{directory} holds no model.safetensors (or sharded index)")
+    state: dict = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        state.update(load_file(str(directory / shard)))
+    return state
+
+
+def _aliases(model: torch.nn.Module) -> list[list[str]]:
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]

@@ -1,0 +1,233 @@
+"""Hugging Face transformers out of the box: the architecture suite, group kinds,
+config sync and loadable checkpoints. Models are random-init from tiny configs
+(models/hf.py); nothing is downloaded."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers as T
+
+import graphprune as gp
+from graphprune.structure import attention_sites
+from graphprune.verify import max_abs_diff
+from models import hf as H
+
+ATTENTION_FREE = {"convnext", "mobilenetv2", "resnet"}
+
+
+def _leaves(out):
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _sites(graph):
+    shape = lambda name: tuple(graph.ir.values[name.removeprefix("T:")].shape)
+    return [(shape(q), shape(k), shape(v)) for _, q, k, v in attention_sites(graph)]
+
+
+def _kinds(graph):
+    out: dict[str, int] = {}
+    for g in graph.groups:
+        if g.prunable:
+            out[g.kind] = out.get(g.kind, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("name", list(H.SUITE))
+def test_suite_architecture_prunes_heads_and_ffn(name, tmp_path):
+    model = gp.hf.prepare(H.build(name))
+    inputs = gp.hf.example_inputs(model)
+    with torch.no_grad():
+        ref = model(**inputs)
+    graph = gp.trace(model, (), inputs)
+    plan = gp.plan(graph, model, 0.3, targets=("heads", "ffn"))
+    kinds = {graph.group(gid).kind for gid, idx in plan.pruned.items() if idx}
+    assert "ffn" in kinds, graph.summary()
+    if name not in ATTENTION_FREE:
+        assert "head" in kinds, graph.summary()  # heads found from the graph, none passed by hand
+    assert kinds <= {"head", "ffn"}
+
+    oracle = gp.verify(copy.deepcopy(model), (), plan, graph, inputs)
+    assert oracle.passed and oracle.checked_groups, oracle
+
+    before = _sites(graph)
+    model, report = gp.hf.prune(model, inputs, plan_=plan)
+    assert report.params_after < report.params_before
+    with torch.no_grad():
+        got = model(**inputs)
+    assert [t.shape for t in _leaves(got)] == [t.shape for t in _leaves(ref)]
+
+    # whole heads: every site keeps its head_dim; under GQA the query heads still share the kv heads evenly
+    after = _sites(gp.trace(model, (), inputs))
+    assert len(after) == len(before)
+    cut = sum(q0[-3 if len(q0) >= 4 else 0] - q1[-3 if len(q1) >= 4 else 0] for (q0, _, _), (q1, _, _) in
+              zip(before, after))
+    assert cut > 0 or name in ATTENTION_FREE
+    for (q0, _, v0), (q1, k1, v1) in zip(before, after):
+        assert (q1[-1], v1[-1]) == (q0[-1], v0[-1])
+        if len(q1) >= 4 and len(k1) >= 4:
+            assert q1[-3] % k1[-3] == 0
+
+    exported = gp.export_onnx(model, (), tmp_path / f"{name}.onnx", kwargs=inputs)
+    assert exported.max_abs_diff <= 1e-4 and exported.dynamic_batch, exported
+
+
+def test_kinds_read_from_the_graph():
+    # BERT, 2 layers, 4 heads: per layer one head group, q/k and v head_dim, one FFN;
+    # the residual stream is a model output, so it is there but frozen.
+    bert = gp.hf.prepare(H.build("bert"))
+    g = gp.trace(bert, (), gp.hf.example_inputs(bert))
+    assert _kinds(g) == {"head": 2, "head_dim": 4, "ffn": 2}
+    assert [grp.size for grp in g.groups if grp.kind == "head" and grp.prunable] == [4, 4]
+    hidden = [grp for grp in g.groups if grp.kind == "hidden"]
+    assert len(hidden) == 1 and not hidden[0].prunable and hidden[0].size == 64
+    # Llama, 8 query heads over 4 kv heads: kv heads (4) and queries per kv head (2) per layer;
+    # head_dim 64/8 = 8: v head_dim per layer plus one q/k head_dim shared by all layers through
+    # the RoPE table, in rotation pairs (8/2 = 4); the residual stream is prunable (the output is
+    # the vocabulary).
+    llama = gp.hf.prepare(H.build("llama-gqa"))
+    g = gp.trace(llama, (), gp.hf.example_inputs(llama))
+    assert _kinds(g) == {"head": 2, "query_group": 2, "head_dim": 3, "ffn": 2, "hidden": 1}
+    assert sorted(grp.size for grp in g.groups if grp.kind == "head_dim" and grp.prunable) == [4, 8, 8]
+    assert [grp.size for grp in g.groups if grp.kind == "query_group"] == [2, 2]
+    assert [grp.size for grp in g.groups if grp.kind == "head"] == [4, 4]
+
+
+def test_default_target_is_whole_heads_and_unknown_targets_fail():
+    model = gp.hf.prepare(H.build("vit"))
+    inputs = gp.hf.example_inputs(model)
+    g = gp.trace(model, (), inputs)
+    plan = gp.plan(g, model, 0.5)
+    assert {g.group(gid).kind for gid in plan.pruned} == {"head"}
+    with pytest.raises(gp.PlanError, match="unknown target 'neurons'"):
+        gp.plan(g, model, 0.5, targets=("neurons",))
+    with pytest.raises(gp.PlanError, match="either targets"):
+        gp.plan(g, model, 0.5, targets=("heads",), roles=("channel",))
+
+
+def test_gqa_query_heads_stay_a_multiple_of_kv_heads():
+    model = gp.hf.prepare(H.build("llama-gqa"))
+    inputs = gp.hf.example_inputs(model)
+    ref = copy.deepcopy(model)
+    model, report = gp.hf.prune(model, inputs, ratio=0.5, targets=("query_heads",), verify=True)
+    assert report.oracle.passed, report.oracle
+    attn = model.model.layers[0].self_attn
+    # 8 query heads over 4 kv heads -> 4 over 4: one query head left per kv head
+    assert (attn.q_proj.out_features, attn.k_proj.out_features) == (4 * 8, 4 * 8)
+    assert attn.num_key_value_groups == 1
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 4)
+    assert ref.model.layers[0].self_attn.num_key_value_groups == 2
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == ref(**inputs).logits.shape
+
+
+def _bert_classifier():
+    torch.manual_seed(0)
+    cfg = T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                       vocab_size=128, max_position_embeddings=64, num_labels=3)
+    return T.BertForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("case", ["bert-ffn", "bert-heads-ffn-hidden", "llama-heads-ffn"])
+def test_uniform_pruning_round_trips_through_from_pretrained(case, tmp_path):
+    if case == "bert-ffn":
+        model, targets, ratio = H.build("bert"), ("ffn",), 0.25
+    elif case == "bert-heads-ffn-hidden":
+        # BERT derives head size as hidden/heads: 3 heads of 16 need hidden 48, i.e. the same ratio
+        model, targets, ratio = _bert_classifier(), ("heads", "ffn", "hidden"), 0.25
+    else:  # Llama: 8 -> 4 query heads, 4 -> 2 kv heads (transformers requires hidden % heads == 0)
+        model, targets, ratio = H.build("llama-gqa"), ("heads", "ffn"), 0.5
+    inputs = gp.hf.example_inputs(model)
+    model, report = gp.hf.prune(model, inputs, ratio=ratio, targets=targets)
+    assert report.sync.loadable, report.sync
+    with torch.no_grad():
+        want = model(**inputs)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert max_abs_diff(loaded(**inputs), want) == 0.0
+    assert loaded.num_parameters() == model.num_parameters()
+
+
+def test_config_values_after_uniform_llama_pruning():
+    model = H.build("llama-gqa")
+    model, report = gp.hf.prune(model, ratio=0.5, targets=("heads", "ffn"))
+    # 8 q heads over 4 kv heads at 50%: 2 kv heads with their 2 queries each; FFN 128 -> 64
+    c = model.config
+    assert (c.num_attention_heads, c.num_key_value_heads, c.intermediate_size, c.head_dim) == (4, 2, 64, 8)
+    assert model.model.layers[1].mlp.intermediate_size == 64
+
+
+def test_heads_bert_cannot_be_expressed_by_its_config_but_reloads_with_the_plan(tmp_path):
+    model = gp.hf.prepare(H.build("bert"))
+    inputs = gp.hf.example_inputs(model)
+    original = model.config.to_dict()
+    model, report = gp.hf.prune(model, inputs, ratio=0.25, targets=("heads",))
+    assert not report.sync.loadable and "not a multiple" in report.sync.reason
+    assert model.config.to_dict() == original  # left valid, so save_pretrained still works
+    assert model.encoder.layer[0].attention.self.num_attention_heads == 3
+    gp.hf.save_pruned(model, tmp_path)
+    loaded = gp.load_pruned(tmp_path)
+    with torch.no_grad():
+        assert max_abs_diff(loaded(**inputs), model(**inputs)) == 0.0
+
+
+def test_uneven_per_layer_pruning_reloads_with_load_pruned(tmp_path):
+    model = gp.hf.prepare(H.build("llama-gqa"))
+    inputs = gp.hf.example_inputs(model)
+    g = gp.trace(model, (), inputs)
+    heads = [grp.id for grp in g.groups if grp.kind == "head" and grp.prunable]
+    ffn = [grp.id for grp in g.groups if grp.kind == "ffn" and grp.prunable]
+    # layer 0 keeps 3 of 4 kv heads and 96 FFN units, layer 1 keeps 1 kv head and 32 units
+    ratios = {heads[0]: 0.25, heads[1]: 0.75, ffn[0]: 0.25, ffn[1]: 0.75}
+    model, report = gp.hf.prune(model, inputs, targets=("heads", "ffn"), ratios=ratios, ratio=0.0)
+    assert not report.sync.loadable and "differ between layers" in report.sync.reason
+    layers = model.model.layers
+    assert [layer.self_attn.k_proj.out_features // 8 for layer in layers] == [3, 1]
+    assert [layer.mlp.up_proj.out_features for layer in layers] == [96, 32]
+    gp.save_pruned(model, tmp_path)
+    loaded = gp.load_pruned(tmp_path)
+    with torch.no_grad():
+        assert max_abs_diff(loaded(**inputs), model(**inputs)) == 0.0
+    assert [layer.self_attn.k_proj.out_features for layer in loaded.model.layers] == [24, 8]
+
+
+def test_save_pruned_needs_a_graphprune_model(tmp_path):
+    with pytest.raises(gp.GraphpruneError, match="graphprune.hf.prune"):
+        gp.save_pruned(H.build("bert"), tmp_path)
+    with pytest.raises(gp.GraphpruneError, match="graphprune.json"):
+        gp.load_pruned(tmp_path)
+
+
+def test_eager_attention_sites_are_found_too():
+    # matmul -> scale/mask -> softmax -> matmul, instead of fused SDPA
+    model = gp.hf.prepare(H.build("llama-gqa"))
+    model.set_attn_implementation("eager")
+    g = gp.trace(model, (), gp.hf.example_inputs(model))
+    assert len(attention_sites(g)) == 2
+    assert _kinds(g) == {"head": 2, "query_group": 2, "head_dim": 3, "ffn": 2, "hidden": 1}
+
+
+def test_no_grad_blocks_in_forward_are_traced_through():
+    # torch.export wraps a no_grad region in a higher-order op; its body must be seen, or the
+    # channels it touches would freeze (HF computes RoPE tables this way).
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+            self.register_buffer("s", torch.rand(8) + 0.5)
+
+        def forward(self, x):
+            with torch.no_grad():
+                s = self.s * 2.0 + 1.0
+            return self.b(self.a(x) * s)
+
+    m = M().eval()
+    args = (torch.randn(3, 4),)
+    g = gp.trace(m, args)
+    assert any(n.name.count("/") for n in g.ir.nodes)  # inlined body
+    grp = g.group_of("a.weight", 0)
+    assert grp.prunable and {"s", "b.weight"} <= {mem.name for mem in grp.members}
+    plan = gp.plan(g, m, 0.5)
+    assert gp.verify(m, args, plan, g).passed
