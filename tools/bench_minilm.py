@@ -107,10 +107,9 @@ def n_params(model: torch.nn.Module) -> int:
 
 def prune_graphprune(model: torch.nn.Module, ratio: float, importance: str) -> torch.nn.Module:
     import graphprune as gp
-    from graphprune.hf import example_inputs
 
-    model, report = gp.prune(model, (), example_inputs(model), ratio=ratio, targets=("heads", "ffn"),
-                             importance=importance)
+    # graphprune.hf.prune also syncs num_attention_heads/all_head_size and the config
+    model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=importance)
     return model
 
 
@@ -401,9 +400,10 @@ def main() -> int:
         f"at {a['ratio']:.0%} cos mean {a['cos_mean'] - b['cos_mean']:+.3f}, NN agreement "
         f"{100 * (a['nn'] - b['nn']):+.1f} points" for a, b in gaps)
         + f". One sentence is {100 / n:.2f} points of NN agreement.")
-    notes.append("`graphprune.prune` rewrites the weights only: the attention modules keep "
-                 "`num_attention_heads = 12` and the config is untouched (the BERT forward does not read them; "
-                 "`graphprune.hf.prune` would sync both).")
+    notes.append("`graphprune.hf.prune` also writes `num_attention_heads`/`all_head_size` into every "
+                 "attention module and `intermediate_size` into the config; BERT's config cannot say 9 heads "
+                 "of 32 on hidden 384 (it derives head size as hidden/heads), so the pruned model reloads with "
+                 "`graphprune.hf.save_pruned` / `load_pruned`.")
     ns.out.write_text(markdown(rows, base_params, len(sentences), ns, notes, overlap_lines, have_tp))
     print(f"wrote {ns.out} and {ns.plot}")
     return 0
