@@ -148,6 +148,9 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
         if any(m.name == i or m.name.startswith(i + ".") for m in g.members for i in ignore):
             continue
         out.append(g)
+    if not out and targets is not None:
+        have = sorted({g.kind for g in dg.prunable_groups()})
+        raise PlanError(f"the model has no prunable group of kind {list(wanted)}; its prunable kinds are {have}")
     return out
 
 

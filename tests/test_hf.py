@@ -102,6 +102,10 @@ def test_default_target_is_whole_heads_and_unknown_targets_fail():
     assert {g.group(gid).kind for gid in plan.pruned} == {"head"}
     with pytest.raises(gp.PlanError, match="unknown target 'neurons'"):
         gp.plan(g, model, 0.5, targets=("neurons",))
+    cnn = gp.hf.prepare(H.build("resnet"))
+    g_cnn = gp.trace(cnn, (), gp.hf.example_inputs(cnn))
+    with pytest.raises(gp.PlanError, match=r"no prunable group of kind \['head'\]; its prunable kinds are \['ffn', 'hidden'\]"):
+        gp.plan(g_cnn, cnn, 0.5, targets="heads")
     with pytest.raises(gp.PlanError, match="either targets"):
         gp.plan(g, model, 0.5, targets=("heads",), roles=("channel",))
 
@@ -231,3 +235,20 @@ def test_no_grad_blocks_in_forward_are_traced_through():
     assert grp.prunable and {"s", "b.weight"} <= {mem.name for mem in grp.members}
     plan = gp.plan(g, m, 0.5)
     assert gp.verify(m, args, plan, g).passed
+
+
+def test_rope_head_dim_goes_in_rotation_pairs_exactly():
+    model = gp.hf.prepare(H.build("llama-gqa"))
+    inputs = gp.hf.example_inputs(model)
+    g = gp.trace(model, (), inputs)
+    rope = next(grp for grp in g.groups if grp.kind == "head_dim" and "model.rotary_emb.inv_freq" in
+                {m.name for m in grp.members})
+    # dropping rotation pair k removes dims k and k + 4 of every q/k head (rotate_half pairs them)
+    q_rows = rope.positions("model.layers.0.self_attn.q_proj.weight", 1, dim=0)
+    assert q_rows[:2].tolist() == [1, 5] and len(q_rows) == 16  # the pair (2 rows) in each of 8 query heads
+    model, report = gp.hf.prune(model, inputs, ratio=0.5, targets=("head_dim",), verify=True)
+    assert report.oracle.passed and rope.id in report.oracle.checked_groups, report.oracle
+    attn = model.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features) == (32, 16, 16)
+    assert model.model.rotary_emb.inv_freq.shape == (2,)
+    assert not report.sync.loadable and "rescale" in report.sync.reason

@@ -67,7 +67,6 @@ def run_one(name: str, ratio: float, tmp: Path) -> dict:
     import torch
 
     import graphprune as gp
-    from graphprune.verify import max_abs_diff
     from models import hf as H
 
     row = {"model": name}

@@ -15,11 +15,13 @@ META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was mad
 
 
 def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3,
-          targets: Iterable[str] | str | None = ("heads",), importance: str = "l2", round_to: int = 1,
+          targets: Iterable[str] | str | None = None, importance: str = "l2", round_to: int = 1,
           ignore: Iterable[str] = (), verify: bool = False, atol: float = 1e-5, plan_: PrunePlan | None = None,
           ratios=None):
-    """Prune a transformers model in place: heads by default (``targets`` also takes "ffn",
-    "hidden", "query_heads", "head_dim"), then sync its module attributes and config.
+    """Prune a transformers model in place, then sync its module attributes and config.
+
+    ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
+    by default whole heads for models with attention, channels for CNNs.
 
     Returns ``(model, report)``; ``report.sync`` says what the config now says and whether
     ``save_pretrained``/``from_pretrained`` round-trip. :func:`graphprune.hf.save_pruned`
