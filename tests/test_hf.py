@@ -197,6 +197,16 @@ def test_uneven_per_layer_pruning_reloads_with_load_pruned(tmp_path):
     assert [layer.self_attn.k_proj.out_features for layer in loaded.model.layers] == [24, 8]
 
 
+def test_inputs_example_inputs_cannot_build_say_so():
+    torch.manual_seed(0)
+    whisper = T.WhisperModel(T.WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
+                                             encoder_attention_heads=2, decoder_attention_heads=2,
+                                             encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, pad_token_id=1,
+                                             bos_token_id=2, eos_token_id=3, decoder_start_token_id=2))
+    with pytest.raises(gp.TraceError, match="takes 'input_features' as its main input"):
+        gp.hf.prune(whisper)
+
+
 def test_save_pruned_needs_a_graphprune_model(tmp_path):
     with pytest.raises(gp.GraphpruneError, match="graphprune.hf.prune"):
         gp.save_pruned(H.build("bert"), tmp_path)

@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from ..errors import TraceError
+
 
 def prepare(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no KV cache: a cache object is an output the engine cannot prune through."""
@@ -41,8 +43,9 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, se
         channels = getattr(cfg, "num_channels", 3)
         return {"pixel_values": torch.randn(batch, channels, h, w, generator=gen)}
     if main != "input_ids":
-        raise ValueError(f"{type(model).__name__} takes '{main}' as its main input; build the example inputs "
-                         "yourself and pass them to graphprune.trace(model, (), inputs)")
+        raise TraceError(f"{type(model).__name__} takes '{main}' as its main input, which example_inputs does not "
+                         "build (it builds input_ids and pixel_values); build the example inputs yourself and pass "
+                         "them: graphprune.hf.prune(model, inputs) or graphprune.trace(model, (), inputs)")
     vocab = getattr(cfg, "vocab_size", None) or 100
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or seq_len
     seq_len = min(seq_len, max_pos - 2)  # RoBERTa-style position ids start after the padding index
