@@ -32,13 +32,13 @@ KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "channel", "conv_gr
 
 _SDPA = {"aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
          "aten._scaled_dot_product_efficient_attention", "onnx.Attention"}
-_SOFTMAX = {"aten._softmax", "aten.softmax", "aten.softmax.int", "aten._safe_softmax", "onnx.Softmax"}
+_SOFTMAX = {"aten._softmax", "aten.softmax", "aten._safe_softmax", "onnx.Softmax"}
 _MATMUL = {"aten.matmul", "aten.bmm", "aten.einsum", "onnx.MatMul", "onnx.Einsum"}
 _ADD = {"aten.add", "aten.add_", "onnx.Add"}
 # Ops a score tensor may pass between its matmul and the softmax (scale, mask, bias, casts).
 _PASS = {"aten.mul", "aten.div", "aten.add", "aten.sub", "aten.masked_fill", "aten.where", "aten.to",
          "aten._to_copy", "aten.type_as", "aten.float", "aten.dropout", "aten.clone", "aten.contiguous",
-         "aten.view", "aten.reshape", "aten._unsafe_view", "aten.contiguous",
+         "aten.view", "aten.reshape", "aten._unsafe_view",
          "onnx.Mul", "onnx.Div", "onnx.Add", "onnx.Sub", "onnx.Where", "onnx.Cast", "onnx.Dropout", "onnx.Reshape"}
 
 
@@ -88,19 +88,18 @@ def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
             producer[o] = n
     sites = []
     for n in dg.ir.nodes:
-        base = n.op.split(".default")[0]
-        if base in _SDPA and len(n.inputs) >= 3:
+        if n.op in _SDPA and len(n.inputs) >= 3:
             q, k, v = n.inputs[:3]
             sites.append((n.name, q, k, v))
-        elif base in _SOFTMAX and n.inputs:
-            qk = _walk(n.inputs[0], producer, back=True)
+        elif n.op in _SOFTMAX and n.inputs:
+            qk = _walk_back(n.inputs[0], producer)
             pv = _walk_forward(n.outputs[0], consumers)
             if qk is not None and pv is not None and len(qk.inputs) >= 2 and len(pv.inputs) >= 2:
                 sites.append((n.name, qk.inputs[0], "T:" + qk.inputs[1], pv.inputs[1]))
     return sites
 
 
-def _walk(value: str, producer: dict, back: bool, hops: int = 6):
+def _walk_back(value: str, producer: dict, hops: int = 6):
     for _ in range(hops):
         node = producer.get(value)
         if node is None:
@@ -127,7 +126,8 @@ def _walk_forward(value: str, consumers: dict, hops: int = 4):
     return None
 
 
-def _head_axis(dg: "DependencyGraph", value: str) -> int:
+def head_axis(dg: "DependencyGraph", value: str) -> int:
+    """The head axis of an attention operand."""
     # (batch, heads, seq, dim); with heads folded into batch, (batch*heads, seq, dim).
     return -3 if dg.ir.values[value].rank >= 4 else 0
 
@@ -148,12 +148,11 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
         head_dim |= dims
         # The query head axis is outer-major: (kv head, query per kv head) under GQA, whether
         # keys are repeated (expand + reshape) or shared by SDPA's enable_gqa.
-        q_heads = [a for a in movable(_atoms(dg, q, _head_axis(dg, q))) if a not in dims]
+        q_heads = [a for a in movable(_atoms(dg, q, head_axis(dg, q))) if a not in dims]
         if q_heads:
             head.add(q_heads[0])
             query.update(q_heads[1:])
-        kv_axis = -3 if dg.ir.values[k].rank >= 4 else 0
-        for a in movable(_atoms(dg, k, kv_axis) + _atoms(dg, v, _head_axis(dg, v))):
+        for a in movable(_atoms(dg, k, head_axis(dg, k)) + _atoms(dg, v, head_axis(dg, v))):
             if a not in dims and a not in query:
                 head.add(a)
     return head, query - head, head_dim - head
@@ -188,7 +187,7 @@ def _residual_atoms(dg: "DependencyGraph", births: dict[int, set[str]]) -> set[i
     values = dg.ir.values
     summed: set[int] = set()
     for n in dg.ir.nodes:
-        if n.op.split(".default")[0] in _ADD and len(n.inputs) >= 2:
+        if n.op in _ADD and len(n.inputs) >= 2:
             a, b = n.inputs[:2]
             if values[a].kind == "act" and values[b].kind == "act" and values[a].rank and values[b].rank:
                 summed.update(set(_atoms(dg, a, -1)) & set(_atoms(dg, b, -1)))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .backends.torch_module import rewrite
-from .frontends.torch_export import _WRAPPERS, op_id
+from .frontends.torch_export import _WRAPPERS, op_id, wrapped_body_index
 from .graph import DependencyGraph
 from .planner import PrunePlan, keep_masks
 
@@ -65,7 +65,7 @@ class _MaskedInterpreter(torch.fx.Interpreter):
     def _run_wrapper(self, n: torch.fx.Node) -> Any:
         """Run a context-wrapping higher-order op's body with masks inside it too."""
         args, _ = self.fetch_args_kwargs_from_env(n)
-        at = next(i for i, a in enumerate(n.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+        at = wrapped_body_index(n)
         sub = args[at]
         ctx = (torch.set_grad_enabled(bool(args[0])) if op_id(n.target) == "python.wrap_with_set_grad_enabled"
                else torch.autocast(*args[:at]))

@@ -52,7 +52,7 @@ def test_suite_architecture_prunes_heads_and_ffn(name, tmp_path):
     assert oracle.passed and oracle.checked_groups, oracle
 
     before = _sites(graph)
-    model, report = gp.hf.prune(model, inputs, plan_=plan)
+    model, report = gp.hf.prune(model, inputs, plan_=plan, graph=graph)
     assert report.params_after < report.params_before
     with torch.no_grad():
         got = model(**inputs)
@@ -185,7 +185,7 @@ def test_uneven_per_layer_pruning_reloads_with_load_pruned(tmp_path):
     ffn = [grp.id for grp in g.groups if grp.kind == "ffn" and grp.prunable]
     # layer 0 keeps 3 of 4 kv heads and 96 FFN units, layer 1 keeps 1 kv head and 32 units
     ratios = {heads[0]: 0.25, heads[1]: 0.75, ffn[0]: 0.25, ffn[1]: 0.75}
-    model, report = gp.hf.prune(model, inputs, targets=("heads", "ffn"), ratios=ratios, ratio=0.0)
+    model, report = gp.hf.prune(model, inputs, targets=("heads", "ffn"), ratios=ratios, ratio=0.0, graph=g)
     assert not report.sync.loadable and "differ between layers" in report.sync.reason
     layers = model.model.layers
     assert [layer.self_attn.k_proj.out_features // 8 for layer in layers] == [3, 1]

@@ -88,7 +88,7 @@ def run_one(name: str, ratio: float, tmp: Path) -> dict:
         original = copy.deepcopy(model)
         plan = gp.plan(graph, model, ratio, targets=("heads", "ffn"))
         oracle = gp.verify(original, (), plan, graph, inputs)
-        model, report = gp.hf.prune(model, inputs, plan_=plan)
+        model, report = gp.hf.prune(model, inputs, plan_=plan, graph=graph)
         row["params"] = f"{report.params_before / 1e3:.0f}K->{report.params_after / 1e3:.0f}K"
         heads = [g for g in graph.groups if g.kind == "head" and g.id in plan.pruned]
         row["heads cut"] = sum(len(plan.pruned[g.id]) for g in heads)

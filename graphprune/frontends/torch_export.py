@@ -85,6 +85,12 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
 _WRAPPERS = {"python.wrap_with_set_grad_enabled", "python.wrap_with_autocast"}
 
 
+def wrapped_body_index(node: torch.fx.Node) -> int:
+    """Position of a wrapper's subgraph argument: its context arguments come before it (one
+    for set_grad_enabled, four for autocast), its operands after it."""
+    return next(i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+
+
 def _lower_nodes(g: Graph, gm: torch.fx.GraphModule, nodes, names: dict[str, Any],
                  kind_of: dict[str, tuple[str, str]], prefix: str) -> list:
     """Lower fx ``nodes`` into ``g``; values of an inlined subgraph are named ``prefix + name``.
@@ -137,7 +143,7 @@ def _lower_nodes(g: Graph, gm: torch.fx.GraphModule, nodes, names: dict[str, Any
         if op in _SKIP_OPS:
             continue
         if op in _WRAPPERS:
-            at = next(i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+            at = wrapped_body_index(node)
             sub = getattr(gm, node.args[at].target)
             operands = node.args[at + 1:]
             inner: dict[str, Any] = {}

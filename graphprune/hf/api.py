@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 
 from .. import api
+from ..graph import DependencyGraph
 from ..planner import PrunePlan
 from .inputs import example_inputs, prepare
 from .sync import sync_config
@@ -17,7 +18,7 @@ META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was mad
 def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3,
           targets: Iterable[str] | str | None = None, importance: str = "l2", round_to: int = 1,
           ignore: Iterable[str] = (), verify: bool = False, atol: float = 1e-5, plan_: PrunePlan | None = None,
-          ratios=None):
+          ratios=None, graph: DependencyGraph | None = None):
     """Prune a transformers model in place, then sync its module attributes and config.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
@@ -26,7 +27,8 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     Returns ``(model, report)``; ``report.sync`` says what the config now says and whether
     ``save_pretrained``/``from_pretrained`` round-trip. :func:`graphprune.hf.save_pruned`
     saves the model with its plan, so :func:`graphprune.hf.load_pruned` can rebuild it
-    even when layers were pruned unevenly.
+    even when layers were pruned unevenly. Pass ``graph`` (traced on the same ``inputs``)
+    to skip tracing again.
 
     Example:
         >>> model, report = graphprune.hf.prune(model, ratio=0.25, targets=("heads", "ffn"))  # doctest: +SKIP
@@ -35,7 +37,7 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     prepare(model)
     inputs = dict(inputs) if inputs is not None else example_inputs(model)
     original = copy.deepcopy(model.config)
-    graph = api.trace(model, (), inputs)
+    graph = graph or api.trace(model, (), inputs)
     plan = plan_ or api.plan(graph, model, ratio, importance, round_to, ignore, targets=targets, ratios=ratios)
     model, report = api.prune(model, (), inputs, graph=graph, plan_=plan, verify=verify, atol=atol)
     report.sync = sync_config(model, graph, plan)

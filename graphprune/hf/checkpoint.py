@@ -54,6 +54,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
 
     from .. import api
     from ..backends.torch_module import rewrite
+    from ..frontends.torch_export import tied_aliases
     from .inputs import prepare
     from .sync import sync_config
 
@@ -88,7 +89,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
                               f"saved {want[wrong[0]]} ({len(wrong)} tensor(s) differ)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    aliases = {n for names in _aliases(model) for n in names[1:]}
+    aliases = {n for names in tied_aliases(model).values() for n in names[1:]}  # save_pretrained keeps one
     missing = [m for m in missing if m not in tied and m not in aliases]
     if missing or unexpected:
         raise GraphpruneError(f"weights in {directory} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -117,10 +118,3 @@ def _read_weights(directory: Path, load_file) -> dict:
     for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
         state.update(load_file(str(directory / shard)))
     return state
-
-
-def _aliases(model: torch.nn.Module) -> list[list[str]]:
-    by_id: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends.torch_module import _module
 from ..graph import DependencyGraph
 from ..planner import PrunePlan
-from ..structure import attention_sites
+from ..structure import attention_sites, head_axis
 
 # Attribute names transformers modules and configs use, by what they count.
 HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "attention_heads")
@@ -82,13 +83,11 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
     out = ConfigSync()
     pruned = plan.masks()
     heads: dict[str, tuple] = {}
-    for node_name, q, k, v in attention_sites(dg):
-        k = k[2:] if k.startswith("T:") else k
-        node = next(n for n in dg.ir.nodes if n.name == node_name)
-        path = node.meta.get("module", "")
-        q_axis = -3 if dg.ir.values[q].rank >= 4 else 0
-        kinds = dg.kinds
-        q_atoms = dg.solver.atoms(dg.solver.layout((q, q_axis % dg.ir.values[q].rank)))
+    kinds = dg.kinds
+    module_of = {n.name: n.meta.get("module", "") for n in dg.ir.nodes}
+    for node_name, q, _, v in attention_sites(dg):
+        path = module_of[node_name]
+        q_atoms = dg.solver.atoms(dg.solver.layout((q, head_axis(dg, q) % dg.ir.values[q].rank)))
         kv_atoms = [a for a in q_atoms if kinds.get(a) == "head"]
         rep_atoms = [a for a in q_atoms if kinds.get(a) == "query_group"]
         heads[path] = (_atom_kept(dg, kv_atoms + rep_atoms, pruned), _atom_kept(dg, kv_atoms, pruned),
@@ -211,10 +210,3 @@ def _check_rebuild(model: torch.nn.Module, cfg, problems: list[str]) -> tuple[bo
     if bad:
         problems.append(f"{len(bad)} tensor shape(s) the config cannot express, e.g. {bad[0]}")
     return (not problems), "; ".join(problems)
-
-
-def _module(model: torch.nn.Module, path: str):
-    try:
-        return model.get_submodule(path) if path else model
-    except AttributeError:
-        return None
