@@ -9,6 +9,7 @@ from .api import load_onnx, plan, prune, trace
 from .export import ExportReport, export_onnx
 from .errors import GraphpruneError, PlanError, RewriteError, TraceError
 from .graph import DependencyGraph, Group, Member
+from .importance import CRITERIA, register_importance
 from .metrics import count_macs, count_params
 from .onnx_prune import OnnxPruneReport, prune_onnx, verify_onnx
 from .planner import PrunePlan
@@ -18,6 +19,6 @@ from . import hf  # transformers support; imports transformers only when used
 from .hf import load_pruned, save_pruned
 
 __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
-           "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError",
+           "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA", "register_importance",
            "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned"]
 __version__ = "0.1.0"

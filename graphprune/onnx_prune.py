@@ -16,7 +16,6 @@ from onnx import numpy_helper
 from .backends.onnx import apply_plan_onnx
 from .errors import PlanError, RewriteError
 from .graph import DependencyGraph
-from .importance import SCORERS
 from .metrics import count_macs, count_params
 from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
 from .report import PruneReport, table
@@ -160,14 +159,15 @@ def latency_ms(model: onnx.ModelProto, feeds: dict, repeat: int = 30) -> float:
 def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "l2", round_to: int = 1,
               ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
               targets: Iterable[str] | str | None = None) -> PrunePlan:
+    from .importance import ScoreContext, score_groups
+
     check_ratio(ratio)
-    if importance not in SCORERS:
-        raise PlanError(f"unknown importance '{importance}'; choose one of {sorted(SCORERS)}")
+    importance = "l2" if importance == "auto" else importance
     model = dg.extra["onnx"]
     tensors = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer
                if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
     groups = select_groups(dg, roles, ignore, targets)
-    return make_plan(groups, SCORERS[importance](dg, tensors, groups), ratio, round_to)
+    return make_plan(groups, score_groups(importance, ScoreContext(dg, tensors), groups), ratio, round_to)
 
 
 def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.3, importance: str = "l2",

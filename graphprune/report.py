@@ -51,6 +51,14 @@ class PruneReport:
     plan: "PrunePlan | None" = None
     oracle: object | None = None
     sync: object | None = None  # graphprune.hf.ConfigSync, for transformers models
+    importance: str = ""  # the criterion that ranked the channels ("auto" resolved)
+    compensation: object | None = None  # graphprune.calib.torch_calib.Compensation
+    notes: list[str] = field(default_factory=list)  # fallbacks and warnings, in words
+    seconds: float | None = None  # wall time of the whole prune call
+
+    @property
+    def groups_pruned(self) -> int:
+        return sum(1 for k, n in self.kept.values() if k < n)
 
     def __str__(self) -> str:
         def pct(a: int, b: int) -> str:
@@ -59,10 +67,35 @@ class PruneReport:
         rows = [["params", _human(self.params_before), _human(self.params_after),
                  pct(self.params_before, self.params_after)],
                 ["MACs", _human(self.macs_before), _human(self.macs_after), pct(self.macs_before, self.macs_after)],
-                ["groups pruned", "", f"{sum(1 for k, n in self.kept.values() if k < n)}/{len(self.kept)}", ""]]
+                ["groups pruned", "", f"{self.groups_pruned}/{len(self.kept)}", ""]]
         text = table(["metric", "before", "after", "change"], rows)
+        if self.importance:
+            text += f"\nimportance: {self.importance}"
+        if self.compensation is not None:
+            text += "\n" + compensation_text(self.compensation)
+        for note in self.notes:
+            text += f"\nnote: {note}"
+        if self.seconds is not None:
+            text += f"\ntime: {self.seconds:.1f} s"
         if self.oracle is not None:
             text += f"\n{self.oracle}"
         if self.sync is not None:
             text += f"\n{self.sync}"
         return text
+
+
+def compensation_text(comp, limit: int = 8) -> str:
+    """The layers compensation changed, with the calibration error before/after."""
+    sites = comp.sites
+    if not sites:
+        return "compensation: no layer lost input channels"
+    before = sum(s.error_before for s in sites) / len(sites)
+    after = sum(s.error_after for s in sites) / len(sites)
+    rows = [[s.weight, s.action, f"{s.error_before:.4f}", f"{s.error_after:.4f}"] for s in sites[:limit]]
+    text = (f"compensation: {len(sites)} layer(s) changed; mean relative calibration error {before:.4f} -> "
+            f"{after:.4f}\n" + table(["layer", "action", "error before", "error after"], rows))
+    if len(sites) > limit:
+        text += f"\n... {len(sites) - limit} more layers"
+    for s in comp.skipped[:3]:
+        text += f"\nnot compensated: {s}"
+    return text

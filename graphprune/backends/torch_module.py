@@ -27,22 +27,32 @@ _KNOWN = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
-               attr_updates: list[tuple[str, str, Any]] | None = None) -> None:
-    """Slice tensors and update attributes (no validation; see :func:`rewrite`)."""
+               attr_updates: list[tuple[str, str, Any]] | None = None,
+               updates: dict[str, torch.Tensor] | None = None) -> None:
+    """Slice tensors and update attributes (no validation; see :func:`rewrite`).
+
+    ``updates`` (parameter path -> new values of the original shape, from compensation)
+    replace a tensor's values before it is sliced.
+    """
     masks = keep_masks(dg, plan)
+    updates = updates or {}
     replaced: dict[int, Any] = {}  # id(old tensor) -> new tensor, so aliases stay one tensor
     done: set[str] = set()  # a tied tensor may appear as several graph values: slice it once
     for v in dg.ir.params():
         dims = [(d, masks[(v.name, d)]) for d in range(v.rank) if (v.name, d) in masks]
         paths = dg.ir.aliases.get(v.source, [v.source])
-        if not dims or done.intersection(paths):
+        if (not dims and v.source not in updates) or done.intersection(paths):
             continue
         done.update(paths)
         for path in paths:
             owner, attr = _owner(model, path)
             old = getattr(owner, attr)
             if id(old) not in replaced:
-                replaced[id(old)] = _slice(old, dims)
+                src = old
+                if v.source in updates:
+                    new = updates[v.source].to(device=old.device, dtype=old.dtype)
+                    src = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+                replaced[id(old)] = _slice(src, dims)
             _set(owner, attr, replaced[id(old)])
     _update_known_modules(model, dg, plan)
     for path, attr, value in attr_updates or []:
@@ -50,7 +60,7 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
 
 
 def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None = None,
-            check: bool = True) -> None:
+            check: bool = True, updates: dict[str, torch.Tensor] | None = None) -> None:
     """Apply ``plan`` to ``model`` in place, after proving the rewrite on a copy.
 
     The forward's own size constants (view targets, split sizes, repeat counts)
@@ -63,24 +73,24 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
         return
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if not check:
-        apply_plan(model, dg, plan, sure)
+        apply_plan(model, dg, plan, sure, updates)
         return
     errors: list[str] = []
     fallback = None
     for choice in _choices(unsure):
-        updates = sure + choice
-        err, same_structure = _dry_run(model, dg, plan, updates, args, kwargs)
+        attrs = sure + choice
+        err, same_structure = _dry_run(model, dg, plan, attrs, args, kwargs)
         if err is None and same_structure:
-            apply_plan(model, dg, plan, updates)
+            apply_plan(model, dg, plan, attrs, updates)
             return
         if err is None and fallback is None:
             # Shapes fit but ops appeared or vanished: accept only if nothing keeps the
             # original structure (a size-dependent branch, e.g. repeat_kv with n_rep 1).
-            fallback = updates
+            fallback = attrs
         elif err is not None:
             errors.append(err)
     if fallback is not None:
-        apply_plan(model, dg, plan, fallback)
+        apply_plan(model, dg, plan, fallback, updates)
         return
     raise RewriteError(errors[0])
 

@@ -80,6 +80,9 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
                                   f"(group {gid} of size {size} is missing); load it with the versions that saved it")
     rewrite(model, graph, plan, (), inputs)
     sync_config(model, graph, plan)
+    for path in doc.get("added_biases", []):  # compensation gave these layers a bias: make room for it
+        mod = model.get_submodule(path)
+        mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
     state = _read_weights(directory, load_file)
     want = {n: tuple(s) for n, s in doc["shapes"].items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}

@@ -1,12 +1,7 @@
-"""Importance scorers: one score per index of each group (higher = keep)."""
+"""Importance criteria: one score per index of each group (higher = keep)."""
 from __future__ import annotations
 
-from typing import Callable
+from . import data, gradient, magnitude  # noqa: F401  (each module registers its criteria)
+from .base import CRITERIA, ScoreContext, register_importance, score_groups
 
-from .magnitude import magnitude_scores, random_scores
-
-SCORERS: dict[str, Callable] = {
-    "l1": lambda dg, tensors, groups: magnitude_scores(dg, tensors, groups, p=1),
-    "l2": lambda dg, tensors, groups: magnitude_scores(dg, tensors, groups, p=2),
-    "random": lambda dg, tensors, groups: random_scores(groups),
-}
+__all__ = ["CRITERIA", "ScoreContext", "register_importance", "score_groups"]

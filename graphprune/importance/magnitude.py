@@ -1,42 +1,92 @@
-"""Magnitude importance aggregated over a group's members.
+"""Weight-only criteria: magnitude (l1, l2), LAMP, BatchNorm scale, random.
 
-Index k of a group owns some positions in each member dim; its score sums the
+Index k of a group owns some positions in each member dim; magnitude sums the
 members' |w|^p over those positions (all other dims included), then takes the
 p-th root, so a conv's output filter, its BN affine entries and the next conv's
 input slice all vote together.
 """
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 
-from ..errors import PlanError
-from ..graph import DependencyGraph, Group
+from ..graph import Group
+from .base import ScoreContext, register_importance, scatter
+
+_BN = {"aten.batch_norm", "aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
+       "onnx.BatchNormalization"}
 
 
-def magnitude_scores(dg: DependencyGraph, tensors: Mapping[str, np.ndarray], groups: list[Group],
-                     p: int = 2) -> dict[int, np.ndarray]:
+def magnitude(ctx: ScoreContext, groups: list[Group], p: int) -> dict[int, np.ndarray]:
+    """Sum of |w|^p over every learned member position, then the p-th root."""
     out: dict[int, np.ndarray] = {}
-    kinds = {v.source: v.kind for v in dg.ir.params()}
+    kinds = {v.source: v.kind for v in ctx.dg.ir.params()}
     for g in groups:
         score = np.zeros(g.size, dtype=np.float64)
         for m in g.members:
-            if kinds.get(m.name) != "param" or m.name not in tensors:
+            if kinds.get(m.name) != "param" or m.name not in ctx.tensors:
                 continue  # running stats and constants carry no learned magnitude
-            w = tensors[m.name]
-            if w is None:
-                raise PlanError(f"parameter '{m.name}' has no values (meta device?): use importance='random' "
-                                "or load weights before ranking by magnitude")
+            w = ctx.weight(m.name)
             other = tuple(d for d in range(w.ndim) if d != m.dim)
             per_pos = (np.abs(w) ** p).sum(axis=other) if other else np.abs(w) ** p
-            for coords in dg.solver_coords(m.term, g.id):  # every occurrence votes
-                sel = coords >= 0
-                np.add.at(score, coords[sel], per_pos[sel])
+            scatter(score, ctx.dg.solver_coords(m.term, g.id), per_pos)
         out[g.id] = score ** (1.0 / p)
     return out
 
 
-def random_scores(groups: list[Group], seed: int = 0) -> dict[int, np.ndarray]:
+@register_importance("l1")
+def l1(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """L1 norm of every weight the index owns."""
+    return magnitude(ctx, groups, 1)
+
+
+@register_importance("l2")
+def l2(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """L2 norm of every weight the index owns."""
+    return magnitude(ctx, groups, 2)
+
+
+@register_importance("random")
+def random(ctx: ScoreContext, groups: list[Group], seed: int = 0) -> dict[int, np.ndarray]:
+    """Uniform random scores (a floor to compare against); seeded, so plans are reproducible."""
     rng = np.random.default_rng(seed)
     return {g.id: rng.random(g.size) for g in groups}
+
+
+@register_importance("lamp")
+def lamp(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """LAMP (Lee et al. 2021): an index's squared L2 norm over the sum of those not smaller."""
+    out = {}
+    for gid, s in magnitude(ctx, groups, 2).items():
+        sq = s ** 2
+        order = np.argsort(sq, kind="stable")
+        tail = np.cumsum(sq[order][::-1])[::-1]  # sum over indices at or above each rank
+        score = np.empty_like(sq)
+        score[order] = sq[order] / np.maximum(tail, 1e-300)
+        out[gid] = score
+    return out
+
+
+@register_importance("bn_scale")
+def bn_scale(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """|gamma| of the BatchNorm scales the index owns (network slimming); L2 where no BN is."""
+    bn_weights = set()
+    for n in ctx.dg.ir.nodes:
+        if n.op in _BN and len(n.inputs) > 1:
+            w = ctx.dg.ir.values[n.inputs[1]]
+            if w.kind == "param":
+                bn_weights.add(w.source or w.name)
+    out, fallback = {}, []
+    for g in groups:
+        score = np.zeros(g.size, dtype=np.float64)
+        members = [m for m in g.members if m.name in bn_weights]
+        for m in members:
+            scatter(score, ctx.dg.solver_coords(m.term, g.id), np.abs(ctx.weight(m.name)))
+        if members:
+            out[g.id] = score
+        else:
+            fallback.append(g)
+    if fallback:
+        out.update(magnitude(ctx, fallback, 2))
+        ctx.notes.append(f"bn_scale: {len(fallback)} group(s) pass no BatchNorm, ranked by l2 instead "
+                         f"(first: group {fallback[0].id}, {fallback[0].kind})")
+    return out

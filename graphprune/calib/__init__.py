@@ -1,0 +1,1 @@
+"""Calibration: statistics at consumer sites, gradients, and retrain-free compensation."""

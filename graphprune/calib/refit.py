@@ -1,0 +1,76 @@
+"""Retrain-free compensation: refit a consumer from the channels it keeps.
+
+At a site ``y = W x + b`` whose input loses channels, the best new weights for the
+kept features S, in the least-squares sense over the calibration data, are
+
+    W'_S = W C[:, S] (H'_SS + lambda I)^-1
+
+where features carry a trailing constant 1 (so the bias is one more column), C is
+the cross Gram between the original model's input and the pruned model's input at
+the site, and H' the pruned input's Gram. The target is the *original* output, so a
+refit also makes up for what was pruned upstream. With ``bias`` alone, only the mean
+error is folded into the bias. Front-end neutral: Grams in, weights out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..importance.data import DAMP
+
+
+@dataclass
+class Refit:
+    w: torch.Tensor  # (out, features): zero at removed features
+    b: torch.Tensor | None  # (out,), when the site has or may get a bias
+    error_before: float  # relative output error on the calibration data, pruned as is
+    error_after: float  # ... after the refit
+
+
+def _error(wa: torch.Tensor, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor, a: torch.Tensor,
+           s: torch.Tensor, energy: float) -> float:
+    """||W~ X_d - A X'_S||^2 / ||W~ X_d||^2 from the Grams alone."""
+    cross = torch.einsum("of,fs,os->", wa, c[:, s], a)
+    own = torch.einsum("os,st,ot->", a, hp[s][:, s], a)
+    return max(float(energy - 2 * cross + own), 0.0) / max(energy, 1e-300)
+
+
+def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor,
+          keep: torch.Tensor, with_bias: bool, mode: str = "refit", damp: float = DAMP) -> Refit:
+    """New weights for the kept features.
+
+    ``w``: (out, features); ``b``: the current bias or None; Grams are (features+1)^2 float64;
+    ``keep``: bool per feature; ``with_bias``: whether the result may have a bias (the site
+    has one, or one may be added); ``mode``: "refit" (least squares) or "bias" (mean only).
+    """
+    w = w.double()
+    out_n, f = w.shape
+    bias = b.double().reshape(-1) if b is not None else torch.zeros(out_n, dtype=torch.float64)
+    wa = torch.cat([w, bias[:, None]], 1)
+    energy = float(torch.einsum("of,fg,og->", wa, hd, wa))
+    keep_aug = torch.cat([keep.bool(), torch.tensor([with_bias])])
+    s = torch.nonzero(keep_aug).flatten()
+    a0 = wa[:, s]  # pruned as is: kept columns, bias unchanged
+    before = _error(wa, hd, c, hp, a0, s, energy)
+    if mode == "bias":
+        a = a0.clone()
+        if with_bias:
+            n = max(float(hp[-1, -1]), 1.0)
+            mean_d, mean_p = c[:, -1] / n, hp[:, -1] / n  # the last column of each Gram holds feature sums
+            a[:, -1] += wa @ mean_d - a0 @ mean_p[s]
+    else:
+        h = hp[s][:, s].clone()
+        real = s < f
+        lam = damp * float(h.diagonal()[real].mean()) if bool(real.any()) else 0.0
+        h.diagonal()[real] += max(lam, 1e-10)
+        rhs = wa @ c[:, s]  # (out, |S|)
+        a = torch.linalg.solve(h, rhs.T).T
+    after = _error(wa, hd, c, hp, a, s, energy)
+    if after > before:  # ill-conditioned data: never make a site worse than leaving it alone
+        a, after = a0, before
+    new_w = torch.zeros_like(w)
+    real_s = s[s < f]
+    new_w[:, real_s] = a[:, : len(real_s)]
+    new_b = a[:, -1] if with_bias else None
+    return Refit(new_w, new_b, before, after)

@@ -1,0 +1,113 @@
+"""Running statistics of a site's input: bounded memory, never stored activations.
+
+Per input channel: count, sum and sum of squares (what activation and fluctuation
+criteria need). Where a refit or a reconstruction-aware score needs it, the Gram
+matrix of the site's input *features* (a linear's input channels; a convolution's
+unfolded patches), augmented with a constant 1 so that a bias is one more column.
+Compensation also accumulates the cross Gram between the original model's input
+and the pruned model's input at the same site, batch by batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .sites import Site
+
+
+def channels(site: Site, x: torch.Tensor) -> torch.Tensor:
+    """(samples, channels): every position of every batch item is a sample."""
+    x = x.detach().to(torch.float32)
+    return x.movedim(site.x_dim, -1).reshape(-1, x.shape[site.x_dim])
+
+
+def refittable(site: Site) -> bool:
+    """Sites with a feature view: linears and ungrouped 1-D/2-D convolutions."""
+    return site.kind == "linear" or (site.groups == 1 and len(site.kernel) in (1, 2))
+
+
+def features(site: Site, x: torch.Tensor) -> torch.Tensor | None:
+    """(samples, features + 1): the inputs a refit sees, with a trailing constant 1.
+
+    A linear's features are its input channels. An ungrouped 1-D/2-D convolution's are
+    its unfolded patches (channel-major, kernel positions inner), so a 1x1 conv is a
+    linear over channels. Other convolutions have no feature view (None).
+    """
+    x = x.detach().to(torch.float32)
+    if site.kind == "linear":
+        f = x.reshape(-1, x.shape[-1])
+    elif refittable(site):
+        if len(site.kernel) == 1:  # conv1d as a conv2d of height 1
+            x = x.unsqueeze(2)
+            k, s, p, d = (1,) + site.kernel, (1,) + site.stride, (0,) + site.padding, (1,) + site.dilation
+        else:
+            k, s, p, d = site.kernel, site.stride, site.padding, site.dilation
+        cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # (N, C*kk, L)
+        f = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    else:
+        return None
+    return torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], dim=1)
+
+
+@dataclass
+class ChannelStats:
+    """Count, sum and sum of squares per input channel (float64 accumulators)."""
+
+    n: int = 0
+    sum: torch.Tensor | None = None
+    sumsq: torch.Tensor | None = None
+
+    def add(self, c: torch.Tensor) -> None:
+        s, q = c.sum(0, dtype=torch.float64), (c.double() ** 2).sum(0)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = q if self.sumsq is None else self.sumsq + q
+        self.n += c.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.n, 1)
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.sumsq.clamp(min=0).sqrt()
+
+    @property
+    def var(self) -> torch.Tensor:
+        n = max(self.n, 2)
+        return ((self.sumsq - self.sum ** 2 / n) / (n - 1)).clamp(min=0)
+
+
+@dataclass
+class Gram:
+    """Sum of f f^T over samples (features augmented with a 1: the last row/column holds
+    the feature sums and the sample count). Float64: sums over thousands of tokens."""
+
+    m: torch.Tensor | None = None
+
+    def add(self, f: torch.Tensor, g: torch.Tensor | None = None) -> None:
+        """Add f^T g (g defaults to f): a cross Gram between two models' inputs."""
+        prod = (f.T @ (f if g is None else g)).double()
+        self.m = prod if self.m is None else self.m + prod
+
+    @property
+    def n(self) -> int:
+        return int(round(float(self.m[-1, -1]))) if self.m is not None else 0
+
+
+@dataclass
+class SiteStats:
+    """What calibration learned at one site."""
+
+    site: Site
+    channels: ChannelStats = field(default_factory=ChannelStats)
+    gram: Gram | None = None
+
+    def add(self, x: torch.Tensor, gram: bool) -> None:
+        self.channels.add(channels(self.site, x))
+        if gram:
+            f = features(self.site, x)
+            if f is not None:
+                self.gram = self.gram or Gram()
+                self.gram.add(f)

@@ -1,0 +1,115 @@
+"""Run a traced torch program step by step: the oracle's interpreter, plus weight
+overrides and captures.
+
+One interpreter serves the oracle (masks), calibration (captures at sites) and
+compensation (masks, updated weights, and a walk through the graph site by site,
+every calibration batch advanced to the same node before the next weight is
+refit). Each batch keeps only its live values (those a later node still reads),
+so memory is the calibration set times the widest cut of the graph, not its depth.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.fx._pytree import tree_flatten_spec
+
+from ..errors import PlanError
+from ..verify import _MaskedInterpreter
+
+
+class _Runner(_MaskedInterpreter):
+    def __init__(self, gm: torch.fx.GraphModule, masks: dict, overrides: dict[str, torch.Tensor]) -> None:
+        super().__init__(gm, masks)
+        self.overrides = overrides  # parameter path -> tensor used instead of the model's
+        self.extra_bias: dict[str, tuple[int, torch.Tensor]] = {}  # node -> (channel dim, bias): added biases
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.extra_bias:
+            dim, b = self.extra_bias[n.name]
+            shape = [1] * out.dim()
+            shape[dim] = -1
+            out = out + b.to(out.dtype).view(shape)
+        return out
+
+    def get_attr(self, target: str, args, kwargs) -> Any:
+        if target in self.overrides:
+            return self.overrides[target]
+        return super().get_attr(target, args, kwargs)
+
+
+class Walk:
+    """Every calibration batch, advanced through the graph in lockstep."""
+
+    def __init__(self, ep: torch.export.ExportedProgram, batches: Iterable[tuple[tuple, dict]],
+                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None) -> None:
+        self.gm = ep.module()
+        self.runner = _Runner(self.gm, masks or {}, overrides if overrides is not None else {})
+        self.nodes = list(self.gm.graph.nodes)
+        self.index = {n.name: i for i, n in enumerate(self.nodes)}
+        last: dict[torch.fx.Node, int] = {}
+        for i, n in enumerate(self.nodes):
+            for a in n.all_input_nodes:
+                last[a] = i
+        self.dies_at: dict[int, list[torch.fx.Node]] = {}
+        for n, i in last.items():
+            self.dies_at.setdefault(i, []).append(n)
+        spec = ep.call_spec.in_spec
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        self.envs: list[dict] = []
+        for k, (args, kwargs) in enumerate(batches):
+            try:
+                flat = tree_flatten_spec((tuple(args), dict(kwargs)), spec)
+            except Exception as exc:  # pytree raises several types on a structure mismatch
+                raise PlanError(f"calibration batch {k} does not have the structure of the example inputs "
+                                f"({spec}): {exc}") from exc
+            self.envs.append(dict(zip(placeholders, flat)))
+        self.pos = [0] * len(self.envs)
+
+    @property
+    def overrides(self) -> dict[str, torch.Tensor]:
+        return self.runner.overrides
+
+    def node_index(self, name: str) -> int | None:
+        return self.index.get(name)
+
+    def value(self, env: dict, name: str) -> Any:
+        """An IR value from a batch's environment ('split.1' is item 1 of node 'split')."""
+        node = self.index.get(name)
+        if node is not None:
+            return env[self.nodes[node]]
+        base, _, item = name.rpartition(".")
+        return env[self.nodes[self.index[base]]][int(item)]
+
+    def advance(self, stop: int, before: Callable[[int, dict], None] | None = None,
+                batch: int | None = None) -> None:
+        """Run every batch (or only ``batch``) up to node ``stop`` (exclusive); ``before(i, env)``
+        is called before node i runs, with node i's inputs alive."""
+        for k in range(len(self.envs)) if batch is None else (batch,):
+            env = self.envs[k]
+            self.runner.env = env
+            for i in range(self.pos[k], stop):
+                n = self.nodes[i]
+                if before is not None:
+                    before(i, env)
+                if n.op in ("placeholder", "output"):
+                    continue
+                with torch.no_grad():
+                    env[n] = self.runner.run_node(n)
+                for dead in self.dies_at.get(i, ()):
+                    env.pop(dead, None)
+            self.pos[k] = max(self.pos[k], stop)
+
+
+def as_batch(batch: Any) -> tuple[tuple, dict]:
+    """A calibration batch as (args, kwargs): a dict is keyword inputs, a tuple or list
+    positional inputs, a single tensor one positional input."""
+    if isinstance(batch, dict):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}
+    raise PlanError(f"a calibration batch must be a tuple of positional inputs or a dict of keyword inputs, "
+                    f"not {type(batch).__name__}")

@@ -1,0 +1,95 @@
+"""The criteria registry and what a criterion may read.
+
+A criterion maps each selected group to one score per index (higher = keep). It
+reads a :class:`ScoreContext`: the graph, the weights, and, when the user gave
+calibration data, the statistics at every consumer site (and accumulated
+gradients for loss-based criteria). Scores are normalised per group (mean 1), so
+groups compare across layers whatever the scale of their weights.
+
+Registering a criterion of your own is one line::
+
+    @graphprune.register_importance("mine", needs="calib")
+    def mine(ctx, groups): return {g.id: ... for g in groups}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..errors import PlanError
+from ..graph import DependencyGraph, Group
+
+NEEDS = ("", "calib", "grad")
+
+
+@dataclass
+class ScoreContext:
+    """Everything a criterion may read."""
+
+    dg: DependencyGraph
+    tensors: Mapping[str, np.ndarray | None]  # parameter path -> values (None on meta)
+    stats: dict | None = None  # site node -> calib.stats.SiteStats (with calibration data)
+    sites_of: dict[int, list] = field(default_factory=dict)  # group id -> calib.sites.Site list
+    grads: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # path -> (sum w*g, sum (w*g)^2)
+    notes: list[str] = field(default_factory=list)  # fallbacks, said in the report
+
+    def weight(self, name: str) -> np.ndarray:
+        w = self.tensors.get(name)
+        if w is None:
+            raise PlanError(f"parameter '{name}' has no values (meta device?): use importance='random' "
+                            "or load weights before ranking by weights or data")
+        return w
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    fn: Callable[[ScoreContext, list[Group]], dict[int, np.ndarray]]
+    needs: str  # "": weights only; "calib": calibration statistics; "grad": gradients of a loss
+    doc: str = ""
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_importance(name: str, needs: str = "") -> Callable:
+    """Decorator: register ``fn(ctx, groups) -> {group id: scores}`` as importance ``name``."""
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {NEEDS}, not {needs!r}")
+
+    def deco(fn: Callable) -> Callable:
+        CRITERIA[name] = Criterion(name, fn, needs, (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def score_groups(name: str, ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """Run criterion ``name`` and normalise each group's scores to mean 1."""
+    if name not in CRITERIA:
+        raise PlanError(f"unknown importance '{name}'; choose one of {sorted(CRITERIA) + ['auto']}")
+    crit = CRITERIA[name]
+    if crit.needs == "calib" and ctx.stats is None:
+        raise PlanError(f"importance '{name}' ranks channels from data: pass calib=[batch, ...] (inputs like the "
+                        "example inputs), or choose a weight criterion (l1, l2, lamp, bn_scale, random)")
+    if crit.needs == "grad" and ctx.grads is None:
+        raise PlanError(f"importance '{name}' needs gradients of a loss: pass calib=[...] and loss_fn="
+                        "(output, batch) -> scalar, or batches the model computes its own loss from (labels=...)")
+    raw = crit.fn(ctx, groups)
+    out = {}
+    for g in groups:
+        s = np.asarray(raw[g.id], dtype=np.float64)
+        if s.shape != (g.size,):
+            raise PlanError(f"importance '{name}' gave {s.shape} scores for group {g.id} of size {g.size}")
+        mean = float(np.mean(np.abs(s)))
+        out[g.id] = s / mean if mean > 0 and np.isfinite(mean) else s
+    return out
+
+
+def scatter(score: np.ndarray, coords: list[np.ndarray], per_position: np.ndarray) -> None:
+    """Add each position's value to the group index it belongs to (every occurrence votes)."""
+    for c in coords:
+        sel = c >= 0
+        np.add.at(score, c[sel], per_position[sel])

@@ -1,0 +1,162 @@
+"""Calibration-data criteria, read at the sites that consume a group's channels.
+
+A channel matters by what it contributes where it is consumed: the columns of the
+next linear map or convolution, weighted by what flows through them.
+
+- ``activation`` (Wanda, Sun et al. 2023, structured): sum_i |W_ij| * ||X_j||.
+- ``fluctuation`` (FLAP, An et al. 2024): Var(X_j) * ||W_:j||^2, the part of a
+  channel's contribution that a bias cannot absorb.
+- ``obs`` (Optimal Brain Surgeon on the layer's reconstruction, as in ZipLM /
+  SlimGPT): the increase in a site's output error when index k is removed *and the
+  remaining columns are refit*, tr(W_B (Hinv_BB)^-1 W_B^T) with H the input Gram
+  (bias column included, so a channel's mean costs nothing), relative to the
+  site's output energy. This is what compensation then achieves, so it is the
+  criterion of choice when compensation is on.
+
+A group without any consumer site (the channel ends in an activation-activation
+product, say) falls back to l2 magnitude, and the report says so.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..graph import Group
+from .base import ScoreContext, register_importance, scatter
+from .magnitude import magnitude
+
+DAMP = 0.01  # ridge, relative to the mean diagonal of the input Gram (SparseGPT's default)
+
+
+def oriented(ctx: ScoreContext, site) -> np.ndarray:
+    """The site's weight as (out, in channels of one group, kernel positions)."""
+    v = ctx.dg.ir.values[site.w]
+    w = ctx.weight(v.source or v.name)
+    w = np.moveaxis(w, (site.w_out, site.w_in), (0, 1))
+    return w.reshape(w.shape[0], w.shape[1], -1)
+
+
+def column_weight(ctx: ScoreContext, site, p: int) -> np.ndarray:
+    """Per input channel of the site: sum of |W|^p over outputs and kernel positions."""
+    w = np.abs(oriented(ctx, site)) ** p
+    g = site.groups
+    if g == 1:
+        return w.sum(axis=(0, 2))
+    o, c = w.shape[0] // g, w.shape[1]  # grouped: output block q reads input channels q*c..(q+1)*c
+    return w.reshape(g, o, c, -1).sum(axis=(1, 3)).reshape(-1)
+
+
+def _coords(ctx: ScoreContext, site, gid: int) -> list[np.ndarray]:
+    v = ctx.dg.ir.values[site.x]
+    return ctx.dg.solver_coords(ctx.dg.solver.layout((site.x, site.x_dim % v.rank)), gid)
+
+
+def _per_site(ctx: ScoreContext, groups: list[Group], name: str, column_score) -> dict[int, np.ndarray]:
+    out, fallback = {}, []
+    for g in groups:
+        score = np.zeros(g.size, dtype=np.float64)
+        used = 0
+        for site in ctx.sites_of.get(g.id, []):
+            st = ctx.stats.get(site.node)
+            if st is None or st.channels.n == 0:
+                continue
+            col = column_score(site, st)
+            if col is None:
+                continue
+            scatter(score, _coords(ctx, site, g.id), col)
+            used += 1
+        if used:
+            out[g.id] = score
+        else:
+            fallback.append(g)
+    if fallback:
+        out.update(magnitude(ctx, fallback, 2))
+        ctx.notes.append(f"{name}: {len(fallback)} group(s) reach no linear/conv input the calibration saw; "
+                         f"ranked by l2 instead (first: group {fallback[0].id}, {fallback[0].kind})")
+    return out
+
+
+@register_importance("activation", needs="calib")
+def activation(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """Wanda, structured: sum over outputs of |W_ij| times the input channel's norm ||X_j||."""
+    return _per_site(ctx, groups, "activation",
+                     lambda site, st: column_weight(ctx, site, 1) * st.channels.norm.numpy())
+
+
+@register_importance("fluctuation", needs="calib")
+def fluctuation(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """FLAP: the input channel's variance times the squared norm of its weight column."""
+    return _per_site(ctx, groups, "fluctuation",
+                     lambda site, st: column_weight(ctx, site, 2) * st.channels.var.numpy())
+
+
+def damped_inverse(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """(H + lambda I)^-1 with lambda relative to H's mean diagonal; the trailing bias row is not damped."""
+    h = h.clone()
+    d = h.shape[0] - 1
+    lam = damp * float(h.diagonal()[:d].mean()) if d else 0.0
+    h.diagonal()[:d] += lam if lam > 0 else 1e-8
+    return torch.linalg.pinv(h, hermitian=True)
+
+
+def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, feature_index: np.ndarray,
+              size: int) -> np.ndarray:
+    """Per group index: the relative output error of removing it with the rest refit.
+
+    ``w`` is (out, features), ``gram`` the augmented input Gram, ``feature_index`` the group
+    index of every feature (-1: not in the group).
+    """
+    hinv = damped_inverse(gram)
+    wa = torch.cat([w, (b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype))[:, None]], 1)
+    energy = float(torch.einsum("of,fg,og->", wa, gram, wa))
+    cost = np.zeros(size)
+    blocks = [np.flatnonzero(feature_index == k) for k in range(size)]
+    sizes = {len(b_) for b_ in blocks}
+    if sizes == {1}:
+        idx = torch.as_tensor(np.concatenate(blocks))
+        cost = ((w[:, idx] ** 2).sum(0) / hinv.diagonal()[idx].clamp(min=1e-300)).numpy()
+    elif len(sizes) == 1 and 0 not in sizes:
+        idx = torch.as_tensor(np.stack(blocks))  # (size, block)
+        hb = hinv[idx[:, :, None], idx[:, None, :]]  # (size, block, block)
+        wb = w[:, idx].permute(1, 0, 2)  # (size, out, block)
+        sol = torch.linalg.solve(hb, wb.transpose(1, 2))  # (size, block, out)
+        cost = torch.einsum("kob,kbo->k", wb, sol).numpy()
+    else:
+        for k, blk in enumerate(blocks):
+            if len(blk):
+                i = torch.as_tensor(blk)
+                wb = w[:, i]
+                cost[k] = float(torch.trace(wb @ torch.linalg.solve(hinv[i][:, i], wb.T)))
+    return cost / max(energy, 1e-300)
+
+
+@register_importance("obs", needs="calib")
+def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
+    """Optimal Brain Surgeon on each consumer's reconstruction: the error left after a refit."""
+    out, fallback = {}, []
+    for g in groups:
+        score = np.zeros(g.size, dtype=np.float64)
+        used = 0
+        for site in ctx.sites_of.get(g.id, []):
+            st = ctx.stats.get(site.node)
+            if st is None or st.gram is None:
+                continue
+            w = torch.as_tensor(oriented(ctx, site), dtype=torch.float64)
+            kk = w.shape[2]
+            w = w.reshape(w.shape[0], -1)
+            b = None
+            if site.b is not None:
+                bv = ctx.dg.ir.values[site.b]
+                b = torch.as_tensor(ctx.weight(bv.source or bv.name), dtype=torch.float64).reshape(-1)
+            for c in _coords(ctx, site, g.id):
+                score += obs_costs(w, b, st.gram.m, np.repeat(c, kk), g.size)
+            used += 1
+        if used:
+            out[g.id] = score
+        else:
+            fallback.append(g)
+    if fallback:
+        ctx.notes.append(f"obs: {len(fallback)} group(s) reach no linear/conv input with a Gram; ranked by "
+                         f"activation instead (first: group {fallback[0].id}, {fallback[0].kind})")
+        out.update(activation(ctx, fallback))
+    return out
