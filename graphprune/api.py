@@ -137,6 +137,13 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     positional inputs or a dict of keyword inputs each); "taylor" and "hessian" also need a
     loss (``loss_fn(output, batch)``, or the model's own ``output.loss``).
     """
+    return _plan(graph, model, ratio, importance, round_to, ignore, roles, ratios, targets, calib, loss_fn,
+                 compensate, notes)[0]
+
+
+def _plan(graph, model, ratio, importance, round_to, ignore, roles, ratios, targets, calib, loss_fn, compensate,
+          notes):
+    """plan(), also returning the score context (its calibration statistics serve compensation)."""
     from .importance import score_groups
 
     check_ratio(ratio)
@@ -147,7 +154,7 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     scores = score_groups(name, ctx, groups)
     if notes is not None:
         notes.extend(ctx.notes)
-    return make_plan(groups, scores, ratio, round_to, ratios)
+    return make_plan(groups, scores, ratio, round_to, ratios), ctx
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):
@@ -172,6 +179,7 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     dicts of keyword inputs), channels are ranked from data (``importance="auto"``) and,
     unless ``compensate=False``, every layer that loses input channels is refit from the
     channels it keeps (``compensate="bias"``: only the mean is folded into its bias;
+    ``"sequential"``: each layer is refit from the pruned model's own inputs, in graph order;
     ``add_bias=True`` lets compensation add a bias to a layer that has none).
 
     With ``verify=True`` the plan is first held to the exactness oracle on a copy
@@ -194,8 +202,8 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     mode = _compensation_mode(compensate, calib)
     notes: list[str] = []
     name = resolve_importance(importance, calib, compensate) if plan_ is None else "given plan"
-    p = plan_ or plan(dg, model, ratio, importance, round_to, ignore, roles, ratios, targets, calib, loss_fn,
-                      compensate, notes)
+    p, ctx = (plan_, None) if plan_ is not None else _plan(
+        dg, model, ratio, importance, round_to, ignore, roles, ratios, targets, calib, loss_fn, compensate, notes)
     for gid, size in p.sizes.items():
         if gid not in dg._by_atom or dg.group(gid).size != size:
             raise PlanError(f"the plan does not fit this model: group {gid} (size {size}) is not in its graph")
@@ -213,7 +221,7 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
         check_shapes(dg.extra["ep"], batches)
         sites = find_sites(dg)
         comp = run_compensation(dg, dg.extra["ep"], batches, p, sites, _tensors(model), mode,
-                                _bias_free(model, dg, sites) if add_bias else set())
+                                _bias_free(model, dg, sites) if add_bias else set(), ctx.stats if ctx else None)
     shape_after = shape_fn(dg, p)
     report = PruneReport(count_params(dg.ir), count_params(dg.ir, shape_after), count_macs(dg.ir),
                          count_macs(dg.ir, shape_after),
@@ -227,15 +235,15 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
 
 
 def _compensation_mode(compensate, calib) -> str | None:
-    if compensate not in (None, True, False, "refit", "bias"):
-        raise PlanError(f"compensate must be True, False, 'refit' or 'bias', not {compensate!r}")
+    if compensate not in (None, True, False, "refit", "bias", "sequential"):
+        raise PlanError(f"compensate must be True, False, 'refit', 'bias' or 'sequential', not {compensate!r}")
     if compensate is None:
         return "refit" if calib is not None else None
     if compensate is False:
         return None
     if calib is None:
         raise PlanError("compensation needs calibration data: pass calib=[batch, ...] or compensate=False")
-    return "bias" if compensate == "bias" else "refit"
+    return "refit" if compensate is True else compensate
 
 
 def _bias_free(model: torch.nn.Module, dg: DependencyGraph, sites) -> set[str]:

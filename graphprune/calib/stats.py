@@ -17,10 +17,19 @@ import torch.nn.functional as F
 from .sites import Site
 
 
-def channels(site: Site, x: torch.Tensor) -> torch.Tensor:
+def real_rows(site: Site, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+    """Which rows of a linear site's samples are real tokens: ``valid`` is the batch's
+    attention mask (batch, seq); padding would otherwise dominate short sentences' statistics."""
+    if valid is None or site.kind != "linear" or tuple(x.shape[:-1]) != tuple(valid.shape):
+        return None
+    return valid.reshape(-1).bool()
+
+
+def channels(site: Site, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """(samples, channels): every position of every batch item is a sample."""
     x = x.detach().to(torch.float32)
-    return x.movedim(site.x_dim, -1).reshape(-1, x.shape[site.x_dim])
+    c = x.movedim(site.x_dim, -1).reshape(-1, x.shape[site.x_dim])
+    return c if rows is None else c[rows]
 
 
 def refittable(site: Site) -> bool:
@@ -28,7 +37,7 @@ def refittable(site: Site) -> bool:
     return site.kind == "linear" or (site.groups == 1 and len(site.kernel) in (1, 2))
 
 
-def features(site: Site, x: torch.Tensor) -> torch.Tensor | None:
+def features(site: Site, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """(samples, features + 1): the inputs a refit sees, with a trailing constant 1.
 
     A linear's features are its input channels. An ungrouped 1-D/2-D convolution's are
@@ -48,6 +57,8 @@ def features(site: Site, x: torch.Tensor) -> torch.Tensor | None:
         f = cols.transpose(1, 2).reshape(-1, cols.shape[1])
     else:
         return None
+    if rows is not None:
+        f = f[rows]
     return torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], dim=1)
 
 
@@ -104,10 +115,11 @@ class SiteStats:
     channels: ChannelStats = field(default_factory=ChannelStats)
     gram: Gram | None = None
 
-    def add(self, x: torch.Tensor, gram: bool) -> None:
-        self.channels.add(channels(self.site, x))
+    def add(self, x: torch.Tensor, gram: bool, valid: torch.Tensor | None = None) -> None:
+        rows = real_rows(self.site, x, valid)
+        self.channels.add(channels(self.site, x, rows))
         if gram:
-            f = features(self.site, x)
+            f = features(self.site, x, rows)
             if f is not None:
                 self.gram = self.gram or Gram()
                 self.gram.add(f)

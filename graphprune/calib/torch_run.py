@@ -58,6 +58,7 @@ class Walk:
         spec = ep.call_spec.in_spec
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         self.envs: list[dict] = []
+        self.valid: list[torch.Tensor | None] = []  # per batch: which (item, position) are real tokens
         for k, (args, kwargs) in enumerate(batches):
             try:
                 flat = tree_flatten_spec((tuple(args), dict(kwargs)), spec)
@@ -65,6 +66,8 @@ class Walk:
                 raise PlanError(f"calibration batch {k} does not have the structure of the example inputs "
                                 f"({spec}): {exc}") from exc
             self.envs.append(dict(zip(placeholders, flat)))
+            mask = dict(kwargs).get("attention_mask")
+            self.valid.append(mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None)
         self.pos = [0] * len(self.envs)
 
     @property
@@ -93,8 +96,11 @@ class Walk:
                 n = self.nodes[i]
                 if before is not None:
                     before(i, env)
-                if n.op in ("placeholder", "output"):
+                if n.op in ("placeholder", "output", "get_attr"):
                     continue
+                for a in n.all_input_nodes:  # weights are read when used: a refit may have replaced them
+                    if a.op == "get_attr":
+                        env[a] = self.runner.get_attr(a.target, (), {})
                 with torch.no_grad():
                     env[n] = self.runner.run_node(n)
                 for dead in self.dies_at.get(i, ()):

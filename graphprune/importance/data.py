@@ -115,18 +115,12 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, featu
     if sizes == {1}:
         idx = torch.as_tensor(np.concatenate(blocks))
         cost = ((w[:, idx] ** 2).sum(0) / hinv.diagonal()[idx].clamp(min=1e-300)).numpy()
-    elif len(sizes) == 1 and 0 not in sizes:
-        idx = torch.as_tensor(np.stack(blocks))  # (size, block)
-        hb = hinv[idx[:, :, None], idx[:, None, :]]  # (size, block, block)
-        wb = w[:, idx].permute(1, 0, 2)  # (size, out, block)
-        sol = torch.linalg.solve(hb, wb.transpose(1, 2))  # (size, block, out)
-        cost = torch.einsum("kob,kbo->k", wb, sol).numpy()
-    else:
+    else:  # blocks (heads, conv filters' windows): numpy's batched LAPACK solve
+        hn, wn = hinv.numpy(), w.numpy()
         for k, blk in enumerate(blocks):
             if len(blk):
-                i = torch.as_tensor(blk)
-                wb = w[:, i]
-                cost[k] = float(torch.trace(wb @ torch.linalg.solve(hinv[i][:, i], wb.T)))
+                wb = wn[:, blk]
+                cost[k] = float(np.einsum("ob,bo->", wb, np.linalg.solve(hn[np.ix_(blk, blk)], wb.T)))
     return cost / max(energy, 1e-300)
 
 
