@@ -29,20 +29,40 @@ class Refit:
 
 
 def _error(wa: torch.Tensor, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor, a: torch.Tensor,
-           s: torch.Tensor, energy: float) -> float:
-    """||W~ X_d - A X'_S||^2 / ||W~ X_d||^2 from the Grams alone."""
+           s: torch.Tensor) -> float:
+    """||W~ X_d - A X'_S||^2 from the Grams alone."""
+    energy = torch.einsum("of,fg,og->", wa, hd, wa)
     cross = torch.einsum("of,fs,os->", wa, c[:, s], a)
     own = torch.einsum("os,st,ot->", a, hp[s][:, s], a)
-    return max(float(energy - 2 * cross + own), 0.0) / max(energy, 1e-300)
+    return max(float(energy - 2 * cross + own), 0.0)
+
+
+LAMBDAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # ridge strengths tried, relative to the mean diagonal
+
+
+def _solve(wa: torch.Tensor, c: torch.Tensor, hp: torch.Tensor, s: torch.Tensor, a0: torch.Tensor, real: torch.Tensor,
+           lam_rel: float) -> torch.Tensor:
+    """argmin_A ||W~ X_d - A X'_S||^2 + lambda ||A - A0||^2 over the real (non-bias) columns:
+    the ridge pulls toward leaving the layer as it is, not toward zero weights."""
+    h = hp[s][:, s].clone()
+    lam = lam_rel * float(h.diagonal()[real].mean()) if bool(real.any()) else 0.0
+    lam = max(lam, 1e-10)
+    h.diagonal()[real] += lam
+    rhs = wa @ c[:, s] + lam * a0 * real.double()
+    return torch.linalg.solve(h, rhs.T).T
 
 
 def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor,
-          keep: torch.Tensor, with_bias: bool, mode: str = "refit", damp: float = DAMP) -> Refit:
+          keep: torch.Tensor, with_bias: bool, mode: str = "refit", damp: float | None = None,
+          folds: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> Refit:
     """New weights for the kept features.
 
     ``w``: (out, features); ``b``: the current bias or None; Grams are (features+1)^2 float64;
     ``keep``: bool per feature; ``with_bias``: whether the result may have a bias (the site
     has one, or one may be added); ``mode``: "refit" (least squares) or "bias" (mean only).
+    The ridge strength is ``damp`` (relative to the mean diagonal) or, given ``folds`` (the
+    three Grams per calibration fold), the one of :data:`LAMBDAS` that predicts the
+    held-out fold best: a few hundred tokens cannot support the fit a few thousand can.
     """
     w = w.double()
     out_n, f = w.shape
@@ -52,7 +72,8 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     keep_aug = torch.cat([keep.bool(), torch.tensor([with_bias])])
     s = torch.nonzero(keep_aug).flatten()
     a0 = wa[:, s]  # pruned as is: kept columns, bias unchanged
-    before = _error(wa, hd, c, hp, a0, s, energy)
+    before = _error(wa, hd, c, hp, a0, s) / max(energy, 1e-300)
+    real = s < f
     if mode == "bias":
         a = a0.clone()
         if with_bias:
@@ -60,17 +81,16 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
             mean_d, mean_p = c[:, -1] / n, hp[:, -1] / n  # the last column of each Gram holds feature sums
             a[:, -1] += wa @ mean_d - a0 @ mean_p[s]
     else:
-        h = hp[s][:, s].clone()
-        real = s < f
-        lam = damp * float(h.diagonal()[real].mean()) if bool(real.any()) else 0.0
-        h.diagonal()[real] += max(lam, 1e-10)
-        rhs = wa @ c[:, s]  # (out, |S|)
-        a = torch.linalg.solve(h, rhs.T).T
-    after = _error(wa, hd, c, hp, a, s, energy)
+        lam = damp if damp is not None else DAMP
+        if damp is None and folds is not None and len(folds) > 1:
+            lam = min(LAMBDAS, key=lambda l: sum(
+                _error(wa, fd, fc, fp, _solve(wa, c - fc, hp - fp, s, a0, real, l), s) for fd, fc, fp in folds))
+        a = _solve(wa, c, hp, s, a0, real, lam)
+    after = _error(wa, hd, c, hp, a, s) / max(energy, 1e-300)
     if after > before:  # ill-conditioned data: never make a site worse than leaving it alone
         a, after = a0, before
     new_w = torch.zeros_like(w)
-    real_s = s[s < f]
+    real_s = s[real]
     new_w[:, real_s] = a[:, : len(real_s)]
     new_b = a[:, -1] if with_bias else None
     return Refit(new_w, new_b, before, after)

@@ -113,13 +113,20 @@ class SiteStats:
 
     site: Site
     channels: ChannelStats = field(default_factory=ChannelStats)
-    gram: Gram | None = None
+    folds: list[Gram] | None = None  # input Gram per calibration fold (batches alternate)
 
-    def add(self, x: torch.Tensor, gram: bool, valid: torch.Tensor | None = None) -> None:
+    @property
+    def gram(self) -> Gram | None:
+        """The Gram over every batch."""
+        if self.folds is None:
+            return None
+        return Gram(sum(g.m for g in self.folds if g.m is not None))
+
+    def add(self, x: torch.Tensor, gram: bool, valid: torch.Tensor | None = None, batch: int = 0) -> None:
         rows = real_rows(self.site, x, valid)
         self.channels.add(channels(self.site, x, rows))
         if gram:
             f = features(self.site, x, rows)
             if f is not None:
-                self.gram = self.gram or Gram()
-                self.gram.add(f)
+                self.folds = self.folds or [Gram(), Gram()]
+                self.folds[batch % 2].add(f)

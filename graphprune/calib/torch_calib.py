@@ -56,7 +56,7 @@ def collect(ep: torch.export.ExportedProgram, batches: list[tuple[tuple, dict]],
     def before(i: int, env: dict) -> None:
         s = at.get(i)
         if s is not None:
-            stats[s.node].add(walk.value(env, s.x), s.node in gram, walk.valid[current[0]])
+            stats[s.node].add(walk.value(env, s.x), s.node in gram, walk.valid[current[0]], current[0])
 
     current = [0]
     for k in progress(range(len(batches)), "calibrating", len(batches)):
@@ -182,8 +182,10 @@ def compensate(dg: DependencyGraph, ep: torch.export.ExportedProgram, batches: l
     if missing:
         have = dict(have, **collect(ep, batches, missing, {s.node for s in missing}))
     for s, keep in todo:
-        h = have[s.node].gram.m
-        _refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result)
+        st = have[s.node]
+        h = st.gram.m
+        folds = [(g.m, g.m, g.m) for g in st.folds if g.m is not None]
+        _refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds)
     return result
 
 
@@ -199,6 +201,7 @@ def _walk_grams(dg, ep, batches, masks, todo, tensors, add_bias, result) -> None
         if i is None:
             continue
         hd, c, hp = Gram(), Gram(), Gram()
+        folds = [(Gram(), Gram(), Gram()), (Gram(), Gram(), Gram())]
         for k in range(len(batches)):
             dense.advance(i, batch=k)
             pruned.advance(i, batch=k)
@@ -208,7 +211,12 @@ def _walk_grams(dg, ep, batches, masks, todo, tensors, add_bias, result) -> None
             hd.add(fd)
             c.add(fd, fp)
             hp.add(fp)
-        w_path, b_path, new_w, new_b = _refit_site(dg, s, keep, tensors, hd.m, c.m, hp.m, "refit", add_bias, result)
+            fold = folds[k % 2]
+            fold[0].add(fd)
+            fold[1].add(fd, fp)
+            fold[2].add(fp)
+        w_path, b_path, new_w, new_b = _refit_site(dg, s, keep, tensors, hd.m, c.m, hp.m, "refit", add_bias, result,
+                                                   [tuple(g.m for g in f) for f in folds if f[0].m is not None])
         pruned.overrides[w_path] = new_w
         if b_path is not None:
             pruned.overrides[b_path] = new_b
@@ -216,7 +224,8 @@ def _walk_grams(dg, ep, batches, masks, todo, tensors, add_bias, result) -> None
             pruned.runner.extra_bias[s.node] = (-1 if s.kind == "linear" else 1, new_b)
 
 
-def _refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add_bias, result: Compensation):
+def _refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add_bias, result: Compensation,
+                folds=None):
     """Solve one site and record its new weight (and bias) in ``result``."""
     w_path = _source(dg, s.w)
     w = torch.as_tensor(tensors[w_path])
@@ -225,7 +234,7 @@ def _refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, ad
     b_path = _source(dg, s.b) if s.b is not None else None
     b = torch.as_tensor(tensors[b_path]) if b_path is not None else None
     r = refit(wo.reshape(wo.shape[0], -1), b, hd, c, hp, keep_f, b is not None or s.node in add_bias,
-              "bias" if mode == "bias" else "refit")
+              "bias" if mode == "bias" else "refit", folds=folds)
     new_w = torch.movedim(r.w.reshape(wo.shape).to(w.dtype), (0, 1), (s.w_out, s.w_in)).contiguous()
     result.updates[w_path] = new_w
     action = "bias" if mode == "bias" else "refit"
