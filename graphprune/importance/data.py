@@ -121,6 +121,10 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, featu
             if len(blk):
                 wb = wn[:, blk]
                 cost[k] = float(np.einsum("ob,bo->", wb, np.linalg.solve(hn[np.ix_(blk, blk)], wb.T)))
+    silent = gram.diagonal()[:-1].numpy() == 0  # never nonzero on the data: removing it changes nothing,
+    for k, blk in enumerate(blocks):           # whatever the damping's ridge term would charge
+        if len(blk) and silent[blk].all():
+            cost[k] = 0.0
     return cost / max(energy, 1e-300)
 
 

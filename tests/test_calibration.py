@@ -1,0 +1,312 @@
+"""Data-aware pruning: calibration statistics, criteria, compensation.
+
+Expected values are derived from the maths (a channel that is an exact combination of
+others is recovered exactly by a refit; a constant channel by a bias), not read off the
+code under test.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.calib.refit import refit
+from graphprune.calib.sites import Site
+from graphprune.calib.stats import ChannelStats, Gram, features
+from graphprune.errors import PlanError
+
+
+def _mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+
+
+def _calib(n: int = 6, rows: int = 64, seed: int = 1) -> list[tuple[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(rows, 8, generator=g),) for _ in range(n)]
+
+
+def _rel_err(model, pruned, xs) -> float:
+    with torch.no_grad():
+        want, got = model(xs), pruned(xs)
+    return float(((got - want) ** 2).sum() / (want ** 2).sum())
+
+
+# ---- statistics -------------------------------------------------------------------------
+
+def test_running_statistics_equal_direct_sums():
+    x = torch.randn(3, 5, 7, dtype=torch.float64)
+    site = Site("n", "x", "w", None, 1, 0, -1, "linear")
+    cs, gram = ChannelStats(), Gram()
+    for part in x.split(1):
+        cs.add(part.reshape(-1, 7).float())
+        gram.add(features(site, part))
+    flat = x.reshape(-1, 7)
+    assert cs.n == 15
+    np.testing.assert_allclose(cs.sum.numpy(), flat.sum(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(cs.var.numpy(), flat.var(0, unbiased=True).numpy(), rtol=1e-4)
+    aug = torch.cat([flat, torch.ones(15, 1, dtype=torch.float64)], 1)
+    np.testing.assert_allclose(gram.m.numpy(), (aug.T @ aug).numpy(), rtol=1e-5)
+    assert gram.n == 15
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (3, 2, 0, 1), (1, 1, 0, 1), (3, 1, 2, 2)])
+def test_conv_feature_view_reproduces_the_convolution(kernel, stride, padding, dilation):
+    conv = torch.nn.Conv2d(4, 6, kernel, stride, padding, dilation)
+    x = torch.randn(2, 4, 9, 9)
+    site = Site("n", "x", "w", "b", 1, 0, 1, "conv", (kernel, kernel), (stride, stride), (padding, padding),
+                (dilation, dilation), 1)
+    f = features(site, x)
+    w = torch.cat([conv.weight.reshape(6, -1), conv.bias[:, None]], 1)
+    with torch.no_grad():
+        y = conv(x)
+    got = (f @ w.T).reshape(2, -1, 6)  # samples are (batch, position)
+    np.testing.assert_allclose(got.detach().numpy(), y.flatten(2).transpose(1, 2).numpy(), atol=1e-5)
+
+
+# ---- the refit -----------------------------------------------------------------------------
+
+def test_refit_recovers_a_channel_that_is_a_combination_of_kept_ones():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 4, generator=g, dtype=torch.float64)
+    x[:, 3] = 2 * x[:, 1] + x[:, 2]  # channel 3 carries nothing new
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    f = torch.cat([x, torch.ones(400, 1, dtype=torch.float64)], 1)
+    h = f.T @ f
+    keep = torch.tensor([True, True, True, False])
+    r = refit(w, None, h, h, h, keep, with_bias=False, damp=1e-9)
+    want = w.clone()
+    want[:, 1] += 2 * w[:, 3]
+    want[:, 2] += w[:, 3]
+    want[:, 3] = 0
+    np.testing.assert_allclose(r.w.numpy(), want.numpy(), atol=1e-5)
+    assert r.error_before > 0.01 and r.error_after < 1e-9
+
+
+def test_bias_compensation_absorbs_a_constant_channel():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    x[:, 2] = 1.5  # a constant channel: removing it shifts every output by w[:, 2] * 1.5
+    w = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    f = torch.cat([x, torch.ones(300, 1, dtype=torch.float64)], 1)
+    h = f.T @ f
+    r = refit(w, b, h, h, h, torch.tensor([True, True, False]), with_bias=True, mode="bias")
+    np.testing.assert_allclose(r.b.numpy(), (b + 1.5 * w[:, 2]).numpy(), atol=1e-9)
+    np.testing.assert_allclose(r.w[:, :2].numpy(), w[:, :2].numpy())
+    assert r.error_after < 1e-12 < r.error_before
+
+
+def test_refit_never_makes_a_layer_worse():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 6, generator=g, dtype=torch.float64)  # fewer samples than a good fit needs
+    w = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    f = torch.cat([x, torch.ones(20, 1, dtype=torch.float64)], 1)
+    h = f.T @ f
+    for damp in (1e-6, 1e-2, 10.0):
+        r = refit(w, None, h, h, h, torch.tensor([True, False, True, False, True, True]), False, damp=damp)
+        assert r.error_after <= r.error_before
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compensate", ["refit", "sequential", "bias"])
+def test_compensation_lowers_the_error_on_calibration_data(compensate):
+    model, calib = _mlp(), _calib()
+    xs = torch.cat([c[0] for c in calib])
+    plain, _ = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, importance="activation", calib=calib,
+                        compensate=False)
+    comp, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, importance="activation", calib=calib,
+                            compensate=compensate, verify=True)
+    assert report.oracle.passed  # the oracle holds the plan, without compensation
+    assert [s.weight for s in report.compensation.sites] == ["2.weight"]
+    assert _rel_err(model, comp, xs) < _rel_err(model, plain, xs)
+    site = report.compensation.sites[0]
+    # the reported calibration errors are the model's own, measured here independently
+    assert site.error_before == pytest.approx(_rel_err(model, plain, xs), rel=1e-3)
+    assert site.error_after == pytest.approx(_rel_err(model, comp, xs), rel=1e-3)
+
+
+def test_add_bias_gives_a_bias_free_layer_one():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4, bias=False)).eval()
+    calib = _calib()
+    pruned, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, add_bias=True)
+    assert pruned[2].bias is not None and pruned[2].bias.shape == (4,)
+    assert report.compensation.sites[0].action == "refit + new bias"
+    assert report.params_after == 8 * 16 + 16 + 16 * 4 + 4
+    kept, _ = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib)
+    assert kept[2].bias is None
+
+
+def test_cnn_compensation_and_oracle():
+    from models import build
+
+    torch.manual_seed(0)
+    model, args = build("resnet18")
+    model.eval()
+    g = torch.Generator().manual_seed(5)
+    calib = [(torch.randn(args[0].shape, generator=g),) for _ in range(4)]
+    pruned, report = gp.prune(copy.deepcopy(model), args, ratio=0.3, calib=calib, verify=True)
+    assert report.importance == "obs"
+    assert report.oracle.passed, report.oracle
+    assert report.compensation.sites and all(s.error_after <= s.error_before for s in report.compensation.sites)
+    with torch.no_grad():
+        assert pruned(*args).shape == model(*args).shape
+
+
+def test_sequential_walk_predicts_the_pruned_model_exactly():
+    """Each layer's reported error is computed from the walk's Grams; it must equal the error
+    of the finished model at that layer, so the walk reads every refit made before it."""
+    import transformers
+
+    from models.hf import _llama
+
+    torch.manual_seed(0)
+    model = _llama(transformers).eval()
+    calib = [gp.hf.example_inputs(model, batch=2, seq_len=16, seed=s) for s in range(4)]
+    original = copy.deepcopy(model)
+    pruned, report = gp.hf.prune(model, ratio=0.5, targets=("heads", "ffn"), importance="activation", calib=calib,
+                                 compensate="sequential")
+    outs: dict[str, list] = {}
+    for tag, m in (("o", original), ("p", pruned)):
+        for name, mod in m.named_modules():
+            if name.endswith(("o_proj", "down_proj")):
+                mod.register_forward_hook(lambda _m, _i, y, key=(tag, name): outs.setdefault(key, []).append(y))
+    with torch.no_grad():
+        for c in calib:
+            original(**c)
+            pruned(**c)
+    assert len(report.compensation.sites) == 4
+    for site in report.compensation.sites:
+        name = site.weight.rsplit(".", 1)[0]
+        want, got = torch.cat(outs[("o", name)]), torch.cat(outs[("p", name)])
+        measured = float(((got - want) ** 2).sum() / (want ** 2).sum())
+        assert site.error_after == pytest.approx(measured, rel=1e-3, abs=1e-6), site
+
+
+# ---- criteria ----------------------------------------------------------------------------------
+
+def test_every_criterion_ranks_every_group():
+    model, calib = _mlp(), _calib()
+    graph = gp.trace(model, calib[0])
+
+    def loss_fn(out, batch):
+        return out.pow(2).mean()
+
+    for name in gp.CRITERIA:
+        plan = gp.plan(graph, model, ratio=0.5, importance=name, calib=calib, loss_fn=loss_fn)
+        assert [len(v) for v in plan.pruned.values()] == [16], name
+
+
+def test_lamp_keeps_the_same_channels_as_l2():
+    # LAMP divides by a sum over the not-smaller scores: monotone within a group, so the
+    # same channels go as with l2 (it differs only when groups compete globally)
+    model, calib = _mlp(), _calib()
+    graph = gp.trace(model, calib[0])
+    assert gp.plan(graph, model, 0.5, "lamp").pruned == gp.plan(graph, model, 0.5, "l2").pruned
+
+
+def test_bn_scale_prunes_the_smallest_gammas():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([5.0, 0.1, 3.0, -0.2, 4.0, 0.05, -6.0, 0.3]))
+    x = torch.randn(1, 3, 12, 12)
+    plan = gp.plan(gp.trace(model, (x,)), model, ratio=0.5, importance="bn_scale")
+    assert list(plan.pruned.values()) == [[1, 3, 5, 7]]
+
+
+def test_activation_criterion_sees_dead_inputs():
+    # hidden unit j is dead on the calibration data (its pre-activation is always negative):
+    # its weights are large, but a data-aware criterion must drop it first
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[5] = 0.0
+        model[0].bias[5] = -10.0
+        model[2].weight[:, 5] = 100.0
+    calib = _calib()
+    graph = gp.trace(model, calib[0])
+    assert 5 not in gp.plan(graph, model, 0.25, "l2").pruned[next(iter(graph.prunable_groups())).id]
+    for name in ("activation", "fluctuation", "obs"):
+        assert 5 in next(iter(gp.plan(graph, model, 0.25, name, calib=calib).pruned.values())), name
+
+
+def test_a_criterion_of_your_own_in_one_line():
+    @gp.register_importance("test_reverse_index")
+    def reverse(ctx, groups):
+        return {g.id: -np.arange(g.size, dtype=float) for g in groups}
+
+    try:
+        model, calib = _mlp(), _calib()
+        _, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.25, importance="test_reverse_index")
+        assert list(report.plan.pruned.values()) == [list(range(24, 32))]
+    finally:
+        gp.CRITERIA.pop("test_reverse_index")
+
+
+def test_auto_picks_by_what_was_given():
+    from graphprune.api import resolve_importance
+
+    assert resolve_importance("auto", None, None) == "l2"
+    assert resolve_importance("auto", [1], None) == "obs"
+    assert resolve_importance("auto", [1], False) == "activation"
+    assert resolve_importance("fluctuation", [1], None) == "fluctuation"
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+def test_calibration_errors_say_what_to_pass():
+    model, calib = _mlp(), _calib()
+    graph = gp.trace(model, calib[0])
+    with pytest.raises(PlanError, match="calib="):
+        gp.plan(graph, model, 0.5, "activation")
+    with pytest.raises(PlanError, match="loss"):
+        gp.plan(graph, model, 0.5, "taylor", calib=calib)
+    with pytest.raises(PlanError, match=r"input shapes \[\(5, 8\)\].*traced with \[\(64, 8\)\]"):
+        gp.plan(graph, model, 0.5, "activation", calib=[(torch.randn(5, 8),)])
+    with pytest.raises(PlanError, match="compensation needs calibration data"):
+        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, compensate=True)
+    with pytest.raises(PlanError, match="unknown importance 'nope'"):
+        gp.plan(graph, model, 0.5, "nope")
+    with pytest.raises(PlanError, match="no batches"):
+        gp.plan(graph, model, 0.5, "activation", calib=[])
+    with pytest.raises(PlanError, match="compensate must be"):
+        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, compensate="maybe")
+
+
+# ---- transformers ------------------------------------------------------------------------------
+
+def test_hf_calibrated_prune_with_new_biases_reloads(tmp_path):
+    import transformers
+
+    from models.hf import _llama
+
+    torch.manual_seed(0)
+    model = _llama(transformers).eval()
+    calib = [gp.hf.example_inputs(model, batch=2, seq_len=16, seed=s) for s in range(4)]
+    model, report = gp.hf.prune(model, ratio=0.5, targets=("heads", "ffn"), calib=calib, add_bias=True)
+    assert report.importance == "obs"
+    assert all(layer.mlp.down_proj.bias is not None for layer in model.model.layers)
+    assert not report.sync.loadable and "bias" in report.sync.reason
+    gp.save_pruned(model, tmp_path)
+    again = gp.load_pruned(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(**calib[0]).logits, model(**calib[0]).logits)
+
+
+def test_hf_taylor_uses_the_causal_lm_loss():
+    import transformers
+
+    from models.hf import _llama
+
+    torch.manual_seed(0)
+    model = _llama(transformers).eval()
+    calib = [gp.hf.example_inputs(model, batch=2, seq_len=16, seed=s) for s in range(2)]
+    model, report = gp.hf.prune(model, ratio=0.5, targets="ffn", importance="taylor", calib=calib, compensate=False)
+    assert report.importance == "taylor" and report.groups_pruned == 2
+    assert all(layer.mlp.up_proj.out_features == 64 for layer in model.model.layers)
