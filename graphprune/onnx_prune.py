@@ -156,41 +156,93 @@ def latency_ms(model: onnx.ModelProto, feeds: dict, repeat: int = 30) -> float:
     return statistics.median(times)
 
 
-def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "l2", round_to: int = 1,
+def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "auto", round_to: int = 1,
               ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
-              targets: Iterable[str] | str | None = None) -> PrunePlan:
-    from .importance import ScoreContext, score_groups
+              targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
+              notes: list[str] | None = None, _ctx: list | None = None) -> PrunePlan:
+    """Rank and plan like :func:`graphprune.plan`, for a model loaded with :func:`graphprune.load_onnx`;
+    data-aware criteria run the calibration batches in onnxruntime."""
+    from .api import resolve_importance
+    from .calib.onnx_calib import collect_onnx, initializer_tensors, onnx_batches
+    from .calib.sites import find_sites, sites_by_group
+    from .calib.stats import gram_sites
+    from .importance import CRITERIA, ScoreContext, score_groups
 
     check_ratio(ratio)
-    importance = "l2" if importance == "auto" else importance
-    model = dg.extra["onnx"]
-    tensors = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer
-               if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
+    name = resolve_importance(importance, calib, compensate)
     groups = select_groups(dg, roles, ignore, targets)
-    return make_plan(groups, score_groups(importance, ScoreContext(dg, tensors), groups), ratio, round_to)
+    ctx = ScoreContext(dg, initializer_tensors(dg))
+    crit = CRITERIA.get(name)
+    if crit is not None and crit.needs == "grad":
+        raise PlanError(f"importance '{name}' needs gradients, which an ONNX model does not give; use obs, "
+                        "activation or fluctuation with calib=, or a weight criterion")
+    if crit is not None and crit.needs == "calib" and calib is not None:
+        sites = find_sites(dg)
+        ctx.sites_of = sites_by_group(dg, sites, [g.id for g in groups])
+        wanted = list({s.node: s for ss in ctx.sites_of.values() for s in ss}.values())
+        gram = gram_sites(dg, wanted, ctx.notes) if name == "obs" else set()
+        ctx.stats = collect_onnx(dg.extra["onnx"], onnx_batches(dg.extra["onnx"], calib), wanted, gram)
+    plan = make_plan(groups, score_groups(name, ctx, groups), ratio, round_to)
+    if notes is not None:
+        notes.extend(ctx.notes)
+    if _ctx is not None:
+        _ctx.append((name, ctx))
+    return plan
 
 
-def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.3, importance: str = "l2",
+def compensate_onnx(dg: DependencyGraph, plan: PrunePlan, calib, mode: str, stats=None):
+    """Refit every layer that loses input channels (Grams of the original model, from onnxruntime)."""
+    from .calib.compensate import Compensation, affected_sites, refit_from_stats
+    from .calib.onnx_calib import collect_onnx, initializer_tensors, onnx_batches
+    from .calib.sites import find_sites
+
+    result = Compensation()
+    todo = affected_sites(dg, plan, find_sites(dg), result)
+    have = dict(stats or {})
+    missing = [s for s, _ in todo if have.get(s.node) is None or have[s.node].gram is None]
+    if missing:
+        have.update(collect_onnx(dg.extra["onnx"], onnx_batches(dg.extra["onnx"], calib), missing,
+                                 {s.node for s in missing}))
+    refit_from_stats(dg, todo, initializer_tensors(dg), have, mode, set(), result)
+    return result
+
+
+def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.3, importance: str = "auto",
                round_to: int = 8, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
-               targets: Iterable[str] | str | None = None) -> OnnxPruneReport:
+               targets: Iterable[str] | str | None = None, calib=None,
+               compensate: bool | str | None = None) -> OnnxPruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes.
 
     ``round_to`` defaults to 8: onnxruntime's CPU convolutions run channel counts that
     are not multiples of 8 far slower (docs/benchmarks.md), which can erase the savings.
+    ``calib``: batches of inputs (dicts by input name, or tuples in input order) run in
+    onnxruntime: channels are ranked from data and, unless ``compensate=False``, the layers
+    that lose inputs are refit (their initializers change; the oracle checks the plan
+    without compensation).
 
     Example:
         >>> report = graphprune.prune_onnx("model.onnx", "slim.onnx", ratio=0.3)   # doctest: +SKIP
         >>> print(report)                                                         # doctest: +SKIP
     """
-    from .api import load_onnx
+    from .api import _compensation_mode, load_onnx
 
     check_ratio(ratio)
+    mode = _compensation_mode(compensate, calib)
+    if mode == "sequential":
+        raise PlanError("compensate='sequential' runs the traced torch program; ONNX models take 'refit' or 'bias'")
     dst = Path(dst)
     dg = load_onnx(src)
     model = dg.extra["onnx"]
-    plan = plan_onnx(dg, ratio, importance, round_to, ignore, roles, targets)
-    pruned = apply_plan_onnx(model, dg, plan)
+    notes: list[str] = []
+    got: list = []
+    plan = plan_onnx(dg, ratio, importance, round_to, ignore, roles, targets, calib, compensate, notes, got)
+    name, ctx = got[0]
+    comp = None
+    if mode is not None and not plan.empty:
+        comp = compensate_onnx(dg, plan, calib, mode, ctx.stats)
+    updates = {k: v.numpy() for k, v in comp.updates.items()} if comp is not None else None
+    pruned = apply_plan_onnx(model, dg, plan, updates)
     try:
         onnx.checker.check_model(pruned, full_check=True)
     except Exception as exc:
@@ -208,7 +260,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     report = OnnxPruneReport(count_params(dg.ir), count_params(dg.ir, shape_after), count_macs(dg.ir),
                              count_macs(dg.ir, shape_after),
                              {gid: (size - len(plan.pruned.get(gid, [])), size) for gid, size in plan.sizes.items()},
-                             plan, oracle, path=str(dst))
+                             plan, oracle, importance=name, compensation=comp, notes=notes, path=str(dst))
     if measure_latency:
         report.latency_before_ms, report.latency_after_ms = latency_ms(model, feeds), latency_ms(pruned, feeds)
     write_atomic(pruned, dst)

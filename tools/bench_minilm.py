@@ -105,12 +105,21 @@ def n_params(model: torch.nn.Module) -> int:
 
 # --- the two pruners ---------------------------------------------------------------------
 
-def prune_graphprune(model: torch.nn.Module, ratio: float, importance: str) -> torch.nn.Module:
+def prune_graphprune(model: torch.nn.Module, ratio: float, importance: str, calib: list | None = None,
+                     compensate: bool = False) -> torch.nn.Module:
     import graphprune as gp
 
     # graphprune.hf.prune also syncs num_attention_heads/all_head_size and the config
-    model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=importance)
+    model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=importance, calib=calib,
+                                compensate=compensate if calib is not None else False)
     return model
+
+
+def calibration_batches(tok, sentences: list[str], batch: int = 16) -> list[dict]:
+    """Batches of one shape (the traced program is static): padded to 64 tokens; padding
+    positions are left out of graphprune's statistics through the attention mask."""
+    enc = dict(tok(sentences, padding="max_length", truncation=True, max_length=64, return_tensors="pt"))
+    return [{k: v[i:i + batch] for k, v in enc.items()} for i in range(0, len(sentences), batch)]
 
 
 # What Torch-Pruning needs written by hand for this model (reported in the markdown).
@@ -267,8 +276,13 @@ def markdown(rows: list[dict], base_params: int, n_sent: int, ns, notes: list[st
         "",
         "Pruned: in every layer, the given fraction of the attention heads (whole heads: 12 -> 9 at 25%, "
         "12 -> 6 at 50%) and of the FFN units; the hidden size stays 384, so pruned and original "
-        "embeddings are directly comparable. **One shot, no fine-tuning, no calibration data**: the "
-        "importance is weight magnitude only (`random` is the floor).",
+        "embeddings are directly comparable. **One shot, no fine-tuning.** Rows without `calib` use weights "
+        "only (`random` is the floor); rows with `calib` rank channels from "
+        f"{ns.calib} calibration sentences (the next {ns.calib} prose sentences of the same source, disjoint from "
+        "the evaluated ones, padded to 64 tokens in batches of 16; padding is left out of the statistics); "
+        "`+ refit` also refits each layer that lost input channels (ridge least squares toward the original "
+        "layer output, strength chosen by 2-fold cross-validation). `taylor` and `hessian` need a loss, which "
+        "a sentence embedder does not have, so they are in the LLM benchmark (docs/llm_pruning.md) only.",
         "",
         "Metrics, pruned model against the original: cosine similarity of each sentence's two embeddings "
         "(mean and worst sentence); NN agreement, the share of sentences whose nearest other sentence "
@@ -307,7 +321,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--sentences", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3, help="prune this many fresh copies; the time is their median")
+    p.add_argument("--calib", type=int, default=64, help="calibration sentences, disjoint from the evaluated ones")
+    p.add_argument("--criteria", nargs="+", default=["auto", "obs", "activation", "fluctuation", "l2"],
+                   help="data-aware and other criteria run with calibration data, with and without compensation")
+    p.add_argument("--repeats", type=int, default=1, help="prune this many fresh copies; the time is their median")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 by default: on a shared machine more threads make the times erratic)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "minilm_fidelity.md", help="markdown report")
@@ -320,9 +337,10 @@ def main() -> int:
 
     from graphprune.report import table
 
-    sentences = load_sentences(ns.sentences)
-    if len(sentences) < ns.sentences:
-        log(f"note: only {len(sentences)} sentences available")
+    pool = load_sentences(ns.sentences + ns.calib)
+    sentences, calib_sentences = pool[:ns.sentences], pool[ns.sentences:]
+    if len(sentences) < ns.sentences or len(calib_sentences) < ns.calib:
+        log(f"note: only {len(pool)} sentences available")
     tok = AutoTokenizer.from_pretrained(model_path())
     batch = dict(tok(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt"))
     original = load_model()
@@ -331,9 +349,15 @@ def main() -> int:
     n = len(sentences)
     unrelated = ((ref @ ref.T).sum() - n).item() / (n * n - n)  # mean cosine of two different sentences
 
+    calib = calibration_batches(tok, calib_sentences)
     methods = [("graphprune l2", lambda m, r: prune_graphprune(m, r, "l2")),
                ("graphprune l1", lambda m, r: prune_graphprune(m, r, "l1")),
                ("graphprune random", lambda m, r: prune_graphprune(m, r, "random"))]
+    for crit in ns.criteria:
+        if crit != "auto":
+            methods.append((f"graphprune {crit}, calib", lambda m, r, c=crit: prune_graphprune(m, r, c, calib)))
+        methods.append((f"graphprune {crit}, calib + refit",
+                        lambda m, r, c=crit: prune_graphprune(m, r, c, calib, True)))
     have_tp = tp_available()
     if have_tp:
         methods.append(("torch-pruning l2", prune_torch_pruning))

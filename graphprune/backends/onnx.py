@@ -134,17 +134,25 @@ def vector_lengths(dg: DependencyGraph) -> dict[str, int]:
     return {v.name: v.shape[0] for v in dg.ir.values.values() if v.rank == 1 and isinstance(v.shape[0], int)}
 
 
-def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan) -> onnx.ModelProto:
-    """A pruned copy of ``model`` (which must be the model ``dg`` was loaded from)."""
+def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan,
+                    updates: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """A pruned copy of ``model`` (which must be the model ``dg`` was loaded from).
+
+    ``updates`` (initializer name -> new values of the original shape, from compensation)
+    replace an initializer's values before it is sliced; the dtype stays the initializer's.
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     m = _Model(out, vector_lengths(dg))
     masks = keep_masks(dg, plan)
+    updates = updates or {}
     for v in dg.ir.params():
         dims = [(d, masks[(v.name, d)]) for d in range(v.rank) if (v.name, d) in masks]
-        if not dims or v.name not in m.inits:
+        if (not dims and v.name not in updates) or v.name not in m.inits:
             continue
         arr = numpy_helper.to_array(m.inits[v.name])
+        if v.name in updates:
+            arr = np.asarray(updates[v.name]).astype(arr.dtype).reshape(arr.shape)
         for d, mask in dims:
             arr = np.take(arr, np.flatnonzero(mask), axis=d)
         m.inits[v.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), v.name))

@@ -130,3 +130,21 @@ class SiteStats:
             if f is not None:
                 self.folds = self.folds or [Gram(), Gram()]
                 self.folds[batch % 2].add(f)
+
+
+GRAM_BUDGET = 4 << 30  # bytes of input Grams calibration may hold at once for scoring
+
+
+def gram_sites(dg, sites, notes: list[str]) -> set[str]:
+    """The sites whose input Gram a reconstruction-aware score needs, unless they would hold
+    more than :data:`GRAM_BUDGET` bytes (then none, and ``notes`` says so)."""
+    out, size = set(), 0
+    for s in sites:
+        if refittable(s):
+            d = dg.ir.values[s.w].shape[s.w_in] * s.window + 1
+            size += 2 * 8 * d * d  # two folds, float64
+            out.add(s.node)
+    if size > GRAM_BUDGET:
+        notes.append(f"obs needs {size / 2**30:.1f} GiB of input Grams; scored by activation instead")
+        return set()
+    return out

@@ -9,7 +9,6 @@ so the cost grows linearly with depth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -19,9 +18,9 @@ from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..planner import PrunePlan, keep_masks
 from ..progress import progress
-from .refit import refit
+from .compensate import Compensation, affected_sites, refit_from_stats, refit_site
 from .sites import Site
-from .stats import Gram, SiteStats, features, real_rows, refittable
+from .stats import Gram, SiteStats, features, real_rows
 from .torch_run import Walk
 
 
@@ -116,33 +115,6 @@ def _aliases(model: torch.nn.Module) -> dict[int, list[str]]:
     return by_id
 
 
-@dataclass
-class SiteRefit:
-    """What compensation did at one site."""
-
-    node: str
-    weight: str  # parameter path
-    action: str  # "refit", "refit + new bias", "bias", "new bias"
-    error_before: float
-    error_after: float
-
-
-@dataclass
-class Compensation:
-    """Weight updates (full original shapes; zeros where the plan removes) and new biases."""
-
-    updates: dict[str, torch.Tensor] = field(default_factory=dict)
-    new_biases: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)  # node -> (out value, bias)
-    sites: list[SiteRefit] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    bias_modules: list[str] = field(default_factory=list)  # modules that were given a bias
-
-
-def _source(dg: DependencyGraph, value: str) -> str:
-    v = dg.ir.values[value]
-    return v.source or v.name
-
-
 def compensate(dg: DependencyGraph, ep: torch.export.ExportedProgram, batches: list[tuple[tuple, dict]],
                plan: PrunePlan, sites: list[Site], tensors: dict[str, np.ndarray], mode: str = "refit",
                add_bias: set[str] = frozenset(), stats: dict[str, SiteStats] | None = None) -> Compensation:
@@ -156,36 +128,16 @@ def compensate(dg: DependencyGraph, ep: torch.export.ExportedProgram, batches: l
     corrects upstream error, but measured worse on MiniLM and SmolLM2: docs/calibration.md);
     "bias" only folds the mean error into the bias.
     """
-    masks = keep_masks(dg, plan)
     result = Compensation()
-    uses: dict[str, int] = {}
-    for s in sites:
-        uses[_source(dg, s.w)] = uses.get(_source(dg, s.w), 0) + 1
-    order = {n.name: i for i, n in enumerate(dg.ir.nodes)}
-    todo: list[tuple[Site, np.ndarray]] = []
-    for s in sorted(sites, key=lambda s: order[s.node]):
-        key = (s.x, s.x_dim % dg.ir.values[s.x].rank)
-        if key not in masks:
-            continue
-        w_path = _source(dg, s.w)
-        if not refittable(s):
-            result.skipped.append(f"{w_path}: grouped or 3-D convolution, not refit")
-        elif uses[w_path] > 1 or len(dg.ir.aliases.get(w_path, [w_path])) > 1:
-            result.skipped.append(f"{w_path}: weight shared with another op, not refit")
-        else:
-            todo.append((s, masks[key]))
+    todo = affected_sites(dg, plan, sites, result)
     if mode == "sequential":
-        _walk_grams(dg, ep, batches, masks, todo, tensors, add_bias, result)
+        _walk_grams(dg, ep, batches, keep_masks(dg, plan), todo, tensors, add_bias, result)
         return result
     have = stats or {}
     missing = [s for s, _ in todo if have.get(s.node) is None or have[s.node].gram is None]
     if missing:
         have = dict(have, **collect(ep, batches, missing, {s.node for s in missing}))
-    for s, keep in todo:
-        st = have[s.node]
-        h = st.gram.m
-        folds = [(g.m, g.m, g.m) for g in st.folds if g.m is not None]
-        _refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds)
+    refit_from_stats(dg, todo, tensors, have, mode, add_bias, result)
     return result
 
 
@@ -215,35 +167,10 @@ def _walk_grams(dg, ep, batches, masks, todo, tensors, add_bias, result) -> None
             fold[0].add(fd)
             fold[1].add(fd, fp)
             fold[2].add(fp)
-        w_path, b_path, new_w, new_b = _refit_site(dg, s, keep, tensors, hd.m, c.m, hp.m, "refit", add_bias, result,
+        w_path, b_path, new_w, new_b = refit_site(dg, s, keep, tensors, hd.m, c.m, hp.m, "refit", add_bias, result,
                                                    [tuple(g.m for g in f) for f in folds if f[0].m is not None])
         pruned.overrides[w_path] = new_w
         if b_path is not None:
             pruned.overrides[b_path] = new_b
         elif new_b is not None:
             pruned.runner.extra_bias[s.node] = (-1 if s.kind == "linear" else 1, new_b)
-
-
-def _refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add_bias, result: Compensation,
-                folds=None):
-    """Solve one site and record its new weight (and bias) in ``result``."""
-    w_path = _source(dg, s.w)
-    w = torch.as_tensor(tensors[w_path])
-    wo = torch.movedim(w, (s.w_out, s.w_in), (0, 1))
-    keep_f = torch.as_tensor(np.repeat(keep, s.window))
-    b_path = _source(dg, s.b) if s.b is not None else None
-    b = torch.as_tensor(tensors[b_path]) if b_path is not None else None
-    r = refit(wo.reshape(wo.shape[0], -1), b, hd, c, hp, keep_f, b is not None or s.node in add_bias,
-              "bias" if mode == "bias" else "refit", folds=folds)
-    new_w = torch.movedim(r.w.reshape(wo.shape).to(w.dtype), (0, 1), (s.w_out, s.w_in)).contiguous()
-    result.updates[w_path] = new_w
-    action = "bias" if mode == "bias" else "refit"
-    new_b = r.b.to(w.dtype) if r.b is not None else None
-    if new_b is not None and b_path is not None:
-        result.updates[b_path] = new_b
-    elif new_b is not None:
-        out_value = next(n.outputs[0] for n in dg.ir.nodes if n.name == s.node)
-        result.new_biases[s.node] = (out_value, new_b)
-        action += " + new bias"
-    result.sites.append(SiteRefit(s.node, w_path, action, r.error_before, r.error_after))
-    return w_path, b_path, new_w, new_b

@@ -1,0 +1,103 @@
+"""Compensation, front-end neutral: which sites to refit, and the refit of each from its Grams.
+
+The torch and ONNX paths gather the Grams their own way (the traced program's interpreter,
+onnxruntime); what to refit and how is decided here once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..graph import DependencyGraph
+from ..planner import PrunePlan, keep_masks
+from .refit import refit
+from .sites import Site
+from .stats import SiteStats, refittable
+
+
+@dataclass
+class SiteRefit:
+    """What compensation did at one site."""
+
+    node: str
+    weight: str  # parameter path
+    action: str  # "refit", "refit + new bias", "bias", "new bias"
+    error_before: float
+    error_after: float
+
+
+@dataclass
+class Compensation:
+    """Weight updates (full original shapes; zeros where the plan removes) and new biases."""
+
+    updates: dict[str, torch.Tensor] = field(default_factory=dict)
+    new_biases: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)  # node -> (out value, bias)
+    sites: list[SiteRefit] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bias_modules: list[str] = field(default_factory=list)  # modules that were given a bias
+
+
+def source(dg: DependencyGraph, value: str) -> str:
+    v = dg.ir.values[value]
+    return v.source or v.name
+
+
+def affected_sites(dg: DependencyGraph, plan: PrunePlan, sites: list[Site],
+                   result: Compensation) -> list[tuple[Site, np.ndarray]]:
+    """Sites whose input loses channels under ``plan``, in graph order, with their kept-channel
+    masks; the ones that cannot be refit are noted in ``result.skipped``."""
+    masks = keep_masks(dg, plan)
+    uses: dict[str, int] = {}
+    for s in sites:
+        uses[source(dg, s.w)] = uses.get(source(dg, s.w), 0) + 1
+    order = {n.name: i for i, n in enumerate(dg.ir.nodes)}
+    todo: list[tuple[Site, np.ndarray]] = []
+    for s in sorted(sites, key=lambda s: order[s.node]):
+        key = (s.x, s.x_dim % dg.ir.values[s.x].rank)
+        if key not in masks:
+            continue
+        w_path = source(dg, s.w)
+        if not refittable(s):
+            result.skipped.append(f"{w_path}: grouped or 3-D convolution, not refit")
+        elif uses[w_path] > 1 or len(dg.ir.aliases.get(w_path, [w_path])) > 1:
+            result.skipped.append(f"{w_path}: weight shared with another op, not refit")
+        else:
+            todo.append((s, masks[key]))
+    return todo
+
+
+def refit_from_stats(dg: DependencyGraph, todo: list[tuple[Site, np.ndarray]], tensors, stats: dict[str, SiteStats],
+                     mode: str, add_bias: set[str], result: Compensation) -> None:
+    """Refit each site to the original model's output from the original model's kept inputs."""
+    for s, keep in todo:
+        st = stats[s.node]
+        h = st.gram.m
+        folds = [(g.m, g.m, g.m) for g in st.folds if g.m is not None]
+        refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds)
+
+
+def refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add_bias, result: Compensation,
+                folds=None):
+    """Solve one site and record its new weight (and bias) in ``result``."""
+    w_path = source(dg, s.w)
+    w = torch.as_tensor(tensors[w_path])
+    wo = torch.movedim(w, (s.w_out, s.w_in), (0, 1))
+    keep_f = torch.as_tensor(np.repeat(keep, s.window))
+    b_path = source(dg, s.b) if s.b is not None else None
+    b = torch.as_tensor(tensors[b_path]) if b_path is not None else None
+    r = refit(wo.reshape(wo.shape[0], -1), b, hd, c, hp, keep_f, b is not None or s.node in add_bias,
+              "bias" if mode == "bias" else "refit", folds=folds)
+    new_w = torch.movedim(r.w.reshape(wo.shape).to(w.dtype), (0, 1), (s.w_out, s.w_in)).contiguous()
+    result.updates[w_path] = new_w
+    action = "bias" if mode == "bias" else "refit"
+    new_b = r.b.to(w.dtype) if r.b is not None else None
+    if new_b is not None and b_path is not None:
+        result.updates[b_path] = new_b
+    elif new_b is not None:
+        out_value = next(n.outputs[0] for n in dg.ir.nodes if n.name == s.node)
+        result.new_biases[s.node] = (out_value, new_b)
+        action += " + new bias"
+    result.sites.append(SiteRefit(s.node, w_path, action, r.error_before, r.error_after))
+    return w_path, b_path, new_w, new_b
