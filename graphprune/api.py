@@ -83,10 +83,8 @@ def batches_of(calib) -> list[tuple[tuple, dict]]:
 def score_context(graph: DependencyGraph, model: torch.nn.Module, groups, importance: str,
                   batches: list | None, loss_fn=None):
     """What the criterion reads: weights, and statistics / gradients from the calibration batches."""
-    from .calib.sites import find_sites, sites_by_group
-    from .calib.stats import gram_sites
     from .calib.torch_calib import check_shapes, collect, gradients
-    from .importance import CRITERIA, ScoreContext
+    from .importance import CRITERIA, ScoreContext, attach_stats
 
     ctx = ScoreContext(graph, _tensors(model))
     crit = CRITERIA.get(importance)
@@ -97,11 +95,7 @@ def score_context(graph: DependencyGraph, model: torch.nn.Module, groups, import
     if crit.needs == "grad":
         ctx.grads = gradients(model, batches, loss_fn)
         return ctx
-    sites = find_sites(graph)
-    ctx.sites_of = sites_by_group(graph, sites, [g.id for g in groups])
-    wanted = {s.node: s for ss in ctx.sites_of.values() for s in ss}
-    gram = gram_sites(graph, wanted.values(), ctx.notes) if importance == "obs" else set()
-    ctx.stats = collect(ep, batches, list(wanted.values()), gram)
+    attach_stats(ctx, groups, importance, lambda sites, gram: collect(ep, batches, sites, gram))
     return ctx
 
 

@@ -164,9 +164,7 @@ def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "auto",
     data-aware criteria run the calibration batches in onnxruntime."""
     from .api import resolve_importance
     from .calib.onnx_calib import collect_onnx, initializer_tensors, onnx_batches
-    from .calib.sites import find_sites, sites_by_group
-    from .calib.stats import gram_sites
-    from .importance import CRITERIA, ScoreContext, score_groups
+    from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 
     check_ratio(ratio)
     name = resolve_importance(importance, calib, compensate)
@@ -177,11 +175,8 @@ def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "auto",
         raise PlanError(f"importance '{name}' needs gradients, which an ONNX model does not give; use obs, "
                         "activation or fluctuation with calib=, or a weight criterion")
     if crit is not None and crit.needs == "calib" and calib is not None:
-        sites = find_sites(dg)
-        ctx.sites_of = sites_by_group(dg, sites, [g.id for g in groups])
-        wanted = list({s.node: s for ss in ctx.sites_of.values() for s in ss}.values())
-        gram = gram_sites(dg, wanted, ctx.notes) if name == "obs" else set()
-        ctx.stats = collect_onnx(dg.extra["onnx"], onnx_batches(dg.extra["onnx"], calib), wanted, gram)
+        batches = onnx_batches(dg.extra["onnx"], calib)
+        attach_stats(ctx, groups, name, lambda sites, gram: collect_onnx(dg.extra["onnx"], batches, sites, gram))
     plan = make_plan(groups, score_groups(name, ctx, groups), ratio, round_to)
     if notes is not None:
         notes.extend(ctx.notes)

@@ -66,6 +66,19 @@ def register_importance(name: str, needs: str = "") -> Callable:
     return deco
 
 
+def attach_stats(ctx: ScoreContext, groups: list[Group], name: str, collect) -> None:
+    """Fill ``ctx.stats`` for the sites of ``groups``: ``collect(sites, gram_nodes)`` runs the
+    model over the calibration batches (the traced program, or onnxruntime); Grams only where
+    the ``obs`` criterion needs them."""
+    from ..calib.sites import find_sites, sites_by_group
+    from ..calib.stats import gram_sites
+
+    ctx.sites_of = sites_by_group(ctx.dg, find_sites(ctx.dg), [g.id for g in groups])
+    wanted = list({s.node: s for ss in ctx.sites_of.values() for s in ss}.values())
+    gram = gram_sites(ctx.dg, wanted, ctx.notes) if name == "obs" else set()
+    ctx.stats = collect(wanted, gram)
+
+
 def score_groups(name: str, ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """Run criterion ``name`` and normalise each group's scores to mean 1."""
     if name not in CRITERIA:
@@ -85,6 +98,23 @@ def score_groups(name: str, ctx: ScoreContext, groups: list[Group]) -> dict[int,
             raise PlanError(f"importance '{name}' gave {s.shape} scores for group {g.id} of size {g.size}")
         mean = float(np.mean(np.abs(s)))
         out[g.id] = s / mean if mean > 0 and np.isfinite(mean) else s
+    return out
+
+
+def with_fallback(ctx: ScoreContext, groups: list[Group], score_one: Callable[[Group], np.ndarray | None],
+                  fallback: Callable[[ScoreContext, list[Group]], dict[int, np.ndarray]], why: str) -> dict:
+    """Score each group with ``score_one``; groups it cannot score (None) go to ``fallback``,
+    and the report's notes say how many and why."""
+    out, rest = {}, []
+    for g in groups:
+        s = score_one(g)
+        if s is None:
+            rest.append(g)
+        else:
+            out[g.id] = s
+    if rest:
+        out.update(fallback(ctx, rest))
+        ctx.notes.append(f"{why}: {len(rest)} group(s) (first: group {rest[0].id}, {rest[0].kind})")
     return out
 
 

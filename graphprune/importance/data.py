@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..graph import Group
-from .base import ScoreContext, register_importance, scatter
-from .magnitude import magnitude
+from .base import ScoreContext, register_importance, scatter, with_fallback
+from .magnitude import l2
 
 DAMP = 0.01  # ridge, relative to the mean diagonal of the input Gram (SparseGPT's default)
 
@@ -51,43 +51,41 @@ def _coords(ctx: ScoreContext, site, gid: int) -> list[np.ndarray]:
     return ctx.dg.solver_coords(ctx.dg.solver.layout((site.x, site.x_dim % v.rank)), gid)
 
 
-def _per_site(ctx: ScoreContext, groups: list[Group], name: str, column_score) -> dict[int, np.ndarray]:
-    out, fallback = {}, []
-    for g in groups:
+def _per_site(ctx: ScoreContext, groups: list[Group], site_score, fallback, why: str) -> dict[int, np.ndarray]:
+    """Sum ``site_score(site, stats, group)`` over every site the calibration saw for each group."""
+
+    def score_one(g: Group) -> np.ndarray | None:
+        parts = [site_score(site, ctx.stats[site.node], g) for site in ctx.sites_of.get(g.id, [])
+                 if site.node in ctx.stats and ctx.stats[site.node].channels.n]
+        parts = [p for p in parts if p is not None]
+        return np.sum(parts, axis=0) if parts else None
+
+    return with_fallback(ctx, groups, score_one, fallback, why)
+
+
+def _columns(ctx: ScoreContext, column_score):
+    """A site score from a per-input-channel score: each channel votes for its group index."""
+
+    def site_score(site, st, g: Group) -> np.ndarray:
         score = np.zeros(g.size, dtype=np.float64)
-        used = 0
-        for site in ctx.sites_of.get(g.id, []):
-            st = ctx.stats.get(site.node)
-            if st is None or st.channels.n == 0:
-                continue
-            col = column_score(site, st)
-            if col is None:
-                continue
-            scatter(score, _coords(ctx, site, g.id), col)
-            used += 1
-        if used:
-            out[g.id] = score
-        else:
-            fallback.append(g)
-    if fallback:
-        out.update(magnitude(ctx, fallback, 2))
-        ctx.notes.append(f"{name}: {len(fallback)} group(s) reach no linear/conv input the calibration saw; "
-                         f"ranked by l2 instead (first: group {fallback[0].id}, {fallback[0].kind})")
-    return out
+        scatter(score, _coords(ctx, site, g.id), column_score(site, st))
+        return score
+
+    return site_score
 
 
 @register_importance("activation", needs="calib")
 def activation(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """Wanda, structured: sum over outputs of |W_ij| times the input channel's norm ||X_j||."""
-    return _per_site(ctx, groups, "activation",
-                     lambda site, st: column_weight(ctx, site, 1) * st.channels.norm.numpy())
+    return _per_site(ctx, groups, _columns(ctx, lambda site, st: column_weight(ctx, site, 1) * st.channels.norm.numpy()),
+                     l2, "activation: no linear/conv input the calibration saw, ranked by l2 instead")
 
 
 @register_importance("fluctuation", needs="calib")
 def fluctuation(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """FLAP: the input channel's variance times the squared norm of its weight column."""
-    return _per_site(ctx, groups, "fluctuation",
-                     lambda site, st: column_weight(ctx, site, 2) * st.channels.var.numpy())
+    return _per_site(ctx, groups, _columns(ctx, lambda site, st: column_weight(ctx, site, 2) * st.channels.var.numpy()),
+                     l2, "fluctuation: no linear/conv input the calibration saw, ranked by l2 instead")
 
 
 def damped_inverse(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
@@ -131,30 +129,19 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, featu
 @register_importance("obs", needs="calib")
 def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """Optimal Brain Surgeon on each consumer's reconstruction: the error left after a refit."""
-    out, fallback = {}, []
-    for g in groups:
-        score = np.zeros(g.size, dtype=np.float64)
-        used = 0
-        for site in ctx.sites_of.get(g.id, []):
-            st = ctx.stats.get(site.node)
-            if st is None or st.gram is None:
-                continue
-            w = torch.as_tensor(oriented(ctx, site), dtype=torch.float64)
-            kk = w.shape[2]
-            w = w.reshape(w.shape[0], -1)
-            b = None
-            if site.b is not None:
-                bv = ctx.dg.ir.values[site.b]
-                b = torch.as_tensor(ctx.weight(bv.source or bv.name), dtype=torch.float64).reshape(-1)
-            for c in _coords(ctx, site, g.id):
-                score += obs_costs(w, b, st.gram.m, np.repeat(c, kk), g.size)
-            used += 1
-        if used:
-            out[g.id] = score
-        else:
-            fallback.append(g)
-    if fallback:
-        ctx.notes.append(f"obs: {len(fallback)} group(s) reach no linear/conv input with a Gram; ranked by "
-                         f"activation instead (first: group {fallback[0].id}, {fallback[0].kind})")
-        out.update(activation(ctx, fallback))
-    return out
+
+    def site_score(site, st, g: Group) -> np.ndarray | None:
+        if st.gram is None:
+            return None
+        w = torch.as_tensor(oriented(ctx, site), dtype=torch.float64)
+        kk = w.shape[2]
+        w = w.reshape(w.shape[0], -1)
+        b = None
+        if site.b is not None:
+            bv = ctx.dg.ir.values[site.b]
+            b = torch.as_tensor(ctx.weight(bv.source or bv.name), dtype=torch.float64).reshape(-1)
+        gram = st.gram.m
+        return sum(obs_costs(w, b, gram, np.repeat(c, kk), g.size) for c in _coords(ctx, site, g.id))
+
+    return _per_site(ctx, groups, site_score, activation,
+                     "obs: no linear/conv input with a Gram, ranked by activation instead")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Group
-from .base import ScoreContext, register_importance, scatter
+from .base import ScoreContext, register_importance, scatter, with_fallback
 
 _BN = {"aten.batch_norm", "aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
        "onnx.BatchNormalization"}
@@ -75,18 +75,14 @@ def bn_scale(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
             w = ctx.dg.ir.values[n.inputs[1]]
             if w.kind == "param":
                 bn_weights.add(w.source or w.name)
-    out, fallback = {}, []
-    for g in groups:
-        score = np.zeros(g.size, dtype=np.float64)
+
+    def score_one(g: Group) -> np.ndarray | None:
         members = [m for m in g.members if m.name in bn_weights]
+        if not members:
+            return None
+        score = np.zeros(g.size, dtype=np.float64)
         for m in members:
             scatter(score, ctx.dg.solver_coords(m.term, g.id), np.abs(ctx.weight(m.name)))
-        if members:
-            out[g.id] = score
-        else:
-            fallback.append(g)
-    if fallback:
-        out.update(magnitude(ctx, fallback, 2))
-        ctx.notes.append(f"bn_scale: {len(fallback)} group(s) pass no BatchNorm, ranked by l2 instead "
-                         f"(first: group {fallback[0].id}, {fallback[0].kind})")
-    return out
+        return score
+
+    return with_fallback(ctx, groups, score_one, l2, "bn_scale: no BatchNorm, ranked by l2 instead")
