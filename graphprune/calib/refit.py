@@ -31,25 +31,41 @@ class Refit:
 def _error(wa: torch.Tensor, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor, a: torch.Tensor,
            s: torch.Tensor) -> float:
     """||W~ X_d - A X'_S||^2 from the Grams alone."""
-    energy = torch.einsum("of,fg,og->", wa, hd, wa)
-    cross = torch.einsum("of,fs,os->", wa, c[:, s], a)
-    own = torch.einsum("os,st,ot->", a, hp[s][:, s], a)
-    return max(float(energy - 2 * cross + own), 0.0)
+    return _error_blocks(float((wa @ hd * wa).sum()), wa @ c[:, s], hp[s][:, s], a)
 
 
-LAMBDAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # ridge strengths tried, relative to the mean diagonal
+def _error_blocks(energy: float, r: torch.Tensor, h_ss: torch.Tensor, a: torch.Tensor) -> float:
+    """The same, from the output energy, R = W~ C_:S and H'_SS."""
+    return max(energy - 2 * float((r * a).sum()) + float((a @ h_ss * a).sum()), 0.0)
 
 
-def _solve(wa: torch.Tensor, c: torch.Tensor, hp: torch.Tensor, s: torch.Tensor, a0: torch.Tensor, real: torch.Tensor,
-           lam_rel: float) -> torch.Tensor:
-    """argmin_A ||W~ X_d - A X'_S||^2 + lambda ||A - A0||^2 over the real (non-bias) columns:
-    the ridge pulls toward leaving the layer as it is, not toward zero weights."""
-    h = hp[s][:, s].clone()
+LAMBDAS = (1e-3, 1e-2, 0.1, 0.3, 1.0, 10.0)  # ridge strengths tried, relative to the mean diagonal
+
+
+def _solve_blocks(r: torch.Tensor, h_ss: torch.Tensor, a0: torch.Tensor, real: torch.Tensor,
+                  lam_rel: float) -> torch.Tensor:
+    """argmin_A ||W~ X_d - A X'_S||^2 + lambda ||A - A0||^2 over the real (non-bias) columns, given
+    R = W~ C_:S and H'_SS: the ridge pulls toward leaving the layer as it is, not toward zero."""
+    h = h_ss.clone()
     lam = lam_rel * float(h.diagonal()[real].mean()) if bool(real.any()) else 0.0
     lam = max(lam, 1e-10)
     h.diagonal()[real] += lam
-    rhs = wa @ c[:, s] + lam * a0 * real.double()
-    return torch.linalg.solve(h, rhs.T).T
+    rhs = r + lam * a0 * real.double()
+    chol, info = torch.linalg.cholesky_ex(h)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs.T, chol).T
+    return torch.linalg.lstsq(h, rhs.T).solution.T  # not positive definite (rank-deficient data)
+
+
+def _pick_lambda(wa, c, hp, s, a0, real, folds) -> float:
+    """The ridge strength that predicts each held-out fold best from the other."""
+    r_all, h_all = wa @ c[:, s], hp[s][:, s]
+    parts = []
+    for fd, fc, fp in folds:
+        r_f, h_f = wa @ fc[:, s], fp[s][:, s]
+        parts.append((float((wa @ fd * wa).sum()), r_f, h_f, r_all - r_f, h_all - h_f))
+    return min(LAMBDAS, key=lambda lam: sum(_error_blocks(e, r_f, h_f, _solve_blocks(r_t, h_t, a0, real, lam))
+                                            for e, r_f, h_f, r_t, h_t in parts))
 
 
 def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor,
@@ -83,9 +99,8 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     else:
         lam = damp if damp is not None else DAMP
         if damp is None and folds is not None and len(folds) > 1:
-            lam = min(LAMBDAS, key=lambda l: sum(
-                _error(wa, fd, fc, fp, _solve(wa, c - fc, hp - fp, s, a0, real, l), s) for fd, fc, fp in folds))
-        a = _solve(wa, c, hp, s, a0, real, lam)
+            lam = _pick_lambda(wa, c, hp, s, a0, real, folds)
+        a = _solve_blocks(wa @ c[:, s], hp[s][:, s], a0, real, lam)
     after = _error(wa, hd, c, hp, a, s) / max(energy, 1e-300)
     if after > before:  # ill-conditioned data: never make a site worse than leaving it alone
         a, after = a0, before

@@ -94,7 +94,40 @@ def damped_inverse(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     d = h.shape[0] - 1
     lam = damp * float(h.diagonal()[:d].mean()) if d else 0.0
     h.diagonal()[:d] += lam if lam > 0 else 1e-8
-    return torch.linalg.pinv(h, hermitian=True)
+    chol, info = torch.linalg.cholesky_ex(h)
+    if int(info) == 0:
+        return torch.cholesky_inverse(chol)
+    return torch.linalg.pinv(h, hermitian=True)  # not positive definite: a constant feature, say
+
+
+GREEDY_MAX = 64  # groups this small (heads) are ordered greedily, with the others refit after each removal
+
+
+def _block_cost(w: np.ndarray, hinv: np.ndarray, blk: np.ndarray) -> float:
+    wb = w[:, blk]
+    return float(np.einsum("ob,bo->", wb, np.linalg.solve(hinv[np.ix_(blk, blk)], wb.T)))
+
+
+def _greedy(w: np.ndarray, hinv: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """Remove indices one at a time, cheapest first, refitting the rest after each (the OBS
+    update of W and of H^-1), as ZipLM does for heads: correlated heads are not both kept for
+    being individually costly. Score: the accumulated error when the index goes, so the
+    lowest scores are the first removed whatever the ratio."""
+    w, hinv = w.copy(), hinv.copy()
+    left = [k for k, b in enumerate(blocks) if len(b)]
+    score = np.zeros(len(blocks))
+    total = 0.0
+    while left:
+        costs = [_block_cost(w, hinv, blocks[k]) for k in left]
+        j = int(np.argmin(costs))
+        k = left.pop(j)
+        total += max(costs[j], 0.0)
+        score[k] = total
+        blk = blocks[k]
+        solve = np.linalg.solve(hinv[np.ix_(blk, blk)], hinv[blk, :])  # (H^-1_BB)^-1 H^-1_B:
+        w -= w[:, blk] @ solve
+        hinv -= hinv[:, blk] @ solve
+    return score
 
 
 def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, feature_index: np.ndarray,
@@ -110,15 +143,16 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, featu
     cost = np.zeros(size)
     blocks = [np.flatnonzero(feature_index == k) for k in range(size)]
     sizes = {len(b_) for b_ in blocks}
-    if sizes == {1}:
+    if size <= GREEDY_MAX:
+        cost = _greedy(wa.numpy(), hinv.numpy(), blocks)  # the bias column is refit too
+    elif sizes == {1}:
         idx = torch.as_tensor(np.concatenate(blocks))
         cost = ((w[:, idx] ** 2).sum(0) / hinv.diagonal()[idx].clamp(min=1e-300)).numpy()
-    else:  # blocks (heads, conv filters' windows): numpy's batched LAPACK solve
+    else:  # blocks (conv filters' windows)
         hn, wn = hinv.numpy(), w.numpy()
         for k, blk in enumerate(blocks):
             if len(blk):
-                wb = wn[:, blk]
-                cost[k] = float(np.einsum("ob,bo->", wb, np.linalg.solve(hn[np.ix_(blk, blk)], wb.T)))
+                cost[k] = _block_cost(wn, hn, blk)
     silent = gram.diagonal()[:-1].numpy() == 0  # never nonzero on the data: removing it changes nothing,
     for k, blk in enumerate(blocks):           # whatever the damping's ridge term would charge
         if len(blk) and silent[blk].all():
