@@ -76,13 +76,32 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     check_ratio(ns.ratio)  # before any work: a bad ratio must not cost a model load
     if Path(ns.output).resolve() == Path(ns.model).resolve():
         raise GraphpruneError("the output path is the input file; choose another -o")
+    calib = _calib_batches(ns.calib, ns.calib_batch) if ns.calib else None
     t = _step(1, 2, f"loading, planning and rewriting {ns.model}")
     report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
-                           ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets)
+                           ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets, calib=calib,
+                           compensate=False if ns.no_compensate else None)
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
     return 0
+
+
+def _calib_batches(path: str, batch: int) -> list[dict]:
+    """An .npz of arrays named by model input, each with the samples along dim 0, cut into batches."""
+    import numpy as np
+
+    try:
+        data = dict(np.load(path))
+    except (OSError, ValueError) as exc:
+        raise GraphpruneError(f"cannot read calibration data '{path}': {exc}. Give an .npz file whose arrays are "
+                              "named by the model's inputs (samples along dim 0)") from exc
+    if not data:
+        raise GraphpruneError(f"calibration file '{path}' holds no arrays")
+    n = min(len(v) for v in data.values())
+    if batch < 1:
+        raise GraphpruneError(f"--calib-batch must be >= 1, got {batch}")
+    return [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
 
 
 def cmd_zoo(ns: argparse.Namespace) -> int:
@@ -113,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("model", help="input .onnx file")
     pr.add_argument("-o", "--output", required=True, help="output .onnx file (written only if every check passes)")
     pr.add_argument("--ratio", type=float, default=0.3)
-    pr.add_argument("--importance", default="l2")
+    pr.add_argument("--importance", default="auto",
+                    help="criterion: auto (obs with --calib, else l2), l1, l2, lamp, bn_scale, random, activation, "
+                         "fluctuation, obs")
+    pr.add_argument("--calib", help="calibration inputs: an .npz of arrays named by model input, samples along dim 0 "
+                                    "(channels are then ranked from data and layers refit)")
+    pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
+    pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
     pr.add_argument("--round-to", type=int, default=8,
                     help="keep channel counts multiples of this (default 8: odd widths run slowly)")
     pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")

@@ -7,6 +7,7 @@ code under test.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -395,3 +396,23 @@ def test_real_onnx_cnn_calibration_beats_magnitude(tmp_path):
         want, got = run(src), run(dst)
         errs[name] = float(((got - want) ** 2).sum() / (want ** 2).sum())
     assert errs["auto"] < errs["l2"], errs
+
+
+def test_cli_prunes_with_calibration_data(mlp_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    feeds = tmp_path / "calib.npz"
+    np.savez(feeds, input=np.concatenate([c[0].numpy() for c in _calib()]))
+    out = tmp_path / "slim.onnx"
+    cli = [sys.executable, "-m", "graphprune", "prune", str(mlp_onnx), "-o", str(out), "--ratio", "0.5",
+           "--round-to", "1", "--no-latency"]
+    r = subprocess.run(cli + ["--calib", str(feeds)], capture_output=True, text=True, env={**os.environ,
+                       "GRAPHPRUNE_PROGRESS": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "importance: obs" in r.stdout and "compensation: 1 layer(s) changed" in r.stdout and out.exists()
+    out.unlink()
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not an npz")
+    r = subprocess.run(cli + ["--calib", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot read calibration data" in r.stderr and not out.exists()
