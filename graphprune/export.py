@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import GraphpruneError
 
 
@@ -91,10 +91,8 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             dynamic_shapes = {k: ({0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None)
                               for k, v in kwargs.items()}
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".onnx.tmp") as tmp_path:
+        tmp = str(tmp_path)
         note = ""
         with quiet_torch(), _attention_fallback(model) as use_eager:
             attempts = [(dynamic_shapes, False)] if dynamic_batch else []
@@ -137,8 +135,4 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
         if diff > atol:
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g}); "
                                   f"nothing was written to {path}")
-        os.replace(tmp, path)
-        return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)

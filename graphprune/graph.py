@@ -103,7 +103,7 @@ class DependencyGraph:
         [8]
     """
 
-    def __init__(self, graph: Graph, freeze_io: bool = True, extra: Any = None, before_groups=None) -> None:
+    def __init__(self, graph: Graph, freeze_io: bool = True, program: Any = None, before_groups=None) -> None:
         self.ir = graph
         self.solver = Solver()
         declare_slots(graph, self.solver)
@@ -117,7 +117,7 @@ class DependencyGraph:
             for name in graph.outputs:
                 for d in range(graph.values[name].rank):
                     self.solver.freeze((name, d), f"model output '{name}' dim {d}")
-        self.extra = extra  # front-end state (exported program, ONNX model)
+        self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}
         if before_groups is not None:  # front-end freezes (sizes its back-end cannot rewrite)
             before_groups(self)

@@ -52,9 +52,12 @@ class PruneReport:
     oracle: object | None = None
     sync: object | None = None  # graphprune.hf.ConfigSync, for transformers models
     importance: str = ""  # the criterion that ranked the channels ("auto" resolved)
-    compensation: object | None = None  # graphprune.calib.torch_calib.Compensation
+    compensation: object | None = None  # graphprune.calib.compensate.Compensation
     notes: list[str] = field(default_factory=list)  # fallbacks and warnings, in words
     seconds: float | None = None  # wall time of the whole prune call
+    latency_before_ms: float | None = None  # onnxruntime, one thread, median (ONNX models)
+    latency_after_ms: float | None = None
+    path: str = ""  # the file written, where the caller wrote one
 
     @property
     def groups_pruned(self) -> int:
@@ -75,6 +78,10 @@ class PruneReport:
             text += "\n" + compensation_text(self.compensation)
         for note in self.notes:
             text += f"\nnote: {note}"
+        if self.latency_before_ms is not None and self.latency_after_ms is not None:
+            text += "\n" + table(["onnxruntime latency", "before", "after", "change"], [[
+                "median per run", f"{self.latency_before_ms:.3f} ms", f"{self.latency_after_ms:.3f} ms",
+                pct(self.latency_before_ms, self.latency_after_ms)]])
         if self.seconds is not None:
             text += f"\ntime: {self.seconds:.1f} s"
         if self.oracle is not None:

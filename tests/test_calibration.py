@@ -39,7 +39,7 @@ def _rel_err(model, pruned, xs) -> float:
 # ---- statistics -------------------------------------------------------------------------
 
 def test_running_statistics_equal_direct_sums():
-    x = torch.randn(3, 5, 7, dtype=torch.float64)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     site = Site("n", "x", "w", None, 1, 0, -1, "linear")
     cs, gram = ChannelStats(), Gram()
     for part in x.split(1):
@@ -50,7 +50,8 @@ def test_running_statistics_equal_direct_sums():
     np.testing.assert_allclose(cs.sum.numpy(), flat.sum(0).numpy(), rtol=1e-5)
     np.testing.assert_allclose(cs.var.numpy(), flat.var(0, unbiased=True).numpy(), rtol=1e-4)
     aug = torch.cat([flat, torch.ones(15, 1, dtype=torch.float64)], 1)
-    np.testing.assert_allclose(gram.m.numpy(), (aug.T @ aug).numpy(), rtol=1e-5)
+    want = (aug.T @ aug).numpy()  # features are float32: cancellation makes small entries lose digits
+    np.testing.assert_allclose(gram.m.numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     assert gram.n == 15
 
 
@@ -360,7 +361,7 @@ def test_onnx_calibration_errors(mlp_onnx, tmp_path):
     dst = tmp_path / "x.onnx"
     with pytest.raises(PlanError, match=r"inputs \['input'\]"):
         gp.prune_onnx(mlp_onnx, dst, calib=[{"wrong": np.zeros((4, 8), np.float32)}], measure_latency=False)
-    with pytest.raises(PlanError, match="does not run in onnxruntime"):
+    with pytest.raises(PlanError, match="calibration batch 0: the inputs do not run in onnxruntime"):
         gp.prune_onnx(mlp_onnx, dst, calib=[{"input": np.zeros((4, 3), np.float32)}], measure_latency=False)
     with pytest.raises(PlanError, match="needs gradients"):
         gp.prune_onnx(mlp_onnx, dst, importance="taylor", calib=[{"input": np.zeros((4, 8), np.float32)}])

@@ -1,7 +1,7 @@
 """Compensation, front-end neutral: which sites to refit, and the refit of each from its Grams.
 
-The torch and ONNX paths gather the Grams their own way (the traced program's interpreter,
-onnxruntime); what to refit and how is decided here once.
+Grams come from the Program (the traced torch program's interpreter, onnxruntime) through
+calib/collect.py; what to refit and how is decided here once.
 """
 from __future__ import annotations
 
@@ -68,11 +68,41 @@ def affected_sites(dg: DependencyGraph, plan: PrunePlan, sites: list[Site],
     return todo
 
 
+def compensate(program, dg: DependencyGraph, plan: PrunePlan, batches: list, mode: str = "refit",
+               add_bias: set[str] = frozenset(), stats: dict[str, SiteStats] | None = None) -> Compensation:
+    """Refit every site whose input loses channels under ``plan``; sites in ``add_bias`` have
+    no bias and may be given one.
+
+    ``mode``: "refit" fits each site to the original model's output from the original
+    model's kept input channels (Grams of the original model: ``stats`` from scoring are
+    reused, else one calibration pass); "bias" only folds the mean error into the bias;
+    "sequential" fits from the pruned model's own inputs (a torch program's walk).
+    """
+    from .collect import collect
+    from .sites import find_sites
+
+    result = Compensation()
+    todo = affected_sites(dg, plan, find_sites(dg), result)
+    tensors = program.tensors()
+    if mode == "sequential":
+        program.sequential_compensation(dg, batches, keep_masks(dg, plan), todo, tensors, add_bias, result)
+        return result
+    have = dict(stats or {})
+    missing = [s for s, _ in todo if have.get(s.node) is None or have[s.node].gram is None]
+    if missing:
+        have.update(collect(program, batches, missing, {s.node for s in missing}))
+    refit_from_stats(dg, todo, tensors, have, mode, add_bias, result)
+    return result
+
+
 def refit_from_stats(dg: DependencyGraph, todo: list[tuple[Site, np.ndarray]], tensors, stats: dict[str, SiteStats],
                      mode: str, add_bias: set[str], result: Compensation) -> None:
     """Refit each site to the original model's output from the original model's kept inputs."""
     for s, keep in todo:
-        st = stats[s.node]
+        st = stats.get(s.node)
+        if st is None or st.gram is None or st.gram.m is None:
+            result.skipped.append(f"{source(dg, s.w)}: its input was not reached by calibration, not refit")
+            continue
         h = st.gram.m
         folds = [(g.m, g.m, g.m) for g in st.folds if g.m is not None]
         refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds)

@@ -1,12 +1,7 @@
-"""Calibration, gradients and compensation on a traced torch program.
-
-``collect`` runs the original program over the calibration batches once and keeps
-running statistics at every site. ``compensate`` walks the graph site by site:
-every batch is advanced through the original and the masked (pruned) program to
-the next site whose input lost channels, the Grams are accumulated, the site is
-refit, and the pruned walk goes on with the new weights. Each site is visited once,
-so the cost grows linearly with depth.
-"""
+"""What only a traced torch program offers: static-shape checks, gradients of a loss, and
+the sequential walk (every batch advanced through the original and the masked program to
+the next site whose input lost channels, the site refit, the pruned walk going on with the
+new weights)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -15,13 +10,10 @@ import numpy as np
 import torch
 
 from ..errors import PlanError
-from ..graph import DependencyGraph
-from ..planner import PrunePlan, keep_masks
+from ..program.torch_run import Walk
 from ..progress import progress
-from .compensate import Compensation, affected_sites, refit_from_stats, refit_site
-from .sites import Site
-from .stats import Gram, SiteStats, features, real_rows
-from .torch_run import Walk
+from .compensate import refit_site
+from .stats import Gram, features, real_rows
 
 
 def check_shapes(ep: torch.export.ExportedProgram, batches: list[tuple[tuple, dict]]) -> None:
@@ -40,29 +32,6 @@ def check_shapes(ep: torch.export.ExportedProgram, batches: list[tuple[tuple, di
             raise PlanError(f"calibration batch {k} has input shapes {got}, but the model was traced with {want}: "
                             "give every batch the example inputs' shapes (pad or cut sequences to one length), or "
                             "trace with a calibration batch as the example inputs")
-
-
-def collect(ep: torch.export.ExportedProgram, batches: list[tuple[tuple, dict]], sites: list[Site],
-            gram: set[str]) -> dict[str, SiteStats]:
-    """Statistics of every site's input on the original program (Grams for sites in ``gram``)."""
-    walk = Walk(ep, batches)
-    at = {walk.node_index(s.node): s for s in sites if walk.node_index(s.node) is not None}
-    stats = {s.node: SiteStats(s) for s in at.values()}
-    if not at:
-        return stats
-    stop = max(at) + 1
-
-    def before(i: int, env: dict) -> None:
-        s = at.get(i)
-        if s is not None:
-            stats[s.node].add(walk.value(env, s.x), s.node in gram, walk.valid[current[0]], current[0])
-
-    current = [0]
-    for k in progress(range(len(batches)), "calibrating", len(batches)):
-        current[0] = k
-        walk.advance(stop, before, batch=k)
-        walk.envs[k] = {}  # done with this batch
-    return stats
 
 
 def gradients(model: torch.nn.Module, batches: list[tuple[tuple, dict]],
@@ -115,39 +84,12 @@ def _aliases(model: torch.nn.Module) -> dict[int, list[str]]:
     return by_id
 
 
-def compensate(dg: DependencyGraph, ep: torch.export.ExportedProgram, batches: list[tuple[tuple, dict]],
-               plan: PrunePlan, sites: list[Site], tensors: dict[str, np.ndarray], mode: str = "refit",
-               add_bias: set[str] = frozenset(), stats: dict[str, SiteStats] | None = None) -> Compensation:
-    """Refit every site whose input loses channels under ``plan``; sites in ``add_bias`` have
-    no bias and may be given one.
-
-    ``mode``: "refit" fits each site to the original model's output from the original
-    model's kept input channels (Grams of the original model: ``stats`` from scoring are
-    reused, else one calibration pass); "sequential" fits it from the *pruned* model's
-    input, walking the graph site by site so each refit sees the ones before it (it also
-    corrects upstream error, but measured worse on MiniLM and SmolLM2: docs/calibration.md);
-    "bias" only folds the mean error into the bias.
-    """
-    result = Compensation()
-    todo = affected_sites(dg, plan, sites, result)
-    if mode == "sequential":
-        _walk_grams(dg, ep, batches, keep_masks(dg, plan), todo, tensors, add_bias, result)
-        return result
-    have = stats or {}
-    missing = [s for s, _ in todo if have.get(s.node) is None or have[s.node].gram is None]
-    if missing:
-        have = dict(have, **collect(ep, batches, missing, {s.node for s in missing}))
-    refit_from_stats(dg, todo, tensors, have, mode, add_bias, result)
-    return result
-
-
-def _walk_grams(dg, ep, batches, masks, todo, tensors, add_bias, result) -> None:
-    """Sequential refits: the original and the pruned program advance together to each site."""
-    act_masks: dict[str, list] = {}
-    for (value, d), m in masks.items():
-        if dg.ir.values[value].kind == "act":
-            act_masks.setdefault(value, []).append((d, torch.as_tensor(m)))
-    dense, pruned = Walk(ep, batches), Walk(ep, batches, masks=act_masks)
+def walk_grams(dg, ep, batches, act_masks, todo, tensors, add_bias, result, gm=None) -> None:
+    """compensate="sequential": each site is fit to the original model's output from the *pruned*
+    model's input, the original and the pruned program advancing together site by site, so
+    each refit sees the ones before it (it also corrects upstream error, but measured worse on
+    MiniLM and SmolLM2: docs/calibration.md). Each site is visited once: linear in depth."""
+    dense, pruned = Walk(ep, batches, gm=gm), Walk(ep, batches, masks=act_masks, gm=gm)
     for s, keep in progress(todo, "compensating", len(todo)):
         i = dense.node_index(s.node)
         if i is None:

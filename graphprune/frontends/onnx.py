@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -58,11 +58,11 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def freeze_unreachable(dg) -> None:
+def freeze_unreachable(dg, model: onnx.ModelProto) -> None:
     """Freeze sizes spelled by shape arithmetic the ONNX rewrite cannot follow."""
     from ..backends.onnx import _locate, _Model, vector_lengths
 
-    m = _Model(dg.extra["onnx"], vector_lengths(dg))
+    m = _Model(model, vector_lengths(dg))
     for c in dg.carries:
         if isinstance(c.path[0], str):
             continue
@@ -104,6 +104,17 @@ def concretize(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:
     return infer_shapes(m)
 
 
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names`` (how onnxruntime shows inner values)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in have:
+            out.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return out
+
+
 def _observed_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple]:
     """Run onnxruntime with every value as an output; the observed shapes.
 
@@ -112,12 +123,7 @@ def _observed_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tupl
     """
     import onnxruntime as ort
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    probe = with_outputs(model, names)
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     symbols = sorted({d for i in sess.get_inputs() for d in i.shape if not isinstance(d, int)}, key=str)
     runs = []

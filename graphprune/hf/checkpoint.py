@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_bytes_atomic
 from ..errors import GraphpruneError
 from ..planner import PrunePlan
 from .api import META_ATTR
@@ -34,9 +35,7 @@ def save_pruned(model: torch.nn.Module, directory: str | os.PathLike, **save_kwa
     model.save_pretrained(directory, **save_kwargs)
     shapes = {n: list(t.shape) for n, t in model.state_dict().items()}
     doc = dict(meta, format=FORMAT, shapes=shapes)
-    tmp = directory / (PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, sort_keys=True))
-    os.replace(tmp, directory / PLAN_FILE)
+    write_bytes_atomic(directory / PLAN_FILE, json.dumps(doc, sort_keys=True).encode())
     return directory
 
 

@@ -1,4 +1,4 @@
-"""Run a traced torch program step by step: the oracle's interpreter, plus weight
+"""Run a traced torch program step by step: the masked interpreter of the oracle, weight
 overrides and captures.
 
 One interpreter serves the oracle (masks), calibration (captures at sites) and
@@ -9,13 +9,51 @@ so memory is the calibration set times the widest cut of the graph, not its dept
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Iterable
 
 import torch
 from torch.fx._pytree import tree_flatten_spec
 
 from ..errors import PlanError
-from ..verify import _MaskedInterpreter
+from ..frontends.torch_export import _WRAPPERS, op_id, wrapped_body_index
+
+
+class _MaskedInterpreter(torch.fx.Interpreter):
+    def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, torch.Tensor]]],
+                 prefix: str = "") -> None:
+        super().__init__(gm)
+        self.masks = masks
+        self.prefix = prefix  # inlined subgraphs' values are named "<wrapper node>/<node>" in the IR
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        if n.op == "call_function" and op_id(n.target) in _WRAPPERS:
+            return self._run_wrapper(n)
+        out = super().run_node(n)
+        if n.op != "call_function" or n.target is operator.getitem:
+            return out
+        if isinstance(out, (tuple, list)):
+            return type(out)(self._mask(f"{self.prefix}{n.name}.{i}", o) for i, o in enumerate(out))
+        return self._mask(self.prefix + n.name, out)
+
+    def _run_wrapper(self, n: torch.fx.Node) -> Any:
+        """Run a context-wrapping higher-order op's body with masks inside it too."""
+        args, _ = self.fetch_args_kwargs_from_env(n)
+        at = wrapped_body_index(n)
+        sub = args[at]
+        ctx = (torch.set_grad_enabled(bool(args[0])) if op_id(n.target) == "python.wrap_with_set_grad_enabled"
+               else torch.autocast(*args[:at]))
+        with ctx:
+            return _MaskedInterpreter(sub, self.masks, f"{self.prefix}{n.name}/").run(*args[at + 1:])
+
+    def _mask(self, name: str, t: Any) -> Any:
+        if name not in self.masks or not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return t
+        for d, m in self.masks[name]:
+            shape = [1] * t.dim()
+            shape[d] = -1
+            t = torch.where(m.to(t.device).view(shape), t, torch.zeros((), dtype=t.dtype, device=t.device))
+        return t
 
 
 class _Runner(_MaskedInterpreter):
@@ -43,8 +81,9 @@ class Walk:
     """Every calibration batch, advanced through the graph in lockstep."""
 
     def __init__(self, ep: torch.export.ExportedProgram, batches: Iterable[tuple[tuple, dict]],
-                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None) -> None:
-        self.gm = ep.module()
+                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None,
+                 gm: torch.fx.GraphModule | None = None) -> None:
+        self.gm = gm if gm is not None else ep.module()  # ep.module() copies the graph: callers may reuse one
         self.runner = _Runner(self.gm, masks or {}, overrides if overrides is not None else {})
         self.nodes = list(self.gm.graph.nodes)
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
@@ -86,9 +125,10 @@ class Walk:
         return env[self.nodes[self.index[base]]][int(item)]
 
     def advance(self, stop: int, before: Callable[[int, dict], None] | None = None,
-                batch: int | None = None) -> None:
+                batch: int | None = None, after: Callable[[int, dict], None] | None = None) -> None:
         """Run every batch (or only ``batch``) up to node ``stop`` (exclusive); ``before(i, env)``
-        is called before node i runs, with node i's inputs alive."""
+        is called before node i runs, with node i's inputs alive, ``after(i, env)`` once its
+        output exists."""
         for k in range(len(self.envs)) if batch is None else (batch,):
             env = self.envs[k]
             self.runner.env = env
@@ -96,6 +136,8 @@ class Walk:
                 n = self.nodes[i]
                 if before is not None:
                     before(i, env)
+                if n.op == "placeholder" and after is not None:
+                    after(i, env)
                 if n.op in ("placeholder", "output", "get_attr"):
                     continue
                 for a in n.all_input_nodes:  # weights are read when used: a refit may have replaced them
@@ -103,9 +145,18 @@ class Walk:
                         env[a] = self.runner.get_attr(a.target, (), {})
                 with torch.no_grad():
                     env[n] = self.runner.run_node(n)
+                if after is not None:
+                    after(i, env)
                 for dead in self.dies_at.get(i, ()):
                     env.pop(dead, None)
             self.pos[k] = max(self.pos[k], stop)
+
+    def outputs(self, batch: int) -> Any:
+        """The model's (flat) outputs for a batch advanced to the end."""
+        self.advance(len(self.nodes), batch=batch)
+        out = self.nodes[-1]
+        env = self.envs[batch]
+        return torch.fx.node.map_arg(out.args[0], lambda n: env[n])
 
 
 def as_batch(batch: Any) -> tuple[tuple, dict]:

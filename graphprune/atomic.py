@@ -1,0 +1,30 @@
+"""Write a file so that it appears whole or not at all: every saver goes through here."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dst: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to ``dst``; renamed onto ``dst`` when the block succeeds and
+    removed when it raises, so a failed save leaves no partial file."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes_atomic(dst: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(data)
+    return Path(dst)

@@ -1,0 +1,138 @@
+"""The one prune pipeline, for any Program (PyTorch or ONNX): plan, oracle, compensate,
+report, apply. ``graphprune.prune``, ``prune_onnx``, ``hf.prune`` and the CLI are thin
+callers of :func:`plan_program` and :func:`prune_program`."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .errors import PlanError, RewriteError
+from .graph import DependencyGraph
+from .metrics import count_macs, count_params
+from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
+from .report import PruneReport
+
+COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
+
+
+def resolve_importance(importance: str, calib, compensate) -> str:
+    """``auto``: reconstruction-aware OBS with calibration data (what compensation then
+    achieves), activation-weighted without compensation, l2 magnitude without data."""
+    if importance != "auto":
+        return importance
+    if calib is None:
+        return "l2"
+    return "obs" if compensate is not False else "activation"
+
+
+def compensation_mode(compensate, calib) -> str | None:
+    """The compensation to run: None (off), "refit", "bias" or "sequential"."""
+    if compensate not in COMPENSATION_MODES:
+        raise PlanError(f"compensate must be True, False, 'refit', 'bias' or 'sequential', not {compensate!r}")
+    if compensate is None:
+        return "refit" if calib is not None else None
+    if compensate is False:
+        return None
+    if calib is None:
+        raise PlanError("compensation needs calibration data: pass calib=[batch, ...] or compensate=False")
+    return "refit" if compensate is True else compensate
+
+
+@dataclass
+class Planned:
+    """A plan with what made it: the resolved criterion, the calibration batches in the
+    program's form, and the score context (its statistics serve compensation)."""
+
+    plan: PrunePlan
+    importance: str
+    batches: list | None = None
+    ctx: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
+                 ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+                 ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
+                 calib=None, loss_fn=None, compensate: bool | str | None = None) -> Planned:
+    """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
+    drop ``ratio`` of each (``ratios``: per group id)."""
+    from .calib.collect import collect
+    from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
+
+    check_ratio(ratio)
+    name = resolve_importance(importance, calib, compensate)
+    dg = program.graph()
+    groups = select_groups(dg, roles, ignore, targets)
+    crit = CRITERIA.get(name)
+    if crit is not None and crit.needs == "grad" and not program.has_gradients:
+        raise PlanError(f"importance '{name}' needs gradients, which an {program.framework} model does not give; "
+                        "use obs, activation or fluctuation with calib=, or a weight criterion")
+    batches = program.batches(calib) if calib is not None else None
+    ctx = ScoreContext(dg, program.tensors())
+    if crit is not None and batches is not None and crit.needs == "grad":
+        ctx.grads = program.gradients(batches, loss_fn)
+    elif crit is not None and batches is not None and crit.needs == "calib":
+        attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
+    plan = make_plan(groups, score_groups(name, ctx, groups), ratio, round_to, ratios)
+    return Planned(plan, name, batches, ctx, list(ctx.notes))
+
+
+def shape_fn(graph: DependencyGraph, p: PrunePlan):
+    """Every IR value's shape after ``p``."""
+    masks = keep_masks(graph, p)
+
+    def shape_of(name: str) -> tuple:
+        v = graph.ir.values[name]
+        return tuple(int(masks[(name, d)].sum()) if (name, d) in masks else s for d, s in enumerate(v.shape))
+
+    return shape_of
+
+
+def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
+                  ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+                  ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
+                  calib=None, loss_fn=None, compensate: bool | str | None = None, add_bias: bool = False,
+                  plan_: PrunePlan | None = None, verify: bool = False, atol: float | None = None,
+                  measure_latency: bool = False, inplace: bool = False):
+    """Plan (or take ``plan_``), hold the plan to the oracle (``verify``), compensate, apply;
+    returns ``(pruned program, PruneReport)``. A failing oracle raises: no wrong model is
+    returned. The oracle checks the plan without compensation, which changes weights on
+    purpose; the report lists each refit layer with its calibration error before/after."""
+    from .calib.compensate import compensate as run_compensation
+    from .calib.sites import find_sites
+    from .oracle import run_oracle
+
+    t0 = time.perf_counter()
+    check_ratio(ratio)
+    mode = compensation_mode(compensate, calib)
+    dg = program.graph()
+    if plan_ is None:
+        planned = plan_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
+                               loss_fn, compensate)
+    else:
+        for gid, size in plan_.sizes.items():
+            if gid not in dg._by_atom or dg.group(gid).size != size:
+                raise PlanError(f"the plan does not fit this model: group {gid} (size {size}) is not in its graph")
+        planned = Planned(plan_, "given plan")
+    p = planned.plan
+    oracle = run_oracle(program, p, atol) if verify else None
+    if oracle is not None and not oracle.passed:
+        raise RewriteError(f"{oracle}; the model was not changed and nothing was written")
+    comp = None
+    if mode is not None and not p.empty:
+        batches = planned.batches if planned.batches is not None else program.batches(calib)
+        add = program.bias_free(find_sites(dg)) if add_bias else set()
+        stats = planned.ctx.stats if planned.ctx is not None else None
+        comp = run_compensation(program, dg, p, batches, mode, add, stats)
+    after = shape_fn(dg, p)
+    report = PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
+                         {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
+                         importance=planned.importance, compensation=comp, notes=planned.notes,
+                         path=getattr(program, "path", ""))
+    pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
+    report.params_after += pruned.added_params()
+    if measure_latency:
+        report.latency_before_ms, report.latency_after_ms = program.latency_ms(), pruned.latency_ms()
+    report.seconds = time.perf_counter() - t0
+    return pruned, report

@@ -1,0 +1,110 @@
+"""What every front-end's model offers the pipeline: one abstraction, two frameworks.
+
+A ``Program`` is a model in its own framework (a torch module with example inputs, an
+ONNX graph) seen through the operations pruning needs: lower it to the IR, read its
+weights, run it on a batch with optional channel masks and captures of chosen values
+(the oracle and calibration are that one call), apply a plan with optional weight
+updates, and save. The pipeline (graphprune/pipeline.py) is written once against it.
+Neither torch nor onnx is imported here.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import PlanError
+
+if TYPE_CHECKING:
+    from ..graph import DependencyGraph
+    from ..ir import Graph
+    from ..planner import PrunePlan
+
+Masks = Mapping[tuple[str, int], np.ndarray]  # (IR value, dim) -> keep mask, as planner.keep_masks gives
+OnCapture = Callable[[str, Any], None]  # (IR value, tensor) as soon as the value is computed
+
+
+class Program(ABC):
+    framework: str = ""
+    default_atol: float = 1e-5  # the oracle's tolerance where the caller gives none
+    has_gradients: bool = False  # whether gradients() works (taylor, hessian)
+
+    def __init__(self) -> None:
+        self._graph: DependencyGraph | None = None
+
+    # ---- analysis ------------------------------------------------------------------------
+    @abstractmethod
+    def lower(self) -> "Graph":
+        """The IR of this model."""
+
+    def freeze(self, dg: "DependencyGraph") -> None:
+        """Front-end freezes applied before groups are built (sizes the back-end cannot rewrite)."""
+
+    def graph(self, freeze_io: bool = True) -> "DependencyGraph":
+        """The solved dependency graph (cached for the default ``freeze_io``)."""
+        from ..graph import DependencyGraph
+
+        if self._graph is not None and freeze_io:
+            return self._graph
+        dg = DependencyGraph(self.lower(), freeze_io=freeze_io, program=self, before_groups=self.freeze)
+        if freeze_io:
+            self._graph = dg
+        return dg
+
+    @abstractmethod
+    def tensors(self) -> dict[str, np.ndarray | None]:
+        """Float weights by IR parameter name (None where there are no values, e.g. on meta)."""
+
+    # ---- running ---------------------------------------------------------------------------
+    @abstractmethod
+    def batches(self, calib: Iterable) -> list:
+        """Calibration batches in this framework's input form, checked against the model."""
+
+    @abstractmethod
+    def run(self, batch: Any, masks: Masks | None = None, capture: Iterable[str] = (),
+            on_capture: OnCapture | None = None, outputs: bool = True) -> list[np.ndarray] | None:
+        """Run one batch; with ``masks`` the planned channels are zeroed after every value they
+        reach (the masked original). Values named in ``capture`` go to ``on_capture`` as torch
+        tensors as soon as they exist; with ``outputs=False`` the run may stop after the last
+        capture. Returns the model's outputs, flattened to float64 arrays."""
+
+    def valid_rows(self, batch: Any):
+        """Which (item, position) of a batch are real tokens (attention_mask), or None."""
+        return None
+
+    def gradients(self, batches: list, loss_fn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per parameter: sums over batches of w*g and (w*g)^2 (g: gradient of the loss)."""
+        raise PlanError(f"an {self.framework} model gives no gradients; taylor and hessian need a PyTorch model")
+
+    def sequential_compensation(self, dg, batches, masks, todo, tensors, add_bias, result) -> None:
+        raise PlanError(f"compensate='sequential' runs a traced PyTorch program; {self.framework} models take "
+                        "'refit' or 'bias'")
+
+    @abstractmethod
+    def oracle_inputs(self, trials: int) -> list:
+        """Batches the oracle compares on: the example inputs and ``trials`` more."""
+
+    def bias_free(self, sites) -> set[str]:
+        """Sites without a bias that compensation may give one (where the framework allows it)."""
+        return set()
+
+    # ---- rewriting ---------------------------------------------------------------------------
+    @abstractmethod
+    def apply(self, plan: "PrunePlan", updates: Mapping[str, Any] | None = None, compensation=None,
+              inplace: bool = False) -> "Program":
+        """The pruned program (weights changed by ``updates``, biases added by ``compensation``).
+        Raises RewriteError when the result is not a valid model."""
+
+    def added_params(self) -> int:
+        """Parameters the last ``apply`` added beyond the plan (new biases)."""
+        return 0
+
+    def latency_ms(self) -> float | None:
+        """Median latency on the oracle's first input, where this front-end measures one."""
+        return None
+
+    @abstractmethod
+    def save(self, dst: str | Path) -> Path:
+        """Write the model to ``dst`` atomically (deterministic bytes)."""

@@ -1,0 +1,237 @@
+"""An ONNX model as a Program: onnxruntime runs it.
+
+A masked run inserts a ``Where`` after every value the plan prunes; a capture adds the
+wanted values as graph outputs. Sessions are built once per (masks, captures) and reused
+across batches. onnxruntime takes dynamic shapes, so calibration batches may have any
+batch size and sequence length the model accepts.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import PlanError, RewriteError
+from ..frontends.onnx import with_outputs
+from .base import Masks, OnCapture, Program
+
+
+class OnnxProgram(Program):
+    framework = "ONNX"
+    default_atol = 1e-4
+
+    def __init__(self, model: onnx.ModelProto, path: str = "", feeds: dict[str, np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.path = str(path)
+        self._feeds = feeds  # the inputs checks and latency run on (default: probe_inputs)
+        self._sessions: dict[Any, Any] = {}
+
+    @classmethod
+    def load(cls, path) -> "OnnxProgram":
+        from ..frontends.onnx import load_model
+
+        return cls(load_model(path), str(path))
+
+    def lower(self):
+        from ..frontends.onnx import lower
+
+        return lower(self.model)
+
+    def freeze(self, dg) -> None:
+        from ..frontends.onnx import freeze_unreachable
+
+        freeze_unreachable(dg, self.model)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i).astype(np.float32) for i in self.model.graph.initializer
+                if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
+
+    @property
+    def input_names(self) -> list[str]:
+        inits = {i.name for i in self.model.graph.initializer}
+        return [i.name for i in self.model.graph.input if i.name not in inits]
+
+    # ---- running ---------------------------------------------------------------------------
+    def batches(self, calib: Iterable) -> list[dict[str, np.ndarray]]:
+        """onnxruntime feeds: each batch a dict by input name, or a tuple in the model's input order."""
+        import torch
+
+        names = self.input_names
+        out = []
+        for k, batch in enumerate(calib):
+            if isinstance(batch, dict):
+                feeds = dict(batch)
+            elif isinstance(batch, (tuple, list)):
+                feeds = dict(zip(names, batch))
+            else:
+                feeds = {names[0]: batch} if len(names) == 1 else None
+            if feeds is None or set(feeds) != set(names):
+                raise PlanError(f"calibration batch {k} must give the model's inputs {names} (a dict by name, or a "
+                                f"tuple in this order); it gives {sorted(feeds) if feeds else type(batch).__name__}")
+            out.append({n: np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+                        for n, v in feeds.items()})
+        if not out:
+            raise PlanError("calib= holds no batches; pass a list of example batches, or leave it out")
+        return out
+
+    def session(self, masks: Masks | None = None, capture: Iterable[str] = ()):
+        key = (_masks_key(masks) if masks else None, tuple(sorted(capture)))
+        if key not in self._sessions:
+            model = masked_model(self.model, self.graph(), masks) if masks else self.model
+            if key[1]:
+                model = with_outputs(model, key[1])
+            try:
+                self._sessions = {key: session(model)}  # one at a time: a session holds the model's memory
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise PlanError(f"onnxruntime cannot run the model: {str(exc).splitlines()[0]}") from exc
+        return self._sessions[key]
+
+    def run(self, batch: dict, masks: Masks | None = None, capture: Iterable[str] = (),
+            on_capture: OnCapture | None = None, outputs: bool = True) -> list[np.ndarray] | None:
+        import torch
+
+        inputs = set(self.input_names)
+        fetched = sorted(set(capture) - inputs)  # a captured graph input is the feed itself
+        sess = self.session(masks, fetched)
+        names = [o.name for o in sess.get_outputs()]
+        wanted = (names if outputs else []) + [n for n in fetched if not outputs or n not in names]
+        try:
+            got = dict(zip(wanted, sess.run(wanted, batch)))
+        except Exception as exc:  # a wrong name, dtype or shape: onnxruntime's message says which
+            raise PlanError(f"the inputs do not run in onnxruntime: {str(exc).splitlines()[0]}. Give arrays with "
+                            "the model's input names, dtypes and shapes") from exc
+        for name in sorted(set(capture)):
+            arr = batch[name] if name in inputs else got[name]
+            on_capture(name, torch.from_numpy(np.ascontiguousarray(arr)))
+        n_out = len(self.model.graph.output)
+        return [got[n].astype(np.float64) for n in names[:n_out]] if outputs else None
+
+    def valid_rows(self, batch):
+        import torch
+
+        mask = batch.get("attention_mask")
+        return torch.from_numpy(np.asarray(mask)) if mask is not None and np.ndim(mask) == 2 else None
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return self._feeds if self._feeds is not None else probe_inputs(self.model)
+
+    def oracle_inputs(self, trials: int) -> list[dict[str, np.ndarray]]:
+        # The masks follow the analysis shapes, taken with dynamic dims at 1 (frontends/onnx.concretize):
+        # a dim merging batch and heads is heads alone there, so the oracle runs at those sizes.
+        return [probe_inputs(self.model, dynamic=1, seed=k) for k in range(1 + trials)]
+
+    # ---- rewriting ---------------------------------------------------------------------------
+    def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
+              inplace: bool = False) -> "OnnxProgram":
+        """The pruned model, held to onnx.checker and run once in onnxruntime; the outputs keep
+        their shapes."""
+        from ..backends.onnx import apply_plan_onnx
+
+        arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in (updates or {}).items()}
+        pruned = apply_plan_onnx(self.model, self.graph(), plan, arrays)
+        try:
+            onnx.checker.check_model(pruned, full_check=True)
+        except Exception as exc:
+            raise RewriteError(f"the pruned model fails onnx.checker: {exc}") from exc
+        out = OnnxProgram(pruned, feeds=self.feeds())
+        feeds = self.feeds()
+        before, after = self.run(feeds), out.run(feeds)
+        if [a.shape for a in before] != [a.shape for a in after]:
+            raise RewriteError(f"pruned outputs have shapes {[a.shape for a in after]}, not "
+                               f"{[a.shape for a in before]}")
+        return out
+
+    def latency_ms(self, repeat: int = 30) -> float:
+        """Median of ``repeat`` onnxruntime runs on one thread, after a warm-up."""
+        sess, feeds = session(self.model), self.feeds()
+        sess.run(None, feeds)
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            sess.run(None, feeds)
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    def save(self, dst: str | Path) -> Path:
+        from ..atomic import write_bytes_atomic
+
+        return write_bytes_atomic(dst, self.model.SerializeToString(deterministic=True))
+
+
+def _masks_key(masks: Masks) -> tuple:
+    return tuple((k, m.tobytes()) for k, m in sorted(masks.items()))
+
+
+def probe_inputs(model: onnx.ModelProto, dynamic: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic example inputs: symbolic dims set to ``dynamic``, ints in [0, 2)."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else dynamic for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        feeds[vi.name] = (rng.integers(0, 2, shape).astype(dtype) if np.issubdtype(dtype, np.integer)
+                          else rng.standard_normal(shape).astype(dtype))
+    return feeds
+
+
+def session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def masked_model(model: onnx.ModelProto, dg, masks: Masks) -> onnx.ModelProto:
+    """The original graph with pruned positions zeroed (a Where) after every value ``masks`` cuts."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    by_value: dict[str, list] = {}
+    for (value, d), keep in masks.items():
+        v = dg.ir.values[value]
+        if v.kind in ("act", "input") and v.dtype.startswith("float") and value not in dg.ir.outputs:
+            by_value.setdefault(value, []).append((d, keep))
+    users: dict[str, list] = {}
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            users.setdefault(i, []).append((n, k))
+    after: dict[str, list] = {}
+    for value, dims in sorted(by_value.items()):
+        rank = dg.ir.values[value].rank
+        mask = np.ones([1] * rank, dtype=np.float32)
+        for d, keep in dims:
+            shape = [1] * rank
+            shape[d] = keep.size
+            mask = mask * keep.astype(np.float32).reshape(shape)
+        dtype = np.dtype(dg.ir.values[value].dtype)  # the IR knows it: no shape inference per value
+        # Where, not Mul: a masked -inf (attention masks) must become 0, and 0 * -inf is nan
+        g.initializer.append(numpy_helper.from_array(mask.astype(bool), f"{value}__gp_mask"))
+        g.initializer.append(numpy_helper.from_array(np.zeros((), dtype=dtype), f"{value}__gp_zero"))
+        for n, k in users.get(value, []):
+            n.input[k] = f"{value}__gp_masked"
+        after.setdefault(value, []).append(onnx.helper.make_node(
+            "Where", [f"{value}__gp_mask", value, f"{value}__gp_zero"], [f"{value}__gp_masked"],
+            name=f"{value}__gp_mask_where"))
+    # Each Where goes right after its producer, to keep the graph topologically sorted.
+    graph_inputs = {i.name for i in g.input}
+    ordered = [node for value, nodes in after.items() if value in graph_inputs for node in nodes]
+    for n in list(g.node):
+        ordered.append(n)
+        for o in n.output:
+            ordered.extend(after.get(o, []))
+    del g.node[:]
+    g.node.extend(ordered)
+    del g.value_info[:]
+    return out

@@ -1,0 +1,235 @@
+"""A PyTorch model with example inputs, as a Program.
+
+Lowering traces it with torch.export (once, on demand); masked runs and captures use
+the traced program's interpreter (program/torch_run.py); a plain run calls the module.
+The rewrite edits the module in place (backends/torch_module.py) or a copy of it.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import PlanError
+from .base import Masks, OnCapture, Program
+
+
+class TorchProgram(Program):
+    framework = "PyTorch"
+    default_atol = 1e-5
+    has_gradients = True
+
+    def __init__(self, model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None,
+                 exported: torch.export.ExportedProgram | None = None, graph=None) -> None:
+        super().__init__()
+        self.model = model
+        self.args = args if isinstance(args, tuple) else (args,)
+        self.kwargs = dict(kwargs or {})
+        self._ep = exported
+        self._gm: torch.fx.GraphModule | None = None
+        self._graph = graph
+        self._added = 0
+
+    @classmethod
+    def of(cls, graph, model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None) -> "TorchProgram":
+        """``model`` seen through a graph traced earlier (from it or from an identical copy)."""
+        src = graph.program
+        if not isinstance(src, TorchProgram):
+            raise PlanError("this graph was not traced from a PyTorch model (graphprune.trace); an ONNX graph "
+                            "goes to graphprune.prune_onnx")
+        if not args and not kwargs:
+            args, kwargs = src.args, src.kwargs
+        out = cls(model, args, kwargs, exported=src.exported(), graph=graph)
+        out._gm = src._gm
+        return out
+
+    # ---- analysis ------------------------------------------------------------------------
+    def exported(self) -> torch.export.ExportedProgram:
+        if self._ep is None:
+            from ..frontends.torch_export import export_program
+
+            self._ep = export_program(self.model, self.args, self.kwargs)
+        return self._ep
+
+    def module(self) -> torch.fx.GraphModule:
+        """The traced program as a GraphModule (built once: ep.module() copies the graph)."""
+        if self._gm is None:
+            self._gm = self.exported().module()
+        return self._gm
+
+    def lower(self):
+        from ..frontends.torch_export import lower
+
+        return lower(self.exported(), self.model)
+
+    def tensors(self) -> dict[str, np.ndarray | None]:
+        out: dict[str, np.ndarray | None] = {}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            out[name] = None if p.is_meta else p.detach().float().cpu().numpy()
+        for name, b in self.model.named_buffers(remove_duplicate=False):
+            if b.is_floating_point():
+                out.setdefault(name, None if b.is_meta else b.detach().float().cpu().numpy())
+        return out
+
+    # ---- running ---------------------------------------------------------------------------
+    def batches(self, calib: Iterable) -> list[tuple[tuple, dict]]:
+        from ..calib.torch_calib import check_shapes
+        from .torch_run import as_batch
+
+        batches = [as_batch(b) for b in calib]
+        if not batches:
+            raise PlanError("calib= holds no batches; pass a list of example batches, or leave it out")
+        check_shapes(self.exported(), batches)
+        return batches
+
+    def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:
+        values = self.graph().ir.values
+        out: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        for (value, d), keep in masks.items():
+            if values[value].kind == "act":
+                out.setdefault(value, []).append((d, torch.as_tensor(keep)))
+        return out
+
+    def run_raw(self, batch: tuple[tuple, dict], masks: Masks | None = None, capture: Iterable[str] = (),
+                on_capture: OnCapture | None = None, outputs: bool = True) -> Any:
+        """:meth:`run` with torch outputs as the model (or, masked, the traced graph) gives them."""
+        args, kwargs = batch
+        capture = list(capture)
+        if masks is None and not capture:
+            with torch.no_grad():
+                return self.model(*args, **kwargs) if outputs else None
+        from .torch_run import Walk
+
+        walk = Walk(self.exported(), [batch], masks=self._act_masks(masks or {}), gm=self.module())
+        at: dict[int, list[tuple[str, int | None]]] = {}
+        for name in capture:
+            i = walk.node_index(name)
+            item = None
+            if i is None:  # "split.1": item 1 of node "split"; values inside wrapped bodies are not reached
+                base, _, k = name.rpartition(".")
+                i, item = walk.node_index(base), (int(k) if k.isdigit() else None)
+                if i is None or item is None:
+                    continue
+            at.setdefault(i, []).append((name, item))
+
+        def after(i: int, env: dict) -> None:
+            for name, item in at.get(i, ()):
+                v = env[walk.nodes[i]]
+                on_capture(name, v if item is None else v[item])
+
+        stop = len(walk.nodes) if outputs or not at else max(at) + 1
+        walk.advance(stop, batch=0, after=after if at else None)
+        return walk.outputs(0) if outputs else None
+
+    def run(self, batch, masks=None, capture=(), on_capture=None, outputs=True):
+        out = self.run_raw(batch, masks, capture, on_capture, outputs)
+        if not outputs:
+            return None
+        return [t.detach().double().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)
+                if isinstance(t, torch.Tensor)]
+
+    def valid_rows(self, batch):
+        mask = dict(batch[1]).get("attention_mask")
+        return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def gradients(self, batches, loss_fn):
+        from ..calib.torch_calib import gradients
+
+        return gradients(self.model, batches, loss_fn)
+
+    def sequential_compensation(self, dg, batches, masks, todo, tensors, add_bias, result) -> None:
+        from ..calib.torch_calib import walk_grams
+
+        walk_grams(dg, self.exported(), batches, self._act_masks(masks), todo, tensors, add_bias, result,
+                   self.module())
+
+    def oracle_inputs(self, trials: int) -> list[tuple[tuple, dict]]:
+        """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes: one
+        example can hide a wrong rewrite behind a dead ReLU or a tiny activation. Integer inputs
+        stay within their observed range (token ids, masks), so they stay valid."""
+        out = [(self.args, dict(self.kwargs))]
+        gen = torch.Generator().manual_seed(1234)
+
+        def fresh(a: Any) -> Any:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                scale = float(a.float().std()) if a.numel() > 1 else 1.0
+                return (torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype)
+            if isinstance(a, torch.Tensor) and a.dtype in (torch.int64, torch.int32) and a.numel():
+                return torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype)
+            return a
+
+        for _ in range(trials):
+            out.append((tuple(fresh(a) for a in self.args), {k: fresh(v) for k, v in self.kwargs.items()}))
+        return out
+
+    def bias_free(self, sites) -> set[str]:
+        """Sites run by an nn.Linear / nn.ConvNd without a bias."""
+        nodes = {n.name: n for n in self.graph().ir.nodes}
+        out = set()
+        for s in sites:
+            mod = self._module(nodes[s.node].meta.get("module", ""))
+            if isinstance(mod, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and mod.bias is None and s.b is None:
+                out.add(s.node)
+        return out
+
+    def _module(self, path: str) -> torch.nn.Module | None:
+        try:
+            return self.model.get_submodule(path) if path else self.model
+        except AttributeError:
+            return None
+
+    # ---- rewriting ---------------------------------------------------------------------------
+    def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
+              inplace: bool = False) -> "TorchProgram":
+        from ..backends.torch_module import rewrite
+
+        model = self.model if inplace else copy.deepcopy(self.model)
+        dg = self.graph()
+        rewrite(model, dg, plan, self.args, self.kwargs, updates=dict(updates) if updates else None)
+        out = TorchProgram(model, self.args, self.kwargs)
+        if compensation is not None and compensation.new_biases:
+            out._added = _add_biases(model, dg, plan, compensation)
+        return out
+
+    def added_params(self) -> int:
+        return self._added
+
+    def save(self, dst: str | Path) -> Path:
+        """``.onnx``: exported and checked in onnxruntime (graphprune.export_onnx); otherwise the
+        whole module with ``torch.save``."""
+        dst = Path(dst)
+        if dst.suffix == ".onnx":
+            from ..export import export_onnx
+
+            export_onnx(self.model, self.args, dst, self.kwargs)
+            return dst
+        from ..atomic import atomic_path
+
+        with atomic_path(dst) as tmp:
+            torch.save(self.model, tmp)
+        return dst
+
+
+def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:
+    """Give layers without a bias the one compensation computed (sliced to the kept outputs);
+    returns the number of parameters added."""
+    from ..planner import keep_masks
+
+    added = 0
+    masks = keep_masks(dg, plan)
+    nodes = {n.name: n for n in dg.ir.nodes}
+    for node, (out_value, b) in sorted(comp.new_biases.items()):
+        path = nodes[node].meta.get("module", "")
+        mod = model.get_submodule(path) if path else model
+        dim = dg.ir.values[out_value].rank - 1 if isinstance(mod, torch.nn.Linear) else 1
+        keep = masks.get((out_value, dim))
+        if keep is not None:
+            b = b[torch.as_tensor(np.flatnonzero(keep))]
+        mod.bias = torch.nn.Parameter(b.detach().clone().to(mod.weight.device, mod.weight.dtype),
+                                      requires_grad=mod.weight.requires_grad)
+        comp.bias_modules.append(path)
+        added += b.numel()
+    return added

@@ -1,0 +1,89 @@
+"""The Program layer: one run/capture/mask/apply interface that torch and ONNX share, so the
+pipeline, the oracle and the report are written once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.calib.sites import find_sites
+from graphprune.oracle import OracleReport
+from graphprune.pipeline import plan_program
+from graphprune.planner import keep_masks
+from graphprune.program import OnnxProgram, TorchProgram
+from graphprune.report import PruneReport
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 12), torch.nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MLP().eval()
+    args = (torch.randn(3, 8),)
+    path = tmp_path_factory.mktemp("program") / "mlp.onnx"
+    gp.export_onnx(model, args, path)
+    return {"torch": TorchProgram(model, args), "onnx": OnnxProgram.load(str(path))}, model, args
+
+
+def _batch(program, x: np.ndarray):
+    return ((torch.from_numpy(x),), {}) if program.framework != "ONNX" else {program.model.graph.input[0].name: x}
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnx"])
+def test_capture_hands_over_the_site_input_and_can_stop_early(kind, programs):
+    progs, model, _ = programs
+    program = progs[kind]
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    # fc3's input, as the module itself computes it
+    want = torch.relu(model.fc2(torch.relu(model.fc1(torch.from_numpy(x))))).detach().numpy()
+    site = next(s for s in find_sites(program.graph()) if _width(program, s) == 12)
+    got = {}
+    out = program.run(_batch(program, x), capture=[site.x], on_capture=lambda n, t: got.__setitem__(n, t),
+                      outputs=False)
+    assert not out  # stopped after the capture, no outputs computed
+    captured = got[site.x]
+    captured = captured.detach().numpy() if hasattr(captured, "detach") else np.asarray(captured)
+    np.testing.assert_allclose(captured, want, atol=1e-5)
+
+
+def _width(program, site) -> int:
+    return program.graph().ir.values[site.x].shape[site.x_dim]
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnx"])
+def test_masked_run_is_what_the_pruned_program_computes(kind, programs):
+    progs, _, _ = programs
+    program = progs[kind]
+    dg = program.graph()
+    p = plan_program(program, ratio=0.5, importance="l2").plan
+    assert any(p.pruned.values())
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    pruned = program.apply(p)
+    masked = program.run(_batch(program, x), masks=keep_masks(dg, p))
+    plain = program.run(_batch(program, x))
+    np.testing.assert_allclose(pruned.run(_batch(program, x))[0], masked[0], atol=1e-5)
+    assert np.abs(masked[0] - plain[0]).max() > 1e-3  # the masks do cut something
+
+
+def test_both_front_ends_share_the_report_and_the_oracle(programs, tmp_path):
+    progs, model, args = programs
+    _, report_t = gp.prune(MLP().eval(), args, ratio=0.5, importance="l2", verify=True)
+    src = tmp_path / "src.onnx"
+    progs["onnx"].save(src)
+    report_o = gp.prune_onnx(src, tmp_path / "out.onnx", ratio=0.5, importance="l2", round_to=1,
+                             measure_latency=False)
+    for r in (report_t, report_o):
+        assert type(r) is PruneReport and type(r.oracle) is OracleReport and r.oracle.passed
+        assert r.params_after < r.params_before
+    assert report_o.oracle.runtime == "onnxruntime" and report_o.path.endswith("out.onnx")
+    # the same plan on the same weights prunes the same number of weights on both front-ends
+    assert report_t.params_after == report_o.params_after
