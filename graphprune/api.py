@@ -43,7 +43,8 @@ def load_onnx(path: str, freeze_io: bool = True) -> DependencyGraph:
 def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, importance: str = "auto",
          round_to: int = 1, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
          ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
-         calib=None, loss_fn=None, compensate: bool | str | None = None, notes: list[str] | None = None) -> PrunePlan:
+         calib=None, loss_fn=None, compensate: bool | str | None = None, notes: list[str] | None = None,
+         allocation: str = "auto") -> PrunePlan:
     """Rank every selected group by ``importance`` and drop ``ratio`` of each.
 
     ``targets`` picks what to prune by what it is (see :mod:`graphprune.structure`):
@@ -60,7 +61,7 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     loss (``loss_fn(output, batch)``, or the model's own ``output.loss``).
     """
     planned = plan_program(TorchProgram.of(graph, model), ratio, importance, round_to, ignore, roles, ratios,
-                           targets, calib, loss_fn, compensate)
+                           targets, calib, loss_fn, compensate, allocation=allocation)
     if notes is not None:
         notes.extend(planned.notes)
     return planned.plan
@@ -71,7 +72,8 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
           roles: Iterable[str] | None = None, graph: DependencyGraph | None = None,
           plan_: PrunePlan | None = None, verify: bool = False, atol: float = 1e-5,
           targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
-          loss_fn=None, add_bias: bool = False, ratios: Mapping[int, float] | None = None):
+          loss_fn=None, add_bias: bool = False, ratios: Mapping[int, float] | None = None,
+          allocation: str = "auto"):
     """Prune ``model`` in place; return ``(model, PruneReport)``.
 
     With ``calib`` (batches shaped like the example inputs: tuples of positional inputs or
@@ -79,7 +81,10 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     unless ``compensate=False``, every layer that loses input channels is refit from the
     channels it keeps (``compensate="bias"``: only the mean is folded into its bias;
     ``"sequential"``: each layer is refit from the pruned model's own inputs, in graph order;
-    ``add_bias=True`` lets compensation add a bias to a layer that has none).
+    ``add_bias=True`` lets compensation add a bias to a layer that has none). With ``calib``,
+    ``allocation="auto"`` also measures how much each group's removal costs the output and
+    spends the same parameter budget as a uniform ``ratio`` where it costs least
+    (``allocation="uniform"``: every group loses ``ratio``).
 
     With ``verify=True`` the plan is first held to the exactness oracle on a copy
     of the model (see :func:`graphprune.verify`): the result is in the report, and a
@@ -97,5 +102,6 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     args = args if isinstance(args, tuple) else (args,)
     program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                                   loss_fn, compensate, add_bias, plan_, verify, atol, inplace=True)
+                                   loss_fn, compensate, add_bias, plan_, verify, atol, inplace=True,
+                                   allocation=allocation)
     return pruned.model, report

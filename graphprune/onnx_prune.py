@@ -39,11 +39,12 @@ def verify_onnx(model: onnx.ModelProto | None, dg: DependencyGraph, plan: PruneP
 def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "auto", round_to: int = 1,
               ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
               targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
-              notes: list[str] | None = None, ratios: Mapping[int, float] | None = None) -> PrunePlan:
+              notes: list[str] | None = None, ratios: Mapping[int, float] | None = None,
+              allocation: str = "auto") -> PrunePlan:
     """Rank and plan like :func:`graphprune.plan`, for a model loaded with :func:`graphprune.load_onnx`;
     data-aware criteria run the calibration batches in onnxruntime."""
     planned = plan_program(_program(dg), ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                           None, compensate)
+                           None, compensate, allocation=allocation)
     if notes is not None:
         notes.extend(planned.notes)
     return planned.plan
@@ -53,7 +54,8 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
                round_to: int = 8, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
                targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
-               ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None) -> PruneReport:
+               ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None,
+               allocation: str = "auto") -> PruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes
     (onnx.checker, the outputs' shapes in onnxruntime, and with ``verify`` the oracle).
 
@@ -62,7 +64,9 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     ``calib``: batches of inputs (dicts by input name, or tuples in input order) run in
     onnxruntime: channels are ranked from data and, unless ``compensate=False``, the layers
     that lose inputs are refit (their initializers change; the oracle checks the plan
-    without compensation).
+    without compensation). With ``calib``, ``allocation="auto"`` spends the uniform plan's
+    parameter budget where the measured output error is least (``"uniform"``: ``ratio``
+    everywhere).
 
     Example:
         >>> report = graphprune.prune_onnx("model.onnx", "slim.onnx", ratio=0.3)   # doctest: +SKIP
@@ -72,7 +76,8 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     dst = Path(dst)
     program = OnnxProgram.load(src)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                                   None, compensate, False, plan_, verify, atol, measure_latency)
+                                   None, compensate, False, plan_, verify, atol, measure_latency,
+                                   allocation=allocation)
     pruned.save(dst)
     report.path = str(dst)
     return report

@@ -49,19 +49,26 @@ class Planned:
     batches: list | None = None
     ctx: object | None = None
     notes: list[str] = field(default_factory=list)
+    allocation: object | None = None  # allocate.Allocation where ratios were chosen from data
 
 
 def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
                  ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                  ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
-                 calib=None, loss_fn=None, compensate: bool | str | None = None) -> Planned:
+                 calib=None, loss_fn=None, compensate: bool | str | None = None, *,
+                 allocation: str = "auto") -> Planned:
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
-    drop ``ratio`` of each (``ratios``: per group id)."""
+    drop ``ratio`` of each (``ratios``: per group id). ``allocation="sensitivity"`` (the
+    default with ``calib``) spends the uniform plan's parameter budget unevenly, where the
+    measured output error is least (graphprune/allocate.py)."""
+    from .allocate import AUTO_MACS, allocate, estimate, resolve_allocation
     from .calib.collect import collect
     from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 
     check_ratio(ratio)
     name = resolve_importance(importance, calib, compensate)
+    how = resolve_allocation(allocation, calib, ratios)
+    mode = compensation_mode(compensate, calib)
     dg = program.graph()
     groups = select_groups(dg, roles, ignore, targets)
     crit = CRITERIA.get(name)
@@ -74,8 +81,21 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         ctx.grads = program.gradients(batches, loss_fn)
     elif crit is not None and batches is not None and crit.needs == "calib":
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
-    plan = make_plan(groups, score_groups(name, ctx, groups), ratio, round_to, ratios)
-    return Planned(plan, name, batches, ctx, list(ctx.notes))
+    scores = score_groups(name, ctx, groups)
+    alloc = None
+    if how == "sensitivity" and allocation == "auto" and ratio > 0 and groups:
+        runs, macs = estimate(program, groups, ratio, round_to, batches)
+        if macs > AUTO_MACS:
+            how = "uniform"
+            ctx.notes.append(f"allocation: uniform; measuring each group's sensitivity would take {runs} masked "
+                             f"runs ({macs:.1e} MACs, over the {AUTO_MACS:.0e} that auto allows): pass "
+                             "allocation='sensitivity' to spend the time")
+    if how == "sensitivity" and ratio > 0 and groups:
+        alloc = allocate(program, groups, scores, ratio, round_to, batches, mode, ctx.stats)
+        ratios = alloc.ratios
+        ctx.notes.append(alloc.note())
+    plan = make_plan(groups, scores, ratio, round_to, ratios)
+    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc)
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):
@@ -94,7 +114,7 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                   ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
                   calib=None, loss_fn=None, compensate: bool | str | None = None, add_bias: bool = False,
                   plan_: PrunePlan | None = None, verify: bool = False, atol: float | None = None,
-                  measure_latency: bool = False, inplace: bool = False):
+                  measure_latency: bool = False, inplace: bool = False, *, allocation: str = "auto"):
     """Plan (or take ``plan_``), hold the plan to the oracle (``verify``), compensate, apply;
     returns ``(pruned program, PruneReport)``. A failing oracle raises: no wrong model is
     returned. The oracle checks the plan without compensation, which changes weights on
@@ -109,7 +129,7 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     dg = program.graph()
     if plan_ is None:
         planned = plan_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                               loss_fn, compensate)
+                               loss_fn, compensate, allocation=allocation)
     else:
         for gid, size in plan_.sizes.items():
             if gid not in dg._by_atom or dg.group(gid).size != size:
@@ -129,6 +149,7 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     report = PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                          {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                          importance=planned.importance, compensation=comp, notes=planned.notes,
+                         allocation=planned.allocation,
                          path=getattr(program, "path", ""))
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()

@@ -58,6 +58,7 @@ class PruneReport:
     latency_before_ms: float | None = None  # onnxruntime, one thread, median (ONNX models)
     latency_after_ms: float | None = None
     path: str = ""  # the file written, where the caller wrote one
+    allocation: object | None = None  # graphprune.allocate.Allocation, where ratios were chosen from data
 
     @property
     def groups_pruned(self) -> int:
@@ -74,6 +75,10 @@ class PruneReport:
         text = table(["metric", "before", "after", "change"], rows)
         if self.importance:
             text += f"\nimportance: {self.importance}"
+        if self.allocation is not None and self.kept:
+            shares = [1 - k / n for k, n in self.kept.values()]
+            text += (f"\nallocation: sensitivity; groups lose {100 * min(shares):.0f}% to {100 * max(shares):.0f}% "
+                     f"of their channels (uniform would be one share for all)")
         if self.compensation is not None:
             text += "\n" + compensation_text(self.compensation)
         for note in self.notes:

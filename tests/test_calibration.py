@@ -172,7 +172,7 @@ def test_sequential_walk_predicts_the_pruned_model_exactly():
     calib = [gp.hf.example_inputs(model, batch=2, seq_len=16, seed=s) for s in range(4)]
     original = copy.deepcopy(model)
     pruned, report = gp.hf.prune(model, ratio=0.5, targets=("heads", "ffn"), importance="activation", calib=calib,
-                                 compensate="sequential")
+                                 compensate="sequential", allocation="uniform")  # every layer loses channels
     outs: dict[str, list] = {}
     for tag, m in (("o", original), ("p", pruned)):
         for name, mod in m.named_modules():
@@ -291,7 +291,8 @@ def test_hf_calibrated_prune_with_new_biases_reloads(tmp_path):
     torch.manual_seed(0)
     model = _llama(transformers).eval()
     calib = [gp.hf.example_inputs(model, batch=2, seq_len=16, seed=s) for s in range(4)]
-    model, report = gp.hf.prune(model, ratio=0.5, targets=("heads", "ffn"), calib=calib, add_bias=True)
+    model, report = gp.hf.prune(model, ratio=0.5, targets=("heads", "ffn"), calib=calib, add_bias=True,
+                                allocation="uniform")  # every down_proj loses inputs, so every one gets a bias
     assert report.importance == "obs"
     assert all(layer.mlp.down_proj.bias is not None for layer in model.model.layers)
     assert not report.sync.loadable and "bias" in report.sync.reason
@@ -309,7 +310,8 @@ def test_hf_taylor_uses_the_causal_lm_loss():
     torch.manual_seed(0)
     model = _llama(transformers).eval()
     calib = [gp.hf.example_inputs(model, batch=2, seq_len=16, seed=s) for s in range(2)]
-    model, report = gp.hf.prune(model, ratio=0.5, targets="ffn", importance="taylor", calib=calib, compensate=False)
+    model, report = gp.hf.prune(model, ratio=0.5, targets="ffn", importance="taylor", calib=calib, compensate=False,
+                                allocation="uniform")
     assert report.importance == "taylor" and report.groups_pruned == 2
     assert all(layer.mlp.up_proj.out_features == 64 for layer in model.model.layers)
 

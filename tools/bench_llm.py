@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 import llm_data as L  # noqa: E402
 
-CRITERIA = ["auto", "obs", "activation", "fluctuation", "taylor", "hessian", "l2", "l1", "lamp", "random"]
+CRITERIA = ["auto", "obs", "activation", "fluctuation", "taylor", "hessian", "l2", "l1", "lamp", "random",
+            "auto/sensitivity"]  # "auto/sensitivity": auto, with allocation="sensitivity" forced (slow here)
 DATA_FREE = {"l1", "l2", "lamp", "random"}
 
 
@@ -43,16 +44,20 @@ def run_graphprune(model, ratio: float, criterion: str, compensate: bool, calib:
     import graphprune as gp
 
     use_calib = compensate or criterion not in DATA_FREE
+    criterion, _, allocation = criterion.partition("/")
     t = time.perf_counter()
     model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=criterion,
-                                calib=calib if use_calib else None, compensate=compensate if use_calib else False)
+                                calib=calib if use_calib else None, compensate=compensate if use_calib else False,
+                                allocation=allocation or "auto")
     seconds = time.perf_counter() - t
     comp = report.compensation
     err = None
     if comp is not None and comp.sites:
         err = (sum(s.error_before for s in comp.sites) / len(comp.sites),
                sum(s.error_after for s in comp.sites) / len(comp.sites))
-    return model, {"seconds": seconds, "importance": report.importance, "calib_error": err}
+    how = "sensitivity" if report.allocation is not None else "uniform"
+    return model, {"seconds": seconds, "importance": report.importance + ("" if how == "uniform" else f", {how}"),
+                   "calib_error": err}
 
 
 def run_torch_pruning(model, ratio: float, calib: list) -> tuple[object, dict]:
@@ -63,9 +68,13 @@ def run_torch_pruning(model, ratio: float, calib: list) -> tuple[object, dict]:
     return model, {"seconds": time.perf_counter() - t, "importance": "l2 (group)", "calib_error": None}
 
 
-def structure(model) -> tuple[int, int]:
-    layer = model.model.layers[0]
-    return layer.self_attn.k_proj.out_features // layer.self_attn.head_dim, layer.mlp.up_proj.out_features
+def structure(model) -> tuple[str, str]:
+    """Key/value heads and FFN units per layer (a range where layers differ)."""
+    layers = model.model.layers
+    kv = {la.self_attn.k_proj.out_features // la.self_attn.head_dim for la in layers}
+    ffn = {la.mlp.up_proj.out_features for la in layers}
+    span = lambda s: str(min(s)) if len(s) == 1 else f"{min(s)}-{max(s)}"
+    return span(kv), span(ffn)
 
 
 def markdown(rows: list[dict], dense: float, ns, base_params: int) -> str:
@@ -166,7 +175,7 @@ def main() -> int:
     log(f"dense perplexity {saved['dense']:.2f}")
     done = {(r["ratio"], r["method"], r["importance_arg"], r["compensation"]) for r in saved["rows"]}
     jobs = [(r, "graphprune", c, comp) for r in ns.ratios for c in ns.criteria for comp in ("refit", "off")
-            if not (c == "auto" and comp == "off")]
+            if not (c.startswith("auto") and comp == "off")]
     if not ns.no_peer:
         jobs += [(r, "torch-pruning", "l2", "off") for r in ns.ratios]
     for k, (ratio, method, crit, comp) in enumerate(jobs, 1):

@@ -11,9 +11,12 @@ in topic order: deterministic for a given Python version.
 
 Pruned: a fraction r of the attention heads (whole heads) and of the FFN units in every
 layer; the hidden size stays 384, so the embeddings stay comparable. One shot, no
-fine-tuning, magnitude (data-free) importance. Methods:
+fine-tuning. Methods:
 
-- graphprune, importance l2 / l1 / random (the floor);
+- graphprune, importance l2 / l1 / random (the floor), data-free;
+- graphprune with 64 calibration sentences (disjoint from the evaluated ones): each
+  data-aware criterion with and without refit (uniform allocation), and the default
+  ``auto`` with and without sensitivity allocation;
 - Torch-Pruning 1.6.1 (reference peer, ``pip install --no-deps torch-pruning==1.6.1``),
   L2 group magnitude, configured by hand to the same budget.
 
@@ -106,12 +109,12 @@ def n_params(model: torch.nn.Module) -> int:
 # --- the two pruners ---------------------------------------------------------------------
 
 def prune_graphprune(model: torch.nn.Module, ratio: float, importance: str, calib: list | None = None,
-                     compensate: bool = False) -> torch.nn.Module:
+                     compensate: bool = False, allocation: str = "uniform") -> torch.nn.Module:
     import graphprune as gp
 
     # graphprune.hf.prune also syncs num_attention_heads/all_head_size and the config
     model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=importance, calib=calib,
-                                compensate=compensate if calib is not None else False)
+                                compensate=compensate if calib is not None else False, allocation=allocation)
     return model
 
 
@@ -274,14 +277,20 @@ def markdown(rows: list[dict], base_params: int, n_sent: int, ns, notes: list[st
         f"topics in key order) of Python {platform.python_version()}'s bundled `pydoc_data.topics`; "
         "tokenized with padding, truncated at 64 tokens.",
         "",
-        "Pruned: in every layer, the given fraction of the attention heads (whole heads: 12 -> 9 at 25%, "
-        "12 -> 6 at 50%) and of the FFN units; the hidden size stays 384, so pruned and original "
+        "Pruned: the given fraction of the attention heads (whole heads: 12 -> 9 at 25%, "
+        "12 -> 6 at 50%) and of the FFN units, in every layer alike unless the row says otherwise (a range "
+        "in the heads and FFN columns: layers lost different fractions); the hidden size stays 384, so pruned and original "
         "embeddings are directly comparable. **One shot, no fine-tuning.** Rows without `calib` use weights "
         "only (`random` is the floor); rows with `calib` rank channels from "
         f"{ns.calib} calibration sentences (the next {ns.calib} prose sentences of the same source, disjoint from "
         "the evaluated ones, padded to 64 tokens in batches of 16; padding is left out of the statistics); "
         "`+ refit` also refits each layer that lost input channels (ridge least squares toward the original "
-        "layer output, strength chosen by 2-fold cross-validation). `taylor` and `hessian` need a loss, which "
+        "layer output, strength chosen by 2-fold cross-validation). Rows named by a criterion prune every "
+        "layer by the same fraction (`allocation=\"uniform\"`), to compare criteria; `auto, calib (default)` "
+        "is what `graphprune.hf.prune(model, ratio=r, targets=(\"heads\", \"ffn\"), calib=calib)` does: "
+        "`obs` + refit with the fraction per layer chosen from each group's measured sensitivity, at the "
+        "uniform plan's parameter count (docs/calibration.md, Allocation); `auto, calib, uniform` is the "
+        "same without it. `taylor` and `hessian` need a loss, which "
         "a sentence embedder does not have, so they are in the LLM benchmark (docs/llm_pruning.md) only.",
         "",
         "Metrics, pruned model against the original: cosine similarity of each sentence's two embeddings "
@@ -354,8 +363,13 @@ def main() -> int:
                ("graphprune l1", lambda m, r: prune_graphprune(m, r, "l1")),
                ("graphprune random", lambda m, r: prune_graphprune(m, r, "random"))]
     for crit in ns.criteria:
-        if crit != "auto":
-            methods.append((f"graphprune {crit}, calib", lambda m, r, c=crit: prune_graphprune(m, r, c, calib)))
+        if crit == "auto":  # the default: allocation from measured sensitivity; and the same, uniform
+            methods.append(("graphprune auto, calib (default)",
+                            lambda m, r: prune_graphprune(m, r, "auto", calib, True, "auto")))
+            methods.append(("graphprune auto, calib, uniform",
+                            lambda m, r: prune_graphprune(m, r, "auto", calib, True, "uniform")))
+            continue
+        methods.append((f"graphprune {crit}, calib", lambda m, r, c=crit: prune_graphprune(m, r, c, calib)))
         methods.append((f"graphprune {crit}, calib + refit",
                         lambda m, r, c=crit: prune_graphprune(m, r, c, calib, True)))
     have_tp = tp_available()

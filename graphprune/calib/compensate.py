@@ -26,6 +26,7 @@ class SiteRefit:
     action: str  # "refit", "refit + new bias", "bias", "new bias"
     error_before: float
     error_after: float
+    lam: float | None = None  # the ridge strength of the refit (relative to the mean diagonal)
 
 
 @dataclass
@@ -96,8 +97,9 @@ def compensate(program, dg: DependencyGraph, plan: PrunePlan, batches: list, mod
 
 
 def refit_from_stats(dg: DependencyGraph, todo: list[tuple[Site, np.ndarray]], tensors, stats: dict[str, SiteStats],
-                     mode: str, add_bias: set[str], result: Compensation) -> None:
-    """Refit each site to the original model's output from the original model's kept inputs."""
+                     mode: str, add_bias: set[str], result: Compensation, lams: dict[str, float] | None = None) -> None:
+    """Refit each site to the original model's output from the original model's kept inputs;
+    ``lams`` fixes the ridge strength per site (else cross-validation picks it)."""
     for s, keep in todo:
         st = stats.get(s.node)
         if st is None or st.gram is None or st.gram.m is None:
@@ -105,11 +107,11 @@ def refit_from_stats(dg: DependencyGraph, todo: list[tuple[Site, np.ndarray]], t
             continue
         h = st.gram.m
         folds = [(g.m, g.m, g.m) for g in st.folds if g.m is not None]
-        refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds)
+        refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds, (lams or {}).get(s.node))
 
 
 def refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add_bias, result: Compensation,
-                folds=None):
+                folds=None, lam: float | None = None):
     """Solve one site and record its new weight (and bias) in ``result``."""
     w_path = source(dg, s.w)
     w = torch.as_tensor(tensors[w_path])
@@ -118,7 +120,7 @@ def refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add
     b_path = source(dg, s.b) if s.b is not None else None
     b = torch.as_tensor(tensors[b_path]) if b_path is not None else None
     r = refit(wo.reshape(wo.shape[0], -1), b, hd, c, hp, keep_f, b is not None or s.node in add_bias,
-              "bias" if mode == "bias" else "refit", folds=folds)
+              "bias" if mode == "bias" else "refit", damp=lam, folds=folds)
     new_w = torch.movedim(r.w.reshape(wo.shape).to(w.dtype), (0, 1), (s.w_out, s.w_in)).contiguous()
     result.updates[w_path] = new_w
     action = "bias" if mode == "bias" else "refit"
@@ -129,5 +131,5 @@ def refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add
         out_value = next(n.outputs[0] for n in dg.ir.nodes if n.name == s.node)
         result.new_biases[s.node] = (out_value, new_b)
         action += " + new bias"
-    result.sites.append(SiteRefit(s.node, w_path, action, r.error_before, r.error_after))
+    result.sites.append(SiteRefit(s.node, w_path, action, r.error_before, r.error_after, r.lam))
     return w_path, b_path, new_w, new_b

@@ -26,12 +26,7 @@ class Refit:
     b: torch.Tensor | None  # (out,), when the site has or may get a bias
     error_before: float  # relative output error on the calibration data, pruned as is
     error_after: float  # ... after the refit
-
-
-def _error(wa: torch.Tensor, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor, a: torch.Tensor,
-           s: torch.Tensor) -> float:
-    """||W~ X_d - A X'_S||^2 from the Grams alone."""
-    return _error_blocks(float((wa @ hd * wa).sum()), wa @ c[:, s], hp[s][:, s], a)
+    lam: float | None = None  # the ridge strength used (relative to the mean diagonal)
 
 
 def _error_blocks(energy: float, r: torch.Tensor, h_ss: torch.Tensor, a: torch.Tensor) -> float:
@@ -57,9 +52,8 @@ def _solve_blocks(r: torch.Tensor, h_ss: torch.Tensor, a0: torch.Tensor, real: t
     return torch.linalg.lstsq(h, rhs.T).solution.T  # not positive definite (rank-deficient data)
 
 
-def _pick_lambda(wa, c, hp, s, a0, real, folds) -> float:
+def _pick_lambda(wa, r_all, h_all, s, a0, real, folds) -> float:
     """The ridge strength that predicts each held-out fold best from the other."""
-    r_all, h_all = wa @ c[:, s], hp[s][:, s]
     parts = []
     for fd, fc, fp in folds:
         r_f, h_f = wa @ fc[:, s], fp[s][:, s]
@@ -84,12 +78,16 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     out_n, f = w.shape
     bias = b.double().reshape(-1) if b is not None else torch.zeros(out_n, dtype=torch.float64)
     wa = torch.cat([w, bias[:, None]], 1)
-    energy = float(torch.einsum("of,fg,og->", wa, hd, wa))
+    wh = wa @ hd
+    energy = max(float((wh * wa).sum()), 1e-300)
     keep_aug = torch.cat([keep.bool(), torch.tensor([with_bias])])
     s = torch.nonzero(keep_aug).flatten()
     a0 = wa[:, s]  # pruned as is: kept columns, bias unchanged
-    before = _error(wa, hd, c, hp, a0, s) / max(energy, 1e-300)
+    r = (wh if c is hd else wa @ c)[:, s]  # W~ C_:S, and H'_SS: all the errors below need
+    h_ss = hp[s][:, s]
+    before = _error_blocks(energy, r, h_ss, a0) / energy
     real = s < f
+    lam = None
     if mode == "bias":
         a = a0.clone()
         if with_bias:
@@ -99,13 +97,13 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     else:
         lam = damp if damp is not None else DAMP
         if damp is None and folds is not None and len(folds) > 1:
-            lam = _pick_lambda(wa, c, hp, s, a0, real, folds)
-        a = _solve_blocks(wa @ c[:, s], hp[s][:, s], a0, real, lam)
-    after = _error(wa, hd, c, hp, a, s) / max(energy, 1e-300)
+            lam = _pick_lambda(wa, r, h_ss, s, a0, real, folds)
+        a = _solve_blocks(r, h_ss, a0, real, lam)
+    after = _error_blocks(energy, r, h_ss, a) / energy
     if after > before:  # ill-conditioned data: never make a site worse than leaving it alone
         a, after = a0, before
     new_w = torch.zeros_like(w)
     real_s = s[real]
     new_w[:, real_s] = a[:, : len(real_s)]
     new_b = a[:, -1] if with_bias else None
-    return Refit(new_w, new_b, before, after)
+    return Refit(new_w, new_b, before, after, lam)

@@ -19,7 +19,7 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
           targets: Iterable[str] | str | None = None, importance: str = "auto", round_to: int = 1,
           ignore: Iterable[str] = (), verify: bool = False, atol: float = 1e-5, plan_: PrunePlan | None = None,
           ratios=None, graph: DependencyGraph | None = None, calib=None, compensate: bool | str | None = None,
-          loss_fn=None, add_bias: bool = False):
+          loss_fn=None, add_bias: bool = False, allocation: str = "auto"):
     """Prune a transformers model in place, then sync its module attributes and config.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
@@ -53,7 +53,7 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     model, report = api.prune(model, (), inputs, ratio=ratio, importance=importance, round_to=round_to,
                               ignore=ignore, graph=graph, plan_=plan_, verify=verify, atol=atol, targets=targets,
                               calib=calib, compensate=compensate, loss_fn=loss_fn, add_bias=add_bias,
-                              ratios=ratios)
+                              ratios=ratios, allocation=allocation)
     plan = report.plan
     report.sync = sync_config(model, graph, plan)
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -73,6 +73,17 @@ class Program(ABC):
     def valid_rows(self, batch: Any):
         """Which (item, position) of a batch are real tokens (attention_mask), or None."""
         return None
+
+    @abstractmethod
+    def rows(self, batch: Any) -> int:
+        """How many samples a batch holds: real tokens for sequence inputs, else items."""
+
+    @abstractmethod
+    def run_variants(self, batches: list, variants: list[tuple[Masks, Mapping[str, Any]]]
+                     ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+        """Run every batch under every variant (keep masks, weight overrides by parameter name);
+        yields ``(variant, batch, outputs)`` as float32 arrays, in any order. The work before
+        a variant's first changed value may be shared between variants."""
 
     def gradients(self, batches: list, loss_fn) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per parameter: sums over batches of w*g and (w*g)^2 (g: gradient of the loss)."""

@@ -118,6 +118,29 @@ class OnnxProgram(Program):
         mask = batch.get("attention_mask")
         return torch.from_numpy(np.asarray(mask)) if mask is not None and np.ndim(mask) == 2 else None
 
+    def rows(self, batch) -> int:
+        mask = self.valid_rows(batch)
+        if mask is not None:
+            return int(mask.sum())
+        first = np.asarray(batch[self.input_names[0]])
+        if first.ndim == 0:
+            return 1
+        return first.size if first.ndim == 2 and np.issubdtype(first.dtype, np.integer) else first.shape[0]
+
+    def run_variants(self, batches, variants):
+        """One session per variant: the masked graph with its weights replaced."""
+        for v, (masks, overrides) in enumerate(variants):
+            model = masked_model(self.model, self.graph(), masks) if masks else self.model
+            if overrides:
+                model = with_weights(model, overrides)
+            try:
+                sess = session(model)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise PlanError(f"onnxruntime cannot run a masked variant: {str(exc).splitlines()[0]}") from exc
+            n_out = len(self.model.graph.output)
+            for k, b in enumerate(batches):
+                yield v, k, [np.asarray(o, dtype=np.float32) for o in sess.run(None, b)[:n_out]]
+
     def feeds(self) -> dict[str, np.ndarray]:
         return self._feeds if self._feeds is not None else probe_inputs(self.model)
 
@@ -191,6 +214,19 @@ def session(model: onnx.ModelProto):
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def with_weights(model: onnx.ModelProto, arrays: Mapping[str, Any]) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``arrays`` hold those values."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        if init.name in arrays:
+            a = arrays[init.name]
+            a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+            init.CopyFrom(numpy_helper.from_array(a.astype(dtype), init.name))
+    return out
 
 
 def masked_model(model: onnx.ModelProto, dg, masks: Masks) -> onnx.ModelProto:

@@ -135,6 +135,35 @@ class TorchProgram(Program):
         mask = dict(batch[1]).get("attention_mask")
         return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
+    def rows(self, batch) -> int:
+        mask = self.valid_rows(batch)
+        if mask is not None:
+            return int(mask.sum())
+        first = next((t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, torch.Tensor)), None)
+        if first is None or first.dim() == 0:
+            return 1
+        return first.numel() if first.dim() == 2 and not first.is_floating_point() else first.shape[0]
+
+    def run_variants(self, batches, variants):
+        """One dense walk advanced to each variant's first changed node, forked from there:
+        a variant that changes the last layer runs only the last layer."""
+        from .torch_run import Walk
+
+        walk = Walk(self.exported(), batches, gm=self.module())
+        starts = []
+        for masks, overrides in variants:
+            at = [walk.producer(v) for v, _ in masks]
+            starts.append(min([i for i in at if i is not None] + [walk.first_reader(overrides)]))
+        for v in sorted(range(len(variants)), key=lambda v: (starts[v], v)):
+            walk.advance(starts[v])
+            masks, overrides = variants[v]
+            fork = walk.fork(self._act_masks(masks), {k: torch.as_tensor(x) for k, x in overrides.items()})
+            for k in range(len(batches)):
+                out = fork.outputs(k)
+                fork.envs[k] = {}
+                yield v, k, [t.detach().float().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)
+                             if isinstance(t, torch.Tensor)]
+
     def gradients(self, batches, loss_fn):
         from ..calib.torch_calib import gradients
 

@@ -9,6 +9,7 @@ so memory is the calibration set times the widest cut of the graph, not its dept
 """
 from __future__ import annotations
 
+import copy
 import operator
 from typing import Any, Callable, Iterable
 
@@ -108,6 +109,31 @@ class Walk:
             mask = dict(kwargs).get("attention_mask")
             self.valid.append(mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None)
         self.pos = [0] * len(self.envs)
+
+    def fork(self, masks: dict, overrides: dict[str, torch.Tensor]) -> "Walk":
+        """A walk that continues from here with other masks and weights (values computed so
+        far are shared: the interpreter never changes a tensor in place)."""
+        new = copy.copy(self)
+        new.runner = _Runner(self.gm, masks, overrides)
+        new.envs = [dict(e) for e in self.envs]
+        new.pos = list(self.pos)
+        return new
+
+    def first_reader(self, targets: Iterable[str]) -> int:
+        """The index of the first node that reads one of the weights ``targets``."""
+        targets = set(targets)
+        for i, n in enumerate(self.nodes):
+            if any(a.op == "get_attr" and a.target in targets for a in n.all_input_nodes):
+                return i
+        return len(self.nodes)
+
+    def producer(self, value: str) -> int | None:
+        """The node that computes IR value ``value`` ("split.1", "wrapper/inner" included)."""
+        i = self.index.get(value.split("/")[0])
+        if i is None:
+            base, _, item = value.split("/")[0].rpartition(".")
+            i = self.index.get(base) if item.isdigit() else None
+        return i
 
     @property
     def overrides(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,222 @@
+"""Where to prune: per-group ratios from measured sensitivity, at the uniform plan's budget.
+
+A uniform ratio treats the last attention layer like the first FFN; on real models they
+are not alike (in all-MiniLM-L6-v2 the last layer's heads cost several times what the
+last FFN does). Each group is pruned *alone* at a few ratios around the asked one,
+repaired the way the final plan will be (the same refit from the same statistics), and
+the model's output error on calibration data is measured. A greedy walk over the lower
+convex hull of every group's (parameters removed, error) curve then removes the
+cheapest parameters first until the uniform plan's parameter count is reached: the
+same budget, spent where it hurts least. Errors are assumed to add across groups;
+one-shot pruning is in that regime. Front-end neutral (no torch, no onnx here).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import PlanError
+from .graph import DependencyGraph, Group
+from .metrics import count_params
+from .planner import PrunePlan, kept_count, keep_masks, make_plan
+
+ALLOCATIONS = ("auto", "uniform", "sensitivity")
+LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
+MAX_RATIO = 0.9  # no group loses more than this share of its channels
+ROWS = 1024  # calibration rows (tokens, or items) the sensitivity runs use at most
+# ``auto`` measures sensitivity when the masked runs cost at most this many MACs (about a
+# minute on two CPU cores): all-MiniLM-L6-v2 needs 1.3e12, SmolLM2-135M 2.1e13, where nine
+# minutes of runs bought 0.2 perplexity points over uniform (docs/calibration.md).
+AUTO_MACS = 5e12
+
+
+def resolve_allocation(allocation: str, calib, ratios, plan_given: bool = False) -> str:
+    """``auto``: sensitivity with calibration data (unless per-group ``ratios`` are given; the
+    cost check comes later, in :func:`allocate`), uniform without."""
+    if allocation not in ALLOCATIONS:
+        raise PlanError(f"allocation must be one of {list(ALLOCATIONS)}, not {allocation!r}")
+    if allocation == "sensitivity" and calib is None:
+        raise PlanError("allocation='sensitivity' measures each group's cost on data: pass calib=[batch, ...], "
+                        "or allocation='uniform'")
+    if allocation == "sensitivity" and ratios:
+        raise PlanError("ratios= fixes each group's ratio, allocation='sensitivity' chooses them: pass one of the two")
+    if allocation == "auto":
+        return "sensitivity" if calib is not None and not ratios and not plan_given else "uniform"
+    return allocation
+
+
+@dataclass
+class Allocation:
+    """Per-group ratios and what they were chosen from."""
+
+    ratios: dict[int, float]
+    curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # gid -> (params removed, error)
+    target: int = 0  # parameters the uniform plan removes
+    removed: int = 0  # parameters this allocation removes
+    runs: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def note(self) -> str:
+        return (f"allocation: sensitivity of {len(self.curves)} group(s) from {self.runs} masked run(s) on "
+                f"{self.rows} calibration row(s) ({self.seconds:.1f} s); removes {self.removed:,} parameters "
+                f"(uniform: {self.target:,})")
+
+
+def removed_params(dg: DependencyGraph, plan: PrunePlan, before: int) -> int:
+    from .pipeline import shape_fn
+
+    return before - count_params(dg.ir, shape_fn(dg, plan))
+
+
+def _levels(g: Group, ratio: float, round_to: int) -> list[tuple[float, int]]:
+    """(ratio, channels removed) per distinct level of group ``g``."""
+    rt = round_to if g.role == "channel" else 1
+    out: dict[int, float] = {}
+    for m in LEVELS:
+        r = min(MAX_RATIO, ratio * m)
+        n = g.size - kept_count(g.size, r, rt)
+        if n > 0:
+            out.setdefault(n, r)
+    return sorted((r, n) for n, r in out.items())
+
+
+def sample(program, batches: list) -> tuple[list, int]:
+    """The first batches, up to ``ROWS`` rows (at least one batch)."""
+    out, rows = [], 0
+    for b in batches:
+        n = program.rows(b)
+        if out and rows + n > ROWS:
+            break
+        out.append(b)
+        rows += n
+    return out, rows
+
+
+def estimate(program, groups: list[Group], ratio: float, round_to: int, batches: list) -> tuple[int, float]:
+    """(masked runs, their MACs) that sensitivity would take on this model and data."""
+    from .metrics import count_macs
+
+    dg = program.graph()
+    runs = sum(len(_levels(g, ratio, round_to)) for g in groups)
+    _, rows = sample(program, batches)
+    per_row = count_macs(dg.ir) / max(1, program.rows(program.oracle_inputs(0)[0]))
+    return runs, runs * rows * per_row
+
+
+def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, batches: list,
+             mode: str | None, stats) -> Allocation:
+    """Per-group ratios removing the uniform plan's parameters where the output suffers least."""
+    from .calib.compensate import Compensation, affected_sites, refit_from_stats
+    from .calib.collect import collect
+    from .calib.sites import find_sites
+    from .progress import progress
+
+    t0 = time.perf_counter()
+    dg = program.graph()
+    before = count_params(dg.ir)
+    target = removed_params(dg, make_plan(groups, scores, ratio, round_to), before)
+    used, rows = sample(program, batches)
+
+    variants, keys = [], []  # (masks, overrides) and (gid, ratio, params removed) per run
+    sites = find_sites(dg)
+    stats = dict(stats or {})
+    tensors = program.tensors()
+    fit = "bias" if mode == "bias" else "refit"
+    lams: dict[str, float] = {}
+    if mode is not None:  # one pass for the Grams the refits need that scoring did not collect
+        uniform = Compensation()
+        todo = affected_sites(dg, make_plan(groups, scores, ratio, round_to), sites, uniform)
+        missing = [s for s, _ in todo if stats.get(s.node) is None or stats[s.node].gram is None]
+        if missing:
+            stats.update(collect(program, batches, missing, {s.node for s in missing}))
+        # each site's ridge strength, cross-validated once at the uniform ratio, serves every level
+        refit_from_stats(dg, todo, tensors, stats, fit, set(), uniform)
+        lams = {s.node: s.lam for s in uniform.sites if s.lam is not None}
+    for g in groups:
+        for r, _ in _levels(g, ratio, round_to):
+            p = make_plan([g], scores, 0.0, round_to, {g.id: r})
+            overrides = {}
+            if mode is not None:
+                comp = Compensation()
+                refit_from_stats(dg, affected_sites(dg, p, sites, comp), tensors, stats, fit, set(), comp, lams)
+                overrides = comp.updates
+            variants.append((keep_masks(dg, p), overrides))
+            keys.append((g.id, r, removed_params(dg, p, before)))
+
+    ref = [program.run(b) for b in used]
+    valid = [program.valid_rows(b) for b in used]
+    energy = sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs)
+    err = np.zeros(len(variants))
+    runs = program.run_variants(used, variants)
+    for v, k, outs in progress(runs, "allocating", len(variants) * len(used)):
+        err[v] += sum(_sq(o, r, valid[k]) for o, r in zip(outs, ref[k])) / max(energy, 1e-30)
+
+    curves: dict[int, list[tuple[int, float, float]]] = {g.id: [(0, 0.0, 0.0)] for g in groups}
+    for (gid, r, n), e in zip(keys, err):
+        curves[gid].append((n, float(e), r))
+    ratios = _greedy(groups, curves, target, round_to)
+    final = make_plan(groups, scores, ratio, round_to, ratios)
+    return Allocation(ratios, {g: [(n, e) for n, e, _ in c] for g, c in curves.items()}, target,
+                      removed_params(dg, final, before), len(variants), rows, time.perf_counter() - t0)
+
+
+def _sq(out: np.ndarray, ref: np.ndarray | None, valid) -> float:
+    """Squared norm of ``out - ref`` (or ``out``) over real rows (padding left out)."""
+    d = out if ref is None else out - ref
+    if valid is not None:
+        m = np.asarray(valid).astype(bool)
+        if d.shape[: m.ndim] == m.shape:
+            d = d[m]
+    return float(np.square(d, dtype=np.float64).sum())
+
+
+def _hull(points: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+    """The lower convex hull of (params, error, ratio) points sorted by params: a larger
+    cut that costs less per parameter than a smaller one makes the smaller one moot."""
+    out: list[tuple[int, float, float]] = []
+    for p in sorted(points):
+        while len(out) >= 2:
+            (x1, y1, _), (x2, y2, _) = out[-2], out[-1]
+            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):  # out[-1] lies on or above the chord
+                out.pop()
+            else:
+                break
+        if not out or p[0] > out[-1][0]:
+            out.append(p)
+    return out
+
+
+def _greedy(groups: list[Group], curves, target: int, round_to: int) -> dict[int, float]:
+    """Take hull segments cheapest per parameter first until ``target`` parameters are removed;
+    the segment that crosses the target is taken in part (parameters are linear in channels)."""
+    segs = []
+    for g in groups:
+        h = _hull(curves[g.id])
+        for a, b in zip(h, h[1:]):
+            segs.append(((b[1] - a[1]) / (b[0] - a[0]), g.id, a, b))
+    segs.sort(key=lambda s: (s[0], s[1], s[2][0]))
+    by_id = {g.id: g for g in groups}
+    ratios = {g.id: 0.0 for g in groups}
+    removed = 0
+    for _, gid, a, b in segs:
+        if removed >= target:
+            break
+        if ratios[gid] != a[2]:  # an earlier segment of this group was not taken (cannot happen on a hull)
+            continue
+        if removed + b[0] - a[0] <= target:
+            ratios[gid], removed = b[2], removed + b[0] - a[0]
+            continue
+        g = by_id[gid]
+        f = (target - removed) / (b[0] - a[0])
+        r = a[2] + f * (b[2] - a[2])
+        rt = round_to if g.role == "channel" else 1
+        # the ratio whose channel count first reaches the budget: never fewer parameters removed
+        # than the uniform plan (at most one channel, or head, more)
+        n = math.ceil(g.size * r - 1e-9)
+        ratios[gid] = (g.size - kept_count(g.size, n / g.size, rt)) / g.size
+        removed = target
+    return ratios

@@ -1,0 +1,141 @@
+"""Non-uniform allocation: per-group ratios from measured sensitivity, at the uniform budget."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.allocate import _greedy, _hull
+from graphprune.calib.compensate import compensate
+from graphprune.errors import PlanError
+from graphprune.planner import keep_masks, make_plan, select_groups
+from graphprune.program.onnx_program import OnnxProgram
+from graphprune.program.torch_program import TorchProgram
+from test_calibration import _calib, _rel_err
+
+
+class TwoBranches(torch.nn.Module):
+    """Two MLPs side by side; branch ``b``'s output is scaled down 100x, so its hidden units
+    matter far less to the output than ``a``'s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        self.b = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        with torch.no_grad():
+            self.b[2].weight.mul_(0.01)
+            self.b[2].bias.mul_(0.01)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], -1)
+
+
+def test_hull_drops_a_cut_that_a_larger_one_makes_moot():
+    # (50, 0.5) lies above the chord from (0, 0) to (80, 0.6) (0.375 at 50): cutting 80 is
+    # cheaper per parameter than cutting 50, so the 50 point never starts a segment
+    assert _hull([(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]) == [(0, 0.0, 0.0), (80, 0.6, 0.8)]
+
+
+def test_greedy_takes_the_cheapest_parameters_first_and_splits_the_last_segment():
+    a = SimpleNamespace(id=1, size=10, role="channel")
+    b = SimpleNamespace(id=2, size=10, role="channel")
+    curves = {1: [(0, 0.0, 0.0), (50, 0.1, 0.5), (80, 1.0, 0.8)],
+              2: [(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]}
+    # slopes: a 0.1/50 = 0.002 then 0.9/30 = 0.03; b's hull is one segment 0.6/80 = 0.0075.
+    # Budget 120: a's first segment (50), then 70 of b's 80 -> ratio 0.8 * 70/80 = 0.7 -> 7 of 10
+    assert _greedy([a, b], curves, 120, 1) == {1: 0.5, 2: 0.7}
+    # a budget a whole segment meets exactly takes no part of the next
+    assert _greedy([a, b], curves, 50, 1) == {1: 0.5, 2: 0.0}
+
+
+def test_sensitivity_prunes_the_branch_that_matters_less():
+    model, calib = TwoBranches().eval(), _calib(4)
+    xs = torch.cat([c[0] for c in _calib(seed=9)])  # held out
+    out = {}
+    for how in ("uniform", "sensitivity"):
+        out[how] = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, importance="activation", calib=calib,
+                            compensate=False, allocation=how)
+    (uni, uni_rep), (sens, sens_rep) = out["uniform"], out["sensitivity"]
+    assert sens_rep.allocation is not None and uni_rep.allocation is None
+    assert sens.b[0].out_features < sens.a[0].out_features
+    # the same budget: at least the uniform plan's parameters go, and at most one unit more
+    # (a hidden unit of a branch is 8 weights + 1 bias in, 4 weights out)
+    removed_u = uni_rep.params_before - uni_rep.params_after
+    removed_s = sens_rep.params_before - sens_rep.params_after
+    assert removed_u <= removed_s <= removed_u + 13
+    assert _rel_err(model, sens, xs) < _rel_err(model, uni, xs)
+    assert "allocation: sensitivity" in str(sens_rep)
+
+
+def test_a_masked_variant_run_is_the_compensated_pruned_model(tmp_path):
+    """What sensitivity measures is the model the plan and its refit would produce, in both
+    front-ends: a masked run with the refit weights equals the rewritten model's run."""
+    model, calib = TwoBranches().eval(), _calib(4)
+    path = tmp_path / "two.onnx"
+    gp.export_onnx(model, (calib[0][0],), path)
+    torch_prog = TorchProgram(model, calib[0])
+    onnx_prog = OnnxProgram.load(path)
+    for program, batches in ((torch_prog, torch_prog.batches(calib)),
+                             (onnx_prog, onnx_prog.batches([{"x": c[0].numpy()} for c in calib]))):
+        dg = program.graph()
+        groups = select_groups(dg)
+        plan = make_plan(groups, {g.id: np.arange(g.size, dtype=float) for g in groups}, 0.0, 1, {groups[0].id: 0.5})
+        comp = compensate(program, dg, plan, batches)
+        assert comp.sites and comp.updates
+        pruned = program.apply(plan, comp.updates)
+        got = {(v, k): outs for v, k, outs in program.run_variants(batches[:2], [(keep_masks(dg, plan), comp.updates)])}
+        for k in range(2):
+            np.testing.assert_allclose(got[(0, k)][0], pruned.run(batches[k])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_allocation_keeps_the_oracle(tmp_path):
+    model, calib = TwoBranches().eval(), _calib(4)
+    src, dst = tmp_path / "two.onnx", tmp_path / "slim.onnx"
+    gp.export_onnx(model, (calib[0][0],), src)
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False,
+                           calib=[{"x": c[0].numpy()} for c in calib])
+    assert report.allocation is not None and report.oracle.passed
+    kept = sorted(k for k, _ in report.kept.values())
+    assert kept[0] < kept[1]  # one branch (b) lost more than the other
+
+
+def test_auto_falls_back_to_uniform_when_sensitivity_would_be_slow(monkeypatch):
+    monkeypatch.setattr("graphprune.allocate.AUTO_MACS", 0.0)
+    model, calib = TwoBranches().eval(), _calib(4)
+    _, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib)
+    assert report.allocation is None
+    assert any("allocation: uniform" in n and "allocation='sensitivity'" in n for n in report.notes)
+    assert {k for k, _ in report.kept.values()} == {16}
+
+
+def test_allocation_errors():
+    model, calib = TwoBranches().eval(), _calib(4)
+    with pytest.raises(PlanError, match="calib="):
+        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, allocation="sensitivity")
+    with pytest.raises(PlanError, match="ratios="):
+        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, allocation="sensitivity", ratios={0: 0.1})
+    with pytest.raises(PlanError, match="allocation must be one of"):
+        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, allocation="global")
+
+
+def test_cli_allocation_flag(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model, calib = TwoBranches().eval(), _calib(4)
+    src, feeds = tmp_path / "two.onnx", tmp_path / "calib.npz"
+    gp.export_onnx(model, (calib[0][0],), src)
+    np.savez(feeds, x=np.concatenate([c[0].numpy() for c in calib]))
+    for how in ("sensitivity", "uniform"):
+        out = tmp_path / f"{how}.onnx"
+        r = subprocess.run([sys.executable, "-m", "graphprune", "prune", str(src), "-o", str(out), "--ratio", "0.5",
+                            "--round-to", "1", "--no-latency", "--calib", str(feeds), "--allocation", how],
+                           capture_output=True, text=True, env={**os.environ, "GRAPHPRUNE_PROGRESS": "0"})
+        assert r.returncode == 0, r.stderr
+        assert ("allocation: sensitivity" in r.stdout) == (how == "sensitivity") and out.exists()
