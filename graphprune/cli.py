@@ -80,7 +80,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     t = _step(1, 2, f"loading, planning and rewriting {ns.model}")
     report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
                            ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets, calib=calib,
-                           compensate=False if ns.no_compensate else None, allocation=ns.allocation)
+                           compensate=False if ns.no_compensate else None, allocation=ns.allocation,
+                           add_bias=ns.add_bias)
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "(channels are then ranked from data and layers refit)")
     pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
     pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
+    pr.add_argument("--add-bias", action="store_true",
+                    help="with --calib: let compensation give a bias to a Conv/Gemm/MatMul that has none")
     pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity"],
                     help="per-layer ratios: auto (sensitivity with --calib: the same parameter budget, spent where "
                          "the measured output error is least), uniform (--ratio everywhere)")

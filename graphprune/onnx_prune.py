@@ -55,7 +55,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
                verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
                targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
                ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None,
-               allocation: str = "auto") -> PruneReport:
+               allocation: str = "auto", add_bias: bool = False) -> PruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes
     (onnx.checker, the outputs' shapes in onnxruntime, and with ``verify`` the oracle).
 
@@ -64,7 +64,8 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     ``calib``: batches of inputs (dicts by input name, or tuples in input order) run in
     onnxruntime: channels are ranked from data and, unless ``compensate=False``, the layers
     that lose inputs are refit (their initializers change; the oracle checks the plan
-    without compensation). With ``calib``, ``allocation="auto"`` spends the uniform plan's
+    without compensation; ``add_bias=True`` lets it give a Conv, Gemm or MatMul without a
+    bias one). With ``calib``, ``allocation="auto"`` spends the uniform plan's
     parameter budget where the measured output error is least (``"uniform"``: ``ratio``
     everywhere).
 
@@ -76,7 +77,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     dst = Path(dst)
     program = OnnxProgram.load(src)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                                   None, compensate, False, plan_, verify, atol, measure_latency,
+                                   None, compensate, add_bias, plan_, verify, atol, measure_latency,
                                    allocation=allocation)
     pruned.save(dst)
     report.path = str(dst)

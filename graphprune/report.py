@@ -108,6 +108,9 @@ def compensation_text(comp, limit: int = 8) -> str:
             f"{after:.4f}\n" + table(["layer", "action", "error before", "error after"], rows))
     if len(sites) > limit:
         text += f"\n... {len(sites) - limit} more layers"
+    if comp.bias_modules:
+        text += (f"\nnew biases: {len(comp.bias_modules)} layer(s) had none and were given one: "
+                 + ", ".join(comp.bias_modules[:4]) + (" ..." if len(comp.bias_modules) > 4 else ""))
     for s in comp.skipped[:3]:
         text += f"\nnot compensated: {s}"
     return text

@@ -419,3 +419,26 @@ def test_cli_prunes_with_calibration_data(mlp_onnx, tmp_path):
     bad.write_text("not an npz")
     r = subprocess.run(cli + ["--calib", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot read calibration data" in r.stderr and not out.exists()
+
+
+def test_prune_onnx_add_bias_gives_a_bias_free_layer_one(tmp_path):
+    """The refit with a new bias, written into ONNX (an Add after MatMul, or Gemm's C): the
+    file's own error on the calibration data is the one the refit reported."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4, bias=False)).eval()
+    src = tmp_path / "nobias.onnx"
+    gp.export_onnx(model, (torch.randn(64, 8),), src)
+    calib = [{"input": c[0].numpy()} for c in _calib()]
+    xs = np.concatenate([c["input"] for c in calib])
+    errs = {}
+    for add in (False, True):
+        dst = tmp_path / f"bias_{add}.onnx"
+        report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False, calib=calib, add_bias=add,
+                               allocation="uniform")
+        errs[add] = _onnx_rel_err(src, dst, xs)
+        site = report.compensation.sites[0]
+        assert site.action == ("refit + new bias" if add else "refit")
+        assert site.error_after == pytest.approx(errs[add], rel=1e-3)
+    assert errs[True] < errs[False]
+    assert report.params_after == 8 * 16 + 16 + 16 * 4 + 4
+    assert "new biases: 1 layer(s)" in str(report)

@@ -31,6 +31,7 @@ class OnnxProgram(Program):
         self.path = str(path)
         self._feeds = feeds  # the inputs checks and latency run on (default: probe_inputs)
         self._sessions: dict[Any, Any] = {}
+        self._added = 0
 
     @classmethod
     def load(cls, path) -> "OnnxProgram":
@@ -158,17 +159,30 @@ class OnnxProgram(Program):
 
         arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in (updates or {}).items()}
         pruned = apply_plan_onnx(self.model, self.graph(), plan, arrays)
+        added = _add_biases(pruned, self.graph(), plan, compensation) if compensation is not None else 0
         try:
             onnx.checker.check_model(pruned, full_check=True)
         except Exception as exc:
             raise RewriteError(f"the pruned model fails onnx.checker: {exc}") from exc
         out = OnnxProgram(pruned, feeds=self.feeds())
+        out._added = added
         feeds = self.feeds()
         before, after = self.run(feeds), out.run(feeds)
         if [a.shape for a in before] != [a.shape for a in after]:
             raise RewriteError(f"pruned outputs have shapes {[a.shape for a in after]}, not "
                                f"{[a.shape for a in before]}")
         return out
+
+    def bias_free(self, sites) -> set[str]:
+        """Conv and Gemm sites without a bias input (one can be appended), and MatMul sites (an
+        Add after them carries it)."""
+        ops = {n.name: n.op for n in self.graph().ir.nodes}
+        n_in = {n.name: len(n.args) for n in self.graph().ir.nodes}
+        return {s.node for s in sites if s.b is None and (ops[s.node] == "onnx.MatMul" or (
+            ops[s.node] in ("onnx.Conv", "onnx.Gemm") and n_in[s.node] == 2))}
+
+    def added_params(self) -> int:
+        return self._added
 
     def latency_ms(self, repeat: int = 30) -> float:
         """Median of ``repeat`` onnxruntime runs on one thread, after a warm-up."""
@@ -185,6 +199,53 @@ class OnnxProgram(Program):
         from ..atomic import write_bytes_atomic
 
         return write_bytes_atomic(dst, self.model.SerializeToString(deterministic=True))
+
+
+def _add_biases(model: onnx.ModelProto, dg, plan, comp) -> int:
+    """Give the sites compensation fitted a bias for one (sliced to their kept outputs): Conv's B
+    and Gemm's C as a third input, an Add after a MatMul. Returns the parameters added."""
+    from ..planner import keep_masks
+
+    if not comp.new_biases:
+        return 0
+    masks = keep_masks(dg, plan)
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    after: dict[int, onnx.NodeProto] = {}
+    added = 0
+    for node, (out_value, b) in sorted(comp.new_biases.items()):
+        n = producer[out_value]
+        dim = 1 if n.op_type == "Conv" else dg.ir.values[out_value].rank - 1
+        b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
+        keep = masks.get((out_value, dim))
+        if keep is not None:
+            b = b[np.flatnonzero(keep)]
+        w = inits.get(n.input[1])
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type) if w is not None else np.float32
+        name = f"{out_value}__gp_bias"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b.astype(dtype)), name))
+        if n.op_type in ("Conv", "Gemm"):
+            n.input.append(name)
+        else:  # MatMul has no bias input: y = Add(MatMul(x, W), b), under the old output name
+            inner = f"{out_value}__gp_nobias"
+            n.output[0] = inner
+            after[id(n)] = onnx.helper.make_node("Add", [inner, name], [out_value], name=f"{node}__gp_bias_add")
+        comp.bias_modules.append(node)
+        added += int(b.size)
+    if after:
+        ordered = []
+        for n in g.node:
+            ordered.append(n)
+            if id(n) in after:
+                ordered.append(after[id(n)])
+        del g.node[:]
+        g.node.extend(ordered)
+    return added
 
 
 def _masks_key(masks: Masks) -> tuple:
