@@ -147,7 +147,7 @@ def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, 
             variants.append((keep_masks(dg, p), overrides))
             keys.append((g.id, r, removed_params(dg, p, before)))
 
-    ref = [program.run(b) for b in used]
+    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])]  # the same interpreter as the variants
     valid = [program.valid_rows(b) for b in used]
     energy = sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs)
     err = np.zeros(len(variants))
