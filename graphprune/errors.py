@@ -16,3 +16,7 @@ class PlanError(GraphpruneError):
 
 class RewriteError(GraphpruneError):
     """The rewritten model does not have the shapes the plan requires."""
+
+
+class PruneWarning(UserWarning):
+    """A prune that did less than asked: a ratio that rounds to nothing, an empty plan."""

@@ -35,6 +35,8 @@ class OracleReport:
         where = f" ({self.runtime})" if self.runtime else ""
         s = (f"oracle {verdict}{where}: max |pruned - masked original| = {self.max_abs_diff:.3g} "
              f"(atol {self.atol:g}) over {len(self.checked_groups)} exact group(s)")
+        if not self.checked_groups and not self.inexact_groups:
+            s += " - nothing was pruned, so there was nothing to check"
         if self.inexact_groups:
             s += f"; {len(self.inexact_groups)} pruned group(s) not oracle-exact, not checked: " + "; ".join(
                 f"group {g}: {r[0]}" for g, r in list(self.inexact_groups.items())[:3])

@@ -4,10 +4,11 @@ callers of :func:`plan_program` and :func:`prune_program`."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .errors import PlanError, RewriteError
+from .errors import PlanError, PruneWarning, RewriteError
 from .graph import DependencyGraph
 from .metrics import count_macs, count_params
 from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
@@ -95,7 +96,31 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         ratios = alloc.ratios
         ctx.notes.append(alloc.note())
     plan = make_plan(groups, scores, ratio, round_to, ratios)
+    idle = idle_note(groups, plan, ratio, alloc is not None)
+    if idle:
+        warnings.warn(idle, PruneWarning, stacklevel=3)
+        ctx.notes.append(idle)
     return Planned(plan, name, batches, ctx, list(ctx.notes), alloc)
+
+
+def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool) -> str | None:
+    """Say so when a ratio removes nothing: from every selected group (an empty plan), or, with
+    a uniform ratio, from some of them (too small to lose a whole channel or head)."""
+    if ratio <= 0:
+        return None
+    if not groups:
+        return "nothing was pruned: no prunable group was selected (see graph.summary() for why groups are frozen)"
+    idle = [g for g in groups if not plan.pruned.get(g.id)]
+    if not idle or (allocated and len(idle) < len(groups)):
+        return None  # an allocation that keeps some groups whole does so on purpose
+    small = min(idle, key=lambda g: (g.size, g.id))
+    what = (f"group {small.id} has {small.size} {small.kind or 'channel'}(s): {ratio:g} x {small.size} "
+            f"rounds to 0")
+    if len(idle) == len(groups):
+        return (f"nothing was pruned: ratio {ratio:g} removes no channel from any of the {len(groups)} selected "
+                f"group(s) ({what}); raise the ratio or prune other kinds (targets=('heads', 'ffn'))")
+    return (f"{len(idle)} of {len(groups)} selected group(s) lose nothing at ratio {ratio:g} ({what}); raise "
+            "the ratio, or let allocation move the budget (calib=..., allocation='sensitivity')")
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):

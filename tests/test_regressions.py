@@ -5,6 +5,7 @@ import copy
 
 import numpy as np
 import onnx
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -159,3 +160,25 @@ def test_positions_cover_every_occurrence_of_a_repeated_atom():
     # channel 0 of y sits at i == 0 (positions 0, 1, 2) and at j == 0 (positions 0, 3, 6)
     assert grp.positions("b.weight", 0, dim=1).tolist() == [0, 1, 2, 3, 6]
     assert gp.verify(model, args, gp.plan(g, model, ratio=0.5, importance="l2"), g).passed
+
+
+def test_a_ratio_that_removes_nothing_says_so():
+    """A decoder with 2 key/value heads at ratio 0.3 (the default prunes heads): 0.3 x 2 rounds
+    to 0, so nothing is removed; the report and a warning say so, and the oracle line does not
+    say PASS alone (issue: silent no-ops)."""
+    import transformers
+
+    from graphprune.errors import PruneWarning
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=64, use_cache=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with pytest.warns(PruneWarning, match="nothing was pruned: ratio 0.3"):
+        model, report = gp.hf.prune(model, ratio=0.3, verify=True)
+    assert report.params_after == report.params_before
+    assert any("rounds to 0" in n for n in report.notes)
+    assert "nothing was pruned, so there was nothing to check" in str(report.oracle)
+    # some groups idle, others not: heads (2) and FFN units (64) at 0.3 -> only the heads idle
+    with pytest.warns(PruneWarning, match="1 of 2 selected group"):
+        gp.hf.prune(transformers.LlamaForCausalLM(cfg).eval(), ratio=0.3, targets=("heads", "ffn"))
