@@ -182,3 +182,37 @@ def test_a_ratio_that_removes_nothing_says_so():
     # some groups idle, others not: heads (2) and FFN units (64) at 0.3 -> only the heads idle
     with pytest.warns(PruneWarning, match="1 of 2 selected group"):
         gp.hf.prune(transformers.LlamaForCausalLM(cfg).eval(), ratio=0.3, targets=("heads", "ffn"))
+
+
+class _GQAInterleave(nn.Module):
+    """GQA with key/value heads repeated by repeat_interleave (not expand + reshape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = 4, 2, 4
+        self.q = nn.Linear(16, 16)
+        self.k = nn.Linear(16, 8)
+        self.v = nn.Linear(16, 8)
+        self.o = nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        rep = self.n_heads // self.n_kv
+        q = self.q(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2).repeat_interleave(rep, dim=1)
+        v = self.v(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2).repeat_interleave(rep, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.o(a.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+def test_gqa_with_repeat_interleave_loses_whole_key_value_heads():
+    torch.manual_seed(0)
+    model, x = _GQAInterleave().eval(), torch.randn(2, 5, 16)
+    graph = gp.trace(model, (x,))
+    heads = [g for g in graph.prunable_groups() if g.kind == "head"]
+    assert [g.size for g in heads] == [2]  # the key/value heads, each with its two query heads
+    want = model(x)
+    pruned, report = gp.prune(copy.deepcopy(model), (x,), ratio=0.5, verify=True)
+    assert report.oracle.passed and report.oracle.checked_groups
+    assert (pruned.k.out_features, pruned.q.out_features, pruned.n_kv, pruned.n_heads) == (4, 8, 1, 2)
+    assert pruned(x).shape == want.shape

@@ -152,6 +152,29 @@ def _repeat(node: Node, ctx: RuleContext) -> None:
             ctx.factor(ctx.s(out, d + off), [copies, ctx.s(src, d)])
 
 
+@register("aten.repeat_interleave")
+def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
+    # Each input position becomes `repeats` consecutive outputs (GQA's key/value heads repeated
+    # for their query heads): out = prod(in, copies), the input outer, copies a frozen space.
+    src, out = node.args[0], node.outputs[0]
+    reps, dim = ctx.arg(node, 1, "repeats"), ctx.arg(node, 2, "dim")
+    if not isinstance(src, Ref) or not isinstance(reps, int) or dim is None \
+            or ctx.arg(node, 3, "output_size") is not None:
+        why = "tensor repeats" if not isinstance(reps, int) else ("no dim (flattens)" if dim is None else "output_size")
+        reason = f"repeat_interleave with {why} at {ctx.where()}"
+        for name in dict.fromkeys(node.inputs + node.outputs):
+            ctx.freeze_value(name, reason)
+        return
+    d = dim % ctx.rank(src)
+    ctx.tie_dims(src, out, [k for k in range(ctx.rank(src)) if k != d], [k for k in range(ctx.rank(src)) if k != d])
+    if reps == 1:
+        ctx.tie(ctx.s(src, d), ctx.s(out, d))
+        return
+    copies = ctx.virtual(reps, "repeat_interleave")
+    ctx.freeze(copies, f"repeat count at {ctx.where()}")
+    ctx.factor(ctx.s(out, d), [ctx.s(src, d), copies])
+
+
 @register("aten.cat", "aten.concat", "aten.concatenate")
 def _cat(node: Node, ctx: RuleContext) -> None:
     out = node.outputs[0]
