@@ -216,3 +216,42 @@ def test_gqa_with_repeat_interleave_loses_whole_key_value_heads():
     assert report.oracle.passed and report.oracle.checked_groups
     assert (pruned.k.out_features, pruned.q.out_features, pruned.n_kv, pruned.n_heads) == (4, 8, 1, 2)
     assert pruned(x).shape == want.shape
+
+
+def test_a_model_that_already_ran_prunes_without_its_caches():
+    """transformers' LeViT caches its attention biases on the first eval forward; torch.export
+    lifts a filled cache as constants. graphprune clears such caches before tracing, so the
+    model prunes as if fresh (issue: module state from a previous forward)."""
+    import transformers
+
+    cfg = transformers.LevitConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
+                                   depths=[1, 1, 1], key_dim=[8, 8, 8], patch_size=16)
+    torch.manual_seed(0)
+    model, x = transformers.LevitModel(cfg).eval(), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(pixel_values=x)
+    assert any(getattr(m, "attention_bias_cache", None) for m in model.modules())
+    model, report = gp.prune(model, (), {"pixel_values": x}, ratio=0.3, verify=True)
+    assert report.oracle.passed and report.groups_pruned > 0
+    with torch.no_grad():
+        assert model(pixel_values=x).last_hidden_state.shape[-1] == 64
+
+
+class _TensorsInADict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.tables = {"scale": torch.rand(16) + 0.5}  # neither a parameter nor a buffer
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)) * self.tables["scale"])
+
+
+def test_a_lifted_constant_that_cannot_be_rewritten_freezes_its_channels():
+    model, x = _TensorsInADict().eval(), torch.randn(3, 8)
+    graph = gp.trace(model, (x,))
+    group = graph.group_of("fc1.weight", 0)
+    assert not group.prunable and "lifted from module state" in group.frozen[0]
+    with pytest.warns(gp.errors.PruneWarning, match="nothing was pruned"):
+        _, report = gp.prune(model, (x,), ratio=0.5)
+    assert report.params_after == report.params_before

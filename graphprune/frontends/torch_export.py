@@ -24,6 +24,7 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
         args = (args,)
     from ..export import quiet_torch
 
+    clear_tensor_caches(model)
     try:
         with quiet_torch():
             return torch.export.export(model, args, kwargs=kwargs or {}, strict=False)
@@ -33,6 +34,21 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
             f"torch.export could not trace {type(model).__name__} with the given example inputs: "
             f"{type(exc).__name__}: {first}. Check that the example inputs match forward()'s signature "
             f"and shapes, and that forward() has no data-dependent control flow.") from exc
+
+
+def clear_tensor_caches(model: torch.nn.Module) -> list[str]:
+    """Empty the dict caches of tensors an earlier forward left on modules (LeViT's
+    ``attention_bias_cache``): torch.export would lift their tensors as constants that no
+    rewrite can slice, and a pruned model must not keep a stale one. The modules rebuild them
+    from their parameters on the next forward. Returns the caches cleared."""
+    cleared = []
+    for path, mod in model.named_modules():
+        for attr, val in list(vars(mod).items()):
+            if "cache" in attr.lower() and isinstance(val, dict) and val \
+                    and all(isinstance(v, torch.Tensor) for v in val.values()):
+                val.clear()
+                cleared.append(f"{path}.{attr}" if path else attr)
+    return cleared
 
 
 def op_id(target: Any) -> str:

@@ -65,6 +65,24 @@ class TorchProgram(Program):
 
         return lower(self.exported(), self.model)
 
+    def freeze(self, dg) -> None:
+        """Tensor constants torch.export lifted from module state that is neither a parameter
+        nor a buffer (a tensor kept in a plain attribute or container) cannot be sliced by the
+        rewrite: the channels they carry are frozen, with a reason."""
+        for v in dg.ir.values.values():
+            if v.kind != "const" or not v.source or self._resolves(v.source):
+                continue
+            reason = (f"tensor constant '{v.source}' that torch.export lifted from module state (not a parameter "
+                      "or buffer; a cache an earlier forward filled?) cannot be rewritten: register it as a buffer, "
+                      "or prune a model that has not run yet")
+            for d in range(v.rank):
+                dg.solver.freeze((v.name, d), reason)
+
+    def _resolves(self, path: str) -> bool:
+        owner, _, attr = path.rpartition(".")
+        mod = self._module(owner)
+        return mod is not None and isinstance(getattr(mod, attr, None), torch.Tensor)
+
     def tensors(self) -> dict[str, np.ndarray | None]:
         out: dict[str, np.ndarray | None] = {}
         for name, p in self.model.named_parameters(remove_duplicate=False):
