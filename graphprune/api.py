@@ -53,7 +53,8 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     block's inner channels), "hidden" (the residual stream), "head_dim" (RoPE pairs
     kept together), "conv_groups". ``roles`` picks by layout instead: "channel",
     "outer" (whole blocks), "inner" (positions inside blocks). With neither, models
-    with attention prune whole heads, other models their channels and conv groups.
+    with attention prune whole heads and FFN units (the hidden size stays), other models
+    their channels and conv groups.
 
     ``importance``: a criterion name (see :data:`graphprune.importance.CRITERIA`) or "auto".
     Data-aware criteria read ``calib``, batches shaped like the example inputs (a tuple of

@@ -96,20 +96,26 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         ratios = alloc.ratios
         ctx.notes.append(alloc.note())
     plan = make_plan(groups, scores, ratio, round_to, ratios)
-    idle = idle_note(groups, plan, ratio, alloc is not None)
+    idle = idle_note(groups, plan, ratio, alloc is not None, dg)
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
     return Planned(plan, name, batches, ctx, list(ctx.notes), alloc)
 
 
-def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool) -> str | None:
+def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None) -> str | None:
     """Say so when a ratio removes nothing: from every selected group (an empty plan), or, with
     a uniform ratio, from some of them (too small to lose a whole channel or head)."""
     if ratio <= 0:
         return None
     if not groups:
-        return "nothing was pruned: no prunable group was selected (see graph.summary() for why groups are frozen)"
+        reasons: dict[str, int] = {}
+        for g in dg.groups if dg is not None else ():
+            if g.frozen and not g.frozen[0].startswith("model "):  # model inputs/outputs are frozen by design
+                reasons[g.frozen[0]] = reasons.get(g.frozen[0], 0) + 1
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+        why = "; ".join(f"{n} group(s): {r}" for r, n in top) if top else "see graph.summary()"
+        return f"nothing was pruned: no prunable group was selected ({why})"
     idle = [g for g in groups if not plan.pruned.get(g.id)]
     if not idle or (allocated and len(idle) < len(groups)):
         return None  # an allocation that keeps some groups whole does so on purpose

@@ -104,7 +104,7 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
 
     ``targets`` names kinds (head, ffn, hidden, head_dim, query_group, ...); ``roles``
     names layout roles. With neither, a model with attention heads prunes whole heads
-    and any other model its channels and conv groups.
+    and FFN units (the hidden size stays), any other model its channels and conv groups.
     """
     from .structure import KINDS
 
@@ -128,7 +128,9 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
             raise PlanError(f"unknown roles {sorted(bad)}; roles are 'channel', 'outer', 'inner'")
         return "role", roles
     if any(g.prunable and g.kind == "head" for g in dg.groups):
-        return "kind", ("head",)
+        # heads alone would leave most of a transformer's weights (its FFNs) untouched: a ViT at
+        # 0.5 lost 18% of its MACs, a decoder with 2 key/value heads at 0.3 lost nothing
+        return "kind", ("head", "ffn")
     return "role", DEFAULT_ROLES
 
 

@@ -43,7 +43,7 @@ ATTENTION_CLASS_PER_LAYER = False
 # Every kind of block the generator can emit (the test checks they all occur).
 BLOCK_KINDS = ("conv", "conv_grouped", "conv_depthwise", "batchnorm", "linear", "chlast_linear", "residual",
                "cat", "split_chunk", "split_sizes", "to_seq", "flatten_linear", "attn_sdpa", "attn_manual",
-               "attn_gqa", "token_mix", "layernorm", "tuple_out")
+               "attn_gqa", "attn_gqa_interleave", "token_mix", "layernorm", "tuple_out")
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,8 +191,9 @@ class Attention(nn.Module):
     """
 
     def __init__(self, e: int, cout: int, heads: int, kv_heads: int, head_dim: int, sdpa: bool,
-                 bias: bool) -> None:
+                 bias: bool, interleave: bool = False) -> None:
         super().__init__()
+        self.interleave = interleave  # GQA by repeat_interleave (some models) instead of expand + reshape
         self.head_dim = head_dim
         self.n_rep = heads // kv_heads
         self.scale = float(head_dim) ** -0.5
@@ -214,8 +215,10 @@ class Attention(nn.Module):
         q = self.q(x).view(B, S, -1, self.head_dim).transpose(1, 2)
         k = self.k(x).view(B, S, -1, self.head_dim).transpose(1, 2)
         v = self.v(x).view(B, S, -1, self.head_dim).transpose(1, 2)
-        k = self.repeat_kv(k, self.n_rep)
-        v = self.repeat_kv(v, self.n_rep)
+        if self.interleave:
+            k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
+        else:
+            k, v = self.repeat_kv(k, self.n_rep), self.repeat_kv(v, self.n_rep)
         if self.sdpa:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
@@ -270,7 +273,7 @@ def build_block(spec: dict) -> nn.Module:
             name = f"Attention{next(_layer_ids)}"
             cls = type(name, (Attention,), {"__qualname__": name})
         return cls(spec["e"], spec["cout"], spec["heads"], spec["kv_heads"], spec["head_dim"], spec["sdpa"],
-                   spec["bias"])
+                   spec["bias"], spec.get("interleave", False))
     if t == "layernorm":
         return nn.LayerNorm(spec["c"])
     raise ValueError(t)
@@ -335,7 +338,7 @@ def block_kinds(recipe: dict) -> set[str]:
         elif t == "attn":
             out.add("attn_sdpa" if s["sdpa"] else "attn_manual")
             if s["kv_heads"] < s["heads"]:
-                out.add("attn_gqa")
+                out.add("attn_gqa_interleave" if s.get("interleave") else "attn_gqa")
         else:
             out.add(t)
     return out
@@ -487,7 +490,7 @@ def attn_spec(draw, e: int, cout: int | None = None) -> tuple[dict, int]:
     residual = draw(st.booleans()) and cout in (None, e)
     cout = e if residual else draw(channels) if cout is None else cout
     s = {"type": "attn", "e": e, "cout": cout, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
-         "sdpa": draw(st.booleans()), "bias": draw(st.booleans())}
+         "sdpa": draw(st.booleans()), "bias": draw(st.booleans()), "interleave": draw(st.booleans())}
     if residual:
         return {"type": "residual", "body": [s]}, e
     return s, cout

@@ -255,3 +255,20 @@ def test_a_lifted_constant_that_cannot_be_rewritten_freezes_its_channels():
     with pytest.warns(gp.errors.PruneWarning, match="nothing was pruned"):
         _, report = gp.prune(model, (x,), ratio=0.5)
     assert report.params_after == report.params_before
+
+
+def test_an_op_without_a_rule_is_named_when_nothing_can_be_pruned():
+    """An LSTM has no coupling rule yet: the prune must say which op froze everything, not
+    return an unchanged model without a word."""
+
+    class Rnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.rnn, self.out = nn.Linear(8, 16), nn.LSTM(16, 32, batch_first=True), nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.out(self.rnn(torch.relu(self.fc(x)))[0])
+
+    with pytest.warns(gp.errors.PruneWarning, match=r"nothing was pruned: no prunable group.*aten\.lstm"):
+        _, report = gp.prune(Rnn().eval(), (torch.randn(2, 5, 8),), ratio=0.5)
+    assert any("aten.lstm" in n for n in report.notes)

@@ -23,7 +23,8 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     """Prune a transformers model in place, then sync its module attributes and config.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
-    by default whole heads for models with attention, channels for CNNs.
+    by default whole heads and FFN units for models with attention (the hidden size stays),
+    channels for CNNs.
 
     Returns ``(model, report)``; ``report.sync`` says what the config now says and whether
     ``save_pretrained``/``from_pretrained`` round-trip. :func:`graphprune.hf.save_pruned`
