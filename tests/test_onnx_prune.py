@@ -149,3 +149,28 @@ def test_cli_prune_and_inspect_a_real_model(tmp_path):
     assert out.exists() and "oracle PASS (onnxruntime)" in r.stdout and "MACs" in r.stdout
     r = _cli("inspect", str(out))
     assert r.returncode == 0 and "prunable" in r.stdout and "model input 'x' dim 1" in r.stdout
+
+
+def test_weights_in_constant_nodes_are_pruned_like_initializers(tmp_path):
+    """paddle2onnx and others store weights as Constant nodes: they were read as activations,
+    so the model had 0 parameters and a prune wrote it unchanged, saying PASS (issue 9)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    src, dst = tmp_path / "init.onnx", tmp_path / "slim.onnx"
+    gp.export_onnx(model, (torch.randn(2, 8),), src)
+    m = onnx.load(str(src))
+    consts = [onnx.helper.make_node("Constant", [], [i.name], value=i) for i in m.graph.initializer]
+    del m.graph.initializer[:]
+    nodes = consts + list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    as_constants = tmp_path / "constants.onnx"
+    onnx.save(m, str(as_constants))
+    report = gp.prune_onnx(as_constants, dst, ratio=0.5, round_to=1, measure_latency=False)
+    assert report.params_before == 8 * 32 + 32 + 32 * 4 + 4
+    assert report.params_after == 8 * 16 + 16 + 16 * 4 + 4 and report.oracle.passed
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    out = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert out.shape == (3, 4)

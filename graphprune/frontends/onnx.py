@@ -23,6 +23,35 @@ from ..ir import Graph, Node, Ref, Value
 _MAX_DATA = 64  # int tensors up to this size are evaluated and kept as data
 
 
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Float tensors held in ``Constant`` nodes of the main graph become initializers of the
+    same name (paddle2onnx and other exporters store weights this way): the engine reads
+    initializers as parameters it can slice, and an initializer is valid wherever the Constant
+    was. Integer constants (shapes, axes) stay: the analysis reads them as data. Returns the
+    number moved."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    keep, moved = [], 0
+    if model.ir_version < 4:  # before IR 4 every initializer must also be a graph input
+        return 0
+    outputs = {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        attr = {a.name: a for a in n.attribute}
+        value = attr.get("value")
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(attr) == 1 and value is not None \
+                and value.t.data_type in floats and len(value.t.dims) >= 1 and n.output[0] not in outputs:
+            t = onnx.TensorProto()
+            t.CopyFrom(value.t)
+            t.name = n.output[0]
+            model.graph.initializer.append(t)
+            moved += 1
+        else:
+            keep.append(n)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX file with its external data, refusing unsafe or broken input."""
     path = Path(path)
@@ -50,6 +79,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise TraceError(f"'{path}' is not a valid ONNX model: {exc}") from exc
+    constants_to_initializers(model)
     taken = {n.name for n in model.graph.node}
     for k, n in enumerate(model.graph.node):  # analysis and rewrite must name nodes alike
         if not n.name:
