@@ -66,3 +66,43 @@ def test_minilm_heads_and_ffn_pruned_exactly_and_embeddings_survive(loaded, tmp_
     gp.save_pruned(model, tmp_path)
     again = gp.load_pruned(tmp_path)
     assert max_abs_diff(_embed(again, tok), got) == 0.0
+
+
+def _pydoc_sentences(n: int) -> list[str]:
+    """Prose sentences of Python's bundled reference manual, in topic order."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    out: list[str] = []
+    for key in sorted(topics):
+        for s in re.split(r"(?<=[.!?]) (?=[A-Z])", re.sub(r"\s+", " ", topics[key])):
+            if 8 <= len(s.split()) <= 30 and not re.search(r"[=(){}\[\]<>*_]|::", s) and s not in out:
+                out.append(s)
+                if len(out) == n:
+                    return out
+    return out
+
+
+def test_minilm_calibrated_prune_beats_magnitude_and_allocates(loaded, tmp_path):
+    """32 calibration sentences, disjoint from the 6 evaluated ones: the default data-aware
+    prune (obs, refit, allocation by sensitivity) keeps the embeddings closer than magnitude,
+    layers lose different shares, and the result saves and reloads."""
+    import copy
+
+    model, tok = loaded
+    calib_text = [s for s in _pydoc_sentences(40) if s not in SENTENCES][:32]
+    enc = dict(tok(calib_text, padding="max_length", truncation=True, max_length=48, return_tensors="pt"))
+    calib = [{k: v[i:i + 16] for k, v in enc.items()} for i in (0, 16)]
+    want = _embed(model, tok)
+    cos = {}
+    for name, kw in (("l2", dict(importance="l2")), ("auto", dict(calib=calib))):
+        pruned, report = gp.hf.prune(copy.deepcopy(model), ratio=0.5, targets=("heads", "ffn"), **kw)
+        cos[name] = float((_embed(pruned, tok) * want).sum(1).mean())
+    assert report.importance == "obs" and report.allocation is not None
+    heads = {layer.attention.self.num_attention_heads for layer in pruned.encoder.layer}
+    ffn = {layer.intermediate.dense.out_features for layer in pruned.encoder.layer}
+    assert len(heads) > 1 or len(ffn) > 1  # not one share for every layer
+    assert cos["auto"] > cos["l2"] + 0.1, cos
+    gp.save_pruned(pruned, tmp_path)
+    assert max_abs_diff(_embed(gp.load_pruned(tmp_path), tok), _embed(pruned, tok)) == 0.0
