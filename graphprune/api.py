@@ -28,7 +28,8 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, freez
     return TorchProgram(model, args, kwargs).graph(freeze_io)
 
 
-def load_onnx(path: str, freeze_io: bool = True) -> DependencyGraph:
+def load_onnx(path: str, freeze_io: bool = True, input_shapes: Mapping[str, tuple] | None = None,
+              inputs: Mapping | None = None) -> DependencyGraph:
     """Load an ONNX file and solve its channel spaces: the same query API as :func:`trace`.
 
     Example:
@@ -37,7 +38,7 @@ def load_onnx(path: str, freeze_io: bool = True) -> DependencyGraph:
     """
     from .program.onnx_program import OnnxProgram
 
-    return OnnxProgram.load(path).graph(freeze_io)
+    return OnnxProgram.load(path, dict(inputs) if inputs is not None else None, input_shapes).graph(freeze_io)
 
 
 def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, importance: str = "auto",

@@ -60,7 +60,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     import graphprune as gp
 
     if ns.model.endswith(".onnx") or Path(ns.model).is_file():
-        graph = gp.load_onnx(ns.model)
+        graph = gp.load_onnx(ns.model, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs))
     else:
         model, args = _zoo(ns.model, ns.config)
         graph = gp.trace(model, args)
@@ -81,7 +81,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
                            ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets, calib=calib,
                            compensate=False if ns.no_compensate else None, allocation=ns.allocation,
-                           add_bias=ns.add_bias)
+                           add_bias=ns.add_bias, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs))
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
@@ -105,6 +105,37 @@ def _calib_batches(path: str, batch: int) -> list[dict]:
     return [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
 
 
+def _input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    """``NAME:1x3x640x640`` (repeatable) -> {NAME: (1, 3, 640, 640)}."""
+    if not specs:
+        return None
+    out = {}
+    for spec in specs:
+        name, _, dims = spec.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(d < 1 for d in shape):
+            raise GraphpruneError(f"--input-shape '{spec}' is not NAME:DIMS (for example images:1x3x640x640)")
+        out[name] = shape
+    return out
+
+
+def _feeds(path: str | None) -> dict | None:
+    """Example inputs: an .npz of arrays named by model input, used as they are."""
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        data = dict(np.load(path))
+    except (OSError, ValueError) as exc:
+        raise GraphpruneError(f"cannot read example inputs '{path}': {exc}. Give an .npz file whose arrays are "
+                              "named by the model's inputs") from exc
+    return data
+
+
 def cmd_zoo(ns: argparse.Namespace) -> int:
     from models import ZOO
 
@@ -112,6 +143,15 @@ def cmd_zoo(ns: argparse.Namespace) -> int:
 
     print(table(["name", "description"], [[e.name, e.description] for e in ZOO.values()]))
     return 0
+
+
+def _input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                   help="an ONNX input's shape, e.g. images:1x3x640x640 (repeat for several inputs); fixes its "
+                        "dynamic dims for the analysis and the checks")
+    p.add_argument("--inputs", metavar="FEEDS.npz",
+                   help="example inputs for the checks, an .npz of arrays named by model input (for inputs with a "
+                        "meaning: token ids, a sample rate)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("model", help="path to a .onnx file, or a zoo model name")
     i.add_argument("--config", default="small", choices=["small", "full"])
     i.add_argument("--json", action="store_true", help="print the groups as JSON")
+    _input_flags(i)
     i.set_defaults(fn=cmd_inspect)
     pr = sub.add_parser("prune", help="prune an ONNX file into a smaller ONNX file (checked by the oracle)")
     pr.add_argument("model", help="input .onnx file")
@@ -152,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups "
                          "(default: heads for models with attention, else channels and conv groups)")
     pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
+    _input_flags(pr)
     pr.set_defaults(fn=cmd_prune)
     z = sub.add_parser("zoo", help="list the reference models")
     z.set_defaults(fn=cmd_zoo)

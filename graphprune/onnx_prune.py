@@ -55,9 +55,15 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
                verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
                targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
                ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None,
-               allocation: str = "auto", add_bias: bool = False) -> PruneReport:
+               allocation: str = "auto", add_bias: bool = False, input_shapes: Mapping[str, tuple] | None = None,
+               inputs: Mapping | None = None) -> PruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes
     (onnx.checker, the outputs' shapes in onnxruntime, and with ``verify`` the oracle).
+
+    ``input_shapes`` ({"images": (1, 3, 640, 640)}) fixes the inputs' dynamic dims for the
+    analysis and the checks; ``inputs`` ({name: array}) gives example inputs where random data
+    would not do (token ids, a sample rate). Without either, dynamic dims are analysed at 1 and,
+    where the graph needs a real size, at a few image sizes in turn.
 
     ``round_to`` defaults to 8: onnxruntime's CPU convolutions run channel counts that
     are not multiples of 8 far slower (docs/benchmarks.md), which can erase the savings.
@@ -75,7 +81,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     """
     check_ratio(ratio)  # before the model is loaded
     dst = Path(dst)
-    program = OnnxProgram.load(src)
+    program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                    None, compensate, add_bias, plan_, verify, atol, measure_latency,
                                    allocation=allocation)

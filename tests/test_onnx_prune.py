@@ -174,3 +174,92 @@ def test_weights_in_constant_nodes_are_pruned_like_initializers(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     out = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert out.shape == (3, 4)
+
+
+class _NeedsSize(__import__("torch").nn.Module):
+    """A conv net whose head flattens to a fixed width: it only runs at 32x32 images."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(4)
+        self.fc = torch.nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x).relu()).flatten(1))
+
+
+def _with_dynamic_dims(src: Path, dst: Path, dims: dict[int, str | int]) -> None:
+    """Declare input dims symbolic (a name) or as a literal (-1, as some exporters write)."""
+    m = onnx.load(str(src))
+    for k, v in dims.items():
+        d = m.graph.input[0].type.tensor_type.shape.dim[k]
+        d.Clear()
+        if isinstance(v, str):
+            d.dim_param = v
+        else:
+            d.dim_value = v
+    onnx.save(m, str(dst))
+
+
+def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    static, src = tmp_path / "static.onnx", tmp_path / "dyn.onnx"
+    gp.export_onnx(_NeedsSize().eval(), (torch.randn(1, 3, 32, 32),), static)
+    _with_dynamic_dims(static, src, {0: "N", 2: "H", 3: "W"})
+    report = gp.prune_onnx(src, tmp_path / "a.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.params_after < report.params_before  # found 32 by trying sizes
+    report = gp.prune_onnx(src, tmp_path / "b.onnx", ratio=0.5, round_to=1, measure_latency=True,
+                           input_shapes={"x": (2, 3, 32, 32)})
+    assert report.oracle.passed and report.latency_after_ms is not None
+    with pytest.raises(gp.errors.TraceError, match=r"input 'x' has rank 4"):
+        gp.prune_onnx(src, tmp_path / "c.onnx", input_shapes={"x": (1, 3, 32)})
+    with pytest.raises(gp.errors.TraceError, match=r"does not have; its inputs are \['x'\]"):
+        gp.prune_onnx(src, tmp_path / "c.onnx", input_shapes={"images": (1, 3, 32, 32)})
+    with pytest.raises(gp.errors.TraceError, match="declares dim 1 as 3"):
+        gp.prune_onnx(src, tmp_path / "c.onnx", input_shapes={"x": (1, 4, 32, 32)})
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_an_input_declared_minus_one_is_dynamic(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    static, src = tmp_path / "static.onnx", tmp_path / "minus1.onnx"
+    gp.export_onnx(model, (torch.randn(2, 8),), static)
+    _with_dynamic_dims(static, src, {0: -1})
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1)
+    assert report.oracle.passed and report.params_after < report.params_before
+
+
+def test_example_inputs_drive_the_checks_and_cli_flags(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    torch.manual_seed(0)
+    static, src = tmp_path / "static.onnx", tmp_path / "dyn.onnx"
+    gp.export_onnx(_NeedsSize().eval(), (torch.randn(1, 3, 32, 32),), static)
+    _with_dynamic_dims(static, src, {0: "N", 2: "H", 3: "W"})
+    feeds = {"x": np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)}
+    report = gp.prune_onnx(src, tmp_path / "a.onnx", ratio=0.5, round_to=1, measure_latency=False, inputs=feeds)
+    assert report.oracle.passed
+    with pytest.raises(gp.errors.PlanError, match=r"exactly the model's inputs \['x'\]; missing \['x'\]"):
+        gp.prune_onnx(src, tmp_path / "b.onnx", inputs={"y": feeds["x"]})
+    npz = tmp_path / "feeds.npz"
+    np.savez(npz, **feeds)
+    cli = [sys.executable, "-m", "graphprune", "prune", str(src), "--ratio", "0.5", "--round-to", "1", "--no-latency"]
+    r = subprocess.run(cli + ["-o", str(tmp_path / "c.onnx"), "--input-shape", "x:1x3x32x32"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "oracle PASS" in r.stdout, r.stderr
+    r = subprocess.run(cli + ["-o", str(tmp_path / "d.onnx"), "--inputs", str(npz)], capture_output=True, text=True)
+    assert r.returncode == 0 and "oracle PASS" in r.stdout, r.stderr
+    r = subprocess.run(cli + ["-o", str(tmp_path / "e.onnx"), "--input-shape", "x:1x3xbig"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "is not NAME:DIMS" in r.stderr and not (tmp_path / "e.onnx").exists()

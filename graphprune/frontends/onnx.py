@@ -110,8 +110,45 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def concretize(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:
-    """A copy whose symbolic input dims are fixed (to 1 by default), shapes inferred anew.
+def input_dims(model: onnx.ModelProto, shapes: dict[str, tuple] | None = None, dynamic: int = 1,
+               inner: int | None = None) -> dict[str, list[int]]:
+    """Concrete dims of every graph input: the user's ``shapes`` where given (checked against the
+    declared static dims), else the declared dim, else ``dynamic`` (``inner`` for dynamic dims
+    past the first, where given: an image size). A declared dim of 0 or -1 is dynamic."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")]
+    shapes = dict(shapes or {})
+    unknown = sorted(set(shapes) - {vi.name for vi in inputs})
+    if unknown:
+        raise TraceError(f"input shape given for {unknown}, which the model does not have; its inputs are "
+                         f"{[vi.name for vi in inputs]}")
+    out = {}
+    for vi in inputs:
+        declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in vi.type.tensor_type.shape.dim]
+        if vi.name in shapes:
+            given = [int(x) for x in shapes[vi.name]]
+            if len(given) != len(declared) or any(g < 1 for g in given):
+                raise TraceError(f"input '{vi.name}' has rank {len(declared)} (declared {_spell(declared)}); the given "
+                                 f"shape {tuple(given)} does not fit it")
+            bad = [k for k, (g, d) in enumerate(zip(given, declared)) if d is not None and g != d]
+            if bad:
+                raise TraceError(f"input '{vi.name}' declares dim {bad[0]} as {declared[bad[0]]}, the given shape "
+                                 f"{tuple(given)} says {given[bad[0]]}")
+            out[vi.name] = given
+        else:
+            out[vi.name] = [d if d is not None else (inner if inner is not None and k > 0 else dynamic)
+                            for k, d in enumerate(declared)]
+    return out
+
+
+def _spell(dims: list) -> str:
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
+def concretize(model: onnx.ModelProto, size: int = 1, shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+    """A copy whose symbolic input dims are fixed (to 1 by default, or to ``shapes``: every
+    input's concrete dims), shapes inferred anew.
 
     Dynamic axes are batch and sequence positions, frozen for pruning anyway; with
     them static, reshapes that merge them with heads (batch*heads) become plain
@@ -119,14 +156,13 @@ def concretize(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    inits = {i.name for i in m.graph.initializer}
+    shapes = shapes if shapes is not None else input_dims(model, dynamic=size)
     for vi in m.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
+        if vi.name not in shapes:
             continue
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.Clear()
-                d.dim_value = size
+        for d, n in zip(vi.type.tensor_type.shape.dim, shapes[vi.name]):
+            d.Clear()
+            d.dim_value = int(n)
     del m.graph.value_info[:]
     for vi in m.graph.output:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
@@ -186,9 +222,10 @@ def _dims(shape: Any) -> tuple | None:
     return tuple(d if isinstance(d, int) and d >= 0 else (str(d) if d not in (None, -1) else None) for d in shape)
 
 
-def lower(model: onnx.ModelProto) -> Graph:
-    """Lower an ONNX model into the IR (analysed with its dynamic dims fixed to 1)."""
-    model = concretize(model)
+def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> Graph:
+    """Lower an ONNX model into the IR, analysed at ``shapes`` (every input's concrete dims;
+    by default dynamic dims fixed to 1)."""
+    model = concretize(model, shapes=shapes)
     graph = gs.import_onnx(model)
     g = Graph(frontend="onnx")
     shapes: dict[str, tuple | None] = {}

@@ -25,24 +25,65 @@ class OnnxProgram(Program):
     framework = "ONNX"
     default_atol = 1e-4
 
-    def __init__(self, model: onnx.ModelProto, path: str = "", feeds: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto, path: str = "", feeds: dict[str, np.ndarray] | None = None,
+                 input_shapes: Mapping[str, Iterable[int]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.path = str(path)
-        self._feeds = feeds  # the inputs checks and latency run on (default: probe_inputs)
+        self._feeds = None  # the inputs checks and latency run on (default: probe_inputs)
+        if feeds is not None:
+            self._feeds = {k: np.asarray(v) for k, v in feeds.items()}
+            missing = sorted(set(self.input_names) - set(self._feeds))
+            extra = sorted(set(self._feeds) - set(self.input_names))
+            if missing or extra:
+                raise PlanError(f"example inputs must give exactly the model's inputs {self.input_names}; "
+                                + (f"missing {missing}" if missing else f"unknown {extra}"))
+        shapes = {k: tuple(v.shape) for k, v in (self._feeds or {}).items()}
+        shapes.update({k: tuple(v) for k, v in (input_shapes or {}).items()})
+        self._shapes = shapes or None  # what the user said the inputs look like
+        self._analysis: dict[str, list[int]] | None = None  # every input's dims the graph was analysed at
+        self._fallback = False  # whether the analysis needed an image size for dynamic dims
         self._sessions: dict[Any, Any] = {}
         self._added = 0
 
     @classmethod
-    def load(cls, path) -> "OnnxProgram":
+    def load(cls, path, feeds: dict[str, np.ndarray] | None = None,
+             input_shapes: Mapping[str, Iterable[int]] | None = None) -> "OnnxProgram":
         from ..frontends.onnx import load_model
 
-        return cls(load_model(path), str(path))
+        return cls(load_model(path), str(path), feeds, input_shapes)
 
     def lower(self):
-        from ..frontends.onnx import lower
+        """The IR, analysed at the user's input shapes; without them, dynamic dims at 1, and
+        where the graph needs a real size there (a detector's concat/split heads), dynamic dims
+        past the batch at each of :data:`IMAGE_SIZES` in turn."""
+        from ..errors import TraceError
+        from ..frontends.onnx import input_dims, lower
 
-        return lower(self.model)
+        first = input_dims(self.model, self._shapes)
+        tries = [first]
+        if not self._shapes and any(k > 0 and d is None for k, d in _dynamic_dims(self.model)):
+            tries += [input_dims(self.model, None, 1, size) for size in IMAGE_SIZES]
+        errors = []
+        for k, dims in enumerate(tries):
+            try:
+                ir = lower(self.model, dims)
+            except TraceError as exc:
+                errors.append((dims, str(exc)))
+                continue
+            self._analysis, self._fallback = dims, k > 0
+            return ir
+        if len(errors) == 1:
+            raise TraceError(errors[0][1])
+        spelled = ", ".join(f"{s}" for s in [1] + list(IMAGE_SIZES))
+        raise TraceError(f"{errors[0][1]}. Tried the dynamic dims at {spelled}; none worked. Give the input shapes "
+                         "(input_shapes={'name': (1, 3, 640, 640)}, --input-shape name:1x3x640x640) or example "
+                         "inputs (inputs={...}, --inputs feeds.npz)")
+
+    def analysis_dims(self) -> dict[str, list[int]]:
+        if self._analysis is None:
+            self.graph()
+        return self._analysis
 
     def freeze(self, dg) -> None:
         from ..frontends.onnx import freeze_unreachable
@@ -143,12 +184,21 @@ class OnnxProgram(Program):
                 yield v, k, [np.asarray(o, dtype=np.float32) for o in sess.run(None, b)[:n_out]]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return self._feeds if self._feeds is not None else probe_inputs(self.model)
+        if self._feeds is not None:
+            return self._feeds
+        dims = self.analysis_dims()
+        return probe_inputs(self.model, dims=dims if self._shapes or self._fallback else None)
 
     def oracle_inputs(self, trials: int) -> list[dict[str, np.ndarray]]:
-        # The masks follow the analysis shapes, taken with dynamic dims at 1 (frontends/onnx.concretize):
-        # a dim merging batch and heads is heads alone there, so the oracle runs at those sizes.
-        return [probe_inputs(self.model, dynamic=1, seed=k) for k in range(1 + trials)]
+        # The masks follow the analysis shapes (dynamic dims at 1 unless the user gave shapes,
+        # frontends/onnx.concretize): a dim merging batch and heads is heads alone there, so the
+        # oracle runs at those sizes. Given example inputs come first; the rest are random
+        # arrays of the same shapes (integers within the example's range: token ids stay valid).
+        dims = self.analysis_dims()
+        out = [self._feeds] if self._feeds is not None else []
+        for k in range(1 + trials - len(out)):
+            out.append(probe_inputs(self.model, seed=k, dims=dims, like=self._feeds))
+        return out
 
     # ---- rewriting ---------------------------------------------------------------------------
     def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
@@ -187,7 +237,11 @@ class OnnxProgram(Program):
     def latency_ms(self, repeat: int = 30) -> float:
         """Median of ``repeat`` onnxruntime runs on one thread, after a warm-up."""
         sess, feeds = session(self.model), self.feeds()
-        sess.run(None, feeds)
+        try:
+            sess.run(None, feeds)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise PlanError(f"onnxruntime cannot run the model on {', '.join(f'{k}{v.shape}' for k, v in feeds.items())}"
+                            f": {str(exc).splitlines()[0]}. Give example inputs (inputs=, --inputs feeds.npz)") from exc
         times = []
         for _ in range(repeat):
             t = time.perf_counter()
@@ -252,19 +306,39 @@ def _masks_key(masks: Masks) -> tuple:
     return tuple((k, m.tobytes()) for k, m in sorted(masks.items()))
 
 
-def probe_inputs(model: onnx.ModelProto, dynamic: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic example inputs: symbolic dims set to ``dynamic``, ints in [0, 2)."""
-    rng = np.random.default_rng(seed)
+IMAGE_SIZES = (32, 64, 128, 224, 320, 640)  # dynamic dims past the batch, tried when 1 does not analyse
+
+
+def _dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
     inits = {i.name for i in model.graph.initializer}
+    return [(k, d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+            for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")
+            for k, d in enumerate(vi.type.tensor_type.shape.dim)]
+
+
+def probe_inputs(model: onnx.ModelProto, dynamic: int = 2, seed: int = 0, dims: dict[str, list[int]] | None = None,
+                 like: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic example inputs: ``dims`` per input where given, else symbolic dims (and
+    dims declared 0 or -1) set to ``dynamic``; integers in [0, 2), or within the range of the
+    same input in ``like``."""
+    from ..frontends.onnx import input_dims
+
+    rng = np.random.default_rng(seed)
+    dims = dims if dims is not None else input_dims(model, dynamic=dynamic)
     feeds = {}
+    inits = {i.name for i in model.graph.initializer}
     for vi in model.graph.input:
-        if vi.name in inits:
+        if vi.name in inits or vi.name not in dims:
             continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else dynamic for d in tt.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feeds[vi.name] = (rng.integers(0, 2, shape).astype(dtype) if np.issubdtype(dtype, np.integer)
-                          else rng.standard_normal(shape).astype(dtype))
+        shape = dims[vi.name]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        ref = like.get(vi.name) if like else None
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            lo, hi = (int(ref.min()), int(ref.max()) + 1) if ref is not None and ref.size else (0, 2)
+            feeds[vi.name] = rng.integers(lo, hi, shape).astype(dtype)
+        else:
+            scale = float(ref.std()) if ref is not None and ref.size > 1 else 1.0
+            feeds[vi.name] = (rng.standard_normal(shape) * (scale or 1.0)).astype(dtype)
     return feeds
 
 
