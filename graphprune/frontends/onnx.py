@@ -233,7 +233,8 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) ->
     for name, t in tensors.items():
         if name:
             shapes[name] = _dims(t.values.shape if isinstance(t, gs.Constant) else t.shape)
-    holes = [n for n, s in shapes.items() if s is None or any(d is None for d in s)]
+    # every input is static here, so a symbolic dim ('unk__22') is one shape inference lost track of
+    holes = [n for n, s in shapes.items() if s is None or any(not isinstance(d, int) for d in s)]
     if holes:
         try:
             seen = _observed_shapes(model, [h for h in holes if not isinstance(tensors[h], gs.Constant)])
