@@ -106,10 +106,12 @@ def main() -> int:
     src = model_path()
     ref = run(src, ex)
     base_acc = float((ref.argmax(1) == ey).mean())
+    uniform = dict(allocation="uniform")
     methods = [("l2 (weights only)", dict(importance="l2")),
-               ("activation, calib", dict(importance="activation", calib=calib, compensate=False)),
-               ("fluctuation, calib + refit", dict(importance="fluctuation", calib=calib)),
-               ("auto (obs), calib + refit", dict(importance="auto", calib=calib))]
+               ("activation, calib", dict(importance="activation", calib=calib, compensate=False, **uniform)),
+               ("fluctuation, calib + refit", dict(importance="fluctuation", calib=calib, **uniform)),
+               ("obs, calib + refit", dict(importance="obs", calib=calib, **uniform)),
+               ("auto (default): obs, calib + refit, allocated", dict(importance="auto", calib=calib))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in ns.ratios:
@@ -136,7 +138,10 @@ def main() -> int:
           f"{ns.calib} calibration pages and {ns.eval} evaluation pages, from disjoint sentences. Accuracy: the "
           f"predicted rotation is the true one (unpruned: **{base_acc:.1%}**); agreement: the same prediction "
           "as the unpruned model; relative output error: ||pruned - original||^2 / ||original||^2 over the "
-          "evaluation logits. One shot, no fine-tuning.", "", "Reproduce:", "", "```",
+          "evaluation logits. One shot, no fine-tuning. Rows with calibration prune every layer by the same "
+          "fraction except the last, `auto` with `calib` (the default), which chooses each layer's fraction from "
+          "its measured sensitivity at the same parameter budget (docs/calibration.md, Allocation).", "",
+          "Reproduce:", "", "```",
           ".venv/bin/python tools/bench_onnx_calib.py", "```", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
