@@ -107,6 +107,22 @@ def estimate(program, groups: list[Group], ratio: float, round_to: int, batches:
     return runs, runs * rows * per_row
 
 
+def allocate_if_cheap(program, groups: list[Group], scores, ratio: float, round_to: int, batches: list,
+                      mode: str | None, stats, forced: bool, notes: list[str]) -> Allocation | None:
+    """:func:`allocate`, unless (not ``forced``) its masked runs would cost over :data:`AUTO_MACS`;
+    either way ``notes`` says what was done."""
+    if not forced:
+        runs, macs = estimate(program, groups, ratio, round_to, batches)
+        if macs > AUTO_MACS:
+            notes.append(f"allocation: uniform; measuring each group's sensitivity would take {runs} masked runs "
+                         f"({macs:.1e} MACs, over the {AUTO_MACS:.0e} that auto allows): pass "
+                         "allocation='sensitivity' to spend the time")
+            return None
+    alloc = allocate(program, groups, scores, ratio, round_to, batches, mode, stats)
+    notes.append(alloc.note())
+    return alloc
+
+
 def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, batches: list,
              mode: str | None, stats) -> Allocation:
     """Per-group ratios removing the uniform plan's parameters where the output suffers least."""

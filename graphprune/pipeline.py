@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 from .errors import PlanError, PruneWarning, RewriteError
 from .graph import DependencyGraph
 from .metrics import count_macs, count_params
-from .planner import PrunePlan, check_ratio, keep_masks, make_plan, select_groups
+from .planner import PrunePlan, check_ratio, idle_note, keep_masks, make_plan, select_groups
 from .report import PruneReport
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
@@ -62,7 +62,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     drop ``ratio`` of each (``ratios``: per group id). ``allocation="sensitivity"`` (the
     default with ``calib``) spends the uniform plan's parameter budget unevenly, where the
     measured output error is least (graphprune/allocate.py)."""
-    from .allocate import AUTO_MACS, allocate, estimate, resolve_allocation
+    from .allocate import allocate_if_cheap, resolve_allocation
     from .calib.collect import collect
     from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 
@@ -84,49 +84,16 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
     scores = score_groups(name, ctx, groups)
     alloc = None
-    if how == "sensitivity" and allocation == "auto" and ratio > 0 and groups:
-        runs, macs = estimate(program, groups, ratio, round_to, batches)
-        if macs > AUTO_MACS:
-            how = "uniform"
-            ctx.notes.append(f"allocation: uniform; measuring each group's sensitivity would take {runs} masked "
-                             f"runs ({macs:.1e} MACs, over the {AUTO_MACS:.0e} that auto allows): pass "
-                             "allocation='sensitivity' to spend the time")
     if how == "sensitivity" and ratio > 0 and groups:
-        alloc = allocate(program, groups, scores, ratio, round_to, batches, mode, ctx.stats)
-        ratios = alloc.ratios
-        ctx.notes.append(alloc.note())
+        alloc = allocate_if_cheap(program, groups, scores, ratio, round_to, batches, mode, ctx.stats,
+                                  forced=allocation == "sensitivity", notes=ctx.notes)
+        ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
     idle = idle_note(groups, plan, ratio, alloc is not None, dg)
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
     return Planned(plan, name, batches, ctx, list(ctx.notes), alloc)
-
-
-def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None) -> str | None:
-    """Say so when a ratio removes nothing: from every selected group (an empty plan), or, with
-    a uniform ratio, from some of them (too small to lose a whole channel or head)."""
-    if ratio <= 0:
-        return None
-    if not groups:
-        reasons: dict[str, int] = {}
-        for g in dg.groups if dg is not None else ():
-            if g.frozen and not g.frozen[0].startswith("model "):  # model inputs/outputs are frozen by design
-                reasons[g.frozen[0]] = reasons.get(g.frozen[0], 0) + 1
-        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
-        why = "; ".join(f"{n} group(s): {r}" for r, n in top) if top else "see graph.summary()"
-        return f"nothing was pruned: no prunable group was selected ({why})"
-    idle = [g for g in groups if not plan.pruned.get(g.id)]
-    if not idle or (allocated and len(idle) < len(groups)):
-        return None  # an allocation that keeps some groups whole does so on purpose
-    small = min(idle, key=lambda g: (g.size, g.id))
-    what = (f"group {small.id} has {small.size} {small.kind or 'channel'}(s): {ratio:g} x {small.size} "
-            f"rounds to 0")
-    if len(idle) == len(groups):
-        return (f"nothing was pruned: ratio {ratio:g} removes no channel from any of the {len(groups)} selected "
-                f"group(s) ({what}); raise the ratio or prune other kinds (targets=('heads', 'ffn'))")
-    return (f"{len(idle)} of {len(groups)} selected group(s) lose nothing at ratio {ratio:g} ({what}); raise "
-            "the ratio, or let allocation move the budget (calib=..., allocation='sensitivity')")
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):

@@ -175,3 +175,29 @@ def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: floa
         plan.pruned[g.id] = sorted(int(i) for i in order[: g.size - keep])
         plan.sizes[g.id] = g.size
     return plan
+
+
+def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None) -> str | None:
+    """Say so when a ratio removes nothing: from every selected group (an empty plan), or, with
+    a uniform ratio, from some of them (too small to lose a whole channel or head)."""
+    if ratio <= 0:
+        return None
+    if not groups:
+        reasons: dict[str, int] = {}
+        for g in dg.groups if dg is not None else ():
+            if g.frozen and not g.frozen[0].startswith("model "):  # model inputs/outputs are frozen by design
+                reasons[g.frozen[0]] = reasons.get(g.frozen[0], 0) + 1
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+        why = "; ".join(f"{n} group(s): {r}" for r, n in top) if top else "see graph.summary()"
+        return f"nothing was pruned: no prunable group was selected ({why})"
+    idle = [g for g in groups if not plan.pruned.get(g.id)]
+    if not idle or (allocated and len(idle) < len(groups)):
+        return None  # an allocation that keeps some groups whole does so on purpose
+    small = min(idle, key=lambda g: (g.size, g.id))
+    what = (f"group {small.id} has {small.size} {small.kind or 'channel'}(s): {ratio:g} x {small.size} "
+            f"rounds to 0")
+    if len(idle) == len(groups):
+        return (f"nothing was pruned: ratio {ratio:g} removes no channel from any of the {len(groups)} selected "
+                f"group(s) ({what}); raise the ratio or prune other kinds (targets=('heads', 'ffn'))")
+    return (f"{len(idle)} of {len(groups)} selected group(s) lose nothing at ratio {ratio:g} ({what}); raise "
+            "the ratio, or let allocation move the budget (calib=..., allocation='sensitivity')")
