@@ -59,8 +59,12 @@ class Allocation:
     runs: int = 0
     rows: int = 0
     seconds: float = 0.0
+    fallback: bool = False  # the measured levels could not meet the budget together: uniform ratios
 
     def note(self) -> str:
+        if self.fallback:
+            return (f"allocation: uniform; the ratios measured for {len(self.curves)} group(s) cannot remove "
+                    f"{self.target:,} parameters together ({self.seconds:.1f} s spent measuring)")
         return (f"allocation: sensitivity of {len(self.curves)} group(s) from {self.runs} masked run(s) on "
                 f"{self.rows} calibration row(s) ({self.seconds:.1f} s); removes {self.removed:,} parameters "
                 f"(uniform: {self.target:,})")
@@ -174,10 +178,20 @@ def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, 
     curves: dict[int, list[tuple[int, float, float]]] = {g.id: [(0, 0.0, 0.0)] for g in groups}
     for (gid, r, n), e in zip(keys, err):
         curves[gid].append((n, float(e), r))
-    ratios = _greedy(groups, curves, target, round_to)
-    final = make_plan(groups, scores, ratio, round_to, ratios)
-    return Allocation(ratios, {g: [(n, e) for n, e, _ in c] for g, c in curves.items()}, target,
-                      removed_params(dg, final, before), len(variants), rows, time.perf_counter() - t0)
+    # Parameters removed by two groups that share a weight (a conv's input and output channels)
+    # are fewer than the sum of each alone: raise the goal until the plan itself meets the budget.
+    goal, removed = target, 0
+    for _ in range(12):
+        ratios = _greedy(groups, curves, goal, round_to)
+        removed = removed_params(dg, make_plan(groups, scores, ratio, round_to, ratios), before)
+        if removed >= target or goal >= sum(c[-1][0] for c in map(_hull, curves.values())):
+            break
+        goal = int(math.ceil(goal * target / max(removed, 1)))
+    fallback = removed < target
+    if fallback:  # the ratios tried cannot reach the budget together: every group takes the asked one
+        ratios, removed = {g.id: ratio for g in groups}, target
+    return Allocation(ratios, {g: [(n, e) for n, e, _ in c] for g, c in curves.items()}, target, removed,
+                      len(variants), rows, time.perf_counter() - t0, fallback)
 
 
 def _sq(out: np.ndarray, ref: np.ndarray | None, valid) -> float:

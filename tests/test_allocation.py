@@ -139,3 +139,21 @@ def test_cli_allocation_flag(tmp_path):
                            capture_output=True, text=True, env={**os.environ, "GRAPHPRUNE_PROGRESS": "0"})
         assert r.returncode == 0, r.stderr
         assert ("allocation: sensitivity" in r.stdout) == (how == "sensitivity") and out.exists()
+
+
+def test_allocation_meets_the_budget_when_groups_share_weights():
+    """In a conv chain each conv's weight belongs to two groups (its input and output channels):
+    parameters removed by both are fewer than the sum of each alone, and the allocation must
+    still remove at least what the uniform plan does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 4)).eval()
+    g = torch.Generator().manual_seed(2)
+    calib = [(torch.randn(4, 3, 12, 12, generator=g),) for _ in range(3)]
+    removed = {}
+    for how in ("uniform", "sensitivity"):
+        _, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, allocation=how)
+        removed[how] = report.params_before - report.params_after
+    assert removed["sensitivity"] >= removed["uniform"]
