@@ -94,12 +94,12 @@ def test_kinds_read_from_the_graph():
     assert [grp.size for grp in g.groups if grp.kind == "head"] == [4, 4]
 
 
-def test_default_target_is_whole_heads_and_unknown_targets_fail():
+def test_default_target_is_heads_and_ffn_and_unknown_targets_fail():
     model = gp.hf.prepare(H.build("vit"))
     inputs = gp.hf.example_inputs(model)
     g = gp.trace(model, (), inputs)
     plan = gp.plan(g, model, 0.5)
-    assert {g.group(gid).kind for gid in plan.pruned} == {"head"}
+    assert {g.group(gid).kind for gid in plan.pruned} == {"head", "ffn"}
     with pytest.raises(gp.PlanError, match="unknown target 'neurons'"):
         gp.plan(g, model, 0.5, targets=("neurons",))
     cnn = gp.hf.prepare(H.build("resnet"))

@@ -273,3 +273,13 @@ def test_an_op_without_a_rule_is_named_when_nothing_can_be_pruned():
     with pytest.warns(gp.errors.PruneWarning, match=r"nothing was pruned: no prunable group.*aten\.lstm"):
         _, report = gp.prune(Rnn().eval(), (torch.randn(2, 5, 8),), ratio=0.5)
     assert any("aten.lstm" in n for n in report.notes)
+
+
+def test_gqa_with_repeat_interleave_loses_query_heads_per_kv_head():
+    """The repeat count is the number of query heads per key/value head: pruning query heads
+    changes it through the module attribute that spells it."""
+    torch.manual_seed(0)
+    model, x = _GQAInterleave().eval(), torch.randn(2, 5, 16)
+    pruned, report = gp.prune(copy.deepcopy(model), (x,), ratio=0.5, targets="query_heads", verify=True)
+    assert report.oracle.passed and report.oracle.checked_groups
+    assert (pruned.q.out_features, pruned.k.out_features, pruned.n_heads, pruned.n_kv) == (8, 8, 2, 2)

@@ -155,7 +155,9 @@ def _repeat(node: Node, ctx: RuleContext) -> None:
 @register("aten.repeat_interleave")
 def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
     # Each input position becomes `repeats` consecutive outputs (GQA's key/value heads repeated
-    # for their query heads): out = prod(in, copies), the input outer, copies a frozen space.
+    # for their query heads): out = prod(in, copies), the input outer. Like expand's new dim, the
+    # copies are a space of their own (the query heads per key/value head, once attention ties
+    # them to q) whose size the repeats argument spells.
     src, out = node.args[0], node.outputs[0]
     reps, dim = ctx.arg(node, 1, "repeats"), ctx.arg(node, 2, "dim")
     if not isinstance(src, Ref) or not isinstance(reps, int) or dim is None \
@@ -171,8 +173,8 @@ def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
         ctx.tie(ctx.s(src, d), ctx.s(out, d))
         return
     copies = ctx.virtual(reps, "repeat_interleave")
-    ctx.freeze(copies, f"repeat count at {ctx.where()}")
     ctx.factor(ctx.s(out, d), [ctx.s(src, d), copies])
+    ctx.carry(copies, (1,), reps)
 
 
 @register("aten.cat", "aten.concat", "aten.concatenate")
