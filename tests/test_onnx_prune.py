@@ -263,3 +263,19 @@ def test_example_inputs_drive_the_checks_and_cli_flags(tmp_path):
     r = subprocess.run(cli + ["-o", str(tmp_path / "e.onnx"), "--input-shape", "x:1x3xbig"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "is not NAME:DIMS" in r.stderr and not (tmp_path / "e.onnx").exists()
+
+
+def test_a_quantized_graph_is_refused_with_the_op_named(tmp_path):
+    """A dynamically quantized model (onnxruntime's quantize_dynamic: MatMulInteger) has no
+    float weights to slice: the prune says so, naming the op and what to do (issue 9)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+    src, q = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(model, (torch.randn(2, 8),), str(src), dynamo=False, input_names=["x"])
+    quantize_dynamic(str(src), str(q), weight_type=QuantType.QInt8)
+    with pytest.warns(gp.errors.PruneWarning, match=r"onnx\.MatMulInteger.*prune the float model, then quantize"):
+        report = gp.prune_onnx(q, tmp_path / "slim.onnx", ratio=0.5, measure_latency=False)
+    assert report.params_after == report.params_before and not report.oracle.checked_groups

@@ -165,6 +165,11 @@ def declare_slots(graph: Graph, solver: Solver) -> None:
             solver.declare((v.name, d), size if isinstance(size, int) else None)
 
 
+# Integer ops of quantized ONNX graphs: their weights are int8 with scales beside them.
+_QUANTIZED = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear",
+              "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLSTM", "QGemm", "QAttention"}
+
+
 def apply_rules(graph: Graph, solver: Solver) -> RuleContext:
     """Run every node's rule; freeze whatever an unknown op touches."""
     from . import load_all
@@ -176,6 +181,8 @@ def apply_rules(graph: Graph, solver: Solver) -> RuleContext:
         rule = RULES.get(node.op)
         if rule is None:
             reason = f"no coupling rule for op {node.op} at {node.where()}"
+            if node.op.split(".")[-1] in _QUANTIZED:
+                reason += "; the graph is quantized: prune the float model, then quantize it"
             for name in dict.fromkeys(node.inputs + node.outputs):
                 ctx.freeze_value(name, reason)
             continue
