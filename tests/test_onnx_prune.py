@@ -279,3 +279,25 @@ def test_a_quantized_graph_is_refused_with_the_op_named(tmp_path):
     with pytest.warns(gp.errors.PruneWarning, match=r"onnx\.MatMulInteger.*prune the float model, then quantize"):
         report = gp.prune_onnx(q, tmp_path / "slim.onnx", ratio=0.5, measure_latency=False)
     assert report.params_after == report.params_before and not report.oracle.checked_groups
+
+
+def test_channels_last_input_behind_a_transpose(tmp_path):
+    """An NHWC input transposed to NCHW before the convolutions (TF-style exporters): the
+    channels behind the Transpose prune like any others, held to the oracle."""
+    import torch
+
+    class NHWC(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.c2(self.c1(x.permute(0, 3, 1, 2)).relu())
+            return y.permute(0, 2, 3, 1)
+
+    torch.manual_seed(0)
+    src = tmp_path / "nhwc.onnx"
+    gp.export_onnx(NHWC().eval(), (torch.randn(1, 12, 12, 3),), src)
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.oracle.checked_groups
+    assert report.params_after == 3 * 8 * 9 + 8 + 8 * 8 * 9 + 8
