@@ -33,7 +33,7 @@ ROWS = 1024  # calibration rows (tokens, or items) the sensitivity runs use at m
 AUTO_MACS = 5e12
 
 
-def resolve_allocation(allocation: str, calib, ratios, plan_given: bool = False) -> str:
+def resolve_allocation(allocation: str, calib, ratios) -> str:
     """``auto``: sensitivity with calibration data (unless per-group ``ratios`` are given; the
     cost check comes later, in :func:`allocate`), uniform without."""
     if allocation not in ALLOCATIONS:
@@ -44,7 +44,7 @@ def resolve_allocation(allocation: str, calib, ratios, plan_given: bool = False)
     if allocation == "sensitivity" and ratios:
         raise PlanError("ratios= fixes each group's ratio, allocation='sensitivity' chooses them: pass one of the two")
     if allocation == "auto":
-        return "sensitivity" if calib is not None and not ratios and not plan_given else "uniform"
+        return "sensitivity" if calib is not None and not ratios else "uniform"
     return allocation
 
 

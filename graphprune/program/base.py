@@ -74,9 +74,21 @@ class Program(ABC):
         """Which (item, position) of a batch are real tokens (attention_mask), or None."""
         return None
 
-    @abstractmethod
     def rows(self, batch: Any) -> int:
-        """How many samples a batch holds: real tokens for sequence inputs, else items."""
+        """How many samples a batch holds: real tokens (attention mask, or a 2-D integer first
+        input: token ids), else items along dim 0."""
+        mask = self.valid_rows(batch)
+        if mask is not None:
+            return int(mask.sum())
+        first = self.first_input(batch)
+        if first is None or not first[0]:
+            return 1
+        shape, integer = first
+        return int(np.prod(shape)) if len(shape) == 2 and integer else shape[0]
+
+    @abstractmethod
+    def first_input(self, batch: Any) -> tuple[tuple[int, ...], bool] | None:
+        """The shape of a batch's first input and whether it holds integers."""
 
     @abstractmethod
     def run_variants(self, batches: list, variants: list[tuple[Masks, Mapping[str, Any]]]

@@ -160,14 +160,9 @@ class OnnxProgram(Program):
         mask = batch.get("attention_mask")
         return torch.from_numpy(np.asarray(mask)) if mask is not None and np.ndim(mask) == 2 else None
 
-    def rows(self, batch) -> int:
-        mask = self.valid_rows(batch)
-        if mask is not None:
-            return int(mask.sum())
+    def first_input(self, batch):
         first = np.asarray(batch[self.input_names[0]])
-        if first.ndim == 0:
-            return 1
-        return first.size if first.ndim == 2 and np.issubdtype(first.dtype, np.integer) else first.shape[0]
+        return tuple(first.shape), bool(np.issubdtype(first.dtype, np.integer))
 
     def run_variants(self, batches, variants):
         """One session per variant: the masked graph with its weights replaced."""

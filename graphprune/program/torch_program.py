@@ -153,14 +153,9 @@ class TorchProgram(Program):
         mask = dict(batch[1]).get("attention_mask")
         return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
-    def rows(self, batch) -> int:
-        mask = self.valid_rows(batch)
-        if mask is not None:
-            return int(mask.sum())
+    def first_input(self, batch):
         first = next((t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, torch.Tensor)), None)
-        if first is None or first.dim() == 0:
-            return 1
-        return first.numel() if first.dim() == 2 and not first.is_floating_point() else first.shape[0]
+        return None if first is None else (tuple(first.shape), not first.is_floating_point())
 
     def run_variants(self, batches, variants):
         """One dense walk advanced to each variant's first changed node, forked from there:
