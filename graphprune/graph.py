@@ -109,6 +109,7 @@ class DependencyGraph:
         declare_slots(graph, self.solver)
         ctx = apply_rules(graph, self.solver)
         self.carries: list[Carry] = ctx.carries
+        self.masked_weights: set[str] = ctx.masked_weights
         self._tie_aliases()
         if freeze_io:
             for name in graph.inputs:

@@ -55,6 +55,8 @@ def node_macs(n: Node, shape_of: ShapeFn) -> int:
             for letter, d in zip(_expand_ellipsis(spec, len(shape)), shape):
                 sizes[letter] = max(sizes.get(letter, 1), int(d))
         return math.prod(sizes.values())
+    if op in ("lstm", "gru", "rnn_tanh", "rnn_relu", "LSTM", "GRU", "RNN"):
+        return _recurrent_macs(n, refs, shape_of)
     if n.op.startswith("onnx."):
         return _onnx_macs(op, n, refs, out, shape_of)
     if op == "scaled_dot_product_attention":
@@ -81,3 +83,15 @@ def _onnx_macs(op: str, n: Node, refs: list[str], out: tuple, shape_of: ShapeFn)
         a = shape_of(refs[0])
         return _numel(out) * int(a[-1])
     return 0
+
+
+def _recurrent_macs(n: Node, refs: list[str], shape_of: ShapeFn) -> int:
+    """Every step multiplies each weight matrix by one vector per sequence: steps x batch
+    x the matrices' sizes (ONNX stacks the directions in one tensor, torch keeps them apart)."""
+    x = shape_of(refs[0])
+    steps_batch = _numel(x[:-1])
+    if n.op.startswith("onnx."):
+        mats = [shape_of(r.name) for r in n.args[1:3] if r is not None]
+    else:
+        mats = [shape_of(r.name) for r in n.args[2] if len(shape_of(r.name)) == 2]
+    return steps_batch * sum(_numel(m) for m in mats)

@@ -259,20 +259,20 @@ def test_a_lifted_constant_that_cannot_be_rewritten_freezes_its_channels():
 
 
 def test_an_op_without_a_rule_is_named_when_nothing_can_be_pruned():
-    """An LSTM has no coupling rule yet: the prune must say which op froze everything, not
-    return an unchanged model without a word."""
+    """An op with no coupling rule (a Bessel function here) freezes the channels it reads: the
+    prune must say which op froze everything, not return an unchanged model without a word."""
 
-    class Rnn(nn.Module):
+    class Bessel(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc, self.rnn, self.out = nn.Linear(8, 16), nn.LSTM(16, 32, batch_first=True), nn.Linear(32, 4)
+            self.fc, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
 
         def forward(self, x):
-            return self.out(self.rnn(torch.relu(self.fc(x)))[0])
+            return self.out(torch.special.bessel_j0(self.fc(x)))
 
-    with pytest.warns(gp.errors.PruneWarning, match=r"nothing was pruned: no prunable group.*aten\.lstm"):
-        _, report = gp.prune(Rnn().eval(), (torch.randn(2, 5, 8),), ratio=0.5)
-    assert any("aten.lstm" in n for n in report.notes)
+    with pytest.warns(gp.errors.PruneWarning, match=r"nothing was pruned: no prunable group.*bessel_j0"):
+        _, report = gp.prune(Bessel().eval(), (torch.randn(2, 5, 8),), ratio=0.5)
+    assert any("bessel_j0" in n for n in report.notes)
 
 
 def test_gqa_with_repeat_interleave_loses_query_heads_per_kv_head():
@@ -283,3 +283,45 @@ def test_gqa_with_repeat_interleave_loses_query_heads_per_kv_head():
     pruned, report = gp.prune(copy.deepcopy(model), (x,), ratio=0.5, targets="query_heads", verify=True)
     assert report.oracle.passed and report.oracle.checked_groups
     assert (pruned.q.out_features, pruned.k.out_features, pruned.n_heads, pruned.n_kv) == (8, 8, 2, 2)
+
+
+def _if_model() -> onnx.ModelProto:
+    """x -> MatMul W1 -> Relu -> h, read only inside both branches of an If (outer scope);
+    a parallel MatMul W4 -> Relu -> MatMul Wb path that does not cross it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    init = lambda name, shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "W2"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Constant", [], ["Wc"], value=init("Wc", (8, 8))),
+                               helper.make_node("MatMul", ["h", "Wc"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+             helper.make_node("MatMul", ["x", "W4"], ["k0"]), helper.make_node("Relu", ["k0"], ["k"]),
+             helper.make_node("MatMul", ["k", "Wb"], ["k1"]), helper.make_node("Add", ["y", "k1"], ["z"]),
+             helper.make_node("MatMul", ["z", "W3"], ["out"])]
+    inits = [init("W1", (4, 8)), init("W2", (8, 8)), init("W3", (8, 3)), init("W4", (4, 16)), init("Wb", (16, 8)),
+             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 4))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (2, 3))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_channels_an_if_branch_reads_from_outer_scope_are_frozen(tmp_path):
+    """ONNX does not list the values a subgraph reads from the enclosing graph among the If's
+    inputs; pruning them would break the branch. They are frozen with the If named, the rest
+    of the model still prunes exactly."""
+    src, dst = tmp_path / "if.onnx", tmp_path / "slim.onnx"
+    onnx.save(_if_model(), src)
+    g = gp.load_onnx(str(src))
+    crossing = next(grp for grp in g.groups if any(m.name == "W1" and m.dim == 1 for m in grp.members))
+    assert not crossing.prunable and "control-flow subgraph" in crossing.frozen[0] and "If" in crossing.frozen[0]
+    free = next(grp for grp in g.groups if any(m.name == "W4" and m.dim == 1 for m in grp.members))
+    assert free.prunable
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.params_after < report.params_before
+    shapes = {t.name: tuple(t.dims) for t in onnx.load(dst).graph.initializer}
+    assert shapes["W1"] == (4, 8) and shapes["W4"] == (4, 8) and shapes["Wb"] == (8, 8)

@@ -23,7 +23,7 @@ from ..graph import DependencyGraph
 from ..planner import PrunePlan, carried_value, keep_masks
 
 _KNOWN = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-          nn.Embedding, nn.PReLU, getattr(nn, "RMSNorm", nn.LayerNorm))
+          nn.Embedding, nn.PReLU, getattr(nn, "RMSNorm", nn.LayerNorm), nn.RNNBase)
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
@@ -246,6 +246,9 @@ def _update_known_modules(model: nn.Module, dg: DependencyGraph, plan: PrunePlan
             m.num_embeddings, m.embedding_dim = m.weight.shape
         elif isinstance(m, nn.PReLU):
             m.num_parameters = m.weight.shape[0]
+        elif isinstance(m, nn.RNNBase):
+            m.input_size, m.hidden_size = m.weight_ih_l0.shape[1], m.weight_hh_l0.shape[1]
+            m._init_flat_weights()  # forward reads the weights through this list, not the attributes
         elif hasattr(m, "normalized_shape") and getattr(m, "weight", None) is not None and isinstance(
                 m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
             m.normalized_shape = tuple(m.weight.shape)

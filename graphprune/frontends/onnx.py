@@ -276,10 +276,30 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) ->
         attrs = {a: _attr(v) for a, v in node.attrs.items()}
         if node.op == "Constant":
             _constant_node(g, node, attrs, data)
+        captured = [Ref(t) for t in _captured(node) if t in g.values]
+        if captured:  # outer-scope values a subgraph reads: the rule must see them to freeze them
+            attrs["__captured__"] = captured
         g.nodes.append(Node(name, op, tuple(Ref(i.name) if i.name else None for i in node.inputs), attrs,
                             [o.name for o in node.outputs], {"source": f"onnx node '{name}'"}))
     _evaluate_int_tensors(g, data)
     return g
+
+
+def _captured(node: gs.Node) -> list[str]:
+    """Names of the values a node's subgraphs (If branches, Loop/Scan bodies) read from the
+    enclosing graph: ONNX lists them nowhere in the node's inputs."""
+    out: dict[str, None] = {}
+    for v in node.attrs.values():
+        for sub in (v if isinstance(v, list) else [v]):
+            if not isinstance(sub, gs.Graph):
+                continue
+            local = {t.name for t in sub.inputs}
+            for n in sub.nodes:
+                local.update(o.name for o in n.outputs)
+            for n in sub.nodes:
+                reads = [t.name for t in n.inputs if t.name] + _captured(n)
+                out.update(dict.fromkeys(r for r in reads if r not in local))
+    return list(out)
 
 
 def _attr(v: Any) -> Any:

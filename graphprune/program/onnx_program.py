@@ -367,7 +367,8 @@ def masked_model(model: onnx.ModelProto, dg, masks: Masks) -> onnx.ModelProto:
     by_value: dict[str, list] = {}
     for (value, d), keep in masks.items():
         v = dg.ir.values[value]
-        if v.kind in ("act", "input") and v.dtype.startswith("float") and value not in dg.ir.outputs:
+        weight = value in getattr(dg, "masked_weights", set())  # a recurrence's weights
+        if (v.kind in ("act", "input") or weight) and v.dtype.startswith("float") and value not in dg.ir.outputs:
             by_value.setdefault(value, []).append((d, keep))
     users: dict[str, list] = {}
     for n in g.node:
@@ -391,8 +392,8 @@ def masked_model(model: onnx.ModelProto, dg, masks: Masks) -> onnx.ModelProto:
             "Where", [f"{value}__gp_mask", value, f"{value}__gp_zero"], [f"{value}__gp_masked"],
             name=f"{value}__gp_mask_where"))
     # Each Where goes right after its producer, to keep the graph topologically sorted.
-    graph_inputs = {i.name for i in g.input}
-    ordered = [node for value, nodes in after.items() if value in graph_inputs for node in nodes]
+    produced = {o for n in g.node for o in n.output}
+    ordered = [node for value, nodes in after.items() if value not in produced for node in nodes]
     for n in list(g.node):
         ordered.append(n)
         for o in n.output:

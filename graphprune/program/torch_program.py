@@ -104,11 +104,14 @@ class TorchProgram(Program):
         return batches
 
     def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:
-        values = self.graph().ir.values
+        dg = self.graph()
+        values, weights = dg.ir.values, getattr(dg, "masked_weights", set())
         out: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for (value, d), keep in masks.items():
             if values[value].kind == "act":
                 out.setdefault(value, []).append((d, torch.as_tensor(keep)))
+            elif value in weights:  # read through get_attr by its path (graphprune.program.torch_run)
+                out.setdefault(f"param:{values[value].source}", []).append((d, torch.as_tensor(keep)))
         return out
 
     def run_raw(self, batch: tuple[tuple, dict], masks: Masks | None = None, capture: Iterable[str] = (),

@@ -74,8 +74,11 @@ class _Runner(_MaskedInterpreter):
 
     def get_attr(self, target: str, args, kwargs) -> Any:
         if target in self.overrides:
-            return self.overrides[target]
-        return super().get_attr(target, args, kwargs)
+            out = self.overrides[target]
+        else:
+            out = super().get_attr(target, args, kwargs)
+        # weights a recurrence hides its state behind are masked too (keyed "param:<path>")
+        return self._mask(f"param:{target}", out)
 
 
 class Walk:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 _FAMILIES = ("elementwise", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "reorder",
-             "onnx_shape")
+             "onnx_shape", "recurrent", "control")
 _loaded = False
 
 

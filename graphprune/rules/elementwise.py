@@ -7,6 +7,7 @@ zeroes pruned channels at every value they reach.
 from __future__ import annotations
 
 from ..ir import Node
+from .recurrent import zero_state
 from .registry import RuleContext, defbroadcasting, defelementwise, defopaque_outputs, register
 
 _UNARY = (
@@ -27,7 +28,19 @@ _FACTORIES = "arange zeros ones full empty scalar_tensor new_zeros new_ones new_
 
 defelementwise(*(f"aten.{op}" for op in _UNARY))
 defbroadcasting(*(f"aten.{op}" for op in _BINARY))
-defopaque_outputs(*(f"aten.{op}" for op in _FACTORIES))
+defopaque_outputs(*(f"aten.{op}" for op in _FACTORIES if op != "zeros"))
+
+
+@register("aten.zeros")
+def _zeros(node: Node, ctx: RuleContext) -> None:
+    # A recurrent layer's default initial state: its size follows the hidden units.
+    out = node.outputs[0]
+    if zero_state(node, ctx, out) and isinstance(node.args[0], (list, tuple)):
+        for d, size in enumerate(node.args[0]):
+            if isinstance(size, int) and size > 1:
+                ctx.carry(ctx.s(out, d), (0, d), size)
+        return
+    ctx.freeze_value(out, f"size set by the arguments of {node.where()}")
 
 
 @register("aten.prelu", "aten._prelu_kernel")

@@ -6,6 +6,7 @@ dims couple to anything."""
 from __future__ import annotations
 
 from ..ir import Node
+from .recurrent import zero_state
 from .registry import RuleContext, register
 from .shape import relate_reshape, window
 
@@ -150,6 +151,10 @@ def _no_coupling(node: Node, ctx: RuleContext) -> None:
 @register("onnx.ConstantOfShape", "onnx.Range", "onnx.RandomNormal", "onnx.RandomUniform", "onnx.EyeLike",
           "onnx.RandomNormalLike", "onnx.RandomUniformLike")
 def _factory(node: Node, ctx: RuleContext) -> None:
+    if node.op == "onnx.ConstantOfShape" and zero_state(node, ctx, node.outputs[0]) \
+            and not any(node.kwargs.get("value") or [0]):
+        _carry_vector(ctx, node, node.outputs[0], 0)  # a recurrent layer's zero initial state
+        return
     for out in node.outputs:
         ctx.freeze_value(out, f"size set by the arguments of {ctx.where()}")
 

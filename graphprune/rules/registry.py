@@ -83,7 +83,11 @@ class RuleContext:
         self.graph = graph
         self.solver = solver
         self.carries: list[Carry] = []
+        # Weights the masked original must zero too: an op that keeps state inside (a
+        # recurrence) would otherwise feed a pruned unit back into the kept ones.
+        self.masked_weights: set[str] = set()
         self.node: Node | None = None
+        self._users: dict[str, list[Node]] | None = None
 
     # ---- reading ----------------------------------------------------------------------
     def shape(self, value: str | Ref) -> tuple:
@@ -105,6 +109,12 @@ class RuleContext:
 
     def where(self) -> str:
         return self.node.where() if self.node else "?"
+
+    def users(self, value: str | Ref) -> list[Node]:
+        """The nodes that read ``value``."""
+        if self._users is None:
+            self._users = self.graph.consumers()
+        return self._users.get(value.name if isinstance(value, Ref) else value, [])
 
     # ---- slots -------------------------------------------------------------------------
     def s(self, value: str | Ref, dim: int) -> SlotKey:
@@ -153,6 +163,11 @@ class RuleContext:
 
     def hide(self, key: SlotKey, reason: str) -> None:
         self.solver.hide(key, reason)
+
+    def mask_weight(self, value: str | Ref) -> None:
+        """The oracle's masked original zeroes ``value``'s pruned positions (not only the
+        activations'): for ops whose state never leaves them."""
+        self.masked_weights.add(value.name if isinstance(value, Ref) else value)
 
     def carry(self, key: SlotKey, path: tuple[Any, ...], value: int) -> None:
         """Record that a constant in the node's args spells out key's size."""

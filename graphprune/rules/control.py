@@ -1,0 +1,16 @@
+"""ONNX control flow (If, Loop, Scan): the engine does not follow channels into
+subgraphs, so every value that crosses one (inputs, outer-scope values a branch or
+body reads, outputs) is frozen with the node named. Weights that live inside a
+subgraph stay as they are."""
+from __future__ import annotations
+
+from ..ir import Node
+from .registry import RuleContext, register
+
+
+@register("onnx.If", "onnx.Loop", "onnx.Scan", "onnx.SequenceMap")
+def _control_flow(node: Node, ctx: RuleContext) -> None:
+    why = (f"crosses the control-flow subgraph of {node.where()}; graphprune does not follow channels into "
+           "If/Loop/Scan bodies")
+    for name in dict.fromkeys(node.inputs + node.outputs):
+        ctx.freeze_value(name, why)

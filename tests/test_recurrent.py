@@ -1,0 +1,193 @@
+"""LSTM / GRU / RNN: hidden units are a coupled space in torch and in ONNX, pruned exactly."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+import graphprune as gp
+
+CASES = [
+    (nn.LSTM, dict(num_layers=2, batch_first=True)),
+    (nn.GRU, dict(bidirectional=True)),
+    (nn.RNN, dict(num_layers=2, bidirectional=True, batch_first=True, nonlinearity="relu")),
+    (nn.LSTM, dict(num_layers=2, bidirectional=True, bias=False)),
+]
+
+
+class Tagger(nn.Module):
+    """Embedding-like projection, a recurrent layer, a per-step classifier."""
+
+    def __init__(self, cls, **kw):
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+        self.rnn = cls(16, 32, **kw)
+        self.head = nn.Linear(32 * (2 if kw.get("bidirectional") else 1), 4)
+
+    def forward(self, x):
+        y, _ = self.rnn(torch.relu(self.proj(x)))
+        return self.head(y)
+
+
+def _ids(case):
+    cls, kw = case
+    return cls.__name__ + "-" + "-".join(f"{k}{v}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_torch_recurrent_hidden_units_prune_exactly(case):
+    torch.manual_seed(0)
+    cls, kw = case
+    model, args = Tagger(cls, **kw).eval(), (torch.randn(2, 5, 8),)
+    g = gp.trace(model, args)
+    rnn_groups = [grp for grp in g.prunable_groups() if any(m.name == "rnn.weight_hh_l0" for m in grp.members)]
+    assert len(rnn_groups) == 1 and rnn_groups[0].size == 32  # every layer and direction: one hidden_size
+    plan = gp.plan(g, model, ratio=0.5, importance="random")
+    assert gp.verify(model, args, plan, g).passed
+    ref = gp.masked_original(g, plan, args)
+    pruned, report = gp.prune(copy.deepcopy(model), args, graph=g, plan_=plan)
+    assert pruned.rnn.hidden_size == 16 and pruned.rnn.input_size == 8
+    assert torch.allclose(pruned(*args), ref[0] if isinstance(ref, (list, tuple)) else ref, atol=1e-5)
+    assert report.params_after < report.params_before / 2
+
+
+def test_the_oracle_masks_the_recurrent_weights():
+    """Zeroing only the LSTM's output would leave the pruned units alive inside the recurrence:
+    the masked original must equal the model with those units' weights zeroed."""
+    torch.manual_seed(0)
+    model, args = Tagger(nn.LSTM).eval(), (torch.randn(2, 5, 8),)
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5, importance="random")
+    gid = next(grp.id for grp in g.prunable_groups() if grp.size == 32)
+    gone = torch.as_tensor(plan.pruned[gid])
+    manual = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            w = getattr(manual.rnn, name)
+            for gate in range(4):  # rows gate * 32 + j of every gate block
+                w[gate * 32 + gone] = 0
+        manual.rnn.weight_hh_l0[:, gone] = 0
+        manual.head.weight[:, gone] = 0
+    other = [k for k in plan.pruned if k != gid]
+    assert other  # the projection's group is pruned too: zero those channels at their producer
+    with torch.no_grad():
+        proj_gone = torch.as_tensor(plan.pruned[other[0]])
+        manual.proj.weight[proj_gone] = 0
+        manual.proj.bias[proj_gone] = 0
+    ref = gp.masked_original(g, plan, args)
+    assert torch.allclose(ref[0] if isinstance(ref, (list, tuple)) else ref, manual(*args), atol=1e-6)
+
+
+def test_recurrent_macs_count_every_step():
+    model, args = Tagger(nn.LSTM).eval(), (torch.randn(2, 5, 8),)
+    g = gp.trace(model, args)
+    # 10 (batch x steps) products with each of W_ih (128 x 16) and W_hh (128 x 32), plus the two linears
+    want = 10 * (128 * 16 + 128 * 32) + 10 * 8 * 16 + 10 * 32 * 4
+    assert gp.count_macs(g.ir) == want
+
+
+class GivenState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 2)
+
+    def forward(self, x, h0):
+        return self.head(self.rnn(x, h0)[0])
+
+
+def test_a_state_the_user_passes_freezes_the_hidden_units_with_a_reason():
+    g = gp.trace(GivenState().eval(), (torch.randn(2, 5, 8), torch.zeros(1, 2, 16)))
+    grp = next(grp for grp in g.groups if any(m.name == "rnn.weight_hh_l0" for m in grp.members))
+    assert not grp.prunable and any("model input 'h0'" in r for r in grp.frozen)
+
+
+def test_projected_lstm_is_frozen_with_a_reason():
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(8, 16, proj_size=4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    g = gp.trace(Projected().eval(), (torch.randn(5, 2, 8),))
+    grp = next(grp for grp in g.groups if any(m.name == "rnn.weight_hh_l0" for m in grp.members))
+    assert not grp.prunable and any("proj_size" in r for r in grp.frozen)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("case", CASES[:2], ids=[_ids(c) for c in CASES[:2]])
+def test_exported_recurrent_onnx_prunes_exactly(case, dynamo, tmp_path):
+    torch.manual_seed(0)
+    cls, kw = case
+    model, x = Tagger(cls, **kw).eval(), torch.randn(2, 5, 8)
+    src, dst = tmp_path / "rnn.onnx", tmp_path / "slim.onnx"
+    torch.onnx.export(model, (x,), src, dynamo=dynamo)
+    ops = {n.op_type for n in onnx.load(src).graph.node}
+    assert cls.__name__ in ops  # a real recurrent op, not an unrolled loop
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.params_after < report.params_before / 2
+    slim = onnx.load(dst)
+    rec = next(n for n in slim.graph.node if n.op_type == cls.__name__)
+    assert next(a.i for a in rec.attribute if a.name == "hidden_size") == 16
+    out = ort.InferenceSession(str(dst)).run(None, {slim.graph.input[0].name: x.numpy()})[0]
+    assert out.shape == (2, 5, 4)
+
+
+def _onnx_lstm(activations=None, layout=0) -> onnx.ModelProto:
+    """A hand-built LSTM (bidirectional, peepholes, initial states from initializers)."""
+    rng = np.random.default_rng(0)
+    d, h, i = 2, 6, 3
+    inits = {"W": (d, 4 * h, i), "R": (d, 4 * h, h), "B": (d, 8 * h), "P": (d, 3 * h), "Wo": (d * h, 2)}
+    tensors = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.5, n) for n, s in inits.items()]
+    state = (d, 1, h) if layout == 0 else (1, d, h)
+    tensors += [numpy_helper.from_array(np.zeros(state, np.float32), n) for n in ("h0", "c0")]
+    attrs = dict(hidden_size=h, direction="bidirectional", layout=layout)
+    if activations:
+        attrs["activations"] = activations
+    x_shape, y_perm = ((4, 1, i), [0, 2, 1, 3]) if layout == 0 else ((1, 4, i), [0, 1, 2, 3])
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0", "P"], ["y"], **attrs),
+             helper.make_node("Transpose", ["y"], ["yt"], perm=y_perm),
+             helper.make_node("Reshape", ["yt", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "Wo"], ["out"])]
+    tensors.append(numpy_helper.from_array(np.array([4, d * h] if layout == 0 else [4, d * h], np.int64), "shape"))
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (4, 2))], tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_onnx_lstm_with_peepholes_and_states_prunes_exactly(tmp_path):
+    layout = 0
+    src, dst = tmp_path / "lstm.onnx", tmp_path / "slim.onnx"
+    onnx.save(_onnx_lstm(layout=layout), src)
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False, importance="random")
+    assert report.oracle.passed
+    slim = {t.name: numpy_helper.to_array(t).shape for t in onnx.load(dst).graph.initializer}
+    assert slim["W"] == (2, 12, 3) and slim["R"] == (2, 12, 3) and slim["B"] == (2, 24) and slim["P"] == (2, 9)
+    assert slim["h0"] == ((2, 1, 3) if layout == 0 else (1, 2, 3))
+
+
+def test_onnx_batch_major_lstm_couples_its_states(tmp_path):
+    # onnxruntime has no kernel for layout=1 (batch-major), so only the coupling is checked
+    src = tmp_path / "lstm.onnx"
+    onnx.save(_onnx_lstm(layout=1), src)
+    g = gp.load_onnx(str(src))
+    grp = next(grp for grp in g.groups if any(m.name == "R" and m.dim == 2 for m in grp.members))
+    dims = {(m.name, m.dim) for m in grp.members}
+    assert grp.prunable and {("h0", 2), ("c0", 2), ("W", 1), ("B", 1), ("P", 1), ("Wo", 0)} <= dims
+
+
+def test_onnx_lstm_whose_activation_keeps_a_removed_unit_alive_is_frozen(tmp_path):
+    # g = Sigmoid makes a zeroed unit's candidate 0.5, not 0: removing it would change the kept units
+    model = _onnx_lstm(activations=["Sigmoid", "Sigmoid", "Tanh"] * 2)
+    src = tmp_path / "lstm.onnx"
+    onnx.save(model, src)
+    g = gp.load_onnx(str(src))
+    grp = next(grp for grp in g.groups if any(m.name == "R" and m.dim == 2 for m in grp.members))
+    assert not grp.prunable and any("activation Sigmoid" in r for r in grp.frozen)
