@@ -118,6 +118,14 @@ class DependencyGraph:
             for name in graph.outputs:
                 for d in range(graph.values[name].rank):
                     self.solver.freeze((name, d), f"model output '{name}' dim {d}")
+        # Back-ends slice float weights only: an integer constant indexed along a channel (a
+        # one-hot's class ids compared against a feature) pins that channel.
+        for v in graph.values.values():
+            if v.kind == "const" and not v.dtype.startswith(("float", "bfloat")):
+                for d, size in enumerate(v.shape):
+                    if isinstance(size, int) and size > 1:
+                        self.solver.freeze((v.name, d), f"indexes integer constant '{v.name}' (dim {d}); only "
+                                                        "float weights are sliced")
         self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}
         if before_groups is not None:  # front-end freezes (sizes its back-end cannot rewrite)

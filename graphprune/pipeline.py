@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 from .errors import PlanError, PruneWarning, RewriteError
 from .graph import DependencyGraph
 from .metrics import count_macs, count_params
-from .planner import PrunePlan, check_ratio, idle_note, keep_masks, make_plan, select_groups
+from .planner import PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, select_groups
 from .report import PruneReport
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
@@ -126,6 +126,8 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
     if plan_ is None:
+        if ratio > 0:
+            check_prunable(dg)
         planned = plan_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                loss_fn, compensate, allocation=allocation)
     else:

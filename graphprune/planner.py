@@ -177,18 +177,38 @@ def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: floa
     return plan
 
 
+def frozen_summary(dg: DependencyGraph, top: int = 2) -> str:
+    """The commonest freeze reasons, model inputs and outputs aside (frozen by design)."""
+    reasons: dict[str, int] = {}
+    for g in dg.groups:
+        if g.frozen and not g.frozen[0].startswith("model "):
+            reasons[g.frozen[0]] = reasons.get(g.frozen[0], 0) + 1
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return "; ".join(f"{n} group(s): {r}" for r, n in ranked) if ranked else "see graph.summary()"
+
+
+def check_prunable(dg: DependencyGraph) -> None:
+    """Refuse a model in which no channel, head or unit can shrink at all (rather than write an
+    unchanged copy): the error names the ops that froze it."""
+    if not dg.prunable_groups():
+        why = frozen_summary(dg)
+        if why == "see graph.summary()":  # no group at all: say where the weights are, or that there are none
+            flow = [n.where() for n in dg.ir.nodes if n.op in ("onnx.If", "onnx.Loop", "onnx.Scan")]
+            why = (f"its weights live inside the subgraphs of {', '.join(flow[:2])}, and graphprune does not follow "
+                   "channels into If/Loop/Scan bodies" if flow else
+                   "it has no float weight with a dim that a channel space carries")
+        raise PlanError(f"nothing in this model can be pruned: every channel space is frozen ({why}). "
+                        "Each reason names the op and node; replace or remove that op, or prune the model before "
+                        "the step that introduced it (quantization, control flow).")
+
+
 def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None) -> str | None:
     """Say so when a ratio removes nothing: from every selected group (an empty plan), or, with
     a uniform ratio, from some of them (too small to lose a whole channel or head)."""
     if ratio <= 0:
         return None
     if not groups:
-        reasons: dict[str, int] = {}
-        for g in dg.groups if dg is not None else ():
-            if g.frozen and not g.frozen[0].startswith("model "):  # model inputs/outputs are frozen by design
-                reasons[g.frozen[0]] = reasons.get(g.frozen[0], 0) + 1
-        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
-        why = "; ".join(f"{n} group(s): {r}" for r, n in top) if top else "see graph.summary()"
+        why = frozen_summary(dg) if dg is not None else "see graph.summary()"
         return f"nothing was pruned: no prunable group was selected ({why})"
     idle = [g for g in groups if not plan.pruned.get(g.id)]
     if not idle or (allocated and len(idle) < len(groups)):

@@ -43,7 +43,8 @@ ATTENTION_CLASS_PER_LAYER = False
 # Every kind of block the generator can emit (the test checks they all occur).
 BLOCK_KINDS = ("conv", "conv_grouped", "conv_depthwise", "batchnorm", "linear", "chlast_linear", "residual",
                "cat", "split_chunk", "split_sizes", "to_seq", "flatten_linear", "attn_sdpa", "attn_manual",
-               "attn_gqa", "attn_gqa_interleave", "token_mix", "layernorm", "tuple_out")
+               "attn_gqa", "attn_gqa_interleave", "token_mix", "layernorm", "tuple_out", "se_gate", "conv_transpose",
+               "conv_transpose_depthwise", "lstm", "gru", "rnn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +185,53 @@ class TokenMix(nn.Module):
         return self.fc(x.transpose(1, 2)).transpose(1, 2)
 
 
+class SEGate(nn.Module):
+    """Squeeze-and-excitation: x * sigmoid(fc2(act(fc1(mean over H, W)))), the gate's
+    reduction width drawn apart from the channels it gates."""
+
+    def __init__(self, c: int, r: int, act: str, conv: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        if conv:
+            self.fc1, self.fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
+        else:
+            self.fc1, self.fc2 = nn.Linear(c, r), nn.Linear(r, c)
+        self.act = make_act(act)
+
+    def forward(self, x):
+        if self.conv:
+            return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        g = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        return x * g[:, :, None, None]
+
+
+class Deconv(nn.Module):
+    """A stride-1 transposed conv (spatial size kept), plain or depthwise, + act."""
+
+    def __init__(self, cin: int, cout: int, k: int, groups: int, act: str) -> None:
+        super().__init__()
+        self.op = nn.ConvTranspose2d(cin, cout, k, padding=k // 2, groups=groups)
+        self.act = make_act(act)
+
+    def forward(self, x):
+        return self.act(self.op(x))
+
+
+class Recurrent(nn.Module):
+    """An LSTM / GRU / Elman RNN over (B, S, E) (batch-first or not), output (B, S, D * H)."""
+
+    def __init__(self, cell: str, cin: int, hidden: int, layers: int, bidirectional: bool, batch_first: bool) -> None:
+        super().__init__()
+        cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+        self.batch_first = batch_first
+        self.rnn = cls(cin, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+
+    def forward(self, x):
+        if self.batch_first:
+            return self.rnn(x)[0]
+        return self.rnn(x.transpose(0, 1))[0].transpose(0, 1)
+
+
 class Attention(nn.Module):
     """Multi-head attention on (B, S, E); GQA through repeat_kv when kv_heads < heads.
 
@@ -276,6 +324,13 @@ def build_block(spec: dict) -> nn.Module:
                    spec["bias"], spec.get("interleave", False))
     if t == "layernorm":
         return nn.LayerNorm(spec["c"])
+    if t == "se":
+        return SEGate(spec["c"], spec["r"], spec["act"], spec["conv"])
+    if t == "deconv":
+        return Deconv(spec["cin"], spec["cout"], spec["k"], spec["groups"], spec["act"])
+    if t == "rnn":
+        return Recurrent(spec["cell"], spec["cin"], spec["hidden"], spec["layers"], spec["bidirectional"],
+                         spec["batch_first"])
     raise ValueError(t)
 
 
@@ -335,6 +390,12 @@ def block_kinds(recipe: dict) -> set[str]:
                 out.add("linear")
         elif t == "split":
             out.add("split_chunk" if s["mode"] == "chunk" else "split_sizes")
+        elif t == "se":
+            out.add("se_gate")
+        elif t == "deconv":
+            out.add("conv_transpose_depthwise" if s["groups"] > 1 else "conv_transpose")
+        elif t == "rnn":
+            out.add(s["cell"])
         elif t == "attn":
             out.add("attn_sdpa" if s["sdpa"] else "attn_manual")
             if s["kv_heads"] < s["heads"]:
@@ -431,12 +492,21 @@ def block_spec(draw, kind: str, c: int, depth: int, same_channels: bool = False)
     if depth < MAX_DEPTH:
         options += ["cat"] + (["split", "split"] if c >= 2 else [])
     if kind == "img":
-        options += ["chlast_linear"]
+        options += ["chlast_linear", "se", "deconv", "deconv"]
     if kind == "seq":
-        options += ["attn"]
+        options += ["attn", "rnn"]
     if same_channels:
-        options = [o for o in options if o in ("residual", "split", "attn")]
+        options = [o for o in options if o in ("residual", "split", "attn", "se")]
     t = draw(st.sampled_from(options))
+    if t == "se":
+        return {"type": "se", "c": c, "r": draw(channels), "act": draw(acts), "conv": draw(st.booleans())}, c
+    if t == "deconv":
+        depthwise = draw(st.booleans())
+        cout = c if depthwise else draw(channels)
+        return {"type": "deconv", "cin": c, "cout": cout, "k": draw(st.sampled_from((1, 3))),
+                "groups": c if depthwise else 1, "act": draw(acts)}, cout
+    if t == "rnn":
+        return draw(rnn_spec(c))
     if t == "proj":
         s = draw(proj_spec(kind, c))
         return s, s["cout"]
@@ -476,6 +546,14 @@ def block_spec(draw, kind: str, c: int, depth: int, same_channels: bool = False)
         b2, cb = draw(chain_spec(kind, sizes[1], depth + 1, cout=sizes[1] if keep else None, allow_empty=True))
         cout = ca + cb
     return {"type": "split", "kind": kind, "mode": mode, "sizes": sizes, "b1": b1, "b2": b2, "combine": combine}, cout
+
+
+@st.composite
+def rnn_spec(draw, cin: int) -> tuple[dict, int]:
+    hidden, bidirectional = draw(channels), draw(st.booleans())
+    s = {"type": "rnn", "cell": draw(st.sampled_from(("lstm", "gru", "rnn"))), "cin": cin, "hidden": hidden,
+         "layers": draw(st.integers(1, 2)), "bidirectional": bidirectional, "batch_first": draw(st.booleans())}
+    return s, hidden * (2 if bidirectional else 1)
 
 
 @st.composite
@@ -521,7 +599,7 @@ def recipes(draw) -> dict:
         if kind == "img":
             moves += ["to_seq", "flatten"]
         elif kind == "seq":
-            moves += ["attn", "attn", "flatten", "token_mix", "layernorm"]
+            moves += ["attn", "attn", "rnn", "flatten", "token_mix", "layernorm"]
         else:
             moves += ["layernorm"]
         move = draw(st.sampled_from(moves))
@@ -539,6 +617,9 @@ def recipes(draw) -> dict:
             kind, c = "vec", cout
         elif move == "attn":
             spec, c = draw(attn_spec(c))
+            blocks.append(spec)
+        elif move == "rnn":
+            spec, c = draw(rnn_spec(c))
             blocks.append(spec)
         elif move == "token_mix":
             blocks.append({"type": "token_mix", "s": s})

@@ -253,14 +253,13 @@ def test_a_lifted_constant_that_cannot_be_rewritten_freezes_its_channels():
     graph = gp.trace(model, (x,))
     group = graph.group_of("fc1.weight", 0)
     assert not group.prunable and "lifted from module state" in group.frozen[0]
-    with pytest.warns(gp.errors.PruneWarning, match="nothing was pruned"):
-        _, report = gp.prune(model, (x,), ratio=0.5)
-    assert report.params_after == report.params_before
+    with pytest.raises(gp.PlanError, match="nothing in this model can be pruned.*lifted from module state"):
+        gp.prune(model, (x,), ratio=0.5)
 
 
 def test_an_op_without_a_rule_is_named_when_nothing_can_be_pruned():
-    """An op with no coupling rule (a Bessel function here) freezes the channels it reads: the
-    prune must say which op froze everything, not return an unchanged model without a word."""
+    """An op with no coupling rule (a Bessel function here) freezes the channels it reads: a
+    prune of a model with nothing prunable is refused naming the op, not an unchanged copy."""
 
     class Bessel(nn.Module):
         def __init__(self) -> None:
@@ -270,9 +269,15 @@ def test_an_op_without_a_rule_is_named_when_nothing_can_be_pruned():
         def forward(self, x):
             return self.out(torch.special.bessel_j0(self.fc(x)))
 
+    model, x = Bessel().eval(), torch.randn(2, 5, 8)
+    with pytest.raises(gp.PlanError, match=r"nothing in this model can be pruned.*bessel_j0"):
+        gp.prune(model, (x,), ratio=0.5)
+    # plan() still answers (an empty plan), with the reason as a warning and a note
+    g = gp.trace(model, (x,))
+    notes: list[str] = []
     with pytest.warns(gp.errors.PruneWarning, match=r"nothing was pruned: no prunable group.*bessel_j0"):
-        _, report = gp.prune(Bessel().eval(), (torch.randn(2, 5, 8),), ratio=0.5)
-    assert any("bessel_j0" in n for n in report.notes)
+        plan = gp.plan(g, model, ratio=0.5, notes=notes)
+    assert plan.empty and any("bessel_j0" in n for n in notes)
 
 
 def test_gqa_with_repeat_interleave_loses_query_heads_per_kv_head():
@@ -325,3 +330,74 @@ def test_channels_an_if_branch_reads_from_outer_scope_are_frozen(tmp_path):
     assert report.oracle.passed and report.params_after < report.params_before
     shapes = {t.name: tuple(t.dims) for t in onnx.load(dst).graph.initializer}
     assert shapes["W1"] == (4, 8) and shapes["W4"] == (4, 8) and shapes["Wb"] == (8, 8)
+
+
+def test_oracle_judges_large_outputs_relative_to_their_magnitude():
+    """float32 rounding is relative: a detector's box output near 300 differs by ~1e-4 after a
+    mere reordering of sums. The oracle scales each output's error by max(1, its magnitude)."""
+    from graphprune.oracle import scaled_diff
+
+    boxes, probs = np.full((2, 3), 300.0), np.full((2, 3), 0.5)
+    got = [boxes + 1e-3, probs]
+    assert scaled_diff(got, [boxes, probs]) == pytest.approx(1e-3 / 300.0)
+    # below magnitude 1 nothing is scaled: the absolute error counts
+    assert scaled_diff([boxes, probs + 1e-3], [boxes, probs]) == pytest.approx(1e-3)
+
+
+def _onnx(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=9)
+
+
+def test_one_hot_class_ids_pin_the_dense_layer_reading_them(tmp_path):
+    """tf2onnx writes a one-hot as Equal(x, int constant [0..K-1]) -> Cast -> MatMul: the K
+    rows of the weight share their index space with the integer constant, which no back-end
+    slices. The space is frozen with the constant named (it once broke onnx.checker)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Unsqueeze", ["ids", "axis"], ["ids3"]),
+             helper.make_node("Equal", ["ids3", "classes"], ["hot"]),
+             helper.make_node("Cast", ["hot"], ["hotf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["hotf", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["out"])]
+    inits = [numpy_helper.from_array(np.arange(16, dtype=np.int32).reshape(1, 1, 16), "classes"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis"),
+             numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "W2")]
+    model = _onnx(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, (1, 5))],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 5, 3))], inits)
+    src, dst = tmp_path / "hot.onnx", tmp_path / "slim.onnx"
+    onnx.save(model, src)
+    g = gp.load_onnx(str(src))
+    rows = next(grp for grp in g.groups if any(m.name == "W1" and m.dim == 0 for m in grp.members))
+    assert not rows.prunable and "integer constant 'classes'" in rows.frozen[0]
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and {t.name: tuple(t.dims) for t in onnx.load(dst).graph.initializer}["W1"] == (16, 4)
+
+
+def test_shapes_only_a_run_shows_are_observed_with_typed_inputs(tmp_path):
+    """A value ONNX shape inference cannot type (an onnxruntime contrib op) is observed by
+    running the model; a bool input must get bool data there (it once got float32 and the
+    load failed with onnxruntime's INVALID_ARGUMENT)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("Gelu", ["h"], ["a"], domain="com.microsoft"),
+             helper.make_node("Unsqueeze", ["mask", "axis"], ["m3"]),
+             helper.make_node("Where", ["m3", "a", "zero"], ["z"]),
+             helper.make_node("MatMul", ["z", "W2"], ["out"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 8)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((8, 2)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis"), numpy_helper.from_array(np.float32(0), "zero")]
+    model = _onnx(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4, 6)),
+                          helper.make_tensor_value_info("mask", TensorProto.BOOL, (1, 4))],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 4, 2))], inits)
+    src = tmp_path / "gelu.onnx"
+    onnx.save(model, src)
+    g = gp.load_onnx(str(src))
+    assert g.ir.values["a"].shape == (1, 4, 8)

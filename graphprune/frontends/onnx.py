@@ -181,39 +181,32 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     return out
 
 
-def _observed_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple]:
+def _observed_shapes(model: onnx.ModelProto, names: list[str], original: onnx.ModelProto | None = None,
+                     feeds: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
     """Run onnxruntime with every value as an output; the observed shapes.
 
-    Two runs with different values for each symbolic input dim tell static dims
-    (the same in both) from symbolic ones (named after the input dim they follow).
+    ``model`` has static inputs (:func:`concretize`); ``feeds`` (the user's example inputs,
+    for inputs with a meaning) are used where given, typed random data elsewhere. Some
+    models only load with their dynamic input dims (an If whose untaken branch cannot be
+    typed at the fixed size): then the ``original`` model runs on the same feeds.
     """
     import onnxruntime as ort
 
-    probe = with_outputs(model, names)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    symbols = sorted({d for i in sess.get_inputs() for d in i.shape if not isinstance(d, int)}, key=str)
-    runs = []
-    for primes in ((11, 13, 17, 19, 23), (29, 31, 37, 41, 43)):
-        value = {sym: primes[k % len(primes)] for k, sym in enumerate(symbols)}
-        feeds = {}
-        for i in sess.get_inputs():
-            shape = [d if isinstance(d, int) else value[d] for d in i.shape]
-            if "int" in i.type:
-                feeds[i.name] = np.zeros(shape, dtype=np.int64 if "int64" in i.type else np.int32)
-            else:
-                feeds[i.name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        outs = sess.run(None, feeds)
-        runs.append((value, {o.name: tuple(np.asarray(v).shape) for o, v in zip(sess.get_outputs(), outs)}))
-    (v1, s1), (v2, s2) = runs
-    by_pair = {(v1[sym], v2[sym]): str(sym) for sym in symbols}
-    out: dict[str, tuple] = {}
-    for name, shape in s1.items():
-        other = s2.get(name, shape)
-        if len(other) != len(shape):
-            continue
-        out[name] = tuple(a if a == b else by_pair.get((a, b), f"?{name}:{k}")
-                          for k, (a, b) in enumerate(zip(shape, other)))
-    return out
+    from ..program.onnx_program import probe_inputs
+
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    try:
+        sess = ort.InferenceSession(with_outputs(model, names).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    except Exception:
+        if original is None:
+            raise
+        sess = ort.InferenceSession(with_outputs(original, names).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    inputs = probe_inputs(model, dims=dims)
+    inputs.update({k: np.asarray(v) for k, v in (feeds or {}).items() if k in inputs})
+    outs = sess.run(None, inputs)
+    return {o.name: tuple(np.asarray(v).shape) for o, v in zip(sess.get_outputs(), outs)}
 
 
 def _dims(shape: Any) -> tuple | None:
@@ -222,10 +215,11 @@ def _dims(shape: Any) -> tuple | None:
     return tuple(d if isinstance(d, int) and d >= 0 else (str(d) if d not in (None, -1) else None) for d in shape)
 
 
-def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> Graph:
+def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
+          feeds: dict[str, np.ndarray] | None = None) -> Graph:
     """Lower an ONNX model into the IR, analysed at ``shapes`` (every input's concrete dims;
-    by default dynamic dims fixed to 1)."""
-    model = concretize(model, shapes=shapes)
+    by default dynamic dims fixed to 1); ``feeds``: example inputs for values only a run shows."""
+    original, model = model, concretize(model, shapes=shapes)
     graph = gs.import_onnx(model)
     g = Graph(frontend="onnx")
     shapes: dict[str, tuple | None] = {}
@@ -237,7 +231,8 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) ->
     holes = [n for n, s in shapes.items() if s is None or any(not isinstance(d, int) for d in s)]
     if holes:
         try:
-            seen = _observed_shapes(model, [h for h in holes if not isinstance(tensors[h], gs.Constant)])
+            seen = _observed_shapes(model, [h for h in holes if not isinstance(tensors[h], gs.Constant)], original,
+                                    feeds)
         except Exception as exc:
             producers = {o.name: n for n in graph.nodes for o in n.outputs}
             culprits = sorted({f"{producers[h].domain or 'ai.onnx'}::{producers[h].op} (node '{producers[h].name}')"

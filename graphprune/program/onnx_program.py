@@ -67,7 +67,9 @@ class OnnxProgram(Program):
         errors = []
         for k, dims in enumerate(tries):
             try:
-                ir = lower(self.model, dims)
+                feeds = self._feeds if self._feeds is not None and all(
+                    list(self._feeds[k].shape) == list(v) for k, v in dims.items() if k in self._feeds) else None
+                ir = lower(self.model, dims, feeds)
             except TraceError as exc:
                 errors.append((dims, str(exc)))
                 continue
