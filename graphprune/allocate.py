@@ -23,7 +23,7 @@ from .graph import DependencyGraph, Group
 from .metrics import count_params
 from .planner import PrunePlan, kept_count, keep_masks, make_plan
 
-ALLOCATIONS = ("auto", "uniform", "sensitivity")
+ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
 MAX_RATIO = 0.9  # no group loses more than this share of its channels
 ROWS = 1024  # calibration rows (tokens, or items) the sensitivity runs use at most
@@ -41,8 +41,8 @@ def resolve_allocation(allocation: str, calib, ratios) -> str:
     if allocation == "sensitivity" and calib is None:
         raise PlanError("allocation='sensitivity' measures each group's cost on data: pass calib=[batch, ...], "
                         "or allocation='uniform'")
-    if allocation == "sensitivity" and ratios:
-        raise PlanError("ratios= fixes each group's ratio, allocation='sensitivity' chooses them: pass one of the two")
+    if allocation in ("sensitivity", "global") and ratios:
+        raise PlanError(f"ratios= fixes each group's ratio, allocation='{allocation}' chooses them: pass one of the two")
     if allocation == "auto":
         return "sensitivity" if calib is not None and not ratios else "uniform"
     return allocation

@@ -45,7 +45,8 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
          round_to: int = 1, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
          ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
          calib=None, loss_fn=None, compensate: bool | str | None = None, notes: list[str] | None = None,
-         allocation: str = "auto") -> PrunePlan:
+         allocation: str = "auto", budget: Mapping[str, float] | str | None = None,
+         max_ratio: float | None = None) -> PrunePlan:
     """Rank every selected group by ``importance`` and drop ``ratio`` of each.
 
     ``targets`` picks what to prune by what it is (see :mod:`graphprune.structure`):
@@ -63,7 +64,8 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     loss (``loss_fn(output, batch)``, or the model's own ``output.loss``).
     """
     planned = plan_program(TorchProgram.of(graph, model), ratio, importance, round_to, ignore, roles, ratios,
-                           targets, calib, loss_fn, compensate, allocation=allocation)
+                           targets, calib, loss_fn, compensate, allocation=allocation, budget=budget,
+                           max_ratio=max_ratio)
     if notes is not None:
         notes.extend(planned.notes)
     return planned.plan
@@ -75,8 +77,15 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
           plan_: PrunePlan | None = None, verify: bool = False, atol: float = 1e-5,
           targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
           loss_fn=None, add_bias: bool = False, ratios: Mapping[int, float] | None = None,
-          allocation: str = "auto"):
+          allocation: str = "auto", budget: Mapping[str, float] | str | None = None,
+          max_ratio: float | None = None):
     """Prune ``model`` in place; return ``(model, PruneReport)``.
+
+    ``budget={"macs": 0.5}`` (or ``{"params": 0.6}``, ``{"params": 20e6}``, several keys at
+    once) replaces ``ratio``: the plan keeps at most that much (a fraction <= 1 of the
+    original, or an absolute count), as close to it as channel granularity allows.
+    ``allocation="global"`` ranks channels across groups by importance normalised per group
+    (each group loses at most ``max_ratio``, 0.9 by default) instead of one ratio for all.
 
     With ``calib`` (batches shaped like the example inputs: tuples of positional inputs or
     dicts of keyword inputs), channels are ranked from data (``importance="auto"``) and,
@@ -105,5 +114,5 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                    loss_fn, compensate, add_bias, plan_, verify, atol, inplace=True,
-                                   allocation=allocation)
+                                   allocation=allocation, budget=budget, max_ratio=max_ratio)
     return pruned.model, report

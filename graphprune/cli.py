@@ -81,7 +81,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
                            ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets, calib=calib,
                            compensate=False if ns.no_compensate else None, allocation=ns.allocation,
-                           add_bias=ns.add_bias, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs))
+                           add_bias=ns.add_bias, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs),
+                           budget=ns.budget, max_ratio=ns.max_ratio)
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
@@ -183,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
     pr.add_argument("--add-bias", action="store_true",
                     help="with --calib: let compensation give a bias to a Conv/Gemm/MatMul that has none")
-    pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity"],
+    pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
+                                     "<= 1 of the original or an absolute count; several comma-separated)")
+    pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity", "global"],
                     help="per-layer ratios: auto (sensitivity with --calib: the same parameter budget, spent where "
-                         "the measured output error is least), uniform (--ratio everywhere)")
+                         "the measured output error is least), uniform (--ratio everywhere), global (channels "
+                         "ranked across layers by normalised importance)")
+    pr.add_argument("--max-ratio", type=float, default=None,
+                    help="with --allocation global: the most any group loses (default 0.9)")
     pr.add_argument("--round-to", type=int, default=8,
                     help="keep channel counts multiples of this (default 8: odd widths run slowly)")
     pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")

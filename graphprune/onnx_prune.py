@@ -56,7 +56,8 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
                targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
                ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None,
                allocation: str = "auto", add_bias: bool = False, input_shapes: Mapping[str, tuple] | None = None,
-               inputs: Mapping | None = None) -> PruneReport:
+               inputs: Mapping | None = None, budget: Mapping[str, float] | str | None = None,
+               max_ratio: float | None = None) -> PruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes
     (onnx.checker, the outputs' shapes in onnxruntime, and with ``verify`` the oracle).
 
@@ -64,6 +65,10 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     analysis and the checks; ``inputs`` ({name: array}) gives example inputs where random data
     would not do (token ids, a sample rate). Without either, dynamic dims are analysed at 1 and,
     where the graph needs a real size, at a few image sizes in turn.
+
+    ``budget={"macs": 0.5}`` / ``{"params": 0.6}`` replaces ``ratio`` with a target (a fraction
+    <= 1 of the original or an absolute count), ``allocation="global"`` ranks channels across
+    groups (see :func:`graphprune.prune`).
 
     ``round_to`` defaults to 8: onnxruntime's CPU convolutions run channel counts that
     are not multiples of 8 far slower (docs/benchmarks.md), which can erase the savings.
@@ -84,7 +89,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                    None, compensate, add_bias, plan_, verify, atol, measure_latency,
-                                   allocation=allocation)
+                                   allocation=allocation, budget=budget, max_ratio=max_ratio)
     pruned.save(dst)
     report.path = str(dst)
     return report

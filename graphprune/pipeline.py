@@ -51,13 +51,14 @@ class Planned:
     ctx: object | None = None
     notes: list[str] = field(default_factory=list)
     allocation: object | None = None  # allocate.Allocation where ratios were chosen from data
+    budget: object | None = None  # budget.BudgetResult where a budget set the ratios
 
 
 def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
                  ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                  ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
                  calib=None, loss_fn=None, compensate: bool | str | None = None, *,
-                 allocation: str = "auto") -> Planned:
+                 allocation: str = "auto", budget=None, max_ratio: float | None = None) -> Planned:
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
     drop ``ratio`` of each (``ratios``: per group id). ``allocation="sensitivity"`` (the
     default with ``calib``) spends the uniform plan's parameter budget unevenly, where the
@@ -69,6 +70,13 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     check_ratio(ratio)
     name = resolve_importance(importance, calib, compensate)
     how = resolve_allocation(allocation, calib, ratios)
+    if budget is not None or how == "global":
+        if ratios:
+            raise PlanError("ratios= fixes each group's ratio, a budget chooses them: pass one of the two")
+        if how == "sensitivity" and allocation == "sensitivity":
+            raise PlanError("allocation='sensitivity' spends the uniform plan's parameter budget; with budget= use "
+                            "allocation='uniform' or 'global'")
+        how = "global" if how == "global" else "uniform"
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
     groups = select_groups(dg, roles, ignore, targets)
@@ -83,17 +91,25 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     elif crit is not None and batches is not None and crit.needs == "calib":
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
     scores = score_groups(name, ctx, groups)
-    alloc = None
-    if how == "sensitivity" and ratio > 0 and groups:
+    alloc = spent = None
+    if (budget is not None or how == "global") and groups:
+        from .budget import MAX_RATIO, solve_budget
+
+        if budget is None:  # global allocation of the uniform plan's parameter budget
+            uniform = make_plan(groups, scores, ratio, round_to)
+            budget = {"params": count_params(dg.ir, shape_fn(dg, uniform))}
+        ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how,
+                                     MAX_RATIO if max_ratio is None else max_ratio)
+    elif how == "sensitivity" and ratio > 0 and groups:
         alloc = allocate_if_cheap(program, groups, scores, ratio, round_to, batches, mode, ctx.stats,
                                   forced=allocation == "sensitivity", notes=ctx.notes)
         ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
-    idle = idle_note(groups, plan, ratio, alloc is not None, dg)
+    idle = idle_note(groups, plan, ratio, alloc is not None or spent is not None, dg)
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
-    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc)
+    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent)
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):
@@ -112,7 +128,8 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                   ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
                   calib=None, loss_fn=None, compensate: bool | str | None = None, add_bias: bool = False,
                   plan_: PrunePlan | None = None, verify: bool = False, atol: float | None = None,
-                  measure_latency: bool = False, inplace: bool = False, *, allocation: str = "auto"):
+                  measure_latency: bool = False, inplace: bool = False, *, allocation: str = "auto", budget=None,
+                  max_ratio: float | None = None):
     """Plan (or take ``plan_``), hold the plan to the oracle (``verify``), compensate, apply;
     returns ``(pruned program, PruneReport)``. A failing oracle raises: no wrong model is
     returned. The oracle checks the plan without compensation, which changes weights on
@@ -126,10 +143,10 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
     if plan_ is None:
-        if ratio > 0:
+        if ratio > 0 or budget is not None:
             check_prunable(dg)
         planned = plan_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                               loss_fn, compensate, allocation=allocation)
+                               loss_fn, compensate, allocation=allocation, budget=budget, max_ratio=max_ratio)
     else:
         for gid, size in plan_.sizes.items():
             if gid not in dg._by_atom or dg.group(gid).size != size:
@@ -149,7 +166,7 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     report = PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                          {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                          importance=planned.importance, compensation=comp, notes=planned.notes,
-                         allocation=planned.allocation,
+                         allocation=planned.allocation, budget=planned.budget,
                          path=getattr(program, "path", ""))
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()

@@ -59,6 +59,7 @@ class PruneReport:
     latency_after_ms: float | None = None
     path: str = ""  # the file written, where the caller wrote one
     allocation: object | None = None  # graphprune.allocate.Allocation, where ratios were chosen from data
+    budget: object | None = None  # graphprune.budget.BudgetResult, where a budget chose the ratios
 
     @property
     def groups_pruned(self) -> int:
@@ -79,6 +80,8 @@ class PruneReport:
             shares = [1 - k / n for k, n in self.kept.values()]
             text += (f"\nallocation: sensitivity; groups lose {100 * min(shares):.0f}% to {100 * max(shares):.0f}% "
                      f"of their channels (uniform would be one share for all)")
+        if self.budget is not None:
+            text += f"\n{self.budget}"
         if self.compensation is not None:
             text += "\n" + compensation_text(self.compensation)
         for note in self.notes:

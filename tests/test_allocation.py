@@ -120,7 +120,7 @@ def test_allocation_errors():
     with pytest.raises(PlanError, match="ratios="):
         gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, allocation="sensitivity", ratios={0: 0.1})
     with pytest.raises(PlanError, match="allocation must be one of"):
-        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, allocation="global")
+        gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib, allocation="greedy")
 
 
 def test_cli_allocation_flag(tmp_path):

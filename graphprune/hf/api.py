@@ -19,7 +19,7 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
           targets: Iterable[str] | str | None = None, importance: str = "auto", round_to: int = 1,
           ignore: Iterable[str] = (), verify: bool = False, atol: float = 1e-5, plan_: PrunePlan | None = None,
           ratios=None, graph: DependencyGraph | None = None, calib=None, compensate: bool | str | None = None,
-          loss_fn=None, add_bias: bool = False, allocation: str = "auto"):
+          loss_fn=None, add_bias: bool = False, allocation: str = "auto", budget=None, max_ratio=None):
     """Prune a transformers model in place, then sync its module attributes and config.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
@@ -31,6 +31,9 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     saves the model with its plan, so :func:`graphprune.hf.load_pruned` can rebuild it
     even when layers were pruned unevenly. Pass ``graph`` (traced on the same ``inputs``)
     to skip tracing again.
+
+    ``budget={"params": 0.6}`` (or ``"macs"``) replaces ``ratio`` with a target; see
+    :func:`graphprune.prune`.
 
     ``calib``: a list of keyword-input batches (``{"input_ids": ..., "attention_mask": ...}``),
     all of one shape; channels are then ranked from data and the layers that lose inputs are
@@ -54,7 +57,7 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     model, report = api.prune(model, (), inputs, ratio=ratio, importance=importance, round_to=round_to,
                               ignore=ignore, graph=graph, plan_=plan_, verify=verify, atol=atol, targets=targets,
                               calib=calib, compensate=compensate, loss_fn=loss_fn, add_bias=add_bias,
-                              ratios=ratios, allocation=allocation)
+                              ratios=ratios, allocation=allocation, budget=budget, max_ratio=max_ratio)
     plan = report.plan
     report.sync = sync_config(model, graph, plan)
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []

@@ -1,0 +1,212 @@
+"""Budgets: prune to a MACs or parameter target instead of a per-group ratio.
+
+``budget={"macs": 0.5}`` keeps half the MACs, ``{"params": 20e6}`` at most 20 M parameters
+(a value <= 1 is a fraction of the original, above 1 an absolute count); several keys must all
+hold. The planner searches one scalar: the uniform ratio (``allocation="uniform"``), or a
+threshold on importance normalised per group (``allocation="global"``: each group loses the
+channels scoring below it, at most ``max_ratio`` of the group). Every candidate is costed
+from the channel spaces alone: a slot's new size is its layout term evaluated on the kept
+counts of its atoms (a sum over a concat, a product over a factorisation), so no mask and no
+tracing is needed per step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from .errors import PlanError
+from .graph import DependencyGraph, Group
+from .metrics import count_macs, count_params
+from .planner import kept_count
+
+METRICS = ("macs", "params")
+MAX_RATIO = 0.9  # a group keeps at least a tenth of itself under global allocation
+
+
+@dataclass
+class BudgetResult:
+    """What a budget asked for and what the plan achieves (absolute counts)."""
+
+    targets: dict[str, int]
+    original: dict[str, int]
+    achieved: dict[str, int] = field(default_factory=dict)
+    allocation: str = "uniform"
+    scalar: float = 0.0  # the uniform ratio or the global threshold found
+
+    def __str__(self) -> str:
+        parts = []
+        for k, t in self.targets.items():
+            a, o = self.achieved.get(k, 0), self.original[k]
+            parts.append(f"{k} {a:,} of {o:,} ({a / max(o, 1):.1%}; target {t:,}, {a / max(t, 1) - 1:+.1%})")
+        return f"budget ({self.allocation}): " + "; ".join(parts)
+
+
+def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int]) -> dict[str, int]:
+    """Absolute targets from ``{"macs": 0.5, "params": 20e6}`` or ``"macs=0.5,params=20e6"``."""
+    if isinstance(budget, str):
+        items = {}
+        for part in filter(None, (p.strip() for p in budget.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise PlanError(f"budget item '{part}' is not KEY=VALUE (for example macs=0.5 or params=20e6)")
+            try:
+                items[key.strip()] = float(value)
+            except ValueError:
+                raise PlanError(f"budget value '{value}' for '{key.strip()}' is not a number") from None
+        budget = items
+    if not budget:
+        raise PlanError("an empty budget: give macs= and/or params= (a fraction <= 1 or an absolute count)")
+    out = {}
+    for key, value in budget.items():
+        if key not in METRICS:
+            raise PlanError(f"unknown budget '{key}'; budgets are {list(METRICS)} (a fraction <= 1 of the original, "
+                            "or an absolute count)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+            raise PlanError(f"budget {key}={value!r} must be a positive number")
+        out[key] = int(round(value * original[key])) if value <= 1 else int(value)
+        if out[key] > original[key]:
+            raise PlanError(f"budget {key}={value:g} asks for more than the model has ({original[key]:,})")
+    return out
+
+
+class CostModel:
+    """MACs and parameters of the model for any kept count per group, from layout terms."""
+
+    def __init__(self, dg: DependencyGraph, groups: list[Group]) -> None:
+        self.dg = dg
+        self.sizes = {g.id: g.size for g in groups}
+        self._terms: dict[tuple[str, int], tuple] = {}  # only slots some selected group cuts
+        atoms = set(self.sizes)
+        solver = dg.solver
+        for v in dg.ir.values.values():
+            for d in range(v.rank):
+                term = solver.layout((v.name, d))
+                if atoms.intersection(solver.atoms(term)):
+                    self._terms[(v.name, d)] = term
+
+    def _size(self, term: tuple, kept: Mapping[int, int]) -> int:
+        kind, body = term
+        if kind == "a":
+            return kept.get(body, self.dg.solver.atom_size(body))
+        sizes = [self._size(t, kept) for t in body]
+        return int(sum(sizes)) if kind == "c" else int(np.prod(sizes, dtype=np.int64))
+
+    def measure(self, kept: Mapping[int, int]) -> dict[str, int]:
+        values = self.dg.ir.values
+
+        def shape_of(name: str) -> tuple:
+            return tuple(self._size(self._terms[(name, d)], kept) if (name, d) in self._terms else s
+                         for d, s in enumerate(values[name].shape))
+
+        return {"macs": count_macs(self.dg.ir, shape_of), "params": count_params(self.dg.ir, shape_of)}
+
+
+def _fits(got: Mapping[str, int], targets: Mapping[str, int]) -> bool:
+    return all(got[k] <= t for k, t in targets.items())
+
+
+def _rounding(g: Group, round_to: int) -> int:
+    return round_to if g.role == "channel" else 1
+
+
+def uniform_kept(groups: list[Group], ratio: float, round_to: int) -> dict[int, int]:
+    return {g.id: kept_count(g.size, ratio, _rounding(g, round_to)) for g in groups}
+
+
+def global_kept(groups: list[Group], normed: Mapping[int, np.ndarray], threshold: float, round_to: int,
+                max_ratio: float) -> dict[int, int]:
+    """Each group loses its channels scoring below ``threshold`` (normalised), at most max_ratio."""
+    out = {}
+    for g in groups:
+        drop = min(int((normed[g.id] < threshold).sum()), math.floor(g.size * max_ratio + 1e-9))
+        out[g.id] = kept_count(g.size, drop / g.size, _rounding(g, round_to))
+    return out
+
+
+def normalise(groups: list[Group], scores: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Scores divided by their group's mean: comparable across layers of different scale."""
+    out = {}
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        mean = float(np.abs(s).mean()) if s.size else 0.0
+        out[g.id] = s / mean if mean > 0 else np.zeros_like(s)
+    return out
+
+
+def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, np.ndarray],
+                 budget: Mapping[str, float] | str, round_to: int = 1, allocation: str = "uniform",
+                 max_ratio: float = MAX_RATIO, steps: int = 40) -> tuple[dict[int, float], BudgetResult]:
+    """Per-group ratios that meet ``budget`` as closely as the channel granularity allows (never
+    above it); and what they achieve."""
+    if allocation not in ("uniform", "global"):
+        raise PlanError(f"a budget is allocated 'uniform' or 'global', not {allocation!r}")
+    if not 0 < max_ratio < 1:
+        raise PlanError(f"max_ratio must be in (0, 1), got {max_ratio!r}")
+    cost = CostModel(dg, groups)
+    original = cost.measure({})
+    targets = parse_budget(budget, original)
+    result = BudgetResult(targets, original, allocation=allocation)
+    if allocation == "uniform":
+        lo, hi = 0.0, max_ratio
+        kept_at = lambda x: uniform_kept(groups, x, round_to)  # noqa: E731
+    else:
+        normed = normalise(groups, scores)
+        every = np.concatenate([normed[g.id] for g in groups]) if groups else np.zeros(1)
+        lo, hi = float(every.min()), float(every.max()) + 1e-9
+        kept_at = lambda x: global_kept(groups, normed, x, round_to, max_ratio)  # noqa: E731
+    most = kept_at(hi)
+    got = cost.measure(most)
+    if not _fits(got, targets):
+        worst = max(targets, key=lambda k: got[k] / max(targets[k], 1))
+        raise PlanError(f"budget {worst}={targets[worst]:,} cannot be met by pruning the selected groups: removing "
+                        f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). Select more kinds "
+                        "(targets=('heads', 'ffn', 'hidden')), raise max_ratio, or relax the budget")
+    best, best_got = most, got
+    if not _fits(cost.measure(kept_at(lo)), targets):
+        for _ in range(steps):  # the least pruning that still fits: cost falls as the scalar grows
+            mid = (lo + hi) / 2
+            kept = kept_at(mid)
+            got = cost.measure(kept)
+            if _fits(got, targets):
+                hi, best, best_got = mid, kept, got
+            else:
+                lo = mid
+    else:
+        best, best_got, hi = kept_at(lo), cost.measure(kept_at(lo)), lo
+    best, best_got = _refine(cost, groups, scores, best, best_got, targets, round_to)
+    result.achieved, result.scalar = best_got, hi
+    ratios = {g.id: (g.size - best[g.id]) / g.size for g in groups}
+    return ratios, result
+
+
+def _refine(cost: CostModel, groups: list[Group], scores: Mapping[int, np.ndarray], kept: dict[int, int],
+            got: dict[str, int], targets: Mapping[str, int], round_to: int, tries: int = 96):
+    """Close the gap a coarse scalar leaves (whole heads, rounded widths): give back one unit
+    (a head, round_to channels) at a time, the most important first, while the budget holds."""
+    normed = normalise(groups, scores)
+    kept = dict(kept)
+
+    def next_score(g: Group) -> float:
+        k = kept[g.id]
+        if k >= g.size:
+            return -np.inf
+        order = np.sort(normed[g.id])[::-1]  # what it would get back: its best removed unit
+        return float(order[k])
+
+    blocked: set[int] = set()
+    for _ in range(tries):
+        open_ = [g for g in groups if g.id not in blocked and kept[g.id] < g.size]
+        if not open_:
+            break
+        g = max(open_, key=lambda x: (next_score(x), -x.id))
+        trial = dict(kept)
+        trial[g.id] = min(g.size, kept[g.id] + _rounding(g, round_to))
+        trial_got = cost.measure(trial)
+        if _fits(trial_got, targets):
+            kept, got = trial, trial_got
+        else:
+            blocked.add(g.id)
+    return kept, got

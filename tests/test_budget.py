@@ -1,0 +1,100 @@
+"""Budgets: MACs / parameter targets met within 2%, measured independently of graphprune's counter
+(torch's FlopCounterMode, the parameters' numel), on transformers models built from configs."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import graphprune as gp
+from graphprune.budget import CostModel, parse_budget
+from graphprune.pipeline import shape_fn
+
+transformers = pytest.importorskip("transformers")
+from graphprune.hf import example_inputs  # noqa: E402
+from models.hf import build as build_hf  # noqa: E402
+
+
+def _flops(model, kwargs) -> int:
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(**kwargs)
+    return fc.get_total_flops()
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet", "convnext", "vit", "bert"])
+@pytest.mark.parametrize("budget,allocation", [({"macs": 0.5}, "uniform"), ({"params": 0.6}, "global")])
+def test_budget_is_met_within_two_percent_by_an_independent_count(name, budget, allocation):
+    model = build_hf(name).eval()
+    kwargs = example_inputs(model)
+    flops0, params0 = _flops(model, kwargs), _params(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, report = gp.hf.prune(copy.deepcopy(model), kwargs, budget=budget, allocation=allocation)
+    (key, want), = budget.items()
+    got = _flops(pruned, kwargs) / flops0 if key == "macs" else _params(pruned) / params0
+    assert want - 0.02 <= got <= want + 1e-9, (name, key, got)
+    assert report.budget is not None and report.budget.achieved[key] <= report.budget.targets[key]
+
+
+def test_cost_model_agrees_with_the_exact_count():
+    """The budget search costs plans from layout terms; the exact path builds keep masks."""
+    model = build_hf("vit").eval()
+    g = gp.trace(model, (), example_inputs(model))
+    groups = g.prunable_groups()
+    cost = CostModel(g, groups)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        plan = gp.PrunePlan()
+        for grp in groups:
+            k = int(rng.integers(0, grp.size))
+            plan.pruned[grp.id] = sorted(rng.choice(grp.size, k, replace=False).tolist())
+            plan.sizes[grp.id] = grp.size
+        kept = {grp.id: grp.size - len(plan.pruned[grp.id]) for grp in groups}
+        exact = shape_fn(g, plan)
+        assert cost.measure(kept) == {"macs": gp.count_macs(g.ir, exact), "params": gp.count_params(g.ir, exact)}
+
+
+def test_budget_spellings_and_errors():
+    original = {"macs": 1000, "params": 200}
+    assert parse_budget({"macs": 0.5}, original) == {"macs": 500}
+    assert parse_budget("macs=0.5, params=150", original) == {"macs": 500, "params": 150}
+    for bad, match in [({"flops": 0.5}, "unknown budget 'flops'"), ({"macs": -1}, "positive"),
+                       ({"params": 500}, "more than the model has"), ("macs", "KEY=VALUE"), ("macs=x", "not a number"),
+                       ({}, "empty budget")]:
+        with pytest.raises(gp.PlanError, match=match):
+            parse_budget(bad, original)
+
+
+def test_an_unreachable_budget_says_what_to_select():
+    model = build_hf("bert").eval()
+    kwargs = example_inputs(model)
+    with pytest.raises(gp.PlanError, match=r"cannot be met.*targets="):
+        gp.hf.prune(model, kwargs, budget={"params": 0.05}, targets="ffn")
+
+
+def test_budget_on_onnx_and_the_cli(tmp_path):
+    from graphprune.cli import main
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3),
+                                torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 1)).eval()
+    src = tmp_path / "cnn.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(src), dynamo=False, input_names=["x"])
+    report = gp.prune_onnx(src, tmp_path / "a.onnx", budget={"params": 0.5}, allocation="global", round_to=1,
+                           measure_latency=False)
+    assert 0.48 * report.params_before <= report.params_after <= 0.5 * report.params_before and report.oracle.passed
+    assert main(["prune", str(src), "-o", str(tmp_path / "b.onnx"), "--budget", "macs=0.5", "--round-to", "1",
+                 "--no-latency"]) == 0
+    slim = gp.load_onnx(str(tmp_path / "b.onnx"))
+    assert 0.48 <= gp.count_macs(slim.ir) / gp.count_macs(gp.load_onnx(str(src)).ir) <= 0.5
+    assert main(["prune", str(src), "-o", str(tmp_path / "c.onnx"), "--budget", "watts=3"]) == 2
+    assert not (tmp_path / "c.onnx").exists()
+    assert onnx.load(str(tmp_path / "b.onnx")).graph.node
