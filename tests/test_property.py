@@ -208,3 +208,21 @@ def test_layers_of_one_class_need_different_values():
     g = gp.trace(model, args)
     plan = gp.plan(g, model, ratio=0.7, importance="random", roles=ROLES)
     _prune_and_compare(model, args, plan, g)
+
+
+def test_gqa_head_dim_probe_moves_constants_that_want_different_values():
+    """Regression found by tools/fuzz.py: bumping a GQA block's head_dim on the probe copy also
+    moves the repeated-heads reshape (its -1 resolves anew), so the moved constants want two
+    values (head_dim 2 -> 1, heads 3 -> 2). The attribute was dropped instead of decided by
+    value, and the rewrite was refused."""
+    recipe = {"input_shape": (2, 6, 7), "seed": 184, "aux_at": None, "blocks": [
+        {"type": "proj", "kind": "seq", "cin": 7, "cout": 4, "act": "tanh", "bias": False},
+        {"type": "token_mix", "s": 6},
+        {"type": "residual", "body": [{"type": "attn", "e": 4, "cout": 4, "heads": 3, "kv_heads": 1, "head_dim": 2,
+                                       "sdpa": True, "bias": True, "interleave": False}]},
+        {"type": "residual", "body": [{"type": "attn", "e": 4, "cout": 4, "heads": 3, "kv_heads": 3, "head_dim": 2,
+                                       "sdpa": False, "bias": True, "interleave": False}]},
+        {"type": "proj", "kind": "seq", "cin": 4, "cout": 11, "act": "relu", "bias": True},
+        {"type": "proj", "kind": "seq", "cin": 11, "cout": 12, "act": "gelu", "bias": True}]}
+    out = check_property(recipe, 0.6, "random")
+    assert out["pruned"] > 0

@@ -191,3 +191,23 @@ def test_onnx_lstm_whose_activation_keeps_a_removed_unit_alive_is_frozen(tmp_pat
     g = gp.load_onnx(str(src))
     grp = next(grp for grp in g.groups if any(m.name == "R" and m.dim == 2 for m in grp.members))
     assert not grp.prunable and any("activation Sigmoid" in r for r in grp.frozen)
+
+
+class StepsThenRecurrence(nn.Module):
+    """A linear over the time axis (MLP-Mixer token mixing) feeding a GRU: found by the fuzzer."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix, self.rnn, self.head = nn.Linear(6, 6), nn.GRU(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # x: (batch, steps, features)
+        x = self.mix(x.transpose(1, 2)).transpose(1, 2)
+        return self.head(self.rnn(x.transpose(0, 1))[0])
+
+
+def test_time_steps_of_a_recurrence_are_not_pruned():
+    """A zeroed step still moves the state (biases, the recurrent term), so removing steps is
+    not the masked computation: the time axis is frozen, naming the recurrence."""
+    g = gp.trace(StepsThenRecurrence().eval(), (torch.randn(1, 6, 4),))
+    steps = next(grp for grp in g.groups if any(m.name == "mix.weight" and m.dim == 0 for m in grp.members))
+    assert not steps.prunable and any("time steps of the recurrence" in r for r in steps.frozen)

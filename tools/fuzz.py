@@ -31,7 +31,7 @@ def _worker(args: tuple[int, int, int]) -> dict:
     n, seed, worker = args
     os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
     import torch
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
     from hypothesis import strategies as st
 
@@ -45,12 +45,19 @@ def _worker(args: tuple[int, int, int]) -> dict:
     done = [0]
     start = time.perf_counter()
 
+    failed: list[str] = []
+
+    # no shrinking: a random architecture is readable as drawn, and shrinking one can take hours
     @hseed(seed)
-    @settings(max_examples=n, deadline=None, database=None, derandomize=False,
+    @settings(max_examples=n, deadline=None, database=None, derandomize=False, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(recipe=ra.recipes(), ratio=RATIOS, importance=st.sampled_from(("random", "random", "l2")))
     def run(recipe, ratio, importance):
-        out = check_property(recipe, ratio, importance)
+        try:
+            out = check_property(recipe, ratio, importance)
+        except BaseException:
+            failed.append(f"{ra.describe(recipe)}\nreplay: check_property({recipe!r}, {ratio!r}, {importance!r})")
+            raise
         kinds.update(ra.block_kinds(recipe))
         stats.update({"examples": 1, "groups_prunable": out["prunable"], "groups_pruned": out["pruned"],
                       "models_pruned": int(out["pruned"] > 0), "inexact_reported": out["inexact"]})
@@ -61,7 +68,8 @@ def _worker(args: tuple[int, int, int]) -> dict:
     try:
         run()
     except BaseException as exc:  # a wrong model or a crash: report the (shrunk) recipe
-        return {"failed": f"{type(exc).__name__}: {exc}", "kinds": dict(kinds), "stats": dict(stats)}
+        where = failed[-1] if failed else ""
+        return {"failed": f"{type(exc).__name__}: {exc}\n{where}", "kinds": dict(kinds), "stats": dict(stats)}
     return {"failed": None, "kinds": dict(kinds), "stats": dict(stats)}
 
 

@@ -332,7 +332,10 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
             values = {wanted[k] for k in found if k in wanted}
             if len(values) == 1 and values != {old}:
                 sure.append((path, attr, values.pop()))
-            continue
+            if len(values) <= 1:
+                continue
+            # the bump moved constants that want different values (a -1 dim resolving anew, as
+            # in GQA's repeated heads): decide by value, as for an attribute the probe cannot read
         changed = new_values - {old}
         if len(new_values) == 1:
             sure.append((path, attr, next(iter(changed))))

@@ -25,6 +25,11 @@ RECURRENT_OPS = frozenset({f"aten.{k}" for k in ("lstm", "gru", "rnn_tanh", "rnn
 _ZERO_PRESERVING = {"Tanh", "Relu", "LeakyRelu", "ThresholdedRelu", "Softsign", "Elu", "ScaledTanh"}
 
 
+# A step with zero input still moves the state (biases, the recurrent term): removing a time
+# step is not the same computation as zeroing it.
+_STEPS = "time steps of the recurrence at {where}: the state runs through every step"
+
+
 def _gate_rows(ctx: RuleContext, key: SlotKey, gates: int, hidden: SlotKey, gate_slot: SlotKey | None) -> None:
     if gates == 1:
         ctx.tie(key, hidden)
@@ -72,6 +77,8 @@ def _torch_rnn(node: Node, ctx: RuleContext) -> None:
     ctx.tie_dims(x, out, range(rank - 1), range(rank - 1))
     _stacked(ctx, ctx.s(out, -1), dirs, hidden, dir_slot)
     batch = (0 if batch_first else 1) if rank == 3 else None
+    steps = 1 if batch_first and rank == 3 else 0
+    ctx.freeze(ctx.s(x, steps), _STEPS.format(where=node.where()))
     for state in [r.name for r in hx if isinstance(r, Ref)] + list(node.outputs[1:]):
         ctx.tie(ctx.s(state, -1), hidden)
         if batch is not None:
@@ -131,6 +138,7 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
         ctx.hide(peep_gates, f"peepholes of {node.where()}")
         ctx.factor(ctx.s(peep, 1), [peep_gates, hidden])
     seq, batch = (0, 1) if layout == 0 else (1, 0)
+    ctx.freeze(ctx.s(x, seq), _STEPS.format(where=node.where()))
     outs = list(node.outputs) + [None] * 3
     y = outs[0] if outs[0] else None
     if y:  # (T, D, B, H) or, layout 1, (B, T, D, H)
