@@ -23,6 +23,7 @@ from .metrics import count_macs, count_params
 from .planner import kept_count
 
 METRICS = ("macs", "params")
+LATENCY = "latency_ms"  # measured, not modelled: onnxruntime, one thread, the example inputs' batch
 MAX_RATIO = 0.9  # a group keeps at least a tenth of itself under global allocation
 
 
@@ -35,35 +36,53 @@ class BudgetResult:
     achieved: dict[str, int] = field(default_factory=dict)
     allocation: str = "uniform"
     scalar: float = 0.0  # the uniform ratio or the global threshold found
+    # latency budgets: (target, before, after) in ms, onnxruntime on one thread at the example batch
+    latency: tuple[float, float, float] | None = None
 
     def __str__(self) -> str:
         parts = []
+        if self.latency is not None:
+            t, b, a = self.latency
+            parts.append(f"latency {a:.3f} ms of {b:.3f} ms (target {t:g} ms, {a / t - 1:+.1%}; onnxruntime, "
+                         "one thread, the example inputs' batch)")
         for k, t in self.targets.items():
             a, o = self.achieved.get(k, 0), self.original[k]
             parts.append(f"{k} {a:,} of {o:,} ({a / max(o, 1):.1%}; target {t:,}, {a / max(t, 1) - 1:+.1%})")
         return f"budget ({self.allocation}): " + "; ".join(parts)
 
 
+def parse_budget_text(text: str) -> dict[str, float]:
+    """``"macs=0.5,params=20e6"`` (the CLI's spelling) as a dict."""
+    items = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise PlanError(f"budget item '{part}' is not KEY=VALUE (for example macs=0.5 or params=20e6)")
+        try:
+            items[key.strip()] = float(value)
+        except ValueError:
+            raise PlanError(f"budget value '{value}' for '{key.strip()}' is not a number") from None
+    return items
+
+
 def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int]) -> dict[str, int]:
     """Absolute targets from ``{"macs": 0.5, "params": 20e6}`` or ``"macs=0.5,params=20e6"``."""
     if isinstance(budget, str):
-        items = {}
-        for part in filter(None, (p.strip() for p in budget.split(","))):
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise PlanError(f"budget item '{part}' is not KEY=VALUE (for example macs=0.5 or params=20e6)")
-            try:
-                items[key.strip()] = float(value)
-            except ValueError:
-                raise PlanError(f"budget value '{value}' for '{key.strip()}' is not a number") from None
-        budget = items
+        budget = parse_budget_text(budget)
     if not budget:
-        raise PlanError("an empty budget: give macs= and/or params= (a fraction <= 1 or an absolute count)")
+        raise PlanError("an empty budget: give macs= and/or params= (a fraction <= 1 or an absolute count), or "
+                        "latency_ms=")
+    if LATENCY in budget:
+        v = budget[LATENCY]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
+            raise PlanError(f"budget latency_ms={v!r} must be a positive number of milliseconds")
     out = {}
     for key, value in budget.items():
+        if key == LATENCY:
+            continue  # searched by measuring (solve_latency)
         if key not in METRICS:
-            raise PlanError(f"unknown budget '{key}'; budgets are {list(METRICS)} (a fraction <= 1 of the original, "
-                            "or an absolute count)")
+            raise PlanError(f"unknown budget '{key}'; budgets are {list(METRICS) + [LATENCY]} (macs/params: a "
+                            "fraction <= 1 of the original, or an absolute count; latency_ms: milliseconds)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
             raise PlanError(f"budget {key}={value!r} must be a positive number")
         out[key] = int(round(value * original[key])) if value <= 1 else int(value)
@@ -148,6 +167,8 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
     cost = CostModel(dg, groups)
     original = cost.measure({})
     targets = parse_budget(budget, original)
+    if not targets:
+        raise PlanError("solve_budget takes macs= / params=; a latency budget is searched by measuring")
     result = BudgetResult(targets, original, allocation=allocation)
     if allocation == "uniform":
         lo, hi = 0.0, max_ratio
@@ -210,3 +231,31 @@ def _refine(cost: CostModel, groups: list[Group], scores: Mapping[int, np.ndarra
         else:
             blocked.add(g.id)
     return kept, got
+
+
+def solve_latency(measure, solve, target_ms: float, macs_floor: float, steps: int = 7, progress=None):
+    """The largest MACs fraction whose pruned model runs within ``target_ms``, by bisection on
+    measured latency: ``solve(fraction)`` gives (ratios, BudgetResult) for a MACs budget,
+    ``measure(ratios)`` the pruned model's latency. Returns (ratios, result, latency, trace)."""
+    lo, hi = macs_floor, 1.0
+    trace: list[tuple[float, float]] = []
+    ratios, result = solve(lo)
+    ms = measure(ratios)
+    trace.append((lo, ms))
+    if ms > target_ms:
+        raise PlanError(f"budget latency_ms={target_ms:g} cannot be met: the smallest model the selected groups allow "
+                        f"(MACs {lo:.0%} of the original) runs in {ms:.3f} ms. Select more kinds, raise max_ratio, or "
+                        "relax the budget")
+    best = (ratios, result, ms)
+    for k in range(steps):
+        mid = (lo + hi) / 2
+        r, res = solve(mid)
+        t = measure(r)
+        trace.append((mid, t))
+        if progress is not None:
+            progress(k + 1, steps, mid, t)
+        if t <= target_ms:
+            lo, best = mid, (r, res, t)
+        else:
+            hi = mid
+    return best[0], best[1], best[2], trace

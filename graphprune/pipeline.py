@@ -98,18 +98,64 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         if budget is None:  # global allocation of the uniform plan's parameter budget
             uniform = make_plan(groups, scores, ratio, round_to)
             budget = {"params": count_params(dg.ir, shape_fn(dg, uniform))}
-        ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how,
-                                     MAX_RATIO if max_ratio is None else max_ratio)
+        maxr = MAX_RATIO if max_ratio is None else max_ratio
+        if isinstance(budget, str):
+            from .budget import parse_budget_text
+
+            budget = parse_budget_text(budget)
+        if "latency_ms" in budget:
+            if round_to == 1:  # odd widths run far slower on onnxruntime's CPU kernels (docs/benchmarks.md)
+                round_to = 8
+                ctx.notes.append("latency budget: channel counts rounded to multiples of 8 (round_to=8)")
+            ratios, spent = _latency_budget(program, dg, groups, scores, budget, round_to, how, maxr, ctx.notes)
+        else:
+            ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how, maxr)
     elif how == "sensitivity" and ratio > 0 and groups:
         alloc = allocate_if_cheap(program, groups, scores, ratio, round_to, batches, mode, ctx.stats,
                                   forced=allocation == "sensitivity", notes=ctx.notes)
         ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
-    idle = idle_note(groups, plan, ratio, alloc is not None or spent is not None, dg)
+    # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
+    idle = idle_note(groups, plan, ratio, alloc is not None, dg) if spent is None else None
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
     return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent)
+
+
+def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_ratio, notes):
+    """Bisection on the MACs fraction, each candidate pruned and timed in onnxruntime."""
+    from .budget import CostModel, solve_budget, solve_latency, uniform_kept
+    from .progress import progress_line
+
+    target = float(budget["latency_ms"])
+    rest = {k: v for k, v in budget.items() if k != "latency_ms"}
+    cost = CostModel(dg, groups)
+    original = cost.measure({})
+    floor = cost.measure(uniform_kept(groups, max_ratio, round_to))["macs"] / max(original["macs"], 1)
+    cap = rest.get("macs")
+    cap = None if cap is None else (cap if cap <= 1 else cap / max(original["macs"], 1))
+    before = program.latency_ms()
+
+    def solve(fraction: float):
+        return solve_budget(dg, groups, scores, {**rest, "macs": min(fraction, cap or 1.0)}, round_to, how, max_ratio)
+
+    def measure(ratios) -> float:
+        return program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms()
+
+    if before <= target and not rest:
+        ratios, spent = {g.id: 0.0 for g in groups}, None
+        notes.append(f"latency budget: the model already runs in {before:.3f} ms <= {target:g} ms; nothing pruned")
+        from .budget import BudgetResult
+
+        spent = BudgetResult({}, original, dict(original), how, 0.0, (target, before, before))
+        return ratios, spent
+    ratios, spent, after, trace = solve_latency(
+        measure, solve, target, floor + 1e-6,
+        progress=lambda k, n, f, ms: progress_line(f"latency search {k}/{n}: MACs {f:.0%} -> {ms:.3f} ms"))
+    spent.latency = (target, before, after)
+    notes.append("latency search (MACs fraction -> ms): " + ", ".join(f"{f:.0%} -> {ms:.2f}" for f, ms in trace))
+    return ratios, spent
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):

@@ -28,3 +28,9 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
         print(f"\r{desc}: {k}/{total or '?'}", end="", file=sys.stderr, flush=True)
         yield item
     print(file=sys.stderr)
+
+
+def progress_line(text: str) -> None:
+    """One line of progress for steps that are not a loop over items (a search)."""
+    if os.environ.get("GRAPHPRUNE_PROGRESS", "1") != "0":
+        print(text, file=sys.stderr, flush=True)

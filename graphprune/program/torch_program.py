@@ -242,6 +242,19 @@ class TorchProgram(Program):
     def added_params(self) -> int:
         return self._added
 
+    def latency_ms(self, repeat: int = 30) -> float:
+        """Median onnxruntime latency (one thread) of the model exported at the example inputs'
+        shapes: what a deployment runs, measured rather than modelled."""
+        import tempfile
+
+        from ..export import export_onnx
+        from .onnx_program import OnnxProgram
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(self.model, self.args, path, self.kwargs, dynamic_batch=False)
+            return OnnxProgram.load(path).latency_ms(repeat)
+
     def save(self, dst: str | Path) -> Path:
         """``.onnx``: exported and checked in onnxruntime (graphprune.export_onnx); otherwise the
         whole module with ``torch.save``."""
