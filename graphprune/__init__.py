@@ -14,6 +14,7 @@ from .metrics import count_macs, count_params
 from .onnx_prune import OnnxPruneReport, prune_onnx, verify_onnx
 from .planner import PrunePlan
 from .report import PruneReport
+from .schedule import prune_iterative
 from .verify import OracleReport, masked_original, verify
 from . import hf  # transformers support; imports transformers only when used
 from .hf import load_pruned, save_pruned

@@ -58,6 +58,10 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     with attention prune whole heads and FFN units (the hidden size stays), other models
     their channels and conv groups.
 
+    ``ratios`` overrides ``ratio`` per group: keys are group ids, module or parameter names (a
+    group matches when one of its members lives there; the longest name wins) or kinds
+    (``{"ffn": 0.5, "layer4": 0.2, 17: 0.0}``).
+
     ``importance``: a criterion name (see :data:`graphprune.importance.CRITERIA`) or "auto".
     Data-aware criteria read ``calib``, batches shaped like the example inputs (a tuple of
     positional inputs or a dict of keyword inputs each); "taylor" and "hessian" also need a

@@ -82,11 +82,28 @@ def cmd_prune(ns: argparse.Namespace) -> int:
                            ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets, calib=calib,
                            compensate=False if ns.no_compensate else None, allocation=ns.allocation,
                            add_bias=ns.add_bias, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs),
-                           budget=ns.budget, max_ratio=ns.max_ratio)
+                           budget=ns.budget, max_ratio=ns.max_ratio, ratios=_ratios(ns.ratios))
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
     return 0
+
+
+def _ratios(text: str | None) -> dict | None:
+    """``ffn=0.5,conv1=0.2,12=0.7``: overrides by kind, initializer/node name prefix, or group id."""
+    if not text:
+        return None
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.rpartition("=")
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = None
+        if not sep or not key or ratio is None:
+            raise GraphpruneError(f"--ratios item '{part}' is not KEY=RATIO (for example ffn=0.5 or 12=0.3)")
+        out[int(key) if key.isdigit() else key] = ratio
+    return out
 
 
 def _calib_batches(path: str, batch: int) -> list[dict]:
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-layer ratios: auto (sensitivity with --calib: the same parameter budget, spent where "
                          "the measured output error is least), uniform (--ratio everywhere), global (channels "
                          "ranked across layers by normalised importance)")
+    pr.add_argument("--ratios", help="per-group overrides of --ratio: KIND=R, NAME=R (an initializer name or "
+                                     "prefix), GROUP_ID=R, comma-separated (ffn=0.5,head=0.2)")
     pr.add_argument("--max-ratio", type=float, default=None,
                     help="with --allocation global: the most any group loses (default 0.9)")
     pr.add_argument("--round-to", type=int, default=8,

@@ -11,7 +11,8 @@ from typing import Iterable, Mapping
 from .errors import PlanError, PruneWarning, RewriteError
 from .graph import DependencyGraph
 from .metrics import count_macs, count_params
-from .planner import PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, select_groups
+from .planner import (PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, resolve_ratios,
+                      select_groups)
 from .report import PruneReport
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
@@ -60,7 +61,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                  calib=None, loss_fn=None, compensate: bool | str | None = None, *,
                  allocation: str = "auto", budget=None, max_ratio: float | None = None) -> Planned:
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
-    drop ``ratio`` of each (``ratios``: per group id). ``allocation="sensitivity"`` (the
+    drop ``ratio`` of each (``ratios``: overrides by group id, module or parameter name, or kind). ``allocation="sensitivity"`` (the
     default with ``calib``) spends the uniform plan's parameter budget unevenly, where the
     measured output error is least (graphprune/allocate.py)."""
     from .allocate import allocate_if_cheap, resolve_allocation
@@ -80,6 +81,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
     groups = select_groups(dg, roles, ignore, targets)
+    ratios = resolve_ratios(groups, ratios)  # names and kinds -> group ids
     crit = CRITERIA.get(name)
     if crit is not None and crit.needs == "grad" and not program.has_gradients:
         raise PlanError(f"importance '{name}' needs gradients, which an {program.framework} model does not give; "
@@ -213,6 +215,8 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                          {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                          importance=planned.importance, compensation=comp, notes=planned.notes,
                          allocation=planned.allocation, budget=planned.budget,
+                         layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
+                                 if v.kind == "param" and v.rank >= 2],
                          path=getattr(program, "path", ""))
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()

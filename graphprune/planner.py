@@ -156,6 +156,46 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
     return out
 
 
+def resolve_ratios(groups: list[Group], ratios: Mapping[int | str, float] | None) -> dict[int, float] | None:
+    """Per-group ratios from overrides keyed by group id, by module or parameter name (a group
+    matches when one of its members is that parameter or lives under that module; the longest
+    matching name wins), or by kind ("ffn", "heads", ...). A group id beats a name, a name a kind."""
+    if not ratios:
+        return None
+    ids = {g.id for g in groups}
+    names = {m.name for g in groups for m in g.members}
+    kinds = {g.kind for g in groups}
+    for key, r in ratios.items():
+        check_ratio(r, f"ratio for {key!r}")
+        if isinstance(key, str):
+            wanted = _TARGET_ALIASES.get(key, (key,))
+            if not kinds.intersection(wanted) and not any(n == key or n.startswith(key + ".") for n in names):
+                raise PlanError(f"ratios key {key!r} is neither a selected group's kind ({sorted(kinds)}) nor a module "
+                                "or parameter of a selected group")
+        elif key not in ids:
+            raise PlanError(f"ratios key {key!r} is not a selected group id")
+    out: dict[int, float] = {}
+    for g in groups:
+        if g.id in ratios:
+            out[g.id] = float(ratios[g.id])
+            continue
+        best: tuple[int, float] | None = None
+        for key, r in ratios.items():
+            if not isinstance(key, str):
+                continue
+            if any(m.name == key or m.name.startswith(key + ".") for m in g.members):
+                rank = len(key) + 1
+            elif g.kind in _TARGET_ALIASES.get(key, (key,)):
+                rank = 0
+            else:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, float(r))
+        if best is not None:
+            out[g.id] = best[1]
+    return out
+
+
 def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: float, round_to: int = 1,
               ratios: Mapping[int, float] | None = None) -> PrunePlan:
     """Remove the lowest-scoring indices of each group (per-group ratio, uniform by default).

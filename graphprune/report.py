@@ -60,6 +60,20 @@ class PruneReport:
     path: str = ""  # the file written, where the caller wrote one
     allocation: object | None = None  # graphprune.allocate.Allocation, where ratios were chosen from data
     budget: object | None = None  # graphprune.budget.BudgetResult, where a budget chose the ratios
+    # every weight matrix/kernel: (name, shape before, shape after), for the per-layer allocation
+    layers: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    def layer_table(self, limit: int | None = None) -> str:
+        """Kept fraction per layer: output and input width of every weight, before and after."""
+        rows = []
+        for name, before, after in self.layers[:limit]:
+            kept = [f"{a}/{b}" for a, b in zip(after[:2], before[:2])]
+            rows.append([name, " x ".join(map(str, before)), " x ".join(map(str, after)),
+                         f"{after[0] / before[0]:.0%}" if before[0] else "", kept[1] if len(kept) > 1 else ""])
+        text = table(["weight", "before", "after", "out kept", "in kept"], rows)
+        if limit is not None and len(self.layers) > limit:
+            text += f"\n... {len(self.layers) - limit} more"
+        return text
 
     @property
     def groups_pruned(self) -> int:
@@ -82,6 +96,10 @@ class PruneReport:
                      f"of their channels (uniform would be one share for all)")
         if self.budget is not None:
             text += f"\n{self.budget}"
+        changed = [a[0] / b[0] for _, b, a in self.layers if b != a and b[0]]
+        if changed:
+            text += (f"\nlayers: {len(changed)} of {len(self.layers)} weights shrink, keeping {min(changed):.0%} to "
+                     f"{max(changed):.0%} of their outputs (report.layer_table())")
         if self.compensation is not None:
             text += "\n" + compensation_text(self.compensation)
         for note in self.notes:

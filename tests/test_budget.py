@@ -119,3 +119,48 @@ def test_latency_budget_the_model_already_meets_prunes_nothing_and_says_so():
     assert report.params_after == report.params_before and any("already runs" in n for n in report.notes)
     with pytest.raises(gp.PlanError, match="latency_ms"):
         gp.prune(model, (torch.randn(1, 8),), budget={"latency_ms": -1})
+
+
+def test_ratio_overrides_by_kind_module_and_group_id():
+    from models import build
+
+    model, args = build("resnet18")
+    g = gp.trace(model, args)
+    groups = {grp.id: grp for grp in g.prunable_groups(("channel", "outer"))}
+    in_layer1 = {i for i, grp in groups.items() if any(m.name.startswith("layer1.") for m in grp.members)}
+    ffn = {i for i, grp in groups.items() if grp.kind == "ffn"}
+    some = sorted(in_layer1)[0]
+    plan = gp.plan(g, model, ratio=0.0, ratios={"ffn": 0.5, "layer1": 0.25, some: 0.75})
+    for i, grp in groups.items():
+        want = 0.75 if i == some else 0.25 if i in in_layer1 else 0.5 if i in ffn else 0.0
+        assert len(plan.pruned.get(i, [])) == int(grp.size * want), (i, grp.kind, want)
+    with pytest.raises(gp.PlanError, match="neither a selected group's kind"):
+        gp.plan(g, model, ratio=0.3, ratios={"layer9": 0.5})
+    with pytest.raises(gp.PlanError, match="ratio for 'ffn'"):
+        gp.plan(g, model, ratio=0.3, ratios={"ffn": 1.5})
+
+
+def test_cli_ratio_overrides(tmp_path):
+    from graphprune.cli import main
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3),
+                                torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1)).eval()
+    src = tmp_path / "cnn.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(src), dynamo=False, input_names=["x"])
+    # the first conv's output channels (16) lose 3/4, the second's (32) keep the default 0
+    assert main(["prune", str(src), "-o", str(tmp_path / "s.onnx"), "--ratio", "0", "--round-to", "1",
+                 "--no-latency", "--ratios", "0.weight=0.75"]) == 0
+    shapes = {t.name: tuple(t.dims) for t in onnx.load(str(tmp_path / "s.onnx")).graph.initializer}
+    assert shapes["0.weight"][0] == 4 and shapes["2.weight"] == (32, 4, 3, 3)
+    assert main(["prune", str(src), "-o", str(tmp_path / "t.onnx"), "--ratios", "oops"]) == 2
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_report_lists_the_kept_width_of_every_layer():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    model, report = gp.prune(model, (torch.randn(3, 4),), budget={"params": 0.5}, round_to=1)
+    layers = {name: (before, after) for name, before, after in report.layers}
+    kept = model[0].out_features
+    assert layers["0.weight"] == ((8, 4), (kept, 4)) and layers["2.weight"] == ((2, 8), (2, kept))
+    text = report.layer_table()
+    assert "0.weight" in text and f"{kept / 8:.0%}" in text and "layer_table()" in str(report)

@@ -64,7 +64,10 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     if added and report.sync is not None and report.sync.loadable:
         report.sync.loadable = False
         report.sync.reason = f"compensation gave {len(added)} layer(s) a bias the config cannot declare"
-    setattr(model, META_ATTR, {"original_config": original.to_dict(), "plan": plan.to_json(),
+    before = getattr(model, META_ATTR, None)  # pruned before (an iterative schedule): keep the history
+    history = list(before["history"]) if before else []
+    setattr(model, META_ATTR, {"original_config": before["original_config"] if before else original.to_dict(),
+                               "plan": plan.to_json(), "history": history + [{"plan": plan.to_json(), "added_biases": added}],
                                "inputs": _input_spec(inputs), "architecture": type(model).__name__,
                                "added_biases": added})
     return model, report

@@ -71,17 +71,21 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     config = cls.config_class.from_dict(doc["original_config"])
     model = prepare(cls(config))
     inputs = {k: _rebuild_input(spec) for k, spec in doc["inputs"].items()}
-    graph = api.trace(model, (), inputs)
-    plan = PrunePlan.from_json(doc["plan"])
-    for gid, size in plan.sizes.items():
-        if gid not in graph._by_atom or graph.group(gid).size != size:
-            raise GraphpruneError(f"the saved plan does not fit {cls.__name__} as this transformers version builds it "
-                                  f"(group {gid} of size {size} is missing); load it with the versions that saved it")
-    rewrite(model, graph, plan, (), inputs)
-    sync_config(model, graph, plan)
-    for path in doc.get("added_biases", []):  # compensation gave these layers a bias: make room for it
-        mod = model.get_submodule(path)
-        mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
+    # an iterative schedule saved every step's plan: each applies to the model the previous one left
+    steps = doc.get("history") or [{"plan": doc["plan"], "added_biases": doc.get("added_biases", [])}]
+    for step in steps:
+        graph = api.trace(model, (), inputs)
+        plan = PrunePlan.from_json(step["plan"])
+        for gid, size in plan.sizes.items():
+            if gid not in graph._by_atom or graph.group(gid).size != size:
+                raise GraphpruneError(f"the saved plan does not fit {cls.__name__} as this transformers version builds "
+                                      f"it (group {gid} of size {size} is missing); load it with the versions that "
+                                      "saved it")
+        rewrite(model, graph, plan, (), inputs)
+        sync_config(model, graph, plan)
+        for path in step.get("added_biases", []):  # compensation gave these layers a bias: make room for it
+            mod = model.get_submodule(path)
+            mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
     state = _read_weights(directory, load_file)
     want = {n: tuple(s) for n, s in doc["shapes"].items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
