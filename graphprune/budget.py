@@ -51,24 +51,24 @@ class BudgetResult:
         return f"budget ({self.allocation}): " + "; ".join(parts)
 
 
-def parse_budget_text(text: str) -> dict[str, float]:
-    """``"macs=0.5,params=20e6"`` (the CLI's spelling) as a dict."""
+def key_values(text: str, what: str = "budget", example: str = "macs=0.5 or params=20e6") -> dict[str, float]:
+    """``"macs=0.5,params=20e6"`` (the CLI's spelling of budgets and ratio overrides) as a dict."""
     items = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise PlanError(f"budget item '{part}' is not KEY=VALUE (for example macs=0.5 or params=20e6)")
+        key, sep, value = part.rpartition("=")
+        if not sep or not key.strip():
+            raise PlanError(f"{what} item '{part}' is not KEY=VALUE (for example {example})")
         try:
             items[key.strip()] = float(value)
         except ValueError:
-            raise PlanError(f"budget value '{value}' for '{key.strip()}' is not a number") from None
+            raise PlanError(f"{what} value '{value}' for '{key.strip()}' is not a number") from None
     return items
 
 
 def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int]) -> dict[str, int]:
     """Absolute targets from ``{"macs": 0.5, "params": 20e6}`` or ``"macs=0.5,params=20e6"``."""
     if isinstance(budget, str):
-        budget = parse_budget_text(budget)
+        budget = key_values(budget)
     if not budget:
         raise PlanError("an empty budget: give macs= and/or params= (a fraction <= 1 or an absolute count), or "
                         "latency_ms=")
@@ -170,11 +170,11 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
     if not targets:
         raise PlanError("solve_budget takes macs= / params=; a latency budget is searched by measuring")
     result = BudgetResult(targets, original, allocation=allocation)
+    normed = normalise(groups, scores)
     if allocation == "uniform":
         lo, hi = 0.0, max_ratio
         kept_at = lambda x: uniform_kept(groups, x, round_to)  # noqa: E731
     else:
-        normed = normalise(groups, scores)
         every = np.concatenate([normed[g.id] for g in groups]) if groups else np.zeros(1)
         lo, hi = float(every.min()), float(every.max()) + 1e-9
         kept_at = lambda x: global_kept(groups, normed, x, round_to, max_ratio)  # noqa: E731
@@ -185,8 +185,11 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
         raise PlanError(f"budget {worst}={targets[worst]:,} cannot be met by pruning the selected groups: removing "
                         f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). Select more kinds "
                         "(targets=('heads', 'ffn', 'hidden')), raise max_ratio, or relax the budget")
-    best, best_got = most, got
-    if not _fits(cost.measure(kept_at(lo)), targets):
+    best, best_got = kept_at(lo), cost.measure(kept_at(lo))
+    if _fits(best_got, targets):
+        hi = lo  # nothing needs pruning
+    else:
+        best, best_got = most, got
         for _ in range(steps):  # the least pruning that still fits: cost falls as the scalar grows
             mid = (lo + hi) / 2
             kept = kept_at(mid)
@@ -195,19 +198,16 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
                 hi, best, best_got = mid, kept, got
             else:
                 lo = mid
-    else:
-        best, best_got, hi = kept_at(lo), cost.measure(kept_at(lo)), lo
-    best, best_got = _refine(cost, groups, scores, best, best_got, targets, round_to)
+    best, best_got = _refine(cost, groups, normed, best, best_got, targets, round_to)
     result.achieved, result.scalar = best_got, hi
     ratios = {g.id: (g.size - best[g.id]) / g.size for g in groups}
     return ratios, result
 
 
-def _refine(cost: CostModel, groups: list[Group], scores: Mapping[int, np.ndarray], kept: dict[int, int],
+def _refine(cost: CostModel, groups: list[Group], normed: Mapping[int, np.ndarray], kept: dict[int, int],
             got: dict[str, int], targets: Mapping[str, int], round_to: int, tries: int = 96):
     """Close the gap a coarse scalar leaves (whole heads, rounded widths): give back one unit
     (a head, round_to channels) at a time, the most important first, while the budget holds."""
-    normed = normalise(groups, scores)
     kept = dict(kept)
 
     def next_score(g: Group) -> float:

@@ -93,17 +93,10 @@ def _ratios(text: str | None) -> dict | None:
     """``ffn=0.5,conv1=0.2,12=0.7``: overrides by kind, initializer/node name prefix, or group id."""
     if not text:
         return None
-    out: dict = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.rpartition("=")
-        try:
-            ratio = float(value)
-        except ValueError:
-            ratio = None
-        if not sep or not key or ratio is None:
-            raise GraphpruneError(f"--ratios item '{part}' is not KEY=RATIO (for example ffn=0.5 or 12=0.3)")
-        out[int(key) if key.isdigit() else key] = ratio
-    return out
+    from .budget import key_values
+
+    pairs = key_values(text, "--ratios", "ffn=0.5 or 12=0.3")
+    return {int(k) if k.isdigit() else k: r for k, r in pairs.items()}
 
 
 def _calib_batches(path: str, batch: int) -> list[dict]:

@@ -10,7 +10,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .atomic import atomic_path
@@ -130,10 +129,9 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                     if isinstance(t, torch.Tensor)]
         if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
             raise GraphpruneError(f"ONNX outputs {[g.shape for g in got]} do not match PyTorch {[w.shape for w in want]}")
-        from .oracle import scaled_diff
+        from .oracle import max_abs_diff, scaled_diff
 
-        diff = max((float(np.abs(g.astype(np.float64) - w.astype(np.float64)).max()) for g, w in zip(got, want)
-                    if g.size), default=0.0)
+        diff = max_abs_diff(got, want)
         # float32 rounding is relative: judge each output against max(1, its magnitude), as the oracle does
         if scaled_diff(got, want) > atol:
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g} relative to the "

@@ -61,9 +61,10 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                  calib=None, loss_fn=None, compensate: bool | str | None = None, *,
                  allocation: str = "auto", budget=None, max_ratio: float | None = None) -> Planned:
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
-    drop ``ratio`` of each (``ratios``: overrides by group id, module or parameter name, or kind). ``allocation="sensitivity"`` (the
-    default with ``calib``) spends the uniform plan's parameter budget unevenly, where the
-    measured output error is least (graphprune/allocate.py)."""
+    drop ``ratio`` of each (``ratios``: overrides by group id, module or parameter name, or
+    kind). ``allocation="sensitivity"`` (the default with ``calib``) spends the uniform plan's
+    parameter budget unevenly, where the measured output error is least (graphprune/allocate.py);
+    ``budget`` replaces ``ratio`` with a MACs / parameter / latency target (graphprune/budget.py)."""
     from .allocate import allocate_if_cheap, resolve_allocation
     from .calib.collect import collect
     from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
@@ -102,9 +103,9 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
             budget = {"params": count_params(dg.ir, shape_fn(dg, uniform))}
         maxr = MAX_RATIO if max_ratio is None else max_ratio
         if isinstance(budget, str):
-            from .budget import parse_budget_text
+            from .budget import key_values
 
-            budget = parse_budget_text(budget)
+            budget = key_values(budget)
         if "latency_ms" in budget:
             if round_to == 1:  # odd widths run far slower on onnxruntime's CPU kernels (docs/benchmarks.md)
                 round_to = 8
@@ -127,13 +128,14 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
 
 def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_ratio, notes):
     """Bisection on the MACs fraction, each candidate pruned and timed in onnxruntime."""
-    from .budget import CostModel, solve_budget, solve_latency, uniform_kept
+    from .budget import BudgetResult, CostModel, parse_budget, solve_budget, solve_latency, uniform_kept
     from .progress import progress_line
 
-    target = float(budget["latency_ms"])
-    rest = {k: v for k, v in budget.items() if k != "latency_ms"}
     cost = CostModel(dg, groups)
     original = cost.measure({})
+    parse_budget(budget, original)  # every key checked before the first (slow) latency measurement
+    target = float(budget["latency_ms"])
+    rest = {k: v for k, v in budget.items() if k != "latency_ms"}
     floor = cost.measure(uniform_kept(groups, max_ratio, round_to))["macs"] / max(original["macs"], 1)
     cap = rest.get("macs")
     cap = None if cap is None else (cap if cap <= 1 else cap / max(original["macs"], 1))
@@ -146,12 +148,9 @@ def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_rati
         return program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms()
 
     if before <= target and not rest:
-        ratios, spent = {g.id: 0.0 for g in groups}, None
         notes.append(f"latency budget: the model already runs in {before:.3f} ms <= {target:g} ms; nothing pruned")
-        from .budget import BudgetResult
-
-        spent = BudgetResult({}, original, dict(original), how, 0.0, (target, before, before))
-        return ratios, spent
+        return {g.id: 0.0 for g in groups}, BudgetResult({}, original, dict(original), how, 0.0,
+                                                         (target, before, before))
     ratios, spent, after, trace = solve_latency(
         measure, solve, target, floor + 1e-6,
         progress=lambda k, n, f, ms: progress_line(f"latency search {k}/{n}: MACs {f:.0%} -> {ms:.3f} ms"))

@@ -13,22 +13,20 @@ from typing import Callable, Mapping
 
 import torch
 
+from .api import prune, trace
 from .errors import PlanError
+from .metrics import count_macs, count_params
 from .planner import check_ratio
 
 
-def _original_and_final(model, args, kwargs, budget: Mapping[str, float]) -> tuple[dict, dict]:
-    """The original counts and the final budget as absolute counts of the original model."""
-    from .api import trace
+def _final(original: Mapping[str, int], budget: Mapping[str, float]) -> dict[str, int]:
+    """The final budget as absolute counts of the original model."""
     from .budget import parse_budget
-    from .metrics import count_macs, count_params
 
     if "latency_ms" in budget:
         raise PlanError("an iterative schedule takes macs= / params= budgets (a latency budget is searched by "
                         "measuring one model: use graphprune.prune with budget={'latency_ms': ...})")
-    g = trace(model, args, kwargs)
-    original = {"macs": count_macs(g.ir), "params": count_params(g.ir)}
-    return original, parse_budget(budget, original)
+    return parse_budget(budget, original)
 
 
 def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None, *,
@@ -52,10 +50,17 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         raise PlanError(f"steps must be a positive integer, got {steps!r}")
     args = args if isinstance(args, tuple) else (args,)
     hf = hasattr(model, "config") and hasattr(model, "save_pretrained")
-    if budget is not None:
-        original, final = _original_and_final(model, args, kwargs, budget)
-    else:
+    if hf:  # what hf.prune does before it traces, so the first step can reuse this graph
+        from .hf.inputs import example_inputs, prepare
+
+        prepare(model)
+        calib = options.get("calib")
+        kwargs = dict(kwargs) if kwargs else dict(calib[0]) if calib else example_inputs(model)
+    if budget is None:
         check_ratio(ratio)
+    graph = trace(model, args, kwargs)  # the first step prunes this very graph
+    original = {"macs": count_macs(graph.ir), "params": count_params(graph.ir)}
+    final = _final(original, budget) if budget is not None else {}
     reports = []
     for k in range(1, steps + 1):
         if budget is not None:  # keep (final / original) ** (k / steps) of the original after step k
@@ -68,11 +73,10 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         if hf:
             from .hf import prune as hf_prune
 
-            model, report = hf_prune(model, dict(kwargs or {}) or None, **plan_args, **options)
+            model, report = hf_prune(model, kwargs, graph=graph, **plan_args, **options)
         else:
-            from .api import prune
-
-            model, report = prune(model, args, kwargs, **plan_args, **options)
+            model, report = prune(model, args, kwargs, graph=graph, **plan_args, **options)
+        graph = None  # the model changed: later steps trace it again
         reports.append(report)
         if callback is not None:
             callback(model, k, report)

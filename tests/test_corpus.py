@@ -116,7 +116,7 @@ def test_real_model_is_pruned_or_refused_with_a_reason(entry, tmp_path):
                                 f"returned {report.params_before} -> {report.params_after} params ({said or 'no warning'})")
     assert report.params_after < report.params_before, (
         f"{entry['id']}: neither pruned nor refused: nothing was removed and no GraphpruneError was raised ({said})")
-    assert report.oracle is not None and report.oracle.passed, report.oracle
+    assert report.oracle is not None and report.oracle.checked_groups, report.oracle  # prune_onnx raised if it failed
     cut = MIN_CUT.get(entry["kind"])
     if cut is not None:
         assert report.params_after <= (1 - cut) * report.params_before, (

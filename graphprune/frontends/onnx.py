@@ -142,6 +142,30 @@ def input_dims(model: onnx.ModelProto, shapes: dict[str, tuple] | None = None, d
     return out
 
 
+def probe_inputs(model: onnx.ModelProto, dynamic: int = 2, seed: int = 0, dims: dict[str, list[int]] | None = None,
+                 like: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic example inputs: ``dims`` per input where given, else symbolic dims (and
+    dims declared 0 or -1) set to ``dynamic``; integers in [0, 2), or within the range of the
+    same input in ``like``."""
+    rng = np.random.default_rng(seed)
+    dims = dims if dims is not None else input_dims(model, dynamic=dynamic)
+    feeds = {}
+    inits = {i.name for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits or vi.name not in dims:
+            continue
+        shape = dims[vi.name]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        ref = like.get(vi.name) if like else None
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            lo, hi = (int(ref.min()), int(ref.max()) + 1) if ref is not None and ref.size else (0, 2)
+            feeds[vi.name] = rng.integers(lo, hi, shape).astype(dtype)
+        else:
+            scale = float(ref.std()) if ref is not None and ref.size > 1 else 1.0
+            feeds[vi.name] = (rng.standard_normal(shape) * (scale or 1.0)).astype(dtype)
+    return feeds
+
+
 def _spell(dims: list) -> str:
     return "x".join("?" if d is None else str(d) for d in dims)
 
@@ -192,13 +216,11 @@ def _observed_shapes(model: onnx.ModelProto, names: list[str], original: onnx.Mo
     """
     import onnxruntime as ort
 
-    from ..program.onnx_program import probe_inputs
-
     dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
     try:
         sess = ort.InferenceSession(with_outputs(model, names).SerializeToString(),
                                     providers=["CPUExecutionProvider"])
-    except Exception:
+    except Exception:  # onnxruntime's own exception types; the original model's failure, if any, is raised
         if original is None:
             raise
         sess = ort.InferenceSession(with_outputs(original, names).SerializeToString(),

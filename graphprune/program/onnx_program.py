@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import PlanError, RewriteError
-from ..frontends.onnx import with_outputs
+from ..frontends.onnx import probe_inputs, with_outputs
 from .base import Masks, OnCapture, Program
 
 
@@ -311,32 +311,6 @@ def _dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
     return [(k, d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
             for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")
             for k, d in enumerate(vi.type.tensor_type.shape.dim)]
-
-
-def probe_inputs(model: onnx.ModelProto, dynamic: int = 2, seed: int = 0, dims: dict[str, list[int]] | None = None,
-                 like: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Deterministic example inputs: ``dims`` per input where given, else symbolic dims (and
-    dims declared 0 or -1) set to ``dynamic``; integers in [0, 2), or within the range of the
-    same input in ``like``."""
-    from ..frontends.onnx import input_dims
-
-    rng = np.random.default_rng(seed)
-    dims = dims if dims is not None else input_dims(model, dynamic=dynamic)
-    feeds = {}
-    inits = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in inits or vi.name not in dims:
-            continue
-        shape = dims[vi.name]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        ref = like.get(vi.name) if like else None
-        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-            lo, hi = (int(ref.min()), int(ref.max()) + 1) if ref is not None and ref.size else (0, 2)
-            feeds[vi.name] = rng.integers(lo, hi, shape).astype(dtype)
-        else:
-            scale = float(ref.std()) if ref is not None and ref.size > 1 else 1.0
-            feeds[vi.name] = (rng.standard_normal(shape) * (scale or 1.0)).astype(dtype)
-    return feeds
 
 
 def session(model: onnx.ModelProto):

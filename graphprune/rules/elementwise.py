@@ -35,7 +35,7 @@ defopaque_outputs(*(f"aten.{op}" for op in _FACTORIES if op != "zeros"))
 def _zeros(node: Node, ctx: RuleContext) -> None:
     # A recurrent layer's default initial state: its size follows the hidden units.
     out = node.outputs[0]
-    if zero_state(node, ctx, out) and isinstance(node.args[0], (list, tuple)):
+    if zero_state(ctx, out) and isinstance(node.args[0], (list, tuple)):
         for d, size in enumerate(node.args[0]):
             if isinstance(size, int) and size > 1:
                 ctx.carry(ctx.s(out, d), (0, d), size)

@@ -151,7 +151,7 @@ def _no_coupling(node: Node, ctx: RuleContext) -> None:
 @register("onnx.ConstantOfShape", "onnx.Range", "onnx.RandomNormal", "onnx.RandomUniform", "onnx.EyeLike",
           "onnx.RandomNormalLike", "onnx.RandomUniformLike")
 def _factory(node: Node, ctx: RuleContext) -> None:
-    if node.op == "onnx.ConstantOfShape" and zero_state(node, ctx, node.outputs[0]) \
+    if node.op == "onnx.ConstantOfShape" and zero_state(ctx, node.outputs[0]) \
             and not any(node.kwargs.get("value") or [0]):
         _carry_vector(ctx, node, node.outputs[0], 0)  # a recurrent layer's zero initial state
         return

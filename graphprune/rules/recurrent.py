@@ -139,8 +139,8 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
         ctx.factor(ctx.s(peep, 1), [peep_gates, hidden])
     seq, batch = (0, 1) if layout == 0 else (1, 0)
     ctx.freeze(ctx.s(x, seq), _STEPS.format(where=node.where()))
-    outs = list(node.outputs) + [None] * 3
-    y = outs[0] if outs[0] else None
+    outs = list(node.outputs) + [""] * 3  # optional outputs: absent or named ""
+    y = outs[0]
     if y:  # (T, D, B, H) or, layout 1, (B, T, D, H)
         d_y, b_y = (1, 2) if layout == 0 else (2, 0)
         ctx.tie(ctx.s(y, seq), ctx.s(x, seq))
@@ -158,7 +158,7 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
             ctx.mask_weight(name)
 
 
-def zero_state(node: Node, ctx: RuleContext, out: str) -> bool:
+def zero_state(ctx: RuleContext, out: str) -> bool:
     """Whether ``out`` is only ever a recurrent op's initial state (zeros whose size the
     rewrite may change)."""
     users = ctx.users(out)
