@@ -130,50 +130,20 @@ def allocate_if_cheap(program, groups: list[Group], scores, ratio: float, round_
 def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, batches: list,
              mode: str | None, stats) -> Allocation:
     """Per-group ratios removing the uniform plan's parameters where the output suffers least."""
-    from .calib.compensate import Compensation, affected_sites, refit_from_stats
-    from .calib.collect import collect
-    from .calib.sites import find_sites
-    from .progress import progress
-
     t0 = time.perf_counter()
     dg = program.graph()
     before = count_params(dg.ir)
     target = removed_params(dg, make_plan(groups, scores, ratio, round_to), before)
     used, rows = sample(program, batches)
 
+    repair = Repair(program, dg, make_plan(groups, scores, ratio, round_to), batches, mode, stats)
     variants, keys = [], []  # (masks, overrides) and (gid, ratio, params removed) per run
-    sites = find_sites(dg)
-    stats = dict(stats or {})
-    tensors = program.tensors()
-    fit = "bias" if mode == "bias" else "refit"
-    lams: dict[str, float] = {}
-    if mode is not None:  # one pass for the Grams the refits need that scoring did not collect
-        uniform = Compensation()
-        todo = affected_sites(dg, make_plan(groups, scores, ratio, round_to), sites, uniform)
-        missing = [s for s, _ in todo if stats.get(s.node) is None or stats[s.node].gram is None]
-        if missing:
-            stats.update(collect(program, batches, missing, {s.node for s in missing}))
-        # each site's ridge strength, cross-validated once at the uniform ratio, serves every level
-        refit_from_stats(dg, todo, tensors, stats, fit, set(), uniform)
-        lams = {s.node: s.lam for s in uniform.sites if s.lam is not None}
     for g in groups:
         for r, _ in _levels(g, ratio, round_to):
             p = make_plan([g], scores, 0.0, round_to, {g.id: r})
-            overrides = {}
-            if mode is not None:
-                comp = Compensation()
-                refit_from_stats(dg, affected_sites(dg, p, sites, comp), tensors, stats, fit, set(), comp, lams)
-                overrides = comp.updates
-            variants.append((keep_masks(dg, p), overrides))
+            variants.append(repair.variant(p))
             keys.append((g.id, r, removed_params(dg, p, before)))
-
-    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])]  # the same interpreter as the variants
-    valid = [program.valid_rows(b) for b in used]
-    energy = sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs)
-    err = np.zeros(len(variants))
-    runs = program.run_variants(used, variants)
-    for v, k, outs in progress(runs, "allocating", len(variants) * len(used)):
-        err[v] += sum(_sq(o, r, valid[k]) for o, r in zip(outs, ref[k])) / max(energy, 1e-30)
+    err = output_errors(program, used, variants, "allocating")
 
     curves: dict[int, list[tuple[int, float, float]]] = {g.id: [(0, 0.0, 0.0)] for g in groups}
     for (gid, r, n), e in zip(keys, err):
@@ -192,6 +162,60 @@ def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, 
         ratios, removed = {g.id: ratio for g in groups}, target
     return Allocation(ratios, {g: [(n, e) for n, e, _ in c] for g, c in curves.items()}, target, removed,
                       len(variants), rows, time.perf_counter() - t0, fallback)
+
+
+class Repair:
+    """The masked run of any candidate plan, with the refit the final plan would get: one set of
+    calibration statistics (and each site's ridge strength, cross-validated once on
+    ``reference``) serves every candidate. ``mode`` None: no repair."""
+
+    def __init__(self, program, dg: DependencyGraph, reference: PrunePlan, batches: list, mode: str | None,
+                 stats) -> None:
+        from .calib.collect import collect
+        from .calib.compensate import Compensation, affected_sites, refit_from_stats
+        from .calib.sites import find_sites
+
+        self.dg, self.mode = dg, mode
+        self.sites = find_sites(dg)
+        self.stats = dict(stats or {})
+        self.tensors = program.tensors()
+        self.fit = "bias" if mode == "bias" else "refit"
+        self.lams: dict[str, float] = {}
+        if mode is not None:  # one pass for the Grams the refits need that scoring did not collect
+            uniform = Compensation()
+            todo = affected_sites(dg, reference, self.sites, uniform)
+            missing = [s for s, _ in todo if self.stats.get(s.node) is None or self.stats[s.node].gram is None]
+            if missing:
+                self.stats.update(collect(program, batches, missing, {s.node for s in missing}))
+            refit_from_stats(dg, todo, self.tensors, self.stats, self.fit, set(), uniform)
+            self.lams = {s.node: s.lam for s in uniform.sites if s.lam is not None}
+
+    def variant(self, p: PrunePlan) -> tuple[dict, dict]:
+        """(masks, weight overrides) of ``p``'s masked original, repaired."""
+        from .calib.compensate import Compensation, affected_sites, refit_from_stats
+        from .planner import block_masks
+
+        overrides = {}
+        if self.mode is not None and any(p.pruned.values()):
+            comp = Compensation()
+            refit_from_stats(self.dg, affected_sites(self.dg, p, self.sites, comp), self.tensors, self.stats,
+                             self.fit, set(), comp, self.lams)
+            overrides = comp.updates
+        return {**keep_masks(self.dg, p), **block_masks(self.dg, p)}, overrides
+
+
+def output_errors(program, used: list, variants: list, what: str) -> np.ndarray:
+    """Each variant's squared output error on ``used`` relative to the output's energy."""
+    from .progress import progress
+
+    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])]  # the same interpreter as the variants
+    valid = [program.valid_rows(b) for b in used]
+    energy = sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs)
+    err = np.zeros(len(variants))
+    runs = program.run_variants(used, variants)
+    for v, k, outs in progress(runs, what, len(variants) * len(used)):
+        err[v] += sum(_sq(o, r, valid[k]) for o, r in zip(outs, ref[k])) / max(energy, 1e-30)
+    return err
 
 
 def _sq(out: np.ndarray, ref: np.ndarray | None, valid) -> float:

@@ -94,8 +94,9 @@ def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int])
 class CostModel:
     """MACs and parameters of the model for any kept count per group, from layout terms."""
 
-    def __init__(self, dg: DependencyGraph, groups: list[Group]) -> None:
+    def __init__(self, dg: DependencyGraph, groups: list[Group], dead: set[str] = frozenset()) -> None:
         self.dg = dg
+        self.dead = dead  # values removed blocks leave dead (graphprune/depth.py): size 0
         self.sizes = {g.id: g.size for g in groups}
         self._terms: dict[tuple[str, int], tuple] = {}  # only slots some selected group cuts
         atoms = set(self.sizes)
@@ -117,6 +118,8 @@ class CostModel:
         values = self.dg.ir.values
 
         def shape_of(name: str) -> tuple:
+            if name in self.dead:
+                return (0,) * values[name].rank
             return tuple(self._size(self._terms[(name, d)], kept) if (name, d) in self._terms else s
                          for d, s in enumerate(values[name].shape))
 
@@ -157,15 +160,17 @@ def normalise(groups: list[Group], scores: Mapping[int, np.ndarray]) -> dict[int
 
 def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, np.ndarray],
                  budget: Mapping[str, float] | str, round_to: int = 1, allocation: str = "uniform",
-                 max_ratio: float = MAX_RATIO, steps: int = 40) -> tuple[dict[int, float], BudgetResult]:
+                 max_ratio: float = MAX_RATIO, steps: int = 40, dead: set[str] = frozenset(),
+                 original: dict[str, int] | None = None) -> tuple[dict[int, float], BudgetResult]:
     """Per-group ratios that meet ``budget`` as closely as the channel granularity allows (never
-    above it); and what they achieve."""
+    above it); and what they achieve. ``dead``: values gone with removed blocks (the budget is
+    then spent on what they leave; ``original`` the unpruned model's counts)."""
     if allocation not in ("uniform", "global"):
         raise PlanError(f"a budget is allocated 'uniform' or 'global', not {allocation!r}")
     if not 0 < max_ratio < 1:
         raise PlanError(f"max_ratio must be in (0, 1), got {max_ratio!r}")
-    cost = CostModel(dg, groups)
-    original = cost.measure({})
+    cost = CostModel(dg, groups, dead)
+    original = original or CostModel(dg, groups).measure({})
     targets = parse_budget(budget, original)
     if not targets:
         raise PlanError("solve_budget takes macs= / params=; a latency budget is searched by measuring")

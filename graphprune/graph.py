@@ -232,6 +232,24 @@ class DependencyGraph:
         grp, idx = self.index_of(name, dim, position)
         return grp.affected(idx)
 
+    @property
+    def blocks(self) -> list:
+        """Residual branches that depth pruning may remove (graphprune/depth.py)."""
+        if getattr(self, "_blocks", None) is None:
+            from .depth import find_blocks
+
+            self._blocks = find_blocks(self.ir)
+        return self._blocks
+
+    def removed_blocks(self, ids) -> list:
+        """The blocks named by a plan's ``blocks`` (add node names); an unknown name is an error."""
+        by_id = {b.id: b for b in self.blocks}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise PlanError(f"the plan removes block(s) {missing[:3]} that this model does not have: a plan made for "
+                            "another model (its residual adds are named by node)")
+        return [by_id[i] for i in ids]
+
     def param_names(self) -> list[str]:
         return [v.source or v.name for v in self.ir.params()]
 

@@ -24,8 +24,11 @@ def count_params(g: Graph, shape_of: ShapeFn | None = None) -> int:
         names = g.aliases.get(v.source or v.name, [v.source or v.name])
         if seen.intersection(names):
             continue
+        n = _numel(shape_of(v.name))
+        if n == 0:
+            continue  # removed with a block; a tied alias that lives on is counted where it is used
         seen.update(names)
-        total += _numel(shape_of(v.name))
+        total += n
     return total
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .planner import PrunePlan, keep_masks
+from .planner import PrunePlan, block_masks, keep_masks
 
 
 @dataclass
@@ -27,6 +27,7 @@ class OracleReport:
     runtime: str = ""  # what ran both models, where it is not PyTorch ("onnxruntime")
     # the error relative to each output's magnitude: max |diff| / max(1, max |output|), worst output
     scaled_diff: float | None = None
+    checked_blocks: list[str] = field(default_factory=list)  # residual branches removed whole
 
     @property
     def passed(self) -> bool:
@@ -41,7 +42,9 @@ class OracleReport:
             scaled = f", {self.scaled_diff:.3g} relative to the output's magnitude"
         s = (f"oracle {verdict}{where}: max |pruned - masked original| = {self.max_abs_diff:.3g}{scaled} "
              f"(atol {self.atol:g}) over {len(self.checked_groups)} exact group(s)")
-        if not self.checked_groups and not self.inexact_groups:
+        if self.checked_blocks:
+            s += f" and {len(self.checked_blocks)} removed block(s)"
+        if not self.checked_groups and not self.inexact_groups and not self.checked_blocks:
             s += " - nothing was pruned, so there was nothing to check"
         if self.inexact_groups:
             s += f"; {len(self.inexact_groups)} pruned group(s) not oracle-exact, not checked: " + "; ".join(
@@ -81,7 +84,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     dg = program.graph()
     inexact = {gid: dg.group(gid).inexact for gid, idx in plan.pruned.items() if idx and dg.group(gid).inexact}
     exact = plan.restricted(g for g in plan.pruned if g not in inexact)
-    masks = keep_masks(dg, exact)
+    masks = {**keep_masks(dg, exact), **block_masks(dg, exact)}
     pruned = program.apply(exact)
     worst = scaled = 0.0
     for batch in program.oracle_inputs(trials):
@@ -89,4 +92,5 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
         worst, scaled = max(worst, max_abs_diff(got, want)), max(scaled, scaled_diff(got, want))
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
-    return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled)
+    return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
+                        list(exact.blocks))

@@ -13,6 +13,8 @@ from .graph import DependencyGraph
 from .metrics import count_macs, count_params
 from .planner import (PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, resolve_ratios,
                       select_groups)
+from .budget import key_values
+from .depth_plan import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .report import PruneReport
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
@@ -53,6 +55,7 @@ class Planned:
     notes: list[str] = field(default_factory=list)
     allocation: object | None = None  # allocate.Allocation where ratios were chosen from data
     budget: object | None = None  # budget.BudgetResult where a budget set the ratios
+    depth: object | None = None  # depth_plan.DepthChoice where blocks were targeted
 
 
 def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
@@ -81,7 +84,19 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         how = "global" if how == "global" else "uniform"
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
-    groups = select_groups(dg, roles, ignore, targets)
+    want_blocks, targets = split_targets(targets)
+    groups = select_groups(dg, roles, ignore, targets) if targets != () else []
+    blocks = select_blocks(dg, ignore) if want_blocks else []
+    if blocks and calib is None:
+        raise PlanError("depth pruning scores each block by the output error its removal causes on data: pass "
+                        "calib=[batch, ...] with targets including 'blocks'")
+    if blocks and budget is not None and "latency_ms" in (key_values(budget) if isinstance(budget, str) else budget):
+        raise PlanError("a latency budget searches widths by measuring; it does not remove blocks yet: use a macs= "
+                        "or params= budget with targets including 'blocks'")
+    ratios = dict(ratios or {})
+    block_ratio = ratios.pop("blocks", None)
+    if block_ratio is not None:
+        check_ratio(block_ratio, "ratio for 'blocks'")
     ratios = resolve_ratios(groups, ratios)  # names and kinds -> group ids
     crit = CRITERIA.get(name)
     if crit is not None and crit.needs == "grad" and not program.has_gradients:
@@ -94,8 +109,23 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     elif crit is not None and batches is not None and crit.needs == "calib":
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
     scores = score_groups(name, ctx, groups)
-    alloc = spent = None
-    if (budget is not None or how == "global") and groups:
+    alloc = spent = depth = None
+    bscores = score_blocks(program, blocks, batches) if blocks else {}
+    if blocks and budget is not None:
+        from .budget import MAX_RATIO
+
+        if isinstance(budget, str):
+            budget = key_values(budget)
+        ratios, spent, depth = choose_under_budget(program, dg, groups, scores, blocks, bscores, budget, round_to,
+                                                   how, MAX_RATIO if max_ratio is None else max_ratio, batches,
+                                                   mode, ctx.stats)
+    elif blocks:
+        depth = DepthChoice(by_ratio(blocks, bscores, ratio if block_ratio is None else block_ratio), bscores)
+    if depth is not None:
+        ctx.notes.append(depth.note())
+    if spent is not None:
+        pass  # the budget was spent above, on blocks and widths together
+    elif (budget is not None or how == "global") and groups:
         from .budget import MAX_RATIO, solve_budget
 
         if budget is None:  # global allocation of the uniform plan's parameter budget
@@ -103,8 +133,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
             budget = {"params": count_params(dg.ir, shape_fn(dg, uniform))}
         maxr = MAX_RATIO if max_ratio is None else max_ratio
         if isinstance(budget, str):
-            from .budget import key_values
-
             budget = key_values(budget)
         if "latency_ms" in budget:
             if round_to == 1:  # odd widths run far slower on onnxruntime's CPU kernels (docs/benchmarks.md)
@@ -118,12 +146,14 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                                   forced=allocation == "sensitivity", notes=ctx.notes)
         ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
+    if depth is not None:
+        plan.blocks = list(depth.removed)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
-    idle = idle_note(groups, plan, ratio, alloc is not None, dg) if spent is None else None
+    idle = idle_note(groups, plan, ratio, alloc is not None, dg) if spent is None and not blocks else None
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
-    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent)
+    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent, depth)
 
 
 def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_ratio, notes):
@@ -160,11 +190,16 @@ def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_rati
 
 
 def shape_fn(graph: DependencyGraph, p: PrunePlan):
-    """Every IR value's shape after ``p``."""
+    """Every IR value's shape after ``p``; a value a removed block leaves dead has size 0."""
+    from .depth import dead_values
+
     masks = keep_masks(graph, p)
+    dead = dead_values(graph.ir, graph.removed_blocks(p.blocks))
 
     def shape_of(name: str) -> tuple:
         v = graph.ir.values[name]
+        if name in dead:
+            return (0,) * v.rank
         return tuple(int(masks[(name, d)].sum()) if (name, d) in masks else s for d, s in enumerate(v.shape))
 
     return shape_of
@@ -216,7 +251,9 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                          allocation=planned.allocation, budget=planned.budget,
                          layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
                                  if v.kind == "param" and v.rank >= 2],
-                         path=getattr(program, "path", ""))
+                         path=getattr(program, "path", ""),
+                         blocks=((len(p.blocks), len(planned.depth.scores)) if planned.depth is not None else
+                                 (len(p.blocks), len(dg.blocks)) if p.blocks else None), depth=planned.depth)
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
     if measure_latency:

@@ -17,11 +17,13 @@ class PrunePlan:
     """Which indices of which groups to remove.
 
     ``pruned`` maps group id -> sorted indices to remove; ``sizes`` the groups'
-    original sizes (a guard against applying a plan to a different graph).
+    original sizes (a guard against applying a plan to a different graph); ``blocks`` the
+    residual branches removed whole (their add nodes, see graphprune/depth.py).
     """
 
     pruned: dict[int, list[int]] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
+    blocks: list[str] = field(default_factory=list)
 
     def masks(self) -> dict[int, np.ndarray]:
         out = {}
@@ -34,20 +36,24 @@ class PrunePlan:
     def restricted(self, gids: Iterable[int]) -> "PrunePlan":
         keep = set(gids)
         return PrunePlan({g: i for g, i in self.pruned.items() if g in keep},
-                         {g: s for g, s in self.sizes.items() if g in keep})
+                         {g: s for g, s in self.sizes.items() if g in keep}, list(self.blocks))
 
     @property
     def empty(self) -> bool:
-        return not any(self.pruned.values())
+        return not any(self.pruned.values()) and not self.blocks
 
     def to_json(self) -> str:
-        return json.dumps({"pruned": {str(k): v for k, v in sorted(self.pruned.items())},
-                           "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}, sort_keys=True)
+        doc = {"pruned": {str(k): v for k, v in sorted(self.pruned.items())},
+               "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+        if self.blocks:  # absent when empty: plans without depth pruning keep their bytes
+            doc["blocks"] = sorted(self.blocks)
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "PrunePlan":
         d = json.loads(text)
-        return cls({int(k): list(v) for k, v in d["pruned"].items()}, {int(k): int(v) for k, v in d["sizes"].items()})
+        return cls({int(k): list(v) for k, v in d["pruned"].items()}, {int(k): int(v) for k, v in d["sizes"].items()},
+                   list(d.get("blocks", [])))
 
 
 def keep_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np.ndarray]:
@@ -62,6 +68,17 @@ def keep_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np
                 mask = solver.keep_mask(term, pruned)
                 if not mask.all():
                     out[(v.name, d)] = mask
+    return out
+
+
+def block_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np.ndarray]:
+    """The masked original's view of removed blocks: each branch value zeroed whole."""
+    out = {}
+    for b in dg.removed_blocks(plan.blocks):
+        v = dg.ir.values[b.branch]
+        static = [d for d in range(v.rank) if isinstance(v.shape[d], int)]
+        if static:  # any one dim zeroed whole zeroes the value
+            out[(b.branch, static[-1])] = np.zeros(int(v.shape[static[-1]]), dtype=bool)
     return out
 
 

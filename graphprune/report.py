@@ -62,6 +62,8 @@ class PruneReport:
     budget: object | None = None  # graphprune.budget.BudgetResult, where a budget chose the ratios
     # every weight matrix/kernel: (name, shape before, shape after), for the per-layer allocation
     layers: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    blocks: tuple[int, int] | None = None  # depth pruning: (residual blocks removed, candidates)
+    depth: object | None = None  # graphprune.depth_plan.DepthChoice: each block's score, the trials
 
     def layer_table(self, limit: int | None = None) -> str:
         """Kept fraction per layer: output and input width of every weight, before and after."""
@@ -87,6 +89,9 @@ class PruneReport:
                  pct(self.params_before, self.params_after)],
                 ["MACs", _human(self.macs_before), _human(self.macs_after), pct(self.macs_before, self.macs_after)],
                 ["groups pruned", "", f"{self.groups_pruned}/{len(self.kept)}", ""]]
+        if self.blocks is not None:
+            removed, total = self.blocks
+            rows.append(["residual blocks", str(total), str(total - removed), pct(total, total - removed)])
         text = table(["metric", "before", "after", "change"], rows)
         if self.importance:
             text += f"\nimportance: {self.importance}"
@@ -96,10 +101,13 @@ class PruneReport:
                      f"of their channels (uniform would be one share for all)")
         if self.budget is not None:
             text += f"\n{self.budget}"
-        changed = [a[0] / b[0] for _, b, a in self.layers if b != a and b[0]]
+        changed = [a[0] / b[0] for _, b, a in self.layers if b != a and b[0] and a[0]]
+        gone = sum(1 for _, b, a in self.layers if b[0] and not a[0])
         if changed:
             text += (f"\nlayers: {len(changed)} of {len(self.layers)} weights shrink, keeping {min(changed):.0%} to "
                      f"{max(changed):.0%} of their outputs (report.layer_table())")
+        if gone:
+            text += f"\nlayers: {gone} of {len(self.layers)} weights removed with their residual blocks"
         if self.compensation is not None:
             text += "\n" + compensation_text(self.compensation)
         for note in self.notes:

@@ -157,6 +157,10 @@ def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan
             arr = np.take(arr, np.flatnonzero(mask), axis=d)
         m.inits[v.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), v.name))
     _rewrite_constants(m, dg, plan)
+    if plan.blocks:
+        from .onnx_depth import remove_blocks_onnx
+
+        remove_blocks_onnx(out, dg, dg.removed_blocks(plan.blocks))
     del out.graph.value_info[:]  # stale shapes; inferred afresh below
     try:
         return onnx.shape_inference.infer_shapes(out, data_prop=True)

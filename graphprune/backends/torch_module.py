@@ -69,8 +69,8 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     meta-device copy that is traced again and shape-checked against the plan;
     the user's model is modified only once a consistent set is found.
     """
-    if plan.empty:
-        return
+    if not any(plan.pruned.values()):
+        return  # removed blocks are graphprune/backends/torch_depth.py's
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if not check:
         apply_plan(model, dg, plan, sure, updates)

@@ -185,7 +185,8 @@ def _lower_nodes(g: Graph, gm: torch.fx.GraphModule, nodes, names: dict[str, Any
         if stack:
             module_path, module_type = list(stack.values())[-1]
             module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
-        meta = {"module": module_path, "module_type": module_type, "source": _source_line(node.meta)}
+        meta = {"module": module_path, "module_type": module_type, "source": _source_line(node.meta),
+                "modules": [path for path, _ in stack.values()]}  # outermost first: depth pruning's module map
         g.nodes.append(Node(prefix + node.name, op, tuple(conv(a) for a in node.args),
                             {k: conv(v) for k, v in node.kwargs.items()}, [o for o in outs if o], meta))
         # Multi-output ops keep positional output names so rules can index them.

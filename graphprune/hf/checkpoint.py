@@ -86,6 +86,10 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
         for path in step.get("added_biases", []):  # compensation gave these layers a bias: make room for it
             mod = model.get_submodule(path)
             mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
+        if plan.blocks:  # residual branches removed whole: the same module swaps
+            from ..backends.torch_depth import remove_blocks
+
+            remove_blocks(model, graph, graph.removed_blocks(plan.blocks), (), inputs)
     state = _read_weights(directory, load_file)
     want = {n: tuple(s) for n, s in doc["shapes"].items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}

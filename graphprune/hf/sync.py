@@ -136,6 +136,8 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
             pair = uniform(what, set(sizes))
             if pair:
                 _set_config(cfg, names, pair[0], pair[1], out)
+    if plan.blocks:  # from_pretrained would rebuild them and fill their weights randomly
+        problems.append(f"{len(plan.blocks)} residual block(s) were removed, which no config field expresses")
     out.loadable, out.reason = _check_rebuild(model, cfg, problems)
     if not out.loadable:
         # A config transformers rejects (hidden % heads != 0) would break every later

@@ -237,6 +237,10 @@ class TorchProgram(Program):
         out = TorchProgram(model, self.args, self.kwargs)
         if compensation is not None and compensation.new_biases:
             out._added = _add_biases(model, dg, plan, compensation)
+        if plan.blocks:
+            from ..backends.torch_depth import remove_blocks
+
+            remove_blocks(model, dg, dg.removed_blocks(plan.blocks), self.args, self.kwargs)
         return out
 
     def added_params(self) -> int:

@@ -1,0 +1,142 @@
+"""Which residual blocks to remove: scored on calibration data, and traded against width.
+
+Each block's score is the model's output error, on calibration rows, when that block alone
+is removed (its branch zeroed; one masked run per block, sharing the computation before
+the block). With a ratio, that share of the blocks goes, least harmful first. Under a
+MACs / parameter budget the planner tries removing the k blocks cheapest per unit of
+budget (k = 0, 1, 2, 3, 4, 6, 8, ...), spends what is left of the budget on channels
+(uniform or global, as asked), repairs each candidate the way the final plan will be
+repaired, and keeps the candidate whose output error is least: depth is used only where it
+beats width on the user's data. Front-end neutral.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .depth import Block, dead_values
+from .errors import PlanError
+from .planner import PrunePlan, make_plan
+
+BLOCK_TARGETS = ("blocks", "block", "depth")
+
+
+def split_targets(targets):
+    """(whether blocks are targeted, the other targets or None)."""
+    if targets is None:
+        return False, None
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    rest = tuple(t for t in targets if t not in BLOCK_TARGETS)
+    return len(rest) != len(targets), rest
+
+
+def select_blocks(dg, ignore) -> list[Block]:
+    """The model's removable blocks, minus those holding an ignored parameter or module."""
+    ignore = list(ignore)
+    out = [b for b in dg.blocks
+           if not any(p == i or p.startswith(i + ".") for p in b.params for i in ignore)]
+    if not out:
+        raise PlanError("targets include 'blocks' but the model has no removable residual branch (an add y = x + f(x) "
+                        "whose f has weights of its own and feeds nothing else; weights shared across layers, as in "
+                        "ALBERT, die with no single branch)" + (" outside the ignored layers" if ignore else ""))
+    return out
+
+
+@dataclass
+class DepthChoice:
+    """The removed blocks and what chose them."""
+
+    removed: list[str]
+    scores: dict[str, float]  # block id -> output error when removed alone
+    trials: list[tuple[int, float]] = field(default_factory=list)  # (blocks removed, repaired error) under a budget
+
+    def note(self) -> str:
+        s = f"depth: {len(self.removed)} of {len(self.scores)} residual block(s) removed"
+        if self.removed:
+            s += " (" + ", ".join(f"{b} {self.scores[b]:.2g}" for b in self.removed[:6])
+            s += ", ..." if len(self.removed) > 6 else ""
+            s += "; output error when removed alone)"
+        if self.trials:
+            s += "; blocks removed -> repaired output error: " + ", ".join(f"{k}: {e:.3g}" for k, e in self.trials)
+        return s
+
+
+def score_blocks(program, blocks: list[Block], batches: list) -> dict[str, float]:
+    """Output error (relative to the output's energy) when each block alone is removed."""
+    from .allocate import output_errors, sample
+
+    used, _ = sample(program, batches)
+    variants = [(masks_of(program.graph(), [b]), {}) for b in blocks]
+    err = output_errors(program, used, variants, "scoring blocks")
+    return {b.id: float(e) for b, e in zip(blocks, err)}
+
+
+def masks_of(dg, blocks: list[Block]) -> dict:
+    from .planner import block_masks
+
+    return block_masks(dg, PrunePlan(blocks=[b.id for b in blocks]))
+
+
+def by_ratio(blocks: list[Block], scores: dict[str, float], ratio: float) -> list[str]:
+    n = math.floor(len(blocks) * ratio + 1e-9)
+    order = sorted(blocks, key=lambda b: (scores[b.id], b.id))
+    return sorted(b.id for b in order[:n])
+
+
+def _counts(k_max: int) -> list[int]:
+    out, k = [0], 1
+    while k <= k_max:
+        out.append(k)
+        k = k + 1 if k < 4 else int(k * 1.5)
+    if k_max not in out:
+        out.append(k_max)
+    return out
+
+
+def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscores: dict[str, float], budget,
+                        round_to: int, how: str, max_ratio: float, batches: list, mode, stats):
+    """(group ratios, BudgetResult, DepthChoice): the blocks-and-width plan with the least repaired
+    output error among candidates that each meet ``budget``."""
+    from .allocate import Repair, output_errors, sample
+    from .budget import CostModel, parse_budget, solve_budget
+
+    original = CostModel(dg, groups).measure({})
+    targets = parse_budget(budget, original)
+    metric = next(iter(targets))
+    # cheapest first: error per unit of the budget's first metric
+    cost_of = {}
+    for b in blocks:
+        dead = dead_values(dg.ir, [b])
+        cost_of[b.id] = max(1, original[metric] - CostModel(dg, [], dead).measure({})[metric])
+    order = sorted(blocks, key=lambda b: (bscores[b.id] / cost_of[b.id], b.id))
+    k_max = 0
+    for k in range(1, len(order) + 1):  # beyond the first k that meets the budget alone, more is waste
+        k_max = k
+        got = CostModel(dg, [], dead_values(dg.ir, order[:k])).measure({})
+        if all(got[m] <= t for m, t in targets.items()):
+            break
+    candidates = []
+    for k in _counts(k_max):
+        chosen = order[:k]
+        dead = dead_values(dg.ir, chosen)
+        live = [g for g in groups if any(m.value not in dead for m in g.members)]
+        try:
+            ratios, spent = solve_budget(dg, live, scores, budget, round_to, how, max_ratio, dead=dead,
+                                         original=original)
+        except PlanError:
+            continue  # these blocks leave too little width to spend: more blocks are needed
+        p = make_plan(live, scores, 0.0, round_to, ratios)
+        p.blocks = sorted(b.id for b in chosen)
+        candidates.append((k, ratios, spent, p))
+    if not candidates:
+        raise PlanError(f"budget {budget} cannot be met by removing blocks and pruning the selected groups; relax "
+                        "the budget or select more kinds")
+    used, _ = sample(program, batches)
+    repair = Repair(program, dg, make_plan(groups, scores, 0.5, round_to), batches, mode, stats)  # every site
+    err = output_errors(program, used, [repair.variant(c[3]) for c in candidates], "weighing depth against width")
+    best = int(np.argmin(err))
+    k, ratios, spent, p = candidates[best]
+    ratios = {g.id: ratios.get(g.id, 0.0) for g in groups}
+    return ratios, spent, DepthChoice(p.blocks, bscores, [(c[0], float(e)) for c, e in zip(candidates, err)])

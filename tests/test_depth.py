@@ -1,0 +1,220 @@
+"""Depth pruning: residual branches found on the graph, scored on data, removed exactly."""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import graphprune as gp
+from graphprune.depth import dead_values, find_blocks
+from graphprune.errors import PlanError
+from graphprune.oracle import run_oracle
+from graphprune.planner import PrunePlan
+from graphprune.program.torch_program import TorchProgram
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class Branch(nn.Module):
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.norm, self.up, self.down, self.scale = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8), scale
+
+    def forward(self, x):
+        return x + self.scale * self.down(torch.relu(self.up(self.norm(x))))
+
+
+def toy(scales=(1.0, 0.01, 1.0)) -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), *[Branch(s) for s in scales], nn.Linear(8, 2)).eval()
+    with torch.no_grad():  # fresh norms are alike, and the ONNX exporter would store them once
+        for b in m[1:-1]:
+            b.norm.weight.add_(torch.randn(8) * 0.1)
+            b.norm.bias.add_(torch.randn(8) * 0.1)
+    return m
+
+
+def module_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_blocks_are_the_residual_adds_with_their_own_weights():
+    m = toy()
+    dg = gp.trace(m, (torch.randn(3, 4),))
+    blocks = find_blocks(dg.ir)
+    assert len(blocks) == 3  # one per Branch; the first and last Linear are no branch
+    for k, b in enumerate(blocks, start=1):
+        want = sorted(f"{k}.{n}" for n, _ in m[k].named_parameters())
+        assert list(b.params) == want
+
+
+def test_not_blocks_broadcast_constants_shared_weights_and_escaping_branches():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(1, 8))
+            self.f, self.shared = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            x = x + self.pos  # a broadcast add of a constant: no branch
+            b = self.f(x)
+            y = x + b  # b escapes to the output as well: removing it changes more than y
+            z = y + self.shared(y)
+            z = z + self.shared(z)  # the same weights in two branches: neither owns them
+            return z, b
+
+    dg = gp.trace(Odd().eval(), (torch.randn(2, 8),))
+    assert find_blocks(dg.ir) == []
+
+
+def test_removed_block_matches_the_branch_zeroed_and_weights_go():
+    m = toy()
+    x = torch.randn(5, 4)
+    prog = TorchProgram(copy.deepcopy(m), (x,), {})
+    dg = prog.graph()
+    block = dg.blocks[1]
+    report = run_oracle(prog, PrunePlan(blocks=[block.id]))
+    assert report.passed and report.checked_blocks == [block.id]
+    pruned = prog.apply(PrunePlan(blocks=[block.id])).model
+    # the reference: the original with branch 2's output zeroed by a hook
+    ref = copy.deepcopy(m)
+    ref[2].down.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
+    with torch.no_grad():
+        assert torch.equal(pruned(x), ref(x))
+        assert not torch.allclose(pruned(x), m(x))
+    assert module_params(pruned) == module_params(m) - module_params(m[2])
+
+
+def test_ratio_removes_the_least_harmful_blocks_and_the_oracle_holds():
+    m = toy()
+    calib = [torch.randn(16, 4) for _ in range(3)]
+    pruned, report = gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), targets=("blocks",), ratio=0.34,
+                              calib=calib, verify=True)
+    assert report.blocks == (1, 3)
+    assert report.plan.blocks == [report.depth.removed[0]]
+    scores = report.depth.scores
+    assert report.plan.blocks[0] == min(scores, key=scores.get)  # the 0.01-scaled branch
+    assert report.oracle.passed and report.oracle.checked_blocks == report.plan.blocks
+    assert module_params(pruned) == report.params_after == module_params(m) - module_params(m[2])
+    assert "residual blocks" in str(report)
+
+
+def test_budget_weighs_blocks_against_width():
+    m = toy()
+    calib = [torch.randn(16, 4) for _ in range(3)]
+    pruned, report = gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), targets=("blocks", "channels"),
+                              budget={"params": 0.6}, calib=calib, verify=True)
+    target = 0.6 * module_params(m)
+    assert module_params(pruned) <= target and module_params(pruned) >= 0.9 * target
+    trials = dict(report.depth.trials)
+    assert 0 in trials  # width alone was a candidate
+    assert trials[len(report.plan.blocks)] == min(trials.values())
+    assert report.oracle.passed
+
+
+def test_onnx_blocks_removed_from_the_graph(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    m = toy()
+    src, dst = tmp_path / "toy.onnx", tmp_path / "slim.onnx"
+    x = torch.randn(16, 4)
+    gp.export_onnx(copy.deepcopy(m), (x,), src)
+    name = ort.InferenceSession(str(src)).get_inputs()[0].name
+    calib = [{name: torch.randn(16, 4).numpy()} for _ in range(3)]
+    report = gp.prune_onnx(src, dst, targets=("blocks",), ratio=0.34, calib=calib, measure_latency=False)
+    assert report.oracle.passed and report.oracle.checked_blocks
+    model = onnx.load(dst)
+    weights = sum(int(np.prod(i.dims)) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    assert weights == module_params(m) - module_params(m[2]) == report.params_after
+    assert [n.op_type for n in model.graph.node].count("LayerNormalization") == 2
+    ref = copy.deepcopy(m)
+    ref[2].down.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
+    got = ort.InferenceSession(str(dst)).run(None, {name: x.numpy()})[0]
+    np.testing.assert_allclose(got, ref(x).detach().numpy(), atol=1e-5)
+
+
+def test_depth_needs_data_and_a_block():
+    m = toy()
+    x = torch.randn(4, 4)
+    with pytest.raises(PlanError, match="calib"):
+        gp.prune(copy.deepcopy(m), (x,), targets=("blocks",), ratio=0.3)
+    with pytest.raises(PlanError, match="latency"):
+        gp.prune(copy.deepcopy(m), (x,), targets=("blocks",), budget={"latency_ms": 1.0}, calib=[x])
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with pytest.raises(PlanError, match="no removable residual branch"):
+        gp.prune(plain, (x,), targets=("blocks",), ratio=0.3, calib=[x])
+    with pytest.raises(PlanError, match="does not have"):
+        TorchProgram(copy.deepcopy(m), (x,), {}).apply(PrunePlan(blocks=["no_such_add"]))
+
+
+def test_plan_json_keeps_blocks_and_old_plans_keep_their_bytes():
+    p = PrunePlan({3: [1]}, {3: 8}, ["add_1"])
+    assert PrunePlan.from_json(p.to_json()) == p
+    assert "blocks" not in PrunePlan({3: [1]}, {3: 8}).to_json()
+
+
+def test_dead_values_follow_shared_side_inputs():
+    """A table only removed branches read (a rotary cache) dies with them; one a live branch
+    reads stays."""
+    import transformers as T
+
+    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    torch.manual_seed(0)
+    m = T.LlamaForCausalLM(cfg).eval()
+    dg = gp.trace(m, (), {"input_ids": torch.randint(0, 64, (1, 8))})
+    attn = [b for b in dg.blocks if any("self_attn" in p for p in b.params)]
+    assert len(attn) == 2 and len(dg.blocks) == 4
+    rotary = [v.name for v in dg.ir.values.values() if (v.source or "").endswith("rotary_emb.inv_freq")]
+    assert rotary and not set(rotary) & dead_values(dg.ir, attn[:1])
+    assert set(rotary) <= dead_values(dg.ir, attn)
+
+
+def test_hf_llama_depth_and_width_reloads(tmp_path):
+    import transformers as T
+
+    cfg = T.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    torch.manual_seed(0)
+    m = T.LlamaForCausalLM(cfg).eval()
+    calib = [{"input_ids": torch.randint(0, 100, (2, 16))} for _ in range(3)]
+    pruned, report = gp.hf.prune(copy.deepcopy(m), targets=("blocks",), ratio=0.5, calib=calib, verify=True)
+    assert report.blocks == (3, 6) and report.oracle.passed
+    assert not report.sync.loadable and "residual block" in report.sync.reason  # from_pretrained cannot rebuild it
+    gp.hf.save_pruned(pruned, tmp_path)
+    again = gp.hf.load_pruned(tmp_path)
+    ids = torch.randint(0, 100, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, pruned(input_ids=ids).logits)
+    assert module_params(again) == module_params(pruned) == report.params_after
+
+
+# Architectures whose branches reach the add in different ways: parallel attention + MLP
+# (gpt-neox), a layer scale in the parent's forward (convnext), a tuple-returning attention
+# with a shared position bias (t5), window shifts (swin), post-norm (bert), conv blocks.
+@pytest.mark.parametrize("name", ["gpt-neox", "convnext", "t5-encoder", "swin", "bert"])
+def test_suite_blocks_removed_exactly(name):
+    import models.hf as H
+
+    m = H.build(name)
+    calib = [gp.hf.example_inputs(m, seed=s) for s in range(2)]
+    pruned, report = gp.hf.prune(m, targets=("blocks",), ratio=0.5, calib=calib, verify=True)
+    assert report.blocks[0] >= 1 and report.oracle.passed and report.oracle.checked_blocks
+    assert module_params(pruned) == report.params_after < report.params_before
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
+def test_zoo_cnn_blocks_removed_exactly(name):
+    import models
+
+    m, args = models.build(name)
+    calib = [torch.randn_like(args[0]) for _ in range(2)]
+    pruned, report = gp.prune(m, args, targets=("blocks",), ratio=0.5, calib=calib, verify=True)
+    assert report.blocks[0] >= 1 and report.oracle.passed
+    assert module_params(pruned) == report.params_after < report.params_before
