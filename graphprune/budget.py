@@ -210,31 +210,50 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
 
 
 def _refine(cost: CostModel, groups: list[Group], normed: Mapping[int, np.ndarray], kept: dict[int, int],
-            got: dict[str, int], targets: Mapping[str, int], round_to: int, tries: int = 96):
-    """Close the gap a coarse scalar leaves (whole heads, rounded widths): give back one unit
-    (a head, round_to channels) at a time, the most important first, while the budget holds."""
+            got: dict[str, int], targets: Mapping[str, int], round_to: int, tries: int = 48):
+    """Close the gap a coarse scalar leaves (a whole head per layer, rounded widths): give back
+    units (a head, round_to channels), the most important first, while the budget holds. The
+    longest prefix of that order that fits is found by bisection (a uniform ratio crossing a
+    head boundary can leave millions of parameters to give back, one FFN unit at a time), then
+    single units are tried where a larger one did not fit."""
     kept = dict(kept)
-
-    def next_score(g: Group) -> float:
+    units: list[tuple[float, int, int]] = []  # (score, group id, kept count after giving it back)
+    for g in groups:
+        order = np.sort(normed[g.id])[::-1]
+        step = _rounding(g, round_to)
         k = kept[g.id]
-        if k >= g.size:
-            return -np.inf
-        order = np.sort(normed[g.id])[::-1]  # what it would get back: its best removed unit
-        return float(order[k])
+        while k < g.size:
+            nxt = min(g.size, k + step)
+            units.append((float(order[k]), g.id, nxt))
+            k = nxt
+    units.sort(key=lambda u: (-u[0], u[1], u[2]))  # a group's units come in its own order: scores fall
 
+    def with_prefix(n: int) -> dict[int, int]:
+        out = dict(kept)
+        for _, gid, k in units[:n]:
+            out[gid] = max(out[gid], k)
+        return out
+
+    lo, hi = 0, len(units)  # lo fits; find the longest prefix that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        trial = with_prefix(mid)
+        trial_got = cost.measure(trial)
+        if _fits(trial_got, targets):
+            lo, kept, got = mid, trial, trial_got
+        else:
+            hi = mid - 1
     blocked: set[int] = set()
-    for _ in range(tries):
-        open_ = [g for g in groups if g.id not in blocked and kept[g.id] < g.size]
-        if not open_:
-            break
-        g = max(open_, key=lambda x: (next_score(x), -x.id))
+    for _, gid, k in units[lo + 1:lo + 1 + tries]:  # the next units, each alone where it still fits
+        if gid in blocked or k <= kept[gid]:
+            continue
         trial = dict(kept)
-        trial[g.id] = min(g.size, kept[g.id] + _rounding(g, round_to))
+        trial[gid] = k
         trial_got = cost.measure(trial)
         if _fits(trial_got, targets):
             kept, got = trial, trial_got
         else:
-            blocked.add(g.id)
+            blocked.add(gid)
     return kept, got
 
 

@@ -86,6 +86,10 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
     print()
     print(report)
+    if ns.layers:
+        print(report.layer_table())
+    if ns.plot_layers:
+        print(f"layer plot: {report.plot_layers(ns.plot_layers, f'{Path(ns.model).name} -> {Path(ns.output).name}')}")
     return 0
 
 
@@ -208,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep channel counts multiples of this (default 8: odd widths run slowly)")
     pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")
     pr.add_argument("--targets", nargs="*", default=None,
-                    help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups "
-                         "(default: heads for models with attention, else channels and conv groups)")
+                    help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups, blocks (whole "
+                         "residual branches, scored on --calib) (default: heads for models with attention, else "
+                         "channels and conv groups)")
     pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
+    pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")
+    pr.add_argument("--plot-layers", metavar="PNG", help="save a plot of the kept width per layer (needs matplotlib)")
     _input_flags(pr)
     pr.set_defaults(fn=cmd_prune)
     z = sub.add_parser("zoo", help="list the reference models")

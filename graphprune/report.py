@@ -77,6 +77,12 @@ class PruneReport:
             text += f"\n... {len(self.layers) - limit} more"
         return text
 
+    def plot_layers(self, path, title: str = ""):
+        """Save a PNG of the kept width per layer (graphprune/plots.py; needs matplotlib)."""
+        from .plots import layer_plot
+
+        return layer_plot(self, path, title)
+
     @property
     def groups_pruned(self) -> int:
         return sum(1 for k, n in self.kept.values() if k < n)

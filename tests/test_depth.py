@@ -218,3 +218,41 @@ def test_zoo_cnn_blocks_removed_exactly(name):
     pruned, report = gp.prune(m, args, targets=("blocks",), ratio=0.5, calib=calib, verify=True)
     assert report.blocks[0] >= 1 and report.oracle.passed
     assert module_params(pruned) == report.params_after < report.params_before
+
+
+def test_layer_plot_shows_narrowed_and_removed_weights(tmp_path):
+    from PIL import Image
+
+    m = toy()
+    calib = [torch.randn(16, 4) for _ in range(3)]
+    _, report = gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), targets=("blocks", "channels"),
+                         budget={"params": 0.6}, calib=calib)
+    path = report.plot_layers(tmp_path / "layers.png")
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert img.shape[0] > 300 and img.shape[1] > 400
+    # matplotlib's tab:red (214, 39, 40) and tab:blue (31, 119, 180) bars are both drawn
+    red = (abs(img - [214, 39, 40]).sum(-1) < 30).sum()
+    blue = (abs(img - [31, 119, 180]).sum(-1) < 30).sum()
+    assert red > 2000 and blue > 2000  # bars, not just the legend's swatches (a few hundred pixels)
+
+
+def test_cli_removes_blocks_and_plots_layers(tmp_path, capsys):
+    import onnxruntime as ort
+
+    from graphprune.cli import main
+
+    m = toy()
+    src = tmp_path / "toy.onnx"
+    gp.export_onnx(copy.deepcopy(m), (torch.randn(16, 4),), src)
+    name = ort.InferenceSession(str(src)).get_inputs()[0].name
+    np.savez(tmp_path / "calib.npz", **{name: np.random.default_rng(0).standard_normal((48, 4)).astype(np.float32)})
+    args = ["prune", str(src), "-o", str(tmp_path / "slim.onnx"), "--targets", "blocks", "--ratio", "0.34",
+            "--calib", str(tmp_path / "calib.npz"), "--calib-batch", "16", "--no-latency", "--layers",
+            "--plot-layers", str(tmp_path / "layers.png")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "residual blocks" in out and "2.up.weight" in out and "0/16" in out  # the removed branch's width
+    assert (tmp_path / "layers.png").stat().st_size > 10_000
+    bad = [a if a != str(tmp_path / "slim.onnx") else str(tmp_path / "bad.onnx") for a in args[:-2]]
+    assert main(bad + ["--ratio", "1.5"]) == 2  # a bad option: exit 2 and nothing written
+    assert not (tmp_path / "bad.onnx").exists()
