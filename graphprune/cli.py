@@ -1,4 +1,10 @@
-"""Command line: `graphprune demo`, `graphprune inspect`, `graphprune zoo`."""
+"""Command line: ``graphprune demo | inspect | prune | bench | zoo``.
+
+MODEL, wherever a command takes one, is an ``.onnx`` file, a Hugging Face folder, a folder
+graphprune saved, ``package.module:factory`` or a zoo name (graphprune/sources.py). Tables go
+to stdout, progress to stderr; ``--json`` prints machine-readable results instead of tables.
+Every error is one line on stderr and exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +16,25 @@ from pathlib import Path
 from .errors import GraphpruneError
 
 
-def _step(i: int, n: int, what: str) -> float:
-    print(f"[{i}/{n}] {what}...", flush=True)
+def _step(i: int, n: int, what: str, quiet: bool = False) -> float:
+    """A numbered step; on stderr when stdout carries --json."""
+    print(f"[{i}/{n}] {what}...", flush=True, file=sys.stderr if quiet else sys.stdout)
     return time.perf_counter()
+
+
+def emit(ns: argparse.Namespace, report) -> None:
+    """The prune report: the tables, or with --json one JSON document."""
+    if getattr(ns, "json", False):
+        import json
+
+        print(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str))
+        return
+    print()
+    print(report)
+    if getattr(ns, "layers", False):
+        print(report.layer_table())
+    if getattr(ns, "plot_layers", None):
+        print(f"layer plot: {report.plot_layers(ns.plot_layers, f'{ns.model} -> {ns.output}')}")
 
 
 def _zoo(name: str, config: str):
@@ -59,37 +81,22 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_inspect(ns: argparse.Namespace) -> int:
     import graphprune as gp
 
-    if ns.model.endswith(".onnx") or Path(ns.model).is_file():
+    from . import sources
+
+    kind = sources.classify(ns.model)
+    if kind == "onnx":
         graph = gp.load_onnx(ns.model, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs))
     else:
-        model, args = _zoo(ns.model, ns.config)
-        graph = gp.trace(model, args)
-    print(graph.summary() if not ns.json else graph.to_json())
-    return 0
-
-
-def cmd_prune(ns: argparse.Namespace) -> int:
-    import graphprune as gp
-
-    from .planner import check_ratio
-
-    check_ratio(ns.ratio)  # before any work: a bad ratio must not cost a model load
-    if Path(ns.output).resolve() == Path(ns.model).resolve():
-        raise GraphpruneError("the output path is the input file; choose another -o")
-    calib = _calib_batches(ns.calib, ns.calib_batch) if ns.calib else None
-    t = _step(1, 2, f"loading, planning and rewriting {ns.model}")
-    report = gp.prune_onnx(ns.model, ns.output, ratio=ns.ratio, importance=ns.importance, round_to=ns.round_to,
-                           ignore=ns.ignore, measure_latency=not ns.no_latency, targets=ns.targets, calib=calib,
-                           compensate=False if ns.no_compensate else None, allocation=ns.allocation,
-                           add_bias=ns.add_bias, input_shapes=_input_shapes(ns.input_shape), inputs=_feeds(ns.inputs),
-                           budget=ns.budget, max_ratio=ns.max_ratio, ratios=_ratios(ns.ratios))
-    _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)")
-    print()
-    print(report)
-    if ns.layers:
-        print(report.layer_table())
-    if ns.plot_layers:
-        print(f"layer plot: {report.plot_layers(ns.plot_layers, f'{Path(ns.model).name} -> {Path(ns.output).name}')}")
+        src = sources.load(ns.model, _input_shapes(ns.input_shape), ns.config)
+        graph = gp.trace(src.model, src.args, src.kwargs)
+    if ns.json:
+        print(graph.to_json())
+        return 0
+    print(graph.summary())
+    blocks = graph.blocks
+    if blocks:
+        print(f"{len(blocks)} residual block(s) depth pruning may remove (targets blocks): "
+              + ", ".join(b.id for b in blocks[:8]) + (" ..." if len(blocks) > 8 else ""))
     return 0
 
 
@@ -101,23 +108,6 @@ def _ratios(text: str | None) -> dict | None:
 
     pairs = key_values(text, "--ratios", "ffn=0.5 or 12=0.3")
     return {int(k) if k.isdigit() else k: r for k, r in pairs.items()}
-
-
-def _calib_batches(path: str, batch: int) -> list[dict]:
-    """An .npz of arrays named by model input, each with the samples along dim 0, cut into batches."""
-    import numpy as np
-
-    try:
-        data = dict(np.load(path))
-    except (OSError, ValueError) as exc:
-        raise GraphpruneError(f"cannot read calibration data '{path}': {exc}. Give an .npz file whose arrays are "
-                              "named by the model's inputs (samples along dim 0)") from exc
-    if not data:
-        raise GraphpruneError(f"calibration file '{path}' holds no arrays")
-    n = min(len(v) for v in data.values())
-    if batch < 1:
-        raise GraphpruneError(f"--calib-batch must be >= 1, got {batch}")
-    return [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
 
 
 def _input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]] | None:
@@ -156,21 +146,76 @@ def cmd_zoo(ns: argparse.Namespace) -> int:
 
     from .report import table
 
+    if ns.json:
+        import json
+
+        print(json.dumps([{"name": e.name, "description": e.description} for e in ZOO.values()], indent=1))
+        return 0
     print(table(["name", "description"], [[e.name, e.description] for e in ZOO.values()]))
     return 0
 
 
 def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
-                   help="an ONNX input's shape, e.g. images:1x3x640x640 (repeat for several inputs); fixes its "
-                        "dynamic dims for the analysis and the checks")
+                   help="an input's shape, e.g. images:1x3x640x640 (repeat for several inputs): fixes an ONNX "
+                        "input's dynamic dims, or makes random example inputs for a factory that returns none")
     p.add_argument("--inputs", metavar="FEEDS.npz",
-                   help="example inputs for the checks, an .npz of arrays named by model input (for inputs with a "
-                        "meaning: token ids, a sample rate)")
+                   help="ONNX example inputs for the checks, an .npz of arrays named by model input (for inputs "
+                        "with a meaning: token ids, a sample rate)")
+    p.add_argument("--config", default="small", choices=["small", "full"], help="a zoo model's size (default small)")
+
+
+MODEL_HELP = ("an .onnx file, a Hugging Face folder (config + safetensors), a folder graphprune saved, "
+              "package.module:factory (returning a module or (module, example_args)), or a zoo name")
+
+
+def _prune_flags(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    pr.add_argument("-o", "--output", required=True,
+                    help="OUT: file.onnx, file.pt, or a folder (a transformers folder that load_pruned reads, with "
+                         "the tokenizer copied; or model.safetensors + plan). Written only if every check passes")
+    pr.add_argument("--ratio", type=float, default=0.3, help="share of each selected group to remove (default 0.3)")
+    pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
+                                     "<= 1 of the original, or a count), latency_ms=3; several keys all hold")
+    pr.add_argument("--targets", nargs="*", default=None,
+                    help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups, channels, blocks "
+                         "(whole residual branches, scored on --calib) (default: heads and ffn for models with "
+                         "attention, else channels and conv groups)")
+    pr.add_argument("--importance", default="auto",
+                    help="criterion: auto, l1, l2, lamp, random, obs, activation, fluctuation, taylor, hessian "
+                         "(auto: obs with --calib, else l2)")
+    pr.add_argument("--calib", help="calibration data: an .npz of arrays named by model input (samples along dim "
+                                    "0), a folder of .npz batches, or for a Hugging Face folder a .txt file")
+    pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
+    pr.add_argument("--calib-samples", type=int, default=32, help="sequences cut from a .txt --calib (default 32)")
+    pr.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of a .txt --calib (default 128)")
+    pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
+    pr.add_argument("--add-bias", action="store_true",
+                    help="with --calib: let compensation add a bias to layers that have none")
+    pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity", "global"],
+                    help="how ratios are chosen per group (default auto: sensitivity with --calib, else uniform)")
+    pr.add_argument("--ratios", help="per-group overrides of --ratio: KIND=R, NAME=R (a module, parameter or "
+                                     "initializer name) or GROUP=R, comma-separated")
+    pr.add_argument("--max-ratio", type=float, default=None,
+                    help="with --budget / --allocation global: the most any group loses (default 0.9)")
+    pr.add_argument("--round-to", type=int, default=None,
+                    help="keep channel counts multiples of this (default 8 for ONNX, 1 for PyTorch models)")
+    pr.add_argument("--ignore", nargs="*", default=[], help="modules, parameters or initializers to keep whole")
+    pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement (ONNX)")
+    pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
+    pr.add_argument("--report", metavar="DIR", help="write report.json and report.html (with plots) to DIR")
+    pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")
+    pr.add_argument("--plot-layers", metavar="PNG", help="save a plot of the kept width per layer")
+    pr.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    _input_flags(pr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="graphprune", description="Graph-level structured pruning compiler.")
+    from .cli_bench import cmd_bench
+    from .cli_prune import cmd_prune
+
+    p = argparse.ArgumentParser(prog="graphprune", description="Graph-level structured pruning compiler: prune a "
+                                "model into a smaller dense one whose outputs are proven against the original.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="prune a built-in model, check the oracle, export slim ONNX, print the table")
     d.add_argument("--model", default="resnet18")
@@ -179,48 +224,26 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--importance", default="l2")
     d.add_argument("-o", "--output", type=Path, default=Path("out/slim.onnx"))
     d.set_defaults(fn=cmd_demo)
-    i = sub.add_parser("inspect", help="print the dependency groups of an ONNX file or a zoo model")
-    i.add_argument("model", help="path to a .onnx file, or a zoo model name")
-    i.add_argument("--config", default="small", choices=["small", "full"])
+    i = sub.add_parser("inspect", help="show a model's channel groups, what froze them, and its residual blocks")
+    i.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     i.add_argument("--json", action="store_true", help="print the groups as JSON")
     _input_flags(i)
     i.set_defaults(fn=cmd_inspect)
-    pr = sub.add_parser("prune", help="prune an ONNX file into a smaller ONNX file (checked by the oracle)")
-    pr.add_argument("model", help="input .onnx file")
-    pr.add_argument("-o", "--output", required=True, help="output .onnx file (written only if every check passes)")
-    pr.add_argument("--ratio", type=float, default=0.3)
-    pr.add_argument("--importance", default="auto",
-                    help="criterion: auto (obs with --calib, else l2), l1, l2, lamp, bn_scale, random, activation, "
-                         "fluctuation, obs")
-    pr.add_argument("--calib", help="calibration inputs: an .npz of arrays named by model input, samples along dim 0 "
-                                    "(channels are then ranked from data and layers refit)")
-    pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
-    pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
-    pr.add_argument("--add-bias", action="store_true",
-                    help="with --calib: let compensation give a bias to a Conv/Gemm/MatMul that has none")
-    pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
-                                     "<= 1 of the original or an absolute count; several comma-separated)")
-    pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity", "global"],
-                    help="per-layer ratios: auto (sensitivity with --calib: the same parameter budget, spent where "
-                         "the measured output error is least), uniform (--ratio everywhere), global (channels "
-                         "ranked across layers by normalised importance)")
-    pr.add_argument("--ratios", help="per-group overrides of --ratio: KIND=R, NAME=R (an initializer name or "
-                                     "prefix), GROUP_ID=R, comma-separated (ffn=0.5,head=0.2)")
-    pr.add_argument("--max-ratio", type=float, default=None,
-                    help="with --allocation global: the most any group loses (default 0.9)")
-    pr.add_argument("--round-to", type=int, default=8,
-                    help="keep channel counts multiples of this (default 8: odd widths run slowly)")
-    pr.add_argument("--ignore", nargs="*", default=[], help="initializer names to keep whole")
-    pr.add_argument("--targets", nargs="*", default=None,
-                    help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups, blocks (whole "
-                         "residual branches, scored on --calib) (default: heads for models with attention, else "
-                         "channels and conv groups)")
-    pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
-    pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")
-    pr.add_argument("--plot-layers", metavar="PNG", help="save a plot of the kept width per layer (needs matplotlib)")
-    _input_flags(pr)
+    pr = sub.add_parser("prune", help="prune MODEL into OUT (.onnx, .pt or a folder)")
+    _prune_flags(pr)
     pr.set_defaults(fn=cmd_prune)
+    b = sub.add_parser("bench", help="latency of MODEL (and PRUNED beside it) in onnxruntime and PyTorch")
+    b.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    b.add_argument("pruned", metavar="PRUNED", nargs="?", help="a second model to compare (same inputs)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    b.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op / torch threads (default 1)")
+    b.add_argument("--repeat", type=int, default=20, help="timed runs per measurement, median reported")
+    b.add_argument("--runtime", nargs="+", default=["onnxruntime", "torch"], choices=["onnxruntime", "torch"])
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    _input_flags(b)
+    b.set_defaults(fn=cmd_bench)
     z = sub.add_parser("zoo", help="list the reference models")
+    z.add_argument("--json", action="store_true")
     z.set_defaults(fn=cmd_zoo)
     ns = p.parse_args(argv)
     try:
@@ -228,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except GraphpruneError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("graphprune: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

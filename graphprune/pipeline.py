@@ -56,6 +56,7 @@ class Planned:
     allocation: object | None = None  # allocate.Allocation where ratios were chosen from data
     budget: object | None = None  # budget.BudgetResult where a budget set the ratios
     depth: object | None = None  # depth_plan.DepthChoice where blocks were targeted
+    scores: dict = field(default_factory=dict)  # group id -> per-unit importance (the report's histogram)
 
 
 def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
@@ -153,7 +154,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
-    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent, depth)
+    return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent, depth, dict(scores))
 
 
 def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_ratio, notes):
@@ -253,7 +254,8 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                                  if v.kind == "param" and v.rank >= 2],
                          path=getattr(program, "path", ""),
                          blocks=((len(p.blocks), len(planned.depth.scores)) if planned.depth is not None else
-                                 (len(p.blocks), len(dg.blocks)) if p.blocks else None), depth=planned.depth)
+                                 (len(p.blocks), len(dg.blocks)) if p.blocks else None), depth=planned.depth,
+                         scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes})
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
     if measure_latency:

@@ -64,6 +64,8 @@ class PruneReport:
     layers: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     blocks: tuple[int, int] | None = None  # depth pruning: (residual blocks removed, candidates)
     depth: object | None = None  # graphprune.depth_plan.DepthChoice: each block's score, the trials
+    scores: dict = field(default_factory=dict)  # group id -> importance per unit (the planner's ranking)
+    kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
 
     def layer_table(self, limit: int | None = None) -> str:
         """Kept fraction per layer: output and input width of every weight, before and after."""
@@ -82,6 +84,37 @@ class PruneReport:
         from .plots import layer_plot
 
         return layer_plot(self, path, title)
+
+    def to_dict(self) -> dict:
+        """Everything above as plain JSON data (the CLI's --json and report.json)."""
+        d = {"params": {"before": self.params_before, "after": self.params_after},
+             "macs": {"before": self.macs_before, "after": self.macs_after},
+             "groups": {str(g): {"kept": k, "size": n} for g, (k, n) in sorted(self.kept.items())},
+             "groups_pruned": self.groups_pruned, "importance": self.importance, "notes": list(self.notes),
+             "seconds": self.seconds, "path": self.path,
+             "latency_ms": {"before": self.latency_before_ms, "after": self.latency_after_ms},
+             "layers": [{"name": n, "before": list(b), "after": list(a)} for n, b, a in self.layers]}
+        if self.blocks is not None:
+            d["blocks"] = {"removed": self.blocks[0], "candidates": self.blocks[1],
+                           "ids": list(self.plan.blocks) if self.plan is not None else []}
+            if self.depth is not None:
+                d["blocks"]["scores"] = dict(self.depth.scores)
+                d["blocks"]["trials"] = [list(t) for t in self.depth.trials]
+        if self.budget is not None:
+            b = self.budget
+            d["budget"] = {"allocation": b.allocation, "targets": b.targets, "original": b.original,
+                           "achieved": b.achieved, "latency_ms": list(b.latency) if b.latency else None}
+        if self.oracle is not None:
+            o = self.oracle
+            d["oracle"] = {"passed": o.passed, "max_abs_diff": o.max_abs_diff, "scaled_diff": o.scaled_diff,
+                           "atol": o.atol, "checked_groups": len(o.checked_groups),
+                           "checked_blocks": len(o.checked_blocks), "inexact_groups": len(o.inexact_groups)}
+        if self.compensation is not None:
+            d["compensation"] = [{"layer": s.weight, "action": s.action, "error_before": s.error_before,
+                                  "error_after": s.error_after} for s in self.compensation.sites]
+        if self.sync is not None:
+            d["config"] = {"loadable_with_from_pretrained": self.sync.loadable, "text": str(self.sync)}
+        return d
 
     @property
     def groups_pruned(self) -> int:

@@ -32,7 +32,7 @@ def test_bad_ratio_exits_nonzero_without_output(tmp_path):
 
 def test_unknown_model_is_a_clear_error():
     r = _run("inspect", "resnet9000")
-    assert r.returncode == 2 and "unknown zoo model 'resnet9000'" in r.stderr
+    assert r.returncode == 2 and "MODEL 'resnet9000' is not an .onnx file" in r.stderr and "resnet18" in r.stderr
 
 
 def test_inspect_prints_groups():

@@ -65,7 +65,8 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
         report.sync.loadable = False
         report.sync.reason = f"compensation gave {len(added)} layer(s) a bias the config cannot declare"
     before = getattr(model, META_ATTR, None)  # pruned before (an iterative schedule): keep the history
-    history = list(before["history"]) if before else []
+    history = list(before.get("history") or [{"plan": before["plan"], "added_biases": before.get("added_biases", [])}]
+                   ) if before else []
     setattr(model, META_ATTR, {"original_config": before["original_config"] if before else original.to_dict(),
                                "plan": plan.to_json(), "history": history + [{"plan": plan.to_json(), "added_biases": added}],
                                "inputs": _input_spec(inputs), "architecture": type(model).__name__,

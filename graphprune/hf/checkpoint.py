@@ -105,6 +105,9 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
         raise GraphpruneError(f"weights in {directory} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    # pruned again later (the CLI on a saved folder): the history goes on from here
+    setattr(model, META_ATTR, {k: doc[k] for k in ("original_config", "plan", "history", "inputs", "architecture",
+                                                   "added_biases") if k in doc})
     return model.to(device).eval()
 
 

@@ -1,0 +1,223 @@
+"""``graphprune prune MODEL -o OUT``: every model kind (graphprune/sources.py), every output.
+
+OUT by its form: ``*.onnx`` (exported and checked in onnxruntime), ``*.pt`` (the whole module,
+torch.save), or a folder: a transformers model's ``save_pretrained`` folder with graphprune's
+plan and the original's tokenizer / processor files, or for any other PyTorch model
+``model.safetensors`` + ``graphprune.json`` (rebuilt by graphprune.checkpoint). Nothing is
+left at OUT unless every step succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import GraphpruneError
+
+
+def output_kind(out: str) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt", ".pth"):
+        return "pt"
+    if suffix:
+        raise GraphpruneError(f"-o {out}: write .onnx, .pt, or a folder (no suffix)")
+    return "folder"
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    from . import sources
+    from .cli import _feeds, _input_shapes, _ratios, _step, emit
+    from .planner import check_ratio
+
+    check_ratio(ns.ratio)  # before any work: a bad option must not cost a model load
+    out_kind = output_kind(ns.output)
+    if Path(ns.output).resolve() == Path(ns.model).resolve():
+        raise GraphpruneError("the output path is the input; choose another -o")
+    kind = sources.classify(ns.model)
+    if kind == "onnx" and out_kind != "onnx":
+        raise GraphpruneError(f"an ONNX model is written as an .onnx file, not '{ns.output}'")
+    options = dict(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
+                   compensate=False if ns.no_compensate else None, allocation=ns.allocation, add_bias=ns.add_bias,
+                   budget=ns.budget, max_ratio=ns.max_ratio, ratios=_ratios(ns.ratios))
+    t = time.perf_counter()
+    if kind == "onnx":
+        calib = _npz_batches(ns.calib, ns.calib_batch) if ns.calib else None
+        _step(1, 2, f"loading, planning and rewriting {ns.model}", ns.json)
+        report = _onnx(ns, calib, options, _input_shapes(ns.input_shape), _feeds(ns.inputs))
+        _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)", ns.json)
+    else:
+        _step(1, 3, f"loading {ns.model} ({kind})", ns.json)
+        src = sources.load(ns.model, _input_shapes(ns.input_shape), ns.config)
+        calib = torch_calib(ns, src) if ns.calib else None
+        if calib:  # traced on a calibration batch: every batch then has the traced shapes
+            src.args, src.kwargs = (calib[0], {}) if isinstance(calib[0], tuple) else ((), dict(calib[0]))
+        _step(2, 3, "tracing, planning, checking and rewriting", ns.json)
+        model, report = _torch(src, calib, options, ns)
+        _step(3, 3, f"writing {ns.output}", ns.json)
+        write(src, model, report, ns.output, out_kind)
+        report.path = str(ns.output)
+    if ns.report:
+        from .report_html import write_report
+
+        write_report(report, ns.report, title=f"{ns.model} -> {ns.output}")
+    emit(ns, report)
+    return 0
+
+
+def _onnx(ns, calib, options, input_shapes, inputs):
+    import graphprune as gp
+
+    return gp.prune_onnx(ns.model, ns.output, round_to=ns.round_to if ns.round_to is not None else 8,
+                         measure_latency=not ns.no_latency, calib=calib, input_shapes=input_shapes, inputs=inputs,
+                         **options)
+
+
+def _torch(src, calib, options, ns):
+    import graphprune as gp
+
+    round_to = ns.round_to if ns.round_to is not None else 1
+    if src.is_hf:
+        return gp.hf.prune(src.model, inputs=src.kwargs, calib=calib, round_to=round_to, verify=not ns.no_verify,
+                           **options)
+    return gp.prune(src.model, src.args, src.kwargs, calib=calib, round_to=round_to, verify=not ns.no_verify,
+                    **options)
+
+
+def write(src, model, report, out: str, out_kind: str) -> None:
+    """The pruned module to ``out``, atomically (a folder is built aside, then moved in place)."""
+    import torch
+
+    out = Path(out)
+    if out_kind == "onnx":
+        from .export import export_onnx
+
+        export_onnx(model, src.args, out, src.kwargs)
+        return
+    if out_kind == "pt":
+        from .atomic import atomic_path
+
+        with atomic_path(out) as tmp:
+            torch.save(model, tmp)
+        return
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graphprune.json").exists())):
+        raise GraphpruneError(f"-o {out} exists and is not a folder graphprune wrote; choose another -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if src.is_hf:
+            from .hf import save_pruned
+            from .sources import copy_side_files
+
+            save_pruned(model, tmp)
+            if src.kind == "hf":
+                copy_side_files(src.path, tmp)
+            elif src.path is not None:  # a saved folder pruned again: its tokenizer goes along
+                copy_side_files(src.path, tmp)
+        else:
+            from .checkpoint import save_pruned_module
+
+            history = [p for p in _history(src)] + [report.plan]
+            added = report.compensation.bias_modules if report.compensation is not None else []
+            save_pruned_module(model, tmp, src.recipe, history, src.args, src.kwargs, added)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _history(src):
+    from .planner import PrunePlan
+
+    if src.kind != "saved" or src.path is None:
+        return []
+    doc = json.loads((src.path / "graphprune.json").read_text())
+    return [PrunePlan.from_json(s["plan"]) for s in doc.get("history", [])]
+
+
+def _npz_batches(path: str, batch: int) -> list[dict]:
+    """An .npz of arrays named by model input, each with the samples along dim 0, cut into
+    batches; or a folder of .npz files, one batch each."""
+    import numpy as np
+
+    if batch < 1:
+        raise GraphpruneError(f"--calib-batch must be >= 1, got {batch}")
+    p = Path(path)
+    files = sorted(p.glob("*.npz")) if p.is_dir() else [p]
+    if p.is_dir() and not files:
+        raise GraphpruneError(f"calibration folder '{path}' holds no .npz files")
+    out = []
+    for f in files:
+        try:
+            data = dict(np.load(f))
+        except (OSError, ValueError) as exc:
+            raise GraphpruneError(f"cannot read calibration data '{f}': {exc}. Give an .npz file (or a folder of them) "
+                                  "whose arrays are named by the model's inputs, samples along dim 0") from exc
+        if not data:
+            raise GraphpruneError(f"calibration file '{f}' holds no arrays")
+        if p.is_dir():
+            out.append(data)
+            continue
+        n = min(len(v) for v in data.values())
+        out += [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
+    return out
+
+
+def torch_calib(ns, src) -> list:
+    """Calibration batches in the module's input form: ``.npz`` arrays named by input (or by
+    position: ``input_0``...), a folder of ``.npz`` batches, or for a transformers folder with a
+    tokenizer, a ``.txt`` file cut into sequences of --seq-len tokens."""
+    import torch
+
+    if str(ns.calib).endswith(".txt"):
+        return _text_calib(ns, src)
+    batches = _npz_batches(ns.calib, ns.calib_batch)
+    names = list(src.kwargs) if src.kwargs else None
+    out = []
+    for b in batches:
+        tensors = {k: torch.from_numpy(v) for k, v in b.items()}
+        if names is not None:
+            missing = set(names) - set(tensors)
+            extra = set(tensors) - set(names)
+            if extra or (missing - {"attention_mask", "token_type_ids"}):
+                raise GraphpruneError(f"--calib arrays are {sorted(tensors)}; the model takes {names}")
+            out.append(tensors)
+        else:
+            keys = sorted(tensors, key=lambda k: (len(k), k))
+            if len(keys) != len(src.args):
+                raise GraphpruneError(f"--calib has {len(keys)} array(s) {keys}; the model takes {len(src.args)} "
+                                      "positional input(s) (name them input_0, input_1, ... in order)")
+            out.append(tuple(tensors[k] for k in keys))
+    return out
+
+
+def _text_calib(ns, src) -> list[dict]:
+    import torch
+
+    if src.path is None or not src.is_hf:
+        raise GraphpruneError("--calib FILE.txt needs a Hugging Face model folder with its tokenizer")
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(src.path), local_files_only=True)
+    except Exception as exc:
+        raise GraphpruneError(f"no tokenizer in '{src.path}' to cut {ns.calib} into tokens: {exc}") from exc
+    ids = tok(Path(ns.calib).read_text(), return_tensors="pt")["input_ids"][0]
+    n = min(ns.calib_samples, len(ids) // ns.seq_len)
+    if n < 1:
+        raise GraphpruneError(f"{ns.calib} holds {len(ids)} tokens, fewer than one sequence of --seq-len {ns.seq_len}")
+    seqs = ids[: n * ns.seq_len].reshape(n, ns.seq_len)
+    batches = []
+    for i in range(0, n, ns.calib_batch):
+        chunk = seqs[i:i + ns.calib_batch]
+        b = {"input_ids": chunk}
+        if "attention_mask" in src.kwargs:
+            b["attention_mask"] = torch.ones_like(chunk)
+        batches.append(b)
+    return batches

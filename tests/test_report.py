@@ -1,0 +1,62 @@
+"""--report DIR: report.json and a self-contained report.html whose plots a browser shows."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.report_html import write_report
+
+from test_depth import toy
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report():
+    calib = [torch.randn(16, 4) for _ in range(3)]
+    _, rep = gp.prune(copy.deepcopy(toy()), (torch.randn(16, 4),), targets=("blocks", "channels"),
+                      budget={"params": 0.6}, calib=calib, verify=True)
+    return rep
+
+
+def test_report_json_holds_what_the_table_says(report, tmp_path):
+    write_report(report, tmp_path, "toy")
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["params"] == {"before": report.params_before, "after": report.params_after}
+    assert doc["blocks"]["removed"] == len(report.plan.blocks) and doc["oracle"]["passed"] is True
+    assert doc["budget"]["achieved"]["params"] == report.params_after
+    assert len(doc["layers"]) == len(report.layers)
+
+
+def test_report_html_is_self_contained(report, tmp_path):
+    page = write_report(report, tmp_path, "toy").read_text()
+    assert page.count("data:image/png;base64,") == 4  # totals, layers, importance, groups
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "oracle PASS" in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it when it runs as root "
+                                             "with apt; otherwise: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    html = write_report(report, tmp_path / "rep", "toy model, depth + width at 60% of the parameters")
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000", f"--screenshot={shot}"]
+    subprocess.run([CHROMIUM, *flags, html.as_uri()], capture_output=True, timeout=120, check=True)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[:2] == (2000, 1200)
+    ink = (img.sum(-1) < 600).mean()  # anything not near-white: text, bars, axes
+    assert ink > 0.03, f"the page looks blank ({ink:.1%} of pixels drawn)"
+    # the plots' colours reached the screen: blue kept / narrowed bars, red removed ones, green totals
+    for rgb in ([31, 119, 180], [214, 39, 40], [44, 160, 44]):
+        assert (np.abs(img - rgb).sum(-1) < 40).sum() > 2000, f"no plot drawn in colour {rgb}"
