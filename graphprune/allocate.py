@@ -204,10 +204,16 @@ class Repair:
         return {**keep_masks(self.dg, p), **block_masks(self.dg, p)}, overrides
 
 
-def output_errors(program, used: list, variants: list, what: str) -> np.ndarray:
-    """Each variant's squared output error on ``used`` relative to the output's energy."""
+def output_errors(program, used: list, variants: list, what: str, loss=None) -> np.ndarray:
+    """Each variant's squared output error on ``used`` relative to the output's energy; with
+    ``loss`` (outputs, batch -> float: a causal LM's next-token loss), its mean loss instead."""
     from .progress import progress
 
+    if loss is not None:
+        err = np.zeros(len(variants))
+        for v, k, outs in progress(program.run_variants(used, variants), what, len(variants) * len(used)):
+            err[v] += loss(outs, used[k]) / len(used)
+        return err
     ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])]  # the same interpreter as the variants
     valid = [program.valid_rows(b) for b in used]
     energy = sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs)

@@ -49,27 +49,33 @@ class DepthChoice:
     """The removed blocks and what chose them."""
 
     removed: list[str]
-    scores: dict[str, float]  # block id -> output error when removed alone
-    trials: list[tuple[int, float]] = field(default_factory=list)  # (blocks removed, repaired error) under a budget
+    scores: dict[str, float]  # block id -> harm when removed alone (output error, or loss added)
+    # under a budget: (blocks removed, repaired error or loss, width allocation) per candidate
+    trials: list[tuple[int, float, str]] = field(default_factory=list)
+    measure: str = "relative output error"
 
     def note(self) -> str:
         s = f"depth: {len(self.removed)} of {len(self.scores)} residual block(s) removed"
         if self.removed:
             s += " (" + ", ".join(f"{b} {self.scores[b]:.2g}" for b in self.removed[:6])
             s += ", ..." if len(self.removed) > 6 else ""
-            s += "; output error when removed alone)"
+            s += f"; {self.measure} when removed alone)"
         if self.trials:
-            s += "; blocks removed -> repaired output error: " + ", ".join(f"{k}: {e:.3g}" for k, e in self.trials)
+            s += (f"; blocks removed, widths -> repaired {self.measure}: "
+                  + ", ".join(f"{k} {w}: {e:.4g}" for k, e, w in self.trials))
         return s
 
 
-def score_blocks(program, blocks: list[Block], batches: list) -> dict[str, float]:
-    """Output error (relative to the output's energy) when each block alone is removed."""
+def score_blocks(program, blocks: list[Block], batches: list, loss=None) -> dict[str, float]:
+    """Output error (relative to the output's energy) when each block alone is removed; with
+    ``loss`` (a causal LM's next-token loss on the calibration text), the loss it adds."""
     from .allocate import output_errors, sample
 
     used, _ = sample(program, batches)
     variants = [(masks_of(program.graph(), [b]), {}) for b in blocks]
-    err = output_errors(program, used, variants, "scoring blocks")
+    err = output_errors(program, used, variants, "scoring blocks", loss)
+    if loss is not None:
+        err = err - output_errors(program, used, [({}, {})], "scoring blocks", loss)[0]
     return {b.id: float(e) for b, e in zip(blocks, err)}
 
 
@@ -96,9 +102,11 @@ def _counts(k_max: int) -> list[int]:
 
 
 def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscores: dict[str, float], budget,
-                        round_to: int, how: str, max_ratio: float, batches: list, mode, stats):
+                        round_to: int, how: str, max_ratio: float, batches: list, mode, stats, loss=None):
     """(group ratios, BudgetResult, DepthChoice): the blocks-and-width plan with the least repaired
-    output error among candidates that each meet ``budget``."""
+    output error (or calibration ``loss``) among candidates that each meet ``budget``. Under
+    ``how="global"`` each k is tried with uniform widths too: a ranking normalised per group is
+    a guess about how layers compare, the calibration data measure it."""
     from .allocate import Repair, output_errors, sample
     from .budget import CostModel, parse_budget, solve_budget
 
@@ -122,21 +130,26 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
         chosen = order[:k]
         dead = dead_values(dg.ir, chosen)
         live = [g for g in groups if any(m.value not in dead for m in g.members)]
-        try:
-            ratios, spent = solve_budget(dg, live, scores, budget, round_to, how, max_ratio, dead=dead,
-                                         original=original)
-        except PlanError:
-            continue  # these blocks leave too little width to spend: more blocks are needed
-        p = make_plan(live, scores, 0.0, round_to, ratios)
-        p.blocks = sorted(b.id for b in chosen)
-        candidates.append((k, ratios, spent, p))
+        for width in dict.fromkeys([how, "uniform"]):
+            try:
+                ratios, spent = solve_budget(dg, live, scores, budget, round_to, width, max_ratio, dead=dead,
+                                             original=original)
+            except PlanError:
+                continue  # these blocks leave too little width to spend: more blocks are needed
+            p = make_plan(live, scores, 0.0, round_to, ratios)
+            p.blocks = sorted(b.id for b in chosen)
+            candidates.append((k, ratios, spent, p, width))
     if not candidates:
         raise PlanError(f"budget {budget} cannot be met by removing blocks and pruning the selected groups; relax "
                         "the budget or select more kinds")
-    used, _ = sample(program, batches)
+    # a loss is an average over tokens: the candidates are told apart on every calibration batch
+    used = batches if loss is not None else sample(program, batches)[0]
     repair = Repair(program, dg, make_plan(groups, scores, 0.5, round_to), batches, mode, stats)  # every site
-    err = output_errors(program, used, [repair.variant(c[3]) for c in candidates], "weighing depth against width")
+    err = output_errors(program, used, [repair.variant(c[3]) for c in candidates], "weighing depth against width",
+                        loss)
     best = int(np.argmin(err))
-    k, ratios, spent, p = candidates[best]
+    k, ratios, spent, p, width = candidates[best]
     ratios = {g.id: ratios.get(g.id, 0.0) for g in groups}
-    return ratios, spent, DepthChoice(p.blocks, bscores, [(c[0], float(e)) for c, e in zip(candidates, err)])
+    spent.allocation = width
+    return ratios, spent, DepthChoice(p.blocks, bscores, [(c[0], float(e), c[4]) for c, e in zip(candidates, err)],
+                                      "calibration loss" if loss is not None else "relative output error")

@@ -111,7 +111,8 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
     scores = score_groups(name, ctx, groups)
     alloc = spent = depth = None
-    bscores = score_blocks(program, blocks, batches) if blocks else {}
+    loss = trial_loss(program, loss_fn) if blocks else None
+    bscores = score_blocks(program, blocks, batches, loss) if blocks else {}
     if blocks and budget is not None:
         from .budget import MAX_RATIO
 
@@ -119,9 +120,10 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
             budget = key_values(budget)
         ratios, spent, depth = choose_under_budget(program, dg, groups, scores, blocks, bscores, budget, round_to,
                                                    how, MAX_RATIO if max_ratio is None else max_ratio, batches,
-                                                   mode, ctx.stats)
+                                                   mode, ctx.stats, loss)
     elif blocks:
-        depth = DepthChoice(by_ratio(blocks, bscores, ratio if block_ratio is None else block_ratio), bscores)
+        depth = DepthChoice(by_ratio(blocks, bscores, ratio if block_ratio is None else block_ratio), bscores,
+                            measure="calibration loss" if loss is not None else "relative output error")
     if depth is not None:
         ctx.notes.append(depth.note())
     if spent is not None:
@@ -155,6 +157,22 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
     return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent, depth, dict(scores))
+
+
+def trial_loss(program, loss_fn):
+    """The loss that weighs depth against width where the model has one (a causal LM's next-token
+    loss, ``graphprune.hf`` passes it): perplexity on calibration text, not logits' squared error,
+    is what users judge an LLM by. ``loss_fn`` must say it takes a tuple of output tensors
+    (``loss_fn.accepts_tensors = True``), as the masked runs give no model output object."""
+    if loss_fn is None or not getattr(loss_fn, "accepts_tensors", False) or program.framework != "PyTorch":
+        return None
+    import torch
+
+    def loss(outs, batch) -> float:
+        args, kwargs = batch
+        return float(loss_fn(tuple(torch.from_numpy(o) for o in outs), kwargs if kwargs else args))
+
+    return loss
 
 
 def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_ratio, notes):

@@ -111,9 +111,9 @@ def test_budget_weighs_blocks_against_width():
                               budget={"params": 0.6}, calib=calib, verify=True)
     target = 0.6 * module_params(m)
     assert module_params(pruned) <= target and module_params(pruned) >= 0.9 * target
-    trials = dict(report.depth.trials)
-    assert 0 in trials  # width alone was a candidate
-    assert trials[len(report.plan.blocks)] == min(trials.values())
+    trials = {(k, w): e for k, e, w in report.depth.trials}
+    assert (0, "uniform") in trials  # width alone was a candidate
+    assert trials[(len(report.plan.blocks), report.budget.allocation)] == min(trials.values())
     assert report.oracle.passed
 
 
@@ -256,3 +256,29 @@ def test_cli_removes_blocks_and_plots_layers(tmp_path, capsys):
     bad = [a if a != str(tmp_path / "slim.onnx") else str(tmp_path / "bad.onnx") for a in args[:-2]]
     assert main(bad + ["--ratio", "1.5"]) == 2  # a bad option: exit 2 and nothing written
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_causal_lm_weighs_depth_by_calibration_loss():
+    """For a causal LM the candidates are compared by next-token loss on the calibration text
+    (what perplexity measures), with uniform widths tried beside global ones."""
+    import transformers as T
+
+    from graphprune.hf.api import causal_lm_loss
+
+    cfg = T.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    torch.manual_seed(0)
+    m = T.LlamaForCausalLM(cfg).eval()
+    calib = [{"input_ids": torch.randint(0, 100, (2, 16))} for _ in range(3)]
+    pruned, report = gp.hf.prune(copy.deepcopy(m), targets=("blocks", "heads", "ffn"), budget={"params": 0.75},
+                                 allocation="global", calib=calib, verify=True)
+    assert report.depth.measure == "calibration loss" and report.oracle.passed
+    widths = {w for _, _, w in report.depth.trials}
+    assert widths == {"global", "uniform"}
+    best = min(report.depth.trials, key=lambda t: t[1])
+    assert (best[0], best[2]) == (len(report.plan.blocks), report.budget.allocation)
+    # the chosen candidate's loss is the pruned model's loss before repair changes nothing it measured
+    with torch.no_grad():
+        losses = [float(causal_lm_loss(pruned(**b), b)) for b in calib]
+    assert abs(sum(losses) / len(losses) - best[1]) < 1e-3
+    assert module_params(pruned) <= 0.75 * module_params(m)

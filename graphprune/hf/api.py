@@ -92,6 +92,9 @@ def causal_lm_loss(output, batch: dict) -> torch.Tensor:
                                              target.reshape(-1), ignore_index=-100)
 
 
+causal_lm_loss.accepts_tensors = True  # the masked runs of depth pruning pass (logits,) as the output
+
+
 def _input_spec(inputs: dict) -> dict:
     """Shapes and dtypes; small integer inputs (token ids, masks) verbatim, so a reload traces
     the same code paths."""

@@ -178,7 +178,12 @@ class OnnxProgram(Program):
                 raise PlanError(f"onnxruntime cannot run a masked variant: {str(exc).splitlines()[0]}") from exc
             n_out = len(self.model.graph.output)
             for k, b in enumerate(batches):
-                yield v, k, [np.asarray(o, dtype=np.float32) for o in sess.run(None, b)[:n_out]]
+                try:
+                    outs = sess.run(None, b)
+                except Exception as exc:  # onnxruntime's own types: a batch the model cannot take
+                    raise PlanError(f"calibration batch {k} does not run in onnxruntime: {str(exc).splitlines()[0]}. "
+                                    "Give arrays with the model's input names, dtypes and shapes") from exc
+                yield v, k, [np.asarray(o, dtype=np.float32) for o in outs[:n_out]]
 
     def feeds(self) -> dict[str, np.ndarray]:
         if self._feeds is not None:
