@@ -6,6 +6,7 @@ rewrite it into a smaller dense model that the exactness oracle can check.
 from __future__ import annotations
 
 from .api import load_onnx, plan, prune, trace
+from .checkpoint import load_pruned_module, save_pruned_module
 from .export import ExportReport, export_onnx
 from .errors import GraphpruneError, PlanError, RewriteError, TraceError
 from .graph import DependencyGraph, Group, Member
@@ -21,5 +22,6 @@ from .hf import load_pruned, save_pruned
 
 __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
            "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA", "register_importance",
-           "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned"]
+           "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned", "load_pruned_module",
+           "save_pruned_module", "prune_iterative"]
 __version__ = "0.1.0"
