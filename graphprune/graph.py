@@ -243,6 +243,8 @@ class DependencyGraph:
 
     def removed_blocks(self, ids) -> list:
         """The blocks named by a plan's ``blocks`` (add node names); an unknown name is an error."""
+        if not ids:
+            return []  # finding blocks walks the graph: not for plans without any
         by_id = {b.id: b for b in self.blocks}
         missing = [i for i in ids if i not in by_id]
         if missing:
