@@ -22,14 +22,16 @@ PLAN_FILE = "graphprune.json"
 FORMAT = 1
 
 
-def _spec(t: torch.Tensor) -> dict:
+def tensor_spec(t: torch.Tensor) -> dict:
+    """A recorded example input: shape and dtype, small integer tensors verbatim."""
     item = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
     if not t.is_floating_point() and t.numel() <= 4096:
         item["values"] = t.flatten().tolist()  # token ids, masks: the same code paths on reload
     return item
 
 
-def _tensor(spec: dict) -> torch.Tensor:
+def rebuild_tensor(spec: dict) -> torch.Tensor:
+    """The example input a spec records (floats: seeded random values)."""
     dtype = getattr(torch, spec["dtype"])
     if "values" in spec:
         return torch.tensor(spec["values"], dtype=dtype).reshape(spec["shape"])
@@ -46,8 +48,8 @@ def save_pruned_module(model: torch.nn.Module, directory: str | os.PathLike, rec
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / "model.safetensors"))  # shared (tied) tensors are stored once
-    doc = {"format": FORMAT, "recipe": recipe, "args": [_spec(a) for a in args],
-           "kwargs": {k: _spec(v) for k, v in (kwargs or {}).items()},
+    doc = {"format": FORMAT, "recipe": recipe, "args": [tensor_spec(a) for a in args],
+           "kwargs": {k: tensor_spec(v) for k, v in (kwargs or {}).items()},
            "history": [{"plan": p.to_json(), "added_biases": sorted(added_biases or []) if k == len(plans) - 1
                         else []} for k, p in enumerate(plans)],
            "shapes": {n: list(t.shape) for n, t in model.state_dict().items()}}
@@ -79,8 +81,8 @@ def load_pruned_module(directory: str | os.PathLike):
     if doc.get("format") != FORMAT or "recipe" not in doc:
         raise GraphpruneError(f"{directory / PLAN_FILE} is not a graphprune module checkpoint (format {FORMAT})")
     model = build_recipe(doc["recipe"]).eval()
-    args = tuple(_tensor(s) for s in doc["args"])
-    kwargs = {k: _tensor(s) for k, s in doc["kwargs"].items()}
+    args = tuple(rebuild_tensor(s) for s in doc["args"])
+    kwargs = {k: rebuild_tensor(s) for k, s in doc["kwargs"].items()}
     for step in doc["history"]:
         plan = PrunePlan.from_json(step["plan"])
         program = TorchProgram(model, args, kwargs)

@@ -114,14 +114,12 @@ def write(src, model, report, out: str, out_kind: str) -> None:
             from .sources import copy_side_files
 
             save_pruned(model, tmp)
-            if src.kind == "hf":
-                copy_side_files(src.path, tmp)
-            elif src.path is not None:  # a saved folder pruned again: its tokenizer goes along
+            if src.path is not None:  # the original's (or a saved folder's) tokenizer goes along
                 copy_side_files(src.path, tmp)
         else:
             from .checkpoint import save_pruned_module
 
-            history = [p for p in _history(src)] + [report.plan]
+            history = _history(src) + [report.plan]
             added = report.compensation.bias_modules if report.compensation is not None else []
             save_pruned_module(model, tmp, src.recipe, history, src.args, src.kwargs, added)
         if out.exists():

@@ -96,14 +96,7 @@ causal_lm_loss.accepts_tensors = True  # the masked runs of depth pruning pass (
 
 
 def _input_spec(inputs: dict) -> dict:
-    """Shapes and dtypes; small integer inputs (token ids, masks) verbatim, so a reload traces
-    the same code paths."""
-    spec = {}
-    for k, v in inputs.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        item = {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
-        if not v.is_floating_point() and v.numel() <= 4096:
-            item["values"] = v.flatten().tolist()
-        spec[k] = item
-    return spec
+    """Shapes and dtypes; small integer inputs (token ids, masks) verbatim (graphprune.checkpoint)."""
+    from ..checkpoint import tensor_spec
+
+    return {k: tensor_spec(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}

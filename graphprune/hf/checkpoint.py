@@ -52,6 +52,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     from safetensors.torch import load_file
 
     from .. import api
+    from ..checkpoint import rebuild_tensor
     from ..backends.torch_module import rewrite
     from ..frontends.torch_export import tied_aliases
     from .inputs import prepare
@@ -70,7 +71,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
         raise GraphpruneError(f"transformers has no class {doc['architecture']}; pass model_class=")
     config = cls.config_class.from_dict(doc["original_config"])
     model = prepare(cls(config))
-    inputs = {k: _rebuild_input(spec) for k, spec in doc["inputs"].items()}
+    inputs = {k: rebuild_tensor(spec) for k, spec in doc["inputs"].items()}
     # an iterative schedule saved every step's plan: each applies to the model the previous one left
     steps = doc.get("history") or [{"plan": doc["plan"], "added_biases": doc.get("added_biases", [])}]
     for step in steps:
@@ -109,15 +110,6 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     setattr(model, META_ATTR, {k: doc[k] for k in ("original_config", "plan", "history", "inputs", "architecture",
                                                    "added_biases") if k in doc})
     return model.to(device).eval()
-
-
-def _rebuild_input(spec: dict) -> torch.Tensor:
-    dtype = getattr(torch, spec["dtype"])
-    if "values" in spec:
-        return torch.tensor(spec["values"], dtype=dtype).reshape(spec["shape"])
-    if dtype.is_floating_point:
-        return torch.randn(spec["shape"], generator=torch.Generator().manual_seed(0)).to(dtype)
-    return torch.ones(spec["shape"], dtype=dtype)
 
 
 def _read_weights(directory: Path, load_file) -> dict:
