@@ -138,7 +138,8 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
                 _set_config(cfg, names, pair[0], pair[1], out)
     if plan.blocks:  # from_pretrained would rebuild them and fill their weights randomly
         problems.append(f"{len(plan.blocks)} residual block(s) were removed, which no config field expresses")
-    out.loadable, out.reason = _check_rebuild(model, cfg, problems)
+    # Instantiating the class costs as much as the rest of a prune: only where it can decide.
+    out.loadable, out.reason = (False, "; ".join(problems)) if problems else _check_rebuild(model, cfg, problems)
     if not out.loadable:
         # A config transformers rejects (hidden % heads != 0) would break every later
         # save_pretrained: keep the original one; graphprune.hf.save_pruned records the truth.

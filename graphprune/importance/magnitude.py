@@ -25,12 +25,37 @@ def magnitude(ctx: ScoreContext, groups: list[Group], p: int) -> dict[int, np.nd
         for m in g.members:
             if kinds.get(m.name) != "param" or m.name not in ctx.tensors:
                 continue  # running stats and constants carry no learned magnitude
-            w = ctx.weight(m.name)
-            other = tuple(d for d in range(w.ndim) if d != m.dim)
-            per_pos = (np.abs(w) ** p).sum(axis=other) if other else np.abs(w) ** p
-            scatter(score, ctx.dg.solver_coords(m.term, g.id), per_pos)
+            scatter(score, ctx.dg.solver_coords(m.term, g.id), power_sums(ctx.weight(m.name), m.dim, p))
         out[g.id] = score ** (1.0 / p)
     return out
+
+
+def power_sums(w: np.ndarray, dim: int, p: int) -> np.ndarray:
+    """Sum of |w|^p over every dim but ``dim``, in torch and without a full-size temporary
+    (numpy's |w|^p copy of every weight took a tenth of a second on BERT-base and
+    ResNet-50, most of it fresh pages): the first dim is one norm over contiguous rows; the
+    second is accumulated over blocks of rows, a conv's kernel window summed by a
+    matrix-vector product."""
+    import torch
+
+    if w.ndim < 2 or dim > 1:
+        other = tuple(d for d in range(w.ndim) if d != dim)
+        a = np.abs(w).astype(np.float64) ** p
+        return a.sum(axis=other) if other else a
+    t = torch.from_numpy(np.ascontiguousarray(w))
+    if dim == 0:
+        return (torch.linalg.vector_norm(t.reshape(t.shape[0], -1), ord=p, dim=1).double() ** p).numpy()
+    window = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1
+    t = t.reshape(t.shape[0], t.shape[1], window)
+    ones = torch.ones(window, dtype=t.dtype)
+    acc = torch.zeros(t.shape[1], dtype=torch.float64)
+    rows = max(1, (1 << 18) // (t.shape[1] * window))
+    for start in range(0, t.shape[0], rows):
+        c = t[start:start + rows]
+        c = c.square() if p == 2 else c.abs() if p == 1 else c.abs().pow(p)
+        c = torch.mv(c.reshape(-1, window), ones).reshape(-1, t.shape[1]) if window > 1 else c.reshape(-1, t.shape[1])
+        acc += c.sum(0)
+    return acc.numpy()
 
 
 @register_importance("l1")
