@@ -223,9 +223,12 @@ def test_eager_attention_sites_are_found_too():
     assert _kinds(g) == {"head": 2, "query_group": 2, "head_dim": 3, "ffn": 2, "hidden": 1}
 
 
-def test_no_grad_blocks_in_forward_are_traced_through():
+@pytest.mark.parametrize("method", ["record", "export"])
+def test_no_grad_blocks_in_forward_are_traced_through(method, monkeypatch):
     # torch.export wraps a no_grad region in a higher-order op; its body must be seen, or the
-    # channels it touches would freeze (HF computes RoPE tables this way).
+    # channels it touches would freeze (HF computes RoPE tables this way). The recorder sees
+    # the body's ops as any others.
+    monkeypatch.setenv("GRAPHPRUNE_TRACE", "export" if method == "export" else "auto")
     class M(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -240,7 +243,9 @@ def test_no_grad_blocks_in_forward_are_traced_through():
     m = M().eval()
     args = (torch.randn(3, 4),)
     g = gp.trace(m, args)
-    assert any(n.name.count("/") for n in g.ir.nodes)  # inlined body
+    assert g.program.trace().method == method
+    if method == "export":
+        assert any(n.name.count("/") for n in g.ir.nodes)  # inlined body
     grp = g.group_of("a.weight", 0)
     assert grp.prunable and {"s", "b.weight"} <= {mem.name for mem in grp.members}
     plan = gp.plan(g, m, 0.5)

@@ -36,7 +36,8 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     """
     masks = keep_masks(dg, plan)
     updates = updates or {}
-    replaced: dict[int, Any] = {}  # id(old tensor) -> new tensor, so aliases stay one tensor
+    jobs: dict[int, tuple[Any, list]] = {}  # id(old tensor) -> (source, dims): aliases stay one tensor
+    sites: list[tuple[nn.Module, str, int]] = []
     done: set[str] = set()  # a tied tensor may appear as several graph values: slice it once
     for v in dg.ir.params():
         dims = [(d, masks[(v.name, d)]) for d in range(v.rank) if (v.name, d) in masks]
@@ -47,31 +48,40 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
         for path in paths:
             owner, attr = _owner(model, path)
             old = getattr(owner, attr)
-            if id(old) not in replaced:
+            if id(old) not in jobs:
                 src = old
                 if v.source in updates:
                     new = updates[v.source].to(device=old.device, dtype=old.dtype)
                     src = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
-                replaced[id(old)] = _slice(src, dims)
-            _set(owner, attr, replaced[id(old)])
+                jobs[id(old)] = (src, dims)
+            sites.append((owner, attr, id(old)))
+    sliced = dict(zip(jobs, _slice_all(list(jobs.values()))))
+    for owner, attr, key in sites:
+        _set(owner, attr, sliced[key])
     _update_known_modules(model, dg, plan)
     for path, attr, value in attr_updates or []:
         setattr(model.get_submodule(path) if path else model, attr, value)
 
 
 def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None = None,
-            check: bool = True, updates: dict[str, torch.Tensor] | None = None) -> None:
-    """Apply ``plan`` to ``model`` in place, after proving the rewrite on a copy.
+            check: bool | None = None, updates: dict[str, torch.Tensor] | None = None) -> None:
+    """Apply ``plan`` to ``model`` in place, and prove the result before returning it.
 
     The forward's own size constants (view targets, split sizes, repeat counts)
     are reached through module attributes. Which attribute spells which constant
-    is not recorded by torch.export, so candidate updates are tried on a
-    meta-device copy that is traced again and shape-checked against the plan;
-    the user's model is modified only once a consistent set is found.
+    is not recorded by the trace, so candidate updates are tried: each is applied,
+    the model traced again and shape-checked against the plan, and undone unless it
+    holds. A model no consistent set fits is left as it was, and RewriteError says why.
+
+    ``check=None`` traces again only where the forward spells a size the plan changes
+    outside torch's own layers (:func:`needs_proof`); elsewhere the rewritten forward is the
+    traced graph with sliced weights, whose shapes the channel spaces already fix.
     """
     if not any(plan.pruned.values()):
         return  # removed blocks are graphprune/backends/torch_depth.py's
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
+    if check is None:
+        check = bool(sure or unsure) or needs_proof(model, dg, plan)
     if not check:
         apply_plan(model, dg, plan, sure, updates)
         return
@@ -79,10 +89,16 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     fallback = None
     for choice in _choices(unsure):
         attrs = sure + choice
-        err, same_structure = _dry_run(model, dg, plan, attrs, args, kwargs)
-        if err is None and same_structure:
+        saved = _snapshot(model)
+        try:
             apply_plan(model, dg, plan, attrs, updates)
+            err, same_structure = _check(model, dg, plan, args, kwargs)
+        except BaseException:
+            _restore(saved)
+            raise
+        if err is None and same_structure:
             return
+        _restore(saved)
         if err is None and fallback is None:
             # Shapes fit but ops appeared or vanished: accept only if nothing keeps the
             # original structure (a size-dependent branch, e.g. repeat_kv with n_rep 1).
@@ -95,6 +111,20 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     raise RewriteError(errors[0])
 
 
+def needs_proof(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
+    """Whether the forward spells a size the plan changes in code graphprune does not know:
+    a constant argument (view shape, split size, repeat count) of a node outside torch's
+    convolution, linear, norm and embedding layers (whose sizes the rewrite sets itself)."""
+    pruned = plan.masks()
+    module_of = {n.name: n.meta.get("module", "") for n in dg.ir.nodes}
+    for c in dg.carries:
+        if carried_value(dg, c, pruned) == c.value:
+            continue
+        if not isinstance(_module(model, module_of.get(c.node, "")), _KNOWN):
+            return True
+    return False
+
+
 def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
     """Combinations of the uncertain attributes' options (each: one candidate value, or
     leaving the attribute alone), likeliest first: every attribute updated."""
@@ -105,39 +135,28 @@ def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
         yield [u for choice in combo for u in choice]
 
 
-def _dry_run(model, dg, plan, updates, args, kwargs) -> tuple[str | None, bool]:
-    """Apply the rewrite to a meta copy and shape-check it: (error text or None, same ops)."""
-    for device in ("meta", None):
-        try:
-            probe = _copy_on(model, device)
-            p_args, p_kwargs = _to_device((args, kwargs or {}), device)
-        except Exception:  # some modules cannot be copied; the next device is tried
-            continue
-        apply_plan(probe, dg, plan, updates)
-        try:
-            return None, check_shapes(probe, dg, plan, p_args, p_kwargs)
-        except RewriteError as exc:
-            if device == "meta" and "meta" in str(exc).lower():
-                continue  # the forward mixes devices on meta; prove it on a real copy instead
-            return str(exc), False
-    return "could not copy the model to check the rewrite", False
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict, dict, dict]]:
+    """Every module's attributes, parameters and buffers (references: apply_plan replaces
+    tensors and never writes into one), so a rewrite that does not hold can be undone."""
+    return [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
 
 
-def _copy_on(model: nn.Module, device: str | None) -> nn.Module:
-    if device is None:
-        return copy.deepcopy(model)
-    memo: dict[int, Any] = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in memo:
-            meta = torch.empty_like(t, device=device)
-            memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
+def _restore(saved: list[tuple[nn.Module, dict, dict, dict]]) -> None:
+    for m, attrs, params, buffers in saved:
+        vars(m).clear()
+        vars(m).update(attrs)
+        m._parameters.clear()
+        m._parameters.update(params)
+        m._buffers.clear()
+        m._buffers.update(buffers)
 
 
-def _to_device(obj: Any, device: str | None) -> Any:
-    if device is None:
-        return obj
-    return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, obj)
+def _check(model, dg, plan, args, kwargs) -> tuple[str | None, bool]:
+    """Shape-check the rewritten model: (error text or None, same ops as the original)."""
+    try:
+        return None, check_shapes(model, dg, plan, args, kwargs)
+    except RewriteError as exc:
+        return str(exc), False
 
 
 def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None) -> bool:
@@ -145,18 +164,15 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
 
     Returns whether the new trace has exactly the original's call sites.
     """
-    from ..frontends.torch_export import export_program, lower
-
     masks = keep_masks(dg, plan)
     try:
-        ep = export_program(model, args, kwargs)
+        new = retrace(model, dg, args, kwargs)
     except Exception as exc:
         raise RewriteError(
             "the pruned model no longer runs on the example inputs: its forward spells a pruned size the "
             "rewrite cannot reach (a literal, or a size computed from constructor arguments). Use -1 in "
             "view/reshape, read sizes from tensor shapes or from an attribute of the module doing the reshape, "
             f"or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}") from exc
-    new = lower(ep)
     new_by_site = _by_call_site(new.nodes)
     for site, node in _by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)
@@ -176,6 +192,17 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
         raise RewriteError(f"after pruning, the model's outputs have shapes {outs}, not "
                            f"{[dg.ir.values[o].shape for o in dg.ir.outputs]}")
     return set(new_by_site) == set(_by_call_site(dg.ir.nodes))
+
+
+def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None):
+    """The IR of ``model`` traced the way ``dg`` was (recorded or exported): nodes are matched
+    across the two traces by call site, which both must spell alike."""
+    from ..frontends.torch_export import lower_trace
+    from ..frontends.torch_record import trace_model
+
+    program = getattr(dg, "program", None)
+    like = program.trace() if hasattr(program, "trace") else None
+    return lower_trace(trace_model(model, args, kwargs, like=like))
 
 
 def _by_call_site(nodes) -> dict[tuple, Any]:
@@ -206,6 +233,29 @@ def _slice(t: torch.Tensor, dims: list[tuple[int, np.ndarray]]) -> torch.Tensor:
     if isinstance(t, nn.Parameter):
         return nn.Parameter(data, requires_grad=t.requires_grad)
     return data
+
+
+def _slice_all(jobs: list[tuple[torch.Tensor, list]]) -> list[torch.Tensor]:
+    """Slice every tensor, the large ones on two threads of one intra-op thread each: a
+    gather along an inner dim runs on one core, and copying is most of a prune's time on
+    a transformer (BERT-base: 0.19 s serially)."""
+    big = [i for i, (t, _) in enumerate(jobs) if t.numel() >= 1 << 16]
+    out: list[Any] = [None] * len(jobs)
+    if len(big) > 1 and torch.get_num_threads() > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(threads, 4)) as pool:
+                for i, t in zip(big, pool.map(lambda i: _slice(*jobs[i]), big)):
+                    out[i] = t
+        finally:
+            torch.set_num_threads(threads)
+    for i, job in enumerate(jobs):
+        if out[i] is None:
+            out[i] = _slice(*job)
+    return out
 
 
 def _set(owner: nn.Module, attr: str, value: Any) -> None:
@@ -349,15 +399,13 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
 
 def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tuple[str, str]], args: tuple,
                      kwargs: dict | None) -> dict[tuple[str, str], Any]:
-    """What each candidate attribute spells, found by bumping it (+1) on a meta copy.
+    """What each candidate attribute spells, found by bumping it (+1) and tracing again.
 
     Attributes of one module class are bumped together (identical layers behave
     alike, and one trace serves them all). Returns per (module path, attribute):
     "shape" when the bumped model no longer traces, "none" when no shape and no
     carried constant changed, or the set of (call site, arg path) whose constant changed.
     """
-    from ..frontends.torch_export import export_program, lower
-
     families: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for path, attr in candidates:
         families.setdefault((type(_module(model, path)).__qualname__, attr), []).append((path, attr))
@@ -365,19 +413,21 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
     base = {(sites[c.node], c.path): _arg_at(nodes[c.node], c.path) for c in dg.carries}
     base_shapes = {site: [dg.ir.values[o].shape for o in n.outputs] for site, n in _by_call_site(dg.ir.nodes).items()}
     out: dict[tuple[str, str], Any] = {}
-    p_args, p_kwargs = _to_device((args, kwargs or {}), "meta")
     for members in families.values():
         new = None
         for delta in (1, -1):  # an offset may have room on one side only
+            old = [getattr(_module(model, path), attr) for path, attr in members]
             try:
-                probe = _copy_on(model, "meta")
                 for path, attr in members:
-                    m = _module(probe, path)
+                    m = _module(model, path)
                     setattr(m, attr, getattr(m, attr) + delta)
-                new = lower(export_program(probe, p_args, p_kwargs))
+                new = retrace(model, dg, args, kwargs)
                 break
             except Exception:  # the bump broke the trace: try the other side
                 continue
+            finally:  # the trace reads the model and never writes it: only the attributes change
+                for (path, attr), value in zip(members, old):
+                    setattr(_module(model, path), attr, value)
         if new is None:  # both bumps break the trace: it spells sizes
             for key in members:
                 out[key] = "shape"

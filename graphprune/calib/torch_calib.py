@@ -16,15 +16,14 @@ from .compensate import refit_site
 from .stats import Gram, features, real_rows
 
 
-def check_shapes(ep: torch.export.ExportedProgram, batches: list[tuple[tuple, dict]]) -> None:
+def check_shapes(trace, batches: list[tuple[tuple, dict]]) -> None:
     """The traced program has static shapes: every batch must have the example inputs' shapes."""
     from torch.fx._pytree import tree_flatten_spec
 
-    want = [tuple(n.meta["val"].shape) for n in ep.graph.nodes
-            if n.op == "placeholder" and n.name in set(ep.graph_signature.user_inputs)]
+    want = trace.input_shapes()
     for k, (args, kwargs) in enumerate(batches):
         try:
-            got = [tuple(t.shape) for t in tree_flatten_spec((tuple(args), dict(kwargs)), ep.call_spec.in_spec)
+            got = [tuple(t.shape) for t in tree_flatten_spec((tuple(args), dict(kwargs)), trace.in_spec)
                    if isinstance(t, torch.Tensor)]
         except Exception as exc:  # pytree raises several types on a structure mismatch
             raise PlanError(f"calibration batch {k} does not have the structure of the example inputs: {exc}") from exc
@@ -84,12 +83,12 @@ def _aliases(model: torch.nn.Module) -> dict[int, list[str]]:
     return by_id
 
 
-def walk_grams(dg, ep, batches, act_masks, todo, tensors, add_bias, result, gm=None) -> None:
+def walk_grams(dg, trace, batches, act_masks, todo, tensors, add_bias, result) -> None:
     """compensate="sequential": each site is fit to the original model's output from the *pruned*
     model's input, the original and the pruned program advancing together site by site, so
     each refit sees the ones before it (it also corrects upstream error, but measured worse on
     MiniLM and SmolLM2: docs/calibration.md). Each site is visited once: linear in depth."""
-    dense, pruned = Walk(ep, batches, gm=gm), Walk(ep, batches, masks=act_masks, gm=gm)
+    dense, pruned = Walk(trace, batches), Walk(trace, batches, masks=act_masks)
     for s, keep in progress(todo, "compensating", len(todo)):
         i = dense.node_index(s.node)
         if i is None:

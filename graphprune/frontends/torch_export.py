@@ -1,4 +1,5 @@
-"""nn.Module -> IR through torch.export (non-strict).
+"""Traced torch programs -> IR: torch.export (non-strict, the fallback of the recorder in
+frontends/torch_record.py) and the lowering both kinds of graph share.
 
 Parameters may live on the ``meta`` device: analysis needs shapes, not values.
 Every parameter, buffer and lifted constant keeps its module path; tied weights
@@ -96,6 +97,20 @@ def lower(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None
     return g
 
 
+def lower_trace(trace, model: torch.nn.Module | None = None) -> Graph:
+    """Lower a :class:`~graphprune.frontends.torch_record.Trace` (recorded, or exported)."""
+    if trace.ep is not None:
+        return lower(trace.ep, model)
+    g = Graph(frontend="torch")
+    kind_of = dict(trace.kinds)
+    for name in trace.user_inputs:
+        kind_of[name] = ("input", name)
+    _lower_nodes(g, None, trace.graph.nodes, {}, kind_of, prefix="")  # recorded: no wrapped subgraphs
+    if model is not None:
+        g.aliases = tied_aliases(model)
+    return g
+
+
 # Higher-order ops that only wrap a subgraph in a context (no_grad around RoPE tables,
 # autocast): their bodies are inlined so the channels flowing through them are seen.
 _WRAPPERS = {"python.wrap_with_set_grad_enabled", "python.wrap_with_autocast"}
@@ -107,7 +122,7 @@ def wrapped_body_index(node: torch.fx.Node) -> int:
     return next(i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
 
 
-def _lower_nodes(g: Graph, gm: torch.fx.GraphModule, nodes, names: dict[str, Any],
+def _lower_nodes(g: Graph, gm: torch.fx.GraphModule | None, nodes, names: dict[str, Any],
                  kind_of: dict[str, tuple[str, str]], prefix: str) -> list:
     """Lower fx ``nodes`` into ``g``; values of an inlined subgraph are named ``prefix + name``.
     Returns the IR names the graph's output node returns (for inlining)."""
@@ -131,6 +146,11 @@ def _lower_nodes(g: Graph, gm: torch.fx.GraphModule, nodes, names: dict[str, Any
         val = node.meta.get("val")
         if node.op == "placeholder" and prefix:
             continue  # bound by the caller
+        if node.op == "get_attr" and not prefix and node.name in kind_of and isinstance(val, torch.Tensor):
+            kind, source = kind_of[node.name]  # a recorded trace's weights (frontends/torch_record.py)
+            g.add_value(Value(node.name, _shape(val), str(val.dtype).replace("torch.", ""), kind, source))
+            names[node.name] = node.name
+            continue
         if node.op == "placeholder":
             kind, source = kind_of.get(node.name, ("input", node.name))
             if isinstance(val, torch.Tensor):

@@ -1,7 +1,8 @@
 """A PyTorch model with example inputs, as a Program.
 
-Lowering traces it with torch.export (once, on demand); masked runs and captures use
-the traced program's interpreter (program/torch_run.py); a plain run calls the module.
+Lowering traces it once, on demand: one recorded forward (frontends/torch_record.py),
+torch.export where the forward cannot be recorded; masked runs and captures use the
+traced program's interpreter (program/torch_run.py); a plain run calls the module.
 The rewrite edits the module in place (backends/torch_module.py) or a copy of it.
 """
 from __future__ import annotations
@@ -23,13 +24,12 @@ class TorchProgram(Program):
     has_gradients = True
 
     def __init__(self, model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None,
-                 exported: torch.export.ExportedProgram | None = None, graph=None) -> None:
+                 trace=None, graph=None) -> None:
         super().__init__()
         self.model = model
         self.args = args if isinstance(args, tuple) else (args,)
         self.kwargs = dict(kwargs or {})
-        self._ep = exported
-        self._gm: torch.fx.GraphModule | None = None
+        self._trace = trace
         self._graph = graph
         self._added = 0
 
@@ -42,28 +42,21 @@ class TorchProgram(Program):
                             "goes to graphprune.prune_onnx")
         if not args and not kwargs:
             args, kwargs = src.args, src.kwargs
-        out = cls(model, args, kwargs, exported=src.exported(), graph=graph)
-        out._gm = src._gm
-        return out
+        return cls(model, args, kwargs, trace=src.trace(), graph=graph)
 
     # ---- analysis ------------------------------------------------------------------------
-    def exported(self) -> torch.export.ExportedProgram:
-        if self._ep is None:
-            from ..frontends.torch_export import export_program
+    def trace(self):
+        """The traced program (graphprune.frontends.torch_record.Trace), traced once."""
+        if self._trace is None:
+            from ..frontends.torch_record import trace_model
 
-            self._ep = export_program(self.model, self.args, self.kwargs)
-        return self._ep
-
-    def module(self) -> torch.fx.GraphModule:
-        """The traced program as a GraphModule (built once: ep.module() copies the graph)."""
-        if self._gm is None:
-            self._gm = self.exported().module()
-        return self._gm
+            self._trace = trace_model(self.model, self.args, self.kwargs)
+        return self._trace
 
     def lower(self):
-        from ..frontends.torch_export import lower
+        from ..frontends.torch_export import lower_trace
 
-        return lower(self.exported(), self.model)
+        return lower_trace(self.trace(), self.model)
 
     def freeze(self, dg) -> None:
         """Tensor constants torch.export lifted from module state that is neither a parameter
@@ -72,7 +65,7 @@ class TorchProgram(Program):
         for v in dg.ir.values.values():
             if v.kind != "const" or not v.source or self._resolves(v.source):
                 continue
-            reason = (f"tensor constant '{v.source}' that torch.export lifted from module state (not a parameter "
+            reason = (f"tensor constant '{v.source}' that the trace lifted from module state (not a parameter "
                       "or buffer; a cache an earlier forward filled?) cannot be rewritten: register it as a buffer, "
                       "or prune a model that has not run yet")
             for d in range(v.rank):
@@ -100,7 +93,7 @@ class TorchProgram(Program):
         batches = [as_batch(b) for b in calib]
         if not batches:
             raise PlanError("calib= holds no batches; pass a list of example batches, or leave it out")
-        check_shapes(self.exported(), batches)
+        check_shapes(self.trace(), batches)
         return batches
 
     def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:
@@ -124,7 +117,7 @@ class TorchProgram(Program):
                 return self.model(*args, **kwargs) if outputs else None
         from .torch_run import Walk
 
-        walk = Walk(self.exported(), [batch], masks=self._act_masks(masks or {}), gm=self.module())
+        walk = Walk(self.trace(), [batch], masks=self._act_masks(masks or {}))
         at: dict[int, list[tuple[str, int | None]]] = {}
         for name in capture:
             i = walk.node_index(name)
@@ -165,7 +158,7 @@ class TorchProgram(Program):
         a variant that changes the last layer runs only the last layer."""
         from .torch_run import Walk
 
-        walk = Walk(self.exported(), batches, gm=self.module())
+        walk = Walk(self.trace(), batches)
         starts = []
         for masks, overrides in variants:
             at = [walk.producer(v) for v, _ in masks]
@@ -188,8 +181,7 @@ class TorchProgram(Program):
     def sequential_compensation(self, dg, batches, masks, todo, tensors, add_bias, result) -> None:
         from ..calib.torch_calib import walk_grams
 
-        walk_grams(dg, self.exported(), batches, self._act_masks(masks), todo, tensors, add_bias, result,
-                   self.module())
+        walk_grams(dg, self.trace(), batches, self._act_masks(masks), todo, tensors, add_bias, result)
 
     def oracle_inputs(self, trials: int) -> list[tuple[tuple, dict]]:
         """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes: one

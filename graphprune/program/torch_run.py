@@ -84,10 +84,9 @@ class _Runner(_MaskedInterpreter):
 class Walk:
     """Every calibration batch, advanced through the graph in lockstep."""
 
-    def __init__(self, ep: torch.export.ExportedProgram, batches: Iterable[tuple[tuple, dict]],
-                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None,
-                 gm: torch.fx.GraphModule | None = None) -> None:
-        self.gm = gm if gm is not None else ep.module()  # ep.module() copies the graph: callers may reuse one
+    def __init__(self, trace, batches: Iterable[tuple[tuple, dict]],
+                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None) -> None:
+        self.gm = trace.gm  # a graphprune.frontends.torch_record.Trace
         self.runner = _Runner(self.gm, masks or {}, overrides if overrides is not None else {})
         self.nodes = list(self.gm.graph.nodes)
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
@@ -98,7 +97,7 @@ class Walk:
         self.dies_at: dict[int, list[torch.fx.Node]] = {}
         for n, i in last.items():
             self.dies_at.setdefault(i, []).append(n)
-        spec = ep.call_spec.in_spec
+        spec = trace.in_spec
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         self.envs: list[dict] = []
         self.valid: list[torch.Tensor | None] = []  # per batch: which (item, position) are real tokens

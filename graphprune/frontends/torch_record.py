@@ -1,0 +1,340 @@
+"""nn.Module -> traced program by recording one forward at torch's pre-dispatch key.
+
+torch.export costs seconds per trace (fake tensors, a symbolic shape environment and
+proxies on every op), and pruning traces several times (the model, then the rewrite's
+proof). Recording a plain forward sees the same operators export's training IR holds
+(``aten.conv2d``, ``aten.linear``, ``aten.scaled_dot_product_attention``: ops before
+their decomposition) at the cost of one eager forward: a dispatch mode at the
+pre-dispatch key is called once per operator the model calls, and the ops it runs
+underneath are not seen.
+
+What export would refuse is refused here too, so the two never disagree: a forward that
+reads tensor data into Python (``.item()``, ``bool(t)``, ``nonzero``) raises
+:class:`Unrecordable` and the caller falls back to torch.export, which reports it. The
+export flags are set while recording, so libraries take the paths they take under
+export (transformers builds its attention masks without data-dependent shortcuts).
+
+The result is an fx GraphModule shaped like ``ExportedProgram.module()``: placeholders
+for the flattened inputs, ``get_attr`` for every parameter and buffer, node metadata
+(``val``, ``nn_module_stack``, ``stack_trace``) as export writes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import operator
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+from . import meta_shapes
+
+# Ops whose result depends on tensor data in a way a static graph cannot replay.
+_DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal",
+                   "aten.masked_select", "aten.unique", "aten._unique2", "aten.unique_consecutive",
+                   "aten.nonzero_static", "aten.allclose", "aten.is_same_size", "aten.tolist",
+                   "aten.repeat_interleave"}
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_TORCH_MODULES_DIR = os.path.join(_TORCH_DIR, "nn", "modules") + os.sep
+
+
+class Unrecordable(Exception):
+    """The forward cannot be recorded as a static graph (the caller falls back to export)."""
+
+
+@dataclass
+class Trace:
+    """A traced program: the graph the interpreter runs and what the lowering reads."""
+    graph: torch.fx.Graph | None  # None for an exported program (``ep.graph``)
+    in_spec: Any  # pytree spec of (args, kwargs): how a batch maps onto the placeholders
+    user_inputs: list[str]  # placeholder names, in order
+    kinds: dict[str, tuple[str, str]] = field(default_factory=dict)  # node name -> (param|buffer|const, path)
+    method: str = "record"  # "record" (on stand-ins on ``device``) or "export"
+    device: str = "meta"  # where a recorded forward ran: "meta" or "real"
+    ep: Any = None  # the ExportedProgram when method == "export"
+    root: dict = field(default_factory=dict)  # get_attr target -> tensor, for the GraphModule
+    _gm: torch.fx.GraphModule | None = None
+
+    @property
+    def gm(self) -> torch.fx.GraphModule:
+        """The graph as a GraphModule with weights as get_attr, built when first run (code
+        generation costs as much as recording; pruning by magnitude never runs it)."""
+        if self._gm is None:
+            self._gm = self.ep.module() if self.ep is not None else torch.fx.GraphModule(self.root, self.graph)
+        return self._gm
+
+    def nodes(self):
+        """The lowering's view: the exported graph (weights lifted as inputs) or the recorded one."""
+        return self.ep.graph.nodes if self.ep is not None else self.graph.nodes
+
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        """The traced shapes of the tensor inputs, in flattened order."""
+        names = set(self.user_inputs)
+        return [tuple(n.meta["val"].shape) for n in self.nodes()
+                if n.op == "placeholder" and n.name in names and isinstance(n.meta.get("val"), torch.Tensor)]
+
+
+def _typename(mod: torch.nn.Module) -> str:
+    cls = type(mod)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _user_frame() -> str | None:
+    """'File "...", line N, in f' of the innermost frame in the model's code (torch's own
+    nn.Module forwards count, the dispatch machinery does not), as export's stack traces end."""
+    f = sys._getframe(2)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not name.startswith(_TORCH_DIR) or name.startswith(_TORCH_MODULES_DIR):
+            return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}'
+        f = f.f_back
+    return None
+
+
+def _op_name(func: Any) -> str:
+    """'aten.linear.default' (what meta_shapes keys on; the IR drops the overload)."""
+    return str(func)
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+class _ModuleStack:
+    """The nn.Module call stack while recording, as export's ``nn_module_stack`` spells it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.paths: dict[int, str] = {}
+        for path, mod in model.named_modules(remove_duplicate=False):
+            self.paths.setdefault(id(mod), path)
+        self.stack: list[tuple[str, tuple[str, str]]] = [("L__self__", ("", _typename(model)))]
+        self.current: dict = dict(self.stack)
+
+    def push(self, mod: torch.nn.Module, *_: Any) -> None:
+        path = self.paths.get(id(mod))
+        if path is not None and path != "":
+            self.stack.append((f"L__self__{path}", (path, _typename(mod))))
+            self.current = dict(self.stack)
+
+    def pop(self, mod: torch.nn.Module, *_: Any) -> None:
+        path = self.paths.get(id(mod))
+        if path is not None and path != "" and len(self.stack) > 1 and self.stack[-1][1][0] == path:
+            self.stack.pop()
+            self.current = dict(self.stack)
+
+
+def _recorder_base():
+    # torch admits only its own mode classes at the pre-dispatch key; SchemaCheckMode's
+    # slot is the one nothing else uses while we record.
+    from torch._subclasses.schema_check_mode import SchemaCheckMode
+
+    return SchemaCheckMode
+
+
+class _Recorder(_recorder_base()):
+    def __init__(self, graph: torch.fx.Graph, env: WeakIdKeyDictionary, constant, modules: _ModuleStack,
+                 on_meta: bool) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        TorchDispatchMode.__init__(self, _dispatch_key=torch._C.DispatchKey.PreDispatch)
+        self.graph, self.env, self.constant, self.modules = graph, env, constant, modules
+        self.on_meta = on_meta
+        self.device: torch.device | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _op_name(func)
+        if name.rpartition(".")[0] in _DATA_DEPENDENT:
+            raise Unrecordable(f"the forward reads tensor data ({name})")
+        with torch._C._DisablePythonDispatcher():  # the op's own kernels: C++ meta where torch has one
+            out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
+        node = self.graph.create_node("call_function", func, self._args(args), self._args(kwargs),
+                                      name=func._overloadpacket.__name__)
+        meta = node.meta
+        meta["nn_module_stack"] = self.modules.current
+        frame = _user_frame()
+        if frame is not None:
+            meta["stack_trace"] = frame
+        if isinstance(out, torch.Tensor):
+            meta["val"] = _meta_like(out)
+            self.env[out] = node
+        elif isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
+            meta["val"] = [(_meta_like(o) if isinstance(o, torch.Tensor) else o) for o in out]
+            for i, o in enumerate(out):
+                if isinstance(o, torch.Tensor):
+                    item = self.graph.create_node("call_function", operator.getitem, (node, i))
+                    item.meta["val"] = meta["val"][i]
+                    self.env[o] = item
+        else:
+            meta["val"] = out
+        return out
+
+    def _args(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            node = self.env.get(a)
+            return node if node is not None else self.constant(a)
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._args(x) for x in a)
+        if isinstance(a, dict):
+            return {k: self._args(v) for k, v in a.items()}
+        if isinstance(a, torch.device) and a.type == "meta" and self.device is not None:
+            return self.device  # a factory op on the stand-ins: replay it where the model lives
+        if isinstance(a, torch.SymInt):
+            raise Unrecordable("a symbolic size reached the recorder")
+        return a
+
+
+@contextlib.contextmanager
+def _export_flags():
+    """What torch.export sets, so library code takes its export-friendly paths."""
+    old = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
+    torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
+    try:
+        yield
+    finally:
+        torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = old
+
+
+def _input_names(model: torch.nn.Module, args: tuple, kwargs: dict) -> list[str]:
+    """Placeholder names for the flattened inputs: forward()'s parameter names, as export's."""
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names: list[str] = []
+    for i, a in enumerate(args):
+        base = params[i] if i < len(params) else f"arg{i}"
+        leaves = tree_leaves(a)
+        names += [base] if len(leaves) == 1 and leaves[0] is a else [f"{base}_{j}" for j in range(len(leaves))]
+    for k, v in kwargs.items():
+        leaves = tree_leaves(v)
+        names += [k] if len(leaves) == 1 and leaves[0] is v else [f"{k}_{j}" for j in range(len(leaves))]
+    return names
+
+
+def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, device: str | None = None) -> Trace:
+    """Record one forward of ``model`` without changing it.
+
+    The forward runs on stand-ins for the weights: meta tensors by default (no arithmetic,
+    and the model's buffers cannot be written), or with ``device="real"`` the parameters
+    themselves and copies of the buffers. Raises :class:`Unrecordable` where only
+    torch.export can tell what is wrong (a data-dependent forward, a failing one)."""
+    from torch._dispatch.python import enable_python_dispatcher
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    kwargs = dict(kwargs or {})
+    device = device or "meta"
+    graph = torch.fx.Graph()
+    env = WeakIdKeyDictionary()
+    kinds: dict[str, tuple[str, str]] = {}
+    home = next((t.device for t in tree_leaves((tuple(args), kwargs)) if isinstance(t, torch.Tensor)),
+                next((t.device for t in model.parameters()), torch.device("cpu")))
+    if device == "meta":
+        args, kwargs = torch.utils._pytree.tree_map(
+            lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (tuple(args), kwargs))
+    flat, in_spec = tree_flatten((tuple(args), kwargs))
+    names = _input_names(model, tuple(args), kwargs)
+    if len(names) != len(flat):
+        names = [f"arg{i}" for i in range(len(flat))]
+    for name, t in zip(names, flat):
+        ph = graph.placeholder(name)
+        if isinstance(t, torch.Tensor):
+            ph.meta["val"] = _meta_like(t)
+            env[t] = ph
+    user_inputs = [n.name for n in graph.nodes]
+    root: dict[str, torch.Tensor] = {}  # get_attr target -> the model's tensor (what the interpreter reads)
+    stand_in: dict[str, torch.Tensor] = {}  # every path -> what the recorded forward sees instead
+    by_id: dict[int, torch.Tensor] = {}
+    first = next(iter(graph.nodes), None)
+    for kind, named in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
+        for path, t in named:
+            if device == "meta":
+                new = _meta_like(t)
+            else:
+                new = t if kind == "param" else t.clone()
+            by_id[id(t)] = new
+            root[path] = t
+            with graph.inserting_before(first) if first is not None else contextlib.nullcontext():
+                node = graph.create_node("get_attr", path, name=("p_" if kind == "param" else "b_") + path.replace(".", "_"))
+            node.meta["val"] = _meta_like(t)
+            kinds[node.name] = (kind, path)
+            env[new] = node
+    for kind, named in (("param", model.named_parameters(remove_duplicate=False)),
+                        ("buffer", model.named_buffers(remove_duplicate=False))):
+        for path, t in named:
+            stand_in[path] = by_id[id(t)]  # tied names get the one stand-in
+    owners: dict[int, str] = {}
+    for path, mod in model.named_modules():
+        for attr, val in vars(mod).items():
+            if isinstance(val, torch.Tensor) and not isinstance(val, torch.nn.Parameter):
+                owners.setdefault(id(val), f"{path}.{attr}" if path else attr)
+    n_weights = len(root)
+
+    def constant(t: torch.Tensor) -> torch.fx.Node:
+        target = f"_tensor_constant{len(root) - n_weights}"
+        root[target] = t
+        node = graph.create_node("get_attr", target, name=f"c_{target}")
+        node.meta["val"] = _meta_like(t)
+        kinds[node.name] = ("const", owners.get(id(t), target))
+        env[t] = node
+        return node
+
+    from .torch_export import clear_tensor_caches
+
+    clear_tensor_caches(model)  # a cache filled earlier would be read instead of the stand-ins
+    stack = _ModuleStack(model)
+    recorder = _Recorder(graph, env, constant, stack, device == "meta")
+    recorder.device = home
+    pre = torch.nn.modules.module.register_module_forward_pre_hook(stack.push)
+    post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
+    try:
+        with torch.no_grad(), _export_flags(), _reparametrize_module(model, stand_in), \
+                enable_python_dispatcher(), recorder:
+            out = model(*args, **kwargs)
+    except Unrecordable:
+        raise
+    except Exception as exc:  # whatever the forward raises, export will say it better
+        raise Unrecordable(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        pre.remove()
+        post.remove()
+        clear_tensor_caches(model)  # and one the recorded forward filled holds stand-ins
+    outs = []
+    for t in tree_leaves(out):
+        if isinstance(t, torch.Tensor):
+            node = env.get(t)
+            outs.append(node if node is not None else constant(t))
+    graph.output(tuple(outs))
+    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root)
+
+
+def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, like: Trace | None = None) -> Trace:
+    """Record the forward on meta stand-ins; where that fails, on the real weights (a
+    forward that makes tensors on a fixed device); where that fails too, trace it with
+    torch.export, whose error then says what is wrong.
+
+    ``like``: trace the way that earlier trace was made (a re-trace matched against it;
+    its failure is the model's, reported as a TraceError). The environment variable
+    GRAPHPRUNE_TRACE=export makes export the only way."""
+    from ..errors import TraceError
+    from .torch_export import export_program
+
+    if like is not None and like.method == "record":
+        try:
+            return record(model, args, kwargs, device=like.device)
+        except Unrecordable as exc:
+            raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
+    if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
+        for device in ("meta", "real"):
+            try:
+                return record(model, args, kwargs, device=device)
+            except Unrecordable:
+                continue
+    ep = export_program(model, args, kwargs)
+    return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)

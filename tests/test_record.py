@@ -1,0 +1,177 @@
+"""The recorded trace (graphprune/frontends/torch_record.py) against torch.export's, and
+the meta shape rules against torch's kernels."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphprune as gp
+from graphprune.errors import TraceError
+from graphprune.frontends import meta_shapes
+from graphprune.frontends.torch_export import lower_trace
+from graphprune.frontends.torch_record import Unrecordable, record, trace_model
+from models import build as build_zoo
+from models import hf as H
+
+
+def _signature(g):
+    """What the pipeline reads of a graph: ops in order, with module and output shapes;
+    weights with their shapes and sources. Two differences are allowed: export lists a tied
+    weight once per name (the recorder once, its other names in ``aliases``), and export's
+    attention output has the CPU flash kernel's strides, where eager (and the recorder) copy
+    with ``contiguous`` before a reshape, a no-op to channels."""
+    values = g.values
+    nodes = [(n.op, n.meta.get("module"), tuple(n.meta.get("modules", [])),
+              tuple(values[o].shape for o in n.outputs), tuple(values[o].dtype for o in n.outputs))
+             for n in g.nodes if n.op != "aten.contiguous"]
+    weights = sorted({(min(g.aliases.get(v.source, [v.source])), v.kind, v.shape) for v in values.values()
+                      if v.kind in ("param", "buffer")})
+    return nodes, weights, [values[o].shape for o in g.outputs], [values[i].shape for i in g.inputs]
+
+
+CASES = ["zoo:resnet18", "zoo:mobilenetv2", "zoo:vit", "zoo:llama", "hf:bert", "hf:gpt2", "hf:llama-gqa",
+         "hf:t5-encoder", "hf:swin", "hf:convnext"]
+
+
+def _case(name):
+    kind, _, key = name.partition(":")
+    if kind == "zoo":
+        model, args = build_zoo(key)
+        return model, args, {}
+    model = gp.hf.prepare(H.build(key))
+    return model, (), gp.hf.example_inputs(model)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_recorded_graph_is_the_exported_graph(name):
+    # Same ops in the same order, run by the same modules, with the same shapes: the rules,
+    # the planner and the rewrite see one graph whichever way it was traced.
+    model, args, kwargs = _case(name)
+    rec = trace_model(model, args, kwargs)
+    assert rec.method == "record"
+    exp = trace_model(model, args, kwargs, like=type(rec)(None, None, [], method="export"))
+    assert _signature(lower_trace(rec, model)) == _signature(lower_trace(exp, model))
+
+
+def test_recording_leaves_the_model_as_it_was():
+    # A training-mode BatchNorm updates its running statistics in a forward; recording runs on
+    # stand-ins, so the model's buffers and parameters are the same objects with the same values.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).train()
+    before = copy.deepcopy(model.state_dict())
+    tensors = lambda: {k: id(v) for k, v in [*model.named_parameters(), *model.named_buffers()]}  # noqa: E731
+    ids = tensors()
+    for device in ("meta", "real"):
+        trace = record(model, (torch.randn(2, 3, 12, 12),), device=device)
+        assert any(n.target == torch.ops.aten.add_.Tensor for n in trace.graph.nodes)  # num_batches_tracked += 1
+    after = model.state_dict()
+    assert tensors() == ids
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class MakesCpuTensors(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        pos = torch.arange(x.shape[-1], dtype=x.dtype)  # on the default device, whatever x is on
+        return self.b(F.relu(self.a(x + pos)))
+
+
+def test_a_forward_that_makes_tensors_on_a_fixed_device_is_recorded_on_real_weights():
+    model = MakesCpuTensors().eval()
+    args = (torch.randn(4, 6),)
+    with pytest.raises(Unrecordable):
+        record(model, args, device="meta")
+    g = gp.trace(model, args)
+    assert (g.program.trace().method, g.program.trace().device) == ("record", "real")
+    plan = gp.plan(g, model, 0.5)
+    assert gp.verify(model, args, plan, g).passed
+
+
+class ReadsData(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else -x
+
+
+def test_a_forward_that_reads_tensor_data_is_refused_as_export_refuses_it():
+    # Recording would bake the branch taken into the graph; torch.export refuses such a
+    # forward, and so does graphprune, with export's explanation.
+    model = ReadsData().eval()
+    with pytest.raises(Unrecordable, match="reads tensor data"):
+        record(model, (torch.ones(2, 4),), device="real")
+    with pytest.raises(TraceError, match="data-dependent|with the given example inputs"):
+        gp.trace(model, (torch.ones(2, 4),))
+
+
+def test_the_export_path_still_prunes_exactly(monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_TRACE", "export")
+    model, args = build_zoo("resnet18")
+    g = gp.trace(model, args)
+    assert g.program.trace().method == "export"
+    plan = gp.plan(g, model, 0.4)
+    assert gp.verify(model, args, plan, g).passed
+
+
+def _rule_cases():
+    x4, x3 = torch.randn(2, 6, 5, 5), torch.randn(2, 7, 12)
+    q, k, v = torch.randn(2, 4, 7, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 5)
+    a = torch.ops.aten
+    return [
+        (a.batch_norm.default, (x4, torch.ones(6), torch.zeros(6), torch.zeros(6), torch.ones(6), False, 0.1, 1e-5,
+                                False), {}),
+        (a.batch_norm.default, (x4, torch.ones(5), None, torch.zeros(6), torch.ones(6), False, 0.1, 1e-5, False), {}),
+        (a.layer_norm.default, (x3, [12], torch.ones(12), torch.zeros(12)), {}),
+        (a.layer_norm.default, (x3, [11], torch.ones(11), None), {}),
+        (a.layer_norm.default, (x3, [12], torch.ones(10), None), {}),
+        (a.group_norm.default, (x4, 3, torch.ones(6), torch.zeros(6)), {}),
+        (a.group_norm.default, (x4, 4, None, None), {}),
+        (a.linear.default, (x3, torch.randn(9, 12), torch.randn(9)), {}),
+        (a.linear.default, (x3, torch.randn(9, 11)), {}),
+        (a.linear.default, (x3, torch.randn(9, 12), torch.randn(8)), {}),
+        (a.scaled_dot_product_attention.default, (q, k, v), {}),
+        (a.scaled_dot_product_attention.default, (q, k, v, torch.zeros(7, 9)), {"scale": 0.5}),
+        (a.scaled_dot_product_attention.default, (q, k[..., :7], v), {}),
+        (a.scaled_dot_product_attention.default, (torch.randn(2, 8, 7, 8), k, v), {"enable_gqa": True}),
+        (a.scaled_dot_product_attention.default, (torch.randn(2, 6, 7, 8), k, v), {"enable_gqa": True}),
+        (a.add.Tensor, (x3, torch.randn(12)), {}),
+        (a.add.Tensor, (x3, torch.randn(11)), {}),
+        (a.mul.Tensor, (torch.randn(7, 1), torch.randn(2, 1, 5)), {}),
+        (a.div.Tensor, (torch.arange(6), 4), {}),
+        (a.sub.Tensor, (torch.arange(6), torch.randn(6)), {}),
+        (a.add_.Tensor, (torch.randn(2, 7, 12), torch.randn(7, 1)), {"alpha": 2}),
+        (a.add_.Tensor, (torch.randn(7, 1), torch.randn(2, 7, 12)), {}),
+        (a.gelu.default, (x3,), {"approximate": "tanh"}),
+        (a.relu_.default, (torch.randn(3, 4),), {}),
+        (a.dropout.default, (x3, 0.1, False), {}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_rule_cases())))
+def test_meta_shape_rules_agree_with_the_kernels(case):
+    # Same shape, dtype and strides as the CPU kernel, and an error where it raises one: the
+    # rewrite's proof reads these shapes.
+    op, args, kwargs = _rule_cases()[case]
+    name = str(op)
+    assert name in meta_shapes.RULES
+    try:
+        want = op(*copy.deepcopy(args), **kwargs)
+    except RuntimeError:
+        want = None
+    metas = torch.utils._pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, args)
+    if want is None:
+        with pytest.raises(RuntimeError):
+            meta_shapes.run(name, op, metas, kwargs)
+        return
+    got = meta_shapes.run(name, op, metas, kwargs)
+    assert (got.shape, got.dtype, got.stride()) == (want.shape, want.dtype, want.stride())
+    if name.endswith("_.Tensor") or name.endswith("_.default"):
+        assert got is metas[0]  # in place: the same tensor, as the recorder's value map expects
