@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_leaves
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import meta_shapes
 
@@ -137,7 +136,7 @@ def _recorder_base():
 
 
 class _Recorder(_recorder_base()):
-    def __init__(self, graph: torch.fx.Graph, env: WeakIdKeyDictionary, constant, modules: _ModuleStack,
+    def __init__(self, graph: torch.fx.Graph, env: "_Values", constant, modules: _ModuleStack,
                  on_meta: bool) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -189,6 +188,51 @@ class _Recorder(_recorder_base()):
         return a
 
 
+class _Values:
+    """Tensor -> the fx node that made it, by identity. Every tensor seen is kept alive
+    while recording so no id is reused (meta tensors hold no memory)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, torch.fx.Node] = {}
+        self.alive: list[torch.Tensor] = []
+
+    def get(self, t: torch.Tensor) -> torch.fx.Node | None:
+        return self.nodes.get(id(t))
+
+    def __setitem__(self, t: torch.Tensor, node: torch.fx.Node) -> None:
+        self.nodes[id(t)] = node
+        self.alive.append(t)
+
+
+def _walk(model: torch.nn.Module):
+    """One pass over the modules: (weights, aliases, tensor owners, tensor caches).
+
+    weights: (kind, path, tensor) in ``named_parameters()`` then ``named_buffers()`` order;
+    aliases: every path of every weight (tied names included) -> the tensor; owners: id of a
+    tensor kept in a plain attribute -> its path; caches: dicts of tensors (see
+    :func:`~graphprune.frontends.torch_export.clear_tensor_caches`)."""
+    params, buffers, aliases, owners, caches = [], [], {}, {}, []
+    seen: set[int] = set()
+    for mpath, mod in model.named_modules(remove_duplicate=False):
+        prefix = f"{mpath}." if mpath else ""
+        for store, out in ((mod._parameters, params), (mod._buffers, buffers)):
+            for name, t in store.items():
+                if t is None:
+                    continue
+                aliases[prefix + name] = t
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    out.append((prefix + name, t))
+        for attr, val in vars(mod).items():
+            if isinstance(val, torch.Tensor):
+                owners.setdefault(id(val), prefix + attr)
+            elif isinstance(val, dict) and val and "cache" in attr.lower() \
+                    and all(isinstance(v, torch.Tensor) for v in val.values()):
+                caches.append(val)
+    weights = [("param", p, t) for p, t in params] + [("buffer", p, t) for p, t in buffers]
+    return weights, aliases, owners, caches
+
+
 @contextlib.contextmanager
 def _export_flags():
     """What torch.export sets, so library code takes its export-friendly paths."""
@@ -231,7 +275,7 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     kwargs = dict(kwargs or {})
     device = device or "meta"
     graph = torch.fx.Graph()
-    env = WeakIdKeyDictionary()
+    env = _Values()
     kinds: dict[str, tuple[str, str]] = {}
     home = next((t.device for t in tree_leaves((tuple(args), kwargs)) if isinstance(t, torch.Tensor)),
                 next((t.device for t in model.parameters()), torch.device("cpu")))
@@ -248,32 +292,20 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
             ph.meta["val"] = _meta_like(t)
             env[t] = ph
     user_inputs = [n.name for n in graph.nodes]
+    weights, aliases, owners, caches = _walk(model)
     root: dict[str, torch.Tensor] = {}  # get_attr target -> the model's tensor (what the interpreter reads)
-    stand_in: dict[str, torch.Tensor] = {}  # every path -> what the recorded forward sees instead
-    by_id: dict[int, torch.Tensor] = {}
+    by_id: dict[int, torch.Tensor] = {}  # id of a weight -> what the recorded forward sees instead
     first = next(iter(graph.nodes), None)
-    for kind, named in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
-        for path, t in named:
-            if device == "meta":
-                new = _meta_like(t)
-            else:
-                new = t if kind == "param" else t.clone()
-            by_id[id(t)] = new
-            root[path] = t
-            with graph.inserting_before(first) if first is not None else contextlib.nullcontext():
-                node = graph.create_node("get_attr", path, name=("p_" if kind == "param" else "b_") + path.replace(".", "_"))
-            node.meta["val"] = _meta_like(t)
-            kinds[node.name] = (kind, path)
-            env[new] = node
-    for kind, named in (("param", model.named_parameters(remove_duplicate=False)),
-                        ("buffer", model.named_buffers(remove_duplicate=False))):
-        for path, t in named:
-            stand_in[path] = by_id[id(t)]  # tied names get the one stand-in
-    owners: dict[int, str] = {}
-    for path, mod in model.named_modules():
-        for attr, val in vars(mod).items():
-            if isinstance(val, torch.Tensor) and not isinstance(val, torch.nn.Parameter):
-                owners.setdefault(id(val), f"{path}.{attr}" if path else attr)
+    for kind, path, t in weights:
+        new = _meta_like(t) if device == "meta" else t if kind == "param" else t.clone()
+        by_id[id(t)] = new
+        root[path] = t
+        with graph.inserting_before(first) if first is not None else contextlib.nullcontext():
+            node = graph.create_node("get_attr", path, name=("p_" if kind == "param" else "b_") + path.replace(".", "_"))
+        node.meta["val"] = _meta_like(t)
+        kinds[node.name] = (kind, path)
+        env[new] = node
+    stand_in = {path: by_id[id(t)] for path, t in aliases.items()}  # tied names get the one stand-in
     n_weights = len(root)
 
     def constant(t: torch.Tensor) -> torch.fx.Node:
@@ -285,9 +317,8 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
         env[t] = node
         return node
 
-    from .torch_export import clear_tensor_caches
-
-    clear_tensor_caches(model)  # a cache filled earlier would be read instead of the stand-ins
+    for cache in caches:
+        cache.clear()  # a cache filled earlier would be read instead of the stand-ins
     stack = _ModuleStack(model)
     recorder = _Recorder(graph, env, constant, stack, device == "meta")
     recorder.device = home
@@ -304,7 +335,8 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     finally:
         pre.remove()
         post.remove()
-        clear_tensor_caches(model)  # and one the recorded forward filled holds stand-ins
+        for cache in caches:
+            cache.clear()  # and one the recorded forward filled holds stand-ins
     outs = []
     for t in tree_leaves(out):
         if isinstance(t, torch.Tensor):

@@ -152,6 +152,7 @@ def _per_group_sizes(model, dg, pruned, kind, names, out: ConfigSync) -> list[tu
     """(old, new) per group of ``kind``; module attributes named ``names`` that hold the old
     size, on the modules owning the group's parameters and their parents, are updated."""
     sizes = []
+    modules = dict(model.named_modules())  # one walk; get_submodule per prefix cost 20 ms on ResNet-50
     for g in dg.groups:
         if g.kind != kind or not g.prunable:
             continue
@@ -168,7 +169,7 @@ def _per_group_sizes(model, dg, pruned, kind, names, out: ConfigSync) -> list[tu
             common = _common_prefix(owners)
             prefixes = {p for p in prefixes if p.startswith(common)} if common else {""}
         for p in sorted(prefixes):
-            mod = _module(model, p)
+            mod = modules.get(p)
             if mod is not None and mod is not model:
                 _set_attrs(mod, p, names, g.size, new, out)
     return sizes
