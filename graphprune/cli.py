@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--json", action="store_true")
     z.set_defaults(fn=cmd_zoo)
     ns = p.parse_args(argv)
+    from .report import use_rich
+
+    # rich tables on a terminal (GRAPHPRUNE_RICH=1/0 forces them on/off); plain text in pipes and --json
+    rich_env = os.environ.get("GRAPHPRUNE_RICH")
+    use_rich(not getattr(ns, "json", False) and (rich_env == "1" if rich_env in ("0", "1") else sys.stdout.isatty()))
     try:
         return ns.fn(ns)
     except GraphpruneError as exc:

@@ -1,6 +1,7 @@
 """The command line: the demo job and its errors."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,17 @@ def test_inspect_prints_groups():
     r = _run("inspect", "llama")
     assert r.returncode == 0, r.stderr
     assert "outer" in r.stdout and "prunable" in r.stdout and "rows looked up by index" in r.stdout
+
+
+def test_tables_are_rich_on_a_terminal_and_plain_in_a_pipe():
+    # A pipe gets plain text (what scripts parse); GRAPHPRUNE_RICH=1 stands in for a terminal here.
+    plain = _run("zoo")
+    assert plain.returncode == 0 and "-----" in plain.stdout and "\x1b[" not in plain.stdout
+    env = {**os.environ, "GRAPHPRUNE_RICH": "1", "GRAPHPRUNE_PROGRESS": "0"}
+    fancy = subprocess.run([sys.executable, "-m", "graphprune", "zoo"], cwd=ROOT, capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert fancy.returncode == 0 and "━" in fancy.stdout and "\x1b[1;36m" in fancy.stdout  # bold cyan header
+    assert {"resnet50", "vit"} <= {line.split()[0] for line in fancy.stdout.splitlines()[2:] if line.split()}
+    as_json = subprocess.run([sys.executable, "-m", "graphprune", "zoo", "--json"], cwd=ROOT, capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert as_json.stdout.lstrip().startswith("[")  # --json never gets a rich table

@@ -25,6 +25,7 @@ import inspect
 import operator
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,19 +190,20 @@ class _Recorder(_recorder_base()):
 
 
 class _Values:
-    """Tensor -> the fx node that made it, by identity. Every tensor seen is kept alive
-    while recording so no id is reused (meta tensors hold no memory)."""
+    """Tensor -> the fx node that made it, by identity, holding the tensor weakly: a strong
+    reference would make factory functions (``torch.arange``) hand the forward a shallow
+    copy instead of the tensor recorded (autograd's make_variable copies a tensor that has
+    other owners). A dead entry never matches a new tensor that reuses its id."""
 
     def __init__(self) -> None:
-        self.nodes: dict[int, torch.fx.Node] = {}
-        self.alive: list[torch.Tensor] = []
+        self.nodes: dict[int, tuple[weakref.ref, torch.fx.Node]] = {}
 
     def get(self, t: torch.Tensor) -> torch.fx.Node | None:
-        return self.nodes.get(id(t))
+        entry = self.nodes.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
 
     def __setitem__(self, t: torch.Tensor, node: torch.fx.Node) -> None:
-        self.nodes[id(t)] = node
-        self.alive.append(t)
+        self.nodes[id(t)] = (weakref.ref(t), node)
 
 
 def _walk(model: torch.nn.Module):
