@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .errors import PlanError, PruneWarning, RewriteError
+from .gc_pause import paused_gc
 from .graph import DependencyGraph
 from .metrics import count_macs, count_params
 from .planner import (PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, resolve_ratios,
@@ -224,6 +225,7 @@ def shape_fn(graph: DependencyGraph, p: PrunePlan):
     return shape_of
 
 
+@paused_gc
 def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
                   ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                   ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,

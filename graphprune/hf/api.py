@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 
 from .. import api
+from ..gc_pause import paused_gc
 from ..graph import DependencyGraph
 from ..planner import PrunePlan
 from .inputs import example_inputs, prepare
@@ -15,6 +16,7 @@ from .sync import sync_config
 META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was made (for save_pruned)
 
 
+@paused_gc
 def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3,
           targets: Iterable[str] | str | None = None, importance: str = "auto", round_to: int = 1,
           ignore: Iterable[str] = (), verify: bool = False, atol: float = 1e-5, plan_: PrunePlan | None = None,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from ..errors import PlanError
+from ..gc_pause import paused_gc
 
 if TYPE_CHECKING:
     from ..graph import DependencyGraph
@@ -42,6 +43,7 @@ class Program(ABC):
     def freeze(self, dg: "DependencyGraph") -> None:
         """Front-end freezes applied before groups are built (sizes the back-end cannot rewrite)."""
 
+    @paused_gc
     def graph(self, freeze_io: bool = True) -> "DependencyGraph":
         """The solved dependency graph (cached for the default ``freeze_io``)."""
         from ..graph import DependencyGraph
