@@ -187,3 +187,18 @@ def test_meta_shape_rules_agree_with_the_kernels(case):
     assert (got.shape, got.dtype, got.stride()) == (want.shape, want.dtype, want.stride())
     if name.endswith("_.Tensor") or name.endswith("_.default"):
         assert got is metas[0]  # in place: the same tensor, as the recorder's value map expects
+
+
+def test_repeat_interleave_by_an_int_is_recorded():
+    # Only tensor repeats depend on data; GQA's key/value expansion by an int is a static op.
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.k(x).view(2, 3, 2, 2).repeat_interleave(2, dim=2)
+
+    trace = trace_model(M().eval(), (torch.randn(2, 3, 8),))
+    assert trace.method == "record"
+    assert any("repeat_interleave" in str(n.target) for n in trace.graph.nodes)

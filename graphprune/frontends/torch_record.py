@@ -38,7 +38,7 @@ from . import meta_shapes
 _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal",
                    "aten.masked_select", "aten.unique", "aten._unique2", "aten.unique_consecutive",
                    "aten.nonzero_static", "aten.allclose", "aten.is_same_size", "aten.tolist",
-                   "aten.repeat_interleave"}
+                   "aten.repeat_interleave.Tensor", "aten.repeat_interleave.self_Tensor"}  # int repeats are static
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _TORCH_MODULES_DIR = os.path.join(_TORCH_DIR, "nn", "modules") + os.sep
 
@@ -149,7 +149,7 @@ class _Recorder(_recorder_base()):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _op_name(func)
-        if name.rpartition(".")[0] in _DATA_DEPENDENT:
+        if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             raise Unrecordable(f"the forward reads tensor data ({name})")
         with torch._C._DisablePythonDispatcher():  # the op's own kernels: C++ meta where torch has one
             out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
