@@ -10,7 +10,6 @@ broken model.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Any
 
