@@ -45,11 +45,17 @@ def clear_tensor_caches(model: torch.nn.Module) -> list[str]:
     cleared = []
     for path, mod in model.named_modules():
         for attr, val in list(vars(mod).items()):
-            if "cache" in attr.lower() and isinstance(val, dict) and val \
-                    and all(isinstance(v, torch.Tensor) for v in val.values()):
+            if is_tensor_cache(attr, val):
                 val.clear()
                 cleared.append(f"{path}.{attr}" if path else attr)
     return cleared
+
+
+def is_tensor_cache(attr: str, val: Any) -> bool:
+    """A module attribute that caches tensors a forward computed: a non-empty dict of
+    tensors under a name with "cache" in it."""
+    return "cache" in attr.lower() and isinstance(val, dict) and bool(val) \
+        and all(isinstance(v, torch.Tensor) for v in val.values())
 
 
 def op_id(target: Any) -> str:

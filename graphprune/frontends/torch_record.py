@@ -213,6 +213,8 @@ def _walk(model: torch.nn.Module):
     aliases: every path of every weight (tied names included) -> the tensor; owners: id of a
     tensor kept in a plain attribute -> its path; caches: dicts of tensors (see
     :func:`~graphprune.frontends.torch_export.clear_tensor_caches`)."""
+    from .torch_export import is_tensor_cache
+
     params, buffers, aliases, owners, caches = [], [], {}, {}, []
     seen: set[int] = set()
     for mpath, mod in model.named_modules(remove_duplicate=False):
@@ -228,8 +230,7 @@ def _walk(model: torch.nn.Module):
         for attr, val in vars(mod).items():
             if isinstance(val, torch.Tensor):
                 owners.setdefault(id(val), prefix + attr)
-            elif isinstance(val, dict) and val and "cache" in attr.lower() \
-                    and all(isinstance(v, torch.Tensor) for v in val.values()):
+            elif is_tensor_cache(attr, val):
                 caches.append(val)
     weights = [("param", p, t) for p, t in params] + [("buffer", p, t) for p, t in buffers]
     return weights, aliases, owners, caches
