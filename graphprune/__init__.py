@@ -19,6 +19,9 @@ from .schedule import prune_iterative
 from .verify import OracleReport, masked_original, verify
 from . import hf  # transformers support; imports transformers only when used
 from .hf import load_pruned, save_pruned
+from .rules import load_all as _load_rules
+
+_load_rules()  # the op rules register on import: with the package, not inside the first trace
 
 __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport", "plan", "prune", "verify", "masked_original", "DependencyGraph", "Group", "Member",
            "PrunePlan", "export_onnx", "ExportReport", "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA", "register_importance",

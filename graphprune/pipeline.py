@@ -17,6 +17,8 @@ from .planner import (PrunePlan, check_prunable, check_ratio, idle_note, keep_ma
 from .budget import key_values
 from .depth_plan import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .report import PruneReport
+from .allocate import allocate_if_cheap, resolve_allocation
+from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
 
@@ -70,10 +72,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     kind). ``allocation="sensitivity"`` (the default with ``calib``) spends the uniform plan's
     parameter budget unevenly, where the measured output error is least (graphprune/allocate.py);
     ``budget`` replaces ``ratio`` with a MACs / parameter / latency target (graphprune/budget.py)."""
-    from .allocate import allocate_if_cheap, resolve_allocation
-    from .calib.collect import collect
-    from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
-
     check_ratio(ratio)
     name = resolve_importance(importance, calib, compensate)
     how = resolve_allocation(allocation, calib, ratios)
@@ -109,6 +107,8 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if crit is not None and batches is not None and crit.needs == "grad":
         ctx.grads = program.gradients(batches, loss_fn)
     elif crit is not None and batches is not None and crit.needs == "calib":
+        from .calib.collect import collect
+
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
     scores = score_groups(name, ctx, groups)
     alloc = spent = depth = None
@@ -237,10 +237,6 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     returns ``(pruned program, PruneReport)``. A failing oracle raises: no wrong model is
     returned. The oracle checks the plan without compensation, which changes weights on
     purpose; the report lists each refit layer with its calibration error before/after."""
-    from .calib.compensate import compensate as run_compensation
-    from .calib.sites import find_sites
-    from .oracle import run_oracle
-
     t0 = time.perf_counter()
     check_ratio(ratio)
     mode = compensation_mode(compensate, calib)
@@ -256,11 +252,18 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                 raise PlanError(f"the plan does not fit this model: group {gid} (size {size}) is not in its graph")
         planned = Planned(plan_, "given plan")
     p = planned.plan
-    oracle = run_oracle(program, p, atol) if verify else None
+    oracle = None
+    if verify:
+        from .oracle import run_oracle
+
+        oracle = run_oracle(program, p, atol)
     if oracle is not None and not oracle.passed:
         raise RewriteError(f"{oracle}; the model was not changed and nothing was written")
     comp = None
     if mode is not None and not p.empty:
+        from .calib.compensate import compensate as run_compensation
+        from .calib.sites import find_sites
+
         batches = planned.batches if planned.batches is not None else program.batches(calib)
         add = program.bias_free(find_sites(dg)) if add_bias else set()
         stats = planned.ctx.stats if planned.ctx is not None else None

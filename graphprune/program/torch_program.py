@@ -15,6 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import PlanError
+# The tracing path is imported with the package, not inside the first trace (compiling these
+# modules is a tenth of a cold prune where bytecode is not cached).
+from ..frontends.torch_export import lower_trace
+from ..frontends.torch_record import trace_model
 from .base import Masks, OnCapture, Program
 
 
@@ -48,14 +52,10 @@ class TorchProgram(Program):
     def trace(self):
         """The traced program (graphprune.frontends.torch_record.Trace), traced once."""
         if self._trace is None:
-            from ..frontends.torch_record import trace_model
-
             self._trace = trace_model(self.model, self.args, self.kwargs)
         return self._trace
 
     def lower(self):
-        from ..frontends.torch_export import lower_trace
-
         return lower_trace(self.trace(), self.model)
 
     def freeze(self, dg) -> None:
