@@ -65,6 +65,8 @@ class Node:
     kwargs: dict[str, Any]
     outputs: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    # inputs, computed once: every analysis pass walks them (args are never changed in place)
+    _inputs: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def refs(self) -> Iterator[Ref]:
         """Every tensor reference in args/kwargs, in order."""
@@ -73,7 +75,9 @@ class Node:
 
     @property
     def inputs(self) -> list[str]:
-        return [r.name for r in self.refs()]
+        if self._inputs is None:
+            self._inputs = [r.name for r in self.refs()]
+        return self._inputs
 
     def where(self) -> str:
         """A human-readable location for error messages."""

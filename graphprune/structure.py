@@ -164,21 +164,29 @@ def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
     layer across depth)."""
     values = dg.ir.values
     births: dict[int, set[str]] = {}
+    memo: dict[str, set[int]] = {}  # value -> its atoms (an activation feeds several nodes)
+
+    def atoms_of(name: str) -> set[int]:
+        got = memo.get(name)
+        if got is None:
+            got = memo[name] = {a for d in range(values[name].rank) for a in _atoms(dg, name, d)}
+        return got
+
     for n in dg.ir.nodes:
         act_in: set[int] = set()
         param_in: dict[int, str] = {}
         for i in n.inputs:
             v = values[i]
-            atoms = {a for d in range(v.rank) for a in _atoms(dg, i, d)}
             if v.kind in ("param", "buffer", "const") and v.rank >= 1:
-                param_in.update((a, v.source or v.name) for a in atoms)
+                param_in.update((a, v.source or v.name) for a in atoms_of(i))
             else:
-                act_in.update(atoms)
+                act_in |= atoms_of(i)
+        if not param_in:
+            continue
         for o in n.outputs:
-            for d in range(values[o].rank):
-                for a in _atoms(dg, o, d):
-                    if a in param_in and a not in act_in:
-                        births.setdefault(a, set()).add(param_in[a])
+            for a in atoms_of(o):
+                if a in param_in and a not in act_in:
+                    births.setdefault(a, set()).add(param_in[a])
     return births
 
 
