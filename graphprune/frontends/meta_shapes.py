@@ -129,6 +129,9 @@ def _binary(op: str, inplace: bool) -> Callable:
     def rule(a, b, *rest, **kw):
         if not isinstance(a, torch.Tensor):
             raise _Unhandled
+        if isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and (
+                op != "div" or a.dtype.is_floating_point):  # the common case, without broadcasting rules
+            return a if inplace else _like(a)
         shape = torch.broadcast_shapes(tuple(a.shape), tuple(b.shape) if isinstance(b, torch.Tensor) else ())
         if inplace:
             if tuple(shape) != tuple(a.shape):

@@ -153,6 +153,13 @@ class _Recorder(_recorder_base()):
             raise Unrecordable(f"the forward reads tensor data ({name})")
         with torch._C._DisablePythonDispatcher():  # the op's own kernels: C++ meta where torch has one
             out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
+            # the node's stand-in (made here: a meta tensor costs twice as much under the Python dispatcher)
+            if isinstance(out, torch.Tensor):
+                val = _meta_like(out)
+            elif isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
+                val = [(_meta_like(o) if isinstance(o, torch.Tensor) else o) for o in out]
+            else:
+                val = out
         node = self.graph.create_node("call_function", func, self._args(args), self._args(kwargs),
                                       name=func._overloadpacket.__name__)
         meta = node.meta
@@ -160,18 +167,15 @@ class _Recorder(_recorder_base()):
         frame = _user_frame()
         if frame is not None:
             meta["stack_trace"] = frame
+        meta["val"] = val
         if isinstance(out, torch.Tensor):
-            meta["val"] = _meta_like(out)
             self.env[out] = node
-        elif isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
-            meta["val"] = [(_meta_like(o) if isinstance(o, torch.Tensor) else o) for o in out]
+        elif isinstance(val, list):
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):
                     item = self.graph.create_node("call_function", operator.getitem, (node, i))
-                    item.meta["val"] = meta["val"][i]
+                    item.meta["val"] = val[i]
                     self.env[o] = item
-        else:
-            meta["val"] = out
         return out
 
     def _args(self, a: Any) -> Any:
@@ -300,12 +304,13 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     by_id: dict[int, torch.Tensor] = {}  # id of a weight -> what the recorded forward sees instead
     first = next(iter(graph.nodes), None)
     for kind, path, t in weights:
-        new = _meta_like(t) if device == "meta" else t if kind == "param" else t.clone()
+        val = _meta_like(t)
+        new = val if device == "meta" else t if kind == "param" else t.clone()  # (a meta stand-in is never written)
         by_id[id(t)] = new
         root[path] = t
         with graph.inserting_before(first) if first is not None else contextlib.nullcontext():
             node = graph.create_node("get_attr", path, name=("p_" if kind == "param" else "b_") + path.replace(".", "_"))
-        node.meta["val"] = _meta_like(t)
+        node.meta["val"] = val
         kinds[node.name] = (kind, path)
         env[new] = node
     stand_in = {path: by_id[id(t)] for path, t in aliases.items()}  # tied names get the one stand-in
