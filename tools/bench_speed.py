@@ -4,7 +4,8 @@ The models are transformers models built from configs (random init, eval mode), 
 them. Timed: the one call that prunes (graphprune.hf.prune with default settings: tracing,
 grouping, L2 scoring, rewrite; Torch-Pruning's MetaPruner construction + step with L2 group
 magnitude), at ratio 0.3 of heads and FFN units (channels for CNNs); building the model and
-importing the packages are not timed. Median of ``--repeat`` fresh processes per cell.
+importing the packages are not timed. Median of ``--repeat`` fresh processes per cell; the
+tools alternate run by run, so a slow spell of the machine falls on both.
 
     .venv/bin/python tools/bench_speed.py                      # the table of docs/benchmarks.md
     .venv/bin/python tools/bench_speed.py --models resnet50 --repeat 1 --tools graphprune
@@ -100,8 +101,13 @@ def main() -> int:
     ns = p.parse_args()
     results: dict = json.loads(ns.json.read_text()) if ns.json.exists() else {}
     for key in ns.models:
+        # the tools take turns, run by run: a slow spell of the machine then costs both alike
+        runs_of: dict[str, list] = {tool: [] for tool in ns.tools}
+        for _ in range(ns.repeat):
+            for tool in ns.tools:
+                runs_of[tool].append(run_child(key, tool))
         for tool in ns.tools:
-            runs = [run_child(key, tool) for _ in range(ns.repeat)]
+            runs = runs_of[tool]
             ok = [r for r in runs if "error" in r] == []
             cell = {"seconds": statistics.median(r["seconds"] for r in runs) if ok else None,
                     "runs": [r.get("seconds") for r in runs], "params": runs[0].get("params"),
