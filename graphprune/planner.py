@@ -63,8 +63,8 @@ def keep_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np
     solver = dg.solver
     for v in dg.ir.values.values():
         for d in range(v.rank):
-            term = solver.layout((v.name, d))
-            if any(a in pruned for a in solver.atoms(term)):
+            term, atoms = solver.slot_atoms((v.name, d))
+            if not atoms.isdisjoint(pruned):
                 mask = solver.keep_mask(term, pruned)
                 if not mask.all():
                     out[(v.name, d)] = mask

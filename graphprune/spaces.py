@@ -47,6 +47,8 @@ class Solver:
         self._inexact: list[tuple[Term, str]] = []
         self._hidden: list[Term] = []
         self._virtual = itertools.count()
+        self._generation = 0  # bumped by every binding: cached layouts are stale after one
+        self._slot_atoms: tuple[int, dict[SlotKey, tuple[Term, frozenset[int]]]] = (-1, {})
 
     # ---- construction -------------------------------------------------------------
     def new_atom(self, size: int | None) -> Term:
@@ -126,6 +128,19 @@ class Solver:
     # ---- queries --------------------------------------------------------------------------
     def layout(self, key: SlotKey) -> Term:
         return self.resolve(self._slot[key])
+
+    def slot_atoms(self, key: SlotKey) -> tuple[Term, frozenset[int]]:
+        """(layout, its atoms) of a slot, cached until the next binding: planning asks for
+        every slot of the graph several times (masks, shapes, the rewrite)."""
+        gen, cache = self._slot_atoms
+        if gen != self._generation:
+            cache = {}
+            self._slot_atoms = (self._generation, cache)
+        got = cache.get(key)
+        if got is None:
+            term = self.layout(key)
+            got = cache[key] = (term, frozenset(self.atoms(term)))
+        return got
 
     def atoms(self, term: Term) -> list[int]:
         """Leaf atoms of a term, in first-occurrence order."""
@@ -233,6 +248,7 @@ class Solver:
         if atom in self.atoms(term):
             raise CouplingError("cyclic layout")  # impossible with consistent sizes
         self._bound[atom] = term
+        self._generation += 1
 
     def _conflict(self, terms: list[Term], reason: str) -> None:
         for t in terms:
