@@ -59,12 +59,13 @@ class PrunePlan:
 def keep_masks(dg: DependencyGraph, plan: PrunePlan) -> dict[tuple[str, int], np.ndarray]:
     """(IR value, dim) -> kept positions mask, for every slot the plan changes."""
     pruned = plan.masks()
+    touched = set(pruned)  # a set: isdisjoint then walks the smaller side, not every group per slot
     out: dict[tuple[str, int], np.ndarray] = {}
     solver = dg.solver
     for v in dg.ir.values.values():
         for d in range(v.rank):
             term, atoms = solver.slot_atoms((v.name, d))
-            if not atoms.isdisjoint(pruned):
+            if not atoms.isdisjoint(touched):
                 mask = solver.keep_mask(term, pruned)
                 if not mask.all():
                     out[(v.name, d)] = mask
