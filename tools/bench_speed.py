@@ -123,15 +123,19 @@ def main() -> int:
 
 
 def table(results: dict) -> str:
-    lines = ["| model (transformers config, random init) | graphprune | Torch-Pruning 1.6.1 | graphprune / peer |",
-             "|---|---|---|---|"]
+    lines = ["| model (transformers config, random init) | graphprune | Torch-Pruning 1.6.1 | graphprune / peer "
+             "| run by run |", "|---|---|---|---|---|"]
     for key, (label, *_rest) in MODELS.items():
         cells = results.get(key, {})
         g, t = cells.get("graphprune", {}).get("seconds"), cells.get("torch-pruning", {}).get("seconds")
         if g is None and t is None:
             continue
+        # ratios of the runs taken in turn (n-th graphprune run over n-th peer run): their spread
+        pairs = [a / b for a, b in zip(cells.get("graphprune", {}).get("runs") or [],
+                                       cells.get("torch-pruning", {}).get("runs") or []) if a and b]
+        spread = f"{min(pairs):.2f}-{max(pairs):.2f}x" if pairs else ""
         lines.append(f"| {label} | {f'{g:.2f} s' if g else 'n/a'} | {f'{t:.2f} s' if t else 'n/a'} | "
-                     f"{f'{g / t:.2f}x' if g and t else ''} |")
+                     f"{f'{g / t:.2f}x' if g and t else ''} | {spread} |")
     return "\n".join(lines)
 
 
