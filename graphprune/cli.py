@@ -57,7 +57,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     torch.manual_seed(0)
     t = _step(1, 5, f"building {ns.model} ({ns.config} config)")
     model, args = _zoo(ns.model, ns.config)
-    t = _step(2, 5, "tracing with torch.export and solving channel spaces")
+    t = _step(2, 5, "tracing one forward and solving channel spaces")
     graph = gp.trace(model, args)
     n_prunable = len(graph.prunable_groups())
     print(f"      {len(graph.groups)} groups, {n_prunable} prunable ({time.perf_counter() - t:.1f}s)")
@@ -183,7 +183,7 @@ def _prune_flags(pr: argparse.ArgumentParser) -> None:
                          "(whole residual branches, scored on --calib) (default: heads and ffn for models with "
                          "attention, else channels and conv groups)")
     pr.add_argument("--importance", default="auto",
-                    help="criterion: auto, l1, l2, lamp, random, obs, activation, fluctuation, taylor, hessian "
+                    help="criterion: auto, l1, l2, lamp, bn_scale, random, obs, activation, fluctuation, taylor, hessian "
                          "(auto: obs with --calib, else l2)")
     pr.add_argument("--calib", help="calibration data: an .npz of arrays named by model input (samples along dim "
                                     "0), a folder of .npz batches, or for a Hugging Face folder a .txt file")
@@ -211,11 +211,18 @@ def _prune_flags(pr: argparse.ArgumentParser) -> None:
     _input_flags(pr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like graphprune's own (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .cli_bench import cmd_bench
     from .cli_prune import cmd_prune
 
-    p = argparse.ArgumentParser(prog="graphprune", description="Graph-level structured pruning compiler: prune a "
+    p = _Parser(prog="graphprune", description="Graph-level structured pruning compiler: prune a "
                                 "model into a smaller dense one whose outputs are proven against the original.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="prune a built-in model, check the oracle, export slim ONNX, print the table")
@@ -247,15 +254,25 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--json", action="store_true")
     z.set_defaults(fn=cmd_zoo)
     ns = p.parse_args(argv)
+    import warnings
+
     from .report import use_rich
+
 
     # rich tables on a terminal (GRAPHPRUNE_RICH=1/0 forces them on/off); plain text in pipes and --json
     rich_env = os.environ.get("GRAPHPRUNE_RICH")
     use_rich(not getattr(ns, "json", False) and (rich_env == "1" if rich_env in ("0", "1") else sys.stdout.isatty()))
     try:
-        return ns.fn(ns)
+        with warnings.catch_warnings():  # a warning is one line too, without the source line Python shows
+            warnings.showwarning = lambda message, category, *_a, **_k: print(
+                f"graphprune: warning: {message}", file=sys.stderr)
+            return ns.fn(ns)
     except GraphpruneError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no (a full disk, rights taken away mid-run)
+        where = f" at '{exc.filename}'" if exc.filename else ""
+        print(f"graphprune: error: {exc.strerror or exc}{where}; nothing was written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("graphprune: interrupted; nothing was written", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -29,6 +30,24 @@ def output_kind(out: str) -> str:
     return "folder"
 
 
+def check_writable(out: str, flag: str) -> None:
+    """Fail before any work when ``out`` cannot be written: the nearest existing folder above it
+    must take new files (a file in the way, /proc, a read-only mount or missing rights stop here,
+    not after a prune). Nothing is created: missing folders are made only when writing."""
+    where = Path(out).absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise GraphpruneError(f"{flag} {out}: '{where}' is a file, not a folder; choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".graphprune-probe.", dir=where)
+    except OSError as exc:
+        raise GraphpruneError(f"{flag} {out}: cannot create files in '{where}' ({exc.strerror or exc}); "
+                              f"choose another {flag}") from exc
+    os.close(fd)
+    os.remove(probe)
+
+
 def cmd_prune(ns: argparse.Namespace) -> int:
     from . import sources
     from .cli import _feeds, _input_shapes, _ratios, _step, emit
@@ -36,6 +55,9 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 
     check_ratio(ns.ratio)  # before any work: a bad option must not cost a model load
     out_kind = output_kind(ns.output)
+    check_writable(ns.output, "-o")
+    if ns.report:
+        check_writable(ns.report, "--report")
     if Path(ns.output).resolve() == Path(ns.model).resolve():
         raise GraphpruneError("the output path is the input; choose another -o")
     kind = sources.classify(ns.model)
@@ -122,6 +144,9 @@ def write(src, model, report, out: str, out_kind: str) -> None:
             history = _history(src) + [report.plan]
             added = report.compensation.bias_modules if report.compensation is not None else []
             save_pruned_module(model, tmp, src.recipe, history, src.args, src.kwargs, added)
+        from .atomic import public_tree
+
+        public_tree(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -142,6 +142,10 @@ def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "2"], "ratio must be a number in [0, 1)"),
     (["prune", "cli_net:make_with_inputs", "-o", "o", "--targets", "wings"], "unknown target 'wings'"),
     (["bench", "cli_net:make_with_inputs", "--batch", "0"], "must be >= 1"),
+    # where OUT cannot be written, before any work (a file in the way, a folder that takes no files)
+    (["prune", "cli_net:make_with_inputs", "-o", "cli_net.py/o.onnx"], "is a file, not a folder"),
+    (["prune", "cli_net:make_with_inputs", "-o", "/proc/o.onnx"], "cannot create files in '/proc'"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--report", "cli_net.py/orep"], "--report"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_output(factory, argv, message):
     r = _cli(*argv, cwd=factory)
@@ -149,3 +153,25 @@ def test_bad_input_exits_2_with_one_line_and_no_output(factory, argv, message):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
     assert not any(p.name.startswith("o") for p in factory.iterdir())
+
+
+def test_a_malformed_option_is_one_line_too(factory):
+    r = _cli("prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "abc", cwd=factory)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "graphprune prune: error: argument --ratio: invalid float value: 'abc' (see 'graphprune prune --help')"]
+    assert not any(p.name.startswith("o") for p in factory.iterdir())
+
+
+def test_outputs_get_the_modes_open_and_mkdir_give(factory):
+    """Temporary files are private while written; what lands at OUT is not."""
+    import os
+
+    mask = os.umask(0)  # the CLI inherits it
+    os.umask(mask)
+    r = _cli("prune", "cli_net:make_with_inputs", "-o", "out_dir", cwd=factory)
+    assert r.returncode == 0, r.stderr
+    out = factory / "out_dir"
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert sorted(p.name for p in out.iterdir()) == ["graphprune.json", "model.safetensors"]
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~mask}
