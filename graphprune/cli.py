@@ -175,7 +175,7 @@ def _prune_flags(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("-o", "--output", required=True,
                     help="OUT: file.onnx, file.pt, or a folder (a transformers folder that load_pruned reads, with "
                          "the tokenizer copied; or model.safetensors + plan). Written only if every check passes")
-    pr.add_argument("--ratio", type=float, default=0.3, help="share of each selected group to remove (default 0.3)")
+    pr.add_argument("--ratio", type=float, default=None, help="share of each selected group to remove (default 0.3)")
     pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
                                      "<= 1 of the original, or a count), latency_ms=3; several keys all hold")
     pr.add_argument("--targets", nargs="*", default=None,

@@ -53,7 +53,10 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     from .cli import _feeds, _input_shapes, _ratios, _step, emit
     from .planner import check_ratio
 
-    check_ratio(ns.ratio)  # before any work: a bad option must not cost a model load
+    if ns.ratio is not None and ns.budget:
+        raise GraphpruneError("--ratio and --budget both choose how much goes: pass one of them")
+    ns.ratio = 0.3 if ns.ratio is None else ns.ratio
+    check_ratio(ns.ratio, "--ratio")  # before any work: a bad option must not cost a model load
     out_kind = output_kind(ns.output)
     check_writable(ns.output, "-o")
     if ns.report:

@@ -160,7 +160,8 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
     names = dg.param_names()
     for item in ignore:
         if not any(n == item or n.startswith(item + ".") for n in names):
-            raise PlanError(f"ignored name '{item}' matches no parameter or module of the model")
+            raise PlanError(f"ignored name '{item}' matches no parameter or module of the model (the names are "
+                            "the members `graphprune inspect MODEL` lists, or model.named_modules())")
     out = []
     for g in dg.prunable_groups():
         if (g.kind if by == "kind" else g.role) not in wanted:

@@ -141,6 +141,9 @@ def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     (["prune", "resnet9000", "-o", "o.onnx"], "zoo name"),
     (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "2"], "ratio must be a number in [0, 1)"),
     (["prune", "cli_net:make_with_inputs", "-o", "o", "--targets", "wings"], "unknown target 'wings'"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "0.2", "--budget", "macs=0.5"],
+     "pass one of them"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ignore", "wing"], "graphprune inspect MODEL"),
     (["bench", "cli_net:make_with_inputs", "--batch", "0"], "must be >= 1"),
     # where OUT cannot be written, before any work (a file in the way, a folder that takes no files)
     (["prune", "cli_net:make_with_inputs", "-o", "cli_net.py/o.onnx"], "is a file, not a folder"),
