@@ -1,7 +1,9 @@
 """Progress bars for long steps (calibration, compensation), on stderr.
 
-tqdm when it is installed (transformers brings it), a plain counter otherwise;
-``GRAPHPRUNE_PROGRESS=0`` silences both.
+tqdm when it is installed (transformers brings it), a plain counter otherwise; drawn when
+stderr is a terminal (a bar redrawn in a log file is noise), ``GRAPHPRUNE_PROGRESS=1`` draws
+them anywhere, ``GRAPHPRUNE_PROGRESS=0`` never. Step lines (:func:`progress_line`) are
+printed unless silenced.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ T = TypeVar("T")
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    if os.environ.get("GRAPHPRUNE_PROGRESS", "1") == "0":
+    setting = os.environ.get("GRAPHPRUNE_PROGRESS", "")
+    if setting == "0" or (setting != "1" and not sys.stderr.isatty()):
         yield from items
         return
     try:

@@ -54,3 +54,15 @@ def test_tables_are_rich_on_a_terminal_and_plain_in_a_pipe():
     as_json = subprocess.run([sys.executable, "-m", "graphprune", "zoo", "--json"], cwd=ROOT, capture_output=True,
                              text=True, env=env, timeout=600)
     assert as_json.stdout.lstrip().startswith("[")  # --json never gets a rich table
+
+
+def test_progress_bars_only_where_someone_watches(monkeypatch, capsys):
+    """Bars are drawn on a terminal; in a pipe or a log (pytest's capture is one) only when
+    GRAPHPRUNE_PROGRESS=1 asks, and never with GRAPHPRUNE_PROGRESS=0."""
+    from graphprune.progress import progress
+
+    for setting, drawn in (("", False), ("1", True), ("0", False)):
+        monkeypatch.setenv("GRAPHPRUNE_PROGRESS", setting)
+        assert list(progress(range(3), "calibrating", total=3)) == [0, 1, 2]
+        err = capsys.readouterr().err
+        assert ("calibrating" in err) == drawn, (setting, err)
