@@ -9,6 +9,9 @@ from .graph import DependencyGraph
 from .pipeline import compensation_mode, plan_program, prune_program, resolve_importance, shape_fn  # noqa: F401
 from .planner import PrunePlan
 from .program.torch_program import TorchProgram
+from .rules import load_all
+
+load_all()  # the op rules register on import: with the API, not inside the first trace
 
 
 def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, freeze_io: bool = True) -> DependencyGraph:
