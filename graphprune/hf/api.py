@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 
 from .. import api
+from ..checkpoint import tensor_spec
 from ..gc_pause import paused_gc
 from ..graph import DependencyGraph
 from ..planner import PrunePlan
@@ -99,6 +100,4 @@ causal_lm_loss.accepts_tensors = True  # the masked runs of depth pruning pass (
 
 def _input_spec(inputs: dict) -> dict:
     """Shapes and dtypes; small integer inputs (token ids, masks) verbatim (graphprune.checkpoint)."""
-    from ..checkpoint import tensor_spec
-
     return {k: tensor_spec(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
