@@ -33,6 +33,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_leaves
 
 from . import meta_shapes
+from .torch_export import is_tensor_cache
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
 _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal",
@@ -217,8 +218,6 @@ def _walk(model: torch.nn.Module):
     aliases: every path of every weight (tied names included) -> the tensor; owners: id of a
     tensor kept in a plain attribute -> its path; caches: dicts of tensors (see
     :func:`~graphprune.frontends.torch_export.clear_tensor_caches`)."""
-    from .torch_export import is_tensor_cache
-
     params, buffers, aliases, owners, caches = [], [], {}, {}, []
     seen: set[int] = set()
     for mpath, mod in model.named_modules(remove_duplicate=False):
