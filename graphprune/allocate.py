@@ -21,7 +21,7 @@ import numpy as np
 from .errors import PlanError
 from .graph import DependencyGraph, Group
 from .metrics import count_params
-from .planner import PrunePlan, kept_count, keep_masks, make_plan
+from .planner import PrunePlan, kept_count, keep_masks, make_plan, step_of
 
 ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
@@ -78,7 +78,7 @@ def removed_params(dg: DependencyGraph, plan: PrunePlan, before: int) -> int:
 
 def _levels(g: Group, ratio: float, round_to: int) -> list[tuple[float, int]]:
     """(ratio, channels removed) per distinct level of group ``g``."""
-    rt = round_to if g.role == "channel" else 1
+    rt = step_of(g, round_to)
     out: dict[int, float] = {}
     for m in LEVELS:
         r = min(MAX_RATIO, ratio * m)
@@ -273,7 +273,7 @@ def _greedy(groups: list[Group], curves, target: int, round_to: int) -> dict[int
         g = by_id[gid]
         f = (target - removed) / (b[0] - a[0])
         r = a[2] + f * (b[2] - a[2])
-        rt = round_to if g.role == "channel" else 1
+        rt = step_of(g, round_to)
         # the ratio whose channel count first reaches the budget: never fewer parameters removed
         # than the uniform plan (at most one channel, or head, more)
         n = math.ceil(g.size * r - 1e-9)

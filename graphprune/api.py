@@ -45,11 +45,11 @@ def load_onnx(path: str, freeze_io: bool = True, input_shapes: Mapping[str, tupl
 
 
 def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, importance: str = "auto",
-         round_to: int = 1, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+         round_to: int | str = "auto", ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
          ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
          calib=None, loss_fn=None, compensate: bool | str | None = None, notes: list[str] | None = None,
          allocation: str = "auto", budget: Mapping[str, float] | str | None = None,
-         max_ratio: float | None = None) -> PrunePlan:
+         max_ratio: float | None = None, runtime: str | None = "auto") -> PrunePlan:
     """Rank every selected group by ``importance`` and drop ``ratio`` of each.
 
     ``targets`` picks what to prune by what it is (see :mod:`graphprune.structure`):
@@ -72,20 +72,20 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     """
     planned = plan_program(TorchProgram.of(graph, model), ratio, importance, round_to, ignore, roles, ratios,
                            targets, calib, loss_fn, compensate, allocation=allocation, budget=budget,
-                           max_ratio=max_ratio)
+                           max_ratio=max_ratio, runtime=runtime)
     if notes is not None:
         notes.extend(planned.notes)
     return planned.plan
 
 
 def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio: float = 0.5,
-          importance: str = "auto", round_to: int = 1, ignore: Iterable[str] = (),
+          importance: str = "auto", round_to: int | str = "auto", ignore: Iterable[str] = (),
           roles: Iterable[str] | None = None, graph: DependencyGraph | None = None,
           plan_: PrunePlan | None = None, verify: bool = False, atol: float = 1e-5,
           targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
           loss_fn=None, add_bias: bool = False, ratios: Mapping[int, float] | None = None,
           allocation: str = "auto", budget: Mapping[str, float] | str | None = None,
-          max_ratio: float | None = None):
+          max_ratio: float | None = None, runtime: str | None = "auto", measure_latency: bool = True):
     """Prune ``model`` in place; return ``(model, PruneReport)``.
 
     ``budget={"macs": 0.5}`` (or ``{"params": 0.6}``, ``{"params": 20e6}``, several keys at
@@ -104,6 +104,17 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     spends the same parameter budget as a uniform ``ratio`` where it costs least
     (``allocation="uniform"``: every group loses ``ratio``).
 
+    Widths follow the target ``runtime`` ("torch": eager on the model's device, the default;
+    "onnxruntime": exported and run on one thread; None: neither measured nor aligned):
+    ``round_to="auto"`` keeps each channel group at the multiples that runtime's kernels run
+    fastest on this machine (profiled once, cached), ``round_to=1`` allows any width. The
+    latency before and after, at the example inputs' shapes, is in the report
+    (``measure_latency=False`` skips it); a pruned model that runs slower raises a PruneWarning.
+
+    Calibration batches may have any batch size (a smaller last batch too) and, where the
+    forward allows it, other sequence lengths than the example; a ``DataLoader`` of
+    ``(inputs, labels)`` works as it is (items beyond the example's positional inputs are dropped).
+
     With ``verify=True`` the plan is first held to the exactness oracle on a copy
     of the model (see :func:`graphprune.verify`): the result is in the report, and a
     failure raises RewriteError before the model is touched. The
@@ -121,5 +132,6 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                    loss_fn, compensate, add_bias, plan_, verify, atol, inplace=True,
-                                   allocation=allocation, budget=budget, max_ratio=max_ratio)
+                                   measure_latency=measure_latency, allocation=allocation, budget=budget,
+                                   max_ratio=max_ratio, runtime=runtime)
     return pruned.model, report

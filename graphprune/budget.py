@@ -20,7 +20,7 @@ import numpy as np
 from .errors import PlanError
 from .graph import DependencyGraph, Group
 from .metrics import count_macs, count_params
-from .planner import kept_count
+from .planner import kept_count, step_of
 
 METRICS = ("macs", "params")
 LATENCY = "latency_ms"  # measured, not modelled: onnxruntime, one thread, the example inputs' batch
@@ -130,8 +130,8 @@ def _fits(got: Mapping[str, int], targets: Mapping[str, int]) -> bool:
     return all(got[k] <= t for k, t in targets.items())
 
 
-def _rounding(g: Group, round_to: int) -> int:
-    return round_to if g.role == "channel" else 1
+def _rounding(g: Group, round_to) -> int:
+    return step_of(g, round_to)
 
 
 def uniform_kept(groups: list[Group], ratio: float, round_to: int) -> dict[int, int]:

@@ -51,13 +51,13 @@ def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "auto",
 
 
 def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.3, importance: str = "auto",
-               round_to: int = 8, ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
+               round_to: int | str = "auto", ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
                targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
                ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None,
                allocation: str = "auto", add_bias: bool = False, input_shapes: Mapping[str, tuple] | None = None,
                inputs: Mapping | None = None, budget: Mapping[str, float] | str | None = None,
-               max_ratio: float | None = None) -> PruneReport:
+               max_ratio: float | None = None, runtime: str | None = "auto") -> PruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes
     (onnx.checker, the outputs' shapes in onnxruntime, and with ``verify`` the oracle).
 
@@ -70,8 +70,11 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     <= 1 of the original or an absolute count), ``allocation="global"`` ranks channels across
     groups (see :func:`graphprune.prune`).
 
-    ``round_to`` defaults to 8: onnxruntime's CPU convolutions run channel counts that
-    are not multiples of 8 far slower (docs/benchmarks.md), which can erase the savings.
+    ``round_to="auto"`` keeps channel counts at the multiples onnxruntime's CPU kernels run
+    fastest on this machine (measured once and cached: graphprune/planning/measure.py); other
+    widths can run slower than the original's and erase the savings. ``round_to=1`` allows any
+    width; ``runtime=None`` neither aligns nor measures. The latency before and after (one
+    thread, the example inputs) is in the report; a slower pruned model raises a PruneWarning.
     ``calib``: batches of inputs (dicts by input name, or tuples in input order) run in
     onnxruntime: channels are ranked from data and, unless ``compensate=False``, the layers
     that lose inputs are refit (their initializers change; the oracle checks the plan
@@ -89,7 +92,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
     program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes)
     pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                    None, compensate, add_bias, plan_, verify, atol, measure_latency,
-                                   allocation=allocation, budget=budget, max_ratio=max_ratio)
+                                   allocation=allocation, budget=budget, max_ratio=max_ratio, runtime=runtime)
     pruned.save(dst)
     report.path = str(dst)
     return report

@@ -21,6 +21,7 @@ from .allocate import allocate_if_cheap, resolve_allocation
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
+SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
 
 
 def resolve_importance(importance: str, calib, compensate) -> str:
@@ -66,13 +67,18 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                  ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
                  ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
                  calib=None, loss_fn=None, compensate: bool | str | None = None, *,
-                 allocation: str = "auto", budget=None, max_ratio: float | None = None) -> Planned:
+                 allocation: str = "auto", budget=None, max_ratio: float | None = None,
+                 runtime: str | None = "auto") -> Planned:
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
     drop ``ratio`` of each (``ratios``: overrides by group id, module or parameter name, or
     kind). ``allocation="sensitivity"`` (the default with ``calib``) spends the uniform plan's
     parameter budget unevenly, where the measured output error is least (graphprune/allocate.py);
-    ``budget`` replaces ``ratio`` with a MACs / parameter / latency target (graphprune/budget.py)."""
+    ``budget`` replaces ``ratio`` with a MACs / parameter / latency target (graphprune/budget.py).
+    ``round_to="auto"`` keeps each channel group at the width multiples ``runtime``'s kernels
+    favour on this machine (measured once: graphprune/planning/measure.py)."""
     check_ratio(ratio)
+    check_round_to(round_to)
+    runtime = resolve_runtime(runtime, program)
     name = resolve_importance(importance, calib, compensate)
     how = resolve_allocation(allocation, calib, ratios)
     if budget is not None or how == "global":
@@ -93,6 +99,9 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if blocks and budget is not None and "latency_ms" in (key_values(budget) if isinstance(budget, str) else budget):
         raise PlanError("a latency budget searches widths by measuring; it does not remove blocks yet: use a macs= "
                         "or params= budget with targets including 'blocks'")
+    notes: list[str] = []
+    if round_to == "auto":
+        round_to = auto_rounding(dg, groups, runtime, notes)
     ratios = dict(ratios or {})
     block_ratio = ratios.pop("blocks", None)
     if block_ratio is not None:
@@ -104,6 +113,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                         "use obs, activation or fluctuation with calib=, or a weight criterion")
     batches = program.batches(calib) if calib is not None else None
     ctx = ScoreContext(dg, program.tensors())
+    ctx.notes.extend(notes)
     if crit is not None and batches is not None and crit.needs == "grad":
         ctx.grads = program.gradients(batches, loss_fn)
     elif crit is not None and batches is not None and crit.needs == "calib":
@@ -139,9 +149,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         if isinstance(budget, str):
             budget = key_values(budget)
         if "latency_ms" in budget:
-            if round_to == 1:  # odd widths run far slower on onnxruntime's CPU kernels (docs/benchmarks.md)
-                round_to = 8
-                ctx.notes.append("latency budget: channel counts rounded to multiples of 8 (round_to=8)")
             ratios, spent = _latency_budget(program, dg, groups, scores, budget, round_to, how, maxr, ctx.notes)
         else:
             ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how, maxr)
@@ -158,6 +165,44 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         warnings.warn(idle, PruneWarning, stacklevel=3)
         ctx.notes.append(idle)
     return Planned(plan, name, batches, ctx, list(ctx.notes), alloc, spent, depth, dict(scores))
+
+
+def check_round_to(round_to) -> None:
+    ok = round_to == "auto" or (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1)
+    if not ok:
+        raise PlanError(f"round_to must be 'auto' (the widths the runtime's kernels favour, measured) or a whole "
+                        f"number >= 1 (1: any width), not {round_to!r}")
+
+
+def resolve_runtime(runtime: str | None, program) -> str | None:
+    """The runtime a prune targets: ``"auto"`` is the program's own (onnxruntime for an ONNX model,
+    torch eager for a PyTorch one); None measures nothing."""
+    if runtime is None:
+        return None
+    if runtime == "auto":
+        return program.runtimes[0] if program.runtimes else None
+    if runtime not in program.runtimes:
+        raise PlanError(f"runtime {runtime!r} is not one a {program.framework} model is measured on; choose one of "
+                        f"{list(program.runtimes)}, 'auto' or None")
+    return runtime
+
+
+def auto_rounding(dg, groups, runtime: str | None, notes: list[str]):
+    """round_to="auto": each channel group's measured alignment on ``runtime`` (1 without one)."""
+    if runtime is None or not any(g.role == "channel" for g in groups):
+        return 1
+    from .planning.measure import alignments, load_profile
+
+    profile = load_profile(runtime)
+    steps = alignments(dg, groups, profile)
+    used = sorted({a for a in steps.values() if a > 1})
+    if not used:
+        notes.append(f"widths: any channel count runs at full speed on {runtime} here (measured profile)")
+        return 1
+    kinds = ", ".join(f"{k} x{a}" for k, a in sorted(profile.align.items()) if a > 1)
+    notes.append(f"widths: channel counts kept at multiples the {runtime} kernels favour on this machine ({kinds}; "
+                 "measured profile; round_to=1 allows any width)")
+    return steps
 
 
 def trial_loss(program, loss_fn):
@@ -231,21 +276,25 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                   ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
                   calib=None, loss_fn=None, compensate: bool | str | None = None, add_bias: bool = False,
                   plan_: PrunePlan | None = None, verify: bool = False, atol: float | None = None,
-                  measure_latency: bool = False, inplace: bool = False, *, allocation: str = "auto", budget=None,
-                  max_ratio: float | None = None):
+                  measure_latency: bool = True, inplace: bool = False, *, allocation: str = "auto", budget=None,
+                  max_ratio: float | None = None, runtime: str | None = "auto"):
     """Plan (or take ``plan_``), hold the plan to the oracle (``verify``), compensate, apply;
     returns ``(pruned program, PruneReport)``. A failing oracle raises: no wrong model is
     returned. The oracle checks the plan without compensation, which changes weights on
-    purpose; the report lists each refit layer with its calibration error before/after."""
+    purpose; the report lists each refit layer with its calibration error before/after. The
+    model's latency on ``runtime`` is measured before and after (``measure_latency``); a pruned
+    model that runs slower says so in a PruneWarning and in the report."""
     t0 = time.perf_counter()
     check_ratio(ratio)
+    runtime = resolve_runtime(runtime, program)
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
     if plan_ is None:
         if ratio > 0 or budget is not None:
             check_prunable(dg)
         planned = plan_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                               loss_fn, compensate, allocation=allocation, budget=budget, max_ratio=max_ratio)
+                               loss_fn, compensate, allocation=allocation, budget=budget, max_ratio=max_ratio,
+                               runtime=runtime)
     else:
         for gid, size in plan_.sizes.items():
             if gid not in dg._by_atom or dg.group(gid).size != size:
@@ -279,9 +328,21 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
                          blocks=((len(p.blocks), len(planned.depth.scores)) if planned.depth is not None else
                                  (len(p.blocks), len(dg.blocks)) if p.blocks else None), depth=planned.depth,
                          scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes})
+    before = program.latency_ms(runtime) if measure_latency and runtime is not None and not p.empty else None
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
-    if measure_latency:
-        report.latency_before_ms, report.latency_after_ms = program.latency_ms(), pruned.latency_ms()
+    if before is not None:
+        after = pruned.latency_ms(runtime)
+        for _ in range(2):  # a busy spell inflates one measurement, rarely the best of three
+            if after <= before * (1 + SLOWER) + 0.01:
+                break
+            after = min(after, pruned.latency_ms(runtime))
+        report.runtime, report.latency_before_ms, report.latency_after_ms = runtime, before, after
+        if after > before * (1 + SLOWER) + 0.01:
+            slow = (f"the pruned model runs slower than the original on {runtime}: {report.latency_after_ms:.3f} ms "
+                    f"vs {before:.3f} ms at the example inputs' shapes. Use round_to='auto' (the runtime's measured "
+                    "widths) or a larger round_to, or prune whole blocks or heads")
+            warnings.warn(slow, PruneWarning, stacklevel=3)
+            report.notes.append(slow)
     report.seconds = time.perf_counter() - t0
     return pruned, report

@@ -100,6 +100,15 @@ def check_ratio(ratio: float, what: str = "ratio") -> float:
     return float(ratio)
 
 
+def step_of(g: Group, round_to: "int | Mapping[int, int]") -> int:
+    """The channel step of group ``g``: ``round_to`` (one int, or per group id: the runtime's
+    measured alignment, graphprune.planning.measure) for plain channels; head, block and
+    conv-group counts are never rounded."""
+    if g.role != "channel":
+        return 1
+    return int(round_to.get(g.id, 1)) if isinstance(round_to, Mapping) else int(round_to)
+
+
 def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
     """Channels to keep: size*(1-ratio), rounded up to a multiple of round_to, at least one."""
     keep = size - math.floor(size * ratio + 1e-9)
@@ -223,12 +232,12 @@ def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: floa
     run odd widths slowly); head and conv-group counts are not rounded.
     """
     check_ratio(ratio)
-    if round_to < 1:
+    if any(r < 1 for r in (round_to.values() if isinstance(round_to, Mapping) else (round_to,))):
         raise PlanError(f"round_to must be >= 1, got {round_to}")
     plan = PrunePlan()
     for g in groups:
         r = check_ratio(ratios.get(g.id, ratio), f"ratio for group {g.id}") if ratios else ratio
-        keep = kept_count(g.size, r, round_to if g.role == "channel" else 1)
+        keep = kept_count(g.size, r, step_of(g, round_to))
         s = np.asarray(scores[g.id])
         order = np.argsort(s, kind="stable")  # stable: ties resolve by index, deterministically
         plan.pruned[g.id] = sorted(int(i) for i in order[: g.size - keep])

@@ -87,7 +87,8 @@ class PruneReport:
     compensation: object | None = None  # graphprune.calib.compensate.Compensation
     notes: list[str] = field(default_factory=list)  # fallbacks and warnings, in words
     seconds: float | None = None  # wall time of the whole prune call
-    latency_before_ms: float | None = None  # onnxruntime, one thread, median (ONNX models)
+    latency_before_ms: float | None = None  # best of runs at the example inputs, on ``runtime``
+    runtime: str | None = None  # where latency was measured: "onnxruntime" (one thread) or "torch" (eager)
     latency_after_ms: float | None = None
     path: str = ""  # the file written, where the caller wrote one
     allocation: object | None = None  # graphprune.allocate.Allocation, where ratios were chosen from data
@@ -124,7 +125,8 @@ class PruneReport:
              "groups": {str(g): {"kept": k, "size": n} for g, (k, n) in sorted(self.kept.items())},
              "groups_pruned": self.groups_pruned, "importance": self.importance, "notes": list(self.notes),
              "seconds": self.seconds, "path": self.path,
-             "latency_ms": {"before": self.latency_before_ms, "after": self.latency_after_ms},
+             "latency_ms": {"before": self.latency_before_ms, "after": self.latency_after_ms,
+                            "runtime": self.runtime},
              "layers": [{"name": n, "before": list(b), "after": list(a)} for n, b, a in self.layers]}
         if self.blocks is not None:
             d["blocks"] = {"removed": self.blocks[0], "candidates": self.blocks[1],
@@ -184,9 +186,10 @@ class PruneReport:
         for note in self.notes:
             text += f"\nnote: {note}"
         if self.latency_before_ms is not None and self.latency_after_ms is not None:
-            text += "\n" + table(["onnxruntime latency", "before", "after", "change"], [[
-                "median per run", f"{self.latency_before_ms:.3f} ms", f"{self.latency_after_ms:.3f} ms",
-                pct(self.latency_before_ms, self.latency_after_ms)]])
+            where = {"onnxruntime": "onnxruntime, 1 thread", "torch": "PyTorch eager"}.get(self.runtime, self.runtime)
+            text += "\n" + table([f"latency ({where})", "before", "after", "speedup"], [[
+                "best of runs, example shape", f"{self.latency_before_ms:.3f} ms", f"{self.latency_after_ms:.3f} ms",
+                f"{self.latency_before_ms / max(self.latency_after_ms, 1e-9):.2f}x"]])
         if self.seconds is not None:
             text += f"\ntime: {self.seconds:.1f} s"
         if self.oracle is not None:

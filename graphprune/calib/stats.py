@@ -122,14 +122,34 @@ class SiteStats:
             return None
         return Gram(sum(g.m for g in self.folds if g.m is not None))
 
+    items: int = 0  # batch items seen so far: the folds alternate item by item
+
     def add(self, x: torch.Tensor, gram: bool, valid: torch.Tensor | None = None, batch: int = 0) -> None:
         rows = real_rows(self.site, x, valid)
         self.channels.add(channels(self.site, x, rows))
         if gram:
-            f = features(self.site, x, rows)
+            f = features(self.site, x)
             if f is not None:
                 self.folds = self.folds or [Gram(), Gram()]
-                self.folds[batch % 2].add(f)
+                for fold, part in zip(self.folds, split_folds(f, x.shape[0], self.items, rows)):
+                    if part.shape[0]:
+                        fold.add(part)
+        self.items += int(x.shape[0]) if x.dim() else 1
+
+
+def split_folds(f: torch.Tensor, items: int, offset: int, rows: torch.Tensor | None = None,
+                g: torch.Tensor | None = None) -> list:
+    """Feature rows (and ``g``'s, the same rows of another model) of even and of odd batch items,
+    counted from ``offset``: two cross-validation folds that do not depend on how the calibration
+    set is cut into batches (one batch of 32 gives two folds of 16). ``rows``: the real ones."""
+    per = max(f.shape[0] // max(items, 1), 1)
+    odd = ((torch.arange(f.shape[0]) // per + offset) % 2).bool()
+    if rows is not None:
+        f, odd = f[rows], odd[rows]
+        g = g[rows] if g is not None else None
+    if g is None:
+        return [f[~odd], f[odd]]
+    return [(f[~odd], g[~odd]), (f[odd], g[odd])]
 
 
 GRAM_BUDGET = 4 << 30  # bytes of input Grams calibration may hold at once for scoring

@@ -1,4 +1,4 @@
-"""What only a traced torch program offers: static-shape checks, gradients of a loss, and
+"""What only a traced torch program offers: gradients of a loss, and
 the sequential walk (every batch advanced through the original and the masked program to
 the next site whose input lost channels, the site refit, the pruned walk going on with the
 new weights)."""
@@ -13,24 +13,7 @@ from ..errors import PlanError
 from ..program.torch_run import Walk
 from ..progress import progress
 from .compensate import refit_site
-from .stats import Gram, features, real_rows
-
-
-def check_shapes(trace, batches: list[tuple[tuple, dict]]) -> None:
-    """The traced program has static shapes: every batch must have the example inputs' shapes."""
-    from torch.fx._pytree import tree_flatten_spec
-
-    want = trace.input_shapes()
-    for k, (args, kwargs) in enumerate(batches):
-        try:
-            got = [tuple(t.shape) for t in tree_flatten_spec((tuple(args), dict(kwargs)), trace.in_spec)
-                   if isinstance(t, torch.Tensor)]
-        except Exception as exc:  # pytree raises several types on a structure mismatch
-            raise PlanError(f"calibration batch {k} does not have the structure of the example inputs: {exc}") from exc
-        if got != want:
-            raise PlanError(f"calibration batch {k} has input shapes {got}, but the model was traced with {want}: "
-                            "give every batch the example inputs' shapes (pad or cut sequences to one length), or "
-                            "trace with a calibration batch as the example inputs")
+from .stats import Gram, features, real_rows, split_folds
 
 
 def gradients(model: torch.nn.Module, batches: list[tuple[tuple, dict]],
@@ -83,33 +66,35 @@ def _aliases(model: torch.nn.Module) -> dict[int, list[str]]:
     return by_id
 
 
-def walk_grams(dg, trace, batches, act_masks, todo, tensors, add_bias, result) -> None:
+def walk_grams(dg, trace, batches, act_masks, todo, tensors, add_bias, result, trace_for=None) -> None:
     """compensate="sequential": each site is fit to the original model's output from the *pruned*
     model's input, the original and the pruned program advancing together site by site, so
     each refit sees the ones before it (it also corrects upstream error, but measured worse on
     MiniLM and SmolLM2: docs/calibration.md). Each site is visited once: linear in depth."""
-    dense, pruned = Walk(trace, batches), Walk(trace, batches, masks=act_masks)
+    dense = Walk(trace, batches, trace_for=trace_for)
+    pruned = Walk(trace, batches, masks=act_masks, trace_for=trace_for)
     for s, keep in progress(todo, "compensating", len(todo)):
         i = dense.node_index(s.node)
         if i is None:
             continue
-        hd, c, hp = Gram(), Gram(), Gram()
         folds = [(Gram(), Gram(), Gram()), (Gram(), Gram(), Gram())]
+        items = 0
         for k in range(len(batches)):
             dense.advance(i, batch=k)
             pruned.advance(i, batch=k)
-            xd, xp = dense.value(dense.envs[k], s.x), pruned.value(pruned.envs[k], s.x)
+            xd, xp = dense.value(k, s.x), pruned.value(k, s.x)
             rows = real_rows(s, xd, dense.valid[k])
-            fd, fp = features(s, xd, rows), features(s, xp, rows)
-            hd.add(fd)
-            c.add(fd, fp)
-            hp.add(fp)
-            fold = folds[k % 2]
-            fold[0].add(fd)
-            fold[1].add(fd, fp)
-            fold[2].add(fp)
+            parts = split_folds(features(s, xd), xd.shape[0], items, rows, features(s, xp))
+            for fold, (fd, fp) in zip(folds, parts):
+                if fd.shape[0]:
+                    fold[0].add(fd)
+                    fold[1].add(fd, fp)
+                    fold[2].add(fp)
+            items += int(xd.shape[0])
+        used = [f for f in folds if f[0].m is not None]
+        hd, c, hp = (Gram(sum(f[j].m for f in used)) for j in range(3))
         w_path, b_path, new_w, new_b = refit_site(dg, s, keep, tensors, hd.m, c.m, hp.m, "refit", add_bias, result,
-                                                   [tuple(g.m for g in f) for f in folds if f[0].m is not None])
+                                                   [tuple(g.m for g in f) for f in used])
         pruned.overrides[w_path] = new_w
         if b_path is not None:
             pruned.overrides[b_path] = new_b

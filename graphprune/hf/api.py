@@ -19,10 +19,11 @@ META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was mad
 
 @paused_gc
 def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3,
-          targets: Iterable[str] | str | None = None, importance: str = "auto", round_to: int = 1,
+          targets: Iterable[str] | str | None = None, importance: str = "auto", round_to: int | str = "auto",
           ignore: Iterable[str] = (), verify: bool = False, atol: float = 1e-5, plan_: PrunePlan | None = None,
           ratios=None, graph: DependencyGraph | None = None, calib=None, compensate: bool | str | None = None,
-          loss_fn=None, add_bias: bool = False, allocation: str = "auto", budget=None, max_ratio=None):
+          loss_fn=None, add_bias: bool = False, allocation: str = "auto", budget=None, max_ratio=None,
+          runtime: str | None = "auto", measure_latency: bool = True):
     """Prune a transformers model in place, then sync its module attributes and config.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
@@ -35,11 +36,11 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     even when layers were pruned unevenly. Pass ``graph`` (traced on the same ``inputs``)
     to skip tracing again.
 
-    ``budget={"params": 0.6}`` (or ``"macs"``) replaces ``ratio`` with a target; see
-    :func:`graphprune.prune`.
+    ``budget={"params": 0.6}`` (or ``"macs"``) replaces ``ratio`` with a target; ``runtime``,
+    ``round_to`` and ``measure_latency`` as in :func:`graphprune.prune`.
 
-    ``calib``: a list of keyword-input batches (``{"input_ids": ..., "attention_mask": ...}``),
-    all of one shape; channels are then ranked from data and the layers that lose inputs are
+    ``calib``: keyword-input batches (``{"input_ids": ..., "attention_mask": ...}``) of any
+    batch size and length (padding honoured by the attention mask); channels are then ranked from data and the layers that lose inputs are
     refit (see :func:`graphprune.prune`). The first batch is the tracing input unless
     ``inputs`` is given. Loss-based criteria (taylor, hessian) use the causal-LM loss on
     ``input_ids`` when the model has an LM head and no ``loss_fn`` is given.
@@ -60,7 +61,8 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float = 0.3
     model, report = api.prune(model, (), inputs, ratio=ratio, importance=importance, round_to=round_to,
                               ignore=ignore, graph=graph, plan_=plan_, verify=verify, atol=atol, targets=targets,
                               calib=calib, compensate=compensate, loss_fn=loss_fn, add_bias=add_bias,
-                              ratios=ratios, allocation=allocation, budget=budget, max_ratio=max_ratio)
+                              ratios=ratios, allocation=allocation, budget=budget, max_ratio=max_ratio,
+                              runtime=runtime, measure_latency=measure_latency)
     plan = report.plan
     report.sync = sync_config(model, graph, plan)
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []

@@ -126,8 +126,10 @@ class Program(ABC):
         """Parameters the last ``apply`` added beyond the plan (new biases)."""
         return 0
 
-    def latency_ms(self) -> float | None:
-        """Median latency on the oracle's first input, where this front-end measures one."""
+    runtimes: tuple[str, ...] = ()  # where latency_ms can measure; the first is the default target
+
+    def latency_ms(self, runtime: str | None = None) -> float | None:
+        """Best-of-runs latency at the example inputs on ``runtime`` (one of :attr:`runtimes`)."""
         return None
 
     @abstractmethod

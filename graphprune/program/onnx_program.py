@@ -236,20 +236,21 @@ class OnnxProgram(Program):
     def added_params(self) -> int:
         return self._added
 
-    def latency_ms(self, repeat: int = 30) -> float:
-        """Median of ``repeat`` onnxruntime runs on one thread, after a warm-up."""
+    runtimes = ("onnxruntime",)
+
+    def latency_ms(self, runtime: str | None = None) -> float:
+        """Best of repeated onnxruntime runs on one thread at the example inputs, after a warm-up."""
+        from ..planning.measure import best_of
+
+        if runtime not in (None, "onnxruntime"):
+            raise PlanError(f"an ONNX model runs on onnxruntime, not {runtime!r}: pass runtime='onnxruntime' or None")
         sess, feeds = session(self.model), self.feeds()
         try:
             sess.run(None, feeds)
         except Exception as exc:  # onnxruntime's own exception types
             raise PlanError(f"onnxruntime cannot run the model on {', '.join(f'{k}{v.shape}' for k, v in feeds.items())}"
                             f": {str(exc).splitlines()[0]}. Give example inputs (inputs=, --inputs feeds.npz)") from exc
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            sess.run(None, feeds)
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
+        return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
 
     def save(self, dst: str | Path) -> Path:
         from ..atomic import write_bytes_atomic

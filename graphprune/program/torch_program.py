@@ -36,6 +36,7 @@ class TorchProgram(Program):
         self._trace = trace
         self._graph = graph
         self._added = 0
+        self._shaped: dict[tuple, Any] = {}  # input shapes -> trace (calibration batches of other shapes)
 
     @classmethod
     def of(cls, graph, model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None) -> "TorchProgram":
@@ -87,14 +88,47 @@ class TorchProgram(Program):
 
     # ---- running ---------------------------------------------------------------------------
     def batches(self, calib: Iterable) -> list[tuple[tuple, dict]]:
-        from ..calib.torch_calib import check_shapes
+        """Calibration batches as (args, kwargs), of any batch size or sequence length the
+        forward allows: each input shape gets its own trace (:meth:`trace_for`). A tuple with
+        more items than the example's positional inputs is a DataLoader's ``(inputs, labels)``:
+        the extra items are not inputs and are dropped."""
         from .torch_run import as_batch
 
-        batches = [as_batch(b) for b in calib]
+        arity = len(self.args) if not self.kwargs else None
+        batches = []
+        for b in calib:
+            args, kwargs = as_batch(b)
+            if arity and not kwargs and len(args) > arity:
+                args = args[:arity]
+            batches.append((args, kwargs))
         if not batches:
             raise PlanError("calib= holds no batches; pass a list of example batches, or leave it out")
-        check_shapes(self.trace(), batches)
+        for k, b in enumerate(batches):
+            self.trace_for(b, k)
         return batches
+
+    def trace_for(self, batch: tuple[tuple, dict], k: int | None = None):
+        """The traced program for a batch's input shapes: the example's, or a trace at the
+        batch's shapes (cached per shape). Statistics and masks are keyed by node, so that trace
+        must be the example's op for op; a forward whose ops change with the input shape is
+        refused, naming the first node that differs."""
+        from torch.fx._pytree import tree_flatten_spec
+
+        main = self.trace()
+        args, kwargs = batch
+        where = f"calibration batch {k}" if k is not None else "a batch"
+        try:
+            flat = tree_flatten_spec((tuple(args), dict(kwargs)), main.in_spec)
+        except Exception as exc:  # pytree raises several types on a structure mismatch
+            raise PlanError(f"{where} does not have the structure of the example inputs: {exc}") from exc
+        got = [tuple(t.shape) for t in flat if isinstance(t, torch.Tensor)]
+        if got == main.input_shapes():
+            return main
+        key = tuple(got)
+        if key not in self._shaped:
+            self._shaped[key] = _same_graph(main, trace_model(self.model, tuple(args), dict(kwargs), like=main),
+                                            where, got)
+        return self._shaped[key]
 
     def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:
         dg = self.graph()
@@ -117,7 +151,7 @@ class TorchProgram(Program):
                 return self.model(*args, **kwargs) if outputs else None
         from .torch_run import Walk
 
-        walk = Walk(self.trace(), [batch], masks=self._act_masks(masks or {}))
+        walk = Walk(self.trace(), [batch], masks=self._act_masks(masks or {}), trace_for=self.trace_for)
         at: dict[int, list[tuple[str, int | None]]] = {}
         for name in capture:
             i = walk.node_index(name)
@@ -131,7 +165,7 @@ class TorchProgram(Program):
 
         def after(i: int, env: dict) -> None:
             for name, item in at.get(i, ()):
-                v = env[walk.nodes[i]]
+                v = walk.node_value(0, i)
                 on_capture(name, v if item is None else v[item])
 
         stop = len(walk.nodes) if outputs or not at else max(at) + 1
@@ -158,7 +192,7 @@ class TorchProgram(Program):
         a variant that changes the last layer runs only the last layer."""
         from .torch_run import Walk
 
-        walk = Walk(self.trace(), batches)
+        walk = Walk(self.trace(), batches, trace_for=self.trace_for)
         starts = []
         for masks, overrides in variants:
             at = [walk.producer(v) for v, _ in masks]
@@ -181,7 +215,7 @@ class TorchProgram(Program):
     def sequential_compensation(self, dg, batches, masks, todo, tensors, add_bias, result) -> None:
         from ..calib.torch_calib import walk_grams
 
-        walk_grams(dg, self.trace(), batches, self._act_masks(masks), todo, tensors, add_bias, result)
+        walk_grams(dg, self.trace(), batches, self._act_masks(masks), todo, tensors, add_bias, result, self.trace_for)
 
     def oracle_inputs(self, trials: int) -> list[tuple[tuple, dict]]:
         """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes: one
@@ -238,9 +272,26 @@ class TorchProgram(Program):
     def added_params(self) -> int:
         return self._added
 
-    def latency_ms(self, repeat: int = 30) -> float:
-        """Median onnxruntime latency (one thread) of the model exported at the example inputs'
-        shapes: what a deployment runs, measured rather than modelled."""
+    runtimes = ("torch", "onnxruntime")
+
+    def latency_ms(self, runtime: str | None = None) -> float:
+        """Best-of-runs latency at the example inputs' shapes: ``"torch"`` (eager, on the model's
+        device, torch's thread setting) or ``"onnxruntime"`` (exported, one thread): what a
+        deployment runs, measured rather than modelled."""
+        from ..planning.measure import best_of
+
+        runtime = runtime or "onnxruntime"
+        if runtime == "torch":
+            sync = _synchronizer(self.model)
+
+            def forward() -> None:
+                with torch.no_grad():
+                    self.model(*self.args, **self.kwargs)
+                sync()
+
+            return best_of(forward, budget_s=0.25)
+        if runtime != "onnxruntime":
+            raise PlanError(f"unknown runtime {runtime!r}: a PyTorch model is measured on 'torch' or 'onnxruntime'")
         import tempfile
 
         from ..export import export_onnx
@@ -249,7 +300,7 @@ class TorchProgram(Program):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(self.model, self.args, path, self.kwargs, dynamic_batch=False)
-            return OnnxProgram.load(path).latency_ms(repeat)
+            return OnnxProgram.load(path).latency_ms()
 
     def save(self, dst: str | Path) -> Path:
         """``.onnx``: exported and checked in onnxruntime (graphprune.export_onnx); otherwise the
@@ -265,6 +316,28 @@ class TorchProgram(Program):
         with atomic_path(dst) as tmp:
             torch.save(self.model, tmp)
         return dst
+
+
+def _synchronizer(model: torch.nn.Module):
+    """Wait for a GPU's queued kernels, so that a timed forward on CUDA is the forward's time."""
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _same_graph(main, other, where: str, shapes: list) -> Any:
+    """``other`` (a trace at other input shapes) if it is ``main`` op for op, else a PlanError."""
+    ops = [(n.op, n.name, str(n.target)) for n in main.nodes()]
+    new = [(n.op, n.name, str(n.target)) for n in other.nodes()]
+    if ops == new:
+        return other
+    at = next((i for i, (a, b) in enumerate(zip(ops, new)) if a != b), min(len(ops), len(new)))
+    first = (f"node {ops[at][1]} ({ops[at][2]}) becomes {new[at][1]} ({new[at][2]})" if at < min(len(ops), len(new))
+             else f"{len(ops)} nodes become {len(new)}")
+    raise PlanError(f"{where} has input shapes {shapes}, at which the forward runs other ops than at the example "
+                    f"inputs' shapes {main.input_shapes()} ({first}): give calibration batches the example "
+                    "inputs' shapes, or trace with a calibration batch as the example inputs")
 
 
 def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:

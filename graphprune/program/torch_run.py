@@ -81,42 +81,80 @@ class _Runner(_MaskedInterpreter):
         return self._mask(f"param:{target}", out)
 
 
-class Walk:
-    """Every calibration batch, advanced through the graph in lockstep."""
+class _Lane:
+    """One traced graph and its interpreter: batches of one input shape run on one lane."""
 
-    def __init__(self, trace, batches: Iterable[tuple[tuple, dict]],
-                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None) -> None:
-        self.gm = trace.gm  # a graphprune.frontends.torch_record.Trace
-        self.runner = _Runner(self.gm, masks or {}, overrides if overrides is not None else {})
-        self.nodes = list(self.gm.graph.nodes)
-        self.index = {n.name: i for i, n in enumerate(self.nodes)}
-        last: dict[torch.fx.Node, int] = {}
+    def __init__(self, gm: torch.fx.GraphModule, masks: dict, overrides: dict[str, torch.Tensor],
+                 extra_bias: dict) -> None:
+        self.gm = gm
+        self.nodes = list(gm.graph.nodes)
+        self.runner = _Runner(gm, masks, overrides)
+        self.runner.extra_bias = extra_bias  # shared by every lane: biases a refit added, by node name
+        position = {n: i for i, n in enumerate(self.nodes)}
+        last: dict[int, int] = {}
         for i, n in enumerate(self.nodes):
             for a in n.all_input_nodes:
-                last[a] = i
+                last[position[a]] = i
         self.dies_at: dict[int, list[torch.fx.Node]] = {}
-        for n, i in last.items():
-            self.dies_at.setdefault(i, []).append(n)
-        spec = trace.in_spec
-        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        for j, i in last.items():
+            self.dies_at.setdefault(i, []).append(self.nodes[j])
+
+    def fork(self, masks: dict, overrides: dict[str, torch.Tensor], extra_bias: dict) -> "_Lane":
+        new = copy.copy(self)
+        new.runner = _Runner(self.gm, masks, overrides)
+        new.runner.extra_bias = extra_bias
+        return new
+
+
+class Walk:
+    """Every calibration batch, advanced through the graph in lockstep.
+
+    ``trace_for(batch)`` gives each batch the graph traced at its own input shapes (a batch
+    size or sequence length other than the example's); those graphs are the same op for op
+    (graphprune.program.torch_program checks), so node indices and names are shared."""
+
+    def __init__(self, trace, batches: Iterable[tuple[tuple, dict]],
+                 masks: dict | None = None, overrides: dict[str, torch.Tensor] | None = None,
+                 trace_for: Callable[[tuple[tuple, dict]], Any] | None = None) -> None:
+        batches = list(batches)
+        masks, overrides, extra = masks or {}, overrides if overrides is not None else {}, {}
+        lanes: dict[int, _Lane] = {id(trace): _Lane(trace.gm, masks, overrides, extra)}
+        self.lane_of: list[_Lane] = []
         self.envs: list[dict] = []
         self.valid: list[torch.Tensor | None] = []  # per batch: which (item, position) are real tokens
-        for k, (args, kwargs) in enumerate(batches):
+        for k, batch in enumerate(batches):
+            tr = trace_for(batch) if trace_for is not None else trace
+            if id(tr) not in lanes:
+                lanes[id(tr)] = _Lane(tr.gm, masks, overrides, extra)
+            lane = lanes[id(tr)]
+            args, kwargs = batch
             try:
-                flat = tree_flatten_spec((tuple(args), dict(kwargs)), spec)
+                flat = tree_flatten_spec((tuple(args), dict(kwargs)), tr.in_spec)
             except Exception as exc:  # pytree raises several types on a structure mismatch
                 raise PlanError(f"calibration batch {k} does not have the structure of the example inputs "
-                                f"({spec}): {exc}") from exc
-            self.envs.append(dict(zip(placeholders, flat)))
+                                f"({tr.in_spec}): {exc}") from exc
+            self.lane_of.append(lane)
+            self.envs.append(dict(zip([n for n in lane.nodes if n.op == "placeholder"], flat)))
             mask = dict(kwargs).get("attention_mask")
             self.valid.append(mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None)
+        self.main = lanes[id(trace)]
+        self.nodes = self.main.nodes  # names and positions are every lane's
+        self.index = {n.name: i for i, n in enumerate(self.nodes)}
         self.pos = [0] * len(self.envs)
+
+    @property
+    def runner(self) -> _Runner:
+        return self.main.runner
 
     def fork(self, masks: dict, overrides: dict[str, torch.Tensor]) -> "Walk":
         """A walk that continues from here with other masks and weights (values computed so
         far are shared: the interpreter never changes a tensor in place)."""
         new = copy.copy(self)
-        new.runner = _Runner(self.gm, masks, overrides)
+        extra: dict = {}
+        forked = {id(lane): lane.fork(masks, overrides, extra) for lane in {id(x): x for x in self.lane_of}.values()}
+        forked.setdefault(id(self.main), self.main.fork(masks, overrides, extra))
+        new.lane_of = [forked[id(lane)] for lane in self.lane_of]
+        new.main = forked[id(self.main)]
         new.envs = [dict(e) for e in self.envs]
         new.pos = list(self.pos)
         return new
@@ -144,13 +182,18 @@ class Walk:
     def node_index(self, name: str) -> int | None:
         return self.index.get(name)
 
-    def value(self, env: dict, name: str) -> Any:
-        """An IR value from a batch's environment ('split.1' is item 1 of node 'split')."""
+    def value(self, batch: int, name: str) -> Any:
+        """An IR value of a batch ('split.1' is item 1 of node 'split')."""
+        env, nodes = self.envs[batch], self.lane_of[batch].nodes
         node = self.index.get(name)
         if node is not None:
-            return env[self.nodes[node]]
+            return env[nodes[node]]
         base, _, item = name.rpartition(".")
-        return env[self.nodes[self.index[base]]][int(item)]
+        return env[nodes[self.index[base]]][int(item)]
+
+    def node_value(self, batch: int, i: int) -> Any:
+        """The output of node ``i`` for a batch advanced past it."""
+        return self.envs[batch][self.lane_of[batch].nodes[i]]
 
     def advance(self, stop: int, before: Callable[[int, dict], None] | None = None,
                 batch: int | None = None, after: Callable[[int, dict], None] | None = None) -> None:
@@ -158,10 +201,11 @@ class Walk:
         is called before node i runs, with node i's inputs alive, ``after(i, env)`` once its
         output exists."""
         for k in range(len(self.envs)) if batch is None else (batch,):
-            env = self.envs[k]
-            self.runner.env = env
+            env, lane = self.envs[k], self.lane_of[k]
+            runner, nodes = lane.runner, lane.nodes
+            runner.env = env
             for i in range(self.pos[k], stop):
-                n = self.nodes[i]
+                n = nodes[i]
                 if before is not None:
                     before(i, env)
                 if n.op == "placeholder" and after is not None:
@@ -170,19 +214,19 @@ class Walk:
                     continue
                 for a in n.all_input_nodes:  # weights are read when used: a refit may have replaced them
                     if a.op == "get_attr":
-                        env[a] = self.runner.get_attr(a.target, (), {})
+                        env[a] = runner.get_attr(a.target, (), {})
                 with torch.no_grad():
-                    env[n] = self.runner.run_node(n)
+                    env[n] = runner.run_node(n)
                 if after is not None:
                     after(i, env)
-                for dead in self.dies_at.get(i, ()):
+                for dead in lane.dies_at.get(i, ()):
                     env.pop(dead, None)
             self.pos[k] = max(self.pos[k], stop)
 
     def outputs(self, batch: int) -> Any:
         """The model's (flat) outputs for a batch advanced to the end."""
         self.advance(len(self.nodes), batch=batch)
-        out = self.nodes[-1]
+        out = self.lane_of[batch].nodes[-1]
         env = self.envs[batch]
         return torch.fx.node.map_arg(out.args[0], lambda n: env[n])
 

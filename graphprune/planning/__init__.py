@@ -1,0 +1,1 @@
+"""Planning: what to keep, under which budget, measured on which runtime."""

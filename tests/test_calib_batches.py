@@ -1,0 +1,119 @@
+"""Calibration data as users have it: any batch size, a smaller last batch, a DataLoader of
+(inputs, labels), independent of the traced example's shapes."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.errors import PlanError
+
+
+def _cnn(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 24, 3, padding=1), torch.nn.ReLU(),
+        # a view that spells the batch size: the trace at batch 1 bakes it in as a constant
+        _Flatten(), torch.nn.Linear(24 * 8 * 8, 10)).eval()
+
+
+class _Flatten(torch.nn.Module):
+    def forward(self, x):
+        return x.view(x.shape[0], -1)
+
+
+def _images(n: int, seed: int = 3) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_batch_partition_does_not_change_the_prune():
+    """Statistics are sums over samples: the same 20 images cut into batches of 1, of 4 with a
+    last one of 4, or of 8 + 8 + 4 give the same plan and the same refit weights."""
+    x = _images(20)
+    example = (x[:1],)
+    partitions = {
+        "ones": [(x[i:i + 1],) for i in range(20)],
+        "fours": [(x[i:i + 4],) for i in range(0, 20, 4)],
+        "ragged": [(x[:8],), (x[8:16],), (x[16:],)],  # a smaller last batch
+    }
+    results = {}
+    for name, calib in partitions.items():
+        model, report = gp.prune(_cnn(), example, ratio=0.5, calib=calib)
+        results[name] = (report.plan.pruned, _weights(model))
+    plan0, w0 = results["ones"]
+    for name, (plan, w) in results.items():
+        assert plan == plan0, name
+        for k in w0:
+            assert w[k].shape == w0[k].shape, (name, k)
+            torch.testing.assert_close(w[k], w0[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+
+
+def test_dataloader_of_images_and_labels():
+    """A classification DataLoader yields [images, labels]: the labels are not an input."""
+    x = _images(24)
+    y = torch.arange(24) % 10
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    model, report = gp.prune(_cnn(), (x[:1],), ratio=0.5, calib=loader)
+    want, _ = gp.prune(_cnn(), (x[:1],), ratio=0.5, calib=[(x[i:i + 5],) for i in range(0, 24, 5)])
+    assert report.plan.pruned
+    for (k, a), b in zip(model.state_dict().items(), want.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_sequential_compensation_with_mixed_batch_sizes():
+    x = _images(12)
+    calib = [(x[:5],), (x[5:12],)]
+    ref = [(x[i:i + 1],) for i in range(12)]
+    a, _ = gp.prune(_cnn(), (x[:1],), ratio=0.5, calib=calib, compensate="sequential")
+    b, _ = gp.prune(_cnn(), (x[:1],), ratio=0.5, calib=ref, compensate="sequential")
+    for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+class _ShapeBranch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if x.shape[0] > 2:  # other ops at other batch sizes
+            h = h * 2
+        return self.b(h)
+
+
+def test_forward_whose_ops_change_with_shape_is_refused():
+    model = _ShapeBranch().eval()
+    with pytest.raises(PlanError, match=r"calibration batch 1 has input shapes \[\(4, 8\)\].*other ops"):
+        gp.prune(copy.deepcopy(model), (torch.randn(1, 8),), ratio=0.5,
+                 calib=[(torch.randn(2, 8),), (torch.randn(4, 8),)])
+
+
+def test_padded_text_batches_of_other_lengths():
+    """Token batches of other lengths than the traced example, padded with an attention mask."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n, length, pad):
+        ids = torch.randint(1, 64, (n, length), generator=g)
+        mask = torch.ones(n, length, dtype=torch.long)
+        mask[0, length - pad:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+    example = batch(1, 8, 0)
+    calib = [batch(2, 12, 3), batch(3, 7, 2), batch(1, 16, 0)]
+    pruned, report = gp.hf.prune(model, inputs=example, calib=calib, ratio=0.25)
+    assert report.params_after < report.params_before
+    out = pruned(**calib[0]).last_hidden_state
+    assert out.shape == (2, 12, 32) and torch.isfinite(out).all()

@@ -1,0 +1,128 @@
+"""Runtime profiles: the measured alignment, its cache, round_to="auto" and the latency report."""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.errors import PlanError, PruneWarning
+from graphprune.planning import measure
+from graphprune.program.torch_program import TorchProgram
+
+
+def test_best_alignment_from_timings():
+    widths = range(33, 65)
+    # time grows with width, no alignment effect: any width (1)
+    assert measure.best_alignment({c: 1.0 + c / 64 for c in widths}) == 1
+    # odd widths twice as slow as multiples of 8: 8 (multiples of 16 are no faster than of 8)
+    assert measure.best_alignment({c: (1.0 if c % 8 == 0 else 2.0) for c in widths}) == 8
+    # multiples of 4 fast, multiples of 16 faster still: rounding up to 16 wins on average
+    t = {c: (0.5 if c % 16 == 0 else 1.0 if c % 4 == 0 else 2.0) for c in widths}
+    assert measure.best_alignment(t) == 16
+    # within the tolerance the finer step wins: 4 is 1% slower than 8 on average
+    t = {c: (1.0 if c % 8 == 0 else 1.02 if c % 4 == 0 else 3.0) for c in widths}
+    assert measure.best_alignment(t) == 4
+
+
+def test_op_kinds_by_weight_shape():
+    assert measure.op_kind((32, 1, 3, 3)) == "depthwise"
+    assert measure.op_kind((32, 16, 1, 1)) == "depthwise"  # a pointwise conv: timed in the inverted residual
+    assert measure.op_kind((32, 16, 3, 3)) == "conv"
+    assert measure.op_kind((32, 16)) == "linear"
+    assert measure.op_kind((32,)) is None
+
+
+def test_pinned_alignment(monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=16,conv=8")
+    p = measure.load_profile("onnxruntime")
+    assert p.align == {"depthwise": 16, "conv": 8, "linear": 1}
+    assert p.alignment(["linear", "conv"]) == 8
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "4")
+    assert set(measure.load_profile("torch").align.values()) == {4}
+    for bad in ("eight", "dense=8", "0"):
+        monkeypatch.setenv("GRAPHPRUNE_ALIGN", bad)
+        with pytest.raises(PlanError, match="GRAPHPRUNE_ALIGN"):
+            measure.load_profile("torch")
+
+
+def test_profile_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.delenv("GRAPHPRUNE_ALIGN", raising=False)
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    calls = []
+
+    def fake(runtime, threads=1):
+        calls.append(runtime)
+        times = {k: {c: (1.0 if c % 8 == 0 else 2.0) for c in measure.WIDTHS} for k in measure.KINDS}
+        return measure.Profile(runtime, measure.machine_id(runtime, threads), threads,
+                               {k: measure.best_alignment(t) for k, t in times.items()}, times, 0.1)
+
+    monkeypatch.setattr(measure, "measure_profile", fake)
+    first = measure.load_profile("onnxruntime")
+    second = measure.load_profile("onnxruntime")
+    assert calls == ["onnxruntime"]
+    assert first.align == second.align == dict.fromkeys(measure.KINDS, 8)
+    saved = list((tmp_path / "profiles").glob("onnxruntime-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["machine"] == first.machine
+    measure.load_profile("torch")  # another runtime is another profile
+    assert calls == ["onnxruntime", "torch"]
+
+
+def test_real_block_timings_are_positive():
+    for runtime in measure.RUNTIMES:
+        for kind in measure.KINDS:
+            assert measure._time_block(runtime, kind, 40, 1) > 0
+
+
+def _mbv2():
+    import models
+
+    model, args = models.build("mobilenetv2")
+    return model.eval(), args
+
+
+def test_auto_rounding_keeps_measured_multiples(monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=8")
+    model, args = _mbv2()
+    graph = gp.trace(model, args)
+    pruned, report = gp.prune(copy.deepcopy(model), args, ratio=0.4, runtime="torch", measure_latency=False)
+    assert any("multiples" in n for n in report.notes)
+    changed = 0
+    for gid, (kept, size) in report.kept.items():
+        g = graph.group(gid)
+        if g.role == "channel" and kept < size:
+            changed += 1
+            assert kept % 8 == 0, (gid, kept, size)
+    assert changed
+    _, odd = gp.prune(copy.deepcopy(model), args, ratio=0.4, round_to=1, runtime="torch", measure_latency=False)
+    assert any(k % 8 for k, s in odd.kept.values() if k < s)  # the pin is what made them multiples
+    _, none = gp.prune(copy.deepcopy(model), args, ratio=0.4, runtime=None)
+    assert none.latency_before_ms is None and none.kept == odd.kept  # no runtime: any width, nothing measured
+
+
+def test_report_shows_latency_and_warns_when_slower(monkeypatch):
+    model, args = _mbv2()
+    _, report = gp.prune(copy.deepcopy(model), args, ratio=0.3)
+    assert report.runtime == "torch" and report.latency_before_ms > 0 and report.latency_after_ms > 0
+    assert "latency (PyTorch eager)" in str(report)
+    # a runtime that (pretend) runs the pruned model slower: the prune says so, it does not hide it
+    times = iter([1.0, 2.0, 2.1, 2.2])  # before, then after measured three times: slower each time
+    monkeypatch.setattr(TorchProgram, "latency_ms", lambda self, runtime=None: next(times))
+    with pytest.warns(PruneWarning, match="runs slower than the original on torch: 2.000 ms vs 1.000 ms"):
+        _, slow = gp.prune(copy.deepcopy(model), args, ratio=0.3)
+    assert any("slower" in n for n in slow.notes)
+
+
+def test_bad_runtime_and_round_to():
+    model, args = _mbv2()
+    with pytest.raises(PlanError, match="runtime 'tensorrt'"):
+        gp.prune(copy.deepcopy(model), args, ratio=0.3, runtime="tensorrt")
+    with pytest.raises(PlanError, match="round_to must be 'auto'"):
+        gp.prune(copy.deepcopy(model), args, ratio=0.3, round_to="fast")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, report = gp.prune(copy.deepcopy(model), args, ratio=0.3, round_to=8, runtime=None)
+    assert report.runtime is None and not any("slower" in str(w.message) for w in seen)
