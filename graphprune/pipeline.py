@@ -14,7 +14,8 @@ from .graph import DependencyGraph
 from .metrics import count_macs, count_params
 from .planner import (PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, resolve_ratios,
                       select_groups)
-from .budget import key_values
+from .budget import MAX_RATIO, key_values, solve_budget
+from .planning.measure import TOLERANCE
 from .depth_plan import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .report import PruneReport
 from .allocate import allocate_if_cheap, resolve_allocation
@@ -68,7 +69,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                  ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
                  calib=None, loss_fn=None, compensate: bool | str | None = None, *,
                  allocation: str = "auto", budget=None, max_ratio: float | None = None,
-                 runtime: str | None = "auto") -> Planned:
+                 runtime: str | None = "auto", tune_widths: bool = True) -> Planned:
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
     drop ``ratio`` of each (``ratios``: overrides by group id, module or parameter name, or
     kind). ``allocation="sensitivity"`` (the default with ``calib``) spends the uniform plan's
@@ -100,7 +101,8 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         raise PlanError("a latency budget searches widths by measuring; it does not remove blocks yet: use a macs= "
                         "or params= budget with targets including 'blocks'")
     notes: list[str] = []
-    if round_to == "auto":
+    auto = round_to == "auto"
+    if auto:
         round_to = auto_rounding(dg, groups, runtime, notes)
     ratios = dict(ratios or {})
     block_ratio = ratios.pop("blocks", None)
@@ -125,7 +127,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     loss = trial_loss(program, loss_fn) if blocks else None
     bscores = score_blocks(program, blocks, batches, loss) if blocks else {}
     if blocks and budget is not None:
-        from .budget import MAX_RATIO
 
         if isinstance(budget, str):
             budget = key_values(budget)
@@ -140,7 +141,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if spent is not None:
         pass  # the budget was spent above, on blocks and widths together
     elif (budget is not None or how == "global") and groups:
-        from .budget import MAX_RATIO, solve_budget
 
         if budget is None:  # global allocation of the uniform plan's parameter budget
             uniform = make_plan(groups, scores, ratio, round_to)
@@ -157,6 +157,17 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                                   forced=allocation == "sensitivity", notes=ctx.notes)
         ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
+    if (auto and tune_widths and isinstance(round_to, dict) and not blocks
+            and not (budget is not None and "latency_ms" in budget)):
+        maxr = MAX_RATIO if max_ratio is None else max_ratio
+
+        def remake(steps):
+            if spent is None:
+                return make_plan(groups, scores, ratio, steps, ratios), spent
+            r, got = solve_budget(dg, groups, scores, budget, steps, how, maxr)
+            return make_plan(groups, scores, ratio, steps, r), got
+
+        plan, spent = fastest_alignment(program, runtime, round_to, remake, (plan, spent), ctx.notes)
     if depth is not None:
         plan.blocks = list(depth.removed)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
@@ -203,6 +214,27 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str]):
     notes.append(f"widths: channel counts kept at multiples the {runtime} kernels favour on this machine ({kinds}; "
                  "measured profile; round_to=1 allows any width)")
     return steps
+
+
+def fastest_alignment(program, runtime: str, steps: dict[int, int], remake, first, notes: list[str]):
+    """The profile times blocks alone; across a whole network a coarser multiple can run faster
+    still (a blocked layout kept from layer to layer instead of converted back and forth), so
+    the plan is also made with the profile's steps doubled and quadrupled (up to 32) and each is
+    timed on ``runtime``: the fastest is kept, the finer within 3% (finer keeps more choice)."""
+    trials: list[tuple[float, int, tuple]] = []
+    seen = []
+    for factor in (1, 2, 4):
+        scaled = {g: min(32, s * factor) if s > 1 else s for g, s in steps.items()}
+        if scaled in seen:
+            continue
+        seen.append(scaled)
+        made = first if factor == 1 else remake(scaled)
+        trials.append((program.apply(made[0]).latency_ms(runtime), max(scaled.values()), made))
+    best = min(t[0] for t in trials)
+    ms, step, made = next(t for t in trials if t[0] <= best * (1 + TOLERANCE))
+    notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: " +
+                 ", ".join(f"up to {s}: {t:.3f} ms" for t, s, _ in trials) + f"; kept up to {step}")
+    return made
 
 
 def trial_loss(program, loss_fn):
@@ -294,7 +326,7 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
             check_prunable(dg)
         planned = plan_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
                                loss_fn, compensate, allocation=allocation, budget=budget, max_ratio=max_ratio,
-                               runtime=runtime)
+                               runtime=runtime, tune_widths=measure_latency)
     else:
         for gid, size in plan_.sizes.items():
             if gid not in dg._by_atom or dg.group(gid).size != size:

@@ -126,3 +126,21 @@ def test_bad_runtime_and_round_to():
         warnings.simplefilter("always")
         _, report = gp.prune(copy.deepcopy(model), args, ratio=0.3, round_to=8, runtime=None)
     assert report.runtime is None and not any("slower" in str(w.message) for w in seen)
+
+
+def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch):
+    """The profile's step (4 here) is also tried doubled and quadrupled on the whole model, and the
+    fastest plan is kept: a runtime that (pretend) runs widths of 16 fastest gets multiples of 16."""
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=4")
+    model, args = _mbv2()
+
+    def latency(self, runtime=None):
+        widths = [m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        return 1.0 + sum(w % 16 != 0 for w in widths)  # each width off a multiple of 16 costs 1 ms
+
+    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
+    note = next(n for n in report.notes if "tried the measured multiples" in n)
+    assert "kept up to 16" in note, note
+    assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
+    assert report.macs_after <= 0.6 * report.macs_before * 1.001  # the budget still holds at the coarser step

@@ -292,15 +292,7 @@ class TorchProgram(Program):
             return best_of(forward, budget_s=0.25)
         if runtime != "onnxruntime":
             raise PlanError(f"unknown runtime {runtime!r}: a PyTorch model is measured on 'torch' or 'onnxruntime'")
-        import tempfile
-
-        from ..export import export_onnx
-        from .onnx_program import OnnxProgram
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(self.model, self.args, path, self.kwargs, dynamic_batch=False)
-            return OnnxProgram.load(path).latency_ms()
+        return _onnxruntime_latency(self.model, self.args, self.kwargs)
 
     def save(self, dst: str | Path) -> Path:
         """``.onnx``: exported and checked in onnxruntime (graphprune.export_onnx); otherwise the
@@ -316,6 +308,39 @@ class TorchProgram(Program):
         with atomic_path(dst) as tmp:
             torch.save(self.model, tmp)
         return dst
+
+
+def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> float:
+    """Export in memory and time in onnxruntime. The TorchScript exporter takes a second where the
+    default (dynamo) exporter takes many, and only the speed is read here; a model it cannot
+    export goes through graphprune.export_onnx, which checks what it writes."""
+    import io
+    import tempfile
+    import warnings
+
+    from ..planning.measure import best_of, ort_session
+
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, buf, kwargs=kwargs or None, dynamo=False, opset_version=17)
+        sess = ort_session(buf.getvalue())
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), _flat_inputs(args, kwargs))}
+        sess.run(None, feeds)
+        return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
+    except Exception:  # noqa: BLE001 - the legacy exporter or the feed mapping failed: take the checked path
+        from ..export import export_onnx
+        from .onnx_program import OnnxProgram
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, args, path, kwargs, dynamic_batch=False)
+            return OnnxProgram.load(path).latency_ms()
+
+
+def _flat_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
 
 
 def _synchronizer(model: torch.nn.Module):
