@@ -1,0 +1,219 @@
+"""Savings that hold where models run (issue 21): the default call's onnxruntime speedup on real CNNs.
+
+Each CNN is pruned with the default call at 20% and 50% fewer MACs (``budget={"macs": 0.8 / 0.5}``,
+``round_to="auto"``, target runtime onnxruntime), and the original and pruned ONNX files are timed
+in onnxruntime at batch 1 and 8, on 1 thread and on every core (best of runs after a warm-up,
+the two files taking turns). ``--round-to 1`` shows what the widths alone cost. Torch-Pruning
+1.6.1 (L2, the same MACs budget reached by bisection on its ratio) sits beside it on the models
+that are PyTorch modules.
+
+Models: the CNNs of the real-model corpus (tools/fetch_corpus.py: classifiers and detectors,
+pretrained ONNX files), EfficientNet-Lite0 with its ImageNet weights (tools/fetch_vision.py),
+and the zoo's MobileNetV2 and ResNet-50 (full size, random weights).
+
+    .venv/bin/python tools/bench_runtime.py                       # all, writes docs/data/runtime.json
+    .venv/bin/python tools/bench_runtime.py --models mobilenetv2 --macs 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
+CORPUS = Path(os.environ.get("GRAPHPRUNE_CORPUS") or Path.home() / ".cache" / "graphprune" / "corpus")
+CNN_KINDS = ("classifier", "detector", "segmentation")
+TORCH_MODELS = ("efficientnet_lite0", "mobilenetv2", "resnet50")
+
+
+def corpus_models() -> dict[str, tuple[Path, dict | None]]:
+    man = CORPUS / "manifest.json"
+    if not man.is_file():
+        return {}
+    out = {}
+    for e in json.loads(man.read_text()):
+        if e["kind"] in CNN_KINDS:
+            out[e["id"]] = (Path(e["path"]), e.get("input_shapes"))
+    return out
+
+
+def torch_model(key: str):
+    import models
+
+    if key == "efficientnet_lite0":
+        import vision_data
+
+        model = vision_data.load_model("efficientnet_lite0")
+        return model, (vision_data.model_images("efficientnet_lite0", 1),)
+    model, args = models.build(key, "full")
+    return model.eval(), args
+
+
+def export(model, args, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+
+
+def feeds_for(path: Path, batch: int, shapes: dict | None) -> dict | None:
+    """Random inputs at ``batch`` (None where the file's batch is fixed to another size)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    out = {}
+    for inp in model.graph.input:
+        if inp.name in init:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim]
+        given = (shapes or {}).get(inp.name)
+        dims = [g if d is None else d for d, g in zip(dims, given)] if given else [d or 1 for d in dims]
+        if dims[0] != batch:
+            if inp.type.tensor_type.shape.dim[0].dim_value > 0:
+                return None
+            dims[0] = batch
+        out[inp.name] = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    return out
+
+
+def timed(paths: list[Path], feeds: dict, threads: int, rounds: int = 5) -> list[float]:
+    """Best-of-runs ms per file, the files taking turns round by round."""
+    from graphprune.planning.measure import best_of, ort_session
+
+    sessions = [ort_session(p.read_bytes(), threads) for p in paths]
+    best = [float("inf")] * len(paths)
+    for _ in range(rounds):
+        for i, s in enumerate(sessions):
+            best[i] = min(best[i], best_of(lambda s=s: s.run(None, feeds), budget_s=0.2, least=3))
+    return best
+
+
+def tp_prune(model, args, macs: float):
+    """Torch-Pruning at a MACs budget: its ratio found by bisection (it takes a ratio, not a budget)."""
+    import torch
+    import torch_pruning as tp
+
+    base, _ = tp.utils.count_ops_and_params(model, args)
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        m = copy.deepcopy(model)
+        ignored = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+        pruner = tp.pruner.MetaPruner(m, args, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=mid, ignored_layers=ignored)
+        pruner.step()
+        got, _ = tp.utils.count_ops_and_params(m, args)
+        if got / base <= macs:
+            best, hi = m, mid
+        else:
+            lo = mid
+    return best
+
+
+def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tmp: Path, peer) -> dict:
+    import graphprune as gp
+
+    dst = tmp / f"{name}-{macs}.onnx"
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = gp.prune_onnx(src, dst, budget={"macs": macs}, round_to=round_to, input_shapes=shapes,
+                               verify=False)
+    row = {"model": name, "macs_target": macs, "round_to": round_to, "prune_s": time.perf_counter() - t,
+           "macs_reduction": report.macs_before / max(report.macs_after, 1),
+           "widths": next((n for n in report.notes if "kept up to" in n), "")}
+    files = [src, dst]
+    if peer is not None:
+        files.append(peer)
+    for batch in (1, 8):
+        feeds = feeds_for(src, batch, shapes)
+        if feeds is None:
+            continue
+        for threads in (1, os.cpu_count() or 1):
+            ms = timed(files, feeds, threads)
+            row[f"b{batch}_t{threads}"] = {"dense_ms": ms[0], "graphprune_ms": ms[1],
+                                           "speedup": ms[0] / ms[1],
+                                           "tp_speedup": ms[0] / ms[2] if peer is not None else None}
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=None)
+    p.add_argument("--macs", nargs="*", type=float, default=[0.8, 0.5])
+    p.add_argument("--round-to", default="auto")
+    p.add_argument("--no-peer", action="store_true", help="leave Torch-Pruning out")
+    p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "runtime.json")
+    ns = p.parse_args()
+    round_to = ns.round_to if ns.round_to == "auto" else int(ns.round_to)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        srcs = {k: v for k, v in corpus_models().items()}
+        for key in TORCH_MODELS:
+            srcs[key] = (tmp / f"{key}.onnx", None)
+        for name, (src, shapes) in srcs.items():
+            if ns.models and name not in ns.models:
+                continue
+            model = args = None
+            if name in TORCH_MODELS:
+                model, args = torch_model(name)
+                export(model, args, src)
+            for macs in ns.macs:
+                peer = None
+                if model is not None and not ns.no_peer:
+                    try:
+                        slim = tp_prune(copy.deepcopy(model), args, macs)
+                        peer = tmp / f"{name}-{macs}-tp.onnx"
+                        export(slim, args, peer)
+                    except Exception as exc:  # noqa: BLE001 - the peer's failure is a result, not ours
+                        print(f"  Torch-Pruning failed on {name}: {type(exc).__name__}: {exc}", flush=True)
+                try:
+                    row = run_one(name, src, shapes, macs, round_to, tmp, peer)
+                except Exception as exc:  # noqa: BLE001 - a refused model is a row too
+                    row = {"model": name, "macs_target": macs, "error": f"{type(exc).__name__}: {exc}"[:200]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    ns.json.parent.mkdir(parents=True, exist_ok=True)
+    ns.json.write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    threads = os.cpu_count() or 1
+    head = ["model", "MACs", "MACs cut", f"b1 t1", f"b1 t{threads}", f"b8 t1", f"b8 t{threads}",
+            "0.85 x cut held?", "Torch-Pruning b1 t1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['macs_target']:.0%} | refused: {r['error'][:80]} |" + " |" * 6)
+            continue
+        cells = [r.get(f"b{b}_t{t}") for b in (1, 8) for t in (1, threads)]
+        speeds = [c["speedup"] for c in cells if c]
+        need = 0.85 * r["macs_reduction"] if r["macs_target"] <= 0.5 else 1.0
+        held = all(s >= need for s in speeds)
+        tp = cells[0]["tp_speedup"] if cells[0] and cells[0]["tp_speedup"] else None
+        lines.append(f"| {r['model']} | {r['macs_target']:.0%} | {r['macs_reduction']:.2f}x | " +
+                     " | ".join(f"{c['speedup']:.2f}x" if c else "static batch" for c in cells) +
+                     f" | {'yes' if held else 'no'} | {f'{tp:.2f}x' if tp else '-'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
