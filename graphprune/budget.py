@@ -23,7 +23,8 @@ from .metrics import count_macs, count_params
 from .planner import kept_count, step_of
 
 METRICS = ("macs", "params")
-LATENCY = "latency_ms"  # measured, not modelled: onnxruntime, one thread, the example inputs' batch
+LATENCY = "latency_ms"  # on the target runtime at the example inputs: a measured table, then the plan measured
+SPEEDUP = "speedup"  # the original's measured latency over this: a latency budget
 MAX_RATIO = 0.9  # a group keeps at least a tenth of itself under global allocation
 
 
@@ -46,6 +47,8 @@ class BudgetResult:
             parts.append(f"latency {a:.3f} ms of {b:.3f} ms (target {t:g} ms, {a / t - 1:+.1%}; onnxruntime, "
                          "one thread, the example inputs' batch)")
         for k, t in self.targets.items():
+            if k == "latency_us":
+                continue  # the measured latency above says it
             a, o = self.achieved.get(k, 0), self.original[k]
             parts.append(f"{k} {a:,} of {o:,} ({a / max(o, 1):.1%}; target {t:,}, {a / max(t, 1) - 1:+.1%})")
         return f"budget ({self.allocation}): " + "; ".join(parts)
@@ -72,17 +75,26 @@ def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int])
     if not budget:
         raise PlanError("an empty budget: give macs= and/or params= (a fraction <= 1 or an absolute count), or "
                         "latency_ms=")
-    if LATENCY in budget:
-        v = budget[LATENCY]
+    for key in (LATENCY, SPEEDUP):
+        v = budget.get(key)
+        if v is None:
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
-            raise PlanError(f"budget latency_ms={v!r} must be a positive number of milliseconds")
+            raise PlanError(f"budget {key}={v!r} must be a positive number" +
+                            (" of milliseconds" if key == LATENCY else " (2.0: twice as fast)"))
+        if key == SPEEDUP and v < 1:
+            raise PlanError(f"budget speedup={v!r} asks for a slower model; give a speedup >= 1 (2.0: twice as fast)")
     out = {}
     for key, value in budget.items():
-        if key == LATENCY:
-            continue  # searched by measuring (solve_latency)
+        if key == LATENCY and "latency_us" in original:  # a latency table costs it (graphprune/planning)
+            out["latency_us"] = int(round(value * 1000))
+            continue
+        if key in (LATENCY, SPEEDUP):
+            continue  # measured: the pipeline turns these into a latency table's target
         if key not in METRICS:
-            raise PlanError(f"unknown budget '{key}'; budgets are {list(METRICS) + [LATENCY]} (macs/params: a "
-                            "fraction <= 1 of the original, or an absolute count; latency_ms: milliseconds)")
+            raise PlanError(f"unknown budget '{key}'; budgets are {list(METRICS) + [LATENCY, SPEEDUP]} (macs/params: "
+                            "a fraction <= 1 of the original, or an absolute count; latency_ms: milliseconds; "
+                            "speedup: the original's latency over the pruned one's)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
             raise PlanError(f"budget {key}={value!r} must be a positive number")
         out[key] = int(round(value * original[key])) if value <= 1 else int(value)
@@ -114,6 +126,13 @@ class CostModel:
         sizes = [self._size(t, kept) for t in body]
         return int(sum(sizes)) if kind == "c" else int(np.prod(sizes, dtype=np.int64))
 
+    latency = None  # a graphprune.planning.latency_table.LatencyModel: measure() then estimates latency too
+
+    def slot_size(self, slot: tuple[str, int], kept: Mapping[int, int]) -> int:
+        """A (value, dim)'s size when each group keeps ``kept`` of its channels."""
+        term = self._terms.get(slot)
+        return self._size(term, kept) if term is not None else int(self.dg.ir.values[slot[0]].shape[slot[1]])
+
     def measure(self, kept: Mapping[int, int]) -> dict[str, int]:
         values = self.dg.ir.values
 
@@ -123,7 +142,10 @@ class CostModel:
             return tuple(self._size(self._terms[(name, d)], kept) if (name, d) in self._terms else s
                          for d, s in enumerate(values[name].shape))
 
-        return {"macs": count_macs(self.dg.ir, shape_of), "params": count_params(self.dg.ir, shape_of)}
+        out = {"macs": count_macs(self.dg.ir, shape_of), "params": count_params(self.dg.ir, shape_of)}
+        if self.latency is not None:
+            out["latency_us"] = int(round(1000 * self.latency.estimate(lambda slot: self.slot_size(slot, kept))))
+        return out
 
 
 def _fits(got: Mapping[str, int], targets: Mapping[str, int]) -> bool:
@@ -161,7 +183,8 @@ def normalise(groups: list[Group], scores: Mapping[int, np.ndarray]) -> dict[int
 def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, np.ndarray],
                  budget: Mapping[str, float] | str, round_to: int = 1, allocation: str = "uniform",
                  max_ratio: float = MAX_RATIO, steps: int = 40, dead: set[str] = frozenset(),
-                 original: dict[str, int] | None = None) -> tuple[dict[int, float], BudgetResult]:
+                 original: dict[str, int] | None = None,
+                 cost: "CostModel | None" = None) -> tuple[dict[int, float], BudgetResult]:
     """Per-group ratios that meet ``budget`` as closely as the channel granularity allows (never
     above it); and what they achieve. ``dead``: values gone with removed blocks (the budget is
     then spent on what they leave; ``original`` the unpruned model's counts)."""
@@ -169,8 +192,8 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
         raise PlanError(f"a budget is allocated 'uniform' or 'global', not {allocation!r}")
     if not 0 < max_ratio < 1:
         raise PlanError(f"max_ratio must be in (0, 1), got {max_ratio!r}")
-    cost = CostModel(dg, groups, dead)
-    original = original or CostModel(dg, groups).measure({})
+    cost = cost or CostModel(dg, groups, dead)
+    original = original or (cost.measure({}) if not dead else CostModel(dg, groups).measure({}))
     targets = parse_budget(budget, original)
     if not targets:
         raise PlanError("solve_budget takes macs= / params=; a latency budget is searched by measuring")
@@ -255,31 +278,3 @@ def _refine(cost: CostModel, groups: list[Group], normed: Mapping[int, np.ndarra
         else:
             blocked.add(gid)
     return kept, got
-
-
-def solve_latency(measure, solve, target_ms: float, macs_floor: float, steps: int = 7, progress=None):
-    """The largest MACs fraction whose pruned model runs within ``target_ms``, by bisection on
-    measured latency: ``solve(fraction)`` gives (ratios, BudgetResult) for a MACs budget,
-    ``measure(ratios)`` the pruned model's latency. Returns (ratios, result, latency, trace)."""
-    lo, hi = macs_floor, 1.0
-    trace: list[tuple[float, float]] = []
-    ratios, result = solve(lo)
-    ms = measure(ratios)
-    trace.append((lo, ms))
-    if ms > target_ms:
-        raise PlanError(f"budget latency_ms={target_ms:g} cannot be met: the smallest model the selected groups allow "
-                        f"(MACs {lo:.0%} of the original) runs in {ms:.3f} ms. Select more kinds, raise max_ratio, or "
-                        "relax the budget")
-    best = (ratios, result, ms)
-    for k in range(steps):
-        mid = (lo + hi) / 2
-        r, res = solve(mid)
-        t = measure(r)
-        trace.append((mid, t))
-        if progress is not None:
-            progress(k + 1, steps, mid, t)
-        if t <= target_ms:
-            lo, best = mid, (r, res, t)
-        else:
-            hi = mid
-    return best[0], best[1], best[2], trace

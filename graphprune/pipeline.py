@@ -3,6 +3,7 @@ report, apply. ``graphprune.prune``, ``prune_onnx``, ``hf.prune`` and the CLI ar
 callers of :func:`plan_program` and :func:`prune_program`."""
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -97,7 +98,8 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if blocks and calib is None:
         raise PlanError("depth pruning scores each block by the output error its removal causes on data: pass "
                         "calib=[batch, ...] with targets including 'blocks'")
-    if blocks and budget is not None and "latency_ms" in (key_values(budget) if isinstance(budget, str) else budget):
+    if blocks and budget is not None and {"latency_ms", "speedup"} & set(key_values(budget) if isinstance(budget, str)
+                                                                       else budget):
         raise PlanError("a latency budget searches widths by measuring; it does not remove blocks yet: use a macs= "
                         "or params= budget with targets including 'blocks'")
     notes: list[str] = []
@@ -148,8 +150,9 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         maxr = MAX_RATIO if max_ratio is None else max_ratio
         if isinstance(budget, str):
             budget = key_values(budget)
-        if "latency_ms" in budget:
-            ratios, spent = _latency_budget(program, dg, groups, scores, budget, round_to, how, maxr, ctx.notes)
+        if "latency_ms" in budget or "speedup" in budget:
+            ratios, spent = _latency_budget(program, runtime, dg, groups, scores, budget, round_to, how, maxr,
+                                            ctx.notes)
         else:
             ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how, maxr)
     elif how == "sensitivity" and ratio > 0 and groups:
@@ -158,7 +161,7 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
     if (auto and tune_widths and isinstance(round_to, dict) and not blocks
-            and not (budget is not None and "latency_ms" in budget)):
+            and not (budget is not None and {"latency_ms", "speedup"} & set(budget))):
         maxr = MAX_RATIO if max_ratio is None else max_ratio
 
         def remake(steps):
@@ -253,36 +256,60 @@ def trial_loss(program, loss_fn):
     return loss
 
 
-def _latency_budget(program, dg, groups, scores, budget, round_to, how, max_ratio, notes):
-    """Bisection on the MACs fraction, each candidate pruned and timed in onnxruntime."""
-    from .budget import BudgetResult, CostModel, parse_budget, solve_budget, solve_latency, uniform_kept
+def _latency_budget(program, runtime, dg, groups, scores, budget, round_to, how, max_ratio, notes):
+    """A latency (or speedup) budget, spent with a measured latency table (graphprune/planning/
+    latency_table.py): the budget solver costs each candidate from the table, the chosen plan is
+    measured on the runtime, and the table's target is corrected by the ratio of measured to
+    asked (at most three plans measured, where bisection on whole models measured eight)."""
+    from .budget import BudgetResult, CostModel, parse_budget
+    from .planning.latency_table import LatencyModel
     from .progress import progress_line
 
+    if runtime is None:
+        raise PlanError("a latency or speedup budget is measured on a runtime: pass runtime='auto', 'torch' or "
+                        "'onnxruntime', not None")
     cost = CostModel(dg, groups)
     original = cost.measure({})
-    parse_budget(budget, original)  # every key checked before the first (slow) latency measurement
-    target = float(budget["latency_ms"])
-    rest = {k: v for k, v in budget.items() if k != "latency_ms"}
-    floor = cost.measure(uniform_kept(groups, max_ratio, round_to))["macs"] / max(original["macs"], 1)
-    cap = rest.get("macs")
-    cap = None if cap is None else (cap if cap <= 1 else cap / max(original["macs"], 1))
-    before = program.latency_ms()
-
-    def solve(fraction: float):
-        return solve_budget(dg, groups, scores, {**rest, "macs": min(fraction, cap or 1.0)}, round_to, how, max_ratio)
-
-    def measure(ratios) -> float:
-        return program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms()
-
+    parse_budget(budget, original)  # every key checked before the first (slow) measurement
+    before = program.latency_ms(runtime)
+    target = float(budget["latency_ms"]) if "latency_ms" in budget else before / float(budget["speedup"])
+    rest = {k: v for k, v in budget.items() if k not in ("latency_ms", "speedup")}
     if before <= target and not rest:
-        notes.append(f"latency budget: the model already runs in {before:.3f} ms <= {target:g} ms; nothing pruned")
+        notes.append(f"latency budget: the model already runs in {before:.3f} ms <= {target:.3f} ms; nothing pruned")
         return {g.id: 0.0 for g in groups}, BudgetResult({}, original, dict(original), how, 0.0,
                                                          (target, before, before))
-    ratios, spent, after, trace = solve_latency(
-        measure, solve, target, floor + 1e-6,
-        progress=lambda k, n, f, ms: progress_line(f"latency search {k}/{n}: MACs {f:.0%} -> {ms:.3f} ms"))
-    spent.latency = (target, before, after)
-    notes.append("latency search (MACs fraction -> ms): " + ", ".join(f"{f:.0%} -> {ms:.2f}" for f, ms in trace))
+    steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
+    cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]),
+                                progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"))
+    from .budget import uniform_kept
+
+    floor = cost.measure(uniform_kept(groups, max_ratio, round_to))["latency_us"] / 1000
+    if floor > target:
+        asked = f"latency_ms={target:g}" if "latency_ms" in budget else f"speedup={budget['speedup']:g}"
+        raise PlanError(f"budget {asked} cannot be met on {runtime}: the model runs in {before:.3f} ms, and removing "
+                        f"{max_ratio:.0%} of every selected group leaves about {floor:.3f} ms by the latency table "
+                        f"({cost.latency.rest:.3f} ms is spent outside the convolutions and linears it times). Select "
+                        "more kinds, remove blocks (targets including 'blocks'), or relax the budget")
+    aim, trials, fit, miss = target, [], 0.0, math.inf  # aims whose plans met / missed the target
+    for _ in range(4):
+        ratios, spent = solve_budget(dg, groups, scores, {**rest, "latency_ms": max(aim, floor)}, round_to, how,
+                                     max_ratio, cost=cost)
+        ms = program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms(runtime)
+        trials.append((ms, aim, ratios, spent))
+        if 0.95 * target <= ms <= target:
+            break
+        fit, miss = (max(fit, aim), miss) if ms <= target else (fit, min(miss, aim))
+        aim = aim * target / ms  # the table's error at this size, taken out of the next target
+        if not fit < aim < miss:  # the correction overshot what earlier plans showed: bisect instead
+            aim = (fit + miss) / 2 if miss < math.inf else aim
+    fits = [t for t in trials if t[0] <= target]
+    ms, aim, ratios, spent = max(fits, key=lambda t: t[0]) if fits else min(trials, key=lambda t: t[0])
+    spent.latency = (target, before, ms)
+    notes.append(f"latency budget on {runtime}: table of {len(cost.latency.ops)} layer(s) "
+                 f"({cost.latency.table.measured} op(s) timed, the rest cached); planned -> measured: " +
+                 ", ".join(f"{a:.2f} -> {m:.2f} ms" for m, a, _, _ in trials))
+    if not fits:
+        notes.append(f"latency budget not met: the closest plan runs in {ms:.3f} ms (target {target:.3f} ms)")
     return ratios, spent
 
 

@@ -100,19 +100,6 @@ def test_budget_on_onnx_and_the_cli(tmp_path):
     assert onnx.load(str(tmp_path / "b.onnx")).graph.node
 
 
-def test_latency_search_finds_the_largest_model_within_the_target():
-    """The search itself, on a synthetic latency curve (measured latency is not asserted on
-    in tests: docs/budgets.md has the measured figures)."""
-    from graphprune.budget import BudgetResult, solve_latency
-
-    solve = lambda f: ({0: 1 - f}, BudgetResult({"macs": int(f * 1000)}, {"macs": 1000}))  # noqa: E731
-    measure = lambda ratios: 2.0 + 10.0 * (1 - ratios[0])  # 12 ms dense, 2 ms empty  # noqa: E731
-    ratios, result, ms, trace = solve_latency(measure, solve, 7.0, 0.05, steps=10)
-    assert ms <= 7.0 and 1 - ratios[0] == pytest.approx(0.5, abs=0.01)  # 2 + 10 f = 7 at f = 0.5
-    with pytest.raises(gp.PlanError, match="latency_ms=1 cannot be met"):
-        solve_latency(measure, solve, 1.0, 0.05)
-
-
 def test_latency_budget_the_model_already_meets_prunes_nothing_and_says_so():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval()
     model, report = gp.prune(model, (torch.randn(1, 8),), budget={"latency_ms": 1e6})

@@ -1,0 +1,97 @@
+"""The latency lookup table (graphprune/planning/latency_table.py) and the budgets it serves:
+latency_ms= and speedup=. Real timings are never asserted on (docs/benchmarks.md has them); the
+table's arithmetic and the search are checked against a synthetic runtime whose times are known."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.planning import latency_table as lt
+from graphprune.program.torch_program import TorchProgram
+
+MS_PER_MAC = 1e-5
+
+
+def test_bilinear_between_table_points():
+    grid = torch.tensor([[1.0, 3.0], [5.0, 7.0]]).numpy()  # rows: inputs 4, 8; columns: outputs 10, 20
+    assert lt._bilinear([4, 8], [10, 20], grid, 4, 10) == 1.0
+    assert lt._bilinear([4, 8], [10, 20], grid, 8, 20) == 7.0
+    assert lt._bilinear([4, 8], [10, 20], grid, 6, 15) == pytest.approx(4.0)  # the mean of the four corners
+    assert lt._bilinear([4, 8], [10, 20], grid, 4, 15) == pytest.approx(2.0)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 8)).eval()
+
+
+def _fake_runtime(monkeypatch, overhead=0.05):
+    """A runtime whose time is `overhead` + MS_PER_MAC per multiply-accumulate of every linear."""
+    def op_time(runtime, op, cin, cout):
+        return MS_PER_MAC * math.prod(op.x_shape[:-1]) * cin * cout
+
+    def model_time(self, runtime=None):
+        rows = self.args[0].shape[0]
+        return overhead + sum(MS_PER_MAC * rows * m.in_features * m.out_features
+                              for m in self.model.modules() if isinstance(m, torch.nn.Linear))
+
+    monkeypatch.setattr(lt, "_time_op", op_time)
+    monkeypatch.setattr(TorchProgram, "latency_ms", model_time)
+
+
+def test_table_estimates_and_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch)
+    x = torch.randn(4, 32)
+    graph = gp.trace(_mlp(), (x,))
+    full = 0.05 + MS_PER_MAC * 4 * (32 * 64 + 64 * 64 + 64 * 8)
+    model = lt.LatencyModel(graph, "torch", full)
+    assert len(model.ops) == 3 and model.table.measured > 0
+    assert model.rest == pytest.approx(0.05)
+
+    def size(slot):  # every hidden width (64) halved; the model's input (32) and output (8) stay
+        full_size = graph.ir.values[slot[0]].shape[slot[1]]
+        return 32 if full_size == 64 else full_size
+
+    want = 0.05 + MS_PER_MAC * 4 * (32 * 32 + 32 * 32 + 32 * 8)
+    assert model.estimate(size) == pytest.approx(want, rel=1e-6)
+    again = lt.LatencyModel(graph, "torch", full)
+    assert again.table.measured == 0  # every op came from the cache
+
+
+def test_speedup_budget_meets_the_measured_target(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch)
+    model, report = gp.prune(_mlp(), (torch.randn(4, 32),), budget={"speedup": 2.0}, runtime="torch")
+    target, before, after = report.budget.latency
+    assert target == pytest.approx(before / 2) and after <= target
+    assert after >= 0.8 * target  # the least pruning that meets it, not any pruning
+    assert any("latency budget on torch: table of 3 layer(s)" in n for n in report.notes)
+    with pytest.raises(gp.PlanError, match="speedup"):
+        gp.prune(_mlp(), (torch.randn(4, 32),), budget={"speedup": 0.5}, runtime="torch")
+    with pytest.raises(gp.PlanError, match="measured on a runtime"):
+        gp.prune(_mlp(), (torch.randn(4, 32),), budget={"speedup": 2.0}, runtime=None)
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(128, 64, 3, padding=1)).eval()
+
+
+def test_latency_budget_on_a_real_runtime_reports_what_it_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    x = torch.randn(1, 3, 32, 32)
+    _, report = gp.prune(_cnn(), (x,), budget={"speedup": 1.3}, runtime="onnxruntime")
+    target, before, after = report.budget.latency
+    assert before > 0 and after > 0 and target == pytest.approx(before / 1.3)
+    assert report.macs_after < report.macs_before
+    assert any("planned -> measured" in n for n in report.notes)
+    with pytest.raises(gp.PlanError, match="speedup=50 cannot be met on onnxruntime"):
+        gp.prune(_cnn(), (x,), budget={"speedup": 50}, runtime="onnxruntime")
