@@ -95,3 +95,22 @@ def test_latency_budget_on_a_real_runtime_reports_what_it_measured(tmp_path, mon
     assert any("planned -> measured" in n for n in report.notes)
     with pytest.raises(gp.PlanError, match="speedup=50 cannot be met on onnxruntime"):
         gp.prune(_cnn(), (x,), budget={"speedup": 50}, runtime="onnxruntime")
+
+
+def test_global_allocation_under_a_latency_budget_cuts_where_time_is(monkeypatch, tmp_path):
+    """Two hidden layers of equal importance, one of them (the 64-wide input to a 512-wide layer)
+    costing far more time per channel: global allocation under a speedup budget prunes it first."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 8)).eval()
+    with torch.no_grad():  # equal magnitudes: l2 importance is flat, so only time tells them apart
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.fill_(0.1)
+    _, report = gp.prune(model, (torch.randn(4, 32),), budget={"speedup": 1.5}, allocation="global",
+                         runtime="torch", importance="l2")
+    kept = {size: k for k, size in report.kept.values()}
+    # per channel: the 64 group saves 32+512 MACs a row, the 512 group 64+8: cut the 64s first
+    assert kept[64] < 64 and kept[64] / 64 < kept[512] / 512
