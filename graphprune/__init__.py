@@ -26,6 +26,7 @@ _EXPORTS = {
     "count_macs": "metrics", "count_params": "metrics",
     "OnnxPruneReport": "onnx_prune", "prune_onnx": "onnx_prune", "verify_onnx": "onnx_prune",
     "PrunePlan": "planner", "PruneReport": "report", "prune_iterative": "schedule",
+    "RecoverError": "recover", "RecoverResult": "recover", "recover": "recover",
     "OracleReport": "verify", "masked_original": "verify", "verify": "verify",
     "load_pruned": "hf", "save_pruned": "hf",
 }
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # what the names are, for editors and type checkers
     from .metrics import count_macs, count_params
     from .onnx_prune import OnnxPruneReport, prune_onnx, verify_onnx
     from .planner import PrunePlan
+    from .recover import RecoverError, RecoverResult, recover
     from .report import PruneReport
     from .schedule import prune_iterative
     from .verify import OracleReport, masked_original, verify
@@ -76,5 +78,6 @@ __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport",
            "masked_original", "DependencyGraph", "Group", "Member", "PrunePlan", "export_onnx", "ExportReport",
            "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA",
            "register_importance", "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned",
-           "load_pruned_module", "save_pruned_module", "prune_iterative"]
+           "load_pruned_module", "save_pruned_module", "prune_iterative", "recover", "RecoverResult",
+           "RecoverError"]
 __version__ = "0.1.0"

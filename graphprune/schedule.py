@@ -5,11 +5,13 @@ target on a geometric schedule: after step k of n the model keeps ``b ** (k / n)
 original MACs or parameters (``b`` the final fraction), so every step removes the same share of
 what is left. Each step traces the model again: the widths changed, and so may the weights that
 rank the channels. Transformers models go through :func:`graphprune.hf.prune`, which records
-every step's plan, so :func:`graphprune.load_pruned` rebuilds the final model.
+every step's plan, so :func:`graphprune.load_pruned` rebuilds the final model. With ``recover=``,
+each step's model is distilled from the original (:func:`graphprune.recover`) before the next.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import copy
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -29,13 +31,30 @@ def _final(original: Mapping[str, int], budget: Mapping[str, float]) -> dict[str
     return parse_budget(budget, original)
 
 
+def _recover_options(recover: bool | Mapping[str, Any] | None, calib) -> dict | None:
+    """recover= as keyword arguments of graphprune.recover (data defaults to calib=)."""
+    if recover is None or recover is False:
+        return None
+    opts = {} if recover is True else dict(recover)
+    opts.setdefault("data", calib)
+    if opts["data"] is None:
+        raise PlanError("recover= trains on data: pass recover=dict(data=batches, steps=...) or calib=")
+    return opts
+
+
 def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None, *,
                     budget: Mapping[str, float] | None = None, ratio: float | None = None, steps: int = 3,
-                    callback: Callable[[torch.nn.Module, int, object], None] | None = None, **options):
+                    callback: Callable[[torch.nn.Module, int, object], None] | None = None,
+                    recover: bool | Mapping[str, Any] | None = None, **options):
     """Prune ``model`` in ``steps`` steps toward ``budget`` (``{"macs": 0.5}``...) or a final
     per-group ``ratio``; ``callback(model, step, report)`` runs after each step (fine-tune
     there). Returns ``(model, [report per step])``. ``options`` go to each step's prune
     (importance, targets, allocation, round_to, calib, ...).
+
+    ``recover=dict(data=batches, steps=200, ...)`` (keyword arguments of
+    :func:`graphprune.recover`; ``recover=True`` trains on ``calib``) distills each step's
+    model from a copy of the original taken before step 1, before the callback; the
+    :class:`~graphprune.recover.RecoverResult` is ``report.recovery`` (and a line in its notes).
 
     Example:
         >>> import torch, graphprune
@@ -58,6 +77,8 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         kwargs = dict(kwargs) if kwargs else dict(calib[0]) if calib else example_inputs(model)
     if budget is None:
         check_ratio(ratio)
+    recover_opts = _recover_options(recover, options.get("calib"))
+    teacher = copy.deepcopy(model) if recover_opts is not None else None  # the original, for every step
     graph = trace(model, args, kwargs)  # the first step prunes this very graph
     original = {"macs": count_macs(graph.ir), "params": count_params(graph.ir)}
     final = _final(original, budget) if budget is not None else {}
@@ -78,6 +99,11 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
             model, report = prune(model, args, kwargs, graph=graph, **plan_args, **options)
         graph = None  # the model changed: later steps trace it again
         reports.append(report)
+        if recover_opts is not None:
+            from .recover import recover as distill
+
+            report.recovery = distill(model, teacher, **recover_opts)
+            report.notes.append(report.recovery.summary())
         if callback is not None:
             callback(model, k, report)
     return model, reports

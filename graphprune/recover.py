@@ -1,0 +1,399 @@
+"""Recovery by distillation: train a pruned PyTorch model to match the original (the teacher).
+
+- **Loss, per output.** Of a mapping output (transformers' ``ModelOutput``) only ``logits``, else
+  only ``last_hidden_state``, else every floating tensor leaf (of a tensor, tuple, list or dict)
+  counts. One named ``*logits*``, or unnamed and 2-D / 3-D with a last dim of 2 or more ((batch,
+  [positions,] classes)), is logits: KL divergence of the softmax at ``temperature`` T, times T².
+  Any other (embeddings, hidden states, images): MSE over the teacher output's variance.
+  ``loss="kl"`` / ``"mse"`` forces one kind; a dict batch's ``attention_mask`` masks padding.
+- **Features.** ``features=True`` matches the outputs of modules in an ``nn.Sequential`` /
+  ``nn.ModuleList`` (blocks, layers), ``features=[names]`` those modules, where both models give
+  equal shapes (the residual stream, not pruned widths); ``result.features_matched`` lists them.
+- **Batches.** A dict is keyword inputs, a tensor the one input, a tuple/list positional inputs
+  unless it has more elements than the forward's required positional parameters (``(images,
+  labels)`` for ``forward(x)``): then its first element is the input. ``unpack=`` replaces this.
+- **Held-out data.** The first ``holdout`` share of the batches (at least one of two or more) is
+  never trained on; it scores the weights every ``eval_every`` steps, ``patience`` evaluations
+  without a better loss stop early, and the best weights are restored. Data with ``len()`` is
+  iterated again each epoch, skipping those positions (a shuffled DataLoader may move samples
+  across the split; a list's training batches are reshuffled by a seeded generator); data
+  without ``len()`` (a generator) is read once and cached.
+- **Modes.** The teacher runs in eval mode under ``no_grad``, and so does the student (with grad):
+  BatchNorm keeps its running statistics, which a small recovery set would corrupt, and dropout
+  is off; every parameter with ``requires_grad`` trains. Both modes are restored after.
+- **Optimiser.** AdamW without weight decay, warm-up over 5% of the steps (at most 50), then cosine
+  to zero (constant when only ``time_s`` bounds the run), gradient norm clipped to 1.
+- **Determinism.** ``seed`` seeds torch inside ``torch.random.fork_rng`` (the caller's RNG is left
+  as it was) and the batch order: the same inputs give bit-identical weights on CPU.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import PlanError
+from .progress import progress
+
+_HOW = ("give a DataLoader or a list of batches: tensors, tuples/lists of tensors (positional inputs; "
+        "(inputs, labels) uses the inputs), or dicts of keyword inputs")
+
+
+class RecoverError(PlanError):
+    """The data, teacher or options given to :func:`recover` cannot be used."""
+
+
+@dataclass
+class RecoverResult:
+    """What :func:`recover` did: losses per step and per evaluation, and why it stopped."""
+
+    steps: int
+    seconds: float
+    train_losses: list[float] = field(default_factory=list)  # one per optimiser step
+    heldout_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), step 0 first
+    best_step: int = 0  # the step whose weights the model holds now
+    stopped_early: bool = False
+    reason: str = ""  # "steps", "time", "patience" or "callback"
+    features_matched: list[str] = field(default_factory=list)
+    lr: float = 0.0
+    batches: tuple[int, int] = (0, 0)  # (training, held-out)
+
+    heldout_before = property(lambda self: self.heldout_losses[0][1] if self.heldout_losses else None)
+    heldout_best = property(lambda self: min(v for _, v in self.heldout_losses) if self.heldout_losses else None)
+
+    def summary(self) -> str:
+        """One line, for a prune report's notes."""
+        held = (f", held-out loss {self.heldout_before:.4g} -> {self.heldout_best:.4g}" if self.heldout_losses
+                else f", training loss {self.train_losses[-1]:.4g}" if self.train_losses else "")
+        return (f"recovered by distillation: {self.steps} steps{held} (stopped by {self.reason}; weights of step "
+                f"{self.best_step}, changed after the oracle's check)")
+
+    def __str__(self) -> str:
+        from .report import table
+
+        evals = self.heldout_losses or ([(self.steps, None)] if self.steps else [])
+        starts = [0] + [s for s, _ in evals]  # mean training loss since the previous evaluation
+        means = {s: sum(self.train_losses[a:s]) / (s - a) for a, s in zip(starts, starts[1:]) if s > a}
+        best = {k for k, (s, _) in enumerate(evals) if s == self.best_step}
+        rows = [[evals[k][0], f"{means[evals[k][0]]:.4g}" if evals[k][0] in means else "",
+                 "" if evals[k][1] is None else f"{evals[k][1]:.4g}", "best" if k in best else ""]
+                for k in sorted({round(i * (len(evals) - 1) / 11) for i in range(12)} | best)] if evals else []
+        text = (f"recover: {self.steps} steps in {self.seconds:.1f} s (lr {self.lr:g}, {self.batches[0]} training / "
+                f"{self.batches[1]} held-out batches), stopped by {self.reason}; weights of step {self.best_step}\n")
+        text += table(["step", "train loss", "held-out loss", ""], rows) if rows else "(no step taken)"
+        return text + (f"\nfeatures matched: {', '.join(self.features_matched)}" if self.features_matched else "")
+
+
+def _positional(model: torch.nn.Module) -> int | None:
+    """The forward's required positional parameters; None when it takes any number."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return None if any(p.kind is p.VAR_POSITIONAL for p in params) else len(required)
+
+
+def _tensor(x: Any) -> Any:
+    return torch.from_numpy(x) if type(x).__module__ == "numpy" and hasattr(x, "shape") else x
+
+
+def _inputs(batch: Any, where: str, positional: int | None, unpack: Callable | None) -> tuple[tuple, dict]:
+    """A batch as ``(args, kwargs)`` for the forward (the rule in the module docstring)."""
+    if unpack is not None:
+        args, kwargs = unpack(batch)
+        args, kwargs = tuple(map(_tensor, args)), {k: _tensor(v) for k, v in dict(kwargs).items()}
+    elif isinstance(batch, Mapping):
+        if not all(isinstance(k, str) for k in batch):
+            raise RecoverError(f"{where} is a dict whose keys are not input names ({list(batch)[:4]}); {_HOW}")
+        args, kwargs = (), {k: _tensor(v) for k, v in batch.items()}
+    elif isinstance(batch, (tuple, list)):
+        items = [_tensor(b) for b in batch]
+        args, kwargs = tuple(items if positional is None or len(items) <= max(positional, 1) else items[:1]), {}
+    else:
+        args, kwargs = (_tensor(batch),), {}
+    if not any(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values())):
+        raise RecoverError(f"{where} is a {type(batch).__name__} holding no tensor; {_HOW}")
+    return args, kwargs
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _leaves(out: Any, name: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """The outputs to match, named (see the module docstring)."""
+    if isinstance(out, torch.Tensor):
+        return [(name, out)] if out.is_floating_point() else []
+    if isinstance(out, Mapping):
+        key = next((k for k in ("logits", "last_hidden_state") if isinstance(out.get(k), torch.Tensor)), None)
+        return [(key, out[key])] if key else [leaf for k, v in out.items() for leaf in _leaves(v, str(k))]
+    if isinstance(out, (tuple, list)):
+        return [leaf for i, v in enumerate(out) for leaf in _leaves(v, f"{name}[{i}]")]
+    return []
+
+
+def _first(out: Any) -> torch.Tensor | None:
+    """A module's output for feature matching: the tensor, or the first tensor inside it."""
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
+    return next((t for t in map(_first, values) if t is not None), None)
+
+
+def _match(s: torch.Tensor, t: torch.Tensor, kind: str, temperature: float, mask: torch.Tensor | None):
+    """The loss between a student and a teacher output, averaged over the positions ``mask`` keeps."""
+    s, t = s.float(), t.float()
+    if kind == "kl":
+        per = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), reduction="none",
+                       log_target=True).sum(-1) * temperature ** 2
+    else:
+        per = (s - t).pow(2) / t.var(unbiased=False).clamp_min(1e-8)
+    if mask is None or per.shape[:mask.dim()] != mask.shape:
+        return per.mean()
+    weight = mask.to(per.dtype)
+    return (per.reshape(*mask.shape, -1).mean(-1) * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _kind(name: str, t: torch.Tensor, loss: str) -> str:
+    logits = "logits" in name or (name.startswith("output") and t.dim() in (2, 3) and t.shape[-1] >= 2)
+    return loss if loss != "auto" else "kl" if logits else "mse"
+
+
+class _Data:
+    """Held-out batches (cached) and an endless stream of training batches, epoch after epoch."""
+
+    def __init__(self, data: Any, holdout: float, seed: int, cap: int):
+        if data is None or isinstance(data, (str, bytes, torch.Tensor, Mapping)):
+            what = "None" if data is None else f"one {type(data).__name__}"
+            raise RecoverError(f"data is {what}, not an iterable of batches; {_HOW} (one batch: [batch])")
+        try:
+            first = iter(data)
+        except TypeError:
+            raise RecoverError(f"data is a {type(data).__name__}, which cannot be iterated; {_HOW}") from None
+        sized = first is not data and hasattr(data, "__len__") and not isinstance(
+            getattr(data, "dataset", None), torch.utils.data.IterableDataset)
+        self.source = data if sized else list(itertools.islice(first, cap))  # read once: cached
+        first = first if sized else iter(self.source)
+        if not (n := len(self.source)):
+            raise RecoverError(f"data holds no batches; {_HOW}")
+        self.n_hold = 0 if n < 2 or holdout <= 0 else min(n - 1, max(1, round(holdout * n)))
+        self.heldout = list(itertools.islice(first, self.n_hold))
+        self._first, self.n_train, self._gen = first, n - self.n_hold, torch.Generator().manual_seed(seed)
+
+    def train(self):
+        """``(label, batch)`` forever; a list's batches in a new seeded order each epoch."""
+        it, pos = self._first, self.n_hold  # the first pass goes on after the held-out batches
+        while True:
+            if isinstance(self.source, Sequence):
+                order = (self.n_hold + i for i in torch.randperm(self.n_train, generator=self._gen).tolist())
+                batches = ((k, self.source[k]) for k in order)
+            else:
+                batches = ((k, b) for k, b in enumerate(it, pos) if k >= self.n_hold)
+            seen = 0
+            for seen, (k, batch) in enumerate(batches, 1):
+                yield f"batch {k}", batch
+            if not seen:
+                raise RecoverError(f"a pass over data gave no batch after the {self.n_hold} held-out one(s); {_HOW}")
+            it, pos = iter(self.source), 0
+
+
+class _Distill:
+    """The student, the teacher, and the loss between them on one batch."""
+
+    def __init__(self, student, teacher, loss: str, temperature: float, feature_weight: float, unpack):
+        self.student, self.teacher, self.loss, self.temperature = student, teacher, loss, temperature
+        self.feature_weight, self.unpack, self.positional = feature_weight, unpack, _positional(student)
+        self.device, self.t_device = _device(student), _device(teacher)
+        self.names, self.hooks = [], []
+        self.captured: dict[str, dict[str, torch.Tensor]] = {"student": {}, "teacher": {}}
+
+    def run(self, who: str, batch: Any, where: str):
+        model, device = (self.student, self.device) if who == "student" else (self.teacher, self.t_device)
+        args, kwargs = _inputs(batch, where, self.positional, self.unpack)
+        try:
+            return model(*_to(args, device), **_to(kwargs, device)), kwargs.get("attention_mask")
+        except Exception as exc:
+            why = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise RecoverError(f"{where} cannot run through the {who}: {type(exc).__name__}: {why}. Each batch must "
+                               f"be the model's input(s); {_HOW}, or pass unpack=") from exc
+
+    def __call__(self, batch: Any, where: str) -> torch.Tensor:
+        with torch.no_grad():
+            t_out, mask = self.run("teacher", batch, where)
+        s_out, _ = self.run("student", batch, where)
+        s_leaves, t_leaves = _leaves(s_out), _leaves(t_out)
+        s_names, t_names = [n for n, _ in s_leaves], [n for n, _ in t_leaves]
+        if not t_leaves or s_names != t_names:
+            raise RecoverError(f"outputs to match: student {s_names}, teacher {t_names}; recover matches the floating "
+                               "tensors that a pruned model and its original both return")
+        mask = mask.to(self.device) if isinstance(mask, torch.Tensor) else None
+        losses = []
+        for (name, s), (_, t) in zip(s_leaves, t_leaves):
+            if s.shape != t.shape:
+                raise RecoverError(f"output {name}: student {tuple(s.shape)}, teacher {tuple(t.shape)}; recover "
+                                   "matches outputs of equal shape (give the unpruned original as teacher)")
+            losses.append(_match(s, t.to(s.device), _kind(name, t, self.loss), self.temperature, mask))
+        loss = torch.stack(losses).mean()
+        if self.names:
+            s_f, t_f = self.captured["student"], self.captured["teacher"]
+            feats = [_match(s_f[n], t_f[n].to(s_f[n].device), "mse", 1.0, mask) for n in self.names]
+            loss = loss + self.feature_weight * torch.stack(feats).mean()
+        return loss
+
+    def hook(self, features: bool | Sequence[str], where: str, batch: Any) -> list[str]:
+        """Choose the feature modules (equal output shapes on ``batch``) and keep hooks on them."""
+        s_mods, t_mods = dict(self.student.named_modules()), dict(self.teacher.named_modules())
+        containers = (torch.nn.Sequential, torch.nn.ModuleList)
+        asked = ([n for n in s_mods if n and n in t_mods and isinstance(s_mods[n.rpartition(".")[0]], containers)]
+                 if features is True else list(features))
+        if unknown := [n for n in asked if n not in s_mods or n not in t_mods]:
+            raise RecoverError(f"features {unknown} name no module of both models (see model.named_modules())")
+        hooks = {(who, n): mods[n].register_forward_hook(
+            lambda m, i, o, n=n, store=self.captured[who]: store.__setitem__(n, _first(o)))
+            for who, mods in (("student", s_mods), ("teacher", t_mods)) for n in asked}
+        self.hooks = list(hooks.values())  # removed by recover() whatever happens
+        with torch.no_grad():
+            self.run("teacher", batch, where), self.run("student", batch, where)
+        s_f, t_f = self.captured["student"], self.captured["teacher"]
+        self.names = [n for n in asked if isinstance(s_f.get(n), torch.Tensor) and isinstance(t_f.get(n), torch.Tensor)
+                      and s_f[n].shape == t_f[n].shape and s_f[n].is_floating_point()]
+        for h in (h for (_, n), h in hooks.items() if n not in self.names):
+            h.remove()
+        if features is not True and not self.names:
+            raise RecoverError(f"none of features {asked} has the same output shape in student and teacher; "
+                               "name modules on the residual stream (block outputs) or use features=True")
+        return self.names
+
+    def evaluate(self, heldout: list) -> float | None:
+        with torch.no_grad():
+            losses = [float(self(b, f"held-out batch {k}")) for k, b in enumerate(heldout)]
+        return sum(losses) / len(losses) if losses else None
+
+
+def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, steps: int | None = None,
+            time_s: float | None = None, lr: float | None = None, callback: Callable | None = None, *,
+            holdout: float = 0.1, eval_every: int | None = None, patience: int | None = 5, temperature: float = 2.0,
+            loss: str = "auto", features: bool | Sequence[str] = False, feature_weight: float = 1.0,
+            unpack: Callable | None = None, seed: int = 0) -> RecoverResult:
+    """Train ``pruned`` in place to match ``teacher`` (the unpruned original) on ``data``.
+
+    Args:
+        pruned: the pruned module (any ``nn.Module``, transformers models too); trained in place.
+        teacher: the original before pruning (``copy.deepcopy`` it first); frozen, eval mode.
+        data: a DataLoader or iterable of batches: tensors, tuples/lists (``(x, y)`` uses ``x``)
+            or dicts of keyword inputs; every rule is in the module docstring.
+        steps, time_s: bound the work (neither: one epoch of training batches, 100 to 1000 steps).
+        lr: AdamW's learning rate (default 1e-4 for transformers models, 1e-3 otherwise).
+        callback: ``callback(step, train_loss, heldout_loss)`` at each evaluation; False stops.
+        holdout, eval_every, patience: the share of batches held out (0: none, no early stop); an
+            evaluation every ``eval_every`` steps (default a tenth of the steps, at most 100); stop
+            after ``patience`` evaluations without a better held-out loss (None: never).
+        temperature, loss: the KL temperature; ``"auto"``, ``"kl"`` or ``"mse"`` for every output.
+        features, feature_weight: also match module outputs (True: blocks; or module names).
+        unpack, seed: ``batch -> (args, kwargs)`` replacing the batch rule; the seed of torch and
+            the batch order (the same inputs give bit-identical weights).
+
+    Returns:
+        A :class:`RecoverResult`; ``pruned`` holds the weights of its ``best_step``.
+
+    Example:
+        >>> import copy, torch, graphprune
+        >>> g = torch.Generator().manual_seed(0)
+        >>> teacher = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+        >>> data = [torch.randn(16, 8, generator=g) for _ in range(10)]
+        >>> student, _ = graphprune.prune(copy.deepcopy(teacher), (data[0],), ratio=0.75, round_to=1)
+        >>> result = graphprune.recover(student, teacher, data, steps=100)
+        >>> result.heldout_best < result.heldout_before, result.batches
+        (True, (9, 1))
+    """
+    if pruned is teacher or {id(p) for p in pruned.parameters()} & {id(p) for p in teacher.parameters()}:
+        raise RecoverError("teacher and pruned model share weights: pass copy.deepcopy(model) taken before pruning")
+    for name, v, ok in (("steps", steps, steps is None or (isinstance(steps, int) and steps >= 1)),
+                        ("time_s", time_s, time_s is None or time_s > 0), ("holdout", holdout, 0 <= holdout < 1),
+                        ("eval_every", eval_every, eval_every is None or eval_every >= 1),
+                        ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0)):
+        if not ok:
+            raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
+    if not any(p.requires_grad for p in pruned.parameters()):
+        raise RecoverError("the pruned model has no parameter with requires_grad=True to train")
+    distill = _Distill(pruned, teacher, loss, temperature, feature_weight, unpack)
+    modes, _ = (pruned.training, teacher.training), (pruned.eval(), teacher.eval())
+    try:
+        with torch.random.fork_rng(devices=[distill.device] if distill.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            feed = _Data(data, holdout, seed, int((steps or 1000) / (1 - holdout)) + 2)
+            return _loop(distill, feed, steps, time_s, lr, callback, eval_every, patience, features)
+    finally:
+        for h in distill.hooks:
+            h.remove()
+        pruned.train(modes[0]), teacher.train(modes[1])
+
+
+def _loop(distill: _Distill, feed: _Data, steps, time_s, lr, callback, eval_every, patience, features):
+    start, model, train = time.perf_counter(), distill.student, feed.train()
+    pending = next(train)
+    matched = distill.hook(features, *pending) if features else []
+    lr = lr if lr is not None else 1e-4 if hasattr(model, "config") and hasattr(model, "save_pretrained") else 1e-3
+    bound = steps if steps is not None or time_s is not None else min(1000, max(100, feed.n_train))
+    every = eval_every or (max(1, min(100, bound // 10)) if bound else 50)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = min(50, max(1, (bound or 1000) // 20))  # then cosine to zero, or constant without a step bound
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) * (
+        0.5 * (1 + math.cos(math.pi * min(k, bound) / bound)) if bound else 1.0))
+    result = RecoverResult(0, 0.0, features_matched=matched, lr=lr, batches=(feed.n_train, feed.n_hold))
+    best = distill.evaluate(feed.heldout)
+    result.heldout_losses += [(0, best)] if best is not None else []
+    saved, waited, result.reason = _snapshot(model), 0, "steps"
+    while result.reason == "steps" and (bound is None or result.steps < bound):
+        todo, first = every if bound is None else min(every, bound - result.steps), result.steps
+        desc = f"recovering {first}/{bound or '?'}" + "".join(f", {what} {v:.4g}" for what, v in (
+            ("loss", result.train_losses[-1] if result.train_losses else None), ("held-out", best)) if v is not None)
+        for _ in progress(range(todo), desc, todo):
+            where, batch = pending or next(train)
+            pending, loss = None, distill(batch, where)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step(), sched.step()
+            result.steps += 1
+            result.train_losses.append(loss.item())
+            if time_s is not None and time.perf_counter() - start >= time_s:
+                result.reason = "time"
+                break
+        held = distill.evaluate(feed.heldout)
+        if held is not None:
+            result.heldout_losses.append((result.steps, held))
+            improved = held < best
+            best, waited = (held, 0) if improved else (best, waited + 1)
+            saved, result.best_step = (_snapshot(model), result.steps) if improved else (saved, result.best_step)
+        else:
+            result.best_step = result.steps
+        recent = result.train_losses[first:]
+        if callback is not None and callback(result.steps, sum(recent) / len(recent), held) is False:
+            result.reason = "callback"
+        elif patience is not None and held is not None and waited >= patience:
+            result.reason = "patience"
+    if result.best_step != result.steps:
+        model.load_state_dict(saved)
+    result.stopped_early, result.seconds = result.reason in ("patience", "callback"), time.perf_counter() - start
+    return result
