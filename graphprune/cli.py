@@ -63,8 +63,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     print(f"      {len(graph.groups)} groups, {n_prunable} prunable ({time.perf_counter() - t:.1f}s)")
     original = copy.deepcopy(model)
     t = _step(3, 5, f"pruning {ns.ratio:.0%} of every prunable group by {ns.importance} importance")
-    plan = gp.plan(graph, model, ratio=ns.ratio, importance=ns.importance)
-    model, report = gp.prune(model, args, graph=graph, plan_=plan)
+    # the demo writes ONNX: widths follow onnxruntime's kernels, and its latency is measured before/after
+    plan = gp.plan(graph, model, ratio=ns.ratio, importance=ns.importance, runtime="onnxruntime")
+    model, report = gp.prune(model, args, graph=graph, plan_=plan, runtime="onnxruntime")
     report.seconds = time.perf_counter() - t  # planning included (the table's time)
     print(f"      done ({report.seconds:.1f}s)")
     t = _step(4, 5, "checking the exactness oracle (pruned vs masked original)")
@@ -171,6 +172,18 @@ MODEL_HELP = ("an .onnx file, a Hugging Face folder (config + safetensors), a fo
               "package.module:factory (returning a module or (module, example_args)), or a zoo name")
 
 
+def _round_to(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'auto' or a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1 (1: any width)")
+    return value
+
+
 def _prune_flags(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     pr.add_argument("-o", "--output", required=True,
@@ -191,6 +204,9 @@ def _prune_flags(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
     pr.add_argument("--calib-samples", type=int, default=32, help="sequences cut from a .txt --calib (default 32)")
     pr.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of a .txt --calib (default 128)")
+    pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
+                    help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
+                         "distillation on the --calib batches, a tenth held out; graphprune.recover)")
     pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
     pr.add_argument("--add-bias", action="store_true",
                     help="with --calib: let compensation add a bias to layers that have none")
@@ -200,10 +216,14 @@ def _prune_flags(pr: argparse.ArgumentParser) -> None:
                                      "initializer name) or GROUP=R, comma-separated")
     pr.add_argument("--max-ratio", type=float, default=None,
                     help="with --budget / --allocation global: the most any group loses (default 0.9)")
-    pr.add_argument("--round-to", type=int, default=None,
-                    help="keep channel counts multiples of this (default 8 for ONNX, 1 for PyTorch models)")
+    pr.add_argument("--round-to", type=_round_to, default="auto",
+                    help="keep channel counts multiples of this; 'auto' (default): the multiples the target "
+                         "runtime's kernels run fastest on this machine (measured once, cached); 1: any width")
+    pr.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "none"], default="auto",
+                    help="where the pruned model will run, for widths and the latency before/after: auto (default) "
+                         "is onnxruntime for an .onnx OUT, PyTorch eager otherwise; none measures nothing")
     pr.add_argument("--ignore", nargs="*", default=[], help="modules, parameters or initializers to keep whole")
-    pr.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement (ONNX)")
+    pr.add_argument("--no-latency", action="store_true", help="skip the latency measurement before/after")
     pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
     pr.add_argument("--report", metavar="DIR", help="write report.json and report.html (with plots) to DIR")
     pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")

@@ -9,6 +9,7 @@ left at OUT unless every step succeeded.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -66,6 +67,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     kind = sources.classify(ns.model)
     if kind == "onnx" and out_kind != "onnx":
         raise GraphpruneError(f"an ONNX model is written as an .onnx file, not '{ns.output}'")
+    _check_recover(ns, kind)
     options = dict(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
                    compensate=False if ns.no_compensate else None, allocation=ns.allocation, add_bias=ns.add_bias,
                    budget=ns.budget, max_ratio=ns.max_ratio, ratios=_ratios(ns.ratios))
@@ -76,14 +78,19 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         report = _onnx(ns, calib, options, _input_shapes(ns.input_shape), _feeds(ns.inputs))
         _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)", ns.json)
     else:
-        _step(1, 3, f"loading {ns.model} ({kind})", ns.json)
+        n = 4 if ns.recover_steps else 3
+        _step(1, n, f"loading {ns.model} ({kind})", ns.json)
         src = sources.load(ns.model, _input_shapes(ns.input_shape), ns.config)
         calib = torch_calib(ns, src) if ns.calib else None
         if calib:  # traced on a calibration batch: every batch then has the traced shapes
             src.args, src.kwargs = (calib[0], {}) if isinstance(calib[0], tuple) else ((), dict(calib[0]))
-        _step(2, 3, "tracing, planning, checking and rewriting", ns.json)
+        teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
+        _step(2, n, "tracing, planning, checking and rewriting", ns.json)
         model, report = _torch(src, calib, options, ns)
-        _step(3, 3, f"writing {ns.output}", ns.json)
+        if teacher is not None:
+            _step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
+            report.notes.append(_recover(model, teacher, calib, ns.recover_steps).summary())
+        _step(n, n, f"writing {ns.output}", ns.json)
         write(src, model, report, ns.output, out_kind)
         report.path = str(ns.output)
     if ns.report:
@@ -94,10 +101,32 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _check_recover(ns, kind: str) -> None:
+    """--recover-steps trains a PyTorch model on --calib: refused before any work otherwise."""
+    if ns.recover_steps is None:
+        return
+    if ns.recover_steps < 1:
+        raise GraphpruneError(f"--recover-steps must be >= 1, got {ns.recover_steps}")
+    if kind == "onnx":
+        raise GraphpruneError("--recover-steps trains a PyTorch model; an ONNX model cannot be trained here: prune "
+                              "its PyTorch source (a factory, zoo name or Hugging Face folder), or drop --recover-steps")
+    if not ns.calib:
+        raise GraphpruneError("--recover-steps trains on data: give --calib (the batches to distil on)")
+
+
+def _recover(model, teacher, calib, steps: int):
+    """Distil ``model`` from ``teacher`` on the --calib batches: tuples are positional inputs."""
+    from .recover import recover
+
+    unpack = lambda b: ((), dict(b)) if isinstance(b, dict) else (tuple(b), {})
+    return recover(model, teacher, calib, steps=steps, unpack=unpack)
+
+
 def _onnx(ns, calib, options, input_shapes, inputs):
     import graphprune as gp
 
-    return gp.prune_onnx(ns.model, ns.output, round_to=ns.round_to if ns.round_to is not None else 8,
+    runtime = None if ns.runtime == "none" else "onnxruntime" if ns.runtime == "auto" else ns.runtime
+    return gp.prune_onnx(ns.model, ns.output, round_to=ns.round_to, runtime=runtime,
                          measure_latency=not ns.no_latency, calib=calib, input_shapes=input_shapes, inputs=inputs,
                          **options)
 
@@ -105,12 +134,14 @@ def _onnx(ns, calib, options, input_shapes, inputs):
 def _torch(src, calib, options, ns):
     import graphprune as gp
 
-    round_to = ns.round_to if ns.round_to is not None else 1
+    # the runtime the output is for: an .onnx OUT runs on onnxruntime, a module on PyTorch
+    runtime = {"none": None, "auto": "onnxruntime" if str(ns.output).endswith(".onnx") else "torch"}.get(
+        ns.runtime, ns.runtime)
+    options = dict(options, round_to=ns.round_to, runtime=runtime, measure_latency=not ns.no_latency,
+                   verify=not ns.no_verify)
     if src.is_hf:
-        return gp.hf.prune(src.model, inputs=src.kwargs, calib=calib, round_to=round_to, verify=not ns.no_verify,
-                           **options)
-    return gp.prune(src.model, src.args, src.kwargs, calib=calib, round_to=round_to, verify=not ns.no_verify,
-                    **options)
+        return gp.hf.prune(src.model, inputs=src.kwargs, calib=calib, **options)
+    return gp.prune(src.model, src.args, src.kwargs, calib=calib, **options)
 
 
 def write(src, model, report, out: str, out_kind: str) -> None:

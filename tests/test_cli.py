@@ -21,6 +21,7 @@ def test_demo_prunes_exports_and_prints_table(tmp_path):
     assert out.exists() and out.stat().st_size > 0
     assert "params" in r.stdout and "MACs" in r.stdout and "oracle PASS" in r.stdout
     assert "[5/5]" in r.stdout  # progress is shown
+    assert "latency (onnxruntime, 1 thread)" in r.stdout  # measured before/after on the runtime it exports for
 
 
 def test_bad_ratio_exits_nonzero_without_output(tmp_path):
@@ -66,3 +67,18 @@ def test_progress_bars_only_where_someone_watches(monkeypatch, capsys):
         assert list(progress(range(3), "calibrating", total=3)) == [0, 1, 2]
         err = capsys.readouterr().err
         assert ("calibrating" in err) == drawn, (setting, err)
+
+
+def test_round_to_and_runtime_flags(tmp_path):
+    import json
+
+    r = _run("prune", "mobilenetv2", "-o", str(tmp_path / "m.onnx"), "--ratio", "0.5", "--round-to", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["latency_ms"]["runtime"] == "onnxruntime" and doc["latency_ms"]["before"] > 0
+    r = _run("prune", "mobilenetv2", "-o", str(tmp_path / "m.pt"), "--ratio", "0.5", "--runtime", "none", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["latency_ms"]["before"] is None
+    for bad in ("0", "fast"):
+        r = _run("prune", "mobilenetv2", "-o", str(tmp_path / "x.pt"), "--round-to", bad)
+        assert r.returncode == 2 and "--round-to" in r.stderr and not (tmp_path / "x.pt").exists()
