@@ -23,6 +23,10 @@ from .allocate import allocate_if_cheap, resolve_allocation
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
+# What pruning by weight magnitude alone costs, measured (docs/runtime.md, tools/bench_oneshot.py)
+NO_DATA = ("ranked by weight magnitude: no calibration data was given. On real pretrained models this costs "
+           "much of their accuracy (EfficientNet-Lite0 at 20% fewer MACs kept 3% top-1 agreement with the "
+           "original); pass calib= (a few batches of real inputs) to rank from data and repair the layers")
 SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
 
 
@@ -118,6 +122,8 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     batches = program.batches(calib) if calib is not None else None
     ctx = ScoreContext(dg, program.tensors())
     ctx.notes.extend(notes)
+    if calib is None and importance == "auto" and groups:
+        ctx.notes.append(NO_DATA)
     if crit is not None and batches is not None and crit.needs == "grad":
         ctx.grads = program.gradients(batches, loss_fn)
     elif crit is not None and batches is not None and crit.needs == "calib":

@@ -186,7 +186,7 @@ class PruneReport:
         for note in self.notes:
             text += f"\nnote: {note}"
         if self.latency_before_ms is not None and self.latency_after_ms is not None:
-            where = {"onnxruntime": "onnxruntime, 1 thread", "torch": "PyTorch eager"}.get(self.runtime, self.runtime)
+            where = {"onnxruntime": "onnxruntime, 1 thread", "torch": "PyTorch eager, 1 thread"}.get(self.runtime, self.runtime)
             text += "\n" + table([f"latency ({where})", "before", "after", "speedup"], [[
                 "best of runs, example shape", f"{self.latency_before_ms:.3f} ms", f"{self.latency_after_ms:.3f} ms",
                 f"{self.latency_before_ms / max(self.latency_after_ms, 1e-9):.2f}x"]])

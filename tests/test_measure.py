@@ -107,7 +107,7 @@ def test_report_shows_latency_and_warns_when_slower(monkeypatch):
     model, args = _mbv2()
     _, report = gp.prune(copy.deepcopy(model), args, ratio=0.3)
     assert report.runtime == "torch" and report.latency_before_ms > 0 and report.latency_after_ms > 0
-    assert "latency (PyTorch eager)" in str(report)
+    assert "latency (PyTorch eager, 1 thread)" in str(report)
     # a runtime that (pretend) runs the pruned model slower: the prune says so, it does not hide it
     times = iter([1.0, 2.0, 2.1, 2.2])  # before, then after measured three times: slower each time
     monkeypatch.setattr(TorchProgram, "latency_ms", lambda self, runtime=None: next(times))

@@ -96,11 +96,16 @@ def _time_op(runtime: str, op: SiteOp, cin: int, cout: int) -> float:
         import torch.nn.functional as F
 
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-        with torch.no_grad():
-            if op.kind == "conv":
-                return best_of(lambda: F.conv2d(tx, tw, None, op.stride, op.padding, op.dilation,
-                                                cin if op.depthwise else 1), budget_s=0.02, least=3)
-            return best_of(lambda: tx @ tw, budget_s=0.02, least=3)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the model is timed (TorchProgram.latency_ms)
+        try:
+            with torch.no_grad():
+                if op.kind == "conv":
+                    return best_of(lambda: F.conv2d(tx, tw, None, op.stride, op.padding, op.dilation,
+                                                    cin if op.depthwise else 1), budget_s=0.02, least=3)
+                return best_of(lambda: tx @ tw, budget_s=0.02, least=3)
+        finally:
+            torch.set_num_threads(threads)
     from onnx import TensorProto, helper, numpy_helper
 
     if op.kind == "conv":
