@@ -280,3 +280,53 @@ def _greedy(groups: list[Group], curves, target: int, round_to: int) -> dict[int
         ratios[gid] = (g.size - kept_count(g.size, n / g.size, rt)) / g.size
         removed = target
     return ratios
+
+
+BUDGET_LEVELS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75)  # ratios tried per group under a budget
+
+
+def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[str, int], round_to, batches: list,
+                    max_ratio: float, notes: list[str]) -> dict[int, float] | None:
+    """Per-group ratios meeting a MACs / parameter budget where the output suffers least: each
+    group is pruned alone at :data:`BUDGET_LEVELS` (masks only: a refit fitted on few samples
+    makes deep layers look cheaper than they are on other data), its output error measured on the
+    calibration rows against what it saves of the budget's metric (MACs first), and the cheapest
+    savings per unit of error are taken first (the hull walk of :func:`allocate`). None where the
+    levels cannot meet the budget together (the caller then solves it uniformly)."""
+    t0 = time.perf_counter()
+    metric = "macs" if "macs" in targets else "params"
+    full = cost.measure({})
+    needed = full[metric] - targets[metric]
+    used, rows = sample(program, batches)
+    variants, keys = [], []
+    for g in groups:
+        for r in sorted({min(lv, max_ratio) for lv in BUDGET_LEVELS}):
+            p = make_plan([g], scores, 0.0, round_to, {g.id: r})
+            kept = {g.id: g.size - len(p.pruned[g.id])}
+            saved = full[metric] - cost.measure(kept)[metric]
+            if saved <= 0 or (keys and keys[-1][0] == g.id and keys[-1][2] >= saved):
+                continue
+            variants.append(({**keep_masks(program.graph(), p)}, {}))
+            keys.append((g.id, r, saved))
+    err = output_errors(program, used, variants, "allocating the budget")
+    curves: dict[int, list[tuple[int, float, float]]] = {g.id: [(0, 0.0, 0.0)] for g in groups}
+    for (gid, r, n), e in zip(keys, err):
+        curves[gid].append((int(n), float(e), r))
+
+    def kept_of(ratios):
+        return {g.id: kept_count(g.size, ratios.get(g.id, 0.0), step_of(g, round_to)) for g in groups}
+
+    goal = needed
+    for _ in range(12):  # savings of groups sharing a weight are not additive: raise the goal until it holds
+        ratios = _greedy(groups, curves, goal, round_to)
+        got = cost.measure(kept_of(ratios))
+        if all(got[k] <= t for k, t in targets.items()) or goal >= sum(c[-1][0] for c in map(_hull, curves.values())):
+            break
+        goal = int(math.ceil(goal * needed / max(full[metric] - got[metric], 1)))
+    if not all(got[k] <= t for k, t in targets.items()):
+        notes.append(f"allocation: uniform; the levels measured for {len(groups)} group(s) cannot meet the budget "
+                     "together")
+        return None
+    notes.append(f"allocation: sensitivity under the {metric} budget, {len(variants)} masked run(s) on {rows} "
+                 f"calibration row(s) ({time.perf_counter() - t0:.1f} s)")
+    return ratios

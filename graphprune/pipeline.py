@@ -87,12 +87,12 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     runtime = resolve_runtime(runtime, program)
     name = resolve_importance(importance, calib, compensate)
     how = resolve_allocation(allocation, calib, ratios)
+    sensitive_budget = False
     if budget is not None or how == "global":
         if ratios:
             raise PlanError("ratios= fixes each group's ratio, a budget chooses them: pass one of the two")
-        if how == "sensitivity" and allocation == "sensitivity":
-            raise PlanError("allocation='sensitivity' spends the uniform plan's parameter budget; with budget= use "
-                            "allocation='uniform' or 'global'")
+        # allocation="sensitivity" under a budget: measured per-group curves (allocate_budget)
+        sensitive_budget = budget is not None and allocation == "sensitivity"
         how = "global" if how == "global" else "uniform"
     mode = compensation_mode(compensate, calib)
     dg = program.graph()
@@ -161,12 +161,25 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
                                             ctx.notes)
         else:
             ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how, maxr)
+            if sensitive_budget and batches is not None:
+                from .allocate import allocate_budget
+                from .budget import CostModel
+
+                cost = CostModel(dg, groups)
+                measured = allocate_budget(program, cost, groups, scores, spent.targets, round_to, batches, maxr,
+                                           ctx.notes)
+                if measured is not None:
+                    ratios = measured
+                    plan_ = make_plan(groups, scores, ratio, round_to, ratios)
+                    spent.allocation = "sensitivity"
+                    spent.achieved = cost.measure({g.id: g.size - len(plan_.pruned[g.id]) for g in groups})
     elif how == "sensitivity" and ratio > 0 and groups:
         alloc = allocate_if_cheap(program, groups, scores, ratio, round_to, batches, mode, ctx.stats,
                                   forced=allocation == "sensitivity", notes=ctx.notes)
         ratios = alloc.ratios if alloc is not None else ratios
     plan = make_plan(groups, scores, ratio, round_to, ratios)
     if (auto and tune_widths and isinstance(round_to, dict) and not blocks
+            and not (spent is not None and spent.allocation == "sensitivity")  # measured ratios: keep them
             and not (budget is not None and {"latency_ms", "speedup"} & set(budget))):
         maxr = MAX_RATIO if max_ratio is None else max_ratio
 

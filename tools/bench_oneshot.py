@@ -63,6 +63,7 @@ def main() -> int:
     p.add_argument("--augment", type=int, default=4, help="augmented copies per calibration photo")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--recover-s", type=float, default=600.0, help="seconds of recovery (0: none)")
+    p.add_argument("--only", nargs="*", default=None, help="variants to run (their names in the table)")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "oneshot.json")
     ns = p.parse_args()
     torch.manual_seed(0)
@@ -74,7 +75,9 @@ def main() -> int:
     ref = vd.run(model, test_x)
     rows = []
     for macs in ns.macs:
-        variants = {"magnitude, no data": dict(calib=None), "default call, calibrated": dict(calib=calib)}
+        variants = {"magnitude, no data": dict(calib=None), "default call, calibrated": dict(calib=calib),
+                    "allocation='sensitivity', calibrated": dict(calib=calib, allocation="sensitivity")}
+        variants = {k: v for k, v in variants.items() if not ns.only or k in ns.only}
         for name, kw in variants.items():
             t = time.perf_counter()
             with warnings.catch_warnings():
@@ -85,7 +88,7 @@ def main() -> int:
                    "test_images": len(test_x)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if kw["calib"] is not None and ns.recover_s > 0:
+            if kw["calib"] is not None and ns.recover_s > 0 and "allocation" not in kw:
                 t = time.perf_counter()
                 res = gp.recover(pruned, model, calib, time_s=ns.recover_s)
                 row = dict(row, variant=name + " + recover", seconds=row["seconds"] + time.perf_counter() - t,
