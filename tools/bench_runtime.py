@@ -247,7 +247,7 @@ def speedup_budgets(ns) -> int:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['speedup']:g}x | refused: {r['error'][:90]} | | | |")
         else:
-            n = r["trials"].count("->")
+            n = r["trials"].count("->") - 1  # "planned -> measured: " itself
             lines.append(f"| {r['model']} | {r['speedup']:g}x | {r['measured']:.2f}x | {r['remeasured']:.2f}x | "
                          f"{r['macs_reduction']:.2f}x | {n} |")
     print("\n".join(lines))
