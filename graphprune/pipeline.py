@@ -135,7 +135,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     loss = trial_loss(program, loss_fn) if blocks else None
     bscores = score_blocks(program, blocks, batches, loss) if blocks else {}
     if blocks and budget is not None:
-
         if isinstance(budget, str):
             budget = key_values(budget)
         ratios, spent, depth = choose_under_budget(program, dg, groups, scores, blocks, bscores, budget, round_to,
@@ -149,7 +148,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if spent is not None:
         pass  # the budget was spent above, on blocks and widths together
     elif (budget is not None or how == "global") and groups:
-
         if budget is None:  # global allocation of the uniform plan's parameter budget
             uniform = make_plan(groups, scores, ratio, round_to)
             budget = {"params": count_params(dg.ir, shape_fn(dg, uniform))}
@@ -279,7 +277,7 @@ def _latency_budget(program, runtime, dg, groups, scores, budget, round_to, how,
     """A latency (or speedup) budget, spent with a measured latency table (graphprune/planning/
     latency_table.py): the budget solver costs each candidate from the table, the chosen plan is
     measured on the runtime, and the table's target is corrected by the ratio of measured to
-    asked (at most three plans measured, where bisection on whole models measured eight)."""
+    asked (at most four plans measured, where bisection on whole models measured eight)."""
     from .budget import BudgetResult, CostModel, parse_budget
     from .planning.latency_table import LatencyModel
     from .progress import progress_line

@@ -20,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .measure import best_of, machine_id, ort_session
+from ..atomic import write_bytes_atomic
+from .measure import best_of, cache_root, machine_id, ort_session
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -76,8 +76,7 @@ def site_ops(dg) -> list[SiteOp]:
 
 def _cache_file(runtime: str) -> Path:
     key = machine_id(runtime, 1)
-    root = Path(os.environ.get("GRAPHPRUNE_CACHE", Path.home() / ".cache" / "graphprune"))
-    return root / "latency" / f"{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return cache_root() / "latency" / f"{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def _time_op(runtime: str, op: SiteOp, cin: int, cout: int) -> float:
@@ -150,10 +149,7 @@ class LatencyTable:
         if not self.measured:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.times, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_bytes_atomic(self.path, json.dumps(self.times, sort_keys=True).encode())
         except OSError:
             pass  # read-only cache: measured again next time
 

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import write_bytes_atomic
+
 RUNTIMES = ("onnxruntime", "torch")
 KINDS = ("depthwise", "conv", "linear")  # the block each op kind is timed in
 ALIGNMENTS = (1, 2, 4, 8, 16, 32)
@@ -93,8 +95,13 @@ def machine_id(runtime: str, threads: int) -> str:
     return f"{cpu} | {version} | threads {threads} | v{PROFILE_VERSION}"
 
 
+def cache_root() -> Path:
+    """Where measurements are kept between prunes: ``$GRAPHPRUNE_CACHE`` or ~/.cache/graphprune."""
+    return Path(os.environ.get("GRAPHPRUNE_CACHE", Path.home() / ".cache" / "graphprune"))
+
+
 def _cache_dir() -> Path:
-    return Path(os.environ.get("GRAPHPRUNE_CACHE", Path.home() / ".cache" / "graphprune")) / "profiles"
+    return cache_root() / "profiles"
 
 
 def _block(kind: str, width: int):
@@ -233,11 +240,8 @@ def load_profile(runtime: str, threads: int = 1) -> Profile:
     except (OSError, ValueError, KeyError):
         pass  # none yet, or unreadable: measure again
     prof = measure_profile(runtime, threads)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(prof), indent=1, sort_keys=True))
-        os.replace(tmp, path)  # two processes measuring at once both write a whole file
+    try:  # atomic: two processes measuring at once each write a whole file
+        write_bytes_atomic(path, json.dumps(asdict(prof), indent=1, sort_keys=True).encode())
     except OSError:
         pass  # a read-only home: the profile is measured again next time, nothing else changes
     return prof
