@@ -7,10 +7,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .blocks import find_blocks
 from .errors import PlanError
 from .ir import Graph
+from .kinds import group_kinds
 from .rules.registry import Carry, apply_rules, declare_slots
 from .spaces import Solver, Term
+from .util.tables import table
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,7 @@ class Group:
     @property
     def kind(self) -> str:
         """What the group is: head, query_group, head_dim, hidden, ffn, conv_group, group_channel
-        (see :mod:`graphprune.structure`)."""
+        (see :mod:`graphprune.kinds`)."""
         return self._graph.kinds[self.id]
 
     def positions(self, member: Member | str, index: int, dim: int | None = None) -> np.ndarray:
@@ -185,7 +188,6 @@ class DependencyGraph:
     def kinds(self) -> dict[int, str]:
         """Group id -> kind, read from the graph's attention sites and residual adds."""
         if getattr(self, "_kinds", None) is None:
-            from .structure import group_kinds
 
             self._kinds = group_kinds(self)
         return self._kinds
@@ -234,9 +236,8 @@ class DependencyGraph:
 
     @property
     def blocks(self) -> list:
-        """Residual branches that depth pruning may remove (graphprune/depth.py)."""
+        """Residual branches that depth pruning may remove (graphprune/blocks.py)."""
         if getattr(self, "_blocks", None) is None:
-            from .depth import find_blocks
 
             self._blocks = find_blocks(self.ir)
         return self._blocks
@@ -295,8 +296,6 @@ class DependencyGraph:
         return dg
 
     def summary(self) -> str:
-        from .report import groups_table
-
         return groups_table(self)
 
     def __iter__(self) -> Iterator[Group]:
@@ -361,3 +360,18 @@ def _coords(solver: Solver, term: Term, atom: int) -> tuple[int, list[np.ndarray
         for arr in occ:
             out.append(np.tile(np.repeat(arr, inner), outer))
     return total, out
+
+
+def groups_table(dg: DependencyGraph, limit: int = 60) -> str:
+    rows = []
+    for g in dg.groups[:limit]:
+        first = g.members[0]
+        state = "prunable" if g.prunable else "frozen"
+        why = (g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
+        rows.append([g.id, g.size, g.kind, g.role, state + ("" if g.exact else "*"), len(g.members),
+                     f"{first.name}[{first.dim}]", why[:90]])
+    text = table(["group", "size", "kind", "role", "state", "members", "first member", "reason"], rows)
+    if len(dg.groups) > limit:
+        text += f"\n... {len(dg.groups) - limit} more groups"
+    n_p = sum(g.prunable for g in dg.groups)
+    return text + f"\n{len(dg.groups)} groups, {n_p} prunable (* = not oracle-exact: crosses a channel normalisation)"

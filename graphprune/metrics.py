@@ -5,6 +5,7 @@ import math
 from typing import Callable
 
 from .ir import Graph, Node
+from .rules.linear import expand_ellipsis
 
 ShapeFn = Callable[[str], tuple]
 
@@ -49,13 +50,12 @@ def node_macs(n: Node, shape_of: ShapeFn) -> int:
     if op in ("addmm", "baddbmm", "addbmm"):
         return _numel(out) * int(shape_of(refs[1])[-1])
     if op == "einsum":
-        from .rules.linear import _expand_ellipsis
 
         lhs = n.args[0].replace(" ", "").split("->")[0].split(",")
         sizes: dict[str, int] = {}
         for name, spec in zip(refs, lhs):
             shape = shape_of(name)
-            for letter, d in zip(_expand_ellipsis(spec, len(shape)), shape):
+            for letter, d in zip(expand_ellipsis(spec, len(shape)), shape):
                 sizes[letter] = max(sizes.get(letter, 1), int(d))
         return math.prod(sizes.values())
     if op in ("lstm", "gru", "rnn_tanh", "rnn_relu", "LSTM", "GRU", "RNN"):

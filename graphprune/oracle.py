@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .planner import PrunePlan, block_masks, keep_masks
+from .planning.plan import PrunePlan, block_masks, keep_masks
 
 
 @dataclass

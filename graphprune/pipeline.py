@@ -9,18 +9,31 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from .calib.collect import collect
+from .calib.compensate import compensate as run_compensation
+from .calib.sites import find_sites
 from .errors import PlanError, PruneWarning, RewriteError
-from .gc_pause import paused_gc
-from .graph import DependencyGraph
-from .metrics import count_macs, count_params
-from .planner import (PrunePlan, check_prunable, check_ratio, idle_note, keep_masks, make_plan, resolve_ratios,
-                      select_groups)
-from .budget import MAX_RATIO, key_values, solve_budget
-from .planning.measure import TOLERANCE
-from .depth_plan import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
-from .report import PruneReport
-from .allocate import allocate_if_cheap, resolve_allocation
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
+from .metrics import count_macs, count_params
+from .oracle import run_oracle
+from .planning.allocate import allocate_budget, allocate_if_cheap, resolve_allocation
+from .planning.budget import MAX_RATIO, BudgetResult, CostModel, key_values, parse_budget, solve_budget, uniform_kept
+from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
+from .planning.latency_table import LatencyModel
+from .planning.measure import TOLERANCE, alignments, load_profile
+from .planning.plan import (
+    PrunePlan,
+    check_prunable,
+    check_ratio,
+    idle_note,
+    make_plan,
+    resolve_ratios,
+    select_groups,
+    shape_fn,
+)
+from .report.prune_report import PruneReport
+from .util.gc_pause import paused_gc
+from .util.progress import progress_line
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
 # What pruning by weight magnitude alone costs, measured (docs/runtime.md, tools/bench_oneshot.py)
@@ -78,8 +91,8 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     """Select groups, score them with ``importance`` (from ``calib`` where it reads data), and
     drop ``ratio`` of each (``ratios``: overrides by group id, module or parameter name, or
     kind). ``allocation="sensitivity"`` (the default with ``calib``) spends the uniform plan's
-    parameter budget unevenly, where the measured output error is least (graphprune/allocate.py);
-    ``budget`` replaces ``ratio`` with a MACs / parameter / latency target (graphprune/budget.py).
+    parameter budget unevenly, where the measured output error is least (graphprune/planning/allocate.py);
+    ``budget`` replaces ``ratio`` with a MACs / parameter / latency target (graphprune/planning/budget.py).
     ``round_to="auto"`` keeps each channel group at the width multiples ``runtime``'s kernels
     favour on this machine (measured once: graphprune/planning/measure.py)."""
     check_ratio(ratio)
@@ -127,7 +140,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
     if crit is not None and batches is not None and crit.needs == "grad":
         ctx.grads = program.gradients(batches, loss_fn)
     elif crit is not None and batches is not None and crit.needs == "calib":
-        from .calib.collect import collect
 
         attach_stats(ctx, groups, name, lambda sites, gram: collect(program, batches, sites, gram))
     scores = score_groups(name, ctx, groups)
@@ -160,8 +172,6 @@ def plan_program(program, ratio: float = 0.5, importance: str = "auto", round_to
         else:
             ratios, spent = solve_budget(dg, groups, scores, budget, round_to, how, maxr)
             if sensitive_budget and batches is not None:
-                from .allocate import allocate_budget
-                from .budget import CostModel
 
                 cost = CostModel(dg, groups)
                 measured = allocate_budget(program, cost, groups, scores, spent.targets, round_to, batches, maxr,
@@ -222,7 +232,6 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str]):
     """round_to="auto": each channel group's measured alignment on ``runtime`` (1 without one)."""
     if runtime is None or not any(g.role == "channel" for g in groups):
         return 1
-    from .planning.measure import alignments, load_profile
 
     profile = load_profile(runtime)
     steps = alignments(dg, groups, profile)
@@ -278,9 +287,6 @@ def _latency_budget(program, runtime, dg, groups, scores, budget, round_to, how,
     latency_table.py): the budget solver costs each candidate from the table, the chosen plan is
     measured on the runtime, and the table's target is corrected by the ratio of measured to
     asked (at most four plans measured, where bisection on whole models measured eight)."""
-    from .budget import BudgetResult, CostModel, parse_budget
-    from .planning.latency_table import LatencyModel
-    from .progress import progress_line
 
     if runtime is None:
         raise PlanError("a latency or speedup budget is measured on a runtime: pass runtime='auto', 'torch' or "
@@ -298,7 +304,6 @@ def _latency_budget(program, runtime, dg, groups, scores, budget, round_to, how,
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]),
                                 progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"))
-    from .budget import uniform_kept
 
     def measure(ratios) -> float:
         return program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms(runtime)
@@ -341,22 +346,6 @@ def _latency_budget(program, runtime, dg, groups, scores, budget, round_to, how,
     return ratios, spent
 
 
-def shape_fn(graph: DependencyGraph, p: PrunePlan):
-    """Every IR value's shape after ``p``; a value a removed block leaves dead has size 0."""
-    from .depth import dead_values
-
-    masks = keep_masks(graph, p)
-    dead = dead_values(graph.ir, graph.removed_blocks(p.blocks))
-
-    def shape_of(name: str) -> tuple:
-        v = graph.ir.values[name]
-        if name in dead:
-            return (0,) * v.rank
-        return tuple(int(masks[(name, d)].sum()) if (name, d) in masks else s for d, s in enumerate(v.shape))
-
-    return shape_of
-
-
 @paused_gc
 def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_to: int = 1,
                   ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
@@ -390,15 +379,12 @@ def prune_program(program, ratio: float = 0.5, importance: str = "auto", round_t
     p = planned.plan
     oracle = None
     if verify:
-        from .oracle import run_oracle
 
         oracle = run_oracle(program, p, atol)
     if oracle is not None and not oracle.passed:
         raise RewriteError(f"{oracle}; the model was not changed and nothing was written")
     comp = None
     if mode is not None and not p.empty:
-        from .calib.compensate import compensate as run_compensation
-        from .calib.sites import find_sites
 
         batches = planned.batches if planned.batches is not None else program.batches(calib)
         add = program.bias_free(find_sites(dg)) if add_bias else set()

@@ -12,8 +12,8 @@ is a separate ZeroPad2d so the conv itself keeps padding=0.
 from typing import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ._init import check_config, image_input, randomize_norms
 

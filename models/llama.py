@@ -4,8 +4,8 @@ RMSNorm, rotary position embeddings, grouped-query attention via repeat_kv,
 causal SDPA, SwiGLU MLP, and an lm_head tied to the token embedding.
 """
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ._init import check_config, randomize_norms, token_input
 

@@ -6,8 +6,8 @@ starts with a projection shortcut and the remaining blocks use identity adds.
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ._init import check_config, image_input, randomize_norms
 

@@ -6,8 +6,8 @@ ResNeXt-50 32x4d.
 from typing import Optional
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ._init import check_config, image_input, randomize_norms
 from .resnet import ResNet

@@ -5,8 +5,8 @@ without cropping (the common "same-padding + BN" variant).
 from typing import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ._init import check_config, image_input, randomize_norms
 

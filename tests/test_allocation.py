@@ -7,15 +7,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_calibration import _calib, _rel_err
 
 import graphprune as gp
-from graphprune.allocate import _greedy, _hull
 from graphprune.calib.compensate import compensate
 from graphprune.errors import PlanError
-from graphprune.planner import keep_masks, make_plan, select_groups
+from graphprune.planning.allocate import _greedy, _hull
+from graphprune.planning.plan import keep_masks, make_plan, select_groups
 from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.torch_program import TorchProgram
-from test_calibration import _calib, _rel_err
 
 
 class TwoBranches(torch.nn.Module):
@@ -105,7 +105,7 @@ def test_onnx_allocation_keeps_the_oracle(tmp_path):
 
 
 def test_auto_falls_back_to_uniform_when_sensitivity_would_be_slow(monkeypatch):
-    monkeypatch.setattr("graphprune.allocate.AUTO_MACS", 0.0)
+    monkeypatch.setattr("graphprune.planning.allocate.AUTO_MACS", 0.0)
     model, calib = TwoBranches().eval(), _calib(4)
     _, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib)
     assert report.allocation is None
@@ -168,7 +168,7 @@ def test_sensitivity_allocation_under_a_macs_budget():
     import numpy as np
 
     import graphprune as gp
-    from models import build
+    from graphprune.zoo import build
 
     model, args = build("mobilenetv2")
     model.eval()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphprune as gp
-from models import build
+from graphprune.zoo import build
 
 
 @pytest.fixture(scope="module")

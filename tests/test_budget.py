@@ -12,12 +12,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import graphprune as gp
-from graphprune.budget import CostModel, parse_budget
-from graphprune.pipeline import shape_fn
+from graphprune.planning.budget import CostModel, parse_budget
+from graphprune.planning.plan import shape_fn
 
 transformers = pytest.importorskip("transformers")
 from graphprune.hf import example_inputs  # noqa: E402
-from models.hf import build as build_hf  # noqa: E402
+from graphprune.zoo.hf import build as build_hf  # noqa: E402
 
 
 def _flops(model, kwargs) -> int:
@@ -82,7 +82,7 @@ def test_an_unreachable_budget_says_what_to_select():
 
 
 def test_budget_on_onnx_and_the_cli(tmp_path):
-    from graphprune.cli import main
+    from graphprune.cli.main import main
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3),
                                 torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 1)).eval()
@@ -109,7 +109,7 @@ def test_latency_budget_the_model_already_meets_prunes_nothing_and_says_so():
 
 
 def test_ratio_overrides_by_kind_module_and_group_id():
-    from models import build
+    from graphprune.zoo import build
 
     model, args = build("resnet18")
     g = gp.trace(model, args)
@@ -128,7 +128,7 @@ def test_ratio_overrides_by_kind_module_and_group_id():
 
 
 def test_cli_ratio_overrides(tmp_path):
-    from graphprune.cli import main
+    from graphprune.cli.main import main
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3),
                                 torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1)).eval()

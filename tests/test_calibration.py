@@ -145,7 +145,7 @@ def test_add_bias_gives_a_bias_free_layer_one():
 
 
 def test_cnn_compensation_and_oracle():
-    from models import build
+    from graphprune.zoo import build
 
     torch.manual_seed(0)
     model, args = build("resnet18")
@@ -165,7 +165,7 @@ def test_sequential_walk_predicts_the_pruned_model_exactly():
     of the finished model at that layer, so the walk reads every refit made before it."""
     import transformers
 
-    from models.hf import _llama
+    from graphprune.zoo.hf import _llama
 
     torch.manual_seed(0)
     model = _llama(transformers).eval()
@@ -252,7 +252,7 @@ def test_a_criterion_of_your_own_in_one_line():
 
 
 def test_auto_picks_by_what_was_given():
-    from graphprune.api import resolve_importance
+    from graphprune.api.torch_models import resolve_importance
 
     assert resolve_importance("auto", None, None) == "l2"
     assert resolve_importance("auto", [1], None) == "obs"
@@ -286,7 +286,7 @@ def test_calibration_errors_say_what_to_pass():
 def test_hf_calibrated_prune_with_new_biases_reloads(tmp_path):
     import transformers
 
-    from models.hf import _llama
+    from graphprune.zoo.hf import _llama
 
     torch.manual_seed(0)
     model = _llama(transformers).eval()
@@ -305,7 +305,7 @@ def test_hf_calibrated_prune_with_new_biases_reloads(tmp_path):
 def test_hf_taylor_uses_the_causal_lm_loss():
     import transformers
 
-    from models.hf import _llama
+    from graphprune.zoo.hf import _llama
 
     torch.manual_seed(0)
     model = _llama(transformers).eval()

@@ -60,7 +60,7 @@ def test_tables_are_rich_on_a_terminal_and_plain_in_a_pipe():
 def test_progress_bars_only_where_someone_watches(monkeypatch, capsys):
     """Bars are drawn on a terminal; in a pipe or a log (pytest's capture is one) only when
     GRAPHPRUNE_PROGRESS=1 asks, and never with GRAPHPRUNE_PROGRESS=0."""
-    from graphprune.progress import progress
+    from graphprune.util.progress import progress
 
     for setting, drawn in (("", False), ("1", True), ("0", False)):
         monkeypatch.setenv("GRAPHPRUNE_PROGRESS", setting)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from graphprune.cli import main
+from graphprune.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def _params(m: torch.nn.Module) -> int:
 
 
 def test_factory_to_onnx_and_to_a_folder_that_reloads(factory, capsys):
-    from graphprune.checkpoint import load_pruned_module
+    from graphprune.io.module_checkpoint import load_pruned_module
 
     assert main(["prune", "cli_net:make", "-o", "a.onnx", "--input-shape", "x:1x3x32x32", "--ratio", "0.5"]) == 0
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -98,8 +98,9 @@ def _hf_folder(tmp_path: Path) -> Path:
 
 
 def test_hf_folder_with_text_calibration_to_a_folder(tmp_path, capsys):
-    import graphprune as gp
     from transformers import AutoTokenizer
+
+    import graphprune as gp
 
     folder = _hf_folder(tmp_path)
     (tmp_path / "text.txt").write_text("Structured pruning removes whole channels and heads. " * 200)

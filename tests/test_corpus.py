@@ -18,9 +18,9 @@ import onnxruntime as ort
 import pytest
 
 import graphprune as gp
+from graphprune.api.onnx_models import probe_inputs
 from graphprune.errors import GraphpruneError
-from graphprune.frontends.onnx import input_dims
-from graphprune.onnx_prune import probe_inputs
+from graphprune.frontends.onnx_lower import input_dims
 
 CORPUS = Path(os.environ.get("GRAPHPRUNE_CORPUS") or Path.home() / ".cache" / "graphprune" / "corpus")
 MANIFEST = CORPUS / "manifest.json"

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import graphprune as gp
-from graphprune.depth import dead_values, find_blocks
+from graphprune.blocks import dead_values, find_blocks
 from graphprune.errors import PlanError
 from graphprune.oracle import run_oracle
-from graphprune.planner import PrunePlan
+from graphprune.planning.plan import PrunePlan
 from graphprune.program.torch_program import TorchProgram
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -239,7 +239,7 @@ def test_layer_plot_shows_narrowed_and_removed_weights(tmp_path):
 def test_cli_removes_blocks_and_plots_layers(tmp_path, capsys):
     import onnxruntime as ort
 
-    from graphprune.cli import main
+    from graphprune.cli.main import main
 
     m = toy()
     src = tmp_path / "toy.onnx"
@@ -263,7 +263,7 @@ def test_causal_lm_weighs_depth_by_calibration_loss():
     (what perplexity measures), with uniform widths tried beside global ones."""
     import transformers as T
 
-    from graphprune.hf.api import causal_lm_loss
+    from graphprune.hf.pretrained import causal_lm_loss
 
     cfg = T.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                         num_attention_heads=4, num_key_value_heads=2, use_cache=False)

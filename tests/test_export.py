@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import graphprune as gp
-from models import build
+from graphprune.zoo import build
 
 
 @pytest.fixture(scope="module")

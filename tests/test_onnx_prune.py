@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.onnx_prune import probe_inputs
-from models import ZOO, build
+from graphprune.api.onnx_models import probe_inputs
+from graphprune.zoo import ZOO, build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,6 @@ def test_cli_prune_and_inspect_a_real_model(tmp_path):
 def test_weights_in_constant_nodes_are_pruned_like_initializers(tmp_path):
     """paddle2onnx and others store weights as Constant nodes: they were read as activations,
     so the model had 0 parameters and a prune wrote it unchanged, saying PASS (issue 9)."""
-    import torch
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
@@ -180,7 +179,6 @@ class _NeedsSize(__import__("torch").nn.Module):
     """A conv net whose head flattens to a fixed width: it only runs at 32x32 images."""
 
     def __init__(self) -> None:
-        import torch
 
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
@@ -205,7 +203,6 @@ def _with_dynamic_dims(src: Path, dst: Path, dims: dict[int, str | int]) -> None
 
 
 def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
-    import torch
 
     torch.manual_seed(0)
     static, src = tmp_path / "static.onnx", tmp_path / "dyn.onnx"
@@ -226,7 +223,6 @@ def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
 
 
 def test_an_input_declared_minus_one_is_dynamic(tmp_path):
-    import torch
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
@@ -241,7 +237,6 @@ def test_example_inputs_drive_the_checks_and_cli_flags(tmp_path):
     import subprocess
     import sys
 
-    import torch
 
     torch.manual_seed(0)
     static, src = tmp_path / "static.onnx", tmp_path / "dyn.onnx"
@@ -268,7 +263,6 @@ def test_example_inputs_drive_the_checks_and_cli_flags(tmp_path):
 def test_a_quantized_graph_is_refused_with_the_op_named(tmp_path):
     """A dynamically quantized model (onnxruntime's quantize_dynamic: MatMulInteger) has no
     float weights to slice: the prune says so, naming the op and what to do (issue 9)."""
-    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     torch.manual_seed(0)
@@ -285,7 +279,6 @@ def test_a_quantized_graph_is_refused_with_the_op_named(tmp_path):
 def test_channels_last_input_behind_a_transpose(tmp_path):
     """An NHWC input transposed to NCHW before the convolutions (TF-style exporters): the
     channels behind the Transpose prune like any others, held to the oracle."""
-    import torch
 
     class NHWC(torch.nn.Module):
         def __init__(self) -> None:

@@ -10,9 +10,10 @@ import graphprune as gp
 from graphprune.calib.sites import find_sites
 from graphprune.oracle import OracleReport
 from graphprune.pipeline import plan_program
-from graphprune.planner import keep_masks
-from graphprune.program import OnnxProgram, TorchProgram
-from graphprune.report import PruneReport
+from graphprune.planning.plan import keep_masks
+from graphprune.program.onnx_program import OnnxProgram
+from graphprune.program.torch_program import TorchProgram
+from graphprune.report.prune_report import PruneReport
 
 
 class MLP(torch.nn.Module):

@@ -14,8 +14,8 @@ from graphprune.errors import TraceError
 from graphprune.frontends import meta_shapes
 from graphprune.frontends.torch_export import lower_trace
 from graphprune.frontends.torch_record import Unrecordable, record, trace_model
-from models import build as build_zoo
-from models import hf as H
+from graphprune.zoo import build as build_zoo
+from graphprune.zoo import hf as H
 
 
 def _signature(g):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import graphprune as gp
-from graphprune.recover import RecoverError, RecoverResult, _kind, _leaves
+from graphprune.api.recover import RecoverError, RecoverResult, _kind, _leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_recover_lowers_the_heldout_loss_and_raises_agreement():
 
 
 def test_cnn_with_a_dataloader_of_images_and_labels_keeps_batchnorm_statistics():
-    from models import build
+    from graphprune.zoo import build
 
     teacher, _ = build("resnet18")
     g = torch.Generator().manual_seed(3)
@@ -206,7 +206,7 @@ def test_output_kinds_logits_by_kl_the_rest_by_mse():
 
 
 def test_transformers_model_with_dict_batches():
-    from models.hf import build
+    from graphprune.zoo.hf import build
 
     torch.manual_seed(0)
     teacher = build("llama-gqa").eval()
@@ -226,7 +226,7 @@ def test_transformers_model_with_dict_batches():
 def test_prune_iterative_recovers_from_the_original_between_steps(monkeypatch):
     model, data = _mlp(), _batches(10, 16)
     original = _state(model)
-    module = importlib.import_module("graphprune.recover")
+    module = importlib.import_module("graphprune.api.recover")
     real, teachers = module.recover, []
     monkeypatch.setattr(module, "recover", lambda m, t, **kw: teachers.append(t) or real(m, t, **kw))
     model, reports = gp.prune_iterative(model, (data[0],), ratio=0.75, steps=2, round_to=1,

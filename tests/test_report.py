@@ -9,11 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from test_depth import toy
 
 import graphprune as gp
-from graphprune.report_html import write_report
-
-from test_depth import toy
+from graphprune.report.html import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -2,7 +2,6 @@
 and (for transformers models) a plan history that load_pruned replays."""
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -54,7 +53,7 @@ def test_ratio_schedule_ends_at_the_final_ratio():
 def test_transformers_schedule_saves_a_history_that_reloads(tmp_path):
     pytest.importorskip("transformers")
     from graphprune.hf import example_inputs
-    from models.hf import build
+    from graphprune.zoo.hf import build
 
     model = build("bert").eval()
     inputs = example_inputs(model)

@@ -21,8 +21,21 @@ import pytest
 import torch
 
 import graphprune as gp
-from models import ZOO, build
-from models import csp, densenet, efficientnet_lite, llama, mixer, mobilenetv2, resnet, resnext, se_cnn, unet, vit
+from graphprune.zoo import (
+    ZOO,
+    build,
+    csp,
+    densenet,
+    efficientnet_lite,
+    llama,
+    mixer,
+    mobilenetv2,
+    resnet,
+    resnext,
+    se_cnn,
+    unet,
+    vit,
+)
 
 FROZEN_IO = 2  # RGB input channels + output classes (llama has neither: its frozen group is the vocab)
 

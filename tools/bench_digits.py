@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402

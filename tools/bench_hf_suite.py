@@ -43,7 +43,7 @@ def _leaves(out):
 
 def attention_shapes(graph) -> list[tuple[tuple, tuple, tuple]]:
     """(q, k, v) shapes at every attention site of a traced model."""
-    from graphprune.structure import attention_sites
+    from graphprune.kinds import attention_sites
 
     shape = lambda name: tuple(graph.ir.values[name.removeprefix("T:")].shape)
     return [(shape(q), shape(k), shape(v)) for _, q, k, v in attention_sites(graph)]
@@ -67,7 +67,7 @@ def run_one(name: str, ratio: float, tmp: Path) -> dict:
     import torch
 
     import graphprune as gp
-    from models import hf as H
+    from graphprune.zoo import hf as H
 
     row = {"model": name}
     t0 = time.perf_counter()
@@ -113,8 +113,8 @@ def run_one(name: str, ratio: float, tmp: Path) -> dict:
 
 
 def main() -> int:
-    from graphprune.report import table
-    from models import hf as H
+    from graphprune.util.tables import table
+    from graphprune.zoo import hf as H
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ratio", type=float, default=0.3)

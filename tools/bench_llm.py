@@ -27,9 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-import torch  # noqa: E402
-
 import llm_data as L  # noqa: E402
+import torch  # noqa: E402
 
 CRITERIA = ["auto", "obs", "activation", "fluctuation", "taylor", "hessian", "l2", "l1", "lamp", "random",
             "auto/sensitivity"]  # "auto/sensitivity": auto, with allocation="sensitivity" forced (slow here)

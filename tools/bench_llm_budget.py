@@ -30,9 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-import torch  # noqa: E402
-
 import llm_data as L  # noqa: E402
+import torch  # noqa: E402
 
 SETUPS = {
     "uniform": dict(targets=("heads", "ffn"), allocation="uniform"),

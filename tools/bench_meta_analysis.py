@@ -38,7 +38,7 @@ def _build(spec: str):
         with torch.device("meta"):
             model = gp.hf.prepare(T.LlamaForCausalLM(T.LlamaConfig(num_key_value_heads=kv, **HF_LLAMA)))
         return model, (), gp.hf.example_inputs(model, batch=1, seq_len=16)
-    from models import ZOO
+    from graphprune.zoo import ZOO
 
     entry = ZOO[name]
     with torch.device("meta"):
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
             return 1
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     sys.path.insert(0, str(ROOT))
-    from graphprune.report import table
+    from graphprune.util.tables import table
 
     print(table(["model", "params", "fp32 weights", "nodes", "groups", "prunable", "heads groups",
                  "trace+solve", "plan", "peak RSS", "meta"],

@@ -344,7 +344,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from graphprune.report import table
+    from graphprune.util.tables import table
 
     pool = load_sentences(ns.sentences + ns.calib)
     sentences, calib_sentences = pool[:ns.sentences], pool[ns.sentences:]

@@ -53,8 +53,9 @@ def augment(x: torch.Tensor, per: int, seed: int = 0) -> torch.Tensor:
 
 
 def main() -> int:
-    import graphprune as gp
     import vision_data as vd
+
+    import graphprune as gp
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientnet_lite0")

@@ -45,8 +45,8 @@ def interleaved_ms(a: str, b: str, feeds: dict, threads: int, rounds: int = 15, 
 
 def main() -> int:
     import graphprune as gp
-    from graphprune.onnx_prune import probe_inputs
-    from graphprune.report import table
+    from graphprune.api.onnx_models import probe_inputs
+    from graphprune.util.tables import table
 
     p = argparse.ArgumentParser()
     p.add_argument("--ratios", type=float, nargs="*", default=[0.1, 0.3, 0.5])

@@ -89,7 +89,7 @@ def run(path: str, x: np.ndarray) -> np.ndarray:
 
 def main() -> int:
     import graphprune as gp
-    from graphprune.report import table
+    from graphprune.util.tables import table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])

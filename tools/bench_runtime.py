@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import os
 import sys
@@ -256,7 +255,7 @@ def speedup_budgets(ns) -> int:
 
 def table(rows: list[dict]) -> str:
     threads = os.cpu_count() or 1
-    head = ["model", "MACs", "MACs cut", f"b1 t1", f"b1 t{threads}", f"b8 t1", f"b8 t{threads}",
+    head = ["model", "MACs", "MACs cut", "b1 t1", f"b1 t{threads}", "b8 t1", f"b8 t{threads}",
             "0.85 x cut held?", "Torch-Pruning b1 t1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -22,9 +22,9 @@ import numpy as np
 
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 import graphprune as gp  # noqa: E402
+from graphprune.api.onnx_models import probe_inputs  # noqa: E402
 from graphprune.errors import GraphpruneError  # noqa: E402
-from graphprune.frontends.onnx import input_dims, load_model  # noqa: E402
-from graphprune.onnx_prune import probe_inputs  # noqa: E402
+from graphprune.frontends.onnx_lower import input_dims, load_model  # noqa: E402
 
 CORPUS = Path(os.environ.get("GRAPHPRUNE_CORPUS") or Path.home() / ".cache" / "graphprune" / "corpus")
 

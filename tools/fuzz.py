@@ -30,12 +30,11 @@ def _worker(args: tuple[int, int, int]) -> dict:
     """Run ``n`` examples with hypothesis seed ``seed``; returns counts (or the failure)."""
     n, seed, worker = args
     os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
+    import random_arch as ra
     import torch
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
     from hypothesis import strategies as st
-
-    import random_arch as ra
     from test_property import RATIOS, check_property
 
     torch.set_num_threads(1)

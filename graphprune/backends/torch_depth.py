@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..depth import dead_values
+from ..blocks import dead_values
 from ..errors import RewriteError
 
 # ops that map a zero tensor to a zero tensor whatever their other operands (first operand for div)

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from ..errors import RewriteError
+from ..frontends.torch_export import lower_trace
+from ..frontends.torch_record import trace_model
 from ..graph import DependencyGraph
-from ..planner import PrunePlan, carried_value, keep_masks
+from ..planning.plan import PrunePlan, carried_value, keep_masks
 
 _KNOWN = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
           nn.Embedding, nn.PReLU, getattr(nn, "RMSNorm", nn.LayerNorm), nn.RNNBase)
@@ -119,7 +121,7 @@ def needs_proof(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
     for c in dg.carries:
         if carried_value(dg, c, pruned) == c.value:
             continue
-        if not isinstance(_module(model, module_of.get(c.node, "")), _KNOWN):
+        if not isinstance(submodule(model, module_of.get(c.node, "")), _KNOWN):
             return True
     return False
 
@@ -196,8 +198,6 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
 def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None):
     """The IR of ``model`` traced the way ``dg`` was (recorded or exported): nodes are matched
     across the two traces by call site, which both must spell alike."""
-    from ..frontends.torch_export import lower_trace
-    from ..frontends.torch_record import trace_model
 
     program = getattr(dg, "program", None)
     like = program.trace() if hasattr(program, "trace") else None
@@ -347,7 +347,7 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     for node_name, carries in by_node.items():
         node = nodes[node_name]
         path = node.meta.get("module", "")
-        m = _module(model, path)
+        m = submodule(model, path)
         if m is None or isinstance(m, _KNOWN):
             continue
         for c in carries:
@@ -361,13 +361,13 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
                         list_updates.setdefault((path, attr), {})[c.path[1]] = new
     sure: list[tuple[str, str, Any]] = []
     for (path, attr), changes in sorted(list_updates.items()):
-        val = getattr(_module(model, path), attr)
+        val = getattr(submodule(model, path), attr)
         sure.append((path, attr, type(val)([changes.get(i, x) for i, x in enumerate(val)])))
     candidates: dict[tuple[str, str], tuple[int, set[int]]] = {}
     for (path, old), new_values in sorted(demands.items()):
         if not new_values - {old}:
             continue
-        m = _module(model, path)
+        m = submodule(model, path)
         for attr, val in sorted(vars(m).items()):
             if not attr.startswith("_") and type(val) is int and val == old:
                 candidates[(path, attr)] = (old, new_values)
@@ -389,7 +389,7 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
         if len(new_values) == 1:
             sure.append((path, attr, next(iter(changed))))
             continue
-        m = _module(model, path)
+        m = submodule(model, path)
         family = unsure.setdefault((type(m).__qualname__, attr, old, tuple(sorted(new_values))), {})
         for new in sorted(changed):
             family.setdefault(new, []).append((path, attr, new))
@@ -407,7 +407,7 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
     """
     families: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for path, attr in candidates:
-        families.setdefault((type(_module(model, path)).__qualname__, attr), []).append((path, attr))
+        families.setdefault((type(submodule(model, path)).__qualname__, attr), []).append((path, attr))
     sites, nodes = _sites_by_node(dg.ir.nodes), {n.name: n for n in dg.ir.nodes}
     base = {(sites[c.node], c.path): _arg_at(nodes[c.node], c.path) for c in dg.carries}
     base_shapes = {site: [dg.ir.values[o].shape for o in n.outputs] for site, n in _by_call_site(dg.ir.nodes).items()}
@@ -415,10 +415,10 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
     for members in families.values():
         new = None
         for delta in (1, -1):  # an offset may have room on one side only
-            old = [getattr(_module(model, path), attr) for path, attr in members]
+            old = [getattr(submodule(model, path), attr) for path, attr in members]
             try:
                 for path, attr in members:
-                    m = _module(model, path)
+                    m = submodule(model, path)
                     setattr(m, attr, getattr(m, attr) + delta)
                 new = retrace(model, dg, args, kwargs)
                 break
@@ -426,7 +426,7 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
                 continue
             finally:  # the trace reads the model and never writes it: only the attributes change
                 for (path, attr), value in zip(members, old):
-                    setattr(_module(model, path), attr, value)
+                    setattr(submodule(model, path), attr, value)
         if new is None:  # both bumps break the trace: it spells sizes
             for key in members:
                 out[key] = "shape"
@@ -458,7 +458,7 @@ def _arg_at(node, path: tuple) -> Any:
         return None
 
 
-def _module(model: nn.Module, path: str) -> nn.Module | None:
+def submodule(model: nn.Module, path: str) -> nn.Module | None:
     try:
         return model.get_submodule(path) if path else model
     except AttributeError:

@@ -5,7 +5,7 @@ calibration set's activations. The run stops after the last site."""
 from __future__ import annotations
 
 from ..errors import PlanError
-from ..progress import progress
+from ..util.progress import progress
 from .sites import Site
 from .stats import SiteStats
 

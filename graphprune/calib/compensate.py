@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from ..graph import DependencyGraph
-from ..planner import PrunePlan, keep_masks
+from ..planning.plan import PrunePlan, keep_masks
+from .collect import collect
 from .refit import refit
-from .sites import Site
+from .sites import Site, find_sites
 from .stats import SiteStats, refittable
 
 
@@ -79,8 +80,6 @@ def compensate(program, dg: DependencyGraph, plan: PrunePlan, batches: list, mod
     reused, else one calibration pass); "bias" only folds the mean error into the bias;
     "sequential" fits from the pruned model's own inputs (a torch program's walk).
     """
-    from .collect import collect
-    from .sites import find_sites
 
     result = Compensation()
     todo = affected_sites(dg, plan, find_sites(dg), result)

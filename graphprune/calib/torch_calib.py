@@ -11,7 +11,7 @@ import torch
 
 from ..errors import PlanError
 from ..program.torch_run import Walk
-from ..progress import progress
+from ..util.progress import progress
 from .compensate import refit_site
 from .stats import Gram, features, real_rows, split_folds
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import TraceError
+from ..io.onnx_export import quiet_torch
 from ..ir import Graph, Node, Ref, Value
 
 _SKIP_OPS = {"aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_size", "aten.sym_numel",
@@ -23,7 +24,6 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
     """Run torch.export, turning its failures into a :class:`TraceError` that says what to do."""
     if not isinstance(args, tuple):
         args = (args,)
-    from ..export import quiet_torch
 
     clear_tensor_caches(model)
     try:
@@ -119,7 +119,7 @@ def lower_trace(trace, model: torch.nn.Module | None = None) -> Graph:
 
 # Higher-order ops that only wrap a subgraph in a context (no_grad around RoPE tables,
 # autocast): their bodies are inlined so the channels flowing through them are seen.
-_WRAPPERS = {"python.wrap_with_set_grad_enabled", "python.wrap_with_autocast"}
+WRAPPERS = {"python.wrap_with_set_grad_enabled", "python.wrap_with_autocast"}
 
 
 def wrapped_body_index(node: torch.fx.Node) -> int:
@@ -184,7 +184,7 @@ def _lower_nodes(g: Graph, gm: torch.fx.GraphModule | None, nodes, names: dict[s
         op = op_id(node.target)
         if op in _SKIP_OPS:
             continue
-        if op in _WRAPPERS:
+        if op in WRAPPERS:
             at = wrapped_body_index(node)
             sub = getattr(gm, node.args[at].target)
             operands = node.args[at + 1:]

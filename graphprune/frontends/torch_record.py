@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_leaves
 
+from ..errors import TraceError
 from . import meta_shapes
-from .torch_export import is_tensor_cache
+from .torch_export import export_program, is_tensor_cache
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
 _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal",
@@ -361,8 +362,6 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
     ``like``: trace the way that earlier trace was made (a re-trace matched against it;
     its failure is the model's, reported as a TraceError). The environment variable
     GRAPHPRUNE_TRACE=export makes export the only way."""
-    from ..errors import TraceError
-    from .torch_export import export_program
 
     if like is not None and like.method == "record":
         try:

@@ -12,8 +12,8 @@ from the graph. This package only does what sits outside the graph:
   uneven per-layer sizes reload from the original config.
 """
 from .inputs import example_inputs, prepare
+from .pretrained import prune
+from .saved import load_pruned, save_pruned
 from .sync import ConfigSync, sync_config
-from .api import prune
-from .checkpoint import load_pruned, save_pruned
 
 __all__ = ["example_inputs", "prepare", "sync_config", "ConfigSync", "prune", "save_pruned", "load_pruned"]

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends.torch_module import _module
+from ..backends.torch_module import submodule
 from ..graph import DependencyGraph
-from ..planner import PrunePlan
-from ..structure import attention_sites, head_axis
+from ..kinds import attention_sites, head_axis
+from ..planning.plan import PrunePlan
 
 # Attribute names transformers modules and configs use, by what they count.
 HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "attention_heads")
@@ -93,7 +93,7 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
         heads[path] = (_atom_kept(dg, kv_atoms + rep_atoms, pruned), _atom_kept(dg, kv_atoms, pruned),
                        _atom_kept(dg, rep_atoms, pruned), _kept(dg, q, -1, pruned), _kept(dg, v, -1, pruned))
     for path, ((hq0, hq1), (hk0, hk1), (r0, r1), (d0, d1), _) in heads.items():
-        mod = _module(model, path)
+        mod = submodule(model, path)
         if mod is None:
             continue
         _set_attrs(mod, path, HEADS, hq0, hq1, out)

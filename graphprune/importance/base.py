@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..calib.sites import find_sites, sites_by_group
+from ..calib.stats import gram_sites
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 
@@ -70,8 +72,6 @@ def attach_stats(ctx: ScoreContext, groups: list[Group], name: str, collect) -> 
     """Fill ``ctx.stats`` for the sites of ``groups``: ``collect(sites, gram_nodes)`` runs the
     model over the calibration batches (the traced program, or onnxruntime); Grams only where
     the ``obs`` criterion needs them."""
-    from ..calib.sites import find_sites, sites_by_group
-    from ..calib.stats import gram_sites
 
     ctx.sites_of = sites_by_group(ctx.dg, find_sites(ctx.dg), [g.id for g in groups])
     wanted = list({s.node: s for ss in ctx.sites_of.values() for s in ss}.values())

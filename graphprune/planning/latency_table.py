@@ -26,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import write_bytes_atomic
+from ..calib.sites import find_sites
+from ..util.atomic import write_bytes_atomic
 from .measure import best_of, cache_root, machine_id, ort_session
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -59,7 +60,6 @@ class SiteOp:
 def site_ops(dg) -> list[SiteOp]:
     """Every timeable site of the graph (grouped convolutions other than depthwise are left to
     the rest of the model: their group count, not their width, is what a plan changes)."""
-    from ..calib.sites import find_sites
 
     out = []
     values = dg.ir.values

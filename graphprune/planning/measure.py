@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import write_bytes_atomic
+from ..errors import PlanError
+from ..util.atomic import write_bytes_atomic
+from ..util.progress import progress
 
 RUNTIMES = ("onnxruntime", "torch")
 KINDS = ("depthwise", "conv", "linear")  # the block each op kind is timed in
@@ -178,7 +180,6 @@ def measure_profile(runtime: str, threads: int = 1) -> Profile:
     """Time every kind's block at every width of :data:`WIDTHS` (a few seconds)."""
     import torch
 
-    from ..progress import progress
 
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; runtimes are {RUNTIMES}")
@@ -217,7 +218,6 @@ def pinned(runtime: str, threads: int = 1) -> Profile | None:
         if any(a < 1 for a in align.values()):
             raise ValueError("alignments are whole numbers >= 1")
     except ValueError as exc:
-        from ..errors import PlanError
 
         raise PlanError(f"GRAPHPRUNE_ALIGN={text!r} is not an alignment ({exc}): give one number (8) or "
                         f"KIND=N pairs for the kinds {list(KINDS)} (depthwise=16,conv=8)") from None

@@ -1,17 +1,9 @@
-"""One model abstraction per framework (see base.py); the pipeline is written against it."""
+"""One model abstraction per framework (``base.Program``); the pipeline is written against it.
+
+``torch_program.TorchProgram`` and ``onnx_program.OnnxProgram`` are imported from their own
+modules: this package imports neither, so an ONNX user does not load the torch program's
+imports, and the torch program's helpers (calib, backends) may import ``program.torch_run``.
+"""
 from .base import Program
 
-__all__ = ["Program", "TorchProgram", "OnnxProgram"]
-
-
-def __getattr__(name: str):
-    # Lazy: an ONNX user need not pay for the torch program's imports, nor the reverse.
-    if name == "TorchProgram":
-        from .torch_program import TorchProgram
-
-        return TorchProgram
-    if name == "OnnxProgram":
-        from .onnx_program import OnnxProgram
-
-        return OnnxProgram
-    raise AttributeError(name)
+__all__ = ["Program"]

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from ..errors import PlanError
-from ..gc_pause import paused_gc
+from ..graph import DependencyGraph
+from ..util.gc_pause import paused_gc
 
 if TYPE_CHECKING:
     from ..graph import DependencyGraph
     from ..ir import Graph
-    from ..planner import PrunePlan
+    from ..planning.plan import PrunePlan
 
 Masks = Mapping[tuple[str, int], np.ndarray]  # (IR value, dim) -> keep mask, as planner.keep_masks gives
 OnCapture = Callable[[str, Any], None]  # (IR value, tensor) as soon as the value is computed
@@ -46,7 +47,6 @@ class Program(ABC):
     @paused_gc
     def graph(self, freeze_io: bool = True) -> "DependencyGraph":
         """The solved dependency graph (cached for the default ``freeze_io``)."""
-        from ..graph import DependencyGraph
 
         if self._graph is not None and freeze_io:
             return self._graph

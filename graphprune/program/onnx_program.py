@@ -7,8 +7,6 @@ batch size and sequence length the model accepts.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -16,8 +14,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import PlanError, RewriteError
-from ..frontends.onnx import probe_inputs, with_outputs
+from ..backends.onnx_rewrite import apply_plan_onnx
+from ..errors import PlanError, RewriteError, TraceError
+from ..frontends.onnx_lower import freeze_unreachable, input_dims, load_model, lower, probe_inputs, with_outputs
+from ..planning.measure import best_of
+from ..planning.plan import keep_masks
+from ..util.atomic import write_bytes_atomic
 from .base import Masks, OnCapture, Program
 
 
@@ -49,7 +51,6 @@ class OnnxProgram(Program):
     @classmethod
     def load(cls, path, feeds: dict[str, np.ndarray] | None = None,
              input_shapes: Mapping[str, Iterable[int]] | None = None) -> "OnnxProgram":
-        from ..frontends.onnx import load_model
 
         return cls(load_model(path), str(path), feeds, input_shapes)
 
@@ -57,8 +58,6 @@ class OnnxProgram(Program):
         """The IR, analysed at the user's input shapes; without them, dynamic dims at 1, and
         where the graph needs a real size there (a detector's concat/split heads), dynamic dims
         past the batch at each of :data:`IMAGE_SIZES` in turn."""
-        from ..errors import TraceError
-        from ..frontends.onnx import input_dims, lower
 
         first = input_dims(self.model, self._shapes)
         tries = [first]
@@ -88,7 +87,6 @@ class OnnxProgram(Program):
         return self._analysis
 
     def freeze(self, dg) -> None:
-        from ..frontends.onnx import freeze_unreachable
 
         freeze_unreachable(dg, self.model)
 
@@ -207,7 +205,6 @@ class OnnxProgram(Program):
               inplace: bool = False) -> "OnnxProgram":
         """The pruned model, held to onnx.checker and run once in onnxruntime; the outputs keep
         their shapes."""
-        from ..backends.onnx import apply_plan_onnx
 
         arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in (updates or {}).items()}
         pruned = apply_plan_onnx(self.model, self.graph(), plan, arrays)
@@ -240,7 +237,6 @@ class OnnxProgram(Program):
 
     def latency_ms(self, runtime: str | None = None) -> float:
         """Best of repeated onnxruntime runs on one thread at the example inputs, after a warm-up."""
-        from ..planning.measure import best_of
 
         if runtime not in (None, "onnxruntime"):
             raise PlanError(f"an ONNX model runs on onnxruntime, not {runtime!r}: pass runtime='onnxruntime' or None")
@@ -253,7 +249,6 @@ class OnnxProgram(Program):
         return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
 
     def save(self, dst: str | Path) -> Path:
-        from ..atomic import write_bytes_atomic
 
         return write_bytes_atomic(dst, self.model.SerializeToString(deterministic=True))
 
@@ -261,7 +256,6 @@ class OnnxProgram(Program):
 def _add_biases(model: onnx.ModelProto, dg, plan, comp) -> int:
     """Give the sites compensation fitted a bias for one (sliced to their kept outputs): Conv's B
     and Gemm's C as a third input, an Add after a MatMul. Returns the parameters added."""
-    from ..planner import keep_masks
 
     if not comp.new_biases:
         return 0

@@ -14,12 +14,22 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from ..backends.torch_depth import remove_blocks
+from ..backends.torch_module import rewrite
+from ..calib.torch_calib import gradients, walk_grams
 from ..errors import PlanError
+
 # The tracing path is imported with the package, not inside the first trace (compiling these
 # modules is a tenth of a cold prune where bytecode is not cached).
 from ..frontends.torch_export import lower_trace
 from ..frontends.torch_record import trace_model
+from ..io.onnx_export import export_onnx
+from ..planning.measure import best_of, ort_session
+from ..planning.plan import keep_masks
+from ..util.atomic import atomic_path
 from .base import Masks, OnCapture, Program
+from .onnx_program import OnnxProgram
+from .torch_run import Walk, as_batch
 
 
 class TorchProgram(Program):
@@ -92,7 +102,6 @@ class TorchProgram(Program):
         forward allows: each input shape gets its own trace (:meth:`trace_for`). A tuple with
         more items than the example's positional inputs is a DataLoader's ``(inputs, labels)``:
         the extra items are not inputs and are dropped."""
-        from .torch_run import as_batch
 
         arity = len(self.args) if not self.kwargs else None
         batches = []
@@ -149,7 +158,6 @@ class TorchProgram(Program):
         if masks is None and not capture:
             with torch.no_grad():
                 return self.model(*args, **kwargs) if outputs else None
-        from .torch_run import Walk
 
         walk = Walk(self.trace(), [batch], masks=self._act_masks(masks or {}), trace_for=self.trace_for)
         at: dict[int, list[tuple[str, int | None]]] = {}
@@ -190,7 +198,6 @@ class TorchProgram(Program):
     def run_variants(self, batches, variants):
         """One dense walk advanced to each variant's first changed node, forked from there:
         a variant that changes the last layer runs only the last layer."""
-        from .torch_run import Walk
 
         walk = Walk(self.trace(), batches, trace_for=self.trace_for)
         starts = []
@@ -208,12 +215,10 @@ class TorchProgram(Program):
                              if isinstance(t, torch.Tensor)]
 
     def gradients(self, batches, loss_fn):
-        from ..calib.torch_calib import gradients
 
         return gradients(self.model, batches, loss_fn)
 
     def sequential_compensation(self, dg, batches, masks, todo, tensors, add_bias, result) -> None:
-        from ..calib.torch_calib import walk_grams
 
         walk_grams(dg, self.trace(), batches, self._act_masks(masks), todo, tensors, add_bias, result, self.trace_for)
 
@@ -255,7 +260,6 @@ class TorchProgram(Program):
     # ---- rewriting ---------------------------------------------------------------------------
     def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
               inplace: bool = False) -> "TorchProgram":
-        from ..backends.torch_module import rewrite
 
         model = self.model if inplace else copy.deepcopy(self.model)
         dg = self.graph()
@@ -264,7 +268,6 @@ class TorchProgram(Program):
         if compensation is not None and compensation.new_biases:
             out._added = _add_biases(model, dg, plan, compensation)
         if plan.blocks:
-            from ..backends.torch_depth import remove_blocks
 
             remove_blocks(model, dg, dg.removed_blocks(plan.blocks), self.args, self.kwargs)
         return out
@@ -278,7 +281,6 @@ class TorchProgram(Program):
         """Best-of-runs latency at the example inputs' shapes: ``"torch"`` (eager, on the model's
         device, one CPU thread) or ``"onnxruntime"`` (exported, one thread): what a
         deployment runs, measured rather than modelled."""
-        from ..planning.measure import best_of
 
         runtime = runtime or "onnxruntime"
         if runtime == "torch":
@@ -306,11 +308,9 @@ class TorchProgram(Program):
         whole module with ``torch.save``."""
         dst = Path(dst)
         if dst.suffix == ".onnx":
-            from ..export import export_onnx
 
             export_onnx(self.model, self.args, dst, self.kwargs)
             return dst
-        from ..atomic import atomic_path
 
         with atomic_path(dst) as tmp:
             torch.save(self.model, tmp)
@@ -325,7 +325,6 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
     import tempfile
     import warnings
 
-    from ..planning.measure import best_of, ort_session
 
     try:
         buf = io.BytesIO()
@@ -337,8 +336,6 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
         sess.run(None, feeds)
         return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
     except Exception:  # noqa: BLE001 - the legacy exporter or the feed mapping failed: take the checked path
-        from ..export import export_onnx
-        from .onnx_program import OnnxProgram
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
@@ -375,7 +372,6 @@ def _same_graph(main, other, where: str, shapes: list) -> Any:
 def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:
     """Give layers without a bias the one compensation computed (sliced to the kept outputs);
     returns the number of parameters added."""
-    from ..planner import keep_masks
 
     added = 0
     masks = keep_masks(dg, plan)

@@ -17,7 +17,7 @@ import torch
 from torch.fx._pytree import tree_flatten_spec
 
 from ..errors import PlanError
-from ..frontends.torch_export import _WRAPPERS, op_id, wrapped_body_index
+from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):
@@ -28,7 +28,7 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         self.prefix = prefix  # inlined subgraphs' values are named "<wrapper node>/<node>" in the IR
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        if n.op == "call_function" and op_id(n.target) in _WRAPPERS:
+        if n.op == "call_function" and op_id(n.target) in WRAPPERS:
             return self._run_wrapper(n)
         out = super().run_node(n)
         if n.op != "call_function" or n.target is operator.getitem:

@@ -80,7 +80,7 @@ def _einsum(node: Node, ctx: RuleContext) -> None:
     names = operands + [node.outputs[0]]
     seen: dict[str, tuple[str, int]] = {}
     for name, spec in zip(names, specs + [rhs]):
-        for d, letter in enumerate(_expand_ellipsis(spec, ctx.rank(name))):
+        for d, letter in enumerate(expand_ellipsis(spec, ctx.rank(name))):
             key = (name, d)
             if letter in seen:
                 first = seen[letter]
@@ -89,7 +89,7 @@ def _einsum(node: Node, ctx: RuleContext) -> None:
                 seen[letter] = key
 
 
-def _expand_ellipsis(spec: str, rank: int) -> list[str]:
+def expand_ellipsis(spec: str, rank: int) -> list[str]:
     if "..." not in spec:
         return list(spec)
     head, tail = spec.split("...")

@@ -15,8 +15,8 @@ ties them all into one space; ONNX states it per node (``hidden_size`` is carrie
 from __future__ import annotations
 
 from ..ir import Node, Ref
-from .registry import RuleContext, register
 from ..spaces import SlotKey
+from .registry import RuleContext, register
 
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1, "LSTM": 4, "GRU": 3, "RNN": 1}
 RECURRENT_OPS = frozenset({f"aten.{k}" for k in ("lstm", "gru", "rnn_tanh", "rnn_relu")}

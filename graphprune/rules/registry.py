@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ..ir import Graph, Node, Ref
-from ..spaces import Solver, SlotKey
+from ..spaces import SlotKey, Solver
+from . import load_all
 
 Rule = Callable[[Node, "RuleContext"], None]
 RULES: dict[str, Rule] = {}
@@ -187,7 +188,6 @@ _QUANTIZED = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "D
 
 def apply_rules(graph: Graph, solver: Solver) -> RuleContext:
     """Run every node's rule; freeze whatever an unknown op touches."""
-    from . import load_all
 
     load_all()
     ctx = RuleContext(graph, solver)

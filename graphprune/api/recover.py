@@ -38,8 +38,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import PlanError
-from .progress import progress
+from ..errors import PlanError
+from ..util.progress import progress
+from ..util.tables import table
 
 _HOW = ("give a DataLoader or a list of batches: tensors, tuples/lists of tensors (positional inputs; "
         "(inputs, labels) uses the inputs), or dicts of keyword inputs")
@@ -75,7 +76,6 @@ class RecoverResult:
                 f"{self.best_step}, changed after the oracle's check)")
 
     def __str__(self) -> str:
-        from .report import table
 
         evals = self.heldout_losses or ([(self.steps, None)] if self.steps else [])
         starts = [0] + [s for s, _ in evals]  # mean training loss since the previous evaluation

@@ -17,12 +17,13 @@ from onnx import numpy_helper
 
 from ..errors import RewriteError
 from ..graph import DependencyGraph
-from ..planner import PrunePlan, carried_value, keep_masks
+from ..planning.plan import PrunePlan, carried_value, keep_masks
+from .onnx_depth import remove_blocks_onnx
 
 _PASS_THROUGH = {"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten"}
 
 
-class _Model:
+class OnnxModel:
     """Index of an ONNX graph for edits: producers, initializers, Constant nodes."""
 
     def __init__(self, model: onnx.ModelProto, lengths: dict[str, int] | None = None) -> None:
@@ -60,7 +61,7 @@ class _Model:
         return f"{base}__gp{self._fresh}"
 
 
-def _locate(m: _Model, value: str, k: int, depth: int = 0):
+def locate(m: OnnxModel, value: str, k: int, depth: int = 0):
     """Where element k of int tensor ``value`` comes from: ("const", consumer, input idx, name, index),
     ("shape",) when read off a tensor's shape, or None when computed."""
     if depth > 32:
@@ -74,7 +75,7 @@ def _locate(m: _Model, value: str, k: int, depth: int = 0):
     if op == "Shape":
         return ("shape",)
     if op in _PASS_THROUGH:
-        return _edge(m, node, 0, _locate(m, node.input[0], k, depth + 1))
+        return _edge(m, node, 0, locate(m, node.input[0], k, depth + 1))
     if op == "Concat":
         offset = 0
         for idx, inp in enumerate(node.input):
@@ -83,14 +84,14 @@ def _locate(m: _Model, value: str, k: int, depth: int = 0):
             if length is None:
                 return None
             if k < offset + length:
-                return _edge(m, node, idx, _locate(m, inp, k - offset, depth + 1))
+                return _edge(m, node, idx, locate(m, inp, k - offset, depth + 1))
             offset += length
         return None
     if op == "Gather":
         idx = m.const_array(node.input[1])
         if idx is None:
             return None
-        return _edge(m, node, 0, _locate(m, node.input[0], int(np.atleast_1d(idx)[k]), depth + 1))
+        return _edge(m, node, 0, locate(m, node.input[0], int(np.atleast_1d(idx)[k]), depth + 1))
     if op == "Slice":
         starts = m.const_array(node.input[1])
         if starts is None:
@@ -102,11 +103,11 @@ def _locate(m: _Model, value: str, k: int, depth: int = 0):
             if n is None:
                 return None
             start += n
-        return _edge(m, node, 0, _locate(m, node.input[0], start + k, depth + 1))
+        return _edge(m, node, 0, locate(m, node.input[0], start + k, depth + 1))
     return None
 
 
-def _length(m: _Model, value: str) -> int | None:
+def _length(m: OnnxModel, value: str) -> int | None:
     if value in m.lengths:
         return m.lengths[value]
     node = m.producer.get(value)
@@ -123,7 +124,7 @@ def _length(m: _Model, value: str) -> int | None:
     return None
 
 
-def _edge(m: _Model, consumer: onnx.NodeProto, idx: int, found):
+def _edge(m: OnnxModel, consumer: onnx.NodeProto, idx: int, found):
     """Remember the first edge from a constant, so a clone can be wired into it."""
     if found is not None and found[0] == "const" and len(found) == 3:
         return found + (consumer.name, idx)
@@ -143,7 +144,7 @@ def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    m = _Model(out, vector_lengths(dg))
+    m = OnnxModel(out, vector_lengths(dg))
     masks = keep_masks(dg, plan)
     updates = updates or {}
     for v in dg.ir.params():
@@ -158,7 +159,6 @@ def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan
         m.inits[v.name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), v.name))
     _rewrite_constants(m, dg, plan)
     if plan.blocks:
-        from .onnx_depth import remove_blocks_onnx
 
         remove_blocks_onnx(out, dg, dg.removed_blocks(plan.blocks))
     del out.graph.value_info[:]  # stale shapes; inferred afresh below
@@ -168,7 +168,7 @@ def apply_plan_onnx(model: onnx.ModelProto, dg: DependencyGraph, plan: PrunePlan
         return out
 
 
-def _privatize(m: _Model, node: onnx.NodeProto, idx: int, depth: int = 0) -> None:
+def _privatize(m: OnnxModel, node: onnx.NodeProto, idx: int, depth: int = 0) -> None:
     """Give ``node`` its own copy of the int subgraph computing input ``idx``, so editing
     a size there cannot change what another consumer (a shared Concat) receives."""
     name = node.input[idx]
@@ -192,7 +192,7 @@ def _privatize(m: _Model, node: onnx.NodeProto, idx: int, depth: int = 0) -> Non
         _privatize(m, producer, k, depth + 1)
 
 
-def _rewrite_constants(m: _Model, dg: DependencyGraph, plan: PrunePlan) -> None:
+def _rewrite_constants(m: OnnxModel, dg: DependencyGraph, plan: PrunePlan) -> None:
     pruned = plan.masks()
     changed = []
     for c in dg.carries:
@@ -211,7 +211,7 @@ def _rewrite_constants(m: _Model, dg: DependencyGraph, plan: PrunePlan) -> None:
         if isinstance(c.path[0], str):
             _set_attribute(node, c.path, new)
             continue
-        where = _locate(m, node.input[c.path[0]], c.path[1] if len(c.path) > 1 else 0)
+        where = locate(m, node.input[c.path[0]], c.path[1] if len(c.path) > 1 else 0)
         if where is None:
             raise RewriteError(f"the size {c.value} in input {c.path[0]} of node '{c.node}' ({node.op_type}) is "
                                "computed by shape arithmetic the rewrite cannot follow; exclude it with ignore=[...]")

@@ -12,16 +12,17 @@ GraphpruneError naming the argument and what was expected.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import GraphpruneError
+from graphprune.zoo import ZOO, build
+
+from ..errors import GraphpruneError
+from .factory import call_factory
+from .module_checkpoint import load_pruned_module
 
 KINDS = ("onnx", "saved", "hf", "factory", "zoo")
 PLAN_FILE = "graphprune.json"
@@ -76,7 +77,7 @@ def classify(spec: str) -> str:
 
 def _zoo_names() -> list[str]:
     try:
-        from models import ZOO
+        pass
     except ImportError:
         return []
     return list(ZOO)
@@ -89,7 +90,6 @@ def load(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None, conf
     if kind == "onnx":
         return Source(kind, spec, Path(spec))
     if kind == "zoo":
-        from models import build
 
         model, args = build(spec, config)
         return Source(kind, spec, model=model, args=tuple(args), recipe={"zoo": spec, "config": config})
@@ -105,40 +105,6 @@ def _factory(spec: str, input_shapes) -> Source:
     if not args and not kwargs:
         args, kwargs = _inputs_from_shapes(made, input_shapes, spec)
     return Source("factory", spec, model=made, args=args, kwargs=kwargs, recipe={"factory": spec})
-
-
-def call_factory(spec: str):
-    """(module in eval mode, example args, example kwargs) from ``package.module:factory``."""
-    import torch
-
-    mod_name, _, fn_name = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # the user's own package, run from its folder
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise GraphpruneError(f"cannot import '{mod_name}' for MODEL '{spec}': {exc}") from exc
-    fn = module
-    for part in fn_name.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise GraphpruneError(f"'{mod_name}' has no '{fn_name}' (MODEL '{spec}' is package.module:factory)")
-    try:
-        made = fn() if callable(fn) and not isinstance(fn, torch.nn.Module) else fn
-    except Exception as exc:  # the user's code: report it in one line
-        raise GraphpruneError(f"factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
-    args: tuple = ()
-    kwargs: dict = {}
-    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
-        made, ex = made
-        if isinstance(ex, dict):
-            kwargs = dict(ex)
-        else:
-            args = tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
-    if not isinstance(made, torch.nn.Module):
-        raise GraphpruneError(f"factory '{spec}' returned {type(made).__name__}; it must return a torch.nn.Module or "
-                              "(module, example_args)")
-    return made.eval(), args, kwargs
 
 
 def _inputs_from_shapes(model, input_shapes, spec: str) -> tuple[tuple, dict]:
@@ -164,7 +130,7 @@ def _hf_folder(path: Path, input_shapes) -> Source:
         import transformers
     except ImportError as exc:
         raise GraphpruneError("a Hugging Face folder needs transformers: pip install 'graphprune[hf]'") from exc
-    from .hf.inputs import example_inputs
+    from ..hf.inputs import example_inputs
 
     cfg = json.loads((path / "config.json").read_text())
     archs = cfg.get("architectures") or []
@@ -185,12 +151,11 @@ def _hf_folder(path: Path, input_shapes) -> Source:
 def _saved(path: Path) -> Source:
     doc = json.loads((path / PLAN_FILE).read_text())
     if "architecture" in doc:  # graphprune.hf.save_pruned
-        from .hf.checkpoint import load_pruned
-        from .hf.inputs import example_inputs
+        from ..hf.inputs import example_inputs
+        from ..hf.saved import load_pruned
 
         model = load_pruned(path)
         return Source("saved", str(path), path, model, (), example_inputs(model), doc)
-    from .checkpoint import load_pruned_module
 
     model, args, kwargs = load_pruned_module(path)
     return Source("saved", str(path), path, model, args, kwargs, doc.get("recipe", {}))

@@ -12,7 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .atomic import write_bytes_atomic
+from ..util.atomic import write_bytes_atomic
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

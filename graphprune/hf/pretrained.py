@@ -6,11 +6,11 @@ from typing import Iterable
 
 import torch
 
-from .. import api
-from ..checkpoint import tensor_spec
-from ..gc_pause import paused_gc
+from ..api import torch_models as api
 from ..graph import DependencyGraph
-from ..planner import PrunePlan
+from ..io.module_checkpoint import tensor_spec
+from ..planning.plan import PrunePlan
+from ..util.gc_pause import paused_gc
 from .inputs import example_inputs, prepare
 from .sync import sync_config
 
@@ -101,5 +101,5 @@ causal_lm_loss.accepts_tensors = True  # the masked runs of depth pruning pass (
 
 
 def _input_spec(inputs: dict) -> dict:
-    """Shapes and dtypes; small integer inputs (token ids, masks) verbatim (graphprune.checkpoint)."""
+    """Shapes and dtypes; small integer inputs (token ids, masks) verbatim (graphprune.io.module_checkpoint)."""
     return {k: tensor_spec(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_bytes_atomic
-from .errors import GraphpruneError
-from .planner import PrunePlan
+from graphprune.zoo import build
+
+from ..errors import GraphpruneError
+from ..planning.plan import PrunePlan
+from ..program.torch_program import TorchProgram
+from ..util.atomic import write_bytes_atomic
+from .factory import call_factory
 
 PLAN_FILE = "graphprune.json"
 FORMAT = 1
@@ -60,11 +64,9 @@ def save_pruned_module(model: torch.nn.Module, directory: str | os.PathLike, rec
 def build_recipe(recipe: dict) -> torch.nn.Module:
     """The unpruned module a recipe names."""
     if "zoo" in recipe:
-        from models import build
 
         return build(recipe["zoo"], recipe.get("config", "small"))[0]
     if "factory" in recipe:
-        from .sources import call_factory
 
         return call_factory(recipe["factory"])[0]
     raise GraphpruneError(f"cannot rebuild a model from recipe {recipe}: it names neither a zoo model nor a factory")
@@ -74,7 +76,6 @@ def load_pruned_module(directory: str | os.PathLike):
     """(module, args, kwargs) rebuilt from :func:`save_pruned_module`'s folder."""
     from safetensors.torch import load_model
 
-    from .program.torch_program import TorchProgram
 
     directory = Path(directory)
     doc = json.loads((directory / PLAN_FILE).read_text())

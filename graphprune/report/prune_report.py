@@ -1,74 +1,13 @@
-"""Tables for groups and before/after reports: plain text, or rich on a terminal (the CLI)."""
+"""The before/after report of a prune (PruneReport) and its text."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+
+from ..util.tables import human, table
 
 if TYPE_CHECKING:
-    from .graph import DependencyGraph
-    from .planner import PrunePlan
-
-
-_STYLE = {"rich": False}  # the CLI turns rich tables on when it prints to a terminal
-
-
-def use_rich(on: bool) -> None:
-    """Render :func:`table` with rich (boxes, bold headers, colour) instead of plain text."""
-    _STYLE["rich"] = bool(on)
-
-
-def _numeric(c: str) -> bool:
-    return c.replace(".", "").replace("%", "").replace("-", "").replace(",", "").isdigit()
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    if _STYLE["rich"]:
-        return _rich_table(cells)
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip()
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
-
-
-def _rich_table(cells: list[list[str]]) -> str:
-    import io
-    import shutil
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(box=box.SIMPLE_HEAVY, header_style="bold cyan", pad_edge=False)
-    for i, h in enumerate(cells[0]):
-        numeric = len(cells) > 1 and all(_numeric(r[i]) or r[i] in ("", "-") for r in cells[1:])
-        t.add_column(h, justify="right" if numeric else "left")
-    for r in cells[1:]:
-        t.add_row(*r)
-    buf = io.StringIO()
-    Console(file=buf, force_terminal=True, width=max(100, shutil.get_terminal_size((120, 40)).columns)).print(t)
-    return buf.getvalue().rstrip("\n")
-
-
-def _human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
-def groups_table(dg: "DependencyGraph", limit: int = 60) -> str:
-    rows = []
-    for g in dg.groups[:limit]:
-        first = g.members[0]
-        state = "prunable" if g.prunable else "frozen"
-        why = (g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
-        rows.append([g.id, g.size, g.kind, g.role, state + ("" if g.exact else "*"), len(g.members),
-                     f"{first.name}[{first.dim}]", why[:90]])
-    text = table(["group", "size", "kind", "role", "state", "members", "first member", "reason"], rows)
-    if len(dg.groups) > limit:
-        text += f"\n... {len(dg.groups) - limit} more groups"
-    n_p = sum(g.prunable for g in dg.groups)
-    return text + f"\n{len(dg.groups)} groups, {n_p} prunable (* = not oracle-exact: crosses a channel normalisation)"
+    from ..planning.plan import PrunePlan
 
 
 @dataclass
@@ -91,12 +30,12 @@ class PruneReport:
     runtime: str | None = None  # where latency was measured: "onnxruntime" (one thread) or "torch" (eager)
     latency_after_ms: float | None = None
     path: str = ""  # the file written, where the caller wrote one
-    allocation: object | None = None  # graphprune.allocate.Allocation, where ratios were chosen from data
-    budget: object | None = None  # graphprune.budget.BudgetResult, where a budget chose the ratios
+    allocation: object | None = None  # graphprune.planning.allocate.Allocation, where ratios were chosen from data
+    budget: object | None = None  # graphprune.planning.budget.BudgetResult, where a budget chose the ratios
     # every weight matrix/kernel: (name, shape before, shape after), for the per-layer allocation
     layers: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     blocks: tuple[int, int] | None = None  # depth pruning: (residual blocks removed, candidates)
-    depth: object | None = None  # graphprune.depth_plan.DepthChoice: each block's score, the trials
+    depth: object | None = None  # graphprune.planning.depth.DepthChoice: each block's score, the trials
     scores: dict = field(default_factory=dict)  # group id -> importance per unit (the planner's ranking)
     kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
 
@@ -113,7 +52,7 @@ class PruneReport:
         return text
 
     def plot_layers(self, path, title: str = ""):
-        """Save a PNG of the kept width per layer (graphprune/plots.py; needs matplotlib)."""
+        """Save a PNG of the kept width per layer (graphprune/report/plots.py; needs matplotlib)."""
         from .plots import layer_plot
 
         return layer_plot(self, path, title)
@@ -158,9 +97,9 @@ class PruneReport:
         def pct(a: int, b: int) -> str:
             return f"{100.0 * (b - a) / a:+.1f}%" if a else "n/a"
 
-        rows = [["params", _human(self.params_before), _human(self.params_after),
+        rows = [["params", human(self.params_before), human(self.params_after),
                  pct(self.params_before, self.params_after)],
-                ["MACs", _human(self.macs_before), _human(self.macs_after), pct(self.macs_before, self.macs_after)],
+                ["MACs", human(self.macs_before), human(self.macs_after), pct(self.macs_before, self.macs_after)],
                 ["groups pruned", "", f"{self.groups_pruned}/{len(self.kept)}", ""]]
         if self.blocks is not None:
             removed, total = self.blocks

@@ -13,10 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_bytes_atomic
+from ..api import torch_models as api
+from ..backends.torch_depth import remove_blocks
+from ..backends.torch_module import rewrite
 from ..errors import GraphpruneError
-from ..planner import PrunePlan
-from .api import META_ATTR
+from ..frontends.torch_export import tied_aliases
+from ..io.module_checkpoint import rebuild_tensor
+from ..planning.plan import PrunePlan
+from ..util.atomic import write_bytes_atomic
+from .inputs import prepare
+from .pretrained import META_ATTR
+from .sync import sync_config
 
 PLAN_FILE = "graphprune.json"
 FORMAT = 1
@@ -51,12 +58,6 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     import transformers
     from safetensors.torch import load_file
 
-    from .. import api
-    from ..checkpoint import rebuild_tensor
-    from ..backends.torch_module import rewrite
-    from ..frontends.torch_export import tied_aliases
-    from .inputs import prepare
-    from .sync import sync_config
 
     directory = Path(directory)
     path = directory / PLAN_FILE
@@ -88,7 +89,6 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
             mod = model.get_submodule(path)
             mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
         if plan.blocks:  # residual branches removed whole: the same module swaps
-            from ..backends.torch_depth import remove_blocks
 
             remove_blocks(model, graph, graph.removed_blocks(plan.blocks), (), inputs)
     state = _read_weights(directory, load_file)

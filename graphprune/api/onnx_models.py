@@ -7,13 +7,13 @@ from typing import Iterable, Mapping
 
 import onnx
 
-from .errors import PlanError
-from .graph import DependencyGraph
-from .oracle import OracleReport, run_oracle
-from .pipeline import plan_program, prune_program
-from .planner import PrunePlan, check_ratio
-from .program.onnx_program import OnnxProgram, probe_inputs  # noqa: F401  (probe_inputs: public helper)
-from .report import PruneReport
+from ..errors import PlanError
+from ..graph import DependencyGraph
+from ..oracle import OracleReport, run_oracle
+from ..pipeline import plan_program, prune_program
+from ..planning.plan import PrunePlan, check_ratio
+from ..program.onnx_program import OnnxProgram, probe_inputs  # noqa: F401  (probe_inputs: public helper)
+from ..report.prune_report import PruneReport
 
 OnnxPruneReport = PruneReport  # one report type for both front-ends (latency and path are filled here)
 OnnxOracleReport = OracleReport

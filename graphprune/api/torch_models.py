@@ -1,15 +1,19 @@
-"""The public entry points: trace, plan, prune."""
+"""The public entry points for PyTorch models: trace, plan, prune, and the oracle (verify)."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import torch
 
-from .graph import DependencyGraph
-from .pipeline import compensation_mode, plan_program, prune_program, resolve_importance, shape_fn  # noqa: F401
-from .planner import PrunePlan
-from .program.torch_program import TorchProgram
-from .rules import load_all
+from ..graph import DependencyGraph
+from ..oracle import OracleReport, run_oracle
+from ..oracle import max_abs_diff as _max_abs_diff
+from ..pipeline import compensation_mode, plan_program, prune_program, resolve_importance  # noqa: F401
+from ..planning.plan import PrunePlan, keep_masks
+from ..program.onnx_program import OnnxProgram
+from ..program.torch_program import TorchProgram
+from ..rules import load_all
 
 load_all()  # the op rules register on import: with the API, not inside the first trace
 
@@ -39,7 +43,6 @@ def load_onnx(path: str, freeze_io: bool = True, input_shapes: Mapping[str, tupl
         >>> g = graphprune.load_onnx("model.onnx")   # doctest: +SKIP
         >>> print(g.summary())                      # doctest: +SKIP
     """
-    from .program.onnx_program import OnnxProgram
 
     return OnnxProgram.load(path, dict(inputs) if inputs is not None else None, input_shapes).graph(freeze_io)
 
@@ -52,7 +55,7 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
          max_ratio: float | None = None, runtime: str | None = "auto") -> PrunePlan:
     """Rank every selected group by ``importance`` and drop ``ratio`` of each.
 
-    ``targets`` picks what to prune by what it is (see :mod:`graphprune.structure`):
+    ``targets`` picks what to prune by what it is (see :mod:`graphprune.kinds`):
     "heads" (whole attention heads; with GQA a key/value head and its query heads),
     "query_heads" (GQA query heads per key/value head), "ffn" (FFN units, a CNN
     block's inner channels), "hidden" (the residual stream), "head_dim" (RoPE pairs
@@ -135,3 +138,41 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
                                    measure_latency=measure_latency, allocation=allocation, budget=budget,
                                    max_ratio=max_ratio, runtime=runtime)
     return pruned.model, report
+
+
+def masked_original(dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None = None) -> Any:
+    """Run the original exported program with the plan's channels zeroed everywhere."""
+    return dg.program.run_raw((tuple(args), dict(kwargs or {})), masks=keep_masks(dg, plan))
+
+
+def _arrays(x: Any) -> list[np.ndarray]:
+    return [t.detach().double().cpu().numpy() for t in torch.utils._pytree.tree_leaves(x)
+            if isinstance(t, torch.Tensor)]
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """Largest difference between two model outputs (any nesting of tensors)."""
+    return _max_abs_diff(_arrays(a), _arrays(b))
+
+
+def verify(model: torch.nn.Module, args: tuple, plan: PrunePlan, graph: DependencyGraph | None = None,
+           kwargs: dict | None = None, atol: float = 1e-5, trials: int = 2) -> OracleReport:
+    """Hold a plan to the oracle without touching ``model``.
+
+    A copy of the (unpruned) model is pruned with the plan's exact groups and
+    compared with the masked original, on the example inputs and ``trials``
+    random inputs of the same shapes; inexact pruned groups are listed, not
+    silently passed.
+
+    Example:
+        >>> import torch, graphprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+        >>> x = (torch.randn(3, 4),)
+        >>> g = graphprune.trace(m, x)
+        >>> plan = graphprune.plan(g, m, ratio=0.5)
+        >>> graphprune.verify(m, x, plan, g).passed
+        True
+    """
+    args = args if isinstance(args, tuple) else (args,)
+    program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
+    return run_oracle(program, plan, atol, trials)

@@ -1,9 +1,9 @@
-"""``graphprune prune MODEL -o OUT``: every model kind (graphprune/sources.py), every output.
+"""``graphprune prune MODEL -o OUT``: every model kind (graphprune/io/sources.py), every output.
 
 OUT by its form: ``*.onnx`` (exported and checked in onnxruntime), ``*.pt`` (the whole module,
 torch.save), or a folder: a transformers model's ``save_pretrained`` folder with graphprune's
 plan and the original's tokenizer / processor files, or for any other PyTorch model
-``model.safetensors`` + ``graphprune.json`` (rebuilt by graphprune.checkpoint). Nothing is
+``model.safetensors`` + ``graphprune.json`` (rebuilt by graphprune.io.module_checkpoint). Nothing is
 left at OUT unless every step succeeded.
 """
 from __future__ import annotations
@@ -17,7 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import GraphpruneError
+import graphprune as gp
+
+from ..api.recover import recover
+from ..errors import GraphpruneError
+from ..io import sources
+from ..io.module_checkpoint import save_pruned_module
+from ..io.onnx_export import export_onnx
+from ..io.sources import copy_side_files
+from ..planning.plan import PrunePlan, check_ratio
+from ..report.html import write_report
+from ..util.atomic import atomic_path, public_tree
+from .common import emit, load_feeds, parse_input_shapes, parse_ratios, step
 
 
 def output_kind(out: str) -> str:
@@ -50,9 +61,6 @@ def check_writable(out: str, flag: str) -> None:
 
 
 def cmd_prune(ns: argparse.Namespace) -> int:
-    from . import sources
-    from .cli import _feeds, _input_shapes, _ratios, _step, emit
-    from .planner import check_ratio
 
     if ns.ratio is not None and ns.budget:
         raise GraphpruneError("--ratio and --budget both choose how much goes: pass one of them")
@@ -70,31 +78,30 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     _check_recover(ns, kind)
     options = dict(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
                    compensate=False if ns.no_compensate else None, allocation=ns.allocation, add_bias=ns.add_bias,
-                   budget=ns.budget, max_ratio=ns.max_ratio, ratios=_ratios(ns.ratios))
+                   budget=ns.budget, max_ratio=ns.max_ratio, ratios=parse_ratios(ns.ratios))
     t = time.perf_counter()
     if kind == "onnx":
         calib = _npz_batches(ns.calib, ns.calib_batch) if ns.calib else None
-        _step(1, 2, f"loading, planning and rewriting {ns.model}", ns.json)
-        report = _onnx(ns, calib, options, _input_shapes(ns.input_shape), _feeds(ns.inputs))
-        _step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)", ns.json)
+        step(1, 2, f"loading, planning and rewriting {ns.model}", ns.json)
+        report = _onnx(ns, calib, options, parse_input_shapes(ns.input_shape), load_feeds(ns.inputs))
+        step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)", ns.json)
     else:
         n = 4 if ns.recover_steps else 3
-        _step(1, n, f"loading {ns.model} ({kind})", ns.json)
-        src = sources.load(ns.model, _input_shapes(ns.input_shape), ns.config)
+        step(1, n, f"loading {ns.model} ({kind})", ns.json)
+        src = sources.load(ns.model, parse_input_shapes(ns.input_shape), ns.config)
         calib = torch_calib(ns, src) if ns.calib else None
         if calib:  # traced on a calibration batch: every batch then has the traced shapes
             src.args, src.kwargs = (calib[0], {}) if isinstance(calib[0], tuple) else ((), dict(calib[0]))
         teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
-        _step(2, n, "tracing, planning, checking and rewriting", ns.json)
+        step(2, n, "tracing, planning, checking and rewriting", ns.json)
         model, report = _torch(src, calib, options, ns)
         if teacher is not None:
-            _step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
+            step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
             report.notes.append(_recover(model, teacher, calib, ns.recover_steps).summary())
-        _step(n, n, f"writing {ns.output}", ns.json)
+        step(n, n, f"writing {ns.output}", ns.json)
         write(src, model, report, ns.output, out_kind)
         report.path = str(ns.output)
     if ns.report:
-        from .report_html import write_report
 
         write_report(report, ns.report, title=f"{ns.model} -> {ns.output}")
     emit(ns, report)
@@ -116,14 +123,12 @@ def _check_recover(ns, kind: str) -> None:
 
 def _recover(model, teacher, calib, steps: int):
     """Distil ``model`` from ``teacher`` on the --calib batches: tuples are positional inputs."""
-    from .recover import recover
 
     unpack = lambda b: ((), dict(b)) if isinstance(b, dict) else (tuple(b), {})
     return recover(model, teacher, calib, steps=steps, unpack=unpack)
 
 
 def _onnx(ns, calib, options, input_shapes, inputs):
-    import graphprune as gp
 
     runtime = None if ns.runtime == "none" else "onnxruntime" if ns.runtime == "auto" else ns.runtime
     return gp.prune_onnx(ns.model, ns.output, round_to=ns.round_to, runtime=runtime,
@@ -132,7 +137,6 @@ def _onnx(ns, calib, options, input_shapes, inputs):
 
 
 def _torch(src, calib, options, ns):
-    import graphprune as gp
 
     # the runtime the output is for: an .onnx OUT runs on onnxruntime, a module on PyTorch
     runtime = {"none": None, "auto": "onnxruntime" if str(ns.output).endswith(".onnx") else "torch"}.get(
@@ -150,12 +154,10 @@ def write(src, model, report, out: str, out_kind: str) -> None:
 
     out = Path(out)
     if out_kind == "onnx":
-        from .export import export_onnx
 
         export_onnx(model, src.args, out, src.kwargs)
         return
     if out_kind == "pt":
-        from .atomic import atomic_path
 
         with atomic_path(out) as tmp:
             torch.save(model, tmp)
@@ -166,19 +168,16 @@ def write(src, model, report, out: str, out_kind: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if src.is_hf:
-            from .hf import save_pruned
-            from .sources import copy_side_files
+            from ..hf import save_pruned
 
             save_pruned(model, tmp)
             if src.path is not None:  # the original's (or a saved folder's) tokenizer goes along
                 copy_side_files(src.path, tmp)
         else:
-            from .checkpoint import save_pruned_module
 
             history = _history(src) + [report.plan]
             added = report.compensation.bias_modules if report.compensation is not None else []
             save_pruned_module(model, tmp, src.recipe, history, src.args, src.kwargs, added)
-        from .atomic import public_tree
 
         public_tree(tmp)
         if out.exists():
@@ -190,7 +189,6 @@ def write(src, model, report, out: str, out_kind: str) -> None:
 
 
 def _history(src):
-    from .planner import PrunePlan
 
     if src.kind != "saved" or src.path is None:
         return []

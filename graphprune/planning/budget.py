@@ -17,10 +17,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import PlanError
-from .graph import DependencyGraph, Group
-from .metrics import count_macs, count_params
-from .planner import kept_count, step_of
+from ..errors import PlanError
+from ..graph import DependencyGraph, Group
+from ..metrics import count_macs, count_params
+from .plan import kept_count, step_of
 
 METRICS = ("macs", "params")
 LATENCY = "latency_ms"  # on the target runtime at the example inputs: a measured table, then the plan measured
@@ -108,7 +108,7 @@ class CostModel:
 
     def __init__(self, dg: DependencyGraph, groups: list[Group], dead: set[str] = frozenset()) -> None:
         self.dg = dg
-        self.dead = dead  # values removed blocks leave dead (graphprune/depth.py): size 0
+        self.dead = dead  # values removed blocks leave dead (graphprune/blocks.py): size 0
         self.sizes = {g.id: g.size for g in groups}
         self._terms: dict[tuple[str, int], tuple] = {}  # only slots some selected group cuts
         atoms = set(self.sizes)

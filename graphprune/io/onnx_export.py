@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .errors import GraphpruneError
+from ..errors import GraphpruneError
+from ..oracle import max_abs_diff, scaled_diff
+from ..util.atomic import atomic_path
 
 
 @dataclass
@@ -129,7 +130,6 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                     if isinstance(t, torch.Tensor)]
         if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
             raise GraphpruneError(f"ONNX outputs {[g.shape for g in got]} do not match PyTorch {[w.shape for w in want]}")
-        from .oracle import max_abs_diff, scaled_diff
 
         diff = max_abs_diff(got, want)
         # float32 rounding is relative: judge each output against max(1, its magnitude), as the oracle does

@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PlanError
-from .graph import DependencyGraph, Group
-from .metrics import count_params
-from .planner import PrunePlan, kept_count, keep_masks, make_plan, step_of
+from ..calib.collect import collect
+from ..calib.compensate import Compensation, affected_sites, refit_from_stats
+from ..calib.sites import find_sites
+from ..errors import PlanError
+from ..graph import DependencyGraph, Group
+from ..metrics import count_macs, count_params
+from ..util.progress import progress
+from .plan import PrunePlan, block_masks, keep_masks, kept_count, make_plan, shape_fn, step_of
 
 ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
@@ -71,7 +75,6 @@ class Allocation:
 
 
 def removed_params(dg: DependencyGraph, plan: PrunePlan, before: int) -> int:
-    from .pipeline import shape_fn
 
     return before - count_params(dg.ir, shape_fn(dg, plan))
 
@@ -102,7 +105,6 @@ def sample(program, batches: list) -> tuple[list, int]:
 
 def estimate(program, groups: list[Group], ratio: float, round_to: int, batches: list) -> tuple[int, float]:
     """(masked runs, their MACs) that sensitivity would take on this model and data."""
-    from .metrics import count_macs
 
     dg = program.graph()
     runs = sum(len(_levels(g, ratio, round_to)) for g in groups)
@@ -171,9 +173,6 @@ class Repair:
 
     def __init__(self, program, dg: DependencyGraph, reference: PrunePlan, batches: list, mode: str | None,
                  stats) -> None:
-        from .calib.collect import collect
-        from .calib.compensate import Compensation, affected_sites, refit_from_stats
-        from .calib.sites import find_sites
 
         self.dg, self.mode = dg, mode
         self.sites = find_sites(dg)
@@ -192,8 +191,6 @@ class Repair:
 
     def variant(self, p: PrunePlan) -> tuple[dict, dict]:
         """(masks, weight overrides) of ``p``'s masked original, repaired."""
-        from .calib.compensate import Compensation, affected_sites, refit_from_stats
-        from .planner import block_masks
 
         overrides = {}
         if self.mode is not None and any(p.pruned.values()):
@@ -207,7 +204,6 @@ class Repair:
 def output_errors(program, used: list, variants: list, what: str, loss=None) -> np.ndarray:
     """Each variant's squared output error on ``used`` relative to the output's energy; with
     ``loss`` (outputs, batch -> float: a causal LM's next-token loss), its mean loss instead."""
-    from .progress import progress
 
     if loss is not None:
         err = np.zeros(len(variants))

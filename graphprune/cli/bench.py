@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GraphpruneError
+from ..errors import GraphpruneError
+from ..io import sources
+from ..io.onnx_export import export_onnx
+from ..program.onnx_program import OnnxProgram
+from ..util.tables import table
+from .common import load_feeds, parse_input_shapes, step
 
 
 def _median_ms(fn, repeat: int) -> float:
@@ -40,18 +45,14 @@ class _Bench:
     """One model, ready to time in each runtime."""
 
     def __init__(self, spec: str, ns: argparse.Namespace, tmp: Path) -> None:
-        from . import sources
-        from .cli import _feeds, _input_shapes
 
         self.spec, self.ns = spec, ns
-        self.src = sources.load(spec, _input_shapes(ns.input_shape), ns.config)
+        self.src = sources.load(spec, parse_input_shapes(ns.input_shape), ns.config)
         if self.src.is_onnx:
-            from .program.onnx_program import OnnxProgram
 
             self.onnx_path = self.src.path
-            self.feeds = OnnxProgram.load(self.src.path, _feeds(ns.inputs), _input_shapes(ns.input_shape)).feeds()
+            self.feeds = OnnxProgram.load(self.src.path, load_feeds(ns.inputs), parse_input_shapes(ns.input_shape)).feeds()
         else:
-            from .export import export_onnx
 
             self.onnx_path = tmp / f"{len(list(tmp.iterdir()))}.onnx"
             export_onnx(self.src.model, self.src.args, self.onnx_path, self.src.kwargs)
@@ -88,8 +89,6 @@ class _Bench:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from .cli import _step
-    from .report import table
 
     if ns.threads < 1 or ns.repeat < 1 or any(b < 1 for b in ns.batch):
         raise GraphpruneError("--threads, --repeat and --batch must be >= 1")
@@ -98,9 +97,9 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         specs = [ns.model] + ([ns.pruned] if ns.pruned else [])
         benches = []
         for k, spec in enumerate(specs, 1):
-            _step(k, len(specs) + 1, f"loading {spec}", ns.json)
+            step(k, len(specs) + 1, f"loading {spec}", ns.json)
             benches.append(_Bench(spec, ns, Path(tmp)))
-        _step(len(specs) + 1, len(specs) + 1, "timing", ns.json)
+        step(len(specs) + 1, len(specs) + 1, "timing", ns.json)
         for runtime in ns.runtime:
             for batch in ns.batch:
                 ms = [getattr(b, runtime)(batch) for b in benches]

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .depth import Block, dead_values
-from .errors import PlanError
-from .planner import PrunePlan, make_plan
+from ..blocks import Block, dead_values
+from ..errors import PlanError
+from .allocate import Repair, output_errors, sample
+from .budget import CostModel, parse_budget, solve_budget
+from .plan import PrunePlan, block_masks, make_plan
 
 BLOCK_TARGETS = ("blocks", "block", "depth")
 
@@ -69,7 +71,6 @@ class DepthChoice:
 def score_blocks(program, blocks: list[Block], batches: list, loss=None) -> dict[str, float]:
     """Output error (relative to the output's energy) when each block alone is removed; with
     ``loss`` (a causal LM's next-token loss on the calibration text), the loss it adds."""
-    from .allocate import output_errors, sample
 
     used, _ = sample(program, batches)
     variants = [(masks_of(program.graph(), [b]), {}) for b in blocks]
@@ -80,7 +81,6 @@ def score_blocks(program, blocks: list[Block], batches: list, loss=None) -> dict
 
 
 def masks_of(dg, blocks: list[Block]) -> dict:
-    from .planner import block_masks
 
     return block_masks(dg, PrunePlan(blocks=[b.id for b in blocks]))
 
@@ -107,8 +107,6 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
     output error (or calibration ``loss``) among candidates that each meet ``budget``. Under
     ``how="global"`` each k is tried with uniform widths too: a ranking normalised per group is
     a guess about how layers compare, the calibration data measure it."""
-    from .allocate import Repair, output_errors, sample
-    from .budget import CostModel, parse_budget, solve_budget
 
     original = CostModel(dg, groups).measure({})
     targets = parse_budget(budget, original)

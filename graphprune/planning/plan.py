@@ -8,8 +8,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import PlanError
-from .graph import DependencyGraph, Group
+from ..blocks import dead_values
+from ..errors import PlanError
+from ..graph import DependencyGraph, Group
+from ..kinds import KINDS
 
 
 @dataclass
@@ -18,7 +20,7 @@ class PrunePlan:
 
     ``pruned`` maps group id -> sorted indices to remove; ``sizes`` the groups'
     original sizes (a guard against applying a plan to a different graph); ``blocks`` the
-    residual branches removed whole (their add nodes, see graphprune/depth.py).
+    residual branches removed whole (their add nodes, see graphprune/blocks.py).
     """
 
     pruned: dict[int, list[int]] = field(default_factory=dict)
@@ -117,7 +119,7 @@ def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
     return max(1, keep)
 
 
-# Plural and everyday spellings of the kinds in graphprune.structure.
+# Plural and everyday spellings of the kinds in graphprune.kinds.
 _TARGET_ALIASES = {"heads": ("head",), "kv_heads": ("head",), "query_heads": ("query_group",),
                    "query_groups": ("query_group",), "head_dims": ("head_dim",), "channels": ("hidden", "ffn"),
                    "conv_groups": ("conv_group",)}
@@ -133,7 +135,6 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
     names layout roles. With neither, a model with attention heads prunes whole heads
     and FFN units (the hidden size stays), any other model its channels and conv groups.
     """
-    from .structure import KINDS
 
     if targets is not None and roles is not None:
         raise PlanError("pass either targets= (what to prune: heads, ffn, hidden, ...) or roles=, not both")
@@ -289,3 +290,18 @@ def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: Depend
                 f"group(s) ({what}); raise the ratio or prune other kinds (targets=('heads', 'ffn'))")
     return (f"{len(idle)} of {len(groups)} selected group(s) lose nothing at ratio {ratio:g} ({what}); raise "
             "the ratio, or let allocation move the budget (calib=..., allocation='sensitivity')")
+
+
+def shape_fn(graph: DependencyGraph, p: PrunePlan):
+    """Every IR value's shape after ``p``; a value a removed block leaves dead has size 0."""
+
+    masks = keep_masks(graph, p)
+    dead = dead_values(graph.ir, graph.removed_blocks(p.blocks))
+
+    def shape_of(name: str) -> tuple:
+        v = graph.ir.values[name]
+        if name in dead:
+            return (0,) * v.rank
+        return tuple(int(masks[(name, d)].sum()) if (name, d) in masks else s for d, s in enumerate(v.shape))
+
+    return shape_of

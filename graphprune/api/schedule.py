@@ -15,15 +15,16 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .api import prune, trace
-from .errors import PlanError
-from .metrics import count_macs, count_params
-from .planner import check_ratio
+from ..errors import PlanError
+from ..metrics import count_macs, count_params
+from ..planning.budget import parse_budget
+from ..planning.plan import check_ratio
+from .recover import recover as distill
+from .torch_models import prune, trace
 
 
 def _final(original: Mapping[str, int], budget: Mapping[str, float]) -> dict[str, int]:
     """The final budget as absolute counts of the original model."""
-    from .budget import parse_budget
 
     if "latency_ms" in budget:
         raise PlanError("an iterative schedule takes macs= / params= budgets (a latency budget is searched by "
@@ -54,7 +55,7 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
     ``recover=dict(data=batches, steps=200, ...)`` (keyword arguments of
     :func:`graphprune.recover`; ``recover=True`` trains on ``calib``) distills each step's
     model from a copy of the original taken before step 1, before the callback; the
-    :class:`~graphprune.recover.RecoverResult` is ``report.recovery`` (and a line in its notes).
+    :class:`~graphprune.api.recover.RecoverResult` is ``report.recovery`` (and a line in its notes).
 
     Example:
         >>> import torch, graphprune
@@ -70,7 +71,7 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
     args = args if isinstance(args, tuple) else (args,)
     hf = hasattr(model, "config") and hasattr(model, "save_pretrained")
     if hf:  # what hf.prune does before it traces, so the first step can reuse this graph
-        from .hf.inputs import example_inputs, prepare
+        from ..hf.inputs import example_inputs, prepare
 
         prepare(model)
         calib = options.get("calib")
@@ -92,7 +93,7 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         else:  # the same share of each group's remaining width every step: (1 - r) ** steps = 1 - ratio
             plan_args = {"ratio": 1 - (1 - ratio) ** (1 / steps)}
         if hf:
-            from .hf import prune as hf_prune
+            from ..hf import prune as hf_prune
 
             model, report = hf_prune(model, kwargs, graph=graph, **plan_args, **options)
         else:
@@ -100,7 +101,6 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         graph = None  # the model changed: later steps trace it again
         reports.append(report)
         if recover_opts is not None:
-            from .recover import recover as distill
 
             report.recovery = distill(model, teacher, **recover_opts)
             report.notes.append(report.recovery.summary())

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..backends.onnx_rewrite import OnnxModel, locate, vector_lengths
 from ..errors import TraceError
 from ..ir import Graph, Node, Ref, Value
 
@@ -90,16 +91,15 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 def freeze_unreachable(dg, model: onnx.ModelProto) -> None:
     """Freeze sizes spelled by shape arithmetic the ONNX rewrite cannot follow."""
-    from ..backends.onnx import _locate, _Model, vector_lengths
 
-    m = _Model(model, vector_lengths(dg))
+    m = OnnxModel(model, vector_lengths(dg))
     for c in dg.carries:
         if isinstance(c.path[0], str):
             continue
         node = m.node_by_name.get(c.node)
         if node is None or c.path[0] >= len(node.input):
             continue
-        if _locate(m, node.input[c.path[0]], c.path[1] if len(c.path) > 1 else 0) is None:
+        if locate(m, node.input[c.path[0]], c.path[1] if len(c.path) > 1 else 0) is None:
             dg.solver.freeze(c.key, f"size {c.value} computed by shape arithmetic at onnx node '{c.node}'")
 
 

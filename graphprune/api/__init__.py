@@ -1,0 +1,1 @@
+"""The public API: PyTorch models, ONNX files, iterative schedules and recovery."""

@@ -1,0 +1,68 @@
+"""What the subcommands share: numbered steps, the report, and MODEL / input options parsed."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from ..errors import GraphpruneError
+from ..planning.budget import key_values
+
+
+def step(i: int, n: int, what: str, quiet: bool = False) -> float:
+    """A numbered step; on stderr when stdout carries --json."""
+    print(f"[{i}/{n}] {what}...", flush=True, file=sys.stderr if quiet else sys.stdout)
+    return time.perf_counter()
+
+
+def emit(ns: argparse.Namespace, report) -> None:
+    """The prune report: the tables, or with --json one JSON document."""
+    if getattr(ns, "json", False):
+        print(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str))
+        return
+    print()
+    print(report)
+    if getattr(ns, "layers", False):
+        print(report.layer_table())
+    if getattr(ns, "plot_layers", None):
+        print(f"layer plot: {report.plot_layers(ns.plot_layers, f'{ns.model} -> {ns.output}')}")
+
+
+def parse_ratios(text: str | None) -> dict | None:
+    """``ffn=0.5,conv1=0.2,12=0.7``: overrides by kind, initializer/node name prefix, or group id."""
+    if not text:
+        return None
+    pairs = key_values(text, "--ratios", "ffn=0.5 or 12=0.3")
+    return {int(k) if k.isdigit() else k: r for k, r in pairs.items()}
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    """``NAME:1x3x640x640`` (repeatable) -> {NAME: (1, 3, 640, 640)}."""
+    if not specs:
+        return None
+    out = {}
+    for spec in specs:
+        name, _, dims = spec.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(d < 1 for d in shape):
+            raise GraphpruneError(f"--input-shape '{spec}' is not NAME:DIMS (for example images:1x3x640x640)")
+        out[name] = shape
+    return out
+
+
+def load_feeds(path: str | None) -> dict | None:
+    """Example inputs: an .npz of arrays named by model input, used as they are."""
+    if path is None:
+        return None
+    try:
+        data = dict(np.load(path))
+    except (OSError, ValueError) as exc:
+        raise GraphpruneError(f"cannot read example inputs '{path}': {exc}. Give an .npz file whose arrays are "
+                              "named by the model's inputs") from exc
+    return data

@@ -1,0 +1,1 @@
+"""What a prune reports: the PruneReport, its HTML page and plots."""
