@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .ir import Graph
-
-ADD_OPS = ("aten.add", "aten.add_", "onnx.Add")
+from .ops import Ops
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def find_blocks(ir: Graph) -> list[Block]:
     out: list[Block] = []
     before: set[str] | None = None
     for n in ir.nodes:
-        if n.op not in ADD_OPS or n.kwargs.get("alpha", 1) != 1:
+        if n.op not in Ops.Add or n.kwargs.get("alpha", 1) != 1:
             continue
         refs = [a.name for a in n.refs()]
         if len(refs) != 2 or refs[0] == refs[1] or not n.outputs:

@@ -1,9 +1,22 @@
 """Exceptions graphprune raises. Each message says what, where and how to fix."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from .reasons import Reason
+
 
 class GraphpruneError(Exception):
-    """Base class for every error graphprune raises on purpose."""
+    """Base class for every error graphprune raises on purpose.
+
+    ``reasons`` holds the structured records (graphprune.reasons.Reason) behind a refusal:
+    the frozen groups' or the unknown op's, for code to read instead of the message.
+    """
+
+    def __init__(self, *args: object, reasons: Iterable[Reason] = ()) -> None:
+        super().__init__(*args)
+        self.reasons = list(reasons)
 
 
 class TraceError(GraphpruneError):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from .blocks import find_blocks
 from .errors import PlanError
 from .ir import Graph
 from .kinds import group_kinds
+from .reasons import CONSTANT, MODEL_IO, OP_ARGUMENT, Reason, at
 from .rules.registry import Carry, apply_rules, declare_slots
 from .spaces import Solver, Term
 from .util.tables import table
@@ -38,8 +39,8 @@ class Group:
     id: int
     size: int
     members: list[Member]
-    frozen: list[str]
-    inexact: list[str]
+    frozen: list[Reason]  # why it cannot shrink (str(reason): the sentence users read)
+    inexact: list[Reason]  # why the pruned model cannot equal the masked original
     role: str  # "channel" | "outer" (blocks: heads, conv groups) | "inner" (head_dim, channel-in-group)
     _graph: "DependencyGraph" = field(repr=False)
 
@@ -71,7 +72,7 @@ class Group:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "size": self.size, "prunable": self.prunable, "role": self.role, "kind": self.kind,
-                "frozen": self.frozen, "inexact": self.inexact,
+                "frozen": [str(r) for r in self.frozen], "inexact": [str(r) for r in self.inexact],
                 "members": [{"name": m.name, "dim": m.dim, "span": _span(self, m)} for m in self.members]}
 
     def __str__(self) -> str:
@@ -80,10 +81,7 @@ class Group:
                  + ("" if self.exact else " (not oracle-exact)")]
         for m in self.members:
             lines.append(f"  {m.name} dim {m.dim} {_span(self, m)}")
-        for r in self.frozen[:3]:
-            lines.append(f"  frozen: {r}")
-        for r in self.inexact[:2]:
-            lines.append(f"  inexact: {r}")
+        lines += [f"  frozen: {r}" for r in self.frozen[:3]] + [f"  inexact: {r}" for r in self.inexact[:2]]
         return "\n".join(lines)
 
 
@@ -114,26 +112,28 @@ class DependencyGraph:
         self.carries: list[Carry] = ctx.carries
         self.masked_weights: set[str] = ctx.masked_weights
         self._tie_aliases()
+        users = graph.consumers()  # reasons about a value name the node that reads or makes it
         if freeze_io:
+            made = {o: n for n in graph.nodes for o in n.outputs}
             for name in graph.inputs:
                 for d in range(graph.values[name].rank):
-                    self.solver.freeze((name, d), f"model input '{name}' dim {d}")
+                    self.solver.freeze((name, d), Reason(MODEL_IO, f"model input '{name}' dim {d}", node=name))
             for name in graph.outputs:
                 for d in range(graph.values[name].rank):
-                    self.solver.freeze((name, d), f"model output '{name}' dim {d}")
+                    self.solver.freeze((name, d), at(MODEL_IO, f"model output '{name}' dim {d}", made.get(name)))
         # Back-ends slice float weights only: an integer constant indexed along a channel (a
         # one-hot's class ids compared against a feature) pins that channel.
         for v in graph.values.values():
             if v.kind == "const" and not v.dtype.startswith(("float", "bfloat")):
                 for d, size in enumerate(v.shape):
                     if isinstance(size, int) and size > 1:
-                        self.solver.freeze((v.name, d), f"indexes integer constant '{v.name}' (dim {d}); only "
-                                                        "float weights are sliced")
+                        why = f"indexes integer constant '{v.name}' (dim {d}); only float weights are sliced"
+                        self.solver.freeze((v.name, d), at(CONSTANT, why, (users[v.name] or [None])[0]))
         self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}
         if before_groups is not None:  # front-end freezes (sizes its back-end cannot rewrite)
             before_groups(self)
-        self._build_groups()
+        self._build_groups(users)
 
     # ---- construction ------------------------------------------------------------------
     def _tie_aliases(self) -> None:
@@ -146,7 +146,7 @@ class DependencyGraph:
                     for d in range(v.rank):
                         self.solver.tie((v.name, d), (other.name, d), f"tied weights {v.source} = {alias}")
 
-    def _build_groups(self) -> None:
+    def _build_groups(self, users: dict[str, list]) -> None:
         frozen = self.solver.frozen_reasons()
         inexact = self.solver.inexact_reasons()
         hidden = self.solver.hidden_atoms()
@@ -177,8 +177,9 @@ class DependencyGraph:
             role = "inner" if atom in inner else "outer" if atom in outer else "channel"
             reasons = list(frozen.get(atom, []))
             if atom not in flowing:
-                reasons.append(f"carried only by {members[atom][0].name} dim {members[atom][0].dim}: no tensor "
-                               "the graph computes carries it (an op argument, not a channel)")
+                m = members[atom][0]
+                reasons.append(at(OP_ARGUMENT, f"carried only by {m.name} dim {m.dim}: no tensor the graph computes "
+                                  "carries it (an op argument, not a channel)", (users[m.value] or [None])[0]))
             g = Group(atom, size, members[atom], reasons, inexact.get(atom, []), role, self)
             self.groups.append(g)
             self._by_atom[atom] = g
@@ -188,7 +189,6 @@ class DependencyGraph:
     def kinds(self) -> dict[int, str]:
         """Group id -> kind, read from the graph's attention sites and residual adds."""
         if getattr(self, "_kinds", None) is None:
-
             self._kinds = group_kinds(self)
         return self._kinds
 
@@ -199,6 +199,29 @@ class DependencyGraph:
         if gid not in self._by_atom:
             raise PlanError(f"no group with id {gid}; ids are {[g.id for g in self.groups][:20]}...")
         return self._by_atom[gid]
+
+    def check_plan(self, plan, misfit: Callable[[int, int], str] | None = None) -> None:
+        """Raise PlanError unless every group ``plan`` sizes is in this graph with that size (a
+        plan made for another model, or for this one before its code changed). ``misfit(gid, size)``
+        words the error for the caller's situation."""
+        for gid, size in plan.sizes.items():
+            if gid not in self._by_atom or self._by_atom[gid].size != size:
+                raise PlanError(misfit(gid, size) if misfit is not None else
+                                f"the plan does not fit this model: group {gid} (size {size}) is not in its graph")
+
+    def module_of(self, node: str) -> str:
+        """The module path IR node ``node`` ran in ("" for the top module, an ONNX node or an unknown name)."""
+        return self._nodes_info().get(node, ("", ""))[0]
+
+    def op_of(self, node: str) -> str:
+        """The op of IR node ``node`` ("" for an unknown name)."""
+        return self._nodes_info().get(node, ("", ""))[1]
+
+    def _nodes_info(self) -> dict[str, tuple[str, str]]:
+        # back-ends ask per carry and per site: one pass over the nodes, kept with the graph
+        if getattr(self, "_node_info", None) is None:
+            self._node_info = {n.name: (n.meta.get("module", ""), n.op) for n in self.ir.nodes}
+        return self._node_info
 
     def groups_of(self, name: str, dim: int) -> list[Group]:
         """Every group cutting through parameter ``name`` along ``dim``."""
@@ -238,7 +261,6 @@ class DependencyGraph:
     def blocks(self) -> list:
         """Residual branches that depth pruning may remove (graphprune/blocks.py)."""
         if getattr(self, "_blocks", None) is None:
-
             self._blocks = find_blocks(self.ir)
         return self._blocks
 
@@ -367,7 +389,7 @@ def groups_table(dg: DependencyGraph, limit: int = 60) -> str:
     for g in dg.groups[:limit]:
         first = g.members[0]
         state = "prunable" if g.prunable else "frozen"
-        why = (g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
+        why = str(g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
         rows.append([g.id, g.size, g.kind, g.role, state + ("" if g.exact else "*"), len(g.members),
                      f"{first.name}[{first.dim}]", why[:90]])
     text = table(["group", "size", "kind", "role", "state", "members", "first member", "reason"], rows)

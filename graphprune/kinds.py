@@ -25,21 +25,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .ops import Ops
+
 if TYPE_CHECKING:
     from .graph import DependencyGraph
 
 KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "channel", "conv_group", "group_channel")
-
-_SDPA = {"aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
-         "aten._scaled_dot_product_efficient_attention", "onnx.Attention"}
-_SOFTMAX = {"aten._softmax", "aten.softmax", "aten._safe_softmax", "onnx.Softmax"}
-_MATMUL = {"aten.matmul", "aten.bmm", "aten.einsum", "onnx.MatMul", "onnx.Einsum"}
-_ADD = {"aten.add", "aten.add_", "onnx.Add"}
-# Ops a score tensor may pass between its matmul and the softmax (scale, mask, bias, casts).
-_PASS = {"aten.mul", "aten.div", "aten.add", "aten.sub", "aten.masked_fill", "aten.where", "aten.to",
-         "aten._to_copy", "aten.type_as", "aten.float", "aten.dropout", "aten.clone", "aten.contiguous",
-         "aten.view", "aten.reshape", "aten._unsafe_view",
-         "onnx.Mul", "onnx.Div", "onnx.Add", "onnx.Sub", "onnx.Where", "onnx.Cast", "onnx.Dropout", "onnx.Reshape"}
 
 
 def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
@@ -88,10 +79,10 @@ def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
             producer[o] = n
     sites = []
     for n in dg.ir.nodes:
-        if n.op in _SDPA and len(n.inputs) >= 3:
+        if n.op in Ops.Attention and len(n.inputs) >= 3:
             q, k, v = n.inputs[:3]
             sites.append((n.name, q, k, v))
-        elif n.op in _SOFTMAX and n.inputs:
+        elif n.op in Ops.Softmax and n.inputs:
             qk = _walk_back(n.inputs[0], producer)
             pv = _walk_forward(n.outputs[0], consumers)
             if qk is not None and pv is not None and len(qk.inputs) >= 2 and len(pv.inputs) >= 2:
@@ -104,9 +95,9 @@ def _walk_back(value: str, producer: dict, hops: int = 6):
         node = producer.get(value)
         if node is None:
             return None
-        if node.op in _MATMUL:
+        if node.op in Ops.BatchedMatMul:
             return node
-        if node.op not in _PASS or not node.inputs:
+        if node.op not in Ops.ScorePath or not node.inputs:
             return None
         value = node.inputs[0]
     return None
@@ -118,9 +109,9 @@ def _walk_forward(value: str, consumers: dict, hops: int = 4):
         if len(users) != 1:
             return None
         node = users[0]
-        if node.op in _MATMUL and node.inputs and node.inputs[0] == value:
+        if node.op in Ops.BatchedMatMul and node.inputs and node.inputs[0] == value:
             return node
-        if node.op not in _PASS or not node.outputs:
+        if node.op not in Ops.ScorePath or not node.outputs:
             return None
         value = node.outputs[0]
     return None
@@ -195,7 +186,7 @@ def _residual_atoms(dg: "DependencyGraph", births: dict[int, set[str]]) -> set[i
     values = dg.ir.values
     summed: set[int] = set()
     for n in dg.ir.nodes:
-        if n.op in _ADD and len(n.inputs) >= 2:
+        if n.op in Ops.Add and len(n.inputs) >= 2:
             a, b = n.inputs[:2]
             if values[a].kind == "act" and values[b].kind == "act" and values[a].rank and values[b].rank:
                 summed.update(set(_atoms(dg, a, -1)) & set(_atoms(dg, b, -1)))

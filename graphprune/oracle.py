@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .planning.plan import PrunePlan, block_masks, keep_masks
+from .reasons import Reason
 
 
 @dataclass
@@ -23,7 +24,7 @@ class OracleReport:
     max_abs_diff: float
     atol: float
     checked_groups: list[int]
-    inexact_groups: dict[int, list[str]] = field(default_factory=dict)
+    inexact_groups: dict[int, list[Reason]] = field(default_factory=dict)  # str(reason): the sentence
     runtime: str = ""  # what ran both models, where it is not PyTorch ("onnxruntime")
     # the error relative to each output's magnitude: max |diff| / max(1, max |output|), worst output
     scaled_diff: float | None = None

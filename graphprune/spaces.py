@@ -2,7 +2,7 @@
 
 Every dim slot of every tensor starts as a fresh *atom* (an independent index
 space). Rules state relations between slots; the solver keeps, for each slot, a
-*layout* term describing its index space in terms of atoms:
+*layout* term (graphprune/layouts.py) describing its index space in terms of atoms:
 
     ("a", id)             an atom
     ("c", (t1, t2, ...))  concatenation: t1's indices, then t2's, ...
@@ -27,34 +27,29 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
-Term = tuple  # ("a", int) | ("c", tuple[Term, ...]) | ("p", tuple[Term, ...])
+from .layouts import CouplingError, Layouts, Term
+from .reasons import SHAPE_CONFLICT, SYMBOLIC, Reason
+
+__all__ = ["CouplingError", "SlotKey", "Solver", "Term"]
+
 SlotKey = Hashable
 
 
-class CouplingError(RuntimeError):
-    """A rule asked for a relation that cannot hold (a rule bug, not a model issue)."""
-
-
-class Solver:
+class Solver(Layouts):
     """Incremental unifier over slot layouts."""
 
     def __init__(self) -> None:
-        self._size: list[int | None] = []
-        self._bound: dict[int, Term] = {}
+        super().__init__()
         self._slot: dict[SlotKey, Term] = {}
         self._slot_size: dict[SlotKey, int | None] = {}
-        self._frozen: list[tuple[Term, str]] = []
-        self._inexact: list[tuple[Term, str]] = []
+        self._frozen: list[tuple[Term, Reason]] = []
+        self._inexact: list[tuple[Term, Reason]] = []
         self._hidden: list[Term] = []
         self._virtual = itertools.count()
-        self._generation = 0  # bumped by every binding: cached layouts are stale after one
+        self.origin: dict[str, str] = {}  # Reason fields of the node whose rule runs: conflicts name it
         self._slot_atoms: tuple[int, dict[SlotKey, tuple[Term, frozenset[int]]]] = (-1, {})
 
     # ---- construction -------------------------------------------------------------
-    def new_atom(self, size: int | None) -> Term:
-        self._size.append(size)
-        return ("a", len(self._size) - 1)
-
     def declare(self, key: SlotKey, size: int | None) -> None:
         """Register a slot with its size (None for a symbolic dim)."""
         if key in self._slot:
@@ -62,7 +57,7 @@ class Solver:
         self._slot[key] = self.new_atom(size)
         self._slot_size[key] = size
         if size is None:
-            self._frozen.append((self._slot[key], "symbolic (dynamic) size"))
+            self._frozen.append((self._slot[key], Reason(SYMBOLIC, "symbolic (dynamic) size")))
 
     def virtual(self, size: int, label: str = "v") -> SlotKey:
         """A slot that belongs to no tensor (the group count of a grouped conv, say)."""
@@ -84,7 +79,7 @@ class Solver:
             if sa is None and sb is None:
                 self._unify(self._slot[a], self._slot[b], where)
             elif (sa or sb) != 1:
-                self._conflict([self._slot[a], self._slot[b]], f"static and symbolic sizes meet at {where}")
+                self._conflict([self._slot[a], self._slot[b]], SYMBOLIC, f"static and symbolic sizes meet at {where}")
             return
         if sa == 1 or sb == 1 or sa == 0 or sb == 0:
             return
@@ -96,7 +91,8 @@ class Solver:
         """out's indices are parts[0]'s, then parts[1]'s, ..."""
         sizes = [self._slot_size[p] for p in parts]
         if any(s is None for s in sizes) or self._slot_size[out] is None:
-            self._conflict([self._slot[out]] + [self._slot[p] for p in parts], f"symbolic concat at {where}")
+            self._conflict([self._slot[out]] + [self._slot[p] for p in parts], SYMBOLIC,
+                           f"symbolic concat at {where}")
             return
         if sum(sizes) != self._slot_size[out]:
             raise CouplingError(f"concat sizes {sizes} do not add up to {self._slot_size[out]} at {where}")
@@ -107,22 +103,23 @@ class Solver:
         """flat = product of parts, outer-major (a reshape that splits or merges dims)."""
         sizes = [self._slot_size[p] for p in parts]
         if any(s is None for s in sizes) or self._slot_size[flat] is None:
-            self._conflict([self._slot[flat]] + [self._slot[p] for p in parts], f"symbolic reshape at {where}")
+            self._conflict([self._slot[flat]] + [self._slot[p] for p in parts], SYMBOLIC,
+                           f"symbolic reshape at {where}")
             return
         if int(np.prod(sizes, dtype=np.int64)) != self._slot_size[flat]:
             raise CouplingError(f"factor sizes {sizes} do not multiply to {self._slot_size[flat]} at {where}")
         self._unify(self._slot[flat], self._prod(tuple(self._slot[p] for p in parts)), where)
 
-    def freeze(self, key: SlotKey, reason: str) -> None:
-        self._frozen.append((self._slot[key], reason))
+    def freeze(self, key: SlotKey, reason: Reason) -> None:
+        self._frozen.append((self._slot[key], _checked(reason)))
 
-    def inexact(self, key: SlotKey, reason: str) -> None:
+    def inexact(self, key: SlotKey, reason: Reason) -> None:
         """Prunable, but the pruned model cannot equal the masked original (a norm over it)."""
-        self._inexact.append((self._slot[key], reason))
+        self._inexact.append((self._slot[key], _checked(reason)))
 
-    def hide(self, key: SlotKey, reason: str) -> None:
+    def hide(self, key: SlotKey, reason: Reason) -> None:
         """Freeze a slot that is not a channel at all (a kernel window): never a group."""
-        self._frozen.append((self._slot[key], reason))
+        self._frozen.append((self._slot[key], _checked(reason)))
         self._hidden.append(self._slot[key])
 
     # ---- queries --------------------------------------------------------------------------
@@ -142,33 +139,10 @@ class Solver:
             got = cache[key] = (term, frozenset(self.atoms(term)))
         return got
 
-    def atoms(self, term: Term) -> list[int]:
-        """Leaf atoms of a term, in first-occurrence order."""
-        out: dict[int, None] = {}
-        self._collect(self.resolve(term), out)
-        return list(out)
-
-    def size(self, term: Term) -> int | None:
-        kind, body = term
-        if kind == "a":
-            if body in self._bound:
-                return self.size(self._bound[body])
-            return self._size[body]
-        sizes = [self.size(t) for t in body]
-        if any(s is None for s in sizes):
-            return None
-        return int(sum(sizes)) if kind == "c" else int(np.prod(sizes, dtype=np.int64))
-
-    def atom_size(self, atom: int) -> int | None:
-        return self._size[atom]
-
-    def leaves(self) -> list[int]:
-        return [i for i in range(len(self._size)) if i not in self._bound]
-
-    def frozen_reasons(self) -> dict[int, list[str]]:
+    def frozen_reasons(self) -> dict[int, list[Reason]]:
         return self._reasons(self._frozen)
 
-    def inexact_reasons(self) -> dict[int, list[str]]:
+    def inexact_reasons(self) -> dict[int, list[Reason]]:
         return self._reasons(self._inexact)
 
     def hidden_atoms(self) -> set[int]:
@@ -177,80 +151,17 @@ class Solver:
             out.update(self.atoms(t))
         return out
 
-    def keep_mask(self, term: Term, pruned: dict[int, np.ndarray]) -> np.ndarray:
-        """Boolean mask over the term's positions: False where any pruned atom index sits.
-
-        ``pruned`` maps atom id -> boolean array over the atom's indices (True = pruned).
-        """
-        term = self.resolve(term)
-        kind, body = term
-        if kind == "a":
-            n = self._size[body]
-            return ~pruned[body] if body in pruned else np.ones(n, dtype=bool)
-        masks = [self.keep_mask(t, pruned) for t in body]
-        if kind == "c":
-            return np.concatenate(masks) if masks else np.ones(0, dtype=bool)
-        out = masks[0]
-        for m in masks[1:]:
-            out = np.logical_and.outer(out, m).reshape(-1)
-        return out
-
     # ---- internals ----------------------------------------------------------------------------
-    def resolve(self, term: Term) -> Term:
-        """Substitute bound atoms and normalise (flatten nesting, drop unit factors)."""
-        kind, body = term
-        if kind == "a":
-            if body in self._bound:
-                resolved = self.resolve(self._bound[body])
-                self._bound[body] = resolved  # path compression
-                return resolved
-            return term
-        parts = tuple(self.resolve(t) for t in body)
-        return self._cat(parts) if kind == "c" else self._prod(parts)
-
-    def _cat(self, parts: tuple[Term, ...]) -> Term:
-        flat: list[Term] = []
-        for p in parts:
-            if p[0] == "c":
-                flat.extend(p[1])
-            elif self.size(p) != 0:
-                flat.append(p)
-        return flat[0] if len(flat) == 1 else ("c", tuple(flat))
-
-    def _prod(self, parts: tuple[Term, ...]) -> Term:
-        flat: list[Term] = []
-        for p in parts:
-            if p[0] == "p":
-                flat.extend(p[1])
-            elif self.size(p) != 1:  # a unit factor cannot be pruned (floor of one kept index)
-                flat.append(p)
-        if not flat:
-            return parts[0] if parts else self.new_atom(1)
-        return flat[0] if len(flat) == 1 else ("p", tuple(flat))
-
-    def _collect(self, term: Term, out: dict[int, None]) -> None:
-        kind, body = term
-        if kind == "a":
-            out[body] = None
-        else:
-            for t in body:
-                self._collect(t, out)
-
-    def _reasons(self, items: Iterable[tuple[Term, str]]) -> dict[int, list[str]]:
-        out: dict[int, list[str]] = defaultdict(list)
+    def _reasons(self, items: Iterable[tuple[Term, Reason]]) -> dict[int, list[Reason]]:
+        out: dict[int, list[Reason]] = defaultdict(list)
         for term, reason in items:
             for atom in self.atoms(term):
                 if reason not in out[atom]:
                     out[atom].append(reason)
         return dict(out)
 
-    def _bind(self, atom: int, term: Term) -> None:
-        if atom in self.atoms(term):
-            raise CouplingError("cyclic layout")  # impossible with consistent sizes
-        self._bound[atom] = term
-        self._generation += 1
-
-    def _conflict(self, terms: list[Term], reason: str) -> None:
+    def _conflict(self, terms: list[Term], kind: str, detail: str) -> None:
+        reason = Reason(kind, detail, **self.origin)
         for t in terms:
             self._frozen.append((t, reason))
 
@@ -265,7 +176,7 @@ class Solver:
             if a[0] == "a" and b[0] == "a":
                 self._bind(a[1], b)
             else:
-                self._conflict([a, b], f"symbolic layouts at {where}")
+                self._conflict([a, b], SYMBOLIC, f"symbolic layouts at {where}")
             return
         if sa <= 1:
             return
@@ -290,7 +201,8 @@ class Solver:
             big, small_size, side = (x, sy, pa) if sx > sy else (y, sx, pb)
             pieces = self._split(big, small_size, where)
             if pieces is None:
-                self._conflict([a, b], f"concat/split boundaries do not align with a reshape at {where}")
+                self._conflict([a, b], SHAPE_CONFLICT,
+                               f"concat/split boundaries do not align with a reshape at {where}")
                 return
             side[0:1] = list(pieces)
 
@@ -306,7 +218,7 @@ class Solver:
             big, small, side, other = (x, sy, fa, fb) if sx > sy else (y, sx, fb, fa)
             pieces = self._factor(big, small, where) if big and small and self.size(big) % small == 0 else None
             if pieces is None:
-                self._conflict([a, b], f"reshapes regroup dims incompatibly at {where}")
+                self._conflict([a, b], SHAPE_CONFLICT, f"reshapes regroup dims incompatibly at {where}")
                 return
             side[0:1] = list(pieces)
 
@@ -404,3 +316,9 @@ class Solver:
         for other in inners[1:]:
             self._unify(inners[0], other, where)
         return ("c", tuple(outers)), inners[0]
+
+
+def _checked(reason: Reason) -> Reason:
+    if not isinstance(reason, Reason):  # a plain string would lose its kind silently
+        raise TypeError(f"a freeze or inexact reason is a graphprune.reasons.Reason, not {type(reason).__name__}")
+    return reason

@@ -21,13 +21,8 @@ from torch import nn
 
 from ..blocks import dead_values
 from ..errors import RewriteError
-
-# ops that map a zero tensor to a zero tensor whatever their other operands (first operand for div)
-_ZERO_KEEPING = {"aten.mul", "aten.div", "aten.permute", "aten.view", "aten.reshape", "aten._unsafe_view",
-                 "aten.transpose", "aten.contiguous", "aten.clone", "aten.dropout", "aten.alias", "aten._to_copy",
-                 "aten.to", "aten.expand", "aten.squeeze", "aten.unsqueeze", "aten.flatten", "aten.unflatten",
-                 "aten.type_as", "aten.neg", "aten.t", "aten.roll", "aten.slice", "aten.narrow", "aten.select",
-                 "aten.constant_pad_nd", "aten.pad"}
+from ..ops import Ops
+from ..util.torch_compat import pop_tensor, tree_leaves
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -94,8 +89,8 @@ def plan_modules(dg, blocks) -> tuple[dict[str, str], list[str], list[str]]:
             seen.add(p.name)
             walked.add(p.name)
             ins = [r for r in p.inputs if r in dead and ir.values[r].kind == "act"]
-            keeps = p.op in _ZERO_KEEPING and ins and not (p.op == "aten.div" and ins[0] != p.inputs[0])
-            if p.op in ("aten.add", "aten.add_", "aten.sub") and len(ins) == len(p.inputs) == 2:
+            keeps = p.op in Ops.KeepsZero and ins and not (p.op == "aten.div" and ins[0] != p.inputs[0])
+            if p.op in (Ops.Add | Ops.Sub) and len(ins) == len(p.inputs) == 2:
                 todo.extend(ins)
             elif keeps:
                 todo.append(ins[0])
@@ -110,16 +105,16 @@ def plan_modules(dg, blocks) -> tuple[dict[str, str], list[str], list[str]]:
     # a dead weight a live module still reads (a layer scale multiplying the zeroed branch): any
     # scalar does there, so it stops being a parameter (stored and counted) at all
     consumers = ir.consumers()
-    scalars = sorted({ir.values[r].source for n in ir.nodes if n.name in walked and n.op in ("aten.mul", "aten.div")
+    scalars = sorted({ir.values[r].source for n in ir.nodes if n.name in walked and n.op in Ops.Scale
                       for r in n.inputs if r in dead and ir.values[r].kind == "param" and
-                      all(c.name in walked and c.op in ("aten.mul", "aten.div") for c in consumers.get(r, []))})
+                      all(c.name in walked and c.op in Ops.Scale for c in consumers.get(r, []))})
     return zero, skip, [p for p in scalars if p and not any(p.startswith(m + ".") for m in list(zero) + skip)]
 
 
 def _no_op(ir, n) -> bool:
     """A same-dtype ``.to()`` (or alias): the tracer may hand its output to the add as the skip
     (it is the same tensor object), yet a :class:`Skip` in its module returns that very input."""
-    if n.op not in ("aten.to", "aten._to_copy", "aten.alias", "aten.contiguous") or len(n.outputs) != 1:
+    if n.op not in Ops.MayAlias or len(n.outputs) != 1:
         return False
     ins = [r for r in n.inputs]
     if len(ins) != 1:
@@ -186,7 +181,7 @@ def remove_blocks(model: nn.Module, dg, blocks, args: tuple, kwargs: dict | None
     for p in scalars:
         owner, _, attr = p.rpartition(".")
         mod = model.get_submodule(owner) if owner else model
-        old[p] = mod._parameters.pop(attr) if attr in mod._parameters else mod._buffers.pop(attr)
+        old[p] = pop_tensor(mod, attr)
         setattr(mod, attr, torch.ones((), dtype=old[p].dtype, device=old[p].device))
     try:
         with torch.no_grad():
@@ -215,5 +210,5 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def _flat(out: Any) -> list[torch.Tensor]:
-    leaves = torch.utils._pytree.tree_leaves(out)
+    leaves = tree_leaves(out)
     return [t.detach() for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]

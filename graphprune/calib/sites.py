@@ -14,9 +14,7 @@ import numpy as np
 
 from ..graph import DependencyGraph
 from ..ir import Node, Ref
-
-_LINEAR = {"aten.linear"}
-_CONV = {"aten.conv1d", "aten.conv2d", "aten.conv3d"}
+from ..ops import Ops
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,43 +62,52 @@ def _ints(v, n: int, default: int) -> tuple[int, ...]:
 def _site(node: Node, dg: DependencyGraph) -> Site | None:
     values, op, a = dg.ir.values, node.op, node.args
     weight = lambda name: name is not None and values[name].kind in ("param", "buffer", "const")  # noqa: E731
-    if op in _LINEAR and weight(_ref(a[1])):
+    if op in Ops.Linear and weight(_ref(a[1])):
+        if op == "onnx.Gemm":
+            return _gemm_site(node, values)
         b = _ref(a[2]) if len(a) > 2 else _ref(node.kwargs.get("bias"))
         return Site(node.name, a[0].name, a[1].name, b, 1, 0, -1, "linear")
     if op == "aten.addmm" and weight(_ref(a[2])) and values[a[2].name].rank == 2:  # GPT-2's Conv1D: b + x @ W
         return Site(node.name, a[1].name, a[2].name, _ref(a[0]), 0, 1, -1, "linear")
-    if op in ("aten.matmul", "aten.mm", "onnx.MatMul") and weight(_ref(a[1])) and values[a[1].name].rank == 2 \
-            and not weight(_ref(a[0])):
+    if op in Ops.MatMul and weight(_ref(a[1])) and values[a[1].name].rank == 2 and not weight(_ref(a[0])):
         return Site(node.name, a[0].name, a[1].name, None, 0, 1, -1, "linear")
-    if op == "onnx.Gemm" and weight(_ref(a[1])) and not node.kwargs.get("transA", 0):
-        trans = bool(node.kwargs.get("transB", 0))
-        b = _ref(a[2]) if len(a) > 2 else None
-        if b is not None and values[b].rank != 1:
-            b = None  # a 2-D C is no per-output bias
-        return Site(node.name, a[0].name, a[1].name, b, 1 if trans else 0, 0 if trans else 1, -1, "linear")
-    if op in _CONV and weight(_ref(a[1])):
-        nsp = values[a[1].name].rank - 2
-        arg = lambda i, key, default: a[i] if len(a) > i else node.kwargs.get(key, default)  # noqa: E731
-        if values[a[0].name].rank != nsp + 2:
-            return None  # unbatched convolution
-        return Site(node.name, a[0].name, a[1].name, _ref(arg(2, "bias", None)), 1, 0, 1, "conv",
-                    tuple(values[a[1].name].shape[2:]), _ints(arg(3, "stride", 1), nsp, 1),
-                    _ints(arg(4, "padding", 0), nsp, 0), _ints(arg(5, "dilation", 1), nsp, 1),
-                    int(arg(6, "groups", 1)))
-    if op == "onnx.Conv" and weight(_ref(a[1])):
-        nsp = values[a[1].name].rank - 2
-        k = node.kwargs
-        pads = k.get("pads")
-        if k.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or (pads and list(pads[:nsp]) != list(pads[nsp:])):
-            padding = None  # asymmetric padding: the unfold cannot reproduce it
-        else:
-            padding = _ints(pads[:nsp] if pads else 0, nsp, 0)
-        if padding is None:
-            return None
-        return Site(node.name, a[0].name, a[1].name, _ref(a[2]) if len(a) > 2 else None, 1, 0, 1, "conv",
-                    tuple(values[a[1].name].shape[2:]), _ints(k.get("strides"), nsp, 1), padding,
-                    _ints(k.get("dilations"), nsp, 1), int(k.get("group", 1)))
+    if op in Ops.Conv and weight(_ref(a[1])):
+        return _onnx_conv_site(node, values) if op.startswith("onnx.") else _conv_site(node, values)
     return None
+
+
+def _gemm_site(node: Node, values) -> Site | None:
+    a, k = node.args, node.kwargs
+    if k.get("transA", 0):
+        return None
+    trans = bool(k.get("transB", 0))
+    b = _ref(a[2]) if len(a) > 2 else None
+    if b is not None and values[b].rank != 1:
+        b = None  # a 2-D C is no per-output bias
+    return Site(node.name, a[0].name, a[1].name, b, 1 if trans else 0, 0 if trans else 1, -1, "linear")
+
+
+def _conv_site(node: Node, values) -> Site | None:
+    a = node.args
+    nsp = values[a[1].name].rank - 2
+    arg = lambda i, key, default: a[i] if len(a) > i else node.kwargs.get(key, default)  # noqa: E731
+    if values[a[0].name].rank != nsp + 2:
+        return None  # unbatched convolution
+    return Site(node.name, a[0].name, a[1].name, _ref(arg(2, "bias", None)), 1, 0, 1, "conv",
+                tuple(values[a[1].name].shape[2:]), _ints(arg(3, "stride", 1), nsp, 1),
+                _ints(arg(4, "padding", 0), nsp, 0), _ints(arg(5, "dilation", 1), nsp, 1),
+                int(arg(6, "groups", 1)))
+
+
+def _onnx_conv_site(node: Node, values) -> Site | None:
+    a, k = node.args, node.kwargs
+    nsp = values[a[1].name].rank - 2
+    pads = k.get("pads")
+    if k.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or (pads and list(pads[:nsp]) != list(pads[nsp:])):
+        return None  # asymmetric padding: the unfold cannot reproduce it
+    return Site(node.name, a[0].name, a[1].name, _ref(a[2]) if len(a) > 2 else None, 1, 0, 1, "conv",
+                tuple(values[a[1].name].shape[2:]), _ints(k.get("strides"), nsp, 1),
+                _ints(pads[:nsp] if pads else 0, nsp, 0), _ints(k.get("dilations"), nsp, 1), int(k.get("group", 1)))
 
 
 def find_sites(dg: DependencyGraph) -> list[Site]:

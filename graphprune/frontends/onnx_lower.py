@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from ..backends.onnx_rewrite import OnnxModel, locate, vector_lengths
 from ..errors import TraceError
 from ..ir import Graph, Node, Ref, Value
+from ..reasons import COMPUTED, Reason
 
 _MAX_DATA = 64  # int tensors up to this size are evaluated and kept as data
 
@@ -93,6 +94,7 @@ def freeze_unreachable(dg, model: onnx.ModelProto) -> None:
     """Freeze sizes spelled by shape arithmetic the ONNX rewrite cannot follow."""
 
     m = OnnxModel(model, vector_lengths(dg))
+    ops = {n.name: n.op for n in dg.ir.nodes}
     for c in dg.carries:
         if isinstance(c.path[0], str):
             continue
@@ -100,7 +102,8 @@ def freeze_unreachable(dg, model: onnx.ModelProto) -> None:
         if node is None or c.path[0] >= len(node.input):
             continue
         if locate(m, node.input[c.path[0]], c.path[1] if len(c.path) > 1 else 0) is None:
-            dg.solver.freeze(c.key, f"size {c.value} computed by shape arithmetic at onnx node '{c.node}'")
+            dg.solver.freeze(c.key, Reason(COMPUTED, f"size {c.value} computed by shape arithmetic at onnx node "
+                                           f"'{c.node}'", op=ops.get(c.node, ""), node=c.node))
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

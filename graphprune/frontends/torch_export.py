@@ -15,6 +15,7 @@ import torch
 from ..errors import TraceError
 from ..io.onnx_export import quiet_torch
 from ..ir import Graph, Node, Ref, Value
+from ..util.torch_compat import is_op_overload, is_op_packet, op_qualname, tree_leaves
 
 _SKIP_OPS = {"aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_size", "aten.sym_numel",
              "aten.sym_stride", "aten.sym_storage_offset", "aten._assert_async", "aten.sym_constrain_range_for_size"}
@@ -60,10 +61,10 @@ def is_tensor_cache(attr: str, val: Any) -> bool:
 
 def op_id(target: Any) -> str:
     """Canonical op id: 'aten.conv2d' for torch.ops.aten.conv2d.default."""
-    if isinstance(target, torch._ops.OpOverload):
-        ns, name = target._schema.name.split("::")
+    if is_op_overload(target):
+        ns, name = op_qualname(target).split("::")
         return f"{ns}.{name}"
-    if isinstance(target, torch._ops.OpOverloadPacket):
+    if is_op_packet(target):
         return f"aten.{target.__name__}"
     return f"python.{getattr(target, '__name__', repr(target))}"
 
@@ -132,93 +133,115 @@ def _lower_nodes(g: Graph, gm: torch.fx.GraphModule | None, nodes, names: dict[s
                  kind_of: dict[str, tuple[str, str]], prefix: str) -> list:
     """Lower fx ``nodes`` into ``g``; values of an inlined subgraph are named ``prefix + name``.
     Returns the IR names the graph's output node returns (for inlining)."""
-
-    def conv(a: Any) -> Any:
-        if isinstance(a, torch.fx.Node):
-            mapped = names.get(a.name)
-            if isinstance(mapped, str):
-                return Ref(mapped)
-            return f"sym:{a.name}"
-        if isinstance(a, (list, tuple)):
-            return [conv(x) for x in a]
-        if isinstance(a, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
-            return str(a)
-        if isinstance(a, torch.SymInt):
-            return f"sym:{a}"
-        return a
-
     returned: list = []
     for node in nodes:
-        val = node.meta.get("val")
-        if node.op == "placeholder" and prefix:
-            continue  # bound by the caller
-        if node.op == "get_attr" and not prefix and node.name in kind_of and isinstance(val, torch.Tensor):
-            kind, source = kind_of[node.name]  # a recorded trace's weights (frontends/torch_record.py)
-            g.add_value(Value(node.name, _shape(val), str(val.dtype).replace("torch.", ""), kind, source))
-            names[node.name] = node.name
-            continue
-        if node.op == "placeholder":
-            kind, source = kind_of.get(node.name, ("input", node.name))
-            if isinstance(val, torch.Tensor):
-                g.add_value(Value(node.name, _shape(val), str(val.dtype).replace("torch.", ""), kind, source))
-                names[node.name] = node.name
-                if kind == "input":
-                    g.inputs.append(node.name)
-            continue
-        if node.op == "output" and prefix:
+        if node.op in ("placeholder", "get_attr") and not prefix:  # an inlined body's are bound by the caller
+            _lower_input(g, node, names, kind_of)
+        elif node.op == "output" and prefix:
             returned = [names.get(a.name) if isinstance(a, torch.fx.Node) else None
-                        for a in torch.utils._pytree.tree_leaves(node.args[0])]
-            continue
-        if node.op == "output":
-            for out in torch.utils._pytree.tree_leaves(node.args[0]):
+                        for a in tree_leaves(node.args[0])]
+        elif node.op == "output":
+            for out in tree_leaves(node.args[0]):
                 if isinstance(out, torch.fx.Node) and isinstance(names.get(out.name), str):
                     g.outputs.append(names[out.name])
-            continue
-        if node.op != "call_function":
-            continue
-        if node.target is operator.getitem:
-            src = names.get(node.args[0].name)
-            if isinstance(src, list) and isinstance(node.args[1], int):
-                names[node.name] = src[node.args[1]]
-            continue
-        op = op_id(node.target)
-        if op in _SKIP_OPS:
-            continue
-        if op in WRAPPERS:
-            at = wrapped_body_index(node)
-            sub = getattr(gm, node.args[at].target)
-            operands = node.args[at + 1:]
-            inner: dict[str, Any] = {}
-            for ph, a in zip([n for n in sub.graph.nodes if n.op == "placeholder"], operands):
-                inner[ph.name] = names.get(a.name) if isinstance(a, torch.fx.Node) else None
-            outs = _lower_nodes(g, sub, sub.graph.nodes, inner, kind_of, prefix + node.name + "/")
-            names[node.name] = [o or "" for o in outs]
-            continue
-        vals = val if isinstance(val, (list, tuple)) else [val]
-        outs: list[str] = []
-        for i, v in enumerate(vals):
-            if isinstance(v, torch.Tensor):
-                name = prefix + node.name if not isinstance(val, (list, tuple)) else f"{prefix}{node.name}.{i}"
-                g.add_value(Value(name, _shape(v), str(v.dtype).replace("torch.", ""), "act"))
-                outs.append(name)
-            else:
-                outs.append("")
-        if not any(outs):
-            continue
-        names[node.name] = outs if isinstance(val, (list, tuple)) else outs[0]
-        stack = node.meta.get("nn_module_stack") or {}
-        module_path, module_type = ("", "")
-        if stack:
-            module_path, module_type = list(stack.values())[-1]
-            module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
-        meta = {"module": module_path, "module_type": module_type, "source": _source_line(node.meta),
-                "modules": [path for path, _ in stack.values()]}  # outermost first: depth pruning's module map
-        g.nodes.append(Node(prefix + node.name, op, tuple(conv(a) for a in node.args),
-                            {k: conv(v) for k, v in node.kwargs.items()}, [o for o in outs if o], meta))
-        # Multi-output ops keep positional output names so rules can index them.
-        if isinstance(val, (list, tuple)) and not all(outs):
-            g.nodes[-1].outputs = [o for o in outs if o]
+        elif node.op == "call_function":
+            _lower_call(g, gm, node, names, kind_of, prefix)
     return returned
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _lower_input(g: Graph, node: torch.fx.Node, names: dict[str, Any], kind_of: dict[str, tuple[str, str]]) -> None:
+    """A placeholder, or a recorded trace's weight (a get_attr), as an IR value."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return
+    if node.op == "get_attr":
+        if node.name not in kind_of:
+            return
+        kind, source = kind_of[node.name]  # a recorded trace's weights (frontends/torch_record.py)
+    else:
+        kind, source = kind_of.get(node.name, ("input", node.name))
+    g.add_value(Value(node.name, _shape(val), _dtype(val), kind, source))
+    names[node.name] = node.name
+    if node.op == "placeholder" and kind == "input":
+        g.inputs.append(node.name)
+
+
+def _ir_arg(a: Any, names: dict[str, Any]) -> Any:
+    """An fx argument as the IR spells it: a Ref to a lowered value, 'sym:' for any other
+    node or symbolic size, a string for torch's dtype/device/layout."""
+    if isinstance(a, torch.fx.Node):
+        mapped = names.get(a.name)
+        if isinstance(mapped, str):
+            return Ref(mapped)
+        return f"sym:{a.name}"
+    if isinstance(a, (list, tuple)):
+        return [_ir_arg(x, names) for x in a]
+    if isinstance(a, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        return str(a)
+    if isinstance(a, torch.SymInt):
+        return f"sym:{a}"
+    return a
+
+
+def _node_meta(node: torch.fx.Node) -> dict[str, Any]:
+    """Where a node comes from: its module's path and type, its source line, the modules around it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    module_path, module_type = ("", "")
+    if stack:
+        module_path, module_type = list(stack.values())[-1]
+        module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
+    return {"module": module_path, "module_type": module_type, "source": _source_line(node.meta),
+            "modules": [path for path, _ in stack.values()]}  # outermost first: depth pruning's module map
+
+
+def _inline_wrapper(g: Graph, gm: torch.fx.GraphModule | None, node: torch.fx.Node, names: dict[str, Any],
+                    kind_of: dict[str, tuple[str, str]], prefix: str) -> list[str]:
+    """Lower a wrapper's body in place of the wrapper; returns the IR names of its outputs."""
+    at = wrapped_body_index(node)
+    sub = getattr(gm, node.args[at].target)
+    inner: dict[str, Any] = {}
+    for ph, a in zip([n for n in sub.graph.nodes if n.op == "placeholder"], node.args[at + 1:]):
+        inner[ph.name] = names.get(a.name) if isinstance(a, torch.fx.Node) else None
+    outs = _lower_nodes(g, sub, sub.graph.nodes, inner, kind_of, prefix + node.name + "/")
+    return [o or "" for o in outs]
+
+
+def _lower_call(g: Graph, gm: torch.fx.GraphModule | None, node: torch.fx.Node, names: dict[str, Any],
+                kind_of: dict[str, tuple[str, str]], prefix: str) -> None:
+    """Lower one call_function node: a getitem is resolved to the value it picks, a wrapper is
+    inlined, any other op becomes an IR node with a value per tensor output."""
+    if node.target is operator.getitem:
+        src = names.get(node.args[0].name)
+        if isinstance(src, list) and isinstance(node.args[1], int):
+            names[node.name] = src[node.args[1]]
+        return
+    op = op_id(node.target)
+    if op in _SKIP_OPS:
+        return
+    if op in WRAPPERS:
+        names[node.name] = _inline_wrapper(g, gm, node, names, kind_of, prefix)
+        return
+    val = node.meta.get("val")
+    multi = isinstance(val, (list, tuple))
+    outs: list[str] = []
+    for i, v in enumerate(val if multi else [val]):
+        if isinstance(v, torch.Tensor):
+            # multi-output ops keep positional output names so rules can index them
+            name = f"{prefix}{node.name}.{i}" if multi else prefix + node.name
+            g.add_value(Value(name, _shape(v), _dtype(v), "act"))
+            outs.append(name)
+        else:
+            outs.append("")
+    if not any(outs):
+        return
+    names[node.name] = outs if multi else outs[0]
+    g.nodes.append(Node(prefix + node.name, op, tuple(_ir_arg(a, names) for a in node.args),
+                        {k: _ir_arg(v, names) for k, v in node.kwargs.items()}, [o for o in outs if o],
+                        _node_meta(node)))
 
 
 def tied_aliases(model: torch.nn.Module) -> dict[str, list[str]]:

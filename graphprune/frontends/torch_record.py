@@ -30,9 +30,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_leaves
 
 from ..errors import TraceError
+from ..util.torch_compat import (
+    PreDispatchModeBase,
+    export_flags,
+    init_predispatch_mode,
+    no_python_dispatcher,
+    own_buffers,
+    own_params,
+    python_dispatcher,
+    reparametrize,
+    tree_flatten,
+    tree_leaves,
+    tree_map,
+)
 from . import meta_shapes
 from .torch_export import export_program, is_tensor_cache
 
@@ -130,20 +142,10 @@ class _ModuleStack:
             self.current = dict(self.stack)
 
 
-def _recorder_base():
-    # torch admits only its own mode classes at the pre-dispatch key; SchemaCheckMode's
-    # slot is the one nothing else uses while we record.
-    from torch._subclasses.schema_check_mode import SchemaCheckMode
-
-    return SchemaCheckMode
-
-
-class _Recorder(_recorder_base()):
+class _Recorder(PreDispatchModeBase):
     def __init__(self, graph: torch.fx.Graph, env: "_Values", constant, modules: _ModuleStack,
                  on_meta: bool) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        TorchDispatchMode.__init__(self, _dispatch_key=torch._C.DispatchKey.PreDispatch)
+        init_predispatch_mode(self)
         self.graph, self.env, self.constant, self.modules = graph, env, constant, modules
         self.on_meta = on_meta
         self.device: torch.device | None = None
@@ -153,7 +155,7 @@ class _Recorder(_recorder_base()):
         name = _op_name(func)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             raise Unrecordable(f"the forward reads tensor data ({name})")
-        with torch._C._DisablePythonDispatcher():  # the op's own kernels: C++ meta where torch has one
+        with no_python_dispatcher():  # the op's own kernels: C++ meta where torch has one
             out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
             # the node's stand-in (made here: a meta tensor costs twice as much under the Python dispatcher)
             if isinstance(out, torch.Tensor):
@@ -163,7 +165,7 @@ class _Recorder(_recorder_base()):
             else:
                 val = out
         node = self.graph.create_node("call_function", func, self._args(args), self._args(kwargs),
-                                      name=func._overloadpacket.__name__)
+                                      name=func.overloadpacket.__name__)
         meta = node.meta
         meta["nn_module_stack"] = self.modules.current
         frame = _user_frame()
@@ -223,7 +225,7 @@ def _walk(model: torch.nn.Module):
     seen: set[int] = set()
     for mpath, mod in model.named_modules(remove_duplicate=False):
         prefix = f"{mpath}." if mpath else ""
-        for store, out in ((mod._parameters, params), (mod._buffers, buffers)):
+        for store, out in ((own_params(mod), params), (own_buffers(mod), buffers)):
             for name, t in store.items():
                 if t is None:
                     continue
@@ -238,17 +240,6 @@ def _walk(model: torch.nn.Module):
                 caches.append(val)
     weights = [("param", p, t) for p, t in params] + [("buffer", p, t) for p, t in buffers]
     return weights, aliases, owners, caches
-
-
-@contextlib.contextmanager
-def _export_flags():
-    """What torch.export sets, so library code takes its export-friendly paths."""
-    old = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
-    torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
-    try:
-        yield
-    finally:
-        torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = old
 
 
 def _input_names(model: torch.nn.Module, args: tuple, kwargs: dict) -> list[str]:
@@ -269,6 +260,61 @@ def _input_names(model: torch.nn.Module, args: tuple, kwargs: dict) -> list[str]
     return names
 
 
+def _placeholders(graph: torch.fx.Graph, env: _Values, model: torch.nn.Module, args: tuple, kwargs: dict):
+    """A placeholder per flattened input, named as export names them; returns the inputs' pytree spec."""
+    flat, in_spec = tree_flatten((args, kwargs))
+    names = _input_names(model, args, kwargs)
+    if len(names) != len(flat):
+        names = [f"arg{i}" for i in range(len(flat))]
+    for name, t in zip(names, flat):
+        ph = graph.placeholder(name)
+        if isinstance(t, torch.Tensor):
+            ph.meta["val"] = _meta_like(t)
+            env[t] = ph
+    return in_spec
+
+
+def _weight_nodes(graph: torch.fx.Graph, env: _Values, weights: list, aliases: dict, device: str,
+                  root: dict[str, torch.Tensor], kinds: dict[str, tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """A get_attr node per weight (into ``root`` and ``kinds``), ahead of the placeholders.
+    Returns the stand-ins the recorded forward sees, by every path of every weight."""
+    by_id: dict[int, torch.Tensor] = {}  # id of a weight -> what the recorded forward sees instead
+    first = next(iter(graph.nodes), None)
+    for kind, path, t in weights:
+        val = _meta_like(t)
+        new = val if device == "meta" else t if kind == "param" else t.clone()  # (a meta stand-in is never written)
+        by_id[id(t)] = new
+        root[path] = t
+        name = ("p_" if kind == "param" else "b_") + path.replace(".", "_")
+        with graph.inserting_before(first) if first is not None else contextlib.nullcontext():
+            node = graph.create_node("get_attr", path, name=name)
+        node.meta["val"] = val
+        kinds[node.name] = (kind, path)
+        env[new] = node
+    return {path: by_id[id(t)] for path, t in aliases.items()}  # tied names get the one stand-in
+
+
+def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: dict[str, torch.Tensor],
+                  recorder: _Recorder, stack: _ModuleStack, caches: list[dict]) -> Any:
+    """Run the forward on the stand-ins under the recorder; returns its output."""
+    for cache in caches:
+        cache.clear()  # a cache filled earlier would be read instead of the stand-ins
+    pre = torch.nn.modules.module.register_module_forward_pre_hook(stack.push)
+    post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
+    try:
+        with torch.no_grad(), export_flags(), reparametrize(model, stand_in), python_dispatcher(), recorder:
+            return model(*args, **kwargs)
+    except Unrecordable:
+        raise
+    except Exception as exc:  # whatever the forward raises, export will say it better
+        raise Unrecordable(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        pre.remove()
+        post.remove()
+        for cache in caches:
+            cache.clear()  # and one the recorded forward filled holds stand-ins
+
+
 def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, device: str | None = None) -> Trace:
     """Record one forward of ``model`` without changing it.
 
@@ -276,9 +322,6 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     and the model's buffers cannot be written), or with ``device="real"`` the parameters
     themselves and copies of the buffers. Raises :class:`Unrecordable` where only
     torch.export can tell what is wrong (a data-dependent forward, a failing one)."""
-    from torch._dispatch.python import enable_python_dispatcher
-    from torch.nn.utils.stateless import _reparametrize_module
-
     kwargs = dict(kwargs or {})
     device = device or "meta"
     graph = torch.fx.Graph()
@@ -287,33 +330,12 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     home = next((t.device for t in tree_leaves((tuple(args), kwargs)) if isinstance(t, torch.Tensor)),
                 next((t.device for t in model.parameters()), torch.device("cpu")))
     if device == "meta":
-        args, kwargs = torch.utils._pytree.tree_map(
-            lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (tuple(args), kwargs))
-    flat, in_spec = tree_flatten((tuple(args), kwargs))
-    names = _input_names(model, tuple(args), kwargs)
-    if len(names) != len(flat):
-        names = [f"arg{i}" for i in range(len(flat))]
-    for name, t in zip(names, flat):
-        ph = graph.placeholder(name)
-        if isinstance(t, torch.Tensor):
-            ph.meta["val"] = _meta_like(t)
-            env[t] = ph
+        args, kwargs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (tuple(args), kwargs))
+    in_spec = _placeholders(graph, env, model, tuple(args), kwargs)
     user_inputs = [n.name for n in graph.nodes]
     weights, aliases, owners, caches = _walk(model)
     root: dict[str, torch.Tensor] = {}  # get_attr target -> the model's tensor (what the interpreter reads)
-    by_id: dict[int, torch.Tensor] = {}  # id of a weight -> what the recorded forward sees instead
-    first = next(iter(graph.nodes), None)
-    for kind, path, t in weights:
-        val = _meta_like(t)
-        new = val if device == "meta" else t if kind == "param" else t.clone()  # (a meta stand-in is never written)
-        by_id[id(t)] = new
-        root[path] = t
-        with graph.inserting_before(first) if first is not None else contextlib.nullcontext():
-            node = graph.create_node("get_attr", path, name=("p_" if kind == "param" else "b_") + path.replace(".", "_"))
-        node.meta["val"] = val
-        kinds[node.name] = (kind, path)
-        env[new] = node
-    stand_in = {path: by_id[id(t)] for path, t in aliases.items()}  # tied names get the one stand-in
+    stand_in = _weight_nodes(graph, env, weights, aliases, device, root, kinds)
     n_weights = len(root)
 
     def constant(t: torch.Tensor) -> torch.fx.Node:
@@ -325,26 +347,10 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
         env[t] = node
         return node
 
-    for cache in caches:
-        cache.clear()  # a cache filled earlier would be read instead of the stand-ins
     stack = _ModuleStack(model)
     recorder = _Recorder(graph, env, constant, stack, device == "meta")
     recorder.device = home
-    pre = torch.nn.modules.module.register_module_forward_pre_hook(stack.push)
-    post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
-    try:
-        with torch.no_grad(), _export_flags(), _reparametrize_module(model, stand_in), \
-                enable_python_dispatcher(), recorder:
-            out = model(*args, **kwargs)
-    except Unrecordable:
-        raise
-    except Exception as exc:  # whatever the forward raises, export will say it better
-        raise Unrecordable(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        pre.remove()
-        post.remove()
-        for cache in caches:
-            cache.clear()  # and one the recorded forward filled holds stand-ins
+    out = _run_recorded(model, args, kwargs, stand_in, recorder, stack, caches)
     outs = []
     for t in tree_leaves(out):
         if isinstance(t, torch.Tensor):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Group
+from ..ops import Ops
 from .base import ScoreContext, register_importance, scatter, with_fallback
-
-_BN = {"aten.batch_norm", "aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
-       "onnx.BatchNormalization"}
 
 
 def magnitude(ctx: ScoreContext, groups: list[Group], p: int) -> dict[int, np.ndarray]:
@@ -119,7 +117,7 @@ def bn_scale(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """|gamma| of the BatchNorm scales the index owns (network slimming); L2 where no BN is."""
     bn_weights = set()
     for n in ctx.dg.ir.nodes:
-        if n.op in _BN and len(n.inputs) > 1:
+        if n.op in Ops.BatchNorm and len(n.inputs) > 1:
             w = ctx.dg.ir.values[n.inputs[1]]
             if w.kind == "param":
                 bn_weights.add(w.source or w.name)

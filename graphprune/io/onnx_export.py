@@ -15,6 +15,7 @@ import torch
 from ..errors import GraphpruneError
 from ..oracle import max_abs_diff, scaled_diff
 from ..util.atomic import atomic_path
+from ..util.torch_compat import tree_leaves
 
 
 @dataclass
@@ -126,7 +127,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
         got = sess.run(None, feeds)
         with torch.no_grad():
-            want = [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(model(*args, **kwargs))
+            want = [t.detach().cpu().numpy() for t in tree_leaves(model(*args, **kwargs))
                     if isinstance(t, torch.Tensor)]
         if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
             raise GraphpruneError(f"ONNX outputs {[g.shape for g in got]} do not match PyTorch {[w.shape for w in want]}")

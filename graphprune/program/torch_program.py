@@ -26,7 +26,9 @@ from ..frontends.torch_record import trace_model
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session
 from ..planning.plan import keep_masks
+from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
+from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
 from .torch_run import Walk, as_batch
@@ -80,7 +82,7 @@ class TorchProgram(Program):
                       "or buffer; a cache an earlier forward filled?) cannot be rewritten: register it as a buffer, "
                       "or prune a model that has not run yet")
             for d in range(v.rank):
-                dg.solver.freeze((v.name, d), reason)
+                dg.solver.freeze((v.name, d), Reason(LIFTED_CONSTANT, reason))
 
     def _resolves(self, path: str) -> bool:
         owner, _, attr = path.rpartition(".")
@@ -121,13 +123,11 @@ class TorchProgram(Program):
         batch's shapes (cached per shape). Statistics and masks are keyed by node, so that trace
         must be the example's op for op; a forward whose ops change with the input shape is
         refused, naming the first node that differs."""
-        from torch.fx._pytree import tree_flatten_spec
-
         main = self.trace()
         args, kwargs = batch
         where = f"calibration batch {k}" if k is not None else "a batch"
         try:
-            flat = tree_flatten_spec((tuple(args), dict(kwargs)), main.in_spec)
+            flat = fx_flatten_spec((tuple(args), dict(kwargs)), main.in_spec)
         except Exception as exc:  # pytree raises several types on a structure mismatch
             raise PlanError(f"{where} does not have the structure of the example inputs: {exc}") from exc
         got = [tuple(t.shape) for t in flat if isinstance(t, torch.Tensor)]
@@ -184,7 +184,7 @@ class TorchProgram(Program):
         out = self.run_raw(batch, masks, capture, on_capture, outputs)
         if not outputs:
             return None
-        return [t.detach().double().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)
+        return [t.detach().double().cpu().numpy() for t in tree_leaves(out)
                 if isinstance(t, torch.Tensor)]
 
     def valid_rows(self, batch):
@@ -192,7 +192,7 @@ class TorchProgram(Program):
         return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def first_input(self, batch):
-        first = next((t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, torch.Tensor)), None)
+        first = next((t for t in tree_leaves(batch) if isinstance(t, torch.Tensor)), None)
         return None if first is None else (tuple(first.shape), not first.is_floating_point())
 
     def run_variants(self, batches, variants):
@@ -211,7 +211,7 @@ class TorchProgram(Program):
             for k in range(len(batches)):
                 out = fork.outputs(k)
                 fork.envs[k] = {}
-                yield v, k, [t.detach().float().cpu().numpy() for t in torch.utils._pytree.tree_leaves(out)
+                yield v, k, [t.detach().float().cpu().numpy() for t in tree_leaves(out)
                              if isinstance(t, torch.Tensor)]
 
     def gradients(self, batches, loss_fn):
@@ -247,7 +247,7 @@ class TorchProgram(Program):
         out = set()
         for s in sites:
             mod = self._module(nodes[s.node].meta.get("module", ""))
-            if isinstance(mod, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and mod.bias is None and s.b is None:
+            if isinstance(mod, (torch.nn.Linear, ConvNd)) and mod.bias is None and s.b is None:
                 out.add(s.node)
         return out
 
@@ -344,7 +344,7 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
 
 
 def _flat_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    return [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
 
 
 def _synchronizer(model: torch.nn.Module):

@@ -14,10 +14,10 @@ import operator
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.fx._pytree import tree_flatten_spec
 
 from ..errors import PlanError
 from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
+from ..util.torch_compat import fx_flatten_spec
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):
@@ -129,7 +129,7 @@ class Walk:
             lane = lanes[id(tr)]
             args, kwargs = batch
             try:
-                flat = tree_flatten_spec((tuple(args), dict(kwargs)), tr.in_spec)
+                flat = fx_flatten_spec((tuple(args), dict(kwargs)), tr.in_spec)
             except Exception as exc:  # pytree raises several types on a structure mismatch
                 raise PlanError(f"calibration batch {k} does not have the structure of the example inputs "
                                 f"({tr.in_spec}): {exc}") from exc

@@ -4,6 +4,7 @@ factor as (kv head, query-per-kv) so a pruned kv head takes its query heads alon
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import POSITIONAL, SDPA_SCALE, SOFTMAX
 from .registry import RuleContext, register
 
 
@@ -30,11 +31,12 @@ def _sdpa(node: Node, ctx: RuleContext) -> None:
     else:
         ctx.tie_dims(q, k, lead, lead)
     if scale is None:
-        ctx.inexact(ctx.s(q, -1), f"default scale 1/sqrt(head_dim) of {node.where()}; pass scale= to prune it exactly")
-    ctx.inexact(ctx.s(k, -2), f"softmax over key positions at {node.where()}")
+        ctx.inexact(ctx.s(q, -1), SDPA_SCALE,
+                    f"default scale 1/sqrt(head_dim) of {node.where()}; pass scale= to prune it exactly")
+    ctx.inexact(ctx.s(k, -2), SOFTMAX, f"softmax over key positions at {node.where()}")
     if is_causal:
         for key in (ctx.s(q, -2), ctx.s(k, -2)):
-            ctx.freeze(key, f"causal mask is positional at {node.where()}")
+            ctx.freeze(key, POSITIONAL, f"causal mask is positional at {node.where()}")
     if mask is not None:
         mrank = ctx.rank(mask)
         targets = [ctx.s(q, d) for d in range(rank - 1)] + [ctx.s(k, -2)]

@@ -5,6 +5,7 @@ subgraph stay as they are."""
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import CONTROL_FLOW
 from .registry import RuleContext, register
 
 
@@ -13,4 +14,4 @@ def _control_flow(node: Node, ctx: RuleContext) -> None:
     why = (f"crosses the control-flow subgraph of {node.where()}; graphprune does not follow channels into "
            "If/Loop/Scan bodies")
     for name in dict.fromkeys(node.inputs + node.outputs):
-        ctx.freeze_value(name, why)
+        ctx.freeze_value(name, CONTROL_FLOW, why)

@@ -8,6 +8,8 @@ Spatial dims are positions, not channels; the kernel window is no channel at all
 from __future__ import annotations
 
 from ..ir import Node
+from ..ops import Ops, aten
+from ..reasons import SPATIAL
 from .registry import RuleContext, register
 
 
@@ -21,8 +23,8 @@ def relate_conv(ctx: RuleContext, node: Node, x: str, w: str, b, out: str, group
     for k in range(nsp):
         ctx.hide(ctx.s(w, 2 + k), f"kernel window of {node.where()}")
         reason = f"spatial positions at {node.where()}"
-        ctx.freeze(ctx.s(x, c + 1 + k), reason)
-        ctx.freeze(ctx.s(out, c + 1 + k), reason)
+        ctx.freeze(ctx.s(x, c + 1 + k), SPATIAL, reason)
+        ctx.freeze(ctx.s(out, c + 1 + k), SPATIAL, reason)
     # w_in / w_out: the weight dims facing the input and the output channels.
     w_in, w_out = (0, 1) if transposed else (1, 0)
     if groups == 1:
@@ -43,7 +45,7 @@ def relate_conv(ctx: RuleContext, node: Node, x: str, w: str, b, out: str, group
         ctx.tie(ctx.s(b, 0), ctx.s(out, c))
 
 
-@register("aten.conv1d", "aten.conv2d", "aten.conv3d")
+@register(*aten(Ops.Conv))
 def _conv(node: Node, ctx: RuleContext) -> None:
     groups = ctx.arg(node, 6, "groups", 1)
     relate_conv(ctx, node, node.args[0].name, node.args[1].name, ctx.arg(node, 2, "bias"), node.outputs[0],

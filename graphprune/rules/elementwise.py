@@ -7,6 +7,7 @@ zeroes pruned channels at every value they reach.
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import COMPUTED
 from .recurrent import zero_state
 from .registry import RuleContext, defbroadcasting, defelementwise, defopaque_outputs, register
 
@@ -40,7 +41,7 @@ def _zeros(node: Node, ctx: RuleContext) -> None:
             if isinstance(size, int) and size > 1:
                 ctx.carry(ctx.s(out, d), (0, d), size)
         return
-    ctx.freeze_value(out, f"size set by the arguments of {node.where()}")
+    ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {node.where()}")
 
 
 @register("aten.prelu", "aten._prelu_kernel")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import INDEXED
 from .registry import RuleContext, register
 
 
 @register("aten.embedding", "aten.embedding_bag")
 def _embedding(node: Node, ctx: RuleContext) -> None:
     w, idx, out = node.args[0].name, node.args[1].name, node.outputs[0]
-    ctx.freeze(ctx.s(w, 0), f"rows looked up by index at {node.where()}")
+    ctx.freeze(ctx.s(w, 0), INDEXED, f"rows looked up by index at {node.where()}")
     ctx.tie(ctx.s(w, 1), ctx.s(out, -1))
     ctx.tie_dims(idx, out, range(ctx.rank(idx)), range(ctx.rank(idx)))
 
@@ -24,8 +25,8 @@ def _index_select(node: Node, ctx: RuleContext) -> None:
     else:
         for name in (x, node.args[2].name):
             ctx.tie_dims(name, out, others, others)
-    ctx.freeze(ctx.s(x, dim), f"dim indexed by data at {node.where()}")
-    ctx.freeze(ctx.s(out, dim), f"dim indexed by data at {node.where()}")
+    ctx.freeze(ctx.s(x, dim), INDEXED, f"dim indexed by data at {node.where()}")
+    ctx.freeze(ctx.s(out, dim), INDEXED, f"dim indexed by data at {node.where()}")
 
 
 @register("aten.index", "aten._unsafe_index")
@@ -48,6 +49,6 @@ def _index(node: Node, ctx: RuleContext) -> None:
         idx_dims = range(idx_rank)
     ctx.tie_dims(x, out, rest, out_dims)
     for d in at:
-        ctx.freeze(ctx.s(x, d), f"dim indexed by data at {node.where()}")
+        ctx.freeze(ctx.s(x, d), INDEXED, f"dim indexed by data at {node.where()}")
     for d in idx_dims:
-        ctx.freeze(ctx.s(out, d), f"dim indexed by data at {node.where()}")
+        ctx.freeze(ctx.s(out, d), INDEXED, f"dim indexed by data at {node.where()}")

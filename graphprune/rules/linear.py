@@ -3,6 +3,7 @@ broadcasting), and each operand's free dim ties the output dim it becomes."""
 from __future__ import annotations
 
 from ..ir import Node
+from ..ops import Ops, aten
 from .registry import RuleContext, register
 
 
@@ -47,7 +48,7 @@ def _tie_batch(ctx: RuleContext, src: str, n_src: int, out: str, n_out: int) -> 
             ctx.tie(ctx.s(src, n_src - k), ctx.s(out, n_out - k))
 
 
-@register("aten.matmul", "aten.mm", "aten.bmm")
+@register(*aten(Ops.MatMul))
 def _matmul(node: Node, ctx: RuleContext) -> None:
     relate_matmul(ctx, node.args[0].name, node.args[1].name, node.outputs[0])
 

@@ -4,6 +4,7 @@ groups) are exact under the oracle; those that normalise over a channel dim
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import NORMALISED
 from .registry import RuleContext, register
 
 
@@ -36,7 +37,7 @@ def _last_dims_norm(ctx: RuleContext, node: Node, x: str, out: str, normalized: 
     rank = ctx.rank(x)
     for i in range(k):
         d = rank - k + i
-        ctx.inexact(ctx.s(x, d), f"normalised by {kind} at {node.where()}")
+        ctx.inexact(ctx.s(x, d), NORMALISED, f"normalised by {kind} at {node.where()}")
         ctx.carry(ctx.s(x, d), (1, i), normalized[i])
         for p in params:
             if p is not None:
@@ -68,9 +69,9 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
         per = ctx.virtual(ctx.shape(x)[1] // groups, "channels_per_group")
         ctx.factor(ctx.s(x, 1), [g, per])
         ctx.carry(g, (1,), groups)
-        ctx.inexact(per, f"normalised within groups by group_norm at {node.where()}")
+        ctx.inexact(per, NORMALISED, f"normalised within groups by group_norm at {node.where()}")
     else:
-        ctx.inexact(ctx.s(x, 1), f"normalised by group_norm at {node.where()}")
+        ctx.inexact(ctx.s(x, 1), NORMALISED, f"normalised by group_norm at {node.where()}")
 
 
 @register("onnx.BatchNormalization", "onnx.InstanceNormalization")
@@ -85,7 +86,7 @@ def _onnx_layer_norm(node: Node, ctx: RuleContext) -> None:
     axis = node.kwargs.get("axis", -1) % rank
     ctx.tie_broadcast(node.outputs[0], [x])
     for d in range(axis, rank):
-        ctx.inexact(ctx.s(x, d), f"normalised by LayerNormalization at {node.where()}")
+        ctx.inexact(ctx.s(x, d), NORMALISED, f"normalised by LayerNormalization at {node.where()}")
     for p in node.args[1:3]:
         if p is not None:
             ctx.tie_broadcast(x, [p.name])
@@ -109,4 +110,4 @@ def _onnx_group_norm(node: Node, ctx: RuleContext) -> None:
             ctx.tie(ctx.s(p, 0), ctx.s(x, 1))
         elif g is not None:  # opset 18: per group
             ctx.tie(ctx.s(p, 0), g)
-    ctx.inexact(per, f"normalised within groups by GroupNormalization at {node.where()}")
+    ctx.inexact(per, NORMALISED, f"normalised within groups by GroupNormalization at {node.where()}")

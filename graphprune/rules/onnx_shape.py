@@ -6,6 +6,7 @@ dims couple to anything."""
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import COMPUTED, INDEXED, LAYOUT, POSITIONAL, SYMBOLIC
 from .recurrent import zero_state
 from .registry import RuleContext, register
 from .shape import relate_reshape, window
@@ -81,7 +82,7 @@ def _split(node: Node, ctx: RuleContext) -> None:
             if ctx.shape(o)[axis] == ctx.shape(outs[0])[axis]:
                 ctx.tie(ctx.s(outs[0], axis), ctx.s(o, axis))
             else:
-                ctx.freeze(ctx.s(src, axis), f"uneven equal split at {ctx.where()}")
+                ctx.freeze(ctx.s(src, axis), LAYOUT, f"uneven equal split at {ctx.where()}")
 
 
 @register("onnx.Slice")
@@ -96,8 +97,8 @@ def _slice(node: Node, ctx: RuleContext) -> None:
             if ctx.shape(src)[d] == ctx.shape(out)[d]:
                 ctx.tie(ctx.s(src, d), ctx.s(out, d))
             else:
-                ctx.freeze(ctx.s(src, d), f"slice with computed bounds at {ctx.where()}")
-                ctx.freeze(ctx.s(out, d), f"slice with computed bounds at {ctx.where()}")
+                ctx.freeze(ctx.s(src, d), COMPUTED, f"slice with computed bounds at {ctx.where()}")
+                ctx.freeze(ctx.s(out, d), COMPUTED, f"slice with computed bounds at {ctx.where()}")
         return
     sliced = {a % rank: j for j, a in enumerate(axes)}
     for d in range(rank):
@@ -107,8 +108,9 @@ def _slice(node: Node, ctx: RuleContext) -> None:
         j = sliced[d]
         n = ctx.shape(src)[d]
         if not isinstance(n, int) or steps[j] != 1:
-            ctx.freeze(ctx.s(src, d), f"strided or symbolic slice at {ctx.where()}")
-            ctx.freeze(ctx.s(out, d), f"strided or symbolic slice at {ctx.where()}")
+            kind = SYMBOLIC if not isinstance(n, int) else LAYOUT
+            ctx.freeze(ctx.s(src, d), kind, f"strided or symbolic slice at {ctx.where()}")
+            ctx.freeze(ctx.s(out, d), kind, f"strided or symbolic slice at {ctx.where()}")
             continue
         start, stop = starts[j], ends[j]
         start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
@@ -116,7 +118,7 @@ def _slice(node: Node, ctx: RuleContext) -> None:
         if stop - start == 1 and n > 1:
             # One index picked out (how exporters lower unbind/select): like aten.select,
             # the picked-from dim is an index space, not channels.
-            ctx.freeze(ctx.s(src, d), f"dim indexed by a width-1 Slice at {ctx.where()}")
+            ctx.freeze(ctx.s(src, d), INDEXED, f"dim indexed by a width-1 Slice at {ctx.where()}")
             continue
         window(ctx, src, out, d, start, stop, (1, j), (2, j), starts[j], ends[j])
 
@@ -136,11 +138,11 @@ def _tile(node: Node, ctx: RuleContext) -> None:
             ctx.tie(ctx.s(src, d), ctx.s(out, d))
         elif reps is not None:
             copies = ctx.virtual(reps[d], "tile")
-            ctx.freeze(copies, f"tile count at {ctx.where()}")
+            ctx.freeze(copies, LAYOUT, f"tile count at {ctx.where()}")
             ctx.factor(ctx.s(out, d), [copies, ctx.s(src, d)])
         else:
-            ctx.freeze(ctx.s(src, d), f"tile with computed repeats at {ctx.where()}")
-            ctx.freeze(ctx.s(out, d), f"tile with computed repeats at {ctx.where()}")
+            ctx.freeze(ctx.s(src, d), COMPUTED, f"tile with computed repeats at {ctx.where()}")
+            ctx.freeze(ctx.s(out, d), COMPUTED, f"tile with computed repeats at {ctx.where()}")
 
 
 @register("onnx.Shape", "onnx.Size", "onnx.Constant")
@@ -156,7 +158,7 @@ def _factory(node: Node, ctx: RuleContext) -> None:
         _carry_vector(ctx, node, node.outputs[0], 0)  # a recurrent layer's zero initial state
         return
     for out in node.outputs:
-        ctx.freeze_value(out, f"size set by the arguments of {ctx.where()}")
+        ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {ctx.where()}")
 
 
 @register("onnx.Gather")
@@ -166,7 +168,7 @@ def _gather(node: Node, ctx: RuleContext) -> None:
     rank = ctx.rank(data)
     axis = node.kwargs.get("axis", 0) % rank
     k = ctx.rank(idx)
-    ctx.freeze(ctx.s(data, axis), f"dim indexed by Gather at {ctx.where()}")
+    ctx.freeze(ctx.s(data, axis), INDEXED, f"dim indexed by Gather at {ctx.where()}")
     ctx.tie_dims(data, out, range(axis), range(axis))
     ctx.tie_dims(data, out, range(axis + 1, rank), range(axis + k, rank - 1 + k))
     if ctx.graph.values[idx].kind == "act" or k:
@@ -178,5 +180,5 @@ def _trilu(node: Node, ctx: RuleContext) -> None:
     x, out = node.args[0].name, node.outputs[0]
     ctx.tie_broadcast(out, [x])
     for d in (-2, -1):
-        ctx.freeze(ctx.s(x, d), f"positional mask at {ctx.where()}")
+        ctx.freeze(ctx.s(x, d), POSITIONAL, f"positional mask at {ctx.where()}")
 

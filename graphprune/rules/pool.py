@@ -3,6 +3,7 @@ spatial dims they act on are positions, frozen."""
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import CHANNEL_MIXING, SPATIAL
 from .registry import RuleContext, register
 
 
@@ -12,9 +13,9 @@ def _spatial(node: Node, ctx: RuleContext, n_spatial: int) -> None:
     for out in node.outputs:  # *_with_indices: the indices follow the same layout
         ctx.tie_dims(x, out, range(rank - n_spatial), range(rank - n_spatial))
         for d in range(rank - n_spatial, rank):
-            ctx.freeze(ctx.s(out, d), f"spatial positions at {node.where()}")
+            ctx.freeze(ctx.s(out, d), SPATIAL, f"spatial positions at {node.where()}")
     for d in range(rank - n_spatial, rank):
-        ctx.freeze(ctx.s(x, d), f"spatial positions at {node.where()}")
+        ctx.freeze(ctx.s(x, d), SPATIAL, f"spatial positions at {node.where()}")
 
 
 _POOLS = ["max_pool{}d", "max_pool{}d_with_indices", "avg_pool{}d", "adaptive_avg_pool{}d",
@@ -44,8 +45,8 @@ def _pad(node: Node, ctx: RuleContext) -> None:
     for d in range(rank):
         if d in padded:
             reason = f"padded dim at {node.where()}"
-            ctx.freeze(ctx.s(x, d), reason)
-            ctx.freeze(ctx.s(out, d), reason)
+            ctx.freeze(ctx.s(x, d), SPATIAL, reason)
+            ctx.freeze(ctx.s(out, d), SPATIAL, reason)
         else:
             ctx.tie(ctx.s(x, d), ctx.s(out, d))
 
@@ -57,12 +58,12 @@ def _pixel_shuffle(node: Node, ctx: RuleContext) -> None:
     r = node.args[1]
     src, dst = (x, out) if node.op.endswith("pixel_shuffle") else (out, x)
     rr = ctx.virtual(r * r, "shuffle")
-    ctx.freeze(rr, f"sub-pixel offsets at {node.where()}")
+    ctx.freeze(rr, SPATIAL, f"sub-pixel offsets at {node.where()}")
     ctx.factor(ctx.s(src, -3), [ctx.s(dst, -3), rr])
     ctx.tie_dims(x, out, range(ctx.rank(x) - 3), range(ctx.rank(x) - 3))
     for d in (-2, -1):
-        ctx.freeze(ctx.s(x, d), f"spatial positions at {node.where()}")
-        ctx.freeze(ctx.s(out, d), f"spatial positions at {node.where()}")
+        ctx.freeze(ctx.s(x, d), SPATIAL, f"spatial positions at {node.where()}")
+        ctx.freeze(ctx.s(out, d), SPATIAL, f"spatial positions at {node.where()}")
 
 
 
@@ -82,8 +83,8 @@ def _onnx_pad(node: Node, ctx: RuleContext) -> None:
             ctx.tie(ctx.s(x, d), ctx.s(out, d))
         else:
             reason = f"padded dim at {node.where()}"
-            ctx.freeze(ctx.s(x, d), reason)
-            ctx.freeze(ctx.s(out, d), reason)
+            ctx.freeze(ctx.s(x, d), SPATIAL, reason)
+            ctx.freeze(ctx.s(out, d), SPATIAL, reason)
 
 
 def _pad_free(node: Node, ctx: RuleContext, d: int, rank: int) -> bool:
@@ -102,5 +103,5 @@ def _pad_free(node: Node, ctx: RuleContext, d: int, rank: int) -> bool:
 @register("onnx.DepthToSpace", "onnx.SpaceToDepth", "onnx.LRN")
 def _onnx_channel_mixing(node: Node, ctx: RuleContext) -> None:
     for name in [node.args[0].name] + node.outputs:
-        ctx.freeze_value(name, f"channels rearranged or normalised across by {node.where()}")
+        ctx.freeze_value(name, CHANNEL_MIXING, f"channels rearranged or normalised across by {node.where()}")
 

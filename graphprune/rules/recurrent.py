@@ -15,6 +15,7 @@ ties them all into one space; ONNX states it per node (``hidden_size`` is carrie
 from __future__ import annotations
 
 from ..ir import Node, Ref
+from ..reasons import RECURRENT_STATE, UNSUPPORTED
 from ..spaces import SlotKey
 from .registry import RuleContext, register
 
@@ -45,9 +46,9 @@ def _stacked(ctx: RuleContext, key: SlotKey, dirs: int, hidden: SlotKey, dir_slo
         ctx.factor(key, [dir_slot, hidden])
 
 
-def _freeze_node(node: Node, ctx: RuleContext, why: str) -> None:
+def _freeze_node(node: Node, ctx: RuleContext, kind: str, why: str) -> None:
     for name in dict.fromkeys(node.inputs + node.outputs):
-        ctx.freeze_value(name, f"{why} at {node.where()}")
+        ctx.freeze_value(name, kind, f"{why} at {node.where()}")
 
 
 @register("aten.lstm", "aten.gru", "aten.rnn_tanh", "aten.rnn_relu")
@@ -61,11 +62,11 @@ def _torch_rnn(node: Node, ctx: RuleContext) -> None:
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
     if len(params) != num_layers * dirs * per:
-        _freeze_node(node, ctx, "an LSTM with proj_size (projected hidden state) is not supported")
+        _freeze_node(node, ctx, UNSUPPORTED, "an LSTM with proj_size (projected hidden state) is not supported")
         return
     if train:
-        _freeze_node(node, ctx, "a recurrent layer traced in training mode (dropout between layers); call "
-                                "model.eval() before pruning")
+        _freeze_node(node, ctx, UNSUPPORTED, "a recurrent layer traced in training mode (dropout between layers); "
+                                             "call model.eval() before pruning")
         return
     hidden = ctx.s(params[1], 1)  # weight_hh_l0: (gates * H, H)
     gate_slot = ctx.virtual(gates, "gates") if gates > 1 else None
@@ -78,7 +79,7 @@ def _torch_rnn(node: Node, ctx: RuleContext) -> None:
     _stacked(ctx, ctx.s(out, -1), dirs, hidden, dir_slot)
     batch = (0 if batch_first else 1) if rank == 3 else None
     steps = 1 if batch_first and rank == 3 else 0
-    ctx.freeze(ctx.s(x, steps), _STEPS.format(where=node.where()))
+    ctx.freeze(ctx.s(x, steps), RECURRENT_STATE, _STEPS.format(where=node.where()))
     for state in [r.name for r in hx if isinstance(r, Ref)] + list(node.outputs[1:]):
         ctx.tie(ctx.s(state, -1), hidden)
         if batch is not None:
@@ -110,7 +111,7 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
     state_acts = acts[1:] if kind != "RNN" else acts[:1]
     bad = [a for a in state_acts if a not in _ZERO_PRESERVING]
     if bad:
-        _freeze_node(node, ctx, f"activation {bad[0]} does not keep a removed unit at 0")
+        _freeze_node(node, ctx, RECURRENT_STATE, f"activation {bad[0]} does not keep a removed unit at 0")
         return
     layout = node.kwargs.get("layout", 0)
     hidden = ctx.s(r, 2)  # R: (directions, gates * H, H)
@@ -138,7 +139,7 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
         ctx.hide(peep_gates, f"peepholes of {node.where()}")
         ctx.factor(ctx.s(peep, 1), [peep_gates, hidden])
     seq, batch = (0, 1) if layout == 0 else (1, 0)
-    ctx.freeze(ctx.s(x, seq), _STEPS.format(where=node.where()))
+    ctx.freeze(ctx.s(x, seq), RECURRENT_STATE, _STEPS.format(where=node.where()))
     outs = list(node.outputs) + [""] * 3  # optional outputs: absent or named ""
     y = outs[0]
     if y:  # (T, D, B, H) or, layout 1, (B, T, D, H)

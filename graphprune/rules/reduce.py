@@ -4,6 +4,7 @@ softmax along it, change with the channel count: prunable, but inexact."""
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import COMPUTED, INDEXED, REDUCED, SOFTMAX
 from .registry import RuleContext, register
 
 _EXACT = {"sum", "nansum"}
@@ -31,10 +32,10 @@ def _reduce(node: Node, ctx: RuleContext, kind: str) -> None:
         # indices into the reduced dim renumber when it is pruned: a later gather would
         # pick the wrong element, so the dim is frozen (as for ONNX ArgMax)
         for d in reduced:
-            ctx.freeze(ctx.s(x, d), f"positions returned by {node.where()}")
+            ctx.freeze(ctx.s(x, d), INDEXED, f"positions returned by {node.where()}")
     elif kind not in _EXACT:
         for d in reduced:
-            ctx.inexact(ctx.s(x, d), f"reduced by {kind} at {node.where()}")
+            ctx.inexact(ctx.s(x, d), REDUCED, f"reduced by {kind} at {node.where()}")
 
 
 def _make(kind: str):
@@ -53,7 +54,8 @@ def _softmax(node: Node, ctx: RuleContext) -> None:
     ctx.tie_broadcast(out, [x])
     op = node.op.split(".")[-1].lstrip("_")
     if op != "cumsum":  # a zero adds nothing to a running sum
-        ctx.inexact(ctx.s(x, node.args[1] % ctx.rank(x)), f"{op} along this dim at {node.where()}")
+        kind = SOFTMAX if "softmax" in op else REDUCED  # cumprod: a running product
+        ctx.inexact(ctx.s(x, node.args[1] % ctx.rank(x)), kind, f"{op} along this dim at {node.where()}")
 
 
 _ONNX_EXACT = {"ReduceSum", "ReduceSumSquare"}
@@ -67,8 +69,8 @@ def _onnx_reduce(node: Node, ctx: RuleContext) -> None:
         axes = ctx.graph.values[node.args[1].name].data
     if axes is None:
         if len(node.args) > 1 and node.args[1] is not None:  # computed axes: cannot tell what is reduced
-            ctx.freeze_value(x, f"reduction over computed axes at {node.where()}")
-            ctx.freeze_value(node.outputs[0], f"reduction over computed axes at {node.where()}")
+            ctx.freeze_value(x, COMPUTED, f"reduction over computed axes at {node.where()}")
+            ctx.freeze_value(node.outputs[0], COMPUTED, f"reduction over computed axes at {node.where()}")
             return
         axes = [] if node.kwargs.get("noop_with_empty_axes", 0) else list(range(rank))
     reduced = sorted({a % rank for a in axes})
@@ -79,7 +81,7 @@ def _onnx_reduce(node: Node, ctx: RuleContext) -> None:
     kind = node.op.split(".")[-1]
     if kind not in _ONNX_EXACT:
         for d in reduced:
-            ctx.inexact(ctx.s(x, d), f"reduced by {kind} at {node.where()}")
+            ctx.inexact(ctx.s(x, d), REDUCED, f"reduced by {kind} at {node.where()}")
 
 
 for _kind in ("ReduceSum", "ReduceSumSquare", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
@@ -94,7 +96,7 @@ def _onnx_arg(node: Node, ctx: RuleContext) -> None:
     axis = node.kwargs.get("axis", 0) % rank
     kept = [d for d in range(rank) if d != axis]
     ctx.tie_dims(x, out, kept, kept if ctx.rank(out) == rank else range(len(kept)))
-    ctx.freeze(ctx.s(x, axis), f"positions returned by {node.where()}")
+    ctx.freeze(ctx.s(x, axis), INDEXED, f"positions returned by {node.where()}")
 
 
 @register("onnx.Softmax", "onnx.LogSoftmax", "onnx.Hardmax", "onnx.CumSum")
@@ -104,4 +106,5 @@ def _onnx_softmax(node: Node, ctx: RuleContext) -> None:
     kind = node.op.split(".")[-1]
     if kind == "CumSum":
         return  # a zero adds nothing to a running sum
-    ctx.inexact(ctx.s(x, node.kwargs.get("axis", -1) % ctx.rank(x)), f"{kind} along this dim at {node.where()}")
+    ctx.inexact(ctx.s(x, node.kwargs.get("axis", -1) % ctx.rank(x)), SOFTMAX,
+                f"{kind} along this dim at {node.where()}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ..ir import Graph, Node, Ref
+from ..reasons import COMPUTED, NOT_CHANNEL, QUANTIZED, UNKNOWN_OP, Reason, site
 from ..spaces import SlotKey, Solver
 from . import load_all
 
@@ -72,13 +73,17 @@ def defopaque_outputs(*ops: str) -> None:
 
     def rule(node: Node, ctx: RuleContext) -> None:
         for out in node.outputs:
-            ctx.freeze_value(out, f"size set by the arguments of {node.where()}")
+            ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {node.where()}")
 
     register(*ops)(rule)
 
 
 class RuleContext:
-    """What a rule may do: read shapes and args, relate slots."""
+    """What a rule may do: read shapes and args, relate slots.
+
+    A rule states a freeze or inexact verdict as a kind (graphprune.reasons) and a sentence;
+    the context adds the op, node, module and source line of the node being processed.
+    """
 
     def __init__(self, graph: Graph, solver: Solver) -> None:
         self.graph = graph
@@ -87,8 +92,18 @@ class RuleContext:
         # Weights the masked original must zero too: an op that keeps state inside (a
         # recurrence) would otherwise feed a pruned unit back into the kept ones.
         self.masked_weights: set[str] = set()
-        self.node: Node | None = None
+        self._node: Node | None = None
         self._users: dict[str, list[Node]] | None = None
+
+    @property
+    def node(self) -> Node | None:
+        """The node whose rule runs."""
+        return self._node
+
+    @node.setter
+    def node(self, node: Node | None) -> None:
+        self._node = node
+        self.solver.origin = site(node)  # the solver's conflicts name the node too
 
     # ---- reading ----------------------------------------------------------------------
     def shape(self, value: str | Ref) -> tuple:
@@ -152,18 +167,24 @@ class RuleContext:
     def factor(self, flat: SlotKey, parts: Sequence[SlotKey]) -> None:
         self.solver.factor(flat, parts, self.where())
 
-    def freeze(self, key: SlotKey, reason: str) -> None:
-        self.solver.freeze(key, reason)
+    def reason(self, kind: str, detail: str) -> Reason:
+        """A Reason of ``kind`` located at the node being processed."""
+        return Reason(kind, detail, **site(self.node))
 
-    def freeze_value(self, value: str | Ref, reason: str) -> None:
+    def freeze(self, key: SlotKey, kind: str, detail: str) -> None:
+        self.solver.freeze(key, self.reason(kind, detail))
+
+    def freeze_value(self, value: str | Ref, kind: str, detail: str) -> None:
+        reason = self.reason(kind, detail)
         for d in range(self.rank(value)):
             self.solver.freeze(self.s(value, d), reason)
 
-    def inexact(self, key: SlotKey, reason: str) -> None:
-        self.solver.inexact(key, reason)
+    def inexact(self, key: SlotKey, kind: str, detail: str) -> None:
+        self.solver.inexact(key, self.reason(kind, detail))
 
-    def hide(self, key: SlotKey, reason: str) -> None:
-        self.solver.hide(key, reason)
+    def hide(self, key: SlotKey, detail: str) -> None:
+        """Freeze a slot that is no channel at all (a kernel window, gates): never a group."""
+        self.solver.hide(key, self.reason(NOT_CHANNEL, detail))
 
     def mask_weight(self, value: str | Ref) -> None:
         """The oracle's masked original zeroes ``value``'s pruned positions (not only the
@@ -195,11 +216,13 @@ def apply_rules(graph: Graph, solver: Solver) -> RuleContext:
         ctx.node = node
         rule = RULES.get(node.op)
         if rule is None:
-            reason = f"no coupling rule for op {node.op} at {node.where()}"
+            detail = f"no coupling rule for op {node.op} at {node.where()}"
+            kind = UNKNOWN_OP
             if node.op.split(".")[-1] in _QUANTIZED:
-                reason += "; the graph is quantized: prune the float model, then quantize it"
+                detail += "; the graph is quantized: prune the float model, then quantize it"
+                kind = QUANTIZED
             for name in dict.fromkeys(node.inputs + node.outputs):
-                ctx.freeze_value(name, reason)
+                ctx.freeze_value(name, kind, detail)
             continue
         rule(node, ctx)
     ctx.node = None

@@ -3,6 +3,7 @@ not their order, so they are frozen; every other dim passes through untouched.""
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import POSITIONAL
 from .registry import RuleContext, register
 
 
@@ -18,7 +19,7 @@ def _reorder(node: Node, ctx: RuleContext) -> None:
         moved = {d % rank for d in node.args[1]}
     for d in range(rank):
         if d in moved:
-            ctx.freeze(ctx.s(x, d), f"positions reordered by {node.op} at {node.where()}")
-            ctx.freeze(ctx.s(out, d), f"positions reordered by {node.op} at {node.where()}")
+            ctx.freeze(ctx.s(x, d), POSITIONAL, f"positions reordered by {node.op} at {node.where()}")
+            ctx.freeze(ctx.s(out, d), POSITIONAL, f"positions reordered by {node.op} at {node.where()}")
         else:
             ctx.tie(ctx.s(x, d), ctx.s(out, d))

@@ -7,6 +7,7 @@ recorded with ``ctx.carry`` so back-ends can rewrite them.
 from __future__ import annotations
 
 from ..ir import Node, Ref
+from ..reasons import INDEXED, LAYOUT, SYMBOLIC
 from .registry import RuleContext, register
 
 _INT_MAX = 2**62  # slice ends like 9223372036854775807 mean "to the end"
@@ -28,9 +29,9 @@ def relate_reshape(ctx: RuleContext, src: str, out: str) -> None:
     if not all(isinstance(ishape[d], int) for d in idims) or not all(isinstance(oshape[d], int) for d in odims):
         reason = f"reshape with symbolic sizes at {ctx.where()}"
         for d in idims:
-            ctx.freeze(ctx.s(src, d), reason)
+            ctx.freeze(ctx.s(src, d), SYMBOLIC, reason)
         for d in odims:
-            ctx.freeze(ctx.s(out, d), reason)
+            ctx.freeze(ctx.s(out, d), SYMBOLIC, reason)
         return
     i = j = 0
     while i < len(idims) and j < len(odims):
@@ -148,7 +149,7 @@ def _repeat(node: Node, ctx: RuleContext) -> None:
             ctx.tie(ctx.s(src, d), ctx.s(out, d + off))
         else:
             copies = ctx.virtual(r, "repeat")
-            ctx.freeze(copies, f"repeat count at {ctx.where()}")
+            ctx.freeze(copies, LAYOUT, f"repeat count at {ctx.where()}")
             ctx.factor(ctx.s(out, d + off), [copies, ctx.s(src, d)])
 
 
@@ -165,7 +166,7 @@ def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
         why = "tensor repeats" if not isinstance(reps, int) else ("no dim (flattens)" if dim is None else "output_size")
         reason = f"repeat_interleave with {why} at {ctx.where()}"
         for name in dict.fromkeys(node.inputs + node.outputs):
-            ctx.freeze_value(name, reason)
+            ctx.freeze_value(name, LAYOUT, reason)
         return
     d = dim % ctx.rank(src)
     ctx.tie_dims(src, out, [k for k in range(ctx.rank(src)) if k != d], [k for k in range(ctx.rank(src)) if k != d])
@@ -194,7 +195,7 @@ def _stack(node: Node, ctx: RuleContext) -> None:
     dim = ctx.arg(node, 1, "dim", 0) % ctx.rank(out)
     for p in parts:
         ctx.tie_dims(p, out, range(ctx.rank(p)), [d if d < dim else d + 1 for d in range(ctx.rank(p))])
-    ctx.freeze(ctx.s(out, dim), f"stacked dim at {ctx.where()}")
+    ctx.freeze(ctx.s(out, dim), LAYOUT, f"stacked dim at {ctx.where()}")
 
 
 def _split_parts(node: Node, ctx: RuleContext, dim: int, equal: bool) -> None:
@@ -211,7 +212,7 @@ def _split_parts(node: Node, ctx: RuleContext, dim: int, equal: bool) -> None:
         for o in full[1:]:
             ctx.tie(ctx.s(full[0], dim), ctx.s(o, dim))
         if len(full) != len(outs):
-            ctx.freeze(ctx.s(src, dim), f"uneven split at {ctx.where()}")
+            ctx.freeze(ctx.s(src, dim), LAYOUT, f"uneven split at {ctx.where()}")
 
 
 @register("aten.split", "aten.split_copy")
@@ -245,7 +246,7 @@ def _chunk(node: Node, ctx: RuleContext) -> None:
 def _unbind(node: Node, ctx: RuleContext) -> None:
     src = node.args[0].name
     dim = ctx.arg(node, 1, "dim", 0) % ctx.rank(src)
-    ctx.freeze(ctx.s(src, dim), f"dim indexed by unbind at {ctx.where()}")
+    ctx.freeze(ctx.s(src, dim), INDEXED, f"dim indexed by unbind at {ctx.where()}")
     for o in node.outputs:
         ctx.tie_dims(src, o, [d for d in range(ctx.rank(src)) if d != dim], range(ctx.rank(o)))
 
@@ -254,7 +255,7 @@ def _unbind(node: Node, ctx: RuleContext) -> None:
 def _select(node: Node, ctx: RuleContext) -> None:
     src, out = node.args[0].name, node.outputs[0]
     dim = node.args[1] % ctx.rank(src)
-    ctx.freeze(ctx.s(src, dim), f"dim indexed by select at {ctx.where()}")
+    ctx.freeze(ctx.s(src, dim), INDEXED, f"dim indexed by select at {ctx.where()}")
     ctx.tie_dims(src, out, [d for d in range(ctx.rank(src)) if d != dim], range(ctx.rank(out)))
 
 
@@ -293,8 +294,8 @@ def _range_rule(node: Node, ctx: RuleContext, dim: int, start: int, stop: int, s
     others = [d for d in range(ctx.rank(src)) if d != dim]
     ctx.tie_dims(src, out, others, others)
     if not isinstance(ctx.shape(src)[dim], int):
-        ctx.freeze(ctx.s(src, dim), f"slice of a symbolic dim at {ctx.where()}")
-        ctx.freeze(ctx.s(out, dim), f"slice of a symbolic dim at {ctx.where()}")
+        ctx.freeze(ctx.s(src, dim), SYMBOLIC, f"slice of a symbolic dim at {ctx.where()}")
+        ctx.freeze(ctx.s(out, dim), SYMBOLIC, f"slice of a symbolic dim at {ctx.where()}")
         return
     raw_start = node.args[start_path[0]] if len(node.args) > start_path[0] else None
     raw_stop = node.args[stop_path[0]] if len(node.args) > stop_path[0] else None
@@ -312,16 +313,16 @@ def _slice(node: Node, ctx: RuleContext) -> None:
     step = ctx.arg(node, 4, "step", 1)
     if not isinstance(n, int) or not isinstance(start, int) or not (stop is None or isinstance(stop, int)):
         ctx.tie_dims(src, out, [d for d in range(rank) if d != dim], [d for d in range(rank) if d != dim])
-        ctx.freeze(ctx.s(src, dim), f"slice with symbolic bounds at {ctx.where()}")
-        ctx.freeze(ctx.s(out, dim), f"slice with symbolic bounds at {ctx.where()}")
+        ctx.freeze(ctx.s(src, dim), SYMBOLIC, f"slice with symbolic bounds at {ctx.where()}")
+        ctx.freeze(ctx.s(out, dim), SYMBOLIC, f"slice with symbolic bounds at {ctx.where()}")
         return
     stop = n if stop is None or stop >= _INT_MAX else stop
     start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
     start, stop = max(0, min(start, n)), max(0, min(stop, n))
     if step != 1:
         ctx.tie_dims(src, out, [d for d in range(rank) if d != dim], [d for d in range(rank) if d != dim])
-        ctx.freeze(ctx.s(src, dim), f"strided slice at {ctx.where()}")
-        ctx.freeze(ctx.s(out, dim), f"strided slice at {ctx.where()}")
+        ctx.freeze(ctx.s(src, dim), LAYOUT, f"strided slice at {ctx.where()}")
+        ctx.freeze(ctx.s(out, dim), LAYOUT, f"strided slice at {ctx.where()}")
         return
     _range_rule(node, ctx, dim, start, stop, (2,), (3,), stop_is_length=False)
 

@@ -1,0 +1,227 @@
+"""The proof of a rewrite, and the module attributes that spell the forward's sizes.
+
+A rewritten model is traced again the way the original was, and every value's shape is
+checked against the plan (:func:`check_shapes`). A forward's own size constants (view
+targets, split sizes, repeat counts) come from module attributes, but the trace does not
+record which attribute spelled which constant: :func:`attribute_candidates` finds the
+updates that would carry the plan into them, probing uncertain ones by bumping them on the
+model and tracing again (:func:`probe_attributes`). backends/torch_module.py applies the
+plan and tries the candidates against this proof.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import RewriteError
+from ..frontends.torch_export import lower_trace
+from ..frontends.torch_record import trace_model
+from ..graph import DependencyGraph
+from ..planning.plan import PrunePlan, carried_value, keep_masks
+from ..util.torch_compat import ConvNd, NormBase
+
+# torch's layers whose size attributes the rewrite sets itself (backends/torch_module.py)
+KNOWN_LAYERS = (ConvNd, nn.Linear, NormBase, nn.LayerNorm, nn.GroupNorm,
+                nn.Embedding, nn.PReLU, getattr(nn, "RMSNorm", nn.LayerNorm), nn.RNNBase)
+
+
+def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None) -> bool:
+    """Trace the rewritten model again; every value must have the shape the plan says.
+
+    Returns whether the new trace has exactly the original's call sites.
+    """
+    masks = keep_masks(dg, plan)
+    try:
+        new = retrace(model, dg, args, kwargs)
+    except Exception as exc:
+        raise RewriteError(
+            "the pruned model no longer runs on the example inputs: its forward spells a pruned size the "
+            "rewrite cannot reach (a literal, or a size computed from constructor arguments). Use -1 in "
+            "view/reshape, read sizes from tensor shapes or from an attribute of the module doing the reshape, "
+            f"or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}") from exc
+    new_by_site = by_call_site(new.nodes)
+    for site, node in by_call_site(dg.ir.nodes).items():
+        other = new_by_site.get(site)
+        if other is None or len(other.outputs) != len(node.outputs):
+            continue  # a code path that only runs at some sizes (an early return): nothing to compare
+        for out, new_out in zip(node.outputs, other.outputs):
+            v = dg.ir.values[out]
+            want = tuple(int(masks[(out, d)].sum()) if (out, d) in masks else s for d, s in enumerate(v.shape))
+            got = new.values[new_out].shape
+            if tuple(got) != want:
+                raise RewriteError(
+                    f"after pruning, {node.where()} produces shape {tuple(got)} but the plan needs {want}. "
+                    "The forward spells a size the rewrite cannot reach (a literal, or an attribute of another "
+                    "module): compute it from tensor shapes, use -1, or exclude these layers with ignore=[...].")
+    outs = [new.values[o].shape for o in new.outputs]
+    if outs != [dg.ir.values[o].shape for o in dg.ir.outputs]:
+        raise RewriteError(f"after pruning, the model's outputs have shapes {outs}, not "
+                           f"{[dg.ir.values[o].shape for o in dg.ir.outputs]}")
+    return set(new_by_site) == set(by_call_site(dg.ir.nodes))
+
+
+def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None):
+    """The IR of ``model`` traced the way ``dg`` was (recorded or exported): nodes are matched
+    across the two traces by call site, which both must spell alike."""
+
+    program = getattr(dg, "program", None)
+    like = program.trace() if hasattr(program, "trace") else None
+    return lower_trace(trace_model(model, args, kwargs, like=like))
+
+
+def by_call_site(nodes) -> dict[tuple, Any]:
+    """Identify nodes across two traces by where they come from, not by fx name (names
+    shift when a size-dependent branch adds or drops ops)."""
+    seen: dict[tuple, int] = {}
+    out = {}
+    for n in nodes:
+        base = (n.meta.get("module", ""), n.meta.get("source"), n.op)
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        out[base + (k,)] = n
+    return out
+
+
+def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple = (),
+                         kwargs: dict | None = None):
+    """Attribute updates that would carry the plan into the forward's constants.
+
+    A changed constant in a node run by module M may come from an int (or
+    int-list) attribute of M with the same value. Each such attribute is first
+    probed (:func:`probe_attributes`): bumped on a meta copy and traced again.
+    One that changes no shape and no constant is no size (a temperature) and is
+    left alone; one that changes exactly some constants gets their new value;
+    one whose bump breaks the trace spells sizes the probe cannot single out, and
+    is decided by value: sure when every equal constant of M asks for one new
+    value, otherwise an option per value (grouped by module class, attribute and
+    demands, so identical layers decide together).
+    """
+    pruned = plan.masks()
+    nodes = {n.name: n for n in dg.ir.nodes}
+    by_node: dict[str, list] = {}
+    for c in dg.carries:
+        by_node.setdefault(c.node, []).append(c)
+    demands: dict[tuple[str, int], set[int]] = {}
+    wanted: dict[tuple, int] = {}  # (call site, path) -> new value, for probed provenance
+    list_updates: dict[tuple[str, str], dict[int, int]] = {}
+    sites = _sites_by_node(dg.ir.nodes)
+    for node_name, carries in by_node.items():
+        node = nodes[node_name]
+        path = node.meta.get("module", "")
+        m = submodule(model, path)
+        if m is None or isinstance(m, KNOWN_LAYERS):
+            continue
+        for c in carries:
+            new = carried_value(dg, c, pruned)
+            demands.setdefault((path, c.value), set()).add(new)
+            wanted[(sites[node_name], c.path)] = new
+            if len(c.path) == 2 and isinstance(node.args[c.path[0]], (list, tuple)):
+                full = [x for x in node.args[c.path[0]]]
+                for attr, val in vars(m).items():
+                    if isinstance(val, (list, tuple)) and list(val) == full and new != c.value:
+                        list_updates.setdefault((path, attr), {})[c.path[1]] = new
+    sure: list[tuple[str, str, Any]] = []
+    for (path, attr), changes in sorted(list_updates.items()):
+        val = getattr(submodule(model, path), attr)
+        sure.append((path, attr, type(val)([changes.get(i, x) for i, x in enumerate(val)])))
+    candidates: dict[tuple[str, str], tuple[int, set[int]]] = {}
+    for (path, old), new_values in sorted(demands.items()):
+        if not new_values - {old}:
+            continue
+        m = submodule(model, path)
+        for attr, val in sorted(vars(m).items()):
+            if not attr.startswith("_") and type(val) is int and val == old:
+                candidates[(path, attr)] = (old, new_values)
+    probes = probe_attributes(model, dg, sorted(candidates), args, kwargs) if args else {}
+    unsure: dict[tuple, dict[int, list[tuple[str, str, Any]]]] = {}
+    for (path, attr), (old, new_values) in sorted(candidates.items()):
+        found = probes.get((path, attr), "shape")
+        if found == "none":
+            continue  # bumping it changed nothing the graph's sizes depend on
+        if isinstance(found, set):
+            values = {wanted[k] for k in found if k in wanted}
+            if len(values) == 1 and values != {old}:
+                sure.append((path, attr, values.pop()))
+            if len(values) <= 1:
+                continue
+            # the bump moved constants that want different values (a -1 dim resolving anew, as
+            # in GQA's repeated heads): decide by value, as for an attribute the probe cannot read
+        changed = new_values - {old}
+        if len(new_values) == 1:
+            sure.append((path, attr, next(iter(changed))))
+            continue
+        m = submodule(model, path)
+        family = unsure.setdefault((type(m).__qualname__, attr, old, tuple(sorted(new_values))), {})
+        for new in sorted(changed):
+            family.setdefault(new, []).append((path, attr, new))
+    return sure, [list(opts.values()) for _, opts in sorted(unsure.items())]
+
+
+def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tuple[str, str]], args: tuple,
+                     kwargs: dict | None) -> dict[tuple[str, str], Any]:
+    """What each candidate attribute spells, found by bumping it (+1) and tracing again.
+
+    Attributes of one module class are bumped together (identical layers behave
+    alike, and one trace serves them all). Returns per (module path, attribute):
+    "shape" when the bumped model no longer traces, "none" when no shape and no
+    carried constant changed, or the set of (call site, arg path) whose constant changed.
+    """
+    families: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for path, attr in candidates:
+        families.setdefault((type(submodule(model, path)).__qualname__, attr), []).append((path, attr))
+    sites, nodes = _sites_by_node(dg.ir.nodes), {n.name: n for n in dg.ir.nodes}
+    base = {(sites[c.node], c.path): _arg_at(nodes[c.node], c.path) for c in dg.carries}
+    base_shapes = {site: [dg.ir.values[o].shape for o in n.outputs] for site, n in by_call_site(dg.ir.nodes).items()}
+    out: dict[tuple[str, str], Any] = {}
+    for members in families.values():
+        new = None
+        for delta in (1, -1):  # an offset may have room on one side only
+            old = [getattr(submodule(model, path), attr) for path, attr in members]
+            try:
+                for path, attr in members:
+                    m = submodule(model, path)
+                    setattr(m, attr, getattr(m, attr) + delta)
+                new = retrace(model, dg, args, kwargs)
+                break
+            except Exception:  # the bump broke the trace: try the other side
+                continue
+            finally:  # the trace reads the model and never writes it: only the attributes change
+                for (path, attr), value in zip(members, old):
+                    setattr(submodule(model, path), attr, value)
+        if new is None:  # both bumps break the trace: it spells sizes
+            for key in members:
+                out[key] = "shape"
+            continue
+        by_site = by_call_site(new.nodes)
+        # ops that appear or vanish (an early return taken) count as moved shapes
+        shapes_moved = set(by_site) != set(base_shapes) or any(
+            [new.values[o].shape for o in by_site[site].outputs] != shapes for site, shapes in base_shapes.items())
+        moved: dict[str, set] = {}
+        for (site, path), value in base.items():
+            node = by_site.get(site)
+            if node is not None and _arg_at(node, path) != value:
+                moved.setdefault(site[0], set()).add((site, path))
+        for path, attr in members:
+            mine = moved.get(path, set())
+            out[(path, attr)] = mine if mine else ("shape" if shapes_moved else "none")
+    return out
+
+
+def _sites_by_node(nodes) -> dict[str, tuple]:
+    return {n.name: site for site, n in by_call_site(nodes).items()}
+
+
+def _arg_at(node, path: tuple) -> Any:
+    try:
+        v = node.args[path[0]]
+        return v[path[1]] if len(path) > 1 else v
+    except (IndexError, TypeError, KeyError):
+        return None
+
+
+def submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path) if path else model
+    except AttributeError:
+        return None

@@ -1,0 +1,71 @@
+"""Op families: one table of which canonical op ids are convolutions, matrix products,
+softmaxes, adds... (in the spirit of tinygrad's ``GroupOp``).
+
+A module that asks "is this node a conv?" reads the answer here, never from a set of its
+own, so a new op joins every such test by one edit in one row. Each family is a frozenset
+of canonical op ids (``aten.<name>``, ``onnx.<OpType>``, see :mod:`graphprune.ir`); larger
+families are unions of smaller ones. Every op listed has a coupling rule
+(:mod:`graphprune.rules`); the rules stay keyed by op id, this table only groups them.
+
+Plain data: no torch, no onnx.
+"""
+from __future__ import annotations
+
+
+class Ops:
+    """Named frozensets of canonical op ids (a namespace, never instantiated)."""
+
+    # ---- an activation contracted with a weight or another activation ----------------------
+    Linear = frozenset({"aten.linear", "onnx.Gemm"})  # x @ W.T + b in one op (Gemm: with its transposes)
+    MatMul = frozenset({"aten.matmul", "aten.mm", "aten.bmm", "onnx.MatMul"})  # a @ b, operands first
+    Einsum = frozenset({"aten.einsum", "onnx.Einsum"})
+    # the products that can carry a batch of attention heads (mm is 2-D only)
+    BatchedMatMul = (MatMul - {"aten.mm"}) | Einsum
+    Conv = frozenset({"aten.conv1d", "aten.conv2d", "aten.conv3d", "onnx.Conv"})  # not transposed
+
+    # ---- attention --------------------------------------------------------------------------
+    Attention = frozenset({"aten.scaled_dot_product_attention"})  # fused: q, k, v are its first inputs
+    Softmax = frozenset({"aten.softmax", "aten._softmax", "aten._safe_softmax", "onnx.Softmax"})
+
+    # ---- normalisation ------------------------------------------------------------------------
+    BatchNorm = frozenset({"aten.batch_norm", "aten._native_batch_norm_legit_no_training",
+                           "aten._native_batch_norm_legit", "onnx.BatchNormalization"})  # weight is input 1
+
+    # ---- elementwise ----------------------------------------------------------------------------
+    Add = frozenset({"aten.add", "aten.add_", "onnx.Add"})
+    Sub = frozenset({"aten.sub", "onnx.Sub"})
+    Scale = frozenset({"aten.mul", "aten.div", "onnx.Mul", "onnx.Div"})
+    Neg = frozenset({"aten.neg", "onnx.Neg"})
+    Mask = frozenset({"aten.masked_fill", "aten.where", "onnx.Where"})
+    Cast = frozenset({"aten.to", "aten._to_copy", "aten.type_as", "onnx.Cast"})
+    Copy = frozenset({"aten.clone", "aten.contiguous"})
+    Dropout = frozenset({"aten.dropout", "onnx.Dropout"})
+    # may hand back their very input tensor (a same-dtype .to(), .contiguous() of a contiguous tensor)
+    MayAlias = frozenset({"aten.to", "aten._to_copy", "aten.alias", "aten.contiguous"})
+
+    # ---- movement: the same elements in another shape, order or window --------------------------
+    Reshape = frozenset({"aten.view", "aten.reshape", "aten._unsafe_view", "onnx.Reshape"})
+    Movement = Reshape | {
+        "aten.permute", "aten.transpose", "aten.t", "aten.expand", "aten.squeeze", "aten.unsqueeze",
+        "aten.flatten", "aten.unflatten", "aten.roll", "aten.slice", "aten.narrow", "aten.select",
+        "aten.constant_pad_nd", "aten.pad",
+        "onnx.Transpose", "onnx.Expand", "onnx.Squeeze", "onnx.Unsqueeze", "onnx.Flatten", "onnx.Slice", "onnx.Pad"}
+
+    # ---- properties ---------------------------------------------------------------------------------
+    # a zero tensor comes out zero whatever the other operands (a divisor must not be the zero one)
+    KeepsZero = Scale | Neg | Movement | Copy | Cast | Dropout | MayAlias
+    # what an attention score tensor may pass between its q.k product and the softmax, and between
+    # the softmax and the product with v: a scale, a mask or bias, casts, dropout, copies, reshapes
+    # (an in-place add never was: kept out so the attention sites found stay the same)
+    ScorePath = (Scale | Add | Sub | Mask | Cast | Dropout | Copy | Reshape) - {"aten.add_"}
+
+
+def families() -> dict[str, frozenset[str]]:
+    """Family name -> its op ids, every family of :class:`Ops`."""
+    return {k: v for k, v in vars(Ops).items() if isinstance(v, frozenset)}
+
+
+def aten(family: frozenset[str]) -> tuple[str, ...]:
+    """A family's aten ops, sorted: for a rule that registers the aten spellings in one line
+    (ONNX ops of the family take their arguments another way)."""
+    return tuple(sorted(op for op in family if op.startswith("aten.")))

@@ -1,0 +1,157 @@
+"""Every private torch internal graphprune uses, each under a public name of this module.
+
+Nothing else in the package reaches into torch's private modules or attributes, so a torch
+release that moves one breaks here, in one place. What is private, and why it is used:
+
+* ``torch.utils._pytree`` (:func:`tree_leaves`, :func:`tree_flatten`, :func:`tree_map`) and
+  ``torch.fx._pytree.tree_flatten_spec`` (:func:`fx_flatten_spec`): the Python pytree whose
+  ``TreeSpec`` export's ``in_spec`` and fx's flattening use; torch has no public module for it
+  on the floor version, and the C++ pytree's specs do not mix with fx's.
+* ``torch.nn.modules.conv._ConvNd``, ``torch.nn.modules.batchnorm._NormBase`` (:data:`ConvNd`,
+  :data:`NormBase`): the one base class of every conv (batch/instance norm) layer, subclasses
+  included; no public base class.
+* ``torch._ops.OpOverload`` / ``OpOverloadPacket`` and ``OpOverload._schema``
+  (:func:`is_op_overload`, :func:`is_op_packet`, :func:`op_qualname`): the types of fx call
+  targets; ``name()`` appends the overload, the schema's name does not.
+* Recording at the pre-dispatch key (frontends/torch_record.py): ``TorchDispatchMode``'s
+  ``_dispatch_key``, ``torch._C.DispatchKey.PreDispatch``, ``SchemaCheckMode`` as the mode's
+  base (:data:`PreDispatchModeBase`, :func:`init_predispatch_mode`),
+  ``torch._dispatch.python.enable_python_dispatcher`` (:func:`python_dispatcher`),
+  ``torch._C._DisablePythonDispatcher`` (:func:`no_python_dispatcher`),
+  ``torch.nn.utils.stateless._reparametrize_module`` (:func:`reparametrize`), and
+  ``torch.compiler._is_compiling_flag`` / ``_is_exporting_flag`` (:func:`export_flags`).
+* ``Module._parameters`` / ``_buffers`` (:func:`own_params`, :func:`own_buffers`,
+  :func:`set_tensor`, :func:`pop_tensor`, :func:`restore_tensors`) and
+  ``RNNBase._init_flat_weights`` (:func:`refresh_rnn_weights`): see each function.
+
+Checked on torch 2.13 (the development environment). The declared floor is torch>=2.4; of the
+above, ``torch.compiler._is_exporting_flag`` arrived in 2.6 (pytorch#142425), so
+:func:`export_flags` sets only the flags the running torch has.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.fx._pytree as _fx_pytree
+import torch.utils._pytree as _pytree
+from torch import nn
+from torch._dispatch.python import enable_python_dispatcher
+from torch._ops import OpOverload, OpOverloadPacket
+from torch._subclasses.schema_check_mode import SchemaCheckMode
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils._python_dispatch import TorchDispatchMode
+
+tree_leaves = _pytree.tree_leaves
+tree_flatten = _pytree.tree_flatten
+tree_map = _pytree.tree_map
+fx_flatten_spec = _fx_pytree.tree_flatten_spec
+
+ConvNd = nn.modules.conv._ConvNd
+NormBase = nn.modules.batchnorm._NormBase
+
+# torch admits only its own mode classes at the pre-dispatch key; SchemaCheckMode's slot is the
+# one nothing else uses while graphprune records.
+PreDispatchModeBase = SchemaCheckMode
+
+
+def is_op_overload(target: Any) -> bool:
+    """Whether an fx call target is one overload of an operator (``aten.conv2d.default``)."""
+    return isinstance(target, OpOverload)
+
+
+def is_op_packet(target: Any) -> bool:
+    """Whether an fx call target is an operator with its overloads (``aten.conv2d``)."""
+    return isinstance(target, OpOverloadPacket)
+
+
+def op_qualname(op: OpOverload) -> str:
+    """'aten::conv2d' for ``aten.conv2d.default``: the schema's name, without the overload."""
+    return op._schema.name
+
+
+def init_predispatch_mode(mode: TorchDispatchMode) -> None:
+    """Initialise a dispatch mode to run at the pre-dispatch key (before autograd and
+    decompositions): only the ops a forward calls are seen, not what they run underneath."""
+    TorchDispatchMode.__init__(mode, _dispatch_key=torch._C.DispatchKey.PreDispatch)
+
+
+def python_dispatcher():
+    """Context: route ops through the Python dispatcher, which a pre-dispatch mode needs."""
+    return enable_python_dispatcher()
+
+
+def no_python_dispatcher():
+    """Context: run ops on their own kernels (C++ meta kernels where torch has them), not
+    back through the Python dispatcher, which costs twice as much per op."""
+    return torch._C._DisablePythonDispatcher()
+
+
+def reparametrize(module: nn.Module, tensors: dict[str, torch.Tensor]):
+    """Context: ``module`` sees ``tensors`` (path -> tensor) in place of its parameters and
+    buffers. ``torch.func.functional_call`` runs the forward itself; recording must run it
+    inside its own modes and hooks, so the context manager underneath is used."""
+    return _reparametrize_module(module, tensors)
+
+
+@contextlib.contextmanager
+def export_flags() -> Iterator[None]:
+    """What torch.export sets (``torch.compiler.is_compiling()`` / ``is_exporting()`` true),
+    so library code takes its export-friendly paths. Flags the running torch lacks are skipped."""
+    names = [n for n in ("_is_compiling_flag", "_is_exporting_flag") if hasattr(torch.compiler, n)]
+    old = [getattr(torch.compiler, n) for n in names]
+    for n in names:
+        setattr(torch.compiler, n, True)
+    try:
+        yield
+    finally:
+        for n, v in zip(names, old):
+            setattr(torch.compiler, n, v)
+
+
+# A module's own registries. Read directly, not through named_parameters(recurse=False): every
+# trace walks every module, and the dicts read 2.5x as fast as those generators (1.2 vs 3.0 ms
+# over 1,200 modules). Written directly: Module.__setattr__ would run the global registration
+# hooks again for a tensor that only changed shape, and refuses a plain tensor under a
+# parameter's name.
+
+def own_params(module: nn.Module) -> Mapping[str, torch.Tensor | None]:
+    """The parameters registered on ``module`` itself (not its children); read only."""
+    return module._parameters
+
+
+def own_buffers(module: nn.Module) -> Mapping[str, torch.Tensor | None]:
+    """The buffers registered on ``module`` itself (not its children); read only."""
+    return module._buffers
+
+
+def set_tensor(module: nn.Module, name: str, value: Any) -> None:
+    """Replace the parameter or buffer ``name`` of ``module`` in its registry, or set a plain
+    attribute where ``name`` is neither."""
+    if name in module._parameters:
+        module._parameters[name] = value
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        setattr(module, name, value)
+
+
+def pop_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """Take the parameter (or else the buffer) ``name`` out of ``module``'s registry."""
+    return module._parameters.pop(name) if name in module._parameters else module._buffers.pop(name)
+
+
+def restore_tensors(module: nn.Module, params: Mapping[str, Any], buffers: Mapping[str, Any]) -> None:
+    """Make ``module``'s registries hold exactly ``params`` and ``buffers`` again (copies of
+    :func:`own_params` / :func:`own_buffers` taken earlier), names dropped since included."""
+    module._parameters.clear()
+    module._parameters.update(params)
+    module._buffers.clear()
+    module._buffers.update(buffers)
+
+
+def refresh_rnn_weights(rnn: nn.RNNBase) -> None:
+    """Rebuild the list of weights an RNN's forward reads (not its attributes) after
+    :func:`set_tensor` replaced them, which bypasses RNNBase.__setattr__'s own update."""
+    rnn._init_flat_weights()
