@@ -27,7 +27,8 @@ _EXPORTS = {
     "OnnxPruneReport": "api.onnx_models", "prune_onnx": "api.onnx_models", "verify_onnx": "api.onnx_models",
     "PrunePlan": "planning.plan", "PruneReport": "report.prune_report", "prune_iterative": "api.schedule",
     "RecoverError": "api.recover", "RecoverResult": "api.recover", "recover": "api.recover",
-    "load_pruned": "hf", "save_pruned": "hf",
+    "load_pruned": "hf", "save_pruned": "hf", "PruneOptions": "options",
+    "Reason": "reasons",
 }
 
 if TYPE_CHECKING:  # what the names are, for editors and type checkers
@@ -42,7 +43,9 @@ if TYPE_CHECKING:  # what the names are, for editors and type checkers
     from .io.module_checkpoint import load_pruned_module, save_pruned_module
     from .io.onnx_export import ExportReport, export_onnx
     from .metrics import count_macs, count_params
+    from .options import PruneOptions
     from .planning.plan import PrunePlan
+    from .reasons import Reason
     from .report.prune_report import PruneReport
 
 
@@ -67,5 +70,5 @@ __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport",
            "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA",
            "register_importance", "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned",
            "load_pruned_module", "save_pruned_module", "prune_iterative", "recover", "RecoverResult",
-           "RecoverError"]
+           "RecoverError", "PruneOptions", "Reason"]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ import torch
 
 import graphprune as gp
 from graphprune.calib.sites import find_sites
+from graphprune.options import PruneOptions
 from graphprune.oracle import OracleReport
 from graphprune.pipeline import plan_program
 from graphprune.planning.plan import keep_masks
@@ -65,7 +66,7 @@ def test_masked_run_is_what_the_pruned_program_computes(kind, programs):
     progs, _, _ = programs
     program = progs[kind]
     dg = program.graph()
-    p = plan_program(program, ratio=0.5, importance="l2").plan
+    p = plan_program(program, PruneOptions(ratio=0.5, importance="l2")).plan
     assert any(p.pruned.values())
     x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
     pruned = program.apply(p)

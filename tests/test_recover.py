@@ -226,9 +226,9 @@ def test_transformers_model_with_dict_batches():
 def test_prune_iterative_recovers_from_the_original_between_steps(monkeypatch):
     model, data = _mlp(), _batches(10, 16)
     original = _state(model)
-    module = importlib.import_module("graphprune.api.recover")
-    real, teachers = module.recover, []
-    monkeypatch.setattr(module, "recover", lambda m, t, **kw: teachers.append(t) or real(m, t, **kw))
+    module = importlib.import_module("graphprune.api.schedule")  # where prune_iterative calls recover
+    real, teachers = module.distill, []
+    monkeypatch.setattr(module, "distill", lambda m, t, **kw: teachers.append(t) or real(m, t, **kw))
     model, reports = gp.prune_iterative(model, (data[0],), ratio=0.75, steps=2, round_to=1,
                                         recover=dict(data=data, steps=40))
     assert len(teachers) == 2 and teachers[0] is teachers[1] and _same(_state(teachers[0]), original)

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import onnx
 
 from ..errors import PlanError
 from ..graph import DependencyGraph
+from ..options import PruneOptions
 from ..oracle import OracleReport, run_oracle
-from ..pipeline import plan_program, prune_program
-from ..planning.plan import PrunePlan, check_ratio
+from ..pipeline import prune_program
+from ..planning.plan import PrunePlan
 from ..program.onnx_program import OnnxProgram, probe_inputs  # noqa: F401  (probe_inputs: public helper)
 from ..report.prune_report import PruneReport
 
 OnnxPruneReport = PruneReport  # one report type for both front-ends (latency and path are filled here)
-OnnxOracleReport = OracleReport
 
 
 def _program(dg: DependencyGraph, model: onnx.ModelProto | None = None) -> OnnxProgram:
@@ -36,30 +36,16 @@ def verify_onnx(model: onnx.ModelProto | None, dg: DependencyGraph, plan: PruneP
     return run_oracle(_program(dg, model), plan, atol, trials)
 
 
-def plan_onnx(dg: DependencyGraph, ratio: float = 0.3, importance: str = "auto", round_to: int = 1,
-              ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
-              targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
-              notes: list[str] | None = None, ratios: Mapping[int, float] | None = None,
-              allocation: str = "auto") -> PrunePlan:
-    """Rank and plan like :func:`graphprune.plan`, for a model loaded with :func:`graphprune.load_onnx`;
-    data-aware criteria run the calibration batches in onnxruntime."""
-    planned = plan_program(_program(dg), ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                           None, compensate, allocation=allocation)
-    if notes is not None:
-        notes.extend(planned.notes)
-    return planned.plan
+ONNX_DEFAULTS = {"ratio": 0.3, "verify": True}  # the oracle's tolerance is the program's (1e-4 in onnxruntime)
 
 
-def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.3, importance: str = "auto",
-               round_to: int | str = "auto", ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
-               verify: bool = True, atol: float = 1e-4, measure_latency: bool = True,
-               targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
-               ratios: Mapping[int, float] | None = None, plan_: PrunePlan | None = None,
-               allocation: str = "auto", add_bias: bool = False, input_shapes: Mapping[str, tuple] | None = None,
-               inputs: Mapping | None = None, budget: Mapping[str, float] | str | None = None,
-               max_ratio: float | None = None, runtime: str | None = "auto") -> PruneReport:
+def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | None = None, *,
+               plan_: PrunePlan | None = None, input_shapes: Mapping[str, tuple] | None = None,
+               inputs: Mapping | None = None, options: PruneOptions | None = None, **given) -> PruneReport:
     """Prune an ONNX file into a smaller one. Nothing is written unless every check passes
     (onnx.checker, the outputs' shapes in onnxruntime, and with ``verify`` the oracle).
+    Options are the fields of :class:`graphprune.PruneOptions` (here ``ratio`` 0.3 and
+    ``verify=True`` by default), as keyword arguments or whole as ``options=``.
 
     ``input_shapes`` ({"images": (1, 3, 640, 640)}) fixes the inputs' dynamic dims for the
     analysis and the checks; ``inputs`` ({name: array}) gives example inputs where random data
@@ -87,12 +73,12 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float = 0.
         >>> report = graphprune.prune_onnx("model.onnx", "slim.onnx", ratio=0.3)   # doctest: +SKIP
         >>> print(report)                                                         # doctest: +SKIP
     """
-    check_ratio(ratio)  # before the model is loaded
+    if ratio is not None:
+        given["ratio"] = ratio
+    opts = PruneOptions.of(options, defaults=ONNX_DEFAULTS, **given)  # every option checked before the load
     dst = Path(dst)
     program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes)
-    pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                                   None, compensate, add_bias, plan_, verify, atol, measure_latency,
-                                   allocation=allocation, budget=budget, max_ratio=max_ratio, runtime=runtime)
+    pruned, report = prune_program(program, opts, plan_)
     pruned.save(dst)
     report.path = str(dst)
     return report

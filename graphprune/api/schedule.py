@@ -17,6 +17,7 @@ import torch
 
 from ..errors import PlanError
 from ..metrics import count_macs, count_params
+from ..options import PruneOptions
 from ..planning.budget import parse_budget
 from ..planning.plan import check_ratio
 from .recover import recover as distill
@@ -68,17 +69,18 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         raise PlanError("give prune_iterative either budget= (the final target) or ratio= (the final per-group ratio)")
     if not isinstance(steps, int) or steps < 1:
         raise PlanError(f"steps must be a positive integer, got {steps!r}")
+    opts = PruneOptions.of(**options)  # every option checked before the first step
     args = args if isinstance(args, tuple) else (args,)
     hf = hasattr(model, "config") and hasattr(model, "save_pretrained")
     if hf:  # what hf.prune does before it traces, so the first step can reuse this graph
         from ..hf.inputs import example_inputs, prepare
 
         prepare(model)
-        calib = options.get("calib")
+        calib = opts.calib
         kwargs = dict(kwargs) if kwargs else dict(calib[0]) if calib else example_inputs(model)
     if budget is None:
         check_ratio(ratio)
-    recover_opts = _recover_options(recover, options.get("calib"))
+    recover_opts = _recover_options(recover, opts.calib)
     teacher = copy.deepcopy(model) if recover_opts is not None else None  # the original, for every step
     graph = trace(model, args, kwargs)  # the first step prunes this very graph
     original = {"macs": count_macs(graph.ir), "params": count_params(graph.ir)}
@@ -95,9 +97,9 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         if hf:
             from ..hf import prune as hf_prune
 
-            model, report = hf_prune(model, kwargs, graph=graph, **plan_args, **options)
+            model, report = hf_prune(model, kwargs, graph=graph, options=opts.replace(**plan_args))
         else:
-            model, report = prune(model, args, kwargs, graph=graph, **plan_args, **options)
+            model, report = prune(model, args, kwargs, graph=graph, options=opts.replace(**plan_args))
         graph = None  # the model changed: later steps trace it again
         reports.append(report)
         if recover_opts is not None:

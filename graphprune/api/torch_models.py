@@ -1,19 +1,21 @@
 """The public entry points for PyTorch models: trace, plan, prune, and the oracle (verify)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from ..graph import DependencyGraph
+from ..options import PruneOptions
 from ..oracle import OracleReport, run_oracle
 from ..oracle import max_abs_diff as _max_abs_diff
-from ..pipeline import compensation_mode, plan_program, prune_program, resolve_importance  # noqa: F401
+from ..pipeline import plan_program, prune_program
 from ..planning.plan import PrunePlan, keep_masks
 from ..program.onnx_program import OnnxProgram
 from ..program.torch_program import TorchProgram
 from ..rules import load_all
+from ..util.torch_compat import tree_leaves
 
 load_all()  # the op rules register on import: with the API, not inside the first trace
 
@@ -47,13 +49,12 @@ def load_onnx(path: str, freeze_io: bool = True, input_shapes: Mapping[str, tupl
     return OnnxProgram.load(path, dict(inputs) if inputs is not None else None, input_shapes).graph(freeze_io)
 
 
-def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, importance: str = "auto",
-         round_to: int | str = "auto", ignore: Iterable[str] = (), roles: Iterable[str] | None = None,
-         ratios: Mapping[int, float] | None = None, targets: Iterable[str] | str | None = None,
-         calib=None, loss_fn=None, compensate: bool | str | None = None, notes: list[str] | None = None,
-         allocation: str = "auto", budget: Mapping[str, float] | str | None = None,
-         max_ratio: float | None = None, runtime: str | None = "auto") -> PrunePlan:
-    """Rank every selected group by ``importance`` and drop ``ratio`` of each.
+def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float | None = None, importance: str | None = None,
+         *, options: PruneOptions | None = None, notes: list[str] | None = None, **given) -> PrunePlan:
+    """Rank every selected group by ``importance`` and drop ``ratio`` of each. Every other option
+    (``targets``, ``roles``, ``ratios``, ``ignore``, ``calib``, ``budget``, ``allocation``,
+    ``round_to``, ``runtime``, ...) is a field of :class:`graphprune.PruneOptions`, given as a
+    keyword argument here or whole as ``options=``; ``notes`` collects the planner's notes.
 
     ``targets`` picks what to prune by what it is (see :mod:`graphprune.kinds`):
     "heads" (whole attention heads; with GQA a key/value head and its query heads),
@@ -73,23 +74,25 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float = 0.5, imp
     positional inputs or a dict of keyword inputs each); "taylor" and "hessian" also need a
     loss (``loss_fn(output, batch)``, or the model's own ``output.loss``).
     """
-    planned = plan_program(TorchProgram.of(graph, model), ratio, importance, round_to, ignore, roles, ratios,
-                           targets, calib, loss_fn, compensate, allocation=allocation, budget=budget,
-                           max_ratio=max_ratio, runtime=runtime)
+    opts = PruneOptions.of(options, **_positional(ratio, importance), **given)
+    planned = plan_program(TorchProgram.of(graph, model), opts)
     if notes is not None:
         notes.extend(planned.notes)
     return planned.plan
 
 
-def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio: float = 0.5,
-          importance: str = "auto", round_to: int | str = "auto", ignore: Iterable[str] = (),
-          roles: Iterable[str] | None = None, graph: DependencyGraph | None = None,
-          plan_: PrunePlan | None = None, verify: bool = False, atol: float = 1e-5,
-          targets: Iterable[str] | str | None = None, calib=None, compensate: bool | str | None = None,
-          loss_fn=None, add_bias: bool = False, ratios: Mapping[int, float] | None = None,
-          allocation: str = "auto", budget: Mapping[str, float] | str | None = None,
-          max_ratio: float | None = None, runtime: str | None = "auto", measure_latency: bool = True):
+def _positional(ratio, importance) -> dict:
+    """The two options plan() also takes by position, where given."""
+    return {k: v for k, v in (("ratio", ratio), ("importance", importance)) if v is not None}
+
+
+def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, graph: DependencyGraph | None = None,
+          plan_: PrunePlan | None = None, options: PruneOptions | None = None, **given):
     """Prune ``model`` in place; return ``(model, PruneReport)``.
+
+    Options are the fields of :class:`graphprune.PruneOptions`, as keyword arguments
+    (``ratio=0.5``, ``calib=batches``, ``budget={"macs": 0.5}``...) or whole as ``options=``.
+    ``graph`` (traced on the same inputs) skips tracing again; ``plan_`` applies a given plan.
 
     ``budget={"macs": 0.5}`` (or ``{"params": 0.6}``, ``{"params": 20e6}``, several keys at
     once) replaces ``ratio``: the plan keeps at most that much (a fraction <= 1 of the
@@ -133,10 +136,8 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, ratio
     """
     args = args if isinstance(args, tuple) else (args,)
     program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
-    pruned, report = prune_program(program, ratio, importance, round_to, ignore, roles, ratios, targets, calib,
-                                   loss_fn, compensate, add_bias, plan_, verify, atol, inplace=True,
-                                   measure_latency=measure_latency, allocation=allocation, budget=budget,
-                                   max_ratio=max_ratio, runtime=runtime)
+    opts = PruneOptions.of(options, **given)
+    pruned, report = prune_program(program, opts, plan_, inplace=True)
     return pruned.model, report
 
 
@@ -146,7 +147,7 @@ def masked_original(dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: d
 
 
 def _arrays(x: Any) -> list[np.ndarray]:
-    return [t.detach().double().cpu().numpy() for t in torch.utils._pytree.tree_leaves(x)
+    return [t.detach().double().cpu().numpy() for t in tree_leaves(x)
             if isinstance(t, torch.Tensor)]
 
 

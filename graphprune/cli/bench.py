@@ -20,7 +20,7 @@ from ..io import sources
 from ..io.onnx_export import export_onnx
 from ..program.onnx_program import OnnxProgram
 from ..util.tables import table
-from .common import load_feeds, parse_input_shapes, step
+from .common import MODEL_HELP, input_flags, load_feeds, parse_input_shapes, step
 
 
 def _median_ms(fn, repeat: int) -> float:
@@ -117,3 +117,18 @@ def cmd_bench(ns: argparse.Namespace) -> int:
                        + ([f"{r['pruned_ms']:.3f} ms", f"{r['speedup']:.2f}x"] if "pruned_ms" in r else [])
                        for r in rows]))
     return 0
+
+
+def arguments(b: argparse.ArgumentParser) -> None:
+    """``graphprune bench``'s flags."""
+    b.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    b.add_argument("pruned", metavar="PRUNED", nargs="?", help="a second model to compare (same inputs)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    b.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op / torch threads (default 1)")
+    b.add_argument("--repeat", type=int, default=20, help="timed runs per measurement, median reported")
+    b.add_argument("--runtime", nargs="+", default=["onnxruntime", "torch"], choices=["onnxruntime", "torch"])
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    input_flags(b)
+
+
+run = cmd_bench

@@ -66,3 +66,29 @@ def load_feeds(path: str | None) -> dict | None:
         raise GraphpruneError(f"cannot read example inputs '{path}': {exc}. Give an .npz file whose arrays are "
                               "named by the model's inputs") from exc
     return data
+
+
+MODEL_HELP = ("an .onnx file, a Hugging Face folder (config + safetensors), a folder graphprune saved, "
+              "package.module:factory (returning a module or (module, example_args)), or a zoo name")
+
+
+def input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                   help="an input's shape, e.g. images:1x3x640x640 (repeat for several inputs): fixes an ONNX "
+                        "input's dynamic dims, or makes random example inputs for a factory that returns none")
+    p.add_argument("--inputs", metavar="FEEDS.npz",
+                   help="ONNX example inputs for the checks, an .npz of arrays named by model input (for inputs "
+                        "with a meaning: token ids, a sample rate)")
+    p.add_argument("--config", default="small", choices=["small", "full"], help="a zoo model's size (default small)")
+
+
+def round_to_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'auto' or a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1 (1: any width)")
+    return value

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -22,13 +21,15 @@ import graphprune as gp
 from ..api.recover import recover
 from ..errors import GraphpruneError
 from ..io import sources
+from ..io.checkpoint_doc import PLAN_FILE
 from ..io.module_checkpoint import save_pruned_module
 from ..io.onnx_export import export_onnx
 from ..io.sources import copy_side_files
-from ..planning.plan import PrunePlan, check_ratio
+from ..options import PruneOptions
+from ..planning.plan import check_ratio
 from ..report.html import write_report
 from ..util.atomic import atomic_path, public_tree
-from .common import emit, load_feeds, parse_input_shapes, parse_ratios, step
+from .common import MODEL_HELP, emit, input_flags, load_feeds, parse_input_shapes, parse_ratios, round_to_arg, step
 
 
 def output_kind(out: str) -> str:
@@ -66,6 +67,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         raise GraphpruneError("--ratio and --budget both choose how much goes: pass one of them")
     ns.ratio = 0.3 if ns.ratio is None else ns.ratio
     check_ratio(ns.ratio, "--ratio")  # before any work: a bad option must not cost a model load
+    options = _options(ns, onnx_in=ns.model.lower().endswith(".onnx"))
     out_kind = output_kind(ns.output)
     check_writable(ns.output, "-o")
     if ns.report:
@@ -76,9 +78,6 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     if kind == "onnx" and out_kind != "onnx":
         raise GraphpruneError(f"an ONNX model is written as an .onnx file, not '{ns.output}'")
     _check_recover(ns, kind)
-    options = dict(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
-                   compensate=False if ns.no_compensate else None, allocation=ns.allocation, add_bias=ns.add_bias,
-                   budget=ns.budget, max_ratio=ns.max_ratio, ratios=parse_ratios(ns.ratios))
     t = time.perf_counter()
     if kind == "onnx":
         calib = _npz_batches(ns.calib, ns.calib_batch) if ns.calib else None
@@ -128,24 +127,28 @@ def _recover(model, teacher, calib, steps: int):
     return recover(model, teacher, calib, steps=steps, unpack=unpack)
 
 
-def _onnx(ns, calib, options, input_shapes, inputs):
+def _options(ns, onnx_in: bool) -> PruneOptions:
+    """The command's options as one PruneOptions. The runtime is the one the output is for: an
+    ONNX model or an .onnx OUT runs on onnxruntime, a PyTorch module on PyTorch."""
+    auto = "onnxruntime" if onnx_in or str(ns.output).endswith(".onnx") else "torch"
+    return PruneOptions.of(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
+                           compensate=False if ns.no_compensate else None, allocation=ns.allocation,
+                           add_bias=ns.add_bias, budget=ns.budget, max_ratio=ns.max_ratio,
+                           ratios=parse_ratios(ns.ratios), round_to=ns.round_to,
+                           runtime={"none": None, "auto": auto}.get(ns.runtime, ns.runtime),
+                           measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify)
 
-    runtime = None if ns.runtime == "none" else "onnxruntime" if ns.runtime == "auto" else ns.runtime
-    return gp.prune_onnx(ns.model, ns.output, round_to=ns.round_to, runtime=runtime,
-                         measure_latency=not ns.no_latency, calib=calib, input_shapes=input_shapes, inputs=inputs,
-                         **options)
+
+def _onnx(ns, calib, options: PruneOptions, input_shapes, inputs):
+    return gp.prune_onnx(ns.model, ns.output, input_shapes=input_shapes, inputs=inputs,
+                         options=options.replace(calib=calib))
 
 
-def _torch(src, calib, options, ns):
-
-    # the runtime the output is for: an .onnx OUT runs on onnxruntime, a module on PyTorch
-    runtime = {"none": None, "auto": "onnxruntime" if str(ns.output).endswith(".onnx") else "torch"}.get(
-        ns.runtime, ns.runtime)
-    options = dict(options, round_to=ns.round_to, runtime=runtime, measure_latency=not ns.no_latency,
-                   verify=not ns.no_verify)
+def _torch(src, calib, options: PruneOptions, ns):
+    options = options.replace(calib=calib)
     if src.is_hf:
-        return gp.hf.prune(src.model, inputs=src.kwargs, calib=calib, **options)
-    return gp.prune(src.model, src.args, src.kwargs, calib=calib, **options)
+        return gp.hf.prune(src.model, inputs=src.kwargs, options=options)
+    return gp.prune(src.model, src.args, src.kwargs, options=options)
 
 
 def write(src, model, report, out: str, out_kind: str) -> None:
@@ -162,7 +165,7 @@ def write(src, model, report, out: str, out_kind: str) -> None:
         with atomic_path(out) as tmp:
             torch.save(model, tmp)
         return
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "graphprune.json").exists())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PLAN_FILE).exists())):
         raise GraphpruneError(f"-o {out} exists and is not a folder graphprune wrote; choose another -o")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -190,10 +193,9 @@ def write(src, model, report, out: str, out_kind: str) -> None:
 
 def _history(src):
 
-    if src.kind != "saved" or src.path is None:
+    if src.saved is None:
         return []
-    doc = json.loads((src.path / "graphprune.json").read_text())
-    return [PrunePlan.from_json(s["plan"]) for s in doc.get("history", [])]
+    return list(src.saved.history)  # each step with its own added biases
 
 
 def _npz_batches(path: str, batch: int) -> list[dict]:
@@ -276,3 +278,55 @@ def _text_calib(ns, src) -> list[dict]:
             b["attention_mask"] = torch.ones_like(chunk)
         batches.append(b)
     return batches
+
+
+def arguments(pr: argparse.ArgumentParser) -> None:
+    """``graphprune prune``'s flags."""
+    pr.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    pr.add_argument("-o", "--output", required=True,
+                    help="OUT: file.onnx, file.pt, or a folder (a transformers folder that load_pruned reads, with "
+                         "the tokenizer copied; or model.safetensors + plan). Written only if every check passes")
+    pr.add_argument("--ratio", type=float, default=None, help="share of each selected group to remove (default 0.3)")
+    pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
+                                     "<= 1 of the original, or a count), latency_ms=3; several keys all hold")
+    pr.add_argument("--targets", nargs="*", default=None,
+                    help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups, channels, blocks "
+                         "(whole residual branches, scored on --calib) (default: heads and ffn for models with "
+                         "attention, else channels and conv groups)")
+    pr.add_argument("--importance", default="auto",
+                    help="criterion: auto, l1, l2, lamp, bn_scale, random, obs, activation, fluctuation, taylor, hessian "
+                         "(auto: obs with --calib, else l2)")
+    pr.add_argument("--calib", help="calibration data: an .npz of arrays named by model input (samples along dim "
+                                    "0), a folder of .npz batches, or for a Hugging Face folder a .txt file")
+    pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
+    pr.add_argument("--calib-samples", type=int, default=32, help="sequences cut from a .txt --calib (default 32)")
+    pr.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of a .txt --calib (default 128)")
+    pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
+                    help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
+                         "distillation on the --calib batches, a tenth held out; graphprune.recover)")
+    pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
+    pr.add_argument("--add-bias", action="store_true",
+                    help="with --calib: let compensation add a bias to layers that have none")
+    pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity", "global"],
+                    help="how ratios are chosen per group (default auto: sensitivity with --calib, else uniform)")
+    pr.add_argument("--ratios", help="per-group overrides of --ratio: KIND=R, NAME=R (a module, parameter or "
+                                     "initializer name) or GROUP=R, comma-separated")
+    pr.add_argument("--max-ratio", type=float, default=None,
+                    help="with --budget / --allocation global: the most any group loses (default 0.9)")
+    pr.add_argument("--round-to", type=round_to_arg, default="auto",
+                    help="keep channel counts multiples of this; 'auto' (default): the multiples the target "
+                         "runtime's kernels run fastest on this machine (measured once, cached); 1: any width")
+    pr.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "none"], default="auto",
+                    help="where the pruned model will run, for widths and the latency before/after: auto (default) "
+                         "is onnxruntime for an .onnx OUT, PyTorch eager otherwise; none measures nothing")
+    pr.add_argument("--ignore", nargs="*", default=[], help="modules, parameters or initializers to keep whole")
+    pr.add_argument("--no-latency", action="store_true", help="skip the latency measurement before/after")
+    pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
+    pr.add_argument("--report", metavar="DIR", help="write report.json and report.html (with plots) to DIR")
+    pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")
+    pr.add_argument("--plot-layers", metavar="PNG", help="save a plot of the kept width per layer")
+    pr.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    input_flags(pr)
+
+
+run = cmd_prune

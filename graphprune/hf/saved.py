@@ -1,32 +1,27 @@
 """Pruned checkpoints that reload, even when layers were pruned unevenly.
 
-``save_pruned`` writes the usual ``save_pretrained`` folder plus ``graphprune.json``:
-the original config, the plan, and the example inputs' shapes. ``load_pruned``
-rebuilds the original architecture from that config, re-traces it, applies the same
-plan (the same rewrite, so the same module attributes), and loads the safetensors.
+``save_pruned`` writes the usual ``save_pretrained`` folder plus ``graphprune.json``
+(io/checkpoint_doc.py): the original config, the plans, and the example inputs' shapes.
+``load_pruned`` rebuilds the original architecture from that config, re-traces it, applies
+the same plans (io/module_checkpoint.py's replay: the same rewrite, so the same module
+attributes), and loads the safetensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from ..api import torch_models as api
-from ..backends.torch_depth import remove_blocks
-from ..backends.torch_module import rewrite
 from ..errors import GraphpruneError
 from ..frontends.torch_export import tied_aliases
-from ..io.module_checkpoint import rebuild_tensor
-from ..planning.plan import PrunePlan
-from ..util.atomic import write_bytes_atomic
+from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc
+from ..io.module_checkpoint import replay
 from .inputs import prepare
 from .pretrained import META_ATTR
 from .sync import sync_config
-
-PLAN_FILE = "graphprune.json"
-FORMAT = 1
 
 
 def save_pruned(model: torch.nn.Module, directory: str | os.PathLike, **save_kwargs) -> Path:
@@ -41,8 +36,7 @@ def save_pruned(model: torch.nn.Module, directory: str | os.PathLike, **save_kwa
     directory = Path(directory)
     model.save_pretrained(directory, **save_kwargs)
     shapes = {n: list(t.shape) for n, t in model.state_dict().items()}
-    doc = dict(meta, format=FORMAT, shapes=shapes)
-    write_bytes_atomic(directory / PLAN_FILE, json.dumps(doc, sort_keys=True).encode())
+    dataclasses.replace(meta, format=FORMAT, shapes=shapes).write(directory)
     return directory
 
 
@@ -64,35 +58,22 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     if not path.exists():
         raise GraphpruneError(f"{directory} has no {PLAN_FILE}: save the model with graphprune.hf.save_pruned, "
                               "or load an evenly pruned model with from_pretrained")
-    doc = json.loads(path.read_text())
-    if doc.get("format") != FORMAT:
-        raise GraphpruneError(f"{path} has format {doc.get('format')}; this graphprune reads format {FORMAT}")
-    cls = model_class or getattr(transformers, doc["architecture"], None)
+    doc = CheckpointDoc.read(directory)
+    if doc.format != FORMAT:
+        raise GraphpruneError(f"{path} has format {doc.format}; this graphprune reads format {FORMAT}")
+    cls = model_class or getattr(transformers, doc.architecture or "", None)
     if cls is None:
-        raise GraphpruneError(f"transformers has no class {doc['architecture']}; pass model_class=")
-    config = cls.config_class.from_dict(doc["original_config"])
+        raise GraphpruneError(f"transformers has no class {doc.architecture}; pass model_class=")
+    config = cls.config_class.from_dict(doc.original_config)
     model = prepare(cls(config))
-    inputs = {k: rebuild_tensor(spec) for k, spec in doc["inputs"].items()}
+    _, inputs = doc.example_inputs()
     # an iterative schedule saved every step's plan: each applies to the model the previous one left
-    steps = doc.get("history") or [{"plan": doc["plan"], "added_biases": doc.get("added_biases", [])}]
-    for step in steps:
-        graph = api.trace(model, (), inputs)
-        plan = PrunePlan.from_json(step["plan"])
-        for gid, size in plan.sizes.items():
-            if gid not in graph._by_atom or graph.group(gid).size != size:
-                raise GraphpruneError(f"the saved plan does not fit {cls.__name__} as this transformers version builds "
-                                      f"it (group {gid} of size {size} is missing); load it with the versions that "
-                                      "saved it")
-        rewrite(model, graph, plan, (), inputs)
-        sync_config(model, graph, plan)
-        for path in step.get("added_biases", []):  # compensation gave these layers a bias: make room for it
-            mod = model.get_submodule(path)
-            mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
-        if plan.blocks:  # residual branches removed whole: the same module swaps
-
-            remove_blocks(model, graph, graph.removed_blocks(plan.blocks), (), inputs)
+    model = replay(model, doc.history, (), inputs,
+                   lambda gid, size: f"the saved plan does not fit {cls.__name__} as this transformers version builds "
+                                     f"it (group {gid} of size {size} is missing); load it with the versions that "
+                                     "saved it", after=sync_config)
     state = _read_weights(directory, load_file)
-    want = {n: tuple(s) for n, s in doc["shapes"].items()}
+    want = {n: tuple(s) for n, s in doc.shapes.items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     wrong = [n for n in want if have.get(n) != want[n]]
     if wrong:
@@ -107,8 +88,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     # pruned again later (the CLI on a saved folder): the history goes on from here
-    setattr(model, META_ATTR, {k: doc[k] for k in ("original_config", "plan", "history", "inputs", "architecture",
-                                                   "added_biases") if k in doc})
+    setattr(model, META_ATTR, doc)
     return model.to(device).eval()
 
 

@@ -84,9 +84,8 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
     pruned = plan.masks()
     heads: dict[str, tuple] = {}
     kinds = dg.kinds
-    module_of = {n.name: n.meta.get("module", "") for n in dg.ir.nodes}
     for node_name, q, _, v in attention_sites(dg):
-        path = module_of[node_name]
+        path = dg.module_of(node_name)
         q_atoms = dg.solver.atoms(dg.solver.layout((q, head_axis(dg, q) % dg.ir.values[q].rank)))
         kv_atoms = [a for a in q_atoms if kinds.get(a) == "head"]
         rep_atoms = [a for a in q_atoms if kinds.get(a) == "query_group"]

@@ -21,11 +21,11 @@ from typing import Any
 from graphprune.zoo import ZOO, build
 
 from ..errors import GraphpruneError
+from .checkpoint_doc import PLAN_FILE, CheckpointDoc
 from .factory import call_factory
 from .module_checkpoint import load_pruned_module
 
 KINDS = ("onnx", "saved", "hf", "factory", "zoo")
-PLAN_FILE = "graphprune.json"
 
 
 @dataclass
@@ -38,7 +38,8 @@ class Source:
     model: Any = None  # torch.nn.Module
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    recipe: dict = field(default_factory=dict)  # how to rebuild the unpruned module (saved checkpoints)
+    recipe: dict = field(default_factory=dict)  # how to rebuild the unpruned PyTorch module (zoo, factory, saved)
+    saved: CheckpointDoc | None = None  # a folder graphprune saved: its graphprune.json
 
     @property
     def is_onnx(self) -> bool:
@@ -46,7 +47,7 @@ class Source:
 
     @property
     def is_hf(self) -> bool:
-        return self.kind == "hf" or (self.kind == "saved" and "architecture" in self.recipe)
+        return self.kind == "hf" or (self.saved is not None and self.saved.is_hf)
 
 
 def classify(spec: str) -> str:
@@ -149,16 +150,16 @@ def _hf_folder(path: Path, input_shapes) -> Source:
 
 
 def _saved(path: Path) -> Source:
-    doc = json.loads((path / PLAN_FILE).read_text())
-    if "architecture" in doc:  # graphprune.hf.save_pruned
+    doc = CheckpointDoc.read(path)
+    if doc.is_hf:  # graphprune.hf.save_pruned
         from ..hf.inputs import example_inputs
         from ..hf.saved import load_pruned
 
         model = load_pruned(path)
-        return Source("saved", str(path), path, model, (), example_inputs(model), doc)
+        return Source("saved", str(path), path, model, (), example_inputs(model), saved=doc)
 
     model, args, kwargs = load_pruned_module(path)
-    return Source("saved", str(path), path, model, args, kwargs, doc.get("recipe", {}))
+    return Source("saved", str(path), path, model, args, kwargs, doc.recipe or {}, doc)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",

@@ -25,11 +25,10 @@ from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
 from ..util.progress import progress
-from .plan import PrunePlan, block_masks, keep_masks, kept_count, make_plan, shape_fn, step_of
+from .plan import MAX_RATIO, PrunePlan, block_masks, keep_masks, kept_count, make_plan, shape_fn, step_of
 
 ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
-MAX_RATIO = 0.9  # no group loses more than this share of its channels
 ROWS = 1024  # calibration rows (tokens, or items) the sensitivity runs use at most
 # ``auto`` measures sensitivity when the masked runs cost at most this many MACs (about a
 # minute on two CPU cores): all-MiniLM-L6-v2 needs 1.3e12, SmolLM2-135M 2.1e13, where nine

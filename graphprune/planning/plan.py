@@ -12,6 +12,7 @@ from ..blocks import dead_values
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..kinds import KINDS
+from ..reasons import MODEL_IO, Reason
 
 
 @dataclass
@@ -94,6 +95,9 @@ def carried_value(dg: DependencyGraph, carry, pruned: dict[int, np.ndarray]) -> 
     """The new value of a constant that spells a slot's size (negative ones stay negative)."""
     size = new_size(dg, carry.key, pruned)
     return -size if carry.value < 0 else size
+
+
+MAX_RATIO = 0.9  # no group loses more than this share of its channels: each keeps at least a tenth of itself
 
 
 def check_ratio(ratio: float, what: str = "ratio") -> float:
@@ -181,7 +185,9 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
         out.append(g)
     if not out and targets is not None:
         have = sorted({g.kind for g in dg.prunable_groups()})
-        raise PlanError(f"the model has no prunable group of kind {list(wanted)}; its prunable kinds are {have}")
+        frozen = [g for g in dg.groups if not g.prunable and g.kind in wanted]  # why the wanted kinds cannot shrink
+        raise PlanError(f"the model has no prunable group of kind {list(wanted)}; its prunable kinds are {have}",
+                        reasons=[r for r, _ in ranked_freezes(frozen)])
     return out
 
 
@@ -246,19 +252,26 @@ def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: floa
     return plan
 
 
+def ranked_freezes(groups: Iterable[Group]) -> list[tuple[Reason, int]]:
+    """Each frozen group's first reason with how many groups it froze, commonest first, model
+    inputs and outputs aside (frozen by design)."""
+    counts: dict[str, list] = {}  # by text: one sentence, one entry
+    for g in groups:
+        if g.frozen and g.frozen[0].kind != MODEL_IO:
+            counts.setdefault(str(g.frozen[0]), [g.frozen[0], 0])[1] += 1
+    return sorted(((r, n) for r, n in counts.values()), key=lambda rn: (-rn[1], str(rn[0])))
+
+
 def frozen_summary(dg: DependencyGraph, top: int = 2) -> str:
     """The commonest freeze reasons, model inputs and outputs aside (frozen by design)."""
-    reasons: dict[str, int] = {}
-    for g in dg.groups:
-        if g.frozen and not g.frozen[0].startswith("model "):
-            reasons[g.frozen[0]] = reasons.get(g.frozen[0], 0) + 1
-    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    ranked = ranked_freezes(dg.groups)[:top]
     return "; ".join(f"{n} group(s): {r}" for r, n in ranked) if ranked else "see graph.summary()"
 
 
 def check_prunable(dg: DependencyGraph) -> None:
     """Refuse a model in which no channel, head or unit can shrink at all (rather than write an
-    unchanged copy): the error names the ops that froze it."""
+    unchanged copy): the error names the ops that froze it, and carries their Reasons
+    (``exc.reasons``, commonest first)."""
     if not dg.prunable_groups():
         why = frozen_summary(dg)
         if why == "see graph.summary()":  # no group at all: say where the weights are, or that there are none
@@ -268,7 +281,8 @@ def check_prunable(dg: DependencyGraph) -> None:
                    "it has no float weight with a dim that a channel space carries")
         raise PlanError(f"nothing in this model can be pruned: every channel space is frozen ({why}). "
                         "Each reason names the op and node; replace or remove that op, or prune the model before "
-                        "the step that introduced it (quantization, control flow).")
+                        "the step that introduced it (quantization, control flow).",
+                        reasons=[r for r, _ in ranked_freezes(dg.groups)])
 
 
 def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None) -> str | None:

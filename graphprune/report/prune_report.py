@@ -6,8 +6,31 @@ from typing import TYPE_CHECKING
 
 from ..util.tables import human, table
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the records a report holds; their modules import this one's callers
+    from ..calib.compensate import Compensation
+    from ..hf.sync import ConfigSync
+    from ..oracle import OracleReport
+    from ..planning.allocate import Allocation
+    from ..planning.budget import BudgetResult
+    from ..planning.depth import DepthChoice
     from ..planning.plan import PrunePlan
+
+RUNTIME_NAMES = {"onnxruntime": "onnxruntime, 1 thread", "torch": "PyTorch eager, 1 thread"}
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The model timed before and after on ``runtime`` (best of clean runs, one thread, the
+    example inputs' shapes); ``slower`` when the pruned model lost beyond timing noise."""
+
+    runtime: str
+    before_ms: float
+    after_ms: float
+    slower: bool = False
+
+    @property
+    def speedup(self) -> float:
+        return self.before_ms / max(self.after_ms, 1e-9)
 
 
 @dataclass
@@ -19,25 +42,36 @@ class PruneReport:
     macs_before: int
     macs_after: int
     kept: dict[int, tuple[int, int]] = field(default_factory=dict)  # group id -> (kept, size)
-    plan: "PrunePlan | None" = None
-    oracle: object | None = None
-    sync: object | None = None  # graphprune.hf.ConfigSync, for transformers models
+    plan: PrunePlan | None = None
+    oracle: OracleReport | None = None
+    sync: ConfigSync | None = None  # for transformers models (graphprune.hf)
     importance: str = ""  # the criterion that ranked the channels ("auto" resolved)
-    compensation: object | None = None  # graphprune.calib.compensate.Compensation
+    compensation: Compensation | None = None
     notes: list[str] = field(default_factory=list)  # fallbacks and warnings, in words
     seconds: float | None = None  # wall time of the whole prune call
-    latency_before_ms: float | None = None  # best of runs at the example inputs, on ``runtime``
-    runtime: str | None = None  # where latency was measured: "onnxruntime" (one thread) or "torch" (eager)
-    latency_after_ms: float | None = None
+    latency: Latency | None = None  # measured before/after on the target runtime
     path: str = ""  # the file written, where the caller wrote one
-    allocation: object | None = None  # graphprune.planning.allocate.Allocation, where ratios were chosen from data
-    budget: object | None = None  # graphprune.planning.budget.BudgetResult, where a budget chose the ratios
+    allocation: Allocation | None = None  # where ratios were chosen from data
+    budget: BudgetResult | None = None  # where a budget chose the ratios
     # every weight matrix/kernel: (name, shape before, shape after), for the per-layer allocation
     layers: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     blocks: tuple[int, int] | None = None  # depth pruning: (residual blocks removed, candidates)
-    depth: object | None = None  # graphprune.planning.depth.DepthChoice: each block's score, the trials
+    depth: DepthChoice | None = None  # each block's score, the trials
     scores: dict = field(default_factory=dict)  # group id -> importance per unit (the planner's ranking)
     kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
+
+    @property
+    def latency_before_ms(self) -> float | None:
+        return self.latency.before_ms if self.latency is not None else None
+
+    @property
+    def latency_after_ms(self) -> float | None:
+        return self.latency.after_ms if self.latency is not None else None
+
+    @property
+    def runtime(self) -> str | None:
+        """Where latency was measured: "onnxruntime" (one thread) or "torch" (eager)."""
+        return self.latency.runtime if self.latency is not None else None
 
     def layer_table(self, limit: int | None = None) -> str:
         """Kept fraction per layer: output and input width of every weight, before and after."""
@@ -124,11 +158,11 @@ class PruneReport:
             text += "\n" + compensation_text(self.compensation)
         for note in self.notes:
             text += f"\nnote: {note}"
-        if self.latency_before_ms is not None and self.latency_after_ms is not None:
-            where = {"onnxruntime": "onnxruntime, 1 thread", "torch": "PyTorch eager, 1 thread"}.get(self.runtime, self.runtime)
-            text += "\n" + table([f"latency ({where})", "before", "after", "speedup"], [[
-                "best of runs, example shape", f"{self.latency_before_ms:.3f} ms", f"{self.latency_after_ms:.3f} ms",
-                f"{self.latency_before_ms / max(self.latency_after_ms, 1e-9):.2f}x"]])
+        if self.latency is not None:
+            lat = self.latency
+            text += "\n" + table([f"latency ({RUNTIME_NAMES.get(lat.runtime, lat.runtime)})", "before", "after",
+                                  "speedup"], [["best of runs, example shape", f"{lat.before_ms:.3f} ms",
+                                                f"{lat.after_ms:.3f} ms", f"{lat.speedup:.2f}x"]])
         if self.seconds is not None:
             text += f"\ntime: {self.seconds:.1f} s"
         if self.oracle is not None:

@@ -1,20 +1,27 @@
-"""``graphprune demo | inspect | zoo``: the built-in model pruned end to end, a model's groups, the zoo."""
+"""``graphprune demo``: a built-in model pruned end to end, checked, exported, its table printed."""
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
+from pathlib import Path
 
 import torch
 
 import graphprune as gp
 
 from ..errors import GraphpruneError
-from ..io import sources
-from ..util.tables import table
 from ..zoo import ZOO, build
-from .common import load_feeds, parse_input_shapes, step
+from .common import step
+
+
+def arguments(d: argparse.ArgumentParser) -> None:
+    """``graphprune demo``'s flags."""
+    d.add_argument("--model", default="resnet18")
+    d.add_argument("--config", default="full", choices=["small", "full"])
+    d.add_argument("--ratio", type=float, default=0.5)
+    d.add_argument("--importance", default="l2")
+    d.add_argument("-o", "--output", type=Path, default=Path("out/slim.onnx"))
 
 
 def _zoo(name: str, config: str):
@@ -23,7 +30,7 @@ def _zoo(name: str, config: str):
     return build(name, config)
 
 
-def cmd_demo(ns: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
     torch.manual_seed(0)
     t = step(1, 5, f"building {ns.model} ({ns.config} config)")
     model, args = _zoo(ns.model, ns.config)
@@ -49,29 +56,3 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     print(f"{ns.model} ({ns.config}), ratio {ns.ratio}, importance {ns.importance}")
     print(report)
     return 0 if oracle.passed else 1
-
-
-def cmd_inspect(ns: argparse.Namespace) -> int:
-    kind = sources.classify(ns.model)
-    if kind == "onnx":
-        graph = gp.load_onnx(ns.model, input_shapes=parse_input_shapes(ns.input_shape), inputs=load_feeds(ns.inputs))
-    else:
-        src = sources.load(ns.model, parse_input_shapes(ns.input_shape), ns.config)
-        graph = gp.trace(src.model, src.args, src.kwargs)
-    if ns.json:
-        print(graph.to_json())
-        return 0
-    print(graph.summary())
-    blocks = graph.blocks
-    if blocks:
-        print(f"{len(blocks)} residual block(s) depth pruning may remove (targets blocks): "
-              + ", ".join(b.id for b in blocks[:8]) + (" ..." if len(blocks) > 8 else ""))
-    return 0
-
-
-def cmd_zoo(ns: argparse.Namespace) -> int:
-    if ns.json:
-        print(json.dumps([{"name": e.name, "description": e.description} for e in ZOO.values()], indent=1))
-        return 0
-    print(table(["name", "description"], [[e.name, e.description] for e in ZOO.values()]))
-    return 0

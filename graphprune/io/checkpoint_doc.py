@@ -1,0 +1,118 @@
+"""``graphprune.json``: what a folder of a pruned model records, read and written in one place.
+
+Beside the weights, graphprune keeps how to build the unpruned model (a recipe, a zoo name or
+``package.module:factory``, for a PyTorch module; the original config and class name for a
+transformers model), the example inputs' specs, every prune applied in order (its plan and the
+layers compensation gave a bias), and the saved tensors' shapes. The loaders
+(io/module_checkpoint.py, hf/saved.py) build the unpruned model and replay the history.
+
+On disk a PyTorch module's document holds ``recipe``, ``args`` and ``kwargs``; a transformers
+model's holds ``architecture``, ``original_config`` and ``inputs`` (keyword inputs), and repeats
+the last step as ``plan`` / ``added_biases`` (what it held before histories were kept: such files
+load as one step).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import GraphpruneError
+from ..planning.plan import PrunePlan
+from ..util.atomic import write_bytes_atomic
+
+PLAN_FILE = "graphprune.json"
+FORMAT = 1
+
+
+def tensor_spec(t: torch.Tensor) -> dict:
+    """A recorded example input: shape and dtype, small integer tensors verbatim."""
+    item = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+    if not t.is_floating_point() and t.numel() <= 4096:
+        item["values"] = t.flatten().tolist()  # token ids, masks: the same code paths on reload
+    return item
+
+
+def rebuild_tensor(spec: dict) -> torch.Tensor:
+    """The example input a spec records (floats: seeded random values)."""
+    dtype = getattr(torch, spec["dtype"])
+    if "values" in spec:
+        return torch.tensor(spec["values"], dtype=dtype).reshape(spec["shape"])
+    return torch.randn(spec["shape"], generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+@dataclass
+class PlanStep:
+    """One prune of the history: its plan, and the layers compensation gave a bias (the replay
+    makes room for them)."""
+
+    plan: PrunePlan
+    added_biases: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"plan": self.plan.to_json(), "added_biases": sorted(self.added_biases)}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "PlanStep":
+        return cls(PrunePlan.from_json(raw["plan"]), list(raw.get("added_biases") or []))
+
+
+@dataclass
+class CheckpointDoc:
+    """The contents of ``graphprune.json``; exactly one of ``recipe`` and ``architecture`` is set."""
+
+    history: list[PlanStep] = field(default_factory=list)
+    recipe: dict | None = None  # a PyTorch module: {"zoo": name, "config": ...} or {"factory": "pkg.mod:fn"}
+    architecture: str | None = None  # a transformers model: its class name...
+    original_config: dict | None = None  # ...and the unpruned model's config.to_dict()
+    args: list[dict] = field(default_factory=list)  # example inputs, as tensor_spec records them
+    kwargs: dict[str, dict] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # the saved state dict's, checked on reload
+    format: int | None = FORMAT
+
+    @property
+    def is_hf(self) -> bool:
+        return self.architecture is not None
+
+    def example_inputs(self) -> tuple[tuple, dict]:
+        """The recorded example inputs as tensors: (args, kwargs)."""
+        return tuple(rebuild_tensor(s) for s in self.args), {k: rebuild_tensor(s) for k, s in self.kwargs.items()}
+
+    def to_json(self) -> dict:
+        out: dict = {"format": self.format, "history": [s.to_json() for s in self.history], "shapes": self.shapes}
+        if self.is_hf:
+            out.update(architecture=self.architecture, original_config=self.original_config, inputs=self.kwargs)
+            if self.history:  # the last step where readers without histories look for it
+                out.update(out["history"][-1])
+        else:
+            out.update(recipe=self.recipe, args=self.args, kwargs=self.kwargs)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "CheckpointDoc":
+        steps = raw.get("history") or ([{"plan": raw["plan"], "added_biases": raw.get("added_biases")}]
+                                       if "plan" in raw else [])
+        hf = "architecture" in raw
+        return cls([PlanStep.from_json(s) for s in steps], recipe=raw.get("recipe"),
+                   architecture=raw.get("architecture"), original_config=raw.get("original_config"),
+                   args=list(raw.get("args") or []), kwargs=dict(raw.get("inputs" if hf else "kwargs") or {}),
+                   shapes=dict(raw.get("shapes") or {}), format=raw.get("format"))
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> "CheckpointDoc":
+        path = Path(folder) / PLAN_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise GraphpruneError(f"{path} is not a graphprune checkpoint: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise GraphpruneError(f"{path} is not a graphprune checkpoint: it holds a JSON {type(raw).__name__}")
+        return cls.from_json(raw)
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """Write ``graphprune.json`` into ``folder`` (whole or not at all)."""
+        text = json.dumps(self.to_json(), sort_keys=True, indent=1)
+        return write_bytes_atomic(Path(folder) / PLAN_FILE, text.encode())

@@ -1,0 +1,136 @@
+"""PruneOptions: every option of a prune, validated once and passed whole through the pipeline.
+
+Every entry point (``graphprune.plan`` / ``prune``, ``prune_onnx``, ``hf.prune``,
+``prune_iterative``, the CLI) builds one ``PruneOptions`` from its keyword arguments with
+:meth:`PruneOptions.of`, so an option is named, documented and checked here only.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import PlanError
+from .importance import CRITERIA
+from .planning.allocate import ALLOCATIONS
+from .planning.budget import key_values
+from .planning.plan import MAX_RATIO, check_ratio
+
+COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
+RUNTIMES = ("auto", "torch", "onnxruntime", None)
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """What to prune and how; each field's default is the default call's.
+
+    - ``ratio``: share of every selected group to remove, in [0, 1).
+    - ``importance``: a criterion of :data:`graphprune.importance.CRITERIA`, or ``"auto"``
+      (reconstruction-aware OBS with ``calib``, activation-weighted without compensation,
+      l2 magnitude without data).
+    - ``round_to``: ``"auto"`` (the widths the runtime's kernels favour, measured) or a whole
+      number (1: any width).
+    - ``ignore``: parameter or module names whose groups stay whole.
+    - ``roles`` / ``targets``: what to prune, by layout ("channel", "outer", "inner") or by kind
+      ("heads", "ffn", "hidden", "query_heads", "head_dim", "conv_groups", "blocks").
+    - ``ratios``: per-group overrides keyed by group id, module / parameter name, or kind.
+    - ``calib``: calibration batches (tuples, dicts, a DataLoader); ``loss_fn(output, batch)``
+      for the gradient criteria and depth scoring.
+    - ``compensate``: None (refit with ``calib``), True, False, "refit", "bias", "sequential";
+      ``add_bias`` lets compensation give a bias to a layer that has none.
+    - ``allocation``: "auto", "uniform", "sensitivity" or "global"; ``budget``: ``{"macs": 0.5}``,
+      ``{"params": 20e6}``, ``{"latency_ms": 3}``, ``{"speedup": 2}`` or ``"macs=0.5"``;
+      ``max_ratio``: the most any group loses under a budget or global allocation.
+    - ``runtime``: where latency is measured and widths aligned ("auto", "torch",
+      "onnxruntime", None); ``measure_latency``: time the model before and after.
+    - ``verify``: hold the plan to the exactness oracle first; ``atol``: its tolerance (None:
+      the program's default).
+    """
+
+    ratio: float = 0.5
+    importance: str = "auto"
+    round_to: int | str = "auto"
+    ignore: tuple[str, ...] = ()
+    roles: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+    ratios: Mapping[int | str, float] | None = None
+    calib: Any = None
+    loss_fn: Callable | None = None
+    compensate: bool | str | None = None
+    add_bias: bool = False
+    allocation: str = "auto"
+    budget: Mapping[str, float] | None = None
+    max_ratio: float = MAX_RATIO
+    runtime: str | None = "auto"
+    measure_latency: bool = True
+    verify: bool = False
+    atol: float | None = None
+
+    @classmethod
+    def of(cls, options: PruneOptions | None = None, defaults: Mapping[str, Any] | None = None,
+           **given: Any) -> PruneOptions:
+        """Options from keyword arguments (unknown names refused with the closest valid one),
+        over ``options`` where given, over an entry point's own ``defaults``."""
+        valid = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        for name in given:
+            if name not in valid:
+                # a valid name the given one starts with (calibration -> calib), else the closest spelling
+                close = [v for v in sorted(valid, key=len, reverse=True) if name.startswith(v)] or \
+                    difflib.get_close_matches(name, sorted(valid), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise PlanError(f"unknown option {name!r}{hint} Options are: {', '.join(sorted(valid))} "
+                                "(see graphprune.PruneOptions)")
+        base = options if options is not None else cls(**dict(defaults or {}))
+        return replace(base, **given)
+
+    def replace(self, **changes: Any) -> PruneOptions:
+        return PruneOptions.of(self, **changes)
+
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio)
+        ok = self.round_to == "auto" or (isinstance(self.round_to, int) and not isinstance(self.round_to, bool)
+                                         and self.round_to >= 1)
+        if not ok:
+            raise PlanError(f"round_to must be 'auto' (the widths the runtime's kernels favour, measured) or a whole "
+                            f"number >= 1 (1: any width), not {self.round_to!r}")
+        if self.importance != "auto" and self.importance not in CRITERIA:
+            raise PlanError(f"unknown importance '{self.importance}'; choose one of {sorted(CRITERIA) + ['auto']}")
+        if self.compensate not in COMPENSATION_MODES:
+            raise PlanError(f"compensate must be True, False, 'refit', 'bias' or 'sequential', not "
+                            f"{self.compensate!r}")
+        if self.compensate not in (None, False) and self.calib is None:
+            raise PlanError("compensation needs calibration data: pass calib=[batch, ...] or compensate=False")
+        if self.allocation not in ALLOCATIONS:
+            raise PlanError(f"allocation must be one of {list(ALLOCATIONS)}, not {self.allocation!r}")
+        if self.runtime not in RUNTIMES:
+            raise PlanError(f"runtime {self.runtime!r} is not one graphprune measures on; choose one of "
+                            f"{list(RUNTIMES)}")
+        if self.max_ratio is None:  # the entry points' spelling of "the default"
+            object.__setattr__(self, "max_ratio", MAX_RATIO)
+        if not isinstance(self.max_ratio, (int, float)) or isinstance(self.max_ratio, bool) or \
+                not 0 < self.max_ratio < 1:
+            raise PlanError(f"max_ratio must be in (0, 1), got {self.max_ratio!r}")
+        # normal forms, so the pipeline reads one spelling of each
+        set_ = object.__setattr__
+        set_(self, "ignore", _names(self.ignore, "ignore"))
+        set_(self, "roles", None if self.roles is None else _names(self.roles, "roles"))
+        set_(self, "targets", None if self.targets is None else _names(self.targets, "targets"))
+        if isinstance(self.budget, str):
+            set_(self, "budget", key_values(self.budget))
+        elif self.budget is not None:
+            set_(self, "budget", dict(self.budget))
+        if self.ratios is not None:
+            set_(self, "ratios", dict(self.ratios))
+
+    @property
+    def latency_budget(self) -> bool:
+        return self.budget is not None and bool({"latency_ms", "speedup"} & set(self.budget))
+
+
+def _names(value: str | Iterable[str], what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise PlanError(f"{what} must be a name or a list of names, not {value!r}") from None
