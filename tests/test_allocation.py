@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_calibration import _calib, _rel_err
+from helpers import calib_batches, rel_err
 
 import graphprune as gp
 from graphprune.calib.compensate import compensate
@@ -54,8 +54,8 @@ def test_greedy_takes_the_cheapest_parameters_first_and_splits_the_last_segment(
 
 
 def test_sensitivity_prunes_the_branch_that_matters_less():
-    model, calib = TwoBranches().eval(), _calib(4)
-    xs = torch.cat([c[0] for c in _calib(seed=9)])  # held out
+    model, calib = TwoBranches().eval(), calib_batches(4)
+    xs = torch.cat([c[0] for c in calib_batches(seed=9)])  # held out
     out = {}
     for how in ("uniform", "sensitivity"):
         out[how] = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, importance="activation", calib=calib,
@@ -68,14 +68,14 @@ def test_sensitivity_prunes_the_branch_that_matters_less():
     removed_u = uni_rep.params_before - uni_rep.params_after
     removed_s = sens_rep.params_before - sens_rep.params_after
     assert removed_u <= removed_s <= removed_u + 13
-    assert _rel_err(model, sens, xs) < _rel_err(model, uni, xs)
+    assert rel_err(model, sens, xs) < rel_err(model, uni, xs)
     assert "allocation: sensitivity" in str(sens_rep)
 
 
 def test_a_masked_variant_run_is_the_compensated_pruned_model(tmp_path):
     """What sensitivity measures is the model the plan and its refit would produce, in both
     front-ends: a masked run with the refit weights equals the rewritten model's run."""
-    model, calib = TwoBranches().eval(), _calib(4)
+    model, calib = TwoBranches().eval(), calib_batches(4)
     path = tmp_path / "two.onnx"
     gp.export_onnx(model, (calib[0][0],), path)
     torch_prog = TorchProgram(model, calib[0])
@@ -94,7 +94,7 @@ def test_a_masked_variant_run_is_the_compensated_pruned_model(tmp_path):
 
 
 def test_onnx_allocation_keeps_the_oracle(tmp_path):
-    model, calib = TwoBranches().eval(), _calib(4)
+    model, calib = TwoBranches().eval(), calib_batches(4)
     src, dst = tmp_path / "two.onnx", tmp_path / "slim.onnx"
     gp.export_onnx(model, (calib[0][0],), src)
     report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False,
@@ -106,7 +106,7 @@ def test_onnx_allocation_keeps_the_oracle(tmp_path):
 
 def test_auto_falls_back_to_uniform_when_sensitivity_would_be_slow(monkeypatch):
     monkeypatch.setattr("graphprune.planning.allocate.AUTO_MACS", 0.0)
-    model, calib = TwoBranches().eval(), _calib(4)
+    model, calib = TwoBranches().eval(), calib_batches(4)
     _, report = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, calib=calib)
     assert report.allocation is None
     assert any("allocation: uniform" in n and "allocation='sensitivity'" in n for n in report.notes)
@@ -114,7 +114,7 @@ def test_auto_falls_back_to_uniform_when_sensitivity_would_be_slow(monkeypatch):
 
 
 def test_allocation_errors():
-    model, calib = TwoBranches().eval(), _calib(4)
+    model, calib = TwoBranches().eval(), calib_batches(4)
     with pytest.raises(PlanError, match="calib="):
         gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, allocation="sensitivity")
     with pytest.raises(PlanError, match="ratios="):
@@ -128,7 +128,7 @@ def test_cli_allocation_flag(tmp_path):
     import subprocess
     import sys
 
-    model, calib = TwoBranches().eval(), _calib(4)
+    model, calib = TwoBranches().eval(), calib_batches(4)
     src, feeds = tmp_path / "two.onnx", tmp_path / "calib.npz"
     gp.export_onnx(model, (calib[0][0],), src)
     np.savez(feeds, x=np.concatenate([c[0].numpy() for c in calib]))

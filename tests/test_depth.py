@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import n_params, toy
 from torch import nn
 
 import graphprune as gp
@@ -16,31 +15,8 @@ from graphprune.errors import PlanError
 from graphprune.oracle import run_oracle
 from graphprune.planning.plan import PrunePlan
 from graphprune.program.torch_program import TorchProgram
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-class Branch(nn.Module):
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.norm, self.up, self.down, self.scale = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8), scale
-
-    def forward(self, x):
-        return x + self.scale * self.down(torch.relu(self.up(self.norm(x))))
-
-
-def toy(scales=(1.0, 0.01, 1.0)) -> nn.Module:
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(4, 8), *[Branch(s) for s in scales], nn.Linear(8, 2)).eval()
-    with torch.no_grad():  # fresh norms are alike, and the ONNX exporter would store them once
-        for b in m[1:-1]:
-            b.norm.weight.add_(torch.randn(8) * 0.1)
-            b.norm.bias.add_(torch.randn(8) * 0.1)
-    return m
-
-
-def module_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+from graphprune.zoo import build
+from graphprune.zoo import hf as zoo_hf
 
 
 def test_blocks_are_the_residual_adds_with_their_own_weights():
@@ -87,7 +63,7 @@ def test_removed_block_matches_the_branch_zeroed_and_weights_go():
     with torch.no_grad():
         assert torch.equal(pruned(x), ref(x))
         assert not torch.allclose(pruned(x), m(x))
-    assert module_params(pruned) == module_params(m) - module_params(m[2])
+    assert n_params(pruned) == n_params(m) - n_params(m[2])
 
 
 def test_ratio_removes_the_least_harmful_blocks_and_the_oracle_holds():
@@ -100,7 +76,7 @@ def test_ratio_removes_the_least_harmful_blocks_and_the_oracle_holds():
     scores = report.depth.scores
     assert report.plan.blocks[0] == min(scores, key=scores.get)  # the 0.01-scaled branch
     assert report.oracle.passed and report.oracle.checked_blocks == report.plan.blocks
-    assert module_params(pruned) == report.params_after == module_params(m) - module_params(m[2])
+    assert n_params(pruned) == report.params_after == n_params(m) - n_params(m[2])
     assert "residual blocks" in str(report)
 
 
@@ -109,8 +85,8 @@ def test_budget_weighs_blocks_against_width():
     calib = [torch.randn(16, 4) for _ in range(3)]
     pruned, report = gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), targets=("blocks", "channels"),
                               budget={"params": 0.6}, calib=calib, verify=True)
-    target = 0.6 * module_params(m)
-    assert module_params(pruned) <= target and module_params(pruned) >= 0.9 * target
+    target = 0.6 * n_params(m)
+    assert n_params(pruned) <= target and n_params(pruned) >= 0.9 * target
     trials = {(k, w): e for k, e, w in report.depth.trials}
     assert (0, "uniform") in trials  # width alone was a candidate
     assert trials[(len(report.plan.blocks), report.budget.allocation)] == min(trials.values())
@@ -131,7 +107,7 @@ def test_onnx_blocks_removed_from_the_graph(tmp_path):
     assert report.oracle.passed and report.oracle.checked_blocks
     model = onnx.load(dst)
     weights = sum(int(np.prod(i.dims)) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
-    assert weights == module_params(m) - module_params(m[2]) == report.params_after
+    assert weights == n_params(m) - n_params(m[2]) == report.params_after
     assert [n.op_type for n in model.graph.node].count("LayerNormalization") == 2
     ref = copy.deepcopy(m)
     ref[2].down.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
@@ -192,7 +168,7 @@ def test_hf_llama_depth_and_width_reloads(tmp_path):
     ids = torch.randint(0, 100, (1, 12))
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).logits, pruned(input_ids=ids).logits)
-    assert module_params(again) == module_params(pruned) == report.params_after
+    assert n_params(again) == n_params(pruned) == report.params_after
 
 
 # Architectures whose branches reach the add in different ways: parallel attention + MLP
@@ -200,24 +176,21 @@ def test_hf_llama_depth_and_width_reloads(tmp_path):
 # with a shared position bias (t5), window shifts (swin), post-norm (bert), conv blocks.
 @pytest.mark.parametrize("name", ["gpt-neox", "convnext", "t5-encoder", "swin", "bert"])
 def test_suite_blocks_removed_exactly(name):
-    import models.hf as H
-
-    m = H.build(name)
+    m = zoo_hf.build(name)
     calib = [gp.hf.example_inputs(m, seed=s) for s in range(2)]
     pruned, report = gp.hf.prune(m, targets=("blocks",), ratio=0.5, calib=calib, verify=True)
     assert report.blocks[0] >= 1 and report.oracle.passed and report.oracle.checked_blocks
-    assert module_params(pruned) == report.params_after < report.params_before
+    assert n_params(pruned) == report.params_after < report.params_before
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
-def test_zoo_cnn_blocks_removed_exactly(name):
-    import models
-
-    m, args = models.build(name)
+def test_zoo_cnn_blocks_removed_exactly(name, check_prune):
+    m, args = build(name)
     calib = [torch.randn_like(args[0]) for _ in range(2)]
-    pruned, report = gp.prune(m, args, targets=("blocks",), ratio=0.5, calib=calib, verify=True)
-    assert report.blocks[0] >= 1 and report.oracle.passed
-    assert module_params(pruned) == report.params_after < report.params_before
+    # removed blocks' parameters and MACs gone from the module, and the oracle on the removal
+    pruned, report = check_prune(m, args, targets=("blocks",), ratio=0.5, calib=calib)
+    assert report.blocks[0] >= 1 and report.oracle.checked_blocks
+    assert report.params_after < report.params_before and report.macs_after < report.macs_before
 
 
 def test_layer_plot_shows_narrowed_and_removed_weights(tmp_path):
@@ -281,4 +254,4 @@ def test_causal_lm_weighs_depth_by_calibration_loss():
     with torch.no_grad():
         losses = [float(causal_lm_loss(pruned(**b), b)) for b in calib]
     assert abs(sum(losses) / len(losses) - best[1]) < 1e-3
-    assert module_params(pruned) <= 0.75 * module_params(m)
+    assert n_params(pruned) <= 0.75 * n_params(m)

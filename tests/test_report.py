@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from test_depth import toy
+from helpers import toy
 
 import graphprune as gp
 from graphprune.report.html import write_report

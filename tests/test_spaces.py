@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from graphprune.reasons import MODEL_IO, NORMALISED, SHAPE_CONFLICT, SYMBOLIC, Reason
 from graphprune.spaces import CouplingError, Solver
 
 
@@ -98,7 +99,8 @@ def test_incompatible_reshapes_freeze_instead_of_guessing():
     frozen = s.frozen_reasons()
     for key in ("a", "b", "c", "d"):
         for atom in s.atoms(s.layout(key)):
-            assert atom in frozen and "incompatibly" in frozen[atom][0]
+            assert atom in frozen and frozen[atom][0].kind == SHAPE_CONFLICT
+            assert "incompatibly" in str(frozen[atom][0])
 
 
 def test_concat_of_equal_parts_factorises():
@@ -123,11 +125,14 @@ def test_rope_rotate_half_ties_the_two_halves():
 def test_freeze_and_inexact_reach_every_atom_of_the_slot():
     s = _solver(x=5, p=2, q=3)
     s.concat("x", ["p", "q"])
-    s.freeze("x", "model output")
-    s.inexact("p", "layer_norm")
+    s.freeze("x", Reason(MODEL_IO, "model output"))
+    s.inexact("p", Reason(NORMALISED, "layer_norm"))
     frozen, inexact = s.frozen_reasons(), s.inexact_reasons()
     assert all(a in frozen for a in s.atoms(s.layout("x")))
     assert list(inexact) == s.atoms(s.layout("p"))
+    assert {str(r) for rs in frozen.values() for r in rs} == {"model output"}
+    with pytest.raises(TypeError, match="Reason"):  # a bare string would lose its kind
+        s.freeze("q", "model output")
 
 
 def test_symbolic_dims_are_frozen():
@@ -135,4 +140,5 @@ def test_symbolic_dims_are_frozen():
     s.declare("other", None)
     s.tie("batch", "other")
     assert s.atoms(s.layout("batch")) == s.atoms(s.layout("other"))
-    assert "symbolic" in s.frozen_reasons()[s.atoms(s.layout("batch"))[0]][0]
+    (reason,) = s.frozen_reasons()[s.atoms(s.layout("batch"))[0]]
+    assert reason.kind == SYMBOLIC and str(reason) == "symbolic (dynamic) size"

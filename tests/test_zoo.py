@@ -14,13 +14,13 @@ conv kernel window. Shared conventions used below:
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
+from helpers import n_params
 
 import graphprune as gp
+from graphprune.reasons import MODEL_IO
 from graphprune.zoo import (
     ZOO,
     build,
@@ -53,7 +53,8 @@ def _expect_resnet18() -> dict:
     streams = 1 + len(c["planes"])
     inner = blocks  # conv1 -> bn1 -> conv2 inside each BasicBlock
     # 5 streams + 8 block-inner + 2 frozen io = 15; prunable 13
-    return dict(total=streams + inner + FROZEN_IO, prunable=streams + inner)
+    sizes = [c["stem_width"], *c["planes"]] + [p for p, n in zip(c["planes"], c["layers"]) for _ in range(n)]
+    return dict(total=streams + inner + FROZEN_IO, prunable=streams + inner, sizes=sizes + [3, c["num_classes"]])
 
 
 def _expect_resnet50() -> dict:
@@ -67,7 +68,8 @@ def _expect_resnet50() -> dict:
     assert min(c["planes"]) > 1
     inner = 2 * blocks
     # 4 streams + 16 inner + 2 frozen io = 22; prunable 20
-    return dict(total=streams + inner + FROZEN_IO, prunable=streams + inner)
+    sizes = [4 * p for p in c["planes"]] + [p for p, n in zip(c["planes"], c["layers"]) for _ in range(2 * n)]
+    return dict(total=streams + inner + FROZEN_IO, prunable=streams + inner, sizes=sizes + [3, c["num_classes"]])
 
 
 def _expect_resnext() -> dict:
@@ -134,7 +136,15 @@ def _expect_densenet121() -> dict:
     # Each dense layer also has its bottleneck (bn_size*growth = 8) space.
     stem = 1
     prunable = stem + 2 * layers + transitions  # 1 + 18 + 3 = 22
-    return dict(total=prunable + FROZEN_IO, prunable=prunable)  # 24
+    # widths: each layer's bottleneck and growth; a transition halves the block's output width
+    sizes, width = [c["init_features"]], c["init_features"]
+    for i, n in enumerate(c["block_config"]):
+        sizes += [c["bn_size"] * c["growth"], c["growth"]] * n
+        width += n * c["growth"]
+        if i < len(c["block_config"]) - 1:
+            width //= 2
+            sizes.append(width)
+    return dict(total=prunable + FROZEN_IO, prunable=prunable, sizes=sizes + [3, c["num_classes"]])  # 24
 
 
 def _expect_unet() -> dict:
@@ -195,7 +205,8 @@ def _expect_vit() -> dict:
     tokens = 2
     total = hidden + depth * per_block + tokens + FROZEN_IO  # 1 + 8 + 2 + 2 = 13
     prunable = hidden + depth * 3  # hidden + (heads, head_dim, mlp) per block = 7
-    return dict(total=total, prunable=prunable, outer=depth, outer_size=heads, inner=depth)
+    sizes = [c["dim"]] + [3, heads, c["dim"] // heads, c["mlp_hidden"]] * depth + [grid, grid, 3, c["num_classes"]]
+    return dict(total=total, prunable=prunable, outer=depth, outer_size=heads, inner=depth, sizes=sizes)
 
 
 def _expect_mixer() -> dict:
@@ -224,8 +235,10 @@ def _expect_llama() -> dict:
     per_layer = 4
     L = c["num_layers"]
     total = hidden + vocab + rope + L * per_layer  # 1 + 1 + 1 + 8 = 11
+    sizes = [c["hidden"], c["vocab_size"], c["head_dim"] // 2]
+    sizes += [c["num_kv_heads"], n_rep, c["head_dim"], c["intermediate"]] * L
     return dict(total=total, prunable=total - vocab, outer=L, outer_size=c["num_kv_heads"],
-                inner=rope + 2 * L)  # 10 prunable, 2 outer, 5 inner
+                inner=rope + 2 * L, sizes=sizes)  # 10 prunable, 2 outer, 5 inner
 
 
 EXPECT = {
@@ -267,10 +280,6 @@ def _member(group, name: str, dim: int):
     return found[0]
 
 
-def _unique_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())  # parameters() dedups tied tensors
-
-
 def test_every_zoo_model_has_a_derivation():
     assert set(EXPECT) == set(ZOO)
 
@@ -289,25 +298,22 @@ def test_group_counts_match_derivation(name):
     assert roles.count("inner") == exp.get("inner", 0), g.summary()
     outer = [grp for grp in g.groups if grp.role == "outer"]
     assert all(grp.size == exp["outer_size"] and grp.prunable for grp in outer)
-    # invariants of the listing itself
-    assert all(grp.size > 1 and grp.members for grp in g.groups)
-    assert all(grp.prunable == (not grp.frozen) for grp in g.groups)
-    assert len({grp.id for grp in g.groups}) == len(g.groups)
+    if "sizes" in exp:  # the width of every space, where the derivation spells them
+        assert sorted(grp.size for grp in g.groups) == sorted(exp["sizes"]), g.summary()
     # the frozen io groups: image channels (or vocab rows) and the output classes
     frozen = [grp for grp in g.groups if not grp.prunable]
-    reasons = " ".join(r for grp in frozen for r in grp.frozen)
-    assert "model output" in reasons
-    summary = g.summary()
-    assert "prunable" in summary and "frozen" in summary
+    reasons = " ".join(str(r) for grp in frozen for r in grp.frozen)
+    assert "model output" in reasons and any(r.kind == MODEL_IO for grp in frozen for r in grp.frozen)
+    # the summary's footer counts the same groups
+    assert f"\n{exp['total']} groups, {exp['prunable']} prunable" in g.summary()
 
 
 # ------------------------------------------------------------------------------------------------
 # 2 + 3. prune at 0.5 with the default roles, under the oracle
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
-def test_prune_half_passes_oracle_and_shrinks(name):
-    model, args, g = _traced(name)
-    model = copy.deepcopy(model)  # the cached model stays unpruned
+def test_prune_half_passes_oracle_and_shrinks(name, check_prune):
+    model, args, g = _traced(name)  # check_prune prunes a copy: the cached model stays whole
     ref = _run(model, args)
     plan = gp.plan(g, model, ratio=0.5, importance="l2", roles=("channel", "outer"))
     selected = {grp.id for grp in g.prunable_groups(("channel", "outer"))}
@@ -315,15 +321,13 @@ def test_prune_half_passes_oracle_and_shrinks(name):
     for gid, idx in plan.pruned.items():  # ratio 0.5 drops floor(size / 2) of every group
         assert len(idx) == g.group(gid).size // 2 and len(set(idx)) == len(idx)
 
-    # the oracle, on the unmodified model (verify prunes a deep copy)
-    oracle = gp.verify(model, args, plan, g, atol=1e-5)
-    assert oracle.passed, str(oracle)
+    # parameters and MACs measured on the pruned module, and the oracle (checked and inexact
+    # groups together are the pruned ones: see check_prune)
+    pruned, report = check_prune(model, args, graph=g, plan_=plan, atol=1e-5)
+    oracle = report.oracle
     assert oracle.max_abs_diff <= 1e-5
     assert oracle.checked_groups
-    pruned_ids = {gid for gid, idx in plan.pruned.items() if idx}
-    assert set(oracle.checked_groups) | set(oracle.inexact_groups) == pruned_ids
     assert not set(oracle.checked_groups) & set(oracle.inexact_groups)
-    assert torch.equal(_run(model, args), ref)  # verify did not touch the model
 
     if name in NORMED_HIDDEN:
         hidden = g.group_of(NORMED_HIDDEN[name], 0)
@@ -332,27 +336,17 @@ def test_prune_half_passes_oracle_and_shrinks(name):
     else:  # CNNs: BatchNorm is per channel, so every pruned group is oracle-exact
         assert not oracle.inexact_groups
 
-    params_before = _unique_params(model)
-    pruned, report = gp.prune(model, args, graph=g, plan_=plan)
-    assert pruned is model
-    out = _run(model, args)
+    out = _run(pruned, args)
     assert out.shape == ref.shape
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, ref)  # half of every group is gone: the function changed
-    assert report.params_after < report.params_before
-    assert report.macs_after < report.macs_before
-    assert _unique_params(model) < params_before
-    assert report.macs_before == gp.count_macs(g.ir)
-    assert report.params_before == gp.count_params(g.ir)
-
-    # The report's parameter counts are the model's real ones (tied llama weights count once).
-    assert (report.params_before, report.params_after) == (params_before, _unique_params(model))
+    assert report.params_after < report.params_before and report.macs_after < report.macs_before
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_count_params_counts_tied_tensors_once(name):
     model, _, g = _traced(name)
-    real = _unique_params(model)  # the cached model is never pruned
+    real = n_params(model)  # the cached model is never pruned
     # llama's tied embed_tokens/lm_head weight is two placeholders in the exported program
     # but one tensor: it must count once.
     assert gp.count_params(g.ir) == real
@@ -375,7 +369,7 @@ def test_ratio_zero_is_bit_identical(name):
 # ------------------------------------------------------------------------------------------------
 # 5. Llama: GQA kv heads found without being told, pruned whole
 # ------------------------------------------------------------------------------------------------
-def test_llama_kv_heads_are_found_and_pruned_whole():
+def test_llama_kv_heads_are_found_and_pruned_whole(check_prune):
     c = llama._CONFIGS["small"]
     H, KV, D, L = c["num_heads"], c["num_kv_heads"], c["head_dim"], c["num_layers"]
     n_rep = H // KV
@@ -408,9 +402,10 @@ def test_llama_kv_heads_are_found_and_pruned_whole():
     oracle = gp.verify(model, args, plan, g, atol=1e-5)
     assert oracle.passed, str(oracle)
     assert set(oracle.checked_groups) == set(plan.pruned) and not oracle.inexact_groups
+    assert torch.equal(_run(model, args), ref)  # verify did not touch the model
 
-    old = copy.deepcopy(model.state_dict())
-    model, report = gp.prune(model, args, graph=g, plan_=plan)
+    old = model.state_dict()  # check_prune prunes a copy
+    model, report = check_prune(model, args, graph=g, plan_=plan, verify=False)  # verified above
     assert report.params_after < report.params_before
     for i, grp in kv_group.items():
         pre = f"layers.{i}.self_attn."
@@ -446,7 +441,7 @@ def test_llama_kv_heads_are_found_and_pruned_whole():
 # ------------------------------------------------------------------------------------------------
 # 6. ViT: heads found in the fused qkv, pruned whole, num_heads updated
 # ------------------------------------------------------------------------------------------------
-def test_vit_heads_are_found_and_pruned_whole():
+def test_vit_heads_are_found_and_pruned_whole(check_prune):
     c = vit._CONFIGS["small"]
     H, dim, depth = c["num_heads"], c["dim"], c["depth"]
     D = dim // H
@@ -475,12 +470,9 @@ def test_vit_heads_are_found_and_pruned_whole():
 
     plan = gp.plan(g, model, ratio=0.5, roles=("outer",))
     assert set(plan.pruned) == {grp.id for grp in heads.values()}
-    oracle = gp.verify(model, args, plan, g, atol=1e-5)
-    assert oracle.passed, str(oracle)
-    assert set(oracle.checked_groups) == set(plan.pruned) and not oracle.inexact_groups
-
-    old = copy.deepcopy(model.state_dict())
-    model, report = gp.prune(model, args, graph=g, plan_=plan)
+    old = model.state_dict()  # check_prune prunes a copy, under the oracle
+    model, report = check_prune(model, args, graph=g, plan_=plan, atol=1e-5)
+    assert set(report.oracle.checked_groups) == set(plan.pruned) and not report.oracle.inexact_groups
     assert report.params_after < report.params_before and report.macs_after < report.macs_before
     for i, grp in heads.items():
         pre = f"blocks.{i}.attn."

@@ -155,7 +155,8 @@ def main() -> int:
                     row = {"tool": tool, "speedup": speedup, "allocation": allocation,
                            "schedule": "iterative 3x1 epoch" if iterative else "one-shot + 3 epochs",
                            "accuracy": round(accuracy(m, test_set), 4),
-                           "before_fine_tuning": None if before_ft is None else round(before_ft, 4), "macs_kept": round(macs(m, x1) / dense_macs, 4),
+                           "before_fine_tuning": None if before_ft is None else round(before_ft, 4),
+                           "macs_kept": round(macs(m, x1) / dense_macs, 4),
                            "seconds": round(time.perf_counter() - t, 1)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -3,10 +3,10 @@
 The models are transformers models built from configs (random init, eval mode), as users run
 them. Timed: the one call that prunes (graphprune.hf.prune with default settings: tracing,
 grouping, L2 scoring, rewrite; with ``measure_latency=False``, as the peer measures no latency:
-the default call also times the model before and after, a few tenths of a second; Torch-Pruning's MetaPruner construction + step with L2 group
-magnitude), at ratio 0.3 of heads and FFN units (channels for CNNs); building the model and
-importing the packages are not timed. Median of ``--repeat`` fresh processes per cell; the
-tools alternate run by run, so a slow spell of the machine falls on both.
+the default call also times the model before and after, a few tenths of a second; Torch-Pruning's
+MetaPruner construction + step with L2 group magnitude), at ratio 0.3 of heads and FFN units
+(channels for CNNs); building the model and importing the packages are not timed. Median of
+``--repeat`` fresh processes per cell; the tools alternate run by run, so a slow spell of the machine falls on both.
 
     .venv/bin/python tools/bench_speed.py                      # the table of docs/benchmarks.md
     .venv/bin/python tools/bench_speed.py --models resnet50 --repeat 1 --tools graphprune

@@ -25,11 +25,11 @@ DEFERRED: dict[str, str] = {
 }
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT) -> dict[str, Path]:
     out = {}
-    zoo = sorted((ROOT / "models").rglob("*.py"))  # installed as graphprune.zoo (pyproject's package-dir)
-    for path in sorted((ROOT / PACKAGE).rglob("*.py")) + zoo:
-        rel = path.relative_to(ROOT).with_suffix("")
+    zoo = sorted((root / "models").rglob("*.py"))  # installed as graphprune.zoo (pyproject's package-dir)
+    for path in sorted((root / PACKAGE).rglob("*.py")) + zoo:
+        rel = path.relative_to(root).with_suffix("")
         parts = list(rel.parts)
         if parts[0] == "models":
             parts = [PACKAGE, "zoo"] + parts[1:]
@@ -95,8 +95,8 @@ class Imports(ast.NodeVisitor):
                 self.found.append((t, [alias.name], node.lineno, self.depth == 0))
 
 
-def scan() -> tuple[dict[str, set[str]], list[str], list[str]]:
-    mods = modules()
+def scan(root: Path = ROOT) -> tuple[dict[str, set[str]], list[str], list[str]]:
+    mods = modules(root)
     known = set(mods)
     edges: dict[str, set[str]] = {m: set() for m in mods}
     late, private = [], []
@@ -104,7 +104,7 @@ def scan() -> tuple[dict[str, set[str]], list[str], list[str]]:
         v = Imports(mod, path.name == "__init__.py", known)
         v.visit(ast.parse(path.read_text(), str(path)))
         for target, names, line, top in v.found:
-            where = f"{path.relative_to(ROOT)}:{line}"
+            where = f"{path.relative_to(root)}:{line}"
             if target != mod:  # a deferred import is still a dependency: circles count every edge
                 edges[mod].add(target)
                 # importing a.b.c runs a/__init__ and a/b/__init__ first: those are needed too
