@@ -220,7 +220,7 @@ class DependencyGraph:
     def _nodes_info(self) -> dict[str, tuple[str, str]]:
         # back-ends ask per carry and per site: one pass over the nodes, kept with the graph
         if getattr(self, "_node_info", None) is None:
-            self._node_info = {n.name: (n.meta.get("module", ""), n.op) for n in self.ir.nodes}
+            self._node_info = {n.name: (n.meta.module, n.op) for n in self.ir.nodes}
         return self._node_info
 
     def groups_of(self, name: str, dim: int) -> list[Group]:

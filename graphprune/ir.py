@@ -47,6 +47,20 @@ class Value:
         return all(isinstance(d, int) for d in self.shape)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeMeta:
+    """Front-end facts about a node, for messages and back-ends; the solver never reads them."""
+
+    module: str = ""  # the owning module's path ("" for the top module and for ONNX nodes)
+    module_type: str = ""  # its class name
+    source: str = ""  # the source line, or "onnx node 'name'"
+    modules: tuple[str, ...] = ()  # every enclosing module's path, outermost first (depth pruning)
+
+    def items(self):
+        """(field, value) pairs, for code that lists a node's facts (graph export)."""
+        return ((f, getattr(self, f)) for f in ("module", "module_type", "source", "modules"))
+
+
 @dataclass(slots=True)
 class Node:
     """One op application.
@@ -55,8 +69,8 @@ class Node:
     ``kwargs`` keep the op's own argument structure with tensors replaced by
     :class:`Ref`, so rules can read scalar arguments by position. ``outputs`` lists
     the names of the values the node produces (several for split/unbind).
-    ``meta`` holds front-end facts for messages and back-ends (owning module path,
-    source line); the solver never reads it.
+    ``meta`` holds front-end facts for messages and back-ends (:class:`NodeMeta`: owning
+    module path, source line); the solver never reads it.
     """
 
     name: str
@@ -64,7 +78,7 @@ class Node:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     outputs: list[str]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: NodeMeta = field(default_factory=NodeMeta)
     # inputs, computed once: every analysis pass walks them (args are never changed in place)
     _inputs: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -82,10 +96,10 @@ class Node:
     def where(self) -> str:
         """A human-readable location for error messages."""
         loc = f"node '{self.name}' (op {self.op}"
-        if self.meta.get("module"):
-            loc += f", in module '{self.meta['module']}'"
-        if self.meta.get("source"):
-            loc += f", at {self.meta['source']}"
+        if self.meta.module:
+            loc += f", in module '{self.meta.module}'"
+        if self.meta.source:
+            loc += f", at {self.meta.source}"
         return loc + ")"
 
 

@@ -92,9 +92,7 @@ def site(node: Node | None) -> dict[str, str]:
     """The Reason fields that locate ``node`` (a graphprune.ir.Node; None: nowhere)."""
     if node is None:
         return {}
-    meta = node.meta or {}
-    return {"op": node.op, "node": node.name, "module": str(meta.get("module") or ""),
-            "source": str(meta.get("source") or "")}
+    return {"op": node.op, "node": node.name, "module": node.meta.module, "source": node.meta.source}
 
 
 def at(kind: str, detail: str, node: Node | None) -> Reason:

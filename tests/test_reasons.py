@@ -30,17 +30,17 @@ from graphprune.reasons import (
 
 def _node(g, op, module=None, shape=None):
     """The one IR node of ``op`` (in ``module``, with output ``shape`` where given)."""
-    found = [n for n in g.ir.nodes if n.op == op and (module is None or n.meta.get("module") == module)
+    found = [n for n in g.ir.nodes if n.op == op and (module is None or n.meta.module == module)
              and (shape is None or g.ir.values[n.outputs[0]].shape == shape)]
-    assert len(found) == 1, [(n.name, n.op, n.meta.get("module")) for n in g.ir.nodes]
+    assert len(found) == 1, [(n.name, n.op, n.meta.module) for n in g.ir.nodes]
     return found[0]
 
 
 def _where(node) -> str:
     """How messages located a node before reasons had fields (node, op, module, source line)."""
     loc = f"node '{node.name}' (op {node.op}"
-    loc += f", in module '{node.meta['module']}'" if node.meta.get("module") else ""
-    loc += f", at {node.meta['source']}" if node.meta.get("source") else ""
+    loc += f", in module '{node.meta.module}'" if node.meta.module else ""
+    loc += f", at {node.meta.source}" if node.meta.source else ""
     return loc + ")"
 
 

@@ -25,7 +25,7 @@ def _signature(g):
     attention output has the CPU flash kernel's strides, where eager (and the recorder) copy
     with ``contiguous`` before a reshape, a no-op to channels."""
     values = g.values
-    nodes = [(n.op, n.meta.get("module"), tuple(n.meta.get("modules", [])),
+    nodes = [(n.op, n.meta.module, n.meta.modules,
               tuple(values[o].shape for o in n.outputs), tuple(values[o].dtype for o in n.outputs))
              for n in g.nodes if n.op != "aten.contiguous"]
     weights = sorted({(min(g.aliases.get(v.source, [v.source])), v.kind, v.shape) for v in values.values()

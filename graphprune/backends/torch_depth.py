@@ -69,7 +69,7 @@ def plan_modules(dg, blocks) -> tuple[dict[str, str], list[str], list[str]]:
     dead_nodes = {n.name for n in ir.nodes if n.outputs and (all(o in dead for o in n.outputs) or _no_op(ir, n))}
     calls: dict[str, list[str]] = {}
     for n in ir.nodes:
-        for path in n.meta.get("modules", []):
+        for path in n.meta.modules:
             calls.setdefault(path, []).append(n.name)
     wholly = {m for m, names in calls.items() if m and all(x in dead_nodes for x in names)}
     maximal = {m for m in wholly if not any(p in wholly for p in _parents(m))}
@@ -95,7 +95,7 @@ def plan_modules(dg, blocks) -> tuple[dict[str, str], list[str], list[str]]:
             elif keeps:
                 todo.append(ins[0])
             else:
-                path = next((m for m in p.meta.get("modules", []) if m in maximal), None)
+                path = next((m for m in p.meta.modules if m in maximal), None)
                 if path is None:
                     raise RewriteError(f"cannot remove {b}: part of it is computed by {p.where()}, outside any module "
                                        "that only the branch uses, so no module swap removes it; leave blocks out of "

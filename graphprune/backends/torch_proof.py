@@ -76,7 +76,7 @@ def by_call_site(nodes) -> dict[tuple, Any]:
     seen: dict[tuple, int] = {}
     out = {}
     for n in nodes:
-        base = (n.meta.get("module", ""), n.meta.get("source"), n.op)
+        base = (n.meta.module, n.meta.source, n.op)
         k = seen.get(base, 0)
         seen[base] = k + 1
         out[base + (k,)] = n
@@ -108,7 +108,7 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     sites = _sites_by_node(dg.ir.nodes)
     for node_name, carries in by_node.items():
         node = nodes[node_name]
-        path = node.meta.get("module", "")
+        path = node.meta.module
         m = submodule(model, path)
         if m is None or isinstance(m, KNOWN_LAYERS):
             continue

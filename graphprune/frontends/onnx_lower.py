@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..backends.onnx_rewrite import OnnxModel, locate, vector_lengths
 from ..errors import TraceError
-from ..ir import Graph, Node, Ref, Value
+from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..reasons import COMPUTED, Reason
 
 _MAX_DATA = 64  # int tensors up to this size are evaluated and kept as data
@@ -300,7 +300,7 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
         if captured:  # outer-scope values a subgraph reads: the rule must see them to freeze them
             attrs["__captured__"] = captured
         g.nodes.append(Node(name, op, tuple(Ref(i.name) if i.name else None for i in node.inputs), attrs,
-                            [o.name for o in node.outputs], {"source": f"onnx node '{name}'"}))
+                            [o.name for o in node.outputs], NodeMeta(source=f"onnx node '{name}'")))
     _evaluate_int_tensors(g, data)
     return g
 

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import TraceError
 from ..io.onnx_export import quiet_torch
-from ..ir import Graph, Node, Ref, Value
+from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..util.torch_compat import is_op_overload, is_op_packet, op_qualname, tree_leaves
 
 _SKIP_OPS = {"aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_size", "aten.sym_numel",
@@ -187,15 +187,15 @@ def _ir_arg(a: Any, names: dict[str, Any]) -> Any:
     return a
 
 
-def _node_meta(node: torch.fx.Node) -> dict[str, Any]:
+def _node_meta(node: torch.fx.Node) -> NodeMeta:
     """Where a node comes from: its module's path and type, its source line, the modules around it."""
     stack = node.meta.get("nn_module_stack") or {}
     module_path, module_type = ("", "")
     if stack:
         module_path, module_type = list(stack.values())[-1]
         module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
-    return {"module": module_path, "module_type": module_type, "source": _source_line(node.meta),
-            "modules": [path for path, _ in stack.values()]}  # outermost first: depth pruning's module map
+    return NodeMeta(module_path, module_type, _source_line(node.meta),
+                    tuple(path for path, _ in stack.values()))  # outermost first: depth pruning's module map
 
 
 def _inline_wrapper(g: Graph, gm: torch.fx.GraphModule | None, node: torch.fx.Node, names: dict[str, Any],

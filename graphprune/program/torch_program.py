@@ -246,7 +246,7 @@ class TorchProgram(Program):
         nodes = {n.name: n for n in self.graph().ir.nodes}
         out = set()
         for s in sites:
-            mod = self._module(nodes[s.node].meta.get("module", ""))
+            mod = self._module(nodes[s.node].meta.module)
             if isinstance(mod, (torch.nn.Linear, ConvNd)) and mod.bias is None and s.b is None:
                 out.add(s.node)
         return out
@@ -377,7 +377,7 @@ def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:
     masks = keep_masks(dg, plan)
     nodes = {n.name: n for n in dg.ir.nodes}
     for node, (out_value, b) in sorted(comp.new_biases.items()):
-        path = nodes[node].meta.get("module", "")
+        path = nodes[node].meta.module
         mod = model.get_submodule(path) if path else model
         dim = dg.ir.values[out_value].rank - 1 if isinstance(mod, torch.nn.Linear) else 1
         keep = masks.get((out_value, dim))
