@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 
 from ..api import torch_models as api
+from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
 from ..options import PruneOptions
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
 from .inputs import example_inputs, prepare
+from .stream import stream_prune
 from .sync import sync_config
 
 HF_DEFAULTS = {"ratio": 0.3}
@@ -19,10 +22,15 @@ META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was mad
 
 
 @paused_gc
-def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float | None = None, *,
+def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None, ratio: float | None = None, *,
           graph: DependencyGraph | None = None, plan_: PrunePlan | None = None, options: PruneOptions | None = None,
-          **given):
+          out: str | os.PathLike | None = None, **given):
     """Prune a transformers model in place, then sync its module attributes and config.
+
+    ``model`` may also be a checkpoint folder (safetensors, any size) with ``out=`` a new folder:
+    the model is then pruned block by block, streamed from the shards in bounded memory
+    (graphprune/hf/stream.py), written to ``out`` and a :class:`~graphprune.hf.stream.StreamReport`
+    returned; :func:`graphprune.hf.load_pruned` reloads it.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
     by default whole heads and FFN units for models with attention (the hidden size stays),
@@ -51,6 +59,11 @@ def prune(model: torch.nn.Module, inputs: dict | None = None, ratio: float | Non
     """
     if ratio is not None:
         given["ratio"] = ratio
+    if isinstance(model, (str, os.PathLike)):
+        if out is None:
+            raise PlanError(f"pruning the checkpoint folder '{model}' block by block writes a new folder: pass out=")
+        return stream_prune(model, out, given.pop("calib", None) or (options.calib if options else None),
+                            options=options, **given)
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
     prepare(model)
     calib = [dict(b) for b in opts.calib] if opts.calib is not None else None

@@ -21,6 +21,7 @@ from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc
 from ..io.module_checkpoint import replay
 from .inputs import prepare
 from .pretrained import META_ATTR
+from .stream import load_streamed
 from .sync import sync_config
 
 
@@ -61,6 +62,8 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     doc = CheckpointDoc.read(directory)
     if doc.format != FORMAT:
         raise GraphpruneError(f"{path} has format {doc.format}; this graphprune reads format {FORMAT}")
+    if doc.layers:  # pruned block by block (graphprune.hf.prune(folder, out=...)): rebuilt block by block
+        return load_streamed(directory, doc)
     cls = model_class or getattr(transformers, doc.architecture or "", None)
     if cls is None:
         raise GraphpruneError(f"transformers has no class {doc.architecture}; pass model_class=")

@@ -72,10 +72,19 @@ class CheckpointDoc:
     kwargs: dict[str, dict] = field(default_factory=dict)
     shapes: dict[str, list[int]] = field(default_factory=dict)  # the saved state dict's, checked on reload
     format: int | None = FORMAT
+    # a model pruned layer by layer (hf/stream.py): each repeated block's own plans, by module path, and
+    # the keyword inputs a block is traced with on reload (a list of specs stands for a tuple)
+    layers: dict[str, list[PlanStep]] = field(default_factory=dict)
+    layer_inputs: dict[str, dict | list] = field(default_factory=dict)
 
     @property
     def is_hf(self) -> bool:
         return self.architecture is not None
+
+    def layer_example(self) -> dict:
+        """The keyword inputs a streamed model's block is traced with (tuples rebuilt from lists)."""
+        return {k: tuple(rebuild_tensor(x) for x in s) if isinstance(s, list) else rebuild_tensor(s)
+                for k, s in self.layer_inputs.items()}
 
     def example_inputs(self) -> tuple[tuple, dict]:
         """The recorded example inputs as tensors: (args, kwargs)."""
@@ -83,6 +92,9 @@ class CheckpointDoc:
 
     def to_json(self) -> dict:
         out: dict = {"format": self.format, "history": [s.to_json() for s in self.history], "shapes": self.shapes}
+        if self.layers:
+            out.update(layers={k: [s.to_json() for s in v] for k, v in self.layers.items()},
+                       layer_inputs=self.layer_inputs)
         if self.is_hf:
             out.update(architecture=self.architecture, original_config=self.original_config, inputs=self.kwargs)
             if self.history:  # the last step where readers without histories look for it
@@ -99,7 +111,9 @@ class CheckpointDoc:
         return cls([PlanStep.from_json(s) for s in steps], recipe=raw.get("recipe"),
                    architecture=raw.get("architecture"), original_config=raw.get("original_config"),
                    args=list(raw.get("args") or []), kwargs=dict(raw.get("inputs" if hf else "kwargs") or {}),
-                   shapes=dict(raw.get("shapes") or {}), format=raw.get("format"))
+                   shapes=dict(raw.get("shapes") or {}), format=raw.get("format"),
+                   layers={k: [PlanStep.from_json(s) for s in v] for k, v in (raw.get("layers") or {}).items()},
+                   layer_inputs=dict(raw.get("layer_inputs") or {}))
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "CheckpointDoc":

@@ -1,0 +1,260 @@
+"""Layer by layer: prune a transformers model bigger than memory, one repeated block at a time.
+
+The model is built on the meta device from its config; its weights stay in the checkpoint's
+memory-mapped shards (io/lazy_checkpoint.py). Only the embeddings (and the small modules that own
+computed buffers, such as the rotary tables) are made real, to turn the calibration batches into
+the first block's inputs. Then each block in turn is made real in fp32 from the checkpoint, traced
+alone, scored, planned, refit and rewritten by the one prune pipeline on the outputs of the
+*already-pruned* blocks before it (so errors do not compound), run forward to give the next block's
+inputs, written out in the checkpoint's dtype, and dropped. Memory holds one block, its
+statistics and the activations: never the whole model.
+
+The output folder is a sharded safetensors checkpoint with the original ``config.json`` and
+``graphprune.json`` holding every block's plan (io/checkpoint_doc.py ``layers``);
+:func:`load_streamed` rebuilds it on meta, replays each block's plan, and loads the weights,
+without ever holding the unpruned model.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..api.torch_models import prune as prune_module
+from ..errors import PlanError
+from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tensor_spec
+from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
+from ..io.module_checkpoint import replay
+from ..options import PruneOptions
+from ..report.prune_report import PruneReport
+from ..util.progress import progress_line
+from .inputs import prepare
+
+STREAM_DEFAULTS = {"ratio": 0.3, "targets": ("heads", "ffn")}
+
+
+@dataclass
+class StreamReport:
+    """What a streamed prune did: one PruneReport per block, sizes before/after, time."""
+
+    layers: dict[str, PruneReport] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+    seconds: float = 0.0
+    path: str = ""
+
+    def __str__(self) -> str:
+        kept = self.params_after / max(self.params_before, 1)
+        lines = [f"streamed prune of {len(self.layers)} block(s): params {self.params_before:,} -> "
+                 f"{self.params_after:,} ({kept:.1%}), {self.seconds:.1f} s, written to {self.path}"]
+        for name, r in self.layers.items():
+            groups = ", ".join(f"{r.kinds.get(g, 'channel')} {k}/{n}" for g, (k, n) in sorted(r.kept.items()) if k < n)
+            oracle = "" if r.oracle is None else (" oracle PASS" if r.oracle.passed else " oracle FAIL")
+            lines.append(f"  {name}: {groups or 'unchanged'}{oracle}")
+        return "\n".join(lines)
+
+
+def build_on_meta(folder: str | os.PathLike, config=None):
+    """(model on the meta device, config) from a checkpoint folder's config: nothing allocated."""
+    import transformers
+
+    config = config or transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if cls is None:
+        raise PlanError(f"the config in '{folder}' names no transformers class this version knows ({names}); "
+                        "streaming needs config.architectures")
+    config.use_cache = False
+    with torch.device("meta"):
+        model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    return prepare(model), config
+
+
+def repeated_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The ModuleList of same-class blocks holding most of the parameters (decoder or encoder layers)."""
+    best, best_n = None, 0
+    for path, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 1 and len({type(m) for m in mod}) == 1:
+            n = sum(p.numel() for p in mod.parameters())
+            if n > best_n:
+                best, best_n = (path, mod), n
+    if best is None:
+        raise PlanError(f"{type(model).__name__} has no list of repeated blocks (decoder layers) to stream")
+    return best
+
+
+def _materialise(module: torch.nn.Module, ckpt: LazyCheckpoint, prefix: str, dtype=None) -> None:
+    """Give ``module`` (on meta) its weights from the checkpoint, cast to ``dtype`` where given."""
+    module.to_empty(device="cpu")
+    state = module.state_dict(keep_vars=True)
+    for name, t in state.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if key not in ckpt:
+            raise PlanError(f"the checkpoint has no tensor '{key}', which {type(module).__name__} needs")
+        value = ckpt.get(key)
+        if tuple(value.shape) != tuple(t.shape):
+            raise PlanError(f"checkpoint tensor '{key}' has shape {tuple(value.shape)}, the model expects "
+                            f"{tuple(t.shape)}")
+        with torch.no_grad():
+            t.data = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+
+
+def _computed_buffers(model: torch.nn.Module, config) -> None:
+    """Modules with buffers but no weights (rotary tables) are built again on the CPU: their
+    buffers are computed at construction, not stored in the checkpoint."""
+    for path, mod in list(model.named_modules()):
+        if path and any(b.is_meta for b in mod.buffers(recurse=False)) and not list(mod.parameters(recurse=False)):
+            try:
+                real = type(mod)(config=config)
+            except TypeError as exc:
+                raise PlanError(f"module '{path}' ({type(mod).__name__}) computes buffers graphprune cannot rebuild "
+                                f"without its weights: {exc}") from exc
+            parent, _, leaf = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, real)
+
+
+class _Caught(Exception):
+    pass
+
+
+def first_block_inputs(model, blocks, calib: list[dict]) -> list[dict]:
+    """Each calibration batch as the first block's keyword inputs (hidden states in fp32)."""
+    caught: list[dict] = []
+
+    def hook(module, args, kwargs):
+        inputs = dict(kwargs)
+        if args:
+            inputs["hidden_states"] = args[0]
+        keep = {k: v for k, v in inputs.items() if isinstance(v, (torch.Tensor, tuple)) and k != "past_key_values"}
+        keep["hidden_states"] = keep["hidden_states"].float()
+        if "position_embeddings" in keep:
+            keep["position_embeddings"] = tuple(t.float() for t in keep["position_embeddings"])
+        caught.append(keep)
+        raise _Caught
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in calib:
+            try:
+                with torch.no_grad():
+                    model(**batch)
+            except _Caught:
+                pass
+    finally:
+        handle.remove()
+    return caught
+
+
+def _output(block, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        out = block(**inputs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[dict], *,
+                 options: PruneOptions | None = None, max_shard_bytes: int = 1 << 29, **given) -> StreamReport:
+    """Prune the transformers checkpoint in ``folder`` block by block into ``out`` (see the module
+    docstring). ``calib``: keyword batches (``{"input_ids": ..., "attention_mask": ...}``). Options
+    as :class:`graphprune.PruneOptions` (here heads and FFN units, ratio 0.3, by default), applied
+    to each block; a budget needs the whole model and is refused."""
+    t0 = time.perf_counter()
+    opts = PruneOptions.of(options, defaults=STREAM_DEFAULTS, **given)
+    if opts.budget is not None:
+        raise PlanError("a budget is spent across the whole model; the streamed prune plans one block at a time: "
+                        "give ratio= (and ratios= by kind), or prune in memory with graphprune.hf.prune")
+    if not calib:
+        raise PlanError("a streamed prune calibrates each block on the outputs of the pruned blocks before it: "
+                        "pass calib=[{'input_ids': ...}, ...]")
+    ckpt = LazyCheckpoint(folder)
+    model, config = build_on_meta(folder)
+    path, blocks = repeated_blocks(model)
+    _computed_buffers(model, config)
+    # only what runs before the first block needs weights: the rest stays on meta
+    for name, mod in model.named_modules():
+        if any(p.is_meta for p in mod.parameters(recurse=False)) and not name.startswith(path + "."):
+            if isinstance(mod, torch.nn.Embedding):
+                _materialise(mod, ckpt, name)
+    inputs = first_block_inputs(model, blocks, [dict(b) for b in calib])
+    dtype = ckpt.dtype()
+    writer = ShardWriter(out, max_shard_bytes)
+    report = StreamReport(path=str(out))
+    doc = CheckpointDoc(architecture=type(model).__name__, original_config=config.to_dict(), format=FORMAT)
+    try:
+        for name in ckpt.names():
+            if not name.startswith(path + "."):
+                t = ckpt.get(name)
+                writer.add(name, t)
+                report.params_before += t.numel()
+                report.params_after += t.numel()
+        for i in range(len(blocks)):
+            prefix = f"{path}.{i}"
+            progress_line(f"block {i + 1}/{len(blocks)}: {prefix}")
+            inputs = _prune_block(blocks, i, prefix, ckpt, inputs, opts, writer, report, doc, dtype)
+        doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
+                            for k, v in inputs[0].items()}
+        side = {"config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode(),
+                PLAN_FILE: json.dumps(doc.to_json(), indent=1, sort_keys=True).encode()}
+        writer.close(side)
+    except BaseException:
+        writer.abort()
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list[dict], opts: PruneOptions,
+                 writer: ShardWriter, report: StreamReport, doc: CheckpointDoc, dtype: torch.dtype) -> list[dict]:
+    """Block ``i``: made real in fp32, pruned on ``inputs``, written in the checkpoint's dtype,
+    dropped from memory; returns its outputs as the next block's inputs."""
+    block = blocks[i]
+    _materialise(block, ckpt, prefix, torch.float32)
+    report.params_before += sum(p.numel() for p in block.parameters())
+    block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs))
+    added = sorted(r.compensation.bias_modules) if r.compensation is not None else []
+    doc.layers[prefix] = [PlanStep(r.plan, added)]
+    report.layers[prefix] = r
+    report.params_after += sum(p.numel() for p in block.parameters())
+    for n, t in block.state_dict().items():
+        writer.add(f"{prefix}.{n}", t.to(dtype) if t.is_floating_point() else t)
+    nxt = [dict(x, hidden_states=_output(block, x)) for x in inputs]
+    blocks[i] = block.to("meta")  # dropped: the next block's turn
+    gc.collect()
+    return nxt
+
+
+def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -> torch.nn.Module:
+    """A model written by :func:`stream_prune`: the original architecture built on meta, each
+    block's plans replayed on meta (the same rewrite, so the same module attributes), then every
+    tensor read from the shards. The unpruned model is never materialised."""
+    import transformers
+
+    folder = Path(folder)
+    doc = doc or CheckpointDoc.read(folder)
+    config = getattr(transformers, doc.architecture).config_class.from_dict(doc.original_config)
+    model, config = build_on_meta(folder, config)
+    example = doc.layer_example()
+    for prefix, steps in doc.layers.items():
+        block = model.get_submodule(prefix)
+        meta_inputs = {k: tuple(t.to("meta") for t in v) if isinstance(v, tuple) else v.to("meta")
+                       for k, v in example.items()}
+        replay(block, steps, (), meta_inputs,
+               lambda gid, size, p=prefix: f"the saved plan of {p} does not fit the model the config builds now "
+                                          f"(group {gid}, size {size})")
+    ckpt = LazyCheckpoint(folder)
+    model.to_empty(device="cpu")
+    for name, t in model.state_dict(keep_vars=True).items():
+        if name in ckpt:
+            value = ckpt.get(name)
+            if tuple(value.shape) != tuple(t.shape):
+                raise PlanError(f"'{folder}': tensor '{name}' has shape {tuple(value.shape)}, the replayed plans give "
+                                f"{tuple(t.shape)}")
+            t.data = value
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()  # a tied head is stored once, as the embeddings
+    _computed_buffers(model, config)  # after to_empty: their buffers are computed, not stored
+    return model.eval()
