@@ -6,8 +6,32 @@ from __future__ import annotations
 
 from ..errors import PlanError
 from ..util.progress import progress
+from .distributed import shard
 from .sites import Site
-from .stats import SiteStats
+from .stats import SiteStats, reduce_stats
+
+
+def calib_batches(program, calib, tokens: int | None = None) -> list:
+    """``calib`` in the program's input form; with ``tokens``, only the first batches, taken
+    until that many real tokens (``Program.rows``: attention mask 1, else items) were seen. The
+    batch that reaches the budget is taken whole, and the rest of ``calib`` is never read, so a
+    DataLoader or a generator over a large corpus can be given as it is."""
+    if tokens is None:
+        return program.batches(calib)
+
+    def within():
+        seen, it = 0, iter(calib)
+        while seen < tokens:  # checked before the next batch is read: a stream is read no further
+            b = next(it, within)
+            if b is within:
+                return
+            try:
+                seen += program.rows(program.batches([b])[0])
+            except PlanError:  # refused by program.batches below, which names the batch's index
+                pass
+            yield b
+
+    return program.batches(within())
 
 
 def collect(program, batches: list, sites: list[Site], gram: set[str]) -> dict[str, SiteStats]:
@@ -18,7 +42,8 @@ def collect(program, batches: list, sites: list[Site], gram: set[str]) -> dict[s
         by_value.setdefault(s.x, []).append(s)
     if not by_value:
         return stats
-    for k in progress(range(len(batches)), f"calibrating ({program.framework})", len(batches)):
+    mine = shard(len(batches))  # this rank's batches; all of them outside a process group
+    for k in progress(mine, f"calibrating ({program.framework})", len(mine)):
         valid = program.valid_rows(batches[k])
 
         def take(name, x, k=k, valid=valid) -> None:
@@ -29,4 +54,5 @@ def collect(program, batches: list, sites: list[Site], gram: set[str]) -> dict[s
             program.run(batches[k], capture=by_value, on_capture=take, outputs=False)
         except PlanError as exc:
             raise PlanError(f"calibration batch {k}: {exc}") from exc
+    reduce_stats(stats)  # summed over the ranks, so every rank plans from every batch
     return stats

@@ -14,15 +14,21 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .sites import Site
 
 
 def real_rows(site: Site, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
     """Which rows of a linear site's samples are real tokens: ``valid`` is the batch's
-    attention mask (batch, seq); padding would otherwise dominate short sentences' statistics."""
-    if valid is None or site.kind != "linear" or tuple(x.shape[:-1]) != tuple(valid.shape):
+    attention mask (batch, seq); padding would otherwise dominate short sentences' statistics.
+    The input is (batch, seq, channels), or (batch * seq, channels) where the model flattens
+    the tokens before an addmm (GPT-2's Conv1D): rows in the mask's row-major order."""
+    if valid is None or site.kind != "linear":
         return None
-    return valid.reshape(-1).bool()
+    lead = tuple(x.shape[:-1])
+    if lead != tuple(valid.shape) and lead != (valid.numel(),):
+        return None
+    return valid.reshape(-1).bool().to(x.device)
 
 
 def channels(site: Site, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,6 +141,41 @@ class SiteStats:
                     if part.shape[0]:
                         fold.add(part)
         self.items += int(x.shape[0]) if x.dim() else 1
+
+
+def reduce_stats(stats: dict[str, SiteStats]) -> None:
+    """Sum every rank's statistics into each rank's records (calib/distributed.py). Each rank saw
+    one contiguous slice of the batches and counted its folds from item 0: where an odd number of
+    items come before its slice, its two folds are the other way round, and are swapped first."""
+    if not distributed.active():
+        return
+    keys = sorted(stats)
+    before, total = distributed.items_before([stats[k].items for k in keys])
+    parts = []
+    for k, b, n in zip(keys, before, total):
+        st = stats[k]
+        folds = list(st.folds or [Gram(), Gram()])
+        if b % 2:
+            folds.reverse()
+        st.items = n
+        parts += [st.channels.sum, st.channels.sumsq, torch.tensor(float(st.channels.n)), folds[0].m, folds[1].m]
+    summed = distributed.reduce_sum(parts)
+    for i, k in enumerate(keys):
+        s, q, n, f0, f1 = summed[5 * i: 5 * i + 5]
+        st = stats[k]
+        st.channels.sum, st.channels.sumsq, st.channels.n = s, q, int(round(float(n)))
+        st.folds = None if f0 is None and f1 is None else [Gram(f0), Gram(f1)]
+
+
+def reduce_folds(folds: list[tuple[Gram, ...]], items: int) -> list[tuple[Gram, ...]]:
+    """Folds of Grams (a tuple per fold) summed over the ranks, each rank's swapped first where an
+    odd number of items come before its slice (as in :func:`reduce_stats`)."""
+    if not distributed.active():
+        return folds
+    (before,), _ = distributed.items_before([items])
+    folds = folds[::-1] if before % 2 else folds
+    summed, w = distributed.reduce_sum([g.m for f in folds for g in f]), len(folds[0])
+    return [tuple(Gram(m) for m in summed[i * w:(i + 1) * w]) for i in range(len(folds))]
 
 
 def split_folds(f: torch.Tensor, items: int, offset: int, rows: torch.Tensor | None = None,

@@ -13,7 +13,8 @@ from ..errors import PlanError
 from ..program.torch_run import Walk
 from ..util.progress import progress
 from .compensate import refit_site
-from .stats import Gram, features, real_rows, split_folds
+from .distributed import reduce_dict, shard
+from .stats import Gram, features, real_rows, reduce_folds, split_folds
 
 
 def gradients(model: torch.nn.Module, batches: list[tuple[tuple, dict]],
@@ -25,7 +26,8 @@ def gradients(model: torch.nn.Module, batches: list[tuple[tuple, dict]],
     try:
         for p in params.values():
             p.requires_grad_(True)
-        for k in progress(range(len(batches)), "gradients", len(batches)):
+        mine = shard(len(batches))  # this rank's batches; the sums are reduced below
+        for k in progress(mine, "gradients", len(mine)):
             args, kwargs = batches[k]
             model.zero_grad(set_to_none=True)
             out = model(*args, **kwargs)
@@ -50,7 +52,9 @@ def gradients(model: torch.nn.Module, batches: list[tuple[tuple, dict]],
         model.zero_grad(set_to_none=True)
         for n, p in params.items():
             p.requires_grad_(flags[n])
-    out_: dict[str, tuple[np.ndarray, np.ndarray]] = {n: (a[0].numpy(), a[1].numpy()) for n, a in acc.items()}
+    summed = reduce_dict({(n, i): a[i] for n, a in acc.items() for i in (0, 1)})  # over ranks, where several
+    out_: dict[str, tuple[np.ndarray, np.ndarray]] = {n: (summed[n, 0].numpy(), summed[n, 1].numpy())
+                                                      for n, i in summed if i == 0}
     for alias_group in _aliases(model).values():  # tied weights: every name sees the same sums
         src = next((a for a in alias_group if a in out_), None)
         for a in alias_group:
@@ -79,7 +83,7 @@ def walk_grams(dg, trace, batches, act_masks, todo, tensors, add_bias, result, t
             continue
         folds = [(Gram(), Gram(), Gram()), (Gram(), Gram(), Gram())]
         items = 0
-        for k in range(len(batches)):
+        for k in shard(len(batches)):  # this rank's batches; the folds are summed over ranks below
             dense.advance(i, batch=k)
             pruned.advance(i, batch=k)
             xd, xp = dense.value(k, s.x), pruned.value(k, s.x)
@@ -91,6 +95,7 @@ def walk_grams(dg, trace, batches, act_masks, todo, tensors, add_bias, result, t
                     fold[1].add(fd, fp)
                     fold[2].add(fp)
             items += int(xd.shape[0])
+        folds = reduce_folds(folds, items)
         used = [f for f in folds if f[0].m is not None]
         hd, c, hp = (Gram(sum(f[j].m for f in used)) for j in range(3))
         w_path, b_path, new_w, new_b = refit_site(dg, s, keep, tensors, hd.m, c.m, hp.m, "refit", add_bias, result,

@@ -4,6 +4,7 @@ The engine needs nothing model-specific: heads, GQA, head_dim and FFN units come
 from the graph. This package only does what sits outside the graph:
 
 - :func:`example_inputs` builds tracing inputs from a model's config;
+- :func:`text_batches` cuts text into calibration batches with the model's tokenizer;
 - :func:`prune` wraps :func:`graphprune.prune` and then :func:`sync_config`, which
   writes the new sizes into the module attributes transformers reads and into the
   config, so ``save_pretrained`` + ``from_pretrained`` round-trip when every layer
@@ -15,5 +16,7 @@ from .inputs import example_inputs, prepare
 from .pretrained import prune
 from .saved import load_pruned, save_pruned
 from .sync import ConfigSync, sync_config
+from .text import text_batches
 
-__all__ = ["example_inputs", "prepare", "sync_config", "ConfigSync", "prune", "save_pruned", "load_pruned"]
+__all__ = ["example_inputs", "prepare", "sync_config", "ConfigSync", "prune", "save_pruned", "load_pruned",
+           "text_batches"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..calib.collect import collect
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
+from ..calib.distributed import reduce_sum, shard
 from ..calib.sites import find_sites
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
@@ -204,19 +205,20 @@ def output_errors(program, used: list, variants: list, what: str, loss=None) -> 
     """Each variant's squared output error on ``used`` relative to the output's energy; with
     ``loss`` (outputs, batch -> float: a causal LM's next-token loss), its mean loss instead."""
 
-    if loss is not None:
-        err = np.zeros(len(variants))
-        for v, k, outs in progress(program.run_variants(used, variants), what, len(variants) * len(used)):
-            err[v] += loss(outs, used[k]) / len(used)
-        return err
-    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])]  # the same interpreter as the variants
-    valid = [program.valid_rows(b) for b in used]
-    energy = sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs)
+    n = len(used)
+    used = [used[k] for k in shard(n)]  # this rank's batches: the sums are reduced over ranks
     err = np.zeros(len(variants))
-    runs = program.run_variants(used, variants)
+    if loss is not None:
+        for v, k, outs in progress(program.run_variants(used, variants) if used else (), what, len(variants) * len(used)):
+            err[v] += loss(outs, used[k]) / n
+        return reduce_sum([err])[0]
+    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])] if used else []  # the variants' interpreter
+    valid = [program.valid_rows(b) for b in used]
+    energy = reduce_sum([np.array(sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs), float)])[0]
+    runs = program.run_variants(used, variants) if used else ()
     for v, k, outs in progress(runs, what, len(variants) * len(used)):
-        err[v] += sum(_sq(o, r, valid[k]) for o, r in zip(outs, ref[k])) / max(energy, 1e-30)
-    return err
+        err[v] += sum(_sq(o, r, valid[k]) for o, r in zip(outs, ref[k])) / max(float(energy), 1e-30)
+    return reduce_sum([err])[0]
 
 
 def _sq(out: np.ndarray, ref: np.ndarray | None, valid) -> float:
