@@ -14,6 +14,7 @@ from .errors import PlanError
 from .importance import CRITERIA
 from .planning.allocate import ALLOCATIONS
 from .planning.budget import key_values
+from .planning.memory import parse_bytes
 from .planning.plan import MAX_RATIO, check_ratio
 
 COMPENSATION_MODES = (None, True, False, "refit", "bias", "sequential")
@@ -35,7 +36,8 @@ class PruneOptions:
       ("heads", "ffn", "hidden", "query_heads", "head_dim", "conv_groups", "blocks").
     - ``ratios``: per-group overrides keyed by group id, module / parameter name, or kind.
     - ``calib``: calibration batches (tuples, dicts, a DataLoader); ``loss_fn(output, batch)``
-      for the gradient criteria and depth scoring.
+      for the gradient criteria and depth scoring; ``calib_tokens``: stop taking batches once
+      that many real tokens (attention mask 1; items where there is no token input) were seen.
     - ``compensate``: None (refit with ``calib``), True, False, "refit", "bias", "sequential";
       ``add_bias`` lets compensation give a bias to a layer that has none.
     - ``allocation``: "auto", "uniform", "sensitivity" or "global"; ``budget``: ``{"macs": 0.5}``,
@@ -45,6 +47,9 @@ class PruneOptions:
       "onnxruntime", None); ``measure_latency``: time the model before and after.
     - ``verify``: hold the plan to the exactness oracle first; ``atol``: its tolerance (None:
       the program's default).
+    - ``max_memory``: the most memory the prune may use, in bytes or as "8GB" / "512MiB" (None: what
+      the process holds plus what the system has available now, less a margin); a prune whose
+      estimated peak (graphprune/planning/memory.py) exceeds it is refused before calibration.
     """
 
     ratio: float = 0.5
@@ -56,6 +61,7 @@ class PruneOptions:
     ratios: Mapping[int | str, float] | None = None
     calib: Any = None
     loss_fn: Callable | None = None
+    calib_tokens: int | None = None
     compensate: bool | str | None = None
     add_bias: bool = False
     allocation: str = "auto"
@@ -65,6 +71,7 @@ class PruneOptions:
     measure_latency: bool = True
     verify: bool = False
     atol: float | None = None
+    max_memory: int | str | None = None
 
     @classmethod
     def of(cls, options: PruneOptions | None = None, defaults: Mapping[str, Any] | None = None,
@@ -100,6 +107,9 @@ class PruneOptions:
                             f"{self.compensate!r}")
         if self.compensate not in (None, False) and self.calib is None:
             raise PlanError("compensation needs calibration data: pass calib=[batch, ...] or compensate=False")
+        if self.calib_tokens is not None and (not isinstance(self.calib_tokens, int)
+                                              or isinstance(self.calib_tokens, bool) or self.calib_tokens < 1):
+            raise PlanError(f"calib_tokens must be a whole number >= 1 (None: every batch), not {self.calib_tokens!r}")
         if self.allocation not in ALLOCATIONS:
             raise PlanError(f"allocation must be one of {list(ALLOCATIONS)}, not {self.allocation!r}")
         if self.runtime not in RUNTIMES:
@@ -112,6 +122,8 @@ class PruneOptions:
             raise PlanError(f"max_ratio must be in (0, 1), got {self.max_ratio!r}")
         # normal forms, so the pipeline reads one spelling of each
         set_ = object.__setattr__
+        if self.max_memory is not None:
+            set_(self, "max_memory", parse_bytes(self.max_memory))
         set_(self, "ignore", _names(self.ignore, "ignore"))
         set_(self, "roles", None if self.roles is None else _names(self.roles, "roles"))
         set_(self, "targets", None if self.targets is None else _names(self.targets, "targets"))

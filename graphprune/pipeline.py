@@ -7,10 +7,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from .calib.collect import collect
+from .calib.collect import calib_batches, collect
 from .calib.compensate import Compensation
 from .calib.compensate import compensate as run_compensation
+from .calib.distributed import same_on_all
 from .calib.sites import find_sites
+from .calib.stats import gram_sites, refittable
 from .errors import PlanError, PruneWarning, RewriteError
 from .graph import DependencyGraph, Group
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
@@ -21,6 +23,7 @@ from .planning.allocate import Allocation, allocate_budget, allocate_if_cheap, r
 from .planning.budget import BudgetResult, CostModel, solve_budget
 from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .planning.latency_budget import solve_latency_budget
+from .planning.memory import MemoryEstimate, check_memory, estimate_memory, peak_rss, reset_peak, stat_sites
 from .planning.plan import (
     PrunePlan,
     check_prunable,
@@ -32,7 +35,7 @@ from .planning.plan import (
     shape_fn,
 )
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime
-from .report.prune_report import Latency, PruneReport
+from .report.prune_report import Latency, MemoryUsage, PruneReport
 from .util.gc_pause import paused_gc
 
 # What pruning by weight magnitude alone costs, measured (docs/runtime.md, tools/bench_oneshot.py)
@@ -76,6 +79,7 @@ class Planned:
     budget: BudgetResult | None = None  # where a budget set the ratios
     depth: DepthChoice | None = None  # where blocks were targeted
     scores: dict = field(default_factory=dict)  # group id -> per-unit importance (the report's histogram)
+    memory: MemoryEstimate | None = None  # the peak estimated before calibration
 
 
 @dataclass
@@ -101,6 +105,7 @@ class _Work:
     depth: DepthChoice | None = None
     budget: dict | None = None
     notes: list[str] = field(default_factory=list)
+    memory: MemoryEstimate | None = None
 
 
 def plan_program(program, opts: PruneOptions) -> Planned:
@@ -122,7 +127,8 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         w.ctx.notes.append(idle)
-    return Planned(plan, w.name, w.batches, w.ctx, list(w.ctx.notes), w.alloc, w.spent, w.depth, dict(w.scores))
+    return Planned(plan, w.name, w.batches, w.ctx, list(w.ctx.notes), w.alloc, w.spent, w.depth, dict(w.scores),
+                   w.memory)
 
 
 def _select(program, opts: PruneOptions) -> _Work:
@@ -145,6 +151,7 @@ def _select(program, opts: PruneOptions) -> _Work:
                         "or params= budget with targets including 'blocks'")
     notes: list[str] = []
     round_to = auto_rounding(dg, groups, runtime, notes) if opts.round_to == "auto" else opts.round_to
+    round_to = same_on_all(round_to)  # measured per machine: across processes, rank 0's
     w = _Work(program, opts, dg, runtime, how, groups, blocks, round_to, notes=notes,
               budget=dict(opts.budget) if opts.budget is not None else None)
     ratios = dict(opts.ratios or {})
@@ -163,7 +170,10 @@ def _score(w: _Work) -> None:
     if crit is not None and crit.needs == "grad" and not program.has_gradients:
         raise PlanError(f"importance '{w.name}' needs gradients, which an {program.framework} model does not give; "
                         "use obs, activation or fluctuation with calib=, or a weight criterion")
-    w.batches = program.batches(opts.calib) if opts.calib is not None else None
+    w.batches = calib_batches(program, opts.calib, opts.calib_tokens) if opts.calib is not None else None
+    w.memory = _memory(w, crit)
+    if opts.calib is not None or opts.max_memory is not None:  # without data: the weights and their rewrite
+        check_memory(w.memory, opts.max_memory)
     w.ctx = ScoreContext(w.dg, program.tensors())
     w.ctx.notes.extend(w.notes)
     if opts.calib is None and opts.importance == "auto" and w.groups:
@@ -173,6 +183,19 @@ def _score(w: _Work) -> None:
     elif crit is not None and w.batches is not None and crit.needs == "calib":
         attach_stats(w.ctx, w.groups, w.name, lambda sites, gram: collect(program, w.batches, sites, gram))
     w.scores = score_groups(w.name, w.ctx, w.groups)
+
+
+def _memory(w: _Work, crit) -> MemoryEstimate:
+    """The prune's peak memory estimated from the IR (planning/memory.py): the sites calibration
+    reads, with Grams where OBS (within its budget) or compensation keeps them."""
+    mode, calib = compensation_mode(w.opts), crit is not None and crit.needs == "calib"
+    sites = stat_sites(w.dg, w.groups) if w.batches is not None and (calib or mode is not None) else []
+    grams = {s.node for s in sites if refittable(s)} if mode is not None else set()
+    if calib and w.name == "obs":
+        grams |= gram_sites(w.dg, sites, [])
+    grad = crit is not None and crit.needs == "grad" and w.batches is not None
+    return estimate_memory(w.dg.ir, sites, grams, w.batches, obs=w.name == "obs", refit=mode is not None,
+                           backward=grad)
 
 
 def _choose_ratios(w: _Work) -> None:
@@ -212,6 +235,7 @@ def _spend_budget(w: _Work) -> None:
     if "latency_ms" in w.budget or "speedup" in w.budget:
         w.ratios, w.spent = solve_latency_budget(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget,
                                                  w.round_to, w.how, opts.max_ratio, w.ctx.notes)
+        w.ratios, w.spent = same_on_all((w.ratios, w.spent))  # timed: across processes, rank 0's
         return
     w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, opts.max_ratio)
     if opts.allocation != "sensitivity" or w.batches is None:
@@ -242,6 +266,7 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     plan, w.spent = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes)
+    plan, w.spent = same_on_all((plan, w.spent))  # timed: across processes, rank 0's
     return plan
 
 
@@ -270,6 +295,7 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     model's latency on the runtime is measured before and after (``opts.measure_latency``); a
     pruned model that runs slower says so in a PruneWarning and in the report."""
     t0 = time.perf_counter()
+    rss0, reset = reset_peak()
     runtime = resolve_runtime(opts.runtime, program)
     dg = program.graph()
     if plan_ is None:
@@ -297,6 +323,7 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
             warnings.warn(slow, PruneWarning, stacklevel=3)
             report.notes.append(slow)
     report.seconds = time.perf_counter() - t0
+    report.memory = MemoryUsage(planned.memory, peak_rss(), rss0, "prune" if reset else "process")
     return pruned, report
 
 
@@ -304,7 +331,7 @@ def _compensate(program, dg: DependencyGraph, opts: PruneOptions, planned: Plann
     mode = compensation_mode(opts)
     if mode is None or planned.plan.empty:
         return None
-    batches = planned.batches if planned.batches is not None else program.batches(opts.calib)
+    batches = planned.batches if planned.batches is not None else calib_batches(program, opts.calib, opts.calib_tokens)
     add = program.bias_free(find_sites(dg)) if opts.add_bias else set()
     stats = planned.ctx.stats if planned.ctx is not None else None
     return run_compensation(program, dg, planned.plan, batches, mode, add, stats)

@@ -19,13 +19,15 @@ from pathlib import Path
 import graphprune as gp
 
 from ..api.recover import recover
-from ..errors import GraphpruneError
+from ..calib.distributed import init_from_env, is_writer
+from ..errors import GraphpruneError, PlanError
 from ..io import sources
 from ..io.checkpoint_doc import PLAN_FILE
 from ..io.module_checkpoint import save_pruned_module
 from ..io.onnx_export import export_onnx
 from ..io.sources import copy_side_files
 from ..options import PruneOptions
+from ..planning.memory import parse_bytes
 from ..planning.plan import check_ratio
 from ..report.html import write_report
 from ..util.atomic import atomic_path, public_tree
@@ -67,6 +69,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         raise GraphpruneError("--ratio and --budget both choose how much goes: pass one of them")
     ns.ratio = 0.3 if ns.ratio is None else ns.ratio
     check_ratio(ns.ratio, "--ratio")  # before any work: a bad option must not cost a model load
+    init_from_env()  # under torchrun: calibration is sharded over the ranks (calib/distributed.py)
     options = _options(ns, onnx_in=ns.model.lower().endswith(".onnx"))
     out_kind = output_kind(ns.output)
     check_writable(ns.output, "-o")
@@ -82,6 +85,11 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     if kind == "onnx":
         calib = _npz_batches(ns.calib, ns.calib_batch) if ns.calib else None
         step(1, 2, f"loading, planning and rewriting {ns.model}", ns.json)
+        if not is_writer():  # rank 0 alone writes: the others plan the same model into a scratch folder
+            with tempfile.TemporaryDirectory() as scratch:
+                ns.output = os.path.join(scratch, Path(ns.output).name)
+                _onnx(ns, calib, options, parse_input_shapes(ns.input_shape), load_feeds(ns.inputs))
+            return 0
         report = _onnx(ns, calib, options, parse_input_shapes(ns.input_shape), load_feeds(ns.inputs))
         step(2, 2, f"wrote {ns.output} ({time.perf_counter() - t:.1f}s)", ns.json)
     else:
@@ -94,6 +102,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
         step(2, n, "tracing, planning, checking and rewriting", ns.json)
         model, report = _torch(src, calib, options, ns)
+        if not is_writer():  # rank 0 alone recovers (not sharded) and writes the model and the report
+            return 0
         if teacher is not None:
             step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
             report.notes.append(_recover(model, teacher, calib, ns.recover_steps).summary())
@@ -136,7 +146,8 @@ def _options(ns, onnx_in: bool) -> PruneOptions:
                            add_bias=ns.add_bias, budget=ns.budget, max_ratio=ns.max_ratio,
                            ratios=parse_ratios(ns.ratios), round_to=ns.round_to,
                            runtime={"none": None, "auto": auto}.get(ns.runtime, ns.runtime),
-                           measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify)
+                           measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify,
+                           calib_tokens=ns.calib_tokens, max_memory=ns.max_memory)
 
 
 def _onnx(ns, calib, options: PruneOptions, input_shapes, inputs):
@@ -255,8 +266,7 @@ def torch_calib(ns, src) -> list:
 
 
 def _text_calib(ns, src) -> list[dict]:
-    import torch
-
+    """A .txt --calib cut by the model's tokenizer (graphprune.hf.text_batches: one code path)."""
     if src.path is None or not src.is_hf:
         raise GraphpruneError("--calib FILE.txt needs a Hugging Face model folder with its tokenizer")
     try:
@@ -265,19 +275,20 @@ def _text_calib(ns, src) -> list[dict]:
         tok = AutoTokenizer.from_pretrained(str(src.path), local_files_only=True)
     except Exception as exc:
         raise GraphpruneError(f"no tokenizer in '{src.path}' to cut {ns.calib} into tokens: {exc}") from exc
-    ids = tok(Path(ns.calib).read_text(), return_tensors="pt")["input_ids"][0]
-    n = min(ns.calib_samples, len(ids) // ns.seq_len)
-    if n < 1:
-        raise GraphpruneError(f"{ns.calib} holds {len(ids)} tokens, fewer than one sequence of --seq-len {ns.seq_len}")
-    seqs = ids[: n * ns.seq_len].reshape(n, ns.seq_len)
-    batches = []
-    for i in range(0, n, ns.calib_batch):
-        chunk = seqs[i:i + ns.calib_batch]
-        b = {"input_ids": chunk}
-        if "attention_mask" in src.kwargs:
-            b["attention_mask"] = torch.ones_like(chunk)
-        batches.append(b)
-    return batches
+    from ..hf import text_batches
+
+    samples = ns.calib_samples if ns.calib_samples is not None else (None if ns.calib_tokens else 32)
+    return text_batches(tok, Path(ns.calib), seq_len=ns.seq_len, batch_size=ns.calib_batch,
+                        calib_tokens=ns.calib_tokens, samples=samples,
+                        attention_mask="attention_mask" in src.kwargs)
+
+
+def memory_arg(text: str) -> int:
+    """--max-memory's bytes, refused by argparse before any model load."""
+    try:
+        return parse_bytes(text, "--max-memory")
+    except PlanError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def arguments(pr: argparse.ArgumentParser) -> None:
@@ -299,11 +310,18 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--calib", help="calibration data: an .npz of arrays named by model input (samples along dim "
                                     "0), a folder of .npz batches, or for a Hugging Face folder a .txt file")
     pr.add_argument("--calib-batch", type=int, default=8, help="samples per calibration batch (default 8)")
-    pr.add_argument("--calib-samples", type=int, default=32, help="sequences cut from a .txt --calib (default 32)")
+    pr.add_argument("--calib-samples", type=int, default=None,
+                    help="sequences cut from a .txt --calib (default 32, or as many as --calib-tokens takes)")
     pr.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of a .txt --calib (default 128)")
+    pr.add_argument("--calib-tokens", type=int, default=None, metavar="N",
+                    help="stop taking --calib batches once N real tokens (attention mask 1; samples for "
+                         "non-token inputs) were seen (default: every batch)")
     pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
                     help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
                          "distillation on the --calib batches, a tenth held out; graphprune.recover)")
+    pr.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
+                    help="refuse, before calibration, a prune whose estimated peak memory exceeds SIZE (bytes, or "
+                         "8GB, 512MiB, 16G) (default: what the system has available now, less a margin)")
     pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
     pr.add_argument("--add-bias", action="store_true",
                     help="with --calib: let compensation add a bias to layers that have none")

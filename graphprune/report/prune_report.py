@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..planning.memory import gib
 from ..util.tables import human, table
 
 if TYPE_CHECKING:  # the records a report holds; their modules import this one's callers
@@ -13,6 +14,7 @@ if TYPE_CHECKING:  # the records a report holds; their modules import this one's
     from ..planning.allocate import Allocation
     from ..planning.budget import BudgetResult
     from ..planning.depth import DepthChoice
+    from ..planning.memory import MemoryEstimate
     from ..planning.plan import PrunePlan
 
 RUNTIME_NAMES = {"onnxruntime": "onnxruntime, 1 thread", "torch": "PyTorch eager, 1 thread"}
@@ -31,6 +33,28 @@ class Latency:
     @property
     def speedup(self) -> float:
         return self.before_ms / max(self.after_ms, 1e-9)
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """The prune's memory: the estimate made before calibration (planning/memory.py) and the
+    peak resident set measured, since the prune started (``since="prune"``, where Linux let the
+    peak be reset) or since the process started."""
+
+    estimate: MemoryEstimate | None
+    peak_rss: int  # bytes
+    start_rss: int  # bytes resident when the prune started
+    since: str = "prune"
+
+    def __str__(self) -> str:
+        est = f"estimated peak {gib(self.estimate.total)} ({self.estimate.largest.name} the largest part); " \
+            if self.estimate is not None else ""
+        return (f"memory: {est}measured peak RSS {gib(self.peak_rss)} since the {self.since} started "
+                f"({gib(self.start_rss)} at the start)")
+
+    def to_dict(self) -> dict:
+        return {"estimate": self.estimate.to_dict() if self.estimate is not None else None,
+                "peak_rss": self.peak_rss, "start_rss": self.start_rss, "since": self.since}
 
 
 @dataclass
@@ -59,6 +83,7 @@ class PruneReport:
     depth: DepthChoice | None = None  # each block's score, the trials
     scores: dict = field(default_factory=dict)  # group id -> importance per unit (the planner's ranking)
     kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
+    memory: MemoryUsage | None = None  # estimated and measured peak memory
 
     @property
     def latency_before_ms(self) -> float | None:
@@ -119,6 +144,8 @@ class PruneReport:
         if self.compensation is not None:
             d["compensation"] = [{"layer": s.weight, "action": s.action, "error_before": s.error_before,
                                   "error_after": s.error_after} for s in self.compensation.sites]
+        if self.memory is not None:
+            d["memory"] = self.memory.to_dict()
         if self.sync is not None:
             d["config"] = {"loadable_with_from_pretrained": self.sync.loadable, "text": str(self.sync)}
         return d
@@ -165,6 +192,8 @@ class PruneReport:
                                                 f"{lat.after_ms:.3f} ms", f"{lat.speedup:.2f}x"]])
         if self.seconds is not None:
             text += f"\ntime: {self.seconds:.1f} s"
+        if self.memory is not None:
+            text += f"\n{self.memory}"
         if self.oracle is not None:
             text += f"\n{self.oracle}"
         if self.sync is not None:
