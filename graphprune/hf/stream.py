@@ -104,18 +104,24 @@ def _materialise(module: torch.nn.Module, ckpt: LazyCheckpoint, prefix: str, dty
             t.data = value.to(dtype) if dtype is not None and value.is_floating_point() else value
 
 
-def _computed_buffers(model: torch.nn.Module, config) -> None:
-    """Modules with buffers but no weights (rotary tables) are built again on the CPU: their
-    buffers are computed at construction, not stored in the checkpoint."""
-    for path, mod in list(model.named_modules()):
-        if path and any(b.is_meta for b in mod.buffers(recurse=False)) and not list(mod.parameters(recurse=False)):
-            try:
-                real = type(mod)(config=config)
-            except TypeError as exc:
-                raise PlanError(f"module '{path}' ({type(mod).__name__}) computes buffers graphprune cannot rebuild "
-                                f"without its weights: {exc}") from exc
-            parent, _, leaf = path.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, real)
+def _computed_buffers(model: torch.nn.Module) -> list[str]:
+    """Modules with buffers on meta but no weights of their own (rotary tables): their buffers are
+    computed at construction, not stored in the checkpoint."""
+    return [path for path, mod in model.named_modules()
+            if path and any(b.is_meta for b in mod.buffers(recurse=False)) and not list(mod.parameters(recurse=False))]
+
+
+def _rebuild(model: torch.nn.Module, config, paths: list[str]) -> None:
+    """Build the modules at ``paths`` again on the CPU from the config (see _computed_buffers)."""
+    for path in paths:
+        mod = model.get_submodule(path)
+        try:
+            real = type(mod)(config=config)
+        except TypeError as exc:
+            raise PlanError(f"module '{path}' ({type(mod).__name__}) computes buffers graphprune cannot rebuild "
+                            f"without its weights: {exc}") from exc
+        parent, _, leaf = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, real)
 
 
 class _Caught(Exception):
@@ -173,7 +179,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     ckpt = LazyCheckpoint(folder)
     model, config = build_on_meta(folder)
     path, blocks = repeated_blocks(model)
-    _computed_buffers(model, config)
+    _rebuild(model, config, _computed_buffers(model))
     # only what runs before the first block needs weights: the rest stays on meta
     for name, mod in model.named_modules():
         if any(p.is_meta for p in mod.parameters(recurse=False)) and not name.startswith(path + "."):
@@ -246,6 +252,7 @@ def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -
                lambda gid, size, p=prefix: f"the saved plan of {p} does not fit the model the config builds now "
                                           f"(group {gid}, size {size})")
     ckpt = LazyCheckpoint(folder)
+    computed = _computed_buffers(model)  # found while still on meta: to_empty makes every buffer look real
     model.to_empty(device="cpu")
     for name, t in model.state_dict(keep_vars=True).items():
         if name in ckpt:
@@ -256,5 +263,5 @@ def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -
             t.data = value
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()  # a tied head is stored once, as the embeddings
-    _computed_buffers(model, config)  # after to_empty: their buffers are computed, not stored
+    _rebuild(model, config, computed)  # after to_empty, which left their buffers uninitialised
     return model.eval()
