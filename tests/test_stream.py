@@ -52,6 +52,7 @@ def test_streamed_prune_equals_the_whole_model_pruned_in_memory(tmp_path):
     assert got["model.layers.0.mlp.gate_proj.weight"].shape == (64, 64)  # half of 128 FFN units
     assert got["model.layers.1.self_attn.k_proj.weight"].shape == (16, 64)  # one kv head of two (head_dim 16)
     assert report.params_after == sum(t.numel() for t in want.values())
+    assert report.peak_rss >= max(r.memory.peak_rss for r in report.layers.values()) > 0
     ckpt = LazyCheckpoint(tmp_path / "out")
     assert (tmp_path / "out" / INDEX).exists() and ckpt.dtype() == torch.bfloat16
     saved = json.loads((tmp_path / "out" / "graphprune.json").read_text())

@@ -6,7 +6,8 @@
 Calibration is random token ids (the synthetic checkpoints have no tokenizer): the figure measured
 is time and memory, not quality (docs/llm_pruning.md has quality on a real model). The default
 call prunes heads and FFN units with refit; peak RSS is the process's high-water mark (VmHWM), read
-after the prune, including Python, torch and transformers themselves.
+over the whole run (each block's prune resets the kernel's mark; the streamed report keeps the
+maximum), including Python, torch and transformers themselves.
 """
 from __future__ import annotations
 
@@ -20,13 +21,7 @@ import torch
 
 import graphprune as gp
 from graphprune.io.lazy_checkpoint import LazyCheckpoint
-
-
-def peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
+from graphprune.planning.memory import peak_rss
 
 
 def main(argv: list[str]) -> int:
@@ -52,12 +47,12 @@ def main(argv: list[str]) -> int:
     seconds = time.perf_counter() - t
     row = {"folder": str(ns.folder), "params": size, "params_after": report.params_after, "ratio": ns.ratio,
            "calib": ns.calib, "allocation": ns.allocation, "seconds": round(seconds, 1),
-           "peak_rss_gib": round(peak_rss_gib(), 2), "blocks": len(report.layers)}
+           "peak_rss_gib": round(report.peak_rss / 2**30, 2), "blocks": len(report.layers)}
     t = time.perf_counter()
     model = gp.hf.load_pruned(out)
     row["reload_s"] = round(time.perf_counter() - t, 1)
     row["reloaded_params"] = sum(q.numel() for q in model.parameters())
-    row["peak_rss_after_reload_gib"] = round(peak_rss_gib(), 2)
+    row["peak_rss_after_reload_gib"] = round(max(report.peak_rss, peak_rss()) / 2**30, 2)
     print(report)
     print(json.dumps(row, indent=1))
     if ns.json:

@@ -31,6 +31,7 @@ from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tens
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay
 from ..options import PruneOptions
+from ..planning.memory import gib, peak_rss
 from ..report.prune_report import PruneReport
 from ..util.progress import progress_line
 from .inputs import prepare
@@ -47,11 +48,15 @@ class StreamReport:
     params_after: int = 0
     seconds: float = 0.0
     path: str = ""
+    # the run's peak resident set: each block's prune resets the kernel's high-water mark to measure
+    # its own peak, so the peak is read before each reset and kept here
+    peak_rss: int = 0
 
     def __str__(self) -> str:
         kept = self.params_after / max(self.params_before, 1)
         lines = [f"streamed prune of {len(self.layers)} block(s): params {self.params_before:,} -> "
-                 f"{self.params_after:,} ({kept:.1%}), {self.seconds:.1f} s, written to {self.path}"]
+                 f"{self.params_after:,} ({kept:.1%}), {self.seconds:.1f} s, peak RSS {gib(self.peak_rss)}, "
+                 f"written to {self.path}"]
         for name, r in self.layers.items():
             groups = ", ".join(f"{r.kinds.get(g, 'channel')} {k}/{n}" for g, (k, n) in sorted(r.kept.items()) if k < n)
             oracle = "" if r.oracle is None else (" oracle PASS" if r.oracle.passed else " oracle FAIL")
@@ -210,6 +215,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
         writer.abort()
         raise
     report.seconds = time.perf_counter() - t0
+    report.peak_rss = max(report.peak_rss, peak_rss())
     return report
 
 
@@ -220,6 +226,7 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     block = blocks[i]
     _materialise(block, ckpt, prefix, torch.float32)
     report.params_before += sum(p.numel() for p in block.parameters())
+    report.peak_rss = max(report.peak_rss, peak_rss())  # before the prune resets the high-water mark
     block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs))
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []
     doc.layers[prefix] = [PlanStep(r.plan, added)]
