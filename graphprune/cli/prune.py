@@ -4,7 +4,8 @@ OUT by its form: ``*.onnx`` (exported and checked in onnxruntime), ``*.pt`` (the
 torch.save), or a folder: a transformers model's ``save_pretrained`` folder with graphprune's
 plan and the original's tokenizer / processor files, or for any other PyTorch model
 ``model.safetensors`` + ``graphprune.json`` (rebuilt by graphprune.io.module_checkpoint). Nothing is
-left at OUT unless every step succeeded.
+left at OUT unless every step succeeded. A transformers checkpoint folder is pruned block by block
+with --stream, or when its in-memory prune's estimated peak exceeds --max-memory (cli/stream.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from ..planning.memory import parse_bytes
 from ..planning.plan import check_ratio
 from ..report.html import write_report
 from ..util.atomic import atomic_path, public_tree
+from . import stream
+from .calib_data import npz_batches, torch_calib
 from .common import MODEL_HELP, emit, input_flags, load_feeds, parse_input_shapes, parse_ratios, round_to_arg, step
 
 
@@ -81,9 +84,12 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     if kind == "onnx" and out_kind != "onnx":
         raise GraphpruneError(f"an ONNX model is written as an .onnx file, not '{ns.output}'")
     _check_recover(ns, kind)
+    choice = stream.choose(ns, kind, options)  # a transformers folder: in memory or block by block (cli/stream.py)
+    if choice is not None and choice.stream:
+        return stream.run(ns, options, choice)
     t = time.perf_counter()
     if kind == "onnx":
-        calib = _npz_batches(ns.calib, ns.calib_batch) if ns.calib else None
+        calib = npz_batches(ns.calib, ns.calib_batch) if ns.calib else None
         step(1, 2, f"loading, planning and rewriting {ns.model}", ns.json)
         if not is_writer():  # rank 0 alone writes: the others plan the same model into a scratch folder
             with tempfile.TemporaryDirectory() as scratch:
@@ -96,7 +102,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         n = 4 if ns.recover_steps else 3
         step(1, n, f"loading {ns.model} ({kind})", ns.json)
         src = sources.load(ns.model, parse_input_shapes(ns.input_shape), ns.config)
-        calib = torch_calib(ns, src) if ns.calib else None
+        calib = choice.calib if choice is not None else (torch_calib(ns, src) if ns.calib else None)
         if calib:  # traced on a calibration batch: every batch then has the traced shapes
             src.args, src.kwargs = (calib[0], {}) if isinstance(calib[0], tuple) else ((), dict(calib[0]))
         teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
@@ -209,80 +215,6 @@ def _history(src):
     return list(src.saved.history)  # each step with its own added biases
 
 
-def _npz_batches(path: str, batch: int) -> list[dict]:
-    """An .npz of arrays named by model input, each with the samples along dim 0, cut into
-    batches; or a folder of .npz files, one batch each."""
-    import numpy as np
-
-    if batch < 1:
-        raise GraphpruneError(f"--calib-batch must be >= 1, got {batch}")
-    p = Path(path)
-    files = sorted(p.glob("*.npz")) if p.is_dir() else [p]
-    if p.is_dir() and not files:
-        raise GraphpruneError(f"calibration folder '{path}' holds no .npz files")
-    out = []
-    for f in files:
-        try:
-            data = dict(np.load(f))
-        except (OSError, ValueError) as exc:
-            raise GraphpruneError(f"cannot read calibration data '{f}': {exc}. Give an .npz file (or a folder of them) "
-                                  "whose arrays are named by the model's inputs, samples along dim 0") from exc
-        if not data:
-            raise GraphpruneError(f"calibration file '{f}' holds no arrays")
-        if p.is_dir():
-            out.append(data)
-            continue
-        n = min(len(v) for v in data.values())
-        out += [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
-    return out
-
-
-def torch_calib(ns, src) -> list:
-    """Calibration batches in the module's input form: ``.npz`` arrays named by input (or by
-    position: ``input_0``...), a folder of ``.npz`` batches, or for a transformers folder with a
-    tokenizer, a ``.txt`` file cut into sequences of --seq-len tokens."""
-    import torch
-
-    if str(ns.calib).endswith(".txt"):
-        return _text_calib(ns, src)
-    batches = _npz_batches(ns.calib, ns.calib_batch)
-    names = list(src.kwargs) if src.kwargs else None
-    out = []
-    for b in batches:
-        tensors = {k: torch.from_numpy(v) for k, v in b.items()}
-        if names is not None:
-            missing = set(names) - set(tensors)
-            extra = set(tensors) - set(names)
-            if extra or (missing - {"attention_mask", "token_type_ids"}):
-                raise GraphpruneError(f"--calib arrays are {sorted(tensors)}; the model takes {names}")
-            out.append(tensors)
-        else:
-            keys = sorted(tensors, key=lambda k: (len(k), k))
-            if len(keys) != len(src.args):
-                raise GraphpruneError(f"--calib has {len(keys)} array(s) {keys}; the model takes {len(src.args)} "
-                                      "positional input(s) (name them input_0, input_1, ... in order)")
-            out.append(tuple(tensors[k] for k in keys))
-    return out
-
-
-def _text_calib(ns, src) -> list[dict]:
-    """A .txt --calib cut by the model's tokenizer (graphprune.hf.text_batches: one code path)."""
-    if src.path is None or not src.is_hf:
-        raise GraphpruneError("--calib FILE.txt needs a Hugging Face model folder with its tokenizer")
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(src.path), local_files_only=True)
-    except Exception as exc:
-        raise GraphpruneError(f"no tokenizer in '{src.path}' to cut {ns.calib} into tokens: {exc}") from exc
-    from ..hf import text_batches
-
-    samples = ns.calib_samples if ns.calib_samples is not None else (None if ns.calib_tokens else 32)
-    return text_batches(tok, Path(ns.calib), seq_len=ns.seq_len, batch_size=ns.calib_batch,
-                        calib_tokens=ns.calib_tokens, samples=samples,
-                        attention_mask="attention_mask" in src.kwargs)
-
-
 def memory_arg(text: str) -> int:
     """--max-memory's bytes, refused by argparse before any model load."""
     try:
@@ -321,7 +253,9 @@ def arguments(pr: argparse.ArgumentParser) -> None:
                          "distillation on the --calib batches, a tenth held out; graphprune.recover)")
     pr.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
                     help="refuse, before calibration, a prune whose estimated peak memory exceeds SIZE (bytes, or "
-                         "8GB, 512MiB, 16G) (default: what the system has available now, less a margin)")
+                         "8GB, 512MiB, 16G); a transformers folder that would exceed it in memory is pruned block "
+                         "by block (see --stream) (default: what the system has available now, less a margin)")
+    stream.stream_flags(pr)
     pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
     pr.add_argument("--add-bias", action="store_true",
                     help="with --calib: let compensation add a bias to layers that have none")

@@ -7,12 +7,12 @@ import os
 import torch
 
 from ..api import torch_models as api
-from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
 from ..options import PruneOptions
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
+from .choose import load_if_fits
 from .inputs import example_inputs, prepare
 from .stream import stream_prune
 from .sync import sync_config
@@ -30,7 +30,10 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     ``model`` may also be a checkpoint folder (safetensors, any size) with ``out=`` a new folder:
     the model is then pruned block by block, streamed from the shards in bounded memory
     (graphprune/hf/stream.py), written to ``out`` and a :class:`~graphprune.hf.stream.StreamReport`
-    returned; :func:`graphprune.hf.load_pruned` reloads it.
+    returned; :func:`graphprune.hf.load_pruned` reloads it. A folder without ``out=`` is loaded
+    and pruned in memory (``(model, report)`` as for a module) when the prune's peak, estimated on
+    the meta device before any weight is read (graphprune/hf/choose.py), fits in ``max_memory`` or
+    the memory available; otherwise a PlanError says so and to pass ``out=``.
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
     by default whole heads and FFN units for models with attention (the hidden size stays),
@@ -59,11 +62,11 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     """
     if ratio is not None:
         given["ratio"] = ratio
-    if isinstance(model, (str, os.PathLike)):
-        if out is None:
-            raise PlanError(f"pruning the checkpoint folder '{model}' block by block writes a new folder: pass out=")
+    if isinstance(model, (str, os.PathLike)) and out is not None:
         return stream_prune(model, out, given.pop("calib", None) or (options.calib if options else None),
                             options=options, **given)
+    if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
+        model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs)
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
     prepare(model)
     calib = [dict(b) for b in opts.calib] if opts.calib is not None else None

@@ -1,0 +1,130 @@
+"""In memory or block by block: a checkpoint folder's in-memory prune estimated before any weight is read.
+
+The model is built on the meta device from the folder's config (:func:`graphprune.hf.stream.build_on_meta`)
+in the dtype ``from_pretrained`` loads it in (the checkpoint's), traced on the first calibration batch
+(or example inputs), and its peak estimated by the same parts the pipeline checks before calibrating
+(graphprune/planning/memory.py): the weights, their float32 copies where not float32, the calibration
+statistics, one batch's activations, the solver's buffers and the refit's updates, the rewritten weights.
+The estimate is compared with ``max_memory`` or, where none is given, what the system has available
+(:func:`graphprune.planning.memory.available_memory`). Nothing here reads a tensor of the checkpoint
+beyond the few needed to tell its dtype.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..api import torch_models as api
+from ..calib.stats import gram_sites, refittable
+from ..errors import GraphpruneError, PlanError
+from ..importance import CRITERIA
+from ..io.checkpoint_doc import PLAN_FILE
+from ..io.lazy_checkpoint import LazyCheckpoint
+from ..options import PruneOptions
+from ..pipeline import compensation_mode, resolve_importance
+from ..planning.depth import split_targets
+from ..planning.memory import MemoryEstimate, MemoryPart, available_memory, estimate_memory, gib, stat_sites
+from ..planning.plan import select_groups
+from .inputs import example_inputs, prepare
+from .stream import build_on_meta
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The in-memory prune's estimated peak against the memory it may use (``limit`` None: unknown)."""
+
+    estimate: MemoryEstimate
+    limit: int | None
+
+    @property
+    def fits(self) -> bool:
+        return self.limit is None or self.estimate.total <= self.limit
+
+    def __str__(self) -> str:
+        limit = "no limit known" if self.limit is None else gib(self.limit)
+        return f"in memory, about {gib(self.estimate.total)} at the peak ({self.estimate.peak_phase}) for {limit}"
+
+
+def checkpoint_dtype(folder: str | os.PathLike, config) -> torch.dtype:
+    """The dtype ``from_pretrained`` gives the weights: the safetensors' own, else the config's, else float32."""
+    try:
+        return LazyCheckpoint(folder).dtype()
+    except GraphpruneError:
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+        return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def meta_model(folder: str | os.PathLike) -> torch.nn.Module:
+    """The folder's model on the meta device, in the dtype it would load in: nothing allocated."""
+    if (Path(folder) / PLAN_FILE).is_file():
+        raise PlanError(f"'{folder}' is a folder graphprune wrote ({PLAN_FILE}): load it with "
+                        "graphprune.hf.load_pruned(folder) and prune the model it returns")
+    model, config = build_on_meta(folder)
+    return model.to(checkpoint_dtype(folder, config))
+
+
+def estimate_in_memory(model: torch.nn.Module, opts: PruneOptions, inputs: dict | None = None,
+                       copies: int = 0) -> MemoryEstimate:
+    """The peak of ``graphprune.hf.prune(model, options=opts)`` for ``model`` on meta, estimated as the
+    pipeline does before calibrating (pipeline.py ``_memory``); ``copies``: whole extra copies of the
+    weights the caller holds (the CLI's --recover-steps keeps the original as the teacher)."""
+    calib = list(opts.calib) if opts.calib is not None else None
+    inputs = dict(inputs) if inputs is not None else (dict(calib[0]) if calib else example_inputs(model))
+    dg = api.trace(prepare(model), (), inputs)
+    _, targets = split_targets(opts.targets)
+    groups = select_groups(dg, opts.roles, opts.ignore, targets) if targets != () else []
+    name = resolve_importance(opts.replace(calib=calib))
+    crit = CRITERIA.get(name)
+    mode = compensation_mode(opts.replace(calib=calib))
+    reads = crit is not None and crit.needs == "calib"
+    sites = stat_sites(dg, groups) if calib is not None and (reads or mode is not None) else []
+    grams = {s.node for s in sites if refittable(s)} if mode is not None else set()
+    if reads and name == "obs":
+        grams |= gram_sites(dg, sites, [])
+    grad = crit is not None and crit.needs == "grad" and calib is not None
+    est = estimate_memory(dg.ir, sites, grams, calib, obs=name == "obs", refit=mode is not None, backward=grad)
+    if copies:
+        weights = est.part("weights")
+        est = MemoryEstimate(est.parts + (MemoryPart("teacher copy", copies * weights,
+                                                     "the original kept to distil from (--recover-steps)",
+                                                     ("calibrate", "solve", "apply")),))
+    return est
+
+
+def in_memory_fit(model: torch.nn.Module, opts: PruneOptions, inputs: dict | None = None, copies: int = 0) -> Fit:
+    """:func:`estimate_in_memory` against ``opts.max_memory`` or, where none, the memory available now."""
+    est = estimate_in_memory(model, opts, inputs, copies)
+    return Fit(est, opts.max_memory if opts.max_memory is not None else available_memory())
+
+
+def load_folder(folder: str | os.PathLike) -> torch.nn.Module:
+    """The folder's model, loaded whole by transformers (offline) with the class its config names."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), transformers.AutoModel)
+    try:
+        model = cls.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise PlanError(f"transformers cannot load '{folder}' ({cls.__name__}): {str(exc).splitlines()[0]}") from exc
+    return prepare(model)
+
+
+def load_if_fits(folder: str | os.PathLike, opts: PruneOptions, inputs: dict | None = None) -> torch.nn.Module:
+    """``graphprune.hf.prune(folder)`` without ``out=``: the model loaded whole when the in-memory prune's
+    estimate fits; otherwise a PlanError, before any weight is read, that says to stream it with ``out=``."""
+    fit = in_memory_fit(meta_model(folder), opts, inputs)
+    if not fit.fits:
+        est = fit.estimate
+        raise PlanError(f"pruning '{folder}' in memory needs about {gib(est.total)} at its peak ({est.peak_phase}), "
+                        f"more than {'max_memory' if opts.max_memory is not None else 'the memory available'} "
+                        f"({gib(fit.limit)}); the largest part is {est.largest.name} ({gib(est.largest.bytes)}). "
+                        "Pass out='pruned/' (and calib=) to prune it block by block in bounded memory into a new "
+                        f"folder (graphprune.hf.load_pruned reloads it), or a larger max_memory.\n{est}")
+    return load_folder(folder)
