@@ -40,6 +40,10 @@ class PruneOptions:
       that many real tokens (attention mask 1; items where there is no token input) were seen.
     - ``compensate``: None (refit with ``calib``), True, False, "refit", "bias", "sequential";
       ``add_bias`` lets compensation give a bias to a layer that has none.
+    - ``ridge``: the refit's ridge strength, relative to the mean diagonal of the site's input
+      Gram: None cross-validates it per site (graphprune/calib/refit.py), a number fixes it at
+      every site, a mapping fixes it by module name (``{"mlp.down_proj": 0.3}``) and
+      cross-validates the rest. A streamed prune passes each block's choices to the next.
     - ``allocation``: "auto", "uniform", "sensitivity" or "global"; ``budget``: ``{"macs": 0.5}``,
       ``{"params": 20e6}``, ``{"latency_ms": 3}``, ``{"speedup": 2}`` or ``"macs=0.5"``;
       ``max_ratio``: the most any group loses under a budget or global allocation.
@@ -64,6 +68,7 @@ class PruneOptions:
     calib_tokens: int | None = None
     compensate: bool | str | None = None
     add_bias: bool = False
+    ridge: float | Mapping[str, float] | None = None
     allocation: str = "auto"
     budget: Mapping[str, float] | None = None
     max_ratio: float = MAX_RATIO
@@ -110,6 +115,7 @@ class PruneOptions:
         if self.calib_tokens is not None and (not isinstance(self.calib_tokens, int)
                                               or isinstance(self.calib_tokens, bool) or self.calib_tokens < 1):
             raise PlanError(f"calib_tokens must be a whole number >= 1 (None: every batch), not {self.calib_tokens!r}")
+        _check_ridge(self.ridge)
         if self.allocation not in ALLOCATIONS:
             raise PlanError(f"allocation must be one of {list(ALLOCATIONS)}, not {self.allocation!r}")
         if self.runtime not in RUNTIMES:
@@ -133,6 +139,8 @@ class PruneOptions:
             set_(self, "budget", dict(self.budget))
         if self.ratios is not None:
             set_(self, "ratios", dict(self.ratios))
+        if isinstance(self.ridge, Mapping):
+            set_(self, "ridge", {str(k): float(v) for k, v in sorted(self.ridge.items())})
 
     @property
     def latency_budget(self) -> bool:
@@ -146,3 +154,11 @@ def _names(value: str | Iterable[str], what: str) -> tuple[str, ...]:
         return tuple(value)
     except TypeError:
         raise PlanError(f"{what} must be a name or a list of names, not {value!r}") from None
+
+
+def _check_ridge(ridge) -> None:
+    values = ridge.values() if isinstance(ridge, Mapping) else [] if ridge is None else [ridge]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise PlanError(f"ridge must be None (cross-validated), a number > 0 or a mapping of module names to "
+                            f"numbers > 0 (relative to the mean diagonal of the input Gram), not {ridge!r}")

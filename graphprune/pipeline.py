@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from .calib.collect import calib_batches, collect
-from .calib.compensate import Compensation
+from .calib.compensate import Compensation, ridge_by_node
 from .calib.compensate import compensate as run_compensation
 from .calib.distributed import same_on_all
 from .calib.sites import find_sites
@@ -43,6 +43,9 @@ NO_DATA = ("ranked by weight magnitude: no calibration data was given. On real p
            "much of their accuracy (EfficientNet-Lite0 at 20% fewer MACs kept 3% top-1 agreement with the "
            "original); pass calib= (a few batches of real inputs) to rank from data and repair the layers")
 SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
+
+
+OBS_AUTO_MAX = 4096  # the default call's OBS scores groups whose consumers have at most this many inputs
 
 
 def resolve_importance(opts: PruneOptions) -> str:
@@ -175,6 +178,8 @@ def _score(w: _Work) -> None:
     if opts.calib is not None or opts.max_memory is not None:  # without data: the weights and their rewrite
         check_memory(w.memory, opts.max_memory)
     w.ctx = ScoreContext(w.dg, program.tensors())
+    if opts.importance == "auto" and w.budget is None and w.how != "global":  # scores compared within groups only
+        w.ctx.obs_max_features = OBS_AUTO_MAX
     w.ctx.notes.extend(w.notes)
     if opts.calib is None and opts.importance == "auto" and w.groups:
         w.ctx.notes.append(NO_DATA)
@@ -220,7 +225,8 @@ def _choose_ratios(w: _Work) -> None:
         _spend_budget(w)
     elif w.how == "sensitivity" and opts.ratio > 0 and w.groups:
         w.alloc = allocate_if_cheap(program, w.groups, w.scores, opts.ratio, w.round_to, w.batches, mode,
-                                    w.ctx.stats, forced=opts.allocation == "sensitivity", notes=w.ctx.notes)
+                                    w.ctx.stats, forced=opts.allocation == "sensitivity", notes=w.ctx.notes,
+                                    lams=ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)))
         w.ratios = w.alloc.ratios if w.alloc is not None else w.ratios
 
 
@@ -334,7 +340,10 @@ def _compensate(program, dg: DependencyGraph, opts: PruneOptions, planned: Plann
     batches = planned.batches if planned.batches is not None else calib_batches(program, opts.calib, opts.calib_tokens)
     add = program.bias_free(find_sites(dg)) if opts.add_bias else set()
     stats = planned.ctx.stats if planned.ctx is not None else None
-    return run_compensation(program, dg, planned.plan, batches, mode, add, stats)
+    # the ridge strengths the allocation's repairs cross-validated serve the final refit too
+    lams = dict(planned.allocation.lams) if planned.allocation is not None else {}
+    lams.update(ridge_by_node(dg, opts.ridge, find_sites(dg)))
+    return run_compensation(program, dg, planned.plan, batches, mode, add, stats, lams)
 
 
 def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> PruneReport:

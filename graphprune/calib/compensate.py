@@ -70,15 +70,27 @@ def affected_sites(dg: DependencyGraph, plan: PrunePlan, sites: list[Site],
     return todo
 
 
+def ridge_by_node(dg: DependencyGraph, ridge, sites: list[Site]) -> dict[str, float]:
+    """PruneOptions.ridge as each site node's fixed ridge strength (a number: every site; a
+    mapping: the sites whose module path it names; None: none, all cross-validated)."""
+    if ridge is None:
+        return {}
+    if not isinstance(ridge, dict):
+        return {s.node: float(ridge) for s in sites}
+    return {s.node: ridge[dg.module_of(s.node)] for s in sites if dg.module_of(s.node) in ridge}
+
+
 def compensate(program, dg: DependencyGraph, plan: PrunePlan, batches: list, mode: str = "refit",
-               add_bias: set[str] = frozenset(), stats: dict[str, SiteStats] | None = None) -> Compensation:
+               add_bias: set[str] = frozenset(), stats: dict[str, SiteStats] | None = None,
+               lams: dict[str, float] | None = None) -> Compensation:
     """Refit every site whose input loses channels under ``plan``; sites in ``add_bias`` have
     no bias and may be given one.
 
     ``mode``: "refit" fits each site to the original model's output from the original
     model's kept input channels (Grams of the original model: ``stats`` from scoring are
     reused, else one calibration pass); "bias" only folds the mean error into the bias;
-    "sequential" fits from the pruned model's own inputs (a torch program's walk).
+    "sequential" fits from the pruned model's own inputs (a torch program's walk). ``lams``
+    fixes the ridge strength by site node (the rest are cross-validated).
     """
 
     result = Compensation()
@@ -91,7 +103,7 @@ def compensate(program, dg: DependencyGraph, plan: PrunePlan, batches: list, mod
     missing = [s for s, _ in todo if have.get(s.node) is None or have[s.node].gram is None]
     if missing:
         have.update(collect(program, batches, missing, {s.node for s in missing}))
-    refit_from_stats(dg, todo, tensors, have, mode, add_bias, result)
+    refit_from_stats(dg, todo, tensors, have, mode, add_bias, result, lams)
     return result
 
 

@@ -37,6 +37,10 @@ from ..util.progress import progress_line
 from .inputs import prepare
 
 STREAM_DEFAULTS = {"ratio": 0.3, "targets": ("heads", "ffn")}
+# the default call's per-block sensitivity allocation goes on while it would cost at most this much more
+# time over the remaining blocks (measured on the first), as allocation="auto" bounds it in memory
+STREAM_ALLOC_S = 120.0
+RIDGE_CARRY = 2048  # sites wider than this reuse the ridge cross-validated on the block before (cubic solves)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class StreamReport:
     # the run's peak resident set: each block's prune resets the kernel's high-water mark to measure
     # its own peak, so the peak is read before each reset and kept here
     peak_rss: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         kept = self.params_after / max(self.params_before, 1)
@@ -61,7 +66,7 @@ class StreamReport:
             groups = ", ".join(f"{r.kinds.get(g, 'channel')} {k}/{n}" for g, (k, n) in sorted(r.kept.items()) if k < n)
             oracle = "" if r.oracle is None else (" oracle PASS" if r.oracle.passed else " oracle FAIL")
             lines.append(f"  {name}: {groups or 'unchanged'}{oracle}")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
 def build_on_meta(folder: str | os.PathLike, config=None):
@@ -206,6 +211,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
             prefix = f"{path}.{i}"
             progress_line(f"block {i + 1}/{len(blocks)}: {prefix}")
             inputs = _prune_block(blocks, i, prefix, ckpt, inputs, opts, writer, report, doc, dtype)
+            opts = _next_options(opts, report.layers[prefix], len(blocks) - i - 1, report.notes)
         doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
                             for k, v in inputs[0].items()}
         side = {"config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode(),
@@ -217,6 +223,32 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     report.seconds = time.perf_counter() - t0
     report.peak_rss = max(report.peak_rss, peak_rss())
     return report
+
+
+def _next_options(opts: PruneOptions, r: PruneReport, left: int, notes: list[str]) -> PruneOptions:
+    """What the next block is pruned with: the wide sites' ridge strengths this block
+    cross-validated (the same module in every block; the cross-validation's solves are cubic in
+    the width), and a uniform allocation once the first block shows that measuring every
+    block's sensitivity would take more than STREAM_ALLOC_S."""
+    if r.compensation is not None and not isinstance(opts.ridge, (int, float)):  # a number fixes every site
+        carried = dict(opts.ridge or {})
+        for site in r.compensation.sites:
+            if site.lam is not None and _features(r, site.weight) > RIDGE_CARRY:
+                carried[site.weight.rpartition(".")[0]] = site.lam
+        opts = opts.replace(ridge=carried or None)
+    a = r.allocation
+    if opts.allocation == "auto" and a is not None and a.seconds * left > STREAM_ALLOC_S:
+        notes.append(f"allocation: uniform after the first block; measuring each block's sensitivity took "
+                     f"{a.seconds:.0f} s there, {a.seconds * left:.0f} s more for the {left} left (over "
+                     f"{STREAM_ALLOC_S:.0f} s): pass allocation='sensitivity' to spend it")
+        opts = opts.replace(allocation="uniform")
+    return opts
+
+
+def _features(r: PruneReport, weight: str) -> int:
+    """A weight's input width, from the report's layer table (name, shape before, shape after)."""
+    shape = next((before for name, before, _ in r.layers if name == weight), ())
+    return int(shape[1]) if len(shape) > 1 else 0
 
 
 def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list[dict], opts: PruneOptions,

@@ -36,6 +36,7 @@ class ScoreContext:
     sites_of: dict[int, list] = field(default_factory=dict)  # group id -> calib.sites.Site list
     grads: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # path -> (sum w*g, sum (w*g)^2)
     notes: list[str] = field(default_factory=list)  # fallbacks, said in the report
+    obs_max_features: int | None = None  # obs ranks wider consumers' groups by activation (the default call)
 
     def weight(self, name: str) -> np.ndarray:
         w = self.tensors.get(name)

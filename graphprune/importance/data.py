@@ -177,5 +177,14 @@ def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
         gram = st.gram.m
         return sum(obs_costs(w, b, gram, np.repeat(c, kk), g.size) for c in _coords(ctx, site, g.id))
 
-    return _per_site(ctx, groups, site_score, activation,
-                     "obs: no linear/conv input with a Gram, ranked by activation instead")
+    wide = [g for g in groups if ctx.obs_max_features is not None and any(
+        ctx.dg.ir.values[site.w].shape[site.w_in] * site.window > ctx.obs_max_features
+        for site in ctx.sites_of.get(g.id, []))]
+    out = _per_site(ctx, [g for g in groups if g not in wide], site_score, activation,
+                    "obs: no linear/conv input with a Gram, ranked by activation instead")
+    if wide:
+        ctx.notes.append(f"obs: {len(wide)} group(s) feeding layers of more than {ctx.obs_max_features} input "
+                         "features ranked by activation (OBS there inverts a Gram at cubic cost; "
+                         "importance='obs' insists)")
+        out.update(activation(ctx, wide))
+    return out

@@ -64,6 +64,7 @@ class Allocation:
     rows: int = 0
     seconds: float = 0.0
     fallback: bool = False  # the measured levels could not meet the budget together: uniform ratios
+    lams: dict[str, float] = field(default_factory=dict)  # each repaired site's ridge strength: the final refit's
 
     def note(self) -> str:
         if self.fallback:
@@ -114,7 +115,8 @@ def estimate(program, groups: list[Group], ratio: float, round_to: int, batches:
 
 
 def allocate_if_cheap(program, groups: list[Group], scores, ratio: float, round_to: int, batches: list,
-                      mode: str | None, stats, forced: bool, notes: list[str]) -> Allocation | None:
+                      mode: str | None, stats, forced: bool, notes: list[str],
+                      lams: dict[str, float] | None = None) -> Allocation | None:
     """:func:`allocate`, unless (not ``forced``) its masked runs would cost over :data:`AUTO_MACS`;
     either way ``notes`` says what was done."""
     if not forced:
@@ -124,13 +126,13 @@ def allocate_if_cheap(program, groups: list[Group], scores, ratio: float, round_
                          f"({macs:.1e} MACs, over the {AUTO_MACS:.0e} that auto allows): pass "
                          "allocation='sensitivity' to spend the time")
             return None
-    alloc = allocate(program, groups, scores, ratio, round_to, batches, mode, stats)
+    alloc = allocate(program, groups, scores, ratio, round_to, batches, mode, stats, lams)
     notes.append(alloc.note())
     return alloc
 
 
 def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, batches: list,
-             mode: str | None, stats) -> Allocation:
+             mode: str | None, stats, lams: dict[str, float] | None = None) -> Allocation:
     """Per-group ratios removing the uniform plan's parameters where the output suffers least."""
     t0 = time.perf_counter()
     dg = program.graph()
@@ -138,7 +140,7 @@ def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, 
     target = removed_params(dg, make_plan(groups, scores, ratio, round_to), before)
     used, rows = sample(program, batches)
 
-    repair = Repair(program, dg, make_plan(groups, scores, ratio, round_to), batches, mode, stats)
+    repair = Repair(program, dg, make_plan(groups, scores, ratio, round_to), batches, mode, stats, lams)
     variants, keys = [], []  # (masks, overrides) and (gid, ratio, params removed) per run
     for g in groups:
         for r, _ in _levels(g, ratio, round_to):
@@ -163,16 +165,17 @@ def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, 
     if fallback:  # the ratios tried cannot reach the budget together: every group takes the asked one
         ratios, removed = {g.id: ratio for g in groups}, target
     return Allocation(ratios, {g: [(n, e) for n, e, _ in c] for g, c in curves.items()}, target, removed,
-                      len(variants), rows, time.perf_counter() - t0, fallback)
+                      len(variants), rows, time.perf_counter() - t0, fallback, dict(repair.lams))
 
 
 class Repair:
     """The masked run of any candidate plan, with the refit the final plan would get: one set of
     calibration statistics (and each site's ridge strength, cross-validated once on
-    ``reference``) serves every candidate. ``mode`` None: no repair."""
+    ``reference``) serves every candidate. ``mode`` None: no repair. ``lams`` fixes the ridge
+    strength of the sites it names (PruneOptions.ridge)."""
 
     def __init__(self, program, dg: DependencyGraph, reference: PrunePlan, batches: list, mode: str | None,
-                 stats) -> None:
+                 stats, lams: dict[str, float] | None = None) -> None:
 
         self.dg, self.mode = dg, mode
         self.sites = find_sites(dg)
@@ -186,7 +189,7 @@ class Repair:
             missing = [s for s, _ in todo if self.stats.get(s.node) is None or self.stats[s.node].gram is None]
             if missing:
                 self.stats.update(collect(program, batches, missing, {s.node for s in missing}))
-            refit_from_stats(dg, todo, self.tensors, self.stats, self.fit, set(), uniform)
+            refit_from_stats(dg, todo, self.tensors, self.stats, self.fit, set(), uniform, lams)
             self.lams = {s.node: s.lam for s in uniform.sites if s.lam is not None}
 
     def variant(self, p: PrunePlan) -> tuple[dict, dict]:
