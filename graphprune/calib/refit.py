@@ -71,8 +71,10 @@ def _pick_lambda(wa, r_all, h_all, s, a0, real, folds) -> float:
     wa, r_all, a0 = wa[rows], r_all[rows], a0[rows]
     parts = []
     for fd, fc, fp in folds:
-        fd, fc, fp = (t.to(wa.dtype) for t in (fd, fc, fp))
-        r_f, h_f = wa @ fc[:, s], fp[s][:, s]
+        one = fd is fc and fc is fp
+        fd = fd.to(wa.dtype)
+        fc, fp = (fd, fd) if one else (fc.to(wa.dtype), fp.to(wa.dtype))
+        r_f, h_f = wa @ fc[:, s], fp[s[:, None], s]
         parts.append((float((wa @ fd * wa).sum()), r_f, h_f, r_all - r_f, h_all - h_f))
     return min(LAMBDAS, key=lambda lam: sum(_error_blocks(e, r_f, h_f, _solve_blocks(r_t, h_t, a0, real, lam)[0])
                                             for e, r_f, h_f, r_t, h_t in parts))
@@ -97,7 +99,8 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     w = w.to(dt)
     out_n, f = w.shape
     same = c is hd and hp is hd  # refit from the original model's own inputs: one Gram
-    hd, c, hp = (t.to(dt) for t in (hd, c, hp))
+    hd = hd.to(dt)  # one copy where the three Grams are one (a wide site's Gram is hundreds of MB)
+    c, hp = (hd, hd) if same else (c.to(dt), hp.to(dt))
     bias = b.to(dt).reshape(-1) if b is not None else torch.zeros(out_n, dtype=dt)
     wa = torch.cat([w, bias[:, None]], 1)
     wh = wa @ hd
@@ -106,7 +109,7 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     s = torch.nonzero(keep_aug).flatten()
     a0 = wa[:, s]  # pruned as is: kept columns, bias unchanged
     r = (wh if same else wa @ c)[:, s]  # W~ C_:S, and H'_SS: all the errors below need
-    h_ss = hp[s][:, s]
+    h_ss = hp[s[:, None], s]
     if same:  # A0 H_SS = (W H)_:S - W_:D H_DS, D the dropped columns: a smaller product than A0 H_SS
         drop = torch.nonzero(~keep_aug).flatten()
         a0h = r - wa[:, drop] @ hd[drop][:, s]

@@ -40,6 +40,7 @@ STREAM_DEFAULTS = {"ratio": 0.3, "targets": ("heads", "ffn")}
 # the default call's per-block sensitivity allocation goes on while it would cost at most this much more
 # time over the remaining blocks (measured on the first), as allocation="auto" bounds it in memory
 STREAM_ALLOC_S = 120.0
+SOLVE_FLOPS = 2e10  # float operations per second the refit's solves reach on two CPU cores (measured: 20-40 G)
 RIDGE_CARRY = 2048  # sites wider than this reuse the ridge cross-validated on the block before (cubic solves)
 
 
@@ -207,6 +208,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
                 writer.add(name, t)
                 report.params_before += t.numel()
                 report.params_after += t.numel()
+        opts = _first_options(opts, blocks, report.notes)
         for i in range(len(blocks)):
             prefix = f"{path}.{i}"
             progress_line(f"block {i + 1}/{len(blocks)}: {prefix}")
@@ -223,6 +225,26 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     report.seconds = time.perf_counter() - t0
     report.peak_rss = max(report.peak_rss, peak_rss())
     return report
+
+
+def _first_options(opts: PruneOptions, blocks, notes: list[str]) -> PruneOptions:
+    """allocation="auto" measures each block's sensitivity with a refit per candidate level (about
+    eight); where those solves alone, over every block, would take more than STREAM_ALLOC_S
+    (an upper bound from the block's linear layers, kept 80%), the stream allocates uniformly."""
+    if opts.allocation != "auto" or opts.compensate is False:
+        return opts
+    flops = 0.0
+    for mod in blocks[0].modules():
+        if isinstance(mod, torch.nn.Linear):
+            n = 0.8 * mod.in_features
+            flops += n ** 3 / 3 + 2 * n * n * mod.out_features
+    seconds = 8 * flops / SOLVE_FLOPS * len(blocks)
+    if seconds <= STREAM_ALLOC_S:
+        return opts
+    notes.append(f"allocation: uniform; measuring each block's sensitivity would take about {seconds:.0f} s of "
+                 f"refits over {len(blocks)} blocks (over {STREAM_ALLOC_S:.0f} s): pass allocation='sensitivity' "
+                 "to spend it")
+    return opts.replace(allocation="uniform")
 
 
 def _next_options(opts: PruneOptions, r: PruneReport, left: int, notes: list[str]) -> PruneOptions:
@@ -263,6 +285,7 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []
     doc.layers[prefix] = [PlanStep(r.plan, added)]
     report.layers[prefix] = r
+    report.peak_rss = max(report.peak_rss, peak_rss(), r.memory.peak_rss if r.memory is not None else 0)
     report.params_after += sum(p.numel() for p in block.parameters())
     for n, t in block.state_dict().items():
         writer.add(f"{prefix}.{n}", t.to(dtype) if t.is_floating_point() else t)
