@@ -13,6 +13,7 @@ from helpers import calib_batches
 
 import graphprune as gp
 from graphprune.calib import refit as refit_mod
+from graphprune.calib import sites as stats_mod
 from graphprune.calib.refit import refit
 from graphprune.hf import stream
 
@@ -35,12 +36,12 @@ def _direct_error(xa, w, b, new_w, new_b) -> float:
     return float(((got - want) ** 2).sum() / (want ** 2).sum())
 
 
-@pytest.mark.parametrize("f", [40, refit_mod.FP64_MAX + 60])  # float64 below FP64_MAX features, float32 above
+@pytest.mark.parametrize("f", [40, stats_mod.FP64_MAX + 60])  # float64 below FP64_MAX features, float32 above
 def test_refit_errors_are_the_errors_measured_on_the_data(f):
     xa, w, b, keep = _data(3 * f, f, 24)
     h = xa.T @ xa
     r = refit(w, b, h, h, h, keep, True, damp=0.05)
-    tol = 1e-9 if f <= refit_mod.FP64_MAX else 1e-4
+    tol = 1e-9 if f <= stats_mod.FP64_MAX else 1e-4
     assert r.error_after == pytest.approx(_direct_error(xa, w, b, r.w, r.b), rel=tol, abs=1e-12)
     dropped = w.clone()
     dropped[:, ~keep] = 0
@@ -50,15 +51,15 @@ def test_refit_errors_are_the_errors_measured_on_the_data(f):
 
 
 def test_float32_solve_of_a_wide_site_matches_float64():
-    f = refit_mod.FP64_MAX + 60
+    f = stats_mod.FP64_MAX + 60
     xa, w, b, keep = _data(3 * f, f, 16, seed=1)
     h = xa.T @ xa
     wide = refit(w, b, h, h, h, keep, True, damp=0.05)
-    old, refit_mod.FP64_MAX = refit_mod.FP64_MAX, f  # the same site solved in float64
+    old, stats_mod.FP64_MAX = stats_mod.FP64_MAX, f  # the same site solved in float64
     try:
         exact = refit(w, b, h, h, h, keep, True, damp=0.05)
     finally:
-        refit_mod.FP64_MAX = old
+        stats_mod.FP64_MAX = old
     assert wide.w.dtype == torch.float32 and exact.w.dtype == torch.float64
     np.testing.assert_allclose(wide.w.double().numpy(), exact.w.numpy(), atol=1e-3 * float(exact.w.abs().max()))
     assert wide.error_after == pytest.approx(exact.error_after, rel=1e-3)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..importance.data import DAMP
+from . import sites
 
 
 @dataclass
@@ -80,9 +81,6 @@ def _pick_lambda(wa, r_all, h_all, s, a0, real, folds) -> float:
                                             for e, r_f, h_f, r_t, h_t in parts))
 
 
-FP64_MAX = 2048  # sites with more features solve in float32: cubic cost, halved; the ridge bounds the conditioning
-
-
 def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Tensor, hp: torch.Tensor,
           keep: torch.Tensor, with_bias: bool, mode: str = "refit", damp: float | None = None,
           folds: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> Refit:
@@ -95,7 +93,8 @@ def refit(w: torch.Tensor, b: torch.Tensor | None, hd: torch.Tensor, c: torch.Te
     three Grams per calibration fold), the one of :data:`LAMBDAS` that predicts the
     held-out fold best: a few hundred tokens cannot support the fit a few thousand can.
     """
-    dt = torch.float64 if w.shape[1] <= FP64_MAX else torch.float32
+    # wider sites solve in float32: cubic cost, halved; the ridge bounds the conditioning
+    dt = torch.float64 if w.shape[1] <= sites.FP64_MAX else torch.float32
     w = w.to(dt)
     out_n, f = w.shape
     same = c is hd and hp is hd  # refit from the original model's own inputs: one Gram

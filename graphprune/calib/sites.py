@@ -16,6 +16,7 @@ from ..graph import DependencyGraph
 from ..ir import Node, Ref
 from ..ops import Ops
 
+FP64_MAX = 2048  # wider sites keep their Grams, and solve their refits, in float32 (stats.py, refit.py)
 
 @dataclass(frozen=True, slots=True)
 class Site:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .sites import Site
+from .sites import FP64_MAX, Site
 
 
 def real_rows(site: Site, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -99,14 +99,19 @@ class ChannelStats:
 @dataclass
 class Gram:
     """Sum of f f^T over samples (features augmented with a 1: the last row/column holds
-    the feature sums and the sample count). Float64: sums over thousands of tokens."""
+    the feature sums and the sample count). Float64: sums over thousands of tokens; float32
+    above FP64_MAX features, where a Gram is hundreds of MB and the refit solves in float32."""
 
     m: torch.Tensor | None = None
 
     def add(self, f: torch.Tensor, g: torch.Tensor | None = None) -> None:
         """Add f^T g (g defaults to f): a cross Gram between two models' inputs."""
-        prod = (f.T @ (f if g is None else g)).double()
-        self.m = prod if self.m is None else self.m + prod
+        dt = torch.float64 if f.shape[-1] <= FP64_MAX + 1 else torch.float32
+        prod = (f.T @ (f if g is None else g)).to(dt)
+        if self.m is None:
+            self.m = prod
+        else:
+            self.m += prod
 
     @property
     def n(self) -> int:
@@ -126,7 +131,8 @@ class SiteStats:
         """The Gram over every batch."""
         if self.folds is None:
             return None
-        return Gram(sum(g.m for g in self.folds if g.m is not None))
+        parts = [g.m for g in self.folds if g.m is not None]
+        return Gram(parts[0] + parts[1] if len(parts) == 2 else parts[0] if parts else None)
 
     items: int = 0  # batch items seen so far: the folds alternate item by item
 

@@ -197,6 +197,10 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
             if isinstance(mod, torch.nn.Embedding):
                 _materialise(mod, ckpt, name)
     inputs = first_block_inputs(model, blocks, [dict(b) for b in calib])
+    for mod in model.modules():  # the embeddings served the first block's inputs: dropped (GBs for a 128k vocab)
+        if isinstance(mod, torch.nn.Embedding):
+            mod.to("meta")
+    ckpt.release()
     dtype = ckpt.dtype()
     writer = ShardWriter(out, max_shard_bytes)
     report = StreamReport(path=str(out))
@@ -208,6 +212,8 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
                 writer.add(name, t)
                 report.params_before += t.numel()
                 report.params_after += t.numel()
+        writer.flush()  # the embeddings (GBs for a large vocabulary) leave memory before the first block
+        ckpt.release()
         opts = _first_options(opts, blocks, report.notes)
         for i in range(len(blocks)):
             prefix = f"{path}.{i}"
@@ -291,6 +297,7 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
         writer.add(f"{prefix}.{n}", t.to(dtype) if t.is_floating_point() else t)
     nxt = [dict(x, hidden_states=_output(block, x)) for x in inputs]
     blocks[i] = block.to("meta")  # dropped: the next block's turn
+    ckpt.release()  # and the shard pages its weights were read from
     gc.collect()
     return nxt
 

@@ -174,7 +174,7 @@ def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
         if site.b is not None:
             bv = ctx.dg.ir.values[site.b]
             b = torch.as_tensor(ctx.weight(bv.source or bv.name), dtype=torch.float64).reshape(-1)
-        gram = st.gram.m
+        gram = st.gram.m.double()  # float32 above calib.stats.FP64_MAX features
         return sum(obs_costs(w, b, gram, np.repeat(c, kk), g.size) for c in _coords(ctx, site, g.id))
 
     wide = [g for g in groups if ctx.obs_max_features is not None and any(

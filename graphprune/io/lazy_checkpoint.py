@@ -59,6 +59,11 @@ class LazyCheckpoint:
             handle = self._files[file] = safe_open(str(self.folder / file), framework="pt")
         return handle.get_tensor(name)
 
+    def release(self) -> None:
+        """Unmap the shards: the pages a read touched stay resident (and count in the process's
+        RSS) while a shard is mapped; the next read maps it again."""
+        self._files.clear()
+
     def dtype(self) -> torch.dtype:
         """The dtype most floating tensors are stored in (bf16, fp16 or fp32)."""
         counts: dict[torch.dtype, int] = {}

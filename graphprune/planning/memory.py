@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..calib.sites import find_sites, sites_by_group
+from ..calib.sites import FP64_MAX, find_sites, sites_by_group
 from ..errors import PlanError
 from ..util.tables import table
 
@@ -44,6 +44,11 @@ ADVICE = {
     "weights": "a machine with more memory: the weights alone do not fit",
     "rewritten weights": "a larger max_memory if swap is available, or a machine with more memory",
 }
+
+
+def gram_bytes(features: int) -> int:
+    """Bytes per element of a site's Gram and solve (calib/stats.py: float32 above FP64_MAX inputs)."""
+    return 8 if features <= FP64_MAX + 1 else 4
 
 
 def gib(n: float) -> str:
@@ -191,7 +196,7 @@ def site_samples(ir, site) -> int:
 def stats_part(ir, sites, grams: set[str]) -> MemoryPart:
     """Channel sums and squares (float64) at every site; two float64 Gram folds where kept."""
     chans = sum(2 * 8 * ir.values[s.x].shape[s.x_dim] for s in sites)
-    gram = sum(2 * 8 * site_features(ir, s) ** 2 for s in sites if s.node in grams)
+    gram = sum(2 * gram_bytes(site_features(ir, s)) * site_features(ir, s) ** 2 for s in sites if s.node in grams)
     n = sum(1 for s in sites if s.node in grams)
     return MemoryPart("calibration statistics", chans + gram,
                       f"{len(sites)} sites, {n} with an input Gram (2 folds of (features+1)^2 float64)", PHASES)
@@ -201,8 +206,8 @@ def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool) -> list[Memo
     """The largest site's solver working set (OBS scoring and the refit are one site at a time),
     and the refit's weight updates, float32 at full original shape, held until the rewrite."""
     solved = [s for s in sites if s.node in grams] if (obs or refit) else []
-    work = max((SOLVE_SQUARES * 8 * site_features(ir, s) ** 2
-                + SOLVE_ROWS * 8 * ir.values[s.w].shape[s.w_out] * site_features(ir, s) for s in solved), default=0)
+    work = max((gram_bytes(site_features(ir, s)) * (SOLVE_SQUARES * site_features(ir, s) ** 2
+                + SOLVE_ROWS * ir.values[s.w].shape[s.w_out] * site_features(ir, s)) for s in solved), default=0)
     updates = sum(4 * numel(ir.values[s.w].shape) for s in sites if s.node in grams) if refit else 0
     return [MemoryPart("solver buffers", work, "the largest site's OBS / refit matrices (float64)", ("solve",)),
             MemoryPart("weight updates", updates, "refit weights of every compensated site (float32)",
