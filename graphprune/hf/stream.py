@@ -291,6 +291,8 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []
     doc.layers[prefix] = [PlanStep(r.plan, added)]
     report.layers[prefix] = r
+    if r.compensation is not None:  # applied and written: the report keeps each site's errors, not its weights
+        r.compensation.updates = {}  # (100+ MB a block at 3B: every block's would pile up)
     report.peak_rss = max(report.peak_rss, peak_rss(), r.memory.peak_rss if r.memory is not None else 0)
     report.params_after += sum(p.numel() for p in block.parameters())
     for n, t in block.state_dict().items():
