@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo check test corpus browser bench-deps bench clean
+.PHONY: venv demo check test corpus browser bench-deps bench llama-cpp clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,16 @@ bench-deps: $(STAMP)
 # re-measure the speed, speedup and pass-rate tables of docs/benchmarks.md (tools/bench_docs.py)
 bench: bench-deps
 	$(PY) tools/bench_docs.py $(ARGS)
+
+# llama.cpp through llama-cpp-python, built from its PyPI sdist for this CPU (about 10 minutes on 2 cores,
+# at the lowest priority; skipped when llama_cpp already imports): tests/test_gguf.py then runs the GGUF
+# files graphprune.export_gguf writes in llama.cpp and compares their logits with PyTorch's
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+llama-cpp: $(STAMP)
+	@$(PY) -c "import llama_cpp" 2>/dev/null && echo "llama-cpp-python already built" || \
+	  CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) nice -n 19 \
+	  $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt gguf llama-cpp-python
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

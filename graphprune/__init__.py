@@ -21,6 +21,7 @@ _EXPORTS = {
     "verify": "api.torch_models",
     "load_pruned_module": "io.module_checkpoint", "save_pruned_module": "io.module_checkpoint",
     "ExportReport": "io.onnx_export", "export_onnx": "io.onnx_export",
+    "GgufReport": "io.gguf_export", "export_gguf": "io.gguf_export",
     "DependencyGraph": "graph", "Group": "graph", "Member": "graph",
     "CRITERIA": "importance", "register_importance": "importance",
     "count_macs": "metrics", "count_params": "metrics",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # what the names are, for editors and type checkers
     from .graph import DependencyGraph, Group, Member
     from .hf import load_pruned, save_pruned
     from .importance import CRITERIA, register_importance
+    from .io.gguf_export import GgufReport, export_gguf
     from .io.module_checkpoint import load_pruned_module, save_pruned_module
     from .io.onnx_export import ExportReport, export_onnx
     from .metrics import count_macs, count_params
@@ -67,6 +69,7 @@ def __dir__() -> list[str]:
 
 __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport", "plan", "prune", "verify",
            "masked_original", "DependencyGraph", "Group", "Member", "PrunePlan", "export_onnx", "ExportReport",
+           "export_gguf", "GgufReport",
            "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA",
            "register_importance", "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned",
            "load_pruned_module", "save_pruned_module", "prune_iterative", "recover", "RecoverResult",
