@@ -140,7 +140,7 @@ def test_tokenizer_and_bytes_are_deterministic(tok, tmp_path):
     gp.export_gguf(model, tmp_path / "b.gguf", "bf16", tokenizer=tok)
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
     f = fields(gguf.GGUFReader(tmp_path / "a.gguf"))
-    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == a.pre_tokenizer == "gpt2"
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == a.pre_tokenizer == "gpt-2"
     tokens = f["tokenizer.ggml.tokens"]
     assert len(tokens) == VOCAB  # padded to the embedding's rows
     assert tokens[:len(tok)] == tok.convert_ids_to_tokens(list(range(len(tok))))

@@ -54,7 +54,7 @@ def _pre_name(pre: dict | None) -> str | None:
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     types = [p.get("type") for p in parts]
     if types == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (llama-vocab.cpp); the tokenizer model stays "gpt2"
     if types == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
         return "smollm"
     if types == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
@@ -110,7 +110,7 @@ def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int, pre_tokenizer: str 
         else:
             pre = pre_tokenizer or _pre_name(doc.get("pre_tokenizer"))
             if pre is None:
-                raise PlanError("the tokenizer's pre-tokenizer is not one GGUF export recognises (gpt2, smollm, "
+                raise PlanError("the tokenizer's pre-tokenizer is not one GGUF export recognises (gpt-2, smollm, "
                                 "llama-bpe, qwen2): pass pre_tokenizer= with llama.cpp's name for it "
                                 "(tokenizer.ggml.pre; see llama.cpp's src/llama-vocab.cpp)")
             tokens, types = _bpe_tokens(doc, n_vocab)
