@@ -174,7 +174,7 @@ def _score(w: _Work) -> None:
         raise PlanError(f"importance '{w.name}' needs gradients, which an {program.framework} model does not give; "
                         "use obs, activation or fluctuation with calib=, or a weight criterion")
     w.batches = calib_batches(program, opts.calib, opts.calib_tokens) if opts.calib is not None else None
-    w.memory = _memory(w, crit)
+    w.memory = prune_memory(w.dg, w.groups, opts, w.batches, w.name)
     if opts.calib is not None or opts.max_memory is not None:  # without data: the weights and their rewrite
         check_memory(w.memory, opts.max_memory)
     w.ctx = ScoreContext(w.dg, program.tensors())
@@ -190,17 +190,18 @@ def _score(w: _Work) -> None:
     w.scores = score_groups(w.name, w.ctx, w.groups)
 
 
-def _memory(w: _Work, crit) -> MemoryEstimate:
+def prune_memory(dg, groups: list, opts: PruneOptions, batches, name: str) -> MemoryEstimate:
     """The prune's peak memory estimated from the IR (planning/memory.py): the sites calibration
-    reads, with Grams where OBS (within its budget) or compensation keeps them."""
-    mode, calib = compensation_mode(w.opts), crit is not None and crit.needs == "calib"
-    sites = stat_sites(w.dg, w.groups) if w.batches is not None and (calib or mode is not None) else []
+    reads, with Grams where OBS (within its budget) or compensation keeps them. ``name``: the
+    resolved criterion; ``batches``: the calibration batches (None: no data)."""
+    crit = CRITERIA.get(name)
+    mode, calib = compensation_mode(opts), crit is not None and crit.needs == "calib"
+    sites = stat_sites(dg, groups) if batches is not None and (calib or mode is not None) else []
     grams = {s.node for s in sites if refittable(s)} if mode is not None else set()
-    if calib and w.name == "obs":
-        grams |= gram_sites(w.dg, sites, [])
-    grad = crit is not None and crit.needs == "grad" and w.batches is not None
-    return estimate_memory(w.dg.ir, sites, grams, w.batches, obs=w.name == "obs", refit=mode is not None,
-                           backward=grad)
+    if calib and name == "obs":
+        grams |= gram_sites(dg, sites, [])
+    grad = crit is not None and crit.needs == "grad" and batches is not None
+    return estimate_memory(dg.ir, sites, grams, batches, obs=name == "obs", refit=mode is not None, backward=grad)
 
 
 def _choose_ratios(w: _Work) -> None:

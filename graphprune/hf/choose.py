@@ -18,15 +18,13 @@ from pathlib import Path
 import torch
 
 from ..api import torch_models as api
-from ..calib.stats import gram_sites, refittable
 from ..errors import GraphpruneError, PlanError
-from ..importance import CRITERIA
 from ..io.checkpoint_doc import PLAN_FILE
 from ..io.lazy_checkpoint import LazyCheckpoint
 from ..options import PruneOptions
-from ..pipeline import compensation_mode, resolve_importance
+from ..pipeline import prune_memory, resolve_importance
 from ..planning.depth import split_targets
-from ..planning.memory import MemoryEstimate, MemoryPart, available_memory, estimate_memory, gib, stat_sites
+from ..planning.memory import MemoryEstimate, MemoryPart, available_memory, gib
 from ..planning.plan import select_groups
 from .inputs import example_inputs, prepare
 from .stream import build_on_meta
@@ -71,23 +69,14 @@ def meta_model(folder: str | os.PathLike) -> torch.nn.Module:
 def estimate_in_memory(model: torch.nn.Module, opts: PruneOptions, inputs: dict | None = None,
                        copies: int = 0) -> MemoryEstimate:
     """The peak of ``graphprune.hf.prune(model, options=opts)`` for ``model`` on meta, estimated as the
-    pipeline does before calibrating (pipeline.py ``_memory``); ``copies``: whole extra copies of the
+    pipeline does before calibrating (pipeline.py ``prune_memory``); ``copies``: whole extra copies of the
     weights the caller holds (the CLI's --recover-steps keeps the original as the teacher)."""
     calib = list(opts.calib) if opts.calib is not None else None
     inputs = dict(inputs) if inputs is not None else (dict(calib[0]) if calib else example_inputs(model))
     dg = api.trace(prepare(model), (), inputs)
     _, targets = split_targets(opts.targets)
     groups = select_groups(dg, opts.roles, opts.ignore, targets) if targets != () else []
-    name = resolve_importance(opts.replace(calib=calib))
-    crit = CRITERIA.get(name)
-    mode = compensation_mode(opts.replace(calib=calib))
-    reads = crit is not None and crit.needs == "calib"
-    sites = stat_sites(dg, groups) if calib is not None and (reads or mode is not None) else []
-    grams = {s.node for s in sites if refittable(s)} if mode is not None else set()
-    if reads and name == "obs":
-        grams |= gram_sites(dg, sites, [])
-    grad = crit is not None and crit.needs == "grad" and calib is not None
-    est = estimate_memory(dg.ir, sites, grams, calib, obs=name == "obs", refit=mode is not None, backward=grad)
+    est = prune_memory(dg, groups, opts.replace(calib=calib), calib, resolve_importance(opts.replace(calib=calib)))
     if copies:
         weights = est.part("weights")
         est = MemoryEstimate(est.parts + (MemoryPart("teacher copy", copies * weights,
