@@ -44,6 +44,9 @@ class PruneOptions:
       Gram: None cross-validates it per site (graphprune/calib/refit.py), a number fixes it at
       every site, a mapping fixes it by module name (``{"mlp.down_proj": 0.3}``) and
       cross-validates the rest. A streamed prune passes each block's choices to the next.
+    - ``uniform``: every group of a kind keeps the same count (each layer's heads and FFN units
+      equal), so a config with one number per kind describes the pruned model (transformers'
+      ``from_pretrained``, vLLM): the data still choose *which* units each layer drops, not how many.
     - ``allocation``: "auto", "uniform", "sensitivity" or "global"; ``budget``: ``{"macs": 0.5}``,
       ``{"params": 20e6}``, ``{"latency_ms": 3}``, ``{"speedup": 2}`` or ``"macs=0.5"``;
       ``max_ratio``: the most any group loses under a budget or global allocation.
@@ -69,6 +72,7 @@ class PruneOptions:
     compensate: bool | str | None = None
     add_bias: bool = False
     ridge: float | Mapping[str, float] | None = None
+    uniform: bool = False
     allocation: str = "auto"
     budget: Mapping[str, float] | None = None
     max_ratio: float = MAX_RATIO
@@ -118,6 +122,10 @@ class PruneOptions:
         _check_ridge(self.ridge)
         if self.allocation not in ALLOCATIONS:
             raise PlanError(f"allocation must be one of {list(ALLOCATIONS)}, not {self.allocation!r}")
+        if not isinstance(self.uniform, bool):
+            raise PlanError(f"uniform must be True or False, not {self.uniform!r}")
+        if self.uniform:
+            _check_uniform(self)
         if self.runtime not in RUNTIMES:
             raise PlanError(f"runtime {self.runtime!r} is not one graphprune measures on; choose one of "
                             f"{list(RUNTIMES)}")
@@ -162,3 +170,13 @@ def _check_ridge(ridge) -> None:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
             raise PlanError(f"ridge must be None (cross-validated), a number > 0 or a mapping of module names to "
                             f"numbers > 0 (relative to the mean diagonal of the input Gram), not {ridge!r}")
+
+
+def _check_uniform(opts: PruneOptions) -> None:
+    """uniform=True promises one width per kind in every layer: refuse what would break that."""
+    if opts.allocation not in ("auto", "uniform"):
+        raise PlanError(f"uniform=True keeps every layer's widths equal; allocation='{opts.allocation}' chooses them "
+                        "per layer: pass one of the two")
+    if opts.targets is not None and "blocks" in _names(opts.targets, "targets"):
+        raise PlanError("uniform=True keeps every layer so that one config describes them all; depth pruning "
+                        "('blocks' in targets) removes layers: drop 'blocks' or uniform=True")

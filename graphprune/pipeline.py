@@ -28,6 +28,7 @@ from .planning.plan import (
     PrunePlan,
     check_prunable,
     check_ratio,
+    check_uniform,
     idle_note,
     make_plan,
     resolve_ratios,
@@ -124,6 +125,8 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     plan = _tune_widths(w, plan)
     if w.depth is not None:
         plan.blocks = list(w.depth.removed)
+    if opts.uniform:
+        check_uniform(w.groups, plan)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
     idle = idle_note(w.groups, plan, opts.ratio, w.alloc is not None, w.dg) if w.spent is None and not w.blocks \
         else None
@@ -137,7 +140,7 @@ def plan_program(program, opts: PruneOptions) -> Planned:
 def _select(program, opts: PruneOptions) -> _Work:
     """The groups and blocks to prune, the allocation, the runtime and the width steps."""
     runtime = resolve_runtime(opts.runtime, program)
-    how = resolve_allocation(opts.allocation, opts.calib, opts.ratios)
+    how = "uniform" if opts.uniform else resolve_allocation(opts.allocation, opts.calib, opts.ratios)
     if opts.budget is not None or how == "global":
         if opts.ratios:
             raise PlanError("ratios= fixes each group's ratio, a budget chooses them: pass one of the two")

@@ -72,6 +72,16 @@ def test_sensitivity_prunes_the_branch_that_matters_less():
     assert "allocation: sensitivity" in str(sens_rep)
 
 
+def test_uniform_option_keeps_equal_groups_equal_under_the_default_allocation():
+    """uniform=True overrides the default call's sensitivity allocation (which, above, cuts branch b
+    deeper): both branches keep one count, and the report names no allocation."""
+    model, calib = TwoBranches().eval(), calib_batches(4)
+    pruned, rep = gp.prune(copy.deepcopy(model), calib[0], ratio=0.5, importance="activation", calib=calib,
+                           compensate=False, uniform=True)
+    assert rep.allocation is None
+    assert pruned.a[0].out_features == pruned.b[0].out_features == model.a[0].out_features // 2
+
+
 def test_a_masked_variant_run_is_the_compensated_pruned_model(tmp_path):
     """What sensitivity measures is the model the plan and its refit would produce, in both
     front-ends: a masked run with the refit weights equals the rewritten model's run."""

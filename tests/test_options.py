@@ -36,6 +36,9 @@ def test_unknown_option_is_refused_with_the_closest_name():
     ({"runtime": "tensorrt"}, "runtime 'tensorrt' is not one graphprune measures on"),
     ({"max_ratio": 1.5}, r"max_ratio must be in \(0, 1\)"),
     ({"budget": "macs"}, "budget item 'macs' is not KEY=VALUE"),
+    ({"uniform": 1}, "uniform must be True or False"),
+    ({"uniform": True, "allocation": "global"}, "allocation='global' chooses them per layer"),
+    ({"uniform": True, "targets": ("blocks",)}, "depth pruning"),
 ])
 def test_every_option_is_checked_when_the_options_are_built(bad, message):
     with pytest.raises(gp.PlanError, match=message):

@@ -7,6 +7,7 @@ import os
 import torch
 
 from ..api import torch_models as api
+from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
 from ..options import PruneOptions
@@ -16,6 +17,7 @@ from .choose import load_if_fits
 from .inputs import example_inputs, prepare
 from .stream import stream_prune
 from .sync import sync_config
+from .uniform import loadable_heads, warn_unloadable
 
 HF_DEFAULTS = {"ratio": 0.3}
 META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was made (for save_pruned)
@@ -50,6 +52,10 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     replaces ``ratio`` with a target; ``runtime``, ``round_to`` and ``measure_latency`` as in
     :func:`graphprune.prune`.
 
+    ``uniform=True`` keeps every layer's head and FFN counts equal (the data still choose which units
+    each layer drops), so the output loads with ``from_pretrained`` and in vLLM without graphprune;
+    ``report.sync`` says which form was produced and how to load it.
+
     ``calib``: keyword-input batches (``{"input_ids": ..., "attention_mask": ...}``) of any
     batch size and length (padding honoured by the attention mask); channels are then ranked
     from data and the layers that lose inputs are refit (see :func:`graphprune.prune`). The first
@@ -63,11 +69,15 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     if ratio is not None:
         given["ratio"] = ratio
     if isinstance(model, (str, os.PathLike)) and out is not None:
+        if given.get("uniform") or (options is not None and options.uniform):
+            raise PlanError("uniform=True is not available for a streamed prune (out=) yet: load the model and "
+                            "prune it in memory, or drop uniform=True (graphprune.hf.load_pruned reloads the output)")
         return stream_prune(model, out, given.pop("calib", None) or (options.calib if options else None),
                             options=options, **given)
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
         model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs)
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
+    opts, head_note = loadable_heads(model, opts)
     prepare(model)
     calib = [dict(b) for b in opts.calib] if opts.calib is not None else None
     if inputs is None:
@@ -81,11 +91,14 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     graph = graph or api.trace(model, (), inputs)
     model, report = api.prune(model, (), inputs, graph=graph, plan_=plan_, options=opts)
     plan = report.plan
+    if head_note:
+        report.notes.append(head_note)
     report.sync = sync_config(model, graph, plan)
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []
     if added and report.sync is not None and report.sync.loadable:
         report.sync.loadable = False
         report.sync.reason = f"compensation gave {len(added)} layer(s) a bias the config cannot declare"
+    warn_unloadable(opts, report.sync)
     before = getattr(model, META_ATTR, None)  # pruned before (an iterative schedule): keep the history
     setattr(model, META_ATTR, CheckpointDoc(
         (before.history if before else []) + [PlanStep(plan, added)], architecture=type(model).__name__,

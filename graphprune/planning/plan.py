@@ -252,6 +252,21 @@ def make_plan(groups: list[Group], scores: Mapping[int, np.ndarray], ratio: floa
     return plan
 
 
+def check_uniform(groups: list[Group], plan: PrunePlan) -> None:
+    """``uniform=True``: groups of one kind and size (each layer's heads, each layer's FFN) keep
+    one count, else a PlanError naming the groups that differ (per-group ``ratios`` can do it)."""
+    kept: dict[tuple, dict[int, list[int]]] = {}
+    for g in groups:
+        n = g.size - len(plan.pruned.get(g.id, ()))
+        kept.setdefault((g.kind, g.size), {}).setdefault(n, []).append(g.id)
+    for (kind, size), by_count in kept.items():
+        if len(by_count) > 1:
+            counts = ", ".join(f"{n} in group(s) {ids[:4]}" for n, ids in sorted(by_count.items()))
+            raise PlanError(f"uniform=True: groups of kind '{kind}' and size {size} would keep different counts "
+                            f"({counts}); per-group ratios= make them differ: give ratios by kind "
+                            "(ratios={'ffn': 0.5}) or drop uniform=True")
+
+
 def ranked_freezes(groups: Iterable[Group]) -> list[tuple[Reason, int]]:
     """Each frozen group's first reason with how many groups it froze, commonest first, model
     inputs and outputs aside (frozen by design)."""
