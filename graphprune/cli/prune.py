@@ -1,10 +1,11 @@
 """``graphprune prune MODEL -o OUT``: every model kind (graphprune/io/sources.py), every output.
 
 OUT by its form: ``*.onnx`` (exported and checked in onnxruntime), ``*.pt`` (the whole module,
-torch.save), or a folder: a transformers model's ``save_pretrained`` folder with graphprune's
-plan and the original's tokenizer / processor files, or for any other PyTorch model
-``model.safetensors`` + ``graphprune.json`` (rebuilt by graphprune.io.module_checkpoint). Nothing is
-left at OUT unless every step succeeded. A transformers checkpoint folder is pruned block by block
+torch.save), ``*.gguf`` (a Llama-family transformers LLM for llama.cpp, io/gguf_export.py), or a
+folder: a transformers model's ``save_pretrained`` folder with graphprune's plan and the original's
+tokenizer / processor files, or for any other PyTorch model ``model.safetensors`` + ``graphprune.json``
+(rebuilt by graphprune.io.module_checkpoint). Nothing is left at OUT
+unless every step succeeded. A transformers checkpoint folder is pruned block by block
 with --stream, or when its in-memory prune's estimated peak exceeds --max-memory (cli/stream.py).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..calib.distributed import init_from_env, is_writer
 from ..errors import GraphpruneError, PlanError
 from ..io import sources
 from ..io.checkpoint_doc import PLAN_FILE
+from ..io.gguf_quant import check_quant
 from ..io.module_checkpoint import save_pruned_module
 from ..io.onnx_export import export_onnx
 from ..io.sources import copy_side_files
@@ -43,8 +45,10 @@ def output_kind(out: str) -> str:
         return "onnx"
     if suffix in (".pt", ".pth"):
         return "pt"
+    if suffix == ".gguf":
+        return "gguf"
     if suffix:
-        raise GraphpruneError(f"-o {out}: write .onnx, .pt, or a folder (no suffix)")
+        raise GraphpruneError(f"-o {out}: write .onnx, .pt, .gguf, or a folder (no suffix)")
     return "folder"
 
 
@@ -83,6 +87,12 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     kind = sources.classify(ns.model)
     if kind == "onnx" and out_kind != "onnx":
         raise GraphpruneError(f"an ONNX model is written as an .onnx file, not '{ns.output}'")
+    if out_kind == "gguf" and kind not in ("hf", "saved"):
+        raise GraphpruneError(f"-o {ns.output}: GGUF is written for transformers LLMs (a Hugging Face folder or "
+                              f"hf: name), not a {kind} model; write .onnx, .pt or a folder")
+    if out_kind != "gguf" and (ns.gguf_type != "f16" or ns.quant):
+        raise GraphpruneError("--gguf-type and --quant apply to a .gguf OUT only")
+    check_quant(ns.quant)
     _check_recover(ns, kind)
     choice = stream.choose(ns, kind, options)  # a transformers folder: in memory or block by block (cli/stream.py)
     if choice is not None and choice.stream:
@@ -114,7 +124,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
             step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
             report.notes.append(_recover(model, teacher, calib, ns.recover_steps).summary())
         step(n, n, f"writing {ns.output}", ns.json)
-        write(src, model, report, ns.output, out_kind)
+        write(src, model, report, ns.output, out_kind, (ns.gguf_type, ns.quant))
         report.path = str(ns.output)
     if ns.report:
 
@@ -149,7 +159,7 @@ def _options(ns, onnx_in: bool) -> PruneOptions:
     auto = "onnxruntime" if onnx_in or str(ns.output).endswith(".onnx") else "torch"
     return PruneOptions.of(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
                            compensate=False if ns.no_compensate else None, allocation=ns.allocation,
-                           add_bias=ns.add_bias, budget=ns.budget, max_ratio=ns.max_ratio,
+                           add_bias=ns.add_bias, uniform=ns.uniform, budget=ns.budget, max_ratio=ns.max_ratio,
                            ratios=parse_ratios(ns.ratios), round_to=ns.round_to,
                            runtime={"none": None, "auto": auto}.get(ns.runtime, ns.runtime),
                            measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify,
@@ -168,14 +178,18 @@ def _torch(src, calib, options: PruneOptions, ns):
     return gp.prune(src.model, src.args, src.kwargs, options=options)
 
 
-def write(src, model, report, out: str, out_kind: str) -> None:
-    """The pruned module to ``out``, atomically (a folder is built aside, then moved in place)."""
+def write(src, model, report, out: str, out_kind: str, gguf: tuple = ("f16", None)) -> None:
+    """The pruned module to ``out``, atomically (a folder is built aside, then moved in place);
+    ``gguf``: a .gguf OUT's (type, quant)."""
     import torch
 
     out = Path(out)
     if out_kind == "onnx":
 
         export_onnx(model, src.args, out, src.kwargs)
+        return
+    if out_kind == "gguf":
+        report.notes.append(str(gp.export_gguf(model, out, gguf[0], tokenizer=src.path, quant=gguf[1])))
         return
     if out_kind == "pt":
 
@@ -227,7 +241,8 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     """``graphprune prune``'s flags."""
     pr.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     pr.add_argument("-o", "--output", required=True,
-                    help="OUT: file.onnx, file.pt, or a folder (a transformers folder that load_pruned reads, with "
+                    help="OUT: file.onnx, file.pt, file.gguf (transformers LLMs, for llama.cpp), or a folder "
+                         "(a transformers folder that load_pruned reads, with "
                          "the tokenizer copied; or model.safetensors + plan). Written only if every check passes")
     pr.add_argument("--ratio", type=float, default=None, help="share of each selected group to remove (default 0.3)")
     pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
@@ -261,6 +276,13 @@ def arguments(pr: argparse.ArgumentParser) -> None:
                     help="with --calib: let compensation add a bias to layers that have none")
     pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity", "global"],
                     help="how ratios are chosen per group (default auto: sensitivity with --calib, else uniform)")
+    pr.add_argument("--uniform", action="store_true",
+                    help="keep every layer's head and FFN counts equal (data still choose which units go), so a "
+                         "transformers output loads with from_pretrained and vLLM without graphprune")
+    pr.add_argument("--gguf-type", choices=["f16", "bf16", "f32"], default="f16",
+                    help="with a .gguf OUT: the matrices' type (default f16)")
+    pr.add_argument("--quant", default=None, metavar="TYPE",
+                    help="with a .gguf OUT: quantize with llama.cpp's quantizer (q8_0, q4_k_m, ...; needs make llama-cpp)")
     pr.add_argument("--ratios", help="per-group overrides of --ratio: KIND=R, NAME=R (a module, parameter or "
                                      "initializer name) or GROUP=R, comma-separated")
     pr.add_argument("--max-ratio", type=float, default=None,

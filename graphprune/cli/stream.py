@@ -64,6 +64,9 @@ def blockers(ns, calib) -> list[str]:
                    "(and --ratios by kind) instead")
     if any(t in BLOCK_TARGETS for t in ns.targets or ()):
         out.append("--targets blocks ranks every block against the others: drop 'blocks'")
+    if getattr(ns, "uniform", False):
+        out.append("--uniform writes a config from_pretrained loads, which the streamed output does not yet: drop "
+                   "--uniform (graphprune.hf.load_pruned reloads the output)")
     if ns.recover_steps:
         out.append("--recover-steps distils the whole pruned model from the original: drop it")
     if Path(ns.output).suffix:
