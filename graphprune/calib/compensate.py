@@ -14,6 +14,7 @@ from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, keep_masks
 from .collect import collect
 from .refit import refit
+from .rowspace import refit_rows
 from .sites import Site, find_sites
 from .stats import SiteStats, refittable
 
@@ -113,25 +114,35 @@ def refit_from_stats(dg: DependencyGraph, todo: list[tuple[Site, np.ndarray]], t
     ``lams`` fixes the ridge strength per site (else cross-validation picks it)."""
     for s, keep in todo:
         st = stats.get(s.node)
+        lam = (lams or {}).get(s.node)
+        xs = st.rows if st is not None else None
+        if xs is not None:  # the row-space route (calib/rowspace.py): the samples, each fold's indices
+            ends = np.cumsum([0] + [x.shape[0] for x in xs])
+            folds = [torch.arange(int(a), int(z)) for a, z in zip(ends[:-1], ends[1:])]
+            refit_site(dg, s, keep, tensors, None, None, None, mode, add_bias, result, folds, lam, torch.cat(xs))
+            continue
         if st is None or st.gram is None or st.gram.m is None:
             result.skipped.append(f"{source(dg, s.w)}: its input was not reached by calibration, not refit")
             continue
         h = st.gram.m
         folds = [(g.m, g.m, g.m) for g in st.folds if g.m is not None]
-        refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds, (lams or {}).get(s.node))
+        refit_site(dg, s, keep, tensors, h, h, h, mode, add_bias, result, folds, lam)
 
 
 def refit_site(dg, s: Site, keep: np.ndarray, tensors, hd, c, hp, mode: str, add_bias, result: Compensation,
-                folds=None, lam: float | None = None):
-    """Solve one site and record its new weight (and bias) in ``result``."""
+                folds=None, lam: float | None = None, rows: torch.Tensor | None = None):
+    """Solve one site and record its new weight (and bias) in ``result``: from its Grams, or from
+    ``rows``, the samples (row-space route: ``folds`` then holds each fold's sample indices)."""
     w_path = source(dg, s.w)
     w = torch.as_tensor(tensors[w_path])
     wo = torch.movedim(w, (s.w_out, s.w_in), (0, 1))
     keep_f = torch.as_tensor(np.repeat(keep, s.window))
     b_path = source(dg, s.b) if s.b is not None else None
     b = torch.as_tensor(tensors[b_path]) if b_path is not None else None
-    r = refit(wo.reshape(wo.shape[0], -1), b, hd, c, hp, keep_f, b is not None or s.node in add_bias,
-              "bias" if mode == "bias" else "refit", damp=lam, folds=folds)
+    how = (wo.reshape(wo.shape[0], -1), b)
+    tail = (keep_f, b is not None or s.node in add_bias, "bias" if mode == "bias" else "refit")
+    r = refit(*how, hd, c, hp, *tail, damp=lam, folds=folds) if rows is None else \
+        refit_rows(*how, rows, rows, *tail, damp=lam, folds=folds)
     new_w = torch.movedim(r.w.reshape(wo.shape).to(w.dtype), (0, 1), (s.w_out, s.w_in)).contiguous()
     result.updates[w_path] = new_w
     action = "bias" if mode == "bias" else "refit"

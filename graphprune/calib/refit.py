@@ -10,6 +10,14 @@ the cross Gram between the original model's input and the pruned model's input a
 the site, and H' the pruned input's Gram. The target is the *original* output, so a
 refit also makes up for what was pruned upstream. With ``bias`` alone, only the mean
 error is folded into the bias. Front-end neutral: Grams in, weights out.
+
+Two routes solve it, chosen automatically when calibration collects a site's input
+(calib/sites.py ``rows_route``): this module's Gram route, F x F statistics and an F x F
+solve, and calib/rowspace.py's row-space route, the N samples themselves and an N x N
+(kernel) solve, taken where the site is wide (above FP64_MAX features, where Grams are
+float32 and hundreds of MB) and calibration has fewer samples than the site has features.
+Both give the same weights, errors and cross-validated ridge (tests/test_refit_rowspace.py);
+``sites.ROUTE`` forces one.
 """
 from __future__ import annotations
 

@@ -17,6 +17,19 @@ from ..ir import Node, Ref
 from ..ops import Ops
 
 FP64_MAX = 2048  # wider sites keep their Grams, and solve their refits, in float32 (stats.py, refit.py)
+# How a site's input is kept for its refit (and OBS): "auto" chooses by rows_route; "gram" / "rows" force a route
+ROUTE = "auto"
+
+
+def rows_route(width: int, samples: int) -> bool:
+    """Whether a site of ``width`` features (constant 1 included) keeps its ``samples`` themselves
+    rather than Grams (calib/rowspace.py): where the Grams are float32 and hundreds of MB (above
+    FP64_MAX features) and calibration has fewer samples than features, the samples are the smaller
+    (N x F against two or three F x F) and the row-space solve the cheaper (N^2 F against F^3)."""
+    if ROUTE != "auto":
+        return ROUTE == "rows"
+    return width > FP64_MAX + 1 and samples < width
+
 
 @dataclass(frozen=True, slots=True)
 class Site:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .sites import FP64_MAX, Site
+from . import sites as _sites
+from .sites import Site
 
 
 def real_rows(site: Site, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -100,22 +101,53 @@ class ChannelStats:
 class Gram:
     """Sum of f f^T over samples (features augmented with a 1: the last row/column holds
     the feature sums and the sample count). Float64: sums over thousands of tokens; float32
-    above FP64_MAX features, where a Gram is hundreds of MB and the refit solves in float32."""
+    above FP64_MAX features, where a Gram is hundreds of MB and the refit solves in float32.
+    On the row-space route (sites.rows_route) the samples themselves, ``x``, instead of ``m``."""
 
     m: torch.Tensor | None = None
+    x: torch.Tensor | None = None  # (samples, features + 1) float32, while the row space is the cheaper
 
-    def add(self, f: torch.Tensor, g: torch.Tensor | None = None) -> None:
-        """Add f^T g (g defaults to f): a cross Gram between two models' inputs."""
-        dt = torch.float64 if f.shape[-1] <= FP64_MAX + 1 else torch.float32
-        prod = (f.T @ (f if g is None else g)).to(dt)
+    def add(self, f: torch.Tensor, g: torch.Tensor | None = None, rows: bool = False) -> None:
+        """Add f^T g (g defaults to f): a cross Gram between two models' inputs. ``rows``: keep f's rows."""
+        if rows:
+            self.x = f.clone() if self.x is None else torch.cat([self.x, f])
+            return
+        self.to_gram()
+        prod = (f.T @ (f if g is None else g)).to(_dtype(f.shape[-1]))
         if self.m is None:
             self.m = prod
         else:
             self.m += prod
 
+    def to_gram(self) -> None:
+        """Fold kept rows into the Gram (too many samples for the row space, or ranks to sum)."""
+        if self.x is not None:
+            x, self.x = self.x, None
+            self.add(x)
+
     @property
     def n(self) -> int:
+        if self.x is not None:
+            return int(self.x.shape[0])
         return int(round(float(self.m[-1, -1]))) if self.m is not None else 0
+
+
+def _dtype(width: int) -> torch.dtype:
+    return torch.float64 if width <= _sites.FP64_MAX + 1 else torch.float32
+
+
+class _RowsGram(Gram):
+    """The Gram of row-space folds, made when read (OBS): nothing held until then."""
+
+    def __init__(self, xs: list[torch.Tensor]):
+        self._xs, self._m = xs, None
+
+    @property
+    def m(self) -> torch.Tensor:
+        if self._m is None:
+            dt = _dtype(self._xs[0].shape[1])
+            self._m = sum((x.to(dt).T @ x.to(dt) for x in self._xs), torch.zeros((), dtype=dt))
+        return self._m
 
 
 @dataclass
@@ -124,15 +156,26 @@ class SiteStats:
 
     site: Site
     channels: ChannelStats = field(default_factory=ChannelStats)
-    folds: list[Gram] | None = None  # input Gram per calibration fold (batches alternate)
+    folds: list[Gram] | None = None  # input Gram (or samples) per calibration fold (batches alternate)
 
     @property
     def gram(self) -> Gram | None:
-        """The Gram over every batch."""
+        """The Gram over every batch (of row-space folds: computed when its ``m`` is read)."""
         if self.folds is None:
             return None
+        xs = self.rows
+        if xs is not None:
+            return _RowsGram(xs)
         parts = [g.m for g in self.folds if g.m is not None]
         return Gram(parts[0] + parts[1] if len(parts) == 2 else parts[0] if parts else None)
+
+    @property
+    def rows(self) -> list[torch.Tensor] | None:
+        """Each fold's samples where the site is on the row-space route, else None."""
+        if not self.folds or any(g.m is not None for g in self.folds):
+            return None
+        xs = [g.x for g in self.folds if g.x is not None]
+        return xs or None
 
     items: int = 0  # batch items seen so far: the folds alternate item by item
 
@@ -143,9 +186,14 @@ class SiteStats:
             f = features(self.site, x)
             if f is not None:
                 self.folds = self.folds or [Gram(), Gram()]
-                for fold, part in zip(self.folds, split_folds(f, x.shape[0], self.items, rows)):
+                parts = split_folds(f, x.shape[0], self.items, rows)
+                seen = sum(g.n for g in self.folds) + sum(p.shape[0] for p in parts)
+                keep = all(g.m is None for g in self.folds) and _sites.rows_route(f.shape[1], seen)
+                for fold, part in zip(self.folds, parts):
+                    if not keep:
+                        fold.to_gram()
                     if part.shape[0]:
-                        fold.add(part)
+                        fold.add(part, rows=keep)
         self.items += int(x.shape[0]) if x.dim() else 1
 
 
@@ -156,6 +204,9 @@ def reduce_stats(stats: dict[str, SiteStats]) -> None:
     if not distributed.active():
         return
     keys = sorted(stats)
+    for st in stats.values():  # samples cannot be summed over ranks: their Grams can
+        for g in st.folds or ():
+            g.to_gram()
     before, total = distributed.items_before([stats[k].items for k in keys])
     parts = []
     for k, b, n in zip(keys, before, total):

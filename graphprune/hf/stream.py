@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..api.torch_models import prune as prune_module
+from ..calib import sites
 from ..errors import PlanError
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
@@ -41,7 +42,7 @@ STREAM_DEFAULTS = {"ratio": 0.3, "targets": ("heads", "ffn")}
 # time over the remaining blocks (measured on the first), as allocation="auto" bounds it in memory
 STREAM_ALLOC_S = 120.0
 SOLVE_FLOPS = 2e10  # float operations per second the refit's solves reach on two CPU cores (measured: 20-40 G)
-RIDGE_CARRY = 2048  # sites wider than this reuse the ridge cross-validated on the block before (cubic solves)
+RIDGE_CARRY = 2048  # wider Gram-route sites reuse the ridge cross-validated on the block before (cubic solves)
 
 
 @dataclass
@@ -214,12 +215,13 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
                 report.params_after += t.numel()
         writer.flush()  # the embeddings (GBs for a large vocabulary) leave memory before the first block
         ckpt.release()
-        opts = _first_options(opts, blocks, report.notes)
+        tokens = sum(x["hidden_states"].shape[:-1].numel() for x in inputs)  # the samples at every site
+        opts = _first_options(opts, blocks, report.notes, tokens)
         for i in range(len(blocks)):
             prefix = f"{path}.{i}"
             progress_line(f"block {i + 1}/{len(blocks)}: {prefix}")
             inputs = _prune_block(blocks, i, prefix, ckpt, inputs, opts, writer, report, doc, dtype)
-            opts = _next_options(opts, report.layers[prefix], len(blocks) - i - 1, report.notes)
+            opts = _next_options(opts, report.layers[prefix], len(blocks) - i - 1, report.notes, tokens)
         doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
                             for k, v in inputs[0].items()}
         side = {"config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode(),
@@ -233,17 +235,21 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     return report
 
 
-def _first_options(opts: PruneOptions, blocks, notes: list[str]) -> PruneOptions:
+def _first_options(opts: PruneOptions, blocks, notes: list[str], tokens: int) -> PruneOptions:
     """allocation="auto" measures each block's sensitivity with a refit per candidate level (about
     eight); where those solves alone, over every block, would take more than STREAM_ALLOC_S
-    (an upper bound from the block's linear layers, kept 80%), the stream allocates uniformly."""
+    (an upper bound from the block's linear layers, kept 80%, each solved on the route calibration
+    takes: calib/sites.py rows_route), the stream allocates uniformly."""
     if opts.allocation != "auto" or opts.compensate is False:
         return opts
     flops = 0.0
     for mod in blocks[0].modules():
         if isinstance(mod, torch.nn.Linear):
-            n = 0.8 * mod.in_features
-            flops += n ** 3 / 3 + 2 * n * n * mod.out_features
+            n, f, out = 0.8 * mod.in_features, mod.in_features, mod.out_features
+            if sites.rows_route(f + 1, tokens):  # the kernel, its solve, and three (N, F) x (F, out) products
+                flops += 2 * tokens * tokens * n + tokens ** 3 / 3 + 6 * tokens * f * out
+            else:
+                flops += n ** 3 / 3 + 2 * n * n * out
     seconds = 8 * flops / SOLVE_FLOPS * len(blocks)
     if seconds <= STREAM_ALLOC_S:
         return opts
@@ -253,15 +259,17 @@ def _first_options(opts: PruneOptions, blocks, notes: list[str]) -> PruneOptions
     return opts.replace(allocation="uniform")
 
 
-def _next_options(opts: PruneOptions, r: PruneReport, left: int, notes: list[str]) -> PruneOptions:
+def _next_options(opts: PruneOptions, r: PruneReport, left: int, notes: list[str], tokens: int) -> PruneOptions:
     """What the next block is pruned with: the wide sites' ridge strengths this block
-    cross-validated (the same module in every block; the cross-validation's solves are cubic in
-    the width), and a uniform allocation once the first block shows that measuring every
-    block's sensitivity would take more than STREAM_ALLOC_S."""
+    cross-validated (the same module in every block; on the Gram route the cross-validation's
+    solves are cubic in the width; on the row-space route, an N x N eigendecomposition, each
+    block cross-validates its own), and a uniform allocation once the first block shows that
+    measuring every block's sensitivity would take more than STREAM_ALLOC_S."""
     if r.compensation is not None and not isinstance(opts.ridge, (int, float)):  # a number fixes every site
         carried = dict(opts.ridge or {})
         for site in r.compensation.sites:
-            if site.lam is not None and _features(r, site.weight) > RIDGE_CARRY:
+            f = _features(r, site.weight)
+            if site.lam is not None and f > RIDGE_CARRY and not sites.rows_route(f + 1, tokens):
                 carried[site.weight.rpartition(".")[0]] = site.lam
         opts = opts.replace(ridge=carried or None)
     a = r.allocation

@@ -100,6 +100,31 @@ def damped_inverse(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     return torch.linalg.pinv(h, hermitian=True)  # not positive definite: a constant feature, say
 
 
+def damped_inverse_rows(x: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """damped_inverse(X^T X) from the samples X (N, features + 1, the last column the constant 1) where
+    N < features: the undamped bias row is eliminated by centring (its Schur complement), and the
+    rest is Woodbury, (Xc^T Xc + lambda I)^-1 = (I - Xc^T (Xc Xc^T + lambda I)^-1 Xc) / lambda:
+    an N x N factorisation and two products instead of a cubic inverse."""
+    xr = x[:, :-1]
+    d, n = xr.shape[1], xr.shape[0]
+    lam = damp * float((xr ** 2).sum()) / d if d else 0.0
+    lam = lam if lam > 0 else 1e-8
+    mu = xr.mean(0, keepdim=True)
+    xc = xr - mu
+    k = xc @ xc.T
+    k.diagonal().add_(lam)
+    y = torch.linalg.solve_triangular(torch.linalg.cholesky(k), xc, upper=False)  # L^-1 Xc
+    out = torch.empty(d + 1, d + 1, dtype=x.dtype)
+    s_inv = out[:d, :d]
+    torch.mm(y.T, y, out=s_inv)
+    s_inv.mul_(-1 / lam).diagonal().add_(1 / lam)  # S^-1, S = Xc^T Xc + lambda I the Schur complement
+    s_mu = s_inv @ mu.T
+    out[:d, d:] = -s_mu
+    out[d:, :d] = -s_mu.T
+    out[d, d] = 1 / n + float(mu @ s_mu)
+    return out
+
+
 GREEDY_MAX = 64  # groups this small (heads) are ordered greedily, with the others refit after each removal
 
 
@@ -112,34 +137,47 @@ def _greedy(w: np.ndarray, hinv: np.ndarray, blocks: list[np.ndarray]) -> np.nda
     """Remove indices one at a time, cheapest first, refitting the rest after each (the OBS
     update of W and of H^-1), as ZipLM does for heads: correlated heads are not both kept for
     being individually costly. Score: the accumulated error when the index goes, so the
-    lowest scores are the first removed whatever the ratio."""
-    w, hinv = w.copy(), hinv.copy()
+    lowest scores are the first removed whatever the ratio. A removed index's columns of W and
+    rows of H^-1 are zero after its update, so they are dropped: the updates shrink as it goes."""
+    alive = np.ones(hinv.shape[0], dtype=bool)
     left = [k for k, b in enumerate(blocks) if len(b)]
     score = np.zeros(len(blocks))
     total = 0.0
     while left:
-        costs = [_block_cost(w, hinv, blocks[k]) for k in left]
+        pos = np.cumsum(alive) - 1  # each original feature's column now
+        costs = [_block_cost(w, hinv, pos[blocks[k]]) for k in left]
         j = int(np.argmin(costs))
         k = left.pop(j)
         total += max(costs[j], 0.0)
         score[k] = total
-        blk = blocks[k]
-        solve = np.linalg.solve(hinv[np.ix_(blk, blk)], hinv[blk, :])  # (H^-1_BB)^-1 H^-1_B:
-        w -= w[:, blk] @ solve
-        hinv -= hinv[:, blk] @ solve
+        if not left:
+            break  # nothing left to score: the last update would serve nothing
+        blk = pos[blocks[k]]
+        alive[blocks[k]] = False
+        rest = pos[alive]
+        solve = np.linalg.solve(hinv[np.ix_(blk, blk)], hinv[np.ix_(blk, rest)])  # (H^-1_BB)^-1 H^-1_B:
+        w = w[:, rest] - w[:, blk] @ solve
+        hinv = hinv[np.ix_(rest, rest)] - hinv[np.ix_(rest, blk)] @ solve
     return score
 
 
-def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, feature_index: np.ndarray,
-              size: int) -> np.ndarray:
+def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor | None, feature_index: np.ndarray,
+              size: int, x: torch.Tensor | None = None) -> np.ndarray:
     """Per group index: the relative output error of removing it with the rest refit.
 
     ``w`` is (out, features), ``gram`` the augmented input Gram, ``feature_index`` the group
-    index of every feature (-1: not in the group).
+    index of every feature (-1: not in the group). ``x``: the samples instead of the Gram
+    (the row-space route, calib/sites.py rows_route: fewer samples than features).
     """
-    hinv = damped_inverse(gram)
     wa = torch.cat([w, (b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype))[:, None]], 1)
-    energy = float(torch.einsum("of,fg,og->", wa, gram, wa))
+    if x is not None:
+        hinv = damped_inverse_rows(x)
+        energy = float(((x.float() @ wa.float().T).double() ** 2).sum())  # a normaliser: float32 serves
+        diag = (x ** 2).sum(0)
+    else:
+        hinv = damped_inverse(gram)
+        energy = float(torch.einsum("of,fg,og->", wa, gram, wa))
+        diag = gram.diagonal()
     cost = np.zeros(size)
     blocks = [np.flatnonzero(feature_index == k) for k in range(size)]
     sizes = {len(b_) for b_ in blocks}
@@ -153,7 +191,7 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor, featu
         for k, blk in enumerate(blocks):
             if len(blk):
                 cost[k] = _block_cost(wn, hn, blk)
-    silent = gram.diagonal()[:-1].numpy() == 0  # never nonzero on the data: removing it changes nothing,
+    silent = diag[:-1].numpy() == 0  # never nonzero on the data: removing it changes nothing,
     for k, blk in enumerate(blocks):           # whatever the damping's ridge term would charge
         if len(blk) and silent[blk].all():
             cost[k] = 0.0
@@ -167,6 +205,8 @@ def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     def site_score(site, st, g: Group) -> np.ndarray | None:
         if st.gram is None:
             return None
+        xs = st.rows
+        x = torch.cat(xs).double() if xs is not None else None
         w = torch.as_tensor(oriented(ctx, site), dtype=torch.float64)
         kk = w.shape[2]
         w = w.reshape(w.shape[0], -1)
@@ -174,8 +214,8 @@ def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
         if site.b is not None:
             bv = ctx.dg.ir.values[site.b]
             b = torch.as_tensor(ctx.weight(bv.source or bv.name), dtype=torch.float64).reshape(-1)
-        gram = st.gram.m.double()  # float32 above calib.stats.FP64_MAX features
-        return sum(obs_costs(w, b, gram, np.repeat(c, kk), g.size) for c in _coords(ctx, site, g.id))
+        gram = st.gram.m.double() if x is None else None  # float32 above calib.stats.FP64_MAX features
+        return sum(obs_costs(w, b, gram, np.repeat(c, kk), g.size, x) for c in _coords(ctx, site, g.id))
 
     wide = [g for g in groups if ctx.obs_max_features is not None and any(
         ctx.dg.ir.values[site.w].shape[site.w_in] * site.window > ctx.obs_max_features
