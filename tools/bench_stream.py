@@ -1,18 +1,20 @@
 """Streamed (block-by-block) pruning of a checkpoint folder: wall time and peak memory.
 
     .venv/bin/python tools/make_llama_checkpoint.py out/llama-3b --preset llama-3.2-3b
-    .venv/bin/python tools/bench_stream.py out/llama-3b --ratio 0.2 --calib 32x128 --json docs/data/stream_3b.json
+    .venv/bin/python tools/bench_stream.py out/llama-3b --ratio 0.2 --calib 8x128 --json docs/data/stream_3b.json
 
 Calibration is random token ids (the synthetic checkpoints have no tokenizer): the figure measured
 is time and memory, not quality (docs/llm_pruning.md has quality on a real model). The default
 call prunes heads and FFN units with refit; peak RSS is the process's high-water mark (VmHWM), read
 over the whole run (each block's prune resets the kernel's mark; the streamed report keeps the
-maximum), including Python, torch and transformers themselves.
+maximum), including Python, torch and transformers themselves. ``cpu_seconds`` (the process's CPU
+time, all threads) and the load average at the end tell a busy machine's figure from a quiet one's.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,12 +43,13 @@ def main(argv: list[str]) -> int:
     out = ns.out or ns.folder.with_name(ns.folder.name + "-pruned")
     size = sum(LazyCheckpoint(ns.folder).get(k).numel() for k in LazyCheckpoint(ns.folder).names())
     torch.set_num_threads(2)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     report = gp.hf.prune(ns.folder, out=out, calib=calib, ratio=ns.ratio, allocation=ns.allocation,
                          measure_latency=False)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     row = {"folder": str(ns.folder), "params": size, "params_after": report.params_after, "ratio": ns.ratio,
            "calib": ns.calib, "allocation": ns.allocation, "seconds": round(seconds, 1),
+           "cpu_seconds": round(cpu, 1), "load_avg_1min": round(os.getloadavg()[0], 1),
            "peak_rss_gib": round(report.peak_rss / 2**30, 2), "blocks": len(report.layers)}
     t = time.perf_counter()
     model = gp.hf.load_pruned(out)
