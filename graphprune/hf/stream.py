@@ -32,7 +32,7 @@ from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tens
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay
 from ..options import PruneOptions
-from ..planning.memory import gib, peak_rss
+from ..planning.memory import gib, peak_rss, trim_heap
 from ..report.prune_report import PruneReport
 from ..util.progress import progress_line
 from .inputs import prepare
@@ -309,6 +309,7 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     blocks[i] = block.to("meta")  # dropped: the next block's turn
     ckpt.release()  # and the shard pages its weights were read from
     gc.collect()
+    trim_heap()
     return nxt
 
 
