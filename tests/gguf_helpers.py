@@ -196,3 +196,35 @@ def logits_reference(path, ids: list[int]) -> np.ndarray:
         x = _lin(t, f"{p}.ffn_down", gate / (1 + np.exp(-gate)) * _lin(t, f"{p}.ffn_up", h)) + ffn_inp
     x = _rms(x, t["output_norm.weight"], eps)
     return x @ t.get("output.weight", t["token_embd.weight"]).T
+
+
+# ------------------------------------------------------------------ llama.cpp itself (llama-cpp-python)
+
+# largest logit difference relative to the largest |logit| (docs/gguf.md): f32 with a float32 KV cache
+# against the model; f16 with llama.cpp's f16 cache against the model rounded to float16; q8_0 against the model
+TOL = {"f32": 1e-3, "f16": 2e-2, "q8_0": 5e-2}
+
+
+def llama_cpp_logits(path, ids: list[int], f32_cache: bool) -> np.ndarray:
+    """llama.cpp's logits at every position of ``ids`` (2 threads; float32 KV cache if asked, else its f16 default)."""
+    import llama_cpp
+
+    kw = dict(type_k=0, type_v=0) if f32_cache else {}  # 0: GGML_TYPE_F32
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(64, len(ids)), n_batch=max(64, len(ids)), logits_all=True,
+                          n_threads=2, seed=0, verbose=False, **kw)
+    llm.eval(ids)
+    out = np.array(llm.scores[:len(ids)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+def assert_logits_close(got: np.ndarray, want: np.ndarray, tol: float, what) -> float:
+    """Largest difference within ``tol`` of the largest |logit|; the next token the same wherever
+    PyTorch's top two logits are further apart than twice that (random tiny models have near ties)."""
+    scale = float(np.abs(want).max())
+    err = float(np.abs(got - want).max()) / scale
+    assert err <= tol, (what, err)
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * tol * scale
+    assert np.array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear]), what
+    return err
