@@ -3,9 +3,12 @@
 EfficientNet-Lite0 with its ImageNet weights (tools/fetch_vision.py) is pruned with the default call
 at 20% and 50% fewer MACs, calibrated on the first ``--calib`` real photos (augmented: seeded random
 resized crops and flips of them, ``--augment`` per photo) and scored on the *other* photos: top-1
-agreement of the pruned model's predictions with the original's. Beside it: weight magnitude without
-data, and ``graphprune.recover`` (distillation from the original, ``--recover-s`` seconds on the
-augmented calibration photos) after the default call.
+agreement of the pruned model's predictions with the original's, with tools/diag_cnn.py's measures of
+confidence (agreement where the original is confident, mean KL, relative logit error) on those photos
+and on ``--test-augment`` seeded crops/flips of each; the first row is the noise floor (the original
+on its flipped photos). Beside it: weight magnitude without data, and ``graphprune.recover``
+(distillation from the original, ``--recover-s`` seconds on the augmented calibration photos) after
+the default call. tools/diag_cnn.py tries other variants and measures each group alone.
 
     .venv/bin/python tools/bench_oneshot.py                       # writes docs/data/oneshot.json
     .venv/bin/python tools/bench_oneshot.py --macs 0.8 --recover-s 0
@@ -53,6 +56,7 @@ def augment(x: torch.Tensor, per: int, seed: int = 0) -> torch.Tensor:
 
 
 def main() -> int:
+    import diag_cnn
     import vision_data as vd
 
     import graphprune as gp
@@ -62,6 +66,7 @@ def main() -> int:
     p.add_argument("--macs", nargs="*", type=float, default=[0.8, 0.5])
     p.add_argument("--calib", type=int, default=16, help="photos used for calibration (the rest score)")
     p.add_argument("--augment", type=int, default=4, help="augmented copies per calibration photo")
+    p.add_argument("--test-augment", type=int, default=4, help="seeded crops/flips per held-out photo, scored too")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--recover-s", type=float, default=600.0, help="seconds of recovery (0: none)")
     p.add_argument("--only", nargs="*", default=None, help="variants to run (their names in the table)")
@@ -73,8 +78,23 @@ def main() -> int:
     calib_x, test_x = x[:ns.calib], x[ns.calib:]
     data = torch.cat([calib_x, augment(calib_x, ns.augment)]) if ns.augment else calib_x
     calib = [(data[i:i + ns.batch],) for i in range(0, len(data), ns.batch)]
-    ref = vd.run(model, test_x)
-    rows = []
+    crops = augment(test_x, ns.test_augment, seed=1) if ns.test_augment else test_x[:0]
+    ref, ref_crops = vd.run(model, test_x), vd.run(model, crops)
+
+    def scored(m) -> dict:
+        """Agreement on the held-out photos, with diag_cnn's confidence measures (KL, agreement where
+        the original is confident) and the same on seeded crops/flips of the held-out photos."""
+        out = {"agreement": vd.agreement(ref, vd.run(m, test_x))}
+        out["held_out"] = diag_cnn.scores(ref, vd.run(m, test_x))
+        if len(crops):
+            out["held_out_crops"] = diag_cnn.scores(ref_crops, vd.run(m, crops))
+        return out
+
+    rows = [{"model": ns.model, "macs": 1.0, "variant": "original, held-out photos flipped (noise floor)",
+             "seconds": 0.0,
+             "agreement": vd.agreement(ref, vd.run(model, test_x.flip(-1))),
+             "held_out": diag_cnn.scores(ref, vd.run(model, test_x.flip(-1)))}]
+    print(json.dumps(rows[0]), flush=True)
     for macs in ns.macs:
         variants = {"magnitude, no data": dict(calib=None), "default call, calibrated": dict(calib=calib),
                     "allocation='sensitivity', calibrated": dict(calib=calib, allocation="sensitivity")}
@@ -85,23 +105,27 @@ def main() -> int:
                 warnings.simplefilter("ignore")
                 pruned, rep = gp.prune(copy.deepcopy(model), (x[:1],), budget={"macs": macs}, runtime=None, **kw)
             row = {"model": ns.model, "macs": macs, "variant": name, "seconds": time.perf_counter() - t,
-                   "agreement": vd.agreement(ref, vd.run(pruned, test_x)), "calib_images": len(data),
-                   "test_images": len(test_x)}
+                   **scored(pruned), "calib_images": len(data), "test_images": len(test_x), "test_crops": len(crops)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if kw["calib"] is not None and ns.recover_s > 0 and "allocation" not in kw:
                 t = time.perf_counter()
                 res = gp.recover(pruned, model, calib, time_s=ns.recover_s)
                 row = dict(row, variant=name + " + recover", seconds=row["seconds"] + time.perf_counter() - t,
-                           agreement=vd.agreement(ref, vd.run(pruned, test_x)), recover_steps=res.steps)
+                           **scored(pruned), recover_steps=res.steps)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
     ns.json.write_text(json.dumps(rows, indent=1))
-    print("| model | MACs kept | variant | top-1 agreement (held-out photos) | time |")
-    print("|---|---|---|---|---|")
+    print("| model | MACs kept | variant | top-1 agreement (photos) | where confident | KL | agreement (crops) "
+          "| time |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['macs']:.0%} | {r['variant']} | {r['agreement']:.2f} | {r['seconds']:.0f} s |")
+        h, c = r["held_out"], r.get("held_out_crops") or {}
+        conf = h.get("agreement_confident")
+        print(f"| {r['model']} | {r['macs']:.0%} | {r['variant']} | {r['agreement']:.2f} | "
+              f"{'-' if conf is None else f'{conf:.2f}'} ({h.get('confident', 0)}) | {h.get('kl', float('nan')):.2f} | "
+              f"{c.get('agreement', float('nan')):.2f} | {r['seconds']:.0f} s |")
     return 0
 
 
