@@ -62,7 +62,9 @@ def test_pruned_smollm2_runs_in_llama_cpp_like_pytorch(smollm2, dtype, tmp_path)
     for ids in rows(tok):
         with torch.no_grad():
             want = ref(input_ids=torch.tensor([ids])).logits[0].numpy()
-        got = llama_cpp_logits(out.path, ids, f32_cache=dtype == "f32")
+        # float32 KV cache for both: over 30 real layers llama.cpp's f16 cache alone moves logits by ~2.3e-2
+        # of the largest (measured), which says nothing about the file; the f16 weights are in `ref`
+        got = llama_cpp_logits(out.path, ids, f32_cache=True)
         assert_logits_close(got, want, TOL[dtype], ("SmolLM2 pruned", dtype))
 
 
