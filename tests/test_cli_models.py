@@ -138,7 +138,7 @@ def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     (["prune", "cli_net:missing", "-o", "o.onnx"], "has no 'missing'"),
     (["prune", "cli_net:broken", "-o", "o.onnx"], "raised RuntimeError: no weights here"),
     (["prune", "cli_net:make", "-o", "o.onnx"], "--input-shape"),
-    (["prune", "cli_net:make_with_inputs", "-o", "o.txt"], "write .onnx, .pt, or a folder"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o.txt"], "write .onnx, .pt, .gguf, or a folder"),
     (["prune", "resnet9000", "-o", "o.onnx"], "zoo name"),
     (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "2"], "ratio must be a number in [0, 1)"),
     (["prune", "cli_net:make_with_inputs", "-o", "o", "--targets", "wings"], "unknown target 'wings'"),
