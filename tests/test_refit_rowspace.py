@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_refit_scale import _llama
 
 import graphprune as gp
 from graphprune.calib import compensate, sites
@@ -125,16 +126,8 @@ def test_statistics_keep_the_samples_while_they_are_fewer_than_the_features(monk
     assert st.gram.n == 40
 
 
-def _llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    cfg.architectures = ["LlamaForCausalLM"]
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
 def test_a_streamed_prune_plans_and_refits_alike_on_either_route(tmp_path, monkeypatch):
-    _llama().save_pretrained(tmp_path / "src")
+    _llama(layers=2).save_pretrained(tmp_path / "src")  # tests/test_refit_scale.py's tiny Llama
     g = torch.Generator().manual_seed(1)
     calib = [{"input_ids": torch.randint(0, 256, (2, 12), generator=g)} for _ in range(2)]  # 48 tokens < 64, 128
     runs, calls, solve = {}, [], compensate.refit_rows
