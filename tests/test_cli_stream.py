@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,17 +136,30 @@ def test_what_streaming_cannot_do_is_refused_naming_no_stream(ckpt, text, tmp_pa
     assert not (tmp_path / "out").exists() and not (tmp_path / "rep").exists()
 
 
-def test_streaming_without_calib_or_to_a_file_or_under_torchrun_is_refused(ckpt, text, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_streaming_without_calib_or_to_a_file_is_refused(ckpt, text, tmp_path, capsys):
     assert _cli(ckpt, "-o", tmp_path / "out", "--stream") == 2
     assert "give --calib" in capsys.readouterr().err
     assert _cli(ckpt, "-o", tmp_path / "m.onnx", "--calib", text, "--seq-len", 24, "--stream") == 2
     assert "give -o a folder" in capsys.readouterr().err
-    monkeypatch.setattr(cli_stream, "active", lambda: True)
-    monkeypatch.setattr(cli_stream, "world", lambda: (0, 2))
-    assert _cli(ckpt, "-o", tmp_path / "out", "--calib", text, "--seq-len", 24, "--stream") == 2
-    assert "torchrun runs 2 processes" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_torchrun_streams_with_each_rank_on_its_slice_and_rank_0_writing(ckpt, text, tmp_path):
+    """``torchrun --nproc-per-node 2 -m graphprune prune FOLDER -o OUT --stream``: one folder, written
+    by rank 0, with the plans one process makes (tests/test_stream_distributed.py compares weights)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRAPHPRUNE_PROGRESS": "0"}
+    args = ["prune", str(ckpt), "--stream", "--calib", str(text), "--seq-len", "24", "--calib-samples", "4",
+            "--calib-batch", "1", *FAST]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "graphprune", *args, "-o", str(tmp_path / "ranks")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("streamed block by block") == 1  # one report printed: rank 0's
+    assert _cli(*args[1:], "-o", tmp_path / "one") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "ranks"]
+    plans = [json.loads((tmp_path / d / "graphprune.json").read_text())["layers"] for d in ("one", "ranks")]
+    assert plans[0] == plans[1] and any(plans[0].values())
 
 
 def test_a_failure_after_the_prune_leaves_no_partial_folder(ckpt, text, tmp_path, capsys, monkeypatch):

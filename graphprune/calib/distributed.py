@@ -82,6 +82,31 @@ def same_on_all(obj):
     return box[0]
 
 
+def owner(k: int, n: int) -> int:
+    """The rank whose :func:`shard` of ``n`` batches holds batch ``k``."""
+    size = world()[1]
+    return next(r for r in range(size) if n * r // size <= k < n * (r + 1) // size)
+
+
+def share(n: int, compute, like) -> list:
+    """``[compute(k) for k in range(n)]`` on every rank, each tensor computed only by the rank whose
+    shard holds it and broadcast from there (the streamed prune's block outputs: each rank runs its
+    slice forward, and every rank has every next input). ``like(k)``: a tensor of batch ``k``'s
+    shape and dtype, where this rank receives it."""
+    if not active():
+        return [compute(k) for k in range(n)]
+    rank = world()[0]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = []
+    for k in range(n):
+        src = owner(k, n)
+        t = (compute(k) if src == rank else torch.empty_like(like(k))).contiguous()
+        moved = t.to(device)
+        dist.broadcast(moved, src=src)
+        out.append(moved.to(t.device))
+    return out
+
+
 def items_before(counts: list[int]) -> tuple[list[int], list[int]]:
     """Per counter (one per site: items this rank saw), the items the ranks before this one saw,
     and the total over all ranks."""

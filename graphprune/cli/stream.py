@@ -6,8 +6,9 @@ when ``--stream`` is given, or when the in-memory prune's peak, estimated on the
 any weight is read (graphprune/hf/choose.py), exceeds ``--max-memory`` (default: the memory available
 now, less a margin). ``--no-stream`` keeps the in-memory prune and refuses, before loading, one whose
 estimate does not fit. What the streamed prune cannot do (a ``--budget``, ``--recover-steps``, an
-.onnx OUT, several torchrun processes...) is refused with ``--stream`` and named when the model
-does not fit in memory.
+.onnx OUT...) is refused with ``--stream`` and named when the model
+does not fit in memory. Under ``torchrun`` every rank streams the blocks in lockstep, calibrating its
+slice of the batches; rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import graphprune as gp
 
-from ..calib.distributed import active, gather, world
+from ..calib.distributed import active, gather, is_writer
 from ..errors import GraphpruneError, PlanError
 from ..io.checkpoint_doc import PLAN_FILE
 from ..io.sources import Source, copy_side_files
@@ -74,9 +75,6 @@ def blockers(ns, calib) -> list[str]:
     for flag, given in (("--report", ns.report), ("--layers", ns.layers), ("--plot-layers", ns.plot_layers)):
         if given:
             out.append(f"{flag} reports one whole model, not block by block: drop {flag}")
-    if active():
-        out.append(f"torchrun runs {world()[1]} processes and the streamed prune does not shard its calibration "
-                   "over ranks yet: run it in one process")
     return out
 
 
@@ -129,6 +127,9 @@ def run(ns, options: PruneOptions, choice: Choice) -> int:
     out = Path(ns.output)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PLAN_FILE).exists())):
         raise GraphpruneError(f"-o {out} exists and is not a folder graphprune wrote; choose another -o")
+    if not is_writer():  # under torchrun: this rank calibrates its slice of every block; rank 0 writes
+        gp.hf.prune(ns.model, out=out, options=options.replace(calib=choice.calib))
+        return 0
     step(1, 2, f"pruning {ns.model} block by block ({choice.why})", ns.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

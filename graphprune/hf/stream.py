@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..api.torch_models import prune as prune_module
-from ..calib import sites
+from ..calib import distributed, sites
 from ..errors import PlanError
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
@@ -203,7 +203,9 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
             mod.to("meta")
     ckpt.release()
     dtype = ckpt.dtype()
-    writer = ShardWriter(out, max_shard_bytes)
+    # under torch.distributed every rank prunes each block on its slice of the batches (the statistics
+    # are summed over the ranks, so the plans agree) and rank 0 alone writes
+    writer = ShardWriter(out, max_shard_bytes) if distributed.is_writer() else _NoWriter()
     report = StreamReport(path=str(out))
     doc = CheckpointDoc(architecture=type(model).__name__, original_config=config.to_dict(), format=FORMAT)
     try:
@@ -272,8 +274,8 @@ def _next_options(opts: PruneOptions, r: PruneReport, left: int, notes: list[str
             if site.lam is not None and f > RIDGE_CARRY and not sites.rows_route(f + 1, tokens):
                 carried[site.weight.rpartition(".")[0]] = site.lam
         opts = opts.replace(ridge=carried or None)
-    a = r.allocation
-    if opts.allocation == "auto" and a is not None and a.seconds * left > STREAM_ALLOC_S:
+    a = r.allocation  # a timing: rank 0's decides for every rank, so their plans agree
+    if opts.allocation == "auto" and a is not None and distributed.same_on_all(a.seconds * left > STREAM_ALLOC_S):
         notes.append(f"allocation: uniform after the first block; measuring each block's sensitivity took "
                      f"{a.seconds:.0f} s there, {a.seconds * left:.0f} s more for the {left} left (over "
                      f"{STREAM_ALLOC_S:.0f} s): pass allocation='sensitivity' to spend it")
@@ -305,12 +307,30 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     report.params_after += sum(p.numel() for p in block.parameters())
     for n, t in block.state_dict().items():
         writer.add(f"{prefix}.{n}", t.to(dtype) if t.is_floating_point() else t)
-    nxt = [dict(x, hidden_states=_output(block, x)) for x in inputs]
+    # each rank runs its slice forward; the outputs are shared, so every rank has every next input
+    hidden = distributed.share(len(inputs), lambda k: _output(block, inputs[k]), lambda k: inputs[k]["hidden_states"])
+    nxt = [dict(x, hidden_states=h) for x, h in zip(inputs, hidden)]
     blocks[i] = block.to("meta")  # dropped: the next block's turn
     ckpt.release()  # and the shard pages its weights were read from
     gc.collect()
     trim_heap()
     return nxt
+
+
+class _NoWriter:
+    """The writer of a rank other than 0: the tensors are rank 0's to write."""
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, side_files=None) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
 
 def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -> torch.nn.Module:
