@@ -14,8 +14,8 @@ import torch
 
 from ..errors import GraphpruneError
 from ..oracle import max_abs_diff, scaled_diff
-from ..util.atomic import atomic_path
 from ..util.torch_compat import tree_leaves
+from .onnx_save import EXTERNAL_BYTES, onnx_destination
 
 
 @dataclass
@@ -92,7 +92,9 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             dynamic_shapes = {k: ({0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None)
                               for k, v in kwargs.items()}
     model.eval()
-    with atomic_path(path, ".onnx.tmp") as tmp_path:
+    # past 2 GB of weights (protobuf's limit) they go to external data, path's name + ".data" beside it
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) >= EXTERNAL_BYTES
+    with onnx_destination(path) as tmp_path:
         tmp = str(tmp_path)
         note = ""
         with quiet_torch(), _attention_fallback(model) as use_eager:
@@ -116,7 +118,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                 note = errors[0]
             if eager:
                 note = (note + "; " if note else "") + "exported with eager attention (SDPA did not decompose)"
-            prog.save(tmp)
+            prog.save(tmp, external_data=big)
         onnx.checker.check_model(tmp, full_check=True)
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]

@@ -17,9 +17,9 @@ from onnx import numpy_helper
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
 from ..frontends.onnx_lower import freeze_unreachable, input_dims, load_model, lower, probe_inputs, with_outputs
+from ..io.onnx_save import save_onnx
 from ..planning.measure import best_of
 from ..planning.plan import keep_masks
-from ..util.atomic import write_bytes_atomic
 from .base import Masks, OnCapture, Program
 
 
@@ -249,8 +249,7 @@ class OnnxProgram(Program):
         return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
 
     def save(self, dst: str | Path) -> Path:
-
-        return write_bytes_atomic(dst, self.model.SerializeToString(deterministic=True))
+        return save_onnx(self.model, dst)  # external data beside it past 2 GB (io/onnx_save.py)
 
 
 def _add_biases(model: onnx.ModelProto, dg, plan, comp) -> int:

@@ -18,14 +18,14 @@ def atomic_path(dst: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the file gets what open() would give
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the file gets what open() would give
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
@@ -34,7 +34,7 @@ def _umask() -> int:
 def public_tree(path: str | os.PathLike) -> None:
     """Give a folder made by ``tempfile.mkdtemp`` and what was written in it the modes ``mkdir``
     and ``open`` would give them (mkdtemp, and safetensors' writer, make them private)."""
-    mask = _umask()
+    mask = current_umask()
     for root, dirs, files in os.walk(path):
         os.chmod(root, 0o777 & ~mask)
         for f in files:
