@@ -94,7 +94,15 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         raise GraphpruneError("--gguf-type and --quant apply to a .gguf OUT only")
     check_quant(ns.quant)
     _check_recover(ns, kind)
+    if ns.calib_generated is not None and ns.calib_generated < 1:
+        raise GraphpruneError(f"--calib-generated must be >= 1 sequences, got {ns.calib_generated}")
+    if ns.calib_generated and kind not in ("hf", "saved"):
+        raise GraphpruneError(f"--calib-generated samples text from a transformers causal LM, not a {kind} model: "
+                              "drop it and give --calib")
     choice = stream.choose(ns, kind, options)  # a transformers folder: in memory or block by block (cli/stream.py)
+    if choice is not None and choice.stream and ns.calib_generated:
+        raise GraphpruneError("--calib-generated samples text from the whole model, which the streamed prune never "
+                              f"holds ({choice.why}): drop --calib-generated, or --no-stream with more --max-memory")
     if choice is not None and choice.stream:
         return stream.run(ns, options, choice)
     t = time.perf_counter()
@@ -174,7 +182,7 @@ def _onnx(ns, calib, options: PruneOptions, input_shapes, inputs):
 def _torch(src, calib, options: PruneOptions, ns):
     options = options.replace(calib=calib)
     if src.is_hf:
-        return gp.hf.prune(src.model, inputs=src.kwargs, options=options)
+        return gp.hf.prune(src.model, inputs=src.kwargs, options=options, generated=ns.calib_generated or 0)
     return gp.prune(src.model, src.args, src.kwargs, options=options)
 
 
@@ -263,6 +271,9 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--calib-tokens", type=int, default=None, metavar="N",
                     help="stop taking --calib batches once N real tokens (attention mask 1; samples for "
                          "non-token inputs) were seen (default: every batch)")
+    pr.add_argument("--calib-generated", type=int, default=None, metavar="N",
+                    help="transformers causal LMs: add N sequences the model samples itself (from its BOS token) to "
+                         "--calib, or calibrate on them alone: a repair that holds beyond one kind of text")
     pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
                     help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
                          "distillation on the --calib batches, a tenth held out; graphprune.recover)")

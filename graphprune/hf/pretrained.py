@@ -14,6 +14,7 @@ from ..options import PruneOptions
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
 from .choose import load_if_fits
+from .generated import generated_batches, mix
 from .inputs import example_inputs, prepare
 from .stream import stream_prune
 from .sync import sync_config
@@ -52,6 +53,8 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     replaces ``ratio`` with a target; ``runtime``, ``round_to`` and ``measure_latency`` as in
     :func:`graphprune.prune`.
 
+    ``generated=N`` (a causal LM) adds N sequences the model samples itself (hf/generated.py) to ``calib``.
+
     ``uniform=True`` keeps every layer's head and FFN counts equal (the data still choose which units
     each layer drops), so the output loads with ``from_pretrained`` and in vLLM without graphprune;
     ``report.sync`` says which form was produced and how to load it.
@@ -66,19 +69,16 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
         >>> model, report = graphprune.hf.prune(model, ratio=0.25, targets=("heads", "ffn"))  # doctest: +SKIP
         >>> print(report.sync)                                                              # doctest: +SKIP
     """
-    if ratio is not None:
-        given["ratio"] = ratio
+    given.update({"ratio": ratio} if ratio is not None else {})
+    generated = _check_generated(given.pop("generated", 0))
     if isinstance(model, (str, os.PathLike)) and out is not None:
-        if given.get("uniform") or (options is not None and options.uniform):
-            raise PlanError("uniform=True is not available for a streamed prune (out=) yet: load the model and "
-                            "prune it in memory, or drop uniform=True (graphprune.hf.load_pruned reloads the output)")
-        return stream_prune(model, out, given.pop("calib", None) or (options.calib if options else None),
-                            options=options, **given)
+        return _streamed(model, out, options, generated, given)
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
         model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs)
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
     opts, head_note = loadable_heads(model, opts)
     prepare(model)
+    opts, gen_note = _with_generated(model, opts, generated) if generated else (opts, None)
     calib = [dict(b) for b in opts.calib] if opts.calib is not None else None
     if inputs is None:
         inputs = dict(calib[0]) if calib else example_inputs(model)
@@ -91,8 +91,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     graph = graph or api.trace(model, (), inputs)
     model, report = api.prune(model, (), inputs, graph=graph, plan_=plan_, options=opts)
     plan = report.plan
-    if head_note:
-        report.notes.append(head_note)
+    report.notes += [n for n in (head_note, gen_note) if n]
     report.sync = sync_config(model, graph, plan)
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []
     if added and report.sync is not None and report.sync.loadable:
@@ -104,6 +103,40 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
         (before.history if before else []) + [PlanStep(plan, added)], architecture=type(model).__name__,
         original_config=before.original_config if before else original.to_dict(), kwargs=_input_spec(inputs)))
     return model, report
+
+
+def _streamed(folder, out, options: PruneOptions | None, generated: int, given: dict):
+    """A checkpoint folder pruned block by block into ``out`` (hf/stream.py), after its refusals."""
+    if generated:
+        raise PlanError("generated= samples text from the whole model, which a streamed prune (out=) never holds: "
+                        "load the model and prune it in memory, or drop generated=")
+    if given.get("uniform") or (options is not None and options.uniform):
+        raise PlanError("uniform=True is not available for a streamed prune (out=) yet: load the model and "
+                        "prune it in memory, or drop uniform=True (graphprune.hf.load_pruned reloads the output)")
+    return stream_prune(folder, out, given.pop("calib", None) or (options.calib if options else None),
+                        options=options, **given)
+
+
+def _check_generated(n) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise PlanError(f"generated must be a whole number of sequences >= 0 (0: none), not {n!r}")
+    return n
+
+
+def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple[PruneOptions, str]:
+    """``opts`` with ``n`` sequences the model writes itself (hf/generated.py) alternating with the
+    given batches, as long as the longest given sequence and in batches of the first one's size."""
+    if not _is_causal_lm(model):
+        raise PlanError(f"generated= samples text from a causal language model; {type(model).__name__} is not one: "
+                        "drop generated= and pass calib=")
+    given = [dict(b) for b in opts.calib] if opts.calib is not None else []
+    longest = getattr(model.config, "max_position_embeddings", None) or 128
+    seq_len = max((int(b["input_ids"].shape[-1]) for b in given if "input_ids" in b), default=min(128, longest))
+    batch = int(given[0]["input_ids"].shape[0]) if given and "input_ids" in given[0] else 8
+    extra = generated_batches(model, n=n, seq_len=seq_len, batch_size=batch)
+    note = (f"calibration: {n} sequences of {seq_len} tokens the model wrote itself (from its BOS token, temperature "
+            f"1, seed 0), alternating with the {len(given)} batch(es) given")
+    return opts.replace(calib=mix(given, extra)), note
 
 
 def _is_causal_lm(model: torch.nn.Module) -> bool:

@@ -1,0 +1,91 @@
+"""Calibration text the model writes itself (graphprune/hf/generated.py, ``hf.prune(generated=N)``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.errors import PlanError
+from graphprune.hf.generated import generated_batches, mix
+
+transformers = pytest.importorskip("transformers")
+
+
+def _llama() -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=1, eos_token_id=2, use_cache=False)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_batches_are_seeded_samples_of_the_model():
+    model = _llama()
+    a = generated_batches(model, n=5, seq_len=6, batch_size=2)
+    assert [b["input_ids"].shape for b in a] == [(2, 6), (2, 6), (1, 6)]
+    assert all(torch.equal(b["attention_mask"], torch.ones_like(b["input_ids"])) for b in a)
+    b = generated_batches(model, n=5, seq_len=6, batch_size=2)
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))  # the same seed, the same text
+    c = generated_batches(model, n=5, seq_len=6, batch_size=2, seed=1)
+    assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c))
+    assert not model.training
+
+
+def test_near_zero_temperature_is_the_greedy_continuation_computed_without_a_cache():
+    model = _llama()
+    got = generated_batches(model, n=3, seq_len=8, batch_size=3, temperature=1e-6)[0]["input_ids"]
+    seq = torch.full((3, 1), model.config.bos_token_id)
+    with torch.no_grad():
+        for _ in range(8):  # the whole sequence again each step: no KV cache to get wrong
+            seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got, seq[:, 1:])
+
+
+def test_mix_alternates_and_keeps_the_rest():
+    assert mix(["a", "b", "c"], [1]) == ["a", 1, "b", "c"]
+    assert mix(None, [1, 2]) == [1, 2]
+
+
+def test_prune_calibrates_on_generated_text_alone_or_mixed():
+    g = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=g)} for _ in range(2)]
+    opts = dict(ratio=0.5, measure_latency=False, allocation="uniform")
+    model, report = gp.hf.prune(_llama(), generated=4, **opts)  # no data at all: the model's own text
+    assert report.compensation is not None and report.compensation.sites  # calibrated, so refit
+    assert any("4 sequences of 128 tokens the model wrote itself" in n for n in report.notes), report.notes
+    mixed, report = gp.hf.prune(_llama(), calib=calib, generated=4, **opts)
+    assert any("4 sequences of 10 tokens" in n and "the 2 batch(es) given" in n for n in report.notes), report.notes
+    alone, _ = gp.hf.prune(_llama(), calib=calib, **opts)
+    # the generated batches change what the repair was fit on
+    assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), alone.state_dict().values()))
+
+
+def test_generated_is_refused_where_it_cannot_work(tmp_path):
+    with pytest.raises(PlanError, match="whole number"):
+        gp.hf.prune(_llama(), generated=-1)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64)
+    with pytest.raises(PlanError, match="not one"):
+        gp.hf.prune(transformers.BertModel(cfg).eval(), generated=2)
+    _llama().save_pretrained(tmp_path / "src")
+    with pytest.raises(PlanError, match="streamed prune"):
+        gp.hf.prune(tmp_path / "src", out=tmp_path / "out", generated=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    with pytest.raises(PlanError, match="temperature"):
+        generated_batches(_llama(), n=1, temperature=0)
+
+
+def test_cli_calibrates_a_folder_on_generated_text_and_refuses_it_elsewhere(tmp_path, capsys):
+    from graphprune.cli.main import main
+
+    _llama().save_pretrained(tmp_path / "src")
+    assert main(["prune", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--calib-generated", "3",
+                 "--ratio", "0.5", "--no-latency", "--allocation", "uniform"]) == 0
+    out = capsys.readouterr().out
+    assert "3 sequences of 64 tokens the model wrote itself" in out, out  # capped at its 64 positions
+    assert gp.hf.load_pruned(tmp_path / "out").model.layers[0].mlp.up_proj.out_features == 32
+    assert main(["prune", "resnet18", "-o", str(tmp_path / "r.pt"), "--calib-generated", "3"]) == 2
+    assert "not a zoo model" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "src"), "-o", str(tmp_path / "o2"), "--calib-generated", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
