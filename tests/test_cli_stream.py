@@ -120,7 +120,7 @@ def test_no_stream_with_too_little_memory_is_refused_before_loading(ckpt, tmp_pa
 
 
 @pytest.mark.parametrize("extra, says", [
-    (["--budget", "params=0.5"], "--budget is spent across the whole model"),
+    (["--budget", "params=0.5", "--allocation", "global"], "--allocation global spends --budget"),
     (["--recover-steps", "2"], "--recover-steps distils"),
     (["--report", "REP"], "--report reports one whole model"),
 ])
@@ -134,6 +134,19 @@ def test_what_streaming_cannot_do_is_refused_naming_no_stream(ckpt, text, tmp_pa
     err = capsys.readouterr().err
     assert says in err and "more than --max-memory" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "rep").exists()
+
+
+def test_stream_meets_a_params_budget(ckpt, text, tmp_path, capsys):
+    out = tmp_path / "budget"
+    assert _cli(ckpt, "-o", out, "--calib", text, "--seq-len", 24, "--calib-samples", 4, "--calib-batch", 2,
+                "--stream", "--budget", "params=0.7", "--json", "--no-latency", "--round-to", "1", "--allocation",
+                "uniform", *NO_REFIT) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["params_before"] == 820_352  # the tiny preset's parameters (make_llama_checkpoint.py)
+    assert 0.69 * 820_352 < doc["params_after"] <= round(0.7 * 820_352)  # the blocks carry the embeddings' share
+    assert any(n.startswith("budget: params 574,246 of 820,352") for n in doc["notes"]), doc["notes"]
+    assert sum(p.numel() for p in gp.hf.load_pruned(out).parameters()) == doc["params_after"]
+    assert _leftovers(tmp_path, "budget") == ["budget"]
 
 
 def test_streaming_without_calib_or_to_a_file_is_refused(ckpt, text, tmp_path, capsys):

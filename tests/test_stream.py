@@ -85,8 +85,8 @@ def test_calibrated_streamed_prune_repairs_like_the_in_memory_one(tmp_path):
 
 def test_refusals_and_failures_leave_nothing_behind(tmp_path, monkeypatch):
     _llama().save_pretrained(tmp_path / "src")
-    with pytest.raises(gp.PlanError, match="a budget is spent across the whole model"):
-        gp.hf.prune(tmp_path / "src", out=tmp_path / "o1", calib=_calib(), budget={"params": 0.5})
+    with pytest.raises(gp.PlanError, match="allocation='global' spends a budget across the whole model"):
+        gp.hf.prune(tmp_path / "src", out=tmp_path / "o1", calib=_calib(), budget={"params": 0.5}, allocation="global")
     with pytest.raises(gp.PlanError, match="Pass out="):  # in memory where it fits; refused here
         gp.hf.prune(tmp_path / "src", calib=_calib(), max_memory="1MiB")
     with pytest.raises(gp.PlanError, match="calibrates each block"):

@@ -5,10 +5,11 @@ A transformers checkpoint folder (config.json + safetensors) is pruned block by 
 when ``--stream`` is given, or when the in-memory prune's peak, estimated on the meta device before
 any weight is read (graphprune/hf/choose.py), exceeds ``--max-memory`` (default: the memory available
 now, less a margin). ``--no-stream`` keeps the in-memory prune and refuses, before loading, one whose
-estimate does not fit. What the streamed prune cannot do (a ``--budget``, ``--recover-steps``, an
-.onnx OUT...) is refused with ``--stream`` and named when the model
-does not fit in memory. Under ``torchrun`` every rank streams the blocks in lockstep, calibrating its
-slice of the batches; rank 0 alone writes.
+estimate does not fit. What the streamed prune cannot do (``--recover-steps``, a latency ``--budget``,
+an .onnx OUT...) is refused with ``--stream`` and named when the model does not fit in memory; a MACs
+or parameter ``--budget`` is met by the blocks alone (graphprune/hf/stream_budget.py). Under
+``torchrun`` every rank streams the blocks in lockstep, calibrating its slice of the batches; rank 0
+alone writes.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..errors import GraphpruneError, PlanError
 from ..io.checkpoint_doc import PLAN_FILE
 from ..io.sources import Source, copy_side_files
 from ..options import PruneOptions
+from ..planning.budget import key_values
 from ..planning.depth import BLOCK_TARGETS
 from ..planning.memory import ADVICE, gib
 from ..util.atomic import public_tree
@@ -60,9 +62,12 @@ def blockers(ns, calib) -> list[str]:
     out = []
     if not calib:
         out.append("it calibrates each block on the outputs of the pruned blocks before it: give --calib")
-    if ns.budget:
-        out.append("--budget is spent across the whole model and it plans one block at a time: give --ratio "
-                   "(and --ratios by kind) instead")
+    if ns.budget and getattr(ns, "allocation", None) == "global":
+        out.append("--allocation global spends --budget by every block's scores, and it holds one block at a time: "
+                   "give --allocation uniform (or sensitivity, within each block)")
+    if ns.budget and {"latency_ms", "speedup"} & set(key_values(ns.budget)):
+        out.append("a latency or speedup --budget is measured on the whole model, which it never runs: give "
+                   "macs= or params=")
     if any(t in BLOCK_TARGETS for t in ns.targets or ()):
         out.append("--targets blocks ranks every block against the others: drop 'blocks'")
     if getattr(ns, "uniform", False):
@@ -147,7 +152,7 @@ def run(ns, options: PruneOptions, choice: Choice) -> int:
     if ns.json:
         print(json.dumps({"streamed": True, "why": choice.why, "path": report.path,
                           "params_before": report.params_before, "params_after": report.params_after,
-                          "seconds": report.seconds, "peak_rss": report.peak_rss,
+                          "seconds": report.seconds, "peak_rss": report.peak_rss, "notes": report.notes,
                           "estimate_in_memory": choice.estimate.to_dict() if choice.estimate is not None else None,
                           "layers": {k: r.to_dict() for k, r in report.layers.items()}},
                          indent=1, sort_keys=True, default=str))

@@ -35,6 +35,7 @@ from ..options import PruneOptions
 from ..planning.memory import gib, peak_rss, trim_heap
 from ..report.prune_report import PruneReport
 from ..util.progress import progress_line
+from . import stream_budget
 from .inputs import prepare
 
 STREAM_DEFAULTS = {"ratio": 0.3, "targets": ("heads", "ffn")}
@@ -179,18 +180,20 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     """Prune the transformers checkpoint in ``folder`` block by block into ``out`` (see the module
     docstring). ``calib``: keyword batches (``{"input_ids": ..., "attention_mask": ...}``). Options
     as :class:`graphprune.PruneOptions` (here heads and FFN units, ratio 0.3, by default), applied
-    to each block; a budget needs the whole model and is refused."""
+    to each block; a MACs / parameter ``budget`` is the whole model's, met by the blocks alone
+    (hf/stream_budget.py)."""
     t0 = time.perf_counter()
     opts = PruneOptions.of(options, defaults=STREAM_DEFAULTS, **given)
     if opts.budget is not None:
-        raise PlanError("a budget is spent across the whole model; the streamed prune plans one block at a time: "
-                        "give ratio= (and ratios= by kind), or prune in memory with graphprune.hf.prune")
+        opts = stream_budget.stream_options(opts)
     if not calib:
         raise PlanError("a streamed prune calibrates each block on the outputs of the pruned blocks before it: "
                         "pass calib=[{'input_ids': ...}, ...]")
     ckpt = LazyCheckpoint(folder)
     model, config = build_on_meta(folder)
     path, blocks = repeated_blocks(model)
+    # solved on shapes before anything is written (hf/stream_budget.py): each block gets its share
+    spend = stream_budget.solve(model, calib[0], opts, path, ckpt) if opts.budget is not None else None
     _rebuild(model, config, _computed_buffers(model))
     # only what runs before the first block needs weights: the rest stays on meta
     for name, mod in model.named_modules():
@@ -222,8 +225,15 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
         for i in range(len(blocks)):
             prefix = f"{path}.{i}"
             progress_line(f"block {i + 1}/{len(blocks)}: {prefix}")
-            inputs = _prune_block(blocks, i, prefix, ckpt, inputs, opts, writer, report, doc, dtype)
+            kept = report.params_after
+            block_opts = opts.replace(budget=spend.share()) if spend is not None else opts
+            inputs = _prune_block(blocks, i, prefix, ckpt, inputs, block_opts, writer, report, doc, dtype)
+            if spend is not None:
+                spend.record(report.layers[prefix], report.params_after - kept)
             opts = _next_options(opts, report.layers[prefix], len(blocks) - i - 1, report.notes, tokens)
+        if spend is not None:
+            spend.check(report.params_after)
+            report.notes.append(spend.note(opts.allocation))
         doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
                             for k, v in inputs[0].items()}
         side = {"config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode(),
