@@ -52,7 +52,8 @@ def test_prune_calibrates_on_generated_text_alone_or_mixed():
     opts = dict(ratio=0.5, measure_latency=False, allocation="uniform")
     model, report = gp.hf.prune(_llama(), generated=4, **opts)  # no data at all: the model's own text
     assert report.compensation is not None and report.compensation.sites  # calibrated, so refit
-    assert any("4 sequences of 128 tokens the model wrote itself" in n for n in report.notes), report.notes
+    assert any("4 sequences of 64 tokens the model wrote itself" in n and "no text given" in n  # its 64 positions
+               for n in report.notes), report.notes
     mixed, report = gp.hf.prune(_llama(), calib=calib, generated=4, **opts)
     assert any("4 sequences of 10 tokens" in n and "the 2 batch(es) given" in n for n in report.notes), report.notes
     alone, _ = gp.hf.prune(_llama(), calib=calib, **opts)

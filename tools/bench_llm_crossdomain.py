@@ -11,6 +11,8 @@ calibration source's calibration half is ever seen by a pruner.
     .venv/bin/python tools/bench_llm_crossdomain.py                     # graphprune, FLAP, Wanda-sp at 20% and 50%
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.5 \\
         --option refit_ridge=0.1 --tag ridge0.1 --resume                  # one tuning row
+    .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
+        --option generated=64 --tag "news + 64 generated" --resume        # with text the model samples itself
 
 graphprune is called as a user would: ``graphprune.hf.prune(model, ratio=r, targets=("heads", "ffn"),
 calib=batches)`` (plus ``--option key=value`` for a tuning row). Rows are saved to a JSON file as they
@@ -158,7 +160,9 @@ def main() -> int:
         options = {**options, "lambdas": list(ns.lambdas)}
     model, tok = L.load_smollm2()
     evals = {s: L.eval_ids(tok, s) for s in dict.fromkeys([ns.calib_source, *ns.eval_sources])}
-    calib = L.calib_batches(tok, n=ns.calib, seq_len=ns.seq_len, batch_size=ns.batch, source=ns.calib_source)
+    # --calib 0: no text at all (a tuning row calibrating on what --option generated=N samples from the model)
+    calib = L.calib_batches(tok, n=ns.calib, seq_len=ns.seq_len, batch_size=ns.batch, source=ns.calib_source) \
+        if ns.calib else []
     saved = json.loads(ns.json.read_text()) if ns.resume and ns.json.exists() else {"rows": [], "dense": {}}
     for s, ids in evals.items():
         if s not in saved["dense"]:

@@ -135,7 +135,7 @@ def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple
     batch = int(given[0]["input_ids"].shape[0]) if given and "input_ids" in given[0] else 8
     extra = generated_batches(model, n=n, seq_len=seq_len, batch_size=batch)
     note = (f"calibration: {n} sequences of {seq_len} tokens the model wrote itself (from its BOS token, temperature "
-            f"1, seed 0), alternating with the {len(given)} batch(es) given")
+            f"1, seed 0)" + (f", alternating with the {len(given)} batch(es) given" if given else ", no text given"))
     return opts.replace(calib=mix(given, extra)), note
 
 
