@@ -41,8 +41,8 @@ def test_near_zero_temperature_is_the_greedy_continuation_computed_without_a_cac
     assert torch.equal(got, seq[:, 1:])
 
 
-def test_mix_alternates_and_keeps_the_rest():
-    assert mix(["a", "b", "c"], [1]) == ["a", 1, "b", "c"]
+def test_mix_puts_the_generated_batches_after_the_given_ones():
+    assert mix(["a", "b", "c"], [1]) == ["a", "b", "c", 1]
     assert mix(None, [1, 2]) == [1, 2]
 
 
@@ -55,7 +55,7 @@ def test_prune_calibrates_on_generated_text_alone_or_mixed():
     assert any("4 sequences of 64 tokens the model wrote itself" in n and "no text given" in n  # its 64 positions
                for n in report.notes), report.notes
     mixed, report = gp.hf.prune(_llama(), calib=calib, generated=4, **opts)
-    assert any("4 sequences of 10 tokens" in n and "the 2 batch(es) given" in n for n in report.notes), report.notes
+    assert any("4 sequences of 10 tokens" in n and "after the 2 batch(es) given" in n for n in report.notes), report.notes
     alone, _ = gp.hf.prune(_llama(), calib=calib, **opts)
     # the generated batches change what the repair was fit on
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), alone.state_dict().values()))
@@ -90,3 +90,20 @@ def test_cli_calibrates_a_folder_on_generated_text_and_refuses_it_elsewhere(tmp_
     assert main(["prune", str(tmp_path / "src"), "-o", str(tmp_path / "o2"), "--calib-generated", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+def test_auto_matches_the_given_sequences_and_keeps_batching_invariance():
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 64, (4, 10), generator=g)
+    opts = dict(ratio=0.5, measure_latency=False, allocation="uniform", generated="auto")
+    two, report = gp.hf.prune(_llama(), calib=[{"input_ids": ids[:2]}, {"input_ids": ids[2:]}], **opts)
+    assert any("4 sequences of 10 tokens" in n for n in report.notes), report.notes  # as many as given
+    one, _ = gp.hf.prune(_llama(), calib=[{"input_ids": ids}], **opts)  # the same data in one batch
+    for (k, a), b in zip(two.state_dict().items(), one.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    _, report = gp.hf.prune(_llama(), ratio=0.5, measure_latency=False, generated="auto")  # no text: none made
+    assert not any("wrote itself" in n for n in report.notes)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64)
+    gp.hf.prune(transformers.BertModel(cfg).eval(), calib=[{"input_ids": ids}], ratio=0.5, measure_latency=False,
+                generated="auto")  # not a causal LM: "auto" makes none, and is no error

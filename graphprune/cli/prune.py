@@ -182,7 +182,8 @@ def _onnx(ns, calib, options: PruneOptions, input_shapes, inputs):
 def _torch(src, calib, options: PruneOptions, ns):
     options = options.replace(calib=calib)
     if src.is_hf:
-        return gp.hf.prune(src.model, inputs=src.kwargs, options=options, generated=ns.calib_generated or 0)
+        given = {} if ns.calib_generated is None else {"generated": ns.calib_generated}  # else hf.prune's default
+        return gp.hf.prune(src.model, inputs=src.kwargs, options=options, **given)
     return gp.prune(src.model, src.args, src.kwargs, options=options)
 
 

@@ -68,10 +68,7 @@ def generated_batches(model: torch.nn.Module, n: int = 64, seq_len: int = 128, b
 
 
 def mix(calib: list[dict] | None, generated: list[dict]) -> list[dict]:
-    """The user's batches and the generated ones, alternating (the refit's cross-validation folds
-    then hold both kinds), the longer list's rest at the end."""
-    calib = list(calib or [])
-    out = []
-    for i in range(max(len(calib), len(generated))):
-        out += ([calib[i]] if i < len(calib) else []) + ([generated[i]] if i < len(generated) else [])
-    return out
+    """The user's batches, then the generated ones: the user's items keep their places, so the same
+    data cut into other batches still gives the same model (the refit's folds alternate item by item
+    over the whole list, so each fold holds both kinds)."""
+    return list(calib or []) + list(generated)

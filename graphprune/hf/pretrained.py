@@ -7,6 +7,7 @@ import os
 import torch
 
 from ..api import torch_models as api
+from ..calib.distributed import same_on_all
 from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
@@ -78,6 +79,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
     opts, head_note = loadable_heads(model, opts)
     prepare(model)
+    generated = _resolve_generated(model, opts, generated)
     opts, gen_note = _with_generated(model, opts, generated) if generated else (opts, None)
     calib = [dict(b) for b in opts.calib] if opts.calib is not None else None
     if inputs is None:
@@ -105,9 +107,12 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     return model, report
 
 
+AUTO_GENERATED = 64  # generated="auto": the model's own sequences, at most this many (docs/llm_pruning.md)
+
+
 def _streamed(folder, out, options: PruneOptions | None, generated: int, given: dict):
     """A checkpoint folder pruned block by block into ``out`` (hf/stream.py), after its refusals."""
-    if generated:
+    if generated not in (0, "auto"):
         raise PlanError("generated= samples text from the whole model, which a streamed prune (out=) never holds: "
                         "load the model and prune it in memory, or drop generated=")
     if given.get("uniform") or (options is not None and options.uniform):
@@ -117,14 +122,25 @@ def _streamed(folder, out, options: PruneOptions | None, generated: int, given: 
                         options=options, **given)
 
 
-def _check_generated(n) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise PlanError(f"generated must be a whole number of sequences >= 0 (0: none), not {n!r}")
+def _check_generated(n) -> int | str:
+    if n != "auto" and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise PlanError(f"generated must be a whole number of sequences >= 0 (0: none) or 'auto', not {n!r}")
     return n
 
 
+def _resolve_generated(model: torch.nn.Module, opts: PruneOptions, n: int | str) -> int:
+    """"auto": a causal LM calibrated on text gets as many sequences of its own as it was given, up
+    to AUTO_GENERATED; anything else none."""
+    if n != "auto":
+        return n
+    if not opts.calib or not _is_causal_lm(model):
+        return 0
+    given = sum(int(b["input_ids"].shape[0]) for b in opts.calib if isinstance(b, dict) and "input_ids" in b)
+    return min(AUTO_GENERATED, given)
+
+
 def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple[PruneOptions, str]:
-    """``opts`` with ``n`` sequences the model writes itself (hf/generated.py) alternating with the
+    """``opts`` with ``n`` sequences the model writes itself (hf/generated.py) after the
     given batches, as long as the longest given sequence and in batches of the first one's size."""
     if not _is_causal_lm(model):
         raise PlanError(f"generated= samples text from a causal language model; {type(model).__name__} is not one: "
@@ -133,9 +149,9 @@ def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple
     longest = getattr(model.config, "max_position_embeddings", None) or 128
     seq_len = max((int(b["input_ids"].shape[-1]) for b in given if "input_ids" in b), default=min(128, longest))
     batch = int(given[0]["input_ids"].shape[0]) if given and "input_ids" in given[0] else 8
-    extra = generated_batches(model, n=n, seq_len=seq_len, batch_size=batch)
+    extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch))  # rank 0's text everywhere
     note = (f"calibration: {n} sequences of {seq_len} tokens the model wrote itself (from its BOS token, temperature "
-            f"1, seed 0)" + (f", alternating with the {len(given)} batch(es) given" if given else ", no text given"))
+            f"1, seed 0)" + (f", after the {len(given)} batch(es) given" if given else ", no text given"))
     return opts.replace(calib=mix(given, extra)), note
 
 
