@@ -49,6 +49,19 @@ def test_gram_part_is_features_squared_per_fold():
     assert est.part("calibration statistics") == grams + channel_sums
 
 
+def test_row_space_sites_count_their_samples_not_grams(monkeypatch):
+    from graphprune.calib import sites
+
+    monkeypatch.setattr(sites, "ROUTE", "rows")  # every site keeps its samples (calib/rowspace.py)
+    _, report = _prune()
+    est = report.memory.estimate
+    # two batches of 2 images: c2 sees 2 x 2 x 8 x 8 = 256 positions of 4 x 9 + 1 features; l1 and l2
+    # one row per image (after the spatial mean), 4 rows of 6 + 1 and 8 + 1; float32 samples
+    samples = 4 * (256 * 37 + 4 * 7 + 4 * 9)
+    assert est.part("calibration statistics") == samples + 2 * 8 * (4 + 6 + 8)
+    assert "as their float32 samples" in str(est)
+
+
 def test_too_small_max_memory_is_refused_naming_the_largest_part():
     # 512 images of 8x8: c2's unfolded 3x3 patches (512*64 rows of 37 features, three float32 copies) dwarf
     # the model's weights (a few KiB) and its Grams (24 KiB)

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..calib.sites import FP64_MAX, find_sites, sites_by_group
+from ..calib import distributed
+from ..calib.sites import FP64_MAX, find_sites, rows_route, sites_by_group
 from ..errors import PlanError
 from ..util.tables import table
 
@@ -168,6 +169,14 @@ def batch_scale(ir, batches: Iterable | None) -> float:
     return max(_elements(b) for b in batches) / example
 
 
+def total_scale(ir, batches: Iterable | None) -> float:
+    """Every calibration batch's elements over the example inputs': the samples a site sees in all."""
+    example = sum(numel(ir.values[n].shape) for n in ir.inputs if n in ir.values)
+    if not batches or not example:
+        return 0.0
+    return sum(_elements(b) for b in batches) / example
+
+
 def _elements(obj: Any) -> int:
     if hasattr(obj, "shape") and not isinstance(obj, type):
         return numel(tuple(int(d) for d in obj.shape))
@@ -193,23 +202,44 @@ def site_samples(ir, site) -> int:
     return numel(y.shape) // max(y.shape[1], 1)
 
 
-def stats_part(ir, sites, grams: set[str]) -> MemoryPart:
-    """Channel sums and squares (float64) at every site; two float64 Gram folds where kept."""
+def site_rows(ir, site, total: float) -> int | None:
+    """The samples a site keeps instead of its Grams (calib/rowspace.py: a float32-wide site seeing fewer
+    samples than features), or None where it keeps Grams. ``total``: the calibration's elements over
+    the example inputs' (every batch). Summed over ranks, samples become Grams (calib/stats.py)."""
+    n = int(site_samples(ir, site) * total)
+    if total <= 0 or distributed.active() or not rows_route(site_features(ir, site), n):
+        return None
+    return n
+
+
+def stats_part(ir, sites, grams: set[str], total: float = 0.0) -> MemoryPart:
+    """Channel sums and squares (float64) at every site; two float64 Gram folds where kept, or the
+    float32 samples themselves on the row-space route."""
     chans = sum(2 * 8 * ir.values[s.x].shape[s.x_dim] for s in sites)
-    gram = sum(2 * gram_bytes(site_features(ir, s)) * site_features(ir, s) ** 2 for s in sites if s.node in grams)
-    n = sum(1 for s in sites if s.node in grams)
-    return MemoryPart("calibration statistics", chans + gram,
-                      f"{len(sites)} sites, {n} with an input Gram (2 folds of (features+1)^2 float64)", PHASES)
+    gram, rows = 0, 0
+    for s in (s for s in sites if s.node in grams):
+        f, n = site_features(ir, s), site_rows(ir, s, total)
+        gram += 2 * gram_bytes(f) * f * f if n is None else 4 * n * f
+        rows += n is not None
+    what = f"{len(sites)} sites, {len(grams & {s.node for s in sites})} with an input Gram (2 folds of (features+1)^2 "
+    what += "float64)" + (f", {rows} of them as their float32 samples (fewer than their features)" if rows else "")
+    return MemoryPart("calibration statistics", chans + gram, what, PHASES)
 
 
-def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool) -> list[MemoryPart]:
+def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool, total: float = 0.0) -> list[MemoryPart]:
     """The largest site's solver working set (OBS scoring and the refit are one site at a time),
-    and the refit's weight updates, float32 at full original shape, held until the rewrite."""
+    and the refit's weight updates, float32 at full original shape, held until the rewrite. On the
+    row-space route the squares are N x N (samples), not (features+1)^2."""
     solved = [s for s in sites if s.node in grams] if (obs or refit) else []
-    work = max((gram_bytes(site_features(ir, s)) * (SOLVE_SQUARES * site_features(ir, s) ** 2
-                + SOLVE_ROWS * ir.values[s.w].shape[s.w_out] * site_features(ir, s)) for s in solved), default=0)
+
+    def work(s) -> int:
+        f, out, n = site_features(ir, s), ir.values[s.w].shape[s.w_out], site_rows(ir, s, total)
+        side = f if n is None else n
+        return gram_bytes(f) * (SOLVE_SQUARES * side * side + SOLVE_ROWS * out * side + (0 if n is None else 3 * n * f))
+
+    largest = max((work(s) for s in solved), default=0)
     updates = sum(4 * numel(ir.values[s.w].shape) for s in sites if s.node in grams) if refit else 0
-    return [MemoryPart("solver buffers", work, "the largest site's OBS / refit matrices (float64)", ("solve",)),
+    return [MemoryPart("solver buffers", largest, "the largest site's OBS / refit matrices (float64)", ("solve",)),
             MemoryPart("weight updates", updates, "refit weights of every compensated site (float32)",
                        ("solve", "apply"))]
 
@@ -253,11 +283,12 @@ def estimate_memory(ir, sites=(), grams: set[str] = frozenset(), batches: Iterab
     solves each Gram; ``refit``: compensation refits each Gram site; ``backward``: a gradient
     criterion runs a backward over each batch."""
     sites = list(sites)
-    parts = weight_parts(ir) + [stats_part(ir, sites, grams),
+    total = total_scale(ir, batches)
+    parts = weight_parts(ir) + [stats_part(ir, sites, grams, total),
                                 activation_part(ir, sites, grams, batch_scale(ir, batches), backward)]
     if backward:
         parts.append(gradient_part(ir))
-    return MemoryEstimate(tuple(parts + solve_parts(ir, sites, grams, obs, refit)))
+    return MemoryEstimate(tuple(parts + solve_parts(ir, sites, grams, obs, refit, total)))
 
 
 # ----------------------------------------------------------------------------- limits
