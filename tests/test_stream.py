@@ -83,6 +83,15 @@ def test_calibrated_streamed_prune_repairs_like_the_in_memory_one(tmp_path):
     assert report.params_after < report.params_before
 
 
+def test_bias_only_compensation_streams(tmp_path):
+    _llama().save_pretrained(tmp_path / "src")
+    report = gp.hf.prune(tmp_path / "src", out=tmp_path / "out", calib=_calib(2), ratio=0.5, compensate="bias",
+                         allocation="uniform", measure_latency=False)
+    comp = [r.compensation for r in report.layers.values()]
+    assert len(comp) == 2 and all(c is not None and c.sites for c in comp)  # each block's mean error folded in
+    assert gp.hf.load_pruned(tmp_path / "out").model.layers[0].mlp.up_proj.out_features == 64
+
+
 def test_refusals_and_failures_leave_nothing_behind(tmp_path, monkeypatch):
     _llama().save_pretrained(tmp_path / "src")
     with pytest.raises(gp.PlanError, match="allocation='global' spends a budget across the whole model"):

@@ -183,7 +183,8 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     to each block; a MACs / parameter ``budget`` is the whole model's, met by the blocks alone
     (hf/stream_budget.py)."""
     t0 = time.perf_counter()
-    opts = PruneOptions.of(options, defaults=STREAM_DEFAULTS, **given)
+    # checked with the calibration it has (compensate="bias" needs it), replaced by each block's inputs
+    opts = PruneOptions.of(options, defaults=STREAM_DEFAULTS, **{**given, "calib": calib or None})
     if opts.budget is not None:
         opts = stream_budget.stream_options(opts)
     if not calib:
