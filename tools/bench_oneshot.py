@@ -68,13 +68,15 @@ def main() -> int:
     p.add_argument("--augment", type=int, default=4, help="augmented copies per calibration photo")
     p.add_argument("--test-augment", type=int, default=4, help="seeded crops/flips per held-out photo, scored too")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--photos", choices=("base", "all"), default="base",
+                   help="base: the first 48 photos (the documented runs); all: every fetched photo (110)")
     p.add_argument("--recover-s", type=float, default=600.0, help="seconds of recovery (0: none)")
     p.add_argument("--only", nargs="*", default=None, help="variants to run (their names in the table)")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "oneshot.json")
     ns = p.parse_args()
     torch.manual_seed(0)
     model = vd.load_model(ns.model)
-    x = vd.model_images(ns.model)
+    x = vd.model_images(ns.model, photos=ns.photos)
     calib_x, test_x = x[:ns.calib], x[ns.calib:]
     data = torch.cat([calib_x, augment(calib_x, ns.augment)]) if ns.augment else calib_x
     calib = [(data[i:i + ns.batch],) for i in range(0, len(data), ns.batch)]

@@ -149,6 +149,8 @@ def main() -> int:
     p.add_argument("--augment", type=int, default=4, help="crops/flips per calibration photo")
     p.add_argument("--test-augment", type=int, default=4, help="crops/flips per held-out photo, scored too")
     p.add_argument("--groups", action="store_true", help="print where each variant's budget cut")
+    p.add_argument("--photos", choices=("base", "all"), default="base",
+                   help="base: the first 48 photos (the documented runs); all: every fetched photo (110)")
     p.add_argument("--bn", action="store_true", help="also score each variant with BatchNorm re-estimated")
     p.add_argument("--per-group", type=float, default=None, metavar="RATIO",
                    help="instead: each group alone at RATIO, its error on calibration and held-out photos")
@@ -159,7 +161,7 @@ def main() -> int:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     torch.manual_seed(0)
     model = vd.load_model(ns.model)
-    x = vd.model_images(ns.model)
+    x = vd.model_images(ns.model, photos=ns.photos)
     calib_x, test_x = x[:ns.calib], x[ns.calib:]
     data = torch.cat([calib_x, bo.augment(calib_x, ns.augment)]) if ns.augment else calib_x
     calib = [(data[i:i + 8],) for i in range(0, len(data), 8)]

