@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..api import torch_models as api
-from ..calib.distributed import same_on_all
+from ..calib.distributed import is_writer, same_on_all
 from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
@@ -149,7 +149,8 @@ def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple
     longest = getattr(model.config, "max_position_embeddings", None) or 128
     seq_len = max((int(b["input_ids"].shape[-1]) for b in given if "input_ids" in b), default=min(128, longest))
     batch = int(given[0]["input_ids"].shape[0]) if given and "input_ids" in given[0] else 8
-    extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch))  # rank 0's text everywhere
+    # sampled once, on rank 0, and sent to every rank: the ranks calibrate on the same text
+    extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch) if is_writer() else None)
     note = (f"calibration: {n} sequences of {seq_len} tokens the model wrote itself (from its BOS token, temperature "
             f"1, seed 0)" + (f", after the {len(given)} batch(es) given" if given else ", no text given"))
     return opts.replace(calib=mix(given, extra)), note
