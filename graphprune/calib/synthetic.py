@@ -17,9 +17,13 @@ from ..errors import PlanError
 from ..util.progress import progress
 
 
-def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+# The public BatchNorm classes (their shared base class is private to torch).
+_BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The BatchNorm layers that keep running statistics (the targets the images are fitted to)."""
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    return [m for m in model.modules() if isinstance(m, _BATCHNORMS)
             and m.track_running_stats and m.running_mean is not None and m.running_var is not None]
 
 
