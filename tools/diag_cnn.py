@@ -189,7 +189,7 @@ def main() -> int:
     for r in rows:
         print(json.dumps(r), flush=True)
     for name in ns.variants:
-        kw = dict(calib=calib, **VARIANTS[name])
+        kw = {"calib": calib, **VARIANTS[name]}  # the variant's calib (None: no data) wins
         if kw["calib"] is None:
             del kw["calib"]
         t = time.perf_counter()
