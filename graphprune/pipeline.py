@@ -35,6 +35,7 @@ from .planning.plan import (
     select_groups,
     shape_fn,
 )
+from .planning.time_tilt import spend_where_time_is
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime
 from .report.prune_report import Latency, MemoryUsage, PruneReport
 from .util.gc_pause import paused_gc
@@ -110,6 +111,7 @@ class _Work:
     budget: dict | None = None
     notes: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
+    tilt: dict | None = None  # a MACs budget's uniform ratio bent per group towards time (planning/time_tilt.py)
 
 
 def plan_program(program, opts: PruneOptions) -> Planned:
@@ -247,7 +249,11 @@ def _spend_budget(w: _Work) -> None:
                                                  w.round_to, w.how, opts.max_ratio, w.ctx.notes)
         w.ratios, w.spent = same_on_all((w.ratios, w.spent))  # timed: across processes, rank 0's
         return
-    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, opts.max_ratio)
+    if w.how == "uniform" and opts.allocation != "sensitivity" and _widths_tuned(w):
+        w.tilt = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, w.round_to,
+                                                 opts.max_ratio, w.ctx.notes))
+    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, opts.max_ratio,
+                                     tilt=w.tilt)
     if opts.allocation != "sensitivity" or w.batches is None:
         return
     cost = CostModel(w.dg, w.groups)
@@ -264,20 +270,26 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
     """round_to="auto": time the plan at the measured multiples scaled x1/x2/x4, keep the fastest
     (not where measured ratios, blocks or a latency search already fixed the plan)."""
     opts = w.opts
-    if not (opts.round_to == "auto" and opts.measure_latency and isinstance(w.round_to, dict) and not w.blocks
-            and not (w.spent is not None and w.spent.allocation == "sensitivity") and not opts.latency_budget):
+    if not (_widths_tuned(w) and not (w.spent is not None and w.spent.allocation == "sensitivity")):
         return plan
     spent = w.spent
 
     def remake(steps):
         if spent is None:
             return make_plan(w.groups, w.scores, opts.ratio, steps, w.ratios), spent
-        r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio)
+        r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=w.tilt)
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     plan, w.spent = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes)
     plan, w.spent = same_on_all((plan, w.spent))  # timed: across processes, rank 0's
     return plan
+
+
+def _widths_tuned(w: _Work) -> bool:
+    """The runtime's widths are in play (round_to="auto", measured, no blocks, no latency search)."""
+    opts = w.opts
+    return (opts.round_to == "auto" and opts.measure_latency and isinstance(w.round_to, dict) and not w.blocks
+            and not opts.latency_budget)
 
 
 def trial_loss(program, loss_fn):

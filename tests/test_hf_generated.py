@@ -56,9 +56,13 @@ def test_prune_calibrates_on_generated_text_alone_or_mixed():
                for n in report.notes), report.notes
     mixed, report = gp.hf.prune(_llama(), calib=calib, generated=4, **opts)
     assert any("4 sequences of 10 tokens" in n and "after the 2 batch(es) given" in n for n in report.notes), report.notes
-    alone, _ = gp.hf.prune(_llama(), calib=calib, **opts)
+    alone, _ = gp.hf.prune(_llama(), calib=calib, generated=0, **opts)
     # the generated batches change what the repair was fit on
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), alone.state_dict().values()))
+    default, report = gp.hf.prune(_llama(), calib=calib, **opts)  # the default is "auto": 4 given, so 4 made
+    assert any("4 sequences of 10 tokens" in n for n in report.notes), report.notes
+    for (k, a), b in zip(default.state_dict().items(), mixed.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_generated_is_refused_where_it_cannot_work(tmp_path):

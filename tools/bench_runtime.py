@@ -143,7 +143,8 @@ def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tm
                                verify=False)
     row = {"model": name, "macs_target": macs, "round_to": round_to, "prune_s": time.perf_counter() - t,
            "macs_reduction": report.macs_before / max(report.macs_after, 1),
-           "widths": next((n for n in report.notes if "kept up to" in n), "")}
+           "widths": next((n for n in report.notes if "kept up to" in n), ""),
+           "tilt": next((n for n in report.notes if "where the time is" in n), "")}
     files = [src, dst]
     if peer is not None:
         files.append(peer)

@@ -54,7 +54,9 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     replaces ``ratio`` with a target; ``runtime``, ``round_to`` and ``measure_latency`` as in
     :func:`graphprune.prune`.
 
-    ``generated=N`` (a causal LM) adds N sequences the model samples itself (hf/generated.py) to ``calib``.
+    ``generated`` ("auto" by default) adds sequences a causal LM samples itself (hf/generated.py) after
+    ``calib``: as many as ``calib`` holds, at most 64; they keep the repair from fitting one kind of
+    text (docs/llm_pruning.md). ``generated=0`` calibrates on ``calib`` alone; ``generated=N`` takes N.
 
     ``uniform=True`` keeps every layer's head and FFN counts equal (the data still choose which units
     each layer drops), so the output loads with ``from_pretrained`` and in vLLM without graphprune;
@@ -71,7 +73,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
         >>> print(report.sync)                                                              # doctest: +SKIP
     """
     given.update({"ratio": ratio} if ratio is not None else {})
-    generated = _check_generated(given.pop("generated", 0))
+    generated = _check_generated(given.pop("generated", "auto"))
     if isinstance(model, (str, os.PathLike)) and out is not None:
         return _streamed(model, out, options, generated, given)
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=

@@ -156,8 +156,14 @@ def _rounding(g: Group, round_to) -> int:
     return step_of(g, round_to)
 
 
-def uniform_kept(groups: list[Group], ratio: float, round_to: int) -> dict[int, int]:
-    return {g.id: kept_count(g.size, ratio, _rounding(g, round_to)) for g in groups}
+def uniform_kept(groups: list[Group], ratio: float, round_to: int,
+                 tilt: Mapping[int, float] | None = None, cap: float = MAX_RATIO) -> dict[int, int]:
+    """Each group at ``ratio``; with ``tilt`` (group id -> w, planning/time_tilt.py) a group keeps
+    (1 - ratio) ** w of its channels instead, losing at most ``cap`` of them."""
+    if not tilt:
+        return {g.id: kept_count(g.size, ratio, _rounding(g, round_to)) for g in groups}
+    return {g.id: kept_count(g.size, min(1.0 - (1.0 - ratio) ** tilt.get(g.id, 1.0), cap),
+                             _rounding(g, round_to)) for g in groups}
 
 
 def global_kept(groups: list[Group], normed: Mapping[int, np.ndarray], threshold: float, round_to: int,
@@ -198,10 +204,12 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
                  budget: Mapping[str, float] | str, round_to: int = 1, allocation: str = "uniform",
                  max_ratio: float = MAX_RATIO, steps: int = 40, dead: set[str] = frozenset(),
                  original: dict[str, int] | None = None,
-                 cost: "CostModel | None" = None) -> tuple[dict[int, float], BudgetResult]:
+                 cost: "CostModel | None" = None,
+                 tilt: Mapping[int, float] | None = None) -> tuple[dict[int, float], BudgetResult]:
     """Per-group ratios that meet ``budget`` as closely as the channel granularity allows (never
     above it); and what they achieve. ``dead``: values gone with removed blocks (the budget is
-    then spent on what they leave; ``original`` the unpruned model's counts)."""
+    then spent on what they leave; ``original`` the unpruned model's counts). ``tilt``: the
+    uniform ratio bent per group (:func:`uniform_kept`)."""
     if allocation not in ("uniform", "global"):
         raise PlanError(f"a budget is allocated 'uniform' or 'global', not {allocation!r}")
     if not 0 < max_ratio < 1:
@@ -217,7 +225,7 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
         normed = per_millisecond(cost, groups, normed)
     if allocation == "uniform":
         lo, hi = 0.0, max_ratio
-        kept_at = lambda x: uniform_kept(groups, x, round_to)  # noqa: E731
+        kept_at = lambda x: uniform_kept(groups, x, round_to, tilt, max_ratio)  # noqa: E731
     else:
         every = np.concatenate([normed[g.id] for g in groups]) if groups else np.zeros(1)
         lo, hi = float(every.min()), float(every.max()) + 1e-9
@@ -242,6 +250,8 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
                 hi, best, best_got = mid, kept, got
             else:
                 lo = mid
+    if tilt:  # units are given back where a MAC costs least time first (w > 1: more time per MAC)
+        normed = {gid: v / tilt.get(gid, 1.0) for gid, v in normed.items()}
     best, best_got = _refine(cost, groups, normed, best, best_got, targets, round_to)
     result.achieved, result.scalar = best_got, hi
     ratios = {g.id: (g.size - best[g.id]) / g.size for g in groups}

@@ -1,0 +1,109 @@
+"""A MACs budget spent where the time is (graphprune/planning/time_tilt.py): each group's time per
+MAC from the latency table bends the uniform ratio. Real timings are never asserted on
+(docs/runtime.md has them): a synthetic runtime whose depthwise convolutions cost ten times
+as much per MAC as dense ones stands in for onnxruntime."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.graph import Group
+from graphprune.planning import latency_table as lt
+from graphprune.planning import time_tilt as tt
+from graphprune.planning.budget import CostModel, uniform_kept
+from graphprune.planning.plan import select_groups
+from graphprune.program.torch_program import TorchProgram
+
+MS_PER_MAC = 1e-3  # large enough that the estimate's whole microseconds do not round it
+DW_COST = 10.0  # a depthwise MAC costs this many dense ones (onnxruntime here: about 2.4, docs/runtime.md)
+HW = 8 * 8
+
+
+def test_exponents_are_time_per_mac_over_its_geometric_mean():
+    # geometric mean of 4 and 1 is 2: the group saving twice the average time per MAC gets w = 2
+    assert tt.exponents({1: 4.0, 2: 1.0}, 1.0) == pytest.approx({1: 2.0, 2: 0.5})
+    assert tt.exponents({1: 4.0, 2: 1.0}, 0.5) == pytest.approx({1: math.sqrt(2), 2: 1 / math.sqrt(2)})
+    assert tt.exponents({1: 100.0, 2: 1.0}, 1.0) == pytest.approx({1: 2.0, 2: 0.5})  # 10 and 0.1, clipped
+    assert tt.exponents({1: 4.0, 2: 1.0}, 0.0) == {}  # beta 0: uniform
+
+
+def test_a_tilted_group_keeps_one_minus_ratio_to_the_power_w():
+    groups = [Group(i, 100, [], [], [], "channel", None) for i in (1, 2, 3)]
+    kept = uniform_kept(groups, 0.5, 1, {1: 2.0, 2: 0.5})
+    # (1 - 0.5) ** 2 = 0.25 of group 1; 0.5 ** 0.5 = 0.7071 of group 2 (29 of 100 cut); group 3 untilted
+    assert kept == {1: 25, 2: 71, 3: 50}
+    assert uniform_kept(groups, 0.8, 1, {1: 2.0}, cap=0.9)[1] == 10  # 1 - 0.2 ** 2 = 0.96, capped at 0.9
+
+
+def _dw_net():
+    """1x1 3 -> 32, depthwise 3x3 on the 32, 1x1 32 -> 64, 1x1 64 -> 8, all at 8x8."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 32, 3, padding=1, groups=32), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 1)).eval()
+
+
+def _conv_ms(cin: int, cout: int, window: int, depthwise: bool) -> float:
+    return MS_PER_MAC * HW * (cin * window * DW_COST if depthwise else cin * cout * window)
+
+
+def _fake_runtime(monkeypatch):
+    def op_time(runtime, op, cin, cout):
+        return _conv_ms(cin, cout, math.prod(op.w_shape[2:]), op.depthwise)
+
+    def model_time(self, runtime=None):
+        return sum(_conv_ms(m.in_channels, m.out_channels, math.prod(m.kernel_size), m.groups > 1)
+                   for m in self.model.modules() if isinstance(m, torch.nn.Conv2d))
+
+    monkeypatch.setattr(lt, "_time_op", op_time)
+    monkeypatch.setattr(TorchProgram, "latency_ms", model_time)
+
+
+def test_time_per_mac_of_each_group(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch)
+    x = torch.randn(1, 3, 8, 8)
+    dg = gp.trace(_dw_net(), (x,))
+    groups = select_groups(dg)
+    by_size = {g.size: g for g in groups if g.role == "channel"}
+    full = sum(_conv_ms(*a) for a in [(3, 32, 1, False), (32, 32, 9, True), (32, 64, 1, False), (64, 8, 1, False)])
+    cost = CostModel(dg, [by_size[32], by_size[64]])
+    cost.latency = lt.LatencyModel(dg, "torch", full)
+    rho = tt.time_per_mac(cost, [by_size[32], by_size[64]])
+    macs = HW * (3 * 32 + 32 * 9 + 32 * 64 + 64 * 8)
+    # a quarter of the 32 (8 channels): the first 1x1's outputs, the depthwise, the second's inputs
+    dm32, dt32 = HW * 8 * (3 + 9 + 64), MS_PER_MAC * HW * 8 * (3 + 9 * DW_COST + 64)
+    dm64 = HW * 16 * (32 + 8)  # a quarter of the 64: dense only, MS_PER_MAC a MAC
+    assert rho[by_size[32].id] == pytest.approx((dt32 / full) / (dm32 / macs), rel=1e-3)
+    assert rho[by_size[64].id] == pytest.approx((MS_PER_MAC * dm64 / full) / (dm64 / macs), rel=1e-3)
+    assert rho[by_size[32].id] > 1 > rho[by_size[64].id]
+
+
+def test_macs_budget_cuts_harder_where_a_mac_costs_more_time(monkeypatch, tmp_path):
+    """The default call (round_to="auto", widths measured: pinned here) tilts the cut towards the
+    depthwise group; the same MACs budget then runs faster on the runtime than uniform widths."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    _fake_runtime(monkeypatch)
+    x = torch.randn(1, 3, 8, 8)
+    tilted, rep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch")
+    uniform, urep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch", round_to=2)
+    assert any("budget spent where the time is on torch" in n for n in rep.notes)
+    assert not any("where the time is" in n for n in urep.notes)  # an explicit round_to: uniform as before
+    assert rep.macs_after <= 0.5 * rep.macs_before and urep.macs_after <= 0.5 * urep.macs_before
+    widths = [m.out_channels for m in tilted.modules() if isinstance(m, torch.nn.Conv2d)]
+    uwidths = [m.out_channels for m in uniform.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths[1] < uwidths[1] and widths[2] > uwidths[2]  # the depthwise group lost more, the 64 less
+    assert TorchProgram.latency_ms(_as_program(tilted, x)) < TorchProgram.latency_ms(_as_program(uniform, x))
+
+
+def _as_program(model, x):
+    class P:
+        pass
+
+    p = P()
+    p.model = model
+    return p
