@@ -16,7 +16,6 @@ import torch
 from ..errors import PlanError
 from ..util.progress import progress
 
-
 # The public BatchNorm classes (their shared base class is private to torch).
 _BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
