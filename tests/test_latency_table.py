@@ -77,6 +77,21 @@ def test_speedup_budget_meets_the_measured_target(monkeypatch, tmp_path):
         gp.prune(_mlp(), (torch.randn(4, 32),), budget={"speedup": 2.0}, runtime=None)
 
 
+def test_ops_timed_alone_slower_than_the_whole_model_still_give_a_budget(monkeypatch, tmp_path):
+    """Measured under load, the ops timed one by one can add up to more than the whole model's
+    time: the table's remainder is then 0 (it was negative, and the budget a negative latency)."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch)
+    real = TorchProgram.latency_ms
+    monkeypatch.setattr(TorchProgram, "latency_ms", lambda self, runtime=None: 0.5 * real(self, runtime))
+    x = torch.randn(4, 32)
+    table = lt.LatencyModel(gp.trace(_mlp(), (x,)), "torch", 0.01)
+    assert table.rest == 0.0 and table.estimate(lambda slot: 1) >= 0.0
+    _, report = gp.prune(_mlp(), (x,), budget={"speedup": 1.5}, runtime="torch")
+    target, before, after = report.budget.latency
+    assert after <= target < before
+
+
 def _cnn():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),

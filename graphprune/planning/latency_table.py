@@ -172,7 +172,9 @@ class LatencyModel:
             if progress is not None:
                 progress(i + 1, todo)
         self.table.save()
-        self.rest = full_ms - sum(float(g[-1, -1]) for _, _, g in self.points)
+        # Ops timed alone can add up to more than the whole model measured (per-run overheads, a
+        # busy machine): the rest is then nothing, never negative (a negative floor is no budget).
+        self.rest = max(0.0, full_ms - sum(float(g[-1, -1]) for _, _, g in self.points))
 
     def estimate(self, size: Callable[[tuple[str, int]], int]) -> float:
         """Latency (ms) with each slot's kept size given by ``size``."""
@@ -180,7 +182,7 @@ class LatencyModel:
         for op, (ins, outs, grid) in zip(self.ops, self.points):
             ci = size(op.x_slot)
             co = ci if op.depthwise else size(op.out_slot)
-            total += _bilinear(ins, outs, grid, ci, co)
+            total += max(0.0, _bilinear(ins, outs, grid, ci, co))  # extrapolated below the grid: >= 0
         return total
 
 
