@@ -233,7 +233,8 @@ def test_cli_removes_blocks_and_plots_layers(tmp_path, capsys):
 
 def test_causal_lm_weighs_depth_by_calibration_loss():
     """For a causal LM the candidates are compared by next-token loss on the calibration text
-    (what perplexity measures), with uniform widths tried beside global ones."""
+    (what perplexity measures), with uniform widths tried beside global ones. generated=0: the loss
+    is then taken on ``calib`` alone, which the check below recomputes."""
     import transformers as T
 
     from graphprune.hf.pretrained import causal_lm_loss
@@ -244,7 +245,7 @@ def test_causal_lm_weighs_depth_by_calibration_loss():
     m = T.LlamaForCausalLM(cfg).eval()
     calib = [{"input_ids": torch.randint(0, 100, (2, 16))} for _ in range(3)]
     pruned, report = gp.hf.prune(copy.deepcopy(m), targets=("blocks", "heads", "ffn"), budget={"params": 0.75},
-                                 allocation="global", calib=calib, verify=True)
+                                 allocation="global", calib=calib, generated=0, verify=True)
     assert report.depth.measure == "calibration loss" and report.oracle.passed
     widths = {w for _, _, w in report.depth.trials}
     assert widths == {"global", "uniform"}

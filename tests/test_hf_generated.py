@@ -91,9 +91,12 @@ def test_cli_calibrates_a_folder_on_generated_text_and_refuses_it_elsewhere(tmp_
     assert gp.hf.load_pruned(tmp_path / "out").model.layers[0].mlp.up_proj.out_features == 32
     assert main(["prune", "resnet18", "-o", str(tmp_path / "r.pt"), "--calib-generated", "3"]) == 2
     assert "not a zoo model" in capsys.readouterr().err
-    assert main(["prune", str(tmp_path / "src"), "-o", str(tmp_path / "o2"), "--calib-generated", "0"]) == 2
-    assert "must be >= 1" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "src"), "-o", str(tmp_path / "o2"), "--calib-generated", "-1"]) == 2
+    assert "must be >= 0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    assert main(["prune", str(tmp_path / "src"), "-o", str(tmp_path / "o3"), "--calib-generated", "0",
+                 "--ratio", "0.5", "--no-latency", "--allocation", "uniform"]) == 0  # 0: no sampling, data-free
+    assert "wrote itself" not in capsys.readouterr().out
 
 
 def test_auto_matches_the_given_sequences_and_keeps_batching_invariance():

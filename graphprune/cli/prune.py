@@ -94,8 +94,9 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         raise GraphpruneError("--gguf-type and --quant apply to a .gguf OUT only")
     check_quant(ns.quant)
     _check_recover(ns, kind)
-    if ns.calib_generated is not None and ns.calib_generated < 1:
-        raise GraphpruneError(f"--calib-generated must be >= 1 sequences, got {ns.calib_generated}")
+    if ns.calib_generated is not None and ns.calib_generated < 0:
+        raise GraphpruneError(f"--calib-generated must be >= 0 sequences (0: the --calib text alone), got "
+                              f"{ns.calib_generated}")
     if ns.calib_generated and kind not in ("hf", "saved"):
         raise GraphpruneError(f"--calib-generated samples text from a transformers causal LM, not a {kind} model: "
                               "drop it and give --calib")
@@ -274,7 +275,8 @@ def arguments(pr: argparse.ArgumentParser) -> None:
                          "non-token inputs) were seen (default: every batch)")
     pr.add_argument("--calib-generated", type=int, default=None, metavar="N",
                     help="transformers causal LMs: add N sequences the model samples itself (from its BOS token) to "
-                         "--calib, or calibrate on them alone: a repair that holds beyond one kind of text")
+                         "--calib, or calibrate on them alone: a repair that holds beyond one kind of text (default: "
+                         "as many as --calib holds, at most 64; 0: --calib alone)")
     pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
                     help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
                          "distillation on the --calib batches, a tenth held out; graphprune.recover)")

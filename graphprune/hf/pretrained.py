@@ -94,9 +94,15 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     original = copy.deepcopy(model.config)
     graph = graph or api.trace(model, (), inputs)
     model, report = api.prune(model, (), inputs, graph=graph, plan_=plan_, options=opts)
-    plan = report.plan
     report.notes += [n for n in (head_note, gen_note) if n]
-    report.sync = sync_config(model, graph, plan)
+    _sync_and_record(model, graph, report, opts, original, inputs)
+    return model, report
+
+
+def _sync_and_record(model, graph, report, opts: PruneOptions, original, inputs: dict) -> None:
+    """Bring the config in line with the pruned widths and attach the plan history that
+    :func:`graphprune.hf.load_pruned` rebuilds the model from."""
+    report.sync = sync_config(model, graph, report.plan)
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []
     if added and report.sync is not None and report.sync.loadable:
         report.sync.loadable = False
@@ -104,9 +110,8 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     warn_unloadable(opts, report.sync)
     before = getattr(model, META_ATTR, None)  # pruned before (an iterative schedule): keep the history
     setattr(model, META_ATTR, CheckpointDoc(
-        (before.history if before else []) + [PlanStep(plan, added)], architecture=type(model).__name__,
+        (before.history if before else []) + [PlanStep(report.plan, added)], architecture=type(model).__name__,
         original_config=before.original_config if before else original.to_dict(), kwargs=_input_spec(inputs)))
-    return model, report
 
 
 AUTO_GENERATED = 64  # generated="auto": the model's own sequences, at most this many (docs/llm_pruning.md)
