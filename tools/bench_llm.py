@@ -30,8 +30,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 import llm_data as L  # noqa: E402
 import torch  # noqa: E402
 
-CRITERIA = ["auto", "obs", "activation", "fluctuation", "taylor", "hessian", "l2", "l1", "lamp", "random",
+CRITERIA = ["default", "auto", "obs", "activation", "fluctuation", "taylor", "hessian", "l2", "l1", "lamp", "random",
             "auto/sensitivity"]  # "auto/sensitivity": auto, with allocation="sensitivity" forced (slow here)
+# "default" is the plain call, which adds as many sequences of the model's own text as `calib` holds
+# (generated="auto"); every other row calibrates on `calib` alone (generated=0) to compare criteria.
 DATA_FREE = {"l1", "l2", "lamp", "random"}
 
 
@@ -45,9 +47,12 @@ def run_graphprune(model, ratio: float, criterion: str, compensate: bool, calib:
     use_calib = compensate or criterion not in DATA_FREE
     criterion, _, allocation = criterion.partition("/")
     t = time.perf_counter()
-    model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=criterion,
-                                calib=calib if use_calib else None, compensate=compensate if use_calib else False,
-                                allocation=allocation or "auto")
+    if criterion == "default":
+        model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), calib=calib)
+    else:
+        model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), importance=criterion,
+                                    calib=calib if use_calib else None, compensate=compensate if use_calib else False,
+                                    allocation=allocation or "auto", generated=0)
     seconds = time.perf_counter() - t
     comp = report.compensation
     err = None
@@ -117,7 +122,10 @@ def markdown(rows: list[dict], dense: float, ns, base_params: int) -> str:
             f"{err[0]:.3f} -> {err[1]:.3f}" if err else "", f"{r['seconds']:.1f} s"]) + " |")
     lines += [
         "",
-        "`auto` is the default with `calib`: `obs` with refit. Its allocation stays uniform here: measuring each "
+        "`default` is the plain call `graphprune.hf.prune(model, ratio=r, calib=batches)`: `auto` importance, "
+        "calibrated on the batches plus as many sequences of the model's own text (`generated=\"auto\"`); every "
+        "other row calibrates on the batches alone (`generated=0`) to compare criteria. "
+        "`auto` resolves to `obs` with refit. Its allocation stays uniform here: measuring each "
         "group's sensitivity would take 150 masked runs (2.1e13 MACs, over the 5e12 that `auto` spends); "
         "`auto/sensitivity` forces it (`allocation=\"sensitivity\"`). `lamp` ranks channels within a group in "
         "the same order as `l2`, so with one ratio for every group it prunes the same channels; it differs "
@@ -188,7 +196,7 @@ def main() -> int:
     log(f"dense perplexity {saved['dense']:.2f}")
     done = {(r["ratio"], r["method"], r["importance_arg"], r["compensation"]) for r in saved["rows"]}
     jobs = [(r, "graphprune", c, comp) for r in ns.ratios for c in ns.criteria for comp in ("refit", "off")
-            if not (c.startswith("auto") and comp == "off")]
+            if not ((c.startswith("auto") or c == "default") and comp == "off")]
     if not ns.no_peer:
         jobs += [(r, "torch-pruning", "l2", "off") for r in ns.ratios]
     for k, (ratio, method, crit, comp) in enumerate(jobs, 1):

@@ -12,10 +12,13 @@ calibration source's calibration half is ever seen by a pruner.
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.5 \\
         --option refit_ridge=0.1 --tag ridge0.1 --resume                  # one tuning row
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
-        --option generated=64 --tag "news + 64 generated" --resume        # with text the model samples itself
+        --option generated=0 --tag "news only, generated=0" --resume      # without the model's own text
+    .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
+        --recover-s 600 --tag "default + recover 600 s" --resume         # then distilled for 10 minutes
 
 graphprune is called as a user would: ``graphprune.hf.prune(model, ratio=r, targets=("heads", "ffn"),
-calib=batches)`` (plus ``--option key=value`` for a tuning row). Rows are saved to a JSON file as they
+calib=batches)``, which adds as many sequences the model samples itself as ``calib`` holds (at most
+64; ``generated="auto"``), plus ``--option key=value`` for a tuning row. Rows are saved to a JSON file as they
 finish; the table is written between markers in docs/llm_pruning.md, the rest of that file is kept.
 """
 from __future__ import annotations
@@ -89,6 +92,20 @@ def prune(method: str, ratio: float, calib: list, options: dict, reference: dict
     return model, {"seconds": time.perf_counter() - t, "importance": importance}
 
 
+def recover(model, calib: list, seconds: float) -> dict:
+    """Distil the pruned model towards the dense one (graphprune.recover) for ``seconds`` on the
+    calibration batches plus 64 sequences the dense model samples (a seed the prune did not use)."""
+    import graphprune as gp
+
+    teacher, _ = L.load_smollm2()
+    data = list(calib) + gp.hf.generated_batches(teacher, n=64, seq_len=calib[0]["input_ids"].shape[1] if calib
+                                                  else 128, batch_size=8, seed=1)
+    result = gp.recover(model, teacher, data, time_s=seconds)
+    log(f"    recover: {result.steps} steps in {result.seconds:.0f} s, held-out loss "
+        f"{result.heldout_losses[0][1]:.4f} -> {min(v for _, v in result.heldout_losses):.4f}")
+    return {"recover_steps": result.steps, "recover_seconds": result.seconds}
+
+
 def markdown(saved: dict, ns) -> str:
     sources = [ns.calib_source] + [s for s in ns.eval_sources if s != ns.calib_source]
     dense = saved["dense"]
@@ -146,6 +163,8 @@ def main() -> int:
     p.add_argument("--lambdas", type=float, nargs="+",
                    help="tuning: the ridge strengths the refit's cross-validation chooses from (calib/refit.py)")
     p.add_argument("--tag", default="", help="label of a tuning row")
+    p.add_argument("--recover-s", type=float, default=0.0,
+                   help="then graphprune.recover for this many seconds on calib + 64 generated sequences")
     p.add_argument("--resume", action="store_true", help="keep rows already in --json")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "llm_crossdomain.json")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "llm_pruning.md")
@@ -180,6 +199,8 @@ def main() -> int:
                 continue
             log(f"{method} {tag} at {ratio:.0%}")
             m, info = prune(method, ratio, calib, options if method == "graphprune" else {}, reference)
+            if ns.recover_s and method == "graphprune":
+                info.update(recover(m, calib, ns.recover_s))
             kv, ffn = structure(m)
             row = {"ratio": ratio, "method": method, "tag": tag, "options": options if method == "graphprune" else {},
                    "params": n_params(m), "kv": kv, "ffn": ffn,
