@@ -107,3 +107,28 @@ def _as_program(model, x):
     p = P()
     p.model = model
     return p
+
+
+def test_each_set_of_widths_is_timed_once_per_prune(monkeypatch, tmp_path):
+    """The tilt's trials and the width tuning's x1 trial are often the same plan: it is timed once.
+    Every whole-model timing is recorded by the widths it ran; the report then times the original
+    and the pruned model afresh, back to back."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    _fake_runtime(monkeypatch)
+    fake = TorchProgram.latency_ms
+    timed = []
+
+    def recording(self, runtime=None):
+        timed.append(tuple(m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)))
+        return fake(self, runtime)
+
+    monkeypatch.setattr(TorchProgram, "latency_ms", recording)
+    x = torch.randn(1, 3, 8, 8)
+    _, rep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch")
+    assert any("kept tilt" in n for n in rep.notes) and any("widths: tried" in n for n in rep.notes)
+    original = (32, 32, 64, 8)
+    report_from = len(timed) - 1 - timed[::-1].index(original)  # the report's before, then its after
+    planning = [w for w in timed[:report_from] if w != original]
+    assert len(planning) >= 3  # the tilt's trials (uniform, 1/2, 1) and the widths scaled x2 / x4
+    assert len(planning) == len(set(planning)), planning

@@ -34,7 +34,7 @@ def solve_latency_budget(program, runtime, dg, groups, scores, budget, round_to,
                                 progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"))
 
     def measure(ratios) -> float:
-        return program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms(runtime)
+        return program.plan_latency_ms(make_plan(groups, scores, 0.0, round_to, ratios), runtime)
 
     kept = uniform_kept(groups, max_ratio, round_to)  # the most-pruned plan the budget may choose
     smallest = {g.id: (g.size - kept[g.id]) / g.size for g in groups}

@@ -70,7 +70,7 @@ def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget
             ratios, _ = solve_budget(dg, groups, scores, budget, round_to, "uniform", max_ratio, tilt=tilt)
         except PlanError:
             break  # unreachable with this tilt (uniform's own refusal is the caller's to raise)
-        ms = program.apply(make_plan(groups, scores, 0.0, round_to, ratios)).latency_ms(runtime)
+        ms = program.plan_latency_ms(make_plan(groups, scores, 0.0, round_to, ratios), runtime)
         trials.append((ms, beta, tilt))
     if not trials:
         return None

@@ -51,7 +51,7 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
             continue
         seen.append(scaled)
         made = first if factor == 1 else remake(scaled)
-        trials.append((program.apply(made[0]).latency_ms(runtime), max(scaled.values()), made))
+        trials.append((program.plan_latency_ms(made[0], runtime), max(scaled.values()), made))
     best = min(t[0] for t in trials)
     ms, step, made = next(t for t in trials if t[0] <= best * (1 + TOLERANCE))
     notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: " +

@@ -122,6 +122,16 @@ class Program(ABC):
         """The pruned program (weights changed by ``updates``, biases added by ``compensation``).
         Raises RewriteError when the result is not a valid model."""
 
+    def plan_latency_ms(self, plan: "PrunePlan", runtime: str) -> float:
+        """This model pruned by ``plan`` (uncompensated: compensation changes values, not shapes),
+        timed on ``runtime``. Time is a function of the kept widths, so each distinct set of widths
+        is timed once per program: the time tilt and the width tuning try some of the same plans."""
+        timed = self.__dict__.setdefault("_plan_ms", {})
+        key = (runtime, tuple(sorted((g, len(i)) for g, i in plan.pruned.items() if len(i))), tuple(plan.blocks))
+        if key not in timed:
+            timed[key] = self.apply(plan).latency_ms(runtime)
+        return timed[key]
+
     def added_params(self) -> int:
         """Parameters the last ``apply`` added beyond the plan (new biases)."""
         return 0
