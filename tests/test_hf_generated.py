@@ -54,13 +54,13 @@ def test_prune_calibrates_on_generated_text_alone_or_mixed():
     assert report.compensation is not None and report.compensation.sites  # calibrated, so refit
     assert any("4 sequences of 64 tokens the model wrote itself" in n and "no text given" in n  # its 64 positions
                for n in report.notes), report.notes
-    mixed, report = gp.hf.prune(_llama(), calib=calib, generated=4, **opts)
-    assert any("4 sequences of 10 tokens" in n and "after the 2 batch(es) given" in n for n in report.notes), report.notes
+    mixed, report = gp.hf.prune(_llama(), calib=calib, generated=12, **opts)
+    assert any("12 sequences of 10 tokens" in n and "after the 2 batch(es) given" in n for n in report.notes), report.notes
     alone, _ = gp.hf.prune(_llama(), calib=calib, generated=0, **opts)
     # the generated batches change what the repair was fit on
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), alone.state_dict().values()))
-    default, report = gp.hf.prune(_llama(), calib=calib, **opts)  # the default is "auto": 4 given, so 4 made
-    assert any("4 sequences of 10 tokens" in n for n in report.notes), report.notes
+    default, report = gp.hf.prune(_llama(), calib=calib, **opts)  # the default is "auto": 4 given, so 3 x 4 made
+    assert any("12 sequences of 10 tokens" in n for n in report.notes), report.notes
     for (k, a), b in zip(default.state_dict().items(), mixed.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -104,7 +104,7 @@ def test_auto_matches_the_given_sequences_and_keeps_batching_invariance():
     ids = torch.randint(0, 64, (4, 10), generator=g)
     opts = dict(ratio=0.5, measure_latency=False, allocation="uniform", generated="auto")
     two, report = gp.hf.prune(_llama(), calib=[{"input_ids": ids[:2]}, {"input_ids": ids[2:]}], **opts)
-    assert any("4 sequences of 10 tokens" in n for n in report.notes), report.notes  # as many as given
+    assert any("12 sequences of 10 tokens" in n for n in report.notes), report.notes  # three for each given
     one, _ = gp.hf.prune(_llama(), calib=[{"input_ids": ids}], **opts)  # the same data in one batch
     for (k, a), b in zip(two.state_dict().items(), one.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
