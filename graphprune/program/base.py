@@ -35,6 +35,7 @@ class Program(ABC):
 
     def __init__(self) -> None:
         self._graph: DependencyGraph | None = None
+        self._plan_ms: dict[tuple, float] = {}  # plan_latency_ms: kept widths -> measured ms
 
     # ---- analysis ------------------------------------------------------------------------
     @abstractmethod
@@ -126,11 +127,10 @@ class Program(ABC):
         """This model pruned by ``plan`` (uncompensated: compensation changes values, not shapes),
         timed on ``runtime``. Time is a function of the kept widths, so each distinct set of widths
         is timed once per program: the time tilt and the width tuning try some of the same plans."""
-        timed = self.__dict__.setdefault("_plan_ms", {})
         key = (runtime, tuple(sorted((g, len(i)) for g, i in plan.pruned.items() if len(i))), tuple(plan.blocks))
-        if key not in timed:
-            timed[key] = self.apply(plan).latency_ms(runtime)
-        return timed[key]
+        if key not in self._plan_ms:
+            self._plan_ms[key] = self.apply(plan).latency_ms(runtime)
+        return self._plan_ms[key]
 
     def added_params(self) -> int:
         """Parameters the last ``apply`` added beyond the plan (new biases)."""
