@@ -19,7 +19,7 @@ from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 from .metrics import count_macs, count_params
 from .options import PruneOptions
 from .oracle import run_oracle
-from .planning.allocate import Allocation, allocate_budget, allocate_if_cheap, resolve_allocation
+from .planning.allocate import Allocation, Repair, allocate_budget, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, solve_budget
 from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .planning.latency_budget import solve_latency_budget
@@ -257,8 +257,12 @@ def _spend_budget(w: _Work) -> None:
     if opts.allocation != "sensitivity" or w.batches is None:
         return
     cost = CostModel(w.dg, w.groups)
+    mode = compensation_mode(opts)
+    repair = None if mode is None else Repair(w.program, w.dg, make_plan(w.groups, w.scores, opts.ratio, w.round_to,
+                                                                          w.ratios), w.batches, mode, w.ctx.stats,
+                                              ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)))
     measured = allocate_budget(w.program, cost, w.groups, w.scores, w.spent.targets, w.round_to, w.batches,
-                               opts.max_ratio, w.ctx.notes)
+                               opts.max_ratio, w.ctx.notes, repair)
     if measured is not None:
         w.ratios = measured
         plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)

@@ -26,6 +26,7 @@ from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
 from ..util.progress import progress
+from .crossfit import CrossFit, heldout_errors
 from .plan import MAX_RATIO, PrunePlan, block_masks, keep_masks, kept_count, make_plan, shape_fn, step_of
 
 ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
@@ -286,13 +287,15 @@ BUDGET_LEVELS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75)  # ratios tried per group under
 
 
 def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[str, int], round_to, batches: list,
-                    max_ratio: float, notes: list[str]) -> dict[int, float] | None:
+                    max_ratio: float, notes: list[str], repair: Repair | None = None) -> dict[int, float] | None:
     """Per-group ratios meeting a MACs / parameter budget where the output suffers least: each
-    group is pruned alone at :data:`BUDGET_LEVELS` (masks only: a refit fitted on few samples
-    makes deep layers look cheaper than they are on other data), its output error measured on the
-    calibration rows against what it saves of the budget's metric (MACs first), and the cheapest
-    savings per unit of error are taken first (the hull walk of :func:`allocate`). None where the
-    levels cannot meet the budget together (the caller then solves it uniformly)."""
+    group is pruned alone at :data:`BUDGET_LEVELS`, its output error measured on the calibration
+    rows against what it saves of the budget's metric (MACs first), and the cheapest savings per
+    unit of error are taken first (the hull walk of :func:`allocate`). With ``repair``, each
+    candidate is refit as the final plan will be and scored on held-out items (crossfit.py: a
+    refit scored where it was fitted makes deep layers look cheaper than they are on other data);
+    without, masks only. None where the levels cannot meet the budget together (the caller then
+    solves it uniformly)."""
     t0 = time.perf_counter()
     metric = "macs" if "macs" in targets else "params"
     full = cost.measure({})
@@ -306,9 +309,14 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
             saved = full[metric] - cost.measure(kept)[metric]
             if saved <= 0 or (keys and keys[-1][0] == g.id and keys[-1][2] >= saved):
                 continue
-            variants.append(({**keep_masks(program.graph(), p)}, {}))
+            variants.append(p)
             keys.append((g.id, r, saved))
-    err = output_errors(program, used, variants, "allocating the budget")
+    if repair is not None and repair.mode is not None:
+        fit = CrossFit(repair)
+        err = heldout_errors(program, used, [fit.variants(p) for p in variants], "allocating the budget (held out)")
+    else:
+        err = output_errors(program, used, [(keep_masks(program.graph(), p), {}) for p in variants],
+                            "allocating the budget")
     curves: dict[int, list[tuple[int, float, float]]] = {g.id: [(0, 0.0, 0.0)] for g in groups}
     for (gid, r, n), e in zip(keys, err):
         curves[gid].append((int(n), float(e), r))
@@ -327,6 +335,7 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
         notes.append(f"allocation: uniform; the levels measured for {len(groups)} group(s) cannot meet the budget "
                      "together")
         return None
-    notes.append(f"allocation: sensitivity under the {metric} budget, {len(variants)} masked run(s) on {rows} "
+    how = "refit on one fold, scored on the other" if repair is not None and repair.mode is not None else "masks only"
+    notes.append(f"allocation: sensitivity under the {metric} budget ({how}), {len(variants)} candidate(s) on {rows} "
                  f"calibration row(s) ({time.perf_counter() - t0:.1f} s)")
     return ratios
