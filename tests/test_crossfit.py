@@ -8,9 +8,10 @@ from torch import nn
 
 from graphprune.options import PruneOptions
 from graphprune.pipeline import plan_program
-from graphprune.planning.allocate import Repair, output_errors
+from graphprune.planning.allocate import Repair
 from graphprune.planning.crossfit import CrossFit, fold_stats, heldout_errors
 from graphprune.planning.plan import keep_masks, make_plan
+from graphprune.planning.scoring import output_errors
 from graphprune.program.torch_program import TorchProgram
 
 

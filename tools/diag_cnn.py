@@ -106,9 +106,10 @@ def per_group(model, x, calib, test, macs: float, ratio: float) -> list[dict]:
     (one-shot's regime) make these the costs a budget allocation trades against MACs."""
     from graphprune.options import PruneOptions
     from graphprune.pipeline import plan_program
-    from graphprune.planning.allocate import Repair, output_errors
+    from graphprune.planning.allocate import Repair
     from graphprune.planning.budget import CostModel
     from graphprune.planning.plan import keep_masks, make_plan
+    from graphprune.planning.scoring import output_errors
     from graphprune.program.torch_program import TorchProgram
 
     program = TorchProgram(model, (x[:1],))

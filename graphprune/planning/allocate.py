@@ -16,18 +16,15 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..calib.collect import collect
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
-from ..calib.distributed import reduce_sum, shard
 from ..calib.sites import find_sites
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
-from ..util.progress import progress
 from .crossfit import CrossFit, heldout_errors
 from .plan import MAX_RATIO, PrunePlan, block_masks, keep_masks, kept_count, make_plan, shape_fn, step_of
+from .scoring import output_errors
 
 ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
@@ -205,36 +202,6 @@ class Repair:
         return {**keep_masks(self.dg, p), **block_masks(self.dg, p)}, overrides
 
 
-def output_errors(program, used: list, variants: list, what: str, loss=None) -> np.ndarray:
-    """Each variant's squared output error on ``used`` relative to the output's energy; with
-    ``loss`` (outputs, batch -> float: a causal LM's next-token loss), its mean loss instead."""
-
-    n = len(used)
-    used = [used[k] for k in shard(n)]  # this rank's batches: the sums are reduced over ranks
-    err = np.zeros(len(variants))
-    if loss is not None:
-        for v, k, outs in progress(program.run_variants(used, variants) if used else (), what, len(variants) * len(used)):
-            err[v] += loss(outs, used[k]) / n
-        return reduce_sum([err])[0]
-    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])] if used else []  # the variants' interpreter
-    valid = [program.valid_rows(b) for b in used]
-    energy = reduce_sum([np.array(sum(_sq(o, None, v) for outs, v in zip(ref, valid) for o in outs), float)])[0]
-    runs = program.run_variants(used, variants) if used else ()
-    for v, k, outs in progress(runs, what, len(variants) * len(used)):
-        err[v] += sum(_sq(o, r, valid[k]) for o, r in zip(outs, ref[k])) / max(float(energy), 1e-30)
-    return reduce_sum([err])[0]
-
-
-def _sq(out: np.ndarray, ref: np.ndarray | None, valid) -> float:
-    """Squared norm of ``out - ref`` (or ``out``) over real rows (padding left out)."""
-    d = out if ref is None else out - ref
-    if valid is not None:
-        m = np.asarray(valid).astype(bool)
-        if d.shape[: m.ndim] == m.shape:
-            d = d[m]
-    return float(np.square(d, dtype=np.float64).sum())
-
-
 def _hull(points: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
     """The lower convex hull of (params, error, ratio) points sorted by params: a larger
     cut that costs less per parameter than a smaller one makes the smaller one moot."""
@@ -311,7 +278,7 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
                 continue
             variants.append(p)
             keys.append((g.id, r, saved))
-    if repair is not None and repair.mode is not None:
+    if repair is not None:
         fit = CrossFit(repair)
         err = heldout_errors(program, used, [fit.variants(p) for p in variants], "allocating the budget (held out)")
     else:
@@ -335,7 +302,7 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
         notes.append(f"allocation: uniform; the levels measured for {len(groups)} group(s) cannot meet the budget "
                      "together")
         return None
-    how = "refit on one fold, scored on the other" if repair is not None and repair.mode is not None else "masks only"
+    how = "refit on one fold, scored on the other" if repair is not None else "masks only"
     notes.append(f"allocation: sensitivity under the {metric} budget ({how}), {len(variants)} candidate(s) on {rows} "
                  f"calibration row(s) ({time.perf_counter() - t0:.1f} s)")
     return ratios

@@ -16,9 +16,8 @@ import dataclasses
 import numpy as np
 
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
-from ..calib.distributed import reduce_sum, shard
-from ..util.progress import progress
 from .plan import PrunePlan, block_masks, keep_masks
+from .scoring import output_errors
 
 
 def fold_stats(stats: dict, k: int) -> dict:
@@ -59,31 +58,9 @@ def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], wh
     item scored once: under the refit fitted on the *other* fold. ``pairs``: per candidate,
     (refit on fold 0, refit on fold 1), as :meth:`CrossFit.variants` gives them. Folds are the
     parity of an item's index over all of ``used`` (as calibration counts them), on every rank."""
-    n = len(used)
     starts = np.cumsum([0] + [_items(program, b) for b in used])
-    mine = list(shard(n))
-    batches = [used[k] for k in mine]
+    parity = [np.arange(a, z) % 2 for a, z in zip(starts[:-1], starts[1:])]
     flat = [v for pair in pairs for v in pair]
-    err = np.zeros(len(pairs))
-    ref = [outs for _, _, outs in program.run_variants(batches, [({}, {})])] if batches else []
-    valid = [program.valid_rows(b) for b in batches]
-    parity = [(np.arange(starts[k], starts[k + 1]) % 2) for k in mine]
-    energy = reduce_sum([np.array(sum(_sq(o, None, v, None) for outs, v in zip(ref, valid) for o in outs), float)])[0]
-    runs = program.run_variants(batches, flat) if batches else ()
-    for v, k, outs in progress(runs, what, len(flat) * len(batches)):
-        scored = parity[k] == 1 - v % 2  # fitted on fold v % 2: scored on the other's items
-        err[v // 2] += sum(_sq(o, r, valid[k], scored) for o, r in zip(outs, ref[k])) / max(float(energy), 1e-30)
-    return reduce_sum([err])[0]
-
-
-def _sq(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | None) -> float:
-    """Squared norm of ``out - ref`` (or ``out``) over the real rows of the ``items`` chosen."""
-    d = out if ref is None else out - ref
-    if items is not None and d.ndim and d.shape[0] == items.shape[0]:
-        d = d[items]
-        valid = None if valid is None else np.asarray(valid)[items]
-    if valid is not None:
-        m = np.asarray(valid).astype(bool)
-        if d.shape[: m.ndim] == m.shape:
-            d = d[m]
-    return float(np.square(d, dtype=np.float64).sum())
+    # variant v was fitted on fold v % 2: it is scored on the other fold's items
+    err = output_errors(program, used, flat, what, items=lambda v, k: parity[k] == 1 - v % 2)
+    return err[0::2] + err[1::2]

@@ -18,9 +18,10 @@ import numpy as np
 
 from ..blocks import Block, dead_values
 from ..errors import PlanError
-from .allocate import Repair, output_errors, sample
+from .allocate import Repair, sample
 from .budget import CostModel, parse_budget, solve_budget
 from .plan import PrunePlan, block_masks, make_plan
+from .scoring import output_errors
 
 BLOCK_TARGETS = ("blocks", "block", "depth")
 

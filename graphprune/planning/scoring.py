@@ -1,0 +1,48 @@
+"""Scoring candidate plans: each variant's output error (or loss) over calibration batches,
+relative to the original's output energy, sharded over torch.distributed ranks. Shared by the
+allocation, the held-out allocation (crossfit.py) and depth scoring (depth.py). Front-end
+neutral (no torch, no onnx here)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..calib.distributed import reduce_sum, shard
+from ..util.progress import progress
+
+
+def output_errors(program, used: list, variants: list, what: str, loss=None, items=None) -> np.ndarray:
+    """Each variant's squared output error on ``used`` relative to the output's energy; with
+    ``loss`` (outputs, batch -> float: a causal LM's next-token loss), its mean loss instead.
+    ``items`` (variant, batch index in ``used`` -> boolean mask over the batch's items, or None
+    for all) restricts which items a variant's error counts; the energy counts every item."""
+
+    n = len(used)
+    mine = list(shard(n))
+    used = [used[k] for k in mine]  # this rank's batches: the sums are reduced over ranks
+    err = np.zeros(len(variants))
+    if loss is not None:
+        for v, k, outs in progress(program.run_variants(used, variants) if used else (), what, len(variants) * len(used)):
+            err[v] += loss(outs, used[k]) / n
+        return reduce_sum([err])[0]
+    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])] if used else []  # the variants' interpreter
+    valid = [program.valid_rows(b) for b in used]
+    energy = reduce_sum([np.array(sum(squared(o, None, v) for outs, v in zip(ref, valid) for o in outs), float)])[0]
+    runs = program.run_variants(used, variants) if used else ()
+    for v, k, outs in progress(runs, what, len(variants) * len(used)):
+        chosen = None if items is None else items(v, mine[k])
+        err[v] += sum(squared(o, r, valid[k], chosen) for o, r in zip(outs, ref[k])) / max(float(energy), 1e-30)
+    return reduce_sum([err])[0]
+
+
+def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | None = None) -> float:
+    """Squared norm of ``out - ref`` (or ``out``) over real rows (padding left out), of the
+    ``items`` chosen (a mask over the leading axis) where given."""
+    d = out if ref is None else out - ref
+    if items is not None and d.ndim and d.shape[0] == items.shape[0]:
+        d = d[items]
+        valid = None if valid is None else np.asarray(valid)[items]
+    if valid is not None:
+        m = np.asarray(valid).astype(bool)
+        if d.shape[: m.ndim] == m.shape:
+            d = d[m]
+    return float(np.square(d, dtype=np.float64).sum())
