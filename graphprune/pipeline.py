@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .calib.collect import calib_batches, collect
 from .calib.compensate import Compensation, ridge_by_node
@@ -19,8 +19,9 @@ from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 from .metrics import count_macs, count_params
 from .options import PruneOptions
 from .oracle import run_oracle
-from .planning.allocate import Allocation, Repair, allocate_budget, allocate_if_cheap, resolve_allocation
+from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, solve_budget
+from .planning.budget_sensitivity import BudgetCurves, allocate_budget
 from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .planning.latency_budget import solve_latency_budget
 from .planning.memory import MemoryEstimate, check_memory, estimate_memory, peak_rss, reset_peak, stat_sites
@@ -112,6 +113,7 @@ class _Work:
     notes: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
     tilt: dict | None = None  # a MACs budget's uniform ratio bent per group towards time (planning/time_tilt.py)
+    curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
 
 
 def plan_program(program, opts: PruneOptions) -> Planned:
@@ -264,7 +266,7 @@ def _spend_budget(w: _Work) -> None:
     measured = allocate_budget(w.program, cost, w.groups, w.scores, w.spent.targets, w.round_to, w.batches,
                                opts.max_ratio, w.ctx.notes, repair)
     if measured is not None:
-        w.ratios = measured
+        w.ratios, w.curves = measured
         plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)
         w.spent.allocation = "sensitivity"
         w.spent.achieved = cost.measure({g.id: g.size - len(plan.pruned[g.id]) for g in w.groups})
@@ -272,15 +274,23 @@ def _spend_budget(w: _Work) -> None:
 
 def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
     """round_to="auto": time the plan at the measured multiples scaled x1/x2/x4, keep the fastest
-    (not where measured ratios, blocks or a latency search already fixed the plan)."""
+    (not where blocks or a latency search already fixed the plan). A budget's
+    measured allocation is re-spent from its curves at each multiple, not measured again."""
     opts = w.opts
-    if not (_widths_tuned(w) and not (w.spent is not None and w.spent.allocation == "sensitivity")):
+    if not _widths_tuned(w):
         return plan
     spent = w.spent
 
     def remake(steps):
         if spent is None:
             return make_plan(w.groups, w.scores, opts.ratio, steps, w.ratios), spent
+        if w.curves is not None:
+            r = w.curves.solve(steps)
+            if r is None:
+                return None
+            made = make_plan(w.groups, w.scores, opts.ratio, steps, r)
+            return made, replace(spent, achieved=w.curves.cost.measure(
+                {g.id: g.size - len(made.pruned[g.id]) for g in w.groups}))
         r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=w.tilt)
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 

@@ -12,7 +12,7 @@ from helpers import calib_batches, rel_err
 import graphprune as gp
 from graphprune.calib.compensate import compensate
 from graphprune.errors import PlanError
-from graphprune.planning.allocate import _greedy, _hull
+from graphprune.planning.allocate import hull, spend_cheapest
 from graphprune.planning.plan import keep_masks, make_plan, select_groups
 from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.torch_program import TorchProgram
@@ -35,22 +35,22 @@ class TwoBranches(torch.nn.Module):
         return torch.cat([self.a(x), self.b(x)], -1)
 
 
-def test_hull_drops_a_cut_that_a_larger_one_makes_moot():
+def testhull_drops_a_cut_that_a_larger_one_makes_moot():
     # (50, 0.5) lies above the chord from (0, 0) to (80, 0.6) (0.375 at 50): cutting 80 is
     # cheaper per parameter than cutting 50, so the 50 point never starts a segment
-    assert _hull([(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]) == [(0, 0.0, 0.0), (80, 0.6, 0.8)]
+    assert hull([(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]) == [(0, 0.0, 0.0), (80, 0.6, 0.8)]
 
 
-def test_greedy_takes_the_cheapest_parameters_first_and_splits_the_last_segment():
+def testspend_cheapest_takes_the_cheapest_parameters_first_and_splits_the_last_segment():
     a = SimpleNamespace(id=1, size=10, role="channel")
     b = SimpleNamespace(id=2, size=10, role="channel")
     curves = {1: [(0, 0.0, 0.0), (50, 0.1, 0.5), (80, 1.0, 0.8)],
               2: [(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]}
     # slopes: a 0.1/50 = 0.002 then 0.9/30 = 0.03; b's hull is one segment 0.6/80 = 0.0075.
     # Budget 120: a's first segment (50), then 70 of b's 80 -> ratio 0.8 * 70/80 = 0.7 -> 7 of 10
-    assert _greedy([a, b], curves, 120, 1) == {1: 0.5, 2: 0.7}
+    assert spend_cheapest([a, b], curves, 120, 1) == {1: 0.5, 2: 0.7}
     # a budget a whole segment meets exactly takes no part of the next
-    assert _greedy([a, b], curves, 50, 1) == {1: 0.5, 2: 0.0}
+    assert spend_cheapest([a, b], curves, 50, 1) == {1: 0.5, 2: 0.0}
 
 
 def test_sensitivity_prunes_the_branch_that_matters_less():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from helpers import tiny_onnx_model
 from torch import nn
 
 from graphprune.options import PruneOptions
@@ -12,6 +13,7 @@ from graphprune.planning.allocate import Repair
 from graphprune.planning.crossfit import CrossFit, fold_stats, heldout_errors
 from graphprune.planning.plan import keep_masks, make_plan
 from graphprune.planning.scoring import output_errors
+from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.torch_program import TorchProgram
 
 
@@ -50,6 +52,30 @@ def test_the_same_variant_on_both_folds_scores_as_every_item_once():
     np.testing.assert_allclose(held, plain, rtol=1e-6)
 
 
+def test_fold_batches_score_as_the_masked_items_do(monkeypatch):
+    # each variant run only on its scored items (batches cut by program.take) gives the errors of
+    # running every item and counting the other fold's: the cheap path changes cost, not result
+    program, planned, repair, cands = _planned(5, 3)
+    fit = CrossFit(repair)
+    pairs = [fit.variants(p) for p in cands]
+    cut = heldout_errors(program, planned.batches, pairs, "cut batches")
+    taken = []
+    monkeypatch.setattr(program, "take", lambda b, items: taken.append(items.sum()) or None)
+    whole = heldout_errors(program, planned.batches, pairs, "whole batches")
+    assert taken  # the fallback was asked for, refused, and took the masked path
+    assert np.all(cut > 0)
+    np.testing.assert_allclose(cut, whole, rtol=1e-5)
+
+
+def test_take_keeps_the_chosen_items_of_every_batched_input():
+    program, planned, _, _ = _planned(5, 1)
+    b = planned.batches[0]
+    items = np.array([True, False, True, False, True])
+    part = program.take(b, items)
+    assert torch.equal(part[0][0], b[0][0][[0, 2, 4]])
+    assert program.run(part)[0].shape[0] == 3
+
+
 def test_a_refit_scored_on_the_other_fold_is_not_the_optimistic_in_sample_one():
     # 12 items for a 40-wide hidden layer: a refit fitted on these items nearly reproduces them
     program, planned, repair, cands = _planned(4, 3)
@@ -77,3 +103,15 @@ def test_a_repaired_sensitivity_budget_scores_candidates_held_out():
     assert any("sensitivity under the macs budget (refit on one fold, scored on the other)" in n
                for n in rep.notes), rep.notes
     assert rep.macs_after <= 0.7 * rep.macs_before + 1
+
+
+def test_onnx_take_cuts_a_dynamic_batch_and_refuses_a_fixed_one():
+    model = tiny_onnx_model()
+    x = np.random.default_rng(2).standard_normal((4, 4)).astype(np.float32)
+    items = np.array([False, True, True, False])
+    program = OnnxProgram(model)
+    part = program.take({"x": x}, items)
+    np.testing.assert_array_equal(part["x"], x[1:3])
+    np.testing.assert_allclose(program.run(part)[0], program.run({"x": x})[0][1:3], rtol=1e-6)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4  # the batch fixed at 4 items
+    assert OnnxProgram(model).take({"x": x}, items) is None

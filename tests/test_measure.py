@@ -144,3 +144,27 @@ def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch):
     assert "kept up to 16" in note, note
     assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     assert report.macs_after <= 0.6 * report.macs_before * 1.001  # the budget still holds at the coarser step
+
+
+def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeypatch):
+    """allocation='sensitivity' under a budget measures its error curves once; the width timing then
+    re-spends the budget from those curves at each multiple, and keeps the fastest that meets it."""
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=4")
+    model, args = _mbv2()
+    g = torch.Generator().manual_seed(0)
+    calib = [(torch.randn(4, *args[0].shape[1:], generator=g),) for _ in range(2)]
+
+    def latency(self, runtime=None):
+        widths = [m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        return 1.0 + sum(w % 16 != 0 for w in widths)
+
+    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch", calib=calib,
+                         allocation="sensitivity")
+    assert report.budget.allocation == "sensitivity"
+    assert sum("allocating" in n or "allocation: sensitivity" in n for n in report.notes) == 1  # measured once
+    note = next(n for n in report.notes if "tried the measured multiples" in n)
+    assert "kept up to 16" in note, note
+    assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
+    assert report.macs_after <= 0.6 * report.macs_before * 1.001
+    assert len({k / s for k, s in report.kept.values() if k < s}) > 1  # not a uniform ratio

@@ -13,6 +13,8 @@ and the zoo's MobileNetV2 and ResNet-50 (full size, random weights).
 
     .venv/bin/python tools/bench_runtime.py                       # all, writes docs/data/runtime.json
     .venv/bin/python tools/bench_runtime.py --models mobilenetv2 --macs 0.5
+    .venv/bin/python tools/bench_runtime.py --models efficientnet_lite0 --calib 32 --allocation sensitivity
+                       # calibrated on 32 ImageNet photos + 128 crops/flips, the budget spent by sensitivity
     .venv/bin/python tools/bench_runtime.py --speedups 1.5 2 --json docs/data/speedup_budget.json
                        # budget={"speedup": s} instead: asked vs measured (the latency table's accuracy)
 """
@@ -132,16 +134,34 @@ def tp_prune(model, args, macs: float):
     return best
 
 
-def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tmp: Path, peer) -> dict:
+def photo_calib(name: str, n: int) -> list | None:
+    """EfficientNet-Lite0's calibration as tools/diag_cnn.py makes it: the first ``n`` ImageNet
+    photos and 4 seeded crops/flips of each, in batches of 8 (None for other models, or n = 0)."""
+    if not n or name != "efficientnet_lite0":
+        return None
+    import bench_oneshot as bo
+    import torch
+    import vision_data as vd
+
+    x = vd.model_images(name, photos="all")[:n]
+    data = torch.cat([x, bo.augment(x, 4)])
+    return [{"x": data[i:i + 8].numpy()} for i in range(0, len(data), 8)]
+
+
+def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tmp: Path, peer,
+            calib: list | None = None, allocation: str = "auto") -> dict:
     import graphprune as gp
 
     dst = tmp / f"{name}-{macs}.onnx"
     t = time.perf_counter()
+    extra = {} if calib is None else {"calib": calib, "allocation": allocation}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = gp.prune_onnx(src, dst, budget={"macs": macs}, round_to=round_to, input_shapes=shapes,
-                               verify=False)
+                               verify=False, **extra)
     row = {"model": name, "macs_target": macs, "round_to": round_to, "prune_s": time.perf_counter() - t,
+           "calib": None if calib is None else sum(len(b["x"]) for b in calib), "allocation": allocation,
+           "allocation_note": next((n for n in report.notes if n.startswith("allocation")), ""),
            "macs_reduction": report.macs_before / max(report.macs_after, 1),
            "widths": next((n for n in report.notes if "kept up to" in n), ""),
            "tilt": next((n for n in report.notes if "where the time is" in n), "")}
@@ -169,6 +189,9 @@ def main() -> int:
     p.add_argument("--speedups", nargs="*", type=float, default=None,
                    help="prune with budget={'speedup': s} instead of MACs budgets")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "runtime.json")
+    p.add_argument("--calib", type=int, default=0, metavar="PHOTOS",
+                   help="calibrate EfficientNet-Lite0 on this many ImageNet photos (+4 crops/flips each)")
+    p.add_argument("--allocation", default="auto", help="with --calib: gp.prune_onnx's allocation=")
     ns = p.parse_args()
     if ns.speedups:
         return speedup_budgets(ns)
@@ -196,7 +219,8 @@ def main() -> int:
                     except Exception as exc:  # noqa: BLE001 - the peer's failure is a result, not ours
                         print(f"  Torch-Pruning failed on {name}: {type(exc).__name__}: {exc}", flush=True)
                 try:
-                    row = run_one(name, src, shapes, macs, round_to, tmp, peer)
+                    row = run_one(name, src, shapes, macs, round_to, tmp, peer, photo_calib(name, ns.calib),
+                                  ns.allocation)
                 except Exception as exc:  # noqa: BLE001 - a refused model is a row too
                     row = {"model": name, "macs_target": macs, "error": f"{type(exc).__name__}: {exc}"[:200]}
                 rows.append(row)

@@ -22,7 +22,6 @@ from ..calib.sites import find_sites
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
-from .crossfit import CrossFit, heldout_errors
 from .plan import MAX_RATIO, PrunePlan, block_masks, keep_masks, kept_count, make_plan, shape_fn, step_of
 from .scoring import output_errors
 
@@ -154,9 +153,9 @@ def allocate(program, groups: list[Group], scores, ratio: float, round_to: int, 
     # are fewer than the sum of each alone: raise the goal until the plan itself meets the budget.
     goal, removed = target, 0
     for _ in range(12):
-        ratios = _greedy(groups, curves, goal, round_to)
+        ratios = spend_cheapest(groups, curves, goal, round_to)
         removed = removed_params(dg, make_plan(groups, scores, ratio, round_to, ratios), before)
-        if removed >= target or goal >= sum(c[-1][0] for c in map(_hull, curves.values())):
+        if removed >= target or goal >= sum(c[-1][0] for c in map(hull, curves.values())):
             break
         goal = int(math.ceil(goal * target / max(removed, 1)))
     fallback = removed < target
@@ -202,7 +201,7 @@ class Repair:
         return {**keep_masks(self.dg, p), **block_masks(self.dg, p)}, overrides
 
 
-def _hull(points: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+def hull(points: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
     """The lower convex hull of (params, error, ratio) points sorted by params: a larger
     cut that costs less per parameter than a smaller one makes the smaller one moot."""
     out: list[tuple[int, float, float]] = []
@@ -218,12 +217,12 @@ def _hull(points: list[tuple[int, float, float]]) -> list[tuple[int, float, floa
     return out
 
 
-def _greedy(groups: list[Group], curves, target: int, round_to: int) -> dict[int, float]:
+def spend_cheapest(groups: list[Group], curves, target: int, round_to: int) -> dict[int, float]:
     """Take hull segments cheapest per parameter first until ``target`` parameters are removed;
     the segment that crosses the target is taken in part (parameters are linear in channels)."""
     segs = []
     for g in groups:
-        h = _hull(curves[g.id])
+        h = hull(curves[g.id])
         for a, b in zip(h, h[1:]):
             segs.append(((b[1] - a[1]) / (b[0] - a[0]), g.id, a, b))
     segs.sort(key=lambda s: (s[0], s[1], s[2][0]))
@@ -247,62 +246,4 @@ def _greedy(groups: list[Group], curves, target: int, round_to: int) -> dict[int
         n = math.ceil(g.size * r - 1e-9)
         ratios[gid] = (g.size - kept_count(g.size, n / g.size, rt)) / g.size
         removed = target
-    return ratios
-
-
-BUDGET_LEVELS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75)  # ratios tried per group under a budget
-
-
-def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[str, int], round_to, batches: list,
-                    max_ratio: float, notes: list[str], repair: Repair | None = None) -> dict[int, float] | None:
-    """Per-group ratios meeting a MACs / parameter budget where the output suffers least: each
-    group is pruned alone at :data:`BUDGET_LEVELS`, its output error measured on the calibration
-    rows against what it saves of the budget's metric (MACs first), and the cheapest savings per
-    unit of error are taken first (the hull walk of :func:`allocate`). With ``repair``, each
-    candidate is refit as the final plan will be and scored on held-out items (crossfit.py: a
-    refit scored where it was fitted makes deep layers look cheaper than they are on other data);
-    without, masks only. None where the levels cannot meet the budget together (the caller then
-    solves it uniformly)."""
-    t0 = time.perf_counter()
-    metric = "macs" if "macs" in targets else "params"
-    full = cost.measure({})
-    needed = full[metric] - targets[metric]
-    used, rows = sample(program, batches)
-    variants, keys = [], []
-    for g in groups:
-        for r in sorted({min(lv, max_ratio) for lv in BUDGET_LEVELS}):
-            p = make_plan([g], scores, 0.0, round_to, {g.id: r})
-            kept = {g.id: g.size - len(p.pruned[g.id])}
-            saved = full[metric] - cost.measure(kept)[metric]
-            if saved <= 0 or (keys and keys[-1][0] == g.id and keys[-1][2] >= saved):
-                continue
-            variants.append(p)
-            keys.append((g.id, r, saved))
-    if repair is not None:
-        fit = CrossFit(repair)
-        err = heldout_errors(program, used, [fit.variants(p) for p in variants], "allocating the budget (held out)")
-    else:
-        err = output_errors(program, used, [(keep_masks(program.graph(), p), {}) for p in variants],
-                            "allocating the budget")
-    curves: dict[int, list[tuple[int, float, float]]] = {g.id: [(0, 0.0, 0.0)] for g in groups}
-    for (gid, r, n), e in zip(keys, err):
-        curves[gid].append((int(n), float(e), r))
-
-    def kept_of(ratios):
-        return {g.id: kept_count(g.size, ratios.get(g.id, 0.0), step_of(g, round_to)) for g in groups}
-
-    goal = needed
-    for _ in range(12):  # savings of groups sharing a weight are not additive: raise the goal until it holds
-        ratios = _greedy(groups, curves, goal, round_to)
-        got = cost.measure(kept_of(ratios))
-        if all(got[k] <= t for k, t in targets.items()) or goal >= sum(c[-1][0] for c in map(_hull, curves.values())):
-            break
-        goal = int(math.ceil(goal * needed / max(full[metric] - got[metric], 1)))
-    if not all(got[k] <= t for k, t in targets.items()):
-        notes.append(f"allocation: uniform; the levels measured for {len(groups)} group(s) cannot meet the budget "
-                     "together")
-        return None
-    how = "refit on one fold, scored on the other" if repair is not None else "masks only"
-    notes.append(f"allocation: sensitivity under the {metric} budget ({how}), {len(variants)} candidate(s) on {rows} "
-                 f"calibration row(s) ({time.perf_counter() - t0:.1f} s)")
     return ratios

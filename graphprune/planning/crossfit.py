@@ -17,7 +17,7 @@ import numpy as np
 
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
 from .plan import PrunePlan, block_masks, keep_masks
-from .scoring import output_errors
+from .scoring import output_energy, output_errors
 
 
 def fold_stats(stats: dict, k: int) -> dict:
@@ -53,6 +53,24 @@ def _items(program, batch) -> int:
     return int(first[0][0]) if first is not None and first[0] else 1
 
 
+def fold_batches(program, used: list, parity: list[np.ndarray]) -> list[list] | None:
+    """Each fold's items of ``used`` as batches of their own (a batch's even items, its odd
+    items), so a variant runs only on the items it is scored on; None where the program cannot
+    run part of a batch (a fixed batch size)."""
+    out: list[list] = [[], []]
+    for b, par in zip(used, parity):
+        for f in (0, 1):
+            chosen = par == f
+            if chosen.all():
+                out[f].append(b)
+            elif chosen.any():
+                part = program.take(b, chosen)
+                if part is None:
+                    return None
+                out[f].append(part)
+    return out
+
+
 def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], what: str) -> np.ndarray:
     """Each candidate's squared output error relative to the output's energy, every calibration
     item scored once: under the refit fitted on the *other* fold. ``pairs``: per candidate,
@@ -61,6 +79,11 @@ def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], wh
     starts = np.cumsum([0] + [_items(program, b) for b in used])
     parity = [np.arange(a, z) % 2 for a, z in zip(starts[:-1], starts[1:])]
     flat = [v for pair in pairs for v in pair]
-    # variant v was fitted on fold v % 2: it is scored on the other fold's items
-    err = output_errors(program, used, flat, what, items=lambda v, k: parity[k] == 1 - v % 2)
-    return err[0::2] + err[1::2]
+    folds = fold_batches(program, used, parity)
+    if folds is None:  # every variant runs on every item; each counts the other fold's
+        # variant v was fitted on fold v % 2: it is scored on the other fold's items
+        err = output_errors(program, used, flat, what, items=lambda v, k: parity[k] == 1 - v % 2)
+        return err[0::2] + err[1::2]
+    energy = output_energy(program, folds[0]) + output_energy(program, folds[1])
+    return sum(output_errors(program, folds[1 - f], flat[f::2], f"{what}, fold {2 - f} of 2", energy=energy)
+               for f in (0, 1) if folds[1 - f])

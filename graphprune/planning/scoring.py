@@ -10,11 +10,13 @@ from ..calib.distributed import reduce_sum, shard
 from ..util.progress import progress
 
 
-def output_errors(program, used: list, variants: list, what: str, loss=None, items=None) -> np.ndarray:
-    """Each variant's squared output error on ``used`` relative to the output's energy; with
-    ``loss`` (outputs, batch -> float: a causal LM's next-token loss), its mean loss instead.
-    ``items`` (variant, batch index in ``used`` -> boolean mask over the batch's items, or None
-    for all) restricts which items a variant's error counts; the energy counts every item."""
+def output_errors(program, used: list, variants: list, what: str, loss=None, items=None,
+                  energy: float | None = None) -> np.ndarray:
+    """Each variant's squared output error on ``used`` relative to the output's energy (on
+    ``used``, or ``energy`` where given); with ``loss`` (outputs, batch -> float: a causal LM's
+    next-token loss), its mean loss instead. ``items`` (variant, batch index in ``used`` ->
+    boolean mask over the batch's items, or None for all) restricts which items a variant's
+    error counts; the energy counts every item."""
 
     n = len(used)
     mine = list(shard(n))
@@ -26,12 +28,21 @@ def output_errors(program, used: list, variants: list, what: str, loss=None, ite
         return reduce_sum([err])[0]
     ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])] if used else []  # the variants' interpreter
     valid = [program.valid_rows(b) for b in used]
-    energy = reduce_sum([np.array(sum(squared(o, None, v) for outs, v in zip(ref, valid) for o in outs), float)])[0]
+    if energy is None:
+        energy = reduce_sum([np.array(sum(squared(o, None, v) for outs, v in zip(ref, valid) for o in outs), float)])[0]
     runs = program.run_variants(used, variants) if used else ()
     for v, k, outs in progress(runs, what, len(variants) * len(used)):
         chosen = None if items is None else items(v, mine[k])
         err[v] += sum(squared(o, r, valid[k], chosen) for o, r in zip(outs, ref[k])) / max(float(energy), 1e-30)
     return reduce_sum([err])[0]
+
+
+def output_energy(program, used: list) -> float:
+    """The original's squared output norm on ``used`` (real rows only), summed over ranks."""
+    mine = [used[k] for k in shard(len(used))]
+    runs = program.run_variants(mine, [({}, {})]) if mine else ()
+    total = sum(squared(o, None, program.valid_rows(mine[k])) for _, k, outs in runs for o in outs)
+    return float(reduce_sum([np.array(total, float)])[0])
 
 
 def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | None = None) -> float:

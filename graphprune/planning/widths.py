@@ -51,6 +51,8 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
             continue
         seen.append(scaled)
         made = first if factor == 1 else remake(scaled)
+        if made is None:  # no plan at these multiples (a measured allocation cannot meet the budget with them)
+            continue
         trials.append((program.plan_latency_ms(made[0], runtime), max(scaled.values()), made))
     best = min(t[0] for t in trials)
     ms, step, made = next(t for t in trials if t[0] <= best * (1 + TOLERANCE))

@@ -89,6 +89,11 @@ class Program(ABC):
         shape, integer = first
         return int(np.prod(shape)) if len(shape) == 2 and integer else shape[0]
 
+    def take(self, batch: Any, items: np.ndarray) -> Any | None:
+        """The batch with only ``items`` (a boolean mask over its leading axis, some but not all
+        set), or None where this program cannot run a batch of another size."""
+        return None
+
     @abstractmethod
     def first_input(self, batch: Any) -> tuple[tuple[int, ...], bool] | None:
         """The shape of a batch's first input and whether it holds integers."""

@@ -164,6 +164,15 @@ class OnnxProgram(Program):
         first = np.asarray(batch[self.input_names[0]])
         return tuple(first.shape), bool(np.issubdtype(first.dtype, np.integer))
 
+    def take(self, batch, items):
+        """Every input whose leading axis is the batch's items, cut to ``items``; None where an
+        input's leading dimension is fixed in the graph (onnxruntime would refuse the batch)."""
+        n = len(items)
+        dims = [i.type.tensor_type.shape.dim for i in self.model.graph.input if i.name in batch]
+        if any(len(d) and d[0].HasField("dim_value") for d in dims):
+            return None
+        return {k: v[items] if np.ndim(v) and np.shape(v)[0] == n else v for k, v in batch.items()}
+
     def run_variants(self, batches, variants):
         """One session per variant: the masked graph with its weights replaced."""
         for v, (masks, overrides) in enumerate(variants):

@@ -31,7 +31,7 @@ from ..util.atomic import atomic_path
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
-from .torch_run import Walk, as_batch
+from .torch_run import Walk, as_batch, same_graph, take_items
 
 
 class TorchProgram(Program):
@@ -135,7 +135,7 @@ class TorchProgram(Program):
             return main
         key = tuple(got)
         if key not in self._shaped:
-            self._shaped[key] = _same_graph(main, trace_model(self.model, tuple(args), dict(kwargs), like=main),
+            self._shaped[key] = same_graph(main, trace_model(self.model, tuple(args), dict(kwargs), like=main),
                                             where, got)
         return self._shaped[key]
 
@@ -194,6 +194,20 @@ class TorchProgram(Program):
     def first_input(self, batch):
         first = next((t for t in tree_leaves(batch) if isinstance(t, torch.Tensor)), None)
         return None if first is None else (tuple(first.shape), not first.is_floating_point())
+
+    def take(self, batch, items):
+        """Every input tensor whose leading axis is the batch's items, cut to ``items``; None
+        where the forward's ops change with the batch size (:meth:`trace_for` refuses it)."""
+        first = self.first_input(batch)
+        n = first[0][0] if first is not None and first[0] else None
+        if n != len(items):
+            return None
+        out = take_items(batch, n, items)
+        try:
+            self.trace_for(out)
+        except PlanError:
+            return None
+        return out
 
     def run_variants(self, batches, variants):
         """One dense walk advanced to each variant's first changed node, forked from there:
@@ -353,20 +367,6 @@ def _synchronizer(model: torch.nn.Module):
     if p is not None and p.device.type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
-
-
-def _same_graph(main, other, where: str, shapes: list) -> Any:
-    """``other`` (a trace at other input shapes) if it is ``main`` op for op, else a PlanError."""
-    ops = [(n.op, n.name, str(n.target)) for n in main.nodes()]
-    new = [(n.op, n.name, str(n.target)) for n in other.nodes()]
-    if ops == new:
-        return other
-    at = next((i for i, (a, b) in enumerate(zip(ops, new)) if a != b), min(len(ops), len(new)))
-    first = (f"node {ops[at][1]} ({ops[at][2]}) becomes {new[at][1]} ({new[at][2]})" if at < min(len(ops), len(new))
-             else f"{len(ops)} nodes become {len(new)}")
-    raise PlanError(f"{where} has input shapes {shapes}, at which the forward runs other ops than at the example "
-                    f"inputs' shapes {main.input_shapes()} ({first}): give calibration batches the example "
-                    "inputs' shapes, or trace with a calibration batch as the example inputs")
 
 
 def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import PlanError
 from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
-from ..util.torch_compat import fx_flatten_spec
+from ..util.torch_compat import fx_flatten_spec, tree_map
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):
@@ -242,3 +242,29 @@ def as_batch(batch: Any) -> tuple[tuple, dict]:
         return (batch,), {}
     raise PlanError(f"a calibration batch must be a tuple of positional inputs or a dict of keyword inputs, "
                     f"not {type(batch).__name__}")
+
+
+def take_items(batch: tuple[tuple, dict], n: int, items) -> tuple[tuple, dict]:
+    """(args, kwargs) with every tensor whose leading axis has the batch's ``n`` items cut to
+    ``items`` (a boolean mask); other inputs as they are."""
+    idx = torch.as_tensor(items).nonzero().flatten()
+
+    def cut(t: Any) -> Any:
+        return t.index_select(0, idx) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == n else t
+
+    args, kwargs = batch
+    return tuple(tree_map(cut, a) for a in args), {k: tree_map(cut, v) for k, v in kwargs.items()}
+
+
+def same_graph(main, other, where: str, shapes: list) -> Any:
+    """``other`` (a trace at other input shapes) if it is ``main`` op for op, else a PlanError."""
+    ops = [(n.op, n.name, str(n.target)) for n in main.nodes()]
+    new = [(n.op, n.name, str(n.target)) for n in other.nodes()]
+    if ops == new:
+        return other
+    at = next((i for i, (a, b) in enumerate(zip(ops, new)) if a != b), min(len(ops), len(new)))
+    first = (f"node {ops[at][1]} ({ops[at][2]}) becomes {new[at][1]} ({new[at][2]})" if at < min(len(ops), len(new))
+             else f"{len(ops)} nodes become {len(new)}")
+    raise PlanError(f"{where} has input shapes {shapes}, at which the forward runs other ops than at the example "
+                    f"inputs' shapes {main.input_shapes()} ({first}): give calibration batches the example "
+                    "inputs' shapes, or trace with a calibration batch as the example inputs")
