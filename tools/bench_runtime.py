@@ -148,8 +148,24 @@ def photo_calib(name: str, n: int) -> list | None:
     return [{"x": data[i:i + 8].numpy()} for i in range(0, len(data), 8)]
 
 
+def photo_agreement(name: str, n: int, src: Path, dst: Path) -> dict:
+    """The pruned file against the original on the photos after the first ``n`` (never calibrated
+    on) in onnxruntime: top-1 agreement, agreement where the original is confident, mean KL."""
+    import diag_cnn
+    import torch
+    import vision_data as vd
+
+    from graphprune.planning.measure import ort_session
+
+    x = vd.model_images(name, photos="all")[n:].numpy()
+    ref, out = ([torch.from_numpy(ort_session(p.read_bytes(), 0).run(None, {"x": x})[0]) for p in (src, dst)])
+    return {k: v for k, v in diag_cnn.scores(ref, out).items() if k != "rel_error"}
+
+
 def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tmp: Path, peer,
-            calib: list | None = None, allocation: str = "auto") -> dict:
+            calib: list | None = None, allocation: str = "auto", photos: int = 0) -> dict:
+    """Prune ``src`` to ``macs`` and time both files; with ``calib`` (the first ``photos`` ImageNet
+    photos and their crops) also score the pruned file on the other photos."""
     import graphprune as gp
 
     dst = tmp / f"{name}-{macs}.onnx"
@@ -165,6 +181,8 @@ def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tm
            "macs_reduction": report.macs_before / max(report.macs_after, 1),
            "widths": next((n for n in report.notes if "kept up to" in n), ""),
            "tilt": next((n for n in report.notes if "where the time is" in n), "")}
+    if calib is not None:
+        row["photos"] = photo_agreement(name, photos, src, dst)
     files = [src, dst]
     if peer is not None:
         files.append(peer)
@@ -220,7 +238,7 @@ def main() -> int:
                         print(f"  Torch-Pruning failed on {name}: {type(exc).__name__}: {exc}", flush=True)
                 try:
                     row = run_one(name, src, shapes, macs, round_to, tmp, peer, photo_calib(name, ns.calib),
-                                  ns.allocation)
+                                  ns.allocation, ns.calib)
                 except Exception as exc:  # noqa: BLE001 - a refused model is a row too
                     row = {"model": name, "macs_target": macs, "error": f"{type(exc).__name__}: {exc}"[:200]}
                 rows.append(row)
@@ -282,6 +300,9 @@ def table(rows: list[dict]) -> str:
     threads = os.cpu_count() or 1
     head = ["model", "MACs", "MACs cut", "b1 t1", f"b1 t{threads}", "b8 t1", f"b8 t{threads}",
             "0.85 x cut held?", "Torch-Pruning b1 t1"]
+    scored = any("photos" in r for r in rows)
+    if scored:
+        head += ["agreement (other photos)", "KL"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -294,7 +315,9 @@ def table(rows: list[dict]) -> str:
         tp = cells[0]["tp_speedup"] if cells[0] and cells[0]["tp_speedup"] else None
         lines.append(f"| {r['model']} | {r['macs_target']:.0%} | {r['macs_reduction']:.2f}x | " +
                      " | ".join(f"{c['speedup']:.2f}x" if c else "static batch" for c in cells) +
-                     f" | {'yes' if held else 'no'} | {f'{tp:.2f}x' if tp else '-'} |")
+                     f" | {'yes' if held else 'no'} | {f'{tp:.2f}x' if tp else '-'} |" +
+                     (f" {r['photos']['agreement']:.2f} | {r['photos']['kl']:.2f} |" if "photos" in r else
+                      " - | - |" if scored else ""))
     return "\n".join(lines)
 
 

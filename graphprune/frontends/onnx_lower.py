@@ -21,8 +21,7 @@ from ..backends.onnx_rewrite import OnnxModel, locate, vector_lengths
 from ..errors import TraceError
 from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..reasons import COMPUTED, Reason
-
-_MAX_DATA = 64  # int tensors up to this size are evaluated and kept as data
+from .onnx_int_eval import MAX_DATA, evaluate_int_tensors
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
@@ -279,7 +278,7 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
         if isinstance(t, gs.Constant):
             vals = np.asarray(t.values)
             kind = "param" if vals.dtype.kind == "f" and vals.size > 1 else "const"
-            if vals.dtype.kind in "iu" and vals.size <= _MAX_DATA:
+            if vals.dtype.kind in "iu" and vals.size <= MAX_DATA:
                 data[name] = tuple(int(x) for x in vals.reshape(-1))
             g.add_value(Value(name, tuple(vals.shape), str(vals.dtype), kind, name, data.get(name)))
         else:
@@ -301,7 +300,7 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
             attrs["__captured__"] = captured
         g.nodes.append(Node(name, op, tuple(Ref(i.name) if i.name else None for i in node.inputs), attrs,
                             [o.name for o in node.outputs], NodeMeta(source=f"onnx node '{name}'")))
-    _evaluate_int_tensors(g, data)
+    evaluate_int_tensors(g, data)
     return g
 
 
@@ -337,40 +336,6 @@ def _constant_node(g: Graph, node: gs.Node, attrs: dict, data: dict) -> None:
     val = attrs.get("value", attrs.get("value_ints", attrs.get("value_int")))
     if val is not None:
         arr = np.asarray(val)
-        if arr.dtype.kind in "iu" and arr.size <= _MAX_DATA:
+        if arr.dtype.kind in "iu" and arr.size <= MAX_DATA:
             data[out.name] = tuple(int(x) for x in arr.reshape(-1))
             out.data = data[out.name]
-
-
-def _evaluate_int_tensors(g: Graph, data: dict[str, tuple[int, ...]]) -> None:
-    """Partial evaluation of shape arithmetic, so reshape targets built from Shape ops are known."""
-    for node in g.nodes:
-        ins = [r.name if r is not None else None for r in node.args]
-        out = node.outputs[0] if node.outputs else None
-        if out is None or out not in g.values:
-            continue
-        op = node.op.split(".")[-1]
-        val: list[int] | None = None
-        get = lambda i: data.get(ins[i]) if len(ins) > i and ins[i] else None  # noqa: E731
-        if op == "Shape":
-            shape = g.values[ins[0]].shape
-            start, end = node.kwargs.get("start", 0), node.kwargs.get("end", len(shape))
-            part = shape[start:end]
-            val = list(part) if all(isinstance(d, int) for d in part) else None
-        elif op in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten") and get(0) is not None:
-            val = list(get(0))
-        elif op == "Concat" and all(get(i) is not None for i in range(len(ins))):
-            val = [x for i in range(len(ins)) for x in get(i)]
-        elif op == "Gather" and get(0) is not None and get(1) is not None:
-            src = get(0)
-            val = [src[i] for i in get(1)]
-        elif op == "Slice" and get(0) is not None and get(1) is not None and get(2) is not None:
-            step = get(4)[0] if get(4) else 1
-            val = list(get(0))[get(1)[0]:get(2)[0]:step]
-        elif op in ("Add", "Sub", "Mul", "Div") and get(0) is not None and get(1) is not None:
-            a, b = np.asarray(get(0)), np.asarray(get(1))
-            res = {"Add": a + b, "Sub": a - b, "Mul": a * b, "Div": a // np.where(b == 0, 1, b)}[op]
-            val = [int(x) for x in np.atleast_1d(res)]
-        if val is not None and len(val) <= _MAX_DATA and g.values[out].dtype.startswith("int"):
-            data[out] = tuple(int(x) for x in val)
-            g.values[out].data = data[out]

@@ -85,5 +85,5 @@ def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], wh
         err = output_errors(program, used, flat, what, items=lambda v, k: parity[k] == 1 - v % 2)
         return err[0::2] + err[1::2]
     energy = output_energy(program, folds[0]) + output_energy(program, folds[1])
-    return sum(output_errors(program, folds[1 - f], flat[f::2], f"{what}, fold {2 - f} of 2", energy=energy)
+    return sum(output_errors(program, folds[1 - f], flat[f::2], f"{what}, half {f + 1} of 2", energy=energy)
                for f in (0, 1) if folds[1 - f])
