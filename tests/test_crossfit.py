@@ -10,7 +10,7 @@ from torch import nn
 from graphprune.options import PruneOptions
 from graphprune.pipeline import plan_program
 from graphprune.planning.allocate import Repair
-from graphprune.planning.crossfit import CrossFit, fold_stats, heldout_errors
+from graphprune.planning.crossfit import CrossFit, fold_batches, fold_stats, heldout_errors
 from graphprune.planning.plan import keep_masks, make_plan
 from graphprune.planning.scoring import output_errors
 from graphprune.program.onnx_program import OnnxProgram
@@ -58,7 +58,10 @@ def test_fold_batches_score_as_the_masked_items_do(monkeypatch):
     program, planned, repair, cands = _planned(5, 3)
     fit = CrossFit(repair)
     pairs = [fit.variants(p) for p in cands]
+    cuts, take = [], program.take
+    monkeypatch.setattr(program, "take", lambda b, items: cuts.append(take(b, items)) or cuts[-1])
     cut = heldout_errors(program, planned.batches, pairs, "cut batches")
+    assert cuts and all(c is not None for c in cuts)  # the cheap path did run on cut batches
     taken = []
     monkeypatch.setattr(program, "take", lambda b, items: taken.append(items.sum()) or None)
     whole = heldout_errors(program, planned.batches, pairs, "whole batches")
@@ -115,3 +118,23 @@ def test_onnx_take_cuts_a_dynamic_batch_and_refuses_a_fixed_one():
     np.testing.assert_allclose(program.run(part)[0], program.run({"x": x})[0][1:3], rtol=1e-6)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4  # the batch fixed at 4 items
     assert OnnxProgram(model).take({"x": x}, items) is None
+
+
+def test_outputs_that_mix_items_keep_whole_batches():
+    # a forward whose outputs depend on the other items of the batch (centred over the batch): a
+    # cut batch would change them, so the held-out scoring runs whole batches and counts half
+    class Centred(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 12), nn.Linear(12, 2)
+
+        def forward(self, x):
+            h = self.b(torch.relu(self.a(x)))
+            return h - h.mean(0, keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    program = TorchProgram(Centred().eval(), (x,))
+    parity = [np.arange(4) % 2]
+    assert program.take((( x,), {}), parity[0] == 0) is not None  # it can be cut ...
+    assert fold_batches(program, [((x,), {})], parity) is None  # ... but the cut is not the same rows

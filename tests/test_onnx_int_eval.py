@@ -60,3 +60,28 @@ def test_channels_through_a_computed_pad_are_pruned_exactly(tmp_path):
     slim = onnx.load(str(tmp_path / "out.onnx"))
     conv_a = next(i for i in slim.graph.initializer if tuple(i.dims)[1:] == (3, 3, 3))
     assert conv_a.dims[0] == 8  # 16 channels, half pruned
+
+
+def _int_graph(nodes, inits: dict, out: str, out_shape) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "ints", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info(out, TensorProto.INT64, out_shape)],
+                              [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_integer_division_truncates_toward_zero_as_onnx_does():
+    from onnx import helper
+
+    # ONNX Div on integers truncates: -7 / 2 = -3 (numpy's floor division would give -4)
+    m = _int_graph([helper.make_node("Div", ["a", "b"], ["q"])], {"a": [-7, 7, -8], "b": [2, 2, -3]}, "q", [3])
+    assert lower(m).values["q"].data == (-3, 3, 2)
+
+
+def test_a_large_constant_of_shape_is_not_built():
+    from onnx import helper
+
+    m = _int_graph([helper.make_node("ConstantOfShape", ["s"], ["z"], value=helper.make_tensor(
+        "v", onnx.TensorProto.INT64, [1], [0]))], {"s": [1, 1, 512, 512]}, "z", [1, 1, 512, 512])
+    assert lower(m).values["z"].data is None  # a mask-sized tensor is left unknown, not materialised

@@ -32,6 +32,13 @@ def _slice(a: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
     return a[tuple(index)]
 
 
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX integer Div truncates toward zero (numpy's // floors); a zero divisor gives 0 here
+    instead of undefined behaviour."""
+    safe = np.where(b == 0, 1, b)
+    return np.where(b == 0, 0, np.sign(a) * np.sign(safe) * (np.abs(a) // np.abs(safe)))
+
+
 def _evaluate(op: str, node, g: Graph, get, out: str) -> np.ndarray | None:
     out_shape = g.values[out].shape
     static = all(isinstance(d, int) for d in out_shape)
@@ -40,6 +47,8 @@ def _evaluate(op: str, node, g: Graph, get, out: str) -> np.ndarray | None:
         part = shape[node.kwargs.get("start", 0):node.kwargs.get("end", len(shape))]
         return np.asarray(part, dtype=np.int64) if all(isinstance(d, int) for d in part) else None
     if op == "ConstantOfShape" and get(0) is not None:
+        if int(np.prod(get(0), dtype=np.int64)) > MAX_DATA:  # a mask or buffer, not arithmetic: never built
+            return None
         value = np.asarray(node.kwargs.get("value", [0])).reshape(-1)
         return np.full(tuple(int(d) for d in get(0).reshape(-1)), int(value[0]) if value.size else 0, dtype=np.int64)
     if get(0) is None:
@@ -63,7 +72,7 @@ def _evaluate(op: str, node, g: Graph, get, out: str) -> np.ndarray | None:
     if op in ("Add", "Sub", "Mul", "Div") and get(1) is not None:
         b = get(1)
         return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
-                "Div": lambda x, y: x // np.where(y == 0, 1, y)}[op](a, b)
+                "Div": _div}[op](a, b)
     return None
 
 
@@ -79,7 +88,7 @@ def evaluate_int_tensors(g: Graph, data: dict[str, tuple[int, ...]]) -> None:
         get = lambda i: arrays.get(names[i]) if len(names) > i and names[i] else None  # noqa: E731
         try:
             val = _evaluate(node.op.split(".")[-1], node, g, get, out)
-        except (ValueError, IndexError, TypeError):  # shapes that do not fit: leave the value unknown
+        except (ValueError, IndexError, TypeError, ZeroDivisionError):  # shapes that do not fit: unknown
             val = None
         if val is not None and val.size <= MAX_DATA:
             arrays[out] = val.astype(np.int64)

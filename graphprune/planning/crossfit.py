@@ -56,19 +56,39 @@ def _items(program, batch) -> int:
 def fold_batches(program, used: list, parity: list[np.ndarray]) -> list[list] | None:
     """Each fold's items of ``used`` as batches of their own (a batch's even items, its odd
     items), so a variant runs only on the items it is scored on; None where the program cannot
-    run part of a batch (a fixed batch size)."""
+    run part of a batch (a fixed batch size), or where part of a batch does not give those
+    items' outputs (an input cut that is not per item, outputs that mix items)."""
     out: list[list] = [[], []]
+    checked: set = set()
     for b, par in zip(used, parity):
         for f in (0, 1):
             chosen = par == f
             if chosen.all():
                 out[f].append(b)
-            elif chosen.any():
-                part = program.take(b, chosen)
-                if part is None:
+                continue
+            if not chosen.any():
+                continue
+            part = program.take(b, chosen)
+            if part is None:
+                return None
+            shape = program.first_input(b)
+            if shape not in checked:  # once per input shape: the cut batch's outputs are the whole batch's rows
+                if not _same_rows(program, b, part, chosen):
                     return None
-                out[f].append(part)
+                checked.add(shape)
+            out[f].append(part)
     return out
+
+
+def _same_rows(program, whole, part, chosen: np.ndarray) -> bool:
+    try:
+        a, b = program.run(whole), program.run(part)
+    except Exception:  # noqa: BLE001 - any failure at the cut size: run whole batches instead
+        return False
+    n = len(chosen)
+    return len(a) == len(b) and all(
+        x.ndim and x.shape[0] == n and y.shape == x[chosen].shape and
+        np.allclose(y, x[chosen], rtol=1e-3, atol=1e-5 * max(float(np.abs(x).max()), 1.0)) for x, y in zip(a, b))
 
 
 def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], what: str) -> np.ndarray:

@@ -197,7 +197,7 @@ class TorchProgram(Program):
 
     def take(self, batch, items):
         """Every input tensor whose leading axis is the batch's items, cut to ``items``; None
-        where the forward's ops change with the batch size (:meth:`trace_for` refuses it)."""
+        where the forward cannot be traced at that batch size, or runs other ops there."""
         first = self.first_input(batch)
         n = first[0][0] if first is not None and first[0] else None
         if n != len(items):
@@ -205,7 +205,7 @@ class TorchProgram(Program):
         out = take_items(batch, n, items)
         try:
             self.trace_for(out)
-        except PlanError:
+        except Exception:  # noqa: BLE001 - a forward that cannot run at this size: the caller runs whole batches
             return None
         return out
 
