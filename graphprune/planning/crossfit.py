@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
+from ..calib.distributed import reduce_sum
 from .plan import PrunePlan, block_masks, keep_masks
 from .scoring import output_energy, output_errors
 
@@ -100,6 +101,9 @@ def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], wh
     parity = [np.arange(a, z) % 2 for a, z in zip(starts[:-1], starts[1:])]
     flat = [v for pair in pairs for v in pair]
     folds = fold_batches(program, used, parity)
+    # every rank takes the same path (their collectives differ): cut batches only where all can
+    if reduce_sum([np.array([float(folds is None)])])[0][0] > 0:
+        folds = None
     if folds is None:  # every variant runs on every item; each counts the other fold's
         # variant v was fitted on fold v % 2: it is scored on the other fold's items
         err = output_errors(program, used, flat, what, items=lambda v, k: parity[k] == 1 - v % 2)
