@@ -21,7 +21,7 @@ from .options import PruneOptions
 from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, solve_budget
-from .planning.budget_sensitivity import BudgetCurves, allocate_budget
+from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
 from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
 from .planning.latency_budget import solve_latency_budget
 from .planning.memory import MemoryEstimate, check_memory, estimate_memory, peak_rss, reset_peak, stat_sites
@@ -240,8 +240,7 @@ def _choose_ratios(w: _Work) -> None:
 
 def _spend_budget(w: _Work) -> None:
     """A MACs / parameter / latency budget (global allocation without one spends the uniform
-    plan's parameter count); ``allocation="sensitivity"`` then re-spends a MACs or parameter
-    budget by measured per-group error curves."""
+    plan's parameter count), then re-spent by held-out error curves where budget_rows says so."""
     opts = w.opts
     if w.budget is None:
         uniform = make_plan(w.groups, w.scores, opts.ratio, w.round_to)
@@ -251,20 +250,21 @@ def _spend_budget(w: _Work) -> None:
                                                  w.round_to, w.how, opts.max_ratio, w.ctx.notes)
         w.ratios, w.spent = same_on_all((w.ratios, w.spent))  # timed: across processes, rank 0's
         return
-    if w.how == "uniform" and opts.allocation != "sensitivity" and _widths_tuned(w):
+    mode = compensation_mode(opts)  # measured sensitivity re-spends the budget: no time tilt first
+    rows = w.batches and budget_rows(opts.allocation, mode, w.program, w.dg, w.groups, w.budget, w.ctx.notes)
+    if w.how == "uniform" and not rows and _widths_tuned(w):
         w.tilt = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, w.round_to,
                                                  opts.max_ratio, w.ctx.notes))
     w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, opts.max_ratio,
                                      tilt=w.tilt)
-    if opts.allocation != "sensitivity" or w.batches is None:
+    if not rows:
         return
     cost = CostModel(w.dg, w.groups)
-    mode = compensation_mode(opts)
     repair = None if mode is None else Repair(w.program, w.dg, make_plan(w.groups, w.scores, opts.ratio, w.round_to,
                                                                           w.ratios), w.batches, mode, w.ctx.stats,
                                               ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)))
     measured = allocate_budget(w.program, cost, w.groups, w.scores, w.spent.targets, w.round_to, w.batches,
-                               opts.max_ratio, w.ctx.notes, repair)
+                               opts.max_ratio, w.ctx.notes, repair, rows)
     if measured is not None:
         w.ratios, w.curves = measured
         plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)

@@ -108,7 +108,9 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, gr
     ``add_bias=True`` lets compensation add a bias to a layer that has none). With ``calib``,
     ``allocation="auto"`` also measures how much each group's removal costs the output and
     spends the same parameter budget as a uniform ``ratio`` where it costs least
-    (``allocation="uniform"``: every group loses ``ratio``).
+    (``allocation="uniform"``: every group loses ``ratio``); under a ``budget`` removing at
+    most 30%, it spends the budget by each group's refit error on held-out calibration items
+    when that is estimated to take two minutes or less (the report's note says which).
 
     Widths follow the target ``runtime`` ("torch": eager on the model's device, the default;
     "onnxruntime": exported and run on one thread; None: neither measured nor aligned):

@@ -89,12 +89,12 @@ def _levels(g: Group, ratio: float, round_to: int) -> list[tuple[float, int]]:
     return sorted((r, n) for n, r in out.items())
 
 
-def sample(program, batches: list) -> tuple[list, int]:
-    """The first batches, up to ``ROWS`` rows (at least one batch)."""
+def sample(program, batches: list, limit: int = ROWS) -> tuple[list, int]:
+    """The first batches, up to ``limit`` rows (at least one batch)."""
     out, rows = [], 0
     for b in batches:
         n = program.rows(b)
-        if out and rows + n > ROWS:
+        if out and rows + n > limit:
             break
         out.append(b)
         rows += n

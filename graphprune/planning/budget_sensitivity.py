@@ -11,12 +11,32 @@ import time
 from dataclasses import dataclass
 
 from ..graph import Group
-from .allocate import Repair, hull, sample, spend_cheapest
+from ..metrics import node_macs
+from .allocate import ROWS, Repair, hull, sample, spend_cheapest
+from .budget import CostModel, parse_budget
 from .crossfit import CrossFit, heldout_errors
 from .plan import keep_masks, kept_count, make_plan, step_of
 from .scoring import output_errors
 
-BUDGET_LEVELS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75)  # ratios tried per group under a budget
+# ratios tried per group under a budget: four measured as well as six (0.1 ... 0.75) on EfficientNet-Lite0
+# at 20% fewer MACs (held-out KL 0.253 both), in two thirds of the time
+BUDGET_LEVELS = (0.15, 0.3, 0.5, 0.75)
+# allocation="auto" spends a MACs / parameter budget by held-out sensitivity when the scoring runs on
+# at least AUTO_MIN_ITEMS calibration items are estimated at AUTO_BUDGET_S or less (two CPU cores),
+# on as many rows as that time buys (at most allocate.ROWS). EfficientNet-Lite0 on 64 items kept
+# what 160 did (held-out KL 0.25 against 0.26; uniform: 0.88) in 110 s (docs/runtime.md).
+AUTO_BUDGET_S = 120.0
+AUTO_MIN_ITEMS = 32
+# ... and when the budget removes at most this share of the MACs / parameters. At 20% fewer MACs the
+# measured plan keeps the speed (EfficientNet-Lite0 in onnxruntime: 1.20x against uniform's 1.24x) and
+# halves the KL on other photos; at 50% it ran 1.55x-1.72x where the time-tilted uniform plan runs
+# 1.83x-1.90x, and neither survives one shot (agreement 0.14 and 0.05): recovery's job, not allocation's.
+AUTO_MAX_CUT = 0.3
+# the scoring runs' throughput on two CPU cores, refits included, fitted to EfficientNet-Lite0 in torch's
+# FX interpreter (1.7 s per item; through onnxruntime it measured slower, 718 s against 420 s on 160
+# items): MACs of convolutions and matmuls, and elements every op writes (the memory-bound part:
+# depthwise convolutions, norms, activations, which MACs alone undercount ~10x)
+MAC_RATE, ELEM_RATE = 3e10, 7e8
 
 
 @dataclass
@@ -49,8 +69,68 @@ class BudgetCurves:
         return ratios if all(got[k] <= t for k, t in targets.items()) else None
 
 
+def scoring_seconds(dg, groups: list[Group]) -> float:
+    """Estimated seconds of held-out scoring per example input: each candidate (every group at every
+    level) runs the model from the first node reading one of its group's weights onwards (the dense
+    prefix is shared), at :data:`MAC_RATE` and :data:`ELEM_RATE`. From shapes alone, so every run
+    and every rank decides alike."""
+    ir = dg.ir
+
+    def size(name: str) -> int:
+        v = ir.values.get(name)
+        return math.prod(int(d) for d in v.shape if isinstance(d, int)) if v is not None else 0
+
+    cost = [node_macs(n, lambda name: ir.values[name].shape) / MAC_RATE + sum(map(size, n.outputs)) / ELEM_RATE
+            for n in ir.nodes]
+    tail = [0.0] * (len(cost) + 1)
+    for i in range(len(cost) - 1, -1, -1):
+        tail[i] = tail[i + 1] + cost[i]
+    first: dict[str, int] = {}
+    for i, n in enumerate(ir.nodes):
+        for name in n.inputs:
+            first.setdefault(name, i)
+    return sum(len(BUDGET_LEVELS) * tail[min((first.get(m.value, len(cost)) for m in g.members), default=len(cost))]
+               for g in groups)
+
+
+def auto_rows(program, dg, groups: list[Group], notes: list[str]) -> int | None:
+    """The calibration rows allocation="auto" measures a budget's sensitivity on: what
+    :data:`AUTO_BUDGET_S` buys (at most allocate.ROWS, at least :data:`AUTO_MIN_ITEMS` items),
+    or None (uniform, said in ``notes``) where it does not buy :data:`AUTO_MIN_ITEMS` items."""
+    example = program.oracle_inputs(0)[0]
+    rows = max(1, program.rows(example))
+    first = program.first_input(example)
+    per_item = rows / max(1, int(first[0][0]) if first is not None and first[0] else 1)
+    per_row = scoring_seconds(dg, groups) / rows
+    need = AUTO_MIN_ITEMS * per_item
+    if per_row * need > AUTO_BUDGET_S:
+        notes.append(f"allocation: uniform; measuring each group's held-out sensitivity on {AUTO_MIN_ITEMS} items "
+                     f"would take about {per_row * need:.0f} s (over the {AUTO_BUDGET_S:.0f} s that auto spends): pass "
+                     "allocation='sensitivity' to measure it")
+        return None
+    return int(max(need, min(ROWS, AUTO_BUDGET_S / max(per_row, 1e-12))))
+
+
+def budget_rows(allocation: str, mode: str | None, program, dg, groups: list[Group], budget, notes: list[str]
+                ) -> int | None:
+    """The calibration rows a budget's sensitivity is measured on: up to allocate.ROWS when
+    asked for, what :func:`auto_rows` affords under ``"auto"`` with a refit (``mode``) and a
+    budget cutting at most :data:`AUTO_MAX_CUT`, else None (the budget stays solved uniformly)."""
+    if allocation == "sensitivity":
+        return ROWS
+    if allocation != "auto" or mode is None:
+        return None
+    full = CostModel(dg, groups).measure({})
+    cut = max(1 - t / max(full[k], 1) for k, t in parse_budget(budget, full).items())
+    if cut > AUTO_MAX_CUT:
+        notes.append(f"allocation: uniform; the budget removes {cut:.0%} (auto measures held-out sensitivity up to "
+                     f"{AUTO_MAX_CUT:.0%}, where it keeps the speed): pass allocation='sensitivity' to measure it")
+        return None
+    return auto_rows(program, dg, groups, notes)
+
+
 def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[str, int], round_to, batches: list,
-                    max_ratio: float, notes: list[str], repair: Repair | None = None
+                    max_ratio: float, notes: list[str], repair: Repair | None = None, rows: int = ROWS
                     ) -> tuple[dict[int, float], BudgetCurves] | None:
     """Per-group ratios meeting a MACs / parameter budget where the output suffers least, and the
     curves they were solved from: each group is pruned alone at :data:`BUDGET_LEVELS`, its output
@@ -58,11 +138,12 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
     first). With ``repair``, each candidate is refit as the final plan will be and scored on
     held-out items (crossfit.py: a refit scored where it was fitted makes deep layers look
     cheaper than they are on other data); without, masks only. None where the levels cannot meet
-    the budget together (the caller then solves it uniformly)."""
+    the budget together (the caller then solves it uniformly). ``rows``: the calibration rows
+    scored, the first batches' (at least one batch)."""
     t0 = time.perf_counter()
     metric = "macs" if "macs" in targets else "params"
     full = cost.measure({})
-    used, rows = sample(program, batches)
+    used, rows = sample(program, batches, rows)
     variants, keys = [], []
     for g in groups:
         for r in sorted({min(lv, max_ratio) for lv in BUDGET_LEVELS}):
