@@ -210,7 +210,13 @@ def main() -> int:
     p.add_argument("--calib", type=int, default=0, metavar="PHOTOS",
                    help="calibrate EfficientNet-Lite0 on this many ImageNet photos (+4 crops/flips each)")
     p.add_argument("--allocation", default="auto", help="with --calib: gp.prune_onnx's allocation=")
+    p.add_argument("--auto-max-cut", type=float, default=None,
+                   help="the largest budget cut auto spends by sensitivity (budget_sensitivity.AUTO_MAX_CUT)")
     ns = p.parse_args()
+    if ns.auto_max_cut is not None:
+        import graphprune.planning.budget_sensitivity as bs
+
+        bs.AUTO_MAX_CUT = ns.auto_max_cut
     if ns.speedups:
         return speedup_budgets(ns)
     round_to = ns.round_to if ns.round_to == "auto" else int(ns.round_to)

@@ -11,6 +11,7 @@ the budget cut: each group's kind, width kept and the MACs its cut saves.
 
     .venv/bin/python tools/diag_cnn.py default expand-only --macs 0.8
     .venv/bin/python tools/diag_cnn.py default --model mobilenetv2_backbone --groups
+    .venv/bin/python tools/diag_cnn.py sensitivity --photos all --calib 32 --rows 64 --levels 0.15 0.3 0.5 0.75
 """
 from __future__ import annotations
 
@@ -141,6 +142,7 @@ def main() -> int:
     import vision_data as vd
 
     import graphprune as gp
+    import graphprune.planning.budget_sensitivity as bs
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="*", default=["default"], help=f"of {sorted(VARIANTS)}")
@@ -155,8 +157,16 @@ def main() -> int:
     p.add_argument("--bn", action="store_true", help="also score each variant with BatchNorm re-estimated")
     p.add_argument("--per-group", type=float, default=None, metavar="RATIO",
                    help="instead: each group alone at RATIO, its error on calibration and held-out photos")
+    p.add_argument("--levels", type=float, nargs="+", default=None,
+                   help="the ratios a budget's sensitivity tries per group (default: budget_sensitivity.BUDGET_LEVELS)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="the calibration rows allocation='sensitivity' scores on (default: allocate.ROWS)")
     p.add_argument("--json", type=Path, default=None, help="append the rows to this JSON list")
     ns = p.parse_args()
+    if ns.levels:
+        bs.BUDGET_LEVELS = tuple(ns.levels)
+    if ns.rows:
+        bs.ROWS = ns.rows
     unknown = [v for v in ns.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
@@ -198,6 +208,8 @@ def main() -> int:
             warnings.simplefilter("ignore")
             pruned, rep = gp.prune(copy.deepcopy(model), (x[:1],), budget={"macs": ns.macs}, runtime=None, **kw)
         row = {"model": ns.model, "macs": ns.macs, "variant": name, "seconds": round(time.perf_counter() - t, 1),
+               "levels": list(bs.BUDGET_LEVELS), "rows": bs.ROWS,
+               "allocation": next((n for n in rep.notes if n.startswith("allocation")), ""),
                "macs_kept": rep.macs_after / rep.macs_before, "photos": score(ref, vd.run(pruned, test_x)),
                "crops": score(ref_crops, vd.run(pruned, crops)) if len(crops) else None}
         rows.append(row)
