@@ -180,3 +180,23 @@ def _check_uniform(opts: PruneOptions) -> None:
     if opts.targets is not None and "blocks" in _names(opts.targets, "targets"):
         raise PlanError("uniform=True keeps every layer so that one config describes them all; depth pruning "
                         "('blocks' in targets) removes layers: drop 'blocks' or uniform=True")
+
+
+def resolve_importance(opts: PruneOptions) -> str:
+    """``auto``: reconstruction-aware OBS with calibration data (what compensation then
+    achieves), activation-weighted without compensation, l2 magnitude without data."""
+    if opts.importance != "auto":
+        return opts.importance
+    if opts.calib is None:
+        return "l2"
+    return "obs" if opts.compensate is not False else "activation"
+
+
+def compensation_mode(opts: PruneOptions) -> str | None:
+    """The compensation to run: None (off), "refit", "bias" or "sequential" (options checked
+    that a mode other than off has data)."""
+    if opts.compensate is None:
+        return "refit" if opts.calib is not None else None
+    if opts.compensate is False:
+        return None
+    return "refit" if opts.compensate is True else opts.compensate

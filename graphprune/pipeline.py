@@ -17,7 +17,7 @@ from .errors import PlanError, PruneWarning, RewriteError
 from .graph import DependencyGraph, Group
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 from .metrics import count_macs, count_params
-from .options import PruneOptions
+from .options import PruneOptions, compensation_mode, resolve_importance
 from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, solve_budget
@@ -49,26 +49,6 @@ SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original i
 
 
 OBS_AUTO_MAX = 4096  # the default call's OBS scores groups whose consumers have at most this many inputs
-
-
-def resolve_importance(opts: PruneOptions) -> str:
-    """``auto``: reconstruction-aware OBS with calibration data (what compensation then
-    achieves), activation-weighted without compensation, l2 magnitude without data."""
-    if opts.importance != "auto":
-        return opts.importance
-    if opts.calib is None:
-        return "l2"
-    return "obs" if opts.compensate is not False else "activation"
-
-
-def compensation_mode(opts: PruneOptions) -> str | None:
-    """The compensation to run: None (off), "refit", "bias" or "sequential" (options checked
-    that a mode other than off has data)."""
-    if opts.compensate is None:
-        return "refit" if opts.calib is not None else None
-    if opts.compensate is False:
-        return None
-    return "refit" if opts.compensate is True else opts.compensate
 
 
 @dataclass
@@ -251,12 +231,8 @@ def _spend_budget(w: _Work) -> None:
         w.ratios, w.spent = same_on_all((w.ratios, w.spent))  # timed: across processes, rank 0's
         return
     mode = compensation_mode(opts)  # measured sensitivity re-spends the budget: no time tilt first
-    rows = w.batches and budget_rows(opts.allocation, mode, w.program, w.dg, w.groups, w.budget, w.ctx.notes)
-    if w.how == "uniform" and not rows and _widths_tuned(w):
-        w.tilt = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, w.round_to,
-                                                 opts.max_ratio, w.ctx.notes))
-    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, opts.max_ratio,
-                                     tilt=w.tilt)
+    rows = w.batches and budget_rows(opts, mode, w.program, w.dg, w.groups, w.budget, w.batches, w.ctx.notes)
+    _solve_uniform(w, tilt=not rows)
     if not rows:
         return
     cost = CostModel(w.dg, w.groups)
@@ -265,11 +241,21 @@ def _spend_budget(w: _Work) -> None:
                                               ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)))
     measured = allocate_budget(w.program, cost, w.groups, w.scores, w.spent.targets, w.round_to, w.batches,
                                opts.max_ratio, w.ctx.notes, repair, rows)
-    if measured is not None:
-        w.ratios, w.curves = measured
-        plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)
-        w.spent.allocation = "sensitivity"
-        w.spent.achieved = cost.measure({g.id: g.size - len(plan.pruned[g.id]) for g in w.groups})
+    if measured is None:  # the measured levels cannot meet the budget together: uniform, as without them
+        return _solve_uniform(w, tilt=True)
+    w.ratios, w.curves = measured
+    plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)
+    w.spent.allocation = "sensitivity"
+    w.spent.achieved = cost.measure({g.id: g.size - len(plan.pruned[g.id]) for g in w.groups})
+
+
+def _solve_uniform(w: _Work, tilt: bool) -> None:
+    """The budget solved by one ratio (or a global ranking), tilted to where the time is when widths are tuned."""
+    if tilt and w.how == "uniform" and _widths_tuned(w):
+        w.tilt = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, w.round_to,
+                                                 w.opts.max_ratio, w.ctx.notes))
+    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
+                                     tilt=w.tilt)
 
 
 def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:

@@ -26,6 +26,10 @@ def _calib(items: int = 48):
     return [(torch.randn(8, 3, 12, 12, generator=g),) for _ in range(items // 8)]
 
 
+def _held():
+    return [((b[0],), {}) for b in _calib()]
+
+
 KW = dict(runtime=None, round_to=1, verify=False)
 
 
@@ -71,8 +75,31 @@ def test_auto_stays_uniform_under_a_deep_cut():
 def test_auto_without_a_refit_stays_uniform():
     pruned, report = _prune(compensate=False)
     assert not any(n.startswith("allocation: sensitivity") for n in report.notes)
+    assert any(n.startswith("allocation: uniform; auto measures a budget's held-out sensitivity only where a refit")
+               for n in report.notes)
     uniform, _ = _prune(allocation="uniform", compensate=False)
     assert _widths(pruned) == _widths(uniform)
+
+
+def test_uniform_widths_and_an_empty_cut_measure_nothing():
+    # uniform=True promises one width per kind; a budget the model already meets has nothing to spend
+    for kw in (dict(uniform=True), dict(macs=1.0)):
+        _, report = _prune(**kw)
+        assert not any(n.startswith("allocation: sensitivity") for n in report.notes), kw
+
+
+def test_a_first_batch_over_the_allowance_stays_uniform(monkeypatch):
+    # sample() scores at least the first batch whole: one batch of 48 items costs 48 items' runs
+    whole = torch.cat([b[0] for b in _calib()])
+    calib = [((whole,), {})]  # batches as the pipeline holds them: (args, kwargs)
+    program = TorchProgram(_cnn(), (whole[:1],))
+    dg = program.graph()
+    per_item = scoring_seconds(dg, dg.prunable_groups())
+    monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 40)  # buys 40 items, the floor of 32 fits
+    notes: list[str] = []
+    assert bs.auto_rows(program, dg, dg.prunable_groups(), calib, notes) is None
+    assert "on 48 calibration rows" in notes[0]
+    assert bs.auto_rows(program, dg, dg.prunable_groups(), _held(), []) == 40  # batches of 8
 
 
 def test_rows_follow_the_time_allowance(monkeypatch):
@@ -82,10 +109,10 @@ def test_rows_follow_the_time_allowance(monkeypatch):
     groups = dg.prunable_groups()
     per_item = scoring_seconds(dg, groups)
     monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 40.5)
-    assert bs.auto_rows(program, dg, groups, []) == 40
+    assert bs.auto_rows(program, dg, groups, _held(), []) == 40
     monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 31.5)
     notes: list[str] = []
-    assert bs.auto_rows(program, dg, groups, notes) is None and notes
+    assert bs.auto_rows(program, dg, groups, _held(), notes) is None and notes
 
 
 def test_later_groups_cost_less_to_score():

@@ -242,8 +242,7 @@ def test_a_criterion_of_your_own_in_one_line():
 
 
 def test_auto_picks_by_what_was_given():
-    from graphprune.options import PruneOptions
-    from graphprune.pipeline import resolve_importance
+    from graphprune.options import PruneOptions, resolve_importance
 
     assert resolve_importance(PruneOptions()) == "l2"
     assert resolve_importance(PruneOptions(calib=[1])) == "obs"

@@ -21,8 +21,8 @@ from ..api import torch_models as api
 from ..errors import GraphpruneError, PlanError
 from ..io.checkpoint_doc import PLAN_FILE
 from ..io.lazy_checkpoint import LazyCheckpoint
-from ..options import PruneOptions
-from ..pipeline import prune_memory, resolve_importance
+from ..options import PruneOptions, resolve_importance
+from ..pipeline import prune_memory
 from ..planning.depth import split_targets
 from ..planning.memory import MemoryEstimate, MemoryPart, available_memory, gib
 from ..planning.plan import select_groups

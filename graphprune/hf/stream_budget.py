@@ -100,7 +100,8 @@ def stream_options(opts: PruneOptions) -> PruneOptions:
                         f"runs: give macs= or params=, {IN_MEMORY}")
     if opts.ratios:
         raise PlanError("ratios= fixes each group's ratio, a budget chooses them: pass one of the two")
-    # under a budget "auto" is the uniform solve (pipeline.py _spend_budget); said so, not timed as sensitivity
+    # "auto" streams the uniform solve: in memory it may measure held-out sensitivity under a mild budget
+    # (budget_sensitivity.budget_rows), which needs the whole model's runs; a streamed block has only its own
     return opts.replace(allocation="uniform") if opts.allocation == "auto" else opts
 
 

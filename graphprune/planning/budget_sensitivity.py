@@ -93,40 +93,49 @@ def scoring_seconds(dg, groups: list[Group]) -> float:
                for g in groups)
 
 
-def auto_rows(program, dg, groups: list[Group], notes: list[str]) -> int | None:
+def auto_rows(program, dg, groups: list[Group], batches: list, notes: list[str]) -> int | None:
     """The calibration rows allocation="auto" measures a budget's sensitivity on: what
     :data:`AUTO_BUDGET_S` buys (at most allocate.ROWS, at least :data:`AUTO_MIN_ITEMS` items),
-    or None (uniform, said in ``notes``) where it does not buy :data:`AUTO_MIN_ITEMS` items."""
+    or None (uniform, said in ``notes``) where it does not buy :data:`AUTO_MIN_ITEMS` items, or
+    the first calibration batch alone (scored whole) would cost more."""
     example = program.oracle_inputs(0)[0]
     rows = max(1, program.rows(example))
     first = program.first_input(example)
     per_item = rows / max(1, int(first[0][0]) if first is not None and first[0] else 1)
     per_row = scoring_seconds(dg, groups) / rows
-    need = AUTO_MIN_ITEMS * per_item
-    if per_row * need > AUTO_BUDGET_S:
-        notes.append(f"allocation: uniform; measuring each group's held-out sensitivity on {AUTO_MIN_ITEMS} items "
-                     f"would take about {per_row * need:.0f} s (over the {AUTO_BUDGET_S:.0f} s that auto spends): pass "
-                     "allocation='sensitivity' to measure it")
+    need = math.ceil(AUTO_MIN_ITEMS * per_item)
+    least = max(need, program.rows(batches[0]))  # sample() takes at least the first batch
+    if per_row * least > AUTO_BUDGET_S:
+        notes.append(f"allocation: uniform; measuring each group's held-out sensitivity on {least} calibration rows "
+                     f"would take about {per_row * least:.0f} s (over the {AUTO_BUDGET_S:.0f} s that auto spends): "
+                     "pass allocation='sensitivity' to measure it")
         return None
     return int(max(need, min(ROWS, AUTO_BUDGET_S / max(per_row, 1e-12))))
 
 
-def budget_rows(allocation: str, mode: str | None, program, dg, groups: list[Group], budget, notes: list[str]
+def budget_rows(opts, mode: str | None, program, dg, groups: list[Group], budget, batches: list, notes: list[str]
                 ) -> int | None:
     """The calibration rows a budget's sensitivity is measured on: up to allocate.ROWS when
-    asked for, what :func:`auto_rows` affords under ``"auto"`` with a refit (``mode``) and a
-    budget cutting at most :data:`AUTO_MAX_CUT`, else None (the budget stays solved uniformly)."""
-    if allocation == "sensitivity":
+    asked for; under ``"auto"`` what :func:`auto_rows` affords, where a refit (``mode``) follows
+    and the budget cuts more than nothing and at most :data:`AUTO_MAX_CUT`; else None (the
+    budget stays solved uniformly; ``uniform=True`` keeps one width per kind)."""
+    if opts.allocation == "sensitivity":
         return ROWS
-    if allocation != "auto" or mode is None:
+    if opts.allocation != "auto" or opts.uniform:
         return None
     full = CostModel(dg, groups).measure({})
     cut = max(1 - t / max(full[k], 1) for k, t in parse_budget(budget, full).items())
+    if cut <= 0:
+        return None
+    if mode is None:
+        notes.append("allocation: uniform; auto measures a budget's held-out sensitivity only where a refit follows "
+                     "(compensate=False here): pass allocation='sensitivity' to measure it by masks")
+        return None
     if cut > AUTO_MAX_CUT:
         notes.append(f"allocation: uniform; the budget removes {cut:.0%} (auto measures held-out sensitivity up to "
                      f"{AUTO_MAX_CUT:.0%}, where it keeps the speed): pass allocation='sensitivity' to measure it")
         return None
-    return auto_rows(program, dg, groups, notes)
+    return auto_rows(program, dg, groups, batches, notes)
 
 
 def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[str, int], round_to, batches: list,
