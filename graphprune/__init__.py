@@ -27,7 +27,7 @@ _EXPORTS = {
     "count_macs": "metrics", "count_params": "metrics",
     "OnnxPruneReport": "api.onnx_models", "prune_onnx": "api.onnx_models", "verify_onnx": "api.onnx_models",
     "PrunePlan": "planning.plan", "PruneReport": "report.prune_report", "prune_iterative": "api.schedule",
-    "RecoverError": "api.recover", "RecoverResult": "api.recover", "recover": "api.recover",
+    "RecoverError": "api.recover", "RecoverResult": "api.recover_result", "recover": "api.recover",
     "load_pruned": "hf", "save_pruned": "hf", "PruneOptions": "options",
     "Reason": "reasons",
 }
@@ -35,7 +35,8 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what the names are, for editors and type checkers
     from . import hf
     from .api.onnx_models import OnnxPruneReport, prune_onnx, verify_onnx
-    from .api.recover import RecoverError, RecoverResult, recover
+    from .api.recover import RecoverError, recover
+    from .api.recover_result import RecoverResult
     from .api.schedule import prune_iterative
     from .api.torch_models import OracleReport, load_onnx, masked_original, plan, prune, trace, verify
     from .graph import DependencyGraph, Group, Member

@@ -18,13 +18,13 @@
   iterated again each epoch, skipping those positions (a shuffled DataLoader may move samples
   across the split; a list's training batches are reshuffled by a seeded generator); data
   without ``len()`` (a generator) is read once and cached.
-- **Modes.** The teacher runs in eval mode under ``no_grad``, and so does the student (with grad):
-  BatchNorm keeps its running statistics, which a small recovery set would corrupt, and dropout
-  is off; every parameter with ``requires_grad`` trains. Both modes are restored after.
-- **Optimiser.** AdamW without weight decay, warm-up over 5% of the steps (at most 50), then cosine
-  to zero (constant when only ``time_s`` bounds the run), gradient norm clipped to 1.
-- **Determinism.** ``seed`` seeds torch inside ``torch.random.fork_rng`` (the caller's RNG is left
-  as it was) and the batch order: the same inputs give bit-identical weights on CPU.
+- **Modes.** Teacher and student run in eval mode (the student with grad): BatchNorm keeps its
+  running statistics, which a small recovery set would corrupt; dropout is off. Modes are restored.
+- **Optimiser.** AdamW without weight decay at ``lr`` (transformers 1e-4, else probed:
+  recover_lr.py), warm-up over 5% of the steps (at most 50), then cosine to zero (constant when
+  only ``time_s`` bounds the run), gradient norm clipped to 1.
+- **Determinism.** ``seed`` seeds torch inside ``torch.random.fork_rng`` and the batch order:
+  the same inputs give bit-identical weights on CPU.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ import inspect
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -40,7 +39,8 @@ import torch.nn.functional as F
 
 from ..errors import PlanError
 from ..util.progress import progress
-from ..util.tables import table
+from .recover_lr import probe_lr
+from .recover_result import RecoverResult
 
 _HOW = ("give a DataLoader or a list of batches: tensors, tuples/lists of tensors (positional inputs; "
         "(inputs, labels) uses the inputs), or dicts of keyword inputs")
@@ -48,46 +48,6 @@ _HOW = ("give a DataLoader or a list of batches: tensors, tuples/lists of tensor
 
 class RecoverError(PlanError):
     """The data, teacher or options given to :func:`recover` cannot be used."""
-
-
-@dataclass
-class RecoverResult:
-    """What :func:`recover` did: losses per step and per evaluation, and why it stopped."""
-
-    steps: int
-    seconds: float
-    train_losses: list[float] = field(default_factory=list)  # one per optimiser step
-    heldout_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), step 0 first
-    best_step: int = 0  # the step whose weights the model holds now
-    stopped_early: bool = False
-    reason: str = ""  # "steps", "time", "patience" or "callback"
-    features_matched: list[str] = field(default_factory=list)
-    lr: float = 0.0
-    batches: tuple[int, int] = (0, 0)  # (training, held-out)
-
-    heldout_before = property(lambda self: self.heldout_losses[0][1] if self.heldout_losses else None)
-    heldout_best = property(lambda self: min(v for _, v in self.heldout_losses) if self.heldout_losses else None)
-
-    def summary(self) -> str:
-        """One line, for a prune report's notes."""
-        held = (f", held-out loss {self.heldout_before:.4g} -> {self.heldout_best:.4g}" if self.heldout_losses
-                else f", training loss {self.train_losses[-1]:.4g}" if self.train_losses else "")
-        return (f"recovered by distillation: {self.steps} steps{held} (stopped by {self.reason}; weights of step "
-                f"{self.best_step}, changed after the oracle's check)")
-
-    def __str__(self) -> str:
-
-        evals = self.heldout_losses or ([(self.steps, None)] if self.steps else [])
-        starts = [0] + [s for s, _ in evals]  # mean training loss since the previous evaluation
-        means = {s: sum(self.train_losses[a:s]) / (s - a) for a, s in zip(starts, starts[1:]) if s > a}
-        best = {k for k, (s, _) in enumerate(evals) if s == self.best_step}
-        rows = [[evals[k][0], f"{means[evals[k][0]]:.4g}" if evals[k][0] in means else "",
-                 "" if evals[k][1] is None else f"{evals[k][1]:.4g}", "best" if k in best else ""]
-                for k in sorted({round(i * (len(evals) - 1) / 11) for i in range(12)} | best)] if evals else []
-        text = (f"recover: {self.steps} steps in {self.seconds:.1f} s (lr {self.lr:g}, {self.batches[0]} training / "
-                f"{self.batches[1]} held-out batches), stopped by {self.reason}; weights of step {self.best_step}\n")
-        text += table(["step", "train loss", "held-out loss", ""], rows) if rows else "(no step taken)"
-        return text + (f"\nfeatures matched: {', '.join(self.features_matched)}" if self.features_matched else "")
 
 
 def _positional(model: torch.nn.Module) -> int | None:
@@ -302,7 +262,8 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         data: a DataLoader or iterable of batches: tensors, tuples/lists (``(x, y)`` uses ``x``)
             or dicts of keyword inputs; every rule is in the module docstring.
         steps, time_s: bound the work (neither: one epoch of training batches, 100 to 1000 steps).
-        lr: AdamW's learning rate (default 1e-4 for transformers models, 1e-3 otherwise).
+        lr: AdamW's learning rate (default 1e-4 for transformers models; otherwise the best of a
+            short probe, api/recover_lr.py: 1e-3 ... 1e-6, a few steps each on held-out loss).
         callback: ``callback(step, train_loss, heldout_loss)`` at each evaluation; False stops.
         holdout, eval_every, patience: the share of batches held out (0: none, no early stop); an
             evaluation every ``eval_every`` steps (default a tenth of the steps, at most 100); stop
@@ -352,16 +313,20 @@ def _loop(distill: _Distill, feed: _Data, steps, time_s, lr, callback, eval_ever
     start, model, train = time.perf_counter(), distill.student, feed.train()
     pending = next(train)
     matched = distill.hook(features, *pending) if features else []
-    lr = lr if lr is not None else 1e-4 if hasattr(model, "config") and hasattr(model, "save_pretrained") else 1e-3
+    params, probed, best = [p for p in model.parameters() if p.requires_grad], [], distill.evaluate(feed.heldout)
+    if lr is None and hasattr(model, "config") and hasattr(model, "save_pretrained"):
+        lr = 1e-4  # transformers: the usual fine-tuning rate (a probe there costs minutes a step on CPU)
+    elif lr is None:
+        check = feed.heldout or [next(train)[1]]  # scored, never stepped on
+        lr, probed = probe_lr(model, params, distill, train, lambda: distill.evaluate(check))
     bound = steps if steps is not None or time_s is not None else min(1000, max(100, feed.n_train))
     every = eval_every or (max(1, min(100, bound // 10)) if bound else 50)
-    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = min(50, max(1, (bound or 1000) // 20))  # then cosine to zero, or constant without a step bound
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) * (
         0.5 * (1 + math.cos(math.pi * min(k, bound) / bound)) if bound else 1.0))
-    result = RecoverResult(0, 0.0, features_matched=matched, lr=lr, batches=(feed.n_train, feed.n_hold))
-    best = distill.evaluate(feed.heldout)
+    result = RecoverResult(0, 0.0, features_matched=matched, lr=lr, batches=(feed.n_train, feed.n_hold),
+                           lr_probe=probed)
     result.heldout_losses += [(0, best)] if best is not None else []
     saved, waited, result.reason = _snapshot(model), 0, "steps"
     while result.reason == "steps" and (bound is None or result.steps < bound):
