@@ -80,7 +80,8 @@ def test_recover_lowers_the_heldout_loss_and_raises_agreement():
     result = gp.recover(student, teacher, data, steps=150)
     assert isinstance(result, RecoverResult) and callable(gp.recover)  # the function, not its module
     assert (result.steps, result.reason, result.stopped_early, result.batches) == (150, "steps", False, (11, 1))
-    assert len(result.train_losses) == 150 and result.heldout_losses[0][0] == 0 and result.lr == 1e-3
+    assert len(result.train_losses) == 150 and result.heldout_losses[0][0] == 0
+    assert result.lr == min(result.lr_probe, key=lambda t: t[1])[0]  # no lr given: the probe's best
     assert result.heldout_best < 0.75 * result.heldout_before, result
     after = _agreement(teacher, student, test_x)
     assert after > before + 0.15, (before, after)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..errors import PlanError
 from ..util.progress import progress
-from .recover_lr import probe_lr
+from .recover_lr import PROBE_BATCHES, UNPROBED_LR, probe_lr, worth_probing
 from .recover_result import RecoverResult
 
 _HOW = ("give a DataLoader or a list of batches: tensors, tuples/lists of tensors (positional inputs; "
@@ -263,7 +263,8 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
             or dicts of keyword inputs; every rule is in the module docstring.
         steps, time_s: bound the work (neither: one epoch of training batches, 100 to 1000 steps).
         lr: AdamW's learning rate (default 1e-4 for transformers models; otherwise the best of a
-            short probe, api/recover_lr.py: 1e-3 ... 1e-6, a few steps each on held-out loss).
+            short probe, api/recover_lr.py: 1e-3 ... 1e-6, a few steps each on held-out loss;
+            1e-3 for runs under 48 steps or 30 s).
         callback: ``callback(step, train_loss, heldout_loss)`` at each evaluation; False stops.
         holdout, eval_every, patience: the share of batches held out (0: none, no early stop); an
             evaluation every ``eval_every`` steps (default a tenth of the steps, at most 100); stop
@@ -316,8 +317,10 @@ def _loop(distill: _Distill, feed: _Data, steps, time_s, lr, callback, eval_ever
     params, probed, best = [p for p in model.parameters() if p.requires_grad], [], distill.evaluate(feed.heldout)
     if lr is None and hasattr(model, "config") and hasattr(model, "save_pretrained"):
         lr = 1e-4  # transformers: the usual fine-tuning rate (a probe there costs minutes a step on CPU)
+    elif lr is None and not worth_probing(steps, time_s):
+        lr = UNPROBED_LR
     elif lr is None:
-        check = feed.heldout or [next(train)[1]]  # scored, never stepped on
+        check = feed.heldout[:PROBE_BATCHES] or [next(train)[1]]  # scored, never stepped on
         lr, probed = probe_lr(model, params, distill, train, lambda: distill.evaluate(check))
     bound = steps if steps is not None or time_s is not None else min(1000, max(100, feed.n_train))
     every = eval_every or (max(1, min(100, bound // 10)) if bound else 50)

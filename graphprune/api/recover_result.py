@@ -19,8 +19,8 @@ class RecoverResult:
     reason: str = ""  # "steps", "time", "patience" or "callback"
     features_matched: list[str] = field(default_factory=list)
     lr: float = 0.0
-    lr_probe: list[tuple[float, float]] = field(default_factory=list)  # (rate, held-out loss) tried when lr=None
     batches: tuple[int, int] = (0, 0)  # (training, held-out)
+    lr_probe: list[tuple[float, float]] = field(default_factory=list)  # (rate, held-out loss) tried when lr=None
 
     heldout_before = property(lambda self: self.heldout_losses[0][1] if self.heldout_losses else None)
     heldout_best = property(lambda self: min(v for _, v in self.heldout_losses) if self.heldout_losses else None)

@@ -56,7 +56,7 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
     ``recover=dict(data=batches, steps=200, ...)`` (keyword arguments of
     :func:`graphprune.recover`; ``recover=True`` trains on ``calib``) distills each step's
     model from a copy of the original taken before step 1, before the callback; the
-    :class:`~graphprune.api.recover.RecoverResult` is ``report.recovery`` (and a line in its notes).
+    :class:`~graphprune.api.recover_result.RecoverResult` is ``report.recovery`` (and a line in its notes).
 
     Example:
         >>> import torch, graphprune
