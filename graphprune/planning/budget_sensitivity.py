@@ -28,9 +28,9 @@ BUDGET_LEVELS = (0.15, 0.3, 0.5, 0.75)
 AUTO_BUDGET_S = 120.0
 AUTO_MIN_ITEMS = 32
 # ... and when the budget removes at most this share of the MACs / parameters. At 20% fewer MACs the
-# measured plan keeps the speed (EfficientNet-Lite0 in onnxruntime: 1.20x against uniform's 1.24x) and
-# halves the KL on other photos; at 50% it ran 1.55x-1.72x where the time-tilted uniform plan runs
-# 1.83x-1.90x, and neither survives one shot (agreement 0.14 and 0.05): recovery's job, not allocation's.
+# measured plan keeps the speed (EfficientNet-Lite0 in onnxruntime: 1.16x-1.22x against uniform's
+# 1.24x-1.28x) and halves the KL on other photos; at 50% it ran 1.55x-1.72x where the time-tilted
+# uniform plan runs 1.88x-2.16x, and neither survives one shot (agreement 0.14 and 0.05).
 AUTO_MAX_CUT = 0.3
 # the scoring runs' throughput on two CPU cores, refits included, fitted to EfficientNet-Lite0 in torch's
 # FX interpreter (1.7 s per item; through onnxruntime it measured slower, 718 s against 420 s on 160
