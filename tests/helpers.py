@@ -2,6 +2,9 @@
 sys.path). Test files import from here, never from each other."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
@@ -9,6 +12,16 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str):
+    """The module tools/<name>.py (benchmark code: not a package, so loaded from its file)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def n_params(model: nn.Module) -> int:

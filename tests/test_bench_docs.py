@@ -1,18 +1,15 @@
 """docs/benchmarks.md shows the figures stored in docs/data/, as tools/bench_docs.py renders them."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench_docs():
-    spec = importlib.util.spec_from_file_location("bench_docs", ROOT / "tools" / "bench_docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return tool("bench_docs")
 
 
 def test_benchmark_tables_are_the_stored_measurements():

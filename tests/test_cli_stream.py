@@ -4,7 +4,6 @@
 graphprune/hf/choose.py)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tool
 
 import graphprune as gp
 from graphprune.cli import stream as cli_stream
@@ -24,7 +24,6 @@ from graphprune.hf.choose import estimate_in_memory, meta_model
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--no-latency", "--round-to", "1", "--allocation", "uniform", "--ratio", "0.5"]
 SAME = dict(ratio=0.5, round_to=1, allocation="uniform", measure_latency=False)
 NO_REFIT = ["--no-compensate", "--no-verify"]  # ranked by activations, no refit (tests/test_stream.py tests repair)
@@ -33,10 +32,7 @@ WORDS = [f"w{i}" for i in range(200)]
 
 def _make_checkpoint(folder: Path) -> None:
     """tools/make_llama_checkpoint.py's ``tiny`` preset (bf16, 4 layers), with a word-level tokenizer."""
-    spec = importlib.util.spec_from_file_location("make_llama_checkpoint", ROOT / "tools" / "make_llama_checkpoint.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.write(folder, "tiny", torch.bfloat16)
+    tool("make_llama_checkpoint").write(folder, "tiny", torch.bfloat16)
     vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

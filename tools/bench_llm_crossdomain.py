@@ -1,6 +1,6 @@
 """Quality that generalizes: SmolLM2-135M pruned with calibration from one kind of English text, perplexity
-on held-out text of that kind (in-domain) and of other kinds (cross-domain), beside FLAP and Wanda-sp at
-the same parameter count (tools/llm_baselines.py) and the dense model.
+on held-out text of that kind (in-domain) and of other kinds (cross-domain), beside FLAP and Wanda-sp
+(tools/llm_baselines.py) and SliceGPT (tools/llm_slicegpt.py) at the same parameter count and the dense model.
 
 Text (tools/llm_data.py, ``TEXT_SOURCES``; ``python tools/fetch_text.py`` first): ``news`` (300 news
 articles, from the gensim 4.4.0 wheel), ``licences`` (SPDX licence texts, spdx 2.5.1 wheel) and ``pydoc``
@@ -8,7 +8,8 @@ articles, from the gensim 4.4.0 wheel), ``licences`` (SPDX licence texts, spdx 2
 calibration source's calibration half is ever seen by a pruner.
 
     .venv/bin/python tools/fetch_text.py
-    .venv/bin/python tools/bench_llm_crossdomain.py                     # graphprune, FLAP, Wanda-sp at 20% and 50%
+    .venv/bin/python tools/bench_llm_crossdomain.py                     # graphprune and the baselines, 20% and 50%
+    .venv/bin/python tools/bench_llm_crossdomain.py --methods slicegpt --resume    # one baseline added
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.5 \\
         --option refit_ridge=0.1 --tag ridge0.1 --resume                  # one tuning row
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import llm_baselines  # noqa: E402
 import llm_data as L  # noqa: E402
+import llm_slicegpt  # noqa: E402
 import torch  # noqa: E402
 
 BEGIN, END = "<!-- crossdomain:begin -->", "<!-- crossdomain:end -->"
@@ -84,6 +86,11 @@ def prune(method: str, ratio: float, calib: list, options: dict, reference: dict
             reference[ratio] = {"params": n_params(model), "kv": model.model.layers[0].self_attn.k_proj.out_features
                                 // model.model.layers[0].self_attn.head_dim,
                                 "ffn": model.model.layers[0].mlp.up_proj.out_features}
+    elif method == "slicegpt":
+        k = llm_slicegpt.width_for(model, reference[ratio]["params"])
+        llm_slicegpt.slice_model(model, calib, k)
+        importance = f"PCA rotation, residual width {k}"
+        return model, {"seconds": time.perf_counter() - t, "importance": importance, "hidden": k}
     else:
         ref = reference[ratio]
         llm_baselines.prune(model, method, calib, keep={"attn": ref["kv"], "ffn": ref["ffn"]},
@@ -116,7 +123,8 @@ def markdown(saved: dict, ns) -> str:
              "| " + " | ".join(["0%", "dense", f"{saved['dense_params'] / 1e6:.2f}M", "3", "1536", *dense_cells,
                                 "1.00x", ""]) + " |"]
     for r in sorted(saved["rows"], key=lambda r: (r["ratio"], max(r["ppl"][s] / dense[s] for s in sources))):
-        name = r["method"] + (f" ({r['tag']})" if r.get("tag") else "")
+        name = r["method"] + (f" ({r['tag']})" if r.get("tag") else "") + (
+            f" (hidden {r['hidden']} of 576)" if r.get("hidden") else "")
         worst = max(r["ppl"][s] / dense[s] for s in sources)
         lines.append("| " + " | ".join([f"{r['ratio']:.0%}", name, f"{r['params'] / 1e6:.2f}M", r["kv"], r["ffn"]]
                                        + [f"{r['ppl'][s]:.2f} ({r['ppl'][s] / dense[s]:.2f}x)" for s in sources]
@@ -151,7 +159,7 @@ def parse_options(items: list[str]) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
-    p.add_argument("--methods", nargs="+", default=["graphprune", "flap", "wanda-sp"])
+    p.add_argument("--methods", nargs="+", default=["graphprune", "flap", "wanda-sp", "slicegpt"])
     p.add_argument("--calib-source", default="news", choices=sorted(L.TEXT_SOURCES))
     p.add_argument("--eval-sources", nargs="+", default=["news", "licences", "pydoc"])
     p.add_argument("--calib", type=int, default=64)
