@@ -10,6 +10,7 @@ import torch
 
 import graphprune as gp
 from graphprune.planning import latency_table as lt
+from graphprune.planning.plan import select_groups
 from graphprune.program.torch_program import TorchProgram
 
 MS_PER_MAC = 1e-5
@@ -29,10 +30,16 @@ def _mlp():
                                torch.nn.Linear(64, 8)).eval()
 
 
-def _fake_runtime(monkeypatch, overhead=0.05):
-    """A runtime whose time is `overhead` + MS_PER_MAC per multiply-accumulate of every linear."""
+ADD_OVERHEAD = 0.01  # ms a run of one Add costs before its elements
+
+
+def _fake_runtime(monkeypatch, overhead=0.05, ms_per_elem=0.0):
+    """A runtime whose time is `overhead` + MS_PER_MAC per multiply-accumulate of every linear, where
+    an Add costs ADD_OVERHEAD + `ms_per_elem` per element."""
     def op_time(runtime, op, cin, cout):
         return MS_PER_MAC * math.prod(op.x_shape[:-1]) * cin * cout
+
+    monkeypatch.setattr(lt, "_time_add", lambda runtime, n: ADD_OVERHEAD + ms_per_elem * n)
 
     def model_time(self, runtime=None):
         rows = self.args[0].shape[0]
@@ -61,6 +68,51 @@ def test_table_estimates_and_is_cached(monkeypatch, tmp_path):
     assert model.estimate(size) == pytest.approx(want, rel=1e-6)
     again = lt.LatencyModel(graph, "torch", full)
     assert again.table.measured == 0  # every op came from the cache
+
+
+@pytest.mark.parametrize("ms_per_elem", [1e-5, 1e-3])
+def test_the_rest_scales_with_the_elements_other_ops_write(monkeypatch, tmp_path, ms_per_elem):
+    """Outside the linears the MLP writes two ReLU outputs of 4 x 64: priced at an Add's marginal
+    cost per element (its per-run overhead cancels), that part of the rest shrinks with the hidden
+    width; the remainder is overhead and stays. When the elements would cost more than the whole
+    rest, all of the rest scales."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch, ms_per_elem=ms_per_elem)
+    x = torch.randn(4, 32)
+    graph = gp.trace(_mlp(), (x,))
+    sites = MS_PER_MAC * 4 * (32 * 64 + 64 * 64 + 64 * 8)
+    model = lt.LatencyModel(graph, "torch", 0.05 + sites)
+
+    def size(slot):
+        full_size = graph.ir.values[slot[0]].shape[slot[1]]
+        return 32 if full_size == 64 else full_size
+
+    relu_elems = 2 * 4 * 64
+    scaling = min(0.05, ms_per_elem * relu_elems)  # 0.00512 ms, or all 0.05 when capped
+    assert model.rest == pytest.approx(0.05)
+    assert model.rest_ms(size) == pytest.approx(0.05 - scaling / 2, rel=1e-6)
+    assert model.rest_ms(lambda slot: graph.ir.values[slot[0]].shape[slot[1]]) == pytest.approx(0.05, rel=1e-6)
+    halved_sites = MS_PER_MAC * 4 * (32 * 32 + 32 * 32 + 32 * 8)
+    assert model.estimate(size) == pytest.approx(0.05 - scaling / 2 + halved_sites, rel=1e-6)
+    assert lt.LatencyModel(graph, "torch", 0.05 + sites).table.measured == 0  # the Adds came from the cache
+
+
+def test_only_the_selected_groups_dims_scale(monkeypatch, tmp_path):
+    """A batch of 64 rows through 64 hidden units: the rows are no channel group's, so halving every
+    slot of size 64 narrows the ReLU outputs' units only, never their rows."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch, ms_per_elem=1e-7)
+    graph = gp.trace(_mlp(), (torch.randn(64, 32),))
+    groups = [g for g in select_groups(graph) if g.size == 64]
+    sites = MS_PER_MAC * 64 * (32 * 64 + 64 * 64 + 64 * 8)
+    model = lt.LatencyModel(graph, "torch", 0.05 + sites, groups=groups)
+    relu_elems = 2 * 64 * 64
+
+    def size(slot):
+        full_size = graph.ir.values[slot[0]].shape[slot[1]]
+        return 32 if full_size == 64 else full_size
+
+    assert model.rest_ms(size) == pytest.approx(0.05 - 1e-7 * relu_elems / 2, rel=1e-6)
 
 
 def test_speedup_budget_meets_the_measured_target(monkeypatch, tmp_path):

@@ -31,7 +31,7 @@ def solve_latency_budget(program, runtime, dg, groups, scores, budget, round_to,
                                                          (target, before, before))
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]),
-                                progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"))
+                                progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"), groups=groups)
 
     def measure(ratios) -> float:
         return program.plan_latency_ms(make_plan(groups, scores, 0.0, round_to, ratios), runtime)

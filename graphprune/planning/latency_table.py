@@ -9,11 +9,17 @@ points for a depthwise conv, whose two are one), and a plan's latency is estimat
     the original model's measured latency - sum of the sites' full-width times
                                           + sum of the sites' times at the plan's widths
 
-(bilinear between table points). What the sites do not cover (activations, pooling, adds) is
-taken as unchanged, so the estimate errs towards too little speedup; the latency budget
-measures the chosen plan once and corrects its target (pipeline). Timings are cached per
-runtime, machine and layer shape under ``~/.cache/graphprune/latency``: a second prune of the
-same model times nothing.
+(bilinear between table points). What the sites do not cover (activations, pooling, adds,
+resizes, the runtime's layout reorders) is mostly memory traffic, which a narrower tensor saves
+too: on PP-OCR det the hard-swish Mul / Add / Clip / Div ops of its high-resolution stem take as
+long as all its convolutions. So the rest of the measured latency is split in two: the elements
+the other ops write, priced at the marginal cost of an element of an Add on the runtime (timed
+once per machine near the median size of those tensors; at most the whole rest), scale with the
+plan's widths; what is left over (per-op and per-run overheads) stays fixed. Activations the
+runtime fuses into the convolution before them are priced too, which the cap bounds. The tilt
+and the latency budget measure the plans they choose (time_tilt.py, latency_budget.py).
+Timings are cached per runtime, machine and layer shape under ``~/.cache/graphprune/latency``:
+a second prune of the same model times nothing.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from ..calib.sites import find_sites
+from ..ops import Ops
 from ..util.atomic import write_bytes_atomic
 from .measure import best_of, cache_root, machine_id, ort_session
 
@@ -72,6 +79,49 @@ def site_ops(dg) -> list[SiteOp]:
             continue
         out.append(op)
     return out
+
+
+# ops that write no new tensor (shape arithmetic, reshapes of contiguous data): no traffic anywhere
+NO_TRAFFIC = Ops.Reshape | {"aten.squeeze", "aten.unsqueeze", "aten.flatten", "aten.unflatten", "aten.alias",
+                            "onnx.Squeeze", "onnx.Unsqueeze", "onnx.Flatten", "onnx.Shape", "onnx.Constant",
+                            "onnx.Identity"}
+# and in eager torch, where these are strided views (onnxruntime copies their data)
+TORCH_VIEWS = frozenset({"aten.permute", "aten.transpose", "aten.t", "aten.expand", "aten.slice", "aten.narrow",
+                         "aten.select", "aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind"})
+
+
+def traffic(dg, skip: set[str], runtime: str, atoms: set[int] | None = None) -> tuple[int, int, list]:
+    """Elements the graph's other ops write: (all of them, the part no plan changes, and for each
+    output a plan can narrow, the product of its fixed dims with the slots of the others). A dim
+    varies where its layout holds one of ``atoms`` (the selected groups; None: any atom). Only
+    static float tensors of rank >= 2 count (scalars and shape vectors cost nothing worth a plan)."""
+    values, solver = dg.ir.values, dg.solver
+    free = NO_TRAFFIC | (TORCH_VIEWS if runtime == "torch" else frozenset())
+    total, fixed, varying = 0, 0, []
+    for n in dg.ir.nodes:
+        if n.name in skip or n.op in free:
+            continue
+        for out in n.outputs:
+            v = values.get(out)
+            if v is None or v.rank < 2 or not str(v.dtype).startswith(("float", "bfloat")) or not v.is_static:
+                continue
+            cut = [d for d in range(v.rank)
+                   if (held := set(solver.atoms(solver.layout((out, d))))) and (atoms is None or held & atoms)]
+            total += math.prod(v.shape)
+            if cut:
+                varying.append((math.prod(int(v.shape[d]) for d in range(v.rank) if d not in cut),
+                                [(out, d) for d in cut]))
+            else:
+                fixed += math.prod(v.shape)
+    return total, fixed, varying
+
+
+def element_ms(table: "LatencyTable", elements: int) -> float:
+    """The marginal time of one more element written, from Adds of n and 2n elements: the per-run
+    overhead in both cancels (floored at 0: timing noise). n is the power of two below ``elements``,
+    at least 4096, so prunes of models with alike tensors share the cache entries."""
+    n = 1 << max(12, int(elements).bit_length() - 1)
+    return max(0.0, table.add_time(2 * n) - table.add_time(n)) / n
 
 
 def _cache_file(runtime: str) -> Path:
@@ -122,6 +172,32 @@ def _time_op(runtime: str, op: SiteOp, cin: int, cout: int) -> float:
     return best_of(lambda: sess.run(None, feeds), budget_s=0.02, least=3)
 
 
+def _time_add(runtime: str, n: int) -> float:
+    """One Add of two float32 vectors of ``n`` elements, best of runs (ms)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    if runtime == "torch":
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return best_of(lambda: ta + tb, budget_s=0.02, least=3)
+        finally:
+            torch.set_num_threads(threads)
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "add",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n]) for k in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort_session(model.SerializeToString())
+    feeds = {"a": a, "b": b}
+    return best_of(lambda: sess.run(None, feeds), budget_s=0.02, least=3)
+
+
 def _grid(size: int, step: int) -> list[int]:
     return sorted({max(step, min(size, int(round(size * f / step)) * step)) for f in FRACTIONS} | {size})
 
@@ -145,6 +221,13 @@ class LatencyTable:
             self.measured += 1
         return self.times[key]
 
+    def add_time(self, n: int) -> float:
+        key = json.dumps(["add", n])
+        if key not in self.times:
+            self.times[key] = _time_add(self.runtime, n)
+            self.measured += 1
+        return self.times[key]
+
     def save(self) -> None:
         if not self.measured:
             return
@@ -158,7 +241,7 @@ class LatencyModel:
     """Estimated latency of the model for any kept widths, from a :class:`LatencyTable`."""
 
     def __init__(self, dg, runtime: str, full_ms: float, step: Callable[[tuple[str, int]], int] = lambda s: 1,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, groups=None) -> None:
         self.table = LatencyTable(runtime)
         self.ops = site_ops(dg)
         self.points: list[tuple[list[int], list[int], np.ndarray]] = []
@@ -171,14 +254,29 @@ class LatencyModel:
             self.points.append((ins, outs, grid))
             if progress is not None:
                 progress(i + 1, todo)
-        self.table.save()
         # Ops timed alone can add up to more than the whole model measured (per-run overheads, a
         # busy machine): the rest is then nothing, never negative (a negative floor is no budget).
         self.rest = max(0.0, full_ms - sum(float(g[-1, -1]) for _, _, g in self.points))
+        atoms = None if groups is None else {g.id for g in groups}
+        total, self.fixed_elems, self.varying = traffic(dg, {op.node for op in self.ops}, runtime, atoms)
+        self.ms_per_elem = 0.0
+        if self.varying and self.rest > 0:
+            typical = sorted(f * math.prod(int(dg.ir.values[n].shape[d]) for n, d in slots)
+                             for f, slots in self.varying)[len(self.varying) // 2]
+            self.ms_per_elem = min(element_ms(self.table, typical), self.rest / total)
+        self.rest_fixed = self.rest - self.ms_per_elem * total
+        self.table.save()
+
+    def rest_ms(self, size: Callable[[tuple[str, int]], int]) -> float:
+        """The time outside the timed sites at the widths ``size`` gives (see the module's docstring)."""
+        if not self.ms_per_elem:
+            return self.rest
+        elems = self.fixed_elems + sum(f * math.prod(size(slot) for slot in slots) for f, slots in self.varying)
+        return self.rest_fixed + self.ms_per_elem * elems
 
     def estimate(self, size: Callable[[tuple[str, int]], int]) -> float:
         """Latency (ms) with each slot's kept size given by ``size``."""
-        total = self.rest
+        total = self.rest_ms(size)
         for op, (ins, outs, grid) in zip(self.ops, self.points):
             ci = size(op.x_slot)
             co = ci if op.depthwise else size(op.out_slot)

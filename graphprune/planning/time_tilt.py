@@ -59,7 +59,7 @@ def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget
     before = program.latency_ms(runtime)
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost = CostModel(dg, groups)
-    cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]))
+    cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]), groups=groups)
     rho = time_per_mac(cost, groups)
     trials = []
     for beta in BETAS:
