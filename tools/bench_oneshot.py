@@ -55,6 +55,24 @@ def augment(x: torch.Tensor, per: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(out)
 
 
+class FreshCrops:
+    """Recovery data the way a DataLoader with random transforms gives it: each pass, every photo
+    and ``per`` new crops/flips of it (a new seed per pass), photo by photo in batches of ``batch``;
+    the same number of batches every pass, so recover() holds out the first pass's first batches."""
+
+    def __init__(self, x: torch.Tensor, per: int, batch: int):
+        self.x, self.per, self.batch, self.passes = x, per, batch, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.x) * (1 + self.per) // self.batch)
+
+    def __iter__(self):
+        crops = augment(self.x, self.per, seed=100 + self.passes).view(len(self.x), self.per, *self.x.shape[1:])
+        self.passes += 1
+        data = torch.cat([self.x[:, None], crops], 1).flatten(0, 1)
+        return ((data[i:i + self.batch],) for i in range(0, len(data), self.batch))
+
+
 def main() -> int:
     import diag_cnn
     import vision_data as vd
@@ -72,6 +90,8 @@ def main() -> int:
                    help="base: the first 48 photos (the documented runs); all: every fetched photo (110)")
     p.add_argument("--recover-s", type=float, default=600.0, help="seconds of recovery (0: none)")
     p.add_argument("--only", nargs="*", default=None, help="variants to run (their names in the table)")
+    p.add_argument("--fresh-crops", action="store_true",
+                   help="recover on new crops/flips of the calibration photos every pass (FreshCrops)")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "oneshot.json")
     ns = p.parse_args()
     torch.manual_seed(0)
@@ -112,9 +132,11 @@ def main() -> int:
             print(json.dumps(row), flush=True)
             if kw["calib"] is not None and ns.recover_s > 0 and "allocation" not in kw:
                 t = time.perf_counter()
-                res = gp.recover(pruned, model, calib, time_s=ns.recover_s)
-                row = dict(row, variant=name + " + recover", seconds=row["seconds"] + time.perf_counter() - t,
-                           **scored(pruned), recover_steps=res.steps)
+                data = FreshCrops(calib_x, ns.augment, ns.batch) if ns.fresh_crops else calib
+                res = gp.recover(pruned, model, data, time_s=ns.recover_s)
+                tag = " + recover, fresh crops" if ns.fresh_crops else " + recover"
+                row = dict(row, variant=name + tag, seconds=row["seconds"] + time.perf_counter() - t,
+                           **scored(pruned), recover_steps=res.steps, recover_lr=res.lr, recover_stop=res.reason)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
