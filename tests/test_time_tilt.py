@@ -109,8 +109,9 @@ def _as_program(model, x):
     return p
 
 
-def test_each_set_of_widths_is_timed_once_per_prune(monkeypatch, tmp_path):
-    """The tilt's trials and the width tuning's x1 trial are often the same plan: it is timed once.
+def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
+    """The tilt's trials and the width tuning's x1 trial are often the same plan: it is timed twice
+    (taking turns with the other candidates), never more.
     Every whole-model timing is recorded by the widths it ran; the report then times the original
     and the pruned model afresh, back to back."""
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
@@ -131,4 +132,4 @@ def test_each_set_of_widths_is_timed_once_per_prune(monkeypatch, tmp_path):
     report_from = len(timed) - 1 - timed[::-1].index(original)  # the report's before, then its after
     planning = [w for w in timed[:report_from] if w != original]
     assert len(planning) >= 3  # the tilt's trials (uniform, 1/2, 1) and the widths scaled x2 / x4
-    assert len(planning) == len(set(planning)), planning
+    assert max(planning.count(w) for w in planning) == 2, planning  # twice each, taking turns; never more

@@ -148,6 +148,17 @@ def best_of(fn: Callable[[], object], budget_s: float = 0.05, least: int = 5, mo
     return min(clean) if clean else min(every)
 
 
+def time_in_turns(program, plans: list, runtime: str) -> list[float]:
+    """Each plan's time on ``runtime``, timed twice (a plan timed twice before is not timed again),
+    the second pass in reverse order, keeping the faster figure: a single timing of close plans
+    once let one slow spell of the machine (12%) decide between them."""
+    times = [program.plan_latency_ms(p, runtime) for p in plans]
+    if len(plans) > 1:
+        for i in reversed(range(len(plans))):
+            times[i] = program.plan_latency_ms(plans[i], runtime, least=2)
+    return times
+
+
 def ort_session(model_bytes: bytes, threads: int = 1):
     import onnxruntime as ort
 

@@ -9,8 +9,8 @@ for 2.00x fewer MACs (docs/runtime.md). With a latency table for the target runt
 channels save) / (share of the MACs they save). The group then keeps (1 - r) ** w of its
 channels instead of (1 - r), with w = (rho / the groups' geometric mean) ** beta (clipped to
 [1/2, 2]): the same MACs budget, cut harder where a MAC costs more time. beta 0 (uniform), 1/2
-and 1 are each solved and timed on the runtime, and the fastest is kept (uniform within 3%:
-the tilt moves cuts between layers, which only time should pay for).
+and 1 are each solved and timed on the runtime (twice, taking turns), and the fastest is kept
+(uniform within 3%: the tilt moves cuts between layers, which only time should pay for).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..calib.sites import find_sites
 from ..errors import PlanError
 from .budget import CostModel, solve_budget
 from .latency_table import LatencyModel
-from .measure import TOLERANCE
+from .measure import TOLERANCE, time_in_turns
 from .plan import make_plan
 
 BETAS = (0.0, 0.5, 1.0)  # 0: uniform
@@ -61,7 +61,7 @@ def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget
     cost = CostModel(dg, groups)
     cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]), groups=groups)
     rho = time_per_mac(cost, groups)
-    trials = []
+    tried = []
     for beta in BETAS:
         tilt = exponents(rho, beta)
         if beta and not tilt:
@@ -70,8 +70,9 @@ def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget
             ratios, _ = solve_budget(dg, groups, scores, budget, round_to, "uniform", max_ratio, tilt=tilt)
         except PlanError:
             break  # unreachable with this tilt (uniform's own refusal is the caller's to raise)
-        ms = program.plan_latency_ms(make_plan(groups, scores, 0.0, round_to, ratios), runtime)
-        trials.append((ms, beta, tilt))
+        tried.append((make_plan(groups, scores, 0.0, round_to, ratios), beta, tilt))
+    times = time_in_turns(program, [p for p, _, _ in tried], runtime)
+    trials = [(ms, beta, tilt) for ms, (_, beta, tilt) in zip(times, tried)]
     if not trials:
         return None
     ms, beta, tilt = min(trials, key=lambda t: t[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import PlanError
-from .measure import TOLERANCE, alignments, load_profile
+from .measure import TOLERANCE, alignments, load_profile, time_in_turns
 
 
 def resolve_runtime(runtime: str | None, program) -> str | None:
@@ -42,8 +42,9 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     """The profile times blocks alone; across a whole network a coarser multiple can run faster
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
     the plan is also made with the profile's steps doubled and quadrupled (up to 32) and each is
-    timed on ``runtime``: the fastest is kept, the finer within 3% (finer keeps more choice)."""
-    trials: list[tuple[float, int, tuple]] = []
+    timed on ``runtime``, twice taking turns: the fastest is kept, the finer within 3% (finer keeps
+    more choice)."""
+    candidates: list[tuple[int, tuple]] = []
     seen = []
     for factor in (1, 2, 4):
         scaled = {g: min(32, s * factor) if s > 1 else s for g, s in steps.items()}
@@ -53,7 +54,9 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
         made = first if factor == 1 else remake(scaled)
         if made is None:  # no plan at these multiples (a measured allocation cannot meet the budget with them)
             continue
-        trials.append((program.plan_latency_ms(made[0], runtime), max(scaled.values()), made))
+        candidates.append((max(scaled.values()), made))
+    times = time_in_turns(program, [made[0] for _, made in candidates], runtime)
+    trials = [(t, step, made) for t, (step, made) in zip(times, candidates)]
     best = min(t[0] for t in trials)
     ms, step, made = next(t for t in trials if t[0] <= best * (1 + TOLERANCE))
     notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: " +

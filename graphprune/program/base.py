@@ -35,7 +35,8 @@ class Program(ABC):
 
     def __init__(self) -> None:
         self._graph: DependencyGraph | None = None
-        self._plan_ms: dict[tuple, float] = {}  # plan_latency_ms: kept widths -> measured ms
+        self._plan_ms: dict[tuple, float] = {}  # plan_latency_ms: kept widths -> measured ms (the best)
+        self._plan_n: dict[tuple, int] = {}  # ... and how many times they were timed
 
     # ---- analysis ------------------------------------------------------------------------
     @abstractmethod
@@ -128,13 +129,17 @@ class Program(ABC):
         """The pruned program (weights changed by ``updates``, biases added by ``compensation``).
         Raises RewriteError when the result is not a valid model."""
 
-    def plan_latency_ms(self, plan: "PrunePlan", runtime: str) -> float:
+    def plan_latency_ms(self, plan: "PrunePlan", runtime: str, least: int = 1) -> float:
         """This model pruned by ``plan`` (uncompensated: compensation changes values, not shapes),
         timed on ``runtime``. Time is a function of the kept widths, so each distinct set of widths
-        is timed once per program: the time tilt and the width tuning try some of the same plans."""
+        is timed once per program: the time tilt and the width tuning try some of the same plans.
+        ``least=2`` times it until it has been timed twice and keeps the faster figure (a slow
+        spell of the machine should not decide between close plans)."""
         key = (runtime, tuple(sorted((g, len(i)) for g, i in plan.pruned.items() if len(i))), tuple(plan.blocks))
-        if key not in self._plan_ms:
-            self._plan_ms[key] = self.apply(plan).latency_ms(runtime)
+        while self._plan_n.get(key, 0) < least:
+            ms = self.apply(plan).latency_ms(runtime)
+            self._plan_ms[key] = min(ms, self._plan_ms.get(key, ms))
+            self._plan_n[key] = self._plan_n.get(key, 0) + 1
         return self._plan_ms[key]
 
     def added_params(self) -> int:
