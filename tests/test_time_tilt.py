@@ -132,4 +132,5 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
     report_from = len(timed) - 1 - timed[::-1].index(original)  # the report's before, then its after
     planning = [w for w in timed[:report_from] if w != original]
     assert len(planning) >= 3  # the tilt's trials (uniform, 1/2, 1) and the widths scaled x2 / x4
-    assert max(planning.count(w) for w in planning) == 2, planning  # twice each, taking turns; never more
+    assert max(planning.count(w) for w in planning) == 2, planning  # twice each, never more ...
+    assert all(a != b for a, b in zip(planning, planning[1:])), planning  # ... taking turns

@@ -149,13 +149,13 @@ def best_of(fn: Callable[[], object], budget_s: float = 0.05, least: int = 5, mo
 
 
 def time_in_turns(program, plans: list, runtime: str) -> list[float]:
-    """Each plan's time on ``runtime``, timed twice (a plan timed twice before is not timed again),
-    the second pass in reverse order, keeping the faster figure: a single timing of close plans
-    once let one slow spell of the machine (12%) decide between them."""
+    """Each plan's time on ``runtime``, from two timings taken in turns (A B C, then A B C again;
+    a plan timed before counts those timings, so none is timed more than twice), keeping the
+    faster: a single timing of close plans once let one slow spell of the machine (12%) decide
+    between them. A single plan is timed once: there is nothing to decide."""
     times = [program.plan_latency_ms(p, runtime) for p in plans]
     if len(plans) > 1:
-        for i in reversed(range(len(plans))):
-            times[i] = program.plan_latency_ms(plans[i], runtime, least=2)
+        times = [program.plan_latency_ms(p, runtime, least=2) for p in plans]
     return times
 
 

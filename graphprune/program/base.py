@@ -132,9 +132,9 @@ class Program(ABC):
     def plan_latency_ms(self, plan: "PrunePlan", runtime: str, least: int = 1) -> float:
         """This model pruned by ``plan`` (uncompensated: compensation changes values, not shapes),
         timed on ``runtime``. Time is a function of the kept widths, so each distinct set of widths
-        is timed once per program: the time tilt and the width tuning try some of the same plans.
-        ``least=2`` times it until it has been timed twice and keeps the faster figure (a slow
-        spell of the machine should not decide between close plans)."""
+        is timed at most ``least`` times per program (the time tilt and the width tuning try some
+        of the same plans), and the fastest figure is kept: ``least=2`` (planning/measure.py
+        time_in_turns) keeps a slow spell of the machine from deciding between close plans."""
         key = (runtime, tuple(sorted((g, len(i)) for g, i in plan.pruned.items() if len(i))), tuple(plan.blocks))
         while self._plan_n.get(key, 0) < least:
             ms = self.apply(plan).latency_ms(runtime)
