@@ -39,14 +39,14 @@ def _fake_runtime(monkeypatch, overhead=0.05, ms_per_elem=0.0):
     def op_time(runtime, op, cin, cout):
         return MS_PER_MAC * math.prod(op.x_shape[:-1]) * cin * cout
 
-    monkeypatch.setattr(lt, "_time_add", lambda runtime, n: ADD_OVERHEAD + ms_per_elem * n)
+    monkeypatch.setattr(lt, "time_add", lambda runtime, n: ADD_OVERHEAD + ms_per_elem * n)
 
     def model_time(self, runtime=None):
         rows = self.args[0].shape[0]
         return overhead + sum(MS_PER_MAC * rows * m.in_features * m.out_features
                               for m in self.model.modules() if isinstance(m, torch.nn.Linear))
 
-    monkeypatch.setattr(lt, "_time_op", op_time)
+    monkeypatch.setattr(lt, "time_op", op_time)
     monkeypatch.setattr(TorchProgram, "latency_ms", model_time)
 
 

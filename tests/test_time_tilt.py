@@ -58,7 +58,7 @@ def _fake_runtime(monkeypatch):
         return sum(_conv_ms(m.in_channels, m.out_channels, math.prod(m.kernel_size), m.groups > 1)
                    for m in self.model.modules() if isinstance(m, torch.nn.Conv2d))
 
-    monkeypatch.setattr(lt, "_time_op", op_time)
+    monkeypatch.setattr(lt, "time_op", op_time)
     monkeypatch.setattr(TorchProgram, "latency_ms", model_time)
 
 

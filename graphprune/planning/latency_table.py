@@ -35,7 +35,8 @@ import numpy as np
 from ..calib.sites import find_sites
 from ..ops import Ops
 from ..util.atomic import write_bytes_atomic
-from .measure import best_of, cache_root, machine_id, ort_session
+from .measure import cache_root, machine_id
+from .op_timing import time_add, time_op
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -129,75 +130,6 @@ def _cache_file(runtime: str) -> Path:
     return cache_root() / "latency" / f"{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def _time_op(runtime: str, op: SiteOp, cin: int, cout: int) -> float:
-    """One op at ``cin`` inputs and ``cout`` outputs, best of runs (ms)."""
-    rng = np.random.default_rng(0)
-    if op.kind == "conv":
-        groups = cin if op.depthwise else 1
-        x = rng.standard_normal((op.x_shape[0], cin) + op.x_shape[2:]).astype(np.float32)
-        w = rng.standard_normal((cout, cin // groups) + op.w_shape[2:]).astype(np.float32)
-    else:
-        rows = int(math.prod(op.x_shape[:-1]))
-        x = rng.standard_normal((rows, cin)).astype(np.float32)
-        w = rng.standard_normal((cin, cout)).astype(np.float32)
-    if runtime == "torch":
-        import torch
-        import torch.nn.functional as F
-
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the model is timed (TorchProgram.latency_ms)
-        try:
-            with torch.no_grad():
-                if op.kind == "conv":
-                    return best_of(lambda: F.conv2d(tx, tw, None, op.stride, op.padding, op.dilation,
-                                                    cin if op.depthwise else 1), budget_s=0.02, least=3)
-                return best_of(lambda: tx @ tw, budget_s=0.02, least=3)
-        finally:
-            torch.set_num_threads(threads)
-    from onnx import TensorProto, helper, numpy_helper
-
-    if op.kind == "conv":
-        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(op.stride), dilations=list(op.dilation),
-                                pads=list(op.padding) * 2, group=cin if op.depthwise else 1)
-    else:
-        node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = ort_session(model.SerializeToString())
-    feeds = {"x": x}
-    return best_of(lambda: sess.run(None, feeds), budget_s=0.02, least=3)
-
-
-def _time_add(runtime: str, n: int) -> float:
-    """One Add of two float32 vectors of ``n`` elements, best of runs (ms)."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
-    if runtime == "torch":
-        import torch
-
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return best_of(lambda: ta + tb, budget_s=0.02, least=3)
-        finally:
-            torch.set_num_threads(threads)
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "add",
-                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n]) for k in "ab"],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = ort_session(model.SerializeToString())
-    feeds = {"a": a, "b": b}
-    return best_of(lambda: sess.run(None, feeds), budget_s=0.02, least=3)
-
-
 def _grid(size: int, step: int) -> list[int]:
     return sorted({max(step, min(size, int(round(size * f / step)) * step)) for f in FRACTIONS} | {size})
 
@@ -217,14 +149,14 @@ class LatencyTable:
     def time(self, op: SiteOp, cin: int, cout: int) -> float:
         key = op.key(cin, cout)
         if key not in self.times:
-            self.times[key] = _time_op(self.runtime, op, cin, cout)
+            self.times[key] = time_op(self.runtime, op, cin, cout)
             self.measured += 1
         return self.times[key]
 
     def add_time(self, n: int) -> float:
         key = json.dumps(["add", n])
         if key not in self.times:
-            self.times[key] = _time_add(self.runtime, n)
+            self.times[key] = time_add(self.runtime, n)
             self.measured += 1
         return self.times[key]
 
