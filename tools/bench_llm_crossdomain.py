@@ -65,7 +65,7 @@ def structure(model) -> tuple[str, str]:
 def run_graphprune(model, ratio: float, calib: list, options: dict):
     import graphprune as gp
 
-    kwargs = {k: v for k, v in options.items() if k != "lambdas"}
+    kwargs = {k: v for k, v in options.items() if k not in ("lambdas", "obs_damp")}
     model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), calib=calib, **kwargs)
     comp = report.compensation
     lams = sorted(s.lam for s in comp.sites if getattr(s, "lam", None) is not None) if comp is not None else []
@@ -170,6 +170,8 @@ def main() -> int:
     p.add_argument("--option", nargs="*", default=[], help="graphprune.hf.prune keyword=value for a tuning row")
     p.add_argument("--lambdas", type=float, nargs="+",
                    help="tuning: the ridge strengths the refit's cross-validation chooses from (calib/refit.py)")
+    p.add_argument("--obs-damp", type=float,
+                   help="tuning: the ridge OBS ranks units with (importance/data.py OBS_DAMP)")
     p.add_argument("--tag", default="", help="label of a tuning row")
     p.add_argument("--recover-s", type=float, default=0.0,
                    help="then graphprune.recover for this many seconds on calib + 64 generated sequences")
@@ -185,6 +187,11 @@ def main() -> int:
 
         refit.LAMBDAS = tuple(ns.lambdas)
         options = {**options, "lambdas": list(ns.lambdas)}
+    if ns.obs_damp is not None:  # a tuning row: obs_costs reads this module constant at call time
+        import graphprune.importance.data as data
+
+        data.OBS_DAMP = ns.obs_damp
+        options = {**options, "obs_damp": ns.obs_damp}
     model, tok = L.load_smollm2()
     evals = {s: L.eval_ids(tok, s) for s in dict.fromkeys([ns.calib_source, *ns.eval_sources])}
     # --calib 0: no text at all (a tuning row calibrating on what --option generated=N samples from the model)
