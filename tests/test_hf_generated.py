@@ -7,6 +7,7 @@ import torch
 import graphprune as gp
 from graphprune.errors import PlanError
 from graphprune.hf.generated import generated_batches, mix
+from graphprune.hf.pretrained import AUTO_FACTOR
 
 transformers = pytest.importorskip("transformers")
 
@@ -59,8 +60,9 @@ def test_prune_calibrates_on_generated_text_alone_or_mixed():
     alone, _ = gp.hf.prune(_llama(), calib=calib, generated=0, **opts)
     # the generated batches change what the repair was fit on
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), alone.state_dict().values()))
-    default, report = gp.hf.prune(_llama(), calib=calib, **opts)  # the default is "auto": 4 given, so 3 x 4 made
-    assert any("12 sequences of 10 tokens" in n for n in report.notes), report.notes
+    mixed, _ = gp.hf.prune(_llama(), calib=calib, generated=AUTO_FACTOR * 4, **opts)
+    default, report = gp.hf.prune(_llama(), calib=calib, **opts)  # the default is "auto": 4 given, so AUTO_FACTOR x 4
+    assert any(f"{AUTO_FACTOR * 4} sequences of 10 tokens" in n for n in report.notes), report.notes
     for (k, a), b in zip(default.state_dict().items(), mixed.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -104,7 +106,7 @@ def test_auto_matches_the_given_sequences_and_keeps_batching_invariance():
     ids = torch.randint(0, 64, (4, 10), generator=g)
     opts = dict(ratio=0.5, measure_latency=False, allocation="uniform", generated="auto")
     two, report = gp.hf.prune(_llama(), calib=[{"input_ids": ids[:2]}, {"input_ids": ids[2:]}], **opts)
-    assert any("12 sequences of 10 tokens" in n for n in report.notes), report.notes  # three for each given
+    assert any(f"{AUTO_FACTOR * 4} sequences of 10 tokens" in n for n in report.notes), report.notes  # per given
     one, _ = gp.hf.prune(_llama(), calib=[{"input_ids": ids}], **opts)  # the same data in one batch
     for (k, a), b in zip(two.state_dict().items(), one.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)

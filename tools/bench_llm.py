@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 CRITERIA = ["default", "auto", "obs", "activation", "fluctuation", "taylor", "hessian", "l2", "l1", "lamp", "random",
             "auto/sensitivity"]  # "auto/sensitivity": auto, with allocation="sensitivity" forced (slow here)
-# "default" is the plain call, which adds three sequences of the model's own text for each one `calib`
+# "default" is the plain call, which adds eight sequences of the model's own text for each one `calib`
 # holds (generated="auto"); every other row calibrates on `calib` alone (generated=0) to compare criteria.
 DATA_FREE = {"l1", "l2", "lamp", "random"}
 
@@ -123,7 +123,7 @@ def markdown(rows: list[dict], dense: float, ns, base_params: int) -> str:
     lines += [
         "",
         "`default` is the plain call `graphprune.hf.prune(model, ratio=r, calib=batches)`: `auto` importance, "
-        "calibrated on the batches plus three sequences of the model's own text for each of theirs "
+        "calibrated on the batches plus eight sequences of the model's own text for each of theirs (at most 512) "
         "(`generated=\"auto\"`); every "
         "other row calibrates on the batches alone (`generated=0`) to compare criteria. "
         "`auto` resolves to `obs` with refit. Its allocation stays uniform here: measuring each "

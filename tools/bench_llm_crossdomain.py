@@ -18,8 +18,8 @@ calibration source's calibration half is ever seen by a pruner.
         --recover-s 600 --tag "default + recover 600 s" --resume         # then distilled for 10 minutes
 
 graphprune is called as a user would: ``graphprune.hf.prune(model, ratio=r, targets=("heads", "ffn"),
-calib=batches)``, which adds three sequences the model samples itself for each one ``calib`` holds
-(at most 192; ``generated="auto"``), plus ``--option key=value`` for a tuning row. Rows are saved to a JSON file as they
+calib=batches)``, which adds eight sequences the model samples itself for each one ``calib`` holds
+(at most 512; ``generated="auto"``), plus ``--option key=value`` for a tuning row. Rows are saved to a JSON file as they
 finish; the table is written between markers in docs/llm_pruning.md, the rest of that file is kept.
 """
 from __future__ import annotations

@@ -276,7 +276,7 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--calib-generated", type=int, default=None, metavar="N",
                     help="transformers causal LMs: add N sequences the model samples itself (from its BOS token) to "
                          "--calib, or calibrate on them alone: a repair that holds beyond one kind of text (default: "
-                         "three for each sequence of --calib, at most 192; 0: --calib alone)")
+                         "eight for each sequence of --calib, at most 512; 0: --calib alone)")
     pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
                     help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
                          "distillation on the --calib batches, a tenth held out; graphprune.recover)")

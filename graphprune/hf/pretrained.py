@@ -55,7 +55,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     :func:`graphprune.prune`.
 
     ``generated`` ("auto" by default) adds sequences a causal LM samples itself (hf/generated.py) after
-    ``calib``: three for each sequence ``calib`` holds, at most 192; they keep the repair from fitting one kind of
+    ``calib``: eight for each sequence ``calib`` holds, at most 512; they keep the repair from fitting one kind of
     text (docs/llm_pruning.md). ``generated=0`` calibrates on ``calib`` alone; ``generated=N`` takes N.
 
     ``uniform=True`` keeps every layer's head and FFN counts equal (the data still choose which units
@@ -114,10 +114,12 @@ def _sync_and_record(model, graph, report, opts: PruneOptions, original, inputs:
         original_config=before.original_config if before else original.to_dict(), kwargs=_input_spec(inputs)))
 
 
-# generated="auto": three of the model's own sequences for each one given, at most 192. Measured on SmolLM2
+# generated="auto": eight of the model's own sequences for each one given, at most 512. Measured on SmolLM2
 # calibrated on news (docs/llm_pruning.md): one for one took the worst other-text ratio from 2.63x to 1.73x
-# at 20% and 19.4x to 6.9x at 50%; three for one to 1.58x and 4.99x, for 1.28x -> 1.32x on news itself.
-AUTO_FACTOR, AUTO_GENERATED = 3, 192
+# at 20% and 19.4x to 6.9x at 50%; three for one to 1.54x and 4.79x (OBS ridge 1e-3), eight for one to
+# 1.46x and 4.31x, for 1.29x -> 1.36x at 20% and 3.46x -> 4.02x at 50% on news itself; about 3.5 minutes
+# more of sampling there (2 CPU threads).
+AUTO_FACTOR, AUTO_GENERATED = 8, 512
 
 
 def _streamed(folder, out, options: PruneOptions | None, generated: int, given: dict):
