@@ -29,8 +29,9 @@ ALLOCATIONS = ("auto", "uniform", "sensitivity", "global")
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # the ratios tried per group, as multiples of the asked ratio
 ROWS = 1024  # calibration rows (tokens, or items) the sensitivity runs use at most
 # ``auto`` measures sensitivity when the masked runs cost at most this many MACs (about a
-# minute on two CPU cores): all-MiniLM-L6-v2 needs 1.3e12, SmolLM2-135M 2.1e13, where nine
-# minutes of runs bought 0.2 perplexity points over uniform (docs/calibration.md).
+# minute on two CPU cores): all-MiniLM-L6-v2 needs 1.3e12, SmolLM2-135M 2.1e13, where six
+# minutes of runs bought 0.2 perplexity points over uniform in-domain and lost on other kinds of
+# text (docs/calibration.md).
 AUTO_MACS = 5e12
 
 
