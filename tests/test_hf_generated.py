@@ -60,10 +60,10 @@ def test_prune_calibrates_on_generated_text_alone_or_mixed():
     alone, _ = gp.hf.prune(_llama(), calib=calib, generated=0, **opts)
     # the generated batches change what the repair was fit on
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), alone.state_dict().values()))
-    mixed, _ = gp.hf.prune(_llama(), calib=calib, generated=AUTO_FACTOR * 4, **opts)
+    asked, _ = gp.hf.prune(_llama(), calib=calib, generated=AUTO_FACTOR * 4, **opts)
     default, report = gp.hf.prune(_llama(), calib=calib, **opts)  # the default is "auto": 4 given, so AUTO_FACTOR x 4
     assert any(f"{AUTO_FACTOR * 4} sequences of 10 tokens" in n for n in report.notes), report.notes
-    for (k, a), b in zip(default.state_dict().items(), mixed.state_dict().values()):
+    for (k, a), b in zip(default.state_dict().items(), asked.state_dict().values()):
         assert torch.equal(a, b), k
 
 
