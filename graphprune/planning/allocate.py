@@ -16,6 +16,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..calib.collect import collect
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
 from ..calib.sites import find_sites
@@ -91,15 +93,47 @@ def _levels(g: Group, ratio: float, round_to: int) -> list[tuple[float, int]]:
 
 
 def sample(program, batches: list, limit: int = ROWS) -> tuple[list, int]:
+    """About ``limit`` rows (at least one item): items evenly spaced over all the batches' items in
+    order, each batch cut to its chosen ones with ``program.take``. Calibration is often kinds of data
+    in turn (a user's text, then text the model sampled, hf/generated.py); the first batches alone
+    would measure the kind that comes first. The choice depends on the items' order, not on how they
+    are batched: ragged batches of the same sentences sample the same ones. Where a batch cannot be
+    cut, the first whole batches."""
+    rows = [program.rows(b) for b in batches]
+    if sum(rows) <= limit:
+        return list(batches), sum(rows)
+    items = [_items(program, b) for b in batches]
+    total = sum(items)
+    want = min(total, max(1, int(limit * total // max(sum(rows), 1))))  # items at the mean rows per item
+    picked = np.zeros(total, bool)
+    picked[np.unique(np.round(np.linspace(0, total - 1, want)).astype(int))] = True
+    out, taken, start = [], 0, 0
+    for b, n in zip(batches, items):
+        mask, start = picked[start:start + n], start + n
+        if not mask.any():
+            continue
+        part = b if mask.all() else program.take(b, mask)
+        if part is None:
+            return first_batches(program, batches, rows, limit)
+        out.append(part)
+        taken += program.rows(part)
+    return out, taken
+
+
+def _items(program, batch) -> int:
+    first = program.first_input(batch)
+    return int(first[0][0]) if first is not None and first[0] else 1
+
+
+def first_batches(program, batches: list, rows: list[int], limit: int) -> tuple[list, int]:
     """The first batches, up to ``limit`` rows (at least one batch)."""
-    out, rows = [], 0
-    for b in batches:
-        n = program.rows(b)
-        if out and rows + n > limit:
+    out, total = [], 0
+    for b, n in zip(batches, rows):
+        if out and total + n > limit:
             break
         out.append(b)
-        rows += n
-    return out, rows
+        total += n
+    return out, total
 
 
 def estimate(program, groups: list[Group], ratio: float, round_to: int, batches: list) -> tuple[int, float]:
