@@ -14,6 +14,8 @@ calibration source's calibration half is ever seen by a pruner.
         --option refit_ridge=0.1 --tag ridge0.1 --resume                  # one tuning row
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
         --option generated=0 --tag "news only, generated=0" --resume      # without the model's own text
+    .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 --divergence kl \
+        --option allocation=sensitivity "targets=('ffn',)" --tag "FFN only, sensitivity by KL" --resume
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
         --recover-s 600 --tag "default + recover 600 s" --resume         # then distilled for 10 minutes
 
@@ -65,8 +67,9 @@ def structure(model) -> tuple[str, str]:
 def run_graphprune(model, ratio: float, calib: list, options: dict):
     import graphprune as gp
 
-    kwargs = {k: v for k, v in options.items() if k not in ("lambdas", "obs_damp")}
-    model, report = gp.hf.prune(model, ratio=ratio, targets=("heads", "ffn"), calib=calib, **kwargs)
+    kwargs = {k: v for k, v in options.items() if k not in ("lambdas", "obs_damp", "divergence")}
+    kwargs = {"targets": ("heads", "ffn"), **kwargs}  # a tuning row may name other targets
+    model, report = gp.hf.prune(model, ratio=ratio, calib=calib, **kwargs)
     comp = report.compensation
     lams = sorted(s.lam for s in comp.sites if getattr(s, "lam", None) is not None) if comp is not None else []
     if lams:  # which ridge strengths the refit's cross-validation chose, for tuning
@@ -172,6 +175,8 @@ def main() -> int:
                    help="tuning: the ridge strengths the refit's cross-validation chooses from (calib/refit.py)")
     p.add_argument("--obs-damp", type=float,
                    help="tuning: the ridge OBS ranks units with (importance/data.py OBS_DAMP)")
+    p.add_argument("--divergence", choices=("mse", "kl"),
+                   help="tuning: how sensitivity allocation measures a variant's output (planning/scoring.py DIVERGENCE)")
     p.add_argument("--tag", default="", help="label of a tuning row")
     p.add_argument("--recover-s", type=float, default=0.0,
                    help="then graphprune.recover for this many seconds on calib + 64 generated sequences")
@@ -192,6 +197,11 @@ def main() -> int:
 
         data.OBS_DAMP = ns.obs_damp
         options = {**options, "obs_damp": ns.obs_damp}
+    if ns.divergence is not None:  # a tuning row: output_errors reads this module constant at call time
+        import graphprune.planning.scoring as scoring
+
+        scoring.DIVERGENCE = ns.divergence
+        options = {**options, "divergence": ns.divergence}
     model, tok = L.load_smollm2()
     evals = {s: L.eval_ids(tok, s) for s in dict.fromkeys([ns.calib_source, *ns.eval_sources])}
     # --calib 0: no text at all (a tuning row calibrating on what --option generated=N samples from the model)

@@ -162,11 +162,17 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=None,
                    help="the calibration rows allocation='sensitivity' scores on (default: allocate.ROWS)")
     p.add_argument("--json", type=Path, default=None, help="append the rows to this JSON list")
+    p.add_argument("--divergence", choices=("mse", "kl"), default=None,
+                   help="how allocation compares a variant's outputs (graphprune/planning/scoring.py DIVERGENCE)")
     ns = p.parse_args()
     if ns.levels:
         bs.BUDGET_LEVELS = tuple(ns.levels)
     if ns.rows:
         bs.ROWS = ns.rows
+    if ns.divergence:
+        import graphprune.planning.scoring as scoring
+
+        scoring.DIVERGENCE = ns.divergence
     unknown = [v for v in ns.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
@@ -209,6 +215,7 @@ def main() -> int:
             pruned, rep = gp.prune(copy.deepcopy(model), (x[:1],), budget={"macs": ns.macs}, runtime=None, **kw)
         row = {"model": ns.model, "macs": ns.macs, "variant": name, "seconds": round(time.perf_counter() - t, 1),
                "levels": list(bs.BUDGET_LEVELS), "rows": bs.ROWS,
+               "divergence": ns.divergence or "mse",
                "allocation": next((n for n in rep.notes if n.startswith("allocation")), ""),
                "macs_kept": rep.macs_after / rep.macs_before, "photos": score(ref, vd.run(pruned, test_x)),
                "crops": score(ref_crops, vd.run(pruned, crops)) if len(crops) else None}

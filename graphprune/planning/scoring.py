@@ -9,6 +9,10 @@ import numpy as np
 from ..calib.distributed import reduce_sum, shard
 from ..util.progress import progress
 
+# "mse": squared output error relative to the output's energy; "kl": KL(original || variant) of the
+# softmax over the last axis, per row (outputs that are logits: a causal LM's or a classifier's)
+DIVERGENCE = "mse"
+
 
 def output_errors(program, used: list, variants: list, what: str, loss=None, items=None,
                   energy: float | None = None) -> np.ndarray:
@@ -28,6 +32,8 @@ def output_errors(program, used: list, variants: list, what: str, loss=None, ite
         return reduce_sum([err])[0]
     ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])] if used else []  # the variants' interpreter
     valid = [program.valid_rows(b) for b in used]
+    if DIVERGENCE == "kl":
+        return _kl_errors(program, used, variants, what, ref, valid, mine, items)
     if energy is None:
         energy = reduce_sum([np.array(sum(squared(o, None, v) for outs, v in zip(ref, valid) for o in outs), float)])[0]
     runs = program.run_variants(used, variants) if used else ()
@@ -57,3 +63,36 @@ def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | 
         if d.shape[: m.ndim] == m.shape:
             d = d[m]
     return float(np.square(d, dtype=np.float64).sum())
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) if x.dtype != np.float64 else x
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _rows(a: np.ndarray, valid, items) -> np.ndarray:
+    """``a`` as (rows, classes): the real rows (and chosen items) only."""
+    if items is not None and a.ndim and a.shape[0] == items.shape[0]:
+        a = a[items]
+        valid = None if valid is None else np.asarray(valid)[items]
+    if valid is not None:
+        m = np.asarray(valid).astype(bool)
+        if a.shape[: m.ndim] == m.shape:
+            a = a[m]
+    return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+
+
+def _kl_errors(program, used, variants, what, ref, valid, mine, items) -> np.ndarray:
+    """Each variant's mean KL(original || variant) per row, over every output."""
+    logp = [[_log_softmax(_rows(o, v, None)) for o in outs] for outs, v in zip(ref, valid)]
+    count = reduce_sum([np.array(sum(x.shape[0] for outs in logp for x in outs), float)])[0]
+    err = np.zeros(len(variants))
+    runs = program.run_variants(used, variants) if used else ()
+    for v, k, outs in progress(runs, what, len(variants) * len(used)):
+        chosen = None if items is None else items(v, mine[k])
+        for o, r, lp in zip(outs, ref[k], logp[k]):
+            lp = lp if chosen is None else _log_softmax(_rows(r, valid[k], chosen))
+            lq = _log_softmax(_rows(o, valid[k], chosen))
+            err[v] += float((np.exp(lp) * (lp - lq)).sum()) / max(count, 1.0)
+    return reduce_sum([err])[0]
