@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import graphprune.planning.allocate as allocate
 import graphprune.planning.scoring as scoring
 from graphprune.planning.allocate import sample
 
@@ -42,8 +43,16 @@ def batches(kinds: list[str], items: int = 8, classes: int = 2) -> list[dict]:
     return [{"kind": [k] * items, "logits": np.zeros((items, classes))} for k in kinds]
 
 
-def test_sample_spreads_over_every_kind_of_batch():
+def test_sample_takes_the_first_batches_by_default():
+    data = batches(["user"] * 2 + ["sampled"] * 14)
+    assert allocate.SPREAD is False
+    used, rows = sample(Program(rows_per_item=16), data, limit=8 * 16)
+    assert used == data[:1] and rows == 8 * 16
+
+
+def test_sample_spreads_over_every_kind_of_batch(monkeypatch):
     # a user's text first, then text the model sampled: 2 + 14 batches of 8 items, 16 rows each
+    monkeypatch.setattr(allocate, "SPREAD", True)
     data = batches(["user"] * 2 + ["sampled"] * 14)
     used, rows = sample(Program(rows_per_item=16), data, limit=8 * 16)
     kinds = [k for b in used for k in b["kind"]]
@@ -52,7 +61,8 @@ def test_sample_spreads_over_every_kind_of_batch():
     assert used[0]["kind"] == ["user"] and used[-1] is not None
 
 
-def test_sample_picks_the_same_items_however_they_are_batched():
+def test_sample_picks_the_same_items_however_they_are_batched(monkeypatch):
+    monkeypatch.setattr(allocate, "SPREAD", True)
     # 64 numbered items: four batches of 16, or ragged batches of 5, 11, 16 and 32
     def cut(sizes):
         out, start = [], 0
@@ -68,7 +78,8 @@ def test_sample_picks_the_same_items_however_they_are_batched():
     assert len(ids) == 10 and ids[0] == 0 and ids[-1] == 63  # evenly spaced over all 64, both ends
 
 
-def test_sample_takes_everything_under_the_limit_and_whole_batches_where_it_cannot_cut():
+def test_sample_takes_everything_under_the_limit_and_whole_batches_where_it_cannot_cut(monkeypatch):
+    monkeypatch.setattr(allocate, "SPREAD", True)
     data = batches(["a", "b", "c"])
     used, rows = sample(Program(), data, limit=100)
     assert used == data and rows == 24

@@ -14,7 +14,7 @@ calibration source's calibration half is ever seen by a pruner.
         --option refit_ridge=0.1 --tag ridge0.1 --resume                  # one tuning row
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
         --option generated=0 --tag "news only, generated=0" --resume      # without the model's own text
-    .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 --divergence kl \
+    .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 --divergence kl --spread-sample \
         --option allocation=sensitivity "targets=('ffn',)" --tag "FFN only, sensitivity by KL" --resume
     .venv/bin/python tools/bench_llm_crossdomain.py --methods graphprune --ratios 0.2 \
         --recover-s 600 --tag "default + recover 600 s" --resume         # then distilled for 10 minutes
@@ -67,7 +67,7 @@ def structure(model) -> tuple[str, str]:
 def run_graphprune(model, ratio: float, calib: list, options: dict):
     import graphprune as gp
 
-    kwargs = {k: v for k, v in options.items() if k not in ("lambdas", "obs_damp", "divergence")}
+    kwargs = {k: v for k, v in options.items() if k not in ("lambdas", "obs_damp", "divergence", "spread_sample")}
     kwargs = {"targets": ("heads", "ffn"), **kwargs}  # a tuning row may name other targets
     model, report = gp.hf.prune(model, ratio=ratio, calib=calib, **kwargs)
     comp = report.compensation
@@ -177,6 +177,8 @@ def main() -> int:
                    help="tuning: the ridge OBS ranks units with (importance/data.py OBS_DAMP)")
     p.add_argument("--divergence", choices=("mse", "kl"),
                    help="tuning: how sensitivity allocation measures a variant's output (planning/scoring.py DIVERGENCE)")
+    p.add_argument("--spread-sample", action="store_true",
+                   help="tuning: sensitivity allocation samples its rows over all calibration items (allocate.SPREAD)")
     p.add_argument("--tag", default="", help="label of a tuning row")
     p.add_argument("--recover-s", type=float, default=0.0,
                    help="then graphprune.recover for this many seconds on calib + 64 generated sequences")
@@ -202,6 +204,11 @@ def main() -> int:
 
         scoring.DIVERGENCE = ns.divergence
         options = {**options, "divergence": ns.divergence}
+    if ns.spread_sample:  # a tuning row: sample() reads this module constant at call time
+        import graphprune.planning.allocate as allocate
+
+        allocate.SPREAD = True
+        options = {**options, "spread_sample": True}
     model, tok = L.load_smollm2()
     evals = {s: L.eval_ids(tok, s) for s in dict.fromkeys([ns.calib_source, *ns.eval_sources])}
     # --calib 0: no text at all (a tuning row calibrating on what --option generated=N samples from the model)

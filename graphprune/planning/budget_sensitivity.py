@@ -104,7 +104,7 @@ def auto_rows(program, dg, groups: list[Group], batches: list, notes: list[str])
     per_item = rows / max(1, int(first[0][0]) if first is not None and first[0] else 1)
     per_row = scoring_seconds(dg, groups) / rows
     need = math.ceil(AUTO_MIN_ITEMS * per_item)
-    least = max(need, program.rows(batches[0]))  # sample() takes the first whole batch where it cannot cut one
+    least = max(need, program.rows(batches[0]))  # sample() takes at least the first batch
     if per_row * least > AUTO_BUDGET_S:
         notes.append(f"allocation: uniform; measuring each group's held-out sensitivity on {least} calibration rows "
                      f"would take about {per_row * least:.0f} s (over the {AUTO_BUDGET_S:.0f} s that auto spends): "
@@ -148,7 +148,7 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
     held-out items (crossfit.py: a refit scored where it was fitted makes deep layers look
     cheaper than they are on other data); without, masks only. None where the levels cannot meet
     the budget together (the caller then solves it uniformly). ``rows``: the calibration rows
-    scored, spread over all the items (allocate.sample)."""
+    scored, the first batches' (at least one batch)."""
     t0 = time.perf_counter()
     metric = "macs" if "macs" in targets else "params"
     full = cost.measure({})
