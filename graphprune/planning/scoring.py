@@ -54,15 +54,20 @@ def output_energy(program, used: list) -> float:
 def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | None = None) -> float:
     """Squared norm of ``out - ref`` (or ``out``) over real rows (padding left out), of the
     ``items`` chosen (a mask over the leading axis) where given."""
-    d = out if ref is None else out - ref
-    if items is not None and d.ndim and d.shape[0] == items.shape[0]:
-        d = d[items]
+    d = _select(out if ref is None else out - ref, valid, items)
+    return float(np.square(d, dtype=np.float64).sum())
+
+
+def _select(a: np.ndarray, valid, items: np.ndarray | None) -> np.ndarray:
+    """``a``'s chosen items (a mask over the leading axis), then its real rows (``valid``)."""
+    if items is not None and a.ndim and a.shape[0] == items.shape[0]:
+        a = a[items]
         valid = None if valid is None else np.asarray(valid)[items]
     if valid is not None:
         m = np.asarray(valid).astype(bool)
-        if d.shape[: m.ndim] == m.shape:
-            d = d[m]
-    return float(np.square(d, dtype=np.float64).sum())
+        if a.shape[: m.ndim] == m.shape:
+            a = a[m]
+    return a
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -73,13 +78,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def _rows(a: np.ndarray, valid, items) -> np.ndarray:
     """``a`` as (rows, classes): the real rows (and chosen items) only."""
-    if items is not None and a.ndim and a.shape[0] == items.shape[0]:
-        a = a[items]
-        valid = None if valid is None else np.asarray(valid)[items]
-    if valid is not None:
-        m = np.asarray(valid).astype(bool)
-        if a.shape[: m.ndim] == m.shape:
-            a = a[m]
+    a = _select(a, valid, items)
     return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
 
 
