@@ -58,7 +58,7 @@ def test_sample_spreads_over_every_kind_of_batch(monkeypatch):
     kinds = [k for b in used for k in b["kind"]]
     assert rows == 8 * 16 and len(kinds) == 8
     assert set(kinds) == {"user", "sampled"}  # the first batch alone would be the user's text only
-    assert used[0]["kind"] == ["user"] and used[-1] is not None
+    assert used[0]["kind"] == ["user"] and used[-1]["kind"] == ["sampled"]
 
 
 def test_sample_picks_the_same_items_however_they_are_batched(monkeypatch):

@@ -108,7 +108,7 @@ def sample(program, batches: list, limit: int = ROWS) -> tuple[list, int]:
         return list(batches), sum(rows)
     if not SPREAD:
         return first_batches(program, batches, rows, limit)
-    items = [_items(program, b) for b in batches]
+    items = [item_count(program, b) for b in batches]
     total = sum(items)
     want = min(total, max(1, int(limit * total // max(sum(rows), 1))))  # items at the mean rows per item
     picked = np.zeros(total, bool)
@@ -126,7 +126,8 @@ def sample(program, batches: list, limit: int = ROWS) -> tuple[list, int]:
     return out, taken
 
 
-def _items(program, batch) -> int:
+def item_count(program, batch) -> int:
+    """Items along a batch's leading axis (1 where its first input has none)."""
     first = program.first_input(batch)
     return int(first[0][0]) if first is not None and first[0] else 1
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..graph import Group
 from ..metrics import node_macs
-from .allocate import ROWS, Repair, hull, sample, spend_cheapest
+from .allocate import ROWS, Repair, hull, item_count, sample, spend_cheapest
 from .budget import CostModel, parse_budget
 from .crossfit import CrossFit, heldout_errors
 from .plan import keep_masks, kept_count, make_plan, step_of
@@ -100,8 +100,7 @@ def auto_rows(program, dg, groups: list[Group], batches: list, notes: list[str])
     the first calibration batch alone (scored whole) would cost more."""
     example = program.oracle_inputs(0)[0]
     rows = max(1, program.rows(example))
-    first = program.first_input(example)
-    per_item = rows / max(1, int(first[0][0]) if first is not None and first[0] else 1)
+    per_item = rows / max(1, item_count(program, example))
     per_row = scoring_seconds(dg, groups) / rows
     need = math.ceil(AUTO_MIN_ITEMS * per_item)
     least = max(need, program.rows(batches[0]))  # sample() takes at least the first batch

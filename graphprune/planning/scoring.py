@@ -71,7 +71,7 @@ def _select(a: np.ndarray, valid, items: np.ndarray | None) -> np.ndarray:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64) if x.dtype != np.float64 else x
+    x = np.asarray(x, np.float64)
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
@@ -84,14 +84,16 @@ def _rows(a: np.ndarray, valid, items) -> np.ndarray:
 
 def _kl_errors(program, used, variants, what, ref, valid, mine, items) -> np.ndarray:
     """Each variant's mean KL(original || variant) per row, over every output."""
-    logp = [[_log_softmax(_rows(o, v, None)) for o in outs] for outs, v in zip(ref, valid)]
-    count = reduce_sum([np.array(sum(x.shape[0] for outs in logp for x in outs), float)])[0]
+    # the original's log-probabilities once per batch; a variant's chosen items are rows of them
+    logp = [[_log_softmax(o) for o in outs] for outs in ref]
+    count = reduce_sum([np.array(sum(_rows(lp, v, None).shape[0] for outs, v in zip(logp, valid) for lp in outs),
+                                 float)])[0]
     err = np.zeros(len(variants))
     runs = program.run_variants(used, variants) if used else ()
     for v, k, outs in progress(runs, what, len(variants) * len(used)):
         chosen = None if items is None else items(v, mine[k])
-        for o, r, lp in zip(outs, ref[k], logp[k]):
-            lp = lp if chosen is None else _log_softmax(_rows(r, valid[k], chosen))
+        for o, lp in zip(outs, logp[k]):
+            lp = _rows(lp, valid[k], chosen)
             lq = _log_softmax(_rows(o, valid[k], chosen))
             err[v] += float((np.exp(lp) * (lp - lq)).sum()) / max(count, 1.0)
     return reduce_sum([err])[0]
