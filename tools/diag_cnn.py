@@ -164,7 +164,13 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="append the rows to this JSON list")
     p.add_argument("--divergence", choices=("mse", "kl"), default=None,
                    help="how allocation compares a variant's outputs (graphprune/planning/scoring.py DIVERGENCE)")
+    p.add_argument("--greedy-steps", type=int, default=None,
+                   help="OBS order of single columns in this many chunks (graphprune/importance/data.py GREEDY_STEPS)")
     ns = p.parse_args()
+    if ns.greedy_steps is not None:
+        import graphprune.importance.data as data
+
+        data.GREEDY_STEPS = ns.greedy_steps
     if ns.levels:
         bs.BUDGET_LEVELS = tuple(ns.levels)
     if ns.rows:
@@ -215,7 +221,7 @@ def main() -> int:
             pruned, rep = gp.prune(copy.deepcopy(model), (x[:1],), budget={"macs": ns.macs}, runtime=None, **kw)
         row = {"model": ns.model, "macs": ns.macs, "variant": name, "seconds": round(time.perf_counter() - t, 1),
                "levels": list(bs.BUDGET_LEVELS), "rows": bs.ROWS,
-               "divergence": ns.divergence or "mse",
+               "divergence": ns.divergence or "mse", "greedy_steps": ns.greedy_steps,
                "allocation": next((n for n in rep.notes if n.startswith("allocation")), ""),
                "macs_kept": rep.macs_after / rep.macs_before, "photos": score(ref, vd.run(pruned, test_x)),
                "crops": score(ref_crops, vd.run(pruned, crops)) if len(crops) else None}

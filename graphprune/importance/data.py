@@ -24,6 +24,7 @@ import torch
 from ..graph import Group
 from .base import ScoreContext, register_importance, scatter, with_fallback
 from .magnitude import l2
+from .obs_order import greedy_columns
 
 DAMP = 0.01  # ridge, relative to the mean diagonal of the input Gram (SparseGPT's default)
 # The ridge OBS *ranks* with (the refit cross-validates its own): SmolLM2-135M calibrated on news scored
@@ -132,6 +133,9 @@ def damped_inverse_rows(x: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
 
 
 GREEDY_MAX = 64  # groups this small (heads) are ordered greedily, with the others refit after each removal
+# Wider groups of single columns (FFN units, 1x1 channels) in about this many chunks (obs_order.py); 0:
+# each scored alone against the full layer. Read at call time, so a benchmark can vary it.
+GREEDY_STEPS = 0
 
 
 def _block_cost(w: np.ndarray, hinv: np.ndarray, blk: np.ndarray) -> float:
@@ -189,6 +193,8 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor | None
     sizes = {len(b_) for b_ in blocks}
     if size <= GREEDY_MAX:
         cost = _greedy(wa.numpy(), hinv.numpy(), blocks)  # the bias column is refit too
+    elif sizes == {1} and GREEDY_STEPS:
+        cost = greedy_columns(wa, hinv, np.append(feature_index, -1), size, GREEDY_STEPS)
     elif sizes == {1}:
         idx = torch.as_tensor(np.concatenate(blocks))
         cost = ((w[:, idx] ** 2).sum(0) / hinv.diagonal()[idx].clamp(min=1e-300)).numpy()
