@@ -116,3 +116,17 @@ def test_auto_matches_the_given_sequences_and_keeps_batching_invariance():
                                   intermediate_size=64)
     gp.hf.prune(transformers.BertModel(cfg).eval(), calib=[{"input_ids": ids}], ratio=0.5, measure_latency=False,
                 generated="auto")  # not a causal LM: "auto" makes none, and is no error
+
+
+def test_repeated_share_copies_the_first_half_of_evenly_spread_rows(monkeypatch):
+    import graphprune.hf.generated as generated
+
+    model = _llama()
+    plain = torch.cat([b["input_ids"] for b in generated_batches(model, n=8, seq_len=7, batch_size=8)])
+    monkeypatch.setattr(generated, "REPEATED", 0.25)
+    ids = torch.cat([b["input_ids"] for b in generated_batches(model, n=8, seq_len=7, batch_size=8)])
+    # a quarter of 8 rows: rows 3 and 7, where int((i + 1) / 4) steps up; tokens 3..5 copy tokens 0..2,
+    # the seventh (an odd length's last) stays as sampled
+    for i in range(8):
+        want = torch.cat([plain[i, :3], plain[i, :3], plain[i, 6:]]) if i in (3, 7) else plain[i]
+        assert torch.equal(ids[i], want), i

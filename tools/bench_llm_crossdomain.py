@@ -64,10 +64,15 @@ def structure(model) -> tuple[str, str]:
     return span(kv), span(ffn)
 
 
+# a row's options that set the bench, not graphprune.hf.prune
+BENCH_KEYS = ("lambdas", "obs_damp", "divergence", "spread_sample", "greedy_steps", "repeated", "skip_first",
+              "calib_seq_len", "calib_sequences")
+
+
 def run_graphprune(model, ratio: float, calib: list, options: dict):
     import graphprune as gp
 
-    kwargs = {k: v for k, v in options.items() if k not in ("lambdas", "obs_damp", "divergence", "spread_sample")}
+    kwargs = {k: v for k, v in options.items() if k not in BENCH_KEYS}
     kwargs = {"targets": ("heads", "ffn"), **kwargs}  # a tuning row may name other targets
     model, report = gp.hf.prune(model, ratio=ratio, calib=calib, **kwargs)
     comp = report.compensation
@@ -177,6 +182,12 @@ def main() -> int:
                    help="tuning: the ridge OBS ranks units with (importance/data.py OBS_DAMP)")
     p.add_argument("--divergence", choices=("mse", "kl"),
                    help="tuning: how sensitivity allocation measures a variant's output (planning/scoring.py DIVERGENCE)")
+    p.add_argument("--greedy-steps", type=int,
+                   help="tuning: importance.data.GREEDY_STEPS, OBS order of FFN units in this many chunks (0: off)")
+    p.add_argument("--repeated", type=float,
+                   help="tuning: hf.generated.REPEATED, share of sampled sequences whose second half repeats the first")
+    p.add_argument("--skip-first", action="store_true",
+                   help="tuning: program.torch_program.SKIP_FIRST, the first position left out of the statistics")
     p.add_argument("--spread-sample", action="store_true",
                    help="tuning: sensitivity allocation samples its rows over all calibration items (allocate.SPREAD)")
     p.add_argument("--tag", default="", help="label of a tuning row")
@@ -204,11 +215,28 @@ def main() -> int:
 
         scoring.DIVERGENCE = ns.divergence
         options = {**options, "divergence": ns.divergence}
+    if ns.greedy_steps is not None:  # a tuning row: obs_costs reads this module constant at call time
+        import graphprune.importance.data as data
+
+        data.GREEDY_STEPS = ns.greedy_steps
+        options = {**options, "greedy_steps": ns.greedy_steps}
+    if ns.repeated is not None:  # a tuning row: generated_batches reads this module constant at call time
+        import graphprune.hf.generated as generated
+
+        generated.REPEATED = ns.repeated
+        options = {**options, "repeated": ns.repeated}
+    if ns.skip_first:  # a tuning row: valid_rows reads this module constant at call time
+        import graphprune.program.torch_program as torch_program
+
+        torch_program.SKIP_FIRST = True
+        options = {**options, "skip_first": True}
     if ns.spread_sample:  # a tuning row: sample() reads this module constant at call time
         import graphprune.planning.allocate as allocate
 
         allocate.SPREAD = True
         options = {**options, "spread_sample": True}
+    if ns.seq_len != 128 or ns.calib != 64:  # a tuning row's text: recorded so the row re-runs
+        options = {**options, "calib_seq_len": ns.seq_len, "calib_sequences": ns.calib}
     model, tok = L.load_smollm2()
     evals = {s: L.eval_ids(tok, s) for s in dict.fromkeys([ns.calib_source, *ns.eval_sources])}
     # --calib 0: no text at all (a tuning row calibrating on what --option generated=N samples from the model)

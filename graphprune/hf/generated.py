@@ -15,6 +15,10 @@ from ..errors import PlanError
 from ..util.progress import progress
 
 CHUNK = 64  # sequences sampled side by side: one forward per token for all of them
+# Share of the sampled sequences whose second half repeats their first: text that is copied from
+# earlier in the context (licences, code) runs through the heads and units that copy, which sampled
+# prose rarely calls on. Read at call time, so a benchmark can vary it (bench_llm_crossdomain.py).
+REPEATED = 0.0
 
 
 def start_token(model: torch.nn.Module) -> int:
@@ -63,8 +67,19 @@ def generated_batches(model: torch.nn.Module, n: int = 64, seq_len: int = 128, b
             seqs.append(torch.cat(out, 1).cpu())
     finally:
         model.train(was_training)
-    ids = torch.cat(seqs)
+    ids = repeat_halves(torch.cat(seqs), REPEATED)
     return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in ids.split(batch_size)]
+
+
+def repeat_halves(ids: torch.Tensor, share: float) -> torch.Tensor:
+    """``ids`` with the second half of every ``1/share``-th row (evenly spread) a copy of its first half."""
+    half = ids.shape[1] // 2
+    if share <= 0 or half == 0:
+        return ids
+    rows = [i for i in range(ids.shape[0]) if int((i + 1) * share) > int(i * share)]
+    out = ids.clone()
+    out[rows, half:2 * half] = ids[rows, :half]
+    return out
 
 
 def mix(calib: list[dict] | None, generated: list[dict]) -> list[dict]:
