@@ -186,8 +186,6 @@ def main() -> int:
                    help="tuning: importance.data.GREEDY_STEPS, OBS order of FFN units in this many chunks (0: off)")
     p.add_argument("--repeated", type=float,
                    help="tuning: hf.generated.REPEATED, share of sampled sequences whose second half repeats the first")
-    p.add_argument("--skip-first", action="store_true",
-                   help="tuning: program.torch_program.SKIP_FIRST, the first position left out of the statistics")
     p.add_argument("--spread-sample", action="store_true",
                    help="tuning: sensitivity allocation samples its rows over all calibration items (allocate.SPREAD)")
     p.add_argument("--tag", default="", help="label of a tuning row")
@@ -225,11 +223,6 @@ def main() -> int:
 
         generated.REPEATED = ns.repeated
         options = {**options, "repeated": ns.repeated}
-    if ns.skip_first:  # a tuning row: valid_rows reads this module constant at call time
-        import graphprune.program.torch_program as torch_program
-
-        torch_program.SKIP_FIRST = True
-        options = {**options, "skip_first": True}
     if ns.spread_sample:  # a tuning row: sample() reads this module constant at call time
         import graphprune.planning.allocate as allocate
 

@@ -33,11 +33,6 @@ from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
 from .torch_run import Walk, as_batch, same_graph, take_items
 
-# Leave every sequence's first position out of the statistics (not out of the run): a tuning constant.
-# In SmolLM2's last layer the first token, an attention sink with massive activations, holds a third of
-# the FFN input's energy, so fits weighted by energy spend a third of their effort on 1/128 of the rows.
-SKIP_FIRST = False
-
 
 class TorchProgram(Program):
     framework = "PyTorch"
@@ -194,12 +189,7 @@ class TorchProgram(Program):
 
     def valid_rows(self, batch):
         mask = dict(batch[1]).get("attention_mask")
-        if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
-            return None
-        if SKIP_FIRST and mask.shape[1] > 1:  # a tuning row: the first position left out of every statistic
-            mask = mask.clone()
-            mask[:, 0] = 0
-        return mask
+        return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def first_input(self, batch):
         first = next((t for t in tree_leaves(batch) if isinstance(t, torch.Tensor)), None)
