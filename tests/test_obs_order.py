@@ -55,6 +55,25 @@ def test_one_column_per_step_is_the_greedy_order_of_schur_complements():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_chunks_follow_the_schur_complements_with_a_column_that_is_always_refit():
+    gram, w = _site(seed=4)
+    f = w.shape[1] - 1
+    index = np.array([0, 1, 2, 3, -1, 4, 5, 6, 7])  # column 4 is never removed, only refit
+    cols = [j for j in range(f) if index[j] >= 0]
+    h, wn = _damped(gram, 1e-3), w.numpy()
+    removed, want, total = [], np.zeros(f - 1), 0.0
+    while len(removed) < len(cols):  # chunks of three (8 columns in 3 steps), cheapest first
+        base = _removal_cost(h, wn, removed)
+        inc = {j: _removal_cost(h, wn, removed + [j]) - base for j in cols if j not in removed}
+        chunk = sorted(inc, key=inc.get)[:3]
+        ranked = total + np.cumsum([inc[j] for j in chunk])
+        want[index[chunk]] = ranked
+        total = max(total + _removal_cost(h, wn, removed + chunk) - base, ranked[-1])
+        removed += chunk
+    got = greedy_columns(w, damped_inverse(gram, 1e-3), np.append(index, -1), f - 1, steps=3)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 @pytest.mark.parametrize("steps", [10, 3])  # one column per step; chunks of three
 def test_a_duplicated_column_is_removed_once_and_its_copy_then_carries_both(monkeypatch, steps):
     gram, w = _site(seed=2, duplicate=True)

@@ -15,10 +15,13 @@ import torch
 
 def greedy_columns(w: torch.Tensor, hinv: torch.Tensor, feature_index: np.ndarray, size: int,
                    steps: int) -> np.ndarray:
-    """Per group index: the accumulated relative-to-nothing error when it goes, removing columns in
-    about ``steps`` chunks, cheapest first. ``w`` is (out, features) with the bias column last,
-    ``hinv`` the damped inverse Gram of the same features, ``feature_index`` each column's group index
-    (-1: never removed, the bias column among them). Lower scores go first, whatever the ratio."""
+    """Per group index: the output error (absolute; obs_costs normalises it) accumulated by the time
+    it goes, removing columns in about ``steps`` chunks, cheapest first. ``w`` is (out, features) with
+    the bias column last, ``hinv`` the damped inverse Gram of the same features, ``feature_index``
+    each column's group index, one column per index (-1: never removed, always refit; the bias column
+    among them). Lower scores go first, whatever the ratio. Within a chunk the scores add the members'
+    own costs; the next chunk starts from the chunk's joint cost or that sum, whichever is larger, so
+    the scores never fall."""
     cand = feature_index >= 0
     chunk = max(1, -(-int(cand.sum()) // max(steps, 1)))
     alive = np.ones(hinv.shape[0], dtype=bool)
@@ -43,7 +46,8 @@ def greedy_columns(w: torch.Tensor, hinv: torch.Tensor, feature_index: np.ndarra
         total = max(total + max(joint, 0.0), float(ranked[-1]))  # the next chunk scores above this one
         keep = torch.as_tensor(np.setdiff1d(np.arange(pos.size), take, assume_unique=True))
         w = w[:, keep] - w[:, tb] @ solve[:, keep]
-        hinv = hinv[keep][:, keep] - hinv[keep][:, tb] @ solve[:, keep]
+        hk = hinv[keep]
+        hinv = hk[:, keep] - hk[:, tb] @ solve[:, keep]
         alive[pos[take]] = False
 
 
