@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import platform
@@ -66,7 +67,7 @@ def structure(model) -> tuple[str, str]:
 
 # a row's options that set the bench, not graphprune.hf.prune
 BENCH_KEYS = ("lambdas", "obs_damp", "divergence", "spread_sample", "greedy_steps", "repeated", "skip_first",
-              "calib_seq_len", "calib_sequences")
+              "gen_temperature", "calib_seq_len", "calib_sequences")
 
 
 def run_graphprune(model, ratio: float, calib: list, options: dict):
@@ -186,6 +187,8 @@ def main() -> int:
                    help="tuning: importance.data.GREEDY_STEPS, OBS order of FFN units in this many chunks (0: off)")
     p.add_argument("--repeated", type=float,
                    help="tuning: hf.generated.REPEATED, share of sampled sequences whose second half repeats the first")
+    p.add_argument("--gen-temperature", type=float,
+                   help="tuning: the temperature hf.prune samples its own calibration text at (1.0)")
     p.add_argument("--spread-sample", action="store_true",
                    help="tuning: sensitivity allocation samples its rows over all calibration items (allocate.SPREAD)")
     p.add_argument("--tag", default="", help="label of a tuning row")
@@ -223,6 +226,11 @@ def main() -> int:
 
         generated.REPEATED = ns.repeated
         options = {**options, "repeated": ns.repeated}
+    if ns.gen_temperature is not None:  # a tuning row: the sampler hf.prune calls, at another temperature
+        import graphprune.hf.pretrained as pretrained
+
+        pretrained.generated_batches = functools.partial(pretrained.generated_batches, temperature=ns.gen_temperature)
+        options = {**options, "gen_temperature": ns.gen_temperature}
     if ns.spread_sample:  # a tuning row: sample() reads this module constant at call time
         import graphprune.planning.allocate as allocate
 
