@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
+import importlib
 import json
 import os
 import platform
@@ -67,7 +67,7 @@ def structure(model) -> tuple[str, str]:
 
 # a row's options that set the bench, not graphprune.hf.prune
 BENCH_KEYS = ("lambdas", "obs_damp", "divergence", "spread_sample", "greedy_steps", "repeated", "skip_first",
-              "gen_temperature", "calib_seq_len", "calib_sequences")
+              "calib_seq_len", "calib_sequences")
 
 
 def run_graphprune(model, ratio: float, calib: list, options: dict):
@@ -165,6 +165,28 @@ def parse_options(items: list[str]) -> dict:
     return out
 
 
+# A tuning row sets a module constant that the library reads at call time, and records it in the row:
+# (argument, module, constant, how the constant holds the argument's value).
+CONSTANTS = (
+    ("lambdas", "graphprune.calib.refit", "LAMBDAS", tuple),
+    ("obs_damp", "graphprune.importance.data", "OBS_DAMP", None),
+    ("divergence", "graphprune.planning.scoring", "DIVERGENCE", None),
+    ("greedy_steps", "graphprune.importance.data", "GREEDY_STEPS", None),
+    ("repeated", "graphprune.hf.generated", "REPEATED", None),
+    ("spread_sample", "graphprune.planning.allocate", "SPREAD", None),
+)
+
+
+def set_constants(ns, options: dict) -> dict:
+    for arg, module, name, convert in CONSTANTS:
+        value = getattr(ns, arg)
+        if value is None or value is False or value == []:
+            continue
+        setattr(importlib.import_module(module), name, convert(value) if convert else value)
+        options = {**options, arg: list(value) if isinstance(value, (list, tuple)) else value}
+    return options
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
@@ -187,8 +209,6 @@ def main() -> int:
                    help="tuning: importance.data.GREEDY_STEPS, OBS order of FFN units in this many chunks (0: off)")
     p.add_argument("--repeated", type=float,
                    help="tuning: hf.generated.REPEATED, share of sampled sequences whose second half repeats the first")
-    p.add_argument("--gen-temperature", type=float,
-                   help="tuning: the temperature hf.prune samples its own calibration text at (1.0)")
     p.add_argument("--spread-sample", action="store_true",
                    help="tuning: sensitivity allocation samples its rows over all calibration items (allocate.SPREAD)")
     p.add_argument("--tag", default="", help="label of a tuning row")
@@ -201,41 +221,7 @@ def main() -> int:
     torch.set_num_threads(ns.threads)
     os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
     options = parse_options(ns.option)
-    if ns.lambdas:  # a tuning row: the refit reads this module constant when it picks a ridge
-        import graphprune.calib.refit as refit
-
-        refit.LAMBDAS = tuple(ns.lambdas)
-        options = {**options, "lambdas": list(ns.lambdas)}
-    if ns.obs_damp is not None:  # a tuning row: obs_costs reads this module constant at call time
-        import graphprune.importance.data as data
-
-        data.OBS_DAMP = ns.obs_damp
-        options = {**options, "obs_damp": ns.obs_damp}
-    if ns.divergence is not None:  # a tuning row: output_errors reads this module constant at call time
-        import graphprune.planning.scoring as scoring
-
-        scoring.DIVERGENCE = ns.divergence
-        options = {**options, "divergence": ns.divergence}
-    if ns.greedy_steps is not None:  # a tuning row: obs_costs reads this module constant at call time
-        import graphprune.importance.data as data
-
-        data.GREEDY_STEPS = ns.greedy_steps
-        options = {**options, "greedy_steps": ns.greedy_steps}
-    if ns.repeated is not None:  # a tuning row: generated_batches reads this module constant at call time
-        import graphprune.hf.generated as generated
-
-        generated.REPEATED = ns.repeated
-        options = {**options, "repeated": ns.repeated}
-    if ns.gen_temperature is not None:  # a tuning row: the sampler hf.prune calls, at another temperature
-        import graphprune.hf.pretrained as pretrained
-
-        pretrained.generated_batches = functools.partial(pretrained.generated_batches, temperature=ns.gen_temperature)
-        options = {**options, "gen_temperature": ns.gen_temperature}
-    if ns.spread_sample:  # a tuning row: sample() reads this module constant at call time
-        import graphprune.planning.allocate as allocate
-
-        allocate.SPREAD = True
-        options = {**options, "spread_sample": True}
+    options = set_constants(ns, options)
     if ns.seq_len != 128 or ns.calib != 64:  # a tuning row's text: recorded so the row re-runs
         options = {**options, "calib_seq_len": ns.seq_len, "calib_sequences": ns.calib}
     model, tok = L.load_smollm2()
