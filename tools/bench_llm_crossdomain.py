@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import bench_llm_kfac  # noqa: E402
 import llm_baselines  # noqa: E402
 import llm_data as L  # noqa: E402
 import llm_slicegpt  # noqa: E402
@@ -67,7 +68,7 @@ def structure(model) -> tuple[str, str]:
 
 # a row's options that set the bench, not graphprune.hf.prune
 BENCH_KEYS = ("lambdas", "obs_damp", "divergence", "spread_sample", "greedy_steps", "repeated", "skip_first",
-              "calib_seq_len", "calib_sequences")
+              "calib_seq_len", "calib_sequences", "kfac_every")
 
 
 def run_graphprune(model, ratio: float, calib: list, options: dict):
@@ -211,6 +212,9 @@ def main() -> int:
                    help="tuning: hf.generated.REPEATED, share of sampled sequences whose second half repeats the first")
     p.add_argument("--spread-sample", action="store_true",
                    help="tuning: sensitivity allocation samples its rows over all calibration items (allocate.SPREAD)")
+    p.add_argument("--kfac-every", type=int, default=0,
+                   help="tuning: OBS's output side weighted by K-FAC's gradient factor, from every n-th calibration "
+                        "batch (tools/bench_llm_kfac.py; 0: off)")
     p.add_argument("--tag", default="", help="label of a tuning row")
     p.add_argument("--recover-s", type=float, default=0.0,
                    help="then graphprune.recover for this many seconds on calib + 64 generated sequences")
@@ -222,6 +226,9 @@ def main() -> int:
     os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
     options = parse_options(ns.option)
     options = set_constants(ns, options)
+    if ns.kfac_every:
+        bench_llm_kfac.install(ns.kfac_every)
+        options = {**options, "kfac_every": ns.kfac_every}
     if ns.seq_len != 128 or ns.calib != 64:  # a tuning row's text: recorded so the row re-runs
         options = {**options, "calib_seq_len": ns.seq_len, "calib_sequences": ns.calib}
     model, tok = L.load_smollm2()
