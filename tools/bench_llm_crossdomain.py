@@ -81,6 +81,8 @@ def run_graphprune(model, ratio: float, calib: list, options: dict):
     lams = sorted(s.lam for s in comp.sites if getattr(s, "lam", None) is not None) if comp is not None else []
     if lams:  # which ridge strengths the refit's cross-validation chose, for tuning
         log(f"    refit ridge per site: min {lams[0]:g}, median {lams[len(lams) // 2]:g}, max {lams[-1]:g}")
+    if report.recovery is not None:  # --option "recover={'time_s': 600}": hf.prune distilled after the prune
+        log(f"    {report.recovery.summary()}")
     return model, report.importance
 
 

@@ -138,6 +138,17 @@ def _kind(name: str, t: torch.Tensor, loss: str) -> str:
     return loss if loss != "auto" else "kl" if logits else "mse"
 
 
+def recover_options(recover: bool | Mapping[str, Any] | None, calib) -> dict | None:
+    """recover= as keyword arguments of graphprune.recover (data defaults to calib=); None: no recovery."""
+    if recover is None or recover is False:
+        return None
+    opts = {} if recover is True else dict(recover)
+    opts.setdefault("data", calib)
+    if opts["data"] is None:
+        raise PlanError("recover= trains on data: pass recover=dict(data=batches, steps=...) or calib=")
+    return opts
+
+
 class _Data:
     """Held-out batches (cached) and an endless stream of training batches, epoch after epoch."""
 

@@ -21,6 +21,7 @@ from ..options import PruneOptions
 from ..planning.budget import parse_budget
 from ..planning.plan import check_ratio
 from .recover import recover as distill
+from .recover import recover_options
 from .torch_models import prune, trace
 
 
@@ -31,17 +32,6 @@ def _final(original: Mapping[str, int], budget: Mapping[str, float]) -> dict[str
         raise PlanError("an iterative schedule takes macs= / params= budgets (a latency budget is searched by "
                         "measuring one model: use graphprune.prune with budget={'latency_ms': ...})")
     return parse_budget(budget, original)
-
-
-def _recover_options(recover: bool | Mapping[str, Any] | None, calib) -> dict | None:
-    """recover= as keyword arguments of graphprune.recover (data defaults to calib=)."""
-    if recover is None or recover is False:
-        return None
-    opts = {} if recover is True else dict(recover)
-    opts.setdefault("data", calib)
-    if opts["data"] is None:
-        raise PlanError("recover= trains on data: pass recover=dict(data=batches, steps=...) or calib=")
-    return opts
 
 
 def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None, *,
@@ -80,7 +70,7 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
         kwargs = dict(kwargs) if kwargs else dict(calib[0]) if calib else example_inputs(model)
     if budget is None:
         check_ratio(ratio)
-    recover_opts = _recover_options(recover, opts.calib)
+    recover_opts = recover_options(recover, opts.calib)
     teacher = copy.deepcopy(model) if recover_opts is not None else None  # the original, for every step
     graph = trace(model, args, kwargs)  # the first step prunes this very graph
     original = {"macs": count_macs(graph.ir), "params": count_params(graph.ir)}

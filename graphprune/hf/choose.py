@@ -80,7 +80,7 @@ def estimate_in_memory(model: torch.nn.Module, opts: PruneOptions, inputs: dict 
     if copies:
         weights = est.part("weights")
         est = MemoryEstimate(est.parts + (MemoryPart("teacher copy", copies * weights,
-                                                     "the original kept to distil from (--recover-steps)",
+                                                     "the original kept to distil from (--recover-steps, recover=)",
                                                      ("calibrate", "solve", "apply")),))
     return est
 
@@ -105,10 +105,12 @@ def load_folder(folder: str | os.PathLike) -> torch.nn.Module:
     return prepare(model)
 
 
-def load_if_fits(folder: str | os.PathLike, opts: PruneOptions, inputs: dict | None = None) -> torch.nn.Module:
+def load_if_fits(folder: str | os.PathLike, opts: PruneOptions, inputs: dict | None = None,
+                 copies: int = 0) -> torch.nn.Module:
     """``graphprune.hf.prune(folder)`` without ``out=``: the model loaded whole when the in-memory prune's
-    estimate fits; otherwise a PlanError, before any weight is read, that says to stream it with ``out=``."""
-    fit = in_memory_fit(meta_model(folder), opts, inputs)
+    estimate fits; otherwise a PlanError, before any weight is read, that says to stream it with ``out=``.
+    ``copies``: whole copies of the weights kept beside it (``recover=`` keeps the original as the teacher)."""
+    fit = in_memory_fit(meta_model(folder), opts, inputs, copies)
     if not fit.fits:
         est = fit.estimate
         raise PlanError(f"pruning '{folder}' in memory needs about {gib(est.total)} at its peak ({est.peak_phase}), "

@@ -84,6 +84,7 @@ class PruneReport:
     scores: dict = field(default_factory=dict)  # group id -> importance per unit (the planner's ranking)
     kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
     memory: MemoryUsage | None = None  # estimated and measured peak memory
+    recovery: object | None = None  # graphprune.recover's RecoverResult, where the prune distilled after
 
     @property
     def latency_before_ms(self) -> float | None:
