@@ -62,7 +62,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
 
     ``recover=True`` (on the calibration batches, generated ones included) or ``dict(time_s=600, ...)`` (any
     :func:`graphprune.recover` keyword) then distils the result from a copy of the original: ``report.recovery``
-    (docs/llm_pruning.md: SmolLM2's worst ratio across kinds of text 3.78x -> 2.99x in ten minutes on 2 cores).
+    (docs/llm_pruning.md: SmolLM2's worst ratio across kinds of text 3.78x -> 2.98x in ten minutes on 2 cores).
 
     ``uniform=True`` keeps every layer's head and FFN counts equal (the data still choose which units
     each layer drops), so the output loads with ``from_pretrained`` and in vLLM without graphprune;
