@@ -94,3 +94,14 @@ def toy(scales=(1.0, 0.01, 1.0)) -> nn.Module:
             b.norm.weight.add_(torch.randn(8) * 0.1)
             b.norm.bias.add_(torch.randn(8) * 0.1)
     return m
+
+
+def small_llama() -> nn.Module:
+    """A seeded 2-layer Llama (4 query / 2 key-value heads of 8, FFN 64, vocab 64) that can sample from BOS."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=1, eos_token_id=2, use_cache=False)
+    return transformers.LlamaForCausalLM(cfg).eval()

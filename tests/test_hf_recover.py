@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import torch
+from helpers import small_llama
 
 import graphprune as gp
 from graphprune.errors import PlanError
@@ -12,12 +13,7 @@ from graphprune.errors import PlanError
 transformers = pytest.importorskip("transformers")
 
 
-def _llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   bos_token_id=1, eos_token_id=2, use_cache=False)
-    return transformers.LlamaForCausalLM(cfg).eval()
+_llama = small_llama
 
 
 def _calib(n: int = 4) -> list[dict]:
