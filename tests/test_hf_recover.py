@@ -30,7 +30,8 @@ def test_recover_distils_from_the_unpruned_original_on_the_calibration_and_gener
     module = importlib.import_module("graphprune.hf.pretrained")  # where hf.prune calls recover
     real, seen = module.distill, []
     monkeypatch.setattr(module, "distill", lambda m, t, **kw: seen.append((t, kw)) or real(m, t, **kw))
-    model, report = gp.hf.prune(_llama(), calib=calib, generated=6, recover=dict(steps=5, seed=0), **OPTS)
+    ask = dict(steps=5, seed=0, holdout=0)  # nothing held out: the weights of step 5, never step 0's restored
+    model, report = gp.hf.prune(_llama(), calib=calib, generated=6, recover=ask, **OPTS)
     (teacher, kw), = seen
     for (k, a), b in zip(teacher.state_dict().items(), original.state_dict().values()):
         assert torch.equal(a, b), k  # the teacher is the model before pruning
@@ -40,14 +41,40 @@ def test_recover_distils_from_the_unpruned_original_on_the_calibration_and_gener
     assert model.model.layers[0].mlp.up_proj.out_features == 32
     plain, _ = gp.hf.prune(_llama(), calib=calib, generated=6, **OPTS)
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
-    again, _ = gp.hf.prune(_llama(), calib=calib, generated=6, recover=dict(steps=5, seed=0), **OPTS)
+    again, _ = gp.hf.prune(_llama(), calib=calib, generated=6, recover=ask, **OPTS)
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k  # seeded: the same call, the same weights
 
 
-def test_recover_true_trains_on_the_calibration_batches_and_is_refused_without_data(tmp_path):
-    model, report = gp.hf.prune(_llama(), calib=_calib(6), generated=0, recover=True, **OPTS)
-    assert report.recovery is not None and report.recovery.steps > 0
+def test_recover_true_or_empty_trains_and_false_or_none_does_not(monkeypatch):
+    module = importlib.import_module("graphprune.hf.pretrained")
+    real, calls = module.distill, []
+    monkeypatch.setattr(module, "distill", lambda m, t, **kw: calls.append(kw) or real(m, t, **kw))
+    calib = _calib(6)
+    for arg in (True, {}):
+        _, report = gp.hf.prune(_llama(), calib=calib, generated=0, recover=arg, **OPTS)
+        assert report.recovery is not None and calls.pop()["data"] == calib
+    for arg in (False, None):
+        _, report = gp.hf.prune(_llama(), calib=calib, generated=0, recover=arg, **OPTS)
+        assert report.recovery is None
+    assert not calls
+
+
+@pytest.mark.parametrize("arg, match", [(dict(time=600), "unexpected keyword argument 'time'"),
+                                        (dict(steps=0), "steps=0 is out of range"), ("yes", "takes True or a dict")])
+def test_a_bad_recover_is_refused_before_the_model_is_touched(arg, match):
+    model, original = _llama(), _llama()
+    with pytest.raises(PlanError, match=match):
+        gp.hf.prune(model, calib=_calib(), generated=2, recover=arg, **OPTS)
+    for (k, a), b in zip(model.state_dict().items(), original.state_dict().values()):
+        assert torch.equal(a, b), k  # not pruned, nothing sampled into it
+
+
+def test_half_precision_weights_are_refused_and_data_is_needed(tmp_path):
+    model = _llama().to(torch.bfloat16)
+    with pytest.raises(PlanError, match="float32"):
+        gp.hf.prune(model, calib=_calib(), generated=0, recover=True, **OPTS)
+    assert model.model.layers[0].mlp.up_proj.out_features == 64
     with pytest.raises(PlanError, match="recover= trains on data"):
         gp.hf.prune(_llama(), generated=0, recover=True, **OPTS)
     _llama().save_pretrained(tmp_path / "src")

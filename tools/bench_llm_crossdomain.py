@@ -81,9 +81,11 @@ def run_graphprune(model, ratio: float, calib: list, options: dict):
     lams = sorted(s.lam for s in comp.sites if getattr(s, "lam", None) is not None) if comp is not None else []
     if lams:  # which ridge strengths the refit's cross-validation chose, for tuning
         log(f"    refit ridge per site: min {lams[0]:g}, median {lams[len(lams) // 2]:g}, max {lams[-1]:g}")
+    extra = {}
     if report.recovery is not None:  # --option "recover={'time_s': 600}": hf.prune distilled after the prune
         log(f"    {report.recovery.summary()}")
-    return model, report.importance
+        extra = {"recover_steps": report.recovery.steps, "recover_seconds": report.recovery.seconds}
+    return model, report.importance, extra
 
 
 def prune(method: str, ratio: float, calib: list, options: dict, reference: dict) -> tuple[object, dict]:
@@ -91,9 +93,9 @@ def prune(method: str, ratio: float, calib: list, options: dict, reference: dict
     (the baselines are held to it), filled by the first graphprune row of that ratio."""
     model, _ = L.load_smollm2()
     dense = n_params(model)
-    t = time.perf_counter()
+    t, extra = time.perf_counter(), {}
     if method == "graphprune":
-        model, importance = run_graphprune(model, ratio, calib, options)
+        model, importance, extra = run_graphprune(model, ratio, calib, options)
         if not options:
             reference[ratio] = {"params": n_params(model), "kv": model.model.layers[0].self_attn.k_proj.out_features
                                 // model.model.layers[0].self_attn.head_dim,
@@ -108,7 +110,7 @@ def prune(method: str, ratio: float, calib: list, options: dict, reference: dict
         llm_baselines.prune(model, method, calib, keep={"attn": ref["kv"], "ffn": ref["ffn"]},
                             budget=dense - ref["params"])
         importance = {"flap": "fluctuation, adaptive, bias comp.", "wanda-sp": "|W| x ||X||, uniform"}[method]
-    return model, {"seconds": time.perf_counter() - t, "importance": importance}
+    return model, {"seconds": time.perf_counter() - t, "importance": importance, **extra}
 
 
 def recover(model, calib: list, seconds: float) -> dict:

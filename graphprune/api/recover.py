@@ -138,15 +138,35 @@ def _kind(name: str, t: torch.Tensor, loss: str) -> str:
     return loss if loss != "auto" else "kl" if logits else "mse"
 
 
-def recover_options(recover: bool | Mapping[str, Any] | None, calib) -> dict | None:
-    """recover= as keyword arguments of graphprune.recover (data defaults to calib=); None: no recovery."""
-    if recover is None or recover is False:
+def recover_options(arg: bool | Mapping[str, Any] | None, calib, need_data: bool = True) -> dict | None:
+    """``recover=`` (True, or a dict of :func:`recover`'s keywords) as those keywords, ``data`` defaulting
+    to ``calib``; None for no recovery. Its type, keywords and ranges are checked here, so a caller can
+    refuse a bad one before any work (``need_data=False``: the data are not known yet)."""
+    if arg is None or arg is False:
         return None
-    opts = {} if recover is True else dict(recover)
-    opts.setdefault("data", calib)
-    if opts["data"] is None:
-        raise PlanError("recover= trains on data: pass recover=dict(data=batches, steps=...) or calib=")
+    if arg is not True and not isinstance(arg, Mapping):
+        raise RecoverError(f"recover= takes True or a dict of graphprune.recover's keywords (steps=, time_s=, lr=, "
+                           f"data=, ...), not {arg!r}")
+    opts = {} if arg is True else dict(arg)
+    try:
+        inspect.signature(recover).bind(None, None, **{"data": None, **opts})
+    except TypeError as exc:
+        raise RecoverError(f"recover={arg!r}: {exc} (see help(graphprune.recover))") from None
+    _check_ranges(**opts)
+    if opts.get("data") is None:
+        opts["data"] = calib
+    if need_data and opts["data"] is None:
+        raise RecoverError("recover= trains on data: pass recover=dict(data=batches, steps=...) or calib=")
     return opts
+
+
+def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="auto", temperature=2.0, **_) -> None:
+    for name, v, ok in (("steps", steps, steps is None or (isinstance(steps, int) and steps >= 1)),
+                        ("time_s", time_s, time_s is None or time_s > 0), ("holdout", holdout, 0 <= holdout < 1),
+                        ("eval_every", eval_every, eval_every is None or eval_every >= 1),
+                        ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0)):
+        if not ok:
+            raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
 
 
 class _Data:
@@ -300,12 +320,7 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
     """
     if pruned is teacher or {id(p) for p in pruned.parameters()} & {id(p) for p in teacher.parameters()}:
         raise RecoverError("teacher and pruned model share weights: pass copy.deepcopy(model) taken before pruning")
-    for name, v, ok in (("steps", steps, steps is None or (isinstance(steps, int) and steps >= 1)),
-                        ("time_s", time_s, time_s is None or time_s > 0), ("holdout", holdout, 0 <= holdout < 1),
-                        ("eval_every", eval_every, eval_every is None or eval_every >= 1),
-                        ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0)):
-        if not ok:
-            raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
+    _check_ranges(steps, time_s, holdout, eval_every, loss, temperature)
     if not any(p.requires_grad for p in pruned.parameters()):
         raise RecoverError("the pruned model has no parameter with requires_grad=True to train")
     distill = _Distill(pruned, teacher, loss, temperature, feature_weight, unpack)

@@ -61,8 +61,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     text (docs/llm_pruning.md). ``generated=0`` calibrates on ``calib`` alone; ``generated=N`` takes N.
 
     ``recover=True`` (on the calibration batches, generated ones included) or ``dict(time_s=600, ...)`` (any
-    :func:`graphprune.recover` keyword) then distils the result from a copy of the original: ``report.recovery``
-    (docs/llm_pruning.md: SmolLM2's worst ratio across kinds of text 3.78x -> 2.98x in ten minutes on 2 cores).
+    :func:`graphprune.recover` keyword) then distils the result from a copy of the original (docs/llm_pruning.md).
 
     ``uniform=True`` keeps every layer's head and FFN counts equal (the data still choose which units
     each layer drops), so the output loads with ``from_pretrained`` and in vLLM without graphprune;
@@ -80,11 +79,13 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     """
     given.update({"ratio": ratio} if ratio is not None else {})
     generated = _check_generated(given.pop("generated", "auto"))
-    recover = given.pop("recover", None)
+    recover = recover_options(given.pop("recover", None), None, need_data=False)  # refused before any work
     if isinstance(model, (str, os.PathLike)) and out is not None:
         return _streamed(model, out, options, generated, given, recover)
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
-        model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs, int(bool(recover)))
+        model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs,
+                             int(recover is not None))
+    _check_trainable(model, recover)
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
     opts, head_note = loadable_heads(model, opts)
     prepare(model)
@@ -98,7 +99,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     if loss_fn is None and calib is not None and _is_causal_lm(model):
         loss_fn = causal_lm_loss
     opts = opts.replace(calib=calib, loss_fn=loss_fn)
-    recover = recover_options(recover, calib)
+    recover = recover_options(recover, calib)  # the data: the batches the prune calibrated on, sampled ones too
     teacher = copy.deepcopy(model) if recover is not None else None  # the original, to distil from
     original = copy.deepcopy(model.config)
     graph = graph or api.trace(model, (), inputs)
@@ -107,6 +108,16 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     _sync_and_record(model, graph, report, opts, original, inputs)
     _distil(model, teacher, recover, report)
     return model, report
+
+
+def _check_trainable(model: torch.nn.Module, recover: dict | None) -> None:
+    """recover= trains the weights in their own dtype: AdamW's small steps on bfloat16 or float16 weights
+    mostly round away, so a half-precision model is refused before the prune."""
+    half = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
+    if recover is not None and half:
+        raise PlanError(f"recover= would train {type(model).__name__}'s {sorted(map(str, half))[0]} weights, where most "
+                        "optimiser steps round away: load it in float32 (from_pretrained(..., dtype=torch.float32)), "
+                        "or drop recover= and call graphprune.recover on a float32 copy of the pruned model")
 
 
 def _distil(model, teacher, recover: dict | None, report) -> None:
@@ -141,7 +152,7 @@ AUTO_FACTOR, AUTO_GENERATED = 8, 512
 
 def _streamed(folder, out, options: PruneOptions | None, generated: int, given: dict, recover):
     """A checkpoint folder pruned block by block into ``out`` (hf/stream.py), after its refusals."""
-    if recover:
+    if recover is not None:
         raise PlanError("recover= distils the whole pruned model from the whole original, which a streamed prune "
                         "(out=) never holds: load the model and prune it in memory, or drop recover= and call "
                         "graphprune.recover on the model graphprune.hf.load_pruned(out) returns")

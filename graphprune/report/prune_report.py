@@ -147,6 +147,10 @@ class PruneReport:
                                   "error_after": s.error_after} for s in self.compensation.sites]
         if self.memory is not None:
             d["memory"] = self.memory.to_dict()
+        if self.recovery is not None:
+            r = self.recovery
+            d["recovery"] = {"steps": r.steps, "seconds": r.seconds, "best_step": r.best_step, "reason": r.reason,
+                             "lr": r.lr, "heldout_before": r.heldout_before, "heldout_best": r.heldout_best}
         if self.sync is not None:
             d["config"] = {"loadable_with_from_pretrained": self.sync.loadable, "text": str(self.sync)}
         return d
