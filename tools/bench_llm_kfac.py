@@ -3,10 +3,12 @@ loss: K-FAC's gradient factor, as LLM Surgeon (van der Ouderaa et al. 2023) rank
 
 OBS ranks a unit by the error its removal leaves in its site's output, every output direction
 weighted alike: tr(W_B (Hinv_BB)^-1 W_B^T). With the Fisher of the loss factored as
-H (x) G (K-FAC), G = E[g g^T] for g the loss gradient at the site's output, the error is
-measured in loss instead: tr(G W_B (Hinv_BB)^-1 W_B^T), which is OBS on G^(1/2) W. The refit
+H (x) G (K-FAC), G = E[g g^T] for g the loss gradient at the site's output, the output error is
+weighted by the loss instead: tr(G W_B (Hinv_BB)^-1 W_B^T), which is OBS on G^(1/2) W. The refit
 that follows is the same under either (the Kronecker factor drops out of the update), so only
-the ranking changes. G is summed over the output projections' (o_proj, down_proj) output
+the ranking changes. obs() divides by the site's output energy, G-weighted here too, so the scale
+of G cancels: this ranks within a layer; a loss-scaled comparison across layers (LLM Surgeon's
+global threshold) is not what it measures. G is summed over the output projections' (o_proj, down_proj) output
 gradients of the causal-LM loss on every ``--kfac-every``-th calibration batch (news and sampled text).
 
 A measurement, not a library feature: on SmolLM2 it moved one kind of text up and another down at
