@@ -81,3 +81,17 @@ def test_half_precision_weights_are_refused_and_data_is_needed(tmp_path):
     with pytest.raises(PlanError, match="streamed prune"):
         gp.hf.prune(tmp_path / "src", out=tmp_path / "out", recover=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_the_memory_estimate_counts_the_teacher_and_the_training_buffers():
+    from graphprune.hf.choose import DISTIL_COPIES, estimate_in_memory
+    from graphprune.options import PruneOptions
+
+    model = _llama()
+    opts = PruneOptions.of(None, ratio=0.5, calib=_calib())
+    plain, distil = estimate_in_memory(model, opts), estimate_in_memory(model, opts, copies=1)
+    weights = plain.part("weights")
+    assert weights >= sum(p.numel() * 4 for p in model.parameters())  # float32, tied embeddings counted once
+    # the teacher lives through the prune; the gradients, AdamW's two moments and the best weights after it
+    assert distil.phase_bytes("calibrate") - plain.phase_bytes("calibrate") == weights
+    assert distil.phase_bytes("apply") - plain.phase_bytes("apply") == (1 + DISTIL_COPIES) * weights

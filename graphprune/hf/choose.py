@@ -29,6 +29,8 @@ from ..planning.plan import select_groups
 from .inputs import example_inputs, prepare
 from .stream import build_on_meta
 
+DISTIL_COPIES = 4  # what recover() holds beside the weights, in weight-sized buffers
+
 
 @dataclass(frozen=True)
 class Fit:
@@ -77,11 +79,13 @@ def estimate_in_memory(model: torch.nn.Module, opts: PruneOptions, inputs: dict 
     _, targets = split_targets(opts.targets)
     groups = select_groups(dg, opts.roles, opts.ignore, targets) if targets != () else []
     est = prune_memory(dg, groups, opts.replace(calib=calib), calib, resolve_importance(opts.replace(calib=calib)))
-    if copies:
+    if copies:  # distillation after the prune: its buffers counted with the rewrite's, on the safe side
         weights = est.part("weights")
-        est = MemoryEstimate(est.parts + (MemoryPart("teacher copy", copies * weights,
-                                                     "the original kept to distil from (--recover-steps, recover=)",
-                                                     ("calibrate", "solve", "apply")),))
+        est = MemoryEstimate(est.parts + (
+            MemoryPart("teacher copy", copies * weights, "the original kept to distil from (--recover-steps, recover=)",
+                       ("calibrate", "solve", "apply")),
+            MemoryPart("distillation", DISTIL_COPIES * weights, "the training's gradients, two AdamW moments and "
+                       "the best weights' copy, at most the original's size each", ("apply",))))
     return est
 
 
