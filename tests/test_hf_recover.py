@@ -95,3 +95,14 @@ def test_the_memory_estimate_counts_the_teacher_and_the_training_buffers():
     # the teacher lives through the prune; the gradients, AdamW's two moments and the best weights after it
     assert distil.phase_bytes("calibrate") - plain.phase_bytes("calibrate") == weights
     assert distil.phase_bytes("apply") - plain.phase_bytes("apply") == (1 + DISTIL_COPIES) * weights
+
+
+def test_recover_that_would_not_fit_is_refused_before_the_teacher_is_copied():
+    from graphprune.hf.choose import DISTIL_COPIES
+
+    model = _llama()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    with pytest.raises(PlanError, match="recover= needs about"):  # the model, the teacher and the buffers
+        gp.hf.prune(model, calib=_calib(), generated=0, recover=True, max_memory=(2 + DISTIL_COPIES) * weights - 1,
+                    **OPTS)
+    assert model.model.layers[0].mlp.up_proj.out_features == 64

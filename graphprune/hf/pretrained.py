@@ -14,9 +14,10 @@ from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
 from ..options import PruneOptions
+from ..planning.memory import available_memory, gib
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
-from .choose import load_if_fits
+from .choose import DISTIL_COPIES, load_if_fits
 from .generated import generated_batches, mix
 from .inputs import example_inputs, prepare
 from .stream import stream_prune
@@ -85,8 +86,8 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
         model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs,
                              int(recover is not None))
-    _check_trainable(model, recover)
     opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
+    _check_recover(model, recover, opts.max_memory)
     opts, head_note = loadable_heads(model, opts)
     prepare(model)
     generated = _resolve_generated(model, opts, generated)
@@ -110,11 +111,21 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     return model, report
 
 
-def _check_trainable(model: torch.nn.Module, recover: dict | None) -> None:
-    """recover= trains the weights in their own dtype: AdamW's small steps on bfloat16 or float16 weights
-    mostly round away, so a half-precision model is refused before the prune."""
+def _check_recover(model: torch.nn.Module, recover: dict | None, max_memory: int | None) -> None:
+    """recover= before the prune: the teacher copy and the training's buffers must fit beside the model
+    (a deep copy past the memory is a kernel kill), and the weights must be trainable in their dtype
+    (AdamW's small steps on bfloat16 or float16 weights mostly round away)."""
+    if recover is None:
+        return
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    need, limit = (2 + DISTIL_COPIES) * weights, max_memory if max_memory is not None else available_memory()
+    if limit is not None and need > limit:
+        raise PlanError(f"recover= needs about {gib(need)} (the model, its original as the teacher and the training's "
+                        f"gradients, AdamW moments and best weights), more than {gib(limit)} "
+                        f"{'(max_memory)' if max_memory is not None else 'available'}: drop recover= and distil "
+                        "the saved pruned model on a machine with more memory, or raise max_memory")
     half = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
-    if recover is not None and half:
+    if half:
         raise PlanError(f"recover= would train {type(model).__name__}'s {sorted(map(str, half))[0]} weights, where most "
                         "optimiser steps round away: load it in float32 (from_pretrained(..., dtype=torch.float32)), "
                         "or drop recover= and call graphprune.recover on a float32 copy of the pruned model")
