@@ -134,10 +134,13 @@ def damped_inverse_rows(x: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
 
 GREEDY_MAX = 64  # groups this small (heads) are ordered greedily, with the others refit after each removal
 # Wider groups of single columns (FFN units, 1x1 channels) in about this many chunks (obs_order.py); 0:
-# each scored alone against the full layer. Off: on SmolLM2 better at 20% on three kinds of text and
-# worse on one at 50%, on EfficientNet-Lite0 the same (docs/llm_pruning.md, evening runs of 2026-12-04);
-# its cost is cubic in the width (about 1 s for 1536 units, minutes for 8960). Read at call time.
-GREEDY_STEPS = 0
+# each scored alone against the full layer. On SmolLM2 better at 20% on three kinds of text, at 50% the
+# FFN-only cut 4.12x -> 3.78x worst case, and it is what lets a measured kinds choice see that (planning/
+# kinds.py); on EfficientNet-Lite0 the same (docs/llm_pruning.md, runs of 2026-12-04). Read at call time.
+GREEDY_STEPS = 128
+# Its cost is cubic in the width: 2 s for 1536 units, 9 s for 3072 (one thread), minutes for 8960; wider
+# layers are scored each unit alone, so a 3B model's prune stays within its time.
+GREEDY_WIDTH = 4096
 
 
 def _block_cost(w: np.ndarray, hinv: np.ndarray, blk: np.ndarray) -> float:
@@ -195,7 +198,7 @@ def obs_costs(w: torch.Tensor, b: torch.Tensor | None, gram: torch.Tensor | None
     sizes = {len(b_) for b_ in blocks}
     if size <= GREEDY_MAX:
         cost = _greedy(wa.numpy(), hinv.numpy(), blocks)  # the bias column is refit too
-    elif sizes == {1} and GREEDY_STEPS:
+    elif sizes == {1} and GREEDY_STEPS and size <= GREEDY_WIDTH:
         cost = greedy_columns(wa, hinv, np.append(feature_index, -1), size, GREEDY_STEPS)
     elif sizes == {1}:
         idx = torch.as_tensor(np.concatenate(blocks))
