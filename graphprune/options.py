@@ -47,7 +47,9 @@ class PruneOptions:
     - ``uniform``: every group of a kind keeps the same count (each layer's heads and FFN units
       equal), so a config with one number per kind describes the pruned model (transformers'
       ``from_pretrained``, vLLM): the data still choose *which* units each layer drops, not how many.
-    - ``allocation``: "auto", "uniform", "sensitivity" or "global"; ``budget``: ``{"macs": 0.5}``,
+    - ``allocation``: "auto", "uniform", "sensitivity" or "global" ("auto" with data: sensitivity where
+      it is cheap, else the uniform cut, with the heads kept where that measures better: planning/kinds.py);
+      ``budget``: ``{"macs": 0.5}``,
       ``{"params": 20e6}``, ``{"latency_ms": 3}``, ``{"speedup": 2}`` or ``"macs=0.5"``;
       ``max_ratio``: the most any group loses under a budget or global allocation.
     - ``runtime``: where latency is measured and widths aligned ("auto", "torch",

@@ -23,6 +23,7 @@ from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_al
 from .planning.budget import BudgetResult, CostModel, solve_budget
 from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
 from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
+from .planning.kinds import KindChoice, choose_kinds
 from .planning.latency_budget import solve_latency_budget
 from .planning.memory import MemoryEstimate, check_memory, estimate_memory, peak_rss, reset_peak, stat_sites
 from .planning.plan import (
@@ -94,6 +95,7 @@ class _Work:
     memory: MemoryEstimate | None = None
     tilt: dict | None = None  # a MACs budget's uniform ratio bent per group towards time (planning/time_tilt.py)
     curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
+    kinds: KindChoice | None = None  # heads kept or cut, measured (planning/kinds.py)
 
 
 def plan_program(program, opts: PruneOptions) -> Planned:
@@ -216,6 +218,13 @@ def _choose_ratios(w: _Work) -> None:
                                     w.ctx.stats, forced=opts.allocation == "sensitivity", notes=w.ctx.notes,
                                     lams=ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)))
         w.ratios = w.alloc.ratios if w.alloc is not None else w.ratios
+    if w.alloc is None and w.budget is None and not w.blocks and opts.allocation == "auto" and w.batches \
+            and not opts.ratios and opts.ratio > 0 and w.how != "global":  # heads or not, measured (kinds.py)
+        ratios, w.kinds = choose_kinds(program, w.dg, w.groups, w.scores, opts.ratio, w.round_to, w.batches, mode,
+                                       w.ctx.stats, ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)),
+                                       trial_loss(program, opts.loss_fn), opts.max_ratio)
+        w.ratios = ratios or w.ratios
+        w.ctx.notes.extend([w.kinds.note()] if w.kinds else [])
 
 
 def _spend_budget(w: _Work) -> None:

@@ -54,8 +54,9 @@ def uniform_pruned():
     model = tiny_llama(num_attention_heads=8, num_key_value_heads=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PruneWarning)
+        # allocation="uniform": every kind cut by the ratio, heads too (auto may keep them: test_kinds.py)
         model, report = gp.hf.prune(model, ratio=0.5, calib=_calib(), uniform=True, round_to=1,
-                                    measure_latency=False, compensate=False)
+                                    measure_latency=False, compensate=False, allocation="uniform")
     return original, model, report
 
 

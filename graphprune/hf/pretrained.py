@@ -44,7 +44,8 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
 
     ``targets`` picks what goes: "heads", "ffn", "hidden", "query_heads", "head_dim", ...;
     by default whole heads and FFN units for models with attention (the hidden size stays),
-    channels for CNNs.
+    channels for CNNs. With data, the heads are kept where cutting FFN units alone by the same parameter
+    count measures better (graphprune/planning/kinds.py; ``allocation="uniform"`` skips it).
 
     Returns ``(model, report)``; ``report.sync`` says what the config now says and whether
     ``save_pretrained``/``from_pretrained`` round-trip. :func:`graphprune.hf.save_pruned`
@@ -52,10 +53,9 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     even when layers were pruned unevenly. Pass ``graph`` (traced on the same ``inputs``)
     to skip tracing again.
 
-    Options are the fields of :class:`graphprune.PruneOptions` (here ``ratio`` 0.3 by default),
-    as keyword arguments or whole as ``options=``: ``budget={"params": 0.6}`` (or ``"macs"``)
-    replaces ``ratio`` with a target; ``runtime``, ``round_to`` and ``measure_latency`` as in
-    :func:`graphprune.prune`.
+    Options are the fields of :class:`graphprune.PruneOptions` (here ``ratio`` 0.3 by default), as keyword arguments
+    or whole as ``options=``: ``budget={"params": 0.6}`` (or ``"macs"``) replaces ``ratio`` with a target;
+    ``runtime``, ``round_to`` and ``measure_latency`` as in :func:`graphprune.prune`.
 
     ``generated`` ("auto" by default) adds sequences a causal LM samples itself (hf/generated.py) after
     ``calib``: eight for each sequence ``calib`` holds, at most 512; they keep the repair from fitting one kind of

@@ -92,11 +92,13 @@ def _same_rows(program, whole, part, chosen: np.ndarray) -> bool:
         np.allclose(y, x[chosen], rtol=1e-3, atol=1e-5 * max(float(np.abs(x).max()), 1.0)) for x, y in zip(a, b))
 
 
-def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], what: str) -> np.ndarray:
+def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], what: str, loss=None) -> np.ndarray:
     """Each candidate's squared output error relative to the output's energy, every calibration
     item scored once: under the refit fitted on the *other* fold. ``pairs``: per candidate,
     (refit on fold 0, refit on fold 1), as :meth:`CrossFit.variants` gives them. Folds are the
-    parity of an item's index over all of ``used`` (as calibration counts them), on every rank."""
+    parity of an item's index over all of ``used`` (as calibration counts them), on every rank.
+    With ``loss`` (outputs, batch -> float), the mean of the two halves' mean loss instead; it needs
+    batches that can be cut into their folds (None where they cannot)."""
     starts = np.cumsum([0] + [_items(program, b) for b in used])
     parity = [np.arange(a, z) % 2 for a, z in zip(starts[:-1], starts[1:])]
     flat = [v for pair in pairs for v in pair]
@@ -104,6 +106,10 @@ def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], wh
     # every rank takes the same path (their collectives differ): cut batches only where all can
     if reduce_sum([np.array([float(folds is None)])])[0][0] > 0:
         folds = None
+    if loss is not None:
+        return None if folds is None else sum(
+            output_errors(program, folds[1 - f], flat[f::2], f"{what}, half {f + 1} of 2", loss=loss) / 2
+            for f in (0, 1))
     if folds is None:  # every variant runs on every item; each counts the other fold's
         # variant v was fitted on fold v % 2: it is scored on the other fold's items
         err = output_errors(program, used, flat, what, items=lambda v, k: parity[k] == 1 - v % 2)

@@ -1,0 +1,97 @@
+"""The measured choice between cutting heads with the rest and keeping them (planning/kinds.py).
+
+Each model here is made so that one kind of unit carries next to nothing: the choice must then
+spend the parameter count there, and both plans must remove the same parameters."""
+import numpy as np
+import torch
+from helpers import small_llama
+
+import graphprune
+from graphprune.metrics import count_params
+from graphprune.planning.allocate import removed_params
+from graphprune.planning.depth import split_targets
+from graphprune.planning.kinds import spend_elsewhere
+from graphprune.planning.plan import make_plan, select_groups
+
+
+def _calib():
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(3, 64, (4, 16), generator=g)} for _ in range(4)]
+
+
+def _prune(model, monkeypatch, **kw):
+    # measuring each group's sensitivity is cheap on this tiny model; the choice runs where auto skips it
+    monkeypatch.setattr("graphprune.planning.allocate.AUTO_MACS", 0.0)
+    # text the model writes itself: the original is right on it, so any damage raises the loss
+    return graphprune.hf.prune(model, ratio=0.5, generated=16, **kw)
+
+
+def _groups(dg):
+    return select_groups(dg, None, (), split_targets(("heads", "ffn"))[1])
+
+
+def _weaken(model, name: str) -> None:
+    """Scale one projection in every layer down 1000-fold: its kind of unit then carries almost nothing.
+    The output head is scaled up so that the random model's next-token loss depends on its input."""
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+        for layer in model.model.layers:
+            getattr(layer.mlp if name == "down_proj" else layer.self_attn, name).weight.mul_(1e-3)
+
+
+def test_heads_are_kept_when_the_ffn_carries_nothing(monkeypatch):
+    model = small_llama()
+    _weaken(model, "down_proj")
+    model, report = _prune(model, monkeypatch)
+    note = next(n for n in report.notes if n.startswith("units:"))
+    assert note.startswith("units: heads kept")
+    assert "held-out calibration loss" in note  # refit on half the items, the loss on the other half
+    assert model.config.num_key_value_heads == 2  # every head stays
+    assert all(layer.mlp.gate_proj.out_features < 32 for layer in model.model.layers)  # more FFN than uniform's
+
+
+def test_heads_go_when_they_carry_nothing(monkeypatch):
+    model = small_llama()
+    _weaken(model, "o_proj")
+    model, report = _prune(model, monkeypatch)
+    assert next(n for n in report.notes if n.startswith("units:")).startswith("units: every kind cut by the ratio")
+    assert model.config.num_key_value_heads == 1
+    assert [layer.mlp.gate_proj.out_features for layer in model.model.layers] == [32, 32]
+
+
+def test_uniform_allocation_does_not_measure(monkeypatch):
+    model = small_llama()
+    _weaken(model, "down_proj")
+    model, report = _prune(model, monkeypatch, allocation="uniform")
+    assert not [n for n in report.notes if n.startswith("units:")]
+    assert model.config.num_key_value_heads == 1
+
+
+def test_both_plans_remove_the_same_parameter_count():
+    model = small_llama()
+    dg = graphprune.trace(model, (), _calib()[0])
+    groups = _groups(dg)
+    scores = {g.id: np.arange(g.size, dtype=float) for g in groups}
+    before = count_params(dg.ir)
+    uniform = make_plan(groups, scores, 0.5, 1)
+    target = removed_params(dg, uniform, before)
+    ratios = spend_elsewhere(dg, groups, scores, 0.5, 1, target, 0.9, before)
+    spared = make_plan(groups, scores, 0.5, 1, ratios)
+    heads = [g for g in groups if g.kind == "head"]
+    assert heads and all(not spared.pruned[g.id] for g in heads)
+    got = removed_params(dg, spared, before)
+    # the least shared FFN ratio that makes up the count: one FFN unit fewer per layer falls short
+    ffn = [g for g in groups if g.kind == "ffn"]
+    per_unit = (got - removed_params(dg, make_plan(groups, scores, 0.5, 1, {
+        **ratios, **{g.id: (len(spared.pruned[g.id]) - 1) / g.size for g in ffn}}), before)) // len(ffn)
+    assert target <= got < target + len(ffn) * per_unit
+
+
+def test_no_choice_when_the_rest_cannot_make_up_the_count():
+    model = small_llama()
+    dg = graphprune.trace(model, (), _calib()[0])
+    groups = _groups(dg)
+    scores = {g.id: np.arange(g.size, dtype=float) for g in groups}
+    before = count_params(dg.ir)
+    target = removed_params(dg, make_plan(groups, scores, 0.5, 1), before)
+    assert spend_elsewhere(dg, groups, scores, 0.5, 1, target, 0.55, before) is None
