@@ -71,12 +71,23 @@ BENCH_KEYS = ("lambdas", "obs_damp", "divergence", "spread_sample", "greedy_step
               "calib_seq_len", "calib_sequences", "kfac_every")
 
 
-def run_graphprune(model, ratio: float, calib: list, options: dict):
+def run_graphprune(model, ratio: float, calib: list, options: dict, evals: dict | None = None, tokens: int = 0):
     import graphprune as gp
+    import graphprune.hf.pretrained as hp
 
     kwargs = {k: v for k, v in options.items() if k not in BENCH_KEYS}
     kwargs = {"targets": ("heads", "ffn"), **kwargs}  # a tuning row may name other targets
-    model, report = gp.hf.prune(model, ratio=ratio, calib=calib, **kwargs)
+    one_shot, distill = {}, hp.distill
+
+    def scored_first(pruned, teacher, **kw):  # recover=: the one-shot model's perplexity, then the distillation
+        one_shot.update({s: L.perplexity(pruned, ids, max_tokens=tokens) for s, ids in (evals or {}).items()})
+        return distill(pruned, teacher, **kw)
+
+    hp.distill = scored_first
+    try:
+        model, report = gp.hf.prune(model, ratio=ratio, calib=calib, **kwargs)
+    finally:
+        hp.distill = distill
     comp = report.compensation
     lams = sorted(s.lam for s in comp.sites if getattr(s, "lam", None) is not None) if comp is not None else []
     if lams:  # which ridge strengths the refit's cross-validation chose, for tuning
@@ -84,18 +95,21 @@ def run_graphprune(model, ratio: float, calib: list, options: dict):
     extra = {}
     if report.recovery is not None:  # --option "recover={'time_s': 600}": hf.prune distilled after the prune
         log(f"    {report.recovery.summary()}")
-        extra = {"recover_steps": report.recovery.steps, "recover_seconds": report.recovery.seconds}
+        log("    one shot, before it: " + ", ".join(f"{k} {v:.2f}" for k, v in one_shot.items()))
+        extra = {"recover_steps": report.recovery.steps, "recover_seconds": report.recovery.seconds,
+                 **({"ppl_one_shot": one_shot} if one_shot else {})}
     return model, report.importance, extra
 
 
-def prune(method: str, ratio: float, calib: list, options: dict, reference: dict) -> tuple[object, dict]:
+def prune(method: str, ratio: float, calib: list, options: dict, reference: dict, evals: dict | None = None,
+          tokens: int = 0) -> tuple[object, dict]:
     """One pruned model. ``reference`` holds graphprune's structure and parameter count at ``ratio``
     (the baselines are held to it), filled by the first graphprune row of that ratio."""
     model, _ = L.load_smollm2()
     dense = n_params(model)
     t, extra = time.perf_counter(), {}
     if method == "graphprune":
-        model, importance, extra = run_graphprune(model, ratio, calib, options)
+        model, importance, extra = run_graphprune(model, ratio, calib, options, evals, tokens)
         if not options:
             reference[ratio] = {"params": n_params(model), "kv": model.model.layers[0].self_attn.k_proj.out_features
                                 // model.model.layers[0].self_attn.head_dim,
@@ -256,7 +270,8 @@ def main() -> int:
             if (ratio, method, tag) in done:
                 continue
             log(f"{method} {tag} at {ratio:.0%}")
-            m, info = prune(method, ratio, calib, options if method == "graphprune" else {}, reference)
+            m, info = prune(method, ratio, calib, options if method == "graphprune" else {}, reference, evals,
+                            ns.eval_tokens)
             if ns.recover_s and method == "graphprune":
                 info.update(recover(m, calib, ns.recover_s))
             kv, ffn = structure(m)
