@@ -85,13 +85,13 @@ def choose_kinds(program, dg: DependencyGraph, groups: list[Group], scores, rati
     repair = Repair(program, dg, uniform, batches, mode, stats, lams)
     per_row = count_macs(dg.ir) / max(1, program.rows(program.oracle_inputs(0)[0]))
     used, rows = sample(program, batches, int(min(ROWS, MACS / (2 * per_row))))
-    err, measure = _scores(program, repair, used, (uniform, spared), loss)
+    err, measure = heldout_scores(program, repair, used, (uniform, spared), loss)
     choice = KindChoice(["every kind cut by the ratio", "heads kept, the other units cut to the same parameter count"],
                         [target, removed_params(dg, spared, before)], err, measure, rows, chosen=int(err[1] < err[0]))
     return (other if choice.chosen else None), choice
 
 
-def _scores(program, repair: Repair, used: list, plans, loss) -> tuple[list[float], str]:
+def heldout_scores(program, repair: Repair, used: list, plans, loss) -> tuple[list[float], str]:
     """Each plan's held-out score: refit from one half of the calibration items, scored on the other
     (crossfit.py), as the final refit meets text it was not fitted on; the loss where one is given and
     the batches can be cut in halves, else the relative output error. One plan at a time: each holds
