@@ -67,14 +67,17 @@ def test_uniform_allocation_does_not_measure(monkeypatch):
     assert model.config.num_key_value_heads == 1
 
 
-def test_both_plans_remove_the_same_parameter_count():
-    model = small_llama()
-    dg = graphprune.trace(model, (), _calib()[0])
+def _uniform_cut():
+    """(graph, heads and FFN groups, scores, parameters before, parameters the uniform half cut removes)."""
+    dg = graphprune.trace(small_llama(), (), _calib()[0])
     groups = _groups(dg)
     scores = {g.id: np.arange(g.size, dtype=float) for g in groups}
     before = count_params(dg.ir)
-    uniform = make_plan(groups, scores, 0.5, 1)
-    target = removed_params(dg, uniform, before)
+    return dg, groups, scores, before, removed_params(dg, make_plan(groups, scores, 0.5, 1), before)
+
+
+def test_both_plans_remove_the_same_parameter_count():
+    dg, groups, scores, before, target = _uniform_cut()
     ratios = spend_elsewhere(dg, groups, scores, 0.5, 1, target, 0.9, before)
     spared = make_plan(groups, scores, 0.5, 1, ratios)
     heads = [g for g in groups if g.kind == "head"]
@@ -88,10 +91,5 @@ def test_both_plans_remove_the_same_parameter_count():
 
 
 def test_no_choice_when_the_rest_cannot_make_up_the_count():
-    model = small_llama()
-    dg = graphprune.trace(model, (), _calib()[0])
-    groups = _groups(dg)
-    scores = {g.id: np.arange(g.size, dtype=float) for g in groups}
-    before = count_params(dg.ir)
-    target = removed_params(dg, make_plan(groups, scores, 0.5, 1), before)
+    dg, groups, scores, before, target = _uniform_cut()
     assert spend_elsewhere(dg, groups, scores, 0.5, 1, target, 0.55, before) is None
