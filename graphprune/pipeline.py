@@ -114,8 +114,8 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     if opts.uniform:
         check_uniform(w.groups, plan)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
-    idle = idle_note(w.groups, plan, opts.ratio, w.alloc is not None, w.dg) if w.spent is None and not w.blocks \
-        else None
+    on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice
+    idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg) if w.spent is None and not w.blocks else None
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         w.ctx.notes.append(idle)
