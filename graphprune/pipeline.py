@@ -222,7 +222,7 @@ def _choose_ratios(w: _Work) -> None:
             and not opts.ratios and opts.ratio > 0 and w.how != "global":  # heads or not, measured (kinds.py)
         ratios, w.kinds = choose_kinds(program, w.dg, w.groups, w.scores, opts.ratio, w.round_to, w.batches, mode,
                                        w.ctx.stats, ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)),
-                                       trial_loss(program, opts.loss_fn), opts.max_ratio)
+                                       trial_loss(program, opts.loss_fn), opts.max_ratio, w.ctx.notes)
         w.ratios = ratios or w.ratios
         w.ctx.notes.extend([w.kinds.note()] if w.kinds else [])
 

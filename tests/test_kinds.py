@@ -73,6 +73,15 @@ def test_uniform_allocation_does_not_measure(monkeypatch):
     assert model.config.num_key_value_heads == 1
 
 
+def test_not_measured_where_scoring_would_crowd_the_memory(monkeypatch):
+    model = small_llama()
+    _weaken(model, "down_proj")  # the measurement would keep the heads (the test above)
+    monkeypatch.setattr("graphprune.planning.kinds.available_memory", lambda: 1000)
+    model, report = _prune(model, monkeypatch)
+    assert any(n.startswith("units: every kind cut by the ratio, not measured") for n in report.notes)
+    assert model.config.num_key_value_heads == 1
+
+
 def _uniform_cut():
     """(graph, heads and FFN groups, scores, parameters before, parameters the uniform half cut removes)."""
     dg = graphprune.trace(small_llama(), (), _calib()[0])

@@ -41,7 +41,7 @@ def spread(batches: list, n: int) -> list:
 
 
 def table(evals: dict, given: int):
-    def score(program, dg, groups, scores, ratio, round_to, batches, mode, stats, lams, loss, max_ratio):
+    def score(program, dg, groups, scores, ratio, round_to, batches, mode, stats, lams, loss, max_ratio, notes):
         uniform = make_plan(groups, scores, ratio, round_to)
         before = count_params(dg.ir)
         other = kinds.spend_elsewhere(dg, groups, scores, ratio, round_to, removed_params(dg, uniform, before),

@@ -20,10 +20,12 @@ from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
 from .allocate import Repair, removed_params, sample
 from .crossfit import CrossFit, heldout_errors
+from .memory import available_memory, gib
 from .plan import make_plan
 
 SPARED = ("head", "query_group")  # the coarse kinds a candidate keeps whole
 ROWS = 4096  # calibration rows (tokens) the choice is scored on at most
+HOLD = 8  # bytes per parameter a candidate may hold at once: two fp32 refits (one per half), as if all were refit
 MACS = 5e12  # and at most this many MACs of masked runs (about a minute on two CPU cores; fewer rows on big models)
 
 
@@ -68,11 +70,12 @@ def spend_elsewhere(dg: DependencyGraph, groups: list[Group], scores, ratio: flo
 
 
 def choose_kinds(program, dg: DependencyGraph, groups: list[Group], scores, ratio: float, round_to,
-                 batches: list, mode: str | None, stats, lams: dict | None, loss, max_ratio: float
+                 batches: list, mode: str | None, stats, lams: dict | None, loss, max_ratio: float, notes: list[str]
                  ) -> tuple[dict[int, float] | None, KindChoice | None]:
     """(ratios, what was measured): the spared plan's ratios where it scores lower than the uniform
-    cut, else None (the uniform cut stands); (None, None) where there is nothing to choose: the
-    uniform cut removes no head, or the other kinds cannot make up its parameter count."""
+    cut, else None (the uniform cut stands); (None, None) where there is nothing to choose (the uniform
+    cut removes no head, or the other kinds cannot make up its count) or where scoring would hold over
+    half the memory available (``notes`` then says so)."""
     uniform = make_plan(groups, scores, ratio, round_to)
     if not any(uniform.pruned.get(g.id) for g in groups if g.kind in SPARED):
         return None, None
@@ -80,6 +83,11 @@ def choose_kinds(program, dg: DependencyGraph, groups: list[Group], scores, rati
     target = removed_params(dg, uniform, before)
     other = spend_elsewhere(dg, groups, scores, ratio, round_to, target, max_ratio, before)
     if other is None:
+        return None, None
+    free = available_memory()
+    if free is not None and HOLD * before > free / 2:  # a measurement must never be what runs out of memory
+        notes.append(f"units: every kind cut by the ratio, not measured: scoring the heads-kept plan holds up to "
+                     f"{gib(HOLD * before)} of refit weights, over half the {gib(free)} available")
         return None, None
     spared = make_plan(groups, scores, ratio, round_to, other)
     repair = Repair(program, dg, uniform, batches, mode, stats, lams)
