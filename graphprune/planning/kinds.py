@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..calib.distributed import same_on_all
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
 from .allocate import Repair, removed_params, sample
@@ -31,7 +32,7 @@ MACS = 5e12  # and at most this many MACs of masked runs (about a minute on two 
 
 @dataclass
 class KindChoice:
-    """What was measured: each candidate's name, ratios, parameters removed and score."""
+    """What was measured: each candidate's name, parameters removed and score, and which one won."""
 
     names: list[str]
     removed: list[int]
@@ -84,7 +85,7 @@ def choose_kinds(program, dg: DependencyGraph, groups: list[Group], scores, rati
     other = spend_elsewhere(dg, groups, scores, ratio, round_to, target, max_ratio, before)
     if other is None:
         return None, None
-    free = available_memory()
+    free = same_on_all(available_memory())  # one decision on every rank: the scoring below reduces over them
     if free is not None and HOLD * before > free / 2:  # a measurement must never be what runs out of memory
         notes.append(f"units: every kind cut by the ratio, not measured: scoring the heads-kept plan holds up to "
                      f"{gib(HOLD * before)} of refit weights, over half the {gib(free)} available")
