@@ -12,6 +12,8 @@
 - **Batches.** A dict is keyword inputs, a tensor the one input, a tuple/list positional inputs
   unless it has more elements than the forward's required positional parameters (``(images,
   labels)`` for ``forward(x)``): then its first element is the input. ``unpack=`` replaces this.
+- **Mixed inputs.** Each training batch's floating inputs are blended item with item, the same blend
+  fed to both models (``mix``, api/recover_mix.py): a few hundred images give a new input every step.
 - **Held-out data.** The first ``holdout`` share of the batches (at least one of two or more) is
   never trained on; it scores the weights every ``eval_every`` steps, ``patience`` evaluations
   without a better loss stop early, and the best weights are restored. Data with ``len()`` is
@@ -37,58 +39,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import PlanError
 from ..util.progress import progress
+from .recover_data import HOW, Batches, RecoverError, as_inputs, positional_params, to_device
 from .recover_lr import PROBE_BATCHES, UNPROBED_LR, probe_lr, worth_probing
+from .recover_mix import AUTO_MIX, mix_inputs, mixable
 from .recover_result import RecoverResult
-
-_HOW = ("give a DataLoader or a list of batches: tensors, tuples/lists of tensors (positional inputs; "
-        "(inputs, labels) uses the inputs), or dicts of keyword inputs")
-
-
-class RecoverError(PlanError):
-    """The data, teacher or options given to :func:`recover` cannot be used."""
-
-
-def _positional(model: torch.nn.Module) -> int | None:
-    """The forward's required positional parameters; None when it takes any number."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    return None if any(p.kind is p.VAR_POSITIONAL for p in params) else len(required)
-
-
-def _tensor(x: Any) -> Any:
-    return torch.from_numpy(x) if type(x).__module__ == "numpy" and hasattr(x, "shape") else x
-
-
-def _inputs(batch: Any, where: str, positional: int | None, unpack: Callable | None) -> tuple[tuple, dict]:
-    """A batch as ``(args, kwargs)`` for the forward (the rule in the module docstring)."""
-    if unpack is not None:
-        args, kwargs = unpack(batch)
-        args, kwargs = tuple(map(_tensor, args)), {k: _tensor(v) for k, v in dict(kwargs).items()}
-    elif isinstance(batch, Mapping):
-        if not all(isinstance(k, str) for k in batch):
-            raise RecoverError(f"{where} is a dict whose keys are not input names ({list(batch)[:4]}); {_HOW}")
-        args, kwargs = (), {k: _tensor(v) for k, v in batch.items()}
-    elif isinstance(batch, (tuple, list)):
-        items = [_tensor(b) for b in batch]
-        args, kwargs = tuple(items if positional is None or len(items) <= max(positional, 1) else items[:1]), {}
-    else:
-        args, kwargs = (_tensor(batch),), {}
-    if not any(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values())):
-        raise RecoverError(f"{where} is a {type(batch).__name__} holding no tensor; {_HOW}")
-    return args, kwargs
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -160,51 +115,15 @@ def recover_options(arg: bool | Mapping[str, Any] | None, calib, need_data: bool
     return opts
 
 
-def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="auto", temperature=2.0, **_) -> None:
+def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="auto", temperature=2.0, mix=None,
+                  **_) -> None:
     for name, v, ok in (("steps", steps, steps is None or (isinstance(steps, int) and steps >= 1)),
                         ("time_s", time_s, time_s is None or time_s > 0), ("holdout", holdout, 0 <= holdout < 1),
                         ("eval_every", eval_every, eval_every is None or eval_every >= 1),
-                        ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0)):
+                        ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0),
+                        ("mix", mix, mix is None or mix >= 0)):
         if not ok:
             raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
-
-
-class _Data:
-    """Held-out batches (cached) and an endless stream of training batches, epoch after epoch."""
-
-    def __init__(self, data: Any, holdout: float, seed: int, cap: int):
-        if data is None or isinstance(data, (str, bytes, torch.Tensor, Mapping)):
-            what = "None" if data is None else f"one {type(data).__name__}"
-            raise RecoverError(f"data is {what}, not an iterable of batches; {_HOW} (one batch: [batch])")
-        try:
-            first = iter(data)
-        except TypeError:
-            raise RecoverError(f"data is a {type(data).__name__}, which cannot be iterated; {_HOW}") from None
-        sized = first is not data and hasattr(data, "__len__") and not isinstance(
-            getattr(data, "dataset", None), torch.utils.data.IterableDataset)
-        self.source = data if sized else list(itertools.islice(first, cap))  # read once: cached
-        first = first if sized else iter(self.source)
-        if not (n := len(self.source)):
-            raise RecoverError(f"data holds no batches; {_HOW}")
-        self.n_hold = 0 if n < 2 or holdout <= 0 else min(n - 1, max(1, round(holdout * n)))
-        self.heldout = list(itertools.islice(first, self.n_hold))
-        self._first, self.n_train, self._gen = first, n - self.n_hold, torch.Generator().manual_seed(seed)
-
-    def train(self):
-        """``(label, batch)`` forever; a list's batches in a new seeded order each epoch."""
-        it, pos = self._first, self.n_hold  # the first pass goes on after the held-out batches
-        while True:
-            if isinstance(self.source, Sequence):
-                order = (self.n_hold + i for i in torch.randperm(self.n_train, generator=self._gen).tolist())
-                batches = ((k, self.source[k]) for k in order)
-            else:
-                batches = ((k, b) for k, b in enumerate(it, pos) if k >= self.n_hold)
-            seen = 0
-            for seen, (k, batch) in enumerate(batches, 1):
-                yield f"batch {k}", batch
-            if not seen:
-                raise RecoverError(f"a pass over data gave no batch after the {self.n_hold} held-out one(s); {_HOW}")
-            it, pos = iter(self.source), 0
 
 
 class _Distill:
@@ -212,25 +131,31 @@ class _Distill:
 
     def __init__(self, student, teacher, loss: str, temperature: float, feature_weight: float, unpack):
         self.student, self.teacher, self.loss, self.temperature = student, teacher, loss, temperature
-        self.feature_weight, self.unpack, self.positional = feature_weight, unpack, _positional(student)
+        self.feature_weight, self.unpack, self.positional = feature_weight, unpack, positional_params(student)
         self.device, self.t_device = _device(student), _device(teacher)
         self.names, self.hooks = [], []
         self.captured: dict[str, dict[str, torch.Tensor]] = {"student": {}, "teacher": {}}
 
-    def run(self, who: str, batch: Any, where: str):
+    def run(self, who: str, batch: Any, where: str, inputs: tuple | None = None):
         model, device = (self.student, self.device) if who == "student" else (self.teacher, self.t_device)
-        args, kwargs = _inputs(batch, where, self.positional, self.unpack)
+        args, kwargs = inputs or as_inputs(batch, where, self.positional, self.unpack)
         try:
-            return model(*_to(args, device), **_to(kwargs, device)), kwargs.get("attention_mask")
+            return model(*to_device(args, device), **to_device(kwargs, device)), kwargs.get("attention_mask")
         except Exception as exc:
             why = (str(exc).strip().splitlines() or [""])[0][:300]
             raise RecoverError(f"{where} cannot run through the {who}: {type(exc).__name__}: {why}. Each batch must "
-                               f"be the model's input(s); {_HOW}, or pass unpack=") from exc
+                               f"be the model's input(s); {HOW}, or pass unpack=") from exc
 
-    def __call__(self, batch: Any, where: str) -> torch.Tensor:
+    def __call__(self, batch: Any, where: str, mix: float | None = 0.0) -> torch.Tensor:
+        inputs = as_inputs(batch, where, self.positional, self.unpack)
+        if mix != 0:  # the same blend for both models: function matching (recover_mix.py)
+            *inputs, mixed = mix_inputs(*inputs, AUTO_MIX if mix is None else mix)
+            if mix and not mixed and not any(mixable(v, None) for v in (*inputs[0], *inputs[1].values())):
+                raise RecoverError(f"mix={mix} blends floating inputs (images, features), and {where} has none "
+                                   "(token ids cannot be blended): drop mix= for this model")
         with torch.no_grad():
-            t_out, mask = self.run("teacher", batch, where)
-        s_out, _ = self.run("student", batch, where)
+            t_out, mask = self.run("teacher", batch, where, inputs)
+        s_out, _ = self.run("student", batch, where, inputs)
         s_leaves, t_leaves = _leaves(s_out), _leaves(t_out)
         s_names, t_names = [n for n, _ in s_leaves], [n for n, _ in t_leaves]
         if not t_leaves or s_names != t_names:
@@ -284,7 +209,7 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
             time_s: float | None = None, lr: float | None = None, callback: Callable | None = None, *,
             holdout: float = 0.1, eval_every: int | None = None, patience: int | None = 5, temperature: float = 2.0,
             loss: str = "auto", features: bool | Sequence[str] = False, feature_weight: float = 1.0,
-            unpack: Callable | None = None, seed: int = 0) -> RecoverResult:
+            unpack: Callable | None = None, seed: int = 0, mix: float | None = None) -> RecoverResult:
     """Train ``pruned`` in place to match ``teacher`` (the unpruned original) on ``data``.
 
     Args:
@@ -304,6 +229,9 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         features, feature_weight: also match module outputs (True: blocks; or module names).
         unpack, seed: ``batch -> (args, kwargs)`` replacing the batch rule; the seed of torch and
             the batch order (the same inputs give bit-identical weights).
+        mix: Beta(mix, mix) blends of two items of each training batch, fed to both models
+            (function matching, api/recover_mix.py); None: 1.0 where the batches hold floating
+            inputs (images, features), the batches as given otherwise (token ids); 0: never.
 
     Returns:
         A :class:`RecoverResult`; ``pruned`` holds the weights of its ``best_step``.
@@ -320,7 +248,7 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
     """
     if pruned is teacher or {id(p) for p in pruned.parameters()} & {id(p) for p in teacher.parameters()}:
         raise RecoverError("teacher and pruned model share weights: pass copy.deepcopy(model) taken before pruning")
-    _check_ranges(steps, time_s, holdout, eval_every, loss, temperature)
+    _check_ranges(steps, time_s, holdout, eval_every, loss, temperature, mix)
     if not any(p.requires_grad for p in pruned.parameters()):
         raise RecoverError("the pruned model has no parameter with requires_grad=True to train")
     distill = _Distill(pruned, teacher, loss, temperature, feature_weight, unpack)
@@ -328,15 +256,15 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
     try:
         with torch.random.fork_rng(devices=[distill.device] if distill.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            feed = _Data(data, holdout, seed, int((steps or 1000) / (1 - holdout)) + 2)
-            return _loop(distill, feed, steps, time_s, lr, callback, eval_every, patience, features)
+            feed = Batches(data, holdout, seed, int((steps or 1000) / (1 - holdout)) + 2)
+            return _loop(distill, feed, steps, time_s, lr, callback, eval_every, patience, features, mix)
     finally:
         for h in distill.hooks:
             h.remove()
         pruned.train(modes[0]), teacher.train(modes[1])
 
 
-def _loop(distill: _Distill, feed: _Data, steps, time_s, lr, callback, eval_every, patience, features):
+def _loop(distill: _Distill, feed: Batches, steps, time_s, lr, callback, eval_every, patience, features, mix):
     start, model, train = time.perf_counter(), distill.student, feed.train()
     pending = next(train)
     matched = distill.hook(features, *pending) if features else []
@@ -347,7 +275,7 @@ def _loop(distill: _Distill, feed: _Data, steps, time_s, lr, callback, eval_ever
         lr = UNPROBED_LR
     elif lr is None:
         check = feed.heldout[:PROBE_BATCHES] or [next(train)[1]]  # scored, never stepped on
-        lr, probed = probe_lr(model, params, distill, train, lambda: distill.evaluate(check))
+        lr, probed = probe_lr(model, params, lambda b, w: distill(b, w, mix), train, lambda: distill.evaluate(check))
     bound = steps if steps is not None or time_s is not None else min(1000, max(100, feed.n_train))
     every = eval_every or (max(1, min(100, bound // 10)) if bound else 50)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -364,7 +292,7 @@ def _loop(distill: _Distill, feed: _Data, steps, time_s, lr, callback, eval_ever
             ("loss", result.train_losses[-1] if result.train_losses else None), ("held-out", best)) if v is not None)
         for _ in progress(range(todo), desc, todo):
             where, batch = pending or next(train)
-            pending, loss = None, distill(batch, where)
+            pending, loss = None, distill(batch, where, mix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
