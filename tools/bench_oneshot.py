@@ -73,6 +73,27 @@ class FreshCrops:
         return ((data[i:i + self.batch],) for i in range(0, len(data), self.batch))
 
 
+class WithStamps:
+    """Recovery data with ``k`` fresh stamp composites (tools/stamp_data.py) ahead of ``crops`` each
+    pass, pasted on new crops of the calibration photos: the held-out batches recover() keeps are
+    composites of the first pass, never trained on."""
+
+    def __init__(self, crops, x: torch.Tensor, k: int, batch: int, mean, std):
+        self.crops, self.x, self.k, self.batch, self.mean, self.std, self.passes = crops, x, k, batch, mean, std, 0
+
+    def __len__(self) -> int:
+        return -(-self.k // self.batch) + len(self.crops)
+
+    def __iter__(self):
+        import stamp_data
+
+        backgrounds = augment(self.x, 2, seed=500 + self.passes)
+        comp = stamp_data.composites(stamp_data.stamps(), backgrounds, self.k, self.mean, self.std, 900 + self.passes)
+        self.passes += 1
+        yield from ((comp[i:i + self.batch],) for i in range(0, len(comp), self.batch))
+        yield from iter(self.crops)
+
+
 def main() -> int:
     import diag_cnn
     import vision_data as vd
@@ -92,6 +113,13 @@ def main() -> int:
     p.add_argument("--only", nargs="*", default=None, help="variants to run (their names in the table)")
     p.add_argument("--fresh-crops", action="store_true",
                    help="recover on new crops/flips of the calibration photos every pass (FreshCrops)")
+    p.add_argument("--mix", type=float, default=None,
+                   help="recover(mix=): Beta(mix, mix) blends of two photos of a batch, the same for both models "
+                        "(default: the library's, 1.0 for images; 0: none)")
+    p.add_argument("--stamps", type=int, default=0,
+                   help="recover on this many fresh stamp composites a pass too (tools/fetch_stamps.py, WithStamps)")
+    p.add_argument("--calib-stamps", type=int, default=0,
+                   help="append this many stamp composites (on crops of the calibration photos) to the calibration")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "oneshot.json")
     ns = p.parse_args()
     torch.manual_seed(0)
@@ -99,6 +127,12 @@ def main() -> int:
     x = vd.model_images(ns.model, photos=ns.photos)
     calib_x, test_x = x[:ns.calib], x[ns.calib:]
     data = torch.cat([calib_x, augment(calib_x, ns.augment)]) if ns.augment else calib_x
+    mean, std = vd.entry(ns.model)["mean"], vd.entry(ns.model)["std"]
+    if ns.calib_stamps:
+        import stamp_data
+
+        pool, backgrounds = stamp_data.stamps(x.shape[-1]), augment(calib_x, 2, seed=77)
+        data = torch.cat([data, stamp_data.composites(pool, backgrounds, ns.calib_stamps, mean, std, seed=78)])
     calib = [(data[i:i + ns.batch],) for i in range(0, len(data), ns.batch)]
     crops = augment(test_x, ns.test_augment, seed=1) if ns.test_augment else test_x[:0]
     ref, ref_crops = vd.run(model, test_x), vd.run(model, crops)
@@ -132,11 +166,14 @@ def main() -> int:
             print(json.dumps(row), flush=True)
             if kw["calib"] is not None and ns.recover_s > 0 and "allocation" not in kw:
                 t = time.perf_counter()
-                data = FreshCrops(calib_x, ns.augment, ns.batch) if ns.fresh_crops else calib
-                res = gp.recover(pruned, model, data, time_s=ns.recover_s)
-                tag = " + recover, fresh crops" if ns.fresh_crops else " + recover"
+                feed = FreshCrops(calib_x, ns.augment, ns.batch) if ns.fresh_crops else calib
+                feed = WithStamps(feed, calib_x, ns.stamps, ns.batch, mean, std) if ns.stamps else feed
+                res = gp.recover(pruned, model, feed, time_s=ns.recover_s, mix=ns.mix)
+                tag = (" + recover" + ", fresh crops" * ns.fresh_crops + f", {ns.stamps} stamps a pass" * bool(ns.stamps)
+                       + (", mix=auto" if ns.mix is None else f", mix={ns.mix:g}"))
                 row = dict(row, variant=name + tag, seconds=row["seconds"] + time.perf_counter() - t,
-                           **scored(pruned), recover_steps=res.steps, recover_lr=res.lr, recover_stop=res.reason)
+                           **scored(pruned), recover_steps=res.steps, recover_lr=res.lr, recover_stop=res.reason,
+                           recover_best_step=res.best_step, recover_heldout=res.heldout_losses)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
