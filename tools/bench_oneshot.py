@@ -88,7 +88,8 @@ class WithStamps:
         import stamp_data
 
         backgrounds = augment(self.x, 2, seed=500 + self.passes)
-        comp = stamp_data.composites(stamp_data.stamps(), backgrounds, self.k, self.mean, self.std, 900 + self.passes)
+        pool = stamp_data.stamps(self.x.shape[-1])
+        comp = stamp_data.composites(pool, backgrounds, self.k, self.mean, self.std, 900 + self.passes)
         self.passes += 1
         yield from ((comp[i:i + self.batch],) for i in range(0, len(comp), self.batch))
         yield from iter(self.crops)

@@ -7,7 +7,7 @@ so no held-out photo leaks into training.
 - ``stamps(size=224)``: every fetched stamp as a (4, h, w) float tensor in 0..1 (RGB + alpha), the
   longer side at most ``size``; stamps under 24 px on a side are left out.
 - ``composites(stamps, backgrounds, n, mean, std, seed)``: ``n`` seeded images: a random stamp scaled
-  to 40-95% of the side, flipped half the time, at a random place on a random background; the
+  to 40-95% of the shorter side, flipped half the time, at a random place on a random background; the
   backgrounds and the result are in the model's normalised space ((pixel - mean) / std).
 """
 from __future__ import annotations
@@ -40,19 +40,19 @@ def stamps(size: int = 224) -> tuple[torch.Tensor, ...]:
 def composites(pool, backgrounds: torch.Tensor, n: int, mean, std, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    side = backgrounds.shape[-1]
+    height, width = backgrounds.shape[-2:]
     out = []
     for _ in range(n):
         st = pool[int(torch.randint(len(pool), (1,), generator=g))]
         img = backgrounds[int(torch.randint(len(backgrounds), (1,), generator=g))].clone()
-        scale = float(torch.empty(1).uniform_(0.4, 0.95, generator=g)) * side / max(st.shape[1:])
+        scale = float(torch.empty(1).uniform_(0.4, 0.95, generator=g)) * min(height, width) / max(st.shape[1:])
         h, w = max(8, int(st.shape[1] * scale)), max(8, int(st.shape[2] * scale))
         st = F.interpolate(st[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         if bool(torch.rand(1, generator=g) < 0.5):
             st = st.flip(-1)
-        top = int(torch.randint(0, img.shape[-2] - h + 1, (1,), generator=g))
-        left = int(torch.randint(0, side - w + 1, (1,), generator=g))
-        alpha, region = st[3:4], img[:, top:top + h, left:left + w]
+        top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+        left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+        alpha, region = st[3:], img[:, top:top + h, left:left + w]
         img[:, top:top + h, left:left + w] = alpha * (st[:3] - m) / s + (1 - alpha) * region
         out.append(img)
     return torch.stack(out)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..util.progress import progress
 from .recover_data import HOW, Batches, RecoverError, as_inputs, positional_params, to_device
 from .recover_lr import PROBE_BATCHES, UNPROBED_LR, probe_lr, worth_probing
-from .recover_mix import AUTO_MIX, mix_inputs, mixable
+from .recover_mix import blended, check_mix
 from .recover_result import RecoverResult
 
 
@@ -121,7 +121,7 @@ def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="a
                         ("time_s", time_s, time_s is None or time_s > 0), ("holdout", holdout, 0 <= holdout < 1),
                         ("eval_every", eval_every, eval_every is None or eval_every >= 1),
                         ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0),
-                        ("mix", mix, mix is None or mix >= 0)):
+                        ("mix", mix, mix is None or 0 <= mix < math.inf)):
         if not ok:
             raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
 
@@ -147,12 +147,8 @@ class _Distill:
                                f"be the model's input(s); {HOW}, or pass unpack=") from exc
 
     def __call__(self, batch: Any, where: str, mix: float | None = 0.0) -> torch.Tensor:
-        inputs = as_inputs(batch, where, self.positional, self.unpack)
-        if mix != 0:  # the same blend for both models: function matching (recover_mix.py)
-            *inputs, mixed = mix_inputs(*inputs, AUTO_MIX if mix is None else mix)
-            if mix and not mixed and not any(mixable(v, None) for v in (*inputs[0], *inputs[1].values())):
-                raise RecoverError(f"mix={mix} blends floating inputs (images, features), and {where} has none "
-                                   "(token ids cannot be blended): drop mix= for this model")
+        # the same blend for both models: function matching (recover_mix.py)
+        inputs = blended(as_inputs(batch, where, self.positional, self.unpack), mix, where)
         with torch.no_grad():
             t_out, mask = self.run("teacher", batch, where, inputs)
         s_out, _ = self.run("student", batch, where, inputs)
@@ -229,9 +225,9 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         features, feature_weight: also match module outputs (True: blocks; or module names).
         unpack, seed: ``batch -> (args, kwargs)`` replacing the batch rule; the seed of torch and
             the batch order (the same inputs give bit-identical weights).
-        mix: Beta(mix, mix) blends of two items of each training batch, fed to both models
-            (function matching, api/recover_mix.py); None: 1.0 where the batches hold floating
-            inputs (images, features), the batches as given otherwise (token ids); 0: never.
+        mix: Beta(mix, mix) blends of two items of each training batch (dim 0 the item), fed to
+            both models (function matching, api/recover_mix.py): any floating input of 2+ dims;
+            None: Beta(1, 1) on images (4+ dims) only; 0: never. Token ids and masks stay as given.
 
     Returns:
         A :class:`RecoverResult`; ``pruned`` holds the weights of its ``best_step``.
@@ -267,6 +263,8 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
 def _loop(distill: _Distill, feed: Batches, steps, time_s, lr, callback, eval_every, patience, features, mix):
     start, model, train = time.perf_counter(), distill.student, feed.train()
     pending = next(train)
+    if mix:  # an explicit mix= with nothing to blend is refused before any work
+        check_mix(*as_inputs(pending[1], pending[0], distill.positional, distill.unpack), mix, pending[0])
     matched = distill.hook(features, *pending) if features else []
     params, probed, best = [p for p in model.parameters() if p.requires_grad], [], distill.evaluate(feed.heldout)
     if lr is None and hasattr(model, "config") and hasattr(model, "save_pretrained"):

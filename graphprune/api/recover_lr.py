@@ -30,19 +30,22 @@ def probe_lr(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_of: 
              batches: Iterator[tuple[str, object]], score: Callable[[], float]) -> tuple[float, list[tuple[float, float]]]:
     """(the learning rate whose :data:`PROBE_STEPS` AdamW steps leave ``score()`` lowest, every
     (rate, score) tried); the model's weights are restored after each trial. ``batches`` yields
-    ``(label, batch)``; the same batches are used for every rate."""
+    ``(label, batch)``; the same batches, blended alike, are used for every rate."""
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     steps = [next(batches) for _ in range(PROBE_STEPS)]
     tried = []
     try:
+        rng = torch.random.get_rng_state()
         for lr in PROBE_LRS:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-            for where, batch in steps:
-                loss = loss_of(batch, where)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
+            with torch.random.fork_rng(devices=[]):
+                torch.random.set_rng_state(rng)  # the same blends (recover(mix=)) of the batches for every rate
+                for where, batch in steps:
+                    loss = loss_of(batch, where)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
             value = score()
             tried.append((lr, value if value == value else float("inf")))  # NaN: diverged
             model.load_state_dict(saved)
