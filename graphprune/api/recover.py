@@ -12,8 +12,8 @@
 - **Batches.** A dict is keyword inputs, a tensor the one input, a tuple/list positional inputs
   unless it has more elements than the forward's required positional parameters (``(images,
   labels)`` for ``forward(x)``): then its first element is the input. ``unpack=`` replaces this.
-- **Mixed inputs.** Each training batch's floating inputs are blended item with item, the same blend
-  fed to both models (``mix``, api/recover_mix.py): a few hundred images give a new input every step.
+- **Blended inputs.** Each training batch's images are blended item with item, the same blend fed
+  to both models (``mix``, api/recover_mix.py): a few hundred images give a new input every step.
 - **Held-out data.** The first ``holdout`` share of the batches (at least one of two or more) is
   never trained on; it scores the weights every ``eval_every`` steps, ``patience`` evaluations
   without a better loss stop early, and the best weights are restored. Data with ``len()`` is
