@@ -54,6 +54,10 @@ class PruneOptions:
       ``max_ratio``: the most any group loses under a budget or global allocation.
     - ``runtime``: where latency is measured and widths aligned ("auto", "torch",
       "onnxruntime", None); ``measure_latency``: time the model before and after.
+    - ``fuse``: ONNX files only: activations spelled as several ops (hard-swish as Add/Clip/Mul/Div,
+      hard-sigmoid as Add/Clip/Div) are written as the single ops onnxruntime keeps in its blocked
+      layout, in the original and so in the pruned file (outputs checked equal; the report times
+      the file as given too). ``False`` keeps the graph's ops as given.
     - ``verify``: hold the plan to the exactness oracle first; ``atol``: its tolerance (None:
       the program's default).
     - ``max_memory``: the most memory the prune may use, in bytes or as "8GB" / "512MiB" (None: what
@@ -80,6 +84,7 @@ class PruneOptions:
     max_ratio: float = MAX_RATIO
     runtime: str | None = "auto"
     measure_latency: bool = True
+    fuse: bool = True
     verify: bool = False
     atol: float | None = None
     max_memory: int | str | None = None
@@ -124,6 +129,8 @@ class PruneOptions:
         _check_ridge(self.ridge)
         if self.allocation not in ALLOCATIONS:
             raise PlanError(f"allocation must be one of {list(ALLOCATIONS)}, not {self.allocation!r}")
+        if not isinstance(self.fuse, bool):
+            raise PlanError(f"fuse must be True or False, not {self.fuse!r}")
         if not isinstance(self.uniform, bool):
             raise PlanError(f"uniform must be True or False, not {self.uniform!r}")
         if self.uniform:

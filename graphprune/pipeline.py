@@ -346,7 +346,7 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
     if before is not None:
-        report.latency = _latency_after(pruned, runtime, before)
+        report.latency = _latency_after(pruned, runtime, before, program.given_latency_ms(runtime))
         if report.latency.slower:
             slow = (f"the pruned model runs slower than the original on {runtime}: {report.latency.after_ms:.3f} ms "
                     f"vs {before:.3f} ms at the example inputs' shapes. Use round_to='auto' (the runtime's measured "
@@ -378,7 +378,7 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
               (len(p.blocks), len(dg.blocks)) if p.blocks else None)
     return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                        {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
-                       importance=planned.importance, compensation=comp, notes=planned.notes,
+                       importance=planned.importance, compensation=comp, notes=[*program.notes, *planned.notes],
                        allocation=planned.allocation, budget=planned.budget,
                        layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
                                if v.kind == "param" and v.rank >= 2],
@@ -386,10 +386,10 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
                        scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes})
 
 
-def _latency_after(pruned, runtime: str, before: float) -> Latency:
+def _latency_after(pruned, runtime: str, before: float, given: float | None) -> Latency:
     after = pruned.latency_ms(runtime)
     for _ in range(2):  # a busy spell inflates one measurement, rarely the best of three
         if after <= before * (1 + SLOWER) + 0.01:
             break
         after = min(after, pruned.latency_ms(runtime))
-    return Latency(runtime, before, after, slower=after > before * (1 + SLOWER) + 0.01)
+    return Latency(runtime, before, after, slower=after > before * (1 + SLOWER) + 0.01, given_ms=given)

@@ -47,6 +47,10 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
     Options are the fields of :class:`graphprune.PruneOptions` (here ``ratio`` 0.3 and
     ``verify=True`` by default), as keyword arguments or whole as ``options=``.
 
+    ``fuse=True`` first writes activations spelled as several ops (paddle2onnx's hard-swish as
+    Add/Clip/Mul/Div) as the single ops onnxruntime runs inside its blocked layout: the pruned
+    file has them, and the report times the file as given beside the fused original.
+
     ``input_shapes`` ({"images": (1, 3, 640, 640)}) fixes the inputs' dynamic dims for the
     analysis and the checks; ``inputs`` ({name: array}) gives example inputs where random data
     would not do (token ids, a sample rate). Without either, dynamic dims are analysed at 1 and,
@@ -78,7 +82,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
         given["ratio"] = ratio
     opts = PruneOptions.of(options, defaults=ONNX_DEFAULTS, **given)  # every option checked before the load
     dst = Path(dst)
-    program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes)
+    program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes, fuse=opts.fuse)
     pruned, report = prune_program(program, opts, plan_)
     pruned.save(dst)
     report.path = str(dst)

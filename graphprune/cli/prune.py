@@ -171,7 +171,7 @@ def _options(ns, onnx_in: bool) -> PruneOptions:
                            add_bias=ns.add_bias, uniform=ns.uniform, budget=ns.budget, max_ratio=ns.max_ratio,
                            ratios=parse_ratios(ns.ratios), round_to=ns.round_to,
                            runtime={"none": None, "auto": auto}.get(ns.runtime, ns.runtime),
-                           measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify,
+                           measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify, fuse=not ns.no_fuse,
                            calib_tokens=ns.calib_tokens, max_memory=ns.max_memory)
 
 
@@ -310,6 +310,8 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--ignore", nargs="*", default=[], help="modules, parameters or initializers to keep whole")
     pr.add_argument("--no-latency", action="store_true", help="skip the latency measurement before/after")
     pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
+    pr.add_argument("--no-fuse", action="store_true", help="ONNX: keep activations spelled as several ops (hard-swish "
+                                                           "as Add/Clip/Mul/Div) as they are instead of single ops")
     pr.add_argument("--report", metavar="DIR", help="write report.json and report.html (with plots) to DIR")
     pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")
     pr.add_argument("--plot-layers", metavar="PNG", help="save a plot of the kept width per layer")

@@ -37,6 +37,7 @@ class Program(ABC):
         self._graph: DependencyGraph | None = None
         self._plan_ms: dict[tuple, float] = {}  # plan_latency_ms: kept widths -> measured ms (the best)
         self._plan_n: dict[tuple, int] = {}  # ... and how many times they were timed
+        self.notes: list[str] = []  # what loading did to the model (the report lists them first)
 
     # ---- analysis ------------------------------------------------------------------------
     @abstractmethod
@@ -150,6 +151,10 @@ class Program(ABC):
 
     def latency_ms(self, runtime: str | None = None) -> float | None:
         """Best-of-runs latency at the example inputs on ``runtime`` (one of :attr:`runtimes`)."""
+        return None
+
+    def given_latency_ms(self, runtime: str | None = None) -> float | None:
+        """The model as the user gave it, where loading rewrote it (ONNX activations fused); else None."""
         return None
 
     @abstractmethod

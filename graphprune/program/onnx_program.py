@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..backends.onnx_bias import add_biases
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
+from ..frontends.onnx_fuse import Fused, fuse_activations, output_gap
 from ..frontends.onnx_lower import freeze_unreachable, input_dims, load_model, lower, probe_inputs, with_outputs
 from ..io.onnx_save import save_onnx
 from ..planning.measure import best_of
-from ..planning.plan import keep_masks
 from .base import Masks, OnCapture, Program
 
 
@@ -47,12 +48,23 @@ class OnnxProgram(Program):
         self._fallback = False  # whether the analysis needed an image size for dynamic dims
         self._sessions: dict[Any, Any] = {}
         self._added = 0
+        self._given: onnx.ModelProto | None = None  # the model as loaded, where fuse() rewrote activations
+        self.fused = Fused()
 
     @classmethod
     def load(cls, path, feeds: dict[str, np.ndarray] | None = None,
-             input_shapes: Mapping[str, Iterable[int]] | None = None) -> "OnnxProgram":
+             input_shapes: Mapping[str, Iterable[int]] | None = None, fuse: bool = False) -> "OnnxProgram":
+        """``fuse``: write activations spelled as several ops as the single ops onnxruntime keeps in its
+        blocked layout (frontends/onnx_fuse.py); the outputs are checked against the model as loaded
+        once the analysis has its input shapes, and that model is timed beside it."""
 
-        return cls(load_model(path), str(path), feeds, input_shapes)
+        program = cls(load_model(path), str(path), feeds, input_shapes)
+        if fuse and any(n.op_type == "Clip" for n in program.model.graph.node):  # every spelled chain has one
+            given = onnx.ModelProto()
+            given.CopyFrom(program.model)
+            program.fused = fuse_activations(program.model)
+            program._given = given if program.fused else None
+        return program
 
     def lower(self):
         """The IR, analysed at the user's input shapes; without them, dynamic dims at 1, and
@@ -73,13 +85,27 @@ class OnnxProgram(Program):
                 errors.append((dims, str(exc)))
                 continue
             self._analysis, self._fallback = dims, k > 0
-            return ir
+            return self._check_fused(dims, feeds) or ir
         if len(errors) == 1:
             raise TraceError(errors[0][1])
         spelled = ", ".join(f"{s}" for s in [1] + list(IMAGE_SIZES))
         raise TraceError(f"{errors[0][1]}. Tried the dynamic dims at {spelled}; none worked. Give the input shapes "
                          "(input_shapes={'name': (1, 3, 640, 640)}, --input-shape name:1x3x640x640) or example "
                          "inputs (inputs={...}, --inputs feeds.npz)")
+
+    def _check_fused(self, dims, feeds):
+        """None where nothing was fused or the fused outputs match the given model's at the analysed
+        shapes; else the given model is taken back and its IR returned (the note says why)."""
+        if self._given is None or any(n.startswith("activations:") for n in self.notes):
+            return None
+        gap = output_gap(self._given, self.model, feeds or probe_inputs(self.model, dims=dims))
+        if gap <= self.default_atol:
+            self.notes.append(self.fused.note())
+            return None
+        self.notes.append(f"activations: not fused; the rewritten graph's outputs differ from the given one's by "
+                          f"{gap:.2e} (relative), above {self.default_atol:g}")
+        self.model, self._given, self.fused = self._given, None, Fused()
+        return self.lower()
 
     def analysis_dims(self) -> dict[str, list[int]]:
         if self._analysis is None:
@@ -217,7 +243,7 @@ class OnnxProgram(Program):
 
         arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in (updates or {}).items()}
         pruned = apply_plan_onnx(self.model, self.graph(), plan, arrays)
-        added = _add_biases(pruned, self.graph(), plan, compensation) if compensation is not None else 0
+        added = add_biases(pruned, self.graph(), plan, compensation) if compensation is not None else 0
         try:
             onnx.checker.check_model(pruned, full_check=True)
         except Exception as exc:
@@ -249,7 +275,14 @@ class OnnxProgram(Program):
 
         if runtime not in (None, "onnxruntime"):
             raise PlanError(f"an ONNX model runs on onnxruntime, not {runtime!r}: pass runtime='onnxruntime' or None")
-        sess, feeds = session(self.model), self.feeds()
+        return self._latency(self.model)
+
+    def given_latency_ms(self, runtime: str | None = None) -> float | None:
+        """The model as loaded, where :meth:`load` fused its activations (else None)."""
+        return self._latency(self._given) if self._given is not None else None
+
+    def _latency(self, model: onnx.ModelProto) -> float:
+        sess, feeds = session(model), self.feeds()
         try:
             sess.run(None, feeds)
         except Exception as exc:  # onnxruntime's own exception types
@@ -259,52 +292,6 @@ class OnnxProgram(Program):
 
     def save(self, dst: str | Path) -> Path:
         return save_onnx(self.model, dst)  # external data beside it past 2 GB (io/onnx_save.py)
-
-
-def _add_biases(model: onnx.ModelProto, dg, plan, comp) -> int:
-    """Give the sites compensation fitted a bias for one (sliced to their kept outputs): Conv's B
-    and Gemm's C as a third input, an Add after a MatMul. Returns the parameters added."""
-
-    if not comp.new_biases:
-        return 0
-    masks = keep_masks(dg, plan)
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {i.name: i for i in g.initializer}
-    taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    after: dict[int, onnx.NodeProto] = {}
-    added = 0
-    for node, (out_value, b) in sorted(comp.new_biases.items()):
-        n = producer[out_value]
-        dim = 1 if n.op_type == "Conv" else dg.ir.values[out_value].rank - 1
-        b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
-        keep = masks.get((out_value, dim))
-        if keep is not None:
-            b = b[np.flatnonzero(keep)]
-        w = inits.get(n.input[1])
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type) if w is not None else np.float32
-        name = f"{out_value}__gp_bias"
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(b.astype(dtype)), name))
-        if n.op_type in ("Conv", "Gemm"):
-            n.input.append(name)
-        else:  # MatMul has no bias input: y = Add(MatMul(x, W), b), under the old output name
-            inner = f"{out_value}__gp_nobias"
-            n.output[0] = inner
-            after[id(n)] = onnx.helper.make_node("Add", [inner, name], [out_value], name=f"{node}__gp_bias_add")
-        comp.bias_modules.append(node)
-        added += int(b.size)
-    if after:
-        ordered = []
-        for n in g.node:
-            ordered.append(n)
-            if id(n) in after:
-                ordered.append(after[id(n)])
-        del g.node[:]
-        g.node.extend(ordered)
-    return added
 
 
 def _masks_key(masks: Masks) -> tuple:

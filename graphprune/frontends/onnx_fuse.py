@@ -1,0 +1,245 @@
+"""Activations spelled as several ops, written as the single ops onnxruntime keeps in its layout.
+
+Exporters such as paddle2onnx spell hard-swish as ``Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6)``
+and hard-sigmoid as ``Add -> Clip -> Div``. onnxruntime runs convolutions in a blocked channel
+layout (NCHWc) and keeps a HardSwish or HardSigmoid inside it, but not a Clip or a Div by a
+scalar: around every spelled activation it converts the tensor out of the layout and back. On
+PP-OCR's text-direction classifier that is a third of the time, on PicoDet (layout_cdla) more
+than half (docs/runtime.md). Widths cannot remove that overhead; writing the ops it was meant to
+be does, on the original as much as on the pruned model, so the report times both.
+
+Written as ``HardSwish`` from opset 14 (where it exists) and as ``Mul(x, HardSigmoid(x))`` before
+it: onnxruntime keeps either in the layout, and the opset is never changed (other ops' meaning
+depends on it). Only chains whose inner results feed nothing else are rewritten.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+SIXTH = 1.0 / 6.0
+
+
+@dataclass
+class Fused:
+    """What was rewritten: the last node of each chain (its output name is kept), by kind."""
+
+    hard_swish: list[str] = field(default_factory=list)
+    hard_sigmoid: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.hard_swish or self.hard_sigmoid)
+
+    def note(self) -> str:
+        parts = []
+        if self.hard_swish:
+            parts.append(f"{len(self.hard_swish)} hard-swish spelled as Add/Clip/Mul/Div")
+        if self.hard_sigmoid:
+            parts.append(f"{len(self.hard_sigmoid)} hard-sigmoid spelled as Add/Clip/Div")
+        return (f"activations: {' and '.join(parts)} written as the single ops onnxruntime keeps in its blocked "
+                "layout (outputs checked equal; fuse=False keeps the graph's ops as given)")
+
+
+class _Index:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.inits = {i.name: i for i in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.users: dict[str, int] = {}
+        for n in g.node:
+            for i in n.input:
+                self.users[i] = self.users.get(i, 0) + 1
+        for o in g.output:
+            self.users[o.name] = self.users.get(o.name, 0) + 1  # a graph output is never an inner result
+
+    def scalar(self, name: str) -> float | None:
+        """The value of a one-element float constant of rank <= 1 (a wider rank would broadcast x up)."""
+        arr = None
+        if name in self.inits:
+            arr = numpy_helper.to_array(self.inits[name])
+        else:
+            node = self.producer.get(name)
+            if node is not None and node.op_type == "Constant" and len(node.attribute) == 1 \
+                    and node.attribute[0].name == "value":
+                arr = numpy_helper.to_array(node.attribute[0].t)
+        if arr is None or arr.size != 1 or arr.ndim > 1 or arr.dtype.kind != "f":
+            return None
+        return float(arr.reshape(()))
+
+    def op(self, name: str, op_type: str) -> onnx.NodeProto | None:
+        """The producer of ``name`` if it is ``op_type`` and ``name`` feeds one node only."""
+        node = self.producer.get(name)
+        ok = node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
+        return node if ok and self.users.get(name, 0) == 1 else None
+
+
+def _is(value: float | None, target: float) -> bool:
+    return value is not None and abs(value - target) <= 1e-6 * max(1.0, abs(target))
+
+
+def _other(node: onnx.NodeProto, idx: int) -> str:
+    return node.input[1 - idx]
+
+
+def _scaled_by_sixth(ix: _Index, node: onnx.NodeProto) -> str | None:
+    """For ``Div(a, 6)`` or ``Mul(a, 1/6)`` (either order), ``a``; else None."""
+    if node.op_type == "Div" and len(node.input) == 2 and _is(ix.scalar(node.input[1]), 6.0):
+        return node.input[0]
+    if node.op_type == "Mul" and len(node.input) == 2:
+        for k in (0, 1):
+            if _is(ix.scalar(node.input[k]), SIXTH):
+                return _other(node, k)
+    return None
+
+
+def _relu6_of_x_plus_3(ix: _Index, name: str, opset: int) -> tuple[str, list[onnx.NodeProto]] | None:
+    """For ``Clip(Add(x, 3), 0, 6)`` (inner results feeding nothing else): ``x`` and the two nodes."""
+    clip = ix.op(name, "Clip")
+    if clip is None:
+        return None
+    if opset >= 11:
+        bounds = [ix.scalar(clip.input[k]) if len(clip.input) > k and clip.input[k] else None for k in (1, 2)]
+    else:
+        attrs = {a.name: a.f for a in clip.attribute}
+        bounds = [attrs.get("min"), attrs.get("max")]
+    if not (_is(bounds[0], 0.0) and _is(bounds[1], 6.0)):
+        return None
+    add = ix.op(clip.input[0], "Add")
+    if add is None or len(add.input) != 2:
+        return None
+    for k in (0, 1):
+        if _is(ix.scalar(add.input[k]), 3.0) and ix.scalar(_other(add, k)) is None:
+            return _other(add, k), [add, clip]
+    return None
+
+
+def _match(ix: _Index, last: onnx.NodeProto, opset: int) -> tuple[str, str, list[onnx.NodeProto]] | None:
+    """("swish" | "sigmoid", x, the chain's nodes before ``last``) where ``last`` ends one."""
+    inner = _scaled_by_sixth(ix, last)
+    if inner is None:
+        return None
+    gate = _relu6_of_x_plus_3(ix, inner, opset)
+    if gate is not None:  # Div(Clip(Add(x, 3)), 6): hard-sigmoid; a Mul by x after it is matched from there
+        return "sigmoid", gate[0], gate[1]
+    mul = ix.op(inner, "Mul")  # Div(Mul(x, Clip(Add(x, 3))), 6)
+    if mul is not None and len(mul.input) == 2:
+        for k in (0, 1):
+            gate = _relu6_of_x_plus_3(ix, mul.input[k], opset)
+            if gate is not None and gate[0] == _other(mul, k):
+                return "swish", gate[0], gate[1] + [mul]
+    return None
+
+
+def _gated(ix: _Index, node: onnx.NodeProto, sigmoid_ends: dict[str, tuple]) -> tuple | None:
+    """For ``Mul(x, hard_sigmoid(x))``: (x, the hard-sigmoid chain's nodes, its last node)."""
+    if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    for k in (0, 1):
+        found = sigmoid_ends.get(node.input[k])
+        if found is not None and found[0] == _other(node, k) and ix.users.get(node.input[k], 0) == 1:
+            return found[0], found[1] + [found[2]], found[2]
+    return None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def fuse_activations(model: onnx.ModelProto) -> Fused:
+    """Rewrite spelled hard-swish / hard-sigmoid chains of ``model``'s main graph in place; the
+    rewritten node takes the chain's last node's name and output. Constants left unused go."""
+    opset = default_opset(model)
+    ix = _Index(model)
+    sigmoid_ends: dict[str, tuple] = {}  # output of a hard-sigmoid chain's last node -> (x, nodes, last)
+    chains: dict[int, tuple[str, str, list]] = {}  # id(last node) -> (kind, x, nodes before it)
+    for node in model.graph.node:
+        found = _match(ix, node, opset)
+        if found is None:
+            continue
+        kind, x, nodes = found
+        if kind == "sigmoid":
+            sigmoid_ends[node.output[0]] = (x, nodes, node)
+        chains[id(node)] = found
+    for node in model.graph.node:  # a hard-sigmoid multiplied by its own input is a hard-swish
+        gated = _gated(ix, node, sigmoid_ends)
+        if gated is not None:
+            chains.pop(id(gated[2]), None)
+            chains[id(node)] = ("swish", gated[0], gated[1])
+    if not chains:
+        return Fused()
+    fused = Fused()
+    taken = {n.name for n in model.graph.node} | {v for n in model.graph.node for v in (*n.input, *n.output)}
+    dropped = {id(n) for _, _, nodes in chains.values() for n in nodes}
+    candidates = {i for n in model.graph.node if id(n) in dropped or id(n) in chains for i in n.input}
+    out: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if id(node) in dropped:
+            continue
+        if id(node) not in chains:
+            out.append(node)
+            continue
+        kind, x, _ = chains[id(node)]
+        y = node.output[0]
+        name = node.name or y
+        if kind == "swish":
+            fused.hard_swish.append(name)
+            if opset >= 14:
+                out.append(helper.make_node("HardSwish", [x], [y], name=name))
+                continue
+            gate = _fresh(f"{name}_gate", taken)
+            out.append(helper.make_node("HardSigmoid", [x], [gate], name=gate, alpha=SIXTH, beta=0.5))
+            out.append(helper.make_node("Mul", [x, gate], [y], name=name))
+        else:
+            fused.hard_sigmoid.append(name)
+            out.append(helper.make_node("HardSigmoid", [x], [y], name=name, alpha=SIXTH, beta=0.5))
+    del model.graph.node[:]
+    model.graph.node.extend(out)
+    _drop_unused_constants(model, candidates)
+    return fused
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    taken.add(name)
+    return name
+
+
+def _drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None:
+    """Initializers and Constant nodes among ``candidates`` that nothing reads any more."""
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
+    gone = candidates - used
+    if any(i.name in gone for i in g.initializer):
+        keep = [i for i in g.initializer if i.name not in gone]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    if any(n.op_type == "Constant" and n.output[0] in gone for n in g.node):
+        keep_nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in gone)]
+        del g.node[:]
+        g.node.extend(keep_nodes)
+
+
+def output_gap(given: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
+    """Largest difference between the two models' outputs on ``feeds`` in onnxruntime, relative
+    to each output's scale (max |value|, at least 1); infinite where the shapes differ."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    outs = [ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+            for m in (given, fused)]
+    worst = 0.0
+    for a, b in zip(*outs):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        if a.size:
+            worst = max(worst, float(np.max(np.abs(a - b))) / max(1.0, float(np.max(np.abs(a)))))
+    return worst
