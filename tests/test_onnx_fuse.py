@@ -193,3 +193,127 @@ def test_outputs_that_differ_take_the_given_graph_back(tmp_path, monkeypatch):
 def test_fuse_must_be_a_bool():
     with pytest.raises(gp.PlanError, match="fuse must be True or False"):
         gp.PruneOptions.of(fuse="yes")
+
+
+# ---- graphs a first version got wrong (a review's reproductions) ----------------------------------------
+
+def _flat(nodes_after=(), x_dtype=TensorProto.FLOAT, dtype=np.float32, extra_inputs=(), outputs=("y",)):
+    """x -> spelled hard-swish (paddle2onnx's, rank-0 constants) -> y, then ``nodes_after``."""
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"], name="add"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["r"], name="clip"),
+             helper.make_node("Mul", ["x", "r"], ["p"], name="mul"),
+             helper.make_node("Div", ["p", "d"], ["y"], name="div"), *nodes_after]
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=dtype), n) for n, v in
+             (("three", 3.0), ("zero", 0.0), ("six", 6.0), ("d", 6.0))]
+    graph = helper.make_graph(nodes, "flat", [helper.make_tensor_value_info("x", x_dtype, [2, 3]), *extra_inputs],
+                              [helper.make_tensor_value_info(o, x_dtype, [2, 3]) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _if_reading(name: str) -> onnx.NodeProto:
+    """An If whose then-branch reads ``name`` from the outer graph without listing it as an input."""
+    then = helper.make_graph([helper.make_node("Identity", [name], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 3])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 3])])
+    return helper.make_node("If", ["c"], ["z"], name="if", then_branch=then, else_branch=other)
+
+
+@pytest.mark.parametrize("read", ["r", "six"])
+def test_a_value_a_subgraph_reads_is_neither_fused_away_nor_dropped(read):
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    model = _flat([_if_reading(read)], extra_inputs=(cond,), outputs=("y", "z"))
+    given = copy.deepcopy(model)
+    fused = fuse_activations(model)
+    assert bool(fused) == (read == "six")  # the Clip's output is an inner result only if nothing else reads it
+    feeds = {"x": np.linspace(-5, 5, 6, dtype=np.float32).reshape(2, 3), "c": np.array(True)}
+    for a, b in zip(_run_feeds(given, feeds), _run_feeds(model, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _run_feeds(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_double_models_are_left_alone():
+    """onnxruntime's CPU build has no double HardSigmoid/HardSwish."""
+    model = _flat(x_dtype=TensorProto.DOUBLE, dtype=np.float64)
+    assert not fuse_activations(model)
+
+
+def test_a_rank_1_constant_on_a_rank_0_value_is_not_matched():
+    """Add(scalar, [3]) has shape (1,): HardSwish(scalar) would drop that dim."""
+    model = _model("mul_div", 13)  # rank-1 constants (1,) on a rank-4 conv output: matched
+    assert fuse_activations(model)
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Add", ["s", "three"], ["a"], name="add"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["r"], name="clip"),
+             helper.make_node("Mul", ["s", "r"], ["p"], name="mul"),
+             helper.make_node("Div", ["p", "d"], ["y"], name="div")]
+    inits = [_const("three", 3.0, (1,)), _const("zero", 0.0), _const("six", 6.0), _const("d", 6.0)]
+    graph = helper.make_graph(nodes, "r0", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert not fuse_activations(model)
+
+
+def test_new_names_avoid_every_name_in_the_model_and_stale_shapes_go():
+    unused = numpy_helper.from_array(np.zeros(1, np.float32), "div_gate")  # the name the gate would take
+    model = _flat()
+    model.graph.initializer.append(unused)
+    model.graph.value_info.extend([helper.make_tensor_value_info(v, TensorProto.FLOAT, [2, 3]) for v in "arp"])
+    assert fuse_activations(model)
+    onnx.checker.check_model(model, full_check=True)  # still single assignment
+    gate = next(n for n in model.graph.node if n.op_type == "HardSigmoid")
+    assert gate.output[0] != "div_gate"
+    assert not {v.name for v in model.graph.value_info} & {"a", "r", "p"}
+
+
+def test_a_constant_that_can_be_fed_is_not_read_as_fixed():
+    model = _flat()
+    model.graph.input.append(helper.make_tensor_value_info("three", TensorProto.FLOAT, []))  # an overridable default
+    assert not fuse_activations(model)
+
+
+def test_the_gap_sees_nans_and_infinities():
+    from graphprune.frontends.onnx_fuse import output_gap
+
+    ident = _flat([helper.make_node("Log", ["y"], ["w"], name="log")], outputs=("w",))
+    other = copy.deepcopy(ident)
+    next(i for i in other.graph.initializer if i.name == "d").CopyFrom(_const("d", 5.0))
+    x = {"x": np.array([[-4.0, -1.0, 0.5], [1.0, 2.0, 30.0]], np.float32)}  # log of a negative: NaN in both
+    assert output_gap(ident, copy.deepcopy(ident), x) == 0.0
+    ref = _run(ident, x["x"])[0]
+    assert np.isnan(ref).any()
+    # dividing by 5 instead of 6 adds log(6/5) to every finite log; relative to the largest |log|
+    want = np.log(6 / 5) / np.abs(ref[np.isfinite(ref)]).max()
+    assert output_gap(ident, other, x) == pytest.approx(want, rel=1e-3)
+    nan_where_other_is_not = copy.deepcopy(ident)
+    next(i for i in nan_where_other_is_not.graph.initializer if i.name == "d").CopyFrom(_const("d", -6.0))
+    assert output_gap(ident, nan_where_other_is_not, x) == float("inf")
+
+
+def test_a_rewrite_that_does_not_run_is_taken_back(tmp_path, monkeypatch):
+    from graphprune.program import onnx_program
+
+    def fails(given, fused, feeds):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : a stand-in")
+
+    _two_blocks(tmp_path / "m.onnx")
+    monkeypatch.setattr(onnx_program, "output_gap", fails)
+    report = _prune(tmp_path / "m.onnx", tmp_path / "slim.onnx")
+    assert any(n.startswith("activations: not fused") and "INVALID_GRAPH" in n for n in report.notes)
+    assert "Clip" in [n.op_type for n in onnx.load(str(tmp_path / "slim.onnx")).graph.node]
+
+
+def test_a_plan_made_on_load_onnx_fits_prune_onnx(tmp_path):
+    """load_onnx fuses as prune_onnx does by default, so their groups (and a plan's ids) agree."""
+    _two_blocks(tmp_path / "m.onnx")
+    graph = gp.load_onnx(str(tmp_path / "m.onnx"))
+    wide = max(graph.groups, key=lambda g: g.size)
+    plan = gp.PrunePlan({wide.id: list(range(wide.size // 2))}, {wide.id: wide.size})
+    report = _prune(tmp_path / "m.onnx", tmp_path / "slim.onnx", plan_=plan)
+    assert report.kept[wide.id] == (wide.size - wide.size // 2, wide.size)

@@ -166,12 +166,14 @@ def photo_agreement(name: str, n: int, src: Path, dst: Path) -> dict:
     return {k: v for k, v in diag_cnn.scores(ref, out).items() if k != "rel_error"}
 
 
-def fused_original(src: Path, tmp: Path) -> Path | None:
+def fused_original(src: Path, tmp: Path, shapes: dict | None = None) -> Path | None:
     """The original with its spelled activations fused as the default call fuses them (nothing
     pruned), or None where nothing fuses: the baseline the pruning's own speedup is read against."""
     from graphprune.program.onnx_program import OnnxProgram
 
-    program = OnnxProgram.load(src, fuse=True)
+    program = OnnxProgram.load(src, fuse=True, input_shapes=shapes)
+    if program.fused:
+        program.graph()  # the analysis checks the fused outputs against the given file's, taking it back if not
     if not program.fused:
         return None
     out = tmp / f"{src.stem}-fused.onnx"
@@ -201,7 +203,7 @@ def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tm
            "tilt": next((n for n in report.notes if "where the time is" in n), "")}
     if calib is not None:
         row["photos"] = photo_agreement(name, photos, src, dst)
-    fused = fused_original(src, tmp) if fuse else None
+    fused = fused_original(src, tmp, shapes) if fuse else None
     row["fused"] = next((n for n in report.notes if n.startswith("activations:")), "")
     files = [src, dst] + [f for f in (fused, peer) if f is not None]
     for batch in (1, 8):

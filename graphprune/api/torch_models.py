@@ -38,15 +38,18 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, freez
 
 
 def load_onnx(path: str, freeze_io: bool = True, input_shapes: Mapping[str, tuple] | None = None,
-              inputs: Mapping | None = None) -> DependencyGraph:
+              inputs: Mapping | None = None, fuse: bool = True) -> DependencyGraph:
     """Load an ONNX file and solve its channel spaces: the same query API as :func:`trace`.
+    ``fuse`` as in :func:`graphprune.prune_onnx` (the default there too), so a plan made on this
+    graph fits ``prune_onnx(plan_=...)`` called with the same ``fuse``.
 
     Example:
         >>> g = graphprune.load_onnx("model.onnx")   # doctest: +SKIP
         >>> print(g.summary())                      # doctest: +SKIP
     """
 
-    return OnnxProgram.load(path, dict(inputs) if inputs is not None else None, input_shapes).graph(freeze_io)
+    return OnnxProgram.load(path, dict(inputs) if inputs is not None else None, input_shapes,
+                            fuse=fuse).graph(freeze_io)
 
 
 def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float | None = None, importance: str | None = None,

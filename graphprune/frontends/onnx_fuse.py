@@ -43,21 +43,47 @@ class Fused:
                 "layout (outputs checked equal; fuse=False keeps the graph's ops as given)")
 
 
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        yield from ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+
+
+def _names_in(graph: onnx.GraphProto) -> set[str]:
+    """Every name a graph and its subgraphs read or define (If/Loop bodies read outer values
+    without listing them as the node's inputs)."""
+    out = {i.name for i in graph.input} | {o.name for o in graph.output} | {i.name for i in graph.initializer}
+    for n in graph.node:
+        out.update(n.input)
+        out.update(n.output)
+        out.add(n.name)
+        for sub in _subgraphs(n):
+            out |= _names_in(sub)
+    return out
+
+
 class _Index:
     def __init__(self, model: onnx.ModelProto) -> None:
         g = model.graph
         self.inits = {i.name: i for i in g.initializer}
+        self.fed = {i.name for i in g.input}  # an initializer that is also an input can be fed another value
         self.producer = {o: n for n in g.node for o in n.output}
         self.users: dict[str, int] = {}
         for n in g.node:
             for i in n.input:
                 self.users[i] = self.users.get(i, 0) + 1
+            for sub in _subgraphs(n):  # read inside a body: never an inner result, never dropped
+                for name in _names_in(sub):
+                    self.users[name] = self.users.get(name, 0) + 2
         for o in g.output:
             self.users[o.name] = self.users.get(o.name, 0) + 1  # a graph output is never an inner result
+        self.ranks = _ranks(model)
 
-    def scalar(self, name: str) -> float | None:
-        """The value of a one-element float constant of rank <= 1 (a wider rank would broadcast x up)."""
+    def scalar(self, name: str, x: str | None = None) -> float | None:
+        """The value of a one-element float32/float16 constant (onnxruntime has no double HardSigmoid)
+        of rank 0, or of rank 1 where ``x`` is known to have rank >= 1 (it would broadcast a scalar x up)."""
         arr = None
+        if name in self.fed:
+            return None
         if name in self.inits:
             arr = numpy_helper.to_array(self.inits[name])
         else:
@@ -65,7 +91,9 @@ class _Index:
             if node is not None and node.op_type == "Constant" and len(node.attribute) == 1 \
                     and node.attribute[0].name == "value":
                 arr = numpy_helper.to_array(node.attribute[0].t)
-        if arr is None or arr.size != 1 or arr.ndim > 1 or arr.dtype.kind != "f":
+        if arr is None or arr.size != 1 or arr.dtype not in (np.float32, np.float16):
+            return None
+        if arr.ndim > 1 or (arr.ndim == 1 and (x is None or self.ranks.get(x, 0) < 1)):
             return None
         return float(arr.reshape(()))
 
@@ -74,6 +102,17 @@ class _Index:
         node = self.producer.get(name)
         ok = node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
         return node if ok and self.users.get(name, 0) == 1 else None
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Ranks ONNX shape inference knows (empty where it cannot run, e.g. a model over 2 GB)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - without ranks only rank-0 constants match, which is safe
+        return {}
+    g = inferred.graph
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in (*g.value_info, *g.input, *g.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
 
 def _is(value: float | None, target: float) -> bool:
@@ -86,11 +125,13 @@ def _other(node: onnx.NodeProto, idx: int) -> str:
 
 def _scaled_by_sixth(ix: _Index, node: onnx.NodeProto) -> str | None:
     """For ``Div(a, 6)`` or ``Mul(a, 1/6)`` (either order), ``a``; else None."""
-    if node.op_type == "Div" and len(node.input) == 2 and _is(ix.scalar(node.input[1]), 6.0):
+    if node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    if node.op_type == "Div" and _is(ix.scalar(node.input[1], node.input[0]), 6.0):
         return node.input[0]
-    if node.op_type == "Mul" and len(node.input) == 2:
+    if node.op_type == "Mul":
         for k in (0, 1):
-            if _is(ix.scalar(node.input[k]), SIXTH):
+            if _is(ix.scalar(node.input[k], _other(node, k)), SIXTH):
                 return _other(node, k)
     return None
 
@@ -101,7 +142,8 @@ def _relu6_of_x_plus_3(ix: _Index, name: str, opset: int) -> tuple[str, list[onn
     if clip is None:
         return None
     if opset >= 11:
-        bounds = [ix.scalar(clip.input[k]) if len(clip.input) > k and clip.input[k] else None for k in (1, 2)]
+        bounds = [ix.scalar(clip.input[k], clip.input[0]) if len(clip.input) > k and clip.input[k] else None
+                  for k in (1, 2)]
     else:
         attrs = {a.name: a.f for a in clip.attribute}
         bounds = [attrs.get("min"), attrs.get("max")]
@@ -111,8 +153,9 @@ def _relu6_of_x_plus_3(ix: _Index, name: str, opset: int) -> tuple[str, list[onn
     if add is None or len(add.input) != 2:
         return None
     for k in (0, 1):
-        if _is(ix.scalar(add.input[k]), 3.0) and ix.scalar(_other(add, k)) is None:
-            return _other(add, k), [add, clip]
+        x = _other(add, k)
+        if _is(ix.scalar(add.input[k], x), 3.0) and x not in ix.inits and ix.producer.get(x, add).op_type != "Constant":
+            return x, [add, clip]
     return None
 
 
@@ -171,9 +214,10 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
     if not chains:
         return Fused()
     fused = Fused()
-    taken = {n.name for n in model.graph.node} | {v for n in model.graph.node for v in (*n.input, *n.output)}
+    taken = _names_in(model.graph)
     dropped = {id(n) for _, _, nodes in chains.values() for n in nodes}
     candidates = {i for n in model.graph.node if id(n) in dropped or id(n) in chains for i in n.input}
+    dropped_nodes = [n for n in model.graph.node if id(n) in dropped]
     out: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if id(node) in dropped:
@@ -198,6 +242,11 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
     del model.graph.node[:]
     model.graph.node.extend(out)
     _drop_unused_constants(model, candidates)
+    gone = {o for n in dropped_nodes for o in n.output}
+    if gone:  # shapes recorded for the values that went
+        keep_vi = [v for v in model.graph.value_info if v.name not in gone]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep_vi)
     return fused
 
 
@@ -214,6 +263,7 @@ def _drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None
     """Initializers and Constant nodes among ``candidates`` that nothing reads any more."""
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
+    used |= {name for n in g.node for sub in _subgraphs(n) for name in _names_in(sub)}
     gone = candidates - used
     if any(i.name in gone for i in g.initializer):
         keep = [i for i in g.initializer if i.name not in gone]
@@ -238,8 +288,11 @@ def output_gap(given: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, 
     worst = 0.0
     for a, b in zip(*outs):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a.shape != b.shape:
-            return float("inf")
+        if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
+            return float("inf")  # NaN where the other has a number: a difference max() would not see
         if a.size:
-            worst = max(worst, float(np.max(np.abs(a - b))) / max(1.0, float(np.max(np.abs(a)))))
+            with np.errstate(invalid="ignore"):  # inf - inf; inf == inf is no difference
+                diff = np.where((a == b) | np.isnan(a), 0.0, np.abs(a - b))
+            finite = a[np.isfinite(a)]
+            worst = max(worst, float(diff.max()) / max(1.0, float(np.abs(finite).max()) if finite.size else 1.0))
     return worst
