@@ -317,3 +317,20 @@ def test_a_plan_made_on_load_onnx_fits_prune_onnx(tmp_path):
     plan = gp.PrunePlan({wide.id: list(range(wide.size // 2))}, {wide.id: wide.size})
     report = _prune(tmp_path / "m.onnx", tmp_path / "slim.onnx", plan_=plan)
     assert report.kept[wide.id] == (wide.size - wide.size // 2, wide.size)
+
+
+def test_the_cli_fuses_by_default_and_keeps_the_ops_with_no_fuse(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _two_blocks(tmp_path / "m.onnx")
+    for flag, fused in (((), True), (("--no-fuse",), False)):
+        out = tmp_path / f"slim{len(flag)}.onnx"
+        r = subprocess.run([sys.executable, "-m", "graphprune", "prune", str(tmp_path / "m.onnx"), "-o", str(out),
+                            "--ratio", "0.5", "--round-to", "1", "--json", *flag], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert (doc["latency_ms"]["given"] is not None) == fused
+        assert ("Clip" in [n.op_type for n in onnx.load(str(out)).graph.node]) != fused
