@@ -22,7 +22,15 @@ from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, solve_budget
 from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
-from .planning.depth import DepthChoice, by_ratio, choose_under_budget, score_blocks, select_blocks, split_targets
+from .planning.depth import (
+    DepthChoice,
+    by_ratio,
+    choose_under_budget,
+    score_blocks,
+    select_blocks,
+    split_targets,
+    trial_loss,
+)
 from .planning.kinds import KindChoice, choose_kinds
 from .planning.latency_budget import solve_latency_budget
 from .planning.memory import MemoryEstimate, check_memory, estimate_memory, peak_rss, reset_peak, stat_sites
@@ -94,6 +102,7 @@ class _Work:
     notes: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
     tilt: dict | None = None  # a MACs budget's uniform ratio bent per group towards time (planning/time_tilt.py)
+    tilt_steps: dict | None = None  # the width multiples the tilt was chosen at
     curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
     kinds: KindChoice | None = None  # heads kept or cut, measured (planning/kinds.py)
 
@@ -261,6 +270,7 @@ def _spend_budget(w: _Work) -> None:
 def _solve_uniform(w: _Work, tilt: bool) -> None:
     """The budget solved by one ratio (or a global ranking), tilted to where the time is when widths are tuned."""
     if tilt and w.how == "uniform" and _widths_tuned(w):
+        w.tilt_steps = w.round_to
         w.tilt = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, w.round_to,
                                                  w.opts.max_ratio, w.ctx.notes))
     w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
@@ -289,8 +299,14 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
         r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=w.tilt)
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
-    plan, w.spent = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes)
-    plan, w.spent = same_on_all((plan, w.spent))  # timed: across processes, rank 0's
+    made, steps = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes)
+    if w.tilt_steps is not None and w.curves is None and steps != w.tilt_steps:  # coarser widths part tilts more
+        tilt = spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, steps, opts.max_ratio,
+                                   w.ctx.notes, again=True)
+        if tilt != w.tilt:
+            w.tilt = tilt
+            made = remake(steps)
+    plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
 
 
@@ -299,22 +315,6 @@ def _widths_tuned(w: _Work) -> bool:
     opts = w.opts
     return (opts.round_to == "auto" and opts.measure_latency and isinstance(w.round_to, dict) and not w.blocks
             and not opts.latency_budget)
-
-
-def trial_loss(program, loss_fn):
-    """The loss that weighs depth against width where the model has one (a causal LM's next-token
-    loss, ``graphprune.hf`` passes it): perplexity on calibration text, not logits' squared error,
-    is what users judge an LLM by. ``loss_fn`` must say it takes a tuple of output tensors
-    (``loss_fn.accepts_tensors = True``), as the masked runs give no model output object."""
-    if loss_fn is None or not getattr(loss_fn, "accepts_tensors", False) or program.framework != "PyTorch":
-        return None
-    import torch  # a PyTorch program: torch is loaded already
-
-    def loss(outs, batch) -> float:
-        args, kwargs = batch
-        return float(loss_fn(tuple(torch.from_numpy(o) for o in outs), kwargs if kwargs else args))
-
-    return loss
 
 
 @paused_gc

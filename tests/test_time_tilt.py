@@ -38,12 +38,13 @@ def test_a_tilted_group_keeps_one_minus_ratio_to_the_power_w():
     assert uniform_kept(groups, 0.8, 1, {1: 2.0}, cap=0.9)[1] == 10  # 1 - 0.2 ** 2 = 0.96, capped at 0.9
 
 
-def _dw_net():
-    """1x1 3 -> 32, depthwise 3x3 on the 32, 1x1 32 -> 64, 1x1 64 -> 8, all at 8x8."""
+def _dw_net(wide: int = 1):
+    """1x1 3 -> 32, depthwise 3x3 on the 32, 1x1 32 -> 64, 1x1 64 -> 8, all at 8x8 (``wide`` times the 32 and 64)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(32, 32, 3, padding=1, groups=32), torch.nn.ReLU(),
-                               torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 1)).eval()
+    a, b = 32 * wide, 64 * wide
+    return torch.nn.Sequential(torch.nn.Conv2d(3, a, 1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(a, a, 3, padding=1, groups=a), torch.nn.ReLU(),
+                               torch.nn.Conv2d(a, b, 1), torch.nn.ReLU(), torch.nn.Conv2d(b, 8, 1)).eval()
 
 
 def _conv_ms(cin: int, cout: int, window: int, depthwise: bool) -> float:
@@ -134,3 +135,31 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
     assert len(planning) >= 3  # the tilt's trials (uniform, 1/2, 1) and the widths scaled x2 / x4
     assert max(planning.count(w) for w in planning) == 2, planning  # twice each, never more ...
     assert all(a != b for a, b in zip(planning, planning[1:])), planning  # ... taking turns
+
+
+def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
+    """The tilt is first chosen at the profile's multiples; when the width tuning keeps coarser ones,
+    where plans part more, it is chosen again there and the plan remade with it."""
+    from graphprune.planning import widths
+
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    _fake_runtime(monkeypatch)
+    rounds = []
+
+    def tilt_times(program, plans, runtime):  # uniform fastest at multiples of 2, tilt 1 at the coarser ones
+        rounds.append(len(plans))
+        return ([1.0, 1.5, 1.5] if len(rounds) == 1 else [1.5, 1.5, 1.0])[:len(plans)]
+
+    monkeypatch.setattr(tt, "time_in_turns", tilt_times)
+    monkeypatch.setattr(widths, "time_in_turns", lambda program, plans, runtime: [2.0] * (len(plans) - 1) + [1.0])
+    x = torch.randn(1, 3, 8, 8)
+    tilted, rep = gp.prune(_dw_net(4), (x,), budget={"macs": 0.5}, runtime="torch")
+    said = [n for n in rep.notes if "where the time is" in n]
+    assert len(said) == 2 and said[0].endswith("kept tilt 0"), said
+    assert "chosen again at the widths kept, up to 8" in said[1] and said[1].endswith("kept tilt 1"), said
+    uniform, urep = gp.prune(_dw_net(4), (x,), budget={"macs": 0.5}, runtime="torch", round_to=8)
+    assert rep.macs_after <= 0.5 * rep.macs_before and urep.macs_after <= 0.5 * urep.macs_before
+    widths_of = [[m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] for net in (tilted, uniform)]
+    assert all(w % 8 == 0 for w in widths_of[0][:3])  # made at the kept multiples
+    assert widths_of[0][1] < widths_of[1][1], widths_of  # the depthwise group, dearer per MAC, lost more

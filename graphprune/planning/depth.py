@@ -152,3 +152,19 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
     spent.allocation = width
     return ratios, spent, DepthChoice(p.blocks, bscores, [(c[0], float(e), c[4]) for c, e in zip(candidates, err)],
                                       "calibration loss" if loss is not None else "relative output error")
+
+
+def trial_loss(program, loss_fn):
+    """The loss that weighs depth against width where the model has one (a causal LM's next-token
+    loss, ``graphprune.hf`` passes it): perplexity on calibration text, not logits' squared error,
+    is what users judge an LLM by. ``loss_fn`` must say it takes a tuple of output tensors
+    (``loss_fn.accepts_tensors = True``), as the masked runs give no model output object."""
+    if loss_fn is None or not getattr(loss_fn, "accepts_tensors", False) or program.framework != "PyTorch":
+        return None
+    import torch  # a PyTorch program: torch is loaded already
+
+    def loss(outs, batch) -> float:
+        args, kwargs = batch
+        return float(loss_fn(tuple(torch.from_numpy(o) for o in outs), kwargs if kwargs else args))
+
+    return loss

@@ -10,7 +10,10 @@ channels save) / (share of the MACs they save). The group then keeps (1 - r) ** 
 channels instead of (1 - r), with w = (rho / the groups' geometric mean) ** beta (clipped to
 [1/2, 2]): the same MACs budget, cut harder where a MAC costs more time. beta 0 (uniform), 1/2
 and 1 are each solved and timed on the runtime (twice, taking turns), and the fastest is kept
-(uniform within 3%: the tilt moves cuts between layers, which only time should pay for).
+(uniform within 3%: the tilt moves cuts between layers, which only time should pay for). The
+width tuning (widths.py) may then keep coarser multiples, where the tilts part more (PP-LCNet at
+half the MACs: within 3% of uniform at multiples of 4, tilt 1 6% faster at 16), so the choice is
+made again there (``again``).
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def exponents(rho: Mapping[int, float], beta: float) -> dict[int, float]:
 
 
 def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget, round_to, max_ratio,
-                        notes: list[str]) -> dict[int, float] | None:
+                        notes: list[str], again: bool = False) -> dict[int, float] | None:
     """The per-group exponents (:func:`exponents`) whose plan, under a MACs budget solved
     uniformly, runs fastest on ``runtime``; None (uniform) without a runtime, without a MACs key,
     or where no tilt is faster by more than :data:`~graphprune.planning.measure.TOLERANCE`."""
@@ -78,7 +81,8 @@ def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget
     ms, beta, tilt = min(trials, key=lambda t: t[0])
     if trials[0][0] <= ms * (1 + TOLERANCE):
         ms, beta, tilt = trials[0]
-    notes.append(f"budget spent where the time is on {runtime} (time per MAC from a latency table of "
+    at = f" (chosen again at the widths kept, up to {max(steps)})" if again else ""
+    notes.append(f"budget spent where the time is on {runtime}{at} (time per MAC from a latency table of "
                  f"{len(cost.latency.ops)} layer(s)): " +
                  ", ".join(f"tilt {b:g}: {t:.3f} ms" for t, b, _ in trials) + f"; kept tilt {beta:g}")
     return tilt or None

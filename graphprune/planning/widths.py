@@ -43,7 +43,7 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
     the plan is also made with the profile's steps doubled and quadrupled (up to 32) and each is
     timed on ``runtime``, twice taking turns: the fastest is kept, the finer within 3% (finer keeps
-    more choice)."""
+    more choice). Returns the kept plan and the multiples it was made at."""
     candidates: list[tuple[int, tuple]] = []
     seen = []
     for factor in (1, 2, 4):
@@ -61,4 +61,4 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     ms, step, made = next(t for t in trials if t[0] <= best * (1 + TOLERANCE))
     notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: " +
                  ", ".join(f"up to {s}: {t:.3f} ms" for t, s, _ in trials) + f"; kept up to {step}")
-    return made
+    return made, next(sc for sc in seen if max(sc.values()) == step)
