@@ -102,7 +102,8 @@ class _Work:
     notes: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
     tilt: dict | None = None  # a MACs budget's uniform ratio bent per group towards time (planning/time_tilt.py)
-    tilt_steps: dict | None = None  # the width multiples the tilt was chosen at
+    tilt_steps: dict | None = None  # the width multiples the tilt was chosen at ...
+    tilt_beta: float | None = None  # ... and its beta (0: uniform)
     curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
     kinds: KindChoice | None = None  # heads kept or cut, measured (planning/kinds.py)
 
@@ -270,9 +271,9 @@ def _spend_budget(w: _Work) -> None:
 def _solve_uniform(w: _Work, tilt: bool) -> None:
     """The budget solved by one ratio (or a global ranking), tilted to where the time is when widths are tuned."""
     if tilt and w.how == "uniform" and _widths_tuned(w):
-        w.tilt_steps = w.round_to
-        w.tilt = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, w.round_to,
-                                                 w.opts.max_ratio, w.ctx.notes))
+        w.tilt, w.tilt_beta = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores,
+                                                               w.budget, w.round_to, w.opts.max_ratio, w.ctx.notes))
+        w.tilt_steps = w.round_to if w.tilt_beta is not None else None
     w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
                                      tilt=w.tilt)
 
@@ -301,10 +302,10 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
 
     made, steps = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes)
     if w.tilt_steps is not None and w.curves is None and steps != w.tilt_steps:  # coarser widths part tilts more
-        tilt = spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, steps, opts.max_ratio,
-                                   w.ctx.notes, again=True)
-        if tilt != w.tilt:
-            w.tilt = tilt
+        tilt, beta = spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, steps,
+                                         opts.max_ratio, w.ctx.notes, prefer=w.tilt_beta, again=True)
+        if beta is not None and beta != w.tilt_beta:  # the kept plan was timed at its own tilt: remade for another
+            w.tilt, w.tilt_beta = tilt, beta
             made = remake(steps)
     plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan

@@ -163,3 +163,25 @@ def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
     widths_of = [[m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] for net in (tilted, uniform)]
     assert all(w % 8 == 0 for w in widths_of[0][:3])  # made at the kept multiples
     assert widths_of[0][1] < widths_of[1][1], widths_of  # the depthwise group, dearer per MAC, lost more
+
+
+def test_choosing_again_favours_the_tilt_kept_before_within_timing_noise(monkeypatch, tmp_path):
+    """Chosen again, a tilt within 3% of the best keeps the plan already timed (as uniform is
+    favoured the first time): noise must not swap a measured plan for another."""
+    from graphprune.planning import widths
+
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    _fake_runtime(monkeypatch)
+    rounds = []
+
+    def tilt_times(program, plans, runtime):  # tilt 1 first; then uniform 1% faster: within the noise
+        rounds.append(len(plans))
+        return ([1.5, 1.5, 1.0] if len(rounds) == 1 else [0.99, 1.2, 1.0])[:len(plans)]
+
+    monkeypatch.setattr(tt, "time_in_turns", tilt_times)
+    monkeypatch.setattr(widths, "time_in_turns", lambda program, plans, runtime: [2.0] * (len(plans) - 1) + [1.0])
+    x = torch.randn(1, 3, 8, 8)
+    _, rep = gp.prune(_dw_net(4), (x,), budget={"macs": 0.5}, runtime="torch")
+    said = [n for n in rep.notes if "where the time is" in n]
+    assert len(said) == 2 and said[0].endswith("kept tilt 1") and said[1].endswith("kept tilt 1"), said

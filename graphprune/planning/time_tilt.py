@@ -13,7 +13,7 @@ and 1 are each solved and timed on the runtime (twice, taking turns), and the fa
 (uniform within 3%: the tilt moves cuts between layers, which only time should pay for). The
 width tuning (widths.py) may then keep coarser multiples, where the tilts part more (PP-LCNet at
 half the MACs: within 3% of uniform at multiples of 4, tilt 1 6% faster at 16), so the choice is
-made again there (``again``).
+made again there (``again``), the tilt kept before favoured within 3% as uniform is the first time.
 """
 from __future__ import annotations
 
@@ -53,12 +53,14 @@ def exponents(rho: Mapping[int, float], beta: float) -> dict[int, float]:
 
 
 def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget, round_to, max_ratio,
-                        notes: list[str], again: bool = False) -> dict[int, float] | None:
-    """The per-group exponents (:func:`exponents`) whose plan, under a MACs budget solved
-    uniformly, runs fastest on ``runtime``; None (uniform) without a runtime, without a MACs key,
-    or where no tilt is faster by more than :data:`~graphprune.planning.measure.TOLERANCE`."""
+                        notes: list[str], prefer: float | None = 0.0, again: bool = False):
+    """``(exponents, beta)``: the per-group exponents (:func:`exponents`) whose plan, under a MACs
+    budget solved uniformly, runs fastest on ``runtime``, and their beta; the ``prefer`` beta (uniform,
+    or on ``again`` the one kept before) unless another is faster by more than
+    :data:`~graphprune.planning.measure.TOLERANCE`. ``(None, None)`` without a runtime, a MACs key or
+    convolutions; exponents None for uniform."""
     if runtime is None or "macs" not in budget or not groups or not any(s.kind == "conv" for s in find_sites(dg)):
-        return None  # the tilt is for convolutions, whose op kinds differ in time per MAC
+        return None, None  # the tilt is for convolutions, whose op kinds differ in time per MAC
     before = program.latency_ms(runtime)
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost = CostModel(dg, groups)
@@ -77,12 +79,13 @@ def spend_where_time_is(program, runtime: str | None, dg, groups, scores, budget
     times = time_in_turns(program, [p for p, _, _ in tried], runtime)
     trials = [(ms, beta, tilt) for ms, (_, beta, tilt) in zip(times, tried)]
     if not trials:
-        return None
+        return None, None
     ms, beta, tilt = min(trials, key=lambda t: t[0])
-    if trials[0][0] <= ms * (1 + TOLERANCE):
-        ms, beta, tilt = trials[0]
+    favoured = next((t for t in trials if t[1] == prefer), trials[0])
+    if favoured[0] <= ms * (1 + TOLERANCE):
+        ms, beta, tilt = favoured
     at = f" (chosen again at the widths kept, up to {max(steps)})" if again else ""
     notes.append(f"budget spent where the time is on {runtime}{at} (time per MAC from a latency table of "
                  f"{len(cost.latency.ops)} layer(s)): " +
                  ", ".join(f"tilt {b:g}: {t:.3f} ms" for t, b, _ in trials) + f"; kept tilt {beta:g}")
-    return tilt or None
+    return tilt or None, beta
