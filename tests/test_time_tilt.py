@@ -137,9 +137,9 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
     assert all(a != b for a, b in zip(planning, planning[1:])), planning  # ... taking turns
 
 
-def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
-    """The tilt is first chosen at the profile's multiples; when the width tuning keeps coarser ones,
-    where plans part more, it is chosen again there and the plan remade with it."""
+def _prune_timing_tilts(monkeypatch, tmp_path, first: list[float], again: list[float]):
+    """The default call on the wide net with the tilts' timings given (``first`` at the profile's
+    multiples of 2, ``again`` at the coarser ones) and the coarsest widths timed fastest."""
     from graphprune.planning import widths
 
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
@@ -147,18 +147,25 @@ def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
     _fake_runtime(monkeypatch)
     rounds = []
 
-    def tilt_times(program, plans, runtime):  # uniform fastest at multiples of 2, tilt 1 at the coarser ones
+    def tilt_times(program, plans, runtime):
         rounds.append(len(plans))
-        return ([1.0, 1.5, 1.5] if len(rounds) == 1 else [1.5, 1.5, 1.0])[:len(plans)]
+        return (first if len(rounds) == 1 else again)[:len(plans)]
 
     monkeypatch.setattr(tt, "time_in_turns", tilt_times)
     monkeypatch.setattr(widths, "time_in_turns", lambda program, plans, runtime: [2.0] * (len(plans) - 1) + [1.0])
-    x = torch.randn(1, 3, 8, 8)
-    tilted, rep = gp.prune(_dw_net(4), (x,), budget={"macs": 0.5}, runtime="torch")
-    said = [n for n in rep.notes if "where the time is" in n]
+    net, rep = gp.prune(_dw_net(4), (torch.randn(1, 3, 8, 8),), budget={"macs": 0.5}, runtime="torch")
+    return net, rep, [n for n in rep.notes if "where the time is" in n]
+
+
+def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
+    """The tilt is first chosen at the profile's multiples; when the width tuning keeps coarser ones,
+    where plans part more, it is chosen again there and the plan remade with it."""
+    # uniform fastest at multiples of 2, tilt 1 (by more than 3%) at the coarser ones
+    tilted, rep, said = _prune_timing_tilts(monkeypatch, tmp_path, [1.0, 1.5, 1.5], [1.5, 1.5, 1.0])
     assert len(said) == 2 and said[0].endswith("kept tilt 0"), said
     assert "chosen again at the widths kept, up to 8" in said[1] and said[1].endswith("kept tilt 1"), said
-    uniform, urep = gp.prune(_dw_net(4), (x,), budget={"macs": 0.5}, runtime="torch", round_to=8)
+    uniform, urep = gp.prune(_dw_net(4), (torch.randn(1, 3, 8, 8),), budget={"macs": 0.5}, runtime="torch",
+                             round_to=8)
     assert rep.macs_after <= 0.5 * rep.macs_before and urep.macs_after <= 0.5 * urep.macs_before
     widths_of = [[m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] for net in (tilted, uniform)]
     assert all(w % 8 == 0 for w in widths_of[0][:3])  # made at the kept multiples
@@ -168,20 +175,6 @@ def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
 def test_choosing_again_favours_the_tilt_kept_before_within_timing_noise(monkeypatch, tmp_path):
     """Chosen again, a tilt within 3% of the best keeps the plan already timed (as uniform is
     favoured the first time): noise must not swap a measured plan for another."""
-    from graphprune.planning import widths
-
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
-    _fake_runtime(monkeypatch)
-    rounds = []
-
-    def tilt_times(program, plans, runtime):  # tilt 1 first; then uniform 1% faster: within the noise
-        rounds.append(len(plans))
-        return ([1.5, 1.5, 1.0] if len(rounds) == 1 else [0.99, 1.2, 1.0])[:len(plans)]
-
-    monkeypatch.setattr(tt, "time_in_turns", tilt_times)
-    monkeypatch.setattr(widths, "time_in_turns", lambda program, plans, runtime: [2.0] * (len(plans) - 1) + [1.0])
-    x = torch.randn(1, 3, 8, 8)
-    _, rep = gp.prune(_dw_net(4), (x,), budget={"macs": 0.5}, runtime="torch")
-    said = [n for n in rep.notes if "where the time is" in n]
+    # tilt 1 first; then uniform 1% faster: within the noise
+    _, _, said = _prune_timing_tilts(monkeypatch, tmp_path, [1.5, 1.5, 1.0], [0.99, 1.2, 1.0])
     assert len(said) == 2 and said[0].endswith("kept tilt 1") and said[1].endswith("kept tilt 1"), said
