@@ -334,3 +334,12 @@ def test_the_cli_fuses_by_default_and_keeps_the_ops_with_no_fuse(tmp_path):
         doc = json.loads(r.stdout)
         assert (doc["latency_ms"]["given"] is not None) == fused
         assert ("Clip" in [n.op_type for n in onnx.load(str(out)).graph.node]) != fused
+
+
+def test_nothing_pruned_still_writes_and_times_the_fused_file(tmp_path):
+    """ratio=0 makes graphprune an optimiser of the file alone: the fused file, timed against the given one."""
+    _two_blocks(tmp_path / "m.onnx")
+    report = gp.prune_onnx(tmp_path / "m.onnx", tmp_path / "same.onnx", ratio=0.0)
+    assert report.params_after == report.params_before
+    assert "Clip" not in [n.op_type for n in onnx.load(str(tmp_path / "same.onnx")).graph.node]
+    assert report.latency is not None and report.latency.given_ms is not None
