@@ -19,6 +19,8 @@ and the zoo's MobileNetV2 and ResNet-50 (full size, random weights).
     .venv/bin/python tools/bench_runtime.py --models mobilenetv2 --macs 0.5
     .venv/bin/python tools/bench_runtime.py --models efficientnet_lite0 --calib 32 --allocation sensitivity
                        # calibrated on 32 ImageNet photos + 128 crops/flips, the budget spent by sensitivity
+    .venv/bin/python tools/bench_runtime.py --fusion --json docs/data/fusion.json
+                       # nothing pruned: each corpus model as given against its fused original
     .venv/bin/python tools/bench_runtime.py --speedups 1.5 2 --json docs/data/speedup_budget.json
                        # budget={"speedup": s} instead: asked vs measured (the latency table's accuracy)
 """
@@ -234,6 +236,8 @@ def main() -> int:
                    help="calibrate EfficientNet-Lite0 on this many ImageNet photos (+4 crops/flips each)")
     p.add_argument("--allocation", default="auto", help="with --calib: gp.prune_onnx's allocation=")
     p.add_argument("--no-fuse", action="store_true", help="prune with fuse=False (activations kept as spelled)")
+    p.add_argument("--fusion", action="store_true",
+                   help="nothing pruned: every corpus model as given against its fused original (batch 1, 1 thread)")
     p.add_argument("--auto-max-cut", type=float, default=None,
                    help="the largest budget cut auto spends by sensitivity (budget_sensitivity.AUTO_MAX_CUT)")
     ns = p.parse_args()
@@ -243,6 +247,8 @@ def main() -> int:
         bs.AUTO_MAX_CUT = ns.auto_max_cut
     if ns.speedups:
         return speedup_budgets(ns)
+    if ns.fusion:
+        return fusion_only(ns)
     round_to = ns.round_to if ns.round_to == "auto" else int(ns.round_to)
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -276,6 +282,30 @@ def main() -> int:
     ns.json.parent.mkdir(parents=True, exist_ok=True)
     ns.json.write_text(json.dumps(rows, indent=1))
     print(table(rows))
+    return 0
+
+
+def fusion_only(ns) -> int:
+    """What the default call's activation fusion alone gains on each model of the corpus (every kind)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for e in json.loads((CORPUS / "manifest.json").read_text()):
+            if ns.models and e["id"] not in ns.models:
+                continue
+            src, shapes = Path(e["path"]), e.get("input_shapes")
+            fused = fused_original(src, Path(tmpdir), shapes)
+            row = {"model": e["id"], "kind": e["kind"], "fused": fused is not None}
+            if fused is not None:
+                ms = timed([src, fused], feeds_for(src, 1, shapes), 1)
+                row.update(given_ms=ms[0], fused_ms=ms[1], speedup=ms[0] / ms[1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    ns.json.parent.mkdir(parents=True, exist_ok=True)
+    ns.json.write_text(json.dumps(rows, indent=1))
+    print("| model | kind | as given | fused | speedup |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['kind']} | " + (f"{r['given_ms']:.2f} ms | {r['fused_ms']:.2f} ms | {r['speedup']:.2f}x |"
+                                                    if r["fused"] else "nothing spelled | - | - |"))
     return 0
 
 
