@@ -78,6 +78,25 @@ def scaled_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
                default=0.0)
 
 
+def nan_aware_scaled_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """:func:`scaled_diff` where NaN and inf are values too: a NaN in one output and not the other is
+    an infinite difference, equal entries (inf and inf, NaN and NaN) none. For comparing one
+    function written two ways (an activation fused), where random inputs may reach a Log's NaN."""
+    if len(got) != len(want):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(got, want):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
+            return float("inf")
+        if a.size:
+            with np.errstate(invalid="ignore"):  # inf - inf
+                diff = np.where((a == b) | np.isnan(b), 0.0, np.abs(a - b))
+            finite = b[np.isfinite(b)]
+            worst = max(worst, float(diff.max()) / max(1.0, float(np.abs(finite).max()) if finite.size else 1.0))
+    return worst
+
+
 def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int = 2) -> OracleReport:
     """Prune a copy of ``program`` with the plan's exact groups and compare it with the masked
     original on the program's oracle inputs (its example inputs and ``trials`` more); inexact

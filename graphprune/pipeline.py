@@ -343,7 +343,7 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
         raise RewriteError(f"{oracle}; the model was not changed and nothing was written")
     comp = _compensate(program, dg, opts, planned)
     report = _report(program, dg, planned, oracle, comp)
-    timed = opts.measure_latency and runtime is not None and (not p.empty or program.notes)  # loading rewrote it
+    timed = opts.measure_latency and runtime is not None and (not p.empty or program.rewritten)
     before = program.latency_ms(runtime) if timed else None
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()

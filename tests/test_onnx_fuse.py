@@ -279,7 +279,7 @@ def test_a_constant_that_can_be_fed_is_not_read_as_fixed():
 
 
 def test_the_gap_sees_nans_and_infinities():
-    from graphprune.frontends.onnx_fuse import output_gap
+    from graphprune.program.onnx_program import output_gap
 
     ident = _flat([helper.make_node("Log", ["y"], ["w"], name="log")], outputs=("w",))
     other = copy.deepcopy(ident)

@@ -273,26 +273,3 @@ def _drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None
         keep_nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in gone)]
         del g.node[:]
         g.node.extend(keep_nodes)
-
-
-def output_gap(given: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
-    """Largest difference between the two models' outputs on ``feeds`` in onnxruntime, relative
-    to each output's scale (max |value|, at least 1); infinite where the shapes differ."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    outs = [ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
-            for m in (given, fused)]
-    worst = 0.0
-    for a, b in zip(*outs):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
-            return float("inf")  # NaN where the other has a number: a difference max() would not see
-        if a.size:
-            with np.errstate(invalid="ignore"):  # inf - inf; inf == inf is no difference
-                diff = np.where((a == b) | np.isnan(a), 0.0, np.abs(a - b))
-            finite = a[np.isfinite(a)]
-            worst = max(worst, float(diff.max()) / max(1.0, float(np.abs(finite).max()) if finite.size else 1.0))
-    return worst

@@ -153,6 +153,11 @@ class Program(ABC):
         """Best-of-runs latency at the example inputs on ``runtime`` (one of :attr:`runtimes`)."""
         return None
 
+    @property
+    def rewritten(self) -> bool:
+        """Whether loading rewrote the model (ONNX activations fused): it is then timed even when nothing is pruned."""
+        return False
+
     def given_latency_ms(self, runtime: str | None = None) -> float | None:
         """The model as the user gave it, where loading rewrote it (ONNX activations fused); else None."""
         return None

@@ -17,9 +17,10 @@ from onnx import numpy_helper
 from ..backends.onnx_bias import add_biases
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
-from ..frontends.onnx_fuse import Fused, fuse_activations, output_gap
+from ..frontends.onnx_fuse import Fused, fuse_activations
 from ..frontends.onnx_lower import freeze_unreachable, input_dims, load_model, lower, probe_inputs, with_outputs
 from ..io.onnx_save import save_onnx
+from ..oracle import nan_aware_scaled_diff
 from ..planning.measure import best_of
 from .base import Masks, OnCapture, Program
 
@@ -49,6 +50,7 @@ class OnnxProgram(Program):
         self._sessions: dict[Any, Any] = {}
         self._added = 0
         self.fused = Fused()  # what load(fuse=True) rewrote; the file at self.path is the model as given
+        self._fuse_checked = False
 
     @classmethod
     def load(cls, path, feeds: dict[str, np.ndarray] | None = None,
@@ -93,10 +95,12 @@ class OnnxProgram(Program):
     def _check_fused(self, dims, feeds):
         """None where nothing was fused or the fused outputs match the given model's at the analysed
         shapes; else the given model is taken back and its IR returned (the note says why)."""
-        if not self.fused or any(n.startswith("activations:") for n in self.notes):
+        if not self.fused or self._fuse_checked:
             return None
+        self._fuse_checked = True
+        given = load_model(self.path)
         try:
-            gap = output_gap(load_model(self.path), self.model, feeds or probe_inputs(self.model, dims=dims))
+            gap = output_gap(given, self.model, feeds or probe_inputs(self.model, dims=dims))
             why = f"differ from the given one's by {gap:.2e} (relative), above {self.default_atol:g}"
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own types: the rewrite does not run
             gap, why = float("inf"), f"do not run in onnxruntime ({str(exc).splitlines()[0][:200]})"
@@ -104,8 +108,12 @@ class OnnxProgram(Program):
             self.notes.append(self.fused.note())
             return None
         self.notes.append(f"activations: not fused; the rewritten graph's outputs {why}")
-        self.model, self.fused = load_model(self.path), Fused()
+        self.model, self.fused = given, Fused()
         return self.lower()
+
+    @property
+    def rewritten(self) -> bool:
+        return bool(self.fused)
 
     def analysis_dims(self) -> dict[str, list[int]]:
         if self._analysis is None:
@@ -279,7 +287,7 @@ class OnnxProgram(Program):
 
     def given_latency_ms(self, runtime: str | None = None) -> float | None:
         """The model as loaded, where :meth:`load` fused its activations (else None)."""
-        return self._latency(load_model(self.path)) if self.fused else None
+        return self._latency(load_model(self.path)) if self.rewritten else None
 
     def _latency(self, model: onnx.ModelProto) -> float:
         sess, feeds = session(model), self.feeds()
@@ -306,6 +314,11 @@ def _dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
     return [(k, d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
             for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")
             for k, d in enumerate(vi.type.tensor_type.shape.dim)]
+
+
+def output_gap(given: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
+    """How far the fused model's outputs are from the given one's on ``feeds`` (oracle.nan_aware_scaled_diff)."""
+    return nan_aware_scaled_diff(session(fused).run(None, feeds), session(given).run(None, feeds))
 
 
 def session(model: onnx.ModelProto):
