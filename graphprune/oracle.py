@@ -53,48 +53,41 @@ class OracleReport:
         return s
 
 
+def _gaps(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
+    """(max |got - want|, the same relative to max(1, max |want|)) over matching outputs.
+
+    NaN and inf are values: equal entries (NaN and NaN, inf and inf) differ by nothing, a NaN or
+    inf in one output and not the other by inf. Outputs that differ in number or shape differ by
+    inf. (Python's ``max(0.0, nan)`` is 0.0: a plain maximum would pass a model that emits NaN.)"""
+    if len(got) != len(want):
+        return float("inf"), float("inf")
+    worst = scaled = 0.0
+    for a, b in zip(got, want):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
+            return float("inf"), float("inf")
+        if not a.size:
+            continue
+        with np.errstate(invalid="ignore"):  # inf - inf
+            diff = np.where((a == b) | np.isnan(b), 0.0, np.abs(a - b))
+        finite = np.abs(b[np.isfinite(b)])
+        gap = float(diff.max())
+        worst = max(worst, gap)
+        scaled = max(scaled, gap / max(1.0, float(finite.max()) if finite.size else 1.0))
+    return worst, scaled
+
+
 def max_abs_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     """Largest elementwise difference over matching outputs; inf where the outputs differ in
-    number or shape."""
-    if len(got) != len(want):
-        return float("inf")
-    worst = 0.0
-    for a, b in zip(got, want):
-        if a.shape != b.shape:
-            return float("inf")
-        if a.size:
-            worst = max(worst, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
-    return worst
+    number or shape, or in where they are NaN or infinite."""
+    return _gaps(got, want)[0]
 
 
 def scaled_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     """Worst output's max |got - want| / max(1, max |want|): float32 rounding is relative, so an
-    output that reaches 300 (a detector's boxes) cannot be held to an absolute 1e-4."""
-    worst = max_abs_diff(got, want)
-    if not np.isfinite(worst):
-        return worst
-    return max((float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) /
-                max(1.0, float(np.abs(b.astype(np.float64)).max())) for a, b in zip(got, want) if a.size),
-               default=0.0)
-
-
-def nan_aware_scaled_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
-    """:func:`scaled_diff` where NaN and inf are values too: a NaN in one output and not the other is
-    an infinite difference, equal entries (inf and inf, NaN and NaN) none. For comparing one
-    function written two ways (an activation fused), where random inputs may reach a Log's NaN."""
-    if len(got) != len(want):
-        return float("inf")
-    worst = 0.0
-    for a, b in zip(got, want):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
-            return float("inf")
-        if a.size:
-            with np.errstate(invalid="ignore"):  # inf - inf
-                diff = np.where((a == b) | np.isnan(b), 0.0, np.abs(a - b))
-            finite = b[np.isfinite(b)]
-            worst = max(worst, float(diff.max()) / max(1.0, float(np.abs(finite).max()) if finite.size else 1.0))
-    return worst
+    output that reaches 300 (a detector's boxes) cannot be held to an absolute 1e-4. NaN and inf
+    are compared as :func:`max_abs_diff` does."""
+    return _gaps(got, want)[1]
 
 
 def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int = 2) -> OracleReport:

@@ -20,7 +20,7 @@ from ..errors import PlanError, RewriteError, TraceError
 from ..frontends.onnx_fuse import Fused, fuse_activations
 from ..frontends.onnx_lower import freeze_unreachable, input_dims, load_model, lower, probe_inputs, with_outputs
 from ..io.onnx_save import save_onnx
-from ..oracle import nan_aware_scaled_diff
+from ..oracle import scaled_diff
 from ..planning.measure import best_of
 from .base import Masks, OnCapture, Program
 
@@ -317,8 +317,8 @@ def _dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
 
 
 def output_gap(given: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
-    """How far the fused model's outputs are from the given one's on ``feeds`` (oracle.nan_aware_scaled_diff)."""
-    return nan_aware_scaled_diff(session(fused).run(None, feeds), session(given).run(None, feeds))
+    """How far the fused model's outputs are from the given one's on ``feeds`` (oracle.scaled_diff: NaN and inf count)."""
+    return scaled_diff(session(fused).run(None, feeds), session(given).run(None, feeds))
 
 
 def session(model: onnx.ModelProto):

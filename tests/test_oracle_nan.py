@@ -1,0 +1,84 @@
+"""The oracle must see NaN and inf: a pruned model that emits NaN where the masked original does
+not is wrong, and a plain maximum (Python's ``max(0.0, nan)`` is 0.0) would pass it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+import graphprune as gp
+from graphprune.oracle import max_abs_diff, scaled_diff
+from graphprune.program.torch_program import TorchProgram
+
+
+def test_nan_in_one_output_only_is_an_infinite_difference():
+    want = [np.zeros((2, 3)), np.ones(4)]
+    got = [np.zeros((2, 3)), np.ones(4)]
+    got[1][2] = np.nan
+    assert max_abs_diff(got, want) == math.inf and scaled_diff(got, want) == math.inf
+    # the first output matching exactly must not hide the second one's NaN (the order max() saw)
+    assert max_abs_diff(got[::-1], want[::-1]) == math.inf
+
+
+def test_nan_or_inf_at_the_same_places_is_no_difference():
+    want = [np.array([np.nan, 1.0, np.inf, -np.inf])]
+    assert max_abs_diff([want[0].copy()], want) == 0.0 and scaled_diff([want[0].copy()], want) == 0.0
+    # the finite part still counts, scaled by the largest finite value (2.0), not by inf
+    got = [np.array([np.nan, 2.0, np.inf, -np.inf])]
+    want = [np.array([np.nan, 1.0, np.inf, -np.inf])]
+    assert max_abs_diff(got, want) == 1.0 and scaled_diff(got, want) == 1.0
+    assert max_abs_diff([np.array([np.inf])], [np.array([-np.inf])]) == math.inf
+    assert max_abs_diff([np.array([np.inf])], [np.array([3.0])]) == math.inf
+
+
+def _mlp() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval(), (torch.randn(5, 6),)
+
+
+def test_oracle_fails_a_pruned_model_that_emits_nan(monkeypatch):
+    model, args = _mlp()
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5)
+    assert gp.verify(model, args, plan, g).passed  # the honest prune passes
+
+    apply = TorchProgram.apply
+
+    def nan_apply(self, *a, **k):
+        pruned = apply(self, *a, **k)
+        run = pruned.run
+
+        def nan_run(batch, *ra, **rk):
+            out = run(batch, *ra, **rk)
+            out[0][0, 0] = np.nan  # one NaN in an otherwise exact output
+            return out
+
+        pruned.run = nan_run
+        return pruned
+
+    monkeypatch.setattr(TorchProgram, "apply", nan_apply)
+    report = gp.verify(model, args, plan, g)
+    assert not report.passed and report.max_abs_diff == math.inf, str(report)
+    assert "FAIL" in str(report)
+
+
+class _LogHead(nn.Module):
+    """log of a signed output: NaN at the negative entries, in the original and pruned alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _mlp()[0]
+
+    def forward(self, x):
+        return torch.log(self.body(x))
+
+
+def test_oracle_passes_nan_that_the_masked_original_has_too():
+    model, args = _LogHead().eval(), _mlp()[1]
+    assert torch.isnan(model(*args)).any()  # the case is real: the original emits NaN
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5)
+    report = gp.verify(model, args, plan, g)
+    assert plan.pruned and report.checked_groups and report.passed, str(report)
