@@ -14,6 +14,7 @@ depends on it). Only chains whose inner results feed nothing else are rewritten.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,9 +30,10 @@ class Fused:
 
     hard_swish: list[str] = field(default_factory=list)
     hard_sigmoid: list[str] = field(default_factory=list)
+    softmax: list[str] = field(default_factory=list)  # moved ahead of their Transpose (frontends/onnx_softmax.py)
 
     def __bool__(self) -> bool:
-        return bool(self.hard_swish or self.hard_sigmoid)
+        return bool(self.hard_swish or self.hard_sigmoid or self.softmax)
 
     def note(self) -> str:
         parts = []
@@ -39,8 +41,13 @@ class Fused:
             parts.append(f"{len(self.hard_swish)} hard-swish spelled as Add/Clip/Mul/Div")
         if self.hard_sigmoid:
             parts.append(f"{len(self.hard_sigmoid)} hard-sigmoid spelled as Add/Clip/Div")
-        return (f"activations: {' and '.join(parts)} written as the single ops onnxruntime keeps in its blocked "
-                "layout (outputs checked equal; fuse=False keeps the graph's ops as given)")
+        notes = []
+        if parts:
+            notes.append(f"{' and '.join(parts)} written as the single ops onnxruntime keeps in its blocked layout")
+        if self.softmax:
+            notes.append(f"{len(self.softmax)} softmax op(s) moved ahead of the Transpose they read, onto an axis "
+                         f"onnxruntime transposes faster ({', '.join(self.softmax[:3])})")
+        return f"activations: {'; '.join(notes)} (outputs checked equal; fuse=False keeps the graph's ops as given)"
 
 
 def _subgraphs(node: onnx.NodeProto):
@@ -48,7 +55,7 @@ def _subgraphs(node: onnx.NodeProto):
         yield from ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
 
 
-def _names_in(graph: onnx.GraphProto) -> set[str]:
+def names_in(graph: onnx.GraphProto) -> set[str]:
     """Every name a graph and its subgraphs read or define (If/Loop bodies read outer values
     without listing them as the node's inputs)."""
     out = {i.name for i in graph.input} | {o.name for o in graph.output} | {i.name for i in graph.initializer}
@@ -57,11 +64,14 @@ def _names_in(graph: onnx.GraphProto) -> set[str]:
         out.update(n.output)
         out.add(n.name)
         for sub in _subgraphs(n):
-            out |= _names_in(sub)
+            out |= names_in(sub)
     return out
 
 
-class _Index:
+class GraphIndex:
+    """Each value's producer and how many read it (a graph output or a read inside an If/Loop body
+    counts too, so such a value is never taken for an inner result)."""
+
     def __init__(self, model: onnx.ModelProto) -> None:
         g = model.graph
         self.inits = {i.name: i for i in g.initializer}
@@ -72,11 +82,15 @@ class _Index:
             for i in n.input:
                 self.users[i] = self.users.get(i, 0) + 1
             for sub in _subgraphs(n):  # read inside a body: never an inner result, never dropped
-                for name in _names_in(sub):
+                for name in names_in(sub):
                     self.users[name] = self.users.get(name, 0) + 2
         for o in g.output:
             self.users[o.name] = self.users.get(o.name, 0) + 1  # a graph output is never an inner result
-        self.ranks = _ranks(model)
+        self._model = model
+
+    @functools.cached_property
+    def ranks(self) -> dict[str, int]:  # shape inference: only where a rank-1 constant needs it
+        return _ranks(self._model)
 
     def scalar(self, name: str, x: str | None = None) -> float | None:
         """The value of a one-element float32/float16 constant (onnxruntime has no double HardSigmoid)
@@ -123,7 +137,7 @@ def _other(node: onnx.NodeProto, idx: int) -> str:
     return node.input[1 - idx]
 
 
-def _scaled_by_sixth(ix: _Index, node: onnx.NodeProto) -> str | None:
+def _scaled_by_sixth(ix: GraphIndex, node: onnx.NodeProto) -> str | None:
     """For ``Div(a, 6)`` or ``Mul(a, 1/6)`` (either order), ``a``; else None."""
     if node.domain not in ("", "ai.onnx") or len(node.input) != 2:
         return None
@@ -136,7 +150,7 @@ def _scaled_by_sixth(ix: _Index, node: onnx.NodeProto) -> str | None:
     return None
 
 
-def _relu6_of_x_plus_3(ix: _Index, name: str, opset: int) -> tuple[str, list[onnx.NodeProto]] | None:
+def _relu6_of_x_plus_3(ix: GraphIndex, name: str, opset: int) -> tuple[str, list[onnx.NodeProto]] | None:
     """For ``Clip(Add(x, 3), 0, 6)`` (inner results feeding nothing else): ``x`` and the two nodes."""
     clip = ix.op(name, "Clip")
     if clip is None:
@@ -159,7 +173,7 @@ def _relu6_of_x_plus_3(ix: _Index, name: str, opset: int) -> tuple[str, list[onn
     return None
 
 
-def _match(ix: _Index, last: onnx.NodeProto, opset: int) -> tuple[str, str, list[onnx.NodeProto]] | None:
+def _match(ix: GraphIndex, last: onnx.NodeProto, opset: int) -> tuple[str, str, list[onnx.NodeProto]] | None:
     """("swish" | "sigmoid", x, the chain's nodes before ``last``) where ``last`` ends one."""
     inner = _scaled_by_sixth(ix, last)
     if inner is None:
@@ -176,7 +190,7 @@ def _match(ix: _Index, last: onnx.NodeProto, opset: int) -> tuple[str, str, list
     return None
 
 
-def _gated(ix: _Index, node: onnx.NodeProto, sigmoid_ends: dict[str, tuple]) -> tuple | None:
+def _gated(ix: GraphIndex, node: onnx.NodeProto, sigmoid_ends: dict[str, tuple]) -> tuple | None:
     """For ``Mul(x, hard_sigmoid(x))``: (x, the hard-sigmoid chain's nodes, its last node)."""
     if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
         return None
@@ -195,7 +209,7 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
     """Rewrite spelled hard-swish / hard-sigmoid chains of ``model``'s main graph in place; the
     rewritten node takes the chain's last node's name and output. Constants left unused go."""
     opset = default_opset(model)
-    ix = _Index(model)
+    ix = GraphIndex(model)
     sigmoid_ends: dict[str, tuple] = {}  # output of a hard-sigmoid chain's last node -> (x, nodes, last)
     chains: dict[int, tuple[str, str, list]] = {}  # id(last node) -> (kind, x, nodes before it)
     for node in model.graph.node:
@@ -214,7 +228,7 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
     if not chains:
         return Fused()
     fused = Fused()
-    taken = _names_in(model.graph)
+    taken = names_in(model.graph)
     dropped = {id(n) for _, _, nodes in chains.values() for n in nodes}
     candidates = {i for n in model.graph.node if id(n) in dropped or id(n) in chains for i in n.input}
     dropped_nodes = [n for n in model.graph.node if id(n) in dropped]
@@ -233,7 +247,7 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
             if opset >= 14:
                 out.append(helper.make_node("HardSwish", [x], [y], name=name))
                 continue
-            gate = _fresh(f"{name}_gate", taken)
+            gate = fresh_name(f"{name}_gate", taken)
             out.append(helper.make_node("HardSigmoid", [x], [gate], name=gate, alpha=SIXTH, beta=0.5))
             out.append(helper.make_node("Mul", [x, gate], [y], name=name))
         else:
@@ -250,7 +264,7 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
     return fused
 
 
-def _fresh(base: str, taken: set[str]) -> str:
+def fresh_name(base: str, taken: set[str]) -> str:
     name, k = base, 0
     while name in taken:
         k += 1
@@ -263,7 +277,7 @@ def _drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None
     """Initializers and Constant nodes among ``candidates`` that nothing reads any more."""
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
-    used |= {name for n in g.node for sub in _subgraphs(n) for name in _names_in(sub)}
+    used |= {name for n in g.node for sub in _subgraphs(n) for name in names_in(sub)}
     gone = candidates - used
     if any(i.name in gone for i in g.initializer):
         keep = [i for i in g.initializer if i.name not in gone]
