@@ -53,7 +53,7 @@ class OracleReport:
         return s
 
 
-def _gaps(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
+def gaps(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
     """(max |got - want|, the same relative to max(1, max |want|)) over matching outputs.
 
     NaN and inf are values: equal entries (NaN and NaN, inf and inf) differ by nothing, a NaN or
@@ -80,14 +80,14 @@ def _gaps(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
 def max_abs_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     """Largest elementwise difference over matching outputs; inf where the outputs differ in
     number or shape, or in where they are NaN or infinite."""
-    return _gaps(got, want)[0]
+    return gaps(got, want)[0]
 
 
 def scaled_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     """Worst output's max |got - want| / max(1, max |want|): float32 rounding is relative, so an
     output that reaches 300 (a detector's boxes) cannot be held to an absolute 1e-4. NaN and inf
     are compared as :func:`max_abs_diff` does."""
-    return _gaps(got, want)[1]
+    return gaps(got, want)[1]
 
 
 def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int = 2) -> OracleReport:
@@ -102,7 +102,8 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     worst = scaled = 0.0
     for batch in program.oracle_inputs(trials):
         got, want = pruned.run(batch), program.run(batch, masks=masks)
-        worst, scaled = max(worst, max_abs_diff(got, want)), max(scaled, scaled_diff(got, want))
+        gap, rel = gaps(got, want)
+        worst, scaled = max(worst, gap), max(scaled, rel)
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,

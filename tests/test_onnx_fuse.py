@@ -163,7 +163,7 @@ def test_prune_onnx_writes_the_fused_activations_and_times_the_file_as_given(tmp
     report = _prune(tmp_path / "m.onnx", tmp_path / "slim.onnx")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "slim.onnx")).graph.node]
     assert "Clip" not in ops and ops.count("HardSigmoid") == 2 and ops.count("Mul") == 2
-    assert any(n.startswith("activations: 2 hard-swish") for n in report.notes)
+    assert any(n.startswith("rewritten for onnxruntime: 2 hard-swish") for n in report.notes)
     assert report.oracle is not None and report.oracle.passed
     assert report.latency is not None and report.latency.given_ms is not None
     assert report.to_dict()["latency_ms"]["given"] == report.latency.given_ms
@@ -172,7 +172,7 @@ def test_prune_onnx_writes_the_fused_activations_and_times_the_file_as_given(tmp
     plain = _prune(tmp_path / "m.onnx", tmp_path / "plain.onnx", fuse=False)
     assert "Clip" in [n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node]
     assert plain.latency is not None and plain.latency.given_ms is None
-    assert not any(n.startswith("activations:") for n in plain.notes)
+    assert not any(n.startswith("rewritten for onnxruntime:") for n in plain.notes)
     x = {"x": np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)}
     outs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, x)[0]
             for f in ("slim.onnx", "plain.onnx")]
@@ -186,7 +186,7 @@ def test_outputs_that_differ_take_the_given_graph_back(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_program, "output_gap", lambda given, fused, feeds: 0.5)  # a fusion gone wrong
     report = _prune(tmp_path / "m.onnx", tmp_path / "slim.onnx")
     assert "Clip" in [n.op_type for n in onnx.load(str(tmp_path / "slim.onnx")).graph.node]
-    assert any(n.startswith("activations: not fused") and "5.00e-01" in n for n in report.notes)
+    assert any(n.startswith("rewritten for onnxruntime: taken back") and "5.00e-01" in n for n in report.notes)
     assert report.latency is not None and report.latency.given_ms is None
 
 
@@ -305,7 +305,7 @@ def test_a_rewrite_that_does_not_run_is_taken_back(tmp_path, monkeypatch):
     _two_blocks(tmp_path / "m.onnx")
     monkeypatch.setattr(onnx_program, "output_gap", fails)
     report = _prune(tmp_path / "m.onnx", tmp_path / "slim.onnx")
-    assert any(n.startswith("activations: not fused") and "INVALID_GRAPH" in n for n in report.notes)
+    assert any(n.startswith("rewritten for onnxruntime: taken back") and "INVALID_GRAPH" in n for n in report.notes)
     assert "Clip" in [n.op_type for n in onnx.load(str(tmp_path / "slim.onnx")).graph.node]
 
 

@@ -135,10 +135,26 @@ def test_prune_onnx_writes_the_moved_softmax_and_the_oracle_holds(tmp_path):
     dst = tmp_path / "out.onnx"
     report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False)
     assert report.oracle.passed and report.oracle.checked_groups, str(report.oracle)
-    assert any(n.startswith("activations: 1 softmax op(s) moved") and "dfl" in n for n in report.notes)
+    assert any(n.startswith("rewritten for onnxruntime: 1 softmax op(s) moved") and "dfl" in n for n in report.notes)
     out = onnx.load(str(dst))
     soft = next(n for n in out.graph.node if n.op_type == "Softmax")
     assert soft.input[0] == "b4" and next(a.i for a in soft.attribute if a.name == "axis") == 2
     plain = gp.prune_onnx(src, tmp_path / "plain.onnx", ratio=0.5, round_to=1, measure_latency=False, fuse=False)
     kept = next(n for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node if n.op_type == "Softmax")
-    assert kept.input[0] == "bt" and not any(n.startswith("activations:") for n in plain.notes)
+    assert kept.input[0] == "bt" and not any(n.startswith("rewritten for onnxruntime:") for n in plain.notes)
+
+
+def test_an_unnamed_softmax_gets_a_name_no_node_has():
+    """Unnamed, the softmax is named after its output; another node may already carry that name
+    (onnxruntime refuses two nodes of one name, onnx.checker does not)."""
+    model = _model((0, 2, 1, 3), 1)
+    model.graph.node[1].name = ""
+    model.graph.node.append(helper.make_node("Relu", ["y"], ["r"], name="y"))
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 6, 4, 5]))
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    want = _run(model, x)
+    assert len(softmax_ahead_of_transpose(model)) == 1
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names), names
+    for got, ref in zip(_run(model, x), want):
+        np.testing.assert_array_equal(got, ref)

@@ -25,10 +25,10 @@ def test_nan_in_one_output_only_is_an_infinite_difference():
 def test_nan_or_inf_at_the_same_places_is_no_difference():
     want = [np.array([np.nan, 1.0, np.inf, -np.inf])]
     assert max_abs_diff([want[0].copy()], want) == 0.0 and scaled_diff([want[0].copy()], want) == 0.0
-    # the finite part still counts, scaled by the largest finite value (2.0), not by inf
-    got = [np.array([np.nan, 2.0, np.inf, -np.inf])]
-    want = [np.array([np.nan, 1.0, np.inf, -np.inf])]
-    assert max_abs_diff(got, want) == 1.0 and scaled_diff(got, want) == 1.0
+    # the finite part still counts, scaled by the wanted output's largest finite value (4.0), not by inf
+    got = [np.array([np.nan, 6.0, np.inf, -np.inf])]
+    want = [np.array([np.nan, 4.0, np.inf, -np.inf])]
+    assert max_abs_diff(got, want) == 2.0 and scaled_diff(got, want) == 0.5
     assert max_abs_diff([np.array([np.inf])], [np.array([-np.inf])]) == math.inf
     assert max_abs_diff([np.array([np.inf])], [np.array([3.0])]) == math.inf
 

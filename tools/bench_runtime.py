@@ -206,7 +206,7 @@ def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tm
     if calib is not None:
         row["photos"] = photo_agreement(name, photos, src, dst)
     fused = fused_original(src, tmp, shapes) if fuse else None
-    row["fused"] = next((n for n in report.notes if n.startswith("activations:")), "")
+    row["fused"] = next((n for n in report.notes if n.startswith("rewritten for onnxruntime:")), "")
     files = [src, dst] + [f for f in (fused, peer) if f is not None]
     for batch in (1, 8):
         feeds = feeds_for(src, batch, shapes)

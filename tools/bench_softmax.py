@@ -1,6 +1,6 @@
 """Time ``Transpose(perm) -> Softmax(axis)`` against the softmax moved ahead of the transpose,
-for every 4-d permutation and axis where frontends/onnx_softmax.py moves it (the axis class gets
-cheaper) and, as a check on the rule, where it does not. One thread, onnxruntime, best of 5x10 runs.
+for every permutation and axis (ranks 2 to 5) where frontends/onnx_softmax.py moves it (the axis
+class gets cheaper) and, as a check on the rule, where it does not. One thread, onnxruntime, best of 5x10 runs.
 
     .venv/bin/python tools/bench_softmax.py --json docs/data/softmax.json
 """
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graphprune.planning.measure import ort_session  # noqa: E402
 
-SHAPES = [(1, 4, 16, 2100), (8, 4, 16, 2100), (1, 64, 80, 80), (1, 21, 128, 128), (2, 8, 128, 64), (1, 16, 32, 32)]
+SHAPES = [(1, 4, 16, 2100), (8, 4, 16, 2100), (1, 64, 80, 80), (1, 21, 128, 128), (2, 8, 128, 64), (1, 16, 32, 32),
+          (64, 16, 2100), (12, 197, 64), (4, 1000), (2, 4, 8, 16, 32)]
 
 
 def _model(nodes, shape) -> bytes:
@@ -59,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     for shape in SHAPES[:args.shapes]:
         x = rng.standard_normal(shape).astype(np.float32)
-        for perm in itertools.permutations(range(4)):
-            if perm[0] != 0 or perm == (0, 1, 2, 3):
+        rank = len(shape)
+        for perm in itertools.permutations(range(rank)):
+            if perm == tuple(range(rank)):
                 continue
-            for k in range(1, 4):
-                if _class(perm[k], 4) == _class(k, 4):
+            for k in range(rank):
+                if _class(perm[k], rank) == _class(k, rank):
                     continue  # the same class either way: nothing to learn
                 a = _model([helper.make_node("Transpose", ["x"], ["t"], perm=list(perm)),
                             helper.make_node("Softmax", ["t"], ["y"], axis=k)], shape)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                             helper.make_node("Transpose", ["s"], ["y"], perm=list(perm))], shape)
                 (ta, ya), (tb, yb) = _time(a, x), _time(b, x)
                 row = dict(shape=list(shape), perm=list(perm), axis=k, to=perm[k],
-                           moved_by_rule=_class(perm[k], 4) < _class(k, 4), as_is_ms=ta, moved_ms=tb,
+                           moved_by_rule=_class(perm[k], rank) < _class(k, rank), as_is_ms=ta, moved_ms=tb,
                            speedup=ta / tb, identical=bool(np.array_equal(ya, yb)))
                 rows.append(row)
                 print(f"| {shape} | {perm} | {k} | {perm[k]} | {'yes' if row['moved_by_rule'] else 'no'} | "

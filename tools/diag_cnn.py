@@ -42,6 +42,7 @@ VARIANTS = {
     "sequential": dict(compensate="sequential"),
     "activation": dict(importance="activation"),
     "expand-only": dict(targets=("ffn",)),
+    "depth": dict(targets=("blocks", "ffn", "hidden")),  # whole residual blocks weighed against widths
     "expand-only+sensitivity": dict(targets=("ffn",), allocation="sensitivity"),
     # EfficientNet-Lite0's expanded channels alone: 'ffn' less the stem, the blocks 0/15 projections, the head conv
     "expansions": dict(targets=("ffn",), ignore=["_bn0", "_blocks.0._bn2", "_blocks.15._bn2", "_bn1"]),

@@ -47,7 +47,7 @@ class Fused:
         if self.softmax:
             notes.append(f"{len(self.softmax)} softmax op(s) moved ahead of the Transpose they read, onto an axis "
                          f"onnxruntime transposes faster ({', '.join(self.softmax[:3])})")
-        return f"activations: {'; '.join(notes)} (outputs checked equal; fuse=False keeps the graph's ops as given)"
+        return f"rewritten for onnxruntime: {'; '.join(notes)} (outputs checked equal; fuse=False keeps the graph's ops as given)"
 
 
 def _subgraphs(node: onnx.NodeProto):

@@ -4,14 +4,15 @@ onnxruntime computes a Softmax (from opset 13: along one axis) on the last axis 
 other axis it transposes that axis with the last one, computes, and transposes back. An adjacent
 swap (the axis second to last) takes a fast path; any other swap is a general permutation, several
 times slower. YOLOv8's distribution-focal head (``Reshape(b, 4, 16, A) -> Transpose(0, 2, 1, 3) ->
-Softmax(axis=1)``) pays that on every run: 1.0 ms of a 13 ms nudenet run at 320x320 (docs/runtime.md),
+Softmax(axis=1)``) pays that on every run: 1.1 ms of a 12.8 ms nudenet run at 320x320, two threads (docs/runtime.md),
 the same in the original and in any pruned model, so it also caps what pruning can save.
 
 The rewrite is exact: a softmax normalises each line along its axis, and a transpose only moves
 the lines, so ``Softmax(Transpose(x, p), axis=k) == Transpose(Softmax(x, axis=p[k]), p)``, bit for bit.
 It is made only where it lowers the cost class of the softmax's own transpose (last axis: none;
 second to last: an adjacent swap; else a general permutation), which every shape measured confirmed
-(1.3x to 15x faster; and every move the rule refuses slower: tools/bench_softmax.py). LogSoftmax is the same. Before opset 13 a
+(722 cases over ranks 2-5: every move it makes 1.00x to 20x as fast, every move it refuses
+slower; tools/bench_softmax.py). LogSoftmax is the same. Before opset 13 a
 Softmax flattens all axes from ``axis`` on, so those are left alone.
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ def softmax_ahead_of_transpose(model: onnx.ModelProto) -> list[str]:
         axis %= rank
         if _transpose_cost(perm[axis], rank) >= _transpose_cost(axis, rank):
             continue
-        name = soft.name or soft.output[0]
+        name = soft.name or fresh_name(soft.output[0], taken)
         mid = fresh_name(f"{name}_ahead", taken)
         ahead = helper.make_node(soft.op_type, [tr.input[0]], [mid], name=name, axis=perm[axis])
         after = helper.make_node("Transpose", [mid], [soft.output[0]], name=tr.name or fresh_name(mid + "_t", taken),

@@ -111,7 +111,7 @@ class OnnxProgram(Program):
         if gap <= self.default_atol:
             self.notes.append(self.fused.note())
             return None
-        self.notes.append(f"activations: not fused; the rewritten graph's outputs {why}")
+        self.notes.append(f"rewritten for onnxruntime: taken back; the rewritten graph's outputs {why}")
         self.model, self.fused = given, Fused()
         return self.lower()
 

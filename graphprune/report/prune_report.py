@@ -196,7 +196,7 @@ class PruneReport:
             text += f"\nnote: {note}"
         if self.latency is not None:
             lat = self.latency
-            rows = [["best of runs, example shape" if lat.given_ms is None else "the original, activations fused",
+            rows = [["best of runs, example shape" if lat.given_ms is None else "the original, rewritten for onnxruntime",
                      f"{lat.before_ms:.3f} ms", f"{lat.after_ms:.3f} ms", f"{lat.speedup:.2f}x"]]
             if lat.given_ms is not None:
                 rows.append(["the original file as given", f"{lat.given_ms:.3f} ms", f"{lat.after_ms:.3f} ms",
