@@ -155,7 +155,8 @@ class Program(ABC):
 
     @property
     def rewritten(self) -> bool:
-        """Whether loading rewrote the model (ONNX: activations fused, a softmax moved): it is then timed even when nothing is pruned."""
+        """Whether loading rewrote the model (ONNX: activations fused, a softmax moved): it is then
+        timed even when nothing is pruned."""
         return False
 
     def given_latency_ms(self, runtime: str | None = None) -> float | None:
