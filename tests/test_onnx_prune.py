@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from helpers import measured_macs, tiny_onnx_model
+from onnx import TensorProto, helper, numpy_helper
 
 import graphprune as gp
 from graphprune.api.onnx_models import probe_inputs
@@ -232,6 +233,42 @@ def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
     with pytest.raises(gp.errors.TraceError, match="declares dim 1 as 3"):
         gp.prune_onnx(src, tmp_path / "c.onnx", input_shapes={"x": (1, 4, 32, 32)})
     assert not (tmp_path / "c.onnx").exists()
+
+
+def _runs_only_at_even_sizes(path: Path) -> None:
+    """Two conv branches on a dynamic image; one ends in SpaceToDepth(2), which ONNX shape inference
+    takes at 1x1 (its output 0x0) but onnxruntime refuses: a size the graph analyses and the runtime
+    does not run (as PP-OCRv6's detector at 1x1, whose dim_params promise sizes a 1x1 image breaks)."""
+    rng = np.random.default_rng(0)
+    c = 8
+    w = {"w1": (c, 3, 1, 1), "w2": (4, 4 * c, 1, 1), "v1": (c, 3, 3, 3), "v2": (4, c, 1, 1)}
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k) for k, s in w.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+             helper.make_node("Relu", ["a"], ["ar"], name="r1"),
+             helper.make_node("SpaceToDepth", ["ar"], ["s"], name="s2d", blocksize=2),
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="c2"),
+             helper.make_node("Conv", ["x", "v1"], ["b"], name="d1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["br"], name="r2"),
+             helper.make_node("Conv", ["br", "v2"], ["z"], name="d2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "h", "w"]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_dynamic_dims_the_runtime_refuses_are_tried_at_the_next_size(tmp_path):
+    src = tmp_path / "even.onnx"
+    _runs_only_at_even_sizes(src)
+    report = gp.prune_onnx(src, tmp_path / "a.onnx", ratio=0.5, round_to=1, measure_latency=True)
+    assert report.oracle.passed and report.oracle.checked_groups and report.params_after < report.params_before
+    note = next(n for n in report.notes if n.startswith("input shapes:"))
+    assert "x 1x3x32x32" in note and "at x 1x3x1x1: onnxruntime cannot run it" in note and "--input-shape" in note
+    # given shapes are the user's: nothing is tried, and nothing said
+    report = gp.prune_onnx(src, tmp_path / "b.onnx", ratio=0.5, round_to=1, measure_latency=False,
+                           input_shapes={"x": (1, 3, 8, 8)})
+    assert report.oracle.passed and not any(n.startswith("input shapes:") for n in report.notes)
 
 
 def test_an_input_declared_minus_one_is_dynamic(tmp_path):

@@ -24,6 +24,7 @@ from ..io.onnx_save import save_onnx
 from ..oracle import scaled_diff
 from ..planning.measure import best_of
 from .base import Masks, OnCapture, Program
+from .onnx_masked import masked_model, with_weights
 
 
 class OnnxProgram(Program):
@@ -87,7 +88,17 @@ class OnnxProgram(Program):
             except TraceError as exc:
                 errors.append((dims, str(exc)))
                 continue
+            refused = self._refused_at(dims, k) if feeds is None and k + 1 < len(tries) else None
+            if refused:  # analysable, but onnxruntime cannot run it there: the oracle and timings could not
+                errors.append((dims, refused))
+                continue
             self._analysis, self._fallback = dims, k > 0
+            if k > 0:
+                self.notes.append(
+                    f"input shapes: analysed and timed at {_spell_dims(dims)}, the first size with dynamic dims at "
+                    f"{', '.join(str(s) for s in (1, *IMAGE_SIZES))} that works (at {_spell_dims(errors[-1][0])}: "
+                    f"{errors[-1][1][:120]}); widths are tuned for that shape: give the one you deploy at "
+                    "(input_shapes=, --input-shape NAME:1x3x640x640)")
             return self._check_fused(dims, feeds) or ir
         if len(errors) == 1:
             raise TraceError(errors[0][1])
@@ -95,6 +106,21 @@ class OnnxProgram(Program):
         raise TraceError(f"{errors[0][1]}. Tried the dynamic dims at {spelled}; none worked. Give the input shapes "
                          "(input_shapes={'name': (1, 3, 640, 640)}, --input-shape name:1x3x640x640) or example "
                          "inputs (inputs={...}, --inputs feeds.npz)")
+
+    def _refused_at(self, dims, k: int) -> str | None:
+        """Why onnxruntime cannot run the model at the analysis ``dims`` (and, for the first try,
+        at the timing feeds' dims), or None. A detector's dim_params may promise equal sizes
+        that a 1x1 image breaks (PP-OCRv6 det: "Shape mismatch attempting to re-use buffer")."""
+        import onnxruntime as ort
+
+        sess, quiet = self.session(), ort.RunOptions()
+        quiet.log_severity_level = 4  # the refusal is reported in the note, not logged in red
+        for feeds in [probe_inputs(self.model, dims=dims)] + ([probe_inputs(self.model)] if k == 0 else []):
+            try:
+                sess.run(None, feeds, quiet)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own types
+                return f"onnxruntime cannot run it: {str(exc).splitlines()[0]}"
+        return None
 
     def _check_fused(self, dims, feeds):
         """None where nothing was fused or the fused outputs match the given model's at the analysed
@@ -306,6 +332,10 @@ class OnnxProgram(Program):
         return save_onnx(self.model, dst)  # external data beside it past 2 GB (io/onnx_save.py)
 
 
+def _spell_dims(dims: Mapping[str, Iterable[int]]) -> str:
+    return ", ".join(f"{name} {'x'.join(str(d) for d in shape)}" for name, shape in dims.items())
+
+
 def _masks_key(masks: Masks) -> tuple:
     return tuple((k, m.tobytes()) for k, m in sorted(masks.items()))
 
@@ -332,61 +362,3 @@ def session(model: onnx.ModelProto):
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def with_weights(model: onnx.ModelProto, arrays: Mapping[str, Any]) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named in ``arrays`` hold those values."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in arrays:
-            a = arrays[init.name]
-            a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-            init.CopyFrom(numpy_helper.from_array(a.astype(dtype), init.name))
-    return out
-
-
-def masked_model(model: onnx.ModelProto, dg, masks: Masks) -> onnx.ModelProto:
-    """The original graph with pruned positions zeroed (a Where) after every value ``masks`` cuts."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    by_value: dict[str, list] = {}
-    for (value, d), keep in masks.items():
-        v = dg.ir.values[value]
-        weight = value in getattr(dg, "masked_weights", set())  # a recurrence's weights
-        if (v.kind in ("act", "input") or weight) and v.dtype.startswith("float") and value not in dg.ir.outputs:
-            by_value.setdefault(value, []).append((d, keep))
-    users: dict[str, list] = {}
-    for n in g.node:
-        for k, i in enumerate(n.input):
-            users.setdefault(i, []).append((n, k))
-    after: dict[str, list] = {}
-    for value, dims in sorted(by_value.items()):
-        rank = dg.ir.values[value].rank
-        mask = np.ones([1] * rank, dtype=np.float32)
-        for d, keep in dims:
-            shape = [1] * rank
-            shape[d] = keep.size
-            mask = mask * keep.astype(np.float32).reshape(shape)
-        dtype = np.dtype(dg.ir.values[value].dtype)  # the IR knows it: no shape inference per value
-        # Where, not Mul: a masked -inf (attention masks) must become 0, and 0 * -inf is nan
-        g.initializer.append(numpy_helper.from_array(mask.astype(bool), f"{value}__gp_mask"))
-        g.initializer.append(numpy_helper.from_array(np.zeros((), dtype=dtype), f"{value}__gp_zero"))
-        for n, k in users.get(value, []):
-            n.input[k] = f"{value}__gp_masked"
-        after.setdefault(value, []).append(onnx.helper.make_node(
-            "Where", [f"{value}__gp_mask", value, f"{value}__gp_zero"], [f"{value}__gp_masked"],
-            name=f"{value}__gp_mask_where"))
-    # Each Where goes right after its producer, to keep the graph topologically sorted.
-    produced = {o for n in g.node for o in n.output}
-    ordered = [node for value, nodes in after.items() if value not in produced for node in nodes]
-    for n in list(g.node):
-        ordered.append(n)
-        for o in n.output:
-            ordered.extend(after.get(o, []))
-    del g.node[:]
-    g.node.extend(ordered)
-    del g.value_info[:]
-    return out
