@@ -235,17 +235,18 @@ def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
     assert not (tmp_path / "c.onnx").exists()
 
 
-def _runs_only_at_even_sizes(path: Path) -> None:
-    """Two conv branches on a dynamic image; one ends in SpaceToDepth(2), which ONNX shape inference
-    takes at 1x1 (its output 0x0) but onnxruntime refuses: a size the graph analyses and the runtime
-    does not run (as PP-OCRv6's detector at 1x1, whose dim_params promise sizes a 1x1 image breaks)."""
+def _runs_only_at_multiples_of(block: int, path: Path) -> None:
+    """Two conv branches on a dynamic image; one ends in SpaceToDepth(block), which ONNX shape
+    inference takes at any size but onnxruntime refuses unless the size is a multiple of ``block``:
+    a size the graph analyses and the runtime does not run (as PP-OCRv6's detector at 1x1, whose
+    dim_params promise sizes a 1x1 image breaks)."""
     rng = np.random.default_rng(0)
     c = 8
-    w = {"w1": (c, 3, 1, 1), "w2": (4, 4 * c, 1, 1), "v1": (c, 3, 3, 3), "v2": (4, c, 1, 1)}
+    w = {"w1": (c, 3, 1, 1), "w2": (4, block * block * c, 1, 1), "v1": (c, 3, 3, 3), "v2": (4, c, 1, 1)}
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k) for k, s in w.items()]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
              helper.make_node("Relu", ["a"], ["ar"], name="r1"),
-             helper.make_node("SpaceToDepth", ["ar"], ["s"], name="s2d", blocksize=2),
+             helper.make_node("SpaceToDepth", ["ar"], ["s"], name="s2d", blocksize=block),
              helper.make_node("Conv", ["s", "w2"], ["y"], name="c2"),
              helper.make_node("Conv", ["x", "v1"], ["b"], name="d1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["b"], ["br"], name="r2"),
@@ -258,15 +259,22 @@ def _runs_only_at_even_sizes(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def test_dynamic_dims_the_runtime_refuses_are_tried_at_the_next_size(tmp_path):
-    src = tmp_path / "even.onnx"
-    _runs_only_at_even_sizes(src)
-    report = gp.prune_onnx(src, tmp_path / "a.onnx", ratio=0.5, round_to=1, measure_latency=True)
-    assert report.oracle.passed and report.oracle.checked_groups and report.params_after < report.params_before
+def test_dynamic_image_dims_are_analysed_at_a_common_image_size_or_the_next_that_runs(tmp_path):
+    even, fives = tmp_path / "even.onnx", tmp_path / "fives.onnx"
+    _runs_only_at_multiples_of(2, even)
+    _runs_only_at_multiples_of(5, fives)
+    # no shapes given: an image's height and width are analysed and timed at 224, not at 1 pixel
+    report = gp.prune_onnx(even, tmp_path / "a.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.oracle.checked_groups
     note = next(n for n in report.notes if n.startswith("input shapes:"))
-    assert "x 1x3x32x32" in note and "at x 1x3x1x1: onnxruntime cannot run it" in note and "--input-shape" in note
+    assert "x 1x3x224x224, a common image size" in note and "--input-shape x:1x3x224x224" in note
+    # 224 is no multiple of 5: analysable, but onnxruntime refuses it, so the next size is tried
+    report = gp.prune_onnx(fives, tmp_path / "b.onnx", ratio=0.5, round_to=1, measure_latency=True)
+    assert report.oracle.passed and report.params_after < report.params_before
+    note = next(n for n in report.notes if n.startswith("input shapes:"))
+    assert "x 1x3x320x320, the first size that works (at x 1x3x224x224: onnxruntime cannot run it" in note
     # given shapes are the user's: nothing is tried, and nothing said
-    report = gp.prune_onnx(src, tmp_path / "b.onnx", ratio=0.5, round_to=1, measure_latency=False,
+    report = gp.prune_onnx(even, tmp_path / "c.onnx", ratio=0.5, round_to=1, measure_latency=False,
                            input_shapes={"x": (1, 3, 8, 8)})
     assert report.oracle.passed and not any(n.startswith("input shapes:") for n in report.notes)
 

@@ -55,8 +55,10 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
 
     ``input_shapes`` ({"images": (1, 3, 640, 640)}) fixes the inputs' dynamic dims for the
     analysis and the checks; ``inputs`` ({name: array}) gives example inputs where random data
-    would not do (token ids, a sample rate). Without either, dynamic dims are analysed at 1 and,
-    where the graph needs a real size, at a few image sizes in turn.
+    would not do (token ids, a sample rate). Without either, an image's dynamic height and width
+    are analysed and timed at 224 (the widths are tuned for the shape the timings run at), other
+    dynamic dims at 1, and where the graph needs a real size or onnxruntime cannot run it there,
+    at a few image sizes in turn; a note names the shape used.
 
     ``budget={"macs": 0.5}`` / ``{"params": 0.6}`` replaces ``ratio`` with a target (a fraction
     <= 1 of the original or an absolute count), ``allocation="global"`` ranks channels across

@@ -18,13 +18,14 @@ from ..backends.onnx_bias import add_biases
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
 from ..frontends.onnx_fuse import Fused, fuse_activations
-from ..frontends.onnx_lower import freeze_unreachable, input_dims, load_model, lower, probe_inputs, with_outputs
+from ..frontends.onnx_lower import freeze_unreachable, load_model, lower, probe_inputs, with_outputs
 from ..frontends.onnx_softmax import softmax_ahead_of_transpose
 from ..io.onnx_save import save_onnx
 from ..oracle import scaled_diff
 from ..planning.measure import best_of
 from .base import Masks, OnCapture, Program
 from .onnx_masked import masked_model, with_weights
+from .onnx_shapes import IMAGE_SIZES, analysis_tries, runtime_refusal, spell_dims
 
 
 class OnnxProgram(Program):
@@ -71,14 +72,14 @@ class OnnxProgram(Program):
         return program
 
     def lower(self):
-        """The IR, analysed at the user's input shapes; without them, dynamic dims at 1, and
-        where the graph needs a real size there (a detector's concat/split heads), dynamic dims
-        past the batch at each of :data:`IMAGE_SIZES` in turn."""
+        """The IR, analysed at the user's input shapes. Without them, an image's dynamic height and
+        width (a rank-4 float input with its channels declared) are set to a common image size
+        (:data:`IMAGE_FIRST`, then the others) so that timings and widths mean something; other
+        dynamic dims are set to 1, and where the graph needs a real size there (a detector's
+        concat/split heads) or onnxruntime cannot run it there, the dims past the batch are tried
+        at each of :data:`IMAGE_SIZES` in turn. The first size that works is used (a note says so)."""
 
-        first = input_dims(self.model, self._shapes)
-        tries = [first]
-        if not self._shapes and any(k > 0 and d is None for k, d in _dynamic_dims(self.model)):
-            tries += [input_dims(self.model, None, 1, size) for size in IMAGE_SIZES]
+        tries, guessed = analysis_tries(self.model, self._shapes)
         errors = []
         for k, dims in enumerate(tries):
             try:
@@ -88,17 +89,20 @@ class OnnxProgram(Program):
             except TraceError as exc:
                 errors.append((dims, str(exc)))
                 continue
-            refused = self._refused_at(dims, k) if feeds is None and k + 1 < len(tries) else None
+            last = k + 1 == len(tries)
+            refused = None if feeds is not None or last else runtime_refusal(self.session(), self.model, dims,
+                                                                             k == 0 and not guessed)
             if refused:  # analysable, but onnxruntime cannot run it there: the oracle and timings could not
                 errors.append((dims, refused))
                 continue
-            self._analysis, self._fallback = dims, k > 0
-            if k > 0:
-                self.notes.append(
-                    f"input shapes: analysed and timed at {_spell_dims(dims)}, the first size with dynamic dims at "
-                    f"{', '.join(str(s) for s in (1, *IMAGE_SIZES))} that works (at {_spell_dims(errors[-1][0])}: "
-                    f"{errors[-1][1][:120]}); widths are tuned for that shape: give the one you deploy at "
-                    "(input_shapes=, --input-shape NAME:1x3x640x640)")
+            self._analysis, self._fallback = dims, guessed or k > 0
+            if self._fallback:
+                why = ("a common image size for the dynamic dims" if guessed and k == 0 else
+                       f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
+                name, shape = next(iter(dims.items()))
+                self.notes.append(f"input shapes: analysed and timed at {spell_dims(dims)}, {why}; widths are tuned "
+                                  f"for that shape: give the one you deploy at (input_shapes={{'{name}': "
+                                  f"{tuple(shape)}}}, --input-shape {name}:{'x'.join(map(str, shape))}, your sizes)")
             return self._check_fused(dims, feeds) or ir
         if len(errors) == 1:
             raise TraceError(errors[0][1])
@@ -106,21 +110,6 @@ class OnnxProgram(Program):
         raise TraceError(f"{errors[0][1]}. Tried the dynamic dims at {spelled}; none worked. Give the input shapes "
                          "(input_shapes={'name': (1, 3, 640, 640)}, --input-shape name:1x3x640x640) or example "
                          "inputs (inputs={...}, --inputs feeds.npz)")
-
-    def _refused_at(self, dims, k: int) -> str | None:
-        """Why onnxruntime cannot run the model at the analysis ``dims`` (and, for the first try,
-        at the timing feeds' dims), or None. A detector's dim_params may promise equal sizes
-        that a 1x1 image breaks (PP-OCRv6 det: "Shape mismatch attempting to re-use buffer")."""
-        import onnxruntime as ort
-
-        sess, quiet = self.session(), ort.RunOptions()
-        quiet.log_severity_level = 4  # the refusal is reported in the note, not logged in red
-        for feeds in [probe_inputs(self.model, dims=dims)] + ([probe_inputs(self.model)] if k == 0 else []):
-            try:
-                sess.run(None, feeds, quiet)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's own types
-                return f"onnxruntime cannot run it: {str(exc).splitlines()[0]}"
-        return None
 
     def _check_fused(self, dims, feeds):
         """None where nothing was fused or the fused outputs match the given model's at the analysed
@@ -332,22 +321,8 @@ class OnnxProgram(Program):
         return save_onnx(self.model, dst)  # external data beside it past 2 GB (io/onnx_save.py)
 
 
-def _spell_dims(dims: Mapping[str, Iterable[int]]) -> str:
-    return ", ".join(f"{name} {'x'.join(str(d) for d in shape)}" for name, shape in dims.items())
-
-
 def _masks_key(masks: Masks) -> tuple:
     return tuple((k, m.tobytes()) for k, m in sorted(masks.items()))
-
-
-IMAGE_SIZES = (32, 64, 128, 224, 320, 640)  # dynamic dims past the batch, tried when 1 does not analyse
-
-
-def _dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
-    inits = {i.name for i in model.graph.initializer}
-    return [(k, d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
-            for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")
-            for k, d in enumerate(vi.type.tensor_type.shape.dim)]
 
 
 def output_gap(given: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
