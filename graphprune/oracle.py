@@ -29,6 +29,7 @@ class OracleReport:
     # the error relative to each output's magnitude: max |diff| / max(1, max |output|), worst output
     scaled_diff: float | None = None
     checked_blocks: list[str] = field(default_factory=list)  # residual branches removed whole
+    logits: list[str] = field(default_factory=list)  # softmax outputs compared at these inputs (Program.oracle_views)
 
     @property
     def passed(self) -> bool:
@@ -45,6 +46,8 @@ class OracleReport:
              f"(atol {self.atol:g}) over {len(self.checked_groups)} exact group(s)")
         if self.checked_blocks:
             s += f" and {len(self.checked_blocks)} removed block(s)"
+        if self.logits:
+            s += f", softmax output(s) compared at their logits ({', '.join(self.logits[:2])})"
         if not self.checked_groups and not self.inexact_groups and not self.checked_blocks:
             s += " - nothing was pruned, so there was nothing to check"
         if self.inexact_groups:
@@ -99,12 +102,22 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     exact = plan.restricted(g for g in plan.pruned if g not in inexact)
     masks = {**keep_masks(dg, exact), **block_masks(dg, exact)}
     pruned = program.apply(exact)
+    masked = {key[0] for key in masks}
+    views = {k: v for k, v in program.oracle_views().items() if v not in masked}  # a masked value differs by design
     worst = scaled = 0.0
     for batch in program.oracle_inputs(trials):
-        got, want = pruned.run(batch), program.run(batch, masks=masks)
+        got, want = _viewed(pruned, batch, views), _viewed(program, batch, views, masks)
         gap, rel = gaps(got, want)
         worst, scaled = max(worst, gap), max(scaled, rel)
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
-                        list(exact.blocks))
+                        list(exact.blocks), sorted(views.values()))
+
+
+def _viewed(program, batch, views: dict[int, str], masks=None) -> list[np.ndarray]:
+    """The program's outputs on ``batch``, those in ``views`` replaced by the value named there."""
+    seen: dict[str, np.ndarray] = {}
+    outs = program.run(batch, masks=masks, capture=list(views.values()),
+                       on_capture=lambda name, t: seen.__setitem__(name, t.detach().double().cpu().numpy()))
+    return [seen[views[k]] if k in views else out for k, out in enumerate(outs)]

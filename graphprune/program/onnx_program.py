@@ -251,6 +251,16 @@ class OnnxProgram(Program):
         dims = self.analysis_dims()
         return probe_inputs(self.model, dims=dims if self._shapes or self._fallback else None)
 
+    def oracle_views(self) -> dict[int, str]:
+        producer = {o: n for n in self.model.graph.node for o in n.output}
+        views = {}
+        for k, out in enumerate(self.model.graph.output):
+            node = producer.get(out.name)
+            if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx") \
+                    and node.input[0] not in self.input_names:
+                views[k] = node.input[0]
+        return views
+
     def oracle_inputs(self, trials: int) -> list[dict[str, np.ndarray]]:
         # The masks follow the analysis shapes (dynamic dims at 1 unless the user gave shapes,
         # frontends/onnx.concretize): a dim merging batch and heads is heads alone there, so the

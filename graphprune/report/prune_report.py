@@ -145,7 +145,8 @@ class PruneReport:
             o = self.oracle
             d["oracle"] = {"passed": o.passed, "max_abs_diff": o.max_abs_diff, "scaled_diff": o.scaled_diff,
                            "atol": o.atol, "checked_groups": len(o.checked_groups),
-                           "checked_blocks": len(o.checked_blocks), "inexact_groups": len(o.inexact_groups)}
+                           "checked_blocks": len(o.checked_blocks), "inexact_groups": len(o.inexact_groups),
+                           "logits": list(o.logits)}
         if self.compensation is not None:
             d["compensation"] = [{"layer": s.weight, "action": s.action, "error_before": s.error_before,
                                   "error_after": s.error_after} for s in self.compensation.sites]

@@ -1,0 +1,145 @@
+"""What the exactness oracle compares: NaN and inf are values (a pruned model that emits NaN where
+the masked original does not is wrong, and a plain maximum, Python's ``max(0.0, nan)`` being 0.0,
+would pass it), and a softmax output is compared at its logits."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import graphprune as gp
+from graphprune.oracle import max_abs_diff, scaled_diff
+from graphprune.program.torch_program import TorchProgram
+
+
+def test_nan_in_one_output_only_is_an_infinite_difference():
+    want = [np.zeros((2, 3)), np.ones(4)]
+    got = [np.zeros((2, 3)), np.ones(4)]
+    got[1][2] = np.nan
+    assert max_abs_diff(got, want) == math.inf and scaled_diff(got, want) == math.inf
+    # the first output matching exactly must not hide the second one's NaN (the order max() saw)
+    assert max_abs_diff(got[::-1], want[::-1]) == math.inf
+
+
+def test_nan_or_inf_at_the_same_places_is_no_difference():
+    want = [np.array([np.nan, 1.0, np.inf, -np.inf])]
+    assert max_abs_diff([want[0].copy()], want) == 0.0 and scaled_diff([want[0].copy()], want) == 0.0
+    # the finite part still counts, scaled by the wanted output's largest finite value (4.0), not by inf
+    got = [np.array([np.nan, 6.0, np.inf, -np.inf])]
+    want = [np.array([np.nan, 4.0, np.inf, -np.inf])]
+    assert max_abs_diff(got, want) == 2.0 and scaled_diff(got, want) == 0.5
+    assert max_abs_diff([np.array([np.inf])], [np.array([-np.inf])]) == math.inf
+    assert max_abs_diff([np.array([np.inf])], [np.array([3.0])]) == math.inf
+
+
+def _mlp() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval(), (torch.randn(5, 6),)
+
+
+def test_oracle_fails_a_pruned_model_that_emits_nan(monkeypatch):
+    model, args = _mlp()
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5)
+    assert gp.verify(model, args, plan, g).passed  # the honest prune passes
+
+    apply = TorchProgram.apply
+
+    def nan_apply(self, *a, **k):
+        pruned = apply(self, *a, **k)
+        run = pruned.run
+
+        def nan_run(batch, *ra, **rk):
+            out = run(batch, *ra, **rk)
+            out[0][0, 0] = np.nan  # one NaN in an otherwise exact output
+            return out
+
+        pruned.run = nan_run
+        return pruned
+
+    monkeypatch.setattr(TorchProgram, "apply", nan_apply)
+    report = gp.verify(model, args, plan, g)
+    assert not report.passed and report.max_abs_diff == math.inf, str(report)
+    assert "FAIL" in str(report)
+
+
+class _LogHead(nn.Module):
+    """log of a signed output: NaN at the negative entries, in the original and pruned alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _mlp()[0]
+
+    def forward(self, x):
+        return torch.log(self.body(x))
+
+
+def test_oracle_passes_nan_that_the_masked_original_has_too():
+    model, args = _LogHead().eval(), _mlp()[1]
+    assert torch.isnan(model(*args)).any()  # the case is real: the original emits NaN
+    g = gp.trace(model, args)
+    plan = gp.plan(g, model, ratio=0.5)
+    report = gp.verify(model, args, plan, g)
+    assert plan.pruned and report.checked_groups and report.passed, str(report)
+
+
+def _softmax_head(path, scale: float) -> None:
+    """x -> MatMul(8x32) -> Relu -> MatMul(32x5) * scale -> Softmax: logits ``scale`` times larger
+    saturate the softmax, where float32 rounding of near-tied logits moves probabilities a lot."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((32, 5)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(scale, dtype=np.float32), "s")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["z"], name="mm2"),
+             helper.make_node("Mul", ["z", "s"], ["logits"], name="scale"),
+             helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_a_softmax_output_is_compared_at_its_logits(tmp_path):
+    """Exact or not is decided on the logits: a softmax is a function of them, and near-tied
+    logits turn float32 rounding into probability differences far above the tolerance."""
+    src = tmp_path / "head.onnx"
+    _softmax_head(src, 1.0)
+    report = gp.prune_onnx(src, tmp_path / "out.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.oracle.checked_groups and report.oracle.logits == ["logits"]
+    assert "compared at their logits (logits)" in str(report.oracle)
+    assert report.to_dict()["oracle"]["logits"] == ["logits"]
+
+
+def test_logits_that_really_differ_still_fail(tmp_path, monkeypatch):
+    """The view replaces what is compared, not whether: a wrong logit in the pruned model fails."""
+    from graphprune.program.onnx_program import OnnxProgram
+
+    src = tmp_path / "head.onnx"
+    _softmax_head(src, 1.0)
+    apply = OnnxProgram.apply
+
+    def off_by_a_little(self, *a, **k):
+        pruned = apply(self, *a, **k)
+        run = pruned.run
+
+        def shifted(batch, masks=None, capture=(), on_capture=None, outputs=True):
+            def on(name, t):
+                on_capture(name, t + 1e-2 if name == "logits" else t)
+            return run(batch, masks, capture, on if on_capture else None, outputs)
+
+        pruned.run = shifted
+        return pruned
+
+    monkeypatch.setattr(OnnxProgram, "apply", off_by_a_little)
+    with pytest.raises(gp.errors.GraphpruneError, match="oracle FAIL"):
+        gp.prune_onnx(src, tmp_path / "out.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert not (tmp_path / "out.onnx").exists()
