@@ -31,9 +31,10 @@ class Fused:
     hard_swish: list[str] = field(default_factory=list)
     hard_sigmoid: list[str] = field(default_factory=list)
     softmax: list[str] = field(default_factory=list)  # moved ahead of their Transpose (frontends/onnx_softmax.py)
+    subnormal: tuple[int, int] = (0, 0)  # weights set to 0, in how many tensors (frontends/onnx_subnormal.py)
 
     def __bool__(self) -> bool:
-        return bool(self.hard_swish or self.hard_sigmoid or self.softmax)
+        return bool(self.hard_swish or self.hard_sigmoid or self.softmax or self.subnormal[0])
 
     def note(self) -> str:
         parts = []
@@ -44,6 +45,9 @@ class Fused:
         notes = []
         if parts:
             notes.append(f"{' and '.join(parts)} written as the single ops onnxruntime keeps in its blocked layout")
+        if self.subnormal[0]:
+            notes.append(f"{self.subnormal[0]} subnormal weight(s) (below 1.2e-38) in {self.subnormal[1]} tensor(s) "
+                         "set to 0, which x86 computes with tens of times slower")
         if self.softmax:
             notes.append(f"{len(self.softmax)} softmax op(s) moved ahead of the Transpose they read, onto an axis "
                          f"onnxruntime transposes faster ({', '.join(self.softmax[:3])})")

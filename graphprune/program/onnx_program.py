@@ -20,6 +20,7 @@ from ..errors import PlanError, RewriteError, TraceError
 from ..frontends.onnx_fuse import Fused, fuse_activations
 from ..frontends.onnx_lower import freeze_unreachable, load_model, lower, probe_inputs, with_outputs
 from ..frontends.onnx_softmax import softmax_ahead_of_transpose
+from ..frontends.onnx_subnormal import flush_subnormal_weights
 from ..io.onnx_save import save_onnx
 from ..oracle import scaled_diff
 from ..planning.measure import best_of
@@ -60,7 +61,8 @@ class OnnxProgram(Program):
              input_shapes: Mapping[str, Iterable[int]] | None = None, fuse: bool = False) -> "OnnxProgram":
         """``fuse``: write activations spelled as several ops as the single ops onnxruntime keeps in its
         blocked layout (frontends/onnx_fuse.py), and move a softmax behind a Transpose ahead of it where
-        onnxruntime's own transpose is then cheaper (frontends/onnx_softmax.py); once the analysis has
+        onnxruntime's own transpose is then cheaper (frontends/onnx_softmax.py), and set subnormal
+        weights to zero (frontends/onnx_subnormal.py); once the analysis has
         its input shapes the outputs are checked against the file as given (read again, not held: a
         large model is not kept twice), which is taken back if they differ, and the report times that
         file beside the rewritten one."""
@@ -69,6 +71,7 @@ class OnnxProgram(Program):
         if fuse:
             program.fused = fuse_activations(program.model)  # in place: the given model is read again when needed
             program.fused.softmax = softmax_ahead_of_transpose(program.model)
+            program.fused.subnormal = flush_subnormal_weights(program.model)
         return program
 
     def lower(self):
