@@ -310,8 +310,9 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--ignore", nargs="*", default=[], help="modules, parameters or initializers to keep whole")
     pr.add_argument("--no-latency", action="store_true", help="skip the latency measurement before/after")
     pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
-    pr.add_argument("--no-fuse", action="store_true", help="ONNX: keep the graph's ops as given (hard-swish "
-                                                           "spelled as Add/Clip/Mul/Div, a Softmax behind a Transpose)")
+    pr.add_argument("--no-fuse", action="store_true", help="ONNX: keep the graph's ops and weights as given "
+                                                           "(hard-swish spelled as Add/Clip/Mul/Div, a Softmax behind a "
+                                                           "Transpose, subnormal weights)")
     pr.add_argument("--report", metavar="DIR", help="write report.json and report.html (with plots) to DIR")
     pr.add_argument("--layers", action="store_true", help="also print the kept width of every weight")
     pr.add_argument("--plot-layers", metavar="PNG", help="save a plot of the kept width per layer")
