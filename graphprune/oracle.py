@@ -103,7 +103,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     masks = {**keep_masks(dg, exact), **block_masks(dg, exact)}
     pruned = program.apply(exact)
     masked = {key[0] for key in masks}
-    views = {k: v for k, v in program.oracle_views().items() if v not in masked}  # a masked value differs by design
+    views = {k: v for k, v in program.oracle_views().items() if v[0] not in masked}  # a masked value differs by design
     worst = scaled = 0.0
     for batch in program.oracle_inputs(trials):
         got, want = _viewed(pruned, batch, views), _viewed(program, batch, views, masks)
@@ -112,12 +112,27 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
-                        list(exact.blocks), sorted(views.values()))
+                        list(exact.blocks), sorted(v[0] for v in views.values()))
 
 
-def _viewed(program, batch, views: dict[int, str], masks=None) -> list[np.ndarray]:
-    """The program's outputs on ``batch``, those in ``views`` replaced by the value named there."""
+SOFTMAX_FLOOR = -80.0  # logits this far below their row's largest give probabilities float32 flushes to 0
+
+
+def softmax_logits(z: np.ndarray, axis: int, flattened: bool) -> np.ndarray:
+    """Logits as a softmax sees them: shifted so each row's largest is 0 (a softmax ignores a
+    shift) and floored at :data:`SOFTMAX_FLOOR` (a -1e9 or float-min mask is a zero probability
+    however large), so their error is judged on a scale the probabilities feel, at most 80."""
+    z = np.asarray(z, dtype=np.float64)
+    axis %= max(z.ndim, 1)
+    if flattened:  # before opset 13 a softmax normalises all axes from ``axis`` on together
+        z = z.reshape(z.shape[:axis] + (-1,))
+    with np.errstate(invalid="ignore"):  # a row of infinities
+        return np.maximum(z - z.max(axis=axis, keepdims=True), SOFTMAX_FLOOR)
+
+
+def _viewed(program, batch, views: dict[int, tuple[str, int, bool]], masks=None) -> list[np.ndarray]:
+    """The program's outputs on ``batch``, those in ``views`` replaced by their softmax's logits."""
     seen: dict[str, np.ndarray] = {}
-    outs = program.run(batch, masks=masks, capture=list(views.values()),
+    outs = program.run(batch, masks=masks, capture=[v[0] for v in views.values()],
                        on_capture=lambda name, t: seen.__setitem__(name, t.detach().double().cpu().numpy()))
-    return [seen[views[k]] if k in views else out for k, out in enumerate(outs)]
+    return [softmax_logits(seen[views[k][0]], *views[k][1:]) if k in views else out for k, out in enumerate(outs)]

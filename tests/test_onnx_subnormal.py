@@ -79,3 +79,16 @@ def test_prune_onnx_flushes_says_so_and_fuse_false_keeps_the_weights(tmp_path):
                    for v in a.ravel())
     plain = gp.prune_onnx(src, tmp_path / "b.onnx", ratio=0.5, round_to=1, measure_latency=False, fuse=False)
     assert not any("subnormal" in n for n in plain.notes)
+
+
+def test_constants_spelled_as_value_float_are_flushed_too():
+    nodes = [helper.make_node("Constant", [], ["a"], name="ca", value_float=TINY / 2),
+             helper.make_node("Constant", [], ["b"], name="cb", value_floats=[1.0, TINY / 4, 2.0]),
+             helper.make_node("Mul", ["x", "a"], ["xa"], name="m"),
+             helper.make_node("Add", ["xa", "b"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert flush_subnormal_weights(model) == (2, 2)
+    assert model.graph.node[0].attribute[0].f == 0.0
+    assert list(model.graph.node[1].attribute[0].floats) == [1.0, 0.0, 2.0]

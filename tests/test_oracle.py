@@ -86,20 +86,23 @@ def test_oracle_passes_nan_that_the_masked_original_has_too():
     assert plan.pruned and report.checked_groups and report.passed, str(report)
 
 
-def _softmax_head(path, scale: float) -> None:
-    """x -> MatMul(8x32) -> Relu -> MatMul(32x5) * scale -> Softmax: logits ``scale`` times larger
-    saturate the softmax, where float32 rounding of near-tied logits moves probabilities a lot."""
+def _softmax_head(path, scale: float, mask: float = 0.0) -> None:
+    """x -> MatMul(8x32) -> Relu -> MatMul(32x5) * scale (+ ``mask`` on the last class) -> Softmax:
+    larger logits saturate the softmax, where float32 rounding of near-tied logits moves
+    probabilities a lot; a mask of -1e9 is how exporters spell a class that is never chosen."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 32)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((32, 5)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.array(scale, dtype=np.float32), "s")]
+             numpy_helper.from_array(np.array(scale, dtype=np.float32), "s"),
+             numpy_helper.from_array(np.array([0, 0, 0, 0, mask], dtype=np.float32), "m")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "w2"], ["z"], name="mm2"),
-             helper.make_node("Mul", ["z", "s"], ["logits"], name="scale"),
+             helper.make_node("Mul", ["z", "s"], ["zs"], name="scale"),
+             helper.make_node("Add", ["zs", "m"], ["logits"], name="mask"),
              helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=-1)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
                               [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4, 5])], inits)
@@ -119,12 +122,15 @@ def test_a_softmax_output_is_compared_at_its_logits(tmp_path):
     assert report.to_dict()["oracle"]["logits"] == ["logits"]
 
 
-def test_logits_that_really_differ_still_fail(tmp_path, monkeypatch):
-    """The view replaces what is compared, not whether: a wrong logit in the pruned model fails."""
+@pytest.mark.parametrize("mask", [0.0, -1e9, float(np.finfo(np.float32).min)])
+def test_logits_that_really_differ_still_fail(tmp_path, monkeypatch, mask):
+    """The view replaces what is compared, not whether: a wrong logit in the pruned model fails,
+    also beside a -1e9 or float-min mask (the logits are shifted and floored as a softmax sees them,
+    so a huge masked value does not set the scale the error is divided by)."""
     from graphprune.program.onnx_program import OnnxProgram
 
     src = tmp_path / "head.onnx"
-    _softmax_head(src, 1.0)
+    _softmax_head(src, 1.0, mask)
     apply = OnnxProgram.apply
 
     def off_by_a_little(self, *a, **k):
@@ -133,7 +139,10 @@ def test_logits_that_really_differ_still_fail(tmp_path, monkeypatch):
 
         def shifted(batch, masks=None, capture=(), on_capture=None, outputs=True):
             def on(name, t):
-                on_capture(name, t + 1e-2 if name == "logits" else t)
+                if name == "logits":  # one class's logit: a shift of all of them would change no probability
+                    t = t.clone()
+                    t[..., 0] += 1e-2
+                on_capture(name, t)
             return run(batch, masks, capture, on if on_capture else None, outputs)
 
         pruned.run = shifted

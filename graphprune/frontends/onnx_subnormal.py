@@ -42,12 +42,23 @@ def flush_subnormal_weights(model: onnx.ModelProto) -> tuple[int, int]:
     fed = {i.name for i in model.graph.input}
     values = tensors = 0
     targets = [t for t in model.graph.initializer if t.name not in fed]
-    targets += [a.t for n in model.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-                for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    constants = [n for n in model.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")]
+    targets += [a.t for n in constants for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
     for t in targets:
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            continue  # not loaded: left as it is rather than read from disk here
+            continue  # data still on disk (a model loaded without its external data): not read here
         n = _flush(t)
         values += n
         tensors += bool(n)
+    tiny = float(np.finfo(np.float32).tiny)
+    for a in (a for n in constants for a in n.attribute if a.name in ("value_float", "value_floats")):
+        floats = [a.f] if a.name == "value_float" else list(a.floats)
+        n = sum(1 for f in floats if 0 < abs(f) < tiny)
+        if n:
+            if a.name == "value_float":
+                a.f = 0.0
+            else:
+                a.floats[:] = [0.0 if 0 < abs(f) < tiny else f for f in floats]
+            values += n
+            tensors += 1
     return values, tensors

@@ -119,10 +119,11 @@ class Program(ABC):
     def oracle_inputs(self, trials: int) -> list:
         """Batches the oracle compares on: the example inputs and ``trials`` more."""
 
-    def oracle_views(self) -> dict[int, str]:
-        """Outputs the oracle compares at another value instead (output index -> value name): a
-        softmax output at its logits, where float32 rounding of near-tied logits moves the
-        probabilities by far more than the tolerance although the pruned model is exact."""
+    def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
+        """Outputs the oracle compares at their softmax's logits instead (output index -> (value
+        name, softmax axis, whether the axes from it on are flattened as before opset 13)): float32
+        rounding of near-tied logits moves the probabilities by far more than the tolerance
+        although the pruned model is exact."""
         return {}
 
     def bias_free(self, sites) -> set[str]:

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from ..backends.onnx_bias import add_biases
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
-from ..frontends.onnx_fuse import Fused, fuse_activations
+from ..frontends.onnx_fuse import Fused, default_opset, fuse_activations
 from ..frontends.onnx_lower import freeze_unreachable, load_model, lower, probe_inputs, with_outputs
 from ..frontends.onnx_softmax import softmax_ahead_of_transpose
 from ..frontends.onnx_subnormal import flush_subnormal_weights
@@ -82,9 +82,9 @@ class OnnxProgram(Program):
         concat/split heads) or onnxruntime cannot run it there, the dims past the batch are tried
         at each of :data:`IMAGE_SIZES` in turn. The first size that works is used (a note says so)."""
 
-        tries, guessed = analysis_tries(self.model, self._shapes)
-        errors = []
-        for k, dims in enumerate(tries):
+        tries = analysis_tries(self.model, self._shapes)
+        errors = [tries.first_error] if tries.first_error else []
+        for k, dims in enumerate(tries.dims):
             try:
                 feeds = self._feeds if self._feeds is not None and all(
                     list(self._feeds[k].shape) == list(v) for k, v in dims.items() if k in self._feeds) else None
@@ -92,17 +92,18 @@ class OnnxProgram(Program):
             except TraceError as exc:
                 errors.append((dims, str(exc)))
                 continue
-            last = k + 1 == len(tries)
+            last = k + 1 == len(tries.dims)
             refused = None if feeds is not None or last else runtime_refusal(self.session(), self.model, dims,
-                                                                             k == 0 and not guessed)
+                                                                             tries.timed_apart(k))
             if refused:  # analysable, but onnxruntime cannot run it there: the oracle and timings could not
                 errors.append((dims, refused))
                 continue
-            self._analysis, self._fallback = dims, guessed or k > 0
+            self._analysis, self._fallback = dims, tries.sized(k)
             if self._fallback:
-                why = ("a common image size for the dynamic dims" if guessed and k == 0 else
+                why = ("a common image size for the dynamic dims" if tries.mode == "image" and k == 0 else
                        f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
                 name, shape = next(iter(dims.items()))
+                self.notes = [n for n in self.notes if not n.startswith("input shapes:")]  # lowered again
                 self.notes.append(f"input shapes: analysed and timed at {spell_dims(dims)}, {why}; widths are tuned "
                                   f"for that shape: give the one you deploy at (input_shapes={{'{name}': "
                                   f"{tuple(shape)}}}, --input-shape {name}:{'x'.join(map(str, shape))}, your sizes)")
@@ -130,7 +131,7 @@ class OnnxProgram(Program):
             self.notes.append(self.fused.note())
             return None
         self.notes.append(f"rewritten for onnxruntime: taken back; the rewritten graph's outputs {why}")
-        self.model, self.fused = given, Fused()
+        self.model, self.fused, self._sessions = given, Fused(), {}  # no session of the rejected model
         return self.lower()
 
     @property
@@ -254,14 +255,16 @@ class OnnxProgram(Program):
         dims = self.analysis_dims()
         return probe_inputs(self.model, dims=dims if self._shapes or self._fallback else None)
 
-    def oracle_views(self) -> dict[int, str]:
+    def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
         producer = {o: n for n in self.model.graph.node for o in n.output}
+        old = default_opset(self.model) < 13  # a softmax then normalises all axes from its own on
         views = {}
         for k, out in enumerate(self.model.graph.output):
             node = producer.get(out.name)
             if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx") \
                     and node.input[0] not in self.input_names:
-                views[k] = node.input[0]
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1 if old else -1)
+                views[k] = (node.input[0], axis, old)
         return views
 
     def oracle_inputs(self, trials: int) -> list[dict[str, np.ndarray]]:

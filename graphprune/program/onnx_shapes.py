@@ -7,6 +7,7 @@ and a size onnxruntime cannot run (PP-OCRv6's detector at 1x1) is passed over.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -20,18 +21,43 @@ IMAGE_FIRST = (224, 320, 640, 128, 64, 32)  # an image's dynamic height and widt
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
-def _has_image_input(model: onnx.ModelProto) -> bool:
-    """A rank-4 float input with its channels declared (dim 1, or dim 3 channels-last) and a
-    dynamic height or width: analysing it at 1x1 would tune widths and time a 1-pixel image."""
+def _declared(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Each dim of ``vi``: its size, its dim_param, or None."""
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in vi.type.tensor_type.shape.dim]
+
+
+def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        t = vi.type.tensor_type
-        if vi.name in inits or not vi.type.HasField("tensor_type") or t.elem_type not in _FLOATS:
+    return [vi for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")]
+
+
+def image_inputs(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Inputs that are images, with the positions of their dynamic height and width: rank 4, float,
+    1, 3 or 4 channels declared (dim 1, or dim 3 channels-last), and no dynamic spatial dim named
+    like a dim of another input (an attention mask (N, 1, S, S) shares S with its token ids)."""
+    out = {}
+    others = {name for vi in _inputs(model) for name in _declared(vi) if isinstance(name, str)
+              and len(_declared(vi)) != 4}
+    for vi in _inputs(model):
+        dims = _declared(vi)
+        if len(dims) != 4 or vi.type.tensor_type.elem_type not in _FLOATS:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
-        if len(dims) == 4 and any(dims[c] is not None and None in dims[1:4] for c in (1, 3)):
-            return True
-    return False
+        for c, spatial in ((1, (2, 3)), (3, (1, 2))):
+            dynamic = [k for k in spatial if not isinstance(dims[k], int)]
+            if dims[c] in (1, 3, 4) and dynamic and not any(dims[k] in others for k in dynamic):
+                out[vi.name] = dynamic
+                break
+    return out
+
+
+def _image_dims(model: onnx.ModelProto, images: dict[str, list[int]], size: int) -> dict[str, list[int]]:
+    """Every input's dims with its dynamic dims at 1, an image's height and width at ``size``."""
+    dims = input_dims(model, None, 1)
+    for name, spatial in images.items():
+        for k in spatial:
+            dims[name][k] = size
+    return dims
 
 
 def dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
@@ -50,22 +76,41 @@ def spell_dims(dims: Mapping[str, Iterable[int]]) -> str:
     return ", ".join(f"{name} {'x'.join(str(d) for d in shape)}" for name, shape in dims.items())
 
 
-def analysis_tries(model: onnx.ModelProto, shapes) -> tuple[list[dict[str, list[int]]], bool]:
-    """The input dims to analyse at, in order, and whether the first is a guessed image size.
-    An image whose graph analyses at 1x1 is size-agnostic: it goes to :data:`IMAGE_FIRST`. One
-    that does not was built for some size (a head flattening to a fixed width), found by trying
-    :data:`IMAGE_SIZES` from the smallest, as other dynamic dims are."""
+@dataclass
+class Tries:
+    """The input dims to analyse at, in order, and how they were chosen: ``given`` (the user's
+    shapes, or nothing dynamic), ``ones`` (dynamic dims at 1 first, timed at 2, then sizes),
+    ``image`` (an image at common sizes first, then 1) or ``sized`` (a graph built for one size:
+    sizes from the smallest; ``first_error`` says why 1 did not do)."""
+
+    dims: list[dict[str, list[int]]]
+    mode: str
+    first_error: tuple[dict[str, list[int]], str] | None = None
+
+    def timed_apart(self, k: int) -> bool:  # the timings run at other dims than try k's analysis
+        return self.mode == "ones" and k == 0
+
+    def sized(self, k: int) -> bool:  # the analysis dims are chosen sizes, the timings run there too
+        return self.mode in ("image", "sized") or k > 0
+
+
+def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
+    """Where to analyse a model without given shapes. An image whose graph analyses at 1x1 is
+    size-agnostic: its height and width go to :data:`IMAGE_FIRST` (other inputs' dynamic dims stay
+    at 1). One that does not was built for some size (a head flattening to a fixed width), found by
+    trying :data:`IMAGE_SIZES` from the smallest, as other dynamic dims are."""
     first = input_dims(model, shapes)
     if shapes or not any(k > 0 and d is None for k, d in dynamic_dims(model)):
-        return [first], False
+        return Tries([first], "given")
     sized = [input_dims(model, None, 1, size) for size in IMAGE_SIZES]
-    if _has_image_input(model):
+    images = image_inputs(model)
+    if images:
         try:
             lower(model, first, None)
-        except TraceError:
-            return sized, False
-        return [sized[IMAGE_SIZES.index(s)] for s in IMAGE_FIRST] + [first], True
-    return [first, *sized], False
+        except TraceError as exc:
+            return Tries(sized, "sized", (first, str(exc)))
+        return Tries([_image_dims(model, images, size) for size in IMAGE_FIRST] + [first], "image")
+    return Tries([first, *sized], "ones")
 
 
 def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> str | None:
@@ -80,12 +125,14 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
     quiet.log_severity_level = 4  # the refusal is reported in the note, not logged in red
     declared = [[d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                  for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
-    for feeds in [probe_inputs(model, dims=dims)] + ([probe_inputs(model)] if timed_apart else []):
+    runs = [(probe_inputs(model, dims=dims), True)] + ([(probe_inputs(model), False)] if timed_apart else [])
+    for feeds, analysed in runs:
         try:
             outs = sess.run(None, feeds, quiet)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own types
-            return f"onnxruntime cannot run it: {str(exc).splitlines()[0]}"
-        for out, want in zip(outs, declared):
+            where = "" if analysed else f" at the timing shape {spell_dims({k: v.shape for k, v in feeds.items()})}"
+            return f"onnxruntime cannot run it{where}: {str(exc).splitlines()[0]}"
+        for out, want in zip(outs, declared if analysed else []):  # the timing probe's batch of 2 may differ
             if want and (np.ndim(out) != len(want) or any(w not in (None, g) for w, g in zip(want, np.shape(out)))):
                 return f"an output comes out {tuple(np.shape(out))} where the graph declares {spell(want)}"
     return None

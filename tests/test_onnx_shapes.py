@@ -1,0 +1,108 @@
+"""Which shapes an ONNX model given no input shapes is analysed and timed at
+(graphprune/program/onnx_shapes.py): an image's height and width at a common image size, every
+other dynamic dim at 1, and the reviewer's cases that went wrong on the first version."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from graphprune.program.onnx_program import OnnxProgram
+from graphprune.program.onnx_shapes import analysis_tries, image_inputs
+
+RNG = np.random.default_rng(0)
+
+
+def _w(shape, name, dtype=np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(RNG.standard_normal(shape).astype(dtype), name)
+
+
+def _save(nodes, inputs, outputs, inits, path, opset: int = 13) -> onnx.ModelProto:
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return model
+
+
+def _tokens(path, out_batch) -> onnx.ModelProto:
+    """ids (N, S) -> embedding -> MLP -> y, the output's batch declared ``out_batch``."""
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h"], name="g", axis=0),
+             helper.make_node("MatMul", ["h", "w1"], ["a"], name="m1"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="m2")]
+    return _save(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [out_batch, "S", 8])],
+                 [_w((100, 8), "emb"), _w((8, 32), "w1"), _w((32, 8), "w2")], path, 17)
+
+
+def test_a_declared_output_batch_of_1_does_not_refuse_the_timing_probe(tmp_path):
+    """The timing probe runs a batch of 2; an exporter that wrote the output's batch as 1 must not
+    make the analysis at 1 look refused (it runs there)."""
+    _tokens(tmp_path / "t.onnx", 1)
+    program = OnnxProgram.load(tmp_path / "t.onnx", fuse=True)
+    assert program.analysis_dims() == {"ids": [1, 1]}
+    assert not any(n.startswith("input shapes:") for n in program.notes)
+
+
+def test_only_the_image_takes_the_image_size(tmp_path):
+    """An image (N, 3, H, W) beside token ids (N, S): H and W go to 224, S stays at 1."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["gp"], name="gap"),
+             helper.make_node("Flatten", ["gp"], ["img"], name="flat"),
+             helper.make_node("Gather", ["emb", "ids"], ["te"], name="gemb", axis=0),
+             helper.make_node("ReduceMean", ["te"], ["txt"], name="mean", axes=[1], keepdims=0),
+             helper.make_node("Add", ["img", "txt"], ["y"], name="join")]
+    model = _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+                          helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                  [_w((8, 3, 3, 3), "w1"), _w((1000, 8), "emb")], tmp_path / "m.onnx")
+    assert image_inputs(model) == {"x": [2, 3]}
+    tries = analysis_tries(model, None)
+    assert tries.mode == "image" and tries.dims[0] == {"x": [1, 3, 224, 224], "ids": [1, 1]}
+    program = OnnxProgram.load(tmp_path / "m.onnx", fuse=True)
+    assert program.analysis_dims() == {"x": [1, 3, 224, 224], "ids": [1, 1]}
+    assert {k: v.shape for k, v in program.feeds().items()} == {"x": (1, 3, 224, 224), "ids": (1, 1)}
+
+
+def test_an_attention_mask_is_not_an_image(tmp_path):
+    """(N, 1, S, S) is rank 4, float, one channel: its S is the token ids' S, so it is no image."""
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h"], name="g", axis=0),
+             helper.make_node("MatMul", ["h", "wq"], ["q"], name="mq"),
+             helper.make_node("Transpose", ["q"], ["qt"], name="t", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "qt"], ["s"], name="qk"),
+             helper.make_node("Unsqueeze", ["s", "ax1"], ["s4"], name="u"),
+             helper.make_node("Add", ["s4", "mask"], ["y"], name="addmask")]
+    model = _save(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"]),
+                          helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "S", "S"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "S", "S"])],
+                  [_w((100, 16), "emb"), _w((16, 16), "wq"), numpy_helper.from_array(np.array([1], np.int64), "ax1")],
+                  tmp_path / "a.onnx")
+    assert image_inputs(model) == {}
+    assert analysis_tries(model, None).mode == "ones"
+
+
+def test_a_rewrite_taken_back_leaves_no_session_of_it(tmp_path, monkeypatch):
+    """After the output check takes the given model back, running the program runs the given model."""
+    import graphprune.program.onnx_program as onnx_program
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["y"], name="relu")]
+    _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])],
+          [_w((8, 3, 3, 3), "w1")], tmp_path / "m.onnx")
+
+    def ruin(model):  # a "rewrite" that changes the function: every weight doubled
+        for init in model.graph.initializer:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2, init.name))
+        return (1, 1)
+
+    monkeypatch.setattr(onnx_program, "flush_subnormal_weights", ruin)
+    program = OnnxProgram.load(tmp_path / "m.onnx", fuse=True)
+    program.graph()
+    assert any(n.startswith("rewritten for onnxruntime: taken back") for n in program.notes)
+    assert sum(n.startswith("input shapes:") for n in program.notes) == 1  # lowered twice, said once
+    feeds = program.feeds()
+    given = onnx_program.session(onnx.load(str(tmp_path / "m.onnx"))).run(None, feeds)[0]
+    np.testing.assert_array_equal(program.run(feeds)[0], given)
