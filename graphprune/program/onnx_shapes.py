@@ -62,10 +62,7 @@ def _image_dims(model: onnx.ModelProto, images: dict[str, list[int]], size: int)
 
 def dynamic_dims(model: onnx.ModelProto) -> list[tuple[int, int | None]]:
     """(position, declared size or None) of every dim of every graph input."""
-    inits = {i.name for i in model.graph.initializer}
-    return [(k, d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
-            for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")
-            for k, d in enumerate(vi.type.tensor_type.shape.dim)]
+    return [(k, d if isinstance(d, int) else None) for vi in _inputs(model) for k, d in enumerate(_declared(vi))]
 
 
 def spell(dims: list[int | None]) -> str:
@@ -123,8 +120,7 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
 
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # the refusal is reported in the note, not logged in red
-    declared = [[d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    declared = [[d if isinstance(d, int) else None for d in _declared(o)] for o in model.graph.output]
     runs = [(probe_inputs(model, dims=dims), True)] + ([(probe_inputs(model), False)] if timed_apart else [])
     for feeds, analysed in runs:
         try:
