@@ -45,7 +45,7 @@ from .planning.plan import (
     select_groups,
     shape_fn,
 )
-from .planning.time_tilt import spend_where_time_is
+from .planning.time_tilt import tilt_options
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime
 from .report.prune_report import Latency, MemoryUsage, PruneReport
 from .util.gc_pause import paused_gc
@@ -101,9 +101,8 @@ class _Work:
     budget: dict | None = None
     notes: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
-    tilt: dict | None = None  # a MACs budget's uniform ratio bent per group towards time (planning/time_tilt.py)
-    tilt_steps: dict | None = None  # the width multiples the tilt was chosen at ...
-    tilt_beta: float | None = None  # ... and its beta (0: uniform)
+    tilts: list | None = None  # a MACs budget's uniform ratio bent per group towards time: the options, timed
+    # with each width multiple (planning/time_tilt.py, widths.py)
     curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
     kinds: KindChoice | None = None  # heads kept or cut, measured (planning/kinds.py)
 
@@ -269,25 +268,24 @@ def _spend_budget(w: _Work) -> None:
 
 
 def _solve_uniform(w: _Work, tilt: bool) -> None:
-    """The budget solved by one ratio (or a global ranking), tilted to where the time is when widths are tuned."""
+    """The budget solved by one ratio (or a global ranking); where widths are tuned, the tilts towards
+    time that the width tuning times with each multiple."""
     if tilt and w.how == "uniform" and _widths_tuned(w):
-        w.tilt, w.tilt_beta = same_on_all(spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores,
-                                                               w.budget, w.round_to, w.opts.max_ratio, w.ctx.notes))
-        w.tilt_steps = w.round_to if w.tilt_beta is not None else None
-    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
-                                     tilt=w.tilt)
+        w.tilts = tilt_options(w.program, w.runtime, w.dg, w.groups, w.budget, w.round_to, w.ctx.notes)
+    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio)
 
 
 def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
-    """round_to="auto": time the plan at the measured multiples scaled x1/x2/x4, keep the fastest
-    (not where blocks or a latency search already fixed the plan). A budget's
-    measured allocation is re-spent from its curves at each multiple, not measured again."""
+    """round_to="auto": time the plan at the measured multiples scaled x1/x2/x4 (each with the
+    budget's tilts towards time where it has them), keep the fastest (not where blocks or a latency
+    search already fixed the plan). A budget's measured allocation is re-spent from its curves at
+    each multiple, not measured again."""
     opts = w.opts
     if not _widths_tuned(w):
         return plan
     spent = w.spent
 
-    def remake(steps):
+    def remake(steps, tilt):
         if spent is None:
             return make_plan(w.groups, w.scores, opts.ratio, steps, w.ratios), spent
         if w.curves is not None:
@@ -297,16 +295,11 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
             made = make_plan(w.groups, w.scores, opts.ratio, steps, r)
             return made, replace(spent, achieved=w.curves.cost.measure(
                 {g.id: g.size - len(made.pruned[g.id]) for g in w.groups}))
-        r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=w.tilt)
+        r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=tilt)
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
-    made, steps = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes)
-    if w.tilt_steps is not None and w.curves is None and steps != w.tilt_steps:  # coarser widths part tilts more
-        tilt, beta = spend_where_time_is(w.program, w.runtime, w.dg, w.groups, w.scores, w.budget, steps,
-                                         opts.max_ratio, w.ctx.notes, prefer=w.tilt_beta, again=True)
-        if beta is not None and beta != w.tilt_beta:  # the kept plan was timed at its own tilt: remade for another
-            w.tilt, w.tilt_beta = tilt, beta
-            made = remake(steps)
+    tilts = w.tilts if w.curves is None else None
+    made, _, _ = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts)
     plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
 

@@ -111,8 +111,8 @@ def _as_program(model, x):
 
 
 def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
-    """The tilt's trials and the width tuning's x1 trial are often the same plan: it is timed twice
-    (taking turns with the other candidates), never more.
+    """Each tilt with each multiple is timed twice (taking turns with the other candidates), never
+    more, also where two pairs give the same widths.
     Every whole-model timing is recorded by the widths it ran; the report then times the original
     and the pruned model afresh, back to back."""
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
@@ -128,53 +128,61 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
     monkeypatch.setattr(TorchProgram, "latency_ms", recording)
     x = torch.randn(1, 3, 8, 8)
     _, rep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch")
-    assert any("kept tilt" in n for n in rep.notes) and any("widths: tried" in n for n in rep.notes)
+    tried = next(n for n in rep.notes if n.startswith("widths: tried"))
+    assert "up to 2 tilt 0.5:" in tried and "up to 8 tilt 1:" in tried and ", tilt " in tried.split("; kept")[1]
     original = (32, 32, 64, 8)
     report_from = len(timed) - 1 - timed[::-1].index(original)  # the report's before, then its after
     planning = [w for w in timed[:report_from] if w != original]
-    assert len(planning) >= 3  # the tilt's trials (uniform, 1/2, 1) and the widths scaled x2 / x4
+    assert len(set(planning)) >= 4  # tilts 0, 1/2, 1 with each multiple (on this small net some pairs coincide)
     assert max(planning.count(w) for w in planning) == 2, planning  # twice each, never more ...
     assert all(a != b for a, b in zip(planning, planning[1:])), planning  # ... taking turns
 
 
-def _prune_timing_tilts(monkeypatch, tmp_path, first: list[float], again: list[float]):
-    """The default call on the wide net with the tilts' timings given (``first`` at the profile's
-    multiples of 2, ``again`` at the coarser ones) and the coarsest widths timed fastest."""
+def _prune_timing_pairs(monkeypatch, tmp_path, times: list[float]):
+    """The default call on the wide net, its (multiple, tilt) pairs timed ``times`` in the order
+    tried: multiples of 2, 4 and 8, each with tilts 0, 1/2 and 1."""
     from graphprune.planning import widths
 
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
     monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
     _fake_runtime(monkeypatch)
-    rounds = []
+    asked = []
 
-    def tilt_times(program, plans, runtime):
-        rounds.append(len(plans))
-        return (first if len(rounds) == 1 else again)[:len(plans)]
+    def pair_times(program, plans, runtime):
+        asked.append(len(plans))
+        return times[:len(plans)]
 
-    monkeypatch.setattr(tt, "time_in_turns", tilt_times)
-    monkeypatch.setattr(widths, "time_in_turns", lambda program, plans, runtime: [2.0] * (len(plans) - 1) + [1.0])
+    monkeypatch.setattr(widths, "time_in_turns", pair_times)
     net, rep = gp.prune(_dw_net(4), (torch.randn(1, 3, 8, 8),), budget={"macs": 0.5}, runtime="torch")
-    return net, rep, [n for n in rep.notes if "where the time is" in n]
+    assert asked == [9]  # one round of nine: every pair timed together
+    return net, rep, next(n for n in rep.notes if n.startswith("widths: tried"))
 
 
-def test_the_tilt_is_chosen_again_at_the_widths_kept(monkeypatch, tmp_path):
-    """The tilt is first chosen at the profile's multiples; when the width tuning keeps coarser ones,
-    where plans part more, it is chosen again there and the plan remade with it."""
-    # uniform fastest at multiples of 2, tilt 1 (by more than 3%) at the coarser ones
-    tilted, rep, said = _prune_timing_tilts(monkeypatch, tmp_path, [1.0, 1.5, 1.5], [1.5, 1.5, 1.0])
-    assert len(said) == 2 and said[0].endswith("kept tilt 0"), said
-    assert "chosen again at the widths kept, up to 8" in said[1] and said[1].endswith("kept tilt 1"), said
+def _widths(net):
+    return [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_the_fastest_multiple_and_tilt_are_chosen_together(monkeypatch, tmp_path):
+    """Uniform is the fastest tilt at multiples of 2 and of 4, tilt 1 the fastest at 8 and overall:
+    choosing the tilt first (at 2) and the multiple after would have kept uniform."""
+    times = [1.0, 1.5, 1.5, 1.0, 1.5, 1.5, 1.5, 1.5, 0.5]
+    tilted, rep, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
+    assert said.endswith("kept up to 8, tilt 1"), said
     uniform, urep = gp.prune(_dw_net(4), (torch.randn(1, 3, 8, 8),), budget={"macs": 0.5}, runtime="torch",
                              round_to=8)
     assert rep.macs_after <= 0.5 * rep.macs_before and urep.macs_after <= 0.5 * urep.macs_before
-    widths_of = [[m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] for net in (tilted, uniform)]
+    widths_of = [_widths(tilted), _widths(uniform)]
     assert all(w % 8 == 0 for w in widths_of[0][:3])  # made at the kept multiples
     assert widths_of[0][1] < widths_of[1][1], widths_of  # the depthwise group, dearer per MAC, lost more
 
 
-def test_choosing_again_favours_the_tilt_kept_before_within_timing_noise(monkeypatch, tmp_path):
-    """Chosen again, a tilt within 3% of the best keeps the plan already timed (as uniform is
-    favoured the first time): noise must not swap a measured plan for another."""
-    # tilt 1 first; then uniform 1% faster: within the noise
-    _, _, said = _prune_timing_tilts(monkeypatch, tmp_path, [1.5, 1.5, 1.0], [0.99, 1.2, 1.0])
-    assert len(said) == 2 and said[0].endswith("kept tilt 1") and said[1].endswith("kept tilt 1"), said
+def test_within_timing_noise_finer_multiples_and_less_tilt_are_kept(monkeypatch, tmp_path):
+    """A pair within 3% of the fastest keeps the finer multiples and then the lesser tilt: noise
+    must not buy a coarser or more tilted plan."""
+    times = [1.5, 1.02, 1.01, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]  # 2 / tilt 1/2 within 3% of 8 / tilt 1
+    net, _, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
+    assert said.endswith("kept up to 2, tilt 0.5"), said
+    times = [1.02, 1.02, 1.01, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]  # uniform at 2 too
+    net, _, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
+    assert said.endswith("kept up to 2, tilt 0"), said
+    assert any(w % 4 for w in _widths(net)[:3])  # the finest multiples: not all of them multiples of 4

@@ -38,27 +38,38 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str]):
     return steps
 
 
-def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Callable, first, notes: list[str]):
+def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Callable, first, notes: list[str],
+                      tilts: list | None = None):
     """The profile times blocks alone; across a whole network a coarser multiple can run faster
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
-    the plan is also made with the profile's steps doubled and quadrupled (up to 32) and each is
-    timed on ``runtime``, twice taking turns: the fastest is kept, the finer within 3% (finer keeps
-    more choice). Returns the kept plan and the multiples it was made at."""
-    candidates: list[tuple[int, tuple]] = []
+    the plan is also made with the profile's steps doubled and quadrupled (up to 32), with each of
+    ``tilts`` (``[(beta, exponents)]``, time_tilt.py; None: the budget as solved), and each is
+    timed on ``runtime``, twice taking turns. The first within 3% of the fastest is kept, finer
+    multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
+    exponents)`` makes a plan, or None where there is none. Returns the kept plan, the multiples
+    it was made at and its tilt ``(beta, exponents)`` (None without ``tilts``)."""
+    candidates: list[tuple[int, tuple | None, tuple]] = []
     seen = []
     for factor in (1, 2, 4):
         scaled = {g: min(32, s * factor) if s > 1 else s for g, s in steps.items()}
         if scaled in seen:
             continue
         seen.append(scaled)
-        made = first if factor == 1 else remake(scaled)
-        if made is None:  # no plan at these multiples (a measured allocation cannot meet the budget with them)
-            continue
-        candidates.append((max(scaled.values()), made))
-    times = time_in_turns(program, [made[0] for _, made in candidates], runtime)
-    trials = [(t, step, made) for t, (step, made) in zip(times, candidates)]
-    best = min(t[0] for t in trials)
-    ms, step, made = next(t for t in trials if t[0] <= best * (1 + TOLERANCE))
-    notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: " +
-                 ", ".join(f"up to {s}: {t:.3f} ms" for t, s, _ in trials) + f"; kept up to {step}")
-    return made, next(sc for sc in seen if max(sc.values()) == step)
+        for tilt in tilts or [None]:
+            given = factor == 1 and (tilt is None or not tilt[1])
+            try:
+                made = first if given else remake(scaled, tilt[1] if tilt else None)
+            except PlanError:
+                if given:
+                    raise
+                made = None  # unreachable at these multiples with this tilt
+            if made is not None:  # None: a measured allocation cannot meet the budget at these multiples
+                candidates.append((max(scaled.values()), tilt, made))
+    times = time_in_turns(program, [made[0] for _, _, made in candidates], runtime)
+    best = min(times)
+    t, step, tilt, made = next((t, *c) for t, c in zip(times, candidates) if t <= best * (1 + TOLERANCE))
+    tried = ", ".join(f"up to {s}{'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
+                      for ms, (s, tl, _) in zip(times, candidates))
+    kept = f"up to {step}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
+    notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: {tried}; kept {kept}")
+    return made, next(sc for sc in seen if max(sc.values()) == step), tilt
