@@ -10,11 +10,12 @@ channels save) / (share of the MACs they save). The group then keeps (1 - r) ** 
 channels instead of (1 - r), with w = (rho / the groups' geometric mean) ** beta (clipped to
 [1/2, 2]): the same MACs budget, cut harder where a MAC costs more time. beta 0 (uniform), 1/2
 and 1 are each solved with each width multiple the width tuning tries (widths.py), and every pair
-is timed on the runtime: the tilts part differently at different multiples (PP-OCRv6's detector at
-half the MACs: tilt 1/2 3% ahead of uniform at multiples of 4, but uniform at 16 ran 13% ahead of
-both, docs/runtime.md), so choosing one and then the other missed the fastest pair. Uniform is
-kept unless a tilt is more than 3% faster: the tilt moves cuts between layers, which only time
-should pay for.
+is timed on the runtime: the tilts part differently at different multiples, so choosing the tilt
+first and the multiple after missed the fastest pair (PP-OCRv6's detector at half the MACs: tilt
+1/2 kept at multiples of 4, 58.9 ms against uniform's 60.8, then 61.3 ms with it at 16, so 4 was
+kept; timed together, uniform at 16 ran 52.5 ms, docs/runtime.md). Of the pairs
+within 1% of the fastest, the finest multiples and then the least tilt are kept: the tilt moves
+cuts between layers, which only time should pay for.
 """
 from __future__ import annotations
 
