@@ -153,9 +153,11 @@ def time_in_turns(program, plans: list, runtime: str) -> list[float]:
     a plan timed before counts those timings, so none is timed more than twice), keeping the
     faster: a single timing of close plans once let one slow spell of the machine (12%) decide
     between them. A single plan is timed once: there is nothing to decide."""
-    times = [program.plan_latency_ms(p, runtime) for p in plans]
-    if len(plans) > 1:
-        times = [program.plan_latency_ms(p, runtime, least=2) for p in plans]
+    rounds, n = (2 if len(plans) > 1 else 1), len(plans)
+    times = [0.0] * n
+    for k in progress(range(rounds * n), f"timing {n} candidate plan(s) on {runtime}", rounds * n):
+        turn, i = divmod(k, n)
+        times[i] = program.plan_latency_ms(plans[i], runtime, least=turn + 1)
     return times
 
 
