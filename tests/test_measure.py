@@ -11,7 +11,7 @@ import torch
 import graphprune as gp
 from graphprune.errors import PlanError, PruneWarning
 from graphprune.planning import measure
-from graphprune.planning.widths import fastest_alignment, scaled_steps
+from graphprune.planning.widths import fastest_alignment
 from graphprune.program.torch_program import TorchProgram
 
 
@@ -143,9 +143,7 @@ def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch):
     _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
     note = next(n for n in report.notes if "tried the measured multiples" in n)
     assert "kept up to 16" in note, note
-    # multiples of 16, except where that is over half the group (widths.scaled_steps): 16 -> 8 there
-    assert all(k % (16 if s >= 32 else 8 if s >= 16 else 4) == 0 for k, s in report.kept.values() if k < s)
-    assert any(k % 16 == 0 and s >= 32 for k, s in report.kept.values() if k < s)
+    assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     assert report.macs_after <= 0.6 * report.macs_before * 1.001  # the budget still holds at the coarser step
 
 
@@ -168,9 +166,7 @@ def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeyp
     assert sum("allocating" in n or "allocation: sensitivity" in n for n in report.notes) == 1  # measured once
     note = next(n for n in report.notes if "tried the measured multiples" in n)
     assert "kept up to 16" in note, note
-    # multiples of 16, except where that is over half the group (widths.scaled_steps): 16 -> 8 there
-    assert all(k % (16 if s >= 32 else 8 if s >= 16 else 4) == 0 for k, s in report.kept.values() if k < s)
-    assert any(k % 16 == 0 and s >= 32 for k, s in report.kept.values() if k < s)
+    assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     assert report.macs_after <= 0.6 * report.macs_before * 1.001
 
 
@@ -213,15 +209,3 @@ def test_timing_a_plan_again_keeps_the_faster_figure(monkeypatch):
     assert program.plan_latency_ms(plan, "torch", least=2) == 1.0
     assert program.plan_latency_ms(plan, "torch", least=2) == 1.0  # timed twice already: not again
     assert program.plan_latency_ms(plan, "torch", least=3) == 1.0  # 3.0 timed, the faster kept
-
-
-def test_scaled_multiples_stay_under_half_a_groups_width():
-    """x2 / x4 of the profile's multiples, up to 32, but a group keeps one at most half its width
-    (so it can still be cut in half), and never one finer than the profile's."""
-    steps = {0: 4, 1: 4, 2: 4, 3: 8, 4: 1}
-    sizes = {0: 16, 1: 24, 2: 1024, 3: 8, 4: 16}
-    assert scaled_steps(steps, sizes, 2) == {0: 8, 1: 8, 2: 8, 3: 8, 4: 1}
-    # 16 channels at 16 could not be cut at all: 8 (half); 24: 8 (16 is over half); 8 channels keep their 8
-    assert scaled_steps(steps, sizes, 4) == {0: 8, 1: 8, 2: 16, 3: 8, 4: 1}
-    assert scaled_steps({0: 16}, {0: 4096}, 4) == {0: 32}  # never past 32
-    assert scaled_steps({0: 4}, {}, 4) == {0: 16}  # a width not given: only the 32 cap

@@ -43,36 +43,20 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str]):
     return steps
 
 
-def scaled_steps(steps: dict[int, int], sizes: dict[int, int], factor: int) -> dict[int, int]:
-    """The profile's multiples times ``factor`` (up to 32), but never coarser than half a group's
-    width (nor finer than the profile's): at multiples of 16 a 16-channel group cannot be cut at
-    all, so the whole budget came from the other groups. YOLOv8's first C2f block (80x80) kept its
-    16-channel convolutions whole; capped, nudenet ran 1-4% faster at half the MACs in each of eight
-    cells (two runs, the same session), and 4-channel steps (a quarter of the width) ran slower."""
-    out = {}
-    for g, s in steps.items():
-        top, m = min(32, s * factor, sizes[g] // 2 if g in sizes else 32), s
-        while s > 1 and m * 2 <= top:
-            m *= 2
-        out[g] = m
-    return out
-
-
 def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Callable, first, notes: list[str],
-                      tilts: list | None = None, sizes: dict[int, int] | None = None):
+                      tilts: list | None = None):
     """The profile times blocks alone; across a whole network a coarser multiple can run faster
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
-    the plan is also made with the profile's steps doubled and quadrupled (:func:`scaled_steps`
-    with each group's width in ``sizes``), with each of ``tilts`` (``[(beta, exponents)]``,
-    time_tilt.py; None: the budget as solved), and each is timed on ``runtime``, twice taking turns.
-    The first within 1% of the fastest is kept, finer multiples before coarser (finer keeps more
-    choice), less tilt before more. ``remake(steps, exponents)`` makes a plan, or None where there
-    is none. Returns the kept plan, the multiples it was made at and its tilt ``(beta, exponents)``
-    (None without ``tilts``)."""
-    candidates: list[tuple[dict, tuple | None, tuple]] = []
+    the plan is also made with the profile's steps doubled and quadrupled (up to 32), with each of
+    ``tilts`` (``[(beta, exponents)]``, time_tilt.py; None: the budget as solved), and each is
+    timed on ``runtime``, twice taking turns. The first within 1% of the fastest is kept, finer
+    multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
+    exponents)`` makes a plan, or None where there is none. Returns the kept plan, the multiples
+    it was made at and its tilt ``(beta, exponents)`` (None without ``tilts``)."""
+    candidates: list[tuple[int, tuple | None, tuple]] = []
     seen = []
     for factor in (1, 2, 4):
-        scaled = steps if factor == 1 else scaled_steps(steps, sizes or {}, factor)
+        scaled = {g: min(32, s * factor) if s > 1 else s for g, s in steps.items()}
         if scaled in seen:
             continue
         seen.append(scaled)
@@ -85,12 +69,12 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
                     raise
                 made = None  # unreachable at these multiples with this tilt
             if made is not None:  # None: a measured allocation cannot meet the budget at these multiples
-                candidates.append((scaled, tilt, made))
+                candidates.append((max(scaled.values()), tilt, made))
     times = time_in_turns(program, [made[0] for _, _, made in candidates], runtime)
     best = min(times)
-    scaled, tilt, made = next(c for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
-    tried = ", ".join(f"up to {max(sc.values())}{'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
-                      for ms, (sc, tl, _) in zip(times, candidates))
-    kept = f"up to {max(scaled.values())}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
+    t, step, tilt, made = next((t, *c) for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
+    tried = ", ".join(f"up to {s}{'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
+                      for ms, (s, tl, _) in zip(times, candidates))
+    kept = f"up to {step}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
     notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: {tried}; kept {kept}")
-    return made, scaled, tilt
+    return made, next(sc for sc in seen if max(sc.values()) == step), tilt
