@@ -32,9 +32,10 @@ class Fused:
     hard_sigmoid: list[str] = field(default_factory=list)
     softmax: list[str] = field(default_factory=list)  # moved ahead of their Transpose (frontends/onnx_softmax.py)
     subnormal: tuple[int, int] = (0, 0)  # weights set to 0, in how many tensors (frontends/onnx_subnormal.py)
+    affine: list[str] = field(default_factory=list)  # scalar Mul/Add folded into a Conv (frontends/onnx_affine.py)
 
     def __bool__(self) -> bool:
-        return bool(self.hard_swish or self.hard_sigmoid or self.softmax or self.subnormal[0])
+        return bool(self.hard_swish or self.hard_sigmoid or self.softmax or self.subnormal[0] or self.affine)
 
     def note(self) -> str:
         parts = []
@@ -48,6 +49,8 @@ class Fused:
         if self.subnormal[0]:
             notes.append(f"{self.subnormal[0]} subnormal weight(s) (below 1.2e-38) in {self.subnormal[1]} tensor(s) "
                          "set to 0, which x86 computes with tens of times slower")
+        if self.affine:
+            notes.append(f"{len(self.affine)} Mul/Add by a scalar after a convolution folded into its weights and bias")
         if self.softmax:
             notes.append(f"{len(self.softmax)} softmax op(s) moved ahead of the Transpose they read, onto an axis "
                          f"onnxruntime transposes faster ({', '.join(self.softmax[:3])})")

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from ..backends.onnx_bias import add_biases
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
+from ..frontends.onnx_affine import fold_conv_affine
 from ..frontends.onnx_fuse import Fused, default_opset, fuse_activations
 from ..frontends.onnx_lower import freeze_unreachable, load_model, lower, probe_inputs, with_outputs
 from ..frontends.onnx_softmax import softmax_ahead_of_transpose
@@ -61,8 +62,9 @@ class OnnxProgram(Program):
              input_shapes: Mapping[str, Iterable[int]] | None = None, fuse: bool = False) -> "OnnxProgram":
         """``fuse``: write activations spelled as several ops as the single ops onnxruntime keeps in its
         blocked layout (frontends/onnx_fuse.py), and move a softmax behind a Transpose ahead of it where
-        onnxruntime's own transpose is then cheaper (frontends/onnx_softmax.py), and set subnormal
-        weights to zero (frontends/onnx_subnormal.py); once the analysis has
+        onnxruntime's own transpose is then cheaper (frontends/onnx_softmax.py), fold a Mul/Add by a
+        scalar after a convolution into it (frontends/onnx_affine.py), and set subnormal weights to
+        zero (frontends/onnx_subnormal.py); once the analysis has
         its input shapes the outputs are checked against the file as given (read again, not held: a
         large model is not kept twice), which is taken back if they differ, and the report times that
         file beside the rewritten one."""
@@ -71,6 +73,7 @@ class OnnxProgram(Program):
         if fuse:
             program.fused = fuse_activations(program.model)  # in place: the given model is read again when needed
             program.fused.softmax = softmax_ahead_of_transpose(program.model)
+            program.fused.affine = fold_conv_affine(program.model)  # before the flush: scaling may make subnormals
             program.fused.subnormal = flush_subnormal_weights(program.model)
         return program
 
