@@ -33,8 +33,9 @@ def _own_initializer(ix: GraphIndex, name: str) -> onnx.TensorProto | None:
     return t if ok else None
 
 
-def _fold_one(model: onnx.ModelProto, ix: GraphIndex, node: onnx.NodeProto, taken: set[str]) -> bool:
-    """Fold ``node`` (a Mul/Add, one input a scalar) into the Conv that produces its other input."""
+def _fold_one(model: onnx.ModelProto, ix: GraphIndex, node: onnx.NodeProto, taken: set[str]) -> str | None:
+    """Fold ``node`` (a Mul/Add, one input a scalar) into the Conv that produces its other input;
+    returns the Conv's old output name (None where nothing folds)."""
     for k in (0, 1):
         x, c = node.input[k], node.input[1 - k]
         conv = ix.op(x, "Conv")
@@ -42,11 +43,11 @@ def _fold_one(model: onnx.ModelProto, ix: GraphIndex, node: onnx.NodeProto, take
         if value is not None:
             break
     else:
-        return False
+        return None
     weight = _own_initializer(ix, conv.input[1])
     bias = _own_initializer(ix, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
     if weight is None or (len(conv.input) > 2 and conv.input[2] and bias is None):
-        return False
+        return None
     w = numpy_helper.to_array(weight)
     b = numpy_helper.to_array(bias) if bias is not None else np.zeros(w.shape[0], w.dtype)
     if node.op_type == "Mul":
@@ -62,7 +63,7 @@ def _fold_one(model: onnx.ModelProto, ix: GraphIndex, node: onnx.NodeProto, take
     else:
         bias.CopyFrom(numpy_helper.from_array(b, bias.name))
     conv.output[0] = node.output[0]  # the convolution now gives what the affine op gave
-    return True
+    return x
 
 
 def fold_conv_affine(model: onnx.ModelProto) -> list[str]:
@@ -70,11 +71,17 @@ def fold_conv_affine(model: onnx.ModelProto) -> list[str]:
     into that convolution (module doc), in ``model``'s main graph, in place; a chain ``Conv -> Mul ->
     Add`` folds whole. Returns the names (or output names) of the ops folded."""
     folded: list[str] = []
+    stale: set[str] = set()  # the convolutions' old outputs
     taken = names_in(model.graph)
     while True:
         ix = GraphIndex(model)
-        gone = [n for n in model.graph.node if n.op_type in _FOLDED and n.domain in ("", "ai.onnx")
-                and len(n.input) == 2 and _fold_one(model, ix, n, taken)]
+        gone = []
+        for n in list(model.graph.node):
+            if n.op_type in _FOLDED and n.domain in ("", "ai.onnx") and len(n.input) == 2:
+                old = _fold_one(model, ix, n, taken)
+                if old is not None:
+                    gone.append(n)
+                    stale.add(old)
         if not gone:
             break
         drop = {id(n) for n in gone}
@@ -88,8 +95,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> list[str]:
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep_init)
     if folded:
-        produced = {o for n in model.graph.node for o in n.output}
-        keep_vi = [v for v in model.graph.value_info if v.name in produced]  # the convolutions' old outputs are gone
+        keep_vi = [v for v in model.graph.value_info if v.name not in stale]  # the convolutions' old outputs are gone
         del model.graph.value_info[:]
         model.graph.value_info.extend(keep_vi)
     return folded
