@@ -299,7 +299,7 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     tilts = w.tilts if w.curves is None else None
-    made, _, _ = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts)
+    made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts)
     plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_fuse import GraphIndex, fresh_name, names_in
+from .onnx_fuse import GraphIndex, drop_unused_constants, drop_value_info, fresh_name, names_in
 
 _FOLDED = ("Mul", "Add")
 
@@ -44,9 +44,10 @@ def _fold_one(model: onnx.ModelProto, ix: GraphIndex, node: onnx.NodeProto, take
             break
     else:
         return None
+    has_bias = len(conv.input) > 2 and bool(conv.input[2])
     weight = _own_initializer(ix, conv.input[1])
-    bias = _own_initializer(ix, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-    if weight is None or (len(conv.input) > 2 and conv.input[2] and bias is None):
+    bias = _own_initializer(ix, conv.input[2]) if has_bias else None
+    if weight is None or (has_bias and bias is None):
         return None
     w = numpy_helper.to_array(weight)
     b = numpy_helper.to_array(bias) if bias is not None else np.zeros(w.shape[0], w.dtype)
@@ -84,18 +85,11 @@ def fold_conv_affine(model: onnx.ModelProto) -> list[str]:
                     stale.add(old)
         if not gone:
             break
+        folded += [n.name or n.output[0] for n in gone]
         drop = {id(n) for n in gone}
         keep = [n for n in model.graph.node if id(n) not in drop]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        folded += [n.name or n.output[0] for n in gone]
-        # a scalar the folded op alone read (not a graph input or output, not read in a subgraph) is dropped
-        unread = {i for n in gone for i in n.input if i in ix.inits and i not in ix.fed and ix.users.get(i) == 1}
-        keep_init = [t for t in model.graph.initializer if t.name not in unread]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep_init)
-    if folded:
-        keep_vi = [v for v in model.graph.value_info if v.name not in stale]  # the convolutions' old outputs are gone
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep_vi)
+        drop_unused_constants(model, {i for n in gone for i in n.input})  # the scalars nothing reads now
+    drop_value_info(model, stale)
     return folded

@@ -262,12 +262,8 @@ def fuse_activations(model: onnx.ModelProto) -> Fused:
             out.append(helper.make_node("HardSigmoid", [x], [y], name=name, alpha=SIXTH, beta=0.5))
     del model.graph.node[:]
     model.graph.node.extend(out)
-    _drop_unused_constants(model, candidates)
-    gone = {o for n in dropped_nodes for o in n.output}
-    if gone:  # shapes recorded for the values that went
-        keep_vi = [v for v in model.graph.value_info if v.name not in gone]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep_vi)
+    drop_unused_constants(model, candidates)
+    drop_value_info(model, {o for n in dropped_nodes for o in n.output})
     return fused
 
 
@@ -280,7 +276,15 @@ def fresh_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def _drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None:
+def drop_value_info(model: onnx.ModelProto, gone: set[str]) -> None:
+    """Forget the shapes recorded for values a rewrite removed."""
+    if gone and any(v.name in gone for v in model.graph.value_info):
+        keep = [v for v in model.graph.value_info if v.name not in gone]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+
+
+def drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Initializers and Constant nodes among ``candidates`` that nothing reads any more."""
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .onnx_fuse import GraphIndex, default_opset, fresh_name, names_in
+from .onnx_fuse import GraphIndex, default_opset, drop_value_info, fresh_name, names_in
 
 SOFTMAXES = ("Softmax", "LogSoftmax")
 
@@ -71,7 +71,5 @@ def softmax_ahead_of_transpose(model: onnx.ModelProto) -> list[str]:
     if moved:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
-        keep = [v for v in model.graph.value_info if v.name not in stale]  # the old transposed value is gone
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep)
+        drop_value_info(model, stale)  # the old transposed value is gone
     return moved

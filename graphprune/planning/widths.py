@@ -51,8 +51,8 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     ``tilts`` (``[(beta, exponents)]``, time_tilt.py; None: the budget as solved), and each is
     timed on ``runtime``, twice taking turns. The first within 1% of the fastest is kept, finer
     multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
-    exponents)`` makes a plan, or None where there is none. Returns the kept plan, the multiples
-    it was made at and its tilt ``(beta, exponents)`` (None without ``tilts``)."""
+    exponents)`` makes a plan, or None where there is none. Returns the kept plan; the note says
+    which multiples and tilt it was made with."""
     candidates: list[tuple[int, tuple | None, tuple]] = []
     seen = []
     for factor in (1, 2, 4):
@@ -72,9 +72,9 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
                 candidates.append((max(scaled.values()), tilt, made))
     times = time_in_turns(program, [made[0] for _, _, made in candidates], runtime)
     best = min(times)
-    t, step, tilt, made = next((t, *c) for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
+    step, tilt, made = next(c for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
     tried = ", ".join(f"up to {s}{'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
                       for ms, (s, tl, _) in zip(times, candidates))
     kept = f"up to {step}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
     notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: {tried}; kept {kept}")
-    return made, next(sc for sc in seen if max(sc.values()) == step), tilt
+    return made
