@@ -106,7 +106,70 @@ def test_prune_onnx_folds_says_so_and_the_pruned_file_computes_the_same(tmp_path
     onnx.save(src, str(tmp_path / "m.onnx"))
     rep = gp.prune_onnx(tmp_path / "m.onnx", tmp_path / "p.onnx", ratio=0.25, round_to=1, runtime=None)
     note = next(n for n in rep.notes if n.startswith("rewritten for onnxruntime:"))
-    assert "4 Mul/Add by a scalar after a convolution folded into its weights and bias" in note, note
+    assert "4 Mul/Add by a scalar beside a convolution folded into its weights and bias" in note, note
     pruned = onnx.load(str(tmp_path / "p.onnx"))
     assert not [n for n in pruned.graph.node if n.op_type in ("Mul", "Add")]  # the pruned file carries the fold
     assert rep.macs_after < rep.macs_before
+
+
+def _ahead_model(pads: list[int], op: str, transposed_tail: bool = False) -> onnx.ModelProto:
+    """x -> relu -> ``op``(scalar V) -> conv (weights w, bias c, ``pads``) -> y; with
+    ``transposed_tail`` a ConvTranspose (no bias) -> Mul(S) -> Add(B) follows."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), "w"),  # group 2
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "c"),
+             numpy_helper.from_array(np.array(V, np.float32), "v")]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node(op, ["r", "v"], ["rv"], name="ahead"),
+             helper.make_node("Conv", ["rv", "w", "c"], ["y" if not transposed_tail else "h"], name="conv",
+                              group=2, pads=pads)]
+    if transposed_tail:
+        inits += [numpy_helper.from_array(rng.standard_normal((6, 1, 2, 2)).astype(np.float32), "wt"),
+                  numpy_helper.from_array(np.array(S1, np.float32), "s"),
+                  numpy_helper.from_array(np.array(B1, np.float32), "b")]
+        nodes += [helper.make_node("ConvTranspose", ["h", "wt"], ["t"], name="convt", group=3, strides=[2, 2]),
+                  helper.make_node("Mul", ["t", "s"], ["ts"], name="tail_mul"),
+                  helper.make_node("Add", ["ts", "b"], ["y"], name="tail_add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+V = 0.3
+
+
+def _outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("op,pads,folds", [("Mul", [1, 1, 1, 1], True), ("Add", [0, 0, 0, 0], True),
+                                           ("Add", [1, 1, 1, 1], False)])
+def test_scalar_affine_before_a_conv_folds_where_its_padding_allows(op, pads, folds):
+    """conv(s x) = conv(x, s W) whatever the padding; conv(x + b) = conv(x, W, c + b sum(W)) only where
+    nothing is padded (a padded border sees 0, not b)."""
+    model = _ahead_model(pads, op)
+    given = onnx.ModelProto.FromString(model.SerializeToString())
+    w, c = (numpy_helper.to_array(t) for t in given.graph.initializer[:2])
+    assert fold_conv_affine(model) == (["ahead"] if folds else [])
+    got = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    if folds and op == "Mul":
+        assert np.allclose(got["w"], V * w) and np.array_equal(got["c"], c)
+    elif folds:  # each output channel's bias gains V times the sum of its own (grouped) filter
+        assert np.array_equal(got["w"], w) and np.allclose(got["c"], c + V * w.sum(axis=(1, 2, 3)))
+    x = np.random.default_rng(4).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    assert np.allclose(_outputs(model, x), _outputs(given, x), rtol=1e-5, atol=1e-5)
+
+
+def test_scalar_affine_after_a_transposed_conv_folds_into_it():
+    model = _ahead_model([1, 1, 1, 1], "Mul", transposed_tail=True)
+    given = onnx.ModelProto.FromString(model.SerializeToString())
+    wt = numpy_helper.to_array(given.graph.initializer[3])
+    assert sorted(fold_conv_affine(model)) == ["ahead", "tail_add", "tail_mul"]
+    got = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    bias = next(n.input[2] for n in model.graph.node if n.op_type == "ConvTranspose")
+    # weights (in 6, out 1 per group, ...) in 3 groups: 3 output channels, each bias S1 * 0 + B1
+    assert np.allclose(got["wt"], S1 * wt) and np.allclose(got[bias], np.full(3, B1))
+    x = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    assert np.allclose(_outputs(model, x), _outputs(given, x), rtol=1e-5, atol=1e-5)

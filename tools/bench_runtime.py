@@ -110,7 +110,7 @@ def timed(paths: list[Path], feeds: dict, threads: int, rounds: int = 5) -> list
     """Best-of-runs ms per file, the files taking turns round by round."""
     from graphprune.planning.measure import best_of, ort_session
 
-    sessions = [ort_session(p.read_bytes(), threads) for p in paths]
+    sessions = [ort_session(str(p), threads) for p in paths]  # a path: its external data is found
     best = [float("inf")] * len(paths)
     for _ in range(rounds):
         for i, s in enumerate(sessions):

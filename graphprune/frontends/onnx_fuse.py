@@ -33,9 +33,11 @@ class Fused:
     softmax: list[str] = field(default_factory=list)  # moved ahead of their Transpose (frontends/onnx_softmax.py)
     subnormal: tuple[int, int] = (0, 0)  # weights set to 0, in how many tensors (frontends/onnx_subnormal.py)
     affine: list[str] = field(default_factory=list)  # scalar Mul/Add folded into a Conv (frontends/onnx_affine.py)
+    channel_affine: list[str] = field(default_factory=list)  # scalar affine chains -> BatchNormalization
 
     def __bool__(self) -> bool:
-        return bool(self.hard_swish or self.hard_sigmoid or self.softmax or self.subnormal[0] or self.affine)
+        return bool(self.hard_swish or self.hard_sigmoid or self.softmax or self.subnormal[0] or self.affine
+                    or self.channel_affine)
 
     def note(self) -> str:
         parts = []
@@ -50,7 +52,10 @@ class Fused:
             notes.append(f"{self.subnormal[0]} subnormal weight(s) (below 1.2e-38) in {self.subnormal[1]} tensor(s) "
                          "set to 0, which x86 computes with tens of times slower")
         if self.affine:
-            notes.append(f"{len(self.affine)} Mul/Add by a scalar after a convolution folded into its weights and bias")
+            notes.append(f"{len(self.affine)} Mul/Add by a scalar beside a convolution folded into its weights and bias")
+        if self.channel_affine:
+            notes.append(f"{len(self.channel_affine)} chain(s) of Mul/Add by a scalar written as one BatchNormalization "
+                         "each, which onnxruntime keeps in its blocked layout")
         if self.softmax:
             notes.append(f"{len(self.softmax)} softmax op(s) moved ahead of the Transpose they read, onto an axis "
                          f"onnxruntime transposes faster ({', '.join(self.softmax[:3])})")

@@ -161,14 +161,16 @@ def time_in_turns(program, plans: list, runtime: str) -> list[float]:
     return times
 
 
-def ort_session(model_bytes: bytes, threads: int = 1):
+def ort_session(model: bytes | str, threads: int = 1):
+    """An onnxruntime CPU session on ``threads`` threads of a serialized model or a file's path (a
+    path finds the file's external data next to it)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def _time_block(runtime: str, kind: str, width: int, threads: int) -> float:
