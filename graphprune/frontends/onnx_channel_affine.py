@@ -72,7 +72,10 @@ def affine_as_batchnorm(model: onnx.ModelProto) -> list[str]:
     if not steps:
         return []
     channels = _channels(model)
-    readers = {i: n for n in model.graph.node for i in n.input}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in dict.fromkeys(n.input):
+            readers.setdefault(i, []).append(n)
     inner = set()  # chain links after the first: consumed by the chain that starts before them
     chains = []
     for n in model.graph.node:
@@ -81,14 +84,17 @@ def affine_as_batchnorm(model: onnx.ModelProto) -> list[str]:
             continue
         x, a, b = steps[id(n)]
         links, last = [n], n
-        while ix.users.get(last.output[0], 0) == 1 and (nxt := readers.get(last.output[0])) is not None \
-                and id(nxt) in steps and steps[id(nxt)][0] == last.output[0]:
+        while True:  # on through steps that alone read the last one's value
+            after = readers.get(last.output[0], [])
+            nxt = after[0] if len(after) == 1 and ix.users.get(last.output[0], 0) == 1 else None
+            if nxt is None or id(nxt) not in steps or steps[id(nxt)][0] != last.output[0]:
+                break
             _, a2, b2 = steps[id(nxt)]
             a, b = a2 * a, a2 * b + b2
             links.append(nxt)
             inner.add(id(nxt))
             last = nxt
-        if any(r.op_type in BLOCKED for r in model.graph.node if last.output[0] in r.input):
+        if any(r.op_type in BLOCKED for r in readers.get(last.output[0], [])):
             chains.append((x, a, b, links))  # read in the blocked layout too: else nothing to keep there
     if not chains:
         return []
