@@ -4,12 +4,12 @@ Each CNN is pruned with the default call at 20% and 50% fewer MACs (``budget={"m
 ``round_to="auto"``, target runtime onnxruntime), and the original and pruned ONNX files are timed
 in onnxruntime at batch 1 and 8, on 1 thread and on every core (per file the median of three
 fresh sessions' best of runs after a warm-up, the files taking turns). Where the default call
-fused activations spelled as several ops (``fuse=True``: paddle2onnx's hard-swish), the original with the same fusion and nothing pruned is
-timed too: the table's speedups are against it (pruning's own part), and in brackets against the
-file as given (what a user sees); ``--no-fuse`` prunes without it. ``--round-to 1`` shows what the
-widths alone cost. Torch-Pruning
-1.6.1 (L2, the same MACs budget reached by bisection on its ratio) sits beside it on the models
-that are PyTorch modules.
+rewrote the graph for onnxruntime (``fuse=True``: paddle2onnx's hard-swish, scalar affine ops), the
+original with the same rewrites and nothing pruned is timed too: the table's speedups are against
+it (pruning's own part), and in brackets against the file as given (what a user sees);
+``--no-fuse`` prunes without them. ``--round-to 1`` shows what the widths alone cost.
+Torch-Pruning 1.6.1 (L2, the same MACs budget reached by bisection on its ratio) sits beside it on
+the models that are PyTorch modules.
 
 Models: the CNNs of the real-model corpus (tools/fetch_corpus.py: classifiers and detectors,
 pretrained ONNX files), EfficientNet-Lite0 with its ImageNet weights (tools/fetch_vision.py),
