@@ -173,3 +173,20 @@ def test_scalar_affine_after_a_transposed_conv_folds_into_it():
     assert np.allclose(got["wt"], S1 * wt) and np.allclose(got[bias], np.full(3, B1))
     x = np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)
     assert np.allclose(_outputs(model, x), _outputs(given, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_fold_that_would_overflow_is_not_made():
+    """float16 weights up to ~1000 times a Mul by 100 overflow float16: the Mul stays (a reviewer's
+    reproduction; the original computes finite values)."""
+    rng = np.random.default_rng(0)
+    w = (300 * rng.standard_normal((8, 4, 3, 3))).astype(np.float16)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "s"], ["rs"], name="mul"),
+             helper.make_node("Conv", ["rs", "w"], ["y"], pads=[1] * 4, name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 8, 8, 8])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(100.0, np.float16), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert fold_conv_affine(model) == []
+    assert np.array_equal(numpy_helper.to_array(model.graph.initializer[0]), w)

@@ -100,3 +100,33 @@ def test_prune_onnx_prunes_through_the_batchnorm(tmp_path):
     scale = next(i for i in pruned.graph.initializer if i.name == bn.input[1])
     assert scale.dims[0] == 4  # half of conv1's 8 channels, the BatchNormalization's with them
     assert rep.macs_after < rep.macs_before
+
+
+@pytest.mark.parametrize("importance", ["bn_scale", "l2"])
+def test_the_new_batchnorm_does_not_vote_in_the_ranking(tmp_path, importance):
+    """Its constants are the same in every channel: read as weights they would make bn_scale rank by
+    channel index and lift every l2 score alike. Both criteria keep conv1's large filters, as without
+    the rewrite (a reviewer's reproduction)."""
+    model = _model()
+    w1 = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w1 *= np.array([0.01, 5, 0.02, 4, 0.03, 3, 0.04, 2], np.float32)[:, None, None, None]
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1, "w1"))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    kept = {}
+    for fuse in (False, True):
+        gp.prune_onnx(tmp_path / "m.onnx", tmp_path / f"p{fuse}.onnx", ratio=0.5, round_to=1, runtime=None,
+                      importance=importance, fuse=fuse)
+        pruned = onnx.load(str(tmp_path / f"p{fuse}.onnx"))
+        w = next(numpy_helper.to_array(i) for i in pruned.graph.initializer if i.name == "w1")
+        kept[fuse] = [int(np.argmin([np.abs(w1[j] - row).max() for j in range(8)])) for row in w]
+        assert ("BatchNormalization" in [n.op_type for n in pruned.graph.node]) == fuse
+    assert kept[True] == kept[False] == [1, 3, 5, 7]  # the filters scaled by 5, 4, 3, 2
+
+
+def test_a_scale_beyond_float32_is_not_written():
+    """Mul(1e20) twice is 1e40: no float32 scale; the chain stays as it was."""
+    model = _model()
+    for t in model.graph.initializer:
+        if t.name in ("s", "d"):
+            t.CopyFrom(numpy_helper.from_array(np.array(1e20 if t.name == "s" else 1e-20, np.float32), t.name))
+    assert affine_as_batchnorm(model) == []

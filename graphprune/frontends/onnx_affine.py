@@ -80,8 +80,8 @@ def _weights(model: onnx.ModelProto, ix: GraphIndex, conv: onnx.NodeProto, taken
     has_bias = len(conv.input) > 2 and bool(conv.input[2])
     weight = _own_initializer(ix, conv.input[1])
     bias = _own_initializer(ix, conv.input[2]) if has_bias else None
-    if weight is None or (has_bias and bias is None):
-        return None
+    if weight is None or (has_bias and bias is None) or (bias is None and model.ir_version < 4):
+        return None  # before IR 4 a new bias initializer would also have to be a graph input
     w = numpy_helper.to_array(weight)
     outputs = w.shape[0] if conv.op_type == "Conv" else w.shape[1] * next(
         (a.i for a in conv.attribute if a.name == "group"), 1)  # ConvTranspose: (in, out / group, ...)
@@ -108,14 +108,21 @@ def _fold_back(model, ix, node, k, value, taken, touched) -> str | None:
     if found is None:
         return None
     weight, w, b, set_bias = found
-    if node.op_type == "Mul":
-        weight.CopyFrom(numpy_helper.from_array((w.astype(np.float64) * value).astype(w.dtype), weight.name))
-        set_bias(b.astype(np.float64) * value)
-    else:
-        set_bias(b.astype(np.float64) + value)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+        new_w = (w.astype(np.float64) * value).astype(w.dtype) if node.op_type == "Mul" else w
+        new_b = (b.astype(np.float64) * value if node.op_type == "Mul" else b.astype(np.float64) + value).astype(w.dtype)
+    if not (_finite(new_w) and _finite(new_b)):
+        return None
+    weight.CopyFrom(numpy_helper.from_array(new_w, weight.name))
+    set_bias(new_b)
     conv.output[0] = node.output[0]  # the convolution now gives what the affine op gave
     touched.add(id(conv))
     return x
+
+
+def _finite(a: np.ndarray) -> bool:
+    """Whether a folded tensor holds only finite values (a float16 weight times 100 can overflow)."""
+    return bool(np.isfinite(a).all())
 
 
 def _pads_nothing(conv: onnx.NodeProto) -> bool:
@@ -137,10 +144,17 @@ def _fold_ahead(model, ix, node, k, value, taken, touched, readers) -> str | Non
     if found is None:
         return None
     weight, w, b, set_bias = found
-    if node.op_type == "Mul":
-        weight.CopyFrom(numpy_helper.from_array((w.astype(np.float64) * value).astype(w.dtype), weight.name))
-    else:
-        set_bias(b.astype(np.float64) + value * w.astype(np.float64).reshape(w.shape[0], -1).sum(axis=1))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+        if node.op_type == "Mul":
+            new_w, new_b = (w.astype(np.float64) * value).astype(w.dtype), b
+        else:
+            shift = value * w.astype(np.float64).reshape(w.shape[0], -1).sum(axis=1)
+            new_w, new_b = w, (b.astype(np.float64) + shift).astype(w.dtype)
+    if not (_finite(new_w) and _finite(new_b)):
+        return None
+    weight.CopyFrom(numpy_helper.from_array(new_w, weight.name))
+    if node.op_type == "Add":
+        set_bias(new_b)
     conv.input[0] = x
     touched.add(id(conv))
     return y

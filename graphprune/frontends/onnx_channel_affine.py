@@ -25,6 +25,11 @@ from .onnx_affine import BLOCKED, in_blocked_layout
 from .onnx_fuse import GraphIndex, default_opset, drop_unused_constants, drop_value_info, fresh_name, names_in
 
 _OPS = ("Mul", "Add", "Sub", "Div")
+# The new node's doc_string: its constants are sliced with their channels but are no learnt weights,
+# so the importance criteria must not read them (a scale the same in every channel would make
+# bn_scale rank by index, and l2 scores would all gain the same offset; frontends/onnx_lower.py).
+F32_MAX = float(np.finfo(np.float32).max)
+NOT_LEARNED = "graphprune: Mul/Add by a scalar written as one per-channel op; its constants are not learnt"
 
 
 def _step(ix: GraphIndex, node: onnx.NodeProto) -> tuple[str, float, float] | None:
@@ -65,7 +70,7 @@ def affine_as_batchnorm(model: onnx.ModelProto) -> list[str]:
     """Rewrite each chain of scalar affine ops on a float32 image tensor as one BatchNormalization
     (module doc), in ``model``'s main graph, in place; the new node takes the chain's last node's
     name and output. Returns those names."""
-    if default_opset(model) < 9:
+    if default_opset(model) < 9 or model.ir_version < 4:  # before IR 4 an initializer must also be an input
         return []
     ix = GraphIndex(model)
     steps = {id(n): s for n in model.graph.node if (s := _step(ix, n)) is not None}
@@ -94,7 +99,8 @@ def affine_as_batchnorm(model: onnx.ModelProto) -> list[str]:
             links.append(nxt)
             inner.add(id(nxt))
             last = nxt
-        if any(r.op_type in BLOCKED for r in readers.get(last.output[0], [])):
+        finite = abs(a) <= F32_MAX and abs(b) <= F32_MAX  # 1e20 * 1e20 is no float32 scale
+        if finite and any(r.op_type in BLOCKED for r in readers.get(last.output[0], [])):
             chains.append((x, a, b, links))  # read in the blocked layout too: else nothing to keep there
     if not chains:
         return []
@@ -112,7 +118,8 @@ def affine_as_batchnorm(model: onnx.ModelProto) -> list[str]:
                 params.append(fresh_name(f"{name}_{what}", taken))
                 model.graph.initializer.append(numpy_helper.from_array(
                     np.full(channels[x], value, np.float32), params[-1]))
-            out.append(helper.make_node("BatchNormalization", [x, *params], [last.output[0]], name=name, epsilon=0.0))
+            out.append(helper.make_node("BatchNormalization", [x, *params], [last.output[0]], name=name, epsilon=0.0,
+                                        doc_string=NOT_LEARNED))
             done.append(name)
         elif id(n) not in dropped:
             out.append(n)

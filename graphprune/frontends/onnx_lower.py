@@ -21,6 +21,7 @@ from ..backends.onnx_rewrite import OnnxModel, locate, vector_lengths
 from ..errors import TraceError
 from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..reasons import COMPUTED, Reason
+from .onnx_channel_affine import NOT_LEARNED
 from .onnx_int_eval import MAX_DATA, evaluate_int_tensors
 
 
@@ -272,12 +273,13 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
                 shapes[h] = seen[h]
     data: dict[str, tuple[int, ...]] = {}
     graph_inputs = {t.name for t in graph.inputs}
+    fixed = {i for n in model.graph.node if n.doc_string == NOT_LEARNED for i in n.input[1:]}  # sliced, not ranked
     for name, t in sorted(tensors.items()):
         if not name:
             continue
         if isinstance(t, gs.Constant):
             vals = np.asarray(t.values)
-            kind = "param" if vals.dtype.kind == "f" and vals.size > 1 else "const"
+            kind = "param" if vals.dtype.kind == "f" and vals.size > 1 and name not in fixed else "const"
             if vals.dtype.kind in "iu" and vals.size <= MAX_DATA:
                 data[name] = tuple(int(x) for x in vals.reshape(-1))
             g.add_value(Value(name, tuple(vals.shape), str(vals.dtype), kind, name, data.get(name)))
