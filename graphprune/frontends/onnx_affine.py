@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from .onnx_fuse import GraphIndex, drop_unused_constants, drop_value_info, fresh_name, names_in
 
 _FOLDED = ("Mul", "Add")
-_SCALAR_STEPS = ("Mul", "Add", "Sub", "Div")
+SCALAR_STEPS = ("Mul", "Add", "Sub", "Div")  # ops that are affine in one operand given a scalar other
 # Ops onnxruntime's CPU provider runs in its blocked channel layout (its NCHWc transformer). A scalar
 # affine op is rewritten only on such a value: elsewhere it gains nothing, and the ops around it may
 # be a pattern onnxruntime fuses itself (GELU's Div -> Erf -> Add -> Mul -> Mul(0.5), an attention's
@@ -68,7 +68,7 @@ def in_blocked_layout(ix: GraphIndex, name: str, depth: int = 6) -> bool:
         return False
     if node.op_type in BLOCKED:
         return True
-    if node.op_type not in (*_SCALAR_STEPS, "Sum"):
+    if node.op_type not in (*SCALAR_STEPS, "Sum"):
         return False
     tensors = [i for i in node.input if i and i not in ix.inits and ix.scalar(i) is None
                and getattr(ix.producer.get(i), "op_type", None) != "Constant"]
@@ -108,21 +108,25 @@ def _fold_back(model, ix, node, k, value, taken, touched) -> str | None:
     if found is None:
         return None
     weight, w, b, set_bias = found
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused in _write
         new_w = (w.astype(np.float64) * value).astype(w.dtype) if node.op_type == "Mul" else w
         new_b = (b.astype(np.float64) * value if node.op_type == "Mul" else b.astype(np.float64) + value).astype(w.dtype)
-    if not (_finite(new_w) and _finite(new_b)):
+    if not _write(weight, new_w, new_b, set_bias):
         return None
-    weight.CopyFrom(numpy_helper.from_array(new_w, weight.name))
-    set_bias(new_b)
     conv.output[0] = node.output[0]  # the convolution now gives what the affine op gave
     touched.add(id(conv))
     return x
 
 
-def _finite(a: np.ndarray) -> bool:
-    """Whether a folded tensor holds only finite values (a float16 weight times 100 can overflow)."""
-    return bool(np.isfinite(a).all())
+def _write(weight: onnx.TensorProto, new_w: np.ndarray, new_b: np.ndarray | None, set_bias) -> bool:
+    """Store the folded weights (and bias, unless None) where all are finite (a float16 weight
+    times 100 can overflow); False, changing nothing, where not."""
+    if not np.isfinite(new_w).all() or (new_b is not None and not np.isfinite(new_b).all()):
+        return False
+    weight.CopyFrom(numpy_helper.from_array(new_w, weight.name))
+    if new_b is not None:
+        set_bias(new_b)
+    return True
 
 
 def _pads_nothing(conv: onnx.NodeProto) -> bool:
@@ -144,17 +148,14 @@ def _fold_ahead(model, ix, node, k, value, taken, touched, readers) -> str | Non
     if found is None:
         return None
     weight, w, b, set_bias = found
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused in _write
         if node.op_type == "Mul":
-            new_w, new_b = (w.astype(np.float64) * value).astype(w.dtype), b
+            new_w, new_b = (w.astype(np.float64) * value).astype(w.dtype), None  # the bias stays
         else:
             shift = value * w.astype(np.float64).reshape(w.shape[0], -1).sum(axis=1)
             new_w, new_b = w, (b.astype(np.float64) + shift).astype(w.dtype)
-    if not (_finite(new_w) and _finite(new_b)):
+    if not _write(weight, new_w, new_b, set_bias):
         return None
-    weight.CopyFrom(numpy_helper.from_array(new_w, weight.name))
-    if node.op_type == "Add":
-        set_bias(new_b)
     conv.input[0] = x
     touched.add(id(conv))
     return y

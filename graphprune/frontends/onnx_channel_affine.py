@@ -21,20 +21,19 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_affine import BLOCKED, in_blocked_layout
+from .onnx_affine import BLOCKED, SCALAR_STEPS, in_blocked_layout
 from .onnx_fuse import GraphIndex, default_opset, drop_unused_constants, drop_value_info, fresh_name, names_in
 
-_OPS = ("Mul", "Add", "Sub", "Div")
+_F32_MAX = float(np.finfo(np.float32).max)
 # The new node's doc_string: its constants are sliced with their channels but are no learnt weights,
 # so the importance criteria must not read them (a scale the same in every channel would make
 # bn_scale rank by index, and l2 scores would all gain the same offset; frontends/onnx_lower.py).
-F32_MAX = float(np.finfo(np.float32).max)
 NOT_LEARNED = "graphprune: Mul/Add by a scalar written as one per-channel op; its constants are not learnt"
 
 
 def _step(ix: GraphIndex, node: onnx.NodeProto) -> tuple[str, float, float] | None:
     """(the tensor operand, a, b) where ``node`` computes ``a * tensor + b`` with a scalar constant."""
-    if node.op_type not in _OPS or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+    if node.op_type not in SCALAR_STEPS or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
         return None
     for k in (0, 1):
         x, v = node.input[k], ix.scalar(node.input[1 - k], node.input[k])
@@ -99,7 +98,7 @@ def affine_as_batchnorm(model: onnx.ModelProto) -> list[str]:
             links.append(nxt)
             inner.add(id(nxt))
             last = nxt
-        finite = abs(a) <= F32_MAX and abs(b) <= F32_MAX  # 1e20 * 1e20 is no float32 scale
+        finite = abs(a) <= _F32_MAX and abs(b) <= _F32_MAX  # 1e20 * 1e20 is no float32 scale
         if finite and any(r.op_type in BLOCKED for r in readers.get(last.output[0], [])):
             chains.append((x, a, b, links))  # read in the blocked layout too: else nothing to keep there
     if not chains:
