@@ -151,7 +151,8 @@ def _select(program, opts: PruneOptions) -> _Work:
         raise PlanError("a latency budget searches widths by measuring; it does not remove blocks yet: use a macs= "
                         "or params= budget with targets including 'blocks'")
     notes: list[str] = []
-    round_to = auto_rounding(dg, groups, runtime, notes) if opts.round_to == "auto" else opts.round_to
+    round_to = auto_rounding(dg, groups, runtime, notes, program.placement(runtime)) if opts.round_to == "auto" \
+        else opts.round_to
     round_to = same_on_all(round_to)  # measured per machine: across processes, rank 0's
     w = _Work(program, opts, dg, runtime, how, groups, blocks, round_to, notes=notes,
               budget=dict(opts.budget) if opts.budget is not None else None)

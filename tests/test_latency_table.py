@@ -36,10 +36,10 @@ ADD_OVERHEAD = 0.01  # ms a run of one Add costs before its elements
 def _fake_runtime(monkeypatch, overhead=0.05, ms_per_elem=0.0):
     """A runtime whose time is `overhead` + MS_PER_MAC per multiply-accumulate of every linear, where
     an Add costs ADD_OVERHEAD + `ms_per_elem` per element."""
-    def op_time(runtime, op, cin, cout):
+    def op_time(runtime, op, cin, cout, where=None):
         return MS_PER_MAC * math.prod(op.x_shape[:-1]) * cin * cout
 
-    monkeypatch.setattr(lt, "time_add", lambda runtime, n: ADD_OVERHEAD + ms_per_elem * n)
+    monkeypatch.setattr(lt, "time_add", lambda runtime, n, where=None: ADD_OVERHEAD + ms_per_elem * n)
 
     def model_time(self, runtime=None):
         rows = self.args[0].shape[0]

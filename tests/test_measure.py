@@ -11,6 +11,7 @@ import torch
 import graphprune as gp
 from graphprune.errors import PlanError, PruneWarning
 from graphprune.planning import measure
+from graphprune.planning.placement import CPU, Placement
 from graphprune.planning.widths import fastest_alignment
 from graphprune.program.torch_program import TorchProgram
 
@@ -55,10 +56,10 @@ def test_profile_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
     calls = []
 
-    def fake(runtime, threads=1):
-        calls.append(runtime)
+    def fake(runtime, threads=1, where=CPU):
+        calls.append(runtime if where.default else f"{runtime} {where.dtype}")
         times = {k: {c: (1.0 if c % 8 == 0 else 2.0) for c in measure.WIDTHS} for k in measure.KINDS}
-        return measure.Profile(runtime, measure.machine_id(runtime, threads), threads,
+        return measure.Profile(runtime, measure.machine_id(runtime, threads, where), threads,
                                {k: measure.best_alignment(t) for k, t in times.items()}, times, 0.1)
 
     monkeypatch.setattr(measure, "measure_profile", fake)
@@ -70,12 +71,82 @@ def test_profile_is_measured_once_and_cached(monkeypatch, tmp_path):
     assert len(saved) == 1 and json.loads(saved[0].read_text())["machine"] == first.machine
     measure.load_profile("torch")  # another runtime is another profile
     assert calls == ["onnxruntime", "torch"]
+    bf16 = Placement("cpu", "bfloat16")
+    assert "cpu bfloat16" in measure.load_profile("torch", where=bf16).machine  # and another placement
+    measure.load_profile("torch", where=bf16)
+    measure.load_profile("onnxruntime", where=bf16)  # onnxruntime runs float32 on the CPU: the first profile
+    assert calls == ["onnxruntime", "torch", "torch bfloat16"]
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 3
 
 
 def test_real_block_timings_are_positive():
     for runtime in measure.RUNTIMES:
         for kind in measure.KINDS:
             assert measure._time_block(runtime, kind, 40, 1) > 0
+
+
+def test_blocks_and_ops_run_in_the_placement_dtype(monkeypatch):
+    """A bfloat16 model's profile and latency table time bfloat16 kernels (on this CPU; a GPU model
+    on its device), not the float32 ones its widths would otherwise be chosen for."""
+    import torch.nn.functional as F
+
+    from graphprune.planning import op_timing
+    from graphprune.planning.latency_table import SiteOp
+
+    seen = []
+    real_conv, real_linear = F.conv2d, torch.nn.Linear.forward
+
+    def conv(x, w, *a, **k):
+        seen.append(("conv", x.dtype, w.dtype))
+        return real_conv(x, w, *a, **k)
+
+    def linear(self, x):
+        seen.append(("linear", x.dtype, self.weight.dtype))
+        return real_linear(self, x)
+
+    monkeypatch.setattr(F, "conv2d", conv)
+    monkeypatch.setattr(torch.nn.Linear, "forward", linear)
+    bf16 = Placement("cpu", "bfloat16")
+    assert measure._time_block("torch", "linear", 40, 1, bf16) > 0
+    assert seen and all(x == w == torch.bfloat16 for _, x, w in seen)
+    op = SiteOp("n", "conv", (1, 8, 6, 6), (8, 8, 3, 3), ("x", 1), ("w", 0), (1, 1), (1, 1), (1, 1))
+    seen.clear()
+    assert op_timing.time_op("torch", op, 8, 8, bf16) > 0 and op_timing.time_add("torch", 4096, bf16) > 0
+    assert seen and all(x == w == torch.bfloat16 for _, x, w in seen)
+
+
+def test_a_model_is_profiled_where_it_runs(monkeypatch, tmp_path):
+    """The default call on a bfloat16 model timed in eager PyTorch measures a bfloat16 profile (its
+    own cache entry) and says so; the same model for onnxruntime uses the float32 CPU one."""
+    monkeypatch.delenv("GRAPHPRUNE_ALIGN", raising=False)
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    asked = []
+
+    def fake(runtime, threads=1, where=CPU):
+        asked.append((runtime, where))
+        times = {k: {c: (1.0 if c % 16 == 0 else 2.0) for c in measure.WIDTHS} for k in measure.KINDS}
+        return measure.Profile(runtime, measure.machine_id(runtime, threads, where), threads,
+                               {k: measure.best_alignment(t) for k, t in times.items()}, times, 0.1)
+
+    monkeypatch.setattr(measure, "measure_profile", fake)
+    model, args = _mbv2()
+    model = model.to(torch.bfloat16)
+    args = tuple(a.to(torch.bfloat16) for a in args)
+    assert TorchProgram(model, args).placement("torch") == Placement("cpu", "bfloat16")
+    assert TorchProgram(model, args).placement("onnxruntime") == CPU
+    _, report = gp.prune(copy.deepcopy(model), args, ratio=0.3, runtime="torch", measure_latency=False)
+    assert asked == [("torch", Placement("cpu", "bfloat16"))], asked
+    assert any("torch cpu bfloat16 kernels favour" in n for n in report.notes), report.notes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the GPU placement is measured "
+                    "on one (the project machine has none; the bfloat16 CPU tests above run the same code paths)")
+def test_a_gpu_model_is_profiled_on_its_gpu():
+    where = Placement("cuda", "float16")
+    assert torch.cuda.get_device_name() in measure.machine_id("torch", 1, where)
+    assert measure._time_block("torch", "conv", 40, 1, where) > 0
+    model, args = _mbv2()
+    assert TorchProgram(model.cuda().half(), tuple(a.cuda().half() for a in args)).placement("torch").gpu
 
 
 def _mbv2():

@@ -52,7 +52,7 @@ def _conv_ms(cin: int, cout: int, window: int, depthwise: bool) -> float:
 
 
 def _fake_runtime(monkeypatch):
-    def op_time(runtime, op, cin, cout):
+    def op_time(runtime, op, cin, cout, where=None):
         return _conv_ms(cin, cout, math.prod(op.w_shape[2:]), op.depthwise)
 
     def model_time(self, runtime=None):

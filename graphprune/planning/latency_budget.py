@@ -33,7 +33,8 @@ def solve_latency_budget(program, runtime, dg, groups, scores, budget, round_to,
                              original, notes)
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]),
-                                progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"), groups=groups)
+                                progress=lambda k, n: progress_line(f"latency table: layer {k}/{n}"), groups=groups,
+                                where=program.placement(runtime))
     kept = uniform_kept(groups, max_ratio, round_to)  # the most-pruned plan the budget may choose
     smallest = {g.id: (g.size - kept[g.id]) / g.size for g in groups}
     floor = cost.measure(kept)["latency_us"] / 1000

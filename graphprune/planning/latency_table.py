@@ -37,6 +37,7 @@ from ..ops import Ops
 from ..util.atomic import write_bytes_atomic
 from .measure import cache_root, machine_id
 from .op_timing import time_add, time_op
+from .placement import CPU, Placement
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -125,8 +126,8 @@ def element_ms(table: "LatencyTable", elements: int) -> float:
     return max(0.0, table.add_time(2 * n) - table.add_time(n)) / n
 
 
-def _cache_file(runtime: str) -> Path:
-    key = machine_id(runtime, 1)
+def _cache_file(runtime: str, where: Placement = CPU) -> Path:
+    key = machine_id(runtime, 1, where)
     return cache_root() / "latency" / f"{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -135,11 +136,12 @@ def _grid(size: int, step: int) -> list[int]:
 
 
 class LatencyTable:
-    """Measured op times for one runtime on this machine, kept on disk between prunes."""
+    """Measured op times for one runtime on this machine (a PyTorch model's: on its device, in its
+    dtype), kept on disk between prunes."""
 
-    def __init__(self, runtime: str) -> None:
-        self.runtime = runtime
-        self.path = _cache_file(runtime)
+    def __init__(self, runtime: str, where: Placement = CPU) -> None:
+        self.runtime, self.where = runtime, (where if runtime == "torch" else CPU)
+        self.path = _cache_file(runtime, self.where)
         try:
             self.times: dict[str, float] = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -149,14 +151,14 @@ class LatencyTable:
     def time(self, op: SiteOp, cin: int, cout: int) -> float:
         key = op.key(cin, cout)
         if key not in self.times:
-            self.times[key] = time_op(self.runtime, op, cin, cout)
+            self.times[key] = time_op(self.runtime, op, cin, cout, self.where)
             self.measured += 1
         return self.times[key]
 
     def add_time(self, n: int) -> float:
         key = json.dumps(["add", n])
         if key not in self.times:
-            self.times[key] = time_add(self.runtime, n)
+            self.times[key] = time_add(self.runtime, n, self.where)
             self.measured += 1
         return self.times[key]
 
@@ -173,8 +175,8 @@ class LatencyModel:
     """Estimated latency of the model for any kept widths, from a :class:`LatencyTable`."""
 
     def __init__(self, dg, runtime: str, full_ms: float, step: Callable[[tuple[str, int]], int] = lambda s: 1,
-                 progress: Callable[[int, int], None] | None = None, groups=None) -> None:
-        self.table = LatencyTable(runtime)
+                 progress: Callable[[int, int], None] | None = None, groups=None, where: Placement = CPU) -> None:
+        self.table = LatencyTable(runtime, where)
         self.ops = site_ops(dg)
         self.points: list[tuple[list[int], list[int], np.ndarray]] = []
         todo = len(self.ops)

@@ -33,6 +33,7 @@ from typing import Callable
 from ..errors import PlanError
 from ..util.atomic import write_bytes_atomic
 from ..util.progress import progress
+from .placement import CPU, GPU_BATCH, Placement
 
 RUNTIMES = ("onnxruntime", "torch")
 KINDS = ("depthwise", "conv", "linear")  # the block each op kind is timed in
@@ -75,8 +76,9 @@ def best_alignment(times: dict[int, float]) -> int:
     return min(a for a, s in score.items() if s <= best * (1 + TOLERANCE))
 
 
-def machine_id(runtime: str, threads: int) -> str:
-    """What a profile is valid for: the processor, the runtime and its version, the threads."""
+def machine_id(runtime: str, threads: int, where: Placement = CPU) -> str:
+    """What a profile is valid for: the processor, the runtime and its version, the threads, and
+    a PyTorch model's device and dtype where they are not the CPU's float32."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -94,7 +96,8 @@ def machine_id(runtime: str, threads: int) -> str:
         version = f"onnxruntime {onnxruntime.__version__}"
     else:
         version = f"torch {torch.__version__}"
-    return f"{cpu} | {version} | threads {threads} | v{PROFILE_VERSION}"
+    placed = "" if where.default else f" | {where.label()}"
+    return f"{cpu} | {version}{placed} | threads {threads} | v{PROFILE_VERSION}"
 
 
 def cache_root() -> Path:
@@ -173,13 +176,20 @@ def ort_session(model: bytes | str, threads: int = 1):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def _time_block(runtime: str, kind: str, width: int, threads: int) -> float:
+def _time_block(runtime: str, kind: str, width: int, threads: int, where: Placement = CPU) -> float:
     import torch
 
     m, x = _block(kind, width)
     if runtime == "torch":
+        x = x.repeat(GPU_BATCH, *[1] * (x.dim() - 1)) if where.gpu else x
+        m, x, sync = m.to(where.device, where.torch_dtype()), x.to(where.device, where.torch_dtype()), where.synchronizer()
+
+        def run() -> None:
+            m(x)
+            sync()
+
         with torch.no_grad():
-            return best_of(lambda: m(x))
+            return best_of(run)
     import warnings
 
     f = io.BytesIO()
@@ -191,8 +201,9 @@ def _time_block(runtime: str, kind: str, width: int, threads: int) -> float:
     return best_of(lambda: sess.run(None, feeds))
 
 
-def measure_profile(runtime: str, threads: int = 1) -> Profile:
-    """Time every kind's block at every width of :data:`WIDTHS` (a few seconds)."""
+def measure_profile(runtime: str, threads: int = 1, where: Placement = CPU) -> Profile:
+    """Time every kind's block at every width of :data:`WIDTHS` (a few seconds), on ``where``'s
+    device in its dtype (PyTorch; onnxruntime runs on the CPU in float32)."""
     import torch
 
 
@@ -204,13 +215,14 @@ def measure_profile(runtime: str, threads: int = 1) -> Profile:
     try:
         times: dict[str, dict[int, float]] = {k: {} for k in KINDS}
         todo = [(k, w) for k in KINDS for w in WIDTHS]
-        for i in progress(range(len(todo)), f"profiling {runtime} widths (once per machine)", len(todo)):
+        on = "" if where.default else f" on {where.device} in {where.dtype}"
+        for i in progress(range(len(todo)), f"profiling {runtime} widths{on} (once per machine)", len(todo)):
             kind, width = todo[i]
-            times[kind][width] = _time_block(runtime, kind, width, threads)
+            times[kind][width] = _time_block(runtime, kind, width, threads, where)
     finally:
         torch.set_num_threads(prev)
     align = {k: best_alignment(t) for k, t in times.items()}
-    return Profile(runtime, machine_id(runtime, threads), threads, align, times, time.perf_counter() - start)
+    return Profile(runtime, machine_id(runtime, threads, where), threads, align, times, time.perf_counter() - start)
 
 
 def pinned(runtime: str, threads: int = 1) -> Profile | None:
@@ -239,13 +251,14 @@ def pinned(runtime: str, threads: int = 1) -> Profile | None:
     return Profile(runtime, "pinned by GRAPHPRUNE_ALIGN", threads, align)
 
 
-def load_profile(runtime: str, threads: int = 1) -> Profile:
-    """The cached profile of this machine for ``runtime``, measured first if there is none
-    (``$GRAPHPRUNE_ALIGN`` pins one instead)."""
+def load_profile(runtime: str, threads: int = 1, where: Placement = CPU) -> Profile:
+    """The cached profile of this machine for ``runtime`` (a PyTorch model's: on ``where``),
+    measured first if there is none (``$GRAPHPRUNE_ALIGN`` pins one instead)."""
     fixed = pinned(runtime, threads)
     if fixed is not None:
         return fixed
-    key = machine_id(runtime, threads)
+    where = where if runtime == "torch" else CPU
+    key = machine_id(runtime, threads, where)
     path = _cache_dir() / f"{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         doc = json.loads(path.read_text())
@@ -254,7 +267,7 @@ def load_profile(runtime: str, threads: int = 1) -> Profile:
                            {k: {int(w): t for w, t in v.items()} for k, v in doc["times"].items()}, doc["seconds"])
     except (OSError, ValueError, KeyError):
         pass  # none yet, or unreadable: measure again
-    prof = measure_profile(runtime, threads)
+    prof = measure_profile(runtime, threads, where)
     try:  # atomic: two processes measuring at once each write a whole file
         write_bytes_atomic(path, json.dumps(asdict(prof), indent=1, sort_keys=True).encode())
     except OSError:

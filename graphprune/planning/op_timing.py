@@ -1,6 +1,7 @@
 """Single ops timed alone on a runtime, for the latency table (latency_table.py): a convolution
 or matmul at given widths, and an Add of n elements (the price of memory traffic). Both runtimes
-run on one thread, as whole models are timed (TorchProgram.latency_ms, OnnxProgram.latency_ms)."""
+run on one thread, as whole models are timed (TorchProgram.latency_ms, OnnxProgram.latency_ms); a
+PyTorch op runs on the model's device in its dtype (placement.py)."""
 from __future__ import annotations
 
 import math
@@ -9,11 +10,12 @@ from typing import Callable
 import numpy as np
 
 from .measure import best_of, ort_session
+from .placement import CPU, Placement
 
 BUDGET_S, LEAST = 0.02, 3  # an op is small: a short budget, at least three clean runs
 
 
-def time_op(runtime: str, op, cin: int, cout: int) -> float:
+def time_op(runtime: str, op, cin: int, cout: int, where: Placement = CPU) -> float:
     """One site op (latency_table.SiteOp) at ``cin`` inputs and ``cout`` outputs, best of runs (ms)."""
     rng = np.random.default_rng(0)
     if op.kind == "conv":
@@ -28,11 +30,11 @@ def time_op(runtime: str, op, cin: int, cout: int) -> float:
         import torch
         import torch.nn.functional as F
 
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        tx, tw = (torch.from_numpy(a).to(where.device, where.torch_dtype()) for a in (x, w))
         if op.kind == "conv":
             return _torch_best(lambda: F.conv2d(tx, tw, None, op.stride, op.padding, op.dilation,
-                                                cin if op.depthwise else 1))
-        return _torch_best(lambda: tx @ tw)
+                                                cin if op.depthwise else 1), where)
+        return _torch_best(lambda: tx @ tw, where)
     from onnx import helper
 
     if op.kind == "conv":
@@ -43,28 +45,33 @@ def time_op(runtime: str, op, cin: int, cout: int) -> float:
     return _onnx_best(node, {"x": x}, {"w": w})
 
 
-def time_add(runtime: str, n: int) -> float:
-    """One Add of two float32 vectors of ``n`` elements, best of runs (ms)."""
+def time_add(runtime: str, n: int, where: Placement = CPU) -> float:
+    """One Add of two vectors of ``n`` elements (float32; PyTorch: ``where``'s dtype), best of runs (ms)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     if runtime == "torch":
         import torch
 
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        return _torch_best(lambda: ta + tb)
+        ta, tb = (torch.from_numpy(v).to(where.device, where.torch_dtype()) for v in (a, b))
+        return _torch_best(lambda: ta + tb, where)
     from onnx import helper
 
     return _onnx_best(helper.make_node("Add", ["a", "b"], ["y"]), {"a": a, "b": b}, {})
 
 
-def _torch_best(fn: Callable[[], object]) -> float:
+def _torch_best(fn: Callable[[], object], where: Placement) -> float:
     import torch
 
-    threads = torch.get_num_threads()
+    threads, sync = torch.get_num_threads(), where.synchronizer()
+
+    def run() -> None:
+        fn()
+        sync()
+
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            return best_of(fn, budget_s=BUDGET_S, least=LEAST)
+            return best_of(run, budget_s=BUDGET_S, least=LEAST)
     finally:
         torch.set_num_threads(threads)
 

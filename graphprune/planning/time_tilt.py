@@ -60,7 +60,8 @@ def tilt_options(program, runtime: str | None, dg, groups, budget, round_to, not
     before = program.latency_ms(runtime)
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost = CostModel(dg, groups)
-    cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]), groups=groups)
+    cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]), groups=groups,
+                                where=program.placement(runtime))
     rho = time_per_mac(cost, groups)
     if not rho:
         return None

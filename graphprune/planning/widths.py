@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..errors import PlanError
 from .measure import alignments, load_profile, time_in_turns
+from .placement import CPU, Placement
 
 # Of the whole-model plans, one within 1% of the fastest keeps finer multiples and less tilt: a tie-break for
 # plans the timing cannot tell apart. At 3% (before 2026-12-05) it gave up measured speed for a preference no
@@ -26,19 +27,21 @@ def resolve_runtime(runtime: str | None, program) -> str | None:
     return runtime
 
 
-def auto_rounding(dg, groups, runtime: str | None, notes: list[str]):
-    """round_to="auto": each channel group's measured alignment on ``runtime`` (1 without one)."""
+def auto_rounding(dg, groups, runtime: str | None, notes: list[str], where: Placement = CPU):
+    """round_to="auto": each channel group's measured alignment on ``runtime`` (1 without one), for a
+    PyTorch model on its device in its dtype (``where``)."""
     if runtime is None or not any(g.role == "channel" for g in groups):
         return 1
 
-    profile = load_profile(runtime)
+    profile = load_profile(runtime, where=where)
+    on = "" if where.default or runtime != "torch" else f" {where.device} {where.dtype}"
     steps = alignments(dg, groups, profile)
     used = sorted({a for a in steps.values() if a > 1})
     if not used:
-        notes.append(f"widths: any channel count runs at full speed on {runtime} here (measured profile)")
+        notes.append(f"widths: any channel count runs at full speed on {runtime}{on} here (measured profile)")
         return 1
     kinds = ", ".join(f"{k} x{a}" for k, a in sorted(profile.align.items()) if a > 1)
-    notes.append(f"widths: channel counts kept at multiples the {runtime} kernels favour on this machine ({kinds}; "
+    notes.append(f"widths: channel counts kept at multiples the {runtime}{on} kernels favour on this machine ({kinds}; "
                  "measured profile; round_to=1 allows any width)")
     return steps
 

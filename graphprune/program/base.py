@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..graph import DependencyGraph
+from ..planning.placement import CPU, Placement
 from ..util.gc_pause import paused_gc
 
 if TYPE_CHECKING:
@@ -155,6 +156,11 @@ class Program(ABC):
         return 0
 
     runtimes: tuple[str, ...] = ()  # where latency_ms can measure; the first is the default target
+
+    def placement(self, runtime: str | None) -> Placement:
+        """The device and dtype ``runtime`` runs this model in, which its width profile and latency
+        table are measured on (planning/placement.py): the CPU in float32 unless a program knows better."""
+        return CPU
 
     def latency_ms(self, runtime: str | None = None) -> float | None:
         """Best-of-runs latency at the example inputs on ``runtime`` (one of :attr:`runtimes`)."""

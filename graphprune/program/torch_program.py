@@ -25,6 +25,7 @@ from ..frontends.torch_export import lower_trace
 from ..frontends.torch_record import trace_model
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session
+from ..planning.placement import CPU, Placement, of_module
 from ..planning.plan import keep_masks
 from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
@@ -291,6 +292,10 @@ class TorchProgram(Program):
 
     runtimes = ("torch", "onnxruntime")
 
+    def placement(self, runtime: str | None) -> Placement:
+        """Eager PyTorch runs the model where it is, in its dtype; onnxruntime on the CPU in float32."""
+        return of_module(self.model) if runtime == "torch" else CPU
+
     def latency_ms(self, runtime: str | None = None) -> float:
         """Best-of-runs latency at the example inputs' shapes: ``"torch"`` (eager, on the model's
         device, one CPU thread) or ``"onnxruntime"`` (exported, one thread): what a
@@ -298,7 +303,7 @@ class TorchProgram(Program):
 
         runtime = runtime or "onnxruntime"
         if runtime == "torch":
-            sync = _synchronizer(self.model)
+            sync = of_module(self.model).synchronizer()  # a GPU's queued kernels: the forward's time
 
             def forward() -> None:
                 with torch.no_grad():
@@ -359,14 +364,6 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
 
 def _flat_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-
-
-def _synchronizer(model: torch.nn.Module):
-    """Wait for a GPU's queued kernels, so that a timed forward on CUDA is the forward's time."""
-    p = next(iter(model.parameters()), None)
-    if p is not None and p.device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
 
 
 def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:
