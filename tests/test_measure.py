@@ -108,11 +108,33 @@ def test_blocks_and_ops_run_in_the_placement_dtype(monkeypatch):
     monkeypatch.setattr(torch.nn.Linear, "forward", linear)
     bf16 = Placement("cpu", "bfloat16")
     assert measure._time_block("torch", "linear", 40, 1, bf16) > 0
-    assert seen and all(x == w == torch.bfloat16 for _, x, w in seen)
-    op = SiteOp("n", "conv", (1, 8, 6, 6), (8, 8, 3, 3), ("x", 1), ("w", 0), (1, 1), (1, 1), (1, 1))
-    seen.clear()
-    assert op_timing.time_op("torch", op, 8, 8, bf16) > 0 and op_timing.time_add("torch", 4096, bf16) > 0
-    assert seen and all(x == w == torch.bfloat16 for _, x, w in seen)
+    assert measure._time_block("torch", "depthwise", 40, 1, bf16) > 0
+    assert {k for k, *_ in seen} == {"linear", "conv"} and all(x == w == torch.bfloat16 for _, x, w in seen)
+    out = []  # each table op's result, run once instead of timed
+    monkeypatch.setattr(op_timing, "_torch_best", lambda fn, where: out.append(fn().dtype) or 1.0)
+    conv_op = SiteOp("n", "conv", (1, 8, 6, 6), (8, 8, 3, 3), ("x", 1), ("w", 0), (1, 1), (1, 1), (1, 1))
+    linear_op = SiteOp("m", "linear", (4, 8), (8, 8), ("x", 1), ("w", 0))
+    op_timing.time_op("torch", conv_op, 8, 8, bf16), op_timing.time_op("torch", linear_op, 8, 8, bf16)
+    op_timing.time_add("torch", 4096, bf16)
+    assert out == [torch.bfloat16] * 3
+
+
+def test_the_default_placement_keeps_its_cache_keys():
+    """CPU float32 (every profile before placements) adds nothing to the key: caches stay valid."""
+    for runtime in measure.RUNTIMES:
+        assert measure.machine_id(runtime, 1) == measure.machine_id(runtime, 1, CPU)
+        assert "float32" not in measure.machine_id(runtime, 1)
+
+
+def test_a_placement_is_where_most_of_the_weights_are():
+    from graphprune.planning.placement import of_module
+
+    mixed = torch.nn.Sequential(torch.nn.Linear(4, 400), torch.nn.LayerNorm(400)).to(torch.bfloat16)
+    mixed[1].float()  # a float32 norm inside a bfloat16 model
+    assert of_module(mixed) == Placement("cpu", "bfloat16")
+    assert of_module(torch.nn.Linear(3, 3, device="meta")) == CPU  # no kernels to time there
+    assert of_module(torch.nn.Linear(3, 3).to(torch.float8_e4m3fn)) == CPU  # float8: timed as float32
+    assert of_module(torch.nn.ReLU()) == CPU
 
 
 def test_a_model_is_profiled_where_it_runs(monkeypatch, tmp_path):
@@ -139,8 +161,8 @@ def test_a_model_is_profiled_where_it_runs(monkeypatch, tmp_path):
     assert any("torch cpu bfloat16 kernels favour" in n for n in report.notes), report.notes
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the GPU placement is measured "
-                    "on one (the project machine has none; the bfloat16 CPU tests above run the same code paths)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the GPU placement's label, "
+                    "batched blocks and synchronisation run only on one (the project machine has none)")
 def test_a_gpu_model_is_profiled_on_its_gpu():
     where = Placement("cuda", "float16")
     assert torch.cuda.get_device_name() in measure.machine_id("torch", 1, where)

@@ -189,3 +189,31 @@ def test_within_timing_noise_finer_multiples_and_less_tilt_are_kept(monkeypatch,
     times = [1.02, 1.02, 1.02, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]  # 2% slower: the fastest pair is kept
     _, _, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
     assert said.endswith("kept up to 8, tilt 1"), said
+
+
+def test_the_latency_table_is_timed_where_the_model_runs(monkeypatch, tmp_path):
+    """A bfloat16 module timed in eager PyTorch: the table behind the tilt and the one behind a
+    speedup budget time their ops in bfloat16 (placement.py), each in its own cache file."""
+    from graphprune.planning.placement import Placement
+
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    _fake_runtime(monkeypatch)
+    faked, placed = lt.time_op, []
+
+    def recording(runtime, op, cin, cout, where=None):
+        placed.append(where)
+        return faked(runtime, op, cin, cout)
+
+    monkeypatch.setattr(lt, "time_op", recording)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.bfloat16)
+    for name, budget in (("tilt", {"macs": 0.5}), ("speedup", {"speedup": 1.5})):
+        monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / name))  # a fresh table: every op timed
+        placed.clear()
+        gp.prune(_dw_net().to(torch.bfloat16), (x,), budget=budget, runtime="torch")
+        assert placed and set(placed) == {Placement("cpu", "bfloat16")}, (budget, set(placed))
+    tables = tmp_path / "tilt" / "latency"
+    assert len(list(tables.glob("torch-*.json"))) == 1  # bfloat16's own file
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "tilt"))
+    gp.prune(_dw_net(), (x.float(),), budget={"macs": 0.5}, runtime="torch")  # float32: another file
+    assert placed[-1] == Placement() and len(list(tables.glob("torch-*.json"))) == 2

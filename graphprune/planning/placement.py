@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 GPU_BATCH = 64  # a GPU runs a block at batch 1 launch-bound, every width alike: the profile batches it
+DEVICES = ("cpu", "cuda")  # where kernels are timed; others (meta, mps, xpu) get the CPU's profile
+DTYPES = ("float32", "float64", "float16", "bfloat16")  # kernels to time; others (float8) time as float32
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,30 @@ class Placement:
             return ""
         import torch
 
-        where = f"{torch.cuda.get_device_name(self.device)} cuda {torch.version.cuda}" if self.gpu else "cpu"
-        return f"{where} {self.dtype}"
+        if not self.gpu:
+            return f"cpu {self.dtype}"
+        stack = f"hip {torch.version.hip}" if torch.version.hip else f"cuda {torch.version.cuda}"
+        return f"{torch.cuda.get_device_name(self.device)} {stack} {self.dtype}"
 
 
 CPU = Placement()
 
 
 def of_module(module) -> Placement:
-    """A module's placement: its first floating parameter's (or buffer's) device and dtype."""
+    """A module's placement: the device and dtype holding most of its floating parameters and
+    buffers (a bfloat16 model keeping a float32 norm is bfloat16). A device kernels are not timed on
+    (meta: no kernels at all) gives :data:`CPU`; a dtype without kernels to time (float8), float32
+    on that device."""
     import itertools
 
+    held: dict[tuple[str, str], int] = {}
     for t in itertools.chain(module.parameters(), module.buffers()):
         if t.is_floating_point():
-            return Placement(str(t.device), str(t.dtype).removeprefix("torch."))
-    return CPU
+            key = (str(t.device), str(t.dtype).removeprefix("torch."))
+            held[key] = held.get(key, 0) + t.numel()
+    if not held:
+        return CPU
+    device, dtype = max(held, key=lambda k: held[k])  # ties: the first seen
+    if device.split(":")[0] not in DEVICES:
+        return CPU
+    return Placement(device, dtype if dtype in DTYPES else "float32")
