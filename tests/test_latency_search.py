@@ -11,6 +11,7 @@ import pytest
 
 from graphprune.planning import latency_budget as lb
 from graphprune.planning.budget import BudgetResult
+from graphprune.planning.placement import CPU
 
 BEFORE, FLOOR, SIZE, MOST = 110.0, 10.0, 100, 10  # ms unpruned, ms of the table's most-pruned plan, channels
 
@@ -54,7 +55,7 @@ def _search(monkeypatch, runtime, budget, floor=FLOOR, before=BEFORE):
     monkeypatch.setattr(lb, "solve_budget", solve_budget)
     monkeypatch.setattr(lb, "uniform_kept", lambda groups, ratio, round_to: {0: MOST})
     monkeypatch.setattr(lb, "make_plan", lambda groups, scores, ratio, round_to, ratios: ratios[0])
-    program = SimpleNamespace(latency_ms=lambda rt: before, plan_latency_ms=plan_latency_ms)
+    program = SimpleNamespace(latency_ms=lambda rt: before, plan_latency_ms=plan_latency_ms, placement=lambda rt: CPU)
     notes: list[str] = []
     ratios, spent = lb.solve_latency_budget(program, "onnxruntime", None, [SimpleNamespace(id=0, size=SIZE)], {},
                                             budget, 1, "uniform", 0.9, notes)
