@@ -197,6 +197,32 @@ def test_auto_rounding_keeps_measured_multiples(monkeypatch):
     assert none.latency_before_ms is None and none.kept == odd.kept  # no runtime: any width, nothing measured
 
 
+def test_a_flat_profile_still_times_the_whole_model_at_multiples(monkeypatch, tmp_path):
+    """A measured profile that favours no multiple (eager PyTorch's float32 blocks here) still lets
+    the whole model decide: the plan is made at multiples of 1, 8 and 16 and timed, and a runtime
+    that (pretend) runs multiples of 16 fastest gets them. A pinned 1 keeps any width untimed."""
+    monkeypatch.delenv("GRAPHPRUNE_ALIGN", raising=False)
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(measure, "measure_profile", lambda runtime, threads=1, where=CPU: measure.Profile(
+        runtime, measure.machine_id(runtime, threads, where), threads, dict.fromkeys(measure.KINDS, 1), {}, 0.1))
+
+    def latency(self, runtime=None):
+        widths = [m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        return 1.0 + sum(w % 16 != 0 for w in widths)
+
+    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    model, args = _mbv2()
+    _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
+    assert any(n.startswith("widths: blocks alone run as fast at any width on torch") for n in report.notes)
+    tried = next(n for n in report.notes if n.startswith("widths: tried"))
+    assert "(groups without one at 1, 8, 16) on torch" in tried and "kept up to 16" in tried, tried
+    assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "1")  # pinned: any width, as the suite runs
+    _, pinned = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
+    assert not any(n.startswith("widths: tried") for n in pinned.notes)
+    assert any(k % 16 for k, s in pinned.kept.values() if k < s)
+
+
 def test_report_shows_latency_and_warns_when_slower(monkeypatch):
     model, args = _mbv2()
     _, report = gp.prune(copy.deepcopy(model), args, ratio=0.3)

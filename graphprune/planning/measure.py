@@ -41,6 +41,7 @@ ALIGNMENTS = (1, 2, 4, 8, 16, 32)
 WIDTHS = range(33, 65)  # every width up to 64: each alignment's rounded-up widths stay inside
 TOLERANCE = 0.03  # a smaller alignment within 3% of the best wins: finer steps keep more accuracy
 PROFILE_VERSION = 1
+PINNED = "pinned by GRAPHPRUNE_ALIGN"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Profile:
     align: dict[str, int]
     times: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> width -> ms (best of runs)
     seconds: float = 0.0  # how long measuring took
+
+    @property
+    def measured(self) -> bool:
+        """Timed on this machine, not pinned by ``$GRAPHPRUNE_ALIGN``."""
+        return self.machine != PINNED
 
     def alignment(self, kinds) -> int:
         """The alignment for channels that pass through ops of these kinds (the strictest)."""
@@ -248,7 +254,7 @@ def pinned(runtime: str, threads: int = 1) -> Profile | None:
 
         raise PlanError(f"GRAPHPRUNE_ALIGN={text!r} is not an alignment ({exc}): give one number (8) or "
                         f"KIND=N pairs for the kinds {list(KINDS)} (depthwise=16,conv=8)") from None
-    return Profile(runtime, "pinned by GRAPHPRUNE_ALIGN", threads, align)
+    return Profile(runtime, PINNED, threads, align)
 
 
 def load_profile(runtime: str, threads: int = 1, where: Placement = CPU) -> Profile:

@@ -12,6 +12,10 @@ from .placement import CPU, Placement
 # plans the timing cannot tell apart. At 3% (before 2026-12-05) it gave up measured speed for a preference no
 # measurement supported (ResNet-50 at 80% of the MACs kept multiples of 8 at 82.9 ms over 16 at 80.6).
 PLAN_TOLERANCE = 0.01
+# Where the profile favours no multiple (eager PyTorch's float32 kernels here: a block costs the same from 33 to 48
+# channels, then steps), the whole model is still timed at these: MobileNetV2 at 80% of the MACs ran 0.90x as fast
+# as the original at two threads at any width, 1.11x so (docs/runtime.md, "Eager PyTorch").
+FLAT_MULTIPLES = (1, 8, 16)
 
 
 def resolve_runtime(runtime: str | None, program) -> str | None:
@@ -37,9 +41,13 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str], where: Plac
     on = "" if where.default or runtime != "torch" else f" {where.device} {where.dtype}"
     steps = alignments(dg, groups, profile)
     used = sorted({a for a in steps.values() if a > 1})
-    if not used:
-        notes.append(f"widths: any channel count runs at full speed on {runtime}{on} here (measured profile)")
+    if not used and not profile.measured:
+        notes.append(f"widths: any channel count runs at full speed on {runtime}{on} here (pinned profile)")
         return 1
+    if not used:  # blocks alone ran alike at every width; a whole model still may not (fastest_alignment)
+        notes.append(f"widths: blocks alone run as fast at any width on {runtime}{on} here (measured profile); the "
+                     f"whole model is timed at multiples of {', '.join(map(str, FLAT_MULTIPLES))} (widths note)")
+        return steps
     kinds = ", ".join(f"{k} x{a}" for k, a in sorted(profile.align.items()) if a > 1)
     notes.append(f"widths: channel counts kept at multiples the {runtime}{on} kernels favour on this machine ({kinds}; "
                  "measured profile; round_to=1 allows any width)")
@@ -50,7 +58,8 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
                       tilts: list | None = None):
     """The profile times blocks alone; across a whole network a coarser multiple can run faster
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
-    the plan is also made with the profile's steps doubled and quadrupled (up to 32), with each of
+    the plan is also made with the profile's steps doubled and quadrupled (up to 32; groups with no
+    step at each of :data:`FLAT_MULTIPLES`, in eager PyTorch or where no group has one), with each of
     ``tilts`` (``[(beta, exponents)]``, time_tilt.py; None: the budget as solved), and each is
     timed on ``runtime``, twice taking turns. The first within 1% of the fastest is kept, finer
     multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
@@ -58,8 +67,11 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     which multiples and tilt it was made with."""
     candidates: list[tuple[int, tuple | None, tuple]] = []
     seen = []
-    for factor in (1, 2, 4):
-        scaled = {g: min(32, s * factor) if s > 1 else s for g, s in steps.items()}
+    # Groups with no measured step try FLAT_MULTIPLES beside the others' x1/x2/x4: in eager PyTorch (oneDNN pads
+    # channels to its blocks inside, so blocks alone time alike at every width) and wherever nothing has a step.
+    widen = runtime == "torch" or all(s == 1 for s in steps.values())
+    for k, factor in enumerate((1, 2, 4)):
+        scaled = {g: min(32, s * factor) if s > 1 else FLAT_MULTIPLES[k] if widen else 1 for g, s in steps.items()}
         if scaled in seen:
             continue
         seen.append(scaled)
@@ -79,5 +91,7 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     tried = ", ".join(f"up to {s}{'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
                       for ms, (s, tl, _) in zip(times, candidates))
     kept = f"up to {step}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
-    notes.append(f"widths: tried the measured multiples scaled x1/x2/x4 on {runtime}: {tried}; kept {kept}")
+    which = "the measured multiples scaled x1/x2/x4" + (
+        f" (groups without one at {', '.join(map(str, FLAT_MULTIPLES))})" if widen else "")
+    notes.append(f"widths: tried {which} on {runtime}: {tried}; kept {kept}")
     return made
