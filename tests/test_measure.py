@@ -217,6 +217,10 @@ def test_a_flat_profile_still_times_the_whole_model_at_multiples(monkeypatch, tm
     tried = next(n for n in report.notes if n.startswith("widths: tried"))
     assert "(groups without one at 1, 8, 16) on torch" in tried and "kept up to 16" in tried, tried
     assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+    _, linear = gp.prune(mlp, (torch.randn(2, 16),), budget={"macs": 0.6}, runtime="torch")  # no convolutions:
+    assert not any(n.startswith("widths: tried") for n in linear.notes)  # any width, nothing timed, as before
+    assert any("any channel count runs at full speed on torch here (measured profile)" in n for n in linear.notes)
     monkeypatch.setenv("GRAPHPRUNE_ALIGN", "1")  # pinned: any width, as the suite runs
     _, pinned = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
     assert not any(n.startswith("widths: tried") for n in pinned.notes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..calib.sites import find_sites
 from ..errors import PlanError
 from .measure import alignments, load_profile, time_in_turns
 from .placement import CPU, Placement
@@ -12,9 +13,10 @@ from .placement import CPU, Placement
 # plans the timing cannot tell apart. At 3% (before 2026-12-05) it gave up measured speed for a preference no
 # measurement supported (ResNet-50 at 80% of the MACs kept multiples of 8 at 82.9 ms over 16 at 80.6).
 PLAN_TOLERANCE = 0.01
-# Where the profile favours no multiple (eager PyTorch's float32 kernels here: a block costs the same from 33 to 48
-# channels, then steps), the whole model is still timed at these: MobileNetV2 at 80% of the MACs ran 0.90x as fast
-# as the original at two threads at any width, 1.11x so (docs/runtime.md, "Eager PyTorch").
+# Where the profile favours no multiple for a model with convolutions (eager PyTorch's float32 kernels here: a conv
+# block costs the same from 33 to 48 channels, then steps), the whole model is still timed at these: MobileNetV2 at
+# 80% of the MACs ran 0.90x as fast as the original at two threads at any width, 1.11x so (docs/runtime.md, "Eager
+# PyTorch").
 FLAT_MULTIPLES = (1, 8, 16)
 
 
@@ -41,10 +43,11 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str], where: Plac
     on = "" if where.default or runtime != "torch" else f" {where.device} {where.dtype}"
     steps = alignments(dg, groups, profile)
     used = sorted({a for a in steps.values() if a > 1})
-    if not used and not profile.measured:
-        notes.append(f"widths: any channel count runs at full speed on {runtime}{on} here (pinned profile)")
+    if not used and (not profile.measured or not any(s.kind == "conv" for s in find_sites(dg))):
+        how = "measured" if profile.measured else "pinned"
+        notes.append(f"widths: any channel count runs at full speed on {runtime}{on} here ({how} profile)")
         return 1
-    if not used:  # blocks alone ran alike at every width; a whole model still may not (fastest_alignment)
+    if not used:  # conv blocks alone ran alike at every width; a whole model still may not (fastest_alignment)
         notes.append(f"widths: blocks alone run as fast at any width on {runtime}{on} here (measured profile); the "
                      f"whole model is timed at multiples of {', '.join(map(str, FLAT_MULTIPLES))} (widths note)")
         return steps
