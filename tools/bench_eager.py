@@ -3,9 +3,10 @@
 ``graphprune.prune(model, args, budget={"macs": m})`` with ``runtime="auto"`` targets eager PyTorch on
 the model's device and dtype (docs/runtime.md, "How the widths are found"): widths from that
 placement's profile, the multiples and tilts timed there. Each model is pruned in each dtype, then
-the original and the pruned module are timed taking turns (median of three rounds of best-of-runs)
-at batch 1 and 8 on one and two threads. EfficientNet-Lite0 carries its ImageNet weights
-(tools/fetch_vision.py); MobileNetV2 and ResNet-50 are the zoo's (models/).
+the original, the pruned module and Torch-Pruning's at the same MACs (``--no-peer`` leaves it out) are
+timed taking turns (median of three rounds of best-of-runs) at batch 1 and 8 on one and two threads.
+EfficientNet-Lite0 carries its ImageNet weights (tools/fetch_vision.py); MobileNetV2 and ResNet-50 are
+the zoo's (models/).
 
     .venv/bin/python tools/bench_eager.py --json docs/data/eager.json
     .venv/bin/python tools/bench_eager.py --models mobilenetv2 --dtypes bfloat16 --macs 0.5
@@ -49,7 +50,7 @@ def timed(models: list, x: torch.Tensor, threads: int, rounds: int = 3) -> list[
         torch.set_num_threads(before)
 
 
-def one(name: str, dtype: str, macs: float) -> dict:
+def one(name: str, dtype: str, macs: float, peer: bool) -> dict:
     model, args = bench_runtime.torch_model(name)
     cast = getattr(torch, dtype)
     model, x = model.to(cast).eval(), args[0].to(cast)
@@ -61,10 +62,12 @@ def one(name: str, dtype: str, macs: float) -> dict:
            "macs_reduction": report.macs_before / report.macs_after,
            "widths": " ".join(n for n in report.notes if n.startswith("widths")),
            "report_speedup": report.latency.speedup if report.latency else None}
+    tp = bench_runtime.tp_prune(copy.deepcopy(model), (x,), macs) if peer else None
     for batch, threads in CELLS:
         xb = x.repeat(batch, *[1] * (x.dim() - 1))
-        dense, slim = timed([model, pruned], xb, threads)
-        row[f"b{batch}_t{threads}"] = {"dense_ms": dense, "graphprune_ms": slim, "speedup": dense / slim}
+        dense, slim, *peer_ms = timed([model, pruned] + ([tp] if tp is not None else []), xb, threads)
+        row[f"b{batch}_t{threads}"] = {"dense_ms": dense, "graphprune_ms": slim, "speedup": dense / slim,
+                                       "tp_speedup": dense / peer_ms[0] if peer_ms else None}
     return row
 
 
@@ -73,20 +76,23 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "mobilenetv2", "resnet50"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--macs", nargs="+", type=float, default=[0.8, 0.5])
+    p.add_argument("--no-peer", action="store_true", help="leave Torch-Pruning out")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     rows = []
-    print("| model | dtype | MACs | MACs cut | b1 t1 | b1 t2 | b8 t1 | b8 t2 | kept | prune time |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | dtype | MACs | MACs cut | b1 t1 | b1 t2 | b8 t1 | b8 t2 | kept | prune time | Torch-Pruning |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.models:
         for dtype in a.dtypes:
             for macs in a.macs:
-                r = one(name, dtype, macs)
+                r = one(name, dtype, macs, not a.no_peer)
                 rows.append(r)
                 kept = r["widths"].rsplit("; kept ", 1)[-1] if "; kept " in r["widths"] else "the profile's steps"
                 cells = " | ".join(f"{r[f'b{b}_t{t}']['speedup']:.2f}x" for b, t in CELLS)
+                peer = " / ".join(f"{r[f'b{b}_t{t}']['tp_speedup']:.2f}x" if r[f"b{b}_t{t}"]["tp_speedup"] else "-"
+                                  for b, t in CELLS)
                 print(f"| {name} | {dtype} | {macs:.0%} | {r['macs_reduction']:.2f}x | {cells} | {kept} | "
-                      f"{r['prune_s']:.0f} s |", flush=True)
+                      f"{r['prune_s']:.0f} s | {peer} |", flush=True)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
 
