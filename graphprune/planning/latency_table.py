@@ -140,7 +140,7 @@ class LatencyTable:
     dtype), kept on disk between prunes."""
 
     def __init__(self, runtime: str, where: Placement = CPU) -> None:
-        self.runtime, self.where = runtime, (where if runtime == "torch" else CPU)
+        self.runtime, self.where = runtime, where.on(runtime)
         self.path = _cache_file(runtime, self.where)
         try:
             self.times: dict[str, float] = json.loads(self.path.read_text())

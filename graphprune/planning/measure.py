@@ -188,14 +188,9 @@ def _time_block(runtime: str, kind: str, width: int, threads: int, where: Placem
     m, x = _block(kind, width)
     if runtime == "torch":
         x = x.repeat(GPU_BATCH, *[1] * (x.dim() - 1)) if where.gpu else x
-        m, x, sync = m.to(where.device, where.torch_dtype()), x.to(where.device, where.torch_dtype()), where.synchronizer()
-
-        def run() -> None:
-            m(x)
-            sync()
-
+        m, x = m.to(where.device, where.torch_dtype()), x.to(where.device, where.torch_dtype())
         with torch.no_grad():
-            return best_of(run)
+            return best_of(where.synced(lambda: m(x)))
     import warnings
 
     f = io.BytesIO()
@@ -263,7 +258,7 @@ def load_profile(runtime: str, threads: int = 1, where: Placement = CPU) -> Prof
     fixed = pinned(runtime, threads)
     if fixed is not None:
         return fixed
-    where = where if runtime == "torch" else CPU
+    where = where.on(runtime)
     key = machine_id(runtime, threads, where)
     path = _cache_dir() / f"{runtime}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:

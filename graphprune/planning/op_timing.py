@@ -62,16 +62,11 @@ def time_add(runtime: str, n: int, where: Placement = CPU) -> float:
 def _torch_best(fn: Callable[[], object], where: Placement) -> float:
     import torch
 
-    threads, sync = torch.get_num_threads(), where.synchronizer()
-
-    def run() -> None:
-        fn()
-        sync()
-
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            return best_of(run, budget_s=BUDGET_S, least=LEAST)
+            return best_of(where.synced(fn), budget_s=BUDGET_S, least=LEAST)
     finally:
         torch.set_num_threads(threads)
 

@@ -34,13 +34,23 @@ class Placement:
 
         return getattr(torch, self.dtype)
 
-    def synchronizer(self) -> Callable[[], None]:
-        """Waits for the device's queued work (a GPU runs asynchronously); nothing on the CPU."""
+    def on(self, runtime: str | None) -> "Placement":
+        """This placement where ``runtime`` runs the model in it (eager PyTorch); :data:`CPU` for
+        onnxruntime, which runs an exported model on the CPU in float32."""
+        return self if runtime == "torch" else CPU
+
+    def synced(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """``fn`` followed by a wait for the device's queued work, so that timing it times the work
+        (a GPU runs asynchronously); ``fn`` itself on the CPU."""
         if not self.gpu:
-            return lambda: None
+            return fn
         import torch
 
-        return lambda: torch.cuda.synchronize(self.device)
+        def run() -> None:
+            fn()
+            torch.cuda.synchronize(self.device)
+
+        return run
 
     def label(self) -> str:
         """What the measurements of this placement are valid for, beside the CPU's name."""

@@ -25,7 +25,7 @@ from ..frontends.torch_export import lower_trace
 from ..frontends.torch_record import trace_model
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session
-from ..planning.placement import CPU, Placement, of_module
+from ..planning.placement import Placement, of_module
 from ..planning.plan import keep_masks
 from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
@@ -294,7 +294,7 @@ class TorchProgram(Program):
 
     def placement(self, runtime: str | None) -> Placement:
         """Eager PyTorch runs the model where it is, in its dtype; onnxruntime on the CPU in float32."""
-        return of_module(self.model) if runtime == "torch" else CPU
+        return of_module(self.model).on(runtime)
 
     def latency_ms(self, runtime: str | None = None) -> float:
         """Best-of-runs latency at the example inputs' shapes: ``"torch"`` (eager, on the model's
@@ -303,19 +303,16 @@ class TorchProgram(Program):
 
         runtime = runtime or "onnxruntime"
         if runtime == "torch":
-            sync = of_module(self.model).synchronizer()  # a GPU's queued kernels: the forward's time
-
             def forward() -> None:
                 with torch.no_grad():
                     self.model(*self.args, **self.kwargs)
-                sync()
 
             # one intra-op thread, as onnxruntime is timed: a thread pool on a shared machine waits on
             # whichever of its threads the scheduler paused, and the figure becomes the machine's load
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                return best_of(forward, budget_s=0.25)
+                return best_of(of_module(self.model).synced(forward), budget_s=0.25)  # a GPU's work waited for
             finally:
                 torch.set_num_threads(threads)
         if runtime != "onnxruntime":
