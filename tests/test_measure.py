@@ -10,7 +10,7 @@ import torch
 
 import graphprune as gp
 from graphprune.errors import PlanError, PruneWarning
-from graphprune.planning import measure
+from graphprune.planning import measure, turns
 from graphprune.planning.placement import CPU, Placement
 from graphprune.planning.widths import fastest_alignment
 from graphprune.program.torch_program import TorchProgram
@@ -210,7 +210,7 @@ def test_a_flat_profile_still_times_the_whole_model_at_multiples(monkeypatch, tm
         widths = [m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
         return 1.0 + sum(w % 16 != 0 for w in widths)
 
-    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    _scripted_runtime(monkeypatch, latency)
     model, args = _mbv2()
     _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
     assert any(n.startswith("widths: blocks alone run as fast at any width on torch") for n in report.notes)
@@ -262,7 +262,7 @@ def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch):
         widths = [m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
         return 1.0 + sum(w % 16 != 0 for w in widths)  # each width off a multiple of 16 costs 1 ms
 
-    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    _scripted_runtime(monkeypatch, latency)
     _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
     note = next(n for n in report.notes if "tried the measured multiples" in n)
     assert "kept up to 16" in note, note
@@ -282,7 +282,7 @@ def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeyp
         widths = [m.out_channels for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
         return 1.0 + sum(w % 16 != 0 for w in widths)
 
-    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    _scripted_runtime(monkeypatch, latency)
     _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch", calib=calib,
                          allocation="sensitivity")
     assert report.budget.allocation == "sensitivity"
@@ -292,6 +292,14 @@ def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeyp
     assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     assert report.macs_after <= 0.6 * report.macs_before * 1.001
 
+
+
+def _scripted_runtime(monkeypatch, latency) -> None:
+    """Eager PyTorch timed as ``latency(program)`` scripts it: the whole model, and candidate plans
+    timed in rounds (each round's figure is the run's return value)."""
+    monkeypatch.setattr(TorchProgram, "latency_ms", latency)
+    monkeypatch.setattr(TorchProgram, "runner", lambda self, runtime: lambda: latency(self, runtime))
+    monkeypatch.setattr(turns, "in_rounds", lambda runs, label="": [run() for run in runs])
 
 
 class _TimedPlans:

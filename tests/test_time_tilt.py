@@ -13,6 +13,7 @@ import graphprune as gp
 from graphprune.graph import Group
 from graphprune.planning import latency_table as lt
 from graphprune.planning import time_tilt as tt
+from graphprune.planning import turns
 from graphprune.planning.budget import CostModel, uniform_kept
 from graphprune.planning.plan import select_groups
 from graphprune.program.torch_program import TorchProgram
@@ -61,6 +62,9 @@ def _fake_runtime(monkeypatch):
 
     monkeypatch.setattr(lt, "time_op", op_time)
     monkeypatch.setattr(TorchProgram, "latency_ms", model_time)
+    # candidate plans timed in rounds: each round's figure is the scripted time
+    monkeypatch.setattr(TorchProgram, "runner", lambda self, runtime: lambda: TorchProgram.latency_ms(self, runtime))
+    monkeypatch.setattr(turns, "in_rounds", lambda runs, label="": [run() for run in runs])
 
 
 def test_time_per_mac_of_each_group(monkeypatch, tmp_path):
@@ -111,8 +115,9 @@ def _as_program(model, x):
 
 
 def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
-    """Each tilt with each multiple is timed twice (taking turns with the other candidates), never
-    more, also where two pairs give the same widths.
+    """Where the candidates do not fit in memory together (none fit here), each tilt with each
+    multiple is timed twice (taking turns with the other candidates), never more, also where two
+    pairs give the same widths.
     Every whole-model timing is recorded by the widths it ran; the report then times the original
     and the pruned model afresh, back to back."""
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
@@ -126,6 +131,7 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
         return fake(self, runtime)
 
     monkeypatch.setattr(TorchProgram, "latency_ms", recording)
+    monkeypatch.setattr(turns, "HELD_BYTES", 0)
     x = torch.randn(1, 3, 8, 8)
     _, rep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch")
     tried = next(n for n in rep.notes if n.startswith("widths: tried"))

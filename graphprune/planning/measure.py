@@ -157,19 +157,6 @@ def best_of(fn: Callable[[], object], budget_s: float = 0.05, least: int = 5, mo
     return min(clean) if clean else min(every)
 
 
-def time_in_turns(program, plans: list, runtime: str) -> list[float]:
-    """Each plan's time on ``runtime``, from two timings taken in turns (A B C, then A B C again;
-    a plan timed before counts those timings, so none is timed more than twice), keeping the
-    faster: a single timing of close plans once let one slow spell of the machine (12%) decide
-    between them. A single plan is timed once: there is nothing to decide."""
-    rounds, n = (2 if len(plans) > 1 else 1), len(plans)
-    times = [0.0] * n
-    for k in progress(range(rounds * n), f"timing {n} candidate plan(s) on {runtime}", rounds * n):
-        turn, i = divmod(k, n)
-        times[i] = program.plan_latency_ms(plans[i], runtime, least=turn + 1)
-    return times
-
-
 def ort_session(model: bytes | str, threads: int = 1):
     """An onnxruntime CPU session on ``threads`` threads of a serialized model or a file's path (a
     path finds the file's external data next to it)."""

@@ -6,8 +6,9 @@ from typing import Callable
 
 from ..calib.sites import find_sites
 from ..errors import PlanError
-from .measure import alignments, load_profile, time_in_turns
+from .measure import alignments, load_profile
 from .placement import CPU, Placement
+from .turns import time_in_turns
 
 # Of the whole-model plans, one within 1% of the fastest keeps finer multiples and less tilt: a tie-break for
 # plans the timing cannot tell apart. At 3% (before 2026-12-05) it gave up measured speed for a preference no
@@ -64,7 +65,7 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     the plan is also made with the profile's steps doubled and quadrupled (up to 32; groups with no
     step at each of :data:`FLAT_MULTIPLES`, in eager PyTorch or where no group has one), with each of
     ``tilts`` (``[(beta, exponents)]``, time_tilt.py; None: the budget as solved), and each is
-    timed on ``runtime``, twice taking turns. The first within 1% of the fastest is kept, finer
+    timed on ``runtime`` against the others, run by run (turns.py). The first within 1% of the fastest is kept, finer
     multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
     exponents)`` makes a plan, or None where there is none. Returns the kept plan; the note says
     which multiples and tilt it was made with."""

@@ -10,8 +10,9 @@ Neither torch nor onnx is imported here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -165,6 +166,15 @@ class Program(ABC):
     def latency_ms(self, runtime: str | None = None) -> float | None:
         """Best-of-runs latency at the example inputs on ``runtime`` (one of :attr:`runtimes`)."""
         return None
+
+    def runner(self, runtime: str) -> Callable[[], object] | None:
+        """One run at the example inputs on ``runtime``, ready to repeat, so that several models can
+        be timed run by run (planning/turns.py); None where this program cannot give one."""
+        return None
+
+    def timing(self, runtime: str) -> ContextManager:
+        """What :meth:`runner`'s runs need around them (PyTorch: one intra-op thread)."""
+        return nullcontext()
 
     @property
     def rewritten(self) -> bool:

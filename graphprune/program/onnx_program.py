@@ -331,13 +331,21 @@ class OnnxProgram(Program):
         return self._latency(load_model(self.path)) if self.rewritten else None
 
     def _latency(self, model: onnx.ModelProto) -> float:
+        return best_of(self._runner(model), budget_s=0.25)
+
+    def runner(self, runtime: str):
+        return self._runner(self.model) if runtime == "onnxruntime" else None
+
+    def _runner(self, model: onnx.ModelProto):
+        """A one-thread session's run at the example feeds, run once (a model onnxruntime refuses is
+        an error that names the feeds)."""
         sess, feeds = session(model), self.feeds()
         try:
             sess.run(None, feeds)
         except Exception as exc:  # onnxruntime's own exception types
             raise PlanError(f"onnxruntime cannot run the model on {', '.join(f'{k}{v.shape}' for k, v in feeds.items())}"
                             f": {str(exc).splitlines()[0]}. Give example inputs (inputs=, --inputs feeds.npz)") from exc
-        return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
+        return lambda: sess.run(None, feeds)
 
     def save(self, dst: str | Path) -> Path:
         return save_onnx(self.model, dst)  # external data beside it past 2 GB (io/onnx_save.py)

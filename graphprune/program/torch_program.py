@@ -8,6 +8,7 @@ The rewrite edits the module in place (backends/torch_module.py) or a copy of it
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -303,21 +304,34 @@ class TorchProgram(Program):
 
         runtime = runtime or "onnxruntime"
         if runtime == "torch":
-            def forward() -> None:
-                with torch.no_grad():
-                    self.model(*self.args, **self.kwargs)
-
-            # one intra-op thread, as onnxruntime is timed: a thread pool on a shared machine waits on
-            # whichever of its threads the scheduler paused, and the figure becomes the machine's load
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                return best_of(of_module(self.model).synced(forward), budget_s=0.25)  # a GPU's work waited for
-            finally:
-                torch.set_num_threads(threads)
+            with self.timing(runtime):
+                return best_of(self.runner(runtime), budget_s=0.25)
         if runtime != "onnxruntime":
             raise PlanError(f"unknown runtime {runtime!r}: a PyTorch model is measured on 'torch' or 'onnxruntime'")
         return _onnxruntime_latency(self.model, self.args, self.kwargs)
+
+    def runner(self, runtime: str):
+        """Eager PyTorch: one forward at the example inputs, a GPU's work waited for; onnxruntime
+        (an export per model): None."""
+        if runtime != "torch":
+            return None
+
+        def forward() -> None:
+            with torch.no_grad():
+                self.model(*self.args, **self.kwargs)
+
+        return of_module(self.model).synced(forward)
+
+    @contextmanager
+    def timing(self, runtime: str):
+        # one intra-op thread, as onnxruntime is timed: a thread pool on a shared machine waits on
+        # whichever of its threads the scheduler paused, and the figure becomes the machine's load
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def save(self, dst: str | Path) -> Path:
         """``.onnx``: exported and checked in onnxruntime (graphprune.export_onnx); otherwise the
