@@ -299,7 +299,7 @@ def _scripted_runtime(monkeypatch, latency) -> None:
     timed in rounds (each round's figure is the run's return value)."""
     monkeypatch.setattr(TorchProgram, "latency_ms", latency)
     monkeypatch.setattr(TorchProgram, "runner", lambda self, runtime: lambda: latency(self, runtime))
-    monkeypatch.setattr(turns, "in_rounds", lambda runs, label="": [run() for run in runs])
+    monkeypatch.setattr(turns, "in_rounds", lambda runs, label="", **_: [run() for run in runs])
 
 
 class _TimedPlans:

@@ -64,7 +64,7 @@ def _fake_runtime(monkeypatch):
     monkeypatch.setattr(TorchProgram, "latency_ms", model_time)
     # candidate plans timed in rounds: each round's figure is the scripted time
     monkeypatch.setattr(TorchProgram, "runner", lambda self, runtime: lambda: TorchProgram.latency_ms(self, runtime))
-    monkeypatch.setattr(turns, "in_rounds", lambda runs, label="": [run() for run in runs])
+    monkeypatch.setattr(turns, "in_rounds", lambda runs, label="", **_: [run() for run in runs])
 
 
 def test_time_per_mac_of_each_group(monkeypatch, tmp_path):

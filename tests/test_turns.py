@@ -61,15 +61,29 @@ def test_a_machine_that_drifts_between_rounds_does_not_decide(monkeypatch):
 
 
 def test_a_paused_round_is_left_out(monkeypatch):
-    """A round where the scheduler paused one run (wall time the process did not spend) would make
-    that plan look 50x slower; it is dropped while three clean rounds remain."""
+    """Rounds where the scheduler paused a run (wall time the process did not spend) would make that
+    plan look 50x slower; half the rounds paused would move its median. They are dropped while three
+    clean rounds remain."""
     clock = _Clock()
     monkeypatch.setattr(turns, "time", clock)
-    monkeypatch.setattr(turns, "ROUNDS", 5)
+    monkeypatch.setattr(turns, "ROUNDS", 6)
     monkeypatch.setattr(turns, "SECONDS_PER_PLAN", 0.0)
-    paused = {(k, 0): 0.5 for k in range(2)}  # plan 0 paused in rounds 0 and 1 (3 of 5 rounds clean)
-    a, b = turns.in_rounds(_runs(clock, [0.010, 0.020], [1.0] * 5, paused))
+    paused = {(k, 0): 0.5 for k in range(3)}  # plan 0 paused in rounds 0-2: 3 of 6 rounds clean
+    a, b = turns.in_rounds(_runs(clock, [0.010, 0.020], [1.0] * 6, paused))
     assert a == pytest.approx(10.0) and b == pytest.approx(20.0)
+    clock = _Clock()
+    monkeypatch.setattr(turns, "time", clock)
+    a, _ = turns.in_rounds(_runs(clock, [0.010, 0.020], [1.0] * 6, paused), paused_check=False)
+    assert a > 50.0  # a GPU's runs (no pause check): the paused rounds count
+
+
+def test_each_round_starts_one_run_further_on(monkeypatch):
+    """No plan always follows the same neighbour: the order rotates from round to round."""
+    monkeypatch.setattr(turns, "ROUNDS", 3)
+    monkeypatch.setattr(turns, "SECONDS_PER_PLAN", 0.0)
+    order = []
+    turns.in_rounds([lambda i=i: order.append(i) for i in range(3)])
+    assert order == [0, 1, 2, 0, 1, 2, 1, 2, 0, 2, 0, 1]  # the warm-up, then rounds from 0, 1, 2
 
 
 def test_real_runs_are_ordered_by_their_cost(monkeypatch):
@@ -96,21 +110,22 @@ def _mlp():
 
 def test_plans_that_fit_are_timed_in_rounds_else_one_by_one(monkeypatch):
     """A PyTorch program's candidates: every plan applied and handed to in_rounds as one runner
-    each (each run a forward of that plan's model); with no room to hold them, timed one by one."""
+    each (each run a forward of that plan's model; a plan with the same widths as another timed
+    once, its figure shared); with no room to hold them, timed one by one."""
     x = torch.randn(2, 16)
     program = TorchProgram(_mlp(), (x,))
     plans = [gp.plan(program.graph(), program.model, ratio=r) for r in (0.25, 0.5)]
     widths = []
     program.model.register_forward_hook(lambda m, i, o: widths.append(m[0].out_features))
 
-    def rounds(runs, label=""):
+    def rounds(runs, label="", paused_check=True):
         for run in runs:
             run()
         return [float(k) for k in range(len(runs))]
 
     monkeypatch.setattr(turns, "in_rounds", rounds)
-    assert turns.time_in_turns(program, plans, "torch") == [0.0, 1.0]
-    assert widths == [48, 32]  # each run a forward of its own plan's model (deep copies keep the hook)
+    assert turns.time_in_turns(program, plans + plans[:1], "torch") == [0.0, 1.0, 0.0]
+    assert widths == [48, 32]  # one run per distinct widths, a forward of its own plan's model (copies keep the hook)
     monkeypatch.setattr(turns, "HELD_BYTES", 0)
     one_by_one = []
     monkeypatch.setattr(TorchProgram, "plan_latency_ms",

@@ -325,6 +325,12 @@ def _status_kb(key: str, path: str = "/proc/self/status") -> int | None:
 MARGIN = 0.1  # of the available memory, kept back: allocator slack, other processes, what the estimate misses
 
 
+def free_memory() -> int | None:
+    """/proc/meminfo's MemAvailable less :data:`MARGIN` of it (None where the system does not say)."""
+    avail = _status_kb("MemAvailable", "/proc/meminfo")
+    return None if avail is None else int(avail * (1 - MARGIN))
+
+
 def available_memory() -> int | None:
     """What this process may grow to: what it holds now (RSS) plus /proc/meminfo's MemAvailable,
     less :data:`MARGIN` of the latter; None where the system does not say (no check then)."""

@@ -42,6 +42,11 @@ class PrunePlan:
                          {g: s for g, s in self.sizes.items() if g in keep}, list(self.blocks))
 
     @property
+    def widths_key(self) -> tuple:
+        """What the pruned model's run time depends on: each group's pruned count and the blocks removed."""
+        return tuple(sorted((g, len(i)) for g, i in self.pruned.items() if len(i))), tuple(self.blocks)
+
+    @property
     def empty(self) -> bool:
         return not any(self.pruned.values()) and not self.blocks
 

@@ -65,7 +65,8 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     the plan is also made with the profile's steps doubled and quadrupled (up to 32; groups with no
     step at each of :data:`FLAT_MULTIPLES`, in eager PyTorch or where no group has one), with each of
     ``tilts`` (``[(beta, exponents)]``, time_tilt.py; None: the budget as solved), and each is
-    timed on ``runtime`` against the others, run by run (turns.py). The first within 1% of the fastest is kept, finer
+    timed on ``runtime`` against the others, run by run (turns.py; one by one where they do not fit
+    in memory together). The first within 1% of the fastest is kept, finer
     multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
     exponents)`` makes a plan, or None where there is none. Returns the kept plan; the note says
     which multiples and tilt it was made with."""

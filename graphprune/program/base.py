@@ -143,9 +143,10 @@ class Program(ABC):
         """This model pruned by ``plan`` (uncompensated: compensation changes values, not shapes),
         timed on ``runtime``. Time is a function of the kept widths, so each distinct set of widths
         is timed at most ``least`` times per program (the time tilt and the width tuning try some
-        of the same plans), and the fastest figure is kept: ``least=2`` (planning/measure.py
-        time_in_turns) keeps a slow spell of the machine from deciding between close plans."""
-        key = (runtime, tuple(sorted((g, len(i)) for g, i in plan.pruned.items() if len(i))), tuple(plan.blocks))
+        of the same plans), and the fastest figure is kept: ``least=2`` (planning/turns.py
+        time_in_turns, where the candidates do not fit in memory together) keeps a slow spell of
+        the machine from deciding between close plans."""
+        key = (runtime, plan.widths_key)
         while self._plan_n.get(key, 0) < least:
             ms = self.apply(plan).latency_ms(runtime)
             self._plan_ms[key] = min(ms, self._plan_ms.get(key, ms))
@@ -171,6 +172,9 @@ class Program(ABC):
         """One run at the example inputs on ``runtime``, ready to repeat, so that several models can
         be timed run by run (planning/turns.py); None where this program cannot give one."""
         return None
+
+    round_runtimes: tuple[str, ...] = ()  # the runtimes :meth:`runner` gives runs on
+    held_copies = 1  # copies of its weights a pruned program holds while it is timed
 
     def timing(self, runtime: str) -> ContextManager:
         """What :meth:`runner`'s runs need around them (PyTorch: one intra-op thread)."""

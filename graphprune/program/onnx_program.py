@@ -336,10 +336,15 @@ class OnnxProgram(Program):
     def runner(self, runtime: str):
         return self._runner(self.model) if runtime == "onnxruntime" else None
 
+    round_runtimes = ("onnxruntime",)
+    held_copies = 2  # the pruned model and its session's copy of the weights
+
     def _runner(self, model: onnx.ModelProto):
         """A one-thread session's run at the example feeds, run once (a model onnxruntime refuses is
-        an error that names the feeds)."""
-        sess, feeds = session(model), self.feeds()
+        an error that names the feeds). This program's own model reuses its session (a pruned
+        program's holds the shape check's): one session per candidate, not two."""
+        sess = self.session() if model is self.model else session(model)
+        feeds = self.feeds()
         try:
             sess.run(None, feeds)
         except Exception as exc:  # onnxruntime's own exception types

@@ -322,6 +322,8 @@ class TorchProgram(Program):
 
         return of_module(self.model).synced(forward)
 
+    round_runtimes = ("torch",)
+
     @contextmanager
     def timing(self, runtime: str):
         # one intra-op thread, as onnxruntime is timed: a thread pool on a shared machine waits on

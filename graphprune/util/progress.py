@@ -27,10 +27,12 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
         yield from tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
         return
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
-    for k, item in enumerate(items, 1):
-        print(f"\r{desc}: {k}/{total or '?'}", end="", file=sys.stderr, flush=True)
-        yield item
-    print(file=sys.stderr)
+    try:
+        for k, item in enumerate(items, 1):
+            print(f"\r{desc}: {k}/{total or '?'}", end="", file=sys.stderr, flush=True)
+            yield item
+    finally:  # also when the caller breaks out: the counter's line still ends
+        print(file=sys.stderr)
 
 
 def progress_line(text: str) -> None:
