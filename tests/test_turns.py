@@ -124,13 +124,15 @@ def test_plans_that_fit_are_timed_in_rounds_else_one_by_one(monkeypatch):
         return [float(k) for k in range(len(runs))]
 
     monkeypatch.setattr(turns, "in_rounds", rounds)
-    assert turns.time_in_turns(program, plans + plans[:1], "torch") == [0.0, 1.0, 0.0]
+    times = turns.time_in_turns(program, plans + plans[:1], "torch")
+    assert times == [0.0, 1.0, 0.0] and times.how == "run by run"
     assert widths == [48, 32]  # one run per distinct widths, a forward of its own plan's model (copies keep the hook)
     monkeypatch.setattr(turns, "HELD_BYTES", 0)
     one_by_one = []
     monkeypatch.setattr(TorchProgram, "plan_latency_ms",
                         lambda self, plan, runtime, least=1: one_by_one.append(plan) or 1.0)
-    assert turns.time_in_turns(program, plans, "torch") == [1.0, 1.0]
+    times = turns.time_in_turns(program, plans, "torch")
+    assert times == [1.0, 1.0] and times.how == "one by one"
     assert one_by_one == [plans[0], plans[1], plans[0], plans[1]]  # twice each, taking turns
 
 

@@ -27,7 +27,15 @@ MOST_ROUNDS = 200
 SECONDS_PER_PLAN = 0.5  # ... and rounds until this much time per plan is spent
 
 
-def time_in_turns(program, plans: list, runtime: str) -> list[float]:
+class Timings(list):
+    """Each plan's figure (ms), and how they were taken ("run by run" or "one by one")."""
+
+    def __init__(self, figures, how: str) -> None:
+        super().__init__(figures)
+        self.how = how
+
+
+def time_in_turns(program, plans: list, runtime: str) -> Timings:
     """Each plan's time (ms) on ``runtime``, comparable between the plans: timed in rounds where
     they fit in memory together, else timed twice each taking turns (the faster figure kept: a
     single timing of close plans once let one slow spell of the machine decide between them). A
@@ -42,13 +50,13 @@ def time_in_turns(program, plans: list, runtime: str) -> list[float]:
             with program.timing(runtime):
                 times = in_rounds(runs, f"timing {len(runs)} candidate plans on {runtime}, run by run",
                                   paused_check=not program.placement(runtime).gpu)
-            return [times[unique.index(k)] for k in keys]
+            return Timings([times[unique.index(k)] for k in keys], "run by run")
     rounds, n = (2 if len(plans) > 1 else 1), len(plans)
     times = [0.0] * n
     for k in progress(range(rounds * n), f"timing {n} candidate plan(s) on {runtime}", rounds * n):
         turn, i = divmod(k, n)
         times[i] = program.plan_latency_ms(plans[i], runtime, least=turn + 1)
-    return times
+    return Timings(times, "one by one")
 
 
 def in_rounds(runs: list[Callable[[], object]], label: str = "timing in rounds",

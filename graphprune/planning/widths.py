@@ -98,5 +98,6 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     kept = f"up to {step}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
     which = "the measured multiples scaled x1/x2/x4" + (
         f" (groups without one at {', '.join(map(str, FLAT_MULTIPLES))})" if widen else "")
-    notes.append(f"widths: tried {which} on {runtime}: {tried}; kept {kept}")
+    how = getattr(times, "how", None)  # stand-in timers in tests give a plain list
+    notes.append(f"widths: tried {which} on {runtime}{f', timed {how}' if how else ''}: {tried}; kept {kept}")
     return made
