@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_onnx_model
 
 import graphprune as gp
-from graphprune.planning import turns
+from graphprune.planning import measure, turns
 from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.torch_program import TorchProgram
 
@@ -52,6 +52,7 @@ def test_a_machine_that_drifts_between_rounds_does_not_decide(monkeypatch):
     round's drift reaches both, and the figures keep the true ratio (the typical round's scale)."""
     clock = _Clock()
     monkeypatch.setattr(turns, "time", clock)
+    monkeypatch.setattr(measure, "time", clock)
     monkeypatch.setattr(turns, "ROUNDS", 7)
     monkeypatch.setattr(turns, "SECONDS_PER_PLAN", 0.0)
     speed = [1.0, 0.5, 1.3, 0.6, 1.0, 2.0, 0.7]
@@ -66,6 +67,7 @@ def test_a_paused_round_is_left_out(monkeypatch):
     clean rounds remain."""
     clock = _Clock()
     monkeypatch.setattr(turns, "time", clock)
+    monkeypatch.setattr(measure, "time", clock)
     monkeypatch.setattr(turns, "ROUNDS", 6)
     monkeypatch.setattr(turns, "SECONDS_PER_PLAN", 0.0)
     paused = {(k, 0): 0.5 for k in range(3)}  # plan 0 paused in rounds 0-2: 3 of 6 rounds clean
@@ -73,6 +75,7 @@ def test_a_paused_round_is_left_out(monkeypatch):
     assert a == pytest.approx(10.0) and b == pytest.approx(20.0)
     clock = _Clock()
     monkeypatch.setattr(turns, "time", clock)
+    monkeypatch.setattr(measure, "time", clock)
     a, _ = turns.in_rounds(_runs(clock, [0.010, 0.020], [1.0] * 6, paused), paused_check=False)
     assert a > 50.0  # a GPU's runs (no pause check): the paused rounds count
 

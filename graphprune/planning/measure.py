@@ -148,13 +148,20 @@ def best_of(fn: Callable[[], object], budget_s: float = 0.05, least: int = 5, mo
         if len(every) >= most or (len(clean) >= least and spent >= budget_s) or (spent >= 8 * budget_s and
                                                                                len(every) >= least):
             break
-        c, t = time.process_time(), time.perf_counter()
-        fn()
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        every.append(wall * 1e3)
-        if wall <= 1.3 * cpu + 2e-4:  # paused runs show wall time the process did not spend
-            clean.append(wall * 1e3)
+        ms, ok = run_timed(fn)
+        every.append(ms)
+        if ok:
+            clean.append(ms)
     return min(clean) if clean else min(every)
+
+
+def run_timed(fn: Callable[[], object]) -> tuple[float, bool]:
+    """One run of ``fn``: its wall time (ms) and whether it ran clean, its wall time not far above the
+    CPU time the process spent (a run the scheduler paused shows time the process did not spend)."""
+    c, t = time.process_time(), time.perf_counter()
+    fn()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return wall * 1e3, wall <= 1.3 * cpu + 2e-4
 
 
 def ort_session(model: bytes | str, threads: int = 1):

@@ -334,10 +334,8 @@ def free_memory() -> int | None:
 def available_memory() -> int | None:
     """What this process may grow to: what it holds now (RSS) plus /proc/meminfo's MemAvailable,
     less :data:`MARGIN` of the latter; None where the system does not say (no check then)."""
-    avail = _status_kb("MemAvailable", "/proc/meminfo")
-    if avail is None:
-        return None
-    return int((_status_kb("VmRSS") or 0) + avail * (1 - MARGIN))
+    free = free_memory()
+    return None if free is None else (_status_kb("VmRSS") or 0) + free
 
 
 def check_memory(est: MemoryEstimate, limit: int | None) -> None:

@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from ..util.progress import progress
+from .measure import run_timed
 from .memory import free_memory, weight_parts
 
 HELD_BYTES = 1 << 30  # the most weights of candidate models held at once for timing in rounds
@@ -40,8 +41,7 @@ def time_in_turns(program, plans: list, runtime: str) -> Timings:
     they fit in memory together, else timed twice each taking turns (the faster figure kept: a
     single timing of close plans once let one slow spell of the machine decide between them). A
     single plan is timed once: there is nothing to decide."""
-    rounds_ok = runtime in getattr(program, "round_runtimes", ())
-    if rounds_ok and len(plans) > 1:
+    if runtime in getattr(program, "round_runtimes", ()) and len(plans) > 1:
         keys = [p.widths_key for p in plans]
         unique = list(dict.fromkeys(keys))
         if len(unique) > 1 and _fits(program, len(unique)):
@@ -77,10 +77,8 @@ def in_rounds(runs: list[Callable[[], object]], label: str = "timing in rounds",
             break
         row: list[tuple[float, bool]] = [(0.0, True)] * n
         for i in [(len(rounds) + j) % n for j in range(n)]:
-            c, t = time.process_time(), time.perf_counter()
-            runs[i]()
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            row[i] = (wall * 1e3, not paused_check or wall <= 1.3 * cpu + 2e-4)
+            ms, ok = run_timed(runs[i])
+            row[i] = (ms, ok or not paused_check)
         rounds.append(row)
     clean = [r for r in rounds if all(ok for _, ok in r)]
     use = clean if len(clean) >= 3 else rounds
