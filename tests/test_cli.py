@@ -24,6 +24,22 @@ def test_demo_prunes_exports_and_prints_table(tmp_path):
     assert "latency (onnxruntime, 1 thread)" in r.stdout  # measured before/after on the runtime it exports for
 
 
+def test_installed_command_runs():
+    """The ``graphprune`` command pip installs (README: ``G=.venv/bin/graphprune``) points at the
+    CLI's main function, not at the package of the same name: every other test runs ``-m graphprune``."""
+    from importlib.metadata import entry_points
+
+    from graphprune.cli.main import main
+
+    (script,) = entry_points(group="console_scripts", name="graphprune")
+    assert script.load() is main
+    exe = Path(sys.executable).with_name("graphprune")
+    assert exe.is_file(), f"no {exe}: graphprune is not installed in this environment (make venv)"
+    r = subprocess.run([str(exe), "zoo", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '"resnet18"' in r.stdout
+
+
 def test_bad_ratio_exits_nonzero_without_output(tmp_path):
     out = tmp_path / "slim.onnx"
     r = _run("demo", "--config", "small", "--ratio", "1.5", "-o", str(out))
