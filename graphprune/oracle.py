@@ -29,7 +29,7 @@ class OracleReport:
     # the error relative to each output's magnitude: max |diff| / max(1, max |output|), worst output
     scaled_diff: float | None = None
     checked_blocks: list[str] = field(default_factory=list)  # residual branches removed whole
-    logits: list[str] = field(default_factory=list)  # softmax outputs compared at these inputs (Program.oracle_views)
+    logits: list[str] = field(default_factory=list)  # softmax/sigmoid outputs compared at these inputs (Program.oracle_views)
 
     @property
     def passed(self) -> bool:
@@ -47,7 +47,7 @@ class OracleReport:
         if self.checked_blocks:
             s += f" and {len(self.checked_blocks)} removed block(s)"
         if self.logits:
-            s += f", softmax output(s) compared at their logits ({', '.join(self.logits[:2])})"
+            s += f", softmax/sigmoid output(s) compared at their logits ({', '.join(self.logits[:2])})"
         if not self.checked_groups and not self.inexact_groups and not self.checked_blocks:
             s += " - nothing was pruned, so there was nothing to check"
         if self.inexact_groups:
@@ -118,11 +118,14 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
 SOFTMAX_FLOOR = -80.0  # logits this far below their row's largest give probabilities float32 flushes to 0
 
 
-def softmax_logits(z: np.ndarray, axis: int, flattened: bool) -> np.ndarray:
+def softmax_logits(z: np.ndarray, axis: int | None, flattened: bool) -> np.ndarray:
     """Logits as a softmax sees them: shifted so each row's largest is 0 (a softmax ignores a
     shift) and floored at :data:`SOFTMAX_FLOOR` (a -1e9 or float-min mask is a zero probability
-    however large), so their error is judged on a scale the probabilities feel, at most 80."""
+    however large), so their error is judged on a scale the probabilities feel, at most 80.
+    ``axis=None``: a sigmoid's logits, each clipped to +-80 (beyond it float32 gives 0 or 1)."""
     z = np.asarray(z, dtype=np.float64)
+    if axis is None:
+        return np.clip(z, SOFTMAX_FLOOR, -SOFTMAX_FLOOR)
     axis %= max(z.ndim, 1)
     if flattened:  # before opset 13 a softmax normalises all axes from ``axis`` on together
         z = z.reshape(z.shape[:axis] + (-1,))
@@ -131,7 +134,7 @@ def softmax_logits(z: np.ndarray, axis: int, flattened: bool) -> np.ndarray:
 
 
 def _viewed(program, batch, views: dict[int, tuple[str, int, bool]], masks=None) -> list[np.ndarray]:
-    """The program's outputs on ``batch``, those in ``views`` replaced by their softmax's logits."""
+    """The program's outputs on ``batch``, those in ``views`` replaced by their softmax's (sigmoid's) logits."""
     seen: dict[str, np.ndarray] = {}
     outs = program.run(batch, masks=masks, capture=[v[0] for v in views.values()],
                        on_capture=lambda name, t: seen.__setitem__(name, t.detach().double().cpu().numpy()))

@@ -86,9 +86,9 @@ def test_oracle_passes_nan_that_the_masked_original_has_too():
     assert plan.pruned and report.checked_groups and report.passed, str(report)
 
 
-def _softmax_head(path, scale: float, mask: float = 0.0) -> None:
-    """x -> MatMul(8x32) -> Relu -> MatMul(32x5) * scale (+ ``mask`` on the last class) -> Softmax:
-    larger logits saturate the softmax, where float32 rounding of near-tied logits moves
+def _softmax_head(path, scale: float, mask: float = 0.0, head: str = "Softmax", offset: float = 0.0) -> None:
+    """x -> MatMul(8x32) -> Relu -> MatMul(32x5) * scale (+ ``offset``, + ``mask`` on the last class)
+    -> ``head``: larger logits saturate the softmax, where float32 rounding of near-tied logits moves
     probabilities a lot; a mask of -1e9 is how exporters spell a class that is never chosen."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -97,13 +97,13 @@ def _softmax_head(path, scale: float, mask: float = 0.0) -> None:
     inits = [numpy_helper.from_array(rng.standard_normal((8, 32)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((32, 5)).astype(np.float32), "w2"),
              numpy_helper.from_array(np.array(scale, dtype=np.float32), "s"),
-             numpy_helper.from_array(np.array([0, 0, 0, 0, mask], dtype=np.float32), "m")]
+             numpy_helper.from_array(np.array([0, 0, 0, 0, mask], dtype=np.float32) + offset, "m")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "w2"], ["z"], name="mm2"),
              helper.make_node("Mul", ["z", "s"], ["zs"], name="scale"),
              helper.make_node("Add", ["zs", "m"], ["logits"], name="mask"),
-             helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=-1)]
+             helper.make_node(head, ["logits"], ["p"], name="head", **({"axis": -1} if head == "Softmax" else {}))]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
                               [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -127,28 +127,48 @@ def test_logits_that_really_differ_still_fail(tmp_path, monkeypatch, mask):
     """The view replaces what is compared, not whether: a wrong logit in the pruned model fails,
     also beside a -1e9 or float-min mask (the logits are shifted and floored as a softmax sees them,
     so a huge masked value does not set the scale the error is divided by)."""
-    from graphprune.program.onnx_program import OnnxProgram
-
     src = tmp_path / "head.onnx"
     _softmax_head(src, 1.0, mask)
+    _off_by_a_little(monkeypatch, 0)  # one class's logit: a shift of all of them would change no probability
+    with pytest.raises(gp.errors.GraphpruneError, match="oracle FAIL"):
+        gp.prune_onnx(src, tmp_path / "out.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def _off_by_a_little(monkeypatch, cls: int) -> None:
+    """The pruned model's logit of class ``cls`` 1e-2 off, as a wrong rewrite would leave it."""
+    from graphprune.program.onnx_program import OnnxProgram
+
     apply = OnnxProgram.apply
 
-    def off_by_a_little(self, *a, **k):
+    def pruned_off(self, *a, **k):
         pruned = apply(self, *a, **k)
         run = pruned.run
 
         def shifted(batch, masks=None, capture=(), on_capture=None, outputs=True):
             def on(name, t):
-                if name == "logits":  # one class's logit: a shift of all of them would change no probability
+                if name == "logits":
                     t = t.clone()
-                    t[..., 0] += 1e-2
+                    t[..., cls] += 1e-2
                 on_capture(name, t)
             return run(batch, masks, capture, on if on_capture else None, outputs)
 
         pruned.run = shifted
         return pruned
 
-    monkeypatch.setattr(OnnxProgram, "apply", off_by_a_little)
+    monkeypatch.setattr(OnnxProgram, "apply", pruned_off)
+
+
+def test_a_sigmoid_output_is_compared_at_its_logits(tmp_path, monkeypatch):
+    """A saturated sigmoid (logits near +30: slope ~1e-13) passes a logit error of any size within
+    the tolerance, so a sigmoid output is compared at its logits: the exact prune passes, a logit
+    1e-2 off fails (through the sigmoid it would be 1e-15 off)."""
+    src = tmp_path / "head.onnx"
+    _softmax_head(src, 1.0, head="Sigmoid", offset=30.0)
+    report = gp.prune_onnx(src, tmp_path / "out.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.oracle.checked_groups and report.oracle.logits == ["logits"]
+    assert "softmax/sigmoid output(s) compared at their logits (logits)" in str(report.oracle)
+    _off_by_a_little(monkeypatch, 4)
     with pytest.raises(gp.errors.GraphpruneError, match="oracle FAIL"):
-        gp.prune_onnx(src, tmp_path / "out.onnx", ratio=0.5, round_to=1, measure_latency=False)
-    assert not (tmp_path / "out.onnx").exists()
+        gp.prune_onnx(src, tmp_path / "bad.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert not (tmp_path / "bad.onnx").exists()

@@ -125,7 +125,8 @@ class Program(ABC):
         """Outputs the oracle compares at their softmax's logits instead (output index -> (value
         name, softmax axis, whether the axes from it on are flattened as before opset 13)): float32
         rounding of near-tied logits moves the probabilities by far more than the tolerance
-        although the pruned model is exact."""
+        although the pruned model is exact. A sigmoid's (axis None) the other way round: where it
+        saturates, a wrong logit moves its output by less than the tolerance."""
         return {}
 
     def bias_free(self, sites) -> set[str]:

@@ -267,10 +267,13 @@ class OnnxProgram(Program):
         views = {}
         for k, out in enumerate(self.model.graph.output):
             node = producer.get(out.name)
-            if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx") \
-                    and node.input[0] not in self.input_names:
+            if node is None or node.domain not in ("", "ai.onnx") or node.input[0] in self.input_names:
+                continue
+            if node.op_type in ("Softmax", "LogSoftmax"):
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 1 if old else -1)
                 views[k] = (node.input[0], axis, old)
+            elif node.op_type == "Sigmoid":  # a saturated sigmoid hides a logit error of any size
+                views[k] = (node.input[0], None, False)
         return views
 
     def oracle_inputs(self, trials: int) -> list[dict[str, np.ndarray]]:
