@@ -388,4 +388,5 @@ def _latency_after(pruned, runtime: str, before: float, given: float | None) -> 
         if after <= before * (1 + SLOWER) + 0.01:
             break
         after = min(after, pruned.latency_ms(runtime))
-    return Latency(runtime, before, after, slower=after > before * (1 + SLOWER) + 0.01, given_ms=given)
+    return Latency(runtime, before, after, slower=after > before * (1 + SLOWER) + 0.01, given_ms=given,
+                   inputs=pruned.timed_shapes())

@@ -22,6 +22,7 @@ def test_demo_prunes_exports_and_prints_table(tmp_path):
     assert "params" in r.stdout and "MACs" in r.stdout and "oracle PASS" in r.stdout
     assert "[5/5]" in r.stdout  # progress is shown
     assert "latency (onnxruntime, 1 thread)" in r.stdout  # measured before/after on the runtime it exports for
+    assert "best of runs at x 1x3x" in r.stdout  # at what input, named as ResNet.forward(x) names it
 
 
 def test_installed_command_runs():

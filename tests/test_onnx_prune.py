@@ -228,6 +228,7 @@ def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
     report = gp.prune_onnx(src, tmp_path / "b.onnx", ratio=0.5, round_to=1, measure_latency=True,
                            input_shapes={"x": (2, 3, 32, 32)})
     assert report.oracle.passed and report.latency_after_ms is not None
+    assert report.latency.inputs == "x 2x3x32x32" and "best of runs at x 2x3x32x32" in str(report)
     with pytest.raises(gp.errors.TraceError, match=r"input 'x' has rank 4"):
         gp.prune_onnx(src, tmp_path / "c.onnx", input_shapes={"x": (1, 3, 32)})
     with pytest.raises(gp.errors.TraceError, match=r"does not have; its inputs are \['x'\]"):
@@ -235,6 +236,19 @@ def test_dynamic_image_dims_are_analysed_at_a_size_the_graph_accepts(tmp_path):
     with pytest.raises(gp.errors.TraceError, match="declares dim 1 as 3"):
         gp.prune_onnx(src, tmp_path / "c.onnx", input_shapes={"x": (1, 4, 32, 32)})
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_a_dynamic_batch_is_timed_at_one_item(tmp_path):
+    """Latency is one run's time at the shapes the graph was analysed at (a dynamic batch at 1,
+    as the latency table prices layers), not at the batch of 2 the shape check runs, and the
+    report says which shape it timed."""
+    torch.manual_seed(0)
+    static, src = tmp_path / "static.onnx", tmp_path / "dyn.onnx"
+    gp.export_onnx(_NeedsSize().eval(), (torch.randn(1, 3, 32, 32),), static)
+    _with_dynamic_dims(static, src, {0: "N"})
+    report = gp.prune_onnx(src, tmp_path / "a.onnx", ratio=0.5, round_to=1)
+    assert report.latency.inputs == "x 1x3x32x32" and report.to_dict()["latency_ms"]["inputs"] == "x 1x3x32x32"
+    assert "best of runs at x 1x3x32x32" in str(report)
 
 
 def _runs_only_at_multiples_of(block: int, path: Path) -> None:

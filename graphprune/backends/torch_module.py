@@ -247,3 +247,23 @@ def _update_known_modules(model: nn.Module, dg: DependencyGraph, plan: PrunePlan
                 shape = list(m.normalized_shape)
                 shape[c.path[1]] = carried_value(dg, c, pruned)
                 m.normalized_shape = tuple(shape)
+
+
+def add_biases(model: nn.Module, dg, plan, comp) -> int:
+    """Give layers without a bias the one compensation computed (sliced to the kept outputs);
+    returns the number of parameters added."""
+    added = 0
+    masks = keep_masks(dg, plan)
+    nodes = {n.name: n for n in dg.ir.nodes}
+    for node, (out_value, b) in sorted(comp.new_biases.items()):
+        path = nodes[node].meta.module
+        mod = model.get_submodule(path) if path else model
+        dim = dg.ir.values[out_value].rank - 1 if isinstance(mod, nn.Linear) else 1
+        keep = masks.get((out_value, dim))
+        if keep is not None:
+            b = b[torch.as_tensor(np.flatnonzero(keep))]
+        mod.bias = nn.Parameter(b.detach().clone().to(mod.weight.device, mod.weight.dtype),
+                                requires_grad=mod.weight.requires_grad)
+        comp.bias_modules.append(path)
+        added += b.numel()
+    return added

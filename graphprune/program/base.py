@@ -129,6 +129,10 @@ class Program(ABC):
         saturates, a wrong logit moves its output by less than the tolerance."""
         return {}
 
+    def timed_shapes(self) -> str:
+        """The inputs :meth:`latency_ms` runs on, for the report ("x 1x3x224x224")."""
+        return ""
+
     def bias_free(self, sites) -> set[str]:
         """Sites without a bias that compensation may give one (where the framework allows it)."""
         return set()

@@ -26,6 +26,7 @@ from ..frontends.onnx_subnormal import flush_subnormal_weights
 from ..io.onnx_save import save_onnx
 from ..oracle import scaled_diff
 from ..planning.measure import best_of
+from ..util.tables import shapes_text
 from .base import Masks, OnCapture, Program
 from .onnx_masked import masked_model, with_weights
 from .onnx_shapes import IMAGE_SIZES, analysis_tries, runtime_refusal, spell_dims
@@ -41,6 +42,7 @@ class OnnxProgram(Program):
         self.model = model
         self.path = str(path)
         self._feeds = None  # the inputs checks and latency run on (default: probe_inputs)
+        self._timed: dict[str, np.ndarray] | None = None  # latency_feeds, once made
         if feeds is not None:
             self._feeds = {k: np.asarray(v) for k, v in feeds.items()}
             missing = sorted(set(self.input_names) - set(self._feeds))
@@ -261,6 +263,18 @@ class OnnxProgram(Program):
         dims = self.analysis_dims()
         return probe_inputs(self.model, dims=dims if self._shapes or self._fallback else None)
 
+    def latency_feeds(self) -> dict[str, np.ndarray]:
+        """The inputs latency is timed at: the example inputs, else the shapes the graph was
+        analysed at (dynamic dims at 1, or the image size the analysis fell back on), as the
+        latency table prices each layer. :meth:`feeds` puts 2 on a dynamic batch instead, so the
+        shape check catches a batch size baked into a rewrite; nobody means that as one run's time."""
+        if self._timed is None:
+            self._timed = self._feeds if self._feeds is not None else probe_inputs(self.model, dims=self.analysis_dims())
+        return self._timed
+
+    def timed_shapes(self) -> str:
+        return shapes_text(self.latency_feeds().items())
+
     def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
         producer = {o: n for n in self.model.graph.node for o in n.output}
         old = default_opset(self.model) < 13  # a softmax then normalises all axes from its own on
@@ -301,7 +315,7 @@ class OnnxProgram(Program):
         except Exception as exc:
             raise RewriteError(f"the pruned model fails onnx.checker: {exc}") from exc
         out = OnnxProgram(pruned, feeds=self.feeds())
-        out._added = added
+        out._added, out._timed = added, self.latency_feeds()
         feeds = self.feeds()
         before, after = self.run(feeds), out.run(feeds)
         if [a.shape for a in before] != [a.shape for a in after]:
@@ -347,7 +361,7 @@ class OnnxProgram(Program):
         an error that names the feeds). This program's own model reuses its session (a pruned
         program's holds the shape check's): one session per candidate, not two."""
         sess = self.session() if model is self.model else session(model)
-        feeds = self.feeds()
+        feeds = self.latency_feeds()
         try:
             sess.run(None, feeds)
         except Exception as exc:  # onnxruntime's own exception types

@@ -8,6 +8,7 @@ The rewrite edits the module in place (backends/torch_module.py) or a copy of it
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ..backends.torch_depth import remove_blocks
-from ..backends.torch_module import rewrite
+from ..backends.torch_module import add_biases, rewrite
 from ..calib.torch_calib import gradients, walk_grams
 from ..errors import PlanError
 
@@ -27,9 +28,9 @@ from ..frontends.torch_record import trace_model
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session
 from ..planning.placement import Placement, of_module
-from ..planning.plan import keep_masks
 from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
+from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
@@ -282,7 +283,7 @@ class TorchProgram(Program):
         rewrite(model, dg, plan, self.args, self.kwargs, updates=dict(updates) if updates else None)
         out = TorchProgram(model, self.args, self.kwargs)
         if compensation is not None and compensation.new_biases:
-            out._added = _add_biases(model, dg, plan, compensation)
+            out._added = add_biases(model, dg, plan, compensation)
         if plan.blocks:
 
             remove_blocks(model, dg, dg.removed_blocks(plan.blocks), self.args, self.kwargs)
@@ -309,6 +310,12 @@ class TorchProgram(Program):
         if runtime != "onnxruntime":
             raise PlanError(f"unknown runtime {runtime!r}: a PyTorch model is measured on 'torch' or 'onnxruntime'")
         return _onnxruntime_latency(self.model, self.args, self.kwargs)
+
+    def timed_shapes(self) -> str:
+        params = inspect.signature(self.model.forward).parameters  # the forward's own names for its inputs
+        names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names += [f"arg{i}" for i in range(len(names), len(self.args))]
+        return shapes_text([*zip(names, self.args), *self.kwargs.items()])
 
     def runner(self, runtime: str):
         """Eager PyTorch: one forward at the example inputs, a GPU's work waited for; onnxruntime
@@ -340,7 +347,6 @@ class TorchProgram(Program):
         whole module with ``torch.save``."""
         dst = Path(dst)
         if dst.suffix == ".onnx":
-
             export_onnx(self.model, self.args, dst, self.kwargs)
             return dst
 
@@ -357,7 +363,6 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
     import tempfile
     import warnings
 
-
     try:
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
@@ -368,7 +373,6 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
         sess.run(None, feeds)
         return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
     except Exception:  # noqa: BLE001 - the legacy exporter or the feed mapping failed: take the checked path
-
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(model, args, path, kwargs, dynamic_batch=False)
@@ -377,24 +381,3 @@ def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> f
 
 def _flat_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-
-
-def _add_biases(model: torch.nn.Module, dg, plan, comp) -> int:
-    """Give layers without a bias the one compensation computed (sliced to the kept outputs);
-    returns the number of parameters added."""
-
-    added = 0
-    masks = keep_masks(dg, plan)
-    nodes = {n.name: n for n in dg.ir.nodes}
-    for node, (out_value, b) in sorted(comp.new_biases.items()):
-        path = nodes[node].meta.module
-        mod = model.get_submodule(path) if path else model
-        dim = dg.ir.values[out_value].rank - 1 if isinstance(mod, torch.nn.Linear) else 1
-        keep = masks.get((out_value, dim))
-        if keep is not None:
-            b = b[torch.as_tensor(np.flatnonzero(keep))]
-        mod.bias = torch.nn.Parameter(b.detach().clone().to(mod.weight.device, mod.weight.dtype),
-                                      requires_grad=mod.weight.requires_grad)
-        comp.bias_modules.append(path)
-        added += b.numel()
-    return added

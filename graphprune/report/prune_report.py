@@ -32,6 +32,7 @@ class Latency:
     after_ms: float
     slower: bool = False
     given_ms: float | None = None
+    inputs: str = ""  # the inputs timed, "x 1x3x224x224" (Program.timed_shapes)
 
     @property
     def speedup(self) -> float:
@@ -129,7 +130,8 @@ class PruneReport:
              "seconds": self.seconds, "path": self.path,
              "latency_ms": {"before": self.latency_before_ms, "after": self.latency_after_ms,
                             "given": self.latency.given_ms if self.latency is not None else None,
-                            "runtime": self.runtime},
+                            "runtime": self.runtime,
+                            "inputs": self.latency.inputs if self.latency is not None else None},
              "layers": [{"name": n, "before": list(b), "after": list(a)} for n, b, a in self.layers]}
         if self.blocks is not None:
             d["blocks"] = {"removed": self.blocks[0], "candidates": self.blocks[1],
@@ -197,7 +199,8 @@ class PruneReport:
             text += f"\nnote: {note}"
         if self.latency is not None:
             lat = self.latency
-            rows = [["best of runs, example shape" if lat.given_ms is None else "the original, rewritten for onnxruntime",
+            at = f"at {lat.inputs}" if lat.inputs else "at the example shape"
+            rows = [[f"best of runs {at}" if lat.given_ms is None else f"the original, rewritten for onnxruntime, {at}",
                      f"{lat.before_ms:.3f} ms", f"{lat.after_ms:.3f} ms", f"{lat.speedup:.2f}x"]]
             if lat.given_ms is not None:
                 rows.append(["the original file as given", f"{lat.given_ms:.3f} ms", f"{lat.after_ms:.3f} ms",

@@ -1,7 +1,7 @@
 """Tables: plain text, or rich on a terminal (the CLI turns rich on)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 _STYLE = {"rich": False}  # the CLI turns rich tables on when it prints to a terminal
 
@@ -48,3 +48,8 @@ def human(n: float) -> str:
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return str(int(n))
+
+
+def shapes_text(named: Iterable[tuple[str, Any]]) -> str:
+    """Named arrays' shapes as a report prints them: "x 1x3x224x224, mask 1x16"."""
+    return ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in named if hasattr(v, "shape"))
