@@ -368,3 +368,36 @@ def test_channels_last_input_behind_a_transpose(tmp_path):
     report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1, measure_latency=False)
     assert report.oracle.passed and report.oracle.checked_groups
     assert report.params_after == 3 * 8 * 9 + 8 + 8 * 8 * 9 + 8
+
+
+def test_a_shared_size_constant_leaves_no_orphan(tmp_path):
+    """Two Reshapes read one shape constant whose 32 shrinks with the plan: each gets its own edited
+    copy, and the original, now read by nothing, leaves the model (onnxruntime warns on every load
+    of a model holding an initializer no node uses; the original file has none)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1, 32], dtype=np.int64), "shape")]
+    nodes = []
+    for k in (1, 2):  # a siamese pair: the same weights and the same shape constant in both branches
+        nodes += [helper.make_node("MatMul", [f"x{k}", "w1"], [f"h{k}"], name=f"mm{k}"),
+                  helper.make_node("Relu", [f"h{k}"], [f"r{k}"], name=f"relu{k}"),
+                  helper.make_node("Reshape", [f"r{k}", "shape"], [f"f{k}"], name=f"reshape{k}"),
+                  helper.make_node("MatMul", [f"f{k}", "w2"], [f"y{k}"], name=f"out{k}")]
+    graph = helper.make_graph(nodes, "siamese", [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, 8])
+                                                 for k in (1, 2)],
+                              [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [1, 4]) for k in (1, 2)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src, dst = tmp_path / "siamese.onnx", tmp_path / "slim.onnx"
+    onnx.save(model, str(src))
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.passed and report.params_after < report.params_before
+    slim = onnx.load(str(dst))
+    read = {i for n in slim.graph.node for i in n.input}
+    assert [i.name for i in slim.graph.initializer if i.name not in read] == []
+    shapes = [numpy_helper.to_array(i).tolist() for i in slim.graph.initializer if i.data_type == TensorProto.INT64]
+    assert shapes and all(s == [1, 16] for s in shapes)  # 32 channels at ratio 0.5, round_to=1

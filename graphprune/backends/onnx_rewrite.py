@@ -236,6 +236,31 @@ def _rewrite_constants(m: OnnxModel, dg: DependencyGraph, plan: PrunePlan) -> No
         m.model.graph.initializer.append(numpy_helper.from_array(arr, name))
         m.inits[name] = m.model.graph.initializer[-1]
         node.input[idx] = name
+    _drop_orphans(m.model.graph, {const for const, _, _ in edits})
+
+
+def _drop_orphans(g: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the constants among ``names`` that every consumer now reads a copy of: onnxruntime
+    warns on each load of a model holding an initializer nothing uses."""
+    used = {o.name for o in g.output} | _read(g)
+    gone = names - used
+    keep = [i for i in g.initializer if i.name not in gone]
+    if len(keep) < len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] in gone]:
+        g.node.remove(n)
+
+
+def _read(g: onnx.GraphProto) -> set[str]:
+    """Every value a node of ``g`` or of its subgraphs (If/Loop/Scan bodies read outer values) takes."""
+    out = set()
+    for n in g.node:
+        out.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out |= _read(sub)
+    return out
 
 
 def _set_attribute(node: onnx.NodeProto, path: tuple, new: int) -> None:
