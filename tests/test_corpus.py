@@ -48,12 +48,15 @@ EXPECT = {
     "magika_v3_3": "prune",  # float dense and conv layers
     "khmersm": "prune",  # float transformer encoder (FFN hidden dims)
     "open_nsfw_tf": "prune",  # ResNet
+    "orinet": "prune",  # conv/pool classifier
+    "resnet18_malimg": "prune",  # ResNet-18
+    "capspot_sim": "prune",  # siamese conv net: shared weights, both branches cut alike
     "silero_vad_spox": "either",  # LSTMs with Constant weights inside If branches on the sample rate
     "chars2vec": "either",  # LSTMs lowered to Loop subgraphs
     "ddddocr_ocr_int8": "refuse",  # quantized: ConvInteger / DynamicQuantizeLSTM hold int8 weights
 }
 BY_KIND = {"quantized": "refuse", "recurrent": "either"}  # for entries added to the manifest later
-MIN_CUT = {"classifier": 0.10, "detector": 0.10, "segmentation": 0.10, "attention": 0.10}  # CNN/attention kinds
+MIN_CUT = {"classifier": 0.10, "detector": 0.10, "segmentation": 0.10, "attention": 0.10, "similarity": 0.10}  # CNN, attention
 
 
 def _ops(graph: onnx.GraphProto) -> set[str]:

@@ -34,7 +34,7 @@ class Entry:
     member: str  # path of the .onnx inside the wheel
     sha256: str  # of that .onnx file
     exporter: str  # what wrote it (the file's producer_name/version; paddle2onnx leaves it empty)
-    kind: str  # detector | segmentation | attention | recurrent | classifier | quantized
+    kind: str  # detector | segmentation | attention | recurrent | classifier | similarity | quantized
     input_shapes: dict[str, list[int]] | None  # concrete sizes for the dynamic dims, None: all static
     data: dict[str, str] = field(default_factory=dict)  # external-data member -> sha256
     values: dict[str, float] | None = None  # inputs whose content matters (a sample rate): fill value
@@ -105,6 +105,20 @@ CORPUS: list[Entry] = [
     Entry("captcha_crnn", "captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx",
           "7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b", "pytorch 2.14.1", "recurrent",
           {"image": [1, 3, 60, 160]}, note="CRNN whose LSTM the exporter unrolled into Gemm/Sigmoid/Tanh (no LSTM op)"),
+    # three a new user tried on 2026-12-06 (issue 21's trial of the default call on models nobody here wrote)
+    Entry("orinet", "occular-deskew==0.5.0", "occular_deskew/weights/orientation_orinet_fp32.onnx",
+          "a11876926688aaccccd3010174b14f20f2ffc4b153c0940c7059dd1633f1e7da", "pytorch 2.7.1", "classifier",
+          {"x": [1, 3, 320, 320]}, note="OriNet (2026): a plain conv/pool page-orientation classifier, dynamic batch"),
+    Entry("resnet18_malimg", "malvizv1==0.1.0", "malvizv1/models/combined_resnet18_benign_plus_malimg.onnx",
+          "d541e1b734cdfc0ca0f0e834da3871cecb370ac039147d8e6a8b65462be1dcc1", "pytorch 2.10", "classifier",
+          {"input": [1, 3, 224, 224]},
+          data={"malvizv1/models/combined_resnet18_benign_plus_malimg.onnx.data":
+                "330711957310d6f0296e64a4dad8847f3ae0bc13c3ca07232ca1ea1db359505c"},
+          note="ResNet-18 malware-image classifier (2026), 26 classes, weights in external data"),
+    Entry("capspot_sim", "CapSpot==0.1.0", "CapSpot/models/sim_model.onnx",
+          "0293f3ccf00e792bce6106bae93de0e247cd849f89b4433a6a481b4bbb21dcaa", "tf2onnx 1.16.1", "similarity",
+          {"input_1": [1, 60, 60, 3], "input_2": [1, 60, 60, 3]},
+          note="siamese VGG-style image matcher: one set of weights in both branches, NHWC inputs, a Sigmoid output"),
 ]
 
 
