@@ -1,6 +1,7 @@
 """The command line: the demo job and its errors."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def test_installed_command_runs():
     r = subprocess.run([str(exe), "zoo", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert '"resnet18"' in r.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_error(monkeypatch, capsys):
+    """`graphprune zoo | head -1`: the pipe closing is the reader's choice, not a failure to report
+    ("Broken pipe; nothing was written" was printed, which was also untrue)."""
+    from graphprune.cli.main import main
+
+    class Closed(io.StringIO):  # a stream without a file descriptor, as pytest's capture is
+        def write(self, _):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["zoo"]) == 1
+    assert capsys.readouterr().err == ""
 
 
 def test_bad_ratio_exits_nonzero_without_output(tmp_path):

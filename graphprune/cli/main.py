@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except GraphpruneError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`| head`): it had what it read, and nothing else is wrong
+        try:  # stdout to /dev/null, or the interpreter's last flush raises the same error again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     except OSError as exc:  # the file system said no (a full disk, rights taken away mid-run)
         where = f" at '{exc.filename}'" if exc.filename else ""
         print(f"graphprune: error: {exc.strerror or exc}{where}; nothing was written", file=sys.stderr)
