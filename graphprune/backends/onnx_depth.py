@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 
-def _used_names(graph: onnx.GraphProto) -> set[str]:
+def used_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name read by a node of ``graph`` or of any subgraph nested in it (an If
     branch may read an outer value without listing it as an input)."""
     used = set()
@@ -13,7 +13,7 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
         used.update(i for i in n.input if i)
         for a in n.attribute:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                used |= _used_names(sub)
+                used |= used_names(sub)
     return used
 
 
@@ -32,13 +32,13 @@ def remove_blocks_onnx(model: onnx.ModelProto, dg, blocks) -> None:
         del node.attribute[:]
     outputs = {o.name for o in g.output}
     while True:  # drop nodes whose outputs nobody reads, until none is left
-        used = _used_names(g) | outputs
+        used = used_names(g) | outputs
         keep = [n for n in g.node if any(o in used for o in n.output if o)]
         if len(keep) == len(g.node):
             break
         del g.node[:]
         g.node.extend(keep)
-    used = _used_names(g) | outputs
+    used = used_names(g) | outputs
     gone = {i.name for i in g.initializer if i.name not in used}
     inits = [i for i in g.initializer if i.name not in gone]
     del g.initializer[:]

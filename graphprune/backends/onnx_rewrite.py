@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from ..errors import RewriteError
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
-from .onnx_depth import remove_blocks_onnx
+from .onnx_depth import remove_blocks_onnx, used_names
 
 _PASS_THROUGH = {"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten"}
 
@@ -242,7 +242,7 @@ def _rewrite_constants(m: OnnxModel, dg: DependencyGraph, plan: PrunePlan) -> No
 def _drop_orphans(g: onnx.GraphProto, names: set[str]) -> None:
     """Remove the constants among ``names`` that every consumer now reads a copy of: onnxruntime
     warns on each load of a model holding an initializer nothing uses."""
-    used = {o.name for o in g.output} | _read(g)
+    used = {o.name for o in g.output} | used_names(g)
     gone = names - used
     keep = [i for i in g.initializer if i.name not in gone]
     if len(keep) < len(g.initializer):
@@ -250,17 +250,6 @@ def _drop_orphans(g: onnx.GraphProto, names: set[str]) -> None:
         g.initializer.extend(keep)
     for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] in gone]:
         g.node.remove(n)
-
-
-def _read(g: onnx.GraphProto) -> set[str]:
-    """Every value a node of ``g`` or of its subgraphs (If/Loop/Scan bodies read outer values) takes."""
-    out = set()
-    for n in g.node:
-        out.update(n.input)
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                out |= _read(sub)
-    return out
 
 
 def _set_attribute(node: onnx.NodeProto, path: tuple, new: int) -> None:
