@@ -149,6 +149,30 @@ def test_cnn_compensation_and_oracle(check_prune):
         assert pruned(*args).shape == model(*args).shape
 
 
+def test_a_same_padded_conv_is_refit_as_its_explicit_twin():
+    """conv2d(padding="same") (HF EfficientNet's convolutions) is the same function as padding=1 for a
+    3x3 kernel, so the calibrated prune must give the same model; it raised a raw ValueError reading
+    the string as ints. A "same" 2x2 kernel pads unevenly: that layer is not refit, nothing fails."""
+    torch.manual_seed(0)
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3, padding=1))
+    same = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding="same"), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 8, 3, padding="same"))
+    same.load_state_dict(twin.state_dict())
+    g = torch.Generator().manual_seed(3)
+    calib = [(torch.randn(4, 3, 12, 12, generator=g),) for _ in range(4)]
+    got = [gp.prune(copy.deepcopy(m).eval(), calib[0], ratio=0.5, calib=calib, runtime=None, verify=True)
+           for m in (same, twin)]
+    assert [s.weight for s in got[0][1].compensation.sites] == ["2.weight"] and got[0][1].oracle.passed
+    assert got[0][1].compensation.sites[0].error_after < got[0][1].compensation.sites[0].error_before
+    with torch.no_grad():
+        torch.testing.assert_close(got[0][0](calib[1][0]), got[1][0](calib[1][0]))
+    even = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 8, 2, padding="same")).eval()
+    pruned, report = gp.prune(even, calib[0], ratio=0.5, calib=calib, runtime=None, verify=True)
+    assert report.oracle.passed and report.params_after < report.params_before
+    assert not report.compensation.sites  # its only consumer could not be unfolded as torch pads it
+
+
 def test_sequential_walk_predicts_the_pruned_model_exactly():
     """Each layer's reported error is computed from the walk's Grams; it must equal the error
     of the finished model at that layer, so the walk reads every refit made before it."""

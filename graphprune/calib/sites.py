@@ -107,10 +107,14 @@ def _conv_site(node: Node, values) -> Site | None:
     arg = lambda i, key, default: a[i] if len(a) > i else node.kwargs.get(key, default)  # noqa: E731
     if values[a[0].name].rank != nsp + 2:
         return None  # unbatched convolution
+    kernel, dilation, padding = tuple(values[a[1].name].shape[2:]), _ints(arg(5, "dilation", 1), nsp, 1), arg(4, "padding", 0)
+    if isinstance(padding, str):  # conv2d(padding="same" / "valid"): the .padding overload
+        total = [0] * nsp if padding == "valid" else [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if any(t % 2 for t in total):
+            return None  # "same" with an even kernel pads one more on the right: the unfold cannot
+        padding = tuple(t // 2 for t in total)
     return Site(node.name, a[0].name, a[1].name, _ref(arg(2, "bias", None)), 1, 0, 1, "conv",
-                tuple(values[a[1].name].shape[2:]), _ints(arg(3, "stride", 1), nsp, 1),
-                _ints(arg(4, "padding", 0), nsp, 0), _ints(arg(5, "dilation", 1), nsp, 1),
-                int(arg(6, "groups", 1)))
+                kernel, _ints(arg(3, "stride", 1), nsp, 1), _ints(padding, nsp, 0), dilation, int(arg(6, "groups", 1)))
 
 
 def _onnx_conv_site(node: Node, values) -> Site | None:
