@@ -126,6 +126,55 @@ def test_gqa_query_heads_stay_a_multiple_of_kv_heads():
         assert model(**inputs).logits.shape == ref(**inputs).logits.shape
 
 
+def _falcon():
+    torch.manual_seed(0)
+    cfg = T.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
+                         new_decoder_architecture=True, use_cache=False)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_falcon_fused_gqa_heads_keep_their_ratio():
+    """Falcon splits its fused projection as (key/value groups, queries per group + 2, head_dim) with
+    num_heads // num_kv_heads: halving the groups must leave 2 query heads over 1 group. The config
+    sync counted the groups as the query heads and set num_heads to 1: a model that did not run,
+    returned without an error."""
+    model = _falcon()
+    inputs = {"input_ids": torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))}
+    ref = copy.deepcopy(model)
+    model, report = gp.hf.prune(model, inputs, ratio=0.5, targets=("heads",))
+    attn = model.transformer.h[0].self_attention
+    assert (attn.num_heads, attn.num_kv_heads) == (2, 1)  # 4 over 2 groups -> 2 over 1
+    assert attn.query_key_value.out_features == 1 * (2 + 2) * 16  # one group: 2 queries, a key, a value
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == ref(**inputs).logits.shape
+
+
+def test_a_config_sync_that_breaks_the_forward_is_taken_back(monkeypatch):
+    """The sync's own attribute updates are not proven by a trace: if the pruned model no longer runs
+    with them, they are undone and the report says so."""
+    import graphprune.hf.pretrained as pretrained
+
+    sync = pretrained.sync_config
+
+    def breaking(model, dg, plan):
+        out = sync(model, dg, plan)
+        attn = model.model.layers[0].self_attn
+        out.attributes.append(("model.layers.0.self_attn", "head_dim", attn.head_dim, attn.head_dim + 1))
+        attn.head_dim += 1  # a view by this head_dim no longer fits
+        return out
+
+    monkeypatch.setattr(pretrained, "sync_config", breaking)
+    model = gp.hf.prepare(H.build("llama-gqa"))
+    inputs = gp.hf.example_inputs(model)
+    want = model.model.layers[0].self_attn.head_dim
+    model, report = gp.hf.prune(model, inputs, ratio=0.5, targets=("ffn",))
+    assert model.model.layers[0].self_attn.head_dim == want and report.sync.attributes == []
+    taken = [n for n in report.notes if n.startswith("config sync: ")]  # the FFN sizes it set too
+    assert len(taken) == 1 and "module attribute(s) taken back" in taken[0] and "RuntimeError" in taken[0]
+    with torch.no_grad():
+        model(**inputs)
+
+
 def _bert_classifier():
     torch.manual_seed(0)
     cfg = T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

@@ -89,7 +89,12 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
         q_atoms = dg.solver.atoms(dg.solver.layout((q, head_axis(dg, q) % dg.ir.values[q].rank)))
         kv_atoms = [a for a in q_atoms if kinds.get(a) == "head"]
         rep_atoms = [a for a in q_atoms if kinds.get(a) == "query_group"]
-        heads[path] = (_atom_kept(dg, kv_atoms + rep_atoms, pruned), _atom_kept(dg, kv_atoms, pruned),
+        # query heads: a (batch, heads, seq, dim) operand's head axis itself, whatever atoms its layout
+        # splits it into (Falcon's fused [key/value groups, queries per group + 2] leaves the queries
+        # per group unlabelled); with heads folded into batch, its head atoms
+        q_heads = (_kept(dg, q, head_axis(dg, q), pruned) if dg.ir.values[q].rank >= 4
+                   else _atom_kept(dg, kv_atoms + rep_atoms, pruned))
+        heads[path] = (q_heads, _atom_kept(dg, kv_atoms, pruned),
                        _atom_kept(dg, rep_atoms, pruned), _kept(dg, q, -1, pruned), _kept(dg, v, -1, pruned))
     for path, ((hq0, hq1), (hk0, hk1), (r0, r1), (d0, d1), _) in heads.items():
         mod = submodule(model, path)
@@ -124,8 +129,11 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
         _set_config(cfg, HEADS, q_new[0], q_new[1], out)
         _set_config(cfg, KV_HEADS, kv_new[0], kv_new[1], out)
     if d_new and (changed_heads or changed_dim) and getattr(cfg, "head_dim", None) is not None:
-        # explicit, so a config that derives head_dim from hidden/heads keeps the pruned one
-        _set_config(cfg, ("head_dim",), cfg.head_dim, d_new[1], out)
+        if isinstance(getattr(type(cfg), "head_dim", None), property):  # Falcon: hidden_size // heads, read-only
+            if cfg.head_dim != d_new[1]:
+                problems.append("the config derives head_dim from the hidden size and head count")
+        else:  # explicit, so a config that derives head_dim from hidden/heads keeps the pruned one
+            _set_config(cfg, ("head_dim",), cfg.head_dim, d_new[1], out)
     if changed_dim:
         problems.append("head_dim was pruned but from_pretrained would rescale attention by the new head_dim")
     for what, sizes, names in (("FFN sizes", ffn, FFN), ("hidden sizes", hidden, HIDDEN)):
