@@ -96,6 +96,37 @@ def test_a_forward_that_makes_tensors_on_a_fixed_device_is_recorded_on_real_weig
     assert gp.verify(model, args, plan, g).passed
 
 
+class IndexesByList(nn.Module):
+    """Falcon's split of its fused heads: ``qkv[:, [-2]]``, an index tensor made from a Python list."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.b = nn.Linear(8, 32), nn.Linear(8, 64), nn.Linear(64, 16)
+
+    def forward(self, x):
+        k = self.a(x).view(x.shape[0], 4, 8)[:, [-2]].flatten(1)
+        return self.b(torch.relu(self.c(k)))
+
+
+def test_a_list_index_is_replayed_with_its_values():
+    """On meta stand-ins the list's index tensor has no values: the replay (the oracle's masked
+    original, calibration) read uninitialised memory for it (differences of 1e29). It is recorded
+    on the real weights instead, and the replay equals the eager forward."""
+    from graphprune.program.torch_program import TorchProgram
+
+    torch.manual_seed(0)
+    model, x = IndexesByList().eval(), torch.randn(3, 8)
+    with pytest.raises(Unrecordable, match="Python values"):
+        record(model, (x,), device="meta")
+    with torch.no_grad():
+        want = model(x).numpy()
+    program = TorchProgram(model, (x,), {})
+    assert (program.trace().method, program.trace().device) == ("record", "real")
+    assert abs(program.run(((x,), {}), masks={})[0] - want).max() < 1e-6
+    _, report = gp.prune(copy.deepcopy(model), (x,), ratio=0.5, ignore=["a"], runtime=None, verify=True)
+    assert report.oracle.passed and report.oracle.checked_groups  # c's 64 units, compared through the replay
+
+
 class ReadsData(nn.Module):
     def __init__(self):
         super().__init__()

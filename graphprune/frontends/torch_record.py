@@ -339,6 +339,9 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     n_weights = len(root)
 
     def constant(t: torch.Tensor) -> torch.fx.Node:
+        if t.device.type == "meta":  # made in the forward from Python values (x[..., [-2]]'s index list):
+            # a replay would read uninitialised memory for it; recorded on the real weights, it has values
+            raise Unrecordable("a tensor the forward makes from Python values has no values on the meta device")
         target = f"_tensor_constant{len(root) - n_weights}"
         root[target] = t
         node = graph.create_node("get_attr", target, name=f"c_{target}")
