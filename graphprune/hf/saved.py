@@ -75,7 +75,8 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
                    lambda gid, size: f"the saved plan does not fit {cls.__name__} as this transformers version builds "
                                      f"it (group {gid} of size {size} is missing); load it with the versions that "
                                      "saved it", after=sync_config)
-    state = _read_weights(directory, load_file)
+    renamed = _saved_names(model)
+    state = {renamed.get(k, k): v for k, v in _read_weights(directory, load_file).items()}
     want = {n: tuple(s) for n, s in doc.shapes.items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     wrong = [n for n in want if have.get(n) != want[n]]
@@ -93,6 +94,21 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     # pruned again later (the CLI on a saved folder): the history goes on from here
     setattr(model, META_ATTR, doc)
     return model.to(device).eval()
+
+
+def _saved_names(model: torch.nn.Module) -> dict[str, str]:
+    """The checkpoint name -> the model's own name of every weight ``save_pretrained`` renames on the way
+    out (transformers 5 writes ViT's ``q_proj`` as ``attention.attention.query``, GPT-NeoX's ``lm_head``
+    as ``embed_out``), found by passing the model's own tensors through its reverse conversion: a plain
+    rename keeps the tensor. Older transformers rename nothing."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return {}
+    own = model.state_dict()
+    name_of = {id(t): n for n, t in own.items()}
+    return {saved: name_of[id(t)] for saved, t in revert_weight_conversion(model, dict(own)).items()
+            if id(t) in name_of and saved != name_of[id(t)]}
 
 
 def _read_weights(directory: Path, load_file) -> dict:
