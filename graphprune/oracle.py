@@ -35,8 +35,14 @@ class OracleReport:
     def passed(self) -> bool:
         return (self.max_abs_diff if self.scaled_diff is None else self.scaled_diff) <= self.atol
 
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL, or NOT CHECKED where groups were pruned but none exact: a PASS would be over nothing."""
+        unchecked = self.inexact_groups and not self.checked_groups and not self.checked_blocks
+        return "FAIL" if not self.passed else "NOT CHECKED" if unchecked else "PASS"
+
     def __str__(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
+        verdict = self.verdict
         where = f" ({self.runtime})" if self.runtime else ""
         scaled = ""
         if self.scaled_diff is not None and self.scaled_diff < self.max_abs_diff:

@@ -172,3 +172,15 @@ def test_a_sigmoid_output_is_compared_at_its_logits(tmp_path, monkeypatch):
     with pytest.raises(gp.errors.GraphpruneError, match="oracle FAIL"):
         gp.prune_onnx(src, tmp_path / "bad.onnx", ratio=0.5, round_to=1, measure_latency=False)
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_prune_with_nothing_exact_to_compare_says_so_not_pass():
+    """Every pruned group crosses a LayerNorm (its mean and variance mix the channels: not oracle-exact),
+    so the oracle has nothing to compare. It said "oracle PASS ... over 0 exact group(s)" (a new user's
+    ConvNeXtV2, whose GRN mixes channels the same way)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4)).eval()
+    _, report = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.inexact_groups and not report.oracle.checked_groups
+    text = str(report.oracle)
+    assert text.startswith("oracle NOT CHECKED:") and "not oracle-exact, not checked" in text and "PASS" not in text

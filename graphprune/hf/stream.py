@@ -67,7 +67,7 @@ class StreamReport:
                  f"written to {self.path}"]
         for name, r in self.layers.items():
             groups = ", ".join(f"{r.kinds.get(g, 'channel')} {k}/{n}" for g, (k, n) in sorted(r.kept.items()) if k < n)
-            oracle = "" if r.oracle is None else (" oracle PASS" if r.oracle.passed else " oracle FAIL")
+            oracle = "" if r.oracle is None else f" oracle {r.oracle.verdict}"
             lines.append(f"  {name}: {groups or 'unchanged'}{oracle}")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
