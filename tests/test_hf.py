@@ -197,6 +197,19 @@ def test_load_pruned_reads_the_names_save_pretrained_writes(name, tmp_path):
             torch.testing.assert_close(got, want)
 
 
+def test_an_encoder_decoder_gets_decoder_inputs_by_default():
+    """T5 does not make decoder ids from input_ids (BART does): the default call without inputs failed
+    to trace, blaming example inputs the user had not passed."""
+    torch.manual_seed(0)
+    cfg = T.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, use_cache=False,
+                     decoder_start_token_id=0)
+    model = T.AutoModelForSeq2SeqLM.from_config(cfg).eval()
+    inputs = gp.hf.example_inputs(model)
+    assert inputs["decoder_input_ids"].shape == (2, 7) and inputs["input_ids"].shape == (2, 14)
+    model, report = gp.hf.prune(model, budget={"params": 0.8}, verify=True)
+    assert report.oracle.passed and report.params_after < report.params_before
+
+
 def _bert_classifier():
     torch.manual_seed(0)
     cfg = T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

@@ -26,7 +26,8 @@ def _image_size(cfg: Any) -> tuple[int, int]:
 
 def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     """Keyword inputs for ``model(**inputs)``: token ids (and an all-ones attention mask where the
-    forward takes one) for text models, ``pixel_values`` for vision models.
+    forward takes one; decoder token ids for an encoder-decoder) for text models, ``pixel_values``
+    for vision models.
 
     Example:
         >>> inputs = graphprune.hf.example_inputs(model)            # doctest: +SKIP
@@ -55,4 +56,7 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, se
     out = {"input_ids": ids}
     if "attention_mask" in params:
         out["attention_mask"] = torch.ones_like(ids)
+    if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        # T5 does not derive them from input_ids as BART does; a shorter length keeps the two apart
+        out["decoder_input_ids"] = torch.randint(low, vocab, (batch, max(2, seq_len // 2)), generator=gen)
     return out
