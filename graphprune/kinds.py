@@ -85,8 +85,9 @@ def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
         elif n.op in Ops.Softmax and n.inputs:
             qk = _walk_back(n.inputs[0], producer)
             pv = _walk_forward(n.outputs[0], consumers)
-            if qk is not None and pv is not None and len(qk.inputs) >= 2 and len(pv.inputs) >= 2:
-                sites.append((n.name, qk.inputs[0], "T:" + qk.inputs[1], pv.inputs[1]))
+            q_k = qk.inputs[1:3] if qk is not None and qk.op in Ops.BatchedAddMatMul else qk.inputs[:2] if qk else []
+            if len(q_k) == 2 and pv is not None and len(pv.inputs) >= 2:
+                sites.append((n.name, q_k[0], "T:" + q_k[1], pv.inputs[1]))
     return sites
 
 
@@ -95,7 +96,7 @@ def _walk_back(value: str, producer: dict, hops: int = 6):
         node = producer.get(value)
         if node is None:
             return None
-        if node.op in Ops.BatchedMatMul:
+        if node.op in Ops.BatchedMatMul or node.op in Ops.BatchedAddMatMul:
             return node
         if node.op not in Ops.ScorePath or not node.inputs:
             return None

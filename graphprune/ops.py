@@ -21,6 +21,8 @@ class Ops:
     Einsum = frozenset({"aten.einsum", "onnx.Einsum"})
     # the products that can carry a batch of attention heads (mm is 2-D only)
     BatchedMatMul = (MatMul - {"aten.mm"}) | Einsum
+    # bias + a @ b in one op, the product's operands at inputs 1 and 2 (Bloom's alibi.baddbmm(q, k))
+    BatchedAddMatMul = frozenset({"aten.baddbmm"})
     Conv = frozenset({"aten.conv1d", "aten.conv2d", "aten.conv3d", "onnx.Conv"})  # not transposed
 
     # ---- attention --------------------------------------------------------------------------
@@ -55,9 +57,9 @@ class Ops:
     # a zero tensor comes out zero whatever the other operands (a divisor must not be the zero one)
     KeepsZero = Scale | Neg | Movement | Copy | Cast | Dropout | MayAlias
     # what an attention score tensor may pass between its q.k product and the softmax, and between
-    # the softmax and the product with v: a scale, a mask or bias, casts, dropout, copies, reshapes
-    # (an in-place add never was: kept out so the attention sites found stay the same)
-    ScorePath = (Scale | Add | Sub | Mask | Cast | Dropout | Copy | Reshape) - {"aten.add_"}
+    # the softmax and the product with v: a scale, a mask or bias (MPNet adds its position bias in
+    # place), a soft cap (Gemma 2: cap * tanh(scores / cap)), casts, dropout, copies, reshapes
+    ScorePath = Scale | Add | Sub | Mask | Cast | Dropout | Copy | Reshape | {"aten.tanh", "onnx.Tanh"}
 
 
 def families() -> dict[str, frozenset[str]]:

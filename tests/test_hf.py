@@ -210,6 +210,45 @@ def test_an_encoder_decoder_gets_decoder_inputs_by_default():
     assert report.oracle.passed and report.params_after < report.params_before
 
 
+def _scored_attention(name: str):
+    torch.manual_seed(0)
+    if name == "gemma2-softcap":  # cap * tanh(scores / cap) between q.k and the softmax, as real Gemma 2 checkpoints
+        return T.Gemma2ForCausalLM(T.Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                  head_dim=16, use_cache=False, attn_logit_softcapping=50.0)).eval()
+    if name == "mpnet":  # scores += position_bias, in place
+        return T.MPNetForSequenceClassification(T.MPNetConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                                              num_attention_heads=4, intermediate_size=128,
+                                                              max_position_embeddings=64)).eval()
+    return T.BloomForCausalLM(T.BloomConfig(vocab_size=128, hidden_size=64, n_layer=2, n_head=4, use_cache=False)).eval()
+
+
+@pytest.mark.parametrize("name", ["gemma2-softcap", "mpnet"])
+def test_heads_are_found_through_a_soft_cap_and_an_in_place_bias(name):
+    """Gemma 2's soft cap (tanh) and MPNet's in-place position bias sit between q.k and the softmax:
+    no attention was found there, and the default call cut the hidden size instead."""
+    model = _scored_attention(name)
+    inputs = gp.hf.example_inputs(model)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    graph = gp.trace(model, (), inputs)
+    assert "head" in _kinds(graph), graph.summary()
+    model, report = gp.hf.prune(model, inputs, budget={"params": 0.8}, verify=True)
+    assert report.oracle.passed and set(report.kinds.values()) <= {"head", "ffn"}
+    assert model.get_input_embeddings().weight.shape[1] == hidden  # the hidden size stays
+
+
+def test_frozen_heads_leave_the_ffn_not_the_hidden_size():
+    """Bloom's ALiBi slopes are computed per head (arange): its heads freeze with that reason, and the
+    default call cuts its FFN units alone, as for any transformer (it cut the hidden size and head_dim)."""
+    model = _scored_attention("bloom")
+    inputs = gp.hf.example_inputs(model)
+    graph = gp.trace(model, (), inputs)
+    assert "head" not in _kinds(graph)
+    model, report = gp.hf.prune(model, inputs, budget={"params": 0.8})
+    assert set(report.kinds.values()) == {"ffn"} and report.params_after < report.params_before
+    assert model.get_input_embeddings().weight.shape[1] == 64
+
+
 def _bert_classifier():
     torch.manual_seed(0)
     cfg = T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

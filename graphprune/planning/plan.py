@@ -11,7 +11,7 @@ import numpy as np
 from ..blocks import dead_values
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
-from ..kinds import KINDS
+from ..kinds import KINDS, attention_sites
 from ..reasons import MODEL_IO, Reason
 
 
@@ -164,9 +164,10 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
         if bad:
             raise PlanError(f"unknown roles {sorted(bad)}; roles are 'channel', 'outer', 'inner'")
         return "role", roles
-    if any(g.prunable and g.kind == "head" for g in dg.groups):
+    if any(g.kind == "head" for g in dg.groups) or attention_sites(dg):
         # heads alone would leave most of a transformer's weights (its FFNs) untouched: a ViT at
-        # 0.5 lost 18% of its MACs, a decoder with 2 key/value heads at 0.3 lost nothing
+        # 0.5 lost 18% of its MACs, a decoder with 2 key/value heads at 0.3 lost nothing. Heads
+        # frozen (Bloom's ALiBi slopes are computed per head) leave the FFNs, not the hidden size
         return "kind", ("head", "ffn")
     return "role", DEFAULT_ROLES
 
