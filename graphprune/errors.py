@@ -28,7 +28,12 @@ class PlanError(GraphpruneError):
 
 
 class RewriteError(GraphpruneError):
-    """The rewritten model does not have the shapes the plan requires."""
+    """The rewritten model does not have the shapes the plan requires. ``modules``: where known, the
+    modules whose forward spells a changed size the rewrite cannot reach (what ``ignore=`` would keep whole)."""
+
+    def __init__(self, *args: object, reasons: Iterable[Reason] = (), modules: Iterable[str] = ()) -> None:
+        super().__init__(*args, reasons=reasons)
+        self.modules = list(modules)
 
 
 class PruneWarning(UserWarning):

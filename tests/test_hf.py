@@ -249,6 +249,31 @@ def test_frozen_heads_leave_the_ffn_not_the_hidden_size():
     assert model.get_input_embeddings().weight.shape[1] == 64
 
 
+def _phi3():
+    torch.manual_seed(0)
+    cfg = T.Phi3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, use_cache=False, max_position_embeddings=64,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_layers_that_spell_config_sizes_are_kept_whole_by_the_default_call():
+    """Phi-3 splits its fused q/k/v at config.num_attention_heads * head_dim, a size no trace carries:
+    cutting heads cannot be rewritten. Asked for explicitly, the error names the nodes, the source line
+    and the modules to ignore; the default call keeps those attention layers whole and says so."""
+    model = _phi3()
+    inputs = gp.hf.example_inputs(model)
+    with pytest.raises(gp.errors.RewriteError, match=r"modeling_phi3\.py.*ignore=\['model\.layers\.") as err:
+        gp.hf.prune(copy.deepcopy(model), inputs, ratio=0.5, targets=("heads",))
+    assert err.value.modules and all(m.endswith(".self_attn") for m in err.value.modules)
+    ref = copy.deepcopy(model)
+    model, report = gp.hf.prune(model, inputs, ratio=0.5)  # half of 2 key/value heads: one is cut
+    assert any(n.startswith("kept the 2 Phi3Attention layer(s) whole") for n in report.notes), report.notes
+    assert set(report.kinds.values()) == {"ffn"} and report.params_after < report.params_before
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == ref(**inputs).logits.shape
+
+
 def _bert_classifier():
     torch.manual_seed(0)
     cfg = T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

@@ -91,7 +91,7 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     if not check:
         apply_plan(model, dg, plan, sure, updates)
         return
-    errors: list[str] = []
+    errors: list[RewriteError] = []
     fallback = None
     for choice in _choices(unsure):
         attrs = sure + choice
@@ -114,7 +114,7 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     if fallback is not None:
         apply_plan(model, dg, plan, fallback, updates)
         return
-    raise RewriteError(errors[0])
+    raise errors[0]  # the first (likeliest) choice's: its message and the modules it names
 
 
 def needs_proof(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
@@ -153,12 +153,12 @@ def _restore(saved: list[tuple[nn.Module, dict, dict, dict]]) -> None:
         restore_tensors(m, params, buffers)
 
 
-def _check(model, dg, plan, args, kwargs) -> tuple[str | None, bool]:
-    """Shape-check the rewritten model: (error text or None, same ops as the original)."""
+def _check(model, dg, plan, args, kwargs) -> tuple[RewriteError | None, bool]:
+    """Shape-check the rewritten model: (the error or None, same ops as the original)."""
     try:
         return None, check_shapes(model, dg, plan, args, kwargs)
     except RewriteError as exc:
-        return str(exc), False
+        return exc, False
 
 
 def _owner(model: nn.Module, path: str) -> tuple[Any, str]:

@@ -35,11 +35,13 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
     try:
         new = retrace(model, dg, args, kwargs)
     except Exception as exc:
+        where, modules = _unreached(model, dg, plan)
         raise RewriteError(
             "the pruned model no longer runs on the example inputs: its forward spells a pruned size the "
-            "rewrite cannot reach (a literal, or a size computed from constructor arguments). Use -1 in "
-            "view/reshape, read sizes from tensor shapes or from an attribute of the module doing the reshape, "
-            f"or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}") from exc
+            f"rewrite cannot reach (a literal, or a size computed from constructor arguments or the config){where}. "
+            "Use -1 in view/reshape, read sizes from tensor shapes or from an attribute of the module doing the "
+            f"reshape, or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}",
+            modules=modules) from exc
     new_by_site = by_call_site(new.nodes)
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)
@@ -59,6 +61,22 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
         raise RewriteError(f"after pruning, the model's outputs have shapes {outs}, not "
                            f"{[dg.ir.values[o].shape for o in dg.ir.outputs]}")
     return set(new_by_site) == set(by_call_site(dg.ir.nodes))
+
+
+def _unreached(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, limit: int = 2) -> tuple[str, list[str]]:
+    """Where the forward spells sizes the plan changes outside torch's own layers (Phi-3 splits its
+    fused projection at config.num_attention_heads * head_dim): the sizes, their nodes, and the
+    modules to ignore."""
+    pruned, nodes = plan.masks(), {n.name: n for n in dg.ir.nodes}
+    found = [(c, carried_value(dg, c, pruned)) for c in dg.carries]
+    found = [(c, new) for c, new in found if new != c.value and c.node in nodes
+             and not isinstance(submodule(model, dg.module_of(c.node)), KNOWN_LAYERS)]
+    if not found:
+        return "", []
+    where = "; ".join(f"{c.value} -> {new} at {nodes[c.node].where()}" for c, new in found[:limit])
+    modules = sorted({dg.module_of(c.node) for c, _ in found} - {""})
+    return (f": {where}" + (f" ({len(found) - limit} more)" if len(found) > limit else "")
+            + (f"; ignore={modules[:4]} keeps those layers whole" if modules else "")), modules
 
 
 def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None):

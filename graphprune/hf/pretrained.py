@@ -104,11 +104,30 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     teacher = copy.deepcopy(model) if recover is not None else None  # the original, to distil from
     original = copy.deepcopy(model.config)
     graph = graph or api.trace(model, (), inputs)
-    model, report = api.prune(model, (), inputs, graph=graph, plan_=plan_, options=opts)
+    model, report = _prune_or_keep_whole(model, inputs, graph, plan_, opts)
     report.notes += [n for n in (head_note, gen_note) if n]
     _sync_and_record(model, graph, report, opts, original, inputs)
     _distil(model, teacher, recover, report)
     return model, report
+
+
+def _prune_or_keep_whole(model, inputs: dict, graph, plan_, opts: PruneOptions):
+    """The default call (no targets, ignore or plan of the user's) on a forward that spells a pruned size
+    the rewrite cannot reach in some layers (Phi-3 splits its fused q/k/v at config.num_attention_heads *
+    head_dim) prunes again with those layers whole, and says so; the rewrite left the model as it was."""
+    try:
+        return api.prune(model, (), inputs, graph=graph, plan_=plan_, options=opts)
+    except RewriteError as exc:
+        if not exc.modules or plan_ is not None or opts.targets is not None or opts.ignore:
+            raise
+        # every layer of the same class spells the same sizes, whichever of them this plan happened to cut
+        classes = {type(model.get_submodule(m)) for m in exc.modules}
+        whole = tuple(n for n, mod in model.named_modules() if type(mod) in classes)
+        model, report = api.prune(model, (), inputs, graph=graph, options=opts.replace(ignore=whole))
+        report.notes.append(f"kept the {len(whole)} {'/'.join(sorted(c.__name__ for c in classes))} layer(s) whole: "
+                            f"their forward spells sizes the rewrite cannot change ({str(exc).split(': ', 2)[-1][:240]}"
+                            "...); pass ignore= yourself to choose")
+        return model, report
 
 
 def _check_runs(model: torch.nn.Module, inputs: dict, report) -> None:
