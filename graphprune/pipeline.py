@@ -273,7 +273,8 @@ def _solve_uniform(w: _Work, tilt: bool) -> None:
     time that the width tuning times with each multiple."""
     if tilt and w.how == "uniform" and _widths_tuned(w):
         w.tilts = tilt_options(w.program, w.runtime, w.dg, w.groups, w.budget, w.round_to, w.ctx.notes)
-    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio)
+    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
+                                     lockstep=w.opts.uniform)
 
 
 def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
@@ -296,7 +297,8 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
             made = make_plan(w.groups, w.scores, opts.ratio, steps, r)
             return made, replace(spent, achieved=w.curves.cost.measure(
                 {g.id: g.size - len(made.pruned[g.id]) for g in w.groups}))
-        r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=tilt)
+        r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=tilt,
+                              lockstep=opts.uniform)
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     tilts = w.tilts if w.curves is None else None

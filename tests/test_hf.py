@@ -274,6 +274,23 @@ def test_layers_that_spell_config_sizes_are_kept_whole_by_the_default_call():
         assert model(**inputs).logits.shape == ref(**inputs).logits.shape
 
 
+def test_a_budget_with_uniform_keeps_every_layer_alike():
+    """budget= with uniform=True was always refused (blaming ratios= the user had not passed): the
+    budget's last refinement gave units back layer by layer. They now go back to every layer at once."""
+    full = H.build("llama-gqa").model.layers[0]
+    model = gp.hf.prepare(H.build("llama-gqa"))
+    inputs = gp.hf.example_inputs(model)
+    ffn, report = gp.hf.prune(copy.deepcopy(model), inputs, budget={"params": 0.8}, uniform=True, targets=("ffn",))
+    assert report.params_after <= 0.8 * report.params_before and report.sync.loadable, report.sync
+    assert len({layer.mlp.up_proj.out_features for layer in ffn.model.layers}) == 1
+    assert ffn.model.layers[0].mlp.up_proj.out_features < full.mlp.up_proj.out_features
+    with pytest.warns(gp.errors.PruneWarning, match="from_pretrained cannot rebuild"):  # 6 of 8 heads on hidden 64
+        both, report = gp.hf.prune(model, inputs, budget={"params": 0.8}, uniform=True)
+    assert report.params_after <= 0.8 * report.params_before
+    for width in (lambda layer: layer.mlp.up_proj.out_features, lambda layer: layer.self_attn.q_proj.out_features):
+        assert len({width(layer) for layer in both.model.layers}) == 1
+
+
 def _bert_classifier():
     torch.manual_seed(0)
     cfg = T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

@@ -205,11 +205,12 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
                  max_ratio: float = MAX_RATIO, steps: int = 40, dead: set[str] = frozenset(),
                  original: dict[str, int] | None = None,
                  cost: "CostModel | None" = None,
-                 tilt: Mapping[int, float] | None = None) -> tuple[dict[int, float], BudgetResult]:
+                 tilt: Mapping[int, float] | None = None, lockstep: bool = False) -> tuple[dict[int, float], BudgetResult]:
     """Per-group ratios that meet ``budget`` as closely as the channel granularity allows (never
     above it); and what they achieve. ``dead``: values gone with removed blocks (the budget is
     then spent on what they leave; ``original`` the unpruned model's counts). ``tilt``: the
-    uniform ratio bent per group (:func:`uniform_kept`)."""
+    uniform ratio bent per group (:func:`uniform_kept`). ``lockstep`` (``uniform=True``): groups of
+    one kind and size keep one count, units given back to all of them at once."""
     if allocation not in ("uniform", "global"):
         raise PlanError(f"a budget is allocated 'uniform' or 'global', not {allocation!r}")
     if not 0 < max_ratio < 1:
@@ -252,35 +253,55 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
                 lo = mid
     if tilt:  # units are given back where a MAC costs least time first (w > 1: more time per MAC)
         normed = {gid: v / tilt.get(gid, 1.0) for gid, v in normed.items()}
-    best, best_got = _refine(cost, groups, normed, best, best_got, targets, round_to)
+    lots = _lots(groups, lockstep)
+    best, best_got = _refine(cost, groups, normed, best, best_got, targets, round_to, lots)
     result.achieved, result.scalar = best_got, hi
     ratios = {g.id: (g.size - best[g.id]) / g.size for g in groups}
     return ratios, result
 
 
+def _lots(groups: list[Group], lockstep: bool) -> list[list[Group]]:
+    """The groups that get units back together: each alone, or under ``lockstep`` all of one kind
+    and size (every layer's FFN), so a uniform plan stays uniform."""
+    if not lockstep:
+        return [[g] for g in groups]
+    by: dict[tuple, list[Group]] = {}
+    for g in groups:
+        by.setdefault((g.kind, g.size), []).append(g)
+    return list(by.values())
+
+
 def _refine(cost: CostModel, groups: list[Group], normed: Mapping[int, np.ndarray], kept: dict[int, int],
-            got: dict[str, int], targets: Mapping[str, int], round_to: int, tries: int = 48):
+            got: dict[str, int], targets: Mapping[str, int], round_to: int, lots: list[list[Group]],
+            tries: int = 48):
     """Close the gap a coarse scalar leaves (a whole head per layer, rounded widths): give back
     units (a head, round_to channels), the most important first, while the budget holds. The
     longest prefix of that order that fits is found by bisection (a uniform ratio crossing a
     head boundary can leave millions of parameters to give back, one FFN unit at a time), then
-    single units are tried where a larger one did not fit."""
+    single units are tried where a larger one did not fit. A lot's groups (:func:`_lots`) move
+    together, scored by their mean."""
     kept = dict(kept)
-    units: list[tuple[float, int, int]] = []  # (score, group id, kept count after giving it back)
-    for g in groups:
-        order = np.sort(normed[g.id])[::-1]
-        step = _rounding(g, round_to)
-        k = kept[g.id]
-        while k < g.size:
-            nxt = min(g.size, k + step)
-            units.append((float(order[k]), g.id, nxt))
+    units: list[tuple[float, int, int]] = []  # (score, lot, kept count after giving it back)
+    for i, lot in enumerate(lots):
+        order = np.mean([np.sort(normed[g.id])[::-1] for g in lot], axis=0)
+        first = lot[0]
+        step = _rounding(first, round_to)
+        k = min(kept[g.id] for g in lot)
+        while k < first.size:
+            nxt = min(first.size, k + step)
+            units.append((float(order[k]), i, nxt))
             k = nxt
-    units.sort(key=lambda u: (-u[0], u[1], u[2]))  # a group's units come in its own order: scores fall
+    units.sort(key=lambda u: (-u[0], u[1], u[2]))  # a lot's units come in its own order: scores fall
+
+    def give(out: dict[int, int], lot: int, k: int) -> dict[int, int]:
+        for g in lots[lot]:
+            out[g.id] = max(out[g.id], k)
+        return out
 
     def with_prefix(n: int) -> dict[int, int]:
         out = dict(kept)
-        for _, gid, k in units[:n]:
-            out[gid] = max(out[gid], k)
+        for _, lot, k in units[:n]:
+            give(out, lot, k)
         return out
 
     lo, hi = 0, len(units)  # lo fits; find the longest prefix that fits
@@ -293,14 +314,13 @@ def _refine(cost: CostModel, groups: list[Group], normed: Mapping[int, np.ndarra
         else:
             hi = mid - 1
     blocked: set[int] = set()
-    for _, gid, k in units[lo + 1:lo + 1 + tries]:  # the next units, each alone where it still fits
-        if gid in blocked or k <= kept[gid]:
+    for _, lot, k in units[lo + 1:lo + 1 + tries]:  # the next units, each alone where it still fits
+        if lot in blocked or k <= min(kept[g.id] for g in lots[lot]):
             continue
-        trial = dict(kept)
-        trial[gid] = k
+        trial = give(dict(kept), lot, k)
         trial_got = cost.measure(trial)
         if _fits(trial_got, targets):
             kept, got = trial, trial_got
         else:
-            blocked.add(gid)
+            blocked.add(lot)
     return kept, got
