@@ -127,9 +127,67 @@ def _bart(T):
                                     use_cache=False, **TEXT))
 
 
+# The architectures a subagent playing a new user tried on 2026-12-06, each found a bug or a gap
+def _falcon_gqa(T):  # the fused [kv groups, queries per group + 2, head_dim] projection, list-indexed
+    return T.FalconForCausalLM(T.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
+                                              new_decoder_architecture=True, use_cache=False, vocab_size=128))
+
+
+def _gemma2(T):  # tanh soft cap between q.k and the softmax
+    return T.Gemma2ForCausalLM(T.Gemma2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2, head_dim=16, intermediate_size=128,
+                                              attn_logit_softcapping=50.0, use_cache=False, **TEXT))
+
+
+def _phi3(T):  # q/k/v split at config.num_attention_heads * head_dim
+    return T.Phi3ForCausalLM(T.Phi3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, intermediate_size=128, pad_token_id=0,
+                                          bos_token_id=1, eos_token_id=2, use_cache=False, **TEXT))
+
+
+def _mpnet(T):  # position bias added to the scores in place
+    return T.MPNetModel(T.MPNetConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, **TEXT))
+
+
+def _bloom(T):  # ALiBi slopes computed per head: heads frozen, with the reason
+    return T.BloomForCausalLM(T.BloomConfig(hidden_size=64, n_layer=2, n_head=4, use_cache=False, vocab_size=128))
+
+
+def _t5_full(T):  # encoder-decoder that needs decoder ids
+    return T.T5ForConditionalGeneration(T.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                                   vocab_size=128, use_cache=False, decoder_start_token_id=0))
+
+
+def _dinov2(T):  # saved under older weight names by transformers 5
+    return T.Dinov2Model(T.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                                        patch_size=8))
+
+
+def _segformer(T):  # a reshape by the input's channel count after the sequence reduction
+    return T.SegformerForSemanticSegmentation(T.SegformerConfig(
+        image_size=64, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[32, 64],
+        num_attention_heads=[1, 2], decoder_hidden_size=64, num_labels=5, patch_sizes=[7, 3], strides=[4, 2],
+        mlp_ratios=[4, 4]))
+
+
+def _efficientnet(T):  # conv2d(padding="same")
+    return T.EfficientNetForImageClassification(T.EfficientNetConfig(image_size=64, width_coefficient=0.25,
+                                                                     depth_coefficient=0.25, num_labels=10,
+                                                                     hidden_dim=320))
+
+
+def _convnextv2(T):  # GRN mixes channels: nothing oracle-exact to check
+    return T.ConvNextV2Model(T.ConvNextV2Config(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                                image_size=64))
+
+
 EXTRA: Dict[str, Callable] = {
     "albert": _albert, "gpt-neox": _gpt_neox, "phi": _phi, "gemma": _gemma, "falcon": _falcon,
     "deberta-v2": _deberta, "clip-vision": _clip_vision, "bart": _bart,
+    "falcon-gqa": _falcon_gqa, "gemma2-softcap": _gemma2, "phi3": _phi3, "mpnet": _mpnet, "bloom": _bloom,
+    "t5": _t5_full, "dinov2": _dinov2, "segformer": _segformer, "efficientnet": _efficientnet,
+    "convnextv2": _convnextv2,
 }
 
 SUITE: Dict[str, Callable] = {

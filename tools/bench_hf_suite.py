@@ -18,6 +18,7 @@ A failure is reported with its reason; the script never stops at one.
     .venv/bin/python tools/bench_hf_suite.py                 # the issue's 14 architectures
     .venv/bin/python tools/bench_hf_suite.py --extra         # plus ALBERT, GPT-NeoX, Phi, Gemma, ...
     .venv/bin/python tools/bench_hf_suite.py --only llama-gqa bert --markdown out/suite.md
+    .venv/bin/python tools/bench_hf_suite.py --extra --default   # the default call, reload included
 """
 from __future__ import annotations
 
@@ -112,6 +113,40 @@ def run_one(name: str, ratio: float, tmp: Path) -> dict:
     return row
 
 
+def run_default(name: str, tmp: Path) -> dict:
+    """The default call as a user makes it: ``graphprune.hf.prune(model, budget={"params": 0.8},
+    verify=True)`` with no inputs, then the pruned model on other inputs (same output shapes), and
+    ``save_pruned`` / ``load_pruned`` (the reloaded model's largest output difference)."""
+    import torch
+
+    import graphprune as gp
+    from graphprune.zoo import hf as H
+
+    row, t0, stage = {"model": name}, time.perf_counter(), "prune"
+    try:
+        model = gp.hf.prepare(H.build(name))
+        model, report = gp.hf.prune(model, budget={"params": 0.8}, verify=True)
+        row["params"] = f"{report.params_before / 1e3:.0f}K->{report.params_after / 1e3:.0f}K"
+        row["cut"] = " ".join(sorted(set(report.kinds.values()))) or "-"
+        row["oracle"] = report.oracle.verdict
+        row["note"] = next((n.split(":")[0] for n in report.notes if n.startswith(("kept the", "config sync"))), "")
+        stage = "forward"
+        other = gp.hf.example_inputs(model, seed=5)
+        with torch.no_grad():
+            got = model(**other)
+        stage = "reload"
+        gp.hf.save_pruned(model, tmp / name)
+        with torch.no_grad():
+            again = gp.hf.load_pruned(tmp / name)(**other)
+        row["reload"] = f"{max((a - b).abs().max().item() for a, b in zip(_leaves(again), _leaves(got))):.0e}"
+        row["ok"] = report.oracle.verdict != "FAIL"
+    except Exception as exc:  # the table must show every model's outcome
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        row["ok"], row["reason"] = False, f"{stage}: {type(exc).__name__}: {msg[:150]}"
+    row["time"] = f"{time.perf_counter() - t0:.1f}s"
+    return row
+
+
 def main() -> int:
     from graphprune.util.tables import table
     from graphprune.zoo import hf as H
@@ -121,6 +156,8 @@ def main() -> int:
     ap.add_argument("--extra", action="store_true", help="also try architectures beyond the issue's list")
     ap.add_argument("--only", nargs="*", help="model names (see models/hf.py)")
     ap.add_argument("--markdown", type=Path, help="also write the table as markdown here")
+    ap.add_argument("--default", action="store_true",
+                    help="instead: the default call (budget params=0.8, verify=True), other inputs, save/load_pruned")
     ns = ap.parse_args()
     names = ns.only or list(H.SUITE) + (list(H.EXTRA) if ns.extra else [])
     warnings.filterwarnings("ignore")
@@ -128,9 +165,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(name, ns.ratio, Path(tmp)))
+            rows.append(run_default(name, Path(tmp)) if ns.default else run_one(name, ns.ratio, Path(tmp)))
             print(f"      {'PASS' if rows[-1]['ok'] else 'FAIL'} {rows[-1].get('reason', '')}", file=sys.stderr)
-    cols = ["model", "result", "groups", "heads cut", "heads", "params", "shapes", "oracle", "onnx", "config", "time"]
+    cols = (["model", "result", "cut", "params", "oracle", "reload", "note", "time"] if ns.default else
+            ["model", "result", "groups", "heads cut", "heads", "params", "shapes", "oracle", "onnx", "config", "time"])
     body = [[r["model"], "PASS" if r["ok"] else "FAIL"] + [r.get(c, "-") for c in cols[2:]] for r in rows]
     print(table(cols, body))
     failed = [r for r in rows if not r["ok"]]
