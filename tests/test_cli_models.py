@@ -125,6 +125,22 @@ def test_bench_compares_two_models(factory, capsys):
     ort_rows = [r for r in rows if r["runtime"] == "onnxruntime"]
     assert [r["batch"] for r in ort_rows] == [1, 4] and all(r["speedup"] > 0 for r in ort_rows)
     assert [r["batch"] for r in rows if r["runtime"] == "torch"] == [1, 4]  # the ONNX file has no torch column
+    # as a table: the torch rows show "-" for the ONNX file (an IndexError in the table before)
+    assert main(["bench", "cli_net:make_with_inputs", "s.onnx", "--batch", "1", "--repeat", "3"]) == 0
+    torch_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("torch"))
+    assert torch_row.split()[-2:] == ["-", "-"]
+
+
+def test_a_graphprune_folder_with_a_users_files_is_not_replaced(factory, capsys):
+    """-o into a folder graphprune wrote before replaced it whole, deleting what the user had put there."""
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "slim", "--ratio", "0.5"]) == 0
+    Path("slim/notes.txt").write_text("mine")
+    before = sorted(p.name for p in Path("slim").iterdir())
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "slim", "--ratio", "0.3"]) == 2
+    assert "holds files this prune would not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in Path("slim").iterdir()) == before and Path("slim/notes.txt").read_text() == "mine"
+    Path("slim/notes.txt").unlink()
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "slim", "--ratio", "0.3"]) == 0  # its own files: replaced
 
 
 def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:

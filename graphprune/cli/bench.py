@@ -114,7 +114,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         return 0
     head = ["runtime", "batch", "threads", ns.model] + ([ns.pruned, "speedup"] if ns.pruned else [])
     print(table(head, [[r["runtime"], r["batch"], r["threads"], f"{r['model_ms']:.3f} ms"]
-                       + ([f"{r['pruned_ms']:.3f} ms", f"{r['speedup']:.2f}x"] if "pruned_ms" in r else [])
+                       + ([f"{r['pruned_ms']:.3f} ms", f"{r['speedup']:.2f}x"] if "pruned_ms" in r
+                          else ["-", "-"] if ns.pruned else [])  # an ONNX file has no PyTorch time
                        for r in rows]))
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -225,11 +226,23 @@ def write(src, model, report, out: str, out_kind: str, gguf: tuple = ("f16", Non
 
         public_tree(tmp)
         if out.exists():
+            _check_replaceable(out, tmp)
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(out: Path, new: Path) -> None:
+    """A graphprune folder is replaced whole: refuse where it holds files the new one does not and a
+    save never writes (a user's notes), instead of deleting them. An older shard layout may go."""
+    written = {p.name for p in new.iterdir()}
+    theirs = sorted(p.name for p in out.iterdir() if p.name not in written
+                    and not fnmatch.fnmatch(p.name, "model*.safetensors*"))
+    if theirs:
+        raise GraphpruneError(f"-o {out} holds files this prune would not write ({', '.join(theirs[:3])}): replacing "
+                              "the folder would delete them; move them out or choose another -o")
 
 
 def _history(src):
