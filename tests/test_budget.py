@@ -69,7 +69,7 @@ def test_budget_spellings_and_errors():
     assert parse_budget("macs=0.5, params=150", original) == {"macs": 500, "params": 150}
     for bad, match in [({"flops": 0.5}, "unknown budget 'flops'"), ({"macs": -1}, "positive"),
                        ({"params": 500}, "more than the model has"), ("macs", "KEY=VALUE"), ("macs=x", "not a number"),
-                       ({}, "empty budget")]:
+                       ({}, "empty budget"), ({"params": 1.5}, r"neither a fraction <= 1 .* nor a whole count")]:
         with pytest.raises(gp.PlanError, match=match):
             parse_budget(bad, original)
 

@@ -97,6 +97,9 @@ def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int])
                             "speedup: the original's latency over the pruned one's)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
             raise PlanError(f"budget {key}={value!r} must be a positive number")
+        if value > 1 and value != int(value):  # 1.5: neither a fraction of the model nor a count of anything
+            raise PlanError(f"budget {key}={value:g} is neither a fraction <= 1 of the model's {key} ({key}=0.8 keeps "
+                            f"80%) nor a whole count ({key}={int(original[key] * 0.8)} keeps that many)")
         out[key] = int(round(value * original[key])) if value <= 1 else int(value)
         if out[key] > original[key]:
             raise PlanError(f"budget {key}={value:g} asks for more than the model has ({original[key]:,})")
