@@ -25,6 +25,9 @@ class Program:
     def first_input(self, batch):
         return (len(batch["kind"]),), True
 
+    def scored_outputs(self):
+        return None  # every output floating
+
     def valid_rows(self, batch):
         return None
 
@@ -104,3 +107,32 @@ def test_default_divergence_is_squared_error_relative_to_the_output_energy():
     err = scoring.output_errors(Program(), data, [({}, {"shift": [math.log(3.0), 0.0]})], "test")
     assert scoring.DIVERGENCE == "mse"
     assert err[0] == pytest.approx(6 * math.log(3.0) ** 2 / 12, rel=1e-9)
+
+
+def test_an_integer_output_does_not_weigh_the_errors(tmp_path):
+    """A model that hands back its token ids (a MiniLM export does) put values in the thousands into
+    the output energy every variant's error is divided by: block removal's errors read 1e-7 where the
+    embedding lost a quarter of its cosine. Only floating outputs are scored."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphprune.planning.scoring import output_energy
+    from graphprune.program.onnx_program import OnnxProgram
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("Identity", ["ids"], ["ids_out"], name="echo")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
+                     helper.make_tensor_value_info("ids", TensorProto.INT64, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3]),
+         helper.make_tensor_value_info("ids_out", TensorProto.INT64, [4, 8])],
+        [numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "echo.onnx"))
+    feeds = {"x": rng.standard_normal((4, 8)).astype(np.float32), "ids": rng.integers(1000, 30000, (4, 8))}
+    program = OnnxProgram.load(tmp_path / "echo.onnx", feeds)
+    assert program.scored_outputs() == [True, False]
+    y = feeds["x"].astype(np.float64) @ numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
+    assert output_energy(program, [feeds]) == pytest.approx(float(np.square(y).sum()), rel=1e-5)

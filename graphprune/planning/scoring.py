@@ -30,7 +30,8 @@ def output_errors(program, used: list, variants: list, what: str, loss=None, ite
         for v, k, outs in progress(program.run_variants(used, variants) if used else (), what, len(variants) * len(used)):
             err[v] += loss(outs, used[k]) / n
         return reduce_sum([err])[0]
-    ref = [outs for _, _, outs in program.run_variants(used, [({}, {})])] if used else []  # the variants' interpreter
+    # the original through the variants' interpreter
+    ref = [scored(program, outs) for _, _, outs in program.run_variants(used, [({}, {})])] if used else []
     valid = [program.valid_rows(b) for b in used]
     if DIVERGENCE == "kl":
         return _kl_errors(program, used, variants, what, ref, valid, mine, items)
@@ -39,7 +40,8 @@ def output_errors(program, used: list, variants: list, what: str, loss=None, ite
     runs = program.run_variants(used, variants) if used else ()
     for v, k, outs in progress(runs, what, len(variants) * len(used)):
         chosen = None if items is None else items(v, mine[k])
-        err[v] += sum(squared(o, r, valid[k], chosen) for o, r in zip(outs, ref[k])) / max(float(energy), 1e-30)
+        err[v] += sum(squared(o, r, valid[k], chosen) for o, r in zip(scored(program, outs), ref[k])) / max(
+            float(energy), 1e-30)
     return reduce_sum([err])[0]
 
 
@@ -47,8 +49,15 @@ def output_energy(program, used: list) -> float:
     """The original's squared output norm on ``used`` (real rows only), summed over ranks."""
     mine = [used[k] for k in shard(len(used))]
     runs = program.run_variants(mine, [({}, {})]) if mine else ()
-    total = sum(squared(o, None, program.valid_rows(mine[k])) for _, k, outs in runs for o in outs)
+    total = sum(squared(o, None, program.valid_rows(mine[k])) for _, k, outs in runs for o in scored(program, outs))
     return float(reduce_sum([np.array(total, float)])[0])
+
+
+def scored(program, outs: list) -> list:
+    """The outputs whose error weighs a variant: not the integer ones (a model that hands back its
+    token ids, values in the thousands, set the scale every error was divided by)."""
+    mask = program.scored_outputs()
+    return outs if mask is None else [o for o, m in zip(outs, mask) if m]
 
 
 def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | None = None) -> float:
@@ -92,7 +101,7 @@ def _kl_errors(program, used, variants, what, ref, valid, mine, items) -> np.nda
     runs = program.run_variants(used, variants) if used else ()
     for v, k, outs in progress(runs, what, len(variants) * len(used)):
         chosen = None if items is None else items(v, mine[k])
-        for o, lp in zip(outs, logp[k]):
+        for o, lp in zip(scored(program, outs), logp[k]):
             lp = _rows(lp, valid[k], chosen)
             lq = _log_softmax(_rows(o, valid[k], chosen))
             err[v] += float((np.exp(lp) * (lp - lq)).sum()) / max(count, 1.0)

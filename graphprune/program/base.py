@@ -129,6 +129,11 @@ class Program(ABC):
         saturates, a wrong logit moves its output by less than the tolerance."""
         return {}
 
+    def scored_outputs(self) -> list[bool] | None:
+        """Per output, whether its error weighs a variant (planning/scoring.py): floating outputs,
+        not integer ones a model passes through. None: every output."""
+        return None
+
     def timed_shapes(self) -> str:
         """The inputs :meth:`latency_ms` runs on, for the report ("x 1x3x224x224")."""
         return ""

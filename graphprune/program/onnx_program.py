@@ -263,6 +263,10 @@ class OnnxProgram(Program):
         dims = self.analysis_dims()
         return probe_inputs(self.model, dims=dims if self._shapes or self._fallback else None)
 
+    def scored_outputs(self) -> list[bool]:
+        floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+        return [o.type.tensor_type.elem_type in floats for o in self.model.graph.output]
+
     def latency_feeds(self) -> dict[str, np.ndarray]:
         """The inputs latency is timed at: the example inputs, else the shapes the graph was
         analysed at (dynamic dims at 1, or the image size the analysis fell back on), as the
