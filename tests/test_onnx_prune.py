@@ -120,6 +120,10 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "text.onnx").write_text("name,value\nnot,onnx\n")
     # a graph with an op nobody knows
     onnx.save(tiny_onnx_model("Mystery", domain="com.example"), tmp_path / "unknown_op.onnx")
+    # ... holding a binary string attribute (a sentencepiece model), which onnx-graphsurgeon failed to decode
+    blob = tiny_onnx_model("SentencepieceTokenizer", domain="ai.onnx.contrib")
+    blob.graph.node[1].attribute.append(onnx.helper.make_attribute("model", b"\xba\xff\x00binary"))
+    onnx.save(blob, tmp_path / "binary_attr.onnx")
     (tmp_path / "m").mkdir()
     onnx.save(tiny_onnx_model(), tmp_path / "m" / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location="w.bin", size_threshold=0)
@@ -130,12 +134,14 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
                 e.value = "../../etc/passwd"
     onnx.save(evil, tmp_path / "m" / "evil.onnx")
     return {"truncated": tmp_path / "truncated.onnx", "text": tmp_path / "text.onnx",
-            "unknown_op": tmp_path / "unknown_op.onnx", "outside": tmp_path / "m" / "evil.onnx"}
+            "unknown_op": tmp_path / "unknown_op.onnx", "outside": tmp_path / "m" / "evil.onnx",
+            "binary_attr": tmp_path / "binary_attr.onnx"}
 
 
 @pytest.mark.parametrize("case,message", [("truncated", "not a valid ONNX model"), ("text", "ONNX"),
                                           ("unknown_op", "com.example::Mystery"),
-                                          ("outside", "outside the model's folder")])
+                                          ("outside", "outside the model's folder"),
+                                          ("binary_attr", "ai.onnx.contrib::SentencepieceTokenizer")])
 def test_cli_bad_input_fails_cleanly(case, message, tmp_path):
     src = _bad_files(tmp_path)[case]
     out = tmp_path / "out.onnx"

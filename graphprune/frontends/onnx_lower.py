@@ -240,11 +240,34 @@ def _dims(shape: Any) -> tuple | None:
     return tuple(d if isinstance(d, int) and d >= 0 else (str(d) if d not in (None, -1) else None) for d in shape)
 
 
+def _text_attributes(graph: onnx.GraphProto) -> None:
+    """Blank string attributes that are not text (a sentencepiece model as a custom op's attribute),
+    in the analysis copy: onnx-graphsurgeon decodes every one as UTF-8 and raised on them. No rule
+    reads them; the rewrite edits the original model, where they stay."""
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.STRING and not _is_text(a.s):
+                a.s = b"(binary)"
+            elif a.type == onnx.AttributeProto.STRINGS and not all(_is_text(b) for b in a.strings):
+                a.strings[:] = [b if _is_text(b) else b"(binary)" for b in a.strings]
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _text_attributes(sub)
+
+
+def _is_text(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
           feeds: dict[str, np.ndarray] | None = None) -> Graph:
     """Lower an ONNX model into the IR, analysed at ``shapes`` (every input's concrete dims;
     by default dynamic dims fixed to 1); ``feeds``: example inputs for values only a run shows."""
     original, model = model, concretize(model, shapes=shapes)
+    _text_attributes(model.graph)
     graph = gs.import_onnx(model)
     g = Graph(frontend="onnx")
     shapes: dict[str, tuple | None] = {}
