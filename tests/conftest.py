@@ -17,6 +17,9 @@ from helpers import measured_macs, n_params
 import graphprune as gp
 
 os.environ.setdefault("GRAPHPRUNE_ALIGN", "1")
+# candidate plans are timed afresh in every test (the fakes of test_turns / test_time_tilt script their
+# timings); tests/test_plan_cache.py turns the cache of earlier prunes' timings on in a folder of its own
+os.environ.setdefault("GRAPHPRUNE_PLAN_CACHE", "0")
 
 
 def check_prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, **options):

@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from ..util.progress import progress
+from . import plan_cache
 from .measure import run_timed
 from .memory import free_memory, weight_parts
 
@@ -40,7 +41,18 @@ def time_in_turns(program, plans: list, runtime: str) -> Timings:
     """Each plan's time (ms) on ``runtime``, comparable between the plans: timed in rounds where
     they fit in memory together, else timed twice each taking turns (the faster figure kept: a
     single timing of close plans once let one slow spell of the machine decide between them). A
-    single plan is timed once: there is nothing to decide."""
+    single plan is timed once: there is nothing to decide. Candidates timed by an earlier prune
+    on this machine are not timed again (planning/plan_cache.py): the same call, the same model."""
+    key = plan_cache.plan_key(program, plans, runtime) if len(plans) > 1 else None
+    kept = plan_cache.load(key)
+    if kept is not None:
+        return Timings(kept[0], f"{kept[1]} by an earlier prune on this machine")
+    times = _time(program, plans, runtime)
+    plan_cache.store(key, times, times.how)
+    return times
+
+
+def _time(program, plans: list, runtime: str) -> Timings:
     if runtime in getattr(program, "round_runtimes", ()) and len(plans) > 1:
         keys = [p.widths_key for p in plans]
         unique = list(dict.fromkeys(keys))
