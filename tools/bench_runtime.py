@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
+# each prune weighs its candidate plans afresh, as a first prune on a machine does (planning/plan_cache.py)
+os.environ.setdefault("GRAPHPRUNE_PLAN_CACHE", "0")
 CORPUS = Path(os.environ.get("GRAPHPRUNE_CORPUS") or Path.home() / ".cache" / "graphprune" / "corpus")
 CNN_KINDS = ("classifier", "detector", "segmentation")
 TORCH_MODELS = ("efficientnet_lite0", "mobilenetv2", "resnet50")

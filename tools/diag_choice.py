@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# every prune decides afresh (the point of the tool); a kept decision would repeat the first one
+os.environ.setdefault("GRAPHPRUNE_PLAN_CACHE", "0")
 WITHIN = 0.03
 
 
