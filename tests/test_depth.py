@@ -93,6 +93,19 @@ def test_budget_weighs_blocks_against_width():
     assert report.oracle.passed
 
 
+def test_a_blocks_only_budget_says_how_far_past_it_lands():
+    """Whole blocks are coarse: params=0.95 with blocks alone can only be met by removing a block that
+    holds a quarter of the weights. That is allowed (the budget is a ceiling) but was silent."""
+    m = toy()
+    block = n_params(m[2])
+    calib = [torch.randn(16, 4) for _ in range(3)]
+    assert block > 0.1 * n_params(m)  # derived: one block is far more than the 5% asked
+    with pytest.warns(gp.errors.PruneWarning, match=r"removing whole blocks alone keeps \d+% .* where 95% was asked"):
+        pruned, report = gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), targets=("blocks",),
+                                  budget={"params": 0.95}, calib=calib)
+    assert len(report.plan.blocks) == 1 and n_params(pruned) <= 0.95 * n_params(m)
+
+
 def test_onnx_blocks_removed_from_the_graph(tmp_path):
     import onnx
     import onnxruntime as ort
