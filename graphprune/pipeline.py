@@ -327,7 +327,9 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     runtime = resolve_runtime(opts.runtime, program)
     dg = program.graph()
     if plan_ is None:
-        if opts.ratio > 0 or opts.budget is not None:
+        # removing whole blocks slices no channel: a model whose every channel is frozen (int8 weights) may
+        # still lose blocks where they are asked for
+        if (opts.ratio > 0 or opts.budget is not None) and not (split_targets(opts.targets)[0] and dg.blocks):
             check_prunable(dg)
         planned = plan_program(program, opts)
     else:

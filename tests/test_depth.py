@@ -106,6 +106,22 @@ def test_a_blocks_only_budget_says_how_far_past_it_lands():
     assert len(report.plan.blocks) == 1 and n_params(pruned) <= 0.95 * n_params(m)
 
 
+def test_blocks_go_where_every_channel_is_frozen(monkeypatch):
+    """An int8 MiniLM freezes every channel (its weights are integer constants), yet lists removable
+    blocks: targets=("blocks",) was refused as "nothing can be pruned" before depth was tried. (The
+    frozen channels are stood in for here: no group prunable.)"""
+    from graphprune.graph import DependencyGraph
+
+    monkeypatch.setattr(DependencyGraph, "prunable_groups", lambda self: [])
+    m = toy()
+    calib = [torch.randn(16, 4) for _ in range(3)]
+    with pytest.raises(PlanError, match="nothing in this model can be pruned"):
+        gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), ratio=0.3, calib=calib)
+    pruned, report = gp.prune(copy.deepcopy(m), (torch.randn(16, 4),), targets=("blocks",), ratio=0.34, calib=calib,
+                              verify=True)
+    assert len(report.plan.blocks) == 1 and report.oracle.passed and n_params(pruned) < n_params(m)
+
+
 def test_onnx_blocks_removed_from_the_graph(tmp_path):
     import onnx
     import onnxruntime as ort
