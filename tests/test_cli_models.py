@@ -157,7 +157,7 @@ def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     (["prune", "cli_net:make_with_inputs", "-o", "o.txt"], "write .onnx, .pt, .gguf, or a folder"),
     (["prune", "resnet9000", "-o", "o.onnx"], "zoo name"),
     (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "2"], "ratio must be a number in [0, 1)"),
-    (["prune", "cli_net:make_with_inputs", "-o", "o", "--targets", "wings"], "unknown target 'wings'"),
+    (["prune", "cli_net:make_with_inputs", "-o", "o", "--targets", "wings"], "'blocks' for whole residual blocks"),
     (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ratio", "0.2", "--budget", "macs=0.5"],
      "pass one of them"),
     (["prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--ignore", "wing"], "graphprune inspect MODEL"),
@@ -173,6 +173,13 @@ def test_bad_input_exits_2_with_one_line_and_no_output(factory, argv, message):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
     assert not any(p.name.startswith("o") for p in factory.iterdir())
+
+
+def test_targets_without_a_value_is_an_error(factory):
+    """A bare --targets selected nothing, wrote an unchanged copy and exited 0."""
+    r = _cli("prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--targets", cwd=factory)
+    assert r.returncode == 2 and "--targets: expected at least one argument" in r.stderr
+    assert not (factory / "o.onnx").exists()
 
 
 def test_a_malformed_option_is_one_line_too(factory):

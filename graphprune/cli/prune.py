@@ -270,7 +270,7 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--ratio", type=float, default=None, help="share of each selected group to remove (default 0.3)")
     pr.add_argument("--budget", help="a target instead of --ratio: macs=0.5, params=0.6, params=20e6 (a fraction "
                                      "<= 1 of the original, or a count), latency_ms=3; several keys all hold")
-    pr.add_argument("--targets", nargs="*", default=None,
+    pr.add_argument("--targets", nargs="+", default=None,
                     help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups, channels, blocks "
                          "(whole residual branches, scored on --calib) (default: heads and ffn for models with "
                          "attention, else channels and conv groups)")

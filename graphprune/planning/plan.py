@@ -156,7 +156,8 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
             elif t in _TARGET_ALIASES:
                 kinds.extend(_TARGET_ALIASES[t])
             else:
-                raise PlanError(f"unknown target '{t}'; targets are {sorted(set(KINDS) | set(_TARGET_ALIASES))}")
+                raise PlanError(f"unknown target '{t}'; targets are {sorted(set(KINDS) | set(_TARGET_ALIASES))}, "
+                                "and 'blocks' for whole residual blocks")
         return "kind", tuple(dict.fromkeys(kinds))
     if roles is not None:
         roles = tuple(roles)
