@@ -175,6 +175,18 @@ def test_bad_input_exits_2_with_one_line_and_no_output(factory, argv, message):
     assert not any(p.name.startswith("o") for p in factory.iterdir())
 
 
+def test_the_input_shape_given_is_the_one_counted_and_timed(factory, capsys):
+    """--calib batches of 8 with --input-shape x:1x3x32x32: the report counted MACs (and timed latency)
+    at the calibration batch's 8 images, the traced example being replaced by it."""
+    np.savez("calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    shape = ["--input-shape", "x:1x3x32x32", "--ratio", "0.3", "--json", "--no-latency"]
+    assert main(["prune", "cli_net:make", "-o", "a.onnx", *shape]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["prune", "cli_net:make", "-o", "b.onnx", "--calib", "calib.npz", *shape]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    assert calibrated["macs"]["before"] == plain["macs"]["before"]  # one image's, not eight
+
+
 def test_targets_without_a_value_is_an_error(factory):
     """A bare --targets selected nothing, wrote an unchanged copy and exited 0."""
     r = _cli("prune", "cli_net:make_with_inputs", "-o", "o.onnx", "--targets", cwd=factory)

@@ -123,7 +123,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         step(1, n, f"loading {ns.model} ({kind})", ns.json)
         src = sources.load(ns.model, parse_input_shapes(ns.input_shape), ns.config)
         calib = choice.calib if choice is not None else (torch_calib(ns, src) if ns.calib else None)
-        if calib:  # traced on a calibration batch: every batch then has the traced shapes
+        if calib and not ns.input_shape:  # traced on a calibration batch, unless the user said the input's shape
+            # (calibration batches need not have the traced shapes: MACs and latency are the example's)
             src.args, src.kwargs = (calib[0], {}) if isinstance(calib[0], tuple) else ((), dict(calib[0]))
         teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
         step(2, n, "tracing, planning, checking and rewriting", ns.json)
