@@ -38,8 +38,13 @@ def remove_blocks_onnx(model: onnx.ModelProto, dg, blocks) -> None:
             break
         del g.node[:]
         g.node.extend(keep)
-    used = used_names(g) | outputs
-    gone = {i.name for i in g.initializer if i.name not in used}
+    drop_unused_initializers(g)
+
+
+def drop_unused_initializers(g: onnx.GraphProto, among: set[str] | None = None) -> None:
+    """Remove the initializers (of ``among``, or any) and Constant nodes no node or output reads any more."""
+    used = used_names(g) | {o.name for o in g.output}
+    gone = {i.name for i in g.initializer if i.name not in used and (among is None or i.name in among)}
     inits = [i for i in g.initializer if i.name not in gone]
     del g.initializer[:]
     g.initializer.extend(inits)
@@ -47,3 +52,6 @@ def remove_blocks_onnx(model: onnx.ModelProto, dg, blocks) -> None:
     inputs = [i for i in g.input if i.name not in gone]
     del g.input[:]
     g.input.extend(inputs)
+    for n in [n for n in g.node if n.op_type == "Constant" and (among is None or n.output[0] in among)
+              and n.output[0] not in used]:
+        g.node.remove(n)

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from ..errors import RewriteError
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
-from .onnx_depth import remove_blocks_onnx, used_names
+from .onnx_depth import drop_unused_initializers, remove_blocks_onnx
 
 _PASS_THROUGH = {"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten"}
 
@@ -236,20 +236,8 @@ def _rewrite_constants(m: OnnxModel, dg: DependencyGraph, plan: PrunePlan) -> No
         m.model.graph.initializer.append(numpy_helper.from_array(arr, name))
         m.inits[name] = m.model.graph.initializer[-1]
         node.input[idx] = name
-    _drop_orphans(m.model.graph, {const for const, _, _ in edits})
-
-
-def _drop_orphans(g: onnx.GraphProto, names: set[str]) -> None:
-    """Remove the constants among ``names`` that every consumer now reads a copy of: onnxruntime
-    warns on each load of a model holding an initializer nothing uses."""
-    used = {o.name for o in g.output} | used_names(g)
-    gone = names - used
-    keep = [i for i in g.initializer if i.name not in gone]
-    if len(keep) < len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(keep)
-    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] in gone]:
-        g.node.remove(n)
+    # a constant every consumer now reads a copy of goes (onnxruntime warns on each load of an unused one)
+    drop_unused_initializers(m.model.graph, {const for const, _, _ in edits})
 
 
 def _set_attribute(node: onnx.NodeProto, path: tuple, new: int) -> None:
