@@ -143,6 +143,17 @@ def test_a_graphprune_folder_with_a_users_files_is_not_replaced(factory, capsys)
     assert main(["prune", "cli_net:make_with_inputs", "-o", "slim", "--ratio", "0.3"]) == 0  # its own files: replaced
 
 
+def test_a_folder_graphprune_did_not_write_is_refused_before_any_work(factory, capsys):
+    """-o into a user's own folder was refused only after loading, tracing and pruning the model."""
+    Path("mine").mkdir()
+    Path("mine/data.csv").write_text("1,2")
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "mine", "--ratio", "0.5"]) == 2
+    captured = capsys.readouterr()
+    assert "exists and is not a folder graphprune wrote" in captured.err
+    assert "[1/" not in captured.out  # no step ran: not even the model load
+    assert [p.name for p in Path("mine").iterdir()] == ["data.csv"]
+
+
 def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "graphprune", *argv], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "GRAPHPRUNE_PROGRESS": "0", "PATH": "/usr/bin"})

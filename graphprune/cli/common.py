@@ -5,10 +5,12 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import GraphpruneError
+from ..io.checkpoint_doc import PLAN_FILE
 from ..planning.budget import key_values
 
 
@@ -29,6 +31,14 @@ def emit(ns: argparse.Namespace, report) -> None:
         print(report.layer_table())
     if getattr(ns, "plot_layers", None):
         print(f"layer plot: {report.plot_layers(ns.plot_layers, f'{ns.model} -> {ns.output}')}")
+
+
+def check_folder_out(out: str | Path) -> None:
+    """A folder OUT replaces only a folder graphprune wrote (or an empty one): checked before any work,
+    and again when writing (the folder may have changed while the prune ran)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PLAN_FILE).exists())):
+        raise GraphpruneError(f"-o {out} exists and is not a folder graphprune wrote; choose another -o")
 
 
 def parse_ratios(text: str | None) -> dict | None:
@@ -75,7 +85,8 @@ MODEL_HELP = ("an .onnx file, a Hugging Face folder (config + safetensors), a fo
 def input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
                    help="an input's shape, e.g. images:1x3x640x640 (repeat for several inputs): fixes an ONNX "
-                        "input's dynamic dims, or makes random example inputs for a factory that returns none")
+                        "input's dynamic dims; for a PyTorch model, makes its example inputs at that shape "
+                        "(MACs and latency are counted there)")
     p.add_argument("--inputs", metavar="FEEDS.npz",
                    help="ONNX example inputs for the checks, an .npz of arrays named by model input (for inputs "
                         "with a meaning: token ids, a sample rate)")

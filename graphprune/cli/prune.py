@@ -25,7 +25,6 @@ from ..api.recover import recover
 from ..calib.distributed import init_from_env, is_writer
 from ..errors import GraphpruneError, PlanError
 from ..io import sources
-from ..io.checkpoint_doc import PLAN_FILE
 from ..io.gguf_quant import check_quant
 from ..io.module_checkpoint import save_pruned_module
 from ..io.onnx_export import export_onnx
@@ -37,7 +36,17 @@ from ..report.html import write_report
 from ..util.atomic import atomic_path, public_tree
 from . import stream
 from .calib_data import npz_batches, torch_calib
-from .common import MODEL_HELP, emit, input_flags, load_feeds, parse_input_shapes, parse_ratios, round_to_arg, step
+from .common import (
+    MODEL_HELP,
+    check_folder_out,
+    emit,
+    input_flags,
+    load_feeds,
+    parse_input_shapes,
+    parse_ratios,
+    round_to_arg,
+    step,
+)
 
 
 def output_kind(out: str) -> str:
@@ -81,6 +90,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     options = _options(ns, onnx_in=ns.model.lower().endswith(".onnx"))
     out_kind = output_kind(ns.output)
     check_writable(ns.output, "-o")
+    if out_kind == "folder":
+        check_folder_out(ns.output)
     if ns.report:
         check_writable(ns.report, "--report")
     if Path(ns.output).resolve() == Path(ns.model).resolve():
@@ -208,8 +219,7 @@ def write(src, model, report, out: str, out_kind: str, gguf: tuple = ("f16", Non
         with atomic_path(out) as tmp:
             torch.save(model, tmp)
         return
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PLAN_FILE).exists())):
-        raise GraphpruneError(f"-o {out} exists and is not a folder graphprune wrote; choose another -o")
+    check_folder_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -25,7 +25,6 @@ import graphprune as gp
 
 from ..calib.distributed import active, gather, is_writer
 from ..errors import GraphpruneError, PlanError
-from ..io.checkpoint_doc import PLAN_FILE
 from ..io.sources import Source, copy_side_files
 from ..options import PruneOptions
 from ..planning.budget import key_values
@@ -33,7 +32,7 @@ from ..planning.depth import BLOCK_TARGETS
 from ..planning.memory import ADVICE, gib
 from ..util.atomic import public_tree
 from .calib_data import torch_calib
-from .common import step
+from .common import check_folder_out, step
 
 
 @dataclass
@@ -130,8 +129,7 @@ def choose(ns, kind: str, options: PruneOptions) -> Choice | None:
 def run(ns, options: PruneOptions, choice: Choice) -> int:
     """The streamed prune into -o: built aside, the tokenizer files copied in, then moved in place."""
     out = Path(ns.output)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PLAN_FILE).exists())):
-        raise GraphpruneError(f"-o {out} exists and is not a folder graphprune wrote; choose another -o")
+    check_folder_out(out)
     if not is_writer():  # under torchrun: this rank calibrates its slice of every block; rank 0 writes
         gp.hf.prune(ns.model, out=out, options=options.replace(calib=choice.calib))
         return 0

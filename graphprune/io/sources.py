@@ -12,7 +12,6 @@ GraphpruneError naming the argument and what was expected.
 """
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from graphprune.zoo import ZOO, build
 
 from ..errors import GraphpruneError
 from .checkpoint_doc import PLAN_FILE, CheckpointDoc
+from .example_shapes import inputs_from_shapes
 from .factory import call_factory
 from .module_checkpoint import load_pruned_module
 
@@ -77,56 +77,34 @@ def classify(spec: str) -> str:
 
 
 def _zoo_names() -> list[str]:
-    try:
-        pass
-    except ImportError:
-        return []
     return list(ZOO)
 
 
 def load(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None, config: str = "small") -> Source:
     """Load MODEL ``spec``; ``input_shapes`` ({name: shape}) makes example inputs where the source
-    has none (a factory returning only a module)."""
+    has none (a factory returning only a module) and resizes the source's own otherwise."""
     kind = classify(spec)
     if kind == "onnx":
         return Source(kind, spec, Path(spec))
     if kind == "zoo":
-
         model, args = build(spec, config)
-        return Source(kind, spec, model=model, args=tuple(args), recipe={"zoo": spec, "config": config})
-    if kind == "factory":
-        return _factory(spec, input_shapes)
-    if kind == "hf":
-        return _hf_folder(Path(spec), input_shapes)
-    return _saved(Path(spec))
+        src = Source(kind, spec, model=model, args=tuple(args), recipe={"zoo": spec, "config": config})
+    elif kind == "factory":
+        made, args, kwargs = call_factory(spec)
+        if not args and not kwargs and not input_shapes:
+            raise GraphpruneError(f"MODEL '{spec}' comes without example inputs: give --input-shape "
+                                  "NAME:1x3x224x224 (one per input), or let the factory return (model, example_args)")
+        src = Source("factory", spec, model=made, args=args, kwargs=kwargs, recipe={"factory": spec})
+    elif kind == "hf":
+        src = _hf_folder(Path(spec))
+    else:
+        src = _saved(Path(spec))
+    if input_shapes:  # the user's shapes replace the source's own examples (MACs and latency are counted there)
+        src.args, src.kwargs = inputs_from_shapes(src.model, input_shapes, spec, src.args, src.kwargs)
+    return src
 
 
-def _factory(spec: str, input_shapes) -> Source:
-    made, args, kwargs = call_factory(spec)
-    if not args and not kwargs:
-        args, kwargs = _inputs_from_shapes(made, input_shapes, spec)
-    return Source("factory", spec, model=made, args=args, kwargs=kwargs, recipe={"factory": spec})
-
-
-def _inputs_from_shapes(model, input_shapes, spec: str) -> tuple[tuple, dict]:
-    """Random float inputs from --input-shape, positional in forward's order (by name where the
-    names match its parameters)."""
-    import torch
-
-    if not input_shapes:
-        raise GraphpruneError(f"MODEL '{spec}' comes without example inputs: give --input-shape NAME:1x3x224x224 "
-                              "(one per input), or let the factory return (model, example_args)")
-    params = [p for p in inspect.signature(model.forward).parameters if p not in ("self",)]
-    gen = torch.Generator().manual_seed(0)
-    made = {n: torch.randn(s, generator=gen) for n, s in input_shapes.items()}
-    if set(made) <= set(params):
-        return (), made
-    return tuple(made.values()), {}
-
-
-def _hf_folder(path: Path, input_shapes) -> Source:
-    import torch
-
+def _hf_folder(path: Path) -> Source:
     try:
         import transformers
     except ImportError as exc:
@@ -145,8 +123,7 @@ def _hf_folder(path: Path, input_shapes) -> Source:
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # a cache is state, not a channel: tracing runs without it
     model.eval()
-    kwargs = ({n: torch.randn(s) for n, s in input_shapes.items()} if input_shapes else example_inputs(model))
-    return Source("hf", str(path), path, model, (), kwargs, {"architecture": type(model).__name__})
+    return Source("hf", str(path), path, model, (), example_inputs(model), {"architecture": type(model).__name__})
 
 
 def _saved(path: Path) -> Source:
