@@ -154,6 +154,23 @@ def test_a_folder_graphprune_did_not_write_is_refused_before_any_work(factory, c
     assert [p.name for p in Path("mine").iterdir()] == ["data.csv"]
 
 
+def test_the_pt_file_prune_writes_is_a_model_the_cli_reads(factory, capsys):
+    """`prune -o out.pt` wrote a module that inspect, bench and prune refused ("not an .onnx model")."""
+    assert main(["prune", "cli_net:make_with_inputs", "-o", "s.pt", "--ratio", "0.5"]) == 0
+    assert main(["inspect", "s.pt"]) == 2
+    assert "holds a module without example inputs: give --input-shape" in capsys.readouterr().err
+    assert main(["inspect", "s.pt", "--input-shape", "x:1x3x32x32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"]
+    assert main(["bench", "cli_net:make_with_inputs", "s.pt", "--input-shape", "x:1x3x32x32", "--batch", "1",
+                 "--repeat", "2", "--json"]) == 0
+    assert all(r["speedup"] > 0 for r in json.loads(capsys.readouterr().out)["rows"])
+    assert main(["prune", "s.pt", "-o", "again", "--input-shape", "x:1x3x32x32"]) == 2  # no recipe for a folder
+    assert "a .pt module is written as an .onnx or .pt file" in capsys.readouterr().err
+    torch.save({"w": torch.zeros(2)}, "state.pt")
+    assert main(["inspect", "state.pt", "--input-shape", "x:1x3x32x32"]) == 2
+    assert "holds a dict, not a whole module" in capsys.readouterr().err
+
+
 def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "graphprune", *argv], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "GRAPHPRUNE_PROGRESS": "0", "PATH": "/usr/bin"})

@@ -79,7 +79,8 @@ def load_feeds(path: str | None) -> dict | None:
 
 
 MODEL_HELP = ("an .onnx file, a Hugging Face folder (config + safetensors), a folder graphprune saved, "
-              "package.module:factory (returning a module or (module, example_args)), or a zoo name")
+              "package.module:factory (returning a module or (module, example_args)), a zoo name, or a .pt file "
+              "holding a whole module (with --input-shape)")
 
 
 def input_flags(p: argparse.ArgumentParser) -> None:

@@ -97,6 +97,9 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     if Path(ns.output).resolve() == Path(ns.model).resolve():
         raise GraphpruneError("the output path is the input; choose another -o")
     kind = sources.classify(ns.model)
+    if kind == "pt" and out_kind not in ("onnx", "pt"):
+        raise GraphpruneError(f"a .pt module is written as an .onnx or .pt file, not '{ns.output}' (a folder rebuilds "
+                              "its model from a zoo name or factory)")
     if kind == "onnx" and out_kind != "onnx":
         raise GraphpruneError(f"an ONNX model is written as an .onnx file, not '{ns.output}'")
     if out_kind == "gguf" and kind not in ("hf", "saved"):

@@ -4,7 +4,9 @@
 - a folder holding ``graphprune.json`` (a model graphprune saved: transformers or factory-built);
 - a Hugging Face folder (``config.json`` + weights), loaded offline with the class its config names;
 - ``package.module:factory``: a callable returning a module or ``(module, example_args)``;
-- a name from the reference zoo (``graphprune zoo``).
+- a name from the reference zoo (``graphprune zoo``);
+- a ``.pt`` / ``.pth`` file holding a whole module (what ``prune -o out.pt`` writes), unpickled, so
+  only a file the user trusts; it has no example inputs: ``--input-shape`` gives them.
 
 Example inputs come with the source where it has them (zoo, factory, transformers, saved
 models) and from ``--input-shape NAME:1x3x224x224`` otherwise; every failure is a
@@ -25,7 +27,7 @@ from .example_shapes import inputs_from_shapes
 from .factory import call_factory
 from .module_checkpoint import load_pruned_module
 
-KINDS = ("onnx", "saved", "hf", "factory", "zoo")
+KINDS = ("onnx", "saved", "hf", "factory", "zoo", "pt")
 
 
 @dataclass
@@ -64,9 +66,11 @@ def classify(spec: str) -> str:
             return "hf"
         raise GraphpruneError(f"folder '{spec}' holds neither {PLAN_FILE} (a model graphprune saved) nor config.json "
                               "(a Hugging Face model)")
+    if p.is_file() and p.suffix.lower() in (".pt", ".pth"):
+        return "pt"
     if p.is_file():
-        raise GraphpruneError(f"'{spec}' is a file but not an .onnx model; give an .onnx file, a model folder, a zoo "
-                              "name or package.module:factory")
+        raise GraphpruneError(f"'{spec}' is a file but not an .onnx model or a .pt module; give an .onnx file, a .pt "
+                              "module, a model folder, a zoo name or package.module:factory")
     if ":" in spec and not spec.startswith(("/", ".")):
         return "factory"
     if _zoo_names() and spec in _zoo_names():
@@ -95,6 +99,8 @@ def load(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None, conf
             raise GraphpruneError(f"MODEL '{spec}' comes without example inputs: give --input-shape "
                                   "NAME:1x3x224x224 (one per input), or let the factory return (model, example_args)")
         src = Source("factory", spec, model=made, args=args, kwargs=kwargs, recipe={"factory": spec})
+    elif kind == "pt":
+        src = _module_file(Path(spec), input_shapes)
     elif kind == "hf":
         src = _hf_folder(Path(spec))
     else:
@@ -102,6 +108,24 @@ def load(spec: str, input_shapes: dict[str, tuple[int, ...]] | None = None, conf
     if input_shapes:  # the user's shapes replace the source's own examples (MACs and latency are counted there)
         src.args, src.kwargs = inputs_from_shapes(src.model, input_shapes, spec, src.args, src.kwargs)
     return src
+
+
+def _module_file(path: Path, input_shapes) -> Source:
+    """A whole module torch.save wrote; its classes must be importable (run from the user's package)."""
+    import torch
+
+    if not input_shapes:
+        raise GraphpruneError(f"'{path}' holds a module without example inputs: give --input-shape NAME:1x3x224x224 "
+                              "(one per input)")
+    try:
+        model = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # a pickle names classes from the user's code: report it in one line
+        raise GraphpruneError(f"cannot load '{path}' with torch.load: {type(exc).__name__}: {exc} (a module's classes "
+                              "must be importable from the current folder)") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise GraphpruneError(f"'{path}' holds a {type(model).__name__}, not a whole module (a state_dict has no "
+                              "architecture): give package.module:factory that builds the module and loads it")
+    return Source("pt", str(path), path, model.eval())
 
 
 def _hf_folder(path: Path) -> Source:
