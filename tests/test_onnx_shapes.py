@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.program.onnx_program import OnnxProgram
-from graphprune.program.onnx_shapes import analysis_tries, image_inputs
+from graphprune.program.onnx_shapes import TEXT_LENGTH, analysis_tries, image_inputs
 
 RNG = np.random.default_rng(0)
 
@@ -39,9 +39,13 @@ def _tokens(path, out_batch) -> onnx.ModelProto:
 def test_a_declared_output_batch_of_1_does_not_refuse_the_timing_probe(tmp_path):
     """The timing probe runs a batch of 2; an exporter that wrote the output's batch as 1 must not
     make the analysis at 1 look refused (it runs there)."""
-    _tokens(tmp_path / "t.onnx", 1)
+    nodes = [helper.make_node("MatMul", ["h", "w1"], ["a"], name="m1"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="m2")]  # features (N, S, 8): no token ids
+    _save(nodes, [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", "S", 8])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "S", 8])],
+          [_w((8, 32), "w1"), _w((32, 8), "w2")], tmp_path / "t.onnx", 17)
     program = OnnxProgram.load(tmp_path / "t.onnx", fuse=True)
-    assert program.analysis_dims() == {"ids": [1, 1]}
+    assert program.analysis_dims() == {"h": [1, 1, 8]}
     assert not any(n.startswith("input shapes:") for n in program.notes)
 
 
@@ -80,7 +84,18 @@ def test_an_attention_mask_is_not_an_image(tmp_path):
                   [_w((100, 16), "emb"), _w((16, 16), "wq"), numpy_helper.from_array(np.array([1], np.int64), "ax1")],
                   tmp_path / "a.onnx")
     assert image_inputs(model) == {}
-    assert analysis_tries(model, None).mode == "ones"
+    tries = analysis_tries(model, None)  # a text: the ids' length and the mask's S, which names it, at 128
+    assert tries.mode == "text" and tries.dims[0] == {"ids": [1, TEXT_LENGTH], "mask": [1, 1, TEXT_LENGTH, TEXT_LENGTH]}
+
+
+def test_token_ids_are_analysed_and_timed_at_a_text_length(tmp_path):
+    """Before, a text model's dynamic length was analysed and timed at one token: widths chosen, and a
+    speedup reported, for a one-word text. A graph that cannot run at the length falls back to 1."""
+    _tokens(tmp_path / "t.onnx", "N")
+    program = OnnxProgram.load(tmp_path / "t.onnx", fuse=True)
+    assert program.analysis_dims() == {"ids": [1, TEXT_LENGTH]}
+    assert {k: v.shape for k, v in program.latency_feeds().items()} == {"ids": (1, TEXT_LENGTH)}
+    assert any(f"a common text length ({TEXT_LENGTH} tokens)" in n for n in program.notes)
 
 
 def test_a_rewrite_taken_back_leaves_no_session_of_it(tmp_path, monkeypatch):

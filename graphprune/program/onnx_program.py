@@ -29,7 +29,7 @@ from ..planning.measure import best_of
 from ..util.tables import shapes_text
 from .base import Masks, OnCapture, Program
 from .onnx_masked import masked_model, with_weights
-from .onnx_shapes import IMAGE_SIZES, analysis_tries, runtime_refusal, spell_dims
+from .onnx_shapes import IMAGE_SIZES, TEXT_LENGTH, analysis_tries, runtime_refusal, spell_dims
 
 
 class OnnxProgram(Program):
@@ -108,7 +108,9 @@ class OnnxProgram(Program):
                 continue
             self._analysis, self._fallback = dims, tries.sized(k)
             if self._fallback:
-                why = ("a common image size for the dynamic dims" if tries.mode == "image" and k == 0 else
+                why = ({"image": "a common image size for the dynamic dims",
+                        "text": f"a common text length ({TEXT_LENGTH} tokens) for the dynamic dims"}[tries.mode]
+                       if tries.mode in ("image", "text") and k == 0 else
                        f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
                 name, shape = next(iter(dims.items()))
                 self.notes = [n for n in self.notes if not n.startswith("input shapes:")]  # lowered again

@@ -18,6 +18,8 @@ from ..frontends.onnx_lower import input_dims, lower, probe_inputs
 
 IMAGE_SIZES = (32, 64, 128, 224, 320, 640)  # dynamic dims past the batch, tried when 1 does not analyse
 IMAGE_FIRST = (224, 320, 640, 128, 64, 32)  # an image's dynamic height and width, in the order tried
+TEXT_LENGTH = 128  # a token sequence's dynamic length: a sentence or a short passage (the CLI's --seq-len default)
+_INTS = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
@@ -51,11 +53,28 @@ def image_inputs(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-def _image_dims(model: onnx.ModelProto, images: dict[str, list[int]], size: int) -> dict[str, list[int]]:
-    """Every input's dims with its dynamic dims at 1, an image's height and width at ``size``."""
+def token_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Inputs' dims that are a token sequence's length: dim 1 of an integer (batch, length) input
+    when dynamic (token ids, their mask and type ids), and every dim another input names the same
+    (an additive mask (N, 1, S, S) shares S with the ids)."""
+    out, names = {}, set()
+    for vi in _inputs(model):
+        dims = _declared(vi)
+        if len(dims) == 2 and vi.type.tensor_type.elem_type in _INTS and not isinstance(dims[1], int):
+            out[vi.name] = [1]
+            names |= {dims[1]} - {None}
+    for vi in _inputs(model):
+        shared = [k for k, d in enumerate(_declared(vi)) if k > 0 and isinstance(d, str) and d in names]
+        if shared and vi.name not in out:
+            out[vi.name] = shared
+    return out
+
+
+def _sized_dims(model: onnx.ModelProto, where: dict[str, list[int]], size: int) -> dict[str, list[int]]:
+    """Every input's dims with its dynamic dims at 1, the ``where`` ones at ``size``."""
     dims = input_dims(model, None, 1)
-    for name, spatial in images.items():
-        for k in spatial:
+    for name, positions in where.items():
+        for k in positions:
             dims[name][k] = size
     return dims
 
@@ -77,7 +96,8 @@ def spell_dims(dims: Mapping[str, Iterable[int]]) -> str:
 class Tries:
     """The input dims to analyse at, in order, and how they were chosen: ``given`` (the user's
     shapes, or nothing dynamic), ``ones`` (dynamic dims at 1 first, timed at 2, then sizes),
-    ``image`` (an image at common sizes first, then 1) or ``sized`` (a graph built for one size:
+    ``image`` (an image at common sizes first, then 1), ``text`` (token sequences at
+    :data:`TEXT_LENGTH` first, then as ``ones``) or ``sized`` (a graph built for one size:
     sizes from the smallest; ``first_error`` says why 1 did not do)."""
 
     dims: list[dict[str, list[int]]]
@@ -88,14 +108,15 @@ class Tries:
         return self.mode == "ones" and k == 0
 
     def sized(self, k: int) -> bool:  # the analysis dims are chosen sizes, the timings run there too
-        return self.mode in ("image", "sized") or k > 0
+        return self.mode in ("image", "sized", "text") or k > 0
 
 
 def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     """Where to analyse a model without given shapes. An image whose graph analyses at 1x1 is
     size-agnostic: its height and width go to :data:`IMAGE_FIRST` (other inputs' dynamic dims stay
-    at 1). One that does not was built for some size (a head flattening to a fixed width), found by
-    trying :data:`IMAGE_SIZES` from the smallest, as other dynamic dims are."""
+    at 1); token ids' length goes to :data:`TEXT_LENGTH`. An image that does not was built for some
+    size (a head flattening to a fixed width), found by trying :data:`IMAGE_SIZES` from the smallest,
+    as other dynamic dims are."""
     first = input_dims(model, shapes)
     if shapes or not any(k > 0 and d is None for k, d in dynamic_dims(model)):
         return Tries([first], "given")
@@ -106,7 +127,10 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
             lower(model, first, None)
         except TraceError as exc:
             return Tries(sized, "sized", (first, str(exc)))
-        return Tries([_image_dims(model, images, size) for size in IMAGE_FIRST] + [first], "image")
+        return Tries([_sized_dims(model, images, size) for size in IMAGE_FIRST] + [first], "image")
+    tokens = token_dims(model)
+    if tokens:  # at one token attention and the widths' timings would be those of a one-word text
+        return Tries([_sized_dims(model, tokens, TEXT_LENGTH), first, *sized], "text")
     return Tries([first, *sized], "ones")
 
 
