@@ -124,7 +124,7 @@ def plan_program(program, opts: PruneOptions) -> Planned:
         check_uniform(w.groups, plan)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
     on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice
-    idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg) if w.spent is None and not w.blocks else None
+    idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg, w.round_to) if w.spent is None and not w.blocks else None
     if idle:
         warnings.warn(idle, PruneWarning, stacklevel=3)
         w.ctx.notes.append(idle)

@@ -163,6 +163,20 @@ def test_positions_cover_every_occurrence_of_a_repeated_atom():
     assert gp.verify(model, args, gp.plan(g, model, ratio=0.5, importance="l2"), g).passed
 
 
+def test_a_ratio_that_a_width_step_swallows_says_which_step():
+    """Groups of 4 channels at ratio 0.3 with widths in steps of 8: the note said "0.3 x 4 rounds to 0"
+    (it rounds to 1) and suggested attention heads for a CNN; it names the step and round_to=1."""
+    from graphprune.errors import PruneWarning
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
+    with pytest.warns(PruneWarning, match="nothing was pruned"):
+        _, report = gp.prune(model, (torch.randn(1, 3, 8, 8),), ratio=0.3, round_to=8, measure_latency=False)
+    note = next(n for n in report.notes if n.startswith("nothing was pruned"))
+    assert "less than one multiple of 8" in note and "round_to=1" in note and "heads" not in note
+    _, report = gp.prune(model, (torch.randn(1, 3, 8, 8),), ratio=0.3, round_to=1, measure_latency=False)
+    assert report.params_after < report.params_before  # the step was the cause
+
+
 def test_a_ratio_that_removes_nothing_says_so():
     """A decoder with 2 key/value heads, heads only at ratio 0.3: 0.3 x 2 rounds to 0, so
     nothing is removed; the report and a warning say so, and the oracle line does not

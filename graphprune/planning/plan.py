@@ -307,9 +307,11 @@ def check_prunable(dg: DependencyGraph) -> None:
                         reasons=[r for r, _ in ranked_freezes(dg.groups)])
 
 
-def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None) -> str | None:
+def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None,
+              round_to: int | Mapping = 1) -> str | None:
     """Say so when a ratio removes nothing: from every selected group (an empty plan), or, with
-    a uniform ratio, from some of them (too small to lose a whole channel or head)."""
+    a uniform ratio, from some of them (too small to lose a whole channel or head, or a whole
+    multiple of ``round_to``)."""
     if ratio <= 0:
         return None
     if not groups:
@@ -319,11 +321,13 @@ def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: Depend
     if not idle or (allocated and len(idle) < len(groups)):
         return None  # an allocation that keeps some groups whole does so on purpose
     small = min(idle, key=lambda g: (g.size, g.id))
+    step = step_of(small, round_to)
     what = (f"group {small.id} has {small.size} {small.kind or 'channel'}(s): {ratio:g} x {small.size} "
-            f"rounds to 0")
+            + ("rounds to 0" if step == 1 else f"is less than one multiple of {step}, the width step kept"))
     if len(idle) == len(groups):
+        fix = "raise the ratio" if step == 1 else "raise the ratio, or allow any width (round_to=1, --round-to 1)"
         return (f"nothing was pruned: ratio {ratio:g} removes no channel from any of the {len(groups)} selected "
-                f"group(s) ({what}); raise the ratio or prune other kinds (targets=('heads', 'ffn'))")
+                f"group(s) ({what}); {fix}, or prune other kinds (targets=)")
     return (f"{len(idle)} of {len(groups)} selected group(s) lose nothing at ratio {ratio:g} ({what}); raise "
             "the ratio, or let allocation move the budget (calib=..., allocation='sensitivity')")
 
