@@ -15,6 +15,7 @@ from ..pipeline import prune_program
 from ..planning.plan import PrunePlan
 from ..program.onnx_program import OnnxProgram, probe_inputs  # noqa: F401  (probe_inputs: public helper)
 from ..report.prune_report import PruneReport
+from ..util.atomic import check_writable
 
 OnnxPruneReport = PruneReport  # one report type for both front-ends (latency and path are filled here)
 
@@ -28,6 +29,16 @@ def _program(dg: DependencyGraph, model: onnx.ModelProto | None = None) -> OnnxP
         raise PlanError("verify_onnx: the model is not the one this graph was loaded from; load it with "
                         "graphprune.load_onnx and pass that graph")
     return program
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    """Refused before any work: an output that is the input (it would be replaced), one that is
+    not an .onnx file (ONNX bytes under another name), or one that cannot be written."""
+    if dst.suffix.lower() != ".onnx":
+        raise PlanError(f"prune_onnx writes an ONNX file: dst '{dst}' must end in .onnx")
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise PlanError(f"dst '{dst}' is the input file: the pruned model would replace it; choose another dst")
+    check_writable(dst, "dst")
 
 
 def verify_onnx(model: onnx.ModelProto | None, dg: DependencyGraph, plan: PrunePlan, atol: float = 1e-4,
@@ -86,6 +97,10 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
         given["ratio"] = ratio
     opts = PruneOptions.of(options, defaults=ONNX_DEFAULTS, **given)  # every option checked before the load
     dst = Path(dst)
+    _check_paths(Path(src), dst)
+    if inputs is not None and not isinstance(inputs, Mapping):
+        raise PlanError(f"inputs= takes {{input name: array}}, not a {type(inputs).__name__}: name each array by "
+                        "the model input it feeds")
     program = OnnxProgram.load(src, dict(inputs) if inputs is not None else None, input_shapes, fuse=opts.fuse)
     pruned, report = prune_program(program, opts, plan_)
     pruned.save(dst)

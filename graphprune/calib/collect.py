@@ -4,6 +4,8 @@ OBS needs them) as soon as it exists, so memory is one batch's live values, neve
 calibration set's activations. The run stops after the last site."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import PlanError
 from ..util.progress import progress
 from .distributed import shard
@@ -17,7 +19,7 @@ def calib_batches(program, calib, tokens: int | None = None) -> list:
     batch that reaches the budget is taken whole, and the rest of ``calib`` is never read, so a
     DataLoader or a generator over a large corpus can be given as it is."""
     if tokens is None:
-        return program.batches(calib)
+        return check_finite(program.batches(calib))
 
     def within():
         seen, it = 0, iter(calib)
@@ -31,7 +33,30 @@ def calib_batches(program, calib, tokens: int | None = None) -> list:
                 pass
             yield b
 
-    return program.batches(within())
+    return check_finite(program.batches(within()))
+
+
+def check_finite(batches: list) -> list:
+    """``batches`` when every float input is finite: a NaN or Inf reaches the Grams, and the refit's
+    solver then fails with a linear-algebra error that names nothing the user gave."""
+    for k, batch in enumerate(batches):
+        for name, x in _named_inputs(batch):
+            values = np.asarray(x.detach().cpu().float().numpy() if hasattr(x, "detach") else x)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                bad = int(values.size - np.isfinite(values).sum())
+                raise PlanError(f"calibration batch {k}, input {name}: {bad} of {values.size} values are NaN or Inf; "
+                                "clean the data (or drop that batch) before pruning")
+    return batches
+
+
+def _named_inputs(batch) -> list[tuple[str, object]]:
+    """(name, tensor) of a batch in either program's form: a dict by input name (onnxruntime), or
+    (args, kwargs) (PyTorch)."""
+    if isinstance(batch, dict):
+        return [(f"'{n}'", v) for n, v in batch.items()]
+    args, kwargs = batch
+    return ([(f"#{i}", a) for i, a in enumerate(args) if hasattr(a, "dtype")]
+            + [(f"'{n}'", v) for n, v in kwargs.items() if hasattr(v, "dtype")])
 
 
 def collect(program, batches: list, sites: list[Site], gram: set[str]) -> dict[str, SiteStats]:

@@ -33,7 +33,7 @@ from ..options import PruneOptions
 from ..planning.memory import parse_bytes
 from ..planning.plan import check_ratio
 from ..report.html import write_report
-from ..util.atomic import atomic_path, public_tree
+from ..util.atomic import atomic_path, check_writable, public_tree
 from . import stream
 from .calib_data import npz_batches, torch_calib
 from .common import (
@@ -62,24 +62,6 @@ def output_kind(out: str) -> str:
     return "folder"
 
 
-def check_writable(out: str, flag: str) -> None:
-    """Fail before any work when ``out`` cannot be written: the nearest existing folder above it
-    must take new files (a file in the way, /proc, a read-only mount or missing rights stop here,
-    not after a prune). Nothing is created: missing folders are made only when writing."""
-    where = Path(out).absolute().parent
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    if not where.is_dir():
-        raise GraphpruneError(f"{flag} {out}: '{where}' is a file, not a folder; choose another {flag}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".graphprune-probe.", dir=where)
-    except OSError as exc:
-        raise GraphpruneError(f"{flag} {out}: cannot create files in '{where}' ({exc.strerror or exc}); "
-                              f"choose another {flag}") from exc
-    os.close(fd)
-    os.remove(probe)
-
-
 def cmd_prune(ns: argparse.Namespace) -> int:
 
     if ns.ratio is not None and ns.budget:
@@ -94,6 +76,11 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         check_folder_out(ns.output)
     if ns.report:
         check_writable(ns.report, "--report")
+        if Path(ns.report).exists() and not Path(ns.report).is_dir():
+            raise GraphpruneError(f"--report {ns.report} is a file; --report names a folder for report.json and "
+                                  "report.html")
+    if ns.plot_layers:
+        check_writable(ns.plot_layers, "--plot-layers")
     if Path(ns.output).resolve() == Path(ns.model).resolve():
         raise GraphpruneError("the output path is the input; choose another -o")
     kind = sources.classify(ns.model)

@@ -1,0 +1,74 @@
+"""Mistakes a new user made (session 51's bad-input round): each gets a GraphpruneError naming what
+to fix before any work, and leaves nothing behind. Before, these replaced the input file, wrote ONNX
+bytes under .pt, failed in a linear-algebra solver, or left the model written after an error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.cli.main import main
+from graphprune.errors import GraphpruneError
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+
+
+@pytest.fixture()
+def mlp(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    gp.export_onnx(_net(), (torch.randn(4, 8),), path)
+    return path
+
+
+def test_prune_onnx_refuses_to_replace_its_input(mlp):
+    before = mlp.read_bytes()
+    with pytest.raises(GraphpruneError, match="is the input file"):
+        gp.prune_onnx(mlp, mlp, ratio=0.5, measure_latency=False)
+    with pytest.raises(GraphpruneError, match="is the input file"):
+        gp.prune_onnx(mlp, mlp.parent / "." / mlp.name, ratio=0.5, measure_latency=False)
+    assert mlp.read_bytes() == before
+
+
+def test_prune_onnx_writes_onnx_files_only(mlp):
+    with pytest.raises(GraphpruneError, match="must end in .onnx"):
+        gp.prune_onnx(mlp, mlp.parent / "slim.pt", ratio=0.5, measure_latency=False)
+    assert not (mlp.parent / "slim.pt").exists()
+
+
+def test_prune_onnx_inputs_must_be_named(mlp):
+    with pytest.raises(GraphpruneError, match=r"inputs= takes \{input name: array\}, not a tuple"):
+        gp.prune_onnx(mlp, mlp.parent / "s.onnx", inputs=(np.zeros((4, 8), np.float32),))
+
+
+def test_prune_onnx_into_an_unwritable_place_is_refused_before_the_work(mlp, tmp_path):
+    (tmp_path / "afile").write_text("in the way")
+    with pytest.raises(GraphpruneError, match="is a file, not a folder"):
+        gp.prune_onnx(mlp, tmp_path / "afile" / "s.onnx", ratio=0.5, measure_latency=False)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_calibration_data_with_nan_or_inf_is_named(mlp, tmp_path, bad):
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    x[3, 5] = bad
+    calib = [{"input": np.ones((16, 8), np.float32)}, {"input": x}]
+    with pytest.raises(GraphpruneError, match=r"calibration batch 1, input 'input': 1 of 128 values are NaN or Inf"):
+        gp.prune_onnx(mlp, tmp_path / "s.onnx", ratio=0.5, calib=calib, measure_latency=False)
+    assert not (tmp_path / "s.onnx").exists()
+    t = torch.ones(16, 8)
+    t[0, 0] = float(bad)
+    with pytest.raises(GraphpruneError, match=r"calibration batch 0, input #0: 1 of 128"):
+        gp.prune(_net(), (torch.randn(4, 8),), ratio=0.5, calib=[(t,)], measure_latency=False)
+
+
+def test_cli_report_and_plot_paths_are_checked_before_the_prune(mlp, tmp_path, capsys):
+    (tmp_path / "rep").write_text("a file, not a folder")
+    out = tmp_path / "s.onnx"
+    assert main(["prune", str(mlp), "-o", str(out), "--report", str(tmp_path / "rep"), "--no-latency"]) == 2
+    assert "--report names a folder" in capsys.readouterr().err and not out.exists()
+    assert main(["prune", str(mlp), "-o", str(out), "--plot-layers", str(tmp_path / "rep" / "p.png"),
+                 "--no-latency"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and not out.exists()
