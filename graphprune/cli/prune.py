@@ -62,14 +62,9 @@ def output_kind(out: str) -> str:
     return "folder"
 
 
-def cmd_prune(ns: argparse.Namespace) -> int:
-
-    if ns.ratio is not None and ns.budget:
-        raise GraphpruneError("--ratio and --budget both choose how much goes: pass one of them")
-    ns.ratio = 0.3 if ns.ratio is None else ns.ratio
-    check_ratio(ns.ratio, "--ratio")  # before any work: a bad option must not cost a model load
-    init_from_env()  # under torchrun: calibration is sharded over the ranks (calib/distributed.py)
-    options = _options(ns, onnx_in=ns.model.lower().endswith(".onnx"))
+def _check_outputs(ns: argparse.Namespace) -> str:
+    """-o, --report and --plot-layers checked before any work (a failure after the model is written
+    would leave it behind); returns OUT's kind."""
     out_kind = output_kind(ns.output)
     check_writable(ns.output, "-o")
     if out_kind == "folder":
@@ -83,6 +78,18 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         check_writable(ns.plot_layers, "--plot-layers")
     if Path(ns.output).resolve() == Path(ns.model).resolve():
         raise GraphpruneError("the output path is the input; choose another -o")
+    return out_kind
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+
+    if ns.ratio is not None and ns.budget:
+        raise GraphpruneError("--ratio and --budget both choose how much goes: pass one of them")
+    ns.ratio = 0.3 if ns.ratio is None else ns.ratio
+    check_ratio(ns.ratio, "--ratio")  # before any work: a bad option must not cost a model load
+    init_from_env()  # under torchrun: calibration is sharded over the ranks (calib/distributed.py)
+    options = _options(ns, onnx_in=ns.model.lower().endswith(".onnx"))
+    out_kind = _check_outputs(ns)
     kind = sources.classify(ns.model)
     if kind == "pt" and out_kind not in ("onnx", "pt"):
         raise GraphpruneError(f"a .pt module is written as an .onnx or .pt file, not '{ns.output}' (a folder rebuilds "
