@@ -39,6 +39,7 @@ from .planning.plan import (
     check_prunable,
     check_ratio,
     check_uniform,
+    frozen_channels,
     idle_note,
     make_plan,
     resolve_ratios,
@@ -383,7 +384,8 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
                        layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
                                if v.kind == "param" and v.rank >= 2],
                        path=getattr(program, "path", ""), blocks=blocks, depth=planned.depth,
-                       scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes})
+                       scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
+                       frozen=frozen_channels(dg.groups))
 
 
 def _latency_after(pruned, runtime: str, before: float, given: float | None) -> Latency:

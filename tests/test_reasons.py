@@ -203,3 +203,30 @@ def test_asking_for_a_kind_whose_groups_are_frozen_attaches_their_reasons():
     with pytest.raises(gp.PlanError, match="no prunable group of kind") as exc:
         gp.plan(g, _Probe().eval(), ratio=0.5, targets="ffn")
     assert exc.value.reasons and {r.kind for r in exc.value.reasons} == {UNKNOWN_OP}
+
+
+def test_the_report_says_what_an_op_kept_whole_and_why():
+    """A prune around torch.sort along channels printed "groups pruned 2/2" and its JSON held no
+    reason: the user could not tell that half the layers were left whole on purpose."""
+    import json
+
+    import torch
+
+    import graphprune as gp
+
+    class Sorted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3)
+            self.c, self.d = torch.nn.Conv2d(16, 16, 3), torch.nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            y = torch.sort(self.b(torch.relu(self.a(x))), dim=1).values  # channels reordered per pixel
+            return self.d(torch.relu(self.c(y)))
+
+    _, report = gp.prune(Sorted().eval(), (torch.randn(1, 3, 16, 16),), ratio=0.5, round_to=1, measure_latency=False)
+    # b's outputs (before the sort) and c's inputs (after it): two groups of 16 channels
+    assert "frozen: 32 channel(s) in 2 group(s) kept whole: no coupling rule for op aten.sort" in str(report)
+    frozen = json.loads(json.dumps(report.to_dict()))["frozen"]
+    assert frozen == [{"reason": frozen[0]["reason"], "groups": 2, "channels": 32}]
+    assert frozen[0]["reason"]["op"] == "aten.sort" and frozen[0]["reason"]["kind"] == "unknown_op"

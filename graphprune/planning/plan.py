@@ -284,6 +284,18 @@ def ranked_freezes(groups: Iterable[Group]) -> list[tuple[Reason, int]]:
     return sorted(((r, n) for r, n in counts.values()), key=lambda rn: (-rn[1], str(rn[0])))
 
 
+def frozen_channels(groups: Iterable[Group]) -> list[tuple[Reason, int, int]]:
+    """(first reason, groups, channels) of the groups an op froze, commonest first, model inputs
+    and outputs aside: what a report shows as kept whole and why."""
+    counts: dict[str, list] = {}
+    for g in groups:
+        if g.frozen and g.frozen[0].kind != MODEL_IO:
+            entry = counts.setdefault(str(g.frozen[0]), [g.frozen[0], 0, 0])
+            entry[1] += 1
+            entry[2] += g.size
+    return sorted(((r, n, c) for r, n, c in counts.values()), key=lambda e: (-e[1], -e[2], str(e[0])))
+
+
 def frozen_summary(dg: DependencyGraph, top: int = 2) -> str:
     """The commonest freeze reasons, model inputs and outputs aside (frozen by design)."""
     ranked = ranked_freezes(dg.groups)[:top]

@@ -89,6 +89,7 @@ class PruneReport:
     kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
     memory: MemoryUsage | None = None  # estimated and measured peak memory
     recovery: object | None = None  # graphprune.recover's RecoverResult, where the prune distilled after
+    frozen: list = field(default_factory=list)  # (Reason, groups, channels) an op kept whole, commonest first
 
     @property
     def latency_before_ms(self) -> float | None:
@@ -132,7 +133,8 @@ class PruneReport:
                             "given": self.latency.given_ms if self.latency is not None else None,
                             "runtime": self.runtime,
                             "inputs": self.latency.inputs if self.latency is not None else None},
-             "layers": [{"name": n, "before": list(b), "after": list(a)} for n, b, a in self.layers]}
+             "layers": [{"name": n, "before": list(b), "after": list(a)} for n, b, a in self.layers],
+             "frozen": [{"reason": r.to_json(), "groups": n, "channels": c} for r, n, c in self.frozen]}
         if self.blocks is not None:
             d["blocks"] = {"removed": self.blocks[0], "candidates": self.blocks[1],
                            "ids": list(self.plan.blocks) if self.plan is not None else []}
@@ -178,6 +180,12 @@ class PruneReport:
             removed, total = self.blocks
             rows.append(["residual blocks", str(total), str(total - removed), pct(total, total - removed)])
         text = table(["metric", "before", "after", "change"], rows)
+        if self.frozen:
+            groups, channels = sum(n for _, n, _ in self.frozen), sum(c for _, _, c in self.frozen)
+            text += (f"\nfrozen: {channels} channel(s) in {groups} group(s) kept whole: "
+                     + "; ".join(f"{r} ({n} group(s))" for r, n, _ in self.frozen[:3])
+                     + (f"; {len(self.frozen) - 3} more reason(s)" if len(self.frozen) > 3 else "")
+                     + " (graph.summary() lists every group)")
         if self.importance:
             text += f"\nimportance: {self.importance}"
         if self.allocation is not None and self.kept:
