@@ -33,6 +33,7 @@ from .planning.depth import (
 )
 from .planning.kinds import KindChoice, choose_kinds
 from .planning.latency_budget import solve_latency_budget
+from .planning.measure import load_profile, pinned
 from .planning.memory import MemoryEstimate, check_memory, estimate_memory, peak_rss, reset_peak, stat_sites
 from .planning.plan import (
     PrunePlan,
@@ -303,7 +304,9 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     tilts = w.tilts if w.curves is None else None
-    made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts)
+    # the profile (cached: read, not timed) for the note's GRAPHPRUNE_ALIGN; not where a sensitivity curve re-spends
+    align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None else None
+    made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts, align)
     plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
 
@@ -312,7 +315,7 @@ def _widths_tuned(w: _Work) -> bool:
     """The runtime's widths are in play (round_to="auto", measured, no blocks, no latency search)."""
     opts = w.opts
     return (opts.round_to == "auto" and opts.measure_latency and isinstance(w.round_to, dict) and not w.blocks
-            and not opts.latency_budget)
+            and not opts.latency_budget and pinned(w.runtime) is None)  # pinned widths: the same on any machine
 
 
 @paused_gc

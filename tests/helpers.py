@@ -105,3 +105,17 @@ def small_llama() -> nn.Module:
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                    bos_token_id=1, eos_token_id=2, use_cache=False)
     return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def measured_profile(monkeypatch, cache_dir, align: int | dict) -> None:
+    """Make this machine's measured profile favour ``align`` (one number for every op kind, or
+    {kind: n}) without timing anything: a measured profile, unlike one GRAPHPRUNE_ALIGN pins, lets
+    the prune time whole-model plans at its multiples scaled (planning/widths.py)."""
+    from graphprune.planning import measure
+    from graphprune.planning.placement import CPU
+
+    kinds = dict.fromkeys(measure.KINDS, align) if isinstance(align, int) else dict.fromkeys(measure.KINDS, 1) | align
+    monkeypatch.delenv("GRAPHPRUNE_ALIGN", raising=False)
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(cache_dir))
+    monkeypatch.setattr(measure, "measure_profile", lambda runtime, threads=1, where=CPU: measure.Profile(
+        runtime, measure.machine_id(runtime, threads, where), threads, kinds, {}, 0.1))

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import measured_profile
 
 import graphprune as gp
 from graphprune.errors import PlanError, PruneWarning
@@ -215,7 +216,7 @@ def test_a_flat_profile_still_times_the_whole_model_at_multiples(monkeypatch, tm
     _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
     assert any(n.startswith("widths: blocks alone run as fast at any width on torch") for n in report.notes)
     tried = next(n for n in report.notes if n.startswith("widths: tried"))
-    assert "(groups without one at 1, 8, 16) on torch, timed run by run:" in tried and "kept up to 16" in tried, tried
+    assert "(groups without one at 1, 8, 16) on torch, timed run by run:" in tried and "kept x4 (up to 16)" in tried, tried
     assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
     _, linear = gp.prune(mlp, (torch.randn(2, 16),), budget={"macs": 0.6}, runtime="torch")  # no convolutions:
@@ -252,10 +253,10 @@ def test_bad_runtime_and_round_to():
     assert report.runtime is None and not any("slower" in str(w.message) for w in seen)
 
 
-def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch):
+def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch, tmp_path):
     """The profile's step (4 here) is also tried doubled and quadrupled on the whole model, and the
     fastest plan is kept: a runtime that (pretend) runs widths of 16 fastest gets multiples of 16."""
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=4")
+    measured_profile(monkeypatch, tmp_path, {"depthwise": 4})
     model, args = _mbv2()
 
     def latency(self, runtime=None):
@@ -265,15 +266,15 @@ def test_whole_model_timing_picks_the_coarser_multiple(monkeypatch):
     _scripted_runtime(monkeypatch, latency)
     _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
     note = next(n for n in report.notes if "tried the measured multiples" in n)
-    assert "kept up to 16" in note, note
+    assert "(up to 16)" in note.split("kept")[-1], note
     assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     assert report.macs_after <= 0.6 * report.macs_before * 1.001  # the budget still holds at the coarser step
 
 
-def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeypatch):
+def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeypatch, tmp_path):
     """allocation='sensitivity' under a budget measures its error curves once; the width timing then
     re-spends the budget from those curves at each multiple, and keeps the fastest that meets it."""
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=4")
+    measured_profile(monkeypatch, tmp_path, {"depthwise": 4})
     model, args = _mbv2()
     g = torch.Generator().manual_seed(0)
     calib = [(torch.randn(4, *args[0].shape[1:], generator=g),) for _ in range(2)]
@@ -288,7 +289,7 @@ def test_a_measured_budget_allocation_is_respent_at_the_coarser_multiple(monkeyp
     assert report.budget.allocation == "sensitivity"
     assert sum("allocating" in n or "allocation: sensitivity" in n for n in report.notes) == 1  # measured once
     note = next(n for n in report.notes if "tried the measured multiples" in n)
-    assert "kept up to 16" in note, note
+    assert "(up to 16)" in note.split("kept")[-1], note
     assert all(k % 16 == 0 for k, s in report.kept.values() if k < s)
     assert report.macs_after <= 0.6 * report.macs_before * 1.001
 
@@ -325,8 +326,28 @@ def test_width_candidates_are_timed_twice_taking_turns():
     notes: list[str] = []
     made = fastest_alignment(program, "torch", {0: 4}, lambda s, t: (f"up to {max(s.values())}", None),
                              ("up to 4", None), notes)
-    assert made == ("up to 4", None) and notes[-1].endswith("kept up to 4"), notes
+    assert made == ("up to 4", None) and notes[-1].endswith("kept x1 (up to 4)"), notes
     assert program.order == ["up to 4", "up to 8", "up to 16"] * 2
+
+
+def test_the_widths_note_names_the_pin_that_gives_the_same_plan_anywhere(monkeypatch):
+    """Timings choose the multiples, so a fresh cache or another machine could give other bytes; the
+    note names the GRAPHPRUNE_ALIGN that makes the kept plan without timing, and a pinned profile is
+    not scaled by timing at all."""
+    program = _TimedPlans({"up to 4": [1.3, 1.3], "up to 8": [1.0, 1.0], "up to 16": [1.2, 1.2]})
+    notes: list[str] = []
+    made = fastest_alignment(program, "onnxruntime", {0: 4, 1: 2}, lambda s, t: (f"up to {max(s.values())}", None),
+                             ("up to 4", None), notes, align={"conv": 4, "depthwise": 2, "linear": 1})
+    assert made == ("up to 8", None)
+    assert notes[-1].endswith("kept x2 (up to 8); GRAPHPRUNE_ALIGN=conv=8,depthwise=4,linear=1 gives this plan on any "
+                              "machine, untimed"), notes[-1]
+    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "depthwise=8")
+    timed = []
+    monkeypatch.setattr(TorchProgram, "plan_latency_ms", lambda *a, **k: timed.append(1) or 1.0)
+    model, args = _mbv2()
+    _, report = gp.prune(copy.deepcopy(model), args, ratio=0.4, runtime="torch", measure_latency=True)
+    assert not timed and not any(n.startswith("widths: tried") for n in report.notes)
+    assert any("multiples GRAPHPRUNE_ALIGN pins (depthwise x8; not timed" in n for n in report.notes)
 
 
 def test_timing_a_plan_again_keeps_the_faster_figure(monkeypatch):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import measured_profile
 
 import graphprune as gp
 from graphprune.graph import Group
@@ -90,8 +91,7 @@ def test_time_per_mac_of_each_group(monkeypatch, tmp_path):
 def test_macs_budget_cuts_harder_where_a_mac_costs_more_time(monkeypatch, tmp_path):
     """The default call (round_to="auto", widths measured: pinned here) tilts the cut towards the
     depthwise group; the same MACs budget then runs faster on the runtime than uniform widths."""
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    measured_profile(monkeypatch, tmp_path, 2)
     _fake_runtime(monkeypatch)
     x = torch.randn(1, 3, 8, 8)
     tilted, rep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch")
@@ -120,8 +120,7 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
     pairs give the same widths.
     Every whole-model timing is recorded by the widths it ran; the report then times the original
     and the pruned model afresh, back to back."""
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    measured_profile(monkeypatch, tmp_path, 2)
     _fake_runtime(monkeypatch)
     fake = TorchProgram.latency_ms
     timed = []
@@ -135,7 +134,7 @@ def test_each_set_of_widths_is_timed_twice_per_prune(monkeypatch, tmp_path):
     x = torch.randn(1, 3, 8, 8)
     _, rep = gp.prune(_dw_net(), (x,), budget={"macs": 0.5}, runtime="torch")
     tried = next(n for n in rep.notes if n.startswith("widths: tried"))
-    assert "up to 2 tilt 0.5:" in tried and "up to 8 tilt 1:" in tried and ", tilt " in tried.split("; kept")[1]
+    assert "(up to 2) tilt 0.5:" in tried and "(up to 8) tilt 1:" in tried and ", tilt " in tried.split("; kept")[1]
     original = (32, 32, 64, 8)
     report_from = len(timed) - 1 - timed[::-1].index(original)  # the report's before, then its after
     planning = [w for w in timed[:report_from] if w != original]
@@ -149,8 +148,7 @@ def _prune_timing_pairs(monkeypatch, tmp_path, times: list[float]):
     tried: multiples of 2, 4 and 8, each with tilts 0, 1/2 and 1."""
     from graphprune.planning import widths
 
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    measured_profile(monkeypatch, tmp_path, 2)
     _fake_runtime(monkeypatch)
     asked = []
 
@@ -173,7 +171,7 @@ def test_the_fastest_multiple_and_tilt_are_chosen_together(monkeypatch, tmp_path
     choosing the tilt first (at 2) and the multiple after would have kept uniform."""
     times = [1.0, 1.5, 1.5, 1.0, 1.5, 1.5, 1.5, 1.5, 0.5]
     tilted, rep, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
-    assert said.endswith("kept up to 8, tilt 1"), said
+    assert said.endswith("(up to 8), tilt 1"), said
     uniform, urep = gp.prune(_dw_net(4), (torch.randn(1, 3, 8, 8),), budget={"macs": 0.5}, runtime="torch",
                              round_to=8)
     assert rep.macs_after <= 0.5 * rep.macs_before and urep.macs_after <= 0.5 * urep.macs_before
@@ -187,14 +185,14 @@ def test_within_timing_noise_finer_multiples_and_less_tilt_are_kept(monkeypatch,
     must not buy a coarser or more tilted plan; 2% more time does."""
     times = [1.5, 1.008, 1.005, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]  # 2 / tilt 1/2 within 1% of 8 / tilt 1
     net, _, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
-    assert said.endswith("kept up to 2, tilt 0.5"), said
+    assert said.endswith("(up to 2), tilt 0.5"), said
     times = [1.008, 1.008, 1.005, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]  # uniform at 2 too
     net, _, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
-    assert said.endswith("kept up to 2, tilt 0"), said
+    assert said.endswith("(up to 2), tilt 0"), said
     assert any(w % 4 for w in _widths(net)[:3])  # the finest multiples: not all of them multiples of 4
     times = [1.02, 1.02, 1.02, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]  # 2% slower: the fastest pair is kept
     _, _, said = _prune_timing_pairs(monkeypatch, tmp_path, times)
-    assert said.endswith("kept up to 8, tilt 1"), said
+    assert said.endswith("(up to 8), tilt 1"), said
 
 
 def test_the_latency_table_is_timed_where_the_model_runs(monkeypatch, tmp_path):
@@ -202,8 +200,7 @@ def test_the_latency_table_is_timed_where_the_model_runs(monkeypatch, tmp_path):
     speedup budget time their ops in bfloat16 (placement.py), each in its own cache file."""
     from graphprune.planning.placement import Placement
 
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setenv("GRAPHPRUNE_ALIGN", "2")
+    measured_profile(monkeypatch, tmp_path, 2)
     _fake_runtime(monkeypatch)
     faked, placed = lt.time_op, []
 

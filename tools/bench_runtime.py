@@ -222,7 +222,7 @@ def run_one(name: str, src: Path, shapes: dict | None, macs: float, round_to, tm
            "calib": None if calib is None else sum(len(b["x"]) for b in calib), "allocation": allocation,
            "allocation_note": next((n for n in report.notes if n.startswith("allocation")), ""),
            "macs_reduction": report.macs_before / max(report.macs_after, 1),
-           "widths": next((n for n in report.notes if "kept up to" in n), ""),
+           "widths": next((n for n in report.notes if n.startswith("widths: tried")), ""),
            "tilt": " / ".join(n for n in report.notes if "where the time is" in n)}
     if calib is not None:
         row["photos"] = photo_agreement(name, photos, src, dst)

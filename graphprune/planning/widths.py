@@ -53,13 +53,23 @@ def auto_rounding(dg, groups, runtime: str | None, notes: list[str], where: Plac
                      f"whole model is timed at multiples of {', '.join(map(str, FLAT_MULTIPLES))} (widths note)")
         return steps
     kinds = ", ".join(f"{k} x{a}" for k, a in sorted(profile.align.items()) if a > 1)
-    notes.append(f"widths: channel counts kept at multiples the {runtime}{on} kernels favour on this machine ({kinds}; "
-                 "measured profile; round_to=1 allows any width)")
+    if profile.measured:
+        notes.append(f"widths: channel counts kept at multiples the {runtime}{on} kernels favour on this machine "
+                     f"({kinds}; measured profile; round_to=1 allows any width)")
+    else:
+        notes.append(f"widths: channel counts kept at the multiples GRAPHPRUNE_ALIGN pins ({kinds}; not timed, so the "
+                     "same widths on any machine; round_to=1 allows any width)")
     return steps
 
 
+def pin_for(align: dict[str, int], factor: int) -> str:
+    """The ``GRAPHPRUNE_ALIGN`` value that gives the widths of a measured profile's ``align`` scaled by
+    ``factor`` on any machine (a pinned profile is not scaled by timing: the same widths everywhere)."""
+    return ",".join(f"{k}={min(32, a * factor) if a > 1 else 1}" for k, a in sorted(align.items()))
+
+
 def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Callable, first, notes: list[str],
-                      tilts: list | None = None):
+                      tilts: list | None = None, align: dict[str, int] | None = None):
     """The profile times blocks alone; across a whole network a coarser multiple can run faster
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
     the plan is also made with the profile's steps doubled and quadrupled (up to 32; groups with no
@@ -69,8 +79,9 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     in memory together). The first within 1% of the fastest is kept, finer
     multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
     exponents)`` makes a plan, or None where there is none. Returns the kept plan; the note says
-    which multiples and tilt it was made with."""
-    candidates: list[tuple[int, tuple | None, tuple]] = []
+    which multiples and tilt it was made with, and with the profile's ``align`` the GRAPHPRUNE_ALIGN
+    that makes the same widths on any machine without timing (where the scaled steps are the profile's)."""
+    candidates: list[tuple[int, int, tuple | None, tuple]] = []
     seen = []
     # Groups with no measured step try FLAT_MULTIPLES beside the others' x1/x2/x4: in eager PyTorch (oneDNN pads
     # channels to its blocks inside, so blocks alone time alike at every width) and wherever nothing has a step.
@@ -89,13 +100,16 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
                     raise
                 made = None  # unreachable at these multiples with this tilt
             if made is not None:  # None: a measured allocation cannot meet the budget at these multiples
-                candidates.append((max(scaled.values()), tilt, made))
-    times = time_in_turns(program, [made[0] for _, _, made in candidates], runtime)
+                candidates.append((factor, max(scaled.values()), tilt, made))
+    times = time_in_turns(program, [made[0] for _, _, _, made in candidates], runtime)
     best = min(times)
-    step, tilt, made = next(c for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
-    tried = ", ".join(f"up to {s}{'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
-                      for ms, (s, tl, _) in zip(times, candidates))
-    kept = f"up to {step}" + ("" if tilt is None else f", tilt {tilt[0]:g}")
+    factor, step, tilt, made = next(c for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
+    tried = ", ".join(f"x{f} (up to {s}){'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
+                      for ms, (f, s, tl, _) in zip(times, candidates))
+    kept = f"x{factor} (up to {step})" + ("" if tilt is None else f", tilt {tilt[0]:g}")
+    if align and not widen:  # these multiples without timing, on any machine: the same bytes everywhere
+        kept += (f"; GRAPHPRUNE_ALIGN={pin_for(align, factor)} gives " + ("this plan" if tilt is None else
+                 "these multiples (the budget then spent untilted)") + " on any machine, untimed")
     which = "the measured multiples scaled x1/x2/x4" + (
         f" (groups without one at {', '.join(map(str, FLAT_MULTIPLES))})" if widen else "")
     how = getattr(times, "how", None)  # stand-in timers in tests give a plain list
