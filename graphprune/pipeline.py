@@ -304,8 +304,7 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     tilts = w.tilts if w.curves is None else None
-    # the profile (cached: read, not timed) for the note's GRAPHPRUNE_ALIGN; not where a sensitivity curve re-spends
-    align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None else None
+    align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None else None  # cached
     made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts, align)
     plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
