@@ -72,3 +72,35 @@ def test_cli_report_and_plot_paths_are_checked_before_the_prune(mlp, tmp_path, c
     assert main(["prune", str(mlp), "-o", str(out), "--plot-layers", str(tmp_path / "rep" / "p.png"),
                  "--no-latency"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err and not out.exists()
+
+
+def _fixed_batch_mlp(path, batch: int):
+    """x (batch, 8) -> MatMul 8x32 -> Relu -> MatMul 32x4, the batch fixed as a plain export fixes it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             (("w1", (8, 32)), ("w2", (32, 4)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="m1"), helper.make_node("Relu", ["a"], ["r"], name="r"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="m2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+def test_calibration_batches_are_cut_to_a_fixed_batch(tmp_path):
+    """A model exported with its batch fixed at 1 refused the CLI's default 8-item batches, with an
+    error whose first line alone did not say which dim was wrong."""
+    _fixed_batch_mlp(tmp_path / "one.onnx", 1)
+    x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
+    report = gp.prune_onnx(tmp_path / "one.onnx", tmp_path / "s.onnx", ratio=0.5, calib=[{"x": x}] * 4,
+                           measure_latency=False, round_to=1)
+    assert report.kept and any("batches cut into batches of 1" in n for n in report.notes)
+    _fixed_batch_mlp(tmp_path / "two.onnx", 2)  # 3 items cannot be cut into 2s: onnxruntime's whole message
+    with pytest.raises(GraphpruneError, match=r"index: 0 Got: 3 Expected: 2"):
+        gp.prune_onnx(tmp_path / "two.onnx", tmp_path / "t.onnx", ratio=0.5, calib=[{"x": x[:3]}],
+                      measure_latency=False)

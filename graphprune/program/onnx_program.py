@@ -28,6 +28,7 @@ from ..oracle import scaled_diff
 from ..planning.measure import best_of
 from ..util.tables import shapes_text
 from .base import Masks, OnCapture, Program
+from .onnx_batches import fixed_batch, ort_text, split_to
 from .onnx_masked import masked_model, with_weights
 from .onnx_shapes import IMAGE_SIZES, TEXT_LENGTH, analysis_tries, runtime_refusal, spell_dims
 
@@ -136,7 +137,7 @@ class OnnxProgram(Program):
             gap = output_gap(given, self.model, feeds or probe_inputs(self.model, dims=dims))
             why = f"differ from the given one's by {gap:.2e} (relative), above {self.default_atol:g}"
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own types: the rewrite does not run
-            gap, why = float("inf"), f"do not run in onnxruntime ({str(exc).splitlines()[0][:200]})"
+            gap, why = float("inf"), f"do not run in onnxruntime ({ort_text(exc, 200)})"
         if gap <= self.default_atol:
             self.notes.append(self.fused.note())
             return None
@@ -187,6 +188,8 @@ class OnnxProgram(Program):
                         for n, v in feeds.items()})
         if not out:
             raise PlanError("calib= holds no batches; pass a list of example batches, or leave it out")
+        out, note = split_to(out, fixed_batch(self.model, names))
+        self.notes += [note] if note and note not in self.notes else []
         return out
 
     def session(self, masks: Masks | None = None, capture: Iterable[str] = ()):
@@ -198,7 +201,7 @@ class OnnxProgram(Program):
             try:
                 self._sessions = {key: session(model)}  # one at a time: a session holds the model's memory
             except Exception as exc:  # onnxruntime raises its own exception types
-                raise PlanError(f"onnxruntime cannot run the model: {str(exc).splitlines()[0]}") from exc
+                raise PlanError(f"onnxruntime cannot run the model: {ort_text(exc)}") from exc
         return self._sessions[key]
 
     def run(self, batch: dict, masks: Masks | None = None, capture: Iterable[str] = (),
@@ -213,7 +216,7 @@ class OnnxProgram(Program):
         try:
             got = dict(zip(wanted, sess.run(wanted, batch)))
         except Exception as exc:  # a wrong name, dtype or shape: onnxruntime's message says which
-            raise PlanError(f"the inputs do not run in onnxruntime: {str(exc).splitlines()[0]}. Give arrays with "
+            raise PlanError(f"the inputs do not run in onnxruntime: {ort_text(exc)}. Give arrays with "
                             "the model's input names, dtypes and shapes") from exc
         for name in sorted(set(capture)):
             arr = batch[name] if name in inputs else got[name]
@@ -249,13 +252,13 @@ class OnnxProgram(Program):
             try:
                 sess = session(model)
             except Exception as exc:  # onnxruntime raises its own exception types
-                raise PlanError(f"onnxruntime cannot run a masked variant: {str(exc).splitlines()[0]}") from exc
+                raise PlanError(f"onnxruntime cannot run a masked variant: {ort_text(exc)}") from exc
             n_out = len(self.model.graph.output)
             for k, b in enumerate(batches):
                 try:
                     outs = sess.run(None, b)
                 except Exception as exc:  # onnxruntime's own types: a batch the model cannot take
-                    raise PlanError(f"calibration batch {k} does not run in onnxruntime: {str(exc).splitlines()[0]}. "
+                    raise PlanError(f"calibration batch {k} does not run in onnxruntime: {ort_text(exc)}. "
                                     "Give arrays with the model's input names, dtypes and shapes") from exc
                 yield v, k, [np.asarray(o, dtype=np.float32) for o in outs[:n_out]]
 
@@ -372,7 +375,7 @@ class OnnxProgram(Program):
             sess.run(None, feeds)
         except Exception as exc:  # onnxruntime's own exception types
             raise PlanError(f"onnxruntime cannot run the model on {', '.join(f'{k}{v.shape}' for k, v in feeds.items())}"
-                            f": {str(exc).splitlines()[0]}. Give example inputs (inputs=, --inputs feeds.npz)") from exc
+                            f": {ort_text(exc)}. Give example inputs (inputs=, --inputs feeds.npz)") from exc
         return lambda: sess.run(None, feeds)
 
     def save(self, dst: str | Path) -> Path:
