@@ -153,6 +153,9 @@ class PruneOptions:
         set_(self, "ignore", _names(self.ignore, "ignore"))
         set_(self, "roles", None if self.roles is None else _names(self.roles, "roles"))
         set_(self, "targets", None if self.targets is None else _names(self.targets, "targets"))
+        if self.budget is not None and not isinstance(self.budget, (str, Mapping)):
+            raise PlanError(f"budget must name what it limits, {{'macs': 0.5}} or 'macs=0.5' (also params, "
+                            f"latency_ms, speedup), not {self.budget!r}")
         if isinstance(self.budget, str):
             set_(self, "budget", key_values(self.budget))
         elif self.budget is not None:
@@ -171,9 +174,14 @@ def _names(value: str | Iterable[str], what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     try:
-        return tuple(value)
+        names = tuple(value)
     except TypeError:
         raise PlanError(f"{what} must be a name or a list of names, not {value!r}") from None
+    odd = [v for v in names if not isinstance(v, str)]
+    if odd:
+        raise PlanError(f"{what} takes names (a module's name in model.named_modules(), a parameter's or an "
+                        f"initializer's), not {type(odd[0]).__name__} {str(odd[0])[:60]!r}")
+    return names
 
 
 def _check_ridge(ridge) -> None:

@@ -104,3 +104,41 @@ def test_calibration_batches_are_cut_to_a_fixed_batch(tmp_path):
     with pytest.raises(GraphpruneError, match=r"index: 0 Got: 3 Expected: 2"):
         gp.prune_onnx(tmp_path / "two.onnx", tmp_path / "t.onnx", ratio=0.5, calib=[{"x": x[:3]}],
                       measure_latency=False)
+
+
+def test_options_of_the_wrong_type_are_named():
+    m = _net()
+    with pytest.raises(GraphpruneError, match=r"budget must name what it limits, \{'macs': 0.5\}"):
+        gp.prune(m, (torch.randn(2, 8),), budget=0.5)  # was TypeError: 'float' object is not iterable
+    with pytest.raises(GraphpruneError, match="ignore takes names"):
+        gp.prune(m, (torch.randn(2, 8),), ignore=[3])
+    with pytest.raises(GraphpruneError, match="not a submodule of the model"):
+        gp.prune(m, (torch.randn(2, 8),), ignore=[torch.nn.Linear(2, 2)])
+
+
+def test_ignore_takes_the_modules_a_user_holds():
+    m = _net()
+    _, report = gp.prune(m, (torch.randn(2, 8),), ratio=0.5, ignore=[m[0]], measure_latency=False, round_to=1)
+    assert m[0].out_features == 32 and report.params_after == report.params_before  # its one group kept whole
+
+
+def _llama():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=64, use_cache=False)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_transformers_calibration_in_the_forms_users_have():
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GraphpruneError, match="calibration batch 0 is text; tokenize it first"):
+        gp.hf.prune(_llama(), ratio=0.3, calib=["hello world"], generated=0)
+    with pytest.raises(GraphpruneError, match=r"input_ids holds ids from \d+ to \d+, but the model's vocabulary has 64"):
+        gp.hf.prune(_llama(), ratio=0.3, calib=[{"input_ids": ids + 100}], generated=0)  # was an IndexError
+    with pytest.raises(GraphpruneError, match="example input 0: input_ids holds ids"):
+        gp.hf.prune(_llama(), {"input_ids": ids + 64}, ratio=0.3)
+    # a tuple (ids,) or a bare tensor of ids is the forward's first input: pruned as the dict form is
+    kept = [gp.hf.prune(_llama(), ratio=0.3, calib=[c], generated=0)[1].kept for c in ((ids,), ids, {"input_ids": ids})]
+    assert kept[0] == kept[1] == kept[2]

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..errors import PlanError
 from ..graph import DependencyGraph
 from ..options import PruneOptions
 from ..oracle import OracleReport, run_oracle
@@ -77,11 +78,27 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float | None = N
     positional inputs or a dict of keyword inputs each); "taylor" and "hessian" also need a
     loss (``loss_fn(output, batch)``, or the model's own ``output.loss``).
     """
+    given = named_ignore(model, given) if isinstance(model, torch.nn.Module) else given
     opts = PruneOptions.of(options, **_positional(ratio, importance), **given)
     planned = plan_program(TorchProgram.of(graph, model), opts)
     if notes is not None:
         notes.extend(planned.notes)
     return planned.plan
+
+
+def named_ignore(model: torch.nn.Module, given: dict) -> dict:
+    """``given`` with modules in ``ignore`` named as ``model.named_modules()`` names them (a user holds
+    ``model.lm_head``, not its name); a module not in ``model`` is refused."""
+    ignore = given.get("ignore")
+    if ignore is None or isinstance(ignore, str) or not any(isinstance(m, torch.nn.Module) for m in ignore):
+        return given
+    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    out = []
+    for m in ignore:
+        if isinstance(m, torch.nn.Module) and id(m) not in names:
+            raise PlanError(f"ignore= holds a {type(m).__name__} that is not a submodule of the model")
+        out.append(names[id(m)] if isinstance(m, torch.nn.Module) else m)
+    return {**given, "ignore": out}
 
 
 def _positional(ratio, importance) -> dict:
@@ -141,7 +158,7 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, gr
     """
     args = args if isinstance(args, tuple) else (args,)
     program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
-    opts = PruneOptions.of(options, **given)
+    opts = PruneOptions.of(options, **named_ignore(model, given))
     pruned, report = prune_program(program, opts, plan_, inplace=True)
     return pruned.model, report
 

@@ -1,11 +1,11 @@
 """Example inputs for tracing a transformers model, built from its config."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
-from ..errors import TraceError
+from ..errors import PlanError, TraceError
 
 
 def prepare(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,3 +60,41 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, se
         # T5 does not derive them from input_ids as BART does; a shorter length keeps the two apart
         out["decoder_input_ids"] = torch.randint(low, vocab, (batch, max(2, seq_len // 2)), generator=gen)
     return out
+
+
+def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch") -> list[dict]:
+    """Batches as keyword dicts, checked: a tuple or a bare tensor goes to the forward's inputs in
+    order (``(ids, mask)`` -> input_ids, attention_mask), text is refused (tokenize first), and token
+    ids outside the vocabulary are named (a tokenizer of another model) instead of failing as an
+    IndexError deep inside the embedding."""
+    import inspect
+
+    names = [n for n, p in inspect.signature(model.forward).parameters.items()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    out = []
+    for k, b in enumerate(batches):
+        if isinstance(b, str) or (isinstance(b, (list, tuple)) and b and all(isinstance(x, str) for x in b)):
+            raise PlanError(f"{what} {k} is text; tokenize it first: tokenizer(texts, return_tensors='pt', "
+                            "padding=True) gives the dict of tensors a transformers model takes")
+        if isinstance(b, torch.Tensor):
+            b = (b,)
+        if isinstance(b, (tuple, list)):
+            b = dict(zip(names, b))
+        if not isinstance(b, Mapping):
+            raise PlanError(f"{what} {k} is a {type(b).__name__}; give a dict of tensors by input name "
+                            "({'input_ids': ids}), a tuple in the forward's order, or a tensor of token ids")
+        out.append(dict(b))
+        check_token_ids(model, out[-1], f"{what} {k}")
+    return out
+
+
+def check_token_ids(model: torch.nn.Module, batch: Mapping, where: str) -> None:
+    """Refuse token ids the model's embedding has no row for, naming the input and the vocabulary."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    for name in ("input_ids", "decoder_input_ids"):
+        ids = batch.get(name)
+        if vocab and isinstance(ids, torch.Tensor) and ids.numel() and not ids.is_floating_point():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= vocab:
+                raise PlanError(f"{where}: {name} holds ids from {low} to {high}, but the model's vocabulary has "
+                                f"{vocab} (config.vocab_size): tokenized with another model's tokenizer?")

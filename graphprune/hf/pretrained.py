@@ -19,7 +19,7 @@ from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
 from .choose import DISTIL_COPIES, load_if_fits
 from .generated import generated_batches, mix
-from .inputs import example_inputs, prepare
+from .inputs import as_batches, example_inputs, prepare
 from .stream import stream_prune
 from .sync import sync_config
 from .uniform import loadable_heads, warn_unloadable
@@ -86,7 +86,8 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
         model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs,
                              int(recover is not None))
-    opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **given)
+    opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **api.named_ignore(model, given))
+    opts = opts.replace(calib=as_batches(model, opts.calib)) if opts.calib is not None else opts
     _check_recover(model, recover, opts.max_memory)
     opts, head_note = loadable_heads(model, opts)
     prepare(model)
@@ -95,7 +96,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     calib = [dict(b) for b in opts.calib] if opts.calib is not None else None
     if inputs is None:
         inputs = dict(calib[0]) if calib else example_inputs(model)
-    inputs = dict(inputs)
+    inputs = as_batches(model, [inputs], "example input")[0]
     loss_fn = opts.loss_fn
     if loss_fn is None and calib is not None and _is_causal_lm(model):
         loss_fn = causal_lm_loss
