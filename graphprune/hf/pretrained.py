@@ -86,8 +86,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
         model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs,
                              int(recover is not None))
-    opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **api.named_ignore(model, given))
-    opts = opts.replace(calib=as_batches(model, opts.calib)) if opts.calib is not None else opts
+    opts = _checked_options(model, options, given)
     _check_recover(model, recover, opts.max_memory)
     opts, head_note = loadable_heads(model, opts)
     prepare(model)
@@ -110,6 +109,12 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     _sync_and_record(model, graph, report, opts, original, inputs)
     _distil(model, teacher, recover, report)
     return model, report
+
+
+def _checked_options(model, options, given: dict) -> PruneOptions:
+    """The options, with modules in ``ignore`` named and the calibration batches as keyword dicts."""
+    opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **api.named_ignore(model, given))
+    return opts.replace(calib=as_batches(model, opts.calib)) if opts.calib is not None else opts
 
 
 def _prune_or_keep_whole(model, inputs: dict, graph, plan_, opts: PruneOptions):
