@@ -94,17 +94,20 @@ class PruneOptions:
 
     @classmethod
     def of(cls, options: PruneOptions | None = None, defaults: Mapping[str, Any] | None = None,
-           **given: Any) -> PruneOptions:
+           extra: tuple[str, ...] = (), **given: Any) -> PruneOptions:
         """Options from keyword arguments (unknown names refused with the closest valid one),
-        over ``options`` where given, over an entry point's own ``defaults``."""
+        over ``options`` where given, over an entry point's own ``defaults``; ``extra``: the entry
+        point's own keywords, suggested too (the CLI's --calib-generated is hf.prune's generated=)."""
         valid = {f.name for f in fields(cls) if not f.name.startswith("_")}
         for name in given:
             if name not in valid:
-                # a valid name the given one starts with (calibration -> calib), else the closest spelling
-                close = [v for v in sorted(valid, key=len, reverse=True) if name.startswith(v)] or \
-                    difflib.get_close_matches(name, sorted(valid), n=1)
+                known = sorted(valid | set(extra), key=len, reverse=True)
+                # a known name the given one ends (calib_generated -> generated) or starts with (calibration ->
+                # calib), else the closest spelling
+                close = [v for v in known if name.endswith("_" + v)] or [v for v in known if name.startswith(v)] or \
+                    difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise PlanError(f"unknown option {name!r}{hint} Options are: {', '.join(sorted(valid))} "
+                raise PlanError(f"unknown option {name!r}{hint} Options are: {', '.join(sorted(valid | set(extra)))} "
                                 "(see graphprune.PruneOptions)")
         base = options if options is not None else cls(**dict(defaults or {}))
         return replace(base, **given)

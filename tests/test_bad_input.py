@@ -142,3 +142,17 @@ def test_transformers_calibration_in_the_forms_users_have():
     # a tuple (ids,) or a bare tensor of ids is the forward's first input: pruned as the dict form is
     kept = [gp.hf.prune(_llama(), ratio=0.3, calib=[c], generated=0)[1].kept for c in ((ids,), ids, {"input_ids": ids})]
     assert kept[0] == kept[1] == kept[2]
+
+
+def test_spelling_mistakes_get_the_right_hint(mlp, tmp_path, capsys):
+    with pytest.raises(GraphpruneError, match=r"input_shapes\['input'\] = '1x8'"):
+        gp.prune_onnx(mlp, tmp_path / "s.onnx", input_shapes={"input": "1x8"})
+    with pytest.raises(GraphpruneError, match="did you mean 'generated'"):  # hf.prune's own keyword, not 'calib'
+        gp.hf.prune(_llama(), calib_generated=0)
+    with pytest.raises(GraphpruneError, match=r"budget macs=2 is a count \(above 1\)"):  # 2 MACs: surely 'macs=0.5'
+        gp.prune(_net(), (torch.randn(2, 8),), budget={"macs": 2})
+    assert main(["prune", str(mlp), "-o", str(tmp_path / "s.onnx"), "--ratios", "0=0.5,0=0.2"]) == 2
+    assert "gives '0' twice" in capsys.readouterr().err
+    (tmp_path / "d.onnx").mkdir()
+    assert main(["prune", str(tmp_path / "d.onnx"), "-o", str(tmp_path / "s.onnx")]) == 2
+    assert "is a folder, not an ONNX file" in capsys.readouterr().err

@@ -98,6 +98,10 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
     opts = PruneOptions.of(options, defaults=ONNX_DEFAULTS, **given)  # every option checked before the load
     dst = Path(dst)
     _check_paths(Path(src), dst)
+    for name, shape in (input_shapes or {}).items():
+        if isinstance(shape, (str, bytes)) or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise PlanError(f"input_shapes['{name}'] = {shape!r}: give a tuple of positive whole numbers, such as "
+                            "(1, 3, 224, 224)")
     if inputs is not None and not isinstance(inputs, Mapping):
         raise PlanError(f"inputs= takes {{input name: array}}, not a {type(inputs).__name__}: name each array by "
                         "the model input it feeds")

@@ -25,6 +25,7 @@ from .sync import sync_config
 from .uniform import loadable_heads, warn_unloadable
 
 HF_DEFAULTS = {"ratio": 0.3}
+HF_KEYWORDS = ("generated", "recover", "inputs", "out")  # hf.prune's own, beside PruneOptions' fields
 META_ATTR = "graphprune_meta"  # where the pruned model remembers how it was made (for save_pruned)
 
 
@@ -84,7 +85,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
     if isinstance(model, (str, os.PathLike)) and out is not None:
         return _streamed(model, out, options, generated, given, recover)
     if isinstance(model, (str, os.PathLike)):  # in memory where the estimate fits, else refused: pass out=
-        model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, **given), inputs,
+        model = load_if_fits(model, PruneOptions.of(options, defaults=HF_DEFAULTS, extra=HF_KEYWORDS, **given), inputs,
                              int(recover is not None))
     opts = _checked_options(model, options, given)
     _check_recover(model, recover, opts.max_memory)
@@ -113,7 +114,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
 
 def _checked_options(model, options, given: dict) -> PruneOptions:
     """The options, with modules in ``ignore`` named and the calibration batches as keyword dicts."""
-    opts = PruneOptions.of(options, defaults=HF_DEFAULTS, **api.named_ignore(model, given))
+    opts = PruneOptions.of(options, defaults=HF_DEFAULTS, extra=HF_KEYWORDS, **api.named_ignore(model, given))
     return opts.replace(calib=as_batches(model, opts.calib)) if opts.calib is not None else opts
 
 

@@ -56,6 +56,8 @@ def classify(spec: str) -> str:
     """Which of KINDS ``spec`` names (without loading anything)."""
     p = Path(spec)
     if spec.lower().endswith(".onnx"):
+        if p.is_dir():
+            raise GraphpruneError(f"'{spec}' is a folder, not an ONNX file; give the .onnx file inside it")
         if not p.is_file():
             raise GraphpruneError(f"ONNX file '{spec}' does not exist")
         return "onnx"

@@ -61,6 +61,8 @@ def key_values(text: str, what: str = "budget", example: str = "macs=0.5 or para
         key, sep, value = part.rpartition("=")
         if not sep or not key.strip():
             raise PlanError(f"{what} item '{part}' is not KEY=VALUE (for example {example})")
+        if key.strip() in items:
+            raise PlanError(f"{what} gives '{key.strip()}' twice ({text}); give each key once")
         try:
             items[key.strip()] = float(value)
         except ValueError:
@@ -100,6 +102,9 @@ def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int])
         if value > 1 and value != int(value):  # 1.5: neither a fraction of the model nor a count of anything
             raise PlanError(f"budget {key}={value:g} is neither a fraction <= 1 of the model's {key} ({key}=0.8 keeps "
                             f"80%) nor a whole count ({key}={int(original[key] * 0.8)} keeps that many)")
+        if 1 < value < 0.01 * original[key]:  # macs=2: a count, and surely meant as a fraction
+            raise PlanError(f"budget {key}={value:g} is a count (above 1): {int(value):,} of the model's "
+                            f"{original[key]:,} {key}, under 1%; a fraction of the original is written <= 1 ({key}=0.5)")
         out[key] = int(round(value * original[key])) if value <= 1 else int(value)
         if out[key] > original[key]:
             raise PlanError(f"budget {key}={value:g} asks for more than the model has ({original[key]:,})")
@@ -240,7 +245,7 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
         worst = max(targets, key=lambda k: got[k] / max(targets[k], 1))
         raise PlanError(f"budget {worst}={targets[worst]:,} cannot be met by pruning the selected groups: removing "
                         f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). Select more kinds "
-                        "(targets=('heads', 'ffn', 'hidden')), raise max_ratio, or relax the budget")
+                        "(targets=; graph.summary() lists each group's), raise max_ratio, or relax the budget")
     best, best_got = kept_at(lo), cost.measure(kept_at(lo))
     if _fits(best_got, targets):
         hi = lo  # nothing needs pruning
