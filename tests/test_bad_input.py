@@ -156,3 +156,10 @@ def test_spelling_mistakes_get_the_right_hint(mlp, tmp_path, capsys):
     (tmp_path / "d.onnx").mkdir()
     assert main(["prune", str(tmp_path / "d.onnx"), "-o", str(tmp_path / "s.onnx")]) == 2
     assert "is a folder, not an ONNX file" in capsys.readouterr().err
+
+
+def test_save_pruned_into_an_unwritable_place_is_named(tmp_path):
+    model, _ = gp.hf.prune(_llama(), ratio=0.3)
+    (tmp_path / "afile").write_text("in the way")
+    with pytest.raises(GraphpruneError, match="save_pruned to .* is a file, not a folder"):
+        gp.hf.save_pruned(model, tmp_path / "afile" / "out")  # was a raw OSError from transformers

@@ -328,7 +328,7 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "none"], default="auto",
                     help="where the pruned model will run, for widths and the latency before/after: auto (default) "
                          "is onnxruntime for an .onnx OUT, PyTorch eager otherwise; none measures nothing")
-    pr.add_argument("--ignore", nargs="*", default=[], help="modules, parameters or initializers to keep whole")
+    pr.add_argument("--ignore", nargs="+", default=[], help="modules, parameters or initializers to keep whole")
     pr.add_argument("--no-latency", action="store_true", help="skip the latency measurement before/after")
     pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
     pr.add_argument("--no-fuse", action="store_true", help="ONNX: keep the graph's ops and weights as given "

@@ -19,6 +19,7 @@ from ..errors import GraphpruneError
 from ..frontends.torch_export import tied_aliases
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc
 from ..io.module_checkpoint import replay
+from ..util.atomic import check_writable
 from .inputs import prepare
 from .pretrained import META_ATTR
 from .stream import load_streamed
@@ -35,6 +36,7 @@ def save_pruned(model: torch.nn.Module, directory: str | os.PathLike, **save_kwa
         raise GraphpruneError(f"{type(model).__name__} was not pruned by graphprune.hf.prune: there is no plan to "
                               "save; prune it with graphprune.hf.prune(model, ...) first")
     directory = Path(directory)
+    check_writable(directory / PLAN_FILE, "save_pruned to")  # a read-only place: said before transformers writes
     model.save_pretrained(directory, **save_kwargs)
     shapes = {n: list(t.shape) for n, t in model.state_dict().items()}
     dataclasses.replace(meta, format=FORMAT, shapes=shapes).write(directory)
