@@ -116,3 +116,17 @@ def test_round_to_and_runtime_flags(tmp_path):
     for bad in ("0", "fast"):
         r = _run("prune", "mobilenetv2", "-o", str(tmp_path / "x.pt"), "--round-to", bad)
         assert r.returncode == 2 and "--round-to" in r.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_cli_messages_name_flags_not_api_arguments():
+    """The CLI printed the library's advice verbatim: "pass calib= ...", "see graph.summary()",
+    "round_to=1 allows any width" - arguments a command-line user cannot pass."""
+    from graphprune.cli.common import cli_words
+
+    assert cli_words("pass calib= (a few batches of real inputs)") == "pass --calib (a few batches of real inputs)"
+    assert cli_words("any width (round_to=1, --round-to 1), or other kinds (targets=)") == \
+        "any width (--round-to 1), or other kinds (--targets)"
+    assert cli_words("Select more kinds (targets=('heads', 'ffn')), raise max_ratio; see graph.summary()") == \
+        "Select more kinds (--targets heads ffn), raise --max-ratio; see graphprune inspect MODEL"
+    assert cli_words("(calib=..., allocation='sensitivity'); budget={\"macs\": 0.5}") == \
+        "(--calib ..., --allocation sensitivity); --budget macs=0.5"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,29 @@ import numpy as np
 from ..errors import GraphpruneError
 from ..io.checkpoint_doc import PLAN_FILE
 from ..planning.budget import key_values
+
+# The library's messages name API arguments (calib=, round_to=1); on the command line the same advice is a flag.
+_FLAGS = [
+    (r"\bgraph\.summary\(\)", "graphprune inspect MODEL"),
+    (r"\breport\.layer_table\(\)", "--layers"),
+    (r"\bround_to=['\"]?(\w+)['\"]?", r"--round-to \1"),
+    (r"\ballocation=['\"](\w+)['\"]", r"--allocation \1"),
+    (r"\bbudget=\{['\"](\w+)['\"]: ([\d.e+-]+)\}", r"--budget \1=\2"),
+    (r"\btargets=\(([^)]*)\)", lambda m: "--targets " + " ".join(re.findall(r"\w+", m.group(1)))),
+    (r"\b(calib|targets|ignore|ratios)=\s?", r"--\1 "),
+    (r"\bmax_ratio\b", "--max-ratio"),
+    (r"\buniform=True\b", "--uniform"),
+    (r"\bmeasure_latency=False\b", "--no-latency"),
+    (r"\bcompensate=False\b", "--no-compensate"),
+]
+
+
+def cli_words(text: str) -> str:
+    """A library message in the command line's words: each API argument it names as its flag."""
+    for pattern, flag in _FLAGS:
+        text = re.sub(pattern, flag, text)
+    text = re.sub(r"(--[\w-]+(?: [\w.]+)?), \1\b", r"\1", text)  # "round_to=1, --round-to 1" said it twice
+    return re.sub(r"(--[\w-]+) ([),;])", r"\1\2", text)
 
 
 def step(i: int, n: int, what: str, quiet: bool = False) -> float:
@@ -26,7 +50,7 @@ def emit(ns: argparse.Namespace, report) -> None:
         print(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str))
         return
     print()
-    print(report)
+    print(cli_words(str(report)))
     if getattr(ns, "layers", False):
         print(report.layer_table())
     if getattr(ns, "plot_layers", None):

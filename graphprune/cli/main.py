@@ -15,6 +15,7 @@ import warnings
 
 from ..errors import GraphpruneError
 from ..util.tables import use_rich
+from .common import cli_words
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # a warning is one line too, without the source line Python shows
             warnings.showwarning = lambda message, category, *_a, **_k: print(
-                f"graphprune: warning: {message}", file=sys.stderr)
+                f"graphprune: warning: {cli_words(str(message))}", file=sys.stderr)
             return ns.run(ns)
     except GraphpruneError as exc:
-        print(f"graphprune: error: {exc}", file=sys.stderr)
+        print(f"graphprune: error: {cli_words(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader left (`| head`): it had what it read, and nothing else is wrong
         try:  # stdout to /dev/null, or the interpreter's last flush raises the same error again
