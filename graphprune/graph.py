@@ -228,8 +228,13 @@ class DependencyGraph:
         m = self._member(name, dim)
         return [self._by_atom[a] for a in self.solver.atoms(m.term) if a in self._by_atom]
 
-    def group_of(self, name: str, dim: int, index: int | None = None) -> Group:
+    def group_of(self, name: str, dim: int, index: int | None = None, group: int | None = None) -> Group:
         """The group owning ``name``'s dim (at ``index`` when several groups share the dim).
+
+        A position can lie in several groups: a fused q/k/v weight's row is in the q/k/v slab, a
+        head and a position within every head. The prunable one is taken where only one is;
+        where several are, each is another way to remove the row: ``group=`` picks one, and
+        without it the error lists them.
 
         Example: "what else shrinks if I remove channel 7 of layer1.0.conv1?"
             >>> grp = g.group_of("layer1.0.conv1.weight", 0, 7)     # doctest: +SKIP
@@ -237,24 +242,40 @@ class DependencyGraph:
         """
         m = self._member(name, dim)
         groups = self.groups_of(name, dim)
-        if index is None:
+        if index is None and group is None:
             if len(groups) != 1:
                 raise PlanError(f"{name} dim {dim} is shared by {len(groups)} groups; pass index= to pick one")
             return groups[0]
-        for grp in groups:
-            if any(c[index] >= 0 for c in self.solver_coords(m.term, grp.id)):
-                return grp
-        raise PlanError(f"position {index} of {name} dim {dim} belongs to no group (it cannot be pruned)")
+        here = [g for g in groups if index is None or any(c[index] >= 0 for c in self.solver_coords(m.term, g.id))]
+        if group is not None:
+            chosen = [g for g in here if g.id == group]
+            if not chosen:
+                raise PlanError(f"group {group} does not hold position {index} of {name} dim {dim}; the groups that "
+                                f"do: {[g.id for g in here]}")
+            return chosen[0]
+        if not here:
+            raise PlanError(f"position {index} of {name} dim {dim} belongs to no group (it cannot be pruned)")
+        prunable = [g for g in here if g.prunable]
+        if len(prunable) > 1:
+            ways = "; ".join(f"{g.id} ({g.kind}, size {g.size})" for g in prunable)
+            raise PlanError(f"position {index} of {name} dim {dim} lies in {len(prunable)} prunable groups, each "
+                            f"another way to remove it: {ways}; pass group= to choose one")
+        return (prunable or here)[0]
 
-    def index_of(self, name: str, dim: int, position: int) -> tuple[Group, int]:
+    def index_of(self, name: str, dim: int, position: int, group: int | None = None) -> tuple[Group, int]:
         """The group and group index that own ``position`` of ``name``'s ``dim``."""
-        grp = self.group_of(name, dim, position)
+        grp = self.group_of(name, dim, position, group)
         m = self._member(name, dim)
         return grp, int(next(c[position] for c in self.solver_coords(m.term, grp.id) if c[position] >= 0))
 
-    def affected(self, name: str, dim: int, position: int) -> list[tuple[str, int, list[int]]]:
-        """Everything that moves if ``position`` of ``name``'s ``dim`` is removed."""
-        grp, idx = self.index_of(name, dim, position)
+    def affected(self, name: str, dim: int, position: int, group: int | None = None) -> list[tuple[str, int, list[int]]]:
+        """Everything that moves if ``position`` of ``name``'s ``dim`` is removed. A position no prune
+        can remove (its group frozen: a model input, an op without a rule) is an error naming why;
+        ``group(id).affected(index)`` still lists what it is coupled to."""
+        grp, idx = self.index_of(name, dim, position, group)
+        if grp.frozen:
+            raise PlanError(f"position {position} of {name} dim {dim} cannot be removed: group {grp.id} is frozen "
+                            f"({grp.frozen[0]}); graph.group({grp.id}).affected({idx}) lists what it is coupled to")
         return grp.affected(idx)
 
     @property

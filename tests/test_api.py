@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphprune as gp
+from graphprune.errors import PlanError
 from graphprune.reasons import UNKNOWN_OP
 from graphprune.zoo import build
 
@@ -28,6 +29,30 @@ def test_query_what_moves_with_one_channel(resnet):
     assert moved == {("layer1.0.conv1.weight", 0): [3], ("layer1.0.bn1.weight", 0): [3],
                      ("layer1.0.bn1.bias", 0): [3], ("layer1.0.bn1.running_mean", 0): [3],
                      ("layer1.0.bn1.running_var", 0): [3], ("layer1.0.conv2.weight", 1): [3]}
+
+
+def test_a_query_on_a_frozen_or_shared_position_says_so(resnet):
+    """affected() answered a fused q/k/v row with the frozen q/k/v slab (rows 0-63, no heads) and a
+    model input's channel with itself, silently: neither can be removed that way."""
+    _, _, g = resnet
+    with pytest.raises(PlanError, match="cannot be removed: group .* is frozen"):
+        g.affected("conv1.weight", 1, 0)  # the image's colour channel
+    model, args = build("vit")
+    vit = gp.trace(model, args)
+    name = "blocks.0.attn.qkv.weight"
+    heads, dims = (next(grp for grp in vit.groups_of(name, 0) if grp.kind == k and grp.prunable)
+                   for k in ("head", "head_dim"))
+    with pytest.raises(PlanError, match=rf"lies in 2 prunable groups, each another way to remove it: .*{heads.id} "
+                                        rf"\(head.*{dims.id} \(head_dim"):
+        vit.affected(name, 0, 7)
+    by_head = {(n, d): p for n, d, p in vit.affected(name, 0, 7, group=heads.id)}
+    by_dim = {(n, d): p for n, d, p in vit.affected(name, 0, 7, group=dims.id)}
+    # a head: its query, key and value rows and its columns of the output projection; a position
+    # within heads: that position in every head's q, k and v, and the value's in every proj column block
+    assert 7 in by_head[(name, 0)] and len(by_head[(name, 0)]) == 3 * len(by_head[("blocks.0.attn.proj.weight", 1)])
+    assert 7 in by_dim[(name, 0)] and len(by_dim[(name, 0)]) > 3 and ("blocks.0.attn.proj.weight", 1) in by_dim
+    with pytest.raises(PlanError, match="does not hold position"):
+        vit.affected(name, 0, 7, group=0)
 
 
 def test_residual_stream_couples_a_whole_stage(resnet):
