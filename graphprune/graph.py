@@ -9,12 +9,12 @@ import numpy as np
 
 from .blocks import find_blocks
 from .errors import PlanError
+from .graph_views import groups_table, op_digraph
 from .ir import Graph
 from .kinds import group_kinds
 from .reasons import CONSTANT, MODEL_IO, OP_ARGUMENT, Reason, at
 from .rules.registry import Carry, apply_rules, declare_slots
 from .spaces import Solver, Term
-from .util.tables import table
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,19 +324,7 @@ class DependencyGraph:
 
     def to_networkx(self):
         """The op graph as a networkx.DiGraph: value nodes and op nodes, edges along data flow."""
-        import networkx as nx
-
-        dg = nx.DiGraph()
-        for v in self.ir.values.values():
-            dg.add_node(v.name, kind=v.kind, shape=v.shape, source=v.source)
-        for n in self.ir.nodes:
-            dg.add_node(n.name, kind="op", op=n.op, **{k: v for k, v in n.meta.items() if v})
-            for i in dict.fromkeys(n.inputs):
-                dg.add_edge(i, n.name)
-            for o in n.outputs:
-                if o != n.name:
-                    dg.add_edge(n.name, o)
-        return dg
+        return op_digraph(self.ir)
 
     def summary(self) -> str:
         return groups_table(self)
@@ -403,18 +391,3 @@ def _coords(solver: Solver, term: Term, atom: int) -> tuple[int, list[np.ndarray
         for arr in occ:
             out.append(np.tile(np.repeat(arr, inner), outer))
     return total, out
-
-
-def groups_table(dg: DependencyGraph, limit: int = 60) -> str:
-    rows = []
-    for g in dg.groups[:limit]:
-        first = g.members[0]
-        state = "prunable" if g.prunable else "frozen"
-        why = str(g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
-        rows.append([g.id, g.size, g.kind, g.role, state + ("" if g.exact else "*"), len(g.members),
-                     f"{first.name}[{first.dim}]", why[:90]])
-    text = table(["group", "size", "kind", "role", "state", "members", "first member", "reason"], rows)
-    if len(dg.groups) > limit:
-        text += f"\n... {len(dg.groups) - limit} more groups"
-    n_p = sum(g.prunable for g in dg.groups)
-    return text + f"\n{len(dg.groups)} groups, {n_p} prunable (* = not oracle-exact: crosses a channel normalisation)"
