@@ -44,8 +44,8 @@ class BudgetResult:
         parts = []
         if self.latency is not None:
             t, b, a = self.latency
-            parts.append(f"latency {a:.3f} ms of {b:.3f} ms (target {t:g} ms, {a / t - 1:+.1%}; onnxruntime, "
-                         "one thread, the example inputs' batch)")
+            parts.append(f"latency {a:.3f} ms of {b:.3f} ms when planned (target {t:g} ms, {a / t - 1:+.1%}; "
+                         "onnxruntime, one thread, the example inputs' batch)")
         for k, t in self.targets.items():
             if k == "latency_us":
                 continue  # the measured latency above says it
