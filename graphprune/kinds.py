@@ -15,7 +15,7 @@ without head counts or layer lists from the user:
   (embeddings, output projections, shortcut convs) whose outputs meet in an add.
 - ``ffn``: any other channel a weight creates: FFN units, a CNN block's inner width.
 - ``channel``: a channel no weight creates (input features, vocabulary rows looked up
-  by index, sequence positions): usually frozen.
+  by index, sequence positions), or one the model returns (logits, classes): frozen.
 - ``conv_group`` / ``group_channel``: outer / inner factors that are no attention
   head (grouped convolutions).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .ops import Ops
+from .reasons import MODEL_IO
 
 if TYPE_CHECKING:
     from .graph import DependencyGraph
@@ -53,8 +54,8 @@ def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
             out[a] = "group_channel"
         elif a in hidden:
             out[a] = "hidden"
-        elif births.get(a):
-            out[a] = "ffn"
+        elif births.get(a) and not any(r.kind == MODEL_IO for r in g.frozen):
+            out[a] = "ffn"  # (a weight's output the model returns, logits or a tied vocabulary, is no FFN unit)
         else:
             out[a] = "channel"
     return out

