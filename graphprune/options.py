@@ -109,6 +109,8 @@ class PruneOptions:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise PlanError(f"unknown option {name!r}{hint} Options are: {', '.join(sorted(valid | set(extra)))} "
                                 "(see graphprune.PruneOptions)")
+        if given.get("ratio") is not None and given.get("budget") is not None:  # the budget chose; the ratio went unread
+            raise PlanError("ratio= and budget= both choose how much goes: pass one of them")
         base = options if options is not None else cls(**dict(defaults or {}))
         return replace(base, **given)
 
@@ -141,6 +143,8 @@ class PruneOptions:
             raise PlanError(f"uniform must be True or False, not {self.uniform!r}")
         if self.uniform:
             _check_uniform(self)
+        if self.runtime == "none":  # the CLI's --runtime none, as a user reading it spells it here
+            object.__setattr__(self, "runtime", None)
         if self.runtime not in RUNTIMES:
             raise PlanError(f"runtime {self.runtime!r} is not one graphprune measures on; choose one of "
                             f"{list(RUNTIMES)}")

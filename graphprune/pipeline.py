@@ -127,9 +127,9 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
     on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice
     idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg, w.round_to) if w.spent is None and not w.blocks else None
-    if idle:
+    if idle and (opts.targets is not None or idle.startswith("nothing")):  # the default kinds: a note when some go
         warnings.warn(idle, PruneWarning, stacklevel=3)
-        w.ctx.notes.append(idle)
+    w.ctx.notes += [idle] if idle else []
     return Planned(plan, w.name, w.batches, w.ctx, list(w.ctx.notes), w.alloc, w.spent, w.depth, dict(w.scores),
                    w.memory)
 

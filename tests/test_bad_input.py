@@ -163,3 +163,24 @@ def test_save_pruned_into_an_unwritable_place_is_named(tmp_path):
     (tmp_path / "afile").write_text("in the way")
     with pytest.raises(GraphpruneError, match="save_pruned to .* is a file, not a folder"):
         gp.hf.save_pruned(model, tmp_path / "afile" / "out")  # was a raw OSError from transformers
+
+
+def test_a_misspelt_calibration_key_is_named():
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GraphpruneError, match="calibration batch 0 has no 'input_ids', the model's main input; it "
+                                              "gives 'input_idz'"):  # was torch.export's "specify exactly one of"
+        gp.hf.prune(_llama(), ratio=0.3, calib=[{"input_idz": ids}], generated=0)
+
+
+def test_ratio_and_budget_together_are_refused_and_runtime_none_is_spelt_as_on_the_cli():
+    with pytest.raises(GraphpruneError, match="ratio= and budget= both choose how much goes"):
+        gp.prune(_net(), (torch.randn(2, 8),), ratio=0.3, budget={"params": 0.9})  # the ratio went unread
+    _, report = gp.prune(_net(), (torch.randn(2, 8),), ratio=0.5, runtime="none")
+    assert report.latency is None  # measured nothing, as --runtime none
+
+
+def test_loading_from_a_folder_that_is_not_there_says_so(tmp_path):
+    with pytest.raises(GraphpruneError, match="is not a folder .*does not exist"):
+        gp.hf.load_pruned(tmp_path / "nowhere")  # said "has no graphprune.json: save the model with ..."
+    with pytest.raises(GraphpruneError, match="does not exist"):
+        gp.load_pruned(tmp_path / "nowhere")

@@ -116,7 +116,8 @@ def test_no_stream_with_too_little_memory_is_refused_before_loading(ckpt, tmp_pa
 
 
 @pytest.mark.parametrize("extra, says", [
-    (["--budget", "params=0.5", "--allocation", "global"], "--allocation global spends --budget"),
+    (["--budget", "params=0.5", "--allocation", "global"], "--allocation global ranks channels by every block"),
+    (["--ratio", "0.3", "--allocation", "global"], "--allocation global ranks channels by every block"),
     (["--recover-steps", "2"], "--recover-steps distils"),
     (["--report", "REP"], "--report reports one whole model"),
 ])

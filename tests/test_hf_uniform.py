@@ -3,6 +3,7 @@ loads with plain ``from_pretrained`` in a process that never imports graphprune;
 ``-o out.gguf`` (issue 24)."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import warnings
@@ -153,7 +154,10 @@ def test_cli_refuses_bad_gguf_requests_before_work(llama_folder, tmp_path, capsy
     cases = [(["zoo:resnet18", "-o", str(tmp_path / "r.gguf")], "GGUF is written for transformers LLMs"),
              ([str(llama_folder), "-o", str(tmp_path / "x"), "--quant", "q8_0"], "apply to a .gguf OUT only"),
              ([str(llama_folder), "-o", str(tmp_path / "x.gguf"), "--quant", "q9"], "quant 'q9'")]
+    if importlib.util.find_spec("llama_cpp") is None:  # found missing after the whole prune, before
+        cases.append(([str(llama_folder), "-o", str(tmp_path / "x.gguf"), "--quant", "q8_0"], "make llama-cpp"))
     for argv, message in cases:
         assert main(["prune", *argv, "--no-latency"]) != 0
-        assert message in capsys.readouterr().err
+        captured = capsys.readouterr()
+        assert message in captured.err and "[1/" not in captured.out  # refused before the model load
         assert not list(tmp_path.iterdir())  # nothing written

@@ -62,10 +62,13 @@ def test_streamed_prune_equals_the_whole_model_pruned_in_memory(tmp_path):
 def test_calibrated_streamed_prune_repairs_like_the_in_memory_one(tmp_path):
     dense = _llama(tie=True)
     dense.save_pretrained(tmp_path / "src")
+    (tmp_path / "src" / "tokenizer.json").write_text('{"a tokenizer": true}')
     calib = _calib(6)
     report = gp.hf.prune(tmp_path / "src", out=tmp_path / "out", calib=calib, ratio=0.5, allocation="uniform",
                          measure_latency=False)
     streamed = gp.hf.load_pruned(tmp_path / "out")
+    # the tokenizer goes along, as the CLI's copies it (a GGUF export of the output needed tokenizer= before)
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"a tokenizer": true}'
     whole, _ = gp.hf.prune(copy.deepcopy(dense), inputs=calib[0], calib=calib, ratio=0.5, targets=("heads", "ffn"),
                            allocation="uniform", measure_latency=False)
     blind, _ = gp.hf.prune(copy.deepcopy(dense), inputs=calib[0], ratio=0.5, targets=("heads", "ffn"),
@@ -96,6 +99,8 @@ def test_refusals_and_failures_leave_nothing_behind(tmp_path, monkeypatch):
     _llama().save_pretrained(tmp_path / "src")
     with pytest.raises(gp.PlanError, match="allocation='global' spends a budget across the whole model"):
         gp.hf.prune(tmp_path / "src", out=tmp_path / "o1", calib=_calib(), budget={"params": 0.5}, allocation="global")
+    with pytest.raises(gp.PlanError, match="allocation='global' ranks channels across the whole model"):
+        gp.hf.prune(tmp_path / "src", out=tmp_path / "o1", calib=_calib(), ratio=0.3, allocation="global")  # no budget
     with pytest.raises(gp.PlanError, match="Pass out="):  # in memory where it fits; refused here
         gp.hf.prune(tmp_path / "src", calib=_calib(), max_memory="1MiB")
     with pytest.raises(gp.PlanError, match="calibrates each block"):

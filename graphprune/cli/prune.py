@@ -176,7 +176,7 @@ def _options(ns, onnx_in: bool) -> PruneOptions:
     """The command's options as one PruneOptions. The runtime is the one the output is for: an
     ONNX model or an .onnx OUT runs on onnxruntime, a PyTorch module on PyTorch."""
     auto = "onnxruntime" if onnx_in or str(ns.output).endswith(".onnx") else "torch"
-    return PruneOptions.of(ratio=ns.ratio, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
+    return PruneOptions.of(defaults={"ratio": ns.ratio}, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
                            compensate=False if ns.no_compensate else None, allocation=ns.allocation,
                            add_bias=ns.add_bias, uniform=ns.uniform, budget=ns.budget, max_ratio=ns.max_ratio,
                            ratios=parse_ratios(ns.ratios), round_to=ns.round_to,

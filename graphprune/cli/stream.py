@@ -61,8 +61,8 @@ def blockers(ns, calib) -> list[str]:
     out = []
     if not calib:
         out.append("it calibrates each block on the outputs of the pruned blocks before it: give --calib")
-    if ns.budget and getattr(ns, "allocation", None) == "global":
-        out.append("--allocation global spends --budget by every block's scores, and it holds one block at a time: "
+    if getattr(ns, "allocation", None) == "global":
+        out.append("--allocation global ranks channels by every block's scores, and it holds one block at a time: "
                    "give --allocation uniform (or sensitivity, within each block)")
     if ns.budget and {"latency_ms", "speedup"} & set(key_values(ns.budget)):
         out.append("a latency or speedup --budget is measured on the whole model, which it never runs: give "

@@ -69,8 +69,9 @@ def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch")
     IndexError deep inside the embedding."""
     import inspect
 
-    names = [n for n, p in inspect.signature(model.forward).parameters.items()
-             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = inspect.signature(model.forward).parameters
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     out = []
     for k, b in enumerate(batches):
         if isinstance(b, str) or (isinstance(b, (list, tuple)) and b and all(isinstance(x, str) for x in b)):
@@ -83,6 +84,14 @@ def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch")
         if not isinstance(b, Mapping):
             raise PlanError(f"{what} {k} is a {type(b).__name__}; give a dict of tensors by input name "
                             "({'input_ids': ids}), a tuple in the forward's order, or a tensor of token ids")
+        main = getattr(model, "main_input_name", None)
+        if main and main not in b and "inputs_embeds" not in b:  # else torch.export's "specify exactly one of ..."
+            raise PlanError(f"{what} {k} has no '{main}', the model's main input; it gives "
+                            f"{', '.join(map(repr, b)) or 'nothing'}")
+        unknown = [n for n in b if n not in params]
+        if unknown and not takes_any:
+            raise PlanError(f"{what} {k} names {', '.join(map(repr, unknown))}, which {type(model).__name__}.forward "
+                            f"does not take; it takes {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
         out.append(dict(b))
         check_token_ids(model, out[-1], f"{what} {k}")
     return out

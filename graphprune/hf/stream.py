@@ -28,7 +28,7 @@ import torch
 from ..api.torch_models import prune as prune_module
 from ..calib import distributed, sites
 from ..errors import PlanError
-from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tensor_spec
+from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay
 from ..options import PruneOptions
@@ -187,6 +187,9 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     opts = PruneOptions.of(options, defaults=STREAM_DEFAULTS, **{**given, "calib": calib or None})
     if opts.budget is not None:
         opts = stream_budget.stream_options(opts)
+    elif opts.allocation == "global":  # ranked within each block instead, silently (a user's ratio=0.3 run)
+        raise PlanError("allocation='global' ranks channels across the whole model, which a streamed prune never "
+                        "holds: give allocation='uniform' (or 'sensitivity', within each block), or prune in memory")
     if not calib:
         raise PlanError("a streamed prune calibrates each block on the outputs of the pruned blocks before it: "
                         "pass calib=[{'input_ids': ...}, ...]")
@@ -239,6 +242,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
                             for k, v in inputs[0].items()}
         side = {"config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode(),
                 PLAN_FILE: json.dumps(doc.to_json(), indent=1, sort_keys=True).encode()}
+        side |= {n: (Path(folder) / n).read_bytes() for n in TOKENIZER_FILES if (Path(folder) / n).is_file()}
         writer.close(side)
     except BaseException:
         writer.abort()

@@ -25,6 +25,10 @@ from ..planning.plan import PrunePlan
 from ..util.atomic import write_bytes_atomic
 
 PLAN_FILE = "graphprune.json"
+# a Hugging Face folder's tokenizer / processor files, copied beside a pruned model so it is used as the original was
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json", "preprocessor_config.json",
+                   "processor_config.json", "generation_config.json", "chat_template.jinja", "sentencepiece.bpe.model")
 FORMAT = 1
 
 
@@ -118,6 +122,9 @@ class CheckpointDoc:
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "CheckpointDoc":
         path = Path(folder) / PLAN_FILE
+        if not path.is_file():
+            raise GraphpruneError(f"{folder} is not a folder graphprune saved: " + (
+                f"it has no {PLAN_FILE}" if Path(folder).is_dir() else "it does not exist"))
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

@@ -9,6 +9,7 @@ every FFN matrix in the chosen type.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 from pathlib import Path
 
@@ -20,8 +21,15 @@ QUANTS = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q2_k": 10, "q3
 
 
 def check_quant(quant: str | None) -> None:
-    if quant is not None and quant not in QUANTS:
+    """A quant type llama.cpp's quantizer knows, with the quantizer installed: refused before any work
+    (a missing llama-cpp-python was found only after the whole prune)."""
+    if quant is None:
+        return
+    if quant not in QUANTS:
         raise PlanError(f"quant '{quant}': export_gguf quantizes to {', '.join(QUANTS)} (llama.cpp's names, lower case)")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise GraphpruneError(f"quant='{quant}' runs llama.cpp's quantizer, which needs llama-cpp-python: "
+                              "build it with make llama-cpp (or pip install llama-cpp-python)")
 
 
 def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, quant: str, threads: int | None = None) -> None:

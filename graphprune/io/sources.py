@@ -22,7 +22,7 @@ from typing import Any
 from graphprune.zoo import ZOO, build
 
 from ..errors import GraphpruneError
-from .checkpoint_doc import PLAN_FILE, CheckpointDoc
+from .checkpoint_doc import PLAN_FILE, TOKENIZER_FILES, CheckpointDoc
 from .example_shapes import inputs_from_shapes
 from .factory import call_factory
 from .module_checkpoint import load_pruned_module
@@ -165,9 +165,6 @@ def _saved(path: Path) -> Source:
     return Source("saved", str(path), path, model, args, kwargs, doc.recipe or {}, doc)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "tokenizer.model", "spiece.model", "added_tokens.json", "preprocessor_config.json",
-                   "processor_config.json", "generation_config.json", "chat_template.jinja", "sentencepiece.bpe.model")
 
 
 def copy_side_files(src: Path, dst: Path) -> list[str]:
