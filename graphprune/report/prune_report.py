@@ -257,6 +257,8 @@ def compensation_text(comp, limit: int = 8) -> str:
     if comp.bias_modules:
         text += (f"\nnew biases: {len(comp.bias_modules)} layer(s) had none and were given one: "
                  + ", ".join(comp.bias_modules[:4]) + (" ..." if len(comp.bias_modules) > 4 else ""))
+    if getattr(comp, "thin", ""):
+        text += f"\ncompensation: {comp.thin}"
     for s in comp.skipped[:3]:
         text += f"\nnot compensated: {s}"
     return text
