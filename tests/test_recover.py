@@ -252,10 +252,11 @@ def test_cli_recover_steps(tmp_path):
     out = tmp_path / "slim.pt"
     r = _cli("prune", "resnet18", "-o", str(out), "--calib", str(calib), "--ratio", "0.5", "--round-to", "1",
              "--importance", "l2", "--allocation", "uniform", "--no-compensate", "--no-verify", "--no-latency",
-             "--recover-steps", "6", "--json")
+             "--recover-steps", "6", "--recover-lr", "3e-4", "--recover-time", "120", "--json")
     assert r.returncode == 0, r.stderr
     assert "[3/4] recovering: 6 steps" in r.stderr and out.exists()
     note = next(n for n in json.loads(r.stdout)["notes"] if n.startswith("recovered by distillation: 6 steps"))
+    assert "(lr 0.0003;" in note, note  # the rate given, not the default
     before, after = map(float, re.search(r"held-out loss (\S+) -> (\S+) ", note).groups())
     assert after <= before
 
@@ -266,3 +267,5 @@ def test_cli_recover_steps(tmp_path):
     assert "--recover-steps trains a PyTorch model" in r.stderr
     r = _cli("prune", "resnet18", "-o", str(tmp_path / "x.pt"), "--recover-steps", "5")
     assert r.returncode == 2 and "give --calib" in r.stderr
+    r = _cli("prune", "resnet18", "-o", str(tmp_path / "x.pt"), "--recover-lr", "1e-4")
+    assert r.returncode == 2 and "apply with --recover-steps N" in r.stderr

@@ -216,7 +216,7 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         steps, time_s: bound the work (neither: one epoch of training batches, 100 to 1000 steps).
         lr: AdamW's learning rate (default 1e-4 for transformers models; otherwise the best of a
             short probe, api/recover_lr.py: 1e-3 ... 1e-6, a few steps each on held-out loss;
-            1e-3 for runs under 48 steps or 30 s).
+            1e-3 for runs under 24 steps or 15 s).
         callback: ``callback(step, train_loss, heldout_loss)`` at each evaluation; False stops.
         holdout, eval_every, patience: the share of batches held out (0: none, no early stop); an
             evaluation every ``eval_every`` steps (default a tenth of the steps, at most 100); stop

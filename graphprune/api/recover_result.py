@@ -29,8 +29,8 @@ class RecoverResult:
         """One line, for a prune report's notes."""
         held = (f", held-out loss {self.heldout_before:.4g} -> {self.heldout_best:.4g}" if self.heldout_losses
                 else f", training loss {self.train_losses[-1]:.4g}" if self.train_losses else "")
-        return (f"recovered by distillation: {self.steps} steps{held} (stopped by {self.reason}; weights of step "
-                f"{self.best_step}, changed after the oracle's check)")
+        return (f"recovered by distillation: {self.steps} steps{held} (lr {self.lr:g}; stopped by {self.reason}; "
+                f"weights of step {self.best_step}, changed after the oracle's check)")
 
     def __str__(self) -> str:
 

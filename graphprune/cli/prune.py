@@ -141,7 +141,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
             return 0
         if teacher is not None:
             step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
-            report.notes.append(_recover(model, teacher, calib, ns.recover_steps).summary())
+            report.notes.append(_recover(model, teacher, calib, ns).summary())
         step(n, n, f"writing {ns.output}", ns.json)
         write(src, model, report, ns.output, out_kind, (ns.gguf_type, ns.quant))
         report.path = str(ns.output)
@@ -155,7 +155,11 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 def _check_recover(ns, kind: str) -> None:
     """--recover-steps trains a PyTorch model on --calib: refused before any work otherwise."""
     if ns.recover_steps is None:
+        if ns.recover_time is not None or ns.recover_lr is not None:
+            raise GraphpruneError("--recover-time and --recover-lr apply with --recover-steps N")
         return
+    if (ns.recover_time is not None and not ns.recover_time > 0) or (ns.recover_lr is not None and not ns.recover_lr > 0):
+        raise GraphpruneError("--recover-time and --recover-lr must be > 0")
     if ns.recover_steps < 1:
         raise GraphpruneError(f"--recover-steps must be >= 1, got {ns.recover_steps}")
     if kind == "onnx":
@@ -165,11 +169,12 @@ def _check_recover(ns, kind: str) -> None:
         raise GraphpruneError("--recover-steps trains on data: give --calib (the batches to distil on)")
 
 
-def _recover(model, teacher, calib, steps: int):
+def _recover(model, teacher, calib, ns):
     """Distil ``model`` from ``teacher`` on the --calib batches: tuples are positional inputs."""
 
     unpack = lambda b: ((), dict(b)) if isinstance(b, dict) else (tuple(b), {})
-    return recover(model, teacher, calib, steps=steps, unpack=unpack)
+    return recover(model, teacher, calib, steps=ns.recover_steps, time_s=ns.recover_time, lr=ns.recover_lr,
+                   unpack=unpack)
 
 
 def _options(ns, onnx_in: bool) -> PruneOptions:
@@ -301,6 +306,11 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--recover-steps", type=int, default=None, metavar="N",
                     help="with --calib, PyTorch models: after pruning, train N steps to match the original (knowledge "
                          "distillation on the --calib batches, a tenth held out; graphprune.recover)")
+    pr.add_argument("--recover-time", type=float, default=None, metavar="S",
+                    help="with --recover-steps: stop distilling after S seconds as well (graphprune.recover's time_s)")
+    pr.add_argument("--recover-lr", type=float, default=None, metavar="LR",
+                    help="with --recover-steps: the learning rate (default: probed on held-out batches, 1e-3 for runs "
+                         "under 24 steps)")
     pr.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
                     help="refuse, before calibration, a prune whose estimated peak memory exceeds SIZE (bytes, or "
                          "8GB, 512MiB, 16G); a transformers folder that would exceed it in memory is pruned block "
