@@ -146,6 +146,21 @@ def test_same_seed_same_weights_other_seed_other_weights():
     assert not _same(runs["a"], _state(student))
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(callback=3), "callback=3 is not callable"),  # failed at the first evaluation, after training started
+    (dict(lr="fast"), "lr='fast' is out of range"),  # a bare TypeError
+    (dict(lr=-1.0), "lr=-1.0 is out of range"),  # torch's ValueError
+    (dict(time_s="10"), "time_s='10' is out of range"),
+])
+def test_bad_arguments_are_refused_before_training(kw, match):
+    teacher = _mlp()
+    student = _pruned(teacher, torch.randn(4, 16))
+    before = _state(student)
+    with pytest.raises(RecoverError, match=re.escape(match)):
+        gp.recover(student, teacher, _batches(6, 16), steps=5, **kw)
+    assert _same(_state(student), before)
+
+
 @pytest.mark.parametrize("data, match", [
     ([], "data holds no batches"),
     ("images.npz", "data is one str"),

@@ -116,14 +116,22 @@ def recover_options(arg: bool | Mapping[str, Any] | None, calib, need_data: bool
 
 
 def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="auto", temperature=2.0, mix=None,
-                  **_) -> None:
+                  lr=None, callback=None, **_) -> None:
+    """Every argument checked before the first step (a callback=3 failed at the first evaluation, lr="fast"
+    with a bare TypeError)."""
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     for name, v, ok in (("steps", steps, steps is None or (isinstance(steps, int) and steps >= 1)),
-                        ("time_s", time_s, time_s is None or time_s > 0), ("holdout", holdout, 0 <= holdout < 1),
-                        ("eval_every", eval_every, eval_every is None or eval_every >= 1),
-                        ("loss", loss, loss in ("auto", "kl", "mse")), ("temperature", temperature, temperature > 0),
-                        ("mix", mix, mix is None or 0 <= mix < math.inf)):
+                        ("time_s", time_s, time_s is None or (num(time_s) and time_s > 0)),
+                        ("holdout", holdout, num(holdout) and 0 <= holdout < 1),
+                        ("eval_every", eval_every, eval_every is None or (isinstance(eval_every, int) and eval_every >= 1)),
+                        ("loss", loss, loss in ("auto", "kl", "mse")),
+                        ("temperature", temperature, num(temperature) and temperature > 0),
+                        ("mix", mix, mix is None or (num(mix) and mix >= 0)),
+                        ("lr", lr, lr is None or (num(lr) and lr > 0))):
         if not ok:
             raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
+    if callback is not None and not callable(callback):
+        raise RecoverError(f"recover: callback={callback!r} is not callable; give a function (step, loss, held_out)")
 
 
 class _Distill:
@@ -244,7 +252,7 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
     """
     if pruned is teacher or {id(p) for p in pruned.parameters()} & {id(p) for p in teacher.parameters()}:
         raise RecoverError("teacher and pruned model share weights: pass copy.deepcopy(model) taken before pruning")
-    _check_ranges(steps, time_s, holdout, eval_every, loss, temperature, mix)
+    _check_ranges(steps, time_s, holdout, eval_every, loss, temperature, mix, lr, callback)
     if not any(p.requires_grad for p in pruned.parameters()):
         raise RecoverError("the pruned model has no parameter with requires_grad=True to train")
     distill = _Distill(pruned, teacher, loss, temperature, feature_weight, unpack)

@@ -131,9 +131,9 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         step(1, n, f"loading {ns.model} ({kind})", ns.json)
         src = sources.load(ns.model, parse_input_shapes(ns.input_shape), ns.config)
         calib = choice.calib if choice is not None else (torch_calib(ns, src) if ns.calib else None)
-        if calib and not ns.input_shape:  # traced on a calibration batch, unless the user said the input's shape
-            # (calibration batches need not have the traced shapes: MACs and latency are the example's)
-            src.args, src.kwargs = (calib[0], {}) if isinstance(calib[0], tuple) else ((), dict(calib[0]))
+        if calib and src.is_hf and not ns.input_shape:  # made-up token ids: traced on a real sequence instead
+            # (one: MACs and latency are counted per input, as a factory's example or --input-shape says them)
+            src.args, src.kwargs = (), {k: v[:1] for k, v in dict(calib[0]).items()}
         teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
         step(2, n, "tracing, planning, checking and rewriting", ns.json)
         model, report = _torch(src, calib, options, ns)
