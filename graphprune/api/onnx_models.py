@@ -86,7 +86,7 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
     without compensation; ``add_bias=True`` lets it give a Conv, Gemm or MatMul without a
     bias one). With ``calib``, ``allocation="auto"`` spends the uniform plan's
     parameter budget where the measured output error is least (``"uniform"``: ``ratio``
-    everywhere), and a ``budget`` removing at most 30% likewise when affordable (see
+    everywhere), and a ``budget`` removing at most 40% likewise when affordable (see
     :func:`graphprune.prune`).
 
     Example:
