@@ -49,14 +49,14 @@ from .planning.plan import (
 )
 from .planning.time_tilt import tilt_options
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime
-from .report.prune_report import Latency, MemoryUsage, PruneReport
+from .report.after import latency_after, outputs_after, outputs_before
+from .report.prune_report import MemoryUsage, PruneReport
 from .util.gc_pause import paused_gc
 
 # What pruning by weight magnitude alone costs, measured (docs/runtime.md, tools/bench_oneshot.py)
 NO_DATA = ("ranked by weight magnitude: no calibration data was given. On real pretrained models this costs "
            "much of their accuracy (EfficientNet-Lite0 at 20% fewer MACs kept 3% top-1 agreement with the "
            "original); pass calib= (a few batches of real inputs) to rank from data and repair the layers")
-SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
 
 
 OBS_AUTO_MAX = 4096  # the default call's OBS scores groups whose consumers have at most this many inputs
@@ -346,16 +346,12 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     report = _report(program, dg, planned, oracle, comp)
     timed = opts.measure_latency and runtime is not None and (not p.empty or program.rewritten)
     before = program.latency_ms(runtime) if timed else None
+    outputs = outputs_before(program, planned.batches, p)
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
     if before is not None:
-        report.latency = _latency_after(pruned, runtime, before, program.given_latency_ms(runtime))
-        if report.latency.slower:
-            slow = (f"the pruned model runs slower than the original on {runtime}: {report.latency.after_ms:.3f} ms "
-                    f"vs {before:.3f} ms at the example inputs' shapes. Use round_to='auto' (the runtime's measured "
-                    "widths) or a larger round_to, or prune whole blocks or heads")
-            warnings.warn(slow, PruneWarning, stacklevel=3)
-            report.notes.append(slow)
+        latency_after(pruned, program, runtime, before, report)
+    outputs_after(pruned, planned.batches, outputs, report)
     report.seconds = time.perf_counter() - t0
     report.memory = MemoryUsage(planned.memory, peak_rss(), rss0, "prune" if reset else "process")
     return pruned, report
@@ -388,13 +384,3 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
                        path=getattr(program, "path", ""), blocks=blocks, depth=planned.depth,
                        scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
                        frozen=frozen_channels(dg.groups))
-
-
-def _latency_after(pruned, runtime: str, before: float, given: float | None) -> Latency:
-    after = pruned.latency_ms(runtime)
-    for _ in range(2):  # a busy spell inflates one measurement, rarely the best of three
-        if after <= before * (1 + SLOWER) + 0.01:
-            break
-        after = min(after, pruned.latency_ms(runtime))
-    return Latency(runtime, before, after, slower=after > before * (1 + SLOWER) + 0.01, given_ms=given,
-                   inputs=pruned.timed_shapes())
