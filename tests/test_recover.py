@@ -272,6 +272,7 @@ def test_cli_recover_steps(tmp_path):
     assert "[3/4] recovering: 6 steps" in r.stderr and out.exists()
     note = next(n for n in json.loads(r.stdout)["notes"] if n.startswith("recovered by distillation: 6 steps"))
     assert "(lr 0.0003;" in note, note  # the rate given, not the default
+    assert json.loads(r.stdout)["recovery"]["steps"] == 6  # in report.json as data, not only as a note
     before, after = map(float, re.search(r"held-out loss (\S+) -> (\S+) ", note).groups())
     assert after <= before
 

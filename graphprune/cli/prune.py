@@ -141,7 +141,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
             return 0
         if teacher is not None:
             step(3, n, f"recovering: {ns.recover_steps} steps of distillation from the original on --calib", ns.json)
-            report.notes.append(_recover(model, teacher, calib, ns).summary())
+            report.recovery = _recover(model, teacher, calib, ns)  # report.json's "recovery", not a note alone
+            report.notes.append(report.recovery.summary())
         step(n, n, f"writing {ns.output}", ns.json)
         write(src, model, report, ns.output, out_kind, (ns.gguf_type, ns.quant))
         report.path = str(ns.output)
