@@ -184,3 +184,16 @@ def test_loading_from_a_folder_that_is_not_there_says_so(tmp_path):
         gp.hf.load_pruned(tmp_path / "nowhere")  # said "has no graphprune.json: save the model with ..."
     with pytest.raises(GraphpruneError, match="does not exist"):
         gp.load_pruned(tmp_path / "nowhere")
+
+
+def test_an_unreachable_budget_with_blocks_says_how_far_it_got():
+    """With targets including blocks the refusal gave no numbers; without them it says what is left."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=64, use_cache=False)
+    ids = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GraphpruneError, match=r"cheapest of \d+ block\(s\) removed: .*leaves [\d,]+ \(of [\d,]+\)"):
+        gp.hf.prune(transformers.LlamaForCausalLM(cfg).eval(), budget={"params": 0.8}, calib=[{"input_ids": ids}],
+                    targets=("blocks", "heads", "ffn"), allocation="global", generated=0)  # the embeddings are 90%

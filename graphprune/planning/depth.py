@@ -127,7 +127,7 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
         got = CostModel(dg, [], dead_values(dg.ir, order[:k])).measure({})
         if all(got[m] <= t for m, t in targets.items()):
             break
-    candidates = []
+    candidates, errors = [], []
     for k in _counts(k_max):
         chosen = order[:k]
         dead = dead_values(dg.ir, chosen)
@@ -136,14 +136,17 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
             try:
                 ratios, spent = solve_budget(dg, live, scores, budget, round_to, width, max_ratio, dead=dead,
                                              original=original)
-            except PlanError:
+            except PlanError as exc:
+                errors.append((k, str(exc)))
                 continue  # these blocks leave too little width to spend: more blocks are needed
             p = make_plan(live, scores, 0.0, round_to, ratios)
             p.blocks = sorted(b.id for b in chosen)
             candidates.append((k, ratios, spent, p, width))
     if not candidates:
-        raise PlanError(f"budget {budget} cannot be met by removing blocks and pruning the selected groups; relax "
-                        "the budget or select more kinds")
+        k, why = errors[-1] if errors else (0, "")
+        raise PlanError(f"budget {budget} cannot be met by removing blocks and pruning the selected groups (with the "
+                        f"{k} cheapest of {len(blocks)} block(s) removed: {why.split('. Select')[0]}); relax the budget or "
+                        "select more kinds")
     # a loss is an average over tokens: the candidates are told apart on every calibration batch
     used = batches if loss is not None else sample(program, batches)[0]
     repair = Repair(program, dg, make_plan(groups, scores, 0.5, round_to), batches, mode, stats)  # every site
