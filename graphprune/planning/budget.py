@@ -245,7 +245,7 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
         worst = max(targets, key=lambda k: got[k] / max(targets[k], 1))
         raise PlanError(f"budget {worst}={targets[worst]:,} cannot be met by pruning the selected groups: removing "
                         f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). Select more kinds "
-                        "(targets=; graph.summary() lists each group's), raise max_ratio, or relax the budget")
+                        "(targets=, among the kinds graph.summary() lists), raise max_ratio, or relax the budget")
     best, best_got = kept_at(lo), cost.measure(kept_at(lo))
     if _fits(best_got, targets):
         hi = lo  # nothing needs pruning
