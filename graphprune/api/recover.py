@@ -127,7 +127,7 @@ def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="a
                         ("loss", loss, loss in ("auto", "kl", "mse")),
                         ("temperature", temperature, num(temperature) and temperature > 0),
                         ("mix", mix, mix is None or (num(mix) and mix >= 0)),
-                        ("lr", lr, lr is None or (num(lr) and lr > 0))):
+                        ("lr", lr, lr is None or (num(lr) and lr >= 0))):
         if not ok:
             raise RecoverError(f"recover: {name}={v!r} is out of range (see help(graphprune.recover))")
     if callback is not None and not callable(callback):
