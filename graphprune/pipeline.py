@@ -49,7 +49,7 @@ from .planning.plan import (
 )
 from .planning.time_tilt import tilt_options
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime
-from .report.after import latency_after, outputs_after, outputs_before
+from .report.after import latency_after
 from .report.prune_report import MemoryUsage, PruneReport
 from .util.gc_pause import paused_gc
 
@@ -346,12 +346,10 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     report = _report(program, dg, planned, oracle, comp)
     timed = opts.measure_latency and runtime is not None and (not p.empty or program.rewritten)
     before = program.latency_ms(runtime) if timed else None
-    outputs = outputs_before(program, planned.batches, p)
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
     if before is not None:
         latency_after(pruned, program, runtime, before, report)
-    outputs_after(pruned, planned.batches, outputs, report)
     report.seconds = time.perf_counter() - t0
     report.memory = MemoryUsage(planned.memory, peak_rss(), rss0, "prune" if reset else "process")
     return pruned, report

@@ -251,7 +251,8 @@ def compensation_text(comp, limit: int = 8) -> str:
     after = sum(s.error_after for s in sites) / len(sites)
     rows = [[s.weight, s.action, f"{s.error_before:.4f}", f"{s.error_after:.4f}"] for s in sites[:limit]]
     text = (f"compensation: {len(sites)} layer(s) changed; mean relative calibration error {before:.4f} -> "
-            f"{after:.4f}\n" + table(["layer", "action", "error before", "error after"], rows))
+            f"{after:.4f} (each layer's, on the data it was refit to: not a measure of the model on other inputs)\n"
+            + table(["layer", "action", "error before", "error after"], rows))
     if len(sites) > limit:
         text += f"\n... {len(sites) - limit} more layers"
     if comp.bias_modules:
