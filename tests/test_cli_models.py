@@ -184,6 +184,9 @@ def test_macs_are_counted_at_the_factorys_example_not_the_calibration_batch(fact
     # counted by hand at the example: two 3x3 convs over 2 images of 32x32, and the classifier
     assert plain["macs"]["before"] == 2 * (32 * 32 * (3 * 16 * 9 + 16 * 32 * 9) + 32 * 10)
     assert calibrated["latency_ms"]["inputs"] == plain["latency_ms"]["inputs"]
+    # a zoo model's example is made up (32x32): it is traced at one item of the data instead
+    assert main(["prune", "resnet18", "-o", "z.onnx", "--ratio", "0.5", "--calib", "calib.npz", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ms"]["inputs"].endswith("1x3x48x48")
 
 
 def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:

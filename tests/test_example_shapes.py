@@ -63,3 +63,13 @@ def test_without_examples_names_must_be_forward_parameters_or_positional_in_numb
         inputs_from_shapes(Two(), {"a": (1, 2), "z": (1, 2)}, "m")  # one name matches, one is a typo
     with pytest.raises(GraphpruneError, match=r"forward takes \(a, b\)"):
         inputs_from_shapes(Two(), {"p": (1,), "q": (1,), "r": (1,)}, "m")  # three for two inputs
+
+
+def test_a_mask_shaped_as_the_resized_ids_follows_them():
+    """--input-shape input_ids:1x128 on a transformers folder left the 2x16 attention mask as it was,
+    and torch.export failed on the mismatch."""
+    ids = torch.tensor([[3, 17, 9, 44]] * 2)
+    _, kwargs = inputs_from_shapes(Tokens(), {"input_ids": (1, 12)}, "m",
+                                   kwargs={"input_ids": ids, "attention_mask": torch.ones(2, 4, dtype=torch.long)})
+    assert kwargs["input_ids"].shape == kwargs["attention_mask"].shape == (1, 12)
+    assert bool((kwargs["attention_mask"] == 1).all())

@@ -1,6 +1,7 @@
 """ONNX in, ONNX out: prune_onnx and verify_onnx, thin callers of the pipeline."""
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Mapping
@@ -33,9 +34,9 @@ def _program(dg: DependencyGraph, model: onnx.ModelProto | None = None) -> OnnxP
 
 def _check_paths(src: Path, dst: Path) -> None:
     """Refused before any work: an output that is the input (it would be replaced), one that is
-    not an .onnx file (ONNX bytes under another name), or one that cannot be written."""
-    if dst.suffix.lower() != ".onnx":
-        raise PlanError(f"prune_onnx writes an ONNX file: dst '{dst}' must end in .onnx")
+    named as another format (ONNX bytes under .pt), or one that cannot be written."""
+    if dst.suffix.lower() in (".pt", ".pth", ".gguf", ".safetensors", ".json", ".npz"):
+        raise PlanError(f"prune_onnx writes an ONNX file: dst '{dst}' names another format; give a .onnx path")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise PlanError(f"dst '{dst}' is the input file: the pruned model would replace it; choose another dst")
     check_writable(dst, "dst")
@@ -99,7 +100,8 @@ def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | No
     dst = Path(dst)
     _check_paths(Path(src), dst)
     for name, shape in (input_shapes or {}).items():
-        if isinstance(shape, (str, bytes)) or not all(isinstance(d, int) and d > 0 for d in shape):
+        if isinstance(shape, (str, bytes)) or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                                      and d > 0 for d in shape):
             raise PlanError(f"input_shapes['{name}'] = {shape!r}: give a tuple of positive whole numbers, such as "
                             "(1, 3, 224, 224)")
     if inputs is not None and not isinstance(inputs, Mapping):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import numbers
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -119,11 +120,12 @@ def _check_ranges(steps=None, time_s=None, holdout=0.1, eval_every=None, loss="a
                   lr=None, callback=None, **_) -> None:
     """Every argument checked before the first step (a callback=3 failed at the first evaluation, lr="fast"
     with a bare TypeError)."""
-    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    num = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     for name, v, ok in (("steps", steps, steps is None or (isinstance(steps, int) and steps >= 1)),
                         ("time_s", time_s, time_s is None or (num(time_s) and time_s > 0)),
                         ("holdout", holdout, num(holdout) and 0 <= holdout < 1),
-                        ("eval_every", eval_every, eval_every is None or (isinstance(eval_every, int) and eval_every >= 1)),
+                        ("eval_every", eval_every, eval_every is None or (isinstance(eval_every, numbers.Integral)
+                                                                        and eval_every >= 1)),
                         ("loss", loss, loss in ("auto", "kl", "mse")),
                         ("temperature", temperature, num(temperature) and temperature > 0),
                         ("mix", mix, mix is None or (num(mix) and mix >= 0)),
@@ -224,7 +226,7 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         steps, time_s: bound the work (neither: one epoch of training batches, 100 to 1000 steps).
         lr: AdamW's learning rate (default 1e-4 for transformers models; otherwise the best of a
             short probe, api/recover_lr.py: 1e-3 ... 1e-6, a few steps each on held-out loss;
-            1e-3 for runs under 24 steps or 15 s).
+            1e-3 for runs under 24 steps or 30 s).
         callback: ``callback(step, train_loss, heldout_loss)`` at each evaluation; False stops.
         holdout, eval_every, patience: the share of batches held out (0: none, no early stop); an
             evaluation every ``eval_every`` steps (default a tenth of the steps, at most 100); stop

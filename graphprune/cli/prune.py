@@ -131,9 +131,12 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         step(1, n, f"loading {ns.model} ({kind})", ns.json)
         src = sources.load(ns.model, parse_input_shapes(ns.input_shape), ns.config)
         calib = choice.calib if choice is not None else (torch_calib(ns, src) if ns.calib else None)
-        if calib and src.is_hf and not ns.input_shape:  # made-up token ids: traced on a real sequence instead
-            # (one: MACs and latency are counted per input, as a factory's example or --input-shape says them)
-            src.args, src.kwargs = (), {k: v[:1] for k, v in dict(calib[0]).items()}
+        if calib and (src.is_hf or kind == "zoo") and not ns.input_shape:  # made-up examples (token ids, a zoo
+            # model's 32x32): traced on one real item instead, so MACs and latency are the data's, per input; a
+            # factory's example, a saved model's and --input-shape are the user's own and kept
+            first = calib[0]
+            src.args, src.kwargs = ((tuple(t[:1] for t in first), {}) if isinstance(first, tuple) else
+                                    ((), {k: v[:1] for k, v in dict(first).items()}))
         teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
         step(2, n, "tracing, planning, checking and rewriting", ns.json)
         model, report = _torch(src, calib, options, ns)
@@ -310,8 +313,8 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--recover-time", type=float, default=None, metavar="S",
                     help="with --recover-steps: stop distilling after S seconds as well (graphprune.recover's time_s)")
     pr.add_argument("--recover-lr", type=float, default=None, metavar="LR",
-                    help="with --recover-steps: the learning rate (default: probed on held-out batches, 1e-3 for runs "
-                         "under 24 steps)")
+                    help="with --recover-steps: the learning rate (default: probed on held-out batches; 1e-3 for runs "
+                         "under 24 steps or a --recover-time under 30 s)")
     pr.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
                     help="refuse, before calibration, a prune whose estimated peak memory exceeds SIZE (bytes, or "
                          "8GB, 512MiB, 16G); a transformers folder that would exceed it in memory is pruned block "

@@ -79,13 +79,16 @@ def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch")
                             "padding=True) gives the dict of tensors a transformers model takes")
         if isinstance(b, torch.Tensor):
             b = (b,)
+        if isinstance(b, (tuple, list)) and len(b) > 1:  # (ids, labels) would feed labels as the attention mask
+            raise PlanError(f"{what} {k} is a tuple of {len(b)}; give a dict by input name ({{'input_ids': ids, "
+                            "'attention_mask': mask}}) or the token ids alone")
         if isinstance(b, (tuple, list)):
             b = dict(zip(names, b))
         if not isinstance(b, Mapping):
             raise PlanError(f"{what} {k} is a {type(b).__name__}; give a dict of tensors by input name "
                             "({'input_ids': ids}), a tuple in the forward's order, or a tensor of token ids")
-        main = getattr(model, "main_input_name", None)
-        if main and main not in b and "inputs_embeds" not in b:  # else torch.export's "specify exactly one of ..."
+        main = getattr(model, "main_input_name", None)  # "input_ids" by default, also where forward takes other names
+        if main in params and main not in b and "inputs_embeds" not in b:  # else torch.export's "specify exactly one of ..."
             raise PlanError(f"{what} {k} has no '{main}', the model's main input; it gives "
                             f"{', '.join(map(repr, b)) or 'nothing'}")
         unknown = [n for n in b if n not in params]
@@ -99,11 +102,15 @@ def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch")
 
 def check_token_ids(model: torch.nn.Module, batch: Mapping, where: str) -> None:
     """Refuse token ids the model's embedding has no row for, naming the input and the vocabulary."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    for name in ("input_ids", "decoder_input_ids"):
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # a model without token embeddings
+        emb = None
+    vocab = getattr(emb, "num_embeddings", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    for name in ("input_ids",):  # a decoder may have a vocabulary of its own (Marian's decoder_vocab_size)
         ids = batch.get(name)
         if vocab and isinstance(ids, torch.Tensor) and ids.numel() and not ids.is_floating_point():
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= vocab:
-                raise PlanError(f"{where}: {name} holds ids from {low} to {high}, but the model's vocabulary has "
-                                f"{vocab} (config.vocab_size): tokenized with another model's tokenizer?")
+                raise PlanError(f"{where}: {name} holds ids from {low} to {high}, but the model's embedding has "
+                                f"{vocab} rows: tokenized with another model's tokenizer?")

@@ -35,6 +35,10 @@ def inputs_from_shapes(model, shapes: dict[str, tuple[int, ...]], spec: str,
         raise GraphpruneError(f"--input-shape names {', '.join(unknown)}, but MODEL '{spec}' takes "
                               f"{', '.join(example)}: name one of those")
     made = {n: _like(example[n], shape, n, gen) for n, shape in shapes.items()}
+    for n, v in example.items():  # an attention mask or type ids shaped as the resized ids follow them
+        twin = next((m for m in shapes if m != n and hasattr(v, "shape") and v.shape == example[m].shape), None)
+        if n not in made and twin is not None:
+            made[n] = _like(v, shapes[twin], n, gen)
     return (tuple(made.get(n, a) for n, a in zip(names, args)), {k: made.get(k, v) for k, v in kwargs.items()})
 
 

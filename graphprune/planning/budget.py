@@ -102,9 +102,9 @@ def parse_budget(budget: Mapping[str, float] | str, original: Mapping[str, int])
         if value > 1 and value != int(value):  # 1.5: neither a fraction of the model nor a count of anything
             raise PlanError(f"budget {key}={value:g} is neither a fraction <= 1 of the model's {key} ({key}=0.8 keeps "
                             f"80%) nor a whole count ({key}={int(original[key] * 0.8)} keeps that many)")
-        if 1 < value < 0.01 * original[key]:  # macs=2: a count, and surely meant as a fraction
+        if 1 < value < min(0.01 * original[key], 10_000):  # macs=2: a count, surely meant as a fraction
             raise PlanError(f"budget {key}={value:g} is a count (above 1): {int(value):,} of the model's "
-                            f"{original[key]:,} {key}, under 1%; a fraction of the original is written <= 1 ({key}=0.5)")
+                            f"{original[key]:,} {key}; a fraction of the original is written <= 1 ({key}=0.5)")
         out[key] = int(round(value * original[key])) if value <= 1 else int(value)
         if out[key] > original[key]:
             raise PlanError(f"budget {key}={value:g} asks for more than the model has ({original[key]:,})")
