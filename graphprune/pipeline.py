@@ -381,4 +381,5 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
                                if v.kind == "param" and v.rank >= 2],
                        path=getattr(program, "path", ""), blocks=blocks, depth=planned.depth,
                        scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
+                       names={g: f"{dg.group(g).members[0].name}[{dg.group(g).members[0].dim}]" for g in p.sizes},
                        frozen=frozen_channels(dg.groups))

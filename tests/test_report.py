@@ -91,3 +91,12 @@ def test_the_reported_time_of_hf_prune_is_the_whole_call(monkeypatch):
     t0 = time.perf_counter()
     _, report = gp.hf.prune(transformers.LlamaForCausalLM(cfg).eval(), ratio=0.5, measure_latency=False)
     assert 0.3 <= report.seconds <= time.perf_counter() - t0
+
+
+def test_groups_are_named_by_their_first_member_for_people():
+    """report.html and report.json named groups by id alone ("103", "121"): a reader could not tell which
+    layer a row was."""
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    _, report = gp.prune(net, (torch.randn(2, 8),), ratio=0.5, round_to=1, measure_latency=False)
+    (entry,) = report.to_dict()["groups"].values()
+    assert entry == {"kept": 16, "size": 32, "kind": "ffn", "first_member": "0.weight[0]"}

@@ -72,8 +72,10 @@ def render_html(report, title: str, tmp: Path) -> str:
             continue
         parts.append(f"<h2>{heading}</h2>{_img(png, heading)}")
     if report.kept:
-        g_rows = [[g, report.kinds.get(g, ""), n, k, f"{k / n:.0%}"] for g, (k, n) in sorted(report.kept.items())]
-        parts.append("<h2>Groups</h2>" + _table(["group", "kind", "size", "kept", "share kept"], g_rows[:400]))
+        g_rows = [[g, getattr(report, "names", {}).get(g, ""), report.kinds.get(g, ""), n, k, f"{k / n:.0%}"]
+                  for g, (k, n) in sorted(report.kept.items())]
+        parts.append("<h2>Groups</h2>" + _table(["group", "first member", "kind", "size", "kept", "share kept"],
+                                                g_rows[:400]))
     if report.layers:
         l_rows = [[n, " x ".join(map(str, b)), " x ".join(map(str, a))] for n, b, a in report.layers]
         parts.append("<h2>Layers</h2>" + _table(["weight", "before", "after"], l_rows))

@@ -87,6 +87,7 @@ class PruneReport:
     depth: DepthChoice | None = None  # each block's score, the trials
     scores: dict = field(default_factory=dict)  # group id -> importance per unit (the planner's ranking)
     kinds: dict = field(default_factory=dict)  # group id -> kind (head, ffn, hidden, channel, ...)
+    names: dict = field(default_factory=dict)  # group id -> its first member, "layer1.0.conv1.weight[0]": for people
     memory: MemoryUsage | None = None  # estimated and measured peak memory
     recovery: object | None = None  # graphprune.recover's RecoverResult, where the prune distilled after
     frozen: list = field(default_factory=list)  # (Reason, groups, channels) an op kept whole, commonest first
@@ -126,7 +127,8 @@ class PruneReport:
         """Everything above as plain JSON data (the CLI's --json and report.json)."""
         d = {"params": {"before": self.params_before, "after": self.params_after},
              "macs": {"before": self.macs_before, "after": self.macs_after},
-             "groups": {str(g): {"kept": k, "size": n} for g, (k, n) in sorted(self.kept.items())},
+             "groups": {str(g): {"kept": k, "size": n, "kind": self.kinds.get(g), "first_member": self.names.get(g)}
+                        for g, (k, n) in sorted(self.kept.items())},
              "groups_pruned": self.groups_pruned, "importance": self.importance, "notes": list(self.notes),
              "seconds": self.seconds, "path": self.path,
              "latency_ms": {"before": self.latency_before_ms, "after": self.latency_after_ms,
