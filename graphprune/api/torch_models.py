@@ -90,10 +90,10 @@ def named_ignore(model: torch.nn.Module, given: dict) -> dict:
     """``given`` with modules in ``ignore`` named as ``model.named_modules()`` names them (a user holds
     ``model.lm_head``, not its name); a module not in ``model`` is refused."""
     ignore = given.get("ignore")
-    if ignore is None or isinstance(ignore, (str, torch.nn.Module)):
-        return given if not isinstance(ignore, torch.nn.Module) else named_ignore(model, {**given, "ignore": [ignore]})
-    try:
-        ignore = list(ignore)  # a generator is read once: here, not by the check below and then never again
+    if ignore is None or isinstance(ignore, str):
+        return given
+    try:  # a generator is read once: here, not by the check below and then never again
+        ignore = [ignore] if isinstance(ignore, torch.nn.Module) else list(ignore)
     except TypeError:
         return given  # PruneOptions says what ignore= takes
     if not any(isinstance(m, torch.nn.Module) for m in ignore):

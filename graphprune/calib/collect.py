@@ -41,10 +41,15 @@ def check_finite(batches: list) -> list:
     solver then fails with a linear-algebra error that names nothing the user gave."""
     for k, batch in enumerate(batches):
         for name, x in _named_inputs(batch):
-            values = np.asarray(x.detach().cpu().float().numpy() if hasattr(x, "detach") else x)
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                bad = int(values.size - np.isfinite(values).sum())
-                raise PlanError(f"calibration batch {k}, input {name}: {bad} of {values.size} values are NaN or Inf; "
+            if hasattr(x, "is_floating_point"):  # a tensor: checked where it is, integers (token ids) skipped
+                bad = int((~x.isfinite()).sum()) if x.is_floating_point() else 0
+                size = x.numel()
+            else:
+                values = np.asarray(x)
+                bad = int((~np.isfinite(values)).sum()) if values.dtype.kind == "f" else 0
+                size = values.size
+            if bad:
+                raise PlanError(f"calibration batch {k}, input {name}: {bad} of {size} values are NaN or Inf; "
                                 "clean the data (or drop that batch) before pruning")
     return batches
 

@@ -63,8 +63,8 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, se
 
 
 def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch") -> list[dict]:
-    """Batches as keyword dicts, checked: a tuple or a bare tensor goes to the forward's inputs in
-    order (``(ids, mask)`` -> input_ids, attention_mask), text is refused (tokenize first), and token
+    """Batches as keyword dicts, checked: a bare tensor or a one-item tuple is the forward's first input,
+    a longer tuple is refused (its second item may be labels), text is refused (tokenize first), and token
     ids outside the vocabulary are named (a tokenizer of another model) instead of failing as an
     IndexError deep inside the embedding."""
     import inspect
@@ -86,7 +86,7 @@ def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch")
             b = dict(zip(names, b))
         if not isinstance(b, Mapping):
             raise PlanError(f"{what} {k} is a {type(b).__name__}; give a dict of tensors by input name "
-                            "({'input_ids': ids}), a tuple in the forward's order, or a tensor of token ids")
+                            "({'input_ids': ids}) or a tensor of token ids")
         main = getattr(model, "main_input_name", None)  # "input_ids" by default, also where forward takes other names
         if main in params and main not in b and "inputs_embeds" not in b:  # else torch.export's "specify exactly one of ..."
             raise PlanError(f"{what} {k} has no '{main}', the model's main input; it gives "

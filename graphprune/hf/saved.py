@@ -58,9 +58,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
 
     directory = Path(directory)
     path = directory / PLAN_FILE
-    if not directory.is_dir():
-        raise GraphpruneError(f"{directory} is not a folder" + (" (it does not exist)" if not directory.exists() else ""))
-    if not path.exists():
+    if directory.is_dir() and not path.exists():  # a missing folder: CheckpointDoc.read says so
         raise GraphpruneError(f"{directory} has no {PLAN_FILE}: save the model with graphprune.hf.save_pruned, "
                               "or load an evenly pruned model with from_pretrained")
     doc = CheckpointDoc.read(directory)

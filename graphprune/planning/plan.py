@@ -277,11 +277,7 @@ def check_uniform(groups: list[Group], plan: PrunePlan) -> None:
 def ranked_freezes(groups: Iterable[Group]) -> list[tuple[Reason, int]]:
     """Each frozen group's first reason with how many groups it froze, commonest first, model
     inputs and outputs aside (frozen by design)."""
-    counts: dict[str, list] = {}  # by text: one sentence, one entry
-    for g in groups:
-        if g.frozen and g.frozen[0].kind != MODEL_IO:
-            counts.setdefault(str(g.frozen[0]), [g.frozen[0], 0])[1] += 1
-    return sorted(((r, n) for r, n in counts.values()), key=lambda rn: (-rn[1], str(rn[0])))
+    return [(r, n) for r, n, _ in frozen_channels(groups)]
 
 
 def frozen_channels(groups: Iterable[Group]) -> list[tuple[Reason, int, int]]:
@@ -293,7 +289,7 @@ def frozen_channels(groups: Iterable[Group]) -> list[tuple[Reason, int, int]]:
             entry = counts.setdefault(str(g.frozen[0]), [g.frozen[0], 0, 0])
             entry[1] += 1
             entry[2] += g.size
-    return sorted(((r, n, c) for r, n, c in counts.values()), key=lambda e: (-e[1], -e[2], str(e[0])))
+    return sorted(((r, n, c) for r, n, c in counts.values()), key=lambda e: (-e[1], str(e[0])))
 
 
 def frozen_summary(dg: DependencyGraph, top: int = 2) -> str:
