@@ -40,6 +40,10 @@ class PruneOptions:
       that many real tokens (attention mask 1; items where there is no token input) were seen.
     - ``compensate``: None (refit with ``calib``), True, False, "refit", "bias", "sequential";
       ``add_bias`` lets compensation give a bias to a layer that has none.
+    - ``heldout_check``: the final plan refit on each half of the calibration items and scored on
+      the other, so the report gives the pruned model's output error (and top-1 agreement, for class
+      scores) on items its refit never saw, with a PruneWarning where agreement falls under one half
+      (planning/heldout.py); False skips its two extra refits (a streamed prune's blocks do).
     - ``ridge``: the refit's ridge strength, relative to the mean diagonal of the site's input
       Gram: None cross-validates it per site (graphprune/calib/refit.py), a number fixes it at
       every site, a mapping fixes it by module name (``{"mlp.down_proj": 0.3}``) and
@@ -80,6 +84,7 @@ class PruneOptions:
     calib_tokens: int | None = None
     compensate: bool | str | None = None
     add_bias: bool = False
+    heldout_check: bool = True
     ridge: float | Mapping[str, float] | None = None
     uniform: bool = False
     allocation: str = "auto"

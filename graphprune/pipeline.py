@@ -31,6 +31,7 @@ from .planning.depth import (
     split_targets,
     trial_loss,
 )
+from .planning.heldout import check_quality
 from .planning.kinds import KindChoice, choose_kinds
 from .planning.latency_budget import solve_latency_budget
 from .planning.measure import load_profile, pinned
@@ -365,7 +366,10 @@ def _compensate(program, dg: DependencyGraph, opts: PruneOptions, planned: Plann
     # the ridge strengths the allocation's repairs cross-validated serve the final refit too
     lams = dict(planned.allocation.lams) if planned.allocation is not None else {}
     lams.update(ridge_by_node(dg, opts.ridge, find_sites(dg)))
-    return run_compensation(program, dg, planned.plan, batches, mode, add, stats, lams)
+    comp = run_compensation(program, dg, planned.plan, batches, mode, add, stats, lams)
+    check_quality(program, dg, planned.plan, batches, comp, lams, "bias" if mode == "bias" else "refit",
+                  opts.heldout_check)
+    return comp
 
 
 def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> PruneReport:

@@ -225,6 +225,8 @@ def main() -> int:
                "divergence": ns.divergence or "mse", "greedy_steps": ns.greedy_steps,
                "allocation": next((n for n in rep.notes if n.startswith("allocation")), ""),
                "macs_kept": rep.macs_after / rep.macs_before, "photos": score(ref, vd.run(pruned, test_x)),
+               # the report's own estimate from the calibration items (graphprune/planning/heldout.py)
+               "check": rep.to_dict().get("heldout"),
                "crops": score(ref_crops, vd.run(pruned, crops)) if len(crops) else None}
         rows.append(row)
         print(json.dumps(row), flush=True)

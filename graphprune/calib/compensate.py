@@ -6,6 +6,7 @@ calib/collect.py; what to refit and how is decided here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ class Compensation:
     skipped: list[str] = field(default_factory=list)
     bias_modules: list[str] = field(default_factory=list)  # modules that were given a bias
     thin: str = ""  # where refits had fewer calibration rows than unknowns: what the error figure is worth
+    stats: dict | None = field(default=None, repr=False)  # the Grams refit from (the held-out check's), then dropped
+    heldout: Any = None  # planning/heldout.HeldOut: the plan's output on calibration items its refit never saw
 
 
 def source(dg: DependencyGraph, value: str) -> str:
@@ -107,6 +110,7 @@ def compensate(program, dg: DependencyGraph, plan: PrunePlan, batches: list, mod
         have.update(collect(program, batches, missing, {s.node for s in missing}))
     refit_from_stats(dg, todo, tensors, have, mode, add_bias, result, lams)
     result.thin = _thin(dg, todo, tensors, have)
+    result.stats = have
     return result
 
 

@@ -17,6 +17,7 @@ from ..planning.budget import key_values
 # The library's messages name API arguments (calib=, round_to=1); on the command line the same advice is a flag.
 _FLAGS = [
     (r"\bgraph\.summary\(\)", "graphprune inspect MODEL"),
+    (r"\bgraphprune\.recover\(pruned, original, data\)", "--recover-steps N"),
     (r"\breport\.layer_table\(\)", "--layers"),
     (r"\bround_to=['\"]?(\w+)['\"]?", r"--round-to \1"),
     (r"\ballocation=['\"](\w+)['\"]", r"--allocation \1"),

@@ -312,7 +312,8 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     _materialise(block, ckpt, prefix, torch.float32)
     report.params_before += sum(p.numel() for p in block.parameters())
     report.peak_rss = max(report.peak_rss, peak_rss())  # before the prune resets the high-water mark
-    block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs))
+    # a block's outputs are not the model's: no held-out figure per block (and no two extra refits)
+    block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs, heldout_check=False))
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []
     doc.layers[prefix] = [PlanStep(r.plan, added)]
     report.layers[prefix] = r

@@ -156,6 +156,8 @@ class PruneReport:
         if self.compensation is not None:
             d["compensation"] = [{"layer": s.weight, "action": s.action, "error_before": s.error_before,
                                   "error_after": s.error_after} for s in self.compensation.sites]
+            if self.compensation.heldout is not None:
+                d["heldout"] = self.compensation.heldout.to_dict()
         if self.memory is not None:
             d["memory"] = self.memory.to_dict()
         if self.recovery is not None:
@@ -262,6 +264,8 @@ def compensation_text(comp, limit: int = 8) -> str:
                  + ", ".join(comp.bias_modules[:4]) + (" ..." if len(comp.bias_modules) > 4 else ""))
     if getattr(comp, "thin", ""):
         text += f"\ncompensation: {comp.thin}"
+    if getattr(comp, "heldout", None) is not None:
+        text += f"\n{comp.heldout.text()}"
     for s in comp.skipped[:3]:
         text += f"\nnot compensated: {s}"
     return text

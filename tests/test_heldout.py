@@ -1,0 +1,117 @@
+"""The report's quality check on calibration items the refit never saw (graphprune/planning/heldout.py):
+its figures are those of the cross-fit and scoring code it reuses, its agreement counts the
+original's top answers, and a prune that lost most of them says so."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_onnx_model
+from torch import nn
+
+import graphprune as gp
+from graphprune.calib.compensate import compensate
+from graphprune.calib.sites import find_sites
+from graphprune.errors import PruneWarning
+from graphprune.options import PruneOptions
+from graphprune.pipeline import plan_program
+from graphprune.planning import heldout
+from graphprune.planning.allocate import Repair
+from graphprune.planning.crossfit import CrossFit, heldout_errors
+from graphprune.planning.heldout import HeldOut, _agreement, class_outputs, heldout_check
+from graphprune.planning.plan import keep_masks
+from graphprune.planning.scoring import output_errors
+from graphprune.program.onnx_program import OnnxProgram
+from graphprune.program.torch_program import TorchProgram
+
+
+def _classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 24), nn.ReLU(), nn.Linear(24, 5)).eval()
+
+
+def _calib(items: int, batch: int = 4) -> list:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch, 12, generator=g),) for _ in range(items // batch)]
+
+
+def _checked(items: int, ratio: float = 0.5):
+    program = TorchProgram(_classifier(), (torch.zeros(1, 12),))
+    calib = _calib(items)
+    planned = plan_program(program, PruneOptions(calib=calib, ratio=ratio, runtime=None))
+    dg = program.graph()
+    comp = compensate(program, dg, planned.plan, planned.batches, "refit", set(), planned.ctx.stats)
+    lams = {s.node: s.lam for s in comp.sites if s.lam is not None}
+    check = heldout_check(program, dg, planned.plan, planned.batches, find_sites(dg), comp.stats, lams, comp.updates)
+    return program, planned, comp, check
+
+
+def test_figures_are_the_crossfit_and_in_sample_errors():
+    # derived by the allocation's own scoring code (tests/test_crossfit.py checks it): the final refit's
+    # error on every item, and each fold's refit on the other fold's items
+    program, planned, comp, check = _checked(24)
+    dg = program.graph()
+    repair = Repair(program, dg, planned.plan, planned.batches, "refit", comp.stats)
+    masks = keep_masks(dg, planned.plan)
+    in_sample = output_errors(program, planned.batches, [(masks, comp.updates)], "final")[0]
+    held = heldout_errors(program, planned.batches, [CrossFit(repair).variants(planned.plan)], "held out")[0]
+    assert check.items == 24
+    assert check.error_in_sample == pytest.approx(in_sample, rel=1e-6)
+    assert check.error_heldout == pytest.approx(held, rel=1e-6)
+
+
+def test_few_items_fit_better_than_they_generalise():
+    # 12 items against 20 kept inputs of the head: the refit interpolates what it saw
+    _, _, _, check = _checked(12)
+    assert check.error_heldout > 2 * check.error_in_sample
+    assert 0.0 <= check.agreement_heldout <= 1.0 and 0.0 <= check.agreement_in_sample <= 1.0
+
+
+def test_agreement_counts_items_of_the_chosen_fold_and_real_tokens():
+    ref = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
+    out = np.array([[0.0, 2.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # items 0 and 2 agree
+    assert _agreement([out], [ref], np.array([True, True, True, True]), None) == (2.0, 4.0)
+    assert _agreement([out], [ref], np.array([False, True, False, True]), None) == (0.0, 2.0)
+    # (items, tokens, vocabulary): one answer per real token
+    seq_ref, seq_out = np.stack([ref, ref]), np.stack([out, ref])
+    valid = np.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert _agreement([seq_out], [seq_ref], np.array([True, True]), valid) == (1.0 + 4.0, 6.0)
+
+
+class _Pooled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 8)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)).mean(-1, keepdim=True).expand(-1, 4)  # an embedding-like output
+
+
+def test_class_outputs_are_those_of_a_linear_head():
+    assert class_outputs(TorchProgram(_classifier(), (torch.zeros(1, 12),)).graph().ir) == [True]
+    assert class_outputs(TorchProgram(_Pooled().eval(), (torch.zeros(1, 12),)).graph().ir) is None
+    assert class_outputs(OnnxProgram(tiny_onnx_model()).graph().ir) == [True]  # Gemm
+
+
+def test_report_says_it_and_a_poor_prune_warns():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, rep = gp.prune(_classifier(), (torch.zeros(1, 12),), ratio=0.9, calib=_calib(24), runtime=None)
+    h = rep.compensation.heldout
+    assert h is not None and h.agreement_heldout < heldout.POOR  # 90% of the channels from 24 items
+    assert "quality on calibration items not refit to" in str(rep)
+    assert rep.to_dict()["heldout"]["agreement_heldout"] == h.agreement_heldout
+    assert any(issubclass(w.category, PruneWarning) and "top answer" in str(w.message) for w in seen)
+    assert HeldOut(10, 0.1, 0.05, 0.9, 0.95).warning() == ""
+
+
+def test_skipped_check_leaves_the_model_as_it_was(monkeypatch):
+    args, calib = (torch.zeros(1, 12),), _calib(24)
+    checked, _ = gp.prune(_classifier(), args, ratio=0.5, calib=calib, runtime=None)
+    monkeypatch.setattr(heldout, "MAX_BYTES", 0)
+    skipped, rep = gp.prune(_classifier(), args, ratio=0.5, calib=calib, runtime=None)
+    assert rep.compensation.heldout.skipped and "not measured" in str(rep)
+    x = torch.randn(8, 12)
+    assert torch.equal(checked(x), skipped(x))  # the check's own refits never reach the model
