@@ -203,7 +203,8 @@ def prune_memory(dg, groups: list, opts: PruneOptions, batches, name: str) -> Me
     if calib and name == "obs":
         grams |= gram_sites(dg, sites, [])
     grad = crit is not None and crit.needs == "grad" and batches is not None
-    return estimate_memory(dg.ir, sites, grams, batches, obs=name == "obs", refit=mode is not None, backward=grad)
+    return estimate_memory(dg.ir, sites, grams, batches, obs=name == "obs", refit=mode is not None, backward=grad,
+                           check=opts.heldout_check)
 
 
 def _choose_ratios(w: _Work) -> None:

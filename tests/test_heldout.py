@@ -25,6 +25,7 @@ from graphprune.planning.plan import keep_masks
 from graphprune.planning.scoring import output_errors
 from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.torch_program import TorchProgram
+from graphprune.report.html import write_report
 
 
 def _classifier() -> nn.Module:
@@ -95,7 +96,7 @@ def test_class_outputs_are_those_of_a_linear_head():
     assert class_outputs(OnnxProgram(tiny_onnx_model()).graph().ir) == [True]  # Gemm
 
 
-def test_report_says_it_and_a_poor_prune_warns():
+def test_report_says_it_and_a_poor_prune_warns(tmp_path):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         _, rep = gp.prune(_classifier(), (torch.zeros(1, 12),), ratio=0.9, calib=_calib(24), runtime=None)
@@ -104,6 +105,8 @@ def test_report_says_it_and_a_poor_prune_warns():
     assert "quality on calibration items not refit to" in str(rep)
     assert rep.to_dict()["heldout"]["agreement_heldout"] == h.agreement_heldout
     assert any(issubclass(w.category, PruneWarning) and "top answer" in str(w.message) for w in seen)
+    page = write_report(rep, tmp_path, "poor").read_text()
+    assert '<p class="fail">quality on calibration items not refit to' in page
     assert HeldOut(10, 0.1, 0.05, 0.9, 0.95).warning() == ""
 
 
@@ -115,3 +118,33 @@ def test_skipped_check_leaves_the_model_as_it_was(monkeypatch):
     assert rep.compensation.heldout.skipped and "not measured" in str(rep)
     x = torch.randn(8, 12)
     assert torch.equal(checked(x), skipped(x))  # the check's own refits never reach the model
+
+
+class _Rows:
+    """A program stand-in that only counts rows: ``rows`` per batch."""
+
+    def __init__(self, rows: list[int]) -> None:
+        self._rows = rows
+
+    def rows(self, b: int) -> int:
+        return self._rows[b]
+
+
+def test_scored_batches_are_neighbouring_pairs_spread_over_all():
+    ten = _Rows([512] * 10)
+    assert heldout.scored_batches(ten, list(range(10)), limit=2048) == [0, 1, 8, 9]  # 2048 / (2 x 512): two pairs
+    assert heldout.scored_batches(ten, list(range(10)), limit=5120) == list(range(10))  # all fit
+    assert heldout.scored_batches(_Rows([4096]), [0], limit=2048) == [0]  # at least what there is
+
+
+def test_a_limited_check_scores_the_chosen_batches_alone(monkeypatch):
+    # batches of 4 items: each chosen batch's halves are its even and odd items wherever it starts, so the
+    # cross-fit scoring of the chosen batches alone (tests/test_crossfit.py) is the figure to expect
+    monkeypatch.setattr(heldout, "ROWS", 8)  # one pair of the six 4-item batches
+    program, planned, comp, check = _checked(24)
+    chosen = [planned.batches[k] for k in heldout.scored_batches(program, planned.batches, 8)]
+    assert len(chosen) == 2 and check.scored == 8 and check.items == 24
+    repair = Repair(program, program.graph(), planned.plan, planned.batches, "refit", comp.stats)
+    held = heldout_errors(program, chosen, [CrossFit(repair).variants(planned.plan)], "held out")[0]
+    assert check.error_heldout == pytest.approx(held, rel=1e-6)
+    assert "8 of them scored" in check.text()

@@ -9,6 +9,7 @@ from helpers import small_llama
 
 import graphprune as gp
 from graphprune.errors import PlanError
+from graphprune.hf.choose import DISTIL_COPIES
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,6 +39,9 @@ def test_recover_distils_from_the_unpruned_original_on_the_calibration_and_gener
     assert len(kw["data"]) == len(calib) + 3  # the 4 given, then 6 sampled sequences in 3 batches of 2
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(kw["data"], calib))
     assert report.recovery.steps == 5 and report.notes[-1].startswith("recovered by distillation: 5 steps")
+    weights = report.memory.estimate.part("weights")  # the teacher and AdamW's buffers counted, as the CLI does
+    assert report.memory.estimate.part("teacher copy") == weights > 0
+    assert report.memory.estimate.part("distillation") == DISTIL_COPIES * weights
     assert model.model.layers[0].mlp.up_proj.out_features == 32
     plain, _ = gp.hf.prune(_llama(), calib=calib, generated=6, **OPTS)
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))

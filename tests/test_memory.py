@@ -109,3 +109,14 @@ def test_live_peak_on_a_hand_built_graph():
     g.nodes = [Node("n1", "aten.relu", (Ref("x"),), {}, ["y"]), Node("n2", "aten.neg", (Ref("y"),), {}, ["z"]),
                Node("n3", "aten.add", (Ref("z"), Ref("x")), {}, ["out"])]
     assert live_peak(g) == 120
+
+
+def test_weight_updates_count_the_heldout_checks_two_refits():
+    # c2, l1 and l2 read pruned channels and are refit: float32 updates at their full shapes, held once by
+    # the final refit and twice more while the held-out check refits each half
+    model = Net()
+    refit = 4 * sum(m.weight.numel() for m in (model.c2, model.l1, model.l2))
+    _, checked = _prune(compensate=True)
+    _, unchecked = _prune(compensate=True, heldout_check=False)
+    assert unchecked.memory.estimate.part("weight updates") == refit
+    assert checked.memory.estimate.part("weight updates") == 3 * refit

@@ -190,7 +190,7 @@ def main() -> int:
     data = torch.cat([calib_x, bo.augment(calib_x, ns.augment)]) if ns.augment else calib_x
     calib = [(data[i:i + 8],) for i in range(0, len(data), 8)]
     crops = bo.augment(test_x, ns.test_augment, seed=1) if ns.test_augment else test_x[:0]
-    ref, ref_crops = vd.run(model, test_x), vd.run(model, crops)
+    ref, ref_crops = vd.run(model, test_x), vd.run(model, crops) if len(crops) else crops  # --test-augment 0: none
     classes = bool(vd.entry(ns.model)["num_classes"])  # a backbone without its classifier: feature error only
 
     def score(a: torch.Tensor, b: torch.Tensor) -> dict:

@@ -28,6 +28,7 @@ _FLAGS = [
     (r"\buniform=True\b", "--uniform"),
     (r"\bmeasure_latency=False\b", "--no-latency"),
     (r"\bcompensate=False\b", "--no-compensate"),
+    (r"\bheldout_check=False\b", "--no-heldout-check"),
 ]
 
 

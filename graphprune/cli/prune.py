@@ -187,7 +187,8 @@ def _options(ns, onnx_in: bool) -> PruneOptions:
     auto = "onnxruntime" if onnx_in or str(ns.output).endswith(".onnx") else "torch"
     return PruneOptions.of(defaults={"ratio": ns.ratio}, importance=ns.importance, ignore=ns.ignore, targets=ns.targets,
                            compensate=False if ns.no_compensate else None, allocation=ns.allocation,
-                           add_bias=ns.add_bias, uniform=ns.uniform, budget=ns.budget, max_ratio=ns.max_ratio,
+                           add_bias=ns.add_bias, heldout_check=not ns.no_heldout_check, uniform=ns.uniform,
+                           budget=ns.budget, max_ratio=ns.max_ratio,
                            ratios=parse_ratios(ns.ratios), round_to=ns.round_to,
                            runtime={"none": None, "auto": auto}.get(ns.runtime, ns.runtime),
                            measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify, fuse=not ns.no_fuse,
@@ -321,6 +322,8 @@ def arguments(pr: argparse.ArgumentParser) -> None:
                          "by block (see --stream) (default: what the system has available now, less a margin)")
     stream.stream_flags(pr)
     pr.add_argument("--no-compensate", action="store_true", help="with --calib: rank from data, but do not refit")
+    pr.add_argument("--no-heldout-check", action="store_true",
+                    help="with --calib: skip the report's output error on calibration items the refit never saw")
     pr.add_argument("--add-bias", action="store_true",
                     help="with --calib: let compensation add a bias to layers that have none")
     pr.add_argument("--allocation", default="auto", choices=["auto", "uniform", "sensitivity", "global"],

@@ -79,14 +79,20 @@ def estimate_in_memory(model: torch.nn.Module, opts: PruneOptions, inputs: dict 
     _, targets = split_targets(opts.targets)
     groups = select_groups(dg, opts.roles, opts.ignore, targets) if targets != () else []
     est = prune_memory(dg, groups, opts.replace(calib=calib), calib, resolve_importance(opts.replace(calib=calib)))
-    if copies:  # distillation after the prune: its buffers counted with the rewrite's, on the safe side
-        weights = est.part("weights")
-        est = MemoryEstimate(est.parts + (
-            MemoryPart("teacher copy", copies * weights, "the original kept to distil from (--recover-steps, recover=)",
-                       ("calibrate", "solve", "apply")),
-            MemoryPart("distillation", DISTIL_COPIES * weights, "the training's gradients, two AdamW moments and "
-                       "the best weights' copy, at most the original's size each", ("apply",))))
-    return est
+    return with_distillation(est, copies)
+
+
+def with_distillation(est: MemoryEstimate, copies: int) -> MemoryEstimate:
+    """``est`` with ``copies`` teacher copies of the weights and the distillation's buffers after the prune
+    (counted with the rewrite's, on the safe side); ``est`` itself where ``copies`` is 0."""
+    if not copies:
+        return est
+    weights = est.part("weights")
+    return MemoryEstimate(est.parts + (
+        MemoryPart("teacher copy", copies * weights, "the original kept to distil from (--recover-steps, recover=)",
+                   ("calibrate", "solve", "apply")),
+        MemoryPart("distillation", DISTIL_COPIES * weights, "the training's gradients, two AdamW moments and "
+                   "the best weights' copy, at most the original's size each", ("apply",))))
 
 
 def in_memory_fit(model: torch.nn.Module, opts: PruneOptions, inputs: dict | None = None, copies: int = 0) -> Fit:

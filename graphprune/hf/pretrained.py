@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 import time
@@ -20,7 +21,7 @@ from ..options import PruneOptions
 from ..planning.memory import available_memory, gib
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
-from .choose import DISTIL_COPIES, load_if_fits
+from .choose import DISTIL_COPIES, load_if_fits, with_distillation
 from .generated import generated_batches, mix
 from .inputs import as_batches, example_inputs, prepare
 from .stream import stream_prune
@@ -200,8 +201,11 @@ def _check_recover(model: torch.nn.Module, recover: dict | None, max_memory: int
 
 
 def _distil(model, teacher, recover: dict | None, report) -> None:
-    """``recover=``: the pruned model distilled from the original, the result in the report."""
+    """``recover=``: the pruned model distilled from the original, the result in the report (whose memory
+    estimate counts the teacher copy and the training's buffers, as the CLI's does)."""
     if recover is not None:
+        if report.memory is not None and report.memory.estimate is not None:
+            report.memory = dataclasses.replace(report.memory, estimate=with_distillation(report.memory.estimate, 1))
         report.recovery = distill(model, teacher, **recover)
         report.notes.append(report.recovery.summary())
 

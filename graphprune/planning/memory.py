@@ -28,6 +28,7 @@ DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64":
 PHASES = ("calibrate", "solve", "apply")
 FEATURE_COPIES = 3  # a Gram site's features: the unfold (or input), the cat with a 1 column, the fold split
 CHANNEL_COPY = 4 + 8 + 8 + 8  # per input element, ChannelStats.add: channel-major float32, float64, square, sum
+HELDOUT_BYTES = 1 << 30  # the held-out check's two extra refits hold this much at most (planning/heldout.py)
 SOLVE_SQUARES = 9  # (features+1)^2 float64 matrices a refit holds at once: Gram sum, H_SS, 2 per fold, solve
 SOLVE_ROWS = 7  # (out, features+1) float64 matrices: w, wa, wh, R, A0, A, the new weight
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
@@ -226,10 +227,12 @@ def stats_part(ir, sites, grams: set[str], total: float = 0.0) -> MemoryPart:
     return MemoryPart("calibration statistics", chans + gram, what, PHASES)
 
 
-def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool, total: float = 0.0) -> list[MemoryPart]:
+def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool, total: float = 0.0,
+                check: bool = False) -> list[MemoryPart]:
     """The largest site's solver working set (OBS scoring and the refit are one site at a time),
-    and the refit's weight updates, float32 at full original shape, held until the rewrite. On the
-    row-space route the squares are N x N (samples), not (features+1)^2."""
+    and the refit's weight updates, float32 at full original shape, held until the rewrite (three
+    sets while the held-out ``check`` runs, where it fits ``HELDOUT_BYTES``). On the row-space
+    route the squares are N x N (samples), not (features+1)^2."""
     solved = [s for s in sites if s.node in grams] if (obs or refit) else []
 
     def work(s) -> int:
@@ -239,6 +242,8 @@ def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool, total: float
 
     largest = max((work(s) for s in solved), default=0)
     updates = sum(4 * numel(ir.values[s.w].shape) for s in sites if s.node in grams) if refit else 0
+    if check and 2 * updates <= HELDOUT_BYTES:
+        updates *= 3
     return [MemoryPart("solver buffers", largest, "the largest site's OBS / refit matrices (float64)", ("solve",)),
             MemoryPart("weight updates", updates, "refit weights of every compensated site (float32)",
                        ("solve", "apply"))]
@@ -277,18 +282,18 @@ def stat_sites(dg, groups) -> list:
 
 
 def estimate_memory(ir, sites=(), grams: set[str] = frozenset(), batches: Iterable | None = None,
-                    obs: bool = False, refit: bool = False, backward: bool = False) -> MemoryEstimate:
+                    obs: bool = False, refit: bool = False, backward: bool = False, check: bool = False) -> MemoryEstimate:
     """The estimate for a prune of ``ir`` whose calibration collects statistics at ``sites``
     (``grams``: the site nodes whose input Gram is kept) over ``batches``; ``obs``: OBS scoring
     solves each Gram; ``refit``: compensation refits each Gram site; ``backward``: a gradient
-    criterion runs a backward over each batch."""
+    criterion runs a backward over each batch; ``check``: the held-out check refits twice more."""
     sites = list(sites)
     total = total_scale(ir, batches)
     parts = weight_parts(ir) + [stats_part(ir, sites, grams, total),
                                 activation_part(ir, sites, grams, batch_scale(ir, batches), backward)]
     if backward:
         parts.append(gradient_part(ir))
-    return MemoryEstimate(tuple(parts + solve_parts(ir, sites, grams, obs, refit, total)))
+    return MemoryEstimate(tuple(parts + solve_parts(ir, sites, grams, obs, refit, total, check)))
 
 
 # ----------------------------------------------------------------------------- limits

@@ -60,6 +60,9 @@ def render_html(report, title: str, tmp: Path) -> str:
         parts.append(f'<p class="{cls}">{html.escape(str(report.oracle))}</p>')
     if report.budget is not None:
         parts.append(f"<p>{html.escape(str(report.budget))}</p>")
+    held = report.compensation.heldout if report.compensation is not None else None
+    if held is not None:  # the one figure about inputs the refit never saw: next to the totals, red when it warns
+        parts.append(f'<p class="{"fail" if held.warning() else ""}">{html.escape(held.text())}</p>')
     figures = [("Before and after", plots.totals_plot, "totals"),
                ("Kept width per layer", plots.layer_plot, "layers"),
                ("Importance distribution", plots.importance_plot, "importance"),
