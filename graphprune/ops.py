@@ -40,7 +40,7 @@ class Ops:
     Neg = frozenset({"aten.neg", "onnx.Neg"})
     Mask = frozenset({"aten.masked_fill", "aten.where", "onnx.Where"})
     Cast = frozenset({"aten.to", "aten._to_copy", "aten.type_as", "onnx.Cast"})
-    Copy = frozenset({"aten.clone", "aten.contiguous"})
+    Copy = frozenset({"aten.clone", "aten.contiguous", "onnx.Identity"})  # paddle2onnx names outputs through Identity
     Dropout = frozenset({"aten.dropout", "onnx.Dropout"})
     # may hand back their very input tensor (a same-dtype .to(), .contiguous() of a contiguous tensor)
     MayAlias = frozenset({"aten.to", "aten._to_copy", "aten.alias", "aten.contiguous"})

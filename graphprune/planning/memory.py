@@ -230,8 +230,8 @@ def stats_part(ir, sites, grams: set[str], total: float = 0.0) -> MemoryPart:
 def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool, total: float = 0.0,
                 check: bool = False) -> list[MemoryPart]:
     """The largest site's solver working set (OBS scoring and the refit are one site at a time),
-    and the refit's weight updates, float32 at full original shape, held until the rewrite (three
-    sets while the held-out ``check`` runs, where it fits ``HELDOUT_BYTES``). On the row-space
+    and the refit's weight updates, float32 at full original shape, held until the rewrite (two
+    more sets while the held-out ``check`` runs, ``HELDOUT_BYTES`` at most). On the row-space
     route the squares are N x N (samples), not (features+1)^2."""
     solved = [s for s in sites if s.node in grams] if (obs or refit) else []
 
@@ -242,8 +242,8 @@ def solve_parts(ir, sites, grams: set[str], obs: bool, refit: bool, total: float
 
     largest = max((work(s) for s in solved), default=0)
     updates = sum(4 * numel(ir.values[s.w].shape) for s in sites if s.node in grams) if refit else 0
-    if check and 2 * updates <= HELDOUT_BYTES:
-        updates *= 3
+    if check:  # two more refits, where they fit HELDOUT_BYTES (planning/heldout.py skips the check otherwise)
+        updates += min(2 * updates, HELDOUT_BYTES)
     return [MemoryPart("solver buffers", largest, "the largest site's OBS / refit matrices (float64)", ("solve",)),
             MemoryPart("weight updates", updates, "refit weights of every compensated site (float32)",
                        ("solve", "apply"))]
