@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_onnx_model
+from helpers import small_llama, tiny_onnx_model
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -236,3 +236,17 @@ class _LogProbs(nn.Module):
 def test_class_outputs_through_log_softmax_but_not_a_residual():
     assert class_outputs(TorchProgram(_LogProbs().eval(), (torch.zeros(1, 12),)).graph().ir) == [True]
     assert class_outputs(TorchProgram(_Residual().eval(), (torch.zeros(1, 12),)).graph().ir) is None
+
+
+def test_a_causal_lm_gets_next_token_agreement_over_its_real_tokens():
+    pytest.importorskip("transformers", reason="the Llama comes from transformers' config classes")
+    g = torch.Generator().manual_seed(2)
+    calib = [{"input_ids": torch.randint(3, 64, (2, 16), generator=g),
+              "attention_mask": torch.ones(2, 16, dtype=torch.long)} for _ in range(6)]
+    calib[-1]["attention_mask"][1, 10:] = 0  # padding: not an answer the check counts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, rep = gp.hf.prune(small_llama(), ratio=0.3, calib=calib, generated=0, measure_latency=False, round_to=1)
+    h = rep.compensation.heldout
+    assert not h.skipped and h.items == 12 and h.scored == 12
+    assert 0.0 <= h.agreement_heldout <= 1.0 and h.error_heldout > 0  # the logits (items, tokens, vocabulary)
