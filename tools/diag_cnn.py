@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 
+from json_rows import append_rows  # noqa: E402
+
 # name -> keyword arguments of gp.prune beside model, args, budget and calib ("calib": None drops it)
 VARIANTS = {
     "magnitude": dict(calib=None),
@@ -240,8 +242,7 @@ def main() -> int:
             for g in where_cut(model, x, rep):
                 print("   ", json.dumps(g))
     if ns.json is not None:
-        old = json.loads(ns.json.read_text()) if ns.json.exists() else []
-        ns.json.write_text(json.dumps(old + rows, indent=1))
+        append_rows(ns.json, rows)
     return 0
 
 

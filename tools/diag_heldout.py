@@ -32,6 +32,7 @@ os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 
 import bench_onnx_calib as boc  # noqa: E402
 import llm_data  # noqa: E402
+from json_rows import append_rows  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.planning import heldout  # noqa: E402
@@ -101,8 +102,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if ns.json is not None:
-        old = json.loads(ns.json.read_text()) if ns.json.exists() else []
-        ns.json.write_text(json.dumps(old + rows, indent=1))
+        append_rows(ns.json, rows)
     return 0
 
 

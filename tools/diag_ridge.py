@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 
+from json_rows import append_rows  # noqa: E402
+
 GRID = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
 LAYOUTS = ("alt", "grouped", "halves", "blocks8", "blocks4")
 
@@ -198,8 +200,7 @@ def main() -> int:
         print("ridge picked per site:", dict(collections.Counter(row["lams"].values())))
         new = [row]
     if ns.json is not None:
-        old = json.loads(ns.json.read_text()) if ns.json.exists() else []
-        ns.json.write_text(json.dumps(old + new, indent=1))
+        append_rows(ns.json, new)
     return 0
 
 

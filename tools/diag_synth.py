@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 
+from json_rows import append_rows  # noqa: E402
+
 MODEL = "efficientnet_lite0"
 
 
@@ -122,8 +124,7 @@ def main() -> int:
         return 0
     row = prune(ns, model, x)
     if ns.json is not None:
-        old = json.loads(ns.json.read_text()) if ns.json.exists() else []
-        ns.json.write_text(json.dumps(old + [row], indent=1))
+        append_rows(ns.json, [row])
     return 0
 
 
