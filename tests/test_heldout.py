@@ -194,6 +194,7 @@ class _Flat(nn.Module):
     ("flattened", "flattened into rows"),
     ("new biases", "new biases"),
     ("two items", "make no halves"),
+    ("repeated", "repeated inputs"),
 ])
 def test_no_figure_where_the_halves_are_not_halves_of_like_items(case, why):
     g = torch.Generator().manual_seed(1)
@@ -204,6 +205,8 @@ def test_no_figure_where_the_halves_are_not_halves_of_like_items(case, why):
     elif case == "flattened":
         model, args = _Flat().eval(), (torch.zeros(1, 3, 12),)
         calib = [(torch.randn(4, 3, 12, generator=g),) for _ in range(6)]
+    elif case == "repeated":  # each item given twice, next to its copy
+        calib = [(x.repeat_interleave(2, 0),) for (x,) in calib]
     elif case == "new biases":
         model, kw = _bias_free(), {"add_bias": True}
     else:
@@ -250,3 +253,15 @@ def test_a_causal_lm_gets_next_token_agreement_over_its_real_tokens():
     h = rep.compensation.heldout
     assert not h.skipped and h.items == 12 and h.scored == 12
     assert 0.0 <= h.agreement_heldout <= 1.0 and h.error_heldout > 0  # the logits (items, tokens, vocabulary)
+
+
+def test_repeated_items_and_onnx_advice():
+    rng = np.random.default_rng(4)
+    rows = {i: rng.standard_normal(5) for i in range(16)}
+    assert heldout.repeated(rows) == 0
+    twice = {i: rows[i // 2] for i in range(16)}  # each item next to its copy: every pair straddles the halves
+    assert heldout.repeated(twice) == 16
+    h = HeldOut(10, 0.9, 0.1, 0.2, 0.9)
+    assert "graphprune.recover" in h.warning() and "graphprune.recover" not in h.warning("ONNX")
+    assert "exported from" in h.warning("ONNX")
+    assert "4e-05" in HeldOut(10, 4e-05, 3e-05).text()  # small errors (a softmax's output) keep their digits

@@ -314,6 +314,8 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     report.peak_rss = max(report.peak_rss, peak_rss())  # before the prune resets the high-water mark
     # a block's outputs are not the model's: no held-out figure per block (and no two extra refits)
     block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs, heldout_check=False))
+    if r.compensation is not None:
+        r.compensation.heldout = None  # not a choice the user made: no "turned off" line per block
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []
     doc.layers[prefix] = [PlanStep(r.plan, added)]
     report.layers[prefix] = r

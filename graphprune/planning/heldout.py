@@ -46,8 +46,8 @@ class HeldOut:
             return f"quality on calibration items not refit to: not measured, {self.skipped}"
         some = f", {self.scored} of them scored" if 0 < self.scored < self.items else ""
         line = (f"quality on calibration items not refit to (the plan refit on each half of the {self.items} items, "
-                f"scored on the other{some}): relative output error {self.error_heldout:.3f} "
-                f"(in sample {self.error_in_sample:.3f})")
+                f"scored on the other{some}): relative output error {self.error_heldout:.3g} "
+                f"(in sample {self.error_in_sample:.3g})")
         if self.agreement_heldout is not None:
             line += (f"; top-1 agreement with the original {self.agreement_heldout:.2f} "
                      f"(in sample {self.agreement_in_sample:.2f})")
@@ -58,14 +58,16 @@ class HeldOut:
                 "agreement_heldout": self.agreement_heldout, "agreement_in_sample": self.agreement_in_sample,
                 "scored": self.scored, "seconds": self.seconds, "skipped": self.skipped}
 
-    def warning(self) -> str:
-        """What a PruneWarning says where the pruned model lost most of its answers, else ''."""
+    def warning(self, framework: str = "PyTorch") -> str:
+        """What a PruneWarning says where the pruned model lost most of its answers, else ''. Distillation
+        trains a PyTorch model: for an ONNX file it is the PyTorch model it was exported from."""
         if self.agreement_heldout is None or self.agreement_heldout >= POOR:
             return ""
+        recover = ("recover it by distillation (graphprune.recover(pruned, original, data))" if framework == "PyTorch"
+                   else "prune the PyTorch model it was exported from and recover that by distillation")
         return (f"the pruned model gives the original's top answer on {self.agreement_heldout:.0%} of the calibration "
-                f"items its refit did not see ({self.agreement_in_sample:.0%} of those it was refit to): recover it "
-                "by distillation (graphprune.recover(pruned, original, data)), calibrate on more distinct items, or "
-                "prune less")
+                f"items its refit did not see ({self.agreement_in_sample:.0%} of those it was refit to): {recover}, "
+                "calibrate on more distinct items, or prune less")
 
 
 POOR = 0.5  # held-out top-1 agreement under which the prune warns
@@ -81,7 +83,10 @@ def check_quality(program, dg, plan, batches: list, comp, lams: dict, fit: str, 
     a PruneWarning where the pruned model lost most of its answers. Skipped (a note says so) where
     two more refits would hold more than ``MAX_BYTES``."""
     stats, comp.stats = comp.stats, None
-    if stats is None or not wanted:
+    if stats is None:
+        return
+    if not wanted:
+        comp.heldout = HeldOut(0, None, None, skipped="turned off (heldout_check=False)")
         return
     if comp.new_biases:
         comp.heldout = HeldOut(0, None, None, skipped="compensation gave layers new biases (add_bias=True), which the "
@@ -99,8 +104,8 @@ def check_quality(program, dg, plan, batches: list, comp, lams: dict, fit: str, 
     comp.heldout = heldout_check(program, dg, plan, batches, find_sites(dg), stats, lams, comp.updates, fit)
     if comp.heldout is not None:
         comp.heldout.seconds = time.perf_counter() - t0
-        if comp.heldout.warning():
-            warnings.warn(comp.heldout.warning(), PruneWarning, stacklevel=4)
+        if comp.heldout.warning(program.framework):
+            warnings.warn(comp.heldout.warning(program.framework), PruneWarning, stacklevel=4)
 
 
 class _Repair:
@@ -130,11 +135,17 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
     mask = program.scored_outputs()
     pick = (lambda outs: outs) if mask is None else (lambda outs: [o for o, m in zip(outs, mask) if m])
     scored = int(sum(starts[k + 1] - starts[k] for k in chosen_batches))
-    p = halves_differ(_summaries(ref, pick, starts, mine, chosen_batches))
+    rows = _summaries(ref, pick, starts, mine, chosen_batches)
+    p, twins = halves_differ(rows), repeated(rows)
     if p < DIFFER:
         return HeldOut(int(starts[-1]), None, None, scored=scored, skipped=(
             f"the even and the odd calibration items differ more than halves drawn at random do (p = {p:.3f}: items "
-            "that alternate kinds, item by item), so a refit on one half says little about the other; shuffle them"))
+            "that alternate kinds, item by item), so a refit on one half says little about the other; give them in "
+            "random order (a DataLoader with shuffle=True, an .npz's samples shuffled)"))
+    if twins * 8 >= len(rows) > 0:
+        return HeldOut(int(starts[-1]), None, None, scored=scored, skipped=(
+            f"{twins} of the {len(rows)} scored items have the same outputs as an item of the other half (repeated "
+            "inputs), so each half's refit has seen the other half; give each item once"))
     (masks, fold0), (_, fold1) = CrossFit(_Repair(dg, sites, program.tensors(), stats, lams, fit)).variants(plan)
     variants = [(masks, final), (masks, fold0), (masks, fold1)]
     valid = [program.valid_rows(b) for b in used]
@@ -191,6 +202,15 @@ def _summaries(ref: dict, pick, starts: np.ndarray, mine: list[int], chosen: lis
             table[j] = rows[i]
     table = reduce_sum([table])[0]  # each rank filled its own items' rows
     return dict(zip(index, table))
+
+
+def repeated(rows: dict[int, np.ndarray]) -> int:
+    """Items whose outputs from the original are exactly those of an item of the other half: the same input
+    given twice (a data set repeated, each image next to its copy)."""
+    seen: dict[bytes, set[int]] = {}
+    for i, row in rows.items():
+        seen.setdefault(np.ascontiguousarray(row).tobytes(), set()).add(i % 2)
+    return sum(1 for i, row in rows.items() if len(seen[np.ascontiguousarray(row).tobytes()]) == 2)
 
 
 def halves_differ(rows: dict[int, np.ndarray], draws: int = 999) -> float:
