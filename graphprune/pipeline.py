@@ -368,8 +368,7 @@ def _compensate(program, dg: DependencyGraph, opts: PruneOptions, planned: Plann
     lams = dict(planned.allocation.lams) if planned.allocation is not None else {}
     lams.update(ridge_by_node(dg, opts.ridge, find_sites(dg)))
     comp = run_compensation(program, dg, planned.plan, batches, mode, add, stats, lams)
-    check_quality(program, dg, planned.plan, batches, comp, lams, "bias" if mode == "bias" else "refit",
-                  opts.heldout_check)
+    check_quality(program, dg, planned.plan, batches, comp, "bias" if mode == "bias" else "refit", opts.heldout_check)
     return comp
 
 

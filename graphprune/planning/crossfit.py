@@ -17,6 +17,7 @@ import numpy as np
 
 from ..calib.compensate import Compensation, affected_sites, refit_from_stats
 from ..calib.distributed import reduce_sum
+from .allocate import item_count
 from .plan import PrunePlan, block_masks, keep_masks
 from .scoring import output_energy, output_errors
 
@@ -47,11 +48,6 @@ class CrossFit:
                                  r.lams)
             out.append((masks, comp.updates))
         return out
-
-
-def _items(program, batch) -> int:
-    first = program.first_input(batch)
-    return int(first[0][0]) if first is not None and first[0] else 1
 
 
 def fold_batches(program, used: list, parity: list[np.ndarray]) -> list[list] | None:
@@ -99,7 +95,7 @@ def heldout_errors(program, used: list, pairs: list[list[tuple[dict, dict]]], wh
     parity of an item's index over all of ``used`` (as calibration counts them), on every rank.
     With ``loss`` (outputs, batch -> float), the mean of the two halves' mean loss instead; it needs
     batches that can be cut into their folds (None where they cannot)."""
-    starts = np.cumsum([0] + [_items(program, b) for b in used])
+    starts = np.cumsum([0] + [item_count(program, b) for b in used])
     parity = [np.arange(a, z) % 2 for a, z in zip(starts[:-1], starts[1:])]
     flat = [v for pair in pairs for v in pair]
     folds = fold_batches(program, used, parity)

@@ -22,6 +22,7 @@ from ..calib.sites import find_sites
 from ..errors import PruneWarning
 from ..ops import Ops
 from ..util.progress import progress
+from .allocate import item_count
 from .crossfit import CrossFit
 from .memory import HELDOUT_BYTES
 from .scoring import squared
@@ -78,7 +79,7 @@ ROWS = 2048  # calibration rows (tokens, or items) the check scores, about (at l
 MAX_BYTES = HELDOUT_BYTES  # the two extra refits hold this much at most beside the final one; larger prunes skip it
 
 
-def check_quality(program, dg, plan, batches: list, comp, lams: dict, fit: str, wanted: bool = True) -> None:
+def check_quality(program, dg, plan, batches: list, comp, fit: str, wanted: bool = True) -> None:
     """``comp.heldout`` from the Grams compensation refit from (``comp.stats``, dropped here), with
     a PruneWarning where the pruned model lost most of its answers. Skipped (a note says so) where
     two more refits would hold more than ``MAX_BYTES``."""
@@ -99,8 +100,8 @@ def check_quality(program, dg, plan, batches: list, comp, lams: dict, fit: str, 
                                                      f"the final one (the check holds {cap:.0f} GiB at most)")
         return
     t0 = time.perf_counter()
-    # each site's ridge strength as the final refit chose it (a fold alone has no second fold to choose on)
-    lams = {**{s.node: s.lam for s in comp.sites if s.lam is not None}, **lams}
+    # each site's ridge strength as the final refit used it (a fold alone has no second fold to choose on)
+    lams = {s.node: s.lam for s in comp.sites if s.lam is not None}
     comp.heldout = heldout_check(program, dg, plan, batches, find_sites(dg), stats, lams, comp.updates, fit)
     if comp.heldout is not None:
         comp.heldout.seconds = time.perf_counter() - t0
@@ -122,7 +123,7 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
     statistics hold no folds to fit apart (nothing was refit from Grams)."""
     if not any(st is not None and st.folds and len(st.folds) == 2 for st in stats.values()):
         return None
-    starts = np.cumsum([0] + [_items(program, b) for b in batches])
+    starts = np.cumsum([0] + [item_count(program, b) for b in batches])
     why = _unsplit(stats, int(starts[-1]))
     if why:
         return HeldOut(int(starts[-1]), None, None, skipped=why)
@@ -286,8 +287,3 @@ def _biased_matmul(ir, node, producers) -> bool:
     kinds = [ir.values[i].kind if i in ir.values else "" for i in node.inputs]
     mm = [producers.get(i) is not None and producers[i].op in Ops.MatMul for i in node.inputs]
     return any(m and k in ("param", "buffer", "const") for m, k in zip(mm, kinds[::-1]))
-
-
-def _items(program, batch) -> int:
-    first = program.first_input(batch)
-    return int(first[0][0]) if first is not None and first[0] else 1
