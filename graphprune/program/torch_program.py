@@ -27,6 +27,8 @@ from ..frontends.torch_export import lower_trace
 from ..frontends.torch_record import trace_model
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session
+from ..planning.module_channels import ATTR as CHANNELS_ATTR
+from ..planning.module_channels import composed, module_channels
 from ..planning.placement import Placement, of_module
 from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
@@ -281,6 +283,10 @@ class TorchProgram(Program):
         model = self.model if inplace else copy.deepcopy(self.model)
         dg = self.graph()
         rewrite(model, dg, plan, self.args, self.kwargs, updates=dict(updates) if updates else None)
+        # what recover(blockwise=True) compares with the original's block outputs: children of containers
+        blocks = {f"{n}.{c}".lstrip(".") for n, m in model.named_modules() if isinstance(m, (torch.nn.Sequential,
+                  torch.nn.ModuleList)) for c, _ in m.named_children()}
+        setattr(model, CHANNELS_ATTR, composed(getattr(model, CHANNELS_ATTR, None), module_channels(dg, plan, blocks)))
         out = TorchProgram(model, self.args, self.kwargs)
         if compensation is not None and compensation.new_biases:
             out._added = add_biases(model, dg, plan, compensation)
