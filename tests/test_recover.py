@@ -285,3 +285,19 @@ def test_cli_recover_steps(tmp_path):
     assert r.returncode == 2 and "give --calib" in r.stderr
     r = _cli("prune", "resnet18", "-o", str(tmp_path / "x.pt"), "--recover-lr", "1e-4")
     assert r.returncode == 2 and "apply with --recover-steps N" in r.stderr
+
+
+def test_cli_recover_blockwise(tmp_path):
+    """--recover-blockwise trains ResNet-18's residual blocks alone first (the outermost blocks: not the
+    downsampling Sequential inside three of them); report.json says what each block gained."""
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_0=np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
+    r = _cli("prune", "resnet18", "-o", str(tmp_path / "slim.pt"), "--calib", str(calib), "--ratio", "0.5",
+             "--round-to", "1", "--no-verify", "--no-latency", "--recover-steps", "8", "--recover-blockwise", "--json")
+    assert r.returncode == 0, r.stderr
+    blocks = json.loads(r.stdout)["recovery"]["blocks"]
+    assert [b["block"] for b in blocks["trained"]] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert all(b["steps"] == 4 and b["lr"] in (1e-3, 1e-4) for b in blocks["trained"])  # half of 8 each, rate probed
+    assert blocks["tail"]["steps"] == 2  # the classifier after layer4: a quarter
+    rec = json.loads(r.stdout)["recovery"]  # the rest, end to end (all 8 where the stage was undone)
+    assert rec["steps"] == (8 if blocks["undone"] else 2) or (rec["reason"] == "patience" and rec["steps"] < 8)

@@ -9,6 +9,9 @@
 - **Features.** ``features=True`` matches the outputs of modules in an ``nn.Sequential`` /
   ``nn.ModuleList`` (blocks, layers), ``features=[names]`` those modules, where both models give
   equal shapes (the residual stream, not pruned widths); ``result.features_matched`` lists them.
+- **Blocks first.** ``blockwise=True`` trains each block alone toward the original's output of it, then
+  the layers after the last block alone, before the end-to-end stage (api/recover_blocks.py);
+  ``result.blocks`` says what each gained.
 - **Batches.** A dict is keyword inputs, a tensor the one input, a tuple/list positional inputs
   unless it has more elements than the forward's required positional parameters (``(images,
   labels)`` for ``forward(x)``): then its first element is the input. ``unpack=`` replaces this.
@@ -41,7 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from ..util.progress import progress
-from .recover_data import HOW, Batches, RecoverError, as_inputs, positional_params, to_device
+from .recover_blocks import BLOCK_BATCHES, after_blocks, reconstruct_blocks
+from .recover_data import HOW, Batches, RecoverError, as_inputs, first_tensor, positional_params, to_device
 from .recover_lr import PROBE_BATCHES, UNPROBED_LR, probe_lr, worth_probing
 from .recover_mix import blended, check_mix
 from .recover_result import RecoverResult
@@ -65,14 +69,6 @@ def _leaves(out: Any, name: str = "output") -> list[tuple[str, torch.Tensor]]:
     if isinstance(out, (tuple, list)):
         return [leaf for i, v in enumerate(out) for leaf in _leaves(v, f"{name}[{i}]")]
     return []
-
-
-def _first(out: Any) -> torch.Tensor | None:
-    """A module's output for feature matching: the tensor, or the first tensor inside it."""
-    if isinstance(out, torch.Tensor):
-        return out
-    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
-    return next((t for t in map(_first, values) if t is not None), None)
 
 
 def _match(s: torch.Tensor, t: torch.Tensor, kind: str, temperature: float, mask: torch.Tensor | None):
@@ -190,7 +186,7 @@ class _Distill:
         if unknown := [n for n in asked if n not in s_mods or n not in t_mods]:
             raise RecoverError(f"features {unknown} name no module of both models (see model.named_modules())")
         hooks = {(who, n): mods[n].register_forward_hook(
-            lambda m, i, o, n=n, store=self.captured[who]: store.__setitem__(n, _first(o)))
+            lambda m, i, o, n=n, store=self.captured[who]: store.__setitem__(n, first_tensor(o)))
             for who, mods in (("student", s_mods), ("teacher", t_mods)) for n in asked}
         self.hooks = list(hooks.values())  # removed by recover() whatever happens
         with torch.no_grad():
@@ -215,7 +211,8 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
             time_s: float | None = None, lr: float | None = None, callback: Callable | None = None, *,
             holdout: float = 0.1, eval_every: int | None = None, patience: int | None = 5, temperature: float = 2.0,
             loss: str = "auto", features: bool | Sequence[str] = False, feature_weight: float = 1.0,
-            unpack: Callable | None = None, seed: int = 0, mix: float | None = None) -> RecoverResult:
+            unpack: Callable | None = None, seed: int = 0, mix: float | None = None,
+            blockwise: bool = False) -> RecoverResult:
     """Train ``pruned`` in place to match ``teacher`` (the unpruned original) on ``data``.
 
     Args:
@@ -238,6 +235,9 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         mix: Beta(mix, mix) blends of two items of each training batch (dim 0 the item), fed to
             both models (function matching, api/recover_mix.py): any floating input of 2+ dims;
             None: Beta(1, 1) on images (4+ dims) only; 0: never. Token ids and masks stay as given.
+        blockwise: first train each block alone toward the original's output of it
+            (api/recover_blocks.py), with half of ``steps`` (each block) or of ``time_s``; the
+            end-to-end distillation has the rest.
 
     Returns:
         A :class:`RecoverResult`; ``pruned`` holds the weights of its ``best_step``.
@@ -263,11 +263,60 @@ def recover(pruned: torch.nn.Module, teacher: torch.nn.Module, data: Iterable, s
         with torch.random.fork_rng(devices=[distill.device] if distill.device.type == "cuda" else []):
             torch.manual_seed(seed)
             feed = Batches(data, holdout, seed, int((steps or 1000) / (1 - holdout)) + 2)
-            return _loop(distill, feed, steps, time_s, lr, callback, eval_every, patience, features, mix)
+            stage = None
+            if blockwise:
+                stage, steps, time_s = _blocks_first(distill, feed, steps, time_s, lr, mix, seed, patience)
+            result = _loop(distill, feed, steps, time_s, lr, callback, eval_every, patience, features, mix)
+            result.blocks = stage
+            return result
     finally:
         for h in distill.hooks:
             h.remove()
         pruned.train(modes[0]), teacher.train(modes[1])
+
+
+def _blocks_first(distill: _Distill, feed: Batches, steps, time_s, lr, mix, seed, patience):
+    """The block stage on up to BLOCK_BATCHES training batches (half the steps or time), then the layers after
+    the last block alone (a quarter: their inputs are what the blocks give now); the rest is the end-to-end
+    stage's, all of it where nothing was trained or the stage was undone."""
+    bound = steps if steps is not None or time_s is not None else min(1000, max(100, feed.n_train))
+    train = list(itertools.islice(feed.train(), min(feed.n_train, BLOCK_BATCHES)))
+    before, saved, start = distill.evaluate(feed.heldout), _snapshot(distill.student), time.perf_counter()
+    try:
+        stage = reconstruct_blocks(distill, train, feed.heldout, mix, lr,
+                                   steps=None if bound is None else max(1, bound // 2),
+                                   seconds=None if time_s is None else time_s / 2, seed=seed)
+        tail = [] if not stage.blocks else after_blocks(
+            distill.student, stage.blocks[-1][0], lambda: distill.run("student", train[0][1], train[0][0]))
+        if tail:
+            stage.tail = _tail(distill, feed, tail, None if bound is None else max(1, bound // 4),
+                               None if time_s is None else max((time_s - (time.perf_counter() - start)) / 2, 1e-3),
+                               lr, mix, patience)
+    except BaseException:
+        distill.student.load_state_dict(saved)  # an error or Ctrl-C mid-stage leaves the model as it came
+        raise
+    finally:
+        for p in distill.student.parameters():
+            p.grad = None  # the stages' last gradients: a copy of the weights the end-to-end stage need not hold
+    stage.heldout_losses = (before, distill.evaluate(feed.heldout))
+    if None not in stage.heldout_losses and stage.heldout_losses[1] > stage.heldout_losses[0]:
+        distill.student.load_state_dict(saved)  # better blocks, a worse model: the stage is undone
+        stage.undone = True
+    rest_s = None if time_s is None else max(time_s - (time.perf_counter() - start), 1e-3)
+    used = 0 if stage.undone or not stage.blocks else bound // 2 + bound // 4 * bool(tail) if bound else 0
+    return stage, None if bound is None else max(1, bound - used), rest_s
+
+
+def _tail(distill: _Distill, feed: Batches, tail: list, steps, time_s, lr, mix, patience) -> RecoverResult:
+    """End-to-end distillation of the ``tail`` parameters alone (the rest frozen, so backward stops there)."""
+    chosen, grads = {id(p) for p in tail}, [(p, p.requires_grad) for p in distill.student.parameters()]
+    try:
+        for p, _ in grads:
+            p.requires_grad_(id(p) in chosen)
+        return _loop(distill, feed, steps, time_s, lr, None, None, patience, False, mix)
+    finally:
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def _loop(distill: _Distill, feed: Batches, steps, time_s, lr, callback, eval_every, patience, features, mix):

@@ -51,6 +51,14 @@ def as_inputs(batch: Any, where: str, positional: int | None, unpack: Callable |
     return args, kwargs
 
 
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """A module's output for feature and block matching: the tensor, or the first tensor inside it."""
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
+    return next((t for t in map(first_tensor, values) if t is not None), None)
+
+
 def to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, (tuple, list)):
         return type(x)(to_device(v, device) for v in x)
@@ -79,10 +87,14 @@ class Batches:
         self.n_hold = 0 if n < 2 or holdout <= 0 else min(n - 1, max(1, round(holdout * n)))
         self.heldout = list(itertools.islice(first, self.n_hold))
         self._first, self.n_train, self._gen = first, n - self.n_hold, torch.Generator().manual_seed(seed)
+        self._started = False
 
     def train(self):
         """``(label, batch)`` forever; a list's batches in a new seeded order each epoch."""
-        it, pos = self._first, self.n_hold  # the first pass goes on after the held-out batches
+        # the first call's first pass goes on after the held-out batches; a later call (recover's block
+        # stage reads a pass first) starts a new pass, skipping them by position
+        it, pos = (self._first, self.n_hold) if not self._started else (iter(self.source), 0)
+        self._started = True
         while True:
             if isinstance(self.source, Sequence):
                 order = (self.n_hold + i for i in torch.randperm(self.n_train, generator=self._gen).tolist())

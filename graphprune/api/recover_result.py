@@ -21,6 +21,7 @@ class RecoverResult:
     lr: float = 0.0
     batches: tuple[int, int] = (0, 0)  # (training, held-out)
     lr_probe: list[tuple[float, float]] = field(default_factory=list)  # (rate, held-out loss) tried when lr=None
+    blocks: object | None = None  # recover(blockwise=True)'s BlockStage: each block's held-out loss before/after
 
     heldout_before = property(lambda self: self.heldout_losses[0][1] if self.heldout_losses else None)
     heldout_best = property(lambda self: min(v for _, v in self.heldout_losses) if self.heldout_losses else None)
@@ -29,8 +30,9 @@ class RecoverResult:
         """One line, for a prune report's notes."""
         held = (f", held-out loss {self.heldout_before:.4g} -> {self.heldout_best:.4g}" if self.heldout_losses
                 else f", training loss {self.train_losses[-1]:.4g}" if self.train_losses else "")
+        first = f"; first {self.blocks}" if self.blocks is not None else ""
         return (f"recovered by distillation: {self.steps} steps{held} (lr {self.lr:g}; stopped by {self.reason}; "
-                f"weights of step {self.best_step}, changed after the oracle's check)")
+                f"weights of step {self.best_step}, changed after the oracle's check){first}")
 
     def __str__(self) -> str:
 
@@ -44,4 +46,5 @@ class RecoverResult:
         text = (f"recover: {self.steps} steps in {self.seconds:.1f} s (lr {self.lr:g}, {self.batches[0]} training / "
                 f"{self.batches[1]} held-out batches), stopped by {self.reason}; weights of step {self.best_step}\n")
         text += table(["step", "train loss", "held-out loss", ""], rows) if rows else "(no step taken)"
-        return text + (f"\nfeatures matched: {', '.join(self.features_matched)}" if self.features_matched else "")
+        text += f"\nfeatures matched: {', '.join(self.features_matched)}" if self.features_matched else ""
+        return text + (f"\n{self.blocks}" if self.blocks is not None else "")

@@ -159,8 +159,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 def _check_recover(ns, kind: str) -> None:
     """--recover-steps trains a PyTorch model on --calib: refused before any work otherwise."""
     if ns.recover_steps is None:
-        if ns.recover_time is not None or ns.recover_lr is not None:
-            raise GraphpruneError("--recover-time and --recover-lr apply with --recover-steps N")
+        if ns.recover_time is not None or ns.recover_lr is not None or ns.recover_blockwise:
+            raise GraphpruneError("--recover-time, --recover-lr and --recover-blockwise apply with --recover-steps N")
         return
     if (ns.recover_time is not None and not ns.recover_time > 0) or (ns.recover_lr is not None and not ns.recover_lr > 0):
         raise GraphpruneError("--recover-time and --recover-lr must be > 0")
@@ -178,7 +178,7 @@ def _recover(model, teacher, calib, ns):
 
     unpack = lambda b: ((), dict(b)) if isinstance(b, dict) else (tuple(b), {})
     return recover(model, teacher, calib, steps=ns.recover_steps, time_s=ns.recover_time, lr=ns.recover_lr,
-                   unpack=unpack)
+                   unpack=unpack, blockwise=ns.recover_blockwise)
 
 
 def _options(ns, onnx_in: bool) -> PruneOptions:
@@ -316,6 +316,8 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--recover-lr", type=float, default=None, metavar="LR",
                     help="with --recover-steps: the learning rate (default: probed on held-out batches; 1e-3 for runs "
                          "under 24 steps or a --recover-time under 30 s)")
+    pr.add_argument("--recover-blockwise", action="store_true",
+                    help="with --recover-steps: train each block alone first (graphprune.recover's blockwise=True)")
     pr.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
                     help="refuse, before calibration, a prune whose estimated peak memory exceeds SIZE (bytes, or "
                          "8GB, 512MiB, 16G); a transformers folder that would exceed it in memory is pruned block "

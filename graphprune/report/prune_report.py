@@ -163,7 +163,8 @@ class PruneReport:
         if self.recovery is not None:
             r = self.recovery
             d["recovery"] = {"steps": r.steps, "seconds": r.seconds, "best_step": r.best_step, "reason": r.reason,
-                             "lr": r.lr, "heldout_before": r.heldout_before, "heldout_best": r.heldout_best}
+                             "lr": r.lr, "heldout_before": r.heldout_before, "heldout_best": r.heldout_best,
+                             **({"blocks": r.blocks.to_dict()} if getattr(r, "blocks", None) is not None else {})}
         if self.sync is not None:
             d["config"] = {"loadable_with_from_pretrained": self.sync.loadable, "text": str(self.sync)}
         return d
