@@ -120,6 +120,8 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=None, help="recover(lr=) (default: probed)")
     p.add_argument("--features", action="store_true",
                    help="recover(features=True): match the blocks' outputs whose shapes both models share too")
+    p.add_argument("--blockwise", action="store_true",
+                   help="recover(blockwise=True): each block trained alone toward the original's output of it first")
     p.add_argument("--stamps", type=int, default=0,
                    help="recover on this many fresh stamp composites a pass too (tools/fetch_stamps.py, WithStamps)")
     p.add_argument("--calib-stamps", type=int, default=0,
@@ -173,13 +175,14 @@ def main() -> int:
                 feed = FreshCrops(calib_x, ns.augment, ns.batch) if ns.fresh_crops else calib
                 feed = WithStamps(feed, calib_x, ns.stamps, ns.batch, mean, std) if ns.stamps else feed
                 res = gp.recover(pruned, model, feed, time_s=ns.recover_s, mix=ns.mix, lr=ns.lr,
-                                 features=ns.features)
+                                 features=ns.features, blockwise=ns.blockwise)
                 tag = (" + recover" + ", fresh crops" * ns.fresh_crops + f", {ns.stamps} stamps a pass" * bool(ns.stamps)
                        + (", mix=auto" if ns.mix is None else f", mix={ns.mix:g}") + (f", lr={ns.lr:g}" if ns.lr else "")
-                       + ", features" * ns.features)
+                       + ", features" * ns.features + ", blockwise" * ns.blockwise)
                 row = dict(row, variant=name + tag, seconds=row["seconds"] + time.perf_counter() - t,
                            **scored(pruned), recover_steps=res.steps, recover_lr=res.lr, recover_stop=res.reason,
-                           recover_best_step=res.best_step, recover_heldout=res.heldout_losses)
+                           recover_best_step=res.best_step, recover_heldout=res.heldout_losses,
+                           **({"recover_blocks": str(res.blocks)} if res.blocks is not None else {}))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
