@@ -81,18 +81,22 @@ class BlockStage:
                                                         "heldout_best": self.tail.heldout_best}}
 
 
-def _calls(model: torch.nn.Module, names: list[str], run) -> dict[str, int]:
-    """How often each named module runs in one forward (``run()``), in first-call order."""
-    counts: dict[str, int] = {}
-    mods = dict(model.named_modules())
-    hooks = [mods[n].register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
-             for n in names]
+def _hooked(hooks: list, run) -> None:
+    """One forward ``run()`` without gradients, the ``hooks`` removed whatever happens."""
     try:
         with torch.no_grad():
             run()
     finally:
         for h in hooks:
             h.remove()
+
+
+def _calls(model: torch.nn.Module, names: list[str], run) -> dict[str, int]:
+    """How often each named module runs in one forward (``run()``), in first-call order."""
+    counts: dict[str, int] = {}
+    mods = dict(model.named_modules())
+    _hooked([mods[n].register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
+             for n in names], run)
     return counts
 
 
@@ -115,13 +119,7 @@ def after_blocks(model, last: str, run) -> list[torch.nn.Parameter]:
     order: list[torch.nn.Module] = []
     mods = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
     hooks = [m.register_forward_pre_hook(lambda m, a: order.append(m)) for m in mods]
-    hooks.append(model.get_submodule(last).register_forward_hook(lambda m, a, o: order.append(None)))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in hooks:
-            h.remove()
+    _hooked(hooks + [model.get_submodule(last).register_forward_hook(lambda m, a, o: order.append(None))], run)
     end = max((k for k, m in enumerate(order) if m is None), default=len(order))
     before = {id(m) for m in order[:end] if m is not None}
     seen = {id(p) for m in order[:end] if m is not None for p in m.parameters(recurse=False)}  # tied: not a tail's
