@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..util.containers import container_children
 from ..util.progress import progress
 from .recover_blocks import BLOCK_BATCHES, after_blocks, reconstruct_blocks
 from .recover_data import HOW, Batches, RecoverError, as_inputs, first_tensor, positional_params, to_device
@@ -180,9 +181,7 @@ class _Distill:
     def hook(self, features: bool | Sequence[str], where: str, batch: Any) -> list[str]:
         """Choose the feature modules (equal output shapes on ``batch``) and keep hooks on them."""
         s_mods, t_mods = dict(self.student.named_modules()), dict(self.teacher.named_modules())
-        containers = (torch.nn.Sequential, torch.nn.ModuleList)
-        asked = ([n for n in s_mods if n and n in t_mods and isinstance(s_mods[n.rpartition(".")[0]], containers)]
-                 if features is True else list(features))
+        asked = [n for n in container_children(self.student) if n in t_mods] if features is True else list(features)
         if unknown := [n for n in asked if n not in s_mods or n not in t_mods]:
             raise RecoverError(f"features {unknown} name no module of both models (see model.named_modules())")
         hooks = {(who, n): mods[n].register_forward_hook(

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..planning.module_channels import ATTR as CHANNELS_ATTR
+from ..util.containers import container_children
 from ..util.progress import progress
 from .recover_data import as_inputs, first_tensor, to_device
 from .recover_mix import blended
@@ -103,9 +104,7 @@ def _calls(model: torch.nn.Module, names: list[str], run) -> dict[str, int]:
 def blocks_to_train(student, teacher, run_student, run_teacher) -> tuple[list[str], dict[str, str]]:
     """The blocks in execution order; and those left out, with why."""
     s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
-    containers = (torch.nn.Sequential, torch.nn.ModuleList)
-    named = [n for n in s_mods if n and n in t_mods and isinstance(s_mods[n.rpartition(".")[0]], containers)
-             and any(p.requires_grad for p in s_mods[n].parameters())]
+    named = [n for n in container_children(student) if n in t_mods and any(p.requires_grad for p in s_mods[n].parameters())]
     outer = [n for n in named if not any(n.startswith(o + ".") for o in named)]
     s_calls, t_calls = _calls(student, outer, run_student), _calls(teacher, outer, run_teacher)
     skipped = {n: f"runs {s_calls.get(n, 0)} times in a forward" for n in outer
@@ -236,7 +235,7 @@ def _train_block(name, distill, feeds, held, runner, lr, steps, budget_s, g):
                       if isinstance(got, torch.Tensor) else None)
             if target is None:
                 return ("its output's shape differs from the original's on channels the plan does not map "
-                    "(or it returns several values)")
+                        "(or it returns several values)")
             out.append((args, target))
         return out
 

@@ -32,6 +32,7 @@ from ..planning.module_channels import composed, module_channels
 from ..planning.placement import Placement, of_module
 from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
+from ..util.containers import container_children
 from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
@@ -284,8 +285,7 @@ class TorchProgram(Program):
         dg = self.graph()
         rewrite(model, dg, plan, self.args, self.kwargs, updates=dict(updates) if updates else None)
         # what recover(blockwise=True) compares with the original's block outputs: children of containers
-        blocks = {f"{n}.{c}".lstrip(".") for n, m in model.named_modules() if isinstance(m, (torch.nn.Sequential,
-                  torch.nn.ModuleList)) for c, _ in m.named_children()}
+        blocks = set(container_children(model))
         setattr(model, CHANNELS_ATTR, composed(getattr(model, CHANNELS_ATTR, None), module_channels(dg, plan, blocks)))
         out = TorchProgram(model, self.args, self.kwargs)
         if compensation is not None and compensation.new_biases:
