@@ -67,3 +67,15 @@ def test_one_command_gives_one_model(cache, tmp_path, monkeypatch, kept):
         assert any(n.startswith("widths: tried") for n in report.notes), report.notes
     same = (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert same is kept
+
+
+def test_the_original_is_timed_once_per_machine(cache, monkeypatch):
+    """The time tilt scales every estimate by the original's latency: a fresh figure each prune bent the
+    tilts and so the candidates, and one command wrote three models in four runs. Kept, it is timed once."""
+    figures = iter([2.0, 3.0, 4.0])
+    monkeypatch.setattr(TorchProgram, "latency_ms", lambda self, runtime=None: next(figures))
+    program = TorchProgram(_mlp(), (torch.randn(2, 16),))
+    assert plan_cache.original_ms(program, "torch") == 2.0
+    assert plan_cache.original_ms(TorchProgram(_mlp(), (torch.randn(2, 16),)), "torch") == 2.0  # same structure
+    monkeypatch.setenv(plan_cache.ENV, "0")  # caching off: timed afresh
+    assert plan_cache.original_ms(program, "torch") == 3.0

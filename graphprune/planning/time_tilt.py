@@ -25,6 +25,7 @@ from typing import Mapping
 from ..calib.sites import find_sites
 from .budget import CostModel
 from .latency_table import LatencyModel
+from .plan_cache import original_ms
 
 BETAS = (0.0, 0.5, 1.0)  # 0: uniform
 CLIP = (0.5, 2.0)  # the exponent's range: at most twice (half) the uniform cut's log-width
@@ -57,7 +58,7 @@ def tilt_options(program, runtime: str | None, dg, groups, budget, round_to, not
     without a runtime, a MACs key, convolutions or a group the table sees time per MAC in."""
     if runtime is None or "macs" not in budget or not groups or not any(s.kind == "conv" for s in find_sites(dg)):
         return None  # the tilt is for convolutions, whose op kinds differ in time per MAC
-    before = program.latency_ms(runtime)
+    before = original_ms(program, runtime)  # kept per machine: the same tilts, so the same model, every run
     steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
     cost = CostModel(dg, groups)
     cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]), groups=groups,
