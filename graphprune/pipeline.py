@@ -20,7 +20,7 @@ from .metrics import count_macs, count_params
 from .options import PruneOptions, compensation_mode, resolve_importance
 from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
-from .planning.budget import BudgetResult, CostModel, solve_budget
+from .planning.budget import BudgetResult, CostModel, missed, solve_budget
 from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
 from .planning.depth import (
     DepthChoice,
@@ -125,6 +125,10 @@ def plan_program(program, opts: PruneOptions) -> Planned:
         plan.blocks = list(w.depth.removed)
     if opts.uniform:
         check_uniform(w.groups, plan)
+    short = missed(w.spent, w.round_to) if not w.blocks else ""  # blocks alone: planning/depth.py says it
+    if short:
+        warnings.warn(short, PruneWarning, stacklevel=3)
+        w.ctx.notes.append(short)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
     on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice
     idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg, w.round_to) if w.spent is None and not w.blocks else None
@@ -307,7 +311,9 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
 
     tilts = w.tilts if w.curves is None else None
     align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None else None  # cached
-    made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts, align)
+    kept: dict = {}  # the kept plan's steps: the notes after this cite them
+    made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts, align, kept)
+    w.round_to = kept or w.round_to
     plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
 

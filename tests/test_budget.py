@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import graphprune as gp
-from graphprune.planning.budget import CostModel, parse_budget
+from graphprune.planning.budget import BudgetResult, CostModel, missed, parse_budget, shortfall
 from graphprune.planning.plan import shape_fn
 
 transformers = pytest.importorskip("transformers")
@@ -162,3 +162,16 @@ def test_report_lists_the_kept_width_of_every_layer():
     assert layers["0.weight"] == ((8, 4), (kept, 4)) and layers["2.weight"] == ((2, 8), (2, kept))
     text = report.layer_table()
     assert "0.weight" in text and f"{kept / 8:.0%}" in text and "layer_table()" in str(report)
+
+
+def test_shortfall_is_the_binding_keys_gap():
+    """Two keys: the one the plan meets most closely binds; the other lands under its target by nature."""
+    spent = BudgetResult({"macs": 500, "params": 900}, {"macs": 1000, "params": 1000}, {"macs": 490, "params": 600})
+    assert shortfall(spent) == pytest.approx(10 / 500)  # params is 1/3 under, macs binds
+    assert shortfall(None) == 0.0 and missed(spent, {0: 16}) == ""  # 2% under: within the slack
+    spent.achieved["macs"] = 417
+    assert shortfall(spent) == pytest.approx(83 / 500)
+    assert missed(spent, {0: 16, 1: 4}).startswith(
+        "budget macs: the plan keeps 41.7% of the original's macs where 50.0% was asked (16.6% under the target, more "
+        "pruning than asked): at the channel multiples kept (4, 16), round_to=1 (--round-to 1) allows any width")
+    assert "select more kinds" in missed(spent, 1)

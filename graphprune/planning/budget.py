@@ -54,6 +54,37 @@ class BudgetResult:
         return f"budget ({self.allocation}): " + "; ".join(parts)
 
 
+# A plan this far under its target (a share of the target) prunes more than was asked. Coarse width multiples on a
+# model with few groups land there: a user's EEG detector asked for half its MACs and got 41.7% when channels were
+# kept at multiples of 16, and 49.8% at any width. Width candidates that far under are not weighed against closer
+# ones (widths.py), and a plan still that far under says so in a PruneWarning (pipeline.py).
+BUDGET_SLACK = 0.02
+
+
+def shortfall(spent: BudgetResult | None) -> float:
+    """How far under its target a plan lands on the counted budget it meets most closely, as a share
+    of that target (0: on it, or no counted budget). Several keys: the one that binds is the closest."""
+    gaps = [(t - spent.achieved[k]) / max(t, 1) for k, t in spent.targets.items()
+            if k in METRICS and k in spent.achieved] if spent is not None else []
+    return max(0.0, min(gaps)) if gaps else 0.0
+
+
+def missed(spent: BudgetResult | None, round_to) -> str:
+    """What a PruneWarning says where a plan lands more than :data:`BUDGET_SLACK` under its budget, else ''."""
+    gap = shortfall(spent)
+    if gap <= BUDGET_SLACK:
+        return ""
+    k = min((k for k in spent.targets if k in METRICS and k in spent.achieved),
+            key=lambda k: (spent.targets[k] - spent.achieved[k]) / max(spent.targets[k], 1))
+    o = max(spent.original[k], 1)
+    steps = sorted(set(round_to.values()) if isinstance(round_to, dict) else {round_to})
+    how = (f"at the channel multiples kept ({', '.join(map(str, steps))}), round_to=1 (--round-to 1) allows any "
+           "width" if max(steps) > 1 else "each group's unit of pruning (a head, a group of channels) allows no "
+           "closer plan; select more kinds (targets=) to spend it in finer steps")
+    return (f"budget {k}: the plan keeps {spent.achieved[k] / o:.1%} of the original's {k} where "
+            f"{spent.targets[k] / o:.1%} was asked ({gap:.1%} under the target, more pruning than asked): {how}")
+
+
 def key_values(text: str, what: str = "budget", example: str = "macs=0.5 or params=20e6") -> dict[str, float]:
     """``"macs=0.5,params=20e6"`` (the CLI's spelling of budgets and ratio overrides) as a dict."""
     items = {}
@@ -228,7 +259,7 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
     targets = parse_budget(budget, original)
     if not targets:
         raise PlanError("solve_budget takes macs= / params=; a latency budget is searched by measuring")
-    result = BudgetResult(targets, original, allocation=allocation)
+    result = BudgetResult(targets, original, allocation=allocation + (", tilted towards time" if tilt else ""))
     normed = normalise(groups, scores)
     if allocation == "global" and cost.latency is not None and "latency_us" in targets:
         normed = per_millisecond(cost, groups, normed)

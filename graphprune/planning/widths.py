@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..calib.sites import find_sites
 from ..errors import PlanError
+from .budget import BUDGET_SLACK, shortfall
 from .measure import alignments, load_profile
 from .placement import CPU, Placement
 from .turns import time_in_turns
@@ -69,7 +70,7 @@ def pin_for(align: dict[str, int], factor: int) -> str:
 
 
 def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Callable, first, notes: list[str],
-                      tilts: list | None = None, align: dict[str, int] | None = None):
+                      tilts: list | None = None, align: dict[str, int] | None = None, chosen: dict | None = None):
     """The profile times blocks alone; across a whole network a coarser multiple can run faster
     still (a blocked layout kept from layer to layer instead of converted back and forth), so
     the plan is also made with the profile's steps doubled and quadrupled (up to 32; groups with no
@@ -80,8 +81,9 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     multiples before coarser (finer keeps more choice), less tilt before more. ``remake(steps,
     exponents)`` makes a plan, or None where there is none. Returns the kept plan; the note says
     which multiples and tilt it was made with, and with the profile's ``align`` the GRAPHPRUNE_ALIGN
-    that makes the same widths on any machine without timing (where the scaled steps are the profile's)."""
-    candidates: list[tuple[int, int, tuple | None, tuple]] = []
+    that makes the same widths on any machine without timing (where the scaled steps are the profile's).
+    ``chosen``, where given, receives the kept plan's step per group (what the report's notes cite)."""
+    candidates: list[tuple[int, int, tuple | None, tuple, dict]] = []
     seen = []
     # Groups with no measured step try FLAT_MULTIPLES beside the others' x1/x2/x4: in eager PyTorch (oneDNN pads
     # channels to its blocks inside, so blocks alone time alike at every width) and wherever nothing has a step.
@@ -100,12 +102,15 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
                     raise
                 made = None  # unreachable at these multiples with this tilt
             if made is not None:  # None: a measured allocation cannot meet the budget at these multiples
-                candidates.append((factor, max(scaled.values()), tilt, made))
-    times = time_in_turns(program, [made[0] for _, _, _, made in candidates], runtime)
+                candidates.append((factor, max(scaled.values()), tilt, made, scaled))
+    candidates, far = _near_budget(candidates)
+    times = time_in_turns(program, [c[3][0] for c in candidates], runtime)
     best = min(times)
-    factor, step, tilt, made = next(c for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
-    tried = ", ".join(f"x{f} (up to {s}){'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
-                      for ms, (f, s, tl, _) in zip(times, candidates))
+    factor, step, tilt, made, scaled = next(c for t, c in zip(times, candidates) if t <= best * (1 + PLAN_TOLERANCE))
+    if chosen is not None:
+        chosen.update(scaled)
+    tried = ", ".join([f"x{f} (up to {s}){'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
+                       for ms, (f, s, tl, *_) in zip(times, candidates)] + far)
     kept = f"x{factor} (up to {step})" + ("" if tilt is None else f", tilt {tilt[0]:g}")
     if align and not widen:  # these multiples without timing, on any machine: the same bytes everywhere
         kept += (f"; GRAPHPRUNE_ALIGN={pin_for(align, factor)} gives " + ("this plan" if tilt is None else
@@ -115,3 +120,14 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     how = getattr(times, "how", None)  # stand-in timers in tests give a plain list
     notes.append(f"widths: tried {which} on {runtime}{f', timed {how}' if how else ''}: {tried}; kept {kept}")
     return made
+
+
+def _near_budget(candidates: list[tuple]) -> tuple[list[tuple], list[str]]:
+    """The candidates that land within :data:`~.budget.BUDGET_SLACK` of the budget (where none does,
+    the closest), and a line for each left out: a plan that prunes more than was asked runs faster
+    for that alone, so it is not timed against the others."""
+    gaps = [shortfall(made[1] if isinstance(made, tuple) and len(made) > 1 else None) for _, _, _, made, _ in candidates]
+    near = max(BUDGET_SLACK, min(gaps)) + 1e-12
+    far = [f"x{f} (up to {s}){'' if tl is None else f' tilt {tl[0]:g}'}: not timed, {gap:.1%} under the budget"
+           for gap, (f, s, tl, *_) in zip(gaps, candidates) if gap > near]
+    return [c for gap, c in zip(gaps, candidates) if gap <= near], far
