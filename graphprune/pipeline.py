@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from .calib.collect import calib_batches, collect
@@ -386,6 +387,8 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
     return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                        {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                        importance=planned.importance, compensation=comp, notes=[*program.notes, *planned.notes],
+                       fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
+                       if planned.ctx is not None else {},
                        allocation=planned.allocation, budget=planned.budget,
                        layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
                                if v.kind == "param" and v.rank >= 2],

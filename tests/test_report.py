@@ -5,6 +5,7 @@ import copy
 import json
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from helpers import toy
 
 import graphprune as gp
+from graphprune.importance.base import ScoreContext, with_fallback
 from graphprune.report.html import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -100,3 +102,23 @@ def test_groups_are_named_by_their_first_member_for_people():
     _, report = gp.prune(net, (torch.randn(2, 8),), ratio=0.5, round_to=1, measure_latency=False)
     (entry,) = report.to_dict()["groups"].values()
     assert entry == {"kept": 16, "size": 32, "kind": "ffn", "first_member": "0.weight[0]"}
+
+
+def test_the_importance_line_names_the_criteria_that_really_ranked():
+    """A user's GRU encoder said 'importance: obs' while its notes said obs fell back to activation, and
+    activation to l2, for its one group. Each group's real criterion is kept through nested fallbacks."""
+    groups = [SimpleNamespace(id=i, kind="ffn") for i in range(3)]
+    ctx = ScoreContext(None, {})
+    ones = np.ones(2)
+
+    def activation(c, rest):
+        return with_fallback(c, rest, lambda g: None if g.id == 2 else ones, lambda c2, r2: {g.id: ones for g in r2},
+                             "activation: no linear/conv input the calibration saw, ranked by l2 instead")
+
+    scores = with_fallback(ctx, groups, lambda g: ones if g.id == 0 else None, activation,
+                           "obs: no linear/conv input with a Gram, ranked by activation instead")
+    assert set(scores) == {0, 1, 2} and ctx.fell_back == {1: "activation", 2: "l2"}
+    rep = gp.PruneReport(10, 5, 10, 5, {0: (1, 2), 1: (1, 2), 2: (1, 2)}, importance="obs",
+                         fell_back={"activation": 1, "l2": 1})
+    assert "importance: obs for 1, activation for 1, l2 for 1 of 3 group(s) (obs asked" in str(rep)
+    assert rep.to_dict()["importance_fell_back"] == {"activation": 1, "l2": 1}

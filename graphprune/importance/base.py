@@ -36,6 +36,8 @@ class ScoreContext:
     sites_of: dict[int, list] = field(default_factory=dict)  # group id -> calib.sites.Site list
     grads: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # path -> (sum w*g, sum (w*g)^2)
     notes: list[str] = field(default_factory=list)  # fallbacks, said in the report
+    # group id -> the criterion that ranked it where the one asked for could not (the report's importance line)
+    fell_back: dict[int, str] = field(default_factory=dict)
     obs_max_features: int | None = None  # obs ranks wider consumers' groups by activation (the default call)
 
     def weight(self, name: str) -> np.ndarray:
@@ -116,6 +118,9 @@ def with_fallback(ctx: ScoreContext, groups: list[Group], score_one: Callable[[G
     if rest:
         out.update(fallback(ctx, rest))
         ctx.notes.append(f"{why}: {len(rest)} group(s) (first: group {rest[0].id}, {rest[0].kind})")
+        by = why.rsplit("ranked by ", 1)[-1].split()[0]  # "...: why, ranked by l2 instead"
+        for g in rest:  # a nested fallback recorded its own first: the criterion that really ranked the group
+            ctx.fell_back.setdefault(g.id, by)
     return out
 
 

@@ -1,6 +1,7 @@
 """The before/after report of a prune (PruneReport) and its text."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,7 @@ class PruneReport:
     oracle: OracleReport | None = None
     sync: ConfigSync | None = None  # for transformers models (graphprune.hf)
     importance: str = ""  # the criterion that ranked the channels ("auto" resolved)
+    fell_back: dict = field(default_factory=dict)  # criterion -> groups it ranked where ``importance`` could not
     compensation: Compensation | None = None
     notes: list[str] = field(default_factory=list)  # fallbacks and warnings, in words
     seconds: float | None = None  # wall time of the whole prune call
@@ -91,6 +93,15 @@ class PruneReport:
     memory: MemoryUsage | None = None  # estimated and measured peak memory
     recovery: object | None = None  # graphprune.recover's RecoverResult, where the prune distilled after
     frozen: list = field(default_factory=list)  # (Reason, groups, channels) an op kept whole, commonest first
+
+    def importance_text(self) -> str:
+        """The criterion, and the ones that ranked the groups it could not (the notes say why)."""
+        if not self.fell_back:
+            return self.importance
+        n, rest = len(self.kept), sum(self.fell_back.values())
+        parts = ([f"{self.importance} for {n - rest}"] if n > rest else []) + [
+            f"{by} for {k}" for by, k in sorted(self.fell_back.items())]
+        return f"{', '.join(parts)} of {n} group(s) ({self.importance} asked; the notes say why it could not rank the rest)"
 
     @property
     def latency_before_ms(self) -> float | None:
@@ -129,7 +140,8 @@ class PruneReport:
              "macs": {"before": self.macs_before, "after": self.macs_after},
              "groups": {str(g): {"kept": k, "size": n, "kind": self.kinds.get(g), "first_member": self.names.get(g)}
                         for g, (k, n) in sorted(self.kept.items())},
-             "groups_pruned": self.groups_pruned, "importance": self.importance, "notes": list(self.notes),
+             "groups_pruned": self.groups_pruned, "importance": self.importance, "importance_fell_back": self.fell_back,
+             "notes": list(self.notes),
              "seconds": self.seconds, "path": self.path,
              "latency_ms": {"before": self.latency_before_ms, "after": self.latency_after_ms,
                             "given": self.latency.given_ms if self.latency is not None else None,
@@ -192,18 +204,19 @@ class PruneReport:
                      + (f"; {len(self.frozen) - 3} more reason(s)" if len(self.frozen) > 3 else "")
                      + " (graph.summary() lists every group)")
         if self.importance:
-            text += f"\nimportance: {self.importance}"
+            text += f"\nimportance: {self.importance_text()}"
         if self.allocation is not None and self.kept:
             shares = [1 - k / n for k, n in self.kept.values()]
             text += (f"\nallocation: sensitivity; groups lose {100 * min(shares):.0f}% to {100 * max(shares):.0f}% "
                      f"of their channels (uniform would be one share for all)")
         if self.budget is not None:
             text += f"\n{self.budget}"
-        changed = [a[0] / b[0] for _, b, a in self.layers if b != a and b[0] and a[0]]
+        # the share of each weight's entries kept: which dim is a layer's output differs (an embedding's is its last)
+        changed = [math.prod(a) / math.prod(b) for _, b, a in self.layers if b != a and b[0] and a[0]]
         gone = sum(1 for _, b, a in self.layers if b[0] and not a[0])
         if changed:
             text += (f"\nlayers: {len(changed)} of {len(self.layers)} weights shrink, keeping {min(changed):.0%} to "
-                     f"{max(changed):.0%} of their outputs (report.layer_table())")
+                     f"{max(changed):.0%} of their weights (report.layer_table())")
         if gone:
             text += f"\nlayers: {gone} of {len(self.layers)} weights removed with their residual blocks"
         if self.compensation is not None:
@@ -251,7 +264,7 @@ def compensation_text(comp, limit: int = 8) -> str:
     """The layers compensation changed, with the calibration error before/after."""
     sites = comp.sites
     if not sites:
-        return "compensation: no layer lost input channels"
+        return "compensation: no linear or convolution lost input channels (the layers a refit repairs)"
     before = sum(s.error_before for s in sites) / len(sites)
     after = sum(s.error_after for s in sites) / len(sites)
     rows = [[s.weight, s.action, f"{s.error_before:.4f}", f"{s.error_after:.4f}"] for s in sites[:limit]]
