@@ -3,6 +3,7 @@ its figures are those of the cross-fit and scoring code it reuses, its agreement
 original's top answers, and a prune that lost most of them says so."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -265,3 +266,41 @@ def test_repeated_items_and_onnx_advice():
     assert "graphprune.recover" in h.warning() and "graphprune.recover" not in h.warning("ONNX")
     assert "exported from" in h.warning("ONNX")
     assert "4e-05" in HeldOut(10, 4e-05, 3e-05).text()  # small errors (a softmax's output) keep their digits
+
+
+class _TwoOutputs(nn.Module):
+    """Class scores, and a map riding on a large offset (a user's EEG detector: mean -0.47, spread 0.13)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head, self.map = nn.Linear(12, 40), nn.Linear(40, 5), nn.Linear(40, 6)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.head(h), 0.1 * self.map(h) - 50.0
+
+
+def test_each_output_is_weighed_against_its_own_variance():
+    """The pooled figure divides by the outputs' energy, where the offset hides the map's error; each
+    output's figure, derived here from the pruned model's own outputs on the items, is against its variance."""
+    model, calib = _TwoOutputs().eval(), _calib(24)
+    pruned, rep = gp.prune(copy.deepcopy(model), (torch.zeros(1, 12),), ratio=0.5, calib=calib, runtime=None)
+    h = rep.compensation.heldout
+    assert len(h.outputs) == 2
+    with torch.no_grad():
+        ref = [torch.cat(t).double() for t in zip(*(model(b[0]) for b in calib))]
+        out = [torch.cat(t).double() for t in zip(*(pruned(b[0]) for b in calib))]
+    for (name, held, fit), r, o in zip(h.outputs, ref, out):
+        assert fit == pytest.approx(float(((o - r) ** 2).sum() / ((r - r.mean()) ** 2).sum()), rel=1e-4), name
+        assert held >= 0
+    pooled = float(sum(((o - r) ** 2).sum() for o, r in zip(out, ref)) / sum((r ** 2).sum() for r in ref))
+    assert h.error_in_sample == pytest.approx(pooled, rel=1e-4)
+    assert h.outputs[1][2] > 100 * h.error_in_sample  # the offset hides the map's error in the pooled figure
+    assert "per output, relative to its variance" in str(rep)
+
+
+def test_an_output_no_better_than_its_mean_warns():
+    ruined = HeldOut(48, 0.12, 0.12, 1.0, 1.0, outputs=[("detection", 0.0005, 0.0005), ("segmentation", 1.6, 1.57)])
+    assert "output 'segmentation'" in ruined.warning() and "1.60 of its variance" in ruined.warning()
+    assert HeldOut(48, 0.12, 0.12, 1.0, 1.0, outputs=[("detection", 0.0005, 0.0005), ("seg", 0.9, 0.8)]).warning() == ""

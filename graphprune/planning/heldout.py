@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from ..util.progress import progress
 from .allocate import item_count
 from .crossfit import CrossFit
 from .memory import HELDOUT_BYTES
-from .scoring import squared
+from .scoring import moments, squared
 
 
 @dataclass
@@ -41,6 +41,9 @@ class HeldOut:
     seconds: float = 0.0
     skipped: str = ""  # why no figure was measured
     scored: int = 0  # of ``items``, those scored (batches up to ``ROWS`` rows)
+    # per scored output: (name, held-out error, in-sample error), each relative to the output's variance about its
+    # mean: the pooled figure weighs outputs by their energy, where an offset can hide one the prune ruined
+    outputs: list[tuple[str, float, float]] = field(default_factory=list)
 
     def text(self) -> str:
         if self.skipped:
@@ -52,16 +55,26 @@ class HeldOut:
         if self.agreement_heldout is not None:
             line += (f"; top-1 agreement with the original {self.agreement_heldout:.2f} "
                      f"(in sample {self.agreement_in_sample:.2f})")
+        if len(self.outputs) > 1:
+            line += "; per output, relative to its variance: " + ", ".join(
+                f"{name} {held:.3g} (in sample {fit:.3g})" for name, held, fit in self.outputs)
         return line
 
     def to_dict(self) -> dict:
         return {"items": self.items, "error_heldout": self.error_heldout, "error_in_sample": self.error_in_sample,
                 "agreement_heldout": self.agreement_heldout, "agreement_in_sample": self.agreement_in_sample,
-                "scored": self.scored, "seconds": self.seconds, "skipped": self.skipped}
+                "scored": self.scored, "seconds": self.seconds, "skipped": self.skipped,
+                "outputs": [{"name": n, "error_heldout": h, "error_in_sample": f} for n, h, f in self.outputs]}
 
     def warning(self, framework: str = "PyTorch") -> str:
         """What a PruneWarning says where the pruned model lost most of its answers, else ''. Distillation
         trains a PyTorch model: for an ONNX file it is the PyTorch model it was exported from."""
+        ruined = [(n, h) for n, h, _ in self.outputs if h >= RUINED]
+        if ruined and (self.agreement_heldout is None or self.agreement_heldout >= POOR):
+            name, held = max(ruined, key=lambda t: t[1])
+            return (f"the pruned model's output '{name}' is further from the original's than the original's own mean "
+                    f"is, on the calibration items its refit did not see ({held:.2f} of its variance): prune less, or "
+                    "calibrate on more distinct items")
         if self.agreement_heldout is None or self.agreement_heldout >= POOR:
             return ""
         recover = ("recover it by distillation (graphprune.recover(pruned, original, data))" if framework == "PyTorch"
@@ -72,6 +85,7 @@ class HeldOut:
 
 
 POOR = 0.5  # held-out top-1 agreement under which the prune warns
+RUINED = 1.0  # an output's held-out error, relative to its variance, at which the prune warns: no better than its mean
 DIFFER = 0.01  # halves_differ's p-value under which the halves are taken to differ by kind (no figure)
 MIN_PAIRS = 6  # fewer pairs of items cannot tell (2^6 sign patterns)
 ROWS = 2048  # calibration rows (tokens, or items) the check scores, about (at least a pair of batches): all of
@@ -151,6 +165,12 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
     variants = [(masks, final), (masks, fold0), (masks, fold1)]
     valid = [program.valid_rows(b) for b in used]
     energy = sum(squared(o, None, valid[k]) for k, outs in ref.items() for o in pick(outs))
+    names = [n for n, m in zip(dg.ir.outputs, mask or [True] * len(dg.ir.outputs)) if m]
+    # per output: (sum, sum of squares, count) of the original's values; per variant and output: squared error
+    stats_out, per_out = np.zeros((len(names), 3)), np.zeros((3, len(names)))
+    for k, outs in ref.items():
+        for j, o in enumerate(pick(outs)[:len(names)]):
+            stats_out[j] += moments(o, valid[k])
     # per variant (the final refit, fold 0's, fold 1's): squared error, agreeing positions, positions
     err, agree, count = np.zeros(3), np.zeros(3), np.zeros(3)
     runs = program.run_variants(used, variants) if used else ()
@@ -158,17 +178,23 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
         first, n = starts[mine[k]], starts[mine[k] + 1] - starts[mine[k]]
         # a fold's refit is scored on the other fold's items; the final one on every item
         chosen = np.ones(n, bool) if v == 0 else np.arange(first, first + n) % 2 == 2 - v
-        err[v] += sum(squared(o, q, valid[k], chosen) for o, q in zip(pick(outs), pick(ref[k])))
+        each = [squared(o, q, valid[k], chosen) for o, q in zip(pick(outs), pick(ref[k]))]
+        err[v] += sum(each)
+        per_out[v, :len(names)] += each[:len(names)]
         if heads is not None and len(heads) == len(outs):
             a, c = _agreement([o for o, h in zip(outs, heads) if h], [q for q, h in zip(ref[k], heads) if h],
                               chosen, valid[k])
             agree[v], count[v] = agree[v] + a, count[v] + c
-    err, agree, count, energy = reduce_sum([err, agree, count, np.array([energy], float)])
+    err, agree, count, energy, stats_out, per_out = reduce_sum([err, agree, count, np.array([energy], float),
+                                                                stats_out, per_out])
     total = float(energy[0]) or 1e-30
     rate = (lambda a, c: float(a / c) if c else None)
+    spread = [max(q - s * s / c, 1e-30) if c else 1e-30 for s, q, c in stats_out]
     # the two folds' refits together score every item once
     return HeldOut(int(starts[-1]), float((err[1] + err[2]) / total), float(err[0] / total),
-                   rate(agree[1] + agree[2], count[1] + count[2]), rate(agree[0], count[0]), scored=scored)
+                   rate(agree[1] + agree[2], count[1] + count[2]), rate(agree[0], count[0]), scored=scored,
+                   outputs=[(name, float((per_out[1, j] + per_out[2, j]) / spread[j]), float(per_out[0, j] / spread[j]))
+                            for j, name in enumerate(names) if stats_out[j, 2]])
 
 
 def _unsplit(stats: dict, items: int) -> str:

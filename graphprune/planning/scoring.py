@@ -67,6 +67,13 @@ def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | 
     return float(np.square(d, dtype=np.float64).sum())
 
 
+def moments(out: np.ndarray, valid) -> np.ndarray:
+    """(sum, sum of squares, count) of ``out``'s values over real rows: its variance about its mean,
+    which an output's error is weighed against where its mean dwarfs its spread."""
+    a = _select(out, valid, None).astype(np.float64)
+    return np.array([a.sum(), np.square(a).sum(), a.size], np.float64)
+
+
 def _select(a: np.ndarray, valid, items: np.ndarray | None) -> np.ndarray:
     """``a``'s chosen items (a mask over the leading axis), then its real rows (``valid``)."""
     if items is not None and a.ndim and a.shape[0] == items.shape[0]:
