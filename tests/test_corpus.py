@@ -51,6 +51,9 @@ EXPECT = {
     "orinet": "prune",  # conv/pool classifier
     "resnet18_malimg": "prune",  # ResNet-18
     "capspot_sim": "prune",  # siamese conv net: shared weights, both branches cut alike
+    "spindle_eeg": "prune",  # 1D conv U-Net
+    "seizure_lstm": "prune",  # float 1D convs in front of the LSTMs (whose hidden units prune too)
+    "romanizer_gru": "prune",  # float embedding width feeding the GRUs
     "silero_vad_spox": "either",  # LSTMs with Constant weights inside If branches on the sample rate
     "chars2vec": "either",  # LSTMs lowered to Loop subgraphs
     "ddddocr_ocr_int8": "refuse",  # quantized: ConvInteger / DynamicQuantizeLSTM hold int8 weights

@@ -213,3 +213,48 @@ def test_time_steps_of_a_recurrence_are_not_pruned():
     steps = next(grp for grp in g.groups if any(m.name == "mix.weight" and m.dim == 0 for m in grp.members))
     assert not steps.prunable and any(r.kind == RECURRENT_STATE and "time steps of the recurrence" in str(r)
                                          for r in steps.frozen)
+
+
+def _onnx_stacked_gru_zero_state() -> onnx.ModelProto:
+    """Two GRUs whose initial states are slices of one zeros tensor (layers, batch, hidden) built by
+    ConstantOfShape from the input's batch: torch's exporter writes a stacked nn.GRU with h0 = zeros so."""
+    rng = np.random.default_rng(0)
+    h, i = 6, 3
+    tensors = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.5, n) for n, s in {
+        "W1": (1, 3 * h, i), "R1": (1, 3 * h, h), "B1": (1, 6 * h), "W2": (1, 3 * h, h), "R2": (1, 3 * h, h),
+        "B2": (1, 6 * h), "Wo": (h, 2)}.items()]
+    ints = {"one": [1], "layers": [2], "hidden": [h], "s0": [0], "s1": [1], "s2": [2], "ax0": [0]}
+    tensors += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in ints.items()]
+    nodes = [helper.make_node("Shape", ["x"], ["shape_x"]),
+             helper.make_node("Gather", ["shape_x", "one"], ["batch"], axis=0),
+             helper.make_node("Concat", ["layers", "batch", "hidden"], ["zshape"], axis=0),
+             helper.make_node("ConstantOfShape", ["zshape"], ["zeros"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("Slice", ["zeros", "s0", "s1", "ax0"], ["h0a"]),
+             helper.make_node("Slice", ["zeros", "s1", "s2", "ax0"], ["h0b"]),
+             helper.make_node("GRU", ["x", "W1", "R1", "B1", "", "h0a"], ["y1"], hidden_size=h),
+             helper.make_node("Squeeze", ["y1", "one"], ["y1s"]),
+             helper.make_node("GRU", ["y1s", "W2", "R2", "B2", "", "h0b"], ["y2"], hidden_size=h),
+             helper.make_node("Squeeze", ["y2", "one"], ["y2s"]),
+             helper.make_node("MatMul", ["y2s", "Wo"], ["out"])]
+    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (5, 2, i))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (5, 2, 2))], tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_a_zero_state_sliced_per_layer_does_not_freeze_the_hidden_units(tmp_path):
+    """A user's GRU encoder and LSTM detector kept every hidden unit: 'size set by the arguments of node
+    ConstantOfShape'. The zeros are sliced per layer on the way to each recurrent op; slicing zeros is
+    exact whichever units go, so the units prune (one group: the layers share the zeros' hidden dim)."""
+    src, dst = tmp_path / "gru.onnx", tmp_path / "slim.onnx"
+    onnx.save(_onnx_stacked_gru_zero_state(), src)
+    g = gp.load_onnx(str(src))
+    grp = next(grp for grp in g.groups if any(m.name == "R1" and m.dim == 2 for m in grp.members))
+    assert grp.prunable and any(m.name == "R2" and m.dim == 2 for m in grp.members), grp.frozen
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False, importance="random")
+    assert report.oracle.passed and report.oracle.checked_groups
+    slim = onnx.load(dst)
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in slim.graph.initializer}
+    assert shapes["R1"] == (1, 9, 3) and shapes["R2"] == (1, 9, 3) and shapes["Wo"] == (3, 2)
+    x = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(np.float32)
+    assert ort.InferenceSession(dst.as_posix()).run(None, {"x": x})[0].shape == (5, 2, 2)

@@ -119,6 +119,21 @@ CORPUS: list[Entry] = [
           "0293f3ccf00e792bce6106bae93de0e247cd849f89b4433a6a481b4bbb21dcaa", "tf2onnx 1.16.1", "similarity",
           {"input_1": [1, 60, 60, 3], "input_2": [1, 60, 60, 3]},
           note="siamese VGG-style image matcher: one set of weights in both branches, NHWC inputs, a Sigmoid output"),
+    # three more a new user tried later that day: 1D signals, recurrent ops fed zero states sliced per layer
+    Entry("spindle_eeg", "brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/spindles/_models/spindle-detector-eeg.onnx",
+          "8368ef11554dda32178d65320c5b4690456c5c6cebd207d4ba0e68d3d5179e81", "pytorch 2.5.1", "segmentation",
+          {"raw_signal": [1, 1, 7500], "spectrogram": [1, 15, 7500]},
+          note="EEG sleep-spindle detector: 1D conv U-Net, two inputs, a detection head and a segmentation map"),
+    Entry("seizure_lstm", "brainmaze-eeg-models==0.1.0", "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx",
+          "088c815a10b54435432a0bef2629977d59e655a0c60b48a89e744aa52b6d48e3", "pytorch 2.14.1", "recurrent",
+          {"x": [1, 100, 600]},
+          note="EEG seizure classifier: 1D convs, then two LSTM ops whose zero initial states are slices of one "
+               "ConstantOfShape; a dynamic time axis"),
+    Entry("romanizer_gru", "arabic-name-romanizer==0.2.0", "arabic_name_romanizer/resources/encoder.onnx",
+          "f5d65df2189e5ec3929a3167d70de5f1f9eedd89dab964875039089581c5ec49", "pytorch 2.14.0", "recurrent",
+          {"src": [1, 32], "src_mask": [1, 32]},
+          note="character encoder of a name romanizer: embedding, two bidirectional GRU ops on sliced zero "
+               "states, their outputs model outputs (so the hidden units stay whole)"),
 ]
 
 

@@ -159,8 +159,22 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
             ctx.mask_weight(name)
 
 
-def zero_state(ctx: RuleContext, out: str) -> bool:
+# Ops a zero initial state may pass through on its way to the recurrent ops: torch's exporter makes one
+# zeros tensor (layers x directions, batch, hidden) and slices each layer's from it (a user's GRU encoder,
+# an LSTM seizure detector). Each op's own rule couples its dims; zeros stay zeros whichever channels go.
+_ZERO_PASS = frozenset({f"onnx.{k}" for k in ("Slice", "Split", "Squeeze", "Unsqueeze", "Identity", "Cast", "Gather")})
+
+
+def zero_state(ctx: RuleContext, out: str, depth: int = 0) -> bool:
     """Whether ``out`` is only ever a recurrent op's initial state (zeros whose size the
-    rewrite may change)."""
+    rewrite may change), directly or through slices of it (:data:`_ZERO_PASS`)."""
     users = ctx.users(out)
-    return bool(users) and all(u.op in RECURRENT_OPS and out not in [a.name for a in u.args[:1] if a] for u in users)
+
+    def feeds(u) -> bool:
+        if u.op in RECURRENT_OPS:
+            return out not in [a.name for a in u.args[:1] if a]
+        first = [a.name for a in u.args[:1] if a]
+        return (u.op in _ZERO_PASS and first == [out] and depth < 4 and all(
+            a.name == out or ctx.graph.values[a.name].data is not None for a in u.args if a)  # fixed indices
+            and all(zero_state(ctx, o, depth + 1) for o in u.outputs))
+    return bool(users) and all(feeds(u) for u in users)
