@@ -46,7 +46,8 @@ def test_a_declared_output_batch_of_1_does_not_refuse_the_timing_probe(tmp_path)
           [_w((8, 32), "w1"), _w((32, 8), "w2")], tmp_path / "t.onnx", 17)
     program = OnnxProgram.load(tmp_path / "t.onnx", fuse=True)
     assert program.analysis_dims() == {"h": [1, 1, 8]}
-    assert not any(n.startswith("input shapes:") for n in program.notes)
+    shapes = [n for n in program.notes if n.startswith("input shapes:")]  # analysed at 1, no size tried after
+    assert len(shapes) == 1 and "dims past the batch at 1 (h dim 1 ('S'))" in shapes[0], shapes
 
 
 def test_only_the_image_takes_the_image_size(tmp_path):
@@ -121,3 +122,20 @@ def test_a_rewrite_taken_back_leaves_no_session_of_it(tmp_path, monkeypatch):
     feeds = program.feeds()
     given = onnx_program.session(onnx.load(str(tmp_path / "m.onnx"))).run(None, feeds)[0]
     np.testing.assert_array_equal(program.run(feeds)[0], given)
+
+
+def test_a_dynamic_length_left_at_1_says_so(tmp_path):
+    """A user's LSTM seizure detector (x: batch, 100, 'time') was analysed and timed at one time step,
+    1.7 M MACs where a real recording gives 1 G, without a word; now a note names the dims and the fix."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, "time"])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "time", 3])],
+          [_w((6, 16), "w1"), _w((16, 3), "w2")], tmp_path / "s.onnx")
+    program = OnnxProgram.load(tmp_path / "s.onnx", fuse=True)
+    assert program.analysis_dims() == {"x": [1, 6, 1]}
+    note = next(n for n in program.notes if n.startswith("input shapes:"))
+    assert "dynamic dims past the batch at 1 (x dim 2 ('time'))" in note and "--input-shape x:1x6x1" in note
+    given = OnnxProgram.load(tmp_path / "s.onnx", fuse=True, input_shapes={"x": (1, 6, 50)})
+    assert given.analysis_dims() == {"x": [1, 6, 50]} and not any(n.startswith("input shapes:") for n in given.notes)

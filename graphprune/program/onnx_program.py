@@ -30,7 +30,7 @@ from ..util.tables import shapes_text
 from .base import Masks, OnCapture, Program
 from .onnx_batches import fixed_batch, ort_text, split_to
 from .onnx_masked import masked_model, with_weights
-from .onnx_shapes import IMAGE_SIZES, TEXT_LENGTH, analysis_tries, runtime_refusal, spell_dims
+from .onnx_shapes import IMAGE_SIZES, analysis_tries, runtime_refusal
 
 
 class OnnxProgram(Program):
@@ -108,16 +108,9 @@ class OnnxProgram(Program):
                 errors.append((dims, refused))
                 continue
             self._analysis, self._fallback = dims, tries.sized(k)
-            if self._fallback:
-                why = ({"image": "a common image size for the dynamic dims",
-                        "text": f"a common text length ({TEXT_LENGTH} tokens) for the dynamic dims"}[tries.mode]
-                       if tries.mode in ("image", "text") and k == 0 else
-                       f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
-                name, shape = next(iter(dims.items()))
-                self.notes = [n for n in self.notes if not n.startswith("input shapes:")]  # lowered again
-                self.notes.append(f"input shapes: analysed and timed at {spell_dims(dims)}, {why}; widths are tuned "
-                                  f"for that shape: give the one you deploy at (input_shapes={{'{name}': "
-                                  f"{tuple(shape)}}}, --input-shape {name}:{'x'.join(map(str, shape))}, your sizes)")
+            note = tries.note(self.model, k, errors)
+            if note:
+                self.notes = [n for n in self.notes if not n.startswith("input shapes:")] + [note]  # lowered again
             return self._check_fused(dims, feeds) or ir
         if len(errors) == 1:
             raise TraceError(errors[0][1])

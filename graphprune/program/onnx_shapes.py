@@ -110,6 +110,28 @@ class Tries:
     def sized(self, k: int) -> bool:  # the analysis dims are chosen sizes, the timings run there too
         return self.mode in ("image", "sized", "text") or k > 0
 
+    def note(self, model: onnx.ModelProto, k: int, errors: list) -> str:
+        """The report's note on the shapes try ``k`` analyses at, where graphprune chose them: a chosen
+        size, or dynamic dims past the batch left at 1 (a recording's length: MACs and latency are then
+        those of one time step, which says nothing of the model as deployed). '' where the user gave them."""
+        dims = self.dims[k]
+        if self.sized(k):
+            why = ({"image": "a common image size for the dynamic dims",
+                    "text": f"a common text length ({TEXT_LENGTH} tokens) for the dynamic dims"}[self.mode]
+                   if self.mode in ("image", "text") and k == 0 else
+                   f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
+        elif self.mode == "ones":
+            at_one = [f"{vi.name} dim {j}" + (f" ('{d}')" if d else "")
+                      for vi in _inputs(model) for j, d in enumerate(_declared(vi)) if j > 0 and not isinstance(d, int)]
+            why = (f"its dynamic dims past the batch at 1 ({', '.join(at_one[:3])}), so MACs and latency are those "
+                   "of that size")
+        else:
+            return ""
+        name, shape = next(iter(dims.items()))
+        return (f"input shapes: analysed and timed at {spell_dims(dims)}, {why}; widths are tuned for that shape: give "
+                f"the one you deploy at (input_shapes={{'{name}': {tuple(shape)}}}, --input-shape "
+                f"{name}:{'x'.join(map(str, shape))}, your sizes)")
+
 
 def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     """Where to analyse a model without given shapes. An image whose graph analyses at 1x1 is
