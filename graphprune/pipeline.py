@@ -126,7 +126,8 @@ def plan_program(program, opts: PruneOptions) -> Planned:
         plan.blocks = list(w.depth.removed)
     if opts.uniform:
         check_uniform(w.groups, plan)
-    short = missed(w.spent, w.round_to) if not w.blocks else ""  # blocks alone: planning/depth.py says it
+    # blocks alone: planning/depth.py says it; no budget given (a global ranking's own scalar): nothing was asked
+    short = missed(w.spent, w.round_to, opts.uniform) if opts.budget and not (w.blocks and not w.groups) else ""
     if short:
         warnings.warn(short, PruneWarning, stacklevel=3)
         w.ctx.notes.append(short)
@@ -314,8 +315,8 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
     align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None else None  # cached
     kept: dict = {}  # the kept plan's steps: the notes after this cite them
     made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts, align, kept)
+    (plan, w.spent), kept = same_on_all((made, kept))  # timed: across processes, rank 0's
     w.round_to = kept or w.round_to
-    plan, w.spent = same_on_all(made)  # timed: across processes, rank 0's
     return plan
 
 

@@ -166,8 +166,8 @@ def test_report_lists_the_kept_width_of_every_layer():
 
 def test_shortfall_is_the_binding_keys_gap():
     """Two keys: the one the plan meets most closely binds; the other lands under its target by nature."""
-    spent = BudgetResult({"macs": 500, "params": 900}, {"macs": 1000, "params": 1000}, {"macs": 490, "params": 600})
-    assert shortfall(spent) == pytest.approx(10 / 500)  # params is 1/3 under, macs binds
+    spent = BudgetResult({"macs": 500, "params": 900}, {"macs": 1000, "params": 1000}, {"macs": 492, "params": 600})
+    assert shortfall(spent) == pytest.approx(8 / 500)  # params is 1/3 under, macs binds
     assert shortfall(None) == 0.0 and missed(spent, {0: 16}) == ""  # 2% under: within the slack
     spent.achieved["macs"] = 417
     assert shortfall(spent) == pytest.approx(83 / 500)
@@ -175,3 +175,6 @@ def test_shortfall_is_the_binding_keys_gap():
         "budget macs: the plan keeps 41.7% of the original's macs where 50.0% was asked (16.6% under the target, more "
         "pruning than asked): at the channel multiples kept (4, 16), round_to=1 (--round-to 1) allows any width")
     assert "select more kinds" in missed(spent, 1)
+    assert "uniform=False lands closer" in missed(spent, 1, lockstep=True)
+    spent.targets["latency_us"] = 5000  # a latency target binds: the counted keys land under theirs by nature
+    assert shortfall(spent) == 0.0 and missed(spent, 1) == ""

@@ -291,13 +291,34 @@ def test_each_output_is_weighed_against_its_own_variance():
     with torch.no_grad():
         ref = [torch.cat(t).double() for t in zip(*(model(b[0]) for b in calib))]
         out = [torch.cat(t).double() for t in zip(*(pruned(b[0]) for b in calib))]
-    for (name, held, fit), r, o in zip(h.outputs, ref, out):
-        assert fit == pytest.approx(float(((o - r) ** 2).sum() / ((r - r.mean()) ** 2).sum()), rel=1e-4), name
-        assert held >= 0
-    pooled = float(sum(((o - r) ** 2).sum() for o, r in zip(out, ref)) / sum((r ** 2).sum() for r in ref))
+    spread = [float(((r - r.mean()) ** 2).sum()) for r in ref]
+    for (name, held, fit), r, o, v in zip(h.outputs, ref, out, spread):
+        assert fit == pytest.approx(float(((o - r) ** 2).sum()) / v, rel=1e-4), name
+    energy = sum(float((r ** 2).sum()) for r in ref)
+    pooled = float(sum(((o - r) ** 2).sum() for o, r in zip(out, ref))) / energy
     assert h.error_in_sample == pytest.approx(pooled, rel=1e-4)
+    # the folds' errors, per output, add up to the pooled held-out figure: each item scored once, by the same sums
+    assert h.error_heldout == pytest.approx(sum(held * v for (_, held, _), v in zip(h.outputs, spread)) / energy,
+                                            rel=1e-4)
+    assert all(held > fit for _, held, fit in h.outputs)  # 24 items: the halves' refits generalise worse
     assert h.outputs[1][2] > 100 * h.error_in_sample  # the offset hides the map's error in the pooled figure
     assert "per output, relative to its variance" in str(rep)
+
+
+class _WithConstant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Linear(12, 40), nn.Linear(40, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x))), torch.ones_like(x[:, :3])  # a constant output beside
+
+
+def test_an_output_that_does_not_vary_gets_no_figure():
+    """Its variance is nothing: any float noise in its error would read as ruined."""
+    _, rep = gp.prune(_WithConstant().eval(), (torch.zeros(1, 12),), ratio=0.5, calib=_calib(24), runtime=None)
+    assert len(rep.compensation.heldout.outputs) == 1
 
 
 def test_an_output_no_better_than_its_mean_warns():

@@ -122,3 +122,21 @@ def test_the_importance_line_names_the_criteria_that_really_ranked():
                          fell_back={"activation": 1, "l2": 1})
     assert "importance: obs for 1, activation for 1, l2 for 1 of 3 group(s) (obs asked" in str(rep)
     assert rep.to_dict()["importance_fell_back"] == {"activation": 1, "l2": 1}
+
+
+def test_groups_feeding_wide_layers_say_activation_ranked_them():
+    """The default call's OBS ranks groups feeding layers of more than 4,096 inputs by activation
+    (cubic cost); the importance line said 'obs' for them."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 4200), torch.nn.ReLU(), torch.nn.Linear(4200, 8)).eval()
+    calib = [(torch.randn(8, 16),) for _ in range(4)]
+    _, rep = gp.prune(model, (torch.randn(1, 16),), ratio=0.3, calib=calib, runtime=None, heldout_check=False)
+    assert rep.importance == "obs" and rep.fell_back == {"activation": 1}
+    assert "importance: activation for 1 of 1 group(s) (obs asked" in str(rep)
+
+
+def test_a_sensitivity_allocation_that_cut_every_group_alike_says_so():
+    alike = gp.PruneReport(10, 5, 10, 5, {0: (7, 10)}, allocation=SimpleNamespace())
+    assert "allocation: sensitivity; every group loses 30% of its channels" in str(alike)
+    apart = gp.PruneReport(10, 5, 10, 5, {0: (7, 10), 1: (5, 10)}, allocation=SimpleNamespace())
+    assert "groups lose 30% to 50% of their channels" in str(apart)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune.hf.stream_budget import StreamBudget
 from graphprune.metrics import count_macs
 
 transformers = pytest.importorskip("transformers")
@@ -100,3 +101,12 @@ def test_biases_the_refit_adds_come_out_of_the_later_blocks_share(tmp_path):
     model = gp.hf.load_pruned(tmp_path / "out")
     assert [layer.mlp.up_proj.out_features for layer in model.model.layers] == [76, 75]
     assert sum(p.numel() for p in model.parameters()) == report.params_after
+
+
+def test_only_the_whole_checkpoint_says_it_landed_under_the_budget():
+    """A block under its share leaves the rest to the blocks after it (no warning per block); the written
+    whole, more than 2% under, says so."""
+    spend = StreamBudget({"params": 700}, {"params": 1000, "macs": 1000}, {"params": 100, "macs": 100},
+                         {"params": 450, "macs": 450}, 2, kept={"macs": 500})
+    assert spend.missed(690, 1) == ""  # 1.4% under
+    assert "keeps 65.0% of the original's params where 70.0% was asked" in spend.missed(650, 1)

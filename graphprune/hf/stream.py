@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch
 
 from ..api.torch_models import prune as prune_module
 from ..calib import distributed, sites
-from ..errors import PlanError
+from ..errors import PlanError, PruneWarning
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay
@@ -238,6 +239,10 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
         if spend is not None:
             spend.check(report.params_after)
             report.notes.append(spend.note(opts.allocation))
+            short = spend.missed(report.params_after, opts.round_to)
+            if short:
+                warnings.warn(short, PruneWarning, stacklevel=2)
+                report.notes.append(short)
         doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
                             for k, v in inputs[0].items()}
         side = {"config.json": json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).encode(),
@@ -313,7 +318,10 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     report.params_before += sum(p.numel() for p in block.parameters())
     report.peak_rss = max(report.peak_rss, peak_rss())  # before the prune resets the high-water mark
     # a block's outputs are not the model's: no held-out figure per block (and no two extra refits)
-    block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs, heldout_check=False))
+    with warnings.catch_warnings():  # a block under its share leaves the rest to the next: the whole says it
+        warnings.filterwarnings("ignore", message="budget .* under the target", category=PruneWarning)
+        block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs, heldout_check=False))
+    r.notes = [n for n in r.notes if not (n.startswith("budget ") and "under the target" in n)]
     if r.compensation is not None:
         r.compensation.heldout = None  # not a choice the user made: no "turned off" line per block
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []

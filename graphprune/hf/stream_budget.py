@@ -23,7 +23,7 @@ from ..errors import PlanError
 from ..io.lazy_checkpoint import LazyCheckpoint
 from ..metrics import node_macs
 from ..options import PruneOptions
-from ..planning.budget import LATENCY, SPEEDUP, CostModel, parse_budget, uniform_kept
+from ..planning.budget import LATENCY, SPEEDUP, BudgetResult, CostModel, missed, parse_budget, uniform_kept
 from ..planning.depth import split_targets
 from ..planning.plan import select_groups
 from ..report.prune_report import PruneReport
@@ -75,6 +75,12 @@ class StreamBudget:
                 raise PlanError(f"the streamed prune keeps {k} {got[k]:,}, over the budget's {t:,} (the refit gave "
                                 f"the blocks {self.bias:,} bias parameters each): pass compensate=False, relax the "
                                 f"budget, {IN_MEMORY}")
+
+    def missed(self, params_after: int, round_to) -> str:
+        """The PruneWarning's text where the written checkpoint lands more than 2% under the budget, else ''.
+        A block landing under its share leaves the rest to the blocks after it, so only the whole can say it."""
+        got = {"params": params_after, "macs": self.outside["macs"] + self.kept.get("macs", 0)}
+        return missed(BudgetResult(self.targets, self.original, got), round_to if isinstance(round_to, int) else 1)
 
     def note(self, allocation: str) -> str:
         parts = [f"{k} {t:,} of {self.original[k]:,} ({t / self.original[k]:.1%}); the blocks {k} "

@@ -244,4 +244,6 @@ def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
                          "features ranked by activation (OBS there inverts a Gram at cubic cost; "
                          "importance='obs' insists)")
         out.update(activation(ctx, wide))
+        for g in wide:  # after the call: where activation fell back to l2 in turn, that is what ranked it
+            ctx.fell_back.setdefault(g.id, "activation")
     return out

@@ -64,13 +64,15 @@ BUDGET_SLACK = 0.02
 def shortfall(spent: BudgetResult | None) -> float:
     """How far under its target a plan lands on the counted budget it meets most closely, as a share
     of that target (0: on it, or no counted budget). Several keys: the one that binds is the closest."""
-    gaps = [(t - spent.achieved[k]) / max(t, 1) for k, t in spent.targets.items()
-            if k in METRICS and k in spent.achieved] if spent is not None else []
+    if spent is None or spent.latency is not None or "latency_us" in spent.targets:
+        return 0.0  # a latency target binds: the counted keys beside it land under theirs by nature
+    gaps = [(t - spent.achieved[k]) / max(t, 1) for k, t in spent.targets.items() if k in METRICS and k in spent.achieved]
     return max(0.0, min(gaps)) if gaps else 0.0
 
 
-def missed(spent: BudgetResult | None, round_to) -> str:
-    """What a PruneWarning says where a plan lands more than :data:`BUDGET_SLACK` under its budget, else ''."""
+def missed(spent: BudgetResult | None, round_to, lockstep: bool = False) -> str:
+    """What a PruneWarning says where a plan lands more than :data:`BUDGET_SLACK` under its budget, else ''.
+    ``lockstep``: uniform=True, which gives units back to every group of a kind at once."""
     gap = shortfall(spent)
     if gap <= BUDGET_SLACK:
         return ""
@@ -78,7 +80,8 @@ def missed(spent: BudgetResult | None, round_to) -> str:
             key=lambda k: (spent.targets[k] - spent.achieved[k]) / max(spent.targets[k], 1))
     o = max(spent.original[k], 1)
     steps = sorted(set(round_to.values()) if isinstance(round_to, dict) else {round_to})
-    how = (f"at the channel multiples kept ({', '.join(map(str, steps))}), round_to=1 (--round-to 1) allows any "
+    how = ("uniform=True gives units back to every group of a kind at once; uniform=False lands closer" if lockstep
+           else f"at the channel multiples kept ({', '.join(map(str, steps))}), round_to=1 (--round-to 1) allows any "
            "width" if max(steps) > 1 else "each group's unit of pruning (a head, a group of channels) allows no "
            "closer plan; select more kinds (targets=) to spend it in finer steps")
     return (f"budget {k}: the plan keeps {spent.achieved[k] / o:.1%} of the original's {k} where "

@@ -189,12 +189,14 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
                                                                 stats_out, per_out])
     total = float(energy[0]) or 1e-30
     rate = (lambda a, c: float(a / c) if c else None)
-    spread = [max(q - s * s / c, 1e-30) if c else 1e-30 for s, q, c in stats_out]
+    spread = [q - s * s / c if c else 0.0 for s, q, c in stats_out]
+    # an output that barely varies (a constant, a mask passed through) has no spread to weigh its error against
+    varies = [c > 0 and v > 1e-9 * q for (_, q, c), v in zip(stats_out, spread)]
     # the two folds' refits together score every item once
     return HeldOut(int(starts[-1]), float((err[1] + err[2]) / total), float(err[0] / total),
                    rate(agree[1] + agree[2], count[1] + count[2]), rate(agree[0], count[0]), scored=scored,
                    outputs=[(name, float((per_out[1, j] + per_out[2, j]) / spread[j]), float(per_out[0, j] / spread[j]))
-                            for j, name in enumerate(names) if stats_out[j, 2]])
+                            for j, name in enumerate(names) if varies[j]])
 
 
 def _unsplit(stats: dict, items: int) -> str:

@@ -6,7 +6,6 @@ from ..util.progress import progress_line
 from .budget import BudgetResult, CostModel, parse_budget, solve_budget, uniform_kept
 from .latency_table import LatencyModel
 from .plan import make_plan
-from .plan_cache import original_ms
 
 
 def solve_latency_budget(program, runtime, dg, groups, scores, budget, round_to, how, max_ratio, notes):
@@ -22,7 +21,7 @@ def solve_latency_budget(program, runtime, dg, groups, scores, budget, round_to,
     cost = CostModel(dg, groups)
     original = cost.measure({})
     parse_budget(budget, original)  # every key checked before the first (slow) measurement
-    before = original_ms(program, runtime)  # kept per machine, as the candidates' timings are
+    before = program.latency_ms(runtime)
     target = float(budget["latency_ms"]) if "latency_ms" in budget else before / float(budget["speedup"])
     rest = {k: v for k, v in budget.items() if k not in ("latency_ms", "speedup")}
 

@@ -207,8 +207,10 @@ class PruneReport:
             text += f"\nimportance: {self.importance_text()}"
         if self.allocation is not None and self.kept:
             shares = [1 - k / n for k, n in self.kept.values()]
-            text += (f"\nallocation: sensitivity; groups lose {100 * min(shares):.0f}% to {100 * max(shares):.0f}% "
-                     f"of their channels (uniform would be one share for all)")
+            lo, hi = round(100 * min(shares)), round(100 * max(shares))
+            text += (f"\nallocation: sensitivity; every group loses {lo}% of its channels" if lo == hi else
+                     f"\nallocation: sensitivity; groups lose {lo}% to {hi}% of their channels (uniform would be one "
+                     "share for all)")
         if self.budget is not None:
             text += f"\n{self.budget}"
         # the share of each weight's entries kept: which dim is a layer's output differs (an embedding's is its last)
