@@ -64,7 +64,8 @@ class BudgetCurves:
 
         goal, most = needed, sum(c[-1][0] for c in map(hull, self.curves.values()))
         for _ in range(12):  # savings of groups sharing a weight are not additive: raise the goal until it holds
-            ratios = spend_cheapest(groups, self.curves, goal, round_to)
+            ratios = spend_cheapest(groups, self.curves, goal, round_to, lambda g, r: full[metric] - cost.measure(
+                {g.id: kept_count(g.size, r, step_of(g, round_to))})[metric])
             got = cost.measure(kept_of(ratios))
             if all(got[k] <= t for k, t in targets.items()) or goal >= most:
                 break
