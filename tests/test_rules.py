@@ -2,6 +2,8 @@
 hand, each also held to the oracle with every role pruned."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -385,3 +387,20 @@ def test_more_rules_hold_to_the_oracle(name, check_prune):
     pruned_inexact = {gid for gid, idx in plan.pruned.items() if idx and not g.group(gid).exact}
     assert set(rep.oracle.inexact_groups) == pruned_inexact
     assert pruned(*args).shape == model(*args).shape and rep.params_after < rep.params_before
+
+
+def test_glu_halves_follow_the_output_channel_they_gate():
+    """nn.GLU (a conformer's gate) froze every conv module of a pitch estimator: 'no coupling rule for op
+    aten.glu'. Output channel i reads x's channels i and i + C: removing it removes both rows of the conv
+    before, and the oracle holds."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(8, 64, 1), nn.GLU(1), nn.Conv1d(32, 8, 3, padding=1)).eval()
+    x = torch.randn(2, 8, 10)
+    groups = [g for g in gp.trace(model, (x,)).groups if g.prunable]
+    assert [g.size for g in groups] == [32]
+    pruned, rep = gp.prune(copy.deepcopy(model), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert rep.oracle.passed
+    kept = sorted(set(range(32)) - set(rep.plan.pruned[groups[0].id]))
+    assert len(kept) == 16
+    assert torch.equal(pruned[0].weight, model[0].weight[kept + [k + 32 for k in kept]])
+    assert torch.equal(pruned[2].weight, model[2].weight[:, kept])

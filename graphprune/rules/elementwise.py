@@ -62,3 +62,19 @@ defelementwise(*(f"onnx.{op}" for op in (
 defbroadcasting(*(f"onnx.{op}" for op in (
     "Add Sub Mul Div Pow Max Min Mean Sum Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor Mod "
     "Where PRelu BitwiseAnd BitwiseOr").split()))
+
+
+@register("aten.glu")
+def _glu(node: Node, ctx: RuleContext) -> None:
+    # out = a * sigmoid(b), a and b the two halves of x along dim (the conformer's gate): output
+    # channel i reads x's channels i and i + C, so both halves share the output's space. A removed
+    # channel's halves are both zero in the masked original, and 0 * sigmoid(0) is 0.
+    x, out = node.args[0].name, node.outputs[0]
+    dim = ctx.arg(node, 1, "dim", -1) % ctx.rank(x)
+    others = [d for d in range(ctx.rank(x)) if d != dim]
+    ctx.tie_dims(x, out, others, others)
+    half = ctx.shape(out)[dim]
+    a, b = ctx.virtual(half, "glu first half"), ctx.virtual(half, "glu second half")
+    ctx.concat(ctx.s(x, dim), [a, b])
+    ctx.tie(a, ctx.s(out, dim))
+    ctx.tie(b, ctx.s(out, dim))
