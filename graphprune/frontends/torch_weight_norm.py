@@ -1,0 +1,38 @@
+"""Weight norm folded into plain weights before a PyTorch model is traced.
+
+``torch.nn.utils.parametrizations.weight_norm`` (and the older ``torch.nn.utils.weight_norm``)
+computes ``w = g * v / ||v||``, the norm over every dim but one. Removing a layer's input channels
+changes that norm, so no slice of ``v`` and ``g`` is the same computation, and the traced op
+(``aten._weight_norm``) froze every channel it touched: a conformer pitch estimator's residual
+stream, wav2vec2's positional convolution. Folded, the layer holds the weight it computed, the
+model computes the same function, and its channels prune as any layer's do; what is lost is the
+reparametrisation, which matters to training from scratch, not to inference or distillation.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
+
+
+def fold_weight_norm(model: torch.nn.Module) -> list[str]:
+    """Remove every weight-norm parametrisation (new and old API) of ``model`` in place, leaving the
+    weight it computes; returns the parameters folded ("encoder.conv.weight")."""
+    folded = []
+    for path, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name, chain in list(module.parametrizations.items()):
+                if chain and all(type(p).__name__ == "_WeightNorm" for p in chain):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                    folded.append(f"{path}.{name}" if path else name)
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, WeightNorm):
+                remove_weight_norm(module, hook.name)
+                folded.append(f"{path}.{hook.name}" if path else hook.name)
+    return folded
+
+
+def folded_note(folded: list[str]) -> str:
+    return (f"weight norm folded into the weight of {len(folded)} layer(s) before tracing ({', '.join(folded[:3])}"
+            f"{' ...' if len(folded) > 3 else ''}): the same outputs, and the pruned model's weights are plain "
+            "(its input channels could not prune through the norm otherwise)")

@@ -1,0 +1,42 @@
+"""Weight norm folded before tracing (graphprune/frontends/torch_weight_norm.py): aten._weight_norm froze
+every channel it touched (a conformer pitch estimator's residual stream, wav2vec2's positional conv)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+import graphprune as gp
+from graphprune.frontends.torch_weight_norm import fold_weight_norm
+
+
+def _normed(old_api: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the old API is deprecated, and still in checkpoints people load
+        last = nn.utils.weight_norm(nn.Linear(32, 4)) if old_api else weight_norm(nn.Linear(32, 4))
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), last).eval()
+
+
+def test_folding_keeps_the_function_and_leaves_plain_weights():
+    x = torch.randn(3, 8)
+    for old_api in (False, True):
+        model = _normed(old_api)
+        with torch.no_grad():
+            before = model(x)
+        assert fold_weight_norm(model) == ["2.weight"]
+        assert not nn.utils.parametrize.is_parametrized(model[2]) and isinstance(model[2].weight, nn.Parameter)
+        with torch.no_grad():
+            assert torch.allclose(model(x), before, atol=1e-6)
+        assert fold_weight_norm(model) == []  # nothing left to fold
+
+
+def test_channels_into_a_weight_normed_layer_prune_exactly():
+    x = torch.randn(2, 8)
+    pruned, rep = gp.prune(copy.deepcopy(_normed()), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert rep.oracle.passed and pruned[0].weight.shape == (16, 8) and pruned[2].weight.shape == (4, 16)
+    assert any(n.startswith("weight norm folded into the weight of 1 layer(s) before tracing (2.weight)")
+               for n in rep.notes)
