@@ -141,3 +141,22 @@ def test_an_llm_calibrated_on_a_few_tokens_is_warned():
     ids = torch.randint(0, 64, (8, 64), generator=torch.Generator().manual_seed(0))
     with pytest.warns(PruneWarning, match="calibration holds 512 real tokens"):
         gp.hf.prune(transformers.LlamaForCausalLM(cfg).eval(), ratio=0.3, calib=[{"input_ids": ids}], generated=0)
+
+
+def test_a_config_without_bos_starts_generated_text_from_the_given_text():
+    """A tiny Qwen3 config with no bos_token_id refused hf.prune(calib=...): 'names no bos_token_id ... pass calib=
+    text instead', although calib= was passed. The given text's first token starts the samples instead."""
+    g = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=g)} for _ in range(2)]
+    model = _llama()
+    model.config.bos_token_id = model.config.eos_token_id = None
+    model.generation_config.bos_token_id = model.generation_config.eos_token_id = None
+    _, report = gp.hf.prune(model, calib=calib, generated=4, ratio=0.5, measure_latency=False, allocation="uniform")
+    assert any("from the given text's first token" in n for n in report.notes), report.notes
+    first = int(calib[0]["input_ids"][0, 0])
+    from_given = generated_batches(model, n=2, seq_len=4, start=first)
+    model.config.bos_token_id = first  # the same samples as from a BOS of that token
+    assert torch.equal(from_given[0]["input_ids"], generated_batches(model, n=2, seq_len=4)[0]["input_ids"])
+    model.config.bos_token_id = None
+    with pytest.raises(PlanError, match="names no bos_token_id"):
+        gp.hf.prune(model, generated=4, ratio=0.5, measure_latency=False)  # nothing given to start from

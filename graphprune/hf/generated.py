@@ -35,9 +35,10 @@ def start_token(model: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def generated_batches(model: torch.nn.Module, n: int = 64, seq_len: int = 128, batch_size: int = 8,
-                      seed: int = 0, temperature: float = 1.0) -> list[dict[str, torch.Tensor]]:
+                      seed: int = 0, temperature: float = 1.0, start: int | None = None) -> list[dict[str, torch.Tensor]]:
     """``n`` sequences of ``seq_len`` tokens sampled from the causal LM ``model`` (seeded: the same
-    model and arguments give the same tokens), as ``calib=`` batches of ``batch_size``.
+    model and arguments give the same tokens), as ``calib=`` batches of ``batch_size``, each begun at
+    ``start`` (default: the config's BOS token, else its EOS).
 
     Example:
         >>> calib = news_batches + graphprune.hf.generated_batches(model, n=64)   # doctest: +SKIP
@@ -49,7 +50,7 @@ def generated_batches(model: torch.nn.Module, n: int = 64, seq_len: int = 128, b
         raise PlanError(f"generated_batches: temperature must be > 0, not {temperature!r}")
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    start = start_token(model)
+    start = start_token(model) if start is None else start
     was_training = model.training
     model.eval()
     seqs = []

@@ -22,7 +22,7 @@ from ..planning.memory import available_memory, gib
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
 from .choose import DISTIL_COPIES, load_if_fits, with_distillation
-from .generated import generated_batches, mix
+from .generated import generated_batches, mix, start_token
 from .inputs import as_batches, example_inputs, prepare
 from .stream import stream_prune
 from .sync import sync_config
@@ -277,9 +277,16 @@ def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple
     longest = getattr(model.config, "max_position_embeddings", None) or 128
     seq_len = max((int(b["input_ids"].shape[-1]) for b in given if "input_ids" in b), default=min(128, longest))
     batch = int(given[0]["input_ids"].shape[0]) if given and "input_ids" in given[0] else 8
+    try:
+        start, whence = start_token(model), "its BOS token"
+    except PlanError:  # a config without BOS or EOS (a tiny test config): the given text's first token starts it
+        if not given or "input_ids" not in given[0]:
+            raise
+        start, whence = int(given[0]["input_ids"].reshape(-1)[0]), "the given text's first token (the config names no BOS)"
     # sampled once, on rank 0, and sent to every rank: the ranks calibrate on the same text
-    extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch) if is_writer() else None)
-    note = (f"calibration: {n} sequences of {seq_len} tokens the model wrote itself (from its BOS token, temperature "
+    extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch, start=start)
+                        if is_writer() else None)
+    note = (f"calibration: {n} sequences of {seq_len} tokens the model wrote itself (from {whence}, temperature "
             f"1, seed 0)" + (f", after the {len(given)} batch(es) given" if given else ", no text given"))
     return opts.replace(calib=mix(given, extra)), note
 
