@@ -24,7 +24,7 @@ _EXPORTS = {
     "GgufReport": "io.gguf_export", "export_gguf": "io.gguf_export",
     "DependencyGraph": "graph", "Group": "graph", "Member": "graph",
     "CRITERIA": "importance", "register_importance": "importance",
-    "count_macs": "metrics", "count_params": "metrics",
+    "count_macs": "api.counts", "count_params": "api.counts",
     "OnnxPruneReport": "api.onnx_models", "prune_onnx": "api.onnx_models", "verify_onnx": "api.onnx_models",
     "PrunePlan": "planning.plan", "PruneReport": "report.prune_report", "prune_iterative": "api.schedule",
     "RecoverError": "api.recover", "RecoverResult": "api.recover_result", "recover": "api.recover",
@@ -34,6 +34,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # what the names are, for editors and type checkers
     from . import hf
+    from .api.counts import count_macs, count_params
     from .api.onnx_models import OnnxPruneReport, prune_onnx, verify_onnx
     from .api.recover import RecoverError, recover
     from .api.recover_result import RecoverResult
@@ -45,7 +46,6 @@ if TYPE_CHECKING:  # what the names are, for editors and type checkers
     from .io.gguf_export import GgufReport, export_gguf
     from .io.module_checkpoint import load_pruned_module, save_pruned_module
     from .io.onnx_export import ExportReport, export_onnx
-    from .metrics import count_macs, count_params
     from .options import PruneOptions
     from .planning.plan import PrunePlan
     from .reasons import Reason
