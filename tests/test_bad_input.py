@@ -231,3 +231,11 @@ def test_numpy_integers_are_shapes(mlp, tmp_path):
     report = gp.prune_onnx(mlp, tmp_path / "s.onnx", ratio=0.5, input_shapes={"input": tuple(np.array([4, 8]))},
                            measure_latency=False)
     assert report.kept
+
+
+def test_a_calibration_batch_the_model_cannot_run_is_named_as_such():
+    """A user's crops came as (4, 1, 3, 48, 48); the error named the model's forward, not calib=."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).eval()
+    with pytest.raises(gp.TraceError, match=r"calibration batch 0 has input shapes \[\(4, 1, 3, 16, 16\)\] where the "
+                                            r"example has \[\(1, 3, 16, 16\)\].*Give calib= batches shaped like"):
+        gp.prune(model, (torch.randn(1, 3, 16, 16),), ratio=0.5, calib=[torch.randn(4, 1, 3, 16, 16)], runtime=None)

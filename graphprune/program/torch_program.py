@@ -19,7 +19,7 @@ import torch
 from ..backends.torch_depth import remove_blocks
 from ..backends.torch_module import add_biases, rewrite
 from ..calib.torch_calib import gradients, walk_grams
-from ..errors import PlanError
+from ..errors import PlanError, TraceError
 
 # The tracing path is imported with the package, not inside the first trace (compiling these
 # modules is a tenth of a cold prune where bytecode is not cached).
@@ -141,8 +141,13 @@ class TorchProgram(Program):
             return main
         key = tuple(got)
         if key not in self._shaped:
-            self._shaped[key] = same_graph(main, trace_model(self.model, tuple(args), dict(kwargs), like=main),
-                                            where, got)
+            try:
+                traced = trace_model(self.model, tuple(args), dict(kwargs), like=main)
+            except TraceError as exc:  # the model's own error, at shapes only this batch has: say which batch
+                raise TraceError(f"{where} has input shapes {got} where the example has {main.input_shapes()}, and "
+                                 f"the model cannot run them: {exc}. Give calib= batches shaped like the example "
+                                 "inputs (a batch of any size, the same dims after it)") from exc
+            self._shaped[key] = same_graph(main, traced, where, got)
         return self._shaped[key]
 
     def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:
