@@ -41,3 +41,22 @@ def test_failed_check_leaves_no_file(pruned_cnn, tmp_path):
     with pytest.raises(gp.GraphpruneError, match="nothing was written"):
         gp.export_onnx(model, args, tmp_path / "never.onnx", atol=-1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_more_dims_than_the_batch_can_be_dynamic(tmp_path):
+    """A pitch estimator exported at 128 frames refused 200 in onnxruntime ('index: 1 Got: 200 Expected: 128');
+    dynamic= names the time axis, so the file runs at any length, as the PyTorch model does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv1d(8, 2, 1)).eval()
+    path = tmp_path / "t.onnx"
+    gp.export_onnx(model, (torch.randn(1, 4, 128),), path, dynamic={0: {2: "time"}})
+    x = torch.randn(3, 4, 200)
+    sess = ort.InferenceSession(str(path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(got, model(x).numpy(), atol=1e-5)
+    with pytest.raises(gp.GraphpruneError, match="has 3 dims"):
+        gp.export_onnx(model, (torch.randn(1, 4, 128),), tmp_path / "u.onnx", dynamic={0: {5: "time"}})
+    with pytest.raises(gp.GraphpruneError, match=r"input\(s\) \['x'\]"):
+        gp.export_onnx(model, (torch.randn(1, 4, 128),), tmp_path / "u.onnx", dynamic={"x": {2: "time"}})
+    assert not (tmp_path / "u.onnx").exists()

@@ -9,6 +9,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -67,8 +68,13 @@ def quiet_torch():
 
 
 def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kwargs: dict | None = None,
-                dynamic_batch: bool = True, atol: float = 1e-4, opset: int | None = None) -> ExportReport:
+                dynamic_batch: bool = True, atol: float = 1e-4, opset: int | None = None,
+                dynamic: Mapping[int | str, Mapping[int, str]] | None = None) -> ExportReport:
     """Export ``model`` to ``path`` and check it in onnxruntime against PyTorch.
+
+    The batch (dim 0 of every tensor input) is dynamic with ``dynamic_batch``; ``dynamic`` makes more
+    dims dynamic, by input (its position in ``args``, or its name in ``kwargs``) and dim:
+    ``dynamic={0: {2: "time"}}`` for a (batch, features, time) signal, so the file runs at any length.
 
     Example:
         >>> import torch, graphprune, tempfile, os
@@ -83,14 +89,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     args = args if isinstance(args, tuple) else (args,)
     kwargs = kwargs or {}
     path = Path(path)
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch")
-        if args or not kwargs:
-            dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
-        else:  # keyword-only inputs (Hugging Face models): name each one
-            dynamic_shapes = {k: ({0: batch} if isinstance(v, torch.Tensor) and v.dim() > 0 else None)
-                              for k, v in kwargs.items()}
+    dynamic_shapes = _dynamic_shapes(args, kwargs, dynamic_batch, dynamic or {})
     model.eval()
     # past 2 GB of weights (protobuf's limit) they go to external data, path's name + ".data" beside it
     big = sum(p.numel() * p.element_size() for p in model.parameters()) >= EXTERNAL_BYTES
@@ -98,8 +97,8 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
         tmp = str(tmp_path)
         note = ""
         with quiet_torch(), _attention_fallback(model) as use_eager:
-            attempts = [(dynamic_shapes, False)] if dynamic_batch else []
-            attempts += [(dynamic_shapes, True)] if dynamic_batch and use_eager else []
+            attempts = [(dynamic_shapes, False)] if dynamic_shapes else []
+            attempts += [(dynamic_shapes, True)] if dynamic_shapes and use_eager else []
             attempts += [(None, False)] + ([(None, True)] if use_eager else [])
             prog, errors = None, []
             for shapes, eager in attempts:
@@ -113,7 +112,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                     errors.append((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
             if prog is None:
                 raise GraphpruneError(f"torch.onnx.export failed for {type(model).__name__}: {errors[-1]}")
-            if dynamic_batch and shapes is None:
+            if dynamic_shapes and shapes is None:
                 # Some models fix the batch size internally: export a static batch, and say why.
                 note = errors[0]
             if eager:
@@ -140,3 +139,29 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g} relative to the "
                                   f"outputs' magnitude); nothing was written to {path}")
     return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
+
+
+def _dynamic_shapes(args: tuple, kwargs: dict, batch: bool, more: Mapping[int | str, Mapping[int, str]]):
+    """torch.export's dynamic_shapes: the batch of every tensor input, and the dims ``more`` names
+    (one Dim per name, so two inputs' "time" stay equal); None where nothing is dynamic."""
+    if not batch and not more:
+        return None
+    dims: dict[str, torch.export.Dim] = {}
+
+    def spec(key, value):
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return None
+        out = {0: dims.setdefault("batch", torch.export.Dim("batch"))} if batch else {}
+        for d, name in (more.get(key) or {}).items():
+            if not -value.dim() <= d < value.dim():
+                raise GraphpruneError(f"dynamic={{{key!r}: {{{d}: {name!r}}}}}: input {key!r} has {value.dim()} dims")
+            out[d % value.dim()] = dims.setdefault(name, torch.export.Dim(name))
+        return out or None
+
+    unknown = [k for k in more if not (isinstance(k, int) and 0 <= k < len(args)) and k not in kwargs]
+    if unknown:
+        raise GraphpruneError(f"dynamic= names input(s) {unknown} the call does not have: give a position in args "
+                              f"(0..{len(args) - 1}) or a keyword of kwargs ({sorted(kwargs)})")
+    if args or not kwargs:
+        return tuple(spec(i, a) for i, a in enumerate(args))
+    return {k: spec(k, v) for k, v in kwargs.items()}  # keyword-only inputs (Hugging Face models): by name
