@@ -432,3 +432,17 @@ def test_rope_head_dim_goes_in_rotation_pairs_exactly():
     assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features) == (32, 16, 16)
     assert model.model.rotary_emb.inv_freq.shape == (2,)
     assert not report.sync.loadable and "rescale" in report.sync.reason
+
+
+def test_a_speech_model_gets_a_waveform_and_prunes_without_given_inputs():
+    """hf.prune(wav2vec2) with no inputs raised "takes 'input_values' as its main input, which example_inputs
+    does not build"; it now builds a quarter second of waveform, and the prune holds the oracle."""
+    cfg = T.Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    model = T.Wav2Vec2ForCTC(cfg).eval()
+    inputs = gp.hf.example_inputs(model, batch=3)
+    assert list(inputs) == ["input_values"] and inputs["input_values"].shape == (3, 4000)
+    _, rep = gp.hf.prune(model, measure_latency=False, verify=True)
+    assert rep.oracle.passed and rep.params_after < rep.params_before

@@ -24,10 +24,13 @@ def _image_size(cfg: Any) -> tuple[int, int]:
     return int(size), int(size)
 
 
+AUDIO_SAMPLES = 4000  # wav2vec2's feature encoder turns it into 12 frames (stride 320)
+
+
 def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     """Keyword inputs for ``model(**inputs)``: token ids (and an all-ones attention mask where the
     forward takes one; decoder token ids for an encoder-decoder) for text models, ``pixel_values``
-    for vision models.
+    for vision models, ``input_values`` (:data:`AUDIO_SAMPLES` of a waveform) for speech models.
 
     Example:
         >>> inputs = graphprune.hf.example_inputs(model)            # doctest: +SKIP
@@ -43,10 +46,13 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, se
         h, w = _image_size(cfg)
         channels = getattr(cfg, "num_channels", 3)
         return {"pixel_values": torch.randn(batch, channels, h, w, generator=gen)}
+    if main == "input_values":  # a raw waveform (wav2vec2, HuBERT, WavLM): a quarter second at 16 kHz
+        return {"input_values": torch.randn(batch, AUDIO_SAMPLES, generator=gen)}
     if main != "input_ids":
         raise TraceError(f"{type(model).__name__} takes '{main}' as its main input, which example_inputs does not "
-                         "build (it builds input_ids and pixel_values); build the example inputs yourself and pass "
-                         "them: graphprune.hf.prune(model, inputs) or graphprune.trace(model, (), inputs)")
+                         "build (it builds input_ids, pixel_values and input_values); build the example inputs "
+                         "yourself and pass them: graphprune.hf.prune(model, inputs) or graphprune.trace(model, (), "
+                         "inputs)")
     vocab = getattr(cfg, "vocab_size", None) or 100
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or seq_len
     seq_len = min(seq_len, max_pos - 2)  # RoBERTa-style position ids start after the padding index
