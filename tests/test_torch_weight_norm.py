@@ -3,6 +3,7 @@ every channel it touched (a conformer pitch estimator's residual stream, wav2vec
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 
 import torch
@@ -32,6 +33,11 @@ def test_folding_keeps_the_function_and_leaves_plain_weights():
         with torch.no_grad():
             assert torch.allclose(model(x), before, atol=1e-6)
         assert fold_weight_norm(model) == []  # nothing left to fold
+        buffer = io.BytesIO()
+        torch.save(model, buffer)  # weight norm's state-dict hook is a local function torch.save cannot pickle
+        buffer.seek(0)
+        with torch.no_grad():
+            assert torch.equal(torch.load(buffer, weights_only=False)(x), model(x))
 
 
 def test_channels_into_a_weight_normed_layer_prune_exactly():
@@ -40,3 +46,18 @@ def test_channels_into_a_weight_normed_layer_prune_exactly():
     assert rep.oracle.passed and pruned[0].weight.shape == (16, 8) and pruned[2].weight.shape == (4, 16)
     assert any(n.startswith("weight norm folded into the weight of 1 layer(s) before tracing (2.weight)")
                for n in rep.notes)
+
+
+def test_a_deep_copy_kept_as_the_teacher_still_runs():
+    """Deep copies of a parametrized module share its class, and torch's remove_parametrizations deletes the
+    weight property from that class: a user's teacher copy raised "'ParametrizedLinear' object has no attribute
+    'weight'" after the prune folded the student."""
+    x = torch.randn(3, 8)
+    student = _normed()
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        want = teacher(x)
+    gp.prune(student, (x,), ratio=0.5, round_to=1, runtime=None)
+    with torch.no_grad():
+        assert torch.equal(teacher(x), want)
+    assert nn.utils.parametrize.is_parametrized(teacher[2])

@@ -20,11 +20,21 @@ def fold_weight_norm(model: torch.nn.Module) -> list[str]:
     weight it computes; returns the parameters folded ("encoder.conv.weight")."""
     folded = []
     for path, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for name, chain in list(module.parametrizations.items()):
-                if chain and all(type(p).__name__ == "_WeightNorm" for p in chain):
-                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-                    folded.append(f"{path}.{name}" if path else name)
+        chains = dict(module.parametrizations.items()) if parametrize.is_parametrized(module) else {}
+        if chains and all(chain and all(type(p).__name__ == "_WeightNorm" for p in chain) for chain in chains.values()):
+            # not parametrize.remove_parametrizations: it deletes the weight property from the parametrized
+            # class, which deep copies of the module share, so a user's teacher copy lost its weight
+            with torch.no_grad():
+                values = {name: getattr(module, name).detach().clone() for name in chains}
+            grads = {name: chain.original0.requires_grad for name, chain in chains.items()}
+            module.__class__ = module.__class__.__bases__[0]  # this instance only: the class it was made from
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module.register_parameter(name, torch.nn.Parameter(value, requires_grad=grads[name]))
+                folded.append(f"{path}.{name}" if path else name)
+            for key, hook in list(module._load_state_dict_pre_hooks.items()):  # loads old weight_g/_v checkpoints
+                if "_weight_norm_compat_hook" in getattr(getattr(hook, "hook", hook), "__qualname__", ""):
+                    del module._load_state_dict_pre_hooks[key]  # a local function: torch.save could not pickle it
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, WeightNorm):
                 remove_weight_norm(module, hook.name)
