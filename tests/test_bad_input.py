@@ -237,5 +237,16 @@ def test_a_calibration_batch_the_model_cannot_run_is_named_as_such():
     """A user's crops came as (4, 1, 3, 48, 48); the error named the model's forward, not calib=."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).eval()
     with pytest.raises(gp.TraceError, match=r"calibration batch 0 has input shapes \[\(4, 1, 3, 16, 16\)\] where the "
-                                            r"example has \[\(1, 3, 16, 16\)\].*Give calib= batches shaped like"):
+                                            r"example has \[\(1, 3, 16, 16\)\].*Give batches shaped like the example"):
         gp.prune(model, (torch.randn(1, 3, 16, 16),), ratio=0.5, calib=[torch.randn(4, 1, 3, 16, 16)], runtime=None)
+    with pytest.raises(gp.TraceError, match="The forward fixes its batch size"):  # only the batch differs
+        gp.prune(_FixedBatch().eval(), (torch.randn(2, 8),), ratio=0.5, calib=[torch.randn(4, 8)], runtime=None)
+
+
+class _FixedBatch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).reshape(2, 16))

@@ -19,6 +19,8 @@ def test_a_module_with_its_inputs_a_graph_and_an_onnx_file_are_counted(tmp_path)
     assert gp.count_macs(g) == gp.count_macs(g.ir) == macs
     onnx.save(tiny_onnx_model(), tmp_path / "t.onnx")  # Gemm 4 -> 8 -> 3, no biases, analysed at batch 1
     assert gp.count_macs(tmp_path / "t.onnx") == 4 * 8 + 8 * 3 and gp.count_params(str(tmp_path / "t.onnx")) == 56
+    assert gp.count_macs(tiny_onnx_model()) == 4 * 8 + 8 * 3  # a ModelProto too
+    assert gp.count_macs(model, {"input": x}) == macs  # keyword inputs as a dict (hf.example_inputs' form)
     with pytest.raises(PlanError, match="pass its example inputs"):
         gp.count_macs(model)
     with pytest.raises(PlanError, match="not list"):

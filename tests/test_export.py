@@ -60,3 +60,30 @@ def test_more_dims_than_the_batch_can_be_dynamic(tmp_path):
     with pytest.raises(gp.GraphpruneError, match=r"input\(s\) \['x'\]"):
         gp.export_onnx(model, (torch.randn(1, 4, 128),), tmp_path / "u.onnx", dynamic={"x": {2: "time"}})
     assert not (tmp_path / "u.onnx").exists()
+
+
+class _Masked(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 3)
+
+    def forward(self, x, mask=None):
+        return self.proj(x) * mask.unsqueeze(-1)
+
+
+def test_dynamic_dims_of_positional_and_keyword_inputs_together_or_a_clear_refusal(tmp_path):
+    """A keyword input beside positional ones lost its dynamic dims (the export fell back to static with a
+    note); a dim the model fixes (a Linear over time) came out static without a word."""
+    torch.manual_seed(0)
+    model, path = _Masked().eval(), tmp_path / "m.onnx"
+    x, mask = torch.randn(1, 6, 4), torch.ones(1, 6)
+    gp.export_onnx(model, (x,), path, kwargs={"mask": mask}, dynamic={0: {1: "time"}, "mask": {1: "time"}})
+    sess = ort.InferenceSession(str(path))
+    x2, m2 = torch.randn(2, 9, 4), (torch.rand(2, 9) > 0.5).float()
+    got = sess.run(None, dict(zip([i.name for i in sess.get_inputs()], (x2.numpy(), m2.numpy()))))[0]
+    with torch.no_grad():
+        assert np.allclose(got, model(x2, mask=m2).numpy(), atol=1e-5)
+    over_time = torch.nn.Sequential(torch.nn.Linear(128, 8)).eval()  # (batch, features, time=128): time is fixed
+    with pytest.raises(gp.GraphpruneError, match=r"input 0 dim 2 came out fixed at 128 .*nothing was written"):
+        gp.export_onnx(over_time, (torch.randn(1, 4, 128),), tmp_path / "t.onnx", dynamic={0: {2: "time"}})
+    assert not (tmp_path / "t.onnx").exists()

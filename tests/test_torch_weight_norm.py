@@ -7,11 +7,14 @@ import io
 import warnings
 
 import torch
+import transformers as T
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import graphprune as gp
 from graphprune.frontends.torch_weight_norm import fold_weight_norm
+from graphprune.io.checkpoint_doc import PlanStep
+from graphprune.io.module_checkpoint import replay
 
 
 def _normed(old_api: bool = False) -> nn.Module:
@@ -61,3 +64,35 @@ def test_a_deep_copy_kept_as_the_teacher_still_runs():
     with torch.no_grad():
         assert torch.equal(teacher(x), want)
     assert nn.utils.parametrize.is_parametrized(teacher[2])
+
+
+def test_every_way_in_sees_the_folded_graph():
+    """The fold lived in prune() alone: a plan made on gp.trace's graph did not fit the prune's, prune_iterative
+    and a checkpoint's replay traced the norm and froze every channel, hf.prune kept wav2vec2's normed conv."""
+    x = torch.randn(2, 8)
+    model = _normed()
+    plan = gp.plan(gp.trace(model, (x,)), model, ratio=0.5)
+    pruned, _ = gp.prune(model, (x,), plan_=plan, runtime=None)
+    assert pruned[2].weight.shape == (4, 16)
+    stepped, reports = gp.prune_iterative(_normed(), (x,), ratio=0.5, steps=2, runtime=None)
+    assert stepped[2].weight.shape[1] < 32 and reports
+    replayed = replay(_normed(), [PlanStep(plan)], (x,), {}, lambda gid, size: f"group {gid} missing")
+    assert replayed[2].weight.shape == (4, 16)
+    cfg = T.Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+                           num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    speech = T.Wav2Vec2ForCTC(cfg).eval()
+    assert nn.utils.parametrize.is_parametrized(speech.wav2vec2.encoder.pos_conv_embed.conv)
+    slim, rep = gp.hf.prune(speech, measure_latency=False)
+    assert not nn.utils.parametrize.is_parametrized(slim.wav2vec2.encoder.pos_conv_embed.conv)
+    assert any(n.startswith("weight norm folded") for n in rep.notes)
+
+
+def test_a_frozen_normed_weight_stays_frozen():
+    for old_api in (False, True):
+        model = _normed(old_api)
+        for p in model[2].parameters():
+            p.requires_grad_(False)
+        fold_weight_norm(model)
+        assert not model[2].weight.requires_grad and model[0].weight.requires_grad

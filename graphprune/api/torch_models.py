@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from ..errors import PlanError
-from ..frontends.torch_weight_norm import fold_weight_norm, folded_note
 from ..graph import DependencyGraph
 from ..options import PruneOptions
 from ..oracle import OracleReport, run_oracle
@@ -164,9 +163,7 @@ def prune(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, gr
         (4, True)
     """
     args = args if isinstance(args, tuple) else (args,)
-    folded = fold_weight_norm(model) if graph is None else []  # a graph given was traced with the norm: kept
     program = TorchProgram.of(graph, model, args, kwargs) if graph is not None else TorchProgram(model, args, kwargs)
-    program.notes += [folded_note(folded)] if folded else []
     opts = PruneOptions.of(options, **named_ignore(model, given))
     pruned, report = prune_program(program, opts, plan_, inplace=True)
     return pruned.model, report

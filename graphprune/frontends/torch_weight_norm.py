@@ -37,7 +37,9 @@ def fold_weight_norm(model: torch.nn.Module) -> list[str]:
                     del module._load_state_dict_pre_hooks[key]  # a local function: torch.save could not pickle it
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, WeightNorm):
+                trains = getattr(module, hook.name + "_g").requires_grad  # remove_weight_norm makes it trainable
                 remove_weight_norm(module, hook.name)
+                getattr(module, hook.name).requires_grad_(trains)
                 folded.append(f"{path}.{hook.name}" if path else hook.name)
     return folded
 

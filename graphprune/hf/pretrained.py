@@ -278,11 +278,13 @@ def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple
     seq_len = max((int(b["input_ids"].shape[-1]) for b in given if "input_ids" in b), default=min(128, longest))
     batch = int(given[0]["input_ids"].shape[0]) if given and "input_ids" in given[0] else 8
     try:
-        start, whence = start_token(model), "its BOS token"
+        start, whence = start_token(model), "its BOS token (EOS where it names none)"
     except PlanError:  # a config without BOS or EOS (a tiny test config): the given text's first token starts it
         if not given or "input_ids" not in given[0]:
             raise
-        start, whence = int(given[0]["input_ids"].reshape(-1)[0]), "the given text's first token (the config names no BOS)"
+        ids, mask = given[0]["input_ids"][0], given[0].get("attention_mask")
+        real = ids[mask[0].bool()] if mask is not None and bool(mask[0].any()) else ids  # left padding is no text
+        start, whence = int(real[0]), "the given text's first token (the config names no BOS)"
     # sampled once, on rank 0, and sent to every rank: the ranks calibrate on the same text
     extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch, start=start)
                         if is_writer() else None)

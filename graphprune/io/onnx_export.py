@@ -4,6 +4,7 @@ every check has passed."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import warnings
@@ -89,7 +90,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     args = args if isinstance(args, tuple) else (args,)
     kwargs = kwargs or {}
     path = Path(path)
-    dynamic_shapes = _dynamic_shapes(args, kwargs, dynamic_batch, dynamic or {})
+    dynamic_shapes = _dynamic_shapes(model, args, kwargs, dynamic_batch, dynamic or {})
     model.eval()
     # past 2 GB of weights (protobuf's limit) they go to external data, path's name + ".data" beside it
     big = sum(p.numel() * p.element_size() for p in model.parameters()) >= EXTERNAL_BYTES
@@ -119,6 +120,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                 note = (note + "; " if note else "") + "exported with eager attention (SDPA did not decompose)"
             prog.save(tmp, external_data=big)
         onnx.checker.check_model(tmp, full_check=True)
+        _check_dynamic(onnx.load(tmp, load_external_data=False), args, kwargs, dynamic or {}, errors)
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         names = [i.name for i in sess.get_inputs()]
@@ -141,9 +143,30 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
 
 
-def _dynamic_shapes(args: tuple, kwargs: dict, batch: bool, more: Mapping[int | str, Mapping[int, str]]):
+def _check_dynamic(model, args: tuple, kwargs: dict, asked: Mapping[int | str, Mapping[int, str]], errors: list) -> None:
+    """Every dim ``dynamic=`` names is symbolic in the exported graph, else a GraphpruneError (nothing is
+    written): a model that fixes the dim (a Linear over time) exports it static, which is the file a user
+    asking for it could not run at another length."""
+    keys = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    keys += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+    inputs = {i.name: i for i in model.graph.input}
+    for key, dims in asked.items():
+        graph_input = inputs.get(key) if isinstance(key, str) else None
+        graph_input = graph_input or (model.graph.input[keys.index(key)] if key in keys else None)
+        if graph_input is None:
+            continue
+        shape = graph_input.type.tensor_type.shape.dim
+        fixed = [(d, shape[d].dim_value) for d in dims if not shape[d].dim_param]
+        if fixed:
+            why = f" (the exporter: {errors[0]})" if errors else " (the model fixes it)"
+            raise GraphpruneError(f"export_onnx: input {key!r} dim {fixed[0][0]} came out fixed at {fixed[0][1]} where "
+                                  f"dynamic= asked for it to vary{why}; nothing was written")
+
+
+def _dynamic_shapes(model, args: tuple, kwargs: dict, batch: bool, more: Mapping[int | str, Mapping[int, str]]):
     """torch.export's dynamic_shapes: the batch of every tensor input, and the dims ``more`` names
-    (one Dim per name, so two inputs' "time" stay equal); None where nothing is dynamic."""
+    (one Dim per name, so two inputs' "time" stay equal); None where nothing is dynamic. Positional and
+    keyword inputs together are named by the forward's parameters."""
     if not batch and not more:
         return None
     dims: dict[str, torch.export.Dim] = {}
@@ -162,6 +185,13 @@ def _dynamic_shapes(args: tuple, kwargs: dict, batch: bool, more: Mapping[int | 
     if unknown:
         raise GraphpruneError(f"dynamic= names input(s) {unknown} the call does not have: give a position in args "
                               f"(0..{len(args) - 1}) or a keyword of kwargs ({sorted(kwargs)})")
-    if args or not kwargs:
+    if args and kwargs:
+        try:
+            bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+        except TypeError as exc:
+            raise GraphpruneError(f"export_onnx: the inputs do not fit {type(model).__name__}.forward: {exc}") from exc
+        position = {name: i for i, name in enumerate(bound) if i < len(args)}
+        return {name: spec(position.get(name, name), value) for name, value in bound.items()}
+    if args:
         return tuple(spec(i, a) for i, a in enumerate(args))
     return {k: spec(k, v) for k, v in kwargs.items()}  # keyword-only inputs (Hugging Face models): by name

@@ -19,12 +19,13 @@ import torch
 from ..backends.torch_depth import remove_blocks
 from ..backends.torch_module import add_biases, rewrite
 from ..calib.torch_calib import gradients, walk_grams
-from ..errors import PlanError, TraceError
+from ..errors import PlanError
 
 # The tracing path is imported with the package, not inside the first trace (compiling these
 # modules is a tenth of a cold prune where bytecode is not cached).
 from ..frontends.torch_export import lower_trace
 from ..frontends.torch_record import trace_model
+from ..frontends.torch_weight_norm import fold_weight_norm, folded_note
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session
 from ..planning.module_channels import ATTR as CHANNELS_ATTR
@@ -37,7 +38,7 @@ from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
-from .torch_run import Walk, as_batch, same_graph, take_items
+from .torch_run import Walk, as_batch, retrace, take_items
 
 
 class TorchProgram(Program):
@@ -48,6 +49,10 @@ class TorchProgram(Program):
     def __init__(self, model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None,
                  trace=None, graph=None) -> None:
         super().__init__()
+        # every way in (trace, prune, a plan made earlier, hf.prune, prune_iterative, a checkpoint's replay) sees
+        # the same graph: weight norm folded in place, the same function (frontends/torch_weight_norm.py)
+        folded = fold_weight_norm(model)
+        self.notes += [folded_note(folded)] if folded else []
         self.model = model
         self.args = args if isinstance(args, tuple) else (args,)
         self.kwargs = dict(kwargs or {})
@@ -65,7 +70,9 @@ class TorchProgram(Program):
                             "goes to graphprune.prune_onnx")
         if not args and not kwargs:
             args, kwargs = src.args, src.kwargs
-        return cls(model, args, kwargs, trace=src.trace(), graph=graph)
+        program = cls(model, args, kwargs, trace=src.trace(), graph=graph)
+        program.notes = list(src.notes) + [n for n in program.notes if n not in src.notes]  # what loading did
+        return program
 
     # ---- analysis ------------------------------------------------------------------------
     def trace(self):
@@ -141,13 +148,7 @@ class TorchProgram(Program):
             return main
         key = tuple(got)
         if key not in self._shaped:
-            try:
-                traced = trace_model(self.model, tuple(args), dict(kwargs), like=main)
-            except TraceError as exc:  # the model's own error, at shapes only this batch has: say which batch
-                raise TraceError(f"{where} has input shapes {got} where the example has {main.input_shapes()}, and "
-                                 f"the model cannot run them: {exc}. Give calib= batches shaped like the example "
-                                 "inputs (a batch of any size, the same dims after it)") from exc
-            self._shaped[key] = same_graph(main, traced, where, got)
+            self._shaped[key] = retrace(self.model, main, (args, kwargs), where, got)
         return self._shaped[key]
 
     def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:

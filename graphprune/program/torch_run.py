@@ -15,8 +15,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..errors import PlanError
+from ..errors import PlanError, TraceError
 from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
+from ..frontends.torch_record import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
 
 
@@ -268,3 +269,21 @@ def same_graph(main, other, where: str, shapes: list) -> Any:
     raise PlanError(f"{where} has input shapes {shapes}, at which the forward runs other ops than at the example "
                     f"inputs' shapes {main.input_shapes()} ({first}): give calibration batches the example "
                     "inputs' shapes, or trace with a calibration batch as the example inputs")
+
+
+def retrace(model, main, batch: tuple, where: str, shapes: list) -> Any:
+    """The trace of ``model`` at ``batch``'s input shapes (``shapes``), checked op for op against
+    ``main`` (:func:`same_graph`); where the model cannot run them, a TraceError that names the batch,
+    its shapes against the example's and, from which dims differ, the likely fix."""
+    args, kwargs = batch
+    try:
+        traced = trace_model(model, tuple(args), dict(kwargs), like=main)
+    except TraceError as exc:  # the model's own error, at shapes only this batch has
+        example = main.input_shapes()
+        only_batch = len(shapes) == len(example) and all(
+            len(a) == len(b) and a[1:] == b[1:] for a, b in zip(shapes, example))
+        fix = ("the forward fixes its batch size: give batches of the example's batch size" if only_batch else
+               "give batches shaped like the example inputs (a batch of any size, the same dims after it)")
+        raise TraceError(f"{where} has input shapes {shapes} where the example has {example}, and the model cannot "
+                         f"run them: {exc}. {fix[0].upper() + fix[1:]}") from exc
+    return same_graph(main, traced, where, shapes)
