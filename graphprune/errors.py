@@ -1,6 +1,9 @@
 """Exceptions graphprune raises. Each message says what, where and how to fix."""
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
@@ -38,3 +41,15 @@ class RewriteError(GraphpruneError):
 
 class PruneWarning(UserWarning):
     """A prune that did less than asked: a ratio that rounds to nothing, an empty plan."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """A PruneWarning located at the caller's own line, the first frame outside graphprune, however
+    deep inside it the prune found the problem (a fixed stacklevel pointed into graphprune's wrappers)."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2 is warn's caller, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PruneWarning, stacklevel=level)

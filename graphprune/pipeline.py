@@ -4,7 +4,6 @@ callers of :func:`plan_program` and :func:`prune_program`, each passing one Prun
 from __future__ import annotations
 
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -14,7 +13,7 @@ from .calib.compensate import compensate as run_compensation
 from .calib.distributed import same_on_all
 from .calib.sites import find_sites
 from .calib.stats import gram_sites, refittable
-from .errors import PlanError, PruneWarning, RewriteError
+from .errors import PlanError, RewriteError, warn
 from .graph import DependencyGraph, Group
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 from .metrics import count_macs, count_params
@@ -129,13 +128,13 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     # blocks alone: planning/depth.py says it; no budget given (a global ranking's own scalar): nothing was asked
     short = missed(w.spent, w.round_to, opts.uniform) if opts.budget and not (w.blocks and not w.groups) else ""
     if short:
-        warnings.warn(short, PruneWarning, stacklevel=3)
+        warn(short)
         w.ctx.notes.append(short)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
     on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice
     idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg, w.round_to) if w.spent is None and not w.blocks else None
     if idle and (opts.targets is not None or idle.startswith("nothing")):  # the default kinds: a note when some go
-        warnings.warn(idle, PruneWarning, stacklevel=3)
+        warn(idle)
     w.ctx.notes += [idle] if idle else []
     return Planned(plan, w.name, w.batches, w.ctx, list(w.ctx.notes), w.alloc, w.spent, w.depth, dict(w.scores),
                    w.memory)

@@ -404,6 +404,7 @@ def test_a_budget_landing_far_under_its_target_warns():
     kept = coarse.macs_after / coarse.macs_before
     assert kept < 0.3 and all(k == 64 for k, _ in coarse.kept.values())
     assert f"keeps {kept:.1%} of the original's macs where 50.0% was asked" in str(got[-1].message)
+    assert got[-1].filename == __file__  # located at the user's call, not inside graphprune (errors.warn)
     assert any("under the target" in n for n in coarse.notes)
 
 

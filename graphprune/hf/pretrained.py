@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import os
 import time
-import warnings
 
 import torch
 
@@ -14,7 +13,7 @@ from ..api import torch_models as api
 from ..api.recover import recover as distill
 from ..api.recover import recover_options
 from ..calib.distributed import is_writer, same_on_all
-from ..errors import PlanError, PruneWarning, RewriteError
+from ..errors import PlanError, RewriteError, warn
 from ..graph import DependencyGraph
 from ..io.checkpoint_doc import CheckpointDoc, PlanStep, tensor_spec
 from ..options import PruneOptions
@@ -303,10 +302,9 @@ def _little_text(model, calib: list | None) -> list | None:
         tokens = sum(int(b["attention_mask"].sum()) if isinstance(b.get("attention_mask"), torch.Tensor)
                      else int(b["input_ids"].numel()) for b in calib if isinstance(b.get("input_ids"), torch.Tensor))
         if tokens < LEAST_TOKENS:
-            warnings.warn(f"calibration holds {tokens} real tokens: an LLM's ranking and repairs are fit to them, and "
-                          f"under about {LEAST_TOKENS} (32 sequences of 128, docs/llm_pruning.md) they fit that text "
-                          "more than the model; give more calib= text, or generated= sequences", PruneWarning,
-                          stacklevel=4)
+            warn(f"calibration holds {tokens} real tokens: an LLM's ranking and repairs are fit to them, and "
+                 f"under about {LEAST_TOKENS} (32 sequences of 128, docs/llm_pruning.md) they fit that text more than "
+                 "the model; give more calib= text, or generated= sequences")
     return calib
 
 

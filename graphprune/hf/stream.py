@@ -28,7 +28,7 @@ import torch
 
 from ..api.torch_models import prune as prune_module
 from ..calib import distributed, sites
-from ..errors import PlanError, PruneWarning
+from ..errors import PlanError, PruneWarning, warn
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay
@@ -241,7 +241,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
             report.notes.append(spend.note(opts.allocation))
             short = spend.missed(report.params_after, opts.round_to)
             if short:
-                warnings.warn(short, PruneWarning, stacklevel=2)
+                warn(short)
                 report.notes.append(short)
         doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
                             for k, v in inputs[0].items()}

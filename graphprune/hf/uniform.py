@@ -8,9 +8,7 @@ building that config, not by a rule copied here.
 """
 from __future__ import annotations
 
-import warnings
-
-from ..errors import PlanError, PruneWarning
+from ..errors import PlanError, warn
 from ..options import PruneOptions
 from ..planning.plan import kept_count
 
@@ -59,5 +57,5 @@ def loadable_heads(model, opts: PruneOptions) -> tuple[PruneOptions, str | None]
 def warn_unloadable(opts: PruneOptions, sync) -> None:
     """uniform=True promised a config-loadable model: say so loudly where the config check failed."""
     if opts.uniform and sync is not None and not sync.loadable:
-        warnings.warn(f"uniform=True, but from_pretrained cannot rebuild the pruned model ({sync.reason}); save it "
-                      "with graphprune.hf.save_pruned and reload it with load_pruned", PruneWarning, stacklevel=3)
+        warn(f"uniform=True, but from_pretrained cannot rebuild the pruned model ({sync.reason}); save it "
+                      "with graphprune.hf.save_pruned and reload it with load_pruned")

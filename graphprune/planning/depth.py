@@ -12,13 +12,12 @@ beats width on the user's data. Front-end neutral.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..blocks import Block, dead_values
-from ..errors import PlanError, PruneWarning
+from ..errors import PlanError, warn
 from .allocate import Repair, sample
 from .budget import CostModel, parse_budget, solve_budget
 from .plan import PrunePlan, block_masks, make_plan
@@ -158,10 +157,10 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
     spent.allocation = width
     over = (targets[metric] - spent.achieved[metric]) / max(original[metric], 1)
     if not groups and over > OVERSHOOT:  # whole blocks are coarse steps: say how far past the budget they land
-        warnings.warn(f"budget {budget}: removing whole blocks alone keeps "
+        warn(f"budget {budget}: removing whole blocks alone keeps "
                       f"{spent.achieved[metric] / original[metric]:.0%} of the {metric} where "
                       f"{targets[metric] / original[metric]:.0%} was asked (no smaller block removal meets it); "
-                      "add width targets (channels, ffn, heads) to land closer", PruneWarning, stacklevel=4)
+                      "add width targets (channels, ffn, heads) to land closer")
     return ratios, spent, DepthChoice(p.blocks, bscores, [(c[0], float(e), c[4]) for c, e in zip(candidates, err)],
                                       "calibration loss" if loss is not None else "relative output error")
 

@@ -12,14 +12,13 @@ Front-end neutral (no torch, no onnx here).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..calib.distributed import gather, reduce_sum, shard
 from ..calib.sites import find_sites
-from ..errors import PruneWarning
+from ..errors import warn
 from ..ops import Ops
 from ..util.progress import progress
 from .allocate import item_count
@@ -120,7 +119,7 @@ def check_quality(program, dg, plan, batches: list, comp, fit: str, wanted: bool
     if comp.heldout is not None:
         comp.heldout.seconds = time.perf_counter() - t0
         if comp.heldout.warning(program.framework):
-            warnings.warn(comp.heldout.warning(program.framework), PruneWarning, stacklevel=4)
+            warn(comp.heldout.warning(program.framework))
 
 
 class _Repair:

@@ -7,9 +7,7 @@ final plan refit on one half of the data and scored on the other.)
 """
 from __future__ import annotations
 
-import warnings
-
-from ..errors import PruneWarning
+from ..errors import warn
 from .prune_report import Latency
 
 SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
@@ -29,5 +27,5 @@ def latency_after(pruned, program, runtime: str, before: float, report) -> None:
         slow = (f"the pruned model runs slower than the original on {runtime}: {after:.3f} ms vs {before:.3f} ms at "
                 "the example inputs' shapes. Use round_to='auto' (the runtime's measured widths) or a larger "
                 "round_to, or prune whole blocks or heads")
-        warnings.warn(slow, PruneWarning, stacklevel=4)
+        warn(slow)
         report.notes.append(slow)
