@@ -58,4 +58,4 @@ def warn_unloadable(opts: PruneOptions, sync) -> None:
     """uniform=True promised a config-loadable model: say so loudly where the config check failed."""
     if opts.uniform and sync is not None and not sync.loadable:
         warn(f"uniform=True, but from_pretrained cannot rebuild the pruned model ({sync.reason}); save it "
-                      "with graphprune.hf.save_pruned and reload it with load_pruned")
+             "with graphprune.hf.save_pruned and reload it with load_pruned")

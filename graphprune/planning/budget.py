@@ -61,23 +61,29 @@ class BudgetResult:
 BUDGET_SLACK = 0.02
 
 
+def _binding(spent: BudgetResult | None) -> tuple[float, str | None]:
+    """(how far under its target the plan lands, as a share of the target, and that key) on the counted
+    budget it meets most closely: with several keys, the one that binds. (0, None) where none counts."""
+    if spent is None or spent.latency is not None or "latency_us" in spent.targets:
+        return 0.0, None  # a latency target binds: the counted keys beside it land under theirs by nature
+    gaps = [((t - spent.achieved[k]) / max(t, 1), k) for k, t in spent.targets.items()
+            if k in METRICS and k in spent.achieved]
+    gap, key = min(gaps) if gaps else (0.0, None)
+    return max(0.0, gap), key
+
+
 def shortfall(spent: BudgetResult | None) -> float:
     """How far under its target a plan lands on the counted budget it meets most closely, as a share
-    of that target (0: on it, or no counted budget). Several keys: the one that binds is the closest."""
-    if spent is None or spent.latency is not None or "latency_us" in spent.targets:
-        return 0.0  # a latency target binds: the counted keys beside it land under theirs by nature
-    gaps = [(t - spent.achieved[k]) / max(t, 1) for k, t in spent.targets.items() if k in METRICS and k in spent.achieved]
-    return max(0.0, min(gaps)) if gaps else 0.0
+    of that target (0: on it, or no counted budget)."""
+    return _binding(spent)[0]
 
 
 def missed(spent: BudgetResult | None, round_to, lockstep: bool = False) -> str:
     """What a PruneWarning says where a plan lands more than :data:`BUDGET_SLACK` under its budget, else ''.
     ``lockstep``: uniform=True, which gives units back to every group of a kind at once."""
-    gap = shortfall(spent)
+    gap, k = _binding(spent)
     if gap <= BUDGET_SLACK:
         return ""
-    k = min((k for k in spent.targets if k in METRICS and k in spent.achieved),
-            key=lambda k: (spent.targets[k] - spent.achieved[k]) / max(spent.targets[k], 1))
     o = max(spent.original[k], 1)
     steps = sorted(set(round_to.values()) if isinstance(round_to, dict) else {round_to})
     how = ("uniform=True gives units back to every group of a kind at once; uniform=False lands closer" if lockstep

@@ -158,9 +158,9 @@ def choose_under_budget(program, dg, groups, scores, blocks: list[Block], bscore
     over = (targets[metric] - spent.achieved[metric]) / max(original[metric], 1)
     if not groups and over > OVERSHOOT:  # whole blocks are coarse steps: say how far past the budget they land
         warn(f"budget {budget}: removing whole blocks alone keeps "
-                      f"{spent.achieved[metric] / original[metric]:.0%} of the {metric} where "
-                      f"{targets[metric] / original[metric]:.0%} was asked (no smaller block removal meets it); "
-                      "add width targets (channels, ffn, heads) to land closer")
+             f"{spent.achieved[metric] / original[metric]:.0%} of the {metric} where "
+             f"{targets[metric] / original[metric]:.0%} was asked (no smaller block removal meets it); "
+             "add width targets (channels, ffn, heads) to land closer")
     return ratios, spent, DepthChoice(p.blocks, bscores, [(c[0], float(e), c[4]) for c, e in zip(candidates, err)],
                                       "calibration loss" if loss is not None else "relative output error")
 

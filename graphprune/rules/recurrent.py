@@ -171,9 +171,9 @@ def zero_state(ctx: RuleContext, out: str, depth: int = 0) -> bool:
     users = ctx.users(out)
 
     def feeds(u) -> bool:
-        if u.op in RECURRENT_OPS:
-            return out not in [a.name for a in u.args[:1] if a]
         first = [a.name for a in u.args[:1] if a]
+        if u.op in RECURRENT_OPS:
+            return out not in first  # the state, not the sequence
         return (u.op in _ZERO_PASS and first == [out] and depth < 4 and all(
             a.name == out or ctx.graph.values[a.name].data is not None for a in u.args if a)  # fixed indices
             and all(zero_state(ctx, o, depth + 1) for o in u.outputs))
