@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import GraphpruneError, PlanError, RewriteError, TraceError
+from .errors import BudgetWarning, GraphpruneError, PlanError, PruneWarning, RewriteError, TraceError
 
 # public name -> the submodule that defines it
 _EXPORTS = {
@@ -74,5 +74,5 @@ __all__ = ["trace", "load_onnx", "prune_onnx", "verify_onnx", "OnnxPruneReport",
            "PruneReport", "OracleReport", "count_macs", "count_params", "GraphpruneError", "CRITERIA",
            "register_importance", "PlanError", "RewriteError", "TraceError", "hf", "load_pruned", "save_pruned",
            "load_pruned_module", "save_pruned_module", "prune_iterative", "recover", "RecoverResult",
-           "RecoverError", "PruneOptions", "Reason"]
+           "RecoverError", "PruneOptions", "Reason", "PruneWarning", "BudgetWarning"]
 __version__ = "0.1.0"

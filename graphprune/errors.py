@@ -43,13 +43,18 @@ class PruneWarning(UserWarning):
     """A prune that did less than asked: a ratio that rounds to nothing, an empty plan."""
 
 
+class BudgetWarning(PruneWarning):
+    """A plan that lands more than 2% under its MACs or parameter budget: more pruning than asked.
+    Its own class so that code pruning a model piece by piece (hf/stream.py) can leave it to the whole."""
+
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def warn(message: str) -> None:
+def warn(message: str, category: type[PruneWarning] = PruneWarning) -> None:
     """A PruneWarning located at the caller's own line, the first frame outside graphprune, however
     deep inside it the prune found the problem (a fixed stacklevel pointed into graphprune's wrappers)."""
     frame, level = sys._getframe(1), 2  # stacklevel 2 is warn's caller, sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, PruneWarning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)

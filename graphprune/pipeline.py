@@ -13,7 +13,7 @@ from .calib.compensate import compensate as run_compensation
 from .calib.distributed import same_on_all
 from .calib.sites import find_sites
 from .calib.stats import gram_sites, refittable
-from .errors import PlanError, RewriteError, warn
+from .errors import BudgetWarning, PlanError, RewriteError, warn
 from .graph import DependencyGraph, Group
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
 from .metrics import count_macs, count_params
@@ -128,7 +128,7 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     # blocks alone: planning/depth.py says it; no budget given (a global ranking's own scalar): nothing was asked
     short = missed(w.spent, w.round_to, opts.uniform) if opts.budget and not (w.blocks and not w.groups) else ""
     if short:
-        warn(short)
+        warn(short, BudgetWarning)
         w.ctx.notes.append(short)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
     on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice

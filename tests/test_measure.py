@@ -399,8 +399,9 @@ def test_a_budget_landing_far_under_its_target_warns():
         _, fine = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.5}, round_to=1, runtime=None)
     assert not [w for w in got if "under the target" in str(w.message)]
     assert fine.macs_after >= 0.98 * 0.5 * fine.macs_before
-    with pytest.warns(PruneWarning, match="under the target") as got:
+    with pytest.warns(gp.BudgetWarning, match="under the target") as got:  # a PruneWarning of its own class
         _, coarse = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.5}, round_to=64, runtime=None)
+    assert issubclass(gp.BudgetWarning, PruneWarning)
     kept = coarse.macs_after / coarse.macs_before
     assert kept < 0.3 and all(k == 64 for k, _ in coarse.kept.values())
     assert f"keeps {kept:.1%} of the original's macs where 50.0% was asked" in str(got[-1].message)

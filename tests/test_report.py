@@ -113,11 +113,15 @@ def test_the_importance_line_names_the_criteria_that_really_ranked():
 
     def activation(c, rest):
         return with_fallback(c, rest, lambda g: None if g.id == 2 else ones, lambda c2, r2: {g.id: ones for g in r2},
-                             "activation: no linear/conv input the calibration saw, ranked by l2 instead")
+                             "activation: no linear/conv input the calibration saw", "l2")
 
     scores = with_fallback(ctx, groups, lambda g: ones if g.id == 0 else None, activation,
-                           "obs: no linear/conv input with a Gram, ranked by activation instead")
+                           "obs: no linear/conv input with a Gram", "activation")
     assert set(scores) == {0, 1, 2} and ctx.fell_back == {1: "activation", 2: "l2"}
+    assert ctx.notes == ["activation: no linear/conv input the calibration saw, ranked by l2 instead: 1 group(s) "
+                         "(first: group 2, ffn)",
+                         "obs: no linear/conv input with a Gram, ranked by activation instead: 2 group(s) "
+                         "(first: group 1, ffn)"]
     rep = gp.PruneReport(10, 5, 10, 5, {0: (1, 2), 1: (1, 2), 2: (1, 2)}, importance="obs",
                          fell_back={"activation": 1, "l2": 1})
     assert "importance: obs for 1, activation for 1, l2 for 1 of 3 group(s) (obs asked" in str(rep)

@@ -4,6 +4,7 @@ solve leaves nothing to give back, and refused before anything is written where 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -110,3 +111,20 @@ def test_only_the_whole_checkpoint_says_it_landed_under_the_budget():
                          {"params": 450, "macs": 450}, 2, kept={"macs": 500})
     assert spend.missed(690, 1) == ""  # 1.4% under
     assert "keeps 65.0% of the original's params where 70.0% was asked" in spend.missed(650, 1)
+
+
+def test_a_streamed_prune_warns_once_for_the_whole_not_per_block(tmp_path):
+    """At channel multiples of 32 the blocks land under their shares; each block's prune would say so,
+    yet the next block takes up the rest. Only the whole checkpoint, still more than 2% under, warns,
+    and no block's report carries the note."""
+    _llama().save_pretrained(tmp_path / "src")
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        report = gp.hf.prune(tmp_path / "src", out=tmp_path / "out", calib=_calib(), budget={"params": 0.7},
+                             **{**SAME, "round_to": 32})
+    under = [w for w in got if issubclass(w.category, gp.PruneWarning)]
+    assert [w.category for w in under] == [gp.BudgetWarning] and under[0].filename == __file__
+    kept = report.params_after / report.params_before
+    assert kept < 0.7 * 0.98 and f"keeps {kept:.1%} of the original's params where 70.0% was asked" in str(under[0].message)
+    assert [n for n in report.notes if "under the target" in n] == [str(under[0].message)]
+    assert report.layers and not [n for r in report.layers.values() for n in r.notes if "under the target" in n]

@@ -28,7 +28,7 @@ import torch
 
 from ..api.torch_models import prune as prune_module
 from ..calib import distributed, sites
-from ..errors import PlanError, PruneWarning, warn
+from ..errors import BudgetWarning, PlanError, warn
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay
@@ -241,7 +241,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
             report.notes.append(spend.note(opts.allocation))
             short = spend.missed(report.params_after, opts.round_to)
             if short:
-                warn(short)
+                warn(short, BudgetWarning)
                 report.notes.append(short)
         doc.layer_inputs = {k: [tensor_spec(t) for t in v] if isinstance(v, tuple) else tensor_spec(v)
                             for k, v in inputs[0].items()}
@@ -318,10 +318,15 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
     report.params_before += sum(p.numel() for p in block.parameters())
     report.peak_rss = max(report.peak_rss, peak_rss())  # before the prune resets the high-water mark
     # a block's outputs are not the model's: no held-out figure per block (and no two extra refits)
-    with warnings.catch_warnings():  # a block under its share leaves the rest to the next: the whole says it
-        warnings.filterwarnings("ignore", message="budget .* under the target", category=PruneWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BudgetWarning)
         block, r = prune_module(block, (), inputs[0], options=opts.replace(calib=inputs, heldout_check=False))
-    r.notes = [n for n in r.notes if not (n.startswith("budget ") and "under the target" in n)]
+    # a block under its share leaves the rest to the next: the whole says it (StreamBudget.missed); others go on
+    under = {str(c.message) for c in caught if issubclass(c.category, BudgetWarning)}
+    for c in caught:
+        if not issubclass(c.category, BudgetWarning):
+            warnings.warn_explicit(c.message, c.category, c.filename, c.lineno)
+    r.notes = [n for n in r.notes if n not in under]
     if r.compensation is not None:
         r.compensation.heldout = None  # not a choice the user made: no "turned off" line per block
     added = sorted(r.compensation.bias_modules) if r.compensation is not None else []

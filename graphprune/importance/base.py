@@ -105,9 +105,9 @@ def score_groups(name: str, ctx: ScoreContext, groups: list[Group]) -> dict[int,
 
 
 def with_fallback(ctx: ScoreContext, groups: list[Group], score_one: Callable[[Group], np.ndarray | None],
-                  fallback: Callable[[ScoreContext, list[Group]], dict[int, np.ndarray]], why: str) -> dict:
-    """Score each group with ``score_one``; groups it cannot score (None) go to ``fallback``,
-    and the report's notes say how many and why."""
+                  fallback: Callable[[ScoreContext, list[Group]], dict[int, np.ndarray]], why: str, by: str) -> dict:
+    """Score each group with ``score_one``; groups it cannot score (None) go to ``fallback`` (the
+    criterion named ``by``), and the report's notes say how many and why."""
     out, rest = {}, []
     for g in groups:
         s = score_one(g)
@@ -117,8 +117,7 @@ def with_fallback(ctx: ScoreContext, groups: list[Group], score_one: Callable[[G
             out[g.id] = s
     if rest:
         out.update(fallback(ctx, rest))
-        ctx.notes.append(f"{why}: {len(rest)} group(s) (first: group {rest[0].id}, {rest[0].kind})")
-        by = why.rsplit("ranked by ", 1)[-1].split()[0]  # "...: why, ranked by l2 instead"
+        ctx.notes.append(f"{why}, ranked by {by} instead: {len(rest)} group(s) (first: group {rest[0].id}, {rest[0].kind})")
         for g in rest:  # a nested fallback recorded its own first: the criterion that really ranked the group
             ctx.fell_back.setdefault(g.id, by)
     return out

@@ -58,7 +58,7 @@ def _coords(ctx: ScoreContext, site, gid: int) -> list[np.ndarray]:
     return ctx.dg.solver_coords(ctx.dg.solver.layout((site.x, site.x_dim % v.rank)), gid)
 
 
-def _per_site(ctx: ScoreContext, groups: list[Group], site_score, fallback, why: str) -> dict[int, np.ndarray]:
+def _per_site(ctx: ScoreContext, groups: list[Group], site_score, fallback, why: str, by: str) -> dict[int, np.ndarray]:
     """Sum ``site_score(site, stats, group)`` over every site the calibration saw for each group."""
 
     def score_one(g: Group) -> np.ndarray | None:
@@ -67,7 +67,7 @@ def _per_site(ctx: ScoreContext, groups: list[Group], site_score, fallback, why:
         parts = [p for p in parts if p is not None]
         return np.sum(parts, axis=0) if parts else None
 
-    return with_fallback(ctx, groups, score_one, fallback, why)
+    return with_fallback(ctx, groups, score_one, fallback, why, by)
 
 
 def _columns(ctx: ScoreContext, column_score):
@@ -85,14 +85,14 @@ def _columns(ctx: ScoreContext, column_score):
 def activation(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """Wanda, structured: sum over outputs of |W_ij| times the input channel's norm ||X_j||."""
     return _per_site(ctx, groups, _columns(ctx, lambda site, st: column_weight(ctx, site, 1) * st.channels.norm.numpy()),
-                     l2, "activation: no linear/conv input the calibration saw, ranked by l2 instead")
+                     l2, "activation: no linear/conv input the calibration saw", "l2")
 
 
 @register_importance("fluctuation", needs="calib")
 def fluctuation(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
     """FLAP: the input channel's variance times the squared norm of its weight column."""
     return _per_site(ctx, groups, _columns(ctx, lambda site, st: column_weight(ctx, site, 2) * st.channels.var.numpy()),
-                     l2, "fluctuation: no linear/conv input the calibration saw, ranked by l2 instead")
+                     l2, "fluctuation: no linear/conv input the calibration saw", "l2")
 
 
 def damped_inverse(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
@@ -238,7 +238,7 @@ def obs(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
         ctx.dg.ir.values[site.w].shape[site.w_in] * site.window > ctx.obs_max_features
         for site in ctx.sites_of.get(g.id, []))]
     out = _per_site(ctx, [g for g in groups if g not in wide], site_score, activation,
-                    "obs: no linear/conv input with a Gram, ranked by activation instead")
+                    "obs: no linear/conv input with a Gram", "activation")
     if wide:
         ctx.notes.append(f"obs: {len(wide)} group(s) feeding layers of more than {ctx.obs_max_features} input "
                          "features ranked by activation (OBS there inverts a Gram at cubic cost; "

@@ -131,4 +131,4 @@ def bn_scale(ctx: ScoreContext, groups: list[Group]) -> dict[int, np.ndarray]:
             scatter(score, ctx.dg.solver_coords(m.term, g.id), np.abs(ctx.weight(m.name)))
         return score
 
-    return with_fallback(ctx, groups, score_one, l2, "bn_scale: no BatchNorm, ranked by l2 instead")
+    return with_fallback(ctx, groups, score_one, l2, "bn_scale: no BatchNorm", "l2")
