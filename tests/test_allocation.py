@@ -41,16 +41,23 @@ def testhull_drops_a_cut_that_a_larger_one_makes_moot():
     assert hull([(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]) == [(0, 0.0, 0.0), (80, 0.6, 0.8)]
 
 
-def testspend_cheapest_takes_the_cheapest_parameters_first_and_splits_the_last_segment():
+def test_spend_cheapest_takes_the_cheapest_parameters_first_and_splits_the_last_segment():
     a = SimpleNamespace(id=1, size=10, role="channel")
     b = SimpleNamespace(id=2, size=10, role="channel")
     curves = {1: [(0, 0.0, 0.0), (50, 0.1, 0.5), (80, 1.0, 0.8)],
               2: [(0, 0.0, 0.0), (50, 0.5, 0.5), (80, 0.6, 0.8)]}
     # slopes: a 0.1/50 = 0.002 then 0.9/30 = 0.03; b's hull is one segment 0.6/80 = 0.0075.
-    # Budget 120: a's first segment (50), then 70 of b's 80 -> ratio 0.8 * 70/80 = 0.7 -> 7 of 10
-    assert spend_cheapest([a, b], curves, 120, 1) == {1: 0.5, 2: 0.7}
+    # each group holds 100 parameters, 10 a channel, as the curves' points say (50 at 0.5, 80 at 0.8)
+    def count(g, r):
+        return round(100 * r)
+    # Budget 120: a's first segment (50), then 70 of b's 80 -> the fewest channels removing 70: 7 of 10
+    assert spend_cheapest([a, b], curves, 120, 1, count) == {1: 0.5, 2: 0.7}
     # a budget a whole segment meets exactly takes no part of the next
-    assert spend_cheapest([a, b], curves, 50, 1) == {1: 0.5, 2: 0.0}
+    assert spend_cheapest([a, b], curves, 50, 1, count) == {1: 0.5, 2: 0.0}
+    # b's parameters quadratic in its channels (a recurrent layer's hidden x hidden), 125 r^2: 80 at 0.8 as its
+    # curve says, but 7 channels remove only 61; the counted search takes 8 (80 >= 70) where interpolation took 7
+    assert spend_cheapest([a, b], curves, 120, 1, lambda g, r: round(125 * r * r) if g.id == 2 else round(100 * r)) \
+        == {1: 0.5, 2: 0.8}
 
 
 def test_sensitivity_prunes_the_branch_that_matters_less():

@@ -262,12 +262,11 @@ def hull(points: list[tuple[int, float, float]]) -> list[tuple[int, float, float
 
 
 def spend_cheapest(groups: list[Group], curves, target: int, round_to: int,
-                   count: Callable[[Group, float], int] | None = None) -> dict[int, float]:
+                   count: Callable[[Group, float], int]) -> dict[int, float]:
     """Take hull segments cheapest per parameter first until ``target`` parameters are removed;
     the segment that crosses the target is taken in part: at the fewest channels whose removal,
-    counted by ``count(group, ratio)`` (the group alone), reaches it, or where no count is given
-    as if parameters were linear in channels (a recurrent layer's hidden units are not: its
-    weights are hidden x hidden, and the linear guess removed 12% more than asked)."""
+    counted by ``count(group, ratio)`` (the group alone), reaches it. Counted, not interpolated:
+    a recurrent layer's weights are hidden x hidden, and a linear guess removed 12% more than asked."""
     segs = []
     for g in groups:
         h = hull(curves[g.id])
@@ -287,18 +286,14 @@ def spend_cheapest(groups: list[Group], curves, target: int, round_to: int,
             continue
         g = by_id[gid]
         rt = step_of(g, round_to)
-        if count is None:
-            f = (target - removed) / (b[0] - a[0])
-            n = math.ceil(g.size * (a[2] + f * (b[2] - a[2])) - 1e-9)
-        else:  # the fewest channels past a's whose removal reaches the target: parameters grow with them
-            lo, hi = math.ceil(g.size * a[2] - 1e-9), math.ceil(g.size * b[2] - 1e-9)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if count(g, (g.size - kept_count(g.size, mid / g.size, rt)) / g.size) - a[0] >= target - removed:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            n = lo
+        lo, hi = math.ceil(g.size * a[2] - 1e-9), math.ceil(g.size * b[2] - 1e-9)
+        while lo < hi:  # the fewest channels past a's whose removal reaches the target: parameters grow with them
+            mid = (lo + hi) // 2
+            if count(g, (g.size - kept_count(g.size, mid / g.size, rt)) / g.size) - a[0] >= target - removed:
+                hi = mid
+            else:
+                lo = mid + 1
+        n = lo
         # the ratio whose channel count first reaches the budget: never fewer parameters removed
         # than the uniform plan (at most one channel, or head, more)
         ratios[gid] = (g.size - kept_count(g.size, n / g.size, rt)) / g.size
