@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphprune as gp
 from graphprune.api.onnx_models import probe_inputs
+from graphprune.program.onnx_program import OnnxProgram
 from graphprune.zoo import ZOO, build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -411,3 +412,100 @@ def test_a_shared_size_constant_leaves_no_orphan(tmp_path, listed):
     shapes = [numpy_helper.to_array(i).tolist() for i in slim.graph.initializer if i.data_type == TensorProto.INT64]
     assert shapes and all(s == [1, 16] for s in shapes)  # 32 channels at ratio 0.5, round_to=1
     assert [i.name for i in slim.graph.input] == ["x1", "x2"]
+
+
+class _TwoStrides(torch.nn.Module):
+    """A detector's neck in small: a stride-4 map upsampled and concatenated with the stride-2 one. At 1x1
+    both maps are 1x1 and the upsampled one 2x2, so it cannot run there; it runs at 32 and at any even size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.b = torch.nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.head = torch.nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        a = self.a(x).relu()
+        b = torch.nn.functional.interpolate(self.b(a).relu(), scale_factor=2.0, mode="nearest")
+        return self.head(torch.cat([a, b], 1))
+
+
+class _Regroups(torch.nn.Module):
+    """A head built for 32x32 that reshapes to (-1, 16 * 8 * 8): at larger sizes it runs by regrouping its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.max_pool2d(self.conv(x).relu(), 4).reshape(-1, 16 * 8 * 8))
+
+
+def _all_dims_dynamic(src: Path, dst: Path) -> None:
+    """Batch, height and width of the input symbolic, and every output dim past the channels, as an
+    exporter with dynamic axes writes them (the batch named alike on both sides)."""
+    m = onnx.load(str(src))
+    for k, name in {0: "N", 2: "H", 3: "W"}.items():
+        m.graph.input[0].type.tensor_type.shape.dim[k].Clear()
+        m.graph.input[0].type.tensor_type.shape.dim[k].dim_param = name
+    for out in m.graph.output:
+        for k, d in enumerate(out.type.tensor_type.shape.dim):
+            if k != 1:
+                d.Clear()
+                d.dim_param = "N" if k == 0 else f"d{k}"
+    onnx.save(m, str(dst))
+
+
+def test_a_graph_that_cannot_run_at_one_pixel_is_analysed_at_a_common_size_where_it_runs_alike(tmp_path):
+    """nudenet's YOLOv8 was analysed, its widths tuned and its speedup timed at 32x32, the smallest size
+    that runs: now at 224x224, where its outputs keep their rank and batch. A head that would run at
+    224 only by regrouping its batch (an output (49, 10) for one image) stays at its own 32x32."""
+    torch.manual_seed(0)
+    for name, module, want in (("strides", _TwoStrides(), "x 1x3x224x224, a common image size where it runs as at "
+                                "x 1x3x32x32, the smallest that works (at x 1x3x1x1"),
+                               ("regroups", _Regroups(), "x 1x3x32x32, the first size that works (at x 1x3x1x1")):
+        static, src = tmp_path / f"{name}_static.onnx", tmp_path / f"{name}.onnx"
+        gp.export_onnx(module.eval(), (torch.randn(1, 3, 32, 32),), static)
+        _all_dims_dynamic(static, src)
+        report = gp.prune_onnx(src, tmp_path / f"{name}_out.onnx", ratio=0.5, round_to=1, measure_latency=True)
+        assert report.oracle.passed and report.params_after < report.params_before
+        note = next(n for n in report.notes if n.startswith("input shapes:"))
+        assert want in note, note
+        assert report.latency.inputs == want.split(",")[0]  # timed there too
+
+
+class _Columns(torch.nn.Module):
+    """A CRNN's shape in small: a line image's columns as time steps, out as (T, 1, classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 12)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean(2).permute(2, 0, 1))
+
+
+def test_an_output_declared_at_another_rank_does_not_refuse_every_size(tmp_path):
+    """ddddocr's CRNN declares its (T, 1, classes) output as (1, seqlen): every size was refused as if it
+    regrouped the batch, and the last resort analysed and timed the line at one column."""
+    torch.manual_seed(0)
+    static, src = tmp_path / "static.onnx", tmp_path / "dyn.onnx"
+    gp.export_onnx(_Columns().eval(), (torch.randn(1, 1, 64, 32),), static)
+    m = onnx.load(str(static))
+    m.graph.input[0].type.tensor_type.shape.dim[3].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "image_width"
+    out = m.graph.output[0].type.tensor_type.shape
+    while len(out.dim) > 2:
+        out.dim.pop()
+    out.dim[0].Clear()
+    out.dim[0].dim_value = 1
+    out.dim[1].Clear()
+    out.dim[1].dim_param = "seqlen"
+    onnx.save(m, str(src))  # onnx.checker's strict inference refuses this small copy; the CRNN's Reshape hides its rank
+    program = OnnxProgram.load(src)
+    program.lower()
+    assert program.analysis_dims() == {"x": [1, 1, 64, 224]}
+    note = next(n for n in program.notes if n.startswith("input shapes:"))
+    assert "x 1x1x64x224, a common image size" in note, note

@@ -220,13 +220,15 @@ def _observed_shapes(model: onnx.ModelProto, names: list[str], original: onnx.Mo
     import onnxruntime as ort
 
     dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 4  # a failure here is raised and reported (a size tried that does not run), not logged in red
     try:
-        sess = ort.InferenceSession(with_outputs(model, names).SerializeToString(),
+        sess = ort.InferenceSession(with_outputs(model, names).SerializeToString(), quiet,
                                     providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime's own exception types; the original model's failure, if any, is raised
         if original is None:
             raise
-        sess = ort.InferenceSession(with_outputs(original, names).SerializeToString(),
+        sess = ort.InferenceSession(with_outputs(original, names).SerializeToString(), quiet,
                                     providers=["CPUExecutionProvider"])
     inputs = probe_inputs(model, dims=dims)
     inputs.update({k: np.asarray(v) for k, v in (feeds or {}).items() if k in inputs})

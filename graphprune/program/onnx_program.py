@@ -30,7 +30,7 @@ from ..util.tables import shapes_text
 from .base import Masks, OnCapture, Program
 from .onnx_batches import fixed_batch, ort_text, split_to
 from .onnx_masked import masked_model, with_weights
-from .onnx_shapes import IMAGE_SIZES, analysis_tries, runtime_refusal
+from .onnx_shapes import IMAGE_SIZES, analysis_tries, common_size, runtime_refusal
 
 
 class OnnxProgram(Program):
@@ -107,6 +107,9 @@ class OnnxProgram(Program):
             if refused:  # analysable, but onnxruntime cannot run it there: the oracle and timings could not
                 errors.append((dims, refused))
                 continue
+            tries.common = common_size(self.session(), self.model, dims) if tries.mode == "sized" else None
+            if tries.common is not None:
+                ir, dims = lower(self.model, tries.common, None), tries.common
             self._analysis, self._fallback = dims, tries.sized(k)
             note = tries.note(self.model, k, errors)
             if note:

@@ -3,7 +3,9 @@
 Dynamic dims need a size. An image's height and width go to a common image size (224 first): at
 1x1 the widths would be tuned, and the speedup timed, for a one-pixel image. A graph that only
 analyses at some size (a head flattening to a fixed width) is tried at sizes from the smallest,
-and a size onnxruntime cannot run (PP-OCRv6's detector at 1x1) is passed over.
+then at a common image size where that one runs alike (a detector's heads at 1x1 concat maps that
+its strides round apart, and at 32x32 the timings mean as little), and a size onnxruntime cannot
+run (PP-OCRv6's detector at 1x1) is passed over.
 """
 from __future__ import annotations
 
@@ -103,6 +105,7 @@ class Tries:
     dims: list[dict[str, list[int]]]
     mode: str
     first_error: tuple[dict[str, list[int]], str] | None = None
+    common: dict[str, list[int]] | None = None  # "sized": the common image size taken after the smallest that works
 
     def timed_apart(self, k: int) -> bool:  # the timings run at other dims than try k's analysis
         return self.mode == "ones" and k == 0
@@ -114,8 +117,11 @@ class Tries:
         """The report's note on the shapes try ``k`` analyses at, where graphprune chose them: a chosen
         size, or dynamic dims past the batch left at 1 (a recording's length: MACs and latency are then
         those of one time step, which says nothing of the model as deployed). '' where the user gave them."""
-        dims = self.dims[k]
-        if self.sized(k):
+        dims = self.common or self.dims[k]
+        if self.common is not None:
+            why = (f"a common image size where it runs as at {spell_dims(self.dims[k])}, the smallest that works "
+                   f"(at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
+        elif self.sized(k):
             why = ({"image": "a common image size for the dynamic dims",
                     "text": f"a common text length ({TEXT_LENGTH} tokens) for the dynamic dims"}[self.mode]
                    if self.mode in ("image", "text") and k == 0 else
@@ -156,6 +162,38 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     return Tries([first, *sized], "ones")
 
 
+def _shapes(sess, model: onnx.ModelProto, dims) -> list[tuple] | None:
+    """The outputs' shapes onnxruntime gives at ``dims`` (random inputs), or None where it cannot run."""
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    try:
+        return [np.shape(o) for o in sess.run(None, probe_inputs(model, dims=dims), quiet)]
+    except Exception:  # noqa: BLE001 - onnxruntime's own types: that size does not run
+        return None
+
+
+def common_size(sess, model: onnx.ModelProto, smallest: dict[str, list[int]]) -> dict[str, list[int]] | None:
+    """In ``sized`` mode, the first of :data:`IMAGE_FIRST` above the ``smallest`` size that works at which
+    the images' outputs keep their rank and every leading dim that was the batch's 1, else None. A head
+    that flattens to a fixed width would run at a larger size by regrouping its batch (an output (49, 10)
+    where it gave (1, 10)); a detector's outputs keep (1, ...) and grow past the batch."""
+    images = image_inputs(model)
+    size = max((smallest[name][k] for name, ks in images.items() for k in ks), default=None)
+    base = _shapes(sess, model, smallest) if size else None
+    for candidate in (c for c in IMAGE_FIRST if base and c > size):
+        dims = {name: list(d) for name, d in smallest.items()}
+        for name, ks in images.items():
+            for k in ks:
+                dims[name][k] = candidate
+        got = _shapes(sess, model, dims)
+        if got and all(len(g) == len(b) and (not b or b[0] != 1 or g[0] == 1) for g, b in zip(got, base)) \
+                and runtime_refusal(sess, model, dims, False) is None:  # and as the outputs are declared
+            return dims
+    return None
+
+
 def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> str | None:
     """Why onnxruntime (``sess``) cannot run the model at the analysis ``dims`` (and, where the
     timings run at other dims, ``timed_apart``, at those), or None. A detector's dim_params may
@@ -175,6 +213,8 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
             where = "" if analysed else f" at the timing shape {spell_dims({k: v.shape for k, v in feeds.items()})}"
             return f"onnxruntime cannot run it{where}: {str(exc).splitlines()[0]}"
         for out, want in zip(outs, declared if analysed else []):  # the timing probe's batch of 2 may differ
-            if want and (np.ndim(out) != len(want) or any(w not in (None, g) for w, g in zip(want, np.shape(out)))):
+            # a declared rank the output never has is the exporter's slip (ddddocr's CRNN declares (1, seqlen)
+            # for its (T, 1, classes)), not a size that regroups the batch: it would refuse every size
+            if want and np.ndim(out) == len(want) and any(w not in (None, g) for w, g in zip(want, np.shape(out))):
                 return f"an output comes out {tuple(np.shape(out))} where the graph declares {spell(want)}"
     return None
