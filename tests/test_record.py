@@ -13,7 +13,8 @@ import graphprune as gp
 from graphprune.errors import TraceError
 from graphprune.frontends import meta_shapes
 from graphprune.frontends.torch_export import lower_trace
-from graphprune.frontends.torch_record import Unrecordable, record, trace_model
+from graphprune.frontends.torch_record import Unrecordable, record
+from graphprune.frontends.torch_trace import trace_model
 from graphprune.zoo import build as build_zoo
 from graphprune.zoo import hf as H
 
@@ -134,6 +135,34 @@ class ReadsData(nn.Module):
 
     def forward(self, x):
         return self.a(x) if x.sum() > 0 else -x
+
+
+class _CountsPerExpert(nn.Module):
+    """transformers' MoE routing in small: tokens per expert counted with bincount on the CPU and with
+    histc on int32 elsewhere, a kernel the CPU does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        route = h[:, :4].argmax(-1).to(torch.int32)
+        counts = torch.bincount(route, minlength=4) if x.device.type == "cpu" else torch.histc(route, 4, 0, 3)
+        return self.b(h) + counts.float().sum()
+
+
+def test_a_forward_that_branches_on_the_device_is_recorded_on_real_weights():
+    """On meta stand-ins the forward took the histc branch, and the oracle's replay on the CPU failed with a
+    raw NotImplementedError (a new user's Qwen2-MoE with verify=True)."""
+    torch.manual_seed(0)
+    model, x = _CountsPerExpert().eval(), torch.randn(3, 8)
+    trace = trace_model(model, (x,))
+    assert trace.method == "record" and trace.device == "real"
+    assert "histc" not in str(trace.graph) and "bincount" in str(trace.graph)
+    pruned, report = gp.prune(copy.deepcopy(model), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and report.params_after < report.params_before
+    assert record(model, (x,)).device == "meta" and "histc" in str(record(model, (x,)).graph)  # what meta records
 
 
 def test_a_forward_that_reads_tensor_data_is_refused_as_export_refuses_it():

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import RewriteError
 from ..frontends.torch_export import lower_trace
-from ..frontends.torch_record import trace_model
+from ..frontends.torch_trace import trace_model
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
 from ..util.torch_compat import ConvNd, NormBase

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from ..errors import TraceError
 from ..util.torch_compat import (
     PreDispatchModeBase,
     export_flags,
@@ -46,7 +45,7 @@ from ..util.torch_compat import (
     tree_map,
 )
 from . import meta_shapes
-from .torch_export import export_program, is_tensor_cache
+from .torch_export import is_tensor_cache
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
 _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal",
@@ -361,27 +360,3 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
             outs.append(node if node is not None else constant(t))
     graph.output(tuple(outs))
     return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root)
-
-
-def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, like: Trace | None = None) -> Trace:
-    """Record the forward on meta stand-ins; where that fails, on the real weights (a
-    forward that makes tensors on a fixed device); where that fails too, trace it with
-    torch.export, whose error then says what is wrong.
-
-    ``like``: trace the way that earlier trace was made (a re-trace matched against it;
-    its failure is the model's, reported as a TraceError). The environment variable
-    GRAPHPRUNE_TRACE=export makes export the only way."""
-
-    if like is not None and like.method == "record":
-        try:
-            return record(model, args, kwargs, device=like.device)
-        except Unrecordable as exc:
-            raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
-    if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
-        for device in ("meta", "real"):
-            try:
-                return record(model, args, kwargs, device=device)
-            except Unrecordable:
-                continue
-    ep = export_program(model, args, kwargs)
-    return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)

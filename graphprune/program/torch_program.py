@@ -24,7 +24,7 @@ from ..errors import PlanError
 # The tracing path is imported with the package, not inside the first trace (compiling these
 # modules is a tenth of a cold prune where bytecode is not cached).
 from ..frontends.torch_export import lower_trace
-from ..frontends.torch_record import trace_model
+from ..frontends.torch_trace import trace_model
 from ..frontends.torch_weight_norm import fold_weight_norm, folded_note
 from ..io.onnx_export import export_onnx
 from ..planning.measure import best_of, ort_session

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import PlanError, TraceError
 from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
-from ..frontends.torch_record import trace_model
+from ..frontends.torch_trace import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
 
 

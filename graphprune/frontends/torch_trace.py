@@ -1,0 +1,56 @@
+"""How a PyTorch model is traced: recorded on meta stand-ins (frontends/torch_record.py), checked by one
+replay on the real weights, recorded on those where that fails, and exported by torch.export where
+recording fails too (its error then says what is wrong)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import TraceError
+from ..util.torch_compat import fx_flatten_spec, tree_leaves
+from .torch_export import export_program
+from .torch_record import Trace, Unrecordable, record
+
+
+def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, like: Trace | None = None) -> Trace:
+    """Record the forward on meta stand-ins; where that fails, on the real weights (a
+    forward that makes tensors on a fixed device); where that fails too, trace it with
+    torch.export, whose error then says what is wrong.
+
+    ``like``: trace the way that earlier trace was made (a re-trace matched against it;
+    its failure is the model's, reported as a TraceError). The environment variable
+    GRAPHPRUNE_TRACE=export makes export the only way."""
+
+    if like is not None and like.method == "record":
+        try:
+            return record(model, args, kwargs, device=like.device)
+        except Unrecordable as exc:
+            raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
+    if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
+        for device in ("meta", "real"):
+            try:
+                trace = record(model, args, kwargs, device=device)
+            except Unrecordable:
+                continue
+            if device == "real" or _replays(trace, model, args, kwargs):
+                return trace
+    ep = export_program(model, args, kwargs)
+    return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
+
+
+def _replays(trace: Trace, model: torch.nn.Module, args: tuple, kwargs: dict | None) -> bool:
+    """Whether a forward recorded on meta stand-ins runs on the real inputs and weights. A forward that
+    branches on its tensors' device takes the branch for neither CPU nor CUDA there: transformers' MoE
+    routing counts tokens per expert with ``histc`` on int32 off the CPU, which the CPU kernels do not
+    have (the oracle then failed with a raw NotImplementedError). Such a forward is recorded on the
+    real weights instead. A model on the meta device itself has nothing to run, and is not checked."""
+    if any(t.device.type == "meta" for t in tree_leaves((tuple(args), dict(kwargs or {})))
+           if isinstance(t, torch.Tensor)) or any(p.device.type == "meta" for p in model.parameters()):
+        return True
+    try:
+        with torch.no_grad():
+            torch.fx.Interpreter(trace.gm).run(*fx_flatten_spec((tuple(args), dict(kwargs or {})), trace.in_spec))
+    except Exception:  # noqa: BLE001 - whatever the replay raises, the real recording says it or succeeds
+        return False
+    return True
