@@ -87,3 +87,52 @@ def test_dynamic_dims_of_positional_and_keyword_inputs_together_or_a_clear_refus
     with pytest.raises(gp.GraphpruneError, match=r"input 0 dim 2 came out fixed at 128 .*nothing was written"):
         gp.export_onnx(over_time, (torch.randn(1, 4, 128),), tmp_path / "t.onnx", dynamic={0: {2: "time"}})
     assert not (tmp_path / "t.onnx").exists()
+
+
+class _RoundsAScale(torch.nn.Module):
+    """Python's round() on a tensor's value: torch.export keeps it, the ONNX translator has no function for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.register_buffer("scale", torch.tensor(1.7))
+
+    def forward(self, x):
+        return self.fc(x) * round(self.scale.item() * 3)
+
+
+def test_a_failed_export_names_its_cause_without_colour_codes(tmp_path):
+    """torch's ConversionError starts with a header ("Failed to convert ... step 3/3 ... Next steps:",
+    coloured); the op it failed on is two causes down. The message kept only the header (PESTO's CQT)."""
+    with pytest.raises(gp.GraphpruneError) as got:
+        gp.export_onnx(_RoundsAScale().eval(), (torch.randn(2, 4),), tmp_path / "m.onnx")
+    text = str(got.value)
+    assert "\x1b[" not in text and "Next steps" not in text
+    assert "cause: DispatchError: No ONNX function found for <built-in function round>" in text
+    assert not (tmp_path / "m.onnx").exists()
+
+
+class _RefusesItsOwnAttention(torch.nn.Module):
+    """DETR's switch in small: its config says "sdpa", and setting "sdpa" raises (its ResNet backbone is eager only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.config = type("Config", (), {"_attn_implementation": "sdpa"})()
+        self.asked: list[str] = []
+
+    def set_attn_implementation(self, impl: str) -> None:
+        self.asked.append(impl)
+        if impl == "sdpa":
+            raise ValueError("ResNetBackbone does not support an attention implementation through torch's sdpa")
+        self.config._attn_implementation = impl
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_the_attention_switch_is_left_alone_until_eager_is_needed(tmp_path):
+    """export_onnx set the model's own implementation back before its first try, which DETR refuses."""
+    model = _RefusesItsOwnAttention().eval()
+    report = gp.export_onnx(model, (torch.randn(2, 4),), tmp_path / "m.onnx")
+    assert report.max_abs_diff < 1e-5 and model.asked == [] and model.config._attn_implementation == "sdpa"

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +38,48 @@ class ExportReport:
 def _attention_fallback(model: torch.nn.Module):
     """Hugging Face models can switch SDPA to eager attention (same math): the ONNX exporter
     fails to decompose some SDPA call sites (T5, Swin in transformers 5). Yields a setter, or
-    None for models without the switch; the original implementation is restored on exit."""
+    None for models without the switch. The model is left alone until eager is asked for, and the
+    original implementation set back on exit only then: DETR's config says "sdpa" while its ResNet
+    backbone refuses to be set to it, so setting it unasked raised before anything was exported."""
     setter = getattr(model, "set_attn_implementation", None)
     cfg = getattr(model, "config", None)
     original = getattr(cfg, "_attn_implementation", None)
     if setter is None or original in (None, "eager"):
         yield None
         return
+    switched = []
+
+    def use(eager: bool) -> None:
+        if eager or switched:
+            setter("eager" if eager else original)
+            switched.append(eager)
+
     try:
-        yield lambda eager: setter("eager" if eager else original)
+        yield use
     finally:
-        setter(original)
+        if switched and switched[-1]:
+            try:
+                setter(original)
+            except ValueError:  # a sub-model that refuses it (DETR's backbone): the config says it again, as it did
+                cfg._attn_implementation = original
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _line(exc: BaseException) -> str:
+    return _ANSI.sub("", (str(exc).strip().splitlines() or [type(exc).__name__])[0]).removesuffix(" Next steps:")[:200]
+
+
+def _export_error(exc: BaseException) -> str:
+    """The exporter's first line, without its colour codes, and the innermost cause it wraps: torch's own
+    first line is a header ("Failed to convert ... step 3/3"), the cause says which op
+    ("No ONNX function found for <built-in function round>")."""
+    root, seen = exc, {id(exc)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        root = nxt
+        seen.add(id(root))
+    return _line(exc) + (f" (cause: {type(root).__name__}: {_line(root)})" if root is not exc else "")
 
 
 @contextlib.contextmanager
@@ -110,7 +142,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                                              dynamic_shapes=shapes, verbose=False)
                     break
                 except Exception as exc:  # the exporter raises many types; the next attempt decides
-                    errors.append((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
+                    errors.append(_export_error(exc))
             if prog is None:
                 raise GraphpruneError(f"torch.onnx.export failed for {type(model).__name__}: {errors[-1]}")
             if dynamic_shapes and shapes is None:
