@@ -120,3 +120,22 @@ def test_weight_updates_count_the_heldout_checks_two_refits():
     _, unchecked = _prune(compensate=True, heldout_check=False)
     assert unchecked.memory.estimate.part("weight updates") == refit
     assert checked.memory.estimate.part("weight updates") == 3 * refit
+
+
+def test_the_solver_advice_is_one_that_fits():
+    """A site of 1,500 features: its refit's float64 squares dwarf everything else. The advice named
+    compensate='bias', which solves from the same Grams and was refused again (a user's CREPE full)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 1500), nn.ReLU(), nn.Linear(1500, 4)).eval()
+    calib = [(torch.randn(64, 8),) for _ in range(2)]
+    kw = {"ratio": 0.25, "calib": calib, "allocation": "uniform", "round_to": 1, "measure_latency": False,
+          "max_memory": "80MiB"}
+    with pytest.raises(PlanError) as exc:
+        gp.prune(model, (torch.randn(1, 8),), **kw)
+    text = str(exc.value)
+    assert "largest part is solver buffers" in text and "compensate='bias'" not in text
+    assert "compensate=False (with importance='activation'" in text
+    with pytest.raises(PlanError, match="largest part is solver buffers"):
+        gp.prune(model, (torch.randn(1, 8),), compensate="bias", **kw)
+    _, report = gp.prune(model, (torch.randn(1, 8),), compensate=False, importance="activation", **kw)
+    assert report.params_after < report.params_before and report.memory.estimate.total < 80 * 2**20

@@ -38,7 +38,9 @@ ADVICE = {
     "activations": "fewer items per calibration batch or shorter sequences (the batches of calib=)",
     "calibration statistics": "compensate=False with importance='activation' (no Grams), or a smaller model part "
                               "via targets= / ignore=",
-    "solver buffers": "compensate=False or compensate='bias', or a smaller model part via targets= / ignore=",
+    # not compensate='bias': it solves from the same Grams as the refit (a user's CREPE full was refused again)
+    "solver buffers": "compensate=False (with importance='activation' where importance='obs' was asked), or a smaller "
+                      "model part via targets= / ignore=",
     "weight updates": "compensate=False, or a smaller model part via targets= / ignore=",
     "float32 copies": "a model part via targets= / ignore=, or a machine with more memory: scoring reads the "
                       "weights in float32",
