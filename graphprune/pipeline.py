@@ -43,6 +43,7 @@ from .planning.plan import (
     check_uniform,
     frozen_channels,
     idle_note,
+    inexact_pruned,
     make_plan,
     resolve_ratios,
     select_groups,
@@ -358,7 +359,7 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
     report.params_after += pruned.added_params()
     if before is not None:
-        latency_after(pruned, program, runtime, before, report)
+        latency_after(pruned, program, runtime, before, report, opts.round_to)
     report.seconds = time.perf_counter() - t0
     report.memory = MemoryUsage(planned.memory, peak_rss(), rss0, "prune" if reset else "process")
     return pruned, report
@@ -395,4 +396,4 @@ def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> Pru
                        path=getattr(program, "path", ""), blocks=blocks, depth=planned.depth,
                        scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
                        names={g: f"{dg.group(g).members[0].name}[{dg.group(g).members[0].dim}]" for g in p.sizes},
-                       frozen=frozen_channels(dg.groups))
+                       frozen=frozen_channels(dg.groups), inexact=inexact_pruned(dg, p))

@@ -237,9 +237,14 @@ def test_report_shows_latency_and_warns_when_slower(monkeypatch):
     # a runtime that (pretend) runs the pruned model slower: the prune says so, it does not hide it
     times = iter([1.0, 2.0, 2.1, 2.2])  # before, then after measured three times: slower each time
     monkeypatch.setattr(TorchProgram, "latency_ms", lambda self, runtime=None: next(times))
-    with pytest.warns(PruneWarning, match="runs slower than the original on torch: 2.000 ms vs 1.000 ms"):
+    with pytest.warns(PruneWarning, match="runs slower than the original on torch: 2.000 ms vs 1.000 ms") as got:
         _, slow = gp.prune(copy.deepcopy(model), args, ratio=0.3)
     assert any("slower" in n for n in slow.notes)
+    # the advice follows the widths given: at 'auto' (the default) it does not tell the user to use 'auto'
+    assert "Try a larger round_to than the measured multiples" in str(got[-1].message)
+    times = iter([1.0, 2.0, 2.1, 2.2])
+    with pytest.warns(PruneWarning, match="Try round_to='auto'"):
+        gp.prune(copy.deepcopy(model), args, ratio=0.3, round_to=1)
 
 
 def test_bad_runtime_and_round_to():

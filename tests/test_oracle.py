@@ -198,3 +198,21 @@ def test_a_prune_with_some_groups_unchecked_is_partial_not_pass():
     assert oracle.passed and oracle.checked_groups and oracle.inexact_groups
     assert oracle.verdict == "PARTIAL" and str(oracle).startswith("oracle PARTIAL:")
     assert f"{len(oracle.inexact_groups)} pruned group(s) not oracle-exact, not checked" in str(oracle)
+
+
+def test_without_the_oracle_the_report_still_names_the_groups_that_are_not_exact():
+    """A user's CHGNet default call cut two groups across LayerNorms and its report said nothing of it:
+    only verify=True did. The report names them whether or not the oracle ran (and once where it did)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16),
+                                torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).eval()
+    _, report = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, targets=("ffn", "hidden"))
+    assert report.oracle is None and [n for _, n in report.inexact] == [1]
+    assert "not oracle-exact: 1 pruned group(s) cross ops that mix channels" in str(report)
+    assert report.to_dict()["inexact"][0]["groups"] == 1
+    _, checked = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, targets=("ffn", "hidden"),
+                          verify=True)
+    assert "not oracle-exact: 1" not in str(checked) and "1 pruned group(s) not oracle-exact" in str(checked)
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    _, exact = gp.prune(plain, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None)
+    assert exact.params_after < exact.params_before and exact.inexact == [] and "not oracle-exact" not in str(exact)

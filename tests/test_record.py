@@ -3,6 +3,7 @@ the meta shape rules against torch's kernels."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -171,8 +172,19 @@ def test_a_forward_that_reads_tensor_data_is_refused_as_export_refuses_it():
     model = ReadsData().eval()
     with pytest.raises(Unrecordable, match="reads tensor data"):
         record(model, (torch.ones(2, 4),), device="real")
-    with pytest.raises(TraceError, match="data-dependent|with the given example inputs"):
+    with pytest.raises(TraceError, match="data-dependent|with the given example inputs") as got:
         gp.trace(model, (torch.ones(2, 4),))
+    # export's guard names a symbol (Longformer: "Eq(u0, 1)"); where recording stopped names the line to change
+    line = inspect.getsourcelines(ReadsData.forward)[1] + 1  # the branch on x.sum()
+    assert (f"Recording the forward stopped first: the forward reads tensor data (aten.is_nonzero.default) at "
+            f"File \"{__file__}\", line {line}, in forward") in str(got.value)
+
+
+def test_a_failing_export_does_not_print_its_graph(capfd):
+    """Longformer's failed export wrote its whole FX graph (520 lines) to stderr, caught error or not."""
+    with pytest.raises(TraceError):
+        gp.trace(ReadsData().eval(), (torch.ones(2, 4),))
+    assert "def forward" not in capfd.readouterr().err
 
 
 def test_the_export_path_still_prunes_exactly(monkeypatch):

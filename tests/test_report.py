@@ -40,7 +40,7 @@ def test_report_html_is_self_contained(report, tmp_path):
     page = write_report(report, tmp_path, "toy").read_text()
     assert page.count("data:image/png;base64,") == 4  # totals, layers, importance, groups
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    assert "oracle PASS" in page
+    assert "oracle PARTIAL" in page  # its LayerNorm-crossing group is cut too
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it when it runs as root "

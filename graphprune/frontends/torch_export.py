@@ -7,6 +7,8 @@ Every parameter, buffer and lifted constant keeps its module path; tied weights
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from typing import Any
 
@@ -27,8 +29,8 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
         args = (args,)
 
     clear_tensor_caches(model)
-    try:
-        with quiet_torch():
+    try:  # a failing export prints its whole FX graph to stderr (Longformer: 520 lines); the error says it in one
+        with quiet_torch(), contextlib.redirect_stderr(io.StringIO()):
             return torch.export.export(model, args, kwargs=kwargs or {}, strict=False)
     except Exception as exc:  # torch raises many exception types from deep inside tracing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -153,7 +153,8 @@ class _Recorder(PreDispatchModeBase):
         kwargs = kwargs or {}
         name = _op_name(func)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
-            raise Unrecordable(f"the forward reads tensor data ({name})")
+            where = _user_frame()
+            raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else ""))
         with no_python_dispatcher():  # the op's own kernels: C++ meta where torch has one
             out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
             # the node's stand-in (made here: a meta tensor costs twice as much under the Python dispatcher)

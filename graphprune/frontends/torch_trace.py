@@ -28,13 +28,22 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         except Unrecordable as exc:
             raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
     if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
+        why = ""
         for device in ("meta", "real"):
             try:
                 trace = record(model, args, kwargs, device=device)
-            except Unrecordable:
+            except Unrecordable as exc:
+                why = str(exc)
                 continue
             if device == "real" or _replays(trace, model, args, kwargs):
                 return trace
+        try:
+            ep = export_program(model, args, kwargs)
+        except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
+            if not why:
+                raise
+            raise TraceError(f"{exc} Recording the forward stopped first: {why}.") from exc
+        return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
     ep = export_program(model, args, kwargs)
     return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
 

@@ -292,6 +292,17 @@ def frozen_channels(groups: Iterable[Group]) -> list[tuple[Reason, int, int]]:
     return sorted(((r, n, c) for r, n, c in counts.values()), key=lambda e: (-e[1], str(e[0])))
 
 
+def inexact_pruned(dg: DependencyGraph, plan: PrunePlan) -> list[tuple[Reason, int]]:
+    """(first reason, groups) of the groups the plan cuts that are not oracle-exact (they cross a
+    normalisation or a mean over channels), commonest first: what a report says where no oracle ran."""
+    counts: dict[str, list] = {}
+    for gid, removed in plan.pruned.items():
+        g = dg.group(gid)
+        if len(removed) and g.inexact:
+            counts.setdefault(str(g.inexact[0]), [g.inexact[0], 0])[1] += 1
+    return sorted(((r, n) for r, n in counts.values()), key=lambda e: (-e[1], str(e[0])))
+
+
 def frozen_summary(dg: DependencyGraph, top: int = 2) -> str:
     """The commonest freeze reasons, model inputs and outputs aside (frozen by design)."""
     ranked = ranked_freezes(dg.groups)[:top]

@@ -13,8 +13,9 @@ from .prune_report import Latency
 SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
 
 
-def latency_after(pruned, program, runtime: str, before: float, report) -> None:
-    """``report.latency``, with a PruneWarning and a note where the pruned model runs slower."""
+def latency_after(pruned, program, runtime: str, before: float, report, round_to="auto") -> None:
+    """``report.latency``, with a PruneWarning and a note where the pruned model runs slower; the advice
+    follows the ``round_to`` the prune was given (it told a user already at 'auto' to use 'auto')."""
     after = pruned.latency_ms(runtime)
     for _ in range(2):  # a busy spell inflates one measurement, rarely the best of three
         if after <= before * (1 + SLOWER) + 0.01:
@@ -24,8 +25,10 @@ def latency_after(pruned, program, runtime: str, before: float, report) -> None:
     report.latency = Latency(runtime, before, after, slower=slower, given_ms=program.given_latency_ms(runtime),
                              inputs=pruned.timed_shapes())
     if slower:
+        widths = ("round_to='auto' (the runtime's measured widths) or a larger round_to" if round_to != "auto" else
+                  "a larger round_to than the measured multiples (the widths note names them)")
         slow = (f"the pruned model runs slower than the original on {runtime}: {after:.3f} ms vs {before:.3f} ms at "
-                "the example inputs' shapes. Use round_to='auto' (the runtime's measured widths) or a larger "
-                "round_to, or prune whole blocks or heads")
+                f"the example inputs' shapes (best of repeated runs; on a busy machine, time it again). Try {widths}, "
+                "a larger cut, or whole blocks or heads")
         warn(slow)
         report.notes.append(slow)

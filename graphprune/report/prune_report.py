@@ -93,6 +93,7 @@ class PruneReport:
     memory: MemoryUsage | None = None  # estimated and measured peak memory
     recovery: object | None = None  # graphprune.recover's RecoverResult, where the prune distilled after
     frozen: list = field(default_factory=list)  # (Reason, groups, channels) an op kept whole, commonest first
+    inexact: list = field(default_factory=list)  # (Reason, groups) cut though not oracle-exact, commonest first
 
     def importance_text(self) -> str:
         """The criterion, and the ones that ranked the groups it could not (the notes say why)."""
@@ -148,7 +149,8 @@ class PruneReport:
                             "runtime": self.runtime,
                             "inputs": self.latency.inputs if self.latency is not None else None},
              "layers": [{"name": n, "before": list(b), "after": list(a)} for n, b, a in self.layers],
-             "frozen": [{"reason": r.to_json(), "groups": n, "channels": c} for r, n, c in self.frozen]}
+             "frozen": [{"reason": r.to_json(), "groups": n, "channels": c} for r, n, c in self.frozen],
+             "inexact": [{"reason": r.to_json(), "groups": n} for r, n in self.inexact]}
         if self.blocks is not None:
             d["blocks"] = {"removed": self.blocks[0], "candidates": self.blocks[1],
                            "ids": list(self.plan.blocks) if self.plan is not None else []}
@@ -241,6 +243,11 @@ class PruneReport:
             text += f"\n{self.memory}"
         if self.oracle is not None:
             text += f"\n{self.oracle}"
+        elif self.inexact:  # the oracle's own line names them where it ran
+            text += (f"\nnot oracle-exact: {sum(n for _, n in self.inexact)} pruned group(s) cross ops that mix "
+                     "channels, so the model moves by more than the removed channels: "
+                     + "; ".join(f"{r} ({n} group(s))" for r, n in self.inexact[:2])
+                     + " (verify=True checks the exact rest; targets= leaves such kinds whole)")
         if self.sync is not None:
             text += f"\n{self.sync}"
         return text
