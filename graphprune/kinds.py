@@ -154,7 +154,9 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
 def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
     """Atom -> the weights that create it (a weight carries it into an op's output and no
     activation input does). Weights count once however often they run (ALBERT shares one
-    layer across depth)."""
+    layer across depth). Ops on weights alone are no births: a frozen BatchNorm written as
+    x * scale + bias (DETR's, torchvision's) computes scale and bias from four buffers, and
+    counting each as a weight that creates the conv's channels made them a residual stream."""
     values = dg.ir.values
     births: dict[int, set[str]] = {}
     memo: dict[str, set[int]] = {}  # value -> its atoms (an activation feeds several nodes)
@@ -166,6 +168,8 @@ def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
         return got
 
     for n in dg.ir.nodes:
+        if not any(values[i].kind in ("act", "input") for i in n.inputs):
+            continue  # weight preprocessing (a reshape, a scale from running statistics): it acts on no data
         act_in: set[int] = set()
         param_in: dict[int, str] = {}
         for i in n.inputs:

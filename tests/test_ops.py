@@ -192,6 +192,28 @@ def test_residual_blocks_and_hidden_stream_through_add(tmp_path):
     assert {_op_of(onnx_graph, b.id) for b in blocks} == {"onnx.Add"}
 
 
+class _FrozenBatchNorm(torch.nn.Module):
+    """DETR's and torchvision's frozen BatchNorm: four buffers, applied as x * scale + bias."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(k, torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + 1e-5).rsqrt()
+        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+
+def test_a_batchnorm_written_as_a_scale_and_bias_is_no_residual_stream():
+    """Each op on the buffers alone counted as a weight creating the conv's channels, and the final add
+    summed them: 'hidden', so the default targets never cut DETR's ResNet backbone (its MACs fell 1.2%)."""
+    for norm in (torch.nn.BatchNorm2d, _FrozenBatchNorm):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), norm(16), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3)).eval()
+        graph = gp.trace(model, (torch.randn(2, 3, 16, 16),))
+        assert graph.group_of("0.weight", 0).kind == "ffn", norm
+
+
 # ---- consumer sites: Linear, MatMul, Conv -----------------------------------------------------
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
