@@ -77,7 +77,10 @@ def test_budget_spellings_and_errors():
 def test_an_unreachable_budget_says_what_to_select():
     model = build_hf("bert").eval()
     kwargs = example_inputs(model)
-    with pytest.raises(gp.PlanError, match=r"cannot be met.*targets="):
+    with pytest.raises(gp.PlanError, match=r"cannot be met.*Select more kinds \(targets="):
+        gp.hf.prune(model, kwargs, budget={"params": 0.5}, targets="ffn")
+    # beyond what every prunable group can give, more kinds would not help: what keeps the rest whole is named
+    with pytest.raises(gp.PlanError, match=r"cannot be met.*Every prunable group at 90% still leaves.*dim indexed by data"):
         gp.hf.prune(model, kwargs, budget={"params": 0.05}, targets="ffn")
 
 
@@ -178,3 +181,26 @@ def test_shortfall_is_the_binding_keys_gap():
     assert "uniform=False lands closer" in missed(spent, 1, lockstep=True)
     spent.targets["latency_us"] = 5000  # a latency target binds: the counted keys land under theirs by nature
     assert shortfall(spent) == 0.0 and missed(spent, 1) == ""
+
+
+class _SortsMostOfIt(torch.nn.Module):
+    """A layer between two ops with no coupling rule (sorts over channels): its 64 x 64 weight is frozen whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 64), torch.nn.Linear(64, 64)
+        self.c, self.d = torch.nn.Linear(64, 64), torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        y = torch.sort(self.b(torch.relu(self.a(x))), dim=1).values
+        return self.d(torch.sort(self.c(y), dim=1).values)
+
+
+def test_a_budget_out_of_reach_names_what_keeps_the_rest_whole():
+    """Mixtral's experts sit behind an op with no rule: the refusal said to select more kinds, and with
+    every kind selected said the same. It now names the freeze once every prunable group is counted."""
+    with pytest.raises(gp.PlanError) as got:
+        gp.prune(_SortsMostOfIt().eval(), (torch.randn(2, 8),), budget={"params": 0.3}, round_to=1, runtime=None)
+    text = str(got.value)
+    assert "The selected groups are all the prunable ones: the rest sits in" in text and "Select more kinds" not in text
+    assert "the rest sits in groups kept whole (2 group(s): no coupling rule for op aten.sort at node" in text

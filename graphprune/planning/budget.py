@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
-from .plan import MAX_RATIO, kept_count, step_of
+from .plan import MAX_RATIO, frozen_summary, kept_count, step_of
 
 # the counted budget kinds: name -> counter(ir, shape_fn). A new kind is a counter (metrics.py) and a row here
 METRICS: dict[str, Callable] = {"macs": count_macs, "params": count_params}
@@ -204,6 +204,25 @@ def _rounding(g: Group, round_to) -> int:
     return step_of(g, round_to)
 
 
+def _beyond_reach(dg: DependencyGraph, groups: list[Group], dead, targets: dict, key: str, max_ratio: float,
+                  round_to) -> str:
+    """The fix for a budget the selected groups cannot meet: more kinds where the other prunable groups
+    would meet it, else what keeps the rest whole (MoE experts behind an op with no rule: every kind
+    at 90% still left Mixtral over its budget, and the advice to select more kinds was futile)."""
+    every = [g for g in dg.groups if g.prunable]
+    advice = "Select more kinds (targets=, among the kinds graph.summary() lists), raise max_ratio, or relax the budget"
+    if len(every) <= len(groups):
+        left = None
+    else:
+        left = CostModel(dg, every, dead).measure(uniform_kept(every, max_ratio, round_to))
+        if _fits(left, targets):
+            return advice
+    reach = ("The selected groups are all the prunable ones" if left is None else
+             f"Every prunable group at {max_ratio:.0%} still leaves {left[key]:,}")
+    return (f"{reach}: the rest sits in groups kept whole ({frozen_summary(dg)}). Relax the budget, or see "
+            "graph.summary() for what keeps them whole")
+
+
 def uniform_kept(groups: list[Group], ratio: float, round_to: int,
                  tilt: Mapping[int, float] | None = None, cap: float = MAX_RATIO) -> dict[int, int]:
     """Each group at ``ratio``; with ``tilt`` (group id -> w, planning/time_tilt.py) a group keeps
@@ -284,8 +303,8 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
     if not _fits(got, targets):
         worst = max(targets, key=lambda k: got[k] / max(targets[k], 1))
         raise PlanError(f"budget {worst}={targets[worst]:,} cannot be met by pruning the selected groups: removing "
-                        f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). Select more kinds "
-                        "(targets=, among the kinds graph.summary() lists), raise max_ratio, or relax the budget")
+                        f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). "
+                        + _beyond_reach(dg, groups, dead, targets, worst, max_ratio, round_to))
     best, best_got = kept_at(lo), cost.measure(kept_at(lo))
     if _fits(best_got, targets):
         hi = lo  # nothing needs pruning
