@@ -15,6 +15,7 @@ from .kinds import group_kinds
 from .reasons import CONSTANT, MODEL_IO, OP_ARGUMENT, Reason, at
 from .rules.registry import Carry, apply_rules, declare_slots
 from .spaces import Solver, Term
+from .steps import op_steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,10 @@ class Group:
     @property
     def exact(self) -> bool:
         return not self.inexact
+
+    @property
+    def step(self) -> int:  # the channel multiple its ops need (graphprune/steps.py), whatever round_to says
+        return op_steps(self._graph).get(self.id, 1)
 
     @property
     def kind(self) -> str:

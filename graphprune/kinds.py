@@ -154,12 +154,14 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
 def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
     """Atom -> the weights that create it (a weight carries it into an op's output and no
     activation input does). Weights count once however often they run (ALBERT shares one
-    layer across depth). Ops on weights alone are no births: a frozen BatchNorm written as
-    x * scale + bias (DETR's, torchvision's) computes scale and bias from four buffers, and
-    counting each as a weight that creates the conv's channels made them a residual stream."""
+    layer across depth). A value computed from weights alone (a transposed weight, a frozen
+    BatchNorm's scale and bias from its four buffers) is a weight of the first weight it reads,
+    and creates nothing itself: counting each op on a frozen BatchNorm's buffers as a weight
+    creating the conv's channels made them a residual stream (DETR's ResNet backbone)."""
     values = dg.ir.values
     births: dict[int, set[str]] = {}
     memo: dict[str, set[int]] = {}  # value -> its atoms (an activation feeds several nodes)
+    derived: dict[str, str] = {}  # a value computed from weights alone -> the weight it counts as
 
     def atoms_of(name: str) -> set[int]:
         got = memo.get(name)
@@ -167,15 +169,24 @@ def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
             got = memo[name] = {a for d in range(values[name].rank) for a in _atoms(dg, name, d)}
         return got
 
+    def weight_of(name: str) -> str | None:
+        v = values[name]
+        if v.kind in ("param", "buffer", "const"):
+            return (v.source or v.name) if v.rank >= 1 else None
+        return derived.get(name)
+
     for n in dg.ir.nodes:
-        if not any(values[i].kind in ("act", "input") for i in n.inputs):
-            continue  # weight preprocessing (a reshape, a scale from running statistics): it acts on no data
+        if not any(values[i].kind == "input" or (values[i].kind == "act" and i not in derived) for i in n.inputs):
+            src = next((w for w in map(weight_of, n.inputs) if w is not None), None)
+            if src is not None:  # weight preprocessing: it acts on no data
+                derived.update((o, src) for o in n.outputs)
+            continue
         act_in: set[int] = set()
         param_in: dict[int, str] = {}
         for i in n.inputs:
-            v = values[i]
-            if v.kind in ("param", "buffer", "const") and v.rank >= 1:
-                param_in.update((a, v.source or v.name) for a in atoms_of(i))
+            w = weight_of(i)
+            if w is not None and values[i].rank >= 1:
+                param_in.update((a, w) for a in atoms_of(i))
             else:
                 act_in |= atoms_of(i)
         if not param_in:

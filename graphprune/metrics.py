@@ -45,7 +45,7 @@ def node_macs(n: Node, shape_of: ShapeFn) -> int:
         return _numel(out) * _numel(w[1:])
     if op == "linear":
         return _numel(out) * int(shape_of(refs[1])[1])
-    if op in ("matmul", "mm", "bmm"):
+    if op in ("matmul", "mm", "bmm", "grouped_mm_fallback", "_grouped_mm", "grouped_mm"):  # grouped: rows x K x N
         return _numel(out) * int(shape_of(refs[0])[-1])
     if op in ("addmm", "baddbmm", "addbmm"):
         return _numel(out) * int(shape_of(refs[1])[-1])

@@ -19,6 +19,9 @@ class Ops:
     Linear = frozenset({"aten.linear", "onnx.Gemm"})  # x @ W.T + b in one op (Gemm: with its transposes)
     MatMul = frozenset({"aten.matmul", "aten.mm", "aten.bmm", "onnx.MatMul"})  # a @ b, operands first
     Einsum = frozenset({"aten.einsum", "onnx.Einsum"})
+    # mixture-of-experts rows x per-expert matrices (S, K) x (E, K, N) with offsets: transformers' CPU fallback
+    # and torch's kernels
+    GroupedMatMul = frozenset({"transformers.grouped_mm_fallback", "aten._grouped_mm", "aten.grouped_mm"})
     # the products that can carry a batch of attention heads (mm is 2-D only)
     BatchedMatMul = (MatMul - {"aten.mm"}) | Einsum
     # bias + a @ b in one op, the product's operands at inputs 1 and 2 (Bloom's alibi.baddbmm(q, k))

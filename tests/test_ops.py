@@ -41,7 +41,8 @@ def test_every_member_has_a_coupling_rule(name):
     load_all()
     family = families()[name]
     assert family
-    assert all(op.split(".")[0] in ("aten", "onnx") for op in family), sorted(family)
+    # and transformers' custom ops (torch.library), which a trace records as they are (MoE's grouped_mm_fallback)
+    assert all(op.split(".")[0] in ("aten", "onnx", "transformers") for op in family), sorted(family)
     assert sorted(family - RULES.keys()) == []
 
 

@@ -117,7 +117,8 @@ def step_of(g: Group, round_to: "int | Mapping[int, int]") -> int:
     conv-group counts are never rounded."""
     if g.role != "channel":
         return 1
-    return int(round_to.get(g.id, 1)) if isinstance(round_to, Mapping) else int(round_to)
+    step = int(round_to.get(g.id, 1)) if isinstance(round_to, Mapping) else int(round_to)
+    return math.lcm(step, g.step)  # an op's own need (graphprune/steps.py: MoE experts' 16-byte strides)
 
 
 def kept_count(size: int, ratio: float, round_to: int = 1) -> int:

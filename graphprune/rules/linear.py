@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..ir import Node
 from ..ops import Ops, aten
+from ..reasons import INDEXED
 from .registry import RuleContext, register
 
 
@@ -121,3 +122,21 @@ def _onnx_gemm(node: Node, ctx: RuleContext) -> None:
 def _onnx_einsum(node: Node, ctx: RuleContext) -> None:
     shim = Node(node.name, node.op, (node.kwargs["equation"], list(node.args)), {}, node.outputs, node.meta)
     _einsum(shim, ctx)
+
+
+@register(*sorted(Ops.GroupedMatMul))
+def _grouped_mm(node: Node, ctx: RuleContext) -> None:
+    """Mixture-of-experts products (transformers' grouped_mm_fallback, torch's grouped_mm): rows (S, K) of
+    tokens sorted by expert, times one (K, N) matrix per expert stacked as (E, K, N), row s taking the
+    expert its offset range names. K and N are channel spaces shared by every expert: unit j of an
+    expert FFN goes from all experts at once. The expert dim stays whole: the router's offsets index it."""
+    x, w, out = node.args[0].name, node.args[1].name, node.outputs[0]
+    if ctx.rank(x) != 2 or ctx.rank(w) != 3:
+        for v in (x, w, out):
+            for d in range(ctx.rank(v)):
+                ctx.freeze(ctx.s(v, d), INDEXED, f"a grouped product of other ranks than (S, K) x (E, K, N) at {node.where()}")
+        return
+    ctx.tie(ctx.s(x, 1), ctx.s(w, 1))
+    ctx.tie(ctx.s(w, 2), ctx.s(out, 1))
+    ctx.tie(ctx.s(x, 0), ctx.s(out, 0))
+    ctx.freeze(ctx.s(w, 0), INDEXED, f"experts, which the router's offsets index, at {node.where()}")

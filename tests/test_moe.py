@@ -1,0 +1,55 @@
+"""Mixture-of-experts layers (transformers' Mixtral and Qwen2-MoE): the experts' stacked (E, K, N) weights are
+read through a grouped matrix product (graphprune/rules/linear.py), whose FFN units go from every expert
+at once, at multiples of 8 (graphprune/steps.py: torch's kernel needs 16-byte strides), and whose MACs
+count every routed row."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.steps import GROUPED_MM_STEP
+
+T = pytest.importorskip("transformers")
+
+HIDDEN, INTER, EXPERTS, LAYERS = 64, 64, 4, 2
+
+
+def _mixtral(top_k: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = T.MixtralConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS, num_attention_heads=4,
+                          num_key_value_heads=2, num_local_experts=EXPERTS, num_experts_per_tok=top_k, vocab_size=128,
+                          max_position_embeddings=64, use_cache=False)
+    return T.MixtralForCausalLM(cfg).eval()
+
+
+def test_expert_units_prune_exactly_in_every_expert_and_reload(tmp_path):
+    """The default call on Mixtral refused: every expert weight was frozen by an op with no rule."""
+    model = _mixtral()
+    dense = copy.deepcopy(model)
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    pruned, report = gp.hf.prune(model, {"input_ids": ids}, budget={"params": 0.8}, verify=True)
+    assert report.oracle.verdict == "PASS" and report.params_after <= 0.8 * report.params_before
+    widths = {layer.mlp.experts.down_proj.shape[2] for layer in pruned.model.layers}
+    assert all(w < INTER and w % GROUPED_MM_STEP == 0 for w in widths)
+    for layer in pruned.model.layers:  # gate and up halves of every expert shrink with the down projection
+        e = layer.mlp.experts
+        assert e.gate_up_proj.shape == (EXPERTS, 2 * e.down_proj.shape[2], HIDDEN)
+    other = torch.randint(0, 128, (3, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert pruned(input_ids=other).logits.shape == dense(input_ids=other).logits.shape
+    gp.hf.save_pruned(pruned, tmp_path / "m")
+    again = gp.hf.load_pruned(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=other).logits, pruned(input_ids=other).logits)
+
+
+def test_routed_rows_count_as_macs():
+    """Qwen2-MoE's MACs read the same whatever its top-k: the experts' products were not counted. Each
+    token sends top_k rows through gate_up (K=64 -> N=2*64) and down (64 -> 64) in every layer."""
+    ids = torch.randint(0, 128, (2, 16))
+    macs = {k: gp.count_macs(_mixtral(k), (), {"input_ids": ids}) for k in (1, 2)}
+    tokens = ids.numel()
+    assert macs[2] - macs[1] == tokens * LAYERS * (HIDDEN * 2 * INTER + INTER * HIDDEN)
