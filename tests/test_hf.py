@@ -364,12 +364,25 @@ def test_uneven_per_layer_pruning_reloads_with_load_pruned(tmp_path):
 
 def test_inputs_example_inputs_cannot_build_say_so():
     torch.manual_seed(0)
-    whisper = T.WhisperModel(T.WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
-                                             encoder_attention_heads=2, decoder_attention_heads=2,
-                                             encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, pad_token_id=1,
-                                             bos_token_id=2, eos_token_id=3, decoder_start_token_id=2))
+    s2t = T.Speech2TextModel(T.Speech2TextConfig(d_model=32, encoder_layers=1, decoder_layers=1,
+                                                 encoder_attention_heads=2, decoder_attention_heads=2,
+                                                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64))
     with pytest.raises(gp.TraceError, match="takes 'input_features' as its main input"):
-        gp.hf.prune(whisper)
+        gp.hf.prune(s2t)
+
+
+def test_whisper_gets_its_log_mel_frames_and_decoder_ids():
+    """hf.prune(whisper) without inputs was refused; its encoder takes exactly 2 x max_source_positions frames."""
+    torch.manual_seed(0)
+    whisper = T.WhisperForConditionalGeneration(T.WhisperConfig(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, num_mel_bins=16, max_source_positions=16,
+        max_target_positions=32, pad_token_id=1, bos_token_id=2, eos_token_id=3, decoder_start_token_id=2,
+        use_cache=False)).eval()
+    inputs = gp.hf.example_inputs(whisper, batch=3)
+    assert inputs["input_features"].shape == (3, 16, 32) and inputs["decoder_input_ids"].shape == (3, 4)
+    _, rep = gp.hf.prune(whisper, measure_latency=False, verify=True)
+    assert rep.oracle.verdict == "PASS" and rep.params_after < rep.params_before
 
 
 def test_save_pruned_needs_a_graphprune_model(tmp_path):

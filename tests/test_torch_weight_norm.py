@@ -31,11 +31,12 @@ def test_folding_keeps_the_function_and_leaves_plain_weights():
         model = _normed(old_api)
         with torch.no_grad():
             before = model(x)
-        assert fold_weight_norm(model) == ["2.weight"]
+        # g is one magnitude per output row of the (4, 32) weight: the model as given had 4 parameters more
+        assert fold_weight_norm(model) == (["2.weight"], 4)
         assert not nn.utils.parametrize.is_parametrized(model[2]) and isinstance(model[2].weight, nn.Parameter)
         with torch.no_grad():
             assert torch.allclose(model(x), before, atol=1e-6)
-        assert fold_weight_norm(model) == []  # nothing left to fold
+        assert fold_weight_norm(model) == ([], 0)  # nothing left to fold
         buffer = io.BytesIO()
         torch.save(model, buffer)  # weight norm's state-dict hook is a local function torch.save cannot pickle
         buffer.seek(0)
@@ -47,8 +48,10 @@ def test_channels_into_a_weight_normed_layer_prune_exactly():
     x = torch.randn(2, 8)
     pruned, rep = gp.prune(copy.deepcopy(_normed()), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
     assert rep.oracle.passed and pruned[0].weight.shape == (16, 8) and pruned[2].weight.shape == (4, 16)
-    assert any(n.startswith("weight norm folded into the weight of 1 layer(s) before tracing (2.weight)")
-               for n in rep.notes)
+    note = next(n for n in rep.notes if n.startswith("weight norm folded into the weight of 1 layer(s) before tracing "
+                                                         "(2.weight)"))
+    given = sum(p.numel() for p in _normed().parameters())  # the user's count, g and v both
+    assert rep.params_before == given - 4 and "the model as given had 4 parameter(s) more" in note
 
 
 def test_a_deep_copy_kept_as_the_teacher_still_runs():

@@ -15,9 +15,11 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
 
 
-def fold_weight_norm(model: torch.nn.Module) -> list[str]:
+def fold_weight_norm(model: torch.nn.Module) -> tuple[list[str], int]:
     """Remove every weight-norm parametrisation (new and old API) of ``model`` in place, leaving the
-    weight it computes; returns the parameters folded ("encoder.conv.weight")."""
+    weight it computes; returns the parameters folded ("encoder.conv.weight") and how many parameters
+    the model had more before (the magnitudes g: a user's HuBERT counted 16 more than the report said)."""
+    before = sum(p.numel() for p in model.parameters())
     folded = []
     for path, module in model.named_modules():
         chains = dict(module.parametrizations.items()) if parametrize.is_parametrized(module) else {}
@@ -41,10 +43,12 @@ def fold_weight_norm(model: torch.nn.Module) -> list[str]:
                 remove_weight_norm(module, hook.name)
                 getattr(module, hook.name).requires_grad_(trains)
                 folded.append(f"{path}.{hook.name}" if path else hook.name)
-    return folded
+    return folded, before - sum(p.numel() for p in model.parameters()) if folded else 0
 
 
-def folded_note(folded: list[str]) -> str:
+def folded_note(folded: list[str], fewer: int = 0) -> str:
+    given = (f"; the model as given had {fewer:,} parameter(s) more, its magnitudes g, which params before does not "
+             "count") if fewer else ""
     return (f"weight norm folded into the weight of {len(folded)} layer(s) before tracing ({', '.join(folded[:3])}"
             f"{' ...' if len(folded) > 3 else ''}): the same outputs, and the pruned model's weights are plain "
-            "(its input channels could not prune through the norm otherwise)")
+            f"(its input channels could not prune through the norm otherwise){given}")

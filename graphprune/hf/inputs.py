@@ -30,7 +30,8 @@ AUDIO_SAMPLES = 4000  # wav2vec2's feature encoder turns it into 12 frames (stri
 def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     """Keyword inputs for ``model(**inputs)``: token ids (and an all-ones attention mask where the
     forward takes one; decoder token ids for an encoder-decoder) for text models, ``pixel_values``
-    for vision models, ``input_values`` (:data:`AUDIO_SAMPLES` of a waveform) for speech models.
+    for vision models, ``input_values`` (:data:`AUDIO_SAMPLES` of a waveform) for speech models,
+    ``input_features`` (log-mel frames, with decoder ids) for Whisper.
 
     Example:
         >>> inputs = graphprune.hf.example_inputs(model)            # doctest: +SKIP
@@ -48,16 +49,22 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 16, se
         return {"pixel_values": torch.randn(batch, channels, h, w, generator=gen)}
     if main == "input_values":  # a raw waveform (wav2vec2, HuBERT, WavLM): a quarter second at 16 kHz
         return {"input_values": torch.randn(batch, AUDIO_SAMPLES, generator=gen)}
+    vocab = getattr(cfg, "vocab_size", None) or 100
+    low = min(vocab - 1, 4)  # avoid special ids (padding, bos/eos) so padding-aware position ids see a full sequence
+    if main == "input_features" and getattr(cfg, "num_mel_bins", None) and getattr(cfg, "max_source_positions", None):
+        # Whisper's log-mel frames: its encoder takes exactly twice max_source_positions (the convs halve them)
+        out = {"input_features": torch.randn(batch, cfg.num_mel_bins, 2 * cfg.max_source_positions, generator=gen)}
+        if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+            out["decoder_input_ids"] = torch.randint(low, vocab, (batch, 4), generator=gen)
+        return out
     if main != "input_ids":
         raise TraceError(f"{type(model).__name__} takes '{main}' as its main input, which example_inputs does not "
-                         "build (it builds input_ids, pixel_values and input_values); build the example inputs "
+                         "build (it builds input_ids, pixel_values, input_values and Whisper's input_features); "
+                         "build the example inputs "
                          "yourself and pass them: graphprune.hf.prune(model, inputs) or graphprune.trace(model, (), "
                          "inputs)")
-    vocab = getattr(cfg, "vocab_size", None) or 100
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or seq_len
     seq_len = min(seq_len, max_pos - 2)  # RoBERTa-style position ids start after the padding index
-    # avoid special ids (padding, bos/eos) so padding-aware position ids see a full sequence
-    low = min(vocab - 1, 4)
     ids = torch.randint(low, vocab, (batch, seq_len), generator=gen)
     out = {"input_ids": ids}
     if "attention_mask" in params:

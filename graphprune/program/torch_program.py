@@ -51,8 +51,8 @@ class TorchProgram(Program):
         super().__init__()
         # every way in (trace, prune, a plan made earlier, hf.prune, prune_iterative, a checkpoint's replay) sees
         # the same graph: weight norm folded in place, the same function (frontends/torch_weight_norm.py)
-        folded = fold_weight_norm(model)
-        self.notes += [folded_note(folded)] if folded else []
+        folded, fewer = fold_weight_norm(model)
+        self.notes += [folded_note(folded, fewer)] if folded else []
         self.model = model
         self.args = args if isinstance(args, tuple) else (args,)
         self.kwargs = dict(kwargs or {})
