@@ -459,3 +459,14 @@ def test_a_speech_model_gets_a_waveform_and_prunes_without_given_inputs():
     assert list(inputs) == ["input_values"] and inputs["input_values"].shape == (3, 4000)
     _, rep = gp.hf.prune(model, measure_latency=False, verify=True)
     assert rep.oracle.passed and rep.params_after < rep.params_before
+
+
+def test_config_sync_names_only_sizes_the_prune_changed():
+    """MobileViT's stages have head dims 16, 20 and 24; a prune that cut FFN units alone said the config
+    was left as it was because "head dims differ between layers", sizes it had not touched."""
+    torch.manual_seed(0)
+    model = T.MobileViTModel(T.MobileViTConfig(image_size=64, hidden_sizes=[32, 40, 48],
+                                               neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_attention_heads=2))
+    _, rep = gp.hf.prune(model.eval(), ratio=0.25, targets=("ffn",), measure_latency=False)
+    assert not rep.sync.loadable and "FFN sizes differ between layers" in rep.sync.reason
+    assert "head" not in rep.sync.reason

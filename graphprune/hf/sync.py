@@ -120,11 +120,12 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
             return None
         return next(iter(values)) if values else None
 
-    q_new = uniform("query head counts", {h[0] for h in heads.values()})
-    kv_new = uniform("key/value head counts", {h[1] for h in heads.values()})
-    d_new = uniform("head dims", {h[3] for h in heads.values()})
     changed_heads = any(h[0][0] != h[0][1] or h[1][0] != h[1][1] for h in heads.values())
     changed_dim = any(h[3][0] != h[3][1] or h[4][0] != h[4][1] for h in heads.values())
+    # sizes the prune left alone are no problem, however they vary by stage (MobileViT's head dims 16, 20, 24)
+    q_new = uniform("query head counts", {h[0] for h in heads.values()}) if changed_heads else None
+    kv_new = uniform("key/value head counts", {h[1] for h in heads.values()}) if changed_heads else None
+    d_new = uniform("head dims", {h[3] for h in heads.values()}) if changed_heads or changed_dim else None
     if q_new and changed_heads:
         _set_config(cfg, HEADS, q_new[0], q_new[1], out)
         _set_config(cfg, KV_HEADS, kv_new[0], kv_new[1], out)
