@@ -109,6 +109,11 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     original on the program's oracle inputs (its example inputs and ``trials`` more); inexact
     pruned groups are listed, not silently passed. ``program`` is not changed."""
     dg = program.graph()
+    # a plan's group ids are its trace's: a forward unrolled per token (Mamba's scan) traced at another length
+    # has others, which dg.group named without saying why
+    dg.check_plan(plan, lambda gid, size: f"the plan does not fit this trace: group {gid} (size {size}) is not in it. "
+                                          "A plan holds the group ids of the trace it was made on: verify it at the "
+                                          "inputs it was planned at, or trace and plan again at these")
     inexact = {gid: dg.group(gid).inexact for gid, idx in plan.pruned.items() if idx and dg.group(gid).inexact}
     exact = plan.restricted(g for g in plan.pruned if g not in inexact)
     masks = {**keep_masks(dg, exact), **block_masks(dg, exact)}

@@ -216,3 +216,15 @@ def test_without_the_oracle_the_report_still_names_the_groups_that_are_not_exact
     plain = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
     _, exact = gp.prune(plain, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None)
     assert exact.params_after < exact.params_before and exact.inexact == [] and "not oracle-exact" not in str(exact)
+
+
+def test_a_plan_verified_on_another_trace_says_so():
+    """A Mamba plan verified at another sequence length failed with "no group with id 1203": its scan is
+    unrolled per token, so a trace at another length has other group ids."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval()
+    x = (torch.randn(2, 4),)
+    elsewhere = gp.PrunePlan(pruned={10**6: [0, 1]}, sizes={10**6: 16})  # a group id this trace does not have
+    with pytest.raises(gp.PlanError, match=r"the plan does not fit this trace: group 1000000 \(size 16\) is not in it"
+                                           r"\. A plan holds the group ids of the trace it was made on"):
+        gp.verify(model, x, elsewhere)
