@@ -55,7 +55,7 @@ class Group:
 
     @property
     def step(self) -> int:  # the channel multiple its ops need (graphprune/steps.py), whatever round_to says
-        return op_steps(self._graph).get(self.id, 1)
+        return op_steps(self._graph).get(self.id, 1) if self._graph is not None else 1  # a group built alone
 
     @property
     def kind(self) -> str:

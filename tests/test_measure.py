@@ -433,3 +433,17 @@ def test_notes_cite_the_step_the_whole_model_timing_kept(monkeypatch, tmp_path):
     assert kept == [(32, 32), (48, 64)]  # 0.3 x 32 = 9.6 channels: less than one step of 16; 64 - 16
     idle = next(n for n in report.notes if "lose nothing" in n)
     assert "0.3 x 32 is less than one multiple of 16, the width step kept" in idle, idle
+
+
+def test_the_widths_note_names_factors_that_give_the_multiples_of_a_smaller_one(monkeypatch, tmp_path):
+    """A measured step of 16 scaled x2 and x4 is 32 both times (multiples stop at 32): x4 was left out of the note
+    without a word while its heading said x1/x2/x4 (a user's basic-pitch listed x1 alone)."""
+    monkeypatch.delenv("GRAPHPRUNE_ALIGN", raising=False)
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(measure, "measure_profile", lambda runtime, threads=1, where=CPU: measure.Profile(
+        runtime, measure.machine_id(runtime, threads, where), threads, dict.fromkeys(measure.KINDS, 16), {}, 0.1))
+    _scripted_runtime(monkeypatch, lambda self, runtime=None: 1.0)
+    model, args = _mbv2()
+    _, report = gp.prune(copy.deepcopy(model), args, budget={"macs": 0.6}, runtime="torch")
+    tried = next(n for n in report.notes if n.startswith("widths: tried"))
+    assert "x4: the multiples of x2" in tried and "x2 (up to 32)" in tried and "x4 (up to" not in tried, tried

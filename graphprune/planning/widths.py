@@ -84,13 +84,14 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     that makes the same widths on any machine without timing (where the scaled steps are the profile's).
     ``chosen``, where given, receives the kept plan's step per group (what the report's notes cite)."""
     candidates: list[tuple[int, int, tuple | None, tuple, dict]] = []
-    seen = []
+    seen, repeats = [], []
     # Groups with no measured step try FLAT_MULTIPLES beside the others' x1/x2/x4: in eager PyTorch (oneDNN pads
     # channels to its blocks inside, so blocks alone time alike at every width) and wherever nothing has a step.
     widen = runtime == "torch" or all(s == 1 for s in steps.values())
     for k, factor in enumerate((1, 2, 4)):
         scaled = {g: min(32, s * factor) if s > 1 else FLAT_MULTIPLES[k] if widen else 1 for g, s in steps.items()}
-        if scaled in seen:
+        if scaled in seen:  # multiples capped at 32 (or all 1): the same plans as a smaller factor's; said below
+            repeats.append(f"x{factor}: the multiples of x{(1, 2, 4)[seen.index(scaled)]}")
             continue
         seen.append(scaled)
         for tilt in tilts or [None]:
@@ -103,6 +104,9 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
                 made = None  # unreachable at these multiples with this tilt
             if made is not None:  # None: a measured allocation cannot meet the budget at these multiples
                 candidates.append((factor, max(scaled.values()), tilt, made, scaled))
+            else:
+                repeats.append(f"x{factor} (up to {max(scaled.values())}){'' if tilt is None else f' tilt {tilt[0]:g}'}"
+                               ": cannot meet the budget at these multiples")
     candidates, far = _near_budget(candidates)
     times = time_in_turns(program, [c[3][0] for c in candidates], runtime)
     best = min(times)
@@ -110,7 +114,7 @@ def fastest_alignment(program, runtime: str, steps: dict[int, int], remake: Call
     if chosen is not None:
         chosen.update(scaled)
     tried = ", ".join([f"x{f} (up to {s}){'' if tl is None else f' tilt {tl[0]:g}'}: {ms:.3f} ms"
-                       for ms, (f, s, tl, *_) in zip(times, candidates)] + far)
+                       for ms, (f, s, tl, *_) in zip(times, candidates)] + far + repeats)
     kept = f"x{factor} (up to {step})" + ("" if tilt is None else f", tilt {tilt[0]:g}")
     if align and not widen:  # these multiples without timing, on any machine: the same bytes everywhere
         kept += (f"; GRAPHPRUNE_ALIGN={pin_for(align, factor)} gives " + ("this plan" if tilt is None else
