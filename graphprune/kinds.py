@@ -31,6 +31,8 @@ from .reasons import MODEL_IO
 if TYPE_CHECKING:
     from .graph import DependencyGraph
 
+FLOATS = ("float", "bfloat", "complex")  # dtype spellings of weights; integer and bool tensors are indices and masks
+
 KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "channel", "conv_group", "group_channel")
 
 
@@ -172,11 +174,17 @@ def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
     def weight_of(name: str) -> str | None:
         v = values[name]
         if v.kind in ("param", "buffer", "const"):
-            return (v.source or v.name) if v.rank >= 1 else None
+            # an integer buffer is an index (ALBERT's position_ids), data for the lookup that reads it, no weight
+            return (v.source or v.name) if v.rank >= 1 and v.dtype.startswith(FLOATS) else None
         return derived.get(name)
 
+    def is_data(name: str) -> bool:
+        v = values[name]
+        return v.kind == "input" or (v.kind == "act" and name not in derived) or \
+            (v.kind in ("buffer", "const") and v.rank >= 1 and not v.dtype.startswith(FLOATS))
+
     for n in dg.ir.nodes:
-        if not any(values[i].kind == "input" or (values[i].kind == "act" and i not in derived) for i in n.inputs):
+        if not any(is_data(i) for i in n.inputs):
             src = next((w for w in map(weight_of, n.inputs) if w is not None), None)
             if src is not None:  # weight preprocessing: it acts on no data
                 derived.update((o, src) for o in n.outputs)

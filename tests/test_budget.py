@@ -202,5 +202,11 @@ def test_a_budget_out_of_reach_names_what_keeps_the_rest_whole():
     with pytest.raises(gp.PlanError) as got:
         gp.prune(_SortsMostOfIt().eval(), (torch.randn(2, 8),), budget={"params": 0.3}, round_to=1, runtime=None)
     text = str(got.value)
-    assert "The selected groups are all the prunable ones: the rest sits in" in text and "Select more kinds" not in text
-    assert "the rest sits in groups kept whole (2 group(s): no coupling rule for op aten.sort at node" in text
+    assert "The selected groups are all the prunable ones: the rest is what each group keeps at max_ratio, and what " \
+        "groups kept whole hold (2 group(s): no coupling rule for op aten.sort at node" in text
+    assert "Select more kinds" not in text and "Raise max_ratio" in text
+    # with nothing frozen, what is left is the 10% each group keeps: no freeze is blamed
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 4)).eval()
+    with pytest.raises(gp.PlanError, match=r"the rest is what each group keeps at max_ratio \(no group is kept whole\)"):
+        gp.prune(mlp, (torch.randn(2, 8),), budget={"params": 0.01}, round_to=1, runtime=None)

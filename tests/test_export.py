@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune.io.onnx_export import _attention_fallback
 from graphprune.zoo import build
 
 
@@ -132,7 +133,13 @@ class _RefusesItsOwnAttention(torch.nn.Module):
 
 
 def test_the_attention_switch_is_left_alone_until_eager_is_needed(tmp_path):
-    """export_onnx set the model's own implementation back before its first try, which DETR refuses."""
+    """export_onnx set the model's own implementation back before its first try, which DETR refuses; and
+    where eager was needed, setting it back raised the same raw ValueError."""
     model = _RefusesItsOwnAttention().eval()
     report = gp.export_onnx(model, (torch.randn(2, 4),), tmp_path / "m.onnx")
     assert report.max_abs_diff < 1e-5 and model.asked == [] and model.config._attn_implementation == "sdpa"
+    with _attention_fallback(model) as use:
+        use(True)
+        assert model.config._attn_implementation == "eager"
+        use(False)  # the static-batch attempt after an eager one
+    assert model.asked == ["eager", "sdpa"] and model.config._attn_implementation == "sdpa"

@@ -215,6 +215,27 @@ def test_a_batchnorm_written_as_a_scale_and_bias_is_no_residual_stream():
         assert graph.group_of("0.weight", 0).kind == "ffn", norm
 
 
+class _PositionsFromABuffer(torch.nn.Module):
+    """BERT-style embeddings whose position ids are an integer buffer (ALBERT, ELECTRA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word, self.pos = torch.nn.Embedding(50, 16), torch.nn.Embedding(12, 16)
+        self.register_buffer("position_ids", torch.arange(12)[None])
+        self.norm, self.out = torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.out(self.norm(self.word(ids) + self.pos(self.position_ids[:, :ids.shape[1]])))
+
+
+def test_a_lookup_at_an_integer_buffer_still_creates_its_channels():
+    """Index buffers are data, not weights: with ops on weights alone creating nothing, the position table's
+    lookup at an int buffer stopped counting, the embedding stream lost its second writer and turned 'ffn',
+    and the default call cut ALBERT's embeddings through their LayerNorm (a reviewer's find)."""
+    graph = gp.trace(_PositionsFromABuffer().eval(), (torch.randint(0, 50, (2, 8)),))
+    assert graph.group_of("word.weight", 1).kind == "hidden"
+
+
 # ---- consumer sites: Linear, MatMul, Conv -----------------------------------------------------
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}

@@ -274,3 +274,15 @@ def test_repeat_interleave_by_an_int_is_recorded():
     trace = trace_model(M().eval(), (torch.randn(2, 3, 8),))
     assert trace.method == "record"
     assert any("repeat_interleave" in str(n.target) for n in trace.graph.nodes)
+
+
+def test_checking_a_recording_leaves_the_model_and_the_rng_as_they_were():
+    """The replay that checks a meta recording ran on the model's own buffers: a BatchNorm left in train mode
+    (torchvision's default) had its running statistics updated by a trace, and a dropout moved the RNG."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5))  # train mode
+    state, x = copy.deepcopy(model.state_dict()), torch.randn(2, 3, 8, 8)
+    rng = torch.random.get_rng_state()
+    trace_model(model, (x,))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), rng)

@@ -32,6 +32,7 @@ def test_report_json_holds_what_the_table_says(report, tmp_path):
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["params"] == {"before": report.params_before, "after": report.params_after}
     assert doc["blocks"]["removed"] == len(report.plan.blocks) and doc["oracle"]["passed"] is True
+    assert doc["oracle"]["verdict"] == report.oracle.verdict == "PARTIAL"  # a cut LayerNorm-crossing group
     assert doc["budget"]["achieved"]["params"] == report.params_after
     assert len(doc["layers"]) == len(report.layers)
 
@@ -41,6 +42,7 @@ def test_report_html_is_self_contained(report, tmp_path):
     assert page.count("data:image/png;base64,") == 4  # totals, layers, importance, groups
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "oracle PARTIAL" in page  # its LayerNorm-crossing group is cut too
+    assert '<p class="">oracle PARTIAL' in page  # not styled as a pass
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it when it runs as root "

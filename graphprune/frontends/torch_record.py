@@ -76,7 +76,8 @@ class Trace:
     @property
     def gm(self) -> torch.fx.GraphModule:
         """The graph as a GraphModule with weights as get_attr, built when first run (code
-        generation costs as much as recording; pruning by magnitude never runs it)."""
+        generation costs as much as recording; a meta recording's check runs it once, on
+        the real weights: frontends/torch_trace.py)."""
         if self._gm is None:
             self._gm = self.ep.module() if self.ep is not None else torch.fx.GraphModule(self.root, self.graph)
         return self._gm

@@ -58,8 +58,18 @@ def _replays(trace: Trace, model: torch.nn.Module, args: tuple, kwargs: dict | N
            if isinstance(t, torch.Tensor)) or any(p.device.type == "meta" for p in model.parameters()):
         return True
     try:
-        with torch.no_grad():
-            torch.fx.Interpreter(trace.gm).run(*fx_flatten_spec((tuple(args), dict(kwargs or {})), trace.in_spec))
+        with torch.no_grad(), torch.random.fork_rng():  # a dropout in train mode draws: the user's RNG stays
+            _OnCopies(trace.gm).run(*fx_flatten_spec((tuple(args), dict(kwargs or {})), trace.in_spec))
     except Exception:  # noqa: BLE001 - whatever the replay raises, the real recording says it or succeeds
         return False
     return True
+
+
+class _OnCopies(torch.fx.Interpreter):
+    """The replay reads copies of every tensor but the parameters: a BatchNorm in train mode updates its
+    running statistics in place, which must not reach the user's model from a check (parameters are only
+    read: no_grad, no optimizer)."""
+
+    def fetch_attr(self, target: str):
+        t = super().fetch_attr(target)
+        return t if isinstance(t, torch.nn.Parameter) or not isinstance(t, torch.Tensor) else t.clone()

@@ -82,8 +82,8 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     want = {n: tuple(s) for n, s in doc.shapes.items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     if set(state) - set(have):  # names no rename explains: a conversion that splits or merges tensors
-        state = {**state, **_moved_back(model, raw)}
-        state = {k: v for k, v in state.items() if k in have}
+        moved, used = _moved_back(model, raw, [n for n in have if n not in state])
+        state = {k: v for k, v in state.items() if k not in used} | moved
     wrong = [n for n in want if have.get(n) != want[n]]
     if wrong:
         raise GraphpruneError(f"the rebuilt model does not match the saved one: {wrong[0]} is {have.get(wrong[0])}, "
@@ -116,33 +116,34 @@ def _saved_names(model: torch.nn.Module) -> dict[str, str]:
             if id(t) in name_of and saved != name_of[id(t)]}
 
 
-def _moved_back(model: torch.nn.Module, saved: dict) -> dict[str, torch.Tensor]:
-    """The model's own tensors rebuilt from ``saved`` where ``save_pretrained`` split, stacked or merged
-    them (transformers 5 writes Mixtral's stacked experts as one tensor per expert and projection). The
-    reverse conversion is run on tensors holding each element's own index; where it only moves data,
-    each saved element's value says which own element it is. Own tensors not wholly found are left out."""
+def _moved_back(model: torch.nn.Module, saved: dict, names: list[str]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The model's own tensors ``names`` rebuilt from ``saved`` where ``save_pretrained`` split, stacked or
+    merged them (transformers 5 writes Mixtral's stacked experts as one tensor per expert and projection),
+    and the saved names they were read from. Each own tensor is passed alone through the reverse conversion,
+    holding each element's index in float64 (exact to 2^53 elements, and arithmetic would show as a
+    fraction); where it only moves data, each saved element's value says which own element it is. One
+    tensor at a time: memory is the largest tensor's, not the model's. Tensors not wholly found are left out."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:
-        return {}
-    own, probe, offset = model.state_dict(), {}, 0
-    for n, t in own.items():
-        probe[n] = torch.arange(offset, offset + t.numel(), dtype=torch.float64).reshape(t.shape)
-        offset += t.numel()
-    values, found = torch.zeros(offset, dtype=torch.float64), torch.zeros(offset, dtype=torch.bool)
-    for name, index in revert_weight_conversion(model, probe).items():
-        flat = index.reshape(-1)
-        if name not in saved or flat.dtype != torch.float64 or not torch.equal(flat, flat.round()) \
-                or saved[name].numel() != flat.numel():
-            continue  # not a pure move of data (or not in the folder): nothing to read back from it
-        values[flat.long()] = saved[name].reshape(-1).to(torch.float64)
-        found[flat.long()] = True
-    out, offset = {}, 0
-    for n, t in own.items():
-        if found[offset:offset + t.numel()].all():
-            out[n] = values[offset:offset + t.numel()].reshape(t.shape).to(t.dtype)
-        offset += t.numel()
-    return out
+        return {}, set()
+    own, out, used = model.state_dict(), {}, set()
+    for n in names:
+        t = own[n]
+        probe = torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape)
+        values, found, reads = torch.zeros(t.numel(), dtype=torch.float64), torch.zeros(t.numel(), dtype=torch.bool), []
+        for name, index in revert_weight_conversion(model, {n: probe}).items():
+            flat = index.reshape(-1)
+            if name not in saved or flat.dtype != torch.float64 or not torch.equal(flat, flat.round()) \
+                    or saved[name].numel() != flat.numel():
+                continue  # not a pure move of data (or not in the folder): nothing to read back from it
+            values[flat.long()] = saved[name].reshape(-1).to(torch.float64)
+            found[flat.long()] = True
+            reads.append(name)
+        if bool(found.all()):
+            out[n] = values.reshape(t.shape).to(t.dtype)
+            used.update(reads)
+    return out, used
 
 
 def _read_weights(directory: Path, load_file) -> dict:

@@ -51,17 +51,18 @@ def _attention_fallback(model: torch.nn.Module):
 
     def use(eager: bool) -> None:
         if eager or switched:
-            setter("eager" if eager else original)
+            want = "eager" if eager else original
+            try:
+                setter(want)
+            except ValueError:  # a sub-model that refuses it (DETR's backbone): the config says it, as it did
+                cfg._attn_implementation = want
             switched.append(eager)
 
     try:
         yield use
     finally:
         if switched and switched[-1]:
-            try:
-                setter(original)
-            except ValueError:  # a sub-model that refuses it (DETR's backbone): the config says it again, as it did
-                cfg._attn_implementation = original
+            use(False)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -76,7 +77,9 @@ def _export_error(exc: BaseException) -> str:
     first line is a header ("Failed to convert ... step 3/3"), the cause says which op
     ("No ONNX function found for <built-in function round>")."""
     root, seen = exc, {id(exc)}
-    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+    # the chain Python prints: an explicit cause, else the context unless `raise ... from None` hid it
+    while (nxt := root.__cause__ or (None if root.__suppress_context__ else root.__context__)) is not None \
+            and id(nxt) not in seen:
         root = nxt
         seen.add(id(root))
     return _line(exc) + (f" (cause: {type(root).__name__}: {_line(root)})" if root is not exc else "")

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
-from .plan import MAX_RATIO, frozen_summary, kept_count, step_of
+from .plan import MAX_RATIO, frozen_channels, frozen_summary, kept_count, step_of
 
 # the counted budget kinds: name -> counter(ir, shape_fn). A new kind is a counter (metrics.py) and a row here
 METRICS: dict[str, Callable] = {"macs": count_macs, "params": count_params}
@@ -210,17 +210,20 @@ def _beyond_reach(dg: DependencyGraph, groups: list[Group], dead, targets: dict,
     would meet it, else what keeps the rest whole (MoE experts behind an op with no rule: every kind
     at 90% still left Mixtral over its budget, and the advice to select more kinds was futile)."""
     every = [g for g in dg.groups if g.prunable]
+    counted = {k: t for k, t in targets.items() if k in METRICS}  # a latency target is timed, not counted here
     advice = "Select more kinds (targets=, among the kinds graph.summary() lists), raise max_ratio, or relax the budget"
     if len(every) <= len(groups):
         left = None
     else:
         left = CostModel(dg, every, dead).measure(uniform_kept(every, max_ratio, round_to))
-        if _fits(left, targets):
+        if _fits(left, counted):
             return advice
     reach = ("The selected groups are all the prunable ones" if left is None else
              f"Every prunable group at {max_ratio:.0%} still leaves {left[key]:,}")
-    return (f"{reach}: the rest sits in groups kept whole ({frozen_summary(dg)}). Relax the budget, or see "
-            "graph.summary() for what keeps them whole")
+    rest = (f"what each group keeps at max_ratio, and what groups kept whole hold ({frozen_summary(dg)})"
+            if frozen_channels(dg.groups)  # model inputs and outputs aside: whole by design
+            else "what each group keeps at max_ratio (no group is kept whole)")
+    return f"{reach}: the rest is {rest}. Raise max_ratio (below 1), or relax the budget"
 
 
 def uniform_kept(groups: list[Group], ratio: float, round_to: int,

@@ -118,7 +118,7 @@ def step_of(g: Group, round_to: "int | Mapping[int, int]") -> int:
     if g.role != "channel":
         return 1
     step = int(round_to.get(g.id, 1)) if isinstance(round_to, Mapping) else int(round_to)
-    return math.lcm(step, g.step)  # an op's own need (graphprune/steps.py: MoE experts' 16-byte strides)
+    return math.lcm(step, getattr(g, "step", 1))  # an op's own need (graphprune/steps.py: MoE experts' 16-byte strides)
 
 
 def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
@@ -345,7 +345,9 @@ def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: Depend
     what = (f"group {small.id} has {small.size} {small.kind or 'channel'}(s): {ratio:g} x {small.size} "
             + ("rounds to 0" if step == 1 else f"is less than one multiple of {step}, the width step kept"))
     if len(idle) == len(groups):
-        fix = "raise the ratio" if step == 1 else "raise the ratio, or allow any width (round_to=1, --round-to 1)"
+        fix = ("raise the ratio" if step == 1 else "raise the ratio" + (
+            ", or allow any width (round_to=1, --round-to 1)" if getattr(small, "step", 1) == 1 else
+            f" (its op needs multiples of {small.step}: graphprune/steps.py)"))
         return (f"nothing was pruned: ratio {ratio:g} removes no channel from any of the {len(groups)} selected "
                 f"group(s) ({what}); {fix}, or prune other kinds (targets=)")
     return (f"{len(idle)} of {len(groups)} selected group(s) lose nothing at ratio {ratio:g} ({what}); raise "

@@ -108,8 +108,10 @@ class OnnxProgram(Program):
                 errors.append((dims, refused))
                 continue
             tries.common = common_size(self.session(), self.model, dims) if tries.mode == "sized" else None
-            if tries.common is not None:
-                ir, dims = lower(self.model, tries.common, None), tries.common
+            try:  # where the common size runs but does not analyse, the smallest that works stays
+                ir, dims = (lower(self.model, tries.common, None), tries.common) if tries.common else (ir, dims)
+            except TraceError:
+                tries.common = None
             self._analysis, self._fallback = dims, tries.sized(k)
             note = tries.note(self.model, k, errors)
             if note:

@@ -213,8 +213,10 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
             where = "" if analysed else f" at the timing shape {spell_dims({k: v.shape for k, v in feeds.items()})}"
             return f"onnxruntime cannot run it{where}: {str(exc).splitlines()[0]}"
         for out, want in zip(outs, declared if analysed else []):  # the timing probe's batch of 2 may differ
-            # a declared rank the output never has is the exporter's slip (ddddocr's CRNN declares (1, seqlen)
-            # for its (T, 1, classes)), not a size that regroups the batch: it would refuse every size
-            if want and np.ndim(out) == len(want) and any(w not in (None, g) for w, g in zip(want, np.shape(out))):
+            # more dims than declared is the exporter's slip (ddddocr's CRNN declares (1, seqlen) for its
+            # (T, 1, classes)), not a size that regroups the batch: it refused every size. Fewer is kept a refusal:
+            # a Squeeze without axes drops the dims a size of 1 makes 1
+            if want and (np.ndim(out) < len(want) or np.ndim(out) == len(want) and any(
+                    w not in (None, g) for w, g in zip(want, np.shape(out)))):
                 return f"an output comes out {tuple(np.shape(out))} where the graph declares {spell(want)}"
     return None

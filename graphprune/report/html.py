@@ -56,7 +56,7 @@ def render_html(report, title: str, tmp: Path) -> str:
                      pct(report.blocks[1] - report.blocks[0], report.blocks[1])])
     parts.append(_table(["", "before", "after", "change"], rows))
     if report.oracle is not None:
-        cls = "pass" if report.oracle.passed else "fail"
+        cls = {"PASS": "pass", "FAIL": "fail"}.get(report.oracle.verdict, "")  # PARTIAL / NOT CHECKED: no green
         parts.append(f'<p class="{cls}">{html.escape(str(report.oracle))}</p>')
     if report.budget is not None:
         parts.append(f"<p>{html.escape(str(report.budget))}</p>")

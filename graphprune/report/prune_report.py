@@ -163,7 +163,7 @@ class PruneReport:
                            "achieved": b.achieved, "latency_ms": list(b.latency) if b.latency else None}
         if self.oracle is not None:
             o = self.oracle
-            d["oracle"] = {"passed": o.passed, "max_abs_diff": o.max_abs_diff, "scaled_diff": o.scaled_diff,
+            d["oracle"] = {"verdict": o.verdict, "passed": o.passed, "max_abs_diff": o.max_abs_diff, "scaled_diff": o.scaled_diff,
                            "atol": o.atol, "checked_groups": len(o.checked_groups),
                            "checked_blocks": len(o.checked_blocks), "inexact_groups": len(o.inexact_groups),
                            "logits": list(o.logits)}
