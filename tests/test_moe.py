@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune.hf.converted import ConvertedCheckpoint
+from graphprune.io.lazy_checkpoint import LazyCheckpoint
 
 T = pytest.importorskip("transformers")
 
@@ -54,3 +56,31 @@ def test_routed_rows_count_as_macs():
     macs = {k: gp.count_macs(_mixtral(k), (), {"input_ids": ids}) for k in (1, 2)}
     tokens = ids.numel()
     assert macs[2] - macs[1] == tokens * LAYERS * (HIDDEN * 2 * INTER + INTER * HIDDEN)
+
+
+def test_a_checkpoint_with_one_tensor_per_expert_reads_back_the_stacked_weights(tmp_path):
+    """save_pretrained (and Mixtral on the hub) stores each expert's projections apart; the streamed prune
+    read the model's own names and refused: "the checkpoint has no tensor 'model.layers.0.mlp.gate.weight'"."""
+    model = _mixtral()
+    model.save_pretrained(tmp_path / "src")
+    ckpt = ConvertedCheckpoint(LazyCheckpoint(tmp_path / "src"), model)
+    own = model.state_dict()
+    assert "model.layers.0.mlp.experts.gate_up_proj" not in ckpt.ckpt  # stored apart, under other names
+    for name, t in own.items():
+        if name.startswith("model.layers") and name in ckpt:
+            assert torch.equal(ckpt.get(name), t), name
+    assert all(name in ckpt for name in own if ".mlp." in name)
+
+
+def test_a_streamed_moe_prune_reloads(tmp_path):
+    model = _mixtral()
+    model.save_pretrained(tmp_path / "src")
+    calib = [{"input_ids": torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(k))} for k in range(2)]
+    report = gp.hf.prune(tmp_path / "src", out=tmp_path / "out", calib=calib, budget={"params": 0.8})
+    assert report.params_after <= 0.8 * report.params_before
+    pruned = gp.hf.load_pruned(tmp_path / "out")
+    widths = [layer.mlp.experts.down_proj.shape[2] for layer in pruned.model.layers]
+    assert all(w < INTER and w % 8 == 0 for w in widths)
+    assert sum(p.numel() for p in pruned.parameters()) == report.params_after
+    with torch.no_grad():
+        assert torch.isfinite(pruned(input_ids=torch.randint(0, 128, (3, 11))).logits).all()

@@ -20,6 +20,7 @@ from ..frontends.torch_export import tied_aliases
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc
 from ..io.module_checkpoint import replay
 from ..util.atomic import check_writable
+from .converted import assemble, stored_pieces
 from .inputs import prepare
 from .pretrained import META_ATTR
 from .stream import load_streamed
@@ -81,9 +82,12 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     state = {renamed.get(k, k): v for k, v in raw.items()}
     want = {n: tuple(s) for n, s in doc.shapes.items()}
     have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
-    if set(state) - set(have):  # names no rename explains: a conversion that splits or merges tensors
-        moved, used = _moved_back(model, raw, [n for n in have if n not in state])
-        state = {k: v for k, v in state.items() if k not in used} | moved
+    if set(state) - set(have):  # names no rename explains: a conversion that splits or stacks (hf/converted.py)
+        for name in [n for n in have if n not in state]:
+            pieces = stored_pieces(model, name, have[name])
+            value = assemble(pieces, have[name], raw.get) if pieces else None
+            if value is not None:
+                state = {k: v for k, v in state.items() if k not in pieces} | {name: value}
     wrong = [n for n in want if have.get(n) != want[n]]
     if wrong:
         raise GraphpruneError(f"the rebuilt model does not match the saved one: {wrong[0]} is {have.get(wrong[0])}, "
@@ -114,36 +118,6 @@ def _saved_names(model: torch.nn.Module) -> dict[str, str]:
     name_of = {id(t): n for n, t in own.items()}
     return {saved: name_of[id(t)] for saved, t in revert_weight_conversion(model, dict(own)).items()
             if id(t) in name_of and saved != name_of[id(t)]}
-
-
-def _moved_back(model: torch.nn.Module, saved: dict, names: list[str]) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """The model's own tensors ``names`` rebuilt from ``saved`` where ``save_pretrained`` split, stacked or
-    merged them (transformers 5 writes Mixtral's stacked experts as one tensor per expert and projection),
-    and the saved names they were read from. Each own tensor is passed alone through the reverse conversion,
-    holding each element's index in float64 (exact to 2^53 elements, and arithmetic would show as a
-    fraction); where it only moves data, each saved element's value says which own element it is. One
-    tensor at a time: memory is the largest tensor's, not the model's. Tensors not wholly found are left out."""
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:
-        return {}, set()
-    own, out, used = model.state_dict(), {}, set()
-    for n in names:
-        t = own[n]
-        probe = torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape)
-        values, found, reads = torch.zeros(t.numel(), dtype=torch.float64), torch.zeros(t.numel(), dtype=torch.bool), []
-        for name, index in revert_weight_conversion(model, {n: probe}).items():
-            flat = index.reshape(-1)
-            if name not in saved or flat.dtype != torch.float64 or not torch.equal(flat, flat.round()) \
-                    or saved[name].numel() != flat.numel():
-                continue  # not a pure move of data (or not in the folder): nothing to read back from it
-            values[flat.long()] = saved[name].reshape(-1).to(torch.float64)
-            found[flat.long()] = True
-            reads.append(name)
-        if bool(found.all()):
-            out[n] = values.reshape(t.shape).to(t.dtype)
-            used.update(reads)
-    return out, used
 
 
 def _read_weights(directory: Path, load_file) -> dict:

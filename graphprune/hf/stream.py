@@ -31,12 +31,13 @@ from ..calib import distributed, sites
 from ..errors import BudgetWarning, PlanError, warn
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
-from ..io.module_checkpoint import replay
+from ..io.module_checkpoint import replay_on_meta
 from ..options import PruneOptions
 from ..planning.memory import gib, peak_rss, trim_heap
 from ..report.prune_report import PruneReport
 from ..util.progress import progress_line
 from . import stream_budget
+from .converted import ConvertedCheckpoint
 from .inputs import prepare
 
 STREAM_DEFAULTS = {"ratio": 0.3, "targets": ("heads", "ffn")}
@@ -194,8 +195,8 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     if not calib:
         raise PlanError("a streamed prune calibrates each block on the outputs of the pruned blocks before it: "
                         "pass calib=[{'input_ids': ...}, ...]")
-    ckpt = LazyCheckpoint(folder)
     model, config = build_on_meta(folder)
+    ckpt = ConvertedCheckpoint(LazyCheckpoint(folder), model)  # Mixtral's experts stored one by one
     path, blocks = repeated_blocks(model)
     # solved on shapes before anything is written (hf/stream_budget.py): each block gets its share
     spend = stream_budget.solve(model, calib[0], opts, path, ckpt) if opts.budget is not None else None
@@ -377,11 +378,9 @@ def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -
     example = doc.layer_example()
     for prefix, steps in doc.layers.items():
         block = model.get_submodule(prefix)
-        meta_inputs = {k: tuple(t.to("meta") for t in v) if isinstance(v, tuple) else v.to("meta")
-                       for k, v in example.items()}
-        replay(block, steps, (), meta_inputs,
-               lambda gid, size, p=prefix: f"the saved plan of {p} does not fit the model the config builds now "
-                                          f"(group {gid}, size {size})")
+        replay_on_meta(block, steps, example,
+                       lambda gid, size, p=prefix: f"the saved plan of {p} does not fit the model the config builds "
+                                                  f"now (group {gid}, size {size})")
     ckpt = LazyCheckpoint(folder)
     computed = _computed_buffers(model)  # found while still on meta: to_empty makes every buffer look real
     model.to_empty(device="cpu")

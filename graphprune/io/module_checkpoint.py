@@ -17,7 +17,7 @@ import torch
 
 from graphprune.zoo import build
 
-from ..errors import GraphpruneError
+from ..errors import GraphpruneError, PlanError
 from ..planning.plan import PrunePlan
 from ..program.torch_program import TorchProgram
 from .checkpoint_doc import FORMAT, PLAN_FILE, CheckpointDoc, PlanStep, tensor_spec
@@ -72,6 +72,25 @@ def replay(model: torch.nn.Module, history: Sequence[PlanStep], args: tuple, kwa
             mod = model.get_submodule(path)
             mod.bias = torch.nn.Parameter(torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype))
     return model
+
+
+def replay_on_meta(block: torch.nn.Module, history: Sequence[PlanStep], example: dict,
+                   misfit: Callable[[int, int], str]) -> None:
+    """:func:`replay` on a block on the meta device (a streamed checkpoint's, never materialised whole), with
+    ``example`` (keyword inputs) moved there too. A forward that branches on the device (MoE routing counts
+    tokens one way on the CPU, another elsewhere) was traced on real weights when it was pruned, so its plan
+    fits only such a trace: then the block is replayed on zeros on the CPU (values do not shape the graph;
+    one block at its original size), and handed back on meta."""
+    meta = {k: tuple(t.to("meta") for t in v) if isinstance(v, tuple) else v.to("meta") for k, v in example.items()}
+    try:
+        replay(block, history, (), meta, misfit)
+    except PlanError:
+        block.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in block.state_dict(keep_vars=True).values():
+                t.zero_()
+        replay(block, history, (), example, misfit)
+        block.to("meta")
 
 
 def load_pruned_module(directory: str | os.PathLike):
