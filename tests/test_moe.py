@@ -82,5 +82,24 @@ def test_a_streamed_moe_prune_reloads(tmp_path):
     widths = [layer.mlp.experts.down_proj.shape[2] for layer in pruned.model.layers]
     assert all(w < INTER and w % 8 == 0 for w in widths)
     assert sum(p.numel() for p in pruned.parameters()) == report.params_after
+    # what the blocks leave whole (embeddings, final norm, head) is the source model's, read back exactly
+    source = model.state_dict()
+    for name, t in pruned.state_dict().items():
+        if not name.startswith("model.layers."):
+            assert torch.equal(t, source[name]), name
     with torch.no_grad():
         assert torch.isfinite(pruned(input_ids=torch.randint(0, 128, (3, 11))).logits).all()
+
+
+def test_a_streamed_model_whose_head_is_stored_under_another_name_reloads_it(tmp_path):
+    """GPT-NeoX stores its untied lm_head as embed_out: the streamed folder keeps that name, and load_pruned read
+    the model's own names only, skipping the head in silence: it stayed to_empty's uninitialised memory."""
+    torch.manual_seed(0)
+    model = T.GPTNeoXForCausalLM(T.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                 intermediate_size=64, vocab_size=96, max_position_embeddings=64,
+                                                 tie_word_embeddings=False, use_cache=False)).eval()
+    model.save_pretrained(tmp_path / "src")
+    calib = [{"input_ids": torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(k))} for k in range(2)]
+    gp.hf.prune(tmp_path / "src", out=tmp_path / "out", calib=calib, ratio=0.25)
+    pruned = gp.hf.load_pruned(tmp_path / "out")
+    assert torch.equal(pruned.lm_head.weight, model.lm_head.weight)  # heads and FFN units go; the head stays

@@ -29,6 +29,7 @@ import torch
 from ..api.torch_models import prune as prune_module
 from ..calib import distributed, sites
 from ..errors import BudgetWarning, PlanError, warn
+from ..frontends.torch_export import tied_aliases
 from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay_on_meta
@@ -350,19 +351,10 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
 
 
 class _NoWriter:
-    """The writer of a rank other than 0: the tensors are rank 0's to write."""
+    """The writer of a rank other than 0: the tensors are rank 0's to write (add, flush, close, abort do nothing)."""
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, side_files=None) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
 
 
 def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -> torch.nn.Module:
@@ -381,8 +373,11 @@ def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -
         replay_on_meta(block, steps, example,
                        lambda gid, size, p=prefix: f"the saved plan of {p} does not fit the model the config builds "
                                                   f"now (group {gid}, size {size})")
-    ckpt = LazyCheckpoint(folder)
+    # blocks are written under the model's names, the rest as stored (GPT-NeoX's lm_head as embed_out): read by
+    # the model's names, and nothing left unread (it stayed to_empty's garbage)
+    ckpt = ConvertedCheckpoint(LazyCheckpoint(folder), model)
     computed = _computed_buffers(model)  # found while still on meta: to_empty makes every buffer look real
+    aliases = {n for names in tied_aliases(model).values() for n in names[1:]}
     model.to_empty(device="cpu")
     for name, t in model.state_dict(keep_vars=True).items():
         if name in ckpt:
@@ -391,6 +386,9 @@ def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -
                 raise PlanError(f"'{folder}': tensor '{name}' has shape {tuple(value.shape)}, the replayed plans give "
                                 f"{tuple(t.shape)}")
             t.data = value
+        elif name not in aliases and name.rpartition(".")[0] not in computed:
+            raise PlanError(f"'{folder}' holds no tensor for the model's '{name}': the folder was not written whole, "
+                            "or by another version of graphprune")
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()  # a tied head is stored once, as the embeddings
     _rebuild(model, config, computed)  # after to_empty, which left their buffers uninitialised

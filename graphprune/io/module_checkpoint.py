@@ -87,7 +87,7 @@ def replay_on_meta(block: torch.nn.Module, history: Sequence[PlanStep], example:
     except PlanError:
         block.to_empty(device="cpu")
         with torch.no_grad():
-            for t in block.state_dict(keep_vars=True).values():
+            for t in [*block.parameters(), *block.buffers()]:  # non-persistent buffers too
                 t.zero_()
         replay(block, history, (), example, misfit)
         block.to("meta")
