@@ -182,12 +182,49 @@ def _convnextv2(T):  # GRN mixes channels: nothing oracle-exact to check
                                                 image_size=64))
 
 
+def _mixtral(T):  # experts stacked (E, out, in) through a grouped product: units go from every expert at once
+    return T.MixtralForCausalLM(T.MixtralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                num_key_value_heads=2, intermediate_size=128, num_local_experts=4,
+                                                num_experts_per_tok=2, use_cache=False, **TEXT))
+
+
+def _qwen2_moe(T):  # routed experts beside a dense shared expert; histc on int32 off the CPU
+    return T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                  num_key_value_heads=2, intermediate_size=128, num_experts=4,
+                                                  num_experts_per_tok=2, moe_intermediate_size=32,
+                                                  shared_expert_intermediate_size=64, decoder_sparse_step=1,
+                                                  use_cache=False, **TEXT))
+
+
+def _olmoe(T):  # experts, and q/k norms over the heads (inexact head groups)
+    return T.OlmoeForCausalLM(T.OlmoeConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=4, intermediate_size=128, num_experts=4,
+                                            num_experts_per_tok=2, use_cache=False, **TEXT))
+
+
+def _whisper(T):  # log-mel input_features at the one length the encoder takes, with decoder ids
+    return T.WhisperForConditionalGeneration(T.WhisperConfig(
+        d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=16, max_target_positions=32,
+        vocab_size=128, use_cache=False, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        suppress_tokens=[], begin_suppress_tokens=[]))
+
+
+def _detr(T):  # a frozen BatchNorm written as x * scale + bias in its ResNet backbone
+    return T.DetrModel(T.DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=T.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], out_features=["stage4"]),
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5))
+
+
 EXTRA: Dict[str, Callable] = {
     "albert": _albert, "gpt-neox": _gpt_neox, "phi": _phi, "gemma": _gemma, "falcon": _falcon,
     "deberta-v2": _deberta, "clip-vision": _clip_vision, "bart": _bart,
     "falcon-gqa": _falcon_gqa, "gemma2-softcap": _gemma2, "phi3": _phi3, "mpnet": _mpnet, "bloom": _bloom,
     "t5": _t5_full, "dinov2": _dinov2, "segformer": _segformer, "efficientnet": _efficientnet,
-    "convnextv2": _convnextv2,
+    "convnextv2": _convnextv2, "mixtral": _mixtral, "qwen2-moe": _qwen2_moe, "olmoe": _olmoe, "whisper": _whisper,
+    "detr": _detr,
 }
 
 SUITE: Dict[str, Callable] = {
