@@ -250,3 +250,12 @@ class _FixedBatch(torch.nn.Module):
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)).reshape(2, 16))
+
+
+def test_plan_with_its_arguments_swapped_says_which_comes_first():
+    """trace(model, args) and plan(graph, model) read in opposite orders; a user's swapped call failed deep inside."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    graph = gp.trace(model, (torch.randn(2, 4),))
+    with pytest.raises(gp.PlanError, match=r"graphprune.plan takes the graph first: plan\(graph, model"):
+        gp.plan(model, graph, ratio=0.5)
+    assert gp.plan(graph, model, ratio=0.5, round_to=1).pruned  # the right order plans

@@ -78,6 +78,9 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float | None = N
     positional inputs or a dict of keyword inputs each); "taylor" and "hessian" also need a
     loss (``loss_fn(output, batch)``, or the model's own ``output.loss``).
     """
+    if isinstance(graph, torch.nn.Module) and isinstance(model, DependencyGraph):  # trace(model, args) reads the
+        raise PlanError("graphprune.plan takes the graph first: plan(graph, model, ...), with graph = "  # other way
+                        "graphprune.trace(model, args)")
     given = named_ignore(model, given) if isinstance(model, torch.nn.Module) else given
     opts = PruneOptions.of(options, **_positional(ratio, importance), **given)
     planned = plan_program(TorchProgram.of(graph, model), opts)
