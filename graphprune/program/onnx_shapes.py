@@ -189,8 +189,21 @@ def common_size(sess, model: onnx.ModelProto, smallest: dict[str, list[int]]) ->
                 dims[name][k] = candidate
         got = _shapes(sess, model, dims)
         if got and all(len(g) == len(b) and (not b or b[0] != 1 or g[0] == 1) for g, b in zip(got, base)) \
-                and runtime_refusal(sess, model, dims, False) is None:  # and as the outputs are declared
+                and _misdeclared(model, got) is None:  # and as the outputs are declared
             return dims
+    return None
+
+
+def _misdeclared(model: onnx.ModelProto, shapes: list[tuple]) -> str | None:
+    """Why outputs of ``shapes`` are not the graph's declared ones, or None. More dims than declared is the
+    exporter's slip (ddddocr's CRNN declares (1, seqlen) for its (T, 1, classes)), not a size that regroups
+    the batch: it refused every size. Fewer is kept a refusal: a Squeeze without axes drops the dims a size
+    of 1 makes 1."""
+    declared = [[d if isinstance(d, int) else None for d in _declared(o)] for o in model.graph.output]
+    for shape, want in zip(shapes, declared):
+        if want and (len(shape) < len(want) or len(shape) == len(want) and any(
+                w not in (None, g) for w, g in zip(want, shape))):
+            return f"an output comes out {tuple(shape)} where the graph declares {spell(want)}"
     return None
 
 
@@ -204,7 +217,6 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
 
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # the refusal is reported in the note, not logged in red
-    declared = [[d if isinstance(d, int) else None for d in _declared(o)] for o in model.graph.output]
     runs = [(probe_inputs(model, dims=dims), True)] + ([(probe_inputs(model), False)] if timed_apart else [])
     for feeds, analysed in runs:
         try:
@@ -212,11 +224,7 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own types
             where = "" if analysed else f" at the timing shape {spell_dims({k: v.shape for k, v in feeds.items()})}"
             return f"onnxruntime cannot run it{where}: {str(exc).splitlines()[0]}"
-        for out, want in zip(outs, declared if analysed else []):  # the timing probe's batch of 2 may differ
-            # more dims than declared is the exporter's slip (ddddocr's CRNN declares (1, seqlen) for its
-            # (T, 1, classes)), not a size that regroups the batch: it refused every size. Fewer is kept a refusal:
-            # a Squeeze without axes drops the dims a size of 1 makes 1
-            if want and (np.ndim(out) < len(want) or np.ndim(out) == len(want) and any(
-                    w not in (None, g) for w, g in zip(want, np.shape(out)))):
-                return f"an output comes out {tuple(np.shape(out))} where the graph declares {spell(want)}"
+        misfit = _misdeclared(model, [np.shape(o) for o in outs]) if analysed else None  # a timing batch of 2 may differ
+        if misfit:
+            return misfit
     return None
