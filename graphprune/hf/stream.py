@@ -351,10 +351,12 @@ def _prune_block(blocks, i: int, prefix: str, ckpt: LazyCheckpoint, inputs: list
 
 
 class _NoWriter:
-    """The writer of a rank other than 0: the tensors are rank 0's to write (add, flush, close, abort do nothing)."""
+    """The writer of a rank other than 0: the tensors are rank 0's to write (ShardWriter's calls do nothing)."""
 
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
+    def add(self, name: str, tensor: torch.Tensor) -> None: pass
+    def flush(self) -> None: pass
+    def close(self, side_files=None) -> None: pass
+    def abort(self) -> None: pass
 
 
 def load_streamed(folder: str | os.PathLike, doc: CheckpointDoc | None = None) -> torch.nn.Module:
