@@ -34,10 +34,11 @@ class Fused:
     subnormal: tuple[int, int] = (0, 0)  # weights set to 0, in how many tensors (frontends/onnx_subnormal.py)
     affine: list[str] = field(default_factory=list)  # scalar Mul/Add folded into a Conv (frontends/onnx_affine.py)
     channel_affine: list[str] = field(default_factory=list)  # scalar affine chains -> BatchNormalization
+    split_conv: list[str] = field(default_factory=list)  # Splits of a convolution's output (frontends/onnx_split_conv.py)
 
     def __bool__(self) -> bool:
         return bool(self.hard_swish or self.hard_sigmoid or self.softmax or self.subnormal[0] or self.affine
-                    or self.channel_affine)
+                    or self.channel_affine or self.split_conv)
 
     def note(self) -> str:
         parts = []
@@ -56,6 +57,9 @@ class Fused:
         if self.channel_affine:
             notes.append(f"{len(self.channel_affine)} chain(s) of Mul/Add by a scalar written as one BatchNormalization "
                          "each, which onnxruntime keeps in its blocked layout")
+        if self.split_conv:
+            notes.append(f"{len(self.split_conv)} Split(s) of a convolution's output along its channels written as one "
+                         "convolution per piece, which onnxruntime keeps in its blocked layout")
         if self.softmax:
             notes.append(f"{len(self.softmax)} softmax op(s) moved ahead of the Transpose they read, onto an axis "
                          f"onnxruntime transposes faster ({', '.join(self.softmax[:3])})")

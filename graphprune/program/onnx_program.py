@@ -17,12 +17,9 @@ from onnx import numpy_helper
 from ..backends.onnx_bias import add_biases
 from ..backends.onnx_rewrite import apply_plan_onnx
 from ..errors import PlanError, RewriteError, TraceError
-from ..frontends.onnx_affine import fold_conv_affine
-from ..frontends.onnx_channel_affine import affine_as_batchnorm
-from ..frontends.onnx_fuse import Fused, default_opset, fuse_activations
+from ..frontends.onnx_fuse import Fused, default_opset
 from ..frontends.onnx_lower import freeze_unreachable, load_model, lower, probe_inputs, with_outputs
-from ..frontends.onnx_softmax import softmax_ahead_of_transpose
-from ..frontends.onnx_subnormal import flush_subnormal_weights
+from ..frontends.onnx_runtime_rewrites import rewrite_for_onnxruntime
 from ..io.onnx_save import save_onnx
 from ..oracle import scaled_diff
 from ..planning.measure import best_of
@@ -68,19 +65,16 @@ class OnnxProgram(Program):
         blocked layout (frontends/onnx_fuse.py), and move a softmax behind a Transpose ahead of it where
         onnxruntime's own transpose is then cheaper (frontends/onnx_softmax.py), fold a Mul/Add by a
         scalar beside a convolution into it (frontends/onnx_affine.py), write other scalar affine
-        chains on image tensors as one BatchNormalization (frontends/onnx_channel_affine.py), and set subnormal weights to
-        zero (frontends/onnx_subnormal.py); once the analysis has
+        chains on image tensors as one BatchNormalization (frontends/onnx_channel_affine.py), write a
+        Split of a convolution's output as one convolution per piece (frontends/onnx_split_conv.py) and set
+        subnormal weights to zero (frontends/onnx_subnormal.py); once the analysis has
         its input shapes the outputs are checked against the file as given (read again, not held: a
         large model is not kept twice), which is taken back if they differ, and the report times that
         file beside the rewritten one."""
 
         program = cls(load_model(path), str(path), feeds, input_shapes)
         if fuse:
-            program.fused = fuse_activations(program.model)  # in place: the given model is read again when needed
-            program.fused.softmax = softmax_ahead_of_transpose(program.model)
-            program.fused.affine = fold_conv_affine(program.model)  # before the flush: scaling may make subnormals
-            program.fused.channel_affine = affine_as_batchnorm(program.model)  # what did not fold
-            program.fused.subnormal = flush_subnormal_weights(program.model)
+            program.fused = rewrite_for_onnxruntime(program.model)  # in place: the given model is read again when needed
         return program
 
     def lower(self):
