@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import graphprune as gp
+from graphprune.frontends.torch_export import export_program
 from graphprune.io.onnx_export import _attention_fallback
 from graphprune.zoo import build
 
@@ -111,6 +112,31 @@ def test_a_failed_export_names_its_cause_without_colour_codes(tmp_path):
     assert "\x1b[" not in text and "Next steps" not in text
     assert "cause: DispatchError: No ONNX function found for <built-in function round>" in text
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _FailsWithACause(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        try:
+            return self._lookup(x)
+        except KeyError as exc:
+            raise RuntimeError("while building the positional table") from exc
+
+    def _lookup(self, x):
+        raise KeyError("rope_scaling")
+
+
+def test_a_failed_torch_export_names_the_innermost_cause():
+    """torch.export's own first line is often a wrapper; the TraceError also names the cause it wraps,
+    as Python prints the chain (it used to keep the first line alone)."""
+    with pytest.raises(gp.TraceError) as got:
+        export_program(_FailsWithACause(), (torch.randn(2, 4),))
+    text = str(got.value)
+    assert "while building the positional table" in text
+    assert "cause: KeyError: 'rope_scaling'" in text, text
 
 
 class _RefusesItsOwnAttention(torch.nn.Module):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import TraceError
-from ..io.onnx_export import quiet_torch
+from ..io.onnx_export import export_error_text, quiet_torch
 from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..util.torch_compat import is_op_overload, is_op_packet, op_qualname, tree_leaves
 
@@ -33,10 +33,9 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
         with quiet_torch(), contextlib.redirect_stderr(io.StringIO()):
             return torch.export.export(model, args, kwargs=kwargs or {}, strict=False)
     except Exception as exc:  # torch raises many exception types from deep inside tracing
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(
             f"torch.export could not trace {type(model).__name__} with the given example inputs: "
-            f"{type(exc).__name__}: {first}. Check that the example inputs match forward()'s signature "
+            f"{type(exc).__name__}: {export_error_text(exc)}. Check that the example inputs match forward()'s signature "
             f"and shapes, and that forward() has no data-dependent control flow.") from exc
 
 

@@ -72,7 +72,7 @@ def _line(exc: BaseException) -> str:
     return _ANSI.sub("", (str(exc).strip().splitlines() or [type(exc).__name__])[0]).removesuffix(" Next steps:")[:200]
 
 
-def _export_error(exc: BaseException) -> str:
+def export_error_text(exc: BaseException) -> str:
     """The exporter's first line, without its colour codes, and the innermost cause it wraps: torch's own
     first line is a header ("Failed to convert ... step 3/3"), the cause says which op
     ("No ONNX function found for <built-in function round>")."""
@@ -145,7 +145,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                                              dynamic_shapes=shapes, verbose=False)
                     break
                 except Exception as exc:  # the exporter raises many types; the next attempt decides
-                    errors.append(_export_error(exc))
+                    errors.append(export_error_text(exc))
             if prog is None:
                 raise GraphpruneError(f"torch.onnx.export failed for {type(model).__name__}: {errors[-1]}")
             if dynamic_shapes and shapes is None:
