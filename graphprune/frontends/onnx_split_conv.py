@@ -151,6 +151,8 @@ def split_conv_pieces(model: onnx.ModelProto) -> list[str]:
     """Write each Split along the channels of a convolution's activated output as one convolution
     (and activation) per piece (module doc), in ``model``'s main graph, in place. Returns the names
     of the Splits rewritten."""
+    if model.ir_version < 4:  # new initializers would also have to be graph inputs
+        return []
     ix = GraphIndex(model)
     order = list(model.graph.node)
     opset = default_opset(model)
