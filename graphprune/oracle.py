@@ -30,6 +30,7 @@ class OracleReport:
     scaled_diff: float | None = None
     checked_blocks: list[str] = field(default_factory=list)  # residual branches removed whole
     logits: list[str] = field(default_factory=list)  # softmax/sigmoid outputs compared at these inputs (Program.oracle_views)
+    precision: str = ""  # "float16" / "bfloat16" where the model computes in it (the atol is then its own)
 
     @property
     def passed(self) -> bool:
@@ -54,7 +55,8 @@ class OracleReport:
             # float error grows with the values summed: outputs beyond 1 (box coordinates) are judged relatively
             scaled = f", {self.scaled_diff:.3g} relative to the output's magnitude"
         s = (f"oracle {verdict}{where}: max |pruned - masked original| = {self.max_abs_diff:.3g}{scaled} "
-             f"(atol {self.atol:g}) over {len(self.checked_groups)} exact group(s)")
+             f"(atol {self.atol:g}{' for a ' + self.precision + ' model' if self.precision else ''}) "
+             f"over {len(self.checked_groups)} exact group(s)")
         if self.checked_blocks:
             s += f" and {len(self.checked_blocks)} removed block(s)"
         if self.logits:
@@ -128,7 +130,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
-                        list(exact.blocks), sorted(v[0] for v in views.values()))
+                        list(exact.blocks), sorted(v[0] for v in views.values()), getattr(program, "precision", ""))
 
 
 SOFTMAX_FLOOR = -80.0  # logits this far below their row's largest give probabilities float32 flushes to 0

@@ -42,13 +42,14 @@ def _check_paths(src: Path, dst: Path) -> None:
     check_writable(dst, "dst")
 
 
-def verify_onnx(model: onnx.ModelProto | None, dg: DependencyGraph, plan: PrunePlan, atol: float = 1e-4,
+def verify_onnx(model: onnx.ModelProto | None, dg: DependencyGraph, plan: PrunePlan, atol: float | None = None,
                 trials: int = 2) -> OracleReport:
-    """Pruned (exact groups) vs masked original, both run in onnxruntime."""
+    """Pruned (exact groups) vs masked original, both run in onnxruntime; ``atol`` by default 1e-4, or
+    the half-precision margin for a float16/bfloat16 model (program/onnx_precision.py)."""
     return run_oracle(_program(dg, model), plan, atol, trials)
 
 
-ONNX_DEFAULTS = {"ratio": 0.3, "verify": True}  # the oracle's tolerance is the program's (1e-4 in onnxruntime)
+ONNX_DEFAULTS = {"ratio": 0.3, "verify": True}  # the oracle's tolerance is the program's (1e-4, wider in float16)
 
 
 def prune_onnx(src: str | os.PathLike, dst: str | os.PathLike, ratio: float | None = None, *,

@@ -191,7 +191,7 @@ def _options(ns, onnx_in: bool) -> PruneOptions:
                            budget=ns.budget, max_ratio=ns.max_ratio,
                            ratios=parse_ratios(ns.ratios), round_to=ns.round_to,
                            runtime={"none": None, "auto": auto}.get(ns.runtime, ns.runtime),
-                           measure_latency=not ns.no_latency, verify=onnx_in or not ns.no_verify, fuse=not ns.no_fuse,
+                           measure_latency=not ns.no_latency, verify=not ns.no_verify, fuse=not ns.no_fuse,
                            calib_tokens=ns.calib_tokens, max_memory=ns.max_memory)
 
 
@@ -349,7 +349,7 @@ def arguments(pr: argparse.ArgumentParser) -> None:
                          "is onnxruntime for an .onnx OUT, PyTorch eager otherwise; none measures nothing")
     pr.add_argument("--ignore", nargs="+", default=[], help="modules, parameters or initializers to keep whole")
     pr.add_argument("--no-latency", action="store_true", help="skip the latency measurement before/after")
-    pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch models)")
+    pr.add_argument("--no-verify", action="store_true", help="skip the exactness oracle (PyTorch and ONNX models)")
     pr.add_argument("--no-fuse", action="store_true", help="ONNX: keep the graph's ops and weights as given "
                                                            "(hard-swish spelled as Add/Clip/Mul/Div, a Softmax behind a "
                                                            "Transpose, subnormal weights)")

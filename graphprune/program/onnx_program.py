@@ -27,18 +27,21 @@ from ..util.tables import shapes_text
 from .base import Masks, OnCapture, Program
 from .onnx_batches import fixed_batch, ort_text, split_to
 from .onnx_masked import masked_model, with_weights
+from .onnx_precision import FLOAT32_ATOL, half_precision, oracle_atol
 from .onnx_shapes import IMAGE_SIZES, analysis_tries, common_size, runtime_refusal
 
 
 class OnnxProgram(Program):
     framework = "ONNX"
-    default_atol = 1e-4
+    default_atol = FLOAT32_ATOL
 
     def __init__(self, model: onnx.ModelProto, path: str = "", feeds: dict[str, np.ndarray] | None = None,
                  input_shapes: Mapping[str, Iterable[int]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.path = str(path)
+        self.precision = half_precision(model)  # the oracle's tolerance follows it (program/onnx_precision.py)
+        self.default_atol = oracle_atol(self.precision)
         self._feeds = None  # the inputs checks and latency run on (default: probe_inputs)
         self._timed: dict[str, np.ndarray] | None = None  # latency_feeds, once made
         if feeds is not None:
