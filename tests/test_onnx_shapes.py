@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+import graphprune.frontends.onnx_runtime_rewrites as onnx_runtime_rewrites
+import graphprune.program.onnx_program as onnx_program
 from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.onnx_shapes import TEXT_LENGTH, analysis_tries, image_inputs
 
@@ -71,6 +73,29 @@ def test_only_the_image_takes_the_image_size(tmp_path):
     assert {k: v.shape for k, v in program.feeds().items()} == {"x": (1, 3, 224, 224), "ids": (1, 1)}
 
 
+def test_inputs_that_share_a_dim_name_share_its_size(tmp_path):
+    """DeepFilterNet's encoder: erb (N, 1, S, 32) reads as a one-channel image, spec (N, 2, S, 96) does not;
+    S went to 224 in one and stayed 1 in the other, which ran only because the Add broadcast, so the MACs
+    and latency were of inputs the model never sees. Both now take 224, and the note names both."""
+    nodes = [helper.make_node("Conv", ["erb", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["spec", "w2"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["b"], ["bm"], name="mean", axes=[3], keepdims=1),
+             helper.make_node("Add", ["a", "bm"], ["y"], name="join")]
+    model = _save(nodes, [helper.make_tensor_value_info("erb", TensorProto.FLOAT, ["N", 1, "S", 32]),
+                          helper.make_tensor_value_info("spec", TensorProto.FLOAT, ["N", 2, "S", 96])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "S", 32])],
+                  [_w((8, 1, 3, 3), "w1"), _w((8, 2, 3, 3), "w2")], tmp_path / "m.onnx")
+    assert image_inputs(model) == {"erb": [2]}
+    tries = analysis_tries(model, None)
+    assert tries.mode == "image" and tries.dims[0] == {"erb": [1, 1, 224, 32], "spec": [1, 2, 224, 96]}
+    program = OnnxProgram.load(tmp_path / "m.onnx", fuse=True)
+    program.graph()
+    assert program.analysis_dims() == {"erb": [1, 1, 224, 32], "spec": [1, 2, 224, 96]}
+    note = tries.note(model, 0, [])
+    assert "input_shapes={'erb': (1, 1, 224, 32), 'spec': (1, 2, 224, 96)}" in note, note
+    assert "--input-shape erb:1x1x224x32 --input-shape spec:1x2x224x96" in note, note
+
+
 def test_an_attention_mask_is_not_an_image(tmp_path):
     """(N, 1, S, S) is rank 4, float, one channel: its S is the token ids' S, so it is no image."""
     nodes = [helper.make_node("Gather", ["emb", "ids"], ["h"], name="g", axis=0),
@@ -101,8 +126,6 @@ def test_token_ids_are_analysed_and_timed_at_a_text_length(tmp_path):
 
 def test_a_rewrite_taken_back_leaves_no_session_of_it(tmp_path, monkeypatch):
     """After the output check takes the given model back, running the program runs the given model."""
-    import graphprune.program.onnx_program as onnx_program
-
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["y"], name="relu")]
     _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
@@ -114,7 +137,7 @@ def test_a_rewrite_taken_back_leaves_no_session_of_it(tmp_path, monkeypatch):
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2, init.name))
         return (1, 1)
 
-    monkeypatch.setattr(onnx_program, "flush_subnormal_weights", ruin)
+    monkeypatch.setattr(onnx_runtime_rewrites, "flush_subnormal_weights", ruin)
     program = OnnxProgram.load(tmp_path / "m.onnx", fuse=True)
     program.graph()
     assert any(n.startswith("rewritten for onnxruntime: taken back") for n in program.notes)

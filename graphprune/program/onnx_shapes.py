@@ -72,12 +72,24 @@ def token_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-def _sized_dims(model: onnx.ModelProto, where: dict[str, list[int]], size: int) -> dict[str, list[int]]:
-    """Every input's dims with its dynamic dims at 1, the ``where`` ones at ``size``."""
-    dims = input_dims(model, None, 1)
-    for name, positions in where.items():
-        for k in positions:
-            dims[name][k] = size
+def _sized_dims(model: onnx.ModelProto, where: dict[str, list[int]], size: int,
+                base: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Every input's dims with its dynamic dims at 1 (or as in ``base``), the ``where`` ones at ``size``,
+    and so every dim named like one of those: inputs that share a dim_param share its size (DeepFilterNet's
+    encoder reads feat_erb (1, 1, S, 32) and feat_spec (1, 2, S, 96); S at 224 in one and 1 in the other
+    ran only by broadcasting, and its MACs and latency were of an input it never sees)."""
+    dims = {name: list(d) for name, d in (base or input_dims(model, None, 1)).items()}
+    named = {}
+    for vi in _inputs(model):
+        for k in where.get(vi.name, ()):
+            dims[vi.name][k] = size
+            declared = _declared(vi)[k]
+            if isinstance(declared, str):
+                named[declared] = size
+    for vi in _inputs(model):
+        for k, declared in enumerate(_declared(vi)):
+            if isinstance(declared, str) and declared in named and vi.name in dims:
+                dims[vi.name][k] = named[declared]
     return dims
 
 
@@ -133,10 +145,10 @@ class Tries:
                    "of that size")
         else:
             return ""
-        name, shape = next(iter(dims.items()))
+        given = ", ".join(f"'{name}': {tuple(shape)}" for name, shape in dims.items())
+        flags = " ".join(f"--input-shape {name}:{'x'.join(map(str, shape))}" for name, shape in dims.items())
         return (f"input shapes: analysed and timed at {spell_dims(dims)}, {why}; widths are tuned for that shape: give "
-                f"the one you deploy at (input_shapes={{'{name}': {tuple(shape)}}}, --input-shape "
-                f"{name}:{'x'.join(map(str, shape))}, your sizes)")
+                f"the one you deploy at (input_shapes={{{given}}}, {flags}, your sizes)")
 
 
 def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
@@ -183,10 +195,7 @@ def common_size(sess, model: onnx.ModelProto, smallest: dict[str, list[int]]) ->
     size = max((smallest[name][k] for name, ks in images.items() for k in ks), default=None)
     base = _shapes(sess, model, smallest) if size else None
     for candidate in (c for c in IMAGE_FIRST if base and c > size):
-        dims = {name: list(d) for name, d in smallest.items()}
-        for name, ks in images.items():
-            for k in ks:
-                dims[name][k] = candidate
+        dims = _sized_dims(model, images, candidate, smallest)
         got = _shapes(sess, model, dims)
         if got and all(len(g) == len(b) and (not b or b[0] != 1 or g[0] == 1) for g, b in zip(got, base)) \
                 and _misdeclared(model, got) is None:  # and as the outputs are declared
