@@ -162,3 +162,27 @@ def test_a_dynamic_length_left_at_1_says_so(tmp_path):
     assert "dynamic dims past the batch at 1 (x dim 2 ('time'))" in note and "--input-shape x:1x6x1" in note
     given = OnnxProgram.load(tmp_path / "s.onnx", fuse=True, input_shapes={"x": (1, 6, 50)})
     assert given.analysis_dims() == {"x": [1, 6, 50]} and not any(n.startswith("input shapes:") for n in given.notes)
+
+
+def test_onnxruntime_errors_are_cut_to_the_node_and_its_cause(tmp_path):
+    """A shapes note kept 120 characters of "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code
+    returned while running Conv " and lost the node and the cause (openwakeword's melspectrogram)."""
+    import onnxruntime as ort
+
+    from graphprune.program.onnx_batches import ort_text
+
+    model = _save([helper.make_node("Conv", ["x", "w1"], ["y"], name="c1")],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H2", "W2"])],
+                  [_w((8, 3, 5, 5), "w1")], tmp_path / "m.onnx")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    try:
+        sess.run(None, {"x": np.zeros((1, 3, 2, 2), np.float32)}, quiet)  # smaller than the 5x5 kernel
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own type
+        raw, text = str(exc), ort_text(exc)
+    assert raw.startswith("[ONNXRuntimeError]") and "Status Message:" in raw
+    # onnxruntime names the node as its optimiser renamed it (c1 became y_nchwc)
+    assert text.startswith("Conv node '") and "': " in text and "[ONNXRuntimeError]" not in text
+    assert text.split("': ", 1)[1] == raw.split("Status Message: ", 1)[1]  # the cause whole

@@ -227,6 +227,7 @@ def test_the_report_says_what_an_op_kept_whole_and_why():
     _, report = gp.prune(Sorted().eval(), (torch.randn(1, 3, 16, 16),), ratio=0.5, round_to=1, measure_latency=False)
     # b's outputs (before the sort) and c's inputs (after it): two groups of 16 channels
     assert "frozen: 32 channel(s) in 2 group(s) kept whole: no coupling rule for op aten.sort" in str(report)
+    assert "2/2 (+2 frozen)" in str(report)  # the count row no longer reads as every group pruned
     frozen = json.loads(json.dumps(report.to_dict()))["frozen"]
     assert frozen == [{"reason": frozen[0]["reason"], "groups": 2, "channels": 32}]
     assert frozen[0]["reason"]["op"] == "aten.sort" and frozen[0]["reason"]["kind"] == "unknown_op"

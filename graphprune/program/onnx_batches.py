@@ -8,13 +8,21 @@ they are the same. What cannot be cut so is left for onnxruntime to refuse, with
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_NODE = re.compile(r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: ")
+
 
 def ort_text(exc: BaseException, limit: int = 400) -> str:
-    """onnxruntime's message on one line: its first line says what, the next ones where."""
+    """onnxruntime's message on one line, its boilerplate cut ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :
+    Non-zero status code returned while running Conv node. Name:'Conv_3' Status Message: ...", whose cause
+    a note's first 120 characters cut off) to "Conv node 'Conv_3': ..."."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = _ORT_NODE.sub(lambda m: f"{m.group(1)} node '{m.group(2)}': ", _ORT_PREFIX.sub("", text))
     return text if len(text) <= limit else text[:limit] + "..."
 
 

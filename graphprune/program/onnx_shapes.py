@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import TraceError
 from ..frontends.onnx_lower import input_dims, lower, probe_inputs
+from .onnx_batches import ort_text
 
 IMAGE_SIZES = (32, 64, 128, 224, 320, 640)  # dynamic dims past the batch, tried when 1 does not analyse
 IMAGE_FIRST = (224, 320, 640, 128, 64, 32)  # an image's dynamic height and width, in the order tried
@@ -132,12 +133,12 @@ class Tries:
         dims = self.common or self.dims[k]
         if self.common is not None:
             why = (f"a common image size where it runs as at {spell_dims(self.dims[k])}, the smallest that works "
-                   f"(at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
+                   f"(at {spell_dims(errors[-1][0])}: {errors[-1][1][:240]})")
         elif self.sized(k):
             why = ({"image": "a common image size for the dynamic dims",
                     "text": f"a common text length ({TEXT_LENGTH} tokens) for the dynamic dims"}[self.mode]
                    if self.mode in ("image", "text") and k == 0 else
-                   f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:120]})")
+                   f"the first size that works (at {spell_dims(errors[-1][0])}: {errors[-1][1][:240]})")
         elif self.mode == "ones":
             at_one = [f"{vi.name} dim {j}" + (f" ('{d}')" if d else "")
                       for vi in _inputs(model) for j, d in enumerate(_declared(vi)) if j > 0 and not isinstance(d, int)]
@@ -232,7 +233,7 @@ def runtime_refusal(sess, model: onnx.ModelProto, dims, timed_apart: bool) -> st
             outs = sess.run(None, feeds, quiet)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own types
             where = "" if analysed else f" at the timing shape {spell_dims({k: v.shape for k, v in feeds.items()})}"
-            return f"onnxruntime cannot run it{where}: {str(exc).splitlines()[0]}"
+            return f"onnxruntime cannot run it{where}: {ort_text(exc, 200)}"
         misfit = _misdeclared(model, [np.shape(o) for o in outs]) if analysed else None  # a timing batch of 2 may differ
         if misfit:
             return misfit

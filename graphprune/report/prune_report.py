@@ -187,6 +187,12 @@ class PruneReport:
     def groups_pruned(self) -> int:
         return sum(1 for k, n in self.kept.values() if k < n)
 
+    def _groups_cell(self) -> str:
+        """Pruned of the prunable groups, and the frozen ones beside them: "52/52" read as every group where 25
+        more were kept whole (SLANet's Loop decoder)."""
+        frozen = sum(n for _, n, _ in self.frozen)
+        return f"{self.groups_pruned}/{len(self.kept)}" + (f" (+{frozen} frozen)" if frozen else "")
+
     def __str__(self) -> str:
         def pct(a: int, b: int) -> str:
             return f"{100.0 * (b - a) / a:+.1f}%" if a else "n/a"
@@ -194,7 +200,7 @@ class PruneReport:
         rows = [["params", human(self.params_before), human(self.params_after),
                  pct(self.params_before, self.params_after)],
                 ["MACs", human(self.macs_before), human(self.macs_after), pct(self.macs_before, self.macs_after)],
-                ["groups pruned", "", f"{self.groups_pruned}/{len(self.kept)}", ""]]
+                ["groups pruned", "", self._groups_cell(), ""]]
         if self.blocks is not None:
             removed, total = self.blocks
             rows.append(["residual blocks", str(total), str(total - removed), pct(total, total - removed)])
