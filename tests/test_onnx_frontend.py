@@ -27,7 +27,9 @@ def test_onnx_export_has_the_same_prunable_groups_as_pytorch(name, onnx_dir):
     g_torch = gp.trace(model, args)
     path = onnx_dir / f"{name}.onnx"
     gp.export_onnx(model, args, path)
-    g_onnx = gp.load_onnx(path)
+    # fuse=False: the onnxruntime rewrites change the graph on purpose (a C2f's Split written as one conv per
+    # piece leaves its two halves free to differ, where torch.chunk keeps them equal)
+    g_onnx = gp.load_onnx(path, fuse=False)
     assert _prunable(g_onnx) == _prunable(g_torch)
     assert len(g_onnx.prunable_groups()) > 0
 
