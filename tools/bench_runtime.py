@@ -259,6 +259,8 @@ def main() -> int:
     p.add_argument("--no-fuse", action="store_true", help="prune with fuse=False (activations kept as spelled)")
     p.add_argument("--fusion", action="store_true",
                    help="nothing pruned: every corpus model as given against its fused original (batch 1, 1 thread)")
+    p.add_argument("--fusion-file", nargs=2, action="append", default=[], metavar=("ONNX", "NAME:DIMS"),
+                   help="with --fusion: another file at its input's shape, timed at 1 and 2 threads (e.g. a user's model)")
     p.add_argument("--auto-max-cut", type=float, default=None,
                    help="the largest budget cut auto spends by sensitivity (budget_sensitivity.AUTO_MAX_CUT)")
     ns = p.parse_args()
@@ -322,6 +324,19 @@ def fusion_only(ns) -> int:
                 row.update(given_ms=ms[0], fused_ms=ms[1], speedup=ms[0] / ms[1])
             rows.append(row)
             print(json.dumps(row), flush=True)
+        for path, spec in ns.fusion_file:
+            name, dims = spec.split(":")
+            shapes = {name: [int(d) for d in dims.split("x")]}
+            src = Path(path)
+            fused = fused_original(src, Path(tmpdir), shapes)
+            for threads in (1, 2):
+                row = {"model": f"{src.stem} ({dims}, {threads} thread{'s' if threads > 1 else ''})", "kind": "file",
+                       "fused": fused is not None}
+                if fused is not None:
+                    ms = timed([src, fused], feeds_for(src, 1, shapes), threads)
+                    row.update(given_ms=ms[0], fused_ms=ms[1], speedup=ms[0] / ms[1])
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
     ns.json.write_text(json.dumps(rows, indent=1))
     print("| model | kind | as given | rewritten | speedup |\n|---|---|---|---|---|")
