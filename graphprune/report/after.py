@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..errors import warn
 from .prune_report import Latency
+from .time_split import time_split_note
 
 SLOWER = 0.03  # a pruned model this much (and 10 us) slower than the original is reported: timing noise below
 
@@ -32,3 +33,6 @@ def latency_after(pruned, program, runtime: str, before: float, report, round_to
                 "a larger cut, or whole blocks or heads")
         warn(slow)
         report.notes.append(slow)
+    split = time_split_note(program, pruned, report) if runtime == "onnxruntime" else None
+    if split:
+        report.notes.append(split)
