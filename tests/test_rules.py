@@ -404,3 +404,27 @@ def test_glu_halves_follow_the_output_channel_they_gate():
     assert len(kept) == 16
     assert torch.equal(pruned[0].weight, model[0].weight[kept + [k + 32 for k in kept]])
     assert torch.equal(pruned[2].weight, model[2].weight[:, kept])
+
+
+class _ElementwiseMin(nn.Module):
+    """Apertus's xIELU clamps with ``torch.min(x, self.eps)``: min.other, elementwise, not a reduction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.register_buffer("eps", torch.tensor(0.3))
+
+    def forward(self, x):
+        h = self.up(x)
+        return self.down(torch.min(h, self.eps) + torch.max(h, -self.eps))
+
+
+def test_min_and_max_of_two_tensors_are_elementwise():
+    """They were read as reductions over dim "eps": the FFN units were "reduced by min", not oracle-exact."""
+    model, args = _ElementwiseMin().eval(), (torch.randn(3, 8),)
+    g = gp.trace(model, args)
+    (units,) = [grp for grp in g.prunable_groups() if grp.size == 16]
+    assert units.exact, units.inexact
+    plan = gp.plan(g, model, ratio=0.5, importance="random")
+    report = gp.verify(model, args, plan, g)
+    assert report.verdict == "PASS" and units.id in report.checked_groups

@@ -15,6 +15,10 @@ _POSITIONAL = {"argmax", "argmin", "max", "min"}  # return positions (max.dim/mi
 
 
 def _reduce(node: Node, ctx: RuleContext, kind: str) -> None:
+    tensors = ctx.tensor_args(node)
+    if kind in ("max", "min") and len(tensors) == 2:  # torch.min(x, other) is min.other: elementwise (Apertus's xIELU)
+        ctx.tie_broadcast(node.outputs[0], [t.name for t in tensors])
+        return
     x = node.args[0].name
     rank = ctx.rank(x)
     dims = ctx.arg(node, _DIM_AT.get(kind, 1), "dim", None)
