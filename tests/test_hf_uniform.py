@@ -161,3 +161,39 @@ def test_cli_refuses_bad_gguf_requests_before_work(llama_folder, tmp_path, capsy
         captured = capsys.readouterr()
         assert message in captured.err and "[1/" not in captured.out  # refused before the model load
         assert not list(tmp_path.iterdir())  # nothing written
+
+
+def _tiny(model_type: str, **extra):
+    cfg = T.AutoConfig.for_model(model_type, vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                 num_key_value_heads=4, intermediate_size=128, use_cache=False, pad_token_id=0,
+                                 bos_token_id=1, eos_token_id=2, **extra)
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.skipif(not hasattr(T, "SmolLM3Config"), reason="SmolLM3 is in transformers from 4.54")
+def test_a_config_without_head_dim_gets_one_where_the_model_reads_it(tmp_path):
+    """SmolLM3's config has no head_dim: transformers derived 64 // 6 = 10 for 6 kept heads of 8 dims, and
+    uniform=True's output did not load. Its attention reads getattr(config, "head_dim", ...), so it is written."""
+    model = _tiny("smollm3")
+    assert not hasattr(model.config, "head_dim")
+    model, report = gp.hf.prune(model, uniform=True)
+    assert report.sync.loadable, report.sync
+    assert model.config.head_dim == 8 and model.config.num_attention_heads == 6
+    ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    model.save_pretrained(tmp_path)
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_a_head_dim_the_model_ignores_is_taken_back():
+    """GPT-2 computes its head size from n_embd and n_head and ignores a head_dim field: the one tried is
+    deleted again, so the saved config is the original's."""
+    cfg = T.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=8, n_positions=32, use_cache=False)
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(cfg).eval()
+    before = model.config.to_dict()
+    model, report = gp.hf.prune(model, ratio=0.25, targets=("heads",))
+    assert not report.sync.loadable
+    assert not hasattr(model.config, "head_dim") and model.config.to_dict() == before

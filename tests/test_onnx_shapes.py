@@ -184,5 +184,5 @@ def test_onnxruntime_errors_are_cut_to_the_node_and_its_cause(tmp_path):
         raw, text = str(exc), ort_text(exc)
     assert raw.startswith("[ONNXRuntimeError]") and "Status Message:" in raw
     # onnxruntime names the node as its optimiser renamed it (c1 became y_nchwc)
-    assert text.startswith("Conv node '") and "': " in text and "[ONNXRuntimeError]" not in text
+    assert text.startswith("INVALID_ARGUMENT: Conv node '") and "[ONNXRuntimeError]" not in text
     assert text.split("': ", 1)[1] == raw.split("Status Message: ", 1)[1]  # the cause whole

@@ -129,12 +129,19 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
     if q_new and changed_heads:
         _set_config(cfg, HEADS, q_new[0], q_new[1], out)
         _set_config(cfg, KV_HEADS, kv_new[0], kv_new[1], out)
+    added = set()  # config fields this sync creates: deleted again where the rebuild check fails
     if d_new and (changed_heads or changed_dim) and getattr(cfg, "head_dim", None) is not None:
         if isinstance(getattr(type(cfg), "head_dim", None), property):  # Falcon: hidden_size // heads, read-only
             if cfg.head_dim != d_new[1]:
                 problems.append("the config derives head_dim from the hidden size and head count")
         else:  # explicit, so a config that derives head_dim from hidden/heads keeps the pruned one
             _set_config(cfg, ("head_dim",), cfg.head_dim, d_new[1], out)
+    elif d_new and changed_heads and not hasattr(cfg, "head_dim"):
+        # SmolLM3, Exaone4, Apertus: no head_dim field, but their attention reads getattr(config, "head_dim",
+        # hidden // heads); written, the rebuild check below tells whether the class honours it
+        cfg.head_dim = d_new[1]
+        out.config["head_dim"] = (None, d_new[1])
+        added.add("head_dim")
     if changed_dim:
         problems.append("head_dim was pruned but from_pretrained would rescale attention by the new head_dim")
     for what, sizes, names in (("FFN sizes", ffn, FFN), ("hidden sizes", hidden, HIDDEN)):
@@ -152,7 +159,10 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
         # A config transformers rejects (hidden % heads != 0) would break every later
         # save_pretrained: keep the original one; graphprune.hf.save_pruned records the truth.
         for name, (old, _) in out.config.items():
-            setattr(cfg, name, old)
+            if name in added:
+                delattr(cfg, name)
+            else:
+                setattr(cfg, name, old)
     return out
 
 

@@ -13,16 +13,16 @@ import re
 import numpy as np
 import onnx
 
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : ")
 _ORT_NODE = re.compile(r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: ")
 
 
 def ort_text(exc: BaseException, limit: int = 400) -> str:
     """onnxruntime's message on one line, its boilerplate cut ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :
     Non-zero status code returned while running Conv node. Name:'Conv_3' Status Message: ...", whose cause
-    a note's first 120 characters cut off) to "Conv node 'Conv_3': ..."."""
+    a note's first 120 characters cut off) to "INVALID_ARGUMENT: Conv node 'Conv_3': ..."."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = _ORT_NODE.sub(lambda m: f"{m.group(1)} node '{m.group(2)}': ", _ORT_PREFIX.sub("", text))
+    text = _ORT_NODE.sub(lambda m: f"{m.group(1)} node '{m.group(2)}': ", _ORT_PREFIX.sub(r"\1: ", text))
     return text if len(text) <= limit else text[:limit] + "..."
 
 
