@@ -129,19 +129,8 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
     if q_new and changed_heads:
         _set_config(cfg, HEADS, q_new[0], q_new[1], out)
         _set_config(cfg, KV_HEADS, kv_new[0], kv_new[1], out)
-    added = set()  # config fields this sync creates: deleted again where the rebuild check fails
-    if d_new and (changed_heads or changed_dim) and getattr(cfg, "head_dim", None) is not None:
-        if isinstance(getattr(type(cfg), "head_dim", None), property):  # Falcon: hidden_size // heads, read-only
-            if cfg.head_dim != d_new[1]:
-                problems.append("the config derives head_dim from the hidden size and head count")
-        else:  # explicit, so a config that derives head_dim from hidden/heads keeps the pruned one
-            _set_config(cfg, ("head_dim",), cfg.head_dim, d_new[1], out)
-    elif d_new and changed_heads and not hasattr(cfg, "head_dim"):
-        # SmolLM3, Exaone4, Apertus: no head_dim field, but their attention reads getattr(config, "head_dim",
-        # hidden // heads); written, the rebuild check below tells whether the class honours it
-        cfg.head_dim = d_new[1]
-        out.config["head_dim"] = (None, d_new[1])
-        added.add("head_dim")
+    # config fields this sync creates: deleted again where the rebuild check fails
+    added = _sync_head_dim(cfg, d_new, changed_heads, changed_dim, problems, out) if d_new else set()
     if changed_dim:
         problems.append("head_dim was pruned but from_pretrained would rescale attention by the new head_dim")
     for what, sizes, names in (("FFN sizes", ffn, FFN), ("hidden sizes", hidden, HIDDEN)):
@@ -164,6 +153,23 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
             else:
                 setattr(cfg, name, old)
     return out
+
+
+def _sync_head_dim(cfg, d_new, changed_heads: bool, changed_dim: bool, problems: list[str], out) -> set[str]:
+    """Write the kept head_dim where the config holds one; returns the fields it had to create."""
+    if (changed_heads or changed_dim) and getattr(cfg, "head_dim", None) is not None:
+        if isinstance(getattr(type(cfg), "head_dim", None), property):  # Falcon: hidden_size // heads, read-only
+            if cfg.head_dim != d_new[1]:
+                problems.append("the config derives head_dim from the hidden size and head count")
+        else:  # explicit, so a config that derives head_dim from hidden/heads keeps the pruned one
+            _set_config(cfg, ("head_dim",), cfg.head_dim, d_new[1], out)
+    elif changed_heads and not hasattr(cfg, "head_dim"):
+        # SmolLM3, Exaone4, Apertus: no head_dim field, but their attention reads getattr(config, "head_dim",
+        # hidden // heads); written, the rebuild check tells whether the class honours it
+        cfg.head_dim = d_new[1]
+        out.config["head_dim"] = (None, d_new[1])
+        return {"head_dim"}
+    return set()
 
 
 def _per_group_sizes(model, dg, pruned, kind, names, out: ConfigSync) -> list[tuple[int, int]]:
