@@ -23,7 +23,7 @@ _UNARY = (
 _BINARY = (
     "add add_ sub sub_ rsub mul mul_ div div_ where maximum minimum eq ne lt gt le ge masked_fill "
     "masked_fill_ logical_and logical_or logical_xor bitwise_and bitwise_or floor_divide remainder "
-    "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max"
+    "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max polar complex"
 ).split()
 _FACTORIES = "arange zeros ones full empty scalar_tensor new_zeros new_ones new_full new_empty randn rand tensor linspace".split()
 

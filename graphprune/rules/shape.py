@@ -7,7 +7,7 @@ recorded with ``ctx.carry`` so back-ends can rewrite them.
 from __future__ import annotations
 
 from ..ir import Node, Ref
-from ..reasons import INDEXED, LAYOUT, SYMBOLIC
+from ..reasons import INDEXED, LAYOUT, POSITIONAL, SYMBOLIC
 from .registry import RuleContext, register
 
 _INT_MAX = 2**62  # slice ends like 9223372036854775807 mean "to the end"
@@ -87,6 +87,18 @@ def _unflatten(node: Node, ctx: RuleContext) -> None:
     relate_reshape(ctx, src, out)
     dim = node.args[1] % ctx.rank(src)
     _carry_sizes(ctx, node, out, 2, list(node.args[2]), offset=dim)
+
+
+@register("aten.view_as_complex", "aten.view_as_real")
+def _complex_view(node: Node, ctx: RuleContext) -> None:
+    # Llama 4's complex RoPE: (..., pairs, 2) reals <-> (..., pairs) complex. The leading dims (batch, tokens,
+    # heads, pairs) are the same dims; the trailing 2 is a real and an imaginary part, never a channel.
+    src, out = node.args[0].name, node.outputs[0]
+    to_complex = node.op.endswith("view_as_complex")
+    lead = ctx.rank(src) - 1 if to_complex else ctx.rank(src)
+    ctx.tie_dims(src, out, range(lead), range(lead))
+    parts = ctx.s(src, lead) if to_complex else ctx.s(out, lead)
+    ctx.freeze(parts, POSITIONAL, f"real and imaginary parts at {node.where()}")
 
 
 @register("aten.permute", "aten.permute_copy")

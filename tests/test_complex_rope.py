@@ -1,0 +1,71 @@
+"""Complex RoPE (Llama 4's ``view_as_complex`` -> multiply -> ``view_as_real``): the heads of such layers
+prune; the real and imaginary parts never split. Before, no rule for aten.view_as_complex froze them."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune as gp
+from graphprune.reasons import POSITIONAL
+
+
+class ComplexRopeAttention(nn.Module):
+    """q, k rotated as complex numbers (Llama 4, Meta's original Llama), GQA 4 query heads over 2 kv heads."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4, kv: int = 2, head_dim: int = 8) -> None:
+        super().__init__()
+        self.h, self.kv, self.d = heads, kv, head_dim
+        self.q = nn.Linear(hidden, heads * head_dim, bias=False)
+        self.k = nn.Linear(hidden, kv * head_dim, bias=False)
+        self.v = nn.Linear(hidden, kv * head_dim, bias=False)
+        self.o = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+    def rotate(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        angles = torch.outer(torch.arange(t, dtype=torch.float32), self.inv_freq)
+        freqs = torch.polar(torch.ones_like(angles), angles)[None, :, None, :]
+        q = self.rotate(self.q(x).view(b, t, self.h, self.d), freqs).transpose(1, 2)
+        k = self.rotate(self.k(x).view(b, t, self.kv, self.d), freqs).transpose(1, 2)
+        v = self.v(x).view(b, t, self.kv, self.d).transpose(1, 2)
+        k, v = (z.repeat_interleave(self.h // self.kv, dim=1) for z in (k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.o(y.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+def test_complex_rope_heads_prune_exactly():
+    torch.manual_seed(0)
+    model, args = ComplexRopeAttention().eval(), (torch.randn(2, 6, 32),)
+    g = gp.trace(model, args)
+    kinds = {grp.kind for grp in g.prunable_groups()}
+    assert "head" in kinds, g.summary()
+    parts = [grp for grp in g.groups if any(r.kind == POSITIONAL and "real and imaginary" in str(r) for r in grp.frozen)]
+    assert parts and all(grp.size == 2 for grp in parts)  # only the (re, im) dims are kept whole
+    pruned, report = gp.prune(model, args, ratio=0.5, targets=("heads",), round_to=1, verify=True,
+                              measure_latency=False)
+    assert report.oracle.verdict == "PASS", report.oracle
+    assert pruned.k.out_features == 8 and pruned.q.out_features == 16  # 1 of 2 kv heads with its 2 queries
+    other = torch.randn(1, 9, 32)
+    assert pruned(other).shape == other.shape
+
+
+T = pytest.importorskip("transformers", reason="Llama 4 text is a transformers model")
+
+
+@pytest.mark.skipif(not hasattr(T, "Llama4TextConfig"), reason="Llama 4 is in transformers from 4.51")
+def test_llama4_rope_layers_prune_their_heads():
+    cfg = T.Llama4TextConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                             num_key_value_heads=4, head_dim=8, intermediate_size=64, intermediate_size_mlp=128,
+                             num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2,
+                             attention_chunk_size=8, no_rope_layers=[1, 0], use_cache=False, pad_token_id=0,
+                             bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = T.Llama4ForCausalLM(cfg).eval()
+    model, report = gp.hf.prune(model, verify=True)
+    assert report.oracle.verdict == "PASS", report.oracle
+    assert all(layer.self_attn.k_proj.out_features < 32 for layer in model.model.layers)  # the RoPE layer's too
