@@ -101,9 +101,9 @@ def _walk_back(value: str, producer: dict, hops: int = 6):
             return None
         if node.op in Ops.BatchedMatMul or node.op in Ops.BatchedAddMatMul:
             return node
-        if node.op not in Ops.ScorePath or not node.inputs:
+        if (node.op not in Ops.ScorePath and node.op not in Ops.SinkJoin) or not node.inputs:
             return None
-        value = node.inputs[0]
+        value = node.inputs[0]  # a sink join's first input is the scores
     return None
 
 
@@ -115,7 +115,7 @@ def _walk_forward(value: str, consumers: dict, hops: int = 4):
         node = users[0]
         if node.op in Ops.BatchedMatMul and node.inputs and node.inputs[0] == value:
             return node
-        if node.op not in Ops.ScorePath or not node.outputs:
+        if (node.op not in Ops.ScorePath and node.op not in Ops.SinkDrop) or not node.outputs:
             return None
         value = node.outputs[0]
     return None

@@ -63,6 +63,10 @@ class Ops:
     # the softmax and the product with v: a scale, a mask or bias (MPNet adds its position bias in
     # place), a soft cap (Gemma 2: cap * tanh(scores / cap)), casts, dropout, copies, reshapes
     ScorePath = Scale | Add | Sub | Mask | Cast | Dropout | Copy | Reshape | {"aten.tanh", "onnx.Tanh"}
+    # attention sinks (GPT-OSS): a learnt logit per head joins the scores before the softmax, and its column
+    # is sliced off after; scores -> cat -> softmax -> slice -> @ v is still one attention site
+    SinkJoin = frozenset({"aten.cat", "onnx.Concat"})
+    SinkDrop = frozenset({"aten.slice", "onnx.Slice"})
 
 
 def families() -> dict[str, frozenset[str]]:

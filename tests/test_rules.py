@@ -428,3 +428,37 @@ def test_min_and_max_of_two_tensors_are_elementwise():
     plan = gp.plan(g, model, ratio=0.5, importance="random")
     report = gp.verify(model, args, plan, g)
     assert report.verdict == "PASS" and units.id in report.checked_groups
+
+
+class _Interleaved(nn.Module):
+    """GPT-OSS's gated FFN keeps gate and up interleaved in one projection: gate_up[..., ::2], [..., 1::2]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_up, self.down = nn.Linear(8, 32), nn.Linear(16, 8)
+
+    def forward(self, x):
+        gu = self.gate_up(x)
+        return x + self.down(F.silu(gu[..., ::2]) * gu[..., 1::2])
+
+
+def test_interleaved_halves_prune_by_unit():
+    """A strided slice froze every channel it read; over a whole dim to its open end it picks one of k
+    interleaved parts, so unit j is channels k*j ... k*j + k - 1 and prunes whole."""
+    model, args = _Interleaved().eval(), (torch.randn(3, 5, 8),)
+    g = gp.trace(model, args)
+    (units,) = [grp for grp in g.prunable_groups() if grp.size == 16]
+    assert ("gate_up.weight", 0) in {(m.name, m.dim) for m in units.members}
+    assert units.affected(3)[0] == ("gate_up.weight", 0, [6, 7])  # unit 3: its gate and its up channel
+    pruned, report = gp.prune(model, args, ratio=0.5, round_to=1, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.gate_up.out_features == 16 and pruned.down.in_features == 8
+
+
+def test_a_strided_slice_with_a_bound_stays_frozen():
+    class Bounded(_Interleaved):
+        def forward(self, x):
+            gu = self.gate_up(x)
+            return x + self.down(F.silu(gu[..., 0:32:2]) * gu[..., 1:32:2])
+
+    g = gp.trace(Bounded().eval(), (torch.randn(3, 5, 8),))
+    assert not [grp for grp in g.prunable_groups() if grp.size in (16, 32)]  # a bound would need rewriting

@@ -333,6 +333,17 @@ def _slice(node: Node, ctx: RuleContext) -> None:
     start, stop = max(0, min(start, n)), max(0, min(stop, n))
     if step != 1:
         ctx.tie_dims(src, out, [d for d in range(rank) if d != dim], [d for d in range(rank) if d != dim])
+        raw_stop = ctx.arg(node, 3, "end", None)
+        if isinstance(step, int) and step > 1 and start < step and n % step == 0 and stop == n \
+                and (raw_stop is None or raw_stop >= _INT_MAX):
+            # x[..., s::k] over the whole dim, to its open end: one of k interleaved parts (GPT-OSS's
+            # gate_up[..., ::2] and [..., 1::2]). The dim is (n/k units) x (k parts), unit-major; a pruned unit
+            # takes its k parts, and the slice needs no new bound
+            units, parts = ctx.virtual(n // step, "interleaved_units"), ctx.virtual(step, "interleaved_parts")
+            ctx.factor(ctx.s(src, dim), [units, parts])
+            ctx.tie(units, ctx.s(out, dim))
+            ctx.freeze(parts, LAYOUT, f"interleaved parts of a strided slice at {ctx.where()}")
+            return
         ctx.freeze(ctx.s(src, dim), LAYOUT, f"strided slice at {ctx.where()}")
         ctx.freeze(ctx.s(out, dim), LAYOUT, f"strided slice at {ctx.where()}")
         return

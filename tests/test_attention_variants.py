@@ -1,5 +1,6 @@
-"""Complex RoPE (Llama 4's ``view_as_complex`` -> multiply -> ``view_as_real``): the heads of such layers
-prune; the real and imaginary parts never split. Before, no rule for aten.view_as_complex froze them."""
+"""Attention written in ways the engine first missed: complex RoPE (Llama 4's ``view_as_complex`` ->
+multiply -> ``view_as_real``: no rule froze its heads; the real and imaginary parts never split) and attention
+sinks (GPT-OSS: a learnt logit per head concatenated to the scores: its heads were no heads)."""
 from __future__ import annotations
 
 import pytest
@@ -69,3 +70,36 @@ def test_llama4_rope_layers_prune_their_heads():
     model, report = gp.hf.prune(model, verify=True)
     assert report.oracle.verdict == "PASS", report.oracle
     assert all(layer.self_attn.k_proj.out_features < 32 for layer in model.model.layers)  # the RoPE layer's too
+
+
+class SinkAttention(nn.Module):
+    """GPT-OSS's eager attention: a learnt logit per head joins the scores before the softmax (its column
+    sliced off after), so the scores -> softmax -> @ v path has a cat and a slice in it."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4, head_dim: int = 8) -> None:
+        super().__init__()
+        self.h, self.d = heads, head_dim
+        self.qkv = nn.ModuleList(nn.Linear(hidden, heads * head_dim) for _ in range(3))
+        self.o = nn.Linear(heads * head_dim, hidden)
+        self.sinks = nn.Parameter(torch.randn(heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.h, self.d).transpose(1, 2) for p in self.qkv)
+        scores = q @ k.transpose(-1, -2) * self.d ** -0.5
+        joined = torch.cat([scores, self.sinks.reshape(1, -1, 1, 1).expand(b, -1, t, -1)], dim=-1)
+        joined = joined - joined.max(dim=-1, keepdim=True).values
+        probs = torch.softmax(joined, dim=-1)[..., :-1]
+        return x + self.o((probs @ v).transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+def test_attention_with_sinks_is_found_and_its_heads_prune():
+    """The heads were typed conv_group, so the default call found no heads and cut the hidden size."""
+    torch.manual_seed(0)
+    model, args = SinkAttention().eval(), (torch.randn(2, 5, 32),)
+    g = gp.trace(model, args)
+    (heads,) = [grp for grp in g.groups if grp.kind == "head"]
+    assert ("sinks", 0) in {(m.name, m.dim) for m in heads.members}
+    pruned, report = gp.prune(model, args, ratio=0.5, targets=("heads",), round_to=1, verify=True,
+                              measure_latency=False)
+    assert report.oracle.verdict == "PASS" and tuple(pruned.sinks.shape) == (2,) and pruned.o.in_features == 16
