@@ -183,8 +183,10 @@ class DependencyGraph:
             reasons = list(frozen.get(atom, []))
             if atom not in flowing:
                 m = members[atom][0]
+                reader = (users[m.value] or [None])[0]
                 reasons.append(at(OP_ARGUMENT, f"carried only by {m.name} dim {m.dim}: no tensor the graph computes "
-                                  "carries it (an op argument, not a channel)", (users[m.value] or [None])[0]))
+                                  "carries it (an op argument, not a channel)" if reader is not None else
+                                  f"{m.name} is read by no op (kept for later, as Llama's original_inv_freq)", reader))
             g = Group(atom, size, members[atom], reasons, inexact.get(atom, []), role, self)
             self.groups.append(g)
             self._by_atom[atom] = g

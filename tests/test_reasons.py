@@ -231,3 +231,27 @@ def test_the_report_says_what_an_op_kept_whole_and_why():
     frozen = json.loads(json.dumps(report.to_dict()))["frozen"]
     assert frozen == [{"reason": frozen[0]["reason"], "groups": 2, "channels": 32}]
     assert frozen[0]["reason"]["op"] == "aten.sort" and frozen[0]["reason"]["kind"] == "unknown_op"
+
+
+def test_a_tensor_no_op_reads_is_not_reported_as_frozen():
+    """Llama's rotary_emb.original_inv_freq is kept for later and read by no op: every transformers report
+    listed it among the groups an op kept whole."""
+    import torch
+
+    import graphprune as gp
+
+    class Unused(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 16), torch.nn.Linear(16, 4)
+            self.register_buffer("spare", torch.ones(6))
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    model, args = Unused().eval(), (torch.randn(2, 4),)
+    g = gp.trace(model, args)
+    (spare,) = [grp for grp in g.groups if grp.members[0].name == "spare"]
+    assert "spare is read by no op" in str(spare.frozen[0]) and not spare.frozen[0].node
+    _, report = gp.prune(model, args, ratio=0.5, round_to=1, measure_latency=False)
+    assert not report.frozen and "frozen:" not in str(report)

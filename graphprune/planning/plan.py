@@ -12,7 +12,7 @@ from ..blocks import dead_values
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..kinds import KINDS, attention_sites
-from ..reasons import MODEL_IO, Reason
+from ..reasons import MODEL_IO, OP_ARGUMENT, Reason
 
 
 @dataclass
@@ -283,10 +283,11 @@ def ranked_freezes(groups: Iterable[Group]) -> list[tuple[Reason, int]]:
 
 def frozen_channels(groups: Iterable[Group]) -> list[tuple[Reason, int, int]]:
     """(first reason, groups, channels) of the groups an op froze, commonest first, model inputs
-    and outputs aside: what a report shows as kept whole and why."""
+    and outputs and tensors no op reads aside: what a report shows as kept whole and why."""
     counts: dict[str, list] = {}
     for g in groups:
-        if g.frozen and g.frozen[0].kind != MODEL_IO:
+        unread = g.frozen and g.frozen[0].kind == OP_ARGUMENT and not g.frozen[0].node  # a tensor no op reads
+        if g.frozen and g.frozen[0].kind != MODEL_IO and not unread:
             entry = counts.setdefault(str(g.frozen[0]), [g.frozen[0], 0, 0])
             entry[1] += 1
             entry[2] += g.size
