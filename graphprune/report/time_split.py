@@ -15,6 +15,7 @@ import tempfile
 SHORT = 0.85  # a speedup under this share of the MACs cut gets the note (issue 21's bar)
 RUNS = 5  # runs profiled, the first (with its allocations) among them: the note gives shares, not timings
 SHOWN = 3
+PROTO_LIMIT = 2**31 - 1
 
 
 def op_type_ms(model, feeds: dict) -> dict[str, float]:
@@ -49,8 +50,8 @@ def time_split_note(program, pruned, report) -> str | None:
     if program.framework != "ONNX" or lat is None or not report.macs_after or not lat.after_ms:
         return None
     cut, speedup = report.macs_before / report.macs_after, lat.before_ms / lat.after_ms
-    if cut < 1.25 or speedup >= SHORT * cut:
-        return None
+    if cut < 1.25 or speedup >= SHORT * cut or program.model.ByteSize() >= PROTO_LIMIT:
+        return None  # (a model past protobuf's 2 GiB cannot be handed to a profiling session as bytes)
     feeds = program.latency_feeds()
     before, after = op_type_ms(program.model, feeds), op_type_ms(pruned.model, feeds)
     total = sum(before.values())
