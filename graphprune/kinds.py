@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 FLOATS = ("float", "bfloat", "complex")  # dtype spellings of weights; integer and bool tensors are indices and masks
 
+# a router's decisions (which experts); a per-expert vector looked up by them is a bias (kinds only: some have no rule)
+ROUTING = frozenset({"aten.topk", "aten.sort", "aten.argsort", "aten.argmax", "onnx.TopK", "onnx.ArgMax"})
+
 KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "channel", "conv_group", "group_channel")
 
 
@@ -183,7 +186,11 @@ def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
         return v.kind == "input" or (v.kind == "act" and name not in derived) or \
             (v.kind in ("buffer", "const") and v.rank >= 1 and not v.dtype.startswith(FLOATS))
 
+    routed = _routed(dg)
     for n in dg.ir.nodes:
+        if n.op in Ops.Lookup and any(i in routed for i in n.inputs) and \
+                any(weight_of(i) is not None and values[i].rank == 2 for i in n.inputs):
+            continue  # GPT-OSS's per-expert bias, picked by the router: it writes no channel of its own
         if not any(is_data(i) for i in n.inputs):
             src = next((w for w in map(weight_of, n.inputs) if w is not None), None)
             if src is not None:  # weight preprocessing: it acts on no data
@@ -204,6 +211,15 @@ def _births(dg: "DependencyGraph") -> dict[int, set[str]]:
                 if a in param_in and a not in act_in:
                     births.setdefault(a, set()).add(param_in[a])
     return births
+
+
+def _routed(dg: "DependencyGraph") -> set[str]:
+    """Integer values computed from a router's decisions (top-k expert ids, sorted or divided)."""
+    values, out = dg.ir.values, set()
+    for n in dg.ir.nodes:
+        if n.op in ROUTING or any(i in out for i in n.inputs):
+            out.update(o for o in n.outputs if values[o].dtype.startswith(("int", "long")))
+    return out
 
 
 def _residual_atoms(dg: "DependencyGraph", births: dict[int, set[str]]) -> set[int]:

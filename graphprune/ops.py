@@ -67,6 +67,7 @@ class Ops:
     # is sliced off after; scores -> cat -> softmax -> slice -> @ v is still one attention site
     SinkJoin = frozenset({"aten.cat", "onnx.Concat"})
     SinkDrop = frozenset({"aten.slice", "onnx.Slice"})
+    Lookup = frozenset({"aten.index", "aten.index_select", "aten.embedding", "onnx.Gather"})  # rows picked by index
 
 
 def families() -> dict[str, frozenset[str]]:

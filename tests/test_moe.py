@@ -103,3 +103,28 @@ def test_a_streamed_model_whose_head_is_stored_under_another_name_reloads_it(tmp
     gp.hf.prune(tmp_path / "src", out=tmp_path / "out", calib=calib, ratio=0.25)
     pruned = gp.hf.load_pruned(tmp_path / "out")
     assert torch.equal(pruned.lm_head.weight, model.lm_head.weight)  # heads and FFN units go; the head stays
+
+
+@pytest.mark.skipif(not hasattr(T, "GptOssConfig"), reason="GPT-OSS is in transformers from 4.55")
+def test_gpt_oss_experts_prune_by_unit_with_their_sinks_and_biases(tmp_path):
+    """GPT-OSS: attention sinks, gate and up interleaved in one projection, and a per-expert bias picked by the
+    router and added to the grouped product. Its heads read as no heads, its experts' units froze on the strided
+    slice, and the bias made them look like the residual stream: the default call cut the hidden size."""
+    torch.manual_seed(0)
+    cfg = T.GptOssConfig(vocab_size=128, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, intermediate_size=INTER, num_local_experts=EXPERTS,
+                         num_experts_per_tok=2, sliding_window=8, use_cache=False, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
+    model = T.GptOssForCausalLM(cfg).eval()
+    g = gp.trace(gp.hf.prepare(model), (), gp.hf.example_inputs(model))
+    kinds = {m.name: grp.kind for grp in g.groups for m in grp.members if m.dim == 2 and "gate_up_proj" in m.name}
+    assert kinds and set(kinds.values()) == {"ffn"}, kinds
+    pruned, report = gp.hf.prune(model, budget={"params": 0.8}, uniform=True, verify=True)  # one width: loadable
+    assert report.oracle.verdict == "PASS" and report.sync.loadable, (report.oracle, report.sync)
+    assert pruned.config.hidden_size == HIDDEN and pruned.config.intermediate_size < INTER
+    assert pruned.model.layers[0].self_attn.sinks.shape[0] == pruned.config.num_attention_heads
+    pruned.save_pretrained(tmp_path)
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, pruned(input_ids=ids).logits)
