@@ -130,7 +130,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
-                        list(exact.blocks), sorted(v[0] for v in views.values()), getattr(program, "precision", ""))
+                        list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
 
 
 SOFTMAX_FLOOR = -80.0  # logits this far below their row's largest give probabilities float32 flushes to 0

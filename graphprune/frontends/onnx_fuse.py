@@ -108,19 +108,24 @@ class GraphIndex:
     def ranks(self) -> dict[str, int]:  # shape inference: only where a rank-1 constant needs it
         return _ranks(self._model)
 
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer (its data loaded, not a graph input that can be fed another value)
+        or of a Constant node's tensor; None for anything computed."""
+        if name in self.fed:
+            return None
+        t = self.inits.get(name)
+        if t is not None:
+            return None if t.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(t)
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant" and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
     def scalar(self, name: str, x: str | None = None) -> float | None:
         """The value of a one-element float32/float16 constant (onnxruntime has no double HardSigmoid)
         of rank 0, or of rank 1 where ``x`` is known to have rank >= 1 (it would broadcast a scalar x up)."""
-        arr = None
-        if name in self.fed:
-            return None
-        if name in self.inits:
-            arr = numpy_helper.to_array(self.inits[name])
-        else:
-            node = self.producer.get(name)
-            if node is not None and node.op_type == "Constant" and len(node.attribute) == 1 \
-                    and node.attribute[0].name == "value":
-                arr = numpy_helper.to_array(node.attribute[0].t)
+        arr = self.constant(name)
         if arr is None or arr.size != 1 or arr.dtype not in (np.float32, np.float16):
             return None
         if arr.ndim > 1 or (arr.ndim == 1 and (x is None or self.ranks.get(x, 0) < 1)):

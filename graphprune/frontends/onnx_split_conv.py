@@ -21,7 +21,6 @@ computed at all.
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -32,18 +31,6 @@ ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", 
                          "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Neg", "Abs", "Identity", "Clip"})
 BINARY = frozenset({"Mul", "Add", "Sub", "Div"})
 _MAX_CHAIN = 12  # a C2f's SiLU is two ops; longer chains are not an activation
-
-
-def _constant_array(ix: GraphIndex, name: str) -> np.ndarray | None:
-    if name in ix.fed:
-        return None
-    t = ix.inits.get(name)
-    if t is not None:
-        return None if t.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(t)
-    node = ix.producer.get(name)
-    if node is not None and node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-        return numpy_helper.to_array(node.attribute[0].t)
-    return None
 
 
 def _chain(ix: GraphIndex, start: str, order: list[onnx.NodeProto]) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
@@ -89,7 +76,7 @@ def _operands(ix: GraphIndex, node: onnx.NodeProto) -> list[str] | None:
         scalar = [ix.scalar(i) is not None for i in node.input]
         return [i for i, s in zip(node.input, scalar) if not s] if not all(scalar) else None
     if op == "BatchNormalization" and len(node.output) == 1 and all(
-            (a := _constant_array(ix, i)) is not None and a.ndim == 1 for i in node.input[1:5]):
+            (a := ix.constant(i)) is not None and a.ndim == 1 for i in node.input[1:5]):
         return [node.input[0]]
     return None
 
@@ -98,7 +85,7 @@ def _sizes(ix: GraphIndex, split: onnx.NodeProto, channels: int, opset: int) -> 
     attrs = {a.name: a for a in split.attribute}
     given = None
     if opset >= 13 and len(split.input) > 1 and split.input[1]:
-        arr = _constant_array(ix, split.input[1])
+        arr = ix.constant(split.input[1])
         given = None if arr is None else arr.reshape(-1).tolist()
         if given is None:
             return None
@@ -126,7 +113,7 @@ def _piece(model, ix, conv, chain, begin, end, out, taken) -> list[onnx.NodeProt
         if not name:
             continue
         piece = fresh_name(f"{name}_{begin}_{end}", taken)
-        model.graph.initializer.append(numpy_helper.from_array(_constant_array(ix, name)[begin:end], piece))
+        model.graph.initializer.append(numpy_helper.from_array(ix.constant(name)[begin:end], piece))
         inputs.append(piece)
     renamed = {conv.output[0]: fresh_name(f"{conv.output[0]}_{begin}_{end}", taken)}
     nodes = [helper.make_node("Conv", inputs, [renamed[conv.output[0]]], name=fresh_name(f"{base}_{begin}_{end}", taken))]
@@ -137,7 +124,7 @@ def _piece(model, ix, conv, chain, begin, end, out, taken) -> list[onnx.NodeProt
         if node.op_type == "BatchNormalization":
             for j in range(1, 5):
                 ins[j] = fresh_name(f"{node.input[j]}_{begin}_{end}", taken)
-                model.graph.initializer.append(numpy_helper.from_array(_constant_array(ix, node.input[j])[begin:end], ins[j]))
+                model.graph.initializer.append(numpy_helper.from_array(ix.constant(node.input[j])[begin:end], ins[j]))
         new = helper.make_node(node.op_type, ins, [y], name=fresh_name(f"{node.name or node.output[0]}_{begin}_{end}", taken))
         new.attribute.extend(node.attribute)
         nodes.append(new)
@@ -170,8 +157,8 @@ def split_conv_pieces(model: onnx.ModelProto) -> list[str]:
             continue
         conv, chain = found
         attrs = {a.name: a for a in conv.attribute}
-        w = _constant_array(ix, conv.input[1]) if len(conv.input) > 1 else None
-        b_ok = len(conv.input) < 3 or not conv.input[2] or _constant_array(ix, conv.input[2]) is not None
+        w = ix.constant(conv.input[1]) if len(conv.input) > 1 else None
+        b_ok = len(conv.input) < 3 or not conv.input[2] or ix.constant(conv.input[2]) is not None
         if (attrs["group"].i if "group" in attrs else 1) != 1 or w is None or not b_ok:
             continue
         sizes = _sizes(ix, split, w.shape[0], opset)

@@ -33,6 +33,7 @@ OnCapture = Callable[[str, Any], None]  # (IR value, tensor) as soon as the valu
 class Program(ABC):
     framework: str = ""
     default_atol: float = 1e-5  # the oracle's tolerance where the caller gives none
+    precision: str = ""  # "float16"/"bfloat16" where the oracle's tolerance is that precision's (ONNX)
     has_gradients: bool = False  # whether gradients() works (taylor, hessian)
 
     def __init__(self) -> None:
