@@ -14,6 +14,10 @@ without head counts or layer lists from the user:
 - ``hidden``: the residual stream. A channel written by two or more weights
   (embeddings, output projections, shortcut convs) whose outputs meet in an add.
 - ``ffn``: any other channel a weight creates: FFN units, a CNN block's inner width.
+- ``latent``: a channel one weight creates that a norm or a mean over its own dim then
+  reads (DeepSeek-V3's MLA latent ranks through their RMSNorm, a width under GroupNorm):
+  cutting it moves the model by more than the removed channels, as cutting the hidden size
+  does, so the default targets of a model with attention leave it whole.
 - ``channel``: a channel no weight creates (input features, vocabulary rows looked up
   by index, sequence positions), or one the model returns (logits, classes): frozen.
 - ``conv_group`` / ``group_channel``: outer / inner factors that are no attention
@@ -36,7 +40,7 @@ FLOATS = ("float", "bfloat", "complex")  # dtype spellings of weights; integer a
 # a router's decisions (which experts); a per-expert vector looked up by them is a bias (kinds only: some have no rule)
 ROUTING = frozenset({"aten.topk", "aten.sort", "aten.argsort", "aten.argmax", "onnx.TopK", "onnx.ArgMax"})
 
-KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "channel", "conv_group", "group_channel")
+KINDS = ("head", "query_group", "head_dim", "hidden", "ffn", "latent", "channel", "conv_group", "group_channel")
 
 
 def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
@@ -60,7 +64,8 @@ def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
         elif a in hidden:
             out[a] = "hidden"
         elif births.get(a) and not any(r.kind == MODEL_IO for r in g.frozen):
-            out[a] = "ffn"  # (a weight's output the model returns, logits or a tied vocabulary, is no FFN unit)
+            # (a weight's output the model returns, logits or a tied vocabulary, is no FFN unit)
+            out[a] = "latent" if g.inexact else "ffn"
         else:
             out[a] = "channel"
     return out

@@ -33,7 +33,7 @@ class PruneOptions:
       number (1: any width).
     - ``ignore``: parameter or module names whose groups stay whole.
     - ``roles`` / ``targets``: what to prune, by layout ("channel", "outer", "inner") or by kind
-      ("heads", "ffn", "hidden", "query_heads", "head_dim", "conv_groups", "blocks").
+      ("heads", "ffn", "latent", "hidden", "query_heads", "head_dim", "conv_groups", "blocks").
     - ``ratios``: per-group overrides keyed by group id, module / parameter name, or kind.
     - ``calib``: calibration batches (tuples, dicts, a DataLoader); ``loss_fn(output, batch)``
       for the gradient criteria and depth scoring; ``calib_tokens``: stop taking batches once

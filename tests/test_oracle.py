@@ -193,7 +193,7 @@ def test_a_prune_with_some_groups_unchecked_is_partial_not_pass():
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16),
                                 torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).eval()
     _, report = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, verify=True,
-                         targets=("ffn", "hidden"))
+                         targets=("ffn", "latent", "hidden"))
     oracle = report.oracle
     assert oracle.passed and oracle.checked_groups and oracle.inexact_groups
     assert oracle.verdict == "PARTIAL" and str(oracle).startswith("oracle PARTIAL:")
@@ -206,11 +206,11 @@ def test_without_the_oracle_the_report_still_names_the_groups_that_are_not_exact
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16),
                                 torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).eval()
-    _, report = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, targets=("ffn", "hidden"))
+    _, report = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, targets=("ffn", "latent", "hidden"))
     assert report.oracle is None and [n for _, n in report.inexact] == [1]
     assert "not oracle-exact: 1 pruned group(s) cross ops that mix channels" in str(report)
     assert report.to_dict()["inexact"][0]["groups"] == 1
-    _, checked = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, targets=("ffn", "hidden"),
+    _, checked = gp.prune(model, (torch.randn(3, 8),), ratio=0.5, round_to=1, runtime=None, targets=("ffn", "latent", "hidden"),
                           verify=True)
     assert "not oracle-exact: 1" not in str(checked) and "1 pruned group(s) not oracle-exact" in str(checked)
     plain = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()

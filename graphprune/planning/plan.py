@@ -131,7 +131,7 @@ def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
 
 # Plural and everyday spellings of the kinds in graphprune.kinds.
 _TARGET_ALIASES = {"heads": ("head",), "kv_heads": ("head",), "query_heads": ("query_group",),
-                   "query_groups": ("query_group",), "head_dims": ("head_dim",), "channels": ("hidden", "ffn"),
+                   "query_groups": ("query_group",), "head_dims": ("head_dim",), "channels": ("hidden", "ffn", "latent"),
                    "conv_groups": ("conv_group",)}
 ROLES = ("channel", "outer", "inner")
 DEFAULT_ROLES = ("channel", "outer")

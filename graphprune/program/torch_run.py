@@ -21,12 +21,20 @@ from ..frontends.torch_trace import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
 
 
+def _written_in_place(gm: torch.fx.GraphModule) -> frozenset[str]:
+    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into."""
+    return frozenset(n.args[0].name for n in gm.graph.nodes
+                     if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
+                     and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__"))
+
+
 class _MaskedInterpreter(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, torch.Tensor]]],
                  prefix: str = "") -> None:
         super().__init__(gm)
         self.masks = masks
         self.prefix = prefix  # inlined subgraphs' values are named "<wrapper node>/<node>" in the IR
+        self.written = _written_in_place(gm)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         if n.op == "call_function" and op_id(n.target) in WRAPPERS:
@@ -36,7 +44,7 @@ class _MaskedInterpreter(torch.fx.Interpreter):
             return out
         if isinstance(out, (tuple, list)):
             return type(out)(self._mask(f"{self.prefix}{n.name}.{i}", o) for i, o in enumerate(out))
-        return self._mask(self.prefix + n.name, out)
+        return self._mask(self.prefix + n.name, out, in_place=n.name in self.written)
 
     def _run_wrapper(self, n: torch.fx.Node) -> Any:
         """Run a context-wrapping higher-order op's body with masks inside it too."""
@@ -48,13 +56,16 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         with ctx:
             return _MaskedInterpreter(sub, self.masks, f"{self.prefix}{n.name}/").run(*args[at + 1:])
 
-    def _mask(self, name: str, t: Any) -> Any:
+    def _mask(self, name: str, t: Any, in_place: bool = False) -> Any:
         if name not in self.masks or not isinstance(t, torch.Tensor) or not t.is_floating_point():
             return t
         for d, m in self.masks[name]:
             shape = [1] * t.dim()
             shape[d] = -1
-            t = torch.where(m.to(t.device).view(shape), t, torch.zeros((), dtype=t.dtype, device=t.device))
+            if in_place:  # a view an in-place op writes through (a slice copy_ fills): a copy would take the write
+                t.masked_fill_(~m.to(t.device).view(shape), 0)
+            else:
+                t = torch.where(m.to(t.device).view(shape), t, torch.zeros((), dtype=t.dtype, device=t.device))
         return t
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("elementwise", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "reorder",
+_FAMILIES = ("elementwise", "factory", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "reorder",
              "onnx_shape", "recurrent", "control")
 _loaded = False
 

@@ -7,9 +7,7 @@ zeroes pruned channels at every value they reach.
 from __future__ import annotations
 
 from ..ir import Node
-from ..reasons import COMPUTED
-from .recurrent import zero_state
-from .registry import RuleContext, defbroadcasting, defelementwise, defopaque_outputs, register
+from .registry import RuleContext, defbroadcasting, defelementwise, register
 
 _UNARY = (
     "relu relu_ relu6 gelu gelu_ silu silu_ sigmoid sigmoid_ tanh tanh_ hardtanh hardtanh_ hardswish "
@@ -25,23 +23,9 @@ _BINARY = (
     "masked_fill_ logical_and logical_or logical_xor bitwise_and bitwise_or floor_divide remainder "
     "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max polar complex"
 ).split()
-_FACTORIES = "arange zeros ones full empty scalar_tensor new_zeros new_ones new_full new_empty randn rand tensor linspace".split()
 
 defelementwise(*(f"aten.{op}" for op in _UNARY))
 defbroadcasting(*(f"aten.{op}" for op in _BINARY))
-defopaque_outputs(*(f"aten.{op}" for op in _FACTORIES if op != "zeros"))
-
-
-@register("aten.zeros")
-def _zeros(node: Node, ctx: RuleContext) -> None:
-    # A recurrent layer's default initial state: its size follows the hidden units.
-    out = node.outputs[0]
-    if zero_state(ctx, out) and isinstance(node.args[0], (list, tuple)):
-        for d, size in enumerate(node.args[0]):
-            if isinstance(size, int) and size > 1:
-                ctx.carry(ctx.s(out, d), (0, d), size)
-        return
-    ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {node.where()}")
 
 
 @register("aten.prelu", "aten._prelu_kernel")

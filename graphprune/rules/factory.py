@@ -1,0 +1,87 @@
+"""Ops that create tensors from their arguments (zeros, empty, arange, ...).
+
+Their sizes are numbers in the op's arguments, not channels any input carries, so their
+output dims are frozen, except in two patterns whose sizes the rewrite may carry:
+
+- a recurrent layer's zero initial state (its size follows the hidden units);
+- a buffer assembled from pieces: a fresh tensor whose slices along one dim are each
+  written whole by ``copy_`` before anything reads it (DeepSeek-V3's MLA builds its keys
+  so: ``new_empty`` then ``k[..., :n].copy_(k_nope)`` and ``k[..., n:].copy_(k_rot)``).
+  It is a concatenation written in place: every other dim is the pieces' dims, which the
+  slices and copies tie, and the buffer's size follows them.
+"""
+from __future__ import annotations
+
+from ..ir import Node, Ref
+from ..reasons import COMPUTED
+from .recurrent import zero_state
+from .registry import RuleContext, defopaque_outputs, register
+
+_INT_MAX = 2 ** 62
+# op -> the index of its size list (zeros/empty/full take it first, the new_* methods after self)
+_SIZED = {"aten.zeros": 0, "aten.empty": 0, "aten.full": 0,
+          "aten.new_zeros": 1, "aten.new_empty": 1, "aten.new_full": 1}
+defopaque_outputs(*(f"aten.{op}" for op in "arange ones scalar_tensor new_ones randn rand tensor linspace".split()))
+
+
+@register(*_SIZED)
+def _sized(node: Node, ctx: RuleContext) -> None:
+    out, at = node.outputs[0], _SIZED[node.op]
+    size = node.args[at] if len(node.args) > at else node.kwargs.get("size")
+    if isinstance(size, (list, tuple)) and ((node.op == "aten.zeros" and zero_state(ctx, out))
+                                            or assembled(ctx, node, out)):
+        for d, n in enumerate(size):
+            if isinstance(n, int) and n > 1:
+                ctx.carry(ctx.s(out, d), (at, d), n)
+        return
+    ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {node.where()}")
+
+
+def _span(node: Node, ctx: RuleContext, out: str) -> tuple[int, int, int] | None:
+    """(dim, start, stop) of a unit-step slice or narrow of ``out``; None for anything else."""
+    if not node.args or not isinstance(node.args[0], Ref) or node.args[0].name != out:
+        return None
+    rank = ctx.rank(out)
+    if node.op == "aten.slice":
+        dim, start, stop = ctx.arg(node, 1, "dim", 0), ctx.arg(node, 2, "start", None) or 0, ctx.arg(node, 3, "end", None)
+        if ctx.arg(node, 4, "step", 1) != 1:
+            return None
+    elif node.op == "aten.narrow" and len(node.args) >= 4 and isinstance(node.args[2], int) \
+            and isinstance(node.args[3], int):
+        dim, start = node.args[1], node.args[2]
+        stop = start + node.args[3]
+    else:
+        return None
+    if not isinstance(dim, int) or not isinstance(start, int) or not (stop is None or isinstance(stop, int)):
+        return None
+    dim %= rank
+    n = ctx.shape(out)[dim]
+    stop = n if stop is None or stop >= _INT_MAX else stop
+    start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
+    return dim, max(0, min(start, n)), max(0, min(stop, n))
+
+
+def assembled(ctx: RuleContext, node: Node, out: str) -> bool:
+    """Whether ``out`` is written whole, piece by piece, by copies into slices of it along one
+    dim before any other op reads it (see the module docstring)."""
+    spans, writes, reads = [], [], []
+    for u in ctx.users(out):
+        span = _span(u, ctx, out)
+        copies = ctx.users(u.outputs[0]) if span is not None else []
+        if span is not None and copies and all(c.op == "aten.copy_" and isinstance(c.args[0], Ref)
+                                               and c.args[0].name == u.outputs[0] for c in copies):
+            spans.append(span)
+            writes.extend(copies)
+        else:
+            reads.append(u)
+    if not spans or len({d for d, _, _ in spans}) != 1:
+        return False
+    dim, covered = spans[0][0], 0
+    for _, start, stop in sorted(spans, key=lambda s: s[1]):
+        if start > covered:
+            return False  # a gap: part of the buffer is never written
+        covered = max(covered, stop)
+    if covered != ctx.shape(out)[dim]:
+        return False
+    position = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
+    return max(position[w.name] for w in writes) < min((position[r.name] for r in reads), default=len(position))
