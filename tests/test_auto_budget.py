@@ -53,7 +53,7 @@ def test_auto_measures_held_out_sensitivity_when_affordable():
 
 
 def test_auto_stays_uniform_when_the_runs_cost_too_much(monkeypatch):
-    monkeypatch.setattr(bs, "AUTO_BUDGET_S", 1e-9)
+    monkeypatch.setattr(bs, "AUTO_LIMIT_S", 1e-9)
     pruned, report = _prune()
     note = next(n for n in report.notes if n.startswith("allocation: uniform; measuring each group's held-out"))
     assert "allocation='sensitivity'" in note
@@ -103,6 +103,7 @@ def test_a_first_batch_over_the_allowance_stays_uniform(monkeypatch):
     dg = program.graph()
     per_item = scoring_seconds(dg, dg.prunable_groups())
     monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 40)  # buys 40 items, the floor of 32 fits
+    monkeypatch.setattr(bs, "AUTO_LIMIT_S", per_item * 40)
     notes: list[str] = []
     assert bs.auto_rows(program, dg, dg.prunable_groups(), calib, notes) is None
     assert "on 48 calibration rows" in notes[0]
@@ -117,9 +118,13 @@ def test_rows_follow_the_time_allowance(monkeypatch):
     per_item = scoring_seconds(dg, groups)
     monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 40.5)
     assert bs.auto_rows(program, dg, groups, _held(), []) == 40
-    monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 31.5)
+    # the allowance buys fewer than the floor, the floor is within the limit: measured on the floor
+    monkeypatch.setattr(bs, "AUTO_BUDGET_S", per_item * 20.5)
+    monkeypatch.setattr(bs, "AUTO_LIMIT_S", per_item * 32.5)
+    assert bs.auto_rows(program, dg, groups, _held(), []) == 32
+    monkeypatch.setattr(bs, "AUTO_LIMIT_S", per_item * 31.5)
     notes: list[str] = []
-    assert bs.auto_rows(program, dg, groups, _held(), notes) is None and notes
+    assert bs.auto_rows(program, dg, groups, _held(), notes) is None and "over the" in notes[0]
 
 
 def test_later_groups_cost_less_to_score():
