@@ -258,3 +258,22 @@ def test_a_zero_state_sliced_per_layer_does_not_freeze_the_hidden_units(tmp_path
     assert shapes["R1"] == (1, 9, 3) and shapes["R2"] == (1, 9, 3) and shapes["Wo"] == (3, 2)
     x = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(np.float32)
     assert ort.InferenceSession(dst.as_posix()).run(None, {"x": x})[0].shape == (5, 2, 2)
+
+
+class _PaddedWithZeros(torch.nn.Module):
+    """zeros joined to features by torch.cat (TimesFM pads its patches so): cat's first argument is a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.cat([torch.relu(self.a(x)), torch.zeros(x.shape[0], 4)], dim=-1))
+
+
+def test_zeros_read_by_an_op_taking_a_list_is_no_state_and_no_crash():
+    # the zero-state check read every user's first argument as a tensor: AttributeError 'list' has no 'name'
+    torch.manual_seed(0)
+    model, args = _PaddedWithZeros().eval(), (torch.randn(3, 8),)
+    pruned, report = gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_features == 8 and pruned.b.in_features == 8 + 4

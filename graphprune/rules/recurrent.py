@@ -171,10 +171,11 @@ def zero_state(ctx: RuleContext, out: str, depth: int = 0) -> bool:
     users = ctx.users(out)
 
     def feeds(u) -> bool:
-        first = [a.name for a in u.args[:1] if a]
+        # (aten ops may take lists of tensors, torch.cat's first argument: a list is no state)
+        first = [u.args[0].name] if u.args and isinstance(u.args[0], Ref) else []
         if u.op in RECURRENT_OPS:
             return out not in first  # the state, not the sequence
         return (u.op in _ZERO_PASS and first == [out] and depth < 4 and all(
-            a.name == out or ctx.graph.values[a.name].data is not None for a in u.args if a)  # fixed indices
-            and all(zero_state(ctx, o, depth + 1) for o in u.outputs))
+            a.name == out or ctx.graph.values[a.name].data is not None for a in u.args if isinstance(a, Ref))
+            and all(zero_state(ctx, o, depth + 1) for o in u.outputs))  # (fixed indices)
     return bool(users) and all(feeds(u) for u in users)
