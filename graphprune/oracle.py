@@ -31,6 +31,10 @@ class OracleReport:
     checked_blocks: list[str] = field(default_factory=list)  # residual branches removed whole
     logits: list[str] = field(default_factory=list)  # softmax/sigmoid outputs compared at these inputs (Program.oracle_views)
     precision: str = ""  # "float16" / "bfloat16" where the model computes in it (the atol is then its own)
+    # after a FAIL: the traced graph, nothing masked, against the model itself on the example inputs. Above
+    # atol the trace took another path than the model runs (PaliGemma under transformers' tracing branch):
+    # the masked original is then no reference, and the FAIL says nothing of the plan
+    trace_gap: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -66,6 +70,12 @@ class OracleReport:
         if self.inexact_groups:
             s += f"; {len(self.inexact_groups)} pruned group(s) not oracle-exact, not checked: " + "; ".join(
                 f"group {g}: {r[0]}" for g, r in list(self.inexact_groups.items())[:3])
+        if self.trace_gap is not None and self.trace_gap > self.atol:
+            s += (f". The traced graph itself, nothing pruned, is {self.trace_gap:.3g} apart from the model on the "
+                  "example inputs: the forward takes another path while traced (a library's branch for tracing, "
+                  "or a path the inputs' values choose), so the oracle has no reference and this FAIL does not "
+                  "judge the plan; calibrated repairs, fitted on the trace, are suspect too. Prune with "
+                  "verify=False and no calib=, and check the result on your own data")
         return s
 
 
@@ -129,8 +139,12 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
         worst, scaled = max(worst, gap), max(scaled, rel)
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
-    return OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
-                        list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
+    report = OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
+                          list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
+    if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
+        example = program.oracle_inputs(0)[0]
+        report.trace_gap = gaps(program.run(example, masks={}), program.run(example))[1]
+    return report
 
 
 SOFTMAX_FLOOR = -80.0  # logits this far below their row's largest give probabilities float32 flushes to 0

@@ -228,3 +228,41 @@ def test_a_plan_verified_on_another_trace_says_so():
     with pytest.raises(gp.PlanError, match=r"the plan does not fit this trace: group 1000000 \(size 16\) is not in it"
                                            r"\. A plan holds the group ids of the trace it was made on"):
         gp.verify(model, x, elsewhere)
+
+
+class _TracedPathDiffers(torch.nn.Module):
+    """The forward's path depends on an integer input's values in eager mode, while the traced path (export's
+    flags set) assumes the example's: as transformers' SigLIP2 and PaliGemma do."""
+
+    def __init__(self, always: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.always = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4), always
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        if not torch.compiler.is_exporting():  # eager: gated by the ids' values; traced: the gate is taken as open
+            h = h * (ids[:, 1:] >= 5).float() * (0.5 if self.always else 1.0)
+        return self.b(h)
+
+
+def _path_args() -> tuple:
+    torch.manual_seed(0)
+    return torch.randn(4, 8), torch.tensor([[0, 5]] * 4)
+
+
+def test_random_integers_that_leave_the_traced_path_keep_the_example_ones():
+    # random ids in [0, 5] close the gate for most rows, where the trace keeps it open: the oracle compared the
+    # pruned model's path with another one and said FAIL for a right plan (SigLIP2's patch grids)
+    model, args = _TracedPathDiffers().eval(), _path_args()
+    program = TorchProgram(model, args)
+    batches = program.oracle_inputs(2)
+    assert all(torch.equal(b[0][1], args[1]) for b in batches) and not torch.equal(batches[1][0][0], args[0])
+    _, report = gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS", report.oracle
+
+
+def test_a_fail_where_the_trace_is_not_the_model_says_so():
+    # PaliGemma under transformers' tracing branch: the trace is 0.038 apart from the model before anything is cut
+    model, args = _TracedPathDiffers(always=True).eval(), _path_args()
+    with pytest.raises(gp.errors.RewriteError, match="The traced graph itself, nothing pruned, is .* apart from the model"):
+        gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, verify=True)

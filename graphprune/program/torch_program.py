@@ -38,6 +38,7 @@ from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
+from .torch_oracle_inputs import oracle_batches
 from .torch_run import Walk, as_batch, retrace, take_items
 
 
@@ -249,23 +250,9 @@ class TorchProgram(Program):
         walk_grams(dg, self.trace(), batches, self._act_masks(masks), todo, tensors, add_bias, result, self.trace_for)
 
     def oracle_inputs(self, trials: int) -> list[tuple[tuple, dict]]:
-        """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes: one
-        example can hide a wrong rewrite behind a dead ReLU or a tiny activation. Integer inputs
-        stay within their observed range (token ids, masks), so they stay valid."""
-        out = [(self.args, dict(self.kwargs))]
-        gen = torch.Generator().manual_seed(1234)
-
-        def fresh(a: Any) -> Any:
-            if isinstance(a, torch.Tensor) and a.is_floating_point():
-                scale = float(a.float().std()) if a.numel() > 1 else 1.0
-                return (torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype)
-            if isinstance(a, torch.Tensor) and a.dtype in (torch.int64, torch.int32) and a.numel():
-                return torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype)
-            return a
-
-        for _ in range(trials):
-            out.append((tuple(fresh(a) for a in self.args), {k: fresh(v) for k, v in self.kwargs.items()}))
-        return out
+        """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes, integers kept
+        where a draw takes the forward off the traced path (graphprune/program/torch_oracle_inputs.py)."""
+        return oracle_batches(self, trials)
 
     def bias_free(self, sites) -> set[str]:
         """Sites run by an nn.Linear / nn.ConvNd without a bias."""
