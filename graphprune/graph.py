@@ -8,11 +8,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .blocks import find_blocks
+from .boundaries import freeze_boundaries
 from .errors import PlanError
 from .graph_views import groups_table, op_digraph
 from .ir import Graph
 from .kinds import group_kinds
-from .reasons import CONSTANT, MODEL_IO, OP_ARGUMENT, Reason, at
+from .reasons import CONSTANT, OP_ARGUMENT, Reason, at
 from .rules.registry import Carry, apply_rules, declare_slots
 from .spaces import Solver, Term
 from .steps import op_steps
@@ -119,13 +120,7 @@ class DependencyGraph:
         self._tie_aliases()
         users = graph.consumers()  # reasons about a value name the node that reads or makes it
         if freeze_io:
-            made = {o: n for n in graph.nodes for o in n.outputs}
-            for name in graph.inputs:
-                for d in range(graph.values[name].rank):
-                    self.solver.freeze((name, d), Reason(MODEL_IO, f"model input '{name}' dim {d}", node=name))
-            for name in graph.outputs:
-                for d in range(graph.values[name].rank):
-                    self.solver.freeze((name, d), at(MODEL_IO, f"model output '{name}' dim {d}", made.get(name)))
+            freeze_boundaries(graph, self.solver, users)
         # Back-ends slice float weights only: an integer constant indexed along a channel (a
         # one-hot's class ids compared against a feature) pins that channel.
         for v in graph.values.values():
