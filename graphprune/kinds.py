@@ -129,9 +129,21 @@ def _walk_forward(value: str, consumers: dict, hops: int = 4):
     return None
 
 
+def head_axes(dg: "DependencyGraph", value: str) -> list[int]:
+    """The dims of an attention operand between its batch and its (seq, dim): (batch, heads, seq, dim); Hiera's
+    (batch, heads, windows, seq, dim), whose windows are sequence positions; with heads folded into batch,
+    (batch*heads, seq, dim)."""
+    rank = dg.ir.values[value].rank
+    return list(range(1, rank - 2)) if rank >= 4 else [0]
+
+
 def head_axis(dg: "DependencyGraph", value: str) -> int:
-    """The head axis of an attention operand."""
-    # (batch, heads, seq, dim); with heads folded into batch, (batch*heads, seq, dim).
+    """The head axis of an attention operand: the first of :func:`head_axes` whose channels are not all
+    frozen (Hiera's windows are), else the one before (seq, dim)."""
+    frozen = dg.solver.frozen_reasons()
+    for d in head_axes(dg, value):
+        if any(a not in frozen for a in _atoms(dg, value, d)):
+            return d
     return -3 if dg.ir.values[value].rank >= 4 else 0
 
 
@@ -151,11 +163,11 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
         head_dim |= dims
         # The query head axis is outer-major: (kv head, query per kv head) under GQA, whether
         # keys are repeated (expand + reshape) or shared by SDPA's enable_gqa.
-        q_heads = [a for a in movable(_atoms(dg, q, head_axis(dg, q))) if a not in dims]
+        q_heads = [a for a in movable([b for d in head_axes(dg, q) for b in _atoms(dg, q, d)]) if a not in dims]
         if q_heads:
             head.add(q_heads[0])
             query.update(q_heads[1:])
-        for a in movable(_atoms(dg, k, head_axis(dg, k)) + _atoms(dg, v, head_axis(dg, v))):
+        for a in movable([b for x in (k, v) for d in head_axes(dg, x) for b in _atoms(dg, x, d)]):
             if a not in dims and a not in query:
                 head.add(a)
     return head, query - head, head_dim - head

@@ -55,6 +55,37 @@ def test_complex_rope_heads_prune_exactly():
     assert pruned(other).shape == other.shape
 
 
+class WindowAttention(nn.Module):
+    """Hiera's mask-unit attention: q, k, v as (batch, heads, windows, tokens, head_dim), scores by matmul."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4, windows: int = 2) -> None:
+        super().__init__()
+        self.h, self.w, self.d = heads, windows, hidden // heads
+        self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+        self.fc1, self.fc2 = nn.Linear(hidden, 64), nn.Linear(64, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        qkv = self.qkv(x).reshape(b, t // self.w, self.w, 3, -1, self.d).permute(3, 0, 4, 2, 1, 5)
+        q, k, v = qkv.unbind(0)
+        y = ((q * self.d ** -0.5) @ k.transpose(-1, -2)).softmax(-1) @ v
+        x = x + self.proj(y.transpose(1, 3).reshape(b, t, -1))
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_heads_of_a_five_dimensional_window_attention_are_heads():
+    # the head axis was taken as the dim before (seq, dim): Hiera's windows, sequence positions, so its heads
+    # were typed conv_group and the default call cut none
+    torch.manual_seed(0)
+    model, args = WindowAttention().eval(), (torch.randn(2, 8, 32),)
+    g = gp.trace(model, args)
+    heads = [grp for grp in g.prunable_groups() if grp.kind == "head"]
+    assert [grp.size for grp in heads] == [4], g.summary()
+    pruned, report = gp.prune(model, args, ratio=0.5, round_to=1, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS", report.oracle
+    assert pruned.qkv.out_features == 3 * 16 and pruned.proj.in_features == 16 and pruned.fc1.out_features == 32
+
+
 T = pytest.importorskip("transformers", reason="Llama 4 text is a transformers model")
 
 
