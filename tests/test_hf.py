@@ -4,6 +4,7 @@ config sync and loadable checkpoints. Models are random-init from tiny configs
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -469,4 +470,5 @@ def test_config_sync_names_only_sizes_the_prune_changed():
                                                neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_attention_heads=2))
     _, rep = gp.hf.prune(model.eval(), ratio=0.25, targets=("ffn",), measure_latency=False)
     assert not rep.sync.loadable and "FFN sizes differ between layers" in rep.sync.reason
+    assert re.search(r"differ between layers \(\d+ -> \d+, \d+ -> \d+", rep.sync.reason), rep.sync.reason  # before -> after
     assert "head" not in rep.sync.reason

@@ -116,7 +116,8 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
 
     def uniform(what: str, values: set) -> Any:
         if len(values) > 1:
-            problems.append(f"{what} differ between layers ({sorted(values)})")
+            pairs = ", ".join(f"{a} -> {b}" for a, b in sorted(values))  # (original, kept) per layer
+            problems.append(f"{what} differ between layers ({pairs})")
             return None
         return next(iter(values)) if values else None
 
