@@ -4,6 +4,7 @@ would pass it), and a softmax output is compared at its logits."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -266,3 +267,14 @@ def test_a_fail_where_the_trace_is_not_the_model_says_so():
     model, args = _TracedPathDiffers(always=True).eval(), _path_args()
     with pytest.raises(gp.errors.RewriteError, match="The traced graph itself, nothing pruned, is .* apart from the model"):
         gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, verify=True)
+
+
+def test_calibration_on_a_trace_that_is_not_the_model_warns():
+    # with verify=False nothing else would say that the statistics and repairs were taken on another path
+    model, args = _TracedPathDiffers(always=True).eval(), _path_args()
+    with pytest.warns(gp.PruneWarning, match="the traced graph, nothing pruned, is .* apart from the model on the first"):
+        gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, calib=[args, args])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gp.PruneWarning)  # the same model on its traced path says nothing of it
+        model = _TracedPathDiffers().eval()
+        gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, calib=[args, args], allocation="uniform")
