@@ -90,7 +90,9 @@ def run(model: str, src: Path, shapes: dict | None, macs: float, calib_photos: i
         row = {"model": model, "macs": macs, "variant": variant, "seconds": time.perf_counter() - t,
                "macs_kept": report.macs_after / report.macs_before,
                "allocation": next((n for n in report.notes if n.startswith("allocation")), ""),
-               "held_out_photos": sum(len(b) for b in held), **scores(ref, outputs(dst, name, held))}
+               "held_out_photos": sum(len(b) for b in held), **scores(ref, outputs(dst, name, held)),
+               # the report's own timing (onnxruntime, one thread, at the example's shape): never slower is the bar
+               "latency_ms": [report.latency_before_ms, report.latency_after_ms]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
