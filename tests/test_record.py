@@ -286,3 +286,20 @@ def test_checking_a_recording_leaves_the_model_and_the_rng_as_they_were():
     trace_model(model, (x,))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+class _ReadsAnInput(torch.nn.Module):
+    """Slices by the values of an integer input, as Pixtral does with its image_sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        return self.fc(x[:, : int(sizes[0])])
+
+
+def test_a_trace_that_reads_an_inputs_values_names_the_input():
+    model, x, sizes = _ReadsAnInput().eval(), torch.randn(2, 5, 8), torch.tensor([3, 4])
+    with pytest.raises(gp.errors.TraceError, match="the values read are those of the input 'sizes'"):
+        gp.trace(model, (x, sizes))

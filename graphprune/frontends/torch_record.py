@@ -150,12 +150,24 @@ class _Recorder(PreDispatchModeBase):
         self.on_meta = on_meta
         self.device: torch.device | None = None
 
+    def _input_of(self, t: Any) -> str | None:
+        """The model input whose values ``t`` holds, through a few views or copies of it (``sizes[i]``)."""
+        node = self.env.get(t) if isinstance(t, torch.Tensor) else None
+        for _ in range(4):
+            if node is None or node.op == "placeholder":
+                break
+            node = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
+        return node.target if node is not None and node.op == "placeholder" else None
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _op_name(func)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
-            where = _user_frame()
-            raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else ""))
+            where, given = _user_frame(), self._input_of(args[0] if args else None)
+            raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else "") + (
+                f"; the values read are those of the input '{given}': where the model also takes it as a Python "
+                "list or number, pass it so (Pixtral's image_sizes), and its values are constants of the trace"
+                if given else ""))
         with no_python_dispatcher():  # the op's own kernels: C++ meta where torch has one
             out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
             # the node's stand-in (made here: a meta tensor costs twice as much under the Python dispatcher)
