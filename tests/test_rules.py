@@ -3,6 +3,7 @@ hand, each also held to the oracle with every role pruned."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -462,3 +463,35 @@ def test_a_strided_slice_with_a_bound_stays_frozen():
 
     g = gp.trace(Bounded().eval(), (torch.randn(3, 5, 8),))
     assert not [grp for grp in g.prunable_groups() if grp.size in (16, 32)]  # a bound would need rewriting
+
+
+class _Sampled(nn.Module):
+    """Values sampled at computed coordinates (a spatial transformer; deformable attention's values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.offsets, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = torch.tanh(self.offsets(x)).permute(0, 2, 3, 1)  # (N, H, W, 2) in [-1, 1]
+        return self.b(F.grid_sample(torch.relu(self.a(x)), grid, align_corners=False))
+
+
+def test_grid_sample_passes_channels_one_by_one():
+    # RT-DETR's deformable attention was frozen: "no coupling rule for op aten.grid_sampler"
+    torch.manual_seed(0)
+    model, args = _Sampled().eval(), (torch.randn(2, 3, 8, 8),)
+    g = gp.trace(model, args)
+    assert [grp.size for grp in g.prunable_groups()] == [16], g.summary()  # the 2 coordinates stay
+    pruned, report = gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_channels == 8 and pruned.b.in_channels == 8
+
+
+def test_onnx_grid_sample_passes_channels_one_by_one(tmp_path):
+    torch.manual_seed(0)
+    model, x = _Sampled().eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False, opset_version=17, input_names=["x"])
+    report = gp.prune_onnx(tmp_path / "m.onnx", tmp_path / "out.onnx", ratio=0.5, round_to=1, verify=True)
+    assert report.oracle.verdict == "PASS" and report.params_after < report.params_before

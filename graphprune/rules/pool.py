@@ -105,3 +105,18 @@ def _onnx_channel_mixing(node: Node, ctx: RuleContext) -> None:
     for name in [node.args[0].name] + node.outputs:
         ctx.freeze_value(name, CHANNEL_MIXING, f"channels rearranged or normalised across by {node.where()}")
 
+
+
+@register("aten.grid_sampler", "aten.grid_sampler_2d", "aten.grid_sampler_3d", "onnx.GridSample")
+def _grid_sample(node: Node, ctx: RuleContext) -> None:
+    # out[n, c, *p] samples x[n, c] at grid[n, *p]: each channel alone (a zeroed one samples zeros under every
+    # interpolation and padding mode), as deformable attention (RT-DETR, Deformable DETR) samples each head's
+    # values. x's own positions are read at computed coordinates: positions, frozen; so is the grid's coordinate dim.
+    x, grid, out = node.args[0].name, node.args[1].name, node.outputs[0]
+    rank = ctx.rank(x)
+    ctx.tie_dims(x, out, [0, 1], [0, 1])
+    ctx.tie(ctx.s(grid, 0), ctx.s(out, 0))
+    ctx.tie_dims(grid, out, range(1, rank - 1), range(2, rank))
+    ctx.freeze(ctx.s(grid, rank - 1), SPATIAL, f"sampling coordinates at {node.where()}")
+    for d in range(2, rank):
+        ctx.freeze(ctx.s(x, d), SPATIAL, f"positions sampled at computed coordinates at {node.where()}")
