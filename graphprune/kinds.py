@@ -27,7 +27,7 @@ Plain IR reading: no torch, no onnx.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 from .ops import Ops
 from .reasons import MODEL_IO
@@ -137,10 +137,11 @@ def head_axes(dg: "DependencyGraph", value: str) -> list[int]:
     return list(range(1, rank - 2)) if rank >= 4 else [0]
 
 
-def head_axis(dg: "DependencyGraph", value: str) -> int:
+def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None = None) -> int:
     """The head axis of an attention operand: the first of :func:`head_axes` whose channels are not all
-    frozen (Hiera's windows are), else the one before (seq, dim)."""
-    frozen = dg.solver.frozen_reasons()
+    frozen (Hiera's windows are), else the one before (seq, dim). ``frozen``: the solver's frozen atoms,
+    where a caller asks for many operands (they are gathered from every freeze each time otherwise)."""
+    frozen = dg.solver.frozen_reasons() if frozen is None else frozen
     for d in head_axes(dg, value):
         if any(a not in frozen for a in _atoms(dg, value, d)):
             return d

@@ -15,6 +15,7 @@ import numpy as np
 
 from .planning.plan import PrunePlan, block_masks, keep_masks
 from .reasons import Reason
+from .util.compare import gaps
 
 
 @dataclass
@@ -79,30 +80,6 @@ class OracleReport:
         return s
 
 
-def gaps(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
-    """(max |got - want|, the same relative to max(1, max |want|)) over matching outputs.
-
-    NaN and inf are values: equal entries (NaN and NaN, inf and inf) differ by nothing, a NaN or
-    inf in one output and not the other by inf. Outputs that differ in number or shape differ by
-    inf. (Python's ``max(0.0, nan)`` is 0.0: a plain maximum would pass a model that emits NaN.)"""
-    if len(got) != len(want):
-        return float("inf"), float("inf")
-    worst = scaled = 0.0
-    for a, b in zip(got, want):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
-            return float("inf"), float("inf")
-        if not a.size:
-            continue
-        with np.errstate(invalid="ignore"):  # inf - inf
-            diff = np.where((a == b) | np.isnan(b), 0.0, np.abs(a - b))
-        finite = np.abs(b[np.isfinite(b)])
-        gap = float(diff.max())
-        worst = max(worst, gap)
-        scaled = max(scaled, gap / max(1.0, float(finite.max()) if finite.size else 1.0))
-    return worst, scaled
-
-
 def max_abs_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     """Largest elementwise difference over matching outputs; inf where the outputs differ in
     number or shape, or in where they are NaN or infinite."""
@@ -142,8 +119,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     report = OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
                           list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
     if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
-        example = program.oracle_inputs(0)[0]
-        report.trace_gap = gaps(program.run(example, masks={}), program.run(example))[1]
+        report.trace_gap = program.trace_gap(program.oracle_inputs(0)[0])
     return report
 
 

@@ -83,16 +83,16 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
     out = ConfigSync()
     pruned = plan.masks()
     heads: dict[str, tuple] = {}
-    kinds = dg.kinds
+    kinds, frozen = dg.kinds, set(dg.solver.frozen_reasons())
     for node_name, q, _, v in attention_sites(dg):
         path = dg.module_of(node_name)
-        q_atoms = dg.solver.atoms(dg.solver.layout((q, head_axis(dg, q) % dg.ir.values[q].rank)))
+        q_atoms = dg.solver.atoms(dg.solver.layout((q, (axis := head_axis(dg, q, frozen)) % dg.ir.values[q].rank)))
         kv_atoms = [a for a in q_atoms if kinds.get(a) == "head"]
         rep_atoms = [a for a in q_atoms if kinds.get(a) == "query_group"]
         # query heads: a (batch, heads, seq, dim) operand's head axis itself, whatever atoms its layout
         # splits it into (Falcon's fused [key/value groups, queries per group + 2] leaves the queries
         # per group unlabelled); with heads folded into batch, its head atoms
-        q_heads = (_kept(dg, q, head_axis(dg, q), pruned) if dg.ir.values[q].rank >= 4
+        q_heads = (_kept(dg, q, axis, pruned) if dg.ir.values[q].rank >= 4
                    else _atom_kept(dg, kv_atoms + rep_atoms, pruned))
         heads[path] = (q_heads, _atom_kept(dg, kv_atoms, pruned),
                        _atom_kept(dg, rep_atoms, pruned), _kept(dg, q, -1, pruned), _kept(dg, v, -1, pruned))

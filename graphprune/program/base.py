@@ -122,6 +122,12 @@ class Program(ABC):
     def oracle_inputs(self, trials: int) -> list:
         """Batches the oracle compares on: the example inputs and ``trials`` more."""
 
+    def trace_gap(self, batch) -> float:
+        """How far the graph the masked runs execute (nothing masked) is from the model itself on ``batch``,
+        relative to the outputs' magnitude (util/compare.py ``gaps``); inf where their outputs differ in
+        number or shape. 0 for a program that is its own graph (an ONNX model)."""
+        return 0.0
+
     def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
         """Outputs the oracle compares at their softmax's logits instead (output index -> (value
         name, softmax axis, whether the axes from it on are flattened as before opset 13)): float32

@@ -33,6 +33,7 @@ from ..planning.module_channels import composed, module_channels
 from ..planning.placement import Placement, of_module
 from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
+from ..util.compare import gaps
 from ..util.containers import container_children
 from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
@@ -253,6 +254,10 @@ class TorchProgram(Program):
         """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes, integers kept
         where a draw takes the forward off the traced path (graphprune/program/torch_oracle_inputs.py)."""
         return oracle_batches(self, trials)
+
+    def trace_gap(self, batch) -> float:
+        # a library may take another path while traced (transformers' PaliGemma), or the inputs' values choose one
+        return gaps(self.run(batch, masks={}), self.run(batch))[1]
 
     def bias_free(self, sites) -> set[str]:
         """Sites run by an nn.Linear / nn.ConvNd without a bias."""

@@ -22,10 +22,15 @@ from ..util.torch_compat import fx_flatten_spec, tree_map
 
 
 def _written_in_place(gm: torch.fx.GraphModule) -> frozenset[str]:
-    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into."""
-    return frozenset(n.args[0].name for n in gm.graph.nodes
-                     if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
-                     and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__"))
+    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into; kept on the
+    module, since every forked walk (one per scored candidate) builds an interpreter over the same graph."""
+    written = gm.__dict__.get("_graphprune_written")
+    if written is None:
+        written = gm.__dict__["_graphprune_written"] = frozenset(
+            n.args[0].name for n in gm.graph.nodes
+            if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
+            and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__"))
+    return written
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):

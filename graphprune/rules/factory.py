@@ -16,8 +16,8 @@ from ..ir import Node, Ref
 from ..reasons import COMPUTED
 from .recurrent import zero_state
 from .registry import RuleContext, defopaque_outputs, register
+from .shape import slice_bounds
 
-_INT_MAX = 2 ** 62
 # op -> the index of its size list (zeros/empty/full take it first, the new_* methods after self)
 _SIZED = {"aten.zeros": 0, "aten.empty": 0, "aten.full": 0,
           "aten.new_zeros": 1, "aten.new_empty": 1, "aten.new_full": 1}
@@ -55,10 +55,7 @@ def _span(node: Node, ctx: RuleContext, out: str) -> tuple[int, int, int] | None
     if not isinstance(dim, int) or not isinstance(start, int) or not (stop is None or isinstance(stop, int)):
         return None
     dim %= rank
-    n = ctx.shape(out)[dim]
-    stop = n if stop is None or stop >= _INT_MAX else stop
-    start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
-    return dim, max(0, min(start, n)), max(0, min(stop, n))
+    return (dim, *slice_bounds(ctx.shape(out)[dim], start, stop))
 
 
 def assembled(ctx: RuleContext, node: Node, out: str) -> bool:

@@ -314,6 +314,14 @@ def _range_rule(node: Node, ctx: RuleContext, dim: int, start: int, stop: int, s
     window(ctx, src, out, dim, start, stop, start_path, stop_path, raw_start, raw_stop, stop_is_length)
 
 
+def slice_bounds(n: int, start: int, stop: int | None) -> tuple[int, int]:
+    """A slice's [start, stop) within a dim of size n, as Python reads it: negative from the end, an open or
+    huge end (9223372036854775807) to the end, clamped to the dim."""
+    stop = n if stop is None or stop >= _INT_MAX else stop
+    start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
+    return max(0, min(start, n)), max(0, min(stop, n))
+
+
 @register("aten.slice", "aten.slice_copy")
 def _slice(node: Node, ctx: RuleContext) -> None:
     src, out = node.args[0].name, node.outputs[0]
@@ -328,9 +336,7 @@ def _slice(node: Node, ctx: RuleContext) -> None:
         ctx.freeze(ctx.s(src, dim), SYMBOLIC, f"slice with symbolic bounds at {ctx.where()}")
         ctx.freeze(ctx.s(out, dim), SYMBOLIC, f"slice with symbolic bounds at {ctx.where()}")
         return
-    stop = n if stop is None or stop >= _INT_MAX else stop
-    start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
-    start, stop = max(0, min(start, n)), max(0, min(stop, n))
+    start, stop = slice_bounds(n, start, stop)
     if step != 1:
         ctx.tie_dims(src, out, [d for d in range(rank) if d != dim], [d for d in range(rank) if d != dim])
         raw_stop = ctx.arg(node, 3, "end", None)
