@@ -29,7 +29,8 @@ from ..util.torch_compat import (
     restore_tensors,
     set_tensor,
 )
-from .torch_proof import KNOWN_LAYERS, attribute_candidates, check_shapes, submodule
+from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars
+from .torch_proof import KNOWN_LAYERS, attribute_candidates, check_shapes, retrace, submodule
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
@@ -78,6 +79,8 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     is not recorded by the trace, so candidate updates are tried: each is applied,
     the model traced again and shape-checked against the plan, and undone unless it
     holds. A model no consistent set fits is left as it was, and RewriteError says why.
+    Where the proof fails inside a module that checks its input against its own attributes
+    (``assert x.shape[1] == self.channels``), those attributes are tried at the pruned sizes.
 
     ``check=None`` traces again only where the forward spells a size the plan changes
     outside torch's own layers (:func:`needs_proof`); elsewhere the rewritten forward is the
@@ -87,14 +90,49 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
         return  # removed blocks are graphprune/backends/torch_depth.py's
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if check is None:
-        check = bool(sure or unsure) or needs_proof(model, dg, plan)
+        check = bool(sure or unsure) or needs_proof(model, dg, plan) or reads_guard(model, dg, plan)
     if not check:
         apply_plan(model, dg, plan, sure, updates)
         return
+    saved = _snapshot(model)
+    guards = _prove(model, dg, plan, args, kwargs, sure, unsure, updates)
+    moved = same_scalars(dg.ir.nodes, retrace(model, dg, args, kwargs).nodes) if guards else None
+    if moved:
+        _restore(saved)
+        raise RewriteError(f"after updating {_named(guards)} to the pruned sizes, the forward computes another "
+                           f"number ({moved}): the attribute is not only a size check. Exclude the module with "
+                           "ignore=[...].", modules=sorted({p for p, _, _ in guards}))
+
+
+def _prove(model, dg, plan, args, kwargs, sure: list, unsure: list, updates) -> list[tuple[str, str, Any]]:
+    """Rewrite with the candidates until the proof holds; where it fails inside a module that checks its
+    input against its own attributes (torch_guards.py), again with those at the pruned sizes. Returns the
+    guard attributes the rewrite holds with (torch_guards' updates, their options as chosen)."""
+    guards: list[tuple[str, str, Any]] = []
+    options: list = []
+    tried: set[type] = set()
+    while True:
+        errors, chosen = _try(model, dg, plan, args, kwargs, sure + guards, unsure + options, updates)
+        if not errors:
+            return [u for u in chosen if u in guards or any(u in o for f in options for o in f)]
+        failed, where = failing_module(model, errors[0])
+        cls = type(model.get_submodule(failed)) if failed is not None else None
+        more, choices = guard_updates(model, dg, plan, failed) if cls and cls not in tried else ([], [])
+        if not more and not choices:
+            raise _located(errors[0], failed, where)
+        tried.add(cls)
+        guards += more
+        options += choices
+
+
+def _try(model, dg, plan, args, kwargs, base: list, unsure: list, updates) -> tuple[list[RewriteError], list]:
+    """Apply the plan with ``base`` and each combination of the uncertain attributes until one
+    passes the proof: ([], the updates applied) when one did (the model is left rewritten), else
+    (every choice's error, [])."""
     errors: list[RewriteError] = []
     fallback = None
     for choice in _choices(unsure):
-        attrs = sure + choice
+        attrs = base + choice
         saved = _snapshot(model)
         try:
             apply_plan(model, dg, plan, attrs, updates)
@@ -103,7 +141,7 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
             _restore(saved)
             raise
         if err is None and same_structure:
-            return
+            return [], attrs
         _restore(saved)
         if err is None and fallback is None:
             # Shapes fit but ops appeared or vanished: accept only if nothing keeps the
@@ -113,8 +151,25 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
             errors.append(err)
     if fallback is not None:
         apply_plan(model, dg, plan, fallback, updates)
-        return
-    raise errors[0]  # the first (likeliest) choice's: its message and the modules it names
+        return [], fallback
+    return errors, []
+
+
+def _named(updates: list[tuple[str, str, Any]], limit: int = 3) -> str:
+    names = [f"{p}.{a} = {v}" if p else f"{a} = {v}" for p, a, v in updates]
+    return ", ".join(names[:limit]) + (f" ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _located(err: RewriteError, failed: str | None, where: str) -> RewriteError:
+    """``err`` with where the pruned forward raised, when the traceback says (an empty AssertionError
+    says nothing by itself)."""
+    if not where:
+        return err
+    inside = f" in module '{failed}'" if failed else ""
+    out = RewriteError(f"{err} (raised at {where}{inside})", reasons=err.reasons,
+                       modules=list(dict.fromkeys(err.modules + ([failed] if failed else []))))
+    out.__cause__ = err.__cause__
+    return out
 
 
 def needs_proof(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:

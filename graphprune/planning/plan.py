@@ -142,8 +142,8 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
     """Which groups a plan may prune: ("kind", kinds) or ("role", roles).
 
     ``targets`` names kinds (head, ffn, hidden, head_dim, query_group, ...); ``roles``
-    names layout roles. With neither, a model with attention heads prunes whole heads
-    and FFN units (the hidden size stays), any other model its channels and conv groups.
+    names layout roles. With neither, a model with attention heads prunes whole heads, FFN
+    units and conv groups (the hidden size stays), any other model its channels and conv groups.
     """
 
     if targets is not None and roles is not None:
@@ -169,8 +169,9 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
     if any(g.kind == "head" for g in dg.groups) or attention_sites(dg):
         # heads alone would leave most of a transformer's weights (its FFNs) untouched: a ViT at
         # 0.5 lost 18% of its MACs, a decoder with 2 key/value heads at 0.3 lost nothing. Heads
-        # frozen (Bloom's ALiBi slopes are computed per head) leave the FFNs, not the hidden size
-        return "kind", ("head", "ffn")
+        # frozen (Bloom's ALiBi slopes are computed per head) leave the FFNs, not the hidden size.
+        # Whole GroupNorm groups (conv_group) cut exactly: a diffusion UNet's convolutions are most of its MACs
+        return "kind", ("head", "ffn", "conv_group")
     return "role", DEFAULT_ROLES
 
 

@@ -67,7 +67,7 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
     if groups > 1:
         g = ctx.virtual(groups, "norm_groups")
         per = ctx.virtual(ctx.shape(x)[1] // groups, "channels_per_group")
-        ctx.factor(ctx.s(x, 1), [g, per])
+        ctx.factor(ctx.s(x, 1), [g, per], _straddle(groups, ctx.shape(x)[1]))
         ctx.carry(g, (1,), groups)
         ctx.inexact(per, NORMALISED, f"normalised within groups by group_norm at {node.where()}")
     else:
@@ -101,7 +101,7 @@ def _onnx_group_norm(node: Node, ctx: RuleContext) -> None:
     g = ctx.virtual(groups, "norm_groups") if groups > 1 else None
     per = ctx.virtual(c // groups, "channels_per_group") if g is not None else ctx.s(x, 1)
     if g is not None:
-        ctx.factor(ctx.s(x, 1), [g, per])
+        ctx.factor(ctx.s(x, 1), [g, per], _straddle(groups, c))
         ctx.carry(g, ("num_groups",), groups)
     for p in node.args[1:3]:
         if p is None:
@@ -111,3 +111,10 @@ def _onnx_group_norm(node: Node, ctx: RuleContext) -> None:
         elif g is not None:  # opset 18: per group
             ctx.tie(ctx.s(p, 0), g)
     ctx.inexact(per, NORMALISED, f"normalised within groups by GroupNormalization at {node.where()}")
+
+
+def _straddle(groups: int, channels: int) -> str:
+    """What a group norm's factoring means, for the freeze where it cannot line up (a UNet's skip
+    concatenation of 64 + 32 channels under 8 groups of 12)."""
+    return (f"whose {groups} groups of {channels // groups} channels cut across how the channels are split or "
+            "grouped elsewhere (a concatenation, or another norm's groups)")

@@ -164,8 +164,10 @@ class RuleContext:
     def concat(self, out: SlotKey, parts: Sequence[SlotKey]) -> None:
         self.solver.concat(out, parts, self.where())
 
-    def factor(self, flat: SlotKey, parts: Sequence[SlotKey]) -> None:
-        self.solver.factor(flat, parts, self.where())
+    def factor(self, flat: SlotKey, parts: Sequence[SlotKey], why: str = "") -> None:
+        """flat = product of parts; ``why`` says, in a freeze's reason, what the factors mean where they
+        cannot line up with how other nodes split the same channels."""
+        self.solver.factor(flat, parts, self.where() + (f", {why}" if why else ""))
 
     def reason(self, kind: str, detail: str) -> Reason:
         """A Reason of ``kind`` located at the node being processed."""

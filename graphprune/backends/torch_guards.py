@@ -1,0 +1,163 @@
+"""Module attributes a forward checks its inputs against, found from where the pruned forward fails.
+
+Some forwards never spell a size as an op argument but compare the input with an attribute
+(diffusers' ``Upsample2D``: ``assert hidden_states.shape[1] == self.channels``). No traced
+constant records it, so torch_proof's candidates miss it and the pruned forward fails inside
+that module. :func:`failing_module` reads which module failed (the traceback's innermost
+frame whose ``self`` is one of the model's modules); :func:`guard_updates` proposes, for every
+module of that class, the int attributes equal to a size the plan changes where data enters
+or leaves the module, at the one new size the plan gives it. rewrite() tries them against the
+same shape proof, and keeps them only if no scalar the forward computes changes with them.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import linecache
+import os
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..graph import DependencyGraph
+from ..planning.plan import PrunePlan, keep_masks
+from .torch_proof import KNOWN_LAYERS, by_call_site
+
+# frames of torch and of graphprune are not where a user's forward failed
+_LIBRARY = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first exception of a chain of re-raises (the forward's own)."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def failing_module(model: nn.Module, exc: BaseException) -> tuple[str | None, str]:
+    """(path of the innermost module of ``model`` whose own forward code raised, or None; where
+    the forward raised, as "file:line (`source`)" for messages)."""
+    root = root_cause(exc)
+    paths = {id(m): p for p, m in model.named_modules()}
+    path, where = None, ""
+    tb = root.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        me = frame.f_locals.get("self")
+        if isinstance(me, nn.Module) and id(me) in paths and not isinstance(me, KNOWN_LAYERS):
+            path = paths[id(me)]
+        file = frame.f_code.co_filename
+        if not file.startswith(_LIBRARY):
+            line = linecache.getline(file, tb.tb_lineno).strip()
+            where = f"{file}:{tb.tb_lineno}" + (f" (`{line}`)" if line else "")
+        tb = tb.tb_next
+    return path, where
+
+
+def boundary_sizes(dg: DependencyGraph, masks: dict, path: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """old size -> new sizes over the dims the plan changes, of the values entering and of those
+    leaving the nodes run by module ``path`` (its submodules included): (entering, leaving)."""
+    inside = [n for n in dg.ir.nodes if n.meta.module == path or n.meta.module.startswith(path + ".")]
+    made = {o for n in inside for o in n.outputs}
+    names = {n.name for n in inside}
+    outside_reads = {i for n in dg.ir.nodes if n.name not in names for i in n.inputs} | set(dg.ir.outputs)
+    entering = {i for n in inside for i in n.inputs if i not in made}
+    return _sizes(dg, masks, entering), _sizes(dg, masks, made & outside_reads)
+
+
+def _sizes(dg: DependencyGraph, masks: dict, values: set[str]) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for v in sorted(values):
+        if dg.ir.values[v].kind not in ("input", "act"):
+            continue  # a weight's dims are the layer's sizes, not what its forward is handed
+        for d, size in enumerate(dg.ir.values[v].shape):
+            if (v, d) in masks and isinstance(size, int):
+                out.setdefault(size, set()).add(int(masks[(v, d)].sum()))
+    return out
+
+
+def guard_updates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, failed: str):
+    """Updates for every module of ``failed``'s class: each int attribute equal to a size the plan
+    changes where data enters or leaves that module, at the new size the plan gives it there.
+    Returns (sure, unsure): (path, attribute, value) updates, and per attribute the options when
+    entering and leaving data give it different sizes (``channels`` and ``out_channels`` both 64,
+    cut to different widths), each option for every module of the class alike (identical layers
+    decide together, as torch_proof's probes do)."""
+    cls = type(model.get_submodule(failed) if failed else model)
+    masks = keep_masks(dg, plan)
+    sure: list[tuple[str, str, Any]] = []
+    sides: dict[str, tuple[list, list]] = {}
+    for path, m in model.named_modules():
+        if type(m) is not cls:
+            continue
+        entering, leaving = boundary_sizes(dg, masks, path)
+        for attr, val in sorted(vars(m).items()):
+            if attr.startswith("_") or type(val) is not int:
+                continue
+            ins, outs = (_one(side.get(val, set()) - {val}) for side in (entering, leaving))
+            if ins is not None and outs is not None and ins != outs:
+                opts = sides.setdefault(attr, ([], []))
+                opts[0].append((path, attr, ins))
+                opts[1].append((path, attr, outs))
+            elif ins is not None or outs is not None:
+                sure.append((path, attr, ins if ins is not None else outs))
+    return sure, [list(opts) for _, opts in sorted(sides.items())]
+
+
+def _one(values: set[int]) -> int | None:
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def reads_guard(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
+    """Whether a module outside torch's layers reads (``self.name`` in its forward's source) an int
+    attribute equal to a size the plan changes where data enters or leaves it: the rewrite must
+    then be proved by tracing again, where a failure names the module."""
+    masks = None
+    for path, m in model.named_modules():
+        if isinstance(m, KNOWN_LAYERS):
+            continue
+        read = _forward_reads(type(m))
+        ints = [v for a, v in vars(m).items() if a in read and type(v) is int]
+        if not ints:
+            continue
+        masks = keep_masks(dg, plan) if masks is None else masks
+        entering, leaving = boundary_sizes(dg, masks, path)
+        if any(side.get(v, {v}) != {v} for side in (entering, leaving) for v in ints):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_reads(cls: type) -> frozenset[str]:
+    try:
+        return frozenset(re.findall(r"\bself\.(\w+)", inspect.getsource(cls.forward)))
+    except (OSError, TypeError):  # no source (a compiled or generated forward): nothing known to read
+        return frozenset()
+
+
+def same_scalars(old_nodes, new_nodes) -> str | None:
+    """None when every float argument of every op matched by call site is unchanged; else the
+    first that moved (an attribute also read as a number, a 1/sqrt(channels) scale, is no guard)."""
+    new_by_site = by_call_site(new_nodes)
+    for site, node in by_call_site(old_nodes).items():
+        other = new_by_site.get(site)
+        if other is None:
+            continue
+        for a, b in zip(_floats(node.args), _floats(other.args)):
+            if a != b:
+                return f"{node.where()}: {a} -> {b}"
+    return None
+
+
+def _floats(args) -> list[float]:
+    out: list[float] = []
+    for a in args:
+        if isinstance(a, float):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(_floats(a))
+    return out
