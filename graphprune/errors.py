@@ -32,11 +32,16 @@ class PlanError(GraphpruneError):
 
 class RewriteError(GraphpruneError):
     """The rewritten model does not have the shapes the plan requires. ``modules``: where known, the
-    modules whose forward spells a changed size the rewrite cannot reach (what ``ignore=`` would keep whole)."""
+    modules whose forward spells a changed size the rewrite cannot reach (what ``ignore=`` would keep whole);
+    ``groups``: where known, the pruned groups whose sizes the failing line spells, and ``site`` that line's
+    node (a default call freezes those groups and plans again: graphprune/planning/unreached.py)."""
 
-    def __init__(self, *args: object, reasons: Iterable[Reason] = (), modules: Iterable[str] = ()) -> None:
+    def __init__(self, *args: object, reasons: Iterable[Reason] = (), modules: Iterable[str] = (),
+                 groups: Iterable[int] = (), site: str = "") -> None:
         super().__init__(*args, reasons=reasons)
         self.modules = list(modules)
+        self.groups = list(groups)
+        self.site = site
 
 
 class PruneWarning(UserWarning):

@@ -328,8 +328,9 @@ class DependencyGraph:
         """The op graph as a networkx.DiGraph: value nodes and op nodes, edges along data flow."""
         return op_digraph(self.ir)
 
-    def summary(self) -> str:
-        return groups_table(self)
+    def summary(self, limit: int | None = 60, width: int | None = 90) -> str:
+        """The groups as a table: the first ``limit`` (None: all), reasons cut at ``width`` characters."""
+        return groups_table(self, limit, width)
 
     def __iter__(self) -> Iterator[Group]:
         return iter(self.groups)

@@ -28,16 +28,18 @@ def op_digraph(ir: "Graph"):
     return dg
 
 
-def groups_table(dg: "DependencyGraph", limit: int = 60) -> str:
+def groups_table(dg: "DependencyGraph", limit: int | None = 60, width: int | None = 90) -> str:
+    """The groups as a table: the first ``limit`` (None: all), reasons cut at ``width`` characters (None: whole)."""
     rows = []
+    limit = len(dg.groups) if limit is None else limit
     for g in dg.groups[:limit]:
         first = g.members[0]
         state = "prunable" if g.prunable else "frozen"
         why = str(g.frozen[0] if g.frozen else (g.inexact[0] if g.inexact else ""))
         rows.append([g.id, g.size, g.kind, g.role, state + ("" if g.exact else "*"), len(g.members),
-                     f"{first.name}[{first.dim}]", why[:90]])
+                     f"{first.name}[{first.dim}]", why[:width]])
     text = table(["group", "size", "kind", "role", "state", "members", "first member", "reason"], rows)
     if len(dg.groups) > limit:
-        text += f"\n... {len(dg.groups) - limit} more groups"
+        text += f"\n... {len(dg.groups) - limit} more groups (summary(limit=None) lists all, width=None whole reasons)"
     n_p = sum(g.prunable for g in dg.groups)
     return text + f"\n{len(dg.groups)} groups, {n_p} prunable (* = not oracle-exact: crosses a channel normalisation)"

@@ -20,8 +20,10 @@ without head counts or layer lists from the user:
   does, so the default targets of a model with attention leave it whole.
 - ``channel``: a channel no weight creates (input features, vocabulary rows looked up
   by index, sequence positions), or one the model returns (logits, classes): frozen.
-- ``conv_group`` / ``group_channel``: outer / inner factors that are no attention
-  head (grouped convolutions).
+- ``conv_group`` / ``group_channel``: outer / inner factors of a channel a weight creates that
+  are no attention head: a grouped convolution's groups, a GroupNorm's whole groups and the
+  channels inside them. Rows of a table no weight computes (SD3's position grid, reshaped to
+  rows x columns) are ``channel``.
 
 Plain IR reading: no torch, no onnx.
 """
@@ -57,10 +59,8 @@ def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
             out[a] = "query_group"
         elif a in head_dim:
             out[a] = "head_dim"
-        elif g.role == "outer":
-            out[a] = "conv_group"
-        elif g.role == "inner":
-            out[a] = "group_channel"
+        elif g.role in ("outer", "inner") and births.get(a):
+            out[a] = "conv_group" if g.role == "outer" else "group_channel"
         elif a in hidden:
             out[a] = "hidden"
         elif births.get(a) and not any(r.kind == MODEL_IO for r in g.frozen):

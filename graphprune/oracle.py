@@ -36,6 +36,9 @@ class OracleReport:
     # atol the trace took another path than the model runs (PaliGemma under transformers' tracing branch):
     # the masked original is then no reference, and the FAIL says nothing of the plan
     trace_gap: float | None = None
+    # the largest |output| of the masked original over the oracle inputs: 0 where every output is zero
+    # (a fresh ControlNet's zero-initialised output convolutions), and then nothing was compared
+    signal: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -48,6 +51,8 @@ class OracleReport:
         NOT CHECKED where none was: a PASS would be over nothing."""
         if not self.passed:
             return "FAIL"
+        if self.signal == 0 and (self.checked_groups or self.checked_blocks):
+            return "NOT CHECKED"
         if not self.inexact_groups:
             return "PASS"
         return "PARTIAL" if self.checked_groups or self.checked_blocks else "NOT CHECKED"
@@ -66,6 +71,9 @@ class OracleReport:
             s += f" and {len(self.checked_blocks)} removed block(s)"
         if self.logits:
             s += f", softmax/sigmoid output(s) compared at their logits ({', '.join(self.logits[:2])})"
+        if self.signal == 0 and (self.checked_groups or self.checked_blocks):
+            s += (" - but every output is zero on the oracle inputs (zero-initialised output layers, as a fresh "
+                  "ControlNet's), so the comparison says nothing: verify once the outputs depend on the input")
         if not self.checked_groups and not self.inexact_groups and not self.checked_blocks:
             s += " - nothing was pruned, so there was nothing to check"
         if self.inexact_groups:
@@ -109,15 +117,17 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     pruned = program.apply(exact)
     masked = {key[0] for key in masks}
     views = {k: v for k, v in program.oracle_views().items() if v[0] not in masked}  # a masked value differs by design
-    worst = scaled = 0.0
+    worst = scaled = signal = 0.0
     for batch in program.oracle_inputs(trials):
         got, want = _viewed(pruned, batch, views), _viewed(program, batch, views, masks)
         gap, rel = gaps(got, want)
         worst, scaled = max(worst, gap), max(scaled, rel)
+        signal = max([signal] + [float(np.abs(w).max()) for w in want if np.size(w)])
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     report = OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
                           list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
+    report.signal = signal
     if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
         report.trace_gap = program.trace_gap(program.oracle_inputs(0)[0])
     return report

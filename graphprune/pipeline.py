@@ -4,7 +4,6 @@ callers of :func:`plan_program` and :func:`prune_program`, each passing one Prun
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from .calib.collect import calib_batches, collect
@@ -16,7 +15,7 @@ from .calib.stats import gram_sites, refittable
 from .errors import BudgetWarning, PlanError, RewriteError, warn
 from .graph import DependencyGraph, Group
 from .importance import CRITERIA, ScoreContext, attach_stats, score_groups
-from .metrics import count_macs, count_params
+from .metrics import count_params
 from .options import PruneOptions, compensation_mode, resolve_importance
 from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
@@ -41,18 +40,18 @@ from .planning.plan import (
     check_prunable,
     check_ratio,
     check_uniform,
-    frozen_channels,
     idle_note,
-    inexact_pruned,
     make_plan,
     resolve_ratios,
     select_groups,
     shape_fn,
 )
 from .planning.time_tilt import tilt_options
+from .planning.unreached import replanned
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime
 from .report.after import latency_after
-from .report.prune_report import MemoryUsage, PruneReport
+from .report.build import build_report
+from .report.prune_report import MemoryUsage
 from .util.gc_pause import paused_gc
 
 # What pruning by weight magnitude alone costs, measured (docs/runtime.md, tools/bench_oneshot.py)
@@ -334,7 +333,13 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     returned. The oracle checks the plan without compensation, which changes weights on
     purpose; the report lists each refit layer with its calibration error before/after. The
     model's latency on the runtime is measured before and after (``opts.measure_latency``); a
-    pruned model that runs slower says so in a PruneWarning and in the report."""
+    pruned model that runs slower says so in a PruneWarning and in the report. Groups whose sizes
+    the pruned forward spells where no rewrite reaches are frozen and the plan made again
+    (planning/unreached.py); a given plan is not changed."""
+    return replanned(lambda: _prune_once(program, opts, plan_, inplace), program.graph(), plan_ is not None)
+
+
+def _prune_once(program, opts: PruneOptions, plan_: PrunePlan | None, inplace: bool):
     t0 = time.perf_counter()
     rss0, reset = reset_peak()
     runtime = resolve_runtime(opts.runtime, program)
@@ -353,7 +358,7 @@ def prune_program(program, opts: PruneOptions, plan_: PrunePlan | None = None, i
     if oracle is not None and not oracle.passed:
         raise RewriteError(f"{oracle}; the model was not changed and nothing was written")
     comp = _compensate(program, dg, opts, planned)
-    report = _report(program, dg, planned, oracle, comp)
+    report = build_report(program, dg, planned, oracle, comp)
     timed = opts.measure_latency and runtime is not None and (not p.empty or program.rewritten)
     before = program.latency_ms(runtime) if timed else None
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
@@ -378,22 +383,3 @@ def _compensate(program, dg: DependencyGraph, opts: PruneOptions, planned: Plann
     comp = run_compensation(program, dg, planned.plan, batches, mode, add, stats, lams)
     check_quality(program, dg, planned.plan, batches, comp, "bias" if mode == "bias" else "refit", opts.heldout_check)
     return comp
-
-
-def _report(program, dg: DependencyGraph, planned: Planned, oracle, comp) -> PruneReport:
-    p = planned.plan
-    after = shape_fn(dg, p)
-    blocks = ((len(p.blocks), len(planned.depth.scores)) if planned.depth is not None else
-              (len(p.blocks), len(dg.blocks)) if p.blocks else None)
-    return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
-                       {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
-                       importance=planned.importance, compensation=comp, notes=[*program.notes, *planned.notes],
-                       fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
-                       if planned.ctx is not None else {},
-                       allocation=planned.allocation, budget=planned.budget,
-                       layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
-                               if v.kind == "param" and v.rank >= 2],
-                       path=getattr(program, "path", ""), blocks=blocks, depth=planned.depth,
-                       scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
-                       names={g: f"{dg.group(g).members[0].name}[{dg.group(g).members[0].dim}]" for g in p.sizes},
-                       frozen=frozen_channels(dg.groups), inexact=inexact_pruned(dg, p))

@@ -85,6 +85,11 @@ def test_group_printing_and_json(resnet):
     # (derived in tests/test_zoo.py)
     assert sum(d["prunable"] for d in data["groups"]) == 13 and len(data["groups"]) == 15
     assert "\n15 groups, 13 prunable" in g.summary()
+    # the table lists the first `limit` groups (None: all) and cuts reasons at `width` (None: whole)
+    short = g.summary(limit=4)
+    assert "... 11 more groups" in short and short.count("\n") < g.summary().count("\n")
+    whole = g.summary(limit=None, width=None)
+    assert all(str(x.frozen[0]) in whole for x in g.groups if x.frozen)
 
 
 def test_networkx_view(resnet):

@@ -169,3 +169,27 @@ def test_the_attention_switch_is_left_alone_until_eager_is_needed(tmp_path):
         assert model.config._attn_implementation == "eager"
         use(False)  # the static-batch attempt after an eager one
     assert model.asked == ["eager", "sdpa"] and model.config._attn_implementation == "sdpa"
+
+
+class _WithIds(torch.nn.Module):
+    """A batch of features beside a table of positions that has no batch (Flux's img_ids / txt_ids)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.pos = torch.nn.Linear(4, 6), torch.nn.Linear(2, 6)
+
+    def forward(self, x, ids):
+        return self.lin(x) + self.pos(ids).mean(0)
+
+
+def test_an_input_without_a_batch_leaves_the_others_dynamic(tmp_path):
+    """Only inputs whose dim 0 is the example's batch get the batch dim: a batch dim on ids (5, 2) beside
+    x (1, 4) made torch.export fail and the whole file fall back to a fixed batch."""
+    model, args = _WithIds().eval(), (torch.randn(1, 4), torch.randn(5, 2))
+    report = gp.export_onnx(model, args, tmp_path / "ids.onnx")
+    assert report.dynamic_batch, report
+    sess = ort.InferenceSession(str(tmp_path / "ids.onnx"), providers=["CPUExecutionProvider"])
+    x, ids = torch.randn(3, 4), args[1]
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy(), sess.get_inputs()[1].name: ids.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x, ids).numpy()).max() <= 1e-5

@@ -79,3 +79,61 @@ def test_a_literal_size_check_is_named_by_its_line():
     model = _net(literal=True)
     with pytest.raises(gp.RewriteError, match=r"raised at .*test_guards\.py:\d+ \(`assert h\.shape\[1\] == 16"):
         gp.prune(model, X, ratio=0.25, round_to=1, runtime=None)
+
+
+class _Downsample(nn.Module):
+    """diffusers' Downsample2D: checks its input against ``channels``; ``out_channels`` is the width it returns."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.channels, self.out_channels = c, c
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        assert x.shape[1] == self.channels
+        return self.conv(x)
+
+
+def test_entering_and_leaving_widths_cut_apart_go_to_the_attributes_named_for_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), _Downsample(16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    graph = gp.trace(model.eval(), X)
+    into, out = graph.group_of("0.weight", 0), graph.group_of("2.conv.weight", 0)
+    pruned, _ = gp.prune(model, X, ratios={into.id: 0.25, out.id: 0.5}, round_to=1, runtime=None, verify=True)
+    down = pruned[2]
+    assert (down.conv.in_channels, down.conv.out_channels) == (12, 8)
+    assert (down.channels, down.out_channels) == (12, 8)
+
+
+class _CrossView(nn.Module):
+    """PixArt's caption path: a projection viewed at *another* tensor's width (``h.shape[-1]``, a number
+    in the trace), then read by its own layer. The returned ``h`` keeps its width; the projection's does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.proj, self.key = nn.Linear(4, 12), nn.Linear(6, 12), nn.Linear(12, 12)
+        self.mix, self.out = nn.Linear(12, 20), nn.Linear(20, 12)
+
+    def forward(self, x, c):
+        h = self.inp(x)
+        e = torch.relu(self.proj(c)).view(x.shape[0], -1, h.shape[-1])
+        return h + self.key(e).mean(1, keepdim=True), self.out(torch.relu(self.mix(h)))
+
+
+def test_a_width_the_forward_spells_from_another_tensor_is_kept_whole_and_the_rest_pruned():
+    """The first plan cuts the projection, whose view the rewrite cannot follow; the default call keeps
+    that group whole, says so, and prunes the other group instead of refusing the model."""
+    torch.manual_seed(0)
+    model = _CrossView().eval()
+    args = (torch.randn(1, 3, 4), torch.randn(1, 5, 6))
+    with pytest.warns(gp.PruneWarning, match=r"kept 1 group\(s\) whole .*planned again"):
+        pruned, report = gp.prune(model, args, ratio=0.25, round_to=1, runtime=None, verify=True)
+    assert pruned.proj.out_features == 12, "the projection's width is spelled at the view: kept"
+    assert pruned.mix.out_features == 15, "the other group still prunes"
+    assert report.oracle.verdict == "PASS"
+    graph = gp.trace(model, args)
+    assert any("planned again" in n for n in report.notes)
+    # a plan the user gave is not changed: the error names the line and the layer that owns the width
+    plan = gp.plan(graph, model, ratio=0.25, round_to=1)
+    with pytest.raises(gp.RewriteError, match=r"raised at .*test_guards\.py:\d+ .*pruned channels of proj"):
+        gp.prune(model, args, graph=graph, plan_=plan, runtime=None)

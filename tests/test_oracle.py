@@ -278,3 +278,19 @@ def test_calibration_on_a_trace_that_is_not_the_model_warns():
         warnings.simplefilter("error", gp.PruneWarning)  # the same model on its traced path says nothing of it
         model = _TracedPathDiffers().eval()
         gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, calib=[args, args], allocation="uniform")
+
+
+def test_outputs_that_are_all_zero_are_not_checked_not_passed():
+    """A head initialised at zero (a fresh ControlNet's output convolutions) makes every output 0 with or
+    without the pruned channels: the comparison says nothing, and the verdict is NOT CHECKED."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    torch.nn.init.zeros_(model[2].weight)
+    torch.nn.init.zeros_(model[2].bias)
+    args = (torch.randn(2, 4),)
+    _, report = gp.prune(model, args, ratio=0.25, runtime=None, verify=True)
+    assert report.oracle.passed and report.oracle.verdict == "NOT CHECKED"
+    assert "every output is zero" in str(report.oracle)
+    torch.nn.init.normal_(model[2].weight)  # the same prune of a head that reads the channels is checked
+    _, report = gp.prune(model, args, ratio=0.25, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..graph import DependencyGraph
-from ..planning.plan import PrunePlan, keep_masks
+from ..planning.plan import PrunePlan, carried_value, keep_masks
 from .torch_proof import KNOWN_LAYERS, by_call_site
 
 # frames of torch and of graphprune are not where a user's forward failed
@@ -38,12 +38,12 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def failing_module(model: nn.Module, exc: BaseException) -> tuple[str | None, str]:
-    """(path of the innermost module of ``model`` whose own forward code raised, or None; where
-    the forward raised, as "file:line (`source`)" for messages)."""
+def failing_module(model: nn.Module, exc: BaseException) -> tuple[str | None, str, tuple[str, int] | None]:
+    """(path of the innermost module of ``model`` whose own forward code raised, or None; where the
+    forward raised, as "file:line (`source`)" for messages; that (file, line), or None)."""
     root = root_cause(exc)
     paths = {id(m): p for p, m in model.named_modules()}
-    path, where = None, ""
+    path, where, loc = None, "", None
     tb = root.__traceback__
     while tb is not None:
         frame = tb.tb_frame
@@ -53,9 +53,27 @@ def failing_module(model: nn.Module, exc: BaseException) -> tuple[str | None, st
         file = frame.f_code.co_filename
         if not file.startswith(_LIBRARY):
             line = linecache.getline(file, tb.tb_lineno).strip()
-            where = f"{file}:{tb.tb_lineno}" + (f" (`{line}`)" if line else "")
+            where, loc = f"{file}:{tb.tb_lineno}" + (f" (`{line}`)" if line else ""), (file, tb.tb_lineno)
         tb = tb.tb_next
-    return path, where
+    return path, where, loc
+
+
+def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] | None) -> tuple[list[int], str]:
+    """The pruned groups whose sizes the nodes traced from source line ``loc`` spell as constants the
+    plan changes (PixArt views the caption projection at ``hidden_states.shape[-1]``, a number the trace
+    records and the rewrite cannot carry), and the first such node; ([], "") where none does."""
+    if loc is None:
+        return [], ""
+    spot = f'File "{loc[0]}", line {loc[1]},'
+    nodes = {n.name: n for n in dg.ir.nodes if n.meta.source.startswith(spot)}
+    pruned = plan.masks()
+    groups: set[int] = set()
+    first = ""
+    for c in dg.carries:
+        if c.node in nodes and carried_value(dg, c, pruned) != c.value:
+            groups |= {a for a in dg.solver.slot_atoms(c.key)[1] if a in pruned and pruned[a].any()}
+            first = first or nodes[c.node].where()
+    return sorted(groups), first
 
 
 def boundary_sizes(dg: DependencyGraph, masks: dict, path: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
@@ -105,7 +123,9 @@ def guard_updates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, failed
                 opts[1].append((path, attr, outs))
             elif ins is not None or outs is not None:
                 sure.append((path, attr, ins if ins is not None else outs))
-    return sure, [list(opts) for _, opts in sorted(sides.items())]
+    # the likelier side first (the first combination that passes the proof is kept): out_channels is the
+    # width that leaves, channels the one that enters, as diffusers' Downsample2D names them
+    return sure, [list(opts)[::-1] if "out" in attr.lower() else list(opts) for attr, opts in sorted(sides.items())]
 
 
 def _one(values: set[int]) -> int | None:

@@ -29,7 +29,7 @@ from ..util.torch_compat import (
     restore_tensors,
     set_tensor,
 )
-from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars
+from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars, unreached_groups
 from .torch_proof import KNOWN_LAYERS, attribute_candidates, check_shapes, retrace, submodule
 
 
@@ -115,11 +115,11 @@ def _prove(model, dg, plan, args, kwargs, sure: list, unsure: list, updates) -> 
         errors, chosen = _try(model, dg, plan, args, kwargs, sure + guards, unsure + options, updates)
         if not errors:
             return [u for u in chosen if u in guards or any(u in o for f in options for o in f)]
-        failed, where = failing_module(model, errors[0])
+        failed = failing_module(model, errors[0])[0]
         cls = type(model.get_submodule(failed)) if failed is not None else None
         more, choices = guard_updates(model, dg, plan, failed) if cls and cls not in tried else ([], [])
         if not more and not choices:
-            raise _located(errors[0], failed, where)
+            raise _located(errors[0], model, dg, plan)
         tried.add(cls)
         guards += more
         options += choices
@@ -160,14 +160,20 @@ def _named(updates: list[tuple[str, str, Any]], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f" ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _located(err: RewriteError, failed: str | None, where: str) -> RewriteError:
-    """``err`` with where the pruned forward raised, when the traceback says (an empty AssertionError
-    says nothing by itself)."""
+def _located(err: RewriteError, model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> RewriteError:
+    """``err`` with where the pruned forward raised, when the traceback says (an empty AssertionError says
+    nothing by itself), and the pruned groups whose sizes that line spells (a default call freezes them)."""
+    failed, where, loc = failing_module(model, err)
     if not where:
         return err
+    groups, site = unreached_groups(dg, plan, loc)
     inside = f" in module '{failed}'" if failed else ""
-    out = RewriteError(f"{err} (raised at {where}{inside})", reasons=err.reasons,
-                       modules=list(dict.fromkeys(err.modules + ([failed] if failed else []))))
+    owners = [o for o in dict.fromkeys(m.name.rpartition(".")[0] for g in groups for m in dg.group(g).members) if o]
+    whose = (f"; the sizes there are the pruned channels of {', '.join(owners[:4])}"
+             f"{' ...' if len(owners) > 4 else ''}: ignore={owners[:4]} keeps them whole" if owners else "")
+    out = RewriteError(f"{err} (raised at {where}{inside}){whose}", reasons=err.reasons,
+                       modules=list(dict.fromkeys(err.modules + ([failed] if failed else []) + owners)),
+                       groups=groups, site=site)
     out.__cause__ = err.__cause__
     return out
 

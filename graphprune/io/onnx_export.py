@@ -15,7 +15,7 @@ from typing import Mapping
 
 import torch
 
-from ..errors import GraphpruneError
+from ..errors import GraphpruneError, warn
 from ..oracle import max_abs_diff, scaled_diff
 from ..util.torch_compat import tree_leaves
 from .onnx_save import EXTERNAL_BYTES, onnx_destination
@@ -119,12 +119,31 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
         >>> r.max_abs_diff < 1e-4
         True
     """
+    args = args if isinstance(args, tuple) else (args,)
+    kwargs = kwargs or {}
+    report = _export_once(model, args, kwargs, Path(path), dynamic_batch, atol, opset, dynamic)
+    if not dynamic_batch or report.dynamic_batch:
+        return report
+    if _batch_of(args, kwargs) == 1:
+        # at a batch of 1 the exporter may fix the batch where the forward broadcasts against it (Flux): at 2 it
+        # cannot; the file written at 1 stays if that fails too
+        try:
+            two = _export_once(model, *_doubled(args, kwargs), Path(path), True, atol, opset, dynamic)
+        except GraphpruneError:
+            two = None
+        if two is not None and two.dynamic_batch:
+            two.note = f"exported at a batch of 2: at 1 {report.note or 'the exporter fixed the batch'}"
+            return two
+    warn(f"export_onnx: {Path(path).name} has a fixed batch where dynamic_batch=True asked for a dynamic one "
+         f"({report.note[:300]}); dynamic= names the dims that may vary, dynamic_batch=False asks for the static file")
+    return report
+
+
+def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bool, atol: float, opset: int | None,
+                 dynamic: Mapping[int | str, Mapping[int, str]] | None) -> ExportReport:
     import onnx
     import onnxruntime as ort
 
-    args = args if isinstance(args, tuple) else (args,)
-    kwargs = kwargs or {}
-    path = Path(path)
     dynamic_shapes = _dynamic_shapes(model, args, kwargs, dynamic_batch, dynamic or {})
     model.eval()
     # past 2 GB of weights (protobuf's limit) they go to external data, path's name + ".data" beside it
@@ -155,7 +174,11 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                 note = (note + "; " if note else "") + "exported with eager attention (SDPA did not decompose)"
             prog.save(tmp, external_data=big)
         onnx.checker.check_model(tmp, full_check=True)
-        _check_dynamic(onnx.load(tmp, load_external_data=False), args, kwargs, dynamic or {}, errors)
+        proto = onnx.load(tmp, load_external_data=False)
+        _check_dynamic(proto, args, kwargs, dynamic or {}, errors)
+        fixed = _fixed_batch(proto) if dynamic_shapes and shapes is not None and dynamic_batch else []
+        if fixed:  # the exporter took the batch Dim and still wrote a number (Flux at batch 1)
+            shapes, note = None, f"the exporter fixed the batch of {', '.join(fixed[:3])}"
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         names = [i.name for i in sess.get_inputs()]
@@ -176,6 +199,29 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g} relative to the "
                                   f"outputs' magnitude); nothing was written to {path}")
     return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
+
+
+def _batch_of(args: tuple, kwargs: dict) -> int | None:
+    """The example batch: dim 0 of the first input of rank >= 2 (else of the first tensor input)."""
+    tensors = [t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor) and t.dim()]
+    first = next((t for t in tensors if t.dim() >= 2), tensors[0] if tensors else None)
+    return None if first is None else int(first.shape[0])
+
+
+def _doubled(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The inputs at a batch of 2: every tensor whose dim 0 is the batch of 1, twice (the others as given)."""
+    size = _batch_of(args, kwargs)
+    two = lambda t: torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == size else t
+    return tuple(two(a) for a in args), {k: two(v) for k, v in kwargs.items()}
+
+
+def _fixed_batch(model) -> list[str]:
+    """Graph inputs named by the export's batch Dim whose dim 0 came out a number: [] where the batch
+    is symbolic wherever it is on the inputs (inputs with no batch, Flux's position ids, have none)."""
+    batched = [i for i in model.graph.input if i.type.tensor_type.shape.dim]
+    if not any(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in batched) and batched:
+        return [i.name for i in batched if i.type.tensor_type.shape.dim[0].dim_value == 1]
+    return []
 
 
 def _check_dynamic(model, args: tuple, kwargs: dict, asked: Mapping[int | str, Mapping[int, str]], errors: list) -> None:
@@ -205,11 +251,14 @@ def _dynamic_shapes(model, args: tuple, kwargs: dict, batch: bool, more: Mapping
     if not batch and not more:
         return None
     dims: dict[str, torch.export.Dim] = {}
+    # the batch is dim 0 of the inputs that share the first batched-looking one's: Flux's position ids
+    # (16, 3) have no batch, and a batch Dim on them made the whole export fall back to static shapes
+    size = _batch_of(args, kwargs)
 
     def spec(key, value):
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             return None
-        out = {0: dims.setdefault("batch", torch.export.Dim("batch"))} if batch else {}
+        out = {0: dims.setdefault("batch", torch.export.Dim("batch"))} if batch and value.shape[0] == size else {}
         for d, name in (more.get(key) or {}).items():
             if not -value.dim() <= d < value.dim():
                 raise GraphpruneError(f"dynamic={{{key!r}: {{{d}: {name!r}}}}}: input {key!r} has {value.dim()} dims")

@@ -1,0 +1,29 @@
+"""The PruneReport of a prune: counts before and after, the plan's groups and layers, what the planner noted."""
+from __future__ import annotations
+
+from collections import Counter
+
+from ..graph import DependencyGraph
+from ..metrics import count_macs, count_params
+from ..planning.plan import frozen_channels, inexact_pruned, shape_fn
+from .prune_report import PruneReport
+
+
+def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneReport:
+    """``planned``: graphprune.pipeline.Planned (the plan and what its making measured)."""
+    p = planned.plan
+    after = shape_fn(dg, p)
+    blocks = ((len(p.blocks), len(planned.depth.scores)) if planned.depth is not None else
+              (len(p.blocks), len(dg.blocks)) if p.blocks else None)
+    return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
+                       {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
+                       importance=planned.importance, compensation=comp, notes=[*program.notes, *planned.notes],
+                       fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
+                       if planned.ctx is not None else {},
+                       allocation=planned.allocation, budget=planned.budget,
+                       layers=[(v.source or v.name, tuple(v.shape), after(v.name)) for v in dg.ir.params()
+                               if v.kind == "param" and v.rank >= 2],
+                       path=getattr(program, "path", ""), blocks=blocks, depth=planned.depth,
+                       scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
+                       names={g: f"{dg.group(g).members[0].name}[{dg.group(g).members[0].dim}]" for g in p.sizes},
+                       frozen=frozen_channels(dg.groups), inexact=inexact_pruned(dg, p))
