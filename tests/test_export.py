@@ -193,3 +193,27 @@ def test_an_input_without_a_batch_leaves_the_others_dynamic(tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy(), sess.get_inputs()[1].name: ids.numpy()})[0]
     with torch.no_grad():
         assert np.abs(got - model(x, ids).numpy()).max() <= 1e-5
+
+
+class _SqueezeAndDict(torch.nn.Module):
+    """PixArt's tail: ``squeeze(1)`` of a dim that is not 1 (a no-op in torch, which the exporter still wrote
+    as an ONNX Squeeze the checker refuses), and a dict of optional inputs beside the tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 6)
+
+    def forward(self, x, cond=None):
+        y = self.lin(x).squeeze(1)
+        return y if cond is None or cond.get("scale") is None else y * cond["scale"]
+
+
+def test_a_squeeze_of_a_wider_dim_and_a_dict_input_export_with_a_dynamic_batch(tmp_path):
+    model, x = _SqueezeAndDict().eval(), torch.randn(1, 5, 4)
+    report = gp.export_onnx(model, (x,), tmp_path / "sq.onnx", {"cond": {"scale": None}})
+    assert report.dynamic_batch and report.max_abs_diff <= 1e-5, report
+    sess = ort.InferenceSession(str(tmp_path / "sq.onnx"), providers=["CPUExecutionProvider"])
+    x3 = torch.randn(3, 5, 4)
+    got = sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0]
+    with torch.no_grad():
+        assert got.shape == (3, 5, 6) and np.abs(got - model(x3).numpy()).max() <= 1e-5

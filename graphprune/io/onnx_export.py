@@ -90,7 +90,7 @@ def quiet_torch():
     """torch.export/onnx log full tracebacks and warnings for conditions we report ourselves."""
     loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.onnx", "torch.export",
                                                "torch._export", "torch.fx.experimental.symbolic_shapes",
-                                               "onnxscript", "onnx_ir")]
+                                               "torch._guards", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -173,8 +173,10 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
             if eager:
                 note = (note + "; " if note else "") + "exported with eager attention (SDPA did not decompose)"
             prog.save(tmp, external_data=big)
-        onnx.checker.check_model(tmp, full_check=True)
         proto = onnx.load(tmp, load_external_data=False)
+        if _squeeze_no_ops(proto):  # weights stay where prog.save put them: only nodes change
+            onnx.save(proto, tmp)
+        onnx.checker.check_model(tmp, full_check=True)
         _check_dynamic(proto, args, kwargs, dynamic or {}, errors)
         fixed = _fixed_batch(proto) if dynamic_shapes and shapes is not None and dynamic_batch else []
         if fixed:  # the exporter took the batch Dim and still wrote a number (Flux at batch 1)
@@ -199,6 +201,31 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g} relative to the "
                                   f"outputs' magnitude); nothing was written to {path}")
     return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
+
+
+def _squeeze_no_ops(model) -> int:
+    """Squeeze nodes over an axis whose size is known and not 1 rewritten as Identity; their count.
+
+    torch's squeeze(dim) leaves a dim of another size as it is, and the exporter still writes an ONNX
+    Squeeze, which requires size 1 (PixArt's ``hidden_states.squeeze(1)`` on a (1, 16, 32) tensor: the
+    checker refused the file)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.input)}
+    axes = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Squeeze" or len(node.input) < 2 or node.input[1] not in axes:
+            continue
+        shape = shapes.get(node.input[0])
+        picked = [int(a) for a in np.atleast_1d(axes[node.input[1]])]
+        if shape and all(shape[a] not in (None, 1) for a in picked):
+            node.op_type = "Identity"
+            del node.input[1:]
+            changed += 1
+    return changed
 
 
 def _batch_of(args: tuple, kwargs: dict) -> int | None:
@@ -256,6 +283,10 @@ def _dynamic_shapes(model, args: tuple, kwargs: dict, batch: bool, more: Mapping
     size = _batch_of(args, kwargs)
 
     def spec(key, value):
+        if isinstance(value, dict):  # a nested input (PixArt's added_cond_kwargs): dynamic_shapes mirrors it
+            return {k: spec(None, v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(spec(None, v) for v in value)
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             return None
         out = {0: dims.setdefault("batch", torch.export.Dim("batch"))} if batch and value.shape[0] == size else {}
