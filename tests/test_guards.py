@@ -137,3 +137,18 @@ def test_a_width_the_forward_spells_from_another_tensor_is_kept_whole_and_the_re
     plan = gp.plan(graph, model, ratio=0.25, round_to=1)
     with pytest.raises(gp.RewriteError, match=r"raised at .*test_guards\.py:\d+ .*pruned channels of proj"):
         gp.prune(model, args, graph=graph, plan_=plan, runtime=None)
+
+
+def test_a_width_that_enters_unchanged_keeps_its_attribute():
+    """Two layers of one class: the second is handed a cut width and fails its check, so the class's
+    attributes are set; the first is handed the model's own 16 channels (kept) and returns a cut width,
+    and its ``channels`` stays 16 (a DDPM UNet's first Downsample2D: the unchanged input once counted
+    as no evidence, and the cut output width went into ``channels``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_Downsample(16), nn.ReLU(), _Downsample(16), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    x = (torch.randn(1, 16, 8, 8),)
+    pruned, report = gp.prune(model, x, ratio=0.25, round_to=1, runtime=None, verify=True)
+    first, second = pruned[0], pruned[2]
+    assert (first.conv.in_channels, first.conv.out_channels, second.conv.in_channels) == (16, 12, 12)
+    assert (first.channels, second.channels) == (16, 12)
+    assert report.oracle.verdict == "PASS" and pruned(*x).shape == (1, 4, 2, 2)

@@ -77,8 +77,8 @@ def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] 
 
 
 def boundary_sizes(dg: DependencyGraph, masks: dict, path: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
-    """old size -> new sizes over the dims the plan changes, of the values entering and of those
-    leaving the nodes run by module ``path`` (its submodules included): (entering, leaving)."""
+    """old size -> new sizes (the old one where the plan leaves a dim) over the dims of the values entering
+    and of those leaving the nodes run by module ``path`` (its submodules included): (entering, leaving)."""
     inside = [n for n in dg.ir.nodes if n.meta.module == path or n.meta.module.startswith(path + ".")]
     made = {o for n in inside for o in n.outputs}
     names = {n.name for n in inside}
@@ -88,13 +88,15 @@ def boundary_sizes(dg: DependencyGraph, masks: dict, path: str) -> tuple[dict[in
 
 
 def _sizes(dg: DependencyGraph, masks: dict, values: set[str]) -> dict[int, set[int]]:
+    """old size -> new sizes over every dim of ``values`` (a dim the plan leaves maps to itself: a module
+    handed an unchanged 128 and returning 104 keeps ``channels = 128``)."""
     out: dict[int, set[int]] = {}
     for v in sorted(values):
         if dg.ir.values[v].kind not in ("input", "act"):
             continue  # a weight's dims are the layer's sizes, not what its forward is handed
         for d, size in enumerate(dg.ir.values[v].shape):
-            if (v, d) in masks and isinstance(size, int):
-                out.setdefault(size, set()).add(int(masks[(v, d)].sum()))
+            if isinstance(size, int):
+                out.setdefault(size, set()).add(int(masks[(v, d)].sum()) if (v, d) in masks else size)
     return out
 
 
@@ -116,12 +118,12 @@ def guard_updates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, failed
         for attr, val in sorted(vars(m).items()):
             if attr.startswith("_") or type(val) is not int:
                 continue
-            ins, outs = (_one(side.get(val, set()) - {val}) for side in (entering, leaving))
+            ins, outs = (_one(side.get(val, set())) for side in (entering, leaving))
             if ins is not None and outs is not None and ins != outs:
                 opts = sides.setdefault(attr, ([], []))
                 opts[0].append((path, attr, ins))
                 opts[1].append((path, attr, outs))
-            elif ins is not None or outs is not None:
+            elif (ins if ins is not None else outs) not in (None, val):
                 sure.append((path, attr, ins if ins is not None else outs))
     # the likelier side first (the first combination that passes the proof is kept): out_channels is the
     # width that leaves, channels the one that enters, as diffusers' Downsample2D names them
