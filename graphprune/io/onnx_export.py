@@ -210,11 +210,14 @@ def _squeeze_no_ops(model) -> int:
     Squeeze, which requires size 1 (PixArt's ``hidden_states.squeeze(1)`` on a (1, 16, 32) tensor: the
     checker refused the file)."""
     import numpy as np
+    import onnx
     from onnx import numpy_helper
 
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in list(model.graph.value_info) + list(model.graph.input)}
-    axes = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    wanted = {n.input[1] for n in model.graph.node if n.op_type == "Squeeze" and len(n.input) > 1}
+    axes = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer  # weights may be external: read none
+            if i.name in wanted and i.data_location != onnx.TensorProto.EXTERNAL}
     changed = 0
     for node in model.graph.node:
         if node.op_type != "Squeeze" or len(node.input) < 2 or node.input[1] not in axes:
