@@ -161,13 +161,14 @@ def _forward_reads(cls: type) -> frozenset[str]:
         return frozenset()
 
 
-def same_scalars(old_nodes, new_nodes) -> str | None:
-    """None when every float argument of every op matched by call site is unchanged; else the
-    first that moved (an attribute also read as a number, a 1/sqrt(channels) scale, is no guard)."""
+def same_scalars(old_nodes, new_nodes, modules: set[str]) -> str | None:
+    """None when every float argument of every op run by ``modules`` (the guarded ones, their submodules
+    included) is unchanged, matched by call site; else the first that moved (an attribute also read as a
+    number, a 1/sqrt(channels) scale, is no guard)."""
     new_by_site = by_call_site(new_nodes)
     for site, node in by_call_site(old_nodes).items():
         other = new_by_site.get(site)
-        if other is None:
+        if other is None or not any(site[0] == m or site[0].startswith(m + ".") or not m for m in modules):
             continue
         for a, b in zip(_floats(node.args), _floats(other.args)):
             if a != b:
