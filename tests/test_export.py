@@ -217,3 +217,28 @@ def test_a_squeeze_of_a_wider_dim_and_a_dict_input_export_with_a_dynamic_batch(t
     got = sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0]
     with torch.no_grad():
         assert got.shape == (3, 5, 6) and np.abs(got - model(x3).numpy()).max() <= 1e-5
+
+
+class _TwoRows(torch.nn.Module):
+    """A forward tied to two rows whatever the batch: no batch can be dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.register_buffer("rows", torch.randn(2, 4))
+
+    def forward(self, x):
+        return self.lin(x) + self.rows
+
+
+def test_a_batch_no_export_frees_keeps_the_file_of_the_example_and_says_so(tmp_path):
+    """At a batch of 1 the exporter fixes it; the export again at 2 fixes it at 2: that file is not taken
+    (it would refuse the user's own example) and the report says the batch is fixed, with a warning."""
+    model, x = _TwoRows().eval(), torch.randn(1, 4)
+    with pytest.warns(gp.PruneWarning, match="fixed batch"):
+        report = gp.export_onnx(model, (x,), tmp_path / "rows.onnx")
+    assert not report.dynamic_batch and sorted(p.name for p in tmp_path.iterdir()) == ["rows.onnx"]
+    sess = ort.InferenceSession(str(tmp_path / "rows.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() <= 1e-5

@@ -3,6 +3,7 @@ hidden_states.shape[1] == self.channels``): the rewrite updates the attribute wh
 size, refuses where the attribute is also read as a number, and names the failing line otherwise."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -15,7 +16,7 @@ import graphprune as gp
 class Checked(nn.Module):
     """A 1x1 convolution behind a check of its input width, as diffusers' Upsample2D writes it."""
 
-    def __init__(self, channels: int, scaled: bool = False):
+    def __init__(self, channels: int, scaled: str = ""):
         super().__init__()
         self.channels = channels
         self.out_channels = channels
@@ -23,13 +24,18 @@ class Checked(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x):
-        assert x.shape[1] == self.channels
+        self.check(x)
         y = self.conv(x)
-        return y / math.sqrt(self.channels) if self.scaled else y
+        if self.scaled == "sqrt":
+            return y / math.sqrt(self.channels)
+        return y / self.channels if self.scaled == "int" else y
+
+    def check(self, x):  # a helper method's check is the forward's
+        assert x.shape[1] == self.channels
 
 
 class Net(nn.Module):
-    def __init__(self, scaled: bool = False, literal: bool = False):
+    def __init__(self, scaled: str = "", literal: bool = False):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.mid = Checked(16, scaled)
@@ -63,10 +69,11 @@ def test_an_attribute_the_forward_checks_its_input_against_takes_the_pruned_widt
     assert pruned(other).shape == (2,) + ref.shape[1:]
 
 
-def test_an_attribute_also_read_as_a_number_is_refused_not_rewritten():
-    """The same attribute divides the output by sqrt(channels): updating it would pass the shape
-    proof and change the model's numbers, so the rewrite refuses and names the module."""
-    model = _net(scaled=True)
+@pytest.mark.parametrize("scaled", ["sqrt", "int"])
+def test_an_attribute_also_read_as_a_number_is_refused_not_rewritten(scaled):
+    """The same attribute divides the output by sqrt(channels), or by channels (an int argument): updating
+    it would pass the shape proof and change the model's numbers, so the rewrite refuses and names the module."""
+    model = _net(scaled=scaled)
     with pytest.raises(gp.RewriteError, match="not only a size check") as err:
         gp.prune(model, X, ratio=0.25, round_to=1, runtime=None)
     assert "mid" in err.value.modules
@@ -152,3 +159,17 @@ def test_a_width_that_enters_unchanged_keeps_its_attribute():
     assert (first.conv.in_channels, first.conv.out_channels, second.conv.in_channels) == (16, 12, 12)
     assert (first.channels, second.channels) == (16, 12)
     assert report.oracle.verdict == "PASS" and pruned(*x).shape == (1, 4, 2, 2)
+
+
+def test_the_graph_a_caller_passes_keeps_no_freeze_of_the_replanning():
+    """The groups kept whole to plan again are frozen for that call only: the caller's graph (``graph=``,
+    which hf's own retry reuses) reads as before, so a later plan of the user's meets the rewrite's error,
+    not 'group is frozen'."""
+    torch.manual_seed(0)
+    model = _CrossView().eval()
+    args = (torch.randn(1, 3, 4), torch.randn(1, 5, 6))
+    graph = gp.trace(model, args)
+    before = {g.id: list(g.frozen) for g in graph.groups}
+    with pytest.warns(gp.PruneWarning, match="planned again"):
+        gp.prune(copy.deepcopy(model), args, graph=graph, ratio=0.25, round_to=1, runtime=None)
+    assert {g.id: list(g.frozen) for g in graph.groups} == before

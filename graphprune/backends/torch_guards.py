@@ -76,15 +76,30 @@ def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] 
     return sorted(groups), first
 
 
-def boundary_sizes(dg: DependencyGraph, masks: dict, path: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
-    """old size -> new sizes (the old one where the plan leaves a dim) over the dims of the values entering
-    and of those leaving the nodes run by module ``path`` (its submodules included): (entering, leaving)."""
-    inside = [n for n in dg.ir.nodes if n.meta.module == path or n.meta.module.startswith(path + ".")]
-    made = {o for n in inside for o in n.outputs}
-    names = {n.name for n in inside}
-    outside_reads = {i for n in dg.ir.nodes if n.name not in names for i in n.inputs} | set(dg.ir.outputs)
-    entering = {i for n in inside for i in n.inputs if i not in made}
-    return _sizes(dg, masks, entering), _sizes(dg, masks, made & outside_reads)
+class Boundaries:
+    """Where data enters and leaves each module's nodes, indexed once per rewrite (a UNet has hundreds of
+    blocks: scanning every node per module cost modules x nodes)."""
+
+    def __init__(self, dg: DependencyGraph, masks: dict):
+        self.dg, self.masks = dg, masks
+        self.nodes: dict[str, list] = {"": list(dg.ir.nodes)}  # the root runs every node
+        self.users: dict[str, set[str]] = {}
+        for n in dg.ir.nodes:
+            for p in set(n.meta.modules) | ({n.meta.module} if n.meta.module else set()):
+                self.nodes.setdefault(p, []).append(n)
+            for i in n.inputs:
+                self.users.setdefault(i, set()).add(n.name)
+
+    def sizes(self, path: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+        """old size -> new sizes (the old one where the plan leaves a dim) over the dims of the values
+        entering and of those leaving the nodes run by module ``path`` (its submodules included)."""
+        inside = self.nodes.get(path, [])
+        names = {n.name for n in inside}
+        made = {o for n in inside for o in n.outputs}
+        outputs = set(self.dg.ir.outputs)
+        entering = {i for n in inside for i in n.inputs if i not in made}
+        leaving = {o for o in made if o in outputs or self.users.get(o, set()) - names}
+        return _sizes(self.dg, self.masks, entering), _sizes(self.dg, self.masks, leaving)
 
 
 def _sizes(dg: DependencyGraph, masks: dict, values: set[str]) -> dict[int, set[int]]:
@@ -108,13 +123,13 @@ def guard_updates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, failed
     cut to different widths), each option for every module of the class alike (identical layers
     decide together, as torch_proof's probes do)."""
     cls = type(model.get_submodule(failed) if failed else model)
-    masks = keep_masks(dg, plan)
+    bounds = Boundaries(dg, keep_masks(dg, plan))
     sure: list[tuple[str, str, Any]] = []
     sides: dict[str, tuple[list, list]] = {}
     for path, m in model.named_modules():
         if type(m) is not cls:
             continue
-        entering, leaving = boundary_sizes(dg, masks, path)
+        entering, leaving = bounds.sizes(path)
         for attr, val in sorted(vars(m).items()):
             if attr.startswith("_") or type(val) is not int:
                 continue
@@ -135,52 +150,72 @@ def _one(values: set[int]) -> int | None:
 
 
 def reads_guard(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
-    """Whether a module outside torch's layers reads (``self.name`` in its forward's source) an int
-    attribute equal to a size the plan changes where data enters or leaves it: the rewrite must
-    then be proved by tracing again, where a failure names the module."""
-    masks = None
+    """Whether a module outside torch's layers reads (``self.name`` anywhere in its class's code) an int
+    attribute equal to a size the plan changes where data enters or leaves it: the rewrite must then be
+    proved by tracing again, where a failure names the module."""
+    bounds = None
     for path, m in model.named_modules():
         if isinstance(m, KNOWN_LAYERS):
             continue
-        read = _forward_reads(type(m))
+        read = _reads(type(m))
         ints = [v for a, v in vars(m).items() if a in read and type(v) is int]
         if not ints:
             continue
-        masks = keep_masks(dg, plan) if masks is None else masks
-        entering, leaving = boundary_sizes(dg, masks, path)
+        bounds = Boundaries(dg, keep_masks(dg, plan)) if bounds is None else bounds
+        entering, leaving = bounds.sizes(path)
         if any(side.get(v, {v}) != {v} for side in (entering, leaving) for v in ints):
             return True
     return False
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_reads(cls: type) -> frozenset[str]:
-    try:
-        return frozenset(re.findall(r"\bself\.(\w+)", inspect.getsource(cls.forward)))
-    except (OSError, TypeError):  # no source (a compiled or generated forward): nothing known to read
-        return frozenset()
-
-
-def same_scalars(old_nodes, new_nodes, modules: set[str]) -> str | None:
-    """None when every float argument of every op run by ``modules`` (the guarded ones, their submodules
-    included) is unchanged, matched by call site; else the first that moved (an attribute also read as a
-    number, a 1/sqrt(channels) scale, is no guard)."""
-    new_by_site = by_call_site(new_nodes)
-    for site, node in by_call_site(old_nodes).items():
-        other = new_by_site.get(site)
-        if other is None or not any(site[0] == m or site[0].startswith(m + ".") or not m for m in modules):
+def _reads(cls: type) -> frozenset[str]:
+    """Attribute names the class's own code (every class of its MRO outside torch) reads off ``self``
+    (or by ``getattr(self, "name")``): a helper method's check counts as the forward's."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__.startswith("torch."):
             continue
-        for a, b in zip(_floats(node.args), _floats(other.args)):
-            if a != b:
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):  # no source (compiled or generated): nothing known to read
+            continue
+        names.update(re.findall(r"\bself\.(\w+)", src))
+        names.update(re.findall(r"getattr\(\s*self\s*,\s*[\'\"](\w+)", src))
+    return frozenset(names)
+
+
+def same_scalars(dg: DependencyGraph, new_nodes, modules: set[str]) -> str | None:
+    """None when every scalar argument (float or int) of every op run by ``modules`` (the guarded ones,
+    their submodules included) is unchanged, matched by call site, but for the sizes the plan carries
+    (view targets and the like); else the first that moved: an attribute also read as a number
+    (``x / self.channels``, a 1/sqrt(channels) scale) is no guard."""
+    carried = {(c.node, tuple(c.path)) for c in dg.carries}
+    new_by_site = by_call_site(new_nodes)
+    for site, node in by_call_site(dg.ir.nodes).items():
+        other = new_by_site.get(site)
+        if other is None or not any(not m or site[0] == m or site[0].startswith(m + ".") for m in modules):
+            continue
+        for path, a in _scalars(node.args):
+            b = _at(other.args, path)
+            if (node.name, path) not in carried and a != b:
                 return f"{node.where()}: {a} -> {b}"
     return None
 
 
-def _floats(args) -> list[float]:
-    out: list[float] = []
-    for a in args:
-        if isinstance(a, float):
-            out.append(a)
-        elif isinstance(a, (list, tuple)):
-            out.extend(_floats(a))
-    return out
+def _scalars(args, prefix: tuple = ()):
+    """(path, value) of every int or float argument (bools are flags), one level into lists."""
+    for i, a in enumerate(args):
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            yield prefix + (i,), a
+        elif isinstance(a, (list, tuple)) and not prefix:
+            yield from _scalars(a, (i,))
+
+
+def _at(args, path: tuple):
+    try:
+        for i in path:
+            args = args[i]
+        return args
+    except (IndexError, TypeError):
+        return None

@@ -96,7 +96,7 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
         return
     saved = _snapshot(model)
     guards = _prove(model, dg, plan, args, kwargs, sure, unsure, updates)
-    moved = same_scalars(dg.ir.nodes, retrace(model, dg, args, kwargs).nodes, {p for p, _, _ in guards}) if guards else None
+    moved = same_scalars(dg, retrace(model, dg, args, kwargs).nodes, {p for p, _, _ in guards}) if guards else None
     if moved:
         _restore(saved)
         raise RewriteError(f"after updating {_named(guards)} to the pruned sizes, the forward computes another "

@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,14 +127,19 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
         return report
     if _batch_of(args, kwargs) == 1:
         # at a batch of 1 the exporter may fix the batch where the forward broadcasts against it (Flux): at 2 it
-        # cannot; the file written at 1 stays if that fails too
-        try:
-            two = _export_once(model, *_doubled(args, kwargs), Path(path), True, atol, opset, dynamic)
-        except GraphpruneError:
-            two = None
-        if two is not None and two.dynamic_batch:
-            two.note = f"exported at a batch of 2: at 1 {report.note or 'the exporter fixed the batch'}"
-            return two
+        # may not. Written aside and moved over the file only where it came out dynamic: else the file at 1 stays
+        dst = Path(path)
+        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as aside:
+            try:
+                two = _export_once(model, *_doubled(args, kwargs), Path(aside) / dst.name, True, atol, opset, dynamic)
+            except GraphpruneError:
+                two = None
+            if two is not None and two.dynamic_batch:
+                for f in sorted(Path(aside).iterdir(), key=lambda p: p.name == dst.name):  # the model last
+                    os.replace(f, dst.parent / f.name)
+                two.path = str(dst)
+                two.note = f"exported at a batch of 2: at 1 {report.note or 'the exporter fixed the batch'}"
+                return two
     warn(f"export_onnx: {Path(path).name} has a fixed batch where dynamic_batch=True asked for a dynamic one "
          f"({report.note[:300]}); dynamic= names the dims that may vary, dynamic_batch=False asks for the static file")
     return report
@@ -178,7 +184,7 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
             onnx.save(proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
         _check_dynamic(proto, args, kwargs, dynamic or {}, errors)
-        fixed = _fixed_batch(proto) if dynamic_shapes and shapes is not None and dynamic_batch else []
+        fixed = _fixed_batch(proto, _batch_of(args, kwargs)) if dynamic_shapes and shapes is not None and dynamic_batch else []
         if fixed:  # the exporter took the batch Dim and still wrote a number (Flux at batch 1)
             shapes, note = None, f"the exporter fixed the batch of {', '.join(fixed[:3])}"
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
@@ -245,13 +251,13 @@ def _doubled(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return tuple(two(a) for a in args), {k: two(v) for k, v in kwargs.items()}
 
 
-def _fixed_batch(model) -> list[str]:
-    """Graph inputs named by the export's batch Dim whose dim 0 came out a number: [] where the batch
-    is symbolic wherever it is on the inputs (inputs with no batch, Flux's position ids, have none)."""
+def _fixed_batch(model, size: int | None) -> list[str]:
+    """Graph inputs whose dim 0, the example's batch ``size``, came out a number where no input's dim 0 is
+    symbolic: [] where the batch is a dim (inputs with no batch, Flux's position ids, have none)."""
     batched = [i for i in model.graph.input if i.type.tensor_type.shape.dim]
-    if not any(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in batched) and batched:
-        return [i.name for i in batched if i.type.tensor_type.shape.dim[0].dim_value == 1]
-    return []
+    if any(i.type.tensor_type.shape.dim[0].dim_param for i in batched):
+        return []
+    return [i.name for i in batched if i.type.tensor_type.shape.dim[0].dim_value == size]
 
 
 def _check_dynamic(model, args: tuple, kwargs: dict, asked: Mapping[int | str, Mapping[int, str]], errors: list) -> None:
@@ -289,7 +295,8 @@ def _dynamic_shapes(model, args: tuple, kwargs: dict, batch: bool, more: Mapping
         if isinstance(value, dict):  # a nested input (PixArt's added_cond_kwargs): dynamic_shapes mirrors it
             return {k: spec(None, v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(spec(None, v) for v in value)
+            items = [spec(None, v) for v in value]
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # a NamedTuple: by field
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             return None
         out = {0: dims.setdefault("batch", torch.export.Dim("batch"))} if batch and value.shape[0] == size else {}

@@ -42,6 +42,15 @@ def replanned(run: Callable, dg: DependencyGraph, given: bool):
     RewriteError that names groups to freeze, up to MAX_ROUNDS times; the notes go to the report and a
     PruneWarning. ``given``: the plan is the user's, which is never changed."""
     notes: list[str] = []
+    frozen_before = {g.id: list(g.frozen) for g in dg.groups}
+    try:
+        return _rounds(run, dg, given, notes)
+    finally:  # the caller's graph (graph=, reused by hf's retry) keeps no freeze of this call's plans
+        for g in dg.groups:
+            g.frozen[:] = frozen_before[g.id]
+
+
+def _rounds(run: Callable, dg: DependencyGraph, given: bool, notes: list[str]):
     first: RewriteError | None = None
     for round_ in range(MAX_ROUNDS + 1):
         try:
