@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import append_rows  # noqa: E402
+from json_rows import append_rows, failed  # noqa: E402
 
 
 def _batch2(args: tuple, kwargs: dict):
@@ -75,8 +75,7 @@ def run_one(name: str, tmp: Path) -> dict:
         row["twice"] = "same" if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) else "DIFFERENT"
         row["ok"] = report.oracle.verdict in ("PASS", "NOT CHECKED") and row["other"] == "ok"
     except Exception as exc:  # the table shows every model's outcome
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        row["ok"], row["reason"] = False, f"{stage}: {type(exc).__name__}: {msg[:160]}"
+        failed(row, stage, exc, 160)
     row["time"] = f"{time.perf_counter() - t0:.1f}s"
     return row
 

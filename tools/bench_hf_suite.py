@@ -33,7 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from json_rows import failed  # noqa: E402  (after the path)
 
 
 def _leaves(out):
@@ -106,9 +108,7 @@ def run_one(name: str, ratio: float, tmp: Path) -> dict:
         row["config"] = "yes" if report.sync.loadable else "load_pruned"
         row["ok"] = oracle.passed and same and not wrong_heads
     except Exception as exc:  # the table must show every model's outcome
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        row["ok"] = False
-        row["reason"] = f"{stage}: {type(exc).__name__}: {msg[:150]}"
+        failed(row, stage, exc)
     row["time"] = f"{time.perf_counter() - t0:.1f}s"
     return row
 
@@ -141,8 +141,7 @@ def run_default(name: str, tmp: Path) -> dict:
         row["reload"] = f"{max((a - b).abs().max().item() for a, b in zip(_leaves(again), _leaves(got))):.0e}"
         row["ok"] = report.oracle.verdict != "FAIL"
     except Exception as exc:  # the table must show every model's outcome
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        row["ok"], row["reason"] = False, f"{stage}: {type(exc).__name__}: {msg[:150]}"
+        failed(row, stage, exc)
     row["time"] = f"{time.perf_counter() - t0:.1f}s"
     return row
 
