@@ -72,3 +72,26 @@ def test_flux_exports_with_a_dynamic_batch_from_an_example_of_one(tmp_path):
     with torch.no_grad():
         want = model(**three).sample.numpy()
     assert got.shape == want.shape == (3, 16, 16) and np.abs(got - want).max() <= 1e-4
+
+
+def test_a_ddpm_unet_exported_to_onnx_prunes_by_default(tmp_path):
+    """The same UNet as an ONNX file: torch writes GroupNorm as Reshape + InstanceNormalization with one
+    ones/zeros affine shared by several norms, which tied every block's channels into one frozen group
+    (the budget was out of reach); each reader now has its own copy, and the default call meets it."""
+    model, (args, _) = Z.build("unet2d"), Z.inputs("unet2d")
+
+    class Sample(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, x, t):
+            return self.unet(x, t).sample
+
+    gp.export_onnx(Sample(model).eval(), args, tmp_path / "unet.onnx")
+    report = gp.prune_onnx(tmp_path / "unet.onnx", tmp_path / "slim.onnx", budget={"macs": 0.7}, verify=True,
+                           measure_latency=False)
+    assert report.oracle.verdict == "PASS" and report.macs_after <= 0.71 * report.macs_before
+    sess = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
+    assert out.shape == (1, 3, 16, 16) and np.isfinite(out).all()

@@ -90,3 +90,30 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     onnx.save(evil, tmp_path / "model" / "evil.onnx")
     with pytest.raises(gp.TraceError, match="outside the model's folder"):
         gp.load_onnx(tmp_path / "model" / "evil.onnx")
+
+
+def test_a_fill_two_layers_share_ties_neither(tmp_path):
+    """torch's exporter shares one ones/zeros initializer between unrelated norms (a UNet's GroupNorm as
+    Reshape + InstanceNormalization + affine): read as one tensor it tied every layer's channels into one
+    group. A repeated-value initializer is one copy per reader; distinct values (a tied weight) stay one."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {f"w{i}": numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f"w{i}")
+         for i, s in enumerate([(4, 6), (6, 3), (4, 6), (6, 3)], 1)}
+    ones = numpy_helper.from_array(np.ones(6, np.float32), "ones")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Mul", ["a", "ones"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["a2"]), helper.make_node("MatMul", ["a2", "w2"], ["ya"]),
+             helper.make_node("MatMul", ["x", "w3"], ["b"]), helper.make_node("Mul", ["b", "ones"], ["b1"]),
+             helper.make_node("Relu", ["b1"], ["b2"]), helper.make_node("MatMul", ["b2", "w4"], ["yb"]),
+             helper.make_node("Add", ["ya", "yb"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              list(w.values()) + [ones])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    g = gp.load_onnx(str(path))
+    sixes = [grp for grp in g.groups if grp.prunable and grp.size == 6]
+    assert len(sixes) == 2, g.summary()
+    assert {m.name for m in sixes[0].members} & {"w1", "w2"} and {m.name for m in sixes[1].members} & {"w3", "w4"}

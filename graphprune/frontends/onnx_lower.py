@@ -22,6 +22,7 @@ from ..errors import TraceError
 from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..reasons import COMPUTED, Reason
 from .onnx_channel_affine import NOT_LEARNED
+from .onnx_fills import FILL_COPY, split_shared_fills
 from .onnx_int_eval import MAX_DATA, evaluate_int_tensors
 
 
@@ -82,6 +83,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as exc:
         raise TraceError(f"'{path}' is not a valid ONNX model: {exc}") from exc
     constants_to_initializers(model)
+    split_shared_fills(model)
     taken = {n.name for n in model.graph.node}
     for k, n in enumerate(model.graph.node):  # analysis and rewrite must name nodes alike
         if not n.name:
@@ -304,7 +306,8 @@ def lower(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
             continue
         if isinstance(t, gs.Constant):
             vals = np.asarray(t.values)
-            kind = "param" if vals.dtype.kind == "f" and vals.size > 1 and name not in fixed else "const"
+            learned = name not in fixed and FILL_COPY not in name
+            kind = "param" if vals.dtype.kind == "f" and vals.size > 1 and learned else "const"
             if vals.dtype.kind in "iu" and vals.size <= MAX_DATA:
                 data[name] = tuple(int(x) for x in vals.reshape(-1))
             g.add_value(Value(name, tuple(vals.shape), str(vals.dtype), kind, name, data.get(name)))
