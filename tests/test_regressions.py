@@ -199,6 +199,9 @@ def test_a_ratio_that_removes_nothing_says_so():
     # no warning, since the documented default call (a 20% prune of SmolLM2's 3 kv heads) warned about itself
     with warnings.catch_warnings():
         warnings.simplefilter("error", PruneWarning)
+        # a 0.5 ms model timed on a busy machine may read slower (CI once: 0.624 vs 0.492 ms): timing is not this
+        # test's business, the idle-group warning is
+        warnings.filterwarnings("ignore", message="the pruned model runs slower", category=PruneWarning)
         _, report = gp.hf.prune(transformers.LlamaForCausalLM(cfg).eval(), ratio=0.3)
     assert any(n.startswith("1 of 2 selected group") for n in report.notes)
     assert report.params_after < report.params_before
