@@ -23,7 +23,7 @@ from torch import nn
 
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
-from .torch_proof import KNOWN_LAYERS, by_call_site
+from .torch_proof import KNOWN_LAYERS, arg_at, by_call_site
 
 # frames of torch and of graphprune are not where a user's forward failed
 _LIBRARY = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
@@ -197,7 +197,7 @@ def same_scalars(dg: DependencyGraph, new_nodes, modules: set[str]) -> str | Non
         if other is None or not any(not m or site[0] == m or site[0].startswith(m + ".") for m in modules):
             continue
         for path, a in _scalars(node.args):
-            b = _at(other.args, path)
+            b = arg_at(other, path)
             if (node.name, path) not in carried and a != b:
                 return f"{node.where()}: {a} -> {b}"
     return None
@@ -211,11 +211,3 @@ def _scalars(args, prefix: tuple = ()):
         elif isinstance(a, (list, tuple)) and not prefix:
             yield from _scalars(a, (i,))
 
-
-def _at(args, path: tuple):
-    try:
-        for i in path:
-            args = args[i]
-        return args
-    except (IndexError, TypeError):
-        return None

@@ -189,7 +189,7 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
     for path, attr in candidates:
         families.setdefault((type(submodule(model, path)).__qualname__, attr), []).append((path, attr))
     sites, nodes = _sites_by_node(dg.ir.nodes), {n.name: n for n in dg.ir.nodes}
-    base = {(sites[c.node], c.path): _arg_at(nodes[c.node], c.path) for c in dg.carries}
+    base = {(sites[c.node], c.path): arg_at(nodes[c.node], c.path) for c in dg.carries}
     base_shapes = {site: [dg.ir.values[o].shape for o in n.outputs] for site, n in by_call_site(dg.ir.nodes).items()}
     out: dict[tuple[str, str], Any] = {}
     for members in families.values():
@@ -218,7 +218,7 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
         moved: dict[str, set] = {}
         for (site, path), value in base.items():
             node = by_site.get(site)
-            if node is not None and _arg_at(node, path) != value:
+            if node is not None and arg_at(node, path) != value:
                 moved.setdefault(site[0], set()).add((site, path))
         for path, attr in members:
             mine = moved.get(path, set())
@@ -230,7 +230,8 @@ def _sites_by_node(nodes) -> dict[str, tuple]:
     return {n.name: site for site, n in by_call_site(nodes).items()}
 
 
-def _arg_at(node, path: tuple) -> Any:
+def arg_at(node, path: tuple) -> Any:
+    """The argument of ``node`` at ``path``: (arg index,) or (arg index, list index); None where absent."""
     try:
         v = node.args[path[0]]
         return v[path[1]] if len(path) > 1 else v
