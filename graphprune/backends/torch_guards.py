@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..graph import DependencyGraph
-from ..planning.plan import PrunePlan, carried_value, keep_masks
-from .torch_proof import KNOWN_LAYERS, arg_at, by_call_site
+from ..planning.plan import PrunePlan, keep_masks
+from .torch_proof import KNOWN_LAYERS, arg_at, by_call_site, groups_spelled_at
 
 # frames of torch and of graphprune are not where a user's forward failed
 _LIBRARY = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
@@ -65,15 +65,7 @@ def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] 
     if loc is None:
         return [], ""
     spot = f'File "{loc[0]}", line {loc[1]},'
-    nodes = {n.name: n for n in dg.ir.nodes if n.meta.source.startswith(spot)}
-    pruned = plan.masks()
-    groups: set[int] = set()
-    first = ""
-    for c in dg.carries:
-        if c.node in nodes and carried_value(dg, c, pruned) != c.value:
-            groups |= {a for a in dg.solver.slot_atoms(c.key)[1] if a in pruned and pruned[a].any()}
-            first = first or nodes[c.node].where()
-    return sorted(groups), first
+    return groups_spelled_at(dg, plan, [n for n in dg.ir.nodes if n.meta.source.startswith(spot)])
 
 
 class Boundaries:

@@ -308,6 +308,23 @@ def _update_known_modules(model: nn.Module, dg: DependencyGraph, plan: PrunePlan
                 shape = list(m.normalized_shape)
                 shape[c.path[1]] = carried_value(dg, c, pruned)
                 m.normalized_shape = tuple(shape)
+    _bare_norms(model, dg, plan)
+
+
+def _bare_norms(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> None:
+    """A BatchNorm/InstanceNorm with neither affine weights nor running statistics (MONAI's default
+    ``InstanceNorm3d``) has no tensor to read its width from: its ``num_features`` is the channel
+    count the plan leaves on its input, else torch warns on every forward of the pruned model."""
+    masks = None
+    for n in dg.ir.nodes:
+        if dg.op_of(n.name) not in ("aten.instance_norm", "aten.batch_norm") or not n.meta.module or not n.inputs:
+            continue
+        m = submodule(model, n.meta.module)
+        if not isinstance(m, NormBase) or m.weight is not None or m.running_mean is not None:
+            continue
+        masks = keep_masks(dg, plan) if masks is None else masks
+        keep, size = masks.get((n.inputs[0], 1)), dg.ir.values[n.inputs[0]].shape[1]
+        m.num_features = int(keep.sum()) if keep is not None else size if isinstance(size, int) else m.num_features
 
 
 def add_biases(model: nn.Module, dg, plan, comp) -> int:

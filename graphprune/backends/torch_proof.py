@@ -42,7 +42,7 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
             "Use -1 in view/reshape, read sizes from tensor shapes or from an attribute of the module doing the "
             f"reshape, or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}",
             modules=modules) from exc
-    new_by_site = by_call_site(new.nodes)
+    new_by_site, wrong = by_call_site(new.nodes), []
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)
         if other is None or len(other.outputs) != len(node.outputs):
@@ -52,15 +52,52 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
             want = tuple(int(masks[(out, d)].sum()) if (out, d) in masks else s for d, s in enumerate(v.shape))
             got = new.values[new_out].shape
             if tuple(got) != want:
-                raise RewriteError(
-                    f"after pruning, {node.where()} produces shape {tuple(got)} but the plan needs {want}. "
-                    "The forward spells a size the rewrite cannot reach (a literal, or an attribute of another "
-                    "module): compute it from tensor shapes, use -1, or exclude these layers with ignore=[...].")
+                wrong.append((node, tuple(got), want))
+    if wrong:  # every such node at once: UNETR's twelve attention blocks are one round of planning again
+        raise _mismatch(dg, plan, wrong)
     outs = [new.values[o].shape for o in new.outputs]
     if outs != [dg.ir.values[o].shape for o in dg.ir.outputs]:
         raise RewriteError(f"after pruning, the model's outputs have shapes {outs}, not "
                            f"{[dg.ir.values[o].shape for o in dg.ir.outputs]}")
     return set(new_by_site) == set(by_call_site(dg.ir.nodes))
+
+
+def groups_spelled_at(dg: DependencyGraph, plan: PrunePlan, at: list, alike: bool = False) -> tuple[list[int], str]:
+    """The pruned groups whose sizes the IR nodes ``at`` carry as constants the plan changes, and the
+    first such node's place; ([], "") where none does. With ``alike``, also every prunable group that
+    nodes traced from the same source lines carry: the same code in the other layers fails alike when a
+    next plan cuts there (UNETR's twelve blocks would take twelve rounds of planning again, one each)."""
+    nodes = {n.name: n for n in at}
+    pruned = plan.masks()
+    groups: set[int] = set()
+    first, lines = "", set()
+    for c in dg.carries:
+        if c.node in nodes and carried_value(dg, c, pruned) != c.value:
+            groups |= {a for a in dg.solver.slot_atoms(c.key)[1] if a in pruned and pruned[a].any()}
+            first = first or nodes[c.node].where()
+            lines.add(nodes[c.node].meta.source)
+    if alike and groups:
+        same = {n.name for n in dg.ir.nodes if n.meta.source and n.meta.source in lines}
+        open_ = {g.id for g in dg.groups if g.prunable}  # an atom need not be a group (a frozen one has none)
+        groups |= {a for c in dg.carries if c.node in same for a in dg.solver.slot_atoms(c.key)[1] if a in open_}
+    return sorted(groups), first
+
+
+def _mismatch(dg: DependencyGraph, plan: PrunePlan, wrong: list[tuple]) -> RewriteError:
+    """The error for nodes whose pruned outputs have other shapes than the plan's ((node, got, want) each;
+    the first is quoted): it names the pruned groups whose sizes those nodes spell (MONAI's attention splits
+    heads with einops at a head count read from the module, so the heads come back at the old count), which
+    a default call keeps whole and plans again (planning/unreached.py), and the layers to ``ignore=``."""
+    node, got, want = wrong[0]
+    groups, _ = groups_spelled_at(dg, plan, [w[0] for w in wrong], alike=True)
+    owners = [o for o in dict.fromkeys(m.name.rpartition(".")[0] for g in groups for m in dg.group(g).members) if o]
+    etc = f" and {len(owners) - 4} more" if len(owners) > 4 else ""
+    whose = f"; it spells the pruned channels of {', '.join(owners[:4])}{etc}: ignore= with them keeps them whole " \
+        f"({owners[:4]}{etc})" if owners else ": compute it from tensor shapes, use -1, or exclude these layers with ignore=[...]"
+    more = f" ({len(wrong) - 1} more node(s) alike)" if len(wrong) > 1 else ""
+    return RewriteError(f"after pruning, {node.where()} produces shape {got} but the plan needs {want}{more}. The forward "
+                        f"spells a size the rewrite cannot reach (a literal, or an attribute of another module){whose}.",
+                        modules=owners, groups=groups, site=node.where())
 
 
 def _unreached(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, limit: int = 2) -> tuple[str, list[str]]:

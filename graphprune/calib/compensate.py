@@ -67,7 +67,7 @@ def affected_sites(dg: DependencyGraph, plan: PrunePlan, sites: list[Site],
             continue
         w_path = source(dg, s.w)
         if not refittable(s):
-            result.skipped.append(f"{w_path}: grouped or 3-D convolution, not refit")
+            result.skipped.append(f"{w_path}: grouped convolution, not refit")
         elif uses[w_path] > 1 or len(dg.ir.aliases.get(w_path, [w_path])) > 1:
             result.skipped.append(f"{w_path}: weight shared with another op, not refit")
         else:

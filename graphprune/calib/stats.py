@@ -40,20 +40,22 @@ def channels(site: Site, x: torch.Tensor, rows: torch.Tensor | None = None) -> t
 
 
 def refittable(site: Site) -> bool:
-    """Sites with a feature view: linears and ungrouped 1-D/2-D convolutions."""
-    return site.kind == "linear" or (site.groups == 1 and len(site.kernel) in (1, 2))
+    """Sites with a feature view: linears and ungrouped 1-D, 2-D and 3-D convolutions."""
+    return site.kind == "linear" or (site.groups == 1 and len(site.kernel) in (1, 2, 3))
 
 
 def features(site: Site, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """(samples, features + 1): the inputs a refit sees, with a trailing constant 1.
 
-    A linear's features are its input channels. An ungrouped 1-D/2-D convolution's are
+    A linear's features are its input channels. An ungrouped 1-D/2-D/3-D convolution's are
     its unfolded patches (channel-major, kernel positions inner), so a 1x1 conv is a
     linear over channels. Other convolutions have no feature view (None).
     """
     x = x.detach().to(torch.float32)
     if site.kind == "linear":
         f = x.reshape(-1, x.shape[-1])
+    elif refittable(site) and len(site.kernel) == 3:
+        f = unfold3d(x, site.kernel, site.stride, site.padding, site.dilation)
     elif refittable(site):
         if len(site.kernel) == 1:  # conv1d as a conv2d of height 1
             x = x.unsqueeze(2)
@@ -67,6 +69,15 @@ def features(site: Site, x: torch.Tensor, rows: torch.Tensor | None = None) -> t
     if rows is not None:
         f = f[rows]
     return torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], dim=1)
+
+
+def unfold3d(x: torch.Tensor, k: tuple, s: tuple, p: tuple, d: tuple) -> torch.Tensor:
+    """(positions, channels * kd * kh * kw): a 3-D convolution's patches, in the order of its weight's
+    ``reshape(out, -1)`` (torch has no F.unfold for volumes: MONAI's networks are 3-D)."""
+    x = F.pad(x, (p[2], p[2], p[1], p[1], p[0], p[0]))
+    for i in range(3):  # each unfold appends the window as the last dim; a dilation keeps every d-th
+        x = x.unfold(2 + i, (k[i] - 1) * d[i] + 1, s[i])[..., ::d[i]]
+    return x.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(-1, x.shape[1] * k[0] * k[1] * k[2])
 
 
 @dataclass

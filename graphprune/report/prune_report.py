@@ -278,6 +278,9 @@ class PruneReport:
 def compensation_text(comp, limit: int = 8) -> str:
     """The layers compensation changed, with the calibration error before/after."""
     sites = comp.sites
+    if not sites and comp.skipped:  # layers that lost inputs but could not be refit: say which, not "none needed it"
+        return (f"compensation: no layer refit; {len(comp.skipped)} lost input channels but were not refit: "
+                + "; ".join(comp.skipped[:3]) + (" ..." if len(comp.skipped) > 3 else ""))
     if not sites:
         return "compensation: no linear or convolution lost input channels (the layers a refit repairs)"
     before = sum(s.error_before for s in sites) / len(sites)

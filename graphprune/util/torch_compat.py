@@ -91,8 +91,21 @@ def no_python_dispatcher():
 def reparametrize(module: nn.Module, tensors: dict[str, torch.Tensor]):
     """Context: ``module`` sees ``tensors`` (path -> tensor) in place of its parameters and
     buffers. ``torch.func.functional_call`` runs the forward itself; recording must run it
-    inside its own modes and hooks, so the context manager underneath is used."""
-    return _reparametrize_module(module, tensors)
+    inside its own modes and hooks, so the context manager underneath is used.
+
+    A submodule registered under two paths (MONAI's DynUNet: ``input_block`` is also
+    ``skip_layers.downsample``) is one slot: swapped twice, the second swap saves the first
+    stand-in as the "original" and the exit leaves it there, the user's weights gone. So each
+    (owner, attribute) is swapped once; every path reads the same stand-in anyway."""
+    slots: set[tuple[int, str]] = set()
+    once: dict[str, torch.Tensor] = {}
+    for path, tensor in tensors.items():
+        owner, _, attr = path.rpartition(".")
+        slot = (id(module.get_submodule(owner) if owner else module), attr)
+        if slot not in slots:
+            slots.add(slot)
+            once[path] = tensor
+    return _reparametrize_module(module, once)
 
 
 @contextlib.contextmanager
