@@ -19,16 +19,14 @@ A failure is reported with its reason; the script never stops at one.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import append_rows, failed  # noqa: E402
+from json_rows import failed, same_state, suite_main  # noqa: E402
 
 
 def _batch2(args: tuple, kwargs: dict):
@@ -71,8 +69,7 @@ def run_one(name: str, tmp: Path) -> dict:
         row["onnx"] = f"{exported.max_abs_diff:.1e}" + (" dynamic" if exported.dynamic_batch else " fixed batch")
         stage = "twice"
         again, _ = gp.prune(Z.build(name), args, kwargs, budget={"macs": 0.7})
-        a, b = model.state_dict(), again.state_dict()
-        row["twice"] = "same" if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) else "DIFFERENT"
+        row["twice"] = same_state(model, again)
         row["ok"] = report.oracle.verdict in ("PASS", "NOT CHECKED") and row["other"] == "ok"
     except Exception as exc:  # the table shows every model's outcome
         failed(row, stage, exc, 160)
@@ -83,24 +80,8 @@ def run_one(name: str, tmp: Path) -> dict:
 def main() -> None:
     from graphprune.zoo.diffusion import MODELS
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", nargs="*", choices=sorted(MODELS), help="these models only")
-    ap.add_argument("--json", type=Path, help="append the rows to this JSON list")
-    a = ap.parse_args()
     cols = ["model", "macs", "oracle", "cut", "kept", "warnings", "other", "onnx", "twice", "time"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in a.only or list(MODELS):
-            row = run_one(name, Path(tmp))
-            rows.append(row)
-            line = [str(row.get(c, "-")) for c in cols]
-            if not row["ok"] and "reason" in row:
-                line[2] = f"FAIL ({row['reason']})"
-            print("| " + " | ".join(line) + " |", flush=True)
-    print(f"\n{sum(r['ok'] for r in rows)}/{len(rows)} pass")
-    if a.json:
-        append_rows(a.json, rows)
+    suite_main(__doc__, MODELS, run_one, cols)
 
 
 if __name__ == "__main__":

@@ -17,3 +17,44 @@ def failed(row: dict, stage: str, exc: BaseException, width: int = 150) -> None:
     show every model's outcome rather than stop at one)."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     row["ok"], row["reason"] = False, f"{stage}: {type(exc).__name__}: {msg[:width]}"
+
+
+def run_suite(names: list[str], run_one, cols: list[str], json_path: Path | None) -> list[dict]:
+    """The model suites' table (tools/bench_diffusers.py, tools/bench_monai.py): ``run_one(name, tmp)`` per
+    model, a markdown row printed as each finishes (a failure's reason in the third column), the pass count,
+    and the rows appended to ``json_path`` where given."""
+    import tempfile
+
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            row = run_one(name, Path(tmp))
+            rows.append(row)
+            line = [str(row.get(c, "-")) for c in cols]
+            if not row["ok"] and "reason" in row:
+                line[2] = f"FAIL ({row['reason']})"
+            print("| " + " | ".join(line) + " |", flush=True)
+    print(f"\n{sum(r['ok'] for r in rows)}/{len(rows)} pass")
+    if json_path:
+        append_rows(json_path, rows)
+    return rows
+
+
+def suite_main(doc: str, models, run_one, cols: list[str]) -> None:
+    """A model suite's command line: ``--only NAME ...`` and ``--json FILE``, then :func:`run_suite`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--only", nargs="*", choices=sorted(models), help="these models only")
+    ap.add_argument("--json", type=Path, help="append the rows to this JSON list")
+    a = ap.parse_args()
+    run_suite(a.only or list(models), run_one, cols, a.json)
+
+
+def same_state(a, b) -> str:
+    """"same" where two modules' state dicts are equal bit for bit, else "DIFFERENT"."""
+    import torch
+
+    a, b = a.state_dict(), b.state_dict()
+    return "same" if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) else "DIFFERENT"

@@ -1,0 +1,56 @@
+"""MONAI's medical-imaging networks (3-D convolutions, InstanceNorm without weights, modules registered
+twice, einops attention), random weights, through the default call: what a new user's trial found
+(docs/real_models.md, "A seventh trial"). tests/test_monai_trial.py holds each failure in plain torch."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import graphprune as gp
+
+nets = pytest.importorskip("monai.networks.nets", reason="monai is in the test extra; this environment lacks it")
+
+
+def _x(*shape, seed=1):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_dynunet_whose_blocks_sit_under_two_paths_prunes_exactly():
+    torch.manual_seed(0)
+    m = nets.DynUNet(3, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                     filters=[8, 16, 32]).eval()
+    assert m.input_block is m.skip_layers.downsample  # one module, two paths
+    x = _x(1, 1, 16, 16, 16)
+    pruned, report = gp.prune(m, (x,), budget={"macs": 0.7}, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and 0.65 <= report.macs_after / report.macs_before <= 0.71
+    assert all(p.device.type == "cpu" for p in pruned.parameters())
+    assert pruned(_x(2, 1, 24, 24, 24, seed=2)).shape == (2, 2, 24, 24, 24)
+
+
+def test_unet_with_instance_norm_keeps_its_norms_in_step_and_refits_3d_convolutions():
+    torch.manual_seed(0)
+    m = nets.UNet(3, 1, 2, channels=(8, 16, 32), strides=(2, 2), num_res_units=1).eval()
+    x = _x(1, 1, 16, 16, 16)
+    calib = [(_x(2, 1, 16, 16, 16, seed=s).cumsum(-1) * 0.3,) for s in range(3)]
+    pruned, report = gp.prune(m, (x,), budget={"macs": 0.7}, calib=calib, measure_latency=False)
+    norms = [mod for mod in pruned.modules() if isinstance(mod, torch.nn.InstanceNorm3d)]
+    assert norms and report.compensation.sites  # Conv3d inputs have Grams now: refit, not skipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stale num_features makes torch warn on every forward
+        assert pruned(x).shape == (1, 2, 16, 16, 16)
+
+
+def test_vit_whose_heads_einops_splits_keeps_them_whole_and_prunes_the_rest():
+    pytest.importorskip("einops", reason="MONAI's ViT needs einops (in the test extra)")
+    torch.manual_seed(0)
+    m = nets.ViT(1, img_size=16, patch_size=4, hidden_size=48, mlp_dim=384, num_layers=2, num_heads=4,
+                 classification=True, num_classes=2).eval()
+    x = _x(1, 1, 16, 16, 16)
+    with pytest.warns(gp.PruneWarning, match="kept .* whole .* planned again"):
+        pruned, report = gp.prune(m, (x,), budget={"macs": 0.8}, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS"
+    assert all(b.attn.qkv.out_features == 3 * 48 for b in pruned.blocks)  # einops' head count still holds
+    assert any(b.mlp.linear1.out_features < 384 for b in pruned.blocks)
+    assert pruned(_x(2, 1, 16, 16, 16, seed=2))[0].shape == (2, 2)
