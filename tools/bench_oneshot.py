@@ -126,6 +126,8 @@ def main() -> int:
                    help="recover on this many fresh stamp composites a pass too (tools/fetch_stamps.py, WithStamps)")
     p.add_argument("--calib-stamps", type=int, default=0,
                    help="append this many stamp composites (on crops of the calibration photos) to the calibration")
+    p.add_argument("--recover-sensitivity", action="store_true",
+                   help="recover after the allocation='sensitivity' variant too (a better start at deep cuts)")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "data" / "oneshot.json")
     ns = p.parse_args()
     torch.manual_seed(0)
@@ -170,7 +172,7 @@ def main() -> int:
                    **scored(pruned), "calib_images": len(data), "test_images": len(test_x), "test_crops": len(crops)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if kw["calib"] is not None and ns.recover_s > 0 and "allocation" not in kw:
+            if kw["calib"] is not None and ns.recover_s > 0 and ("allocation" not in kw or ns.recover_sensitivity):
                 t = time.perf_counter()
                 feed = FreshCrops(calib_x, ns.augment, ns.batch) if ns.fresh_crops else calib
                 feed = WithStamps(feed, calib_x, ns.stamps, ns.batch, mean, std) if ns.stamps else feed
