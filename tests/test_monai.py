@@ -54,3 +54,37 @@ def test_vit_whose_heads_einops_splits_keeps_them_whole_and_prunes_the_rest():
     assert all(b.attn.qkv.out_features == 3 * 48 for b in pruned.blocks)  # einops' head count still holds
     assert any(b.mlp.linear1.out_features < 384 for b in pruned.blocks)
     assert pruned(_x(2, 1, 16, 16, 16, seed=2))[0].shape == (2, 2)
+
+
+
+def test_the_same_code_in_another_layer_is_told_apart_from_other_calls_of_a_shared_line():
+    """Every einops ``Rearrange`` runs one library line: a failed head split stands for the same split in
+    the other blocks (kept whole in one round), not for a token rearrange elsewhere on that line."""
+    einops_torch = pytest.importorskip("einops.layers.torch", reason="einops is in the test extra")
+    from graphprune.backends.torch_proof import _alike
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(48, 144)
+            self.split = einops_torch.Rearrange("b n (qkv l d) -> qkv b l n d", qkv=3, l=4)
+
+        def forward(self, t):
+            q, k, v = self.split(self.qkv(t))
+            return t + (torch.softmax(q @ k.transpose(-1, -2), -1) @ v).transpose(1, 2).flatten(2)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 48, 3, padding=1)
+            self.tok = einops_torch.Rearrange("b c h w -> b (h w) c")
+            self.blocks = torch.nn.Sequential(Block(), Block())
+
+        def forward(self, x):
+            return self.blocks(self.tok(self.c(x)))
+
+    dg = gp.trace(Net().eval(), (_x(1, 3, 4, 4),))
+    einops_nodes = [n for n in dg.ir.nodes if "einops" in n.meta.source and dg.op_of(n.name) == "aten.reshape"]
+    keys = {n.meta.module: _alike(dg, n) for n in einops_nodes}
+    assert keys["blocks.0.split"] == keys["blocks.1.split"]
+    assert keys["tok"] != keys["blocks.0.split"] and keys["tok"][0] == keys["blocks.0.split"][0]  # one line

@@ -10,6 +10,7 @@ plan and tries the candidates against this proof.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import nn
@@ -42,17 +43,19 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
             "Use -1 in view/reshape, read sizes from tensor shapes or from an attribute of the module doing the "
             f"reshape, or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}",
             modules=modules) from exc
-    new_by_site, wrong = by_call_site(new.nodes), []
+    new_by_site, wrong, bad = by_call_site(new.nodes), [], set()
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)
         if other is None or len(other.outputs) != len(node.outputs):
             continue  # a code path that only runs at some sizes (an early return): nothing to compare
+        first = not bad.intersection(node.inputs)  # wrong from right inputs: a cause, not a consequence
         for out, new_out in zip(node.outputs, other.outputs):
             v = dg.ir.values[out]
             want = tuple(int(masks[(out, d)].sum()) if (out, d) in masks else s for d, s in enumerate(v.shape))
             got = new.values[new_out].shape
             if tuple(got) != want:
-                wrong.append((node, tuple(got), want))
+                wrong.append((node, tuple(got), want, first))
+                bad.add(out)
     if wrong:  # every such node at once: UNETR's twelve attention blocks are one round of planning again
         raise _mismatch(dg, plan, wrong)
     outs = [new.values[o].shape for o in new.outputs]
@@ -75,12 +78,18 @@ def groups_spelled_at(dg: DependencyGraph, plan: PrunePlan, at: list, alike: boo
         if c.node in nodes and carried_value(dg, c, pruned) != c.value:
             groups |= {a for a in dg.solver.slot_atoms(c.key)[1] if a in pruned and pruned[a].any()}
             first = first or nodes[c.node].where()
-            lines.add(nodes[c.node].meta.source)
+            lines.add(_alike(dg, nodes[c.node]))
     if alike and groups:
-        same = {n.name for n in dg.ir.nodes if n.meta.source and n.meta.source in lines}
+        same = {n.name for n in dg.ir.nodes if n.meta.source and _alike(dg, n) in lines}
         open_ = {g.id for g in dg.groups if g.prunable}  # an atom need not be a group (a frozen one has none)
         groups |= {a for c in dg.carries if c.node in same for a in dg.solver.slot_atoms(c.key)[1] if a in open_}
     return sorted(groups), first
+
+
+def _alike(dg: DependencyGraph, node) -> tuple[str, str, str]:
+    """What makes two nodes the same code in another layer: the source line (a library's, for einops: every
+    ``Rearrange`` shares it), the op, and the module path with its layer indices wildcarded."""
+    return node.meta.source, dg.op_of(node.name), re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", node.meta.module or "")
 
 
 def _mismatch(dg: DependencyGraph, plan: PrunePlan, wrong: list[tuple]) -> RewriteError:
@@ -88,8 +97,9 @@ def _mismatch(dg: DependencyGraph, plan: PrunePlan, wrong: list[tuple]) -> Rewri
     the first is quoted): it names the pruned groups whose sizes those nodes spell (MONAI's attention splits
     heads with einops at a head count read from the module, so the heads come back at the old count), which
     a default call keeps whole and plans again (planning/unreached.py), and the layers to ``ignore=``."""
-    node, got, want = wrong[0]
-    groups, _ = groups_spelled_at(dg, plan, [w[0] for w in wrong], alike=True)
+    node, got, want, _ = wrong[0]
+    causes = [w[0] for w in wrong if w[3]] or [w[0] for w in wrong]
+    groups, _ = groups_spelled_at(dg, plan, causes, alike=True)
     owners = [o for o in dict.fromkeys(m.name.rpartition(".")[0] for g in groups for m in dg.group(g).members) if o]
     etc = f" and {len(owners) - 4} more" if len(owners) > 4 else ""
     whose = f"; it spells the pruned channels of {', '.join(owners[:4])}{etc}: ignore= with them keeps them whole " \
@@ -97,7 +107,7 @@ def _mismatch(dg: DependencyGraph, plan: PrunePlan, wrong: list[tuple]) -> Rewri
     more = f" ({len(wrong) - 1} more node(s) alike)" if len(wrong) > 1 else ""
     return RewriteError(f"after pruning, {node.where()} produces shape {got} but the plan needs {want}{more}. The forward "
                         f"spells a size the rewrite cannot reach (a literal, or an attribute of another module){whose}.",
-                        modules=owners, groups=groups, site=node.where())
+                        groups=groups, site=node.where())  # no modules: hf's retry would keep every Linear whole
 
 
 def _unreached(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, limit: int = 2) -> tuple[str, list[str]]:
