@@ -30,7 +30,7 @@ from ..util.torch_compat import (
     set_tensor,
 )
 from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars, unreached_groups
-from .torch_proof import KNOWN_LAYERS, attribute_candidates, check_shapes, retrace, submodule
+from .torch_proof import KNOWN_LAYERS, attribute_candidates, check_shapes, group_owners, retrace, submodule
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
@@ -168,7 +168,7 @@ def _located(err: RewriteError, model: nn.Module, dg: DependencyGraph, plan: Pru
         return err
     groups, site = unreached_groups(dg, plan, loc)
     inside = f" in module '{failed}'" if failed else ""
-    owners = [o for o in dict.fromkeys(m.name.rpartition(".")[0] for g in groups for m in dg.group(g).members) if o]
+    owners = group_owners(dg, groups)
     whose = (f"; the sizes there are the pruned channels of {', '.join(owners[:4])}"
              f"{' ...' if len(owners) > 4 else ''}: ignore={owners[:4]} keeps them whole" if owners else "")
     out = RewriteError(f"{err} (raised at {where}{inside}){whose}", reasons=err.reasons,

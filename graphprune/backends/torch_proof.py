@@ -86,6 +86,11 @@ def groups_spelled_at(dg: DependencyGraph, plan: PrunePlan, at: list, alike: boo
     return sorted(groups), first
 
 
+def group_owners(dg: DependencyGraph, groups: list[int]) -> list[str]:
+    """The layers whose parameters the groups cut, in order, once each: what ``ignore=`` would keep whole."""
+    return [o for o in dict.fromkeys(m.name.rpartition(".")[0] for g in groups for m in dg.group(g).members) if o]
+
+
 def _alike(dg: DependencyGraph, node) -> tuple[str, str, str]:
     """What makes two nodes the same code in another layer: the source line (a library's, for einops: every
     ``Rearrange`` shares it), the op, and the module path with its layer indices wildcarded."""
@@ -100,7 +105,7 @@ def _mismatch(dg: DependencyGraph, plan: PrunePlan, wrong: list[tuple]) -> Rewri
     node, got, want, _ = wrong[0]
     causes = [w[0] for w in wrong if w[3]] or [w[0] for w in wrong]
     groups, _ = groups_spelled_at(dg, plan, causes, alike=True)
-    owners = [o for o in dict.fromkeys(m.name.rpartition(".")[0] for g in groups for m in dg.group(g).members) if o]
+    owners = group_owners(dg, groups)
     etc = f" and {len(owners) - 4} more" if len(owners) > 4 else ""
     whose = f"; it spells the pruned channels of {', '.join(owners[:4])}{etc}: ignore= with them keeps them whole " \
         f"({owners[:4]}{etc})" if owners else ": compute it from tensor shapes, use -1, or exclude these layers with ignore=[...]"
