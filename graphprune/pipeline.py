@@ -21,6 +21,7 @@ from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, missed, solve_budget
 from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
+from .planning.cliffs import cap_ratios, find_floors
 from .planning.depth import (
     DepthChoice,
     by_ratio,
@@ -108,6 +109,8 @@ class _Work:
     # with each width multiple (planning/time_tilt.py, widths.py)
     curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
     kinds: KindChoice | None = None  # heads kept or cut, measured (planning/kinds.py)
+    latency: object = None  # the layers' latency table, where floors or the time tilt read it
+    floors: dict = field(default_factory=dict)  # group id -> least kept count: a kernel cliff below (cliffs.py)
 
 
 def plan_program(program, opts: PruneOptions) -> Planned:
@@ -118,7 +121,12 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     group keeps the width multiples the runtime's kernels favour (graphprune/planning/widths.py)."""
     w = _select(program, opts)
     _score(w)
+    if _widths_tuned(w):  # timed: across processes, rank 0's
+        w.latency, w.floors = find_floors(program, w.runtime, w.dg, w.groups, w.round_to, w.ctx.notes)
+        w.floors = same_on_all(w.floors)
     _choose_ratios(w)
+    if w.spent is None and w.floors:
+        w.ratios = cap_ratios(w.groups, opts.ratio, w.ratios, w.floors)
     plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)
     plan = _tune_widths(w, plan)
     if w.depth is not None:
@@ -268,7 +276,7 @@ def _spend_budget(w: _Work) -> None:
                                                                           w.ratios), w.batches, mode, w.ctx.stats,
                                               ridge_by_node(w.dg, opts.ridge, find_sites(w.dg)))
     measured = allocate_budget(w.program, cost, w.groups, w.scores, w.spent.targets, w.round_to, w.batches,
-                               opts.max_ratio, w.ctx.notes, repair, rows)
+                               opts.max_ratio, w.ctx.notes, repair, rows, w.floors)
     if measured is None:  # the measured levels cannot meet the budget together: uniform, as without them
         return _solve_uniform(w, tilt=True)
     w.ratios, w.curves = measured
@@ -281,9 +289,9 @@ def _solve_uniform(w: _Work, tilt: bool) -> None:
     """The budget solved by one ratio (or a global ranking); where widths are tuned, the tilts towards
     time that the width tuning times with each multiple."""
     if tilt and w.how == "uniform" and _widths_tuned(w):
-        w.tilts = tilt_options(w.program, w.runtime, w.dg, w.groups, w.budget, w.round_to, w.ctx.notes)
+        w.tilts = tilt_options(w.program, w.runtime, w.dg, w.groups, w.budget, w.round_to, w.ctx.notes, w.latency)
     w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
-                                     lockstep=w.opts.uniform)
+                                     lockstep=w.opts.uniform, floors=w.floors)
 
 
 def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
@@ -307,7 +315,7 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
             return made, replace(spent, achieved=w.curves.cost.measure(
                 {g.id: g.size - len(made.pruned[g.id]) for g in w.groups}))
         r, got = solve_budget(w.dg, w.groups, w.scores, w.budget, steps, w.how, opts.max_ratio, tilt=tilt,
-                              lockstep=opts.uniform)
+                              lockstep=opts.uniform, floors=w.floors)
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     tilts = w.tilts if w.curves is None else None

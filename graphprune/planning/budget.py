@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..metrics import count_macs, count_params
+from .give_back import fits, give_back, lots
 from .plan import MAX_RATIO, frozen_channels, frozen_summary, kept_count, step_of
 
 # the counted budget kinds: name -> counter(ir, shape_fn). A new kind is a counter (metrics.py) and a row here
@@ -196,10 +197,6 @@ class CostModel:
         return out
 
 
-def _fits(got: Mapping[str, int], targets: Mapping[str, int]) -> bool:
-    return all(got[k] <= t for k, t in targets.items())
-
-
 def _rounding(g: Group, round_to) -> int:
     return step_of(g, round_to)
 
@@ -216,7 +213,7 @@ def _beyond_reach(dg: DependencyGraph, groups: list[Group], dead, targets: dict,
         left = None
     else:
         left = CostModel(dg, every, dead).measure(uniform_kept(every, max_ratio, round_to))
-        if _fits(left, counted):
+        if fits(left, counted):
             return advice
     reach = ("The selected groups are all the prunable ones" if left is None else
              f"Every prunable group at {max_ratio:.0%} still leaves {left[key]:,}")
@@ -234,6 +231,12 @@ def uniform_kept(groups: list[Group], ratio: float, round_to: int,
         return {g.id: kept_count(g.size, ratio, _rounding(g, round_to)) for g in groups}
     return {g.id: kept_count(g.size, min(1.0 - (1.0 - ratio) ** tilt.get(g.id, 1.0), cap),
                              _rounding(g, round_to)) for g in groups}
+
+
+def _floored(kept_at: Callable, groups: list[Group], floors: Mapping[int, int], round_to) -> Callable:
+    """``kept_at`` with each group kept at its floor at least (cliffs.py), rounded up to its step."""
+    least = {g.id: kept_count(g.size, 1 - floors[g.id] / g.size, _rounding(g, round_to)) for g in groups if g.id in floors}
+    return lambda x: {gid: max(k, least.get(gid, 0)) for gid, k in kept_at(x).items()}
 
 
 def global_kept(groups: list[Group], normed: Mapping[int, np.ndarray], threshold: float, round_to: int,
@@ -275,7 +278,8 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
                  max_ratio: float = MAX_RATIO, steps: int = 40, dead: set[str] = frozenset(),
                  original: dict[str, int] | None = None,
                  cost: "CostModel | None" = None,
-                 tilt: Mapping[int, float] | None = None, lockstep: bool = False) -> tuple[dict[int, float], BudgetResult]:
+                 tilt: Mapping[int, float] | None = None, lockstep: bool = False,
+                 floors: Mapping[int, int] | None = None) -> tuple[dict[int, float], BudgetResult]:
     """Per-group ratios that meet ``budget`` as closely as the channel granularity allows (never
     above it); and what they achieve. ``dead``: values gone with removed blocks (the budget is
     then spent on what they leave; ``original`` the unpruned model's counts). ``tilt``: the
@@ -301,15 +305,17 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
         every = np.concatenate([normed[g.id] for g in groups]) if groups else np.zeros(1)
         lo, hi = float(every.min()), float(every.max()) + 1e-9
         kept_at = lambda x: global_kept(groups, normed, x, round_to, max_ratio)  # noqa: E731
+    if floors:
+        kept_at = _floored(kept_at, groups, floors, round_to)
     most = kept_at(hi)
     got = cost.measure(most)
-    if not _fits(got, targets):
+    if not fits(got, targets):
         worst = max(targets, key=lambda k: got[k] / max(targets[k], 1))
         raise PlanError(f"budget {worst}={targets[worst]:,} cannot be met by pruning the selected groups: removing "
                         f"{max_ratio:.0%} of each leaves {got[worst]:,} (of {original[worst]:,}). "
                         + _beyond_reach(dg, groups, dead, targets, worst, max_ratio, round_to))
     best, best_got = kept_at(lo), cost.measure(kept_at(lo))
-    if _fits(best_got, targets):
+    if fits(best_got, targets):
         hi = lo  # nothing needs pruning
     else:
         best, best_got = most, got
@@ -317,80 +323,13 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
             mid = (lo + hi) / 2
             kept = kept_at(mid)
             got = cost.measure(kept)
-            if _fits(got, targets):
+            if fits(got, targets):
                 hi, best, best_got = mid, kept, got
             else:
                 lo = mid
     if tilt:  # units are given back where a MAC costs least time first (w > 1: more time per MAC)
         normed = {gid: v / tilt.get(gid, 1.0) for gid, v in normed.items()}
-    lots = _lots(groups, lockstep)
-    best, best_got = _refine(cost, groups, normed, best, best_got, targets, round_to, lots)
+    best, best_got = give_back(cost, groups, normed, best, best_got, targets, round_to, lots(groups, lockstep))
     result.achieved, result.scalar = best_got, hi
     ratios = {g.id: (g.size - best[g.id]) / g.size for g in groups}
     return ratios, result
-
-
-def _lots(groups: list[Group], lockstep: bool) -> list[list[Group]]:
-    """The groups that get units back together: each alone, or under ``lockstep`` all of one kind
-    and size (every layer's FFN), so a uniform plan stays uniform."""
-    if not lockstep:
-        return [[g] for g in groups]
-    by: dict[tuple, list[Group]] = {}
-    for g in groups:
-        by.setdefault((g.kind, g.size), []).append(g)
-    return list(by.values())
-
-
-def _refine(cost: CostModel, groups: list[Group], normed: Mapping[int, np.ndarray], kept: dict[int, int],
-            got: dict[str, int], targets: Mapping[str, int], round_to: int, lots: list[list[Group]],
-            tries: int = 48):
-    """Close the gap a coarse scalar leaves (a whole head per layer, rounded widths): give back
-    units (a head, round_to channels), the most important first, while the budget holds. The
-    longest prefix of that order that fits is found by bisection (a uniform ratio crossing a
-    head boundary can leave millions of parameters to give back, one FFN unit at a time), then
-    single units are tried where a larger one did not fit. A lot's groups (:func:`_lots`) move
-    together, scored by their mean."""
-    kept = dict(kept)
-    units: list[tuple[float, int, int]] = []  # (score, lot, kept count after giving it back)
-    for i, lot in enumerate(lots):
-        order = np.mean([np.sort(normed[g.id])[::-1] for g in lot], axis=0)
-        first = lot[0]
-        step = _rounding(first, round_to)
-        k = min(kept[g.id] for g in lot)
-        while k < first.size:
-            nxt = min(first.size, k + step)
-            units.append((float(order[k]), i, nxt))
-            k = nxt
-    units.sort(key=lambda u: (-u[0], u[1], u[2]))  # a lot's units come in its own order: scores fall
-
-    def give(out: dict[int, int], lot: int, k: int) -> dict[int, int]:
-        for g in lots[lot]:
-            out[g.id] = max(out[g.id], k)
-        return out
-
-    def with_prefix(n: int) -> dict[int, int]:
-        out = dict(kept)
-        for _, lot, k in units[:n]:
-            give(out, lot, k)
-        return out
-
-    lo, hi = 0, len(units)  # lo fits; find the longest prefix that fits
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        trial = with_prefix(mid)
-        trial_got = cost.measure(trial)
-        if _fits(trial_got, targets):
-            lo, kept, got = mid, trial, trial_got
-        else:
-            hi = mid - 1
-    blocked: set[int] = set()
-    for _, lot, k in units[lo + 1:lo + 1 + tries]:  # the next units, each alone where it still fits
-        if lot in blocked or k <= min(kept[g.id] for g in lots[lot]):
-            continue
-        trial = give(dict(kept), lot, k)
-        trial_got = cost.measure(trial)
-        if _fits(trial_got, targets):
-            kept, got = trial, trial_got
-        else:
-            blocked.add(lot)
-    return kept, got

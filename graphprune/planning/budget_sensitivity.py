@@ -146,8 +146,8 @@ def budget_rows(opts, mode: str | None, program, dg, groups: list[Group], budget
 
 
 def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[str, int], round_to, batches: list,
-                    max_ratio: float, notes: list[str], repair: Repair | None = None, rows: int = ROWS
-                    ) -> tuple[dict[int, float], BudgetCurves] | None:
+                    max_ratio: float, notes: list[str], repair: Repair | None = None, rows: int = ROWS,
+                    floors: dict[int, int] | None = None) -> tuple[dict[int, float], BudgetCurves] | None:
     """Per-group ratios meeting a MACs / parameter budget where the output suffers least, and the
     curves they were solved from: each group is pruned alone at :data:`BUDGET_LEVELS`, its output
     error measured on the calibration rows against what it saves of the budget's metric (MACs
@@ -155,14 +155,16 @@ def allocate_budget(program, cost, groups: list[Group], scores, targets: dict[st
     held-out items (crossfit.py: a refit scored where it was fitted makes deep layers look
     cheaper than they are on other data); without, masks only. None where the levels cannot meet
     the budget together (the caller then solves it uniformly). ``rows``: the calibration rows
-    scored, the first batches' (at least one batch)."""
+    scored, the first batches' (at least one batch). ``floors``: the least count a group keeps (a
+    kernel cliff below it, cliffs.py); its levels stop there."""
     t0 = time.perf_counter()
     metric = "macs" if "macs" in targets else "params"
     full = cost.measure({})
     used, rows = sample(program, batches, rows)
     variants, keys = [], []
     for g in groups:
-        for r in sorted({min(lv, max_ratio) for lv in BUDGET_LEVELS}):
+        most = min(max_ratio, 1 - (floors or {}).get(g.id, 0) / g.size)
+        for r in sorted({min(lv, most) for lv in BUDGET_LEVELS}):
             p = make_plan([g], scores, 0.0, round_to, {g.id: r})
             kept = {g.id: g.size - len(p.pruned[g.id])}
             saved = full[metric] - cost.measure(kept)[metric]

@@ -67,8 +67,9 @@ class SiteOp:
 
 
 def site_ops(dg) -> list[SiteOp]:
-    """Every timeable site of the graph (grouped convolutions other than depthwise are left to
-    the rest of the model: their group count, not their width, is what a plan changes)."""
+    """Every timeable site of the graph: linears and 1-D, 2-D and 3-D convolutions (grouped ones other
+    than depthwise are left to the rest of the model: their group count, not their width, is what a
+    plan changes)."""
 
     out = []
     values = dg.ir.values
@@ -77,7 +78,7 @@ def site_ops(dg) -> list[SiteOp]:
         xd = s.x_dim % x.rank
         op = SiteOp(s.node, s.kind, tuple(x.shape), tuple(w.shape), (s.x, xd), (s.w, s.w_out), s.stride,
                     s.padding, s.dilation, s.groups)
-        if s.kind == "conv" and (xd != 1 or len(s.kernel) != 2 or (s.groups > 1 and not op.depthwise)):
+        if s.kind == "conv" and (xd != 1 or not 1 <= len(s.kernel) <= 3 or (s.groups > 1 and not op.depthwise)):
             continue
         out.append(op)
     return out
@@ -176,7 +177,7 @@ class LatencyModel:
 
     def __init__(self, dg, runtime: str, full_ms: float, step: Callable[[tuple[str, int]], int] = lambda s: 1,
                  progress: Callable[[int, int], None] | None = None, groups=None, where: Placement = CPU) -> None:
-        self.table = LatencyTable(runtime, where)
+        self.table, self.full_ms = LatencyTable(runtime, where), full_ms
         self.ops = site_ops(dg)
         self.points: list[tuple[list[int], list[int], np.ndarray]] = []
         todo = len(self.ops)

@@ -32,8 +32,9 @@ def time_op(runtime: str, op, cin: int, cout: int, where: Placement = CPU) -> fl
 
         tx, tw = (torch.from_numpy(a).to(where.device, where.torch_dtype()) for a in (x, w))
         if op.kind == "conv":
-            return _torch_best(lambda: F.conv2d(tx, tw, None, op.stride, op.padding, op.dilation,
-                                                cin if op.depthwise else 1), where)
+            conv = (F.conv1d, F.conv2d, F.conv3d)[tw.dim() - 3]  # a kernel of 1, 2 or 3 dims
+            return _torch_best(lambda: conv(tx, tw, None, op.stride, op.padding, op.dilation,
+                                            cin if op.depthwise else 1), where)
         return _torch_best(lambda: tx @ tw, where)
     from onnx import helper
 
