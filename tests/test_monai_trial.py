@@ -173,3 +173,20 @@ def test_every_layer_whose_heads_the_rewrite_cannot_reach_is_kept_whole_in_one_r
     rounds = [str(w.message) for w in caught if "planned again" in str(w.message)]
     assert len(rounds) == 1 and rounds[0].startswith("kept 3 group(s) whole")  # one round, not one a layer
     assert all(layer.qkv.out_features == 96 for layer in pruned) and report.oracle.verdict == "PASS"
+
+
+def test_a_list_of_example_inputs_is_said_to_be_one_argument():
+    """forward(x, y) given [x, y]: torch.export's failure is explained by the list (one argument)."""
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x, y):
+            return self.head(self.conv(x) + self.conv(y))
+
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(gp.TraceError, match=r"one list of 2, passed to forward\(\) as one argument: give a tuple"):
+        gp.prune(Two().eval(), [x, x], ratio=0.5)
+    pruned, _ = gp.prune(Two().eval(), (x, x), ratio=0.5)
+    assert pruned.conv.out_channels == 4

@@ -36,7 +36,15 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
         raise TraceError(
             f"torch.export could not trace {type(model).__name__} with the given example inputs: "
             f"{type(exc).__name__}: {export_error_text(exc)}. Check that the example inputs match forward()'s signature "
-            f"and shapes, and that forward() has no data-dependent control flow.") from exc
+            f"and shapes, and that forward() has no data-dependent control flow.{_list_hint(args)}") from exc
+
+
+def _list_hint(args: tuple) -> str:
+    """A list given as the example inputs is one argument (a forward may take a list); said where it failed."""
+    if len(args) == 1 and isinstance(args[0], list):
+        return (f" The example inputs were one list of {len(args[0])}, passed to forward() as one argument: give a "
+                "tuple, (x, y), where they are separate arguments")
+    return ""
 
 
 def clear_tensor_caches(model: torch.nn.Module) -> list[str]:
