@@ -21,7 +21,7 @@ from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
 from .planning.budget import BudgetResult, CostModel, missed, solve_budget
 from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
-from .planning.cliffs import cap_ratios, find_floors
+from .planning.cliffs import cap_ratios, plan_floors, with_floors
 from .planning.depth import (
     DepthChoice,
     by_ratio,
@@ -109,7 +109,6 @@ class _Work:
     # with each width multiple (planning/time_tilt.py, widths.py)
     curves: BudgetCurves | None = None  # a budget's measured sensitivity, re-spent per width multiple
     kinds: KindChoice | None = None  # heads kept or cut, measured (planning/kinds.py)
-    latency: object = None  # the layers' latency table, where floors or the time tilt read it
     floors: dict = field(default_factory=dict)  # group id -> least kept count: a kernel cliff below (cliffs.py)
 
 
@@ -121,12 +120,12 @@ def plan_program(program, opts: PruneOptions) -> Planned:
     group keeps the width multiples the runtime's kernels favour (graphprune/planning/widths.py)."""
     w = _select(program, opts)
     _score(w)
-    if _widths_tuned(w):  # timed: across processes, rank 0's
-        w.latency, w.floors = find_floors(program, w.runtime, w.dg, w.groups, w.round_to, w.ctx.notes)
-        w.floors = same_on_all(w.floors)
+    given = set(w.ratios or ())  # a user's own ratios= stand; floors bound the rest
+    if _widths_tuned(w) and (opts.ratio > 0 or w.budget is not None):
+        w.floors = plan_floors(program, w.runtime, w.dg, w.groups, w.round_to, opts.uniform, w.ctx.notes)
     _choose_ratios(w)
     if w.spent is None and w.floors:
-        w.ratios = cap_ratios(w.groups, opts.ratio, w.ratios, w.floors)
+        w.ratios = cap_ratios(w.groups, opts.ratio, w.ratios, w.floors, given)
     plan = make_plan(w.groups, w.scores, opts.ratio, w.round_to, w.ratios)
     plan = _tune_widths(w, plan)
     if w.depth is not None:
@@ -139,7 +138,8 @@ def plan_program(program, opts: PruneOptions) -> Planned:
         warn(short, BudgetWarning)
         w.ctx.notes.append(short)
     # a budget says itself what it achieved; the ratio it replaced is no measure of idleness
-    on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen)  # kept whole by a measured choice
+    on_purpose = w.alloc is not None or bool(w.kinds and w.kinds.chosen) or (  # kept whole by a measured choice
+        bool(w.floors) and all(g.id in w.floors for g in w.groups if not plan.pruned.get(g.id)))
     idle = idle_note(w.groups, plan, opts.ratio, on_purpose, w.dg, w.round_to) if w.spent is None and not w.blocks else None
     if idle and (opts.targets is not None or idle.startswith("nothing")):  # the default kinds: a note when some go
         warn(idle)
@@ -289,9 +289,10 @@ def _solve_uniform(w: _Work, tilt: bool) -> None:
     """The budget solved by one ratio (or a global ranking); where widths are tuned, the tilts towards
     time that the width tuning times with each multiple."""
     if tilt and w.how == "uniform" and _widths_tuned(w):
-        w.tilts = tilt_options(w.program, w.runtime, w.dg, w.groups, w.budget, w.round_to, w.ctx.notes, w.latency)
-    w.ratios, w.spent = solve_budget(w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio,
-                                     lockstep=w.opts.uniform, floors=w.floors)
+        w.tilts = tilt_options(w.program, w.runtime, w.dg, w.groups, w.budget, w.round_to, w.ctx.notes)
+    (w.ratios, w.spent), w.floors = with_floors(lambda floors: solve_budget(
+        w.dg, w.groups, w.scores, w.budget, w.round_to, w.how, w.opts.max_ratio, lockstep=w.opts.uniform,
+        floors=floors), w.floors, w.ctx.notes)
 
 
 def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
@@ -319,7 +320,9 @@ def _tune_widths(w: _Work, plan: PrunePlan) -> PrunePlan:
         return make_plan(w.groups, w.scores, opts.ratio, steps, r), got
 
     tilts = w.tilts if w.curves is None else None
-    align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None else None  # cached
+    # cached; with floors no pin gives the same plan untimed (a pinned profile times nothing, so finds no cliff)
+    align = load_profile(w.runtime, where=w.program.placement(w.runtime)).align if w.curves is None and not w.floors \
+        else None
     kept: dict = {}  # the kept plan's steps: the notes after this cite them
     made = fastest_alignment(w.program, w.runtime, w.round_to, remake, (plan, spent), w.ctx.notes, tilts, align, kept)
     (plan, w.spent), kept = same_on_all((made, kept))  # timed: across processes, rank 0's

@@ -4,6 +4,7 @@ has them): a synthetic runtime whose 3-D convolutions run SLOW times slower per 
 channels stands in for PyTorch's CPU convolution (oneDNN above a size, an unfolded volume below)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -136,8 +137,7 @@ def test_a_2d_model_times_nothing_for_floors(monkeypatch, tmp_path):
     monkeypatch.setattr(lt, "time_op", untimed)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 3)).eval()
     dg = gp.trace(net, (torch.randn(1, 3, 8, 8),))
-    notes: list[str] = []
-    assert cliffs.find_floors(None, "torch", dg, select_groups(dg), 1, notes) == (None, {}) and notes == []
+    assert cliffs.find_floors(None, "torch", dg, select_groups(dg), 1, None) == ({}, None)
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
@@ -162,3 +162,74 @@ def test_a_measured_allocation_stops_at_the_floor(monkeypatch, tmp_path):
                            allocation="sensitivity")
     assert rep.budget.allocation == "sensitivity"
     assert pruned[4].in_channels >= CLIFF and rep.macs_after <= 0.7 * rep.macs_before
+
+
+def test_uniform_keeps_one_count_per_kind_with_a_floor(monkeypatch, tmp_path):
+    """uniform=True: two 24-wide groups of one kind, only one of them feeding a cliff: both keep the floor
+    (a floor on one alone made uniform=True refuse its own plan)."""
+    measured_profile(monkeypatch, tmp_path, 1)
+    _fake_runtime(monkeypatch)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 24, 1), torch.nn.ReLU(), torch.nn.Conv3d(24, 24, 1), torch.nn.ReLU(),
+                              torch.nn.Conv3d(24, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1)).eval()
+    for kw in ({"ratio": 0.5}, {"budget": {"macs": 0.5}}):
+        pruned, _ = gp.prune(copy.deepcopy(net), (_x(),), runtime="torch", uniform=True, **kw)
+        assert pruned[2].in_channels == pruned[4].in_channels >= CLIFF, kw
+
+
+def test_a_budget_the_floors_leave_no_room_for_is_met_without_them(monkeypatch, tmp_path):
+    measured_profile(monkeypatch, tmp_path, 1)
+    _fake_runtime(monkeypatch)
+    pruned, rep = gp.prune(_net(), (_x(),), budget={"macs": 0.1}, runtime="torch")
+    assert rep.macs_after <= 0.1 * rep.macs_before and pruned[4].in_channels < CLIFF
+    assert cliffs.FLOORS_DROPPED in rep.notes
+
+
+class _Skip(torch.nn.Module):
+    """The 16-channel input concatenated with an 8-channel 3-D layer's output into a 24-input layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv3d(16, 8, 3, padding=1)
+        self.b, self.c = torch.nn.Conv3d(24, 8, 3, padding=1), torch.nn.Conv3d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.cat([x, torch.relu(self.a(x))], 1))))
+
+
+def test_channels_no_plan_removes_count_towards_the_floor(monkeypatch, tmp_path):
+    """The 24 inputs hold the model's 16 (frozen) and the 8 of `a`: a floor of 21 asks `a` for 5, not 7."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    _fake_runtime(monkeypatch)
+    x = torch.randn(1, 16, 6, 6, 6)
+    dg = gp.trace(_Skip().eval(), (x,))
+    groups = select_groups(dg)
+    model = lt.LatencyModel(dg, "torch", _model_ms(_Skip()), groups=groups)
+    floors, _ = cliffs.cliff_floors(model, dg, groups)
+    assert sorted(floors.values()) == [CLIFF - 16]  # a's group: 16 + 5 = 21
+
+
+def test_a_cliff_below_the_quarter_width_is_found(monkeypatch, tmp_path):
+    """96 inputs: the table's points (24, 48, 72, 96) all run fast; the narrowest a plan may keep (10)
+    does not (here 20 times slower per MAC below CLIFF: 10 x 20 > 96), so the floor is found between
+    them: CLIFF."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(lt, "time_op", lambda runtime, op, cin, cout, where=None: MS_PER_MAC * VOLUME * cin * cout * (
+        math.prod(op.w_shape[2:]) * (20.0 if cin < CLIFF else 1.0)))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 96, 1), torch.nn.ReLU(), torch.nn.Conv3d(96, 8, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1)).eval()
+    dg = gp.trace(net, (_x(),))
+    groups = select_groups(dg)
+    floors, _ = cliffs.cliff_floors(lt.LatencyModel(dg, "torch", 1.0, groups=groups), dg, groups)
+    assert floors == {next(g for g in groups if g.size == 96).id: CLIFF}
+
+
+def test_a_group_its_floor_keeps_whole_is_not_called_idle(monkeypatch, tmp_path):
+    """At multiples of 4 the floor of 21 keeps all 24: the report does not blame the ratio for it."""
+    measured_profile(monkeypatch, tmp_path, 4)
+    _fake_runtime(monkeypatch)
+    pruned, rep = gp.prune(_net(), (_x(),), ratio=0.5, runtime="torch")
+    assert pruned[4].in_channels == 24
+    assert not any("lose nothing" in n for n in rep.notes), rep.notes

@@ -17,7 +17,7 @@ import torch
 from ..errors import TraceError
 from ..io.onnx_export import export_error_text, quiet_torch
 from ..ir import Graph, Node, NodeMeta, Ref, Value
-from ..util.torch_compat import is_op_overload, is_op_packet, op_qualname, tree_leaves
+from ..util.torch_compat import is_op_overload, is_op_packet, kept_attributes, op_qualname, tree_leaves
 
 _SKIP_OPS = {"aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_size", "aten.sym_numel",
              "aten.sym_stride", "aten.sym_storage_offset", "aten._assert_async", "aten.sym_constrain_range_for_size"}
@@ -30,7 +30,7 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
 
     clear_tensor_caches(model)
     try:  # a failing export prints its whole FX graph to stderr (Longformer: 520 lines); the error says it in one
-        with quiet_torch(), contextlib.redirect_stderr(io.StringIO()):
+        with quiet_torch(), contextlib.redirect_stderr(io.StringIO()), kept_attributes(model):
             return torch.export.export(model, args, kwargs=kwargs or {}, strict=False)
     except Exception as exc:  # torch raises many exception types from deep inside tracing
         raise TraceError(
@@ -43,7 +43,7 @@ def _list_hint(args: tuple) -> str:
     """A list given as the example inputs is one argument (a forward may take a list); said where it failed."""
     if len(args) == 1 and isinstance(args[0], list):
         return (f" The example inputs were one list of {len(args[0])}, passed to forward() as one argument: give a "
-                "tuple, (x, y), where they are separate arguments")
+                "tuple, (x, y), where they are separate arguments.")
     return ""
 
 

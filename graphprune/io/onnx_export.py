@@ -138,8 +138,8 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                 for f in sorted(Path(aside).iterdir(), key=lambda p: p.name == dst.name):  # the model last
                     os.replace(f, dst.parent / f.name)
                 two.path = str(dst)
-                two.note = ("dynamic batch from an export at a batch of 2 (the export at a batch of 1 fixed it: "
-                            f"{report.note or 'the exporter fixed the batch'})")
+                why = f"fixed it: {report.note}" if report.note else "fixed the batch"
+                two.note = f"dynamic batch from an export at a batch of 2 (the export at a batch of 1 {why})"
                 return two
     warn(f"export_onnx: {Path(path).name} has a fixed batch where dynamic_batch=True asked for a dynamic one "
          f"({report.note[:300]}); dynamic= names the dims that may vary, dynamic_batch=False asks for the static file")

@@ -3,26 +3,32 @@
 A runtime picks its kernel by size, and a narrower layer can fall off the fast one. PyTorch's CPU
 convolution at batch 1 with a 3x3x3 kernel takes oneDNN only where batch x channels x depth x height
 exceeds 20,480, and otherwise unfolds the whole volume into a matrix first (``slow_conv3d``). MONAI's
-BasicUNet-3D on a 32^3 volume has a 24-channel layer just over that line: cut to 16 channels it ran
-slower than at 24, and the whole model at 70% of the MACs ran 0.71x as fast as the original. No width
-multiple avoids that; the layer has to keep enough channels.
+BasicUNet-3D on a 32^3 volume has a 24-channel layer just over that line: at 18 channels it ran 52.7 ms
+alone against 6.4 ms at 24, and the whole model at 70% of the MACs ran 0.75x as fast as the original. No
+width multiple avoids that; the layer has to keep enough channels.
 
-So each 1-D and 3-D convolution of the latency table (latency_table.py: every convolution and linear timed
-alone at its real input size) is read for widths at which it runs slower than at its full width, by
-more than timing noise and enough to matter to the whole model. (2-D convolutions are what the width
-profile times, measure.py; their widths come from its multiples and whole plans timed, widths.py.) Above the widest
-such width, the narrowest width that runs no slower is found by bisection between table points; that
-is the slot's floor. Every group in the slot keeps at least that share of its channels, which the
-budget's solver (budget.py) and the ratio path both honour, so the budget is spent elsewhere.
+So each 1-D and 3-D convolution is timed alone at its real input size (latency_table.py) at a quarter,
+half, three quarters and all of each side's width, and at the narrowest a plan may keep, and read for
+widths at which it runs slower than whole, by more than timing noise and by enough to matter to the whole
+model. Where a second timing agrees, the narrowest width above the widest slow one that runs no slower is
+found by bisection: that is the floor of that side of the layer, and every group feeding it keeps enough
+channels to fill it (the solver, budget.py; the measured allocation, budget_sensitivity.py; the ratio
+path, :func:`cap_ratios`). 2-D convolutions are what the width profile times (measure.py); their widths
+come from its multiples and from whole plans timed against each other (widths.py).
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
+from ..calib.distributed import same_on_all
 from ..calib.sites import find_sites
+from ..errors import PlanError
 from . import latency_table
+from .budget import CostModel
 from .latency_table import LatencyModel, SiteOp
 from .placement import Placement
+from .plan import MAX_RATIO
 from .plan_cache import original_ms
 
 # A narrower op this much slower than the whole one is a cliff; below it, best-of timings of one op
@@ -31,19 +37,18 @@ TOLERANCE = 0.10
 # ...and only where the loss is worth a floor: this share of the whole model's time (a first layer's
 # 2.35 ms against 2.12 whole in a 90 ms BasicUNet-3D is not)
 WORTH = 0.01
+FLOORS_DROPPED = ("widths: the budget cannot be met with every layer kept above its kernel cliff (widths note): "
+                  "solved without those floors, so the model may run slower than its MACs say")
 
 
-def needs_table(dg) -> bool:
+def _nd_conv(op: SiteOp) -> bool:
+    return op.kind == "conv" and len(op.w_shape) != 4
+
+
+def needs_floors(dg) -> bool:
     """Whether the model has layers the width profile (measure.py, 2-D blocks) does not represent:
     1-D and 3-D convolutions, timed at their own shapes for floors."""
     return any(s.kind == "conv" and len(s.kernel) != 2 for s in find_sites(dg))
-
-
-def site_latency(program, runtime: str, dg, groups, round_to, where: Placement) -> LatencyModel:
-    """The latency table of ``dg``'s layers on ``runtime``, its grid at the coarsest measured step."""
-    steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
-    return LatencyModel(dg, runtime, original_ms(program, runtime), lambda slot: max(steps + [1]), groups=groups,
-                        where=where)
 
 
 def _again(model: LatencyModel, op: SiteOp, cin: int, cout: int) -> float:
@@ -58,23 +63,35 @@ def _again(model: LatencyModel, op: SiteOp, cin: int, cout: int) -> float:
     return table.times[key]
 
 
-def _floor(model: LatencyModel, op: SiteOp, widths: list[int], times: list[float], inputs: bool) -> tuple | None:
-    """The narrowest width of one side of ``op`` (the other whole) above every width that runs slower
-    than the whole op, with the widest slower table point and its time; None where none runs slower.
-    The table's points flag a cliff; every time compared after that is timed again (:func:`_again`)."""
+def _side(model: LatencyModel, op: SiteOp, inputs: bool, first) -> tuple[list[int], list[float], object]:
+    """One side's widths and first-look times (the table's points, and the narrowest width a plan may
+    keep where it lies below them), and ``at(width)``: the time timed again."""
+    ins, outs, grid = first
+    cin, cout = op.x_shape[op.x_slot[1]], op.w_shape[op.out_slot[1]]
+    widths = list(ins if inputs else outs)
+    times = [float(grid[i, -1]) for i in range(len(ins))] if inputs else [float(grid[-1, j]) for j in range(len(outs))]
+    low = max(1, math.ceil(widths[-1] * (1 - MAX_RATIO) - 1e-9))
+    if low < widths[0]:  # a cliff below the table's quarter width is still one a plan can reach
+        widths.insert(0, low)
+        times.insert(0, model.table.time(op, low, low if op.depthwise else cout) if inputs else
+                     model.table.time(op, cin, low))
+
+    def at(w: int) -> float:
+        return _again(model, op, w, w if op.depthwise else cout) if inputs else _again(model, op, cin, w)
+    return widths, times, at
+
+
+def _floor(model: LatencyModel, widths: list[int], times: list[float], at) -> tuple | None:
+    """The narrowest width above every width that runs slower than the whole, with the widest slower
+    width and its time; None where none runs slower. First looks flag a cliff; every time compared
+    after that is timed again (:func:`_again`)."""
     def bar(full: float) -> float:
         return max(full * (1 + TOLERANCE), full + WORTH * model.full_ms)
 
     if not any(t > bar(times[-1]) for t in times[:-1]):
         return None
-    cin, cout = op.x_shape[op.x_slot[1]], op.w_shape[op.out_slot[1]]
-
-    def at(w: int) -> float:
-        return _again(model, op, w, w if op.depthwise else cout) if inputs else _again(model, op, cin, w)
-
     least = bar(at(widths[-1]))
-    slow = [(w, at(w)) for w, t in zip(widths[:-1], times) if t > bar(times[-1])]
-    slow = [(w, t) for w, t in slow if t > least]
+    slow = [(w, t) for w, t in ((w, at(w)) for w, t in zip(widths[:-1], times) if t > bar(times[-1])) if t > least]
     if not slow:
         return None
     lo, t_lo = max(slow)
@@ -86,64 +103,92 @@ def _floor(model: LatencyModel, op: SiteOp, widths: list[int], times: list[float
 
 
 def cliff_floors(model: LatencyModel, dg, groups) -> tuple[dict[int, int], list[str]]:
-    """Each group's least kept count so that no layer of the table runs slower than whole, and a line
-    per cliff found (layer, side, the floor and the two times)."""
+    """Each group's least kept count so that no 1-D or 3-D layer of ``model`` runs slower than whole,
+    and a line per cliff found (layer, side, the floor and the two times)."""
     ids = {g.id: g for g in groups}
+    cost = CostModel(dg, groups)
     module = {n.name: n.meta.module for n in dg.ir.nodes}  # a PyTorch layer is named by its module path
     share: dict[int, float] = {}
     lines = []
-    for op, (ins, outs, grid) in zip(model.ops, model.points):
-        if not (op.kind == "conv" and len(op.w_shape) != 4):
+    for op, first in zip(model.ops, model.points):
+        if not _nd_conv(op):
             continue  # 2-D convolutions and matmuls: the width profile's multiples and timed plans (widths.py)
-        sides = [(op.x_slot, ins, [float(grid[i, -1]) for i in range(len(ins))], True)]
-        if not op.depthwise:
-            sides.append((op.out_slot, outs, [float(grid[-1, j]) for j in range(len(outs))], False))
-        for slot, widths, times, inputs in sides:
-            found = _floor(model, op, widths, times, inputs)
-            if found is None:
-                continue
-            floor, below, t_below = found
+        for inputs in (True, False) if not op.depthwise else (True,):
+            slot = op.x_slot if inputs else op.out_slot
             held = [a for a in dg.solver.atoms(dg.solver.layout(slot)) if a in ids]
             if not held:
                 continue  # the slot's channels are frozen: no plan narrows it
-            for gid in held:
-                share[gid] = max(share.get(gid, 0.0), floor / widths[-1])
-            whole = _again(model, op, op.x_shape[op.x_slot[1]], op.w_shape[op.out_slot[1]])
-            lines.append(f"{module.get(op.node) or op.node} {'inputs' if inputs else 'outputs'} >= {floor} of {widths[-1]} "
-                         f"({t_below:.3f} ms at {below}, {whole:.3f} ms whole)")
+            widths, times, at = _side(model, op, inputs, first)
+            found = _floor(model, widths, times, at)
+            if found is None:
+                continue
+            floor, below, t_below = found
+            fixed = cost.slot_size(slot, dict.fromkeys(held, 0))  # channels no plan removes (frozen ones)
+            if floor <= fixed:
+                continue
+            for gid in held:  # each group keeps its share of what the floor asks beyond the fixed channels
+                share[gid] = max(share.get(gid, 0.0), (floor - fixed) / max(widths[-1] - fixed, 1))
+            lines.append(f"{module.get(op.node) or op.node} {'inputs' if inputs else 'outputs'} >= {floor} of "
+                         f"{widths[-1]} ({t_below:.3f} ms at {below}, {at(widths[-1]):.3f} ms whole)")
     model.table.save()
     floors = {gid: min(ids[gid].size, math.ceil(ids[gid].size * s - 1e-9)) for gid, s in share.items()}
     return {gid: k for gid, k in floors.items() if k > 1}, lines
 
 
-def floors_note(runtime: str, floors: dict[int, int], lines: list[str]) -> str | None:
-    """The report's line for the floors (None where there are none)."""
-    if not floors:
-        return None
-    shown = "; ".join(lines[:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
-    return (f"widths: {len(floors)} group(s) keep enough channels that no layer runs slower than whole on {runtime} "
-            f"(a narrower layer fell off the fast kernel, timed alone: {shown})")
-
-
-def find_floors(program, runtime: str, dg, groups, round_to, notes: list[str]) -> tuple[LatencyModel | None, dict]:
-    """The latency table where floors call for one (:func:`needs_table`; the time tilt then reads it
-    too) and each group's floor from it (group id -> least kept count; empty where no layer has a cliff)."""
-    if not groups or not needs_table(dg):
-        return None, {}
-    model = site_latency(program, runtime, dg, groups, round_to, program.placement(runtime))
+def find_floors(program, runtime: str, dg, groups, round_to, where: Placement) -> tuple[dict[int, int], str | None]:
+    """Each group's floor (group id -> least kept count; empty where no layer has a cliff) and the
+    report's line for them, from the model's 1-D and 3-D convolutions timed alone on ``runtime``."""
+    if not groups or not needs_floors(dg):
+        return {}, None
+    steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
+    model = LatencyModel(dg, runtime, original_ms(program, runtime), lambda slot: max(steps + [1]), groups=groups,
+                         where=where, only=_nd_conv)
     floors, lines = cliff_floors(model, dg, groups)
-    note = floors_note(runtime, floors, lines)
-    notes.extend([note] if note else [])
-    return model, floors
+    if not floors:
+        return {}, None
+    shown = "; ".join(lines[:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
+    return floors, (f"widths: {len(floors)} group(s) keep enough channels that no layer runs slower than whole on "
+                    f"{runtime} (a narrower layer fell off the fast kernel, timed alone: {shown})")
 
 
-def cap_ratios(groups, ratio: float, ratios: dict | None, floors: dict[int, int]) -> dict | None:
+def in_lockstep(groups, floors: dict[int, int]) -> dict[int, int]:
+    """``uniform=True``: groups of one kind and size keep one count, so each takes the highest floor
+    among them."""
+    top: dict[tuple, int] = {}
+    for g in groups:
+        if g.id in floors:
+            top[(g.kind, g.size)] = max(top.get((g.kind, g.size), 0), floors[g.id])
+    return {g.id: top[(g.kind, g.size)] for g in groups if (g.kind, g.size) in top}
+
+
+def cap_ratios(groups, ratio: float, ratios: dict | None, floors: dict[int, int], given: set[int]) -> dict | None:
     """Per-group ratios (``ratios`` over the uniform ``ratio``) with each floored group losing no more
-    than its floor allows: the ratio path's share of the floors (a budget's solver keeps them itself)."""
+    than its floor allows: the ratio path's share of the floors (a budget's solver keeps them itself).
+    Groups whose ratio the user gave (``given``) keep it."""
     if not floors:
         return ratios
     out = dict(ratios or {})
     for g in groups:
-        if g.id in floors:
+        if g.id in floors and g.id not in given:
             out[g.id] = min(out.get(g.id, ratio), 1 - floors[g.id] / g.size)
     return out
+
+
+def plan_floors(program, runtime: str, dg, groups, round_to, uniform: bool, notes: list[str]) -> dict[int, int]:
+    """:func:`find_floors` as a prune uses them: timed, so across processes rank 0's (its note too); under
+    ``uniform=True`` spread over each kind and size (:func:`in_lockstep`)."""
+    floors, note = same_on_all(find_floors(program, runtime, dg, groups, round_to, program.placement(runtime)))
+    notes.extend([note] if note else [])
+    return in_lockstep(groups, floors) if uniform else floors
+
+
+def with_floors(solve: Callable, floors: dict[int, int], notes: list[str]) -> tuple:
+    """``solve(floors)`` and the floors it kept: where they leave a budget no room, solved without them
+    (the model may then run slower than whole, which the report's latency says), and said in ``notes``."""
+    try:
+        return solve(floors), floors
+    except PlanError:
+        if not floors:
+            raise
+        notes.append(FLOORS_DROPPED)
+        return solve({}), {}

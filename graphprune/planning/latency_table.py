@@ -176,9 +176,10 @@ class LatencyModel:
     """Estimated latency of the model for any kept widths, from a :class:`LatencyTable`."""
 
     def __init__(self, dg, runtime: str, full_ms: float, step: Callable[[tuple[str, int]], int] = lambda s: 1,
-                 progress: Callable[[int, int], None] | None = None, groups=None, where: Placement = CPU) -> None:
+                 progress: Callable[[int, int], None] | None = None, groups=None, where: Placement = CPU,
+                 only: Callable[[SiteOp], bool] | None = None) -> None:
         self.table, self.full_ms = LatencyTable(runtime, where), full_ms
-        self.ops = site_ops(dg)
+        self.ops = [op for op in site_ops(dg) if only is None or only(op)]  # only: some layers (cliffs.py)
         self.points: list[tuple[list[int], list[int], np.ndarray]] = []
         todo = len(self.ops)
         for i, op in enumerate(self.ops):

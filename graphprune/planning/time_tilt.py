@@ -24,8 +24,8 @@ from typing import Mapping
 
 from ..calib.sites import find_sites
 from .budget import CostModel
-from .cliffs import site_latency
 from .latency_table import LatencyModel
+from .plan_cache import original_ms
 
 BETAS = (0.0, 0.5, 1.0)  # 0: uniform
 CLIP = (0.5, 2.0)  # the exponent's range: at most twice (half) the uniform cut's log-width
@@ -52,16 +52,17 @@ def exponents(rho: Mapping[int, float], beta: float) -> dict[int, float]:
     return {gid: min(CLIP[1], max(CLIP[0], (v / mean) ** beta)) for gid, v in rho.items()}
 
 
-def tilt_options(program, runtime: str | None, dg, groups, budget, round_to, notes: list[str],
-                 latency: LatencyModel | None = None):
+def tilt_options(program, runtime: str | None, dg, groups, budget, round_to, notes: list[str]):
     """``[(beta, exponents)]`` for each beta of :data:`BETAS` (exponents empty for uniform), to be
     solved and timed with each width multiple (widths.py :func:`~.widths.fastest_alignment`); None
-    without a runtime, a MACs key, convolutions or a group the table sees time per MAC in. ``latency``:
-    the table where the floors (cliffs.py) already built it."""
+    without a runtime, a MACs key, convolutions or a group the table sees time per MAC in."""
     if runtime is None or "macs" not in budget or not groups or not any(s.kind == "conv" for s in find_sites(dg)):
         return None  # the tilt is for convolutions, whose op kinds differ in time per MAC
-    cost = CostModel(dg, groups)  # the table's whole-model time is kept per machine: the same tilts every run
-    cost.latency = latency or site_latency(program, runtime, dg, groups, round_to, program.placement(runtime))
+    before = original_ms(program, runtime)  # kept per machine: the same tilts, so the same model, every run
+    steps = list(round_to.values()) if isinstance(round_to, dict) else [round_to]
+    cost = CostModel(dg, groups)
+    cost.latency = LatencyModel(dg, runtime, before, lambda slot: max(steps + [1]), groups=groups,
+                                where=program.placement(runtime))
     rho = time_per_mac(cost, groups)
     if not rho:
         return None
