@@ -35,6 +35,7 @@ from ..util.torch_compat import (
     PreDispatchModeBase,
     export_flags,
     init_predispatch_mode,
+    kept_attributes,
     no_python_dispatcher,
     own_buffers,
     own_params,
@@ -315,7 +316,8 @@ def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: d
     pre = torch.nn.modules.module.register_module_forward_pre_hook(stack.push)
     post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
     try:
-        with torch.no_grad(), export_flags(), reparametrize(model, stand_in), python_dispatcher(), recorder:
+        with torch.no_grad(), export_flags(), kept_attributes(model), reparametrize(model, stand_in), \
+                python_dispatcher(), recorder:
             return model(*args, **kwargs)
     except Unrecordable:
         raise

@@ -168,3 +168,23 @@ def refresh_rnn_weights(rnn: nn.RNNBase) -> None:
     """Rebuild the list of weights an RNN's forward reads (not its attributes) after
     :func:`set_tensor` replaced them, which bypasses RNNBase.__setattr__'s own update."""
     rnn._init_flat_weights()
+
+
+@contextlib.contextmanager
+def kept_attributes(model: nn.Module) -> Iterator[None]:
+    """Context: every module's plain attributes as they were before, after a traced forward. A forward
+    may cache what it computes in an attribute (neuraloperator's grid embedding keeps its grid for the
+    last resolution); run on meta or fake stand-ins, the cache held meta tensors, and the user's model
+    then failed in every later forward. Attributes set are put back, attributes added are removed (the
+    forward's own dicts of parameters, buffers and submodules are the same objects, and left alone)."""
+    saved = [(m, dict(vars(m))) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, before in saved:
+            now = vars(m)
+            for k in [k for k in now if k not in before]:
+                del now[k]
+            for k, v in before.items():
+                if now.get(k, before) is not v:
+                    now[k] = v

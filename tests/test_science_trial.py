@@ -1,0 +1,67 @@
+"""Regression tests for what the eighth new-user trial found (GNNs with torch_geometric, neural
+operators with neuraloperator, TabNet; docs/real_models.md, "An eighth trial"), in plain torch."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+import graphprune as gp
+
+
+class _Cached(nn.Module):
+    """Caches a grid for the last resolution in a plain attribute, made where the weights are (as
+    neuraloperator's GridEmbedding2D does): traced on meta stand-ins, the cache held a meta tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+        self._grid, self._res = None, None
+
+    def forward(self, x):
+        if self._grid is None or self._res != tuple(x.shape[-2:]):
+            self._grid = torch.linspace(0, 1, x.shape[-1], device=self.conv.weight.device)
+            self._res = tuple(x.shape[-2:])
+        return self.head(torch.relu(self.conv(x + self._grid)))
+
+
+def test_a_forward_that_caches_in_an_attribute_leaves_the_model_working():
+    x = torch.randn(2, 3, 16, 16)
+    fresh = _Cached().eval()
+    gp.count_macs(fresh, (x,))
+    assert fresh._grid is None and fresh._res is None  # as before the trace
+    assert fresh(x).shape == (2, 2, 16, 16)
+    ran = _Cached().eval()
+    ran(torch.randn(1, 3, 24, 24))  # last ran at another resolution: its cache is kept as it was
+    pruned, report = gp.prune(ran, (x,), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.conv.out_channels == 4
+    assert pruned._grid.device.type == "cpu"  # real runs (oracle, timing) may refill it; never a stand-in
+    assert pruned(x).shape == (2, 2, 16, 16)
+
+
+class _Spectral(nn.Module):
+    """A complex weight beside real layers (a spectral convolution's, read through its real part)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+        self.spec = nn.Parameter(torch.randn(8, dtype=torch.cfloat))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)) * self.spec.real.view(1, -1, 1, 1))
+
+
+def test_a_complex_weight_is_read_by_its_magnitude_without_a_warning():
+    from graphprune.program.torch_program import TorchProgram
+
+    x = torch.randn(1, 3, 8, 8)
+    model = _Spectral().eval()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        weights = TorchProgram(model, (x,)).tensors()
+    assert not [w for w in seen if "complex" in str(w.message)]
+    assert weights["spec"].dtype.kind == "f"
+    assert (weights["spec"] == model.spec.detach().abs().numpy()).all()
