@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
@@ -65,3 +66,26 @@ def test_a_complex_weight_is_read_by_its_magnitude_without_a_warning():
     assert not [w for w in seen if "complex" in str(w.message)]
     assert weights["spec"].dtype.kind == "f"
     assert (weights["spec"] == model.spec.detach().abs().numpy()).all()
+
+
+class _Scatter(nn.Module):
+    """Message passing as PyG writes it: features summed into their target nodes with scatter_add_."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x, index):
+        h = self.lin(x)
+        agg = torch.zeros_like(h).scatter_add_(0, index.unsqueeze(1).expand_as(h), h)
+        return self.out(torch.relu(agg))
+
+
+def test_a_model_frozen_by_an_op_without_a_rule_is_told_where_a_rule_goes():
+    x, index = torch.randn(10, 8), torch.randint(0, 10, (10,))
+    with pytest.raises(gp.PlanError) as err:
+        gp.prune(_Scatter().eval(), (x, index), ratio=0.5)
+    text = str(err.value)
+    assert "scatter_add" in text and "no coupling rule for that op" in text and "graphprune/rules/" in text
+    assert "quantization" not in text

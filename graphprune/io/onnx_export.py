@@ -109,9 +109,11 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
                 dynamic: Mapping[int | str, Mapping[int, str]] | None = None) -> ExportReport:
     """Export ``model`` to ``path`` and check it in onnxruntime against PyTorch.
 
-    The batch (dim 0 of every tensor input) is dynamic with ``dynamic_batch``; ``dynamic`` makes more
-    dims dynamic, by input (its position in ``args``, or its name in ``kwargs``) and dim:
-    ``dynamic={0: {2: "time"}}`` for a (batch, features, time) signal, so the file runs at any length.
+    The batch (dim 0 of every tensor input whose dim 0 is the first input's) is dynamic with
+    ``dynamic_batch``; every other size stays as in ``args``. ``dynamic`` makes more dims dynamic, by
+    input (its position in ``args``, or its name in ``kwargs``) and dim: ``dynamic={0: {2: "time"}}``
+    for a (batch, features, time) signal, so the file runs at any length; ``dynamic={1: {1: "edges"}}``
+    for a graph network's ``(x, edge_index)``, whose edge count is not its node count.
 
     Example:
         >>> import torch, graphprune, tempfile, os

@@ -12,7 +12,7 @@ from ..blocks import dead_values
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
 from ..kinds import KINDS, attention_sites
-from ..reasons import MODEL_IO, OP_ARGUMENT, Reason
+from ..reasons import CONTROL_FLOW, MODEL_IO, OP_ARGUMENT, QUANTIZED, UNKNOWN_OP, Reason
 
 
 @dataclass
@@ -323,10 +323,20 @@ def check_prunable(dg: DependencyGraph) -> None:
             why = (f"its weights live inside the subgraphs of {', '.join(flow[:2])}, and graphprune does not follow "
                    "channels into If/Loop/Scan bodies" if flow else
                    "it has no float weight with a dim that a channel space carries")
-        raise PlanError(f"nothing in this model can be pruned: every channel space is frozen ({why}). "
-                        "Each reason names the op and node; replace or remove that op, or prune the model before "
-                        "the step that introduced it (quantization, control flow).",
-                        reasons=[r for r, _ in ranked_freezes(dg.groups)])
+        ranked = [r for r, _ in ranked_freezes(dg.groups)]
+        fix = FREEZE_FIXES.get(ranked[0].kind if ranked else "", "replace or remove the op it names")
+        raise PlanError(f"nothing in this model can be pruned: every channel space is frozen ({why}). Each reason "
+                        f"names the op and node; {fix}.", reasons=ranked)
+
+
+# What to do where the commonest freeze is of this kind (check_prunable; other kinds: the op named)
+FREEZE_FIXES = {
+    UNKNOWN_OP: "graphprune has no coupling rule for that op (message passing's scatter_add_, a sparse matmul): "
+                "a rule in its family's file in graphprune/rules/ (docs/architecture.md, 'Where a new thing goes') "
+                "teaches it, or keep the op out of the traced forward",
+    QUANTIZED: "prune the float model, then quantize it",
+    CONTROL_FLOW: "export the model with its layers outside If/Loop/Scan, or prune the PyTorch model",
+}
 
 
 def idle_note(groups, plan: PrunePlan, ratio: float, allocated: bool, dg: DependencyGraph | None = None,
