@@ -261,7 +261,8 @@ def _phi3():
 def test_layers_that_spell_config_sizes_are_kept_whole_by_the_default_call():
     """Phi-3 splits its fused q/k/v at config.num_attention_heads * head_dim, a size no trace carries:
     cutting heads cannot be rewritten. Asked for explicitly, the error names the nodes, the source line
-    and the modules to ignore; the default call keeps those attention layers whole and says so."""
+    and the modules to ignore; the default call keeps the heads those layers spell whole, plans again and
+    says so."""
     model = _phi3()
     inputs = gp.hf.example_inputs(model)
     with pytest.raises(gp.errors.RewriteError, match=r"modeling_phi3\.py.*ignore=\['model\.layers\.") as err:
@@ -269,7 +270,8 @@ def test_layers_that_spell_config_sizes_are_kept_whole_by_the_default_call():
     assert err.value.modules and all(m.endswith(".self_attn") for m in err.value.modules)
     ref = copy.deepcopy(model)
     model, report = gp.hf.prune(model, inputs, ratio=0.5)  # half of 2 key/value heads: one is cut
-    assert any(n.startswith("kept the 2 Phi3Attention layer(s) whole") for n in report.notes), report.notes
+    assert any(n.startswith("kept 7 group(s) whole (model.layers.0.self_attn.o_proj.weight[1] (3 groups)")
+               and "planned again" in n for n in report.notes), report.notes
     assert set(report.kinds.values()) == {"ffn"} and report.params_after < report.params_before
     with torch.no_grad():
         assert model(**inputs).logits.shape == ref(**inputs).logits.shape

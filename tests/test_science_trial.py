@@ -89,3 +89,33 @@ def test_a_model_frozen_by_an_op_without_a_rule_is_told_where_a_rule_goes():
     text = str(err.value)
     assert "scatter_add" in text and "no coupling rule for that op" in text and "graphprune/rules/" in text
     assert "quantization" not in text
+
+
+class _SharedHeadDim(nn.Module):
+    """PyG's TransformerConv in small: q, k and v viewed at (self.heads, self.out_channels); v's channels
+    reach the model's output (whole), q's and k's do not, so a plan cutting q and k leaves the one
+    attribute right for them and wrong for v. An MLP beside it is what the rewrite can prune."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads, self.out_channels = 2, 8
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        H, C = self.heads, self.out_channels
+        q, k, v = self.q(x).view(-1, H, C), self.k(x).view(-1, H, C), self.v(x).view(-1, H, C)
+        y = (torch.sigmoid((q * k).sum(-1, keepdim=True)) * v).reshape(-1, H * C)
+        return y, self.down(torch.relu(self.up(x)))
+
+
+def test_sizes_the_rewrite_cannot_reach_are_kept_whole_and_planned_again():
+    """The pruned forward fails in v's view; the error names the groups those views spell, so the default
+    call keeps them whole and prunes the rest (before: no group named, and the call refused)."""
+    x = torch.randn(6, 16)
+    pruned, report = gp.prune(_SharedHeadDim().eval(), (x,), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS"
+    assert pruned.q.out_features == pruned.k.out_features == 16 and pruned.up.out_features == 16
+    assert any("planned again" in n for n in report.notes), report.notes
+    assert [t.shape for t in pruned(torch.randn(3, 16))] == [(3, 16), (3, 4)]

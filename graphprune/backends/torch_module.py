@@ -169,6 +169,8 @@ def _located(err: RewriteError, model: nn.Module, dg: DependencyGraph, plan: Pru
     groups, site = unreached_groups(dg, plan, loc)
     inside = f" in module '{failed}'" if failed else ""
     owners = group_owners(dg, groups)
+    if not groups:  # the shape check's own groups, which name no modules (hf would keep their layers whole)
+        groups, site = list(getattr(err, "groups", None) or []), getattr(err, "site", "")
     whose = (f"; the sizes there are the pruned channels of {', '.join(owners[:4])}"
              f"{' ...' if len(owners) > 4 else ''}: ignore={owners[:4]} keeps them whole" if owners else "")
     out = RewriteError(f"{err} (raised at {where}{inside}){whose}", reasons=err.reasons,

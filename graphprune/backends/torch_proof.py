@@ -36,13 +36,16 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
     try:
         new = retrace(model, dg, args, kwargs)
     except Exception as exc:
-        where, modules = _unreached(model, dg, plan)
+        where, modules, at = _unreached(model, dg, plan)
+        # the groups those nodes spell, and the same code's in every layer: a default call keeps them whole
+        # and plans again (PyG's TransformerConv views at self.heads, self.out_channels in each layer)
+        groups, site = groups_spelled_at(dg, plan, at, alike=True) if at else ([], "")
         raise RewriteError(
             "the pruned model no longer runs on the example inputs: its forward spells a pruned size the "
             f"rewrite cannot reach (a literal, or a size computed from constructor arguments or the config){where}. "
             "Use -1 in view/reshape, read sizes from tensor shapes or from an attribute of the module doing the "
             f"reshape, or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}",
-            modules=modules) from exc
+            modules=modules, groups=groups, site=site) from exc
     new_by_site, wrong, bad = by_call_site(new.nodes), [], set()
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)
@@ -115,20 +118,21 @@ def _mismatch(dg: DependencyGraph, plan: PrunePlan, wrong: list[tuple]) -> Rewri
                         groups=groups, site=node.where())  # no modules: hf's retry would keep every Linear whole
 
 
-def _unreached(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, limit: int = 2) -> tuple[str, list[str]]:
+def _unreached(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, limit: int = 2) -> tuple[str, list[str], list]:
     """Where the forward spells sizes the plan changes outside torch's own layers (Phi-3 splits its
-    fused projection at config.num_attention_heads * head_dim): the sizes, their nodes, and the
-    modules to ignore."""
+    fused projection at config.num_attention_heads * head_dim): the sizes, their nodes, the modules to
+    ignore, and the nodes."""
     pruned, nodes = plan.masks(), {n.name: n for n in dg.ir.nodes}
     found = [(c, carried_value(dg, c, pruned)) for c in dg.carries]
     found = [(c, new) for c, new in found if new != c.value and c.node in nodes
              and not isinstance(submodule(model, dg.module_of(c.node)), KNOWN_LAYERS)]
     if not found:
-        return "", []
+        return "", [], []
     where = "; ".join(f"{c.value} -> {new} at {nodes[c.node].where()}" for c, new in found[:limit])
     modules = sorted({dg.module_of(c.node) for c, _ in found} - {""})
     return (f": {where}" + (f" ({len(found) - limit} more)" if len(found) > limit else "")
-            + (f"; ignore={modules[:4]} keeps those layers whole" if modules else "")), modules
+            + (f"; ignore={modules[:4]} keeps those layers whole" if modules else "")), modules, \
+        [nodes[c.node] for c, _ in found]
 
 
 def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None):

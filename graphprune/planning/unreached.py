@@ -31,8 +31,12 @@ def freeze_unreached(dg: DependencyGraph, exc) -> str | None:
                               + (f" ({cause})" if cause else ""))
     for g in todo:
         g.frozen.append(reason)
-    names = ", ".join(f"{g.members[0].name}[{g.members[0].dim}]" for g in todo[:3])
-    more = f" and {len(todo) - 3} more" if len(todo) > 3 else ""
+    where: dict[str, int] = {}  # a weight dim holding several groups (a layer's heads) is named once, counted
+    for g in todo:
+        key = f"{g.members[0].name}[{g.members[0].dim}]"
+        where[key] = where.get(key, 0) + 1
+    names = ", ".join(k + (f" ({n} groups)" if n > 1 else "") for k, n in list(where.items())[:3])
+    more = f" and {len(where) - 3} more" if len(where) > 3 else ""
     return (f"kept {len(todo)} group(s) whole ({names}{more}) and planned again: {reason.detail}. "
             "graph.summary() lists them as frozen; ignore= or targets= choose otherwise")
 
