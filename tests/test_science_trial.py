@@ -119,3 +119,25 @@ def test_sizes_the_rewrite_cannot_reach_are_kept_whole_and_planned_again():
     assert pruned.q.out_features == pruned.k.out_features == 16 and pruned.up.out_features == 16
     assert any("planned again" in n for n in report.notes), report.notes
     assert [t.shape for t in pruned(torch.randn(3, 16))] == [(3, 16), (3, 4)]
+
+
+class _Spectral1d(nn.Module):
+    """A spectral step between two 1-D convolutions (a neural operator's FFT, which MACs do not count)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Conv1d(2, 8, 1), nn.Conv1d(8, 16, 1), nn.Conv1d(16, 2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.fft.irfft(torch.fft.rfft(h, dim=-1), n=h.shape[-1], dim=-1)
+        return self.c(torch.relu(self.b(h)))
+
+
+def test_the_report_says_what_the_mac_count_leaves_out():
+    _, report = gp.prune(_Spectral1d().eval(), (torch.randn(1, 2, 16),), ratio=0.5)
+    note = next(n for n in report.notes if n.startswith("MACs count"))
+    assert "FFT op(s)" in note and "fft" in note
+    _, plain = gp.prune(nn.Sequential(nn.Conv1d(2, 8, 1), nn.Conv1d(8, 2, 1)).eval(), (torch.randn(1, 2, 16),), ratio=0.5)
+    assert not any(n.startswith("MACs count") for n in plain.notes)

@@ -17,7 +17,8 @@ def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneRe
               (len(p.blocks), len(dg.blocks)) if p.blocks else None)
     return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                        {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
-                       importance=planned.importance, compensation=comp, notes=[*program.notes, *planned.notes],
+                       importance=planned.importance, compensation=comp,
+                       notes=[*program.notes, *planned.notes, *uncounted_note(dg)],
                        fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
                        if planned.ctx is not None else {},
                        allocation=planned.allocation, budget=planned.budget,
@@ -27,3 +28,15 @@ def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneRe
                        scores=planned.scores, kinds={g: dg.group(g).kind or "channel" for g in p.sizes},
                        names={g: f"{dg.group(g).members[0].name}[{dg.group(g).members[0].dim}]" for g in p.sizes},
                        frozen=frozen_channels(dg.groups), inexact=inexact_pruned(dg, p))
+
+
+def uncounted_note(dg: DependencyGraph) -> list[str]:
+    """A line where the model does work the MAC count leaves out (FFTs: a neural operator's spectral
+    layers), so that "MACs after / before" is not read as the speedup ([] where there is none)."""
+    ops = sorted({n.op for n in dg.ir.nodes if "fft" in n.op.lower() or n.op in ("onnx.DFT", "onnx.STFT")})
+    if not ops:
+        return []
+    count = sum(n.op in ops for n in dg.ir.nodes)
+    return [f"MACs count convolutions, linears, matmuls and attention; the {count} FFT op(s) here ({', '.join(ops[:3])}) "
+            "are not counted, so MACs after / before can promise more than the model gains: the latency line "
+            "measures it"]
