@@ -141,3 +141,21 @@ def test_the_report_says_what_the_mac_count_leaves_out():
     assert "FFT op(s)" in note and "fft" in note
     _, plain = gp.prune(nn.Sequential(nn.Conv1d(2, 8, 1), nn.Conv1d(8, 2, 1)).eval(), (torch.randn(1, 2, 16),), ratio=0.5)
     assert not any(n.startswith("MACs count") for n in plain.notes)
+
+
+def test_an_export_that_differs_names_the_output():
+    """TabNet's second output (a loss term) is NaN in onnxruntime while its prediction matches: the
+    refusal names that output. (Checked on the message the export builds from its outputs.)"""
+    import numpy as np
+
+    from graphprune.io import onnx_export as ox
+
+    class Session:
+        def get_outputs(self):
+            return [type("O", (), {"name": n})() for n in ("logits", "m_loss")]
+
+    want = [np.ones((2, 3), np.float32), np.float32([0.5])]
+    got = [want[0] + np.float32(2 ** -10), np.float32([np.nan])]  # a difference float32 holds exactly
+    text = ox._worst_output(got, want, Session())
+    assert "output 1 'm_loss' of 2" in text and "NaN in onnxruntime only" in text and "match to 0.000977" in text
+    assert ox._worst_output(got[:1], want[:1], Session()) == ""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from ..errors import GraphpruneError, warn
@@ -208,8 +209,21 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
         # float32 rounding is relative: judge each output against max(1, its magnitude), as the oracle does
         if scaled_diff(got, want) > atol:
             raise GraphpruneError(f"onnxruntime differs from PyTorch by {diff:.3g} (> atol {atol:g} relative to the "
-                                  f"outputs' magnitude); nothing was written to {path}")
+                                  f"outputs' magnitude){_worst_output(got, want, sess)}; nothing was written to {path}")
     return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
+
+
+def _worst_output(got: list, want: list, sess) -> str:
+    """Which output differs most, where there are several (TabNet's second output, a loss term, is NaN
+    in onnxruntime while its prediction matches to 4e-5), and whether onnxruntime gave NaN there."""
+    if len(got) < 2:
+        return ""
+    gap = [scaled_diff([g], [w]) for g, w in zip(got, want)]
+    i = max(range(len(gap)), key=gap.__getitem__)
+    nan = bool(np.isnan(got[i]).any() and not np.isnan(want[i]).any())
+    rest = max(gap[:i] + gap[i + 1:])
+    return (f", at output {i} '{sess.get_outputs()[i].name}' of {len(got)}" + (" (NaN in onnxruntime only)" if nan else "")
+            + f"; the other outputs match to {rest:.3g}")
 
 
 def _squeeze_no_ops(model) -> int:
