@@ -82,12 +82,54 @@ class _Scatter(nn.Module):
         return self.out(torch.relu(agg))
 
 
-def test_a_model_frozen_by_an_op_without_a_rule_is_told_where_a_rule_goes():
+def test_message_passing_prunes_its_features():
+    """scatter_add_ into a new_zeros target along the node dim (PyG's sum aggregation): the feature dim is
+    a channel through it, and the pruned model runs on another graph (before: every width frozen)."""
     x, index = torch.randn(10, 8), torch.randint(0, 10, (10,))
+    pruned, report = gp.prune(_Scatter().eval(), (x, index), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.lin.out_features == 8 and pruned.out.in_features == 8
+    assert pruned(torch.randn(7, 8), torch.randint(0, 7, (7,))).shape == (7, 4)
+
+
+class _PyGLike(nn.Module):
+    """PyG's scatter: out = src.new_zeros(size) with the size read from src, then out.scatter_reduce_
+    (a mean over incoming messages, include_self=False), plus an index_add_ (a weighted sum)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x, index):
+        h = self.lin(x)
+        size = list(h.size())
+        mean = h.new_zeros(size).scatter_reduce_(0, index.view(-1, 1).expand_as(h), h, "mean", include_self=False)
+        summed = torch.zeros_like(h).index_add_(0, index, h)
+        return self.out(torch.relu(mean + summed))
+
+
+def test_pyg_style_aggregations_prune():
+    x, index = torch.randn(12, 8), torch.randint(0, 6, (12,))
+    pruned, report = gp.prune(_PyGLike().eval(), (x, index), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.lin.out_features == 8
+    assert pruned(torch.randn(5, 8), torch.randint(0, 5, (5,))).shape == (5, 4)
+
+
+class _NoRule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(torch.renorm(self.lin(x), 2, 1, 1.0))  # renorm has no coupling rule
+
+
+def test_a_model_frozen_by_an_op_without_a_rule_is_told_where_a_rule_goes():
     with pytest.raises(gp.PlanError) as err:
-        gp.prune(_Scatter().eval(), (x, index), ratio=0.5)
+        gp.prune(_NoRule().eval(), (torch.randn(10, 8),), ratio=0.5)
     text = str(err.value)
-    assert "scatter_add" in text and "no coupling rule for that op" in text and "graphprune/rules/" in text
+    assert "aten.renorm" in text and "no coupling rule for that op" in text and "graphprune/rules/" in text
     assert "quantization" not in text
 
 

@@ -331,7 +331,7 @@ def check_prunable(dg: DependencyGraph) -> None:
 
 # What to do where the commonest freeze is of this kind (check_prunable; other kinds: the op named)
 FREEZE_FIXES = {
-    UNKNOWN_OP: "graphprune has no coupling rule for that op (message passing's scatter_add_, a sparse matmul): "
+    UNKNOWN_OP: "graphprune has no coupling rule for that op (a sparse matmul, renorm): "
                 "a rule in its family's file in graphprune/rules/ (docs/architecture.md, 'Where a new thing goes') "
                 "teaches it, or keep the op out of the traced forward",
     QUANTIZED: "prune the float model, then quantize it",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("elementwise", "factory", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding", "attention", "reorder",
-             "onnx_shape", "recurrent", "control")
+_FAMILIES = ("elementwise", "factory", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding",
+             "scatter", "attention", "reorder", "onnx_shape", "recurrent", "control")
 _loaded = False
 
 

@@ -8,7 +8,9 @@ output dims are frozen, except in two patterns whose sizes the rewrite may carry
   written whole by ``copy_`` before anything reads it (DeepSeek-V3's MLA builds its keys
   so: ``new_empty`` then ``k[..., :n].copy_(k_nope)`` and ``k[..., n:].copy_(k_rot)``).
   It is a concatenation written in place: every other dim is the pieces' dims, which the
-  slices and copies tie, and the buffer's size follows them.
+  slices and copies tie, and the buffer's size follows them;
+- a target only scatters write into (a graph network's aggregation: ``src.new_zeros(size)`` then
+  ``scatter_add_``; scatter.py ties its dims to the sources').
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..ir import Node, Ref
 from ..reasons import COMPUTED
 from .recurrent import zero_state
 from .registry import RuleContext, defopaque_outputs, register
+from .scatter import scattered_into
 from .shape import slice_bounds
 
 # op -> the index of its size list (zeros/empty/full take it first, the new_* methods after self)
@@ -29,7 +32,7 @@ def _sized(node: Node, ctx: RuleContext) -> None:
     out, at = node.outputs[0], _SIZED[node.op]
     size = node.args[at] if len(node.args) > at else node.kwargs.get("size")
     if isinstance(size, (list, tuple)) and ((node.op == "aten.zeros" and zero_state(ctx, out))
-                                            or assembled(ctx, node, out)):
+                                            or assembled(ctx, node, out) or scattered_into(ctx, out)):
         for d, n in enumerate(size):
             if isinstance(n, int) and n > 1:
                 ctx.carry(ctx.s(out, d), (at, d), n)
