@@ -199,5 +199,69 @@ def test_an_export_that_differs_names_the_output():
     want = [np.ones((2, 3), np.float32), np.float32([0.5])]
     got = [want[0] + np.float32(2 ** -10), np.float32([np.nan])]  # a difference float32 holds exactly
     text = ox._worst_output(got, want, Session())
-    assert "output 1 'm_loss' of 2" in text and "NaN in onnxruntime only" in text and "match to 0.000977" in text
+    assert "output 1 'm_loss' of 2" in text and "NaN in onnxruntime only" in text and "differ by at most 0.000977" in text
     assert ox._worst_output(got[:1], want[:1], Session()) == ""
+
+
+class _GridCache(nn.Module):
+    """A grid per size kept in a dict the module holds (filled in place during the forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self._grids: dict = {}
+
+    def forward(self, x):
+        k = x.shape[-1]
+        if k not in self._grids:
+            self._grids[k] = torch.linspace(0, 1, k, device=x.device)
+        return x + self._grids[k]
+
+
+class _WithGridCache(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.g, self.b = nn.Linear(8, 16), _GridCache(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + self.g(x)[:, :1])
+
+
+def test_a_cache_filled_in_place_during_the_trace_is_emptied_again():
+    x = torch.randn(5, 8)
+    model = _WithGridCache().eval()
+    gp.count_macs(model, (x,))
+    assert model.g._grids == {}
+    pruned, report = gp.prune(model, (x,), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_features == 8
+    assert all(t.device.type == "cpu" for t in pruned.g._grids.values())
+
+
+class _Agg(nn.Module):
+    def forward(self, h, index):
+        return h.new_zeros(list(h.size())).scatter_add_(0, index.view(-1, 1).expand_as(h), h)
+
+
+class _AggThenLiteral(nn.Module):
+    """A PyG-style aggregation (its buffer sized from its input: it follows any plan), then a reshape at a
+    literal width in the top module, which a plan cutting lin2 breaks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin1, self.agg, self.lin2, self.head = nn.Linear(8, 16), _Agg(), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x, index):
+        h = torch.relu(self.lin2(self.agg(torch.relu(self.lin1(x)), index)))
+        z = h.reshape(-1, 16)
+        return self.head(z)
+
+
+def test_a_failing_literal_freezes_its_own_group_not_the_aggregations():
+    """The pruned forward fails at the head (top module): the sizes that module's own code spells (the
+    reshape) are kept whole; the aggregation's buffer, which follows the plan, is not blamed."""
+    x, index = torch.randn(10, 8), torch.randint(0, 10, (10,))
+    pruned, report = gp.prune(_AggThenLiteral().eval(), (x, index), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS"
+    assert pruned.lin1.out_features == 8 and pruned.lin2.out_features == 16
+    assert any("node 'reshape'" in n and "planned again" in n for n in report.notes), report.notes

@@ -30,7 +30,15 @@ from ..util.torch_compat import (
     set_tensor,
 )
 from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars, unreached_groups
-from .torch_proof import KNOWN_LAYERS, attribute_candidates, check_shapes, group_owners, retrace, submodule
+from .torch_proof import (
+    KNOWN_LAYERS,
+    attribute_candidates,
+    check_shapes,
+    group_owners,
+    groups_spelled_at,
+    retrace,
+    submodule,
+)
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
@@ -169,8 +177,11 @@ def _located(err: RewriteError, model: nn.Module, dg: DependencyGraph, plan: Pru
     groups, site = unreached_groups(dg, plan, loc)
     inside = f" in module '{failed}'" if failed else ""
     owners = group_owners(dg, groups)
-    if not groups:  # the shape check's own groups, which name no modules (hf would keep their layers whole)
-        groups, site = list(getattr(err, "groups", None) or []), getattr(err, "site", "")
+    if not groups:  # the shape check's own groups, which name no modules (hf would keep their layers whole):
+        # those the failing module's own code spells where it has any (a PyG aggregation elsewhere sizes its
+        # buffer from its input, and follows any plan), else every one
+        near = [n for n in getattr(err, "spelled", []) if dg.module_of(n.name) == (failed or "")]
+        groups, site = groups_spelled_at(dg, plan, near, alike=True) if near else (list(err.groups), err.site)
     whose = (f"; the sizes there are the pruned channels of {', '.join(owners[:4])}"
              f"{' ...' if len(owners) > 4 else ''}: ignore={owners[:4]} keeps them whole" if owners else "")
     out = RewriteError(f"{err} (raised at {where}{inside}){whose}", reasons=err.reasons,

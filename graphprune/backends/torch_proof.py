@@ -40,12 +40,14 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
         # the groups those nodes spell, and the same code's in every layer: a default call keeps them whole
         # and plans again (PyG's TransformerConv views at self.heads, self.out_channels in each layer)
         groups, site = groups_spelled_at(dg, plan, at, alike=True) if at else ([], "")
-        raise RewriteError(
+        err = RewriteError(
             "the pruned model no longer runs on the example inputs: its forward spells a pruned size the "
             f"rewrite cannot reach (a literal, or a size computed from constructor arguments or the config){where}. "
             "Use -1 in view/reshape, read sizes from tensor shapes or from an attribute of the module doing the "
             f"reshape, or exclude these layers with ignore=[...]. Cause: {exc.__cause__ or exc}",
-            modules=modules, groups=groups, site=site) from exc
+            modules=modules, groups=groups, site=site)
+        err.spelled = at  # where the traceback names a module, torch_module._located keeps its nodes only
+        raise err from exc
     new_by_site, wrong, bad = by_call_site(new.nodes), [], set()
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)

@@ -223,7 +223,7 @@ def _worst_output(got: list, want: list, sess) -> str:
     nan = bool(np.isnan(got[i]).any() and not np.isnan(want[i]).any())
     rest = max(gap[:i] + gap[i + 1:])
     return (f", at output {i} '{sess.get_outputs()[i].name}' of {len(got)}" + (" (NaN in onnxruntime only)" if nan else "")
-            + f"; the other outputs match to {rest:.3g}")
+            + f"; the other outputs differ by at most {rest:.3g}")
 
 
 def _squeeze_no_ops(model) -> int:

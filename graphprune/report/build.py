@@ -33,7 +33,8 @@ def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneRe
 def uncounted_note(dg: DependencyGraph) -> list[str]:
     """A line where the model does work the MAC count leaves out (FFTs: a neural operator's spectral
     layers), so that "MACs after / before" is not read as the speedup ([] where there is none)."""
-    ops = sorted({n.op for n in dg.ir.nodes if "fft" in n.op.lower() or n.op in ("onnx.DFT", "onnx.STFT")})
+    spectral = ("aten.stft", "aten.istft", "onnx.DFT", "onnx.STFT")
+    ops = sorted({n.op for n in dg.ir.nodes if "fft" in n.op.lower() or n.op in spectral})
     if not ops:
         return []
     count = sum(n.op in ops for n in dg.ir.nodes)

@@ -46,6 +46,8 @@ def _tie_others(ctx: RuleContext, node: Node, out: str, dim: int, names: list[st
 @register(*SCATTERS[:6])
 def _scatter(node: Node, ctx: RuleContext) -> None:
     x, out = node.args[0].name, node.outputs[0]
+    if ctx.rank(x) == 0:
+        return  # a scalar: no dim to scatter along, nothing to tie
     dim = node.args[1] % ctx.rank(x)
     index = node.args[2].name
     src = [node.args[3].name] if len(node.args) > 3 and hasattr(node.args[3], "name") else []
@@ -59,6 +61,8 @@ def _scatter(node: Node, ctx: RuleContext) -> None:
 def _index_add(node: Node, ctx: RuleContext) -> None:
     # out = self; out[..., index[i], ...] (+)= source[..., i, ...] along dim (index is 1-D)
     x, out, source = node.args[0].name, node.outputs[0], node.args[3].name
+    if ctx.rank(x) == 0:
+        return
     dim = node.args[1] % ctx.rank(x)
     ctx.tie_dims(x, out, range(ctx.rank(x)), range(ctx.rank(x)))
     _tie_others(ctx, node, out, dim, [source])

@@ -174,17 +174,31 @@ def refresh_rnn_weights(rnn: nn.RNNBase) -> None:
 def kept_attributes(model: nn.Module) -> Iterator[None]:
     """Context: every module's plain attributes as they were before, after a traced forward. A forward
     may cache what it computes in an attribute (neuraloperator's grid embedding keeps its grid for the
-    last resolution); run on meta or fake stand-ins, the cache held meta tensors, and the user's model
-    then failed in every later forward. Attributes set are put back, attributes added are removed (the
-    forward's own dicts of parameters, buffers and submodules are the same objects, and left alone)."""
-    saved = [(m, dict(vars(m))) for m in model.modules()]
+    last resolution) or in a dict or list it holds (a grid per size); run on meta or fake stand-ins, the
+    cache held meta tensors, and the user's model then failed in every later forward. Attributes set are
+    put back, attributes added are removed, and plain dicts, lists and sets get their contents back (the
+    module's own dicts of parameters, buffers and submodules are the same objects, and left alone)."""
+    saved = [(m, dict(vars(m)), {k: _contents(v) for k, v in vars(m).items() if type(v) in (dict, list, set)})
+             for m in model.modules()]
     try:
         yield
     finally:
-        for m, before in saved:
+        for m, before, held in saved:
             now = vars(m)
             for k in [k for k in now if k not in before]:
                 del now[k]
             for k, v in before.items():
                 if now.get(k, before) is not v:
                     now[k] = v
+                if k in held and _contents(v)[0] != held[k][0]:  # filled in place: its old contents back
+                    v.clear()
+                    if isinstance(v, list):
+                        v.extend(held[k][1])
+                    else:
+                        v.update(held[k][1])
+
+
+def _contents(v) -> tuple:
+    """A container's contents as the ids of its keys and values (tensors have no usable ==), and a copy."""
+    items = [x for kv in v.items() for x in kv] if isinstance(v, dict) else list(v)
+    return tuple(map(id, items)), (dict(v) if isinstance(v, dict) else list(v))
