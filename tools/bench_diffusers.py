@@ -20,13 +20,12 @@ A failure is reported with its reason; the script never stops at one.
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import failed, same_state, suite_main  # noqa: E402
+from json_rows import suite_main, suite_row, twice  # noqa: E402
 
 
 def _batch2(args: tuple, kwargs: dict):
@@ -43,38 +42,33 @@ def _leaves(out):
 
 
 def run_one(name: str, tmp: Path) -> dict:
+    return suite_row(name, lambda row: _fill(row, name, tmp))
+
+
+def _fill(row: dict, name: str, tmp: Path) -> None:
     import torch
 
     import graphprune as gp
     from graphprune.zoo import diffusion as Z
 
-    row, t0, stage = {"model": name}, time.perf_counter(), "prune"
-    try:
-        args, kwargs = Z.inputs(name)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model, report = gp.prune(Z.build(name), args, kwargs, budget={"macs": 0.7}, verify=True)
-        row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
-        row["oracle"] = report.oracle.verdict
-        row["cut"] = " ".join(sorted(set(report.kinds.values()))) or "-"
-        row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
-        row["warnings"] = len([w for w in caught if issubclass(w.category, gp.PruneWarning)])
-        stage = "other inputs"
-        other = _batch2(*Z.inputs(name, seed=3))
-        with torch.no_grad():
-            got, ref = model(*other[0], **other[1]), Z.build(name)(*other[0], **other[1])
-        row["other"] = "ok" if [t.shape for t in _leaves(got)] == [t.shape for t in _leaves(ref)] else "FAIL"
-        stage = "onnx"
-        exported = gp.export_onnx(model, args, tmp / f"{name}.onnx", kwargs)
-        row["onnx"] = f"{exported.max_abs_diff:.1e}" + (" dynamic" if exported.dynamic_batch else " fixed batch")
-        stage = "twice"
-        again, _ = gp.prune(Z.build(name), args, kwargs, budget={"macs": 0.7})
-        row["twice"] = same_state(model, again)
-        row["ok"] = report.oracle.verdict in ("PASS", "NOT CHECKED") and row["other"] == "ok"
-    except Exception as exc:  # the table shows every model's outcome
-        failed(row, stage, exc, 160)
-    row["time"] = f"{time.perf_counter() - t0:.1f}s"
-    return row
+    args, kwargs = Z.inputs(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, report = gp.prune(Z.build(name), args, kwargs, budget={"macs": 0.7}, verify=True)
+    row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
+    row["oracle"] = report.oracle.verdict
+    row["cut"] = " ".join(sorted(set(report.kinds.values()))) or "-"
+    row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
+    row["warnings"] = len([w for w in caught if issubclass(w.category, gp.PruneWarning)])
+    row["stage"] = "other inputs"
+    other = _batch2(*Z.inputs(name, seed=3))
+    with torch.no_grad():
+        got, ref = model(*other[0], **other[1]), Z.build(name)(*other[0], **other[1])
+    row["other"] = "ok" if [t.shape for t in _leaves(got)] == [t.shape for t in _leaves(ref)] else "FAIL"
+    row["stage"] = "onnx"
+    exported = gp.export_onnx(model, args, tmp / f"{name}.onnx", kwargs)
+    row["onnx"] = f"{exported.max_abs_diff:.1e}" + (" dynamic" if exported.dynamic_batch else " fixed batch")
+    twice(row, model, report, lambda: gp.prune(Z.build(name), args, kwargs, budget={"macs": 0.7})[0])
 
 
 def main() -> None:

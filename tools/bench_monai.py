@@ -21,51 +21,43 @@ attention) are in the test extra.
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import failed, same_state, suite_main  # noqa: E402
+from json_rows import suite_main, suite_row, twice  # noqa: E402
 
 
 def run_one(name: str, tmp: Path) -> dict:
+    return suite_row(name, lambda row: _fill(row, name, tmp))
+
+
+def _fill(row: dict, name: str, tmp: Path) -> None:
     import torch
 
     import graphprune as gp
     from graphprune.zoo import monai_nets as Z
 
-    row, t0, stage = {"model": name}, time.perf_counter(), "prune"
-    try:
-        x = Z.inputs(name)
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            model, report = gp.prune(Z.build(name), (x,), budget={"macs": 0.7}, verify=True)
-        row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
-        row["oracle"] = report.oracle.verdict
-        row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
-        before, after = report.latency_before_ms, report.latency_after_ms
-        row["eager"] = f"{before:.1f} -> {after:.1f} ({before / after:.2f}x)" if before and after else "-"
-        stage = "other inputs"
-        other = Z.inputs(name, seed=3, batch=2)
-        with torch.no_grad():
-            got, ref = model(other), Z.build(name)(other)
-        shapes = lambda out: [t.shape for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-        row["other"] = "ok" if shapes(got) == shapes(ref) else "FAIL"
-        stage = "onnx"
-        exported = gp.export_onnx(model, (x,), tmp / f"{name}.onnx")
-        row["onnx"] = f"{exported.max_abs_diff:.1e}" + (" dynamic" if exported.dynamic_batch else " fixed batch")
-        stage = "twice"
-        with warnings.catch_warnings(record=True):  # the same call: a plan chosen by timing is kept per machine
-            warnings.simplefilter("always")
-            again, _ = gp.prune(Z.build(name), (x,), budget={"macs": 0.7}, verify=True)
-        row["twice"] = same_state(model, again)
-        row["ok"] = report.oracle.verdict in ("PASS", "NOT CHECKED") and row["other"] == "ok"
-    except Exception as exc:  # the table shows every model's outcome
-        failed(row, stage, exc, 160)
-    row["time"] = f"{time.perf_counter() - t0:.1f}s"
-    return row
+    x = Z.inputs(name)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        model, report = gp.prune(Z.build(name), (x,), budget={"macs": 0.7}, verify=True)
+    row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
+    row["oracle"] = report.oracle.verdict
+    row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
+    before, after = report.latency_before_ms, report.latency_after_ms
+    row["eager"] = f"{before:.1f} -> {after:.1f} ({before / after:.2f}x)" if before and after else "-"
+    row["stage"] = "other inputs"
+    other = Z.inputs(name, seed=3, batch=2)
+    with torch.no_grad():
+        got, ref = model(other), Z.build(name)(other)
+    shapes = lambda out: [t.shape for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    row["other"] = "ok" if shapes(got) == shapes(ref) else "FAIL"
+    row["stage"] = "onnx"
+    exported = gp.export_onnx(model, (x,), tmp / f"{name}.onnx")
+    row["onnx"] = f"{exported.max_abs_diff:.1e}" + (" dynamic" if exported.dynamic_batch else " fixed batch")
+    twice(row, model, report, lambda: gp.prune(Z.build(name), (x,), budget={"macs": 0.7}, verify=True)[0])
 
 
 def main() -> None:

@@ -18,49 +18,41 @@ A failure is reported with its reason; the script never stops at one. torch_geom
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import failed, same_state, suite_main  # noqa: E402
+from json_rows import suite_main, suite_row, twice  # noqa: E402
 
 
 def run_one(name: str, tmp: Path) -> dict:
+    return suite_row(name, lambda row: _fill(row, name, tmp))
+
+
+def _fill(row: dict, name: str, tmp: Path) -> None:
     import graphprune as gp
     from graphprune.zoo import pyg_nets as Z
 
-    row, t0, stage = {"model": name}, time.perf_counter(), "prune"
+    args = Z.inputs()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        model, report = gp.prune(Z.build(name), args, budget={"macs": 0.7}, verify=True)
+    row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
+    row["oracle"] = report.oracle.verdict
+    row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
+    row["params"] = f"{report.params_before:,} -> {report.params_after:,}"
+    row["stage"] = "other graph"
+    other = Z.inputs(seed=3, nodes=70, edges=300)
+    row["other"] = "ok" if model(*other).shape == Z.build(name)(*other).shape else "FAIL"
+    row["stage"] = "onnx"
     try:
-        args = Z.inputs()
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            model, report = gp.prune(Z.build(name), args, budget={"macs": 0.7}, verify=True)
-        row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
-        row["oracle"] = report.oracle.verdict
-        row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
-        row["params"] = f"{report.params_before:,} -> {report.params_after:,}"
-        stage = "other graph"
-        other = Z.inputs(seed=3, nodes=70, edges=300)
-        row["other"] = "ok" if model(*other).shape == Z.build(name)(*other).shape else "FAIL"
-        stage = "onnx"
-        try:
-            exported = gp.export_onnx(model, args, tmp / f"{name}.onnx", dynamic={1: {1: "edges"}})
-            row["onnx"] = f"{exported.max_abs_diff:.1e}"
-        except gp.errors.GraphpruneError as exc:  # the exporter's own limits, said in the table
-            row["onnx"] = "edges fixed: " + str(exc).split("(the exporter: ")[-1][:60] if "came out fixed" in str(exc) \
-                else f"failed: {str(exc)[:80]}"
-        stage = "twice"
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            again, _ = gp.prune(Z.build(name), args, budget={"macs": 0.7}, verify=True)
-        row["twice"] = same_state(model, again)
-        row["ok"] = report.oracle.verdict in ("PASS", "NOT CHECKED") and row["other"] == "ok"
-    except Exception as exc:  # the table shows every model's outcome
-        failed(row, stage, exc, 160)
-    row["time"] = f"{time.perf_counter() - t0:.1f}s"
-    return row
+        exported = gp.export_onnx(model, args, tmp / f"{name}.onnx", dynamic={1: {1: "edges"}})
+        row["onnx"] = f"{exported.max_abs_diff:.1e}"
+    except gp.errors.GraphpruneError as exc:  # the exporter's own limits, said in the table
+        row["onnx"] = "edges fixed: " + str(exc).split("(the exporter: ")[-1][:60] if "came out fixed" in str(exc) \
+            else f"failed: {str(exc)[:80]}"
+    twice(row, model, report, lambda: gp.prune(Z.build(name), args, budget={"macs": 0.7}, verify=True)[0])
 
 
 def main() -> None:

@@ -3,7 +3,9 @@ of several variants one after another build one file (docs/data/*.json)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
 
 def append_rows(path: Path, rows: list) -> None:
@@ -50,6 +52,32 @@ def suite_main(doc: str, models, run_one, cols: list[str]) -> None:
     ap.add_argument("--json", type=Path, help="append the rows to this JSON list")
     a = ap.parse_args()
     run_suite(a.only or list(models), run_one, cols, a.json)
+
+
+def suite_row(name: str, fill: Callable[[dict], None]) -> dict:
+    """A model suite's row: ``fill(row)`` fills it, naming what it is at in ``row["stage"]``; a failure marks
+    the row failed at that stage (the table shows every model's outcome), and the row gets its time."""
+    row, t0 = {"model": name, "stage": "prune"}, time.perf_counter()
+    try:
+        fill(row)
+    except Exception as exc:  # noqa: BLE001 - any failure is a row of the table, never the end of the run
+        failed(row, row["stage"], exc, 160)
+    del row["stage"]
+    row["time"] = f"{time.perf_counter() - t0:.1f}s"
+    return row
+
+
+def twice(row: dict, model, report, again: Callable[[], object]) -> None:
+    """The suite row's last checks: the same call on a fresh copy (``again()``, warnings kept out of the
+    output) gives the same state dict, bit for bit; ``ok`` where the oracle passed and another input ran."""
+    import warnings
+
+    row["stage"] = "twice"
+    with warnings.catch_warnings(record=True):  # the same call: a plan chosen by timing is kept per machine
+        warnings.simplefilter("always")
+        other = again()
+    row["twice"] = same_state(model, other)
+    row["ok"] = report.oracle.verdict in ("PASS", "NOT CHECKED") and row["other"] == "ok"
 
 
 def same_state(a, b) -> str:
