@@ -265,3 +265,25 @@ def test_a_failing_literal_freezes_its_own_group_not_the_aggregations():
     assert report.oracle.verdict == "PASS"
     assert pruned.lin1.out_features == 8 and pruned.lin2.out_features == 16
     assert any("node 'reshape'" in n and "planned again" in n for n in report.notes), report.notes
+
+
+class _IndexPerFeature(nn.Module):
+    """The scatter's index given as a model input with the feature dim already expanded."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x, index):
+        h = self.lin(x)
+        return self.out(torch.relu(torch.zeros_like(h).scatter_add_(0, index, h)))
+
+
+def test_an_index_given_with_the_feature_dim_is_named_in_the_refusal():
+    x, index = torch.randn(10, 8), torch.randint(0, 10, (10, 16))
+    with pytest.raises(gp.PlanError) as err:
+        gp.prune(_IndexPerFeature().eval(), (x, index), ratio=0.5)
+    text = str(err.value)
+    assert "meets a model input or output" in text and "model input 'index' dim 1" in text
+    assert "expand it inside forward()" in text

@@ -318,13 +318,20 @@ def check_prunable(dg: DependencyGraph) -> None:
     (``exc.reasons``, commonest first)."""
     if not dg.prunable_groups():
         why = frozen_summary(dg)
+        # the interface's groups, those reaching the most weights first (an index's feature dim ties layers)
+        io = [g.frozen[0] for g in sorted((g for g in dg.groups if g.frozen and g.frozen[0].kind == MODEL_IO),
+                                          key=lambda g: -len(g.members))]
         if why == "see graph.summary()":  # no group at all: say where the weights are, or that there are none
             flow = [n.where() for n in dg.ir.nodes if n.op in ("onnx.If", "onnx.Loop", "onnx.Scan")]
             why = (f"its weights live inside the subgraphs of {', '.join(flow[:2])}, and graphprune does not follow "
                    "channels into If/Loop/Scan bodies" if flow else
+                   f"every channel space meets a model input or output, whose sizes the model's interface keeps: "
+                   f"{io[0]}" + (f" (and {len(io) - 1} more)" if len(io) > 1 else "") if io else
                    "it has no float weight with a dim that a channel space carries")
         ranked = [r for r, _ in ranked_freezes(dg.groups)]
-        fix = FREEZE_FIXES.get(ranked[0].kind if ranked else "", "replace or remove the op it names")
+        fix = FREEZE_FIXES.get(ranked[0].kind if ranked else "", "replace or remove the op it names") if ranked or \
+            not io else ("an input with a channel dim (an index given per feature) ties every layer it meets to it: "
+                         "give it without that dim and expand it inside forward()")
         raise PlanError(f"nothing in this model can be pruned: every channel space is frozen ({why}). Each reason "
                         f"names the op and node; {fix}.", reasons=ranked)
 
