@@ -68,13 +68,17 @@ def test_a_complex_weight_is_read_by_its_magnitude_without_a_warning():
     assert (weights["spec"] == model.spec.detach().abs().numpy()).all()
 
 
-class _Scatter(nn.Module):
-    """Message passing as PyG writes it: features summed into their target nodes with scatter_add_."""
+class _Between(nn.Module):
+    """lin (8 -> 16) and out (16 -> 4) around what a subclass's forward puts between them."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+
+class _Scatter(_Between):
+    """Message passing as PyG writes it: features summed into their target nodes with scatter_add_."""
 
     def forward(self, x, index):
         h = self.lin(x)
@@ -91,14 +95,9 @@ def test_message_passing_prunes_its_features():
     assert pruned(torch.randn(7, 8), torch.randint(0, 7, (7,))).shape == (7, 4)
 
 
-class _PyGLike(nn.Module):
+class _PyGLike(_Between):
     """PyG's scatter: out = src.new_zeros(size) with the size read from src, then out.scatter_reduce_
     (a mean over incoming messages, include_self=False), plus an index_add_ (a weighted sum)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
 
     def forward(self, x, index):
         h = self.lin(x)
@@ -115,12 +114,7 @@ def test_pyg_style_aggregations_prune():
     assert pruned(torch.randn(5, 8), torch.randint(0, 5, (5,))).shape == (5, 4)
 
 
-class _NoRule(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
-
+class _NoRule(_Between):
     def forward(self, x):
         return self.out(torch.renorm(self.lin(x), 2, 1, 1.0))  # renorm has no coupling rule
 
@@ -267,13 +261,8 @@ def test_a_failing_literal_freezes_its_own_group_not_the_aggregations():
     assert any("node 'reshape'" in n and "planned again" in n for n in report.notes), report.notes
 
 
-class _IndexPerFeature(nn.Module):
+class _IndexPerFeature(_Between):
     """The scatter's index given as a model input with the feature dim already expanded."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
 
     def forward(self, x, index):
         h = self.lin(x)
