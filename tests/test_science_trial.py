@@ -114,6 +114,23 @@ def test_pyg_style_aggregations_prune():
     assert pruned(torch.randn(5, 8), torch.randint(0, 5, (5,))).shape == (5, 4)
 
 
+class _OtherScatters(_Between):
+    """The other scatter forms: an assignment (scatter with src, unique positions) and index_reduce_ (amax)."""
+
+    def forward(self, x, index):
+        h = self.lin(x)
+        placed = torch.zeros_like(h).scatter(0, index.view(-1, 1).expand_as(h), h)
+        peak = torch.zeros_like(h).index_reduce_(0, index, h, "amax", include_self=False)
+        return self.out(torch.relu(placed + peak))
+
+
+def test_scatter_assignment_and_index_reduce_prune_exactly():
+    x, index = torch.randn(10, 8), torch.randperm(10)
+    pruned, report = gp.prune(_OtherScatters().eval(), (x, index), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.lin.out_features == 8
+    assert pruned(torch.randn(6, 8), torch.randperm(6)).shape == (6, 4)
+
+
 class _NoRule(_Between):
     def forward(self, x):
         return self.out(torch.renorm(self.lin(x), 2, 1, 1.0))  # renorm has no coupling rule

@@ -22,7 +22,6 @@ import math
 from typing import Callable
 
 from ..calib.distributed import same_on_all
-from ..calib.sites import find_sites
 from ..errors import PlanError
 from . import latency_table
 from .budget import CostModel
@@ -48,7 +47,7 @@ def _nd_conv(op: SiteOp) -> bool:
 def needs_floors(dg) -> bool:
     """Whether the model has layers the width profile (measure.py, 2-D blocks) does not represent:
     1-D and 3-D convolutions, timed at their own shapes for floors."""
-    return any(s.kind == "conv" and len(s.kernel) != 2 for s in find_sites(dg))
+    return any(map(_nd_conv, latency_table.site_ops(dg)))  # what the table times, so none is built for nothing
 
 
 def _again(model: LatencyModel, op: SiteOp, cin: int, cout: int) -> float:
@@ -94,12 +93,12 @@ def _floor(model: LatencyModel, widths: list[int], times: list[float], at) -> tu
     slow = [(w, t) for w, t in ((w, at(w)) for w, t in zip(widths[:-1], times) if t > bar(times[-1])) if t > least]
     if not slow:
         return None
-    lo, t_lo = max(slow)
-    hi = next(w for w in widths if w > lo)  # no slower than whole (or the whole itself)
+    widest, t_widest = max(slow)
+    lo, hi = widest, next(w for w in widths if w > widest)  # hi: no slower than whole (or the whole itself)
     while hi - lo > 1:  # lo runs slower, hi does not
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if at(mid) > least else (lo, mid)
-    return hi, max(slow)[0], t_lo
+    return hi, widest, t_widest
 
 
 def cliff_floors(model: LatencyModel, dg, groups) -> tuple[dict[int, int], list[str]]:

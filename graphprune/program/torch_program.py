@@ -107,8 +107,9 @@ class TorchProgram(Program):
     def tensors(self) -> dict[str, np.ndarray | None]:
         out: dict[str, np.ndarray | None] = {}
         for name, p in self.model.named_parameters(remove_duplicate=False):
-            p = p.detach().abs() if p.is_complex() else p.detach()  # a spectral weight: its magnitude, what
-            out[name] = None if p.is_meta else p.float().cpu().numpy()  # weight criteria read (.float() drops phase)
+            # a complex (spectral) weight by its magnitude, what weight criteria read: .float() alone drops the phase
+            p = p.detach().abs() if p.is_complex() else p.detach()
+            out[name] = None if p.is_meta else p.float().cpu().numpy()
         for name, b in self.model.named_buffers(remove_duplicate=False):
             if b.is_floating_point():
                 out.setdefault(name, None if b.is_meta else b.detach().float().cpu().numpy())

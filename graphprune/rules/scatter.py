@@ -43,28 +43,26 @@ def _tie_others(ctx: RuleContext, node: Node, out: str, dim: int, names: list[st
                 ctx.freeze(ctx.s(out, d), INDEXED, f"a part of dim {d} written at {node.where()}")
 
 
-@register(*SCATTERS[:6])
-def _scatter(node: Node, ctx: RuleContext) -> None:
-    x, out = node.args[0].name, node.outputs[0]
+def _scattered(ctx: RuleContext, node: Node, out: str, others: list[str]) -> None:
+    """``out`` is ``self`` (args[0]) with ``others`` scattered into it along ``dim`` (args[1])."""
+    x = node.args[0].name
     if ctx.rank(x) == 0:
         return  # a scalar: no dim to scatter along, nothing to tie
     dim = node.args[1] % ctx.rank(x)
-    index = node.args[2].name
-    src = [node.args[3].name] if len(node.args) > 3 and hasattr(node.args[3], "name") else []
     ctx.tie_dims(x, out, range(ctx.rank(x)), range(ctx.rank(x)))
-    _tie_others(ctx, node, out, dim, [index] + src)
-    for name in [x, out, index] + src:
+    _tie_others(ctx, node, out, dim, others)
+    for name in [x, out] + others:
         ctx.freeze(ctx.s(name, dim), INDEXED, f"positions scattered by an index at {node.where()}")
+
+
+@register(*SCATTERS[:6])
+def _scatter(node: Node, ctx: RuleContext) -> None:
+    # out[..., index[i, j], ...] = src[i, j] along dim (index has src's rank; a scalar value writes no channel)
+    src = [node.args[3].name] if len(node.args) > 3 and isinstance(node.args[3], Ref) else []
+    _scattered(ctx, node, node.outputs[0], [node.args[2].name] + src)
 
 
 @register(*SCATTERS[6:])
 def _index_add(node: Node, ctx: RuleContext) -> None:
     # out = self; out[..., index[i], ...] (+)= source[..., i, ...] along dim (index is 1-D)
-    x, out, source = node.args[0].name, node.outputs[0], node.args[3].name
-    if ctx.rank(x) == 0:
-        return
-    dim = node.args[1] % ctx.rank(x)
-    ctx.tie_dims(x, out, range(ctx.rank(x)), range(ctx.rank(x)))
-    _tie_others(ctx, node, out, dim, [source])
-    for name in (x, out, source):
-        ctx.freeze(ctx.s(name, dim), INDEXED, f"positions scattered by an index at {node.where()}")
+    _scattered(ctx, node, node.outputs[0], [node.args[3].name])
