@@ -26,7 +26,13 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         try:
             return record(model, args, kwargs, device=like.device)
         except Unrecordable as exc:
-            raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
+            if like.device != "meta":
+                raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
+            first = exc
+        try:  # a cache the forward filled on a real run since (FNO's grid) meets meta stand-ins: record on the real weights
+            return record(model, args, kwargs, device="real")
+        except Unrecordable:
+            raise TraceError(f"could not record {type(model).__name__}'s forward: {first}") from first
     if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
         why = ""
         for device in ("meta", "real"):

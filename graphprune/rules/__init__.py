@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 _FAMILIES = ("elementwise", "factory", "shape", "linear", "conv", "norm", "reduce", "pool", "embedding",
-             "scatter", "attention", "reorder", "onnx_shape", "recurrent", "control")
+             "scatter", "attention", "reorder", "spectral", "onnx_shape", "recurrent", "control")
 _loaded = False
 
 

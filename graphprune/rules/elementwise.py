@@ -16,7 +16,7 @@ _UNARY = (
     "floor ceil round trunc dropout dropout_ feature_dropout "
     "alpha_dropout alias clone contiguous detach _to_copy to type_as lift_fresh_copy logical_not "
     "bitwise_not isnan isinf zeros_like ones_like full_like empty_like rand_like randn_like "
-    "nan_to_num threshold expm1 sinh cosh atan asin acos tan"
+    "nan_to_num threshold expm1 sinh cosh atan asin acos tan real imag conj conj_physical _conj angle"
 ).split()
 _BINARY = (
     "add add_ sub sub_ rsub mul mul_ div div_ where maximum minimum eq ne lt gt le ge masked_fill "

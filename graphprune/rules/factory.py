@@ -9,6 +9,9 @@ output dims are frozen, except in two patterns whose sizes the rewrite may carry
   so: ``new_empty`` then ``k[..., :n].copy_(k_nope)`` and ``k[..., n:].copy_(k_rot)``).
   It is a concatenation written in place: every other dim is the pieces' dims, which the
   slices and copies tie, and the buffer's size follows them;
+- a filled buffer (zeros, full) written in part, through slices, before anything reads it (a neural operator's spectrum:
+  ``out = zeros(b, c, h, w)`` then ``out[:, :, :m, :m] = einsum(...)``): the dims no slice narrows
+  are the written values' dims, every channel written alike, so they carry; the narrowed ones are positions;
 - a target only scatters write into (a graph network's aggregation: ``src.new_zeros(size)`` then
   ``scatter_add_``; scatter.py ties its dims to the sources').
 """
@@ -31,10 +34,14 @@ defopaque_outputs(*(f"aten.{op}" for op in "arange ones scalar_tensor new_ones r
 def _sized(node: Node, ctx: RuleContext) -> None:
     out, at = node.outputs[0], _SIZED[node.op]
     size = node.args[at] if len(node.args) > at else node.kwargs.get("size")
+    narrowed: set[int] = set()
     if isinstance(size, (list, tuple)) and ((node.op == "aten.zeros" and zero_state(ctx, out))
-                                            or assembled(ctx, node, out) or scattered_into(ctx, out)):
+                                            or assembled(ctx, node, out) or scattered_into(ctx, out)
+                                            or ("empty" not in node.op and (narrowed := padded(ctx, out)) is not None)):
         for d, n in enumerate(size):
-            if isinstance(n, int) and n > 1:
+            if d in narrowed:
+                ctx.freeze(ctx.s(out, d), COMPUTED, f"positions written in part, size set by the arguments of {node.where()}")
+            elif isinstance(n, int) and n > 1:
                 ctx.carry(ctx.s(out, d), (at, d), n)
         return
     ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {node.where()}")
@@ -85,3 +92,29 @@ def assembled(ctx: RuleContext, node: Node, out: str) -> bool:
         return False
     position = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
     return max(position[w.name] for w in writes) < min((position[r.name] for r in reads), default=len(position))
+
+
+def padded(ctx: RuleContext, out: str) -> set[int] | None:
+    """The dims narrowed where ``out`` is written only through chains of slices ending in ``copy_``
+    before any other op reads it (see the module docstring); None where it is read or written otherwise."""
+    narrowed, writes, reads = set(), [], []
+    for u in ctx.users(out):
+        node, base, dims = u, out, set()
+        while (span := _span(node, ctx, base)) is not None:
+            if span[1:] != (0, ctx.shape(base)[span[0]]):
+                dims.add(span[0])
+            base, after = node.outputs[0], ctx.users(node.outputs[0])
+            if len(after) != 1:
+                break
+            node = after[0]
+        if base != out and node.op == "aten.copy_" and isinstance(node.args[0], Ref) and node.args[0].name == base:
+            writes.append(node)
+            narrowed |= dims
+        else:
+            reads.append(u)
+    if not writes:
+        return None
+    position = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
+    if max(position[w.name] for w in writes) > min((position[r.name] for r in reads), default=len(position)):
+        return None
+    return narrowed
