@@ -59,7 +59,9 @@ def group_kinds(dg: "DependencyGraph") -> dict[int, str]:
             out[a] = "query_group"
         elif a in head_dim:
             out[a] = "head_dim"
-        elif g.role in ("outer", "inner") and births.get(a):
+        elif g.role in ("outer", "inner") and births.get(a) and not (a in hidden and g.inexact and g.role == "outer"):
+            # a UNet's GroupNorm'd stream cuts exactly by whole groups: conv groups; a LayerNorm'd stream
+            # a depthwise conv splits (PiT's pooling, Conv2d(d, 2d, groups=d)) is still the residual stream
             out[a] = "conv_group" if g.role == "outer" else "group_channel"
         elif a in hidden:
             out[a] = "hidden"
@@ -134,7 +136,9 @@ def head_axes(dg: "DependencyGraph", value: str) -> list[int]:
     (batch, heads, windows, seq, dim), whose windows are sequence positions; with heads folded into batch,
     (batch*heads, seq, dim)."""
     rank = dg.ir.values[value].rank
-    return list(range(1, rank - 2)) if rank >= 4 else [0]
+    # a rank-2 operand has no batch and no head axis: learned queries (tokens, dim) pooling a sequence
+    # (vit-pytorch's PatchMerger, Perceiver's latents); their rows are output tokens, not heads
+    return list(range(1, rank - 2)) if rank >= 4 else [0] if rank == 3 else []
 
 
 def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None = None) -> int:
@@ -151,6 +155,7 @@ def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None 
 def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int]]:
     head, query, head_dim = set(), set(), set()
     frozen = set(dg.solver.frozen_reasons())
+    reach = {g.id: {m.name for m in g.members} for g in dg.groups}
 
     def movable(atoms: list[int]) -> list[int]:
         return [a for a in atoms if a not in frozen and (dg.solver.atom_size(a) or 0) > 1]
@@ -162,15 +167,19 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
             continue
         dims = {a for x, d in ((q, -1), (k, -2 if transposed else -1), (v, -1)) for a in _atoms(dg, x, d)}
         head_dim |= dims
-        # The query head axis is outer-major: (kv head, query per kv head) under GQA, whether
-        # keys are repeated (expand + reshape) or shared by SDPA's enable_gqa.
+        # Under GQA the query head axis factors into (kv head, query per kv head): the head is the
+        # factor the keys' head axis shares, in either order (HF's repeat_interleave puts it outer,
+        # x-transformers' repeat to (r kvh) inner); with no shared factor, the outer one.
         q_heads = [a for a in movable([b for d in head_axes(dg, q) for b in _atoms(dg, q, d)]) if a not in dims]
-        if q_heads:
-            head.add(q_heads[0])
-            query.update(q_heads[1:])
-        for a in movable([b for x in (k, v) for d in head_axes(dg, x) for b in _atoms(dg, x, d)]):
-            if a not in dims and a not in query:
-                head.add(a)
+        kv = [a for a in movable([b for x in (k, v) for d in head_axes(dg, x) for b in _atoms(dg, x, d)]) if a not in dims]
+        shared = [a for a in q_heads if a in kv] or q_heads[:1]
+        if len(shared) > 1:  # keys expanded to the queries' heads carry both factors: the kv head is the one
+            # the key/value projections create too (the per-kv factor only q and o hold)
+            most = max(len(reach[a]) for a in shared)
+            shared = [a for a in shared if len(reach[a]) == most]
+        head.update(shared)
+        query.update(a for a in q_heads if a not in shared)
+        head.update(a for a in kv if a not in query)
     return head, query - head, head_dim - head
 
 

@@ -29,6 +29,7 @@ from ..util.torch_compat import (
     restore_tensors,
     set_tensor,
 )
+from .torch_attrs import set_attribute
 from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars, unreached_groups
 from .torch_proof import (
     KNOWN_LAYERS,
@@ -75,7 +76,7 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
         set_tensor(owner, attr, sliced[key])
     _update_known_modules(model, dg, plan)
     for path, attr, value in attr_updates or []:
-        setattr(model.get_submodule(path) if path else model, attr, value)
+        set_attribute(model.get_submodule(path) if path else model, attr, value)
 
 
 def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None = None,

@@ -21,6 +21,7 @@ from ..frontends.torch_trace import trace_model
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
 from ..util.torch_compat import ConvNd, NormBase
+from .torch_attrs import get_attribute, int_attributes, set_attribute
 
 # torch's layers whose size attributes the rewrite sets itself (backends/torch_module.py)
 KNOWN_LAYERS = (ConvNd, nn.Linear, NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -205,9 +206,8 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     for (path, old), new_values in sorted(demands.items()):
         if not new_values - {old}:
             continue
-        m = submodule(model, path)
-        for attr, val in sorted(vars(m).items()):
-            if not attr.startswith("_") and type(val) is int and val == old:
+        for attr, val in int_attributes(submodule(model, path)):
+            if val == old:
                 candidates[(path, attr)] = (old, new_values)
     probes = probe_attributes(model, dg, sorted(candidates), args, kwargs) if args else {}
     unsure: dict[tuple, dict[int, list[tuple[str, str, Any]]]] = {}
@@ -253,18 +253,17 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
     for members in families.values():
         new = None
         for delta in (1, -1):  # an offset may have room on one side only
-            old = [getattr(submodule(model, path), attr) for path, attr in members]
+            old = [get_attribute(submodule(model, path), attr) for path, attr in members]
             try:
-                for path, attr in members:
-                    m = submodule(model, path)
-                    setattr(m, attr, getattr(m, attr) + delta)
+                for (path, attr), value in zip(members, old):
+                    set_attribute(submodule(model, path), attr, value + delta)
                 new = retrace(model, dg, args, kwargs)
                 break
             except Exception:  # the bump broke the trace: try the other side
                 continue
             finally:  # the trace reads the model and never writes it: only the attributes change
                 for (path, attr), value in zip(members, old):
-                    setattr(submodule(model, path), attr, value)
+                    set_attribute(submodule(model, path), attr, value)
         if new is None:  # both bumps break the trace: it spells sizes
             for key in members:
                 out[key] = "shape"

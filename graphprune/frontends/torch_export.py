@@ -8,6 +8,7 @@ Every parameter, buffer and lifted constant keeps its module path; tied weights
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import operator
 from typing import Any
@@ -36,15 +37,23 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
         raise TraceError(
             f"torch.export could not trace {type(model).__name__} with the given example inputs: "
             f"{type(exc).__name__}: {export_error_text(exc)}. Check that the example inputs match forward()'s signature "
-            f"and shapes, and that forward() has no data-dependent control flow.{_list_hint(args)}") from exc
+            f"and shapes, and that forward() has no data-dependent control flow.{_list_hint(model, args)}") from exc
 
 
-def _list_hint(args: tuple) -> str:
-    """A list given as the example inputs is one argument (a forward may take a list); said where it failed."""
-    if len(args) == 1 and isinstance(args[0], list):
-        return (f" The example inputs were one list of {len(args[0])}, passed to forward() as one argument: give a "
-                "tuple, (x, y), where they are separate arguments.")
-    return ""
+def _list_hint(model: torch.nn.Module, args: tuple) -> str:
+    """A list of tensors given as the example inputs is one argument; said where it failed and where forward()
+    takes that many positional arguments (NaViT's takes one list of lists of images: no hint there)."""
+    if len(args) != 1 or not isinstance(args[0], list) or not all(isinstance(a, torch.Tensor) for a in args[0]):
+        return ""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < len(args[0]) and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        return ""
+    return (f" The example inputs were one list of {len(args[0])}, passed to forward() as one argument: give a "
+            "tuple, (x, y), where they are separate arguments.")
 
 
 def clear_tensor_caches(model: torch.nn.Module) -> list[str]:
