@@ -158,8 +158,9 @@ def heldout_check(program, dg, plan, batches: list, sites, stats: dict, lams: di
             "random order (a DataLoader with shuffle=True, an .npz's samples shuffled)"))
     if twins * 8 >= len(rows) > 0:
         return HeldOut(int(starts[-1]), None, None, scored=scored, skipped=(
-            f"{twins} of the {len(rows)} scored items have the same outputs as an item of the other half (repeated "
-            "inputs), so each half's refit has seen the other half; give each item once"))
+            f"{twins} of the {len(rows)} scored items have the same outputs as an item of the other half: repeated "
+            "inputs (then each half's refit has seen the other half; give each item once), or a model whose outputs "
+            "hardly depend on its input (a randomly initialised one), which no held-out score can rank"))
     (masks, fold0), (_, fold1) = CrossFit(_Repair(dg, sites, program.tensors(), stats, lams, fit)).variants(plan)
     variants = [(masks, final), (masks, fold0), (masks, fold1)]
     valid = [program.valid_rows(b) for b in used]
