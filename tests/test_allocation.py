@@ -60,6 +60,21 @@ def test_spend_cheapest_takes_the_cheapest_parameters_first_and_splits_the_last_
         == {1: 0.5, 2: 0.8}
 
 
+def test_spend_cheapest_backs_off_a_coarse_unit_where_finer_ones_cost_less():
+    """A group of 4 heads (100 parameters each, one hull segment to 3 heads at slope 0.001) crosses a budget of
+    250: 3 heads overshoot by 50. Two heads and 50 units of a finer group cost 0.2 + 50 x its slope: taken where
+    that is below the 3 heads' 0.3 (PiT's first stage: one head was 13% of the MACs), not otherwise."""
+    heads = SimpleNamespace(id=1, size=4, role="outer")
+    units = SimpleNamespace(id=2, size=100, role="channel")
+
+    def count(g, r):
+        return round(400 * r) if g.id == 1 else round(100 * r)
+
+    for unit_slope, want in ((0.0015, {1: 0.5, 2: 0.5}), (0.003, {1: 0.75, 2: 0.0})):
+        curves = {1: [(0, 0.0, 0.0), (300, 0.3, 0.75)], 2: [(0, 0.0, 0.0), (80, 80 * unit_slope, 0.8)]}
+        assert spend_cheapest([heads, units], curves, 250, 1, count) == want
+
+
 def test_sensitivity_prunes_the_branch_that_matters_less():
     model, calib = TwoBranches().eval(), calib_batches(4)
     xs = torch.cat([c[0] for c in calib_batches(seed=9)])  # held out

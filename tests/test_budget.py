@@ -179,6 +179,9 @@ def test_shortfall_is_the_binding_keys_gap():
         "pruning than asked): at the channel multiples kept (4, 16), round_to=1 (--round-to 1) allows any width")
     assert "select more kinds" in missed(spent, 1)
     assert "uniform=False lands closer" in missed(spent, 1, lockstep=True)
+    spent.allocation = "sensitivity"  # a measured allocation overshoots where that costs less error: said so
+    assert "cost less output error" in missed(spent, 1) and "select more kinds" not in missed(spent, 1)
+    spent.allocation = "uniform"
     spent.targets["latency_us"] = 5000  # a latency target binds: the counted keys land under theirs by nature
     assert shortfall(spent) == 0.0 and missed(spent, 1) == ""
 

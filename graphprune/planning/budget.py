@@ -88,6 +88,9 @@ def missed(spent: BudgetResult | None, round_to, lockstep: bool = False) -> str:
     o = max(spent.original[k], 1)
     steps = sorted(set(round_to.values()) if isinstance(round_to, dict) else {round_to})
     how = ("uniform=True gives units back to every group of a kind at once; uniform=False lands closer" if lockstep
+           else "the measured allocation cut further where one more unit (a head, a group of channels) cost less "
+           "output error on the calibration data than reaching the target in other groups; allocation='uniform' "
+           "lands closer" if spent.allocation == "sensitivity"
            else f"at the channel multiples kept ({', '.join(map(str, steps))}), round_to=1 (--round-to 1) allows any "
            "width" if max(steps) > 1 else "each group's unit of pruning (a head, a group of channels) allows no "
            "closer plan; select more kinds (targets=) to spend it in finer steps")
