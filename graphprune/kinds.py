@@ -155,7 +155,6 @@ def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None 
 def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int]]:
     head, query, head_dim = set(), set(), set()
     frozen = set(dg.solver.frozen_reasons())
-    reach = {g.id: {m.name for m in g.members} for g in dg.groups}
 
     def movable(atoms: list[int]) -> list[int]:
         return [a for a in atoms if a not in frozen and (dg.solver.atom_size(a) or 0) > 1]
@@ -174,13 +173,31 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
         kv = [a for a in movable([b for x in (k, v) for d in head_axes(dg, x) for b in _atoms(dg, x, d)]) if a not in dims]
         shared = [a for a in q_heads if a in kv] or q_heads[:1]
         if len(shared) > 1:  # keys expanded to the queries' heads carry both factors: the kv head is the one
-            # the key/value projections create too (the per-kv factor only q and o hold)
-            most = max(len(reach[a]) for a in shared)
-            shared = [a for a in shared if len(reach[a]) == most]
+            # the keys hold before they are repeated (the per-kv factor only the repeat makes)
+            before = _before_repeat(dg, k)
+            shared = [a for a in shared if before is None or a in before] or shared
         head.update(shared)
         query.update(a for a in q_heads if a not in shared)
         head.update(a for a in kv if a not in query)
     return head, query - head, head_dim - head
+
+
+_REPEATS = frozenset({"aten.expand", "aten.repeat", "aten.repeat_interleave", "aten.tile", "onnx.Expand", "onnx.Tile"})
+
+
+def _before_repeat(dg: "DependencyGraph", value: str, hops: int = 8) -> set[int] | None:
+    """The atoms of the keys as they were before a repeat to the queries' head count (GQA's expand, repeat,
+    repeat_interleave), found walking back from ``value`` through its first inputs; None where no repeat is met."""
+    producer = {o: n for n in dg.ir.nodes for o in n.outputs}
+    for _ in range(hops):
+        node = producer.get(value)
+        if node is None or not node.inputs:
+            return None
+        if node.op in _REPEATS:
+            x = node.inputs[0]
+            return {a for d in range(dg.ir.values[x].rank) for a in _atoms(dg, x, d)}
+        value = node.inputs[0]
+    return None
 
 
 def _births(dg: "DependencyGraph") -> dict[int, set[str]]:

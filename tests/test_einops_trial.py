@@ -67,6 +67,40 @@ def test_kv_heads_repeated_as_r_kvh_are_the_heads():
     assert (pruned[1].k.out_features, pruned[1].q.out_features) == (32, 32)
 
 
+class _FusedGQA(nn.Module):
+    """One fused q/k/v projection (Phi-3's), 4 query heads over 2 kv heads, keys expanded in HF's order
+    (kv outer) or x-transformers' (r kvh): both head factors have the same weights, so only where the keys
+    were before their repeat tells the kv head."""
+
+    def __init__(self, kv_outer: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kv_outer, self.nq, self.nkv, self.hd = kv_outer, 32, 16, 8
+        self.qkv, self.o = nn.Linear(32, 64), nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = (t.view(b, s, -1, self.hd).transpose(1, 2) for t in self.qkv(x).split([self.nq, self.nkv, self.nkv], -1))
+        r, kvh = q.shape[1] // k.shape[1], k.shape[1]
+        if self.kv_outer:
+            k, v = (t[:, :, None].expand(b, kvh, r, s, self.hd).reshape(b, -1, s, self.hd) for t in (k, v))
+        else:
+            k, v = (t[:, None].expand(b, r, kvh, s, self.hd).reshape(b, -1, s, self.hd) for t in (k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.o(y.transpose(1, 2).reshape(b, s, -1))
+
+
+def test_fused_qkv_gqa_tells_the_kv_head_in_either_order():
+    x = torch.randn(2, 6, 32)
+    for kv_outer in (True, False):
+        kinds = sorted(g.kind for g in gp.trace(_FusedGQA(kv_outer).eval(), (x,)).groups if g.kind in ("head", "query_group"))
+        assert kinds == ["head", "query_group"], kv_outer
+        for targets, want in ((("heads",), (2, 1)), (("query_heads",), (2, 2))):  # (query heads, kv heads) kept
+            pruned, report = gp.prune(_FusedGQA(kv_outer).eval(), (x,), targets=targets, ratio=0.5, round_to=1,
+                                      verify=True, measure_latency=False)
+            assert report.oracle.verdict == "PASS" and (pruned.nq // 8, pruned.nkv // 8) == want, (kv_outer, targets)
+
+
 class _Block(nn.Module):
     def __init__(self, d):
         super().__init__()
