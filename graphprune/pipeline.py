@@ -372,7 +372,9 @@ def _prune_once(program, opts: PruneOptions, plan_: PrunePlan | None, inplace: b
     report = build_report(program, dg, planned, oracle, comp)
     timed = opts.measure_latency and runtime is not None and (not p.empty or program.rewritten)
     before = program.latency_ms(runtime) if timed else None
-    pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace)
+    # groups the oracle could not run (inexact) are held to the plan's shapes by a second trace at least
+    pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace,
+                           proof=bool(oracle is not None and oracle.inexact_groups))
     report.params_after += pruned.added_params()
     if before is not None:
         latency_after(pruned, program, runtime, before, report, opts.round_to)

@@ -294,3 +294,24 @@ def test_outputs_that_are_all_zero_are_not_checked_not_passed():
     torch.nn.init.normal_(model[2].weight)  # the same prune of a head that reads the channels is checked
     _, report = gp.prune(model, args, ratio=0.25, runtime=None, verify=True)
     assert report.oracle.verdict == "PASS"
+
+
+class _SizedFromInexact(nn.Module):
+    """A buffer sized from a pruned activation's shape (traced as a literal), beside a mean over the channels
+    that makes the pruned group inexact: the oracle can run no pruned group, and before, verify=True returned
+    a model that failed on its own example input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.zeros(h.shape) + h.mean(1, keepdim=True))
+
+
+def test_verify_never_returns_a_model_that_fails_on_its_example_inputs():
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(gp.RewriteError, match="no longer runs on the example inputs"):
+        gp.prune(_SizedFromInexact().eval(), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import RewriteError
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
+from ..util.gc_pause import reclaim
 from ..util.torch_compat import (
     ConvNd,
     NormBase,
@@ -50,6 +51,7 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     ``updates`` (parameter path -> new values of the original shape, from compensation)
     replace a tensor's values before it is sliced.
     """
+    reclaim()  # each proof tried rewrites the model again: what the last one dropped holds cycles
     masks = keep_masks(dg, plan)
     updates = updates or {}
     jobs: dict[int, tuple[Any, list]] = {}  # id(old tensor) -> (source, dims): aliases stay one tensor

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..util.gc_pause import reclaim
 from ..util.torch_compat import (
     PreDispatchModeBase,
     export_flags,
@@ -365,6 +366,7 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
         env[t] = node
         return node
 
+    reclaim()  # a forward recorded on the real weights drops its values in cycles
     stack = _ModuleStack(model)
     recorder = _Recorder(graph, env, constant, stack, device == "meta")
     recorder.device = home

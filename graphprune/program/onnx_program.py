@@ -307,9 +307,9 @@ class OnnxProgram(Program):
 
     # ---- rewriting ---------------------------------------------------------------------------
     def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
-              inplace: bool = False) -> "OnnxProgram":
+              inplace: bool = False, proof: bool = False) -> "OnnxProgram":
         """The pruned model, held to onnx.checker and run once in onnxruntime; the outputs keep
-        their shapes."""
+        their shapes (so ``proof`` asks nothing more)."""
 
         arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in (updates or {}).items()}
         pruned = apply_plan_onnx(self.model, self.graph(), plan, arrays)

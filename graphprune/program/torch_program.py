@@ -35,6 +35,7 @@ from ..reasons import LIFTED_CONSTANT, Reason
 from ..util.atomic import atomic_path
 from ..util.compare import gaps
 from ..util.containers import container_children
+from ..util.gc_pause import reclaim
 from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
@@ -279,11 +280,15 @@ class TorchProgram(Program):
 
     # ---- rewriting ---------------------------------------------------------------------------
     def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
-              inplace: bool = False) -> "TorchProgram":
+              inplace: bool = False, proof: bool = False) -> "TorchProgram":
+        """The pruned module (a copy unless ``inplace``); ``proof``: trace it again and hold its shapes to the
+        plan's even where the rewrite sees no size it changes (the oracle could not run every cut group)."""
 
+        reclaim()  # dropped copies hold cycles: with the collector paused, they wait for a collection
         model = self.model if inplace else copy.deepcopy(self.model)
         dg = self.graph()
-        rewrite(model, dg, plan, self.args, self.kwargs, updates=dict(updates) if updates else None)
+        rewrite(model, dg, plan, self.args, self.kwargs, check=True if proof else None,
+                updates=dict(updates) if updates else None)
         # what recover(blockwise=True) compares with the original's block outputs: children of containers
         blocks = set(container_children(model))
         setattr(model, CHANNELS_ATTR, composed(getattr(model, CHANNELS_ATTR, None), module_channels(dg, plan, blocks)))

@@ -20,16 +20,33 @@ from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
 from ..frontends.torch_trace import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
 
+# ops whose output is a view of their first input: a write into the view lands in the input too
+_VIEWS = frozenset(f"aten.{op}" for op in (
+    "slice narrow select view _unsafe_view unsqueeze squeeze transpose permute t alias expand as_strided diagonal "
+    "unflatten view_as_real view_as_complex").split())
+
 
 def _written_in_place(gm: torch.fx.GraphModule) -> frozenset[str]:
-    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into; kept on the
-    module, since every forked walk (one per scored candidate) builds an interpreter over the same graph."""
+    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into, and of the views
+    that value was sliced through (``out[:, :, :m, :m] = v``: slice, slice, copy_; a copy masked out of the
+    first slice would take the write); kept on the module, since every forked walk (one per scored
+    candidate) builds an interpreter over the same graph."""
     written = gm.__dict__.get("_graphprune_written")
     if written is None:
-        written = gm.__dict__["_graphprune_written"] = frozenset(
-            n.args[0].name for n in gm.graph.nodes
-            if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
-            and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__"))
+        nodes = {n.name: n for n in gm.graph.nodes}
+        todo = [n.args[0].name for n in gm.graph.nodes
+                if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
+                and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__")]
+        seen: set[str] = set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            n = nodes[name]
+            if n.op == "call_function" and op_id(n.target) in _VIEWS and n.args and isinstance(n.args[0], torch.fx.Node):
+                todo.append(n.args[0].name)
+        written = gm.__dict__["_graphprune_written"] = frozenset(seen)
     return written
 
 
@@ -62,8 +79,8 @@ class _MaskedInterpreter(torch.fx.Interpreter):
             return _MaskedInterpreter(sub, self.masks, f"{self.prefix}{n.name}/").run(*args[at + 1:])
 
     def _mask(self, name: str, t: Any, in_place: bool = False) -> Any:
-        if name not in self.masks or not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            return t
+        if name not in self.masks or not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
+            return t  # (integers are indices and sizes; a spectrum is complex)
         for d, m in self.masks[name]:
             shape = [1] * t.dim()
             shape[d] = -1
