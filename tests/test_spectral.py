@@ -106,3 +106,54 @@ def test_a_retrace_after_a_real_run_filled_a_cache():
     assert report.oracle.verdict == "PASS"
     assert tuple(pruned.fno.spec[0].weight.shape[:2]) == (8, 8)
     assert not any("planned again" in n for n in report.notes), report.notes
+
+
+class _Padded(nn.Module):
+    """FNO's spectrum buffer in real numbers: zeros written through two slices (slice, slice, copy_)."""
+
+    def __init__(self, like: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.like, self.a, self.b = like, nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        out = torch.zeros_like(h) if self.like else torch.zeros(h.shape)
+        out[:, :, :4, :4] = h[:, :, :4, :4]
+        return self.b(out)
+
+
+@pytest.mark.parametrize("like", [False, True], ids=["zeros", "zeros_like"])
+def test_a_real_buffer_written_through_slices_is_held_to_the_oracle(like):
+    """The oracle's masked run masked the first slice with a copy, which took the write: a right plan FAILed."""
+    x = torch.randn(1, 3, 8, 8)
+    pruned, report = gp.prune(_Padded(like).eval(), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_channels == 4 and pruned.b.in_channels == 4
+
+
+class _Factorized(nn.Module):
+    """TFNO's factorized weights in small: a (c_in, c_out) mixing weight rebuilt by tensordot from a low-rank
+    pair, then contracted with the features by tensordot."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv1d(2, 16, 1), nn.Conv1d(16, 3, 1)
+        self.u, self.v = nn.Parameter(torch.randn(16, 4) / 4), nn.Parameter(torch.randn(4, 16) / 4)
+
+    def forward(self, x):
+        w = torch.tensordot(self.u, self.v, dims=([1], [0]))  # (c_in, c_out)
+        h = torch.tensordot(self.a(x), w, dims=([1], [0])).transpose(1, 2)  # (b, l, c_out) -> (b, c_out, l)
+        return self.b(torch.relu(h))
+
+
+def test_tensordot_carries_its_free_dims_and_pairs_its_contracted_ones():
+    """Before: no rule for aten.tensordot, so TFNO's spectral weights were frozen."""
+    x = torch.randn(2, 2, 12)
+    graph = gp.trace(_Factorized().eval(), (x,))
+    assert graph.group_of("u", 0) is graph.group_of("a.weight", 0)  # contracted with a's channels
+    assert graph.group_of("v", 1) is graph.group_of("b.weight", 1)  # free dim: the output's channels
+    pruned, report = gp.prune(_Factorized().eval(), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS", report.oracle
+    assert pruned.u.shape == (8, 4) and pruned.v.shape == (4, 8)
+    assert pruned(torch.randn(3, 2, 20)).shape == (3, 3, 20)

@@ -138,13 +138,14 @@ def _unreached(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, limit: in
         [nodes[c.node] for c, _ in found]
 
 
-def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None):
+def retrace(model: nn.Module, dg: DependencyGraph, args: tuple, kwargs: dict | None, real: bool = True):
     """The IR of ``model`` traced the way ``dg`` was (recorded or exported): nodes are matched
-    across the two traces by call site, which both must spell alike."""
+    across the two traces by call site, which both must spell alike. ``real=False``: a recording on
+    meta stand-ins that fails is not tried again on the real weights (a probe expects failures)."""
 
     program = getattr(dg, "program", None)
     like = program.trace() if hasattr(program, "trace") else None
-    return lower_trace(trace_model(model, args, kwargs, like=like))
+    return lower_trace(trace_model(model, args, kwargs, like=like, real=real))
 
 
 def by_call_site(nodes) -> dict[tuple, Any]:
@@ -166,7 +167,7 @@ def attribute_candidates(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
 
     A changed constant in a node run by module M may come from an int (or
     int-list) attribute of M with the same value. Each such attribute is first
-    probed (:func:`probe_attributes`): bumped on a meta copy and traced again.
+    probed (:func:`probe_attributes`): bumped on the model, traced again, and restored.
     One that changes no shape and no constant is no size (a temperature) and is
     left alone; one that changes exactly some constants gets their new value;
     one whose bump breaks the trace spells sizes the probe cannot single out, and
@@ -257,7 +258,7 @@ def probe_attributes(model: nn.Module, dg: DependencyGraph, candidates: list[tup
             try:
                 for (path, attr), value in zip(members, old):
                     set_attribute(submodule(model, path), attr, value + delta)
-                new = retrace(model, dg, args, kwargs)
+                new = retrace(model, dg, args, kwargs, real=False)
                 break
             except Exception:  # the bump broke the trace: try the other side
                 continue

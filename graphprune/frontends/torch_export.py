@@ -42,16 +42,16 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
 
 def _list_hint(model: torch.nn.Module, args: tuple) -> str:
     """A list of tensors given as the example inputs is one argument; said where it failed and where forward()
-    takes that many positional arguments (NaViT's takes one list of lists of images: no hint there)."""
+    requires at least that many positional arguments (NaViT's takes one list of lists of images: no hint there)."""
     if len(args) != 1 or not isinstance(args[0], list) or not all(isinstance(a, torch.Tensor) for a in args[0]):
         return ""
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
         return ""
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) < len(args[0]) and not any(p.kind == p.VAR_POSITIONAL for p in params):
-        return ""
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(required) < len(args[0]) and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        return ""  # forward(xs, mask=None) takes the list as its one input
     return (f" The example inputs were one list of {len(args[0])}, passed to forward() as one argument: give a "
             "tuple, (x, y), where they are separate arguments.")
 

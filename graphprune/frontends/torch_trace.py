@@ -13,26 +13,28 @@ from .torch_export import export_program
 from .torch_record import Trace, Unrecordable, record
 
 
-def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, like: Trace | None = None) -> Trace:
+def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, like: Trace | None = None,
+                real: bool = True) -> Trace:
     """Record the forward on meta stand-ins; where that fails, on the real weights (a
     forward that makes tensors on a fixed device); where that fails too, trace it with
     torch.export, whose error then says what is wrong.
 
     ``like``: trace the way that earlier trace was made (a re-trace matched against it;
-    its failure is the model's, reported as a TraceError). The environment variable
+    its failure is the model's, reported as a TraceError; recorded on meta stand-ins, it is recorded on the
+    real weights where those fail, unless ``real`` is False). The environment variable
     GRAPHPRUNE_TRACE=export makes export the only way."""
 
     if like is not None and like.method == "record":
         try:
             return record(model, args, kwargs, device=like.device)
         except Unrecordable as exc:
-            if like.device != "meta":
+            if like.device != "meta" or not real:
                 raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
             first = exc
         try:  # a cache the forward filled on a real run since (FNO's grid) meets meta stand-ins: record on the real weights
             return record(model, args, kwargs, device="real")
-        except Unrecordable:
-            raise TraceError(f"could not record {type(model).__name__}'s forward: {first}") from first
+        except Unrecordable as exc:  # on the real weights, the failure is the model's own
+            raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from first
     if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
         why = ""
         for device in ("meta", "real"):

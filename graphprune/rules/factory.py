@@ -1,7 +1,7 @@
 """Ops that create tensors from their arguments (zeros, empty, arange, ...).
 
 Their sizes are numbers in the op's arguments, not channels any input carries, so their
-output dims are frozen, except in two patterns whose sizes the rewrite may carry:
+output dims are frozen, except in these patterns, whose sizes the rewrite may carry:
 
 - a recurrent layer's zero initial state (its size follows the hidden units);
 - a buffer assembled from pieces: a fresh tensor whose slices along one dim are each
@@ -11,7 +11,8 @@ output dims are frozen, except in two patterns whose sizes the rewrite may carry
   slices and copies tie, and the buffer's size follows them;
 - a filled buffer (zeros, full) written in part, through slices, before anything reads it (a neural operator's spectrum:
   ``out = zeros(b, c, h, w)`` then ``out[:, :, :m, :m] = einsum(...)``): the dims no slice narrows
-  are the written values' dims, every channel written alike, so they carry; the narrowed ones are positions;
+  are the written values' dims, every channel written alike, so they carry; the narrowed ones are positions
+  (a nonzero fill in a removed channel goes with it, as a bias does: the oracle zeroes the whole channel);
 - a target only scatters write into (a graph network's aggregation: ``src.new_zeros(size)`` then
   ``scatter_add_``; scatter.py ties its dims to the sources').
 """

@@ -91,6 +91,20 @@ def _einsum(node: Node, ctx: RuleContext) -> None:
                 seen[letter] = key
 
 
+@register("aten.tensordot")
+def _tensordot(node: Node, ctx: RuleContext) -> None:
+    # tensordot(a, b, dims_a, dims_b): a's contracted dims pair with b's; the output is a's other dims
+    # in order, then b's (tensorly's factorized weights, TFNO's spectral layers)
+    a, b, out = node.args[0].name, node.args[1].name, node.outputs[0]
+    ra, rb = ctx.rank(a), ctx.rank(b)
+    dims_a, dims_b = ([d % r for d in ctx.arg(node, i, n, [])] for i, n, r in ((2, "dims_self", ra), (3, "dims_other", rb)))
+    for da, db in zip(dims_a, dims_b):
+        ctx.tie(ctx.s(a, da), ctx.s(b, db))
+    free = [(a, d) for d in range(ra) if d not in dims_a] + [(b, d) for d in range(rb) if d not in dims_b]
+    for o, (x, d) in enumerate(free):
+        ctx.tie(ctx.s(x, d), ctx.s(out, o))
+
+
 def expand_ellipsis(spec: str, rank: int) -> list[str]:
     if "..." not in spec:
         return list(spec)
