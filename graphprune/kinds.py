@@ -173,9 +173,10 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
         kv = [a for a in movable([b for x in (k, v) for d in head_axes(dg, x) for b in _atoms(dg, x, d)]) if a not in dims]
         shared = [a for a in q_heads if a in kv] or q_heads[:1]
         if len(shared) > 1:  # keys expanded to the queries' heads carry both factors: the kv head is the one
-            # the keys hold before they are repeated (the per-kv factor only the repeat makes)
-            before = _before_repeat(dg, k)
-            shared = [a for a in shared if before is None or a in before] or shared
+            # the keys hold before they are repeated (the per-kv factor only the repeat makes); where no such
+            # repeat is found, the outer one (HF's repeat_kv order)
+            before = _before_repeat(dg, k, shared)
+            shared = [a for a in shared if a in before] if before else shared[:1]
         head.update(shared)
         query.update(a for a in q_heads if a not in shared)
         head.update(a for a in kv if a not in query)
@@ -185,18 +186,24 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
 _REPEATS = frozenset({"aten.expand", "aten.repeat", "aten.repeat_interleave", "aten.tile", "onnx.Expand", "onnx.Tile"})
 
 
-def _before_repeat(dg: "DependencyGraph", value: str, hops: int = 8) -> set[int] | None:
-    """The atoms of the keys as they were before a repeat to the queries' head count (GQA's expand, repeat,
-    repeat_interleave), found walking back from ``value`` through its first inputs; None where no repeat is met."""
+def _before_repeat(dg: "DependencyGraph", value: str, shared: list[int], limit: int = 48) -> set[int] | None:
+    """The atoms of the keys before their repeat to the queries' head count (GQA's expand, repeat, repeat_interleave):
+    the nearest repeat upstream of ``value`` (breadth first over every input: a scale or a rotary table may come
+    first) whose input already holds one of the ``shared`` head factors; None where there is none."""
     producer = {o: n for n in dg.ir.nodes for o in n.outputs}
-    for _ in range(hops):
-        node = producer.get(value)
-        if node is None or not node.inputs:
-            return None
-        if node.op in _REPEATS:
+    queue, seen = [value], set()
+    while queue and len(seen) < limit:
+        v = queue.pop(0)
+        node = producer.get(v)
+        if v in seen or node is None:
+            continue
+        seen.add(v)
+        if node.op in _REPEATS and node.inputs:
             x = node.inputs[0]
-            return {a for d in range(dg.ir.values[x].rank) for a in _atoms(dg, x, d)}
-        value = node.inputs[0]
+            held = {a for d in range(dg.ir.values[x].rank) for a in _atoms(dg, x, d)}
+            if held & set(shared):
+                return held
+        queue.extend(i for i in node.inputs if i in dg.ir.values)
     return None
 
 

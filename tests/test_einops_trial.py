@@ -191,3 +191,31 @@ def test_a_forward_that_takes_one_list_gets_no_advice_to_pass_a_tuple():
         assert "give a tuple" not in str(err)
     else:  # the forward reads its inputs' values: it must not prune silently either
         raise AssertionError("a forward that packs by its inputs' values was pruned")
+
+
+class _ScaledGQA(nn.Module):
+    """GQA whose repeated keys are scaled by a buffer first (``scale * k``): the repeat is not on the keys'
+    first-input path (a review of 997f538: both head factors were labelled heads)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k, self.v, self.o = nn.Linear(32, 32), nn.Linear(32, 16), nn.Linear(32, 16), nn.Linear(32, 32)
+        self.register_buffer("scale", torch.ones(1, 1, 1, 8))
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = (f(x).view(b, s, -1, 8).transpose(1, 2) for f in (self.q, self.k, self.v))
+        r, kvh = q.shape[1] // k.shape[1], k.shape[1]
+        k, v = (t[:, :, None].expand(b, kvh, r, s, 8).reshape(b, -1, s, 8) for t in (k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, self.scale * k, v)
+        return x + self.o(y.transpose(1, 2).reshape(b, s, -1))
+
+
+def test_a_repeat_off_the_keys_first_input_path_still_tells_the_kv_head():
+    x = torch.randn(2, 6, 32)
+    graph = gp.trace(_ScaledGQA().eval(), (x,))
+    assert sorted(g.kind for g in graph.groups if g.kind in ("head", "query_group")) == ["head", "query_group"]
+    pruned, report = gp.prune(_ScaledGQA().eval(), (x,), targets=("heads",), ratio=0.5, round_to=1, verify=True,
+                              measure_latency=False)
+    assert report.oracle.verdict == "PASS" and (pruned.q.out_features, pruned.k.out_features) == (16, 8)
