@@ -315,3 +315,32 @@ def test_verify_never_returns_a_model_that_fails_on_its_example_inputs():
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(gp.RewriteError, match="no longer runs on the example inputs"):
         gp.prune(_SizedFromInexact().eval(), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+
+
+class _WritesItsBuffer(nn.Module):
+    """A forward that writes into part of its own buffer (a cache: layer x slot x channel)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.register_buffer("mem", torch.randn(3, 4, 16))
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        self.mem[1, :2] = h  # select, slice, copy_: slots 0 and 1 of layer 1 only
+        return self.fc2(self.mem[1, :2] * 1.0)
+
+
+def test_the_oracle_leaves_a_buffer_the_forward_writes_into_as_the_forward_would():
+    """The masked replay masks views a write goes through in place only where the replay made the tensor: masked in
+    place, views of the model's own buffer zeroed slots the forward never writes (a review of 2b10211)."""
+    model, x = _WritesItsBuffer().eval(), torch.randn(2, 8)
+    graph = gp.trace(model, (x,))
+    plan = gp.plan(graph, model, ratio=0.5)
+    with torch.no_grad():
+        model(x)
+    before = model.mem.clone()
+    gp.verify(model, (x,), plan, graph)
+    changed = model.mem != before
+    assert not changed[[0, 2]].any() and not changed[1, 2:].any()  # never written by the forward: untouched

@@ -20,33 +20,40 @@ from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
 from ..frontends.torch_trace import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
 
-# ops whose output is a view of their first input: a write into the view lands in the input too
+# ops whose output is (or may be) a view of their first input: a write into the view lands in the input too
 _VIEWS = frozenset(f"aten.{op}" for op in (
     "slice narrow select view _unsafe_view unsqueeze squeeze transpose permute t alias expand as_strided diagonal "
-    "unflatten view_as_real view_as_complex").split())
+    "unflatten view_as_real view_as_complex to contiguous detach type_as view_as movedim flatten reshape").split())
+
+
+# ... and those returning several views of it (taken by getitem)
+_SPLITS = frozenset(f"aten.{op}" for op in "chunk split split_with_sizes unbind tensor_split".split())
 
 
 def _written_in_place(gm: torch.fx.GraphModule) -> frozenset[str]:
-    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into, and of the views
-    that value was sliced through (``out[:, :, :m, :m] = v``: slice, slice, copy_; a copy masked out of the
-    first slice would take the write); kept on the module, since every forked walk (one per scored
-    candidate) builds an interpreter over the same graph."""
+    """Names of the nodes whose value an in-place op (``copy_``, ``add_``, ...) writes into, and, where those are
+    views of a tensor the replay makes itself (``out = zeros(...); out[:, :, :m, :m] = v``: slice, slice, copy_),
+    the views between: masked with a copy, the first slice would take the write. A chain rooted at the model's
+    own tensors (a buffer written through ``self.mem[1, :2] = h``) or an input keeps to its target: masking the
+    views above it in place would zero the buffer itself. Kept on the module, since every forked walk (one per
+    scored candidate) builds an interpreter over the same graph."""
     written = gm.__dict__.get("_graphprune_written")
     if written is None:
-        nodes = {n.name: n for n in gm.graph.nodes}
-        todo = [n.args[0].name for n in gm.graph.nodes
-                if n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
-                and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__")]
-        seen: set[str] = set()
-        while todo:
-            name = todo.pop()
-            if name in seen:
+        nodes = list(gm.graph.nodes)
+        out: set[str] = set()
+        for n in nodes:
+            if not (n.op == "call_function" and n.args and isinstance(n.args[0], torch.fx.Node)
+                    and op_id(n.target).endswith("_") and not op_id(n.target).endswith("__")):
                 continue
-            seen.add(name)
-            n = nodes[name]
-            if n.op == "call_function" and op_id(n.target) in _VIEWS and n.args and isinstance(n.args[0], torch.fx.Node):
-                todo.append(n.args[0].name)
-        written = gm.__dict__["_graphprune_written"] = frozenset(seen)
+            chain, at = [n.args[0]], n.args[0]
+            while at.op == "call_function" and at.args and isinstance(at.args[0], torch.fx.Node) and (
+                    op_id(at.target) in _VIEWS or (at.target is operator.getitem and at.args[0].op == "call_function"
+                                                   and op_id(at.args[0].target) in _SPLITS)):
+                at = at.args[0]
+                chain.append(at)
+            fresh = at.op == "call_function" and op_id(at.target) not in _VIEWS | _SPLITS  # made by the replay (zeros, an op)
+            out.update(c.name for c in (chain if fresh else chain[:1]))
+        written = gm.__dict__["_graphprune_written"] = frozenset(out)
     return written
 
 
@@ -65,7 +72,8 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         if n.op != "call_function" or n.target is operator.getitem:
             return out
         if isinstance(out, (tuple, list)):
-            return type(out)(self._mask(f"{self.prefix}{n.name}.{i}", o) for i, o in enumerate(out))
+            return type(out)(self._mask(f"{self.prefix}{n.name}.{i}", o, in_place=n.name in self.written)
+                             for i, o in enumerate(out))
         return self._mask(self.prefix + n.name, out, in_place=n.name in self.written)
 
     def _run_wrapper(self, n: torch.fx.Node) -> Any:
