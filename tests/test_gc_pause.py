@@ -38,3 +38,12 @@ def test_reclaim_collects_dropped_cycles_once_the_process_grew(monkeypatch):
     assert seen["small alive"] and not seen["big alive"]
     assert gc.isenabled()
     gc_pause.reclaim()  # outside a pause: nothing to do, and no error
+    gc.disable()  # a pause of the user's own: no collection from an old reading
+    try:
+        left = _Cycle(16 << 20)
+        ref = weakref.ref(left)
+        del left
+        gc_pause.reclaim()
+        assert ref() is not None
+    finally:
+        gc.enable()

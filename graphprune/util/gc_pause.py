@@ -46,6 +46,7 @@ def paused_gc(fn: F) -> F:
             return fn(*args, **kwargs)
         finally:
             gc.enable()
+            _since = None  # a pause a user makes is theirs: reclaim() acts only inside ours
 
     return wrapper  # type: ignore[return-value]
 
