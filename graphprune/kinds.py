@@ -155,6 +155,7 @@ def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None 
 def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int]]:
     head, query, head_dim = set(), set(), set()
     frozen = set(dg.solver.frozen_reasons())
+    producer: dict = {}
 
     def movable(atoms: list[int]) -> list[int]:
         return [a for a in atoms if a not in frozen and (dg.solver.atom_size(a) or 0) > 1]
@@ -175,7 +176,8 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
         if len(shared) > 1:  # keys expanded to the queries' heads carry both factors: the kv head is the one
             # the keys hold before they are repeated (the per-kv factor only the repeat makes); where no such
             # repeat is found, the outer one (HF's repeat_kv order)
-            before = _before_repeat(dg, k, shared)
+            producer = producer or {o: n for n in dg.ir.nodes for o in n.outputs}  # built once, where needed
+            before = _before_repeat(dg, producer, k, shared)
             shared = [a for a in shared if a in before] if before else shared[:1]
         head.update(shared)
         query.update(a for a in q_heads if a not in shared)
@@ -186,11 +188,12 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
 _REPEATS = frozenset({"aten.expand", "aten.repeat", "aten.repeat_interleave", "aten.tile", "onnx.Expand", "onnx.Tile"})
 
 
-def _before_repeat(dg: "DependencyGraph", value: str, shared: list[int], limit: int = 48) -> set[int] | None:
+def _before_repeat(dg: "DependencyGraph", producer: dict, value: str, shared: list[int],
+                   limit: int = 48) -> set[int] | None:
     """The atoms of the keys before their repeat to the queries' head count (GQA's expand, repeat, repeat_interleave):
     the nearest repeat upstream of ``value`` (breadth first over every input: a scale or a rotary table may come
-    first) whose input already holds one of the ``shared`` head factors; None where there is none."""
-    producer = {o: n for n in dg.ir.nodes for o in n.outputs}
+    first) whose input already holds one of the ``shared`` head factors; None where there is none.
+    ``producer``: value -> the node making it."""
     queue, seen = [value], set()
     while queue and len(seen) < limit:
         v = queue.pop(0)

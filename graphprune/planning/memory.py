@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from ..calib import distributed
 from ..calib.sites import FP64_MAX, find_sites, rows_route, sites_by_group
 from ..errors import PlanError
+from ..util.proc import status_bytes
 from ..util.tables import table
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -318,23 +319,12 @@ def parse_bytes(value: Any, what: str = "max_memory") -> int:
     return int(value)
 
 
-def _status_kb(key: str, path: str = "/proc/self/status") -> int | None:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 MARGIN = 0.1  # of the available memory, kept back: allocator slack, other processes, what the estimate misses
 
 
 def free_memory() -> int | None:
     """/proc/meminfo's MemAvailable less :data:`MARGIN` of it (None where the system does not say)."""
-    avail = _status_kb("MemAvailable", "/proc/meminfo")
+    avail = status_bytes("MemAvailable", "/proc/meminfo")
     return None if avail is None else int(avail * (1 - MARGIN))
 
 
@@ -342,7 +332,7 @@ def available_memory() -> int | None:
     """What this process may grow to: what it holds now (RSS) plus /proc/meminfo's MemAvailable,
     less :data:`MARGIN` of the latter; None where the system does not say (no check then)."""
     free = free_memory()
-    return None if free is None else (_status_kb("VmRSS") or 0) + free
+    return None if free is None else (status_bytes("VmRSS") or 0) + free
 
 
 def check_memory(est: MemoryEstimate, limit: int | None) -> None:
@@ -366,7 +356,7 @@ def reset_peak() -> tuple[int, bool]:
     """Start measuring a peak: (resident bytes now, whether the peak was reset to now). Linux
     resets VmHWM by writing 5 to /proc/self/clear_refs where allowed; elsewhere the peak is the
     process's since it started."""
-    rss = _status_kb("VmRSS") or 0
+    rss = status_bytes("VmRSS") or 0
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -377,7 +367,7 @@ def reset_peak() -> tuple[int, bool]:
 
 def peak_rss() -> int:
     """The process's peak resident set (VmHWM; ``getrusage`` where /proc is absent), in bytes."""
-    hwm = _status_kb("VmHWM")
+    hwm = status_bytes("VmHWM")
     if hwm is not None:
         return hwm
     try:

@@ -89,8 +89,11 @@ def assembled(ctx: RuleContext, node: Node, out: str) -> bool:
         if start > covered:
             return False  # a gap: part of the buffer is never written
         covered = max(covered, stop)
-    if covered != ctx.shape(out)[dim]:
-        return False
+    return covered == ctx.shape(out)[dim] and _before_reads(ctx, writes, reads)
+
+
+def _before_reads(ctx: RuleContext, writes: list[Node], reads: list[Node]) -> bool:
+    """Whether every write comes before every read in the graph's order."""
     position = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
     return max(position[w.name] for w in writes) < min((position[r.name] for r in reads), default=len(position))
 
@@ -113,9 +116,4 @@ def padded(ctx: RuleContext, out: str) -> set[int] | None:
             narrowed |= dims
         else:
             reads.append(u)
-    if not writes:
-        return None
-    position = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
-    if max(position[w.name] for w in writes) > min((position[r.name] for r in reads), default=len(position)):
-        return None
-    return narrowed
+    return narrowed if writes and _before_reads(ctx, writes, reads) else None

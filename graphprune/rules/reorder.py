@@ -17,9 +17,14 @@ def _reorder(node: Node, ctx: RuleContext) -> None:
         moved = set(range(rank)) if not dims else {d % rank for d in dims}  # no dims: rolls the flattened tensor
     else:
         moved = {d % rank for d in node.args[1]}
-    for d in range(rank):
+    move_positions(ctx, x, out, moved, f"positions reordered by {node.op} at {node.where()}")
+
+
+def move_positions(ctx: RuleContext, x: str, out: str, moved: set[int], detail: str) -> None:
+    """``moved`` dims of ``x`` have their positions reordered or mixed into ``out`` (frozen); the others pass."""
+    for d in range(ctx.rank(x)):
         if d in moved:
-            ctx.freeze(ctx.s(x, d), POSITIONAL, f"positions reordered by {node.op} at {node.where()}")
-            ctx.freeze(ctx.s(out, d), POSITIONAL, f"positions reordered by {node.op} at {node.where()}")
+            ctx.freeze(ctx.s(x, d), POSITIONAL, detail)
+            ctx.freeze(ctx.s(out, d), POSITIONAL, detail)
         else:
             ctx.tie(ctx.s(x, d), ctx.s(out, d))

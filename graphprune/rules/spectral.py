@@ -6,8 +6,8 @@ real, imag, conj and angle are elementwise.)"""
 from __future__ import annotations
 
 from ..ir import Node
-from ..reasons import POSITIONAL
 from .registry import RuleContext, register
+from .reorder import move_positions
 
 _ONE_DIM = ("fft_fft", "fft_ifft", "fft_rfft", "fft_irfft", "fft_hfft", "fft_ihfft")  # (x, n, dim=-1, norm)
 _N_DIM = ("fft_fftn", "fft_ifftn", "fft_rfftn", "fft_irfftn", "fft_fft2", "fft_ifft2", "fft_rfft2",
@@ -36,13 +36,5 @@ def _transformed(node: Node, ctx: RuleContext, rank: int) -> set[int]:
 @register(*(f"aten.{op}" for op in _ONE_DIM + _N_DIM + _SHIFT + _CORE))
 def _fourier(node: Node, ctx: RuleContext) -> None:
     x, out = node.args[0].name, node.outputs[0]
-    rank = ctx.rank(x)
-    moved = _transformed(node, ctx, rank)
-    detail = f"positions mixed by {node.op} at {node.where()}"
-    for d in range(rank):
-        if d in moved:
-            ctx.freeze(ctx.s(x, d), POSITIONAL, detail)
-            ctx.freeze(ctx.s(out, d), POSITIONAL, detail)
-        else:
-            ctx.tie(ctx.s(x, d), ctx.s(out, d))
+    move_positions(ctx, x, out, _transformed(node, ctx, ctx.rank(x)), f"positions mixed by {node.op} at {node.where()}")
 

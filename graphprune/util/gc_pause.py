@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
 from typing import Callable, TypeVar
+
+from .proc import status_bytes
 
 F = TypeVar("F", bound=Callable)
 
 GROWTH = 512 << 20  # bytes of resident memory the process may gain, paused, before a collection
 _since: int | None = None  # resident bytes after the last collection (or at the pause)
-
-
-def _resident() -> int | None:
-    try:  # Linux: pages resident, the second field of statm
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
 
 
 def paused_gc(fn: F) -> F:
@@ -41,7 +34,7 @@ def paused_gc(fn: F) -> F:
         if not gc.isenabled():
             return fn(*args, **kwargs)
         gc.disable()
-        _since = _resident()
+        _since = status_bytes("VmRSS")
         try:
             return fn(*args, **kwargs)
         finally:
@@ -58,7 +51,7 @@ def reclaim() -> None:
     global _since
     if gc.isenabled() or _since is None:
         return
-    now = _resident()
+    now = status_bytes("VmRSS")
     if now is not None and now - _since > GROWTH:
         gc.collect()
-        _since = _resident()
+        _since = status_bytes("VmRSS")
