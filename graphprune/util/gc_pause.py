@@ -8,7 +8,7 @@ made here needs collecting before the call returns; collection resumes then.
 
 Except what a prune makes and drops by the megabyte: copies of the model (candidate plans timed,
 proofs tried) and forwards recorded on the real weights hold cycles, so only a collection frees
-them; a first prune of a neural operator with 2.4M parameters peaked at 6.5 GB (2.0 GB collecting).
+them; a first prune of a neural operator with 2.4M parameters peaked at 5.7 GiB (2.4 GiB with this; tools/bench_fno.py).
 :func:`reclaim` collects where the process has grown by :data:`GROWTH` since the last collection.
 """
 from __future__ import annotations
