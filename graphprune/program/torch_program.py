@@ -40,6 +40,7 @@ from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
+from .slot_masks import SlotMask, input_atoms, slot_mask
 from .torch_oracle_inputs import oracle_batches
 from .torch_run import Walk, as_batch, retrace, take_items
 
@@ -156,15 +157,16 @@ class TorchProgram(Program):
             self._shaped[key] = retrace(self.model, main, (args, kwargs), where, got)
         return self._shaped[key]
 
-    def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, SlotMask]]]:
         dg = self.graph()
         values, weights = dg.ir.values, getattr(dg, "masked_weights", set())
-        out: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        free = input_atoms(dg) if masks else set()
+        out: dict[str, list[tuple[int, SlotMask]]] = {}
         for (value, d), keep in masks.items():
             if values[value].kind == "act":
-                out.setdefault(value, []).append((d, torch.as_tensor(keep)))
+                out.setdefault(value, []).append((d, slot_mask(dg, value, d, keep, free)))
             elif value in weights:  # read through get_attr by its path (graphprune.program.torch_run)
-                out.setdefault(f"param:{values[value].source}", []).append((d, torch.as_tensor(keep)))
+                out.setdefault(f"param:{values[value].source}", []).append((d, slot_mask(dg, value, d, keep, set())))
         return out
 
     def run_raw(self, batch: tuple[tuple, dict], masks: Masks | None = None, capture: Iterable[str] = (),

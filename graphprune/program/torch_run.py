@@ -58,7 +58,7 @@ def _written_in_place(gm: torch.fx.GraphModule) -> frozenset[str]:
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, torch.Tensor]]],
+    def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, Any]]],
                  prefix: str = "") -> None:
         super().__init__(gm)
         self.masks = masks
@@ -89,7 +89,8 @@ class _MaskedInterpreter(torch.fx.Interpreter):
     def _mask(self, name: str, t: Any, in_place: bool = False) -> Any:
         if name not in self.masks or not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
             return t  # (integers are indices and sizes; a spectrum is complex)
-        for d, m in self.masks[name]:
+        for d, slot in self.masks[name]:
+            m = slot.at(t.shape[d])  # another batch size where the batch is merged with heads
             shape = [1] * t.dim()
             shape[d] = -1
             if in_place:  # a view an in-place op writes through (a slice copy_ fills): a copy would take the write
