@@ -120,3 +120,37 @@ def _grid_sample(node: Node, ctx: RuleContext) -> None:
     ctx.freeze(ctx.s(grid, rank - 1), SPATIAL, f"sampling coordinates at {node.where()}")
     for d in range(2, rank):
         ctx.freeze(ctx.s(x, d), SPATIAL, f"positions sampled at computed coordinates at {node.where()}")
+
+
+@register("aten.unfold")
+def _windows(node: Node, ctx: RuleContext) -> None:
+    # Tensor.unfold(dim, size, step), local attention's look-around: dim becomes the windows' starts and a new
+    # last dim the offsets inside one (neither a channel); every other dim is copied as it is.
+    x, out = node.args[0].name, node.outputs[0]
+    rank = ctx.rank(x)
+    dim = ctx.arg(node, 1, "dimension") % rank
+    for d in range(rank):
+        if d == dim:
+            for name in (x, out):
+                ctx.freeze(ctx.s(name, d), SPATIAL, f"positions cut into windows at {node.where()}")
+        else:
+            ctx.tie(ctx.s(x, d), ctx.s(out, d))
+    ctx.hide(ctx.s(out, rank), f"offsets inside a window at {node.where()}")
+
+
+@register("aten.im2col", "aten.col2im")
+def _patches(node: Node, ctx: RuleContext) -> None:
+    # F.unfold: (N, C, *spatial) -> (N, C * kernel, L), channel-major, and F.fold back (overlaps summed per
+    # channel): the channel is the outer factor, the kernel offsets the inner one (no channel), positions frozen.
+    x, out = node.args[0].name, node.outputs[0]
+    images, cols = (x, out) if node.op == "aten.im2col" else (out, x)
+    n_spatial = 2
+    lead = ctx.rank(images) - n_spatial - 1  # 1 with a batch, 0 without
+    size = int(ctx.shape(cols)[lead]) // int(ctx.shape(images)[lead])
+    kernel = ctx.virtual(size, "kernel offsets")
+    ctx.hide(kernel, f"kernel offsets at {node.where()}")
+    ctx.factor(ctx.s(cols, lead), [ctx.s(images, lead), kernel])
+    ctx.tie_dims(images, cols, range(lead), range(lead))
+    for d in range(lead + 1, ctx.rank(images)):
+        ctx.freeze(ctx.s(images, d), SPATIAL, f"spatial positions at {node.where()}")
+    ctx.freeze(ctx.s(cols, lead + 1), SPATIAL, f"patch positions at {node.where()}")
