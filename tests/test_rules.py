@@ -495,3 +495,63 @@ def test_onnx_grid_sample_passes_channels_one_by_one(tmp_path):
         torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False, opset_version=17, input_names=["x"])
     report = gp.prune_onnx(tmp_path / "m.onnx", tmp_path / "out.onnx", ratio=0.5, round_to=1, verify=True)
     assert report.oracle.verdict == "PASS" and report.params_after < report.params_before
+
+
+class _Windows(nn.Module):
+    """Sliding windows: ``Tensor.unfold`` (local attention's look-around), ``F.unfold`` (im2col) and ``F.fold``
+    (col2im). Each copies (or, folding, sums) every channel alone, so the channels pass and stay exact."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.a = nn.Conv2d(3, 16 * (4 if kind == "fold" else 1), 1)
+        self.b = nn.Linear(16 * 9, 8) if kind == "im2col" else nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.kind == "im2col":
+            return self.b(F.unfold(h, 3, padding=1).transpose(1, 2))  # (n, L, 16 x 9), channel-major
+        if self.kind == "fold":
+            return self.b(F.fold(h.flatten(2), (7, 7), 2))  # (n, 16 x 4, 9) -> (n, 16, 7, 7)
+        return self.b(F.pad(h, (1, 1)).unfold(3, 3, 1).mean(-1))  # windows along the width
+
+
+@pytest.mark.parametrize("kind", ["unfold", "im2col", "fold"])
+def test_sliding_windows_pass_channels(kind):
+    # local-attention's look_around and lightweight-gan's attention froze every head: "no coupling rule for op
+    # aten.unfold" / "aten.im2col"
+    torch.manual_seed(0)
+    model, x = _Windows(kind).eval(), torch.randn(2, 3, 6, 6)
+    assert [grp.size for grp in gp.trace(model, (x,)).prunable_groups()] == [16]  # window offsets are no group
+    pruned, report = gp.prune(model, (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and report.params_after < report.params_before
+    assert pruned(x).shape == model(x).shape
+
+
+class _TokenMixer(nn.Module):
+    """MLP-Mixer's token mixing as a 1-wide Conv1d over the tokens (mlp-mixer-pytorch): the conv's "positions"
+    are the model's hidden size, which a 1-wide kernel at stride 1 reads one by one."""
+
+    def __init__(self, stride: int = 1, tokens: int = 8, dim: int = 32) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Linear(16, dim), nn.Linear(dim, 3)
+        self.tok = nn.Sequential(nn.Conv1d(tokens, 4 * tokens, 1), nn.GELU(),
+                                 nn.Conv1d(4 * tokens, tokens, 1, stride=stride))  # stride 2: every other position
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.head(h.mean(1)) + self.tok(h).sum((1, 2))[:, None]
+
+
+def test_a_one_wide_convolution_passes_its_positions():
+    # the mixer's hidden size was frozen as "spatial positions at node conv1d"
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 16)
+    strided = gp.trace(_TokenMixer(stride=2).eval(), (x,))
+    assert [g.members[0].name for g in strided.prunable_groups() if g.size == 32] == ["tok.0.weight"]  # the mixer's
+    model = _TokenMixer().eval()
+    g = gp.trace(model, (x,))
+    assert sorted(grp.members[0].name for grp in g.prunable_groups() if grp.size == 32) == ["emb.weight", "tok.0.weight"]
+    pruned, report = gp.prune(model, (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.emb.out_features == 16
+    assert pruned(torch.randn(3, 8, 16)).shape == (3, 3)
