@@ -19,7 +19,7 @@ from .metrics import count_params
 from .options import PruneOptions, compensation_mode, resolve_importance
 from .oracle import run_oracle
 from .planning.allocate import Allocation, Repair, allocate_if_cheap, resolve_allocation
-from .planning.budget import BudgetResult, CostModel, missed, solve_budget
+from .planning.budget import BudgetResult, CostModel, check_selected, missed, solve_budget
 from .planning.budget_sensitivity import BudgetCurves, allocate_budget, budget_rows
 from .planning.cliffs import cap_ratios, plan_floors, with_floors
 from .planning.depth import (
@@ -160,6 +160,8 @@ def _select(program, opts: PruneOptions) -> _Work:
     want_blocks, targets = split_targets(opts.targets)
     groups = select_groups(dg, opts.roles, opts.ignore, targets) if targets != () else []
     blocks = select_blocks(dg, opts.ignore) if want_blocks else []
+    if opts.budget is not None and not groups and not blocks:
+        check_selected(dg, opts.budget)
     if blocks and opts.calib is None:
         raise PlanError("depth pruning scores each block by the output error its removal causes on data: pass "
                         "calib=[batch, ...] with targets including 'blocks'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import graphprune as gp
 from graphprune.reasons import POSITIONAL
@@ -134,3 +135,38 @@ def test_attention_with_sinks_is_found_and_its_heads_prune():
     pruned, report = gp.prune(model, args, ratio=0.5, targets=("heads",), round_to=1, verify=True,
                               measure_latency=False)
     assert report.oracle.verdict == "PASS" and tuple(pruned.sinks.shape) == (2,) and pruned.o.in_features == 16
+
+
+class _GatedUnits(nn.Module):
+    """gMLP with a tiny attention (g-mlp-pytorch's ``attn_dim``): the attention's output is added into the
+    gate, so the gated units are written by two layers and labelled ``hidden``, though no norm crosses them."""
+
+    def __init__(self, dim: int = 32, ff: int = 128, attn: int = 16, tokens: int = 8) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj_in, self.proj_out = nn.Linear(dim, ff), nn.Linear(ff // 2, dim)
+        self.qkv, self.attn_out = nn.Linear(dim, 3 * attn, bias=False), nn.Linear(attn, ff // 2)
+        self.spatial = nn.Linear(tokens, tokens)
+
+    def forward(self, x):
+        h = self.norm(x)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        a = self.attn_out((q @ k.transpose(1, 2)).softmax(-1) @ v)
+        res, gate = F.gelu(self.proj_in(h)).chunk(2, dim=-1)
+        return x + self.proj_out(res * (self.spatial(gate.transpose(1, 2)).transpose(1, 2) + a))
+
+
+def test_exact_hidden_channels_of_a_model_with_attention_are_default_targets():
+    """Before, the default call on gMLPVision(attn_dim=...) returned the model unpruned: its attention made the
+    defaults heads + FFN + conv groups, and its units are ``hidden``. Hidden channels no norm crosses are cut by
+    default, exactly; the LayerNorm'd residual stream is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), _GatedUnits(), _GatedUnits(), nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 8, 16)
+    g = gp.trace(model, (x,))
+    units = [grp for grp in g.prunable_groups() if grp.kind == "hidden" and not grp.inexact]
+    stream = [grp for grp in g.prunable_groups() if grp.kind == "hidden" and grp.inexact]
+    assert len(units) == 2 and len(stream) == 1, g.summary()
+    pruned, report = gp.prune(model, (x,), budget={"macs": 0.5}, verify=True, runtime=None)
+    assert report.oracle.verdict == "PASS" and report.macs_after <= 0.51 * report.macs_before
+    assert pruned[1].proj_out.in_features < 64 and pruned[0].out_features == 32  # the units cut, the stream kept

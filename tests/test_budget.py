@@ -84,6 +84,15 @@ def test_an_unreachable_budget_says_what_to_select():
         gp.hf.prune(model, kwargs, budget={"params": 0.05}, targets="ffn")
 
 
+
+def test_a_budget_with_no_group_selected_is_refused_not_returned_unpruned():
+    """Before, a budget whose targets left no group came back unpruned with only a 'nothing was pruned' warning
+    (gMLP with a tiny attention, trial 10): a budget that cannot be spent is refused, naming the prunable kinds."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval()
+    with pytest.raises(gp.PlanError, match=r"cannot be met: the targets select no group.*prunable kinds are \['ffn'\]"):
+        gp.prune(model, (torch.randn(2, 4),), budget={"macs": 0.5}, ignore=["0"], runtime=None)
+
+
 def _cnn_macs(path) -> int:
     """Multiply-adds of the three-conv test CNN below at 16x16 (valid convolutions, stride 1), by
     conv arithmetic on the file's weight shapes: independent of graphprune's counter."""

@@ -336,3 +336,11 @@ def solve_budget(dg: DependencyGraph, groups: list[Group], scores: Mapping[int, 
     result.achieved, result.scalar = best_got, hi
     ratios = {g.id: (g.size - best[g.id]) / g.size for g in groups}
     return ratios, result
+
+
+def check_selected(dg, budget: Mapping) -> None:
+    """A budget the targets give no group to spend on is refused, not returned unpruned with a warning."""
+    kinds = sorted({g.kind for g in dg.prunable_groups()})
+    if kinds:
+        raise PlanError(f"budget {dict(budget)} cannot be met: the targets select no group, and the model's "
+                        f"prunable kinds are {kinds}. Pass targets= naming some of them (graph.summary() lists them)")

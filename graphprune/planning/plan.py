@@ -143,7 +143,8 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
 
     ``targets`` names kinds (head, ffn, hidden, head_dim, query_group, ...); ``roles``
     names layout roles. With neither, a model with attention heads prunes whole heads, FFN
-    units and conv groups (the hidden size stays), any other model its channels and conv groups.
+    units, conv groups and hidden channels no norm crosses (a normalised hidden size stays;
+    :func:`select_groups`), any other model its channels and conv groups.
     """
 
     if targets is not None and roles is not None:
@@ -185,9 +186,13 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
         if not any(n == item or n.startswith(item + ".") for n in names):
             raise PlanError(f"ignored name '{item}' matches no parameter or module of the model (the names are "
                             "the members `graphprune inspect MODEL` lists, or model.named_modules())")
+    # the default for attention models keeps the hidden size where a norm crosses it (inexact); where none does
+    # (gMLP's gated units, a hybrid CNN's BatchNorm'd stream) it cuts exactly, as a CNN's default does
+    exact_hidden = targets is None and roles is None and by == "kind"
     out = []
     for g in dg.prunable_groups():
-        if (g.kind if by == "kind" else g.role) not in wanted:
+        if (g.kind if by == "kind" else g.role) not in wanted and not (
+                exact_hidden and g.kind == "hidden" and not g.inexact):
             continue
         if any(m.name == i or m.name.startswith(i + ".") for m in g.members for i in ignore):
             continue
