@@ -173,3 +173,34 @@ def test_the_graph_a_caller_passes_keeps_no_freeze_of_the_replanning():
     with pytest.warns(gp.PruneWarning, match="planned again"):
         gp.prune(copy.deepcopy(model), args, graph=graph, ratio=0.25, round_to=1, runtime=None)
     assert {g.id: list(g.frozen) for g in graph.groups} == before
+
+
+class _ReadsWidth(nn.Module):
+    """Attention that reads the model width from its input (``b, n, d = x.shape`` ... ``reshape(b, n, d)``, as
+    lucidrains' and many hand-written attentions do): the trace holds that 64 as a literal no plan changes."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.h = heads
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (t.reshape(b, n, self.h, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(o.transpose(1, 2).reshape(b, n, d))
+
+
+@pytest.mark.parametrize("budget", [{"params": 0.7}, {"macs": 0.5}])
+def test_a_width_read_from_the_input_keeps_that_input_and_the_heads_whole(budget):
+    """The input's width and the heads' width must stay equal, so both stay whole and the rest prunes. Before,
+    the default call kept the heads whole and cut the input, and the oracle's run of the pruned copy raised a
+    raw 'shape [2, 8, 23] is invalid' (no size the plan changed was spelled, so nothing was proved)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), _ReadsWidth(), nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 4)).eval()
+    x = torch.randn(2, 8, 8)
+    with pytest.warns(gp.PruneWarning, match=r"kept 3 group\(s\) whole \(0\.weight\[0\], 1\.qkv\.weight\[0\] \(2 groups\)\)"):
+        pruned, report = gp.prune(model, (x,), budget=budget, verify=True, measure_latency=False)
+    assert (pruned[0].out_features, pruned[1].qkv.out_features) == (32, 96)
+    assert pruned[2].out_features < 128 and report.oracle.verdict == "PASS"
+    assert pruned(torch.randn(3, 5, 8)).shape == (3, 5, 4)

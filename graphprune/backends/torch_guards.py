@@ -65,7 +65,44 @@ def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] 
     if loc is None:
         return [], ""
     spot = f'File "{loc[0]}", line {loc[1]},'
-    return groups_spelled_at(dg, plan, [n for n in dg.ir.nodes if n.meta.source.startswith(spot)])
+    at = [n for n in dg.ir.nodes if n.meta.source.startswith(spot)]
+    groups, site = groups_spelled_at(dg, plan, at)
+    read = read_from_input(dg, plan, at)
+    return sorted(set(groups) | read), site or (at[0].where() if read else "")
+
+
+def read_from_input(dg: DependencyGraph, plan: PrunePlan, at: list) -> set[int]:
+    """Where a forward reads a size from its input (``b, n, d = x.shape; o.reshape(b, n, d)``), the trace
+    holds the input's width as a literal that no plan changes, and the pruned forward is given the input's
+    pruned width instead. The groups that then must stay whole: the pruned ones of a dim, entering the module
+    of the nodes ``at``, whose old size one of their constants spells, and every prunable one of that
+    constant's slot (heads and head channels alike), which must stay the input's width. Empty where none."""
+    names, pruned = {n.name for n in at}, plan.masks()
+    carried = [c for c in dg.carries if c.node in names]
+    masks = keep_masks(dg, plan)
+    hits = entering_changed(dg, masks, {n.meta.module for n in at if n.meta.module}, {c.value for c in carried})
+    out = {a for key in hits for a in dg.solver.slot_atoms(key)[1] if a in pruned and pruned[a].any()}
+    if out:
+        open_ = {g.id for g in dg.groups if g.prunable}
+        sizes = {dg.ir.values[v].shape[d] for v, d in hits}
+        out |= {a for c in carried if c.value in sizes for a in dg.solver.slot_atoms(c.key)[1] if a in open_}
+    return out
+
+
+def entering_changed(dg: DependencyGraph, masks: dict, modules: set[str], sizes: set[int],
+                     bounds: "Boundaries | None" = None) -> list[tuple[str, int]]:
+    """The (value, dim) slots the plan (``masks``) changes whose old size is in ``sizes``, over the values
+    entering the nodes of ``modules``."""
+    bounds = bounds or Boundaries(dg, masks)
+    out = []
+    for path in sorted(modules):
+        inside = bounds.nodes.get(path, [])
+        made = {o for n in inside for o in n.outputs}
+        for v in sorted({i for n in inside for i in n.inputs if i not in made}):
+            value = dg.ir.values[v]
+            if value.kind in ("input", "act"):
+                out += [(v, d) for d, size in enumerate(value.shape) if size in sizes and (v, d) in masks]
+    return out
 
 
 class Boundaries:

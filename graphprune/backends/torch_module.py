@@ -31,7 +31,15 @@ from ..util.torch_compat import (
     set_tensor,
 )
 from .torch_attrs import set_attribute
-from .torch_guards import failing_module, guard_updates, reads_guard, same_scalars, unreached_groups
+from .torch_guards import (
+    Boundaries,
+    entering_changed,
+    failing_module,
+    guard_updates,
+    reads_guard,
+    same_scalars,
+    unreached_groups,
+)
 from .torch_proof import (
     KNOWN_LAYERS,
     attribute_candidates,
@@ -199,12 +207,19 @@ def needs_proof(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
     a constant argument (view shape, split size, repeat count) of a node outside torch's
     convolution, linear, norm and embedding layers (whose sizes the rewrite sets itself)."""
     pruned = plan.masks()
+    unchanged: dict[str, set[int]] = {}  # module -> literals the plan leaves, which may be an input's width
     for c in dg.carries:
-        if carried_value(dg, c, pruned) == c.value:
+        if isinstance(submodule(model, dg.module_of(c.node)), KNOWN_LAYERS):
             continue
-        if not isinstance(submodule(model, dg.module_of(c.node)), KNOWN_LAYERS):
+        if carried_value(dg, c, pruned) != c.value:
             return True
-    return False
+        unchanged.setdefault(dg.module_of(c.node), set()).add(c.value)
+    # ``b, n, d = x.shape; o.reshape(b, n, d)``: the trace's 64 is x's width, which the plan may change
+    if not any(unchanged):
+        return False
+    masks = keep_masks(dg, plan)
+    bounds = Boundaries(dg, masks)
+    return any(entering_changed(dg, masks, {m}, sizes, bounds) for m, sizes in unchanged.items() if m)
 
 
 def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
