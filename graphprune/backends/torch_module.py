@@ -40,6 +40,7 @@ from .torch_guards import (
     same_scalars,
     unreached_groups,
 )
+from .torch_mha import slim_attention
 from .torch_proof import (
     KNOWN_LAYERS,
     attribute_candidates,
@@ -107,6 +108,7 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     """
     if not any(plan.pruned.values()):
         return  # removed blocks are graphprune/backends/torch_depth.py's
+    slim_attention(model, dg, keep_masks(dg, plan))  # torch's MultiheadAttention ties q/k/v to its input's width
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if check is None:
         check = bool(sure or unsure) or needs_proof(model, dg, plan) or reads_guard(model, dg, plan)

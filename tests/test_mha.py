@@ -1,0 +1,132 @@
+"""torch.nn.MultiheadAttention: its own forward ties q/k/v to the input's width, so a plan that cuts heads
+turns it into graphprune's SlimMultiheadAttention (backends/torch_mha.py). Its forward must compute what
+torch's does for every option, and a prune of nn.TransformerEncoder / Decoder must cut heads, exactly."""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune as gp
+from graphprune.backends.torch_mha import SlimMultiheadAttention
+
+# torch's own forward warns on a bool padding mask beside a float attention mask (the reference side of a check)
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+
+_OPTIONS = {
+    "plain": {},
+    "no bias": {"bias": False},
+    "bias kv": {"add_bias_kv": True},
+    "zero attn": {"add_zero_attn": True},
+    "kdim vdim": {"kdim": 12, "vdim": 20},
+    "seq first": {"batch_first": False},
+}
+
+
+@pytest.mark.parametrize("name", list(_OPTIONS))
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_the_slim_forward_computes_what_torch_does(name, need_weights):
+    """The same weights under torch's class and the slim one give the same outputs and weights, with masks
+    of each kind torch takes (bool and float, padding and attention, per head)."""
+    opts = {"batch_first": True, **_OPTIONS[name]}
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(16, 4, **opts).eval()
+    slim = copy.deepcopy(ref)
+    slim.__class__ = SlimMultiheadAttention
+    n, length, s = 2, 5, 6
+    q = torch.randn(n, length, 16)
+    k, v = torch.randn(n, s, opts.get("kdim", 16)), torch.randn(n, s, opts.get("vdim", 16))
+    if not opts["batch_first"]:
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    pad = torch.zeros(n, s, dtype=torch.bool)
+    pad[1, -2:] = True
+    causal = torch.triu(torch.ones(length, s, dtype=torch.bool), 1)
+    per_head = torch.randn(n * 4, length, s)
+    for kwargs in ({}, {"key_padding_mask": pad}, {"attn_mask": causal}, {"attn_mask": causal.float() * -1e4},
+                   {"attn_mask": per_head, "key_padding_mask": pad}, {"attn_mask": causal, "is_causal": True}):
+        want, want_w = ref(q, k, v, need_weights=need_weights, **kwargs)
+        got, got_w = slim(q, k, v, need_weights=need_weights, **kwargs)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=str(kwargs))
+        if need_weights:
+            torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6, msg=str(kwargs))
+    unbatched = (q[0], k[0], v[0]) if opts["batch_first"] else (q[:, 0], k[:, 0], v[:, 0])
+    torch.testing.assert_close(slim(*unbatched)[0], ref(*unbatched)[0], rtol=1e-5, atol=1e-5)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, batch_first: bool = True) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 64)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=batch_first)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Linear(64, 5)
+
+    def forward(self, x):
+        return self.out(self.enc(self.inp(x)).mean(1))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_heads_prune(batch_first, tmp_path):
+    """Before, the default call on an nn.TransformerEncoder failed its rewrite ('was expecting embedding
+    dimension of 32, but got 64'), kept the attention whole and, under a MACs budget, raised. Now heads are cut,
+    the oracle passes, the model runs at other sizes (also under no_grad, where torch would take its fused
+    path), and it pickles."""
+    torch.manual_seed(0)
+    model, x = _Encoder(batch_first).eval(), torch.randn(2, 10, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gp.PruneWarning)  # no 'kept whole and planned again'
+        pruned, report = gp.prune(model, (x,), budget={"macs": 0.5}, verify=True, measure_latency=False)
+    attn = pruned.enc.layers[0].self_attn
+    assert isinstance(attn, SlimMultiheadAttention) and attn.num_heads < 4 and report.oracle.verdict == "PASS"
+    assert attn.in_proj_weight.shape[0] == 3 * attn.num_heads * attn.head_dim
+    with torch.no_grad():
+        y = pruned(torch.randn(3, 7, 4))
+    assert y.shape == (3, 5)
+    buf = io.BytesIO()
+    torch.save(pruned, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x))
+    if batch_first:
+        assert "onnxruntime" in str(gp.export_onnx(pruned, (x,), tmp_path / "slim.onnx"))
+
+
+class _Decoder(nn.Module):
+    """Self- and cross-attention (memory of another width than the queries' heads after the cut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.src, self.tgt = nn.Linear(4, 32), nn.Linear(3, 32)
+        self.dec = nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.out = nn.Linear(32, 2)
+
+    def forward(self, tgt, memory):
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return self.out(self.dec(self.tgt(tgt), self.src(memory), tgt_mask=mask, tgt_is_causal=True))
+
+
+def test_transformer_decoder_self_and_cross_attention_heads_prune():
+    torch.manual_seed(0)
+    model, args = _Decoder().eval(), (torch.randn(2, 6, 3), torch.randn(2, 9, 4))
+    pruned, report = gp.prune(model, args, ratio=0.5, verify=True, measure_latency=False, round_to=1)
+    assert report.oracle.verdict == "PASS"
+    assert pruned.dec.self_attn.num_heads == 2 and pruned.dec.multihead_attn.num_heads == 2
+    assert pruned(torch.randn(1, 4, 3), torch.randn(1, 5, 4)).shape == (1, 4, 2)
+
+
+def test_the_width_entering_the_attention_prunes_too():
+    """Cutting the model width a MultiheadAttention reads (``targets=("hidden",)``) needs the slim forward as
+    well: torch's checks the input against ``embed_dim`` and divides that width into heads."""
+    torch.manual_seed(0)
+    model, x = _Encoder().eval(), torch.randn(2, 10, 4)
+    pruned, report = gp.prune(model, (x,), ratio=0.25, targets=("hidden",), verify=True, measure_latency=False,
+                              round_to=1)
+    attn = pruned.enc.layers[0].self_attn
+    assert pruned.inp.out_features == 48 and attn.in_proj_weight.shape == (192, 48)
+    assert attn.out_proj.weight.shape == (48, 64) and report.oracle.verdict == "NOT CHECKED"  # a LayerNorm'd width
+    assert pruned(torch.randn(3, 7, 4)).shape == (3, 5)
