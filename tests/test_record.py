@@ -303,3 +303,35 @@ def test_a_trace_that_reads_an_inputs_values_names_the_input():
     model, x, sizes = _ReadsAnInput().eval(), torch.randn(2, 5, 8), torch.tensor([3, 4])
     with pytest.raises(gp.errors.TraceError, match="the values read are those of the input 'sizes'"):
         gp.trace(model, (x, sizes))
+
+
+def _pad1d(x, pad):
+    out = F.pad(x, pad, "reflect")
+    assert (out[..., pad[0]: pad[0] + x.shape[-1]] == x).all()  # demucs' pad1d checks its own padding
+    return out
+
+
+class _Asserting(nn.Module):
+    def __init__(self, check: str = "assert") -> None:
+        super().__init__()
+        self.check = check
+        self.a, self.b = nn.Conv1d(2, 16, 8, 4), nn.Conv1d(16, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.check == "branch" and (h > 0).any():  # a branch on data is no assert: refused as before
+            h = h * 2
+        return self.b(_pad1d(h, (4, 4)) if self.check == "assert" else h)
+
+
+def test_an_assert_on_tensor_values_that_holds_is_recorded_past():
+    """demucs' HDemucs and HTDemucs could not be traced at all: ``assert (...).all()`` reads tensor data. An
+    assert statement that holds computes nothing the program needs, so the recording evaluates it on the real
+    weights and goes on; the channels it reads still prune, exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 200)
+    pruned, report = gp.prune(_Asserting().eval(), (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_channels == 8
+    assert pruned(torch.randn(2, 2, 120)).shape[:2] == (2, 2)
+    with pytest.raises(TraceError, match=r"reads tensor data"):
+        gp.trace(_Asserting("branch").eval(), (x,))

@@ -47,6 +47,7 @@ from ..util.torch_compat import (
     tree_map,
 )
 from . import meta_shapes
+from .record_asserts import asserted, drop_asserted
 from .torch_export import is_tensor_cache
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
@@ -151,6 +152,7 @@ class _Recorder(PreDispatchModeBase):
         self.graph, self.env, self.constant, self.modules = graph, env, constant, modules
         self.on_meta = on_meta
         self.device: torch.device | None = None
+        self.asserted: list = []  # nodes only an assert statement read (frontends/record_asserts.py)
 
     def _input_of(self, t: Any) -> str | None:
         """The model input whose values ``t`` holds, through a few views or copies of it (``sizes[i]``)."""
@@ -166,6 +168,10 @@ class _Recorder(PreDispatchModeBase):
         name = _op_name(func)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             where, given = _user_frame(), self._input_of(args[0] if args else None)
+            if not self.on_meta and asserted(name, where):  # demucs' ``assert (out[..., a:b] == x).all()``
+                self.asserted.append(self.env.get(args[0]))
+                with no_python_dispatcher():
+                    return func(*args, **kwargs)
             raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else "") + (
                 f"; the values read are those of the input '{given}': where the model also takes it as a Python "
                 "list or number, pass it so (Pixtral's image_sizes), and its values are constants of the trace"
@@ -377,4 +383,5 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
             node = env.get(t)
             outs.append(node if node is not None else constant(t))
     graph.output(tuple(outs))
+    drop_asserted(graph, recorder.asserted)
     return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root)
