@@ -259,3 +259,23 @@ def test_plan_with_its_arguments_swapped_says_which_comes_first():
     with pytest.raises(gp.PlanError, match=r"graphprune.plan takes the graph first: plan\(graph, model"):
         gp.plan(model, graph, ratio=0.5)
     assert gp.plan(graph, model, ratio=0.5, round_to=1).pruned  # the right order plans
+
+
+class _ChecksItsLength(torch.nn.Module):
+    """Checks its input's length through tensor data, as asteroid's DCUNet does, and raises its own error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 8, 3, padding=1)
+
+    def forward(self, x):
+        if int(torch.tensor(x.shape[-1]) % 16):
+            raise ValueError("input length must be divisible by 16; set fix_length_mode='pad'")
+        return self.conv(x)
+
+
+def test_inputs_the_model_itself_refuses_get_the_models_error():
+    """Before, the error was torch.export's data-dependent guard (the data read), not the model's own words."""
+    model = _ChecksItsLength().eval()
+    with pytest.raises(gp.TraceError, match=r"fails on the example inputs, untraced: ValueError: input length must"):
+        gp.prune(model, (torch.randn(1, 1, 100),), ratio=0.5, runtime=None)

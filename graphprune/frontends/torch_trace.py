@@ -48,12 +48,24 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         try:
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
+            _runs_eagerly(model, args, kwargs, exc)
             if not why:
                 raise
             raise TraceError(f"{exc} Recording the forward stopped first: {why}.") from exc
         return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
     ep = export_program(model, args, kwargs)
     return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
+
+
+def _runs_eagerly(model: torch.nn.Module, args: tuple, kwargs: dict | None, failed: TraceError) -> None:
+    """Where nothing traces, the model's own error on these inputs, if it has one, is the one to read (asteroid's
+    DCUNet checks its input length from tensor data: export named the data read, not the TypeError it raises)."""
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            model(*args, **(kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises is what the user needs to see
+        raise TraceError(f"{type(model).__name__}'s forward fails on the example inputs, untraced: "
+                         f"{type(exc).__name__}: {exc}") from failed
 
 
 def _replays(trace: Trace, model: torch.nn.Module, args: tuple, kwargs: dict | None) -> bool:
