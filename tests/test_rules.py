@@ -555,3 +555,23 @@ def test_a_one_wide_convolution_passes_its_positions():
     pruned, report = gp.prune(model, (x,), ratio=0.5, round_to=1, runtime=None, verify=True)
     assert report.oracle.verdict == "PASS" and pruned.emb.out_features == 16
     assert pruned(torch.randn(3, 8, 16)).shape == (3, 3)
+
+
+class _Sobel(nn.Module):
+    """A fixed filter made from Python values inside forward (kornia's SpatialGradient): lift_fresh, detach_."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 16, 3, padding=1), nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x):
+        k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        return self.b(torch.relu(self.a(F.conv2d(x, torch.stack([k, k.t()])[:, None].to(x), padding=1))))
+
+
+def test_a_constant_made_in_forward_is_no_frozen_group():
+    # kornia's KeyNet reported "+31 frozen" groups, the first reasons "no coupling rule for op aten.lift_fresh"
+    g = gp.trace(_Sobel().eval(), (torch.rand(1, 1, 8, 8),))
+    reasons = " ".join(str(r) for grp in g.groups for r in grp.frozen)
+    assert "lift_fresh" not in reasons and "detach_" not in reasons, g.summary()
+    assert [grp.size for grp in g.prunable_groups()] == [16]

@@ -14,7 +14,7 @@ _UNARY = (
     "hardswish_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ selu celu mish softplus "
     "softsign logsigmoid neg abs exp log log1p sqrt rsqrt reciprocal sin cos erf square sign "
     "floor ceil round trunc dropout dropout_ feature_dropout "
-    "alpha_dropout alias clone contiguous detach _to_copy to type_as lift_fresh_copy logical_not "
+    "alpha_dropout alias clone contiguous detach detach_ _to_copy to type_as lift_fresh lift_fresh_copy logical_not "
     "bitwise_not isnan isinf zeros_like ones_like full_like empty_like rand_like randn_like "
     "nan_to_num threshold expm1 sinh cosh atan asin acos tan real imag conj conj_physical _conj angle"
 ).split()
