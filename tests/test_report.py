@@ -146,3 +146,26 @@ def test_a_sensitivity_allocation_that_cut_every_group_alike_says_so():
     assert "allocation: sensitivity; every group loses 30% of its channels" in str(alike)
     apart = gp.PruneReport(10, 5, 10, 5, {0: (7, 10), 1: (5, 10)}, allocation=SimpleNamespace())
     assert "groups lose 30% to 50% of their channels" in str(apart)
+
+
+class _RandomFeatures(torch.nn.Module):
+    """Performer's FAVOR+ features: a buffer projection the module redraws at ``nb_features`` while training."""
+
+    def __init__(self, dim: int = 16, nb_features: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("proj", torch.randn(nb_features, dim))
+        self.q, self.k, self.v = (torch.nn.Linear(dim, dim) for _ in range(3))
+
+    def forward(self, x):
+        q, k = (torch.exp(t @ self.proj.t()) for t in (self.q(x), self.k(x)))
+        return torch.einsum("bnf,bfd->bnd", q, torch.einsum("bnf,bnd->bfd", k, self.v(x)))
+
+
+def test_a_cut_group_of_buffers_only_is_named():
+    """The cut is exact, but performer-pytorch's redraw rebuilds the buffer at its old size and then fails: the
+    report says which buffers were cut with no parameter beside them."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), _RandomFeatures(), torch.nn.Linear(16, 4)).eval()
+    _, report = gp.prune(model, (torch.randn(2, 6, 8),), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert model[1].proj.shape[0] == 16
+    assert any(n.startswith("1 cut group(s) hold only buffers, no parameters (1.proj)") for n in report.notes), report.notes

@@ -18,7 +18,7 @@ def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneRe
     return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                        {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                        importance=planned.importance, compensation=comp,
-                       notes=[*program.notes, *planned.notes, *uncounted_note(dg)],
+                       notes=[*program.notes, *planned.notes, *uncounted_note(dg), *buffer_note(dg, p)],
                        fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
                        if planned.ctx is not None else {},
                        allocation=planned.allocation, budget=planned.budget,
@@ -41,3 +41,17 @@ def uncounted_note(dg: DependencyGraph) -> list[str]:
     return [f"MACs count convolutions, linears, matmuls and attention; the {count} FFT op(s) here ({', '.join(ops[:3])}) "
             "are not counted, so MACs after / before can promise more than the model gains: the latency line "
             "measures it"]
+
+
+def buffer_note(dg: DependencyGraph, plan) -> list[str]:
+    """A line where a cut group holds no parameter, only buffers (Performer's random-feature projection): the
+    model runs as proved, but code that rebuilds such a buffer at its old size (a redraw while training) will
+    not fit it ([] where none)."""
+    kinds = {v.name: v.kind for v in dg.ir.values.values()}
+    only = [g for g, idx in plan.pruned.items() if len(idx) and all(kinds.get(m.value) == "buffer" for m in dg.group(g).members)]
+    if not only:
+        return []
+    names = sorted({m.name for g in only for m in dg.group(g).members})
+    return [f"{len(only)} cut group(s) hold only buffers, no parameters ({', '.join(names[:3])}"
+            f"{' ...' if len(names) > 3 else ''}): code that rebuilds them at their old size (a random-feature "
+            "redraw) will not fit; ignore= keeps them whole"]
