@@ -79,7 +79,8 @@ class OracleReport:
             s += f", softmax/sigmoid output(s) compared at their logits ({', '.join(self.logits[:2])})"
         if self.vacuous and self.signal == 0:
             s += (" - but every output is zero on the oracle inputs (zero-initialised output layers, as a fresh "
-                  "ControlNet's), so the comparison says nothing: verify once the outputs depend on the input")
+                  "ControlNet's, or a last ReLU that no input passes at random weights), so the comparison says "
+                  "nothing: verify once the outputs depend on the input")
         elif self.vacuous:
             s += (f" - but no output exceeds {self.signal:.3g} on the oracle inputs, under the atol, so no difference "
                   "could fail (activations that vanish with depth, as in a randomly initialised deep net): verify "
