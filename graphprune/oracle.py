@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import warn
 from .planning.plan import PrunePlan, block_masks, keep_masks
 from .reasons import Reason
 from .util.compare import gaps
@@ -140,6 +141,11 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     report = OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
                           list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
     report.signal = signal
+    if inexact and not checked and not exact.blocks:  # verify=True asked for a proof that covers nothing cut
+        first = next(iter(inexact.values()))[0]
+        warn(f"the oracle checked none of the {len(inexact)} cut group(s): each crosses a normalisation over its "
+             f"channels ({first.detail}), so the pruned model is not proven equal to the masked original. Check "
+             "it on your own data, or prune kinds that cut exactly (targets=, graph.summary() marks them)")
     if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
         report.trace_gap = program.trace_gap(program.oracle_inputs(0)[0])
     return report

@@ -344,3 +344,12 @@ def test_the_oracle_leaves_a_buffer_the_forward_writes_into_as_the_forward_would
     gp.verify(model, (x,), plan, graph)
     changed = model.mem != before
     assert not changed[[0, 2]].any() and not changed[1, 2:].any()  # never written by the forward: untouched
+
+
+def test_a_proof_that_covers_no_cut_group_says_so():
+    """SuDORMRF's every group sits behind GroupNorm(1): verify=True returned NOT CHECKED with no warning."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(2, 16, 3), torch.nn.GroupNorm(1, 16), torch.nn.Conv1d(16, 2, 1)).eval()
+    with pytest.warns(gp.PruneWarning, match=r"the oracle checked none of the 1 cut group\(s\): each crosses a normal"):
+        _, report = gp.prune(model, (torch.randn(2, 2, 20),), ratio=0.5, round_to=1, runtime=None, verify=True)
+    assert report.oracle.verdict == "NOT CHECKED"

@@ -48,7 +48,8 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         try:
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
-            _runs_eagerly(model, args, kwargs, exc)
+            if "reads tensor data" in why:  # export then names a guard; the model may say more itself
+                _runs_eagerly(model, args, kwargs, exc)
             if not why:
                 raise
             raise TraceError(f"{exc} Recording the forward stopped first: {why}.") from exc
