@@ -156,3 +156,38 @@ def test_heads_folded_into_the_batch_take_batches_of_any_size():
     assert w0["q.weight"].shape[0] < 32 and w0["q.weight"].shape[0] % 8 == 0  # whole heads of 8 channels cut
     for k in w0:
         torch.testing.assert_close(w1[k], w0[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+class _HeadsBatchAndTokens(torch.nn.Module):
+    """A per-head-channel layer on ``(b h n) d``: a slot merging two input dims (batch, tokens) with the heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = 4
+        self.qkv, self.proj, self.gain = (torch.nn.Linear(8, 96), torch.nn.Linear(32, 8),
+                                          torch.nn.Linear(8, 8, bias=False))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+        o = self.gain(o.reshape(-1, o.shape[-1])).reshape(b, self.heads, n, -1)
+        return self.proj(o.transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("shape", [(2, 12), (3, 8), (4, 4)])
+def test_a_mask_over_batch_heads_and_tokens_follows_the_runs_own_sizes(shape):
+    """A first version widened such a mask along whichever input factor divided evenly, and returned it as it
+    was where the product matched ((4, 4) against (2, 8)): the heads' pattern landed on other rows (review).
+    The masks are rebuilt at the run's input sizes, so the masked original is the pruned model at every shape."""
+    from graphprune.api.torch_models import masked_original
+
+    torch.manual_seed(0)
+    model, x = _HeadsBatchAndTokens().eval(), torch.randn(2, 8, 8)
+    dg = gp.trace(model, (x,))
+    heads = [g.id for g in dg.prunable_groups() if g.kind == "head"]
+    plan = gp.plan(dg, model, 0.0, ratios={heads[0]: 0.25}, targets=("head",), round_to=1)
+    pruned, _ = gp.prune(copy.deepcopy(model), (x,), plan_=plan, measure_latency=False)
+    y = torch.randn(*shape, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(masked_original(dg, plan, (y,))[0], pruned(y), rtol=1e-5, atol=1e-5)

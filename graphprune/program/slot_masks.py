@@ -2,8 +2,8 @@
 
 A mask is built over a slot's positions at the example's shapes. Where the slot merges an input's
 dim with a pruned one (heads folded into the batch, ``'b n (h d) -> (b h) n d'``), a calibration
-batch of another size has more positions there: the mask is the same along the input's factor,
-so it is widened along that factor, not refused.
+batch of another size has more positions there: the mask is the same along the inputs' factors,
+so it is rebuilt at the run's own input sizes (read from its trace), not refused.
 """
 from __future__ import annotations
 
@@ -19,45 +19,53 @@ from ..errors import PlanError
 class SlotMask:
     keep: torch.Tensor  # bool, over the slot's positions at the example's shapes
     sizes: tuple[int, ...]  # the slot's factors, outer-major (one where it is no product)
-    free: tuple[int, ...]  # factors an input's dim sizes, which another batch may resize
+    free: tuple[tuple[int, str, int], ...]  # (factor, input, dim): factors an input's dim sizes, which a batch may change
     where: str = ""
 
-    def at(self, n: int) -> torch.Tensor:
-        """The mask over ``n`` positions."""
-        size = self.keep.numel()
-        if n == size:
+    def at(self, n: int, inputs: dict[str, tuple[int, ...]] | None = None) -> torch.Tensor:
+        """The mask over ``n`` positions, in a run whose inputs have the shapes ``inputs`` (name -> shape)."""
+        shape = list(self.sizes)
+        for i, name, d in self.free:
+            if inputs is not None and name in inputs and d < len(inputs[name]):
+                shape[i] = int(inputs[name][d])
+        if shape == list(self.sizes) and n == self.keep.numel():
             return self.keep
         view = self.keep.view(self.sizes)
-        for i in self.free:
-            grown, rest = divmod(n * self.sizes[i], size)
-            first = view.narrow(i, 0, 1)
-            if rest == 0 and grown > 0 and bool((view == first).all()):
-                shape = list(self.sizes)
-                shape[i] = grown
-                return first.expand(shape).reshape(-1)
-        raise PlanError(f"a channel mask over {self.where} ({size} positions at the example's shapes) cannot be "
-                        f"fitted to a batch that has {n} there: its positions are not an input's dim times the "
-                        "channels. Pass calibration batches of the example's shapes.")
+        core = view
+        for i, _, _ in self.free:
+            core = core.narrow(i, 0, 1)
+        if int(np.prod(shape)) != n or not bool((view == core).all()):
+            raise PlanError(f"a channel mask over {self.where} ({self.keep.numel()} positions at the example's shapes) "
+                            f"cannot be fitted to a batch that has {n} there: its positions are not the inputs' dims "
+                            "times the channels. Pass calibration batches of the example's shapes.")
+        return core.expand(shape).reshape(-1)
 
 
-def slot_mask(dg, value: str, dim: int, keep: np.ndarray, free_atoms: set[int]) -> SlotMask:
+def slot_mask(dg, value: str, dim: int, keep: np.ndarray, free_atoms: dict[int, tuple[str, int]]) -> SlotMask:
     term, _ = dg.solver.slot_atoms((value, dim))
     parts = term[1] if term[0] == "p" else (term,)
     sizes = tuple(dg.solver.size(t) for t in parts)
     if any(s is None for s in sizes) or int(np.prod(sizes)) != keep.size:
         sizes, parts = (int(keep.size),), (term,)
-    free = tuple(i for i, t in enumerate(parts) if t[0] == "a" and t[1] in free_atoms)
+    free = tuple((i, *free_atoms[t[1]]) for i, t in enumerate(parts) if t[0] == "a" and t[1] in free_atoms)
     return SlotMask(torch.as_tensor(keep), sizes, free, f"node {value!r}, dim {dim}")
 
 
-def input_atoms(dg) -> set[int]:
-    """Atoms that are whole dims of the graph's inputs: the sizes another batch may change."""
-    out: set[int] = set()
+def input_atoms(dg) -> dict[int, tuple[str, int]]:
+    """Atoms that are whole dims of the graph's inputs, each with its (input, dim): the sizes another batch may
+    change, read from the run's own inputs."""
+    out: dict[int, tuple[str, int]] = {}
     for v in dg.ir.values.values():
         if v.kind != "input":
             continue
         for d in range(v.rank):
             term, _ = dg.solver.slot_atoms((v.name, d))
             if term[0] == "a":
-                out.add(term[1])
+                out.setdefault(term[1], (v.name, d))
     return out
+
+
+def input_shapes(gm: torch.fx.GraphModule) -> dict[str, tuple[int, ...]]:
+    """A traced program's input shapes, by placeholder (the IR's input names)."""
+    return {n.name: tuple(n.meta["val"].shape) for n in gm.graph.nodes
+            if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)}

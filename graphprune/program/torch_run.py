@@ -19,6 +19,7 @@ from ..errors import PlanError, TraceError
 from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
 from ..frontends.torch_trace import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
+from .slot_masks import input_shapes
 
 # ops whose output is (or may be) a view of their first input: a write into the view lands in the input too
 _VIEWS = frozenset(f"aten.{op}" for op in (
@@ -59,9 +60,10 @@ def _written_in_place(gm: torch.fx.GraphModule) -> frozenset[str]:
 
 class _MaskedInterpreter(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, list[tuple[int, Any]]],
-                 prefix: str = "") -> None:
+                 prefix: str = "", inputs: dict | None = None) -> None:
         super().__init__(gm)
         self.masks = masks
+        self.inputs = input_shapes(gm) if inputs is None else inputs  # a mask over (batch x heads) follows the batch
         self.prefix = prefix  # inlined subgraphs' values are named "<wrapper node>/<node>" in the IR
         self.written = _written_in_place(gm)
 
@@ -84,13 +86,13 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         ctx = (torch.set_grad_enabled(bool(args[0])) if op_id(n.target) == "python.wrap_with_set_grad_enabled"
                else torch.autocast(*args[:at]))
         with ctx:
-            return _MaskedInterpreter(sub, self.masks, f"{self.prefix}{n.name}/").run(*args[at + 1:])
+            return _MaskedInterpreter(sub, self.masks, f"{self.prefix}{n.name}/", self.inputs).run(*args[at + 1:])
 
     def _mask(self, name: str, t: Any, in_place: bool = False) -> Any:
         if name not in self.masks or not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
             return t  # (integers are indices and sizes; a spectrum is complex)
         for d, slot in self.masks[name]:
-            m = slot.at(t.shape[d])  # another batch size where the batch is merged with heads
+            m = slot.at(t.shape[d], self.inputs)  # another batch size where the batch is merged with heads
             shape = [1] * t.dim()
             shape[d] = -1
             if in_place:  # a view an in-place op writes through (a slice copy_ fills): a copy would take the write
