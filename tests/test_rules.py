@@ -575,3 +575,35 @@ def test_a_constant_made_in_forward_is_no_frozen_group():
     reasons = " ".join(str(r) for grp in g.groups for r in grp.frozen)
     assert "lift_fresh" not in reasons and "detach_" not in reasons, g.summary()
     assert [grp.size for grp in g.prunable_groups()] == [16]
+
+
+class _PositionsNormed(nn.Module):
+    """A Linear's output read as (channels, positions) by 1-wide convolutions: the positions are a group, and a
+    norm between them takes its statistics over those positions."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.fc1, self.c1, self.norm = nn.Linear(4, 16 * 8), nn.Conv1d(8, 8, 1), norm
+        self.c2, self.fc2 = nn.Conv1d(8, 8, 1), nn.Linear(16 * 8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x).view(x.shape[0], -1, 8).transpose(1, 2)
+        return self.fc2(self.c2(torch.relu(self.norm(self.c1(h)))).transpose(1, 2).flatten(1))
+
+
+@pytest.mark.parametrize("norm", ["group", "instance", "batch in training"])
+def test_positions_a_norm_takes_statistics_over_are_inexact(norm):
+    # a first version of the 1-wide convolution rule made them exact, and the default call's oracle FAILed (review)
+    torch.manual_seed(0)
+    layer = {"group": nn.GroupNorm(2, 8), "instance": nn.InstanceNorm1d(8, affine=True)}.get(norm, nn.BatchNorm1d(8))
+    model = _PositionsNormed(layer).eval()
+    model.norm.train(norm == "batch in training")
+    g = gp.trace(model, (torch.randn(3, 4),))
+    positions = [grp for grp in g.prunable_groups() if grp.size == 16]
+    assert len(positions) == 1 and positions[0].inexact, g.summary()
+
+
+def test_positions_of_a_batch_norm_in_eval_stay_exact():
+    model = _PositionsNormed(nn.BatchNorm1d(8)).eval()
+    positions = [grp for grp in gp.trace(model, (torch.randn(3, 4),)).prunable_groups() if grp.size == 16]
+    assert len(positions) == 1 and not positions[0].inexact

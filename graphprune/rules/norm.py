@@ -1,6 +1,7 @@
 """Normalisations. Per-channel ones (batch/instance norm, group norm across whole
 groups) are exact under the oracle; those that normalise over a channel dim
-(layer/RMS norm, channels within a group) are prunable but marked inexact."""
+(layer/RMS norm, channels within a group) are prunable but marked inexact, and so are
+the positions instance and group norm (batch norm in training) take statistics over."""
 from __future__ import annotations
 
 from ..ir import Node
@@ -8,23 +9,37 @@ from ..reasons import NORMALISED
 from .registry import RuleContext, register
 
 
-def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list) -> None:
+def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list, over_positions: bool = False) -> None:
     ctx.tie_broadcast(out, [x])
     c = 1 if ctx.rank(x) > 1 else 0
     for p in stats:
         if p is not None:
             ctx.tie(ctx.s(p, 0), ctx.s(x, c))
+    if over_positions:
+        _positions(ctx, node, x)
+
+
+def _positions(ctx: RuleContext, node: Node, x: str) -> None:
+    """Statistics taken over the positions (instance and group norm, batch norm in training): a position
+    a 1-wide convolution lets through is normalised over, so cutting it is inexact."""
+    for d in range(2, ctx.rank(x)):
+        ctx.inexact(ctx.s(x, d), NORMALISED, f"positions normalised over by {node.op.split('.')[-1]} at {node.where()}")
 
 
 @register("aten.batch_norm", "aten.instance_norm")
 def _batch_norm(node: Node, ctx: RuleContext) -> None:
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]))
+    training = node.op == "aten.instance_norm" or bool(ctx.arg(node, 5, "training", False))
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), training)
 
 
 @register("aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
           "aten.native_batch_norm", "aten._native_batch_norm_legit_functional")
 def _native_batch_norm(node: Node, ctx: RuleContext) -> None:
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]))
+    # (x, w, b, running_mean, running_var, training, ...), or without the running stats (x, w, b, training, ...)
+    flag = node.args[5] if len(node.args) > 5 and not isinstance(node.args[3], bool) else (
+        node.args[3] if len(node.args) > 3 and isinstance(node.args[3], bool) else False)
+    training = node.op != "aten._native_batch_norm_legit_no_training" and bool(flag)
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), training)
     for extra in node.outputs[1:]:  # saved mean / rstd are per channel
         if ctx.rank(extra) == 1:
             ctx.tie(ctx.s(extra, 0), ctx.s(node.args[0], 1))
@@ -61,6 +76,7 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
     x, out = node.args[0].name, node.outputs[0]
     groups = node.args[1]
     ctx.tie_broadcast(out, [x])
+    _positions(ctx, node, x)
     for p in (ctx.arg(node, 2, "weight"), ctx.arg(node, 3, "bias")):
         if p is not None:
             ctx.tie(ctx.s(p, 0), ctx.s(x, 1))
@@ -76,7 +92,8 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
 
 @register("onnx.BatchNormalization", "onnx.InstanceNormalization")
 def _onnx_per_channel(node: Node, ctx: RuleContext) -> None:
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]))
+    over = node.op == "onnx.InstanceNormalization" or bool(node.kwargs.get("training_mode", 0))
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), over)
 
 
 @register("onnx.LayerNormalization")
@@ -98,6 +115,7 @@ def _onnx_group_norm(node: Node, ctx: RuleContext) -> None:
     groups = node.kwargs["num_groups"]
     c = ctx.shape(x)[1]
     ctx.tie_broadcast(out, [x])
+    _positions(ctx, node, x)
     g = ctx.virtual(groups, "norm_groups") if groups > 1 else None
     per = ctx.virtual(c // groups, "channels_per_group") if g is not None else ctx.s(x, 1)
     if g is not None:
