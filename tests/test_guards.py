@@ -204,3 +204,44 @@ def test_a_width_read_from_the_input_keeps_that_input_and_the_heads_whole(budget
     assert (pruned[0].out_features, pruned[1].qkv.out_features) == (32, 96)
     assert pruned[2].out_features < 128 and report.oracle.verdict == "PASS"
     assert pruned(torch.randn(3, 5, 8)).shape == (3, 5, 4)
+
+
+def _attend(self, h, b, n, d):
+    q, k, v = self.to_qkv(h).chunk(3, -1)
+    q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+    return self.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25).transpose(1, 2).reshape(b, n, d))
+
+
+class _AtRoot(nn.Module):
+    """The width read in the model's own forward, from a tensor a layer made (not an input of a submodule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(4, 64), nn.Linear(64, 3)
+        self.heads, self.to_qkv, self.proj = 4, nn.Linear(64, 192, bias=False), nn.Linear(64, 64)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, n, d = h.shape
+        return self.head(h + _attend(self, h, b, n, d))
+
+
+@pytest.mark.parametrize("where", ["root", "made inside"])
+def test_a_width_read_at_the_root_or_from_a_sublayers_output_is_proved_too(where):
+    """A first version looked only at values entering a submodule: at the root, or where a sublayer made the
+    tensor, a budget cutting the width and the heads apart raised a raw shape error, or with verify=False
+    returned a model that failed on every input (review). Now it is refused with the reason, or prunes."""
+    torch.manual_seed(0)
+    model = _AtRoot().eval()
+    if where == "made inside":
+        inner = _AtRoot()
+        model = nn.Sequential(inner, nn.Identity()).eval()
+    x = torch.randn(2, 5, 4)
+    for verify in (True, False):
+        try:
+            pruned, _ = gp.prune(copy.deepcopy(model), (x,), budget={"macs": 0.6}, verify=verify, measure_latency=False,
+                                 round_to=1)
+        except (gp.RewriteError, gp.PlanError) as exc:
+            assert "planning again failed" in str(exc) or "cannot be met" in str(exc)
+            continue
+        assert pruned(torch.randn(3, 7, 4)).shape == (3, 7, 3)

@@ -130,3 +130,92 @@ def test_the_width_entering_the_attention_prunes_too():
     assert pruned.inp.out_features == 48 and attn.in_proj_weight.shape == (192, 48)
     assert attn.out_proj.weight.shape == (48, 64) and report.oracle.verdict == "NOT CHECKED"  # a LayerNorm'd width
     assert pruned(torch.randn(3, 7, 4)).shape == (3, 5)
+
+
+class _Attends(nn.Module):
+    """One MultiheadAttention between two linears, called torch's default way (need_weights=True)."""
+
+    def __init__(self, dim: int = 64, heads: int = 8, **opts) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, dim), nn.Linear(dim, 3)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, **opts)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.attn(h, h, h)[0])
+
+
+def test_heads_and_head_channels_of_equal_count_are_told_apart():
+    """64 wide in 8 heads of 8: the rewrite's proof cannot tell 4 heads of 8 from 8 heads of 4, and a first
+    version took the wrong one (a model 0.02 off the masked original, PARTIAL where the head-averaged weights
+    hid the heads from the oracle: review). The counts are read from the plan's own factors."""
+    from graphprune.api.torch_models import masked_original
+
+    torch.manual_seed(0)
+    model, x = _Attends().eval(), torch.randn(2, 6, 4)
+    dg = gp.trace(model, (x,))
+    heads = [g.id for g in dg.prunable_groups() if g.role == "outer" and g.size == 8]  # the averaged weights: conv_group
+    plan = gp.plan(dg, model, 0.0, ratios={heads[0]: 0.5}, roles=("outer",), round_to=1)
+    pruned, _ = gp.prune(copy.deepcopy(model), (x,), plan_=plan, measure_latency=False)
+    assert (pruned.attn.num_heads, pruned.attn.head_dim) == (4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked_original(dg, plan, (x,))[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cut_head_channels_keep_the_original_scale():
+    """With need_weights=True torch scales q by the constant 1/sqrt(head_dim), so the head channels are an exact
+    group; the slim forward keeps that scale, where a first version took 1/sqrt of the cut width (review)."""
+    torch.manual_seed(0)
+    model, x = _Attends(32, 4).eval(), torch.randn(2, 6, 4)
+    dg = gp.trace(model, (x,))
+    inner = [g.id for g in dg.prunable_groups() if g.kind == "group_channel"]
+    plan = gp.plan(dg, model, 0.0, ratios={inner[0]: 0.5}, targets=("group_channel",), round_to=1)
+    pruned, report = gp.prune(copy.deepcopy(model), (x,), plan_=plan, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.attn.head_dim == 4
+
+
+def test_values_cut_apart_from_queries_and_a_failed_rewrite_undone():
+    """Separate q/k/v weights (kdim, vdim) let the values' head width be cut apart from the queries'. And a
+    rewrite that fails leaves torch's class and attributes in place (review: the slim class was left)."""
+    torch.manual_seed(0)
+
+    class KV(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True, kdim=12, vdim=20, bias=False)
+            self.q, self.k, self.v, self.out = nn.Linear(4, 32), nn.Linear(4, 12), nn.Linear(4, 20), nn.Linear(32, 3)
+
+        def forward(self, x, y):
+            return self.out(self.attn(self.q(x), self.k(y), self.v(y), need_weights=False)[0])
+
+    model, args = KV().eval(), (torch.randn(2, 6, 4), torch.randn(2, 7, 4))
+    dg = gp.trace(model, args)
+    inner = [g.id for g in dg.prunable_groups() if g.role == "inner"]
+    plan = gp.plan(dg, model, 0.0, ratios={inner[0]: 0.25, inner[1]: 0.5}, roles=("inner",), round_to=1)
+    pruned, report = gp.prune(copy.deepcopy(model), args, plan_=plan, verify=True, measure_latency=False)
+    assert report.oracle.verdict in ("PASS", "PARTIAL")  # SDPA's default scale: the queries' width is inexact
+    assert pruned.attn.q_proj_weight.shape[0] != pruned.attn.v_proj_weight.shape[0]
+
+    from graphprune.backends.torch_mha import slim_attention
+
+    undo = slim_attention(model, dg, plan)  # what rewrite() undoes where its proof fails
+    assert type(model.attn) is SlimMultiheadAttention and model.attn.num_heads == 4
+    undo()
+    assert type(model.attn) is nn.MultiheadAttention and not hasattr(model.attn, "head_scale")
+    assert (model.attn.head_dim, model.attn._qkv_same_embed_dim) == (8, False)  # kdim/vdim: torch's own False
+
+
+def test_a_pruned_encoder_takes_a_padding_mask_under_no_grad():
+    """nn.TransformerEncoder converts a padded batch to a nested tensor under no_grad; the slim layers cannot read
+    one, so the encoder's nested path is turned off (review: 'NestedTensorImpl doesn't support sizes')."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2).eval()  # enable_nested_tensor=True, torch's default
+    x, pad = torch.randn(2, 10, 32), torch.zeros(2, 10, dtype=torch.bool)
+    pad[1, 6:] = True
+    with torch.no_grad():
+        want = enc(x, src_key_padding_mask=pad)
+    pruned, _ = gp.prune(enc, (x,), ratio=0.5, targets=("head",), round_to=1, measure_latency=False)
+    with torch.no_grad():
+        got = pruned(x, src_key_padding_mask=pad)
+    assert got.shape == want.shape and not got.is_nested

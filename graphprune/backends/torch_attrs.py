@@ -21,7 +21,8 @@ def _einops_lengths(m: nn.Module) -> dict | None:
 
 def int_attributes(m: nn.Module) -> list[tuple[str, int]]:
     """(name, value) of every public int attribute of ``m``, einops axis lengths included, sorted by name."""
-    out = [(a, v) for a, v in vars(m).items() if not a.startswith("_") and type(v) is int]
+    settled = getattr(type(m), "settled_attributes", ())  # set by the rewrite itself (backends/torch_mha.py)
+    out = [(a, v) for a, v in vars(m).items() if not a.startswith("_") and type(v) is int and a not in settled]
     lengths = _einops_lengths(m)
     if lengths is not None:
         out += [(_AXES + k, v) for k, v in lengths.items() if type(v) is int]

@@ -74,13 +74,15 @@ def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] 
 def read_from_input(dg: DependencyGraph, plan: PrunePlan, at: list) -> set[int]:
     """Where a forward reads a size from its input (``b, n, d = x.shape; o.reshape(b, n, d)``), the trace
     holds the input's width as a literal that no plan changes, and the pruned forward is given the input's
-    pruned width instead. The groups that then must stay whole: the pruned ones of a dim, entering the module
-    of the nodes ``at``, whose old size one of their constants spells, and every prunable one of that
-    constant's slot (heads and head channels alike), which must stay the input's width. Empty where none."""
+    pruned width instead. The groups that then must stay whole: the pruned ones of a dim the nodes ``at`` could
+    have read a shape from (:func:`readable_changed`) whose old size one of their constants spells, and every
+    prunable one of that constant's slot (heads and head channels alike), which must stay that width. Empty
+    where none."""
     names, pruned = {n.name for n in at}, plan.masks()
     carried = [c for c in dg.carries if c.node in names]
     masks = keep_masks(dg, plan)
-    hits = entering_changed(dg, masks, {n.meta.module for n in at if n.meta.module}, {c.value for c in carried})
+    bounds = Boundaries(dg, masks)
+    hits = {h for n in at for h in readable_changed(dg, masks, n, {c.value for c in carried if c.node == n.name}, bounds)}
     out = {a for key in hits for a in dg.solver.slot_atoms(key)[1] if a in pruned and pruned[a].any()}
     if out:
         open_ = {g.id for g in dg.groups if g.prunable}
@@ -89,19 +91,23 @@ def read_from_input(dg: DependencyGraph, plan: PrunePlan, at: list) -> set[int]:
     return out
 
 
-def entering_changed(dg: DependencyGraph, masks: dict, modules: set[str], sizes: set[int],
+def readable_changed(dg: DependencyGraph, masks: dict, node, sizes: set[int],
                      bounds: "Boundaries | None" = None) -> list[tuple[str, int]]:
-    """The (value, dim) slots the plan (``masks``) changes whose old size is in ``sizes``, over the values
-    entering the nodes of ``modules``."""
+    """The (value, dim) slots the plan (``masks``) changes whose old size is in ``sizes``, over the values whose
+    shape ``node``'s forward code could have read: those its module's nodes read or made before it (its input,
+    or what a sublayer made; the model's own forward where it is in no module)."""
     bounds = bounds or Boundaries(dg, masks)
+    values: set[str] = set(node.inputs)
+    for n in bounds.nodes.get(node.meta.module or "", []):
+        if bounds.order[n.name] >= bounds.order[node.name]:
+            break
+        values.update(n.inputs)
+        values.update(n.outputs)
     out = []
-    for path in sorted(modules):
-        inside = bounds.nodes.get(path, [])
-        made = {o for n in inside for o in n.outputs}
-        for v in sorted({i for n in inside for i in n.inputs if i not in made}):
-            value = dg.ir.values[v]
-            if value.kind in ("input", "act"):
-                out += [(v, d) for d, size in enumerate(value.shape) if size in sizes and (v, d) in masks]
+    for v in sorted(values):
+        value = dg.ir.values[v]
+        if value.kind in ("input", "act"):
+            out += [(v, d) for d, size in enumerate(value.shape) if size in sizes and (v, d) in masks]
     return out
 
 
@@ -112,6 +118,7 @@ class Boundaries:
     def __init__(self, dg: DependencyGraph, masks: dict):
         self.dg, self.masks = dg, masks
         self.nodes: dict[str, list] = {"": list(dg.ir.nodes)}  # the root runs every node
+        self.order = {n.name: i for i, n in enumerate(dg.ir.nodes)}
         self.users: dict[str, set[str]] = {}
         for n in dg.ir.nodes:
             for p in set(n.meta.modules) | ({n.meta.module} if n.meta.module else set()):

@@ -33,9 +33,9 @@ from ..util.torch_compat import (
 from .torch_attrs import set_attribute
 from .torch_guards import (
     Boundaries,
-    entering_changed,
     failing_module,
     guard_updates,
+    readable_changed,
     reads_guard,
     same_scalars,
     unreached_groups,
@@ -108,7 +108,16 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
     """
     if not any(plan.pruned.values()):
         return  # removed blocks are graphprune/backends/torch_depth.py's
-    slim_attention(model, dg, keep_masks(dg, plan))  # torch's MultiheadAttention ties q/k/v to its input's width
+    undo = slim_attention(model, dg, plan)  # torch's MultiheadAttention ties q/k/v to its input's width
+    try:
+        _rewrite(model, dg, plan, args, kwargs, check, updates)
+    except BaseException:
+        undo()  # a model the plan does not fit is left as it was, its attention modules' class too
+        raise
+
+
+def _rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None,
+             check: bool | None, updates: dict[str, torch.Tensor] | None) -> None:
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if check is None:
         check = bool(sure or unsure) or needs_proof(model, dg, plan) or reads_guard(model, dg, plan)
@@ -209,19 +218,20 @@ def needs_proof(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> bool:
     a constant argument (view shape, split size, repeat count) of a node outside torch's
     convolution, linear, norm and embedding layers (whose sizes the rewrite sets itself)."""
     pruned = plan.masks()
-    unchanged: dict[str, set[int]] = {}  # module -> literals the plan leaves, which may be an input's width
+    unchanged: dict[str, set[int]] = {}  # node -> literals the plan leaves, which may be another tensor's width
     for c in dg.carries:
         if isinstance(submodule(model, dg.module_of(c.node)), KNOWN_LAYERS):
             continue
         if carried_value(dg, c, pruned) != c.value:
             return True
-        unchanged.setdefault(dg.module_of(c.node), set()).add(c.value)
+        unchanged.setdefault(c.node, set()).add(c.value)
     # ``b, n, d = x.shape; o.reshape(b, n, d)``: the trace's 64 is x's width, which the plan may change
-    if not any(unchanged):
+    if not unchanged:
         return False
     masks = keep_masks(dg, plan)
     bounds = Boundaries(dg, masks)
-    return any(entering_changed(dg, masks, {m}, sizes, bounds) for m, sizes in unchanged.items() if m)
+    nodes = {n.name: n for n in dg.ir.nodes}
+    return any(readable_changed(dg, masks, nodes[name], sizes, bounds) for name, sizes in unchanged.items())
 
 
 def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
