@@ -12,6 +12,8 @@ import linecache
 
 import torch
 
+from ..util.torch_compat import is_pure_op
+
 _READS = {"is_nonzero", "_local_scalar_dense", "item"}  # how bool(t) reads a tensor
 
 
@@ -29,8 +31,7 @@ def drop_asserted(graph: torch.fx.Graph, nodes: list) -> None:
     todo, gone = [n for n in nodes if n is not None], set()
     while todo:
         n = todo.pop()
-        if n in gone or n.users or n.op != "call_function" or getattr(n.target, "_schema", None) is None \
-                or n.target._schema.is_mutable:
+        if n in gone or n.users or n.op != "call_function" or not is_pure_op(n.target):
             continue
         gone.add(n)
         inputs = list(n.all_input_nodes)

@@ -71,6 +71,11 @@ def op_qualname(op: OpOverload) -> str:
     return op._schema.name
 
 
+def is_pure_op(target: Any) -> bool:
+    """Whether an fx call target is an operator overload that writes none of its arguments."""
+    return is_op_overload(target) and not target._schema.is_mutable
+
+
 def init_predispatch_mode(mode: TorchDispatchMode) -> None:
     """Initialise a dispatch mode to run at the pre-dispatch key (before autograd and
     decompositions): only the ops a forward calls are seen, not what they run underneath."""
