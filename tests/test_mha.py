@@ -219,3 +219,20 @@ def test_a_pruned_encoder_takes_a_padding_mask_under_no_grad():
     with torch.no_grad():
         got = pruned(x, src_key_padding_mask=pad)
     assert got.shape == want.shape and not got.is_nested
+
+
+def test_a_slim_attention_prunes_again():
+    """prune_iterative on an nn.MultiheadAttention model: a second prune of the slim module raised (its counts were
+    never updated again: second review). Its scale stays the first original's."""
+    from graphprune.api.torch_models import masked_original
+
+    torch.manual_seed(0)
+    model, x = _Attends(64, 8).eval(), torch.randn(2, 6, 4)
+    once, _ = gp.prune(model, (x,), ratio=0.5, roles=("outer",), round_to=1, measure_latency=False)
+    dg = gp.trace(once, (x,))
+    plan = gp.plan(dg, once, 0.5, roles=("outer",), round_to=1)
+    want = masked_original(dg, plan, (x,))[0]
+    twice, _ = gp.prune(copy.deepcopy(once), (x,), graph=dg, plan_=plan, measure_latency=False)
+    assert (twice.attn.num_heads, twice.attn.head_dim) == (2, 8) and twice.attn.head_scale == pytest.approx(8 ** -0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(twice(x), want, rtol=1e-5, atol=1e-6)

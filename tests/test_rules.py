@@ -607,3 +607,27 @@ def test_positions_of_a_batch_norm_in_eval_stay_exact():
     model = _PositionsNormed(nn.BatchNorm1d(8)).eval()
     positions = [grp for grp in gp.trace(model, (torch.randn(3, 4),)).prunable_groups() if grp.size == 16]
     assert len(positions) == 1 and not positions[0].inexact
+
+
+class _TokensInBatch(nn.Module):
+    """A token-mixing Linear's outputs moved into the batch dim of a BatchNorm1d ((b * tokens, channels))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.back, self.bn, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.tok(x)
+        b, c, n = h.shape
+        h = self.bn(h.transpose(1, 2).reshape(b * n, c)).reshape(b, n, c).transpose(1, 2)
+        return self.head(self.back(h).mean(-1))
+
+
+def test_a_batch_norm_in_training_takes_statistics_over_the_batch_dim_too():
+    # the tokens a reshape moves into the batch dim were taken as exact, and the oracle FAILed (second review)
+    model = _TokensInBatch().train()
+    g = gp.trace(model, (torch.randn(4, 8, 16),))
+    tokens = [grp for grp in g.prunable_groups() if grp.size == 32]
+    assert len(tokens) == 1 and tokens[0].inexact, g.summary()
+    assert not [grp for grp in gp.trace(model.eval(), (torch.randn(4, 8, 16),)).prunable_groups()
+                if grp.size == 32 and grp.inexact]  # in eval: running statistics, exact

@@ -102,14 +102,15 @@ def slim_attention(model: nn.Module, dg: DependencyGraph, plan: PrunePlan) -> Ca
     saved: list[tuple[nn.Module, type, dict]] = []
     for path, m in model.named_modules():
         full = (lambda n, path=path: f"{path}.{n}" if path else n)
-        if type(m) is not nn.MultiheadAttention or not any(full(n) in narrowed for n, _ in m.named_parameters()):
-            continue
+        if type(m) not in (nn.MultiheadAttention, SlimMultiheadAttention) or not any(
+                full(n) in narrowed for n, _ in m.named_parameters()):
+            continue  # (a slim one pruned again: its counts change again, its scale stays the first original's)
         saved.append((m, type(m), dict(vars(m))))
         rows = params.get(full("in_proj_weight" if m.in_proj_weight is not None else "q_proj_weight"))
         heads, width = _heads_after(dg, rows, pruned, m.num_heads, m.head_dim)
+        m.head_scale = getattr(m, "head_scale", 1.0 / math.sqrt(m.head_dim))
         m.__class__ = SlimMultiheadAttention
         m._qkv_same_embed_dim = False  # off nn.TransformerEncoderLayer's fused path, which ties the widths
-        m.head_scale = 1.0 / math.sqrt(m.head_dim)
         m.num_heads, m.head_dim = heads, width
     for enc in model.modules():  # its nested-tensor path hands the layers a tensor the slim forward cannot read
         if isinstance(enc, nn.TransformerEncoder) and any(isinstance(x, SlimMultiheadAttention) for x in enc.modules()):

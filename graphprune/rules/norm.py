@@ -9,27 +9,30 @@ from ..reasons import NORMALISED
 from .registry import RuleContext, register
 
 
-def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list, over_positions: bool = False) -> None:
+def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list, over_positions: bool | str = False) -> None:
     ctx.tie_broadcast(out, [x])
     c = 1 if ctx.rank(x) > 1 else 0
     for p in stats:
         if p is not None:
             ctx.tie(ctx.s(p, 0), ctx.s(x, c))
     if over_positions:
-        _positions(ctx, node, x)
+        _positions(ctx, node, x, batch=over_positions == "batch")
 
 
-def _positions(ctx: RuleContext, node: Node, x: str) -> None:
-    """Statistics taken over the positions (instance and group norm, batch norm in training): a position
-    a 1-wide convolution lets through is normalised over, so cutting it is inexact."""
-    for d in range(2, ctx.rank(x)):
+def _positions(ctx: RuleContext, node: Node, x: str, batch: bool = False) -> None:
+    """Statistics taken over the positions (instance and group norm, batch norm in training, which takes them
+    over the batch dim too: a (b * tokens, channels) view): a position a 1-wide convolution lets through, or
+    a token a reshape moved into the batch dim, is normalised over, so cutting it is inexact."""
+    for d in ([0] if batch else []) + list(range(2, ctx.rank(x))):
         ctx.inexact(ctx.s(x, d), NORMALISED, f"positions normalised over by {node.op.split('.')[-1]} at {node.where()}")
 
 
 @register("aten.batch_norm", "aten.instance_norm")
 def _batch_norm(node: Node, ctx: RuleContext) -> None:
-    training = node.op == "aten.instance_norm" or bool(ctx.arg(node, 5, "training", False))
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), training)
+    # batch_norm(x, w, b, mean, var, training, ...); instance_norm(x, w, b, mean, var, use_input_stats, ...)
+    own_stats = bool(ctx.arg(node, 5, "training", node.op == "aten.instance_norm"))
+    over = own_stats and ("batch" if node.op == "aten.batch_norm" else True)
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), over)
 
 
 @register("aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
@@ -39,7 +42,7 @@ def _native_batch_norm(node: Node, ctx: RuleContext) -> None:
     flag = node.args[5] if len(node.args) > 5 and not isinstance(node.args[3], bool) else (
         node.args[3] if len(node.args) > 3 and isinstance(node.args[3], bool) else False)
     training = node.op != "aten._native_batch_norm_legit_no_training" and bool(flag)
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), training)
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), "batch" if training else False)
     for extra in node.outputs[1:]:  # saved mean / rstd are per channel
         if ctx.rank(extra) == 1:
             ctx.tie(ctx.s(extra, 0), ctx.s(node.args[0], 1))
@@ -92,7 +95,7 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
 
 @register("onnx.BatchNormalization", "onnx.InstanceNormalization")
 def _onnx_per_channel(node: Node, ctx: RuleContext) -> None:
-    over = node.op == "onnx.InstanceNormalization" or bool(node.kwargs.get("training_mode", 0))
+    over = True if node.op == "onnx.InstanceNormalization" else ("batch" if node.kwargs.get("training_mode", 0) else False)
     _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), over)
 
 
