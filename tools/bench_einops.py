@@ -19,12 +19,11 @@ x-transformers is in the bench extra (``make bench-deps``); MONAI and einops in 
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import suite_main, suite_row, twice  # noqa: E402
+from json_rows import default_row, suite_main, suite_row, twice  # noqa: E402
 
 V = 64
 
@@ -77,14 +76,8 @@ def _fill(row: dict, name: str) -> None:
 
     model, args, other = build(name)
     heads = {g.id: g.size for g in gp.trace(model, args).groups if g.kind == "head"}
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        pruned, report = gp.prune(model, args, budget={"macs": 0.7}, verify=True)
-    row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
-    row["oracle"] = report.oracle.verdict
+    pruned, report = default_row(row, model, args, {"macs": 0.7})
     row["heads"] = f"{sum(heads.values())} -> {sum(report.kept.get(i, (n, n))[0] for i, n in heads.items())}"
-    row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
-    row["params"] = f"{report.params_before:,} -> {report.params_after:,}"
     row["stage"] = "other input"
     row["other"] = "ok" if _shape(pruned(*other)) == _shape(build(name)[0](*other)) else "FAIL"
     twice(row, pruned, report, lambda: gp.prune(build(name)[0], args, budget={"macs": 0.7}, verify=True)[0])

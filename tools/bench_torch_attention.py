@@ -23,12 +23,11 @@ random-init models, nothing passed but the model and its example inputs. Per mod
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from json_rows import suite_main, suite_row, twice  # noqa: E402
+from json_rows import default_row, suite_main, suite_row, twice  # noqa: E402
 
 MODELS = ("encoder", "encoder_seq_first", "decoder", "transformer")
 
@@ -103,14 +102,8 @@ def _fill(row: dict, name: str) -> None:
 
     model, args, other = build(name)
     before = _heads(model)
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        pruned, report = gp.prune(model, args, budget={"macs": 0.5}, verify=True)
-    row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
-    row["oracle"] = report.oracle.verdict
+    pruned, report = default_row(row, model, args, {"macs": 0.5})
     row["heads"] = f"{before} -> {_heads(pruned)}"
-    row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
-    row["params"] = f"{report.params_before:,} -> {report.params_after:,}"
     if report.latency_before_ms and report.latency_after_ms:
         row["speedup"] = f"{report.latency_before_ms / report.latency_after_ms:.2f}x"
     row["stage"] = "other input"

@@ -67,6 +67,24 @@ def suite_row(name: str, fill: Callable[[dict], None]) -> dict:
     return row
 
 
+def default_row(row: dict, model, args: tuple, budget: dict):
+    """A suite row's default call, ``graphprune.prune(model, args, budget=budget, verify=True)`` with its warnings
+    kept out of the output: fills the MACs kept, the oracle's verdict, the groups kept whole to plan again and the
+    parameters; returns (pruned, report)."""
+    import warnings
+
+    import graphprune as gp
+
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        pruned, report = gp.prune(model, args, budget=budget, verify=True)
+    row["macs"] = f"{report.macs_after / report.macs_before:.3f}"
+    row["oracle"] = report.oracle.verdict
+    row["kept"] = sum(n.startswith("kept ") and "planned again" in n for n in report.notes)
+    row["params"] = f"{report.params_before:,} -> {report.params_after:,}"
+    return pruned, report
+
+
 def twice(row: dict, model, report, again: Callable[[], object]) -> None:
     """The suite row's last checks: the same call on a fresh copy (``again()``, warnings kept out of the
     output) gives the same state dict, bit for bit; ``ok`` where the oracle passed and another input ran."""
