@@ -160,13 +160,13 @@ class TorchProgram(Program):
     def _act_masks(self, masks: Masks) -> dict[str, list[tuple[int, SlotMask]]]:
         dg = self.graph()
         values, weights = dg.ir.values, getattr(dg, "masked_weights", set())
-        free = input_atoms(dg) if masks else set()
+        free = input_atoms(dg) if masks else {}
         out: dict[str, list[tuple[int, SlotMask]]] = {}
         for (value, d), keep in masks.items():
             if values[value].kind == "act":
                 out.setdefault(value, []).append((d, slot_mask(dg, value, d, keep, free)))
             elif value in weights:  # read through get_attr by its path (graphprune.program.torch_run)
-                out.setdefault(f"param:{values[value].source}", []).append((d, slot_mask(dg, value, d, keep, set())))
+                out.setdefault(f"param:{values[value].source}", []).append((d, slot_mask(dg, value, d, keep, {})))
         return out
 
     def run_raw(self, batch: tuple[tuple, dict], masks: Masks | None = None, capture: Iterable[str] = (),

@@ -47,8 +47,8 @@ def buffer_note(dg: DependencyGraph, plan) -> list[str]:
     """A line where a cut group holds no parameter, only buffers (Performer's random-feature projection): the
     model runs as proved, but code that rebuilds such a buffer at its old size (a redraw while training) will
     not fit it ([] where none)."""
-    kinds = {v.name: v.kind for v in dg.ir.values.values()}
-    only = [g for g, idx in plan.pruned.items() if len(idx) and all(kinds.get(m.value) == "buffer" for m in dg.group(g).members)]
+    kind = dg.ir.values
+    only = [g for g, idx in plan.pruned.items() if len(idx) and all(kind[m.value].kind == "buffer" for m in dg.group(g).members)]
     if not only:
         return []
     names = sorted({m.name for g in only for m in dg.group(g).members})

@@ -13,27 +13,31 @@ from ..reasons import SPATIAL
 from .registry import RuleContext, register
 
 
-def _per_dim(v, n: int, default: int) -> list:
-    if v is None:
-        return [default] * n
-    return list(v) * n if isinstance(v, (list, tuple)) and len(v) == 1 else (list(v) if isinstance(v, (list, tuple))
-                                                                           else [v] * n)
+def _per_dim(v, n: int) -> list:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return v * n if len(v) == 1 else v
+
+
+def pointwise(ctx: RuleContext, w: str, stride, padding) -> set[int]:
+    """The spatial dims (0-based) a 1-wide kernel reads at stride 1 and no padding: each position alone, so
+    they pass through, as a linear's leading dims do (MLP-Mixer's token mixing is a Conv1d whose "positions"
+    are the hidden size). ``padding`` a string ("same", "valid") is none at a 1-wide kernel."""
+    n = ctx.rank(w) - 2
+    strides, pads = _per_dim(stride, n), [0] * n if isinstance(padding, str) else _per_dim(padding, n)
+    return {k for k in range(n) if ctx.shape(w)[2 + k] == 1 and strides[k] == 1 and pads[k] == 0}
 
 
 def relate_conv(ctx: RuleContext, node: Node, x: str, w: str, b, out: str, groups: int, transposed: bool,
-                groups_path: tuple, stride=None, padding=None) -> None:
+                groups_path: tuple, passes: set[int] = frozenset()) -> None:
+    """``passes``: spatial dims whose positions pass through (:func:`pointwise`); the others are frozen."""
     nsp = ctx.rank(w) - 2
     batched = ctx.rank(x) == nsp + 2
     c = 1 if batched else 0
     if batched:
         ctx.tie(ctx.s(x, 0), ctx.s(out, 0))
-    strides = _per_dim(stride, nsp, 1)
-    pads = [0] * nsp if isinstance(padding, str) else _per_dim(padding, nsp, 0)  # "same"/"valid" at a 1-wide kernel: 0
     for k in range(nsp):
         ctx.hide(ctx.s(w, 2 + k), f"kernel window of {node.where()}")
-        if ctx.shape(w)[2 + k] == 1 and strides[k] == 1 and pads[k] == 0 and len(pads) == nsp:
-            # a 1-wide kernel at stride 1 reads each position alone (MLP-Mixer's token mixing is a Conv1d whose
-            # "positions" are the hidden size): they pass through, as a linear's leading dims do
+        if k in passes:
             ctx.tie(ctx.s(x, c + 1 + k), ctx.s(out, c + 1 + k))
             continue
         reason = f"spatial positions at {node.where()}"
@@ -63,24 +67,26 @@ def relate_conv(ctx: RuleContext, node: Node, x: str, w: str, b, out: str, group
 def _conv(node: Node, ctx: RuleContext) -> None:
     groups = ctx.arg(node, 6, "groups", 1)
     relate_conv(ctx, node, node.args[0].name, node.args[1].name, ctx.arg(node, 2, "bias"), node.outputs[0],
-                groups, False, (6,), ctx.arg(node, 3, "stride", 1), ctx.arg(node, 4, "padding", 0))
+                groups, False, (6,), pointwise(ctx, node.args[1].name, ctx.arg(node, 3, "stride", 1),
+                                               ctx.arg(node, 4, "padding", 0)))
 
 
 @register("aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
 def _conv_transpose(node: Node, ctx: RuleContext) -> None:
     groups = ctx.arg(node, 6, "groups", 1)
-    plain = not any(_per_dim(ctx.arg(node, 5, "output_padding", 0), 1, 0))  # an output padding adds positions
+    plain = not any(_per_dim(ctx.arg(node, 5, "output_padding", 0), 1))  # an output padding adds positions
     relate_conv(ctx, node, node.args[0].name, node.args[1].name, ctx.arg(node, 2, "bias"), node.outputs[0],
-                groups, True, (6,), ctx.arg(node, 3, "stride", 1) if plain else 2, ctx.arg(node, 4, "padding", 0))
+                groups, True, (6,), pointwise(ctx, node.args[1].name, ctx.arg(node, 3, "stride", 1),
+                                              ctx.arg(node, 4, "padding", 0)) if plain else set())
 
 
 @register("aten.convolution", "aten._convolution")
 def _convolution(node: Node, ctx: RuleContext) -> None:
     transposed = bool(node.args[6])
     groups = node.args[8]
-    plain = not transposed or not any(_per_dim(node.args[7], 1, 0))  # an output padding adds positions
+    plain = not transposed or not any(_per_dim(node.args[7], 1))  # an output padding adds positions
     relate_conv(ctx, node, node.args[0].name, node.args[1].name, node.args[2], node.outputs[0],
-                groups, transposed, (8,), node.args[3] if plain else 2, node.args[4])
+                groups, transposed, (8,), pointwise(ctx, node.args[1].name, node.args[3], node.args[4]) if plain else set())
 
 
 @register("onnx.Conv", "onnx.ConvTranspose")
@@ -91,4 +97,5 @@ def _onnx_conv(node: Node, ctx: RuleContext) -> None:
     plain = not any(node.kwargs.get("output_padding") or ()) and "output_shape" not in node.kwargs
     relate_conv(ctx, node, node.args[0].name, node.args[1].name, bias, node.outputs[0],
                 node.kwargs.get("group", 1), node.op == "onnx.ConvTranspose", ("group",),
-                node.kwargs.get("strides", 1) if plain else 2, [pads[k] + pads[k + n] for k in range(n)])
+                pointwise(ctx, node.args[1].name, node.kwargs.get("strides", 1), [pads[k] + pads[k + n] for k in range(n)])
+                if plain else set())

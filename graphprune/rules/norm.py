@@ -9,14 +9,15 @@ from ..reasons import NORMALISED
 from .registry import RuleContext, register
 
 
-def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list, over_positions: bool | str = False) -> None:
+def _per_channel(ctx: RuleContext, node: Node, x: str, out: str, stats: list, own_stats: str = "") -> None:
+    """``own_stats``: "" (running statistics), "instance" (each item's positions) or "batch" (the batch's)."""
     ctx.tie_broadcast(out, [x])
     c = 1 if ctx.rank(x) > 1 else 0
     for p in stats:
         if p is not None:
             ctx.tie(ctx.s(p, 0), ctx.s(x, c))
-    if over_positions:
-        _positions(ctx, node, x, batch=over_positions == "batch")
+    if own_stats:
+        _positions(ctx, node, x, batch=own_stats == "batch")
 
 
 def _positions(ctx: RuleContext, node: Node, x: str, batch: bool = False) -> None:
@@ -30,9 +31,9 @@ def _positions(ctx: RuleContext, node: Node, x: str, batch: bool = False) -> Non
 @register("aten.batch_norm", "aten.instance_norm")
 def _batch_norm(node: Node, ctx: RuleContext) -> None:
     # batch_norm(x, w, b, mean, var, training, ...); instance_norm(x, w, b, mean, var, use_input_stats, ...)
-    own_stats = bool(ctx.arg(node, 5, "training", node.op == "aten.instance_norm"))
-    over = own_stats and ("batch" if node.op == "aten.batch_norm" else True)
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), over)
+    instance = node.op == "aten.instance_norm"
+    own = ("instance" if instance else "batch") if ctx.arg(node, 5, "training", instance) else ""
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), own)
 
 
 @register("aten._native_batch_norm_legit_no_training", "aten._native_batch_norm_legit",
@@ -42,7 +43,7 @@ def _native_batch_norm(node: Node, ctx: RuleContext) -> None:
     flag = node.args[5] if len(node.args) > 5 and not isinstance(node.args[3], bool) else (
         node.args[3] if len(node.args) > 3 and isinstance(node.args[3], bool) else False)
     training = node.op != "aten._native_batch_norm_legit_no_training" and bool(flag)
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), "batch" if training else False)
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), "batch" if training else "")
     for extra in node.outputs[1:]:  # saved mean / rstd are per channel
         if ctx.rank(extra) == 1:
             ctx.tie(ctx.s(extra, 0), ctx.s(node.args[0], 1))
@@ -95,8 +96,8 @@ def _group_norm(node: Node, ctx: RuleContext) -> None:
 
 @register("onnx.BatchNormalization", "onnx.InstanceNormalization")
 def _onnx_per_channel(node: Node, ctx: RuleContext) -> None:
-    over = True if node.op == "onnx.InstanceNormalization" else ("batch" if node.kwargs.get("training_mode", 0) else False)
-    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), over)
+    own = "instance" if node.op == "onnx.InstanceNormalization" else ("batch" if node.kwargs.get("training_mode", 0) else "")
+    _per_channel(ctx, node, node.args[0].name, node.outputs[0], list(node.args[1:5]), own)
 
 
 @register("onnx.LayerNormalization")
