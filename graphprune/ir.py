@@ -145,6 +145,22 @@ class Graph:
                 users.setdefault(name, []).append(n)
         return users
 
+    def dead_nodes(self) -> set[str]:
+        """Names of the nodes whose results reach no graph output and no state: the attention weights
+        ``nn.MultiheadAttention`` averages and returns where the caller drops them. An in-place op (a
+        name ending in ``_``: a buffer's update), a node with no outputs, one that reads a buffer (batch
+        norm in training updates its statistics) and whatever feeds them are live."""
+        live: set[str] = set(self.outputs)
+        dead: set[str] = set()
+        for n in reversed(self.nodes):
+            effect = (n.op.endswith("_") and not n.op.endswith("__") or not n.outputs
+                      or any(i in self.values and self.values[i].kind == "buffer" for i in n.inputs))
+            if effect or any(o in live for o in n.outputs):
+                live.update(n.inputs)
+            else:
+                dead.add(n.name)
+        return dead
+
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for n in self.nodes:

@@ -149,3 +149,23 @@ def test_matmul_ties_query_and_key_features_and_carries_value_features():
     assert members(vo) == {("wv", 0), ("wo", 1)} and vo.size == 5
     assert positions(qk, "wk", 0) == [[j] for j in range(6)]  # query feature j meets key feature j
     assert {g.id for g in dg.prunable_groups()} == {qk.id, vo.id}
+
+
+def test_a_reduction_no_output_reads_leaves_its_channels_exact():
+    """A mean over channels whose result reaches no output (nn.MultiheadAttention's head-averaged weights where the
+    caller drops them) cannot make the pruned model differ; one that updates a buffer in place is live."""
+    b = Builder()
+    x, w = b.input("x", 2, 4), b.param("w", 6, 4)
+    h = b.op("linear", (2, 6), x, w)
+    b.op("mean", (2,), h, [1])  # dead: read by nothing
+    dg = b.solve(b.op("linear", (2, 3), b.op("relu", (2, 6), h), b.param("w2", 3, 6)))
+    assert dg.ir.dead_nodes() == {"v1"}
+    assert [(g.size, g.exact) for g in dg.prunable_groups()] == [(6, True)]
+
+    b = Builder()
+    x, w, mem = b.input("x", 2, 4), b.param("w", 6, 4), b.param("mem", 2)
+    h = b.op("linear", (2, 6), x, w)
+    b.op("copy_", (2,), mem, b.op("mean", (2,), h, [1]))  # a buffer written in place: its input is live
+    dg = b.solve(b.op("linear", (2, 3), b.op("relu", (2, 6), h), b.param("w2", 3, 6)))
+    assert dg.ir.dead_nodes() == set()
+    assert [(g.size, g.exact) for g in dg.prunable_groups()] == [(6, False)]

@@ -145,6 +145,38 @@ class _Attends(nn.Module):
         return self.out(self.attn(h, h, h)[0])
 
 
+class _Block(nn.Module):
+    """Attention, then a LayerNorm'd residual stream and an FFN: the attention called torch's default way
+    (``need_weights=True``, the weights dropped by the caller) or with ``need_weights=False``."""
+
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.need_weights, self.inp, self.out = need_weights, nn.Linear(16, 64), nn.Linear(64, 10)
+        self.attn, self.norm = nn.MultiheadAttention(64, 8, batch_first=True), nn.LayerNorm(64)
+        self.ffn = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+
+    def forward(self, x):
+        h = self.inp(x)
+        a, _ = self.attn(h, h, h, need_weights=self.need_weights)
+        h = self.norm(h + a)
+        return self.out((h + self.ffn(h)).mean(1))
+
+
+def test_heads_are_found_where_the_caller_drops_the_averaged_weights():
+    """torch's default call returns the attention weights averaged over heads; dropped by the caller, that mean
+    reaches no output. Before, it hid the heads (``conv_group``), the model counted as one without attention and
+    the default call cut its LayerNorm'd width (oracle PARTIAL); now it prunes as with ``need_weights=False``."""
+    x, cuts = torch.randn(2, 12, 16), []
+    for need_weights in (True, False):
+        torch.manual_seed(0)
+        model = _Block(need_weights).eval()
+        assert sorted(gp.trace(model, (x,)).kinds.values()).count("head") == 1
+        pruned, report = gp.prune(model, (x,), verify=True, measure_latency=False)
+        assert report.oracle.verdict == "PASS" and pruned.inp.out_features == 64
+        cuts.append((pruned.attn.num_heads, pruned.attn.head_dim, pruned.ffn[0].out_features))
+    assert cuts[0] == cuts[1] and cuts[0][0] < 8
+
+
 def test_heads_and_head_channels_of_equal_count_are_told_apart():
     """64 wide in 8 heads of 8: the rewrite's proof cannot tell 4 heads of 8 from 8 heads of 4, and a first
     version took the wrong one (a model 0.02 off the masked original, PARTIAL where the head-averaged weights
@@ -154,7 +186,7 @@ def test_heads_and_head_channels_of_equal_count_are_told_apart():
     torch.manual_seed(0)
     model, x = _Attends().eval(), torch.randn(2, 6, 4)
     dg = gp.trace(model, (x,))
-    heads = [g.id for g in dg.prunable_groups() if g.role == "outer" and g.size == 8]  # the averaged weights: conv_group
+    heads = [g.id for g in dg.prunable_groups() if g.kind == "head"]
     plan = gp.plan(dg, model, 0.0, ratios={heads[0]: 0.5}, roles=("outer",), round_to=1)
     pruned, _ = gp.prune(copy.deepcopy(model), (x,), plan_=plan, measure_latency=False)
     assert (pruned.attn.num_heads, pruned.attn.head_dim) == (4, 8)
@@ -168,8 +200,8 @@ def test_cut_head_channels_keep_the_original_scale():
     torch.manual_seed(0)
     model, x = _Attends(32, 4).eval(), torch.randn(2, 6, 4)
     dg = gp.trace(model, (x,))
-    inner = [g.id for g in dg.prunable_groups() if g.kind == "group_channel"]
-    plan = gp.plan(dg, model, 0.0, ratios={inner[0]: 0.5}, targets=("group_channel",), round_to=1)
+    inner = [g.id for g in dg.prunable_groups() if g.kind == "head_dim"]
+    plan = gp.plan(dg, model, 0.0, ratios={inner[0]: 0.5}, targets=("head_dim",), round_to=1)
     pruned, report = gp.prune(copy.deepcopy(model), (x,), plan_=plan, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned.attn.head_dim == 4
 

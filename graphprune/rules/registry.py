@@ -93,6 +93,7 @@ class RuleContext:
         # recurrence) would otherwise feed a pruned unit back into the kept ones.
         self.masked_weights: set[str] = set()
         self._node: Node | None = None
+        self.dead = graph.dead_nodes()  # their results reach no output: nothing they compute can differ
         self._users: dict[str, list[Node]] | None = None
 
     @property
@@ -182,7 +183,8 @@ class RuleContext:
             self.solver.freeze(self.s(value, d), reason)
 
     def inexact(self, key: SlotKey, kind: str, detail: str) -> None:
-        self.solver.inexact(key, self.reason(kind, detail))
+        if self._node is None or self._node.name not in self.dead:
+            self.solver.inexact(key, self.reason(kind, detail))
 
     def hide(self, key: SlotKey, detail: str) -> None:
         """Freeze a slot that is no channel at all (a kernel window, gates): never a group."""
