@@ -9,7 +9,7 @@ import torch
 
 import graphprune as gp
 from graphprune.cli.main import main
-from graphprune.errors import GraphpruneError
+from graphprune.errors import GraphpruneError, TraceError
 
 
 def _net() -> torch.nn.Module:
@@ -279,3 +279,19 @@ def test_inputs_the_model_itself_refuses_get_the_models_error():
     model = _ChecksItsLength().eval()
     with pytest.raises(gp.TraceError, match=r"fails on the example inputs, untraced: ValueError: input length must"):
         gp.prune(model, (torch.randn(1, 1, 100),), ratio=0.5, runtime=None)
+
+
+def test_a_submodule_named_like_a_module_method_is_refused_by_name():
+    """nbeats-pytorch registers ``self.parameters = nn.ParameterList(...)``: lookup by name finds the method, and the
+    trace failed with torch's message about a bound method plus advice about the example inputs."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(10, 8)
+            self.parameters = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1))])
+
+        def forward(self, x):
+            return self.a(x)
+
+    with pytest.raises(TraceError, match=r"submodule 'parameters' of Net has the name of Net.parameters.*Rename"):
+        gp.prune(Net().eval(), (torch.randn(2, 10),), measure_latency=False)

@@ -31,6 +31,7 @@ from ..util.torch_compat import (
     set_tensor,
 )
 from .torch_attrs import set_attribute
+from .torch_holders import hidden_modules, holds_model_tensors, rebind_hidden
 from .torch_guards import (
     Boundaries,
     failing_module,
@@ -85,6 +86,7 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     sliced = dict(zip(jobs, _slice_all(list(jobs.values()))))
     for owner, attr, key in sites:
         set_tensor(owner, attr, sliced[key])
+    rebind_hidden(model, sliced)  # layers in a plain list, their weights registered elsewhere (N-BEATS)
     _update_known_modules(model, dg, plan)
     for path, attr, value in attr_updates or []:
         set_attribute(model.get_submodule(path) if path else model, attr, value)
@@ -120,7 +122,8 @@ def _rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple
              check: bool | None, updates: dict[str, torch.Tensor] | None) -> None:
     sure, unsure = attribute_candidates(model, dg, plan, args, kwargs)
     if check is None:
-        check = bool(sure or unsure) or needs_proof(model, dg, plan) or reads_guard(model, dg, plan)
+        check = (bool(sure or unsure) or needs_proof(model, dg, plan) or reads_guard(model, dg, plan)
+                 or holds_model_tensors(model))
     if not check:
         apply_plan(model, dg, plan, sure, updates)
         return
@@ -247,7 +250,8 @@ def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
 def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict, dict, dict]]:
     """Every module's attributes, parameters and buffers (references: apply_plan replaces
     tensors and never writes into one), so a rewrite that does not hold can be undone."""
-    return [(m, dict(vars(m)), dict(own_params(m)), dict(own_buffers(m))) for m in model.modules()]
+    return [(m, dict(vars(m)), dict(own_params(m)), dict(own_buffers(m)))
+            for m in [*model.modules(), *hidden_modules(model)]]
 
 
 def _restore(saved: list[tuple[nn.Module, dict, dict, dict]]) -> None:

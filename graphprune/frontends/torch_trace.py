@@ -24,6 +24,8 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
     real weights where those fail, unless ``real`` is False). The environment variable
     GRAPHPRUNE_TRACE=export makes export the only way."""
 
+    if like is None:
+        _check_names(model)
     if like is not None and like.method == "record":
         try:
             return record(model, args, kwargs, device=like.device)
@@ -56,6 +58,20 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
     ep = export_program(model, args, kwargs)
     return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
+
+
+def _check_names(model: torch.nn.Module) -> None:
+    """A submodule registered under the name of a class attribute (nbeats-pytorch's ``self.parameters =
+    nn.ParameterList(...)``) is found by no lookup by name: ``getattr`` returns the method, so torch's
+    ``get_submodule`` and torch.export fail on it with a message about the method."""
+    for path, m in model.named_modules():
+        for name, child in m.named_children():
+            if getattr(type(m), name, None) is not None and getattr(m, name, None) is not child:
+                where = f"{path}.{name}" if path else name
+                raise TraceError(f"submodule '{where}' of {type(model).__name__} has the name of "
+                                 f"{type(m).__name__}.{name}, which attribute lookup finds instead (torch's "
+                                 f"get_submodule and torch.export too), so the model cannot be traced. Rename the "
+                                 f"attribute in {type(m).__name__}.__init__ (and its keys in a saved state_dict)")
 
 
 def _runs_eagerly(model: torch.nn.Module, args: tuple, kwargs: dict | None, failed: TraceError) -> None:
