@@ -31,7 +31,6 @@ from ..util.torch_compat import (
     set_tensor,
 )
 from .torch_attrs import set_attribute
-from .torch_holders import hidden_modules, holds_model_tensors, rebind_hidden
 from .torch_guards import (
     Boundaries,
     failing_module,
@@ -41,6 +40,7 @@ from .torch_guards import (
     same_scalars,
     unreached_groups,
 )
+from .torch_holders import hidden_modules, holds_model_tensors, rebind_hidden
 from .torch_mha import slim_attention
 from .torch_proof import (
     KNOWN_LAYERS,
