@@ -89,3 +89,15 @@ def test_a_duplicated_column_is_removed_once_and_its_copy_then_carries_both(monk
     first, second = sorted((order.index(0), order.index(1)))
     assert first == 0  # one copy still goes first, for nothing
     assert second >= f // 2  # the other now carries the weight of both and is kept over most columns
+
+
+def test_a_singular_block_is_solved_by_least_squares():
+    """A dead unit (zero weights, a zero row of H^-1 after earlier updates) costs nothing and is taken with the
+    next cheapest: their block of H^-1 is singular, and torch.linalg.solve raised from the middle of a whisper
+    decoder's prune. Least squares gives the minimum-norm update: the dead unit goes first, and the others are
+    ordered by their own costs w^2 / H^-1_jj (derived: with H^-1 diagonal, no update moves another column)."""
+    w = torch.tensor([[0.0, 1.0, 3.0, 1.0]], dtype=torch.float64)
+    hinv = torch.diag(torch.tensor([0.0, 1.0, 1.0, 0.5], dtype=torch.float64))
+    score = greedy_columns(w, hinv, np.arange(4), 4, steps=2)
+    assert np.isfinite(score).all()
+    assert list(np.argsort(score, kind="stable")) == [0, 1, 3, 2]  # costs 0, 1, 2, 9

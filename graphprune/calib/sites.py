@@ -73,6 +73,27 @@ def _ints(v, n: int, default: int) -> tuple[int, ...]:
     return v if len(v) == n else (v * n)[:n]
 
 
+# Ops that hand a weight on unchanged where dtype and shape stay: whisper's layers call ``self.weight.to(x.dtype)``
+_SAME = {"aten.to", "aten._to_copy", "aten.type_as", "aten.contiguous", "aten.clone", "aten.detach", "aten.alias"}
+
+
+def _stored(node: Node, dg: DependencyGraph, producers: dict[str, Node]) -> Node:
+    """``node`` with each weight it reads through a same-dtype, same-shape cast or copy replaced by the stored
+    tensor: where a layer casts its weight to the input's dtype, the cast is its weight (a site the refit
+    writes back to the stored tensor)."""
+    values, args, changed = dg.ir.values, list(node.args), False
+    for i, a in enumerate(args):
+        src = producers.get(a.name) if isinstance(a, Ref) and values[a.name].kind == "act" else None
+        if src is not None and src.op in _SAME and src.inputs:
+            base = values[src.inputs[0]]
+            if base.kind in ("param", "buffer", "const") and (base.dtype, base.shape) == (values[a.name].dtype,
+                                                                                       values[a.name].shape):
+                args[i], changed = Ref(base.name), True
+    if not changed:
+        return node
+    return Node(node.name, node.op, tuple(args), node.kwargs, node.outputs, node.meta)
+
+
 def _site(node: Node, dg: DependencyGraph) -> Site | None:
     values, op, a = dg.ir.values, node.op, node.args
     weight = lambda name: name is not None and values[name].kind in ("param", "buffer", "const")  # noqa: E731
@@ -130,9 +151,9 @@ def _onnx_conv_site(node: Node, values) -> Site | None:
 
 def find_sites(dg: DependencyGraph) -> list[Site]:
     """Every consumer site of the graph, in graph order; weights must have static shapes."""
-    out = []
+    out, producers = [], dg.ir.producers()
     for node in dg.ir.nodes:
-        s = _site(node, dg)
+        s = _site(_stored(node, dg, producers), dg)
         if s is not None and dg.ir.values[s.w].is_static and dg.ir.values[s.x].is_static:
             out.append(s)
     return out

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..graph import Group
+from ..util.linalg import solve_np
 from .base import ScoreContext, register_importance, scatter, with_fallback
 from .magnitude import l2
 from .obs_order import greedy_columns
@@ -145,7 +146,7 @@ GREEDY_WIDTH = 4096
 
 def _block_cost(w: np.ndarray, hinv: np.ndarray, blk: np.ndarray) -> float:
     wb = w[:, blk]
-    return float(np.einsum("ob,bo->", wb, np.linalg.solve(hinv[np.ix_(blk, blk)], wb.T)))
+    return float(np.einsum("ob,bo->", wb, solve_np(hinv[np.ix_(blk, blk)], wb.T)))
 
 
 def _greedy(w: np.ndarray, hinv: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
@@ -170,7 +171,7 @@ def _greedy(w: np.ndarray, hinv: np.ndarray, blocks: list[np.ndarray]) -> np.nda
         blk = pos[blocks[k]]
         alive[blocks[k]] = False
         rest = pos[alive]
-        solve = np.linalg.solve(hinv[np.ix_(blk, blk)], hinv[np.ix_(blk, rest)])  # (H^-1_BB)^-1 H^-1_B:
+        solve = solve_np(hinv[np.ix_(blk, blk)], hinv[np.ix_(blk, rest)])  # (H^-1_BB)^-1 H^-1_B:
         w = w[:, rest] - w[:, blk] @ solve
         hinv = hinv[np.ix_(rest, rest)] - hinv[np.ix_(rest, blk)] @ solve
     return score

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..util import linalg
+
 
 def greedy_columns(w: torch.Tensor, hinv: torch.Tensor, feature_index: np.ndarray, size: int,
                    steps: int) -> np.ndarray:
@@ -41,8 +43,8 @@ def greedy_columns(w: torch.Tensor, hinv: torch.Tensor, feature_index: np.ndarra
             return score
         tb = torch.as_tensor(take)
         hbb, wb = hinv[tb][:, tb], w[:, tb]
-        solve = torch.linalg.solve(hbb, hinv[tb])  # (H^-1_BB)^-1 H^-1_B:
-        joint = float((wb * torch.linalg.solve(hbb, wb.T).T).sum())  # tr(W_B (H^-1_BB)^-1 W_B^T)
+        solve = linalg.solve(hbb, hinv[tb])  # (H^-1_BB)^-1 H^-1_B:
+        joint = float((wb * linalg.solve(hbb, wb.T).T).sum())  # tr(W_B (H^-1_BB)^-1 W_B^T)
         total = max(total + max(joint, 0.0), float(ranked[-1]))  # the next chunk scores above this one
         keep = torch.as_tensor(np.setdiff1d(np.arange(pos.size), take, assume_unique=True))
         w = w[:, keep] - w[:, tb] @ solve[:, keep]
