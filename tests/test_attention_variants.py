@@ -170,3 +170,44 @@ def test_exact_hidden_channels_of_a_model_with_attention_are_default_targets():
     pruned, report = gp.prune(model, (x,), budget={"macs": 0.5}, verify=True, runtime=None)
     assert report.oracle.verdict == "PASS" and report.macs_after <= 0.51 * report.macs_before
     assert pruned[1].proj_out.in_features < 64 and pruned[0].out_features == 32  # the units cut, the stream kept
+
+
+class _MapsAttention(nn.Module):
+    """lucidrains' tab-transformer attention: returns its output and the post-softmax maps."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        attn = (torch.einsum("bhid,bhjd->bhij", q, k) * q.shape[-1] ** -0.5).softmax(-1)
+        return self.out(torch.einsum("bhij,bhjd->bhid", attn, v).transpose(1, 2).reshape(b, n, -1)), attn
+
+
+class _StacksMaps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Linear(5, 32), nn.Linear(32, 1)
+        self.layers = nn.ModuleList([nn.ModuleList([nn.LayerNorm(32), _MapsAttention(), nn.LayerNorm(32), nn.Sequential(
+            nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32))]) for _ in range(2)])
+
+    def forward(self, x):
+        x, maps = self.emb(x), []
+        for n1, attn, n2, ffn in self.layers:
+            y, a = attn(n1(x))
+            maps.append(a)
+            x = x + y
+            x = x + ffn(n2(x))
+        torch.stack(maps)  # stacked for a return_attn option, then dropped
+        return self.head(x[:, 0])
+
+
+def test_attention_maps_stacked_and_dropped_hide_no_heads():
+    """The stacked maps tied every layer's heads into one conv_group, so the model counted as one without attention
+    and the default call cut its LayerNorm'd stream (oracle PARTIAL). Read by no output, they change nothing."""
+    torch.manual_seed(0)
+    pruned, report = gp.prune(_StacksMaps().eval(), (torch.randn(4, 9, 5),), verify=True, measure_latency=False)
+    cut = {report.kinds[g] for g, (k, n) in report.kept.items() if k < n}
+    assert cut == {"head", "ffn"} and report.oracle.verdict == "PASS" and pruned.emb.out_features == 32

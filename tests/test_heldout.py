@@ -263,6 +263,9 @@ def test_repeated_items_and_onnx_advice():
     assert heldout.repeated(rows) == 0
     twice = {i: rows[i // 2] for i in range(16)}  # each item next to its copy: every pair straddles the halves
     assert heldout.repeated(twice) == 16
+    single = {i: rng.standard_normal(1) for i in range(16)}  # one output an item (a regression): none repeated
+    assert heldout.repeated(single) == 0  # each row scaled by its own largest made all 16 +-1 (rtdl FT-Transformer)
+    assert heldout.repeated({i: single[i // 2] for i in range(16)}) == 16
     h = HeldOut(10, 0.9, 0.1, 0.2, 0.9)
     assert "graphprune.recover" in h.warning() and "graphprune.recover" not in h.warning("ONNX")
     assert "exported from" in h.warning("ONNX")

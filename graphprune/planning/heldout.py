@@ -236,8 +236,12 @@ def _summaries(ref: dict, pick, starts: np.ndarray, mine: list[int], chosen: lis
 def repeated(rows: dict[int, np.ndarray]) -> int:
     """Items whose outputs from the original are exactly those of an item of the other half: the same input
     given twice (a data set repeated, each image next to its copy)."""
-    def key(row: np.ndarray) -> bytes:  # to 6 digits of the row's largest: a copy at another batch position
-        return np.round(row / (float(np.abs(row).max()) or 1.0), 6).tobytes()  # may differ in its last bits
+    # to 6 digits of the largest output of any item: a copy at another batch position may differ in its last bits
+    # (each row's own largest made every one-output item +-1, and a regression model's check was never run)
+    scale = max((float(np.abs(row).max()) for row in rows.values() if row.size), default=0.0) or 1.0
+
+    def key(row: np.ndarray) -> bytes:
+        return np.round(row / scale, 6).tobytes()
 
     seen: dict[bytes, set[int]] = {}
     for i, row in rows.items():
