@@ -211,3 +211,32 @@ def test_attention_maps_stacked_and_dropped_hide_no_heads():
     pruned, report = gp.prune(_StacksMaps().eval(), (torch.randn(4, 9, 5),), verify=True, measure_latency=False)
     cut = {report.kinds[g] for g, (k, n) in report.kept.items() if k < n}
     assert cut == {"head", "ffn"} and report.oracle.verdict == "PASS" and pruned.emb.out_features == 32
+
+
+class _PrivateHeads(nn.Module):
+    """rtdl's MultiheadAttention: the head count in ``self._n_heads``, read by a reshape helper."""
+
+    def __init__(self, d: int = 64, heads: int = 8) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self._n_heads = heads
+        self.ffn = nn.Sequential(nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, d))
+
+    def _split(self, x):
+        b, n, d = x.shape
+        return x.reshape(b, n, self._n_heads, d // self._n_heads).transpose(1, 2)
+
+    def forward(self, x):
+        a = F.softmax(self._split(self.q(x)) @ self._split(self.k(x)).transpose(-1, -2), -1) @ self._split(self.v(x))
+        x = x + self.o(a.transpose(1, 2).flatten(2))
+        return x + self.ffn(x)
+
+
+@pytest.mark.parametrize("budget", [None, {"macs": 0.5}])
+def test_a_private_head_count_attribute_is_updated(budget):
+    """``_n_heads`` was never probed (private names were skipped): heads were kept whole after a failed proof, and a
+    MACs budget was refused. A model's own private ints are probed; torch's layers' are not."""
+    torch.manual_seed(0)
+    pruned, report = gp.prune(_PrivateHeads().eval(), (torch.randn(4, 9, 64),), budget=budget, verify=True,
+                              measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned._n_heads < 8 and pruned.q.out_features == pruned._n_heads * 8

@@ -20,9 +20,12 @@ def _einops_lengths(m: nn.Module) -> dict | None:
 
 
 def int_attributes(m: nn.Module) -> list[tuple[str, int]]:
-    """(name, value) of every public int attribute of ``m``, einops axis lengths included, sorted by name."""
+    """(name, value) of every int attribute of ``m``, einops axis lengths included, sorted by name: public ones,
+    and a model's own private ones (rtdl's attention keeps ``self._n_heads``), not those of torch's layers."""
     settled = getattr(type(m), "settled_attributes", ())  # set by the rewrite itself (backends/torch_mha.py)
-    out = [(a, v) for a, v in vars(m).items() if not a.startswith("_") and type(v) is int and a not in settled]
+    own = not type(m).__module__.startswith("torch.")
+    out = [(a, v) for a, v in vars(m).items() if type(v) is int and a not in settled
+           and (not a.startswith("_") or own and not a.startswith("__"))]
     lengths = _einops_lengths(m)
     if lengths is not None:
         out += [(_AXES + k, v) for k, v in lengths.items() if type(v) is int]
