@@ -215,7 +215,7 @@ def test_a_budget_out_of_reach_names_what_keeps_the_rest_whole():
         gp.prune(_SortsMostOfIt().eval(), (torch.randn(2, 8),), budget={"params": 0.3}, round_to=1, runtime=None)
     text = str(got.value)
     assert "The selected groups are all the prunable ones: the rest is what each group keeps at max_ratio, and what " \
-        "groups kept whole hold (2 group(s): no coupling rule for op aten.sort at node" in text
+        "groups kept whole hold (2 group(s), 128 channel(s): no coupling rule for op aten.sort at node" in text
     assert "Select more kinds" not in text and "Raise max_ratio" in text
     # with nothing frozen, what is left is the 10% each group keeps: no freeze is blamed
     mlp = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),

@@ -191,3 +191,42 @@ def test_a_mask_over_batch_heads_and_tokens_follows_the_runs_own_sizes(shape):
     y = torch.randn(*shape, 8)
     with torch.no_grad():
         torch.testing.assert_close(masked_original(dg, plan, (y,))[0], pruned(y), rtol=1e-5, atol=1e-5)
+
+
+class _Windows(torch.nn.Module):
+    """SAM's windowed attention: windows folded into the batch, then heads too: (batch x windows x heads)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, ws: int = 4) -> None:
+        super().__init__()
+        self.h, self.ws = heads, ws
+        self.qkv, self.o = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 64), torch.nn.GELU(), torch.nn.Linear(64, dim))
+
+    def forward(self, x):  # (b, h, w, c)
+        b, hh, ww, c = x.shape
+        ws = self.ws
+        w = x.view(b, hh // ws, ws, ww // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        bn, n, _ = w.shape
+        q, k, v = self.qkv(w).reshape(bn, n, 3, self.h, -1).permute(2, 0, 3, 1, 4).reshape(3, bn * self.h, n, -1).unbind(0)
+        a = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        o = self.o(a.view(bn, self.h, n, -1).permute(0, 2, 1, 3).reshape(bn, n, -1))
+        x = x + o.view(b, hh // ws, ww // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
+        return x + self.mlp(x)
+
+
+def test_a_batch_of_one_merged_with_windows_and_heads_takes_larger_batches():
+    """With an example of one image, the batch is no factor of the (batch x windows x heads) dim, so no head mask
+    could be fitted to a batch of 3: a PlanError. Such batches are cut into the example's size, item by item:
+    the same plan and weights as batches of one."""
+    x = torch.randn(6, 8, 8, 32, generator=torch.Generator().manual_seed(3))
+    results = {}
+    for name, calib in {"ones": [(x[i:i + 1],) for i in range(6)], "threes": [(x[:3],), (x[3:],)]}.items():
+        torch.manual_seed(0)
+        model, report = gp.prune(_Windows().eval(), (x[:1],), budget={"params": 0.6}, calib=calib, verify=True,
+                                 measure_latency=False, heldout_check=False, round_to=1)
+        assert report.oracle.verdict == "PASS"
+        results[name] = (report.plan.pruned, _weights(model))
+    (plan0, w0), (plan1, w1) = results.values()
+    assert plan0 == plan1 and w0["qkv.weight"].shape[0] < 96
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -192,7 +192,7 @@ def test_a_quantized_onnx_op_is_refused_with_its_reasons_attached(tmp_path):
     with pytest.raises(gp.PlanError) as exc:
         check_prunable(g)
     assert exc.value.reasons == [why] and str(why) in str(exc.value)
-    assert frozen_summary(g) == f"1 group(s): {why}"
+    assert frozen_summary(g) == f"1 group(s), 16 channel(s): {why}"  # fc1's 16 outputs
     with pytest.raises(gp.PlanError, match="nothing in this model can be pruned") as exc:
         gp.prune_onnx(tmp_path / "q.onnx", tmp_path / "slim.onnx", ratio=0.5, measure_latency=False)
     assert [r.kind for r in exc.value.reasons] == [QUANTIZED] and not (tmp_path / "slim.onnx").exists()

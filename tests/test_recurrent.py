@@ -277,3 +277,51 @@ def test_zeros_read_by_an_op_taking_a_list_is_no_state_and_no_crash():
     model, args = _PaddedWithZeros().eval(), (torch.randn(3, 8),)
     pruned, report = gp.prune(model, args, ratio=0.5, round_to=1, runtime=None, verify=True)
     assert report.oracle.verdict == "PASS" and pruned.a.out_features == 8 and pruned.b.in_features == 8 + 4
+
+
+class _HandWrittenCell(nn.Module):
+    """SRU's pure-torch recurrence: one linear makes three gates a unit, the state starts as ``x.new_zeros(b, self.d)``
+    and runs over time element by element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d, self.a, self.b = 32, nn.Linear(16, 96), nn.Linear(32, 8)
+        self.wc = nn.Parameter(torch.randn(32) * 0.1)
+
+    def forward(self, x):  # (time, batch, 16)
+        steps, batch, _ = x.shape
+        u = self.a(x).view(steps, batch, self.d, 3)
+        c, out = x.new_zeros(batch, self.d), []
+        for t in range(steps):
+            f = torch.sigmoid(u[t, :, :, 1] + c * self.wc)
+            c = f * c + (1 - f) * u[t, :, :, 0]
+            out.append(torch.sigmoid(u[t, :, :, 2]) * c)
+        return self.b(torch.stack(out))
+
+
+def test_a_hand_written_recurrence_prunes_its_hidden_units():
+    """The zero state's size is ``self.d``: its dims were frozen ("size set by the arguments of new_zeros"), which
+    froze the hidden units, and the refusal named two 3-wide selects instead. A filled tensor only element-wise ops
+    read starts every channel alike, so its size follows the channels."""
+    torch.manual_seed(0)
+    pruned, report = gp.prune(_HandWrittenCell().eval(), (torch.randn(6, 2, 16),), verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.d == 16 and pruned.a.weight.shape == (48, 16)
+    assert pruned(torch.randn(4, 3, 16)).shape == (4, 3, 8)
+
+
+def test_the_refusal_names_the_freeze_that_keeps_the_most_channels():
+    """Where nothing can be pruned, the reasons are ranked by the channels they keep whole: a sort over 3 channels
+    (2 groups) came before the select that keeps all 64 hidden units (1 group)."""
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Linear(4, 64), nn.Linear(64, 2), nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) * h[:, 5, None] + self.d(torch.sort(self.c(x), dim=1).values)
+
+    with pytest.raises(gp.PlanError) as got:
+        gp.prune(Wide().eval(), (torch.randn(2, 4),), measure_latency=False)
+    text = str(got.value)
+    assert text.index("1 group(s), 64 channel(s)") < text.index("2 group(s), 6 channel(s): no coupling rule for op aten.sort")

@@ -312,9 +312,10 @@ def inexact_pruned(dg: DependencyGraph, plan: PrunePlan) -> list[tuple[Reason, i
 
 
 def frozen_summary(dg: DependencyGraph, top: int = 2) -> str:
-    """The commonest freeze reasons, model inputs and outputs aside (frozen by design)."""
-    ranked = ranked_freezes(dg.groups)[:top]
-    return "; ".join(f"{n} group(s): {r}" for r, n in ranked) if ranked else "see graph.summary()"
+    """The freeze reasons that keep the most channels whole, model inputs and outputs aside (frozen by design):
+    ranked by groups, two 2-wide selects hid the 32 hidden units a zero state froze (a hand-written SRU)."""
+    ranked = sorted(frozen_channels(dg.groups), key=lambda e: (-e[2], -e[1], str(e[0])))[:top]
+    return "; ".join(f"{n} group(s), {c} channel(s): {r}" for r, n, c in ranked) if ranked else "see graph.summary()"
 
 
 def check_prunable(dg: DependencyGraph) -> None:

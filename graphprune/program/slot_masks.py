@@ -4,6 +4,10 @@ A mask is built over a slot's positions at the example's shapes. Where the slot 
 dim with a pruned one (heads folded into the batch, ``'b n (h d) -> (b h) n d'``), a calibration
 batch of another size has more positions there: the mask is the same along the inputs' factors,
 so it is rebuilt at the run's own input sizes (read from its trace), not refused.
+
+An input dim of size one in the example is no factor of any slot (SAM's windows and heads merged with a
+batch of one): no mask over that slot can be fitted to a larger batch. Such batches are cut into batches of
+the example's size, item by item (:func:`fitted`): the statistics are sums over items, so they are the same.
 """
 from __future__ import annotations
 
@@ -69,3 +73,39 @@ def input_shapes(gm: torch.fx.GraphModule) -> dict[str, tuple[int, ...]]:
     """A traced program's input shapes, by placeholder (the IR's input names)."""
     return {n.name: tuple(n.meta["val"].shape) for n in gm.graph.nodes
             if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)}
+
+
+def _fits(dg, trace, free: dict[int, tuple[str, int]]) -> bool:
+    """Whether a mask over every slot of ``dg`` can be fitted to ``trace`` (a trace at another batch's shapes)."""
+    values, inputs = dg.ir.values, input_shapes(trace.gm)
+    for n in trace.nodes():
+        val = n.meta.get("val")
+        v = values.get(n.name)
+        if not isinstance(val, torch.Tensor) or v is None or v.kind != "act" or len(v.shape) != val.dim():
+            continue
+        for d, (was, now) in enumerate(zip(v.shape, val.shape)):
+            if isinstance(was, int) and was != int(now):
+                try:
+                    slot_mask(dg, n.name, d, np.ones(was, dtype=bool), free).at(int(now), inputs)
+                except PlanError:
+                    return False
+    return True
+
+
+def fitted(program, batches: list) -> tuple[list, int]:
+    """``batches`` with each that no mask fits (see the module docstring) cut into batches of the example's batch
+    size, where that divides it; and how many were cut."""
+    main, dg = program.trace(), program.graph()
+    example = main.input_shapes()
+    size = example[0][0] if example and example[0] else None
+    out, cut, free = [], 0, input_atoms(dg)
+    for k, b in enumerate(batches):
+        trace, first = program.trace_for(b, k), program.first_input(b)
+        n = first[0][0] if first is not None and first[0] else None
+        if trace is main or not size or not n or n == size or n % size or _fits(dg, trace, free):
+            out.append(b)
+            continue
+        pieces = [program.take(b, np.arange(n) // size == j) for j in range(n // size)]
+        out += pieces if all(p is not None for p in pieces) else [b]
+        cut += all(p is not None for p in pieces)
+    return out, cut

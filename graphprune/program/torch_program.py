@@ -40,7 +40,7 @@ from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
-from .slot_masks import SlotMask, input_atoms, slot_mask
+from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
 from .torch_oracle_inputs import oracle_batches
 from .torch_run import Walk, as_batch, retrace, take_items
 
@@ -133,8 +133,9 @@ class TorchProgram(Program):
             batches.append((args, kwargs))
         if not batches:
             raise PlanError("calib= holds no batches; pass a list of example batches, or leave it out")
-        for k, b in enumerate(batches):
-            self.trace_for(b, k)
+        batches, cut = fitted(self, batches)
+        note = f"calibration: {cut} batch(es) cut into batches of the example's batch size (no mask fits them)"
+        self.notes += [note] if cut and note not in self.notes else []
         return batches
 
     def trace_for(self, batch: tuple[tuple, dict], k: int | None = None):

@@ -3,7 +3,8 @@
 Their sizes are numbers in the op's arguments, not channels any input carries, so their
 output dims are frozen, except in these patterns, whose sizes the rewrite may carry:
 
-- a recurrent layer's zero initial state (its size follows the hidden units);
+- a recurrent layer's zero initial state (its size follows the hidden units), and a filled tensor that only
+  element-wise ops read (a hand-written recurrence's state: every channel starts alike);
 - a buffer assembled from pieces: a fresh tensor whose slices along one dim are each
   written whole by ``copy_`` before anything reads it (DeepSeek-V3's MLA builds its keys
   so: ``new_empty`` then ``k[..., :n].copy_(k_nope)`` and ``k[..., n:].copy_(k_rot)``).
@@ -29,16 +30,19 @@ from .shape import slice_bounds
 _SIZED = {"aten.zeros": 0, "aten.empty": 0, "aten.full": 0,
           "aten.new_zeros": 1, "aten.new_empty": 1, "aten.new_full": 1}
 defopaque_outputs(*(f"aten.{op}" for op in "arange ones scalar_tensor new_ones randn rand tensor linspace".split()))
+_ELEMENTWISE = {f"aten.{op}" for op in "add sub mul div rsub maximum minimum where addcmul lerp".split()}
 
 
 @register(*_SIZED)
 def _sized(node: Node, ctx: RuleContext) -> None:
     out, at = node.outputs[0], _SIZED[node.op]
     size = node.args[at] if len(node.args) > at else node.kwargs.get("size")
-    narrowed: set[int] = set()
+    filled = "empty" not in node.op
+    part = padded(ctx, out) if filled and isinstance(size, (list, tuple)) else None
+    narrowed = part or set()
     if isinstance(size, (list, tuple)) and ((node.op == "aten.zeros" and zero_state(ctx, out))
                                             or assembled(ctx, node, out) or scattered_into(ctx, out)
-                                            or ("empty" not in node.op and (narrowed := padded(ctx, out)) is not None)):
+                                            or part is not None or (filled and _state(ctx, out))):
         for d, n in enumerate(size):
             if d in narrowed:
                 ctx.freeze(ctx.s(out, d), COMPUTED, f"positions written in part, size set by the arguments of {node.where()}")
@@ -46,6 +50,14 @@ def _sized(node: Node, ctx: RuleContext) -> None:
                 ctx.carry(ctx.s(out, d), (at, d), n)
         return
     ctx.freeze_value(out, COMPUTED, f"size set by the arguments of {node.where()}")
+
+
+def _state(ctx: RuleContext, out: str) -> bool:
+    """Whether ``out`` (one value in every element) is only read by ops that combine it element by element: a
+    hand-written recurrence's state (``c = x.new_zeros(b, self.d)``, then ``c = f * c + (1 - f) * u``), whose
+    every channel starts alike, so its size follows the channels it meets."""
+    users = ctx.users(out)
+    return bool(users) and all(u.op in _ELEMENTWISE and out not in u.outputs for u in users)
 
 
 def _span(node: Node, ctx: RuleContext, out: str) -> tuple[int, int, int] | None:
