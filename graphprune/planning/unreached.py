@@ -70,8 +70,11 @@ def _rounds(run: Callable, dg: DependencyGraph, given: bool, notes: list[str]):
         except PlanError as exc:
             if first is None:
                 raise
-            # what is left after keeping those groups whole cannot be planned: the rewrite's error is the cause
-            raise RewriteError(f"{first}; keeping those groups whole and planning again failed: {exc}",
+            # what is left after keeping those groups whole cannot be planned: the outcome first (a Mamba whose
+            # every group the forward spells read as "the pruned model no longer runs", its end "nothing can be
+            # pruned"), then the rewrite's error, which is the cause
+            raise RewriteError(f"planning again failed after keeping whole the groups whose sizes the forward "
+                               f"spells: {exc}. Why they were kept whole: {first}",
                                reasons=first.reasons, modules=first.modules) from exc
         report.notes += notes
         return pruned, report
