@@ -335,3 +335,35 @@ def test_an_assert_on_tensor_values_that_holds_is_recorded_past():
     assert pruned(torch.randn(2, 2, 120)).shape[:2] == (2, 2)
     with pytest.raises(TraceError, match=r"reads tensor data"):
         gp.trace(_Asserting("branch").eval(), (x,))
+
+
+class _BranchesOn(torch.nn.Module):
+    """A Python branch on tensor values: a buffer (vector-quantize's ``if self.initted:``), a grid made in forward
+    (torchdiffeq's ``if t[0] > t[1]``), a parameter, or the input."""
+
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        self.on, self.a, self.b = on, torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+        self.register_buffer("initted", torch.tensor(True))
+
+    def forward(self, x):
+        flag = {"buffer": lambda: self.initted, "grid": lambda: torch.tensor([0.0, 1.0])[1] > 0,
+                "parameter": lambda: self.a.weight.sum() > -1e9, "input": lambda: x.sum() > -1e9}[self.on]()
+        h = torch.relu(self.a(x)) if flag else -torch.relu(self.a(x))
+        return self.b(h)
+
+
+@pytest.mark.parametrize("on", ["buffer", "grid", "parameter", "input"])
+def test_a_branch_on_the_models_state_is_recorded_on_the_path_it_takes(on):
+    """A branch on buffers and constants is the same for every input: the recording takes the path the state
+    chooses (before, every branch on data was refused). A parameter's values change with the cut and an input's
+    with the input, so branches on them are still refused."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16)
+    if on in ("parameter", "input"):
+        with pytest.raises(gp.TraceError, match="reads tensor data"):
+            gp.prune(_BranchesOn(on).eval(), (x,), measure_latency=False)
+        return
+    model = _BranchesOn(on).eval()
+    pruned, report = gp.prune(model, (x,), verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_features < 64

@@ -47,7 +47,7 @@ from ..util.torch_compat import (
     tree_map,
 )
 from . import meta_shapes
-from .record_asserts import asserted, drop_asserted
+from .record_asserts import asserted, drop_asserted, of_state
 from .torch_export import is_tensor_cache
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
@@ -168,7 +168,8 @@ class _Recorder(PreDispatchModeBase):
         name = _op_name(func)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             where, given = _user_frame(), self._input_of(args[0] if args else None)
-            if not self.on_meta and asserted(name, where):  # demucs' ``assert (out[..., a:b] == x).all()``
+            if not self.on_meta and (asserted(name, where) or of_state(self.env.get(args[0]) if args else None)):
+                # demucs' ``assert (out[..., a:b] == x).all()``; vector-quantize's ``if self.initted:``
                 self.asserted.append(self.env.get(args[0]))
                 with no_python_dispatcher():
                     return func(*args, **kwargs)
