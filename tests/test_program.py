@@ -89,3 +89,29 @@ def test_both_front_ends_share_the_report_and_the_oracle(programs, tmp_path):
     assert report_o.oracle.runtime == "onnxruntime" and report_o.path.endswith("out.onnx")
     # the same plan on the same weights prunes the same number of weights on both front-ends
     assert report_t.params_after == report_o.params_after
+
+
+class _Caches(torch.nn.Module):
+    """Keeps what its forward computes for the next call (rotary-embedding-torch's table and its length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.cached = torch.nn.Linear(4, 4), 0
+
+    def forward(self, x):
+        self.cached = x.shape[0]
+        return self.lin(x)
+
+
+def test_runs_of_the_model_leave_its_state_as_it_was():
+    """The oracle's and the timer's forwards on the user's model set rotary-embedding-torch's cache length, and the
+    rewrite's proof, traced after them, took the cached path: its heads were kept whole on a fresh model and cut on
+    one that had run (the same weights)."""
+    from graphprune.program.torch_program import TorchProgram
+
+    model, x = _Caches().eval(), torch.randn(3, 4)
+    program = TorchProgram(model, (x,))
+    program.run(((x,), {}))
+    with program.timing("torch"):
+        program.runner("torch")()
+    assert model.cached == 0

@@ -37,7 +37,7 @@ from ..util.compare import gaps
 from ..util.containers import container_children
 from ..util.gc_pause import reclaim
 from ..util.tables import shapes_text
-from ..util.torch_compat import ConvNd, fx_flatten_spec, tree_leaves
+from ..util.torch_compat import ConvNd, fx_flatten_spec, kept_attributes, tree_leaves
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
 from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
@@ -175,8 +175,8 @@ class TorchProgram(Program):
         """:meth:`run` with torch outputs as the model (or, masked, the traced graph) gives them."""
         args, kwargs = batch
         capture = list(capture)
-        if masks is None and not capture:
-            with torch.no_grad():
+        if masks is None and not capture:  # a forward that caches (rotary tables) must not move later traces' path
+            with torch.no_grad(), kept_attributes(self.model):
                 return self.model(*args, **kwargs) if outputs else None
 
         walk = Walk(self.trace(), [batch], masks=self._act_masks(masks or {}), trace_for=self.trace_for)
@@ -352,7 +352,8 @@ class TorchProgram(Program):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            yield
+            with kept_attributes(self.model):
+                yield
         finally:
             torch.set_num_threads(threads)
 
