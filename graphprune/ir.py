@@ -150,10 +150,13 @@ class Graph:
         ``nn.MultiheadAttention`` averages and returns where the caller drops them. An in-place op (a
         name ending in ``_``: a buffer's update), a node with no outputs, one that reads a buffer (batch
         norm in training updates its statistics) and whatever feeds them are live."""
+        if not self.outputs:
+            return set()  # outputs no trace could list (an object pytree does not flatten): nothing is known dead
         live: set[str] = set(self.outputs)
         dead: set[str] = set()
         for n in reversed(self.nodes):
-            effect = (n.op.endswith("_") and not n.op.endswith("__") or not n.outputs
+            leaf = n.op.rpartition(".")[2]  # in place: add_, copy_, and the dunders __iand__, __ior__, ...
+            effect = (leaf.endswith("_") and not leaf.endswith("__") or leaf.startswith("__i") or not n.outputs
                       or any(i in self.values and self.values[i].kind == "buffer" for i in n.inputs))
             if effect or any(o in live for o in n.outputs):
                 live.update(n.inputs)

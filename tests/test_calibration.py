@@ -505,3 +505,25 @@ def test_layers_that_cast_their_weight_are_calibrated_like_plain_ones():
     with torch.no_grad():
         assert torch.equal(got[0](x), got[1](x))
     assert all(torch.equal(a, b) for a, b in zip(got[0].state_dict().values(), got[1].state_dict().values()))
+
+
+class _MaskedCopy(torch.nn.Module):
+    """Reads a copy of its weight that it zeroes in part first: the copy is not the stored weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc = torch.nn.Linear(8, 32), torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        w = self.fc.weight.clone()
+        w[:, 16:].mul_(0.0)
+        return torch.nn.functional.linear(torch.relu(self.a(x)), w, self.fc.bias)
+
+
+def test_a_weight_copy_written_in_place_is_no_calibration_site():
+    """A copy another op writes after it is made is not the weight the layer reads: only the first layer is a site
+    (review: the first version refit the stored weight from the zeroed copy's inputs, a quality loss no oracle sees)."""
+    from graphprune.calib.sites import find_sites
+
+    dg = gp.trace(_MaskedCopy().eval(), (torch.randn(2, 8),))
+    assert [s.w for s in find_sites(dg)] == ["p_a_weight"]

@@ -266,6 +266,8 @@ def test_repeated_items_and_onnx_advice():
     single = {i: rng.standard_normal(1) for i in range(16)}  # one output an item (a regression): none repeated
     assert heldout.repeated(single) == 0  # each row scaled by its own largest made all 16 +-1 (rtdl FT-Transformer)
     assert heldout.repeated({i: single[i // 2] for i in range(16)}) == 16
+    single[3] = np.array([1e7])  # one outlier item: with one scale for all rows the others all looked alike (review)
+    assert heldout.repeated(single) == 0
     h = HeldOut(10, 0.9, 0.1, 0.2, 0.9)
     assert "graphprune.recover" in h.warning() and "graphprune.recover" not in h.warning("ONNX")
     assert "exported from" in h.warning("ONNX")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -57,3 +58,18 @@ def test_a_failed_rewrite_restores_the_listed_layers_too():
     _restore(saved)
     assert model.blocks[1][2].weight.shape == (32, 32) and model.blocks[1][2].weight is model.params[8]
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+
+
+def test_layers_held_where_the_rewrite_cannot_reach_them_are_refused():
+    """Held in a deque, the layers were not found and kept the old weights: the report counted pruned parameters
+    while the model computed what the original did (review). The recording saw the forward call them: refused."""
+    import collections
+
+    class _Deque(_Listed):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = collections.deque(self.blocks)
+
+    torch.manual_seed(0)
+    with pytest.raises(gp.RewriteError, match="the forward calls layers the model does not register, holding params.0"):
+        gp.prune(_Deque().eval(), (torch.randn(4, 10),), ratio=0.5, measure_latency=False)

@@ -169,3 +169,22 @@ def test_a_reduction_no_output_reads_leaves_its_channels_exact():
     dg = b.solve(b.op("linear", (2, 3), b.op("relu", (2, 6), h), b.param("w2", 3, 6)))
     assert dg.ir.dead_nodes() == set()
     assert [(g.size, g.exact) for g in dg.prunable_groups()] == [(6, False)]
+
+
+def test_an_in_place_dunder_op_is_live():
+    """``view &= mask`` records as ``__iand__``: an in-place write whose name does not end in ``_``; it and what
+    feeds it are live (review: the first version took it for dead)."""
+    b = Builder()
+    x, w = b.input("x", 2, 4), b.param("w", 6, 4)
+    h = b.op("linear", (2, 6), x, w)
+    b.op("__iand__", (2, 6), b.input("keep", 2, 6), b.op("gt", (2, 6), h, 0.0))
+    b.solve(b.op("linear", (2, 3), h, b.param("w2", 3, 6)))
+    assert b.g.dead_nodes() == set()
+
+
+def test_nothing_is_dead_in_a_graph_without_outputs():
+    """A model whose outputs no trace could list (an object pytree does not flatten) has no outputs in the IR:
+    every node is not thereby dead (review: a LayerNorm'd group read as exact)."""
+    b = Builder()
+    b.op("mean", (2,), b.op("linear", (2, 6), b.input("x", 2, 4), b.param("w", 6, 4)), [1])
+    assert b.g.dead_nodes() == set()

@@ -325,3 +325,20 @@ def test_the_refusal_names_the_freeze_that_keeps_the_most_channels():
         gp.prune(Wide().eval(), (torch.randn(2, 4),), measure_latency=False)
     text = str(got.value)
     assert text.index("1 group(s), 64 channel(s)") < text.index("2 group(s), 6 channel(s): no coupling rule for op aten.sort")
+
+
+def test_a_fill_computed_from_its_size_keeps_its_size():
+    """``new_full((b, d), 1 / d)`` averages over d: cutting d changes the fill's value, which the rewrite cannot
+    follow; only zeros carry their size (review: a fill carried was refused with an oracle FAIL)."""
+    class Mean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d, self.a, self.e = 64, nn.Linear(8, 64), nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.e(x) + (x.new_full((x.shape[0], self.d), 1.0 / self.d) * h).sum(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    pruned, report = gp.prune(Mean().eval(), (torch.randn(2, 8),), verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_features == 64 and pruned.e[0].out_features < 32

@@ -40,7 +40,7 @@ from .torch_guards import (
     same_scalars,
     unreached_groups,
 )
-from .torch_holders import hidden_modules, holds_model_tensors, rebind_hidden
+from .torch_holders import hidden_modules, holds_model_tensors, rebind_hidden, unreached_holders
 from .torch_mha import slim_attention
 from .torch_proof import (
     KNOWN_LAYERS,
@@ -62,6 +62,11 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     replace a tensor's values before it is sliced.
     """
     reclaim()  # each proof tried rewrites the model again: what the last one dropped holds cycles
+    trace = getattr(dg.program, "_trace", None)
+    if missed := unreached_holders(model, getattr(trace, "hidden", ())):
+        raise RewriteError(f"the forward calls layers the model does not register, holding {missed[0]}"
+                           f"{f' and {len(missed) - 1} more' if len(missed) > 1 else ''}, where the rewrite cannot "
+                           "reach them: keep them in an nn.ModuleList / nn.ModuleDict (or a plain list, tuple or dict)")
     masks = keep_masks(dg, plan)
     updates = updates or {}
     jobs: dict[int, tuple[Any, list]] = {}  # id(old tensor) -> (source, dims): aliases stay one tensor

@@ -77,13 +77,15 @@ def _ints(v, n: int, default: int) -> tuple[int, ...]:
 _SAME = {"aten.to", "aten._to_copy", "aten.type_as", "aten.contiguous", "aten.clone", "aten.detach", "aten.alias"}
 
 
-def _stored(node: Node, dg: DependencyGraph, producers: dict[str, Node]) -> Node:
+def _stored(node: Node, dg: DependencyGraph, producers: dict[str, Node], users: dict[str, list]) -> Node:
     """``node`` with each weight it reads through a same-dtype, same-shape cast or copy replaced by the stored
     tensor: where a layer casts its weight to the input's dtype, the cast is its weight (a site the refit
-    writes back to the stored tensor)."""
+    writes back to the stored tensor). Only a copy this node alone reads: one written in place afterwards
+    (``w = W.clone(); w[:, k:].mul_(0)``) is not the stored weight (review)."""
     values, args, changed = dg.ir.values, list(node.args), False
     for i, a in enumerate(args):
-        src = producers.get(a.name) if isinstance(a, Ref) and values[a.name].kind == "act" else None
+        alone = isinstance(a, Ref) and values[a.name].kind == "act" and len(users.get(a.name, ())) == 1
+        src = producers.get(a.name) if alone else None
         if src is not None and src.op in _SAME and src.inputs:
             base = values[src.inputs[0]]
             if base.kind in ("param", "buffer", "const") and (base.dtype, base.shape) == (values[a.name].dtype,
@@ -151,9 +153,9 @@ def _onnx_conv_site(node: Node, values) -> Site | None:
 
 def find_sites(dg: DependencyGraph) -> list[Site]:
     """Every consumer site of the graph, in graph order; weights must have static shapes."""
-    out, producers = [], dg.ir.producers()
+    out, producers, users = [], dg.ir.producers(), dg.ir.consumers()
     for node in dg.ir.nodes:
-        s = _site(_stored(node, dg, producers), dg)
+        s = _site(_stored(node, dg, producers, users), dg)
         if s is not None and dg.ir.values[s.w].is_static and dg.ir.values[s.x].is_static:
             out.append(s)
     return out

@@ -6,10 +6,12 @@ computes nothing the program needs (one that fails raises the model's own Assert
 weights it is evaluated and the recording goes on; the nodes only it read are then dropped from the graph,
 or their reduction (``all``) would count as a use of the channels it reads.
 
-A branch on values computed from buffers and constants alone (vector-quantize's ``if self.initted:``,
-torchdiffeq's time grid) is the same for every input: on the real weights the recording takes the path that
-state chooses. A parameter's values change with the cut and an input's with the input: a branch on either
-is refused.
+A branch on values computed from one-element buffers (vector-quantize's ``if self.initted:``) and tensors the
+forward makes from Python values (a time grid) is the same for every input: on the real weights the recording
+takes the path that state chooses. Refused: a branch on an input or a parameter (whose values the cut
+changes), on a larger buffer (the cut may slice it: running statistics), on a buffer the forward writes (the
+recorder compares it with the model's after the forward: a buffer filled from the input through a view), on a
+tensor that shares an input's or a weight's memory (``x.data``), and on random draws.
 """
 from __future__ import annotations
 
@@ -44,16 +46,37 @@ def drop_asserted(graph: torch.fx.Graph, nodes: list) -> None:
         todo.extend(inputs)
 
 
-def of_state(node: torch.fx.Node | None, limit: int = 64) -> bool:
-    """Whether the recorded ``node`` is computed from buffers and constants alone (see the module docstring):
-    no placeholder (an input) and no parameter (``p_`` get_attr) within its first ``limit`` ancestors."""
-    todo, seen = [node] if node is not None else [], set()
+_RANDOM = ("rand", "normal", "bernoulli", "multinomial", "uniform", "exponential", "poisson", "dropout")
+
+
+def of_state(node: torch.fx.Node | None, limit: int = 64) -> list[torch.fx.Node] | None:
+    """The get_attr nodes (buffers ``b_``, constants ``c_``) the recorded ``node`` is computed from, where it is
+    computed from those alone: None where an input, a parameter (``p_``) or a random op is among its first
+    ``limit`` ancestors. The recorder then checks what the module docstring asks of those leaves."""
+    todo, seen, leaves = [node] if node is not None else [], set(), []
     while todo:
         n = todo.pop()
         if n in seen:
             continue
         seen.add(n)
-        if n.op == "placeholder" or len(seen) > limit or (n.op == "get_attr" and n.name.startswith("p_")):
-            return False
+        random = n.op == "call_function" and any(r in str(n.target) for r in _RANDOM)
+        if n.op == "placeholder" or len(seen) > limit or random or (n.op == "get_attr" and n.name.startswith("p_")):
+            return None
+        leaves += [n] if n.op == "get_attr" else []
         todo.extend(n.all_input_nodes)
-    return bool(seen)
+    return leaves if seen else None
+
+
+def state_read(recorder, t) -> bool:
+    """Whether the recorder's data read of ``t`` is a branch on the model's state (see the module docstring). The
+    buffers it read are listed in ``recorder.state``: record() compares them with the model's after the forward."""
+    leaves = of_state(recorder.env.get(t) if isinstance(t, torch.Tensor) else None)
+    if leaves is None:
+        return False
+    for n in leaves:
+        v = recorder.tensors.get(n.target)
+        if v is None or (n.name.startswith("b_") and v.numel() > 1) or (
+                n.name.startswith("c_") and v.untyped_storage().data_ptr() in recorder.shared):
+            return False
+    recorder.state += [n.target for n in leaves if n.name.startswith("b_")]
+    return True

@@ -8,15 +8,11 @@ their decomposition) at the cost of one eager forward: a dispatch mode at the
 pre-dispatch key is called once per operator the model calls, and the ops it runs
 underneath are not seen.
 
-What export would refuse is refused here too, so the two never disagree: a forward that
-reads tensor data into Python (``.item()``, ``bool(t)``, ``nonzero``) raises
-:class:`Unrecordable` and the caller falls back to torch.export, which reports it. The
-export flags are set while recording, so libraries take the paths they take under
-export (transformers builds its attention masks without data-dependent shortcuts).
-
-The result is an fx GraphModule shaped like ``ExportedProgram.module()``: placeholders
-for the flattened inputs, ``get_attr`` for every parameter and buffer, node metadata
-(``val``, ``nn_module_stack``, ``stack_trace``) as export writes it.
+A forward that reads tensor data into Python (``.item()``, ``bool(t)``) raises :class:`Unrecordable`, and
+the caller falls back to torch.export, which reports it; an assert that holds and a branch on the model's
+own state are recorded past (frontends/record_asserts.py). Export's flags are set while recording, so
+libraries take the paths they take under export. The result is shaped like ``ExportedProgram.module()``:
+placeholders for the inputs, ``get_attr`` for every weight, export's node metadata.
 """
 from __future__ import annotations
 
@@ -47,7 +43,7 @@ from ..util.torch_compat import (
     tree_map,
 )
 from . import meta_shapes
-from .record_asserts import asserted, drop_asserted, of_state
+from .record_asserts import asserted, drop_asserted, state_read
 from .torch_export import is_tensor_cache
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
@@ -74,6 +70,7 @@ class Trace:
     device: str = "meta"  # where a recorded forward ran: "meta" or "real"
     ep: Any = None  # the ExportedProgram when method == "export"
     root: dict = field(default_factory=dict)  # get_attr target -> tensor, for the GraphModule
+    hidden: tuple[str, ...] = ()  # registered paths of tensors held by called modules outside the registry
     _gm: torch.fx.GraphModule | None = None
 
     @property
@@ -102,8 +99,7 @@ def _typename(mod: torch.nn.Module) -> str:
 
 
 def _user_frame() -> str | None:
-    """'File "...", line N, in f' of the innermost frame in the model's code (torch's own
-    nn.Module forwards count, the dispatch machinery does not), as export's stack traces end."""
+    """'File "...", line N, in f' of the innermost frame in the model's code (torch's layers count), as export's."""
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
@@ -111,11 +107,6 @@ def _user_frame() -> str | None:
             return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}'
         f = f.f_back
     return None
-
-
-def _op_name(func: Any) -> str:
-    """'aten.linear.default' (what meta_shapes keys on; the IR drops the overload)."""
-    return str(func)
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -131,9 +122,12 @@ class _ModuleStack:
             self.paths.setdefault(id(mod), path)
         self.stack: list[tuple[str, tuple[str, str]]] = [("L__self__", ("", _typename(model)))]
         self.current: dict = dict(self.stack)
+        self.hidden: dict[int, torch.nn.Module] = {}  # modules called that the model does not register
 
     def push(self, mod: torch.nn.Module, *_: Any) -> None:
         path = self.paths.get(id(mod))
+        if path is None:
+            self.hidden.setdefault(id(mod), mod)
         if path is not None and path != "":
             self.stack.append((f"L__self__{path}", (path, _typename(mod))))
             self.current = dict(self.stack)
@@ -153,6 +147,9 @@ class _Recorder(PreDispatchModeBase):
         self.on_meta = on_meta
         self.device: torch.device | None = None
         self.asserted: list = []  # nodes only an assert statement read (frontends/record_asserts.py)
+        self.tensors: dict[str, torch.Tensor] = {}  # get_attr target -> what the forward reads (stand-ins, constants)
+        self.shared: set[int] = set()  # storages of the inputs and parameters: a constant on one is no state
+        self.state: list[str] = []  # buffers a branch read: the forward must leave them as they were
 
     def _input_of(self, t: Any) -> str | None:
         """The model input whose values ``t`` holds, through a few views or copies of it (``sizes[i]``)."""
@@ -165,10 +162,10 @@ class _Recorder(PreDispatchModeBase):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = _op_name(func)
+        name = str(func)  # 'aten.linear.default' (what meta_shapes keys on; the IR drops the overload)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             where, given = _user_frame(), self._input_of(args[0] if args else None)
-            if not self.on_meta and (asserted(name, where) or of_state(self.env.get(args[0]) if args else None)):
+            if not self.on_meta and (asserted(name, where) or state_read(self, args[0] if args else None)):
                 # demucs' ``assert (out[..., a:b] == x).all()``; vector-quantize's ``if self.initted:``
                 self.asserted.append(self.env.get(args[0]))
                 with no_python_dispatcher():
@@ -371,18 +368,33 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
         node.meta["val"] = _meta_like(t)
         kinds[node.name] = ("const", owners.get(id(t), target))
         env[t] = node
+        recorder.tensors[target] = t
         return node
 
     reclaim()  # a forward recorded on the real weights drops its values in cycles
     stack = _ModuleStack(model)
     recorder = _Recorder(graph, env, constant, stack, device == "meta")
     recorder.device = home
+    recorder.tensors.update(stand_in)
+    recorder.shared = {t.untyped_storage().data_ptr() for t in [*tree_leaves((tuple(args), kwargs)),
+                       *model.parameters()] if isinstance(t, torch.Tensor) and t.device.type != "meta"}
     out = _run_recorded(model, args, kwargs, stand_in, recorder, stack, caches)
+    if changed := [p for p in dict.fromkeys(recorder.state) if not torch.equal(stand_in[p], root[p])]:
+        raise Unrecordable(f"the forward branches on buffer '{changed[0]}', which it also writes")
     outs = []
     for t in tree_leaves(out):
         if isinstance(t, torch.Tensor):
             node = env.get(t)
             outs.append(node if node is not None else constant(t))
+        elif any(isinstance(v, torch.Tensor) for v in getattr(t, "__dict__", {}).values()):  # the oracle would see none
+            raise Unrecordable(f"the forward returns a {type(t).__name__} holding tensors pytree does not flatten")
     graph.output(tuple(outs))
     drop_asserted(graph, recorder.asserted)
-    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root)
+    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root, hidden=_held(stack, aliases))
+
+
+def _held(stack: _ModuleStack, aliases: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """Registered paths of the tensors that called modules outside the registry hold (backends/torch_holders.py)."""
+    path_of, held = {id(t): p for p, t in reversed(list(aliases.items()))}, stack.hidden.values()
+    return tuple(sorted({path_of[id(t)] for m in held for t in [*own_params(m).values(), *own_buffers(m).values()]
+                         if t is not None and id(t) in path_of}))

@@ -8,7 +8,7 @@ import os
 import torch
 
 from ..errors import TraceError
-from ..util.torch_compat import fx_flatten_spec, tree_leaves
+from ..util.torch_compat import fx_flatten_spec, kept_attributes, tree_leaves
 from .torch_export import export_program
 from .torch_record import Trace, Unrecordable, record
 
@@ -50,7 +50,7 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         try:
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
-            if "reads tensor data" in why:  # export then names a guard; the model may say more itself
+            if why:  # export names a guard or a symbol; the model may say more itself (its own error on these inputs)
                 _runs_eagerly(model, args, kwargs, exc)
             if not why:
                 raise
@@ -78,7 +78,7 @@ def _runs_eagerly(model: torch.nn.Module, args: tuple, kwargs: dict | None, fail
     """Where nothing traces, the model's own error on these inputs, if it has one, is the one to read (asteroid's
     DCUNet checks its input length from tensor data: export named the data read, not the TypeError it raises)."""
     try:
-        with torch.no_grad(), torch.random.fork_rng():
+        with torch.no_grad(), torch.random.fork_rng(), kept_attributes(model):
             model(*args, **(kwargs or {}))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises is what the user needs to see
         raise TraceError(f"{type(model).__name__}'s forward fails on the example inputs, untraced: "

@@ -236,12 +236,13 @@ def _summaries(ref: dict, pick, starts: np.ndarray, mine: list[int], chosen: lis
 def repeated(rows: dict[int, np.ndarray]) -> int:
     """Items whose outputs from the original are exactly those of an item of the other half: the same input
     given twice (a data set repeated, each image next to its copy)."""
-    # to 6 digits of the largest output of any item: a copy at another batch position may differ in its last bits
-    # (each row's own largest made every one-output item +-1, and a regression model's check was never run)
-    scale = max((float(np.abs(row).max()) for row in rows.values() if row.size), default=0.0) or 1.0
-
+    # each output to 6 significant digits, those under 1e-6 of the row's largest as 0: a copy at another batch
+    # position may differ in its last bits. (Scaled by the row's largest, every one-output item was +-1 and a
+    # regression model's check never ran; by one scale for all, an outlier item made the others alike: review.)
     def key(row: np.ndarray) -> bytes:
-        return np.round(row / scale, 6).tobytes()
+        top = float(np.abs(row).max()) if row.size else 0.0
+        kept = np.where(np.abs(row) < 1e-6 * top, 0.0, row).astype(np.float64)
+        return (np.array([float(f"{v:.6g}") for v in kept.ravel()], dtype=np.float64) + 0.0).tobytes()  # -0.0 is 0.0
 
     seen: dict[bytes, set[int]] = {}
     for i, row in rows.items():

@@ -6,8 +6,9 @@ batch of another size has more positions there: the mask is the same along the i
 so it is rebuilt at the run's own input sizes (read from its trace), not refused.
 
 An input dim of size one in the example is no factor of any slot (SAM's windows and heads merged with a
-batch of one): no mask over that slot can be fitted to a larger batch. Such batches are cut into batches of
-the example's size, item by item (:func:`fitted`): the statistics are sums over items, so they are the same.
+batch of one): no mask over that slot can be fitted to a larger batch. With an example of one item and a model
+in eval mode (items independent), such batches are cut item by item (:func:`fitted`): the statistics are sums
+over items, so they are the same.
 """
 from __future__ import annotations
 
@@ -76,15 +77,18 @@ def input_shapes(gm: torch.fx.GraphModule) -> dict[str, tuple[int, ...]]:
 
 
 def _fits(dg, trace, free: dict[int, tuple[str, int]]) -> bool:
-    """Whether a mask over every slot of ``dg`` can be fitted to ``trace`` (a trace at another batch's shapes)."""
+    """Whether a mask over every slot of ``dg`` a prunable group lives on can be fitted to ``trace`` (a trace at
+    another batch's shapes); slots of no group are never masked (a batch of one in a plain MLP)."""
     values, inputs = dg.ir.values, input_shapes(trace.gm)
+    prunable = {g.id for g in dg.prunable_groups()}
     for n in trace.nodes():
         val = n.meta.get("val")
         v = values.get(n.name)
         if not isinstance(val, torch.Tensor) or v is None or v.kind != "act" or len(v.shape) != val.dim():
             continue
         for d, (was, now) in enumerate(zip(v.shape, val.shape)):
-            if isinstance(was, int) and was != int(now):
+            if isinstance(was, int) and was != int(now) and prunable.intersection(
+                    dg.solver.atoms(dg.solver.layout((n.name, d)))):
                 try:
                     slot_mask(dg, n.name, d, np.ones(was, dtype=bool), free).at(int(now), inputs)
                 except PlanError:
@@ -93,11 +97,13 @@ def _fits(dg, trace, free: dict[int, tuple[str, int]]) -> bool:
 
 
 def fitted(program, batches: list) -> tuple[list, int]:
-    """``batches`` with each that no mask fits (see the module docstring) cut into batches of the example's batch
-    size, where that divides it; and how many were cut."""
+    """``batches`` with each that no mask fits (see the module docstring) cut into batches of one item, where the
+    example has one and the model is in eval mode (items independent: batch norm reads its running statistics);
+    and how many were cut."""
     main, dg = program.trace(), program.graph()
     example = main.input_shapes()
-    size = example[0][0] if example and example[0] else None
+    one = bool(example and example[0] and example[0][0] == 1) and not any(m.training for m in program.model.modules())
+    size = 1 if one else None
     out, cut, free = [], 0, input_atoms(dg)
     for k, b in enumerate(batches):
         trace, first = program.trace_for(b, k), program.first_input(b)

@@ -3,8 +3,8 @@
 Their sizes are numbers in the op's arguments, not channels any input carries, so their
 output dims are frozen, except in these patterns, whose sizes the rewrite may carry:
 
-- a recurrent layer's zero initial state (its size follows the hidden units), and a filled tensor that only
-  element-wise ops read (a hand-written recurrence's state: every channel starts alike);
+- a recurrent layer's zero initial state (its size follows the hidden units), and zeros that only element-wise
+  ops read (a hand-written recurrence's state: every channel starts alike);
 - a buffer assembled from pieces: a fresh tensor whose slices along one dim are each
   written whole by ``copy_`` before anything reads it (DeepSeek-V3's MLA builds its keys
   so: ``new_empty`` then ``k[..., :n].copy_(k_nope)`` and ``k[..., n:].copy_(k_rot)``).
@@ -42,7 +42,7 @@ def _sized(node: Node, ctx: RuleContext) -> None:
     narrowed = part or set()
     if isinstance(size, (list, tuple)) and ((node.op == "aten.zeros" and zero_state(ctx, out))
                                             or assembled(ctx, node, out) or scattered_into(ctx, out)
-                                            or part is not None or (filled and _state(ctx, out))):
+                                            or part is not None or ("zeros" in node.op and _state(ctx, out))):
         for d, n in enumerate(size):
             if d in narrowed:
                 ctx.freeze(ctx.s(out, d), COMPUTED, f"positions written in part, size set by the arguments of {node.where()}")
@@ -53,9 +53,10 @@ def _sized(node: Node, ctx: RuleContext) -> None:
 
 
 def _state(ctx: RuleContext, out: str) -> bool:
-    """Whether ``out`` (one value in every element) is only read by ops that combine it element by element: a
-    hand-written recurrence's state (``c = x.new_zeros(b, self.d)``, then ``c = f * c + (1 - f) * u``), whose
-    every channel starts alike, so its size follows the channels it meets."""
+    """Whether ``out`` (zeros) is only read by ops that combine it element by element: a hand-written recurrence's
+    state (``c = x.new_zeros(b, self.d)``, then ``c = f * c + (1 - f) * u``), whose every channel starts alike, so
+    its size follows the channels it meets. Not another fill: its value may be computed from the size it has
+    (``new_full((b, d), 1 / d)``: review)."""
     users = ctx.users(out)
     return bool(users) and all(u.op in _ELEMENTWISE and out not in u.outputs for u in users)
 
