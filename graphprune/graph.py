@@ -123,8 +123,8 @@ class DependencyGraph:
             freeze_boundaries(graph, self.solver, users)
         # Back-ends slice float weights only: an integer constant indexed along a channel (a
         # one-hot's class ids compared against a feature) pins that channel.
-        for v in graph.values.values():
-            if v.kind == "const" and not v.dtype.startswith(("float", "bfloat")):
+        for v in graph.values.values():  # (an integer buffer too: CondenseNet's channel index)
+            if v.kind in ("const", "buffer") and not v.dtype.startswith(("float", "bfloat", "complex")):
                 for d, size in enumerate(v.shape):
                     if isinstance(size, int) and size > 1:
                         why = f"indexes integer constant '{v.name}' (dim {d}); only float weights are sliced"

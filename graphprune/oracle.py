@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import warn
+from .errors import RewriteError, warn
 from .planning.plan import PrunePlan, block_masks, keep_masks
 from .reasons import Reason
 from .util.compare import gaps
@@ -131,7 +131,13 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     views = {k: v for k, v in program.oracle_views().items() if v[0] not in masked}  # a masked value differs by design
     worst = scaled = signal = 0.0
     for batch in program.oracle_inputs(trials):
-        got, want = _viewed(pruned, batch, views), _viewed(program, batch, views, masks)
+        try:
+            got = _viewed(pruned, batch, views)
+        except Exception as exc:  # noqa: BLE001 - a pruned copy that cannot run is a refused plan, said plainly
+            why = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise RewriteError(f"the pruned model fails on the oracle's inputs: {type(exc).__name__}: {why}; the model "
+                               "was not changed and nothing was written") from exc
+        want = _viewed(program, batch, views, masks)
         gap, rel = gaps(got, want)
         worst, scaled = max(worst, gap), max(scaled, rel)
         # NaN counts as a signal (an all-NaN output is compared, and fails, as before)

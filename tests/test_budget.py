@@ -77,7 +77,8 @@ def test_budget_spellings_and_errors():
 def test_an_unreachable_budget_says_what_to_select():
     model = build_hf("bert").eval()
     kwargs = example_inputs(model)
-    with pytest.raises(gp.PlanError, match=r"cannot be met.*Select more kinds \(targets="):
+    with pytest.raises(gp.PlanError, match=r"cannot be met.*prunable group\(s\) of kind\(s\) \[.*'head'.*\] are not "
+                                          r"selected and would meet it: add them to targets="):
         gp.hf.prune(model, kwargs, budget={"params": 0.5}, targets="ffn")
     # beyond what every prunable group can give, more kinds would not help: what keeps the rest whole is named
     with pytest.raises(gp.PlanError, match=r"cannot be met.*Every prunable group at 90% still leaves.*dim indexed by data"):

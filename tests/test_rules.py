@@ -631,3 +631,57 @@ def test_a_batch_norm_in_training_takes_statistics_over_the_batch_dim_too():
     assert len(tokens) == 1 and tokens[0].inexact, g.summary()
     assert not [grp for grp in gp.trace(model.eval(), (torch.randn(4, 8, 16),)).prunable_groups()
                 if grp.size == 32 and grp.inexact]  # in eval: running statistics, exact
+
+
+class _IndexedByBuffer(torch.nn.Module):
+    """CondenseNet's learned group conv: channels picked by an integer buffer (``index_select(x, 1, self.index)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.conv, self.head = torch.nn.Conv2d(16, 16, 1, groups=4), torch.nn.Conv2d(16, 10, 1)
+        self.register_buffer("index", torch.arange(16).flip(0))
+
+    def forward(self, x):
+        x = torch.index_select(self.stem(x), 1, self.index.detach())
+        return self.head(self.conv(torch.relu(self.bn(x))))
+
+
+def test_an_index_buffer_is_no_channel_group():
+    """The index buffer's length is the output's picked positions (frozen), not a channel of its own: cut, it shrank
+    the output under a BatchNorm left whole and the oracle's run raised a raw RuntimeError."""
+    torch.manual_seed(0)
+    model, x = _IndexedByBuffer().eval(), torch.randn(1, 3, 8, 8)
+    assert all(not any(m.name == "b_index" for m in g.members) for g in gp.trace(model, (x,)).prunable_groups())
+    pruned, report = gp.prune(model, (x,), verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.index.shape == (16,)
+
+
+def test_in_place_relu6_passes_channels():
+    """``F.relu6(x + 3, inplace=True)`` (pytorchcv's h-swish) records ``relu6_``, which had no rule."""
+    class HSwish(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 32), torch.nn.Linear(32, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h * F.relu6(h + 3.0, inplace=True) / 6.0)
+
+    assert [g.size for g in gp.trace(HSwish().eval(), (torch.randn(2, 4),)).prunable_groups()] == [32]
+
+
+def test_a_max_whose_indices_nobody_reads_is_a_reduction():
+    """CBAM's spatial gate takes ``x.max(dim=1)[0]``: the indices were taken as read and froze the stream
+    ("positions returned"); dropped, the max is a reduction like amax (prunable, not oracle-exact)."""
+    class Gate(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h * torch.sigmoid(h.max(dim=1, keepdim=True)[0]))
+
+    groups = gp.trace(Gate().eval(), (torch.randn(1, 3, 8, 8),)).prunable_groups()
+    assert [(g.size, g.exact) for g in groups] == [(16, False)]

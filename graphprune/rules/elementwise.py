@@ -16,12 +16,16 @@ _UNARY = (
     "floor ceil round trunc dropout dropout_ feature_dropout "
     "alpha_dropout alias clone contiguous detach detach_ _to_copy to type_as lift_fresh lift_fresh_copy logical_not "
     "bitwise_not isnan isinf zeros_like ones_like full_like empty_like rand_like randn_like "
-    "nan_to_num threshold expm1 sinh cosh atan asin acos tan real imag conj conj_physical _conj angle"
+    "nan_to_num threshold expm1 sinh cosh atan asin acos tan real imag conj conj_physical _conj angle "
+    # in place, as F.relu6(x, inplace=True) records (pytorchcv's h-swish: 20 groups of MobileNetV3 were frozen)
+    "relu6_ selu_ celu_ mish_ neg_ abs_ exp_ log_ log1p_ sqrt_ rsqrt_ reciprocal_ sin_ cos_ erf_ sign_ floor_ "
+    "ceil_ round_ trunc_ threshold_ nan_to_num_ expm1_ tan_ atan_"
 ).split()
 _BINARY = (
     "add add_ sub sub_ rsub mul mul_ div div_ where maximum minimum eq ne lt gt le ge masked_fill "
     "masked_fill_ logical_and logical_or logical_xor bitwise_and bitwise_or floor_divide remainder "
-    "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max polar complex"
+    "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max polar complex "
+    "clamp_min_ clamp_max_ pow_ fmod_ remainder_ lerp_ addcmul_ addcdiv_ rsub_ floor_divide_"
 ).split()
 
 defelementwise(*(f"aten.{op}" for op in _UNARY))

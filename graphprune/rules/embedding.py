@@ -1,7 +1,7 @@
 """Embedding lookups: the vocabulary is indexed by data, the feature dim is a channel."""
 from __future__ import annotations
 
-from ..ir import Node
+from ..ir import Node, Ref
 from ..reasons import INDEXED
 from .registry import RuleContext, register
 
@@ -22,6 +22,9 @@ def _index_select(node: Node, ctx: RuleContext) -> None:
     others = [d for d in range(ctx.rank(x)) if d != dim]
     if node.op == "aten.index_select":
         ctx.tie_dims(x, out, others, others)
+        index = node.args[2] if len(node.args) > 2 else node.kwargs.get("index")
+        if isinstance(index, Ref) and ctx.rank(index) == 1:  # one index per output position (CondenseNet's buffer)
+            ctx.tie(ctx.s(index, 0), ctx.s(out, dim))
     else:
         for name in (x, node.args[2].name):
             ctx.tie_dims(name, out, others, others)

@@ -32,7 +32,9 @@ def _reduce(node: Node, ctx: RuleContext, kind: str) -> None:
     for out in node.outputs:  # max.dim also returns indices
         keepdim = ctx.rank(out) == rank  # read off the result: keepdim's arg position varies
         ctx.tie_dims(x, out, kept, kept if keepdim else range(len(kept)))
-    if kind in ("argmax", "argmin") or (kind in _POSITIONAL and len(node.outputs) > 1):
+    indices = node.outputs[1:2]  # max.dim's indices: read (a gather), or dropped (CBAM's x.max(dim=1)[0])
+    read = [i for i in indices if i in ctx.graph.outputs or any(u.name not in ctx.dead for u in ctx.users(i))]
+    if kind in ("argmax", "argmin") or (kind in _POSITIONAL and read):
         # indices into the reduced dim renumber when it is pruned: a later gather would
         # pick the wrong element, so the dim is frozen (as for ONNX ArgMax)
         for d in reduced:
