@@ -50,8 +50,8 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         try:
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
-            if why:  # export names a guard or a symbol; the model may say more itself (its own error on these inputs)
-                _runs_eagerly(model, args, kwargs, exc)
+            if why and not why.startswith("TypeError"):  # export names a guard; the model may say more itself
+                _runs_eagerly(model, args, kwargs, exc)  # (a call that does not fit forward: export's hint says more)
             if not why:
                 raise
             raise TraceError(f"{exc} Recording the forward stopped first: {why}.") from exc
