@@ -3,6 +3,7 @@ the masked original does not is wrong, and a plain maximum, Python's ``max(0.0, 
 would pass it), and a softmax output is compared at its logits."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -353,3 +354,51 @@ def test_a_proof_that_covers_no_cut_group_says_so():
     with pytest.warns(gp.PruneWarning, match=r"the oracle checked none of the 1 cut group\(s\): each crosses a normal"):
         _, report = gp.prune(model, (torch.randn(2, 2, 20),), ratio=0.5, round_to=1, runtime=None, verify=True)
     assert report.oracle.verdict == "NOT CHECKED"
+
+
+class _Cancels(torch.nn.Module):
+    """Outputs that are small differences of large activations: float32 rounds them more than the atol."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 64, 3, padding=1)
+        self.a, self.b = torch.nn.Conv2d(64, 8, 3, padding=1), torch.nn.Conv2d(64, 8, 3, padding=1)
+        with torch.no_grad():
+            self.stem.weight.mul_(30)
+            self.a.weight.mul_(30)
+            self.b.weight.copy_(self.a.weight + 1e-3 * torch.randn_like(self.a.weight))
+            self.b.bias.copy_(self.a.bias)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.a(h) - self.b(h)
+
+
+def test_a_gap_within_the_models_own_rounding_passes_and_a_wrong_plan_still_fails():
+    """A right plan on such a model was refused with an oracle FAIL (SKNet-50: 1.3e-5 against an atol of 1e-5; here
+    ~3e-4), where float64 agrees to 1e-12. After a FAIL the model is run against a float64 copy: a gap within 10x
+    that rounding passes, and says so. A plan the rewrite gets wrong still fails: its gap is the output's size."""
+    from graphprune.oracle import run_oracle
+
+    torch.manual_seed(0)
+    model, x = _Cancels().eval(), torch.randn(1, 3, 32, 32)
+    pruned, report = gp.prune(copy.deepcopy(model), (x,), verify=True, measure_latency=False, round_to=1)
+    assert report.oracle.verdict == "PASS" and report.oracle.float_noise is not None
+    assert report.oracle.atol < report.oracle.scaled_diff <= 10 * report.oracle.float_noise
+    assert "own float32 rounding" in str(report.oracle)
+
+    program = TorchProgram(model, (x,))
+    plan = gp.plan(program.graph(), model, 0.5, round_to=1)
+    wrong = TorchProgram(model, (x,))
+    wrong.apply = lambda p, *a, **k: TorchProgram(_Zeroed(program.apply(p).model), (x,))  # a rewrite gone wrong
+    bad = run_oracle(wrong, plan)
+    assert bad.verdict == "FAIL" and bad.scaled_diff > 10 * (bad.float_noise or 0.0)
+
+
+class _Zeroed(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) * 0.5

@@ -10,11 +10,15 @@ otherwise the oracle compares a path the pruned model never takes and says FAIL 
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import TraceError
+from ..util.compare import gaps
+from ..util.torch_compat import kept_attributes, tree_leaves, tree_map
 
 _INTS = (torch.int64, torch.int32)
 
@@ -53,3 +57,25 @@ def _trace_holds(program, batch: tuple[tuple, dict]) -> bool:
         return program.trace_gap(batch) <= 1e-4
     except (RuntimeError, ValueError, IndexError, TypeError, TraceError):  # the model refuses the draw
         return False
+
+
+NOISE_PARAMS = 200_000_000  # a float64 twin of a larger model costs more memory than the check is worth
+
+
+def float_noise(program, batch) -> float | None:
+    """The model's own float32 rounding at ``batch``: its outputs against a float64 twin's, relative to their
+    magnitude as the oracle measures its gap; None where the model is not all float32 or is too large. A model
+    whose outputs are small differences of large activations (SKNet-50's random logits of ~358) rounds more than
+    the oracle's atol by itself, and a right plan was refused with a FAIL at 1.3e-5."""
+    params = list(program.model.parameters())
+    if not params or any(p.dtype != torch.float32 for p in params) or sum(p.numel() for p in params) > NOISE_PARAMS:
+        return None
+    wide = lambda t: t.double() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
+    args, kwargs = batch
+    twin = copy.deepcopy(program.model).double()
+    with torch.no_grad(), kept_attributes(program.model):
+        got = program.model(*args, **kwargs)
+        ref = twin(*tree_map(wide, tuple(args)), **tree_map(wide, dict(kwargs)))
+    leaves = lambda out: [np.asarray(t.detach().double().cpu()) for t in tree_leaves(out)  # noqa: E731
+                          if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return gaps(leaves(got), leaves(ref))[1]

@@ -41,7 +41,7 @@ from ..util.torch_compat import ConvNd, fx_flatten_spec, kept_attributes, tree_l
 from .base import Masks, OnCapture, Program
 from .onnx_program import OnnxProgram
 from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
-from .torch_oracle_inputs import oracle_batches
+from .torch_oracle_inputs import float_noise, oracle_batches
 from .torch_run import Walk, as_batch, retrace, take_items
 
 
@@ -260,6 +260,8 @@ class TorchProgram(Program):
         """The example inputs, plus ``trials`` random inputs of the same shapes and dtypes, integers kept
         where a draw takes the forward off the traced path (graphprune/program/torch_oracle_inputs.py)."""
         return oracle_batches(self, trials)
+
+    float_noise = float_noise  # (self, batch): the model's own float32 rounding, read after an oracle FAIL
 
     def trace_gap(self, batch) -> float:
         # a library may take another path while traced (transformers' PaliGemma), or the inputs' values choose one
