@@ -115,3 +115,18 @@ def test_runs_of_the_model_leave_its_state_as_it_was():
     with program.timing("torch"):
         program.runner("torch")()
     assert model.cached == 0
+
+
+def test_runs_of_a_model_in_training_mode_leave_its_batch_norm_statistics():
+    """The oracle's and the timer's forwards of a model left in training mode updated BatchNorm's running
+    statistics in the user's model (review)."""
+    from graphprune.program.torch_program import TorchProgram
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 5, 5)
+    program = TorchProgram(model, (x,))
+    program.run(((x,), {}))
+    with program.timing("torch"):
+        program.runner("torch")()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -185,9 +185,16 @@ def kept_attributes(model: nn.Module) -> Iterator[None]:
     module's own dicts of parameters, buffers and submodules are the same objects, and left alone)."""
     saved = [(m, dict(vars(m)), {k: _contents(v) for k, v in vars(m).items() if type(v) in (dict, list, set)})
              for m in model.modules()]
+    # a module in training mode updates its buffers in place (batch norm's running statistics): their values back
+    # too, or the oracle's and the timer's forwards moved the user's statistics (review, session 63)
+    stats = [(b, b.detach().clone()) for m in model.modules() if m.training
+             for b in m._buffers.values() if isinstance(b, torch.Tensor) and b.device.type != "meta"]
     try:
         yield
     finally:
+        with torch.no_grad():
+            for b, old in stats:
+                b.copy_(old)
         for m, before, held in saved:
             now = vars(m)
             for k in [k for k in now if k not in before]:
