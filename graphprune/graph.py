@@ -117,6 +117,7 @@ class DependencyGraph:
         ctx = apply_rules(graph, self.solver)
         self.carries: list[Carry] = ctx.carries
         self.masked_weights: set[str] = ctx.masked_weights
+        self.dead: set[str] = ctx.dead  # nodes whose results reach no output and no state (ir.Graph.dead_nodes)
         self._tie_aliases()
         users = graph.consumers()  # reasons about a value name the node that reads or makes it
         if freeze_io:

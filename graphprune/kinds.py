@@ -85,7 +85,7 @@ def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
     (transposed in the eager pattern, so the head_dim is its dim -2 there)."""
     consumers: dict[str, list] = {}
     producer: dict[str, object] = {}
-    dead = dg.ir.dead_nodes()  # nn.MultiheadAttention's head-averaged weights, dropped by the caller
+    dead = dg.dead  # nn.MultiheadAttention's head-averaged weights, dropped by the caller
     for n in dg.ir.nodes:
         for i in n.inputs if n.name not in dead else ():
             consumers.setdefault(i, []).append(n)

@@ -161,7 +161,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
         warn(f"the oracle checked none of the {len(inexact)} cut group(s): each crosses a normalisation over its "
              f"channels ({first.detail}), so the pruned model is not proven equal to the masked original. Check "
              "it on your own data, or prune kinds that cut exactly (targets=, graph.summary() marks them)")
-    if not report.passed and not report.precision and hasattr(program, "float_noise"):
+    if not report.passed and not report.precision:
         report.float_noise = program.float_noise(program.oracle_inputs(0)[0])  # rounding, or the plan?
     if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
         report.trace_gap = program.trace_gap(program.oracle_inputs(0)[0])

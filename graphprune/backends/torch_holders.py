@@ -65,21 +65,21 @@ def holds_model_tensors(model: nn.Module) -> bool:
     return any(id(t) in held for t in [*model.parameters(), *model.buffers()])
 
 
-def unreached_holders(model: nn.Module, traced: tuple[str, ...]) -> list[str]:
+def unreached_holders(model: nn.Module, hidden: list[nn.Module], traced: tuple[str, ...]) -> list[str]:
     """Of ``traced`` (registered paths of tensors that modules the forward called outside the registry hold: the
-    recording's ``Trace.hidden``), those no module found here holds: layers kept in a ``deque`` or a namespace,
-    which the rewrite would leave holding the old tensors."""
+    recording's ``Trace.hidden``), those none of ``hidden`` (:func:`hidden_modules`) holds: layers kept in a
+    ``deque`` or a namespace, which the rewrite would leave holding the old tensors."""
     if not traced:
         return []
-    held, tensors = holders(hidden_modules(model)), dict(model.named_parameters(remove_duplicate=False))
+    held, tensors = holders(hidden), dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers(remove_duplicate=False))
     return [p for p in traced if p in tensors and id(tensors[p]) not in held]
 
 
-def rebind_hidden(model: nn.Module, new_of: dict[int, torch.Tensor]) -> None:
+def rebind_hidden(hidden: list[nn.Module], new_of: dict[int, torch.Tensor]) -> None:
     """Give every hidden module the new tensor for each old one it holds (``new_of``: id(old) -> new), and
     the layer sizes torch's own layers keep beside their weights."""
-    for m in hidden_modules(model):
+    for m in hidden:
         got = False
         for name, t in [*own_params(m).items(), *own_buffers(m).items()]:
             if t is not None and id(t) in new_of:

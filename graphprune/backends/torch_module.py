@@ -62,8 +62,8 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     replace a tensor's values before it is sliced.
     """
     reclaim()  # each proof tried rewrites the model again: what the last one dropped holds cycles
-    trace = getattr(dg.program, "_trace", None)
-    if missed := unreached_holders(model, getattr(trace, "hidden", ())):
+    hidden = hidden_modules(model)  # layers outside the registry (N-BEATS' plain list): one walk for both uses
+    if missed := unreached_holders(model, hidden, dg.program.trace().hidden if dg.program is not None else ()):
         raise RewriteError(f"the forward calls layers the model does not register, holding {missed[0]}"
                            f"{f' and {len(missed) - 1} more' if len(missed) > 1 else ''}, where the rewrite cannot "
                            "reach them: keep them in an nn.ModuleList / nn.ModuleDict (or a plain list, tuple or dict)")
@@ -91,7 +91,7 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
     sliced = dict(zip(jobs, _slice_all(list(jobs.values()))))
     for owner, attr, key in sites:
         set_tensor(owner, attr, sliced[key])
-    rebind_hidden(model, sliced)  # layers in a plain list, their weights registered elsewhere (N-BEATS)
+    rebind_hidden(hidden, sliced)  # layers in a plain list, their weights registered elsewhere (N-BEATS)
     _update_known_modules(model, dg, plan)
     for path, attr, value in attr_updates or []:
         set_attribute(model.get_submodule(path) if path else model, attr, value)

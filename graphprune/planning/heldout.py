@@ -239,10 +239,11 @@ def repeated(rows: dict[int, np.ndarray]) -> int:
     # each output to 6 significant digits, those under 1e-6 of the row's largest as 0: a copy at another batch
     # position may differ in its last bits. (Scaled by the row's largest, every one-output item was +-1 and a
     # regression model's check never ran; by one scale for all, an outlier item made the others alike: review.)
-    def key(row: np.ndarray) -> bytes:
-        top = float(np.abs(row).max()) if row.size else 0.0
-        kept = np.where(np.abs(row) < 1e-6 * top, 0.0, row).astype(np.float64)
-        return (np.array([float(f"{v:.6g}") for v in kept.ravel()], dtype=np.float64) + 0.0).tobytes()  # -0.0 is 0.0
+    def key(row: np.ndarray) -> bytes:  # vectorised: an LLM's row is its vocabulary
+        mag = np.abs(row.astype(np.float64))
+        kept = np.where(mag < 1e-6 * (float(mag.max()) if row.size else 0.0), 0.0, row)
+        exp = np.floor(np.log10(np.where(kept != 0, np.abs(kept), 1.0)))
+        return (np.round(kept / 10.0 ** (exp - 5)) + 0.0).tobytes() + exp.tobytes()  # + 0.0: -0.0 is 0.0
 
     seen: dict[bytes, set[int]] = {}
     for i, row in rows.items():

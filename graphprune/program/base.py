@@ -128,6 +128,11 @@ class Program(ABC):
         number or shape. 0 for a program that is its own graph (an ONNX model)."""
         return 0.0
 
+    def float_noise(self, batch) -> float | None:
+        """The model's own float32 rounding at ``batch`` (its outputs against a float64 copy's, scaled as
+        ``trace_gap``), read after an oracle FAIL; None where it cannot be measured (ONNX, other dtypes)."""
+        return None
+
     def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
         """Outputs the oracle compares at their softmax's logits instead (output index -> (value
         name, softmax axis, whether the axes from it on are flattened as before opset 13)): float32

@@ -104,11 +104,12 @@ def fitted(program, batches: list) -> tuple[list, int]:
     example = main.input_shapes()
     one = bool(example and example[0] and example[0][0] == 1) and not any(m.training for m in program.model.modules())
     size = 1 if one else None
-    out, cut, free = [], 0, input_atoms(dg)
+    out, cut, free, fits = [], 0, input_atoms(dg), {}  # fits: per trace (one per input shape), not per batch
     for k, b in enumerate(batches):
         trace, first = program.trace_for(b, k), program.first_input(b)
         n = first[0][0] if first is not None and first[0] else None
-        if trace is main or not size or not n or n == size or n % size or _fits(dg, trace, free):
+        if trace is main or not size or not n or n == size or n % size or (
+                fits[id(trace)] if id(trace) in fits else fits.setdefault(id(trace), _fits(dg, trace, free))):
             out.append(b)
             continue
         pieces = [program.take(b, np.arange(n) // size == j) for j in range(n // size)]

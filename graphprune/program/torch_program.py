@@ -253,7 +253,6 @@ class TorchProgram(Program):
         return gradients(self.model, batches, loss_fn)
 
     def sequential_compensation(self, dg, batches, masks, todo, tensors, add_bias, result) -> None:
-
         walk_grams(dg, self.trace(), batches, self._act_masks(masks), todo, tensors, add_bias, result, self.trace_for)
 
     def oracle_inputs(self, trials: int) -> list[tuple[tuple, dict]]:
@@ -261,7 +260,8 @@ class TorchProgram(Program):
         where a draw takes the forward off the traced path (graphprune/program/torch_oracle_inputs.py)."""
         return oracle_batches(self, trials)
 
-    float_noise = float_noise  # (self, batch): the model's own float32 rounding, read after an oracle FAIL
+    def float_noise(self, batch) -> float | None:
+        return float_noise(self, batch)
 
     def trace_gap(self, batch) -> float:
         # a library may take another path while traced (transformers' PaliGemma), or the inputs' values choose one
