@@ -96,6 +96,39 @@ def test_forward_whose_ops_change_with_shape_is_refused():
                  calib=[(torch.randn(2, 8),), (torch.randn(4, 8),)])
 
 
+class _IBN(torch.nn.Module):
+    """IBN-Net's block: InstanceNorm on half the channels, through ``.contiguous()``. A channel slice of a
+    batch of one is contiguous already (no op runs); of a batch of four it is not (a copy runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.inorm = torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.InstanceNorm2d(16, affine=True)
+        self.bn, self.c2, self.c3 = torch.nn.BatchNorm2d(16), torch.nn.Conv2d(32, 24, 1), torch.nn.Conv2d(24, 10, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.c1(x), [16, 16], dim=1)
+        h = self.c2(torch.relu(torch.cat((self.inorm(a.contiguous()), self.bn(b)), dim=1)))
+        return self.c3(torch.relu(h)).flatten(1)
+
+
+@pytest.mark.parametrize("example_batch", [1, 4])
+def test_a_contiguous_call_that_runs_at_some_batch_sizes_only(example_batch):
+    """Traced at one item and calibrated at four (the copy only the calibration trace has), or the
+    reverse with a last batch of one (the copy only the example's has): both take the same
+    batches, and since the copy changes no value they give the same plan and weights."""
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(n, 3, 16, 16, generator=gen) for n in (4, 4, 1)]
+    results = []
+    for eb in (example_batch, 5):  # 5: every batch is traced again, none matches the example
+        torch.manual_seed(0)
+        model, report = gp.prune(_IBN().eval(), (torch.randn(eb, 3, 16, 16),), calib=calib, ratio=0.5,
+                                 measure_latency=False, verify=True)
+        assert report.oracle.verdict == "PASS"
+        results.append(_weights(model))
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_padded_text_batches_of_other_lengths():
     """Token batches of other lengths than the traced example, padded with an attention mask."""
     transformers = pytest.importorskip("transformers")

@@ -20,6 +20,7 @@ from ..frontends.torch_export import WRAPPERS, op_id, wrapped_body_index
 from ..frontends.torch_trace import trace_model
 from ..util.torch_compat import fx_flatten_spec, tree_map
 from .slot_masks import input_shapes
+from .trace_align import aligned
 
 # ops whose output is (or may be) a view of their first input: a write into the view lands in the input too
 _VIEWS = frozenset(f"aten.{op}" for op in (
@@ -307,6 +308,9 @@ def same_graph(main, other, where: str, shapes: list) -> Any:
     new = [(n.op, n.name, str(n.target)) for n in other.nodes()]
     if ops == new:
         return other
+    fixed = aligned(main, other)  # only .contiguous() calls differ (a split of a batch of one is contiguous)
+    if fixed is not None:
+        return fixed
     at = next((i for i, (a, b) in enumerate(zip(ops, new)) if a != b), min(len(ops), len(new)))
     first = (f"node {ops[at][1]} ({ops[at][2]}) becomes {new[at][1]} ({new[at][2]})" if at < min(len(ops), len(new))
              else f"{len(ops)} nodes become {len(new)}")
