@@ -43,10 +43,9 @@ from .planning.plan import (
     check_uniform,
     idle_note,
     make_plan,
-    resolve_ratios,
-    select_groups,
     shape_fn,
 )
+from .planning.targets import resolve_ratios, select_groups
 from .planning.time_tilt import tilt_options
 from .planning.unreached import replanned
 from .planning.widths import auto_rounding, fastest_alignment, resolve_runtime

@@ -13,7 +13,8 @@ import graphprune as gp
 from graphprune.calib.compensate import compensate
 from graphprune.errors import PlanError
 from graphprune.planning.allocate import hull, spend_cheapest
-from graphprune.planning.plan import keep_masks, make_plan, select_groups
+from graphprune.planning.plan import keep_masks, make_plan
+from graphprune.planning.targets import select_groups
 from graphprune.program.onnx_program import OnnxProgram
 from graphprune.program.torch_program import TorchProgram
 

@@ -16,7 +16,7 @@ from graphprune.planning import budget, cliffs, turns
 from graphprune.planning import latency_table as lt
 from graphprune.planning.budget import solve_budget
 from graphprune.planning.op_timing import time_op
-from graphprune.planning.plan import select_groups
+from graphprune.planning.targets import select_groups
 from graphprune.program.torch_program import TorchProgram
 
 MS_PER_MAC = 1e-4

@@ -13,7 +13,8 @@ from graphprune.metrics import count_params
 from graphprune.planning.allocate import removed_params
 from graphprune.planning.depth import split_targets
 from graphprune.planning.kinds import spend_elsewhere
-from graphprune.planning.plan import make_plan, select_groups
+from graphprune.planning.plan import make_plan
+from graphprune.planning.targets import select_groups
 
 
 def _calib():

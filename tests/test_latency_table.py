@@ -10,7 +10,7 @@ import torch
 
 import graphprune as gp
 from graphprune.planning import latency_table as lt
-from graphprune.planning.plan import select_groups
+from graphprune.planning.targets import select_groups
 from graphprune.program.torch_program import TorchProgram
 
 MS_PER_MAC = 1e-5

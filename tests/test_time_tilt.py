@@ -17,7 +17,7 @@ from graphprune.planning import latency_table as lt
 from graphprune.planning import time_tilt as tt
 from graphprune.planning import turns
 from graphprune.planning.budget import CostModel, uniform_kept
-from graphprune.planning.plan import select_groups
+from graphprune.planning.targets import select_groups
 from graphprune.program.torch_program import TorchProgram
 
 MS_PER_MAC = 1e-3  # large enough that the estimate's whole microseconds do not round it

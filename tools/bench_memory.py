@@ -41,7 +41,7 @@ def _llama7b() -> dict:
     import graphprune as gp
     from graphprune.calib.stats import refittable
     from graphprune.planning.memory import estimate_memory, stat_sites
-    from graphprune.planning.plan import select_groups
+    from graphprune.planning.targets import select_groups
 
     t_build = time.perf_counter()
     with torch.device("meta"):

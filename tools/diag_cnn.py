@@ -88,7 +88,7 @@ def where_cut(model, x, rep) -> list[dict]:
     """Per group: its kind, the width kept, and the share of the model's MACs its cut saved."""
     import graphprune as gp
     from graphprune.planning.budget import CostModel
-    from graphprune.planning.plan import select_groups
+    from graphprune.planning.targets import select_groups
 
     dg = gp.trace(model, (x[:1],))
     groups = select_groups(dg)

@@ -67,7 +67,8 @@ def plan(graph: DependencyGraph, model: torch.nn.Module, ratio: float | None = N
     kept together), "conv_groups". ``roles`` picks by layout instead: "channel",
     "outer" (whole blocks), "inner" (positions inside blocks). With neither, models
     with attention prune whole heads and FFN units (the hidden size stays), other models
-    their channels and conv groups.
+    their channels and a grouped convolution's groups: whole where they cut exactly,
+    else the channels inside every group (IGCV3's shuffled groups, ResNeSt's radix).
 
     ``ratios`` overrides ``ratio`` per group: keys are group ids, module or parameter names (a
     group matches when one of its members lives there; the longest name wins) or kinds

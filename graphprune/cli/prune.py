@@ -291,7 +291,7 @@ def arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--targets", nargs="+", default=None,
                     help="what to prune: heads, query_heads, ffn, hidden, head_dim, conv_groups, channels, blocks "
                          "(whole residual branches, scored on --calib) (default: heads and ffn for models with "
-                         "attention, else channels and conv groups)")
+                         "attention, else channels and conv groups, or the channels inside groups that cannot go whole)")
     pr.add_argument("--importance", default="auto",
                     help="criterion: auto, l1, l2, lamp, bn_scale, random, obs, activation, fluctuation, taylor, hessian "
                          "(auto: obs with --calib, else l2)")

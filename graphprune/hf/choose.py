@@ -25,7 +25,7 @@ from ..options import PruneOptions, resolve_importance
 from ..pipeline import prune_memory
 from ..planning.depth import split_targets
 from ..planning.memory import MemoryEstimate, MemoryPart, available_memory, gib
-from ..planning.plan import select_groups
+from ..planning.targets import select_groups
 from .inputs import example_inputs, prepare
 from .stream import build_on_meta
 

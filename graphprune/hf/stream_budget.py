@@ -25,7 +25,7 @@ from ..metrics import node_macs
 from ..options import PruneOptions
 from ..planning.budget import LATENCY, SPEEDUP, BudgetResult, CostModel, missed, parse_budget, uniform_kept
 from ..planning.depth import split_targets
-from ..planning.plan import select_groups
+from ..planning.targets import select_groups
 from ..report.prune_report import PruneReport
 
 IN_MEMORY = "or prune the model in memory (graphprune.hf.prune(model, budget=...))"

@@ -285,7 +285,7 @@ def alignments(dg, groups, profile: Profile) -> dict[int, int]:
     values = dg.ir.values
     out = {}
     for g in groups:
-        if g.role != "channel":
+        if g.role != "channel" and g.kind != "group_channel":  # (the width inside a grouped conv's groups)
             continue
         kinds = {op_kind(tuple(values[m.value].shape)) for m in g.members if m.value in values}
         out[g.id] = profile.alignment(k for k in kinds if k is not None)

@@ -38,7 +38,7 @@ def resolve_runtime(runtime: str | None, program) -> str | None:
 def auto_rounding(dg, groups, runtime: str | None, notes: list[str], where: Placement = CPU):
     """round_to="auto": each channel group's measured alignment on ``runtime`` (1 without one), for a
     PyTorch model on its device in its dtype (``where``)."""
-    if runtime is None or not any(g.role == "channel" for g in groups):
+    if runtime is None or not any(g.role == "channel" or g.kind == "group_channel" for g in groups):
         return 1
 
     profile = load_profile(runtime, where=where)
