@@ -130,3 +130,39 @@ def test_runs_of_a_model_in_training_mode_leave_its_batch_norm_statistics():
     with program.timing("torch"):
         program.runner("torch")()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+_SEEN: list = []
+
+
+class _HooksOnFirstForward(torch.nn.Module):
+    """transformers 5 installs its output-capturing hooks on the first forward and marks the model so; its heads
+    read what the hooks caught (SegFormer's decode head reads every stage's output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 3, padding=1)])
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(16, 8), torch.nn.Linear(32, 8)])
+
+    def forward(self, x):
+        if not getattr(self, "_hooked", False):
+            for b in self.blocks:
+                b.register_forward_hook(lambda m, i, o: _SEEN.append(o))
+            self._hooked = True
+        _SEEN.clear()
+        for b in self.blocks:
+            x = torch.relu(b(x))
+        return sum(h(f.mean((2, 3))) for h, f in zip(self.heads, list(_SEEN)))
+
+
+def test_hooks_a_forward_installs_go_with_the_mark_it_sets():
+    """Traced before it ever ran, the model got its hooks during graphprune's forwards, and the mark that says so was
+    put back: the next forward installed them again, every stage was caught twice, and the timing of candidate
+    widths raised a raw RuntimeError (SegFormer, a cold model). Hooks added by those forwards now go too."""
+    torch.manual_seed(0)
+    model, x = _HooksOnFirstForward().eval(), torch.randn(2, 3, 8, 8)
+    model, report = gp.prune(model, (x,), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and report.params_after < report.params_before
+    assert all(len(b._forward_hooks) == 0 for b in model.blocks) and not hasattr(model, "_hooked")
+    assert model(x).shape == (2, 8)
+    assert all(len(b._forward_hooks) == 1 for b in model.blocks)

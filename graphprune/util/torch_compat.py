@@ -183,8 +183,8 @@ def kept_attributes(model: nn.Module) -> Iterator[None]:
     cache held meta tensors, and the user's model then failed in every later forward. Attributes set are
     put back, attributes added are removed, and plain dicts, lists and sets get their contents back (the
     module's own dicts of parameters, buffers and submodules are the same objects, and left alone)."""
-    saved = [(m, dict(vars(m)), {k: _contents(v) for k, v in vars(m).items() if type(v) in (dict, list, set)})
-             for m in model.modules()]
+    saved = [(m, dict(vars(m)), {k: _contents(v) for k, v in vars(m).items() if type(v) in (dict, list, set) or (
+        isinstance(v, dict) and k.endswith(_HOOKS))}) for m in model.modules()]
     # a module in training mode updates its buffers in place (batch norm's running statistics): their values back
     # too, or the oracle's and the timer's forwards moved the user's statistics (review, session 63)
     stats = [(b, b.detach().clone()) for m in model.modules() if m.training
@@ -208,6 +208,12 @@ def kept_attributes(model: nn.Module) -> Iterator[None]:
                         v.extend(held[k][1])
                     else:
                         v.update(held[k][1])
+
+
+# a module's hook registries (OrderedDicts): transformers 5 installs its output-capturing hooks on the first forward and
+# marks the model so; the mark (a plain attribute) goes back, so must the hooks, or the next forward installs them twice
+# and every captured hidden state arrives twice (SegFormer's decode head read the wrong stage)
+_HOOKS = ("_hooks", "_hooks_with_kwargs", "_hooks_always_called")
 
 
 def _contents(v) -> tuple:
