@@ -685,3 +685,31 @@ def test_a_max_whose_indices_nobody_reads_is_a_reduction():
 
     groups = gp.trace(Gate().eval(), (torch.randn(1, 3, 8, 8),)).prunable_groups()
     assert [(g.size, g.exact) for g in groups] == [(16, False)]
+
+
+class _Mamba2Groups(torch.nn.Module):
+    """Mamba2's B/C groups expanded to its heads with ``repeat_interleave(..., output_size=num_heads)`` (transformers'
+    Bamba, Zamba2): the keyword is a hint of the result's size, and froze every head of the mixer."""
+
+    def __init__(self, d: int = 32, heads: int = 8, head_dim: int = 4, groups: int = 2) -> None:
+        super().__init__()
+        self.h, self.hd, self.g = heads, head_dim, groups
+        self.x, self.b = torch.nn.Linear(d, heads * head_dim), torch.nn.Linear(d, groups * head_dim)
+        self.dt, self.out = torch.nn.Linear(d, heads), torch.nn.Linear(heads * head_dim, d)
+
+    def forward(self, inp):
+        n, s, _ = inp.shape
+        x = self.x(inp).view(n, s, self.h, self.hd)
+        b = self.b(inp).view(n, s, self.g, self.hd).repeat_interleave(self.h // self.g, dim=2, output_size=self.h)
+        y = x * torch.nn.functional.softplus(self.dt(inp))[..., None] * b
+        return inp + self.out(y.reshape(n, s, -1))
+
+
+def test_repeat_interleave_with_an_output_size_prunes_the_heads():
+    torch.manual_seed(0)
+    model, x = _Mamba2Groups().eval(), torch.randn(2, 8, 32)
+    assert all(not g.frozen for g in gp.trace(model, (x,)).groups if g.kind in ("conv_group", "group_channel"))
+    model, report = gp.prune(model, (x,), ratio=0.5, verify=True, roles=("channel", "outer", "inner"))
+    assert report.oracle.verdict == "PASS"
+    assert (model.g, model.h) == (1, 2)  # 1 of 2 groups, 2 of its 4 heads: the hint follows
+    assert model(torch.randn(3, 5, 32)).shape == (3, 5, 32)

@@ -173,9 +173,10 @@ def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
     # them to q) whose size the repeats argument spells.
     src, out = node.args[0], node.outputs[0]
     reps, dim = ctx.arg(node, 1, "repeats"), ctx.arg(node, 2, "dim")
-    if not isinstance(src, Ref) or not isinstance(reps, int) or dim is None \
-            or ctx.arg(node, 3, "output_size") is not None:
-        why = "tensor repeats" if not isinstance(reps, int) else ("no dim (flattens)" if dim is None else "output_size")
+    # ``output_size`` (Mamba2's B/C groups expanded to its heads) is a hint of the result's size, keyword-only: the
+    # pruned forward computes it again from its own attributes, and the rewrite's proof checks that it fits
+    if not isinstance(src, Ref) or not isinstance(reps, int) or dim is None:
+        why = "tensor repeats" if not isinstance(reps, int) else "no dim (flattens)"
         reason = f"repeat_interleave with {why} at {ctx.where()}"
         for name in dict.fromkeys(node.inputs + node.outputs):
             ctx.freeze_value(name, LAYOUT, reason)
