@@ -240,3 +240,37 @@ def test_a_private_head_count_attribute_is_updated(budget):
     pruned, report = gp.prune(_PrivateHeads().eval(), (torch.randn(4, 9, 64),), budget=budget, verify=True,
                               measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned._n_heads < 8 and pruned.q.out_features == pruned._n_heads * 8
+
+
+class _HybridMixer(torch.nn.Module):
+    """An attention layer, then a Mamba2-like mixer whose heads a norm over all of them reads (Bamba, Zamba2: the
+    gated RMSNorm over the whole inner width)."""
+
+    def __init__(self, d: int = 32, heads: int = 8, head_dim: int = 4) -> None:
+        super().__init__()
+        self.h, self.hd, self.nh = heads, head_dim, 4
+        self.qkv, self.o = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.x, self.gate = torch.nn.Linear(d, heads * head_dim), torch.nn.Linear(d, heads * head_dim)
+        self.norm, self.out = torch.nn.RMSNorm(heads * head_dim), torch.nn.Linear(heads * head_dim, d)
+
+    def forward(self, inp):
+        n, s, d = inp.shape
+        q, k, v = (t.view(n, s, self.nh, -1).transpose(1, 2) for t in self.qkv(inp).chunk(3, -1))
+        h = inp + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, s, -1))
+        y = self.x(h).view(n, s, self.h, self.hd) * torch.sigmoid(self.gate(h)).view(n, s, self.h, self.hd)
+        return h + self.out(self.norm(y.reshape(n, s, -1)))
+
+
+def test_a_models_whole_groups_a_norm_reads_across_stay_by_default():
+    """The default call of a model with attention keeps the hidden size where a norm reads across it; whole
+    groups a norm reads across (a Mamba2 mixer's heads under its gated RMSNorm) stay too, so the default stays
+    provable (Bamba and Zamba2 came out PARTIAL). Named as a target, they are cut."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 32)
+    model, report = gp.prune(_HybridMixer().eval(), (x,), ratio=0.5, verify=True)
+    cut = {report.kinds[g] for g, (kept, size) in report.kept.items() if kept < size}
+    assert report.oracle.verdict == "PASS" and "head" in cut and "conv_group" not in cut
+    torch.manual_seed(0)
+    model, report = gp.prune(_HybridMixer().eval(), (x,), ratio=0.5, verify=True, targets=("heads", "conv_groups"))
+    assert "conv_group" in {report.kinds[g] for g, (kept, size) in report.kept.items() if kept < size}
+    assert model.x.out_features < 32

@@ -86,6 +86,8 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
         if (g.kind if by == "kind" else g.role) not in wanted and not (
                 exact_hidden and g.kind == "hidden" and not g.inexact):
             continue
+        if exact_hidden and g.kind == "conv_group" and g.inexact:
+            continue  # whole groups a norm reads across (Mamba2's heads under its gated RMSNorm), as the hidden size
         if any(m.name == i or m.name.startswith(i + ".") for m in g.members for i in ignore):
             continue
         out.append(g)
