@@ -83,6 +83,13 @@ def _atoms(dg: "DependencyGraph", value: str, dim: int) -> list[int]:
 def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
     """(node, q, k, v) for every attention site; k is the keys as they enter the q.k product
     (transposed in the eager pattern, so the head_dim is its dim -2 there)."""
+    return [site for site, _ in attention_site_axes(dg)]
+
+
+def attention_site_axes(dg: "DependencyGraph") -> list[tuple[tuple[str, str, str, str], dict[str, list[int]]]]:
+    """Each attention site (:func:`attention_sites`) with the head axes of those of its operands whose layout an
+    einsum spells (Funnel's ``bind,bjnd->bnij``: heads at dim 2, after the sequence); the others are laid out
+    (batch, heads, seq, dim) (:func:`head_axes`)."""
     consumers: dict[str, list] = {}
     producer: dict[str, object] = {}
     dead = dg.dead  # nn.MultiheadAttention's head-averaged weights, dropped by the caller
@@ -95,14 +102,50 @@ def attention_sites(dg: "DependencyGraph") -> list[tuple[str, str, str, str]]:
     for n in dg.ir.nodes:
         if n.op in Ops.Attention and len(n.inputs) >= 3:
             q, k, v = n.inputs[:3]
-            sites.append((n.name, q, k, v))
+            sites.append(((n.name, q, k, v), {}))
         elif n.op in Ops.Softmax and n.inputs:
             qk = _walk_back(n.inputs[0], producer)
             pv = _walk_forward(n.outputs[0], consumers)
             q_k = qk.inputs[1:3] if qk is not None and qk.op in Ops.BatchedAddMatMul else qk.inputs[:2] if qk else []
             if len(q_k) == 2 and pv is not None and len(pv.inputs) >= 2:
-                sites.append((n.name, q_k[0], "T:" + q_k[1], pv.inputs[1]))
+                specs = _subscripts(qk)
+                axes = {x: a for x, a in ((q_k[0], _einsum_heads(specs, 0)), (q_k[1], _einsum_heads(specs, 1)),
+                                          (pv.inputs[1], _einsum_heads(_subscripts(pv), 1))) if a}
+                sites.append(((n.name, q_k[0], ("T:" if _keys_transposed(specs) else "") + q_k[1], pv.inputs[1]), axes))
     return sites
+
+
+def _subscripts(node) -> tuple[str, str, str] | None:
+    """An einsum of two operands as (first's subscripts, second's, result's); None for any other op (or an
+    ellipsis, or an implicit result)."""
+    if node.op not in Ops.Einsum:
+        return None
+    equation = node.kwargs.get("equation") if node.op.startswith("onnx.") else (node.args[0] if node.args else None)
+    if not isinstance(equation, str):
+        return None
+    lhs, _, rhs = equation.replace(" ", "").partition("->")
+    specs = lhs.split(",")
+    return (specs[0], specs[1], rhs) if len(specs) == 2 and "..." not in lhs and rhs else None
+
+
+def _einsum_heads(specs: tuple[str, str, str] | None, which: int) -> list[int]:
+    """Operand ``which``'s head axes: the dims whose subscript the other operand and the result share, but its
+    first (the batch)."""
+    if specs is None:
+        return []
+    mine, other, out = specs[which], specs[1 - which], specs[2]
+    return [d for d, c in enumerate(mine) if d and c in other and c in out]
+
+
+def _keys_transposed(specs: tuple[str, str, str] | None) -> bool:
+    """Whether the keys enter the scores' product with their head_dim second to last: ``q @ k.T`` does; an einsum
+    says by its subscripts (Funnel's ``bind,bjnd->bnij`` contracts the keys' last dim, and read as transposed its
+    head axis was taken for the head_dim: no heads were found)."""
+    if specs is None:
+        return True
+    q, k, out = specs
+    contracted = [c for c in k if c in q and c not in out]
+    return not (len(contracted) == 1 and k.index(contracted[0]) == len(k) - 1)
 
 
 def _walk_back(value: str, producer: dict, hops: int = 6):
@@ -142,12 +185,13 @@ def head_axes(dg: "DependencyGraph", value: str) -> list[int]:
     return list(range(1, rank - 2)) if rank >= 4 else [0] if rank == 3 else []
 
 
-def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None = None) -> int:
+def head_axis(dg: "DependencyGraph", value: str, frozen: Collection[int] | None = None,
+              axes: list[int] | None = None) -> int:
     """The head axis of an attention operand: the first of :func:`head_axes` whose channels are not all
     frozen (Hiera's windows are), else the one before (seq, dim). ``frozen``: the solver's frozen atoms,
     where a caller asks for many operands (they are gathered from every freeze each time otherwise)."""
     frozen = dg.solver.frozen_reasons() if frozen is None else frozen
-    for d in head_axes(dg, value):
+    for d in axes or head_axes(dg, value):
         if any(a not in frozen for a in _atoms(dg, value, d)):
             return d
     return -3 if dg.ir.values[value].rank >= 4 else 0
@@ -161,18 +205,22 @@ def _attention_atoms(dg: "DependencyGraph") -> tuple[set[int], set[int], set[int
     def movable(atoms: list[int]) -> list[int]:
         return [a for a in atoms if a not in frozen and (dg.solver.atom_size(a) or 0) > 1]
 
-    for _, q, k, v in attention_sites(dg):
+    for (_, q, k, v), axes in attention_site_axes(dg):
         transposed = k.startswith("T:")
         k = k[2:] if transposed else k
         if any(x not in dg.ir.values for x in (q, k, v)):
             continue
+
+        def axes_of(x: str, axes=axes) -> list[int]:  # an einsum's own layout, else (batch, heads, seq, dim)
+            return axes.get(x) or head_axes(dg, x)
+
         dims = {a for x, d in ((q, -1), (k, -2 if transposed else -1), (v, -1)) for a in _atoms(dg, x, d)}
         head_dim |= dims
         # Under GQA the query head axis factors into (kv head, query per kv head): the head is the
         # factor the keys' head axis shares, in either order (HF's repeat_interleave puts it outer,
         # x-transformers' repeat to (r kvh) inner); with no shared factor, the outer one.
-        q_heads = [a for a in movable([b for d in head_axes(dg, q) for b in _atoms(dg, q, d)]) if a not in dims]
-        kv = [a for a in movable([b for x in (k, v) for d in head_axes(dg, x) for b in _atoms(dg, x, d)]) if a not in dims]
+        q_heads = [a for a in movable([b for d in axes_of(q) for b in _atoms(dg, q, d)]) if a not in dims]
+        kv = [a for a in movable([b for x in (k, v) for d in axes_of(x) for b in _atoms(dg, x, d)]) if a not in dims]
         shared = [a for a in q_heads if a in kv] or q_heads[:1]
         if len(shared) > 1:  # keys expanded to the queries' heads carry both factors: the kv head is the one
             # the keys hold before they are repeated (the per-kv factor only the repeat makes); where no such

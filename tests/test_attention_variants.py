@@ -274,3 +274,35 @@ def test_a_models_whole_groups_a_norm_reads_across_stay_by_default():
     model, report = gp.prune(_HybridMixer().eval(), (x,), ratio=0.5, verify=True, targets=("heads", "conv_groups"))
     assert "conv_group" in {report.kinds[g] for g, (kept, size) in report.kept.items() if kept < size}
     assert model.x.out_features < 32
+
+
+class _EinsumAttention(torch.nn.Module):
+    """Attention written with einsum over (batch, seq, heads, dim) operands, as Funnel-Transformer writes it."""
+
+    def __init__(self, equations: tuple[str, str], d: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.h, self.eq = heads, equations
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2, self.ln = torch.nn.Linear(d, 128), torch.nn.Linear(128, d), torch.nn.LayerNorm(d)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = (f(x).view(b, s, self.h, -1) for f in (self.q, self.k, self.v))
+        if self.eq[0].startswith("bh"):  # the (batch, heads, seq, dim) layout
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        ctx = torch.einsum(self.eq[1], torch.einsum(self.eq[0], q, k).softmax(-1), v)
+        ctx = ctx.transpose(1, 2) if self.eq[0].startswith("bh") else ctx
+        x = self.ln(x + self.o(ctx.reshape(b, s, -1)))
+        return x + self.ff2(torch.relu(self.ff1(x)))
+
+
+@pytest.mark.parametrize("equations", [("bind,bjnd->bnij", "bnij,bjnd->bind"), ("bhid,bhjd->bhij", "bhij,bhjd->bhid")])
+def test_heads_of_an_einsum_attention_are_found_in_its_subscripts(equations):
+    """Funnel's keys enter as (batch, seq, heads, dim), contracted on their last dim: read as ``q @ k.T`` operands,
+    the head axis was taken for the head_dim, no heads were found and the default call cut only the FFN."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 64)
+    dg = gp.trace(_EinsumAttention(equations).eval(), (x,))
+    assert [g.size for g in dg.groups if g.kind == "head"] == [4]
+    model, report = gp.prune(_EinsumAttention(equations).eval(), (x,), ratio=0.5, verify=True)
+    assert report.oracle.verdict == "PASS" and model.q.out_features == 32  # 2 of 4 heads

@@ -20,7 +20,7 @@ import torch
 
 from ..backends.torch_module import submodule
 from ..graph import DependencyGraph
-from ..kinds import attention_sites, head_axis
+from ..kinds import attention_site_axes, head_axis
 from ..planning.plan import PrunePlan
 
 # Attribute names transformers modules and configs use, by what they count.
@@ -84,9 +84,9 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
     pruned = plan.masks()
     heads: dict[str, tuple] = {}
     kinds, frozen = dg.kinds, set(dg.solver.frozen_reasons())
-    for node_name, q, _, v in attention_sites(dg):
+    for (node_name, q, _, v), axes in attention_site_axes(dg):
         path = dg.module_of(node_name)
-        q_atoms = dg.solver.atoms(dg.solver.layout((q, (axis := head_axis(dg, q, frozen)) % dg.ir.values[q].rank)))
+        q_atoms = dg.solver.atoms(dg.solver.layout((q, (axis := head_axis(dg, q, frozen, axes.get(q))) % dg.ir.values[q].rank)))
         kv_atoms = [a for a in q_atoms if kinds.get(a) == "head"]
         rep_atoms = [a for a in q_atoms if kinds.get(a) == "query_group"]
         # query heads: a (batch, heads, seq, dim) operand's head axis itself, whatever atoms its layout
