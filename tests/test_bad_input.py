@@ -281,6 +281,30 @@ def test_inputs_the_model_itself_refuses_get_the_models_error():
         gp.prune(model, (torch.randn(1, 1, 100),), ratio=0.5, runtime=None)
 
 
+class _FailsWhenTraced(torch.nn.Module):
+    """Builds its attention mask another way under export, and rejects it (transformers' Informer and
+    Nystromformer): untraced it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        mask = torch.ones(x.shape[0], 1, 2 * x.shape[1], 2 * x.shape[1]) if torch.compiler.is_exporting() else None
+        if mask is not None and mask.shape[-1] != x.shape[1]:
+            raise ValueError(f"Attention mask should be of size {x.shape[1]}, but is {mask.shape[-1]}")
+        return self.lin(x)
+
+
+def test_a_model_that_fails_only_when_traced_is_told_so():
+    """The error blamed the example inputs and data-dependent control flow; the inputs were right."""
+    model = _FailsWhenTraced().eval()
+    model(torch.randn(2, 4, 8))
+    with pytest.raises(gp.TraceError, match=r"runs on the example inputs untraced, but raises when traced.*"
+                                             r"Attention mask should be.*the inputs are not the cause"):
+        gp.prune(model, (torch.randn(2, 4, 8),), ratio=0.5, runtime=None)
+
+
 def test_a_submodule_named_like_a_module_method_is_refused_by_name():
     """nbeats-pytorch registers ``self.parameters = nn.ParameterList(...)``: lookup by name finds the method, and the
     trace failed with torch's message about a bound method plus advice about the example inputs."""

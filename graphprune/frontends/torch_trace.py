@@ -50,10 +50,19 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         try:
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
-            if why and not why.startswith("TypeError"):  # export names a guard; the model may say more itself
-                _runs_eagerly(model, args, kwargs, exc)  # (a call that does not fit forward: export's hint says more)
+            ran = why and not why.startswith("TypeError") and _runs_eagerly(model, args, kwargs, exc)
+            # (a call that does not fit forward: export's hint says more)
             if not why:
                 raise
+            cause = exc.__cause__
+            if ran and cause is not None and "tensor data" not in why and "DataDependent" not in type(cause).__name__:
+                said = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+                both = why if why.startswith(said) else f"{why} (torch.export: {said})"
+                raise TraceError(
+                    f"{type(model).__name__} runs on the example inputs untraced, but raises when traced, both when "
+                    f"graphprune records it and under torch.export: {both}. Its code takes another path while traced "
+                    "(transformers checks torch.compiler.is_exporting()), and that path fails: the inputs are not the "
+                    "cause, and this model cannot be pruned until that path runs") from exc
             raise TraceError(f"{exc} Recording the forward stopped first: {why}.") from exc
         return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
     ep = export_program(model, args, kwargs)
@@ -74,15 +83,17 @@ def _check_names(model: torch.nn.Module) -> None:
                                  f"attribute in {type(m).__name__}.__init__ (and its keys in a saved state_dict)")
 
 
-def _runs_eagerly(model: torch.nn.Module, args: tuple, kwargs: dict | None, failed: TraceError) -> None:
+def _runs_eagerly(model: torch.nn.Module, args: tuple, kwargs: dict | None, failed: TraceError) -> bool:
     """Where nothing traces, the model's own error on these inputs, if it has one, is the one to read (asteroid's
-    DCUNet checks its input length from tensor data: export named the data read, not the TypeError it raises)."""
+    DCUNet checks its input length from tensor data: export named the data read, not the TypeError it raises).
+    True where the forward runs."""
     try:
         with torch.no_grad(), torch.random.fork_rng(), kept_attributes(model):
             model(*args, **(kwargs or {}))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises is what the user needs to see
         raise TraceError(f"{type(model).__name__}'s forward fails on the example inputs, untraced: "
                          f"{type(exc).__name__}: {exc}") from failed
+    return True
 
 
 def _replays(trace: Trace, model: torch.nn.Module, args: tuple, kwargs: dict | None) -> bool:
