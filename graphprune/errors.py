@@ -37,11 +37,12 @@ class RewriteError(GraphpruneError):
     node (a default call freezes those groups and plans again: graphprune/planning/unreached.py)."""
 
     def __init__(self, *args: object, reasons: Iterable[Reason] = (), modules: Iterable[str] = (),
-                 groups: Iterable[int] = (), site: str = "") -> None:
+                 groups: Iterable[int] = (), site: str = "", detail: str = "") -> None:
         super().__init__(*args, reasons=reasons)
         self.modules = list(modules)
         self.groups = list(groups)
         self.site = site
+        self.detail = detail  # why those groups are kept whole, where it is not a size the forward spells
 
 
 class PruneWarning(UserWarning):

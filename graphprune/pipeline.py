@@ -375,7 +375,7 @@ def _prune_once(program, opts: PruneOptions, plan_: PrunePlan | None, inplace: b
     before = program.latency_ms(runtime) if timed else None
     # groups the oracle could not run (inexact) are held to the plan's shapes by a second trace at least
     pruned = program.apply(p, comp.updates if comp is not None else None, comp, inplace=inplace,
-                           proof=bool(oracle is not None and oracle.inexact_groups))
+                           proof=bool(oracle is not None and oracle.inexact_groups), values=True)
     report.params_after += pruned.added_params()
     if before is not None:
         latency_after(pruned, program, runtime, before, report, opts.round_to)

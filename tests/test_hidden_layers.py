@@ -46,16 +46,17 @@ def test_layers_in_a_plain_list_are_pruned_where_the_forward_calls_them():
 
 def test_a_failed_rewrite_restores_the_listed_layers_too():
     """The rewrite's undo covers the layers it reached through the list."""
-    from graphprune.backends.torch_module import _restore, _snapshot, apply_plan
+    from graphprune.backends.torch_module import apply_plan
+    from graphprune.backends.torch_snapshot import restore, snapshot
 
     torch.manual_seed(0)
     model, x = _Listed().eval(), torch.randn(4, 10)
     dg = gp.trace(model, (x,))
     plan = gp.plan(dg, model, 0.5)
-    saved, ref = _snapshot(model), copy.deepcopy(model.state_dict())
+    saved, ref = snapshot(model), copy.deepcopy(model.state_dict())
     apply_plan(model, dg, plan)
     assert model.blocks[1][2].weight.shape == (16, 16)
-    _restore(saved)
+    restore(saved)
     assert model.blocks[1][2].weight.shape == (32, 32) and model.blocks[1][2].weight is model.params[8]
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
 

@@ -24,10 +24,7 @@ from ..util.gc_pause import reclaim
 from ..util.torch_compat import (
     ConvNd,
     NormBase,
-    own_buffers,
-    own_params,
     refresh_rnn_weights,
-    restore_tensors,
     set_tensor,
 )
 from .torch_attrs import set_attribute
@@ -51,6 +48,8 @@ from .torch_proof import (
     retrace,
     submodule,
 )
+from .torch_snapshot import restore, snapshot
+from .torch_values import moved_value
 
 
 def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
@@ -98,7 +97,7 @@ def apply_plan(model: nn.Module, dg: DependencyGraph, plan: PrunePlan,
 
 
 def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs: dict | None = None,
-            check: bool | None = None, updates: dict[str, torch.Tensor] | None = None) -> None:
+            check: bool | None = None, updates: dict[str, torch.Tensor] | None = None, values: bool = False) -> None:
     """Apply ``plan`` to ``model`` in place, and prove the result before returning it.
 
     The forward's own size constants (view targets, split sizes, repeat counts)
@@ -111,13 +110,20 @@ def rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple,
 
     ``check=None`` traces again only where the forward spells a size the plan changes
     outside torch's own layers (:func:`needs_proof`); elsewhere the rewritten forward is the
-    traced graph with sliced weights, whose shapes the channel spaces already fix.
+    traced graph with sliced weights, whose shapes the channel spaces already fix. ``values``:
+    trace again anyway, and refuse a forward that computes another number from a pruned size
+    (backends/torch_values.py): the model handed to the user.
     """
     if not any(plan.pruned.values()):
         return  # removed blocks are graphprune/backends/torch_depth.py's
     undo = slim_attention(model, dg, plan)  # torch's MultiheadAttention ties q/k/v to its input's width
     try:
+        saved = snapshot(model) if values else None
         _rewrite(model, dg, plan, args, kwargs, check, updates)
+        moved = moved_value(model, dg, plan, args, kwargs) if values else None
+        if moved is not None:
+            restore(saved)
+            raise moved
     except BaseException:
         undo()  # a model the plan does not fit is left as it was, its attention modules' class too
         raise
@@ -132,11 +138,11 @@ def _rewrite(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: tuple
     if not check:
         apply_plan(model, dg, plan, sure, updates)
         return
-    saved = _snapshot(model)
+    saved = snapshot(model)
     guards = _prove(model, dg, plan, args, kwargs, sure, unsure, updates)
     moved = same_scalars(dg, retrace(model, dg, args, kwargs).nodes, {p for p, _, _ in guards}) if guards else None
     if moved:
-        _restore(saved)
+        restore(saved)
         raise RewriteError(f"after updating {_named(guards)} to the pruned sizes, the forward computes another "
                            f"number ({moved}): the attribute is not only a size check. Exclude the module with "
                            "ignore=[...].", modules=sorted({p for p, _, _ in guards}))
@@ -171,16 +177,16 @@ def _try(model, dg, plan, args, kwargs, base: list, unsure: list, updates) -> tu
     fallback = None
     for choice in _choices(unsure):
         attrs = base + choice
-        saved = _snapshot(model)
+        saved = snapshot(model)
         try:
             apply_plan(model, dg, plan, attrs, updates)
             err, same_structure = _check(model, dg, plan, args, kwargs)
         except BaseException:
-            _restore(saved)
+            restore(saved)
             raise
         if err is None and same_structure:
             return [], attrs
-        _restore(saved)
+        restore(saved)
         if err is None and fallback is None:
             # Shapes fit but ops appeared or vanished: accept only if nothing keeps the
             # original structure (a size-dependent branch, e.g. repeat_kv with n_rep 1).
@@ -250,20 +256,6 @@ def _choices(unsure: list[list[list[tuple[str, str, Any]]]], limit: int = 64):
         if k >= limit:
             return
         yield [u for choice in combo for u in choice]
-
-
-def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict, dict, dict]]:
-    """Every module's attributes, parameters and buffers (references: apply_plan replaces
-    tensors and never writes into one), so a rewrite that does not hold can be undone."""
-    return [(m, dict(vars(m)), dict(own_params(m)), dict(own_buffers(m)))
-            for m in [*model.modules(), *hidden_modules(model)]]
-
-
-def _restore(saved: list[tuple[nn.Module, dict, dict, dict]]) -> None:
-    for m, attrs, params, buffers in saved:
-        vars(m).clear()
-        vars(m).update(attrs)
-        restore_tensors(m, params, buffers)
 
 
 def _check(model, dg, plan, args, kwargs) -> tuple[RewriteError | None, bool]:

@@ -26,9 +26,9 @@ def freeze_unreached(dg: DependencyGraph, exc) -> str | None:
     if not todo:
         return None
     cause = str(exc.__cause__ or "").split("\n")[0][:200]
-    reason = Reason(COMPUTED, f"its size is spelled at {exc.site} as a number the pruned forward did not follow "
-                              f"(a literal, or another tensor's size): the rewrite's proof failed there"
-                              + (f" ({cause})" if cause else ""))
+    reason = Reason(COMPUTED, getattr(exc, "detail", "") or (
+        f"its size is spelled at {exc.site} as a number the pruned forward did not follow (a literal, or another "
+        f"tensor's size): the rewrite's proof failed there" + (f" ({cause})" if cause else "")))
     for g in todo:
         g.frozen.append(reason)
     where: dict[str, int] = {}  # a weight dim holding several groups (a layer's heads) is named once, counted

@@ -157,7 +157,7 @@ class Program(ABC):
     # ---- rewriting ---------------------------------------------------------------------------
     @abstractmethod
     def apply(self, plan: "PrunePlan", updates: Mapping[str, Any] | None = None, compensation=None,
-              inplace: bool = False) -> "Program":
+              inplace: bool = False, proof: bool = False, values: bool = False) -> "Program":
         """The pruned program (weights changed by ``updates``, biases added by ``compensation``).
         Raises RewriteError when the result is not a valid model."""
 

@@ -307,7 +307,7 @@ class OnnxProgram(Program):
 
     # ---- rewriting ---------------------------------------------------------------------------
     def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
-              inplace: bool = False, proof: bool = False) -> "OnnxProgram":
+              inplace: bool = False, proof: bool = False, values: bool = False) -> "OnnxProgram":
         """The pruned model, held to onnx.checker and run once in onnxruntime; the outputs keep
         their shapes (so ``proof`` asks nothing more)."""
 

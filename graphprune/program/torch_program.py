@@ -285,15 +285,15 @@ class TorchProgram(Program):
 
     # ---- rewriting ---------------------------------------------------------------------------
     def apply(self, plan, updates: Mapping[str, Any] | None = None, compensation=None,
-              inplace: bool = False, proof: bool = False) -> "TorchProgram":
-        """The pruned module (a copy unless ``inplace``); ``proof``: trace it again and hold its shapes to the
-        plan's even where the rewrite sees no size it changes (the oracle could not run every cut group)."""
+              inplace: bool = False, proof: bool = False, values: bool = False) -> "TorchProgram":
+        """The pruned module (a copy unless ``inplace``); ``proof``: hold its shapes to the plan's by a second trace (the
+        oracle could not run every cut group); ``values``: its numbers to the traced ones (backends/torch_values.py)."""
 
         reclaim()  # dropped copies hold cycles: with the collector paused, they wait for a collection
         model = self.model if inplace else copy.deepcopy(self.model)
         dg = self.graph()
         rewrite(model, dg, plan, self.args, self.kwargs, check=True if proof else None,
-                updates=dict(updates) if updates else None)
+                updates=dict(updates) if updates else None, values=values)
         # what recover(blockwise=True) compares with the original's block outputs: children of containers
         blocks = set(container_children(model))
         setattr(model, CHANNELS_ATTR, composed(getattr(model, CHANNELS_ATTR, None), module_channels(dg, plan, blocks)))

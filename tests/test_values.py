@@ -1,0 +1,79 @@
+"""A forward that turns a pruned size into a number (a fan-in scale, an attention temperature, a mean by hand)
+gives a pruned model that is not the original with the removed channels zeroed; its shapes are all right, so
+only tracing again and comparing the numbers sees it. The default call keeps those groups whole and says so."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.errors import PruneWarning
+
+
+class _FanIn(torch.nn.Module):
+    """e3nn's FullyConnectedNet layer: ``x @ (w / sqrt(fan_in))``, the fan-in read from the weight's shape."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_in, n_out))
+
+    def forward(self, x):
+        return x @ (self.weight / self.weight.shape[0] ** 0.5)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, by_hand: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(8, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+        self.fan, self.out, self.by_hand = _FanIn(32, 4), torch.nn.Linear(4, 2), by_hand
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        h = torch.relu(self.c(h))
+        if self.by_hand:  # a mean over the channels written as a sum over a count
+            return self.out(self.fan(h)) + h.sum(-1, keepdim=True) / h.shape[-1]
+        return self.out(self.fan(h))
+
+
+@pytest.mark.parametrize("by_hand", [False, True])
+def test_groups_a_number_is_computed_from_are_kept_whole(by_hand):
+    torch.manual_seed(0)
+    model, x = _Net(by_hand).eval(), torch.randn(5, 8)
+    original = copy.deepcopy(model)
+    with pytest.warns(PruneWarning, match=r"computes a number from its size at node"):
+        model, report = gp.prune(model, (x,), ratio=0.5, measure_latency=False, runtime=None)
+    assert model.fan.weight.shape[0] == 32 and model.c.out_features == 32  # the channels the number counts stay
+    assert model.a.out_features < 32  # the rest is pruned
+    # and the pruned model is the original with the removed channels zeroed
+    masked = gp.masked_original(gp.trace(original, (x,)), report.plan, (x,))
+    torch.testing.assert_close((model(x),), tuple(masked), rtol=1e-5, atol=1e-5)
+
+
+class _Temperature(torch.nn.Module):
+    """Attention scaled by ``q.shape[-1] ** -0.5``, computed in the forward."""
+
+    def __init__(self, d: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.h = heads
+        self.qkv, self.o = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+        return x + self.o((att @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_head_dim_the_temperature_is_computed_from_is_refused():
+    """Cutting head_dim changes the temperature the forward computes: before, the pruned model came back without a
+    word (verify=True failed it). With head_dim the only target, nothing is left to cut: refused, saying why, and
+    the model is as it was."""
+    torch.manual_seed(0)
+    model, x = _Temperature().eval(), torch.randn(1, 10, 64)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.warns(PruneWarning), pytest.raises(gp.RewriteError, match=r"computes 0.35\d* where the traced one "
+                                                                           r"computed 0.25 at node 'mul'"):
+        gp.prune(model, (x,), targets=("head_dim",), ratio=0.5, measure_latency=False, runtime=None)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
