@@ -242,3 +242,41 @@ def test_a_batch_no_export_frees_keeps_the_file_of_the_example_and_says_so(tmp_p
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert np.abs(got - model(x).numpy()).max() <= 1e-5
+
+
+class _DictForward(torch.nn.Module):
+    """neuralforecast's models take one dict of tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(48, 64), torch.nn.Linear(64, 12)
+
+    def forward(self, windows_batch):
+        return self.fc2(torch.relu(self.fc1(windows_batch["insample_y"].squeeze(-1))))
+
+
+def test_a_forward_taking_one_dict_exports_as_it_prunes(tmp_path):
+    """The dict prune() took was read by torch.onnx.export as keyword arguments (a missing argument), and passed as
+    kwargs= its tensors were never fed to onnxruntime (a raw ValueError)."""
+    batch = {"insample_y": torch.randn(2, 48, 1), "insample_mask": torch.ones(2, 48, 1)}
+    model, _ = gp.prune(_DictForward().eval(), (batch,), ratio=0.5, measure_latency=False, runtime=None)
+    for args, kwargs in (((batch,), None), ((), {"windows_batch": batch})):
+        report = gp.export_onnx(model, args, tmp_path / "m.onnx", kwargs=kwargs)
+        assert report.max_abs_diff < 1e-5
+
+
+class _BoolEinsum(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = torch.nn.Linear(16, 16)
+
+    def forward(self, x, ids):
+        mask = torch.einsum("qb,bt->qbt", ids[:, None] == ids[None, :], torch.ones(x.shape[0], x.shape[1], dtype=torch.bool))
+        return torch.einsum("qtd,btd->qbt", self.q(x), x).masked_fill(~mask, -1e4)
+
+
+def test_a_file_onnxs_checker_rejects_is_refused_naming_the_op(tmp_path):
+    """Chronos-2's einsum of boolean masks: onnx's raw InferenceError escaped, and the file was left behind."""
+    with pytest.raises(gp.GraphpruneError, match=r"checker rejects.*Einsum.*cast them to float"):
+        gp.export_onnx(_BoolEinsum().eval(), (torch.randn(2, 8, 16), torch.tensor([0, 0])), tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())

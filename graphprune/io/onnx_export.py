@@ -125,6 +125,7 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     """
     args = args if isinstance(args, tuple) else (args,)
     kwargs = kwargs or {}
+    args, kwargs, dynamic = _last_dict_named(model, args, kwargs, dynamic)
     report = _export_once(model, args, kwargs, Path(path), dynamic_batch, atol, opset, dynamic)
     if not dynamic_batch or report.dynamic_batch:
         return report
@@ -147,6 +148,23 @@ def export_onnx(model: torch.nn.Module, args: tuple, path: str | os.PathLike, kw
     warn(f"export_onnx: {Path(path).name} has a fixed batch where dynamic_batch=True asked for a dynamic one "
          f"({report.note[:300]}); dynamic= names the dims that may vary, dynamic_batch=False asks for the static file")
     return report
+
+
+def _last_dict_named(model, args: tuple, kwargs: dict, dynamic):
+    """torch.onnx.export reads a dict at the end of ``args`` as keyword arguments (neuralforecast's forward takes one
+    dict of tensors, which graphprune.prune takes as given): such inputs go by their parameters' names."""
+    if kwargs or not args or not isinstance(args[-1], dict):
+        return args, kwargs, dynamic
+    try:
+        params = inspect.signature(model.forward).parameters
+        bound = inspect.signature(model.forward).bind(*args).arguments
+    except (TypeError, ValueError):
+        return args, kwargs, dynamic
+    if any(p.kind == p.VAR_POSITIONAL for p in params.values()):
+        return args, kwargs, dynamic
+    names = list(bound)
+    by_name = {names[k] if isinstance(k, int) and k < len(names) else k: v for k, v in (dynamic or {}).items()}
+    return (), dict(bound), by_name or dynamic
 
 
 def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bool, atol: float, opset: int | None,
@@ -186,13 +204,19 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
         proto = onnx.load(tmp, load_external_data=False)
         if _squeeze_no_ops(proto):  # weights stay where prog.save put them: only nodes change
             onnx.save(proto, tmp)
-        onnx.checker.check_model(tmp, full_check=True)
+        try:
+            onnx.checker.check_model(tmp, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise GraphpruneError(
+                f"torch.onnx.export wrote a file onnx's checker rejects for {type(model).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:400]}. The op it names came from the model's code (an einsum or "
+                "a matmul of boolean masks: cast them to float first); nothing was written") from exc
         _check_dynamic(proto, args, kwargs, dynamic or {}, errors)
         fixed = _fixed_batch(proto, _batch_of(args, kwargs)) if dynamic_shapes and shapes is not None and dynamic_batch else []
         if fixed:  # the exporter took the batch Dim and still wrote a number (Flux at batch 1)
             shapes, note = None, f"the exporter fixed the batch of {', '.join(fixed[:3])}"
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+        tensors = [a for a in tree_leaves((tuple(args), dict(kwargs))) if isinstance(a, torch.Tensor)]  # dicts too
         names = [i.name for i in sess.get_inputs()]
         if not args and set(names) <= set(kwargs):  # keyword inputs keep their names in the graph
             feeds = {n: kwargs[n].detach().cpu().numpy() for n in names}
