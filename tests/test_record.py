@@ -180,6 +180,36 @@ def test_a_forward_that_reads_tensor_data_is_refused_as_export_refuses_it():
             f"File \"{__file__}\", line {line}, in forward") in str(got.value)
 
 
+class _PeriodFromData(torch.nn.Module):
+    """TimesNet picks its reshape period from the spectrum with ``topk(...).cpu().numpy()``: no op is dispatched."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.lin, self.how = torch.nn.Linear(2, 8), how
+
+    def forward(self, x):
+        h = self.lin(x)
+        top = torch.topk(torch.fft.rfft(h, dim=1).abs().mean((0, 2))[1:], 1).indices + 1
+        period = h.shape[1] // (int(top.numpy()[0]) if self.how == "numpy" else top.tolist()[0])
+        return h.reshape(h.shape[0], -1, period, 8).mean(2)
+
+
+@pytest.mark.parametrize("how", ["numpy", "tolist"])
+def test_a_data_read_that_dispatches_no_op_is_refused(how):
+    """Before, the recording went past it and baked the example's period in: the default call of TimesNet raised a
+    RewriteError blaming a literal, and a model like this one a false oracle FAIL."""
+    import math
+    t = torch.arange(60.0)
+    x = torch.stack([torch.sin(2 * math.pi * 3 * t / 60), torch.sin(2 * math.pi * 5 * t / 60)], -1)[None]
+    model = _PeriodFromData(how).eval()
+    with pytest.raises(Unrecordable, match=rf"reads tensor data \(.{how}\(\)\) at File"):
+        record(model, (x,), device="real")
+    assert torch.Tensor.numpy is torch._C.TensorBase.numpy and "tolist" not in vars(torch.Tensor)  # put back
+    # torch.export then refuses the .numpy() read; the .tolist() one it traces with a symbolic size, frozen with its node
+    with pytest.raises(gp.GraphpruneError, match=r"reads tensor data \(.numpy\(\)\)|reshape with symbolic sizes"):
+        gp.prune(model, (x,), ratio=0.5, runtime=None)
+
+
 def test_a_failing_export_does_not_print_its_graph(capfd):
     """Longformer's failed export wrote its whole FX graph (520 lines) to stderr, caught error or not."""
     with pytest.raises(TraceError):

@@ -22,7 +22,6 @@ import operator
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ import torch
 from ..util.gc_pause import reclaim
 from ..util.torch_compat import (
     PreDispatchModeBase,
+    data_reads,
     export_flags,
     init_predispatch_mode,
     kept_attributes,
@@ -45,6 +45,7 @@ from ..util.torch_compat import (
 from . import meta_shapes
 from .record_asserts import asserted, drop_asserted, state_read
 from .torch_export import is_tensor_cache
+from .trace import Trace
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
 _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.equal",
@@ -53,44 +54,11 @@ _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "
                    "aten.repeat_interleave.Tensor", "aten.repeat_interleave.self_Tensor"}  # int repeats are static
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _TORCH_MODULES_DIR = os.path.join(_TORCH_DIR, "nn", "modules") + os.sep
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # graphprune's: no user's line
 
 
 class Unrecordable(Exception):
     """The forward cannot be recorded as a static graph (the caller falls back to export)."""
-
-
-@dataclass
-class Trace:
-    """A traced program: the graph the interpreter runs and what the lowering reads."""
-    graph: torch.fx.Graph | None  # None for an exported program (``ep.graph``)
-    in_spec: Any  # pytree spec of (args, kwargs): how a batch maps onto the placeholders
-    user_inputs: list[str]  # placeholder names, in order
-    kinds: dict[str, tuple[str, str]] = field(default_factory=dict)  # node name -> (param|buffer|const, path)
-    method: str = "record"  # "record" (on stand-ins on ``device``) or "export"
-    device: str = "meta"  # where a recorded forward ran: "meta" or "real"
-    ep: Any = None  # the ExportedProgram when method == "export"
-    root: dict = field(default_factory=dict)  # get_attr target -> tensor, for the GraphModule
-    hidden: tuple[str, ...] = ()  # registered paths of tensors held by called modules outside the registry
-    _gm: torch.fx.GraphModule | None = None
-
-    @property
-    def gm(self) -> torch.fx.GraphModule:
-        """The graph as a GraphModule with weights as get_attr, built when first run (code
-        generation costs as much as recording; a meta recording's check runs it once, on
-        the real weights: frontends/torch_trace.py)."""
-        if self._gm is None:
-            self._gm = self.ep.module() if self.ep is not None else torch.fx.GraphModule(self.root, self.graph)
-        return self._gm
-
-    def nodes(self):
-        """The lowering's view: the exported graph (weights lifted as inputs) or the recorded one."""
-        return self.ep.graph.nodes if self.ep is not None else self.graph.nodes
-
-    def input_shapes(self) -> list[tuple[int, ...]]:
-        """The traced shapes of the tensor inputs, in flattened order."""
-        names = set(self.user_inputs)
-        return [tuple(n.meta["val"].shape) for n in self.nodes()
-                if n.op == "placeholder" and n.name in names and isinstance(n.meta.get("val"), torch.Tensor)]
 
 
 def _typename(mod: torch.nn.Module) -> str:
@@ -103,7 +71,7 @@ def _user_frame() -> str | None:
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
-        if not name.startswith(_TORCH_DIR) or name.startswith(_TORCH_MODULES_DIR):
+        if (not name.startswith(_TORCH_DIR) or name.startswith(_TORCH_MODULES_DIR)) and not name.startswith(_OWN_DIR):
             return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}'
         f = f.f_back
     return None
@@ -160,20 +128,25 @@ class _Recorder(PreDispatchModeBase):
             node = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
         return node.target if node is not None and node.op == "placeholder" else None
 
+    def read_data(self, t: Any, name: str) -> None:
+        """A read of ``t``'s data into Python (``.item()``; ``.numpy()``, which dispatches nothing: TimesNet's periods)
+        is refused, but for an assert that holds and a branch on the model's state (frontends/record_asserts.py)."""
+        where, given = _user_frame(), self._input_of(t)
+        if not self.on_meta and (asserted(name, where) or state_read(self, t)):  # demucs' assert; ``if self.initted:``
+            self.asserted.append(self.env.get(t))
+            return
+        raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else "") + (
+            f"; the values read are those of the input '{given}': where the model also takes it as a Python "
+            "list or number, pass it so (Pixtral's image_sizes), and its values are constants of the trace"
+            if given else ""))
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = str(func)  # 'aten.linear.default' (what meta_shapes keys on; the IR drops the overload)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
-            where, given = _user_frame(), self._input_of(args[0] if args else None)
-            if not self.on_meta and (asserted(name, where) or state_read(self, args[0] if args else None)):
-                # demucs' ``assert (out[..., a:b] == x).all()``; vector-quantize's ``if self.initted:``
-                self.asserted.append(self.env.get(args[0]))
-                with no_python_dispatcher():
-                    return func(*args, **kwargs)
-            raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else "") + (
-                f"; the values read are those of the input '{given}': where the model also takes it as a Python "
-                "list or number, pass it so (Pixtral's image_sizes), and its values are constants of the trace"
-                if given else ""))
+            self.read_data(args[0] if args else None, name)
+            with no_python_dispatcher():
+                return func(*args, **kwargs)
         with no_python_dispatcher():  # the op's own kernels: C++ meta where torch has one
             out = meta_shapes.run(name, func, args, kwargs) if self.on_meta else func(*args, **kwargs)
             # the node's stand-in (made here: a meta tensor costs twice as much under the Python dispatcher)
@@ -321,8 +294,8 @@ def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: d
     pre = torch.nn.modules.module.register_module_forward_pre_hook(stack.push)
     post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
     try:
-        with torch.no_grad(), export_flags(), kept_attributes(model), reparametrize(model, stand_in), \
-                python_dispatcher(), recorder:
+        with torch.no_grad(), export_flags(), kept_attributes(model), reparametrize(model, stand_in), python_dispatcher(), \
+                data_reads(lambda t, how: recorder.env.get(t) is not None and recorder.read_data(t, f".{how}()")), recorder:
             return model(*args, **kwargs)
     except Unrecordable:
         raise

@@ -10,7 +10,8 @@ import torch
 from ..errors import TraceError
 from ..util.torch_compat import fx_flatten_spec, kept_attributes, tree_leaves
 from .torch_export import export_program
-from .torch_record import Trace, Unrecordable, record
+from .torch_record import Unrecordable, record
+from .trace import Trace
 
 
 def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, like: Trace | None = None,

@@ -31,7 +31,7 @@ above, ``torch.compiler._is_exporting_flag`` arrived in 2.6 (pytorch#142425), so
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.fx._pytree as _fx_pytree
@@ -173,6 +173,28 @@ def refresh_rnn_weights(rnn: nn.RNNBase) -> None:
     """Rebuild the list of weights an RNN's forward reads (not its attributes) after
     :func:`set_tensor` replaced them, which bypasses RNNBase.__setattr__'s own update."""
     rnn._init_flat_weights()
+
+
+@contextlib.contextmanager
+def data_reads(check: Callable[[torch.Tensor, str], None]) -> Iterator[None]:
+    """Context: ``check(tensor, how)`` before ``Tensor.numpy()`` / ``.tolist()`` / ``__array__``, reads of a tensor's data
+    that dispatch no op, so that a dispatch mode never sees them (``.item()`` dispatches ``_local_scalar_dense``)."""
+    saved = {name: getattr(torch.Tensor, name) for name in ("numpy", "tolist", "__array__")}
+    own = {name: name in vars(torch.Tensor) for name in saved}  # numpy and tolist are the C base class's
+
+    def checked(name: str, method: Callable) -> Callable:
+        def read(self, *args, **kwargs):
+            check(self, name)
+            return method(self, *args, **kwargs)
+        return read
+
+    for name, method in saved.items():
+        setattr(torch.Tensor, name, checked(name, method))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method) if own[name] else delattr(torch.Tensor, name)
 
 
 @contextlib.contextmanager
