@@ -713,3 +713,28 @@ def test_repeat_interleave_with_an_output_size_prunes_the_heads():
     assert report.oracle.verdict == "PASS"
     assert (model.g, model.h) == (1, 2)  # 1 of 2 groups, 2 of its 4 heads: the hint follows
     assert model(torch.randn(3, 5, 32)).shape == (3, 5, 32)
+
+
+class _PoolAcrossChannelsLast(nn.Module):
+    """speechbrain's CRDNN: (B, C, T, F) permuted to (B, T, C, F) and pooled with a (1, 2) window: the channels sit
+    in the pool's first window dim, each pooled on its own (kernel 1, stride 1)."""
+
+    def __init__(self, kernel: tuple[int, int]) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv1, self.conv2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.lin = nn.Linear(16 * 10 // kernel[0], 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x.unsqueeze(1))))).permute(0, 2, 1, 3)
+        return self.lin(F.max_pool2d(h, kernel_size=self.kernel).flatten(2))
+
+
+def test_a_pool_window_of_one_along_channels_leaves_them_prunable():
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 20)
+    model, report = gp.prune(_PoolAcrossChannelsLast((1, 2)).eval(), (x,), ratio=0.5, verify=True, runtime=None)
+    assert report.oracle.verdict == "PASS" and model.conv2.out_channels == 8
+    torch.manual_seed(0)  # a window of 2 along them mixes neighbouring channels: frozen, as before
+    dg = gp.trace(_PoolAcrossChannelsLast((2, 2)).eval(), (x,))
+    assert all(g.frozen for g in dg.groups if any(m.name == "conv2.weight" and m.dim == 0 for m in g.members))

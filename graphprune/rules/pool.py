@@ -7,15 +7,33 @@ from ..reasons import CHANNEL_MIXING, SPATIAL
 from .registry import RuleContext, register
 
 
-def _spatial(node: Node, ctx: RuleContext, n_spatial: int) -> None:
+def _spatial(node: Node, ctx: RuleContext, n_spatial: int, window: bool = False) -> None:
     x = node.args[0].name
     rank = ctx.rank(x)
+    alone = {rank - n_spatial + i for i in range(n_spatial) if window and _alone(node, ctx, n_spatial, i)}
     for out in node.outputs:  # *_with_indices: the indices follow the same layout
         ctx.tie_dims(x, out, range(rank - n_spatial), range(rank - n_spatial))
         for d in range(rank - n_spatial, rank):
-            ctx.freeze(ctx.s(out, d), SPATIAL, f"spatial positions at {node.where()}")
+            if d in alone:
+                ctx.tie(ctx.s(x, d), ctx.s(out, d))
+            else:
+                ctx.freeze(ctx.s(out, d), SPATIAL, f"spatial positions at {node.where()}")
     for d in range(rank - n_spatial, rank):
-        ctx.freeze(ctx.s(x, d), SPATIAL, f"spatial positions at {node.where()}")
+        if d not in alone:
+            ctx.freeze(ctx.s(x, d), SPATIAL, f"spatial positions at {node.where()}")
+
+
+def _alone(node: Node, ctx: RuleContext, n_spatial: int, i: int) -> bool:
+    """Whether a pool's window takes each position of its ``i``-th spatial dim alone (kernel 1, stride 1, no
+    padding): speechbrain's CRDNN pools a (batch, time, channels, freq) tensor with a (1, 2) kernel, its channels
+    in the first window dim, each pooled on its own."""
+    def at(index: int, name: str, default):
+        v = ctx.arg(node, index, name, default)
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return v[i] if len(v) == n_spatial else v[0] if len(v) == 1 else None
+
+    kernel = at(1, "kernel_size", None)
+    return kernel == 1 and (at(2, "stride", None) or kernel) == 1 and at(3, "padding", 0) == 0
 
 
 _POOLS = ["max_pool{}d", "max_pool{}d_with_indices", "avg_pool{}d", "adaptive_avg_pool{}d",
@@ -25,11 +43,14 @@ _POOLS = ["max_pool{}d", "max_pool{}d_with_indices", "avg_pool{}d", "adaptive_av
           "upsample_trilinear{}d"]
 
 
+_WINDOWS = ("max_pool{}d", "avg_pool{}d")  # (x, kernel, stride, padding, ...); indices of *_with_indices count positions
+
+
 def _register_pools() -> None:
     for pattern in _POOLS:
         for k in (1, 2, 3):
             name = "aten." + pattern.format(k)
-            register(name)(lambda node, ctx, k=k: _spatial(node, ctx, k))
+            register(name)(lambda node, ctx, k=k, w=pattern in _WINDOWS: _spatial(node, ctx, k, w))
 
 
 _register_pools()
