@@ -210,6 +210,24 @@ def test_a_data_read_that_dispatches_no_op_is_refused(how):
         gp.prune(model, (x,), ratio=0.5, runtime=None)
 
 
+class _LengthFromDict(torch.nn.Module):
+    """pytorch-forecasting's TFT: ``int(x["encoder_lengths"].max())`` of one dict of tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.lin(x["encoder_cont"][:, : int(x["encoder_lengths"].max())])
+
+
+def test_a_data_read_of_a_dict_input_names_it_as_written():
+    """The message named the input ``x_3``, the placeholder's name, which the user never wrote."""
+    x = {"encoder_cont": torch.randn(1, 24, 3), "encoder_lengths": torch.tensor([24])}
+    with pytest.raises(Unrecordable, match=r"those of the input x\['encoder_lengths'\]"):
+        record(_LengthFromDict().eval(), (x,), device="real")
+
+
 def test_a_failing_export_does_not_print_its_graph(capfd):
     """Longformer's failed export wrote its whole FX graph (520 lines) to stderr, caught error or not."""
     with pytest.raises(TraceError):

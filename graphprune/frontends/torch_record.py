@@ -33,6 +33,7 @@ from ..util.torch_compat import (
     export_flags,
     init_predispatch_mode,
     kept_attributes,
+    leaf_paths,
     no_python_dispatcher,
     own_buffers,
     own_params,
@@ -126,7 +127,7 @@ class _Recorder(PreDispatchModeBase):
             if node is None or node.op == "placeholder":
                 break
             node = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
-        return node.target if node is not None and node.op == "placeholder" else None
+        return node.meta.get("input_path", node.target) if node is not None and node.op == "placeholder" else None
 
     def read_data(self, t: Any, name: str) -> None:
         """A read of ``t``'s data into Python (``.item()``; ``.numpy()``, which dispatches nothing: TimesNet's periods)
@@ -136,8 +137,9 @@ class _Recorder(PreDispatchModeBase):
             self.asserted.append(self.env.get(t))
             return
         raise Unrecordable(f"the forward reads tensor data ({name})" + (f" at {where}" if where else "") + (
-            f"; the values read are those of the input '{given}': where the model also takes it as a Python "
-            "list or number, pass it so (Pixtral's image_sizes), and its values are constants of the trace"
+            f"; the values read are those of the input {given if '[' in given else repr(given)}: where the model "
+            "also takes it as a Python list or number, pass it so (Pixtral's image_sizes), and its values are "
+            "constants of the trace"
             if given else ""))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -234,32 +236,32 @@ def _walk(model: torch.nn.Module):
     return weights, aliases, owners, caches
 
 
-def _input_names(model: torch.nn.Module, args: tuple, kwargs: dict) -> list[str]:
-    """Placeholder names for the flattened inputs: forward()'s parameter names, as export's."""
+def _input_names(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[list[str], list[str]]:
+    """Placeholder names for the flattened inputs: forward()'s parameter names, as export's; and each input's path
+    as Python spells it (``x['encoder_lengths']`` where the name is ``x_3``)."""
     try:
         params = [p.name for p in inspect.signature(model.forward).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
     names: list[str] = []
-    for i, a in enumerate(args):
-        base = params[i] if i < len(params) else f"arg{i}"
+    paths: list[str] = []
+    for base, a in [(params[i] if i < len(params) else f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items()):
         leaves = tree_leaves(a)
         names += [base] if len(leaves) == 1 and leaves[0] is a else [f"{base}_{j}" for j in range(len(leaves))]
-    for k, v in kwargs.items():
-        leaves = tree_leaves(v)
-        names += [k] if len(leaves) == 1 and leaves[0] is v else [f"{k}_{j}" for j in range(len(leaves))]
-    return names
+        paths += [base + p for p in leaf_paths(a)]
+    return names, paths
 
 
 def _placeholders(graph: torch.fx.Graph, env: _Values, model: torch.nn.Module, args: tuple, kwargs: dict):
     """A placeholder per flattened input, named as export names them; returns the inputs' pytree spec."""
     flat, in_spec = tree_flatten((args, kwargs))
-    names = _input_names(model, args, kwargs)
-    if len(names) != len(flat):
-        names = [f"arg{i}" for i in range(len(flat))]
-    for name, t in zip(names, flat):
+    names, paths = _input_names(model, args, kwargs)
+    if len(names) != len(flat) or len(paths) != len(flat):
+        names = paths = [f"arg{i}" for i in range(len(flat))]
+    for name, t, path in zip(names, flat, paths):
         ph = graph.placeholder(name)
+        ph.meta["input_path"] = path  # x['encoder_lengths'], where its name is x_3
         if isinstance(t, torch.Tensor):
             ph.meta["val"] = _meta_like(t)
             env[t] = ph

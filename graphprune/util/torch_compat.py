@@ -48,6 +48,11 @@ tree_flatten = _pytree.tree_flatten
 tree_map = _pytree.tree_map
 fx_flatten_spec = _fx_pytree.tree_flatten_spec
 
+
+def leaf_paths(tree: Any) -> list[str]:
+    """Each leaf's path as Python spells it (``['encoder_lengths']``, ``[0]``), in :func:`tree_flatten`'s order."""
+    return [_pytree.keystr(path) for path, _ in _pytree.tree_flatten_with_path(tree)[0]]
+
 ConvNd = nn.modules.conv._ConvNd
 NormBase = nn.modules.batchnorm._NormBase
 
