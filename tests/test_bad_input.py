@@ -319,3 +319,21 @@ def test_a_submodule_named_like_a_module_method_is_refused_by_name():
 
     with pytest.raises(TraceError, match=r"submodule 'parameters' of Net has the name of Net.parameters.*Rename"):
         gp.prune(Net().eval(), (torch.randn(2, 10),), measure_latency=False)
+
+
+class _DLinear(torch.nn.Module):
+    """neuralforecast's DLinear: a moving average over time, then linear maps from the input window to the horizon."""
+
+    def __init__(self, window: int = 24, horizon: int = 12) -> None:
+        super().__init__()
+        self.trend, self.season = torch.nn.Linear(window, horizon), torch.nn.Linear(window, horizon)
+
+    def forward(self, x):  # (batch, window)
+        trend = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(x[:, None], (2, 2), mode="replicate"), 5, 1)[:, 0]
+        return self.trend(trend) + self.season(x - trend)
+
+
+def test_a_model_with_positions_only_is_refused_as_such():
+    """The refusal said to replace or remove the pool it named; the model has no channel at all."""
+    with pytest.raises(gp.PlanError, match=r"positions \(time steps, pixels\), not channels.*no hidden width"):
+        gp.prune(_DLinear().eval(), (torch.randn(2, 24),), ratio=0.5, runtime=None)

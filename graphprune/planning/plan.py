@@ -11,7 +11,7 @@ import numpy as np
 from ..blocks import dead_values
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
-from ..reasons import CONTROL_FLOW, MODEL_IO, OP_ARGUMENT, QUANTIZED, UNKNOWN_OP, Reason
+from ..reasons import CONTROL_FLOW, MODEL_IO, OP_ARGUMENT, POSITIONAL, QUANTIZED, SPATIAL, UNKNOWN_OP, Reason
 
 
 @dataclass
@@ -243,6 +243,10 @@ FREEZE_FIXES = {
                 "teaches it, or keep the op out of the traced forward",
     QUANTIZED: "prune the float model, then quantize it",
     CONTROL_FLOW: "export the model with its layers outside If/Loop/Scan, or prune the PyTorch model",
+    # neuralforecast's DLinear: a moving average and linear maps along time, no layer makes a channel of its own
+    SPATIAL: "those are positions (time steps, pixels), not channels: the model's layers act along positions only, "
+             "and it has no hidden width to cut",
+    POSITIONAL: "those are positions (time steps, tokens), not channels: the model has no hidden width to cut",
 }
 
 
