@@ -280,3 +280,18 @@ def test_a_file_onnxs_checker_rejects_is_refused_naming_the_op(tmp_path):
     with pytest.raises(gp.GraphpruneError, match=r"checker rejects.*Einsum.*cast them to float"):
         gp.export_onnx(_BoolEinsum().eval(), (torch.randn(2, 8, 16), torch.tensor([0, 0])), tmp_path / "m.onnx")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_model_returning_its_cache_is_told_to_export_without_it(tmp_path):
+    """Chronos' T5 returned an EncoderDecoderCache, which torch's exporter cannot flatten: its error said to register a
+    pytree, not that the model takes use_cache=False."""
+    import transformers
+    cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                decoder_start_token_id=0)
+    torch.manual_seed(0)
+    model, ids = transformers.T5ForConditionalGeneration(cfg).eval(), torch.randint(0, 64, (1, 8))
+    with pytest.raises(gp.GraphpruneError, match=r"kwargs=\{'use_cache': False\}"):
+        gp.export_onnx(model, (), tmp_path / "t5.onnx", kwargs={"input_ids": ids, "decoder_input_ids": ids})
+    report = gp.export_onnx(model, (), tmp_path / "t5.onnx", kwargs={"input_ids": ids, "decoder_input_ids": ids,
+                                                                      "use_cache": False})
+    assert report.max_abs_diff < 1e-4

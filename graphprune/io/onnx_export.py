@@ -194,7 +194,9 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
                 except Exception as exc:  # the exporter raises many types; the next attempt decides
                     errors.append(export_error_text(exc))
             if prog is None:
-                raise GraphpruneError(f"torch.onnx.export failed for {type(model).__name__}: {errors[-1]}")
+                cache = "Cache" in " ".join(errors) and "use_cache" in inspect.signature(model.forward).parameters
+                raise GraphpruneError(f"torch.onnx.export failed for {type(model).__name__}: {errors[-1]}" + (
+                    ". The model returns a key/value cache: export it with kwargs={'use_cache': False}" if cache else ""))
             if dynamic_shapes and shapes is None:
                 # Some models fix the batch size internally: export a static batch, and say why.
                 note = errors[0]
