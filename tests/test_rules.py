@@ -738,3 +738,26 @@ def test_a_pool_window_of_one_along_channels_leaves_them_prunable():
     torch.manual_seed(0)  # a window of 2 along them mixes neighbouring channels: frozen, as before
     dg = gp.trace(_PoolAcrossChannelsLast((2, 2)).eval(), (x,))
     assert all(g.frozen for g in dg.groups if any(m.name == "conv2.weight" and m.dim == 0 for m in g.members))
+
+
+class _RepeatToSize(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.total = how, 32
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        size = 32 if self.how == "literal" else self.total
+        return self.b(torch.repeat_interleave(h, 2, dim=-1, output_size=size))
+
+
+def test_an_output_size_the_pruned_forward_cannot_follow_is_refused():
+    """Review: with output_size= a literal, the prune handed back a model whose first call raised; it is a size the
+    plan carries, so the rewrite's proof traces the pruned forward, and the groups it spells stay whole. Spelled by an
+    attribute, the attribute follows."""
+    x = torch.randn(5, 8)
+    with pytest.warns(gp.PruneWarning, match="spelled at node 'repeat_interleave'"), pytest.raises(gp.RewriteError):
+        gp.prune(_RepeatToSize("literal").eval(), (x,), ratio=0.5, runtime=None)
+    model, _ = gp.prune(_RepeatToSize("attribute").eval(), (x,), ratio=0.5, runtime=None)
+    assert (model.a.out_features, model.total) == (8, 16) and model(x).shape == (5, 4)

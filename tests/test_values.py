@@ -4,6 +4,7 @@ only tracing again and comparing the numbers sees it. The default call keeps tho
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
@@ -77,3 +78,47 @@ def test_a_head_dim_the_temperature_is_computed_from_is_refused():
                                                                            r"computed 0.25 at node 'mul'"):
         gp.prune(model, (x,), targets=("head_dim",), ratio=0.5, measure_latency=False, runtime=None)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _NotFromSizes(torch.nn.Module):
+    """Numbers that move between two traces, or compare unequal to themselves, with no size behind them."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.a, self.b, self.how = torch.nn.Linear(8, 32), torch.nn.Linear(32, 2), how
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "nan":  # padded steps as NaN, then a nanmean (time-series models)
+            h = h.masked_fill(x[:, :1] > 10, float("nan"))
+            return self.b(h) + h.nanmean(-1, keepdim=True)
+        return self.b(h * random.uniform(0.9, 1.1))  # a Python-side draw, other in every trace
+
+
+@pytest.mark.parametrize("how", ["nan", "random"])
+def test_numbers_no_pruned_size_explains_are_left_alone(how):
+    """Review: NaN != NaN and a random draw read as numbers computed from a size froze every group."""
+    random.seed(0)
+    torch.manual_seed(0)
+    model, report = gp.prune(_NotFromSizes(how).eval(), (torch.randn(5, 8),), ratio=0.5, measure_latency=False,
+                             runtime=None)
+    assert model.a.out_features == 16
+
+
+class _KeywordScale(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.o1, self.o2 = (torch.nn.Linear(8, 24), torch.nn.Linear(24, 32), torch.nn.Linear(32, 2),
+                                            torch.nn.Linear(8, 2))
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return torch.add(self.o2(x), self.o1(h), alpha=h.shape[-1] ** -0.5)  # keyword-only alpha
+
+
+def test_a_number_given_as_a_keyword_is_compared_too():
+    torch.manual_seed(0)
+    model, x = _KeywordScale().eval(), torch.randn(5, 8)
+    with pytest.warns(PruneWarning, match=r"computes a number from its size at node 'add'"):
+        model, report = gp.prune(model, (x,), ratio=0.5, measure_latency=False, runtime=None)
+    assert model.b.out_features == 32 and model.a.out_features == 12  # the 32 the scale counts stay, the rest is cut

@@ -289,9 +289,9 @@ def _sites_by_node(nodes) -> dict[str, tuple]:
 
 
 def arg_at(node, path: tuple) -> Any:
-    """The argument of ``node`` at ``path``: (arg index,) or (arg index, list index); None where absent."""
+    """The argument of ``node`` at ``path``: (arg index,), (arg index, list index) or (keyword,); None where absent."""
     try:
-        v = node.args[path[0]]
+        v = node.kwargs.get(path[0]) if isinstance(path[0], str) else node.args[path[0]]
         return v[path[1]] if len(path) > 1 else v
     except (IndexError, TypeError, KeyError):
         return None

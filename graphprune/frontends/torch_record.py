@@ -129,6 +129,20 @@ class _Recorder(PreDispatchModeBase):
             node = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
         return node.meta.get("input_path", node.target) if node is not None and node.op == "placeholder" else None
 
+    def from_input(self, t: Any) -> bool:
+        """Whether ``t`` was computed from a model input (a read of a buffer's or a constant's values is the same for
+        every input: recorded past, as export would constant-fold it)."""
+        todo, seen = [self.env.get(t)] if isinstance(t, torch.Tensor) else [], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            if node.op == "placeholder":
+                return True
+            seen.add(node)
+            todo += node.all_input_nodes
+        return False
+
     def read_data(self, t: Any, name: str) -> None:
         """A read of ``t``'s data into Python (``.item()``; ``.numpy()``, which dispatches nothing: TimesNet's periods)
         is refused, but for an assert that holds and a branch on the model's state (frontends/record_asserts.py)."""
@@ -297,7 +311,7 @@ def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: d
     post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
     try:
         with torch.no_grad(), export_flags(), kept_attributes(model), reparametrize(model, stand_in), python_dispatcher(), \
-                data_reads(lambda t, how: recorder.env.get(t) is not None and recorder.read_data(t, f".{how}()")), recorder:
+                data_reads(lambda t, how: recorder.from_input(t) and recorder.read_data(t, f".{how}()")), recorder:
             return model(*args, **kwargs)
     except Unrecordable:
         raise

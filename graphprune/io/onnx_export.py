@@ -19,7 +19,7 @@ import torch
 
 from ..errors import GraphpruneError, warn
 from ..oracle import max_abs_diff, scaled_diff
-from ..util.torch_compat import tree_leaves
+from ..util.torch_compat import tree_leaves, tree_map
 from .onnx_save import EXTERNAL_BYTES, onnx_destination
 
 
@@ -284,7 +284,7 @@ def _squeeze_no_ops(model) -> int:
 
 def _batch_of(args: tuple, kwargs: dict) -> int | None:
     """The example batch: dim 0 of the first input of rank >= 2 (else of the first tensor input)."""
-    tensors = [t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor) and t.dim()]
+    tensors = [t for t in tree_leaves((tuple(args), dict(kwargs))) if isinstance(t, torch.Tensor) and t.dim()]  # dicts too
     first = next((t for t in tensors if t.dim() >= 2), tensors[0] if tensors else None)
     return None if first is None else int(first.shape[0])
 
@@ -293,7 +293,7 @@ def _doubled(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The inputs at a batch of 2: every tensor whose dim 0 is the batch of 1, twice (the others as given)."""
     size = _batch_of(args, kwargs)
     two = lambda t: torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == size else t
-    return tuple(two(a) for a in args), {k: two(v) for k, v in kwargs.items()}
+    return tuple(tree_map(two, a) for a in args), {k: tree_map(two, v) for k, v in kwargs.items()}
 
 
 def _fixed_batch(model, size: int | None) -> list[str]:

@@ -6,8 +6,9 @@ depend on the batch size: a channel split of a batch of one is contiguous, of a 
 is not (IBN-Net's ``inorm(a.contiguous())``). The op changes no value, so the two traces compute
 the same thing; the calibration walk needs them node for node (statistics and masks are keyed by
 node name and position: graphprune.program.torch_run.Walk). The re-trace is rebuilt with the
-example's names: a ``contiguous`` only it has is dropped (its readers read its input), one only the
-example has is added (a no-op on a contiguous tensor, so the replay still matches a ``view`` after it).
+example's names: a ``contiguous`` only it has is dropped (its readers read its input, and a ``view``
+among them becomes a ``reshape``, which copies where a view cannot), one only the example has is added
+(a no-op on a contiguous tensor). Copies are matched by what they copy, not by their order.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from ..frontends.torch_export import op_id
 
 _COPY = "aten.contiguous"
+_VIEW = "aten.view"
 
 
 def _key(n: torch.fx.Node) -> tuple[str, str]:
@@ -51,19 +53,26 @@ def aligned(main: Any, other: Any) -> Any | None:
     of_main: dict[torch.fx.Node, torch.fx.Node] = {}  # main's node -> the new one
     of_other: dict[torch.fx.Node, torch.fx.Node] = {}  # other's node -> the new one
     names: dict[str, str] = {}  # other's name -> main's
+    dropped: set[torch.fx.Node] = set()
     i = j = 0
     while i < len(ours) or j < len(theirs):
         a = ours[i] if i < len(ours) else None
         b = theirs[j] if j < len(theirs) else None
-        if a is not None and b is not None and _key(a) == _key(b):
+        if a is not None and b is not None and _key(a) == _key(b) and (
+                not _is_copy(a) or of_other.get(b.args[0]) is of_main.get(a.args[0])):  # copies of one tensor
             args, kwargs = _merge(a.args, b.args, of_main, of_other), _merge(a.kwargs, b.kwargs, of_main, of_other)
-            new = graph.create_node(b.op, b.target, args, kwargs, name=a.name) if b.op != "output" \
+            # a view of what only the re-trace copied: the tensor is not contiguous there, and reshape copies it
+            target = torch.ops.aten.reshape.default if op_id(b.target) == _VIEW and dropped.intersection(
+                b.all_input_nodes) else b.target
+            new = graph.create_node(b.op, target, args, kwargs, name=a.name) if b.op != "output" \
                 else graph.output(args[0])
             new.meta = dict(b.meta)
             of_main[a], of_other[b], names[b.name] = new, new, a.name
             i, j = i + 1, j + 1
-        elif b is not None and _is_copy(b) and isinstance(b.args[0], torch.fx.Node):
+        elif b is not None and _is_copy(b) and isinstance(b.args[0], torch.fx.Node) and not (
+                a is not None and _is_copy(a) and a.args[0] in of_main):  # two copies of different tensors: a's first
             of_other[b] = of_other[b.args[0]]  # dropped: its readers read what it copied
+            dropped.add(b)
             j += 1
         elif a is not None and _is_copy(a) and isinstance(a.args[0], torch.fx.Node) and a.args[0] in of_main:
             src = of_main[a.args[0]]

@@ -173,8 +173,8 @@ def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
     # them to q) whose size the repeats argument spells.
     src, out = node.args[0], node.outputs[0]
     reps, dim = ctx.arg(node, 1, "repeats"), ctx.arg(node, 2, "dim")
-    # ``output_size`` (Mamba2's B/C groups expanded to its heads) is a hint of the result's size, keyword-only: the
-    # pruned forward computes it again from its own attributes, and the rewrite's proof checks that it fits
+    # ``output_size`` (Mamba2's B/C groups expanded to its heads: ``output_size=self.num_heads``) spells the result's
+    # size, keyword-only: carried, so the rewrite's proof traces the pruned forward again and a literal is refused
     if not isinstance(src, Ref) or not isinstance(reps, int) or dim is None:
         why = "tensor repeats" if not isinstance(reps, int) else "no dim (flattens)"
         reason = f"repeat_interleave with {why} at {ctx.where()}"
@@ -189,6 +189,8 @@ def _repeat_interleave(node: Node, ctx: RuleContext) -> None:
     copies = ctx.virtual(reps, "repeat_interleave")
     ctx.factor(ctx.s(out, d), [ctx.s(src, d), copies])
     ctx.carry(copies, (1,), reps)
+    if isinstance(ctx.arg(node, 3, "output_size"), int):
+        ctx.carry(ctx.s(out, d), ("output_size",), ctx.arg(node, 3, "output_size"))
 
 
 @register("aten.cat", "aten.concat", "aten.concatenate")
