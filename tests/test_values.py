@@ -122,3 +122,22 @@ def test_a_number_given_as_a_keyword_is_compared_too():
     with pytest.warns(PruneWarning, match=r"computes a number from its size at node 'add'"):
         model, report = gp.prune(model, (x,), ratio=0.5, measure_latency=False, runtime=None)
     assert model.b.out_features == 32 and model.a.out_features == 12  # the 32 the scale counts stay, the rest is cut
+
+
+class _TensorTemperature(_Temperature):
+    """The temperature as a tensor made from the size (``scores / torch.sqrt(torch.tensor(d_k))``)."""
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2) / torch.sqrt(torch.tensor(q.shape[-1], dtype=torch.float32))).softmax(-1)
+        return x + self.o((att @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_number_in_a_tensor_made_from_a_size_is_compared_too():
+    """Review: a constant tensor the forward makes from the size carried the number past the check."""
+    torch.manual_seed(0)
+    with pytest.warns(PruneWarning, match=r"computes a number from its size at node 'lift_fresh'.*\(16 -> 8\)"), \
+            pytest.raises(gp.RewriteError):
+        gp.prune(_TensorTemperature().eval(), (torch.randn(1, 10, 64),), targets=("head_dim",), ratio=0.5,
+                 measure_latency=False, runtime=None)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from ..errors import RewriteError, TraceError
+from ..frontends.torch_export import lower_trace
+from ..frontends.torch_trace import trace_model
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan
-from .torch_proof import arg_at, by_call_site, check_shapes, retrace
+from .torch_proof import arg_at, by_call_site, check_shapes
 
 _POWERS = (0.5, -0.5, 1.0, -1.0)  # a fan-in's square root, a temperature, a mean's 1/n, a size itself
 _ARITHMETIC = frozenset(f"aten.{op}" for op in "mul div add sub rsub pow true_divide floor_divide remainder".split())
@@ -32,16 +35,20 @@ def moved_value(model, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs
     if trace is None or trace.method != "record":  # an exported trace costs seconds more; nothing seen moves there
         return None
     try:
-        new = by_call_site(retrace(model, dg, args, kwargs).nodes)
+        again = trace_model(model, args, kwargs, like=trace)
     except TraceError:  # the proof says where the pruned forward fails, naming the groups to keep whole
         check_shapes(model, dg, plan, args, kwargs)
         raise
+    ir = lower_trace(again)
+    new = by_call_site(ir.nodes)
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new.get(site)
         if other is None:
             continue
-        for path, a in _numbers(node, node.op in _ARITHMETIC):
-            b = arg_at(other, path)
+        pairs = [(a, arg_at(other, path)) for path, a in _numbers(node, node.op in _ARITHMETIC)]
+        pairs += [(float(a), float(b)) for x, y in zip(node.inputs, other.inputs)
+                  for a, b in _constants(dg.ir.values.get(x), trace, ir.values.get(y), again)]
+        for a, b in pairs:
             b = float(b) if type(b) in (int, float) else None
             if b is None or a == b or not (math.isfinite(a) and math.isfinite(b)) or math.isclose(a, b, rel_tol=1e-6):
                 continue
@@ -53,6 +60,17 @@ def moved_value(model, dg: DependencyGraph, plan: PrunePlan, args: tuple, kwargs
                     "zeroed", groups=groups, site=node.where(),
                     detail=f"the forward computes a number from its size at {node.where()} ({a:.6g} -> {b:.6g})")
     return None
+
+
+def _constants(v, trace, w, again) -> list[tuple[float, float]]:
+    """The elements of two small constants the forward made (``torch.tensor(d_k)``), paired; [] for anything else."""
+    if v is None or w is None or v.kind != "const" or w.kind != "const":
+        return []
+    a, b = trace.root.get(v.source), again.root.get(w.source)
+    if not all(isinstance(t, torch.Tensor) and t.numel() <= 16 and t.is_floating_point() for t in (a, b)) or \
+            a.shape != b.shape:
+        return []
+    return list(zip(a.flatten().tolist(), b.flatten().tolist()))
 
 
 def _numbers(node, ints: bool):
