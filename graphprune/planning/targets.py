@@ -14,7 +14,6 @@ _TARGET_ALIASES = {"heads": ("head",), "kv_heads": ("head",), "query_heads": ("q
                    "query_groups": ("query_group",), "head_dims": ("head_dim",), "channels": ("hidden", "ffn", "latent"),
                    "conv_groups": ("conv_group",)}
 ROLES = ("channel", "outer", "inner")
-DEFAULT_ROLES = ("channel", "outer")
 
 
 def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
@@ -24,7 +23,8 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
     ``targets`` names kinds (head, ffn, hidden, head_dim, query_group, ...); ``roles``
     names layout roles. With neither, a model with attention heads prunes whole heads, FFN
     units, conv groups and hidden channels no norm crosses (a normalised hidden size stays;
-    :func:`select_groups`), any other model its channels and conv groups.
+    :func:`select_groups`), any other model any role, of which :func:`select_groups` takes
+    the channels and a grouped convolution's groups or the channels inside them (:func:`_cnn_default`).
     """
 
     if targets is not None and roles is not None:
@@ -53,7 +53,7 @@ def resolve_targets(dg: DependencyGraph, roles: Iterable[str] | None = None,
         # frozen (Bloom's ALiBi slopes are computed per head) leave the FFNs, not the hidden size.
         # Whole GroupNorm groups (conv_group) cut exactly: a diffusion UNet's convolutions are most of its MACs
         return "kind", ("head", "ffn", "conv_group")
-    return "role", DEFAULT_ROLES
+    return "role", ROLES
 
 
 def _cnn_default(groups: list[Group]) -> list[Group]:
@@ -80,7 +80,7 @@ def select_groups(dg: DependencyGraph, roles: Iterable[str] | None = None, ignor
     exact_hidden = targets is None and roles is None and by == "kind"
     candidates = dg.prunable_groups()
     if targets is None and roles is None and by == "role":
-        candidates, wanted = _cnn_default(candidates), ROLES
+        candidates = _cnn_default(candidates)
     out = []
     for g in candidates:
         if (g.kind if by == "kind" else g.role) not in wanted and not (
