@@ -27,7 +27,7 @@ from ..frontends.torch_export import lower_trace
 from ..frontends.torch_trace import trace_model
 from ..frontends.torch_weight_norm import fold_weight_norm, folded_note
 from ..io.onnx_export import export_onnx
-from ..planning.measure import best_of, ort_session
+from ..planning.measure import best_of
 from ..planning.module_channels import ATTR as CHANNELS_ATTR
 from ..planning.module_channels import composed, module_channels
 from ..planning.placement import Placement, of_module
@@ -39,8 +39,8 @@ from ..util.gc_pause import reclaim
 from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, kept_attributes, tree_leaves
 from .base import Masks, OnCapture, Program
-from .onnx_program import OnnxProgram
 from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
+from .torch_latency import onnxruntime_latency
 from .torch_oracle_inputs import float_noise, oracle_batches
 from .torch_run import Walk, as_batch, retrace, take_items
 
@@ -325,7 +325,7 @@ class TorchProgram(Program):
                 return best_of(self.runner(runtime), budget_s=0.25)
         if runtime != "onnxruntime":
             raise PlanError(f"unknown runtime {runtime!r}: a PyTorch model is measured on 'torch' or 'onnxruntime'")
-        return _onnxruntime_latency(self.model, self.args, self.kwargs)
+        return onnxruntime_latency(self.model, self.args, self.kwargs)
 
     def timed_shapes(self) -> str:
         params = inspect.signature(self.model.forward).parameters  # the forward's own names for its inputs
@@ -371,30 +371,3 @@ class TorchProgram(Program):
             torch.save(self.model, tmp)
         return dst
 
-
-def _onnxruntime_latency(model: torch.nn.Module, args: tuple, kwargs: dict) -> float:
-    """Export in memory and time in onnxruntime. The TorchScript exporter takes a second where the
-    default (dynamo) exporter takes many, and only the speed is read here; a model it cannot
-    export goes through graphprune.export_onnx, which checks what it writes."""
-    import io
-    import tempfile
-    import warnings
-
-    try:
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, buf, kwargs=kwargs or None, dynamo=False, opset_version=17)
-        sess = ort_session(buf.getvalue())
-        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), _flat_inputs(args, kwargs))}
-        sess.run(None, feeds)
-        return best_of(lambda: sess.run(None, feeds), budget_s=0.25)
-    except Exception:  # noqa: BLE001 - the legacy exporter or the feed mapping failed: take the checked path
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(model, args, path, kwargs, dynamic_batch=False)
-            return OnnxProgram.load(path).latency_ms()
-
-
-def _flat_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    return [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
