@@ -297,3 +297,23 @@ def test_a_model_returning_its_cache_is_told_to_export_without_it(tmp_path):
     report = gp.export_onnx(model, (), tmp_path / "t5.onnx", kwargs={"input_ids": ids, "decoder_input_ids": ids,
                                                                       "use_cache": False})
     assert report.max_abs_diff < 1e-4
+
+
+class _Bfloat16Bias(torch.nn.Module):
+    """Falcon's ALiBi: a bias computed in bfloat16, for which onnxruntime's CPU provider has no Mul kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        return self.lin(x) + (mask.bfloat16() * x.sum(-1).bfloat16()).float()[..., None]
+
+
+def test_a_file_onnxruntime_cannot_run_is_refused_saying_why(tmp_path):
+    """onnxruntime's own NotImplemented escaped export_onnx raw (not a GraphpruneError), from Falcon with ALiBi."""
+    args = (torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(gp.GraphpruneError, match=r"onnxruntime cannot run .* for _Bfloat16Bias: NotImplemented.*Mul.*"
+                                                 r"bfloat16 or float16"):
+        gp.export_onnx(_Bfloat16Bias().eval(), args, tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())

@@ -474,3 +474,21 @@ def test_config_sync_names_only_sizes_the_prune_changed():
     assert not rep.sync.loadable and "FFN sizes differ between layers" in rep.sync.reason
     assert re.search(r"differ between layers \(\d+ -> \d+, \d+ -> \d+", rep.sync.reason), rep.sync.reason  # before -> after
     assert "head" not in rep.sync.reason
+
+
+def test_a_model_built_with_eager_attention_reloads_with_it(tmp_path):
+    """config.to_dict() leaves out the attention implementation; eager and SDPA attention trace into different graphs,
+    so a model rebuilt with the default (SDPA) took none of the saved plan's group ids: load_pruned refused the
+    checkpoint of a model built with attn_implementation="eager", with the same transformers version."""
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=128, vocab_size=128, max_position_embeddings=64, use_cache=False,
+                           attn_implementation="eager")
+    model = T.LlamaForCausalLM(config).eval()
+    inputs = {"input_ids": torch.randint(3, 128, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    model, _ = gp.hf.prune(model, inputs, ratio=0.3, measure_latency=False)
+    gp.hf.save_pruned(model, tmp_path)
+    loaded = gp.hf.load_pruned(tmp_path)
+    assert loaded.config._attn_implementation == "eager"
+    with torch.no_grad():
+        assert max_abs_diff(loaded(**inputs), model(**inputs)) == 0.0

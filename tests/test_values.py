@@ -4,6 +4,7 @@ only tracing again and comparing the numbers sees it. The default call keeps tho
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -141,3 +142,37 @@ def test_a_number_in_a_tensor_made_from_a_size_is_compared_too():
             pytest.raises(gp.RewriteError):
         gp.prune(_TensorTemperature().eval(), (torch.randn(1, 10, 64),), targets=("head_dim",), ratio=0.5,
                  measure_latency=False, runtime=None)
+
+
+class _MultiQuery(torch.nn.Module):
+    """Falcon-7B's multi-query attention, its scores scaled by ``math.sqrt(self.head_dim)``: an attribute the
+    rewrite sets to the pruned head size."""
+
+    def __init__(self, d: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, d // heads
+        self.qkv = torch.nn.Linear(d, d + 2 * self.head_dim, bias=False)
+        self.dense = torch.nn.Linear(d, d, bias=False)
+        self.up, self.down = torch.nn.Linear(d, 128), torch.nn.Linear(128, d)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        f = self.qkv(x).view(b, n, self.num_heads + 2, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (f[..., :-2, :], f[..., [-2], :], f[..., [-1], :]))
+        a = q @ k.transpose(-1, -2)
+        a /= math.sqrt(self.head_dim)
+        x = x + self.dense((a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def test_verify_keeps_the_groups_a_number_is_computed_from_whole_too():
+    """verify=False kept head_dim whole and planned again; verify=True failed the oracle first ("oracle FAIL"),
+    so asking for the proof refused a model the default call prunes. The oracle's failure is now explained the
+    same way, and the plan made again passes it."""
+    torch.manual_seed(0)
+    model, x = _MultiQuery().eval(), torch.randn(2, 16, 64)
+    with pytest.warns(PruneWarning, match=r"computes a number from its size at node 'div_'"):
+        model, report = gp.prune(model, (x,), verify=True, measure_latency=False)
+    assert report.oracle.passed
+    assert model.head_dim == 16 and model.qkv.out_features == 96  # the scaled size stays
+    assert model.up.out_features < 128

@@ -30,7 +30,7 @@ from ..api.torch_models import prune as prune_module
 from ..calib import distributed, sites
 from ..errors import BudgetWarning, PlanError, warn
 from ..frontends.torch_export import tied_aliases
-from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, tensor_spec
+from ..io.checkpoint_doc import FORMAT, PLAN_FILE, TOKENIZER_FILES, CheckpointDoc, PlanStep, config_dict, tensor_spec
 from ..io.lazy_checkpoint import LazyCheckpoint, ShardWriter
 from ..io.module_checkpoint import replay_on_meta
 from ..options import PruneOptions
@@ -217,7 +217,7 @@ def stream_prune(folder: str | os.PathLike, out: str | os.PathLike, calib: list[
     # are summed over the ranks, so the plans agree) and rank 0 alone writes
     writer = ShardWriter(out, max_shard_bytes) if distributed.is_writer() else _NoWriter()
     report = StreamReport(path=str(out))
-    doc = CheckpointDoc(architecture=type(model).__name__, original_config=config.to_dict(), format=FORMAT)
+    doc = CheckpointDoc(architecture=type(model).__name__, original_config=config_dict(config), format=FORMAT)
     try:
         for name in ckpt.names():
             if not name.startswith(path + "."):

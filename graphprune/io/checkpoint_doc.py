@@ -48,6 +48,17 @@ def rebuild_tensor(spec: dict) -> torch.Tensor:
     return torch.randn(spec["shape"], generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
+def config_dict(config) -> dict:
+    """A transformers config as ``original_config`` keeps it: ``to_dict()`` plus the attention implementation
+    the model was built with, which ``to_dict()`` leaves out. Eager and SDPA attention trace into different
+    graphs, so a model rebuilt with the other one would not take the saved plan's group ids."""
+    out = config.to_dict()
+    impl = getattr(config, "_attn_implementation", None)
+    if isinstance(impl, str) and "attn_implementation" not in out:
+        out["attn_implementation"] = impl
+    return out
+
+
 @dataclass
 class PlanStep:
     """One prune of the history: its plan, and the layers compensation gave a bias (the replay

@@ -170,7 +170,6 @@ def _last_dict_named(model, args: tuple, kwargs: dict, dynamic):
 def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bool, atol: float, opset: int | None,
                  dynamic: Mapping[int | str, Mapping[int, str]] | None) -> ExportReport:
     import onnx
-    import onnxruntime as ort
 
     dynamic_shapes = _dynamic_shapes(model, args, kwargs, dynamic_batch, dynamic or {})
     model.eval()
@@ -217,14 +216,7 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
         fixed = _fixed_batch(proto, _batch_of(args, kwargs)) if dynamic_shapes and shapes is not None and dynamic_batch else []
         if fixed:  # the exporter took the batch Dim and still wrote a number (Flux at batch 1)
             shapes, note = None, f"the exporter fixed the batch of {', '.join(fixed[:3])}"
-        sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        tensors = [a for a in tree_leaves((tuple(args), dict(kwargs))) if isinstance(a, torch.Tensor)]  # dicts too
-        names = [i.name for i in sess.get_inputs()]
-        if not args and set(names) <= set(kwargs):  # keyword inputs keep their names in the graph
-            feeds = {n: kwargs[n].detach().cpu().numpy() for n in names}
-        else:
-            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
-        got = sess.run(None, feeds)
+        sess, got = _ort_outputs(tmp, args, kwargs, type(model).__name__)
         with torch.no_grad():
             want = [t.detach().cpu().numpy() for t in tree_leaves(model(*args, **kwargs))
                     if isinstance(t, torch.Tensor)]
@@ -239,6 +231,31 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
                                   "Where the unpruned model differs as much (float32 rounding in a deep net at random "
                                   "weights: IGCV3, 3e-3), pass export_onnx(..., atol=) above it")
     return ExportReport(str(path), diff, atol, dynamic_batch and shapes is not None, note)
+
+
+def _ort_outputs(path: str, args: tuple, kwargs: dict, name: str):
+    """The written file run in onnxruntime at the example inputs: (session, outputs). onnxruntime's own
+    errors (an op its CPU provider has no kernel for) become a GraphpruneError saying what to change."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        tensors = [a for a in tree_leaves((tuple(args), dict(kwargs))) if isinstance(a, torch.Tensor)]  # dicts too
+        names = [i.name for i in sess.get_inputs()]
+        if not args and set(names) <= set(kwargs):  # keyword inputs keep their names in the graph
+            feeds = {n: kwargs[n].detach().cpu().numpy() for n in names}
+        else:
+            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
+        return sess, sess.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind types (Fail, NotImplemented, ...)
+        if isinstance(exc, GraphpruneError):
+            raise
+        text = (str(exc).strip().splitlines() or [""])[0][:400]
+        hint = (" Its CPU provider has no kernel for that op, most often one the model's code runs in bfloat16 or "
+                "float16 (a cast in the forward, as Falcon's ALiBi does): cast to float32 there"
+                if "NOT_IMPLEMENTED" in text or "implementation" in text else "")
+        raise GraphpruneError(f"onnxruntime cannot run the file torch.onnx.export wrote for {name}: "
+                              f"{type(exc).__name__}: {text}.{hint} Nothing was written") from exc
 
 
 def _worst_output(got: list, want: list, sess) -> str:

@@ -133,6 +133,12 @@ class Program(ABC):
         ``trace_gap``), read after an oracle FAIL; None where it cannot be measured (ONNX, other dtypes)."""
         return None
 
+    def moved_values(self, pruned: "Program", plan) -> Exception | None:
+        """Read after an oracle FAIL: a number the pruned forward computes from a pruned size (``x / sqrt(head_dim)``),
+        as a RewriteError naming the groups that move it, which the pipeline keeps whole and plans again; None where
+        no such number explains the failure (an ONNX graph spells every number as a constant)."""
+        return None
+
     def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
         """Outputs the oracle compares at their softmax's logits instead (output index -> (value
         name, softmax axis, whether the axes from it on are flattened as before opset 13)): float32

@@ -18,6 +18,7 @@ import torch
 
 from ..backends.torch_depth import remove_blocks
 from ..backends.torch_module import add_biases, rewrite
+from ..backends.torch_values import moved_value
 from ..calib.torch_calib import gradients, walk_grams
 from ..errors import PlanError
 
@@ -262,6 +263,9 @@ class TorchProgram(Program):
 
     def float_noise(self, batch) -> float | None:
         return float_noise(self, batch)
+
+    def moved_values(self, pruned, plan):
+        return moved_value(pruned.model, self.graph(), plan, self.args, self.kwargs)
 
     def trace_gap(self, batch) -> float:
         # a library may take another path while traced (transformers' PaliGemma), or the inputs' values choose one

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ..ir import Graph, Node, Ref
-from ..reasons import COMPUTED, NOT_CHANNEL, QUANTIZED, UNKNOWN_OP, Reason, site
+from ..reasons import COMPUTED, NOT_CHANNEL, QUANTIZED, SYMBOLIC, UNKNOWN_OP, Reason, site
 from ..spaces import SlotKey, Solver
 from . import load_all
 
@@ -196,7 +196,11 @@ class RuleContext:
         self.masked_weights.add(value.name if isinstance(value, Ref) else value)
 
     def carry(self, key: SlotKey, path: tuple[Any, ...], value: int) -> None:
-        """Record that a constant in the node's args spells out key's size."""
+        """Record that a constant in the node's args spells out key's size. A size read at run time
+        (split by counts from data) is no constant a rewrite could change: the slot keeps its size."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.freeze(key, SYMBOLIC, f"its size {value!r} is computed at run time at {self.where()}")
+            return
         self.carries.append(Carry(self.node.name, path, key, value))
 
 
