@@ -38,10 +38,11 @@ class Ops:
 
     # ---- elementwise ----------------------------------------------------------------------------
     Add = frozenset({"aten.add", "aten.add_", "onnx.Add"})
-    Sub = frozenset({"aten.sub", "onnx.Sub"})
-    Scale = frozenset({"aten.mul", "aten.div", "onnx.Mul", "onnx.Div"})
+    Sub = frozenset({"aten.sub", "aten.sub_", "onnx.Sub"})
+    # in place too: Falcon scales its scores by ``scores /= math.sqrt(head_dim)``
+    Scale = frozenset({"aten.mul", "aten.div", "aten.mul_", "aten.div_", "onnx.Mul", "onnx.Div"})
     Neg = frozenset({"aten.neg", "onnx.Neg"})
-    Mask = frozenset({"aten.masked_fill", "aten.where", "onnx.Where"})
+    Mask = frozenset({"aten.masked_fill", "aten.masked_fill_", "aten.where", "onnx.Where"})
     Cast = frozenset({"aten.to", "aten._to_copy", "aten.type_as", "onnx.Cast"})
     Copy = frozenset({"aten.clone", "aten.contiguous", "onnx.Identity"})  # paddle2onnx names outputs through Identity
     Dropout = frozenset({"aten.dropout", "onnx.Dropout"})

@@ -306,3 +306,30 @@ def test_heads_of_an_einsum_attention_are_found_in_its_subscripts(equations):
     assert [g.size for g in dg.groups if g.kind == "head"] == [4]
     model, report = gp.prune(_EinsumAttention(equations).eval(), (x,), ratio=0.5, verify=True)
     assert report.oracle.verdict == "PASS" and model.q.out_features == 32  # 2 of 4 heads
+
+
+class _InPlaceScores(nn.Module):
+    """Falcon's eager attention: ``scores /= math.sqrt(head_dim)`` and ``scores.masked_fill_(mask, -inf)``, in place."""
+
+    def __init__(self, d: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.h, self.head_dim = heads, d // heads
+        self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 128), nn.Linear(128, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.h, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2)
+        scores /= 8.0
+        scores.masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        x = x + self.o((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def test_scores_scaled_and_masked_in_place_are_an_attention_site():
+    """The in-place div_ and masked_fill_ broke the walk from the q.k product to the softmax: the heads were typed
+    conv_group, so graphprune.hf.prune's default targets (heads, ffn) cut Falcon's hidden size instead."""
+    graph = gp.trace(_InPlaceScores().eval(), (torch.randn(2, 16, 64),))
+    kinds = {(graph.kinds[g.id], g.size) for g in graph.groups if g.prunable}
+    assert kinds == {("ffn", 128), ("head", 4), ("head_dim", 16)}

@@ -492,3 +492,22 @@ def test_a_model_built_with_eager_attention_reloads_with_it(tmp_path):
     assert loaded.config._attn_implementation == "eager"
     with torch.no_grad():
         assert max_abs_diff(loaded(**inputs), model(**inputs)) == 0.0
+
+
+def test_a_nested_text_config_is_run_without_its_cache():
+    """Llava's language model reads its text_config's use_cache, which stayed True: the trace met a DynamicCache."""
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    config = T.LlavaConfig(vision_config=dict(model_type="clip_vision_model", **sizes, image_size=32, patch_size=8,
+                                              projection_dim=32),
+                           text_config=dict(model_type="llama", **sizes, vocab_size=128, max_position_embeddings=64,
+                                            num_key_value_heads=2, use_cache=True),
+                           image_token_id=127, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = T.LlavaForConditionalGeneration(config).eval()
+    ids = torch.randint(3, 120, (2, 24))
+    ids[:, 2:18] = 127  # the 16 patches of a 32x32 image at patch size 8
+    inputs = {"input_ids": ids, "attention_mask": torch.ones(2, 24, dtype=torch.long),
+              "pixel_values": torch.randn(2, 3, 32, 32)}
+    model, report = gp.hf.prune(model, inputs, verify=True, measure_latency=False)
+    assert report.oracle.passed and model.config.text_config.use_cache is False
+    assert any(n < k for n, k in report.kept.values())

@@ -176,3 +176,38 @@ def test_verify_keeps_the_groups_a_number_is_computed_from_whole_too():
     assert report.oracle.passed
     assert model.head_dim == 16 and model.qkv.out_features == 96  # the scaled size stays
     assert model.up.out_features < 128
+
+
+class _HeadNorm(torch.nn.LayerNorm):
+    """transformers' ChameleonLayerNorm: a (heads, head_dim) weight, normalised over head_dim alone."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        super().__init__(shape)
+        self.normalized_shape = (shape[-1],)
+        with torch.no_grad():
+            self.weight.add_(torch.randn_like(self.weight))
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, eps=1e-5) * self.weight + self.bias
+
+
+class _NormedHeads(torch.nn.Module):
+    def __init__(self, d: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.h, self.q, self.norm, self.o = heads, torch.nn.Linear(d, d), _HeadNorm((heads, d // heads)), torch.nn.Linear(d, d)
+        self.up, self.down = torch.nn.Linear(d, 128), torch.nn.Linear(128, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        x = x + self.o(self.norm(self.q(x).view(b, n, self.h, d // self.h)).reshape(b, n, d))
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def test_a_layer_norm_over_the_last_of_its_weights_dims_keeps_its_normalised_shape():
+    """The rewrite set every LayerNorm's normalized_shape to its weight's shape: (16,) became (4, 16) though only the
+    FFN was cut, so the pruned model normalised over all heads at once, silently (verify=True failed it)."""
+    torch.manual_seed(0)
+    model, x = _NormedHeads().eval(), torch.randn(2, 8, 64)
+    model, report = gp.prune(model, (x,), targets=("ffn",), verify=True, measure_latency=False)
+    assert report.oracle.passed and model.up.out_features == 64
+    assert model.norm.normalized_shape == (16,)

@@ -89,7 +89,7 @@ def plan_modules(dg, blocks) -> tuple[dict[str, str], list[str], list[str]]:
             seen.add(p.name)
             walked.add(p.name)
             ins = [r for r in p.inputs if r in dead and ir.values[r].kind == "act"]
-            keeps = p.op in Ops.KeepsZero and ins and not (p.op == "aten.div" and ins[0] != p.inputs[0])
+            keeps = p.op in Ops.KeepsZero and ins and not (p.op in ("aten.div", "aten.div_") and ins[0] != p.inputs[0])
             if p.op in (Ops.Add | Ops.Sub) and len(ins) == len(p.inputs) == 2:
                 todo.extend(ins)
             elif keeps:

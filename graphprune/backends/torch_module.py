@@ -339,7 +339,9 @@ def _update_known_modules(model: nn.Module, dg: DependencyGraph, plan: PrunePlan
             refresh_rnn_weights(m)  # forward reads the weights through a list, not the attributes
         elif hasattr(m, "normalized_shape") and getattr(m, "weight", None) is not None and isinstance(
                 m, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
-            m.normalized_shape = tuple(m.weight.shape)
+            # the weight's trailing dims: a subclass may keep a (heads, head_dim) weight and normalise over
+            # head_dim alone (transformers' ChameleonLayerNorm), which the weight's whole shape would widen
+            m.normalized_shape = tuple(m.weight.shape[max(0, m.weight.dim() - len(m.normalized_shape)):])
     # Norms without affine weights: read the new normalised shape from the carried constants.
     for c in dg.carries:
         path = dg.module_of(c.node)

@@ -11,10 +11,24 @@ from ..errors import PlanError, TraceError
 def prepare(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no KV cache: a cache object is an output the engine cannot prune through."""
     model.eval()
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "use_cache"):
-        cfg.use_cache = False
+    for cfg in _configs(model):
+        if hasattr(cfg, "use_cache"):
+            cfg.use_cache = False
     return model
+
+
+def _configs(model: torch.nn.Module) -> list:
+    """Every config the model's modules read, nested ones too: Llava's language model reads its text_config's
+    use_cache, which the top-level config's does not set."""
+    seen: dict[int, Any] = {}
+    todo = [getattr(m, "config", None) for m in model.modules()]
+    while todo:
+        cfg = todo.pop()
+        if cfg is None or id(cfg) in seen or not hasattr(cfg, "to_dict"):
+            continue
+        seen[id(cfg)] = cfg
+        todo.extend(v for v in vars(cfg).values() if hasattr(v, "to_dict") and hasattr(v, "model_type"))
+    return list(seen.values())
 
 
 def _image_size(cfg: Any) -> tuple[int, int]:
