@@ -317,3 +317,24 @@ def test_a_file_onnxruntime_cannot_run_is_refused_saying_why(tmp_path):
                                                  r"bfloat16 or float16"):
         gp.export_onnx(_Bfloat16Bias().eval(), args, tmp_path / "m.onnx")
     assert not any(tmp_path.iterdir())
+
+
+class _VarArgs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)
+
+    def forward(self, *xs):
+        return self.b(torch.relu(self.a(xs[0] + xs[1])))
+
+
+def test_a_forward_taking_star_args_exports_with_a_dynamic_batch(tmp_path):
+    """forward(*xs) was given one batch spec per input where torch.export wants them as one tuple: the dynamic
+    export failed and the file came out at a fixed batch, which onnxruntime refused at another batch size."""
+    model, args = _VarArgs().eval(), (torch.randn(1, 8), torch.randn(1, 8))
+    report = gp.export_onnx(model, args, tmp_path / "m.onnx")
+    assert report.dynamic_batch
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    feeds = [torch.randn(4, 8), torch.randn(4, 8)]
+    got = sess.run(None, {i.name: f.numpy() for i, f in zip(sess.get_inputs(), feeds)})[0]
+    np.testing.assert_allclose(got, model(*feeds).detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -671,6 +671,26 @@ def test_in_place_relu6_passes_channels():
     assert [g.size for g in gp.trace(HSwish().eval(), (torch.randn(2, 4),)).prunable_groups()] == [32]
 
 
+class _Elementwise(torch.nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn, self.a, self.b = fn, torch.nn.Linear(4, 32), torch.nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.b(self.fn(self.a(x).square() + 1e-3))
+
+
+@pytest.mark.parametrize("fn", [torch.log10, torch.log2, torch.exp2, torch.erfc, torch.asinh, torch.sgn,
+                                lambda h: torch.logaddexp(h, h * 2), lambda h: torch.true_divide(h, 3.0)],
+                         ids=["log10", "log2", "exp2", "erfc", "asinh", "sgn", "logaddexp", "true_divide"])
+def test_more_elementwise_ops_pass_channels(fn):
+    """torchlibrosa's power_to_db is ``10 * log10(x)``: aten.log10 had no rule and froze the whole mel front end."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    pruned, report = gp.prune(_Elementwise(fn).eval(), (x,), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.a.out_features == 16
+
+
 def test_a_max_whose_indices_nobody_reads_is_a_reduction():
     """CBAM's spatial gate takes ``x.max(dim=1)[0]``: the indices were taken as read and froze the stream
     ("positions returned"); dropped, the max is a reduction like amax (prunable, not oracle-exact)."""

@@ -372,6 +372,13 @@ def _dynamic_shapes(model, args: tuple, kwargs: dict, batch: bool, more: Mapping
     if unknown:
         raise GraphpruneError(f"dynamic= names input(s) {unknown} the call does not have: give a position in args "
                               f"(0..{len(args) - 1}) or a keyword of kwargs ({sorted(kwargs)})")
+    params = inspect.signature(model.forward).parameters
+    varargs = next((n for n, p in params.items() if p.kind == p.VAR_POSITIONAL), None)
+    if args and varargs is not None:  # forward(*xs): torch.export wants the *xs inputs' specs as one tuple
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+        first = [i for i, name in enumerate(bound) if name == varargs][0]
+        return {name: tuple(spec(first + j, v) for j, v in enumerate(value)) if name == varargs else
+                spec(i if i < first else name, value) for i, (name, value) in enumerate(bound.items())}
     if args and kwargs:
         try:
             bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments

@@ -208,6 +208,14 @@ class TorchProgram(Program):
         return [t.detach().double().cpu().numpy() for t in tree_leaves(out)
                 if isinstance(t, torch.Tensor)]
 
+    def scored_outputs(self) -> list[bool] | None:
+        # an input handed back (SentenceTransformer returns its features dict, token ids included) or integer
+        # outputs: exact by construction, their magnitude swamped the held-out error of the embedding
+        ir = self.graph().ir
+        kept = [v is not None and v.kind != "input" and not v.dtype.startswith(("int", "uint", "bool"))
+                for v in (ir.values.get(o) for o in ir.outputs)]
+        return kept if any(kept) and not all(kept) else None
+
     def valid_rows(self, batch):
         mask = dict(batch[1]).get("attention_mask")
         return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None

@@ -19,13 +19,17 @@ _UNARY = (
     "nan_to_num threshold expm1 sinh cosh atan asin acos tan real imag conj conj_physical _conj angle "
     # in place, as F.relu6(x, inplace=True) records (pytorchcv's h-swish: 20 groups of MobileNetV3 were frozen)
     "relu6_ selu_ celu_ mish_ neg_ abs_ exp_ log_ log1p_ sqrt_ rsqrt_ reciprocal_ sin_ cos_ erf_ sign_ floor_ "
-    "ceil_ round_ trunc_ threshold_ nan_to_num_ expm1_ tan_ atan_"
+    "ceil_ round_ trunc_ threshold_ nan_to_num_ expm1_ tan_ atan_ "
+    # torchlibrosa's power_to_db is 10 * log10(x): the whole mel front end was frozen
+    "log2 log10 exp2 erfc erfinv lgamma digamma logit sinc frac asinh acosh atanh sgn positive "
+    "log2_ log10_ exp2_ erfc_ logit_ frac_ square_"
 ).split()
 _BINARY = (
     "add add_ sub sub_ rsub mul mul_ div div_ where maximum minimum eq ne lt gt le ge masked_fill "
     "masked_fill_ logical_and logical_or logical_xor bitwise_and bitwise_or floor_divide remainder "
     "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max polar complex "
-    "clamp_min_ clamp_max_ pow_ fmod_ remainder_ lerp_ addcmul_ addcdiv_ rsub_ floor_divide_"
+    "clamp_min_ clamp_max_ pow_ fmod_ remainder_ lerp_ addcmul_ addcdiv_ rsub_ floor_divide_ "
+    "true_divide true_divide_ float_power logaddexp logaddexp2 copysign heaviside fmax fmin bitwise_xor"
 ).split()
 
 defelementwise(*(f"aten.{op}" for op in _UNARY))
