@@ -122,13 +122,14 @@ class DependencyGraph:
         users = graph.consumers()  # reasons about a value name the node that reads or makes it
         if freeze_io:
             freeze_boundaries(graph, self.solver, users)
-        # Back-ends slice float weights only: an integer constant indexed along a channel (a
-        # one-hot's class ids compared against a feature) pins that channel.
-        for v in graph.values.values():  # (an integer buffer too: CondenseNet's channel index)
-            if v.kind in ("const", "buffer") and not v.dtype.startswith(("float", "bfloat", "complex")):
+        # An integer constant indexed along a channel pins that channel: its values may be positions
+        # (CondenseNet's channel index buffer) no slice renumbers. A boolean mask (zuko's MADE masks,
+        # multiplied into a weight) is sliced like a float weight.
+        for v in graph.values.values():
+            if v.kind in ("const", "buffer") and not v.dtype.startswith(("float", "bfloat", "complex", "bool")):
                 for d, size in enumerate(v.shape):
                     if isinstance(size, int) and size > 1:
-                        why = f"indexes integer constant '{v.name}' (dim {d}); only float weights are sliced"
+                        why = f"indexes integer constant '{v.name}' (dim {d}); only float and boolean weights are sliced"
                         self.solver.freeze((v.name, d), at(CONSTANT, why, (users[v.name] or [None])[0]))
         self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}

@@ -781,3 +781,29 @@ def test_an_output_size_the_pruned_forward_cannot_follow_is_refused():
         gp.prune(_RepeatToSize("literal").eval(), (x,), ratio=0.5, runtime=None)
     model, _ = gp.prune(_RepeatToSize("attribute").eval(), (x,), ratio=0.5, runtime=None)
     assert (model.a.out_features, model.total) == (8, 16) and model(x).shape == (5, 4)
+
+
+class _MaskedLinear(torch.nn.Linear):
+    """A MADE layer as zuko writes it: a boolean mask buffer multiplied into the weight."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return F.linear(x, self.mask * self.weight, self.bias)
+
+
+def test_a_boolean_mask_buffer_is_sliced_with_its_weight():
+    """Boolean buffers were taken for integer constants ("only float weights are sliced"): every hidden width of a
+    MADE network was frozen and the model refused. The masks are sliced with the units; the autoregressive order
+    holds (the oracle compares with the original whose removed units are zeroed)."""
+    torch.manual_seed(0)
+    d, h = 6, 64
+    order_in, order_hidden = torch.arange(1, d + 1), torch.arange(h) % (d - 1) + 1
+    model = torch.nn.Sequential(_MaskedLinear(order_hidden[:, None] >= order_in[None, :]), torch.nn.ReLU(),
+                                _MaskedLinear(order_hidden[:, None] >= order_hidden[None, :]), torch.nn.ReLU(),
+                                _MaskedLinear(order_in[:, None] > order_hidden[None, :])).eval()
+    pruned, report = gp.prune(model, (torch.randn(2, d),), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS"
+    assert pruned[0].mask.shape == (32, 6) and pruned[2].mask.shape == (32, 32) and pruned[4].mask.dtype == torch.bool
