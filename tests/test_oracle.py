@@ -402,3 +402,28 @@ class _Zeroed(torch.nn.Module):
 
     def forward(self, x):
         return self.inner(x) * 0.5
+
+
+class _FloatIndices(torch.nn.Module):
+    """gluonts' WaveNet: bin indices passed as a float tensor, cast for an embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(64, 16)
+        self.ff = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+
+    def forward(self, target):
+        return self.ff(self.emb(target.long()))
+
+
+def test_floats_holding_whole_numbers_are_drawn_as_whole_numbers_in_their_range():
+    """The oracle drew Gaussian floats for them: negative indices, and "the pruned model fails on the oracle's inputs:
+    IndexError" for a right prune that the original failed on just the same."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 64, (1, 20)).float()
+    _, report = gp.prune(_FloatIndices().eval(), (x,), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS"
+    drawn = gp.trace(_FloatIndices().eval(), (x,)).program.oracle_inputs(2)[1:]
+    for (args, _) in drawn:
+        assert args[0].dtype == torch.float32 and torch.equal(args[0], args[0].round())
+        assert 0 <= args[0].min() and args[0].max() <= 63

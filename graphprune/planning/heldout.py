@@ -310,7 +310,11 @@ def class_outputs(ir) -> list[bool] | None:
         while node is not None and node.op in _PASS and node.inputs:
             node = producers.get(node.inputs[0])
         head = node is not None and (node.op in Ops.Linear or node.op in Ops.MatMul or _biased_matmul(ir, node, producers))
-        out.append(bool(head))
+        # the scores stay the last axis, of more than one class: a value per step (Linear(h, 1).squeeze(-1),
+        # a forecaster's) laid out along time is no choice among classes
+        width = ir.values[node.outputs[0]].shape[-1] if head and ir.values[node.outputs[0]].rank else None
+        last = ir.values[name].shape[-1] if name in ir.values and ir.values[name].rank else None
+        out.append(bool(head) and isinstance(width, int) and width > 1 and last == width)
     return out if any(out) else None
 
 

@@ -1,7 +1,7 @@
 """The oracle's inputs for a torch program: the example, and random inputs of its shapes and dtypes.
 
 One example can hide a wrong rewrite behind a dead ReLU or a tiny activation, so the oracle runs
-random inputs too: floats at the example's scale, integers (token ids, masks) within their
+random inputs too: floats at the example's scale, integers (token ids, masks; floats holding whole numbers) within their
 observed range. Integers can also steer the forward, though: SigLIP2's patch grid sizes pick how
 its position embeddings are resized, PaliGemma's image tokens say where image features go. The
 masked original runs the trace, which holds the example's path only, so a draw on which the trace
@@ -30,25 +30,34 @@ def oracle_batches(program, trials: int) -> list[tuple[tuple, dict]]:
     gen = torch.Generator().manual_seed(1234)
 
     def fresh(a: Any) -> Any:
+        if _integral(a):
+            return torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype)
         if isinstance(a, torch.Tensor) and a.is_floating_point():
             scale = float(a.float().std()) if a.numel() > 1 else 1.0
             return (torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype)
-        if isinstance(a, torch.Tensor) and a.dtype in _INTS and a.numel():
-            return torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype)
         return a
 
     def ints_of(batch: tuple[tuple, dict], given: tuple[tuple, dict]) -> tuple[tuple, dict]:
-        keep = lambda a, g: g if isinstance(g, torch.Tensor) and g.dtype in _INTS else a  # noqa: E731
+        keep = lambda a, g: g if _integral(g) else a  # noqa: E731
         return (tuple(map(keep, batch[0], given[0])), {k: keep(v, given[1][k]) for k, v in batch[1].items()})
 
-    has_ints = any(isinstance(a, torch.Tensor) and a.dtype in _INTS and a.numel()
-                   for a in (*program.args, *program.kwargs.values()))
+    has_ints = any(_integral(a) for a in (*program.args, *program.kwargs.values()))
     for _ in range(trials):
         batch = (tuple(fresh(a) for a in program.args), {k: fresh(v) for k, v in program.kwargs.items()})
         if has_ints and not _trace_holds(program, batch):
             batch = ints_of(batch, example)
         out.append(batch)
     return out
+
+
+def _integral(a: Any) -> bool:
+    """Integers, or floats holding whole numbers only (gluonts' WaveNet passes its bin indices as floats and casts
+    them for an embedding: Gaussian draws made negative indices, and the oracle failed a right model)."""
+    if not isinstance(a, torch.Tensor) or not a.numel():
+        return False
+    if a.dtype in _INTS:
+        return True
+    return a.is_floating_point() and a.numel() > 1 and bool(torch.equal(a, a.round())) and bool(a.min() != a.max())
 
 
 def _trace_holds(program, batch: tuple[tuple, dict]) -> bool:
