@@ -268,3 +268,29 @@ def test_a_failed_replan_leads_with_its_outcome():
     assert text.startswith("planning again failed after keeping whole the groups whose sizes the forward spells: "
                            "nothing in this model can be pruned")
     assert "Why they were kept whole: " in text and "zeros" in text.split("Why they were kept whole: ")[1]
+
+
+class _WidthsInAList(nn.Module):
+    """gluonts' SimpleFeedForward: the last layer emits steps x width, reshaped by a width kept in a list."""
+
+    def __init__(self, first: int, steps: int = 12, width: int = 64) -> None:
+        super().__init__()
+        self.steps, self.hidden_dimensions = steps, [first, width]
+        self.nn = nn.Sequential(nn.Linear(48, first), nn.ReLU(), nn.Linear(first, width * steps))
+        self.proj = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.proj(torch.relu(self.nn(x).reshape(-1, self.steps, self.hidden_dimensions[-1])))
+
+
+@pytest.mark.parametrize("first", [48, 64])
+def test_a_width_kept_in_a_list_attribute_takes_the_pruned_width(first):
+    """The list's ints were no candidates: the reshape's width stayed 64, and with the first layer 64 wide too both
+    groups were kept whole and the prune refused ("nothing in this model can be pruned"). The list gets the new
+    width as a new list."""
+    torch.manual_seed(0)
+    model, x = _WidthsInAList(first).eval(), torch.randn(2, 48)
+    pruned, report = gp.prune(model, (x,), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS"
+    assert pruned.hidden_dimensions == [first, 32] and pruned.proj.in_features == 32
+    assert pruned(torch.randn(5, 48)).shape == (5, 12, 3)
