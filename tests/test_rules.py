@@ -807,3 +807,26 @@ def test_a_boolean_mask_buffer_is_sliced_with_its_weight():
     pruned, report = gp.prune(model, (torch.randn(2, d),), ratio=0.5, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS"
     assert pruned[0].mask.shape == (32, 6) and pruned[2].mask.shape == (32, 32) and pruned[4].mask.dtype == torch.bool
+
+
+class _ScatterByRepeatedIndex(torch.nn.Module):
+    """chemprop's message aggregation: the edge -> node index repeated to the hidden width for scatter_reduce."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w_i, self.w_o = torch.nn.Linear(16, 64), torch.nn.Linear(64, 1)
+
+    def forward(self, edges, dst, nodes):
+        h = torch.relu(self.w_i(edges))
+        idx = dst.unsqueeze(1).repeat(1, h.shape[1])
+        agg = torch.zeros(nodes.shape[0], h.shape[1]).scatter_reduce_(0, idx, h, reduce="sum", include_self=False)
+        return self.w_o(agg)
+
+
+def test_a_repeat_of_one_position_is_copies_like_expand():
+    """``idx.unsqueeze(1).repeat(1, H.shape[1])`` froze the whole hidden width ("repeat count"): copies of a size-1 dim
+    are a broadcast, whose count is carried (and follows ``H.shape[1]`` in the pruned forward)."""
+    torch.manual_seed(0)
+    args = (torch.randn(10, 16), torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 4, 0]), torch.zeros(5))
+    pruned, report = gp.prune(_ScatterByRepeatedIndex().eval(), args, ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.w_i.out_features == 32

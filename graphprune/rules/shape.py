@@ -159,6 +159,8 @@ def _repeat(node: Node, ctx: RuleContext) -> None:
         r = reps[d + off]
         if r == 1:
             ctx.tie(ctx.s(src, d), ctx.s(out, d + off))
+        elif ctx.shape(src)[d] == 1:  # copies of one position, as expand makes (chemprop's index repeated to
+            ctx.carry(ctx.s(out, d + off), (1, d + off), r)  # the hidden width for scatter_reduce): the count is carried
         else:
             copies = ctx.virtual(r, "repeat")
             ctx.freeze(copies, LAYOUT, f"repeat count at {ctx.where()}")
