@@ -44,6 +44,9 @@ class OracleReport:
     # after a FAIL, the model's own float32 rounding (its outputs against a float64 twin's, scaled as the gap): a
     # gap within NOISE_MARGIN times it is rounding, not the plan (SKNet-50: 1.3e-5 against an atol of 1e-5)
     float_noise: float | None = None
+    # after a FAIL: the forward samples (two runs at other seeds differ, VITS's noise). Every oracle run draws from
+    # one seed, which matches the draws only where they are made at shapes the plan leaves alone
+    random: bool = False
 
     @property
     def vacuous(self) -> bool:
@@ -100,6 +103,11 @@ class OracleReport:
         if self.inexact_groups:
             s += f"; {len(self.inexact_groups)} pruned group(s) not oracle-exact, not checked: " + "; ".join(
                 f"group {g}: {r[0]}" for g, r in list(self.inexact_groups.items())[:3])
+        if self.random and not self.passed:
+            s += (". The forward draws random numbers (two runs at other seeds differ): both models draw from one seed, "
+                  "alike only where they draw at shapes the plan leaves alone, so this FAIL may be the draws', not the "
+                  "plan's. Verify with sampling off (a noise scale of 0), or prune with verify=False and check the "
+                  "result on your own data")
         if self.trace_gap is not None and self.trace_gap > self.atol:
             s += (f". The traced graph itself, nothing pruned, is {self.trace_gap:.3g} apart from the model on the "
                   "example inputs: the forward takes another path while traced (a library's branch for tracing, "
@@ -139,14 +147,16 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     masked = {key[0] for key in masks}
     views = {k: v for k, v in program.oracle_views().items() if v[0] not in masked}  # a masked value differs by design
     worst = scaled = signal = 0.0
-    for batch in program.oracle_inputs(trials):
+    for seed, batch in enumerate(program.oracle_inputs(trials)):
         try:
-            got = _viewed(pruned, batch, views)
+            with program.seeded(seed):
+                got = _viewed(pruned, batch, views)
         except Exception as exc:  # noqa: BLE001 - a pruned copy that cannot run is a refused plan, said plainly
             why = (str(exc).strip().splitlines() or [""])[0][:300]
             raise RewriteError(f"the pruned model fails on the oracle's inputs: {type(exc).__name__}: {why}; the model "
                                "was not changed and nothing was written") from exc
-        want = _viewed(program, batch, views, masks)
+        with program.seeded(seed):
+            want = _viewed(program, batch, views, masks)
         gap, rel = gaps(got, want)
         worst, scaled = max(worst, gap), max(scaled, rel)
         # NaN counts as a signal (an all-NaN output is compared, and fails, as before)
@@ -164,7 +174,8 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     moved = None if report.passed else program.moved_values(pruned, exact)
     if moved is not None:  # the forward turned a pruned size into a number: those groups are kept whole instead
         raise moved
-    if not report.passed and not report.precision:
+    report.random = not report.passed and program.draws_random(program.oracle_inputs(0)[0])
+    if not report.passed and not report.precision and not report.random:  # (a float64 twin draws other numbers)
         report.float_noise = program.float_noise(program.oracle_inputs(0)[0])  # rounding, or the plan?
     if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
         report.trace_gap = program.trace_gap(program.oracle_inputs(0)[0])

@@ -376,3 +376,31 @@ def test_outputs_handed_back_from_the_inputs_are_not_scored():
     with torch.no_grad():
         measured = float(((model(dict(new))["sentence_embedding"] - ref).square().sum() / ref.square().sum()))
     assert measured / 3 < held.error_heldout < measured * 3
+
+
+class _Durations(nn.Module):
+    """VITS's length regulator: each token repeated by its predicted duration, so the frames' count follows the
+    weights, and a variant's output is longer or shorter than the original's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.dp1, self.dp2 = nn.Linear(8, 32), nn.Linear(32, 64), nn.Linear(64, 1)
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 16)
+
+    def forward(self, x):
+        h = self.emb(x)
+        dur = torch.ceil(torch.sigmoid(self.dp2(torch.relu(self.dp1(h)))) * 8).long().clamp(min=1)
+        return self.down(torch.relu(self.up(torch.repeat_interleave(h[0], dur[0, :, 0], dim=0)[None])))
+
+
+def test_outputs_of_another_length_are_scored_padded():
+    """The measured allocation and the held-out check subtracted outputs of different lengths: numpy's raw
+    "operands could not be broadcast together with shapes (1,288) (1,208)"."""
+    from graphprune.planning.scoring import squared
+
+    # what one has and the other lacks counts whole: |[1, 2] - [1]|^2 = 2^2
+    assert squared(np.array([[1.0, 2.0]]), np.array([[1.0]]), None) == 4.0
+    torch.manual_seed(0)
+    calib = [torch.randn(1, 12, 8) for _ in range(8)]
+    _, report = gp.prune(_Durations().eval(), (torch.randn(1, 12, 8),), calib=calib, measure_latency=False)
+    assert report.compensation is not None and any(k < n for k, n in report.kept.values())

@@ -286,7 +286,9 @@ def _agreement(outs: list, refs: list, chosen: np.ndarray, valid) -> tuple[float
     for o, q in zip(outs, refs):
         if not 2 <= o.ndim <= 3 or o.shape[0] != len(chosen) or o.shape[-1] < 2:  # (items[, tokens], classes)
             continue
-        same = o.argmax(-1) == q.argmax(-1)  # (items, ...): one answer per item and position
+        # (items, ...): one answer per item and position; where the inputs' values set the length (VITS's
+        # frames) and the pruned model's differs, none of the original's positions is matched
+        same = o.argmax(-1) == q.argmax(-1) if o.shape == q.shape else np.zeros(q.shape[:-1], bool)
         keep = np.broadcast_to(chosen.reshape((-1,) + (1,) * (same.ndim - 1)), same.shape)
         if valid is not None and tuple(np.shape(valid)) == same.shape:
             keep = keep & np.asarray(valid).astype(bool)

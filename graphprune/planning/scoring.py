@@ -62,7 +62,12 @@ def scored(program, outs: list) -> list:
 
 def squared(out: np.ndarray, ref: np.ndarray | None, valid, items: np.ndarray | None = None) -> float:
     """Squared norm of ``out - ref`` (or ``out``) over real rows (padding left out), of the
-    ``items`` chosen (a mask over the leading axis) where given."""
+    ``items`` chosen (a mask over the leading axis) where given. Outputs whose length the inputs' values set
+    (VITS's frames, one token repeated by its predicted duration) may come out longer or shorter than the
+    original's: both are padded with zeros, so what one has and the other lacks counts whole."""
+    if ref is not None and out.shape != ref.shape and out.ndim == ref.ndim:
+        size = tuple(max(a, b) for a, b in zip(out.shape, ref.shape))
+        out, ref = (np.pad(a, [(0, n - k) for n, k in zip(size, a.shape)]) for a in (out, ref))
     d = _select(out if ref is None else out - ref, valid, items)
     return float(np.square(d, dtype=np.float64).sum())
 

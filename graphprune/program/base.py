@@ -133,6 +133,14 @@ class Program(ABC):
         ``trace_gap``), read after an oracle FAIL; None where it cannot be measured (ONNX, other dtypes)."""
         return None
 
+    def seeded(self, seed: int):
+        """A context in which one run draws its random numbers from ``seed`` (a no-op where runs draw none)."""
+        return nullcontext()
+
+    def draws_random(self, batch) -> bool:
+        """Whether the model's outputs at ``batch`` differ between two runs at other seeds (a forward that samples)."""
+        return False
+
     def moved_values(self, pruned: "Program", plan) -> Exception | None:
         """Read after an oracle FAIL: a number the pruned forward computes from a pruned size (``x / sqrt(head_dim)``),
         as a RewriteError naming the groups that move it, which the pipeline keeps whole and plans again; None where

@@ -11,6 +11,7 @@ otherwise the oracle compares a path the pruned model never takes and says FAIL 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,22 @@ def float_noise(program, batch) -> float | None:
     leaves = lambda out: [np.asarray(t.detach().double().cpu()) for t in tree_leaves(out)  # noqa: E731
                           if isinstance(t, torch.Tensor) and t.is_floating_point()]
     return gaps(leaves(got), leaves(ref))[1]
+
+
+@contextmanager
+def seeded(seed: int):
+    """Torch's random generators at ``seed`` for one run, as they were after it: a forward that samples (VITS's
+    noise) draws alike in the pruned model and the masked original wherever it draws at the same shapes."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def draws_random(program, batch) -> bool:
+    """Whether the model's outputs at ``batch`` differ between two runs at other seeds."""
+    outs = []
+    for seed in (1, 2):
+        with seeded(seed), torch.no_grad(), kept_attributes(program.model):
+            out = program.model(*batch[0], **batch[1])
+        outs.append([np.asarray(t.detach().double().cpu()) for t in tree_leaves(out) if isinstance(t, torch.Tensor)])
+    return gaps(*outs)[0] > 0

@@ -42,7 +42,7 @@ from ..util.torch_compat import ConvNd, fx_flatten_spec, kept_attributes, tree_l
 from .base import Masks, OnCapture, Program
 from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
 from .torch_latency import onnxruntime_latency
-from .torch_oracle_inputs import float_noise, oracle_batches
+from .torch_oracle_inputs import draws_random, float_noise, oracle_batches, seeded
 from .torch_run import Walk, as_batch, retrace, take_items
 
 
@@ -272,12 +272,21 @@ class TorchProgram(Program):
     def float_noise(self, batch) -> float | None:
         return float_noise(self, batch)
 
+    def seeded(self, seed: int):
+        return seeded(seed)
+
+    def draws_random(self, batch) -> bool:
+        return draws_random(self, batch)
+
     def moved_values(self, pruned, plan):
         return moved_value(pruned.model, self.graph(), plan, self.args, self.kwargs)
 
     def trace_gap(self, batch) -> float:
         # a library may take another path while traced (transformers' PaliGemma), or the inputs' values choose one
-        return gaps(self.run(batch, masks={}), self.run(batch))[1]
+        with self.seeded(0):
+            traced = self.run(batch, masks={})
+        with self.seeded(0):
+            return gaps(traced, self.run(batch))[1]
 
     def bias_free(self, sites) -> set[str]:
         """Sites run by an nn.Linear / nn.ConvNd without a bias."""
