@@ -126,10 +126,11 @@ class DependencyGraph:
         # (CondenseNet's channel index buffer) no slice renumbers. A boolean mask (zuko's MADE masks,
         # multiplied into a weight) is sliced like a float weight.
         for v in graph.values.values():
-            if v.kind in ("const", "buffer") and not v.dtype.startswith(("float", "bfloat", "complex", "bool")):
+            if v.kind in ("const", "buffer") and not v.dtype.startswith(("float", "bfloat", "complex")) and not (
+                    v.kind == "buffer" and v.dtype == "bool"):
                 for d, size in enumerate(v.shape):
                     if isinstance(size, int) and size > 1:
-                        why = f"indexes integer constant '{v.name}' (dim {d}); only float and boolean weights are sliced"
+                        why = f"indexes {v.dtype} constant '{v.name}' (dim {d}); only float weights and boolean buffers are sliced"
                         self.solver.freeze((v.name, d), at(CONSTANT, why, (users[v.name] or [None])[0]))
         self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}

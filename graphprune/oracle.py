@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RewriteError, warn
+from .errors import RewriteError, TraceError, warn
 from .planning.plan import PrunePlan, block_masks, keep_masks
 from .reasons import Reason
 from .util.compare import gaps
@@ -47,6 +47,9 @@ class OracleReport:
     # after a FAIL: the forward samples (two runs at other seeds differ, VITS's noise). Every oracle run draws from
     # one seed, which matches the draws only where they are made at shapes the plan leaves alone
     random: bool = False
+    # after a FAIL: a number the pruned forward computes from a pruned size (Program.moved_values), as the
+    # RewriteError naming the groups to keep whole; prune raises it (and plans again), verify() reports it
+    moved: Exception | None = field(default=None, repr=False, compare=False)
 
     @property
     def vacuous(self) -> bool:
@@ -103,6 +106,8 @@ class OracleReport:
         if self.inexact_groups:
             s += f"; {len(self.inexact_groups)} pruned group(s) not oracle-exact, not checked: " + "; ".join(
                 f"group {g}: {r[0]}" for g, r in list(self.inexact_groups.items())[:3])
+        if self.moved is not None and not self.passed:
+            s += f". Why: {str(self.moved).splitlines()[0][:400]}"
         if self.random and not self.passed:
             s += (". The forward draws random numbers (two runs at other seeds differ): both models draw from one seed, "
                   "alike only where they draw at shapes the plan leaves alone, so this FAIL may be the draws', not the "
@@ -171,9 +176,12 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
         warn(f"the oracle checked none of the {len(inexact)} cut group(s): each crosses a normalisation over its "
              f"channels ({first.detail}), so the pruned model is not proven equal to the masked original. Check "
              "it on your own data, or prune kinds that cut exactly (targets=, graph.summary() marks them)")
-    moved = None if report.passed else program.moved_values(pruned, exact)
-    if moved is not None:  # the forward turned a pruned size into a number: those groups are kept whole instead
-        raise moved
+    try:  # the forward turned a pruned size into a number: those groups are kept whole instead
+        report.moved = None if report.passed else program.moved_values(pruned, exact)
+    except RewriteError as exc:  # the re-trace failed where a pruned size is spelled: that names groups too
+        report.moved = exc
+    except TraceError:  # the pruned copy cannot be traced again: the FAIL stands as measured
+        report.moved = None
     report.random = not report.passed and program.draws_random(program.oracle_inputs(0)[0])
     if not report.passed and not report.precision and not report.random:  # (a float64 twin draws other numbers)
         report.float_noise = program.float_noise(program.oracle_inputs(0)[0])  # rounding, or the plan?

@@ -337,3 +337,22 @@ def test_a_model_with_positions_only_is_refused_as_such():
     """The refusal said to replace or remove the pool it named; the model has no channel at all."""
     with pytest.raises(gp.PlanError, match=r"positions \(time steps, pixels\), not channels.*no hidden width"):
         gp.prune(_DLinear().eval(), (torch.randn(2, 24),), ratio=0.5, runtime=None)
+
+
+class _ReturnsItsState(torch.nn.Module):
+    """gluonts' DeepAR: lags stacked into the features, a category embedded, and the LSTM's state returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.proj = torch.nn.Embedding(3, 2), torch.nn.LSTM(6, 40, batch_first=True), torch.nn.Linear(40, 3)
+
+    def forward(self, x, cat):
+        lags = torch.stack([x, x.roll(1, 1), x.roll(2, 1), x.roll(3, 1)], dim=-1)
+        out, state = self.rnn(torch.cat([lags, self.emb(cat)[:, None].expand(-1, x.shape[1], -1)], -1))
+        return self.proj(out), state, self.emb(cat)  # DeepAR returns its static features too
+
+
+def test_nothing_prunable_names_the_widest_width_the_interface_keeps():
+    """The refusal listed a 4-wide stack and a 3-row embedding, and not the 40 LSTM units the returned state keeps."""
+    with pytest.raises(gp.PlanError, match=r"the widest 40 channel\(s\): model output .*return only what callers need"):
+        gp.prune(_ReturnsItsState().eval(), (torch.randn(2, 12), torch.tensor([0, 2])), measure_latency=False)

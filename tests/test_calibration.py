@@ -527,3 +527,29 @@ def test_a_weight_copy_written_in_place_is_no_calibration_site():
 
     dg = gp.trace(_MaskedCopy().eval(), (torch.randn(2, 8),))
     assert [s.w for s in find_sites(dg)] == ["p_a_weight"]
+
+
+class _WritesIntoItsInputs(torch.nn.Module):
+    """sentence-transformers' forward: its outputs go into the features dict it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.ff = torch.nn.Embedding(100, 16), torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
+                                                                            torch.nn.Linear(64, 16))
+
+    def forward(self, features):
+        h = self.ff(self.emb(features["input_ids"]))
+        features.update({"token_embeddings": h, "sentence_embedding": h.mean(1)})
+        return features
+
+
+def test_calibration_dicts_of_another_structure_are_told_apart_by_key():
+    """An example dict run once holds the outputs the forward wrote into it; fresh calibration dicts lack them, and
+    the error was the bare key ('token_embeddings')."""
+    model = _WritesIntoItsInputs().eval()
+    example = {"input_ids": torch.randint(0, 100, (4, 9))}
+    model(example)
+    calib = [({"input_ids": torch.randint(0, 100, (4, 9))},) for _ in range(3)]
+    with pytest.raises(PlanError, match=r"positional input 0 \(a dict\) lacks \['token_embeddings', 'sentence_embedding'\], "
+                                        r"which the example's has; a forward that writes its outputs into its input dict"):
+        gp.prune(model, (example,), calib=calib, measure_latency=False)

@@ -338,3 +338,18 @@ def test_a_forward_taking_star_args_exports_with_a_dynamic_batch(tmp_path):
     feeds = [torch.randn(4, 8), torch.randn(4, 8)]
     got = sess.run(None, {i.name: f.numpy() for i, f in zip(sess.get_inputs(), feeds)})[0]
     np.testing.assert_allclose(got, model(*feeds).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+class _RestArgs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 4)
+
+    def forward(self, x, *rest, flag=True):
+        return self.a(x + sum(rest)) if rest else self.a(x)
+
+
+def test_a_forward_with_star_args_given_none_of_them_exports(tmp_path):
+    """``forward(x, *rest)`` called with x alone binds no ``rest``: an IndexError (review)."""
+    report = gp.export_onnx(_RestArgs().eval(), (torch.randn(1, 8),), tmp_path / "m.onnx")
+    assert report.dynamic_batch and report.max_abs_diff < 1e-5

@@ -511,3 +511,18 @@ def test_a_nested_text_config_is_run_without_its_cache():
     model, report = gp.hf.prune(model, inputs, verify=True, measure_latency=False)
     assert report.oracle.passed and model.config.text_config.use_cache is False
     assert any(n < k for n, k in report.kept.values())
+
+
+def test_sub_configs_built_with_their_own_attention_reload_with_it():
+    """Llava built with eager text and SDPA vision attention came back SDPA throughout (review)."""
+    from graphprune.io.checkpoint_doc import config_dict
+
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    config = T.LlavaConfig(text_config=dict(model_type="llama", **sizes, num_key_value_heads=2, vocab_size=64),
+                           vision_config=dict(model_type="clip_vision_model", **sizes, image_size=28, patch_size=14),
+                           image_token_index=63,
+                           attn_implementation={"text_config": "eager", "vision_config": "sdpa", "": "sdpa"})
+    again = T.LlavaConfig.from_dict(config_dict(config))
+    assert (again.text_config._attn_implementation, again.vision_config._attn_implementation) == ("eager", "sdpa")
+    plain = T.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, attn_implementation="eager")
+    assert config_dict(plain)["attn_implementation"] == "eager"

@@ -40,18 +40,20 @@ def test_a_module_under_two_paths_prunes_and_keeps_the_users_weights():
 
 
 class TupleHeads(nn.Module):
-    """Attention whose head split is read from a tuple attribute (as einops' ``Rearrange`` layer keeps
-    ``l=num_heads``): the rewrite cannot reach it, so pruned heads come back at the old count."""
+    """Attention whose head split is read from a dict of sizes, which no rewrite reaches, so pruned heads would come
+    back at the old count. (A short tuple or list attribute is reached: ``split=(3, heads)`` prunes its heads.)"""
 
-    def __init__(self, d=32, heads=4, ffn=256):
+    def __init__(self, d=32, heads=4, ffn=256, reachable=False):
         super().__init__()
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.sizes = None if reachable else {"split": (3, heads)}
         self.split = (3, heads)
         self.fc1, self.fc2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
 
     def forward(self, x):
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, *self.split, -1).permute(2, 0, 3, 1, 4)
+        split = self.split if self.sizes is None else self.sizes["split"]
+        q, k, v = self.qkv(x).reshape(b, n, *split, -1).permute(2, 0, 3, 1, 4)
         a = torch.softmax(q @ k.transpose(-1, -2) * 0.35, -1) @ v
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, -1))
         return x + self.fc2(torch.relu(self.fc1(x)))
@@ -70,6 +72,9 @@ def test_heads_the_rewrite_cannot_reach_are_kept_whole_and_planned_again():
     # where keeping the heads whole leaves nothing of the kind asked for, the error names the layers
     with pytest.raises(gp.RewriteError, match=r"\[.proj., .qkv.\]|\[.qkv., .proj.\]"):
         gp.prune(m, (x,), ratio=0.5, targets=("head",))
+    # the same split kept in a tuple attribute takes the pruned head count
+    pruned, report = gp.prune(TupleHeads(reachable=True).eval(), (x,), ratio=0.5, targets=("head",), verify=True)
+    assert pruned.split == (3, 2) and pruned.qkv.out_features == 48 and report.oracle.verdict == "PASS"
 
 
 class BareNorm(nn.Module):

@@ -454,3 +454,24 @@ def test_a_sampling_forward_draws_alike_in_both_models_or_fails_saying_so():
     assert report.oracle.verdict == "PASS" and report.oracle.max_abs_diff == 0.0 and report.oracle.float_noise is None
     with pytest.raises(gp.RewriteError, match=r"oracle FAIL.*draws random numbers \(two runs at other seeds differ\)"):
         gp.prune(_Sampling("units").eval(), (x,), ratio=0.5, verify=True, measure_latency=False)
+
+
+class _AdditiveMask(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.o = torch.nn.Linear(16, 32), torch.nn.Linear(16, 32), torch.nn.Linear(16, 16)
+        self.up, self.down = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+
+    def forward(self, x, bias):
+        x = x + self.o(torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) + bias, -1) @ x)
+        return x + self.down(torch.relu(self.up(x)))
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), torch.finfo(torch.float32).min])
+def test_an_additive_mask_of_whole_numbers_is_no_index(fill):
+    """0 and -inf (or the float's lowest) are whole numbers too: drawing them as integers overflowed (review)."""
+    torch.manual_seed(0)
+    bias = torch.zeros(2, 6, 6).masked_fill(torch.ones(6, 6).triu(1).bool(), fill)
+    _, report = gp.prune(_AdditiveMask().eval(), (torch.randn(2, 6, 16), bias), ratio=0.5, verify=True,
+                         measure_latency=False)
+    assert report.oracle.verdict == "PASS"

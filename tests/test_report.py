@@ -169,3 +169,29 @@ def test_a_cut_group_of_buffers_only_is_named():
     _, report = gp.prune(model, (torch.randn(2, 6, 8),), ratio=0.5, round_to=1, runtime=None, verify=True)
     assert model[1].proj.shape[0] == 16
     assert any(n.startswith("1 cut group(s) hold only buffers, no parameters (1.proj)") for n in report.notes), report.notes
+
+
+class _FixedFrontEnd(torch.nn.Module):
+    """torchlibrosa's log-mel front end: a fixed (requires_grad=False) STFT and mel filterbank, then learnt layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stft, self.mel = torch.nn.Conv1d(1, 32, 16, stride=8, bias=False), torch.nn.Conv1d(32, 8, 1, bias=False)
+        self.stft.weight.requires_grad_(False)
+        self.mel.weight.requires_grad_(False)
+        self.net = torch.nn.Sequential(torch.nn.Conv1d(8, 16, 3), torch.nn.ReLU(), torch.nn.Conv1d(16, 4, 1))
+
+    def forward(self, x):
+        return self.net(torch.log10(self.mel(self.stft(x).square()) + 1e-6))
+
+
+def test_cut_groups_of_fixed_weights_are_named_and_a_model_frozen_whole_says_nothing():
+    """PANNs' STFT bins were cut 257 -> 130 by magnitude with no word; a model frozen whole for inference
+    (model.requires_grad_(False)) has nothing to tell apart."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 256)
+    _, report = gp.prune(_FixedFrontEnd().eval(), (x,), ratio=0.5, measure_latency=False)
+    note = [n for n in report.notes if "requires_grad=False" in n]
+    assert len(note) == 1 and "stft.weight[0]" in note[0] and "ignore=['mel', 'stft']" in note[0]
+    _, report = gp.prune(_FixedFrontEnd().eval().requires_grad_(False), (x,), ratio=0.5, measure_latency=False)
+    assert not [n for n in report.notes if "requires_grad=False" in n]

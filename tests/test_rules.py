@@ -830,3 +830,27 @@ def test_a_repeat_of_one_position_is_copies_like_expand():
     args = (torch.randn(10, 16), torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 4, 0]), torch.zeros(5))
     pruned, report = gp.prune(_ScatterByRepeatedIndex().eval(), args, ratio=0.5, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned.w_i.out_features == 32
+
+
+class _PlainBoolGate(torch.nn.Module):
+    """A boolean tensor kept as a plain attribute (no buffer): a constant of the trace, which no back-end slices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+        self.keep = torch.arange(64) % 3 != 0
+        self.ff1, self.ff2 = torch.nn.Linear(16, 128), torch.nn.Linear(128, 16)
+
+    def forward(self, x):
+        x = x + self.down(torch.where(self.keep, torch.relu(self.up(x)), 0.0))
+        return x + self.ff2(torch.relu(self.ff1(x)))
+
+
+def test_a_boolean_constant_that_is_no_buffer_keeps_its_width_and_the_rest_prunes():
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    graph = gp.trace(_PlainBoolGate().eval(), (x,))
+    frozen = next(g for g in graph.groups if g.size == 64 and g.members[0].name.startswith("up."))
+    assert not frozen.prunable and "bool constant" in str(frozen.frozen[0])
+    pruned, report = gp.prune(_PlainBoolGate().eval(), (x,), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.up.out_features == 64 and pruned.ff1.out_features == 64

@@ -211,3 +211,14 @@ def test_a_layer_norm_over_the_last_of_its_weights_dims_keeps_its_normalised_sha
     model, report = gp.prune(model, (x,), targets=("ffn",), verify=True, measure_latency=False)
     assert report.oracle.passed and model.up.out_features == 64
     assert model.norm.normalized_shape == (16,)
+
+
+def test_verify_reports_why_it_fails_where_prune_plans_again():
+    """gp.verify() returns its report: the FAIL carries the number the pruned forward moved (review: it raised)."""
+    torch.manual_seed(0)
+    model, x = _MultiQuery().eval(), torch.randn(2, 16, 64)
+    graph = gp.trace(model, (x,))
+    plan = gp.plan(graph, model, ratio=0.5, targets=("head_dim",))
+    report = gp.verify(model, (x,), plan, graph)
+    assert report.verdict == "FAIL" and isinstance(report.moved, gp.RewriteError)
+    assert "Why: the pruned forward computes" in str(report)

@@ -54,8 +54,13 @@ def config_dict(config) -> dict:
     graphs, so a model rebuilt with the other one would not take the saved plan's group ids."""
     out = config.to_dict()
     impl = getattr(config, "_attn_implementation", None)
-    if isinstance(impl, str) and "attn_implementation" not in out:
-        out["attn_implementation"] = impl
+    # a composite config (Llava) may hold sub-configs built with their own: then the per-config form
+    subs = {name: getattr(sub, "_attn_implementation", None) for name, sub in vars(config).items()
+            if hasattr(sub, "to_dict") and hasattr(sub, "model_type")}
+    subs = {name: s for name, s in subs.items() if isinstance(s, str)}
+    if "attn_implementation" in out or not isinstance(impl, str):
+        return out
+    out["attn_implementation"] = {"": impl, **subs} if any(s != impl for s in subs.values()) else impl
     return out
 
 

@@ -238,24 +238,30 @@ def _ort_outputs(path: str, args: tuple, kwargs: dict, name: str):
     errors (an op its CPU provider has no kernel for) become a GraphpruneError saying what to change."""
     import onnxruntime as ort
 
+    def feeds(names: list[str]) -> dict:
+        tensors = [a for a in tree_leaves((tuple(args), dict(kwargs))) if isinstance(a, torch.Tensor)]  # dicts too
+        if not args and set(names) <= set(kwargs):  # keyword inputs keep their names in the graph
+            return {n: kwargs[n].detach().cpu().numpy() for n in names}
+        return {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
+
     try:
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        tensors = [a for a in tree_leaves((tuple(args), dict(kwargs))) if isinstance(a, torch.Tensor)]  # dicts too
-        names = [i.name for i in sess.get_inputs()]
-        if not args and set(names) <= set(kwargs):  # keyword inputs keep their names in the graph
-            feeds = {n: kwargs[n].detach().cpu().numpy() for n in names}
-        else:
-            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
-        return sess, sess.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind types (Fail, NotImplemented, ...)
-        if isinstance(exc, GraphpruneError):
-            raise
-        text = (str(exc).strip().splitlines() or [""])[0][:400]
-        hint = (" Its CPU provider has no kernel for that op, most often one the model's code runs in bfloat16 or "
-                "float16 (a cast in the forward, as Falcon's ALiBi does): cast to float32 there"
-                if "NOT_IMPLEMENTED" in text or "implementation" in text else "")
-        raise GraphpruneError(f"onnxruntime cannot run the file torch.onnx.export wrote for {name}: "
-                              f"{type(exc).__name__}: {text}.{hint} Nothing was written") from exc
+        raise _ort_error(exc, name) from exc
+    given = feeds([i.name for i in sess.get_inputs()])  # numpy's own errors (bfloat16 has no numpy type) are not
+    try:  # onnxruntime's, and pass as they are
+        return sess, sess.run(None, given)
+    except Exception as exc:  # noqa: BLE001
+        raise _ort_error(exc, name) from exc
+
+
+def _ort_error(exc: Exception, name: str) -> GraphpruneError:
+    text = (str(exc).strip().splitlines() or [""])[0][:400]
+    hint = (" Its CPU provider has no kernel for that op, most often one the model's code runs in bfloat16 or "
+            "float16 (a cast in the forward, as Falcon's ALiBi does): cast to float32 there"
+            if "NOT_IMPLEMENTED" in text or "implementation" in text else "")
+    return GraphpruneError(f"onnxruntime cannot run the file torch.onnx.export wrote for {name}: "
+                           f"{type(exc).__name__}: {text}.{hint} Nothing was written")
 
 
 def _worst_output(got: list, want: list, sess) -> str:
@@ -374,16 +380,15 @@ def _dynamic_shapes(model, args: tuple, kwargs: dict, batch: bool, more: Mapping
                               f"(0..{len(args) - 1}) or a keyword of kwargs ({sorted(kwargs)})")
     params = inspect.signature(model.forward).parameters
     varargs = next((n for n, p in params.items() if p.kind == p.VAR_POSITIONAL), None)
-    if args and varargs is not None:  # forward(*xs): torch.export wants the *xs inputs' specs as one tuple
+    try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
-        first = [i for i, name in enumerate(bound) if name == varargs][0]
+    except TypeError as exc:
+        raise GraphpruneError(f"export_onnx: the inputs do not fit {type(model).__name__}.forward: {exc}") from exc
+    if args and varargs in bound:  # forward(*xs): torch.export wants the *xs inputs' specs as one tuple
+        first = list(bound).index(varargs)
         return {name: tuple(spec(first + j, v) for j, v in enumerate(value)) if name == varargs else
                 spec(i if i < first else name, value) for i, (name, value) in enumerate(bound.items())}
     if args and kwargs:
-        try:
-            bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
-        except TypeError as exc:
-            raise GraphpruneError(f"export_onnx: the inputs do not fit {type(model).__name__}.forward: {exc}") from exc
         position = {name: i for i, name in enumerate(bound) if i < len(args)}
         return {name: spec(position.get(name, name), value) for name, value in bound.items()}
     if args:

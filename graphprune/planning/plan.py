@@ -228,6 +228,11 @@ def check_prunable(dg: DependencyGraph) -> None:
                    f"every channel space meets a model input or output, whose sizes the model's interface keeps: "
                    f"{io[0]}" + (f" (and {len(io) - 1} more)" if len(io) > 1 else "") if io else
                    "it has no float weight with a dim that a channel space carries")
+        elif io:  # the interface's groups were left out of the summary: the widest may be what blocks (an LSTM's state)
+            wide = max((g for g in dg.groups if g.frozen and g.frozen[0].kind == MODEL_IO), key=lambda g: g.size)
+            why += (f"; and {len(io)} group(s) meet the model's inputs or outputs, whose sizes its interface keeps, the "
+                    f"widest {wide.size} channel(s): {wide.frozen[0]} (a forward that returns a hidden state keeps its "
+                    "width: return only what callers need)")
         ranked = [r for r, _ in ranked_freezes(dg.groups)]
         fix = FREEZE_FIXES.get(ranked[0].kind if ranked else "", "replace or remove the op it names") if ranked or \
             not io else ("an input with a channel dim (an index given per feature) ties every layer it meets to it: "

@@ -133,6 +133,10 @@ class Program(ABC):
         ``trace_gap``), read after an oracle FAIL; None where it cannot be measured (ONNX, other dtypes)."""
         return None
 
+    def fixed_weights(self) -> set[str]:
+        """The weights (by source path) a framework marks as not trained (PyTorch's requires_grad=False)."""
+        return set()
+
     def seeded(self, seed: int):
         """A context in which one run draws its random numbers from ``seed`` (a no-op where runs draw none)."""
         return nullcontext()

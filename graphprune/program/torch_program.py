@@ -43,7 +43,7 @@ from .base import Masks, OnCapture, Program
 from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
 from .torch_latency import onnxruntime_latency
 from .torch_oracle_inputs import draws_random, float_noise, oracle_batches, seeded
-from .torch_run import Walk, as_batch, retrace, take_items
+from .torch_run import Walk, as_batch, retrace, structure_difference, take_items
 
 
 class TorchProgram(Program):
@@ -150,7 +150,8 @@ class TorchProgram(Program):
         try:
             flat = fx_flatten_spec((tuple(args), dict(kwargs)), main.in_spec)
         except Exception as exc:  # pytree raises several types on a structure mismatch
-            raise PlanError(f"{where} does not have the structure of the example inputs: {exc}") from exc
+            raise PlanError(f"{where} does not have the structure of the example inputs: "
+                            f"{structure_difference((self.args, self.kwargs), batch) or exc}") from exc
         got = [tuple(t.shape) for t in flat if isinstance(t, torch.Tensor)]
         if got == main.input_shapes():
             return main
@@ -272,8 +273,11 @@ class TorchProgram(Program):
     def float_noise(self, batch) -> float | None:
         return float_noise(self, batch)
 
+    def fixed_weights(self) -> set[str]:
+        return {n for n, p in self.model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
     def seeded(self, seed: int):
-        return seeded(seed)
+        return seeded(seed, self.model)
 
     def draws_random(self, batch) -> bool:
         return draws_random(self, batch)

@@ -335,3 +335,29 @@ def retrace(model, main, batch: tuple, where: str, shapes: list) -> Any:
         raise TraceError(f"{where} has input shapes {shapes} where the example has {example}, and the model cannot "
                          f"run them: {exc}. {fix[0].upper() + fix[1:]}") from exc
     return same_graph(main, traced, where, shapes)
+
+
+def structure_difference(example, batch, path: tuple = ()) -> str:
+    """Where ``batch`` (args, kwargs) is not shaped like ``example`` (dict keys one has and the other lacks, sequence
+    lengths), in words; '' where no such difference is found."""
+    def named() -> str:
+        if len(path) < 2:
+            return ("the inputs", "the positional inputs", "the keyword inputs")[path[0] + 1 if path else 0]
+        return ("positional input " if path[0] == 0 else "keyword input ") + repr(path[1]) + "".join(f"[{k!r}]"
+                                                                                                 for k in path[2:])
+
+    if isinstance(example, dict) and isinstance(batch, dict):
+        lacks, extra = [k for k in example if k not in batch], [k for k in batch if k not in example]
+        if lacks or extra:
+            said = [f"lacks {lacks}, which the example's has" if lacks else "", f"has {extra}, which the example's has not"
+                    if extra else ""]
+            hint = ("; a forward that writes its outputs into its input dict (sentence-transformers') added them to the "
+                    "example when it ran: pass a fresh copy of the example" if lacks and not extra else "")
+            return f"{named()} (a dict) " + " and ".join(x for x in said if x) + hint
+        return next((d for k in example if (d := structure_difference(example[k], batch[k], path + (k,)))), "")
+    if isinstance(example, (list, tuple)) and isinstance(batch, (list, tuple)):
+        if len(example) != len(batch) and path:
+            return f"{named()} holds {len(batch)} item(s) where the example's holds {len(example)}"
+        return next((d for i, (a, b) in enumerate(zip(example, batch)) if (d := structure_difference(a, b, path + (i,)))),
+                    "")
+    return ""

@@ -18,7 +18,8 @@ def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneRe
     return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                        {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                        importance=planned.importance, compensation=comp,
-                       notes=[*program.notes, *planned.notes, *uncounted_note(dg), *buffer_note(dg, p)],
+                       notes=[*program.notes, *planned.notes, *uncounted_note(dg), *buffer_note(dg, p),
+                              *fixed_note(dg, p, program.fixed_weights())],
                        fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
                        if planned.ctx is not None else {},
                        allocation=planned.allocation, budget=planned.budget,
@@ -55,3 +56,24 @@ def buffer_note(dg: DependencyGraph, plan) -> list[str]:
     return [f"{len(only)} cut group(s) hold only buffers, no parameters ({', '.join(names[:3])}"
             f"{' ...' if len(names) > 3 else ''}): code that rebuilds them at their old size (a random-feature "
             "redraw) will not fit; ignore= keeps them whole"]
+
+
+def fixed_note(dg: DependencyGraph, plan, fixed: set[str]) -> list[str]:
+    """A line where a cut group's every weight has requires_grad=False while others train (torchlibrosa's STFT and
+    mel filterbank: fixed DSP front ends, ranked and cut like learnt layers). [] where none, or where every weight is
+    fixed (a model frozen whole for inference says nothing by it)."""
+    values = dg.ir.values
+    params = {v.source for v in values.values() if v.kind == "param"}
+    if not fixed or params <= fixed:
+        return []
+    cut = [g for g, idx in plan.pruned.items() if len(idx)]
+    only = [g for g in cut if (ws := {values[m.value].source for m in dg.group(g).members
+                                       if values[m.value].kind == "param"}) and ws <= fixed]
+    if not only:
+        return []
+    names = ", ".join(f"{dg.group(g).members[0].name}[{dg.group(g).members[0].dim}]" for g in only[:3])
+    paths = sorted({values[m.value].source.rpartition(".")[0] for g in only for m in dg.group(g).members
+                    if values[m.value].kind == "param"})
+    return [f"{len(only)} cut group(s) hold only weights with requires_grad=False ({names}{' ...' if len(only) > 3 else ''}): "
+            f"fixed weights, such as an STFT's or a filterbank's, are ranked and cut like learnt ones; "
+            f"ignore={paths[:4]} keeps them"]

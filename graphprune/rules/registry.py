@@ -7,6 +7,7 @@ guessed: :func:`apply_rules` freezes every slot it touches and names the op.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -198,7 +199,7 @@ class RuleContext:
     def carry(self, key: SlotKey, path: tuple[Any, ...], value: int) -> None:
         """Record that a constant in the node's args spells out key's size. A size read at run time
         (split by counts from data) is no constant a rewrite could change: the slot keeps its size."""
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             self.freeze(key, SYMBOLIC, f"its size {value!r} is computed at run time at {self.where()}")
             return
         self.carries.append(Carry(self.node.name, path, key, value))
