@@ -130,7 +130,8 @@ class DependencyGraph:
                     v.kind == "buffer" and v.dtype == "bool"):
                 for d, size in enumerate(v.shape):
                     if isinstance(size, int) and size > 1:
-                        why = f"indexes {v.dtype} constant '{v.name}' (dim {d}); only float weights, boolean buffers are sliced"
+                        kind = "integer" if v.dtype.startswith(("int", "uint")) else v.dtype
+                        why = f"indexes {kind} constant '{v.name}' (dim {d}); only float weights, boolean buffers are sliced"
                         self.solver.freeze((v.name, d), at(CONSTANT, why, (users[v.name] or [None])[0]))
         self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}

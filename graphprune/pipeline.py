@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field, replace
 
 from .calib.collect import calib_batches, collect
-from .calib.compensate import Compensation, ridge_by_node
-from .calib.compensate import compensate as run_compensation
+from .calib.compensate import ridge_by_node
 from .calib.distributed import same_on_all
+from .calib.final_repair import final_repair
 from .calib.sites import find_sites
 from .calib.stats import gram_sites, refittable
 from .errors import BudgetWarning, PlanError, RewriteError, warn
@@ -31,7 +31,6 @@ from .planning.depth import (
     split_targets,
     trial_loss,
 )
-from .planning.heldout import check_quality
 from .planning.kinds import KindChoice, choose_kinds
 from .planning.latency_budget import solve_latency_budget
 from .planning.measure import load_profile, pinned
@@ -371,7 +370,7 @@ def _prune_once(program, opts: PruneOptions, plan_: PrunePlan | None, inplace: b
         if oracle.moved is not None:  # explained: planning/unreached.py keeps those groups whole and plans again
             raise oracle.moved
         raise RewriteError(f"{oracle}; the model was not changed and nothing was written")
-    comp = _compensate(program, dg, opts, planned)
+    comp = final_repair(program, dg, opts, planned)
     report = build_report(program, dg, planned, oracle, comp)
     timed = opts.measure_latency and runtime is not None and (not p.empty or program.rewritten)
     before = program.latency_ms(runtime) if timed else None
@@ -384,18 +383,3 @@ def _prune_once(program, opts: PruneOptions, plan_: PrunePlan | None, inplace: b
     report.seconds = time.perf_counter() - t0
     report.memory = MemoryUsage(planned.memory, peak_rss(), rss0, "prune" if reset else "process")
     return pruned, report
-
-
-def _compensate(program, dg: DependencyGraph, opts: PruneOptions, planned: Planned) -> Compensation | None:
-    mode = compensation_mode(opts)
-    if mode is None or planned.plan.empty:
-        return None
-    batches = planned.batches if planned.batches is not None else calib_batches(program, opts.calib, opts.calib_tokens)
-    add = program.bias_free(find_sites(dg)) if opts.add_bias else set()
-    stats = planned.ctx.stats if planned.ctx is not None else None
-    # the ridge strengths the allocation's repairs cross-validated serve the final refit too
-    lams = dict(planned.allocation.lams) if planned.allocation is not None else {}
-    lams.update(ridge_by_node(dg, opts.ridge, find_sites(dg)))
-    comp = run_compensation(program, dg, planned.plan, batches, mode, add, stats, lams)
-    check_quality(program, dg, planned.plan, batches, comp, "bias" if mode == "bias" else "refit", opts.heldout_check)
-    return comp
