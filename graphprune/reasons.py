@@ -43,6 +43,7 @@ SPATIAL = _kind("spatial", "spatial positions a window, padding or sub-pixel shu
 POSITIONAL = _kind("positional", "positions whose order matters (causal or triangular masks, flip, roll)")
 LAYOUT = _kind("layout", "a dim a shape op lays out in a fixed way: stacked, repeated, tiled, unevenly split, strided")
 CHANNEL_MIXING = _kind("channel_mixing", "channels rearranged or normalised across (DepthToSpace, LRN)")
+OPAQUE = _kind("opaque", "crosses a module whose forward reads tensor data, recorded as one call: not followed into")
 CONTROL_FLOW = _kind("control_flow", "crosses an If/Loop/Scan subgraph, which graphprune does not follow")
 RECURRENT_STATE = _kind("recurrent_state", "a recurrence's time steps, or an activation that moves a removed unit")
 UNSUPPORTED = _kind("unsupported", "a configuration of a known op that graphprune does not handle (proj_size)")

@@ -65,7 +65,7 @@ def unreached_groups(dg: DependencyGraph, plan: PrunePlan, loc: tuple[str, int] 
     if loc is None:
         return [], ""
     spot = f'File "{loc[0]}", line {loc[1]},'
-    at = [n for n in dg.ir.nodes if n.meta.source.startswith(spot)]
+    at = [n for n in dg.ir.nodes if (n.meta.source or "").startswith(spot)]
     groups, site = groups_spelled_at(dg, plan, at)
     read = read_from_input(dg, plan, at)
     return sorted(set(groups) | read), site or (at[0].where() if read else "")

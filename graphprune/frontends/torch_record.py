@@ -44,8 +44,10 @@ from ..util.torch_compat import (
     tree_map,
 )
 from . import meta_shapes
+from .module_stack import ModuleStack
 from .record_asserts import asserted, drop_asserted, state_read
 from .torch_export import is_tensor_cache
+from .torch_opaque import Unrecordable, recorded_whole
 from .trace import Trace
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
@@ -56,15 +58,6 @@ _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _TORCH_MODULES_DIR = os.path.join(_TORCH_DIR, "nn", "modules") + os.sep
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # graphprune's: no user's line
-
-
-class Unrecordable(Exception):
-    """The forward cannot be recorded as a static graph (the caller falls back to export)."""
-
-
-def _typename(mod: torch.nn.Module) -> str:
-    cls = type(mod)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _user_frame() -> str | None:
@@ -82,34 +75,8 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
 
-class _ModuleStack:
-    """The nn.Module call stack while recording, as export's ``nn_module_stack`` spells it."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.paths: dict[int, str] = {}
-        for path, mod in model.named_modules(remove_duplicate=False):
-            self.paths.setdefault(id(mod), path)
-        self.stack: list[tuple[str, tuple[str, str]]] = [("L__self__", ("", _typename(model)))]
-        self.current: dict = dict(self.stack)
-        self.hidden: dict[int, torch.nn.Module] = {}  # modules called that the model does not register
-
-    def push(self, mod: torch.nn.Module, *_: Any) -> None:
-        path = self.paths.get(id(mod))
-        if path is None:
-            self.hidden.setdefault(id(mod), mod)
-        if path is not None and path != "":
-            self.stack.append((f"L__self__{path}", (path, _typename(mod))))
-            self.current = dict(self.stack)
-
-    def pop(self, mod: torch.nn.Module, *_: Any) -> None:
-        path = self.paths.get(id(mod))
-        if path is not None and path != "" and len(self.stack) > 1 and self.stack[-1][1][0] == path:
-            self.stack.pop()
-            self.current = dict(self.stack)
-
-
 class _Recorder(PreDispatchModeBase):
-    def __init__(self, graph: torch.fx.Graph, env: "_Values", constant, modules: _ModuleStack,
+    def __init__(self, graph: torch.fx.Graph, env: "_Values", constant, modules: ModuleStack,
                  on_meta: bool) -> None:
         init_predispatch_mode(self)
         self.graph, self.env, self.constant, self.modules = graph, env, constant, modules
@@ -119,6 +86,15 @@ class _Recorder(PreDispatchModeBase):
         self.tensors: dict[str, torch.Tensor] = {}  # get_attr target -> what the forward reads (stand-ins, constants)
         self.shared: set[int] = set()  # storages of the inputs and parameters: a constant on one is no state
         self.state: list[str] = []  # buffers a branch read: the forward must leave them as they were
+        self.quiet = 0  # > 0 while a module recorded whole (frontends/torch_opaque.py) runs: nothing is recorded
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.quiet += 1
+        try:
+            yield
+        finally:
+            self.quiet -= 1
 
     def _input_of(self, t: Any) -> str | None:
         """The model input whose values ``t`` holds, through a few views or copies of it (``sizes[i]``)."""
@@ -146,6 +122,8 @@ class _Recorder(PreDispatchModeBase):
     def read_data(self, t: Any, name: str) -> None:
         """A read of ``t``'s data into Python (``.item()``; ``.numpy()``, which dispatches nothing: TimesNet's periods)
         is refused, but for an assert that holds and a branch on the model's state (frontends/record_asserts.py)."""
+        if self.quiet:
+            return
         where, given = _user_frame(), self._input_of(t)
         if not self.on_meta and (asserted(name, where) or state_read(self, t)):  # demucs' assert; ``if self.initted:``
             self.asserted.append(self.env.get(t))
@@ -154,11 +132,14 @@ class _Recorder(PreDispatchModeBase):
             f"; the values read are those of the input {given if '[' in given else repr(given)}: where the model "
             "also takes it as a Python list or number, pass it so (Pixtral's image_sizes), and its values are "
             "constants of the trace"
-            if given else ""))
+            if given else ""), module=self.modules.stack[-1][1][0])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = str(func)  # 'aten.linear.default' (what meta_shapes keys on; the IR drops the overload)
+        if self.quiet:
+            with no_python_dispatcher():
+                return func(*args, **kwargs)
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             self.read_data(args[0] if args else None, name)
             with no_python_dispatcher():
@@ -172,7 +153,7 @@ class _Recorder(PreDispatchModeBase):
                 val = [(_meta_like(o) if isinstance(o, torch.Tensor) else o) for o in out]
             else:
                 val = out
-        node = self.graph.create_node("call_function", func, self._args(args), self._args(kwargs),
+        node = self.graph.create_node("call_function", func, self.args_of(args), self.args_of(kwargs),
                                       name=func.overloadpacket.__name__)
         meta = node.meta
         meta["nn_module_stack"] = self.modules.current
@@ -190,14 +171,14 @@ class _Recorder(PreDispatchModeBase):
                     self.env[o] = item
         return out
 
-    def _args(self, a: Any) -> Any:
+    def args_of(self, a: Any) -> Any:
         if isinstance(a, torch.Tensor):
             node = self.env.get(a)
             return node if node is not None else self.constant(a)
         if isinstance(a, (list, tuple)):
-            return type(a)(self._args(x) for x in a)
+            return type(a)(self.args_of(x) for x in a)
         if isinstance(a, dict):
-            return {k: self._args(v) for k, v in a.items()}
+            return {k: self.args_of(v) for k, v in a.items()}
         if isinstance(a, torch.device) and a.type == "meta" and self.device is not None:
             return self.device  # a factory op on the stand-ins: replay it where the model lives
         if isinstance(a, torch.SymInt):
@@ -303,7 +284,7 @@ def _weight_nodes(graph: torch.fx.Graph, env: _Values, weights: list, aliases: d
 
 
 def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: dict[str, torch.Tensor],
-                  recorder: _Recorder, stack: _ModuleStack, caches: list[dict]) -> Any:
+                  recorder: _Recorder, stack: ModuleStack, caches: list[dict]) -> Any:
     """Run the forward on the stand-ins under the recorder; returns its output."""
     for cache in caches:
         cache.clear()  # a cache filled earlier would be read instead of the stand-ins
@@ -324,12 +305,14 @@ def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: d
             cache.clear()  # and one the recorded forward filled holds stand-ins
 
 
-def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, device: str | None = None) -> Trace:
+def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, device: str | None = None,
+           opaque: tuple[str, ...] = ()) -> Trace:
     """Record one forward of ``model`` without changing it.
 
     The forward runs on stand-ins for the weights: meta tensors by default (no arithmetic,
     and the model's buffers cannot be written), or with ``device="real"`` the parameters
-    themselves and copies of the buffers. Raises :class:`Unrecordable` where only
+    themselves and copies of the buffers; ``opaque``: paths of modules recorded as one call each, on the real
+    weights (frontends/torch_opaque.py). Raises :class:`Unrecordable` where only
     torch.export can tell what is wrong (a data-dependent forward, a failing one)."""
     kwargs = dict(kwargs or {})
     device = device or "meta"
@@ -361,13 +344,14 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
         return node
 
     reclaim()  # a forward recorded on the real weights drops its values in cycles
-    stack = _ModuleStack(model)
+    stack = ModuleStack(model)
     recorder = _Recorder(graph, env, constant, stack, device == "meta")
     recorder.device = home
     recorder.tensors.update(stand_in)
     recorder.shared = {t.untyped_storage().data_ptr() for t in [*tree_leaves((tuple(args), kwargs)),
                        *model.parameters()] if isinstance(t, torch.Tensor) and t.device.type != "meta"}
-    out = _run_recorded(model, args, kwargs, stand_in, recorder, stack, caches)
+    with recorded_whole(model, opaque, recorder, _meta_like, _user_frame):
+        out = _run_recorded(model, args, kwargs, stand_in, recorder, stack, caches)
     if changed := [p for p in dict.fromkeys(recorder.state) if not torch.equal(stand_in[p], root[p])]:
         raise Unrecordable(f"the forward branches on buffer '{changed[0]}', which it also writes")
     outs = []
@@ -379,10 +363,10 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
             raise Unrecordable(f"the forward returns a {type(t).__name__} holding tensors pytree does not flatten")
     graph.output(tuple(outs))
     drop_asserted(graph, recorder.asserted)
-    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root, hidden=_held(stack, aliases))
+    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root, hidden=_held(stack, aliases), opaque=opaque)
 
 
-def _held(stack: _ModuleStack, aliases: dict[str, torch.Tensor]) -> tuple[str, ...]:
+def _held(stack: ModuleStack, aliases: dict[str, torch.Tensor]) -> tuple[str, ...]:
     """Registered paths of the tensors that called modules outside the registry hold (backends/torch_holders.py)."""
     path_of, held = {id(t): p for p, t in reversed(list(aliases.items()))}, stack.hidden.values()
     return tuple(sorted({path_of[id(t)] for m in held for t in [*own_params(m).values(), *own_buffers(m).values()]

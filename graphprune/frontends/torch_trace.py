@@ -1,6 +1,7 @@
 """How a PyTorch model is traced: recorded on meta stand-ins (frontends/torch_record.py), checked by one
 replay on the real weights, recorded on those where that fails, and exported by torch.export where
-recording fails too (its error then says what is wrong)."""
+recording fails too. Where export fails as well and a module's forward read tensor data, that module is
+recorded as one call (frontends/torch_opaque.py); otherwise export's error says what is wrong."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 from ..errors import TraceError
 from ..util.torch_compat import fx_flatten_spec, kept_attributes, tree_leaves
 from .torch_export import export_program
+from .torch_opaque import MAX_MODULES
 from .torch_record import Unrecordable, record
 from .trace import Trace
 
@@ -29,7 +31,7 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         _check_names(model)
     if like is not None and like.method == "record":
         try:
-            return record(model, args, kwargs, device=like.device)
+            return record(model, args, kwargs, device=like.device, opaque=like.opaque)
         except Unrecordable as exc:
             if like.device != "meta" or not real:
                 raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
@@ -39,18 +41,21 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         except Unrecordable as exc:  # on the real weights, the failure is the model's own
             raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from first
     if like is None and os.environ.get("GRAPHPRUNE_TRACE", "auto") != "export":
-        why = ""
+        why, last = "", None
         for device in ("meta", "real"):
             try:
                 trace = record(model, args, kwargs, device=device)
             except Unrecordable as exc:
-                why = str(exc)
+                why, last = str(exc), exc
                 continue
             if device == "real" or _replays(trace, model, args, kwargs):
                 return trace
         try:
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
+            whole = _recorded_whole(model, args, kwargs, last)
+            if whole is not None:
+                return whole
             ran = why and not why.startswith("TypeError") and _runs_eagerly(model, args, kwargs, exc)
             # (a call that does not fit forward: export's hint says more)
             if not why:
@@ -68,6 +73,20 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
     ep = export_program(model, args, kwargs)
     return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
+
+
+def _recorded_whole(model: torch.nn.Module, args: tuple, kwargs: dict | None, exc: Unrecordable | None) -> Trace | None:
+    """Neither a recording nor torch.export takes the forward: where a module's forward read tensor data, record
+    that module as one call (frontends/torch_opaque.py), and again for each further one; None where a read is in
+    the model's own forward, or more than MAX_MODULES modules read."""
+    opaque: tuple[str, ...] = ()
+    while exc is not None and exc.module and exc.module not in opaque and len(opaque) < MAX_MODULES:
+        opaque += (exc.module,)
+        try:
+            return record(model, args, kwargs, device="real", opaque=opaque)
+        except Unrecordable as again:
+            exc = again
+    return None
 
 
 def _check_names(model: torch.nn.Module) -> None:

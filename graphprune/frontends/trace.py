@@ -19,6 +19,7 @@ class Trace:
     ep: Any = None  # the ExportedProgram when method == "export"
     root: dict = field(default_factory=dict)  # get_attr target -> tensor, for the GraphModule
     hidden: tuple[str, ...] = ()  # registered paths of tensors held by called modules outside the registry
+    opaque: tuple[str, ...] = ()  # modules recorded as one call each (frontends/torch_opaque.py), on the real weights
     _gm: torch.fx.GraphModule | None = None
 
     @property

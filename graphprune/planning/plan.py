@@ -11,7 +11,7 @@ import numpy as np
 from ..blocks import dead_values
 from ..errors import PlanError
 from ..graph import DependencyGraph, Group
-from ..reasons import CONTROL_FLOW, MODEL_IO, OP_ARGUMENT, POSITIONAL, QUANTIZED, SPATIAL, UNKNOWN_OP, Reason
+from ..reasons import CONTROL_FLOW, MODEL_IO, OP_ARGUMENT, OPAQUE, POSITIONAL, QUANTIZED, SPATIAL, UNKNOWN_OP, Reason
 
 
 @dataclass
@@ -231,8 +231,8 @@ def check_prunable(dg: DependencyGraph) -> None:
         elif io:  # the interface's groups were left out of the summary: the widest may be what blocks (an LSTM's state)
             wide = max((g for g in dg.groups if g.frozen and g.frozen[0].kind == MODEL_IO), key=lambda g: g.size)
             why += (f"; and {len(io)} group(s) meet the model's inputs or outputs, whose sizes its interface keeps, the "
-                    f"widest {wide.size} channel(s): {wide.frozen[0]} (a forward that returns a hidden state keeps its "
-                    "width: return only what callers need)")
+                    f"widest {wide.size} channel(s): {wide.frozen[0]}" + (" (a forward that returns a hidden state keeps "
+                    "its width: return only what callers need)" if "output" in str(wide.frozen[0]) else ""))
         ranked = [r for r, _ in ranked_freezes(dg.groups)]
         fix = FREEZE_FIXES.get(ranked[0].kind if ranked else "", "replace or remove the op it names") if ranked or \
             not io else ("an input with a channel dim (an index given per feature) ties every layer it meets to it: "
@@ -248,6 +248,8 @@ FREEZE_FIXES = {
                 "teaches it, or keep the op out of the traced forward",
     QUANTIZED: "prune the float model, then quantize it",
     CONTROL_FLOW: "export the model with its layers outside If/Loop/Scan, or prune the PyTorch model",
+    OPAQUE: "the modules named read tensor data in their forward and run as one call each: write those reads as "
+            "tensor ops (a grouped product over the experts, as transformers 5's Mixtral does) to prune inside them",
     # neuralforecast's DLinear: a moving average and linear maps along time, no layer makes a channel of its own
     SPATIAL: "those are positions (time steps, pixels), not channels: the model's layers act along positions only, "
              "and it has no hidden width to cut",

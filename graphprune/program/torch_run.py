@@ -349,15 +349,16 @@ def structure_difference(example, batch, path: tuple = ()) -> str:
     if isinstance(example, dict) and isinstance(batch, dict):
         lacks, extra = [k for k in example if k not in batch], [k for k in batch if k not in example]
         if lacks or extra:
-            said = [f"lacks {lacks}, which the example's has" if lacks else "", f"has {extra}, which the example's has not"
-                    if extra else ""]
+            top = path == (1,)  # the keyword inputs themselves, not a dict given as one input
+            said = [f"lack{'' if top else 's'} {lacks}, which the example{'' if top else chr(39) + 's'} has" if lacks else "",
+                    f"ha{'ve' if top else 's'} {extra}, which the example{'' if top else chr(39) + 's'} has not" if extra else ""]
             hint = ("; a forward that writes its outputs into its input dict (sentence-transformers') added them to the "
-                    "example when it ran: pass a fresh copy of the example" if lacks and not extra else "")
-            return f"{named()} (a dict) " + " and ".join(x for x in said if x) + hint
+                    "example when it ran: pass a fresh copy of the example" if lacks and not extra and not top else "")
+            return named() + ("" if top else " (a dict)") + " " + " and ".join(x for x in said if x) + hint
         return next((d for k in example if (d := structure_difference(example[k], batch[k], path + (k,)))), "")
     if isinstance(example, (list, tuple)) and isinstance(batch, (list, tuple)):
         if len(example) != len(batch) and path:
-            return f"{named()} holds {len(batch)} item(s) where the example's holds {len(example)}"
+            return f"{named()}: {len(batch)} item(s), where the example has {len(example)}"
         return next((d for i, (a, b) in enumerate(zip(example, batch)) if (d := structure_difference(a, b, path + (i,)))),
                     "")
     return ""

@@ -18,7 +18,7 @@ def build_report(program, dg: DependencyGraph, planned, oracle, comp) -> PruneRe
     return PruneReport(count_params(dg.ir), count_params(dg.ir, after), count_macs(dg.ir), count_macs(dg.ir, after),
                        {gid: (size - len(p.pruned.get(gid, [])), size) for gid, size in p.sizes.items()}, p, oracle,
                        importance=planned.importance, compensation=comp,
-                       notes=[*program.notes, *planned.notes, *uncounted_note(dg), *buffer_note(dg, p),
+                       notes=[*program.notes, *planned.notes, *uncounted_note(dg), *opaque_note(dg), *buffer_note(dg, p),
                               *fixed_note(dg, p, program.fixed_weights())],
                        fell_back=dict(Counter(planned.ctx.fell_back[g] for g in p.sizes if g in planned.ctx.fell_back))
                        if planned.ctx is not None else {},
@@ -77,3 +77,15 @@ def fixed_note(dg: DependencyGraph, plan, fixed: set[str]) -> list[str]:
     return [f"{len(only)} cut group(s) hold only weights with requires_grad=False ({names}{' ...' if len(only) > 3 else ''}): "
             f"fixed weights, such as an STFT's or a filterbank's, are ranked and cut like learnt ones; "
             f"ignore={paths[:4]} keeps them"]
+
+
+def opaque_note(dg: DependencyGraph) -> list[str]:
+    """A line where modules that read tensor data were recorded as one call each (frontends/torch_opaque.py): what
+    they are, that they stay whole, and that their work is not in the MACs count ([] where none)."""
+    calls = [n for n in dg.ir.nodes if n.op == "python.opaque_call"]
+    if not calls:
+        return []
+    paths = list(dict.fromkeys(n.meta.module for n in calls))
+    return [f"{len(paths)} module(s) read tensor data in their forward and were recorded as one call each "
+            f"({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}): their channels and weights are kept whole, "
+            "and their work is not in the MACs count"]

@@ -1,11 +1,12 @@
 """ONNX control flow (If, Loop, Scan): the engine does not follow channels into
 subgraphs, so every value that crosses one (inputs, outer-scope values a branch or
 body reads, outputs) is frozen with the node named. Weights that live inside a
-subgraph stay as they are."""
+subgraph stay as they are. A PyTorch module whose forward reads tensor data, recorded
+as one call, is such a subgraph too."""
 from __future__ import annotations
 
 from ..ir import Node
-from ..reasons import CONTROL_FLOW
+from ..reasons import CONTROL_FLOW, OPAQUE
 from .registry import RuleContext, register
 
 
@@ -15,3 +16,14 @@ def _control_flow(node: Node, ctx: RuleContext) -> None:
            "If/Loop/Scan bodies")
     for name in dict.fromkeys(node.inputs + node.outputs):
         ctx.freeze_value(name, CONTROL_FLOW, why)
+
+
+@register("python.opaque_call")
+def _opaque_call(node: Node, ctx: RuleContext) -> None:
+    # a module whose forward reads tensor data, run whole (frontends/torch_opaque.py): its channels are not followed
+    kind = node.meta.module_type.rpartition(".")[2]
+    why = (f"enters or leaves module '{node.meta.module}' ({kind}), whose forward reads tensor data "
+           "(a loop over the experts a batch routes to, a keypoint or box selection): it is recorded as one call, "
+           "so its channels and weights stay whole")
+    for name in dict.fromkeys(node.inputs + node.outputs):
+        ctx.freeze_value(name, OPAQUE, why)

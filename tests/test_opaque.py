@@ -1,0 +1,92 @@
+"""Modules whose forward reads tensor data are recorded as one call each (graphprune/frontends/torch_opaque.py): the
+per-expert loop of DBRX (and of Mixtral before transformers 5) made the whole model untraceable; now its experts
+stay whole, said in the report, and the rest of the model is pruned and proven."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import graphprune as gp
+from graphprune.reasons import OPAQUE
+
+
+class _LoopedExperts(nn.Module):
+    """The classic MoE loop: ``for e in mask.sum(...).nonzero(): idx, tok = torch.where(mask[e]); ...``."""
+
+    def __init__(self, d: int = 32, hidden: int = 64, experts: int = 4, k: int = 2) -> None:
+        super().__init__()
+        self.k, self.experts = k, experts
+        self.router = nn.Linear(d, experts, bias=False)
+        self.w1 = nn.Parameter(torch.randn(experts, hidden, d) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(experts, d, hidden) * 0.1)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        x = x.reshape(-1, d)
+        weights, top = torch.topk(self.router(x).softmax(-1), self.k, -1)
+        out = torch.zeros_like(x)
+        mask = F.one_hot(top, self.experts).permute(2, 1, 0)
+        for e in torch.greater(mask.sum((-1, -2)), 0).nonzero():
+            idx, tok = torch.where(mask[e[0]])
+            y = F.linear(F.relu(F.linear(x[tok], self.w1[e[0]])), self.w2[e[0]]) * weights[tok, idx, None]
+            out.index_add_(0, tok, y)
+        return out.reshape(b, n, d)
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.h, self.qkv, self.o = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.moe, self.up, self.down = _LoopedExperts(d), nn.Linear(d, 96), nn.Linear(96, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+        x = x + self.moe(x)
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.blocks, self.head = nn.Linear(16, 32), nn.ModuleList(_Block() for _ in range(2)), nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def test_a_module_that_reads_data_runs_whole_and_the_rest_is_pruned_and_proven():
+    torch.manual_seed(0)
+    model, x = _Net().eval(), torch.randn(2, 8, 16)
+    experts = [b.moe.w1.detach().clone() for b in model.blocks]
+    graph = gp.trace(model, (x,))
+    frozen = [g for g in graph.groups if not g.prunable and g.frozen[0].kind == OPAQUE]
+    assert frozen and "module 'blocks.0.moe' (_LoopedExperts), whose forward reads tensor data" in str(frozen[0].frozen[0])
+    pruned, report = gp.prune(model, (x,), ratio=0.5, verify=True, measure_latency=False,
+                              calib=[torch.randn(4, 8, 16), torch.randn(3, 8, 16)])
+    assert report.oracle.verdict in ("PASS", "PARTIAL") and report.oracle.checked_groups
+    assert all(torch.equal(b.moe.w1, w) for b, w in zip(pruned.blocks, experts))  # the experts as they were
+    assert pruned.blocks[0].up.out_features < 96 and pruned.blocks[0].qkv.out_features < 96
+    assert any("recorded as one call" in n for n in report.notes)
+    assert pruned(torch.randn(5, 8, 16)).shape == (5, 8, 8)
+
+
+class _ReadsAtTheTop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h[h[:, 0] > 0]) if bool((h[:, 0] > 0).any()) else self.b(h)
+
+
+def test_a_read_in_the_models_own_forward_is_still_refused_naming_the_line():
+    with pytest.raises(gp.TraceError, match=r"reads tensor data"):
+        gp.prune(_ReadsAtTheTop().eval(), (torch.randn(4, 8),), measure_latency=False)
