@@ -47,7 +47,7 @@ from . import meta_shapes
 from .module_stack import ModuleStack
 from .record_asserts import asserted, drop_asserted, state_read
 from .torch_export import is_tensor_cache
-from .torch_opaque import Unrecordable, recorded_whole
+from .torch_opaque import Unrecordable, Whole, handed_out, quiet_run, recorded_whole
 from .trace import Trace
 
 # Ops whose result depends on tensor data in a way a static graph cannot replay.
@@ -87,14 +87,16 @@ class _Recorder(PreDispatchModeBase):
         self.shared: set[int] = set()  # storages of the inputs and parameters: a constant on one is no state
         self.state: list[str] = []  # buffers a branch read: the forward must leave them as they were
         self.quiet = 0  # > 0 while a module recorded whole (frontends/torch_opaque.py) runs: nothing is recorded
+        self.whole: Whole | None = None
+        self.inside: dict[int, tuple] = {}  # what the modules recorded whole made (torch_opaque.handed_out)
 
     @contextlib.contextmanager
-    def paused(self):
-        self.quiet += 1
+    def paused(self, path: str, parent: str, allowed: list):
+        self.quiet, self.whole = self.quiet + 1, Whole(path, parent, allowed)
         try:
             yield
         finally:
-            self.quiet -= 1
+            self.quiet, self.whole = self.quiet - 1, None
 
     def _input_of(self, t: Any) -> str | None:
         """The model input whose values ``t`` holds, through a few views or copies of it (``sizes[i]``)."""
@@ -139,7 +141,7 @@ class _Recorder(PreDispatchModeBase):
         name = str(func)  # 'aten.linear.default' (what meta_shapes keys on; the IR drops the overload)
         if self.quiet:
             with no_python_dispatcher():
-                return func(*args, **kwargs)
+                return quiet_run(self, func, args, kwargs, lambda: func(*args, **kwargs))
         if name in _DATA_DEPENDENT or name.rpartition(".")[0] in _DATA_DEPENDENT:
             self.read_data(args[0] if args else None, name)
             with no_python_dispatcher():
@@ -334,6 +336,7 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
         if t.device.type == "meta":  # made in the forward from Python values (x[..., [-2]]'s index list):
             # a replay would read uninitialised memory for it; recorded on the real weights, it has values
             raise Unrecordable("a tensor the forward makes from Python values has no values on the meta device")
+        handed_out(recorder, t)
         target = f"_tensor_constant{len(root) - n_weights}"
         root[target] = t
         node = graph.create_node("get_attr", target, name=f"c_{target}")
@@ -350,7 +353,7 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     recorder.tensors.update(stand_in)
     recorder.shared = {t.untyped_storage().data_ptr() for t in [*tree_leaves((tuple(args), kwargs)),
                        *model.parameters()] if isinstance(t, torch.Tensor) and t.device.type != "meta"}
-    with recorded_whole(model, opaque, recorder, _meta_like, _user_frame):
+    with recorded_whole(model, opaque, recorder, _meta_like):
         out = _run_recorded(model, args, kwargs, stand_in, recorder, stack, caches)
     if changed := [p for p in dict.fromkeys(recorder.state) if not torch.equal(stand_in[p], root[p])]:
         raise Unrecordable(f"the forward branches on buffer '{changed[0]}', which it also writes")

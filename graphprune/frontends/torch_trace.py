@@ -11,7 +11,7 @@ import torch
 from ..errors import TraceError
 from ..util.torch_compat import fx_flatten_spec, kept_attributes, tree_leaves
 from .torch_export import export_program
-from .torch_opaque import MAX_MODULES
+from .torch_opaque import MAX_ROUNDS
 from .torch_record import Unrecordable, record
 from .trace import Trace
 
@@ -54,8 +54,9 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
             ep = export_program(model, args, kwargs)
         except TraceError as exc:  # export's guard names a symbol; where the recording stopped names the line
             whole = _recorded_whole(model, args, kwargs, last)
-            if whole is not None:
+            if isinstance(whole, Trace):
                 return whole
+            why += f"; recorded as one call, {whole}" if whole else ""
             ran = why and not why.startswith("TypeError") and _runs_eagerly(model, args, kwargs, exc)
             # (a call that does not fit forward: export's hint says more)
             if not why:
@@ -75,18 +76,25 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
     return Trace(None, ep.call_spec.in_spec, list(ep.graph_signature.user_inputs), method="export", ep=ep)
 
 
-def _recorded_whole(model: torch.nn.Module, args: tuple, kwargs: dict | None, exc: Unrecordable | None) -> Trace | None:
+def _recorded_whole(model: torch.nn.Module, args: tuple, kwargs: dict | None, exc: Unrecordable | None) -> Trace | str:
     """Neither a recording nor torch.export takes the forward: where a module's forward read tensor data, record
-    that module as one call (frontends/torch_opaque.py), and again for each further one; None where a read is in
-    the model's own forward, or more than MAX_MODULES modules read."""
+    every module of its class as one call (frontends/torch_opaque.py; DBRX's 40 expert layers at once), and again
+    for each further one the next recording stops in. Where that fails: why, after the first module tried ('' where
+    the read is in the model's own forward)."""
     opaque: tuple[str, ...] = ()
-    while exc is not None and exc.module and exc.module not in opaque and len(opaque) < MAX_MODULES:
-        opaque += (exc.module,)
+    for _ in range(MAX_ROUNDS):
+        if exc is None or not exc.module:
+            break
+        kind = type(model.get_submodule(exc.module))
+        more = tuple(p for p, m in model.named_modules() if p and type(m) is kind and p not in opaque)
+        if not more:
+            break
+        opaque += more
         try:
             return record(model, args, kwargs, device="real", opaque=opaque)
         except Unrecordable as again:
             exc = again
-    return None
+    return str(exc) if opaque and exc is not None else ""
 
 
 def _check_names(model: torch.nn.Module) -> None:

@@ -22,8 +22,7 @@ def _control_flow(node: Node, ctx: RuleContext) -> None:
 def _opaque_call(node: Node, ctx: RuleContext) -> None:
     # a module whose forward reads tensor data, run whole (frontends/torch_opaque.py): its channels are not followed
     kind = node.meta.module_type.rpartition(".")[2]
-    why = (f"enters or leaves module '{node.meta.module}' ({kind}), whose forward reads tensor data "
-           "(a loop over the experts a batch routes to, a keypoint or box selection): it is recorded as one call, "
-           "so its channels and weights stay whole")
+    why = (f"enters or leaves module '{node.meta.module}' ({kind}), whose forward reads tensor data: it is recorded "
+           "as one call, so its inputs, outputs and weights keep their channels")
     for name in dict.fromkeys(node.inputs + node.outputs):
         ctx.freeze_value(name, OPAQUE, why)

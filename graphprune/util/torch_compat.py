@@ -45,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 tree_leaves = _pytree.tree_leaves
 tree_flatten = _pytree.tree_flatten
+tree_unflatten = _pytree.tree_unflatten
 tree_map = _pytree.tree_map
 fx_flatten_spec = _fx_pytree.tree_flatten_spec
 
