@@ -285,3 +285,45 @@ def test_causal_lm_weighs_depth_by_calibration_loss():
         losses = [float(causal_lm_loss(pruned(**b), b)) for b in calib]
     assert abs(sum(losses) / len(losses) - best[1]) < 1e-3
     assert n_params(pruned) <= 0.75 * n_params(m)
+
+
+class _AttnBlock(nn.Module):
+    def __init__(self, d: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.h, self.qkv, self.o = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 64), nn.Linear(64, d)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        x = x + self.o(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class _AttnNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.blocks, self.head = nn.Linear(8, 16), nn.ModuleList(_AttnBlock() for _ in range(3)), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def test_a_block_whose_swap_breaks_the_forward_is_refused_and_the_model_left_whole():
+    """An attention branch viewed at a fixed size (``qkv(x).view(b, n, 3, h, -1)``) cannot be removed by swapping its
+    modules: the swapped forward's raw RuntimeError escaped (review). A RewriteError says so; the model is as it was."""
+    torch.manual_seed(0)
+    model, x = _AttnNet().eval(), torch.randn(2, 8, 8)
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        want = model(x)
+    with pytest.raises(gp.RewriteError, match=r"by module swaps leaves a forward that fails on the example inputs "
+                                              r"\(RuntimeError: shape"):
+        gp.prune(model, (x,), ratio=0.9, targets=["blocks"], measure_latency=False,
+                 calib=[torch.randn(2, 8, 8) for _ in range(3)])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(x), want)

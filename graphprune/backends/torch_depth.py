@@ -192,7 +192,7 @@ def remove_blocks(model: nn.Module, dg, blocks, args: tuple, kwargs: dict | None
             raise RewriteError(f"removing {len(blocks)} block(s) by module swaps does not give the masked original "
                                f"on the example inputs (difference {err:.3g}); the forward reads a swapped module "
                                "another way. Leave blocks out of targets for this model")
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - whatever the swapped forward raises: the swaps are undone first
         for p, m in old.items():
             if p in scalars:
                 owner, _, attr = p.rpartition(".")
@@ -201,7 +201,12 @@ def remove_blocks(model: nn.Module, dg, blocks, args: tuple, kwargs: dict | None
                 setattr(mod, attr, m)
             else:
                 _replace(model, p, m)
-        raise
+        if isinstance(exc, RewriteError):
+            raise
+        why = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise RewriteError(f"removing {len(blocks)} block(s) by module swaps leaves a forward that fails on the example "
+                           f"inputs ({type(exc).__name__}: {why}): the forward reads a swapped module another way (its "
+                           "output viewed at a fixed size). Leave blocks out of targets for this model") from exc
 
 
 def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
