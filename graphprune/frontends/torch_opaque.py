@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import os
-import sys
 import weakref
 from typing import Any, Iterator
 
@@ -23,11 +21,10 @@ import torch
 
 from ..errors import TraceError
 from ..util.torch_compat import tree_flatten, tree_leaves, tree_unflatten
+from .module_stack import user_frame
 
 NAME = "opaque_call"  # lowered as op "python.opaque_call" (frontends/torch_export.py op_id)
 MAX_ROUNDS = 16  # recordings tried, each making at least one more kind of module whole
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class Unrecordable(Exception):
@@ -116,7 +113,7 @@ def _recording_forward(module: torch.nn.Module, path: str, recorder, meta_like):
         call = opaque_call(module, path, in_spec, len(leaves), out_spec, [x for x in outs if not isinstance(x, torch.Tensor)])
         node = graph.create_node("call_function", call, tuple(inputs), {}, name=NAME)
         node.meta["nn_module_stack"] = recorder.modules.current
-        where = _caller_line()
+        where = user_frame(torch_layers=False)  # the model's line, not torch's call machinery
         if where is not None:
             node.meta["stack_trace"] = where
         node.meta["val"] = vals
@@ -127,17 +124,6 @@ def _recording_forward(module: torch.nn.Module, path: str, recorder, meta_like):
         return out
 
     return forward
-
-
-def _caller_line() -> str | None:
-    """'File "...", line N, in f' of the model's line that called the module (torch's call machinery skipped)."""
-    f = sys._getframe(2)
-    while f is not None:
-        name = f.f_code.co_filename
-        if not name.startswith(_TORCH_DIR) and not name.startswith(_OWN_DIR):
-            return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}'
-        f = f.f_back
-    return None
 
 
 class Whole:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import operator
-import os
-import sys
 import weakref
 from typing import Any
 
@@ -44,7 +42,7 @@ from ..util.torch_compat import (
     tree_map,
 )
 from . import meta_shapes
-from .module_stack import ModuleStack
+from .module_stack import ModuleStack, user_frame
 from .record_asserts import asserted, drop_asserted, state_read
 from .torch_export import is_tensor_cache
 from .torch_opaque import Unrecordable, Whole, handed_out, quiet_run, recorded_whole
@@ -55,20 +53,6 @@ _DATA_DEPENDENT = {"aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "
                    "aten.masked_select", "aten.unique", "aten._unique2", "aten.unique_consecutive",
                    "aten.nonzero_static", "aten.allclose", "aten.is_same_size", "aten.tolist",
                    "aten.repeat_interleave.Tensor", "aten.repeat_interleave.self_Tensor"}  # int repeats are static
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_TORCH_MODULES_DIR = os.path.join(_TORCH_DIR, "nn", "modules") + os.sep
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # graphprune's: no user's line
-
-
-def _user_frame() -> str | None:
-    """'File "...", line N, in f' of the innermost frame in the model's code (torch's layers count), as export's."""
-    f = sys._getframe(2)
-    while f is not None:
-        name = f.f_code.co_filename
-        if (not name.startswith(_TORCH_DIR) or name.startswith(_TORCH_MODULES_DIR)) and not name.startswith(_OWN_DIR):
-            return f'File "{name}", line {f.f_lineno}, in {f.f_code.co_name}'
-        f = f.f_back
-    return None
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -126,7 +110,7 @@ class _Recorder(PreDispatchModeBase):
         is refused, but for an assert that holds and a branch on the model's state (frontends/record_asserts.py)."""
         if self.quiet:
             return
-        where, given = _user_frame(), self._input_of(t)
+        where, given = user_frame(), self._input_of(t)
         if not self.on_meta and (asserted(name, where) or state_read(self, t)):  # demucs' assert; ``if self.initted:``
             self.asserted.append(self.env.get(t))
             return
@@ -159,7 +143,7 @@ class _Recorder(PreDispatchModeBase):
                                       name=func.overloadpacket.__name__)
         meta = node.meta
         meta["nn_module_stack"] = self.modules.current
-        frame = _user_frame()
+        frame = user_frame()
         if frame is not None:
             meta["stack_trace"] = frame
         meta["val"] = val
