@@ -26,6 +26,7 @@ from .planning.depth import (
     DepthChoice,
     by_ratio,
     choose_under_budget,
+    keep_removable,
     score_blocks,
     select_blocks,
     split_targets,
@@ -167,6 +168,7 @@ def _select(program, opts: PruneOptions) -> _Work:
         raise PlanError("a latency budget searches widths by measuring; it does not remove blocks yet: use a macs= "
                         "or params= budget with targets including 'blocks'")
     notes: list[str] = []
+    blocks = keep_removable(program, dg, blocks, not groups, notes)
     round_to = auto_rounding(dg, groups, runtime, notes, program.placement(runtime)) if opts.round_to == "auto" \
         else opts.round_to
     round_to = same_on_all(round_to)  # measured per machine: across processes, rank 0's

@@ -10,6 +10,7 @@ from helpers import n_params, toy
 from torch import nn
 
 import graphprune as gp
+from graphprune.backends.torch_depth import Skip, ZeroBranch, remove_blocks
 from graphprune.blocks import dead_values, find_blocks
 from graphprune.errors import PlanError
 from graphprune.oracle import run_oracle
@@ -312,18 +313,66 @@ class _AttnNet(nn.Module):
         return self.head(h)
 
 
-def test_a_block_whose_swap_breaks_the_forward_is_refused_and_the_model_left_whole():
+def test_blocks_whose_swap_breaks_the_forward_are_planned_as_kept():
     """An attention branch viewed at a fixed size (``qkv(x).view(b, n, 3, h, -1)``) cannot be removed by swapping its
-    modules: the swapped forward's raw RuntimeError escaped (review). A RewriteError says so; the model is as it was."""
+    modules. Chosen, it failed the whole prune after planning; now the planner keeps it, says so, and removes
+    the MLP branches that can go."""
     torch.manual_seed(0)
     model, x = _AttnNet().eval(), torch.randn(2, 8, 8)
+    before = n_params(model)
+    blocks = {b.id: b for b in find_blocks(TorchProgram(copy.deepcopy(model), (x,)).graph().ir)}
+    with pytest.warns(gp.PruneWarning, match=r"3 of 6 residual block\(s\) kept whole, as removing them would break the "
+                                             r"model \(add in blocks\.0, add_2 in blocks\.1, add_4 in blocks\.2\); the "
+                                             r"first: .*\(RuntimeError: shape"):
+        _, report = gp.prune(model, (x,), ratio=0.9, targets=["blocks"], measure_latency=False, verify=True,
+                             calib=[torch.randn(2, 8, 8) for _ in range(3)])
+    assert report.oracle.passed and len(report.plan.blocks) == 2  # floor(0.9 * 3 removable)
+    assert all(b.startswith("add_") and int(b[4:]) % 2 == 1 for b in report.plan.blocks), report.plan.blocks
+    assert all(any(".up." in p for p in blocks[b].params) for b in report.plan.blocks)
+    assert n_params(model) == before - 2 * (16 * 64 + 64 + 64 * 16 + 16)  # two MLPs' up and down
+    with torch.no_grad():
+        assert model(torch.randn(3, 5, 8)).shape == (3, 5, 4)
+
+
+class _AttnOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_AttnBlock() for _ in range(2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            b, n, _ = x.shape
+            q, k, v = block.qkv(x).view(b, n, 3, block.h, -1).permute(2, 0, 3, 1, 4)
+            x = x + block.o(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+        return x
+
+
+def test_a_model_none_of_whose_blocks_can_be_removed_is_refused_before_planning_and_left_whole():
+    torch.manual_seed(0)
+    model, x = _AttnOnly().eval(), torch.randn(2, 8, 16)
     before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        want = model(x)
+    with pytest.raises(PlanError, match=r"no residual block can be removed from this model; the first, add in "
+                                        r"blocks\.0: removing 1 block\(s\) by module swaps leaves a forward that fails"):
+        gp.prune(model, (x,), ratio=0.5, targets=["blocks"], measure_latency=False,
+                 calib=[torch.randn(2, 8, 16) for _ in range(3)])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+
+
+def test_a_removal_whose_swap_breaks_the_forward_is_undone_with_a_rewrite_error():
+    """The final removal checks again (blocks that each go alone may not go together): the swapped forward's raw
+    RuntimeError escaped (review); a RewriteError says so and the model is as it was."""
+    torch.manual_seed(0)
+    model, x = _AttnNet().eval(), torch.randn(2, 8, 8)
+    dg = TorchProgram(model, (x,)).graph()
     with torch.no_grad():
         want = model(x)
     with pytest.raises(gp.RewriteError, match=r"by module swaps leaves a forward that fails on the example inputs "
                                               r"\(RuntimeError: shape"):
-        gp.prune(model, (x,), ratio=0.9, targets=["blocks"], measure_latency=False,
-                 calib=[torch.randn(2, 8, 8) for _ in range(3)])
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        remove_blocks(model, dg, find_blocks(dg.ir)[:1], (x,))
+    assert not any(isinstance(m, (Skip, ZeroBranch)) for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(x), want)

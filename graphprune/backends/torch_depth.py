@@ -145,9 +145,24 @@ def _zero_like(out: Any) -> Any:
 
 def remove_blocks(model: nn.Module, dg, blocks, args: tuple, kwargs: dict | None = None, atol: float = 1e-5) -> None:
     """Swap the modules of ``blocks`` in ``model`` (in place), checked on the example inputs."""
-    if not blocks:
-        return
-    kwargs = kwargs or {}
+    if blocks:
+        _swap(model, dg, blocks, args, kwargs or {}, atol)
+
+
+def removal_problem(model: nn.Module, dg, blocks, args: tuple, kwargs: dict | None = None, atol: float = 1e-5) -> str:
+    """Why swapping the modules of ``blocks`` does not remove them (a RewriteError's message), or '' where it does;
+    ``model`` is left as it was either way. The planner asks before it chooses blocks."""
+    try:
+        old, scalars = _swap(model, dg, blocks, args, kwargs or {}, atol)
+    except RewriteError as exc:
+        return str(exc)
+    _undo(model, old, scalars)
+    return ""
+
+
+def _swap(model: nn.Module, dg, blocks, args: tuple, kwargs: dict, atol: float) -> tuple[dict, list[str]]:
+    """Swap, check against the masked original, undo and raise on a mismatch; (the swapped-out modules and
+    tensors by path, the paths of parameters made scalars)."""
     zero, skip, scalars = plan_modules(dg, blocks)
     specs: dict[str, tuple] = {}
 
@@ -193,20 +208,25 @@ def remove_blocks(model: nn.Module, dg, blocks, args: tuple, kwargs: dict | None
                                f"on the example inputs (difference {err:.3g}); the forward reads a swapped module "
                                "another way. Leave blocks out of targets for this model")
     except Exception as exc:  # noqa: BLE001 - whatever the swapped forward raises: the swaps are undone first
-        for p, m in old.items():
-            if p in scalars:
-                owner, _, attr = p.rpartition(".")
-                mod = model.get_submodule(owner) if owner else model
-                delattr(mod, attr)
-                setattr(mod, attr, m)
-            else:
-                _replace(model, p, m)
+        _undo(model, old, scalars)
         if isinstance(exc, RewriteError):
             raise
         why = (str(exc).strip().splitlines() or [""])[0][:300]
         raise RewriteError(f"removing {len(blocks)} block(s) by module swaps leaves a forward that fails on the example "
                            f"inputs ({type(exc).__name__}: {why}): the forward reads a swapped module another way (its "
                            "output viewed at a fixed size). Leave blocks out of targets for this model") from exc
+    return old, scalars
+
+
+def _undo(model: nn.Module, old: dict, scalars: list[str]) -> None:
+    for p, m in old.items():
+        if p in scalars:
+            owner, _, attr = p.rpartition(".")
+            mod = model.get_submodule(owner) if owner else model
+            delattr(mod, attr)
+            setattr(mod, attr, m)
+        else:
+            _replace(model, p, m)
 
 
 def _replace(model: nn.Module, path: str, new: nn.Module) -> None:

@@ -49,6 +49,34 @@ def select_blocks(dg, ignore) -> list[Block]:
     return out
 
 
+def keep_removable(program, dg, blocks: list[Block], only: bool, notes: list[str]) -> list[Block]:
+    """``blocks`` less those whose removal the program cannot carry out (a PyTorch forward that views an attention
+    branch at a fixed size breaks once its modules are swapped): chosen, they would fail the whole prune after
+    planning. Said in a warning and the report; a PlanError where none is left and ``only`` blocks were asked for."""
+    if not blocks or not program.removal_problem(dg, blocks):  # one check of all: the usual case
+        return blocks
+    refused = {b.id: why for b in blocks if (why := program.removal_problem(dg, [b]))}
+    kept = [b for b in blocks if b.id not in refused]
+    first = next(iter(refused.values()))
+    if not kept and only:
+        raise PlanError(f"no residual block can be removed from this model; the first, {_label(blocks[0])}: {first}")
+    named = [_label(b) for b in blocks if b.id in refused]
+    first = first.split("; leave blocks out")[0].split(". Leave blocks out")[0]
+    text = (f"depth: {len(refused)} of {len(blocks)} residual block(s) kept whole, as removing them would break the "
+            f"model ({', '.join(named[:4])}{', ...' if len(named) > 4 else ''}); the first: {first}")
+    warn(text)
+    notes.append(text)
+    return kept
+
+
+def _label(b: Block) -> str:
+    """The block's add node and the module path its weights share ("add_2 in blocks.1")."""
+    parts = [p.split(".")[:-1] for p in b.params]
+    common = next((k for k in range(min(map(len, parts), default=0)) if len({tuple(p[:k + 1]) for p in parts}) > 1),
+                  min(map(len, parts), default=0))
+    return f"{b.id} in {'.'.join(parts[0][:common])}" if parts and common else b.id
+
+
 @dataclass
 class DepthChoice:
     """The removed blocks and what chose them."""

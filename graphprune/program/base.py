@@ -151,6 +151,11 @@ class Program(ABC):
         no such number explains the failure (an ONNX graph spells every number as a constant)."""
         return None
 
+    def removal_problem(self, dg: "DependencyGraph", blocks: list) -> str:
+        """Why removing ``blocks`` (residual branches) from this program fails, or '' where it works: an ONNX graph
+        drops any branch; a PyTorch forward runs the user's code, which swapped modules can break."""
+        return ""
+
     def oracle_views(self) -> dict[int, tuple[str, int, bool]]:
         """Outputs the oracle compares at their softmax's logits instead (output index -> (value
         name, softmax axis, whether the axes from it on are flattened as before opset 13)): float32

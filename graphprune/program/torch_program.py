@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..backends.torch_depth import remove_blocks
+from ..backends.torch_depth import removal_problem, remove_blocks
 from ..backends.torch_module import add_biases, rewrite
 from ..backends.torch_values import moved_value
 from ..calib.torch_calib import gradients, walk_grams
@@ -326,9 +326,11 @@ class TorchProgram(Program):
         if compensation is not None and compensation.new_biases:
             out._added = add_biases(model, dg, plan, compensation)
         if plan.blocks:
-
             remove_blocks(model, dg, dg.removed_blocks(plan.blocks), self.args, self.kwargs)
         return out
+
+    def removal_problem(self, dg, blocks: list) -> str:
+        return removal_problem(self.model, dg, blocks, self.args, self.kwargs)
 
     def added_params(self) -> int:
         return self._added
