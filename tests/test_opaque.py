@@ -178,3 +178,26 @@ def test_every_module_of_the_class_that_reads_is_recorded_whole_at_once():
     model.blocks = nn.ModuleList(_Block() for _ in range(9))
     graph = gp.trace(model, (torch.randn(2, 8, 16),))
     assert sum(n.op == "python.opaque_call" for n in graph.ir.nodes) == 9
+
+
+def _dbrx():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.DbrxConfig(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=100, use_cache=False,
+                                  attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                                  ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2))
+    torch.manual_seed(0)
+    return transformers.DbrxForCausalLM(cfg).eval()
+
+
+def test_a_checkpoint_whose_forward_reads_data_is_pruned_in_memory_from_its_folder(tmp_path):
+    """``hf.prune(folder)`` estimates the in-memory prune on the meta device, where DBRX's expert loop cannot run
+    (``.item()`` of a meta tensor): the whole call failed. Now the weights alone must fit; the estimate is made
+    on the loaded model and the prune goes on."""
+    _dbrx().save_pretrained(tmp_path / "src")
+    model, report = gp.hf.prune(tmp_path / "src", ratio=0.5, measure_latency=False, verify=True)
+    assert report.oracle.passed
+    assert report.params_after < report.params_before
+    assert model.transformer.blocks[0].norm_attn_norm.attn.Wqkv.out_features < 32 + 2 * 16  # KV groups 2 -> 1
+    with pytest.raises(gp.PlanError, match=r"holds .* of weights, more than max_memory .* its forward cannot be "
+                                           r"estimated on the meta device \(.*\)\. Pass out='pruned/'"):
+        gp.hf.prune(tmp_path / "src", ratio=0.5, max_memory="64KiB")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..api import torch_models as api
-from ..errors import GraphpruneError, PlanError
+from ..errors import GraphpruneError, PlanError, TraceError
 from ..io.checkpoint_doc import PLAN_FILE
 from ..io.lazy_checkpoint import LazyCheckpoint
 from ..options import PruneOptions, resolve_importance
@@ -119,13 +119,39 @@ def load_if_fits(folder: str | os.PathLike, opts: PruneOptions, inputs: dict | N
                  copies: int = 0) -> torch.nn.Module:
     """``graphprune.hf.prune(folder)`` without ``out=``: the model loaded whole when the in-memory prune's
     estimate fits; otherwise a PlanError, before any weight is read, that says to stream it with ``out=``.
-    ``copies``: whole copies of the weights kept beside it (``recover=`` keeps the original as the teacher)."""
-    fit = in_memory_fit(meta_model(folder), opts, inputs, copies)
+    ``copies``: whole copies of the weights kept beside it (``recover=`` keeps the original as the teacher).
+    A forward that reads tensor data (DBRX's expert loop) cannot run on meta: then the weights alone must fit,
+    and the estimate is made on the loaded model, which is let go again where the prune would not fit."""
+    meta = meta_model(folder)
+    try:
+        fit = in_memory_fit(meta, opts, inputs, copies)
+    except TraceError as exc:
+        limit = opts.max_memory if opts.max_memory is not None else available_memory()
+        weights = sum(t.numel() * t.element_size() for t in list(meta.parameters()) + list(meta.buffers()))
+        if limit is not None and weights > limit:
+            raise PlanError(f"'{folder}' holds {gib(weights)} of weights, more than {_limit_name(opts)} "
+                            f"({gib(limit)}), and its forward cannot be estimated on the meta device "
+                            f"({str(exc).splitlines()[0]}). Pass out='pruned/' (and calib=) to prune it block by block "
+                            "into a new folder, or a larger max_memory") from exc
+        model = load_folder(folder)
+        fit = in_memory_fit(model, opts, inputs, copies)
+        if not fit.fits:
+            del model
+        _refuse_unless_fits(folder, fit, opts)
+        return model
+    _refuse_unless_fits(folder, fit, opts)
+    return load_folder(folder)
+
+
+def _limit_name(opts: PruneOptions) -> str:
+    return "max_memory" if opts.max_memory is not None else "the memory available"
+
+
+def _refuse_unless_fits(folder, fit: Fit, opts: PruneOptions) -> None:
     if not fit.fits:
         est = fit.estimate
         raise PlanError(f"pruning '{folder}' in memory needs about {gib(est.total)} at its peak ({est.peak_phase}), "
-                        f"more than {'max_memory' if opts.max_memory is not None else 'the memory available'} "
-                        f"({gib(fit.limit)}); the largest part is {est.largest.name} ({gib(est.largest.bytes)}). "
-                        "Pass out='pruned/' (and calib=) to prune it block by block in bounded memory into a new "
-                        f"folder (graphprune.hf.load_pruned reloads it), or a larger max_memory.\n{est}")
-    return load_folder(folder)
+                        f"more than {_limit_name(opts)} ({gib(fit.limit)}); the largest part is {est.largest.name} "
+                        f"({gib(est.largest.bytes)}). Pass out='pruned/' (and calib=) to prune it block by block in "
+                        f"bounded memory into a new folder (graphprune.hf.load_pruned reloads it), or a larger "
+                        f"max_memory.\n{est}")
