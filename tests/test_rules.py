@@ -854,3 +854,26 @@ def test_a_boolean_constant_that_is_no_buffer_keeps_its_width_and_the_rest_prune
     assert not frozen.prunable and "bool constant" in str(frozen.frozen[0])
     pruned, report = gp.prune(_PlainBoolGate().eval(), (x,), ratio=0.5, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned.up.out_features == 64 and pruned.ff1.out_features == 64
+
+
+class _MaskedRows(nn.Module):
+    """``h[mask]`` with a 2-D boolean mask over a 3-D tensor (normflows' spline: ``inputs[outside_interval_mask]``):
+    the mask indexes two dims and gives one, so the features stay the last dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.up(x))
+        picked = self.down(h[x[..., 0] > 0])  # (rows where the mask holds, 32) -> (rows, 4)
+        return picked.sum(0, keepdim=True) + self.down(h).mean((0, 1))
+
+
+def test_a_boolean_mask_index_of_several_dims_keeps_the_features_a_channel():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8)
+    pruned, report = gp.prune(_MaskedRows().eval(), (x,), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.up.out_features == 16
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 7, 8)).shape == (1, 4)

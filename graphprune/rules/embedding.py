@@ -36,11 +36,20 @@ def _index_select(node: Node, ctx: RuleContext) -> None:
 def _index(node: Node, ctx: RuleContext) -> None:
     # x[idx] / x[:, idx]: the indexed dims are looked up by data (a relative-position table,
     # a token gather); the dims no index touches pass through as they are.
+    # A boolean mask of rank k indexes k dims at once and gives one (its true positions: x[mask]).
     x, out = node.args[0].name, node.outputs[0]
-    indices = list(node.args[1])
     rank = ctx.rank(x)
-    at = [d for d, i in enumerate(indices) if i is not None]
-    idx_rank = max((ctx.rank(indices[d]) for d in at), default=0)
+    at: list[int] = []
+    ranks: list[int] = []
+    pos = 0
+    for i in node.args[1]:
+        mask = i is not None and ctx.graph.values[i.name].dtype in ("bool", "uint8")
+        width = ctx.rank(i) if mask else 1
+        if i is not None:
+            at.extend(range(pos, pos + width))
+            ranks.append(1 if mask else ctx.rank(i))
+        pos += width
+    idx_rank = max(ranks, default=0)
     rest = [d for d in range(rank) if d not in at]
     consecutive = at == list(range(at[0], at[-1] + 1)) if at else True
     if consecutive and at:
