@@ -160,3 +160,20 @@ def test_a_config_without_bos_starts_generated_text_from_the_given_text():
     model.config.bos_token_id = None
     with pytest.raises(PlanError, match="names no bos_token_id"):
         gp.hf.prune(model, generated=4, ratio=0.5, measure_latency=False)  # nothing given to start from
+
+
+def test_a_bos_outside_the_vocabulary_is_no_start_token():
+    """GPTBigCode's default bos/eos (50256) with a smaller vocabulary: the samples started from it and the embedding
+    raised a raw IndexError. Such a token is passed over: the given text's first token starts them, and without
+    text a PlanError names the token and the vocabulary."""
+    g = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=g)} for _ in range(2)]
+    model = _llama()
+    vocab = model.get_input_embeddings().num_embeddings
+    for cfg in (model.config, model.generation_config):
+        cfg.bos_token_id = cfg.eos_token_id = vocab + 5
+    _, report = gp.hf.prune(model, calib=calib, generated=4, ratio=0.5, measure_latency=False, allocation="uniform")
+    assert any("from the given text's first token" in n for n in report.notes), report.notes
+    with pytest.raises(PlanError, match=rf"names bos_token_id {vocab + 5} and eos_token_id {vocab + 5}, outside its "
+                                        rf"vocabulary of {vocab} tokens"):
+        gp.hf.prune(model, generated=4, ratio=0.5, measure_latency=False)

@@ -22,15 +22,29 @@ REPEATED = 0.0
 
 
 def start_token(model: torch.nn.Module) -> int:
-    """The token the model's text begins with (config or generation config's BOS, else EOS)."""
+    """The token the model's text begins with (config or generation config's BOS, else EOS), one its vocabulary
+    holds: a config's default id (GPTBigCode's 50256) may lie past a smaller vocabulary."""
+    vocab, outside = _vocab_size(model), []
     for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         for name in ("bos_token_id", "eos_token_id"):
             tok = getattr(cfg, name, None) if cfg is not None else None
             tok = tok[0] if isinstance(tok, (list, tuple)) and tok else tok
-            if isinstance(tok, int):
+            if isinstance(tok, int) and (vocab is None or 0 <= tok < vocab):
                 return tok
+            if isinstance(tok, int):
+                outside.append(f"{name} {tok}")
+    if outside:
+        raise PlanError(f"{type(model).__name__}'s config names {' and '.join(dict.fromkeys(outside))}, outside its "
+                        f"vocabulary of {vocab} tokens, to start generated calibration text from: set "
+                        "model.config.bos_token_id to a token of the vocabulary, pass generated=0, or calib= text alone")
     raise PlanError(f"{type(model).__name__}'s config names no bos_token_id or eos_token_id to start generated "
                     "calibration text from: set model.config.bos_token_id, or pass calib= text instead")
+
+
+def _vocab_size(model: torch.nn.Module) -> int | None:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    return rows if isinstance(rows, int) else getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 @torch.no_grad()

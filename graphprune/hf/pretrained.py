@@ -283,7 +283,7 @@ def _with_generated(model: torch.nn.Module, opts: PruneOptions, n: int) -> tuple
             raise
         ids, mask = given[0]["input_ids"][0], given[0].get("attention_mask")
         real = ids[mask[0].bool()] if mask is not None and bool(mask[0].any()) else ids  # left padding is no text
-        start, whence = int(real[0]), "the given text's first token (the config names no BOS)"
+        start, whence = int(real[0]), "the given text's first token (the config names no BOS its vocabulary holds)"
     # sampled once, on rank 0, and sent to every rank: the ranks calibrate on the same text
     extra = same_on_all(generated_batches(model, n=n, seq_len=seq_len, batch_size=batch, start=start)
                         if is_writer() else None)
