@@ -877,3 +877,27 @@ def test_a_boolean_mask_index_of_several_dims_keeps_the_features_a_channel():
     assert report.oracle.verdict == "PASS" and pruned.up.out_features == 16
     with torch.no_grad():
         assert pruned(torch.randn(2, 7, 8)).shape == (1, 4)
+
+
+class _PromptEmbed(nn.Module):
+    """segment-anything's point prompts: ``emb[labels == -1] = 0.0; emb[labels == 0] += self.point.weight``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.point, self.out = nn.Linear(2, 32), nn.Embedding(1, 32), nn.Linear(32, 4)
+
+    def forward(self, coords, labels):
+        emb = self.up(coords)
+        emb[labels == -1] = 0.0
+        emb[labels == 0] += self.point.weight
+        return self.out(torch.relu(emb))
+
+
+def test_a_masked_write_keeps_the_written_features_a_channel_with_what_is_written():
+    torch.manual_seed(0)
+    coords, labels = torch.randn(2, 6, 2), torch.tensor([[-1, 0, 1, 0, 1, -1], [0, 0, 1, 1, -1, 0]])
+    graph = gp.trace(_PromptEmbed().eval(), (coords, labels))
+    group = next(g for g in graph.groups if g.size == 32)
+    assert group.prunable and any(m.name == "point.weight" for m in group.members), group
+    pruned, report = gp.prune(_PromptEmbed().eval(), (coords, labels), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.up.out_features == 16 and pruned.point.weight.shape == (1, 16)

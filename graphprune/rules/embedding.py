@@ -32,13 +32,11 @@ def _index_select(node: Node, ctx: RuleContext) -> None:
     ctx.freeze(ctx.s(out, dim), INDEXED, f"dim indexed by data at {node.where()}")
 
 
-@register("aten.index", "aten._unsafe_index")
-def _index(node: Node, ctx: RuleContext) -> None:
-    # x[idx] / x[:, idx]: the indexed dims are looked up by data (a relative-position table,
-    # a token gather); the dims no index touches pass through as they are.
-    # A boolean mask of rank k indexes k dims at once and gives one (its true positions: x[mask]).
-    x, out = node.args[0].name, node.outputs[0]
-    rank = ctx.rank(x)
+def _selection(node: Node, ctx: RuleContext) -> tuple[list[int], list[int], list[int], range, int]:
+    """Where ``x[indices]`` takes its dims: (x's indexed dims, x's other dims, where those land in the
+    selection, the selection's dims made by the indices, the selection's rank). A boolean mask of rank k indexes
+    k dims at once and gives one (its true positions: ``x[mask]``)."""
+    rank = ctx.rank(node.args[0])
     at: list[int] = []
     ranks: list[int] = []
     pos = 0
@@ -51,16 +49,38 @@ def _index(node: Node, ctx: RuleContext) -> None:
         pos += width
     idx_rank = max(ranks, default=0)
     rest = [d for d in range(rank) if d not in at]
-    consecutive = at == list(range(at[0], at[-1] + 1)) if at else True
-    if consecutive and at:
+    if at and at == list(range(at[0], at[-1] + 1)):
         first = at[0]
-        out_dims = [d if d < first else d - len(at) + idx_rank for d in rest]
-        idx_dims = range(first, first + idx_rank)
-    else:  # non-adjacent indexed dims: numpy puts the indexed result first
-        out_dims = [idx_rank + k for k in range(len(rest))]
-        idx_dims = range(idx_rank)
+        return at, rest, [d if d < first else d - len(at) + idx_rank for d in rest], range(first, first + idx_rank), \
+            len(rest) + idx_rank
+    # non-adjacent indexed dims: numpy puts the indexed result first
+    return at, rest, [idx_rank + k for k in range(len(rest))], range(idx_rank), len(rest) + idx_rank
+
+
+@register("aten.index", "aten._unsafe_index")
+def _index(node: Node, ctx: RuleContext) -> None:
+    # x[idx] / x[:, idx]: the indexed dims are looked up by data (a relative-position table,
+    # a token gather); the dims no index touches pass through as they are.
+    x, out = node.args[0].name, node.outputs[0]
+    at, rest, out_dims, idx_dims, _ = _selection(node, ctx)
     ctx.tie_dims(x, out, rest, out_dims)
     for d in at:
         ctx.freeze(ctx.s(x, d), INDEXED, f"dim indexed by data at {node.where()}")
     for d in idx_dims:
         ctx.freeze(ctx.s(out, d), INDEXED, f"dim indexed by data at {node.where()}")
+
+
+@register("aten.index_put", "aten.index_put_", "aten._unsafe_index_put")
+def _index_put(node: Node, ctx: RuleContext) -> None:
+    # x[idx] = v / x[mask] += v (SAM's prompt embeddings): the result is x where data says, v broadcast to
+    # the selection elsewhere, so x's untouched dims are v's trailing ones; the indexed dims move by data.
+    x, out, values = node.args[0].name, node.outputs[0], node.args[2]
+    at, rest, sel_dims, _, sel_rank = _selection(node, ctx)
+    ctx.tie_dims(x, out, range(ctx.rank(x)), range(ctx.rank(x)))
+    if isinstance(values, Ref):
+        shift = sel_rank - ctx.rank(values)
+        for d, p in zip(rest, sel_dims):
+            if p - shift >= 0 and ctx.shape(values)[p - shift] == ctx.shape(x)[d]:
+                ctx.tie(ctx.s(x, d), ctx.s(values, p - shift))
+    for d in at:
+        ctx.freeze(ctx.s(x, d), INDEXED, f"dim written at positions data choose at {node.where()}")
