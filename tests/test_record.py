@@ -424,3 +424,40 @@ def test_a_branch_on_the_models_state_is_recorded_on_the_path_it_takes(on):
     model = _BranchesOn(on).eval()
     pruned, report = gp.prune(model, (x,), verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned.a.out_features < 64
+
+
+class _IndexFromTensors(nn.Module):
+    """UDOP's patch mask: ``rows, cols = zip(*ind); mask[rows, cols] = False``, and ``torch.tensor([p[0], p[1]])``:
+    lists of 0-d tensors that torch reads in C++ with no op dispatched."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.lin, self.out = how, nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x, pts):
+        h = self.lin(x)
+        if self.how == "zip":
+            mask = torch.ones(h.shape[:2], dtype=torch.bool)
+            rows, cols = zip(*torch.stack([torch.arange(pts.shape[0]), pts], -1))
+            mask[rows, cols] = False
+            return self.out(h * mask[..., None])
+        return self.out(h[:, torch.tensor([pts[0], pts[1]])])
+
+
+@pytest.mark.parametrize("how", ["zip", "tensor"])
+def test_lists_of_tensors_are_recorded_as_computed_not_as_the_examples_values(how):
+    """The recording held the example's indices as constants: the replay differed from the model on every other
+    input (0.79), and the oracle failed where it drew other values. The lists are stacked by recorded ops."""
+    from graphprune.program.torch_program import TorchProgram
+
+    torch.manual_seed(0)
+    model, x = _IndexFromTensors(how).eval(), torch.randn(2, 5, 4)
+    program = TorchProgram(model, (x, torch.tensor([1, 3])), {})
+    other = torch.tensor([0, 2])
+    with torch.no_grad():
+        want = model(x, other).numpy()
+    assert abs(program.run(((x, other), {}), masks={})[0] - want).max() < 1e-6
+    with torch.no_grad():  # and torch's own indexing is as it was after the recording
+        assert torch.equal(model(x, other), torch.from_numpy(want))
+    _, report = gp.prune(copy.deepcopy(model), (x, torch.tensor([1, 3])), ratio=0.5, runtime=None, verify=True)
+    assert report.oracle.passed and report.oracle.checked_groups

@@ -44,6 +44,7 @@ from ..util.torch_compat import (
 from . import meta_shapes
 from .module_stack import ModuleStack, user_frame
 from .record_asserts import asserted, drop_asserted, state_read
+from .record_sequences import stacked_sequences
 from .torch_export import is_tensor_cache
 from .torch_opaque import Unrecordable, Whole, handed_out, quiet_run, recorded_whole
 from .trace import Trace
@@ -278,7 +279,8 @@ def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: d
     post = torch.nn.modules.module.register_module_forward_hook(stack.pop, always_call=True)
     try:
         with torch.no_grad(), export_flags(), kept_attributes(model), reparametrize(model, stand_in), python_dispatcher(), \
-                data_reads(lambda t, how: recorder.from_input(t) and recorder.read_data(t, f".{how}()")), recorder:
+                data_reads(lambda t, how: recorder.from_input(t) and recorder.read_data(t, f".{how}()")), \
+                stacked_sequences(), recorder:
             return model(*args, **kwargs)
     except Unrecordable:
         raise
