@@ -526,3 +526,20 @@ def test_sub_configs_built_with_their_own_attention_reload_with_it():
     assert (again.text_config._attn_implementation, again.vision_config._attn_implementation) == ("eager", "sdpa")
     plain = T.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, attn_implementation="eager")
     assert config_dict(plain)["attn_implementation"] == "eager"
+
+
+class _TwoMainInputs(torch.nn.Module):
+    main_input_name = ["pixel_values", "task_inputs"]  # OneFormer names two
+
+    def forward(self, pixel_values, task_inputs):
+        return pixel_values.mean() + task_inputs.float().mean()
+
+
+def test_a_main_input_name_that_is_a_list_is_checked_name_by_name():
+    """OneFormer's ``main_input_name`` is a list: ``main in params`` raised a raw "unhashable type: 'list'"."""
+    from graphprune.hf.inputs import as_batches
+
+    model, batch = _TwoMainInputs(), {"pixel_values": torch.randn(1, 3, 8, 8), "task_inputs": torch.ones(1, 4).long()}
+    assert as_batches(model, [batch], "example input")[0].keys() == batch.keys()
+    with pytest.raises(gp.PlanError, match="example input 0 has no 'task_inputs', the model's main input"):
+        as_batches(model, [{"pixel_values": batch["pixel_values"]}], "example input")

@@ -901,3 +901,29 @@ def test_a_masked_write_keeps_the_written_features_a_channel_with_what_is_writte
     assert group.prunable and any(m.name == "point.weight" for m in group.members), group
     pruned, report = gp.prune(_PromptEmbed().eval(), (coords, labels), ratio=0.5, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned.up.out_features == 16 and pruned.point.weight.shape == (1, 16)
+
+
+class _WhereWrite(nn.Module):
+    """OneFormer's ``attention_mask[torch.where(attention_mask.sum(-1) == n)] = False``: ``where(cond)`` gives the
+    positions cond holds, as many as the data say, not a tensor shaped like cond."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.out = nn.Linear(4, 16), nn.Linear(16, 3)
+        self.threshold = 0.0
+
+    def forward(self, x, mask):
+        h = torch.relu(self.up(x))
+        mask = mask.clone()
+        mask[torch.where(h.sum(-1) > self.threshold)] = False
+        return self.out(h) * mask.float().mean(-1, keepdim=True)
+
+
+def test_where_of_a_condition_alone_gives_positions_whose_count_the_pruned_model_may_change():
+    torch.manual_seed(0)
+    x, mask = torch.randn(4, 32, 4), torch.rand(4, 32, 5) > 0.3
+    model = _WhereWrite().eval()
+    with torch.no_grad():  # every row of the example over it; half the channels gone, fewer: the count moves
+        model.threshold = 0.9 * float(torch.relu(model.up(x)).sum(-1).min())
+    pruned, report = gp.prune(model, (x, mask), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.up.out_features == 8

@@ -20,6 +20,7 @@ from ..frontends.torch_export import lower_trace
 from ..frontends.torch_trace import trace_model
 from ..graph import DependencyGraph
 from ..planning.plan import PrunePlan, carried_value, keep_masks
+from ..reasons import INDEXED
 from ..util.torch_compat import ConvNd, NormBase
 from .torch_attrs import get_attribute, int_attributes, set_attribute
 
@@ -50,6 +51,7 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
         err.spelled = at  # where the traceback names a module, torch_module._located keeps its nodes only
         raise err from exc
     new_by_site, wrong, bad = by_call_site(new.nodes), [], set()
+    by_data = _data_positions(dg)
     for site, node in by_call_site(dg.ir.nodes).items():
         other = new_by_site.get(site)
         if other is None or len(other.outputs) != len(node.outputs):
@@ -59,7 +61,9 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
             v = dg.ir.values[out]
             want = tuple(int(masks[(out, d)].sum()) if (out, d) in masks else s for d, s in enumerate(v.shape))
             got = new.values[new_out].shape
-            if tuple(got) != want:
+            # a dim of positions the data choose (where(mask), x[mask]): the pruned model's values choose others
+            same = len(got) == len(want) and all(g == w or (out, d) in by_data for d, (g, w) in enumerate(zip(got, want)))
+            if not same:
                 wrong.append((node, tuple(got), want, first))
                 bad.add(out)
     if wrong:  # every such node at once: UNETR's twelve attention blocks are one round of planning again
@@ -69,6 +73,17 @@ def check_shapes(model: nn.Module, dg: DependencyGraph, plan: PrunePlan, args: t
         raise RewriteError(f"after pruning, the model's outputs have shapes {outs}, not "
                            f"{[dg.ir.values[o].shape for o in dg.ir.outputs]}")
     return set(new_by_site) == set(by_call_site(dg.ir.nodes))
+
+
+def _data_positions(dg: DependencyGraph) -> set[tuple[str, int]]:
+    """(value, dim) slots frozen as positions indexed or chosen by data (graphprune/rules/embedding.py)."""
+    atoms = {a for a, reasons in dg.solver.frozen_reasons().items() if any(r.kind == INDEXED for r in reasons)}
+    out = set()
+    for name, v in dg.ir.values.items():
+        if v.kind == "act":
+            out.update((name, d) for d in range(len(v.shape))
+                       if dg.solver.has((name, d)) and atoms & dg.solver.slot_atoms((name, d))[1])
+    return out
 
 
 def groups_spelled_at(dg: DependencyGraph, plan: PrunePlan, at: list, alike: bool = False) -> tuple[list[int], str]:

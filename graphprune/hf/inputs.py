@@ -115,8 +115,10 @@ def as_batches(model: torch.nn.Module, batches, what: str = "calibration batch")
             raise PlanError(f"{what} {k} is a {type(b).__name__}; give a dict of tensors by input name "
                             "({'input_ids': ids}) or a tensor of token ids")
         main = getattr(model, "main_input_name", None)  # "input_ids" by default, also where forward takes other names
-        if main in params and main not in b and "inputs_embeds" not in b:  # else torch.export's "specify exactly one of ..."
-            raise PlanError(f"{what} {k} has no '{main}', the model's main input; it gives "
+        mains = [main] if isinstance(main, str) else list(main) if isinstance(main, (list, tuple)) else []  # OneFormer's
+        lacks = [n for n in mains if n in params and n not in b]
+        if lacks and "inputs_embeds" not in b:  # else torch.export's "specify exactly one of ..."
+            raise PlanError(f"{what} {k} has no '{lacks[0]}', the model's main input; it gives "
                             f"{', '.join(map(repr, b)) or 'nothing'}")
         unknown = [n for n in b if n not in params]
         if unknown and not takes_any:

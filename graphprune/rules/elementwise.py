@@ -7,6 +7,7 @@ zeroes pruned channels at every value they reach.
 from __future__ import annotations
 
 from ..ir import Node
+from ..reasons import INDEXED
 from .registry import RuleContext, defbroadcasting, defelementwise, register
 
 _UNARY = (
@@ -25,7 +26,7 @@ _UNARY = (
     "log2_ log10_ exp2_ erfc_ logit_ frac_ square_"
 ).split()
 _BINARY = (
-    "add add_ sub sub_ rsub mul mul_ div div_ where maximum minimum eq ne lt gt le ge masked_fill "
+    "add add_ sub sub_ rsub mul mul_ div div_ maximum minimum eq ne lt gt le ge masked_fill "
     "masked_fill_ logical_and logical_or logical_xor bitwise_and bitwise_or floor_divide remainder "
     "fmod atan2 lerp addcmul addcdiv copy copy_ hypot xlogy pow clamp clamp_ clamp_min clamp_max polar complex "
     "clamp_min_ clamp_max_ pow_ fmod_ remainder_ lerp_ addcmul_ addcdiv_ rsub_ floor_divide_ "
@@ -34,6 +35,18 @@ _BINARY = (
 
 defelementwise(*(f"aten.{op}" for op in _UNARY))
 defbroadcasting(*(f"aten.{op}" for op in _BINARY))
+
+
+@register("aten.where")
+def _where(node: Node, ctx: RuleContext) -> None:
+    if len(node.args) > 1:  # where(cond, a, b): elementwise
+        ctx.tie_broadcast(node.outputs[0], [r.name for r in ctx.tensor_args(node)])
+        return
+    # where(cond) (OneFormer's attention_mask[torch.where(...)] = False): the positions cond holds, one index
+    # tensor per dim, as many as the data say: nothing of cond's dims is tied to them
+    for out in node.outputs:
+        if ctx.rank(out):
+            ctx.freeze(ctx.s(out, 0), INDEXED, f"positions chosen by data at {node.where()}")
 
 
 @register("aten.prelu", "aten._prelu_kernel")
