@@ -50,6 +50,7 @@ class OracleReport:
     # after a FAIL: a number the pruned forward computes from a pruned size (Program.moved_values), as the
     # RewriteError naming the groups to keep whole; prune raises it (and plans again), verify() reports it
     moved: Exception | None = field(default=None, repr=False, compare=False)
+    nonfinite: bool = False  # the masked original gave NaN or inf somewhere on the oracle inputs
 
     @property
     def vacuous(self) -> bool:
@@ -93,7 +94,11 @@ class OracleReport:
             s += f" and {len(self.checked_blocks)} removed block(s)"
         if self.logits:
             s += f", softmax/sigmoid output(s) compared at their logits ({', '.join(self.logits[:2])})"
-        if self.vacuous and self.signal == 0:
+        if self.vacuous and self.signal == 0 and self.nonfinite:
+            s += (" - but every output is zero, NaN or inf on the oracle inputs (a log or a division of an input "
+                  "the oracle drew at random, times zero-initialised output layers), so the comparison says nothing: "
+                  "verify once the outputs depend on the input, at inputs where they are finite")
+        elif self.vacuous and self.signal == 0:
             s += (" - but every output is zero on the oracle inputs (zero-initialised output layers, as a fresh "
                   "ControlNet's, or a last ReLU that no input passes at random weights), so the comparison says "
                   "nothing: verify once the outputs depend on the input")
@@ -152,6 +157,7 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
     masked = {key[0] for key in masks}
     views = {k: v for k, v in program.oracle_views().items() if v[0] not in masked}  # a masked value differs by design
     worst = scaled = signal = 0.0
+    nonfinite = False
     for seed, batch in enumerate(program.oracle_inputs(trials)):
         try:
             with program.seeded(seed):
@@ -164,13 +170,16 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
             want = _viewed(program, batch, views, masks)
         gap, rel = gaps(got, want)
         worst, scaled = max(worst, gap), max(scaled, rel)
-        # NaN counts as a signal (an all-NaN output is compared, and fails, as before)
-        signal = max([signal] + [float(np.abs(np.nan_to_num(w, nan=1.0)).max()) for w in want if np.size(w)])
+        # finite values only: matching NaNs compare nothing (k-diffusion's log of a negative sigma the oracle drew,
+        # times its zero-initialised output layer, was all NaN and passed); a NaN on one side only fails in gaps
+        finite = [np.abs(w[np.isfinite(w)]) for w in map(np.asarray, want) if np.size(w)]
+        signal = max([signal] + [float(f.max()) for f in finite if f.size])
+        nonfinite = nonfinite or any(f.size < np.size(w) for f, w in zip(finite, [w for w in want if np.size(w)]))
     checked = [g for g, idx in exact.pruned.items() if idx]
     runtime = "onnxruntime" if program.framework == "ONNX" else ""
     report = OracleReport(worst, program.default_atol if atol is None else atol, checked, inexact, runtime, scaled,
                           list(exact.blocks), sorted(v[0] for v in views.values()), program.precision)
-    report.signal = signal
+    report.signal, report.nonfinite = signal, nonfinite
     if inexact and not checked and not exact.blocks:  # verify=True asked for a proof that covers nothing cut
         first = next(iter(inexact.values()))[0]
         warn(f"the oracle checked none of the {len(inexact)} cut group(s): each crosses a normalisation over its "

@@ -475,3 +475,34 @@ def test_an_additive_mask_of_whole_numbers_is_no_index(fill):
     _, report = gp.prune(_AdditiveMask().eval(), (torch.randn(2, 6, 16), bias), ratio=0.5, verify=True,
                          measure_latency=False)
     assert report.oracle.verdict == "PASS"
+
+
+class _ZeroOutOfLogSigma(nn.Module):
+    """k-diffusion's denoiser: features scaled by log(sigma), through a zero-initialised output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.out = nn.Linear(6, 32), nn.Linear(32, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, sigma):
+        return self.out(torch.relu(self.up(x)) * sigma.log()[:, None])
+
+
+def test_outputs_that_are_zero_or_nan_everywhere_are_not_checked_not_passed():
+    """The oracle drew sigma from a Gaussian: log of the negative draws made every output NaN on both sides, the
+    NaNs counted as a signal, and a comparison of nothing said PASS. A strictly positive input is now drawn
+    within the example's range, and NaNs that match are no signal."""
+    torch.manual_seed(0)
+    model, args = _ZeroOutOfLogSigma().eval(), (torch.randn(4, 6), torch.tensor([0.2, 0.5, 1.0, 3.0]))
+    program = TorchProgram(model, args)
+    sigmas = [b[0][1] for b in program.oracle_inputs(3)[1:]]
+    assert all(bool((s >= 0.2).all() and (s <= 3.0).all()) for s in sigmas), sigmas
+    g = gp.trace(model, args)
+    report = gp.verify(model, args, gp.plan(g, model, ratio=0.5), g)
+    assert report.verdict == "NOT CHECKED" and "every output is zero" in str(report), str(report)
+    bad = (torch.randn(4, 6), -torch.tensor([0.2, 0.5, 1.0, 3.0]))  # every output NaN, at the example too
+    g = gp.trace(model, bad)
+    report = gp.verify(model, bad, gp.plan(g, model, ratio=0.5), g)
+    assert report.verdict == "NOT CHECKED" and "zero, NaN or inf" in str(report), str(report)

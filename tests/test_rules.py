@@ -927,3 +927,12 @@ def test_where_of_a_condition_alone_gives_positions_whose_count_the_pruned_model
         model.threshold = 0.9 * float(torch.relu(model.up(x)).sum(-1).min())
     pruned, report = gp.prune(model, (x, mask), ratio=0.5, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned.up.out_features == 8
+
+
+def test_an_in_place_channel_dropout_is_elementwise():
+    """k-diffusion's ``nn.Dropout2d(p, inplace=True)`` records ``feature_dropout_``: no rule froze its channels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.1, inplace=True),
+                          nn.Conv2d(16, 4, 1)).eval()
+    pruned, report = gp.prune(model, (torch.randn(2, 3, 8, 8),), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned[0].out_channels == 8

@@ -33,6 +33,11 @@ def oracle_batches(program, trials: int) -> list[tuple[tuple, dict]]:
     def fresh(a: Any) -> Any:
         if _integral(a):
             return torch.randint(int(a.min()), int(a.max()) + 1, a.shape, generator=gen).to(a.dtype)
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and a.numel() and bool(torch.isfinite(a).all()) \
+                and float(a.min()) > 0:  # a noise level, a time, a scale: Gaussian draws made k-diffusion's log(sigma) NaN
+            low, high = float(a.min()), float(a.max())
+            low, high = (low, high) if low < high else (0.5 * low, 1.5 * low)
+            return (low + (high - low) * torch.rand(a.shape, generator=gen)).to(a.dtype)
         if isinstance(a, torch.Tensor) and a.is_floating_point():
             scale = float(a.float().std()) if a.numel() > 1 else 1.0
             return (torch.randn(a.shape, generator=gen) * (scale or 1.0)).to(a.dtype)
