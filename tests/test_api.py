@@ -272,3 +272,29 @@ def test_prune_rewrites_the_model_in_place():
     assert pruned is model and model[0] is first  # the same objects, smaller
     assert first.weight.shape == (4, 4) and first.out_features == 4 and model[2].weight.shape == (2, 4)
     assert report.params_after == 4 * 4 + 4 + 2 * 4 + 2
+
+
+class _HoldsComputed(torch.nn.Module):
+    """torchdyn's ODEProblem: ``self.vf_params = torch.cat([p.flatten() for p in vf.parameters()])``, a tensor with a
+    grad_fn, which torch refuses to deepcopy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.flat = torch.cat([p.flatten() for p in self.f.parameters()])
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+def test_a_module_holding_a_tensor_computed_from_its_weights_is_copied_and_pruned():
+    """Every copy the pipeline makes (candidate plans timed, the oracle's float64 twin) raised torch's raw
+    'Only Tensors created explicitly by the user (graph leaves) support the deepcopy protocol'."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), _HoldsComputed(),
+                                torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3, padding=1)).eval()
+    x = torch.randn(2, 1, 12, 12)
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(model)  # the case is real
+    pruned, report = gp.prune(model, (x,), ratio=0.5, verify=True)  # the default call: widths timed on copies
+    assert report.oracle.passed and pruned[0].out_channels < 16

@@ -10,7 +10,6 @@ each step's model is distilled from the original (:func:`graphprune.recover`) be
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Mapping
 
 import torch
@@ -20,6 +19,7 @@ from ..metrics import count_macs, count_params
 from ..options import PruneOptions
 from ..planning.budget import parse_budget
 from ..planning.plan import check_ratio
+from ..util.model_copy import model_copy
 from .recover import recover as distill
 from .recover import recover_options
 from .torch_models import prune, trace
@@ -71,7 +71,7 @@ def prune_iterative(model: torch.nn.Module, args: tuple = (), kwargs: dict | Non
     if budget is None:
         check_ratio(ratio)
     recover_opts = recover_options(recover, opts.calib)
-    teacher = copy.deepcopy(model) if recover_opts is not None else None  # the original, for every step
+    teacher = model_copy(model) if recover_opts is not None else None  # the original, for every step
     graph = trace(model, args, kwargs)  # the first step prunes this very graph
     original = {"macs": count_macs(graph.ir), "params": count_params(graph.ir)}
     final = _final(original, budget) if budget is not None else {}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 import graphprune as gp
 
 from ..errors import GraphpruneError
+from ..util.model_copy import model_copy
 from ..zoo import ZOO, build
 from .common import step
 
@@ -38,7 +38,7 @@ def run(ns: argparse.Namespace) -> int:
     graph = gp.trace(model, args)
     n_prunable = len(graph.prunable_groups())
     print(f"      {len(graph.groups)} groups, {n_prunable} prunable ({time.perf_counter() - t:.1f}s)")
-    original = copy.deepcopy(model)
+    original = model_copy(model)
     t = step(3, 5, f"pruning {ns.ratio:.0%} of every prunable group by {ns.importance} importance")
     # the demo writes ONNX: widths follow onnxruntime's kernels, and its latency is measured before/after
     plan = gp.plan(graph, model, ratio=ns.ratio, importance=ns.importance, runtime="onnxruntime")

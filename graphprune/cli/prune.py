@@ -11,7 +11,6 @@ with --stream, or when its in-memory prune's estimated peak exceeds --max-memory
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import os
 import shutil
@@ -34,6 +33,7 @@ from ..planning.memory import parse_bytes
 from ..planning.plan import check_ratio
 from ..report.html import write_report
 from ..util.atomic import atomic_path, check_writable, public_tree
+from ..util.model_copy import model_copy
 from . import stream
 from .calib_data import npz_batches, torch_calib
 from .common import (
@@ -137,7 +137,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
             first = calib[0]
             src.args, src.kwargs = ((tuple(t[:1] for t in first), {}) if isinstance(first, tuple) else
                                     ((), {k: v[:1] for k, v in dict(first).items()}))
-        teacher = copy.deepcopy(src.model) if ns.recover_steps else None  # the original, before pruning
+        teacher = model_copy(src.model) if ns.recover_steps else None  # the original, before pruning
         step(2, n, "tracing, planning, checking and rewriting", ns.json)
         model, report = _torch(src, calib, options, ns)
         if not is_writer():  # rank 0 alone recovers (not sharded) and writes the model and the report

@@ -20,6 +20,7 @@ from ..options import PruneOptions
 from ..planning.memory import available_memory, gib
 from ..planning.plan import PrunePlan
 from ..util.gc_pause import paused_gc
+from ..util.model_copy import model_copy
 from .choose import DISTIL_COPIES, load_if_fits, with_distillation
 from .generated import generated_batches, mix, start_token
 from .inputs import as_batches, example_inputs, prepare
@@ -119,7 +120,7 @@ def prune(model: torch.nn.Module | str | os.PathLike, inputs: dict | None = None
         loss_fn = causal_lm_loss
     opts = opts.replace(calib=_little_text(model, calib), loss_fn=loss_fn)
     recover = recover_options(recover, calib)  # the data: the batches the prune calibrated on, sampled ones too
-    teacher = copy.deepcopy(model) if recover is not None else None  # the original, to distil from
+    teacher = model_copy(model) if recover is not None else None  # the original, to distil from
     original = copy.deepcopy(model.config)
     graph = graph or api.trace(model, (), inputs)
     model, report = _prune_or_keep_whole(model, inputs, graph, plan_, opts)

@@ -10,7 +10,6 @@ otherwise the oracle compares a path the pruned model never takes and says FAIL 
 """
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from ..errors import TraceError
 from ..util.compare import gaps
+from ..util.model_copy import model_copy
 from ..util.torch_compat import kept_attributes, tree_leaves, tree_map
 
 _INTS = (torch.int64, torch.int32)
@@ -90,7 +90,7 @@ def float_noise(program, batch) -> float | None:
         return None
     wide = lambda t: t.double() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
     args, kwargs = batch
-    twin = copy.deepcopy(program.model).double()
+    twin = model_copy(program.model).double()
     with torch.no_grad(), kept_attributes(program.model):
         got = program.model(*args, **kwargs)
         ref = twin(*tree_map(wide, tuple(args)), **tree_map(wide, dict(kwargs)))

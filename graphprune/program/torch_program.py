@@ -7,7 +7,6 @@ The rewrite edits the module in place (backends/torch_module.py) or a copy of it
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..util.atomic import atomic_path
 from ..util.compare import gaps
 from ..util.containers import container_children
 from ..util.gc_pause import reclaim
+from ..util.model_copy import model_copy
 from ..util.tables import shapes_text
 from ..util.torch_compat import ConvNd, fx_flatten_spec, kept_attributes, tree_leaves
 from .base import Masks, OnCapture, Program
@@ -315,7 +315,7 @@ class TorchProgram(Program):
         oracle could not run every cut group); ``values``: its numbers to the traced ones (backends/torch_values.py)."""
 
         reclaim()  # dropped copies hold cycles: with the collector paused, they wait for a collection
-        model = self.model if inplace else copy.deepcopy(self.model)
+        model = self.model if inplace else model_copy(self.model)
         dg = self.graph()
         rewrite(model, dg, plan, self.args, self.kwargs, check=True if proof else None,
                 updates=dict(updates) if updates else None, values=values)
