@@ -177,3 +177,20 @@ def test_a_bos_outside_the_vocabulary_is_no_start_token():
     with pytest.raises(PlanError, match=rf"names bos_token_id {vocab + 5} and eos_token_id {vocab + 5}, outside its "
                                         rf"vocabulary of {vocab} tokens"):
         gp.hf.prune(model, generated=4, ratio=0.5, measure_latency=False)
+
+
+def test_batches_with_more_than_text_get_no_generated_text():
+    """Gemma3's image-text model: "auto" added text-only sequences to batches that carry pixel_values and
+    token_type_ids, and calibration failed on a batch the user never gave. Such batches get none; asked for, a
+    PlanError says why."""
+    from graphprune.hf.pretrained import _resolve_generated
+    from graphprune.options import PruneOptions
+
+    g = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=g), "pixel_values": torch.randn(2, 3, 8, 8)}]
+    model = _llama()
+    assert _resolve_generated(model, PruneOptions(calib=calib), "auto") == 0
+    assert _resolve_generated(model, PruneOptions(calib=[{"input_ids": calib[0]["input_ids"]}]), "auto") > 0
+    with pytest.raises(PlanError, match=r"generated=4: sampled text has only token ids, and the calibration batches "
+                                        r"also carry 'pixel_values'"):
+        gp.hf.prune(model, calib=calib, generated=4, ratio=0.5, measure_latency=False)

@@ -256,12 +256,19 @@ def _check_generated(n) -> int | str:
     return n
 
 
+TEXT_INPUTS = {"input_ids", "attention_mask", "position_ids"}  # what a sampled sequence has
+
+
 def _resolve_generated(model: torch.nn.Module, opts: PruneOptions, n: int | str) -> int:
     """"auto": a causal LM calibrated on text gets AUTO_FACTOR sequences of its own for each one it was
     given, up to AUTO_GENERATED; anything else none."""
+    other = sorted({k for b in opts.calib or () if isinstance(b, dict) for k in b} - TEXT_INPUTS)
     if n != "auto":
+        if n and other:
+            raise PlanError(f"generated={n}: sampled text has only token ids, and the calibration batches also carry "
+                            f"{', '.join(map(repr, other))}, which the traced model takes: pass generated=0")
         return n
-    if not opts.calib or not _is_causal_lm(model):
+    if not opts.calib or not _is_causal_lm(model) or other:  # a multimodal model's images: no text stands in for them
         return 0
     given = sum(int(b["input_ids"].shape[0]) for b in opts.calib if isinstance(b, dict) and "input_ids" in b)
     return min(AUTO_GENERATED, AUTO_FACTOR * given)
