@@ -356,3 +356,29 @@ def test_nothing_prunable_names_the_widest_width_the_interface_keeps():
     """The refusal listed a 4-wide stack and a 3-row embedding, and not the 40 LSTM units the returned state keeps."""
     with pytest.raises(gp.PlanError, match=r"the widest 40 channel\(s\): model output .*return only what callers need"):
         gp.prune(_ReturnsItsState().eval(), (torch.randn(2, 12), torch.tensor([0, 2])), measure_latency=False)
+
+
+class _TensorDictLike:
+    """What torchrl passes: a mapping of tensors that also answers ``dtype`` and ``is_floating_point`` (TensorDict)."""
+
+    dtype = torch.float32
+
+    def __init__(self, entries: dict) -> None:
+        self.entries = entries
+
+    def is_floating_point(self):
+        return self
+
+    def items(self):
+        return self.entries.items()
+
+
+def test_a_mapping_of_tensors_is_checked_entry_by_entry():
+    """``int((~x.isfinite()).sum())`` on a TensorDict raised a raw TypeError from the finite-values check."""
+    from graphprune.calib.collect import check_finite
+
+    good = _TensorDictLike({"observation": torch.randn(4, 6), "step": torch.arange(4)})
+    assert check_finite([((good,), {})])
+    bad = _TensorDictLike({"observation": torch.tensor([[1.0, float("nan")]])})
+    with pytest.raises(gp.PlanError, match=r"calibration batch 0, input #0\['observation'\]: 1 of 2 values are NaN"):
+        check_finite([((bad,), {"td": good})])

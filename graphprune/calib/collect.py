@@ -79,8 +79,17 @@ def _named_inputs(batch) -> list[tuple[str, object]]:
     if isinstance(batch, dict):
         return [(f"'{n}'", v) for n, v in batch.items()]
     args, kwargs = batch
-    return ([(f"#{i}", a) for i, a in enumerate(args) if hasattr(a, "dtype")]
-            + [(f"'{n}'", v) for n, v in kwargs.items() if hasattr(v, "dtype")])
+    return [leaf for i, a in enumerate(args) for leaf in _leaves(f"#{i}", a)] + \
+        [leaf for n, v in kwargs.items() for leaf in _leaves(f"'{n}'", v)]
+
+
+def _leaves(name: str, v) -> list[tuple[str, object]]:
+    """An array's (name, value); a mapping's (a dict, a TensorDict: torchrl's inputs), each entry's, by key."""
+    if hasattr(v, "__array__"):
+        return [(name, v)]
+    if hasattr(v, "items") and callable(v.items):
+        return [leaf for k, x in v.items() for leaf in _leaves(f"{name}['{k}']", x)]
+    return []
 
 
 def collect(program, batches: list, sites: list[Site], gram: set[str]) -> dict[str, SiteStats]:

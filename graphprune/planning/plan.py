@@ -248,8 +248,10 @@ FREEZE_FIXES = {
                 "teaches it, or keep the op out of the traced forward",
     QUANTIZED: "prune the float model, then quantize it",
     CONTROL_FLOW: "export the model with its layers outside If/Loop/Scan, or prune the PyTorch model",
-    OPAQUE: "the modules named read tensor data in their forward and run as one call each: write those reads as "
-            "tensor ops (a grouped product over the experts, as transformers 5's Mixtral does) to prune inside them",
+    OPAQUE: "the modules named read tensor data in their forward (.item(), .tolist(), a branch on values) and run as "
+            "one call each: write those reads as tensor ops, or pass the values they read as Python numbers, to prune "
+            "inside them (for a mixture of experts: a grouped product over the experts, as transformers 5's Mixtral "
+            "does)",
     # neuralforecast's DLinear: a moving average and linear maps along time, no layer makes a channel of its own
     SPATIAL: "those are positions (time steps, pixels), not channels: the model's layers act along positions only, "
              "and it has no hidden width to cut",

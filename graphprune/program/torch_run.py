@@ -346,14 +346,16 @@ def structure_difference(example, batch, path: tuple = ()) -> str:
         return ("positional input " if path[0] == 0 else "keyword input ") + repr(path[1]) + "".join(f"[{k!r}]"
                                                                                                  for k in path[2:])
 
+    example, batch = _as_dict(example), _as_dict(batch)  # a TensorDict (torchrl's inputs) by its keys
     if isinstance(example, dict) and isinstance(batch, dict):
         lacks, extra = [k for k in example if k not in batch], [k for k in batch if k not in example]
         if lacks or extra:
             top = path == (1,)  # the keyword inputs themselves, not a dict given as one input
             said = [f"lack{'' if top else 's'} {lacks}, which the example{'' if top else chr(39) + 's'} has" if lacks else "",
                     f"ha{'ve' if top else 's'} {extra}, which the example{'' if top else chr(39) + 's'} has not" if extra else ""]
-            hint = ("; a forward that writes its outputs into its input dict (sentence-transformers') added them to the "
-                    "example when it ran: pass a fresh copy of the example" if lacks and not extra and not top else "")
+            hint = ("; a forward that writes its outputs into its input dict (sentence-transformers', torchrl's "
+                    "TensorDict modules) added them to the example when it ran: pass a fresh copy of the example"
+                    if lacks and not extra and not top else "")
             return named() + ("" if top else " (a dict)") + " " + " and ".join(x for x in said if x) + hint
         return next((d for k in example if (d := structure_difference(example[k], batch[k], path + (k,)))), "")
     if isinstance(example, (list, tuple)) and isinstance(batch, (list, tuple)):
@@ -362,3 +364,10 @@ def structure_difference(example, batch, path: tuple = ()) -> str:
         return next((d for i, (a, b) in enumerate(zip(example, batch)) if (d := structure_difference(a, b, path + (i,)))),
                     "")
     return ""
+
+
+def _as_dict(x):
+    """A mapping that is no dict (a TensorDict) as a dict of its entries; anything else as it is."""
+    if isinstance(x, dict) or isinstance(x, torch.Tensor) or not (hasattr(x, "keys") and hasattr(x, "items")):
+        return x
+    return dict(x.items())
