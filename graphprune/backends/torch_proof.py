@@ -95,11 +95,22 @@ def groups_spelled_at(dg: DependencyGraph, plan: PrunePlan, at: list, alike: boo
     pruned = plan.masks()
     groups: set[int] = set()
     first, lines = "", set()
+    cut = lambda c: {a for a in dg.solver.slot_atoms(c.key)[1] if a in pruned and pruned[a].any()}  # noqa: E731
     for c in dg.carries:
         if c.node in nodes and carried_value(dg, c, pruned) != c.value:
-            groups |= {a for a in dg.solver.slot_atoms(c.key)[1] if a in pruned and pruned[a].any()}
+            groups |= cut(c)
             first = first or nodes[c.node].where()
             lines.add(_alike(dg, nodes[c.node]))
+    if alike and not groups:
+        # a node at its old size, wrong because one attribute serves every call of a shared module (Mask2Former's
+        # mask predictor repeats its mask num_heads times for each decoder layer): the calls that asked for a
+        # new size name the groups
+        lines = {_alike(dg, n) for n in at}
+        same = {n.name: n for n in dg.ir.nodes if n.meta.source and _alike(dg, n) in lines}
+        for c in dg.carries:
+            if c.node in same and carried_value(dg, c, pruned) != c.value:
+                groups |= cut(c)
+                first = first or same[c.node].where()
     if alike and groups:
         same = {n.name for n in dg.ir.nodes if n.meta.source and _alike(dg, n) in lines}
         open_ = {g.id for g in dg.groups if g.prunable}  # an atom need not be a group (a frozen one has none)
