@@ -328,12 +328,29 @@ def _routed(dg: "DependencyGraph") -> set[str]:
 def _residual_atoms(dg: "DependencyGraph", births: dict[int, set[str]]) -> set[int]:
     """Atoms written by two or more weights and summed: the residual stream."""
     values = dg.ir.values
+    producer = dg.ir.producers()
     summed: set[int] = set()
     for n in dg.ir.nodes:
         if n.op in Ops.Add and len(n.inputs) >= 2:
             a, b = n.inputs[:2]
-            if values[a].kind == "act" and values[b].kind == "act" and values[a].rank and values[b].rank:
+            if values[a].kind == "act" and values[b].kind == "act" and values[a].rank and values[b].rank and \
+                    _root(dg, producer, a) != _root(dg, producer, b):  # x + 0.044715 * x**3 (a tanh GELU) merges nothing
                 summed.update(set(_atoms(dg, a, -1)) & set(_atoms(dg, b, -1)))
                 if values[a].rank >= 3:  # NCHW convs
                     summed.update(set(_atoms(dg, a, 1)) & set(_atoms(dg, b, 1)))
     return {a for a in summed if len(births.get(a, ())) >= 2}
+
+
+def _root(dg: "DependencyGraph", producer: dict, value: str, hops: int = 8) -> str:
+    """``value`` walked back through ops of one activation and no weight (a power, a scale by a constant, a tanh)."""
+    values = dg.ir.values
+    for _ in range(hops):
+        p = producer.get(value)
+        if p is None:
+            break
+        ins = [values[r] for r in p.inputs if r in values]
+        acts = [v.name for v in ins if v.kind == "act"]
+        if len(acts) != 1 or any(v.kind == "param" for v in ins):
+            break
+        value = acts[0]
+    return value

@@ -122,3 +122,36 @@ def test_what_the_model_returns_is_no_ffn_unit():
     g = gp.trace(net, (torch.randn(2, 8),))
     assert g.group_of("2.weight", 0).kind == "channel" and not g.group_of("2.weight", 0).prunable
     assert g.group_of("0.weight", 0).kind == "ffn"  # the hidden units stay what they are
+
+
+class _TanhGelu(torch.nn.Module):
+    """transformers' NewGELU: ``0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3)))``."""
+
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class _GatedFfn(torch.nn.Module):
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.emb, self.ln, self.act, self.head = torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), act, torch.nn.Linear(32, 8)
+        self.wi_0, self.wi_1 = torch.nn.Linear(32, 64, bias=False), torch.nn.Linear(32, 64, bias=False)
+        self.wo = torch.nn.Linear(64, 32, bias=False)
+
+    def forward(self, x):
+        h = self.emb(x)
+        y = self.ln(h)
+        return self.head(h + self.wo(self.act(self.wi_0(y)) * self.wi_1(y)))
+
+
+def test_a_gelu_spelled_with_an_add_of_its_own_input_leaves_a_gated_ffn_an_ffn():
+    """UMT5's gated-GELU FFN: the add inside the tanh GELU (x + 0.044715 x^3) read as two writers of a residual
+    stream, so its units were 'hidden' and targets=("ffn",) was refused. A SiLU gate was 'ffn' all along."""
+    x = torch.randn(2, 10, 16)
+    for act in (torch.nn.SiLU(), _TanhGelu()):
+        torch.manual_seed(0)
+        graph = graphprune.trace(_GatedFfn(act).eval(), (x,))
+        kinds = {g.kind for g in graph.groups if any(m.name == "wi_0.weight" and m.dim == 0 for m in g.members)}
+        assert kinds == {"ffn"}, (type(act).__name__, kinds)
+        assert {g.kind for g in graph.groups if any(m.name == "emb.weight" and m.dim == 0 for m in g.members)} == \
+            {"hidden"}
