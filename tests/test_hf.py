@@ -543,3 +543,29 @@ def test_a_main_input_name_that_is_a_list_is_checked_name_by_name():
     assert as_batches(model, [batch], "example input")[0].keys() == batch.keys()
     with pytest.raises(gp.PlanError, match="example input 0 has no 'task_inputs', the model's main input"):
         as_batches(model, [{"pixel_values": batch["pixel_values"]}], "example input")
+
+
+def test_weights_tied_by_module_prefix_are_not_missing():
+    """transformers 5 ties whole modules by prefix (DAB-DETR's ``{"model.decoder.bbox_embed": "bbox_predictor"}``):
+    save_pretrained writes the source alone, and load_pruned refused the folder as missing the tied names."""
+    from graphprune.hf.saved import _tied
+
+    model = torch.nn.Module()
+    model._tied_weights_keys = {"model.decoder.bbox_embed": "bbox_predictor", r"lm_head\.weight": "embed.weight"}
+    assert _tied(model, "model.decoder.bbox_embed.layers.0.weight") and _tied(model, "lm_head.weight")
+    assert not _tied(model, "model.decoder.bbox_embed_extra.weight") and not _tied(model, "bbox_predictor.weight")
+
+
+def test_a_rebuilt_model_that_does_not_run_is_refused_at_load_naming_why():
+    """DAB-DETR's rebuild set a size attribute otherwise than its prune had (left as it is): the folder loaded and
+    the user's first forward failed with a raw shape error. The load runs the saved example inputs first."""
+    from graphprune.hf.saved import _runs
+
+    class Broken(torch.nn.Module):
+        def forward(self, input_ids):
+            return torch.nn.functional.linear(input_ids.float(), torch.ones(3, 5))
+
+    _runs(Broken(), {"input_ids": torch.ones(2, 5)}, "p")
+    with pytest.raises(gp.GraphpruneError, match=r"the model rebuilt from p does not run on the example inputs it was "
+                                                 r"saved with \(RuntimeError: mat1 and mat2"):
+        _runs(Broken(), {"input_ids": torch.ones(2, 4)}, "p")

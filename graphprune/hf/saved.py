@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -93,16 +94,45 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
         raise GraphpruneError(f"the rebuilt model does not match the saved one: {wrong[0]} is {have.get(wrong[0])}, "
                               f"saved {want[wrong[0]]} ({len(wrong)} tensor(s) differ)")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
     aliases = {n for names in tied_aliases(model).values() for n in names[1:]}  # save_pretrained keeps one
-    missing = [m for m in missing if m not in tied and m not in aliases]
+    missing = [m for m in missing if not _tied(model, m) and m not in aliases]
     if missing or unexpected:
         raise GraphpruneError(f"weights in {directory} do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    _runs(model, inputs, directory)
     # pruned again later (the CLI on a saved folder): the history goes on from here
     setattr(model, META_ATTR, doc)
     return model.to(device).eval()
+
+
+def _runs(model: torch.nn.Module, inputs: dict, directory) -> None:
+    """The rebuilt model on the saved example inputs: a rebuild whose module attributes differ from the pruned
+    model's fails here, named, not in the user's first forward."""
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except Exception as exc:  # noqa: BLE001 - whatever the forward raises, said as a load failure
+        why = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise GraphpruneError(f"the model rebuilt from {directory} does not run on the example inputs it was saved "
+                              f"with ({type(exc).__name__}: {why}): the rebuild differs from the model saved (a size "
+                              "attribute set otherwise); keep the pruned model object, or prune the original again"
+                              ) from exc
+
+
+def _tied(model: torch.nn.Module, name: str) -> bool:
+    """Whether ``name`` is a weight the model ties to another (save_pretrained writes that one alone): its
+    ``_tied_weights_keys`` are names, module prefixes (DAB-DETR's ``{"model.decoder.bbox_embed": "bbox_predictor"}``)
+    or patterns."""
+    for key in getattr(model, "_tied_weights_keys", None) or []:
+        if name == key or name.startswith(key + "."):
+            return True
+        try:
+            if re.fullmatch(key, name):
+                return True
+        except re.error:
+            continue
+    return False
 
 
 def _saved_names(model: torch.nn.Module) -> dict[str, str]:
