@@ -298,3 +298,15 @@ def test_a_module_holding_a_tensor_computed_from_its_weights_is_copied_and_prune
         copy.deepcopy(model)  # the case is real
     pruned, report = gp.prune(model, (x,), ratio=0.5, verify=True)  # the default call: widths timed on copies
     assert report.oracle.passed and pruned[0].out_channels < 16
+
+
+def test_a_registered_or_private_tensor_computed_from_the_weights_is_copied_too():
+    """The review's cases: a buffer registered from ``weight * 2`` and a private ``self._cache = weight.t()``."""
+    from graphprune.util.model_copy import model_copy
+
+    model = torch.nn.Linear(4, 3)
+    model.register_buffer("scaled", model.weight * 2)
+    model._cache = model.weight.t()
+    copied = model_copy(model)
+    assert torch.equal(copied.scaled, model.scaled) and copied.scaled.grad_fn is None
+    assert torch.equal(copied._cache, model._cache) and copied.weight is not model.weight

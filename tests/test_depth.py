@@ -376,3 +376,29 @@ def test_a_removal_whose_swap_breaks_the_forward_is_undone_with_a_rewrite_error(
     assert not any(isinstance(m, (Skip, ZeroBranch)) for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(x), want)
+
+
+class _MaskedPolicy(nn.Module):
+    """A policy head whose illegal actions are -inf logits: the swap check subtracted -inf from -inf (review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(8, 16), nn.Linear(16, 6)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)) for _ in range(3))
+        self.register_buffer("illegal", torch.tensor([False, True, False, False, True, False]))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h).masked_fill(self.illegal, float("-inf"))
+
+
+def test_outputs_with_infinities_the_original_has_too_do_not_refuse_blocks():
+    torch.manual_seed(0)
+    model, x = _MaskedPolicy().eval(), torch.randn(4, 8)
+    _, report = gp.prune(model, (x,), ratio=0.5, targets=["blocks"], measure_latency=False,
+                         calib=[torch.randn(4, 8) for _ in range(3)])
+    assert len(report.plan.blocks) == 1  # floor(0.5 * 3)
+    with torch.no_grad():
+        assert torch.isinf(model(x)[:, 1]).all() and torch.isfinite(model(x)[:, 0]).all()

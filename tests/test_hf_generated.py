@@ -194,3 +194,13 @@ def test_batches_with_more_than_text_get_no_generated_text():
     with pytest.raises(PlanError, match=r"generated=4: sampled text has only token ids, and the calibration batches "
                                         r"also carry 'pixel_values'"):
         gp.hf.prune(model, calib=calib, generated=4, ratio=0.5, measure_latency=False)
+
+
+def test_position_ids_in_the_batches_take_no_generated_text():
+    """Sampled sequences carry token ids and a mask, not position_ids (review): such batches get none by default."""
+    from graphprune.hf.pretrained import _resolve_generated
+    from graphprune.options import PruneOptions
+
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(5))
+    calib = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(10)[None]}]
+    assert _resolve_generated(_llama(), PruneOptions(calib=calib), "auto") == 0

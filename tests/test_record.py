@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -436,6 +437,10 @@ class _IndexFromTensors(nn.Module):
 
     def forward(self, x, pts):
         h = self.lin(x)
+        if self.how == "list":  # a short list holding tensors is a tuple of indices to torch: x[[rows, cols]]
+            mask = torch.ones(h.shape[:2], dtype=torch.bool)
+            mask[[torch.arange(pts.shape[0]), pts]] = False
+            return self.out(h * mask[..., None])
         if self.how == "zip":
             mask = torch.ones(h.shape[:2], dtype=torch.bool)
             rows, cols = zip(*torch.stack([torch.arange(pts.shape[0]), pts], -1))
@@ -444,7 +449,7 @@ class _IndexFromTensors(nn.Module):
         return self.out(h[:, torch.tensor([pts[0], pts[1]])])
 
 
-@pytest.mark.parametrize("how", ["zip", "tensor"])
+@pytest.mark.parametrize("how", ["zip", "tensor", "list"])
 def test_lists_of_tensors_are_recorded_as_computed_not_as_the_examples_values(how):
     """The recording held the example's indices as constants: the replay differed from the model on every other
     input (0.79), and the oracle failed where it drew other values. The lists are stacked by recorded ops."""
@@ -461,3 +466,23 @@ def test_lists_of_tensors_are_recorded_as_computed_not_as_the_examples_values(ho
         assert torch.equal(model(x, other), torch.from_numpy(want))
     _, report = gp.prune(copy.deepcopy(model), (x, torch.tensor([1, 3])), ratio=0.5, runtime=None, verify=True)
     assert report.oracle.passed and report.oracle.checked_groups
+
+
+def test_stacked_lists_give_what_torch_tensor_and_torch_indexing_give():
+    """The review's cases: dtypes promoted (a float64 0-d tensor beside a float), one-element tensors as numbers,
+    a short list of index tensors read as a tuple, as torch reads them."""
+    from graphprune.frontends.record_sequences import stacked_sequences
+
+    x, t1, t2 = torch.arange(12).view(3, 4), torch.tensor(1), torch.tensor(2)
+    rows, cols = (torch.tensor(0), t1), (t1, t2)
+    cases = [lambda: x[[rows, cols]], lambda: x[[t1, t2]], lambda: x[[0, t2]], lambda: x[rows, cols],
+             lambda: torch.tensor([torch.tensor(1.0, dtype=torch.float64), 1.0]),
+             lambda: torch.tensor([torch.ones(1), torch.ones(1)]), lambda: torch.tensor([t1, 2.5]),
+             lambda: torch.tensor([[1, 2], [torch.tensor(3.0, dtype=torch.float64), 3]])]
+    with warnings.catch_warnings():  # torch warns that a list index will be read as a tensor one day
+        warnings.simplefilter("ignore")
+        want = [c() for c in cases]
+    with stacked_sequences():
+        got = [c() for c in cases]
+    for k, (w, g) in enumerate(zip(want, got)):
+        assert (w.dtype, w.shape) == (g.dtype, g.shape) and torch.equal(w, g), k

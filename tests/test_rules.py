@@ -936,3 +936,22 @@ def test_an_in_place_channel_dropout_is_elementwise():
                           nn.Conv2d(16, 4, 1)).eval()
     pruned, report = gp.prune(model, (torch.randn(2, 3, 8, 8),), ratio=0.5, verify=True, measure_latency=False)
     assert report.oracle.verdict == "PASS" and pruned[0].out_channels == 8
+
+
+class _WhereIds(nn.Module):
+    """``torch.where(cond)`` numbers cond's positions: cut cond's channels and the ids point elsewhere (review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.table = nn.Linear(4, 32), nn.Parameter(torch.randn(32, 3))
+
+    def forward(self, x):
+        h = self.up(x)
+        return self.table[torch.where(h.sum(0) > 0.5)[0]].sum(0, keepdim=True) + h[:, :3]
+
+
+def test_the_dims_where_numbers_are_kept_whole():
+    torch.manual_seed(0)
+    graph = gp.trace(_WhereIds().eval(), (torch.randn(5, 4),))
+    group = next(g for g in graph.groups if any(m.name == "up.weight" and m.dim == 0 for m in g.members))
+    assert not group.prunable and any("positions returned by" in str(r) for r in group.frozen), group

@@ -19,23 +19,49 @@ def _holds_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor) or isinstance(x, (list, tuple)) and any(_holds_tensor(e) for e in x)
 
 
+def _leaves(x: Any) -> list:
+    return [y for e in x for y in _leaves(e)] if isinstance(x, (list, tuple)) else [x]
+
+
+def _common(leaves: list) -> tuple[torch.dtype, torch.device | None]:
+    """The dtype ``torch.tensor`` gives a list of these (tensors' dtypes promoted, Python numbers counted by kind
+    only) and the device of its tensors."""
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    dtype = tensors[0].dtype if tensors else None
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    numbers = [type(v) for v in leaves if not isinstance(v, torch.Tensor)]
+    if float in numbers and (dtype is None or not (dtype.is_floating_point or dtype.is_complex)):
+        dtype = torch.get_default_dtype()
+    elif int in numbers and (dtype is None or dtype == torch.bool):
+        dtype = torch.long
+    elif dtype is None:
+        dtype = torch.bool
+    return dtype, tensors[0].device if tensors else None
+
+
 def _stacked(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A nested list of tensors and numbers as one tensor, by ``torch.stack`` (recorded): what ``torch.tensor``
-    of it gives, for the index and value lists seen in models (equal-shaped, one dtype kind)."""
-    if isinstance(x, torch.Tensor):
-        out = x
-    elif isinstance(x, (list, tuple)):
-        parts = [_stacked(e) for e in x]
-        kinds = {p.dtype for p in parts}
-        common = parts[0].dtype if len(kinds) == 1 else (
-            torch.get_default_dtype() if any(p.is_floating_point() for p in parts) else torch.long)
-        out = torch.stack([p.to(common) for p in parts]) if parts else torch.tensor([])
-    else:
-        out = torch.as_tensor(x)
+    of it gives (a one-element tensor counts as its number; dtypes promoted; numbers on the tensors' device)."""
+    common, device = _common(_leaves(x))
+
+    def build(e: Any) -> torch.Tensor:
+        if isinstance(e, (list, tuple)):
+            return torch.stack([build(p) for p in e]) if e else torch.empty(0, dtype=common, device=device)
+        if isinstance(e, torch.Tensor):
+            return (e.reshape(()) if e.numel() == 1 else e).to(common)
+        return torch.as_tensor(e, dtype=common, device=device)
+
+    out = build(x)
     return out if dtype is None else out.to(dtype)
 
 
 def _index(index: Any) -> Any:
+    # torch reads a short list that holds a tensor, a list, a slice, None or ... as a tuple of indices
+    # (x[[rows, cols]] is x[rows, cols]); a longer one, or one of numbers only, as one index tensor
+    if isinstance(index, list) and len(index) < 32 and any(
+            isinstance(e, (torch.Tensor, list, tuple, slice)) or e is None or e is Ellipsis for e in index):
+        index = tuple(index)
     if isinstance(index, tuple):
         return tuple(_stacked(e) if isinstance(e, (list, tuple)) and _holds_tensor(e) else e for e in index)
     return _stacked(index) if isinstance(index, list) and _holds_tensor(index) else index

@@ -256,7 +256,7 @@ def _check_generated(n) -> int | str:
     return n
 
 
-TEXT_INPUTS = {"input_ids", "attention_mask", "position_ids"}  # what a sampled sequence has
+TEXT_INPUTS = {"input_ids", "attention_mask"}  # what a sampled sequence has
 
 
 def _resolve_generated(model: torch.nn.Module, opts: PruneOptions, n: int | str) -> int:

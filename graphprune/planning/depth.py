@@ -57,7 +57,18 @@ def keep_removable(program, dg, blocks: list[Block], only: bool, notes: list[str
         return blocks
     refused = {b.id: why for b in blocks if (why := program.removal_problem(dg, [b]))}
     kept = [b for b in blocks if b.id not in refused]
-    first = next(iter(refused.values()))
+    if kept and program.removal_problem(dg, kept):  # each goes alone, not all together: grow a set
+        together: list[Block] = []
+        for b in kept:
+            why = program.removal_problem(dg, together + [b])
+            if why:
+                refused[b.id] = why
+            else:
+                together.append(b)
+        kept = together
+    first = next(iter(refused.values()), "")
+    if not refused:
+        return kept
     if not kept and only:
         raise PlanError(f"no residual block can be removed from this model; the first, {_label(blocks[0])}: {first}")
     named = [_label(b) for b in blocks if b.id in refused]

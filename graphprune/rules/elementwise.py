@@ -48,6 +48,9 @@ def _where(node: Node, ctx: RuleContext) -> None:
     for out in node.outputs:
         if ctx.rank(out):
             ctx.freeze(ctx.s(out, 0), INDEXED, f"positions chosen by data at {node.where()}")
+    cond = node.args[0]
+    for d in range(ctx.rank(cond)):  # the positions number cond's dims: cut one and they point elsewhere
+        ctx.freeze(ctx.s(cond, d), INDEXED, f"positions returned by {node.where()}")
 
 
 @register("aten.prelu", "aten._prelu_kernel")

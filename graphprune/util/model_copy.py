@@ -31,8 +31,7 @@ def model_copy(model: M) -> M:
     """A deep copy of ``model``; tensors it holds with a grad_fn (outside its parameters and buffers) detached."""
     found: list[torch.Tensor] = []
     for m in model.modules():
-        for name, value in vars(m).items():
-            if not name.startswith("_"):
-                _computed(value, found)
+        for value in vars(m).values():  # plain and private attributes, and the _buffers dict (a registered one)
+            _computed(value, found)
     memo = {id(t): t.detach().clone() for t in found}
     return copy.deepcopy(model, memo)
