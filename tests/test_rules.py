@@ -955,3 +955,22 @@ def test_the_dims_where_numbers_are_kept_whole():
     graph = gp.trace(_WhereIds().eval(), (torch.randn(5, 4),))
     group = next(g for g in graph.groups if any(m.name == "up.weight" and m.dim == 0 for m in g.members))
     assert not group.prunable and any("positions returned by" in str(r) for r in group.frozen), group
+
+
+class _EmptyTail(nn.Module):
+    """pykan's ``x[:, dim_sum::mult_arity]`` with no multiplication nodes: an empty strided slice from the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(4, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.up(x))
+        tail = h[:, h.shape[1]::2]
+        return self.down(h) + tail.sum(1, keepdim=True)
+
+
+def test_an_empty_strided_slice_from_the_end_reads_no_channel():
+    torch.manual_seed(0)
+    pruned, report = gp.prune(_EmptyTail().eval(), (torch.randn(5, 4),), ratio=0.5, verify=True, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and pruned.up.out_features == 8

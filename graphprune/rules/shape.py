@@ -342,6 +342,11 @@ def _slice(node: Node, ctx: RuleContext) -> None:
         ctx.freeze(ctx.s(out, dim), SYMBOLIC, f"slice with symbolic bounds at {ctx.where()}")
         return
     start, stop = slice_bounds(n, start, stop)
+    if start >= n and ctx.shape(out)[dim] == 0:
+        # x[:, n::k], empty (pykan's x[:, dim_sum::mult_arity] with no multiplication nodes): it reads no channel,
+        # and a narrower dim leaves it as empty
+        ctx.tie_dims(src, out, [d for d in range(rank) if d != dim], [d for d in range(rank) if d != dim])
+        return
     if step != 1:
         ctx.tie_dims(src, out, [d for d in range(rank) if d != dim], [d for d in range(rank) if d != dim])
         raw_stop = ctx.arg(node, 3, "end", None)
