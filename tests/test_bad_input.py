@@ -382,3 +382,25 @@ def test_a_mapping_of_tensors_is_checked_entry_by_entry():
     bad = _TensorDictLike({"observation": torch.tensor([[1.0, float("nan")]])})
     with pytest.raises(gp.PlanError, match=r"calibration batch 0, input #0\['observation'\]: 1 of 2 values are NaN"):
         check_finite([((bad,), {"td": good})])
+
+
+class _PartlyKeyword(torch.nn.Module):
+    """vocos: ``forward(x, bandwidth_id=None)``, its example given as ``(x,)`` and ``{"bandwidth_id": ...}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.emb, self.down = torch.nn.Linear(6, 32), torch.nn.Embedding(4, 32), torch.nn.Linear(32, 6)
+
+    def forward(self, x, bandwidth_id=None):
+        return self.down(torch.relu(self.up(x) + self.emb(bandwidth_id)[:, None]))
+
+
+def test_an_example_given_partly_by_position_is_calibrated_on_dicts_by_name():
+    """Such an example could not be calibrated: a dict batch was all keyword inputs ('positional inputs: 0 item(s),
+    where the example has 1'), a tuple all positional. A dict naming forward's positional parameters now fits."""
+    torch.manual_seed(0)
+    make = lambda: {"x": torch.randn(2, 5, 6), "bandwidth_id": torch.randint(0, 4, (2,))}  # noqa: E731
+    example = make()
+    pruned, report = gp.prune(_PartlyKeyword().eval(), (example["x"],), {"bandwidth_id": example["bandwidth_id"]},
+                              ratio=0.5, calib=[make() for _ in range(4)], verify=True, measure_latency=False)
+    assert report.oracle.passed and pruned.up.out_features == 16 and report.compensation is not None

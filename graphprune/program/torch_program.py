@@ -43,7 +43,7 @@ from .base import Masks, OnCapture, Program
 from .slot_masks import SlotMask, fitted, input_atoms, slot_mask
 from .torch_latency import onnxruntime_latency
 from .torch_oracle_inputs import draws_random, float_noise, oracle_batches, seeded
-from .torch_run import Walk, as_batch, retrace, structure_difference, take_items
+from .torch_run import Walk, as_batch, positional, retrace, structure_difference, take_items
 
 
 class TorchProgram(Program):
@@ -128,7 +128,7 @@ class TorchProgram(Program):
         arity = len(self.args) if not self.kwargs else None
         batches = []
         for b in calib:
-            args, kwargs = as_batch(b)
+            args, kwargs = positional(self.model, self.args, *as_batch(b))  # {"x": ..., "bandwidth_id": ...}
             if arity and not kwargs and len(args) > arity:
                 args = args[:arity]
             batches.append((args, kwargs))

@@ -10,6 +10,7 @@ so memory is the calibration set times the widest cut of the graph, not its dept
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 from typing import Any, Callable, Iterable
 
@@ -288,6 +289,21 @@ def as_batch(batch: Any) -> tuple[tuple, dict]:
         return (batch,), {}
     raise PlanError(f"a calibration batch must be a tuple of positional inputs or a dict of keyword inputs, "
                     f"not {type(batch).__name__}")
+
+
+def positional(model: torch.nn.Module, example_args: tuple, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A dict batch for an example given partly by position (vocos' ``(x,)`` and ``{"bandwidth_id": ...}``): the
+    entries named as forward's first positional parameters become positional inputs, as the example has them."""
+    if not example_args or args or not kwargs:
+        return args, kwargs
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return args, kwargs
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:len(example_args)]
+    if len(names) < len(example_args) or not all(n in kwargs for n in names):
+        return args, kwargs
+    return tuple(kwargs[n] for n in names), {k: v for k, v in kwargs.items() if k not in names}
 
 
 def take_items(batch: tuple[tuple, dict], n: int, items) -> tuple[tuple, dict]:
