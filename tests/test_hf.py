@@ -150,12 +150,12 @@ def test_falcon_fused_gqa_heads_keep_their_ratio():
         assert model(**inputs).logits.shape == ref(**inputs).logits.shape
 
 
-def test_a_config_sync_that_breaks_the_forward_is_taken_back(monkeypatch):
+def test_a_config_sync_that_breaks_the_forward_is_taken_back(monkeypatch, tmp_path):
     """The sync's own attribute updates are not proven by a trace: if the pruned model no longer runs
     with them, they are undone and the report says so."""
-    import graphprune.hf.pretrained as pretrained
+    import graphprune.hf.sync as sync_module
 
-    sync = pretrained.sync_config
+    sync = sync_module.sync_config
 
     def breaking(model, dg, plan):
         out = sync(model, dg, plan)
@@ -164,7 +164,7 @@ def test_a_config_sync_that_breaks_the_forward_is_taken_back(monkeypatch):
         attn.head_dim += 1  # a view by this head_dim no longer fits
         return out
 
-    monkeypatch.setattr(pretrained, "sync_config", breaking)
+    monkeypatch.setattr(sync_module, "sync_config", breaking)
     model = gp.hf.prepare(H.build("llama-gqa"))
     inputs = gp.hf.example_inputs(model)
     want = model.model.layers[0].self_attn.head_dim
@@ -173,7 +173,14 @@ def test_a_config_sync_that_breaks_the_forward_is_taken_back(monkeypatch):
     taken = [n for n in report.notes if n.startswith("config sync: ")]  # the FFN sizes it set too
     assert len(taken) == 1 and "module attribute(s) taken back" in taken[0] and "RuntimeError" in taken[0]
     with torch.no_grad():
-        model(**inputs)
+        want_out = model(**inputs).logits
+    # the reload replays the plan and the sync: it must take them back alike (DAB-DETR's hidden_size did not,
+    # and its reload failed on its first forward)
+    gp.hf.save_pruned(model, tmp_path / "p")
+    back = gp.hf.load_pruned(tmp_path / "p")
+    assert back.model.layers[0].self_attn.head_dim == want
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).logits, want_out)
 
 
 def _gpt_neox():

@@ -25,7 +25,7 @@ from .choose import DISTIL_COPIES, load_if_fits, with_distillation
 from .generated import generated_batches, mix, start_token
 from .inputs import as_batches, example_inputs, prepare
 from .stream import stream_prune
-from .sync import sync_config
+from .sync import sync_checked
 from .uniform import loadable_heads, warn_unloadable
 
 HF_DEFAULTS = {"ratio": 0.3}
@@ -155,31 +155,6 @@ def _prune_or_keep_whole(model, inputs: dict, graph, plan_, opts: PruneOptions):
         return model, report
 
 
-def _check_runs(model: torch.nn.Module, inputs: dict, report) -> None:
-    """The rewrite proved the module attributes it set by tracing again; the config sync's own (for code
-    paths a trace does not take) are not, so the pruned model must still run on its example inputs, or the
-    sync's attributes are taken back (Falcon's query heads were once counted as its key/value groups)."""
-    def error() -> Exception | None:
-        try:
-            with torch.no_grad():
-                model(**inputs)
-        except Exception as exc:  # noqa: BLE001 - whatever the forward raises, it no longer runs
-            return exc
-        return None
-
-    if not report.sync.attributes or (exc := error()) is None:
-        return
-    for path, name, old, _ in report.sync.attributes:
-        setattr(model.get_submodule(path) if path else model, name, old)
-    report.notes.append(f"config sync: {len(report.sync.attributes)} module attribute(s) taken back; with them the "
-                        f"pruned model failed on its example inputs ({type(exc).__name__}: {str(exc)[:160]})")
-    report.sync.attributes = []
-    if (exc := error()) is not None:
-        raise RewriteError(f"the pruned model does not run on its example inputs: {type(exc).__name__}: "
-                           f"{str(exc)[:300]}; pass verify=True to see which groups differ, or ignore= the "
-                           "attention layers") from exc
-
-
 def _check_recover(model: torch.nn.Module, recover: dict | None, max_memory: int | None) -> None:
     """recover= before the prune: the teacher copy and the training's buffers must fit beside the model
     (a deep copy past the memory is a kernel kill), and the weights must be trainable in their dtype
@@ -213,8 +188,9 @@ def _distil(model, teacher, recover: dict | None, report) -> None:
 def _sync_and_record(model, graph, report, opts: PruneOptions, original, inputs: dict) -> None:
     """Bring the config in line with the pruned widths and attach the plan history that
     :func:`graphprune.hf.load_pruned` rebuilds the model from."""
-    report.sync = sync_config(model, graph, report.plan)
-    _check_runs(model, inputs, report)
+    report.sync = sync_checked(model, graph, report.plan, inputs)
+    if report.sync.taken_back:
+        report.notes.append(f"config sync: {report.sync.taken_back}")
     added = sorted(report.compensation.bias_modules) if report.compensation is not None else []
     if added and report.sync is not None and report.sync.loadable:
         report.sync.loadable = False

@@ -25,7 +25,7 @@ from .converted import assemble, stored_pieces
 from .inputs import prepare
 from .pretrained import META_ATTR
 from .stream import load_streamed
-from .sync import sync_config
+from .sync import sync_checked
 
 
 def save_pruned(model: torch.nn.Module, directory: str | os.PathLike, **save_kwargs) -> Path:
@@ -78,7 +78,7 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
     model = replay(model, doc.history, (), inputs,
                    lambda gid, size: f"the saved plan does not fit {cls.__name__} as this transformers version builds "
                                      f"it (group {gid} of size {size} is missing); load it with the versions that "
-                                     "saved it", after=sync_config)
+                                     "saved it", after=lambda m, g, plan: sync_checked(m, g, plan, inputs))
     renamed, raw = _saved_names(model), _read_weights(directory, load_file)
     state = {renamed.get(k, k): v for k, v in raw.items()}
     want = {n: tuple(s) for n, s in doc.shapes.items()}

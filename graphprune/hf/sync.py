@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..backends.torch_module import submodule
+from ..errors import RewriteError
 from ..graph import DependencyGraph
 from ..kinds import attention_site_axes, head_axis
 from ..planning.plan import PrunePlan
@@ -41,6 +42,7 @@ class ConfigSync:
     config: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # field -> (old, new)
     loadable: bool = False
     reason: str = ""
+    taken_back: str = ""  # why the attributes were set back (the model failed with them), else ""
 
     def __str__(self) -> str:
         changes = ", ".join(f"{k} {a}->{b}" for k, (a, b) in self.config.items()) or "no config change"
@@ -154,6 +156,35 @@ def sync_config(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan) ->
             else:
                 setattr(cfg, name, old)
     return out
+
+
+def sync_checked(model: torch.nn.Module, dg: DependencyGraph, plan: PrunePlan, inputs: dict) -> ConfigSync:
+    """:func:`sync_config`, then the model run on ``inputs``. The rewrite proved the attributes it set by tracing
+    again; the sync's own (for code paths a trace does not take) are not, so where the model no longer runs they
+    are all set back (Falcon's query heads were once counted as its key/value groups; DAB-DETR's ``hidden_size``
+    names a width the prune did not cut). ``load_pruned`` replays the same check, so a reload decides alike."""
+    out = sync_config(model, dg, plan)
+    if not out.attributes or (exc := _fails(model, inputs)) is None:
+        return out
+    for path, name, old, _ in out.attributes:
+        setattr(model.get_submodule(path) if path else model, name, old)
+    out.taken_back = (f"{len(out.attributes)} module attribute(s) taken back; with them the pruned model failed on "
+                      f"its example inputs ({type(exc).__name__}: {str(exc)[:160]})")
+    out.attributes = []
+    if (exc := _fails(model, inputs)) is not None:
+        raise RewriteError(f"the pruned model does not run on its example inputs: {type(exc).__name__}: "
+                           f"{str(exc)[:300]}; pass verify=True to see which groups differ, or ignore= the "
+                           "attention layers") from exc
+    return out
+
+
+def _fails(model: torch.nn.Module, inputs: dict) -> Exception | None:
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except Exception as exc:  # noqa: BLE001 - whatever the forward raises, it no longer runs
+        return exc
+    return None
 
 
 def _sync_head_dim(cfg, d_new, changed_heads: bool, changed_dim: bool, problems: list[str], out) -> set[str]:
