@@ -55,10 +55,11 @@ class NodeMeta:
     module_type: str = ""  # its class name
     source: str = ""  # the source line, or "onnx node 'name'"
     modules: tuple[str, ...] = ()  # every enclosing module's path, outermost first (depth pruning)
+    note: str = ""  # a front end's word on the node (why a module was recorded as one call), for its reasons
 
     def items(self):
         """(field, value) pairs, for code that lists a node's facts (graph export)."""
-        return ((f, getattr(self, f)) for f in ("module", "module_type", "source", "modules"))
+        return ((f, getattr(self, f)) for f in ("module", "module_type", "source", "modules", "note"))
 
 
 @dataclass(slots=True)

@@ -3,6 +3,8 @@ per-expert loop of DBRX (and of Mixtral before transformers 5) made the whole mo
 stay whole, said in the report, and the rest of the model is pruned and proven."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -68,6 +70,10 @@ def test_a_module_that_reads_data_runs_whole_and_the_rest_is_pruned_and_proven()
     graph = gp.trace(model, (x,))
     frozen = [g for g in graph.groups if not g.prunable and g.frozen[0].kind == OPAQUE]
     assert frozen and "module 'blocks.0.moe' (_LoopedExperts), whose forward reads tensor data" in str(frozen[0].frozen[0])
+    # the reason names the read and its line, which the user rewrites to prune inside the module
+    lines, first = inspect.getsourcelines(_LoopedExperts.forward)
+    read = first + next(i for i, line in enumerate(lines) if ".nonzero()" in line)
+    assert f"(aten.nonzero.default) at File \"{__file__}\", line {read}, in forward" in str(frozen[0].frozen[0])
     pruned, report = gp.prune(model, (x,), ratio=0.5, verify=True, measure_latency=False,
                               calib=[torch.randn(4, 8, 16), torch.randn(3, 8, 16)])
     assert report.oracle.verdict in ("PASS", "PARTIAL") and report.oracle.checked_groups

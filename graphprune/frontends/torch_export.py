@@ -19,6 +19,7 @@ from ..errors import TraceError
 from ..io.onnx_export import export_error_text, quiet_torch
 from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..util.torch_compat import is_op_overload, is_op_packet, kept_attributes, op_qualname, tree_leaves
+from .torch_opaque import NOTE
 
 _SKIP_OPS = {"aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_size", "aten.sym_numel",
              "aten.sym_stride", "aten.sym_storage_offset", "aten._assert_async", "aten.sym_constrain_range_for_size"}
@@ -213,7 +214,8 @@ def _node_meta(node: torch.fx.Node) -> NodeMeta:
         module_path, module_type = list(stack.values())[-1]
         module_type = module_type if isinstance(module_type, str) else getattr(module_type, "__qualname__", "")
     return NodeMeta(module_path, module_type, _source_line(node.meta),
-                    tuple(path for path, _ in stack.values()))  # outermost first: depth pruning's module map
+                    tuple(path for path, _ in stack.values()),  # outermost first: depth pruning's module map
+                    node.meta.get(NOTE, ""))
 
 
 def _inline_wrapper(g: Graph, gm: torch.fx.GraphModule | None, node: torch.fx.Node, names: dict[str, Any],

@@ -24,6 +24,7 @@ from ..util.torch_compat import tree_flatten, tree_leaves, tree_unflatten
 from .module_stack import user_frame
 
 NAME = "opaque_call"  # lowered as op "python.opaque_call" (frontends/torch_export.py op_id)
+NOTE = "graphprune_note"  # an FX node's meta key: why its module is recorded as one call (IR NodeMeta.note)
 MAX_ROUNDS = 16  # recordings tried, each making at least one more kind of module whole
 
 
@@ -69,14 +70,16 @@ _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device)
 
 
 @contextlib.contextmanager
-def recorded_whole(model: torch.nn.Module, paths: tuple[str, ...], recorder, meta_like) -> Iterator[None]:
-    """While recording, each module at ``paths`` runs unrecorded (``recorder.paused``) and is recorded as one node."""
+def recorded_whole(model: torch.nn.Module, paths: tuple[str, ...], recorder, meta_like,
+                   reads: dict[str, str] | None = None) -> Iterator[None]:
+    """While recording, each module at ``paths`` runs unrecorded (``recorder.paused``) and is recorded as one node,
+    noted with ``reads[path]``: the read that made it whole, for the reasons that name it."""
     missing = object()
     wrapped = []
     for path in paths:
         module = model.get_submodule(path)
         wrapped.append((module, vars(module).get("forward", missing)))  # accelerate's hooks, a user's patch
-        module.forward = _recording_forward(module, path, recorder, meta_like)
+        module.forward = _recording_forward(module, path, recorder, meta_like, (reads or {}).get(path, ""))
     try:
         yield
     finally:
@@ -87,7 +90,7 @@ def recorded_whole(model: torch.nn.Module, paths: tuple[str, ...], recorder, met
                 module.forward = before
 
 
-def _recording_forward(module: torch.nn.Module, path: str, recorder, meta_like):
+def _recording_forward(module: torch.nn.Module, path: str, recorder, meta_like, note: str):
     original = module.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -113,6 +116,8 @@ def _recording_forward(module: torch.nn.Module, path: str, recorder, meta_like):
         call = opaque_call(module, path, in_spec, len(leaves), out_spec, [x for x in outs if not isinstance(x, torch.Tensor)])
         node = graph.create_node("call_function", call, tuple(inputs), {}, name=NAME)
         node.meta["nn_module_stack"] = recorder.modules.current
+        if note:
+            node.meta[NOTE] = note
         where = user_frame(torch_layers=False)  # the model's line, not torch's call machinery
         if where is not None:
             node.meta["stack_trace"] = where

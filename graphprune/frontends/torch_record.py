@@ -294,13 +294,13 @@ def _run_recorded(model: torch.nn.Module, args: tuple, kwargs: dict, stand_in: d
 
 
 def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, device: str | None = None,
-           opaque: tuple[str, ...] = ()) -> Trace:
+           opaque: tuple[str, ...] = (), reads: tuple[tuple[str, str], ...] = ()) -> Trace:
     """Record one forward of ``model`` without changing it.
 
     The forward runs on stand-ins for the weights: meta tensors by default (no arithmetic,
     and the model's buffers cannot be written), or with ``device="real"`` the parameters
     themselves and copies of the buffers; ``opaque``: paths of modules recorded as one call each, on the real
-    weights (frontends/torch_opaque.py). Raises :class:`Unrecordable` where only
+    weights (frontends/torch_opaque.py), ``reads`` saying why for each. Raises :class:`Unrecordable` where only
     torch.export can tell what is wrong (a data-dependent forward, a failing one)."""
     kwargs = dict(kwargs or {})
     device = device or "meta"
@@ -339,7 +339,7 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
     recorder.tensors.update(stand_in)
     recorder.shared = {t.untyped_storage().data_ptr() for t in [*tree_leaves((tuple(args), kwargs)),
                        *model.parameters()] if isinstance(t, torch.Tensor) and t.device.type != "meta"}
-    with recorded_whole(model, opaque, recorder, _meta_like):
+    with recorded_whole(model, opaque, recorder, _meta_like, dict(reads)):
         out = _run_recorded(model, args, kwargs, stand_in, recorder, stack, caches)
     if changed := [p for p in dict.fromkeys(recorder.state) if not torch.equal(stand_in[p], root[p])]:
         raise Unrecordable(f"the forward branches on buffer '{changed[0]}', which it also writes")
@@ -352,7 +352,8 @@ def record(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, devi
             raise Unrecordable(f"the forward returns a {type(t).__name__} holding tensors pytree does not flatten")
     graph.output(tuple(outs))
     drop_asserted(graph, recorder.asserted)
-    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root, hidden=_held(stack, aliases), opaque=opaque)
+    return Trace(graph, in_spec, user_inputs, kinds, device=device, root=root, hidden=_held(stack, aliases), opaque=opaque,
+                 reads=reads)
 
 
 def _held(stack: ModuleStack, aliases: dict[str, torch.Tensor]) -> tuple[str, ...]:

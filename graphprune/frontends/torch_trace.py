@@ -31,7 +31,7 @@ def trace_model(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         _check_names(model)
     if like is not None and like.method == "record":
         try:
-            return record(model, args, kwargs, device=like.device, opaque=like.opaque)
+            return record(model, args, kwargs, device=like.device, opaque=like.opaque, reads=like.reads)
         except Unrecordable as exc:
             if like.device != "meta" or not real:
                 raise TraceError(f"could not record {type(model).__name__}'s forward: {exc}") from exc
@@ -82,6 +82,7 @@ def _recorded_whole(model: torch.nn.Module, args: tuple, kwargs: dict | None, ex
     for each further one the next recording stops in. Where that fails: why, after the first module tried ('' where
     the read is in the model's own forward)."""
     opaque: tuple[str, ...] = ()
+    reads: tuple[tuple[str, str], ...] = ()  # why each is one call: the read its class's first recording stopped at
     for _ in range(MAX_ROUNDS):
         if exc is None or not exc.module:
             break
@@ -90,8 +91,9 @@ def _recorded_whole(model: torch.nn.Module, args: tuple, kwargs: dict | None, ex
         if not more:
             break
         opaque += more
+        reads += tuple((p, str(exc)) for p in more)
         try:
-            return record(model, args, kwargs, device="real", opaque=opaque)
+            return record(model, args, kwargs, device="real", opaque=opaque, reads=reads)
         except Unrecordable as again:
             exc = again
     return str(exc) if opaque and exc is not None else ""

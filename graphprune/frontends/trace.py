@@ -20,6 +20,7 @@ class Trace:
     root: dict = field(default_factory=dict)  # get_attr target -> tensor, for the GraphModule
     hidden: tuple[str, ...] = ()  # registered paths of tensors held by called modules outside the registry
     opaque: tuple[str, ...] = ()  # modules recorded as one call each (frontends/torch_opaque.py), on the real weights
+    reads: tuple[tuple[str, str], ...] = ()  # (path, the read that made it one call) of those modules
     _gm: torch.fx.GraphModule | None = None
 
     @property

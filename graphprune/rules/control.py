@@ -22,7 +22,10 @@ def _control_flow(node: Node, ctx: RuleContext) -> None:
 def _opaque_call(node: Node, ctx: RuleContext) -> None:
     # a module whose forward reads tensor data, run whole (frontends/torch_opaque.py): its channels are not followed
     kind = node.meta.module_type.rpartition(".")[2]
-    why = (f"enters or leaves module '{node.meta.module}' ({kind}), whose forward reads tensor data: it is recorded "
-           "as one call, so its inputs, outputs and weights keep their channels")
+    # the read itself and its line (frontends/torch_trace.py notes it): what a user rewrites to prune inside
+    read = node.meta.note.removeprefix("the forward reads tensor data ")
+    read = f" {read}" if read.startswith("(") else f" ({read})" if read else ""
+    why = (f"enters or leaves module '{node.meta.module}' ({kind}), whose forward reads tensor data{read}: it is "
+           "recorded as one call, so its inputs, outputs and weights keep their channels")
     for name in dict.fromkeys(node.inputs + node.outputs):
         ctx.freeze_value(name, OPAQUE, why)
