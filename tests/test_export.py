@@ -1,6 +1,8 @@
 """export_onnx: validated, dynamic batch, deterministic, atomic."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -353,3 +355,32 @@ def test_a_forward_with_star_args_given_none_of_them_exports(tmp_path):
     """``forward(x, *rest)`` called with x alone binds no ``rest``: an IndexError (review)."""
     report = gp.export_onnx(_RestArgs().eval(), (torch.randn(1, 8),), tmp_path / "m.onnx")
     assert report.dynamic_batch and report.max_abs_diff < 1e-5
+
+
+class _Keywords(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 4)
+
+    def forward(self, scale=1.0, **k):  # a thin wrapper's signature (around a diffusers model)
+        return self.a(k["x"]) * scale + k["y"]
+
+
+def test_a_forward_taking_star_kwargs_exports_with_a_dynamic_batch_and_its_own_weight_names(tmp_path):
+    """``forward(**k)``: torch.export keys dynamic_shapes by 'k' and failed on a nested spec, so the file came out
+    at a fixed batch with a warning. The inputs given by name now export with a dynamic batch, and the weights
+    keep the model's names."""
+    model = _Keywords().eval()
+    kwargs = {"x": torch.randn(2, 8), "y": torch.randn(2, 4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gp.PruneWarning)  # the fixed-batch fallback warns: none here
+        report = gp.export_onnx(model, (), tmp_path / "m.onnx", kwargs)
+    assert report.dynamic_batch
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    assert sorted(i.name for i in sess.get_inputs()) == ["x", "y"]
+    feeds = {"x": torch.randn(5, 8), "y": torch.randn(5, 4)}
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    np.testing.assert_allclose(got, model(**feeds).detach().numpy(), rtol=1e-4, atol=1e-5)
+    import onnx
+    names = {i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert {"a.weight", "a.bias"} <= names

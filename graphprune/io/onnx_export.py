@@ -20,6 +20,7 @@ import torch
 from ..errors import GraphpruneError, warn
 from ..oracle import max_abs_diff, scaled_diff
 from ..util.torch_compat import tree_leaves, tree_map
+from .keyword_view import keyword_view
 from .onnx_save import EXTERNAL_BYTES, onnx_destination
 
 
@@ -171,8 +172,8 @@ def _export_once(model, args: tuple, kwargs: dict, path: Path, dynamic_batch: bo
                  dynamic: Mapping[int | str, Mapping[int, str]] | None) -> ExportReport:
     import onnx
 
+    model = keyword_view(model.eval(), args, kwargs)  # forward(**kwargs): its inputs named for torch.export
     dynamic_shapes = _dynamic_shapes(model, args, kwargs, dynamic_batch, dynamic or {})
-    model.eval()
     # past 2 GB of weights (protobuf's limit) they go to external data, path's name + ".data" beside it
     big = sum(p.numel() * p.element_size() for p in model.parameters()) >= EXTERNAL_BYTES
     with onnx_destination(path) as tmp_path:
