@@ -576,3 +576,24 @@ def test_a_rebuilt_model_that_does_not_run_is_refused_at_load_naming_why():
     with pytest.raises(gp.GraphpruneError, match=r"the model rebuilt from p does not run on the example inputs it was "
                                                  r"saved with \(RuntimeError: mat1 and mat2"):
         _runs(Broken(), {"input_ids": torch.ones(2, 4)}, "p")
+
+
+def test_a_layer_whose_own_config_keeps_another_attention_reloads(tmp_path):
+    """set_attn_implementation does not reach configs a model copied for its layers (CLIPSeg's decoder layers stay
+    on SDPA under an eager model): the prune traced that mix, a rebuild from the config alone traced eager
+    everywhere, and load_pruned refused the folder save_pruned had just written ("group ... is missing")."""
+    model = gp.hf.prepare(H.build("bert"))
+    layer = model.encoder.layer[1].attention.self
+    layer.config = copy.deepcopy(layer.config)
+    model.set_attn_implementation("eager")  # the root's config; layer 1's own copy stays as it was
+    assert layer.config._attn_implementation != model.config._attn_implementation
+    inputs = gp.hf.example_inputs(model)
+    model, _ = gp.hf.prune(model, inputs, ratio=0.3, targets=("heads",))
+    with torch.no_grad():
+        want = model(**inputs).last_hidden_state
+    gp.hf.save_pruned(model, tmp_path / "p")
+    back = gp.hf.load_pruned(tmp_path / "p")
+    assert back.encoder.layer[1].attention.self.config._attn_implementation == layer.config._attn_implementation
+    assert back.encoder.layer[0].attention.self.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).last_hidden_state, want)

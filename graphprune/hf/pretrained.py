@@ -15,7 +15,7 @@ from ..api.recover import recover_options
 from ..calib.distributed import is_writer, same_on_all
 from ..errors import PlanError, RewriteError, warn
 from ..graph import DependencyGraph
-from ..io.checkpoint_doc import CheckpointDoc, PlanStep, config_dict, tensor_spec
+from ..io.checkpoint_doc import CheckpointDoc, PlanStep, config_dict, module_attention, tensor_spec
 from ..options import PruneOptions
 from ..planning.memory import available_memory, gib
 from ..planning.plan import PrunePlan
@@ -199,7 +199,8 @@ def _sync_and_record(model, graph, report, opts: PruneOptions, original, inputs:
     before = getattr(model, META_ATTR, None)  # pruned before (an iterative schedule): keep the history
     setattr(model, META_ATTR, CheckpointDoc(
         (before.history if before else []) + [PlanStep(report.plan, added)], architecture=type(model).__name__,
-        original_config=before.original_config if before else config_dict(original), kwargs=_input_spec(inputs)))
+        original_config=before.original_config if before else config_dict(original), kwargs=_input_spec(inputs),
+        attention=before.attention if before else module_attention(model)))
 
 
 # generated="auto": eight of the model's own sequences for each one given, at most 512. Measured on SmolLM2

@@ -8,6 +8,7 @@ attributes), and loads the safetensors.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -73,6 +74,10 @@ def load_pruned(directory: str | os.PathLike, model_class=None, device: str | to
         raise GraphpruneError(f"transformers has no class {doc.architecture}; pass model_class=")
     config = cls.config_class.from_dict(doc.original_config)
     model = prepare(cls(config))
+    for path, impl in doc.attention.items():  # layers whose own config the model's attention setting missed:
+        layer = model.get_submodule(path)  # their own copy (a fresh build may share the root's), as it was
+        layer.config = copy.deepcopy(layer.config)
+        layer.config._attn_implementation = impl
     _, inputs = doc.example_inputs()
     # an iterative schedule saved every step's plan: each applies to the model the previous one left
     model = replay(model, doc.history, (), inputs,

@@ -64,6 +64,27 @@ def config_dict(config) -> dict:
     return out
 
 
+def module_attention(model) -> dict[str, str]:
+    """{module path: attention implementation} where a module's own config says otherwise than its nearest
+    ancestor's: ``set_attn_implementation`` does not reach configs a model copied for its layers (CLIPSeg's
+    decoder layers stay on SDPA under an eager model), and a rebuild from the config alone would trace the other
+    graph, which the saved plan's group ids do not fit."""
+    def impl(m):
+        return getattr(getattr(m, "config", None), "_attn_implementation", None)
+
+    seen: dict[str, str | None] = {"": impl(model)}
+    out = {}
+    for path, m in model.named_modules():
+        if not path:
+            continue
+        parent = path.rpartition(".")[0]
+        here = impl(m) if isinstance(impl(m), str) else seen.get(parent)
+        seen[path] = here
+        if isinstance(here, str) and here != seen.get(parent):
+            out[path] = here
+    return out
+
+
 @dataclass
 class PlanStep:
     """One prune of the history: its plan, and the layers compensation gave a bias (the replay
@@ -96,6 +117,7 @@ class CheckpointDoc:
     # the keyword inputs a block is traced with on reload (a list of specs stands for a tuple)
     layers: dict[str, list[PlanStep]] = field(default_factory=dict)
     layer_inputs: dict[str, dict | list] = field(default_factory=dict)
+    attention: dict[str, str] = field(default_factory=dict)  # module_attention of the pruned transformers model
 
     @property
     def is_hf(self) -> bool:
@@ -117,6 +139,8 @@ class CheckpointDoc:
                        layer_inputs=self.layer_inputs)
         if self.is_hf:
             out.update(architecture=self.architecture, original_config=self.original_config, inputs=self.kwargs)
+            if self.attention:
+                out.update(attention=self.attention)
             if self.history:  # the last step where readers without histories look for it
                 out.update(out["history"][-1])
         else:
@@ -133,7 +157,7 @@ class CheckpointDoc:
                    args=list(raw.get("args") or []), kwargs=dict(raw.get("inputs" if hf else "kwargs") or {}),
                    shapes=dict(raw.get("shapes") or {}), format=raw.get("format"),
                    layers={k: [PlanStep.from_json(s) for s in v] for k, v in (raw.get("layers") or {}).items()},
-                   layer_inputs=dict(raw.get("layer_inputs") or {}))
+                   layer_inputs=dict(raw.get("layer_inputs") or {}), attention=dict(raw.get("attention") or {}))
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "CheckpointDoc":
