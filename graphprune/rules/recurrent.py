@@ -107,8 +107,10 @@ def _onnx_rnn(node: Node, ctx: RuleContext) -> None:
     get = lambda i: node.args[i].name if len(node.args) > i and node.args[i] is not None else None  # noqa: E731
     x, w, r, b = get(0), get(1), get(2), get(3)
     acts = list(node.kwargs.get("activations") or [])
-    # LSTM (f, g, h), GRU (f, g), RNN (f): every position but the gates' f must keep 0 at 0
-    state_acts = acts[1:] if kind != "RNN" else acts[:1]
+    # LSTM (f, g, h), GRU (f, g), RNN (f), given per direction (a bidirectional LSTM lists six): in each, every
+    # position but the gates' f must keep 0 at 0
+    n = {"LSTM": 3, "GRU": 2, "RNN": 1}[kind]
+    state_acts = [a for i in range(0, len(acts), n) for a in (acts[i + 1:i + n] if kind != "RNN" else acts[i:i + 1])]
     bad = [a for a in state_acts if a not in _ZERO_PRESERVING]
     if bad:
         _freeze_node(node, ctx, RECURRENT_STATE, f"activation {bad[0]} does not keep a removed unit at 0")
