@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import graphprune as gp
 import graphprune.frontends.onnx_runtime_rewrites as onnx_runtime_rewrites
 import graphprune.program.onnx_program as onnx_program
 from graphprune.program.onnx_program import OnnxProgram
@@ -186,3 +188,46 @@ def test_onnxruntime_errors_are_cut_to_the_node_and_its_cause(tmp_path):
     # onnxruntime names the node as its optimiser renamed it (c1 became y_nchwc)
     assert text.startswith("INVALID_ARGUMENT: Conv node '") and "[ONNXRuntimeError]" not in text
     assert text.split("': ", 1)[1] == raw.split("Status Message: ", 1)[1]  # the cause whole
+
+
+def _features_model(reshaped: bool) -> onnx.ModelProto:
+    """x (T, F), both dims dynamic as madmom's converter writes them, into a recurrence whose weight reads 10
+    features, through an Unsqueeze (as madmom's networks) and, ``reshaped``, a Reshape first (a path the weight is
+    not found by: ONNX shape inference does not check a recurrence's input width, so the graph lowers at any)."""
+    rng = np.random.default_rng(0)
+    h, f = 12, 10
+    inits = {"W": (1, h, f), "R": (1, h, h), "Wout": (h, 3)}
+    tensors = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in inits.items()]
+    tensors += [numpy_helper.from_array(np.array([1], np.int64), "axes"),
+                numpy_helper.from_array(np.array([0, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["x2"])] if reshaped else []
+    nodes += [helper.make_node("Unsqueeze", ["x2" if reshaped else "x", "axes"], ["x3"]),  # (T, 1, F)
+              helper.make_node("RNN", ["x3", "W", "R"], ["y"], name="rnn", hidden_size=h),  # (T, 1, 1, H)
+              helper.make_node("MatMul", ["y", "Wout"], ["out"], name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "F"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["T", 1, 1, 3])], tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_dynamic_dim_a_weight_fixes_is_analysed_at_that_size(tmp_path):
+    """madmom's RNNs declare their features dynamic: analysed at a guessed size (640), the recurrence's tie to
+    its weight raised a raw CouplingError (exit 1). The weight it meets says the size: 10."""
+    src = tmp_path / "m.onnx"
+    onnx.save(_features_model(reshaped=False), src)
+    program = OnnxProgram.load(src, fuse=True)
+    assert program.analysis_dims() == {"x": [1, 10]}
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.verdict == "PASS" and report.params_after < report.params_before
+
+
+def test_sizes_that_do_not_fit_at_chosen_shapes_are_a_clear_error(tmp_path):
+    """Where no weight is found for the dim (a Reshape first), the sizes tried do not fit: a TraceError that says
+    to give the input shapes, not a raw CouplingError (exit 1 from the CLI); given, the model prunes."""
+    src = tmp_path / "m.onnx"
+    onnx.save(_features_model(reshaped=True), src)
+    with pytest.raises(gp.TraceError, match=r"cannot tie dims of sizes \d+ and 10 .*--input-shape"):
+        gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, measure_latency=False)
+    assert not (tmp_path / "slim.onnx").exists()
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1, measure_latency=False,
+                           input_shapes={"x": (4, 10)})
+    assert report.oracle.verdict == "PASS"

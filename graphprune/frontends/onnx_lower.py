@@ -24,6 +24,7 @@ from ..reasons import COMPUTED, Reason
 from .onnx_channel_affine import NOT_LEARNED
 from .onnx_fills import FILL_COPY, split_shared_fills
 from .onnx_int_eval import MAX_DATA, evaluate_int_tensors
+from .onnx_weight_dims import weight_dims
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
@@ -118,8 +119,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def input_dims(model: onnx.ModelProto, shapes: dict[str, tuple] | None = None, dynamic: int = 1,
                inner: int | None = None) -> dict[str, list[int]]:
     """Concrete dims of every graph input: the user's ``shapes`` where given (checked against the
-    declared static dims), else the declared dim, else ``dynamic`` (``inner`` for dynamic dims
-    past the first, where given: an image size). A declared dim of 0 or -1 is dynamic."""
+    declared static dims), else the declared dim, else the size a weight fixes it at (onnx_weight_dims.py),
+    else ``dynamic`` (``inner`` for dynamic dims past the first, where given: an image size). A declared dim
+    of 0 or -1 is dynamic."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")]
     shapes = dict(shapes or {})
@@ -128,9 +130,10 @@ def input_dims(model: onnx.ModelProto, shapes: dict[str, tuple] | None = None, d
         raise TraceError(f"input shape given for {unknown}, which the model does not have; its inputs are "
                          f"{[vi.name for vi in inputs]}")
     out = {}
+    fixed = weight_dims(model) if len(shapes) < len(inputs) else {}
     for vi in inputs:
-        declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                    for d in vi.type.tensor_type.shape.dim]
+        declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else fixed.get(vi.name, {}).get(k)
+                    for k, d in enumerate(vi.type.tensor_type.shape.dim)]
         if vi.name in shapes:
             given = [int(x) for x in shapes[vi.name]]
             if len(given) != len(declared) or any(g < 1 for g in given):

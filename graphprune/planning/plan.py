@@ -236,7 +236,10 @@ def check_prunable(dg: DependencyGraph) -> None:
         ranked = [r for r, _ in ranked_freezes(dg.groups)]
         fix = FREEZE_FIXES.get(ranked[0].kind if ranked else "", "replace or remove the op it names") if ranked or \
             not io else ("an input with a channel dim (an index given per feature) ties every layer it meets to it: "
-                         "give it without that dim and expand it inside forward()")
+                         "give it without that dim and expand it inside forward()" if dg.ir.frontend != "onnx" else
+                         "an input with a channel dim (a recurrent state passed in, an index given per feature) ties "
+                         "every layer it meets to it: export the model without it (states kept inside the graph), "
+                         "or prune the model the file was exported from")
         raise PlanError(f"nothing in this model can be pruned: every channel space is frozen ({why}). Each reason "
                         f"names the op and node; {fix}.", reasons=ranked)
 

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Itera
 
 import numpy as np
 
-from ..errors import PlanError
+from ..errors import PlanError, TraceError
 from ..graph import DependencyGraph
+from ..layouts import CouplingError
 from ..planning.placement import CPU, Placement
 from ..util.gc_pause import paused_gc
 
@@ -56,7 +57,14 @@ class Program(ABC):
 
         if self._graph is not None and freeze_io:
             return self._graph
-        dg = DependencyGraph(self.lower(), freeze_io=freeze_io, program=self, before_groups=self.freeze)
+        ir = self.lower()
+        try:
+            dg = DependencyGraph(ir, freeze_io=freeze_io, program=self, before_groups=self.freeze)
+        except CouplingError as exc:  # a rule's tie of two sizes that differ: chosen input shapes, or a rule's bug
+            raise TraceError(f"{exc}: the model's sizes do not fit together at the input shapes it was analysed at "
+                             f"({self.timed_shapes()}). Where those were chosen for dynamic dims, give the shapes the "
+                             "model runs at (input_shapes={'name': (...)}, --input-shape name:DIMS); where they are the "
+                             "model's own, a graphprune rule is wrong: report it with the model") from exc
         if freeze_io:
             self._graph = dg
         return dg

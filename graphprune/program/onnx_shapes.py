@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import TraceError
 from ..frontends.onnx_lower import input_dims, lower, probe_inputs
+from ..frontends.onnx_weight_dims import weight_dims
 from .onnx_batches import ort_text
 
 IMAGE_SIZES = (32, 64, 128, 224, 320, 640)  # dynamic dims past the batch, tried when 1 does not analyse
@@ -158,6 +159,10 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     at 1); token ids' length goes to :data:`TEXT_LENGTH`. An image that does not was built for some
     size (a head flattening to a fixed width), found by trying :data:`IMAGE_SIZES` from the smallest,
     as other dynamic dims are."""
+    graph = model
+    fixed = {} if shapes else weight_dims(model)
+    if fixed:  # a dynamic dim only one size fits (the features a first layer's weight reads): as if declared
+        model = _declaring(model, fixed)
     first = input_dims(model, shapes)
     if shapes or not any(k > 0 and d is None for k, d in dynamic_dims(model)):
         return Tries([first], "given")
@@ -165,7 +170,7 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     images = image_inputs(model)
     if images:
         try:
-            lower(model, first, None)
+            lower(graph, first, None)
         except TraceError as exc:
             return Tries(sized, "sized", (first, str(exc)))
         return Tries([_sized_dims(model, images, size) for size in IMAGE_FIRST] + [first], "image")
@@ -173,6 +178,20 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     if tokens:  # at one token attention and the widths' timings would be those of a one-word text
         return Tries([_sized_dims(model, tokens, TEXT_LENGTH), first, *sized], "text")
     return Tries([first, *sized], "ones")
+
+
+def _declaring(model: onnx.ModelProto, fixed: dict[str, dict[int, int]]) -> onnx.ModelProto:
+    """``model``'s inputs, declaring the ``fixed`` dims, for the functions above that read only inputs (and which of
+    them are initializers: named, not copied)."""
+    out = onnx.ModelProto()
+    out.graph.input.extend(model.graph.input)
+    out.graph.output.extend(model.graph.output)
+    out.graph.initializer.extend(onnx.TensorProto(name=t.name) for t in model.graph.initializer)
+    for vi in out.graph.input:
+        for k, size in fixed.get(vi.name, {}).items():
+            vi.type.tensor_type.shape.dim[k].Clear()
+            vi.type.tensor_type.shape.dim[k].dim_value = size
+    return out
 
 
 def _shapes(sess, model: onnx.ModelProto, dims) -> list[tuple] | None:
