@@ -231,3 +231,35 @@ def test_sizes_that_do_not_fit_at_chosen_shapes_are_a_clear_error(tmp_path):
     report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1, measure_latency=False,
                            input_shapes={"x": (4, 10)})
     assert report.oracle.verdict == "PASS"
+
+
+def _frames_model() -> onnx.ModelProto:
+    """x (T, F) of frames, both dynamic: a 7-tall convolution over the frames, then a Slice of its output (madmom's
+    onset CNN). At T = 1 the convolution's height is negative, and onnx's Slice inference aborts the process."""
+    rng = np.random.default_rng(0)
+    arr = lambda a, n: numpy_helper.from_array(np.asarray(a), n)  # noqa: E731
+    tensors = [arr(rng.standard_normal((8, 1, 7, 3)).astype(np.float32), "w"), arr(np.zeros(8, np.float32), "b"),
+               arr(np.array([0], np.int64), "s"), arr(np.array([-6], np.int64), "e"), arr(np.array([2], np.int64), "ax"),
+               arr(np.array([0, 1], np.int64), "ax01"), arr(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax01"], ["x4"]),  # (1, 1, T, F)
+             helper.make_node("Conv", ["x4", "w", "b"], ["c"], name="conv"),  # (1, 8, T - 6, F - 2)
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Slice", ["r", "s", "e", "ax"], ["sl"], name="slice"),
+             helper.make_node("Conv", ["sl", "w2"], ["out"], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "F"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, "h", "w"])], tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_size_whose_shape_inference_aborts_is_passed_over(tmp_path):
+    """At T = 1 onnx's C++ shape inference failed an assertion and aborted the process (exit 134, no message). It
+    runs in a child now: the crash is a TraceError, and the analysis goes on to sizes where the frames fit."""
+    from graphprune.frontends.onnx_lower import concretize
+    with pytest.raises(gp.TraceError, match=r"shape inference crashed \(SIGABRT\) at the input sizes \{'x': \[1, 1\]\}"):
+        concretize(_frames_model(), shapes={"x": [1, 1]})
+    src = tmp_path / "m.onnx"
+    onnx.save(_frames_model(), src)
+    report = gp.prune_onnx(src, tmp_path / "slim.onnx", ratio=0.5, round_to=1, measure_latency=False)
+    assert report.oracle.verdict == "PASS"
+    note = next(n for n in report.notes if n.startswith("input shapes:"))
+    assert "x 32x32" in note and "the first size that works" in note and "crashed" in note

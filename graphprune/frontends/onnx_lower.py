@@ -23,6 +23,7 @@ from ..ir import Graph, Node, NodeMeta, Ref, Value
 from ..reasons import COMPUTED, Reason
 from .onnx_channel_affine import NOT_LEARNED
 from .onnx_fills import FILL_COPY, split_shared_fills
+from .onnx_guarded_inference import infer_at_sizes
 from .onnx_int_eval import MAX_DATA, evaluate_int_tensors
 from .onnx_weight_dims import weight_dims
 
@@ -109,13 +110,6 @@ def freeze_unreachable(dg, model: onnx.ModelProto) -> None:
                                            f"'{c.node}'", op=ops.get(c.node, ""), node=c.node))
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # an op without inference: keep what we have and fill holes at run time
-        return model
-
-
 def input_dims(model: onnx.ModelProto, shapes: dict[str, tuple] | None = None, dynamic: int = 1,
                inner: int | None = None) -> dict[str, list[int]]:
     """Concrete dims of every graph input: the user's ``shapes`` where given (checked against the
@@ -199,7 +193,7 @@ def concretize(model: onnx.ModelProto, size: int = 1, shapes: dict[str, list[int
     for vi in m.graph.output:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
             vi.type.tensor_type.ClearField("shape")
-    return infer_shapes(m)
+    return infer_at_sizes(m)  # in a child: at a size the model cannot take, onnx's inference may abort
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

@@ -164,8 +164,11 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     if fixed:  # a dynamic dim only one size fits (the features a first layer's weight reads): as if declared
         model = _declaring(model, fixed)
     first = input_dims(model, shapes)
+    # where the first dim is not a batch (a recording's frames, (T, F)) and nothing runs at 1 there: it too at sizes
+    leading = [input_dims(model, None, size, size) for size in IMAGE_SIZES] if not shapes and any(
+        k == 0 and d is None for k, d in dynamic_dims(model)) else []
     if shapes or not any(k > 0 and d is None for k, d in dynamic_dims(model)):
-        return Tries([first], "given")
+        return Tries([first, *leading], "given")
     sized = [input_dims(model, None, 1, size) for size in IMAGE_SIZES]
     images = image_inputs(model)
     if images:
@@ -177,7 +180,7 @@ def analysis_tries(model: onnx.ModelProto, shapes) -> Tries:
     tokens = token_dims(model)
     if tokens:  # at one token attention and the widths' timings would be those of a one-word text
         return Tries([_sized_dims(model, tokens, TEXT_LENGTH), first, *sized], "text")
-    return Tries([first, *sized], "ones")
+    return Tries([first, *sized, *leading], "ones")
 
 
 def _declaring(model: onnx.ModelProto, fixed: dict[str, dict[int, int]]) -> onnx.ModelProto:
