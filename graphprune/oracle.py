@@ -51,6 +51,9 @@ class OracleReport:
     # RewriteError naming the groups to keep whole; prune raises it (and plans again), verify() reports it
     moved: Exception | None = field(default=None, repr=False, compare=False)
     nonfinite: bool = False  # the masked original gave NaN or inf somewhere on the oracle inputs
+    # after a FAIL: where computed floats meet a step (sign, a comparison, rounding, arg-max): a value that float
+    # rounding moves across the step flips there, by a whole step, however small the rounding (afis' minutiae net)
+    steps: list[str] = field(default_factory=list)
 
     @property
     def vacuous(self) -> bool:
@@ -118,6 +121,12 @@ class OracleReport:
                   "alike only where they draw at shapes the plan leaves alone, so this FAIL may be the draws', not the "
                   "plan's. Verify with sampling off (a noise scale of 0), or prune with verify=False and check the "
                   "result on your own data")
+        if self.steps and not self.passed:
+            s += (f". The model has steps on computed values ({'; '.join(self.steps[:2])}"
+                  f"{f' and {len(self.steps) - 2} more' if len(self.steps) > 2 else ''}): the pruned model sums its "
+                  "channels in another order, and a value that rounding moves across a step flips by the whole step, "
+                  "so this FAIL may be rounding at a few elements, not the plan. Keep the layers before them whole "
+                  "(ignore=), or prune with verify=False and check the result on your own data")
         if self.trace_gap is not None and self.trace_gap > self.atol:
             s += (f". The traced graph itself, nothing pruned, is {self.trace_gap:.3g} apart from the model on the "
                   "example inputs: the forward takes another path while traced (a library's branch for tracing, "
@@ -196,7 +205,30 @@ def run_oracle(program, plan: PrunePlan, atol: float | None = None, trials: int 
         report.float_noise = program.float_noise(program.oracle_inputs(0)[0])  # rounding, or the plan?
     if not report.passed:  # is the reference itself sound? (the trace run unmasked against the model)
         report.trace_gap = program.trace_gap(program.oracle_inputs(0)[0])
+        report.steps = step_sites(dg)
     return report
+
+
+# ops whose output jumps where a float input crosses a threshold
+STEPS = frozenset({"sign", "eq", "ne", "gt", "lt", "ge", "le", "floor", "ceil", "round", "argmax", "argmin", "topk",
+                   "sort", "argsort", "heaviside", "bucketize", "searchsorted", "Sign", "Equal", "Greater", "Less",
+                   "GreaterOrEqual", "LessOrEqual", "Floor", "Ceil", "Round", "ArgMax", "ArgMin", "TopK",
+                   "NonMaxSuppression"})
+
+
+def step_sites(dg) -> list[str]:
+    """Where a step op reads a computed float (not a weight, not an integer): :attr:`OracleReport.steps`."""
+    values = dg.ir.values
+    out = []
+    for node in dg.ir.nodes:
+        op = node.op.split(".")[1] if node.op.count(".") >= 1 else node.op
+        if op not in STEPS:
+            continue
+        floats = [values[n] for n in node.inputs if n in values and values[n].kind == "act"
+                  and ("float" in values[n].dtype or "half" in values[n].dtype)]
+        if floats:
+            out.append(f"{op} at {node.where()}")
+    return out
 
 
 NOISE_MARGIN = 10.0  # a gap this many times the model's own float32 rounding is rounding too

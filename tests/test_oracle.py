@@ -506,3 +506,28 @@ def test_outputs_that_are_zero_or_nan_everywhere_are_not_checked_not_passed():
     g = gp.trace(model, bad)
     report = gp.verify(model, bad, gp.plan(g, model, ratio=0.5), g)
     assert report.verdict == "NOT CHECKED" and "zero, NaN or inf" in str(report), str(report)
+
+
+class _SignHead(torch.nn.Module):
+    """A step on computed values (as afis' minutiae net's atan2 and max-pool suppression): rounding flips it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return y * torch.sign(y) + (y > 0.5).float()
+
+
+def test_a_fail_through_steps_on_computed_values_says_rounding_may_flip_them():
+    """afis' LEADER (tf2onnx) failed the oracle by 0.036 with nothing saying that its outputs pass through steps,
+    where a reordered sum flips a value by the whole step: the FAIL names them and what to do."""
+    from graphprune.oracle import OracleReport, step_sites
+    graph = gp.trace(_SignHead().eval(), (torch.randn(1, 3, 8, 8),))
+    sites = step_sites(graph)
+    assert len(sites) == 2 and sites[0].startswith("sign at ") and sites[1].startswith("gt at ")
+    failed = OracleReport(0.036, 1e-4, [0], steps=sites)
+    assert failed.verdict == "FAIL" and "has steps on computed values (sign at " in str(failed)
+    assert "verify=False" in str(failed) and "ignore=" in str(failed)
+    assert "steps" not in str(OracleReport(1e-6, 1e-4, [0], steps=sites))  # a PASS needs no excuse
