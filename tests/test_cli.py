@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -130,3 +132,15 @@ def test_cli_messages_name_flags_not_api_arguments():
         "Select more kinds (--targets heads ffn), raise --max-ratio; see graphprune inspect MODEL"
     assert cli_words("(calib=..., allocation='sensitivity'); budget={\"macs\": 0.5}") == \
         "(--calib ..., --allocation sensitivity); --budget macs=0.5"
+
+
+def test_a_clone_folder_in_the_current_folder_is_named_not_a_raw_attribute_error(tmp_path):
+    """Run beside a clone of graphprune (its root folder named graphprune, no __init__.py), Python imports that
+    folder as the package: every command died with "module 'graphprune' has no attribute 'prune_onnx'"."""
+    (tmp_path / "graphprune").mkdir()
+    r = subprocess.run([sys.executable, "-m", "graphprune", "prune", "m.onnx", "-o", "slim.onnx"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 2 and "No module named graphprune.__main__" in r.stderr:
+        pytest.skip("this install resolves graphprune past the folder (not an editable install): nothing shadows it")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"the folder {tmp_path / 'graphprune'}" in r.stderr and "run from another folder" in r.stderr

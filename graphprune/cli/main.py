@@ -38,6 +38,14 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    package = sys.modules.get(__package__.partition(".")[0])
+    if package is not None and getattr(package, "__file__", None) is None:  # a folder without __init__.py
+        # run beside a clone of graphprune: Python takes the clone's root folder, in the current folder, for the
+        # package, and every command failed with a raw "module 'graphprune' has no attribute" AttributeError
+        print(f"graphprune: error: the folder {list(package.__path__)[0]} (a clone's root, in the current folder) "
+              "hides the installed graphprune from Python: run from another folder, or from inside the clone",
+              file=sys.stderr)
+        return 2
     p = _Parser(prog="graphprune", description="Graph-level structured pruning compiler: prune a "
                                 "model into a smaller dense one whose outputs are proven against the original.")
     sub = p.add_subparsers(dest="cmd", required=True)
