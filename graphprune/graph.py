@@ -11,9 +11,10 @@ from .blocks import find_blocks
 from .boundaries import freeze_boundaries
 from .errors import PlanError
 from .graph_views import groups_table, op_digraph
+from .integer_constants import freeze_integer_constants
 from .ir import Graph
 from .kinds import group_kinds
-from .reasons import CONSTANT, OP_ARGUMENT, Reason, at
+from .reasons import OP_ARGUMENT, Reason, at
 from .rules.registry import Carry, apply_rules, declare_slots
 from .spaces import Solver, Term
 from .steps import op_steps
@@ -122,17 +123,7 @@ class DependencyGraph:
         users = graph.consumers()  # reasons about a value name the node that reads or makes it
         if freeze_io:
             freeze_boundaries(graph, self.solver, users)
-        # An integer constant indexed along a channel pins that channel: its values may be positions
-        # (CondenseNet's channel index buffer) no slice renumbers. A boolean mask (zuko's MADE masks,
-        # multiplied into a weight) is sliced like a float weight.
-        for v in graph.values.values():
-            if v.kind in ("const", "buffer") and not v.dtype.startswith(("float", "bfloat", "complex")) and not (
-                    v.kind == "buffer" and v.dtype == "bool"):
-                for d, size in enumerate(v.shape):
-                    if isinstance(size, int) and size > 1:
-                        kind = "integer" if v.dtype.startswith(("int", "uint")) else v.dtype
-                        why = f"indexes {kind} constant '{v.name}' (dim {d}); only float weights, boolean buffers are sliced"
-                        self.solver.freeze((v.name, d), at(CONSTANT, why, (users[v.name] or [None])[0]))
+        freeze_integer_constants(graph, self.solver, users)  # they pin the channels they index
         self.program = program  # the graphprune.program.Program it was lowered from (None: built from IR)
         self._coords_cache: dict[tuple, np.ndarray] = {}
         if before_groups is not None:  # front-end freezes (sizes its back-end cannot rewrite)

