@@ -4,6 +4,7 @@ config sync and loadable checkpoints. Models are random-init from tiny configs
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
@@ -597,3 +598,30 @@ def test_a_layer_whose_own_config_keeps_another_attention_reloads(tmp_path):
     assert back.encoder.layer[0].attention.self.config._attn_implementation == "eager"
     with torch.no_grad():
         torch.testing.assert_close(back(**inputs).last_hidden_state, want)
+
+
+def test_a_plain_value_among_the_example_inputs_is_saved_for_the_reload(tmp_path):
+    """Mistral3 prunes with image_sizes as a Python list (as a tensor, its read refuses the model): save_pruned kept
+    only the tensor inputs, and load_pruned replayed the plan without image_sizes, failing with a TraceError that
+    blamed example inputs the user never gave at load."""
+    torch.manual_seed(0)
+    text = dict(model_type="mistral", vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=128, use_cache=False)
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+                  patch_size=8, head_dim=8)
+    cfg = T.Mistral3Config(vision_config=vision, text_config=text, image_token_id=120, spatial_merge_size=2,
+                           vision_feature_layer=-1)
+    model = T.Mistral3ForConditionalGeneration(cfg).eval()
+    ids = torch.cat([torch.full((2, 4), 120), torch.randint(4, 100, (2, 12))], 1)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(2, 3, 32, 32),
+              "image_sizes": [[32, 32], [32, 32]]}
+    model, report = gp.hf.prune(model, inputs, ratio=0.3)
+    assert report.params_after < report.params_before
+    with torch.no_grad():
+        want = model(**inputs).logits
+    gp.hf.save_pruned(model, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "graphprune.json").read_text())["inputs"]["image_sizes"] == {
+        "value": [[32, 32], [32, 32]]}
+    back = gp.hf.load_pruned(tmp_path / "p")
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).logits, want)

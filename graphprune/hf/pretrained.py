@@ -315,5 +315,11 @@ causal_lm_loss.accepts_tensors = True  # the masked runs of depth pruning pass (
 
 
 def _input_spec(inputs: dict) -> dict:
-    """Shapes and dtypes; small integer inputs (token ids, masks) verbatim (graphprune.io.checkpoint_doc)."""
-    return {k: tensor_spec(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    """Shapes and dtypes; small integer inputs (token ids, masks) and plain values that JSON holds (a list of image
+    sizes) verbatim (graphprune.io.checkpoint_doc)."""
+    return {k: tensor_spec(v) for k, v in inputs.items() if isinstance(v, torch.Tensor) or _plain(v)}
+
+
+def _plain(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str)) or (
+        isinstance(v, (list, tuple)) and all(_plain(x) for x in v))

@@ -32,16 +32,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 FORMAT = 1
 
 
-def tensor_spec(t: torch.Tensor) -> dict:
-    """A recorded example input: shape and dtype, small integer tensors verbatim."""
+def tensor_spec(t) -> dict:
+    """A recorded example input: shape and dtype, small integer tensors verbatim; a plain value (Mistral3's
+    ``image_sizes``, a list of ints: without it the reload traced another forward) as it is."""
+    if not isinstance(t, torch.Tensor):
+        return {"value": t}
     item = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
     if not t.is_floating_point() and t.numel() <= 4096:
         item["values"] = t.flatten().tolist()  # token ids, masks: the same code paths on reload
     return item
 
 
-def rebuild_tensor(spec: dict) -> torch.Tensor:
-    """The example input a spec records (floats: seeded random values)."""
+def rebuild_tensor(spec: dict):
+    """The example input a spec records (floats: seeded random values; a plain value as saved, JSON's lists)."""
+    if "value" in spec:
+        return spec["value"]
     dtype = getattr(torch, spec["dtype"])
     if "values" in spec:
         return torch.tensor(spec["values"], dtype=dtype).reshape(spec["shape"])
