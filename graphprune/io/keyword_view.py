@@ -11,12 +11,13 @@ import inspect
 
 from torch import nn
 
+from ..util.torch_compat import share_registries
+
 
 class _KeywordView(nn.Module):
     def __init__(self, model: nn.Module, signature: inspect.Signature) -> None:
         super().__init__()
-        # shared, not registered under a prefix: the exported names stay the model's own
-        self._modules, self._parameters, self._buffers = model._modules, model._parameters, model._buffers
+        share_registries(self, model)  # not registered under a prefix: the exported names stay the model's own
         self.training = model.training
         inner = model.forward
 

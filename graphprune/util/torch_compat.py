@@ -175,6 +175,12 @@ def restore_tensors(module: nn.Module, params: Mapping[str, Any], buffers: Mappi
     module._buffers.update(buffers)
 
 
+def share_registries(view: nn.Module, model: nn.Module) -> None:
+    """``view`` holds ``model``'s submodules, parameters and buffers under the same names, without a prefix
+    (io/keyword_view.py): the registries themselves are shared, so the exported names are the model's."""
+    view._modules, view._parameters, view._buffers = model._modules, model._parameters, model._buffers
+
+
 def refresh_rnn_weights(rnn: nn.RNNBase) -> None:
     """Rebuild the list of weights an RNN's forward reads (not its attributes) after
     :func:`set_tensor` replaced them, which bypasses RNNBase.__setattr__'s own update."""
