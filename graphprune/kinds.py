@@ -157,6 +157,8 @@ def _walk_back(value: str, producer: dict, hops: int = 6):
             return node
         if (node.op not in Ops.ScorePath and node.op not in Ops.SinkJoin) or not node.inputs:
             return None
+        if node.op in ("aten.where", "onnx.Where"):  # where(mask, scores, fill), or (mask, fill, scores): ImageGPT
+            return next((m for m in (_walk_back(v, producer, hops - 1) for v in node.inputs[1:3]) if m), None)
         value = node.inputs[0]  # a sink join's first input is the scores
     return None
 

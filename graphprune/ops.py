@@ -63,7 +63,10 @@ class Ops:
     # what an attention score tensor may pass between its q.k product and the softmax, and between
     # the softmax and the product with v: a scale, a mask or bias (MPNet adds its position bias in
     # place), a soft cap (Gemma 2: cap * tanh(scores / cap)), casts, dropout, copies, reshapes
-    ScorePath = Scale | Add | Sub | Mask | Cast | Dropout | Copy | Reshape | {"aten.tanh", "onnx.Tanh"}
+    # XGLM, OPT: a floor on the scores before the softmax (torch.max(scores, finfo.min))
+    ScorePath = Scale | Add | Sub | Mask | Cast | Dropout | Copy | Reshape | {"aten.tanh", "onnx.Tanh"} | {
+        "aten.max", "aten.min", "aten.maximum", "aten.minimum", "aten.clamp", "aten.clamp_min", "aten.clamp_max",
+        "onnx.Max", "onnx.Min", "onnx.Clip"}
     # attention sinks (GPT-OSS): a learnt logit per head joins the scores before the softmax, and its column
     # is sliced off after; scores -> cat -> softmax -> slice -> @ v is still one attention site
     SinkJoin = frozenset({"aten.cat", "onnx.Concat"})

@@ -155,3 +155,49 @@ def test_a_gelu_spelled_with_an_add_of_its_own_input_leaves_a_gated_ffn_an_ffn()
         assert kinds == {"ffn"}, (type(act).__name__, kinds)
         assert {g.kind for g in graph.groups if any(m.name == "emb.weight" and m.dim == 0 for m in g.members)} == \
             {"hidden"}
+
+
+class _MaskedAttention(torch.nn.Module):
+    """Causal attention whose scores pass ``where(mask, scores, fill)`` (ImageGPT, with a mask buffer it slices to
+    the length) or a floor ``torch.max(scores + mask, finfo.min)`` (XGLM) on their way to the softmax."""
+
+    def __init__(self, how: str, heads: int = 4, dim: int = 32, positions: int = 64) -> None:
+        super().__init__()
+        self.how, self.h = how, heads
+        self.emb, self.qkv, self.o = torch.nn.Linear(16, dim), torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.register_buffer("bias", torch.tril(torch.ones(positions, positions, dtype=torch.bool)).view(
+            1, 1, positions, positions))
+
+    def forward(self, x):
+        h = self.emb(x)
+        b, n, _ = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / 8.0
+        mask = self.bias[:, :, :n, :n]
+        if self.how == "where":
+            scores = torch.where(mask, scores, torch.tensor(-1e4))
+        else:
+            scores = torch.max(scores + (~mask).float() * -1e4, torch.tensor(torch.finfo(scores.dtype).min))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        return h + self.o(out)
+
+
+def test_scores_through_a_where_or_a_floor_are_still_an_attention_site():
+    """The walk back from the softmax followed where's first input, the mask, and stopped at torch.max: ImageGPT's
+    and XGLM's heads came out as convolution groups, and the default call cut their residual streams instead."""
+    x = torch.randn(2, 10, 16)
+    for how in ("where", "floor"):
+        torch.manual_seed(0)
+        graph = graphprune.trace(_MaskedAttention(how).eval(), (x,))
+        kinds = {g.kind for g in graph.groups if any(m.name == "qkv.weight" and m.dim == 0 for m in g.members)}
+        assert "head" in kinds, (how, kinds)
+
+
+def test_rows_of_a_stored_mask_the_example_does_not_reach_are_kept():
+    """ImageGPT's default call cut its causal-mask buffer (64 positions) to 50 rows: the 54 positions past the
+    example's length were a group of their own, free to cut, and the pruned model failed at length 60."""
+    torch.manual_seed(0)
+    model = _MaskedAttention("where").eval()
+    graphprune.prune(model, (torch.randn(2, 10, 16),), ratio=0.5, measure_latency=False)
+    assert tuple(model.bias.shape) == (1, 1, 64, 64)
+    assert model(torch.randn(1, 60, 16)).shape == (1, 60, 32)

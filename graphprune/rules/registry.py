@@ -96,6 +96,7 @@ class RuleContext:
         self._node: Node | None = None
         self.dead = graph.dead_nodes()  # their results reach no output: nothing they compute can differ
         self._users: dict[str, list[Node]] | None = None
+        self._producers: dict[str, Node] | None = None
 
     @property
     def node(self) -> Node | None:
@@ -127,6 +128,24 @@ class RuleContext:
 
     def where(self) -> str:
         return self.node.where() if self.node else "?"
+
+    def producer(self, value: str | Ref) -> Node | None:
+        """The node that makes ``value`` (None for inputs and stored tensors)."""
+        if self._producers is None:
+            self._producers = self.graph.producers()
+        return self._producers.get(value.name if isinstance(value, Ref) else value)
+
+    def stored(self, name: str) -> bool:
+        """Whether ``name`` is a stored tensor (a weight, buffer or constant), or a window of one: ImageGPT slices
+        its mask buffer twice, bias[:, :, k - q:k, :k]."""
+        for _ in range(8):
+            if self.graph.values[name].kind in ("param", "buffer", "const"):
+                return True
+            node = self.producer(name)
+            if node is None or node.op not in _VIEWS or not isinstance(node.args[0], Ref):
+                return False
+            name = node.args[0].name
+        return False
 
     def users(self, value: str | Ref) -> list[Node]:
         """The nodes that read ``value``."""
@@ -210,6 +229,10 @@ def declare_slots(graph: Graph, solver: Solver) -> None:
         for d, size in enumerate(v.shape):
             solver.declare((v.name, d), size if isinstance(size, int) else None)
 
+
+# ops whose output is a window or a relabelling of their first input (RuleContext.stored)
+_VIEWS = frozenset({"aten.slice", "aten.slice_copy", "aten.select", "aten.narrow", "aten.unsqueeze", "aten.alias",
+                    "aten.detach", "aten._to_copy", "onnx.Slice", "onnx.Unsqueeze", "onnx.Cast", "onnx.Identity"})
 
 # Integer ops of quantized ONNX graphs: their weights are int8 with scales beside them.
 _QUANTIZED = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear",

@@ -287,6 +287,13 @@ def window(ctx: RuleContext, src: str, out: str, d: int, start: int, stop: int, 
     before = ctx.virtual(start, "slice_before") if start > 0 else None
     after = ctx.virtual(n - stop, "slice_after") if stop < n else None
     ctx.concat(ctx.s(src, d), [p for p in (before, ctx.s(out, d), after) if p is not None])
+    if ctx.stored(src):
+        # a stored tensor read up to the example's sizes (ImageGPT's causal mask bias[..., :length], a position
+        # table pos[:, :n]): the rows left unread serve other inputs (a longer sequence), and cutting them, which
+        # saves no work, broke the model beyond the example's length
+        for part in (p for p in (before, after) if p is not None):
+            ctx.freeze(part, POSITIONAL, f"rows of '{src}' dim {d} the slice at {ctx.where()} leaves unread at the "
+                                         "example's sizes: other inputs (a longer sequence) read them")
     if before is not None and isinstance(raw_start, int):
         if raw_start >= 0:
             ctx.carry(before, start_path, raw_start)
