@@ -204,3 +204,42 @@ def test_position_ids_in_the_batches_take_no_generated_text():
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(5))
     calib = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(10)[None]}]
     assert _resolve_generated(_llama(), PruneOptions(calib=calib), "auto") == 0
+
+
+class _RunningMean(torch.nn.Module):
+    """A causal LM whose next-token logits read the mean embedding so far. ``cache``: "kv" keeps the running sum as
+    its past_key_values; "none" returns no past_key_values (FalconMamba, RecurrentGemma keep their state
+    otherwise); "broken" takes a past and fails on it (xLSTM's cache_params fed back as past_key_values)."""
+
+    def __init__(self, cache: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.cache = cache
+        self.emb, self.head = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)
+        self.config = type("Config", (), {"bos_token_id": 1, "eos_token_id": 2, "vocab_size": 16})()
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, input_ids, past_key_values=None, use_cache=False):
+        e = self.emb(input_ids)
+        if past_key_values is not None and self.cache == "broken":
+            raise ValueError("matC_old has wrong shape")
+        total, count = past_key_values if past_key_values is not None else (0.0, 0)
+        sums = total + e.cumsum(1)
+        logits = self.head(sums / (count + torch.arange(1, e.shape[1] + 1).view(1, -1, 1)))
+        out = type("Out", (), {"logits": logits})()
+        if self.cache != "none":
+            out.past_key_values = (sums[:, -1:], count + e.shape[1]) if use_cache else None
+        return out
+
+
+def test_text_is_sampled_alike_whatever_the_model_does_with_a_cache():
+    """The sampler fed past_key_values back and read it from every output: FalconMamba and RecurrentGemma (no
+    such attribute) raised a raw AttributeError, xLSTM a ValueError from its own forward. Where the cache does not
+    work, each step runs the whole sequence, and samples the same text as with a working cache."""
+    want = generated_batches(_RunningMean("kv"), n=4, seq_len=12, batch_size=2, seed=3)
+    for cache in ("none", "broken"):
+        got = generated_batches(_RunningMean(cache), n=4, seq_len=12, batch_size=2, seed=3)
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(got, want)), cache
+    assert [tuple(b["input_ids"].shape) for b in want] == [(2, 12), (2, 12)]

@@ -67,23 +67,46 @@ def generated_batches(model: torch.nn.Module, n: int = 64, seq_len: int = 128, b
     start = start_token(model) if start is None else start
     was_training = model.training
     model.eval()
-    seqs = []
+    seqs, cached = [], True
     try:
         for first in range(0, n, CHUNK):
             rows = min(CHUNK, n - first)
             x = torch.full((rows, 1), start, dtype=torch.long, device=device)
-            past, out = None, []
+            past, ids = None, x
             for _ in progress(range(seq_len), f"generating calibration text ({first + rows}/{n})", seq_len):
-                step = model(input_ids=x, past_key_values=past, use_cache=True)
-                past = step.past_key_values
-                probs = torch.softmax(step.logits[:, -1].double().cpu() / temperature, -1)
+                logits = None
+                if cached:
+                    logits, past = _cached_step(model, x, past)
+                    cached = logits is not None
+                if logits is None:
+                    logits = _whole_step(model, ids)
+                probs = torch.softmax(logits.double().cpu() / temperature, -1)
                 x = torch.multinomial(probs, 1, generator=gen).to(device)
-                out.append(x)
-            seqs.append(torch.cat(out, 1).cpu())
+                ids = torch.cat([ids, x], 1)
+            seqs.append(ids[:, 1:].cpu())
     finally:
         model.train(was_training)
     ids = repeat_halves(torch.cat(seqs), REPEATED)
     return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in ids.split(batch_size)]
+
+
+def _cached_step(model, x: torch.Tensor, past):
+    """The next token's logits from a key/value cache, and the cache; (None, None) where the model keeps its state
+    otherwise (FalconMamba's and RecurrentGemma's outputs have no past_key_values; xLSTM's cache_params fail as one):
+    the text is then sampled by running the whole sequence each step."""
+    try:
+        step = model(input_ids=x, past_key_values=past, use_cache=True)
+        past = step.past_key_values
+    except Exception:  # noqa: BLE001 - whatever a model does with a cache it does not keep: no cache, then
+        return None, None
+    return (step.logits[:, -1], past) if past is not None else (None, None)
+
+
+def _whole_step(model, ids: torch.Tensor) -> torch.Tensor:
+    try:
+        return model(input_ids=ids, use_cache=False).logits[:, -1]
+    except TypeError:  # a forward without use_cache
+        return model(input_ids=ids).logits[:, -1]
 
 
 def repeat_halves(ids: torch.Tensor, share: float) -> torch.Tensor:
