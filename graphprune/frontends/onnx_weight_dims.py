@@ -55,11 +55,8 @@ def _fixed_by(node: onnx.NodeProto, position: int, axis: int, rank: int, shapes:
     return None
 
 
-def _follow(model: onnx.ModelProto, name: str, axis: int, rank: int, inits: dict, shapes: dict) -> int | None:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            users.setdefault(i, []).append(node)
+def _follow(model: onnx.ModelProto, name: str, axis: int, rank: int, inits: dict, shapes: dict,
+            users: dict[str, list[onnx.NodeProto]]) -> int | None:
     todo, steps = [(name, axis, rank)], 0
     while todo and steps < _STEPS:
         value, axis, rank = todo.pop(0)
@@ -89,16 +86,19 @@ def _follow(model: onnx.ModelProto, name: str, axis: int, rank: int, inits: dict
 def weight_dims(model: onnx.ModelProto) -> dict[str, dict[int, int]]:
     """{input: {dim: size}} for dynamic dims past the batch that a weight fixes."""
     inits = {i.name: i for i in model.graph.initializer}
+    wanted = [(vi.name, k, len(vi.type.tensor_type.shape.dim)) for vi in model.graph.input
+              if vi.name not in inits and vi.type.HasField("tensor_type")
+              for k, d in enumerate(vi.type.tensor_type.shape.dim) if k and not (d.HasField("dim_value") and d.dim_value > 0)]
+    if not wanted:  # every dim past the batch declared: nothing to walk (input_dims asks on every call)
+        return {}
     shapes = {name: tuple(t.dims) for name, t in inits.items()}
+    users: dict[str, list[onnx.NodeProto]] = {}  # one map for every walk
+    for node in model.graph.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
     out: dict[str, dict[int, int]] = {}
-    for vi in model.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        for k, d in enumerate(dims):
-            if k == 0 or d.HasField("dim_value") and d.dim_value > 0:
-                continue
-            size = _follow(model, vi.name, k, len(dims), inits, shapes)
-            if size:
-                out.setdefault(vi.name, {})[k] = int(size)
+    for name, k, rank in wanted:
+        size = _follow(model, name, k, rank, inits, shapes, users)
+        if size:
+            out.setdefault(name, {})[k] = int(size)
     return out
